@@ -1,0 +1,1 @@
+//! Benchmark support (the load generator lands with the bench-harness issue).

@@ -1,0 +1,114 @@
+//! The codec the SFU negotiates for a published m-line, and how it is described to subscribers.
+
+use crate::remote_description::RemoteCodec;
+use sfu_proto::MediaKind;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecParams {
+    pub payload_type: u8,
+    pub name: String,
+    pub clock_rate: u32,
+    pub channels: String,
+    pub fmtp: String,
+    /// RTX (RFC 4588) payload type paired with this codec, when negotiated.
+    pub rtx_payload_type: Option<u8>,
+}
+
+/// Video codecs in the order the SFU prefers them. VP8 and H.264 are what every browser
+/// decodes; VP9 and AV1 pass through when a publisher offers nothing else.
+const VIDEO_PREFERENCE: [&str; 4] = ["VP8", "H264", "VP9", "AV1"];
+
+pub const AUDIO_FEEDBACK: &[&str] = &[];
+pub const VIDEO_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir"];
+
+impl CodecParams {
+    /// Picks the codec to receive on a publisher's m-line from its offer.
+    pub fn choose(kind: MediaKind, offered: &[RemoteCodec]) -> Option<Self> {
+        let chosen = match kind {
+            MediaKind::Audio => offered
+                .iter()
+                .find(|c| c.is("opus") && c.clock_rate == 48_000)?,
+            MediaKind::Video => VIDEO_PREFERENCE.iter().find_map(|name| {
+                let mut candidates = offered.iter().filter(|c| c.is(name));
+                if *name == "H264" {
+                    // Packetization mode 1 with the constrained-baseline profile decodes
+                    // everywhere, phones included.
+                    let all: Vec<&RemoteCodec> = candidates.collect();
+                    all.iter()
+                        .find(|c| {
+                            c.fmtp.contains("packetization-mode=1") && c.fmtp.contains("42e01f")
+                        })
+                        .or_else(|| all.iter().find(|c| c.fmtp.contains("packetization-mode=1")))
+                        .copied()
+                } else {
+                    candidates.next()
+                }
+            })?,
+        };
+        let rtx_payload_type = match kind {
+            MediaKind::Audio => None,
+            MediaKind::Video => offered
+                .iter()
+                .find(|c| c.rtx_apt() == Some(chosen.payload_type))
+                .map(|c| c.payload_type),
+        };
+        Some(Self {
+            payload_type: chosen.payload_type,
+            name: chosen.name.clone(),
+            clock_rate: chosen.clock_rate,
+            channels: chosen.channels.clone(),
+            fmtp: chosen.fmtp.clone(),
+            rtx_payload_type,
+        })
+    }
+
+    pub fn feedback(&self, kind: MediaKind) -> &'static [&'static str] {
+        match kind {
+            MediaKind::Audio => AUDIO_FEEDBACK,
+            MediaKind::Video => VIDEO_FEEDBACK,
+        }
+    }
+
+    /// An RTX payload type for a subscriber's m-line when the publisher had none.
+    pub fn subscriber_rtx_payload_type(&self) -> u8 {
+        self.rtx_payload_type.unwrap_or_else(|| {
+            (96..=127u8)
+                .find(|pt| *pt != self.payload_type)
+                .unwrap_or(127)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec(pt: u8, name: &str, fmtp: &str) -> RemoteCodec {
+        RemoteCodec {
+            payload_type: pt,
+            name: name.into(),
+            clock_rate: if name == "opus" { 48_000 } else { 90_000 },
+            channels: String::new(),
+            fmtp: fmtp.into(),
+            rtcp_feedback: vec![],
+        }
+    }
+
+    #[test]
+    fn prefers_vp8_then_constrained_baseline_h264_with_rtx() {
+        let offered = vec![
+            codec(98, "VP9", ""),
+            codec(102, "H264", "packetization-mode=1;profile-level-id=640c1f"),
+            codec(104, "H264", "packetization-mode=1;profile-level-id=42e01f"),
+            codec(105, "rtx", "apt=104"),
+        ];
+        let c = CodecParams::choose(MediaKind::Video, &offered).unwrap();
+        assert_eq!((c.payload_type, c.rtx_payload_type), (104, Some(105)));
+        let mut with_vp8 = offered.clone();
+        with_vp8.push(codec(96, "VP8", ""));
+        with_vp8.push(codec(97, "rtx", "apt=96"));
+        let c = CodecParams::choose(MediaKind::Video, &with_vp8).unwrap();
+        assert_eq!((c.name.as_str(), c.rtx_payload_type), ("VP8", Some(97)));
+        assert!(CodecParams::choose(MediaKind::Audio, &offered).is_none());
+    }
+}

@@ -1,0 +1,262 @@
+//! Receive state of one incoming SSRC: rollover counter and replay window for SRTP, loss
+//! detection with NACK scheduling toward the publisher, and the statistics for receiver reports.
+
+use std::time::{Duration, Instant};
+
+/// How far back a late packet may still be accepted (RFC 3711 §3.3.2 recommends ≥ 64).
+const REPLAY_WINDOW: u64 = 128;
+/// Missing packets remembered for NACK; a bigger hole asks for a keyframe instead.
+const MAX_MISSING: usize = 256;
+
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    ext_seq: u64,
+    next_nack: Instant,
+    tries: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// New highest sequence number (possibly after a gap).
+    InOrder,
+    /// Fills a hole (a retransmission or reordering).
+    Late,
+}
+
+#[derive(Debug)]
+pub struct InboundStream {
+    pub ssrc: u32,
+    pub clock_rate: u32,
+    highest: Option<u64>,
+    replay: u128,
+    missing: Vec<Missing>,
+    pub received: u64,
+    base_ext: u64,
+    /// Interarrival jitter (RFC 3550 §6.4.1) in timestamp units, ×16 fixed point.
+    jitter_q4: u64,
+    last_transit: Option<i64>,
+    epoch: Option<Instant>,
+    /// For receiver reports: expected/received at the previous report.
+    prior_expected: u64,
+    prior_received: u64,
+    /// Middle 32 bits of the last SR's NTP time and when it arrived (for LSR/DLSR).
+    pub last_sr: Option<(u32, Instant)>,
+    /// Set when a gap was too large to repair: the caller asks for a keyframe.
+    pub needs_keyframe: bool,
+}
+
+impl InboundStream {
+    pub fn new(ssrc: u32, clock_rate: u32) -> Self {
+        Self {
+            ssrc,
+            clock_rate: clock_rate.max(1),
+            highest: None,
+            replay: 0,
+            missing: Vec::new(),
+            received: 0,
+            base_ext: 0,
+            jitter_q4: 0,
+            last_transit: None,
+            epoch: None,
+            prior_expected: 0,
+            prior_received: 0,
+            last_sr: None,
+            needs_keyframe: false,
+        }
+    }
+
+    /// Extended sequence number of `seq` relative to the highest seen (RFC 3711 §3.3.1 guess).
+    pub fn extend(&self, seq: u16) -> u64 {
+        match self.highest {
+            None => seq as u64 + (1 << 16),
+            Some(h) => {
+                let delta = (seq.wrapping_sub(h as u16)) as i16 as i64;
+                (h as i64 + delta).max(0) as u64
+            }
+        }
+    }
+
+    /// Whether `ext` is a replay or too old (checked before decrypting).
+    pub fn is_replay(&self, ext: u64) -> bool {
+        match self.highest {
+            None => false,
+            Some(h) if ext > h => false,
+            Some(h) => {
+                let age = h - ext;
+                age >= REPLAY_WINDOW || self.replay & (1u128 << age) != 0
+            }
+        }
+    }
+
+    /// Records an authenticated packet. Returns how it arrived.
+    pub fn record(&mut self, now: Instant, ext: u64, rtp_timestamp: u32) -> Arrival {
+        self.received += 1;
+        let arrival = match self.highest {
+            None => {
+                self.base_ext = ext;
+                self.highest = Some(ext);
+                self.replay = 1;
+                Arrival::InOrder
+            }
+            Some(h) if ext > h => {
+                let shift = ext - h;
+                self.replay = if shift >= 128 { 0 } else { self.replay << shift };
+                self.replay |= 1;
+                if shift > 1 {
+                    if shift as usize > MAX_MISSING {
+                        self.missing.clear();
+                        self.needs_keyframe = true;
+                    } else {
+                        for lost in h + 1..ext {
+                            if self.missing.len() >= MAX_MISSING {
+                                self.missing.remove(0);
+                            }
+                            self.missing.push(Missing {
+                                ext_seq: lost,
+                                // Give reordering a moment before the first NACK.
+                                next_nack: now + Duration::from_millis(5),
+                                tries: 0,
+                            });
+                        }
+                    }
+                }
+                self.highest = Some(ext);
+                Arrival::InOrder
+            }
+            Some(h) => {
+                let age = h - ext;
+                if age < REPLAY_WINDOW {
+                    self.replay |= 1u128 << age;
+                }
+                self.missing.retain(|m| m.ext_seq != ext);
+                Arrival::Late
+            }
+        };
+        self.update_jitter(now, rtp_timestamp);
+        arrival
+    }
+
+    fn update_jitter(&mut self, now: Instant, rtp_timestamp: u32) {
+        let epoch = *self.epoch.get_or_insert(now);
+        let arrival_units =
+            (now.duration_since(epoch).as_micros() as i64) * self.clock_rate as i64 / 1_000_000;
+        let transit = arrival_units - rtp_timestamp as i64;
+        if let Some(last) = self.last_transit {
+            let d = (transit - last).unsigned_abs();
+            // J += (|D| - J) / 16, in ×16 fixed point.
+            self.jitter_q4 = self.jitter_q4 + d - (self.jitter_q4 >> 4);
+        }
+        self.last_transit = Some(transit);
+    }
+
+    pub fn jitter(&self) -> u32 {
+        (self.jitter_q4 >> 4) as u32
+    }
+
+    pub fn highest(&self) -> Option<u64> {
+        self.highest
+    }
+
+    /// Sequence numbers due for a NACK now; each is retried up to `max_tries`, `interval` apart.
+    pub fn due_nacks(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        max_tries: u8,
+        out: &mut Vec<u16>,
+    ) {
+        self.missing.retain(|m| m.tries < max_tries);
+        for m in &mut self.missing {
+            if m.next_nack <= now {
+                out.push(m.ext_seq as u16);
+                m.tries += 1;
+                m.next_nack = now + interval;
+            }
+        }
+    }
+
+    pub fn missing_count(&self) -> usize {
+        self.missing.len()
+    }
+
+    /// Fraction lost since the last call (8-bit fixed point) and cumulative lost, for an RR.
+    pub fn report_loss(&mut self) -> (u8, u32) {
+        let Some(h) = self.highest else {
+            return (0, 0);
+        };
+        let expected = h - self.base_ext + 1;
+        let lost_total = expected.saturating_sub(self.received);
+        let expected_interval = expected - self.prior_expected;
+        let received_interval = self.received.saturating_sub(self.prior_received);
+        self.prior_expected = expected;
+        self.prior_received = self.received;
+        let lost_interval = expected_interval.saturating_sub(received_interval);
+        let fraction = if expected_interval == 0 {
+            0
+        } else {
+            ((lost_interval << 8) / expected_interval).min(255) as u8
+        };
+        (fraction, lost_total.min(0x7f_ffff) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extends_across_wraparound_and_spots_replays() {
+        let now = Instant::now();
+        let mut s = InboundStream::new(1, 90_000);
+        let e1 = s.extend(65534);
+        s.record(now, e1, 0);
+        let e2 = s.extend(65535);
+        s.record(now, e2, 0);
+        let e3 = s.extend(2);
+        assert_eq!(e3, e2 + 3, "wraps into the next rollover");
+        assert_eq!((e3 >> 16) - (e2 >> 16), 1);
+        assert!(s.is_replay(e2));
+        assert!(!s.is_replay(e3));
+        s.record(now, e3, 0);
+        assert_eq!(s.missing_count(), 2, "0 and 1 were skipped");
+        let e0 = s.extend(0);
+        assert!(!s.is_replay(e0));
+        assert_eq!(s.record(now, e0, 0), Arrival::Late);
+        assert_eq!(s.missing_count(), 1);
+        assert!(s.is_replay(e0));
+    }
+
+    #[test]
+    fn nacks_are_retried_then_given_up() {
+        let t0 = Instant::now();
+        let mut s = InboundStream::new(1, 90_000);
+        s.record(t0, s.extend(10), 0);
+        s.record(t0, s.extend(13), 0);
+        let mut out = Vec::new();
+        s.due_nacks(t0, Duration::from_millis(20), 2, &mut out);
+        assert!(out.is_empty(), "waits for reordering first");
+        s.due_nacks(t0 + Duration::from_millis(6), Duration::from_millis(20), 2, &mut out);
+        assert_eq!(out, vec![11, 12]);
+        out.clear();
+        s.due_nacks(t0 + Duration::from_millis(10), Duration::from_millis(20), 2, &mut out);
+        assert!(out.is_empty(), "spaced by the interval");
+        s.due_nacks(t0 + Duration::from_millis(30), Duration::from_millis(20), 2, &mut out);
+        assert_eq!(out, vec![11, 12]);
+        out.clear();
+        s.due_nacks(t0 + Duration::from_millis(60), Duration::from_millis(20), 2, &mut out);
+        assert!(out.is_empty(), "given up after two tries");
+        assert_eq!(s.missing_count(), 0);
+    }
+
+    #[test]
+    fn reports_loss_fraction() {
+        let t0 = Instant::now();
+        let mut s = InboundStream::new(1, 48_000);
+        for seq in [1u16, 2, 4, 5] {
+            s.record(t0, s.extend(seq), 0);
+        }
+        let (fraction, total) = s.report_loss();
+        assert_eq!(total, 1);
+        assert_eq!(fraction, (256 / 5) as u8);
+    }
+}

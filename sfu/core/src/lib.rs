@@ -1,0 +1,27 @@
+//! Sans-IO SFU core.
+//!
+//! Holds rooms, participants (one WebRTC session each), published tracks and subscriptions, and
+//! the per-packet forwarding path: SRTP open once, route, rewrite, SRTP seal per subscriber.
+//! No clock, no sockets, no threads: time enters as `now` on every input and output is polled
+//! (see [`Sfu`]).
+
+pub mod codec;
+pub mod counters;
+pub mod inbound_stream;
+pub mod local_description;
+pub mod packet_cache;
+pub mod participant;
+pub mod peer_transport;
+pub mod remote_description;
+pub mod rtcp_writer;
+pub mod rtp_header;
+pub mod sfu;
+pub mod srtp_context;
+pub mod subscription;
+pub mod track;
+pub mod transmit_batch;
+
+pub use counters::Counters;
+pub use peer_transport::TransportConfig;
+pub use sfu::{Sfu, SfuConfig};
+pub use transmit_batch::TransmitBatch;

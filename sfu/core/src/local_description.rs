@@ -1,0 +1,248 @@
+//! The SDP the SFU writes: answers to client offers and its own renegotiation offers,
+//! built with `rtc-sdp`'s description types.
+
+use crate::codec::CodecParams;
+use rtc_sdp::description::common::{Address, Attribute, ConnectionInformation};
+use rtc_sdp::description::media::{MediaDescription, MediaName, RangedPort};
+use rtc_sdp::description::session::{Origin, SessionDescription, TimeDescription, Timing};
+use sfu_proto::MediaKind;
+use std::net::SocketAddr;
+
+pub const EXT_AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub const EXT_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+pub const EXT_TRANSPORT_CC: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdpKind {
+    Offer,
+    Answer,
+}
+
+/// What the SFU sends on an m-line it offers to a subscriber.
+#[derive(Debug, Clone)]
+pub struct SendSource {
+    pub ssrc: u32,
+    pub rtx_ssrc: Option<u32>,
+    /// `msid` stream id (the publisher) and track id.
+    pub stream_id: String,
+    pub track_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum LineContent {
+    /// An audio/video m-line with a negotiated codec.
+    Media {
+        kind: MediaKind,
+        codec: CodecParams,
+        direction: &'static str,
+        extmaps: Vec<(u8, &'static str)>,
+        send: Option<SendSource>,
+    },
+    /// An m-line the SFU does not carry: port 0, echoed media type and protocol.
+    Rejected {
+        media: String,
+        proto: Vec<String>,
+        formats: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct LineSpec {
+    pub mid: String,
+    pub content: LineContent,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransportSpec<'a> {
+    pub ice_ufrag: &'a str,
+    pub ice_pwd: &'a str,
+    pub fingerprint: &'a str,
+    pub candidate: SocketAddr,
+}
+
+fn attr(key: &str, value: impl Into<String>) -> Attribute {
+    Attribute::new(key.to_owned(), Some(value.into()))
+}
+
+fn flag(key: &str) -> Attribute {
+    Attribute::new(key.to_owned(), None)
+}
+
+pub fn write(kind: SdpKind, session_id: u64, version: u64, t: &TransportSpec<'_>, lines: &[LineSpec]) -> String {
+    let bundle: Vec<&str> = lines
+        .iter()
+        .filter(|l| matches!(l.content, LineContent::Media { .. }))
+        .map(|l| l.mid.as_str())
+        .collect();
+    let mut session_attrs = vec![flag("ice-lite"), attr("msid-semantic", " WMS *")];
+    if !bundle.is_empty() {
+        session_attrs.insert(0, attr("group", format!("BUNDLE {}", bundle.join(" "))));
+    }
+    let ip = t.candidate.ip();
+    let addr_type = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let mut desc = SessionDescription {
+        version: 0,
+        origin: Origin {
+            username: "-".into(),
+            session_id,
+            session_version: version,
+            network_type: "IN".into(),
+            address_type: "IP4".into(),
+            unicast_address: "0.0.0.0".into(),
+        },
+        session_name: "-".into(),
+        session_information: None,
+        uri: None,
+        email_address: None,
+        phone_number: None,
+        connection_information: None,
+        bandwidth: vec![],
+        time_descriptions: vec![TimeDescription {
+            timing: Timing {
+                start_time: 0,
+                stop_time: 0,
+            },
+            repeat_times: vec![],
+        }],
+        time_zones: vec![],
+        encryption_key: None,
+        attributes: session_attrs,
+        media_descriptions: vec![],
+    };
+    let candidate = format!(
+        "1 1 udp 2130706431 {} {} typ host generation 0",
+        ip,
+        t.candidate.port()
+    );
+    for line in lines {
+        let md = match &line.content {
+            LineContent::Rejected {
+                media,
+                proto,
+                formats,
+            } => MediaDescription {
+                media_name: MediaName {
+                    media: media.clone(),
+                    port: RangedPort {
+                        value: 0,
+                        range: None,
+                    },
+                    protos: proto.clone(),
+                    formats: formats.clone(),
+                },
+                media_title: None,
+                connection_information: None,
+                bandwidth: vec![],
+                encryption_key: None,
+                attributes: vec![attr("mid", line.mid.clone()), flag("inactive")],
+            },
+            LineContent::Media {
+                kind: media_kind,
+                codec,
+                direction,
+                extmaps,
+                send,
+            } => {
+                let mut formats = vec![codec.payload_type.to_string()];
+                let rtx_pt = match media_kind {
+                    MediaKind::Video => Some(match kind {
+                        SdpKind::Answer => codec.rtx_payload_type,
+                        SdpKind::Offer => Some(codec.subscriber_rtx_payload_type()),
+                    })
+                    .flatten(),
+                    MediaKind::Audio => None,
+                };
+                if let Some(rtx) = rtx_pt {
+                    formats.push(rtx.to_string());
+                }
+                let mut a = vec![
+                    attr("rtcp", format!("9 IN {addr_type} 0.0.0.0")),
+                    attr("ice-ufrag", t.ice_ufrag),
+                    attr("ice-pwd", t.ice_pwd),
+                    attr("ice-options", "ice2"),
+                    attr("fingerprint", format!("sha-256 {}", t.fingerprint)),
+                    attr(
+                        "setup",
+                        match kind {
+                            SdpKind::Offer => "actpass",
+                            SdpKind::Answer => "passive",
+                        },
+                    ),
+                    attr("mid", line.mid.clone()),
+                ];
+                for (id, uri) in extmaps {
+                    a.push(attr("extmap", format!("{id} {uri}")));
+                }
+                a.push(flag(direction));
+                if let Some(s) = send {
+                    a.push(attr("msid", format!("{} {}", s.stream_id, s.track_id)));
+                }
+                a.push(flag("rtcp-mux"));
+                a.push(flag("rtcp-rsize"));
+                let rtpmap = if codec.channels.is_empty() {
+                    format!("{} {}/{}", codec.payload_type, codec.name, codec.clock_rate)
+                } else {
+                    format!(
+                        "{} {}/{}/{}",
+                        codec.payload_type, codec.name, codec.clock_rate, codec.channels
+                    )
+                };
+                a.push(attr("rtpmap", rtpmap));
+                for fb in codec.feedback(*media_kind) {
+                    a.push(attr("rtcp-fb", format!("{} {}", codec.payload_type, fb)));
+                }
+                if !codec.fmtp.is_empty() {
+                    a.push(attr("fmtp", format!("{} {}", codec.payload_type, codec.fmtp)));
+                }
+                if let Some(rtx) = rtx_pt {
+                    a.push(attr("rtpmap", format!("{rtx} rtx/{}", codec.clock_rate)));
+                    a.push(attr("fmtp", format!("{rtx} apt={}", codec.payload_type)));
+                }
+                if let Some(s) = send {
+                    if let Some(rtx_ssrc) = s.rtx_ssrc.filter(|_| rtx_pt.is_some()) {
+                        a.push(attr("ssrc-group", format!("FID {} {}", s.ssrc, rtx_ssrc)));
+                        a.push(attr("ssrc", format!("{} cname:sfu-{}", s.ssrc, s.stream_id)));
+                        a.push(attr("ssrc", format!("{} msid:{} {}", s.ssrc, s.stream_id, s.track_id)));
+                        a.push(attr("ssrc", format!("{rtx_ssrc} cname:sfu-{}", s.stream_id)));
+                        a.push(attr("ssrc", format!("{rtx_ssrc} msid:{} {}", s.stream_id, s.track_id)));
+                    } else {
+                        a.push(attr("ssrc", format!("{} cname:sfu-{}", s.ssrc, s.stream_id)));
+                        a.push(attr("ssrc", format!("{} msid:{} {}", s.ssrc, s.stream_id, s.track_id)));
+                    }
+                }
+                a.push(attr("candidate", candidate.clone()));
+                a.push(flag("end-of-candidates"));
+                MediaDescription {
+                    media_name: MediaName {
+                        media: match media_kind {
+                            MediaKind::Audio => "audio".into(),
+                            MediaKind::Video => "video".into(),
+                        },
+                        port: RangedPort {
+                            value: 9,
+                            range: None,
+                        },
+                        protos: vec!["UDP".into(), "TLS".into(), "RTP".into(), "SAVPF".into()],
+                        formats,
+                    },
+                    media_title: None,
+                    connection_information: Some(ConnectionInformation {
+                        network_type: "IN".into(),
+                        address_type: addr_type.into(),
+                        address: Some(Address {
+                            address: if ip.is_ipv4() { "0.0.0.0".into() } else { "::".into() },
+                            ttl: None,
+                            range: None,
+                        }),
+                    }),
+                    bandwidth: vec![],
+                    encryption_key: None,
+                    attributes: a,
+                }
+            }
+        };
+        desc.media_descriptions.push(md);
+    }
+    desc.marshal()
+}

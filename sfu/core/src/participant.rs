@@ -1,0 +1,82 @@
+//! A participant: one WebRTC session (one browser tab) in one room.
+
+use crate::codec::CodecParams;
+use crate::peer_transport::PeerTransport;
+use crate::srtp_context::SrtpContext;
+use crate::subscription::Subscription;
+use sfu_proto::{MediaKind, ParticipantId, Permissions, RoomId};
+use std::net::SocketAddr;
+
+/// Header extension ids as negotiated with this participant (0 = not negotiated).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExtIds {
+    pub audio_level: Option<u8>,
+    pub mid: Option<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub enum LineRole {
+    /// The participant publishes on this m-line.
+    Publish { track: usize },
+    /// The SFU sends a subscription on this m-line.
+    Subscribe { subscription: usize },
+    /// An audio/video m-line the participant offered to receive on; the SFU fills subscriptions
+    /// through its own offers, so this one stays inactive.
+    Idle { kind: MediaKind, codec: CodecParams },
+    /// Not carried (data channel, unknown media): rejected with port 0.
+    Rejected {
+        media: String,
+        proto: Vec<String>,
+        formats: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaLine {
+    pub mid: String,
+    pub role: LineRole,
+}
+
+#[derive(Debug)]
+pub struct Participant {
+    pub id: ParticipantId,
+    pub room: RoomId,
+    pub transport: PeerTransport,
+    pub outbound: Option<Box<SrtpContext>>,
+    pub inbound: Option<Box<SrtpContext>>,
+    pub remote: Option<SocketAddr>,
+    pub permissions: Permissions,
+    pub lines: Vec<MediaLine>,
+    pub ext: ExtIds,
+    /// Extension ids the participant's browser uses, by URI, so SFU offers reuse them.
+    pub offered_extmaps: Vec<(u8, String)>,
+    pub published: Vec<usize>,
+    pub subscriptions: Vec<Subscription>,
+    pub srtcp_index: u32,
+    pub awaiting_answer: bool,
+    pub renegotiation_pending: bool,
+    pub sdp_session_id: u64,
+    pub sdp_version: u64,
+    pub connected: bool,
+    pub next_mid: u32,
+}
+
+impl Participant {
+    pub fn sendable(&self) -> Option<(&SrtpContext, SocketAddr)> {
+        Some((self.outbound.as_deref()?, self.remote?))
+    }
+
+    /// Next SRTCP index for an RTCP packet sent to this participant.
+    pub fn next_srtcp_index(&mut self) -> u32 {
+        let i = self.srtcp_index;
+        self.srtcp_index = (self.srtcp_index + 1) & 0x7fff_ffff;
+        i
+    }
+
+    pub fn extmap_id(&self, uri: &str) -> Option<u8> {
+        self.offered_extmaps
+            .iter()
+            .find(|(_, u)| u == uri)
+            .map(|(id, _)| *id)
+    }
+}

@@ -1,0 +1,1344 @@
+//! The SFU state machine of one worker: every room, participant, track and subscription the
+//! worker owns, driven by datagrams, commands and time.
+//!
+//! Run loop contract (the I/O layer's side): feed each received datagram to
+//! [`Sfu::handle_datagram`], commands to [`Sfu::handle_command`], call [`Sfu::handle_timeout`]
+//! when [`Sfu::poll_timeout`] passes, send what each call left in the [`TransmitBatch`], and drain
+//! [`Sfu::poll_event`].
+
+use crate::codec::CodecParams;
+use crate::counters::Counters;
+use crate::local_description::{
+    self, EXT_AUDIO_LEVEL, EXT_MID, LineContent, LineSpec, SdpKind, SendSource, TransportSpec,
+};
+use crate::participant::{ExtIds, LineRole, MediaLine, Participant};
+use crate::peer_transport::{CloseCause, PeerTransport, TransportConfig, TransportEvent};
+use crate::remote_description::{RemoteDescription, SdpError};
+use crate::rtcp_writer::{self, ReportBlock};
+use crate::rtp_header::{HeaderWriter, PacketClass, RtpHeader, classify};
+use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
+use crate::subscription::Subscription;
+use crate::track::Track;
+use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
+use sfu_proto::{
+    Command, DisconnectReason, Event, MediaKind, ParticipantId, Permissions, RoomId, TrackId,
+    TrackInfo,
+};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Tunables of the forwarding core.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    pub transport: TransportConfig,
+    /// Packets kept per video track for retransmission.
+    pub nack_cache_slots: usize,
+    /// Retransmissions of one packet to subscribers, at most.
+    pub max_resends_per_packet: u8,
+    /// NACKs toward a publisher: spacing and tries per lost packet.
+    pub nack_interval: Duration,
+    pub nack_max_tries: u8,
+    /// Keyframe requests toward a publisher, at most one per this interval per track.
+    pub keyframe_throttle: Duration,
+    pub report_interval: Duration,
+    pub tick: Duration,
+    pub speaker_interval: Duration,
+}
+
+impl SfuConfig {
+    pub fn new(transport: TransportConfig) -> Self {
+        Self {
+            transport,
+            nack_cache_slots: 512,
+            max_resends_per_packet: 3,
+            nack_interval: Duration::from_millis(30),
+            nack_max_tries: 6,
+            keyframe_throttle: Duration::from_millis(500),
+            report_interval: Duration::from_secs(1),
+            tick: Duration::from_millis(10),
+            speaker_interval: Duration::from_millis(300),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    participants: Vec<usize>,
+    speaker: Option<usize>,
+}
+
+/// Decides which of a participant's datagrams matter; keeps ufrag parsing out of the hot path.
+fn stun_username_ufrag(datagram: &[u8]) -> Option<&str> {
+    // RFC 5389: 20-byte header, then TLV attributes; USERNAME is 0x0006 ("ours:theirs").
+    if datagram.len() < 20 || datagram[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let mut pos = 20;
+    while pos + 4 <= datagram.len() {
+        let typ = u16::from_be_bytes([datagram[pos], datagram[pos + 1]]);
+        let len = u16::from_be_bytes([datagram[pos + 2], datagram[pos + 3]]) as usize;
+        let value = datagram.get(pos + 4..pos + 4 + len)?;
+        if typ == 0x0006 {
+            let s = std::str::from_utf8(value).ok()?;
+            return s.split(':').next();
+        }
+        pos += 4 + len.div_ceil(4) * 4;
+    }
+    None
+}
+
+pub struct Sfu {
+    config: SfuConfig,
+    rooms: HashMap<RoomId, Room>,
+    participants: Vec<Option<Participant>>,
+    free_participants: Vec<usize>,
+    tracks: Vec<Option<Track>>,
+    free_tracks: Vec<usize>,
+    by_id: HashMap<ParticipantId, usize>,
+    by_ufrag: HashMap<String, usize>,
+    by_addr: HashMap<SocketAddr, usize>,
+    events: VecDeque<Event>,
+    pub counters: Counters,
+    next_tick: Option<Instant>,
+    next_report: Option<Instant>,
+    next_speaker: Option<Instant>,
+    nack_scratch: Vec<u16>,
+    rtcp_scratch: Vec<u8>,
+    ssrc_seed: u32,
+}
+
+impl std::fmt::Debug for Sfu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sfu")
+            .field("rooms", &self.rooms.len())
+            .field("participants", &self.by_id.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sfu {
+    pub fn new(config: SfuConfig) -> Self {
+        Self {
+            config,
+            rooms: HashMap::new(),
+            participants: Vec::new(),
+            free_participants: Vec::new(),
+            tracks: Vec::new(),
+            free_tracks: Vec::new(),
+            by_id: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            next_tick: None,
+            next_report: None,
+            next_speaker: None,
+            nack_scratch: Vec::with_capacity(64),
+            rtcp_scratch: vec![0; SLOT_SIZE],
+            ssrc_seed: rand::random(),
+        }
+    }
+
+    pub fn config(&self) -> &SfuConfig {
+        &self.config
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn has_participant(&self, id: &ParticipantId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.by_id.is_empty() {
+            return None;
+        }
+        self.next_tick
+    }
+
+    fn new_ssrc(&mut self) -> u32 {
+        // xorshift: distinct, non-zero, unpredictable enough for SSRCs (not a secret).
+        let mut x = self.ssrc_seed;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.ssrc_seed = x;
+        x.max(2)
+    }
+
+    // ----- commands -----------------------------------------------------------------------
+
+    pub fn handle_command(&mut self, now: Instant, command: Command, out: &mut TransmitBatch) {
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + self.config.tick);
+        }
+        let participant = command.participant().cloned();
+        let result = match command {
+            Command::AddParticipant {
+                room,
+                participant,
+                offer_sdp,
+                permissions,
+            } => self.add_participant(now, room, participant, &offer_sdp, permissions),
+            Command::Answer {
+                participant,
+                answer_sdp,
+            } => self.apply_answer(now, &participant, &answer_sdp),
+            Command::Offer {
+                participant,
+                offer_sdp,
+            } => self.apply_client_offer(now, &participant, &offer_sdp),
+            Command::SetPermissions {
+                participant,
+                permissions,
+            } => self.set_permissions(now, &participant, permissions, out),
+            Command::RemoveParticipant { participant } => {
+                if let Some(&idx) = self.by_id.get(&participant) {
+                    self.remove_participant(now, idx, DisconnectReason::Removed, out);
+                }
+                Ok(())
+            }
+            Command::CloseRoom { room } => {
+                let members = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.participants.clone())
+                    .unwrap_or_default();
+                for idx in members {
+                    self.remove_participant(now, idx, DisconnectReason::RoomClosed, out);
+                }
+                self.rooms.remove(&room);
+                Ok(())
+            }
+            Command::RequestKeyframe { participant } => {
+                if let Some(&idx) = self.by_id.get(&participant) {
+                    let tracks: Vec<usize> = self.participant(idx).subscriptions.iter().map(|s| s.track).collect();
+                    for t in tracks {
+                        self.request_keyframe(now, t, out);
+                    }
+                }
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            self.events.push_back(Event::CommandFailed {
+                participant,
+                error,
+            });
+        }
+    }
+
+    fn participant(&self, idx: usize) -> &Participant {
+        self.participants[idx].as_ref().expect("live participant index")
+    }
+
+    fn participant_mut(&mut self, idx: usize) -> &mut Participant {
+        self.participants[idx].as_mut().expect("live participant index")
+    }
+
+    fn track(&self, idx: usize) -> &Track {
+        self.tracks[idx].as_ref().expect("live track index")
+    }
+
+    fn add_participant(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        id: ParticipantId,
+        offer_sdp: &str,
+        permissions: Permissions,
+    ) -> Result<(), String> {
+        if self.by_id.contains_key(&id) {
+            return Err(format!("participant {id} already exists"));
+        }
+        let offer = RemoteDescription::parse(offer_sdp).map_err(|e: SdpError| e.to_string())?;
+        let transport = PeerTransport::new(
+            now,
+            self.config.transport.clone(),
+            &offer.ice_ufrag,
+            &offer.ice_pwd,
+            &offer.fingerprint,
+        )
+        .map_err(|e| e.to_string())?;
+        let ufrag = transport.local_ufrag().to_owned();
+        let participant = Participant {
+            id: id.clone(),
+            room: room.clone(),
+            transport,
+            outbound: None,
+            inbound: None,
+            remote: None,
+            permissions,
+            lines: Vec::new(),
+            ext: ExtIds::default(),
+            offered_extmaps: Vec::new(),
+            published: Vec::new(),
+            subscriptions: Vec::new(),
+            srtcp_index: 0,
+            awaiting_answer: false,
+            renegotiation_pending: false,
+            sdp_session_id: u64::from(self.new_ssrc()) << 16,
+            sdp_version: 1,
+            connected: false,
+            next_mid: 0,
+        };
+        let idx = match self.free_participants.pop() {
+            Some(i) => {
+                self.participants[i] = Some(participant);
+                i
+            }
+            None => {
+                self.participants.push(Some(participant));
+                self.participants.len() - 1
+            }
+        };
+        self.by_id.insert(id, idx);
+        self.by_ufrag.insert(ufrag, idx);
+        self.rooms.entry(room).or_default().participants.push(idx);
+
+        let new_tracks = self.negotiate_offer(idx, &offer);
+        self.answer(idx);
+        self.on_tracks_published(idx, &new_tracks);
+        // The newcomer receives what the room already publishes.
+        self.subscribe_to_room(idx);
+        Ok(())
+    }
+
+    /// Applies a client offer's m-lines: new sending lines become published tracks.
+    fn negotiate_offer(&mut self, idx: usize, offer: &RemoteDescription) -> Vec<usize> {
+        let mut new_tracks = Vec::new();
+        {
+            let p = self.participant_mut(idx);
+            for (id, uri) in offer.media.iter().flat_map(|m| m.extmaps.iter()) {
+                if !p.offered_extmaps.iter().any(|(_, u)| u == uri) {
+                    p.offered_extmaps.push((*id, uri.clone()));
+                }
+            }
+            p.ext.audio_level = p.extmap_id(EXT_AUDIO_LEVEL);
+            p.ext.mid = p.extmap_id(EXT_MID);
+        }
+        for m in &offer.media {
+            if self.participant(idx).lines.iter().any(|l| l.mid == m.mid) {
+                continue;
+            }
+            let codec = m.kind.and_then(|k| CodecParams::choose(k, &m.codecs));
+            let role = match (m.kind, codec, m.rejected) {
+                (Some(kind), Some(codec), false) if m.direction.remote_sends() => {
+                    let pid = self.participant(idx).id.clone();
+                    let mut track = Track::new(
+                        TrackId(format!("{}/{}", pid, m.mid)),
+                        kind,
+                        idx,
+                        m.mid.clone(),
+                        codec,
+                        self.config.nack_cache_slots,
+                    );
+                    if let Some(ssrc) = m.ssrcs.first() {
+                        track.bind_ssrc(*ssrc);
+                        if let Some((_, rtx)) = m.rtx_ssrcs.iter().find(|(p, _)| p == ssrc) {
+                            track.bind_rtx_ssrc(*rtx);
+                        }
+                    }
+                    let t = match self.free_tracks.pop() {
+                        Some(i) => {
+                            self.tracks[i] = Some(track);
+                            i
+                        }
+                        None => {
+                            self.tracks.push(Some(track));
+                            self.tracks.len() - 1
+                        }
+                    };
+                    self.participant_mut(idx).published.push(t);
+                    new_tracks.push(t);
+                    LineRole::Publish { track: t }
+                }
+                (Some(kind), Some(codec), false) => LineRole::Idle { kind, codec },
+                _ => LineRole::Rejected {
+                    media: if m.kind.is_some() {
+                        match m.kind {
+                            Some(MediaKind::Audio) => "audio".into(),
+                            _ => "video".into(),
+                        }
+                    } else {
+                        "application".into()
+                    },
+                    proto: vec!["UDP".into(), "DTLS".into(), "SCTP".into()],
+                    formats: vec!["webrtc-datachannel".into()],
+                },
+            };
+            let p = self.participant_mut(idx);
+            if let Ok(n) = m.mid.parse::<u32>() {
+                p.next_mid = p.next_mid.max(n + 1);
+            }
+            p.lines.push(MediaLine {
+                mid: m.mid.clone(),
+                role,
+            });
+        }
+        new_tracks
+    }
+
+    fn line_specs(&self, idx: usize, kind: SdpKind) -> Vec<LineSpec> {
+        let p = self.participant(idx);
+        p.lines
+            .iter()
+            .map(|line| {
+                let content = match &line.role {
+                    LineRole::Publish { track } => {
+                        let t = self.track(*track);
+                        let mut extmaps = Vec::new();
+                        if let Some(id) = p.ext.mid {
+                            extmaps.push((id, EXT_MID));
+                        }
+                        if t.kind == MediaKind::Audio
+                            && let Some(id) = p.ext.audio_level
+                        {
+                            extmaps.push((id, EXT_AUDIO_LEVEL));
+                        }
+                        LineContent::Media {
+                            kind: t.kind,
+                            codec: t.codec.clone(),
+                            direction: "recvonly",
+                            extmaps,
+                            send: None,
+                        }
+                    }
+                    LineRole::Subscribe { subscription } => {
+                        let s = &p.subscriptions[*subscription];
+                        let t = self.tracks[s.track].as_ref();
+                        match t {
+                            Some(t) if s.active => {
+                                let mut extmaps = Vec::new();
+                                if t.kind == MediaKind::Audio {
+                                    extmaps.push((
+                                        p.ext.audio_level.unwrap_or(1),
+                                        EXT_AUDIO_LEVEL,
+                                    ));
+                                }
+                                let mut codec = t.codec.clone();
+                                codec.rtx_payload_type = s.rtx_payload_type;
+                                LineContent::Media {
+                                    kind: t.kind,
+                                    codec,
+                                    direction: "sendonly",
+                                    extmaps,
+                                    send: Some(SendSource {
+                                        ssrc: s.ssrc,
+                                        rtx_ssrc: Some(s.rtx_ssrc),
+                                        stream_id: self.participant(t.publisher).id.to_string(),
+                                        track_id: t.id.to_string().replace('/', "-"),
+                                    }),
+                                }
+                            }
+                            _ => LineContent::Rejected {
+                                media: if s.rtx_payload_type.is_some() { "video".into() } else { "audio".into() },
+                                proto: vec!["UDP".into(), "TLS".into(), "RTP".into(), "SAVPF".into()],
+                                formats: vec![s.payload_type.to_string()],
+                            },
+                        }
+                    }
+                    LineRole::Idle { kind: k, codec } => LineContent::Media {
+                        kind: *k,
+                        codec: codec.clone(),
+                        direction: "inactive",
+                        extmaps: Vec::new(),
+                        send: None,
+                    },
+                    LineRole::Rejected {
+                        media,
+                        proto,
+                        formats,
+                    } => LineContent::Rejected {
+                        media: media.clone(),
+                        proto: proto.clone(),
+                        formats: formats.clone(),
+                    },
+                };
+                let _ = kind;
+                LineSpec {
+                    mid: line.mid.clone(),
+                    content,
+                }
+            })
+            .collect()
+    }
+
+    fn write_sdp(&mut self, idx: usize, kind: SdpKind) -> String {
+        let lines = self.line_specs(idx, kind);
+        let candidate = self.config.transport.advertised_addr;
+        let p = self.participants[idx].as_mut().expect("live participant index");
+        p.sdp_version += 1;
+        let t = TransportSpec {
+            ice_ufrag: p.transport.local_ufrag(),
+            ice_pwd: p.transport.local_pwd(),
+            fingerprint: p.transport.fingerprint(),
+            candidate,
+        };
+        local_description::write(kind, p.sdp_session_id, p.sdp_version, &t, &lines)
+    }
+
+    fn answer(&mut self, idx: usize) {
+        let sdp = self.write_sdp(idx, SdpKind::Answer);
+        let participant = self.participant(idx).id.clone();
+        self.events.push_back(Event::Answer {
+            participant,
+            answer_sdp: sdp,
+        });
+    }
+
+    /// Sends an SFU offer now, or as soon as the outstanding one is answered.
+    fn renegotiate(&mut self, idx: usize) {
+        let p = self.participant_mut(idx);
+        if p.awaiting_answer {
+            p.renegotiation_pending = true;
+            return;
+        }
+        p.awaiting_answer = true;
+        p.renegotiation_pending = false;
+        let sdp = self.write_sdp(idx, SdpKind::Offer);
+        let participant = self.participant(idx).id.clone();
+        self.events.push_back(Event::Offer {
+            participant,
+            offer_sdp: sdp,
+        });
+    }
+
+    fn apply_answer(&mut self, _now: Instant, id: &ParticipantId, sdp: &str) -> Result<(), String> {
+        let idx = *self.by_id.get(id).ok_or_else(|| format!("unknown participant {id}"))?;
+        if !self.participant(idx).awaiting_answer {
+            return Err("no offer is outstanding".into());
+        }
+        let answer = RemoteDescription::parse(sdp).map_err(|e| e.to_string())?;
+        let p = self.participant_mut(idx);
+        for m in &answer.media {
+            if !m.rejected {
+                continue;
+            }
+            // A subscriber that refused an m-line gets nothing on it.
+            if let Some(LineRole::Subscribe { subscription }) =
+                p.lines.iter().find(|l| l.mid == m.mid).map(|l| l.role.clone())
+            {
+                p.subscriptions[subscription].active = false;
+            }
+        }
+        p.awaiting_answer = false;
+        if p.renegotiation_pending {
+            self.renegotiate(idx);
+        }
+        Ok(())
+    }
+
+    fn apply_client_offer(&mut self, _now: Instant, id: &ParticipantId, sdp: &str) -> Result<(), String> {
+        let idx = *self.by_id.get(id).ok_or_else(|| format!("unknown participant {id}"))?;
+        if self.participant(idx).awaiting_answer {
+            // Glare: the SFU's offer is outstanding; the client retries after answering it.
+            return Err("an SFU offer is outstanding; answer it first".into());
+        }
+        let offer = RemoteDescription::parse(sdp).map_err(|e| e.to_string())?;
+        let new_tracks = self.negotiate_offer(idx, &offer);
+        self.answer(idx);
+        self.on_tracks_published(idx, &new_tracks);
+        Ok(())
+    }
+
+    fn on_tracks_published(&mut self, publisher: usize, tracks: &[usize]) {
+        if tracks.is_empty() {
+            return;
+        }
+        let room = self.participant(publisher).room.clone();
+        for &t in tracks {
+            let track = self.track(t);
+            self.events.push_back(Event::TrackPublished {
+                room: room.clone(),
+                track: TrackInfo {
+                    id: track.id.clone(),
+                    kind: track.kind,
+                    publisher: self.participant(publisher).id.clone(),
+                },
+            });
+        }
+        let members = self.rooms.get(&room).map(|r| r.participants.clone()).unwrap_or_default();
+        for m in members {
+            if m == publisher || !self.participant(m).permissions.subscribe {
+                continue;
+            }
+            let mut added = false;
+            for &t in tracks {
+                added |= self.subscribe(m, t);
+            }
+            if added {
+                self.renegotiate(m);
+            }
+        }
+    }
+
+    /// Subscribes `idx` to every track of the others in its room it does not yet receive.
+    fn subscribe_to_room(&mut self, idx: usize) {
+        if !self.participant(idx).permissions.subscribe {
+            return;
+        }
+        let room = self.participant(idx).room.clone();
+        let members = self.rooms.get(&room).map(|r| r.participants.clone()).unwrap_or_default();
+        let mut added = false;
+        for m in members {
+            if m == idx {
+                continue;
+            }
+            let published = self.participant(m).published.clone();
+            for t in published {
+                added |= self.subscribe(idx, t);
+            }
+        }
+        if added {
+            self.renegotiate(idx);
+        }
+    }
+
+    fn subscribe(&mut self, subscriber: usize, track: usize) -> bool {
+        if self
+            .participant(subscriber)
+            .subscriptions
+            .iter()
+            .any(|s| s.track == track && s.active)
+        {
+            return false;
+        }
+        let ssrc = self.new_ssrc();
+        let rtx_ssrc = self.new_ssrc();
+        let seed = self.new_ssrc();
+        let (pt, rtx_pt, kind) = {
+            let t = self.track(track);
+            let rtx = match t.kind {
+                MediaKind::Video => Some(t.codec.subscriber_rtx_payload_type()),
+                MediaKind::Audio => None,
+            };
+            (t.codec.payload_type, rtx, t.kind)
+        };
+        let _ = kind;
+        let p = self.participant_mut(subscriber);
+        let mid = loop {
+            let candidate = p.next_mid.to_string();
+            p.next_mid += 1;
+            if !p.lines.iter().any(|l| l.mid == candidate) {
+                break candidate;
+            }
+        };
+        let s = p.subscriptions.len();
+        p.subscriptions.push(Subscription::new(track, mid.clone(), ssrc, rtx_ssrc, pt, rtx_pt, seed));
+        p.lines.push(MediaLine {
+            mid,
+            role: LineRole::Subscribe { subscription: s },
+        });
+        if let Some(t) = self.tracks[track].as_mut() {
+            t.subscribers.push((subscriber, s));
+        }
+        true
+    }
+
+    fn unsubscribe_all(&mut self, subscriber: usize) -> bool {
+        let mut changed = false;
+        let subs: Vec<(usize, usize)> = self
+            .participant(subscriber)
+            .subscriptions
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active)
+            .map(|(i, s)| (i, s.track))
+            .collect();
+        for (i, t) in subs {
+            self.participant_mut(subscriber).subscriptions[i].active = false;
+            if let Some(track) = self.tracks[t].as_mut() {
+                track.subscribers.retain(|&(p, s)| !(p == subscriber && s == i));
+            }
+            changed = true;
+        }
+        changed
+    }
+
+    fn set_permissions(
+        &mut self,
+        now: Instant,
+        id: &ParticipantId,
+        permissions: Permissions,
+        out: &mut TransmitBatch,
+    ) -> Result<(), String> {
+        let idx = *self.by_id.get(id).ok_or_else(|| format!("unknown participant {id}"))?;
+        let before = std::mem::replace(&mut self.participant_mut(idx).permissions, permissions);
+        if before.subscribe && !permissions.subscribe && self.unsubscribe_all(idx) {
+            self.renegotiate(idx);
+        }
+        if !before.subscribe && permissions.subscribe {
+            self.subscribe_to_room(idx);
+        }
+        if !before.publish && permissions.publish {
+            // Media starts flowing now: everyone needs a keyframe.
+            let published = self.participant(idx).published.clone();
+            for t in published {
+                self.request_keyframe(now, t, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_participant(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        reason: DisconnectReason,
+        out: &mut TransmitBatch,
+    ) {
+        let Some(mut p) = self.participants[idx].take() else {
+            return;
+        };
+        p.transport.shutdown(now);
+        while let Some((dest, datagram)) = p.transport.poll_transmit() {
+            out.push(dest, &datagram);
+        }
+        self.by_id.remove(&p.id);
+        self.by_ufrag.remove(p.transport.local_ufrag());
+        if let Some(addr) = p.remote {
+            self.by_addr.remove(&addr);
+        }
+        // Its subscriptions leave the tracks they read from.
+        for (i, s) in p.subscriptions.iter().enumerate() {
+            if let Some(t) = self.tracks[s.track].as_mut() {
+                t.subscribers.retain(|&(sp, ss)| !(sp == idx && ss == i));
+            }
+        }
+        // Its tracks leave every subscriber.
+        let room_id = p.room.clone();
+        for &t in &p.published {
+            if let Some(track) = self.tracks[t].take() {
+                self.free_tracks.push(t);
+                for (sp, ss) in track.subscribers {
+                    if let Some(sub) = self.participants[sp].as_mut() {
+                        sub.subscriptions[ss].active = false;
+                    }
+                    self.renegotiate(sp);
+                }
+                self.events.push_back(Event::TrackUnpublished {
+                    room: room_id.clone(),
+                    track: TrackInfo {
+                        id: track.id,
+                        kind: track.kind,
+                        publisher: p.id.clone(),
+                    },
+                });
+            }
+        }
+        if let Some(room) = self.rooms.get_mut(&room_id) {
+            room.participants.retain(|&m| m != idx);
+            if room.speaker == Some(idx) {
+                room.speaker = None;
+            }
+            if room.participants.is_empty() {
+                self.rooms.remove(&room_id);
+            }
+        }
+        self.free_participants.push(idx);
+        self.events.push_back(Event::Disconnected {
+            participant: p.id,
+            reason,
+        });
+    }
+
+    // ----- datagrams ----------------------------------------------------------------------
+
+    /// One received datagram. `buf` is the worker's receive buffer and is decrypted in place.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &mut [u8],
+        out: &mut TransmitBatch,
+    ) {
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += buf.len() as u64;
+        match classify(buf) {
+            PacketClass::Stun => self.handle_stun(now, from, buf, out),
+            PacketClass::Dtls => match self.by_addr.get(&from) {
+                Some(&idx) => self.handle_dtls(now, idx, buf, out),
+                None => self.counters.dropped_unknown_source += 1,
+            },
+            PacketClass::Rtp => match self.by_addr.get(&from) {
+                Some(&idx) => self.handle_rtp(now, idx, buf, out),
+                None => self.counters.dropped_unknown_source += 1,
+            },
+            PacketClass::Rtcp => match self.by_addr.get(&from) {
+                Some(&idx) => self.handle_rtcp(now, idx, buf, out),
+                None => self.counters.dropped_unknown_source += 1,
+            },
+            PacketClass::Unknown => self.counters.dropped_malformed += 1,
+        }
+    }
+
+    fn handle_stun(&mut self, now: Instant, from: SocketAddr, buf: &[u8], out: &mut TransmitBatch) {
+        let Some(idx) = stun_username_ufrag(buf).and_then(|u| self.by_ufrag.get(u).copied()) else {
+            self.counters.dropped_unknown_source += 1;
+            return;
+        };
+        self.participant_mut(idx).transport.handle_stun(now, from, buf);
+        self.drive_transport(now, idx, out);
+    }
+
+    fn handle_dtls(&mut self, now: Instant, idx: usize, buf: &[u8], out: &mut TransmitBatch) {
+        self.participant_mut(idx).transport.handle_dtls(now, buf);
+        self.drive_transport(now, idx, out);
+    }
+
+    /// Sends what a transport queued and applies its events.
+    fn drive_transport(&mut self, now: Instant, idx: usize, out: &mut TransmitBatch) {
+        let mut closed = None;
+        let mut secured = false;
+        {
+            let Some(p) = self.participants[idx].as_mut() else {
+                return;
+            };
+            while let Some((dest, datagram)) = p.transport.poll_transmit() {
+                out.push(dest, &datagram);
+            }
+            while let Some(event) = p.transport.poll_event() {
+                match event {
+                    TransportEvent::RemoteAddress(addr) => {
+                        if let Some(old) = p.remote.replace(addr) {
+                            self.by_addr.remove(&old);
+                        }
+                        self.by_addr.insert(addr, idx);
+                    }
+                    TransportEvent::Secured { outbound, inbound } => {
+                        p.outbound = Some(outbound);
+                        p.inbound = Some(inbound);
+                        secured = true;
+                    }
+                    TransportEvent::Closed(cause) => closed = Some(cause),
+                }
+            }
+        }
+        if secured {
+            let p = self.participant_mut(idx);
+            p.connected = true;
+            let participant = p.id.clone();
+            self.events.push_back(Event::Connected { participant });
+            let tracks: Vec<usize> = self.participant(idx).subscriptions.iter().map(|s| s.track).collect();
+            for t in tracks {
+                self.request_keyframe(now, t, out);
+            }
+        }
+        if let Some(cause) = closed {
+            let reason = match cause {
+                CloseCause::ConsentTimeout => DisconnectReason::ConsentTimeout,
+                CloseCause::DtlsClosed | CloseCause::DtlsFailed => DisconnectReason::TransportClosed,
+            };
+            self.remove_participant(now, idx, reason, out);
+        }
+    }
+
+    fn handle_rtp(&mut self, now: Instant, idx: usize, buf: &mut [u8], out: &mut TransmitBatch) {
+        let Some(p) = self.participants[idx].as_mut() else {
+            return;
+        };
+        let Some(inbound_ctx) = p.inbound.as_deref() else {
+            self.counters.dropped_not_ready += 1;
+            return;
+        };
+        let Ok(header) = RtpHeader::parse(buf) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        // Which track and which of its streams (media or RTX).
+        let mut found = None;
+        for &t in &p.published {
+            if let Some(track) = self.tracks[t].as_ref() {
+                if track.ssrc == Some(header.ssrc) {
+                    found = Some((t, false));
+                    break;
+                }
+                if track.rtx_ssrc == Some(header.ssrc) {
+                    found = Some((t, true));
+                    break;
+                }
+            }
+        }
+        if found.is_none() {
+            // An SSRC the SDP did not announce: bind it through the MID header extension.
+            if let Some(mid) = p.ext.mid.and_then(|id| header.extension_value(buf, id)) {
+                for &t in &p.published {
+                    if let Some(track) = self.tracks[t].as_mut()
+                        && track.mid.as_bytes() == mid
+                    {
+                        if Some(header.payload_type) == track.codec.rtx_payload_type {
+                            if track.rtx_ssrc.is_none() {
+                                track.bind_rtx_ssrc(header.ssrc);
+                                found = Some((t, true));
+                            }
+                        } else if track.ssrc.is_none() {
+                            track.bind_ssrc(header.ssrc);
+                            found = Some((t, false));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let Some((t, is_rtx)) = found else {
+            self.counters.dropped_unknown_ssrc += 1;
+            return;
+        };
+        let Some(track) = self.tracks[t].as_mut() else {
+            return;
+        };
+        let stream = if is_rtx { track.rtx_inbound.as_mut() } else { track.inbound.as_mut() };
+        let Some(stream) = stream else {
+            self.counters.dropped_unknown_ssrc += 1;
+            return;
+        };
+        let ext = stream.extend(header.sequence_number);
+        if stream.is_replay(ext) {
+            self.counters.dropped_replay += 1;
+            return;
+        }
+        let Ok(plain_len) = inbound_ctx.open_rtp(
+            buf,
+            header.header_len,
+            header.ssrc,
+            (ext >> 16) as u32,
+            header.sequence_number,
+        ) else {
+            self.counters.dropped_auth += 1;
+            return;
+        };
+        stream.record(now, ext, header.timestamp);
+        let Ok((mut start, end)) = header.payload_range(plain_len, buf) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        if !p.permissions.publish {
+            // The waiting room: nothing leaves a participant who may not publish.
+            self.counters.dropped_blocked += 1;
+            return;
+        }
+        let media_ext = if is_rtx {
+            if end < start + 2 {
+                // Padding-only RTX (bandwidth probing) carries nothing to forward.
+                return;
+            }
+            let osn = u16::from_be_bytes([buf[start], buf[start + 1]]);
+            start += 2;
+            let Some(media) = track.inbound.as_mut() else {
+                return;
+            };
+            let media_ext = media.extend(osn);
+            if media.is_replay(media_ext) {
+                self.counters.duplicate_repairs += 1;
+                return;
+            }
+            media.record(now, media_ext, header.timestamp);
+            self.counters.repairs_received += 1;
+            media_ext
+        } else {
+            if start == end {
+                return;
+            }
+            ext
+        };
+        let audio_level = match (track.kind, p.ext.audio_level) {
+            (MediaKind::Audio, Some(id)) => header.extension_value(buf, id).and_then(|v| v.first().copied()),
+            _ => None,
+        };
+        if let Some(level) = audio_level {
+            let l = (level & 0x7f) as f32;
+            track.audio_level = track.audio_level * 0.8 + l * 0.2;
+        }
+        let payload = &buf[start..end];
+        track.cache.insert(media_ext, header.timestamp, header.marker, audio_level, payload);
+        // Forward: rewrite and seal once per subscriber.
+        let track = self.tracks[t].as_ref().expect("track");
+        for &(s, sub_idx) in &track.subscribers {
+            let Some(sub) = self.participants[s].as_mut() else {
+                continue;
+            };
+            if !sub.permissions.subscribe {
+                continue;
+            }
+            let (Some(ctx), Some(dest)) = (sub.outbound.as_deref(), sub.remote) else {
+                continue;
+            };
+            let audio_ext = sub.ext.audio_level;
+            let subscription = &mut sub.subscriptions[sub_idx];
+            if !subscription.active {
+                continue;
+            }
+            let (out_ext, out_ts) = subscription.map(media_ext, header.timestamp);
+            let slot = out.slot();
+            if payload.len() + 64 + SRTP_TAG_LEN > slot.len() {
+                self.counters.dropped_malformed += 1;
+                break;
+            }
+            let mut w = HeaderWriter::new(
+                slot,
+                header.marker,
+                subscription.payload_type,
+                out_ext as u16,
+                out_ts,
+                subscription.ssrc,
+            );
+            if let (Some(level), Some(id)) = (audio_level, audio_ext.or(Some(1))) {
+                w.extension(id, &[level]);
+            }
+            let hlen = w.finish();
+            slot[hlen..hlen + payload.len()].copy_from_slice(payload);
+            let len = hlen + payload.len();
+            match ctx.seal_rtp(slot, len, hlen, subscription.ssrc, (out_ext >> 16) as u32, out_ext as u16) {
+                Ok(n) => {
+                    subscription.packets = subscription.packets.wrapping_add(1);
+                    subscription.octets = subscription.octets.wrapping_add(payload.len() as u32);
+                    out.commit(dest, n);
+                    self.counters.packets_out += 1;
+                    self.counters.bytes_out += n as u64;
+                }
+                Err(_) => self.counters.seal_failures += 1,
+            }
+        }
+    }
+
+    fn handle_rtcp(&mut self, now: Instant, idx: usize, buf: &mut [u8], out: &mut TransmitBatch) {
+        let Some(p) = self.participants[idx].as_mut() else {
+            return;
+        };
+        let Some(ctx) = p.inbound.as_deref() else {
+            self.counters.dropped_not_ready += 1;
+            return;
+        };
+        let Ok((len, _index)) = ctx.open_rtcp(buf) else {
+            self.counters.dropped_auth += 1;
+            return;
+        };
+        self.counters.rtcp_in += 1;
+        let mut slice = &buf[..len];
+        let Ok(packets) = rtc_rtcp::packet::unmarshal(&mut slice) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        use rtc_rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+        use rtc_rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use rtc_rtcp::sender_report::SenderReport;
+        use rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        for packet in &packets {
+            let any = packet.as_any();
+            if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                self.keyframe_for_subscription(now, idx, pli.media_ssrc, out);
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                for entry in &fir.fir {
+                    self.keyframe_for_subscription(now, idx, entry.ssrc, out);
+                }
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                self.retransmit(idx, nack, out);
+            } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                self.relay_sender_report(now, idx, sr, out);
+            }
+        }
+    }
+
+    fn keyframe_for_subscription(&mut self, now: Instant, idx: usize, media_ssrc: u32, out: &mut TransmitBatch) {
+        let track = self
+            .participant(idx)
+            .subscriptions
+            .iter()
+            .find(|s| s.ssrc == media_ssrc && s.active)
+            .map(|s| s.track);
+        if let Some(t) = track {
+            self.counters.keyframe_requests_in += 1;
+            self.request_keyframe(now, t, out);
+        }
+    }
+
+    /// Sends a PLI to a track's publisher unless one went out within the throttle interval.
+    fn request_keyframe(&mut self, now: Instant, t: usize, out: &mut TransmitBatch) {
+        let throttle = self.config.keyframe_throttle;
+        let Some(track) = self.tracks[t].as_mut() else {
+            return;
+        };
+        if track.kind != MediaKind::Video {
+            return;
+        }
+        let Some(ssrc) = track.ssrc else {
+            return;
+        };
+        if track.last_keyframe_request.is_some_and(|last| now < last + throttle) {
+            self.counters.keyframe_requests_throttled += 1;
+            return;
+        }
+        track.last_keyframe_request = Some(now);
+        let publisher = track.publisher;
+        let n = rtcp_writer::pli(&mut self.rtcp_scratch, ssrc);
+        if self.send_rtcp(publisher, n, out) {
+            self.counters.keyframe_requests_out += 1;
+        }
+    }
+
+    /// Seals `rtcp_scratch[..len]` for participant `idx` and queues it.
+    fn send_rtcp(&mut self, idx: usize, len: usize, out: &mut TransmitBatch) -> bool {
+        let Some(p) = self.participants[idx].as_mut() else {
+            return false;
+        };
+        let index = p.next_srtcp_index();
+        let Some((ctx, dest)) = p.sendable() else {
+            return false;
+        };
+        if len + SRTCP_TRAILER_LEN > SLOT_SIZE {
+            return false;
+        }
+        let slot = out.slot();
+        slot[..len].copy_from_slice(&self.rtcp_scratch[..len]);
+        match ctx.seal_rtcp(slot, len, index) {
+            Ok(n) => {
+                out.commit(dest, n);
+                self.counters.rtcp_out += 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn retransmit(
+        &mut self,
+        idx: usize,
+        nack: &rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
+        out: &mut TransmitBatch,
+    ) {
+        let max = self.config.max_resends_per_packet;
+        let Some(sub) = self.participants[idx].as_mut() else {
+            return;
+        };
+        let Some(s) = sub.subscriptions.iter().position(|s| s.ssrc == nack.media_ssrc && s.active) else {
+            return;
+        };
+        let (Some(ctx), Some(dest)) = (sub.outbound.as_deref(), sub.remote) else {
+            return;
+        };
+        let subscription = &mut sub.subscriptions[s];
+        let Some(track) = self.tracks[subscription.track].as_mut() else {
+            return;
+        };
+        for pair in &nack.nacks {
+            for seq in pair.packet_list() {
+                self.counters.nacks_in += 1;
+                let Some(in_ext) = subscription.unmap(seq) else {
+                    continue;
+                };
+                let Some((meta, payload)) = track.cache.take_for_resend(in_ext, max) else {
+                    self.counters.nacks_unrepairable += 1;
+                    continue;
+                };
+                let out_ext = (in_ext as i64 + subscription.seq_delta.unwrap_or(0)) as u64;
+                let out_ts = meta.timestamp.wrapping_add(subscription.ts_delta);
+                let slot = out.slot();
+                let (ssrc, seq_ext, pt) = match subscription.rtx_payload_type {
+                    Some(rtx_pt) => {
+                        subscription.rtx_ext_seq += 1;
+                        (subscription.rtx_ssrc, subscription.rtx_ext_seq, rtx_pt)
+                    }
+                    None => (subscription.ssrc, out_ext, subscription.payload_type),
+                };
+                let hlen = HeaderWriter::new(slot, meta.marker, pt, seq_ext as u16, out_ts, ssrc).finish();
+                let mut len = hlen;
+                if subscription.rtx_payload_type.is_some() {
+                    slot[len..len + 2].copy_from_slice(&(out_ext as u16).to_be_bytes());
+                    len += 2;
+                }
+                slot[len..len + payload.len()].copy_from_slice(payload);
+                len += payload.len();
+                if let Ok(n) = ctx.seal_rtp(slot, len, hlen, ssrc, (seq_ext >> 16) as u32, seq_ext as u16) {
+                    out.commit(dest, n);
+                    self.counters.retransmissions_out += 1;
+                    self.counters.packets_out += 1;
+                    self.counters.bytes_out += n as u64;
+                }
+            }
+        }
+    }
+
+    /// Publisher SRs are translated per subscriber so lip sync survives the rewrite.
+    fn relay_sender_report(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        sr: &rtc_rtcp::sender_report::SenderReport,
+        out: &mut TransmitBatch,
+    ) {
+        let published = self.participant(idx).published.clone();
+        let Some(t) = published
+            .into_iter()
+            .find(|&t| self.tracks[t].as_ref().is_some_and(|tr| tr.ssrc == Some(sr.ssrc)))
+        else {
+            return;
+        };
+        let subscribers = {
+            let track = self.tracks[t].as_mut().expect("track");
+            track.last_sr = Some((sr.ntp_time, sr.rtp_time));
+            if let Some(inb) = track.inbound.as_mut() {
+                inb.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
+            }
+            track.subscribers.clone()
+        };
+        for (s, sub_idx) in subscribers {
+            let Some(sub) = self.participants[s].as_ref() else {
+                continue;
+            };
+            let subscription = &sub.subscriptions[sub_idx];
+            if subscription.seq_delta.is_none() || !subscription.active {
+                continue;
+            }
+            let n = rtcp_writer::sender_report(
+                &mut self.rtcp_scratch,
+                subscription.ssrc,
+                sr.ntp_time,
+                sr.rtp_time.wrapping_add(subscription.ts_delta),
+                subscription.packets,
+                subscription.octets,
+            );
+            self.send_rtcp(s, n, out);
+        }
+    }
+
+    // ----- time ---------------------------------------------------------------------------
+
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut TransmitBatch) {
+        if self.next_tick.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_tick = Some(now + self.config.tick);
+        // Transports: ICE consent, DTLS retransmission.
+        for idx in 0..self.participants.len() {
+            let due = match self.participants[idx].as_mut() {
+                Some(p) => p.transport.poll_timeout().is_some_and(|t| t <= now),
+                None => false,
+            };
+            if due {
+                self.participant_mut(idx).transport.handle_timeout(now);
+                self.drive_transport(now, idx, out);
+            }
+        }
+        // NACKs and keyframe requests toward publishers.
+        for t in 0..self.tracks.len() {
+            let mut needs_keyframe = false;
+            let (publisher, ssrc) = {
+                let Some(track) = self.tracks[t].as_mut() else {
+                    continue;
+                };
+                let Some(inbound) = track.inbound.as_mut() else {
+                    continue;
+                };
+                self.nack_scratch.clear();
+                if track.kind == MediaKind::Video {
+                    inbound.due_nacks(now, self.config.nack_interval, self.config.nack_max_tries, &mut self.nack_scratch);
+                }
+                if inbound.needs_keyframe {
+                    inbound.needs_keyframe = false;
+                    needs_keyframe = true;
+                }
+                (track.publisher, inbound.ssrc)
+            };
+            if !self.nack_scratch.is_empty() {
+                let n = rtcp_writer::nack(&mut self.rtcp_scratch, ssrc, &self.nack_scratch);
+                if n > 0 && self.send_rtcp(publisher, n, out) {
+                    self.counters.nacks_out += self.nack_scratch.len() as u64;
+                }
+            }
+            if needs_keyframe {
+                self.request_keyframe(now, t, out);
+            }
+        }
+        if self.next_report.is_none_or(|t| now >= t) {
+            self.next_report = Some(now + self.config.report_interval);
+            self.send_receiver_reports(now, out);
+        }
+        if self.next_speaker.is_none_or(|t| now >= t) {
+            self.next_speaker = Some(now + self.config.speaker_interval);
+            self.update_speakers();
+        }
+    }
+
+    fn send_receiver_reports(&mut self, now: Instant, out: &mut TransmitBatch) {
+        for t in 0..self.tracks.len() {
+            let Some(track) = self.tracks[t].as_mut() else {
+                continue;
+            };
+            let Some(inbound) = track.inbound.as_mut() else {
+                continue;
+            };
+            let Some(highest) = inbound.highest() else {
+                continue;
+            };
+            let (fraction_lost, total_lost) = inbound.report_loss();
+            let (last_sr, dlsr) = match inbound.last_sr {
+                Some((mid, at)) => {
+                    let d = now.duration_since(at);
+                    (mid, (d.as_secs_f64() * 65536.0) as u32)
+                }
+                None => (0, 0),
+            };
+            let block = ReportBlock {
+                ssrc: inbound.ssrc,
+                fraction_lost,
+                total_lost,
+                highest_ext_seq: highest as u32,
+                jitter: inbound.jitter(),
+                last_sr,
+                delay_since_last_sr: dlsr,
+            };
+            let publisher = track.publisher;
+            let n = rtcp_writer::receiver_report(&mut self.rtcp_scratch, &block);
+            self.send_rtcp(publisher, n, out);
+        }
+    }
+
+    /// Loudest smoothed audio level per room; an event when it changes hands.
+    fn update_speakers(&mut self) {
+        const SPEAKING_BELOW_DBOV: f32 = 60.0;
+        let mut changes = Vec::new();
+        for (room_id, room) in &mut self.rooms {
+            let mut best: Option<(usize, f32)> = None;
+            for &m in &room.participants {
+                let Some(p) = self.participants[m].as_ref() else {
+                    continue;
+                };
+                if !p.permissions.publish {
+                    continue;
+                }
+                for &t in &p.published {
+                    if let Some(track) = self.tracks[t].as_ref()
+                        && track.kind == MediaKind::Audio
+                        && track.audio_level < SPEAKING_BELOW_DBOV
+                        && best.is_none_or(|(_, l)| track.audio_level < l)
+                    {
+                        best = Some((m, track.audio_level));
+                    }
+                }
+            }
+            if let Some((m, _)) = best
+                && room.speaker != Some(m)
+            {
+                room.speaker = Some(m);
+                if let Some(p) = self.participants[m].as_ref() {
+                    changes.push((room_id.clone(), p.id.clone()));
+                }
+            }
+        }
+        for (room, participant) in changes {
+            self.events.push_back(Event::ActiveSpeaker { room, participant });
+        }
+    }
+}

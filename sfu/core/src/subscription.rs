@@ -1,0 +1,89 @@
+//! A subscription (consumer): one published track sent to one subscriber, with its own SSRC and
+//! the sequence-number and timestamp offsets that keep the subscriber's stream continuous.
+
+#[derive(Debug)]
+pub struct Subscription {
+    pub track: usize,
+    pub mid: String,
+    pub ssrc: u32,
+    pub rtx_ssrc: u32,
+    pub payload_type: u8,
+    pub rtx_payload_type: Option<u8>,
+    /// `out = in + seq_delta` on extended sequence numbers; fixed at the first forwarded packet.
+    pub seq_delta: Option<i64>,
+    pub ts_delta: u32,
+    /// Where the stream starts (random, per RFC 3550 §5.1).
+    pub first_ext_seq: u64,
+    pub first_timestamp: u32,
+    pub highest_out: u64,
+    pub rtx_ext_seq: u64,
+    pub packets: u32,
+    pub octets: u32,
+    /// False once the track went away or the subscriber lost permission; the m-line goes
+    /// inactive at the next renegotiation.
+    pub active: bool,
+}
+
+impl Subscription {
+    pub fn new(track: usize, mid: String, ssrc: u32, rtx_ssrc: u32, payload_type: u8, rtx_payload_type: Option<u8>, seed: u32) -> Self {
+        Self {
+            track,
+            mid,
+            ssrc,
+            rtx_ssrc,
+            payload_type,
+            rtx_payload_type,
+            seq_delta: None,
+            ts_delta: 0,
+            first_ext_seq: (1 << 16) | (seed & 0x7fff) as u64,
+            first_timestamp: seed.rotate_left(13),
+            highest_out: 0,
+            rtx_ext_seq: (1 << 16) | (seed >> 17) as u64,
+            packets: 0,
+            octets: 0,
+            active: true,
+        }
+    }
+
+    /// Maps a publisher extended sequence number to this subscriber's, fixing the offsets on
+    /// the first packet. Returns (out extended seq, out timestamp).
+    pub fn map(&mut self, in_ext: u64, in_ts: u32) -> (u64, u32) {
+        let delta = *self.seq_delta.get_or_insert_with(|| {
+            self.ts_delta = self.first_timestamp.wrapping_sub(in_ts);
+            self.first_ext_seq as i64 - in_ext as i64
+        });
+        let out = (in_ext as i64 + delta).max(0) as u64;
+        if out > self.highest_out {
+            self.highest_out = out;
+        }
+        (out, in_ts.wrapping_add(self.ts_delta))
+    }
+
+    /// The publisher's extended sequence number for a subscriber's 16-bit one (from a NACK).
+    pub fn unmap(&self, out_seq: u16) -> Option<u64> {
+        let delta = self.seq_delta?;
+        let d = out_seq.wrapping_sub(self.highest_out as u16) as i16 as i64;
+        let out_ext = self.highest_out as i64 + d;
+        let in_ext = out_ext - delta;
+        (in_ext >= 0).then_some(in_ext as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_is_continuous_and_reversible() {
+        let mut s = Subscription::new(0, "1".into(), 5, 6, 96, Some(97), 12345);
+        let (a, ta) = s.map(70_000, 1000);
+        let (b, tb) = s.map(70_001, 4000);
+        assert_eq!(b, a + 1);
+        assert_eq!(tb.wrapping_sub(ta), 3000);
+        assert_eq!(s.unmap(a as u16), Some(70_000));
+        assert_eq!(s.unmap(b as u16), Some(70_001));
+        // A late repair maps into the gap it belongs to.
+        let (c, _) = s.map(69_999, 0);
+        assert_eq!(c + 1, a);
+    }
+}

@@ -1,0 +1,75 @@
+//! Outgoing datagrams of one worker iteration, in buffers the worker reuses.
+//!
+//! The core writes rewritten, sealed packets straight into slots here; the I/O layer hands the
+//! whole batch to `sendmmsg` and clears it. Slots grow to the high-water mark once, then no
+//! packet allocates.
+
+use std::net::SocketAddr;
+
+/// Room for an MTU-sized datagram plus SRTP/SRTCP trailers and a rewritten header.
+pub const SLOT_SIZE: usize = 1600;
+
+#[derive(Debug, Default)]
+pub struct TransmitBatch {
+    data: Vec<u8>,
+    meta: Vec<(SocketAddr, usize)>,
+}
+
+impl TransmitBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_capacity(slots: usize) -> Self {
+        Self {
+            data: vec![0; slots * SLOT_SIZE],
+            meta: Vec::with_capacity(slots),
+        }
+    }
+
+    /// The next free slot; write into it, then [`Self::commit`].
+    pub fn slot(&mut self) -> &mut [u8] {
+        let start = self.meta.len() * SLOT_SIZE;
+        if self.data.len() < start + SLOT_SIZE {
+            self.data.resize(start + SLOT_SIZE, 0);
+        }
+        &mut self.data[start..start + SLOT_SIZE]
+    }
+
+    pub fn commit(&mut self, dest: SocketAddr, len: usize) {
+        debug_assert!(len <= SLOT_SIZE);
+        self.meta.push((dest, len.min(SLOT_SIZE)));
+    }
+
+    /// Copies a ready datagram into the batch (slow-path packets: STUN, DTLS).
+    pub fn push(&mut self, dest: SocketAddr, datagram: &[u8]) {
+        if datagram.len() > SLOT_SIZE {
+            return;
+        }
+        let slot = self.slot();
+        slot[..datagram.len()].copy_from_slice(datagram);
+        self.commit(dest, datagram.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> (SocketAddr, &[u8]) {
+        let (dest, len) = self.meta[i];
+        let start = i * SLOT_SIZE;
+        (dest, &self.data[start..start + len])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        (0..self.meta.len()).map(|i| self.get(i))
+    }
+
+    pub fn clear(&mut self) {
+        self.meta.clear();
+    }
+}

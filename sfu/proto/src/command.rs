@@ -1,0 +1,61 @@
+//! Commands from signaling to the SFU.
+
+use crate::ids::{ParticipantId, RoomId};
+use serde::{Deserialize, Serialize};
+
+/// What a participant may do with media. The SFU enforces it on the packet path: a participant
+/// without `publish` has nothing forwarded from it, one without `subscribe` receives nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Permissions {
+    pub publish: bool,
+    pub subscribe: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Add a participant to a room (created on first use) with the client's SDP offer.
+    /// Answered by [`crate::Event::Answer`] or [`crate::Event::CommandFailed`].
+    AddParticipant {
+        room: RoomId,
+        participant: ParticipantId,
+        offer_sdp: String,
+        permissions: Permissions,
+    },
+    /// The client's answer to an SFU offer ([`crate::Event::Offer`]).
+    Answer {
+        participant: ParticipantId,
+        answer_sdp: String,
+    },
+    /// A client-initiated renegotiation (a new track to publish, e.g. screen share).
+    Offer {
+        participant: ParticipantId,
+        offer_sdp: String,
+    },
+    /// Change what a participant may do; takes effect on the next packet.
+    SetPermissions {
+        participant: ParticipantId,
+        permissions: Permissions,
+    },
+    /// Disconnect a participant (leave, removal, device switch).
+    RemoveParticipant { participant: ParticipantId },
+    /// Disconnect everyone in a room and forget it.
+    CloseRoom { room: RoomId },
+    /// Ask a subscriber's source for a keyframe (e.g. after the UI re-shows a video).
+    RequestKeyframe { participant: ParticipantId },
+}
+
+impl Command {
+    /// The participant this command is about, if any (used to route to the owning worker).
+    pub fn participant(&self) -> Option<&ParticipantId> {
+        match self {
+            Command::AddParticipant { participant, .. }
+            | Command::Answer { participant, .. }
+            | Command::Offer { participant, .. }
+            | Command::SetPermissions { participant, .. }
+            | Command::RemoveParticipant { participant }
+            | Command::RequestKeyframe { participant } => Some(participant),
+            Command::CloseRoom { .. } => None,
+        }
+    }
+}

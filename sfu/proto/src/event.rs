@@ -1,0 +1,76 @@
+//! Events from the SFU to signaling.
+
+use crate::ids::{ParticipantId, RoomId, TrackId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub kind: MediaKind,
+    pub publisher: ParticipantId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// ICE consent freshness ran out: the browser vanished.
+    ConsentTimeout,
+    /// DTLS failed or the peer closed it.
+    TransportClosed,
+    /// Signaling removed the participant.
+    Removed,
+    /// The room was closed.
+    RoomClosed,
+}
+
+/// Load of one SFU node, reported periodically so signaling can place rooms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub node_id: String,
+    pub rooms: u32,
+    pub participants: u32,
+    pub packets_in_per_s: u64,
+    pub packets_out_per_s: u64,
+    pub dropped_per_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The SFU's answer to the offer of [`crate::Command::AddParticipant`] or
+    /// [`crate::Command::Offer`].
+    Answer {
+        participant: ParticipantId,
+        answer_sdp: String,
+    },
+    /// An SFU-initiated renegotiation offer (tracks to receive changed).
+    Offer {
+        participant: ParticipantId,
+        offer_sdp: String,
+    },
+    /// ICE and DTLS are up; media can flow.
+    Connected { participant: ParticipantId },
+    TrackPublished { room: RoomId, track: TrackInfo },
+    TrackUnpublished { room: RoomId, track: TrackInfo },
+    /// The loudest participant of a room changed (RFC 6464 audio levels).
+    ActiveSpeaker {
+        room: RoomId,
+        participant: ParticipantId,
+    },
+    Disconnected {
+        participant: ParticipantId,
+        reason: DisconnectReason,
+    },
+    CommandFailed {
+        participant: Option<ParticipantId>,
+        error: String,
+    },
+    Load(LoadReport),
+}

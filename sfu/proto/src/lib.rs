@@ -1,0 +1,76 @@
+//! The control protocol between the signaling service and SFU workers/nodes.
+//!
+//! Commands flow from signaling to the SFU, events flow back. The same serde types travel
+//! in-process (single-node mode) and over QUIC (standalone `sfu` nodes), so the two
+//! deployments cannot drift apart.
+
+mod command;
+mod event;
+mod ids;
+
+pub use command::{Command, Permissions};
+pub use event::{DisconnectReason, Event, LoadReport, MediaKind, TrackInfo};
+pub use ids::{ParticipantId, RoomId, TrackId};
+
+/// Version of the control protocol; a node with another version is refused at connect.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One message on a control connection, in either direction.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// First message of an SFU node after it dialled signaling.
+    Hello {
+        protocol_version: u32,
+        node_id: String,
+        /// UDP candidates of the node's workers, for operators' information.
+        workers: u32,
+    },
+    Command(Command),
+    Event(Event),
+}
+
+/// Errors decoding a control message from its wire form.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("control message is not valid JSON for this protocol version: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl ControlMessage {
+    /// JSON encoding used on the QUIC control stream (one message per length-prefixed frame).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising these plain data types cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_round_trips_through_the_wire_form() {
+        let msg = ControlMessage::Command(Command::AddParticipant {
+            room: RoomId::from("visit-1"),
+            participant: ParticipantId::from("p-1"),
+            offer_sdp: "v=0\r\n".into(),
+            permissions: Permissions {
+                publish: true,
+                subscribe: false,
+            },
+        });
+        let back = ControlMessage::decode(&msg.encode()).expect("decodes");
+        assert_eq!(msg, back);
+    }
+
+    #[test]
+    fn garbage_is_refused_with_an_error() {
+        assert!(ControlMessage::decode(b"{\"type\":\"nope\"}").is_err());
+        assert!(ControlMessage::decode(b"\xff\x00").is_err());
+    }
+}
