@@ -68,7 +68,8 @@ impl InboundStream {
     /// Extended sequence number of `seq` relative to the highest seen (RFC 3711 §3.3.1 guess).
     pub fn extend(&self, seq: u16) -> u64 {
         match self.highest {
-            None => seq as u64 + (1 << 16),
+            // The rollover counter starts at zero (RFC 3711 §3.3.1).
+            None => seq as u64,
             Some(h) => {
                 let delta = (seq.wrapping_sub(h as u16)) as i16 as i64;
                 (h as i64 + delta).max(0) as u64

@@ -59,6 +59,8 @@ pub struct Participant {
     pub sdp_version: u64,
     pub connected: bool,
     pub next_mid: u32,
+    /// Addresses this participant's connectivity checks came from (bounded by its candidates).
+    pub stun_addrs: Vec<SocketAddr>,
 }
 
 impl Participant {

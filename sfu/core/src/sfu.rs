@@ -98,6 +98,7 @@ pub struct Sfu {
     by_id: HashMap<ParticipantId, usize>,
     by_ufrag: HashMap<String, usize>,
     by_addr: HashMap<SocketAddr, usize>,
+    by_stun_addr: HashMap<SocketAddr, usize>,
     events: VecDeque<Event>,
     pub counters: Counters,
     next_tick: Option<Instant>,
@@ -129,6 +130,7 @@ impl Sfu {
             by_id: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
+            by_stun_addr: HashMap::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
             next_tick: None,
@@ -292,6 +294,7 @@ impl Sfu {
             sdp_version: 1,
             connected: false,
             next_mid: 0,
+            stun_addrs: Vec::new(),
         };
         let idx = match self.free_participants.pop() {
             Some(i) => {
@@ -418,8 +421,9 @@ impl Sfu {
                     LineRole::Subscribe { subscription } => {
                         let s = &p.subscriptions[*subscription];
                         let t = self.tracks[s.track].as_ref();
-                        match t {
-                            Some(t) if s.active => {
+                        let publisher = t.and_then(|t| self.participants[t.publisher].as_ref());
+                        match (t, publisher) {
+                            (Some(t), Some(publisher)) if s.active => {
                                 let mut extmaps = Vec::new();
                                 if t.kind == MediaKind::Audio {
                                     extmaps.push((
@@ -437,7 +441,7 @@ impl Sfu {
                                     send: Some(SendSource {
                                         ssrc: s.ssrc,
                                         rtx_ssrc: Some(s.rtx_ssrc),
-                                        stream_id: self.participant(t.publisher).id.to_string(),
+                                        stream_id: publisher.id.to_string(),
                                         track_id: t.id.to_string().replace('/', "-"),
                                     }),
                                 }
@@ -711,6 +715,9 @@ impl Sfu {
         if let Some(addr) = p.remote {
             self.by_addr.remove(&addr);
         }
+        for addr in &p.stun_addrs {
+            self.by_stun_addr.remove(addr);
+        }
         // Its subscriptions leave the tracks they read from.
         for (i, s) in p.subscriptions.iter().enumerate() {
             if let Some(t) = self.tracks[s.track].as_mut() {
@@ -719,6 +726,7 @@ impl Sfu {
         }
         // Its tracks leave every subscriber.
         let room_id = p.room.clone();
+        let mut affected = Vec::new();
         for &t in &p.published {
             if let Some(track) = self.tracks[t].take() {
                 self.free_tracks.push(t);
@@ -726,7 +734,9 @@ impl Sfu {
                     if let Some(sub) = self.participants[sp].as_mut() {
                         sub.subscriptions[ss].active = false;
                     }
-                    self.renegotiate(sp);
+                    if !affected.contains(&sp) {
+                        affected.push(sp);
+                    }
                 }
                 self.events.push_back(Event::TrackUnpublished {
                     room: room_id.clone(),
@@ -736,6 +746,12 @@ impl Sfu {
                         publisher: p.id.clone(),
                     },
                 });
+            }
+        }
+        // Only now, with every track of the leaver gone, describe the subscribers' new state.
+        for sp in affected {
+            if self.participants[sp].is_some() {
+                self.renegotiate(sp);
             }
         }
         if let Some(room) = self.rooms.get_mut(&room_id) {
@@ -785,10 +801,20 @@ impl Sfu {
     }
 
     fn handle_stun(&mut self, now: Instant, from: SocketAddr, buf: &[u8], out: &mut TransmitBatch) {
-        let Some(idx) = stun_username_ufrag(buf).and_then(|u| self.by_ufrag.get(u).copied()) else {
+        // Requests name the participant by ufrag; responses (to the agent's own checks) carry
+        // no USERNAME and are matched by the address a request came from.
+        let idx = match stun_username_ufrag(buf) {
+            Some(ufrag) => self.by_ufrag.get(ufrag).copied(),
+            None => self.by_stun_addr.get(&from).copied(),
+        };
+        let Some(idx) = idx else {
             self.counters.dropped_unknown_source += 1;
             return;
         };
+        if !self.by_stun_addr.contains_key(&from) {
+            self.by_stun_addr.insert(from, idx);
+            self.participant_mut(idx).stun_addrs.push(from);
+        }
         self.participant_mut(idx).transport.handle_stun(now, from, buf);
         self.drive_transport(now, idx, out);
     }

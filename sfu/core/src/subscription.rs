@@ -35,10 +35,11 @@ impl Subscription {
             rtx_payload_type,
             seq_delta: None,
             ts_delta: 0,
-            first_ext_seq: (1 << 16) | (seed & 0x7fff) as u64,
+            // Rollover counter 0 at the start, as the receiver assumes (RFC 3711 §3.3.1).
+            first_ext_seq: (seed & 0x7fff) as u64,
             first_timestamp: seed.rotate_left(13),
             highest_out: 0,
-            rtx_ext_seq: (1 << 16) | (seed >> 17) as u64,
+            rtx_ext_seq: (seed >> 17) as u64,
             packets: 0,
             octets: 0,
             active: true,
@@ -77,6 +78,7 @@ mod tests {
     fn mapping_is_continuous_and_reversible() {
         let mut s = Subscription::new(0, "1".into(), 5, 6, 96, Some(97), 12345);
         let (a, ta) = s.map(70_000, 1000);
+        assert_eq!(a >> 16, 0, "subscribers start at rollover 0");
         let (b, tb) = s.map(70_001, 4000);
         assert_eq!(b, a + 1);
         assert_eq!(tb.wrapping_sub(ta), 3000);

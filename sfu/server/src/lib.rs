@@ -1,1 +1,8 @@
+//! The SFU's I/O layer: worker threads (one per core), each with its own UDP socket and a
+//! shard of rooms, batched receive and send, and the node that routes control commands.
 
+pub mod node;
+pub mod udp_batch;
+pub mod worker;
+
+pub use node::{NodeConfig, NodeError, SfuNode};

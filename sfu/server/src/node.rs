@@ -1,0 +1,247 @@
+//! A set of workers behind one control entry point: places rooms on workers and routes each
+//! command to the worker that owns its room or participant.
+
+use crate::udp_batch::UdpBatch;
+use crate::worker::{self, EventSink, SharedCounters, WorkerHandle, WorkerInput};
+use sfu_core::{Counters, SfuConfig, TransportConfig};
+use sfu_proto::{Command, Event, ParticipantId, RoomId};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Address the UDP sockets bind to.
+    pub bind_ip: IpAddr,
+    /// First UDP port; worker `i` uses `base + i` (0 = ephemeral ports).
+    pub udp_port_base: u16,
+    /// Address given to clients as the ICE candidate (public or LAN address).
+    pub advertised_ip: IpAddr,
+    /// Pin worker `i` to core `i` (for benchmarks).
+    pub pin_cores: bool,
+    pub consent_disconnected: Duration,
+    pub consent_failed: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            udp_port_base: 0,
+            advertised_ip: IpAddr::from([127, 0, 0, 1]),
+            pin_cores: false,
+            consent_disconnected: Duration::from_secs(3),
+            consent_failed: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("binding UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting worker thread: {0}")]
+    Thread(std::io::Error),
+    #[error("creating DTLS certificate: {0}")]
+    Transport(String),
+}
+
+#[derive(Default)]
+struct Placement {
+    rooms: HashMap<RoomId, usize>,
+    participants: HashMap<ParticipantId, usize>,
+    load: Vec<usize>,
+}
+
+pub struct SfuNode {
+    senders: Vec<Sender<WorkerInput>>,
+    workers: Vec<WorkerHandle>,
+    placement: Arc<Mutex<Placement>>,
+    counters: Vec<SharedCounters>,
+}
+
+impl std::fmt::Debug for SfuNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SfuNode").field("workers", &self.workers).finish()
+    }
+}
+
+impl SfuNode {
+    /// Starts the workers. Events of every worker are passed to `on_event`.
+    pub fn start(
+        config: &NodeConfig,
+        on_event: impl Fn(Event) + Send + Sync + 'static,
+    ) -> Result<Self, NodeError> {
+        let n = if config.workers == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            config.workers
+        };
+        let placement = Arc::new(Mutex::new(Placement {
+            load: vec![0; n],
+            ..Default::default()
+        }));
+        let on_event = Arc::new(on_event);
+        let sink: EventSink = {
+            let placement = placement.clone();
+            Arc::new(move |worker: usize, event: Event| {
+                if let Event::Disconnected { participant, .. } = &event
+                    && let Ok(mut p) = placement.lock()
+                    && p.participants.remove(participant).is_some()
+                    && let Some(l) = p.load.get_mut(worker)
+                {
+                    *l = l.saturating_sub(1);
+                }
+                on_event(event)
+            })
+        };
+        let mut senders = Vec::with_capacity(n);
+        let mut workers = Vec::with_capacity(n);
+        let mut counters = Vec::with_capacity(n);
+        for i in 0..n {
+            let port = if config.udp_port_base == 0 {
+                0
+            } else {
+                config.udp_port_base.saturating_add(i as u16)
+            };
+            let addr = SocketAddr::new(config.bind_ip, port);
+            let socket = UdpBatch::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+            let local_addr = socket
+                .local_addr()
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            let advertised_addr = SocketAddr::new(config.advertised_ip, local_addr.port());
+            let transport = TransportConfig::generate(
+                advertised_addr,
+                config.consent_disconnected,
+                config.consent_failed,
+            )
+            .map_err(|e| NodeError::Transport(e.to_string()))?;
+            let (tx, rx) = channel();
+            let shared: SharedCounters = Arc::new(Mutex::new((Counters::default(), 0, 0)));
+            let thread = worker::spawn(
+                i,
+                socket,
+                SfuConfig::new(transport),
+                rx,
+                sink.clone(),
+                shared.clone(),
+                config.pin_cores.then_some(i),
+            )
+            .map_err(NodeError::Thread)?;
+            tracing::info!(worker = i, %local_addr, %advertised_addr, "SFU worker started");
+            senders.push(tx);
+            counters.push(shared);
+            workers.push(WorkerHandle {
+                index: i,
+                local_addr,
+                advertised_addr,
+                thread: Some(thread),
+            });
+        }
+        Ok(Self {
+            senders,
+            workers,
+            placement,
+            counters,
+        })
+    }
+
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    /// Routes a command to the worker owning its room or participant.
+    pub fn send(&self, command: Command) {
+        let worker = {
+            let Ok(mut p) = self.placement.lock() else {
+                return;
+            };
+            match &command {
+                Command::AddParticipant {
+                    room, participant, ..
+                } => {
+                    let w = match p.rooms.get(room) {
+                        Some(&w) => w,
+                        None => {
+                            // A new room goes to the least-loaded worker.
+                            let w = p
+                                .load
+                                .iter()
+                                .enumerate()
+                                .min_by_key(|(_, l)| **l)
+                                .map(|(i, _)| i)
+                                .unwrap_or(0);
+                            p.rooms.insert(room.clone(), w);
+                            w
+                        }
+                    };
+                    p.participants.insert(participant.clone(), w);
+                    p.load[w] += 1;
+                    Some(w)
+                }
+                Command::CloseRoom { room } => p.rooms.remove(room),
+                other => other
+                    .participant()
+                    .and_then(|id| p.participants.get(id).copied()),
+            }
+        };
+        if let Some(w) = worker
+            && let Some(tx) = self.senders.get(w)
+        {
+            let _ = tx.send(WorkerInput::Command(command));
+        }
+    }
+
+    /// Sum of the workers' counters as of their last export (about once a second).
+    pub fn counters(&self) -> (Counters, usize, usize) {
+        let mut total = Counters::default();
+        let (mut rooms, mut participants) = (0, 0);
+        for c in &self.counters {
+            if let Ok(c) = c.lock() {
+                let (w, r, p) = *c;
+                total.packets_in += w.packets_in;
+                total.packets_out += w.packets_out;
+                total.bytes_in += w.bytes_in;
+                total.bytes_out += w.bytes_out;
+                total.dropped_unknown_source += w.dropped_unknown_source;
+                total.dropped_malformed += w.dropped_malformed;
+                total.dropped_not_ready += w.dropped_not_ready;
+                total.dropped_unknown_ssrc += w.dropped_unknown_ssrc;
+                total.dropped_replay += w.dropped_replay;
+                total.dropped_auth += w.dropped_auth;
+                total.dropped_blocked += w.dropped_blocked;
+                total.retransmissions_out += w.retransmissions_out;
+                total.nacks_out += w.nacks_out;
+                total.keyframe_requests_out += w.keyframe_requests_out;
+                rooms += r;
+                participants += p;
+            }
+        }
+        (total, rooms, participants)
+    }
+
+    pub fn shutdown(&mut self) {
+        for tx in &self.senders {
+            let _ = tx.send(WorkerInput::Shutdown);
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for SfuNode {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

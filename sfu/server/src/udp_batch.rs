@@ -1,0 +1,152 @@
+//! Batched UDP I/O for a worker: `recvmmsg` (with GRO) through `quinn-udp`, and `sendmmsg`
+//! across many destinations, which `quinn-udp` does not offer (its GSO batches go to one peer).
+
+use sfu_core::TransmitBatch;
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// Receive buffers sized for GRO: the kernel may coalesce several datagrams from one peer.
+pub const RECV_BUF_SIZE: usize = 64 * 1024;
+
+pub struct UdpBatch {
+    socket: UdpSocket,
+    state: quinn_udp::UdpSocketState,
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<quinn_udp::RecvMeta>,
+}
+
+impl std::fmt::Debug for UdpBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpBatch").field("socket", &self.socket).finish()
+    }
+}
+
+impl UdpBatch {
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        // Bursts of video keyframes from many publishers arrive together.
+        let _ = socket.set_recv_buffer_size(8 * 1024 * 1024);
+        let _ = socket.set_send_buffer_size(8 * 1024 * 1024);
+        socket.bind(&addr.into())?;
+        socket.set_nonblocking(true)?;
+        let socket: UdpSocket = socket.into();
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let batch = quinn_udp::BATCH_SIZE.max(1);
+        Ok(Self {
+            socket,
+            state,
+            bufs: (0..batch).map(|_| vec![0u8; RECV_BUF_SIZE]).collect(),
+            meta: vec![quinn_udp::RecvMeta::default(); batch],
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Waits until the socket is readable or `timeout` passes. Returns whether it is readable.
+    pub fn wait_readable(&self, timeout: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call and we pass a count of 1.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        n > 0 && pfd.revents & libc::POLLIN != 0
+    }
+
+    /// Receives one batch and calls `on_datagram` for each datagram (GRO segments split).
+    /// Returns the number of datagrams, 0 when nothing was waiting.
+    pub fn recv_batch(&mut self, mut on_datagram: impl FnMut(SocketAddr, &mut [u8])) -> io::Result<usize> {
+        let mut slices: Vec<IoSliceMut<'_>> = self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let n = match self.state.recv((&self.socket).into(), &mut slices, &mut self.meta) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        drop(slices);
+        let mut count = 0;
+        for i in 0..n {
+            let meta = self.meta[i];
+            let stride = meta.stride.max(1);
+            let buf = &mut self.bufs[i][..meta.len];
+            for chunk in buf.chunks_mut(stride) {
+                on_datagram(meta.addr, chunk);
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Sends the whole batch with `sendmmsg`. Datagrams the kernel refuses (buffer full) are
+    /// dropped and counted; returns (sent, dropped).
+    pub fn send_batch(&self, batch: &TransmitBatch) -> (usize, usize) {
+        const CHUNK: usize = 64;
+        let total = batch.len();
+        let mut sent = 0;
+        let mut dropped = 0;
+        let mut start = 0;
+        let mut addrs: Vec<socket2::SockAddr> = Vec::with_capacity(CHUNK);
+        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(CHUNK);
+        let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(CHUNK);
+        while start < total {
+            let end = (start + CHUNK).min(total);
+            addrs.clear();
+            iovs.clear();
+            hdrs.clear();
+            for i in start..end {
+                let (dest, data) = batch.get(i);
+                addrs.push(socket2::SockAddr::from(dest));
+                iovs.push(libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: data.len(),
+                });
+            }
+            for (addr, iov) in addrs.iter().zip(iovs.iter_mut()) {
+                // SAFETY: mmsghdr is a plain C struct; all-zero is a valid initial value.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = addr.len();
+                h.msg_hdr.msg_iov = iov as *mut libc::iovec;
+                h.msg_hdr.msg_iovlen = 1;
+                hdrs.push(h);
+            }
+            let mut offset = 0;
+            while offset < hdrs.len() {
+                // SAFETY: every header points at an address and an iovec owned by `addrs` and
+                // `iovs`, which outlive the call; the iovecs point into `batch`, borrowed
+                // immutably for the whole function; the count is the vector's remaining length.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        self.socket.as_raw_fd(),
+                        hdrs[offset..].as_mut_ptr(),
+                        (hdrs.len() - offset) as libc::c_uint,
+                        0,
+                    )
+                };
+                if n < 0 {
+                    let err = io::Error::last_os_error();
+                    if err.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    // The first remaining datagram failed (buffer full, unreachable): skip it.
+                    dropped += 1;
+                    offset += 1;
+                } else {
+                    sent += n as usize;
+                    offset += n as usize;
+                }
+            }
+            start = end;
+        }
+        (sent, dropped)
+    }
+}

@@ -1,0 +1,169 @@
+//! One worker thread: owns a shard of rooms (an [`Sfu`]), its own UDP socket and port.
+
+use crate::udp_batch::UdpBatch;
+use sfu_core::{Counters, Sfu, SfuConfig, TransmitBatch};
+use sfu_proto::{Command, Event};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub enum WorkerInput {
+    Command(Command),
+    Shutdown,
+}
+
+/// Where a worker's events go (the node routes them to signaling).
+pub type EventSink = Arc<dyn Fn(usize, Event) + Send + Sync>;
+
+/// Longest sleep of an idle worker; bounds how late a command is picked up.
+const MAX_WAIT: Duration = Duration::from_millis(5);
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct WorkerHandle {
+    pub index: usize,
+    pub local_addr: SocketAddr,
+    pub advertised_addr: SocketAddr,
+    pub thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("index", &self.index)
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+/// Snapshot of a worker's counters, published for metrics and load reports.
+pub type SharedCounters = Arc<std::sync::Mutex<(Counters, usize, usize)>>;
+
+pub fn spawn(
+    index: usize,
+    socket: UdpBatch,
+    config: SfuConfig,
+    commands: Receiver<WorkerInput>,
+    sink: EventSink,
+    shared: SharedCounters,
+    core: Option<usize>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("sfu-worker-{index}"))
+        .spawn(move || {
+            if let Some(core) = core {
+                pin_to_core(core);
+            }
+            run(index, socket, config, commands, sink, shared)
+        })
+}
+
+fn pin_to_core(core: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it and
+    // sched_setaffinity reads it for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn run(
+    index: usize,
+    mut socket: UdpBatch,
+    config: SfuConfig,
+    commands: Receiver<WorkerInput>,
+    sink: EventSink,
+    shared: SharedCounters,
+) {
+    let mut sfu = Sfu::new(config);
+    let mut batch = TransmitBatch::with_capacity(256);
+    let mut next_metrics = Instant::now() + METRICS_INTERVAL;
+    let mut send_dropped = 0u64;
+    let label = index.to_string();
+    loop {
+        // Commands from signaling.
+        loop {
+            match commands.try_recv() {
+                Ok(WorkerInput::Command(cmd)) => sfu.handle_command(Instant::now(), cmd, &mut batch),
+                Ok(WorkerInput::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    flush(&socket, &mut batch, &mut send_dropped);
+                    return;
+                }
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        let now = Instant::now();
+        sfu.handle_timeout(now, &mut batch);
+        flush(&socket, &mut batch, &mut send_dropped);
+        while let Some(event) = sfu.poll_event() {
+            sink(index, event);
+        }
+        let wait = sfu
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or(MAX_WAIT)
+            .min(MAX_WAIT);
+        if socket.wait_readable(wait) {
+            // Drain what is queued, a batch at a time, sending after each batch.
+            for _ in 0..64 {
+                let now = Instant::now();
+                let got = socket.recv_batch(|from, datagram| {
+                    sfu.handle_datagram(now, from, datagram, &mut batch)
+                });
+                flush(&socket, &mut batch, &mut send_dropped);
+                match got {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(worker = index, error = %e, "UDP receive failed");
+                        break;
+                    }
+                }
+            }
+            while let Some(event) = sfu.poll_event() {
+                sink(index, event);
+            }
+        }
+        if now >= next_metrics {
+            next_metrics = now + METRICS_INTERVAL;
+            export_metrics(&label, &sfu.counters, send_dropped);
+            tracing::debug!(worker = index, counters = ?sfu.counters, "worker counters");
+            if let Ok(mut s) = shared.lock() {
+                *s = (sfu.counters, sfu.room_count(), sfu.participant_count());
+            }
+        }
+    }
+}
+
+fn flush(socket: &UdpBatch, batch: &mut TransmitBatch, send_dropped: &mut u64) {
+    if batch.is_empty() {
+        return;
+    }
+    let (_, dropped) = socket.send_batch(batch);
+    *send_dropped += dropped as u64;
+    batch.clear();
+}
+
+fn export_metrics(worker: &str, c: &Counters, send_dropped: u64) {
+    let w = worker.to_owned();
+    macro_rules! abs {
+        ($name:literal, $v:expr) => {
+            metrics::counter!($name, "worker" => w.clone()).absolute($v);
+        };
+    }
+    abs!("sfu_packets_in_total", c.packets_in);
+    abs!("sfu_packets_out_total", c.packets_out);
+    abs!("sfu_bytes_in_total", c.bytes_in);
+    abs!("sfu_bytes_out_total", c.bytes_out);
+    abs!("sfu_dropped_unknown_source_total", c.dropped_unknown_source);
+    abs!("sfu_dropped_malformed_total", c.dropped_malformed);
+    abs!("sfu_dropped_auth_total", c.dropped_auth);
+    abs!("sfu_dropped_blocked_total", c.dropped_blocked);
+    abs!("sfu_retransmissions_total", c.retransmissions_out);
+    abs!("sfu_nacks_out_total", c.nacks_out);
+    abs!("sfu_keyframe_requests_out_total", c.keyframe_requests_out);
+    abs!("sfu_send_dropped_total", send_dropped);
+}

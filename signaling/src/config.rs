@@ -1,0 +1,88 @@
+//! `signaling serve` settings: flags (each with an env variable) over an optional TOML file.
+//! A mistake in the file is reported with the file and the key.
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// The TOML file's shape; every field optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub tls: Option<TlsSection>,
+    pub tokens: Option<TokenSection>,
+    pub sfu: Option<SfuSection>,
+    pub log: Option<LogSection>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub self_signed: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    pub jwks_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SfuSection {
+    pub workers: Option<usize>,
+    pub bind_ip: Option<IpAddr>,
+    pub udp_port_base: Option<u16>,
+    pub advertise_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub json: Option<bool>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                FileConfig::load(&path).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "configs/ holds at least one example");
+    }
+
+    #[test]
+    fn a_mistake_names_the_key() {
+        let err = FileConfig::parse("[sfu]\nworkerz = 2\n").unwrap_err().to_string();
+        assert!(err.contains("workerz"), "{err}");
+        let err = FileConfig::parse("listen = \"not an address\"\n").unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+    }
+}

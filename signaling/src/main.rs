@@ -1,0 +1,295 @@
+//! `signaling`: serve, mint development tokens.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use signaling::config::FileConfig;
+use signaling::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, dev_claims};
+use signaling::hub::Hub;
+use signaling::server::{AppState, router};
+use signaling::session_token::TokenVerifier;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "signaling", version, about = "Healthcare video meetings: session service and single-node SFU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the service (with --dev: the single-node default with a built-in dev issuer).
+    Serve(ServeArgs),
+    /// Development tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file; flags and env variables override it.
+    #[arg(long, env = "SIGNALING_CONFIG")]
+    config: Option<PathBuf>,
+    /// Development mode: a dev issuer signs tokens, and two join URLs are printed.
+    #[arg(long, env = "SIGNALING_DEV")]
+    dev: bool,
+    /// Where the dev issuer keeps its key (created when missing).
+    #[arg(long, env = "SIGNALING_DEV_KEY", default_value = ".dev/issuer.key")]
+    dev_key: PathBuf,
+    #[arg(long, env = "SIGNALING_LISTEN")]
+    listen: Option<SocketAddr>,
+    #[arg(long, env = "SIGNALING_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "SIGNALING_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve https with a generated self-signed certificate (phones on a LAN).
+    #[arg(long, env = "SIGNALING_TLS_SELF_SIGNED")]
+    tls_self_signed: bool,
+    /// JWKS file with the keys that sign session tokens.
+    #[arg(long, env = "SIGNALING_JWKS_FILE")]
+    jwks_file: Option<PathBuf>,
+    #[arg(long, env = "SIGNALING_TOKEN_ISSUER")]
+    issuer: Option<String>,
+    #[arg(long, env = "SIGNALING_TOKEN_AUDIENCE")]
+    audience: Option<String>,
+    #[arg(long, env = "SIGNALING_TOKEN_LEEWAY_SECS")]
+    leeway_secs: Option<u64>,
+    /// SFU worker threads (0 = one per core).
+    #[arg(long, env = "SFU_WORKERS")]
+    workers: Option<usize>,
+    #[arg(long, env = "SFU_BIND_IP")]
+    udp_bind_ip: Option<IpAddr>,
+    /// First UDP port; worker i uses base + i (0 = ephemeral).
+    #[arg(long, env = "SFU_UDP_PORT_BASE")]
+    udp_port_base: Option<u16>,
+    /// The address clients reach the SFU's UDP ports at.
+    #[arg(long, env = "SFU_ADVERTISE_IP")]
+    advertise_ip: Option<IpAddr>,
+    #[arg(long, env = "LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Mint a token with the dev issuer's key.
+    Mint {
+        #[arg(long, env = "SIGNALING_DEV_KEY", default_value = ".dev/issuer.key")]
+        key: PathBuf,
+        #[arg(long)]
+        meeting: String,
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "patient")]
+        role: String,
+        #[arg(long)]
+        hsa: Option<String>,
+        #[arg(long)]
+        unit: Option<String>,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: i64,
+    },
+    /// Print the dev issuer's JWKS.
+    Jwks {
+        #[arg(long, env = "SIGNALING_DEV_KEY", default_value = ".dev/issuer.key")]
+        key: PathBuf,
+    },
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).json().init();
+    } else {
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Token { command } => match command {
+            TokenCmd::Mint {
+                key,
+                meeting,
+                sub,
+                name,
+                role,
+                hsa,
+                unit,
+                ttl_secs,
+            } => {
+                let issuer = DevIssuer::load_or_create(&key)?;
+                let claims = dev_claims(&meeting, &sub, &name, &role, hsa.as_deref(), unit.as_deref(), unix_now(), ttl_secs);
+                println!("{}", issuer.mint(&claims)?);
+                Ok(())
+            }
+            TokenCmd::Jwks { key } => {
+                let issuer = DevIssuer::load_or_create(&key)?;
+                println!("{}", serde_json::to_string_pretty(&issuer.jwks())?);
+                Ok(())
+            }
+        },
+        Cmd::Serve(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve(args))
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let tls = file.tls.unwrap_or_default();
+    let tokens = file.tokens.unwrap_or_default();
+    let sfu = file.sfu.unwrap_or_default();
+    init_logging(args.log_json || file.log.and_then(|l| l.json).unwrap_or(false));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let issuer_name = args.issuer.or(tokens.issuer);
+    let audience = args.audience.or(tokens.audience);
+    let leeway = args.leeway_secs.or(tokens.leeway_secs).unwrap_or(30);
+
+    let dev_issuer = if args.dev {
+        Some(DevIssuer::load_or_create(&args.dev_key)?)
+    } else {
+        None
+    };
+    let verifier = match (args.jwks_file.or(tokens.jwks_file), &dev_issuer) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading JWKS {}", path.display()))?;
+            let jwks = serde_json::from_str(&text).with_context(|| format!("JWKS {} is not a JSON Web Key Set", path.display()))?;
+            TokenVerifier::from_jwks(
+                &jwks,
+                issuer_name.as_deref().context("tokens.issuer (--issuer) is required with a JWKS")?,
+                audience.as_deref().context("tokens.audience (--audience) is required with a JWKS")?,
+                leeway,
+            )
+            .map_err(|e| anyhow::anyhow!("JWKS {}: {e}", path.display()))?
+        }
+        (None, Some(dev)) => TokenVerifier::from_jwks(
+            &dev.jwks(),
+            issuer_name.as_deref().unwrap_or(DEV_ISSUER),
+            audience.as_deref().unwrap_or(DEV_AUDIENCE),
+            leeway,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?,
+        (None, None) => anyhow::bail!("no token keys: give --jwks-file (tokens.jwks_file) or run with --dev"),
+    };
+
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+
+    let node_config = sfu_server::NodeConfig {
+        workers: args.workers.or(sfu.workers).unwrap_or(0),
+        bind_ip: args.udp_bind_ip.or(sfu.bind_ip).unwrap_or(listen.ip()),
+        udp_port_base: args.udp_port_base.or(sfu.udp_port_base).unwrap_or(0),
+        advertised_ip: args
+            .advertise_ip
+            .or(sfu.advertise_ip)
+            .or(args.udp_bind_ip)
+            .unwrap_or(listen.ip()),
+        ..Default::default()
+    };
+    let hub = Arc::new(Hub::default());
+    let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
+    let node = sfu_server::SfuNode::start(&node_config, move |e| {
+        let _ = event_tx.send(e);
+    })?;
+    let pump_hub = hub.clone();
+    tokio::spawn(async move {
+        while let Some(e) = event_rx.recv().await {
+            pump_hub.deliver(e);
+        }
+    });
+    let state = Arc::new(AppState {
+        verifier,
+        hub,
+        sfu: Arc::new(node),
+        metrics,
+    });
+    let app = router(state);
+
+    let tls_config = match (args.tls_cert.or(tls.cert), args.tls_key.or(tls.key)) {
+        (Some(cert), Some(key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .with_context(|| format!("TLS cert {} / key {}", cert.display(), key.display()))?,
+        ),
+        (None, None) if args.tls_self_signed || tls.self_signed.unwrap_or(false) => {
+            let names = vec!["localhost".to_owned(), listen.ip().to_string()];
+            let cert = rcgen::generate_simple_self_signed(names)?;
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem(
+                    cert.cert.pem().into_bytes(),
+                    cert.signing_key.serialize_pem().into_bytes(),
+                )
+                .await?,
+            )
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both tls.cert (--tls-cert) and tls.key (--tls-key)"),
+    };
+    let scheme = if tls_config.is_some() { "https" } else { "http" };
+    let std_listener = std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+    tracing::info!(%bound, scheme, "signaling listening");
+
+    if let Some(dev) = &dev_issuer {
+        let meeting = format!("dev-visit-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let now = unix_now();
+        let clinician = dev.mint(&dev_claims(&meeting, "dev-clinician", "Dr. Dev", "clinician", Some("SE2321000016-DEV1"), Some("dev-unit"), now, 8 * 3600))?;
+        let patient = dev.mint(&dev_claims(&meeting, "dev-patient", "Patient Dev", "patient", None, Some("dev-unit"), now, 8 * 3600))?;
+        println!("Meeting {meeting} is ready. Open these two URLs (each in its own tab or device):");
+        println!("  clinician: {scheme}://{bound}/?token={clinician}");
+        println!("  patient:   {scheme}://{bound}/?token={patient}");
+        println!("Metrics: {scheme}://{bound}/metrics   Stop with Ctrl-C.");
+    }
+
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(2)));
+    });
+    match tls_config {
+        Some(tls) => {
+            axum_server::from_tcp_rustls(std_listener, tls)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?
+        }
+        None => {
+            axum_server::from_tcp(std_listener)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?
+        }
+    }
+    Ok(())
+}

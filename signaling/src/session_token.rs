@@ -1,0 +1,210 @@
+//! Session tokens: JWTs (EdDSA or ES256, `kid` selects the key) verified against a JWKS.
+//! Every refusal has its own code and HTTP status so clients and the audit trail can tell
+//! them apart.
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Clinician,
+    Patient,
+    Companion,
+    Interpreter,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "clinician" => Ok(Role::Clinician),
+            "patient" => Ok(Role::Patient),
+            "companion" => Ok(Role::Companion),
+            "interpreter" => Ok(Role::Interpreter),
+            other => Err(format!("unknown role {other:?}")),
+        }
+    }
+}
+
+/// Claims of a session token. `sub` is pseudonymous, never a personal identity number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub name: String,
+    pub mtg: String,
+    /// Kept as a string so an unknown role is refused with its own error, not a parse error.
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsa: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// A verified token.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub claims: Claims,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no session token was given")]
+    Missing,
+    #[error("the session token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's algorithm {0} is not accepted (EdDSA or ES256 only)")]
+    AlgorithmNotAllowed(String),
+    #[error("the token's key id is not in the configured key set")]
+    UnknownKey,
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token was issued by an issuer this service does not trust")]
+    WrongIssuer,
+    #[error("the token is meant for another service")]
+    WrongAudience,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's role is not one of clinician, patient, companion, interpreter")]
+    UnknownRole,
+    #[error("a clinician token must carry an HSA-id")]
+    ClinicianWithoutHsa,
+    #[error("the token lacks a required claim: {0}")]
+    MissingClaim(String),
+}
+
+impl TokenError {
+    /// Stable machine-readable code, sent to clients and written to the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "token_missing",
+            TokenError::Malformed => "token_malformed",
+            TokenError::AlgorithmNotAllowed(_) => "token_algorithm_not_allowed",
+            TokenError::UnknownKey => "token_unknown_key",
+            TokenError::BadSignature => "token_bad_signature",
+            TokenError::WrongIssuer => "token_wrong_issuer",
+            TokenError::WrongAudience => "token_wrong_audience",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::UnknownRole => "token_unknown_role",
+            TokenError::ClinicianWithoutHsa => "token_clinician_without_hsa",
+            TokenError::MissingClaim(_) => "token_missing_claim",
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            TokenError::UnknownRole | TokenError::ClinicianWithoutHsa => 403,
+            _ => 401,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TokenVerifier {
+    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    issuer: String,
+    audience: String,
+    leeway_secs: u64,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+impl TokenVerifier {
+    pub fn from_jwks(jwks: &JwkSet, issuer: &str, audience: &str, leeway_secs: u64) -> Result<Self, String> {
+        let mut keys = HashMap::new();
+        for jwk in &jwks.keys {
+            let kid = jwk
+                .common
+                .key_id
+                .clone()
+                .ok_or_else(|| "a JWKS key has no \"kid\"".to_owned())?;
+            let alg = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => return Err(format!("JWKS key {kid:?} is neither Ed25519 nor P-256")),
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key {kid:?}: {e}"))?;
+            keys.insert(kid, (key, alg));
+        }
+        if keys.is_empty() {
+            return Err("the JWKS holds no keys".into());
+        }
+        Ok(Self {
+            keys,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            leeway_secs,
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Session, TokenError> {
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        // The header is checked by hand first so `alg: none` and HMAC get their own refusal
+        // (jsonwebtoken would only say "invalid algorithm").
+        let header_alg = raw_header_alg(token).ok_or(TokenError::Malformed)?;
+        if !matches!(header_alg.as_str(), "EdDSA" | "ES256") {
+            return Err(TokenError::AlgorithmNotAllowed(header_alg));
+        }
+        let header = decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let (key, alg) = self.keys.get(&kid).ok_or(TokenError::UnknownKey)?;
+        if header.alg != *alg {
+            return Err(TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
+        }
+        let mut v = Validation::new(*alg);
+        v.leeway = self.leeway_secs;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        use jsonwebtoken::errors::ErrorKind as K;
+        let data = decode::<Claims>(token, key, &v).map_err(|e| match e.kind() {
+            K::InvalidSignature => TokenError::BadSignature,
+            K::InvalidIssuer => TokenError::WrongIssuer,
+            K::InvalidAudience => TokenError::WrongAudience,
+            K::ExpiredSignature => TokenError::Expired,
+            K::ImmatureSignature => TokenError::NotYetValid,
+            K::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+            K::InvalidAlgorithm => TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg)),
+            K::Json(_) => TokenError::MissingClaim("a claim is missing or has the wrong type".into()),
+            _ => TokenError::Malformed,
+        })?;
+        let claims = data.claims;
+        let role: Role = claims.role.parse().map_err(|_| TokenError::UnknownRole)?;
+        if role == Role::Clinician && claims.hsa.as_deref().is_none_or(str::is_empty) {
+            return Err(TokenError::ClinicianWithoutHsa);
+        }
+        Ok(Session { claims, role })
+    }
+}
+
+fn raw_header_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("alg")?.as_str().map(str::to_owned)
+}

@@ -1,0 +1,145 @@
+// Reference web client: joins with the token in the URL, publishes camera and microphone,
+// shows the others. The SFU answers our offer and sends its own offers when tracks change.
+
+const params = new URLSearchParams(location.search);
+const token = params.get("token") || "";
+// Keep the token out of the address bar (screenshots, shared screens) once read.
+history.replaceState(null, "", location.pathname);
+
+const statusEl = document.getElementById("status");
+const grid = document.getElementById("grid");
+const state = { pc: null, ws: null, names: new Map(), tiles: new Map(), participant: null, errors: [] };
+window.hcState = state; // read by the browser tests
+
+function setStatus(text) { statusEl.textContent = text; }
+
+function tileFor(streamId) {
+  let tile = state.tiles.get(streamId);
+  if (!tile) {
+    const fig = document.createElement("figure");
+    fig.className = "tile";
+    fig.dataset.participant = streamId;
+    const video = document.createElement("video");
+    video.autoplay = true;
+    video.playsInline = true;
+    const cap = document.createElement("figcaption");
+    cap.textContent = state.names.get(streamId) || "Deltagare";
+    fig.append(video, cap);
+    grid.append(fig);
+    tile = { fig, video, cap, stream: new MediaStream() };
+    video.srcObject = tile.stream;
+    state.tiles.set(streamId, tile);
+  }
+  return tile;
+}
+
+function removeTile(streamId) {
+  const tile = state.tiles.get(streamId);
+  if (tile) { tile.fig.remove(); state.tiles.delete(streamId); }
+}
+
+// Messages are handled one at a time: an SFU offer may arrive right behind its answer.
+let queue = Promise.resolve();
+function enqueue(fn) { queue = queue.then(fn).catch((e) => { state.errors.push(String(e)); console.error(e); }); }
+
+async function start() {
+  if (!token) { setStatus("Länken saknar inbjudan (token)."); return; }
+  let local;
+  try {
+    local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+  } catch (e) {
+    setStatus("Kunde inte starta kamera eller mikrofon: " + e.message);
+    return;
+  }
+  document.getElementById("local").srcObject = local;
+
+  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+  state.pc = pc;
+  for (const track of local.getTracks()) {
+    pc.addTransceiver(track, { direction: "sendonly", streams: [local] });
+  }
+  pc.ontrack = (ev) => {
+    const streamId = ev.streams[0] ? ev.streams[0].id : ev.track.id;
+    const tile = tileFor(streamId);
+    tile.stream.addTrack(ev.track);
+    ev.track.onended = () => tile.stream.removeTrack(ev.track);
+  };
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === "connected") setStatus("Ansluten");
+    if (pc.connectionState === "failed") setStatus("Anslutningen bröts");
+  };
+
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}`);
+  state.ws = ws;
+  const send = (msg) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(msg));
+
+  ws.onopen = () => enqueue(async () => {
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    send({ type: "offer", sdp: pc.localDescription.sdp });
+  });
+  ws.onclose = (ev) => {
+    if (ev.code !== 1000) setStatus("Förbindelsen till servern stängdes.");
+  };
+  ws.onmessage = (ev) => enqueue(async () => {
+    const msg = JSON.parse(ev.data);
+    switch (msg.type) {
+      case "welcome":
+        state.participant = msg.participant;
+        document.getElementById("local-name").textContent = msg.name + " (du)";
+        for (const p of msg.participants) state.names.set(p.participant, p.name);
+        setStatus("Ansluter media…");
+        break;
+      case "participant_joined":
+        state.names.set(msg.participant, msg.name);
+        break;
+      case "participant_left":
+        removeTile(msg.participant);
+        break;
+      case "answer":
+        await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+        break;
+      case "offer": {
+        await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+        const answer = await pc.createAnswer();
+        await pc.setLocalDescription(answer);
+        send({ type: "answer", sdp: pc.localDescription.sdp });
+        for (const [id, tile] of state.tiles) tile.cap.textContent = state.names.get(id) || "Deltagare";
+        break;
+      }
+      case "active_speaker":
+        for (const [id, tile] of state.tiles) tile.fig.classList.toggle("speaking", id === msg.participant);
+        break;
+      case "media_disconnected":
+        setStatus("Mediaanslutningen avslutades.");
+        break;
+      case "error":
+        state.errors.push(msg.code + ": " + msg.message);
+        console.warn("server error", msg);
+        break;
+    }
+  });
+
+  document.getElementById("mic").onclick = (ev) => {
+    const t = local.getAudioTracks()[0];
+    t.enabled = !t.enabled;
+    ev.target.setAttribute("aria-pressed", String(!t.enabled));
+    ev.target.textContent = t.enabled ? "Stäng av mikrofon" : "Slå på mikrofon";
+  };
+  document.getElementById("cam").onclick = (ev) => {
+    const t = local.getVideoTracks()[0];
+    t.enabled = !t.enabled;
+    ev.target.setAttribute("aria-pressed", String(!t.enabled));
+    ev.target.textContent = t.enabled ? "Stäng av kamera" : "Slå på kamera";
+  };
+  document.getElementById("leave").onclick = () => {
+    send({ type: "leave" });
+    ws.close(1000);
+    pc.close();
+    local.getTracks().forEach((t) => t.stop());
+    setStatus("Du har lämnat mötet.");
+  };
+}
+
+start();

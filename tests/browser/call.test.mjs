@@ -1,0 +1,34 @@
+// Two headless Chromium pages join one meeting through the single-node default; each decodes
+// the other's video and receives the other's audio.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { startSignaling, launchChromium, inboundStats, waitFor } from "./harness.mjs";
+
+test("two browsers decode each other's video through the SFU", { timeout: 120000 }, async () => {
+  const server = await startSignaling();
+  const browser = await launchChromium();
+  try {
+    const a = await (await browser.newContext()).newPage();
+    const b = await (await browser.newContext()).newPage();
+    await a.goto(server.clinician);
+    await b.goto(server.patient);
+    for (const [name, page] of [["clinician", a], ["patient", b]]) {
+      const stats = await waitFor(async () => {
+        const s = await inboundStats(page);
+        return { ok: s && s.video.framesDecoded > 30 && s.audio.packetsReceived > 20, s };
+      }, { timeout: 45000, what: `${name} decoding remote media` }).catch(async (e) => {
+        const errors = await page.evaluate(() => window.hcState && window.hcState.errors);
+        throw new Error(`${e.message}\npage errors: ${JSON.stringify(errors)}\nserver log:\n${server.logs().slice(-4000)}`);
+      });
+      assert.ok(stats.s.video.framesDecoded > 30, `${name} decoded ${stats.s.video.framesDecoded} frames`);
+      assert.ok(stats.s.audio.packetsReceived > 20, `${name} received audio`);
+    }
+    // The remote tile carries the other participant's media, not our own loopback.
+    const tiles = await a.evaluate(() => [...window.hcState.tiles.keys()]);
+    assert.equal(tiles.length, 1, "the clinician sees exactly one remote participant");
+    assert.notEqual(tiles[0], await a.evaluate(() => window.hcState.participant));
+  } finally {
+    await browser.close();
+    server.child.kill("SIGTERM");
+  }
+});

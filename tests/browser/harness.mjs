@@ -1,0 +1,77 @@
+// Shared helpers: start `signaling serve --dev` and read its join URLs; launch Chromium.
+import { spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const targetDir = process.env.CARGO_TARGET_DIR || path.resolve(import.meta.dirname, "../../target");
+export const signalingBin = process.env.SIGNALING_BIN || path.join(targetDir, "debug", "signaling");
+
+/** Starts the single-node default on ephemeral ports; resolves with its URLs and process. */
+export function startSignaling(extraArgs = []) {
+  const keyDir = mkdtempSync(path.join(tmpdir(), "hc-dev-"));
+  const child = spawn(signalingBin, ["serve", "--dev", "--dev-key", path.join(keyDir, "issuer.key"),
+    "--listen", "127.0.0.1:0", "--workers", "1", ...extraArgs], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
+  });
+  let logs = "";
+  child.stderr.on("data", (d) => { logs += d; });
+  return new Promise((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => reject(new Error("signaling did not print join URLs:\n" + out + logs)), 20000);
+    child.on("exit", (code) => reject(new Error(`signaling exited with ${code}:\n${out}${logs}`)));
+    child.stdout.on("data", (d) => {
+      out += d;
+      const clinician = out.match(/clinician: (\S+)/);
+      const patient = out.match(/patient:\s+(\S+)/);
+      if (clinician && patient) {
+        clearTimeout(timer);
+        const base = new URL(clinician[1]).origin;
+        resolve({ child, clinician: clinician[1], patient: patient[1], base, logs: () => logs });
+      }
+    });
+  });
+}
+
+export async function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM_BIN || "/usr/lib/chromium/chromium",
+    args: [
+      "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+      "--allow-loopback-in-peer-connection", "--disable-background-networking", "--disable-component-update",
+      "--no-first-run", "--disable-sync", "--disable-quic",
+    ],
+  });
+}
+
+/** Inbound RTP stats of a page's peer connection, summed per kind. */
+export async function inboundStats(page) {
+  return page.evaluate(async () => {
+    const pc = window.hcState && window.hcState.pc;
+    if (!pc) return null;
+    const report = await pc.getStats();
+    const res = { video: { framesDecoded: 0, packetsReceived: 0, packetsLost: 0 }, audio: { packetsReceived: 0 } };
+    report.forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") {
+        res.video.framesDecoded += s.framesDecoded || 0;
+        res.video.packetsReceived += s.packetsReceived || 0;
+        res.video.packetsLost += s.packetsLost || 0;
+      }
+      if (s.type === "inbound-rtp" && s.kind === "audio") res.audio.packetsReceived += s.packetsReceived || 0;
+    });
+    return res;
+  });
+}
+
+export async function waitFor(fn, { timeout = 30000, interval = 250, what = "condition" } = {}) {
+  const end = Date.now() + timeout;
+  let last;
+  while (Date.now() < end) {
+    last = await fn();
+    if (last && last.ok) return last;
+    await new Promise((r) => setTimeout(r, interval));
+  }
+  throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)}`);
+}
