@@ -80,9 +80,13 @@ mod tests {
 
     #[test]
     fn a_mistake_names_the_key() {
-        let err = FileConfig::parse("[sfu]\nworkerz = 2\n").unwrap_err().to_string();
+        let err = FileConfig::parse("[sfu]\nworkerz = 2\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("workerz"), "{err}");
-        let err = FileConfig::parse("listen = \"not an address\"\n").unwrap_err().to_string();
+        let err = FileConfig::parse("listen = \"not an address\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen"), "{err}");
     }
 }

@@ -20,7 +20,9 @@ pub struct DevIssuer {
 
 impl std::fmt::Debug for DevIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevIssuer").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("DevIssuer")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,7 +80,11 @@ impl DevIssuer {
     pub fn mint(&self, claims: &Claims) -> anyhow::Result<String> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        Ok(encode(&header, claims, &EncodingKey::from_ed_der(&self.pkcs8))?)
+        Ok(encode(
+            &header,
+            claims,
+            &EncodingKey::from_ed_der(&self.pkcs8),
+        )?)
     }
 }
 
@@ -140,23 +146,38 @@ mod tests {
         let mut expired = good.clone();
         expired.exp = now() - 3600;
         expired.nbf = now() - 7200;
-        assert_eq!(v.verify(&issuer.mint(&expired).unwrap()).unwrap_err(), TokenError::Expired);
+        assert_eq!(
+            v.verify(&issuer.mint(&expired).unwrap()).unwrap_err(),
+            TokenError::Expired
+        );
 
         let mut early = good.clone();
         early.nbf = now() + 3600;
-        assert_eq!(v.verify(&issuer.mint(&early).unwrap()).unwrap_err(), TokenError::NotYetValid);
+        assert_eq!(
+            v.verify(&issuer.mint(&early).unwrap()).unwrap_err(),
+            TokenError::NotYetValid
+        );
 
         let mut iss = good.clone();
         iss.iss = "https://evil.invalid".into();
-        assert_eq!(v.verify(&issuer.mint(&iss).unwrap()).unwrap_err(), TokenError::WrongIssuer);
+        assert_eq!(
+            v.verify(&issuer.mint(&iss).unwrap()).unwrap_err(),
+            TokenError::WrongIssuer
+        );
 
         let mut aud = good.clone();
         aud.aud = "other".into();
-        assert_eq!(v.verify(&issuer.mint(&aud).unwrap()).unwrap_err(), TokenError::WrongAudience);
+        assert_eq!(
+            v.verify(&issuer.mint(&aud).unwrap()).unwrap_err(),
+            TokenError::WrongAudience
+        );
 
         let mut role = good.clone();
         role.role = "admin".into();
-        assert_eq!(v.verify(&issuer.mint(&role).unwrap()).unwrap_err(), TokenError::UnknownRole);
+        assert_eq!(
+            v.verify(&issuer.mint(&role).unwrap()).unwrap_err(),
+            TokenError::UnknownRole
+        );
 
         let mut clinician = good.clone();
         clinician.role = "clinician".into();
@@ -169,17 +190,41 @@ mod tests {
         let other = DevIssuer::generate().unwrap();
         let forged = other.mint(&good).unwrap();
         assert_eq!(v.verify(&forged).unwrap_err(), TokenError::UnknownKey);
-        let mut parts: Vec<String> = issuer.mint(&good).unwrap().split('.').map(str::to_owned).collect();
-        parts[2] = other.mint(&good).unwrap().split('.').nth(2).unwrap().to_owned();
-        assert_eq!(v.verify(&parts.join(".")).unwrap_err(), TokenError::BadSignature);
+        let mut parts: Vec<String> = issuer
+            .mint(&good)
+            .unwrap()
+            .split('.')
+            .map(str::to_owned)
+            .collect();
+        parts[2] = other
+            .mint(&good)
+            .unwrap()
+            .split('.')
+            .nth(2)
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            v.verify(&parts.join(".")).unwrap_err(),
+            TokenError::BadSignature
+        );
 
         // alg none and HMAC are refused outright.
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64("{}"));
-        assert!(matches!(v.verify(&none), Err(TokenError::AlgorithmNotAllowed(_))));
-        let hs = format!("{}.{}.c2ln", b64(r#"{"alg":"HS256","typ":"JWT"}"#), b64("{}"));
-        assert!(matches!(v.verify(&hs), Err(TokenError::AlgorithmNotAllowed(_))));
+        assert!(matches!(
+            v.verify(&none),
+            Err(TokenError::AlgorithmNotAllowed(_))
+        ));
+        let hs = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+            b64("{}")
+        );
+        assert!(matches!(
+            v.verify(&hs),
+            Err(TokenError::AlgorithmNotAllowed(_))
+        ));
         assert_eq!(v.verify("garbage").unwrap_err(), TokenError::Malformed);
         assert_eq!(v.verify("").unwrap_err(), TokenError::Missing);
     }

@@ -34,11 +34,18 @@ impl Hub {
     }
 
     pub fn leave(&self, id: &ParticipantId) -> Option<Member> {
-        self.members.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
     }
 
     pub fn get(&self, id: &ParticipantId) -> Option<Member> {
-        self.members.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     pub fn in_meeting(&self, meeting: &str) -> Vec<(ParticipantId, Member)> {
@@ -57,7 +64,12 @@ impl Hub {
         }
     }
 
-    pub fn broadcast(&self, meeting: &str, except: Option<&ParticipantId>, msg: &serde_json::Value) {
+    pub fn broadcast(
+        &self,
+        meeting: &str,
+        except: Option<&ParticipantId>,
+        msg: &serde_json::Value,
+    ) {
         let text = msg.to_string();
         for (id, m) in self.in_meeting(meeting) {
             if Some(&id) != except {

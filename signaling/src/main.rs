@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "signaling", version, about = "Healthcare video meetings: session service and single-node SFU")]
+#[command(
+    name = "signaling",
+    version,
+    about = "Healthcare video meetings: session service and single-node SFU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -112,9 +116,16 @@ fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if json {
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).json().init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .json()
+            .init();
     } else {
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
     }
 }
 
@@ -133,7 +144,16 @@ fn main() -> anyhow::Result<()> {
                 ttl_secs,
             } => {
                 let issuer = DevIssuer::load_or_create(&key)?;
-                let claims = dev_claims(&meeting, &sub, &name, &role, hsa.as_deref(), unit.as_deref(), unix_now(), ttl_secs);
+                let claims = dev_claims(
+                    &meeting,
+                    &sub,
+                    &name,
+                    &role,
+                    hsa.as_deref(),
+                    unit.as_deref(),
+                    unix_now(),
+                    ttl_secs,
+                );
                 println!("{}", issuer.mint(&claims)?);
                 Ok(())
             }
@@ -181,11 +201,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(path), _) => {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading JWKS {}", path.display()))?;
-            let jwks = serde_json::from_str(&text).with_context(|| format!("JWKS {} is not a JSON Web Key Set", path.display()))?;
+            let jwks = serde_json::from_str(&text)
+                .with_context(|| format!("JWKS {} is not a JSON Web Key Set", path.display()))?;
             TokenVerifier::from_jwks(
                 &jwks,
-                issuer_name.as_deref().context("tokens.issuer (--issuer) is required with a JWKS")?,
-                audience.as_deref().context("tokens.audience (--audience) is required with a JWKS")?,
+                issuer_name
+                    .as_deref()
+                    .context("tokens.issuer (--issuer) is required with a JWKS")?,
+                audience
+                    .as_deref()
+                    .context("tokens.audience (--audience) is required with a JWKS")?,
                 leeway,
             )
             .map_err(|e| anyhow::anyhow!("JWKS {}: {e}", path.display()))?
@@ -197,7 +222,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             leeway,
         )
         .map_err(|e| anyhow::anyhow!(e))?,
-        (None, None) => anyhow::bail!("no token keys: give --jwks-file (tokens.jwks_file) or run with --dev"),
+        (None, None) => {
+            anyhow::bail!("no token keys: give --jwks-file (tokens.jwks_file) or run with --dev")
+        }
     };
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -254,8 +281,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls.cert (--tls-cert) and tls.key (--tls-key)"),
     };
-    let scheme = if tls_config.is_some() { "https" } else { "http" };
-    let std_listener = std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let std_listener =
+        std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     std_listener.set_nonblocking(true)?;
     let bound = std_listener.local_addr()?;
     tracing::info!(%bound, scheme, "signaling listening");
@@ -263,9 +295,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dev) = &dev_issuer {
         let meeting = format!("dev-visit-{:06x}", rand::random::<u32>() & 0xff_ffff);
         let now = unix_now();
-        let clinician = dev.mint(&dev_claims(&meeting, "dev-clinician", "Dr. Dev", "clinician", Some("SE2321000016-DEV1"), Some("dev-unit"), now, 8 * 3600))?;
-        let patient = dev.mint(&dev_claims(&meeting, "dev-patient", "Patient Dev", "patient", None, Some("dev-unit"), now, 8 * 3600))?;
-        println!("Meeting {meeting} is ready. Open these two URLs (each in its own tab or device):");
+        let clinician = dev.mint(&dev_claims(
+            &meeting,
+            "dev-clinician",
+            "Dr. Dev",
+            "clinician",
+            Some("SE2321000016-DEV1"),
+            Some("dev-unit"),
+            now,
+            8 * 3600,
+        ))?;
+        let patient = dev.mint(&dev_claims(
+            &meeting,
+            "dev-patient",
+            "Patient Dev",
+            "patient",
+            None,
+            Some("dev-unit"),
+            now,
+            8 * 3600,
+        ))?;
+        println!(
+            "Meeting {meeting} is ready. Open these two URLs (each in its own tab or device):"
+        );
         println!("  clinician: {scheme}://{bound}/?token={clinician}");
         println!("  patient:   {scheme}://{bound}/?token={patient}");
         println!("Metrics: {scheme}://{bound}/metrics   Stop with Ctrl-C.");

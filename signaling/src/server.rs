@@ -41,8 +41,14 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(index))
-        .route("/client.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], CLIENT_JS) }))
-        .route("/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE_CSS) }))
+        .route(
+            "/client.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], CLIENT_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE_CSS) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/metrics", get(metrics))
@@ -78,7 +84,11 @@ struct WsQuery {
 fn refusal(err: &TokenError) -> Response {
     let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
     tracing::info!(code = err.code(), "join refused");
-    (status, Json(json!({"error": err.code(), "reason": err.to_string()}))).into_response()
+    (
+        status,
+        Json(json!({"error": err.code(), "reason": err.to_string()})),
+    )
+        .into_response()
 }
 
 async fn ws_upgrade(
@@ -97,8 +107,12 @@ async fn ws_upgrade(
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMessage {
-    Offer { sdp: String },
-    Answer { sdp: String },
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
     /// Trickled candidates are accepted and not needed: the SFU is ICE-lite and learns the
     /// client's address from its connectivity checks.
     Candidate {},
@@ -203,9 +217,11 @@ async fn connection(state: Arc<AppState>, session: Session, socket: WebSocket) {
             participant: id.clone(),
         });
     }
-    state
-        .hub
-        .broadcast(&meeting, None, &json!({"type": "participant_left", "participant": id}));
+    state.hub.broadcast(
+        &meeting,
+        None,
+        &json!({"type": "participant_left", "participant": id}),
+    );
     tracing::info!(participant = %id, meeting = %meeting, "left");
     drop(tx);
     writer.abort();

@@ -129,7 +129,12 @@ impl std::fmt::Debug for TokenVerifier {
 }
 
 impl TokenVerifier {
-    pub fn from_jwks(jwks: &JwkSet, issuer: &str, audience: &str, leeway_secs: u64) -> Result<Self, String> {
+    pub fn from_jwks(
+        jwks: &JwkSet,
+        issuer: &str,
+        audience: &str,
+        leeway_secs: u64,
+    ) -> Result<Self, String> {
         let mut keys = HashMap::new();
         for jwk in &jwks.keys {
             let kid = jwk
@@ -187,7 +192,9 @@ impl TokenVerifier {
             K::ImmatureSignature => TokenError::NotYetValid,
             K::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
             K::InvalidAlgorithm => TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg)),
-            K::Json(_) => TokenError::MissingClaim("a claim is missing or has the wrong type".into()),
+            K::Json(_) => {
+                TokenError::MissingClaim("a claim is missing or has the wrong type".into())
+            }
             _ => TokenError::Malformed,
         })?;
         let claims = data.claims;

@@ -101,7 +101,11 @@ impl InboundStream {
             }
             Some(h) if ext > h => {
                 let shift = ext - h;
-                self.replay = if shift >= 128 { 0 } else { self.replay << shift };
+                self.replay = if shift >= 128 {
+                    0
+                } else {
+                    self.replay << shift
+                };
                 self.replay |= 1;
                 if shift > 1 {
                     if shift as usize > MAX_MISSING {
@@ -192,16 +196,16 @@ impl InboundStream {
         self.prior_expected = expected;
         self.prior_received = self.received;
         let lost_interval = expected_interval.saturating_sub(received_interval);
-        let fraction = if expected_interval == 0 {
-            0
-        } else {
-            ((lost_interval << 8) / expected_interval).min(255) as u8
-        };
+        let fraction = (lost_interval << 8)
+            .checked_div(expected_interval)
+            .map_or(0, |f| f.min(255) as u8);
         (fraction, lost_total.min(0x7f_ffff) as u32)
     }
 }
 
 #[cfg(test)]
+// Tests take one real instant as the origin of their virtual time.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -236,15 +240,35 @@ mod tests {
         let mut out = Vec::new();
         s.due_nacks(t0, Duration::from_millis(20), 2, &mut out);
         assert!(out.is_empty(), "waits for reordering first");
-        s.due_nacks(t0 + Duration::from_millis(6), Duration::from_millis(20), 2, &mut out);
+        s.due_nacks(
+            t0 + Duration::from_millis(6),
+            Duration::from_millis(20),
+            2,
+            &mut out,
+        );
         assert_eq!(out, vec![11, 12]);
         out.clear();
-        s.due_nacks(t0 + Duration::from_millis(10), Duration::from_millis(20), 2, &mut out);
+        s.due_nacks(
+            t0 + Duration::from_millis(10),
+            Duration::from_millis(20),
+            2,
+            &mut out,
+        );
         assert!(out.is_empty(), "spaced by the interval");
-        s.due_nacks(t0 + Duration::from_millis(30), Duration::from_millis(20), 2, &mut out);
+        s.due_nacks(
+            t0 + Duration::from_millis(30),
+            Duration::from_millis(20),
+            2,
+            &mut out,
+        );
         assert_eq!(out, vec![11, 12]);
         out.clear();
-        s.due_nacks(t0 + Duration::from_millis(60), Duration::from_millis(20), 2, &mut out);
+        s.due_nacks(
+            t0 + Duration::from_millis(60),
+            Duration::from_millis(20),
+            2,
+            &mut out,
+        );
         assert!(out.is_empty(), "given up after two tries");
         assert_eq!(s.missing_count(), 0);
     }

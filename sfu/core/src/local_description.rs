@@ -69,7 +69,13 @@ fn flag(key: &str) -> Attribute {
     Attribute::new(key.to_owned(), None)
 }
 
-pub fn write(kind: SdpKind, session_id: u64, version: u64, t: &TransportSpec<'_>, lines: &[LineSpec]) -> String {
+pub fn write(
+    kind: SdpKind,
+    session_id: u64,
+    version: u64,
+    t: &TransportSpec<'_>,
+    lines: &[LineSpec],
+) -> String {
     let bundle: Vec<&str> = lines
         .iter()
         .filter(|l| matches!(l.content, LineContent::Media { .. }))
@@ -193,7 +199,10 @@ pub fn write(kind: SdpKind, session_id: u64, version: u64, t: &TransportSpec<'_>
                     a.push(attr("rtcp-fb", format!("{} {}", codec.payload_type, fb)));
                 }
                 if !codec.fmtp.is_empty() {
-                    a.push(attr("fmtp", format!("{} {}", codec.payload_type, codec.fmtp)));
+                    a.push(attr(
+                        "fmtp",
+                        format!("{} {}", codec.payload_type, codec.fmtp),
+                    ));
                 }
                 if let Some(rtx) = rtx_pt {
                     a.push(attr("rtpmap", format!("{rtx} rtx/{}", codec.clock_rate)));
@@ -202,13 +211,31 @@ pub fn write(kind: SdpKind, session_id: u64, version: u64, t: &TransportSpec<'_>
                 if let Some(s) = send {
                     if let Some(rtx_ssrc) = s.rtx_ssrc.filter(|_| rtx_pt.is_some()) {
                         a.push(attr("ssrc-group", format!("FID {} {}", s.ssrc, rtx_ssrc)));
-                        a.push(attr("ssrc", format!("{} cname:sfu-{}", s.ssrc, s.stream_id)));
-                        a.push(attr("ssrc", format!("{} msid:{} {}", s.ssrc, s.stream_id, s.track_id)));
-                        a.push(attr("ssrc", format!("{rtx_ssrc} cname:sfu-{}", s.stream_id)));
-                        a.push(attr("ssrc", format!("{rtx_ssrc} msid:{} {}", s.stream_id, s.track_id)));
+                        a.push(attr(
+                            "ssrc",
+                            format!("{} cname:sfu-{}", s.ssrc, s.stream_id),
+                        ));
+                        a.push(attr(
+                            "ssrc",
+                            format!("{} msid:{} {}", s.ssrc, s.stream_id, s.track_id),
+                        ));
+                        a.push(attr(
+                            "ssrc",
+                            format!("{rtx_ssrc} cname:sfu-{}", s.stream_id),
+                        ));
+                        a.push(attr(
+                            "ssrc",
+                            format!("{rtx_ssrc} msid:{} {}", s.stream_id, s.track_id),
+                        ));
                     } else {
-                        a.push(attr("ssrc", format!("{} cname:sfu-{}", s.ssrc, s.stream_id)));
-                        a.push(attr("ssrc", format!("{} msid:{} {}", s.ssrc, s.stream_id, s.track_id)));
+                        a.push(attr(
+                            "ssrc",
+                            format!("{} cname:sfu-{}", s.ssrc, s.stream_id),
+                        ));
+                        a.push(attr(
+                            "ssrc",
+                            format!("{} msid:{} {}", s.ssrc, s.stream_id, s.track_id),
+                        ));
                     }
                 }
                 a.push(attr("candidate", candidate.clone()));
@@ -231,7 +258,11 @@ pub fn write(kind: SdpKind, session_id: u64, version: u64, t: &TransportSpec<'_>
                         network_type: "IN".into(),
                         address_type: addr_type.into(),
                         address: Some(Address {
-                            address: if ip.is_ipv4() { "0.0.0.0".into() } else { "::".into() },
+                            address: if ip.is_ipv4() {
+                                "0.0.0.0".into()
+                            } else {
+                                "::".into()
+                            },
                             ttl: None,
                             range: None,
                         }),

@@ -36,7 +36,14 @@ impl PacketCache {
         (ext_seq % self.slots as u64) as usize
     }
 
-    pub fn insert(&mut self, ext_seq: u64, timestamp: u32, marker: bool, audio_level: Option<u8>, payload: &[u8]) {
+    pub fn insert(
+        &mut self,
+        ext_seq: u64,
+        timestamp: u32,
+        marker: bool,
+        audio_level: Option<u8>,
+        payload: &[u8],
+    ) {
         if payload.len() > CACHE_PAYLOAD_MAX || self.slots == 0 {
             return;
         }
@@ -64,7 +71,11 @@ impl PacketCache {
     }
 
     /// The packet with `ext_seq` if still cached, counting one more retransmission of it.
-    pub fn take_for_resend(&mut self, ext_seq: u64, max_resends: u8) -> Option<(CachedMeta, &[u8])> {
+    pub fn take_for_resend(
+        &mut self,
+        ext_seq: u64,
+        max_resends: u8,
+    ) -> Option<(CachedMeta, &[u8])> {
         if self.slots == 0 {
             return None;
         }

@@ -10,8 +10,8 @@ use rtc_dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
 use rtc_dtls::crypto::Certificate;
 use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
 use rtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc_ice::candidate::candidate_host::CandidateHostConfig;
 use rtc_ice::candidate::CandidateConfig;
+use rtc_ice::candidate::candidate_host::CandidateHostConfig;
 use rtc_ice::state::ConnectionState;
 use rtc_ice::{Agent, AgentConfig};
 use rtc_shared::{TransportContext, TransportMessage, TransportProtocol};
@@ -67,10 +67,11 @@ impl TransportConfig {
         consent_disconnected: Duration,
         consent_failed: Duration,
     ) -> Result<Self, TransportError> {
-        let crypto =
-            rtc_crypto::default_provider().map_err(|e| TransportError::Certificate(e.to_string()))?;
-        let certificate = Certificate::generate_self_signed(vec!["sfu".to_owned()], crypto.crypto())
+        let crypto = rtc_crypto::default_provider()
             .map_err(|e| TransportError::Certificate(e.to_string()))?;
+        let certificate =
+            Certificate::generate_self_signed(vec!["sfu".to_owned()], crypto.crypto())
+                .map_err(|e| TransportError::Certificate(e.to_string()))?;
         let der = certificate
             .certificate
             .first()
@@ -343,7 +344,10 @@ impl PeerTransport {
             tracing::debug!(error = %e, "ICE timeout handling");
         }
         self.drain_agent();
-        if self.dtls.poll_timeout(&DTLS_TUNNEL_PEER).is_some_and(|t| t <= now)
+        if self
+            .dtls
+            .poll_timeout(&DTLS_TUNNEL_PEER)
+            .is_some_and(|t| t <= now)
             && let Err(e) = self.dtls.handle_timeout(DTLS_TUNNEL_PEER, now)
         {
             tracing::debug!(error = %e, "DTLS handshake gave up");

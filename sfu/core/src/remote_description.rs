@@ -81,7 +81,11 @@ pub struct RemoteDescription {
     pub media: Vec<RemoteMedia>,
 }
 
-fn attr<'a>(session: &'a SessionDescription, media_attrs: &'a [rtc_sdp::description::common::Attribute], key: &str) -> Option<&'a str> {
+fn attr<'a>(
+    session: &'a SessionDescription,
+    media_attrs: &'a [rtc_sdp::description::common::Attribute],
+    key: &str,
+) -> Option<&'a str> {
     media_attrs
         .iter()
         .find(|a| a.key == key)
@@ -110,13 +114,15 @@ impl RemoteDescription {
         let ice_pwd = attr(&session, first_attrs, "ice-pwd")
             .ok_or(SdpError::Missing("a=ice-pwd"))?
             .to_owned();
-        let fingerprint = attr(&session, first_attrs, "fingerprint")
-            .ok_or(SdpError::Missing("a=fingerprint"))?;
+        let fingerprint =
+            attr(&session, first_attrs, "fingerprint").ok_or(SdpError::Missing("a=fingerprint"))?;
         let (algo, value) = fingerprint
             .split_once(' ')
             .ok_or(SdpError::Missing("a=fingerprint value"))?;
         if !algo.eq_ignore_ascii_case("sha-256") {
-            return Err(SdpError::Unsupported(format!("fingerprint algorithm {algo}")));
+            return Err(SdpError::Unsupported(format!(
+                "fingerprint algorithm {algo}"
+            )));
         }
         let fingerprint = value.trim().to_ascii_lowercase();
 
@@ -160,7 +166,12 @@ impl RemoteDescription {
                 .iter()
                 .filter_map(|f| f.parse().ok())
                 .collect();
-            codecs.sort_by_key(|c| order.iter().position(|p| *p == c.payload_type).unwrap_or(usize::MAX));
+            codecs.sort_by_key(|c| {
+                order
+                    .iter()
+                    .position(|p| *p == c.payload_type)
+                    .unwrap_or(usize::MAX)
+            });
             let mut extmaps = Vec::new();
             let mut ssrcs = Vec::new();
             let mut rtx_ssrcs = Vec::new();
@@ -180,7 +191,8 @@ impl RemoteDescription {
                         }
                     }
                     "ssrc" => {
-                        if let Some(Ok(ssrc)) = value.split_whitespace().next().map(str::parse::<u32>)
+                        if let Some(Ok(ssrc)) =
+                            value.split_whitespace().next().map(str::parse::<u32>)
                             && !ssrcs.contains(&ssrc)
                         {
                             ssrcs.push(ssrc);
@@ -189,8 +201,10 @@ impl RemoteDescription {
                     "ssrc-group" => {
                         let mut parts = value.split_whitespace();
                         if parts.next() == Some("FID")
-                            && let (Some(Ok(p)), Some(Ok(r))) =
-                                (parts.next().map(str::parse::<u32>), parts.next().map(str::parse::<u32>))
+                            && let (Some(Ok(p)), Some(Ok(r))) = (
+                                parts.next().map(str::parse::<u32>),
+                                parts.next().map(str::parse::<u32>),
+                            )
                         {
                             rtx_ssrcs.push((p, r));
                         }

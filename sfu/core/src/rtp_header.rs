@@ -21,7 +21,7 @@ pub fn classify(datagram: &[u8]) -> PacketClass {
         Some(20..=63) => PacketClass::Dtls,
         Some(128..=191) => {
             // RTCP packet types 192..=223 share the range with RTP (RFC 5761 §4).
-            match datagram.get(1).map(|b| *b) {
+            match datagram.get(1).copied() {
                 Some(192..=223) => PacketClass::Rtcp,
                 Some(_) => PacketClass::Rtp,
                 None => PacketClass::Unknown,
@@ -107,14 +107,18 @@ impl RtpHeader {
             return None;
         }
         let block = buf.get(start..end)?;
-        ExtensionIter::new(profile, block).find(|(eid, _)| *eid == id).map(|(_, v)| v)
+        ExtensionIter::new(profile, block)
+            .find(|(eid, _)| *eid == id)
+            .map(|(_, v)| v)
     }
 
     /// Payload length without padding (the padding count is in the last byte, RFC 3550 §5.1).
     pub fn payload_range(&self, plain_len: usize, buf: &[u8]) -> Result<(usize, usize), RtpError> {
         let mut end = plain_len;
         if self.has_padding {
-            let pad = *buf.get(plain_len.wrapping_sub(1)).ok_or(RtpError::Padding)? as usize;
+            let pad = *buf
+                .get(plain_len.wrapping_sub(1))
+                .ok_or(RtpError::Padding)? as usize;
             if pad == 0 || self.header_len + pad > plain_len {
                 return Err(RtpError::Padding);
             }
@@ -225,7 +229,7 @@ impl<'a> HeaderWriter<'a> {
             self.buf[0] = 0x80;
             return 12;
         }
-        while (self.pos - self.ext_start) % 4 != 0 {
+        while !(self.pos - self.ext_start).is_multiple_of(4) {
             self.buf[self.pos] = 0;
             self.pos += 1;
         }
@@ -274,7 +278,10 @@ mod tests {
         let mut slice = &buf[..len];
         let theirs = rtc_rtp::header::Header::unmarshal(&mut slice).unwrap();
         assert_eq!(theirs.sequence_number, 65535);
-        assert_eq!(theirs.get_extension(3).as_deref(), Some(&[0x12u8, 0x34][..]));
+        assert_eq!(
+            theirs.get_extension(3).as_deref(),
+            Some(&[0x12u8, 0x34][..])
+        );
     }
 
     #[test]

@@ -225,7 +225,12 @@ impl Sfu {
             }
             Command::RequestKeyframe { participant } => {
                 if let Some(&idx) = self.by_id.get(&participant) {
-                    let tracks: Vec<usize> = self.participant(idx).subscriptions.iter().map(|s| s.track).collect();
+                    let tracks: Vec<usize> = self
+                        .participant(idx)
+                        .subscriptions
+                        .iter()
+                        .map(|s| s.track)
+                        .collect();
                     for t in tracks {
                         self.request_keyframe(now, t, out);
                     }
@@ -234,19 +239,21 @@ impl Sfu {
             }
         };
         if let Err(error) = result {
-            self.events.push_back(Event::CommandFailed {
-                participant,
-                error,
-            });
+            self.events
+                .push_back(Event::CommandFailed { participant, error });
         }
     }
 
     fn participant(&self, idx: usize) -> &Participant {
-        self.participants[idx].as_ref().expect("live participant index")
+        self.participants[idx]
+            .as_ref()
+            .expect("live participant index")
     }
 
     fn participant_mut(&mut self, idx: usize) -> &mut Participant {
-        self.participants[idx].as_mut().expect("live participant index")
+        self.participants[idx]
+            .as_mut()
+            .expect("live participant index")
     }
 
     fn track(&self, idx: usize) -> &Track {
@@ -426,10 +433,7 @@ impl Sfu {
                             (Some(t), Some(publisher)) if s.active => {
                                 let mut extmaps = Vec::new();
                                 if t.kind == MediaKind::Audio {
-                                    extmaps.push((
-                                        p.ext.audio_level.unwrap_or(1),
-                                        EXT_AUDIO_LEVEL,
-                                    ));
+                                    extmaps.push((p.ext.audio_level.unwrap_or(1), EXT_AUDIO_LEVEL));
                                 }
                                 let mut codec = t.codec.clone();
                                 codec.rtx_payload_type = s.rtx_payload_type;
@@ -447,8 +451,17 @@ impl Sfu {
                                 }
                             }
                             _ => LineContent::Rejected {
-                                media: if s.rtx_payload_type.is_some() { "video".into() } else { "audio".into() },
-                                proto: vec!["UDP".into(), "TLS".into(), "RTP".into(), "SAVPF".into()],
+                                media: if s.rtx_payload_type.is_some() {
+                                    "video".into()
+                                } else {
+                                    "audio".into()
+                                },
+                                proto: vec![
+                                    "UDP".into(),
+                                    "TLS".into(),
+                                    "RTP".into(),
+                                    "SAVPF".into(),
+                                ],
                                 formats: vec![s.payload_type.to_string()],
                             },
                         }
@@ -482,7 +495,9 @@ impl Sfu {
     fn write_sdp(&mut self, idx: usize, kind: SdpKind) -> String {
         let lines = self.line_specs(idx, kind);
         let candidate = self.config.transport.advertised_addr;
-        let p = self.participants[idx].as_mut().expect("live participant index");
+        let p = self.participants[idx]
+            .as_mut()
+            .expect("live participant index");
         p.sdp_version += 1;
         let t = TransportSpec {
             ice_ufrag: p.transport.local_ufrag(),
@@ -520,7 +535,10 @@ impl Sfu {
     }
 
     fn apply_answer(&mut self, _now: Instant, id: &ParticipantId, sdp: &str) -> Result<(), String> {
-        let idx = *self.by_id.get(id).ok_or_else(|| format!("unknown participant {id}"))?;
+        let idx = *self
+            .by_id
+            .get(id)
+            .ok_or_else(|| format!("unknown participant {id}"))?;
         if !self.participant(idx).awaiting_answer {
             return Err("no offer is outstanding".into());
         }
@@ -531,8 +549,11 @@ impl Sfu {
                 continue;
             }
             // A subscriber that refused an m-line gets nothing on it.
-            if let Some(LineRole::Subscribe { subscription }) =
-                p.lines.iter().find(|l| l.mid == m.mid).map(|l| l.role.clone())
+            if let Some(LineRole::Subscribe { subscription }) = p
+                .lines
+                .iter()
+                .find(|l| l.mid == m.mid)
+                .map(|l| l.role.clone())
             {
                 p.subscriptions[subscription].active = false;
             }
@@ -544,8 +565,16 @@ impl Sfu {
         Ok(())
     }
 
-    fn apply_client_offer(&mut self, _now: Instant, id: &ParticipantId, sdp: &str) -> Result<(), String> {
-        let idx = *self.by_id.get(id).ok_or_else(|| format!("unknown participant {id}"))?;
+    fn apply_client_offer(
+        &mut self,
+        _now: Instant,
+        id: &ParticipantId,
+        sdp: &str,
+    ) -> Result<(), String> {
+        let idx = *self
+            .by_id
+            .get(id)
+            .ok_or_else(|| format!("unknown participant {id}"))?;
         if self.participant(idx).awaiting_answer {
             // Glare: the SFU's offer is outstanding; the client retries after answering it.
             return Err("an SFU offer is outstanding; answer it first".into());
@@ -573,7 +602,11 @@ impl Sfu {
                 },
             });
         }
-        let members = self.rooms.get(&room).map(|r| r.participants.clone()).unwrap_or_default();
+        let members = self
+            .rooms
+            .get(&room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
         for m in members {
             if m == publisher || !self.participant(m).permissions.subscribe {
                 continue;
@@ -594,7 +627,11 @@ impl Sfu {
             return;
         }
         let room = self.participant(idx).room.clone();
-        let members = self.rooms.get(&room).map(|r| r.participants.clone()).unwrap_or_default();
+        let members = self
+            .rooms
+            .get(&room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
         let mut added = false;
         for m in members {
             if m == idx {
@@ -640,7 +677,15 @@ impl Sfu {
             }
         };
         let s = p.subscriptions.len();
-        p.subscriptions.push(Subscription::new(track, mid.clone(), ssrc, rtx_ssrc, pt, rtx_pt, seed));
+        p.subscriptions.push(Subscription::new(
+            track,
+            mid.clone(),
+            ssrc,
+            rtx_ssrc,
+            pt,
+            rtx_pt,
+            seed,
+        ));
         p.lines.push(MediaLine {
             mid,
             role: LineRole::Subscribe { subscription: s },
@@ -664,7 +709,9 @@ impl Sfu {
         for (i, t) in subs {
             self.participant_mut(subscriber).subscriptions[i].active = false;
             if let Some(track) = self.tracks[t].as_mut() {
-                track.subscribers.retain(|&(p, s)| !(p == subscriber && s == i));
+                track
+                    .subscribers
+                    .retain(|&(p, s)| !(p == subscriber && s == i));
             }
             changed = true;
         }
@@ -678,7 +725,10 @@ impl Sfu {
         permissions: Permissions,
         out: &mut TransmitBatch,
     ) -> Result<(), String> {
-        let idx = *self.by_id.get(id).ok_or_else(|| format!("unknown participant {id}"))?;
+        let idx = *self
+            .by_id
+            .get(id)
+            .ok_or_else(|| format!("unknown participant {id}"))?;
         let before = std::mem::replace(&mut self.participant_mut(idx).permissions, permissions);
         if before.subscribe && !permissions.subscribe && self.unsubscribe_all(idx) {
             self.renegotiate(idx);
@@ -811,11 +861,13 @@ impl Sfu {
             self.counters.dropped_unknown_source += 1;
             return;
         };
-        if !self.by_stun_addr.contains_key(&from) {
-            self.by_stun_addr.insert(from, idx);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.by_stun_addr.entry(from) {
+            e.insert(idx);
             self.participant_mut(idx).stun_addrs.push(from);
         }
-        self.participant_mut(idx).transport.handle_stun(now, from, buf);
+        self.participant_mut(idx)
+            .transport
+            .handle_stun(now, from, buf);
         self.drive_transport(now, idx, out);
     }
 
@@ -857,7 +909,12 @@ impl Sfu {
             p.connected = true;
             let participant = p.id.clone();
             self.events.push_back(Event::Connected { participant });
-            let tracks: Vec<usize> = self.participant(idx).subscriptions.iter().map(|s| s.track).collect();
+            let tracks: Vec<usize> = self
+                .participant(idx)
+                .subscriptions
+                .iter()
+                .map(|s| s.track)
+                .collect();
             for t in tracks {
                 self.request_keyframe(now, t, out);
             }
@@ -865,7 +922,9 @@ impl Sfu {
         if let Some(cause) = closed {
             let reason = match cause {
                 CloseCause::ConsentTimeout => DisconnectReason::ConsentTimeout,
-                CloseCause::DtlsClosed | CloseCause::DtlsFailed => DisconnectReason::TransportClosed,
+                CloseCause::DtlsClosed | CloseCause::DtlsFailed => {
+                    DisconnectReason::TransportClosed
+                }
             };
             self.remove_participant(now, idx, reason, out);
         }
@@ -925,7 +984,11 @@ impl Sfu {
         let Some(track) = self.tracks[t].as_mut() else {
             return;
         };
-        let stream = if is_rtx { track.rtx_inbound.as_mut() } else { track.inbound.as_mut() };
+        let stream = if is_rtx {
+            track.rtx_inbound.as_mut()
+        } else {
+            track.inbound.as_mut()
+        };
         let Some(stream) = stream else {
             self.counters.dropped_unknown_ssrc += 1;
             return;
@@ -980,7 +1043,9 @@ impl Sfu {
             ext
         };
         let audio_level = match (track.kind, p.ext.audio_level) {
-            (MediaKind::Audio, Some(id)) => header.extension_value(buf, id).and_then(|v| v.first().copied()),
+            (MediaKind::Audio, Some(id)) => header
+                .extension_value(buf, id)
+                .and_then(|v| v.first().copied()),
             _ => None,
         };
         if let Some(level) = audio_level {
@@ -988,7 +1053,13 @@ impl Sfu {
             track.audio_level = track.audio_level * 0.8 + l * 0.2;
         }
         let payload = &buf[start..end];
-        track.cache.insert(media_ext, header.timestamp, header.marker, audio_level, payload);
+        track.cache.insert(
+            media_ext,
+            header.timestamp,
+            header.marker,
+            audio_level,
+            payload,
+        );
         // Forward: rewrite and seal once per subscriber.
         let track = self.tracks[t].as_ref().expect("track");
         for &(s, sub_idx) in &track.subscribers {
@@ -1026,7 +1097,14 @@ impl Sfu {
             let hlen = w.finish();
             slot[hlen..hlen + payload.len()].copy_from_slice(payload);
             let len = hlen + payload.len();
-            match ctx.seal_rtp(slot, len, hlen, subscription.ssrc, (out_ext >> 16) as u32, out_ext as u16) {
+            match ctx.seal_rtp(
+                slot,
+                len,
+                hlen,
+                subscription.ssrc,
+                (out_ext >> 16) as u32,
+                out_ext as u16,
+            ) {
                 Ok(n) => {
                     subscription.packets = subscription.packets.wrapping_add(1);
                     subscription.octets = subscription.octets.wrapping_add(payload.len() as u32);
@@ -1077,7 +1155,13 @@ impl Sfu {
         }
     }
 
-    fn keyframe_for_subscription(&mut self, now: Instant, idx: usize, media_ssrc: u32, out: &mut TransmitBatch) {
+    fn keyframe_for_subscription(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        media_ssrc: u32,
+        out: &mut TransmitBatch,
+    ) {
         let track = self
             .participant(idx)
             .subscriptions
@@ -1102,7 +1186,10 @@ impl Sfu {
         let Some(ssrc) = track.ssrc else {
             return;
         };
-        if track.last_keyframe_request.is_some_and(|last| now < last + throttle) {
+        if track
+            .last_keyframe_request
+            .is_some_and(|last| now < last + throttle)
+        {
             self.counters.keyframe_requests_throttled += 1;
             return;
         }
@@ -1148,7 +1235,11 @@ impl Sfu {
         let Some(sub) = self.participants[idx].as_mut() else {
             return;
         };
-        let Some(s) = sub.subscriptions.iter().position(|s| s.ssrc == nack.media_ssrc && s.active) else {
+        let Some(s) = sub
+            .subscriptions
+            .iter()
+            .position(|s| s.ssrc == nack.media_ssrc && s.active)
+        else {
             return;
         };
         let (Some(ctx), Some(dest)) = (sub.outbound.as_deref(), sub.remote) else {
@@ -1178,7 +1269,8 @@ impl Sfu {
                     }
                     None => (subscription.ssrc, out_ext, subscription.payload_type),
                 };
-                let hlen = HeaderWriter::new(slot, meta.marker, pt, seq_ext as u16, out_ts, ssrc).finish();
+                let hlen =
+                    HeaderWriter::new(slot, meta.marker, pt, seq_ext as u16, out_ts, ssrc).finish();
                 let mut len = hlen;
                 if subscription.rtx_payload_type.is_some() {
                     slot[len..len + 2].copy_from_slice(&(out_ext as u16).to_be_bytes());
@@ -1186,7 +1278,14 @@ impl Sfu {
                 }
                 slot[len..len + payload.len()].copy_from_slice(payload);
                 len += payload.len();
-                if let Ok(n) = ctx.seal_rtp(slot, len, hlen, ssrc, (seq_ext >> 16) as u32, seq_ext as u16) {
+                if let Ok(n) = ctx.seal_rtp(
+                    slot,
+                    len,
+                    hlen,
+                    ssrc,
+                    (seq_ext >> 16) as u32,
+                    seq_ext as u16,
+                ) {
                     out.commit(dest, n);
                     self.counters.retransmissions_out += 1;
                     self.counters.packets_out += 1;
@@ -1205,10 +1304,11 @@ impl Sfu {
         out: &mut TransmitBatch,
     ) {
         let published = self.participant(idx).published.clone();
-        let Some(t) = published
-            .into_iter()
-            .find(|&t| self.tracks[t].as_ref().is_some_and(|tr| tr.ssrc == Some(sr.ssrc)))
-        else {
+        let Some(t) = published.into_iter().find(|&t| {
+            self.tracks[t]
+                .as_ref()
+                .is_some_and(|tr| tr.ssrc == Some(sr.ssrc))
+        }) else {
             return;
         };
         let subscribers = {
@@ -1269,7 +1369,12 @@ impl Sfu {
                 };
                 self.nack_scratch.clear();
                 if track.kind == MediaKind::Video {
-                    inbound.due_nacks(now, self.config.nack_interval, self.config.nack_max_tries, &mut self.nack_scratch);
+                    inbound.due_nacks(
+                        now,
+                        self.config.nack_interval,
+                        self.config.nack_max_tries,
+                        &mut self.nack_scratch,
+                    );
                 }
                 if inbound.needs_keyframe {
                     inbound.needs_keyframe = false;
@@ -1364,7 +1469,8 @@ impl Sfu {
             }
         }
         for (room, participant) in changes {
-            self.events.push_back(Event::ActiveSpeaker { room, participant });
+            self.events
+                .push_back(Event::ActiveSpeaker { room, participant });
         }
     }
 }

@@ -279,7 +279,20 @@ mod tests {
     }
 
     fn rtp_packet(seq: u16, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x80, 96, (seq >> 8) as u8, seq as u8, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
+        let mut p = vec![
+            0x80,
+            96,
+            (seq >> 8) as u8,
+            seq as u8,
+            0,
+            0,
+            0,
+            1,
+            0xde,
+            0xad,
+            0xbe,
+            0xef,
+        ];
         p.extend_from_slice(payload);
         p
     }
@@ -320,7 +333,9 @@ mod tests {
         let plain = rtp_packet(5, b"payload");
         let mut buf = plain.clone();
         buf.resize(plain.len() + SRTP_TAG_LEN, 0);
-        let n = ours.seal_rtp(&mut buf, plain.len(), 12, 0xdeadbeef, 0, 5).unwrap();
+        let n = ours
+            .seal_rtp(&mut buf, plain.len(), 12, 0xdeadbeef, 0, 5)
+            .unwrap();
         buf[14] ^= 1;
         assert_eq!(
             ours.open_rtp(&mut buf[..n], 12, 0xdeadbeef, 0, 5),
@@ -329,7 +344,9 @@ mod tests {
         // Wrong rollover counter is an authentication failure too.
         let mut buf = plain.clone();
         buf.resize(plain.len() + SRTP_TAG_LEN, 0);
-        let n = ours.seal_rtp(&mut buf, plain.len(), 12, 0xdeadbeef, 0, 5).unwrap();
+        let n = ours
+            .seal_rtp(&mut buf, plain.len(), 12, 0xdeadbeef, 0, 5)
+            .unwrap();
         assert!(ours.open_rtp(&mut buf[..n], 12, 0xdeadbeef, 1, 5).is_err());
     }
 
@@ -364,7 +381,10 @@ mod tests {
     fn keying_material_is_split_by_role() {
         let material: Vec<u8> = (0..56u8).collect();
         let (local, remote) = MasterKey::pair_from_keying_material(&material, false).unwrap();
-        assert_eq!(local.key[0], 16, "server's local key is the server write key");
+        assert_eq!(
+            local.key[0], 16,
+            "server's local key is the server write key"
+        );
         assert_eq!(remote.key[0], 0);
         assert_eq!(local.salt[0], 44);
         assert_eq!(remote.salt[0], 32);

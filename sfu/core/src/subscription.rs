@@ -25,7 +25,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn new(track: usize, mid: String, ssrc: u32, rtx_ssrc: u32, payload_type: u8, rtx_payload_type: Option<u8>, seed: u32) -> Self {
+    pub fn new(
+        track: usize,
+        mid: String,
+        ssrc: u32,
+        rtx_ssrc: u32,
+        payload_type: u8,
+        rtx_payload_type: Option<u8>,
+        seed: u32,
+    ) -> Self {
         Self {
             track,
             mid,

@@ -70,7 +70,9 @@ pub struct SfuNode {
 
 impl std::fmt::Debug for SfuNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SfuNode").field("workers", &self.workers).finish()
+        f.debug_struct("SfuNode")
+            .field("workers", &self.workers)
+            .finish()
     }
 }
 
@@ -81,7 +83,9 @@ impl SfuNode {
         on_event: impl Fn(Event) + Send + Sync + 'static,
     ) -> Result<Self, NodeError> {
         let n = if config.workers == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             config.workers
         };

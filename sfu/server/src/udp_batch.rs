@@ -19,7 +19,9 @@ pub struct UdpBatch {
 
 impl std::fmt::Debug for UdpBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UdpBatch").field("socket", &self.socket).finish()
+        f.debug_struct("UdpBatch")
+            .field("socket", &self.socket)
+            .finish()
     }
 }
 
@@ -65,9 +67,16 @@ impl UdpBatch {
 
     /// Receives one batch and calls `on_datagram` for each datagram (GRO segments split).
     /// Returns the number of datagrams, 0 when nothing was waiting.
-    pub fn recv_batch(&mut self, mut on_datagram: impl FnMut(SocketAddr, &mut [u8])) -> io::Result<usize> {
-        let mut slices: Vec<IoSliceMut<'_>> = self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-        let n = match self.state.recv((&self.socket).into(), &mut slices, &mut self.meta) {
+    pub fn recv_batch(
+        &mut self,
+        mut on_datagram: impl FnMut(SocketAddr, &mut [u8]),
+    ) -> io::Result<usize> {
+        let mut slices: Vec<IoSliceMut<'_>> =
+            self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let n = match self
+            .state
+            .recv((&self.socket).into(), &mut slices, &mut self.meta)
+        {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => return Err(e),

@@ -87,7 +87,9 @@ fn run(
         // Commands from signaling.
         loop {
             match commands.try_recv() {
-                Ok(WorkerInput::Command(cmd)) => sfu.handle_command(Instant::now(), cmd, &mut batch),
+                Ok(WorkerInput::Command(cmd)) => {
+                    sfu.handle_command(Instant::now(), cmd, &mut batch)
+                }
                 Ok(WorkerInput::Shutdown) | Err(TryRecvError::Disconnected) => {
                     flush(&socket, &mut batch, &mut send_dropped);
                     return;
