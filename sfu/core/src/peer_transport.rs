@@ -266,30 +266,37 @@ impl PeerTransport {
         }
     }
 
-    /// A STUN datagram from `from` (binding request or indication).
-    pub fn handle_stun(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+    /// A STUN datagram from `from` (binding request or indication). Returns false when the
+    /// agent refused it (malformed, wrong credentials).
+    pub fn handle_stun(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> bool {
         if self.closed {
-            return;
+            return false;
         }
         let msg = TransportMessage {
             now,
             transport: self.context(from),
             message: BytesMut::from(datagram),
         };
-        if let Err(e) = self.agent.handle_read(msg) {
-            tracing::debug!(error = %e, "STUN datagram refused");
-        }
+        let accepted = match self.agent.handle_read(msg) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "STUN datagram refused");
+                false
+            }
+        };
         self.drain_agent();
+        accepted
     }
 
-    /// A DTLS datagram from the selected remote.
-    pub fn handle_dtls(&mut self, now: Instant, datagram: &[u8]) {
+    /// A DTLS datagram from the selected remote. Returns false when it was refused.
+    pub fn handle_dtls(&mut self, now: Instant, datagram: &[u8]) -> bool {
         if self.closed || self.remote.is_none() {
-            return;
+            return false;
         }
         let result = self
             .dtls
             .read(now, DTLS_TUNNEL_PEER, None, BytesMut::from(datagram));
+        let accepted = result.is_ok();
         match result {
             Ok(events) => {
                 for event in events {
@@ -309,6 +316,7 @@ impl PeerTransport {
             Err(e) => tracing::debug!(error = %e, "DTLS datagram refused"),
         }
         self.drain_dtls();
+        accepted
     }
 
     fn export_keys(&mut self) -> Result<(), TransportError> {

@@ -872,7 +872,9 @@ impl Sfu {
     }
 
     fn handle_dtls(&mut self, now: Instant, idx: usize, buf: &[u8], out: &mut TransmitBatch) {
-        self.participant_mut(idx).transport.handle_dtls(now, buf);
+        if !self.participant_mut(idx).transport.handle_dtls(now, buf) {
+            self.counters.dropped_malformed += 1;
+        }
         self.drive_transport(now, idx, out);
     }
 

@@ -1,0 +1,281 @@
+//! Runs one [`Sfu`] and several [`SimPeer`]s on virtual time over simulated links: each
+//! direction of each peer's link has its own loss rate and delay, drawn from a seeded RNG so a
+//! failing scenario replays exactly.
+
+use crate::sim_peer::SimPeer;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sfu_core::{Sfu, SfuConfig, TransmitBatch, TransportConfig};
+use sfu_proto::{Command, Event, ParticipantId, Permissions, RoomId};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One direction of a peer's connection to the SFU.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    pub loss: f64,
+    pub delay: Duration,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            loss: 0.0,
+            delay: Duration::from_millis(10),
+        }
+    }
+}
+
+pub struct SimNetwork {
+    pub now: Instant,
+    pub sfu: Sfu,
+    pub sfu_addr: SocketAddr,
+    pub peers: Vec<SimPeer>,
+    ids: Vec<ParticipantId>,
+    /// Per peer: (uplink peer→SFU, downlink SFU→peer).
+    links: Vec<(Link, Link)>,
+    queue: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
+    seq: u64,
+    rng: StdRng,
+    batch: TransmitBatch,
+    pub events: Vec<Event>,
+    /// Datagrams dropped by the simulated links.
+    pub link_drops: u64,
+}
+
+impl std::fmt::Debug for SimNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimNetwork")
+            .field("peers", &self.peers.len())
+            .finish()
+    }
+}
+
+impl SimNetwork {
+    /// `configure` may adjust the SFU's tunables before it starts.
+    pub fn new(seed: u64, configure: impl FnOnce(&mut SfuConfig)) -> Self {
+        // The one real instant: the origin of virtual time.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let sfu_addr: SocketAddr = "10.0.0.1:3478".parse().expect("addr");
+        let transport =
+            TransportConfig::generate(sfu_addr, Duration::from_secs(3), Duration::from_secs(10))
+                .expect("transport");
+        let mut config = SfuConfig::new(transport);
+        configure(&mut config);
+        Self {
+            now,
+            sfu: Sfu::new(config),
+            sfu_addr,
+            peers: Vec::new(),
+            ids: Vec::new(),
+            links: Vec::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            rng: StdRng::seed_from_u64(seed),
+            batch: TransmitBatch::new(),
+            events: Vec::new(),
+            link_drops: 0,
+        }
+    }
+
+    /// Adds a peer publishing the given tracks; returns its index.
+    pub fn add_peer(&mut self, name: &str, tracks: &[sfu_proto::MediaKind]) -> usize {
+        let i = self.peers.len();
+        let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().expect("addr");
+        let mut peer = SimPeer::new(name, addr, self.now);
+        for &k in tracks {
+            peer.add_track(k);
+        }
+        self.peers.push(peer);
+        self.ids.push(ParticipantId::from(name));
+        self.links.push((Link::default(), Link::default()));
+        i
+    }
+
+    pub fn set_uplink(&mut self, peer: usize, link: Link) {
+        self.links[peer].0 = link;
+    }
+
+    pub fn set_downlink(&mut self, peer: usize, link: Link) {
+        self.links[peer].1 = link;
+    }
+
+    pub fn id(&self, peer: usize) -> &ParticipantId {
+        &self.ids[peer]
+    }
+
+    pub fn command(&mut self, command: Command) {
+        self.sfu.handle_command(self.now, command, &mut self.batch);
+        self.flush_sfu();
+    }
+
+    /// Joins a peer to `room` the way signaling would: offer, answer, renegotiations.
+    pub fn join(&mut self, peer: usize, room: &str, permissions: Permissions) {
+        let offer = self.peers[peer].offer();
+        self.command(Command::AddParticipant {
+            room: RoomId::from(room),
+            participant: self.ids[peer].clone(),
+            offer_sdp: offer,
+            permissions,
+        });
+    }
+
+    fn peer_index(&self, id: &ParticipantId) -> Option<usize> {
+        self.ids.iter().position(|i| i == id)
+    }
+
+    fn flush_sfu(&mut self) {
+        for i in 0..self.batch.len() {
+            let (dest, data) = self.batch.get(i);
+            let data = data.to_vec();
+            self.enqueue(self.sfu_addr, dest, data);
+        }
+        self.batch.clear();
+        while let Some(event) = self.sfu.poll_event() {
+            match &event {
+                Event::Answer {
+                    participant,
+                    answer_sdp,
+                } => {
+                    if let Some(p) = self.peer_index(participant) {
+                        self.peers[p].apply_answer(self.now, answer_sdp);
+                    }
+                }
+                Event::Offer {
+                    participant,
+                    offer_sdp,
+                } => {
+                    if let Some(p) = self.peer_index(participant) {
+                        let answer = self.peers[p].answer_offer(self.now, offer_sdp);
+                        let participant = participant.clone();
+                        self.sfu.handle_command(
+                            self.now,
+                            Command::Answer {
+                                participant,
+                                answer_sdp: answer,
+                            },
+                            &mut self.batch,
+                        );
+                    }
+                }
+                _ => {}
+            }
+            self.events.push(event);
+        }
+        if !self.batch.is_empty() {
+            self.flush_sfu();
+        }
+    }
+
+    fn enqueue(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        let link = if from == self.sfu_addr {
+            self.peers
+                .iter()
+                .position(|p| p.addr == to)
+                .map(|i| self.links[i].1)
+        } else {
+            self.peers
+                .iter()
+                .position(|p| p.addr == from)
+                .map(|i| self.links[i].0)
+        }
+        .unwrap_or_default();
+        if link.loss > 0.0 && self.rng.random::<f64>() < link.loss {
+            self.link_drops += 1;
+            return;
+        }
+        self.seq += 1;
+        self.queue
+            .insert((self.now + link.delay, self.seq), (from, to, data));
+    }
+
+    /// Injects a datagram toward the SFU as if sent from `from` (for bad-input tests).
+    pub fn inject_to_sfu(&mut self, from: SocketAddr, data: Vec<u8>) {
+        self.seq += 1;
+        self.queue
+            .insert((self.now, self.seq), (from, self.sfu_addr, data));
+    }
+
+    fn flush_peers(&mut self) {
+        for i in 0..self.peers.len() {
+            while let Some((dest, data)) = self.peers[i].poll_transmit() {
+                let from = self.peers[i].addr;
+                self.enqueue(from, dest, data);
+            }
+        }
+    }
+
+    /// Advances virtual time by `d` in 1 ms steps, calling `each_ms` (with the network) first
+    /// in every step so a scenario can send media.
+    pub fn run(&mut self, d: Duration, mut each_ms: impl FnMut(&mut SimNetwork)) {
+        let end = self.now + d;
+        while self.now < end {
+            each_ms(self);
+            self.flush_peers();
+            self.step(Duration::from_millis(1));
+        }
+    }
+
+    fn step(&mut self, dt: Duration) {
+        let until = self.now + dt;
+        while let Some((&(at, key), _)) = self.queue.iter().next() {
+            if at > until {
+                break;
+            }
+            let (from, to, mut data) = self.queue.remove(&(at, key)).expect("queued");
+            if at > self.now {
+                self.now = at;
+            }
+            if to == self.sfu_addr {
+                self.sfu
+                    .handle_datagram(self.now, from, &mut data, &mut self.batch);
+                self.flush_sfu();
+            } else if let Some(p) = self.peers.iter().position(|p| p.addr == to) {
+                self.peers[p].handle_datagram(self.now, from, &data);
+                self.flush_peers();
+            }
+        }
+        self.now = until;
+        if self.sfu.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.sfu.handle_timeout(self.now, &mut self.batch);
+            self.flush_sfu();
+        }
+        for i in 0..self.peers.len() {
+            if self.peers[i].poll_timeout().is_some_and(|t| t <= self.now) {
+                self.peers[i].handle_timeout(self.now);
+            }
+        }
+        self.flush_peers();
+    }
+
+    /// Runs until every peer has its SRTP keys (or panics after `limit`).
+    pub fn connect_all(&mut self, limit: Duration) {
+        let end = self.now + limit;
+        while self.peers.iter().any(|p| !p.is_secured()) {
+            assert!(
+                self.now < end,
+                "peers did not connect: {:?}",
+                self.peers
+                    .iter()
+                    .map(|p| (&p.name, p.is_secured()))
+                    .collect::<Vec<_>>()
+            );
+            self.run(Duration::from_millis(10), |_| {});
+        }
+    }
+
+    pub fn disconnected(&self) -> HashMap<ParticipantId, sfu_proto::DisconnectReason> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Disconnected {
+                    participant,
+                    reason,
+                } => Some((participant.clone(), *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+}

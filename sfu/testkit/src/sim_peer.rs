@@ -1,0 +1,629 @@
+//! A sans-IO WebRTC client for tests: offers send-only tracks, answers the SFU's offers with
+//! receive-only lines, runs ICE (controlling) and DTLS (client), and sends/receives SRTP.
+
+use bytes::BytesMut;
+use rtc_dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
+use rtc_dtls::crypto::Certificate;
+use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
+use rtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc_ice::candidate::CandidateConfig;
+use rtc_ice::candidate::candidate_host::CandidateHostConfig;
+use rtc_ice::{Agent, AgentConfig};
+use rtc_shared::{TransportContext, TransportMessage, TransportProtocol};
+use sansio::Protocol;
+use sfu_core::remote_description::RemoteDescription;
+use sfu_core::rtp_header::{HeaderWriter, PacketClass, RtpHeader, classify};
+use sfu_core::srtp_context::{MasterKey, SRTCP_TRAILER_LEN, SRTP_TAG_LEN, SrtpContext};
+use sfu_proto::MediaKind;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A track this peer publishes.
+#[derive(Debug, Clone)]
+pub struct SendTrack {
+    pub kind: MediaKind,
+    pub mid: String,
+    pub ssrc: u32,
+    pub rtx_ssrc: u32,
+    pub payload_type: u8,
+    pub seq: u16,
+    pub rtx_seq: u16,
+    pub timestamp: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedPacket {
+    pub seq: u16,
+    pub timestamp: u32,
+    pub payload: Vec<u8>,
+    pub at: Instant,
+    /// Arrived as an RTX retransmission (RFC 4588), already unwrapped.
+    pub repaired: bool,
+}
+
+/// What the peer learned from an SFU offer about one incoming stream.
+#[derive(Debug, Clone)]
+pub struct IncomingLine {
+    pub mid: String,
+    pub kind: MediaKind,
+    pub ssrc: u32,
+    pub rtx_ssrc: Option<u32>,
+    pub stream_id: String,
+}
+
+pub struct SimPeer {
+    pub name: String,
+    pub addr: SocketAddr,
+    agent: Agent,
+    dtls: Endpoint,
+    certificate: Certificate,
+    fingerprint: String,
+    local_ufrag: String,
+    local_pwd: String,
+    sfu_addr: Option<SocketAddr>,
+    dtls_started: bool,
+    outbound: Option<SrtpContext>,
+    inbound: Option<SrtpContext>,
+    pub tracks: Vec<SendTrack>,
+    /// Sent packets by (ssrc, seq) for answering NACKs: (timestamp, marker, payload).
+    history: HashMap<(u32, u16), (u32, bool, Vec<u8>)>,
+    pub incoming: Vec<IncomingLine>,
+    pub received: HashMap<u32, Vec<ReceivedPacket>>,
+    pub plis_received: u32,
+    pub nacks_received: u32,
+    pub retransmissions_sent: u32,
+    srtcp_index: u32,
+    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// When set, the peer sends nothing at all (a closed browser).
+    pub silent: bool,
+    roc_in: HashMap<u32, (u64, bool)>,
+}
+
+impl std::fmt::Debug for SimPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimPeer")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+fn crypto() -> Arc<dyn rtc_crypto::RTCCryptoProvider> {
+    rtc_crypto::default_provider().expect("ring crypto provider")
+}
+
+impl SimPeer {
+    pub fn new(name: &str, addr: SocketAddr, now: Instant) -> Self {
+        let provider = crypto();
+        let local_ufrag = format!("u{}{:08x}", name.len(), rand::random::<u32>());
+        let local_pwd = format!("p{:032x}", rand::random::<u128>());
+        let mut agent = Agent::new(
+            now,
+            Arc::new(AgentConfig {
+                local_ufrag: local_ufrag.clone(),
+                local_pwd: local_pwd.clone(),
+                is_controlling: true,
+                candidate_types: vec![rtc_ice::candidate::CandidateType::Host],
+                ..Default::default()
+            }),
+            provider.clone(),
+        )
+        .expect("ICE agent");
+        let host = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".into(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .expect("host candidate");
+        agent.add_local_candidate(host).expect("add candidate");
+        let certificate =
+            Certificate::generate_self_signed(vec!["peer".to_owned()], provider.crypto())
+                .expect("cert");
+        let digest =
+            ring::digest::digest(&ring::digest::SHA256, certificate.certificate[0].as_ref());
+        let fingerprint = digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        Self {
+            name: name.to_owned(),
+            addr,
+            agent,
+            dtls: Endpoint::new(addr, TransportProtocol::UDP, None),
+            certificate,
+            fingerprint,
+            local_ufrag,
+            local_pwd,
+            sfu_addr: None,
+            dtls_started: false,
+            outbound: None,
+            inbound: None,
+            tracks: Vec::new(),
+            history: HashMap::new(),
+            incoming: Vec::new(),
+            received: HashMap::new(),
+            plis_received: 0,
+            nacks_received: 0,
+            retransmissions_sent: 0,
+            srtcp_index: 0,
+            outbox: VecDeque::new(),
+            silent: false,
+            roc_in: HashMap::new(),
+        }
+    }
+
+    /// Adds a track to publish; call before [`Self::offer`].
+    pub fn add_track(&mut self, kind: MediaKind) {
+        let n = self.tracks.len();
+        self.tracks.push(SendTrack {
+            kind,
+            mid: n.to_string(),
+            ssrc: rand::random::<u32>() | 1,
+            rtx_ssrc: rand::random::<u32>() | 1,
+            payload_type: if kind == MediaKind::Audio { 111 } else { 96 },
+            seq: rand::random::<u16>() & 0x3fff,
+            rtx_seq: rand::random::<u16>() & 0x3fff,
+            timestamp: rand::random(),
+        });
+    }
+
+    fn transport_lines(&self, setup: &str) -> String {
+        format!(
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=fingerprint:sha-256 {}\r\na=setup:{}\r\n",
+            self.local_ufrag, self.local_pwd, self.fingerprint, setup
+        )
+    }
+
+    /// The initial offer: one send-only m-line per track.
+    pub fn offer(&self) -> String {
+        let mut sdp = String::from("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n");
+        let mids: Vec<&str> = self.tracks.iter().map(|t| t.mid.as_str()).collect();
+        if mids.is_empty() {
+            sdp += &self.transport_lines("actpass");
+        } else {
+            sdp += &format!("a=group:BUNDLE {}\r\n", mids.join(" "));
+        }
+        for t in &self.tracks {
+            match t.kind {
+                MediaKind::Audio => {
+                    sdp += "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n";
+                    sdp += &self.transport_lines("actpass");
+                    sdp += &format!("a=mid:{}\r\na=sendonly\r\na=rtcp-mux\r\n", t.mid);
+                    sdp += "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n";
+                    sdp += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
+                    sdp += "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
+                    sdp += &format!("a=ssrc:{} cname:{}\r\n", t.ssrc, self.name);
+                }
+                MediaKind::Video => {
+                    sdp += "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\n";
+                    sdp += &self.transport_lines("actpass");
+                    sdp += &format!("a=mid:{}\r\na=sendonly\r\na=rtcp-mux\r\n", t.mid);
+                    sdp += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
+                    sdp +=
+                        "a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\n";
+                    sdp += "a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
+                    sdp += &format!("a=ssrc-group:FID {} {}\r\n", t.ssrc, t.rtx_ssrc);
+                    sdp += &format!(
+                        "a=ssrc:{} cname:{}\r\na=ssrc:{} cname:{}\r\n",
+                        t.ssrc, self.name, t.rtx_ssrc, self.name
+                    );
+                }
+            }
+        }
+        sdp
+    }
+
+    /// Applies the SFU's answer: starts ICE toward its candidate.
+    pub fn apply_answer(&mut self, now: Instant, sdp: &str) {
+        // An answer to an offer without media has no m-line to carry ICE; the SFU's first
+        // offer then starts it.
+        let Some(candidate) = sdp.lines().find_map(|l| l.strip_prefix("a=candidate:")) else {
+            return;
+        };
+        let remote = RemoteDescription::parse(sdp).expect("SFU answer parses");
+        self.start_ice(now, &remote, candidate);
+    }
+
+    fn start_ice(&mut self, now: Instant, remote: &RemoteDescription, candidate: &str) {
+        if self.sfu_addr.is_some() {
+            return;
+        }
+        let c = rtc_ice::candidate::unmarshal_candidate(candidate).expect("candidate parses");
+        self.sfu_addr = Some(c.addr());
+        self.agent
+            .add_remote_candidate(c)
+            .expect("remote candidate");
+        self.agent
+            .start_connectivity_checks(now, true, remote.ice_ufrag.clone(), remote.ice_pwd.clone())
+            .expect("ICE start");
+        self.drain(now);
+    }
+
+    /// Answers an SFU offer: receive-only for every line it sends on. Returns the answer SDP.
+    pub fn answer_offer(&mut self, now: Instant, sdp: &str) -> String {
+        let remote = RemoteDescription::parse(sdp).expect("SFU offer parses");
+        if let Some(candidate) = sdp.lines().find_map(|l| l.strip_prefix("a=candidate:")) {
+            self.start_ice(now, &remote, candidate);
+        }
+        let mut out = String::from("v=0\r\no=- 2 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n");
+        let bundle: Vec<&str> = remote
+            .media
+            .iter()
+            .filter(|m| !m.rejected)
+            .map(|m| m.mid.as_str())
+            .collect();
+        out += &format!("a=group:BUNDLE {}\r\n", bundle.join(" "));
+        for m in &remote.media {
+            let kind = m.kind.unwrap_or(MediaKind::Video);
+            let media = if kind == MediaKind::Audio {
+                "audio"
+            } else {
+                "video"
+            };
+            let pts: Vec<String> = m
+                .codecs
+                .iter()
+                .map(|c| c.payload_type.to_string())
+                .collect();
+            let port = if m.rejected { 0 } else { 9 };
+            out += &format!(
+                "m={media} {port} UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\n",
+                pts.join(" ")
+            );
+            out += &self.transport_lines("active");
+            let dir = match m.direction {
+                sfu_core::remote_description::Direction::SendOnly => "recvonly",
+                sfu_core::remote_description::Direction::RecvOnly => "sendonly",
+                _ => "inactive",
+            };
+            out += &format!("a=mid:{}\r\na={dir}\r\na=rtcp-mux\r\n", m.mid);
+            for c in &m.codecs {
+                out += &format!(
+                    "a=rtpmap:{} {}/{}\r\n",
+                    c.payload_type, c.name, c.clock_rate
+                );
+            }
+            if m.direction == sfu_core::remote_description::Direction::SendOnly
+                && let Some(&ssrc) = m.ssrcs.first()
+                && !self.incoming.iter().any(|l| l.ssrc == ssrc)
+            {
+                self.incoming.push(IncomingLine {
+                    mid: m.mid.clone(),
+                    kind,
+                    ssrc,
+                    rtx_ssrc: m.rtx_ssrcs.first().map(|(_, r)| *r),
+                    stream_id: m
+                        .msid
+                        .as_deref()
+                        .unwrap_or("")
+                        .split(' ')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
+                });
+            }
+        }
+        out
+    }
+
+    pub fn is_secured(&self) -> bool {
+        self.outbound.is_some()
+    }
+
+    /// Incoming stream of a given publisher and kind, as announced in SFU offers.
+    pub fn incoming_from(&self, publisher: &str, kind: MediaKind) -> Option<&IncomingLine> {
+        self.incoming
+            .iter()
+            .find(|l| l.stream_id == publisher && l.kind == kind)
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        if self.silent {
+            self.outbox.clear();
+            return None;
+        }
+        self.outbox.pop_front()
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let a = self.agent.poll_timeout();
+        let b = self.sfu_addr.and_then(|r| self.dtls.poll_timeout(&r));
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let _ = self.agent.handle_timeout(now);
+        if let Some(r) = self.sfu_addr
+            && self.dtls.poll_timeout(&r).is_some_and(|t| t <= now)
+        {
+            let _ = self.dtls.handle_timeout(r, now);
+        }
+        self.drain(now);
+    }
+
+    fn drain(&mut self, now: Instant) {
+        while let Some(t) = self.agent.poll_write() {
+            self.outbox
+                .push_back((t.transport.peer_addr, t.message.to_vec()));
+        }
+        while let Some(evt) = self.agent.poll_event() {
+            if let rtc_ice::Event::SelectedCandidatePairChange(_, remote) = evt.event
+                && !self.dtls_started
+            {
+                self.dtls_started = true;
+                let cfg = ConfigBuilder::default()
+                    .with_crypto_provider(crypto())
+                    .with_certificates(vec![self.certificate.clone()])
+                    .with_srtp_protection_profiles(vec![
+                        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                    ])
+                    .with_client_auth(ClientAuthType::RequireAnyClientCert)
+                    .with_insecure_skip_verify(true)
+                    .with_extended_master_secret(ExtendedMasterSecretType::Require)
+                    .build(true, None)
+                    .expect("DTLS client config");
+                self.dtls
+                    .connect(now, remote.addr(), Arc::new(cfg), None)
+                    .expect("DTLS connect");
+            }
+        }
+        while let Some(t) = self.dtls.poll_transmit() {
+            self.outbox
+                .push_back((t.transport.peer_addr, t.message.to_vec()));
+        }
+    }
+
+    /// A datagram from the network.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        match classify(data) {
+            PacketClass::Stun => {
+                let _ = self.agent.handle_read(TransportMessage {
+                    now,
+                    transport: TransportContext {
+                        local_addr: self.addr,
+                        peer_addr: from,
+                        transport_protocol: TransportProtocol::UDP,
+                        ecn: None,
+                    },
+                    message: BytesMut::from(data),
+                });
+            }
+            PacketClass::Dtls => {
+                if let Ok(events) = self.dtls.read(now, from, None, BytesMut::from(data)) {
+                    for e in events {
+                        if let EndpointEvent::HandshakeComplete = e {
+                            let state = self.dtls.get_connection_state(from).expect("state");
+                            let material = state
+                                .export_keying_material("EXTRACTOR-dtls_srtp", &[], 56)
+                                .expect("keying material");
+                            let (local, remote) =
+                                MasterKey::pair_from_keying_material(material.as_ref(), true)
+                                    .expect("keys");
+                            let provider = crypto();
+                            self.outbound =
+                                Some(SrtpContext::new(provider.crypto(), &local).expect("srtp"));
+                            self.inbound =
+                                Some(SrtpContext::new(provider.crypto(), &remote).expect("srtp"));
+                        }
+                    }
+                }
+            }
+            PacketClass::Rtp => self.receive_rtp(now, data),
+            PacketClass::Rtcp => self.receive_rtcp(now, data),
+            PacketClass::Unknown => {}
+        }
+        self.drain(now);
+    }
+
+    fn receive_rtp(&mut self, now: Instant, data: &[u8]) {
+        let Some(ctx) = self.inbound.as_ref() else {
+            return;
+        };
+        let Ok(h) = RtpHeader::parse(data) else {
+            return;
+        };
+        let mut buf = data.to_vec();
+        // Rollover estimate per SSRC (as a receiver would).
+        let entry = self
+            .roc_in
+            .entry(h.ssrc)
+            .or_insert((h.sequence_number as u64, false));
+        let ext = if !entry.1 {
+            h.sequence_number as u64
+        } else {
+            let d = h.sequence_number.wrapping_sub(entry.0 as u16) as i16 as i64;
+            (entry.0 as i64 + d).max(0) as u64
+        };
+        let Ok(n) = ctx.open_rtp(
+            &mut buf,
+            h.header_len,
+            h.ssrc,
+            (ext >> 16) as u32,
+            h.sequence_number,
+        ) else {
+            return;
+        };
+        let entry = self.roc_in.get_mut(&h.ssrc).expect("entry");
+        if !entry.1 || ext > entry.0 {
+            *entry = (ext, true);
+        }
+        let payload = &buf[h.header_len..n];
+        let rtx_line = self
+            .incoming
+            .iter()
+            .find(|l| l.rtx_ssrc == Some(h.ssrc))
+            .map(|l| l.ssrc);
+        let (ssrc, seq, payload, repaired) = match rtx_line {
+            Some(media_ssrc) if payload.len() >= 2 => (
+                media_ssrc,
+                u16::from_be_bytes([payload[0], payload[1]]),
+                payload[2..].to_vec(),
+                true,
+            ),
+            _ => (h.ssrc, h.sequence_number, payload.to_vec(), false),
+        };
+        self.received.entry(ssrc).or_default().push(ReceivedPacket {
+            seq,
+            timestamp: h.timestamp,
+            payload,
+            at: now,
+            repaired,
+        });
+    }
+
+    fn receive_rtcp(&mut self, _now: Instant, data: &[u8]) {
+        let Some(ctx) = self.inbound.as_ref() else {
+            return;
+        };
+        let mut buf = data.to_vec();
+        let Ok((n, _)) = ctx.open_rtcp(&mut buf) else {
+            return;
+        };
+        let mut slice = &buf[..n];
+        let Ok(packets) = rtc_rtcp::packet::unmarshal(&mut slice) else {
+            return;
+        };
+        for p in packets {
+            let any = p.as_any();
+            if any
+                .downcast_ref::<rtc_rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+                .is_some()
+            {
+                self.plis_received += 1;
+            } else if let Some(nack) =
+                any.downcast_ref::<rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
+            {
+                self.nacks_received += 1;
+                let Some(track) = self.tracks.iter().position(|t| t.ssrc == nack.media_ssrc) else {
+                    continue;
+                };
+                for pair in &nack.nacks {
+                    for seq in pair.packet_list() {
+                        self.retransmit(track, seq);
+                    }
+                }
+            }
+        }
+    }
+
+    fn retransmit(&mut self, track: usize, seq: u16) {
+        let t = &self.tracks[track];
+        let Some((ts, marker, payload)) = self.history.get(&(t.ssrc, seq)).cloned() else {
+            return;
+        };
+        let mut body = seq.to_be_bytes().to_vec();
+        body.extend_from_slice(&payload);
+        let t = &mut self.tracks[track];
+        t.rtx_seq = t.rtx_seq.wrapping_add(1);
+        let (ssrc, rtx_seq) = (t.rtx_ssrc, t.rtx_seq);
+        self.send_rtp_raw(ssrc, 97, rtx_seq, ts, marker, &body, None);
+        self.retransmissions_sent += 1;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_rtp_raw(
+        &mut self,
+        ssrc: u32,
+        pt: u8,
+        seq: u16,
+        ts: u32,
+        marker: bool,
+        payload: &[u8],
+        audio_level: Option<u8>,
+    ) {
+        let (Some(ctx), Some(dest)) = (self.outbound.as_ref(), self.sfu_addr) else {
+            return;
+        };
+        let mut buf = vec![0u8; 64 + payload.len() + SRTP_TAG_LEN];
+        let mut w = HeaderWriter::new(&mut buf, marker, pt, seq, ts, ssrc);
+        if let Some(level) = audio_level {
+            w.extension(1, &[level]);
+        }
+        let hlen = w.finish();
+        buf[hlen..hlen + payload.len()].copy_from_slice(payload);
+        // Tests stay within one rollover per publisher stream.
+        let n = ctx
+            .seal_rtp(&mut buf, hlen + payload.len(), hlen, ssrc, 0, seq)
+            .expect("seal");
+        buf.truncate(n);
+        self.outbox.push_back((dest, buf));
+    }
+
+    /// Sends one media packet on track `track` with `payload`; returns its sequence number.
+    pub fn send_media(&mut self, track: usize, payload: &[u8], marker: bool, ts_step: u32) -> u16 {
+        let t = &mut self.tracks[track];
+        t.seq = t.seq.wrapping_add(1);
+        if marker {
+            t.timestamp = t.timestamp.wrapping_add(ts_step);
+        }
+        let (ssrc, pt, seq, ts, kind) = (t.ssrc, t.payload_type, t.seq, t.timestamp, t.kind);
+        self.history
+            .insert((ssrc, seq), (ts, marker, payload.to_vec()));
+        let level = (kind == MediaKind::Audio).then_some(30);
+        self.send_rtp_raw(ssrc, pt, seq, ts, marker, payload, level);
+        seq
+    }
+
+    /// Sends an RTCP packet (plain bytes) protected with SRTCP.
+    pub fn send_rtcp(&mut self, plain: &[u8]) {
+        let (Some(ctx), Some(dest)) = (self.outbound.as_ref(), self.sfu_addr) else {
+            return;
+        };
+        let mut buf = vec![0u8; plain.len() + SRTCP_TRAILER_LEN];
+        buf[..plain.len()].copy_from_slice(plain);
+        let n = ctx
+            .seal_rtcp(&mut buf, plain.len(), self.srtcp_index)
+            .expect("seal rtcp");
+        self.srtcp_index += 1;
+        buf.truncate(n);
+        self.outbox.push_back((dest, buf));
+    }
+
+    /// Sends a PLI for an incoming stream.
+    pub fn send_pli(&mut self, media_ssrc: u32) {
+        let mut buf = [0u8; 12];
+        let n = sfu_core::rtcp_writer::pli(&mut buf, media_ssrc);
+        self.send_rtcp(&buf[..n]);
+    }
+
+    /// Sends a NACK for lost packets of an incoming stream.
+    pub fn send_nack(&mut self, media_ssrc: u32, seqs: &[u16]) {
+        let mut buf = [0u8; 512];
+        let n = sfu_core::rtcp_writer::nack(&mut buf, media_ssrc, seqs);
+        if n > 0 {
+            self.send_rtcp(&buf[..n]);
+        }
+    }
+
+    /// Sequence numbers missing from an incoming stream between the first and last received.
+    pub fn missing(&self, ssrc: u32) -> Vec<u16> {
+        let Some(pkts) = self.received.get(&ssrc) else {
+            return Vec::new();
+        };
+        let mut seen: Vec<i64> = Vec::new();
+        let first = pkts[0].seq;
+        for p in pkts {
+            seen.push(p.seq.wrapping_sub(first) as i16 as i64);
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        let (lo, hi) = (seen[0], *seen.last().expect("non-empty"));
+        (lo..=hi)
+            .filter(|d| seen.binary_search(d).is_err())
+            .map(|d| first.wrapping_add(d as u16))
+            .collect()
+    }
+}

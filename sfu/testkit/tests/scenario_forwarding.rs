@@ -1,0 +1,388 @@
+//! Scenario tests of the SFU core on a simulated network with virtual time: real ICE, DTLS and
+//! SRTP between the core and test peers, loss on chosen links.
+
+use sfu_proto::{DisconnectReason, MediaKind, Permissions};
+use sfu_testkit::{Link, SimNetwork};
+use std::time::Duration;
+
+const BOTH: Permissions = Permissions {
+    publish: true,
+    subscribe: true,
+};
+
+/// Video at ~30 fps, 3 packets a frame; audio every 20 ms. Payloads carry (track, counter).
+fn send_media(net: &mut SimNetwork, publishers: &[usize], tick: &mut u64) {
+    *tick += 1;
+    for &p in publishers {
+        if (*tick).is_multiple_of(11) {
+            for part in 0..3u8 {
+                let mut payload = vec![0x90, 0x80, part, p as u8];
+                payload.extend_from_slice(&tick.to_be_bytes());
+                payload.resize(900, 0xab);
+                net.peers[p].send_media(1, &payload, part == 2, 3000);
+            }
+        }
+        if (*tick).is_multiple_of(20) {
+            let mut payload = vec![0xfc, p as u8];
+            payload.extend_from_slice(&tick.to_be_bytes());
+            payload.resize(80, 0x11);
+            net.peers[p].send_media(0, &payload, true, 960);
+        }
+    }
+}
+
+fn two_publishers_three_subscribers(seed: u64) -> SimNetwork {
+    let mut net = SimNetwork::new(seed, |_| {});
+    let av = [MediaKind::Audio, MediaKind::Video];
+    net.add_peer("pub-a", &av);
+    net.add_peer("pub-b", &av);
+    for name in ["sub-c", "sub-d", "sub-e"] {
+        net.add_peer(name, &[]);
+    }
+    for p in 0..5 {
+        net.join(p, "visit", BOTH);
+    }
+    net.connect_all(Duration::from_secs(5));
+    net
+}
+
+#[test]
+fn uplink_loss_is_repaired_and_every_subscriber_sees_continuous_sequences() {
+    let mut net = two_publishers_three_subscribers(7);
+    net.set_uplink(
+        0,
+        Link {
+            loss: 0.05,
+            delay: Duration::from_millis(20),
+        },
+    );
+    let mut tick = 0;
+    net.run(Duration::from_secs(6), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    // A quiet second for the last repairs.
+    net.run(Duration::from_secs(1), |_| {});
+
+    assert!(
+        net.link_drops > 20,
+        "the uplink dropped packets ({})",
+        net.link_drops
+    );
+    assert!(
+        net.peers[0].nacks_received > 0,
+        "the SFU NACKed the lossy publisher"
+    );
+    assert!(net.peers[0].retransmissions_sent > 0);
+
+    for s in 2..5 {
+        for (publisher, kind) in [
+            ("pub-a", MediaKind::Video),
+            ("pub-b", MediaKind::Video),
+            ("pub-b", MediaKind::Audio),
+        ] {
+            let line = net.peers[s]
+                .incoming_from(publisher, kind)
+                .unwrap_or_else(|| {
+                    panic!("{} was offered {publisher}'s {kind:?}", net.peers[s].name)
+                })
+                .clone();
+            let got = net.peers[s]
+                .received
+                .get(&line.ssrc)
+                .map(Vec::len)
+                .unwrap_or(0);
+            assert!(
+                got > 100,
+                "{} received {got} packets of {publisher}'s {kind:?}",
+                net.peers[s].name
+            );
+            let missing = net.peers[s].missing(line.ssrc);
+            assert!(
+                missing.is_empty(),
+                "{} has holes in {publisher}'s {kind:?}: {missing:?}",
+                net.peers[s].name
+            );
+        }
+        // Every payload of pub-a's video arrived intact: the counters embedded in it are the
+        // ones pub-a sent, in sequence order once repairs are sorted in.
+        let line = net.peers[s]
+            .incoming_from("pub-a", MediaKind::Video)
+            .expect("line")
+            .clone();
+        let mut pkts = net.peers[s].received[&line.ssrc].clone();
+        let first = pkts[0].seq;
+        pkts.sort_by_key(|p| p.seq.wrapping_sub(first));
+        pkts.dedup_by_key(|p| p.seq);
+        for w in pkts.windows(2) {
+            let (a, b) = (&w[0].payload, &w[1].payload);
+            assert_eq!(a[3], 0, "payload from pub-a");
+            let (ta, tb) = (
+                u64::from_be_bytes(a[4..12].try_into().unwrap()),
+                u64::from_be_bytes(b[4..12].try_into().unwrap()),
+            );
+            assert!(tb >= ta, "payload order follows sequence order");
+        }
+        // Repairs of uplink loss arrive late, after later packets, on the media SSRC.
+        let arrivals = &net.peers[s].received[&line.ssrc];
+        let late = arrivals
+            .windows(2)
+            .filter(|w| (w[1].seq.wrapping_sub(w[0].seq) as i16) < 0)
+            .count();
+        assert!(
+            late > 0,
+            "{} got pub-a's lost packets late, after repair",
+            net.peers[s].name
+        );
+    }
+    // The lossless publisher needed no repair.
+    assert_eq!(net.peers[1].retransmissions_sent, 0);
+}
+
+#[test]
+fn downlink_loss_is_repaired_from_the_sfu_cache() {
+    let mut net = two_publishers_three_subscribers(11);
+    net.set_downlink(
+        2,
+        Link {
+            loss: 0.05,
+            delay: Duration::from_millis(15),
+        },
+    );
+    let mut tick = 0;
+    let line_ssrc = |net: &SimNetwork| {
+        net.peers[2]
+            .incoming_from("pub-a", MediaKind::Video)
+            .map(|l| l.ssrc)
+    };
+    let mut nacked = 0;
+    net.run(Duration::from_secs(5), |n| {
+        send_media(n, &[0, 1], &mut tick);
+        // The subscriber NACKs its holes every 20 ms, as a browser would.
+        if tick.is_multiple_of(20)
+            && let Some(ssrc) = line_ssrc(n)
+        {
+            let missing = n.peers[2].missing(ssrc);
+            if !missing.is_empty() {
+                nacked += missing.len();
+                n.peers[2].send_nack(ssrc, &missing);
+            }
+        }
+    });
+    for _ in 0..10 {
+        let ssrc = line_ssrc(&net).expect("line");
+        let missing = net.peers[2].missing(ssrc);
+        if !missing.is_empty() {
+            net.peers[2].send_nack(ssrc, &missing);
+        }
+        net.run(Duration::from_millis(50), |_| {});
+    }
+    let ssrc = line_ssrc(&net).expect("line");
+    assert!(nacked > 0, "the lossy downlink caused NACKs");
+    assert!(
+        net.sfu.counters.retransmissions_out > 0,
+        "the SFU answered from its cache"
+    );
+    assert_eq!(
+        net.peers[2].missing(ssrc),
+        Vec::<u16>::new(),
+        "all holes repaired"
+    );
+    assert_eq!(
+        net.peers[0].retransmissions_sent, 0,
+        "repairs came from the SFU, not the publisher"
+    );
+    assert!(
+        net.peers[2].received[&ssrc].iter().any(|p| p.repaired),
+        "repairs arrive as RTX"
+    );
+}
+
+#[test]
+fn keyframe_request_storms_reach_the_publisher_throttled() {
+    let mut net = two_publishers_three_subscribers(3);
+    let mut tick = 0;
+    net.run(Duration::from_millis(500), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let before = net.peers[0].plis_received;
+    let ssrcs: Vec<(usize, u32)> = (2..5)
+        .map(|s| {
+            (
+                s,
+                net.peers[s]
+                    .incoming_from("pub-a", MediaKind::Video)
+                    .expect("line")
+                    .ssrc,
+            )
+        })
+        .collect();
+    // Three subscribers each ask every 10 ms for two seconds: 600 requests.
+    net.run(Duration::from_secs(2), |n| {
+        send_media(n, &[0, 1], &mut tick);
+        if tick.is_multiple_of(10) {
+            for &(s, ssrc) in &ssrcs {
+                n.peers[s].send_pli(ssrc);
+            }
+        }
+    });
+    let got = net.peers[0].plis_received - before;
+    let throttle = net.sfu.config().keyframe_throttle;
+    let max = (Duration::from_secs(2).as_millis() / throttle.as_millis()) as u32 + 1;
+    assert!(got >= 2, "keyframe requests reached the publisher ({got})");
+    assert!(
+        got <= max,
+        "{got} PLIs reached the publisher, throttle allows {max}"
+    );
+    assert!(net.sfu.counters.keyframe_requests_throttled > 500);
+    assert!(
+        net.peers[1].plis_received <= 3,
+        "pub-b was not asked beyond its subscribers' start"
+    );
+}
+
+#[test]
+fn a_participant_without_publish_permission_is_not_forwarded_until_allowed() {
+    let mut net = SimNetwork::new(5, |_| {});
+    net.add_peer("waiting", &[MediaKind::Audio, MediaKind::Video]);
+    net.add_peer("clinician", &[MediaKind::Audio, MediaKind::Video]);
+    net.join(
+        0,
+        "visit",
+        Permissions {
+            publish: false,
+            subscribe: false,
+        },
+    );
+    net.join(1, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    let mut tick = 0;
+    net.run(Duration::from_secs(1), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    assert!(
+        net.sfu.counters.dropped_blocked > 50,
+        "the waiting participant's media was held back"
+    );
+    assert!(
+        net.peers[1].received.is_empty(),
+        "the clinician received nothing from the lobby"
+    );
+    assert!(
+        net.peers[0].received.is_empty(),
+        "the waiting participant received nothing"
+    );
+    assert!(
+        net.peers[0].incoming.is_empty(),
+        "and was not even told about the clinician's tracks"
+    );
+
+    let id = net.id(0).clone();
+    net.command(sfu_proto::Command::SetPermissions {
+        participant: id,
+        permissions: BOTH,
+    });
+    net.run(Duration::from_secs(1), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let from_waiting = net.peers[1]
+        .incoming_from("waiting", MediaKind::Video)
+        .expect("offered after admit")
+        .ssrc;
+    assert!(
+        net.peers[1]
+            .received
+            .get(&from_waiting)
+            .map(Vec::len)
+            .unwrap_or(0)
+            > 30
+    );
+    let from_clinician = net.peers[0]
+        .incoming_from("clinician", MediaKind::Video)
+        .expect("offered after admit")
+        .ssrc;
+    assert!(
+        net.peers[0]
+            .received
+            .get(&from_clinician)
+            .map(Vec::len)
+            .unwrap_or(0)
+            > 30
+    );
+}
+
+#[test]
+fn a_vanished_browser_is_removed_by_consent_timeout() {
+    let mut net = SimNetwork::new(9, |_| {});
+    net.add_peer("a", &[MediaKind::Audio, MediaKind::Video]);
+    net.add_peer("b", &[MediaKind::Audio, MediaKind::Video]);
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    net.peers[1].silent = true;
+    let mut tick = 0;
+    net.run(Duration::from_secs(30), |n| send_media(n, &[0], &mut tick));
+    let gone = net.disconnected();
+    assert_eq!(gone.get(net.id(1)), Some(&DisconnectReason::ConsentTimeout));
+    assert!(!gone.contains_key(net.id(0)), "the live participant stays");
+    assert!(!net.sfu.has_participant(net.id(1)));
+    assert!(net.sfu.has_participant(net.id(0)));
+}
+
+#[test]
+fn garbage_datagrams_are_dropped_and_counted_while_the_call_goes_on() {
+    use rand::{Rng, SeedableRng};
+    let mut net = two_publishers_three_subscribers(21);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let mut tick = 0;
+    net.run(Duration::from_millis(500), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let line = net.peers[2]
+        .incoming_from("pub-a", MediaKind::Video)
+        .expect("line")
+        .ssrc;
+    let before = net.peers[2].received[&line].len();
+    let dropped_before = net.sfu.counters.dropped();
+    let known = net.peers[0].addr;
+    let stranger: std::net::SocketAddr = "10.9.9.9:9999".parse().unwrap();
+    net.run(Duration::from_secs(2), |n| {
+        send_media(n, &[0, 1], &mut tick);
+        for _ in 0..5 {
+            let len = rng.random_range(0..300);
+            let mut junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            // Steer the first byte into each protocol's range so every parser is exercised.
+            if !junk.is_empty() {
+                let kind = rng.random_range(0..5);
+                junk[0] = match kind {
+                    0 => rng.random_range(0..4),   // STUN
+                    1 => rng.random_range(20..64), // DTLS
+                    2 => 0x80,                     // RTP
+                    3 => 0x81,                     // RTCP (with the type below)
+                    _ => junk[0],
+                };
+                if kind == 3 && junk.len() > 1 {
+                    junk[1] = rng.random_range(192..224);
+                }
+            }
+            let from = if rng.random_bool(0.7) {
+                known
+            } else {
+                stranger
+            };
+            n.inject_to_sfu(from, junk);
+        }
+    });
+    let after = net.peers[2].received[&line].len();
+    assert!(
+        after > before + 100,
+        "media kept flowing ({before} -> {after})"
+    );
+    assert!(
+        net.sfu.counters.dropped() >= dropped_before + 8000,
+        "garbage was counted as dropped"
+    );
+    assert!(
+        net.disconnected().is_empty(),
+        "nobody was disconnected by garbage"
+    );
+}
