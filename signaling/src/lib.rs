@@ -6,3 +6,4 @@ pub mod dev_issuer;
 pub mod hub;
 pub mod server;
 pub mod session_token;
+pub mod sfu_gateway;

@@ -5,8 +5,9 @@ use clap::{Parser, Subcommand};
 use signaling::config::FileConfig;
 use signaling::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, dev_claims};
 use signaling::hub::Hub;
-use signaling::server::{AppState, router};
+use signaling::server::{AppState, SfuControl, router};
 use signaling::session_token::TokenVerifier;
+use signaling::sfu_gateway::RemoteSfu;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,12 +26,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the service (with --dev: the single-node default with a built-in dev issuer).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Development tokens.
     Token {
         #[command(subcommand)]
         command: TokenCmd,
     },
+    /// Write a development cluster CA and certificates for signaling and an SFU node.
+    ClusterCerts {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SfuMode {
+    /// SFU workers run inside this process (the single-node default).
+    Embedded,
+    /// Standalone `sfu` nodes dial in over QUIC (--sfu-listen).
+    Remote,
 }
 
 #[derive(clap::Args)]
@@ -75,6 +89,23 @@ struct ServeArgs {
     advertise_ip: Option<IpAddr>,
     #[arg(long, env = "LOG_JSON")]
     log_json: bool,
+    #[arg(
+        long,
+        env = "SIGNALING_SFU_MODE",
+        value_enum,
+        default_value = "embedded"
+    )]
+    sfu_mode: SfuMode,
+    /// QUIC address where standalone SFU nodes connect (remote mode).
+    #[arg(long, env = "SIGNALING_SFU_LISTEN")]
+    sfu_listen: Option<SocketAddr>,
+    /// Cluster CA, and this service's certificate and key, for the SFU control link.
+    #[arg(long, env = "SIGNALING_CLUSTER_CA")]
+    cluster_ca: Option<PathBuf>,
+    #[arg(long, env = "SIGNALING_CLUSTER_CERT")]
+    cluster_cert: Option<PathBuf>,
+    #[arg(long, env = "SIGNALING_CLUSTER_KEY")]
+    cluster_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -103,6 +134,15 @@ enum TokenCmd {
         #[arg(long, env = "SIGNALING_DEV_KEY", default_value = ".dev/issuer.key")]
         key: PathBuf,
     },
+}
+
+/// Prints to stdout, ignoring a closed pipe: a supervisor that stopped reading must not kill
+/// the service.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
 }
 
 fn unix_now() -> i64 {
@@ -163,12 +203,20 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Cmd::ClusterCerts { out } => {
+            sfu_server::cluster_tls::generate_dev_cluster(&out)?;
+            println!(
+                "wrote ca.pem, signaling.pem/.key and sfu.pem/.key to {}",
+                out.display()
+            );
+            Ok(())
+        }
         Cmd::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(args))
+            runtime.block_on(serve(*args))
         }
     }
 }
@@ -231,22 +279,50 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .install_recorder()
         .ok();
 
-    let node_config = sfu_server::NodeConfig {
-        workers: args.workers.or(sfu.workers).unwrap_or(0),
-        bind_ip: args.udp_bind_ip.or(sfu.bind_ip).unwrap_or(listen.ip()),
-        udp_port_base: args.udp_port_base.or(sfu.udp_port_base).unwrap_or(0),
-        advertised_ip: args
-            .advertise_ip
-            .or(sfu.advertise_ip)
-            .or(args.udp_bind_ip)
-            .unwrap_or(listen.ip()),
-        ..Default::default()
-    };
     let hub = Arc::new(Hub::default());
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
-    let node = sfu_server::SfuNode::start(&node_config, move |e| {
-        let _ = event_tx.send(e);
-    })?;
+    let (sfu, ready): (Arc<dyn SfuControl>, Arc<dyn Fn() -> bool + Send + Sync>) =
+        match args.sfu_mode {
+            SfuMode::Embedded => {
+                let node_config = sfu_server::NodeConfig {
+                    workers: args.workers.or(sfu.workers).unwrap_or(0),
+                    bind_ip: args.udp_bind_ip.or(sfu.bind_ip).unwrap_or(listen.ip()),
+                    udp_port_base: args.udp_port_base.or(sfu.udp_port_base).unwrap_or(0),
+                    advertised_ip: args
+                        .advertise_ip
+                        .or(sfu.advertise_ip)
+                        .or(args.udp_bind_ip)
+                        .unwrap_or(listen.ip()),
+                    ..Default::default()
+                };
+                let node = sfu_server::SfuNode::start(&node_config, move |e| {
+                    let _ = event_tx.send(e);
+                })?;
+                (Arc::new(node), Arc::new(|| true))
+            }
+            SfuMode::Remote => {
+                let control = args
+                    .sfu_listen
+                    .context("remote SFU mode needs --sfu-listen (SIGNALING_SFU_LISTEN)")?;
+                let (Some(ca), Some(cert), Some(key)) =
+                    (&args.cluster_ca, &args.cluster_cert, &args.cluster_key)
+                else {
+                    anyhow::bail!(
+                        "remote SFU mode needs --cluster-ca, --cluster-cert and --cluster-key"
+                    );
+                };
+                let tls = sfu_server::cluster_tls::ClusterTls::load(ca, cert, key)?;
+                let endpoint = quinn::Endpoint::server(tls.quic_server()?, control)
+                    .with_context(|| format!("binding SFU control listener {control}"))?;
+                let bound = endpoint.local_addr()?;
+                say!("SFU control listening on {bound}");
+                tracing::info!(%bound, "SFU control listener up");
+                let remote = RemoteSfu::new(event_tx);
+                tokio::spawn(remote.clone().accept(endpoint));
+                let probe = remote.clone();
+                (remote, Arc::new(move || probe.node_count() > 0))
+            }
+        };
     let pump_hub = hub.clone();
     tokio::spawn(async move {
         while let Some(e) = event_rx.recv().await {
@@ -254,9 +330,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let state = Arc::new(AppState {
+        ready,
         verifier,
         hub,
-        sfu: Arc::new(node),
+        sfu,
         metrics,
     });
     let app = router(state);
@@ -315,12 +392,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             now,
             8 * 3600,
         ))?;
-        println!(
-            "Meeting {meeting} is ready. Open these two URLs (each in its own tab or device):"
-        );
-        println!("  clinician: {scheme}://{bound}/?token={clinician}");
-        println!("  patient:   {scheme}://{bound}/?token={patient}");
-        println!("Metrics: {scheme}://{bound}/metrics   Stop with Ctrl-C.");
+        say!("Meeting {meeting} is ready. Open these two URLs (each in its own tab or device):");
+        say!("  clinician: {scheme}://{bound}/?token={clinician}");
+        say!("  patient:   {scheme}://{bound}/?token={patient}");
+        say!("Metrics: {scheme}://{bound}/metrics   Stop with Ctrl-C.");
     }
 
     let handle = axum_server::Handle::new();

@@ -32,6 +32,8 @@ impl SfuControl for sfu_server::SfuNode {
 }
 
 pub struct AppState {
+    /// Whether media can be served: true with embedded workers, or once a node connected.
+    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
     pub verifier: TokenVerifier,
     pub hub: Arc<Hub>,
     pub sfu: Arc<dyn SfuControl>,
@@ -50,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE_CSS) }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/metrics", get(metrics))
         .route("/ws", get(ws_upgrade))
@@ -66,6 +69,14 @@ async fn index() -> impl IntoResponse {
         ],
         INDEX_HTML,
     )
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if (state.ready)() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no SFU node connected").into_response()
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

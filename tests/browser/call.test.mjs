@@ -2,10 +2,9 @@
 // the other's video and receives the other's audio.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startSignaling, launchChromium, inboundStats, waitFor } from "./harness.mjs";
+import { startSignaling, startCluster, launchChromium, inboundStats, waitFor } from "./harness.mjs";
 
-test("two browsers decode each other's video through the SFU", { timeout: 120000 }, async () => {
-  const server = await startSignaling();
+async function twoBrowserCall(server) {
   const browser = await launchChromium();
   try {
     const a = await (await browser.newContext()).newPage();
@@ -29,6 +28,23 @@ test("two browsers decode each other's video through the SFU", { timeout: 120000
     assert.notEqual(tiles[0], await a.evaluate(() => window.hcState.participant));
   } finally {
     await browser.close();
+  }
+}
+
+test("two browsers decode each other's video through the single-node default", { timeout: 120000 }, async () => {
+  const server = await startSignaling();
+  try {
+    await twoBrowserCall(server);
+  } finally {
     server.child.kill("SIGTERM");
+  }
+});
+
+test("a call works through a standalone sfu process driven over QUIC", { timeout: 120000 }, async () => {
+  const cluster = await startCluster();
+  try {
+    await twoBrowserCall(cluster);
+  } finally {
+    cluster.stop();
   }
 });

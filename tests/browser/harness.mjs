@@ -7,12 +7,13 @@ import { chromium } from "playwright-core";
 
 const targetDir = process.env.CARGO_TARGET_DIR || path.resolve(import.meta.dirname, "../../target");
 export const signalingBin = process.env.SIGNALING_BIN || path.join(targetDir, "debug", "signaling");
+export const sfuBin = process.env.SFU_BIN || path.join(targetDir, "debug", "sfu");
 
 /** Starts the single-node default on ephemeral ports; resolves with its URLs and process. */
-export function startSignaling(extraArgs = []) {
+export function startSignaling(extraArgs = [], { embedded = true } = {}) {
   const keyDir = mkdtempSync(path.join(tmpdir(), "hc-dev-"));
   const child = spawn(signalingBin, ["serve", "--dev", "--dev-key", path.join(keyDir, "issuer.key"),
-    "--listen", "127.0.0.1:0", "--workers", "1", ...extraArgs], {
+    "--listen", "127.0.0.1:0", ...(embedded ? ["--workers", "1"] : []), ...extraArgs], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
   });
@@ -26,10 +27,11 @@ export function startSignaling(extraArgs = []) {
       out += d;
       const clinician = out.match(/clinician: (\S+)/);
       const patient = out.match(/patient:\s+(\S+)/);
-      if (clinician && patient) {
+      const control = out.match(/SFU control listening on (\S+)/);
+      if (clinician && patient && (embedded || control)) {
         clearTimeout(timer);
         const base = new URL(clinician[1]).origin;
-        resolve({ child, clinician: clinician[1], patient: patient[1], base, logs: () => logs });
+        resolve({ child, clinician: clinician[1], patient: patient[1], base, control: control && control[1], logs: () => logs });
       }
     });
   });
@@ -74,4 +76,31 @@ export async function waitFor(fn, { timeout = 30000, interval = 250, what = "con
     await new Promise((r) => setTimeout(r, interval));
   }
   throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)}`);
+}
+
+/** Signaling in remote mode plus a standalone `sfu` process dialling it over QUIC. */
+export async function startCluster() {
+  const dir = mkdtempSync(path.join(tmpdir(), "hc-cluster-"));
+  await new Promise((resolve, reject) => {
+    const p = spawn(signalingBin, ["cluster-certs", "--out", dir], { stdio: "ignore" });
+    p.on("exit", (code) => (code === 0 ? resolve() : reject(new Error("cluster-certs failed"))));
+  });
+  const server = await startSignaling([
+    "--sfu-mode", "remote", "--sfu-listen", "127.0.0.1:0",
+    "--cluster-ca", path.join(dir, "ca.pem"), "--cluster-cert", path.join(dir, "signaling.pem"),
+    "--cluster-key", path.join(dir, "signaling.key"),
+  ], { embedded: false });
+  let sfuLogs = "";
+  const sfu = spawn(sfuBin, ["--signaling", server.control, "--cluster-ca", path.join(dir, "ca.pem"),
+    "--cluster-cert", path.join(dir, "sfu.pem"), "--cluster-key", path.join(dir, "sfu.key"),
+    "--bind-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1", "--workers", "1", "--node-id", "test-node"],
+    { stdio: ["ignore", "ignore", "pipe"] });
+  sfu.stderr.on("data", (d) => { sfuLogs += d; });
+  await waitFor(async () => {
+    const r = await fetch(server.base + "/readyz").catch(() => null);
+    return { ok: r && r.status === 200, status: r && r.status };
+  }, { timeout: 20000, what: "the SFU node to register" }).catch((e) => {
+    throw new Error(e.message + "\nsfu log:\n" + sfuLogs + "\nsignaling log:\n" + server.logs());
+  });
+  return { ...server, sfu, sfuLogs: () => sfuLogs, stop() { sfu.kill("SIGTERM"); server.child.kill("SIGTERM"); } };
 }

@@ -56,9 +56,17 @@ pub enum Event {
         offer_sdp: String,
     },
     /// ICE and DTLS are up; media can flow.
-    Connected { participant: ParticipantId },
-    TrackPublished { room: RoomId, track: TrackInfo },
-    TrackUnpublished { room: RoomId, track: TrackInfo },
+    Connected {
+        participant: ParticipantId,
+    },
+    TrackPublished {
+        room: RoomId,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        room: RoomId,
+        track: TrackInfo,
+    },
     /// The loudest participant of a room changed (RFC 6464 audio levels).
     ActiveSpeaker {
         room: RoomId,

@@ -1,6 +1,9 @@
 //! The SFU's I/O layer: worker threads (one per core), each with its own UDP socket and a
 //! shard of rooms, batched receive and send, and the node that routes control commands.
 
+pub mod cluster_tls;
+pub mod control_client;
+pub mod control_stream;
 pub mod node;
 pub mod udp_batch;
 pub mod worker;

@@ -232,6 +232,23 @@ impl SfuNode {
         (total, rooms, participants)
     }
 
+    /// Ends every room on every worker (the control link to signaling was lost).
+    pub fn close_all_rooms(&self) {
+        let rooms: Vec<(RoomId, usize)> = match self.placement.lock() {
+            Ok(mut p) => {
+                p.participants.clear();
+                p.load.iter_mut().for_each(|l| *l = 0);
+                p.rooms.drain().collect()
+            }
+            Err(_) => return,
+        };
+        for (room, w) in rooms {
+            if let Some(tx) = self.senders.get(w) {
+                let _ = tx.send(WorkerInput::Command(Command::CloseRoom { room }));
+            }
+        }
+    }
+
     pub fn shutdown(&mut self) {
         for tx in &self.senders {
             let _ = tx.send(WorkerInput::Shutdown);
