@@ -1,1 +1,123 @@
-fn main() {}
+//! The per-packet forwarding path of the SFU core, measured without syscalls: one SRTP packet
+//! from a publisher is opened once, routed, rewritten and sealed for each subscriber.
+//!
+//! Run: `cargo bench -p bench --bench forwarding`. Figures go to docs/benchmarks.md.
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use sfu_core::TransmitBatch;
+use sfu_core::rtp_header::RtpHeader;
+use sfu_core::srtp_context::{MasterKey, SRTP_TAG_LEN, SrtpContext};
+use sfu_proto::{MediaKind, Permissions};
+use sfu_testkit::SimNetwork;
+use std::hint::black_box;
+use std::time::Duration;
+
+/// A room with one publisher and `subscribers` receivers, all connected (real ICE/DTLS).
+fn room(subscribers: usize) -> SimNetwork {
+    let mut net = SimNetwork::new(1, |c| c.nack_cache_slots = 512);
+    net.add_peer("pub", &[MediaKind::Audio, MediaKind::Video]);
+    for i in 0..subscribers {
+        net.add_peer(&format!("sub{i}"), &[]);
+    }
+    let both = Permissions {
+        publish: true,
+        subscribe: true,
+    };
+    for p in 0..=subscribers {
+        net.join(p, "bench", both);
+    }
+    net.connect_all(Duration::from_secs(5));
+    // Let renegotiations settle and the first packets establish the rewrite offsets.
+    net.run(Duration::from_millis(200), |n| {
+        n.peers[0].send_media(1, &[0x90; 1100], true, 3000);
+    });
+    net
+}
+
+fn forwarding(c: &mut Criterion) {
+    let mut group = c.benchmark_group("forward_video_1100B");
+    for fanout in [1usize, 4, 10] {
+        let mut net = room(fanout);
+        let from = net.peers[0].addr;
+        let now = net.now;
+        let mut batch = TransmitBatch::with_capacity(64);
+        // Throughput in forwarded packets: the report's time per element is per copy sent.
+        group.throughput(Throughput::Elements(fanout as u64));
+        group.bench_function(format!("fanout_{fanout}"), |b| {
+            b.iter_batched(
+                || {
+                    net.peers[0].send_media(1, &[0x90; 1100], false, 0);
+                    // The media packet is the last queued (ICE keep-alives may precede it).
+                    std::iter::from_fn(|| net.peers[0].poll_transmit())
+                        .last()
+                        .expect("sealed packet")
+                        .1
+                },
+                |mut datagram| {
+                    net.sfu
+                        .handle_datagram(now, from, &mut datagram, &mut batch);
+                    assert_eq!(batch.len(), fanout, "{:?}", net.sfu.counters);
+                    batch.clear();
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn crypto(c: &mut Criterion) {
+    let provider = rtc_crypto::default_provider().expect("ring");
+    let master = MasterKey {
+        key: [3; 16],
+        salt: [4; 12],
+    };
+    let ours = SrtpContext::new(provider.crypto(), &master).expect("ctx");
+    let mut packet = vec![0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 7];
+    packet.extend_from_slice(&[0x55; 1100]);
+    let len = packet.len();
+    let mut buf = packet.clone();
+    buf.resize(len + SRTP_TAG_LEN, 0);
+    let mut group = c.benchmark_group("srtp_gcm_1100B");
+    group.bench_function("seal_in_place (ours)", |b| {
+        b.iter(|| black_box(ours.seal_rtp(&mut buf, len, 12, 7, 0, 1).expect("seal")))
+    });
+    let mut theirs = rtc_srtp::context::Context::new(
+        &master.key,
+        &master.salt,
+        rtc_srtp::protection_profile::ProtectionProfile::AeadAes128Gcm,
+        None,
+        None,
+        provider.crypto(),
+    )
+    .expect("ctx");
+    group.bench_function("encrypt_rtp (rtc-srtp, allocating)", |b| {
+        b.iter(|| black_box(theirs.encrypt_rtp(&packet).expect("encrypt")))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("rtp_header_parse");
+    let mut with_ext = vec![
+        0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 7, 0xBE, 0xDE, 0, 2, 0x10, 0x85, 0x31, 0x12, 0x34, 0,
+        0, 0,
+    ];
+    with_ext.extend_from_slice(&[0x55; 1100]);
+    group.bench_function("RtpHeader::parse (ours, borrowed)", |b| {
+        b.iter(|| black_box(RtpHeader::parse(black_box(&with_ext)).expect("parse")))
+    });
+    group.bench_function("rtc_rtp Header::unmarshal", |b| {
+        use rtc_shared::marshal::Unmarshal;
+        b.iter(|| {
+            let mut slice = black_box(&with_ext[..]);
+            black_box(rtc_rtp::header::Header::unmarshal(&mut slice).expect("parse"))
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = forwarding, crypto
+}
+criterion_main!(benches);

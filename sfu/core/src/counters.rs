@@ -29,7 +29,98 @@ pub struct Counters {
     pub keyframe_requests_throttled: u64,
 }
 
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, o: Self) {
+        let Counters {
+            packets_in,
+            bytes_in,
+            packets_out,
+            bytes_out,
+            rtcp_in,
+            rtcp_out,
+            dropped_unknown_source,
+            dropped_malformed,
+            dropped_not_ready,
+            dropped_unknown_ssrc,
+            dropped_replay,
+            dropped_auth,
+            dropped_blocked,
+            seal_failures,
+            nacks_in,
+            nacks_out,
+            nacks_unrepairable,
+            retransmissions_out,
+            repairs_received,
+            duplicate_repairs,
+            keyframe_requests_in,
+            keyframe_requests_out,
+            keyframe_requests_throttled,
+        } = o;
+        self.packets_in += packets_in;
+        self.bytes_in += bytes_in;
+        self.packets_out += packets_out;
+        self.bytes_out += bytes_out;
+        self.rtcp_in += rtcp_in;
+        self.rtcp_out += rtcp_out;
+        self.dropped_unknown_source += dropped_unknown_source;
+        self.dropped_malformed += dropped_malformed;
+        self.dropped_not_ready += dropped_not_ready;
+        self.dropped_unknown_ssrc += dropped_unknown_ssrc;
+        self.dropped_replay += dropped_replay;
+        self.dropped_auth += dropped_auth;
+        self.dropped_blocked += dropped_blocked;
+        self.seal_failures += seal_failures;
+        self.nacks_in += nacks_in;
+        self.nacks_out += nacks_out;
+        self.nacks_unrepairable += nacks_unrepairable;
+        self.retransmissions_out += retransmissions_out;
+        self.repairs_received += repairs_received;
+        self.duplicate_repairs += duplicate_repairs;
+        self.keyframe_requests_in += keyframe_requests_in;
+        self.keyframe_requests_out += keyframe_requests_out;
+        self.keyframe_requests_throttled += keyframe_requests_throttled;
+    }
+}
+
 impl Counters {
+    /// Every counter with its Prometheus name, for export.
+    pub fn named(&self) -> [(&'static str, u64); 23] {
+        [
+            ("sfu_packets_in_total", self.packets_in),
+            ("sfu_bytes_in_total", self.bytes_in),
+            ("sfu_packets_out_total", self.packets_out),
+            ("sfu_bytes_out_total", self.bytes_out),
+            ("sfu_rtcp_in_total", self.rtcp_in),
+            ("sfu_rtcp_out_total", self.rtcp_out),
+            (
+                "sfu_dropped_unknown_source_total",
+                self.dropped_unknown_source,
+            ),
+            ("sfu_dropped_malformed_total", self.dropped_malformed),
+            ("sfu_dropped_not_ready_total", self.dropped_not_ready),
+            ("sfu_dropped_unknown_ssrc_total", self.dropped_unknown_ssrc),
+            ("sfu_dropped_replay_total", self.dropped_replay),
+            ("sfu_dropped_auth_total", self.dropped_auth),
+            ("sfu_dropped_blocked_total", self.dropped_blocked),
+            ("sfu_seal_failures_total", self.seal_failures),
+            ("sfu_nacks_in_total", self.nacks_in),
+            ("sfu_nacks_out_total", self.nacks_out),
+            ("sfu_nacks_unrepairable_total", self.nacks_unrepairable),
+            ("sfu_retransmissions_out_total", self.retransmissions_out),
+            ("sfu_repairs_received_total", self.repairs_received),
+            ("sfu_duplicate_repairs_total", self.duplicate_repairs),
+            ("sfu_keyframe_requests_in_total", self.keyframe_requests_in),
+            (
+                "sfu_keyframe_requests_out_total",
+                self.keyframe_requests_out,
+            ),
+            (
+                "sfu_keyframe_requests_throttled_total",
+                self.keyframe_requests_throttled,
+            ),
+        ]
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped_unknown_source
             + self.dropped_malformed

@@ -431,9 +431,13 @@ impl Sfu {
                         let publisher = t.and_then(|t| self.participants[t.publisher].as_ref());
                         match (t, publisher) {
                             (Some(t), Some(publisher)) if s.active => {
+                                // Only ids the subscriber's browser already uses: a BUNDLE
+                                // maps one id to one extension across every m-line.
                                 let mut extmaps = Vec::new();
-                                if t.kind == MediaKind::Audio {
-                                    extmaps.push((p.ext.audio_level.unwrap_or(1), EXT_AUDIO_LEVEL));
+                                if t.kind == MediaKind::Audio
+                                    && let Some(id) = p.ext.audio_level
+                                {
+                                    extmaps.push((id, EXT_AUDIO_LEVEL));
                                 }
                                 let mut codec = t.codec.clone();
                                 codec.rtx_payload_type = s.rtx_payload_type;
@@ -526,6 +530,9 @@ impl Sfu {
         }
         p.awaiting_answer = true;
         p.renegotiation_pending = false;
+        for s in &mut p.subscriptions {
+            s.offered = true;
+        }
         let sdp = self.write_sdp(idx, SdpKind::Offer);
         let participant = self.participant(idx).id.clone();
         self.events.push_back(Event::Offer {
@@ -559,6 +566,11 @@ impl Sfu {
             }
         }
         p.awaiting_answer = false;
+        for s in &mut p.subscriptions {
+            if s.offered {
+                s.negotiated = true;
+            }
+        }
         if p.renegotiation_pending {
             self.renegotiate(idx);
         }
@@ -1076,7 +1088,7 @@ impl Sfu {
             };
             let audio_ext = sub.ext.audio_level;
             let subscription = &mut sub.subscriptions[sub_idx];
-            if !subscription.active {
+            if !subscription.active || !subscription.negotiated {
                 continue;
             }
             let (out_ext, out_ts) = subscription.map(media_ext, header.timestamp);
@@ -1093,7 +1105,7 @@ impl Sfu {
                 out_ts,
                 subscription.ssrc,
             );
-            if let (Some(level), Some(id)) = (audio_level, audio_ext.or(Some(1))) {
+            if let (Some(level), Some(id)) = (audio_level, audio_ext) {
                 w.extension(id, &[level]);
             }
             let hlen = w.finish();

@@ -22,6 +22,11 @@ pub struct Subscription {
     /// False once the track went away or the subscriber lost permission; the m-line goes
     /// inactive at the next renegotiation.
     pub active: bool,
+    /// Included in an SFU offer that is now outstanding.
+    pub offered: bool,
+    /// The subscriber answered an offer with this m-line: media may flow (before that, its
+    /// browser could not map the SSRC to a transceiver).
+    pub negotiated: bool,
 }
 
 impl Subscription {
@@ -51,6 +56,8 @@ impl Subscription {
             packets: 0,
             octets: 0,
             active: true,
+            offered: false,
+            negotiated: false,
         }
     }
 

@@ -211,20 +211,7 @@ impl SfuNode {
         for c in &self.counters {
             if let Ok(c) = c.lock() {
                 let (w, r, p) = *c;
-                total.packets_in += w.packets_in;
-                total.packets_out += w.packets_out;
-                total.bytes_in += w.bytes_in;
-                total.bytes_out += w.bytes_out;
-                total.dropped_unknown_source += w.dropped_unknown_source;
-                total.dropped_malformed += w.dropped_malformed;
-                total.dropped_not_ready += w.dropped_not_ready;
-                total.dropped_unknown_ssrc += w.dropped_unknown_ssrc;
-                total.dropped_replay += w.dropped_replay;
-                total.dropped_auth += w.dropped_auth;
-                total.dropped_blocked += w.dropped_blocked;
-                total.retransmissions_out += w.retransmissions_out;
-                total.nacks_out += w.nacks_out;
-                total.keyframe_requests_out += w.keyframe_requests_out;
+                total += w;
                 rooms += r;
                 participants += p;
             }

@@ -150,22 +150,9 @@ fn flush(socket: &UdpBatch, batch: &mut TransmitBatch, send_dropped: &mut u64) {
 }
 
 fn export_metrics(worker: &str, c: &Counters, send_dropped: u64) {
-    let w = worker.to_owned();
-    macro_rules! abs {
-        ($name:literal, $v:expr) => {
-            metrics::counter!($name, "worker" => w.clone()).absolute($v);
-        };
+    for (name, value) in c.named() {
+        metrics::counter!(name, "worker" => worker.to_owned()).absolute(value);
     }
-    abs!("sfu_packets_in_total", c.packets_in);
-    abs!("sfu_packets_out_total", c.packets_out);
-    abs!("sfu_bytes_in_total", c.bytes_in);
-    abs!("sfu_bytes_out_total", c.bytes_out);
-    abs!("sfu_dropped_unknown_source_total", c.dropped_unknown_source);
-    abs!("sfu_dropped_malformed_total", c.dropped_malformed);
-    abs!("sfu_dropped_auth_total", c.dropped_auth);
-    abs!("sfu_dropped_blocked_total", c.dropped_blocked);
-    abs!("sfu_retransmissions_total", c.retransmissions_out);
-    abs!("sfu_nacks_out_total", c.nacks_out);
-    abs!("sfu_keyframe_requests_out_total", c.keyframe_requests_out);
-    abs!("sfu_send_dropped_total", send_dropped);
+    metrics::counter!("sfu_send_dropped_total", "worker" => worker.to_owned())
+        .absolute(send_dropped);
 }

@@ -31,6 +31,9 @@ pub struct SendTrack {
     pub seq: u16,
     pub rtx_seq: u16,
     pub timestamp: u32,
+    /// Rollover counters of the media and RTX streams (RFC 3711 §3.3.1).
+    pub roc: u32,
+    pub rtx_roc: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +177,8 @@ impl SimPeer {
             seq: rand::random::<u16>() & 0x3fff,
             rtx_seq: rand::random::<u16>() & 0x3fff,
             timestamp: rand::random(),
+            roc: 0,
+            rtx_roc: 0,
         });
     }
 
@@ -528,8 +533,11 @@ impl SimPeer {
         body.extend_from_slice(&payload);
         let t = &mut self.tracks[track];
         t.rtx_seq = t.rtx_seq.wrapping_add(1);
-        let (ssrc, rtx_seq) = (t.rtx_ssrc, t.rtx_seq);
-        self.send_rtp_raw(ssrc, 97, rtx_seq, ts, marker, &body, None);
+        if t.rtx_seq == 0 {
+            t.rtx_roc += 1;
+        }
+        let (ssrc, rtx_seq, roc) = (t.rtx_ssrc, t.rtx_seq, t.rtx_roc);
+        self.send_rtp_raw(ssrc, 97, rtx_seq, roc, ts, marker, &body, None);
         self.retransmissions_sent += 1;
     }
 
@@ -539,6 +547,7 @@ impl SimPeer {
         ssrc: u32,
         pt: u8,
         seq: u16,
+        roc: u32,
         ts: u32,
         marker: bool,
         payload: &[u8],
@@ -554,9 +563,8 @@ impl SimPeer {
         }
         let hlen = w.finish();
         buf[hlen..hlen + payload.len()].copy_from_slice(payload);
-        // Tests stay within one rollover per publisher stream.
         let n = ctx
-            .seal_rtp(&mut buf, hlen + payload.len(), hlen, ssrc, 0, seq)
+            .seal_rtp(&mut buf, hlen + payload.len(), hlen, ssrc, roc, seq)
             .expect("seal");
         buf.truncate(n);
         self.outbox.push_back((dest, buf));
@@ -566,14 +574,18 @@ impl SimPeer {
     pub fn send_media(&mut self, track: usize, payload: &[u8], marker: bool, ts_step: u32) -> u16 {
         let t = &mut self.tracks[track];
         t.seq = t.seq.wrapping_add(1);
+        if t.seq == 0 {
+            t.roc += 1;
+        }
         if marker {
             t.timestamp = t.timestamp.wrapping_add(ts_step);
         }
-        let (ssrc, pt, seq, ts, kind) = (t.ssrc, t.payload_type, t.seq, t.timestamp, t.kind);
+        let (ssrc, pt, seq, roc, ts, kind) =
+            (t.ssrc, t.payload_type, t.seq, t.roc, t.timestamp, t.kind);
         self.history
             .insert((ssrc, seq), (ts, marker, payload.to_vec()));
         let level = (kind == MediaKind::Audio).then_some(30);
-        self.send_rtp_raw(ssrc, pt, seq, ts, marker, payload, level);
+        self.send_rtp_raw(ssrc, pt, seq, roc, ts, marker, payload, level);
         seq
     }
 

@@ -386,3 +386,27 @@ fn garbage_datagrams_are_dropped_and_counted_while_the_call_goes_on() {
         "nobody was disconnected by garbage"
     );
 }
+
+#[test]
+fn publisher_streams_survive_sequence_number_rollover() {
+    let mut net = SimNetwork::new(13, |_| {});
+    net.add_peer("pub", &[MediaKind::Audio, MediaKind::Video]);
+    net.add_peer("sub", &[]);
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    net.peers[0].tracks[1].seq = 65_500;
+    let mut sent = 0;
+    net.run(Duration::from_millis(400), |n| {
+        n.peers[0].send_media(1, &[0x90; 200], true, 3000);
+        sent += 1;
+    });
+    net.run(Duration::from_millis(100), |_| {});
+    assert_eq!(net.sfu.counters.dropped_auth, 0, "{:?}", net.sfu.counters);
+    let ssrc = net.peers[1]
+        .incoming_from("pub", MediaKind::Video)
+        .expect("line")
+        .ssrc;
+    assert!(net.peers[1].received[&ssrc].len() >= sent - 30);
+    assert!(net.peers[1].missing(ssrc).is_empty());
+}
