@@ -18,8 +18,8 @@ pub struct CodecParams {
 /// decodes; VP9 and AV1 pass through when a publisher offers nothing else.
 const VIDEO_PREFERENCE: [&str; 4] = ["VP8", "H264", "VP9", "AV1"];
 
-pub const AUDIO_FEEDBACK: &[&str] = &[];
-pub const VIDEO_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir"];
+pub const AUDIO_FEEDBACK: &[&str] = &["transport-cc"];
+pub const VIDEO_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir", "transport-cc"];
 
 impl CodecParams {
     /// Picks the codec to receive on a publisher's m-line from its offer.

@@ -27,6 +27,7 @@ pub struct Counters {
     pub keyframe_requests_in: u64,
     pub keyframe_requests_out: u64,
     pub keyframe_requests_throttled: u64,
+    pub twcc_feedback_out: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -55,6 +56,7 @@ impl std::ops::AddAssign for Counters {
             keyframe_requests_in,
             keyframe_requests_out,
             keyframe_requests_throttled,
+            twcc_feedback_out,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -79,12 +81,13 @@ impl std::ops::AddAssign for Counters {
         self.keyframe_requests_in += keyframe_requests_in;
         self.keyframe_requests_out += keyframe_requests_out;
         self.keyframe_requests_throttled += keyframe_requests_throttled;
+        self.twcc_feedback_out += twcc_feedback_out;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 23] {
+    pub fn named(&self) -> [(&'static str, u64); 24] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -118,6 +121,7 @@ impl Counters {
                 "sfu_keyframe_requests_throttled_total",
                 self.keyframe_requests_throttled,
             ),
+            ("sfu_twcc_feedback_out_total", self.twcc_feedback_out),
         ]
     }
 

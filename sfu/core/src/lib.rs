@@ -20,6 +20,7 @@ pub mod srtp_context;
 pub mod subscription;
 pub mod track;
 pub mod transmit_batch;
+pub mod twcc_feedback;
 
 pub use counters::Counters;
 pub use peer_transport::TransportConfig;

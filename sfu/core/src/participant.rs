@@ -4,6 +4,7 @@ use crate::codec::CodecParams;
 use crate::peer_transport::PeerTransport;
 use crate::srtp_context::SrtpContext;
 use crate::subscription::Subscription;
+use crate::twcc_feedback::TwccRecorder;
 use sfu_proto::{MediaKind, ParticipantId, Permissions, RoomId};
 use std::net::SocketAddr;
 
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 pub struct ExtIds {
     pub audio_level: Option<u8>,
     pub mid: Option<u8>,
+    pub transport_cc: Option<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +63,10 @@ pub struct Participant {
     pub next_mid: u32,
     /// Addresses this participant's connectivity checks came from (bounded by its candidates).
     pub stun_addrs: Vec<SocketAddr>,
+    /// Arrival times of this participant's packets, for its bandwidth estimator.
+    pub twcc: TwccRecorder,
+    /// Our transport-wide sequence number on packets sent to this participant.
+    pub twcc_out_seq: u16,
 }
 
 impl Participant {
@@ -73,6 +79,17 @@ impl Participant {
         let i = self.srtcp_index;
         self.srtcp_index = (self.srtcp_index + 1) & 0x7fff_ffff;
         i
+    }
+
+    /// The id this participant uses for `uri`, or a free one the SFU assigns in its next offer
+    /// (for a participant whose own offer did not mention the extension).
+    pub fn ensure_extmap_id(&mut self, uri: &str) -> Option<u8> {
+        if let Some(id) = self.extmap_id(uri) {
+            return Some(id);
+        }
+        let id = (1..=14u8).find(|id| !self.offered_extmaps.iter().any(|(i, _)| i == id))?;
+        self.offered_extmaps.push((id, uri.to_owned()));
+        Some(id)
     }
 
     pub fn extmap_id(&self, uri: &str) -> Option<u8> {

@@ -9,7 +9,8 @@
 use crate::codec::CodecParams;
 use crate::counters::Counters;
 use crate::local_description::{
-    self, EXT_AUDIO_LEVEL, EXT_MID, LineContent, LineSpec, SdpKind, SendSource, TransportSpec,
+    self, EXT_AUDIO_LEVEL, EXT_MID, EXT_TRANSPORT_CC, LineContent, LineSpec, SdpKind, SendSource,
+    TransportSpec,
 };
 use crate::participant::{ExtIds, LineRole, MediaLine, Participant};
 use crate::peer_transport::{CloseCause, PeerTransport, TransportConfig, TransportEvent};
@@ -20,6 +21,7 @@ use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
 use crate::subscription::Subscription;
 use crate::track::Track;
 use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
+use crate::twcc_feedback::TwccRecorder;
 use sfu_proto::{
     Command, DisconnectReason, Event, MediaKind, ParticipantId, Permissions, RoomId, TrackId,
     TrackInfo,
@@ -42,6 +44,8 @@ pub struct SfuConfig {
     /// Keyframe requests toward a publisher, at most one per this interval per track.
     pub keyframe_throttle: Duration,
     pub report_interval: Duration,
+    /// Transport-wide congestion feedback to publishers, this often.
+    pub twcc_interval: Duration,
     pub tick: Duration,
     pub speaker_interval: Duration,
 }
@@ -56,6 +60,7 @@ impl SfuConfig {
             nack_max_tries: 6,
             keyframe_throttle: Duration::from_millis(500),
             report_interval: Duration::from_secs(1),
+            twcc_interval: Duration::from_millis(50),
             tick: Duration::from_millis(10),
             speaker_interval: Duration::from_millis(300),
         }
@@ -103,6 +108,7 @@ pub struct Sfu {
     pub counters: Counters,
     next_tick: Option<Instant>,
     next_report: Option<Instant>,
+    next_twcc: Option<Instant>,
     next_speaker: Option<Instant>,
     nack_scratch: Vec<u16>,
     rtcp_scratch: Vec<u8>,
@@ -135,6 +141,7 @@ impl Sfu {
             counters: Counters::default(),
             next_tick: None,
             next_report: None,
+            next_twcc: None,
             next_speaker: None,
             nack_scratch: Vec::with_capacity(64),
             rtcp_scratch: vec![0; SLOT_SIZE],
@@ -302,6 +309,8 @@ impl Sfu {
             connected: false,
             next_mid: 0,
             stun_addrs: Vec::new(),
+            twcc: TwccRecorder::new(now),
+            twcc_out_seq: 0,
         };
         let idx = match self.free_participants.pop() {
             Some(i) => {
@@ -337,6 +346,7 @@ impl Sfu {
             }
             p.ext.audio_level = p.extmap_id(EXT_AUDIO_LEVEL);
             p.ext.mid = p.extmap_id(EXT_MID);
+            p.ext.transport_cc = p.extmap_id(EXT_TRANSPORT_CC);
         }
         for m in &offer.media {
             if self.participant(idx).lines.iter().any(|l| l.mid == m.mid) {
@@ -400,7 +410,7 @@ impl Sfu {
         new_tracks
     }
 
-    fn line_specs(&self, idx: usize, kind: SdpKind) -> Vec<LineSpec> {
+    fn line_specs(&self, idx: usize) -> Vec<LineSpec> {
         let p = self.participant(idx);
         p.lines
             .iter()
@@ -411,6 +421,9 @@ impl Sfu {
                         let mut extmaps = Vec::new();
                         if let Some(id) = p.ext.mid {
                             extmaps.push((id, EXT_MID));
+                        }
+                        if let Some(id) = p.ext.transport_cc {
+                            extmaps.push((id, EXT_TRANSPORT_CC));
                         }
                         if t.kind == MediaKind::Audio
                             && let Some(id) = p.ext.audio_level
@@ -438,6 +451,9 @@ impl Sfu {
                                     && let Some(id) = p.ext.audio_level
                                 {
                                     extmaps.push((id, EXT_AUDIO_LEVEL));
+                                }
+                                if let Some(id) = p.ext.transport_cc {
+                                    extmaps.push((id, EXT_TRANSPORT_CC));
                                 }
                                 let mut codec = t.codec.clone();
                                 codec.rtx_payload_type = s.rtx_payload_type;
@@ -487,7 +503,6 @@ impl Sfu {
                         formats: formats.clone(),
                     },
                 };
-                let _ = kind;
                 LineSpec {
                     mid: line.mid.clone(),
                     content,
@@ -497,7 +512,7 @@ impl Sfu {
     }
 
     fn write_sdp(&mut self, idx: usize, kind: SdpKind) -> String {
-        let lines = self.line_specs(idx, kind);
+        let lines = self.line_specs(idx);
         let candidate = self.config.transport.advertised_addr;
         let p = self.participants[idx]
             .as_mut()
@@ -679,8 +694,11 @@ impl Sfu {
             };
             (t.codec.payload_type, rtx, t.kind)
         };
-        let _ = kind;
         let p = self.participant_mut(subscriber);
+        p.ext.transport_cc = p.ensure_extmap_id(EXT_TRANSPORT_CC);
+        if kind == MediaKind::Audio {
+            p.ext.audio_level = p.ensure_extmap_id(EXT_AUDIO_LEVEL);
+        }
         let mid = loop {
             let candidate = p.next_mid.to_string();
             p.next_mid += 1;
@@ -1023,6 +1041,14 @@ impl Sfu {
             return;
         };
         stream.record(now, ext, header.timestamp);
+        if let Some(v) = p
+            .ext
+            .transport_cc
+            .and_then(|id| header.extension_value(buf, id))
+            && v.len() >= 2
+        {
+            p.twcc.record(u16::from_be_bytes([v[0], v[1]]), now);
+        }
         let Ok((mut start, end)) = header.payload_range(plain_len, buf) else {
             self.counters.dropped_malformed += 1;
             return;
@@ -1087,6 +1113,8 @@ impl Sfu {
                 continue;
             };
             let audio_ext = sub.ext.audio_level;
+            let twcc_ext = sub.ext.transport_cc;
+            let twcc_seq = sub.twcc_out_seq;
             let subscription = &mut sub.subscriptions[sub_idx];
             if !subscription.active || !subscription.negotiated {
                 continue;
@@ -1108,6 +1136,9 @@ impl Sfu {
             if let (Some(level), Some(id)) = (audio_level, audio_ext) {
                 w.extension(id, &[level]);
             }
+            if let Some(id) = twcc_ext {
+                w.extension(id, &twcc_seq.to_be_bytes());
+            }
             let hlen = w.finish();
             slot[hlen..hlen + payload.len()].copy_from_slice(payload);
             let len = hlen + payload.len();
@@ -1120,6 +1151,10 @@ impl Sfu {
                 out_ext as u16,
             ) {
                 Ok(n) => {
+                    if twcc_ext.is_some() {
+                        sub.twcc_out_seq = twcc_seq.wrapping_add(1);
+                    }
+                    let subscription = &mut sub.subscriptions[sub_idx];
                     subscription.packets = subscription.packets.wrapping_add(1);
                     subscription.octets = subscription.octets.wrapping_add(payload.len() as u32);
                     out.commit(dest, n);
@@ -1259,6 +1294,7 @@ impl Sfu {
         let (Some(ctx), Some(dest)) = (sub.outbound.as_deref(), sub.remote) else {
             return;
         };
+        let twcc_ext = sub.ext.transport_cc;
         let subscription = &mut sub.subscriptions[s];
         let Some(track) = self.tracks[subscription.track].as_mut() else {
             return;
@@ -1283,8 +1319,12 @@ impl Sfu {
                     }
                     None => (subscription.ssrc, out_ext, subscription.payload_type),
                 };
-                let hlen =
-                    HeaderWriter::new(slot, meta.marker, pt, seq_ext as u16, out_ts, ssrc).finish();
+                let mut w = HeaderWriter::new(slot, meta.marker, pt, seq_ext as u16, out_ts, ssrc);
+                if let Some(id) = twcc_ext {
+                    w.extension(id, &sub.twcc_out_seq.to_be_bytes());
+                    sub.twcc_out_seq = sub.twcc_out_seq.wrapping_add(1);
+                }
+                let hlen = w.finish();
                 let mut len = hlen;
                 if subscription.rtx_payload_type.is_some() {
                     slot[len..len + 2].copy_from_slice(&(out_ext as u16).to_be_bytes());
@@ -1406,6 +1446,10 @@ impl Sfu {
                 self.request_keyframe(now, t, out);
             }
         }
+        if self.next_twcc.is_none_or(|t| now >= t) {
+            self.next_twcc = Some(now + self.config.twcc_interval);
+            self.send_twcc_feedback(out);
+        }
         if self.next_report.is_none_or(|t| now >= t) {
             self.next_report = Some(now + self.config.report_interval);
             self.send_receiver_reports(now, out);
@@ -1413,6 +1457,40 @@ impl Sfu {
         if self.next_speaker.is_none_or(|t| now >= t) {
             self.next_speaker = Some(now + self.config.speaker_interval);
             self.update_speakers();
+        }
+    }
+
+    /// Transport-wide feedback to every publisher whose packets arrived since the last one.
+    fn send_twcc_feedback(&mut self, out: &mut TransmitBatch) {
+        for idx in 0..self.participants.len() {
+            let media_ssrc = {
+                let Some(p) = self.participants[idx].as_ref() else {
+                    continue;
+                };
+                if !p.twcc.has_pending() {
+                    continue;
+                }
+                p.published
+                    .iter()
+                    .find_map(|&t| self.tracks[t].as_ref().and_then(|t| t.ssrc))
+                    .unwrap_or(0)
+            };
+            // A long silence may leave more than one message's worth.
+            for _ in 0..4 {
+                let Some(p) = self.participants[idx].as_mut() else {
+                    break;
+                };
+                let Some(n) = p.twcc.write_feedback(
+                    &mut self.rtcp_scratch,
+                    rtcp_writer::SFU_RTCP_SSRC,
+                    media_ssrc,
+                ) else {
+                    break;
+                };
+                if self.send_rtcp(idx, n, out) {
+                    self.counters.twcc_feedback_out += 1;
+                }
+            }
         }
     }
 

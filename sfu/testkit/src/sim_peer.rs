@@ -82,6 +82,15 @@ pub struct SimPeer {
     /// When set, the peer sends nothing at all (a closed browser).
     pub silent: bool,
     roc_in: HashMap<u32, (u64, bool)>,
+    /// Transport-wide sequence number on this peer's packets (extension id 3).
+    twcc_seq: u16,
+    /// Transport-cc feedback received: messages and packet statuses reported.
+    pub twcc_feedback_received: u32,
+    pub twcc_statuses_reported: u32,
+    /// Transport-wide sequence numbers on packets the SFU sent us, in arrival order.
+    pub twcc_seqs_received: Vec<u16>,
+    /// The transport-cc extension id the SFU's offers use toward us.
+    twcc_in_id: Option<u8>,
 }
 
 impl std::fmt::Debug for SimPeer {
@@ -92,6 +101,9 @@ impl std::fmt::Debug for SimPeer {
             .finish()
     }
 }
+
+const TWCC_EXTMAP: &str =
+    "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n";
 
 fn crypto() -> Arc<dyn rtc_crypto::RTCCryptoProvider> {
     rtc_crypto::default_provider().expect("ring crypto provider")
@@ -162,6 +174,11 @@ impl SimPeer {
             outbox: VecDeque::new(),
             silent: false,
             roc_in: HashMap::new(),
+            twcc_seq: 0,
+            twcc_feedback_received: 0,
+            twcc_statuses_reported: 0,
+            twcc_seqs_received: Vec::new(),
+            twcc_in_id: None,
         }
     }
 
@@ -206,6 +223,7 @@ impl SimPeer {
                     sdp += &format!("a=mid:{}\r\na=sendonly\r\na=rtcp-mux\r\n", t.mid);
                     sdp += "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n";
                     sdp += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
+                    sdp += TWCC_EXTMAP;
                     sdp += "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
                     sdp += &format!("a=ssrc:{} cname:{}\r\n", t.ssrc, self.name);
                 }
@@ -214,6 +232,7 @@ impl SimPeer {
                     sdp += &self.transport_lines("actpass");
                     sdp += &format!("a=mid:{}\r\na=sendonly\r\na=rtcp-mux\r\n", t.mid);
                     sdp += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
+                    sdp += TWCC_EXTMAP;
                     sdp +=
                         "a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\n";
                     sdp += "a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
@@ -269,6 +288,13 @@ impl SimPeer {
             .collect();
         out += &format!("a=group:BUNDLE {}\r\n", bundle.join(" "));
         for m in &remote.media {
+            if let Some((id, _)) = m
+                .extmaps
+                .iter()
+                .find(|(_, u)| u.contains("transport-wide-cc"))
+            {
+                self.twcc_in_id = Some(*id);
+            }
             let kind = m.kind.unwrap_or(MediaKind::Video);
             let media = if kind == MediaKind::Audio {
                 "audio"
@@ -465,6 +491,12 @@ impl SimPeer {
         if !entry.1 || ext > entry.0 {
             *entry = (ext, true);
         }
+        if let Some(v) = self.twcc_in_id.and_then(|id| h.extension_value(&buf, id))
+            && v.len() == 2
+        {
+            self.twcc_seqs_received
+                .push(u16::from_be_bytes([v[0], v[1]]));
+        }
         let payload = &buf[h.header_len..n];
         let rtx_line = self
             .incoming
@@ -508,6 +540,11 @@ impl SimPeer {
                 .is_some()
             {
                 self.plis_received += 1;
+            } else if let Some(fb) = any
+                .downcast_ref::<rtc_rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc>()
+            {
+                self.twcc_feedback_received += 1;
+                self.twcc_statuses_reported += fb.packet_status_count as u32;
             } else if let Some(nack) =
                 any.downcast_ref::<rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
             {
@@ -561,6 +598,8 @@ impl SimPeer {
         if let Some(level) = audio_level {
             w.extension(1, &[level]);
         }
+        w.extension(3, &self.twcc_seq.to_be_bytes());
+        self.twcc_seq = self.twcc_seq.wrapping_add(1);
         let hlen = w.finish();
         buf[hlen..hlen + payload.len()].copy_from_slice(payload);
         let n = ctx

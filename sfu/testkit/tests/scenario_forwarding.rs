@@ -410,3 +410,42 @@ fn publisher_streams_survive_sequence_number_rollover() {
     assert!(net.peers[1].received[&ssrc].len() >= sent - 30);
     assert!(net.peers[1].missing(ssrc).is_empty());
 }
+
+#[test]
+fn transport_wide_feedback_reaches_publishers_and_subscribers_get_our_own_sequence() {
+    let mut net = two_publishers_three_subscribers(17);
+    let mut tick = 0;
+    net.run(Duration::from_secs(2), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    for p in 0..2 {
+        let peer = &net.peers[p];
+        assert!(
+            peer.twcc_feedback_received >= 20,
+            "{} got {} feedback messages",
+            peer.name,
+            peer.twcc_feedback_received
+        );
+        // ~2 s of 140 packets/s: nearly every one was reported on.
+        assert!(
+            peer.twcc_statuses_reported > 200,
+            "{} statuses",
+            peer.twcc_statuses_reported
+        );
+    }
+    for s in 2..5 {
+        let seqs = &net.peers[s].twcc_seqs_received;
+        assert!(seqs.len() > 200);
+        // One counter per subscriber, ours: consecutive in arrival order on a clean link,
+        // whatever the publishers stamped.
+        for w in seqs.windows(2) {
+            assert_eq!(
+                w[1],
+                w[0].wrapping_add(1),
+                "{}'s transport-wide sequence",
+                net.peers[s].name
+            );
+        }
+        assert_eq!(seqs[0], 0, "starts at zero for each subscriber");
+    }
+}

@@ -1,0 +1,210 @@
+//! Transport-wide congestion control feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01)
+//! toward a publisher: records when each transport-wide sequence number arrived and writes the
+//! RTCP feedback its browser's bandwidth estimator needs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Packets described by one feedback message at most (keeps it well under the MTU).
+const MAX_PER_FEEDBACK: u64 = 300;
+/// Arrivals older than this are forgotten unreported (the sender stopped caring long ago).
+const MAX_PENDING: usize = 4096;
+
+#[derive(Debug)]
+pub struct TwccRecorder {
+    epoch: Instant,
+    highest: Option<u64>,
+    /// First sequence number not yet reported.
+    next_report: Option<u64>,
+    arrivals: BTreeMap<u64, Instant>,
+    feedback_count: u8,
+}
+
+impl TwccRecorder {
+    pub fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            highest: None,
+            next_report: None,
+            arrivals: BTreeMap::new(),
+            feedback_count: 0,
+        }
+    }
+
+    fn extend(&self, seq: u16) -> u64 {
+        match self.highest {
+            None => seq as u64 + (1 << 16),
+            Some(h) => (h as i64 + seq.wrapping_sub(h as u16) as i16 as i64).max(0) as u64,
+        }
+    }
+
+    pub fn record(&mut self, seq: u16, now: Instant) {
+        let ext = self.extend(seq);
+        if self.next_report.is_some_and(|n| ext < n) {
+            return; // already reported as lost; too late to matter
+        }
+        if self.highest.is_none_or(|h| ext > h) {
+            self.highest = Some(ext);
+        }
+        self.next_report.get_or_insert(ext);
+        if self.arrivals.len() >= MAX_PENDING {
+            self.arrivals.pop_first();
+        }
+        self.arrivals.entry(ext).or_insert(now);
+        if let Some(&first) = self.arrivals.keys().next()
+            && self.next_report.is_some_and(|n| n < first)
+            && self.arrivals.len() >= MAX_PENDING
+        {
+            self.next_report = Some(first);
+        }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.arrivals.is_empty()
+    }
+
+    /// Writes one feedback message into `buf` (which must hold 1500 bytes) covering the oldest
+    /// unreported packets. Returns its length, or `None` when there is nothing to report.
+    pub fn write_feedback(
+        &mut self,
+        buf: &mut [u8],
+        sender_ssrc: u32,
+        media_ssrc: u32,
+    ) -> Option<usize> {
+        let start = self.next_report?;
+        let (&first_arrived, _) = self.arrivals.iter().next()?;
+        let start = start.min(first_arrived);
+        let last_arrived = *self.arrivals.keys().next_back()?;
+        let end = last_arrived.min(start + MAX_PER_FEEDBACK - 1);
+        let count = (end - start + 1) as usize;
+
+        // Reference time: the first reported arrival, in 64 ms units from our epoch.
+        let first_time = *self.arrivals.range(start..=end).next()?.1;
+        let since_epoch = first_time.saturating_duration_since(self.epoch);
+        let reference = (since_epoch.as_micros() / 64_000) as u32 & 0x00ff_ffff;
+        let mut previous = self.epoch + Duration::from_micros(reference as u64 * 64_000);
+
+        buf[4..8].copy_from_slice(&sender_ssrc.to_be_bytes());
+        buf[8..12].copy_from_slice(&media_ssrc.to_be_bytes());
+        buf[12..14].copy_from_slice(&(start as u16).to_be_bytes());
+        buf[14..16].copy_from_slice(&(count as u16).to_be_bytes());
+        buf[16..19].copy_from_slice(&reference.to_be_bytes()[1..4]);
+        buf[19] = self.feedback_count;
+        self.feedback_count = self.feedback_count.wrapping_add(1);
+
+        // Status vector chunks of seven 2-bit symbols; deltas after all chunks.
+        let chunks = count.div_ceil(7);
+        let mut chunk_pos = 20;
+        let mut delta_pos = 20 + 2 * chunks;
+        let mut seq = start;
+        for _ in 0..chunks {
+            let mut chunk: u16 = 0b11 << 14;
+            for slot in 0..7 {
+                if seq > end {
+                    break;
+                }
+                let symbol: u16 = match self.arrivals.get(&seq) {
+                    None => 0,
+                    Some(&at) => {
+                        let delta_us = if at >= previous {
+                            at.duration_since(previous).as_micros() as i64
+                        } else {
+                            -(previous.duration_since(at).as_micros() as i64)
+                        };
+                        let units = delta_us / 250;
+                        previous = at;
+                        if (0..=255).contains(&units) {
+                            buf[delta_pos] = units as u8;
+                            delta_pos += 1;
+                            1
+                        } else {
+                            let units = units.clamp(i16::MIN as i64, i16::MAX as i64) as i16;
+                            buf[delta_pos..delta_pos + 2].copy_from_slice(&units.to_be_bytes());
+                            delta_pos += 2;
+                            2
+                        }
+                    }
+                };
+                chunk |= symbol << (12 - 2 * slot);
+                seq += 1;
+            }
+            buf[chunk_pos..chunk_pos + 2].copy_from_slice(&chunk.to_be_bytes());
+            chunk_pos += 2;
+        }
+        // Pad to 32 bits; the last padding byte holds the count (RFC 3550 §6.4.1).
+        let mut len = delta_pos;
+        let padding = (4 - len % 4) % 4;
+        if padding > 0 {
+            for b in &mut buf[len..len + padding] {
+                *b = 0;
+            }
+            len += padding;
+            buf[len - 1] = padding as u8;
+        }
+        buf[0] = 0x80 | if padding > 0 { 0x20 } else { 0 } | 15;
+        buf[1] = 205;
+        buf[2..4].copy_from_slice(&((len / 4 - 1) as u16).to_be_bytes());
+
+        self.arrivals = self.arrivals.split_off(&(end + 1));
+        self.next_report = Some(end + 1);
+        Some(len)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use rtc_rtcp::transport_feedbacks::transport_layer_cc::{SymbolTypeTcc, TransportLayerCc};
+
+    fn parse(buf: &[u8]) -> TransportLayerCc {
+        let mut slice = buf;
+        let pkts = rtc_rtcp::packet::unmarshal(&mut slice).expect("parses");
+        pkts[0]
+            .as_any()
+            .downcast_ref::<TransportLayerCc>()
+            .expect("transport-cc")
+            .clone()
+    }
+
+    #[test]
+    fn feedback_reports_arrivals_losses_and_deltas() {
+        let t0 = Instant::now();
+        let mut r = TwccRecorder::new(t0);
+        // 10 packets, 5 ms apart, #3 and #7 lost; one large gap before #9.
+        for i in 0u16..10 {
+            if i == 3 || i == 7 {
+                continue;
+            }
+            let at = t0 + Duration::from_millis(100 + 5 * i as u64 + if i == 9 { 200 } else { 0 });
+            r.record(65530u16.wrapping_add(i), at);
+        }
+        let mut buf = [0u8; 1500];
+        let n = r.write_feedback(&mut buf, 1, 99).unwrap();
+        assert_eq!(n % 4, 0);
+        let fb = parse(&buf[..n]);
+        assert_eq!(fb.base_sequence_number, 65530);
+        assert_eq!(fb.packet_status_count, 10);
+        assert_eq!(fb.media_ssrc, 99);
+        assert_eq!(fb.recv_deltas.len(), 8);
+        // 5 ms apart -> 5000 us deltas, except the 205 ms jump which needs a large delta.
+        assert_eq!(fb.recv_deltas[1].delta, 5000);
+        let last = fb.recv_deltas.last().unwrap();
+        assert_eq!(
+            last.type_tcc_packet,
+            SymbolTypeTcc::PacketReceivedLargeDelta
+        );
+        assert_eq!(last.delta, 205_000);
+        assert!(
+            r.write_feedback(&mut buf, 1, 99).is_none(),
+            "everything was reported"
+        );
+        // The next feedback continues after the wrap.
+        r.record(65530u16.wrapping_add(10), t0 + Duration::from_millis(400));
+        let n = r.write_feedback(&mut buf, 1, 99).unwrap();
+        let fb = parse(&buf[..n]);
+        assert_eq!(fb.base_sequence_number, 65530u16.wrapping_add(10));
+        assert_eq!(fb.packet_status_count, 1);
+        assert_eq!(fb.fb_pkt_count, 1);
+    }
+}
