@@ -8,7 +8,7 @@ history.replaceState(null, "", location.pathname);
 
 const statusEl = document.getElementById("status");
 const grid = document.getElementById("grid");
-const state = { pc: null, ws: null, names: new Map(), tiles: new Map(), participant: null, errors: [] };
+const state = { pc: null, ws: null, dc: null, names: new Map(), tiles: new Map(), participant: null, errors: [], dataMessages: [] };
 window.hcState = state; // read by the browser tests
 
 function setStatus(text) { statusEl.textContent = text; }
@@ -58,6 +58,21 @@ async function start() {
   for (const track of local.getTracks()) {
     pc.addTransceiver(track, { direction: "sendonly", streams: [local] });
   }
+  // The room's data channel (relayed by the SFU to everyone admitted): raised hands. The sender
+  // names itself; the server does not vouch for it, so nothing here is trusted beyond display.
+  const dc = pc.createDataChannel("room");
+  state.dc = dc;
+  dc.onmessage = (ev) => {
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch { return; }
+    state.dataMessages.push(msg);
+    if (msg.type === "hand" && typeof msg.from === "string") {
+      const tile = state.tiles.get(msg.from);
+      if (tile) tile.fig.classList.toggle("hand", !!msg.raised);
+    }
+  };
+  state.sendData = (msg) => dc.readyState === "open" && (dc.send(JSON.stringify({ ...msg, from: state.participant })), true);
+
   pc.ontrack = (ev) => {
     const streamId = ev.streams[0] ? ev.streams[0].id : ev.track.id;
     const tile = tileFor(streamId);
@@ -132,6 +147,12 @@ async function start() {
     t.enabled = !t.enabled;
     ev.target.setAttribute("aria-pressed", String(!t.enabled));
     ev.target.textContent = t.enabled ? "Stäng av kamera" : "Slå på kamera";
+  };
+  let handRaised = false;
+  document.getElementById("hand").onclick = (ev) => {
+    handRaised = !handRaised;
+    ev.target.setAttribute("aria-pressed", String(handRaised));
+    state.sendData({ type: "hand", raised: handRaised });
   };
   document.getElementById("leave").onclick = () => {
     send({ type: "leave" });

@@ -22,6 +22,14 @@ async function twoBrowserCall(server) {
       assert.ok(stats.s.video.framesDecoded > 30, `${name} decoded ${stats.s.video.framesDecoded} frames`);
       assert.ok(stats.s.audio.packetsReceived > 20, `${name} received audio`);
     }
+    // A data channel message from one page reaches the other through the SFU.
+    await waitFor(async () => ({ ok: await a.evaluate(() => window.hcState.sendData({ type: "hand", raised: true })) }),
+      { timeout: 15000, what: "the clinician's data channel to open" });
+    const got = await waitFor(async () => {
+      const msgs = await b.evaluate(() => window.hcState.dataMessages);
+      return { ok: msgs.some((m) => m.type === "hand" && m.raised === true), msgs };
+    }, { timeout: 15000, what: "the patient receiving the raised hand" });
+    assert.equal(got.msgs[0].from, await a.evaluate(() => window.hcState.participant));
     // The remote tile carries the other participant's media, not our own loopback.
     const tiles = await a.evaluate(() => [...window.hcState.tiles.keys()]);
     assert.equal(tiles.length, 1, "the clinician sees exactly one remote participant");

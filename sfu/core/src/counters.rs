@@ -28,6 +28,8 @@ pub struct Counters {
     pub keyframe_requests_out: u64,
     pub keyframe_requests_throttled: u64,
     pub twcc_feedback_out: u64,
+    pub data_messages_in: u64,
+    pub data_messages_out: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -57,6 +59,8 @@ impl std::ops::AddAssign for Counters {
             keyframe_requests_out,
             keyframe_requests_throttled,
             twcc_feedback_out,
+            data_messages_in,
+            data_messages_out,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -82,12 +86,14 @@ impl std::ops::AddAssign for Counters {
         self.keyframe_requests_out += keyframe_requests_out;
         self.keyframe_requests_throttled += keyframe_requests_throttled;
         self.twcc_feedback_out += twcc_feedback_out;
+        self.data_messages_in += data_messages_in;
+        self.data_messages_out += data_messages_out;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 24] {
+    pub fn named(&self) -> [(&'static str, u64); 26] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -122,6 +128,8 @@ impl Counters {
                 self.keyframe_requests_throttled,
             ),
             ("sfu_twcc_feedback_out_total", self.twcc_feedback_out),
+            ("sfu_data_messages_in_total", self.data_messages_in),
+            ("sfu_data_messages_out_total", self.data_messages_out),
         ]
     }
 

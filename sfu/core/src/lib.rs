@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod counters;
+pub mod data_channel_link;
 pub mod inbound_stream;
 pub mod local_description;
 pub mod packet_cache;

@@ -39,6 +39,8 @@ pub enum LineContent {
         extmaps: Vec<(u8, &'static str)>,
         send: Option<SendSource>,
     },
+    /// The data channel m-line (SCTP over the same DTLS).
+    Data,
     /// An m-line the SFU does not carry: port 0, echoed media type and protocol.
     Rejected {
         media: String,
@@ -78,7 +80,7 @@ pub fn write(
 ) -> String {
     let bundle: Vec<&str> = lines
         .iter()
-        .filter(|l| matches!(l.content, LineContent::Media { .. }))
+        .filter(|l| matches!(l.content, LineContent::Media { .. } | LineContent::Data))
         .map(|l| l.mid.as_str())
         .collect();
     let mut session_attrs = vec![flag("ice-lite"), attr("msid-semantic", " WMS *")];
@@ -122,7 +124,59 @@ pub fn write(
         t.candidate.port()
     );
     for line in lines {
+        let transport_attrs = || {
+            vec![
+                attr("ice-ufrag", t.ice_ufrag),
+                attr("ice-pwd", t.ice_pwd),
+                attr("ice-options", "ice2"),
+                attr("fingerprint", format!("sha-256 {}", t.fingerprint)),
+                attr(
+                    "setup",
+                    match kind {
+                        SdpKind::Offer => "actpass",
+                        SdpKind::Answer => "passive",
+                    },
+                ),
+            ]
+        };
+        let connection = || ConnectionInformation {
+            network_type: "IN".into(),
+            address_type: addr_type.into(),
+            address: Some(Address {
+                address: if ip.is_ipv4() {
+                    "0.0.0.0".into()
+                } else {
+                    "::".into()
+                },
+                ttl: None,
+                range: None,
+            }),
+        };
         let md = match &line.content {
+            LineContent::Data => {
+                let mut a = transport_attrs();
+                a.push(attr("mid", line.mid.clone()));
+                a.push(attr("sctp-port", "5000"));
+                a.push(attr("max-message-size", "262144"));
+                a.push(attr("candidate", candidate.clone()));
+                a.push(flag("end-of-candidates"));
+                MediaDescription {
+                    media_name: MediaName {
+                        media: "application".into(),
+                        port: RangedPort {
+                            value: 9,
+                            range: None,
+                        },
+                        protos: vec!["UDP".into(), "DTLS".into(), "SCTP".into()],
+                        formats: vec!["webrtc-datachannel".into()],
+                    },
+                    media_title: None,
+                    connection_information: Some(connection()),
+                    bandwidth: vec![],
+                    encryption_key: None,
+                    attributes: a,
+                }
+            }
             LineContent::Rejected {
                 media,
                 proto,

@@ -25,7 +25,9 @@ pub enum LineRole {
     /// An audio/video m-line the participant offered to receive on; the SFU fills subscriptions
     /// through its own offers, so this one stays inactive.
     Idle { kind: MediaKind, codec: CodecParams },
-    /// Not carried (data channel, unknown media): rejected with port 0.
+    /// The data channels (SCTP over DTLS).
+    Data,
+    /// Not carried (unknown media): rejected with port 0.
     Rejected {
         media: String,
         proto: Vec<String>,

@@ -4,6 +4,7 @@
 //! This is the slow path: STUN and DTLS datagrams come in, datagrams and state changes go out.
 //! Media never passes through here; the forwarding core uses the SRTP contexts directly.
 
+use crate::data_channel_link::{DataChannelLink, DataMessage};
 use crate::srtp_context::{MASTER_KEY_LEN, MASTER_SALT_LEN, MasterKey, SrtpContext};
 use bytes::BytesMut;
 use rtc_dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
@@ -125,6 +126,7 @@ pub struct PeerTransport {
     events: VecDeque<TransportEvent>,
     local_ufrag: String,
     local_pwd: String,
+    data: DataChannelLink,
 }
 
 impl std::fmt::Debug for PeerTransport {
@@ -223,6 +225,7 @@ impl PeerTransport {
             TransportProtocol::UDP,
             Some(Arc::new(handshake)),
         );
+        let data = DataChannelLink::new(config.advertised_addr);
         Ok(Self {
             agent,
             dtls,
@@ -234,6 +237,7 @@ impl PeerTransport {
             events: VecDeque::new(),
             local_ufrag,
             local_pwd,
+            data,
         })
     }
 
@@ -308,15 +312,49 @@ impl PeerTransport {
                             }
                         }
                         EndpointEvent::PeerClosed => self.close(CloseCause::DtlsClosed),
-                        // Data channel (SCTP) payloads are not carried in this slice.
+                        EndpointEvent::ApplicationData(packet) => {
+                            self.data.handle_packet(now, DTLS_TUNNEL_PEER, &packet)
+                        }
                         _ => {}
                     }
                 }
             }
             Err(e) => tracing::debug!(error = %e, "DTLS datagram refused"),
         }
+        self.flush_data(now);
         self.drain_dtls();
         accepted
+    }
+
+    /// SCTP packets of the data channels go out as DTLS application data.
+    fn flush_data(&mut self, now: Instant) {
+        while let Some(packet) = self.data.poll_outgoing() {
+            if self.secured
+                && let Err(e) = self.dtls.write(now, DTLS_TUNNEL_PEER, &packet)
+            {
+                tracing::debug!(error = %e, "data channel packet not sent");
+            }
+        }
+    }
+
+    /// A message the participant sent on a data channel.
+    pub fn poll_data_message(&mut self) -> Option<DataMessage> {
+        self.data.poll_message()
+    }
+
+    /// Sends on the participant's channels labelled `label`; false when it has none open.
+    pub fn send_data(&mut self, now: Instant, label: &str, binary: bool, data: &[u8]) -> bool {
+        if self.closed {
+            return false;
+        }
+        let sent = self.data.send(now, label, binary, data);
+        self.flush_data(now);
+        self.drain_dtls();
+        sent
+    }
+
+    pub fn data_oversized(&self) -> u64 {
+        self.data.oversized
     }
 
     fn export_keys(&mut self) -> Result<(), TransportError> {
@@ -361,6 +399,10 @@ impl PeerTransport {
             tracing::debug!(error = %e, "DTLS handshake gave up");
             self.close(CloseCause::DtlsFailed);
         }
+        if self.data.poll_timeout().is_some_and(|t| t <= now) {
+            self.data.handle_timeout(now);
+            self.flush_data(now);
+        }
         self.drain_dtls();
     }
 
@@ -368,12 +410,14 @@ impl PeerTransport {
         if self.closed {
             return None;
         }
-        let ice = self.agent.poll_timeout();
-        let dtls = self.dtls.poll_timeout(&DTLS_TUNNEL_PEER);
-        match (ice, dtls) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.agent.poll_timeout(),
+            self.dtls.poll_timeout(&DTLS_TUNNEL_PEER),
+            self.data.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {

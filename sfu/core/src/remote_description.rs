@@ -70,6 +70,8 @@ pub struct RemoteMedia {
     /// `a=ssrc-group:FID primary rtx` pairs.
     pub rtx_ssrcs: Vec<(u32, u32)>,
     pub msid: Option<String>,
+    /// An `m=application … UDP/DTLS/SCTP webrtc-datachannel` line.
+    pub is_data_channel: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +226,12 @@ impl RemoteDescription {
                 ssrcs,
                 rtx_ssrcs,
                 msid,
+                is_data_channel: m.media_name.media == "application"
+                    && m.media_name.protos.iter().any(|p| p == "SCTP")
+                    && m.media_name
+                        .formats
+                        .iter()
+                        .any(|f| f == "webrtc-datachannel"),
             });
         }
         Ok(Self {

@@ -385,6 +385,7 @@ impl Sfu {
                     LineRole::Publish { track: t }
                 }
                 (Some(kind), Some(codec), false) => LineRole::Idle { kind, codec },
+                (None, _, false) if m.is_data_channel => LineRole::Data,
                 _ => LineRole::Rejected {
                     media: if m.kind.is_some() {
                         match m.kind {
@@ -493,6 +494,7 @@ impl Sfu {
                         extmaps: Vec::new(),
                         send: None,
                     },
+                    LineRole::Data => LineContent::Data,
                     LineRole::Rejected {
                         media,
                         proto,
@@ -906,6 +908,7 @@ impl Sfu {
             self.counters.dropped_malformed += 1;
         }
         self.drive_transport(now, idx, out);
+        self.relay_data_messages(now, idx, out);
     }
 
     /// Sends what a transport queued and applies its events.
@@ -959,6 +962,45 @@ impl Sfu {
                 }
             };
             self.remove_participant(now, idx, reason, out);
+        }
+    }
+
+    /// Messages a participant sent on its data channels go to the channels of the same label
+    /// of everyone else in the room, under the same permissions as media.
+    fn relay_data_messages(&mut self, now: Instant, idx: usize, out: &mut TransmitBatch) {
+        loop {
+            let Some(p) = self.participants[idx].as_mut() else {
+                return;
+            };
+            let Some(msg) = p.transport.poll_data_message() else {
+                return;
+            };
+            self.counters.data_messages_in += 1;
+            if !p.permissions.publish {
+                self.counters.dropped_blocked += 1;
+                continue;
+            }
+            let room = p.room.clone();
+            let members = self
+                .rooms
+                .get(&room)
+                .map(|r| r.participants.clone())
+                .unwrap_or_default();
+            for m in members {
+                if m == idx {
+                    continue;
+                }
+                let Some(r) = self.participants[m].as_mut() else {
+                    continue;
+                };
+                if r.permissions.subscribe
+                    && r.transport
+                        .send_data(now, &msg.label, msg.binary, &msg.data)
+                {
+                    self.counters.data_messages_out += 1;
+                    self.drive_transport(now, m, out);
+                }
+            }
         }
     }
 
