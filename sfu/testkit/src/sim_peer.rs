@@ -91,6 +91,8 @@ pub struct SimPeer {
     pub twcc_seqs_received: Vec<u16>,
     /// The transport-cc extension id the SFU's offers use toward us.
     twcc_in_id: Option<u8>,
+    /// RFC 6464 level put on our audio packets, in -dBov (0 loudest, 127 silence).
+    pub audio_level: u8,
 }
 
 impl std::fmt::Debug for SimPeer {
@@ -179,6 +181,7 @@ impl SimPeer {
             twcc_statuses_reported: 0,
             twcc_seqs_received: Vec::new(),
             twcc_in_id: None,
+            audio_level: 30,
         }
     }
 
@@ -623,7 +626,7 @@ impl SimPeer {
             (t.ssrc, t.payload_type, t.seq, t.roc, t.timestamp, t.kind);
         self.history
             .insert((ssrc, seq), (ts, marker, payload.to_vec()));
-        let level = (kind == MediaKind::Audio).then_some(30);
+        let level = (kind == MediaKind::Audio).then_some(self.audio_level);
         self.send_rtp_raw(ssrc, pt, seq, roc, ts, marker, payload, level);
         seq
     }

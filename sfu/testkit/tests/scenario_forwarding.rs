@@ -449,3 +449,37 @@ fn transport_wide_feedback_reaches_publishers_and_subscribers_get_our_own_sequen
         assert_eq!(seqs[0], 0, "starts at zero for each subscriber");
     }
 }
+
+#[test]
+fn the_loudest_publisher_becomes_the_active_speaker() {
+    let mut net = SimNetwork::new(23, |_| {});
+    net.add_peer("anna", &[MediaKind::Audio, MediaKind::Video]);
+    net.add_peer("bo", &[MediaKind::Audio, MediaKind::Video]);
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    let speakers = |net: &SimNetwork| -> Vec<String> {
+        net.events
+            .iter()
+            .filter_map(|e| match e {
+                sfu_proto::Event::ActiveSpeaker { participant, .. } => {
+                    Some(participant.to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    net.peers[0].audio_level = 20; // speaking
+    net.peers[1].audio_level = 110; // near silence
+    let mut tick = 0;
+    net.run(Duration::from_secs(2), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    assert_eq!(speakers(&net), vec!["anna".to_owned()]);
+    net.peers[0].audio_level = 110;
+    net.peers[1].audio_level = 15;
+    net.run(Duration::from_secs(2), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    assert_eq!(speakers(&net), vec!["anna".to_owned(), "bo".to_owned()]);
+}
