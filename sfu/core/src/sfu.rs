@@ -73,6 +73,9 @@ struct Room {
     speaker: Option<usize>,
 }
 
+/// Source addresses remembered per participant for routing STUN responses.
+const MAX_STUN_ADDRS_PER_PARTICIPANT: usize = 16;
+
 /// Decides which of a participant's datagrams matter; keeps ufrag parsing out of the hot path.
 fn stun_username_ufrag(datagram: &[u8]) -> Option<&str> {
     // RFC 5389: 20-byte header, then TLV attributes; USERNAME is 0x0006 ("ours:theirs").
@@ -569,17 +572,23 @@ impl Sfu {
         let answer = RemoteDescription::parse(sdp).map_err(|e| e.to_string())?;
         let p = self.participant_mut(idx);
         for m in &answer.media {
-            if !m.rejected {
-                continue;
-            }
-            // A subscriber that refused an m-line gets nothing on it.
-            if let Some(LineRole::Subscribe { subscription }) = p
+            let Some(LineRole::Subscribe { subscription }) = p
                 .lines
                 .iter()
                 .find(|l| l.mid == m.mid)
                 .map(|l| l.role.clone())
+            else {
+                continue;
+            };
+            let s = &mut p.subscriptions[subscription];
+            if m.rejected {
+                // A subscriber that refused an m-line gets nothing on it.
+                s.active = false;
+            } else if let Some(rtx) = s.rtx_payload_type
+                && !m.codecs.iter().any(|c| c.payload_type == rtx)
             {
-                p.subscriptions[subscription].active = false;
+                // No RTX in the answer: retransmit on the media stream itself.
+                s.rtx_payload_type = None;
             }
         }
         p.awaiting_answer = false;
@@ -893,7 +902,11 @@ impl Sfu {
             self.counters.dropped_unknown_source += 1;
             return;
         };
-        if let std::collections::hash_map::Entry::Vacant(e) = self.by_stun_addr.entry(from) {
+        // Bounded: a participant has a handful of candidates; a flood of checks from new ports
+        // (before their integrity is verified) must not grow the table.
+        if self.participant(idx).stun_addrs.len() < MAX_STUN_ADDRS_PER_PARTICIPANT
+            && let std::collections::hash_map::Entry::Vacant(e) = self.by_stun_addr.entry(from)
+        {
             e.insert(idx);
             self.participant_mut(idx).stun_addrs.push(from);
         }

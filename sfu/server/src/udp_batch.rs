@@ -13,8 +13,9 @@ pub const RECV_BUF_SIZE: usize = 64 * 1024;
 pub struct UdpBatch {
     socket: UdpSocket,
     state: quinn_udp::UdpSocketState,
-    bufs: Vec<Vec<u8>>,
-    meta: Vec<quinn_udp::RecvMeta>,
+    /// `BATCH_SIZE` receive buffers of `RECV_BUF_SIZE`, back to back.
+    buf: Vec<u8>,
+    meta: [quinn_udp::RecvMeta; quinn_udp::BATCH_SIZE],
 }
 
 impl std::fmt::Debug for UdpBatch {
@@ -39,12 +40,11 @@ impl UdpBatch {
         socket.set_nonblocking(true)?;
         let socket: UdpSocket = socket.into();
         let state = quinn_udp::UdpSocketState::new((&socket).into())?;
-        let batch = quinn_udp::BATCH_SIZE.max(1);
         Ok(Self {
             socket,
             state,
-            bufs: (0..batch).map(|_| vec![0u8; RECV_BUF_SIZE]).collect(),
-            meta: vec![quinn_udp::RecvMeta::default(); batch],
+            buf: vec![0u8; quinn_udp::BATCH_SIZE * RECV_BUF_SIZE],
+            meta: [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE],
         })
     }
 
@@ -71,8 +71,10 @@ impl UdpBatch {
         &mut self,
         mut on_datagram: impl FnMut(SocketAddr, &mut [u8]),
     ) -> io::Result<usize> {
-        let mut slices: Vec<IoSliceMut<'_>> =
-            self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        // Slices over the worker's own buffer, on the stack: no allocation per batch.
+        let mut chunks = self.buf.chunks_mut(RECV_BUF_SIZE);
+        let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+            std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
         let n = match self
             .state
             .recv((&self.socket).into(), &mut slices, &mut self.meta)
@@ -81,12 +83,18 @@ impl UdpBatch {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => return Err(e),
         };
-        drop(slices);
         let mut count = 0;
         for i in 0..n {
             let meta = self.meta[i];
             let stride = meta.stride.max(1);
-            let buf = &mut self.bufs[i][..meta.len];
+            let start = i * RECV_BUF_SIZE;
+            let buf = &mut self.buf[start..start + meta.len.min(RECV_BUF_SIZE)];
+            if buf.is_empty() {
+                // An empty datagram is still input: the core counts it as malformed.
+                on_datagram(meta.addr, buf);
+                count += 1;
+                continue;
+            }
             for chunk in buf.chunks_mut(stride) {
                 on_datagram(meta.addr, chunk);
                 count += 1;
