@@ -1,9 +1,11 @@
 //! `sfu`: a standalone SFU node. It dials the signaling service over QUIC (mutual TLS with the
 //! cluster CA), runs one worker per core, and forwards media for the rooms signaling places on it.
 
+use anyhow::Context;
 use clap::Parser;
 use sfu_server::cluster_tls::ClusterTls;
 use sfu_server::control_client::{self, ControlClientConfig};
+use sfu_server::node_file_config::NodeFileConfig;
 use sfu_server::{NodeConfig, SfuNode};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -17,32 +19,36 @@ use std::time::Duration;
     about = "Standalone SFU media node, driven by the signaling service over QUIC"
 )]
 struct Args {
+    /// TOML config file (configs/sfu-node.toml shows every key); flags override it.
+    #[arg(long, env = "SFU_CONFIG")]
+    config: Option<PathBuf>,
     /// Signaling's control address (its --sfu-listen).
     #[arg(long, env = "SFU_SIGNALING_ADDR")]
-    signaling: SocketAddr,
-    /// The name in signaling's cluster certificate.
-    #[arg(long, env = "SFU_SIGNALING_NAME", default_value = "signaling")]
-    signaling_name: String,
+    signaling: Option<SocketAddr>,
+    /// The name in signaling's cluster certificate (default "signaling").
+    #[arg(long, env = "SFU_SIGNALING_NAME")]
+    signaling_name: Option<String>,
     #[arg(long, env = "SFU_CLUSTER_CA")]
-    cluster_ca: PathBuf,
+    cluster_ca: Option<PathBuf>,
     #[arg(long, env = "SFU_CLUSTER_CERT")]
-    cluster_cert: PathBuf,
+    cluster_cert: Option<PathBuf>,
     #[arg(long, env = "SFU_CLUSTER_KEY")]
-    cluster_key: PathBuf,
+    cluster_key: Option<PathBuf>,
     /// This node's name in logs and load reports (defaults to the host name).
     #[arg(long, env = "SFU_NODE_ID")]
     node_id: Option<String>,
     /// Worker threads (0 = one per core).
-    #[arg(long, env = "SFU_WORKERS", default_value_t = 0)]
-    workers: usize,
-    #[arg(long, env = "SFU_BIND_IP", default_value = "0.0.0.0")]
-    bind_ip: IpAddr,
+    #[arg(long, env = "SFU_WORKERS")]
+    workers: Option<usize>,
+    /// Address the UDP sockets bind to (default 0.0.0.0).
+    #[arg(long, env = "SFU_BIND_IP")]
+    bind_ip: Option<IpAddr>,
     /// First UDP port; worker i uses base + i (0 = ephemeral).
-    #[arg(long, env = "SFU_UDP_PORT_BASE", default_value_t = 0)]
-    udp_port_base: u16,
+    #[arg(long, env = "SFU_UDP_PORT_BASE")]
+    udp_port_base: Option<u16>,
     /// The address clients reach this node's UDP ports at.
     #[arg(long, env = "SFU_ADVERTISE_IP")]
-    advertise_ip: IpAddr,
+    advertise_ip: Option<IpAddr>,
     /// Pin worker i to core i.
     #[arg(long, env = "SFU_PIN_CORES")]
     pin_cores: bool,
@@ -57,23 +63,57 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let file = match &args.config {
+        Some(path) => NodeFileConfig::load(path)?,
+        None => NodeFileConfig::default(),
+    };
+    let signaling = file.signaling.unwrap_or_default();
+    let cluster = file.cluster.unwrap_or_default();
+    let udp = file.udp.unwrap_or_default();
+    let signaling_addr = args
+        .signaling
+        .or(signaling.addr)
+        .context("signaling.addr (--signaling) is required")?;
+    let signaling_name = args
+        .signaling_name
+        .or(signaling.name)
+        .unwrap_or_else(|| "signaling".into());
+    let ca = args
+        .cluster_ca
+        .or(cluster.ca)
+        .context("cluster.ca (--cluster-ca) is required")?;
+    let cert = args
+        .cluster_cert
+        .or(cluster.cert)
+        .context("cluster.cert (--cluster-cert) is required")?;
+    let key = args
+        .cluster_key
+        .or(cluster.key)
+        .context("cluster.key (--cluster-key) is required")?;
+    let advertise_ip = args
+        .advertise_ip
+        .or(udp.advertise_ip)
+        .context("udp.advertise_ip (--advertise-ip) is required")?;
+    let metrics_listen = args.metrics_listen.or(file.metrics.and_then(|m| m.listen));
+    let log_json = args.log_json || file.log.and_then(|l| l.json).unwrap_or(false);
+    let node_id = args.node_id.or(file.node_id);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
-    if args.log_json {
+    if log_json {
         builder.json().init();
     } else {
         builder.init();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = ClusterTls::load(&args.cluster_ca, &args.cluster_cert, &args.cluster_key)?;
+    let tls = ClusterTls::load(&ca, &cert, &key)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        if let Some(addr) = args.metrics_listen {
+        if let Some(addr) = metrics_listen {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
                 .install()?;
@@ -81,26 +121,29 @@ fn main() -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let node = SfuNode::start(
             &NodeConfig {
-                workers: args.workers,
-                bind_ip: args.bind_ip,
-                udp_port_base: args.udp_port_base,
-                advertised_ip: args.advertise_ip,
-                pin_cores: args.pin_cores,
+                workers: args.workers.or(udp.workers).unwrap_or(0),
+                bind_ip: args
+                    .bind_ip
+                    .or(udp.bind_ip)
+                    .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                udp_port_base: args.udp_port_base.or(udp.port_base).unwrap_or(0),
+                advertised_ip: advertise_ip,
+                pin_cores: args.pin_cores || udp.pin_cores.unwrap_or(false),
                 ..Default::default()
             },
             move |e| {
                 let _ = tx.send(e);
             },
         )?;
-        let node_id = args.node_id.unwrap_or_else(|| {
+        let node_id = node_id.unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| "sfu".into())
         });
         control_client::run(
             ControlClientConfig {
-                signaling: args.signaling,
-                server_name: args.signaling_name,
+                signaling: signaling_addr,
+                server_name: signaling_name,
                 node_id,
                 load_interval: Duration::from_millis(args.load_interval_ms.max(100)),
             },
