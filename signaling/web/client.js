@@ -116,6 +116,7 @@ async function start() {
         await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
         break;
       case "offer": {
+        state.offers = (state.offers || 0) + 1;
         await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
         const answer = await pc.createAnswer();
         await pc.setLocalDescription(answer);

@@ -34,6 +34,24 @@ async function twoBrowserCall(server) {
     const tiles = await a.evaluate(() => [...window.hcState.tiles.keys()]);
     assert.equal(tiles.length, 1, "the clinician sees exactly one remote participant");
     assert.notEqual(tiles[0], await a.evaluate(() => window.hcState.participant));
+
+    // The patient leaves: the clinician's browser accepts the SFU's offer that stops those
+    // m-lines, drops the tile and stays connected.
+    await b.click("#leave");
+    const after = await waitFor(async () => {
+      const s = await a.evaluate(() => ({
+        tiles: window.hcState.tiles.size,
+        signaling: window.hcState.pc.signalingState,
+        connection: window.hcState.pc.connectionState,
+        errors: window.hcState.errors,
+        offers: window.hcState.offers,
+        // Stopped transceivers disappear; none is left receiving.
+        receiving: window.hcState.pc.getTransceivers().filter((t) => t.currentDirection === "recvonly").length,
+      }));
+      return { ok: s.tiles === 0 && s.receiving === 0 && s.offers >= 2 && s.signaling === "stable", s };
+    }, { timeout: 15000, what: "the clinician to process the patient's departure" });
+    assert.deepEqual(after.s.errors, [], "no renegotiation errors");
+    assert.equal(after.s.connection, "connected");
   } finally {
     await browser.close();
   }

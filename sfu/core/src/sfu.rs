@@ -18,7 +18,7 @@ use crate::remote_description::{RemoteDescription, SdpError};
 use crate::rtcp_writer::{self, ReportBlock};
 use crate::rtp_header::{HeaderWriter, PacketClass, RtpHeader, classify};
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
-use crate::subscription::Subscription;
+use crate::subscription::{OutStreamIds, Subscription};
 use crate::track::Track;
 use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
 use crate::twcc_feedback::TwccRecorder;
@@ -475,7 +475,7 @@ impl Sfu {
                                 }
                             }
                             _ => LineContent::Rejected {
-                                media: if s.rtx_payload_type.is_some() {
+                                media: if s.kind == MediaKind::Video {
                                     "video".into()
                                 } else {
                                     "audio".into()
@@ -718,15 +718,14 @@ impl Sfu {
             }
         };
         let s = p.subscriptions.len();
-        p.subscriptions.push(Subscription::new(
-            track,
-            mid.clone(),
+        let ids = OutStreamIds {
             ssrc,
             rtx_ssrc,
-            pt,
-            rtx_pt,
-            seed,
-        ));
+            payload_type: pt,
+            rtx_payload_type: rtx_pt,
+        };
+        p.subscriptions
+            .push(Subscription::new(track, kind, mid.clone(), ids, seed));
         p.lines.push(MediaLine {
             mid,
             role: LineRole::Subscribe { subscription: s },

@@ -1,9 +1,22 @@
 //! A subscription (consumer): one published track sent to one subscriber, with its own SSRC and
 //! the sequence-number and timestamp offsets that keep the subscriber's stream continuous.
 
+use sfu_proto::MediaKind;
+
+/// What identifies a subscription's streams toward its subscriber.
+#[derive(Debug, Clone, Copy)]
+pub struct OutStreamIds {
+    pub ssrc: u32,
+    pub rtx_ssrc: u32,
+    pub payload_type: u8,
+    pub rtx_payload_type: Option<u8>,
+}
+
 #[derive(Debug)]
 pub struct Subscription {
     pub track: usize,
+    /// Fixed for the m-line's life, even after the track is gone (an m-line never changes kind).
+    pub kind: MediaKind,
     pub mid: String,
     pub ssrc: u32,
     pub rtx_ssrc: u32,
@@ -30,22 +43,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn new(
-        track: usize,
-        mid: String,
-        ssrc: u32,
-        rtx_ssrc: u32,
-        payload_type: u8,
-        rtx_payload_type: Option<u8>,
-        seed: u32,
-    ) -> Self {
+    pub fn new(track: usize, kind: MediaKind, mid: String, ids: OutStreamIds, seed: u32) -> Self {
         Self {
             track,
+            kind,
             mid,
-            ssrc,
-            rtx_ssrc,
-            payload_type,
-            rtx_payload_type,
+            ssrc: ids.ssrc,
+            rtx_ssrc: ids.rtx_ssrc,
+            payload_type: ids.payload_type,
+            rtx_payload_type: ids.rtx_payload_type,
             seq_delta: None,
             ts_delta: 0,
             // Rollover counter 0 at the start, as the receiver assumes (RFC 3711 §3.3.1).
@@ -91,7 +97,13 @@ mod tests {
 
     #[test]
     fn mapping_is_continuous_and_reversible() {
-        let mut s = Subscription::new(0, "1".into(), 5, 6, 96, Some(97), 12345);
+        let ids = OutStreamIds {
+            ssrc: 5,
+            rtx_ssrc: 6,
+            payload_type: 96,
+            rtx_payload_type: Some(97),
+        };
+        let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 12345);
         let (a, ta) = s.map(70_000, 1000);
         assert_eq!(a >> 16, 0, "subscribers start at rollover 0");
         let (b, tb) = s.map(70_001, 4000);
