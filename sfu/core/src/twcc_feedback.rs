@@ -2,13 +2,12 @@
 //! toward a publisher: records when each transport-wide sequence number arrived and writes the
 //! RTCP feedback its browser's bandwidth estimator needs.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Packets described by one feedback message at most (keeps it well under the MTU).
 const MAX_PER_FEEDBACK: u64 = 300;
-/// Arrivals older than this are forgotten unreported (the sender stopped caring long ago).
-const MAX_PENDING: usize = 4096;
+/// Arrivals remembered between feedbacks: a fixed ring, so recording never allocates.
+const RING: usize = 4096;
 
 #[derive(Debug)]
 pub struct TwccRecorder {
@@ -16,7 +15,8 @@ pub struct TwccRecorder {
     highest: Option<u64>,
     /// First sequence number not yet reported.
     next_report: Option<u64>,
-    arrivals: BTreeMap<u64, Instant>,
+    /// Arrival time by extended sequence number modulo `RING`.
+    arrivals: Vec<Option<(u64, Instant)>>,
     feedback_count: u8,
 }
 
@@ -26,7 +26,7 @@ impl TwccRecorder {
             epoch,
             highest: None,
             next_report: None,
-            arrivals: BTreeMap::new(),
+            arrivals: Vec::new(),
             feedback_count: 0,
         }
     }
@@ -38,7 +38,18 @@ impl TwccRecorder {
         }
     }
 
+    fn arrival(&self, ext: u64) -> Option<Instant> {
+        match self.arrivals.get((ext % RING as u64) as usize) {
+            Some(Some((e, at))) if *e == ext => Some(*at),
+            _ => None,
+        }
+    }
+
     pub fn record(&mut self, seq: u16, now: Instant) {
+        if self.arrivals.is_empty() {
+            // Only participants that negotiated transport-cc pay for the ring.
+            self.arrivals = vec![None; RING];
+        }
         let ext = self.extend(seq);
         if self.next_report.is_some_and(|n| ext < n) {
             return; // already reported as lost; too late to matter
@@ -46,21 +57,16 @@ impl TwccRecorder {
         if self.highest.is_none_or(|h| ext > h) {
             self.highest = Some(ext);
         }
-        self.next_report.get_or_insert(ext);
-        if self.arrivals.len() >= MAX_PENDING {
-            self.arrivals.pop_first();
+        let next = *self.next_report.get_or_insert(ext);
+        // A sender far ahead of our reports: give up on what the ring can no longer hold.
+        if ext >= next + RING as u64 {
+            self.next_report = Some(ext + 1 - RING as u64);
         }
-        self.arrivals.entry(ext).or_insert(now);
-        if let Some(&first) = self.arrivals.keys().next()
-            && self.next_report.is_some_and(|n| n < first)
-            && self.arrivals.len() >= MAX_PENDING
-        {
-            self.next_report = Some(first);
-        }
+        self.arrivals[(ext % RING as u64) as usize] = Some((ext, now));
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.arrivals.is_empty()
+        matches!((self.next_report, self.highest), (Some(n), Some(h)) if n <= h)
     }
 
     /// Writes one feedback message into `buf` (which must hold 1500 bytes) covering the oldest
@@ -71,15 +77,20 @@ impl TwccRecorder {
         sender_ssrc: u32,
         media_ssrc: u32,
     ) -> Option<usize> {
-        let start = self.next_report?;
-        let (&first_arrived, _) = self.arrivals.iter().next()?;
-        let start = start.min(first_arrived);
-        let last_arrived = *self.arrivals.keys().next_back()?;
-        let end = last_arrived.min(start + MAX_PER_FEEDBACK - 1);
+        let (mut start, highest) = (self.next_report?, self.highest?);
+        // Skip leading sequence numbers that never arrived: a feedback starts at an arrival.
+        while start <= highest && self.arrival(start).is_none() {
+            start += 1;
+        }
+        if start > highest {
+            self.next_report = Some(start);
+            return None;
+        }
+        let end = highest.min(start + MAX_PER_FEEDBACK - 1);
         let count = (end - start + 1) as usize;
 
         // Reference time: the first reported arrival, in 64 ms units from our epoch.
-        let first_time = *self.arrivals.range(start..=end).next()?.1;
+        let first_time = self.arrival(start)?;
         let since_epoch = first_time.saturating_duration_since(self.epoch);
         let reference = (since_epoch.as_micros() / 64_000) as u32 & 0x00ff_ffff;
         let mut previous = self.epoch + Duration::from_micros(reference as u64 * 64_000);
@@ -103,9 +114,9 @@ impl TwccRecorder {
                 if seq > end {
                     break;
                 }
-                let symbol: u16 = match self.arrivals.get(&seq) {
+                let symbol: u16 = match self.arrival(seq) {
                     None => 0,
-                    Some(&at) => {
+                    Some(at) => {
                         let delta_us = if at >= previous {
                             at.duration_since(previous).as_micros() as i64
                         } else {
@@ -145,7 +156,6 @@ impl TwccRecorder {
         buf[1] = 205;
         buf[2..4].copy_from_slice(&((len / 4 - 1) as u16).to_be_bytes());
 
-        self.arrivals = self.arrivals.split_off(&(end + 1));
         self.next_report = Some(end + 1);
         Some(len)
     }
