@@ -152,23 +152,6 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if json {
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .json()
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init();
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -229,7 +212,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = file.tls.unwrap_or_default();
     let tokens = file.tokens.unwrap_or_default();
     let sfu = file.sfu.unwrap_or_default();
-    init_logging(args.log_json || file.log.and_then(|l| l.json).unwrap_or(false));
+    sfu_server::logging::init(args.log_json || file.log.and_then(|l| l.json).unwrap_or(false));
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let listen = args

@@ -206,31 +206,15 @@ pub fn write(
             } => {
                 let mut formats = vec![codec.payload_type.to_string()];
                 let rtx_pt = match media_kind {
-                    MediaKind::Video => Some(match kind {
-                        SdpKind::Answer => codec.rtx_payload_type,
-                        SdpKind::Offer => Some(codec.subscriber_rtx_payload_type()),
-                    })
-                    .flatten(),
+                    MediaKind::Video => codec.rtx_payload_type,
                     MediaKind::Audio => None,
                 };
                 if let Some(rtx) = rtx_pt {
                     formats.push(rtx.to_string());
                 }
-                let mut a = vec![
-                    attr("rtcp", format!("9 IN {addr_type} 0.0.0.0")),
-                    attr("ice-ufrag", t.ice_ufrag),
-                    attr("ice-pwd", t.ice_pwd),
-                    attr("ice-options", "ice2"),
-                    attr("fingerprint", format!("sha-256 {}", t.fingerprint)),
-                    attr(
-                        "setup",
-                        match kind {
-                            SdpKind::Offer => "actpass",
-                            SdpKind::Answer => "passive",
-                        },
-                    ),
-                    attr("mid", line.mid.clone()),
-                ];
+                let mut a = vec![attr("rtcp", format!("9 IN {addr_type} 0.0.0.0"))];
+                a.extend(transport_attrs());
+                a.push(attr("mid", line.mid.clone()));
                 for (id, uri) in extmaps {
                     a.push(attr("extmap", format!("{id} {uri}")));
                 }
@@ -308,19 +292,7 @@ pub fn write(
                         formats,
                     },
                     media_title: None,
-                    connection_information: Some(ConnectionInformation {
-                        network_type: "IN".into(),
-                        address_type: addr_type.into(),
-                        address: Some(Address {
-                            address: if ip.is_ipv4() {
-                                "0.0.0.0".into()
-                            } else {
-                                "::".into()
-                            },
-                            ttl: None,
-                            range: None,
-                        }),
-                    }),
+                    connection_information: Some(connection()),
                     bandwidth: vec![],
                     encryption_key: None,
                     attributes: a,

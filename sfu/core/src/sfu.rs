@@ -235,15 +235,7 @@ impl Sfu {
             }
             Command::RequestKeyframe { participant } => {
                 if let Some(&idx) = self.by_id.get(&participant) {
-                    let tracks: Vec<usize> = self
-                        .participant(idx)
-                        .subscriptions
-                        .iter()
-                        .map(|s| s.track)
-                        .collect();
-                    for t in tracks {
-                        self.request_keyframe(now, t, out);
-                    }
+                    self.request_keyframes_for(now, idx, out);
                 }
                 Ok(())
             }
@@ -956,15 +948,7 @@ impl Sfu {
             p.connected = true;
             let participant = p.id.clone();
             self.events.push_back(Event::Connected { participant });
-            let tracks: Vec<usize> = self
-                .participant(idx)
-                .subscriptions
-                .iter()
-                .map(|s| s.track)
-                .collect();
-            for t in tracks {
-                self.request_keyframe(now, t, out);
-            }
+            self.request_keyframes_for(now, idx, out);
         }
         if let Some(cause) = closed {
             let reason = match cause {
@@ -1273,6 +1257,20 @@ impl Sfu {
             .map(|s| s.track);
         if let Some(t) = track {
             self.counters.keyframe_requests_in += 1;
+            self.request_keyframe(now, t, out);
+        }
+    }
+
+    /// Asks the publishers of everything `idx` receives for a keyframe (throttled per track).
+    fn request_keyframes_for(&mut self, now: Instant, idx: usize, out: &mut TransmitBatch) {
+        let tracks: Vec<usize> = self
+            .participant(idx)
+            .subscriptions
+            .iter()
+            .filter(|s| s.active)
+            .map(|s| s.track)
+            .collect();
+        for t in tracks {
             self.request_keyframe(now, t, out);
         }
     }

@@ -4,6 +4,7 @@
 pub mod cluster_tls;
 pub mod control_client;
 pub mod control_stream;
+pub mod logging;
 pub mod node;
 pub mod node_file_config;
 pub mod udp_batch;

@@ -97,16 +97,7 @@ fn main() -> anyhow::Result<()> {
     let metrics_listen = args.metrics_listen.or(file.metrics.and_then(|m| m.listen));
     let log_json = args.log_json || file.log.and_then(|l| l.json).unwrap_or(false);
     let node_id = args.node_id.or(file.node_id);
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    if log_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    sfu_server::logging::init(log_json);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = ClusterTls::load(&ca, &cert, &key)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
