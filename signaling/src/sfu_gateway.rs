@@ -7,7 +7,7 @@ use sfu_proto::{
     Command, ControlMessage, DisconnectReason, Event, LoadReport, PROTOCOL_VERSION, ParticipantId,
     RoomId,
 };
-use sfu_server::control_stream::{read_message, write_message};
+use sfu_server::control_stream::{ControlStreamError, read_message, spawn_reader, write_message};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -79,7 +79,7 @@ impl RemoteSfu {
                 }
                 (node_id, workers)
             }
-            other => anyhow::bail!("expected hello, got {other:?}"),
+            other => anyhow::bail!("expected hello, got a {}", other.kind()),
         };
         let (tx, mut rx) = unbounded_channel::<Command>();
         let key = {
@@ -101,6 +101,7 @@ impl RemoteSfu {
             key
         };
         tracing::info!(node = %node_id, workers, remote = %conn.remote_address(), "SFU node connected");
+        let mut incoming = spawn_reader(recv);
         let result: anyhow::Result<()> = async {
             loop {
                 tokio::select! {
@@ -108,7 +109,7 @@ impl RemoteSfu {
                         Some(cmd) => write_message(&mut send, &ControlMessage::Command(cmd)).await?,
                         None => return Ok(()),
                     },
-                    msg = read_message(&mut recv) => match msg? {
+                    msg = incoming.recv() => match msg.ok_or(ControlStreamError::Closed)?? {
                         ControlMessage::Event(Event::Load(report)) => {
                             if let Ok(mut p) = self.placement.lock()
                                 && let Some(n) = p.nodes.get_mut(&key)
@@ -125,7 +126,7 @@ impl RemoteSfu {
                             }
                             let _ = self.events.send(event);
                         }
-                        other => tracing::warn!(node = %node_id, ?other, "unexpected control message"),
+                        other => tracing::warn!(node = %node_id, kind = other.kind(), "unexpected control message"),
                     },
                 }
             }

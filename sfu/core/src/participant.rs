@@ -7,6 +7,7 @@ use crate::subscription::Subscription;
 use crate::twcc_feedback::TwccRecorder;
 use sfu_proto::{MediaKind, ParticipantId, Permissions, RoomId};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 /// Header extension ids as negotiated with this participant (0 = not negotiated).
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,6 +59,8 @@ pub struct Participant {
     pub subscriptions: Vec<Subscription>,
     pub srtcp_index: u32,
     pub awaiting_answer: bool,
+    /// When the outstanding SFU offer went out (re-sent after a timeout).
+    pub offer_sent_at: Option<Instant>,
     pub renegotiation_pending: bool,
     pub sdp_session_id: u64,
     pub sdp_version: u64,

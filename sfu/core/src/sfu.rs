@@ -73,6 +73,14 @@ struct Room {
     speaker: Option<usize>,
 }
 
+/// m-lines one participant's session may hold (its own and the SFU's together).
+const MAX_LINES_PER_PARTICIPANT: usize = 64;
+/// Tracks one participant may publish; further sending m-lines are answered inactive.
+const MAX_AUDIO_TRACKS: usize = 2;
+const MAX_VIDEO_TRACKS: usize = 4;
+/// An SFU offer not answered within this long is sent again (the browser may have failed it).
+const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Source addresses remembered per participant for routing STUN responses.
 const MAX_STUN_ADDRS_PER_PARTICIPANT: usize = 16;
 
@@ -113,6 +121,8 @@ pub struct Sfu {
     next_report: Option<Instant>,
     next_twcc: Option<Instant>,
     next_speaker: Option<Instant>,
+    /// The latest `now` seen, for bookkeeping in paths that take no time argument.
+    clock: Option<Instant>,
     nack_scratch: Vec<u16>,
     rtcp_scratch: Vec<u8>,
     ssrc_seed: u32,
@@ -146,9 +156,11 @@ impl Sfu {
             next_report: None,
             next_twcc: None,
             next_speaker: None,
+            clock: None,
             nack_scratch: Vec::with_capacity(64),
             rtcp_scratch: vec![0; SLOT_SIZE],
-            ssrc_seed: rand::random(),
+            // xorshift never leaves zero.
+            ssrc_seed: rand::random::<u32>() | 1,
         }
     }
 
@@ -192,6 +204,7 @@ impl Sfu {
     // ----- commands -----------------------------------------------------------------------
 
     pub fn handle_command(&mut self, now: Instant, command: Command, out: &mut TransmitBatch) {
+        self.clock = Some(now);
         if self.next_tick.is_none() {
             self.next_tick = Some(now + self.config.tick);
         }
@@ -206,7 +219,7 @@ impl Sfu {
             Command::Answer {
                 participant,
                 answer_sdp,
-            } => self.apply_answer(now, &participant, &answer_sdp),
+            } => self.apply_answer(now, &participant, &answer_sdp, out),
             Command::Offer {
                 participant,
                 offer_sdp,
@@ -274,6 +287,11 @@ impl Sfu {
             return Err(format!("participant {id} already exists"));
         }
         let offer = RemoteDescription::parse(offer_sdp).map_err(|e: SdpError| e.to_string())?;
+        if offer.media.len() > MAX_LINES_PER_PARTICIPANT {
+            return Err(format!(
+                "an offer may hold at most {MAX_LINES_PER_PARTICIPANT} m-lines"
+            ));
+        }
         let transport = PeerTransport::new(
             now,
             self.config.transport.clone(),
@@ -298,6 +316,7 @@ impl Sfu {
             subscriptions: Vec::new(),
             srtcp_index: 0,
             awaiting_answer: false,
+            offer_sent_at: None,
             renegotiation_pending: false,
             sdp_session_id: u64::from(self.new_ssrc()) << 16,
             sdp_version: 1,
@@ -348,8 +367,21 @@ impl Sfu {
                 continue;
             }
             let codec = m.kind.and_then(|k| CodecParams::choose(k, &m.codecs));
+            let published_of = |kind: MediaKind| {
+                self.participant(idx)
+                    .published
+                    .iter()
+                    .filter(|&&t| self.tracks[t].as_ref().is_some_and(|t| t.kind == kind))
+                    .count()
+            };
+            let room_for = |kind: MediaKind| match kind {
+                MediaKind::Audio => published_of(kind) < MAX_AUDIO_TRACKS,
+                MediaKind::Video => published_of(kind) < MAX_VIDEO_TRACKS,
+            };
             let role = match (m.kind, codec, m.rejected) {
-                (Some(kind), Some(codec), false) if m.direction.remote_sends() => {
+                (Some(kind), Some(codec), false)
+                    if m.direction.remote_sends() && room_for(kind) =>
+                {
                     let pid = self.participant(idx).id.clone();
                     let mut track = Track::new(
                         TrackId(format!("{}/{}", pid, m.mid)),
@@ -535,6 +567,7 @@ impl Sfu {
 
     /// Sends an SFU offer now, or as soon as the outstanding one is answered.
     fn renegotiate(&mut self, idx: usize) {
+        let clock = self.clock;
         let p = self.participant_mut(idx);
         if p.awaiting_answer {
             p.renegotiation_pending = true;
@@ -542,6 +575,7 @@ impl Sfu {
         }
         p.awaiting_answer = true;
         p.renegotiation_pending = false;
+        p.offer_sent_at = clock;
         for s in &mut p.subscriptions {
             s.offered = true;
         }
@@ -553,7 +587,13 @@ impl Sfu {
         });
     }
 
-    fn apply_answer(&mut self, _now: Instant, id: &ParticipantId, sdp: &str) -> Result<(), String> {
+    fn apply_answer(
+        &mut self,
+        now: Instant,
+        id: &ParticipantId,
+        sdp: &str,
+        out: &mut TransmitBatch,
+    ) -> Result<(), String> {
         let idx = *self
             .by_id
             .get(id)
@@ -561,7 +601,17 @@ impl Sfu {
         if !self.participant(idx).awaiting_answer {
             return Err("no offer is outstanding".into());
         }
-        let answer = RemoteDescription::parse(sdp).map_err(|e| e.to_string())?;
+        let answer = match RemoteDescription::parse(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                // The offer failed on the client's side: try again with the next change (or
+                // the timeout) rather than waiting forever.
+                let p = self.participant_mut(idx);
+                p.awaiting_answer = false;
+                p.renegotiation_pending = true;
+                return Err(e.to_string());
+            }
+        };
         let p = self.participant_mut(idx);
         for m in &answer.media {
             let Some(LineRole::Subscribe { subscription }) = p
@@ -579,16 +629,24 @@ impl Sfu {
             } else if let Some(rtx) = s.rtx_payload_type
                 && !m.codecs.iter().any(|c| c.payload_type == rtx)
             {
-                // No RTX in the answer: retransmit on the media stream itself.
+                // No RTX in the answer: no retransmissions (see `retransmit`).
                 s.rtx_payload_type = None;
             }
         }
         p.awaiting_answer = false;
+        p.offer_sent_at = None;
+        let mut newly = Vec::new();
         for s in &mut p.subscriptions {
-            if s.offered {
+            if s.offered && !s.negotiated {
                 s.negotiated = true;
+                newly.push(s.track);
             }
         }
+        // Subscribers' decoders start with a keyframe.
+        for t in newly {
+            self.request_keyframe(now, t, out);
+        }
+        let p = self.participant_mut(idx);
         if p.renegotiation_pending {
             self.renegotiate(idx);
         }
@@ -610,6 +668,17 @@ impl Sfu {
             return Err("an SFU offer is outstanding; answer it first".into());
         }
         let offer = RemoteDescription::parse(sdp).map_err(|e| e.to_string())?;
+        let p = self.participant(idx);
+        let new_lines = offer
+            .media
+            .iter()
+            .filter(|m| !p.lines.iter().any(|l| l.mid == m.mid))
+            .count();
+        if p.lines.len() + new_lines > MAX_LINES_PER_PARTICIPANT {
+            return Err(format!(
+                "a session may hold at most {MAX_LINES_PER_PARTICIPANT} m-lines"
+            ));
+        }
         let new_tracks = self.negotiate_offer(idx, &offer);
         self.answer(idx);
         self.on_tracks_published(idx, &new_tracks);
@@ -632,6 +701,16 @@ impl Sfu {
                 },
             });
         }
+        self.offer_tracks_to_room(publisher, tracks);
+    }
+
+    /// Subscribes the publisher's room to `tracks`, unless the publisher may not publish: nobody
+    /// is even offered a waiting participant's tracks (an m-line would reveal they are there).
+    fn offer_tracks_to_room(&mut self, publisher: usize, tracks: &[usize]) {
+        if tracks.is_empty() || !self.participant(publisher).permissions.publish {
+            return;
+        }
+        let room = self.participant(publisher).room.clone();
         let members = self
             .rooms
             .get(&room)
@@ -651,6 +730,28 @@ impl Sfu {
         }
     }
 
+    /// Withdraws the publisher's tracks from everyone who receives them.
+    fn withdraw_tracks(&mut self, publisher: usize) {
+        let published = self.participant(publisher).published.clone();
+        let mut affected = Vec::new();
+        for t in published {
+            let Some(track) = self.tracks[t].as_mut() else {
+                continue;
+            };
+            for (sp, ss) in std::mem::take(&mut track.subscribers) {
+                if let Some(sub) = self.participants[sp].as_mut() {
+                    sub.subscriptions[ss].active = false;
+                    if !affected.contains(&sp) {
+                        affected.push(sp);
+                    }
+                }
+            }
+        }
+        for sp in affected {
+            self.renegotiate(sp);
+        }
+    }
+
     /// Subscribes `idx` to every track of the others in its room it does not yet receive.
     fn subscribe_to_room(&mut self, idx: usize) {
         if !self.participant(idx).permissions.subscribe {
@@ -664,7 +765,7 @@ impl Sfu {
             .unwrap_or_default();
         let mut added = false;
         for m in members {
-            if m == idx {
+            if m == idx || !self.participant(m).permissions.publish {
                 continue;
             }
             let published = self.participant(m).published.clone();
@@ -769,11 +870,16 @@ impl Sfu {
             self.subscribe_to_room(idx);
         }
         if !before.publish && permissions.publish {
-            // Media starts flowing now: everyone needs a keyframe.
+            // Admitted: the room is offered this participant's tracks (keyframes are asked for
+            // as each subscriber answers).
             let published = self.participant(idx).published.clone();
+            self.offer_tracks_to_room(idx, &published);
             for t in published {
                 self.request_keyframe(now, t, out);
             }
+        }
+        if before.publish && !permissions.publish {
+            self.withdraw_tracks(idx);
         }
         Ok(())
     }
@@ -794,11 +900,16 @@ impl Sfu {
         }
         self.by_id.remove(&p.id);
         self.by_ufrag.remove(p.transport.local_ufrag());
-        if let Some(addr) = p.remote {
+        // Only entries that still point at this participant (another may have the address now).
+        if let Some(addr) = p.remote
+            && self.by_addr.get(&addr) == Some(&idx)
+        {
             self.by_addr.remove(&addr);
         }
         for addr in &p.stun_addrs {
-            self.by_stun_addr.remove(addr);
+            if self.by_stun_addr.get(addr) == Some(&idx) {
+                self.by_stun_addr.remove(addr);
+            }
         }
         // Its subscriptions leave the tracks they read from.
         for (i, s) in p.subscriptions.iter().enumerate() {
@@ -862,6 +973,7 @@ impl Sfu {
         buf: &mut [u8],
         out: &mut TransmitBatch,
     ) {
+        self.clock = Some(now);
         self.counters.packets_in += 1;
         self.counters.bytes_in += buf.len() as u64;
         match classify(buf) {
@@ -929,7 +1041,9 @@ impl Sfu {
             while let Some(event) = p.transport.poll_event() {
                 match event {
                     TransportEvent::RemoteAddress(addr) => {
-                        if let Some(old) = p.remote.replace(addr) {
+                        if let Some(old) = p.remote.replace(addr)
+                            && self.by_addr.get(&old) == Some(&idx)
+                        {
                             self.by_addr.remove(&old);
                         }
                         self.by_addr.insert(addr, idx);
@@ -1026,6 +1140,9 @@ impl Sfu {
                 }
             }
         }
+        // Set when this packet's MID binds a new SSRC: undone unless the packet authenticates,
+        // so a forged packet cannot claim a track.
+        let mut bound_here = false;
         if found.is_none() {
             // An SSRC the SDP did not announce: bind it through the MID header extension.
             if let Some(mid) = p.ext.mid.and_then(|id| header.extension_value(buf, id)) {
@@ -1037,10 +1154,12 @@ impl Sfu {
                             if track.rtx_ssrc.is_none() {
                                 track.bind_rtx_ssrc(header.ssrc);
                                 found = Some((t, true));
+                                bound_here = true;
                             }
                         } else if track.ssrc.is_none() {
                             track.bind_ssrc(header.ssrc);
                             found = Some((t, false));
+                            bound_here = true;
                         }
                         break;
                     }
@@ -1076,6 +1195,9 @@ impl Sfu {
             header.sequence_number,
         ) else {
             self.counters.dropped_auth += 1;
+            if bound_here {
+                track.unbind(is_rtx);
+            }
             return;
         };
         stream.record(now, ext, header.timestamp);
@@ -1157,7 +1279,9 @@ impl Sfu {
             if !subscription.active || !subscription.negotiated {
                 continue;
             }
-            let (out_ext, out_ts) = subscription.map(media_ext, header.timestamp);
+            let Some((out_ext, out_ts)) = subscription.map(media_ext, header.timestamp) else {
+                continue;
+            };
             let slot = out.slot();
             if payload.len() + 64 + SRTP_TAG_LEN > slot.len() {
                 self.counters.dropped_malformed += 1;
@@ -1292,9 +1416,11 @@ impl Sfu {
             .is_some_and(|last| now < last + throttle)
         {
             self.counters.keyframe_requests_throttled += 1;
+            track.keyframe_pending = true;
             return;
         }
         track.last_keyframe_request = Some(now);
+        track.keyframe_pending = false;
         let publisher = track.publisher;
         let n = rtcp_writer::pli(&mut self.rtcp_scratch, ssrc);
         if self.send_rtcp(publisher, n, out) {
@@ -1348,6 +1474,16 @@ impl Sfu {
         };
         let twcc_ext = sub.ext.transport_cc;
         let subscription = &mut sub.subscriptions[s];
+        // Only as RTX: resending on the media SSRC would seal a different header under the same
+        // SRTP nonce as the original (RFC 7714 forbids nonce reuse).
+        let Some(rtx_pt) = subscription.rtx_payload_type else {
+            self.counters.nacks_unrepairable += nack
+                .nacks
+                .iter()
+                .map(|p| p.packet_list().len() as u64)
+                .sum::<u64>();
+            return;
+        };
         let Some(track) = self.tracks[subscription.track].as_mut() else {
             return;
         };
@@ -1364,24 +1500,17 @@ impl Sfu {
                 let out_ext = (in_ext as i64 + subscription.seq_delta.unwrap_or(0)) as u64;
                 let out_ts = meta.timestamp.wrapping_add(subscription.ts_delta);
                 let slot = out.slot();
-                let (ssrc, seq_ext, pt) = match subscription.rtx_payload_type {
-                    Some(rtx_pt) => {
-                        subscription.rtx_ext_seq += 1;
-                        (subscription.rtx_ssrc, subscription.rtx_ext_seq, rtx_pt)
-                    }
-                    None => (subscription.ssrc, out_ext, subscription.payload_type),
-                };
+                subscription.rtx_ext_seq += 1;
+                let (ssrc, seq_ext, pt) = (subscription.rtx_ssrc, subscription.rtx_ext_seq, rtx_pt);
                 let mut w = HeaderWriter::new(slot, meta.marker, pt, seq_ext as u16, out_ts, ssrc);
                 if let Some(id) = twcc_ext {
                     w.extension(id, &sub.twcc_out_seq.to_be_bytes());
                     sub.twcc_out_seq = sub.twcc_out_seq.wrapping_add(1);
                 }
                 let hlen = w.finish();
-                let mut len = hlen;
-                if subscription.rtx_payload_type.is_some() {
-                    slot[len..len + 2].copy_from_slice(&(out_ext as u16).to_be_bytes());
-                    len += 2;
-                }
+                // RTX payload: the original sequence number, then the original payload.
+                slot[hlen..hlen + 2].copy_from_slice(&(out_ext as u16).to_be_bytes());
+                let mut len = hlen + 2;
                 slot[len..len + payload.len()].copy_from_slice(payload);
                 len += payload.len();
                 if let Ok(n) = ctx.seal_rtp(
@@ -1409,6 +1538,9 @@ impl Sfu {
         sr: &rtc_rtcp::sender_report::SenderReport,
         out: &mut TransmitBatch,
     ) {
+        if !self.participant(idx).permissions.publish {
+            return;
+        }
         let published = self.participant(idx).published.clone();
         let Some(t) = published.into_iter().find(|&t| {
             self.tracks[t]
@@ -1419,7 +1551,6 @@ impl Sfu {
         };
         let subscribers = {
             let track = self.tracks[t].as_mut().expect("track");
-            track.last_sr = Some((sr.ntp_time, sr.rtp_time));
             if let Some(inb) = track.inbound.as_mut() {
                 inb.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
             }
@@ -1452,6 +1583,30 @@ impl Sfu {
             return;
         }
         self.next_tick = Some(now + self.config.tick);
+        self.clock = Some(now);
+        // SFU offers the browser never answered (it may have failed to apply one).
+        for idx in 0..self.participants.len() {
+            let overdue = self.participants[idx].as_ref().is_some_and(|p| {
+                p.awaiting_answer && p.offer_sent_at.is_some_and(|t| now >= t + OFFER_TIMEOUT)
+            });
+            if overdue {
+                let p = self.participant_mut(idx);
+                p.awaiting_answer = false;
+                self.renegotiate(idx);
+            }
+        }
+        // Keyframe requests held back by the throttle.
+        for t in 0..self.tracks.len() {
+            let due = self.tracks[t].as_ref().is_some_and(|track| {
+                track.keyframe_pending
+                    && track
+                        .last_keyframe_request
+                        .is_none_or(|last| now >= last + self.config.keyframe_throttle)
+            });
+            if due {
+                self.request_keyframe(now, t, out);
+            }
+        }
         // Transports: ICE consent, DTLS retransmission.
         for idx in 0..self.participants.len() {
             let due = match self.participants[idx].as_mut() {

@@ -68,17 +68,23 @@ impl Subscription {
     }
 
     /// Maps a publisher extended sequence number to this subscriber's, fixing the offsets on
-    /// the first packet. Returns (out extended seq, out timestamp).
-    pub fn map(&mut self, in_ext: u64, in_ts: u32) -> (u64, u32) {
+    /// the first packet. Returns (out extended seq, out timestamp), or `None` for a packet from
+    /// before the subscription began: it has no place in the subscriber's stream, and giving it
+    /// one would reuse an SRTP nonce.
+    pub fn map(&mut self, in_ext: u64, in_ts: u32) -> Option<(u64, u32)> {
         let delta = *self.seq_delta.get_or_insert_with(|| {
             self.ts_delta = self.first_timestamp.wrapping_sub(in_ts);
             self.first_ext_seq as i64 - in_ext as i64
         });
-        let out = (in_ext as i64 + delta).max(0) as u64;
+        let out = in_ext as i64 + delta;
+        if out < self.first_ext_seq as i64 {
+            return None;
+        }
+        let out = out as u64;
         if out > self.highest_out {
             self.highest_out = out;
         }
-        (out, in_ts.wrapping_add(self.ts_delta))
+        Some((out, in_ts.wrapping_add(self.ts_delta)))
     }
 
     /// The publisher's extended sequence number for a subscriber's 16-bit one (from a NACK).
@@ -104,15 +110,18 @@ mod tests {
             rtx_payload_type: Some(97),
         };
         let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 12345);
-        let (a, ta) = s.map(70_000, 1000);
+        let (a, ta) = s.map(70_000, 1000).unwrap();
         assert_eq!(a >> 16, 0, "subscribers start at rollover 0");
-        let (b, tb) = s.map(70_001, 4000);
+        let (b, tb) = s.map(70_001, 4000).unwrap();
         assert_eq!(b, a + 1);
         assert_eq!(tb.wrapping_sub(ta), 3000);
         assert_eq!(s.unmap(a as u16), Some(70_000));
         assert_eq!(s.unmap(b as u16), Some(70_001));
-        // A late repair maps into the gap it belongs to.
-        let (c, _) = s.map(69_999, 0);
-        assert_eq!(c + 1, a);
+        // A packet from before the subscription began is not forwarded.
+        assert_eq!(s.map(69_999, 0), None);
+        // A late repair inside the stream maps into the gap it belongs to.
+        let (d, _) = s.map(70_005, 0).unwrap();
+        let (c, _) = s.map(70_003, 0).unwrap();
+        assert_eq!(c + 2, d);
     }
 }

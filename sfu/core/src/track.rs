@@ -22,8 +22,8 @@ pub struct Track {
     /// (subscriber participant, index into its subscriptions).
     pub subscribers: Vec<(usize, usize)>,
     pub last_keyframe_request: Option<Instant>,
-    /// Publisher's last sender report: NTP time and RTP timestamp.
-    pub last_sr: Option<(u64, u32)>,
+    /// A keyframe was asked for inside the throttle interval: send one when it ends.
+    pub keyframe_pending: bool,
     /// Smoothed RFC 6464 level, in -dBov (0 loudest, 127 silence).
     pub audio_level: f32,
 }
@@ -53,7 +53,7 @@ impl Track {
             }),
             subscribers: Vec::new(),
             last_keyframe_request: None,
-            last_sr: None,
+            keyframe_pending: false,
             audio_level: 127.0,
         }
     }
@@ -61,6 +61,16 @@ impl Track {
     pub fn bind_ssrc(&mut self, ssrc: u32) {
         self.ssrc = Some(ssrc);
         self.inbound = Some(InboundStream::new(ssrc, self.codec.clock_rate));
+    }
+
+    pub fn unbind(&mut self, rtx: bool) {
+        if rtx {
+            self.rtx_ssrc = None;
+            self.rtx_inbound = None;
+        } else {
+            self.ssrc = None;
+            self.inbound = None;
+        }
     }
 
     pub fn bind_rtx_ssrc(&mut self, ssrc: u32) {

@@ -38,6 +38,15 @@ pub enum DecodeError {
 }
 
 impl ControlMessage {
+    /// The message's kind, for logs (the message itself may carry SDP).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ControlMessage::Hello { .. } => "hello",
+            ControlMessage::Command(_) => "command",
+            ControlMessage::Event(_) => "event",
+        }
+    }
+
     /// JSON encoding used on the QUIC control stream (one message per length-prefixed frame).
     pub fn encode(&self) -> Vec<u8> {
         // Serialising these plain data types cannot fail.

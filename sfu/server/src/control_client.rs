@@ -2,10 +2,9 @@
 //! commands, sends events and a periodic load report; redials when the link drops.
 
 use crate::cluster_tls::ClusterTls;
-use crate::control_stream::{read_message, write_message};
+use crate::control_stream::{ControlStreamError, spawn_reader, write_message};
 use crate::node::SfuNode;
-use sfu_proto::{Command, ControlMessage, Event, LoadReport, PROTOCOL_VERSION, RoomId};
-use std::collections::HashSet;
+use sfu_proto::{ControlMessage, Event, LoadReport, PROTOCOL_VERSION};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +53,7 @@ async fn session(
     let conn = endpoint
         .connect(config.signaling, &config.server_name)?
         .await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
+    let (mut send, recv) = conn.open_bi().await?;
     write_message(
         &mut send,
         &ControlMessage::Hello {
@@ -65,19 +64,16 @@ async fn session(
     )
     .await?;
     tracing::info!(signaling = %config.signaling, node = %config.node_id, "control link up");
+    let mut incoming = spawn_reader(recv);
     let mut tick = tokio::time::interval(config.load_interval);
-    let mut rooms: HashSet<RoomId> = HashSet::new();
+    let mut last = (node.counters().0, std::time::Instant::now());
     loop {
         tokio::select! {
-            msg = read_message(&mut recv) => {
-                match msg? {
-                    ControlMessage::Command(cmd) => {
-                        if let Command::AddParticipant { room, .. } = &cmd {
-                            rooms.insert(room.clone());
-                        }
-                        node.send(cmd);
-                    }
-                    other => tracing::warn!(?other, "unexpected control message from signaling"),
+            msg = incoming.recv() => {
+                match msg.ok_or(ControlStreamError::Closed)?? {
+                    ControlMessage::Command(cmd) => node.send(cmd),
+                    // Only the kind: messages carry SDP, which stays out of logs.
+                    other => tracing::warn!(kind = other.kind(), "unexpected control message from signaling"),
                 }
             }
             Some(event) = events.recv() => {
@@ -85,14 +81,18 @@ async fn session(
             }
             _ = tick.tick() => {
                 let (c, rooms_now, participants) = node.counters();
+                let now = std::time::Instant::now();
+                let secs = now.duration_since(last.1).as_secs_f64().max(0.001);
+                let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs) as u64;
                 let report = LoadReport {
                     node_id: config.node_id.clone(),
                     rooms: rooms_now as u32,
                     participants: participants as u32,
-                    packets_in_per_s: c.packets_in,
-                    packets_out_per_s: c.packets_out,
-                    dropped_per_s: c.dropped(),
+                    packets_in_per_s: rate(c.packets_in, last.0.packets_in),
+                    packets_out_per_s: rate(c.packets_out, last.0.packets_out),
+                    dropped_per_s: rate(c.dropped(), last.0.dropped()),
                 };
+                last = (c, now);
                 write_message(&mut send, &ControlMessage::Event(Event::Load(report))).await?;
             }
         }

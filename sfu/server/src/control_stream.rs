@@ -40,6 +40,25 @@ pub async fn read_message(
     Ok(ControlMessage::decode(&buf)?)
 }
 
+/// Reads messages on a task of its own and hands them over a channel. `read_message` is not
+/// cancel-safe (a half-read frame would be lost), so it must never race in a `select!`;
+/// receiving from the channel is. The channel ends after the first error, which it carries.
+pub fn spawn_reader(
+    mut recv: quinn::RecvStream,
+) -> tokio::sync::mpsc::Receiver<Result<ControlMessage, ControlStreamError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let msg = read_message(&mut recv).await;
+            let failed = msg.is_err();
+            if tx.send(msg).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 pub async fn write_message(
     send: &mut quinn::SendStream,
     msg: &ControlMessage,

@@ -275,6 +275,12 @@ fn a_participant_without_publish_permission_is_not_forwarded_until_allowed() {
         net.peers[0].incoming.is_empty(),
         "and was not even told about the clinician's tracks"
     );
+    assert!(
+        net.peers[1]
+            .incoming_from("waiting", MediaKind::Video)
+            .is_none(),
+        "nor was the clinician offered the waiting participant's tracks"
+    );
 
     let id = net.id(0).clone();
     net.command(sfu_proto::Command::SetPermissions {
@@ -307,6 +313,31 @@ fn a_participant_without_publish_permission_is_not_forwarded_until_allowed() {
             .map(Vec::len)
             .unwrap_or(0)
             > 30
+    );
+
+    // Back to the lobby: the clinician stops receiving them at once.
+    let id = net.id(0).clone();
+    net.command(sfu_proto::Command::SetPermissions {
+        participant: id,
+        permissions: Permissions {
+            publish: false,
+            subscribe: false,
+        },
+    });
+    let got_before = net.peers[1].received[&from_waiting].len();
+    let to_waiting_before = net.peers[0].received[&from_clinician].len();
+    net.run(Duration::from_secs(1), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let got_after = net.peers[1].received[&from_waiting].len();
+    let to_waiting_after = net.peers[0].received[&from_clinician].len();
+    assert!(
+        got_after - got_before <= 5,
+        "at most what was in flight: {got_before} -> {got_after}"
+    );
+    assert!(
+        to_waiting_after - to_waiting_before <= 5,
+        "{to_waiting_before} -> {to_waiting_after}"
     );
 }
 
