@@ -1,7 +1,7 @@
 //! Who is connected to which meeting, and delivery of SFU events to their WebSockets.
 
 use serde_json::json;
-use sfu_proto::{Event, ParticipantId};
+use sfu_proto::{DisconnectReason, Event, ParticipantId};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::mpsc::UnboundedSender;
@@ -107,11 +107,16 @@ impl Hub {
                 None,
                 &json!({"type": "active_speaker", "participant": participant}),
             ),
+            // Only a broken media path is news to the client (it reconnects); a removal was
+            // asked for, and its reason travels on its own path.
             Event::Disconnected {
                 participant,
-                reason,
+                reason: reason @ (DisconnectReason::ConsentTimeout | DisconnectReason::TransportClosed),
             } => self.send_to(&participant, &json!({"type": "media_disconnected", "reason": reason})),
-            Event::CommandFailed { participant, error } => {
+            Event::Disconnected { .. } => {}
+            Event::CommandFailed {
+                participant, error, ..
+            } => {
                 if let Some(p) = participant {
                     self.send_to(&p, &json!({"type": "error", "code": "sfu_refused", "message": error}));
                 }

@@ -118,8 +118,11 @@ async fn ws_upgrade(
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMessage {
+    /// `restart`: the client's media session broke and this offer starts a new one.
     Offer {
         sdp: String,
+        #[serde(default)]
+        restart: bool,
     },
     Answer {
         sdp: String,
@@ -183,7 +186,14 @@ async fn connection(state: Arc<AppState>, session: Session, socket: WebSocket) {
         };
         let parsed: Result<ClientMessage, _> = serde_json::from_str(&text);
         match parsed {
-            Ok(ClientMessage::Offer { sdp }) => {
+            Ok(ClientMessage::Offer { sdp, restart }) => {
+                if restart && joined_sfu {
+                    // A new media session under the same identity: the old one goes first.
+                    state.sfu.send(Command::RemoveParticipant {
+                        participant: id.clone(),
+                    });
+                    joined_sfu = false;
+                }
                 let command = if joined_sfu {
                     Command::Offer {
                         participant: id.clone(),

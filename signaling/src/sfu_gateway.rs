@@ -25,7 +25,19 @@ struct Placement {
     next_key: u64,
     nodes: HashMap<u64, NodeLink>,
     rooms: HashMap<RoomId, u64>,
-    participants: HashMap<ParticipantId, u64>,
+    /// Node and room of every participant placed.
+    participants: HashMap<ParticipantId, (u64, RoomId)>,
+}
+
+impl Placement {
+    /// Forgets a participant; an emptied room is forgotten too, to be placed afresh.
+    fn release(&mut self, participant: &ParticipantId) {
+        if let Some((_, room)) = self.participants.remove(participant)
+            && !self.participants.values().any(|(_, r)| *r == room)
+        {
+            self.rooms.remove(&room);
+        }
+    }
 }
 
 /// Commands go to whichever connected node owns the room.
@@ -119,10 +131,20 @@ impl RemoteSfu {
                             }
                         }
                         ControlMessage::Event(event) => {
-                            if let Event::Disconnected { participant, .. } = &event
+                            // As in `SfuNode`: placement follows commands; only a refused add
+                            // is undone from an event.
+                            let gone = match &event {
+                                Event::CommandFailed {
+                                    command,
+                                    participant: Some(participant),
+                                    ..
+                                } if command == "add_participant" => Some(participant),
+                                _ => None,
+                            };
+                            if let Some(participant) = gone
                                 && let Ok(mut p) = self.placement.lock()
                             {
-                                p.participants.remove(participant);
+                                p.release(participant);
                             }
                             let _ = self.events.send(event);
                         }
@@ -140,10 +162,10 @@ impl RemoteSfu {
                 let orphans = p
                     .participants
                     .iter()
-                    .filter(|(_, n)| **n == key)
+                    .filter(|(_, (n, _))| *n == key)
                     .map(|(id, _)| id.clone())
                     .collect();
-                p.participants.retain(|_, n| *n != key);
+                p.participants.retain(|_, (n, _)| *n != key);
                 orphans
             }
             Err(_) => Vec::new(),
@@ -184,17 +206,36 @@ impl SfuControl for RemoteSfu {
                         }
                     };
                     if let Some(k) = key {
-                        p.participants.insert(participant.clone(), k);
+                        p.participants
+                            .insert(participant.clone(), (k, room.clone()));
                         if let Some(n) = p.nodes.get_mut(&k) {
                             n.placed += 1;
                         }
                     }
                     key
                 }
-                Command::CloseRoom { room } => p.rooms.remove(room),
+                Command::CloseRoom { room } => {
+                    let members: Vec<ParticipantId> = p
+                        .participants
+                        .iter()
+                        .filter(|(_, (_, r))| r == room)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    let node = p.rooms.get(room).copied();
+                    for m in members {
+                        p.release(&m);
+                    }
+                    p.rooms.remove(room);
+                    node
+                }
+                Command::RemoveParticipant { participant } => {
+                    let node = p.participants.get(participant).map(|(n, _)| *n);
+                    p.release(participant);
+                    node
+                }
                 other => other
                     .participant()
-                    .and_then(|id| p.participants.get(id).copied()),
+                    .and_then(|id| p.participants.get(id).map(|(n, _)| *n)),
             };
             key.and_then(|k| p.nodes.get(&k))
                 .map(|n| (n.tx.clone(), n.id.clone()))
@@ -208,6 +249,7 @@ impl SfuControl for RemoteSfu {
             None => {
                 let participant = command.participant().cloned();
                 let _ = self.events.send(Event::CommandFailed {
+                    command: command.name().to_owned(),
                     participant,
                     error: "no SFU node is available".into(),
                 });

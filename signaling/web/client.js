@@ -1,5 +1,7 @@
 // Reference web client: joins with the token in the URL, publishes camera and microphone,
 // shows the others. The SFU answers our offer and sends its own offers when tracks change.
+// When the media path breaks (a phone switching networks), a new peer connection rejoins over
+// the same WebSocket.
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
@@ -8,7 +10,10 @@ history.replaceState(null, "", location.pathname);
 
 const statusEl = document.getElementById("status");
 const grid = document.getElementById("grid");
-const state = { pc: null, ws: null, dc: null, names: new Map(), tiles: new Map(), participant: null, errors: [], dataMessages: [] };
+const state = {
+  pc: null, ws: null, dc: null, names: new Map(), tiles: new Map(), participant: null,
+  errors: [], dataMessages: [], offers: 0, restarts: 0,
+};
 window.hcState = state; // read by the browser tests
 
 function setStatus(text) { statusEl.textContent = text; }
@@ -42,17 +47,15 @@ function removeTile(streamId) {
 let queue = Promise.resolve();
 function enqueue(fn) { queue = queue.then(fn).catch((e) => { state.errors.push(String(e)); console.error(e); }); }
 
-async function start() {
-  if (!token) { setStatus("Länken saknar inbjudan (token)."); return; }
-  let local;
-  try {
-    local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
-  } catch (e) {
-    setStatus("Kunde inte starta kamera eller mikrofon: " + e.message);
-    return;
-  }
-  document.getElementById("local").srcObject = local;
+let local = null;
+let send = () => false;
+let leaving = false;
+let restartTimer = null;
 
+/** A new peer connection publishing `local`; returns after sending its offer. */
+async function connectMedia(restart) {
+  if (state.pc) state.pc.close();
+  for (const id of [...state.tiles.keys()]) removeTile(id);
   const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
   state.pc = pc;
   for (const track of local.getTracks()) {
@@ -72,7 +75,6 @@ async function start() {
     }
   };
   state.sendData = (msg) => dc.readyState === "open" && (dc.send(JSON.stringify({ ...msg, from: state.participant })), true);
-
   pc.ontrack = (ev) => {
     const streamId = ev.streams[0] ? ev.streams[0].id : ev.track.id;
     const tile = tileFor(streamId);
@@ -80,25 +82,51 @@ async function start() {
     ev.track.onended = () => tile.stream.removeTrack(ev.track);
   };
   pc.onconnectionstatechange = () => {
+    if (pc !== state.pc) return;
     if (pc.connectionState === "connected") setStatus("Ansluten");
-    if (pc.connectionState === "failed") setStatus("Anslutningen bröts");
+    if (pc.connectionState === "failed") scheduleRestart("Anslutningen bröts, ansluter igen…");
   };
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  send({ type: "offer", sdp: pc.localDescription.sdp, restart });
+}
+
+// Also reachable from the console and the tests: a fresh media session on demand.
+state.reconnect = () => scheduleRestart("Ansluter igen…");
+
+function scheduleRestart(text) {
+  if (leaving || restartTimer) return;
+  setStatus(text);
+  // A short pause lets a network switch settle before the new attempt.
+  restartTimer = setTimeout(() => {
+    restartTimer = null;
+    state.restarts += 1;
+    enqueue(() => connectMedia(true));
+  }, 1000);
+}
+
+async function start() {
+  if (!token) { setStatus("Länken saknar inbjudan (token)."); return; }
+  try {
+    local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+  } catch (e) {
+    setStatus("Kunde inte starta kamera eller mikrofon: " + e.message);
+    return;
+  }
+  document.getElementById("local").srcObject = local;
 
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}`);
   state.ws = ws;
-  const send = (msg) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(msg));
+  send = (msg) => ws.readyState === WebSocket.OPEN && (ws.send(JSON.stringify(msg)), true);
 
-  ws.onopen = () => enqueue(async () => {
-    const offer = await pc.createOffer();
-    await pc.setLocalDescription(offer);
-    send({ type: "offer", sdp: pc.localDescription.sdp });
-  });
+  ws.onopen = () => enqueue(() => connectMedia(false));
   ws.onclose = (ev) => {
     if (ev.code !== 1000) setStatus("Förbindelsen till servern stängdes.");
   };
   ws.onmessage = (ev) => enqueue(async () => {
     const msg = JSON.parse(ev.data);
+    const pc = state.pc;
     switch (msg.type) {
       case "welcome":
         state.participant = msg.participant;
@@ -116,7 +144,7 @@ async function start() {
         await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
         break;
       case "offer": {
-        state.offers = (state.offers || 0) + 1;
+        state.offers += 1;
         await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
         const answer = await pc.createAnswer();
         await pc.setLocalDescription(answer);
@@ -128,7 +156,11 @@ async function start() {
         for (const [id, tile] of state.tiles) tile.fig.classList.toggle("speaking", id === msg.participant);
         break;
       case "media_disconnected":
-        setStatus("Mediaanslutningen avslutades.");
+        // May concern a session already replaced: only a connection that is not (getting)
+        // up is restarted.
+        if (!pc || !["new", "connecting", "connected"].includes(pc.connectionState)) {
+          scheduleRestart("Mediaanslutningen avbröts, ansluter igen…");
+        }
         break;
       case "error":
         state.errors.push(msg.code + ": " + msg.message);
@@ -156,9 +188,10 @@ async function start() {
     state.sendData({ type: "hand", raised: handRaised });
   };
   document.getElementById("leave").onclick = () => {
+    leaving = true;
     send({ type: "leave" });
     ws.close(1000);
-    pc.close();
+    if (state.pc) state.pc.close();
     local.getTracks().forEach((t) => t.stop());
     setStatus("Du har lämnat mötet.");
   };

@@ -35,6 +35,21 @@ async function twoBrowserCall(server) {
     assert.equal(tiles.length, 1, "the clinician sees exactly one remote participant");
     assert.notEqual(tiles[0], await a.evaluate(() => window.hcState.participant));
 
+    // The clinician's media session is rebuilt (as after a network switch): both sides decode
+    // each other again, the old m-lines stopped and new ones added by renegotiation.
+    await a.evaluate(() => window.hcState.reconnect());
+    await waitFor(async () => {
+      const s = await inboundStats(a);
+      const restarts = await a.evaluate(() => window.hcState.restarts);
+      return { ok: restarts === 1 && s && s.video.framesDecoded > 30, s, restarts };
+    }, { timeout: 30000, what: "the clinician decoding again after reconnecting" });
+    const bFrames = (await inboundStats(b)).video.framesDecoded;
+    await waitFor(async () => {
+      const s = await inboundStats(b);
+      const live = await b.evaluate(() => window.hcState.pc.getTransceivers().filter((t) => t.currentDirection === "recvonly").length);
+      return { ok: s.video.framesDecoded > bFrames + 30 && live === 2, s, live };
+    }, { timeout: 30000, what: "the patient decoding the reconnected clinician" });
+
     // The patient leaves: the clinician's browser accepts the SFU's offer that stops those
     // m-lines, drops the tile and stays connected.
     await b.click("#leave");

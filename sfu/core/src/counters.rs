@@ -30,6 +30,7 @@ pub struct Counters {
     pub twcc_feedback_out: u64,
     pub data_messages_in: u64,
     pub data_messages_out: u64,
+    pub data_messages_dropped: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -61,6 +62,7 @@ impl std::ops::AddAssign for Counters {
             twcc_feedback_out,
             data_messages_in,
             data_messages_out,
+            data_messages_dropped,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -88,12 +90,13 @@ impl std::ops::AddAssign for Counters {
         self.twcc_feedback_out += twcc_feedback_out;
         self.data_messages_in += data_messages_in;
         self.data_messages_out += data_messages_out;
+        self.data_messages_dropped += data_messages_dropped;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 26] {
+    pub fn named(&self) -> [(&'static str, u64); 27] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -130,6 +133,10 @@ impl Counters {
             ("sfu_twcc_feedback_out_total", self.twcc_feedback_out),
             ("sfu_data_messages_in_total", self.data_messages_in),
             ("sfu_data_messages_out_total", self.data_messages_out),
+            (
+                "sfu_data_messages_dropped_total",
+                self.data_messages_dropped,
+            ),
         ]
     }
 

@@ -20,6 +20,11 @@ use std::time::Instant;
 
 /// Largest message relayed; bigger ones are dropped (and counted by the caller).
 pub const MAX_MESSAGE: usize = 16 * 1024;
+/// Bytes queued toward a slow receiver on one channel before further messages are dropped.
+const MAX_BUFFERED: usize = 1024 * 1024;
+/// Channels one participant may open, and the longest label kept.
+const MAX_CHANNELS: usize = 16;
+const MAX_LABEL: usize = 256;
 
 /// A message a participant sent on one of its channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +43,8 @@ pub struct DataChannelLink {
     outgoing: VecDeque<Bytes>,
     received: VecDeque<DataMessage>,
     pub oversized: u64,
+    /// Messages not queued because the receiver's buffer was full.
+    pub dropped_backlog: u64,
 }
 
 impl std::fmt::Debug for DataChannelLink {
@@ -62,6 +69,7 @@ impl DataChannelLink {
             outgoing: VecDeque::new(),
             received: VecDeque::new(),
             oversized: 0,
+            dropped_backlog: 0,
         }
     }
 
@@ -113,8 +121,9 @@ impl DataChannelLink {
         self.received.pop_front()
     }
 
-    pub fn has_channel(&self, label: &str) -> bool {
-        self.channels.values().any(|l| l == label)
+    /// Messages dropped (too large, or a receiver's backlog full) since the last call.
+    pub fn take_drops(&mut self) -> u64 {
+        std::mem::take(&mut self.oversized) + std::mem::take(&mut self.dropped_backlog)
     }
 
     /// Sends a message on every open channel with `label`. Returns whether one existed.
@@ -142,9 +151,15 @@ impl DataChannelLink {
         };
         let mut sent = false;
         for id in ids {
-            if let Ok(mut stream) = a.stream(id)
-                && stream.write_sctp(now, &payload, ppi).is_ok()
-            {
+            let Ok(mut stream) = a.stream(id) else {
+                continue;
+            };
+            // A receiver that does not keep up loses messages rather than the SFU its memory.
+            if stream.buffered_amount().unwrap_or(0) > MAX_BUFFERED {
+                self.dropped_backlog += 1;
+                continue;
+            }
+            if stream.write_sctp(now, &payload, ppi).is_ok() {
                 sent = true;
             }
         }
@@ -180,7 +195,11 @@ impl DataChannelLink {
                 match ppi {
                     PayloadProtocolIdentifier::Dcep => {
                         let mut buf = &payload[..];
-                        if let Ok(Dcep::DataChannelOpen(open)) = Dcep::unmarshal(&mut buf) {
+                        if let Ok(Dcep::DataChannelOpen(open)) = Dcep::unmarshal(&mut buf)
+                            && open.label.len() <= MAX_LABEL
+                            && (self.channels.len() < MAX_CHANNELS
+                                || self.channels.contains_key(&id))
+                        {
                             let label = String::from_utf8_lossy(&open.label).into_owned();
                             self.channels.insert(id, label);
                             if let Ok(ack) = Dcep::DataChannelAck(DataChannelAck {}).marshal()

@@ -1,10 +1,13 @@
 //! Receive state of one incoming SSRC: rollover counter and replay window for SRTP, loss
 //! detection with NACK scheduling toward the publisher, and the statistics for receiver reports.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How far back a late packet may still be accepted (RFC 3711 §3.3.2 recommends ≥ 64).
-const REPLAY_WINDOW: u64 = 128;
+/// How far back a late packet may still be accepted (RFC 3711 §3.3.2 asks for ≥ 64). Wide
+/// enough that a repair of anything still tracked as missing (and cached for subscribers) is
+/// let in: a large keyframe on a slow uplink can be hundreds of packets.
+const REPLAY_WINDOW: u64 = 1024;
 /// Missing packets remembered for NACK; a bigger hole asks for a keyframe instead.
 const MAX_MISSING: usize = 256;
 
@@ -28,8 +31,9 @@ pub struct InboundStream {
     pub ssrc: u32,
     pub clock_rate: u32,
     highest: Option<u64>,
-    replay: u128,
-    missing: Vec<Missing>,
+    /// One bit per extended sequence number modulo `REPLAY_WINDOW`: seen or not.
+    replay: [u64; REPLAY_WINDOW as usize / 64],
+    missing: VecDeque<Missing>,
     pub received: u64,
     base_ext: u64,
     /// Interarrival jitter (RFC 3550 §6.4.1) in timestamp units, ×16 fixed point.
@@ -51,8 +55,8 @@ impl InboundStream {
             ssrc,
             clock_rate: clock_rate.max(1),
             highest: None,
-            replay: 0,
-            missing: Vec::new(),
+            replay: [0; REPLAY_WINDOW as usize / 64],
+            missing: VecDeque::new(),
             received: 0,
             base_ext: 0,
             jitter_q4: 0,
@@ -82,10 +86,7 @@ impl InboundStream {
         match self.highest {
             None => false,
             Some(h) if ext > h => false,
-            Some(h) => {
-                let age = h - ext;
-                age >= REPLAY_WINDOW || self.replay & (1u128 << age) != 0
-            }
+            Some(h) => h - ext >= REPLAY_WINDOW || self.seen(ext),
         }
     }
 
@@ -96,17 +97,20 @@ impl InboundStream {
             None => {
                 self.base_ext = ext;
                 self.highest = Some(ext);
-                self.replay = 1;
+                self.mark(ext);
                 Arrival::InOrder
             }
             Some(h) if ext > h => {
                 let shift = ext - h;
-                self.replay = if shift >= 128 {
-                    0
+                // The window slides: the slots of the skipped numbers are free again.
+                if shift >= REPLAY_WINDOW {
+                    self.replay = [0; REPLAY_WINDOW as usize / 64];
                 } else {
-                    self.replay << shift
-                };
-                self.replay |= 1;
+                    for skipped in h + 1..ext {
+                        self.unmark(skipped);
+                    }
+                }
+                self.mark(ext);
                 if shift > 1 {
                     if shift as usize > MAX_MISSING {
                         self.missing.clear();
@@ -114,9 +118,9 @@ impl InboundStream {
                     } else {
                         for lost in h + 1..ext {
                             if self.missing.len() >= MAX_MISSING {
-                                self.missing.remove(0);
+                                self.missing.pop_front();
                             }
-                            self.missing.push(Missing {
+                            self.missing.push_back(Missing {
                                 ext_seq: lost,
                                 // Give reordering a moment before the first NACK.
                                 next_nack: now + Duration::from_millis(5),
@@ -129,9 +133,8 @@ impl InboundStream {
                 Arrival::InOrder
             }
             Some(h) => {
-                let age = h - ext;
-                if age < REPLAY_WINDOW {
-                    self.replay |= 1u128 << age;
+                if h - ext < REPLAY_WINDOW {
+                    self.mark(ext);
                 }
                 self.missing.retain(|m| m.ext_seq != ext);
                 Arrival::Late
@@ -139,6 +142,26 @@ impl InboundStream {
         };
         self.update_jitter(now, rtp_timestamp);
         arrival
+    }
+
+    fn slot(ext: u64) -> (usize, u64) {
+        let i = (ext % REPLAY_WINDOW) as usize;
+        (i / 64, 1 << (i % 64))
+    }
+
+    fn seen(&self, ext: u64) -> bool {
+        let (word, bit) = Self::slot(ext);
+        self.replay[word] & bit != 0
+    }
+
+    fn mark(&mut self, ext: u64) {
+        let (word, bit) = Self::slot(ext);
+        self.replay[word] |= bit;
+    }
+
+    fn unmark(&mut self, ext: u64) {
+        let (word, bit) = Self::slot(ext);
+        self.replay[word] &= !bit;
     }
 
     fn update_jitter(&mut self, now: Instant, rtp_timestamp: u32) {
@@ -283,5 +306,26 @@ mod tests {
         let (fraction, total) = s.report_loss();
         assert_eq!(total, 1);
         assert_eq!(fraction, (256 / 5) as u8);
+    }
+
+    #[test]
+    fn a_repair_hundreds_of_packets_late_is_accepted_once() {
+        let t0 = Instant::now();
+        let mut s = InboundStream::new(1, 90_000);
+        s.record(t0, s.extend(1000), 0);
+        // Packet 1001 is lost; 300 more arrive.
+        for seq in 1002u16..1302 {
+            s.record(t0, s.extend(seq), 0);
+        }
+        let late = s.extend(1001);
+        assert!(!s.is_replay(late), "a repair 300 packets late still counts");
+        s.record(t0, late, 0);
+        assert!(s.is_replay(late), "but only once");
+        assert!(s.is_replay(s.extend(1200)), "seen packets stay seen");
+        // Far beyond the window: refused as too old.
+        for seq in 1302u16..2400 {
+            s.record(t0, s.extend(seq), 0);
+        }
+        assert!(s.is_replay(s.extend(1100)));
     }
 }

@@ -353,8 +353,9 @@ impl PeerTransport {
         sent
     }
 
-    pub fn data_oversized(&self) -> u64 {
-        self.data.oversized
+    /// Data channel messages dropped since the last call (too large or backlog full).
+    pub fn take_data_drops(&mut self) -> u64 {
+        self.data.take_drops()
     }
 
     fn export_keys(&mut self) -> Result<(), TransportError> {

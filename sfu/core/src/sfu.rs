@@ -22,6 +22,7 @@ use crate::subscription::{OutStreamIds, Subscription};
 use crate::track::Track;
 use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
 use crate::twcc_feedback::TwccRecorder;
+use rustc_hash::FxHashMap;
 use sfu_proto::{
     Command, DisconnectReason, Event, MediaKind, ParticipantId, Permissions, RoomId, TrackId,
     TrackInfo,
@@ -111,10 +112,13 @@ pub struct Sfu {
     free_participants: Vec<usize>,
     tracks: Vec<Option<Track>>,
     free_tracks: Vec<usize>,
-    by_id: HashMap<ParticipantId, usize>,
-    by_ufrag: HashMap<String, usize>,
-    by_addr: HashMap<SocketAddr, usize>,
-    by_stun_addr: HashMap<SocketAddr, usize>,
+    by_id: FxHashMap<ParticipantId, usize>,
+    by_ufrag: FxHashMap<String, usize>,
+    /// Looked up for every datagram: a fast hash. Keys are only inserted for addresses ICE
+    /// verified (or, for STUN routing, that presented a valid ufrag), so flooding cannot
+    /// target collisions.
+    by_addr: FxHashMap<SocketAddr, usize>,
+    by_stun_addr: FxHashMap<SocketAddr, usize>,
     events: VecDeque<Event>,
     pub counters: Counters,
     next_tick: Option<Instant>,
@@ -146,10 +150,10 @@ impl Sfu {
             free_participants: Vec::new(),
             tracks: Vec::new(),
             free_tracks: Vec::new(),
-            by_id: HashMap::new(),
-            by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
-            by_stun_addr: HashMap::new(),
+            by_id: FxHashMap::default(),
+            by_ufrag: FxHashMap::default(),
+            by_addr: FxHashMap::default(),
+            by_stun_addr: FxHashMap::default(),
             events: VecDeque::new(),
             counters: Counters::default(),
             next_tick: None,
@@ -209,6 +213,7 @@ impl Sfu {
             self.next_tick = Some(now + self.config.tick);
         }
         let participant = command.participant().cloned();
+        let name = command.name();
         let result = match command {
             Command::AddParticipant {
                 room,
@@ -254,8 +259,11 @@ impl Sfu {
             }
         };
         if let Err(error) = result {
-            self.events
-                .push_back(Event::CommandFailed { participant, error });
+            self.events.push_back(Event::CommandFailed {
+                command: name.to_owned(),
+                participant,
+                error,
+            });
         }
     }
 
@@ -1082,6 +1090,7 @@ impl Sfu {
             let Some(p) = self.participants[idx].as_mut() else {
                 return;
             };
+            self.counters.data_messages_dropped += p.transport.take_data_drops();
             let Some(msg) = p.transport.poll_data_message() else {
                 return;
             };
@@ -1103,10 +1112,11 @@ impl Sfu {
                 let Some(r) = self.participants[m].as_mut() else {
                     continue;
                 };
-                if r.permissions.subscribe
+                let sent = r.permissions.subscribe
                     && r.transport
-                        .send_data(now, &msg.label, msg.binary, &msg.data)
-                {
+                        .send_data(now, &msg.label, msg.binary, &msg.data);
+                self.counters.data_messages_dropped += r.transport.take_data_drops();
+                if sent {
                     self.counters.data_messages_out += 1;
                     self.drive_transport(now, m, out);
                 }

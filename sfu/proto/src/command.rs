@@ -46,6 +46,19 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's name, as in its serialized `cmd` tag.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::AddParticipant { .. } => "add_participant",
+            Command::Answer { .. } => "answer",
+            Command::Offer { .. } => "offer",
+            Command::SetPermissions { .. } => "set_permissions",
+            Command::RemoveParticipant { .. } => "remove_participant",
+            Command::CloseRoom { .. } => "close_room",
+            Command::RequestKeyframe { .. } => "request_keyframe",
+        }
+    }
+
     /// The participant this command is about, if any (used to route to the owning worker).
     pub fn participant(&self) -> Option<&ParticipantId> {
         match self {

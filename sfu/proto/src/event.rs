@@ -77,6 +77,8 @@ pub enum Event {
         reason: DisconnectReason,
     },
     CommandFailed {
+        /// The command's name (`add_participant`, `answer`, …).
+        command: String,
         participant: Option<ParticipantId>,
         error: String,
     },

@@ -57,8 +57,25 @@ pub enum NodeError {
 #[derive(Default)]
 struct Placement {
     rooms: HashMap<RoomId, usize>,
-    participants: HashMap<ParticipantId, usize>,
+    /// Worker and room of every participant placed.
+    participants: HashMap<ParticipantId, (usize, RoomId)>,
     load: Vec<usize>,
+}
+
+impl Placement {
+    /// Forgets a participant that left (or was never added); an emptied room is forgotten too,
+    /// so its next use is placed afresh.
+    fn release(&mut self, participant: &ParticipantId) {
+        let Some((worker, room)) = self.participants.remove(participant) else {
+            return;
+        };
+        if let Some(l) = self.load.get_mut(worker) {
+            *l = l.saturating_sub(1);
+        }
+        if !self.participants.values().any(|(_, r)| *r == room) {
+            self.rooms.remove(&room);
+        }
+    }
 }
 
 pub struct SfuNode {
@@ -96,13 +113,23 @@ impl SfuNode {
         let on_event = Arc::new(on_event);
         let sink: EventSink = {
             let placement = placement.clone();
-            Arc::new(move |worker: usize, event: Event| {
-                if let Event::Disconnected { participant, .. } = &event
+            Arc::new(move |_worker: usize, event: Event| {
+                // Placement changes with commands only (in order, under the lock): a participant
+                // stays placed until signaling removes it, even after its media ended, so a
+                // late event of an old session can never unplace a rejoined one. A refused
+                // add is the exception: nothing was placed on the worker.
+                let gone = match &event {
+                    Event::CommandFailed {
+                        command,
+                        participant: Some(participant),
+                        ..
+                    } if command == "add_participant" => Some(participant),
+                    _ => None,
+                };
+                if let Some(participant) = gone
                     && let Ok(mut p) = placement.lock()
-                    && p.participants.remove(participant).is_some()
-                    && let Some(l) = p.load.get_mut(worker)
                 {
-                    *l = l.saturating_sub(1);
+                    p.release(participant);
                 }
                 on_event(event)
             })
@@ -187,14 +214,33 @@ impl SfuNode {
                             w
                         }
                     };
-                    p.participants.insert(participant.clone(), w);
+                    p.participants
+                        .insert(participant.clone(), (w, room.clone()));
                     p.load[w] += 1;
                     Some(w)
                 }
-                Command::CloseRoom { room } => p.rooms.remove(room),
+                Command::CloseRoom { room } => {
+                    let members: Vec<ParticipantId> = p
+                        .participants
+                        .iter()
+                        .filter(|(_, (_, r))| r == room)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    let w = p.rooms.get(room).copied();
+                    for m in members {
+                        p.release(&m);
+                    }
+                    p.rooms.remove(room);
+                    w
+                }
+                Command::RemoveParticipant { participant } => {
+                    let w = p.participants.get(participant).map(|(w, _)| *w);
+                    p.release(participant);
+                    w
+                }
                 other => other
                     .participant()
-                    .and_then(|id| p.participants.get(id).copied()),
+                    .and_then(|id| p.participants.get(id).map(|(w, _)| *w)),
             }
         };
         if let Some(w) = worker

@@ -16,7 +16,12 @@ pub struct UdpBatch {
     /// `BATCH_SIZE` receive buffers of `RECV_BUF_SIZE`, back to back.
     buf: Vec<u8>,
     meta: [quinn_udp::RecvMeta; quinn_udp::BATCH_SIZE],
+    /// Destinations of the chunk being sent, reused between sends.
+    send_addrs: Vec<socket2::SockAddr>,
 }
+
+/// Datagrams handed to one `sendmmsg` call at most.
+const SEND_CHUNK: usize = 64;
 
 impl std::fmt::Debug for UdpBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,6 +50,7 @@ impl UdpBatch {
             state,
             buf: vec![0u8; quinn_udp::BATCH_SIZE * RECV_BUF_SIZE],
             meta: [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE],
+            send_addrs: Vec::with_capacity(SEND_CHUNK),
         })
     }
 
@@ -104,48 +110,43 @@ impl UdpBatch {
     }
 
     /// Sends the whole batch with `sendmmsg`. Datagrams the kernel refuses (buffer full) are
-    /// dropped and counted; returns (sent, dropped).
-    pub fn send_batch(&self, batch: &TransmitBatch) -> (usize, usize) {
-        const CHUNK: usize = 64;
+    /// dropped and counted; returns (sent, dropped). Nothing is allocated once the address
+    /// vector has grown to a chunk.
+    pub fn send_batch(&mut self, batch: &TransmitBatch) -> (usize, usize) {
         let total = batch.len();
         let mut sent = 0;
         let mut dropped = 0;
         let mut start = 0;
-        let mut addrs: Vec<socket2::SockAddr> = Vec::with_capacity(CHUNK);
-        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(CHUNK);
-        let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(CHUNK);
         while start < total {
-            let end = (start + CHUNK).min(total);
-            addrs.clear();
-            iovs.clear();
-            hdrs.clear();
-            for i in start..end {
-                let (dest, data) = batch.get(i);
-                addrs.push(socket2::SockAddr::from(dest));
-                iovs.push(libc::iovec {
-                    iov_base: data.as_ptr() as *mut libc::c_void,
-                    iov_len: data.len(),
-                });
-            }
-            for (addr, iov) in addrs.iter().zip(iovs.iter_mut()) {
-                // SAFETY: mmsghdr is a plain C struct; all-zero is a valid initial value.
-                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
-                h.msg_hdr.msg_namelen = addr.len();
-                h.msg_hdr.msg_iov = iov as *mut libc::iovec;
-                h.msg_hdr.msg_iovlen = 1;
-                hdrs.push(h);
+            let end = (start + SEND_CHUNK).min(total);
+            let count = end - start;
+            self.send_addrs.clear();
+            self.send_addrs
+                .extend((start..end).map(|i| socket2::SockAddr::from(batch.get(i).0)));
+            // SAFETY: iovec and mmsghdr are plain C structs; all-zero is a valid value.
+            let mut iovs: [libc::iovec; SEND_CHUNK] = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let mut hdrs: [libc::mmsghdr; SEND_CHUNK] = unsafe { std::mem::zeroed() };
+            for k in 0..count {
+                let data = batch.get(start + k).1;
+                iovs[k].iov_base = data.as_ptr() as *mut libc::c_void;
+                iovs[k].iov_len = data.len();
+                let addr = &self.send_addrs[k];
+                hdrs[k].msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+                hdrs[k].msg_hdr.msg_namelen = addr.len();
+                hdrs[k].msg_hdr.msg_iov = &mut iovs[k] as *mut libc::iovec;
+                hdrs[k].msg_hdr.msg_iovlen = 1;
             }
             let mut offset = 0;
-            while offset < hdrs.len() {
-                // SAFETY: every header points at an address and an iovec owned by `addrs` and
-                // `iovs`, which outlive the call; the iovecs point into `batch`, borrowed
-                // immutably for the whole function; the count is the vector's remaining length.
+            while offset < count {
+                // SAFETY: headers `offset..count` point at addresses in `self.send_addrs` and
+                // iovecs in `iovs`, both alive and unmoved for the call; the iovecs point into
+                // `batch`, borrowed for the whole function; the count stays within `hdrs`.
                 let n = unsafe {
                     libc::sendmmsg(
                         self.socket.as_raw_fd(),
                         hdrs[offset..].as_mut_ptr(),
-                        (hdrs.len() - offset) as libc::c_uint,
+                        (count - offset) as libc::c_uint,
                         0,
                     )
                 };

@@ -91,7 +91,7 @@ fn run(
                     sfu.handle_command(Instant::now(), cmd, &mut batch)
                 }
                 Ok(WorkerInput::Shutdown) | Err(TryRecvError::Disconnected) => {
-                    flush(&socket, &mut batch, &mut send_dropped);
+                    flush(&mut socket, &mut batch, &mut send_dropped);
                     return;
                 }
                 Err(TryRecvError::Empty) => break,
@@ -99,7 +99,7 @@ fn run(
         }
         let now = Instant::now();
         sfu.handle_timeout(now, &mut batch);
-        flush(&socket, &mut batch, &mut send_dropped);
+        flush(&mut socket, &mut batch, &mut send_dropped);
         while let Some(event) = sfu.poll_event() {
             sink(index, event);
         }
@@ -115,7 +115,7 @@ fn run(
                 let got = socket.recv_batch(|from, datagram| {
                     sfu.handle_datagram(now, from, datagram, &mut batch)
                 });
-                flush(&socket, &mut batch, &mut send_dropped);
+                flush(&mut socket, &mut batch, &mut send_dropped);
                 match got {
                     Ok(0) => break,
                     Ok(_) => {}
@@ -140,7 +140,7 @@ fn run(
     }
 }
 
-fn flush(socket: &UdpBatch, batch: &mut TransmitBatch, send_dropped: &mut u64) {
+fn flush(socket: &mut UdpBatch, batch: &mut TransmitBatch, send_dropped: &mut u64) {
     if batch.is_empty() {
         return;
     }

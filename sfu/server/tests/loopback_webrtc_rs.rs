@@ -358,7 +358,9 @@ impl Signaling {
                     println!("[sfu] track published: {} ({:?})", track.id, track.kind);
                     self.published.push(track.id.to_string());
                 }
-                Event::CommandFailed { participant, error } => {
+                Event::CommandFailed {
+                    participant, error, ..
+                } => {
                     panic!("the SFU refused a command for {participant:?}: {error}")
                 }
                 Event::Disconnected {
