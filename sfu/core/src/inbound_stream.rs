@@ -1,13 +1,10 @@
 //! Receive state of one incoming SSRC: rollover counter and replay window for SRTP, loss
 //! detection with NACK scheduling toward the publisher, and the statistics for receiver reports.
 
+use crate::replay_window::ReplayWindow;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How far back a late packet may still be accepted (RFC 3711 §3.3.2 asks for ≥ 64). Wide
-/// enough that a repair of anything still tracked as missing (and cached for subscribers) is
-/// let in: a large keyframe on a slow uplink can be hundreds of packets.
-const REPLAY_WINDOW: u64 = 1024;
 /// Missing packets remembered for NACK; a bigger hole asks for a keyframe instead.
 const MAX_MISSING: usize = 256;
 
@@ -31,8 +28,7 @@ pub struct InboundStream {
     pub ssrc: u32,
     pub clock_rate: u32,
     highest: Option<u64>,
-    /// One bit per extended sequence number modulo `REPLAY_WINDOW`: seen or not.
-    replay: [u64; REPLAY_WINDOW as usize / 64],
+    replay: ReplayWindow,
     missing: VecDeque<Missing>,
     pub received: u64,
     base_ext: u64,
@@ -55,7 +51,7 @@ impl InboundStream {
             ssrc,
             clock_rate: clock_rate.max(1),
             highest: None,
-            replay: [0; REPLAY_WINDOW as usize / 64],
+            replay: ReplayWindow::default(),
             missing: VecDeque::new(),
             received: 0,
             base_ext: 0,
@@ -86,7 +82,7 @@ impl InboundStream {
         match self.highest {
             None => false,
             Some(h) if ext > h => false,
-            Some(h) => h - ext >= REPLAY_WINDOW || self.seen(ext),
+            Some(_) => self.replay.is_replay(ext),
         }
     }
 
@@ -97,20 +93,12 @@ impl InboundStream {
             None => {
                 self.base_ext = ext;
                 self.highest = Some(ext);
-                self.mark(ext);
+                self.replay.accept(ext);
                 Arrival::InOrder
             }
             Some(h) if ext > h => {
                 let shift = ext - h;
-                // The window slides: the slots of the skipped numbers are free again.
-                if shift >= REPLAY_WINDOW {
-                    self.replay = [0; REPLAY_WINDOW as usize / 64];
-                } else {
-                    for skipped in h + 1..ext {
-                        self.unmark(skipped);
-                    }
-                }
-                self.mark(ext);
+                self.replay.accept(ext);
                 if shift > 1 {
                     if shift as usize > MAX_MISSING {
                         self.missing.clear();
@@ -132,36 +120,14 @@ impl InboundStream {
                 self.highest = Some(ext);
                 Arrival::InOrder
             }
-            Some(h) => {
-                if h - ext < REPLAY_WINDOW {
-                    self.mark(ext);
-                }
+            Some(_) => {
+                self.replay.accept(ext);
                 self.missing.retain(|m| m.ext_seq != ext);
                 Arrival::Late
             }
         };
         self.update_jitter(now, rtp_timestamp);
         arrival
-    }
-
-    fn slot(ext: u64) -> (usize, u64) {
-        let i = (ext % REPLAY_WINDOW) as usize;
-        (i / 64, 1 << (i % 64))
-    }
-
-    fn seen(&self, ext: u64) -> bool {
-        let (word, bit) = Self::slot(ext);
-        self.replay[word] & bit != 0
-    }
-
-    fn mark(&mut self, ext: u64) {
-        let (word, bit) = Self::slot(ext);
-        self.replay[word] |= bit;
-    }
-
-    fn unmark(&mut self, ext: u64) {
-        let (word, bit) = Self::slot(ext);
-        self.replay[word] &= !bit;
     }
 
     fn update_jitter(&mut self, now: Instant, rtp_timestamp: u32) {

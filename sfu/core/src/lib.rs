@@ -14,6 +14,7 @@ pub mod packet_cache;
 pub mod participant;
 pub mod peer_transport;
 pub mod remote_description;
+pub mod replay_window;
 pub mod rtcp_writer;
 pub mod rtp_header;
 pub mod sfu;

@@ -2,6 +2,7 @@
 
 use crate::codec::CodecParams;
 use crate::peer_transport::PeerTransport;
+use crate::replay_window::ReplayWindow;
 use crate::srtp_context::SrtpContext;
 use crate::subscription::Subscription;
 use crate::twcc_feedback::TwccRecorder;
@@ -58,13 +59,14 @@ pub struct Participant {
     pub published: Vec<usize>,
     pub subscriptions: Vec<Subscription>,
     pub srtcp_index: u32,
+    /// SRTCP indices received, so a replayed NACK or PLI is refused.
+    pub srtcp_replay: ReplayWindow,
     pub awaiting_answer: bool,
     /// When the outstanding SFU offer went out (re-sent after a timeout).
     pub offer_sent_at: Option<Instant>,
     pub renegotiation_pending: bool,
     pub sdp_session_id: u64,
     pub sdp_version: u64,
-    pub connected: bool,
     pub next_mid: u32,
     /// Addresses this participant's connectivity checks came from (bounded by its candidates).
     pub stun_addrs: Vec<SocketAddr>,

@@ -15,6 +15,7 @@ use crate::local_description::{
 use crate::participant::{ExtIds, LineRole, MediaLine, Participant};
 use crate::peer_transport::{CloseCause, PeerTransport, TransportConfig, TransportEvent};
 use crate::remote_description::{RemoteDescription, SdpError};
+use crate::replay_window::ReplayWindow;
 use crate::rtcp_writer::{self, ReportBlock};
 use crate::rtp_header::{HeaderWriter, PacketClass, RtpHeader, classify};
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
@@ -323,12 +324,12 @@ impl Sfu {
             published: Vec::new(),
             subscriptions: Vec::new(),
             srtcp_index: 0,
+            srtcp_replay: ReplayWindow::default(),
             awaiting_answer: false,
             offer_sent_at: None,
             renegotiation_pending: false,
             sdp_session_id: u64::from(self.new_ssrc()) << 16,
             sdp_version: 1,
-            connected: false,
             next_mid: 0,
             stun_addrs: Vec::new(),
             twcc: TwccRecorder::new(now),
@@ -1067,7 +1068,6 @@ impl Sfu {
         }
         if secured {
             let p = self.participant_mut(idx);
-            p.connected = true;
             let participant = p.id.clone();
             self.events.push_back(Event::Connected { participant });
             self.request_keyframes_for(now, idx, out);
@@ -1346,10 +1346,20 @@ impl Sfu {
             self.counters.dropped_not_ready += 1;
             return;
         };
-        let Ok((len, _index)) = ctx.open_rtcp(buf) else {
+        // The index sits in the clear trailer: a replay is refused before any crypto.
+        let Some(index) = crate::srtp_context::srtcp_index(buf) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        if p.srtcp_replay.is_replay(index as u64) {
+            self.counters.dropped_replay += 1;
+            return;
+        }
+        let Ok((len, _)) = ctx.open_rtcp(buf) else {
             self.counters.dropped_auth += 1;
             return;
         };
+        p.srtcp_replay.accept(index as u64);
         self.counters.rtcp_in += 1;
         let mut slice = &buf[..len];
         let Ok(packets) = rtc_rtcp::packet::unmarshal(&mut slice) else {

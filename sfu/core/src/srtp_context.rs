@@ -75,6 +75,21 @@ impl MasterKey {
     }
 }
 
+/// The SRTCP index of a protected RTCP packet (its clear trailer), if it is long enough.
+pub fn srtcp_index(packet: &[u8]) -> Option<u32> {
+    let len = packet.len();
+    if len < 8 + SRTCP_TRAILER_LEN {
+        return None;
+    }
+    let e_index = u32::from_be_bytes([
+        packet[len - 4],
+        packet[len - 3],
+        packet[len - 2],
+        packet[len - 1],
+    ]);
+    Some(e_index & 0x7fff_ffff)
+}
+
 /// Session keys of one direction.
 pub struct SrtpContext {
     rtp_key: LessSafeKey,

@@ -514,3 +514,39 @@ fn the_loudest_publisher_becomes_the_active_speaker() {
     });
     assert_eq!(speakers(&net), vec!["anna".to_owned(), "bo".to_owned()]);
 }
+
+#[test]
+fn a_replayed_rtcp_packet_is_refused() {
+    let mut net = two_publishers_three_subscribers(29);
+    let mut tick = 0;
+    net.run(Duration::from_millis(500), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let ssrc = net.peers[2]
+        .incoming_from("pub-a", MediaKind::Video)
+        .expect("line")
+        .ssrc;
+    net.peers[2].send_pli(ssrc);
+    let (_, pli) = std::iter::from_fn(|| net.peers[2].poll_transmit())
+        .last()
+        .expect("PLI sealed");
+    let from = net.peers[2].addr;
+    let (requests, replays) = (
+        net.sfu.counters.keyframe_requests_in,
+        net.sfu.counters.dropped_replay,
+    );
+    net.inject_to_sfu(from, pli.clone());
+    net.run(Duration::from_millis(5), |_| {});
+    net.inject_to_sfu(from, pli);
+    net.run(Duration::from_millis(5), |_| {});
+    assert_eq!(
+        net.sfu.counters.keyframe_requests_in,
+        requests + 1,
+        "the first copy counts"
+    );
+    assert_eq!(
+        net.sfu.counters.dropped_replay,
+        replays + 1,
+        "the second is a replay"
+    );
+}
