@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(h.has_padding, data[0] & 0x20 != 0);
 
     if let Some((_, start, end)) = h.extension {
-        assert!(start >= 16 && start <= end, "extension block {start}..{end}");
+        assert!(
+            start >= 16 && start <= end,
+            "extension block {start}..{end}"
+        );
         assert_eq!(end, h.header_len, "the extension block ends the header");
         assert_eq!((end - start) % 4, 0, "extension block is 32-bit words");
     }

@@ -1,5 +1,6 @@
 //! `SrtpContext::open_rtcp` and `open_rtp` (fixed keys) on arbitrary input: every RTP/RTCP
 //! datagram from a participant's address is opened in place before anything else reads it.
+//! `srtcp_index` (the clear trailer the replay check reads first) must agree with `open_rtcp`.
 //!
 //! The fuzzer cannot forge an AES-GCM tag, so opening random bytes only exercises the length
 //! and trailer handling. The input is therefore also sealed with the same keys and opened
@@ -11,7 +12,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use sfu_core::rtp_header::RtpHeader;
-use sfu_core::srtp_context::{MasterKey, SRTCP_TRAILER_LEN, SRTP_TAG_LEN, SrtpContext};
+use sfu_core::srtp_context::{
+    MasterKey, SRTCP_TRAILER_LEN, SRTP_TAG_LEN, SrtpContext, srtcp_index,
+};
 use std::sync::OnceLock;
 
 fn context() -> &'static SrtpContext {
@@ -36,9 +39,9 @@ fn be32(data: &[u8], at: usize) -> u32 {
 
 /// A bit of the sealed packet chosen from the input.
 fn bit_to_flip(data: &[u8], sealed_len: usize) -> (usize, u8) {
-    let h = data
-        .iter()
-        .fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    let h = data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
     ((h as usize >> 3) % sealed_len, 1 << (h & 7))
 }
 
@@ -47,11 +50,15 @@ fuzz_target!(|data: &[u8]| {
     let len = data.len();
 
     // --- SRTCP: open the input as received -----------------------------------------------
+    // The index the SFU reads from the clear trailer (for its replay check, before opening).
+    let clear_index = srtcp_index(data);
+    assert_eq!(clear_index.is_some(), len >= 8 + SRTCP_TRAILER_LEN);
     let mut buf = data.to_vec();
     if let Ok((plain_len, index)) = ctx.open_rtcp(&mut buf) {
         assert_eq!(plain_len, len - SRTCP_TRAILER_LEN);
         assert!(plain_len >= 8);
         assert!(index <= 0x7fff_ffff);
+        assert_eq!(clear_index, Some(index));
     }
 
     // --- SRTP: open the input as received, with what the SFU would pass ------------------
@@ -106,6 +113,7 @@ fuzz_target!(|data: &[u8]| {
             .expect("sealing fits a buffer of len + trailer");
         assert_eq!(n, len + SRTCP_TRAILER_LEN);
         let sealed = buf.clone();
+        assert_eq!(srtcp_index(&sealed), Some(index & 0x7fff_ffff));
         let (m, opened_index) = ctx.open_rtcp(&mut buf).expect("what we sealed opens");
         assert_eq!(m, len);
         assert_eq!(opened_index, index & 0x7fff_ffff);
