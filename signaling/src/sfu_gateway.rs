@@ -5,9 +5,9 @@
 use crate::server::SfuControl;
 use sfu_proto::{
     Command, ControlMessage, DisconnectReason, Event, LoadReport, PROTOCOL_VERSION, ParticipantId,
-    RoomId,
 };
 use sfu_server::control_stream::{ControlStreamError, read_message, spawn_reader, write_message};
+use sfu_server::room_placement::RoomPlacement;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -15,47 +15,33 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 struct NodeLink {
     id: String,
     tx: UnboundedSender<Command>,
+    /// The node's last load report (for operators; placement counts participants itself).
     load: LoadReport,
-    /// Rooms placed here since the last load report (reports lag behind placements).
-    placed: u32,
 }
 
 #[derive(Default)]
-struct Placement {
+struct Nodes {
     next_key: u64,
-    nodes: HashMap<u64, NodeLink>,
-    rooms: HashMap<RoomId, u64>,
-    /// Node and room of every participant placed.
-    participants: HashMap<ParticipantId, (u64, RoomId)>,
-}
-
-impl Placement {
-    /// Forgets a participant; an emptied room is forgotten too, to be placed afresh.
-    fn release(&mut self, participant: &ParticipantId) {
-        if let Some((_, room)) = self.participants.remove(participant)
-            && !self.participants.values().any(|(_, r)| *r == room)
-        {
-            self.rooms.remove(&room);
-        }
-    }
+    links: HashMap<u64, NodeLink>,
+    placement: RoomPlacement<u64>,
 }
 
 /// Commands go to whichever connected node owns the room.
 pub struct RemoteSfu {
-    placement: Mutex<Placement>,
+    nodes: Mutex<Nodes>,
     events: UnboundedSender<Event>,
 }
 
 impl RemoteSfu {
     pub fn new(events: UnboundedSender<Event>) -> Arc<Self> {
         Arc::new(Self {
-            placement: Mutex::new(Placement::default()),
+            nodes: Mutex::new(Nodes::default()),
             events,
         })
     }
 
     pub fn node_count(&self) -> usize {
-        self.placement.lock().map(|p| p.nodes.len()).unwrap_or(0)
+        self.nodes.lock().map(|n| n.links.len()).unwrap_or(0)
     }
 
     /// Accepts SFU nodes on `endpoint` until it closes.
@@ -95,19 +81,18 @@ impl RemoteSfu {
         };
         let (tx, mut rx) = unbounded_channel::<Command>();
         let key = {
-            let mut p = self
-                .placement
+            let mut n = self
+                .nodes
                 .lock()
-                .map_err(|_| anyhow::anyhow!("placement lock poisoned"))?;
-            p.next_key += 1;
-            let key = p.next_key;
-            p.nodes.insert(
+                .map_err(|_| anyhow::anyhow!("node table lock poisoned"))?;
+            n.next_key += 1;
+            let key = n.next_key;
+            n.links.insert(
                 key,
                 NodeLink {
                     id: node_id.clone(),
                     tx,
                     load: LoadReport::default(),
-                    placed: 0,
                 },
             );
             key
@@ -123,28 +108,15 @@ impl RemoteSfu {
                     },
                     msg = incoming.recv() => match msg.ok_or(ControlStreamError::Closed)?? {
                         ControlMessage::Event(Event::Load(report)) => {
-                            if let Ok(mut p) = self.placement.lock()
-                                && let Some(n) = p.nodes.get_mut(&key)
+                            if let Ok(mut n) = self.nodes.lock()
+                                && let Some(link) = n.links.get_mut(&key)
                             {
-                                n.load = report;
-                                n.placed = 0;
+                                link.load = report;
                             }
                         }
                         ControlMessage::Event(event) => {
-                            // As in `SfuNode`: placement follows commands; only a refused add
-                            // is undone from an event.
-                            let gone = match &event {
-                                Event::CommandFailed {
-                                    command,
-                                    participant: Some(participant),
-                                    ..
-                                } if command == "add_participant" => Some(participant),
-                                _ => None,
-                            };
-                            if let Some(participant) = gone
-                                && let Ok(mut p) = self.placement.lock()
-                            {
-                                p.release(participant);
+                            if let Ok(mut n) = self.nodes.lock() {
+                                n.placement.observe(&event);
                             }
                             let _ = self.events.send(event);
                         }
@@ -155,18 +127,10 @@ impl RemoteSfu {
         }
         .await;
         // The node is gone: its participants lost their media.
-        let orphans: Vec<ParticipantId> = match self.placement.lock() {
-            Ok(mut p) => {
-                p.nodes.remove(&key);
-                p.rooms.retain(|_, n| *n != key);
-                let orphans = p
-                    .participants
-                    .iter()
-                    .filter(|(_, (n, _))| *n == key)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                p.participants.retain(|_, (n, _)| *n != key);
-                orphans
+        let orphans: Vec<ParticipantId> = match self.nodes.lock() {
+            Ok(mut n) => {
+                n.links.remove(&key);
+                n.placement.drop_target(key)
             }
             Err(_) => Vec::new(),
         };
@@ -184,61 +148,17 @@ impl RemoteSfu {
 impl SfuControl for RemoteSfu {
     fn send(&self, command: Command) {
         let target = {
-            let Ok(mut p) = self.placement.lock() else {
+            let Ok(mut guard) = self.nodes.lock() else {
                 return;
             };
-            let key = match &command {
-                Command::AddParticipant {
-                    room, participant, ..
-                } => {
-                    let key = match p.rooms.get(room) {
-                        Some(&k) => Some(k),
-                        None => {
-                            let k = p
-                                .nodes
-                                .iter()
-                                .min_by_key(|(_, n)| n.load.participants + n.placed)
-                                .map(|(k, _)| *k);
-                            if let Some(k) = k {
-                                p.rooms.insert(room.clone(), k);
-                            }
-                            k
-                        }
-                    };
-                    if let Some(k) = key {
-                        p.participants
-                            .insert(participant.clone(), (k, room.clone()));
-                        if let Some(n) = p.nodes.get_mut(&k) {
-                            n.placed += 1;
-                        }
-                    }
-                    key
-                }
-                Command::CloseRoom { room } => {
-                    let members: Vec<ParticipantId> = p
-                        .participants
-                        .iter()
-                        .filter(|(_, (_, r))| r == room)
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    let node = p.rooms.get(room).copied();
-                    for m in members {
-                        p.release(&m);
-                    }
-                    p.rooms.remove(room);
-                    node
-                }
-                Command::RemoveParticipant { participant } => {
-                    let node = p.participants.get(participant).map(|(n, _)| *n);
-                    p.release(participant);
-                    node
-                }
-                other => other
-                    .participant()
-                    .and_then(|id| p.participants.get(id).map(|(n, _)| *n)),
-            };
-            key.and_then(|k| p.nodes.get(&k))
-                .map(|n| (n.tx.clone(), n.id.clone()))
+            let n = &mut *guard;
+            let keys: Vec<u64> = n.links.keys().copied().collect();
+            // A new room goes to the node with the fewest participants.
+            let key = n.placement.route(&command, |p| {
+                keys.iter().copied().min_by_key(|k| p.count(*k))
+            });
+            key.and_then(|k| n.links.get(&k))
+                .map(|l| (l.tx.clone(), l.id.clone()))
         };
         match target {
             Some((tx, node)) => {

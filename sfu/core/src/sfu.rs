@@ -241,11 +241,7 @@ impl Sfu {
                 Ok(())
             }
             Command::CloseRoom { room } => {
-                let members = self
-                    .rooms
-                    .get(&room)
-                    .map(|r| r.participants.clone())
-                    .unwrap_or_default();
+                let members = self.room_members(&room);
                 for idx in members {
                     self.remove_participant(now, idx, DisconnectReason::RoomClosed, out);
                 }
@@ -266,6 +262,14 @@ impl Sfu {
                 error,
             });
         }
+    }
+
+    /// The participants of a room (a copy: callers change the room while walking it).
+    fn room_members(&self, room: &RoomId) -> Vec<usize> {
+        self.rooms
+            .get(room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default()
     }
 
     fn participant(&self, idx: usize) -> &Participant {
@@ -720,11 +724,7 @@ impl Sfu {
             return;
         }
         let room = self.participant(publisher).room.clone();
-        let members = self
-            .rooms
-            .get(&room)
-            .map(|r| r.participants.clone())
-            .unwrap_or_default();
+        let members = self.room_members(&room);
         for m in members {
             if m == publisher || !self.participant(m).permissions.subscribe {
                 continue;
@@ -767,11 +767,7 @@ impl Sfu {
             return;
         }
         let room = self.participant(idx).room.clone();
-        let members = self
-            .rooms
-            .get(&room)
-            .map(|r| r.participants.clone())
-            .unwrap_or_default();
+        let members = self.room_members(&room);
         let mut added = false;
         for m in members {
             if m == idx || !self.participant(m).permissions.publish {
@@ -1100,11 +1096,7 @@ impl Sfu {
                 continue;
             }
             let room = p.room.clone();
-            let members = self
-                .rooms
-                .get(&room)
-                .map(|r| r.participants.clone())
-                .unwrap_or_default();
+            let members = self.room_members(&room);
             for m in members {
                 if m == idx {
                     continue;

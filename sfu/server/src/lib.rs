@@ -7,6 +7,7 @@ pub mod control_stream;
 pub mod logging;
 pub mod node;
 pub mod node_file_config;
+pub mod room_placement;
 pub mod udp_batch;
 pub mod worker;
 

@@ -1,11 +1,11 @@
 //! A set of workers behind one control entry point: places rooms on workers and routes each
 //! command to the worker that owns its room or participant.
 
+use crate::room_placement::RoomPlacement;
 use crate::udp_batch::UdpBatch;
 use crate::worker::{self, EventSink, SharedCounters, WorkerHandle, WorkerInput};
 use sfu_core::{Counters, SfuConfig, TransportConfig};
-use sfu_proto::{Command, Event, ParticipantId, RoomId};
-use std::collections::HashMap;
+use sfu_proto::{Command, Event, RoomId};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -54,34 +54,10 @@ pub enum NodeError {
     Transport(String),
 }
 
-#[derive(Default)]
-struct Placement {
-    rooms: HashMap<RoomId, usize>,
-    /// Worker and room of every participant placed.
-    participants: HashMap<ParticipantId, (usize, RoomId)>,
-    load: Vec<usize>,
-}
-
-impl Placement {
-    /// Forgets a participant that left (or was never added); an emptied room is forgotten too,
-    /// so its next use is placed afresh.
-    fn release(&mut self, participant: &ParticipantId) {
-        let Some((worker, room)) = self.participants.remove(participant) else {
-            return;
-        };
-        if let Some(l) = self.load.get_mut(worker) {
-            *l = l.saturating_sub(1);
-        }
-        if !self.participants.values().any(|(_, r)| *r == room) {
-            self.rooms.remove(&room);
-        }
-    }
-}
-
 pub struct SfuNode {
     senders: Vec<Sender<WorkerInput>>,
     workers: Vec<WorkerHandle>,
-    placement: Arc<Mutex<Placement>>,
+    placement: Arc<Mutex<RoomPlacement<usize>>>,
     counters: Vec<SharedCounters>,
 }
 
@@ -106,30 +82,13 @@ impl SfuNode {
         } else {
             config.workers
         };
-        let placement = Arc::new(Mutex::new(Placement {
-            load: vec![0; n],
-            ..Default::default()
-        }));
+        let placement = Arc::new(Mutex::new(RoomPlacement::<usize>::default()));
         let on_event = Arc::new(on_event);
         let sink: EventSink = {
             let placement = placement.clone();
             Arc::new(move |_worker: usize, event: Event| {
-                // Placement changes with commands only (in order, under the lock): a participant
-                // stays placed until signaling removes it, even after its media ended, so a
-                // late event of an old session can never unplace a rejoined one. A refused
-                // add is the exception: nothing was placed on the worker.
-                let gone = match &event {
-                    Event::CommandFailed {
-                        command,
-                        participant: Some(participant),
-                        ..
-                    } if command == "add_participant" => Some(participant),
-                    _ => None,
-                };
-                if let Some(participant) = gone
-                    && let Ok(mut p) = placement.lock()
-                {
-                    p.release(participant);
+                if let Ok(mut p) = placement.lock() {
+                    p.observe(&event);
                 }
                 on_event(event)
             })
@@ -191,57 +150,11 @@ impl SfuNode {
 
     /// Routes a command to the worker owning its room or participant.
     pub fn send(&self, command: Command) {
-        let worker = {
-            let Ok(mut p) = self.placement.lock() else {
-                return;
-            };
-            match &command {
-                Command::AddParticipant {
-                    room, participant, ..
-                } => {
-                    let w = match p.rooms.get(room) {
-                        Some(&w) => w,
-                        None => {
-                            // A new room goes to the least-loaded worker.
-                            let w = p
-                                .load
-                                .iter()
-                                .enumerate()
-                                .min_by_key(|(_, l)| **l)
-                                .map(|(i, _)| i)
-                                .unwrap_or(0);
-                            p.rooms.insert(room.clone(), w);
-                            w
-                        }
-                    };
-                    p.participants
-                        .insert(participant.clone(), (w, room.clone()));
-                    p.load[w] += 1;
-                    Some(w)
-                }
-                Command::CloseRoom { room } => {
-                    let members: Vec<ParticipantId> = p
-                        .participants
-                        .iter()
-                        .filter(|(_, (_, r))| r == room)
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    let w = p.rooms.get(room).copied();
-                    for m in members {
-                        p.release(&m);
-                    }
-                    p.rooms.remove(room);
-                    w
-                }
-                Command::RemoveParticipant { participant } => {
-                    let w = p.participants.get(participant).map(|(w, _)| *w);
-                    p.release(participant);
-                    w
-                }
-                other => other
-                    .participant()
-                    .and_then(|id| p.participants.get(id).map(|(w, _)| *w)),
-            }
+        let workers = self.senders.len();
+        let worker = match self.placement.lock() {
+            // A new room goes to the worker with the fewest participants.
+            Ok(mut p) => p.route(&command, |p| (0..workers).min_by_key(|w| p.count(*w))),
+            Err(_) => return,
         };
         if let Some(w) = worker
             && let Some(tx) = self.senders.get(w)
@@ -268,11 +181,7 @@ impl SfuNode {
     /// Ends every room on every worker (the control link to signaling was lost).
     pub fn close_all_rooms(&self) {
         let rooms: Vec<(RoomId, usize)> = match self.placement.lock() {
-            Ok(mut p) => {
-                p.participants.clear();
-                p.load.iter_mut().for_each(|l| *l = 0);
-                p.rooms.drain().collect()
-            }
+            Ok(mut p) => p.drain_rooms(),
             Err(_) => return,
         };
         for (room, w) in rooms {
