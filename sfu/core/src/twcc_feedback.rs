@@ -77,20 +77,28 @@ impl TwccRecorder {
         sender_ssrc: u32,
         media_ssrc: u32,
     ) -> Option<usize> {
-        let (mut start, highest) = (self.next_report?, self.highest?);
-        // Skip leading sequence numbers that never arrived: a feedback starts at an arrival.
-        while start <= highest && self.arrival(start).is_none() {
-            start += 1;
+        let (start, highest) = (self.next_report?, self.highest?);
+        // The first arrival at or after `start`: the reference time comes from it.
+        let mut first = start;
+        while first <= highest && self.arrival(first).is_none() {
+            first += 1;
         }
-        if start > highest {
-            self.next_report = Some(start);
+        if first > highest {
+            self.next_report = Some(first);
             return None;
         }
+        // Losses just before it are reported as such (the estimator needs them), unless the
+        // gap is too long for one message.
+        let start = if first - start < MAX_PER_FEEDBACK / 2 {
+            start
+        } else {
+            first
+        };
         let end = highest.min(start + MAX_PER_FEEDBACK - 1);
         let count = (end - start + 1) as usize;
 
         // Reference time: the first reported arrival, in 64 ms units from our epoch.
-        let first_time = self.arrival(start)?;
+        let first_time = self.arrival(first)?;
         let since_epoch = first_time.saturating_duration_since(self.epoch);
         let reference = (since_epoch.as_micros() / 64_000) as u32 & 0x00ff_ffff;
         let mut previous = self.epoch + Duration::from_micros(reference as u64 * 64_000);
@@ -216,5 +224,21 @@ mod tests {
         assert_eq!(fb.base_sequence_number, 65530u16.wrapping_add(10));
         assert_eq!(fb.packet_status_count, 1);
         assert_eq!(fb.fb_pkt_count, 1);
+    }
+
+    #[test]
+    fn losses_at_the_start_of_a_feedback_are_reported() {
+        let t0 = Instant::now();
+        let mut r = TwccRecorder::new(t0);
+        let mut buf = [0u8; 1500];
+        r.record(100, t0 + Duration::from_millis(10));
+        r.write_feedback(&mut buf, 1, 2).unwrap();
+        // 101 and 102 are lost, 103 arrives: the next feedback starts at 101.
+        r.record(103, t0 + Duration::from_millis(40));
+        let n = r.write_feedback(&mut buf, 1, 2).unwrap();
+        let fb = parse(&buf[..n]);
+        assert_eq!(fb.base_sequence_number, 101);
+        assert_eq!(fb.packet_status_count, 3);
+        assert_eq!(fb.recv_deltas.len(), 1);
     }
 }
