@@ -14,6 +14,14 @@ pub struct FileConfig {
     pub tokens: Option<TokenSection>,
     pub sfu: Option<SfuSection>,
     pub log: Option<LogSection>,
+    pub audit: Option<AuditSection>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// The PDL audit log file (appended, hash-chained, fsynced).
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use signaling::audit_log::{self, AuditLog};
 use signaling::config::FileConfig;
 use signaling::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, dev_claims};
 use signaling::hub::Hub;
@@ -31,6 +32,11 @@ enum Cmd {
     Token {
         #[command(subcommand)]
         command: TokenCmd,
+    },
+    /// The PDL audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
     },
     /// Write a development cluster CA and certificates for signaling and an SFU node.
     ClusterCerts {
@@ -89,6 +95,9 @@ struct ServeArgs {
     advertise_ip: Option<IpAddr>,
     #[arg(long, env = "LOG_JSON")]
     log_json: bool,
+    /// The PDL audit log (JSON lines, hash-chained); `.dev/audit.jsonl` with --dev.
+    #[arg(long, env = "SIGNALING_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
     #[arg(
         long,
         env = "SIGNALING_SFU_MODE",
@@ -106,6 +115,18 @@ struct ServeArgs {
     cluster_cert: Option<PathBuf>,
     #[arg(long, env = "SIGNALING_CLUSTER_KEY")]
     cluster_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain; exits non-zero naming the first line edited, removed or reordered.
+    Verify { file: PathBuf },
+    /// A patient's log extract: the care units and staff that took part in their meetings.
+    Extract {
+        #[arg(long)]
+        subject: String,
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,6 +207,27 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Cmd::Audit { command } => match command {
+            AuditCmd::Verify { file } => {
+                let report = audit_log::verify(&file)?;
+                println!("{}: {} lines, chain intact", file.display(), report.lines);
+                Ok(())
+            }
+            AuditCmd::Extract { subject, file } => {
+                let meetings = audit_log::extract(&file, &subject)?;
+                println!("Log extract for {subject} ({} meetings)", meetings.len());
+                for m in meetings {
+                    println!("meeting {} from {} to {}", m.meeting, m.first, m.last);
+                    for unit in &m.units {
+                        println!("  care unit: {unit}");
+                    }
+                    for (hsa, unit) in &m.staff {
+                        println!("  staff: {hsa} ({unit})");
+                    }
+                }
+                Ok(())
+            }
+        },
         Cmd::ClusterCerts { out } => {
             sfu_server::cluster_tls::generate_dev_cluster(&out)?;
             println!(
@@ -209,6 +251,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    let file_audit = file.audit.and_then(|a| a.path);
     let tls = file.tls.unwrap_or_default();
     let tokens = file.tokens.unwrap_or_default();
     let sfu = file.sfu.unwrap_or_default();
@@ -312,7 +355,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             pump_hub.deliver(e);
         }
     });
+    let audit_path = args.audit_log.or(file_audit).or_else(|| {
+        dev_issuer
+            .as_ref()
+            .map(|_| PathBuf::from(".dev/audit.jsonl"))
+    });
+    let audit = match audit_path {
+        Some(path) => {
+            let log = AuditLog::open(&path)?;
+            tracing::info!(path = %path.display(), "audit log open");
+            Some(Arc::new(log))
+        }
+        None => {
+            tracing::warn!(
+                "no audit log configured (audit.path / --audit-log): accesses are not recorded"
+            );
+            None
+        }
+    };
     let state = Arc::new(AppState {
+        audit,
         ready,
         verifier,
         hub,

@@ -1,5 +1,6 @@
 //! HTTP + WebSocket service: the web client, the join WebSocket and health/metrics.
 
+use crate::audit_log::{AuditEvent, AuditLog};
 use crate::hub::{Hub, Member};
 use crate::session_token::{Session, TokenError, TokenVerifier};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -32,6 +33,8 @@ impl SfuControl for sfu_server::SfuNode {
 }
 
 pub struct AppState {
+    /// The PDL audit log; every join, refusal and leave is appended (and fsynced) first.
+    pub audit: Option<Arc<AuditLog>>,
     /// Whether media can be served: true with embedded workers, or once a node connected.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
     pub verifier: TokenVerifier,
@@ -109,10 +112,67 @@ async fn ws_upgrade(
 ) -> Response {
     let session = match state.verifier.verify(&q.token) {
         Ok(s) => s,
-        Err(e) => return refusal(&e),
+        Err(e) => {
+            // Nothing from an unverified token is trusted enough to log but the reason.
+            let event = AuditEvent {
+                event: "token_refused".into(),
+                code: Some(e.code().into()),
+                ..Default::default()
+            };
+            if audit(&state, event).await.is_err() {
+                return audit_unavailable();
+            }
+            return refusal(&e);
+        }
     };
+    let id = ParticipantId(format!("p-{:012x}", rand::random::<u64>() >> 16));
+    if audit(&state, session_event("join", &session, &id))
+        .await
+        .is_err()
+    {
+        return audit_unavailable();
+    }
     ws.max_message_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| connection(state, session, socket))
+        .on_upgrade(move |socket| connection(state, session, id, socket))
+}
+
+fn session_event(event: &str, session: &Session, id: &ParticipantId) -> AuditEvent {
+    let c = &session.claims;
+    AuditEvent {
+        event: event.into(),
+        meeting: Some(c.mtg.clone()),
+        subject: Some(c.sub.clone()),
+        role: Some(c.role.clone()),
+        hsa: c.hsa.clone(),
+        unit: c.unit.clone(),
+        participant: Some(id.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Appends to the audit log off the async threads (it fsyncs). Without a log configured,
+/// nothing is recorded.
+async fn audit(state: &AppState, event: AuditEvent) -> Result<(), ()> {
+    let Some(log) = state.audit.clone() else {
+        return Ok(());
+    };
+    match tokio::task::spawn_blocking(move || log.append(&event)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "audit log append failed");
+            Err(())
+        }
+        Err(_) => Err(()),
+    }
+}
+
+/// An access that cannot be recorded does not happen.
+fn audit_unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "audit_unavailable", "reason": "the access could not be recorded; try again"})),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -134,8 +194,7 @@ enum ClientMessage {
     Ping {},
 }
 
-async fn connection(state: Arc<AppState>, session: Session, socket: WebSocket) {
-    let id = ParticipantId(format!("p-{:012x}", rand::random::<u64>() >> 16));
+async fn connection(state: Arc<AppState>, session: Session, id: ParticipantId, socket: WebSocket) {
     let meeting = session.claims.mtg.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let others = state.hub.join(
@@ -243,6 +302,7 @@ async fn connection(state: Arc<AppState>, session: Session, socket: WebSocket) {
         None,
         &json!({"type": "participant_left", "participant": id}),
     );
+    let _ = audit(&state, session_event("leave", &session, &id)).await;
     tracing::info!(participant = %id, meeting = %meeting, "left");
     drop(tx);
     writer.abort();

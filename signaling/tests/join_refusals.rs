@@ -12,6 +12,7 @@ struct Server {
     child: Child,
     base: String,
     issuer: DevIssuer,
+    audit: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -34,6 +35,7 @@ fn start() -> Server {
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("issuer.key");
     let issuer = DevIssuer::load_or_create(&key).unwrap();
+    let audit = dir.join("audit.jsonl");
     let mut child = Command::new(env!("CARGO_BIN_EXE_signaling"))
         .args([
             "serve",
@@ -45,6 +47,8 @@ fn start() -> Server {
             "--dev-key",
         ])
         .arg(&key)
+        .arg("--audit-log")
+        .arg(&audit)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -66,6 +70,7 @@ fn start() -> Server {
         child,
         base: base.expect("join URLs printed"),
         issuer,
+        audit,
         _dir: TempDir(dir),
     }
 }
@@ -143,6 +148,33 @@ async fn bad_tokens_are_refused_with_their_reason() {
         (status, body["error"].as_str()),
         (401, Some("token_malformed"))
     );
+
+    // Every refusal left an audit line with its code, and the chain verifies.
+    let verify = Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args(["audit", "verify"])
+        .arg(&server.audit)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let log = std::fs::read_to_string(&server.audit).unwrap();
+    for code in [
+        "token_missing",
+        "token_expired",
+        "token_wrong_audience",
+        "token_unknown_key",
+        "token_clinician_without_hsa",
+        "token_malformed",
+    ] {
+        assert!(
+            log.contains(&format!("\"code\":\"{code}\"")),
+            "audit line for {code}"
+        );
+    }
+    assert!(!log.contains("\"event\":\"join\""), "nobody joined");
 }
 
 async fn next_json<S>(ws: &mut S) -> serde_json::Value

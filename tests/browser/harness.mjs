@@ -13,6 +13,7 @@ export const sfuBin = process.env.SFU_BIN || path.join(targetDir, "debug", "sfu"
 export function startSignaling(extraArgs = [], { embedded = true } = {}) {
   const keyDir = mkdtempSync(path.join(tmpdir(), "hc-dev-"));
   const child = spawn(signalingBin, ["serve", "--dev", "--dev-key", path.join(keyDir, "issuer.key"),
+    "--audit-log", path.join(keyDir, "audit.jsonl"),
     "--listen", "127.0.0.1:0", ...(embedded ? ["--workers", "1"] : []), ...extraArgs], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
