@@ -1,6 +1,9 @@
 // Two headless Chromium pages join one meeting through the single-node default; each decodes
 // the other's video and receives the other's audio.
 import { test } from "node:test";
+import { readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { signalingBin } from "./harness.mjs";
 import assert from "node:assert/strict";
 import { startSignaling, startCluster, launchChromium, inboundStats, waitFor } from "./harness.mjs";
 
@@ -67,6 +70,19 @@ async function twoBrowserCall(server) {
     }, { timeout: 15000, what: "the clinician to process the patient's departure" });
     assert.deepEqual(after.s.errors, [], "no renegotiation errors");
     assert.equal(after.s.connection, "connected");
+
+    // The visit is in the audit log, the chain verifies, and neither the log nor the service's
+    // own logs carry SDP or anything shaped like a personal identity number.
+    const audit = readFileSync(server.auditPath, "utf8");
+    assert.ok(audit.includes('"event":"join"') && audit.includes('"event":"leave"'), "joins and leaves audited");
+    const verify = spawnSync(signalingBin, ["audit", "verify", server.auditPath], { encoding: "utf8" });
+    assert.equal(verify.status, 0, verify.stderr);
+    const logs = [["audit log", audit], ["service log", server.logs()]];
+    if (server.sfuLogs) logs.push(["sfu node log", server.sfuLogs()]);
+    for (const [name, text] of logs) {
+      assert.ok(!/a=fingerprint|a=ice-pwd|m=video/.test(text), `no SDP in the ${name}`);
+      assert.ok(!/\b(19|20)\d{6}[-+]?\d{4}\b/.test(text), `no identity-number pattern in the ${name}`);
+    }
   } finally {
     await browser.close();
   }

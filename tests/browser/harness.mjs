@@ -32,7 +32,8 @@ export function startSignaling(extraArgs = [], { embedded = true } = {}) {
       if (clinician && patient && (embedded || control)) {
         clearTimeout(timer);
         const base = new URL(clinician[1]).origin;
-        resolve({ child, clinician: clinician[1], patient: patient[1], base, control: control && control[1], logs: () => logs });
+        resolve({ child, clinician: clinician[1], patient: patient[1], base, control: control && control[1],
+          logs: () => logs, auditPath: path.join(keyDir, "audit.jsonl") });
       }
     });
   });
