@@ -18,6 +18,8 @@ use std::sync::Arc;
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const CLIENT_JS: &str = include_str!("../web/client.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
+/// Shortest time between two media-session restarts of one connection.
+const MIN_RESTART_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest client message: an SDP offer with many m-lines fits well within this.
 const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 
@@ -233,6 +235,7 @@ async fn connection(state: Arc<AppState>, session: Session, id: ParticipantId, s
     });
 
     let mut joined_sfu = false;
+    let mut last_restart = None;
     while let Some(Ok(msg)) = stream.next().await {
         let text = match msg {
             Message::Text(t) => t,
@@ -246,7 +249,21 @@ async fn connection(state: Arc<AppState>, session: Session, id: ParticipantId, s
         let parsed: Result<ClientMessage, _> = serde_json::from_str(&text);
         match parsed {
             Ok(ClientMessage::Offer { sdp, restart }) => {
+                // Each restart adds m-lines to everyone else's session: a client that restarts
+                // in a loop is slowed down, not followed.
+                if restart
+                    && joined_sfu
+                    && last_restart
+                        .is_some_and(|t: std::time::Instant| t.elapsed() < MIN_RESTART_INTERVAL)
+                {
+                    let _ = tx.send(
+                        json!({"type": "error", "code": "restart_too_soon", "message": "wait a few seconds before reconnecting again"})
+                            .to_string(),
+                    );
+                    continue;
+                }
                 if restart && joined_sfu {
+                    last_restart = Some(std::time::Instant::now());
                     // A new media session under the same identity: the old one goes first.
                     state.sfu.send(Command::RemoveParticipant {
                         participant: id.clone(),

@@ -98,6 +98,8 @@ impl RemoteSfu {
             key
         };
         tracing::info!(node = %node_id, workers, remote = %conn.remote_address(), "SFU node connected");
+        // Whatever ends this session ends the connection too (the reader task holds a stream).
+        let _close = CloseOnDrop(conn.clone());
         let mut incoming = spawn_reader(recv);
         let result: anyhow::Result<()> = async {
             loop {
@@ -142,6 +144,15 @@ impl RemoteSfu {
             });
         }
         result
+    }
+}
+
+/// Closes a QUIC connection when dropped.
+struct CloseOnDrop(quinn::Connection);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(0u32.into(), b"control session ended");
     }
 }
 

@@ -100,6 +100,7 @@ function scheduleRestart(text) {
   // A short pause lets a network switch settle before the new attempt.
   restartTimer = setTimeout(() => {
     restartTimer = null;
+    if (leaving) return;
     state.restarts += 1;
     enqueue(() => connectMedia(true));
   }, 1000);
@@ -141,9 +142,14 @@ async function start() {
         removeTile(msg.participant);
         break;
       case "answer":
+        // An answer meant for a session already replaced finds no offer of ours: dropped.
+        if (pc.signalingState !== "have-local-offer") break;
         await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
         break;
       case "offer": {
+        // An SFU offer for the replaced session, arriving while the new one's own offer is
+        // out, is dropped: the new session's offers come after its answer.
+        if (pc.signalingState === "have-local-offer") break;
         state.offers += 1;
         await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
         const answer = await pc.createAnswer();
@@ -163,6 +169,10 @@ async function start() {
         }
         break;
       case "error":
+        if (msg.code === "restart_too_soon") {
+          setTimeout(() => state.reconnect(), 5000);
+          break;
+        }
         state.errors.push(msg.code + ": " + msg.message);
         console.warn("server error", msg);
         break;

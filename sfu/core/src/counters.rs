@@ -31,6 +31,8 @@ pub struct Counters {
     pub data_messages_in: u64,
     pub data_messages_out: u64,
     pub data_messages_dropped: u64,
+    /// Subscriptions not made because the subscriber's session holds the most m-lines.
+    pub subscriptions_refused: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -63,6 +65,7 @@ impl std::ops::AddAssign for Counters {
             data_messages_in,
             data_messages_out,
             data_messages_dropped,
+            subscriptions_refused,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -91,12 +94,13 @@ impl std::ops::AddAssign for Counters {
         self.data_messages_in += data_messages_in;
         self.data_messages_out += data_messages_out;
         self.data_messages_dropped += data_messages_dropped;
+        self.subscriptions_refused += subscriptions_refused;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 27] {
+    pub fn named(&self) -> [(&'static str, u64); 28] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -136,6 +140,10 @@ impl Counters {
             (
                 "sfu_data_messages_dropped_total",
                 self.data_messages_dropped,
+            ),
+            (
+                "sfu_subscriptions_refused_total",
+                self.subscriptions_refused,
             ),
         ]
     }

@@ -7,6 +7,7 @@ use crate::srtp_context::SrtpContext;
 use crate::subscription::Subscription;
 use crate::twcc_feedback::TwccRecorder;
 use sfu_proto::{MediaKind, ParticipantId, Permissions, RoomId};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -59,8 +60,8 @@ pub struct Participant {
     pub published: Vec<usize>,
     pub subscriptions: Vec<Subscription>,
     pub srtcp_index: u32,
-    /// SRTCP indices received, so a replayed NACK or PLI is refused.
-    pub srtcp_replay: ReplayWindow,
+    /// SRTCP indices received per sender SSRC, so a replayed NACK or PLI is refused.
+    pub srtcp_replay: HashMap<u32, ReplayWindow>,
     pub awaiting_answer: bool,
     /// When the outstanding SFU offer went out (re-sent after a timeout).
     pub offer_sent_at: Option<Instant>,

@@ -15,7 +15,6 @@ use crate::local_description::{
 use crate::participant::{ExtIds, LineRole, MediaLine, Participant};
 use crate::peer_transport::{CloseCause, PeerTransport, TransportConfig, TransportEvent};
 use crate::remote_description::{RemoteDescription, SdpError};
-use crate::replay_window::ReplayWindow;
 use crate::rtcp_writer::{self, ReportBlock};
 use crate::rtp_header::{HeaderWriter, PacketClass, RtpHeader, classify};
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
@@ -82,6 +81,9 @@ const MAX_AUDIO_TRACKS: usize = 2;
 const MAX_VIDEO_TRACKS: usize = 4;
 /// An SFU offer not answered within this long is sent again (the browser may have failed it).
 const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// RTCP sender SSRCs tracked for replay per participant (a browser uses one per stream).
+const MAX_RTCP_SENDERS: usize = 32;
 
 /// Source addresses remembered per participant for routing STUN responses.
 const MAX_STUN_ADDRS_PER_PARTICIPANT: usize = 16;
@@ -328,7 +330,7 @@ impl Sfu {
             published: Vec::new(),
             subscriptions: Vec::new(),
             srtcp_index: 0,
-            srtcp_replay: ReplayWindow::default(),
+            srtcp_replay: HashMap::new(),
             awaiting_answer: false,
             offer_sent_at: None,
             renegotiation_pending: false,
@@ -616,14 +618,9 @@ impl Sfu {
         }
         let answer = match RemoteDescription::parse(sdp) {
             Ok(a) => a,
-            Err(e) => {
-                // The offer failed on the client's side: try again with the next change (or
-                // the timeout) rather than waiting forever.
-                let p = self.participant_mut(idx);
-                p.awaiting_answer = false;
-                p.renegotiation_pending = true;
-                return Err(e.to_string());
-            }
+            // The offer failed on the client's side: it stays outstanding and is sent again
+            // when it times out.
+            Err(e) => return Err(e.to_string()),
         };
         let p = self.participant_mut(idx);
         for m in &answer.media {
@@ -648,9 +645,12 @@ impl Sfu {
         }
         p.awaiting_answer = false;
         p.offer_sent_at = None;
+        // Only lines the answer accepted: a late answer to an earlier offer does not cover
+        // subscriptions added since.
         let mut newly = Vec::new();
         for s in &mut p.subscriptions {
-            if s.offered && !s.negotiated {
+            let accepted = answer.media.iter().any(|m| m.mid == s.mid && !m.rejected);
+            if s.offered && !s.negotiated && accepted {
                 s.negotiated = true;
                 newly.push(s.track);
             }
@@ -784,12 +784,13 @@ impl Sfu {
     }
 
     fn subscribe(&mut self, subscriber: usize, track: usize) -> bool {
-        if self
-            .participant(subscriber)
-            .subscriptions
-            .iter()
-            .any(|s| s.track == track && s.active)
-        {
+        let p = self.participant(subscriber);
+        if p.subscriptions.iter().any(|s| s.track == track && s.active) {
+            return false;
+        }
+        // Every subscription is an m-line for the session's life: the cap bounds the SDP.
+        if p.lines.len() >= MAX_LINES_PER_PARTICIPANT {
+            self.counters.subscriptions_refused += 1;
             return false;
         }
         let ssrc = self.new_ssrc();
@@ -1343,7 +1344,12 @@ impl Sfu {
             self.counters.dropped_malformed += 1;
             return;
         };
-        if p.srtcp_replay.is_replay(index as u64) {
+        // Each sender SSRC counts its own SRTCP index (RFC 3711 §3.4).
+        let sender_ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        if p.srtcp_replay
+            .get(&sender_ssrc)
+            .is_some_and(|w| w.is_replay(index as u64))
+        {
             self.counters.dropped_replay += 1;
             return;
         }
@@ -1351,7 +1357,13 @@ impl Sfu {
             self.counters.dropped_auth += 1;
             return;
         };
-        p.srtcp_replay.accept(index as u64);
+        // Windows are made only for authenticated senders, and a session has a few.
+        if p.srtcp_replay.len() < MAX_RTCP_SENDERS || p.srtcp_replay.contains_key(&sender_ssrc) {
+            p.srtcp_replay
+                .entry(sender_ssrc)
+                .or_default()
+                .accept(index as u64);
+        }
         self.counters.rtcp_in += 1;
         let mut slice = &buf[..len];
         let Ok(packets) = rtc_rtcp::packet::unmarshal(&mut slice) else {

@@ -92,6 +92,10 @@ impl Subscription {
         let delta = self.seq_delta?;
         let d = out_seq.wrapping_sub(self.highest_out as u16) as i16 as i64;
         let out_ext = self.highest_out as i64 + d;
+        if out_ext < self.first_ext_seq as i64 {
+            // Before this subscriber's stream began.
+            return None;
+        }
         let in_ext = out_ext - delta;
         (in_ext >= 0).then_some(in_ext as u64)
     }

@@ -78,6 +78,7 @@ pub enum Event {
     },
     CommandFailed {
         /// The command's name (`add_participant`, `answer`, …).
+        #[serde(default)]
         command: String,
         participant: Option<ParticipantId>,
         error: String,

@@ -44,6 +44,15 @@ pub async fn run(
     }
 }
 
+/// Closes a QUIC connection when dropped.
+struct CloseOnDrop(quinn::Connection);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(0u32.into(), b"control session ended");
+    }
+}
+
 async fn session(
     config: &ControlClientConfig,
     endpoint: &quinn::Endpoint,
@@ -53,6 +62,8 @@ async fn session(
     let conn = endpoint
         .connect(config.signaling, &config.server_name)?
         .await?;
+    // However this session ends, the connection goes with it (the reader task holds a stream).
+    let _close = CloseOnDrop(conn.clone());
     let (mut send, recv) = conn.open_bi().await?;
     write_message(
         &mut send,
