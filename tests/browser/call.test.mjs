@@ -7,8 +7,8 @@ import { signalingBin } from "./harness.mjs";
 import assert from "node:assert/strict";
 import { startSignaling, startCluster, launchChromium, inboundStats, waitFor } from "./harness.mjs";
 
-async function twoBrowserCall(server) {
-  const browser = await launchChromium();
+async function twoBrowserCall(server, browserArgs = []) {
+  const browser = await launchChromium(browserArgs);
   try {
     const a = await (await browser.newContext()).newPage();
     const b = await (await browser.newContext()).newPage();
@@ -92,6 +92,17 @@ test("two browsers decode each other's video through the single-node default", {
   const server = await startSignaling();
   try {
     await twoBrowserCall(server);
+  } finally {
+    server.child.kill("SIGTERM");
+  }
+});
+
+test("a call works over https with a self-signed certificate (phones on a LAN)", { timeout: 120000 }, async () => {
+  const server = await startSignaling(["--tls-self-signed"]);
+  try {
+    assert.ok(server.clinician.startsWith("https://"), server.clinician);
+    // A phone's user accepts the certificate once; the headless browser is told to.
+    await twoBrowserCall(server, ["--ignore-certificate-errors"]);
   } finally {
     server.child.kill("SIGTERM");
   }

@@ -39,10 +39,10 @@ export function startSignaling(extraArgs = [], { embedded = true } = {}) {
   });
 }
 
-export async function launchChromium() {
+export async function launchChromium(extraArgs = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM_BIN || "/usr/lib/chromium/chromium",
-    args: [
+    args: [...extraArgs,
       "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
       "--allow-loopback-in-peer-connection", "--disable-background-networking", "--disable-component-update",
       "--no-first-run", "--disable-sync", "--disable-quic",
