@@ -247,32 +247,15 @@ pub fn write(
                     a.push(attr("fmtp", format!("{rtx} apt={}", codec.payload_type)));
                 }
                 if let Some(s) = send {
-                    if let Some(rtx_ssrc) = s.rtx_ssrc.filter(|_| rtx_pt.is_some()) {
+                    let rtx_ssrc = s.rtx_ssrc.filter(|_| rtx_pt.is_some());
+                    if let Some(rtx_ssrc) = rtx_ssrc {
                         a.push(attr("ssrc-group", format!("FID {} {}", s.ssrc, rtx_ssrc)));
+                    }
+                    for ssrc in std::iter::once(s.ssrc).chain(rtx_ssrc) {
+                        a.push(attr("ssrc", format!("{ssrc} cname:sfu-{}", s.stream_id)));
                         a.push(attr(
                             "ssrc",
-                            format!("{} cname:sfu-{}", s.ssrc, s.stream_id),
-                        ));
-                        a.push(attr(
-                            "ssrc",
-                            format!("{} msid:{} {}", s.ssrc, s.stream_id, s.track_id),
-                        ));
-                        a.push(attr(
-                            "ssrc",
-                            format!("{rtx_ssrc} cname:sfu-{}", s.stream_id),
-                        ));
-                        a.push(attr(
-                            "ssrc",
-                            format!("{rtx_ssrc} msid:{} {}", s.stream_id, s.track_id),
-                        ));
-                    } else {
-                        a.push(attr(
-                            "ssrc",
-                            format!("{} cname:sfu-{}", s.ssrc, s.stream_id),
-                        ));
-                        a.push(attr(
-                            "ssrc",
-                            format!("{} msid:{} {}", s.ssrc, s.stream_id, s.track_id),
+                            format!("{ssrc} msid:{} {}", s.stream_id, s.track_id),
                         ));
                     }
                 }

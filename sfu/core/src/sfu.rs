@@ -266,6 +266,13 @@ impl Sfu {
         }
     }
 
+    fn lookup(&self, id: &ParticipantId) -> Result<usize, String> {
+        self.by_id
+            .get(id)
+            .copied()
+            .ok_or_else(|| format!("unknown participant {id}"))
+    }
+
     /// The participants of a room (a copy: callers change the room while walking it).
     fn room_members(&self, room: &RoomId) -> Vec<usize> {
         self.rooms
@@ -609,10 +616,7 @@ impl Sfu {
         sdp: &str,
         out: &mut TransmitBatch,
     ) -> Result<(), String> {
-        let idx = *self
-            .by_id
-            .get(id)
-            .ok_or_else(|| format!("unknown participant {id}"))?;
+        let idx = self.lookup(id)?;
         if !self.participant(idx).awaiting_answer {
             return Err("no offer is outstanding".into());
         }
@@ -672,10 +676,7 @@ impl Sfu {
         id: &ParticipantId,
         sdp: &str,
     ) -> Result<(), String> {
-        let idx = *self
-            .by_id
-            .get(id)
-            .ok_or_else(|| format!("unknown participant {id}"))?;
+        let idx = self.lookup(id)?;
         if self.participant(idx).awaiting_answer {
             // Glare: the SFU's offer is outstanding; the client retries after answering it.
             return Err("an SFU offer is outstanding; answer it first".into());
@@ -864,10 +865,7 @@ impl Sfu {
         permissions: Permissions,
         out: &mut TransmitBatch,
     ) -> Result<(), String> {
-        let idx = *self
-            .by_id
-            .get(id)
-            .ok_or_else(|| format!("unknown participant {id}"))?;
+        let idx = self.lookup(id)?;
         let before = std::mem::replace(&mut self.participant_mut(idx).permissions, permissions);
         if before.subscribe && !permissions.subscribe && self.unsubscribe_all(idx) {
             self.renegotiate(idx);
