@@ -125,10 +125,6 @@ impl AuditLog {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Appends one event and fsyncs it. Blocking: call it off the async threads.
     pub fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
         let io = |source| AuditError::Io {

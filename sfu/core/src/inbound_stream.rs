@@ -27,7 +27,6 @@ pub enum Arrival {
 pub struct InboundStream {
     pub ssrc: u32,
     pub clock_rate: u32,
-    highest: Option<u64>,
     replay: ReplayWindow,
     missing: VecDeque<Missing>,
     pub received: u64,
@@ -50,7 +49,6 @@ impl InboundStream {
         Self {
             ssrc,
             clock_rate: clock_rate.max(1),
-            highest: None,
             replay: ReplayWindow::default(),
             missing: VecDeque::new(),
             received: 0,
@@ -67,7 +65,7 @@ impl InboundStream {
 
     /// Extended sequence number of `seq` relative to the highest seen (RFC 3711 §3.3.1 guess).
     pub fn extend(&self, seq: u16) -> u64 {
-        match self.highest {
+        match self.replay.highest() {
             // The rollover counter starts at zero (RFC 3711 §3.3.1).
             None => seq as u64,
             Some(h) => {
@@ -79,20 +77,16 @@ impl InboundStream {
 
     /// Whether `ext` is a replay or too old (checked before decrypting).
     pub fn is_replay(&self, ext: u64) -> bool {
-        match self.highest {
-            None => false,
-            Some(h) if ext > h => false,
-            Some(_) => self.replay.is_replay(ext),
-        }
+        self.replay.is_replay(ext)
     }
 
     /// Records an authenticated packet. Returns how it arrived.
     pub fn record(&mut self, now: Instant, ext: u64, rtp_timestamp: u32) -> Arrival {
         self.received += 1;
-        let arrival = match self.highest {
+        // The replay window holds the highest extended sequence number seen.
+        let arrival = match self.replay.highest() {
             None => {
                 self.base_ext = ext;
-                self.highest = Some(ext);
                 self.replay.accept(ext);
                 Arrival::InOrder
             }
@@ -117,7 +111,6 @@ impl InboundStream {
                         }
                     }
                 }
-                self.highest = Some(ext);
                 Arrival::InOrder
             }
             Some(_) => {
@@ -148,7 +141,7 @@ impl InboundStream {
     }
 
     pub fn highest(&self) -> Option<u64> {
-        self.highest
+        self.replay.highest()
     }
 
     /// Sequence numbers due for a NACK now; each is retried up to `max_tries`, `interval` apart.
@@ -175,7 +168,7 @@ impl InboundStream {
 
     /// Fraction lost since the last call (8-bit fixed point) and cumulative lost, for an RR.
     pub fn report_loss(&mut self) -> (u8, u32) {
-        let Some(h) = self.highest else {
+        let Some(h) = self.replay.highest() else {
             return (0, 0);
         };
         let expected = h - self.base_ext + 1;

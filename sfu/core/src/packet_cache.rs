@@ -65,7 +65,8 @@ impl PacketCache {
         };
     }
 
-    pub fn contains(&self, ext_seq: u64) -> bool {
+    #[cfg(test)]
+    fn contains(&self, ext_seq: u64) -> bool {
         let m = &self.meta[self.index(ext_seq)];
         m.valid && m.ext_seq == ext_seq
     }

@@ -253,14 +253,6 @@ impl PeerTransport {
         &self.config.fingerprint_sha256
     }
 
-    pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.remote
-    }
-
-    pub fn is_secured(&self) -> bool {
-        self.secured
-    }
-
     fn context(&self, from: SocketAddr) -> TransportContext {
         TransportContext {
             local_addr: self.config.advertised_addr,

@@ -65,10 +65,6 @@ impl TransmitBatch {
         (dest, &self.data[start..start + len])
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
-        (0..self.meta.len()).map(|i| self.get(i))
-    }
-
     pub fn clear(&mut self) {
         self.meta.clear();
     }
