@@ -15,6 +15,41 @@ pub struct FileConfig {
     pub sfu: Option<SfuSection>,
     pub log: Option<LogSection>,
     pub audit: Option<AuditSection>,
+    pub meetings: Option<MeetingsSection>,
+    pub api: Option<ApiSection>,
+    /// The address patients and clinicians open, e.g. `https://video.region.se` (links the
+    /// meetings API returns).
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingsSection {
+    /// File keeping booked meetings across restarts.
+    pub store: Option<PathBuf>,
+    /// How long before a visit's start its waiting room opens (default 15).
+    pub lobby_opens_minutes: Option<u32>,
+    /// How long after its booked end a visit still takes joins (default 30).
+    pub overrun_minutes: Option<u32>,
+    /// An admitted participant back within this keeps admission (default 60).
+    pub reconnect_grace_secs: Option<u32>,
+    /// Connections per visit, waiting and admitted (default 6).
+    pub max_participants: Option<u32>,
+    /// Patients in one drop-in queue (default 50).
+    pub queue_limit: Option<u32>,
+    /// Length of a private visit opened from a drop-in queue (default 60).
+    pub drop_in_visit_minutes: Option<u32>,
+    /// Whether tokens may name meetings the API never created (default true).
+    pub allow_unbooked: Option<bool>,
+    /// Time zone of times shown to patients (default Europe/Stockholm).
+    pub time_zone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// API keys of booking systems (the meetings API is off without one).
+    pub keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -36,6 +71,13 @@ pub struct TlsSection {
 #[serde(deny_unknown_fields)]
 pub struct TokenSection {
     pub jwks_file: Option<PathBuf>,
+    /// The identity provider's JWKS (https), refreshed every `jwks_refresh_secs`.
+    pub jwks_url: Option<String>,
+    /// Extra CA (PEM) trusted for `jwks_url`.
+    pub jwks_ca_file: Option<PathBuf>,
+    pub jwks_refresh_secs: Option<u64>,
+    /// Ed25519 PKCS#8 key with which the meetings API mints join tokens.
+    pub signing_key: Option<PathBuf>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway_secs: Option<u64>,

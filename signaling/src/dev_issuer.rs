@@ -47,6 +47,18 @@ impl DevIssuer {
         })
     }
 
+    /// Loads an existing key (a production signing key must not appear silently).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!(
+                "reading signing key {}: {e} (create one with `signaling token jwks --key {}`)",
+                path.display(),
+                path.display()
+            )
+        })?;
+        Self::from_pkcs8(&bytes).map_err(|e| anyhow::anyhow!("signing key {}: {e}", path.display()))
+    }
+
     /// Loads the key at `path`, creating it (mode 0600) when missing.
     pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
         if path.exists() {

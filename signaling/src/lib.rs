@@ -1,10 +1,20 @@
-//! The session service: verifies session tokens, carries SDP between clients and the SFU over
-//! WebSocket, serves the web client, and (single-node default) runs the SFU workers in-process.
+//! The session service: verifies session tokens, keeps meetings and their waiting rooms,
+//! carries SDP between clients and the SFU over WebSocket, records every access in the PDL
+//! audit log, serves the web client and the meetings API, and (single-node default) runs the
+//! SFU workers in-process.
 
 pub mod audit_log;
+pub mod chat_budget;
 pub mod config;
+pub mod connection;
 pub mod dev_issuer;
-pub mod hub;
+pub mod join_refusal;
+pub mod jwks_source;
+pub mod meeting;
+pub mod meeting_room;
+pub mod meetings;
+pub mod meetings_api;
 pub mod server;
 pub mod session_token;
+pub mod sfu_control;
 pub mod sfu_gateway;

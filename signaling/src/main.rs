@@ -5,9 +5,12 @@ use clap::{Parser, Subcommand};
 use signaling::audit_log::{self, AuditLog};
 use signaling::config::FileConfig;
 use signaling::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, dev_claims};
-use signaling::hub::Hub;
-use signaling::server::{AppState, SfuControl, router};
+use signaling::jwks_source::JwksSource;
+use signaling::meeting::MeetingPolicy;
+use signaling::meetings::Meetings;
+use signaling::server::{AppState, audit_all, router};
 use signaling::session_token::TokenVerifier;
+use signaling::sfu_control::SfuControl;
 use signaling::sfu_gateway::RemoteSfu;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -76,6 +79,27 @@ struct ServeArgs {
     /// JWKS file with the keys that sign session tokens.
     #[arg(long, env = "SIGNALING_JWKS_FILE")]
     jwks_file: Option<PathBuf>,
+    /// The identity provider's JWKS URL (https), refreshed periodically.
+    #[arg(long, env = "SIGNALING_JWKS_URL")]
+    jwks_url: Option<String>,
+    /// Extra CA certificate (PEM) trusted for --jwks-url.
+    #[arg(long, env = "SIGNALING_JWKS_CA_FILE")]
+    jwks_ca_file: Option<PathBuf>,
+    /// Seconds between JWKS reloads (default 300).
+    #[arg(long, env = "SIGNALING_JWKS_REFRESH_SECS")]
+    jwks_refresh_secs: Option<u64>,
+    /// Ed25519 key (PKCS#8) with which the meetings API mints join tokens.
+    #[arg(long, env = "SIGNALING_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+    /// API keys of booking systems for the meetings API (comma-separated in the env).
+    #[arg(long = "api-key", env = "SIGNALING_API_KEYS", value_delimiter = ',')]
+    api_keys: Vec<String>,
+    /// The address users open, e.g. https://video.region.se (for links the API returns).
+    #[arg(long, env = "SIGNALING_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// File keeping booked meetings across restarts.
+    #[arg(long, env = "SIGNALING_MEETING_STORE")]
+    meeting_store: Option<PathBuf>,
     #[arg(long, env = "SIGNALING_TOKEN_ISSUER")]
     issuer: Option<String>,
     #[arg(long, env = "SIGNALING_TOKEN_AUDIENCE")]
@@ -254,6 +278,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let file_audit = file.audit.and_then(|a| a.path);
     let tls = file.tls.unwrap_or_default();
     let tokens = file.tokens.unwrap_or_default();
+    let meetings_file = file.meetings.unwrap_or_default();
+    let api = file.api.unwrap_or_default();
     let sfu = file.sfu.unwrap_or_default();
     sfu_server::logging::init(args.log_json || file.log.and_then(|l| l.json).unwrap_or(false));
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -271,12 +297,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let verifier = match (args.jwks_file.or(tokens.jwks_file), &dev_issuer) {
-        (Some(path), _) => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading JWKS {}", path.display()))?;
-            let jwks = serde_json::from_str(&text)
-                .with_context(|| format!("JWKS {} is not a JSON Web Key Set", path.display()))?;
+    let minter = match args.signing_key.or(tokens.signing_key) {
+        Some(path) => Some(Arc::new(DevIssuer::load(&path)?)),
+        None => dev_issuer
+            .as_ref()
+            .map(|_| DevIssuer::load_or_create(&args.dev_key).map(Arc::new))
+            .transpose()?,
+    };
+    let source = match (
+        args.jwks_file.or(tokens.jwks_file),
+        args.jwks_url.or(tokens.jwks_url),
+    ) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!(
+                "give one of tokens.jwks_file (--jwks-file) and tokens.jwks_url (--jwks-url)"
+            )
+        }
+        (Some(path), None) => Some(JwksSource::File(path)),
+        (None, Some(url)) => Some(
+            JwksSource::url(&url, args.jwks_ca_file.or(tokens.jwks_ca_file).as_deref())
+                .map_err(|e| anyhow::anyhow!("tokens.jwks_url: {e}"))?,
+        ),
+        (None, None) => None,
+    };
+    let mut verifier = match (&source, &dev_issuer) {
+        (Some(source), _) => {
+            let jwks = source.load().await.map_err(|e| anyhow::anyhow!(e))?;
             TokenVerifier::from_jwks(
                 &jwks,
                 issuer_name
@@ -287,7 +333,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .context("tokens.audience (--audience) is required with a JWKS")?,
                 leeway,
             )
-            .map_err(|e| anyhow::anyhow!("JWKS {}: {e}", path.display()))?
+            .map_err(|e| anyhow::anyhow!("{source}: {e}"))?
         }
         (None, Some(dev)) => TokenVerifier::from_jwks(
             &dev.jwks(),
@@ -297,15 +343,47 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!(e))?,
         (None, None) => {
-            anyhow::bail!("no token keys: give --jwks-file (tokens.jwks_file) or run with --dev")
+            anyhow::bail!(
+                "no token keys: give --jwks-file (tokens.jwks_file), --jwks-url (tokens.jwks_url) or run with --dev"
+            )
         }
     };
+    if let Some(m) = &minter {
+        verifier = verifier
+            .pin(&m.jwks())
+            .map_err(|e| anyhow::anyhow!("tokens.signing_key: {e}"))?;
+    }
+    if let Some(source) = source {
+        let every = args
+            .jwks_refresh_secs
+            .or(tokens.jwks_refresh_secs)
+            .unwrap_or(300)
+            .max(1);
+        source.spawn_refresh(verifier.clone(), std::time::Duration::from_secs(every));
+    }
+    let policy = meeting_policy(&meetings_file).context("config [meetings]")?;
+    let meeting_store = args.meeting_store.or(meetings_file.store.clone());
+    let meetings = Arc::new(Meetings::new(policy, meeting_store).map_err(|e| anyhow::anyhow!(e))?);
+    let mut api_keys = args.api_keys;
+    api_keys.extend(api.keys.unwrap_or_default());
+    api_keys.retain(|k| !k.is_empty());
+    if args.dev && api_keys.is_empty() {
+        let path = args.dev_key.with_file_name("api.key");
+        let key = match std::fs::read_to_string(&path) {
+            Ok(k) => k.trim().to_owned(),
+            Err(_) => {
+                let k = format!("dev-{:032x}", rand::random::<u128>());
+                std::fs::write(&path, &k).with_context(|| format!("writing {}", path.display()))?;
+                k
+            }
+        };
+        api_keys.push(key);
+    }
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
 
-    let hub = Arc::new(Hub::default());
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (sfu, ready): (Arc<dyn SfuControl>, Arc<dyn Fn() -> bool + Send + Sync>) =
         match args.sfu_mode {
@@ -349,12 +427,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 (remote, Arc::new(move || probe.node_count() > 0))
             }
         };
-    let pump_hub = hub.clone();
-    tokio::spawn(async move {
-        while let Some(e) = event_rx.recv().await {
-            pump_hub.deliver(e);
-        }
-    });
     let audit_path = args.audit_log.or(file_audit).or_else(|| {
         dev_issuer
             .as_ref()
@@ -373,16 +445,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let state = Arc::new(AppState {
-        audit,
-        ready,
-        verifier,
-        hub,
-        sfu,
-        metrics,
-    });
-    let app = router(state);
-
     let tls_config = match (args.tls_cert.or(tls.cert), args.tls_key.or(tls.key)) {
         (Some(cert), Some(key)) => Some(
             axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
@@ -403,15 +465,47 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls.cert (--tls-cert) and tls.key (--tls-key)"),
     };
+    let std_listener =
+        std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
     let scheme = if tls_config.is_some() {
         "https"
     } else {
         "http"
     };
-    let std_listener =
-        std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
-    std_listener.set_nonblocking(true)?;
-    let bound = std_listener.local_addr()?;
+    let public_url = args
+        .public_url
+        .or(file.public_url)
+        .unwrap_or_else(|| format!("{scheme}://{bound}"));
+    let state = Arc::new(AppState {
+        audit,
+        ready,
+        verifier,
+        meetings: meetings.clone(),
+        sfu,
+        metrics,
+        api_keys: api_keys.clone(),
+        minter,
+        public_url: Some(public_url.clone()),
+    });
+    let pump = state.clone();
+    tokio::spawn(async move {
+        while let Some(e) = event_rx.recv().await {
+            let events = pump.meetings.deliver(e);
+            let _ = audit_all(&pump, events).await;
+        }
+    });
+    let sweeper = meetings.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            sweeper.sweep(jiff::Timestamp::now());
+        }
+    });
+    let app = router(state);
+
     tracing::info!(%bound, scheme, "signaling listening");
 
     if let Some(dev) = &dev_issuer {
@@ -438,9 +532,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             8 * 3600,
         ))?;
         say!("Meeting {meeting} is ready. Open these two URLs (each in its own tab or device):");
-        say!("  clinician: {scheme}://{bound}/?token={clinician}");
-        say!("  patient:   {scheme}://{bound}/?token={patient}");
-        say!("Metrics: {scheme}://{bound}/metrics   Stop with Ctrl-C.");
+        say!("  clinician: {public_url}/m/{meeting}?token={clinician}");
+        say!("  patient:   {public_url}/m/{meeting}?token={patient}");
+        say!(
+            "Meetings API: {public_url}/api/v1/openapi.json (API key: {})",
+            api_keys[0]
+        );
+        say!("Metrics: {public_url}/metrics   Stop with Ctrl-C.");
     }
 
     let handle = axum_server::Handle::new();
@@ -464,4 +562,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `[meetings]` section over the defaults; a wrong time zone names itself.
+fn meeting_policy(m: &signaling::config::MeetingsSection) -> anyhow::Result<MeetingPolicy> {
+    use jiff::SignedDuration;
+    let d = MeetingPolicy::default();
+    let mins = |v: Option<u32>, default: SignedDuration| {
+        v.map(|m| SignedDuration::from_mins(i64::from(m)))
+            .unwrap_or(default)
+    };
+    Ok(MeetingPolicy {
+        lobby_opens_before: mins(m.lobby_opens_minutes, d.lobby_opens_before),
+        overrun: mins(m.overrun_minutes, d.overrun),
+        reconnect_grace: m
+            .reconnect_grace_secs
+            .map(|s| SignedDuration::from_secs(i64::from(s)))
+            .unwrap_or(d.reconnect_grace),
+        default_max_participants: m.max_participants.unwrap_or(d.default_max_participants),
+        queue_limit: m.queue_limit.unwrap_or(d.queue_limit),
+        drop_in_visit_length: mins(m.drop_in_visit_minutes, d.drop_in_visit_length),
+        allow_unbooked: m.allow_unbooked.unwrap_or(d.allow_unbooked),
+        time_zone: match &m.time_zone {
+            Some(name) => jiff::tz::TimeZone::get(name)
+                .with_context(|| format!("time_zone = {name:?} is not a known time zone"))?,
+            None => d.time_zone,
+        },
+    })
 }

@@ -1,53 +1,53 @@
-//! HTTP + WebSocket service: the web client, the join WebSocket and health/metrics.
+//! HTTP + WebSocket service: the web client, the join check and WebSocket, the meetings API,
+//! and health/metrics.
 
 use crate::audit_log::{AuditEvent, AuditLog};
-use crate::hub::{Hub, Member};
-use crate::session_token::{Session, TokenError, TokenVerifier};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use crate::connection::connection;
+use crate::dev_issuer::DevIssuer;
+use crate::join_refusal::JoinRefusal;
+use crate::meeting_room::{MeetingRoom, role_name};
+use crate::meetings::Meetings;
+use crate::session_token::{Session, TokenVerifier};
+use crate::sfu_control::SfuControl;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::{SinkExt, StreamExt};
+use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
-use sfu_proto::{Command, ParticipantId, Permissions, RoomId};
+use sfu_proto::ParticipantId;
 use std::sync::Arc;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const CLIENT_JS: &str = include_str!("../web/client.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
-/// Shortest time between two media-session restarts of one connection.
-const MIN_RESTART_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest client message: an SDP offer with many m-lines fits well within this.
 const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 
-/// Where commands for the SFU go (embedded workers or a remote node).
-pub trait SfuControl: Send + Sync + 'static {
-    fn send(&self, command: Command);
-}
-
-impl SfuControl for sfu_server::SfuNode {
-    fn send(&self, command: Command) {
-        sfu_server::SfuNode::send(self, command)
-    }
-}
-
 pub struct AppState {
-    /// The PDL audit log; every join, refusal and leave is appended (and fsynced) first.
+    /// The PDL audit log; every access event is appended (and fsynced) before it takes effect.
     pub audit: Option<Arc<AuditLog>>,
     /// Whether media can be served: true with embedded workers, or once a node connected.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
     pub verifier: TokenVerifier,
-    pub hub: Arc<Hub>,
+    pub meetings: Arc<Meetings>,
     pub sfu: Arc<dyn SfuControl>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Keys that authenticate booking systems on the meetings API (none: the API is off).
+    pub api_keys: Vec<String>,
+    /// Signs join tokens minted by the meetings API (regions without their own issuer).
+    pub minter: Option<Arc<DevIssuer>>,
+    /// The address clients open (for links the API returns), e.g. `https://video.region.se`.
+    pub public_url: Option<String>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/m/{meeting}", get(index))
         .route(
             "/client.js",
             get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], CLIENT_JS) }),
@@ -60,7 +60,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/metrics", get(metrics))
+        .route("/join", post(join_check))
         .route("/ws", get(ws_upgrade))
+        .merge(crate::meetings_api::routes())
         .with_state(state)
 }
 
@@ -92,69 +94,135 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 #[derive(Deserialize)]
-struct WsQuery {
+struct JoinQuery {
     #[serde(default)]
     token: String,
+    /// The meeting named by the link (`/m/<meeting>`); the token must be for it.
+    #[serde(default)]
+    meeting: Option<String>,
 }
 
-fn refusal(err: &TokenError) -> Response {
-    let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-    tracing::info!(code = err.code(), "join refused");
-    (
-        status,
-        Json(json!({"error": err.code(), "reason": err.to_string()})),
-    )
-        .into_response()
+fn refusal(r: &JoinRefusal) -> Response {
+    let status = StatusCode::from_u16(r.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    tracing::info!(code = r.code(), "join refused");
+    (status, Json(r.body())).into_response()
+}
+
+impl AppState {
+    /// Every check a join passes: the token, the meeting it names, the meeting's window and
+    /// state. Refusals are audited; an access that cannot be recorded is refused.
+    async fn admission(&self, q: &JoinQuery) -> Result<(Session, Arc<MeetingRoom>), Response> {
+        let now = Timestamp::now();
+        let session = match self.verifier.verify(&q.token) {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing from an unverified token is trusted enough to log but the reason.
+                let event = AuditEvent {
+                    event: "token_refused".into(),
+                    code: Some(e.code().into()),
+                    ..Default::default()
+                };
+                return Err(self.refuse(event, &JoinRefusal::Token(e)).await);
+            }
+        };
+        let checked = match &q.meeting {
+            Some(m) if !m.is_empty() && *m != session.claims.mtg => {
+                Err(JoinRefusal::MeetingMismatch)
+            }
+            _ => self.meetings.room_for(&session, now).and_then(|room| {
+                room.lock()
+                    .check_entry(&session, now, self.meetings.policy())
+                    .map(|()| room.clone())
+            }),
+        };
+        match checked {
+            Ok(room) => Ok((session, room)),
+            Err(r) => {
+                let mut event = session_event("join_refused", &session, None);
+                event.code = Some(r.code().into());
+                Err(self.refuse(event, &r).await)
+            }
+        }
+    }
+
+    async fn refuse(&self, event: AuditEvent, r: &JoinRefusal) -> Response {
+        if audit(self, event).await.is_err() {
+            return audit_unavailable();
+        }
+        refusal(r)
+    }
+}
+
+/// Tells a client, before it asks for camera and microphone, whether it may join and as
+/// what: the same checks as the WebSocket (a browser cannot read a refused upgrade's body).
+async fn join_check(State(state): State<Arc<AppState>>, Json(q): Json<JoinQuery>) -> Response {
+    match state.admission(&q).await {
+        Ok((session, room)) => {
+            let s = room.lock();
+            let policy = state.meetings.policy();
+            Json(json!({
+                "meeting": s.record.id,
+                "kind": s.record.kind,
+                "name": session.claims.name,
+                "role": session.role,
+                "starts_at": s.record.start.to_string(),
+                "status": s.record.status(Timestamp::now(), policy),
+            }))
+            .into_response()
+        }
+        Err(response) => response,
+    }
 }
 
 async fn ws_upgrade(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<WsQuery>,
+    Query(q): Query<JoinQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let session = match state.verifier.verify(&q.token) {
-        Ok(s) => s,
-        Err(e) => {
-            // Nothing from an unverified token is trusted enough to log but the reason.
-            let event = AuditEvent {
-                event: "token_refused".into(),
-                code: Some(e.code().into()),
-                ..Default::default()
-            };
-            if audit(&state, event).await.is_err() {
-                return audit_unavailable();
-            }
-            return refusal(&e);
-        }
+    let (session, room) = match state.admission(&q).await {
+        Ok(ok) => ok,
+        Err(response) => return response,
     };
     let id = ParticipantId(format!("p-{:012x}", rand::random::<u64>() >> 16));
-    if audit(&state, session_event("join", &session, &id))
+    if audit(&state, session_event("join", &session, Some(&id)))
         .await
         .is_err()
     {
         return audit_unavailable();
     }
     ws.max_message_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| connection(state, session, id, socket))
+        .on_upgrade(move |socket| connection(state, session, room, id, socket))
 }
 
-fn session_event(event: &str, session: &Session, id: &ParticipantId) -> AuditEvent {
+pub(crate) fn session_event(
+    event: &str,
+    session: &Session,
+    id: Option<&ParticipantId>,
+) -> AuditEvent {
     let c = &session.claims;
     AuditEvent {
         event: event.into(),
         meeting: Some(c.mtg.clone()),
         subject: Some(c.sub.clone()),
-        role: Some(c.role.clone()),
+        role: Some(role_name(session.role).into()),
         hsa: c.hsa.clone(),
         unit: c.unit.clone(),
-        participant: Some(id.to_string()),
+        participant: id.map(ToString::to_string),
         ..Default::default()
     }
 }
 
+/// Appends several events in order; stops at the first that cannot be recorded.
+pub async fn audit_all(state: &AppState, events: Vec<AuditEvent>) -> Result<(), ()> {
+    for e in events {
+        audit(state, e).await?;
+    }
+    Ok(())
+}
+
 /// Appends to the audit log off the async threads (it fsyncs). Without a log configured,
 /// nothing is recorded.
-async fn audit(state: &AppState, event: AuditEvent) -> Result<(), ()> {
+pub async fn audit(state: &AppState, event: AuditEvent) -> Result<(), ()> {
     let Some(log) = state.audit.clone() else {
         return Ok(());
     };
@@ -169,158 +237,10 @@ async fn audit(state: &AppState, event: AuditEvent) -> Result<(), ()> {
 }
 
 /// An access that cannot be recorded does not happen.
-fn audit_unavailable() -> Response {
+pub(crate) fn audit_unavailable() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         Json(json!({"error": "audit_unavailable", "reason": "the access could not be recorded; try again"})),
     )
         .into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ClientMessage {
-    /// `restart`: the client's media session broke and this offer starts a new one.
-    Offer {
-        sdp: String,
-        #[serde(default)]
-        restart: bool,
-    },
-    Answer {
-        sdp: String,
-    },
-    /// Trickled candidates are accepted and not needed: the SFU is ICE-lite and learns the
-    /// client's address from its connectivity checks.
-    Candidate {},
-    Leave {},
-    Ping {},
-}
-
-async fn connection(state: Arc<AppState>, session: Session, id: ParticipantId, socket: WebSocket) {
-    let meeting = session.claims.mtg.clone();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let others = state.hub.join(
-        id.clone(),
-        Member {
-            meeting: meeting.clone(),
-            name: session.claims.name.clone(),
-            role: session.claims.role.clone(),
-            tx: tx.clone(),
-        },
-    );
-    tracing::info!(participant = %id, meeting = %meeting, role = %session.claims.role, "joined");
-    let roster: Vec<_> = others
-        .iter()
-        .map(|(pid, m)| json!({"participant": pid, "name": m.name, "role": m.role}))
-        .collect();
-    let _ = tx.send(
-        json!({"type": "welcome", "participant": id, "meeting": meeting, "name": session.claims.name,
-               "role": session.claims.role, "participants": roster})
-        .to_string(),
-    );
-    state.hub.broadcast(
-        &meeting,
-        Some(&id),
-        &json!({"type": "participant_joined", "participant": id, "name": session.claims.name, "role": session.claims.role}),
-    );
-
-    let (mut sink, mut stream) = socket.split();
-    let writer = tokio::spawn(async move {
-        while let Some(text) = rx.recv().await {
-            if sink.send(Message::Text(text.into())).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-
-    let mut joined_sfu = false;
-    let mut last_restart = None;
-    while let Some(Ok(msg)) = stream.next().await {
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Close(_) => break,
-            Message::Binary(_) => {
-                let _ = tx.send(json!({"type": "error", "code": "bad_message", "message": "binary messages are not used"}).to_string());
-                continue;
-            }
-            _ => continue,
-        };
-        let parsed: Result<ClientMessage, _> = serde_json::from_str(&text);
-        match parsed {
-            Ok(ClientMessage::Offer { sdp, restart }) => {
-                // Each restart adds m-lines to everyone else's session: a client that restarts
-                // in a loop is slowed down, not followed.
-                if restart
-                    && joined_sfu
-                    && last_restart
-                        .is_some_and(|t: std::time::Instant| t.elapsed() < MIN_RESTART_INTERVAL)
-                {
-                    let _ = tx.send(
-                        json!({"type": "error", "code": "restart_too_soon", "message": "wait a few seconds before reconnecting again"})
-                            .to_string(),
-                    );
-                    continue;
-                }
-                if restart && joined_sfu {
-                    last_restart = Some(std::time::Instant::now());
-                    // A new media session under the same identity: the old one goes first.
-                    state.sfu.send(Command::RemoveParticipant {
-                        participant: id.clone(),
-                    });
-                    joined_sfu = false;
-                }
-                let command = if joined_sfu {
-                    Command::Offer {
-                        participant: id.clone(),
-                        offer_sdp: sdp,
-                    }
-                } else {
-                    joined_sfu = true;
-                    Command::AddParticipant {
-                        room: RoomId(meeting.clone()),
-                        participant: id.clone(),
-                        offer_sdp: sdp,
-                        permissions: Permissions {
-                            publish: true,
-                            subscribe: true,
-                        },
-                    }
-                };
-                state.sfu.send(command);
-            }
-            Ok(ClientMessage::Answer { sdp }) => state.sfu.send(Command::Answer {
-                participant: id.clone(),
-                answer_sdp: sdp,
-            }),
-            Ok(ClientMessage::Candidate {}) => {}
-            Ok(ClientMessage::Ping {}) => {
-                let _ = tx.send(json!({"type": "pong"}).to_string());
-            }
-            Ok(ClientMessage::Leave {}) => break,
-            Err(e) => {
-                // Reported to this client only; nobody else is affected.
-                let _ = tx.send(
-                    json!({"type": "error", "code": "bad_message", "message": format!("unreadable message: {e}")})
-                        .to_string(),
-                );
-            }
-        }
-    }
-
-    state.hub.leave(&id);
-    if joined_sfu {
-        state.sfu.send(Command::RemoveParticipant {
-            participant: id.clone(),
-        });
-    }
-    state.hub.broadcast(
-        &meeting,
-        None,
-        &json!({"type": "participant_left", "participant": id}),
-    );
-    let _ = audit(&state, session_event("leave", &session, &id)).await;
-    tracing::info!(participant = %id, meeting = %meeting, "left");
-    drop(tx);
-    writer.abort();
 }

@@ -6,6 +6,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,9 +111,14 @@ impl TokenError {
     }
 }
 
+type KeyMap = HashMap<String, (DecodingKey, Algorithm)>;
+
+/// Verifies session tokens. Clones share the key set, which a JWKS refresh replaces whole.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    keys: Arc<RwLock<Arc<KeyMap>>>,
+    /// Keys of this service's own minter, kept across refreshes of the region's JWKS.
+    pinned: Arc<KeyMap>,
     issuer: String,
     audience: String,
     leeway_secs: u64,
@@ -121,11 +127,30 @@ pub struct TokenVerifier {
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenVerifier")
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .field("kids", &self.kids())
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish()
     }
+}
+
+fn key_map(jwks: &JwkSet) -> Result<KeyMap, String> {
+    let mut keys = HashMap::new();
+    for jwk in &jwks.keys {
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| "a JWKS key has no \"kid\"".to_owned())?;
+        let alg = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            _ => return Err(format!("JWKS key {kid:?} is neither Ed25519 nor P-256")),
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key {kid:?}: {e}"))?;
+        keys.insert(kid, (key, alg));
+    }
+    Ok(keys)
 }
 
 impl TokenVerifier {
@@ -135,30 +160,55 @@ impl TokenVerifier {
         audience: &str,
         leeway_secs: u64,
     ) -> Result<Self, String> {
-        let mut keys = HashMap::new();
-        for jwk in &jwks.keys {
-            let kid = jwk
-                .common
-                .key_id
-                .clone()
-                .ok_or_else(|| "a JWKS key has no \"kid\"".to_owned())?;
-            let alg = match &jwk.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                _ => return Err(format!("JWKS key {kid:?} is neither Ed25519 nor P-256")),
-            };
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key {kid:?}: {e}"))?;
-            keys.insert(kid, (key, alg));
-        }
+        let keys = key_map(jwks)?;
         if keys.is_empty() {
             return Err("the JWKS holds no keys".into());
         }
         Ok(Self {
-            keys,
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            pinned: Arc::new(HashMap::new()),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             leeway_secs,
         })
+    }
+
+    /// Also accepts tokens signed by these keys (this service's own minter), whatever the
+    /// region's JWKS holds.
+    pub fn pin(mut self, jwks: &JwkSet) -> Result<Self, String> {
+        self.pinned = Arc::new(key_map(jwks)?);
+        Ok(self)
+    }
+
+    /// Replaces the key set (a JWKS refresh). A set that does not parse or holds no key is
+    /// refused and the current one kept.
+    pub fn replace_keys(&self, jwks: &JwkSet) -> Result<usize, String> {
+        let keys = key_map(jwks)?;
+        if keys.is_empty() {
+            return Err("the JWKS holds no keys".into());
+        }
+        let n = keys.len();
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(n)
+    }
+
+    pub fn kids(&self) -> Vec<String> {
+        let keys = self.current();
+        let mut kids: Vec<String> = keys.keys().chain(self.pinned.keys()).cloned().collect();
+        kids.sort();
+        kids
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    fn current(&self) -> Arc<KeyMap> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn verify(&self, token: &str) -> Result<Session, TokenError> {
@@ -173,7 +223,11 @@ impl TokenVerifier {
         }
         let header = decode_header(token).map_err(|_| TokenError::Malformed)?;
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
-        let (key, alg) = self.keys.get(&kid).ok_or(TokenError::UnknownKey)?;
+        let keys = self.current();
+        let (key, alg) = keys
+            .get(&kid)
+            .or_else(|| self.pinned.get(&kid))
+            .ok_or(TokenError::UnknownKey)?;
         if header.alg != *alg {
             return Err(TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
         }

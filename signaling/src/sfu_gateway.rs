@@ -2,7 +2,7 @@
 //! connections (mutual TLS), places new rooms on the least-loaded node and routes commands;
 //! relays the nodes' events to the hub.
 
-use crate::server::SfuControl;
+use crate::sfu_control::SfuControl;
 use sfu_proto::{
     Command, ControlMessage, DisconnectReason, Event, LoadReport, PROTOCOL_VERSION, ParticipantId,
 };

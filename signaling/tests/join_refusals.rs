@@ -1,156 +1,79 @@
-//! The join WebSocket on a running `signaling serve --dev`: bad tokens get HTTP 401/403 with a
-//! machine-readable reason; a malformed message gets an error reply and affects nobody else.
+//! Every way a join is refused, on a running `signaling serve --dev`: the HTTP status and
+//! code of each, an audit line with that code, and nobody joined. A malformed message gets an
+//! error reply and affects nobody else.
 
-use futures_util::{SinkExt, StreamExt};
+mod support;
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
 use signaling::dev_issuer::{DevIssuer, dev_claims};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
+use support::{API_KEY, SendText, now, start};
 
-struct Server {
-    child: Child,
-    base: String,
-    issuer: DevIssuer,
-    audit: std::path::PathBuf,
-    _dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn start() -> Server {
-    let dir = std::env::temp_dir().join(format!("hc-signaling-test-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("issuer.key");
-    let issuer = DevIssuer::load_or_create(&key).unwrap();
-    let audit = dir.join("audit.jsonl");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--dev-key",
-        ])
-        .arg(&key)
-        .arg("--audit-log")
-        .arg(&audit)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("signaling starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut base = None;
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(url) = line.trim().strip_prefix("clinician: ") {
-            let end = url.find("/?token=").unwrap();
-            base = Some(url[..end].replace("http://", "ws://"));
-            break;
-        }
-    }
-    // Keep draining stdout so the server never writes into a closed pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        base: base.expect("join URLs printed"),
-        issuer,
-        audit,
-        _dir: TempDir(dir),
-    }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Tries to open the join WebSocket; returns the HTTP status and JSON body of a refusal.
-async fn refused(server: &Server, token: &str) -> (u16, serde_json::Value) {
-    let url = format!("{}/ws?token={}", server.base, token);
-    match tokio_tungstenite::connect_async(&url).await {
-        Ok(_) => panic!("token {token:.20}… was accepted"),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let status = resp.status().as_u16();
-            let body = resp.body().clone().unwrap_or_default();
-            (
-                status,
-                serde_json::from_slice(&body).expect("JSON refusal body"),
-            )
-        }
-        Err(e) => panic!("unexpected error {e}"),
-    }
+fn b64(v: &serde_json::Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
 #[tokio::test]
-async fn bad_tokens_are_refused_with_their_reason() {
+async fn every_bad_token_is_refused_with_its_code_and_audited() {
     let server = start();
     let good = dev_claims("m1", "s1", "Anna", "patient", None, None, now(), 600);
-
-    let (status, body) = refused(&server, "").await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("token_missing"))
-    );
+    let mint = |c: &signaling::session_token::Claims| server.issuer.mint(c).unwrap();
 
     let mut expired = good.clone();
     expired.nbf = now() - 7200;
     expired.exp = now() - 3600;
-    let (status, body) = refused(&server, &server.issuer.mint(&expired).unwrap()).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("token_expired"))
-    );
-    assert!(body["reason"].as_str().unwrap().contains("expired"));
-
+    let mut early = good.clone();
+    early.nbf = now() + 3600;
+    early.exp = now() + 7200;
+    let mut iss = good.clone();
+    iss.iss = "https://someone-else.example".into();
     let mut aud = good.clone();
     aud.aud = "someone-else".into();
-    let (status, body) = refused(&server, &server.issuer.mint(&aud).unwrap()).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("token_wrong_audience"))
-    );
-
-    let other = DevIssuer::generate().unwrap();
-    let (status, body) = refused(&server, &other.mint(&good).unwrap()).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("token_unknown_key"))
-    );
-
+    let mut role = good.clone();
+    role.role = "surgeon".into();
     let mut clinician = good.clone();
     clinician.role = "clinician".into();
-    let (status, body) = refused(&server, &server.issuer.mint(&clinician).unwrap()).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (403, Some("token_clinician_without_hsa"))
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&serde_json::to_value(&good).unwrap())
     );
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some(server.issuer.kid.clone());
+    let hmac = jsonwebtoken::encode(&hs, &good, &EncodingKey::from_secret(b"guessable")).unwrap();
+    let signed = mint(&good);
+    let (rest, sig) = signed.rsplit_once('.').unwrap();
+    let mut sig = sig.as_bytes().to_vec();
+    sig[3] = if sig[3] == b'A' { b'B' } else { b'A' };
+    let bad_signature = format!("{rest}.{}", String::from_utf8(sig).unwrap());
+    let other_key = DevIssuer::generate().unwrap().mint(&good).unwrap();
 
-    let (status, body) = refused(&server, "not.a.jwt").await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("token_malformed"))
-    );
+    let cases = [
+        ("".to_owned(), 401, "token_missing"),
+        ("not.a.jwt".to_owned(), 401, "token_malformed"),
+        (unsigned, 401, "token_algorithm_not_allowed"),
+        (hmac, 401, "token_algorithm_not_allowed"),
+        (other_key, 401, "token_unknown_key"),
+        (bad_signature, 401, "token_bad_signature"),
+        (mint(&iss), 401, "token_wrong_issuer"),
+        (mint(&aud), 401, "token_wrong_audience"),
+        (mint(&expired), 401, "token_expired"),
+        (mint(&early), 401, "token_not_yet_valid"),
+        (mint(&role), 403, "token_unknown_role"),
+        (mint(&clinician), 403, "token_clinician_without_hsa"),
+    ];
+    for (token, status, code) in &cases {
+        let (got, body) = server.refused(&format!("token={token}")).await;
+        assert_eq!((got, body["error"].as_str()), (*status, Some(*code)));
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{code} has a message"
+        );
+    }
 
     // Every refusal left an audit line with its code, and the chain verifies.
-    let verify = Command::new(env!("CARGO_BIN_EXE_signaling"))
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
         .args(["audit", "verify"])
         .arg(&server.audit)
         .output()
@@ -160,103 +83,189 @@ async fn bad_tokens_are_refused_with_their_reason() {
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
-    let log = std::fs::read_to_string(&server.audit).unwrap();
-    for code in [
-        "token_missing",
-        "token_expired",
-        "token_wrong_audience",
-        "token_unknown_key",
-        "token_clinician_without_hsa",
-        "token_malformed",
-    ] {
-        assert!(
-            log.contains(&format!("\"code\":\"{code}\"")),
-            "audit line for {code}"
-        );
+    let refused = server.audit_events("token_refused");
+    assert_eq!(refused.len(), cases.len());
+    for ((_, _, code), line) in cases.iter().zip(&refused) {
+        assert_eq!(line["code"], *code);
     }
-    assert!(!log.contains("\"event\":\"join\""), "nobody joined");
+    assert!(server.audit_events("join").is_empty(), "nobody joined");
 }
 
-async fn next_json<S>(ws: &mut S) -> serde_json::Value
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("stream open")
-            .expect("valid frame");
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(&t).expect("server sends JSON");
+#[tokio::test]
+async fn meetings_that_take_no_joins_refuse_them_with_a_reason_a_patient_understands() {
+    let server = start();
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(3);
+    let create = |id: &str, start: jiff::Timestamp, max: Option<u32>| {
+        let mut body = json!({"id": id, "unit": "unit-1", "start": start.to_string(),
+                              "end": (start + jiff::SignedDuration::from_mins(30)).to_string()});
+        if let Some(m) = max {
+            body["max_participants"] = m.into();
         }
+        body
+    };
+    let soon = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5);
+    for (id, start, max) in [
+        ("later", later, None),
+        ("cancelled", soon, None),
+        ("small", soon, Some(1)),
+    ] {
+        let (status, body) = server
+            .api(
+                "POST",
+                "/api/v1/meetings",
+                Some(API_KEY),
+                Some(create(id, start, max)),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, _) = server
+        .api(
+            "POST",
+            "/api/v1/meetings/cancelled/cancel",
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // The link names meeting m1; the token is for m2.
+    let t = server.token("m2", "p-mismatch", "Anna", "patient");
+    let (status, body) = server.refused(&format!("token={t}&meeting=m1")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("meeting_mismatch"))
+    );
+
+    let t = server.token("later", "p-early", "Anna", "patient");
+    let (status, body) = server.refused(&format!("token={t}&meeting=later")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("meeting_not_open"))
+    );
+    let msg = body["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("Ditt besök börjar") && msg.contains("Väntrummet öppnar"),
+        "{msg}"
+    );
+    assert!(body["opens_at"].as_str().is_some());
+
+    let t = server.token("cancelled", "p-cancel", "Anna", "patient");
+    let (status, body) = server.refused(&format!("token={t}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (410, Some("meeting_cancelled"))
+    );
+
+    let c = server.token("small", "c-small", "Dr Berg", "clinician");
+    let mut clinician = server.connect(&c).await;
+    assert_eq!(clinician.next().await["type"], "welcome");
+    let t = server.token("small", "p-full", "Anna", "patient");
+    let (status, body) = server.refused(&format!("token={t}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("meeting_full"))
+    );
+
+    // A meeting the clinician ended takes nobody back.
+    let c = server.token("m-end", "c-end", "Dr Berg", "clinician");
+    let mut clinician = server.connect(&c).await;
+    clinician.next_of("welcome").await;
+    clinician.send(json!({"type": "end_meeting"})).await;
+    let (closing, code) = clinician.closed().await;
+    assert_eq!(
+        (closing["reason"].as_str(), code),
+        (Some("meeting_ended"), Some(4003))
+    );
+    let (status, body) = server.refused(&format!("token={c}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (410, Some("meeting_over"))
+    );
+
+    // The join check before the camera opens gives the same answer.
+    let t = server.token("cancelled", "p-cancel", "Anna", "patient");
+    let (status, body) = server
+        .api(
+            "POST",
+            "/join",
+            None,
+            Some(json!({"token": t, "meeting": "cancelled"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (410, Some("meeting_cancelled"))
+    );
+
+    let refused = server.audit_events("join_refused");
+    let codes: Vec<&str> = refused.iter().filter_map(|l| l["code"].as_str()).collect();
+    assert_eq!(
+        codes,
+        [
+            "meeting_mismatch",
+            "meeting_not_open",
+            "meeting_cancelled",
+            "meeting_full",
+            "meeting_over",
+            "meeting_cancelled"
+        ]
+    );
+    for sub in ["p-mismatch", "p-early", "p-cancel", "p-full"] {
+        assert!(
+            !server
+                .audit_events("join")
+                .iter()
+                .any(|l| l["subject"] == sub),
+            "{sub} did not join"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_malformed_message_gets_an_error_and_affects_nobody_else() {
     let server = start();
-    let token = |sub: &str, name: &str| {
-        server
-            .issuer
-            .mint(&dev_claims(
-                "m2",
-                sub,
-                name,
-                "patient",
-                None,
-                None,
-                now(),
-                600,
-            ))
-            .unwrap()
-    };
-    let url = |t: String| format!("{}/ws?token={}", server.base, t);
-    let (mut a, _) = tokio_tungstenite::connect_async(url(token("sa", "Anna")))
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut a).await["type"], "welcome");
-    let (mut b, _) = tokio_tungstenite::connect_async(url(token("sb", "Bo")))
-        .await
-        .unwrap();
-    let welcome_b = next_json(&mut b).await;
-    assert_eq!(welcome_b["type"], "welcome");
+    let mut a = server
+        .connect(&server.token("m2", "sa", "Dr Anna", "clinician"))
+        .await;
+    assert_eq!(a.next_of("welcome").await["state"], "admitted");
+    let mut b = server
+        .connect(&server.token("m2", "sb", "Dr Bo", "clinician"))
+        .await;
+    let welcome_b = b.next_of("welcome").await;
     assert_eq!(
-        welcome_b["participants"][0]["name"], "Anna",
+        welcome_b["participants"][0]["name"], "Dr Anna",
         "Bo sees who is there"
     );
-    assert_eq!(next_json(&mut a).await["type"], "participant_joined");
+    assert_eq!(a.next_of("participant_joined").await["name"], "Dr Bo");
+    a.drain(std::time::Duration::from_millis(200)).await;
+    b.drain(std::time::Duration::from_millis(200)).await;
 
     for garbage in [
         "{not json",
         r#"{"type":"launch_missiles"}"#,
         r#"{"type":"offer"}"#,
     ] {
-        a.send(Message::Text(garbage.into())).await.unwrap();
-        let reply = next_json(&mut a).await;
+        a.ws.send_text(garbage).await;
+        let reply = a.next().await;
         assert_eq!(reply["type"], "error", "reply to {garbage}");
         assert_eq!(reply["code"], "bad_message");
     }
     // A bad SDP reaches the SFU, which refuses it; the sender is told.
-    a.send(Message::Text(
-        r#"{"type":"offer","sdp":"v=0 nonsense"}"#.into(),
-    ))
-    .await
-    .unwrap();
-    let reply = next_json(&mut a).await;
-    assert_eq!(reply["type"], "error");
-    assert_eq!(reply["code"], "sfu_refused");
+    a.send(json!({"type": "offer", "sdp": "v=0 nonsense"}))
+        .await;
+    let reply = a.next().await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("sfu_refused"))
+    );
 
     // Both connections still work, and Bo heard nothing of Anna's mistakes.
-    a.send(Message::Text(r#"{"type":"ping"}"#.into()))
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut a).await["type"], "pong");
-    b.send(Message::Text(r#"{"type":"ping"}"#.into()))
-        .await
-        .unwrap();
+    a.send(json!({"type": "ping"})).await;
+    assert_eq!(a.next().await["type"], "pong");
+    b.send(json!({"type": "ping"})).await;
     assert_eq!(
-        next_json(&mut b).await["type"],
+        b.next().await["type"],
         "pong",
         "Bo's next message is his own pong"
     );

@@ -1,0 +1,245 @@
+//! One participant's WebSocket: carries SDP between the client and the SFU, clinicians'
+//! actions, and chat; ends with the connection (or when the server closes it: denied,
+//! removed, meeting ended, replaced by a newer connection of the same person).
+
+use crate::meeting_room::{Action, MeetingRoom, Outbound, RequestError};
+use crate::server::{AppState, audit, audit_all, session_event};
+use crate::session_token::Session;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_json::json;
+use sfu_proto::ParticipantId;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    /// `restart`: the client's media session broke and this offer starts a new one.
+    Offer {
+        sdp: String,
+        #[serde(default)]
+        restart: bool,
+    },
+    Answer {
+        sdp: String,
+    },
+    /// Trickled candidates are accepted and not needed: the SFU is ICE-lite and learns the
+    /// client's address from its connectivity checks.
+    Candidate {},
+    Leave {},
+    Ping {},
+    Chat {
+        text: String,
+    },
+    Admit {
+        participant: ParticipantId,
+    },
+    Deny {
+        participant: ParticipantId,
+    },
+    ToLobby {
+        participant: ParticipantId,
+    },
+    Remove {
+        participant: ParticipantId,
+    },
+    EndMeeting {},
+    /// Drop-in: take the first patient in the queue into a private visit.
+    TakeNext {},
+}
+
+fn error_text(code: &str, message: &str) -> String {
+    json!({"type": "error", "code": code, "message": message}).to_string()
+}
+
+fn request_error(e: RequestError) -> String {
+    error_text(e.code(), &e.to_string())
+}
+
+pub async fn connection(
+    state: Arc<AppState>,
+    session: Session,
+    room: Arc<MeetingRoom>,
+    id: ParticipantId,
+    socket: WebSocket,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Outbound>();
+    let policy = state.meetings.policy().clone();
+    let joined = room.lock().join(
+        id.clone(),
+        &session,
+        out_tx,
+        Timestamp::now(),
+        &policy,
+        state.sfu.as_ref(),
+    );
+    let outcome = match joined {
+        Ok(o) => o,
+        Err(r) => {
+            // Checked before the upgrade; the meeting changed in between (it filled up, ended).
+            let mut event = session_event("join_refused", &session, Some(&id));
+            event.code = Some(r.code().into());
+            let _ = audit(&state, event).await;
+            let msg = json!({"type": "closing", "reason": r.code(), "message": r.message()});
+            let _ = sink.send(Message::Text(msg.to_string().into())).await;
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: 4006,
+                    reason: r.code().into(),
+                })))
+                .await;
+            return;
+        }
+    };
+    state.meetings.bind(&id, &room);
+    let _ = audit_all(&state, outcome.events).await;
+    tracing::info!(participant = %id, meeting = %room.id, role = ?session.role, admitted = outcome.admitted, "joined");
+
+    let mut explicit_leave = false;
+    loop {
+        tokio::select! {
+            out = out_rx.recv() => match out {
+                Some(Outbound::Text(text)) => {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Outbound::Close { code, message }) => {
+                    let reason = message["reason"].as_str().unwrap_or("closed").to_owned();
+                    let _ = sink.send(Message::Text(message.to_string().into())).await;
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
+                None => break,
+            },
+            msg = stream.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(Message::Binary(_))) => {
+                        let _ = sink.send(Message::Text(error_text("bad_message", "binary messages are not used").into())).await;
+                        continue;
+                    }
+                    Some(Ok(_)) => continue,
+                };
+                match serde_json::from_str::<ClientMessage>(&text) {
+                    Ok(ClientMessage::Leave {}) => {
+                        explicit_leave = true;
+                        break;
+                    }
+                    Ok(m) => {
+                        if let Some(reply) = handle(&state, &id, m).await
+                            && sink.send(Message::Text(reply.into())).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    // Reported to this client only; nobody else is affected.
+                    Err(e) => {
+                        let reply = error_text("bad_message", &format!("unreadable message: {e}"));
+                        if sink.send(Message::Text(reply.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // The connection's current meeting (a drop-in take may have moved it).
+    let left = state.meetings.room_of(&id).and_then(|room| {
+        room.lock().leave(
+            &id,
+            explicit_leave,
+            Timestamp::now(),
+            &policy,
+            state.sfu.as_ref(),
+        )
+    });
+    state.meetings.unbind(&id);
+    if let Some(events) = left {
+        let _ = audit_all(&state, events).await;
+    }
+    let _ = sink.close().await;
+    tracing::info!(participant = %id, meeting = %room.id, "left");
+}
+
+/// Carries out one request; returns the reply for this client, if any.
+async fn handle(state: &AppState, id: &ParticipantId, msg: ClientMessage) -> Option<String> {
+    let Some(room) = state.meetings.room_of(id) else {
+        return Some(error_text(
+            "not_in_meeting",
+            "this connection is no longer in a meeting",
+        ));
+    };
+    let sfu = state.sfu.as_ref();
+    let now = Timestamp::now();
+    let action = match msg {
+        ClientMessage::Offer { sdp, restart } => {
+            return room
+                .lock()
+                .offer(id, sdp, restart, sfu)
+                .err()
+                .map(request_error);
+        }
+        ClientMessage::Answer { sdp } => {
+            return room.lock().answer(id, sdp, sfu).err().map(request_error);
+        }
+        ClientMessage::Candidate {} | ClientMessage::Leave {} => return None,
+        ClientMessage::Ping {} => return Some(json!({"type": "pong"}).to_string()),
+        ClientMessage::Chat { text } => {
+            return room.lock().chat(id, &text, now).err().map(request_error);
+        }
+        ClientMessage::TakeNext {} => {
+            let (patient, to, event) = match state.meetings.plan_take(&room, id) {
+                Ok(p) => p,
+                Err(e) => return Some(request_error(e)),
+            };
+            if audit(state, event).await.is_err() {
+                return Some(error_text(
+                    "audit_unavailable",
+                    "the action could not be recorded; try again",
+                ));
+            }
+            return match state.meetings.take(&room, id, &patient, &to, now, sfu) {
+                Ok(events) => {
+                    let _ = audit_all(state, events).await;
+                    None
+                }
+                Err(e) => Some(request_error(e)),
+            };
+        }
+        ClientMessage::Admit { participant } => Action::Admit(participant),
+        ClientMessage::Deny { participant } => Action::Deny(participant),
+        ClientMessage::ToLobby { participant } => Action::ToLobby(participant),
+        ClientMessage::Remove { participant } => Action::Remove(participant),
+        ClientMessage::EndMeeting {} => Action::EndMeeting,
+    };
+    // The action is recorded before it takes effect: one that cannot be recorded does not
+    // happen.
+    let planned = room.lock().plan(id, &action);
+    let events = match planned {
+        Ok(events) => events,
+        Err(e) => return Some(request_error(e)),
+    };
+    if audit_all(state, events).await.is_err() {
+        return Some(error_text(
+            "audit_unavailable",
+            "the action could not be recorded; try again",
+        ));
+    }
+    let applied = room.lock().apply(id, &action, now, sfu);
+    match applied {
+        Ok(events) => {
+            let _ = audit_all(state, events).await;
+            if action == Action::EndMeeting {
+                state.meetings.persist();
+            }
+            None
+        }
+        Err(e) => Some(request_error(e)),
+    }
+}

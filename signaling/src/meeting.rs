@@ -1,0 +1,249 @@
+//! A meeting as booked: its care unit, its window, its kind, and whether it still takes joins.
+
+use crate::join_refusal::JoinRefusal;
+use jiff::{SignedDuration, Timestamp, tz::TimeZone};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeetingKind {
+    /// A booked video visit: the patient waits in its lobby until a clinician admits them.
+    Visit,
+    /// A care unit's drop-in queue: patients queue, any clinician of the unit takes the next,
+    /// which opens a private visit for the two.
+    DropIn,
+}
+
+/// One meeting. Holds no names or identity numbers: ids, the care unit and times only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeetingRecord {
+    pub id: String,
+    /// The care unit (HSA-id of the unit) responsible for the meeting.
+    pub unit: String,
+    pub kind: MeetingKind,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    /// Connections at once (waiting and admitted); the policy's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_participants: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    /// False for a meeting known only from the tokens presented (a region whose booking
+    /// system issues tokens itself without calling the meetings API).
+    #[serde(default = "yes")]
+    pub booked: bool,
+    /// The drop-in queue a private visit was opened from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_queue: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where a meeting is in its life, as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeetingStatus {
+    Scheduled,
+    Open,
+    Cancelled,
+    Ended,
+}
+
+/// Rules shared by all meetings of a deployment.
+#[derive(Debug, Clone)]
+pub struct MeetingPolicy {
+    /// How long before a visit's start its waiting room opens.
+    pub lobby_opens_before: SignedDuration,
+    /// How long after its booked end a visit still takes joins (visits run late).
+    pub overrun: SignedDuration,
+    /// A participant who lost the connection and is back within this keeps their admission.
+    pub reconnect_grace: SignedDuration,
+    pub default_max_participants: u32,
+    /// Patients waiting in one drop-in queue at most.
+    pub queue_limit: u32,
+    /// Length of the private visit a drop-in take opens.
+    pub drop_in_visit_length: SignedDuration,
+    /// Whether a token may name a meeting the API never created.
+    pub allow_unbooked: bool,
+    /// Times shown to patients are in this zone.
+    pub time_zone: TimeZone,
+}
+
+impl Default for MeetingPolicy {
+    fn default() -> Self {
+        Self {
+            lobby_opens_before: SignedDuration::from_mins(15),
+            overrun: SignedDuration::from_mins(30),
+            reconnect_grace: SignedDuration::from_secs(60),
+            default_max_participants: 6,
+            queue_limit: 50,
+            drop_in_visit_length: SignedDuration::from_hours(1),
+            allow_unbooked: true,
+            time_zone: TimeZone::get("Europe/Stockholm").unwrap_or(TimeZone::UTC),
+        }
+    }
+}
+
+impl MeetingRecord {
+    pub fn status(&self, now: Timestamp, policy: &MeetingPolicy) -> MeetingStatus {
+        if self.cancelled_at.is_some() {
+            MeetingStatus::Cancelled
+        } else if self.ended_at.is_some() || now > self.closes_at(policy) {
+            MeetingStatus::Ended
+        } else if now < self.opens_at(policy) {
+            MeetingStatus::Scheduled
+        } else {
+            MeetingStatus::Open
+        }
+    }
+
+    /// When the waiting room opens (a drop-in queue opens at its start).
+    pub fn opens_at(&self, policy: &MeetingPolicy) -> Timestamp {
+        match self.kind {
+            MeetingKind::Visit => self.start - policy.lobby_opens_before,
+            MeetingKind::DropIn => self.start,
+        }
+    }
+
+    pub fn closes_at(&self, policy: &MeetingPolicy) -> Timestamp {
+        match self.kind {
+            MeetingKind::Visit => self.end + policy.overrun,
+            MeetingKind::DropIn => self.end,
+        }
+    }
+
+    /// Whether someone may enter now. Clinicians may open a visit's room any time before it
+    /// closes (to prepare); everyone else waits for the waiting room to open.
+    pub fn check_entry(
+        &self,
+        now: Timestamp,
+        clinician: bool,
+        policy: &MeetingPolicy,
+    ) -> Result<(), JoinRefusal> {
+        match self.status(now, policy) {
+            MeetingStatus::Cancelled => Err(JoinRefusal::MeetingCancelled),
+            MeetingStatus::Ended => Err(JoinRefusal::MeetingOver),
+            MeetingStatus::Scheduled if !clinician => Err(JoinRefusal::NotOpenYet {
+                message: self.not_open_message(policy),
+                starts_at: self.start,
+                opens_at: self.opens_at(policy),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// "Ditt besök börjar kl. 14:30. Väntrummet öppnar kl. 14:15." — with the date when it
+    /// is not today, in the deployment's time zone.
+    fn not_open_message(&self, policy: &MeetingPolicy) -> String {
+        let tz = &policy.time_zone;
+        let start = self.start.to_zoned(tz.clone());
+        let opens = self.opens_at(policy).to_zoned(tz.clone());
+        let today = Timestamp::now().to_zoned(tz.clone()).date();
+        let when = |z: &jiff::Zoned| {
+            if z.date() == today {
+                format!("kl. {}", z.strftime("%H:%M"))
+            } else {
+                format!("{} kl. {}", z.strftime("%Y-%m-%d"), z.strftime("%H:%M"))
+            }
+        };
+        match self.kind {
+            MeetingKind::Visit => format!(
+                "Ditt besök börjar {}. Väntrummet öppnar {}.",
+                when(&start),
+                when(&opens)
+            ),
+            MeetingKind::DropIn => format!("Mottagningen öppnar {}.", when(&opens)),
+        }
+    }
+
+    pub fn max_participants(&self, policy: &MeetingPolicy) -> u32 {
+        match self.kind {
+            MeetingKind::Visit => self
+                .max_participants
+                .unwrap_or(policy.default_max_participants),
+            MeetingKind::DropIn => self.max_participants.unwrap_or(policy.queue_limit),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visit(start: Timestamp) -> MeetingRecord {
+        MeetingRecord {
+            id: "m1".into(),
+            unit: "unit-1".into(),
+            kind: MeetingKind::Visit,
+            start,
+            end: start + SignedDuration::from_mins(30),
+            max_participants: None,
+            cancelled_at: None,
+            ended_at: None,
+            booked: true,
+            from_queue: None,
+        }
+    }
+
+    #[test]
+    fn the_window_opens_before_the_start_and_closes_after_the_overrun() {
+        let policy = MeetingPolicy {
+            time_zone: TimeZone::UTC,
+            ..Default::default()
+        };
+        let start: Timestamp = "2030-05-02T12:30:00Z".parse().unwrap();
+        let m = visit(start);
+        let early = start - SignedDuration::from_mins(16);
+        match m.check_entry(early, false, &policy) {
+            Err(JoinRefusal::NotOpenYet { message, .. }) => {
+                assert_eq!(
+                    message,
+                    "Ditt besök börjar 2030-05-02 kl. 12:30. Väntrummet öppnar 2030-05-02 kl. 12:15."
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A clinician may prepare the room early.
+        assert!(m.check_entry(early, true, &policy).is_ok());
+        assert!(
+            m.check_entry(start - SignedDuration::from_mins(14), false, &policy)
+                .is_ok()
+        );
+        let late = m.end + SignedDuration::from_mins(29);
+        assert!(m.check_entry(late, false, &policy).is_ok());
+        let over = m.end + SignedDuration::from_mins(31);
+        assert!(matches!(
+            m.check_entry(over, true, &policy),
+            Err(JoinRefusal::MeetingOver)
+        ));
+        let mut cancelled = m.clone();
+        cancelled.cancelled_at = Some(start);
+        assert!(matches!(
+            cancelled.check_entry(start, true, &policy),
+            Err(JoinRefusal::MeetingCancelled)
+        ));
+        let mut ended = m;
+        ended.ended_at = Some(start);
+        assert_eq!(ended.status(start, &policy), MeetingStatus::Ended);
+    }
+
+    #[test]
+    fn times_are_shown_in_the_configured_zone() {
+        let policy = MeetingPolicy::default();
+        // 13:30 UTC is 14:30 in Stockholm in winter.
+        let m = visit("2030-01-10T13:30:00Z".parse().unwrap());
+        let Err(JoinRefusal::NotOpenYet { message, .. }) =
+            m.check_entry("2030-01-10T08:00:00Z".parse().unwrap(), false, &policy)
+        else {
+            panic!("expected not open")
+        };
+        assert!(
+            message.contains("14:30") && message.contains("14:15"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,1015 @@
+//! The live state of one meeting: who is connected, who waits in the lobby and in what order,
+//! who is admitted, and what each clinician action does to it. Every rule of the waiting room
+//! is here; the SFU is told the matching permissions so media follows admission.
+//!
+//! Methods run under the meeting's own lock and never block: they queue messages to
+//! connections and commands to the SFU, and return the audit events the caller appends.
+
+use crate::audit_log::AuditEvent;
+use crate::chat_budget::ChatBudget;
+use crate::join_refusal::JoinRefusal;
+use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord};
+use crate::session_token::{Role, Session};
+use crate::sfu_control::SfuControl;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use sfu_proto::{Command, ParticipantId, Permissions, RoomId};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Longest chat message, in characters.
+pub const MAX_CHAT_CHARS: usize = 1000;
+/// Shortest time between two media-session restarts of one connection: each restart adds
+/// m-lines to everyone else's session, so a client restarting in a loop is slowed down.
+const MIN_RESTART_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a connection's task is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    Text(String),
+    /// Send a last `closing` message and close the WebSocket with this code.
+    Close {
+        code: u16,
+        message: Value,
+    },
+}
+
+/// Why the server closes a connection (also the WebSocket close code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Denied,
+    Removed,
+    MeetingEnded,
+    MeetingCancelled,
+    Replaced,
+}
+
+impl CloseReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            CloseReason::Denied => "denied",
+            CloseReason::Removed => "removed",
+            CloseReason::MeetingEnded => "meeting_ended",
+            CloseReason::MeetingCancelled => "meeting_cancelled",
+            CloseReason::Replaced => "replaced",
+        }
+    }
+
+    pub fn ws_code(self) -> u16 {
+        match self {
+            CloseReason::Denied => 4001,
+            CloseReason::Removed => 4002,
+            CloseReason::MeetingEnded => 4003,
+            CloseReason::MeetingCancelled => 4004,
+            CloseReason::Replaced => 4005,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            CloseReason::Denied => "Vårdpersonalen har inte släppt in dig i besöket.",
+            CloseReason::Removed => "Du har tagits bort från besöket.",
+            CloseReason::MeetingEnded => "Besöket är avslutat. Du kan stänga fönstret.",
+            CloseReason::MeetingCancelled => "Besöket är avbokat.",
+            CloseReason::Replaced => {
+                "Du anslöt från en annan enhet; den här anslutningen är stängd."
+            }
+        }
+    }
+
+    fn outbound(self) -> Outbound {
+        Outbound::Close {
+            code: self.ws_code(),
+            message: json!({"type": "closing", "reason": self.code(), "message": self.message()}),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// In the lobby since `since`; `order` ranks the queue.
+    Waiting {
+        since: Timestamp,
+        order: u64,
+    },
+    Admitted,
+}
+
+#[derive(Debug)]
+pub struct Member {
+    pub sub: String,
+    pub name: String,
+    pub role: Role,
+    pub hsa: Option<String>,
+    pub unit: Option<String>,
+    pub admission: Admission,
+    pub out: UnboundedSender<Outbound>,
+    /// The SFU holds a media session for this connection.
+    pub sfu_joined: bool,
+    /// The SFU reports the media path up.
+    pub media_connected: bool,
+    /// Media flows (connected and admitted) — recorded as `media_start` in the audit log.
+    pub media_started: bool,
+    last_restart: Option<std::time::Instant>,
+    chat: ChatBudget,
+    /// The lobby position last told (told again only when it changes).
+    position_told: Option<usize>,
+}
+
+impl Member {
+    pub fn new(session: &Session, out: UnboundedSender<Outbound>) -> Self {
+        let c = &session.claims;
+        Self {
+            sub: c.sub.clone(),
+            name: c.name.clone(),
+            role: session.role,
+            hsa: c.hsa.clone(),
+            unit: c.unit.clone(),
+            admission: Admission::Admitted,
+            out,
+            sfu_joined: false,
+            media_connected: false,
+            media_started: false,
+            last_restart: None,
+            chat: ChatBudget::default(),
+            position_told: None,
+        }
+    }
+
+    fn send(&self, msg: &Value) {
+        let _ = self.out.send(Outbound::Text(msg.to_string()));
+    }
+
+    fn is_admitted(&self) -> bool {
+        self.admission == Admission::Admitted
+    }
+
+    fn is_clinician(&self) -> bool {
+        self.role == Role::Clinician
+    }
+
+    fn entry(&self, id: &ParticipantId) -> Value {
+        json!({"participant": id, "name": self.name, "role": self.role})
+    }
+}
+
+/// A clinician's action on the meeting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Admit(ParticipantId),
+    Deny(ParticipantId),
+    ToLobby(ParticipantId),
+    Remove(ParticipantId),
+    EndMeeting,
+}
+
+impl Action {
+    fn audit_name(&self) -> &'static str {
+        match self {
+            Action::Admit(_) => "admit",
+            Action::Deny(_) => "deny",
+            Action::ToLobby(_) => "back_to_lobby",
+            Action::Remove(_) => "remove",
+            Action::EndMeeting => "meeting_end",
+        }
+    }
+}
+
+/// Why a client's request was not carried out (sent back as an `error` message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("only a clinician may do this")]
+    NotAllowed,
+    #[error("no such participant in this meeting")]
+    NoSuchParticipant,
+    #[error("the participant is not waiting in the lobby")]
+    NotWaiting,
+    #[error("the participant is not admitted")]
+    NotAdmitted,
+    #[error("a clinician cannot be sent to the lobby")]
+    TargetIsClinician,
+    #[error("you cannot do this to yourself")]
+    SelfTarget,
+    #[error("a drop-in queue is served with take_next, not admit")]
+    QueueNotAdmit,
+    #[error("this is not a drop-in queue")]
+    NotAQueue,
+    #[error("nobody is waiting in the queue")]
+    QueueEmpty,
+    #[error("you are not admitted to the meeting yet")]
+    WaitingForAdmission,
+    #[error("the message is empty or longer than 1000 characters")]
+    ChatSize,
+    #[error("too many chat messages; wait a moment")]
+    ChatRate,
+    #[error("wait a few seconds before reconnecting again")]
+    RestartTooSoon,
+    #[error("only a clinician may share a screen (one video track)")]
+    ScreenShareNotAllowed,
+    #[error("the media session has not started; send an offer first")]
+    NoMediaSession,
+}
+
+impl RequestError {
+    pub fn code(self) -> &'static str {
+        match self {
+            RequestError::NotAllowed => "not_allowed",
+            RequestError::NoSuchParticipant => "no_such_participant",
+            RequestError::NotWaiting => "not_waiting",
+            RequestError::NotAdmitted => "not_admitted",
+            RequestError::TargetIsClinician => "target_is_clinician",
+            RequestError::SelfTarget => "self_target",
+            RequestError::QueueNotAdmit => "queue_not_admit",
+            RequestError::NotAQueue => "not_a_queue",
+            RequestError::QueueEmpty => "queue_empty",
+            RequestError::WaitingForAdmission => "waiting_for_admission",
+            RequestError::ChatSize => "chat_size",
+            RequestError::ChatRate => "chat_rate",
+            RequestError::RestartTooSoon => "restart_too_soon",
+            RequestError::ScreenShareNotAllowed => "screen_share_not_allowed",
+            RequestError::NoMediaSession => "no_media_session",
+        }
+    }
+}
+
+/// What a join did, for the caller's audit log.
+#[derive(Debug)]
+pub struct JoinOutcome {
+    pub events: Vec<AuditEvent>,
+    pub admitted: bool,
+}
+
+/// One participant as the meetings API lists them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParticipantView {
+    pub participant: ParticipantId,
+    pub subject: String,
+    pub name: String,
+    pub role: Role,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<Timestamp>,
+    pub media: bool,
+}
+
+pub struct MeetingRoom {
+    pub id: String,
+    state: Mutex<RoomState>,
+}
+
+impl std::fmt::Debug for MeetingRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeetingRoom").field("id", &self.id).finish()
+    }
+}
+
+impl MeetingRoom {
+    pub fn new(record: MeetingRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            state: Mutex::new(RoomState {
+                record,
+                members: HashMap::new(),
+                admitted: HashMap::new(),
+                denied: HashSet::new(),
+                forwarded: HashMap::new(),
+                next_order: 0,
+                last_active: Timestamp::now(),
+            }),
+        }
+    }
+
+    /// The meeting's state. Held briefly: nothing under it awaits or blocks.
+    pub fn lock(&self) -> MutexGuard<'_, RoomState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug)]
+pub struct RoomState {
+    pub record: MeetingRecord,
+    members: HashMap<ParticipantId, Member>,
+    /// Subjects admitted to this meeting; with a deadline once their connection dropped.
+    admitted: HashMap<String, Option<Timestamp>>,
+    /// Subjects a clinician turned away: they cannot come back into this meeting.
+    denied: HashSet<String>,
+    /// Drop-in: subjects taken into a private visit, with that visit's id and until when a
+    /// reconnect with the queue token follows them there.
+    forwarded: HashMap<String, (String, Timestamp)>,
+    next_order: u64,
+    /// When someone was last connected (for forgetting unbooked meetings).
+    pub last_active: Timestamp,
+}
+
+impl RoomState {
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn member(&self, id: &ParticipantId) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// The private visit a drop-in patient or clinician was taken into, if still followed.
+    pub fn forwarded_to(&self, sub: &str, now: Timestamp) -> Option<String> {
+        self.forwarded
+            .get(sub)
+            .filter(|(_, until)| *until >= now)
+            .map(|(id, _)| id.clone())
+    }
+
+    fn audit(&self, event: &str, id: &ParticipantId, m: &Member) -> AuditEvent {
+        AuditEvent {
+            event: event.into(),
+            meeting: Some(self.record.id.clone()),
+            subject: Some(m.sub.clone()),
+            role: Some(role_name(m.role).into()),
+            hsa: m.hsa.clone(),
+            unit: m.unit.clone(),
+            participant: Some(id.to_string()),
+            ..Default::default()
+        }
+    }
+
+    fn audit_by(
+        &self,
+        event: &str,
+        id: &ParticipantId,
+        target: &Member,
+        actor: &Member,
+    ) -> AuditEvent {
+        AuditEvent {
+            actor_hsa: actor.hsa.clone(),
+            actor_unit: actor.unit.clone(),
+            ..self.audit(event, id, target)
+        }
+    }
+
+    /// Whether `session` may enter now (checked before the WebSocket opens, and again when
+    /// it joins).
+    pub fn check_entry(
+        &self,
+        session: &Session,
+        now: Timestamp,
+        policy: &MeetingPolicy,
+    ) -> Result<(), JoinRefusal> {
+        let clinician = session.role == Role::Clinician;
+        self.record.check_entry(now, clinician, policy)?;
+        if self.denied.contains(&session.claims.sub) {
+            return Err(JoinRefusal::Denied);
+        }
+        if self.record.kind == MeetingKind::DropIn
+            && clinician
+            && session.claims.unit.as_deref() != Some(self.record.unit.as_str())
+        {
+            return Err(JoinRefusal::WrongUnit);
+        }
+        // A second connection of the same subject replaces the first: it does not count.
+        let others = self
+            .members
+            .values()
+            .filter(|m| m.sub != session.claims.sub)
+            .count();
+        if others >= self.record.max_participants(policy) as usize {
+            return Err(JoinRefusal::MeetingFull);
+        }
+        Ok(())
+    }
+
+    /// Adds a connection. Clinicians are admitted; others wait in the lobby unless they were
+    /// admitted and are back within the reconnect grace (or replace their own connection).
+    pub fn join(
+        &mut self,
+        id: ParticipantId,
+        session: &Session,
+        out: UnboundedSender<Outbound>,
+        now: Timestamp,
+        policy: &MeetingPolicy,
+        sfu: &dyn SfuControl,
+    ) -> Result<JoinOutcome, JoinRefusal> {
+        self.check_entry(session, now, policy)?;
+        let mut events = Vec::new();
+        let mut member = Member::new(session, out);
+
+        let previous = self
+            .members
+            .iter()
+            .find(|(_, m)| m.sub == member.sub)
+            .map(|(k, _)| k.clone());
+        let mut was_admitted = false;
+        if let Some(old_id) = previous {
+            let old = self.detach(&old_id, sfu, &mut events);
+            if let Some(old) = old {
+                was_admitted = old.is_admitted();
+                let _ = old.out.send(CloseReason::Replaced.outbound());
+                let mut e = self.audit("replaced", &old_id, &old);
+                e.code = Some(format!("by {id}"));
+                events.push(e);
+            }
+        }
+        let grace = match self.admitted.get(&member.sub) {
+            Some(None) => true,
+            Some(Some(until)) => *until >= now,
+            None => false,
+        };
+        let admitted = member.is_clinician()
+            || (self.record.kind == MeetingKind::Visit && (was_admitted || grace));
+        if admitted {
+            member.admission = Admission::Admitted;
+            if !member.is_clinician() {
+                self.admitted.insert(member.sub.clone(), None);
+                let mut e = self.audit("admit", &id, &member);
+                e.code = Some("reconnect".into());
+                events.push(e);
+            }
+        } else {
+            member.admission = Admission::Waiting {
+                since: now,
+                order: self.next_order,
+            };
+            self.next_order += 1;
+            events.push(self.audit("lobby_enter", &id, &member));
+        }
+
+        let mut welcome = json!({
+            "type": "welcome",
+            "participant": id,
+            "meeting": self.record.id,
+            "kind": self.record.kind,
+            "name": member.name,
+            "role": member.role,
+            "state": if admitted { "admitted" } else { "waiting" },
+            "starts_at": self.record.start.to_string(),
+        });
+        if admitted {
+            welcome["participants"] = self.roster(None);
+        }
+        member.send(&welcome);
+        let entry = member.entry(&id);
+        self.members.insert(id.clone(), member);
+        self.last_active = now;
+        if admitted {
+            self.broadcast_admitted(
+                Some(&id),
+                &json!({"type": "participant_joined", "participant": entry["participant"], "name": entry["name"], "role": entry["role"]}),
+            );
+        }
+        // Clinicians (the newcomer too) learn the lobby; waiting people their place.
+        self.lobby_changed();
+        Ok(JoinOutcome { events, admitted })
+    }
+
+    /// Takes a connection out of the meeting (its media session too) and tells the others.
+    /// Returns the member when it was still here.
+    fn detach(
+        &mut self,
+        id: &ParticipantId,
+        sfu: &dyn SfuControl,
+        events: &mut Vec<AuditEvent>,
+    ) -> Option<Member> {
+        let m = self.members.remove(id)?;
+        if m.sfu_joined {
+            sfu.send(Command::RemoveParticipant {
+                participant: id.clone(),
+            });
+        }
+        if m.media_started {
+            events.push(self.audit("media_stop", id, &m));
+        }
+        if m.is_admitted() {
+            self.broadcast_admitted(
+                None,
+                &json!({"type": "participant_left", "participant": id}),
+            );
+        } else {
+            self.lobby_changed();
+        }
+        Some(m)
+    }
+
+    /// The connection ended. `explicit`: the person left (admission is forgotten); otherwise
+    /// it dropped, and an admitted person coming back within the grace skips the lobby.
+    pub fn leave(
+        &mut self,
+        id: &ParticipantId,
+        explicit: bool,
+        now: Timestamp,
+        policy: &MeetingPolicy,
+        sfu: &dyn SfuControl,
+    ) -> Option<Vec<AuditEvent>> {
+        let mut events = Vec::new();
+        let m = self.detach(id, sfu, &mut events)?;
+        if m.is_admitted() && !m.is_clinician() {
+            if explicit {
+                self.admitted.remove(&m.sub);
+            } else {
+                self.admitted
+                    .insert(m.sub.clone(), Some(now + policy.reconnect_grace));
+            }
+        }
+        events.push(self.audit("leave", id, &m));
+        self.last_active = now;
+        Some(events)
+    }
+
+    /// Checks a clinician's action and describes it for the audit log, changing nothing:
+    /// the caller records it, then calls [`apply`](Self::apply).
+    pub fn plan(
+        &self,
+        actor: &ParticipantId,
+        action: &Action,
+    ) -> Result<Vec<AuditEvent>, RequestError> {
+        let a = self.actor(actor)?;
+        match action {
+            Action::EndMeeting => {
+                let mut e = self.audit("meeting_end", actor, a);
+                e.actor_hsa = a.hsa.clone();
+                e.actor_unit = a.unit.clone();
+                Ok(vec![e])
+            }
+            Action::Admit(t) | Action::Deny(t) | Action::ToLobby(t) | Action::Remove(t) => {
+                let target = self.target(actor, action)?;
+                Ok(vec![self.audit_by(action.audit_name(), t, target, a)])
+            }
+        }
+    }
+
+    fn actor(&self, actor: &ParticipantId) -> Result<&Member, RequestError> {
+        let a = self
+            .members
+            .get(actor)
+            .ok_or(RequestError::NoSuchParticipant)?;
+        if !a.is_clinician() {
+            return Err(RequestError::NotAllowed);
+        }
+        Ok(a)
+    }
+
+    fn target(&self, actor: &ParticipantId, action: &Action) -> Result<&Member, RequestError> {
+        let (Action::Admit(t) | Action::Deny(t) | Action::ToLobby(t) | Action::Remove(t)) = action
+        else {
+            return Err(RequestError::NoSuchParticipant);
+        };
+        if t == actor {
+            return Err(RequestError::SelfTarget);
+        }
+        let target = self.members.get(t).ok_or(RequestError::NoSuchParticipant)?;
+        match action {
+            Action::Admit(_) if self.record.kind == MeetingKind::DropIn => {
+                Err(RequestError::QueueNotAdmit)
+            }
+            Action::Admit(_) | Action::Deny(_) if target.is_admitted() => {
+                Err(RequestError::NotWaiting)
+            }
+            Action::ToLobby(_) if target.is_clinician() => Err(RequestError::TargetIsClinician),
+            Action::ToLobby(_) if !target.is_admitted() => Err(RequestError::NotAdmitted),
+            _ => Ok(target),
+        }
+    }
+
+    /// Carries out an action checked by [`plan`](Self::plan) (checked again: the meeting may
+    /// have changed meanwhile). Returns further audit events (media stopping or starting).
+    pub fn apply(
+        &mut self,
+        actor: &ParticipantId,
+        action: &Action,
+        now: Timestamp,
+        sfu: &dyn SfuControl,
+    ) -> Result<Vec<AuditEvent>, RequestError> {
+        self.actor(actor)?;
+        let mut events = Vec::new();
+        match action {
+            Action::EndMeeting => {
+                self.record.ended_at = Some(now);
+                self.close_all(CloseReason::MeetingEnded, sfu, &mut events);
+            }
+            Action::Admit(t) => {
+                self.target(actor, action)?;
+                self.admit(t, sfu, &mut events);
+            }
+            Action::Deny(t) => {
+                self.target(actor, action)?;
+                if let Some(m) = self.detach(t, sfu, &mut events) {
+                    self.denied.insert(m.sub.clone());
+                    self.admitted.remove(&m.sub);
+                    let _ = m.out.send(CloseReason::Denied.outbound());
+                }
+            }
+            Action::ToLobby(t) => {
+                self.target(actor, action)?;
+                self.send_to_lobby(t, now, sfu, &mut events);
+            }
+            Action::Remove(t) => {
+                self.target(actor, action)?;
+                if let Some(m) = self.detach(t, sfu, &mut events) {
+                    self.admitted.remove(&m.sub);
+                    let _ = m.out.send(CloseReason::Removed.outbound());
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn admit(&mut self, id: &ParticipantId, sfu: &dyn SfuControl, events: &mut Vec<AuditEvent>) {
+        let roster = self.roster(Some(id));
+        let Some(m) = self.members.get_mut(id) else {
+            return;
+        };
+        m.admission = Admission::Admitted;
+        m.position_told = None;
+        let sub = m.sub.clone();
+        if m.sfu_joined {
+            sfu.send(Command::SetPermissions {
+                participant: id.clone(),
+                permissions: Permissions {
+                    publish: true,
+                    subscribe: true,
+                },
+            });
+        }
+        m.send(&json!({"type": "admitted", "participants": roster}));
+        let entry = m.entry(id);
+        let start = m.media_connected && !m.media_started;
+        if start {
+            m.media_started = true;
+        }
+        self.admitted.insert(sub, None);
+        if start && let Some(m) = self.members.get(id) {
+            events.push(self.audit("media_start", id, m));
+        }
+        self.broadcast_admitted(
+            Some(id),
+            &json!({"type": "participant_joined", "participant": entry["participant"], "name": entry["name"], "role": entry["role"]}),
+        );
+        self.lobby_changed();
+    }
+
+    fn send_to_lobby(
+        &mut self,
+        id: &ParticipantId,
+        now: Timestamp,
+        sfu: &dyn SfuControl,
+        events: &mut Vec<AuditEvent>,
+    ) {
+        let order = self.next_order;
+        self.next_order += 1;
+        let Some(m) = self.members.get_mut(id) else {
+            return;
+        };
+        m.admission = Admission::Waiting { since: now, order };
+        let sub = m.sub.clone();
+        if m.sfu_joined {
+            sfu.send(Command::SetPermissions {
+                participant: id.clone(),
+                permissions: Permissions {
+                    publish: false,
+                    subscribe: false,
+                },
+            });
+        }
+        let stopped = std::mem::take(&mut m.media_started);
+        self.admitted.remove(&sub);
+        if stopped && let Some(m) = self.members.get(id) {
+            events.push(self.audit("media_stop", id, m));
+        }
+        let position = self.position(id);
+        if let Some(m) = self.members.get_mut(id) {
+            m.position_told = position;
+            m.send(&json!({"type": "returned_to_lobby", "position": position}));
+        }
+        self.broadcast_admitted(
+            None,
+            &json!({"type": "participant_left", "participant": id}),
+        );
+        self.lobby_changed();
+    }
+
+    /// Disconnects everyone (meeting ended or cancelled) and closes the SFU room.
+    pub fn close_all(
+        &mut self,
+        reason: CloseReason,
+        sfu: &dyn SfuControl,
+        events: &mut Vec<AuditEvent>,
+    ) {
+        let members: Vec<(ParticipantId, Member)> = self.members.drain().collect();
+        for (id, m) in &members {
+            if m.media_started {
+                events.push(self.audit("media_stop", id, m));
+            }
+            let _ = m.out.send(reason.outbound());
+        }
+        self.admitted.clear();
+        sfu.send(Command::CloseRoom {
+            room: RoomId(self.record.id.clone()),
+        });
+    }
+
+    /// The permissions a new media session of `id` gets: media only once admitted, and none
+    /// in a drop-in queue (nobody meets anybody there).
+    fn permissions(&self, m: &Member) -> Permissions {
+        let on = m.is_admitted() && self.record.kind == MeetingKind::Visit;
+        Permissions {
+            publish: on,
+            subscribe: on,
+        }
+    }
+
+    /// A client's SDP offer: starts its media session (or restarts it) or renegotiates.
+    pub fn offer(
+        &mut self,
+        id: &ParticipantId,
+        sdp: String,
+        restart: bool,
+        sfu: &dyn SfuControl,
+    ) -> Result<(), RequestError> {
+        let m = self
+            .members
+            .get(id)
+            .ok_or(RequestError::NoSuchParticipant)?;
+        // One camera for patients, companions and interpreters; screen sharing is the
+        // clinician's.
+        if !m.is_clinician() && sdp.lines().filter(|l| l.starts_with("m=video")).count() > 1 {
+            return Err(RequestError::ScreenShareNotAllowed);
+        }
+        let permissions = self.permissions(m);
+        let room = RoomId(self.record.id.clone());
+        let Some(m) = self.members.get_mut(id) else {
+            return Err(RequestError::NoSuchParticipant);
+        };
+        if restart && m.sfu_joined {
+            if m.last_restart
+                .is_some_and(|t| t.elapsed() < MIN_RESTART_INTERVAL)
+            {
+                return Err(RequestError::RestartTooSoon);
+            }
+            m.last_restart = Some(std::time::Instant::now());
+            // A new media session under the same identity: the old one goes first.
+            sfu.send(Command::RemoveParticipant {
+                participant: id.clone(),
+            });
+            m.sfu_joined = false;
+            m.media_connected = false;
+        }
+        let command = if m.sfu_joined {
+            Command::Offer {
+                participant: id.clone(),
+                offer_sdp: sdp,
+            }
+        } else {
+            m.sfu_joined = true;
+            Command::AddParticipant {
+                room,
+                participant: id.clone(),
+                offer_sdp: sdp,
+                permissions,
+            }
+        };
+        sfu.send(command);
+        Ok(())
+    }
+
+    pub fn answer(
+        &self,
+        id: &ParticipantId,
+        sdp: String,
+        sfu: &dyn SfuControl,
+    ) -> Result<(), RequestError> {
+        let m = self
+            .members
+            .get(id)
+            .ok_or(RequestError::NoSuchParticipant)?;
+        if !m.sfu_joined {
+            return Err(RequestError::NoMediaSession);
+        }
+        sfu.send(Command::Answer {
+            participant: id.clone(),
+            answer_sdp: sdp,
+        });
+        Ok(())
+    }
+
+    /// A chat message: from and to admitted participants only; never stored or logged.
+    pub fn chat(
+        &mut self,
+        id: &ParticipantId,
+        text: &str,
+        now: Timestamp,
+    ) -> Result<(), RequestError> {
+        let m = self
+            .members
+            .get_mut(id)
+            .ok_or(RequestError::NoSuchParticipant)?;
+        if !m.is_admitted() || self.record.kind == MeetingKind::DropIn {
+            return Err(RequestError::WaitingForAdmission);
+        }
+        let text = text.trim();
+        if text.is_empty() || text.chars().count() > MAX_CHAT_CHARS {
+            return Err(RequestError::ChatSize);
+        }
+        if !m.chat.take(std::time::Instant::now()) {
+            return Err(RequestError::ChatRate);
+        }
+        let msg = json!({"type": "chat", "from": id, "name": m.name, "text": text, "at": now.to_string()});
+        self.broadcast_admitted(None, &msg);
+        Ok(())
+    }
+
+    /// Sends to one connection.
+    pub fn send_to(&self, id: &ParticipantId, msg: &Value) {
+        if let Some(m) = self.members.get(id) {
+            m.send(msg);
+        }
+    }
+
+    /// Sends to everyone admitted (the lobby learns nothing of the meeting).
+    pub fn broadcast_admitted(&self, except: Option<&ParticipantId>, msg: &Value) {
+        let text = msg.to_string();
+        for (id, m) in &self.members {
+            if m.is_admitted() && Some(id) != except {
+                let _ = m.out.send(Outbound::Text(text.clone()));
+            }
+        }
+    }
+
+    /// The SFU reports `id`'s media path up.
+    pub fn media_connected(&mut self, id: &ParticipantId) -> Option<AuditEvent> {
+        let kind = self.record.kind;
+        let m = self.members.get_mut(id)?;
+        m.media_connected = true;
+        m.send(&json!({"type": "media_connected"}));
+        if m.is_admitted() && kind == MeetingKind::Visit && !m.media_started {
+            m.media_started = true;
+            let m = self.members.get(id)?;
+            return Some(self.audit("media_start", id, m));
+        }
+        None
+    }
+
+    /// The SFU lost `id`'s media path (consent timeout, transport closed).
+    pub fn media_lost(&mut self, id: &ParticipantId, reason: &Value) -> Option<AuditEvent> {
+        let m = self.members.get_mut(id)?;
+        m.media_connected = false;
+        m.send(&json!({"type": "media_disconnected", "reason": reason}));
+        if std::mem::take(&mut m.media_started) {
+            let m = self.members.get(id)?;
+            return Some(self.audit("media_stop", id, m));
+        }
+        None
+    }
+
+    fn waiting(&self) -> Vec<(&ParticipantId, &Member, Timestamp, u64)> {
+        let mut w: Vec<_> = self
+            .members
+            .iter()
+            .filter_map(|(id, m)| match m.admission {
+                Admission::Waiting { since, order } => Some((id, m, since, order)),
+                Admission::Admitted => None,
+            })
+            .collect();
+        w.sort_by_key(|(_, _, _, order)| *order);
+        w
+    }
+
+    /// 1-based place in the lobby queue.
+    pub fn position(&self, id: &ParticipantId) -> Option<usize> {
+        self.waiting()
+            .iter()
+            .position(|(w, ..)| *w == id)
+            .map(|p| p + 1)
+    }
+
+    /// The first in the queue (drop-in's "take next").
+    pub fn first_waiting(&self) -> Option<ParticipantId> {
+        self.waiting().first().map(|(id, ..)| (*id).clone())
+    }
+
+    fn lobby_message(&self) -> Value {
+        let waiting: Vec<Value> = self
+            .waiting()
+            .iter()
+            .map(|(id, m, since, _)| {
+                json!({"participant": id, "name": m.name, "role": m.role, "since": since.to_string()})
+            })
+            .collect();
+        json!({"type": "lobby", "waiting": waiting})
+    }
+
+    /// Tells clinicians who waits, and each waiting person their place when it changed.
+    fn lobby_changed(&mut self) {
+        let lobby = self.lobby_message();
+        for m in self.members.values().filter(|m| m.is_clinician()) {
+            m.send(&lobby);
+        }
+        let order: Vec<ParticipantId> = self
+            .waiting()
+            .iter()
+            .map(|(id, ..)| (*id).clone())
+            .collect();
+        for (i, id) in order.iter().enumerate() {
+            if let Some(m) = self.members.get_mut(id)
+                && m.position_told != Some(i + 1)
+            {
+                m.position_told = Some(i + 1);
+                m.send(&json!({"type": "lobby_position", "position": i + 1}));
+            }
+        }
+    }
+
+    /// Admitted participants (but `except`), as clients list them.
+    fn roster(&self, except: Option<&ParticipantId>) -> Value {
+        Value::Array(
+            self.members
+                .iter()
+                .filter(|(id, m)| m.is_admitted() && Some(*id) != except)
+                .map(|(id, m)| m.entry(id))
+                .collect(),
+        )
+    }
+
+    /// Moves `id` out of this meeting (a drop-in take): its media session ends here and the
+    /// client starts a new one in the private visit.
+    pub fn take_out(
+        &mut self,
+        id: &ParticipantId,
+        to: &str,
+        until: Timestamp,
+        sfu: &dyn SfuControl,
+        events: &mut Vec<AuditEvent>,
+    ) -> Option<Member> {
+        let mut m = self.detach(id, sfu, events)?;
+        self.forwarded.insert(m.sub.clone(), (to.to_owned(), until));
+        m.sfu_joined = false;
+        m.media_connected = false;
+        m.media_started = false;
+        Some(m)
+    }
+
+    /// Puts a member taken from a queue into this (private) meeting, admitted.
+    pub fn put_in(&mut self, id: ParticipantId, mut m: Member) {
+        m.admission = Admission::Admitted;
+        self.admitted.insert(m.sub.clone(), None);
+        m.send(
+            &json!({"type": "moved", "meeting": self.record.id, "kind": self.record.kind,
+                       "participants": self.roster(None), "state": "admitted"}),
+        );
+        let entry = m.entry(&id);
+        self.members.insert(id.clone(), m);
+        self.broadcast_admitted(
+            Some(&id),
+            &json!({"type": "participant_joined", "participant": entry["participant"], "name": entry["name"], "role": entry["role"]}),
+        );
+    }
+
+    pub fn audit_take(
+        &self,
+        patient: &ParticipantId,
+        actor: &ParticipantId,
+        to: &str,
+    ) -> Option<AuditEvent> {
+        let p = self.members.get(patient)?;
+        let a = self.members.get(actor)?;
+        let mut e = self.audit_by("admit", patient, p, a);
+        e.code = Some(format!("drop_in_take to {to}"));
+        Some(e)
+    }
+
+    pub fn participants(&self) -> Vec<ParticipantView> {
+        let mut v: Vec<ParticipantView> = self
+            .members
+            .iter()
+            .map(|(id, m)| ParticipantView {
+                participant: id.clone(),
+                subject: m.sub.clone(),
+                name: m.name.clone(),
+                role: m.role,
+                state: if m.is_admitted() {
+                    "admitted"
+                } else {
+                    "waiting"
+                },
+                waiting_since: match m.admission {
+                    Admission::Waiting { since, .. } => Some(since),
+                    Admission::Admitted => None,
+                },
+                media: m.media_started,
+            })
+            .collect();
+        v.sort_by(|a, b| a.participant.0.cmp(&b.participant.0));
+        v
+    }
+
+    /// The actor is a clinician here (drop-in take).
+    pub fn check_clinician(&self, id: &ParticipantId) -> Result<(), RequestError> {
+        self.actor(id).map(|_| ())
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Clinician => "clinician",
+        Role::Patient => "patient",
+        Role::Companion => "companion",
+        Role::Interpreter => "interpreter",
+    }
+}

@@ -1,0 +1,395 @@
+//! All meetings of this service: booked ones (from the meetings API, kept in a file so a
+//! restart loses no booking) and unbooked ones known from the tokens presented. Each meeting
+//! has its own lock; the registry's locks are held only to find a meeting, so a join never
+//! waits for a busy meeting other than its own.
+
+use crate::audit_log::AuditEvent;
+use crate::join_refusal::JoinRefusal;
+use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord};
+use crate::meeting_room::{CloseReason, MeetingRoom, RequestError};
+use crate::session_token::Session;
+use crate::sfu_control::SfuControl;
+use jiff::{SignedDuration, Timestamp};
+use sfu_proto::{DisconnectReason, Event, ParticipantId};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Booked meetings are forgotten this long after they closed.
+const RETENTION: SignedDuration = SignedDuration::from_hours(24);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeetingsError {
+    #[error("meeting store {path}: {reason}")]
+    Store { path: PathBuf, reason: String },
+}
+
+#[derive(Debug)]
+pub struct Meetings {
+    policy: MeetingPolicy,
+    rooms: Mutex<HashMap<String, Arc<MeetingRoom>>>,
+    by_participant: Mutex<HashMap<ParticipantId, Arc<MeetingRoom>>>,
+    store: Option<PathBuf>,
+    /// Serialises writes of the store file.
+    store_lock: Mutex<()>,
+}
+
+impl Meetings {
+    /// Opens the registry, loading booked meetings from `store` when it exists.
+    pub fn new(policy: MeetingPolicy, store: Option<PathBuf>) -> Result<Self, MeetingsError> {
+        let mut rooms = HashMap::new();
+        if let Some(path) = &store
+            && path.exists()
+        {
+            let err = |reason: String| MeetingsError::Store {
+                path: path.clone(),
+                reason,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            let records: Vec<MeetingRecord> =
+                serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+            for r in records {
+                rooms.insert(r.id.clone(), Arc::new(MeetingRoom::new(r)));
+            }
+        }
+        Ok(Self {
+            policy,
+            rooms: Mutex::new(rooms),
+            by_participant: Mutex::new(HashMap::new()),
+            store,
+            store_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn policy(&self) -> &MeetingPolicy {
+        &self.policy
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<MeetingRoom>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<MeetingRoom>> {
+        let mut v: Vec<_> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Books a meeting. Fails when the id is taken.
+    pub fn create(&self, record: MeetingRecord) -> Result<Arc<MeetingRoom>, Arc<MeetingRoom>> {
+        let room = {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(existing) = rooms.get(&record.id) {
+                return Err(existing.clone());
+            }
+            let room = Arc::new(MeetingRoom::new(record));
+            rooms.insert(room.id.clone(), room.clone());
+            room
+        };
+        self.persist();
+        Ok(room)
+    }
+
+    /// The meeting a verified session enters: its booked meeting, or an unbooked one made
+    /// from the token's window when the policy allows. A drop-in patient or clinician who was
+    /// taken into a private visit follows it while the forward lasts.
+    pub fn room_for(
+        &self,
+        session: &Session,
+        now: Timestamp,
+    ) -> Result<Arc<MeetingRoom>, JoinRefusal> {
+        let c = &session.claims;
+        let room = match self.get(&c.mtg) {
+            Some(room) => room,
+            None if self.policy.allow_unbooked => {
+                let record = MeetingRecord {
+                    id: c.mtg.clone(),
+                    unit: c.unit.clone().unwrap_or_default(),
+                    kind: MeetingKind::Visit,
+                    // The token's window is the booked window: the lobby is open all of it.
+                    start: Timestamp::from_second(c.nbf).unwrap_or(now)
+                        + self.policy.lobby_opens_before,
+                    end: Timestamp::from_second(c.exp).unwrap_or(now) - self.policy.overrun,
+                    max_participants: None,
+                    cancelled_at: None,
+                    ended_at: None,
+                    booked: false,
+                    from_queue: None,
+                };
+                let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                rooms
+                    .entry(c.mtg.clone())
+                    .or_insert_with(|| Arc::new(MeetingRoom::new(record)))
+                    .clone()
+            }
+            None => return Err(JoinRefusal::MeetingUnknown),
+        };
+        let forward = room.lock().forwarded_to(&c.sub, now);
+        if let Some(to) = forward
+            && let Some(private) = self.get(&to)
+        {
+            return Ok(private);
+        }
+        Ok(room)
+    }
+
+    /// Records which meeting a connection is in (for routing SFU events and its requests).
+    pub fn bind(&self, id: &ParticipantId, room: &Arc<MeetingRoom>) {
+        self.by_participant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), room.clone());
+    }
+
+    pub fn unbind(&self, id: &ParticipantId) {
+        self.by_participant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    pub fn room_of(&self, id: &ParticipantId) -> Option<Arc<MeetingRoom>> {
+        self.by_participant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Cancels a booked meeting: nobody may join any more, and whoever is in it is told and
+    /// disconnected.
+    pub fn cancel(
+        &self,
+        id: &str,
+        now: Timestamp,
+        sfu: &dyn SfuControl,
+    ) -> Option<Vec<AuditEvent>> {
+        let room = self.get(id)?;
+        let mut events = vec![AuditEvent {
+            event: "meeting_cancelled".into(),
+            meeting: Some(id.to_owned()),
+            ..Default::default()
+        }];
+        {
+            let mut s = room.lock();
+            if s.record.cancelled_at.is_none() {
+                s.record.cancelled_at = Some(now);
+            }
+            s.close_all(CloseReason::MeetingCancelled, sfu, &mut events);
+        }
+        self.persist();
+        Some(events)
+    }
+
+    /// Drop-in, first step: checks that `actor` is a clinician of queue `queue` and someone
+    /// waits; names the patient to take and the private visit to open, and describes the take
+    /// for the audit log. Changes nothing.
+    pub fn plan_take(
+        &self,
+        queue: &MeetingRoom,
+        actor: &ParticipantId,
+    ) -> Result<(ParticipantId, String, AuditEvent), RequestError> {
+        let q = queue.lock();
+        q.check_clinician(actor)?;
+        if q.record.kind != MeetingKind::DropIn {
+            return Err(RequestError::NotAQueue);
+        }
+        let patient = q.first_waiting().ok_or(RequestError::QueueEmpty)?;
+        let to = format!("{}-{:08x}", q.record.id, rand::random::<u32>());
+        let event = q
+            .audit_take(&patient, actor, &to)
+            .ok_or(RequestError::QueueEmpty)?;
+        Ok((patient, to, event))
+    }
+
+    /// Drop-in, second step: opens the private visit `to` and moves the clinician and the
+    /// patient into it, both admitted. The client of each starts a new media session there.
+    pub fn take(
+        &self,
+        queue: &Arc<MeetingRoom>,
+        actor: &ParticipantId,
+        patient: &ParticipantId,
+        to: &str,
+        now: Timestamp,
+        sfu: &dyn SfuControl,
+    ) -> Result<Vec<AuditEvent>, RequestError> {
+        let record = {
+            let q = queue.lock();
+            q.check_clinician(actor)?;
+            if q.member(patient).is_none() {
+                return Err(RequestError::NoSuchParticipant);
+            }
+            MeetingRecord {
+                id: to.to_owned(),
+                unit: q.record.unit.clone(),
+                kind: MeetingKind::Visit,
+                start: now,
+                end: now + self.policy.drop_in_visit_length,
+                max_participants: None,
+                cancelled_at: None,
+                ended_at: None,
+                booked: true,
+                from_queue: Some(q.record.id.clone()),
+            }
+        };
+        let until = record.end;
+        let private = self
+            .create(record)
+            .map_err(|_| RequestError::NoSuchParticipant)?;
+        let mut events = Vec::new();
+        {
+            // Lock order queue → private visit; nobody else knows the new visit yet.
+            let mut q = queue.lock();
+            let mut p = private.lock();
+            for id in [actor, patient] {
+                if let Some(m) = q.take_out(id, to, until, sfu, &mut events) {
+                    p.put_in(id.clone(), m);
+                    self.bind(id, &private);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Routes an SFU event to the connections it concerns. Returns audit events (media
+    /// starting or stopping).
+    pub fn deliver(&self, event: Event) -> Vec<AuditEvent> {
+        use serde_json::json;
+        let mut events = Vec::new();
+        match event {
+            Event::Answer {
+                participant,
+                answer_sdp,
+            } => self.send_to(&participant, &json!({"type": "answer", "sdp": answer_sdp})),
+            Event::Offer {
+                participant,
+                offer_sdp,
+            } => self.send_to(&participant, &json!({"type": "offer", "sdp": offer_sdp})),
+            Event::Connected { participant } => {
+                if let Some(room) = self.room_of(&participant) {
+                    events.extend(room.lock().media_connected(&participant));
+                }
+            }
+            Event::TrackPublished { room, track } => self.broadcast(
+                &room.0,
+                &json!({"type": "track_published", "publisher": track.publisher, "kind": track.kind, "track": track.id}),
+            ),
+            Event::TrackUnpublished { room, track } => self.broadcast(
+                &room.0,
+                &json!({"type": "track_unpublished", "publisher": track.publisher, "track": track.id}),
+            ),
+            Event::ActiveSpeaker { room, participant } => self.broadcast(
+                &room.0,
+                &json!({"type": "active_speaker", "participant": participant}),
+            ),
+            // Only a broken media path is news to the client (it reconnects); a removal was
+            // asked for, and its reason travels on its own path.
+            Event::Disconnected {
+                participant,
+                reason: reason @ (DisconnectReason::ConsentTimeout | DisconnectReason::TransportClosed),
+            } => {
+                if let Some(room) = self.room_of(&participant) {
+                    let reason = serde_json::to_value(reason).unwrap_or_default();
+                    events.extend(room.lock().media_lost(&participant, &reason));
+                }
+            }
+            Event::Disconnected { .. } => {}
+            Event::CommandFailed {
+                participant, error, ..
+            } => {
+                if let Some(p) = participant {
+                    self.send_to(
+                        &p,
+                        &json!({"type": "error", "code": "sfu_refused", "message": error}),
+                    );
+                }
+            }
+            Event::Load(_) => {}
+        }
+        events
+    }
+
+    fn send_to(&self, id: &ParticipantId, msg: &serde_json::Value) {
+        if let Some(room) = self.room_of(id) {
+            room.lock().send_to(id, msg);
+        }
+    }
+
+    fn broadcast(&self, room: &str, msg: &serde_json::Value) {
+        if let Some(room) = self.get(room) {
+            room.lock().broadcast_admitted(None, msg);
+        }
+    }
+
+    /// Forgets meetings nobody needs any more: unbooked ones empty for the reconnect grace
+    /// after their last member, booked ones a day after they closed. Returns how many went.
+    pub fn sweep(&self, now: Timestamp) -> usize {
+        let mut gone = 0;
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.retain(|_, room| {
+            let s = room.lock();
+            let keep = if !s.is_empty() {
+                true
+            } else if s.record.booked {
+                let closed = s
+                    .record
+                    .cancelled_at
+                    .or(s.record.ended_at)
+                    .unwrap_or(s.record.closes_at(&self.policy));
+                now < closed + RETENTION
+            } else {
+                // An ended unbooked meeting is kept while its tokens are valid, so they
+                // cannot open it again.
+                let ended = s.record.ended_at.is_some() || s.record.cancelled_at.is_some();
+                now < s.last_active + self.policy.reconnect_grace
+                    || (ended && now < s.record.closes_at(&self.policy))
+            };
+            if !keep {
+                gone += 1;
+            }
+            keep
+        });
+        drop(rooms);
+        if gone > 0 {
+            self.persist();
+        }
+        gone
+    }
+
+    /// Writes booked meetings to the store (a temporary file renamed over the old one).
+    pub fn persist(&self) {
+        let Some(path) = &self.store else {
+            return;
+        };
+        let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let records: Vec<MeetingRecord> = self
+            .list()
+            .iter()
+            .map(|r| r.lock().record.clone())
+            .filter(|r| r.booked)
+            .collect();
+        let tmp = path.with_extension("tmp");
+        let result = serde_json::to_vec_pretty(&records)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, path)
+            });
+        if let Err(e) = result {
+            tracing::error!(path = %path.display(), error = %e, "writing the meeting store failed");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! A running `signaling serve --dev` (its own key, audit log and log file in a temporary
+//! directory) and WebSocket clients for it.
+
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use signaling::dev_issuer::{DevIssuer, dev_claims};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const API_KEY: &str = "test-api-key-0123456789";
+
+pub struct Server {
+    child: Child,
+    /// `ws://127.0.0.1:port`
+    pub ws_base: String,
+    /// `http://127.0.0.1:port`
+    pub http_base: String,
+    pub issuer: DevIssuer,
+    pub audit: PathBuf,
+    /// The service's own log (stderr).
+    pub log: PathBuf,
+    pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    pub dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn start() -> Server {
+    start_with(&[])
+}
+
+/// Starts the service with extra flags.
+pub fn start_with(extra: &[&str]) -> Server {
+    let dir = std::env::temp_dir().join(format!("hc-signaling-test-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("issuer.key");
+    let issuer = DevIssuer::load_or_create(&key).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let log = dir.join("signaling.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--api-key",
+            API_KEY,
+            "--dev-key",
+        ])
+        .arg(&key)
+        .arg("--audit-log")
+        .arg(&audit)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("signaling starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut base = None;
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        captured.lock().unwrap().push_str(&line);
+        captured.lock().unwrap().push('\n');
+        if let Some(url) = line.trim().strip_prefix("clinician: ") {
+            let end = url.find("/m/").unwrap();
+            base = Some(url[..end].to_owned());
+            break;
+        }
+    }
+    // Keep draining stdout so the server never writes into a closed pipe.
+    let sink = captured.clone();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&l);
+            sink.lock().unwrap().push('\n');
+        }
+    });
+    let http_base = base.expect("join URLs printed");
+    Server {
+        child,
+        ws_base: http_base.replace("http://", "ws://"),
+        http_base,
+        issuer,
+        audit,
+        log,
+        stdout: captured,
+        dir,
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+impl Server {
+    /// A dev token for `meeting`.
+    pub fn token(&self, meeting: &str, sub: &str, name: &str, role: &str) -> String {
+        let (hsa, unit) = if role == "clinician" {
+            (Some(format!("SE2321000016-{sub}")), Some("unit-1"))
+        } else {
+            (None, Some("unit-1"))
+        };
+        self.issuer
+            .mint(&dev_claims(
+                meeting,
+                sub,
+                name,
+                role,
+                hsa.as_deref(),
+                unit,
+                now(),
+                600,
+            ))
+            .unwrap()
+    }
+
+    pub async fn connect(&self, token: &str) -> Client {
+        let url = format!("{}/ws?token={}", self.ws_base, token);
+        let (ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .unwrap_or_else(|e| panic!("join refused: {e}"));
+        Client { ws }
+    }
+
+    /// Tries to open the join WebSocket; returns the HTTP status and JSON body of a refusal.
+    pub async fn refused(&self, query: &str) -> (u16, Value) {
+        let url = format!("{}/ws?{}", self.ws_base, query);
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok(_) => panic!("join {query:.40}… was accepted"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp.body().clone().unwrap_or_default();
+                (
+                    status,
+                    serde_json::from_slice(&body).expect("JSON refusal body"),
+                )
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    /// An HTTP request to the service (the meetings API with `key`).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
+        let url = format!("{}{}", self.http_base, path);
+        let mut req = match method {
+            "GET" => client.get(&url),
+            "POST" => client.post(&url),
+            other => panic!("method {other}"),
+        };
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("service answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(json!({"raw": text})),
+        )
+    }
+
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(&self.audit).unwrap_or_default()
+    }
+
+    /// The audit lines (as JSON) of one kind of event.
+    pub fn audit_events(&self, event: &str) -> Vec<Value> {
+        self.audit_text()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+}
+
+pub struct Client {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// Sends raw text (for malformed messages).
+pub trait SendText {
+    async fn send_text(&mut self, text: &str);
+}
+
+impl SendText
+    for tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+{
+    async fn send_text(&mut self, text: &str) {
+        self.send(Message::Text(text.into())).await.unwrap();
+    }
+}
+
+impl Client {
+    pub async fn send(&mut self, msg: Value) {
+        self.ws
+            .send(Message::Text(msg.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message (within 5 s).
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("a message within 5 s")
+                .expect("stream open")
+                .expect("valid frame");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
+                Message::Close(frame) => {
+                    return json!({"type": "__closed", "code": frame.map(|f| u16::from(f.code))});
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Skips messages until one of type `kind` arrives (within 5 s); panics at a close.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let m = self.next().await;
+            if m["type"] == kind {
+                return m;
+            }
+            assert_ne!(m["type"], "__closed", "closed while waiting for {kind}");
+        }
+    }
+
+    /// Every message that arrives within `wait`.
+    pub async fn drain(&mut self, wait: Duration) -> Vec<Value> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if let Message::Text(t) = msg {
+                got.push(serde_json::from_str(&t).unwrap());
+            }
+        }
+        got
+    }
+
+    /// Waits for the server to close the connection; returns the `closing` message and the
+    /// close code.
+    pub async fn closed(&mut self) -> (Value, Option<u16>) {
+        let mut closing = Value::Null;
+        loop {
+            let m = self.next().await;
+            if m["type"] == "closing" {
+                closing = m.clone();
+            }
+            if m["type"] == "__closed" {
+                return (closing, m["code"].as_u64().map(|c| c as u16));
+            }
+        }
+    }
+}
