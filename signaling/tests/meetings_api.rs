@@ -1,0 +1,270 @@
+//! The meetings API on a running service: authentication, booking, minting, listing who is
+//! in and who waits, cancelling (which disconnects), a store that survives a restart; and a
+//! drop-in queue served by "take next".
+
+mod support;
+
+use serde_json::json;
+use std::time::Duration;
+use support::{API_KEY, start_with};
+
+fn window(from_mins: i64, to_mins: i64) -> (String, String) {
+    let now = jiff::Timestamp::now();
+    (
+        (now + jiff::SignedDuration::from_mins(from_mins)).to_string(),
+        (now + jiff::SignedDuration::from_mins(to_mins)).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_booking_system_books_mints_watches_and_cancels() {
+    let store_dir = std::env::temp_dir().join(format!("hc-store-{}", rand::random::<u64>()));
+    let store = store_dir.join("meetings.json");
+    let store_arg = store.to_str().unwrap().to_owned();
+    let server = start_with(&["--meeting-store", &store_arg]);
+
+    // Authentication first.
+    let (status, body) = server.api("GET", "/api/v1/meetings", None, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("api_key_invalid"))
+    );
+    let (status, _) = server
+        .api("GET", "/api/v1/meetings", Some("wrong"), None)
+        .await;
+    assert_eq!(status, 401);
+    let (status, doc) = server.api("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.1.0")));
+
+    // Book a visit that is open now.
+    let (start, end) = window(-5, 25);
+    let booking = json!({"id": "v-100", "unit": "unit-1", "start": start, "end": end});
+    let (status, m) = server
+        .api(
+            "POST",
+            "/api/v1/meetings",
+            Some(API_KEY),
+            Some(booking.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{m}");
+    assert_eq!(
+        (m["status"].as_str(), m["kind"].as_str()),
+        (Some("open"), Some("visit"))
+    );
+    assert!(m["join_url"].as_str().unwrap().ends_with("/m/v-100"));
+    let (status, _) = server
+        .api("POST", "/api/v1/meetings", Some(API_KEY), Some(booking))
+        .await;
+    assert_eq!(status, 409);
+    let (status, body) = server
+        .api(
+            "POST",
+            "/api/v1/meetings",
+            Some(API_KEY),
+            Some(json!({"unit": "u", "start": end, "end": start})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        body["reason"].as_str().unwrap().starts_with("end"),
+        "{body}"
+    );
+
+    // Mint join tokens; a personal identity number as subject is refused.
+    let mint = |body: serde_json::Value| {
+        server.api(
+            "POST",
+            "/api/v1/meetings/v-100/tokens",
+            Some(API_KEY),
+            Some(body),
+        )
+    };
+    let (status, body) =
+        mint(json!({"sub": "19121212-1212", "name": "Tolvan", "role": "patient"})).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, _) = mint(json!({"sub": "c1", "name": "Dr X", "role": "clinician"})).await;
+    assert_eq!(status, 422, "a clinician needs an HSA-id");
+    let (status, t) = mint(json!({"sub": "pat-1", "name": "Anna", "role": "patient"})).await;
+    assert_eq!(status, 200, "{t}");
+    let url = t["url"].as_str().unwrap();
+    assert!(url.contains("/m/v-100?token="), "{url}");
+    let token = t["token"].as_str().unwrap().to_owned();
+
+    // The patient waits; the API lists them.
+    let mut patient = server.connect(&format!("{token}&meeting=v-100")).await;
+    assert_eq!(patient.next_of("welcome").await["state"], "waiting");
+    let (status, list) = server
+        .api(
+            "GET",
+            "/api/v1/meetings/v-100/participants",
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let p = &list["participants"][0];
+    assert_eq!(
+        (
+            p["subject"].as_str(),
+            p["state"].as_str(),
+            p["role"].as_str()
+        ),
+        (Some("pat-1"), Some("waiting"), Some("patient"))
+    );
+    assert!(p["waiting_since"].as_str().is_some());
+    let (_, listed) = server
+        .api("GET", "/api/v1/meetings?unit=unit-1", Some(API_KEY), None)
+        .await;
+    assert_eq!(listed["meetings"][0]["id"], "v-100");
+    assert_eq!(listed["meetings"][0]["waiting"], 1);
+    let (_, none) = server
+        .api("GET", "/api/v1/meetings?unit=unit-2", Some(API_KEY), None)
+        .await;
+    assert_eq!(none["meetings"], json!([]));
+
+    // Cancelling disconnects the waiting patient and refuses the link from then on.
+    let (status, m) = server
+        .api("POST", "/api/v1/meetings/v-100/cancel", Some(API_KEY), None)
+        .await;
+    assert_eq!((status, m["status"].as_str()), (200, Some("cancelled")));
+    let (closing, code) = patient.closed().await;
+    assert_eq!(
+        (closing["reason"].as_str(), code),
+        (Some("meeting_cancelled"), Some(4004))
+    );
+    let (status, body) = server.refused(&format!("token={token}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (410, Some("meeting_cancelled"))
+    );
+    assert_eq!(server.audit_events("meeting_cancelled").len(), 1);
+    assert_eq!(server.audit_events("token_minted").len(), 1);
+    drop(server);
+
+    // The booking survives a restart.
+    let server = start_with(&["--meeting-store", &store_arg]);
+    let (status, m) = server
+        .api("GET", "/api/v1/meetings/v-100", Some(API_KEY), None)
+        .await;
+    assert_eq!((status, m["status"].as_str()), (200, Some("cancelled")));
+    let (status, _) = server
+        .api("GET", "/api/v1/meetings/nope", Some(API_KEY), None)
+        .await;
+    assert_eq!(status, 404);
+    drop(server);
+    let _ = std::fs::remove_dir_all(store_dir);
+}
+
+#[tokio::test]
+async fn drop_in_the_clinician_takes_the_first_and_the_second_moves_up() {
+    let server = start_with(&[]);
+    let (start, end) = window(-1, 120);
+    let (status, q) = server
+        .api("POST", "/api/v1/meetings", Some(API_KEY),
+             Some(json!({"id": "q-unit-1", "unit": "unit-1", "kind": "drop_in", "start": start, "end": end})))
+        .await;
+    assert_eq!((status, q["kind"].as_str()), (201, Some("drop_in")));
+    let server = &server;
+    let mint = |body: serde_json::Value| async move {
+        let (status, t) = server
+            .api(
+                "POST",
+                "/api/v1/meetings/q-unit-1/tokens",
+                Some(API_KEY),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 200, "{t}");
+        t["token"].as_str().unwrap().to_owned()
+    };
+    let a_token = mint(json!({"sub": "pat-a", "name": "Anna", "role": "patient"})).await;
+    let b_token = mint(json!({"sub": "pat-b", "name": "Bertil", "role": "patient"})).await;
+    let doc_token = mint(
+        json!({"sub": "doc-1", "name": "Dr Berg", "role": "clinician", "hsa": "SE2321000016-D1"}),
+    )
+    .await;
+    let stranger = mint(json!({"sub": "doc-2", "name": "Dr Annan", "role": "clinician", "hsa": "SE2321000016-D2", "unit": "unit-2"})).await;
+
+    let mut a = server.connect(&a_token).await;
+    assert_eq!(a.next_of("lobby_position").await["position"], 1);
+    let mut b = server.connect(&b_token).await;
+    assert_eq!(b.next_of("lobby_position").await["position"], 2);
+
+    // Only the unit's own clinicians serve its queue.
+    let (status, body) = server.refused(&format!("token={stranger}")).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("wrong_unit")));
+
+    let mut doc = server.connect(&doc_token).await;
+    assert_eq!(doc.next_of("welcome").await["kind"], "drop_in");
+    assert_eq!(
+        doc.next_of("lobby").await["waiting"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    doc.send(json!({"type": "admit", "participant": "x"})).await;
+    assert_eq!(doc.next_of("error").await["code"], "no_such_participant");
+
+    doc.send(json!({"type": "take_next"})).await;
+    let moved = doc.next_of("moved").await;
+    let private = moved["meeting"].as_str().unwrap().to_owned();
+    assert!(private.starts_with("q-unit-1-"), "{private}");
+    let a_moved = a.next_of("moved").await;
+    assert_eq!(a_moved["meeting"], private.as_str());
+    assert_eq!(a_moved["participants"][0]["name"], "Dr Berg");
+    assert_eq!(
+        b.next_of("lobby_position").await["position"],
+        1,
+        "Bertil moves up"
+    );
+
+    // The private visit is a meeting of the unit, opened from the queue, both admitted.
+    let (_, m) = server
+        .api(
+            "GET",
+            &format!("/api/v1/meetings/{private}"),
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (m["from_queue"].as_str(), m["admitted"].as_u64()),
+        (Some("q-unit-1"), Some(2))
+    );
+    let (_, q) = server
+        .api("GET", "/api/v1/meetings/q-unit-1", Some(API_KEY), None)
+        .await;
+    assert_eq!(
+        (q["waiting"].as_u64(), q["admitted"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    // Chat works in the private visit; the queue hears nothing.
+    a.send(json!({"type": "chat", "text": "hej"})).await;
+    assert_eq!(doc.next_of("chat").await["name"], "Anna");
+    assert!(
+        !b.drain(Duration::from_millis(300))
+            .await
+            .iter()
+            .any(|m| m["type"] == "chat")
+    );
+
+    // A dropped connection comes back with the queue link into the private visit, admitted.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut a = server.connect(&a_token).await;
+    let w = a.next_of("welcome").await;
+    assert_eq!(
+        (w["meeting"].as_str(), w["state"].as_str()),
+        (Some(private.as_str()), Some("admitted"))
+    );
+
+    let take = server
+        .audit_events("admit")
+        .into_iter()
+        .find(|l| l["subject"] == "pat-a" && l["actor_hsa"] == "SE2321000016-D1")
+        .expect("the take is audited with the clinician");
+    assert_eq!(take["meeting"], "q-unit-1");
+}
