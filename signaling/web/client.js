@@ -1,22 +1,64 @@
-// Reference web client: joins with the token in the URL, publishes camera and microphone,
-// shows the others. The SFU answers our offer and sends its own offers when tracks change.
-// When the media path breaks (a phone switching networks), a new peer connection rejoins over
-// the same WebSocket.
+// Reference web client. A patient, companion or interpreter checks camera and microphone in
+// the waiting room, then meets the clinician once admitted; a clinician sees the waiting room,
+// admits or turns people away, and runs the visit. The server decides who is admitted and the
+// SFU forwards media only for them; this page just follows what the server says.
+//
+// The media session starts while waiting (so admission is instant) but sends nothing until the
+// server admits us: the senders carry no track until then.
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
+const pathMatch = location.pathname.match(/^\/m\/([^/]+)/);
+let meeting = pathMatch ? decodeURIComponent(pathMatch[1]) : "";
 // Keep the token out of the address bar (screenshots, shared screens) once read.
 history.replaceState(null, "", location.pathname);
 
-const statusEl = document.getElementById("status");
-const grid = document.getElementById("grid");
+const $ = (id) => document.getElementById(id);
+const ROLE = { clinician: "vårdpersonal", patient: "patient", companion: "anhörig", interpreter: "tolk" };
+const ENDED_TITLE = {
+  denied: "Du släpptes inte in", removed: "Du har tagits bort från besöket", meeting_ended: "Besöket är avslutat",
+  meeting_cancelled: "Besöket är avbokat", replaced: "Du anslöt från en annan enhet", left: "Du har lämnat besöket",
+};
+
 const state = {
-  pc: null, ws: null, dc: null, names: new Map(), tiles: new Map(), participant: null,
-  errors: [], dataMessages: [], offers: 0, restarts: 0,
+  pc: null, ws: null, dc: null, names: new Map(), roles: new Map(), tiles: new Map(), participant: null,
+  role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, forceSend: false,
 };
 window.hcState = state; // read by the browser tests
 
-function setStatus(text) { statusEl.textContent = text; }
+function setStatus(text) { $("status").textContent = text; }
+
+/** Which of the page's views is shown: check, waiting, meeting, ended. */
+function show(view) {
+  state.view = view;
+  $("waiting").hidden = view !== "waiting";
+  $("meeting").hidden = view !== "meeting";
+  $("controls").hidden = !(view === "waiting" || view === "meeting");
+  $("ended").hidden = view !== "ended";
+  for (const el of document.querySelectorAll(".in-call")) el.hidden = view !== "meeting";
+}
+
+let local = null;
+let send = () => false;
+let leaving = false;
+let restartTimer = null;
+let wsAttempts = 0;
+
+/** Stops everything and shows why the visit is over for us. */
+function endWith(reason, message) {
+  leaving = true;
+  clearTimeout(restartTimer);
+  if (state.pc) state.pc.close();
+  if (state.ws && state.ws.readyState <= WebSocket.OPEN) state.ws.close(1000);
+  if (local) local.getTracks().forEach((t) => t.stop());
+  $("ended-title").textContent = ENDED_TITLE[reason] || "Det gick inte att ansluta";
+  $("ended-message").textContent = message || "";
+  setStatus("");
+  show("ended");
+}
+
+// ---- media ---------------------------------------------------------------------------------
 
 function tileFor(streamId) {
   let tile = state.tiles.get(streamId);
@@ -30,7 +72,7 @@ function tileFor(streamId) {
     const cap = document.createElement("figcaption");
     cap.textContent = state.names.get(streamId) || "Deltagare";
     fig.append(video, cap);
-    grid.append(fig);
+    $("grid").append(fig);
     tile = { fig, video, cap, stream: new MediaStream() };
     video.srcObject = tile.stream;
     state.tiles.set(streamId, tile);
@@ -43,24 +85,30 @@ function removeTile(streamId) {
   if (tile) { tile.fig.remove(); state.tiles.delete(streamId); }
 }
 
+/** Our camera and microphone go out only once admitted (tests may force it to probe the SFU). */
+function applySending() {
+  const on = state.admitted || state.forceSend;
+  for (const { sender, track } of state.senders || []) {
+    sender.replaceTrack(on ? track : null).catch((e) => state.errors.push(String(e)));
+  }
+}
+
 // Messages are handled one at a time: an SFU offer may arrive right behind its answer.
 let queue = Promise.resolve();
 function enqueue(fn) { queue = queue.then(fn).catch((e) => { state.errors.push(String(e)); console.error(e); }); }
 
-let local = null;
-let send = () => false;
-let leaving = false;
-let restartTimer = null;
-
 /** A new peer connection publishing `local`; returns after sending its offer. */
 async function connectMedia(restart) {
   if (state.pc) state.pc.close();
+  state.screen = null;
   for (const id of [...state.tiles.keys()]) removeTile(id);
   const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
   state.pc = pc;
-  for (const track of local.getTracks()) {
-    pc.addTransceiver(track, { direction: "sendonly", streams: [local] });
-  }
+  // Added with their tracks (so the offer announces their SSRCs), then emptied until admitted.
+  state.senders = local.getTracks().map((track) => ({
+    sender: pc.addTransceiver(track, { direction: "sendonly", streams: [local] }).sender, track,
+  }));
+  applySending();
   // The room's data channel (relayed by the SFU to everyone admitted): raised hands. The sender
   // names itself; the server does not vouch for it, so nothing here is trusted beyond display.
   const dc = pc.createDataChannel("room");
@@ -83,16 +131,22 @@ async function connectMedia(restart) {
   };
   pc.onconnectionstatechange = () => {
     if (pc !== state.pc) return;
-    if (pc.connectionState === "connected") setStatus("Ansluten");
+    if (pc.connectionState === "connected" && state.view === "meeting") setStatus("Ansluten");
     if (pc.connectionState === "failed") scheduleRestart("Anslutningen bröts, ansluter igen…");
   };
-  const offer = await pc.createOffer();
-  await pc.setLocalDescription(offer);
+  await offer(pc, restart);
+}
+
+async function offer(pc, restart) {
+  const o = await pc.createOffer();
+  await pc.setLocalDescription(o);
   send({ type: "offer", sdp: pc.localDescription.sdp, restart });
 }
 
 // Also reachable from the console and the tests: a fresh media session on demand.
 state.reconnect = () => scheduleRestart("Ansluter igen…");
+// Tests: send camera and microphone even while waiting, to show the SFU drops them.
+state.forceSendWhileWaiting = () => { state.forceSend = true; applySending(); };
 
 function scheduleRestart(text) {
   if (leaving || restartTimer) return;
@@ -106,105 +160,370 @@ function scheduleRestart(text) {
   }, 1000);
 }
 
-async function start() {
-  if (!token) { setStatus("Länken saknar inbjudan (token)."); return; }
-  try {
-    local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
-  } catch (e) {
-    setStatus("Kunde inte starta kamera eller mikrofon: " + e.message);
-    return;
-  }
-  document.getElementById("local").srcObject = local;
+// ---- the lists: lobby, participants, chat --------------------------------------------------
 
+function button(text, cls, onclick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = cls;
+  b.textContent = text;
+  b.onclick = onclick;
+  return b;
+}
+
+function minutesSince(iso) {
+  const m = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 60000));
+  return m < 1 ? "nyss" : `${m} min`;
+}
+
+function renderLobby() {
+  const list = $("lobby-list");
+  list.replaceChildren();
+  $("lobby-count").textContent = String(state.lobby.length);
+  for (const w of state.lobby) {
+    const li = document.createElement("li");
+    li.dataset.participant = w.participant;
+    const label = document.createElement("span");
+    label.textContent = `${w.name} (${ROLE[w.role] || w.role}), väntat ${minutesSince(w.since)}`;
+    li.append(label);
+    if (state.kind !== "drop_in") {
+      li.append(button("Släpp in", "admit", () => send({ type: "admit", participant: w.participant })));
+    }
+    li.append(button("Neka", "deny danger", () => send({ type: "deny", participant: w.participant })));
+    list.append(li);
+  }
+  $("take-next").disabled = state.lobby.length === 0;
+}
+
+function renderPeople() {
+  const list = $("people");
+  list.replaceChildren();
+  for (const [id, p] of state.people) {
+    const li = document.createElement("li");
+    li.dataset.participant = id;
+    const label = document.createElement("span");
+    label.textContent = `${p.name} (${ROLE[p.role] || p.role})`;
+    li.append(label);
+    if (state.role === "clinician") {
+      if (p.role !== "clinician") {
+        li.append(button("Till väntrummet", "to-lobby", () => send({ type: "to_lobby", participant: id })));
+      }
+      li.append(button("Ta bort", "remove danger", () => send({ type: "remove", participant: id })));
+    }
+    list.append(li);
+  }
+}
+
+function setPeople(list) {
+  state.people.clear();
+  for (const p of list || []) addPerson(p);
+}
+
+function addPerson(p) {
+  state.names.set(p.participant, p.name);
+  state.roles.set(p.participant, p.role);
+  state.people.set(p.participant, { name: p.name, role: p.role });
+  const tile = state.tiles.get(p.participant);
+  if (tile) tile.cap.textContent = p.name;
+}
+
+function addChat(msg) {
+  state.chat.push({ from: msg.from, name: msg.name, text: msg.text });
+  const li = document.createElement("li");
+  const who = document.createElement("strong");
+  who.textContent = msg.from === state.participant ? "Du" : msg.name;
+  // Text only: chat is never rendered as markup.
+  li.append(who, document.createTextNode(": " + msg.text));
+  $("chat-log").append(li);
+  li.scrollIntoView({ block: "nearest" });
+}
+
+function enterMeeting() {
+  state.admitted = true;
+  applySending();
+  show("meeting");
+  setStatus(state.pc && state.pc.connectionState === "connected" ? "Ansluten" : "Ansluter media…");
+}
+
+function enterLobby(position) {
+  state.admitted = false;
+  applySending();
+  state.people.clear();
+  renderPeople();
+  for (const id of [...state.tiles.keys()]) removeTile(id);
+  showPosition(position);
+  show("waiting");
+  setStatus("Väntar på att bli insläppt");
+}
+
+function showPosition(position) {
+  state.position = position;
+  $("position").textContent = position ? `Du är nummer ${position} i kön.` : "";
+}
+
+// ---- the waiting room's device check -------------------------------------------------------
+
+function deviceCheck() {
+  const v = local.getVideoTracks()[0];
+  const a = local.getAudioTracks()[0];
+  const s = v && v.getSettings ? v.getSettings() : {};
+  const parts = [
+    v ? `Kamera: fungerar${s.width ? ` (${s.width}×${s.height})` : ""}` : "Kamera: saknas",
+    a ? "Mikrofon: fungerar" : "Mikrofon: saknas",
+  ];
+  $("device-check").textContent = parts.join(". ") + ".";
+  if (!a) return;
+  try {
+    const ctx = new AudioContext();
+    const analyser = ctx.createAnalyser();
+    ctx.createMediaStreamSource(new MediaStream([a])).connect(analyser);
+    const buf = new Float32Array(analyser.fftSize);
+    const tick = () => {
+      if (leaving) { ctx.close(); return; }
+      analyser.getFloatTimeDomainData(buf);
+      let sum = 0;
+      for (const x of buf) sum += x * x;
+      $("mic-level").value = Math.min(1, Math.sqrt(sum / buf.length) * 4);
+      setTimeout(tick, 100);
+    };
+    tick();
+  } catch { /* the meter is a help, not a requirement */ }
+}
+
+// ---- the session ---------------------------------------------------------------------------
+
+/** Asks the server whether we may join, before the camera is opened. */
+async function joinCheck() {
+  const r = await fetch("/join", {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ token, meeting: meeting || undefined }),
+  });
+  const body = await r.json().catch(() => ({}));
+  return { ok: r.ok, body };
+}
+
+function openSocket() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}`);
+  const q = new URLSearchParams({ token });
+  if (meeting) q.set("meeting", meeting);
+  const ws = new WebSocket(`${scheme}://${location.host}/ws?${q}`);
   state.ws = ws;
   send = (msg) => ws.readyState === WebSocket.OPEN && (ws.send(JSON.stringify(msg)), true);
-
-  ws.onopen = () => enqueue(() => connectMedia(false));
-  ws.onclose = (ev) => {
-    if (ev.code !== 1000) setStatus("Förbindelsen till servern stängdes.");
+  ws.onopen = () => { wsAttempts = 0; };
+  ws.onclose = () => {
+    if (leaving || state.closing || ws !== state.ws) return;
+    // The connection to the server dropped (a phone changing networks): come back; within
+    // the grace the server keeps our admission. Each attempt first asks why, if refused.
+    wsAttempts += 1;
+    if (wsAttempts > 10) { endWith("", "Förbindelsen till servern bröts. Öppna länken igen."); return; }
+    setStatus("Förbindelsen bröts, ansluter igen…");
+    setTimeout(async () => {
+      if (leaving) return;
+      const check = await joinCheck().catch(() => ({ ok: true }));
+      if (!check.ok) { state.refusal = check.body.error; endWith(check.body.error, check.body.message); return; }
+      openSocket();
+    }, Math.min(2000 * wsAttempts, 10000));
   };
-  ws.onmessage = (ev) => enqueue(async () => {
-    const msg = JSON.parse(ev.data);
-    const pc = state.pc;
-    switch (msg.type) {
-      case "welcome":
-        state.participant = msg.participant;
-        document.getElementById("local-name").textContent = msg.name + " (du)";
-        for (const p of msg.participants) state.names.set(p.participant, p.name);
-        setStatus("Ansluter media…");
-        break;
-      case "participant_joined":
-        state.names.set(msg.participant, msg.name);
-        break;
-      case "participant_left":
-        removeTile(msg.participant);
-        break;
-      case "answer":
-        // An answer meant for a session already replaced finds no offer of ours: dropped.
-        if (pc.signalingState !== "have-local-offer") break;
-        await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
-        break;
-      case "offer": {
-        // An SFU offer for the replaced session, arriving while the new one's own offer is
-        // out, is dropped: the new session's offers come after its answer.
-        if (pc.signalingState === "have-local-offer") break;
-        state.offers += 1;
-        await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
-        const answer = await pc.createAnswer();
-        await pc.setLocalDescription(answer);
-        send({ type: "answer", sdp: pc.localDescription.sdp });
-        for (const [id, tile] of state.tiles) tile.cap.textContent = state.names.get(id) || "Deltagare";
+  ws.onmessage = (ev) => enqueue(() => handle(JSON.parse(ev.data)));
+}
+
+async function handle(msg) {
+  const pc = state.pc;
+  switch (msg.type) {
+    case "welcome":
+      state.participant = msg.participant;
+      state.role = msg.role;
+      state.kind = msg.kind;
+      meeting = msg.meeting;
+      $("local-name").textContent = msg.name + " (du)";
+      $("title").textContent = msg.role === "clinician" && msg.kind === "drop_in" ? "Drop-in-kö" : "Videobesök";
+      if (msg.role === "clinician") {
+        $("lobby-panel").hidden = false;
+        $("end").hidden = msg.kind === "drop_in";
+        $("share").hidden = msg.kind === "drop_in" || !navigator.mediaDevices.getDisplayMedia;
+        $("take-next").hidden = msg.kind !== "drop_in";
+      }
+      if (msg.state === "admitted") {
+        setPeople(msg.participants);
+        renderPeople();
+        enterMeeting();
+      } else {
+        enterLobby(null);
+      }
+      await connectMedia(false);
+      break;
+    case "lobby_position":
+      showPosition(msg.position);
+      break;
+    case "admitted":
+      setPeople(msg.participants);
+      renderPeople();
+      enterMeeting();
+      break;
+    case "returned_to_lobby":
+      enterLobby(msg.position);
+      break;
+    case "moved":
+      // A drop-in clinician took us (or we took a patient) into a private visit: a new media
+      // session there.
+      meeting = msg.meeting;
+      state.kind = msg.kind;
+      $("lobby-panel").hidden = true;
+      $("end").hidden = state.role !== "clinician";
+      $("share").hidden = state.role !== "clinician" || !navigator.mediaDevices.getDisplayMedia;
+      setPeople(msg.participants);
+      renderPeople();
+      enterMeeting();
+      await connectMedia(false);
+      break;
+    case "lobby":
+      state.lobby = msg.waiting;
+      renderLobby();
+      break;
+    case "participant_joined":
+      addPerson(msg);
+      renderPeople();
+      break;
+    case "participant_left":
+      state.people.delete(msg.participant);
+      renderPeople();
+      removeTile(msg.participant);
+      break;
+    case "chat":
+      addChat(msg);
+      break;
+    case "closing":
+      state.closing = msg;
+      endWith(msg.reason, msg.message);
+      break;
+    case "answer":
+      // An answer meant for a session already replaced finds no offer of ours: dropped.
+      if (!pc || pc.signalingState !== "have-local-offer") break;
+      await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+      break;
+    case "offer": {
+      // An SFU offer for the replaced session, arriving while the new one's own offer is
+      // out, is dropped: the new session's offers come after its answer.
+      if (!pc || pc.signalingState === "have-local-offer") break;
+      state.offers += 1;
+      await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+      send({ type: "answer", sdp: pc.localDescription.sdp });
+      for (const [id, tile] of state.tiles) tile.cap.textContent = state.names.get(id) || "Deltagare";
+      break;
+    }
+    case "active_speaker":
+      for (const [id, tile] of state.tiles) tile.fig.classList.toggle("speaking", id === msg.participant);
+      break;
+    case "media_disconnected":
+      // May concern a session already replaced: only a connection that is not (getting)
+      // up is restarted.
+      if (!pc || !["new", "connecting", "connected"].includes(pc.connectionState)) {
+        scheduleRestart("Mediaanslutningen avbröts, ansluter igen…");
+      }
+      break;
+    case "error":
+      if (msg.code === "restart_too_soon") {
+        setTimeout(() => state.reconnect(), 5000);
         break;
       }
-      case "active_speaker":
-        for (const [id, tile] of state.tiles) tile.fig.classList.toggle("speaking", id === msg.participant);
-        break;
-      case "media_disconnected":
-        // May concern a session already replaced: only a connection that is not (getting)
-        // up is restarted.
-        if (!pc || !["new", "connecting", "connected"].includes(pc.connectionState)) {
-          scheduleRestart("Mediaanslutningen avbröts, ansluter igen…");
-        }
-        break;
-      case "error":
-        if (msg.code === "restart_too_soon") {
-          setTimeout(() => state.reconnect(), 5000);
-          break;
-        }
-        state.errors.push(msg.code + ": " + msg.message);
-        console.warn("server error", msg);
-        break;
-    }
-  });
+      state.errors.push(msg.code + ": " + msg.message);
+      if (msg.code === "chat_rate") setStatus("Vänta lite innan du skickar fler meddelanden.");
+      console.warn("server error", msg);
+      break;
+  }
+}
 
-  document.getElementById("mic").onclick = (ev) => {
+function wireControls() {
+  $("mic").onclick = (ev) => {
     const t = local.getAudioTracks()[0];
+    if (!t) return;
     t.enabled = !t.enabled;
     ev.target.setAttribute("aria-pressed", String(!t.enabled));
     ev.target.textContent = t.enabled ? "Stäng av mikrofon" : "Slå på mikrofon";
   };
-  document.getElementById("cam").onclick = (ev) => {
+  $("cam").onclick = (ev) => {
     const t = local.getVideoTracks()[0];
+    if (!t) return;
     t.enabled = !t.enabled;
     ev.target.setAttribute("aria-pressed", String(!t.enabled));
     ev.target.textContent = t.enabled ? "Stäng av kamera" : "Slå på kamera";
   };
   let handRaised = false;
-  document.getElementById("hand").onclick = (ev) => {
+  $("hand").onclick = (ev) => {
     handRaised = !handRaised;
     ev.target.setAttribute("aria-pressed", String(handRaised));
-    state.sendData({ type: "hand", raised: handRaised });
+    state.sendData && state.sendData({ type: "hand", raised: handRaised });
   };
-  document.getElementById("leave").onclick = () => {
-    leaving = true;
+  $("share").onclick = async (ev) => {
+    const pc = state.pc;
+    if (!pc) return;
+    if (state.screen) {
+      state.screen.stop();
+      state.screen = null;
+      ev.target.textContent = "Dela skärm";
+      await offer(pc, false);
+      return;
+    }
+    try {
+      const display = await navigator.mediaDevices.getDisplayMedia({ video: true });
+      const track = display.getVideoTracks()[0];
+      state.screen = pc.addTransceiver(track, { direction: "sendonly", streams: [display] });
+      track.onended = () => { if (state.screen) $("share").click(); };
+      ev.target.textContent = "Sluta dela skärm";
+      await offer(pc, false);
+    } catch (e) {
+      setStatus("Skärmdelningen startade inte.");
+    }
+  };
+  $("take-next").onclick = () => send({ type: "take_next" });
+  // Ending is for everyone: a second press confirms (no dialogs, they block phones' UI).
+  let armed = null;
+  $("end").onclick = (ev) => {
+    if (armed) {
+      clearTimeout(armed);
+      armed = null;
+      send({ type: "end_meeting" });
+      return;
+    }
+    ev.target.textContent = "Bekräfta: avsluta för alla";
+    armed = setTimeout(() => { armed = null; ev.target.textContent = "Avsluta besöket"; }, 5000);
+  };
+  $("leave").onclick = () => {
     send({ type: "leave" });
-    ws.close(1000);
-    if (state.pc) state.pc.close();
-    local.getTracks().forEach((t) => t.stop());
-    setStatus("Du har lämnat mötet.");
+    endWith("left", "Du kan stänga fönstret.");
   };
+  $("chat-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    const input = $("chat-input");
+    const text = input.value.trim();
+    if (!text) return;
+    if (send({ type: "chat", text })) input.value = "";
+  };
+}
+
+async function start() {
+  show("check");
+  if (!token) { endWith("", "Länken saknar inbjudan. Öppna den igen från meddelandet du fick."); return; }
+  const check = await joinCheck().catch(() => ({ ok: false, body: { message: "Servern svarar inte. Försök igen om en stund." } }));
+  if (!check.ok) {
+    state.refusal = check.body.error;
+    endWith(check.body.error, check.body.message);
+    return;
+  }
+  setStatus("Startar kamera och mikrofon…");
+  try {
+    local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+  } catch (e) {
+    setStatus("Kunde inte starta kamera eller mikrofon: " + e.message + ". Tillåt dem i webbläsaren och ladda om sidan.");
+    return;
+  }
+  $("local").srcObject = local;
+  $("preview").srcObject = local;
+  deviceCheck();
+  wireControls();
+  openSocket();
 }
 
 start();

@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { signalingBin } from "./harness.mjs";
 import assert from "node:assert/strict";
-import { startSignaling, startCluster, launchChromium, inboundStats, waitFor } from "./harness.mjs";
+import { startSignaling, startCluster, launchChromium, inboundStats, waitFor, admitFirst } from "./harness.mjs";
 
 async function twoBrowserCall(server, browserArgs = []) {
   const browser = await launchChromium(browserArgs);
@@ -14,6 +14,8 @@ async function twoBrowserCall(server, browserArgs = []) {
     const b = await (await browser.newContext()).newPage();
     await a.goto(server.clinician);
     await b.goto(server.patient);
+    // The patient waits until the clinician admits them.
+    await admitFirst(a);
     for (const [name, page] of [["clinician", a], ["patient", b]]) {
       const stats = await waitFor(async () => {
         const s = await inboundStats(page);

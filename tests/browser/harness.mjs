@@ -29,11 +29,12 @@ export function startSignaling(extraArgs = [], { embedded = true } = {}) {
       const clinician = out.match(/clinician: (\S+)/);
       const patient = out.match(/patient:\s+(\S+)/);
       const control = out.match(/SFU control listening on (\S+)/);
-      if (clinician && patient && (embedded || control)) {
+      const apiKey = out.match(/API key: ([^)\s]+)/);
+      if (clinician && patient && apiKey && (embedded || control)) {
         clearTimeout(timer);
         const base = new URL(clinician[1]).origin;
         resolve({ child, clinician: clinician[1], patient: patient[1], base, control: control && control[1],
-          logs: () => logs, auditPath: path.join(keyDir, "audit.jsonl") });
+          apiKey: apiKey[1], logs: () => logs, stdout: () => out, auditPath: path.join(keyDir, "audit.jsonl") });
       }
     });
   });
@@ -105,4 +106,41 @@ export async function startCluster() {
     throw new Error(e.message + "\nsfu log:\n" + sfuLogs + "\nsignaling log:\n" + server.logs());
   });
   return { ...server, sfu, sfuLogs: () => sfuLogs, stop() { sfu.kill("SIGTERM"); server.child.kill("SIGTERM"); } };
+}
+
+/** Books a visit open now through the meetings API and mints a join link per person. */
+export async function bookVisit(server, people, { id = `visit-${Date.now()}`, kind = "visit" } = {}) {
+  const api = async (p, body) => {
+    const r = await fetch(server.base + p, {
+      method: "POST", headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const json = await r.json();
+    if (!r.ok) throw new Error(`${p}: ${r.status} ${JSON.stringify(json)}`);
+    return json;
+  };
+  const now = Date.now();
+  await api("/api/v1/meetings", { id, unit: "unit-1", kind,
+    start: new Date(now - 60000).toISOString(), end: new Date(now + 3600000).toISOString() });
+  const links = {};
+  for (const [key, p] of Object.entries(people)) {
+    links[key] = (await api(`/api/v1/meetings/${id}/tokens`, p)).url;
+  }
+  return { id, links };
+}
+
+/** Reads one counter from the service's Prometheus endpoint (summed over labels). */
+export async function metric(server, name) {
+  const text = await (await fetch(server.base + "/metrics")).text();
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith(name + " ") || line.startsWith(name + "{")) sum += Number(line.split(" ").pop());
+  }
+  return sum;
+}
+
+/** The clinician's page admits the first person in its lobby panel. */
+export async function admitFirst(page) {
+  await page.waitForSelector("#lobby-list button.admit", { timeout: 30000 });
+  await page.click("#lobby-list button.admit");
 }
