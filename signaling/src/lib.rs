@@ -8,6 +8,7 @@ pub mod chat_budget;
 pub mod config;
 pub mod connection;
 pub mod dev_issuer;
+pub mod identity_number;
 pub mod join_refusal;
 pub mod jwks_source;
 pub mod meeting;

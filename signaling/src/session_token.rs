@@ -80,6 +80,8 @@ pub enum TokenError {
     UnknownRole,
     #[error("a clinician token must carry an HSA-id")]
     ClinicianWithoutHsa,
+    #[error("the token's subject looks like a personal identity number; it must be pseudonymous")]
+    SubjectNotPseudonymous,
     #[error("the token lacks a required claim: {0}")]
     MissingClaim(String),
 }
@@ -99,13 +101,16 @@ impl TokenError {
             TokenError::NotYetValid => "token_not_yet_valid",
             TokenError::UnknownRole => "token_unknown_role",
             TokenError::ClinicianWithoutHsa => "token_clinician_without_hsa",
+            TokenError::SubjectNotPseudonymous => "token_subject_not_pseudonymous",
             TokenError::MissingClaim(_) => "token_missing_claim",
         }
     }
 
     pub fn http_status(&self) -> u16 {
         match self {
-            TokenError::UnknownRole | TokenError::ClinicianWithoutHsa => 403,
+            TokenError::UnknownRole
+            | TokenError::ClinicianWithoutHsa
+            | TokenError::SubjectNotPseudonymous => 403,
             _ => 401,
         }
     }
@@ -252,6 +257,10 @@ impl TokenVerifier {
             _ => TokenError::Malformed,
         })?;
         let claims = data.claims;
+        // Nothing downstream (the audit log, the API) may ever hold an identity number.
+        if crate::identity_number::looks_like_identity_number(&claims.sub) {
+            return Err(TokenError::SubjectNotPseudonymous);
+        }
         let role: Role = claims.role.parse().map_err(|_| TokenError::UnknownRole)?;
         if role == Role::Clinician && claims.hsa.as_deref().is_none_or(str::is_empty) {
             return Err(TokenError::ClinicianWithoutHsa);

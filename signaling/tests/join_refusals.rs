@@ -34,6 +34,8 @@ async fn every_bad_token_is_refused_with_its_code_and_audited() {
     role.role = "surgeon".into();
     let mut clinician = good.clone();
     clinician.role = "clinician".into();
+    let mut pnr = good.clone();
+    pnr.sub = "19121212-1212".into();
     let unsigned = format!(
         "{}.{}.",
         b64(&json!({"alg": "none", "typ": "JWT"})),
@@ -62,6 +64,7 @@ async fn every_bad_token_is_refused_with_its_code_and_audited() {
         (mint(&early), 401, "token_not_yet_valid"),
         (mint(&role), 403, "token_unknown_role"),
         (mint(&clinician), 403, "token_clinician_without_hsa"),
+        (mint(&pnr), 403, "token_subject_not_pseudonymous"),
     ];
     for (token, status, code) in &cases {
         let (got, body) = server.refused(&format!("token={token}")).await;
