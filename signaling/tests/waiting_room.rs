@@ -162,9 +162,19 @@ async fn a_visit_from_the_waiting_room_to_the_end() {
     let mut patient4 = server.connect(&patient_token).await;
     assert_eq!(patient4.next_of("welcome").await["state"], "waiting");
 
+    // The clinician switches device: the new connection regains control, lobby included.
+    let mut doctor2 = server.connect(&doctor_token).await;
+    let (closing, _) = doctor.closed().await;
+    assert_eq!(closing["reason"], "replaced");
+    assert_eq!(doctor2.next_of("welcome").await["state"], "admitted");
+    assert_eq!(
+        doctor2.next_of("lobby").await["waiting"][0]["name"],
+        "Anna Patient"
+    );
+
     // End: everyone is disconnected.
-    doctor.send(json!({"type": "end_meeting"})).await;
-    for c in [&mut doctor, &mut patient4] {
+    doctor2.send(json!({"type": "end_meeting"})).await;
+    for c in [&mut doctor2, &mut patient4] {
         let (closing, code) = c.closed().await;
         assert_eq!(
             (closing["reason"].as_str(), code),

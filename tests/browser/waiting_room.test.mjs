@@ -1,6 +1,6 @@
 // The waiting room in real browsers: a patient waits (and, forced to send, has every packet
 // dropped by the SFU), the clinician admits them and both decode video; a second patient is
-// denied and sees it; "end meeting" disconnects everyone.
+// denied and sees it; a shared screen comes and goes; "end meeting" disconnects everyone.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -74,6 +74,26 @@ test("waiting room: isolation until admitted, admit, deny, end meeting", { timeo
     await patient.click("#chat-form button");
     await waitFor(async () => ({ ok: (await doctor.textContent("#chat-log")).includes("Hej doktorn") }),
       { what: "the clinician reading the chat" });
+
+    // The clinician shares a screen: the patient decodes a second video; stopping it ends that
+    // track (the SFU answers the stopped m-line and renegotiates the patient's side).
+    const decodingVideos = () => patient.evaluate(async () => {
+      const rep = await window.hcState.pc.getStats();
+      const seen = [];
+      rep.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") seen.push(s.framesDecoded || 0); });
+      return seen;
+    });
+    await doctor.click("#share");
+    await waitFor(async () => {
+      const v = await decodingVideos();
+      return { ok: v.filter((f) => f > 10).length === 2, v };
+    }, { what: "the patient decoding the shared screen" });
+    await doctor.click("#share");
+    await waitFor(async () => {
+      const live = await patient.evaluate(() => window.hcState.pc.getTransceivers().filter((t) => t.currentDirection === "recvonly").length);
+      const errors = await doctor.evaluate(() => window.hcState.errors);
+      return { ok: live === 2 && errors.length === 0, live, errors };
+    }, { what: "the screen share to end cleanly" });
 
     // A second patient is turned away and sees why.
     await other.goto(links.other);

@@ -385,7 +385,13 @@ impl Sfu {
             p.ext.transport_cc = p.extmap_id(EXT_TRANSPORT_CC);
         }
         for m in &offer.media {
-            if self.participant(idx).lines.iter().any(|l| l.mid == m.mid) {
+            if let Some(li) = self
+                .participant(idx)
+                .lines
+                .iter()
+                .position(|l| l.mid == m.mid)
+            {
+                self.renegotiate_line(idx, li, m);
                 continue;
             }
             let codec = m.kind.and_then(|k| CodecParams::choose(k, &m.codecs));
@@ -458,6 +464,71 @@ impl Sfu {
             });
         }
         new_tracks
+    }
+
+    /// A known m-line in a client's new offer: a line the client stopped (port 0) or no longer
+    /// sends on ends its track — the screen share that ended, a camera turned off for good.
+    fn renegotiate_line(
+        &mut self,
+        idx: usize,
+        li: usize,
+        m: &crate::remote_description::RemoteMedia,
+    ) {
+        let stops = m.rejected || !m.direction.remote_sends();
+        let role = self.participant(idx).lines[li].role.clone();
+        let (kind, codec) = match role {
+            LineRole::Publish { track } if stops => {
+                let t = self.track(track);
+                let (kind, codec) = (t.kind, t.codec.clone());
+                self.unpublish_track(idx, track);
+                (kind, codec)
+            }
+            LineRole::Idle { kind, codec } if m.rejected => (kind, codec),
+            _ => return,
+        };
+        self.participant_mut(idx).lines[li].role = if m.rejected {
+            LineRole::Rejected {
+                media: match kind {
+                    MediaKind::Audio => "audio".into(),
+                    MediaKind::Video => "video".into(),
+                },
+                proto: vec!["UDP".into(), "TLS".into(), "RTP".into(), "SAVPF".into()],
+                formats: vec![codec.payload_type.to_string()],
+            }
+        } else {
+            LineRole::Idle { kind, codec }
+        };
+    }
+
+    /// Ends one published track: its subscribers' m-lines go inactive by renegotiation.
+    fn unpublish_track(&mut self, publisher: usize, t: usize) {
+        self.participant_mut(publisher)
+            .published
+            .retain(|&x| x != t);
+        let Some(track) = self.tracks[t].take() else {
+            return;
+        };
+        self.free_tracks.push(t);
+        let mut affected = Vec::new();
+        for (sp, ss) in track.subscribers {
+            if let Some(sub) = self.participants[sp].as_mut() {
+                sub.subscriptions[ss].active = false;
+                if !affected.contains(&sp) {
+                    affected.push(sp);
+                }
+            }
+        }
+        self.events.push_back(Event::TrackUnpublished {
+            room: self.participant(publisher).room.clone(),
+            track: TrackInfo {
+                id: track.id,
+                kind: track.kind,
+                publisher: self.participant(publisher).id.clone(),
+            },
+        });
+        for sp in affected {
+            self.renegotiate(sp);
+        }
     }
 
     fn line_specs(&self, idx: usize) -> Vec<LineSpec> {
