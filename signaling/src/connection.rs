@@ -67,13 +67,12 @@ pub async fn connection(
 ) {
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Outbound>();
-    let policy = state.meetings.policy().clone();
-    let joined = room.lock().join(
-        id.clone(),
+    let joined = state.meetings.join(
+        &room,
+        &id,
         &session,
         out_tx,
         Timestamp::now(),
-        &policy,
         state.sfu.as_ref(),
     );
     let outcome = match joined {
@@ -94,8 +93,22 @@ pub async fn connection(
             return;
         }
     };
-    state.meetings.bind(&id, &room);
-    let _ = audit_all(&state, outcome.events).await;
+    if audit_all(&state, outcome.events).await.is_err() {
+        // Entering the lobby or the meeting could not be recorded: it does not happen.
+        state
+            .meetings
+            .leave(&id, true, Timestamp::now(), state.sfu.as_ref());
+        let msg = json!({"type": "closing", "reason": "audit_unavailable",
+                         "message": "Det gick inte att ansluta just nu. Försök igen om en stund."});
+        let _ = sink.send(Message::Text(msg.to_string().into())).await;
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: 4006,
+                reason: "audit_unavailable".into(),
+            })))
+            .await;
+        return;
+    }
     tracing::info!(participant = %id, meeting = %room.id, role = ?session.role, admitted = outcome.admitted, "joined");
 
     let mut explicit_leave = false;
@@ -150,16 +163,9 @@ pub async fn connection(
     }
 
     // The connection's current meeting (a drop-in take may have moved it).
-    let left = state.meetings.room_of(&id).and_then(|room| {
-        room.lock().leave(
-            &id,
-            explicit_leave,
-            Timestamp::now(),
-            &policy,
-            state.sfu.as_ref(),
-        )
-    });
-    state.meetings.unbind(&id);
+    let left = state
+        .meetings
+        .leave(&id, explicit_leave, Timestamp::now(), state.sfu.as_ref());
     if let Some(events) = left {
         let _ = audit_all(&state, events).await;
     }
@@ -209,7 +215,10 @@ async fn handle(state: &AppState, id: &ParticipantId, msg: ClientMessage) -> Opt
                     let _ = audit_all(state, events).await;
                     None
                 }
-                Err(e) => Some(request_error(e)),
+                Err(e) => {
+                    not_applied(state, &room, id, "admit", &patient, e).await;
+                    Some(request_error(e))
+                }
             };
         }
         ClientMessage::Admit { participant } => Action::Admit(participant),
@@ -235,11 +244,48 @@ async fn handle(state: &AppState, id: &ParticipantId, msg: ClientMessage) -> Opt
     match applied {
         Ok(events) => {
             let _ = audit_all(state, events).await;
-            if action == Action::EndMeeting {
+            // An end or a denial must survive a restart.
+            if matches!(action, Action::EndMeeting | Action::Deny(_)) {
                 state.meetings.persist();
             }
             None
         }
-        Err(e) => Some(request_error(e)),
+        Err(e) => {
+            let (name, target) = match &action {
+                Action::Admit(t) => ("admit", t),
+                Action::Deny(t) => ("deny", t),
+                Action::ToLobby(t) => ("back_to_lobby", t),
+                Action::Remove(t) => ("remove", t),
+                Action::EndMeeting => ("meeting_end", id),
+            };
+            not_applied(state, &room, id, name, target, e).await;
+            Some(request_error(e))
+        }
     }
+}
+
+/// The meeting changed between recording an action and carrying it out (the person left,
+/// another clinician acted first): the record says it did not happen after all.
+async fn not_applied(
+    state: &AppState,
+    room: &MeetingRoom,
+    actor: &ParticipantId,
+    action: &str,
+    target: &ParticipantId,
+    error: RequestError,
+) {
+    let event = {
+        let s = room.lock();
+        let a = s.member(actor);
+        crate::audit_log::AuditEvent {
+            event: format!("{action}_not_applied"),
+            meeting: Some(room.id.clone()),
+            participant: Some(target.to_string()),
+            actor_hsa: a.and_then(|a| a.hsa.clone()),
+            actor_unit: a.and_then(|a| a.unit.clone()),
+            code: Some(error.code().into()),
+            ..Default::default()
+        }
+    };
+    let _ = audit(state, event).await;
 }

@@ -1,27 +1,24 @@
 //! Recognising Swedish personal identity numbers (personnummer, samordningsnummer) where only
 //! pseudonymous ids belong, so they never reach a token's subject or a log.
 
-/// A Swedish personal identity (or coordination) number — 10 or 12 digits, a `-` or `+`
-/// allowed inside — in a value that must be pseudonymous.
+use regex_lite::Regex;
+use std::sync::LazyLock;
+
+/// Date-shaped digits: YYMMDD with a day of 01–31, or 61–91 for a coordination number
+/// (samordningsnummer), then the four last digits; 12 digits with the century 19 or 20.
+/// Digits around the match end it (a longer number, a UUID's 12-digit group, is not one).
+static PATTERN: LazyLock<Regex> = LazyLock::new(|| {
+    let date = r"\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]|6[1-9]|[78]\d|9[01])";
+    Regex::new(&format!(
+        r"(?:^|[^0-9])(?:(?:19|20){date}[-+]?\d{{4}}|{date}[-+]?\d{{4}})(?:$|[^0-9])"
+    ))
+    .expect("identity number pattern")
+});
+
+/// Whether `s` holds something shaped like a Swedish personal identity number
+/// (personnummer or samordningsnummer), with or without century and separator.
 pub fn looks_like_identity_number(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut run = 0;
-    for (i, &c) in b.iter().enumerate() {
-        if c.is_ascii_digit() {
-            run += 1;
-        } else if matches!(c, b'-' | b'+')
-            && run > 0
-            && b.get(i + 1).is_some_and(u8::is_ascii_digit)
-        {
-            // A separator inside a number.
-        } else {
-            if run == 10 || run == 12 {
-                return true;
-            }
-            run = 0;
-        }
-    }
-    run == 10 || run == 12
+    PATTERN.is_match(s)
 }
 
 #[cfg(test)]

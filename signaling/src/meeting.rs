@@ -37,6 +37,9 @@ pub struct MeetingRecord {
     /// The drop-in queue a private visit was opened from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_queue: Option<String>,
+    /// Subjects a clinician turned away: refused if they come back (kept with the booking).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -186,6 +189,7 @@ mod tests {
             ended_at: None,
             booked: true,
             from_queue: None,
+            denied: Vec::new(),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::sfu_control::SfuControl;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use sfu_proto::{Command, ParticipantId, Permissions, RoomId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -197,6 +197,8 @@ pub enum RequestError {
     NotAQueue,
     #[error("nobody is waiting in the queue")]
     QueueEmpty,
+    #[error("a drop-in queue closes at its end time; it cannot be ended by one clinician")]
+    QueueCannotEnd,
     #[error("you are not admitted to the meeting yet")]
     WaitingForAdmission,
     #[error("the message is empty or longer than 1000 characters")]
@@ -223,6 +225,7 @@ impl RequestError {
             RequestError::QueueNotAdmit => "queue_not_admit",
             RequestError::NotAQueue => "not_a_queue",
             RequestError::QueueEmpty => "queue_empty",
+            RequestError::QueueCannotEnd => "queue_cannot_end",
             RequestError::WaitingForAdmission => "waiting_for_admission",
             RequestError::ChatSize => "chat_size",
             RequestError::ChatRate => "chat_rate",
@@ -272,7 +275,6 @@ impl MeetingRoom {
                 record,
                 members: HashMap::new(),
                 admitted: HashMap::new(),
-                denied: HashSet::new(),
                 forwarded: HashMap::new(),
                 next_order: 0,
                 last_active: Timestamp::now(),
@@ -284,6 +286,15 @@ impl MeetingRoom {
     pub fn lock(&self) -> MutexGuard<'_, RoomState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The state, if nobody holds it (the sweeper never waits for a busy meeting).
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, RoomState>> {
+        match self.state.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -292,8 +303,6 @@ pub struct RoomState {
     members: HashMap<ParticipantId, Member>,
     /// Subjects admitted to this meeting; with a deadline once their connection dropped.
     admitted: HashMap<String, Option<Timestamp>>,
-    /// Subjects a clinician turned away: they cannot come back into this meeting.
-    denied: HashSet<String>,
     /// Drop-in: subjects taken into a private visit, with that visit's id and until when a
     /// reconnect with the queue token follows them there.
     forwarded: HashMap<String, (String, Timestamp)>,
@@ -309,6 +318,10 @@ impl RoomState {
 
     pub fn member(&self, id: &ParticipantId) -> Option<&Member> {
         self.members.get(id)
+    }
+
+    pub fn is_admitted(&self, id: &ParticipantId) -> bool {
+        self.members.get(id).is_some_and(Member::is_admitted)
     }
 
     /// The private visit a drop-in patient or clinician was taken into, if still followed.
@@ -356,7 +369,7 @@ impl RoomState {
     ) -> Result<(), JoinRefusal> {
         let clinician = session.role == Role::Clinician;
         self.record.check_entry(now, clinician, policy)?;
-        if self.denied.contains(&session.claims.sub) {
+        if self.record.denied.contains(&session.claims.sub) {
             return Err(JoinRefusal::Denied);
         }
         if self.record.kind == MeetingKind::DropIn
@@ -522,6 +535,11 @@ impl RoomState {
     ) -> Result<Vec<AuditEvent>, RequestError> {
         let a = self.actor(actor)?;
         match action {
+            // A unit's queue closes at its end (or is cancelled by the booking system); one
+            // clinician does not close it for everyone.
+            Action::EndMeeting if self.record.kind == MeetingKind::DropIn => {
+                Err(RequestError::QueueCannotEnd)
+            }
             Action::EndMeeting => {
                 let mut e = self.audit("meeting_end", actor, a);
                 e.actor_hsa = a.hsa.clone();
@@ -580,6 +598,9 @@ impl RoomState {
         self.actor(actor)?;
         let mut events = Vec::new();
         match action {
+            Action::EndMeeting if self.record.kind == MeetingKind::DropIn => {
+                return Err(RequestError::QueueCannotEnd);
+            }
             Action::EndMeeting => {
                 self.record.ended_at = Some(now);
                 self.close_all(CloseReason::MeetingEnded, sfu, &mut events);
@@ -591,7 +612,9 @@ impl RoomState {
             Action::Deny(t) => {
                 self.target(actor, action)?;
                 if let Some(m) = self.detach(t, sfu, &mut events) {
-                    self.denied.insert(m.sub.clone());
+                    if !self.record.denied.contains(&m.sub) {
+                        self.record.denied.push(m.sub.clone());
+                    }
                     self.admitted.remove(&m.sub);
                     let _ = m.out.send(CloseReason::Denied.outbound());
                 }
@@ -729,7 +752,7 @@ impl RoomState {
             .ok_or(RequestError::NoSuchParticipant)?;
         // One camera for patients, companions and interpreters; screen sharing is the
         // clinician's.
-        if !m.is_clinician() && sdp.lines().filter(|l| l.starts_with("m=video")).count() > 1 {
+        if !m.is_clinician() && sending_video_lines(&sdp) > 1 {
             return Err(RequestError::ScreenShareNotAllowed);
         }
         let permissions = self.permissions(m);
@@ -938,7 +961,11 @@ impl RoomState {
         events: &mut Vec<AuditEvent>,
     ) -> Option<Member> {
         let mut m = self.detach(id, sfu, events)?;
-        self.forwarded.insert(m.sub.clone(), (to.to_owned(), until));
+        // A patient who drops comes back into the private visit; a clinician's queue link
+        // keeps leading to the queue (to take the next one).
+        if !m.is_clinician() {
+            self.forwarded.insert(m.sub.clone(), (to.to_owned(), until));
+        }
         m.sfu_joined = false;
         m.media_connected = false;
         m.media_started = false;
@@ -1011,5 +1038,48 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Patient => "patient",
         Role::Companion => "companion",
         Role::Interpreter => "interpreter",
+    }
+}
+
+/// Video m-lines an offer sends on (not rejected, `sendonly` or `sendrecv`): a patient's own
+/// camera, not the SFU's lines it receives on.
+fn sending_video_lines(sdp: &str) -> usize {
+    let mut count = 0;
+    let mut section: Option<(bool, bool)> = None; // (video with a port, sends)
+    let mut close = |s: Option<(bool, bool)>| {
+        if let Some((true, true)) = s {
+            count += 1;
+        }
+    };
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            close(section.take());
+            let mut parts = m.split_whitespace();
+            let video = parts.next() == Some("video");
+            let port = parts.next().is_some_and(|p| p != "0");
+            section = Some((video && port, false));
+        } else if let Some(s) = section.as_mut()
+            && (line.starts_with("a=sendonly") || line.starts_with("a=sendrecv"))
+        {
+            s.1 = true;
+        }
+    }
+    close(section);
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sending_video_lines_count_as_cameras() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n\
+                   m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n";
+        assert_eq!(sending_video_lines(sdp), 1);
+        let two = format!("{sdp}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n");
+        assert_eq!(sending_video_lines(&two), 2);
     }
 }

@@ -125,6 +125,7 @@ impl Meetings {
                     ended_at: None,
                     booked: false,
                     from_queue: None,
+                    denied: Vec::new(),
                 };
                 let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
                 rooms
@@ -138,9 +139,57 @@ impl Meetings {
         if let Some(to) = forward
             && let Some(private) = self.get(&to)
         {
-            return Ok(private);
+            use crate::meeting::MeetingStatus;
+            let status = private.lock().record.status(now, &self.policy);
+            // An ended private visit no longer captures the queue link.
+            if matches!(status, MeetingStatus::Open | MeetingStatus::Scheduled) {
+                return Ok(private);
+            }
         }
         Ok(room)
+    }
+
+    /// Adds a connection to `room` and records where it is, under the meeting's lock (so a
+    /// drop-in take cannot move it in between).
+    pub fn join(
+        &self,
+        room: &Arc<MeetingRoom>,
+        id: &ParticipantId,
+        session: &Session,
+        out: tokio::sync::mpsc::UnboundedSender<crate::meeting_room::Outbound>,
+        now: Timestamp,
+        sfu: &dyn SfuControl,
+    ) -> Result<crate::meeting_room::JoinOutcome, JoinRefusal> {
+        let mut s = room.lock();
+        let outcome = s.join(id.clone(), session, out, now, &self.policy, sfu)?;
+        self.bind(id, room);
+        Ok(outcome)
+    }
+
+    /// The connection ended: takes it out of whichever meeting it is in now (a take may have
+    /// moved it) and forgets where it was. Returns the audit events, if it was still in one.
+    pub fn leave(
+        &self,
+        id: &ParticipantId,
+        explicit: bool,
+        now: Timestamp,
+        sfu: &dyn SfuControl,
+    ) -> Option<Vec<AuditEvent>> {
+        let mut left = None;
+        // A take moves a member between the lookup and the lock at most once.
+        for _ in 0..2 {
+            let Some(room) = self.room_of(id) else {
+                break;
+            };
+            let mut s = room.lock();
+            if s.member(id).is_none() {
+                continue;
+            }
+            left = s.leave(id, explicit, now, &self.policy, sfu);
+            break;
+        }
+        self.unbind(id);
+        left
     }
 
     /// Records which meeting a connection is in (for routing SFU events and its requests).
@@ -240,6 +289,7 @@ impl Meetings {
                 ended_at: None,
                 booked: true,
                 from_queue: Some(q.record.id.clone()),
+                denied: Vec::new(),
             }
         };
         let until = record.end;
@@ -247,17 +297,33 @@ impl Meetings {
             .create(record)
             .map_err(|_| RequestError::NoSuchParticipant)?;
         let mut events = Vec::new();
-        {
+        let moved = {
             // Lock order queue → private visit; nobody else knows the new visit yet.
             let mut q = queue.lock();
-            let mut p = private.lock();
-            for id in [actor, patient] {
-                if let Some(m) = q.take_out(id, to, until, sfu, &mut events) {
-                    p.put_in(id.clone(), m);
-                    self.bind(id, &private);
+            // Another clinician may have taken this patient, or they left, since the plan.
+            let still_waiting = q.position(patient).is_some();
+            if still_waiting && q.check_clinician(actor).is_ok() {
+                let mut p = private.lock();
+                for id in [actor, patient] {
+                    if let Some(m) = q.take_out(id, to, until, sfu, &mut events) {
+                        p.put_in(id.clone(), m);
+                        self.bind(id, &private);
+                    }
                 }
+                true
+            } else {
+                false
             }
+        };
+        if !moved {
+            self.rooms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(to);
+            self.persist();
+            return Err(RequestError::NotWaiting);
         }
+        self.persist();
         Ok(events)
     }
 
@@ -280,16 +346,21 @@ impl Meetings {
                     events.extend(room.lock().media_connected(&participant));
                 }
             }
-            Event::TrackPublished { room, track } => self.broadcast(
+            // News of a track reaches the admitted, and only about the admitted: a waiting
+            // participant's tracks (which the SFU forwards to nobody) are not mentioned.
+            Event::TrackPublished { room, track } => self.broadcast_about(
                 &room.0,
+                &track.publisher,
                 &json!({"type": "track_published", "publisher": track.publisher, "kind": track.kind, "track": track.id}),
             ),
-            Event::TrackUnpublished { room, track } => self.broadcast(
+            Event::TrackUnpublished { room, track } => self.broadcast_about(
                 &room.0,
-                &json!({"type": "track_unpublished", "publisher": track.publisher, "track": track.id}),
+                &track.publisher,
+                &json!({"type": "track_unpublished", "publisher": track.publisher, "kind": track.kind, "track": track.id}),
             ),
-            Event::ActiveSpeaker { room, participant } => self.broadcast(
+            Event::ActiveSpeaker { room, participant } => self.broadcast_about(
                 &room.0,
+                &participant,
                 &json!({"type": "active_speaker", "participant": participant}),
             ),
             // Only a broken media path is news to the client (it reconnects); a removal was
@@ -325,45 +396,66 @@ impl Meetings {
         }
     }
 
-    fn broadcast(&self, room: &str, msg: &serde_json::Value) {
+    /// Sends `msg` to the admitted of `room` if `about` is admitted there.
+    fn broadcast_about(&self, room: &str, about: &ParticipantId, msg: &serde_json::Value) {
         if let Some(room) = self.get(room) {
-            room.lock().broadcast_admitted(None, msg);
+            let s = room.lock();
+            if s.is_admitted(about) {
+                s.broadcast_admitted(None, msg);
+            }
         }
     }
 
     /// Forgets meetings nobody needs any more: unbooked ones empty for the reconnect grace
-    /// after their last member, booked ones a day after they closed. Returns how many went.
+    /// after their last member (kept while they remember an end or a denial their tokens could
+    /// otherwise undo), booked ones a day after they closed. Returns how many went. Meetings
+    /// are examined without holding the registry's lock, so no join waits behind a busy one.
     pub fn sweep(&self, now: Timestamp) -> usize {
+        let candidates: Vec<String> = self
+            .list()
+            .iter()
+            .filter(|room| {
+                let s = room.lock();
+                s.is_empty() && !self.worth_keeping(&s, now)
+            })
+            .map(|room| room.id.clone())
+            .collect();
         let mut gone = 0;
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        rooms.retain(|_, room| {
-            let s = room.lock();
-            let keep = if !s.is_empty() {
-                true
-            } else if s.record.booked {
-                let closed = s
-                    .record
-                    .cancelled_at
-                    .or(s.record.ended_at)
-                    .unwrap_or(s.record.closes_at(&self.policy));
-                now < closed + RETENTION
-            } else {
-                // An ended unbooked meeting is kept while its tokens are valid, so they
-                // cannot open it again.
-                let ended = s.record.ended_at.is_some() || s.record.cancelled_at.is_some();
-                now < s.last_active + self.policy.reconnect_grace
-                    || (ended && now < s.record.closes_at(&self.policy))
-            };
-            if !keep {
-                gone += 1;
+        {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            for id in candidates {
+                // Re-checked without blocking: a meeting someone just entered stays.
+                let still_idle = rooms
+                    .get(&id)
+                    .and_then(|r| {
+                        r.try_lock()
+                            .map(|s| s.is_empty() && !self.worth_keeping(&s, now))
+                    })
+                    .unwrap_or(false);
+                if still_idle {
+                    rooms.remove(&id);
+                    gone += 1;
+                }
             }
-            keep
-        });
-        drop(rooms);
+        }
         if gone > 0 {
             self.persist();
         }
         gone
+    }
+
+    fn worth_keeping(&self, s: &crate::meeting_room::RoomState, now: Timestamp) -> bool {
+        let r = &s.record;
+        if r.booked {
+            let closed = r
+                .cancelled_at
+                .or(r.ended_at)
+                .unwrap_or(r.closes_at(&self.policy));
+            return now < closed + RETENTION;
+        }
+        let remembers = r.ended_at.is_some() || r.cancelled_at.is_some() || !r.denied.is_empty();
+        now < s.last_active + self.policy.reconnect_grace
+            || (remembers && now < r.closes_at(&self.policy))
     }
 
     /// Writes booked meetings to the store (a temporary file renamed over the old one).

@@ -198,6 +198,7 @@ async fn create(
         ended_at: None,
         booked: true,
         from_queue: None,
+        denied: Vec::new(),
     };
     let event = AuditEvent {
         event: "meeting_created".into(),
@@ -205,18 +206,23 @@ async fn create(
         unit: Some(record.unit.clone()),
         ..Default::default()
     };
-    match state.meetings.create(record) {
-        Ok(room) => {
-            if audit(&state, event).await.is_err() {
-                return audit_unavailable();
-            }
-            (StatusCode::CREATED, Json(view(&state, &room))).into_response()
-        }
-        Err(_) => error(
+    let exists = || {
+        error(
             StatusCode::CONFLICT,
             "meeting_exists",
             format!("a meeting {id} exists"),
-        ),
+        )
+    };
+    if state.meetings.get(&id).is_some() {
+        return exists();
+    }
+    // Recorded first: a booking that cannot be recorded is not made.
+    if audit(&state, event).await.is_err() {
+        return audit_unavailable();
+    }
+    match state.meetings.create(record) {
+        Ok(room) => (StatusCode::CREATED, Json(view(&state, &room))).into_response(),
+        Err(_) => exists(),
     }
 }
 

@@ -254,12 +254,25 @@ async fn drop_in_the_clinician_takes_the_first_and_the_second_moves_up() {
     // A dropped connection comes back with the queue link into the private visit, admitted.
     drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut a = server.connect(&a_token).await;
+    let mut a = server.connect(&format!("{a_token}&meeting=q-unit-1")).await;
     let w = a.next_of("welcome").await;
     assert_eq!(
         (w["meeting"].as_str(), w["state"].as_str()),
         (Some(private.as_str()), Some("admitted"))
     );
+
+    // The clinician's queue link still leads to the queue (to take the next one).
+    drop(doc);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut doc = server.connect(&doc_token).await;
+    let w = doc.next_of("welcome").await;
+    assert_eq!(
+        (w["meeting"].as_str(), w["kind"].as_str()),
+        (Some("q-unit-1"), Some("drop_in"))
+    );
+    assert_eq!(doc.next_of("lobby").await["waiting"][0]["name"], "Bertil");
+    doc.send(json!({"type": "end_meeting"})).await;
+    assert_eq!(doc.next_of("error").await["code"], "queue_cannot_end");
 
     let take = server
         .audit_events("admit")

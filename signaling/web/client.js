@@ -9,7 +9,9 @@
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
 const pathMatch = location.pathname.match(/^\/m\/([^/]+)/);
-let meeting = pathMatch ? decodeURIComponent(pathMatch[1]) : "";
+// The meeting the link names: every (re)connection presents it with the token. A drop-in take
+// moves us to a private visit; the server follows the link there on a reconnect.
+const linkMeeting = pathMatch ? decodeURIComponent(pathMatch[1]) : "";
 // Keep the token out of the address bar (screenshots, shared screens) once read.
 history.replaceState(null, "", location.pathname);
 
@@ -296,7 +298,7 @@ function deviceCheck() {
 async function joinCheck() {
   const r = await fetch("/join", {
     method: "POST", headers: { "content-type": "application/json" },
-    body: JSON.stringify({ token, meeting: meeting || undefined }),
+    body: JSON.stringify({ token, meeting: linkMeeting || undefined }),
   });
   const body = await r.json().catch(() => ({}));
   return { ok: r.ok, body };
@@ -305,13 +307,18 @@ async function joinCheck() {
 function openSocket() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const q = new URLSearchParams({ token });
-  if (meeting) q.set("meeting", meeting);
+  if (linkMeeting) q.set("meeting", linkMeeting);
   const ws = new WebSocket(`${scheme}://${location.host}/ws?${q}`);
   state.ws = ws;
   send = (msg) => ws.readyState === WebSocket.OPEN && (ws.send(JSON.stringify(msg)), true);
   ws.onopen = () => { wsAttempts = 0; };
-  ws.onclose = () => {
+  ws.onclose = (ev) => {
     if (leaving || state.closing || ws !== state.ws) return;
+    // 4001–4006: the server closed us on purpose (its `closing` message says why).
+    if (ev.code >= 4001 && ev.code <= 4006) {
+      enqueue(() => { if (!state.closing) endWith(ev.reason, ""); });
+      return;
+    }
     // The connection to the server dropped (a phone changing networks): come back; within
     // the grace the server keeps our admission. Each attempt first asks why, if refused.
     wsAttempts += 1;
@@ -334,7 +341,7 @@ async function handle(msg) {
       state.participant = msg.participant;
       state.role = msg.role;
       state.kind = msg.kind;
-      meeting = msg.meeting;
+      state.meeting = msg.meeting;
       $("local-name").textContent = msg.name + " (du)";
       $("title").textContent = msg.role === "clinician" && msg.kind === "drop_in" ? "Drop-in-kö" : "Videobesök";
       if (msg.role === "clinician") {
@@ -366,7 +373,7 @@ async function handle(msg) {
     case "moved":
       // A drop-in clinician took us (or we took a patient) into a private visit: a new media
       // session there.
-      meeting = msg.meeting;
+      state.meeting = msg.meeting;
       state.kind = msg.kind;
       $("lobby-panel").hidden = true;
       $("end").hidden = state.role !== "clinician";
@@ -429,6 +436,11 @@ async function handle(msg) {
         break;
       }
       state.errors.push(msg.code + ": " + msg.message);
+      // An offer of ours that was refused: back to stable, so the SFU's next offer is not
+      // dropped.
+      if (["sfu_refused", "screen_share_not_allowed"].includes(msg.code) && pc && pc.signalingState === "have-local-offer") {
+        await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+      }
       if (msg.code === "chat_rate") setStatus("Vänta lite innan du skickar fler meddelanden.");
       console.warn("server error", msg);
       break;
@@ -456,27 +468,31 @@ function wireControls() {
     ev.target.setAttribute("aria-pressed", String(handRaised));
     state.sendData && state.sendData({ type: "hand", raised: handRaised });
   };
-  $("share").onclick = async (ev) => {
+  $("share").onclick = () => enqueue(async () => {
     const pc = state.pc;
+    const btn = $("share");
     if (!pc) return;
     if (state.screen) {
+      state.screenTrack.stop();
       state.screen.stop();
       state.screen = null;
-      ev.target.textContent = "Dela skärm";
+      btn.textContent = "Dela skärm";
       await offer(pc, false);
       return;
     }
     try {
       const display = await navigator.mediaDevices.getDisplayMedia({ video: true });
       const track = display.getVideoTracks()[0];
+      state.screenTrack = track;
       state.screen = pc.addTransceiver(track, { direction: "sendonly", streams: [display] });
+      // The browser's own "stop sharing" ends the track.
       track.onended = () => { if (state.screen) $("share").click(); };
-      ev.target.textContent = "Sluta dela skärm";
+      btn.textContent = "Sluta dela skärm";
       await offer(pc, false);
     } catch (e) {
       setStatus("Skärmdelningen startade inte.");
     }
-  };
+  });
   $("take-next").onclick = () => send({ type: "take_next" });
   // Ending is for everyone: a second press confirms (no dialogs, they block phones' UI).
   let armed = null;

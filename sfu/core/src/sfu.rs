@@ -391,7 +391,7 @@ impl Sfu {
                 .iter()
                 .position(|l| l.mid == m.mid)
             {
-                self.renegotiate_line(idx, li, m);
+                new_tracks.extend(self.renegotiate_line(idx, li, m));
                 continue;
             }
             let codec = m.kind.and_then(|k| CodecParams::choose(k, &m.codecs));
@@ -410,32 +410,7 @@ impl Sfu {
                 (Some(kind), Some(codec), false)
                     if m.direction.remote_sends() && room_for(kind) =>
                 {
-                    let pid = self.participant(idx).id.clone();
-                    let mut track = Track::new(
-                        TrackId(format!("{}/{}", pid, m.mid)),
-                        kind,
-                        idx,
-                        m.mid.clone(),
-                        codec,
-                        self.config.nack_cache_slots,
-                    );
-                    if let Some(ssrc) = m.ssrcs.first() {
-                        track.bind_ssrc(*ssrc);
-                        if let Some((_, rtx)) = m.rtx_ssrcs.iter().find(|(p, _)| p == ssrc) {
-                            track.bind_rtx_ssrc(*rtx);
-                        }
-                    }
-                    let t = match self.free_tracks.pop() {
-                        Some(i) => {
-                            self.tracks[i] = Some(track);
-                            i
-                        }
-                        None => {
-                            self.tracks.push(Some(track));
-                            self.tracks.len() - 1
-                        }
-                    };
-                    self.participant_mut(idx).published.push(t);
+                    let t = self.publish_line(idx, m, kind, codec);
                     new_tracks.push(t);
                     LineRole::Publish { track: t }
                 }
@@ -466,14 +441,52 @@ impl Sfu {
         new_tracks
     }
 
-    /// A known m-line in a client's new offer: a line the client stopped (port 0) or no longer
-    /// sends on ends its track — the screen share that ended, a camera turned off for good.
+    /// A new track published on m-line `m`.
+    fn publish_line(
+        &mut self,
+        idx: usize,
+        m: &crate::remote_description::RemoteMedia,
+        kind: MediaKind,
+        codec: CodecParams,
+    ) -> usize {
+        let pid = self.participant(idx).id.clone();
+        let mut track = Track::new(
+            TrackId(format!("{}/{}", pid, m.mid)),
+            kind,
+            idx,
+            m.mid.clone(),
+            codec,
+            self.config.nack_cache_slots,
+        );
+        if let Some(ssrc) = m.ssrcs.first() {
+            track.bind_ssrc(*ssrc);
+            if let Some((_, rtx)) = m.rtx_ssrcs.iter().find(|(p, _)| p == ssrc) {
+                track.bind_rtx_ssrc(*rtx);
+            }
+        }
+        let t = match self.free_tracks.pop() {
+            Some(i) => {
+                self.tracks[i] = Some(track);
+                i
+            }
+            None => {
+                self.tracks.push(Some(track));
+                self.tracks.len() - 1
+            }
+        };
+        self.participant_mut(idx).published.push(t);
+        t
+    }
+
+    /// A known m-line in a client's new offer. A line the client stopped (port 0) or no longer
+    /// sends on ends its track (a screen share that ended); an idle line that sends again
+    /// publishes a new one, room permitting. Returns a newly published track.
     fn renegotiate_line(
         &mut self,
         idx: usize,
         li: usize,
         m: &crate::remote_description::RemoteMedia,
-    ) {
+    ) -> Option<usize> {
         let stops = m.rejected || !m.direction.remote_sends();
         let role = self.participant(idx).lines[li].role.clone();
         let (kind, codec) = match role {
@@ -484,7 +497,25 @@ impl Sfu {
                 (kind, codec)
             }
             LineRole::Idle { kind, codec } if m.rejected => (kind, codec),
-            _ => return,
+            LineRole::Idle { kind, codec } if m.direction.remote_sends() => {
+                let limit = match kind {
+                    MediaKind::Audio => MAX_AUDIO_TRACKS,
+                    MediaKind::Video => MAX_VIDEO_TRACKS,
+                };
+                let published = self
+                    .participant(idx)
+                    .published
+                    .iter()
+                    .filter(|&&t| self.tracks[t].as_ref().is_some_and(|t| t.kind == kind))
+                    .count();
+                if published >= limit {
+                    return None;
+                }
+                let t = self.publish_line(idx, m, kind, codec);
+                self.participant_mut(idx).lines[li].role = LineRole::Publish { track: t };
+                return Some(t);
+            }
+            _ => return None,
         };
         self.participant_mut(idx).lines[li].role = if m.rejected {
             LineRole::Rejected {
@@ -498,6 +529,7 @@ impl Sfu {
         } else {
             LineRole::Idle { kind, codec }
         };
+        None
     }
 
     /// Ends one published track: its subscribers' m-lines go inactive by renegotiation.

@@ -31,6 +31,13 @@ impl std::fmt::Debug for UdpBatch {
     }
 }
 
+impl AsRawFd for UdpBatch {
+    /// For registering the socket with an event loop (the load generator's epoll).
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
 impl UdpBatch {
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let socket = socket2::Socket::new(

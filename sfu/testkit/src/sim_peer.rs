@@ -46,6 +46,16 @@ pub struct ReceivedPacket {
     pub repaired: bool,
 }
 
+/// A packet from the SFU, decrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedRtp {
+    pub ssrc: u32,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub payload: Vec<u8>,
+    pub repaired: bool,
+}
+
 /// What the peer learned from an SFU offer about one incoming stream.
 #[derive(Debug, Clone)]
 pub struct IncomingLine {
@@ -93,6 +103,8 @@ pub struct SimPeer {
     twcc_in_id: Option<u8>,
     /// RFC 6464 level put on our audio packets, in -dBov (0 loudest, 127 silence).
     pub audio_level: u8,
+    /// Keep sent packets to answer NACKs (off in the load generator: memory stays flat).
+    pub keep_history: bool,
 }
 
 impl std::fmt::Debug for SimPeer {
@@ -182,6 +194,7 @@ impl SimPeer {
             twcc_seqs_received: Vec::new(),
             twcc_in_id: None,
             audio_level: 30,
+            keep_history: true,
         }
     }
 
@@ -463,12 +476,26 @@ impl SimPeer {
     }
 
     fn receive_rtp(&mut self, now: Instant, data: &[u8]) {
-        let Some(ctx) = self.inbound.as_ref() else {
+        let Some(p) = self.open_rtp(data) else {
             return;
         };
-        let Ok(h) = RtpHeader::parse(data) else {
-            return;
-        };
+        self.received
+            .entry(p.ssrc)
+            .or_default()
+            .push(ReceivedPacket {
+                seq: p.seq,
+                timestamp: p.timestamp,
+                payload: p.payload,
+                at: now,
+                repaired: p.repaired,
+            });
+    }
+
+    /// Decrypts and authenticates an SRTP packet from the SFU without keeping it (RTX
+    /// unwrapped to its media stream). `None` when it does not open.
+    pub fn open_rtp(&mut self, data: &[u8]) -> Option<OpenedRtp> {
+        let ctx = self.inbound.as_ref()?;
+        let h = RtpHeader::parse(data).ok()?;
         let mut buf = data.to_vec();
         // Rollover estimate per SSRC (as a receiver would).
         let entry = self
@@ -481,16 +508,16 @@ impl SimPeer {
             let d = h.sequence_number.wrapping_sub(entry.0 as u16) as i16 as i64;
             (entry.0 as i64 + d).max(0) as u64
         };
-        let Ok(n) = ctx.open_rtp(
-            &mut buf,
-            h.header_len,
-            h.ssrc,
-            (ext >> 16) as u32,
-            h.sequence_number,
-        ) else {
-            return;
-        };
-        let entry = self.roc_in.get_mut(&h.ssrc).expect("entry");
+        let n = ctx
+            .open_rtp(
+                &mut buf,
+                h.header_len,
+                h.ssrc,
+                (ext >> 16) as u32,
+                h.sequence_number,
+            )
+            .ok()?;
+        let entry = self.roc_in.get_mut(&h.ssrc)?;
         if !entry.1 || ext > entry.0 {
             *entry = (ext, true);
         }
@@ -506,22 +533,22 @@ impl SimPeer {
             .iter()
             .find(|l| l.rtx_ssrc == Some(h.ssrc))
             .map(|l| l.ssrc);
-        let (ssrc, seq, payload, repaired) = match rtx_line {
-            Some(media_ssrc) if payload.len() >= 2 => (
-                media_ssrc,
-                u16::from_be_bytes([payload[0], payload[1]]),
-                payload[2..].to_vec(),
-                true,
-            ),
-            _ => (h.ssrc, h.sequence_number, payload.to_vec(), false),
-        };
-        self.received.entry(ssrc).or_default().push(ReceivedPacket {
-            seq,
-            timestamp: h.timestamp,
-            payload,
-            at: now,
-            repaired,
-        });
+        Some(match rtx_line {
+            Some(media_ssrc) if payload.len() >= 2 => OpenedRtp {
+                ssrc: media_ssrc,
+                seq: u16::from_be_bytes([payload[0], payload[1]]),
+                timestamp: h.timestamp,
+                payload: payload[2..].to_vec(),
+                repaired: true,
+            },
+            _ => OpenedRtp {
+                ssrc: h.ssrc,
+                seq: h.sequence_number,
+                timestamp: h.timestamp,
+                payload: payload.to_vec(),
+                repaired: false,
+            },
+        })
     }
 
     fn receive_rtcp(&mut self, _now: Instant, data: &[u8]) {
@@ -624,8 +651,10 @@ impl SimPeer {
         }
         let (ssrc, pt, seq, roc, ts, kind) =
             (t.ssrc, t.payload_type, t.seq, t.roc, t.timestamp, t.kind);
-        self.history
-            .insert((ssrc, seq), (ts, marker, payload.to_vec()));
+        if self.keep_history {
+            self.history
+                .insert((ssrc, seq), (ts, marker, payload.to_vec()));
+        }
         let level = (kind == MediaKind::Audio).then_some(self.audio_level);
         self.send_rtp_raw(ssrc, pt, seq, roc, ts, marker, payload, level);
         seq
