@@ -1,1 +1,13 @@
-//! Benchmark support (the load generator lands with the bench-harness issue).
+//! The benchmark harness: a load generator of simulated WebRTC participants (real ICE, DTLS
+//! and SRTP on batched UDP), scenario presets, a raw UDP relay as the machine's ceiling, and
+//! the measurements and reports that size a region's deployment.
+
+pub mod generator;
+pub mod load_run;
+pub mod plot;
+pub mod proc_stats;
+pub mod raw_relay;
+pub mod receive_stats;
+pub mod report;
+pub mod scenario;
+pub mod synthetic_media;

@@ -1,0 +1,499 @@
+//! The load generator's media thread: many simulated participants, each with its own UDP
+//! socket (the SFU tells participants apart by address), driven by one loop over `epoll`.
+//! WebRTC participants run real ICE, DTLS and SRTP (`SimPeer`, the webrtc-rs sans-IO crates in
+//! client mode); plain participants send the same packet pattern as clear RTP to the raw relay.
+//!
+//! Receivers count every packet from its clear RTP header; a sample of WebRTC receivers also
+//! decrypts and authenticates each packet and reads its stamp for one-way latency.
+
+use crate::receive_stats::{ReceiveStats, RxTotals};
+use crate::synthetic_media::{Emit, MediaProfile, StreamKind, SyntheticMedia, read_stamp, stamp};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use sfu_core::TransmitBatch;
+use sfu_core::rtp_header::{HeaderWriter, PacketClass, RtpHeader, classify};
+use sfu_proto::MediaKind;
+use sfu_server::udp_batch::UdpBatch;
+use sfu_testkit::SimPeer;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Nanoseconds on the generator's clock (shared by senders and receivers of one process).
+pub fn now_ns() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Registration a plain participant sends to the raw relay: `JOIN <group> <pub|sub>`.
+pub const RELAY_JOIN: &[u8] = b"JOIN ";
+
+const AUDIO_PT: u8 = 111;
+const VIDEO_PT: u8 = 96;
+
+#[derive(Debug)]
+struct PlainStream {
+    ssrc: u32,
+    seq: u16,
+}
+
+enum Transport {
+    WebRtc(Box<SimPeer>),
+    Plain {
+        relay: SocketAddr,
+        group: u32,
+        audio: PlainStream,
+        video: PlainStream,
+        joins_sent: u32,
+        next_join: Instant,
+    },
+}
+
+struct Client {
+    socket: UdpBatch,
+    transport: Transport,
+    publish: bool,
+    media: Option<SyntheticMedia>,
+    sampled: bool,
+    join_started: Instant,
+    first_media: Option<Instant>,
+    rx: ReceiveStats,
+    sent_packets: u64,
+    sent_bytes: u64,
+    counter: u64,
+}
+
+/// Requests to the media thread (from the signaling tasks and the harness).
+pub enum ToMedia {
+    /// A WebRTC participant; replies with its index and its offer.
+    AddWebRtc {
+        name: String,
+        publish: bool,
+        sampled: bool,
+        join_started: Instant,
+        reply: oneshot::Sender<(usize, String)>,
+    },
+    /// The SFU's answer to a participant's offer.
+    Answer {
+        client: usize,
+        sdp: String,
+    },
+    /// An SFU offer; replies with the participant's answer.
+    Offer {
+        client: usize,
+        sdp: String,
+        reply: oneshot::Sender<String>,
+    },
+    /// A plain participant of relay group `group`; replies with its index.
+    AddPlain {
+        relay: SocketAddr,
+        group: u32,
+        publish: bool,
+        join_started: Instant,
+        reply: oneshot::Sender<usize>,
+    },
+    /// Starts the measurement window: receive counters start from zero.
+    ResetStats,
+    Report {
+        reply: oneshot::Sender<GeneratorReport>,
+    },
+    Stop,
+}
+
+/// What the generator measured since the last reset.
+#[derive(Debug, Clone, Default)]
+pub struct GeneratorReport {
+    pub rx: RxTotals,
+    pub sent_packets: u64,
+    pub sent_bytes: u64,
+    /// Join → first media packet received, per participant that received any (ms).
+    pub join_ms: Vec<f64>,
+    pub clients: usize,
+    /// Participants whose media path is up (DTLS done, or plain).
+    pub connected: usize,
+    /// Participants that received at least one media packet.
+    pub receiving: usize,
+}
+
+pub struct Generator {
+    poll: Poll,
+    clients: Vec<Client>,
+    profile: MediaProfile,
+    batch: TransmitBatch,
+    emits: Vec<Emit>,
+    payload: Vec<u8>,
+}
+
+impl Generator {
+    /// Runs the media thread until [`ToMedia::Stop`]; pinned to `core` when given.
+    pub fn spawn(
+        profile: MediaProfile,
+        core: Option<usize>,
+    ) -> (Sender<ToMedia>, std::thread::JoinHandle<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("generator".into())
+            .spawn(move || {
+                if let Some(c) = core {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: c });
+                }
+                let mut g = Generator {
+                    poll: Poll::new().expect("epoll"),
+                    clients: Vec::new(),
+                    profile,
+                    batch: TransmitBatch::with_capacity(256),
+                    emits: Vec::new(),
+                    payload: vec![0u8; 2048],
+                };
+                g.run(rx);
+            })
+            .expect("generator thread");
+        (tx, handle)
+    }
+
+    fn run(&mut self, rx: Receiver<ToMedia>) {
+        now_ns();
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(1)));
+            let now = Instant::now();
+            for ev in events.iter() {
+                self.receive(ev.token().0, now);
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(ToMedia::Stop) | Err(TryRecvError::Disconnected) => return,
+                    Ok(msg) => self.control(msg, now),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            let now = Instant::now();
+            for i in 0..self.clients.len() {
+                self.tick(i, now);
+            }
+        }
+    }
+
+    fn add_socket(&mut self) -> std::io::Result<(usize, UdpBatch)> {
+        let socket = UdpBatch::bind("127.0.0.1:0".parse().expect("address"))?;
+        let idx = self.clients.len();
+        self.poll.registry().register(
+            &mut SourceFd(&socket.as_raw_fd()),
+            Token(idx),
+            Interest::READABLE,
+        )?;
+        Ok((idx, socket))
+    }
+
+    fn media(&self, publish: bool, idx: usize) -> Option<SyntheticMedia> {
+        // Spread publishers over a frame interval so they do not all send at once.
+        let phase = Duration::from_micros((idx as u64 * 7919) % 33_000);
+        publish.then(|| SyntheticMedia::new(self.profile, Instant::now(), phase))
+    }
+
+    fn control(&mut self, msg: ToMedia, now: Instant) {
+        match msg {
+            ToMedia::AddWebRtc {
+                name,
+                publish,
+                sampled,
+                join_started,
+                reply,
+            } => {
+                let Ok((idx, socket)) = self.add_socket() else {
+                    return;
+                };
+                let addr = socket.local_addr().expect("bound");
+                let mut peer = SimPeer::new(&name, addr, now);
+                peer.keep_history = false;
+                if publish {
+                    if self.profile.audio {
+                        peer.add_track(MediaKind::Audio);
+                    }
+                    if self.profile.video_kbps > 0 {
+                        peer.add_track(MediaKind::Video);
+                    }
+                }
+                let offer = peer.offer();
+                let media = self.media(publish, idx);
+                self.clients.push(Client {
+                    socket,
+                    transport: Transport::WebRtc(Box::new(peer)),
+                    publish,
+                    media,
+                    sampled,
+                    join_started,
+                    first_media: None,
+                    rx: ReceiveStats::default(),
+                    sent_packets: 0,
+                    sent_bytes: 0,
+                    counter: 0,
+                });
+                let _ = reply.send((idx, offer));
+            }
+            ToMedia::Answer { client, sdp } => {
+                if let Some(Client {
+                    transport: Transport::WebRtc(peer),
+                    ..
+                }) = self.clients.get_mut(client)
+                {
+                    peer.apply_answer(now, &sdp);
+                }
+                self.flush(client);
+            }
+            ToMedia::Offer { client, sdp, reply } => {
+                if let Some(Client {
+                    transport: Transport::WebRtc(peer),
+                    ..
+                }) = self.clients.get_mut(client)
+                {
+                    let _ = reply.send(peer.answer_offer(now, &sdp));
+                }
+                self.flush(client);
+            }
+            ToMedia::AddPlain {
+                relay,
+                group,
+                publish,
+                join_started,
+                reply,
+            } => {
+                let Ok((idx, socket)) = self.add_socket() else {
+                    return;
+                };
+                let media = self.media(publish, idx);
+                self.clients.push(Client {
+                    socket,
+                    transport: Transport::Plain {
+                        relay,
+                        group,
+                        audio: PlainStream {
+                            ssrc: rand::random(),
+                            seq: rand::random(),
+                        },
+                        video: PlainStream {
+                            ssrc: rand::random(),
+                            seq: rand::random(),
+                        },
+                        joins_sent: 0,
+                        next_join: now,
+                    },
+                    publish,
+                    media,
+                    sampled: true,
+                    join_started,
+                    first_media: None,
+                    rx: ReceiveStats::default(),
+                    sent_packets: 0,
+                    sent_bytes: 0,
+                    counter: 0,
+                });
+                let _ = reply.send(idx);
+            }
+            ToMedia::ResetStats => {
+                for c in &mut self.clients {
+                    c.rx = ReceiveStats::default();
+                    c.sent_packets = 0;
+                    c.sent_bytes = 0;
+                }
+            }
+            ToMedia::Report { reply } => {
+                let _ = reply.send(self.report());
+            }
+            ToMedia::Stop => {}
+        }
+    }
+
+    fn report(&self) -> GeneratorReport {
+        let mut r = GeneratorReport {
+            clients: self.clients.len(),
+            ..Default::default()
+        };
+        for c in &self.clients {
+            r.rx.add(&c.rx);
+            r.sent_packets += c.sent_packets;
+            r.sent_bytes += c.sent_bytes;
+            if let Some(t) = c.first_media {
+                r.join_ms
+                    .push(t.duration_since(c.join_started).as_secs_f64() * 1000.0);
+                r.receiving += 1;
+            }
+            let connected = match &c.transport {
+                Transport::WebRtc(p) => p.is_secured(),
+                Transport::Plain { .. } => true,
+            };
+            r.connected += usize::from(connected);
+        }
+        r
+    }
+
+    /// Drains a readable socket.
+    fn receive(&mut self, idx: usize, now: Instant) {
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        let Client {
+            socket,
+            transport,
+            rx,
+            sampled,
+            first_media,
+            ..
+        } = c;
+        loop {
+            let got = socket.recv_batch(|from, buf| {
+                let arrival = now_ns();
+                match transport {
+                    Transport::WebRtc(peer) => {
+                        if classify(buf) != PacketClass::Rtp {
+                            peer.handle_datagram(now, from, buf);
+                            return;
+                        }
+                        let Ok(h) = RtpHeader::parse(buf) else {
+                            return;
+                        };
+                        let clock = match peer.incoming.iter().find(|l| l.ssrc == h.ssrc) {
+                            Some(l) if l.kind == MediaKind::Audio => 48_000,
+                            _ => 90_000,
+                        };
+                        rx.on_header(
+                            h.ssrc,
+                            h.sequence_number,
+                            h.timestamp,
+                            arrival,
+                            clock,
+                            buf.len(),
+                        );
+                        first_media.get_or_insert(now);
+                        if *sampled
+                            && let Some(p) = peer.open_rtp(buf)
+                            && let Some((sent, _)) = read_stamp(&p.payload)
+                        {
+                            rx.on_latency(sent, arrival);
+                        }
+                    }
+                    Transport::Plain { .. } => {
+                        let Ok(h) = RtpHeader::parse(buf) else {
+                            return;
+                        };
+                        let clock = if h.payload_type == AUDIO_PT {
+                            48_000
+                        } else {
+                            90_000
+                        };
+                        rx.on_header(
+                            h.ssrc,
+                            h.sequence_number,
+                            h.timestamp,
+                            arrival,
+                            clock,
+                            buf.len(),
+                        );
+                        first_media.get_or_insert(now);
+                        if let Some((sent, _)) = read_stamp(&buf[h.header_len..]) {
+                            rx.on_latency(sent, arrival);
+                        }
+                    }
+                }
+            });
+            match got {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        self.flush(idx);
+    }
+
+    /// Timers, media due, and sending for one participant.
+    fn tick(&mut self, idx: usize, now: Instant) {
+        let profile_audio = self.profile.audio;
+        let c = &mut self.clients[idx];
+        let ready = match &mut c.transport {
+            Transport::WebRtc(peer) => {
+                if peer.poll_timeout().is_some_and(|t| t <= now) {
+                    peer.handle_timeout(now);
+                }
+                peer.is_secured()
+            }
+            Transport::Plain {
+                relay,
+                group,
+                joins_sent,
+                next_join,
+                ..
+            } => {
+                // Registration is repeated a few times: UDP may lose it.
+                if *joins_sent < 3 && *next_join <= now {
+                    let role = if c.publish { "pub" } else { "sub" };
+                    let msg = format!("JOIN {group} {role}");
+                    self.batch.push(*relay, msg.as_bytes());
+                    *joins_sent += 1;
+                    *next_join = now + Duration::from_millis(200);
+                }
+                *joins_sent > 0
+            }
+        };
+        if ready && let Some(media) = c.media.as_mut() {
+            self.emits.clear();
+            media.poll(now, &mut self.emits);
+            for e in &self.emits {
+                c.counter += 1;
+                let payload = &mut self.payload[..e.len];
+                stamp(payload, now_ns(), c.counter);
+                c.sent_packets += 1;
+                c.sent_bytes += e.len as u64;
+                match &mut c.transport {
+                    Transport::WebRtc(peer) => {
+                        let track = match (e.kind, profile_audio) {
+                            (StreamKind::Audio, _) => 0,
+                            (StreamKind::Video, true) => 1,
+                            (StreamKind::Video, false) => 0,
+                        };
+                        if let Some(t) = peer.tracks.get_mut(track) {
+                            t.timestamp = e.rtp_ts;
+                            peer.send_media(track, payload, e.marker, 0);
+                        }
+                    }
+                    Transport::Plain {
+                        relay,
+                        audio,
+                        video,
+                        ..
+                    } => {
+                        let (s, pt) = match e.kind {
+                            StreamKind::Audio => (audio, AUDIO_PT),
+                            StreamKind::Video => (video, VIDEO_PT),
+                        };
+                        s.seq = s.seq.wrapping_add(1);
+                        let slot = self.batch.slot();
+                        let w = HeaderWriter::new(slot, e.marker, pt, s.seq, e.rtp_ts, s.ssrc);
+                        let hlen = w.finish();
+                        slot[hlen..hlen + payload.len()].copy_from_slice(payload);
+                        self.batch.commit(*relay, hlen + payload.len());
+                    }
+                }
+            }
+        }
+        self.flush(idx);
+    }
+
+    /// Sends what a participant has queued.
+    fn flush(&mut self, idx: usize) {
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        if let Transport::WebRtc(peer) = &mut c.transport {
+            while let Some((dest, data)) = peer.poll_transmit() {
+                self.batch.push(dest, &data);
+            }
+        }
+        if !self.batch.is_empty() {
+            c.socket.send_batch(&self.batch);
+            self.batch.clear();
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! One measured run of a scenario against one target: start the target pinned to its core,
+//! join every participant, let media settle, measure a window, stop everything.
+
+use crate::generator::{Generator, GeneratorReport, ToMedia};
+use crate::proc_stats::{CpuWindow, rss_bytes, thread_cpu_time};
+use crate::report::TargetReport;
+use crate::scenario::Scenario;
+use crate::synthetic_media::MediaProfile;
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use signaling::dev_issuer::{DevIssuer, dev_claims};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// Our SFU: `signaling serve` (single-node default) started by the harness.
+    Ours,
+    /// The raw UDP relay: the machine's ceiling for the same packet pattern.
+    Relay,
+}
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Ours => "ours",
+            TargetKind::Relay => "relay",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub scenario: Scenario,
+    pub profile: MediaProfile,
+    pub duration: Duration,
+    /// Longest wait for every participant's media to flow before measuring.
+    pub settle_timeout: Duration,
+    /// Every n-th receiver decrypts and authenticates everything it receives (latency).
+    pub sample_every: usize,
+    pub server_core: Option<usize>,
+    pub generator_core: Option<usize>,
+    pub workers: usize,
+    /// Joins started per second.
+    pub join_rate: f64,
+    pub signaling_bin: PathBuf,
+    /// This binary (the relay runs as `bench relay` in its own process).
+    pub bench_bin: PathBuf,
+    pub progress: bool,
+}
+
+/// A child process that is killed when dropped.
+struct Managed(Child);
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program args` pinned to `core` (via `taskset`) and reads stdout until `until`
+/// returns a value.
+fn spawn_pinned<T>(
+    program: &std::path::Path,
+    args: &[String],
+    core: Option<usize>,
+    mut until: impl FnMut(&str) -> Option<T>,
+) -> anyhow::Result<(Managed, T)> {
+    let mut cmd = match core {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c.to_string()).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    };
+    cmd.args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut child = Managed(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let found = loop {
+        let Some(line) = lines.next() else {
+            let status = child.0.wait()?;
+            bail!(
+                "{} exited ({status}) before it was ready",
+                program.display()
+            );
+        };
+        if let Some(v) = until(&line?) {
+            break v;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, found))
+}
+
+/// The counters of our SFU's `/metrics` that the report needs, summed over workers.
+async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64; 4]> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let mut v = [0.0; 4];
+    for line in text.lines() {
+        for (i, name) in [
+            "sfu_packets_in_total",
+            "sfu_packets_out_total",
+            "sfu_bytes_in_total",
+            "sfu_bytes_out_total",
+        ]
+        .iter()
+        .enumerate()
+        {
+            if (line.starts_with(&format!("{name} ")) || line.starts_with(&format!("{name}{{")))
+                && let Some(x) = line.rsplit(' ').next().and_then(|x| x.parse::<f64>().ok())
+            {
+                v[i] += x;
+            }
+        }
+    }
+    Ok(v)
+}
+
+async fn generator_report(to_media: &Sender<ToMedia>) -> anyhow::Result<GeneratorReport> {
+    let (tx, rx) = oneshot::channel();
+    to_media.send(ToMedia::Report { reply: tx })?;
+    Ok(rx.await?)
+}
+
+/// One participant's signaling: join, offer, answer the SFU's offers, leave when told.
+async fn participant(
+    url: String,
+    name: String,
+    publish: bool,
+    sampled: bool,
+    to_media: Sender<ToMedia>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let join_started = Instant::now();
+    let (ws, _) = tokio_tungstenite::connect_async(&url).await?;
+    let (mut sink, mut stream) = ws.split();
+    let mut client = None;
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                    _ => break,
+                };
+                let v: Value = serde_json::from_str(&text)?;
+                match v["type"].as_str() {
+                    Some("welcome") if client.is_none() => {
+                        let (tx, rx) = oneshot::channel();
+                        to_media.send(ToMedia::AddWebRtc { name: name.clone(), publish, sampled, join_started, reply: tx })?;
+                        let (idx, offer) = rx.await?;
+                        client = Some(idx);
+                        sink.send(Message::Text(json!({"type": "offer", "sdp": offer}).to_string().into())).await?;
+                    }
+                    Some("answer") => {
+                        if let (Some(c), Some(sdp)) = (client, v["sdp"].as_str()) {
+                            to_media.send(ToMedia::Answer { client: c, sdp: sdp.to_owned() })?;
+                        }
+                    }
+                    Some("offer") => {
+                        if let (Some(c), Some(sdp)) = (client, v["sdp"].as_str()) {
+                            let (tx, rx) = oneshot::channel();
+                            to_media.send(ToMedia::Offer { client: c, sdp: sdp.to_owned(), reply: tx })?;
+                            let answer = rx.await?;
+                            sink.send(Message::Text(json!({"type": "answer", "sdp": answer}).to_string().into())).await?;
+                        }
+                    }
+                    Some("closing") => break,
+                    _ => {}
+                }
+            }
+            _ = stop.changed() => {
+                let _ = sink.send(Message::Text(json!({"type": "leave"}).to_string().into())).await;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the scenario against `target` and measures it.
+pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<TargetReport> {
+    let plan = opts.scenario.plan();
+    let dir = std::env::temp_dir().join(format!("hc-bench-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = scopeguard(dir.clone());
+    let (to_media, generator) = Generator::spawn(opts.profile, opts.generator_core);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    let mut notes = Vec::new();
+
+    // Start the server under test.
+    let (server, base, server_pid) = match target {
+        TargetKind::Ours => {
+            let config = dir.join("bench.toml");
+            std::fs::write(
+                &config,
+                "[meetings]\nmax_participants = 100000\nqueue_limit = 100000\n",
+            )?;
+            let args: Vec<String> = [
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                &opts.workers.to_string(),
+                "--config",
+                config.to_str().context("temp path")?,
+                "--dev-key",
+                dir.join("issuer.key").to_str().context("temp path")?,
+                "--audit-log",
+                dir.join("audit.jsonl").to_str().context("temp path")?,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let (child, base) = spawn_pinned(&opts.signaling_bin, &args, opts.server_core, |l| {
+                l.trim()
+                    .strip_prefix("clinician: ")
+                    .and_then(|u| u.find("/m/").map(|i| u[..i].to_owned()))
+            })?;
+            let pid = child.0.id();
+            (child, base, pid)
+        }
+        TargetKind::Relay => {
+            let args = vec!["relay".to_owned(), "--listen".into(), "127.0.0.1:0".into()];
+            let (child, addr) = spawn_pinned(&opts.bench_bin, &args, opts.server_core, |l| {
+                l.strip_prefix("relay listening on ").map(str::to_owned)
+            })?;
+            let pid = child.0.id();
+            (child, addr, pid)
+        }
+    };
+    let rss_before = rss_bytes(server_pid).unwrap_or(0);
+
+    // Join everyone, paced.
+    let issuer = match target {
+        TargetKind::Ours => Some(DevIssuer::load_or_create(&dir.join("issuer.key"))?),
+        TargetKind::Relay => None,
+    };
+    let pace = Duration::from_secs_f64(1.0 / opts.join_rate.max(0.1));
+    let mut receivers = 0usize;
+    for (i, p) in plan.iter().enumerate() {
+        let sampled = i % opts.sample_every.max(1) == 0;
+        let expects_media = plan
+            .iter()
+            .any(|o| o.meeting == p.meeting && o.publish && o.name != p.name);
+        receivers += usize::from(expects_media);
+        match target {
+            TargetKind::Ours => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs() as i64;
+                let claims = dev_claims(
+                    &format!("bench-{}", p.meeting),
+                    &p.name,
+                    &p.name,
+                    "clinician",
+                    Some("SE2321000016-BENCH"),
+                    Some("bench-unit"),
+                    now,
+                    3600,
+                );
+                let token = issuer.as_ref().context("issuer")?.mint(&claims)?;
+                let url = format!("{}/ws?token={token}", base.replace("http://", "ws://"));
+                tasks.push(tokio::spawn(participant(
+                    url,
+                    p.name.clone(),
+                    p.publish,
+                    sampled,
+                    to_media.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            TargetKind::Relay => {
+                let (tx, rx) = oneshot::channel();
+                to_media.send(ToMedia::AddPlain {
+                    relay: base.parse().context("relay address")?,
+                    group: p.meeting as u32,
+                    publish: p.publish,
+                    join_started: Instant::now(),
+                    reply: tx,
+                })?;
+                rx.await?;
+            }
+        }
+        tokio::time::sleep(pace).await;
+    }
+
+    // Wait for media to reach every receiver (or give up after the settle timeout).
+    let deadline = Instant::now() + opts.settle_timeout;
+    let mut joined = generator_report(&to_media).await?;
+    while joined.receiving < receivers && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        joined = generator_report(&to_media).await?;
+    }
+    if joined.receiving < receivers {
+        notes.push(format!(
+            "only {} of {} receivers got media within {:?}",
+            joined.receiving, receivers, opts.settle_timeout
+        ));
+    }
+    // Keyframes and bandwidth settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The measurement window.
+    to_media.send(ToMedia::ResetStats)?;
+    let counters_before = match target {
+        TargetKind::Ours => Some(sfu_counters(&http, &base).await?),
+        TargetKind::Relay => None,
+    };
+    let server_cpu = CpuWindow::start(server_pid);
+    let own_pid = std::process::id();
+    let gen_cpu_before = thread_cpu_time(own_pid, "generator").unwrap_or_default();
+    let t0 = Instant::now();
+    let mut last_print = t0;
+    while t0.elapsed() < opts.duration {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if opts.progress && last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            let g = generator_report(&to_media).await?;
+            let secs = t0.elapsed().as_secs_f64();
+            eprint!(
+                "\r[{}] {:>4.0}/{:.0} s  received {:>8.0} pkt/s  loss {:>6.3} %  server CPU {:>5.1} %   ",
+                target.name(),
+                secs,
+                opts.duration.as_secs_f64(),
+                g.rx.packets as f64 / secs,
+                g.rx.loss_pct(),
+                server_cpu.percent(),
+            );
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    if opts.progress {
+        eprintln!();
+    }
+    let g = generator_report(&to_media).await?;
+    let server_cpu_pct = server_cpu.percent();
+    let gen_cpu = thread_cpu_time(own_pid, "generator")
+        .unwrap_or_default()
+        .saturating_sub(gen_cpu_before);
+    let generator_cpu_pct = gen_cpu.as_secs_f64() * 100.0 / elapsed;
+    let rss_after = rss_bytes(server_pid).unwrap_or(0);
+    let (pps_in, pps_out, bytes_in, bytes_out) = match counters_before {
+        Some(before) => {
+            let after = sfu_counters(&http, &base).await?;
+            (
+                (after[0] - before[0]) / elapsed,
+                (after[1] - before[1]) / elapsed,
+                (after[2] - before[2]) / elapsed,
+                (after[3] - before[3]) / elapsed,
+            )
+        }
+        // The relay keeps no counters: what the generator sent, and what reached (or should
+        // have reached) its receivers.
+        None => (
+            g.sent_packets as f64 / elapsed,
+            g.rx.expected as f64 / elapsed,
+            g.sent_bytes as f64 / elapsed,
+            g.rx.bytes as f64 / elapsed,
+        ),
+    };
+
+    // Stop: participants leave, the generator ends, the server is killed.
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    let _ = to_media.send(ToMedia::Stop);
+    let _ = generator.join();
+    drop(server);
+
+    let generator_limited = generator_cpu_pct > 90.0;
+    if generator_limited {
+        notes.push(format!(
+            "the generator used {generator_cpu_pct:.0} % of its core: it, not the server, may be the limit"
+        ));
+    }
+    let mut report = TargetReport {
+        target: target.name().into(),
+        scenario: format!("{:?}", opts.scenario.kind).to_lowercase(),
+        participants: plan.len(),
+        publishers: plan.iter().filter(|p| p.publish).count(),
+        fan_out: opts.scenario.fan_out(),
+        duration_s: elapsed,
+        pps_in,
+        pps_out,
+        bytes_in_per_s: bytes_in,
+        bytes_out_per_s: bytes_out,
+        generator_pps_sent: g.sent_packets as f64 / elapsed,
+        generator_pps_received: g.rx.packets as f64 / elapsed,
+        loss_pct: g.rx.loss_pct(),
+        jitter_ms: g.rx.mean_jitter_ms(),
+        latency_p50_ms: g.rx.latency_ms(0.5),
+        latency_p95_ms: g.rx.latency_ms(0.95),
+        latency_p99_ms: g.rx.latency_ms(0.99),
+        latency_samples: g.rx.latency_us.len(),
+        connected: g.connected,
+        receiving: g.receiving,
+        server_cpu_pct,
+        server_cpu_pct_per_kpps: if pps_out > 0.0 {
+            server_cpu_pct / (pps_out / 1000.0)
+        } else {
+            0.0
+        },
+        server_rss_mib: rss_after as f64 / (1024.0 * 1024.0),
+        memory_per_participant_kib: rss_after.saturating_sub(rss_before) as f64
+            / 1024.0
+            / plan.len().max(1) as f64,
+        generator_cpu_pct,
+        generator_limited,
+        notes,
+        ..Default::default()
+    };
+    report.set_join_times(g.join_ms);
+    Ok(report)
+}
+
+/// Removes the run's temporary directory when the run ends.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scopeguard(dir: PathBuf) -> DirGuard {
+    DirGuard(dir)
+}

@@ -1,0 +1,330 @@
+//! `bench`: load-tests the SFU with simulated participants (real ICE, DTLS, SRTP), side by side
+//! with the raw UDP relay (the machine's ceiling), and reports throughput, loss, latency, join
+//! time, CPU and memory — as a table, JSON and an SVG plot.
+
+use anyhow::Context;
+use bench::load_run::{RunOptions, TargetKind, run};
+use bench::plot::{LoadPoint, draw};
+use bench::raw_relay::RawRelay;
+use bench::report::{TargetReport, table};
+use bench::scenario::{Scenario, ScenarioKind};
+use bench::synthetic_media::MediaProfile;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    version,
+    about = "Load tests: our SFU against the raw UDP relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a scenario against one target.
+    Run {
+        #[arg(long, env = "BENCH_TARGET", value_enum, default_value = "ours")]
+        target: TargetKind,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Run the same scenario against each target in turn and print them side by side.
+    Compare {
+        #[arg(
+            long,
+            env = "BENCH_TARGETS",
+            value_enum,
+            value_delimiter = ',',
+            default_value = "ours,relay"
+        )]
+        targets: Vec<TargetKind>,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Ramp: add load step by step (×factor) until loss > 1 % or p99 latency > 50 ms, or
+    /// the generator saturates; report the knee per target.
+    Capacity {
+        #[arg(
+            long,
+            env = "BENCH_TARGETS",
+            value_enum,
+            value_delimiter = ',',
+            default_value = "ours"
+        )]
+        targets: Vec<TargetKind>,
+        /// Load multiplier between steps.
+        #[arg(long, env = "BENCH_RAMP_FACTOR", default_value_t = 1.5)]
+        factor: f64,
+        #[arg(long, env = "BENCH_RAMP_STEPS", default_value_t = 8)]
+        max_steps: usize,
+        /// Keep ramping past the knee (all steps), for the plot.
+        #[arg(long, env = "BENCH_FULL_RAMP")]
+        full_ramp: bool,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// The raw UDP relay (the harness starts it in its own process).
+    Relay {
+        #[arg(long, env = "BENCH_RELAY_LISTEN", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    #[arg(long, env = "BENCH_SCENARIO", value_enum, default_value = "visits")]
+    scenario: ScenarioKind,
+    /// Visits or conferences (default 20 visits, 2 conferences; broadcast: 1).
+    #[arg(long, env = "BENCH_MEETINGS")]
+    meetings: Option<usize>,
+    /// Participants per conference (12) or viewers of the broadcast (50).
+    #[arg(long, env = "BENCH_SIZE")]
+    size: Option<usize>,
+    /// Seconds measured once media flows.
+    #[arg(long, env = "BENCH_DURATION", default_value_t = 20.0)]
+    duration: f64,
+    /// Longest wait, in seconds, for every participant's media before measuring.
+    #[arg(long, env = "BENCH_SETTLE_TIMEOUT", default_value_t = 30.0)]
+    settle_timeout: f64,
+    #[arg(long, env = "BENCH_VIDEO_KBPS", default_value_t = 600)]
+    video_kbps: u32,
+    #[arg(long, env = "BENCH_FPS", default_value_t = 30)]
+    fps: u32,
+    #[arg(long, env = "BENCH_KEYFRAME_SECS", default_value_t = 3.0)]
+    keyframe_secs: f64,
+    #[arg(long, env = "BENCH_NO_AUDIO")]
+    no_audio: bool,
+    /// Every n-th receiver decrypts and authenticates all it receives (for latency).
+    #[arg(long, env = "BENCH_SAMPLE_EVERY", default_value_t = 4)]
+    sample_every: usize,
+    /// Core the server under test is pinned to.
+    #[arg(long, env = "BENCH_SERVER_CORE", default_value_t = 0)]
+    server_core: usize,
+    /// Core the generator's media thread is pinned to.
+    #[arg(long, env = "BENCH_GENERATOR_CORE", default_value_t = 1)]
+    generator_core: usize,
+    /// Pin nothing (short smoke runs beside other work).
+    #[arg(long, env = "BENCH_NO_PIN")]
+    no_pin: bool,
+    /// SFU worker threads.
+    #[arg(long, env = "BENCH_WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// Joins started per second.
+    #[arg(long, env = "BENCH_JOIN_RATE", default_value_t = 50.0)]
+    join_rate: f64,
+    /// The `signaling` binary (default: beside this one).
+    #[arg(long, env = "BENCH_SIGNALING_BIN")]
+    signaling_bin: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long, env = "BENCH_QUIET")]
+    quiet: bool,
+}
+
+#[derive(Args, Clone)]
+struct OutputArgs {
+    /// Write the results as JSON.
+    #[arg(long, env = "BENCH_JSON")]
+    json: Option<PathBuf>,
+    /// Draw load against CPU, loss and p99 latency (SVG).
+    #[arg(long, env = "BENCH_PLOT")]
+    plot: Option<PathBuf>,
+}
+
+impl LoadArgs {
+    fn options(&self) -> anyhow::Result<RunOptions> {
+        let exe = std::env::current_exe()?;
+        let dir = exe.parent().context("binary directory")?;
+        Ok(RunOptions {
+            scenario: Scenario::new(self.scenario, self.meetings, self.size),
+            profile: MediaProfile {
+                audio: !self.no_audio,
+                video_kbps: self.video_kbps,
+                fps: self.fps,
+                keyframe_interval: Duration::from_secs_f64(self.keyframe_secs.max(0.1)),
+            },
+            duration: Duration::from_secs_f64(self.duration),
+            settle_timeout: Duration::from_secs_f64(self.settle_timeout),
+            sample_every: self.sample_every,
+            server_core: (!self.no_pin).then_some(self.server_core),
+            generator_core: (!self.no_pin).then_some(self.generator_core),
+            workers: self.workers,
+            join_rate: self.join_rate,
+            signaling_bin: self
+                .signaling_bin
+                .clone()
+                .unwrap_or_else(|| dir.join("signaling")),
+            bench_bin: exe.clone(),
+            progress: !self.quiet,
+        })
+    }
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    serde_json::json!({"cpu": cpu, "cores": cores})
+}
+
+fn write_outputs(
+    out: &OutputArgs,
+    reports: &[TargetReport],
+    points: &[LoadPoint],
+) -> anyhow::Result<()> {
+    println!("{}", table(reports));
+    if let Some(path) = &out.json {
+        let doc = serde_json::json!({
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "machine": machine(),
+            "targets": reports,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &out.plot {
+        let points: Vec<LoadPoint> = if points.is_empty() {
+            reports
+                .iter()
+                .map(|r| LoadPoint {
+                    target: r.target.clone(),
+                    pps_out: r.pps_out,
+                    report: r.clone(),
+                })
+                .collect()
+        } else {
+            points.to_vec()
+        };
+        draw(path, &points)?;
+    }
+    Ok(())
+}
+
+/// Whether a step stayed within the limits of a usable call.
+fn within_limits(r: &TargetReport) -> bool {
+    r.loss_pct <= 1.0
+        && r.latency_p99_ms <= 50.0
+        && r.receiving >= r.connected.min(r.participants) / 2
+}
+
+async fn capacity(
+    target: TargetKind,
+    base: &RunOptions,
+    factor: f64,
+    max_steps: usize,
+    full_ramp: bool,
+    points: &mut Vec<LoadPoint>,
+) -> anyhow::Result<TargetReport> {
+    let mut best: Option<TargetReport> = None;
+    let mut scale = 1.0;
+    let mut last = None;
+    for step in 0..max_steps {
+        let mut opts = base.clone();
+        opts.scenario = base.scenario.scaled(scale);
+        eprintln!(
+            "[{}] step {}: {} participants",
+            target.name(),
+            step + 1,
+            opts.scenario.plan().len()
+        );
+        let r = run(target, &opts).await?;
+        points.push(LoadPoint {
+            target: r.target.clone(),
+            pps_out: r.pps_out,
+            report: r.clone(),
+        });
+        let ok = within_limits(&r);
+        let generator_limited = r.generator_limited;
+        if ok {
+            best = Some(r.clone());
+        }
+        last = Some(r);
+        if (!ok || generator_limited) && !full_ramp {
+            break;
+        }
+        scale *= factor;
+    }
+    let mut report = best.clone().or(last).context("no step ran")?;
+    report.max_pps_out = best.as_ref().map(|b| b.pps_out);
+    report.max_participants = best.as_ref().map(|b| b.participants);
+    if report.generator_limited {
+        report.notes.push(
+            "the search stopped because the generator saturated, not the server: the server's capacity is higher".into(),
+        );
+    }
+    Ok(report)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Cmd::Relay { listen } = cli.command {
+        RawRelay::serve(listen)?;
+        return Ok(());
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Cmd::Run { target, load, out } => {
+                let r = run(target, &load.options()?).await?;
+                write_outputs(&out, &[r], &[])
+            }
+            Cmd::Compare { targets, load, out } => {
+                let opts = load.options()?;
+                let mut reports = Vec::new();
+                for t in targets {
+                    reports.push(run(t, &opts).await?);
+                }
+                write_outputs(&out, &reports, &[])
+            }
+            Cmd::Capacity {
+                targets,
+                factor,
+                max_steps,
+                full_ramp,
+                load,
+                out,
+            } => {
+                let opts = load.options()?;
+                let mut reports = Vec::new();
+                let mut points = Vec::new();
+                for t in targets {
+                    reports.push(
+                        capacity(
+                            t,
+                            &opts,
+                            factor.max(1.05),
+                            max_steps,
+                            full_ramp,
+                            &mut points,
+                        )
+                        .await?,
+                    );
+                }
+                write_outputs(&out, &reports, &points)
+            }
+            Cmd::Relay { .. } => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,100 @@
+//! CPU time and resident memory of a process, read from `/proc/<pid>`.
+
+use std::time::{Duration, Instant};
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ; 100 on Linux).
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU time of `pid` so far (all its threads).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_secs_f64(
+        (utime + stime) / ticks_per_second(),
+    ))
+}
+
+/// CPU time of the thread of `pid` named `name` (its `comm`), e.g. the generator's.
+pub fn thread_cpu_time(pid: u32, name: &str) -> Option<Duration> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = entry.ok()?.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            return Some(Duration::from_secs_f64(
+                (utime + stime) / ticks_per_second(),
+            ));
+        }
+    }
+    None
+}
+
+/// Resident set size of `pid` in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// CPU use of a process over a window, as a percentage of one core.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuWindow {
+    pid: u32,
+    start_cpu: Duration,
+    start: Instant,
+}
+
+impl CpuWindow {
+    pub fn start(pid: u32) -> Self {
+        Self {
+            pid,
+            start_cpu: cpu_time(pid).unwrap_or_default(),
+            start: Instant::now(),
+        }
+    }
+
+    pub fn percent(&self) -> f64 {
+        let cpu = cpu_time(self.pid)
+            .unwrap_or_default()
+            .saturating_sub(self.start_cpu);
+        let wall = self.start.elapsed().as_secs_f64().max(1e-9);
+        cpu.as_secs_f64() * 100.0 / wall
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_uses_cpu_and_memory() {
+        let pid = std::process::id();
+        let w = CpuWindow::start(pid);
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(300) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let pct = w.percent();
+        assert!(pct > 30.0 && pct < 250.0, "{pct}% while spinning");
+        assert!(rss_bytes(pid).unwrap() > 1 << 20);
+    }
+}

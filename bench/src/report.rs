@@ -1,0 +1,177 @@
+//! What one run against one target measured: the JSON object `--json` writes, and the human
+//! table.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetReport {
+    /// `ours`, `relay` or `janus`.
+    pub target: String,
+    pub scenario: String,
+    pub participants: usize,
+    pub publishers: usize,
+    /// Copies forwarded per published packet (average).
+    pub fan_out: f64,
+    pub duration_s: f64,
+    /// Packets and bytes per second into and out of the server under test.
+    pub pps_in: f64,
+    pub pps_out: f64,
+    pub bytes_in_per_s: f64,
+    pub bytes_out_per_s: f64,
+    /// Packets per second the generator's participants sent and received.
+    pub generator_pps_sent: f64,
+    pub generator_pps_received: f64,
+    pub loss_pct: f64,
+    pub jitter_ms: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_p99_ms: f64,
+    /// Latency samples behind the quantiles (decrypted packets).
+    pub latency_samples: u64,
+    /// Token → first media packet received.
+    pub join_ms_p50: f64,
+    pub join_ms_p95: f64,
+    pub join_ms_max: f64,
+    /// Participants whose media path came up, and that received media.
+    pub connected: usize,
+    pub receiving: usize,
+    /// CPU of the server under test, % of one core (all its threads).
+    pub server_cpu_pct: f64,
+    /// CPU per 1,000 forwarded packets/s, % of one core.
+    pub server_cpu_pct_per_kpps: f64,
+    pub server_rss_mib: f64,
+    /// (RSS under load − RSS before joins) / participants.
+    pub memory_per_participant_kib: f64,
+    pub generator_cpu_pct: f64,
+    /// The generator, not the server, was the limit (its CPU ran out first).
+    pub generator_limited: bool,
+    /// From a capacity search: the highest load that met the limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pps_out: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_participants: Option<usize>,
+    pub notes: Vec<String>,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+impl TargetReport {
+    pub fn set_join_times(&mut self, mut join_ms: Vec<f64>) {
+        join_ms.sort_by(f64::total_cmp);
+        self.join_ms_p50 = quantile(&join_ms, 0.5);
+        self.join_ms_p95 = quantile(&join_ms, 0.95);
+        self.join_ms_max = join_ms.last().copied().unwrap_or(0.0);
+    }
+}
+
+/// Reports side by side: one column per target.
+pub fn table(reports: &[TargetReport]) -> String {
+    type Row = (&'static str, Box<dyn Fn(&TargetReport) -> String>);
+    let rows: Vec<Row> = vec![
+        ("scenario", Box::new(|r| r.scenario.clone())),
+        (
+            "participants (publishers)",
+            Box::new(|r| format!("{} ({})", r.participants, r.publishers)),
+        ),
+        (
+            "connected / receiving",
+            Box::new(|r| format!("{} / {}", r.connected, r.receiving)),
+        ),
+        ("packets/s in", Box::new(|r| format!("{:.0}", r.pps_in))),
+        ("packets/s out", Box::new(|r| format!("{:.0}", r.pps_out))),
+        (
+            "Mbit/s out",
+            Box::new(|r| format!("{:.1}", r.bytes_out_per_s * 8.0 / 1e6)),
+        ),
+        ("loss %", Box::new(|r| format!("{:.3}", r.loss_pct))),
+        ("jitter ms", Box::new(|r| format!("{:.2}", r.jitter_ms))),
+        (
+            "latency p50 / p95 / p99 ms",
+            Box::new(|r| {
+                format!(
+                    "{:.2} / {:.2} / {:.2}",
+                    r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms
+                )
+            }),
+        ),
+        (
+            "join → media p50 / p95 ms",
+            Box::new(|r| format!("{:.0} / {:.0}", r.join_ms_p50, r.join_ms_p95)),
+        ),
+        (
+            "server CPU % (one core)",
+            Box::new(|r| format!("{:.1}", r.server_cpu_pct)),
+        ),
+        (
+            "CPU % per 1k packets/s out",
+            Box::new(|r| format!("{:.2}", r.server_cpu_pct_per_kpps)),
+        ),
+        (
+            "server RSS MiB",
+            Box::new(|r| format!("{:.1}", r.server_rss_mib)),
+        ),
+        (
+            "memory per participant KiB",
+            Box::new(|r| format!("{:.0}", r.memory_per_participant_kib)),
+        ),
+        (
+            "generator CPU %",
+            Box::new(|r| {
+                format!(
+                    "{:.1}{}",
+                    r.generator_cpu_pct,
+                    if r.generator_limited { " (LIMIT)" } else { "" }
+                )
+            }),
+        ),
+        (
+            "max packets/s out (search)",
+            Box::new(|r| r.max_pps_out.map_or("-".into(), |v| format!("{v:.0}"))),
+        ),
+        (
+            "max participants (search)",
+            Box::new(|r| r.max_participants.map_or("-".into(), |v| v.to_string())),
+        ),
+    ];
+    let mut out = format!("{:<30}", "");
+    for r in reports {
+        out += &format!("{:>26}", r.target);
+    }
+    out.push('\n');
+    for (name, f) in &rows {
+        out += &format!("{name:<30}");
+        for r in reports {
+            out += &format!("{:>26}", f(r));
+        }
+        out.push('\n');
+    }
+    for r in reports {
+        for n in &r.notes {
+            out += &format!("note ({}): {n}\n", r.target);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_quantiles_and_the_table() {
+        let mut r = TargetReport {
+            target: "ours".into(),
+            ..Default::default()
+        };
+        r.set_join_times(vec![300.0, 100.0, 200.0]);
+        assert_eq!((r.join_ms_p50, r.join_ms_max), (200.0, 300.0));
+        let t = table(&[r]);
+        assert!(t.contains("ours") && t.contains("join → media"), "{t}");
+    }
+}

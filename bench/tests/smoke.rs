@@ -1,0 +1,133 @@
+//! A short run of each scenario against our SFU (and one against the raw relay): media
+//! flowed, and the JSON report has every field with a plausible value. Needs the workspace's
+//! binaries built (`cargo build --workspace --bins`, as `scripts/test` does).
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bench(args: &[&str]) -> Value {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let signaling = exe.with_file_name("signaling");
+    assert!(
+        signaling.exists(),
+        "{} is missing: build the workspace's binaries first (scripts/test does)",
+        signaling.display()
+    );
+    let json = std::env::temp_dir().join(format!("bench-smoke-{}.json", rand::random::<u64>()));
+    let out = Command::new(&exe)
+        .args(args)
+        .args([
+            "--duration",
+            "2",
+            "--settle-timeout",
+            "20",
+            "--no-pin",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("bench runs");
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    doc
+}
+
+fn check(r: &Value, participants: u64, receivers: u64) {
+    let f = |k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("field {k} missing in {r}"))
+    };
+    assert_eq!(r["participants"].as_u64(), Some(participants), "{r}");
+    assert_eq!(
+        r["receiving"].as_u64(),
+        Some(receivers),
+        "every receiver got media: {r}"
+    );
+    assert!(
+        f("pps_out") > 50.0 && f("pps_in") > 50.0,
+        "packets flowed: {r}"
+    );
+    assert!(f("generator_pps_received") > 50.0, "{r}");
+    assert!(f("loss_pct") < 5.0, "{r}");
+    assert!(
+        f("latency_p99_ms") > 0.0 && f("latency_p99_ms") < 1000.0,
+        "{r}"
+    );
+    assert!(f("latency_p50_ms") <= f("latency_p99_ms"), "{r}");
+    assert!(r["latency_samples"].as_u64().unwrap() > 10, "{r}");
+    assert!(f("join_ms_p50") > 0.0 && f("join_ms_p50") < 10_000.0, "{r}");
+    assert!(
+        f("server_cpu_pct") > 0.0 && f("server_cpu_pct") < 400.0,
+        "{r}"
+    );
+    assert!(f("server_rss_mib") > 1.0, "{r}");
+    assert!(f("generator_cpu_pct") > 0.0, "{r}");
+    for k in [
+        "jitter_ms",
+        "bytes_in_per_s",
+        "bytes_out_per_s",
+        "memory_per_participant_kib",
+        "server_cpu_pct_per_kpps",
+        "fan_out",
+    ] {
+        assert!(f(k) >= 0.0, "{k}: {r}");
+    }
+    assert!(r["generator_limited"].is_boolean());
+}
+
+#[test]
+fn each_scenario_runs_against_our_sfu_and_the_relay() {
+    let doc = bench(&[
+        "run",
+        "--target",
+        "ours",
+        "--scenario",
+        "visits",
+        "--meetings",
+        "3",
+    ]);
+    assert!(doc["machine"]["cores"].as_u64().unwrap() >= 1);
+    check(&doc["targets"][0], 7, 7);
+
+    let doc = bench(&[
+        "run",
+        "--target",
+        "ours",
+        "--scenario",
+        "conference",
+        "--meetings",
+        "1",
+        "--size",
+        "4",
+    ]);
+    let r = &doc["targets"][0];
+    check(r, 4, 4);
+    assert_eq!(r["fan_out"].as_f64(), Some(3.0));
+    // Each packet in is forwarded to the three others.
+    let ratio = r["pps_out"].as_f64().unwrap() / r["pps_in"].as_f64().unwrap();
+    assert!((2.5..3.5).contains(&ratio), "fan-out 3 at the SFU: {ratio}");
+
+    let doc = bench(&[
+        "compare",
+        "--targets",
+        "ours,relay",
+        "--scenario",
+        "broadcast",
+        "--size",
+        "5",
+    ]);
+    let targets = doc["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    for (r, name) in targets.iter().zip(["ours", "relay"]) {
+        assert_eq!(r["target"], name);
+        check(r, 6, 5);
+    }
+}
