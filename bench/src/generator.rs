@@ -67,6 +67,17 @@ struct Client {
     counter: u64,
 }
 
+/// How a WebRTC participant meets its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    /// Offers to our ICE-lite SFU (ICE controlling, DTLS client).
+    Offerer,
+    /// Publishes to Janus: offers with `a=setup:active` to stay the DTLS client.
+    JanusPublisher,
+    /// Receives from Janus: answers its offer (ICE controlled, DTLS client).
+    JanusSubscriber,
+}
+
 /// Requests to the media thread (from the signaling tasks and the harness).
 pub enum ToMedia {
     /// A WebRTC participant; replies with its index and its offer.
@@ -74,6 +85,7 @@ pub enum ToMedia {
         name: String,
         publish: bool,
         sampled: bool,
+        role: PeerRole,
         join_started: Instant,
         reply: oneshot::Sender<(usize, String)>,
     },
@@ -121,6 +133,8 @@ pub struct GeneratorReport {
 
 pub struct Generator {
     poll: Poll,
+    /// Address the participants' sockets bind to.
+    bind_ip: std::net::IpAddr,
     clients: Vec<Client>,
     profile: MediaProfile,
     batch: TransmitBatch,
@@ -133,6 +147,7 @@ impl Generator {
     pub fn spawn(
         profile: MediaProfile,
         core: Option<usize>,
+        bind_ip: std::net::IpAddr,
     ) -> (Sender<ToMedia>, std::thread::JoinHandle<()>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -143,6 +158,7 @@ impl Generator {
                 }
                 let mut g = Generator {
                     poll: Poll::new().expect("epoll"),
+                    bind_ip,
                     clients: Vec::new(),
                     profile,
                     batch: TransmitBatch::with_capacity(256),
@@ -179,7 +195,7 @@ impl Generator {
     }
 
     fn add_socket(&mut self) -> std::io::Result<(usize, UdpBatch)> {
-        let socket = UdpBatch::bind("127.0.0.1:0".parse().expect("address"))?;
+        let socket = UdpBatch::bind(SocketAddr::new(self.bind_ip, 0))?;
         let idx = self.clients.len();
         self.poll.registry().register(
             &mut SourceFd(&socket.as_raw_fd()),
@@ -201,6 +217,7 @@ impl Generator {
                 name,
                 publish,
                 sampled,
+                role,
                 join_started,
                 reply,
             } => {
@@ -208,8 +225,12 @@ impl Generator {
                     return;
                 };
                 let addr = socket.local_addr().expect("bound");
-                let mut peer = SimPeer::new(&name, addr, now);
+                let mut peer =
+                    SimPeer::with_role(&name, addr, now, role != PeerRole::JanusSubscriber);
                 peer.keep_history = false;
+                if role == PeerRole::JanusPublisher {
+                    peer.offer_setup = "active";
+                }
                 if publish {
                     if self.profile.audio {
                         peer.add_track(MediaKind::Audio);

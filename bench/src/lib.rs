@@ -3,6 +3,7 @@
 //! the measurements and reports that size a region's deployment.
 
 pub mod generator;
+pub mod janus_target;
 pub mod load_run;
 pub mod plot;
 pub mod proc_stats;

@@ -1,7 +1,8 @@
 //! One measured run of a scenario against one target: start the target pinned to its core,
 //! join every participant, let media settle, measure a window, stop everything.
 
-use crate::generator::{Generator, GeneratorReport, ToMedia};
+use crate::generator::{Generator, GeneratorReport, PeerRole, ToMedia};
+use crate::janus_target::{self, JanusSession};
 use crate::proc_stats::{CpuWindow, rss_bytes, thread_cpu_time};
 use crate::report::TargetReport;
 use crate::scenario::Scenario;
@@ -25,6 +26,8 @@ pub enum TargetKind {
     Ours,
     /// The raw UDP relay: the machine's ceiling for the same packet pattern.
     Relay,
+    /// Janus's VideoRoom (Debian's `janus`), started by the harness in a network namespace.
+    Janus,
 }
 
 impl TargetKind {
@@ -32,6 +35,7 @@ impl TargetKind {
         match self {
             TargetKind::Ours => "ours",
             TargetKind::Relay => "relay",
+            TargetKind::Janus => "janus",
         }
     }
 }
@@ -168,7 +172,7 @@ async fn participant(
                 match v["type"].as_str() {
                     Some("welcome") if client.is_none() => {
                         let (tx, rx) = oneshot::channel();
-                        to_media.send(ToMedia::AddWebRtc { name: name.clone(), publish, sampled, join_started, reply: tx })?;
+                        to_media.send(ToMedia::AddWebRtc { name: name.clone(), publish, sampled, role: PeerRole::Offerer, join_started, reply: tx })?;
                         let (idx, offer) = rx.await?;
                         client = Some(idx);
                         sink.send(Message::Text(json!({"type": "offer", "sdp": offer}).to_string().into())).await?;
@@ -199,13 +203,182 @@ async fn participant(
     Ok(())
 }
 
+/// Starts `program args` pinned to `core`, its output discarded.
+fn spawn_quiet(
+    program: &std::path::Path,
+    args: &[String],
+    core: Option<usize>,
+) -> anyhow::Result<Managed> {
+    let mut cmd = match core {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c.to_string()).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    };
+    let child = cmd
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    Ok(Managed(child))
+}
+
+/// Joins the plan to Janus: a room per meeting; every publisher publishes with our offer,
+/// then every participant subscribes to the room's other feeds in one peer connection.
+/// Returns the sessions, which must live (their long polls keep them alive) for the run.
+async fn janus_join(
+    http: &reqwest::Client,
+    base: &str,
+    plan: &[crate::scenario::Planned],
+    opts: &RunOptions,
+    to_media: &Sender<ToMedia>,
+) -> anyhow::Result<Vec<JanusSession>> {
+    let mut sessions = Vec::new();
+    let mut admin = JanusSession::create(http, base).await?;
+    let admin_handle = admin.attach().await?;
+    let meetings: std::collections::BTreeSet<usize> = plan.iter().map(|p| p.meeting).collect();
+    let kbps = opts.profile.video_kbps.max(1) as u64 * 1000 * 2;
+    for m in &meetings {
+        admin
+            .message(
+                admin_handle,
+                json!({"request": "create", "room": 1000 + m, "publishers": 100,
+                       "bitrate": kbps, "audiocodec": "opus", "videocodec": "vp8",
+                       "notify_joining": false}),
+                None,
+            )
+            .await
+            .context("creating a Janus room")?;
+    }
+    sessions.push(admin);
+    let pace = Duration::from_secs_f64(1.0 / opts.join_rate.max(0.1));
+    // Publishers.
+    let mut feeds: std::collections::HashMap<usize, Vec<(String, u64)>> = Default::default();
+    for p in plan.iter().filter(|p| p.publish) {
+        let join_started = Instant::now();
+        let mut s = JanusSession::create(http, base).await?;
+        let h = s.attach().await?;
+        let (tx, rx) = oneshot::channel();
+        to_media.send(ToMedia::AddWebRtc {
+            name: format!("{}-pub", p.name),
+            publish: true,
+            sampled: false,
+            role: PeerRole::JanusPublisher,
+            join_started,
+            reply: tx,
+        })?;
+        let (client, offer) = rx.await?;
+        let (data, jsep) = s
+            .message(
+                h,
+                json!({"request": "joinandconfigure", "ptype": "publisher", "room": 1000 + p.meeting,
+                       "display": p.name, "audio": true, "video": true}),
+                Some(json!({"type": "offer", "sdp": offer})),
+            )
+            .await
+            .context("publishing to Janus")?;
+        let answer = jsep
+            .and_then(|j| j["sdp"].as_str().map(str::to_owned))
+            .context("janus sent no answer")?;
+        if std::env::var_os("BENCH_DEBUG_SDP").is_some() {
+            eprintln!("--- our offer\n{offer}\n--- janus answer\n{answer}");
+        }
+        to_media.send(ToMedia::Answer {
+            client,
+            sdp: answer,
+        })?;
+        let id = data["id"].as_u64().context("janus: no publisher id")?;
+        feeds
+            .entry(p.meeting)
+            .or_default()
+            .push((p.name.clone(), id));
+        sessions.push(s);
+        tokio::time::sleep(pace).await;
+    }
+    // Subscribers: everyone receives the room's other feeds.
+    for (i, p) in plan.iter().enumerate() {
+        let streams: Vec<Value> = feeds
+            .get(&p.meeting)
+            .map(|f| {
+                f.iter()
+                    .filter(|(name, _)| *name != p.name)
+                    .map(|(_, id)| json!({"feed": id}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if streams.is_empty() {
+            continue;
+        }
+        let join_started = Instant::now();
+        let mut s = JanusSession::create(http, base).await?;
+        let h = s.attach().await?;
+        // A feed can be subscribed to once its publisher's media is up.
+        let mut attempt = 0;
+        let (_, jsep) = loop {
+            let r = s
+                .message(
+                    h,
+                    json!({"request": "join", "ptype": "subscriber", "room": 1000 + p.meeting,
+                           "streams": streams}),
+                    None,
+                )
+                .await;
+            match r {
+                Err(e) if e.to_string().contains("No such feed") && attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => break other.context("subscribing on Janus")?,
+            }
+        };
+        let offer = jsep
+            .and_then(|j| j["sdp"].as_str().map(str::to_owned))
+            .context("janus sent no offer")?;
+        let (tx, rx) = oneshot::channel();
+        to_media.send(ToMedia::AddWebRtc {
+            name: format!("{}-sub", p.name),
+            publish: false,
+            sampled: i % opts.sample_every.max(1) == 0,
+            role: PeerRole::JanusSubscriber,
+            join_started,
+            reply: tx,
+        })?;
+        let (client, _) = rx.await?;
+        let (tx, rx) = oneshot::channel();
+        to_media.send(ToMedia::Offer {
+            client,
+            sdp: offer,
+            reply: tx,
+        })?;
+        let answer = rx.await?;
+        s.message(
+            h,
+            json!({"request": "start"}),
+            Some(json!({"type": "answer", "sdp": answer})),
+        )
+        .await
+        .context("starting a Janus subscription")?;
+        sessions.push(s);
+        tokio::time::sleep(pace).await;
+    }
+    Ok(sessions)
+}
+
 /// Runs the scenario against `target` and measures it.
 pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<TargetReport> {
     let plan = opts.scenario.plan();
     let dir = std::env::temp_dir().join(format!("hc-bench-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = scopeguard(dir.clone());
-    let (to_media, generator) = Generator::spawn(opts.profile, opts.generator_core);
+    // Janus's ICE pairs only with addresses of its own (veth) kind: the participants use it too.
+    let bind_ip = match target {
+        TargetKind::Janus => janus_target::JANUS_IP.parse()?,
+        _ => std::net::IpAddr::from([127, 0, 0, 1]),
+    };
+    let (to_media, generator) = Generator::spawn(opts.profile, opts.generator_core, bind_ip);
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
@@ -244,6 +417,29 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             let pid = child.0.id();
             (child, base, pid)
         }
+        TargetKind::Janus => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let conf = dir.join("janus");
+            janus_target::write_config(&conf, port)?;
+            let (program, args) = janus_target::command(&conf);
+            let child = spawn_quiet(&program, &args, opts.server_core)?;
+            let base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let up = http.get(format!("{base}/janus/info")).send().await;
+                if up.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("janus did not answer on {base} within 20 s");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let pid = child.0.id();
+            (child, base, pid)
+        }
         TargetKind::Relay => {
             let args = vec!["relay".to_owned(), "--listen".into(), "127.0.0.1:0".into()];
             let (child, addr) = spawn_pinned(&opts.bench_bin, &args, opts.server_core, |l| {
@@ -258,11 +454,24 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     // Join everyone, paced.
     let issuer = match target {
         TargetKind::Ours => Some(DevIssuer::load_or_create(&dir.join("issuer.key"))?),
-        TargetKind::Relay => None,
+        TargetKind::Relay | TargetKind::Janus => None,
     };
-    let pace = Duration::from_secs_f64(1.0 / opts.join_rate.max(0.1));
     let mut receivers = 0usize;
+    let mut janus_sessions = Vec::new();
+    if target == TargetKind::Janus {
+        janus_sessions = janus_join(&http, &base, &plan, opts, &to_media).await?;
+        for p in &plan {
+            let expects = plan
+                .iter()
+                .any(|o| o.meeting == p.meeting && o.publish && o.name != p.name);
+            receivers += usize::from(expects);
+        }
+    }
+    let pace = Duration::from_secs_f64(1.0 / opts.join_rate.max(0.1));
     for (i, p) in plan.iter().enumerate() {
+        if target == TargetKind::Janus {
+            break;
+        }
         let sampled = i % opts.sample_every.max(1) == 0;
         let expects_media = plan
             .iter()
@@ -294,6 +503,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     stop_rx.clone(),
                 )));
             }
+            TargetKind::Janus => {}
             TargetKind::Relay => {
                 let (tx, rx) = oneshot::channel();
                 to_media.send(ToMedia::AddPlain {
@@ -329,7 +539,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     to_media.send(ToMedia::ResetStats)?;
     let counters_before = match target {
         TargetKind::Ours => Some(sfu_counters(&http, &base).await?),
-        TargetKind::Relay => None,
+        TargetKind::Relay | TargetKind::Janus => None,
     };
     let server_cpu = CpuWindow::start(server_pid);
     let own_pid = std::process::id();
@@ -374,8 +584,8 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                 (after[3] - before[3]) / elapsed,
             )
         }
-        // The relay keeps no counters: what the generator sent, and what reached (or should
-        // have reached) its receivers.
+        // The relay and Janus keep no counters here: what the generator sent, and what
+        // reached (or should have reached) its receivers.
         None => (
             g.sent_packets as f64 / elapsed,
             g.rx.expected as f64 / elapsed,
@@ -391,6 +601,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     }
     let _ = to_media.send(ToMedia::Stop);
     let _ = generator.join();
+    drop(janus_sessions);
     drop(server);
 
     let generator_limited = generator_cpu_pct > 90.0;

@@ -279,6 +279,24 @@ fn main() -> anyhow::Result<()> {
         RawRelay::serve(listen)?;
         return Ok(());
     }
+    // Janus's ICE needs a non-loopback interface: run the whole harness in a private network
+    // namespace with 127.0.0.2 on a veth.
+    let wants_janus = match &cli.command {
+        Cmd::Run { target, .. } => *target == TargetKind::Janus,
+        Cmd::Compare { targets, .. } | Cmd::Capacity { targets, .. } => {
+            targets.contains(&TargetKind::Janus)
+        }
+        Cmd::Relay { .. } => false,
+    };
+    if wants_janus {
+        anyhow::ensure!(
+            bench::janus_target::installed(),
+            "janus is not installed (apt-get install janus)"
+        );
+        if let Some(status) = bench::janus_target::in_netns()? {
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

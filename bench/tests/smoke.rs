@@ -131,3 +131,23 @@ fn each_scenario_runs_against_our_sfu_and_the_relay() {
         check(r, 6, 5);
     }
 }
+
+#[test]
+fn janus_runs_as_the_peer_sfu_where_installed() {
+    if !std::path::Path::new("/usr/bin/janus").exists() {
+        eprintln!("janus is not installed (apt-get install janus): skipped");
+        return;
+    }
+    let doc = bench(&[
+        "run",
+        "--target",
+        "janus",
+        "--scenario",
+        "visits",
+        "--meetings",
+        "2",
+    ]);
+    let r = &doc["targets"][0];
+    assert_eq!(r["target"], "janus");
+    check(r, 4, 4);
+}

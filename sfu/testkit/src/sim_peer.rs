@@ -105,6 +105,12 @@ pub struct SimPeer {
     pub audio_level: u8,
     /// Keep sent packets to answer NACKs (off in the load generator: memory stays flat).
     pub keep_history: bool,
+    /// ICE role: controlling when we offer (to our ICE-lite SFU); controlled when answering
+    /// a full-ICE offerer (Janus's subscriber offers).
+    controlling: bool,
+    /// `a=setup` of our offers: `actpass`, or `active` to stay the DTLS client with an
+    /// answerer that would otherwise take the client role.
+    pub offer_setup: &'static str,
 }
 
 impl std::fmt::Debug for SimPeer {
@@ -125,6 +131,11 @@ fn crypto() -> Arc<dyn rtc_crypto::RTCCryptoProvider> {
 
 impl SimPeer {
     pub fn new(name: &str, addr: SocketAddr, now: Instant) -> Self {
+        Self::with_role(name, addr, now, true)
+    }
+
+    /// A peer in the given ICE role (it is always the DTLS client).
+    pub fn with_role(name: &str, addr: SocketAddr, now: Instant, controlling: bool) -> Self {
         let provider = crypto();
         let local_ufrag = format!("u{}{:08x}", name.len(), rand::random::<u32>());
         let local_pwd = format!("p{:032x}", rand::random::<u128>());
@@ -133,7 +144,7 @@ impl SimPeer {
             Arc::new(AgentConfig {
                 local_ufrag: local_ufrag.clone(),
                 local_pwd: local_pwd.clone(),
-                is_controlling: true,
+                is_controlling: controlling,
                 candidate_types: vec![rtc_ice::candidate::CandidateType::Host],
                 ..Default::default()
             }),
@@ -195,6 +206,8 @@ impl SimPeer {
             twcc_in_id: None,
             audio_level: 30,
             keep_history: true,
+            controlling,
+            offer_setup: "actpass",
         }
     }
 
@@ -227,7 +240,7 @@ impl SimPeer {
         let mut sdp = String::from("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n");
         let mids: Vec<&str> = self.tracks.iter().map(|t| t.mid.as_str()).collect();
         if mids.is_empty() {
-            sdp += &self.transport_lines("actpass");
+            sdp += &self.transport_lines(self.offer_setup);
         } else {
             sdp += &format!("a=group:BUNDLE {}\r\n", mids.join(" "));
         }
@@ -235,7 +248,7 @@ impl SimPeer {
             match t.kind {
                 MediaKind::Audio => {
                     sdp += "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n";
-                    sdp += &self.transport_lines("actpass");
+                    sdp += &self.transport_lines(self.offer_setup);
                     sdp += &format!("a=mid:{}\r\na=sendonly\r\na=rtcp-mux\r\n", t.mid);
                     sdp += "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n";
                     sdp += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
@@ -245,7 +258,7 @@ impl SimPeer {
                 }
                 MediaKind::Video => {
                     sdp += "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\n";
-                    sdp += &self.transport_lines("actpass");
+                    sdp += &self.transport_lines(self.offer_setup);
                     sdp += &format!("a=mid:{}\r\na=sendonly\r\na=rtcp-mux\r\n", t.mid);
                     sdp += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
                     sdp += TWCC_EXTMAP;
@@ -284,7 +297,12 @@ impl SimPeer {
             .add_remote_candidate(c)
             .expect("remote candidate");
         self.agent
-            .start_connectivity_checks(now, true, remote.ice_ufrag.clone(), remote.ice_pwd.clone())
+            .start_connectivity_checks(
+                now,
+                self.controlling,
+                remote.ice_ufrag.clone(),
+                remote.ice_pwd.clone(),
+            )
             .expect("ICE start");
         self.drain(now);
     }
