@@ -58,6 +58,9 @@ pub struct RunOptions {
     /// This binary (the relay runs as `bench relay` in its own process).
     pub bench_bin: PathBuf,
     pub progress: bool,
+    /// The tester's Ed25519 signing key (PKCS#8): our SFU trusts it and joins are signed
+    /// with it. Without one, a fresh development key per run.
+    pub issuer_key: Option<PathBuf>,
 }
 
 /// A child process that is killed when dropped.
@@ -384,6 +387,10 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     let mut tasks = Vec::new();
     let mut notes = Vec::new();
 
+    let key_path = opts
+        .issuer_key
+        .clone()
+        .unwrap_or_else(|| dir.join("issuer.key"));
     // Start the server under test.
     let (server, base, server_pid) = match target {
         TargetKind::Ours => {
@@ -402,7 +409,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                 "--config",
                 config.to_str().context("temp path")?,
                 "--dev-key",
-                dir.join("issuer.key").to_str().context("temp path")?,
+                key_path.to_str().context("key path")?,
                 "--audit-log",
                 dir.join("audit.jsonl").to_str().context("temp path")?,
             ]
@@ -453,7 +460,10 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
 
     // Join everyone, paced.
     let issuer = match target {
-        TargetKind::Ours => Some(DevIssuer::load_or_create(&dir.join("issuer.key"))?),
+        TargetKind::Ours => Some(match &opts.issuer_key {
+            Some(k) => DevIssuer::load(k)?,
+            None => DevIssuer::load_or_create(&key_path)?,
+        }),
         TargetKind::Relay | TargetKind::Janus => None,
     };
     let mut receivers = 0usize;

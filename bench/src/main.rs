@@ -130,6 +130,10 @@ struct LoadArgs {
     /// No live progress line.
     #[arg(long, env = "BENCH_QUIET")]
     quiet: bool,
+    /// Sign joins with this Ed25519 key (PKCS#8, as `signaling token jwks --key` creates);
+    /// the SFU under test trusts it. Default: a fresh development key per run.
+    #[arg(long, env = "BENCH_ISSUER_KEY")]
+    issuer_key: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -167,6 +171,7 @@ impl LoadArgs {
                 .unwrap_or_else(|| dir.join("signaling")),
             bench_bin: exe.clone(),
             progress: !self.quiet,
+            issuer_key: self.issuer_key.clone(),
         })
     }
 }
