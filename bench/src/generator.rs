@@ -125,6 +125,10 @@ pub struct GeneratorReport {
     /// Join → first media packet received, per participant that received any (ms).
     pub join_ms: Vec<f64>,
     pub clients: usize,
+    /// Datagrams the generator's sockets refused to send (its own overload).
+    pub send_dropped: u64,
+    /// Participants that could not be created (sockets exhausted).
+    pub failed: usize,
     /// Participants whose media path is up (DTLS done, or plain).
     pub connected: usize,
     /// Participants that received at least one media packet.
@@ -138,6 +142,8 @@ pub struct Generator {
     clients: Vec<Client>,
     profile: MediaProfile,
     batch: TransmitBatch,
+    send_dropped: u64,
+    failed: usize,
     emits: Vec<Emit>,
     payload: Vec<u8>,
 }
@@ -162,6 +168,8 @@ impl Generator {
                     clients: Vec::new(),
                     profile,
                     batch: TransmitBatch::with_capacity(256),
+                    send_dropped: 0,
+                    failed: 0,
                     emits: Vec::new(),
                     payload: vec![0u8; 2048],
                 };
@@ -174,8 +182,10 @@ impl Generator {
     fn run(&mut self, rx: Receiver<ToMedia>) {
         now_ns();
         let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now();
         loop {
-            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(1)));
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let _ = self.poll.poll(&mut events, Some(wait));
             let now = Instant::now();
             for ev in events.iter() {
                 self.receive(ev.token().0, now);
@@ -187,9 +197,14 @@ impl Generator {
                     Err(TryRecvError::Empty) => break,
                 }
             }
+            // Timers and media of every participant once a millisecond, not on every wake-up:
+            // the work per wake-up stays independent of the number of participants.
             let now = Instant::now();
-            for i in 0..self.clients.len() {
-                self.tick(i, now);
+            if now >= next_tick {
+                next_tick = now + Duration::from_millis(1);
+                for i in 0..self.clients.len() {
+                    self.tick(i, now);
+                }
             }
         }
     }
@@ -221,8 +236,13 @@ impl Generator {
                 join_started,
                 reply,
             } => {
-                let Ok((idx, socket)) = self.add_socket() else {
-                    return;
+                let (idx, socket) = match self.add_socket() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.failed += 1;
+                        eprintln!("generator: no socket for {name}: {e}");
+                        return;
+                    }
                 };
                 let addr = socket.local_addr().expect("bound");
                 let mut peer =
@@ -283,8 +303,13 @@ impl Generator {
                 join_started,
                 reply,
             } => {
-                let Ok((idx, socket)) = self.add_socket() else {
-                    return;
+                let (idx, socket) = match self.add_socket() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.failed += 1;
+                        eprintln!("generator: no socket for a relay participant: {e}");
+                        return;
+                    }
                 };
                 let media = self.media(publish, idx);
                 self.clients.push(Client {
@@ -316,6 +341,7 @@ impl Generator {
                 let _ = reply.send(idx);
             }
             ToMedia::ResetStats => {
+                self.send_dropped = 0;
                 for c in &mut self.clients {
                     c.rx = ReceiveStats::default();
                     c.sent_packets = 0;
@@ -332,6 +358,8 @@ impl Generator {
     fn report(&self) -> GeneratorReport {
         let mut r = GeneratorReport {
             clients: self.clients.len(),
+            send_dropped: self.send_dropped,
+            failed: self.failed,
             ..Default::default()
         };
         for c in &self.clients {
@@ -513,7 +541,8 @@ impl Generator {
             }
         }
         if !self.batch.is_empty() {
-            c.socket.send_batch(&self.batch);
+            let (_, dropped) = c.socket.send_batch(&self.batch);
+            self.send_dropped += dropped as u64;
             self.batch.clear();
         }
     }

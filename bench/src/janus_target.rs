@@ -116,7 +116,7 @@ pub struct JanusSession {
     http: reqwest::Client,
     base: String,
     pub id: u64,
-    events: mpsc::UnboundedReceiver<Value>,
+    events: mpsc::Receiver<Value>,
     /// Events that arrived while another transaction was awaited.
     stash: Vec<Value>,
     poller: tokio::task::JoinHandle<()>,
@@ -140,7 +140,8 @@ impl JanusSession {
         let id = r["data"]["id"]
             .as_u64()
             .context("janus create: no session id")?;
-        let (tx, events) = mpsc::unbounded_channel();
+        // Bounded: events nobody waits for (after the joins) are dropped, not kept.
+        let (tx, events) = mpsc::channel(256);
         let poll_http = http.clone();
         let url = format!("{base}/janus/{id}?maxev=10");
         // The long poll is also the keepalive: sessions time out after 60 s of silence.
@@ -156,14 +157,20 @@ impl JanusSession {
                     continue;
                 };
                 let Ok(v) = resp.json::<Value>().await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
+                if v["janus"] == "error" {
+                    // The session is gone: polling again at once would only hammer Janus.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
                 let list = match v {
                     Value::Array(a) => a,
                     other => vec![other],
                 };
                 for e in list {
-                    if tx.send(e).is_err() {
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(e) {
                         return;
                     }
                 }
@@ -221,7 +228,13 @@ impl JanusSession {
         let url = format!("{}/janus/{}/{handle}", self.base, self.id);
         let r: Value = self.http.post(url).json(&msg).send().await?.json().await?;
         match r["janus"].as_str() {
-            Some("success") => return Ok((r["plugindata"]["data"].clone(), None)),
+            Some("success") => {
+                let data = r["plugindata"]["data"].clone();
+                if data["error"].is_string() {
+                    bail!("janus videoroom: {}", data["error"]);
+                }
+                return Ok((data, None));
+            }
             Some("ack") => {}
             _ => bail!("janus: {r}"),
         }

@@ -98,21 +98,35 @@ fn spawn_pinned<T>(
         .with_context(|| format!("starting {}", program.display()))?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut child = Managed(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let found = loop {
-        let Some(line) = lines.next() else {
-            let status = child.0.wait()?;
-            bail!(
-                "{} exited ({status}) before it was ready",
-                program.display()
-            );
-        };
-        if let Some(v) = until(&line?) {
-            break v;
+    // Lines are read on their own thread (which keeps draining them), so a target that never
+    // gets ready is given up on after 30 s instead of hanging the run.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
         }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok((child, found))
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(v) = until(&line) {
+                    return Ok((child, v));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                bail!("{} was not ready within 30 s", program.display())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.0.wait()?;
+                bail!(
+                    "{} exited ({status}) before it was ready",
+                    program.display()
+                );
+            }
+        }
+    }
 }
 
 /// The counters of our SFU's `/metrics` that the report needs, summed over workers.
@@ -584,37 +598,68 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         .saturating_sub(gen_cpu_before);
     let generator_cpu_pct = gen_cpu.as_secs_f64() * 100.0 / elapsed;
     let rss_after = rss_bytes(server_pid).unwrap_or(0);
-    let (pps_in, pps_out, bytes_in, bytes_out) = match counters_before {
+    // Every target is measured the same way, at the generator: media packets its publishers
+    // sent (in), and copies that reached — or, by their sequence numbers, should have reached —
+    // its receivers (out). Our SFU's own counters (which also count RTCP, STUN and DTLS and are
+    // published once a second) are reported beside them.
+    let (pps_in, pps_out, bytes_in, bytes_out) = (
+        g.sent_packets as f64 / elapsed,
+        g.rx.expected.max(g.rx.packets) as f64 / elapsed,
+        g.sent_bytes as f64 / elapsed,
+        g.rx.bytes as f64 / elapsed,
+    );
+    let sfu_metrics = match counters_before {
         Some(before) => {
             let after = sfu_counters(&http, &base).await?;
-            (
+            Some((
                 (after[0] - before[0]) / elapsed,
                 (after[1] - before[1]) / elapsed,
-                (after[2] - before[2]) / elapsed,
-                (after[3] - before[3]) / elapsed,
-            )
+            ))
         }
-        // The relay and Janus keep no counters here: what the generator sent, and what
-        // reached (or should have reached) its receivers.
-        None => (
-            g.sent_packets as f64 / elapsed,
-            g.rx.expected as f64 / elapsed,
-            g.sent_bytes as f64 / elapsed,
-            g.rx.bytes as f64 / elapsed,
-        ),
+        None => None,
+    };
+    // Copies the receivers should have got, from what was sent: catches streams that never
+    // arrived or stopped, which sequence-number loss cannot see.
+    let should_receive = g.sent_packets as f64 * opts.scenario.fan_out();
+    let delivery_loss_pct = if should_receive > 0.0 {
+        (100.0 * (1.0 - g.rx.packets as f64 / should_receive)).max(0.0)
+    } else {
+        0.0
     };
 
     // Stop: participants leave, the generator ends, the server is killed.
     let _ = stop_tx.send(true);
+    let mut failed_joins = 0;
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        match tokio::time::timeout(Duration::from_secs(2), t).await {
+            Ok(Ok(Err(e))) => {
+                failed_joins += 1;
+                if failed_joins == 1 {
+                    notes.push(format!("a participant failed: {e:#}"));
+                }
+            }
+            Ok(Err(_)) => failed_joins += 1,
+            _ => {}
+        }
+    }
+    if failed_joins > 0 {
+        notes.push(format!("{failed_joins} participants' signaling failed"));
+    }
+    if g.failed > 0 {
+        notes.push(format!("{} participants could not get a socket", g.failed));
+    }
+    if g.send_dropped > 0 {
+        notes.push(format!(
+            "the generator's sockets dropped {} datagrams: it was overloaded",
+            g.send_dropped
+        ));
     }
     let _ = to_media.send(ToMedia::Stop);
     let _ = generator.join();
     drop(janus_sessions);
     drop(server);
 
-    let generator_limited = generator_cpu_pct > 90.0;
+    let generator_limited = generator_cpu_pct > 90.0 || g.send_dropped > 0;
     if generator_limited {
         notes.push(format!(
             "the generator used {generator_cpu_pct:.0} % of its core: it, not the server, may be the limit"
@@ -634,6 +679,16 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         generator_pps_sent: g.sent_packets as f64 / elapsed,
         generator_pps_received: g.rx.packets as f64 / elapsed,
         loss_pct: g.rx.loss_pct(),
+        delivery_loss_pct,
+        reordered_pct: if g.rx.packets > 0 {
+            g.rx.reordered as f64 * 100.0 / g.rx.packets as f64
+        } else {
+            0.0
+        },
+        receivers_expected: receivers,
+        sfu_metrics_pps_in: sfu_metrics.map(|m| m.0),
+        sfu_metrics_pps_out: sfu_metrics.map(|m| m.1),
+        generator_send_dropped: g.send_dropped,
         jitter_ms: g.rx.mean_jitter_ms(),
         latency_p50_ms: g.rx.latency_ms(0.5),
         latency_p95_ms: g.rx.latency_ms(0.95),

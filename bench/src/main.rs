@@ -226,8 +226,9 @@ fn write_outputs(
 /// Whether a step stayed within the limits of a usable call.
 fn within_limits(r: &TargetReport) -> bool {
     r.loss_pct <= 1.0
+        && r.delivery_loss_pct <= 1.0
         && r.latency_p99_ms <= 50.0
-        && r.receiving >= r.connected.min(r.participants) / 2
+        && r.receiving >= r.receivers_expected
 }
 
 async fn capacity(
@@ -250,7 +251,17 @@ async fn capacity(
             step + 1,
             opts.scenario.plan().len()
         );
-        let r = run(target, &opts).await?;
+        let r = match run(target, &opts).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A step that cannot even run is past the knee; earlier steps still count.
+                if let Some(l) = last.as_mut() {
+                    let l: &mut TargetReport = l;
+                    l.notes.push(format!("the next step failed: {e:#}"));
+                }
+                break;
+            }
+        };
         points.push(LoadPoint {
             target: r.target.clone(),
             pps_out: r.pps_out,
@@ -267,10 +278,11 @@ async fn capacity(
         }
         scale *= factor;
     }
+    let stopped_by_generator = last.as_ref().is_some_and(|l| l.generator_limited);
     let mut report = best.clone().or(last).context("no step ran")?;
     report.max_pps_out = best.as_ref().map(|b| b.pps_out);
     report.max_participants = best.as_ref().map(|b| b.participants);
-    if report.generator_limited {
+    if stopped_by_generator {
         report.notes.push(
             "the search stopped because the generator saturated, not the server: the server's capacity is higher".into(),
         );

@@ -61,22 +61,17 @@ impl StreamRx {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ReceiveStats {
     pub streams: HashMap<u32, StreamRx>,
-    /// One-way latency in microseconds (decrypted sample only).
-    pub latency_us: Histogram<u64>,
+    /// One-way latency in microseconds; only sampled receivers have one (merging thousands of
+    /// empty histograms would stall the generator).
+    pub latency_us: Option<Histogram<u64>>,
     pub bytes: u64,
 }
 
-impl Default for ReceiveStats {
-    fn default() -> Self {
-        Self {
-            streams: HashMap::new(),
-            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
-            bytes: 0,
-        }
-    }
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("histogram bounds")
 }
 
 impl ReceiveStats {
@@ -98,7 +93,10 @@ impl ReceiveStats {
 
     pub fn on_latency(&mut self, sent_ns: u64, arrival_ns: u64) {
         let us = arrival_ns.saturating_sub(sent_ns) / 1000;
-        let _ = self.latency_us.record(us.max(1));
+        let _ = self
+            .latency_us
+            .get_or_insert_with(latency_histogram)
+            .record(us.max(1));
     }
 
     pub fn packets(&self) -> u64 {
@@ -136,6 +134,7 @@ pub struct RxTotals {
     pub expected: u64,
     pub bytes: u64,
     pub streams: u64,
+    pub reordered: u64,
     jitter_sum_ms: f64,
     pub latency_us: Histogram<u64>,
 }
@@ -147,8 +146,9 @@ impl Default for RxTotals {
             expected: 0,
             bytes: 0,
             streams: 0,
+            reordered: 0,
             jitter_sum_ms: 0.0,
-            latency_us: ReceiveStats::default().latency_us,
+            latency_us: latency_histogram(),
         }
     }
 }
@@ -160,7 +160,10 @@ impl RxTotals {
         self.bytes += s.bytes;
         self.streams += s.streams.len() as u64;
         self.jitter_sum_ms += s.streams.values().map(StreamRx::jitter_ms).sum::<f64>();
-        let _ = self.latency_us.add(&s.latency_us);
+        self.reordered += s.streams.values().map(|x| x.reordered).sum::<u64>();
+        if let Some(h) = &s.latency_us {
+            let _ = self.latency_us.add(h);
+        }
     }
 
     pub fn loss_pct(&self) -> f64 {

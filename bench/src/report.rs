@@ -21,7 +21,12 @@ pub struct TargetReport {
     /// Packets per second the generator's participants sent and received.
     pub generator_pps_sent: f64,
     pub generator_pps_received: f64,
+    /// Sequence-number loss of the streams that arrived.
     pub loss_pct: f64,
+    /// Copies that should have arrived (sent × fan-out) and did not: also catches streams
+    /// that never arrived or stopped.
+    pub delivery_loss_pct: f64,
+    pub reordered_pct: f64,
     pub jitter_ms: f64,
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
@@ -32,9 +37,16 @@ pub struct TargetReport {
     pub join_ms_p50: f64,
     pub join_ms_p95: f64,
     pub join_ms_max: f64,
-    /// Participants whose media path came up, and that received media.
+    /// Participants whose media path came up, that received media, and that should have.
     pub connected: usize,
     pub receiving: usize,
+    pub receivers_expected: usize,
+    /// Our SFU's own counters (all datagrams, incl. RTCP/STUN/DTLS), for comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sfu_metrics_pps_in: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sfu_metrics_pps_out: Option<f64>,
+    pub generator_send_dropped: u64,
     /// CPU of the server under test, % of one core (all its threads).
     pub server_cpu_pct: f64,
     /// CPU per 1,000 forwarded packets/s, % of one core.
@@ -80,8 +92,13 @@ pub fn table(reports: &[TargetReport]) -> String {
             Box::new(|r| format!("{} ({})", r.participants, r.publishers)),
         ),
         (
-            "connected / receiving",
-            Box::new(|r| format!("{} / {}", r.connected, r.receiving)),
+            "connected / receiving (of)",
+            Box::new(|r| {
+                format!(
+                    "{} / {} ({})",
+                    r.connected, r.receiving, r.receivers_expected
+                )
+            }),
         ),
         ("packets/s in", Box::new(|r| format!("{:.0}", r.pps_in))),
         ("packets/s out", Box::new(|r| format!("{:.0}", r.pps_out))),
@@ -89,7 +106,14 @@ pub fn table(reports: &[TargetReport]) -> String {
             "Mbit/s out",
             Box::new(|r| format!("{:.1}", r.bytes_out_per_s * 8.0 / 1e6)),
         ),
-        ("loss %", Box::new(|r| format!("{:.3}", r.loss_pct))),
+        (
+            "loss % (seq / delivery)",
+            Box::new(|r| format!("{:.3} / {:.3}", r.loss_pct, r.delivery_loss_pct)),
+        ),
+        (
+            "reordered %",
+            Box::new(|r| format!("{:.3}", r.reordered_pct)),
+        ),
         ("jitter ms", Box::new(|r| format!("{:.2}", r.jitter_ms))),
         (
             "latency p50 / p95 / p99 ms",

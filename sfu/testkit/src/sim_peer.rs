@@ -103,7 +103,8 @@ pub struct SimPeer {
     twcc_in_id: Option<u8>,
     /// RFC 6464 level put on our audio packets, in -dBov (0 loudest, 127 silence).
     pub audio_level: u8,
-    /// Keep sent packets to answer NACKs (off in the load generator: memory stays flat).
+    /// Keep sent packets to answer NACKs, and the transport-wide sequence numbers received
+    /// (both off in the load generator: memory stays flat).
     pub keep_history: bool,
     /// ICE role: controlling when we offer (to our ICE-lite SFU); controlled when answering
     /// a full-ICE offerer (Janus's subscriber offers).
@@ -539,7 +540,8 @@ impl SimPeer {
         if !entry.1 || ext > entry.0 {
             *entry = (ext, true);
         }
-        if let Some(v) = self.twcc_in_id.and_then(|id| h.extension_value(&buf, id))
+        if self.keep_history
+            && let Some(v) = self.twcc_in_id.and_then(|id| h.extension_value(&buf, id))
             && v.len() == 2
         {
             self.twcc_seqs_received
