@@ -702,6 +702,11 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         } else {
             0.0
         },
+        projected_pps_out_per_core: if server_cpu_pct > 0.0 {
+            pps_out * 100.0 / server_cpu_pct
+        } else {
+            0.0
+        },
         server_rss_mib: rss_after as f64 / (1024.0 * 1024.0),
         memory_per_participant_kib: rss_after.saturating_sub(rss_before) as f64
             / 1024.0

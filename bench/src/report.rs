@@ -51,6 +51,9 @@ pub struct TargetReport {
     pub server_cpu_pct: f64,
     /// CPU per 1,000 forwarded packets/s, % of one core.
     pub server_cpu_pct_per_kpps: f64,
+    /// Packets/s out the server would forward with a whole core at this cost per packet (a
+    /// projection, for runs where the generator saturated first).
+    pub projected_pps_out_per_core: f64,
     pub server_rss_mib: f64,
     /// (RSS under load − RSS before joins) / participants.
     pub memory_per_participant_kib: f64,
@@ -135,6 +138,10 @@ pub fn table(reports: &[TargetReport]) -> String {
         (
             "CPU % per 1k packets/s out",
             Box::new(|r| format!("{:.2}", r.server_cpu_pct_per_kpps)),
+        ),
+        (
+            "projected packets/s per core",
+            Box::new(|r| format!("{:.0}", r.projected_pps_out_per_core)),
         ),
         (
             "server RSS MiB",

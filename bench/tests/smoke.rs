@@ -86,6 +86,14 @@ fn check(r: &Value, participants: u64, receivers: u64) {
     ] {
         assert!(f(k) >= 0.0, "{k}: {r}");
     }
+    // The projection is consistent with the measured cost per packet.
+    let projected = f("projected_pps_out_per_core");
+    let from_cost = 100_000.0 / f("server_cpu_pct_per_kpps");
+    assert!(
+        (projected - from_cost).abs() / from_cost < 0.01,
+        "{projected} vs {from_cost}: {r}"
+    );
+    assert!((0.0..=100.0).contains(&f("reordered_pct")), "{r}");
     assert!(r["generator_limited"].is_boolean());
 }
 
