@@ -300,9 +300,6 @@ async fn janus_join(
         let answer = jsep
             .and_then(|j| j["sdp"].as_str().map(str::to_owned))
             .context("janus sent no answer")?;
-        if std::env::var_os("BENCH_DEBUG_SDP").is_some() {
-            eprintln!("--- our offer\n{offer}\n--- janus answer\n{answer}");
-        }
         to_media.send(ToMedia::Answer {
             client,
             sdp: answer,
