@@ -276,6 +276,7 @@ impl MeetingRoom {
                 members: HashMap::new(),
                 admitted: HashMap::new(),
                 forwarded: HashMap::new(),
+                lobby_places: HashMap::new(),
                 next_order: 0,
                 last_active: Timestamp::now(),
             }),
@@ -306,6 +307,9 @@ pub struct RoomState {
     /// Drop-in: subjects taken into a private visit, with that visit's id and until when a
     /// reconnect with the queue token follows them there.
     forwarded: HashMap<String, (String, Timestamp)>,
+    /// Places in the lobby kept for subjects whose connection dropped, until the grace ends:
+    /// a phone that loses the network does not go to the back of the queue.
+    lobby_places: HashMap<String, (Timestamp, u64, Timestamp)>,
     next_order: u64,
     /// When someone was last connected (for forgetting unbooked meetings).
     pub last_active: Timestamp,
@@ -411,10 +415,19 @@ impl RoomState {
             .find(|(_, m)| m.sub == member.sub)
             .map(|(k, _)| k.clone());
         let mut was_admitted = false;
+        // A waiting person coming back (new device, or back within the grace) keeps their place.
+        let mut place = self
+            .lobby_places
+            .remove(&member.sub)
+            .filter(|(_, _, until)| *until >= now)
+            .map(|(since, order, _)| (since, order));
         if let Some(old_id) = previous {
             let old = self.detach(&old_id, sfu, &mut events);
             if let Some(old) = old {
                 was_admitted = old.is_admitted();
+                if let Admission::Waiting { since, order } = old.admission {
+                    place = Some((since, order));
+                }
                 let _ = old.out.send(CloseReason::Replaced.outbound());
                 let mut e = self.audit("replaced", &old_id, &old);
                 e.code = Some(format!("by {id}"));
@@ -437,11 +450,11 @@ impl RoomState {
                 events.push(e);
             }
         } else {
-            member.admission = Admission::Waiting {
-                since: now,
-                order: self.next_order,
-            };
-            self.next_order += 1;
+            let (since, order) = place.unwrap_or_else(|| {
+                self.next_order += 1;
+                (now, self.next_order - 1)
+            });
+            member.admission = Admission::Waiting { since, order };
             events.push(self.audit("lobby_enter", &id, &member));
         }
 
@@ -520,6 +533,12 @@ impl RoomState {
                 self.admitted
                     .insert(m.sub.clone(), Some(now + policy.reconnect_grace));
             }
+        }
+        if let Admission::Waiting { since, order } = m.admission
+            && !explicit
+        {
+            self.lobby_places
+                .insert(m.sub.clone(), (since, order, now + policy.reconnect_grace));
         }
         events.push(self.audit("leave", id, &m));
         self.last_active = now;

@@ -191,6 +191,22 @@ async fn drop_in_the_clinician_takes_the_first_and_the_second_moves_up() {
     let mut b = server.connect(&b_token).await;
     assert_eq!(b.next_of("lobby_position").await["position"], 2);
 
+    // A patient whose phone loses the network keeps their place in the queue.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut a = server.connect(&a_token).await;
+    assert_eq!(
+        a.next_of("lobby_position").await["position"],
+        1,
+        "Anna keeps her place"
+    );
+    let heard = b.drain(Duration::from_millis(300)).await;
+    assert_eq!(
+        heard.last().map(|m| m["position"].clone()),
+        Some(json!(2)),
+        "Bertil is second again: {heard:?}"
+    );
+
     // Only the unit's own clinicians serve its queue.
     let (status, body) = server.refused(&format!("token={stranger}")).await;
     assert_eq!((status, body["error"].as_str()), (403, Some("wrong_unit")));
