@@ -8,6 +8,7 @@
 
 use crate::receive_stats::{ReceiveStats, RxTotals};
 use crate::synthetic_media::{Emit, MediaProfile, StreamKind, SyntheticMedia, read_stamp, stamp};
+use crate::timestamped_recv::{TimestampedRecv, realtime_ns};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use sfu_core::TransmitBatch;
@@ -17,16 +18,14 @@ use sfu_server::udp_batch::UdpBatch;
 use sfu_testkit::SimPeer;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-/// Nanoseconds on the generator's clock (shared by senders and receivers of one process).
+/// Nanoseconds on the generator's clock: the kernel's receive timestamps are on the same
+/// (real-time) clock, so a packet's latency ends when it arrived, not when it was read.
 pub fn now_ns() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    realtime_ns()
 }
 
 /// Registration a plain participant sends to the raw relay: `JOIN <group> <pub|sub>`.
@@ -137,6 +136,7 @@ pub struct GeneratorReport {
 
 pub struct Generator {
     poll: Poll,
+    recv: TimestampedRecv,
     /// Address the participants' sockets bind to.
     bind_ip: std::net::IpAddr,
     clients: Vec<Client>,
@@ -164,6 +164,7 @@ impl Generator {
                 }
                 let mut g = Generator {
                     poll: Poll::new().expect("epoll"),
+                    recv: TimestampedRecv::default(),
                     bind_ip,
                     clients: Vec::new(),
                     profile,
@@ -180,7 +181,6 @@ impl Generator {
     }
 
     fn run(&mut self, rx: Receiver<ToMedia>) {
-        now_ns();
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now();
         loop {
@@ -211,6 +211,7 @@ impl Generator {
 
     fn add_socket(&mut self) -> std::io::Result<(usize, UdpBatch)> {
         let socket = UdpBatch::bind(SocketAddr::new(self.bind_ip, 0))?;
+        crate::timestamped_recv::enable(socket.as_raw_fd())?;
         let idx = self.clients.len();
         self.poll.registry().register(
             &mut SourceFd(&socket.as_raw_fd()),
@@ -393,9 +394,10 @@ impl Generator {
             first_media,
             ..
         } = c;
+        let fd = socket.as_raw_fd();
         loop {
-            let got = socket.recv_batch(|from, buf| {
-                let arrival = now_ns();
+            let got = self.recv.recv(fd, |from, buf, kernel_ns| {
+                let arrival = kernel_ns.unwrap_or_else(now_ns);
                 match transport {
                     Transport::WebRtc(peer) => {
                         if classify(buf) != PacketClass::Rtp {

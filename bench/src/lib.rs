@@ -12,3 +12,4 @@ pub mod receive_stats;
 pub mod report;
 pub mod scenario;
 pub mod synthetic_media;
+pub mod timestamped_recv;
