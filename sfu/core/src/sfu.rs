@@ -550,14 +550,16 @@ impl Sfu {
                 }
             }
         }
-        self.events.push_back(Event::TrackUnpublished {
-            room: self.participant(publisher).room.clone(),
-            track: TrackInfo {
-                id: track.id,
-                kind: track.kind,
-                publisher: self.participant(publisher).id.clone(),
-            },
-        });
+        if self.participant(publisher).permissions.publish {
+            self.events.push_back(Event::TrackUnpublished {
+                room: self.participant(publisher).room.clone(),
+                track: TrackInfo {
+                    id: track.id,
+                    kind: track.kind,
+                    publisher: self.participant(publisher).id.clone(),
+                },
+            });
+        }
         for sp in affected {
             self.renegotiate(sp);
         }
@@ -806,19 +808,38 @@ impl Sfu {
         if tracks.is_empty() {
             return;
         }
-        let room = self.participant(publisher).room.clone();
-        for &t in tracks {
-            let track = self.track(t);
-            self.events.push_back(Event::TrackPublished {
-                room: room.clone(),
-                track: TrackInfo {
-                    id: track.id.clone(),
-                    kind: track.kind,
-                    publisher: self.participant(publisher).id.clone(),
-                },
-            });
+        if self.participant(publisher).permissions.publish {
+            self.announce_tracks(publisher, tracks, true);
         }
         self.offer_tracks_to_room(publisher, tracks);
+    }
+
+    /// Tells signaling that `tracks` of `publisher` became visible to the room (or stopped
+    /// being). Only tracks the room may receive are news: a waiting participant's are not.
+    fn announce_tracks(&mut self, publisher: usize, tracks: &[usize], published: bool) {
+        let room = self.participant(publisher).room.clone();
+        let pid = self.participant(publisher).id.clone();
+        for &t in tracks {
+            let Some(track) = self.tracks[t].as_ref() else {
+                continue;
+            };
+            let info = TrackInfo {
+                id: track.id.clone(),
+                kind: track.kind,
+                publisher: pid.clone(),
+            };
+            self.events.push_back(if published {
+                Event::TrackPublished {
+                    room: room.clone(),
+                    track: info,
+                }
+            } else {
+                Event::TrackUnpublished {
+                    room: room.clone(),
+                    track: info,
+                }
+            });
+        }
     }
 
     /// Subscribes the publisher's room to `tracks`, unless the publisher may not publish: nobody
@@ -980,12 +1001,15 @@ impl Sfu {
             // Admitted: the room is offered this participant's tracks (keyframes are asked for
             // as each subscriber answers).
             let published = self.participant(idx).published.clone();
+            self.announce_tracks(idx, &published, true);
             self.offer_tracks_to_room(idx, &published);
             for t in published {
                 self.request_keyframe(now, t, out);
             }
         }
         if before.publish && !permissions.publish {
+            let published = self.participant(idx).published.clone();
+            self.announce_tracks(idx, &published, false);
             self.withdraw_tracks(idx);
         }
         Ok(())
@@ -1038,14 +1062,17 @@ impl Sfu {
                         affected.push(sp);
                     }
                 }
-                self.events.push_back(Event::TrackUnpublished {
-                    room: room_id.clone(),
-                    track: TrackInfo {
-                        id: track.id,
-                        kind: track.kind,
-                        publisher: p.id.clone(),
-                    },
-                });
+                // A waiting participant's tracks were never announced.
+                if p.permissions.publish {
+                    self.events.push_back(Event::TrackUnpublished {
+                        room: room_id.clone(),
+                        track: TrackInfo {
+                            id: track.id,
+                            kind: track.kind,
+                            publisher: p.id.clone(),
+                        },
+                    });
+                }
             }
         }
         // Only now, with every track of the leaver gone, describe the subscribers' new state.

@@ -281,6 +281,26 @@ fn a_participant_without_publish_permission_is_not_forwarded_until_allowed() {
             .is_none(),
         "nor was the clinician offered the waiting participant's tracks"
     );
+    let waiting_id = net.id(0).clone();
+    let announced = |net: &SimNetwork, published: bool| {
+        net.events
+            .iter()
+            .filter(|e| match e {
+                sfu_proto::Event::TrackPublished { track, .. } if published => {
+                    track.publisher == waiting_id
+                }
+                sfu_proto::Event::TrackUnpublished { track, .. } if !published => {
+                    track.publisher == waiting_id
+                }
+                _ => false,
+            })
+            .count()
+    };
+    assert_eq!(
+        announced(&net, true),
+        0,
+        "signaling hears of no track from the lobby"
+    );
 
     let id = net.id(0).clone();
     net.command(sfu_proto::Command::SetPermissions {
@@ -290,6 +310,11 @@ fn a_participant_without_publish_permission_is_not_forwarded_until_allowed() {
     net.run(Duration::from_secs(1), |n| {
         send_media(n, &[0, 1], &mut tick)
     });
+    assert_eq!(
+        announced(&net, true),
+        2,
+        "admitted: audio and video announced"
+    );
     let from_waiting = net.peers[1]
         .incoming_from("waiting", MediaKind::Video)
         .expect("offered after admit")
@@ -329,6 +354,7 @@ fn a_participant_without_publish_permission_is_not_forwarded_until_allowed() {
     net.run(Duration::from_secs(1), |n| {
         send_media(n, &[0, 1], &mut tick)
     });
+    assert_eq!(announced(&net, false), 2, "back in the lobby: withdrawn");
     let got_after = net.peers[1].received[&from_waiting].len();
     let to_waiting_after = net.peers[0].received[&from_clinician].len();
     assert!(
