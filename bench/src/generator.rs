@@ -77,6 +77,31 @@ pub enum PeerRole {
     JanusSubscriber,
 }
 
+impl Client {
+    fn new(
+        socket: UdpBatch,
+        transport: Transport,
+        publish: bool,
+        media: Option<SyntheticMedia>,
+        sampled: bool,
+        join_started: Instant,
+    ) -> Self {
+        Self {
+            socket,
+            transport,
+            publish,
+            media,
+            sampled,
+            join_started,
+            first_media: None,
+            rx: ReceiveStats::default(),
+            sent_packets: 0,
+            sent_bytes: 0,
+            counter: 0,
+        }
+    }
+}
+
 /// Requests to the media thread (from the signaling tasks and the harness).
 pub enum ToMedia {
     /// A WebRTC participant; replies with its index and its offer.
@@ -262,19 +287,14 @@ impl Generator {
                 }
                 let offer = peer.offer();
                 let media = self.media(publish, idx);
-                self.clients.push(Client {
+                self.clients.push(Client::new(
                     socket,
-                    transport: Transport::WebRtc(Box::new(peer)),
+                    Transport::WebRtc(Box::new(peer)),
                     publish,
                     media,
                     sampled,
                     join_started,
-                    first_media: None,
-                    rx: ReceiveStats::default(),
-                    sent_packets: 0,
-                    sent_bytes: 0,
-                    counter: 0,
-                });
+                ));
                 let _ = reply.send((idx, offer));
             }
             ToMedia::Answer { client, sdp } => {
@@ -313,9 +333,9 @@ impl Generator {
                     }
                 };
                 let media = self.media(publish, idx);
-                self.clients.push(Client {
+                self.clients.push(Client::new(
                     socket,
-                    transport: Transport::Plain {
+                    Transport::Plain {
                         relay,
                         group,
                         audio: PlainStream {
@@ -331,14 +351,9 @@ impl Generator {
                     },
                     publish,
                     media,
-                    sampled: true,
+                    true,
                     join_started,
-                    first_media: None,
-                    rx: ReceiveStats::default(),
-                    sent_packets: 0,
-                    sent_bytes: 0,
-                    counter: 0,
-                });
+                ));
                 let _ = reply.send(idx);
             }
             ToMedia::ResetStats => {

@@ -73,6 +73,18 @@ impl Drop for Managed {
     }
 }
 
+/// `program`, run on `core` (via `taskset`) when one is given.
+fn pinned(program: &std::path::Path, core: Option<usize>) -> Command {
+    match core {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c.to_string()).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Starts `program args` pinned to `core` (via `taskset`) and reads stdout until `until`
 /// returns a value.
 fn spawn_pinned<T>(
@@ -81,14 +93,7 @@ fn spawn_pinned<T>(
     core: Option<usize>,
     mut until: impl FnMut(&str) -> Option<T>,
 ) -> anyhow::Result<(Managed, T)> {
-    let mut cmd = match core {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.arg("-c").arg(c.to_string()).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    };
+    let mut cmd = pinned(program, core);
     cmd.args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -226,14 +231,7 @@ fn spawn_quiet(
     args: &[String],
     core: Option<usize>,
 ) -> anyhow::Result<Managed> {
-    let mut cmd = match core {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.arg("-c").arg(c.to_string()).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    };
+    let mut cmd = pinned(program, core);
     let child = cmd
         .args(args)
         .stdout(Stdio::null())
@@ -386,7 +384,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     let plan = opts.scenario.plan();
     let dir = std::env::temp_dir().join(format!("hc-bench-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir)?;
-    let _cleanup = scopeguard(dir.clone());
+    let _cleanup = DirGuard(dir.clone());
     // Janus's ICE pairs only with addresses of its own (veth) kind: the participants use it too.
     let bind_ip = match target {
         TargetKind::Janus => janus_target::JANUS_IP.parse()?,
@@ -724,8 +722,4 @@ impl Drop for DirGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn scopeguard(dir: PathBuf) -> DirGuard {
-    DirGuard(dir)
 }

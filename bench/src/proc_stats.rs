@@ -13,9 +13,9 @@ fn ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// User + system CPU time of `pid` so far (all its threads).
-pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// User + system CPU time from a `/proc/.../stat` file.
+fn stat_cpu_time(path: &std::path::Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -26,20 +26,18 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     ))
 }
 
+/// User + system CPU time of `pid` so far (all its threads).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    stat_cpu_time(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
 /// CPU time of the thread of `pid` named `name` (its `comm`), e.g. the generator's.
 pub fn thread_cpu_time(pid: u32, name: &str) -> Option<Duration> {
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let path = entry.ok()?.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
         if comm.trim() == name {
-            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            return Some(Duration::from_secs_f64(
-                (utime + stime) / ticks_per_second(),
-            ));
+            return stat_cpu_time(&path.join("stat"));
         }
     }
     None

@@ -152,6 +152,24 @@ impl Member {
     fn entry(&self, id: &ParticipantId) -> Value {
         json!({"participant": id, "name": self.name, "role": self.role})
     }
+
+    /// What the admitted are told when this member joins them.
+    fn joined_message(&self, id: &ParticipantId) -> Value {
+        json!({"type": "participant_joined", "participant": id, "name": self.name, "role": self.role})
+    }
+
+    /// Gives or takes this member's media in the SFU (when it has a media session there).
+    fn set_media(&self, id: &ParticipantId, on: bool, sfu: &dyn SfuControl) {
+        if self.sfu_joined {
+            sfu.send(Command::SetPermissions {
+                participant: id.clone(),
+                permissions: Permissions {
+                    publish: on,
+                    subscribe: on,
+                },
+            });
+        }
+    }
 }
 
 /// A clinician's action on the meeting.
@@ -472,14 +490,11 @@ impl RoomState {
             welcome["participants"] = self.roster(None);
         }
         member.send(&welcome);
-        let entry = member.entry(&id);
+        let joined = member.joined_message(&id);
         self.members.insert(id.clone(), member);
         self.last_active = now;
         if admitted {
-            self.broadcast_admitted(
-                Some(&id),
-                &json!({"type": "participant_joined", "participant": entry["participant"], "name": entry["name"], "role": entry["role"]}),
-            );
+            self.broadcast_admitted(Some(&id), &joined);
         }
         // Clinicians (the newcomer too) learn the lobby; waiting people their place.
         self.lobby_changed();
@@ -661,17 +676,9 @@ impl RoomState {
         m.admission = Admission::Admitted;
         m.position_told = None;
         let sub = m.sub.clone();
-        if m.sfu_joined {
-            sfu.send(Command::SetPermissions {
-                participant: id.clone(),
-                permissions: Permissions {
-                    publish: true,
-                    subscribe: true,
-                },
-            });
-        }
+        m.set_media(id, true, sfu);
         m.send(&json!({"type": "admitted", "participants": roster}));
-        let entry = m.entry(id);
+        let joined = m.joined_message(id);
         let start = m.media_connected && !m.media_started;
         if start {
             m.media_started = true;
@@ -680,10 +687,7 @@ impl RoomState {
         if start && let Some(m) = self.members.get(id) {
             events.push(self.audit("media_start", id, m));
         }
-        self.broadcast_admitted(
-            Some(id),
-            &json!({"type": "participant_joined", "participant": entry["participant"], "name": entry["name"], "role": entry["role"]}),
-        );
+        self.broadcast_admitted(Some(id), &joined);
         self.lobby_changed();
     }
 
@@ -701,15 +705,7 @@ impl RoomState {
         };
         m.admission = Admission::Waiting { since: now, order };
         let sub = m.sub.clone();
-        if m.sfu_joined {
-            sfu.send(Command::SetPermissions {
-                participant: id.clone(),
-                permissions: Permissions {
-                    publish: false,
-                    subscribe: false,
-                },
-            });
-        }
+        m.set_media(id, false, sfu);
         let stopped = std::mem::take(&mut m.media_started);
         self.admitted.remove(&sub);
         if stopped && let Some(m) = self.members.get(id) {
@@ -999,12 +995,9 @@ impl RoomState {
             &json!({"type": "moved", "meeting": self.record.id, "kind": self.record.kind,
                        "participants": self.roster(None), "state": "admitted"}),
         );
-        let entry = m.entry(&id);
+        let joined = m.joined_message(&id);
         self.members.insert(id.clone(), m);
-        self.broadcast_admitted(
-            Some(&id),
-            &json!({"type": "participant_joined", "participant": entry["participant"], "name": entry["name"], "role": entry["role"]}),
-        );
+        self.broadcast_admitted(Some(&id), &joined);
     }
 
     pub fn audit_take(

@@ -534,6 +534,9 @@ impl Sfu {
 
     /// Ends one published track: its subscribers' m-lines go inactive by renegotiation.
     fn unpublish_track(&mut self, publisher: usize, t: usize) {
+        if self.participant(publisher).permissions.publish {
+            self.announce_tracks(publisher, &[t], false);
+        }
         self.participant_mut(publisher)
             .published
             .retain(|&x| x != t);
@@ -549,16 +552,6 @@ impl Sfu {
                     affected.push(sp);
                 }
             }
-        }
-        if self.participant(publisher).permissions.publish {
-            self.events.push_back(Event::TrackUnpublished {
-                room: self.participant(publisher).room.clone(),
-                track: TrackInfo {
-                    id: track.id,
-                    kind: track.kind,
-                    publisher: self.participant(publisher).id.clone(),
-                },
-            });
         }
         for sp in affected {
             self.renegotiate(sp);
