@@ -33,6 +33,10 @@ pub struct Counters {
     pub data_messages_dropped: u64,
     /// Subscriptions not made because the subscriber's session holds the most m-lines.
     pub subscriptions_refused: u64,
+    /// Simulcast subscriptions that changed layer (at a keyframe).
+    pub layer_switches: u64,
+    /// Simulcast subscriptions lowered because their subscriber's link lost packets.
+    pub layer_loss_downgrades: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -66,6 +70,8 @@ impl std::ops::AddAssign for Counters {
             data_messages_out,
             data_messages_dropped,
             subscriptions_refused,
+            layer_switches,
+            layer_loss_downgrades,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -95,12 +101,14 @@ impl std::ops::AddAssign for Counters {
         self.data_messages_out += data_messages_out;
         self.data_messages_dropped += data_messages_dropped;
         self.subscriptions_refused += subscriptions_refused;
+        self.layer_switches += layer_switches;
+        self.layer_loss_downgrades += layer_loss_downgrades;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 28] {
+    pub fn named(&self) -> [(&'static str, u64); 30] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -144,6 +152,11 @@ impl Counters {
             (
                 "sfu_subscriptions_refused_total",
                 self.subscriptions_refused,
+            ),
+            ("sfu_layer_switches_total", self.layer_switches),
+            (
+                "sfu_layer_loss_downgrades_total",
+                self.layer_loss_downgrades,
             ),
         ]
     }

@@ -12,6 +12,7 @@ pub mod inbound_stream;
 pub mod local_description;
 pub mod packet_cache;
 pub mod participant;
+pub mod payload_format;
 pub mod peer_transport;
 pub mod remote_description;
 pub mod replay_window;
@@ -21,6 +22,7 @@ pub mod sfu;
 pub mod srtp_context;
 pub mod subscription;
 pub mod track;
+pub mod track_layer;
 pub mod transmit_batch;
 pub mod twcc_feedback;
 

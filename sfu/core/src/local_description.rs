@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 
 pub const EXT_AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 pub const EXT_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+/// RFC 8852: the simulcast stream (RID) a packet belongs to, and the one an RTX packet repairs.
+pub const EXT_RID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+pub const EXT_REPAIRED_RID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
 pub const EXT_TRANSPORT_CC: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
@@ -38,6 +41,8 @@ pub enum LineContent {
         direction: &'static str,
         extmaps: Vec<(u8, &'static str)>,
         send: Option<SendSource>,
+        /// Simulcast RIDs received on this line (a publisher's), answered `a=rid:<id> recv`.
+        simulcast_rids: Vec<String>,
     },
     /// The data channel m-line (SCTP over the same DTLS).
     Data,
@@ -203,6 +208,7 @@ pub fn write(
                 direction,
                 extmaps,
                 send,
+                simulcast_rids,
             } => {
                 let mut formats = vec![codec.payload_type.to_string()];
                 let rtx_pt = match media_kind {
@@ -245,6 +251,15 @@ pub fn write(
                 if let Some(rtx) = rtx_pt {
                     a.push(attr("rtpmap", format!("{rtx} rtx/{}", codec.clock_rate)));
                     a.push(attr("fmtp", format!("{rtx} apt={}", codec.payload_type)));
+                }
+                if !simulcast_rids.is_empty() {
+                    for rid in simulcast_rids {
+                        a.push(attr("rid", format!("{rid} recv")));
+                    }
+                    a.push(attr(
+                        "simulcast",
+                        format!("recv {}", simulcast_rids.join(";")),
+                    ));
                 }
                 if let Some(s) = send {
                     let rtx_ssrc = s.rtx_ssrc.filter(|_| rtx_pt.is_some());

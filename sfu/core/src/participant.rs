@@ -17,6 +17,9 @@ pub struct ExtIds {
     pub audio_level: Option<u8>,
     pub mid: Option<u8>,
     pub transport_cc: Option<u8>,
+    /// RFC 8852 simulcast stream ids (RID) on media and RTX packets.
+    pub rid: Option<u8>,
+    pub repaired_rid: Option<u8>,
 }
 
 #[derive(Debug, Clone)]

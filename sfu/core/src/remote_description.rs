@@ -70,6 +70,9 @@ pub struct RemoteMedia {
     /// `a=ssrc-group:FID primary rtx` pairs.
     pub rtx_ssrcs: Vec<(u32, u32)>,
     pub msid: Option<String>,
+    /// Simulcast RIDs the client sends on this m-line (`a=rid:<id> send` named by
+    /// `a=simulcast:send`), in the `a=simulcast` order; empty without simulcast.
+    pub rids: Vec<String>,
     /// An `m=application … UDP/DTLS/SCTP webrtc-datachannel` line.
     pub is_data_channel: bool,
 }
@@ -99,6 +102,40 @@ fn attr<'a>(
                 .find(|a| a.key == key)
                 .and_then(|a| a.value.as_deref())
         })
+}
+
+/// At most this many simulcast layers are received per track; further RIDs are not accepted.
+pub const MAX_SIMULCAST_LAYERS: usize = 3;
+
+/// RFC 8851 `rid-id`: alphanumerics, `-` and `_`, and short (it travels in every packet).
+fn is_rid(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The RIDs to receive: the `a=simulcast:send` list (first of each set of alternatives, a
+/// paused `~` one included) restricted to declared `a=rid … send` ids, or the declared ids in
+/// order when there is no `a=simulcast`. One RID alone is not simulcast.
+fn simulcast_rids(simulcast_send: Option<&str>, declared: &[String]) -> Vec<String> {
+    let mut rids: Vec<String> = match simulcast_send {
+        Some(list) => list
+            .split(';')
+            .filter_map(|alternatives| alternatives.split(',').next())
+            .map(|id| id.trim_start_matches('~'))
+            .filter(|id| declared.iter().any(|d| d == id))
+            .map(str::to_owned)
+            .collect(),
+        None => declared.to_vec(),
+    };
+    rids.dedup();
+    rids.truncate(MAX_SIMULCAST_LAYERS);
+    if rids.len() < 2 {
+        rids.clear();
+    }
+    rids
 }
 
 impl RemoteDescription {
@@ -178,6 +215,8 @@ impl RemoteDescription {
             let mut ssrcs = Vec::new();
             let mut rtx_ssrcs = Vec::new();
             let mut msid = None;
+            let mut send_rids = Vec::new();
+            let mut simulcast_send = None;
             for a in &m.attributes {
                 let Some(value) = a.value.as_deref() else {
                     continue;
@@ -212,10 +251,28 @@ impl RemoteDescription {
                         }
                     }
                     "msid" => msid = Some(value.to_owned()),
+                    "rid" => {
+                        let mut parts = value.split_whitespace();
+                        if let (Some(id), Some("send")) = (parts.next(), parts.next())
+                            && is_rid(id)
+                        {
+                            send_rids.push(id.to_owned());
+                        }
+                    }
+                    "simulcast" => {
+                        let mut parts = value.split_whitespace();
+                        while let Some(dir) = parts.next() {
+                            let list = parts.next().unwrap_or_default();
+                            if dir == "send" {
+                                simulcast_send = Some(list.to_owned());
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
             ssrcs.retain(|s| !rtx_ssrcs.iter().any(|(_, r)| r == s));
+            let rids = simulcast_rids(simulcast_send.as_deref(), &send_rids);
             media.push(RemoteMedia {
                 mid,
                 kind,
@@ -226,6 +283,7 @@ impl RemoteDescription {
                 ssrcs,
                 rtx_ssrcs,
                 msid,
+                rids,
                 is_data_channel: m.media_name.media == "application"
                     && m.media_name.protos.iter().any(|p| p == "SCTP")
                     && m.media_name
@@ -240,5 +298,53 @@ impl RemoteDescription {
             fingerprint,
             media,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHROME_SIMULCAST: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=fingerprint:sha-256 AA:BB\r\na=setup:actpass\r\na=mid:0\r\na=sendonly\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+a=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=rid:x recv\r\n\
+a=simulcast:send q;~h,h2;f;x recv x\r\n";
+
+    #[test]
+    fn reads_simulcast_rids_in_offer_order() {
+        let d = RemoteDescription::parse(CHROME_SIMULCAST).unwrap();
+        let m = &d.media[0];
+        assert_eq!(m.rids, ["q", "h", "f"]);
+        assert!(
+            m.ssrcs.is_empty(),
+            "simulcast streams are bound by RID, not a=ssrc"
+        );
+        // Without a=simulcast the declared send RIDs count, in order; one alone is no simulcast.
+        let no_list = CHROME_SIMULCAST.replace("a=simulcast:send q;~h,h2;f;x recv x\r\n", "");
+        assert_eq!(
+            RemoteDescription::parse(&no_list).unwrap().media[0].rids,
+            ["q", "h", "f"]
+        );
+        let single = no_list
+            .replace("a=rid:h send\r\n", "")
+            .replace("a=rid:f send\r\n", "");
+        assert!(
+            RemoteDescription::parse(&single).unwrap().media[0]
+                .rids
+                .is_empty()
+        );
+        // An invalid RID (it would travel in every packet) is not accepted.
+        let bad = CHROME_SIMULCAST.replace("a=rid:f send", "a=rid:f%$ send");
+        assert_eq!(
+            RemoteDescription::parse(&bad).unwrap().media[0].rids,
+            ["q", "h"]
+        );
     }
 }

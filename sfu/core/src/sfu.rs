@@ -9,12 +9,12 @@
 use crate::codec::CodecParams;
 use crate::counters::Counters;
 use crate::local_description::{
-    self, EXT_AUDIO_LEVEL, EXT_MID, EXT_TRANSPORT_CC, LineContent, LineSpec, SdpKind, SendSource,
-    TransportSpec,
+    self, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC, LineContent,
+    LineSpec, SdpKind, SendSource, TransportSpec,
 };
 use crate::participant::{ExtIds, LineRole, MediaLine, Participant};
 use crate::peer_transport::{CloseCause, PeerTransport, TransportConfig, TransportEvent};
-use crate::remote_description::{RemoteDescription, SdpError};
+use crate::remote_description::{MAX_SIMULCAST_LAYERS, RemoteDescription, SdpError};
 use crate::rtcp_writer::{self, ReportBlock};
 use crate::rtp_header::{HeaderWriter, PacketClass, RtpHeader, classify};
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
@@ -80,6 +80,13 @@ const MAX_LINES_PER_PARTICIPANT: usize = 64;
 const MAX_AUDIO_TRACKS: usize = 2;
 const MAX_VIDEO_TRACKS: usize = 4;
 /// An SFU offer not answered within this long is sent again (the browser may have failed it).
+/// How often simulcast subscriptions re-choose their layer.
+const LAYER_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Receiver-reported loss (of 256) at which a simulcast subscriber is moved a layer down, and
+/// at or below which, held for `LOSS_RECOVERY`, it may go a layer up again.
+const LOSS_DOWNGRADE: u8 = 26;
+const LOSS_CLEAR: u8 = 5;
+const LOSS_RECOVERY: Duration = Duration::from_secs(8);
 const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// RTCP sender SSRCs tracked for replay per participant (a browser uses one per stream).
@@ -125,6 +132,7 @@ pub struct Sfu {
     events: VecDeque<Event>,
     pub counters: Counters,
     next_tick: Option<Instant>,
+    next_layer_check: Option<Instant>,
     next_report: Option<Instant>,
     next_twcc: Option<Instant>,
     next_speaker: Option<Instant>,
@@ -160,6 +168,7 @@ impl Sfu {
             events: VecDeque::new(),
             counters: Counters::default(),
             next_tick: None,
+            next_layer_check: None,
             next_report: None,
             next_twcc: None,
             next_speaker: None,
@@ -256,6 +265,22 @@ impl Sfu {
                 }
                 Ok(())
             }
+            Command::SetPreferredLayer {
+                participant,
+                track,
+                layer,
+            } => self.lookup(&participant).map(|idx| {
+                for s in 0..self.participant(idx).subscriptions.len() {
+                    let sub = &self.participant(idx).subscriptions[s];
+                    let matches = self.tracks[sub.track].as_ref().is_some_and(|t| {
+                        t.kind == MediaKind::Video && track.as_ref().is_none_or(|id| *id == t.id)
+                    });
+                    if matches {
+                        self.participant_mut(idx).subscriptions[s].preferred = layer;
+                    }
+                }
+                self.select_layers(now, Some(idx), out);
+            }),
         };
         if let Err(error) = result {
             self.events.push_back(Event::CommandFailed {
@@ -383,6 +408,8 @@ impl Sfu {
             p.ext.audio_level = p.extmap_id(EXT_AUDIO_LEVEL);
             p.ext.mid = p.extmap_id(EXT_MID);
             p.ext.transport_cc = p.extmap_id(EXT_TRANSPORT_CC);
+            p.ext.rid = p.extmap_id(EXT_RID);
+            p.ext.repaired_rid = p.extmap_id(EXT_REPAIRED_RID);
         }
         for m in &offer.media {
             if let Some(li) = self
@@ -456,12 +483,17 @@ impl Sfu {
             idx,
             m.mid.clone(),
             codec,
+            &m.rids,
             self.config.nack_cache_slots,
         );
-        if let Some(ssrc) = m.ssrcs.first() {
-            track.bind_ssrc(*ssrc);
+        // Simulcast layers are bound by their RIDs as packets arrive.
+        if !track.is_simulcast()
+            && let Some(ssrc) = m.ssrcs.first()
+        {
+            let clock = track.codec.clock_rate;
+            track.layers[0].bind_ssrc(*ssrc, clock);
             if let Some((_, rtx)) = m.rtx_ssrcs.iter().find(|(p, _)| p == ssrc) {
-                track.bind_rtx_ssrc(*rtx);
+                track.layers[0].bind_rtx_ssrc(*rtx, clock);
             }
         }
         let t = match self.free_tracks.pop() {
@@ -578,12 +610,20 @@ impl Sfu {
                         {
                             extmaps.push((id, EXT_AUDIO_LEVEL));
                         }
+                        let simulcast_rids: Vec<String> = if t.is_simulcast() {
+                            extmaps.extend(p.ext.rid.map(|id| (id, EXT_RID)));
+                            extmaps.extend(p.ext.repaired_rid.map(|id| (id, EXT_REPAIRED_RID)));
+                            t.layers.iter().filter_map(|l| l.rid.clone()).collect()
+                        } else {
+                            Vec::new()
+                        };
                         LineContent::Media {
                             kind: t.kind,
                             codec: t.codec.clone(),
                             direction: "recvonly",
                             extmaps,
                             send: None,
+                            simulcast_rids,
                         }
                     }
                     LineRole::Subscribe { subscription } => {
@@ -616,6 +656,7 @@ impl Sfu {
                                         stream_id: publisher.id.to_string(),
                                         track_id: t.id.to_string().replace('/', "-"),
                                     }),
+                                    simulcast_rids: Vec::new(),
                                 }
                             }
                             _ => LineContent::Rejected {
@@ -640,6 +681,7 @@ impl Sfu {
                         direction: "inactive",
                         extmaps: Vec::new(),
                         send: None,
+                        simulcast_rids: Vec::new(),
                     },
                     LineRole::Data => LineContent::Data,
                     LineRole::Rejected {
@@ -750,16 +792,16 @@ impl Sfu {
         // Only lines the answer accepted: a late answer to an earlier offer does not cover
         // subscriptions added since.
         let mut newly = Vec::new();
-        for s in &mut p.subscriptions {
+        for (i, s) in p.subscriptions.iter_mut().enumerate() {
             let accepted = answer.media.iter().any(|m| m.mid == s.mid && !m.rejected);
             if s.offered && !s.negotiated && accepted {
                 s.negotiated = true;
-                newly.push(s.track);
+                newly.push(i);
             }
         }
         // Subscribers' decoders start with a keyframe.
-        for t in newly {
-            self.request_keyframe(now, t, out);
+        for s in newly {
+            self.keyframe_for(now, idx, s, out);
         }
         let p = self.participant_mut(idx);
         if p.renegotiation_pending {
@@ -941,8 +983,13 @@ impl Sfu {
             payload_type: pt,
             rtx_payload_type: rtx_pt,
         };
-        p.subscriptions
-            .push(Subscription::new(track, kind, mid.clone(), ids, seed));
+        let mut subscription = Subscription::new(track, kind, mid.clone(), ids, seed);
+        if let (Some(t), Some(now)) = (self.tracks[track].as_ref(), self.clock) {
+            subscription.target_layer =
+                t.choose_layer(subscription.layer_limit(t.layers.len()), now);
+        }
+        let p = self.participant_mut(subscriber);
+        p.subscriptions.push(subscription);
         p.lines.push(MediaLine {
             mid,
             role: LineRole::Subscribe { subscription: s },
@@ -997,7 +1044,7 @@ impl Sfu {
             self.announce_tracks(idx, &published, true);
             self.offer_tracks_to_room(idx, &published);
             for t in published {
-                self.request_keyframe(now, t, out);
+                self.request_track_keyframes(now, t, out);
             }
         }
         if before.publish && !permissions.publish {
@@ -1250,57 +1297,64 @@ impl Sfu {
             self.counters.dropped_malformed += 1;
             return;
         };
-        // Which track and which of its streams (media or RTX).
+        // Which track, which of its layers, and which of the layer's streams (media or RTX).
         let mut found = None;
         for &t in &p.published {
-            if let Some(track) = self.tracks[t].as_ref() {
-                if track.ssrc == Some(header.ssrc) {
-                    found = Some((t, false));
-                    break;
-                }
-                if track.rtx_ssrc == Some(header.ssrc) {
-                    found = Some((t, true));
-                    break;
-                }
+            if let Some((layer, rtx)) = self.tracks[t]
+                .as_ref()
+                .and_then(|tr| tr.layer_of(header.ssrc))
+            {
+                found = Some((t, layer, rtx));
+                break;
             }
         }
-        // Set when this packet's MID binds a new SSRC: undone unless the packet authenticates,
-        // so a forged packet cannot claim a track.
+        // Set when this packet's MID (and RID) binds a new SSRC: undone unless the packet
+        // authenticates, so a forged packet cannot claim a track.
         let mut bound_here = false;
         if found.is_none() {
-            // An SSRC the SDP did not announce: bind it through the MID header extension.
+            // An SSRC the SDP did not announce: bind it through the MID and RID extensions.
             if let Some(mid) = p.ext.mid.and_then(|id| header.extension_value(buf, id)) {
                 for &t in &p.published {
                     if let Some(track) = self.tracks[t].as_mut()
                         && track.mid.as_bytes() == mid
                     {
-                        if Some(header.payload_type) == track.codec.rtx_payload_type {
-                            if track.rtx_ssrc.is_none() {
-                                track.bind_rtx_ssrc(header.ssrc);
-                                found = Some((t, true));
+                        let is_rtx = Some(header.payload_type) == track.codec.rtx_payload_type;
+                        let rid_ext = if is_rtx {
+                            p.ext.repaired_rid
+                        } else {
+                            p.ext.rid
+                        };
+                        let rid = rid_ext.and_then(|id| header.extension_value(buf, id));
+                        let clock = track.codec.clock_rate;
+                        if let Some(l) = track.layer_by_rid(rid) {
+                            let layer = &mut track.layers[l];
+                            if is_rtx && layer.rtx_ssrc.is_none() {
+                                layer.bind_rtx_ssrc(header.ssrc, clock);
+                                found = Some((t, l, true));
+                                bound_here = true;
+                            } else if !is_rtx && layer.ssrc.is_none() {
+                                layer.bind_ssrc(header.ssrc, clock);
+                                found = Some((t, l, false));
                                 bound_here = true;
                             }
-                        } else if track.ssrc.is_none() {
-                            track.bind_ssrc(header.ssrc);
-                            found = Some((t, false));
-                            bound_here = true;
                         }
                         break;
                     }
                 }
             }
         }
-        let Some((t, is_rtx)) = found else {
+        let Some((t, l, is_rtx)) = found else {
             self.counters.dropped_unknown_ssrc += 1;
             return;
         };
         let Some(track) = self.tracks[t].as_mut() else {
             return;
         };
+        let layer = &mut track.layers[l];
         let stream = if is_rtx {
-            track.rtx_inbound.as_mut()
+            layer.rtx_inbound.as_mut()
         } else {
-            track.inbound.as_mut()
+            layer.inbound.as_mut()
         };
         let Some(stream) = stream else {
             self.counters.dropped_unknown_ssrc += 1;
@@ -1320,7 +1374,7 @@ impl Sfu {
         ) else {
             self.counters.dropped_auth += 1;
             if bound_here {
-                track.unbind(is_rtx);
+                layer.unbind(is_rtx);
             }
             return;
         };
@@ -1349,7 +1403,7 @@ impl Sfu {
             }
             let osn = u16::from_be_bytes([buf[start], buf[start + 1]]);
             start += 2;
-            let Some(media) = track.inbound.as_mut() else {
+            let Some(media) = layer.inbound.as_mut() else {
                 return;
             };
             let media_ext = media.extend(osn);
@@ -1364,6 +1418,7 @@ impl Sfu {
             if start == end {
                 return;
             }
+            layer.last_packet_at = Some(now);
             ext
         };
         let audio_level = match (track.kind, p.ext.audio_level) {
@@ -1377,13 +1432,17 @@ impl Sfu {
             track.audio_level = track.audio_level * 0.8 + l * 0.2;
         }
         let payload = &buf[start..end];
-        track.cache.insert(
+        let layer = &mut track.layers[l];
+        layer.cache.insert(
             media_ext,
             header.timestamp,
             header.marker,
             audio_level,
             payload,
         );
+        // A simulcast subscriber changes layer only where a picture can start.
+        let simulcast = track.is_simulcast();
+        let keyframe = simulcast && track.format.starts_keyframe(payload);
         // Forward: rewrite and seal once per subscriber.
         let track = self.tracks[t].as_ref().expect("track");
         for &(s, sub_idx) in &track.subscribers {
@@ -1403,7 +1462,17 @@ impl Sfu {
             if !subscription.active || !subscription.negotiated {
                 continue;
             }
-            let Some((out_ext, out_ts)) = subscription.map(media_ext, header.timestamp) else {
+            if subscription.layer != Some(l) {
+                if simulcast && !(keyframe && subscription.target_layer == l) {
+                    continue;
+                }
+                let out_ts = layer_switch_timestamp(track, subscription, l, header.timestamp, now);
+                subscription.start_layer(l, media_ext, header.timestamp, out_ts);
+                if simulcast {
+                    self.counters.layer_switches += 1;
+                }
+            }
+            let Some((out_ext, out_ts)) = subscription.map(now, media_ext, header.timestamp) else {
                 continue;
             };
             let slot = out.slot();
@@ -1493,6 +1562,7 @@ impl Sfu {
         };
         use rtc_rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
         use rtc_rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use rtc_rtcp::receiver_report::ReceiverReport;
         use rtc_rtcp::sender_report::SenderReport;
         use rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
         for packet in &packets {
@@ -1507,6 +1577,13 @@ impl Sfu {
                 self.retransmit(idx, nack, out);
             } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
                 self.relay_sender_report(now, idx, sr, out);
+                for r in &sr.reports {
+                    self.apply_loss_report(now, idx, r.ssrc, r.fraction_lost);
+                }
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                for r in &rr.reports {
+                    self.apply_loss_report(now, idx, r.ssrc, r.fraction_lost);
+                }
             }
         }
     }
@@ -1518,34 +1595,63 @@ impl Sfu {
         media_ssrc: u32,
         out: &mut TransmitBatch,
     ) {
-        let track = self
+        let found = self
             .participant(idx)
             .subscriptions
             .iter()
-            .find(|s| s.ssrc == media_ssrc && s.active)
-            .map(|s| s.track);
-        if let Some(t) = track {
+            .position(|s| s.ssrc == media_ssrc && s.active);
+        if let Some(s) = found {
             self.counters.keyframe_requests_in += 1;
-            self.request_keyframe(now, t, out);
+            self.keyframe_for(now, idx, s, out);
         }
     }
 
-    /// Asks the publishers of everything `idx` receives for a keyframe (throttled per track).
+    /// Asks the publishers of everything `idx` receives for a keyframe (throttled per layer).
     fn request_keyframes_for(&mut self, now: Instant, idx: usize, out: &mut TransmitBatch) {
-        let tracks: Vec<usize> = self
-            .participant(idx)
-            .subscriptions
-            .iter()
-            .filter(|s| s.active)
-            .map(|s| s.track)
-            .collect();
-        for t in tracks {
-            self.request_keyframe(now, t, out);
+        for s in 0..self.participant(idx).subscriptions.len() {
+            if self.participant(idx).subscriptions[s].active {
+                self.keyframe_for(now, idx, s, out);
+            }
         }
     }
 
-    /// Sends a PLI to a track's publisher unless one went out within the throttle interval.
-    fn request_keyframe(&mut self, now: Instant, t: usize, out: &mut TransmitBatch) {
+    /// A keyframe for subscription `s` of participant `idx`: of the layer it forwards, or of
+    /// the one it is switching to.
+    fn keyframe_for(&mut self, now: Instant, idx: usize, s: usize, out: &mut TransmitBatch) {
+        let subscription = &self.participant(idx).subscriptions[s];
+        let t = subscription.track;
+        let Some(track) = self.tracks[t].as_ref() else {
+            return;
+        };
+        let layer = subscription.target_layer.min(track.layers.len() - 1);
+        self.request_keyframe(now, t, layer, out);
+    }
+
+    /// Keyframes of every layer of track `t` that a subscriber forwards or switches to.
+    fn request_track_keyframes(&mut self, now: Instant, t: usize, out: &mut TransmitBatch) {
+        let Some(track) = self.tracks[t].as_ref() else {
+            return;
+        };
+        let top = track.layers.len() - 1;
+        let mut wanted = 0u8;
+        for &(sp, si) in &track.subscribers {
+            if let Some(sub) = self.participants[sp].as_ref() {
+                wanted |= 1 << sub.subscriptions[si].target_layer.min(top);
+            }
+        }
+        if !track.is_simulcast() {
+            wanted = 1;
+        }
+        for layer in 0..=top {
+            if wanted & (1 << layer) != 0 {
+                self.request_keyframe(now, t, layer, out);
+            }
+        }
+    }
+
+    /// Sends a PLI for one layer of a track to its publisher unless one went out within the
+    /// throttle interval.
+    fn request_keyframe(&mut self, now: Instant, t: usize, layer: usize, out: &mut TransmitBatch) {
         let throttle = self.config.keyframe_throttle;
         let Some(track) = self.tracks[t].as_mut() else {
             return;
@@ -1553,20 +1659,23 @@ impl Sfu {
         if track.kind != MediaKind::Video {
             return;
         }
-        let Some(ssrc) = track.ssrc else {
+        let publisher = track.publisher;
+        let Some(layer) = track.layers.get_mut(layer) else {
             return;
         };
-        if track
+        let Some(ssrc) = layer.ssrc else {
+            return;
+        };
+        if layer
             .last_keyframe_request
             .is_some_and(|last| now < last + throttle)
         {
             self.counters.keyframe_requests_throttled += 1;
-            track.keyframe_pending = true;
+            layer.keyframe_pending = true;
             return;
         }
-        track.last_keyframe_request = Some(now);
-        track.keyframe_pending = false;
-        let publisher = track.publisher;
+        layer.last_keyframe_request = Some(now);
+        layer.keyframe_pending = false;
         let n = rtcp_writer::pli(&mut self.rtcp_scratch, ssrc);
         if self.send_rtcp(publisher, n, out) {
             self.counters.keyframe_requests_out += 1;
@@ -1629,16 +1738,21 @@ impl Sfu {
                 .sum::<u64>();
             return;
         };
+        // Repairs come from the layer being forwarded; NACKs from before a switch map to none.
+        let Some(layer) = subscription.layer else {
+            return;
+        };
         let Some(track) = self.tracks[subscription.track].as_mut() else {
             return;
         };
+        let cache = &mut track.layers[layer].cache;
         for pair in &nack.nacks {
             for seq in pair.packet_list() {
                 self.counters.nacks_in += 1;
                 let Some(in_ext) = subscription.unmap(seq) else {
                     continue;
                 };
-                let Some((meta, payload)) = track.cache.take_for_resend(in_ext, max) else {
+                let Some((meta, payload)) = cache.take_for_resend(in_ext, max) else {
                     self.counters.nacks_unrepairable += 1;
                     continue;
                 };
@@ -1687,16 +1801,17 @@ impl Sfu {
             return;
         }
         let published = self.participant(idx).published.clone();
-        let Some(t) = published.into_iter().find(|&t| {
-            self.tracks[t]
-                .as_ref()
-                .is_some_and(|tr| tr.ssrc == Some(sr.ssrc))
+        let Some((t, l)) = published.into_iter().find_map(|t| {
+            let (l, rtx) = self.tracks[t].as_ref()?.layer_of(sr.ssrc)?;
+            (!rtx).then_some((t, l))
         }) else {
             return;
         };
         let subscribers = {
             let track = self.tracks[t].as_mut().expect("track");
-            if let Some(inb) = track.inbound.as_mut() {
+            let layer = &mut track.layers[l];
+            layer.sender_report = Some((sr.ntp_time, sr.rtp_time));
+            if let Some(inb) = layer.inbound.as_mut() {
                 inb.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
             }
             track.subscribers.clone()
@@ -1705,8 +1820,9 @@ impl Sfu {
             let Some(sub) = self.participants[s].as_ref() else {
                 continue;
             };
+            // Only the forwarded layer's report describes what the subscriber receives.
             let subscription = &sub.subscriptions[sub_idx];
-            if subscription.seq_delta.is_none() || !subscription.active {
+            if subscription.layer != Some(l) || !subscription.active {
                 continue;
             }
             let n = rtcp_writer::sender_report(
@@ -1742,14 +1858,20 @@ impl Sfu {
         }
         // Keyframe requests held back by the throttle.
         for t in 0..self.tracks.len() {
-            let due = self.tracks[t].as_ref().is_some_and(|track| {
-                track.keyframe_pending
-                    && track
-                        .last_keyframe_request
-                        .is_none_or(|last| now >= last + self.config.keyframe_throttle)
-            });
-            if due {
-                self.request_keyframe(now, t, out);
+            let layers = self.tracks[t]
+                .as_ref()
+                .map_or(0, |track| track.layers.len());
+            for l in 0..layers {
+                let due = self.tracks[t].as_ref().is_some_and(|track| {
+                    let layer = &track.layers[l];
+                    layer.keyframe_pending
+                        && layer
+                            .last_keyframe_request
+                            .is_none_or(|last| now >= last + self.config.keyframe_throttle)
+                });
+                if due {
+                    self.request_keyframe(now, t, l, out);
+                }
             }
         }
         // Transports: ICE consent, DTLS retransmission.
@@ -1764,17 +1886,21 @@ impl Sfu {
             }
         }
         // NACKs and keyframe requests toward publishers.
-        for t in 0..self.tracks.len() {
+        for (t, l) in
+            (0..self.tracks.len()).flat_map(|t| (0..MAX_SIMULCAST_LAYERS).map(move |l| (t, l)))
+        {
             let mut needs_keyframe = false;
             let (publisher, ssrc) = {
                 let Some(track) = self.tracks[t].as_mut() else {
                     continue;
                 };
-                let Some(inbound) = track.inbound.as_mut() else {
+                let kind = track.kind;
+                let publisher = track.publisher;
+                let Some(inbound) = track.layers.get_mut(l).and_then(|l| l.inbound.as_mut()) else {
                     continue;
                 };
                 self.nack_scratch.clear();
-                if track.kind == MediaKind::Video {
+                if kind == MediaKind::Video {
                     inbound.due_nacks(
                         now,
                         self.config.nack_interval,
@@ -1786,7 +1912,7 @@ impl Sfu {
                     inbound.needs_keyframe = false;
                     needs_keyframe = true;
                 }
-                (track.publisher, inbound.ssrc)
+                (publisher, inbound.ssrc)
             };
             if !self.nack_scratch.is_empty() {
                 let n = rtcp_writer::nack(&mut self.rtcp_scratch, ssrc, &self.nack_scratch);
@@ -1795,7 +1921,7 @@ impl Sfu {
                 }
             }
             if needs_keyframe {
-                self.request_keyframe(now, t, out);
+                self.request_keyframe(now, t, l, out);
             }
         }
         if self.next_twcc.is_none_or(|t| now >= t) {
@@ -1805,6 +1931,10 @@ impl Sfu {
         if self.next_report.is_none_or(|t| now >= t) {
             self.next_report = Some(now + self.config.report_interval);
             self.send_receiver_reports(now, out);
+        }
+        if self.next_layer_check.is_none_or(|t| now >= t) {
+            self.next_layer_check = Some(now + LAYER_CHECK_INTERVAL);
+            self.select_layers(now, None, out);
         }
         if self.next_speaker.is_none_or(|t| now >= t) {
             self.next_speaker = Some(now + self.config.speaker_interval);
@@ -1824,7 +1954,7 @@ impl Sfu {
                 }
                 p.published
                     .iter()
-                    .find_map(|&t| self.tracks[t].as_ref().and_then(|t| t.ssrc))
+                    .find_map(|&t| self.tracks[t].as_ref().and_then(Track::any_ssrc))
                     .unwrap_or(0)
             };
             // A long silence may leave more than one message's worth.
@@ -1847,11 +1977,14 @@ impl Sfu {
     }
 
     fn send_receiver_reports(&mut self, now: Instant, out: &mut TransmitBatch) {
-        for t in 0..self.tracks.len() {
+        for (t, l) in
+            (0..self.tracks.len()).flat_map(|t| (0..MAX_SIMULCAST_LAYERS).map(move |l| (t, l)))
+        {
             let Some(track) = self.tracks[t].as_mut() else {
                 continue;
             };
-            let Some(inbound) = track.inbound.as_mut() else {
+            let publisher = track.publisher;
+            let Some(inbound) = track.layers.get_mut(l).and_then(|l| l.inbound.as_mut()) else {
                 continue;
             };
             let Some(highest) = inbound.highest() else {
@@ -1874,9 +2007,82 @@ impl Sfu {
                 last_sr,
                 delay_since_last_sr: dlsr,
             };
-            let publisher = track.publisher;
             let n = rtcp_writer::receiver_report(&mut self.rtcp_scratch, &block);
             self.send_rtcp(publisher, n, out);
+        }
+    }
+
+    /// Re-chooses the layer of every simulcast subscription (of one participant, or of all):
+    /// the highest its subscriber wants, its link carries and its publisher sends. A change,
+    /// or a switch still waiting for its keyframe, asks for a keyframe of the new layer.
+    fn select_layers(&mut self, now: Instant, only: Option<usize>, out: &mut TransmitBatch) {
+        let participants = match only {
+            Some(idx) => idx..idx + 1,
+            None => 0..self.participants.len(),
+        };
+        for idx in participants {
+            let count = self.participants[idx]
+                .as_ref()
+                .map_or(0, |p| p.subscriptions.len());
+            for s in 0..count {
+                let sub = &self.participant(idx).subscriptions[s];
+                if !sub.active || !sub.negotiated {
+                    continue;
+                }
+                let Some(track) = self.tracks[sub.track].as_ref() else {
+                    continue;
+                };
+                if !track.is_simulcast() {
+                    continue;
+                }
+                let want = track.choose_layer(sub.layer_limit(track.layers.len()), now);
+                let t = sub.track;
+                let behind = sub.layer != Some(want);
+                self.participant_mut(idx).subscriptions[s].target_layer = want;
+                if behind {
+                    self.request_keyframe(now, t, want, out);
+                }
+            }
+        }
+    }
+
+    /// A subscriber's report on a simulcast stream: sustained loss lowers its layer limit one
+    /// step below what it receives; a clean link raises it a step at a time.
+    fn apply_loss_report(&mut self, now: Instant, idx: usize, ssrc: u32, fraction_lost: u8) {
+        let Some(p) = self.participants[idx].as_mut() else {
+            return;
+        };
+        let Some(sub) = p
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.ssrc == ssrc && s.active)
+        else {
+            return;
+        };
+        let Some(track) = self.tracks[sub.track].as_ref() else {
+            return;
+        };
+        let (Some(current), true) = (sub.layer, track.is_simulcast()) else {
+            return;
+        };
+        let top = track.layers.len() - 1;
+        if fraction_lost >= LOSS_DOWNGRADE {
+            if current > 0 && sub.loss_cap > current - 1 {
+                sub.loss_cap = current - 1;
+                sub.loss_cap_changed_at = Some(now);
+                self.counters.layer_loss_downgrades += 1;
+            }
+        } else if fraction_lost <= LOSS_CLEAR
+            && sub.loss_cap < top
+            && sub
+                .loss_cap_changed_at
+                .is_none_or(|at| now >= at + LOSS_RECOVERY)
+        {
+            sub.loss_cap += 1;
+            sub.loss_cap_changed_at = Some(now);
+            if sub.loss_cap >= top {
+                sub.loss_cap = usize::MAX;
+            }
         }
     }
 
@@ -1917,4 +2123,41 @@ impl Sfu {
                 .push_back(Event::ActiveSpeaker { room, participant });
         }
     }
+}
+
+/// The outgoing timestamp for the first packet of `to` on a subscription switching layers:
+/// the packet's capture time on the old layer's clock when both layers' sender reports say it
+/// (lip sync survives), else the last sent timestamp advanced by the time since it was sent.
+fn layer_switch_timestamp(
+    track: &Track,
+    subscription: &Subscription,
+    to: usize,
+    in_ts: u32,
+    now: Instant,
+) -> u32 {
+    let (Some(from), Some(sent_at)) = (subscription.layer, subscription.last_out_at) else {
+        // The stream's first packet: its timestamp is the stream's random origin.
+        return 0;
+    };
+    let clock = track.codec.clock_rate;
+    let elapsed = now.saturating_duration_since(sent_at).as_secs_f64() * clock as f64;
+    let by_arrival = subscription
+        .last_out_ts
+        .wrapping_add((elapsed as u32).max(1));
+    if let Some(on_from) = track.timestamp_on_layer(to, in_ts, from) {
+        let out = on_from.wrapping_add(subscription.ts_delta);
+        let ahead = out.wrapping_sub(subscription.last_out_ts) as i32;
+        let off_arrival = out.wrapping_sub(by_arrival) as i32;
+        // Reports half a second away from what the arrival times say are stale or wrong.
+        if off_arrival.unsigned_abs() < clock / 2 {
+            // The same capture instant as the last frame sent (a switch within one frame)
+            // still needs a later timestamp: a decoder takes an equal one for the same frame.
+            return if ahead > 0 {
+                out
+            } else {
+                subscription.last_out_ts.wrapping_add(1)
+            };
+        }
+    }
+    by_arrival
 }

@@ -1,7 +1,9 @@
 //! A subscription (consumer): one published track sent to one subscriber, with its own SSRC and
-//! the sequence-number and timestamp offsets that keep the subscriber's stream continuous.
+//! the sequence-number and timestamp offsets that keep the subscriber's stream continuous, and
+//! for a simulcast track the layer it forwards and the one it is switching to.
 
-use sfu_proto::MediaKind;
+use sfu_proto::{MediaKind, VideoLayer};
+use std::time::Instant;
 
 /// What identifies a subscription's streams toward its subscriber.
 #[derive(Debug, Clone, Copy)]
@@ -22,16 +24,32 @@ pub struct Subscription {
     pub rtx_ssrc: u32,
     pub payload_type: u8,
     pub rtx_payload_type: Option<u8>,
-    /// `out = in + seq_delta` on extended sequence numbers; fixed at the first forwarded packet.
+    /// `out = in + seq_delta` on extended sequence numbers of the forwarded layer; set when a
+    /// layer starts.
     pub seq_delta: Option<i64>,
     pub ts_delta: u32,
     /// Where the stream starts (random, per RFC 3550 §5.1).
     pub first_ext_seq: u64,
     pub first_timestamp: u32,
     pub highest_out: u64,
+    /// The first outgoing sequence number of the current layer: nothing below it maps back.
+    pub layer_floor: u64,
+    /// Timestamp of the newest packet sent, and when: the base for the next layer's timestamps.
+    pub last_out_ts: u32,
+    pub last_out_at: Option<Instant>,
     pub rtx_ext_seq: u64,
     pub packets: u32,
     pub octets: u32,
+    /// The layer being forwarded (`None` before the first packet).
+    pub layer: Option<usize>,
+    /// The layer to forward next: taken at its next keyframe.
+    pub target_layer: usize,
+    /// The highest layer the subscriber asked for.
+    pub preferred: VideoLayer,
+    /// The highest layer the subscriber's link carries without loss, as its receiver reports
+    /// tell (`usize::MAX`: no limit seen).
+    pub loss_cap: usize,
+    pub loss_cap_changed_at: Option<Instant>,
     /// False once the track went away or the subscriber lost permission; the m-line goes
     /// inactive at the next renegotiation.
     pub active: bool,
@@ -44,6 +62,8 @@ pub struct Subscription {
 
 impl Subscription {
     pub fn new(track: usize, kind: MediaKind, mid: String, ids: OutStreamIds, seed: u32) -> Self {
+        // Rollover counter 0 at the start, as the receiver assumes (RFC 3711 §3.3.1).
+        let first_ext_seq = (seed & 0x7fff) as u64;
         Self {
             track,
             kind,
@@ -54,50 +74,79 @@ impl Subscription {
             rtx_payload_type: ids.rtx_payload_type,
             seq_delta: None,
             ts_delta: 0,
-            // Rollover counter 0 at the start, as the receiver assumes (RFC 3711 §3.3.1).
-            first_ext_seq: (seed & 0x7fff) as u64,
+            first_ext_seq,
             first_timestamp: seed.rotate_left(13),
             highest_out: 0,
+            layer_floor: first_ext_seq,
+            last_out_ts: 0,
+            last_out_at: None,
             rtx_ext_seq: (seed >> 17) as u64,
             packets: 0,
             octets: 0,
+            layer: None,
+            target_layer: usize::MAX,
+            preferred: VideoLayer::High,
+            loss_cap: usize::MAX,
+            loss_cap_changed_at: None,
             active: true,
             offered: false,
             negotiated: false,
         }
     }
 
-    /// Maps a publisher extended sequence number to this subscriber's, fixing the offsets on
-    /// the first packet. Returns (out extended seq, out timestamp), or `None` for a packet from
-    /// before the subscription began: it has no place in the subscriber's stream, and giving it
-    /// one would reuse an SRTP nonce.
-    pub fn map(&mut self, in_ext: u64, in_ts: u32) -> Option<(u64, u32)> {
-        let delta = *self.seq_delta.get_or_insert_with(|| {
-            self.ts_delta = self.first_timestamp.wrapping_sub(in_ts);
-            self.first_ext_seq as i64 - in_ext as i64
-        });
+    /// Starts forwarding `layer` at the publisher packet (`in_ext`, `in_ts`): it gets the next
+    /// sequence number, so the subscriber sees one unbroken stream, and the timestamp `out_ts`
+    /// (the stream's first timestamp when nothing was sent yet).
+    pub fn start_layer(&mut self, layer: usize, in_ext: u64, in_ts: u32, out_ts: u32) {
+        let (next, out_ts) = if self.seq_delta.is_some() {
+            (self.highest_out + 1, out_ts)
+        } else {
+            (self.first_ext_seq, self.first_timestamp)
+        };
+        self.seq_delta = Some(next as i64 - in_ext as i64);
+        self.ts_delta = out_ts.wrapping_sub(in_ts);
+        self.layer_floor = next;
+        self.layer = Some(layer);
+    }
+
+    /// Maps a publisher extended sequence number of the current layer to this subscriber's.
+    /// Returns (out extended seq, out timestamp), or `None` before the layer started: such a
+    /// packet has no place in the subscriber's stream, and giving it one would reuse an SRTP
+    /// nonce.
+    pub fn map(&mut self, now: Instant, in_ext: u64, in_ts: u32) -> Option<(u64, u32)> {
+        let delta = self.seq_delta?;
         let out = in_ext as i64 + delta;
-        if out < self.first_ext_seq as i64 {
+        if out < self.layer_floor as i64 {
             return None;
         }
         let out = out as u64;
-        if out > self.highest_out {
-            self.highest_out = out;
+        let out_ts = in_ts.wrapping_add(self.ts_delta);
+        if out > self.highest_out || self.last_out_at.is_none() {
+            self.highest_out = self.highest_out.max(out);
+            self.last_out_ts = out_ts;
+            self.last_out_at = Some(now);
         }
-        Some((out, in_ts.wrapping_add(self.ts_delta)))
+        Some((out, out_ts))
     }
 
-    /// The publisher's extended sequence number for a subscriber's 16-bit one (from a NACK).
+    /// The publisher's extended sequence number (of the current layer) for a subscriber's
+    /// 16-bit one (from a NACK).
     pub fn unmap(&self, out_seq: u16) -> Option<u64> {
         let delta = self.seq_delta?;
         let d = out_seq.wrapping_sub(self.highest_out as u16) as i16 as i64;
         let out_ext = self.highest_out as i64 + d;
-        if out_ext < self.first_ext_seq as i64 {
-            // Before this subscriber's stream began.
+        if out_ext < self.layer_floor as i64 {
+            // Before this layer (or the whole stream) began.
             return None;
         }
         let in_ext = out_ext - delta;
         (in_ext >= 0).then_some(in_ext as u64)
+    }
+
+    /// The highest layer to forward of a track with `layers` layers: the subscriber's wish,
+    /// lowered while its link loses packets.
+    pub fn layer_limit(&self, layers: usize) -> usize {
+        self.preferred.max_index(layers).min(self.loss_cap)
     }
 }
 
@@ -105,6 +154,7 @@ impl Subscription {
 mod tests {
     use super::*;
 
+    #[allow(clippy::disallowed_methods)]
     #[test]
     fn mapping_is_continuous_and_reversible() {
         let ids = OutStreamIds {
@@ -113,19 +163,75 @@ mod tests {
             payload_type: 96,
             rtx_payload_type: Some(97),
         };
+        let now = Instant::now();
         let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 12345);
-        let (a, ta) = s.map(70_000, 1000).unwrap();
+        assert_eq!(
+            s.map(now, 70_000, 1000),
+            None,
+            "nothing maps before a layer starts"
+        );
+        s.start_layer(0, 70_000, 1000, 0);
+        let (a, ta) = s.map(now, 70_000, 1000).unwrap();
         assert_eq!(a >> 16, 0, "subscribers start at rollover 0");
-        let (b, tb) = s.map(70_001, 4000).unwrap();
+        let (b, tb) = s.map(now, 70_001, 4000).unwrap();
         assert_eq!(b, a + 1);
         assert_eq!(tb.wrapping_sub(ta), 3000);
         assert_eq!(s.unmap(a as u16), Some(70_000));
         assert_eq!(s.unmap(b as u16), Some(70_001));
         // A packet from before the subscription began is not forwarded.
-        assert_eq!(s.map(69_999, 0), None);
+        assert_eq!(s.map(now, 69_999, 0), None);
         // A late repair inside the stream maps into the gap it belongs to.
-        let (d, _) = s.map(70_005, 0).unwrap();
-        let (c, _) = s.map(70_003, 0).unwrap();
+        let (d, _) = s.map(now, 70_005, 9000).unwrap();
+        let (c, _) = s.map(now, 70_003, 7000).unwrap();
         assert_eq!(c + 2, d);
+        assert_eq!(
+            s.last_out_ts,
+            9000u32.wrapping_add(s.ts_delta),
+            "newest, not latest"
+        );
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    #[test]
+    fn a_layer_switch_continues_sequence_and_timestamps() {
+        let ids = OutStreamIds {
+            ssrc: 5,
+            rtx_ssrc: 6,
+            payload_type: 96,
+            rtx_payload_type: Some(97),
+        };
+        let now = Instant::now();
+        let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 777);
+        s.start_layer(2, 500, 90_000, 0);
+        let (a, ta) = s.map(now, 500, 90_000).unwrap();
+        let (b, _) = s.map(now, 501, 93_000).unwrap();
+        // Layer 0 has its own numbering; it continues right after b, at the timestamp given.
+        s.start_layer(0, 10, 1_000_000, ta.wrapping_add(6000));
+        let (c, tc) = s.map(now, 10, 1_000_000).unwrap();
+        assert_eq!(c, b + 1);
+        assert_eq!(tc, ta.wrapping_add(6000));
+        let (d, td) = s.map(now, 11, 1_003_000).unwrap();
+        assert_eq!((d, td.wrapping_sub(tc)), (c + 1, 3000));
+        // The old layer's numbers no longer map, nor do NACKs from before the switch.
+        assert_eq!(s.map(now, 9, 997_000), None);
+        assert_eq!(s.unmap(a as u16), None);
+        assert_eq!(s.unmap(d as u16), Some(11));
+        assert_eq!(s.layer, Some(0));
+    }
+
+    #[test]
+    fn the_layer_limit_follows_wish_and_loss() {
+        let ids = OutStreamIds {
+            ssrc: 5,
+            rtx_ssrc: 6,
+            payload_type: 96,
+            rtx_payload_type: None,
+        };
+        let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 1);
+        assert_eq!(s.layer_limit(3), 2);
+        s.preferred = VideoLayer::Medium;
+        assert_eq!((s.layer_limit(3), s.layer_limit(2)), (1, 1));
+        s.loss_cap = 0;
+        assert_eq!(s.layer_limit(3), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! Commands from signaling to the SFU.
 
-use crate::ids::{ParticipantId, RoomId};
+use crate::ids::{ParticipantId, RoomId, TrackId};
 use serde::{Deserialize, Serialize};
 
 /// What a participant may do with media. The SFU enforces it on the packet path: a participant
@@ -43,6 +43,36 @@ pub enum Command {
     CloseRoom { room: RoomId },
     /// Ask a subscriber's source for a keyframe (e.g. after the UI re-shows a video).
     RequestKeyframe { participant: ParticipantId },
+    /// The highest simulcast layer a subscriber wants of one track (`track`) or of every video
+    /// track it receives (`None`): a small tile or a data-saving phone asks for less. The SFU
+    /// may send less still when the layer is not being published or the subscriber's link
+    /// loses packets.
+    SetPreferredLayer {
+        participant: ParticipantId,
+        track: Option<TrackId>,
+        layer: VideoLayer,
+    },
+}
+
+/// A simulcast layer, named by quality rather than index: publishers send two or three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoLayer {
+    Low,
+    Medium,
+    High,
+}
+
+impl VideoLayer {
+    /// The highest layer index this allows when a track has `layers` layers (lowest first).
+    pub fn max_index(self, layers: usize) -> usize {
+        let top = layers.saturating_sub(1);
+        match self {
+            VideoLayer::Low => 0,
+            VideoLayer::Medium => 1.min(top),
+            VideoLayer::High => top,
+        }
+    }
 }
 
 impl Command {
@@ -56,6 +86,7 @@ impl Command {
             Command::RemoveParticipant { .. } => "remove_participant",
             Command::CloseRoom { .. } => "close_room",
             Command::RequestKeyframe { .. } => "request_keyframe",
+            Command::SetPreferredLayer { .. } => "set_preferred_layer",
         }
     }
 
@@ -67,7 +98,8 @@ impl Command {
             | Command::Offer { participant, .. }
             | Command::SetPermissions { participant, .. }
             | Command::RemoveParticipant { participant }
-            | Command::RequestKeyframe { participant } => Some(participant),
+            | Command::RequestKeyframe { participant }
+            | Command::SetPreferredLayer { participant, .. } => Some(participant),
             Command::CloseRoom { .. } => None,
         }
     }

@@ -8,7 +8,7 @@ mod command;
 mod event;
 mod ids;
 
-pub use command::{Command, Permissions};
+pub use command::{Command, Permissions, VideoLayer};
 pub use event::{DisconnectReason, Event, LoadReport, MediaKind, TrackInfo};
 pub use ids::{ParticipantId, RoomId, TrackId};
 

@@ -34,6 +34,8 @@ pub struct SendTrack {
     /// Rollover counters of the media and RTX streams (RFC 3711 §3.3.1).
     pub roc: u32,
     pub rtx_roc: u32,
+    /// The simulcast layer this stream is (several tracks then share one `mid`).
+    pub rid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,10 @@ pub struct SimPeer {
     pub incoming: Vec<IncomingLine>,
     pub received: HashMap<u32, Vec<ReceivedPacket>>,
     pub plis_received: u32,
+    /// Media SSRCs named by PLIs received, in order (a keyframe is owed on each).
+    pub pli_ssrcs: Vec<u32>,
+    /// Per incoming SSRC: packets already reported on and the highest sequence number then.
+    report_marks: HashMap<u32, (usize, u16)>,
     pub nacks_received: u32,
     pub retransmissions_sent: u32,
     srtcp_index: u32,
@@ -194,6 +200,8 @@ impl SimPeer {
             incoming: Vec::new(),
             received: HashMap::new(),
             plis_received: 0,
+            pli_ssrcs: Vec::new(),
+            report_marks: HashMap::new(),
             nacks_received: 0,
             retransmissions_sent: 0,
             srtcp_index: 0,
@@ -214,7 +222,7 @@ impl SimPeer {
 
     /// Adds a track to publish; call before [`Self::offer`].
     pub fn add_track(&mut self, kind: MediaKind) {
-        let n = self.tracks.len();
+        let n = self.mids().len();
         self.tracks.push(SendTrack {
             kind,
             mid: n.to_string(),
@@ -226,7 +234,33 @@ impl SimPeer {
             timestamp: rand::random(),
             roc: 0,
             rtx_roc: 0,
+            rid: None,
         });
+    }
+
+    /// Adds a simulcast video track sent as `rids` (one stream each, on one m-line, bound by
+    /// the MID and RID header extensions as Chrome does); returns their indices in `tracks`.
+    pub fn add_simulcast_video(&mut self, rids: &[&str]) -> Vec<usize> {
+        let mid = self.mids().len().to_string();
+        let first = self.tracks.len();
+        for rid in rids {
+            self.add_track(MediaKind::Video);
+            let t = self.tracks.last_mut().expect("just added");
+            t.mid = mid.clone();
+            t.rid = Some((*rid).to_owned());
+        }
+        (first..self.tracks.len()).collect()
+    }
+
+    /// The m-lines this peer sends on, in order.
+    fn mids(&self) -> Vec<&str> {
+        let mut mids: Vec<&str> = Vec::new();
+        for t in &self.tracks {
+            if !mids.contains(&t.mid.as_str()) {
+                mids.push(&t.mid);
+            }
+        }
+        mids
     }
 
     fn transport_lines(&self, setup: &str) -> String {
@@ -239,13 +273,32 @@ impl SimPeer {
     /// The initial offer: one send-only m-line per track.
     pub fn offer(&self) -> String {
         let mut sdp = String::from("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n");
-        let mids: Vec<&str> = self.tracks.iter().map(|t| t.mid.as_str()).collect();
+        let mids = self.mids();
         if mids.is_empty() {
             sdp += &self.transport_lines(self.offer_setup);
         } else {
             sdp += &format!("a=group:BUNDLE {}\r\n", mids.join(" "));
         }
-        for t in &self.tracks {
+        for mid in &mids {
+            let layers: Vec<&SendTrack> = self.tracks.iter().filter(|t| t.mid == *mid).collect();
+            let t = layers[0];
+            if t.rid.is_some() {
+                sdp += "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\n";
+                sdp += &self.transport_lines(self.offer_setup);
+                sdp += &format!("a=mid:{}\r\na=sendonly\r\na=rtcp-mux\r\n", t.mid);
+                sdp += "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
+                sdp += "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n";
+                sdp += "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n";
+                sdp += TWCC_EXTMAP;
+                sdp += "a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\n";
+                sdp += "a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
+                let rids: Vec<&str> = layers.iter().filter_map(|l| l.rid.as_deref()).collect();
+                for rid in &rids {
+                    sdp += &format!("a=rid:{rid} send\r\n");
+                }
+                sdp += &format!("a=simulcast:send {}\r\n", rids.join(";"));
+                continue;
+            }
             match t.kind {
                 MediaKind::Audio => {
                     sdp += "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n";
@@ -585,11 +638,13 @@ impl SimPeer {
         };
         for p in packets {
             let any = p.as_any();
-            if any
+            if let Some(pli) = any
                 .downcast_ref::<rtc_rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
-                .is_some()
             {
                 self.plis_received += 1;
+                if self.keep_history {
+                    self.pli_ssrcs.push(pli.media_ssrc);
+                }
             } else if let Some(fb) = any
                 .downcast_ref::<rtc_rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc>()
             {
@@ -624,7 +679,18 @@ impl SimPeer {
             t.rtx_roc += 1;
         }
         let (ssrc, rtx_seq, roc) = (t.rtx_ssrc, t.rtx_seq, t.rtx_roc);
-        self.send_rtp_raw(ssrc, 97, rtx_seq, roc, ts, marker, &body, None);
+        // RTX of a simulcast stream names the stream it repairs.
+        self.send_rtp_raw(
+            ssrc,
+            97,
+            rtx_seq,
+            roc,
+            ts,
+            marker,
+            &body,
+            None,
+            Some((track, 11)),
+        );
         self.retransmissions_sent += 1;
     }
 
@@ -639,6 +705,8 @@ impl SimPeer {
         marker: bool,
         payload: &[u8],
         audio_level: Option<u8>,
+        // (track, extension id) to tag a simulcast stream's packet with its MID and RID.
+        tags: Option<(usize, u8)>,
     ) {
         let (Some(ctx), Some(dest)) = (self.outbound.as_ref(), self.sfu_addr) else {
             return;
@@ -647,6 +715,12 @@ impl SimPeer {
         let mut w = HeaderWriter::new(&mut buf, marker, pt, seq, ts, ssrc);
         if let Some(level) = audio_level {
             w.extension(1, &[level]);
+        }
+        if let Some((track, rid_ext)) = tags
+            && let Some(rid) = self.tracks[track].rid.as_deref()
+        {
+            w.extension(4, self.tracks[track].mid.as_bytes());
+            w.extension(rid_ext, rid.as_bytes());
         }
         w.extension(3, &self.twcc_seq.to_be_bytes());
         self.twcc_seq = self.twcc_seq.wrapping_add(1);
@@ -676,7 +750,17 @@ impl SimPeer {
                 .insert((ssrc, seq), (ts, marker, payload.to_vec()));
         }
         let level = (kind == MediaKind::Audio).then_some(self.audio_level);
-        self.send_rtp_raw(ssrc, pt, seq, roc, ts, marker, payload, level);
+        self.send_rtp_raw(
+            ssrc,
+            pt,
+            seq,
+            roc,
+            ts,
+            marker,
+            payload,
+            level,
+            Some((track, 10)),
+        );
         seq
     }
 
@@ -693,6 +777,53 @@ impl SimPeer {
         self.srtcp_index += 1;
         buf.truncate(n);
         self.outbox.push_back((dest, buf));
+    }
+
+    /// Sends a receiver report on every incoming stream with packets since the last one: the
+    /// share lost in between (RFC 3550 §6.4.1), counted before repair as browsers count it.
+    pub fn send_receiver_reports(&mut self) {
+        let mut blocks = Vec::new();
+        for line in &self.incoming {
+            let Some(pkts) = self.received.get(&line.ssrc) else {
+                continue;
+            };
+            let (from, previous) = self.report_marks.get(&line.ssrc).copied().unwrap_or((0, 0));
+            let fresh: Vec<u16> = pkts[from.min(pkts.len())..]
+                .iter()
+                .filter(|p| !p.repaired)
+                .map(|p| p.seq)
+                .collect();
+            let Some(&first) = fresh.first() else {
+                continue;
+            };
+            let base = if from == 0 {
+                first.wrapping_sub(1)
+            } else {
+                previous
+            };
+            let highest = fresh
+                .iter()
+                .copied()
+                .max_by_key(|s| s.wrapping_sub(base) as i16)
+                .unwrap_or(first);
+            let expected = (highest.wrapping_sub(base) as i16).max(1) as i64;
+            let lost = (expected - fresh.len() as i64).max(0);
+            self.report_marks.insert(line.ssrc, (pkts.len(), highest));
+            blocks.push(sfu_core::rtcp_writer::ReportBlock {
+                ssrc: line.ssrc,
+                fraction_lost: (lost * 256 / expected).min(255) as u8,
+                total_lost: 0,
+                highest_ext_seq: highest as u32,
+                jitter: 0,
+                last_sr: 0,
+                delay_since_last_sr: 0,
+            });
+        }
+        for block in blocks {
+            let mut buf = [0u8; 64];
+            let n = sfu_core::rtcp_writer::receiver_report(&mut buf, &block);
+            self.send_rtcp(&buf[..n]);
+        }
     }
 
     /// Sends a PLI for an incoming stream.

@@ -1,0 +1,299 @@
+//! Simulcast scenarios on the simulated network: a publisher sends three layers (RIDs l, m, h)
+//! the way Chrome does; each subscriber gets one layer, chosen by what it asks for, what the
+//! publisher is sending and what its link carries, switched only at keyframes, with one
+//! unbroken sequence and timestamp line per subscriber.
+
+use sfu_proto::{Command, MediaKind, Permissions, VideoLayer};
+use sfu_testkit::{Link, ReceivedPacket, SimNetwork};
+use std::time::Duration;
+
+const BOTH: Permissions = Permissions {
+    publish: true,
+    subscribe: true,
+};
+const LAYERS: usize = 3;
+/// Packets per frame of each layer (lowest first): higher layers have bigger frames.
+const PACKETS_PER_FRAME: [usize; LAYERS] = [1, 2, 4];
+
+/// A publisher's three encoders at 30 fps, VP8-shaped payloads. Each layer's RTP timestamps
+/// start at their own origin (as in browsers); sender reports relate them to one clock.
+struct SimulcastPublisher {
+    peer: usize,
+    tracks: Vec<usize>,
+    origins: [u32; LAYERS],
+    sending: [bool; LAYERS],
+    key_owed: [bool; LAYERS],
+    send_reports: bool,
+    ms: u64,
+    frame: u64,
+}
+
+impl SimulcastPublisher {
+    fn new(net: &mut SimNetwork, peer: usize, send_reports: bool) -> Self {
+        let tracks = net.peers[peer].add_simulcast_video(&["l", "m", "h"]);
+        Self {
+            peer,
+            tracks,
+            origins: [0x1000_0000, 0x9000_0000, 0xf000_0000],
+            sending: [true; LAYERS],
+            key_owed: [true; LAYERS],
+            send_reports,
+            ms: 0,
+            frame: 0,
+        }
+    }
+
+    /// Called every simulated millisecond.
+    fn step(&mut self, net: &mut SimNetwork) {
+        self.ms += 1;
+        let peer = &mut net.peers[self.peer];
+        for ssrc in std::mem::take(&mut peer.pli_ssrcs) {
+            if let Some(l) = self
+                .tracks
+                .iter()
+                .position(|&t| peer.tracks[t].ssrc == ssrc)
+            {
+                self.key_owed[l] = true;
+            }
+        }
+        if self.send_reports && self.ms.is_multiple_of(500) {
+            for l in 0..LAYERS {
+                let t = &peer.tracks[self.tracks[l]];
+                let mut buf = [0u8; 64];
+                // NTP seconds since an arbitrary epoch, 32.32 fixed point.
+                let ntp = (1000u64 << 32) + (self.ms << 32) / 1000;
+                let rtp = self.origins[l].wrapping_add((self.ms * 90) as u32);
+                let n = sfu_core::rtcp_writer::sender_report(&mut buf, t.ssrc, ntp, rtp, 0, 0);
+                peer.send_rtcp(&buf[..n]);
+            }
+        }
+        let frame = self.ms * 30 / 1000;
+        if frame == self.frame {
+            return;
+        }
+        self.frame = frame;
+        for (l, &packets) in PACKETS_PER_FRAME.iter().enumerate() {
+            if !self.sending[l] {
+                continue;
+            }
+            let key = std::mem::take(&mut self.key_owed[l]) || frame.is_multiple_of(90);
+            let t = self.tracks[l];
+            peer.tracks[t].timestamp = self.origins[l].wrapping_add((frame * 3000) as u32);
+            for part in 0..packets {
+                // VP8 descriptor: S on the first packet; payload header P = 0 on keyframes.
+                let mut payload = vec![if part == 0 { 0x10 } else { 0x00 }];
+                payload.push(if key { 0x00 } else { 0x01 });
+                payload.push(l as u8);
+                payload.extend_from_slice(&(frame as u32).to_be_bytes());
+                payload.push(part as u8);
+                payload.resize(300 + 300 * l, 0xab);
+                peer.send_media(t, &payload, part + 1 == packets, 0);
+            }
+        }
+    }
+}
+
+fn layer(p: &ReceivedPacket) -> u8 {
+    p.payload[2]
+}
+
+fn starts_keyframe(p: &ReceivedPacket) -> bool {
+    p.payload[0] == 0x10 && p.payload[1] == 0x00
+}
+
+/// The video a subscriber received from the publisher, first arrivals only, in arrival order.
+fn video_from(net: &SimNetwork, subscriber: usize) -> Vec<ReceivedPacket> {
+    let line = net.peers[subscriber]
+        .incoming_from("pub", MediaKind::Video)
+        .expect("offered the publisher's video")
+        .clone();
+    net.peers[subscriber]
+        .received
+        .get(&line.ssrc)
+        .map(|pkts| pkts.iter().filter(|p| !p.repaired).cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Where the forwarded layer changes: (index of the first packet of the new layer, old, new).
+fn switches(pkts: &[ReceivedPacket]) -> Vec<(usize, u8, u8)> {
+    pkts.windows(2)
+        .enumerate()
+        .filter(|(_, w)| layer(&w[0]) != layer(&w[1]))
+        .map(|(i, w)| (i + 1, layer(&w[0]), layer(&w[1])))
+        .collect()
+}
+
+fn setup(send_reports: bool) -> (SimNetwork, SimulcastPublisher) {
+    let mut net = SimNetwork::new(11, |_| {});
+    net.add_peer("pub", &[]);
+    let publisher = SimulcastPublisher::new(&mut net, 0, send_reports);
+    for name in ["full", "small", "lossy"] {
+        net.add_peer(name, &[]);
+    }
+    for p in 0..4 {
+        net.join(p, "conference", BOTH);
+    }
+    net.connect_all(Duration::from_secs(5));
+    (net, publisher)
+}
+
+#[test]
+fn each_subscriber_gets_its_layer_and_switches_only_at_keyframes() {
+    let (mut net, mut publisher) = setup(true);
+    // A small tile asks for the low layer.
+    let small = net.id(2).clone();
+    net.command(Command::SetPreferredLayer {
+        participant: small,
+        track: None,
+        layer: VideoLayer::Low,
+    });
+    net.run(Duration::from_secs(3), |n| publisher.step(n));
+
+    let full = video_from(&net, 1);
+    let low = video_from(&net, 2);
+    assert!(full.len() > 200, "full received {} packets", full.len());
+    assert!(low.len() > 50, "small received {} packets", low.len());
+    assert!(
+        full.iter().all(|p| layer(p) == 2),
+        "full gets only the top layer"
+    );
+    assert!(
+        low.iter().all(|p| layer(p) == 0),
+        "small gets only the low layer"
+    );
+    assert!(
+        starts_keyframe(&full[0]) && starts_keyframe(&low[0]),
+        "streams start at keyframes"
+    );
+    let ingress = net.sfu.counters.packets_in;
+    assert!(ingress > 0);
+
+    // The publisher's top encoder stops (its uplink got worse): `full` falls back to m.
+    publisher.sending[2] = false;
+    net.run(Duration::from_secs(3), |n| publisher.step(n));
+    // It comes back: `full` returns to h.
+    publisher.sending[2] = true;
+    net.run(Duration::from_secs(3), |n| publisher.step(n));
+    net.run(Duration::from_millis(300), |_| {});
+
+    let full = video_from(&net, 1);
+    let changes = switches(&full);
+    assert_eq!(
+        changes.iter().map(|c| (c.1, c.2)).collect::<Vec<_>>(),
+        [(2, 1), (1, 2)],
+        "down to m while h is silent, back up to h"
+    );
+    for &(i, _, _) in &changes {
+        assert!(starts_keyframe(&full[i]), "a switch lands on a keyframe");
+        // One unbroken stream: the new layer's first packet follows the old layer's last.
+        assert_eq!(full[i].seq, full[i - 1].seq.wrapping_add(1));
+        // Sender reports put both layers on one clock: the timestamp advances by exactly the
+        // frames between the two packets (3000 per frame at 90 kHz).
+        let frame = |p: &ReceivedPacket| u32::from_be_bytes(p.payload[3..7].try_into().unwrap());
+        // A switch inside one frame (the new layer's keyframe of the frame just sent on the
+        // old one) still moves the timestamp on, by one tick.
+        let frames = frame(&full[i]) - frame(&full[i - 1]);
+        assert_eq!(
+            full[i].timestamp.wrapping_sub(full[i - 1].timestamp),
+            (frames * 3000).max(1),
+            "timestamps continue on the capture clock across the switch"
+        );
+    }
+    assert!(
+        net.peers[1]
+            .missing(
+                net.peers[1]
+                    .incoming_from("pub", MediaKind::Video)
+                    .unwrap()
+                    .ssrc
+            )
+            .is_empty()
+    );
+    assert!(
+        video_from(&net, 2).iter().all(|p| layer(p) == 0),
+        "small stayed low"
+    );
+    assert!(net.sfu.counters.layer_switches >= 2);
+
+    // Asking for the medium layer moves `small` up at the next keyframe.
+    let small = net.id(2).clone();
+    net.command(Command::SetPreferredLayer {
+        participant: small,
+        track: None,
+        layer: VideoLayer::Medium,
+    });
+    net.run(Duration::from_secs(1), |n| publisher.step(n));
+    let low = video_from(&net, 2);
+    assert_eq!(layer(low.last().unwrap()), 1, "small now gets m");
+    let (i, _, _) = switches(&low)[0];
+    assert!(starts_keyframe(&low[i]));
+}
+
+#[test]
+fn without_sender_reports_a_switch_still_moves_time_forward() {
+    let (mut net, mut publisher) = setup(false);
+    net.run(Duration::from_secs(2), |n| publisher.step(n));
+    publisher.sending[2] = false;
+    net.run(Duration::from_secs(3), |n| publisher.step(n));
+    let full = video_from(&net, 1);
+    let changes = switches(&full);
+    assert_eq!(changes.len(), 1, "one switch, down to m");
+    let (i, _, _) = changes[0];
+    assert_eq!(full[i].seq, full[i - 1].seq.wrapping_add(1));
+    // The layers' origins differ by 0x8000_0000 ticks; the SFU must not jump by that but by
+    // the time between the two packets' arrivals (within a frame; the network here has no
+    // jitter).
+    let frame = |p: &ReceivedPacket| u32::from_be_bytes(p.payload[3..7].try_into().unwrap());
+    let step = full[i].timestamp.wrapping_sub(full[i - 1].timestamp);
+    let capture = (frame(&full[i]) - frame(&full[i - 1])) * 3000;
+    assert!(
+        step > 0 && step.abs_diff(capture) < 3000,
+        "the timestamp moves forward by the time between the packets ({step} for {capture}), \
+         not by the layers' offset"
+    );
+    for w in full[i..].windows(2) {
+        assert!(w[1].timestamp.wrapping_sub(w[0].timestamp) < 90_000);
+    }
+}
+
+#[test]
+fn a_subscriber_whose_link_loses_packets_is_moved_down_and_back_up() {
+    let (mut net, mut publisher) = setup(true);
+    net.set_downlink(
+        3,
+        Link {
+            loss: 0.25,
+            delay: Duration::from_millis(10),
+        },
+    );
+    let mut ms = 0u64;
+    let mut step = |n: &mut SimNetwork| {
+        publisher.step(n);
+        ms += 1;
+        // Browsers report reception about once a second.
+        if ms.is_multiple_of(1000) {
+            n.peers[3].send_receiver_reports();
+        }
+    };
+    net.run(Duration::from_secs(4), &mut step);
+    let lossy = video_from(&net, 3);
+    assert!(
+        lossy.iter().any(|p| layer(p) < 2),
+        "the lossy subscriber was moved below h"
+    );
+    assert!(net.sfu.counters.layer_loss_downgrades >= 1);
+    assert!(
+        video_from(&net, 1).iter().all(|p| layer(p) == 2),
+        "full is unaffected"
+    );
+
+    // The link heals: after the recovery wait, one step at a time, back to h.
+    net.set_downlink(3, Link::default());
+    net.run(Duration::from_secs(30), &mut step);
+    let lossy = video_from(&net, 3);
+    assert_eq!(
+        layer(lossy.last().unwrap()),
+        2,
+        "back on h once the link is clean"
+    );
+}
