@@ -7,7 +7,9 @@
 //! decrypts and authenticates each packet and reads its stamp for one-way latency.
 
 use crate::receive_stats::{ReceiveStats, RxTotals};
-use crate::synthetic_media::{Emit, MediaProfile, StreamKind, SyntheticMedia, read_stamp, stamp};
+use crate::synthetic_media::{
+    Emit, MediaProfile, StreamKind, SyntheticMedia, frame_header, read_stamp, stamp,
+};
 use crate::timestamped_recv::{TimestampedRecv, realtime_ns};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -33,6 +35,12 @@ pub const RELAY_JOIN: &[u8] = b"JOIN ";
 
 const AUDIO_PT: u8 = 111;
 const VIDEO_PT: u8 = 96;
+/// Payload types of the lower simulcast layers toward the raw relay (layer 0, layer 1): it
+/// holds them back as an SFU forwards one layer per subscriber.
+pub const RELAY_LOWER_LAYER_PTS: [u8; 2] = [100, 101];
+/// Simulcast RIDs, lowest first (the generator publishes as mediasoup-client and Chrome
+/// applications commonly name them).
+pub const RIDS: [&str; 3] = ["l", "m", "h"];
 
 #[derive(Debug)]
 struct PlainStream {
@@ -46,7 +54,8 @@ enum Transport {
         relay: SocketAddr,
         group: u32,
         audio: PlainStream,
-        video: PlainStream,
+        /// One per video layer, lowest first.
+        video: Vec<PlainStream>,
         joins_sent: u32,
         next_join: Instant,
     },
@@ -62,6 +71,8 @@ struct Client {
     first_media: Option<Instant>,
     rx: ReceiveStats,
     sent_packets: u64,
+    /// Packets of the streams subscribers receive by default (audio, top video layer).
+    sent_forwarded: u64,
     sent_bytes: u64,
     counter: u64,
 }
@@ -96,6 +107,7 @@ impl Client {
             first_media: None,
             rx: ReceiveStats::default(),
             sent_packets: 0,
+            sent_forwarded: 0,
             sent_bytes: 0,
             counter: 0,
         }
@@ -145,6 +157,9 @@ pub enum ToMedia {
 pub struct GeneratorReport {
     pub rx: RxTotals,
     pub sent_packets: u64,
+    /// Of those, packets of streams subscribers receive by default (audio, the top video
+    /// layer): what they should get copies of.
+    pub sent_forwarded: u64,
     pub sent_bytes: u64,
     /// Join → first media packet received, per participant that received any (ms).
     pub join_ms: Vec<f64>,
@@ -281,7 +296,9 @@ impl Generator {
                     if self.profile.audio {
                         peer.add_track(MediaKind::Audio);
                     }
-                    if self.profile.video_kbps > 0 {
+                    if self.profile.video_kbps > 0 && self.profile.simulcast {
+                        peer.add_simulcast_video(&RIDS);
+                    } else if self.profile.video_kbps > 0 {
                         peer.add_track(MediaKind::Video);
                     }
                 }
@@ -342,10 +359,12 @@ impl Generator {
                             ssrc: rand::random(),
                             seq: rand::random(),
                         },
-                        video: PlainStream {
-                            ssrc: rand::random(),
-                            seq: rand::random(),
-                        },
+                        video: (0..self.profile.layers())
+                            .map(|_| PlainStream {
+                                ssrc: rand::random(),
+                                seq: rand::random(),
+                            })
+                            .collect(),
                         joins_sent: 0,
                         next_join: now,
                     },
@@ -361,6 +380,7 @@ impl Generator {
                 for c in &mut self.clients {
                     c.rx = ReceiveStats::default();
                     c.sent_packets = 0;
+                    c.sent_forwarded = 0;
                     c.sent_bytes = 0;
                 }
             }
@@ -381,6 +401,7 @@ impl Generator {
         for c in &self.clients {
             r.rx.add(&c.rx);
             r.sent_packets += c.sent_packets;
+            r.sent_forwarded += c.sent_forwarded;
             r.sent_bytes += c.sent_bytes;
             if let Some(t) = c.first_media {
                 r.join_ms
@@ -471,6 +492,22 @@ impl Generator {
                 Ok(_) => {}
             }
         }
+        // A PLI asks the named layer's encoder for a keyframe, as a browser's would.
+        if let Client {
+            transport: Transport::WebRtc(peer),
+            media: Some(media),
+            ..
+        } = c
+        {
+            let video_base = usize::from(self.profile.audio);
+            for ssrc in std::mem::take(&mut peer.pli_ssrcs) {
+                if let Some(t) = peer.tracks.iter().position(|t| t.ssrc == ssrc)
+                    && t >= video_base
+                {
+                    media.request_keyframe(t - video_base);
+                }
+            }
+        }
         self.flush(idx);
     }
 
@@ -509,15 +546,17 @@ impl Generator {
             for e in &self.emits {
                 c.counter += 1;
                 let payload = &mut self.payload[..e.len];
+                frame_header(payload, e);
                 stamp(payload, now_ns(), c.counter);
                 c.sent_packets += 1;
+                c.sent_forwarded += u64::from(e.forwarded);
                 c.sent_bytes += e.len as u64;
                 match &mut c.transport {
                     Transport::WebRtc(peer) => {
                         let track = match (e.kind, profile_audio) {
                             (StreamKind::Audio, _) => 0,
-                            (StreamKind::Video, true) => 1,
-                            (StreamKind::Video, false) => 0,
+                            (StreamKind::Video, true) => 1 + e.layer,
+                            (StreamKind::Video, false) => e.layer,
                         };
                         if let Some(t) = peer.tracks.get_mut(track) {
                             t.timestamp = e.rtp_ts;
@@ -530,9 +569,13 @@ impl Generator {
                         video,
                         ..
                     } => {
+                        let top = video.len() - 1;
                         let (s, pt) = match e.kind {
                             StreamKind::Audio => (audio, AUDIO_PT),
-                            StreamKind::Video => (video, VIDEO_PT),
+                            StreamKind::Video if e.layer == top => (&mut video[top], VIDEO_PT),
+                            StreamKind::Video => {
+                                (&mut video[e.layer], RELAY_LOWER_LAYER_PTS[e.layer])
+                            }
                         };
                         s.seq = s.seq.wrapping_add(1);
                         let slot = self.batch.slot();

@@ -291,7 +291,8 @@ async fn janus_join(
                 h,
                 json!({"request": "joinandconfigure", "ptype": "publisher", "room": 1000 + p.meeting,
                        "display": p.name, "audio": true, "video": true}),
-                Some(json!({"type": "offer", "sdp": offer})),
+                // Our RIDs are listed lowest first (Janus assumes highest first otherwise).
+                Some(json!({"type": "offer", "sdp": offer, "rid_order": "lmh"})),
             )
             .await
             .context("publishing to Janus")?;
@@ -615,7 +616,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     };
     // Copies the receivers should have got, from what was sent: catches streams that never
     // arrived or stopped, which sequence-number loss cannot see.
-    let should_receive = g.sent_packets as f64 * opts.scenario.fan_out();
+    let should_receive = g.sent_forwarded as f64 * opts.scenario.fan_out();
     let delivery_loss_pct = if should_receive > 0.0 {
         (100.0 * (1.0 - g.rx.packets as f64 / should_receive)).max(0.0)
     } else {
@@ -669,6 +670,8 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         duration_s: elapsed,
         pps_in,
         pps_out,
+        pps_in_forwarded: g.sent_forwarded as f64 / elapsed,
+        simulcast_layers: opts.profile.layers(),
         bytes_in_per_s: bytes_in,
         bytes_out_per_s: bytes_out,
         generator_pps_sent: g.sent_packets as f64 / elapsed,

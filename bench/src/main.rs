@@ -98,8 +98,12 @@ struct LoadArgs {
     /// Longest wait, in seconds, for every participant's media before measuring.
     #[arg(long, env = "BENCH_SETTLE_TIMEOUT", default_value_t = 30.0)]
     settle_timeout: f64,
+    /// Bitrate of the top video layer (the lower simulcast layers add 15 % and 40 % of it).
     #[arg(long, env = "BENCH_VIDEO_KBPS", default_value_t = 600)]
     video_kbps: u32,
+    /// Publish one video stream instead of three simulcast layers.
+    #[arg(long, env = "BENCH_NO_SIMULCAST")]
+    no_simulcast: bool,
     #[arg(long, env = "BENCH_FPS", default_value_t = 30)]
     fps: u32,
     #[arg(long, env = "BENCH_KEYFRAME_SECS", default_value_t = 3.0)]
@@ -157,6 +161,7 @@ impl LoadArgs {
                 video_kbps: self.video_kbps,
                 fps: self.fps,
                 keyframe_interval: Duration::from_secs_f64(self.keyframe_secs.max(0.1)),
+                simulcast: !self.no_simulcast,
             },
             duration: Duration::from_secs_f64(self.duration),
             settle_timeout: Duration::from_secs_f64(self.settle_timeout),

@@ -1,10 +1,12 @@
-//! The ceiling: a minimal UDP relay with no crypto and no parsing beyond the source address —
-//! `recvmmsg` in, `sendmmsg` out to every other member of the sender's group. Forwarding the
-//! same packet pattern as the SFU, it shows what this machine can move at all.
+//! The ceiling: a minimal UDP relay with no crypto and no parsing beyond the source address
+//! and the payload type — `recvmmsg` in, `sendmmsg` out to every other member of the sender's
+//! group. Lower simulcast layers (by payload type) are received and not forwarded, as an SFU
+//! forwards one layer per subscriber; so it forwards the same packet pattern as the SFU and
+//! shows what this machine can move at all.
 //!
 //! Members register with `JOIN <group> <pub|sub>` from the socket they use.
 
-use crate::generator::RELAY_JOIN;
+use crate::generator::{RELAY_JOIN, RELAY_LOWER_LAYER_PTS};
 use sfu_core::TransmitBatch;
 use sfu_server::udp_batch::UdpBatch;
 use std::collections::HashMap;
@@ -36,6 +38,12 @@ impl RawRelay {
         let Some(group) = self.member_of.get(&from) else {
             return;
         };
+        if data
+            .get(1)
+            .is_some_and(|b| RELAY_LOWER_LAYER_PTS.contains(&(b & 0x7f)))
+        {
+            return;
+        }
         for &to in &self.groups[group] {
             if to != from {
                 out.push(to, data);
@@ -84,10 +92,13 @@ mod tests {
             r.handle(addr, format!("JOIN {g} pub").as_bytes(), &mut out);
         }
         assert!(out.is_empty());
-        r.handle(a, b"media", &mut out);
+        r.handle(a, &[0x80, 96, 0, 1], &mut out);
         let dests: Vec<SocketAddr> = (0..out.len()).map(|i| out.get(i).0).collect();
         assert_eq!(dests, vec![b, c]);
         out.clear();
+        // A lower simulcast layer is held back.
+        r.handle(a, &[0x80, RELAY_LOWER_LAYER_PTS[0], 0, 1], &mut out);
+        assert!(out.is_empty());
         r.handle("127.0.0.1:9".parse().unwrap(), b"stranger", &mut out);
         assert!(out.is_empty(), "unregistered senders are dropped");
     }

@@ -16,6 +16,11 @@ pub struct TargetReport {
     /// Packets and bytes per second into and out of the server under test.
     pub pps_in: f64,
     pub pps_out: f64,
+    /// Of `pps_in`, the streams subscribers receive (audio and the top simulcast layer); the
+    /// lower layers come in and are held back for subscribers who ask for less.
+    pub pps_in_forwarded: f64,
+    /// Video layers each publisher sends (3 with simulcast, else 1).
+    pub simulcast_layers: usize,
     pub bytes_in_per_s: f64,
     pub bytes_out_per_s: f64,
     /// Packets per second the generator's participants sent and received.

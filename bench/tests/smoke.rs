@@ -125,9 +125,26 @@ fn each_scenario_runs_against_our_sfu_and_the_relay() {
     let r = &doc["targets"][0];
     check(r, 4, 4);
     assert_eq!(r["fan_out"].as_f64(), Some(3.0));
-    // Each packet in is forwarded to the three others.
-    let ratio = r["pps_out"].as_f64().unwrap() / r["pps_in"].as_f64().unwrap();
-    assert!((2.5..3.5).contains(&ratio), "fan-out 3 at the SFU: {ratio}");
+    // Three simulcast layers come in; each subscriber gets one (the top) and the audio: each
+    // such packet is forwarded to the three others, the lower layers to nobody.
+    assert_eq!(r["simulcast_layers"].as_u64(), Some(3));
+    let (pps_in, forwarded) = (
+        r["pps_in"].as_f64().unwrap(),
+        r["pps_in_forwarded"].as_f64().unwrap(),
+    );
+    assert!(pps_in > forwarded * 1.2, "lower layers were sent: {r}");
+    let ratio = r["pps_out"].as_f64().unwrap() / forwarded;
+    assert!(
+        (2.5..3.5).contains(&ratio),
+        "fan-out 3 of one layer at the SFU: {ratio}"
+    );
+    // The SFU's own count agrees: it sent about three copies of the forwarded streams, not
+    // of every layer.
+    let sfu_out = r["sfu_metrics_pps_out"].as_f64().unwrap();
+    assert!(
+        sfu_out < forwarded * 3.0 * 1.25,
+        "{sfu_out} packets/s out: {r}"
+    );
 
     let doc = bench(&[
         "compare",

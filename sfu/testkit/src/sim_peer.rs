@@ -642,7 +642,8 @@ impl SimPeer {
                 .downcast_ref::<rtc_rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
             {
                 self.plis_received += 1;
-                if self.keep_history {
+                // Bounded: a sender drains it, and requests are throttled upstream.
+                if self.pli_ssrcs.len() < 64 {
                     self.pli_ssrcs.push(pli.media_ssrc);
                 }
             } else if let Some(fb) = any
