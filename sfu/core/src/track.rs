@@ -48,9 +48,9 @@ impl Track {
             ordered
                 .into_iter()
                 .enumerate()
-                // Lower layers send fewer packets per frame: the same repair window needs
-                // fewer slots.
-                .map(|(i, rid)| TrackLayer::new(Some(rid), cache_slots >> (n - 1 - i)))
+                // Each layer down sends about a quarter of the packets (half the width and
+                // height): the same repair window needs a quarter of the slots.
+                .map(|(i, rid)| TrackLayer::new(Some(rid), cache_slots >> (2 * (n - 1 - i))))
                 .collect()
         };
         Self {
