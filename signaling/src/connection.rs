@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
-use sfu_proto::ParticipantId;
+use sfu_proto::{ParticipantId, TrackId, VideoLayer};
 use std::sync::Arc;
 
 #[derive(Deserialize)]
@@ -48,6 +48,13 @@ enum ClientMessage {
     EndMeeting {},
     /// Drop-in: take the first patient in the queue into a private visit.
     TakeNext {},
+    /// The highest simulcast layer wanted of one received video track, or of all (`track`
+    /// absent): small tiles and data-saving phones ask for less.
+    PreferredLayer {
+        #[serde(default)]
+        track: Option<TrackId>,
+        layer: VideoLayer,
+    },
 }
 
 fn error_text(code: &str, message: &str) -> String {
@@ -193,6 +200,13 @@ async fn handle(state: &AppState, id: &ParticipantId, msg: ClientMessage) -> Opt
         }
         ClientMessage::Answer { sdp } => {
             return room.lock().answer(id, sdp, sfu).err().map(request_error);
+        }
+        ClientMessage::PreferredLayer { track, layer } => {
+            return room
+                .lock()
+                .prefer_layer(id, track, layer, sfu)
+                .err()
+                .map(request_error);
         }
         ClientMessage::Candidate {} | ClientMessage::Leave {} => return None,
         ClientMessage::Ping {} => return Some(json!({"type": "pong"}).to_string()),

@@ -13,7 +13,7 @@ use crate::session_token::{Role, Session};
 use crate::sfu_control::SfuControl;
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use sfu_proto::{Command, ParticipantId, Permissions, RoomId};
+use sfu_proto::{Command, ParticipantId, Permissions, RoomId, TrackId, VideoLayer};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::mpsc::UnboundedSender;
@@ -823,6 +823,30 @@ impl RoomState {
         sfu.send(Command::Answer {
             participant: id.clone(),
             answer_sdp: sdp,
+        });
+        Ok(())
+    }
+
+    /// Which simulcast layer a participant wants of what it receives (passed to the SFU,
+    /// which also lowers it for a lossy link or a layer the publisher stopped sending).
+    pub fn prefer_layer(
+        &self,
+        id: &ParticipantId,
+        track: Option<TrackId>,
+        layer: VideoLayer,
+        sfu: &dyn SfuControl,
+    ) -> Result<(), RequestError> {
+        let m = self
+            .members
+            .get(id)
+            .ok_or(RequestError::NoSuchParticipant)?;
+        if !m.sfu_joined {
+            return Err(RequestError::NoMediaSession);
+        }
+        sfu.send(Command::SetPreferredLayer {
+            participant: id.clone(),
+            track,
+            layer,
         });
         Ok(())
     }

@@ -26,6 +26,9 @@ const state = {
   pc: null, ws: null, dc: null, names: new Map(), roles: new Map(), tiles: new Map(), participant: null,
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
   closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, forceSend: false,
+  // Simulcast: the video tracks each publisher sends us, the layer last asked for per track,
+  // and the data-saving choice (lowest layer of everything).
+  videoTracks: new Map(), layers: new Map(), saveData: false,
 };
 window.hcState = state; // read by the browser tests
 
@@ -78,13 +81,60 @@ function tileFor(streamId) {
     tile = { fig, video, cap, stream: new MediaStream() };
     video.srcObject = tile.stream;
     state.tiles.set(streamId, tile);
+    tileSizes.observe(fig);
   }
   return tile;
 }
 
+/** The camera goes out as simulcast layers, lowest first (the SFU reads the order from the
+ * RIDs), and the SFU forwards each receiver one of them. Browsers encode as many layers as the
+ * picture is large enough for (three from about 960 pixels wide, two from about 480), and
+ * drop the top ones beyond that: so the layers asked for match the camera's width. */
+function cameraLayers(track) {
+  const width = (track.getSettings && track.getSettings().width) || 640;
+  if (width >= 960) {
+    return [
+      { rid: "l", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+      { rid: "m", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+      { rid: "h", maxBitrate: 1500000 },
+    ];
+  }
+  if (width >= 480) {
+    return [
+      { rid: "l", scaleResolutionDownBy: 2, maxBitrate: 200000 },
+      { rid: "h", maxBitrate: 900000 },
+    ];
+  }
+  return [{ maxBitrate: 500000 }];
+}
+
+/** The layer a tile needs: the smallest that still fills it (device pixels), or the lowest
+ * when saving data. */
+function layerFor(tile) {
+  if (state.saveData) return "low";
+  const width = tile.fig.clientWidth * (window.devicePixelRatio || 1);
+  if (width <= 320) return "low";
+  if (width <= 640) return "medium";
+  return "high";
+}
+
+/** Tells the server which layer each received video track should come in, when it changed. */
+function applyLayers() {
+  for (const [publisher, tracks] of state.videoTracks) {
+    const tile = state.tiles.get(publisher);
+    if (!tile) continue;
+    const layer = layerFor(tile);
+    for (const track of tracks) {
+      if (state.layers.get(track) === layer) continue;
+      if (send({ type: "preferred_layer", track, layer })) state.layers.set(track, layer);
+    }
+  }
+}
+const tileSizes = new ResizeObserver(() => applyLayers());
+
 function removeTile(streamId) {
   const tile = state.tiles.get(streamId);
-  if (tile) { tile.fig.remove(); state.tiles.delete(streamId); }
+  if (tile) { tileSizes.unobserve(tile.fig); tile.fig.remove(); state.tiles.delete(streamId); }
 }
 
 /** Our camera and microphone go out only once admitted (tests may force it to probe the SFU). */
@@ -108,8 +158,15 @@ async function connectMedia(restart) {
   state.pc = pc;
   // Added with their tracks (so the offer announces their SSRCs), then emptied until admitted.
   state.senders = local.getTracks().map((track) => ({
-    sender: pc.addTransceiver(track, { direction: "sendonly", streams: [local] }).sender, track,
+    sender: pc.addTransceiver(track, {
+      direction: "sendonly", streams: [local],
+      ...(track.kind === "video" ? { sendEncodings: cameraLayers(track) } : {}),
+    }).sender,
+    track,
   }));
+  // A new session subscribes afresh: every layer choice is sent again.
+  state.videoTracks.clear();
+  state.layers.clear();
   applySending();
   // The room's data channel (relayed by the SFU to everyone admitted): raised hands. The sender
   // names itself; the server does not vouch for it, so nothing here is trusted beyond display.
@@ -129,7 +186,20 @@ async function connectMedia(restart) {
     const streamId = ev.streams[0] ? ev.streams[0].id : ev.track.id;
     const tile = tileFor(streamId);
     tile.stream.addTrack(ev.track);
-    ev.track.onended = () => tile.stream.removeTrack(ev.track);
+    // The SFU names a track `<publisher>/<mid>`; in the SDP (whose ids cannot hold a slash)
+    // it is `<publisher>-<mid>`, and the publisher is the stream.
+    const trackId = ev.track.id.startsWith(streamId + "-")
+      ? `${streamId}/${ev.track.id.slice(streamId.length + 1)}` : null;
+    if (ev.track.kind === "video" && trackId) {
+      if (!state.videoTracks.has(streamId)) state.videoTracks.set(streamId, new Set());
+      state.videoTracks.get(streamId).add(trackId);
+    }
+    ev.track.onended = () => {
+      tile.stream.removeTrack(ev.track);
+      if (trackId && state.videoTracks.has(streamId)) state.videoTracks.get(streamId).delete(trackId);
+      state.layers.delete(trackId);
+    };
+    applyLayers();
   };
   pc.onconnectionstatechange = () => {
     if (pc !== state.pc) return;
@@ -393,6 +463,7 @@ async function handle(msg) {
       break;
     case "participant_left":
       state.people.delete(msg.participant);
+      state.videoTracks.delete(msg.participant);
       renderPeople();
       removeTile(msg.participant);
       break;
@@ -493,6 +564,11 @@ function wireControls() {
       setStatus("Skärmdelningen startade inte.");
     }
   });
+  $("save-data").onclick = (ev) => {
+    state.saveData = !state.saveData;
+    ev.target.setAttribute("aria-pressed", String(state.saveData));
+    applyLayers();
+  };
   $("take-next").onclick = () => send({ type: "take_next" });
   // Ending is for everyone: a second press confirms (no dialogs, they block phones' UI).
   let armed = null;
