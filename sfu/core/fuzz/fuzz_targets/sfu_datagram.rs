@@ -4,9 +4,10 @@
 //!
 //! Set-up, built once per process (lazily) and rebuilt only if a participant is lost: an `Sfu`
 //! (`SfuConfig::new(TransportConfig::generate(..))`, as `sfu_testkit::SimNetwork` makes it) with
-//! one room, a publisher (`SimPeer` with an audio and a video track, its realistic offer) and a
-//! subscriber, connected for real over the simulated network: ICE, DTLS and SRTP keys, and the
-//! subscriber's renegotiated subscriptions. ICE consent is kept alive by running the simulated
+//! one room, a publisher (`SimPeer` with an audio track, a video track and a simulcast video
+//! track of three layers bound by RID, its realistic offer) and a subscriber, connected for
+//! real over the simulated network: ICE, DTLS and SRTP keys, and the subscriber's renegotiated
+//! subscriptions. ICE consent is kept alive by running the simulated
 //! network for 1 ms of virtual time after each input.
 //!
 //! Each input is then:
@@ -17,16 +18,18 @@
 //!    their real keys and sent from each (this is what reaches `rtc_rtcp::packet::unmarshal`,
 //!    NACK → retransmission, PLI/FIR → keyframe requests, sender-report translation);
 //! 3. if it parses as an RTP header: its payload (after the header) sent by the publisher as an
-//!    authenticated media packet on the audio track (payload type 111) or the video track
-//!    (otherwise), with the header's marker bit: payload handling, packet cache, and the
-//!    rewrite and seal toward the subscriber;
+//!    authenticated media packet on the audio track (payload type 111) or, by the payload
+//!    type's two low bits, the video track or one of the simulcast layers (MID and RID header
+//!    extensions), with the header's marker bit: payload handling, keyframe detection and
+//!    layer switching, packet cache, and the rewrite and seal toward the subscriber;
 //! 4. `handle_timeout` at the current virtual time.
 //!
 //! SSRCs are random per process, so a corpus could not name them; the four bytes
 //! `F0 0D 55 0k` anywhere in the input stand for SSRC number `k` of this table (any other `k`:
 //! left alone): 0 the publisher's audio, 1 its video, 2 its video RTX, 3 its audio RTX (not
 //! negotiated), then from 4 the subscriber's incoming streams in the order of the SFU's offers,
-//! two numbers each (media SSRC, RTX SSRC or 0).
+//! two numbers each (media SSRC, RTX SSRC or 0), then the simulcast layers l, m, h (media, RTX
+//! each).
 //!
 //! The SFU keeps state between inputs (as a worker does between datagrams). A crash that needs
 //! that state may not reproduce from its artifact alone.
@@ -65,6 +68,7 @@ impl Harness {
     fn build() -> Self {
         let mut net = SimNetwork::new(1, |_| {});
         net.add_peer("fuzz-pub", &[MediaKind::Audio, MediaKind::Video]);
+        let layers = net.peers[PUBLISHER].add_simulcast_video(&["l", "m", "h"]);
         net.add_peer("fuzz-sub", &[]);
         net.join(PUBLISHER, "fuzz-room", BOTH);
         net.join(SUBSCRIBER, "fuzz-room", BOTH);
@@ -78,7 +82,14 @@ impl Harness {
             }
             if tick.is_multiple_of(33) {
                 // VP8 payload descriptor, then a keyframe header (P bit clear).
-                n.peers[PUBLISHER].send_media(1, &[0x10, 0x00, 0x9d, 0x01, 0x2a], true, 3000);
+                for track in [1, 2, 3, 4] {
+                    n.peers[PUBLISHER].send_media(
+                        track,
+                        &[0x10, 0x00, 0x9d, 0x01, 0x2a],
+                        true,
+                        3000,
+                    );
+                }
             }
         });
 
@@ -92,6 +103,10 @@ impl Harness {
         for line in &net.peers[SUBSCRIBER].incoming {
             ssrcs.push(line.ssrc);
             ssrcs.push(line.rtx_ssrc.unwrap_or(0));
+        }
+        for &t in &layers {
+            ssrcs.push(net.peers[PUBLISHER].tracks[t].ssrc);
+            ssrcs.push(net.peers[PUBLISHER].tracks[t].rtx_ssrc);
         }
         net.events.clear();
         Self {
@@ -163,7 +178,11 @@ impl Harness {
             }
             PacketClass::Rtp => {
                 if let Ok(h) = RtpHeader::parse(&data) {
-                    let track = if h.payload_type == 111 { 0 } else { 1 };
+                    let track = if h.payload_type == 111 {
+                        0
+                    } else {
+                        1 + (h.payload_type & 3) as usize
+                    };
                     let payload = &data[h.header_len..];
                     let step = if track == 0 { 960 } else { 3000 };
                     self.net.peers[PUBLISHER].send_media(track, payload, h.marker, step);
