@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
-use sfu_proto::{ParticipantId, TrackId, VideoLayer};
+use sfu_proto::{ParticipantId, VideoLayer};
 use std::sync::Arc;
 
 #[derive(Deserialize)]
@@ -48,11 +48,11 @@ enum ClientMessage {
     EndMeeting {},
     /// Drop-in: take the first patient in the queue into a private visit.
     TakeNext {},
-    /// The highest simulcast layer wanted of one received video track, or of all (`track`
-    /// absent): small tiles and data-saving phones ask for less.
+    /// The highest simulcast layer wanted of the video received on one m-line (`mid`), or of
+    /// all video now and later (`mid` absent): small tiles and data-saving phones ask for less.
     PreferredLayer {
         #[serde(default)]
-        track: Option<TrackId>,
+        mid: Option<String>,
         layer: VideoLayer,
     },
 }
@@ -201,10 +201,10 @@ async fn handle(state: &AppState, id: &ParticipantId, msg: ClientMessage) -> Opt
         ClientMessage::Answer { sdp } => {
             return room.lock().answer(id, sdp, sfu).err().map(request_error);
         }
-        ClientMessage::PreferredLayer { track, layer } => {
+        ClientMessage::PreferredLayer { mid, layer } => {
             return room
                 .lock()
-                .prefer_layer(id, track, layer, sfu)
+                .prefer_layer(id, mid, layer, sfu)
                 .err()
                 .map(request_error);
         }

@@ -13,7 +13,7 @@ use crate::session_token::{Role, Session};
 use crate::sfu_control::SfuControl;
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use sfu_proto::{Command, ParticipantId, Permissions, RoomId, TrackId, VideoLayer};
+use sfu_proto::{Command, ParticipantId, Permissions, RoomId, VideoLayer};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::mpsc::UnboundedSender;
@@ -229,6 +229,8 @@ pub enum RequestError {
     ScreenShareNotAllowed,
     #[error("the media session has not started; send an offer first")]
     NoMediaSession,
+    #[error("a mid names an m-line in at most 32 characters")]
+    BadMid,
 }
 
 impl RequestError {
@@ -250,6 +252,7 @@ impl RequestError {
             RequestError::RestartTooSoon => "restart_too_soon",
             RequestError::ScreenShareNotAllowed => "screen_share_not_allowed",
             RequestError::NoMediaSession => "no_media_session",
+            RequestError::BadMid => "bad_mid",
         }
     }
 }
@@ -832,7 +835,7 @@ impl RoomState {
     pub fn prefer_layer(
         &self,
         id: &ParticipantId,
-        track: Option<TrackId>,
+        mid: Option<String>,
         layer: VideoLayer,
         sfu: &dyn SfuControl,
     ) -> Result<(), RequestError> {
@@ -843,9 +846,12 @@ impl RoomState {
         if !m.sfu_joined {
             return Err(RequestError::NoMediaSession);
         }
+        if mid.as_ref().is_some_and(|m| m.len() > 32) {
+            return Err(RequestError::BadMid);
+        }
         sfu.send(Command::SetPreferredLayer {
             participant: id.clone(),
-            track,
+            mid,
             layer,
         });
         Ok(())

@@ -26,8 +26,8 @@ const state = {
   pc: null, ws: null, dc: null, names: new Map(), roles: new Map(), tiles: new Map(), participant: null,
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
   closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, forceSend: false,
-  // Simulcast: the video tracks each publisher sends us, the layer last asked for per track,
-  // and the data-saving choice (lowest layer of everything).
+  // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
+  // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
 };
 window.hcState = state; // read by the browser tests
@@ -118,15 +118,15 @@ function layerFor(tile) {
   return "high";
 }
 
-/** Tells the server which layer each received video track should come in, when it changed. */
+/** Tells the server which layer each received video should come in, when it changed. */
 function applyLayers() {
-  for (const [publisher, tracks] of state.videoTracks) {
+  for (const [publisher, mids] of state.videoTracks) {
     const tile = state.tiles.get(publisher);
     if (!tile) continue;
     const layer = layerFor(tile);
-    for (const track of tracks) {
-      if (state.layers.get(track) === layer) continue;
-      if (send({ type: "preferred_layer", track, layer })) state.layers.set(track, layer);
+    for (const mid of mids) {
+      if (state.layers.get(mid) === layer) continue;
+      if (send({ type: "preferred_layer", mid, layer })) state.layers.set(mid, layer);
     }
   }
 }
@@ -186,18 +186,18 @@ async function connectMedia(restart) {
     const streamId = ev.streams[0] ? ev.streams[0].id : ev.track.id;
     const tile = tileFor(streamId);
     tile.stream.addTrack(ev.track);
-    // The SFU names a track `<publisher>/<mid>`; in the SDP (whose ids cannot hold a slash)
-    // it is `<publisher>-<mid>`, and the publisher is the stream.
-    const trackId = ev.track.id.startsWith(streamId + "-")
-      ? `${streamId}/${ev.track.id.slice(streamId.length + 1)}` : null;
-    if (ev.track.kind === "video" && trackId) {
+    // Layers are asked for per m-line: the SFU knows which track it sends on each. A new
+    // subscription (on a new m-line) starts from our default, so it is told afresh.
+    const mid = ev.transceiver && ev.transceiver.mid;
+    if (ev.track.kind === "video" && mid) {
       if (!state.videoTracks.has(streamId)) state.videoTracks.set(streamId, new Set());
-      state.videoTracks.get(streamId).add(trackId);
+      state.videoTracks.get(streamId).add(mid);
+      state.layers.delete(mid);
     }
     ev.track.onended = () => {
       tile.stream.removeTrack(ev.track);
-      if (trackId && state.videoTracks.has(streamId)) state.videoTracks.get(streamId).delete(trackId);
-      state.layers.delete(trackId);
+      if (mid && state.videoTracks.has(streamId)) state.videoTracks.get(streamId).delete(mid);
+      state.layers.delete(mid);
     };
     applyLayers();
   };
@@ -567,6 +567,9 @@ function wireControls() {
   $("save-data").onclick = (ev) => {
     state.saveData = !state.saveData;
     ev.target.setAttribute("aria-pressed", String(state.saveData));
+    // The default for video that arrives later, then each tile's own choice.
+    send({ type: "preferred_layer", layer: state.saveData ? "low" : "high" });
+    state.layers.clear();
     applyLayers();
   };
   $("take-next").onclick = () => send({ type: "take_next" });

@@ -6,7 +6,7 @@ use crate::replay_window::ReplayWindow;
 use crate::srtp_context::SrtpContext;
 use crate::subscription::Subscription;
 use crate::twcc_feedback::TwccRecorder;
-use sfu_proto::{MediaKind, ParticipantId, Permissions, RoomId};
+use sfu_proto::{MediaKind, ParticipantId, Permissions, RoomId, VideoLayer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -78,6 +78,9 @@ pub struct Participant {
     pub twcc: TwccRecorder,
     /// Our transport-wide sequence number on packets sent to this participant.
     pub twcc_out_seq: u16,
+    /// The simulcast layer this participant wants of video by default (new subscriptions
+    /// start with it).
+    pub preferred_layer: VideoLayer,
 }
 
 impl Participant {

@@ -33,12 +33,7 @@ impl PayloadFormat {
     pub fn starts_keyframe(self, payload: &[u8]) -> bool {
         match self {
             Self::Vp8 => vp8_starts_keyframe(payload),
-            Self::Vp9 => {
-                // I P L F B E V Z: not inter-predicted (P = 0) and the beginning of a frame.
-                payload
-                    .first()
-                    .is_some_and(|b| b & 0x40 == 0 && b & 0x08 != 0)
-            }
+            Self::Vp9 => vp9_starts_keyframe(payload),
             Self::H264 => h264_starts_keyframe(payload),
             // Aggregation header Z Y W W N: N marks the first packet of a coded video sequence.
             Self::Av1 => payload.first().is_some_and(|b| b & 0x08 != 0),
@@ -79,29 +74,52 @@ fn vp8_starts_keyframe(p: &[u8]) -> bool {
     p.get(i).is_some_and(|b| b & 0x01 == 0)
 }
 
+fn vp9_starts_keyframe(p: &[u8]) -> bool {
+    let Some(&first) = p.first() else {
+        return false;
+    };
+    // I P L F B E V Z: not inter-predicted (P = 0) and the beginning of a frame (B).
+    if first & 0x40 != 0 || first & 0x08 == 0 {
+        return false;
+    }
+    if first & 0x20 == 0 {
+        return true;
+    }
+    // With layer indices (L): the keyframe starts at the base spatial layer (SID 0), after
+    // the picture id (I; 7 or 15 bits).
+    let mut i = 1;
+    if first & 0x80 != 0 {
+        let Some(&pid) = p.get(1) else {
+            return false;
+        };
+        i += if pid & 0x80 != 0 { 2 } else { 1 };
+    }
+    // TID(3) U(1) SID(3) D(1).
+    p.get(i).is_some_and(|b| (b >> 1) & 0x07 == 0)
+}
+
+/// A decoder can start only where the sequence parameters come (an IDR alone refers to a
+/// sequence parameter set the subscriber may not have, of another layer's resolution):
+/// Chrome sends SPS and PPS ahead of every IDR, alone or in a STAP-A.
 fn h264_starts_keyframe(p: &[u8]) -> bool {
-    const IDR: u8 = 5;
     const SPS: u8 = 7;
     let Some(&first) = p.first() else {
         return false;
     };
     match first & 0x1f {
-        t @ 1..=23 => t == IDR || t == SPS,
+        t @ 1..=23 => t == SPS,
         // STAP-A: (16-bit size, NAL unit)*.
         24 => {
             let mut i = 1;
             while i + 2 < p.len() {
                 let size = u16::from_be_bytes([p[i], p[i + 1]]) as usize;
-                let t = p[i + 2] & 0x1f;
-                if t == IDR || t == SPS {
+                if p[i + 2] & 0x1f == SPS {
                     return true;
                 }
                 i += 2 + size;
             }
             false
         }
-        // FU-A: the start fragment of an IDR slice.
-        28 => p.get(1).is_some_and(|h| h & 0x80 != 0 && h & 0x1f == IDR),
         _ => false,
     }
 }
@@ -128,23 +146,27 @@ mod tests {
     }
 
     #[test]
-    fn h264_idr_in_single_stap_a_and_fu_a() {
+    fn h264_keyframes_start_at_the_sequence_parameters() {
         let f = PayloadFormat::H264;
-        assert!(f.starts_keyframe(&[0x65, 0x88]));
-        assert!(!f.starts_keyframe(&[0x41, 0x9a]));
-        // STAP-A carrying SPS + PPS.
+        // SPS alone, and SPS + PPS in a STAP-A.
+        assert!(f.starts_keyframe(&[0x67, 0x42]));
         assert!(f.starts_keyframe(&[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce]));
+        // An IDR without them is no place to start, nor is a non-IDR slice.
+        assert!(!f.starts_keyframe(&[0x65, 0x88]));
+        assert!(!f.starts_keyframe(&[0x7c, 0x85, 0x00]));
+        assert!(!f.starts_keyframe(&[0x41, 0x9a]));
         // STAP-A with only a non-IDR slice, and a size that runs past the end.
         assert!(!f.starts_keyframe(&[0x78, 0x00, 0x02, 0x41, 0x00, 0xff, 0xff]));
-        // FU-A start of an IDR, and its middle.
-        assert!(f.starts_keyframe(&[0x7c, 0x85, 0x00]));
-        assert!(!f.starts_keyframe(&[0x7c, 0x05, 0x00]));
     }
 
     #[test]
     fn vp9_av1_and_opaque() {
         assert!(PayloadFormat::Vp9.starts_keyframe(&[0x08]));
         assert!(!PayloadFormat::Vp9.starts_keyframe(&[0x48]));
+        // With L and a 15-bit picture id: SID 0 starts, SID 1 does not; truncated does not.
+        assert!(PayloadFormat::Vp9.starts_keyframe(&[0xa8, 0x81, 0x02, 0x00]));
+        assert!(!PayloadFormat::Vp9.starts_keyframe(&[0xa8, 0x81, 0x02, 0x02]));
+        assert!(!PayloadFormat::Vp9.starts_keyframe(&[0xa8, 0x81]));
         assert!(PayloadFormat::Av1.starts_keyframe(&[0x18]));
         assert!(!PayloadFormat::Av1.starts_keyframe(&[0x10]));
         assert!(!PayloadFormat::Opaque.starts_keyframe(&[0x10, 0x00]));

@@ -130,7 +130,12 @@ fn simulcast_rids(simulcast_send: Option<&str>, declared: &[String]) -> Vec<Stri
             .collect(),
         None => declared.to_vec(),
     };
-    rids.dedup();
+    let mut seen = Vec::with_capacity(rids.len());
+    rids.retain(|r| {
+        let first = !seen.contains(r);
+        seen.push(r.clone());
+        first
+    });
     rids.truncate(MAX_SIMULCAST_LAYERS);
     if rids.len() < 2 {
         rids.clear();
@@ -339,6 +344,12 @@ a=simulcast:send q;~h,h2;f;x recv x\r\n";
             RemoteDescription::parse(&single).unwrap().media[0]
                 .rids
                 .is_empty()
+        );
+        // A RID listed twice is one layer.
+        let twice = CHROME_SIMULCAST.replace("q;~h,h2;f;x", "q;h;q;f");
+        assert_eq!(
+            RemoteDescription::parse(&twice).unwrap().media[0].rids,
+            ["q", "h", "f"]
         );
         // An invalid RID (it would travel in every packet) is not accepted.
         let bad = CHROME_SIMULCAST.replace("a=rid:f send", "a=rid:f%$ send");

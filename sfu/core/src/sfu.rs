@@ -25,7 +25,7 @@ use crate::twcc_feedback::TwccRecorder;
 use rustc_hash::FxHashMap;
 use sfu_proto::{
     Command, DisconnectReason, Event, MediaKind, ParticipantId, Permissions, RoomId, TrackId,
-    TrackInfo,
+    TrackInfo, VideoLayer,
 };
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -82,8 +82,9 @@ const MAX_VIDEO_TRACKS: usize = 4;
 /// An SFU offer not answered within this long is sent again (the browser may have failed it).
 /// How often simulcast subscriptions re-choose their layer.
 const LAYER_CHECK_INTERVAL: Duration = Duration::from_millis(250);
-/// Receiver-reported loss (of 256) at which a simulcast subscriber is moved a layer down, and
-/// at or below which, held for `LOSS_RECOVERY`, it may go a layer up again.
+/// Receiver-reported loss (of 256) at which, in two reports running, a simulcast subscriber is
+/// moved a layer down; and at or below which, in every report for `LOSS_RECOVERY`, it may go a
+/// layer up again.
 const LOSS_DOWNGRADE: u8 = 26;
 const LOSS_CLEAR: u8 = 5;
 const LOSS_RECOVERY: Duration = Duration::from_secs(8);
@@ -267,16 +268,17 @@ impl Sfu {
             }
             Command::SetPreferredLayer {
                 participant,
-                track,
+                mid,
                 layer,
             } => self.lookup(&participant).map(|idx| {
-                for s in 0..self.participant(idx).subscriptions.len() {
-                    let sub = &self.participant(idx).subscriptions[s];
-                    let matches = self.tracks[sub.track].as_ref().is_some_and(|t| {
-                        t.kind == MediaKind::Video && track.as_ref().is_none_or(|id| *id == t.id)
-                    });
-                    if matches {
-                        self.participant_mut(idx).subscriptions[s].preferred = layer;
+                let p = self.participant_mut(idx);
+                if mid.is_none() {
+                    // Also for subscriptions made later (a publisher who joins or reconnects).
+                    p.preferred_layer = layer;
+                }
+                for sub in &mut p.subscriptions {
+                    if mid.as_ref().is_none_or(|m| *m == sub.mid) {
+                        sub.preferred = layer;
                     }
                 }
                 self.select_layers(now, Some(idx), out);
@@ -372,6 +374,7 @@ impl Sfu {
             stun_addrs: Vec::new(),
             twcc: TwccRecorder::new(now),
             twcc_out_seq: 0,
+            preferred_layer: VideoLayer::High,
         };
         let idx = match self.free_participants.pop() {
             Some(i) => {
@@ -477,13 +480,21 @@ impl Sfu {
         codec: CodecParams,
     ) -> usize {
         let pid = self.participant(idx).id.clone();
+        // Simulcast needs the MID and RID header extensions to tell the layers apart; without
+        // them the answer accepts one stream.
+        let ext = self.participant(idx).ext;
+        let rids: &[String] = if ext.mid.is_some() && ext.rid.is_some() {
+            &m.rids
+        } else {
+            &[]
+        };
         let mut track = Track::new(
             TrackId(format!("{}/{}", pid, m.mid)),
             kind,
             idx,
             m.mid.clone(),
             codec,
-            &m.rids,
+            rids,
             self.config.nack_cache_slots,
         );
         // Simulcast layers are bound by their RIDs as packets arrive.
@@ -984,6 +995,7 @@ impl Sfu {
             rtx_payload_type: rtx_pt,
         };
         let mut subscription = Subscription::new(track, kind, mid.clone(), ids, seed);
+        subscription.preferred = self.participant(subscriber).preferred_layer;
         if let (Some(t), Some(now)) = (self.tracks[track].as_ref(), self.clock) {
             subscription.target_layer =
                 t.choose_layer(subscription.layer_limit(t.layers.len()), now);
@@ -1441,8 +1453,9 @@ impl Sfu {
             payload,
         );
         // A simulcast subscriber changes layer only where a picture can start.
+        // Not at a repair: a late copy of an old keyframe would start the layer in the past.
         let simulcast = track.is_simulcast();
-        let keyframe = simulcast && track.format.starts_keyframe(payload);
+        let keyframe = simulcast && !is_rtx && track.format.starts_keyframe(payload);
         // Forward: rewrite and seal once per subscriber.
         let track = self.tracks[t].as_ref().expect("track");
         for &(s, sub_idx) in &track.subscribers {
@@ -2066,20 +2079,28 @@ impl Sfu {
             return;
         };
         let top = track.layers.len() - 1;
+        if fraction_lost > LOSS_CLEAR {
+            sub.clean_since = None;
+        } else if sub.clean_since.is_none() {
+            sub.clean_since = Some(now);
+        }
         if fraction_lost >= LOSS_DOWNGRADE {
-            if current > 0 && sub.loss_cap > current - 1 {
+            sub.lossy_reports = sub.lossy_reports.saturating_add(1);
+            // Sustained: two reports in a row (about two seconds), not one bad burst.
+            if sub.lossy_reports >= 2 && current > 0 && sub.loss_cap > current - 1 {
                 sub.loss_cap = current - 1;
-                sub.loss_cap_changed_at = Some(now);
                 self.counters.layer_loss_downgrades += 1;
             }
-        } else if fraction_lost <= LOSS_CLEAR
-            && sub.loss_cap < top
-            && sub
-                .loss_cap_changed_at
-                .is_none_or(|at| now >= at + LOSS_RECOVERY)
+        } else {
+            sub.lossy_reports = 0;
+        }
+        // Up a step after a clean stretch, and the next step after another one.
+        if sub.loss_cap < top
+            && let Some(since) = sub.clean_since
+            && now >= since + LOSS_RECOVERY
         {
             sub.loss_cap += 1;
-            sub.loss_cap_changed_at = Some(now);
+            sub.clean_since = Some(now);
             if sub.loss_cap >= top {
                 sub.loss_cap = usize::MAX;
             }

@@ -49,7 +49,9 @@ pub struct Subscription {
     /// The highest layer the subscriber's link carries without loss, as its receiver reports
     /// tell (`usize::MAX`: no limit seen).
     pub loss_cap: usize,
-    pub loss_cap_changed_at: Option<Instant>,
+    /// Consecutive receiver reports with heavy loss, and since when every report was clean.
+    pub lossy_reports: u8,
+    pub clean_since: Option<Instant>,
     /// False once the track went away or the subscriber lost permission; the m-line goes
     /// inactive at the next renegotiation.
     pub active: bool,
@@ -87,7 +89,8 @@ impl Subscription {
             target_layer: usize::MAX,
             preferred: VideoLayer::High,
             loss_cap: usize::MAX,
-            loss_cap_changed_at: None,
+            lossy_reports: 0,
+            clean_since: None,
             active: true,
             offered: false,
             negotiated: false,

@@ -1,6 +1,6 @@
 //! Commands from signaling to the SFU.
 
-use crate::ids::{ParticipantId, RoomId, TrackId};
+use crate::ids::{ParticipantId, RoomId};
 use serde::{Deserialize, Serialize};
 
 /// What a participant may do with media. The SFU enforces it on the packet path: a participant
@@ -43,13 +43,13 @@ pub enum Command {
     CloseRoom { room: RoomId },
     /// Ask a subscriber's source for a keyframe (e.g. after the UI re-shows a video).
     RequestKeyframe { participant: ParticipantId },
-    /// The highest simulcast layer a subscriber wants of one track (`track`) or of every video
-    /// track it receives (`None`): a small tile or a data-saving phone asks for less. The SFU
-    /// may send less still when the layer is not being published or the subscriber's link
-    /// loses packets.
+    /// The highest simulcast layer a subscriber wants of the video it receives on one of its
+    /// m-lines (`mid`, as in the SFU's offer), or of all its video now and later (`None`): a
+    /// small tile or a data-saving phone asks for less. The SFU may send less still when the
+    /// layer is not being published or the subscriber's link loses packets.
     SetPreferredLayer {
         participant: ParticipantId,
-        track: Option<TrackId>,
+        mid: Option<String>,
         layer: VideoLayer,
     },
 }

@@ -144,7 +144,7 @@ fn each_subscriber_gets_its_layer_and_switches_only_at_keyframes() {
     let small = net.id(2).clone();
     net.command(Command::SetPreferredLayer {
         participant: small,
-        track: None,
+        mid: None,
         layer: VideoLayer::Low,
     });
     net.run(Duration::from_secs(3), |n| publisher.step(n));
@@ -213,13 +213,47 @@ fn each_subscriber_gets_its_layer_and_switches_only_at_keyframes() {
         video_from(&net, 2).iter().all(|p| layer(p) == 0),
         "small stayed low"
     );
+
+    // A NACK after the last switch is repaired from the forwarded layer's cache, payload for
+    // payload; one from before the switch names a packet of another layer and is not.
+    let ssrc = net.peers[1]
+        .incoming_from("pub", MediaKind::Video)
+        .unwrap()
+        .ssrc;
+    let (last_switch, _, _) = *changes.last().unwrap();
+    let after = full[last_switch + 3].clone();
+    let before = full[last_switch - 3].clone();
+    let repairs = |net: &SimNetwork| {
+        net.peers[1].received[&ssrc]
+            .iter()
+            .filter(|p| p.repaired)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    net.peers[1].send_nack(ssrc, &[after.seq, before.seq]);
+    net.run(Duration::from_millis(100), |n| publisher.step(n));
+    let repaired = repairs(&net);
+    assert_eq!(
+        repaired.len(),
+        1,
+        "only the packet of the current layer: {repaired:?}"
+    );
+    assert_eq!(
+        (repaired[0].seq, &repaired[0].payload),
+        (after.seq, &after.payload)
+    );
     assert!(net.sfu.counters.layer_switches >= 2);
 
-    // Asking for the medium layer moves `small` up at the next keyframe.
+    // Asking for the medium layer of that m-line moves `small` up at the next keyframe.
     let small = net.id(2).clone();
+    let mid = net.peers[2]
+        .incoming_from("pub", MediaKind::Video)
+        .unwrap()
+        .mid
+        .clone();
     net.command(Command::SetPreferredLayer {
         participant: small,
-        track: None,
+        mid: Some(mid),
         layer: VideoLayer::Medium,
     });
     net.run(Duration::from_secs(1), |n| publisher.step(n));
@@ -296,4 +330,58 @@ fn a_subscriber_whose_link_loses_packets_is_moved_down_and_back_up() {
         2,
         "back on h once the link is clean"
     );
+}
+
+#[test]
+fn a_default_layer_covers_video_that_arrives_later() {
+    let mut net = SimNetwork::new(13, |_| {});
+    net.add_peer("viewer", &[]);
+    net.join(0, "conference", BOTH);
+    // A data-saving phone, before anyone publishes (its media starts with the first offer).
+    let viewer = net.id(0).clone();
+    net.command(Command::SetPreferredLayer {
+        participant: viewer,
+        mid: None,
+        layer: VideoLayer::Low,
+    });
+    net.add_peer("pub", &[]);
+    let mut publisher = SimulcastPublisher::new(&mut net, 1, true);
+    net.join(1, "conference", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    net.run(Duration::from_secs(2), |n| publisher.step(n));
+    let got = video_from(&net, 0);
+    assert!(got.len() > 30, "the viewer received {} packets", got.len());
+    assert!(got.iter().all(|p| layer(p) == 0), "only the low layer");
+}
+
+#[test]
+fn simulcast_without_the_rid_extension_is_answered_as_one_stream() {
+    let mut net = SimNetwork::new(17, |_| {});
+    net.add_peer("pub", &[]);
+    net.peers[0].add_simulcast_video(&["l", "m", "h"]);
+    let offer = net.peers[0].offer().replace(
+        "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n",
+        "",
+    );
+    let mut batch = sfu_core::TransmitBatch::new();
+    net.sfu.handle_command(
+        net.now,
+        Command::AddParticipant {
+            room: "r".into(),
+            participant: net.id(0).clone(),
+            offer_sdp: offer,
+            permissions: BOTH,
+        },
+        &mut batch,
+    );
+    let answer = net
+        .sfu
+        .poll_event()
+        .and_then(|e| match e {
+            sfu_proto::Event::Answer { answer_sdp, .. } => Some(answer_sdp),
+            _ => None,
+        })
+        .expect("an answer");
+    assert!(!answer.contains("a=simulcast"), "{answer}");
+    assert!(!answer.contains("a=rid:"), "{answer}");
 }
