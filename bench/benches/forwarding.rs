@@ -66,6 +66,63 @@ fn forwarding(c: &mut Criterion) {
     group.finish();
 }
 
+/// Simulcast: a publisher sends three layers (l, m, h) to four subscribers that all get h. A
+/// packet of h is forwarded four times; one of l is opened, cached and held back.
+fn simulcast(c: &mut Criterion) {
+    let subscribers = 4;
+    let mut net = SimNetwork::new(1, |c| c.nack_cache_slots = 512);
+    net.add_peer("pub", &[]);
+    let layers = net.peers[0].add_simulcast_video(&["l", "m", "h"]);
+    for i in 0..subscribers {
+        net.add_peer(&format!("sub{i}"), &[]);
+    }
+    let both = Permissions {
+        publish: true,
+        subscribe: true,
+    };
+    for p in 0..=subscribers {
+        net.join(p, "bench", both);
+    }
+    net.connect_all(Duration::from_secs(5));
+    // VP8 keyframes on every layer: the subscriptions start on h.
+    let mut keyframe = vec![0x10, 0x00];
+    keyframe.resize(1100, 0x90);
+    net.run(Duration::from_millis(300), |n| {
+        for &t in &layers {
+            n.peers[0].send_media(t, &keyframe, true, 3000);
+        }
+    });
+    let from = net.peers[0].addr;
+    let now = net.now;
+    let mut batch = TransmitBatch::with_capacity(64);
+    let mut group = c.benchmark_group("simulcast_1100B");
+    for (name, layer, copies) in [
+        ("top_layer_fanout_4", 2, subscribers),
+        ("held_back_layer", 0, 0),
+    ] {
+        let track = layers[layer];
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    net.peers[0].send_media(track, &[0x90; 1100], false, 0);
+                    std::iter::from_fn(|| net.peers[0].poll_transmit())
+                        .last()
+                        .expect("sealed packet")
+                        .1
+                },
+                |mut datagram| {
+                    net.sfu
+                        .handle_datagram(now, from, &mut datagram, &mut batch);
+                    assert_eq!(batch.len(), copies, "{:?}", net.sfu.counters);
+                    batch.clear();
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 fn crypto(c: &mut Criterion) {
     let provider = rtc_crypto::default_provider().expect("ring");
     let master = MasterKey {
@@ -118,6 +175,6 @@ fn crypto(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = forwarding, crypto
+    targets = forwarding, simulcast, crypto
 }
 criterion_main!(benches);
