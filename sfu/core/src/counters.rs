@@ -33,7 +33,7 @@ pub struct Counters {
     pub data_messages_dropped: u64,
     /// Subscriptions not made because the subscriber's session holds the most m-lines.
     pub subscriptions_refused: u64,
-    /// Simulcast subscriptions that changed layer (at a keyframe).
+    /// Simulcast subscriptions that started or changed layer (always at a keyframe).
     pub layer_switches: u64,
     /// Simulcast subscriptions lowered because their subscriber's link lost packets.
     pub layer_loss_downgrades: u64,
