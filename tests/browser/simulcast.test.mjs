@@ -1,6 +1,7 @@
 // Chromium publishes its camera as simulcast layers through the single-node default; the SFU
 // forwards each receiver one layer: the top one for a large tile, the low one when the
-// receiver saves data, switching at keyframes without breaking the picture.
+// receiver saves data or its tile is small, switching at keyframes without breaking the
+// picture.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { startSignaling, launchChromium, waitFor, admitFirst, metric } from "./harness.mjs";
@@ -22,7 +23,7 @@ async function videoStats(page) {
   });
 }
 
-test("a receiver gets one simulcast layer and moves down and up with its data-saving choice", { timeout: 120000 }, async () => {
+test("a receiver gets one simulcast layer and moves down and up with data saving and its tile size", { timeout: 120000 }, async () => {
   const server = await startSignaling();
   const browser = await launchChromium();
   try {
@@ -72,6 +73,19 @@ test("a receiver gets one simulcast layer and moves down and up with its data-sa
     }, { timeout: 15000, what: "the patient back on the top layer" });
     // Switching at keyframes with continuous sequence numbers loses nothing on loopback.
     assert.ok(back.s.lost - top.s.lost < 5, `packets lost across the switches: ${back.s.lost - top.s.lost}`);
+
+    // A phone-sized window: the tile is at most 320 device pixels wide, so the low layer is
+    // enough (asked for by the page on its own, from the tile's size).
+    await patient.setViewportSize({ width: 300, height: 600 });
+    await waitFor(async () => {
+      const s = await videoStats(patient);
+      return { ok: s.width === 320, s };
+    }, { timeout: 15000, what: "the small tile receiving the low layer" });
+    await patient.setViewportSize({ width: 1280, height: 720 });
+    await waitFor(async () => {
+      const s = await videoStats(patient);
+      return { ok: s.width === 640, s };
+    }, { timeout: 15000, what: "the large tile receiving the top layer again" });
     const errors = await patient.evaluate(() => window.hcState.errors);
     assert.deepEqual(errors, []);
   } finally {
