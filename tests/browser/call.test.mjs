@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { signalingBin } from "./harness.mjs";
 import assert from "node:assert/strict";
-import { startSignaling, startCluster, launchChromium, inboundStats, waitFor, admitFirst } from "./harness.mjs";
+import { startSignaling, startCluster, launchChromium, inboundStats, waitFor, admitFirst, metric } from "./harness.mjs";
 
 async function twoBrowserCall(server, browserArgs = []) {
   const browser = await launchChromium(browserArgs);
@@ -54,6 +54,28 @@ async function twoBrowserCall(server, browserArgs = []) {
       const live = await b.evaluate(() => window.hcState.pc.getTransceivers().filter((t) => t.currentDirection === "recvonly").length);
       return { ok: s.video.framesDecoded > bFrames + 30 && live === 2, s, live };
     }, { timeout: 30000, what: "the patient decoding the reconnected clinician" });
+
+    // A second new session: the SFU's offer to the patient stops the lines of the first and
+    // takes the lines stopped before for the new ones (m-line recycling): the patient's
+    // browser accepts it and decodes, and its session does not grow by two lines each time.
+    const restartsBefore = await a.evaluate(() => window.hcState.restarts);
+    await a.evaluate(() => window.hcState.reconnect());
+    await waitFor(async () => {
+      const s = await inboundStats(a);
+      const restarts = await a.evaluate(() => window.hcState.restarts);
+      return { ok: restarts > restartsBefore && s && s.video.framesDecoded > 30, s, restarts };
+    }, { timeout: 45000, what: "the clinician decoding again after a second reconnect" });
+    const bFrames2 = (await inboundStats(b)).video.framesDecoded;
+    const recycled = await waitFor(async () => {
+      const s = await inboundStats(b);
+      const live = await b.evaluate(() => window.hcState.pc.getTransceivers().filter((t) => t.currentDirection === "recvonly").length);
+      return { ok: s.video.framesDecoded > bFrames2 + 30 && live === 2, s, live };
+    }, { timeout: 30000, what: "the patient decoding the twice-reconnected clinician" });
+    assert.equal(recycled.live, 2);
+    if (!server.sfuLogs && server.base.startsWith("http:")) {
+      // In-process SFU: its counters are on the service's metrics (read here over plain http).
+      assert.ok(await metric(server, "sfu_lines_recycled_total") >= 2, "stopped m-lines were taken again");
+    }
 
     // The patient leaves: the clinician's browser accepts the SFU's offer that stops those
     // m-lines, drops the tile and stays connected.

@@ -37,6 +37,8 @@ pub struct Counters {
     pub layer_switches: u64,
     /// Simulcast subscriptions lowered because their subscriber's link lost packets.
     pub layer_loss_downgrades: u64,
+    /// Stopped m-lines taken again for new subscriptions.
+    pub lines_recycled: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -72,6 +74,7 @@ impl std::ops::AddAssign for Counters {
             subscriptions_refused,
             layer_switches,
             layer_loss_downgrades,
+            lines_recycled,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -103,12 +106,13 @@ impl std::ops::AddAssign for Counters {
         self.subscriptions_refused += subscriptions_refused;
         self.layer_switches += layer_switches;
         self.layer_loss_downgrades += layer_loss_downgrades;
+        self.lines_recycled += lines_recycled;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 30] {
+    pub fn named(&self) -> [(&'static str, u64); 31] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -158,6 +162,7 @@ impl Counters {
                 "sfu_layer_loss_downgrades_total",
                 self.layer_loss_downgrades,
             ),
+            ("sfu_lines_recycled_total", self.lines_recycled),
         ]
     }
 

@@ -89,7 +89,13 @@ pub fn write(
         .map(|l| l.mid.as_str())
         .collect();
     let mut session_attrs = vec![flag("ice-lite"), attr("msid-semantic", " WMS *")];
-    if !bundle.is_empty() {
+    if bundle.is_empty() {
+        // Every m-line stopped (a subscriber-only session whose publishers all left): the
+        // transport still has to be described, so at the session level.
+        session_attrs.push(attr("ice-ufrag", t.ice_ufrag));
+        session_attrs.push(attr("ice-pwd", t.ice_pwd));
+        session_attrs.push(attr("fingerprint", format!("sha-256 {}", t.fingerprint)));
+    } else {
         session_attrs.insert(0, attr("group", format!("BUNDLE {}", bundle.join(" "))));
     }
     let ip = t.candidate.ip();

@@ -150,7 +150,13 @@ impl RemoteDescription {
         }
         let session = SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
             .map_err(|e| SdpError::Syntax(e.to_string()))?;
-        let first = session.media_descriptions.first();
+        // Transport attributes come from the first m-line in use (a stopped one, port 0, may
+        // carry none) or the session level.
+        let first = session
+            .media_descriptions
+            .iter()
+            .find(|m| m.media_name.port.value != 0)
+            .or(session.media_descriptions.first());
         let first_attrs = first.map(|m| m.attributes.as_slice()).unwrap_or(&[]);
         let ice_ufrag = attr(&session, first_attrs, "ice-ufrag")
             .ok_or(SdpError::Missing("a=ice-ufrag"))?

@@ -789,7 +789,11 @@ impl Sfu {
             };
             let s = &mut p.subscriptions[subscription];
             if m.rejected {
-                // A subscriber that refused an m-line gets nothing on it.
+                // A subscriber that refused an m-line gets nothing on it; an inactive one is
+                // now stopped on both sides and may be recycled.
+                if !s.active {
+                    s.closed = true;
+                }
                 s.active = false;
             } else if let Some(rtx) = s.rtx_payload_type
                 && !m.codecs.iter().any(|c| c.payload_type == rtx)
@@ -959,8 +963,20 @@ impl Sfu {
         if p.subscriptions.iter().any(|s| s.track == track && s.active) {
             return false;
         }
-        // Every subscription is an m-line for the session's life: the cap bounds the SDP.
-        if p.lines.len() >= MAX_LINES_PER_PARTICIPANT {
+        let kind = self.track(track).kind;
+        // A stopped m-line of the same kind, stopped on both sides, is taken again (JSEP
+        // m-section recycling, under a new mid): people who reconnect again and again do not
+        // use up the session's lines.
+        let recycled = p.lines.iter().enumerate().find_map(|(li, l)| match l.role {
+            LineRole::Subscribe { subscription: s }
+                if p.subscriptions[s].closed && p.subscriptions[s].kind == kind =>
+            {
+                Some((li, s))
+            }
+            _ => None,
+        });
+        // The cap bounds the SDP.
+        if recycled.is_none() && p.lines.len() >= MAX_LINES_PER_PARTICIPANT {
             self.counters.subscriptions_refused += 1;
             return false;
         }
@@ -987,7 +1003,6 @@ impl Sfu {
                 break candidate;
             }
         };
-        let s = p.subscriptions.len();
         let ids = OutStreamIds {
             ssrc,
             rtx_ssrc,
@@ -1000,12 +1015,33 @@ impl Sfu {
             subscription.target_layer =
                 t.choose_layer(subscription.layer_limit(t.layers.len()), now);
         }
-        let p = self.participant_mut(subscriber);
-        p.subscriptions.push(subscription);
-        p.lines.push(MediaLine {
-            mid,
-            role: LineRole::Subscribe { subscription: s },
-        });
+        let s = match recycled {
+            Some((li, s)) => {
+                // The old subscription's slot is reused: no track may still point at it.
+                let old_track = self.participant(subscriber).subscriptions[s].track;
+                if let Some(t) = self.tracks[old_track].as_mut() {
+                    t.subscribers.retain(|&(p, x)| !(p == subscriber && x == s));
+                }
+                let p = self.participant_mut(subscriber);
+                p.subscriptions[s] = subscription;
+                p.lines[li] = MediaLine {
+                    mid,
+                    role: LineRole::Subscribe { subscription: s },
+                };
+                self.counters.lines_recycled += 1;
+                s
+            }
+            None => {
+                let p = self.participant_mut(subscriber);
+                let s = p.subscriptions.len();
+                p.subscriptions.push(subscription);
+                p.lines.push(MediaLine {
+                    mid,
+                    role: LineRole::Subscribe { subscription: s },
+                });
+                s
+            }
+        };
         if let Some(t) = self.tracks[track].as_mut() {
             t.subscribers.push((subscriber, s));
         }

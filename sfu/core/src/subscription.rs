@@ -17,7 +17,8 @@ pub struct OutStreamIds {
 #[derive(Debug)]
 pub struct Subscription {
     pub track: usize,
-    /// Fixed for the m-line's life, even after the track is gone (an m-line never changes kind).
+    /// Fixed for the m-line's life, even after the track is gone (a line is recycled only for
+    /// the same kind).
     pub kind: MediaKind,
     pub mid: String,
     pub ssrc: u32,
@@ -57,6 +58,8 @@ pub struct Subscription {
     pub active: bool,
     /// Included in an SFU offer that is now outstanding.
     pub offered: bool,
+    /// Inactive, and an answer stopped its m-line too: the line may carry a new subscription.
+    pub closed: bool,
     /// The subscriber answered an offer with this m-line: media may flow (before that, its
     /// browser could not map the SSRC to a transceiver).
     pub negotiated: bool,
@@ -93,6 +96,7 @@ impl Subscription {
             clean_since: None,
             active: true,
             offered: false,
+            closed: false,
             negotiated: false,
         }
     }

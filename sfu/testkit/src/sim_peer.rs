@@ -395,6 +395,12 @@ impl SimPeer {
                 .map(|c| c.payload_type.to_string())
                 .collect();
             let port = if m.rejected { 0 } else { 9 };
+            // A stopped line lists no codecs; the m= line still needs a format.
+            let pts = if pts.is_empty() {
+                vec!["0".to_owned()]
+            } else {
+                pts
+            };
             out += &format!(
                 "m={media} {port} UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\n",
                 pts.join(" ")

@@ -576,3 +576,50 @@ fn a_replayed_rtcp_packet_is_refused() {
         "the second is a replay"
     );
 }
+
+#[test]
+fn a_publisher_who_reconnects_again_and_again_stays_visible() {
+    use sfu_proto::Command;
+    let mut net = SimNetwork::new(23, |_| {});
+    let av = [MediaKind::Audio, MediaKind::Video];
+    net.add_peer("pub", &av);
+    net.add_peer("sub", &[]);
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    // A phone on a bad network: 40 new media sessions. Each stops two m-lines in the
+    // subscriber's session and needs two new ones; 64 lines would run out at the 31st.
+    let mut tick = 0;
+    for _ in 0..40 {
+        let id = net.id(0).clone();
+        net.command(Command::RemoveParticipant { participant: id });
+        let mut phone = sfu_testkit::SimPeer::new("pub", net.peers[0].addr, net.now);
+        for k in av {
+            phone.add_track(k);
+        }
+        net.peers[0] = phone;
+        net.join(0, "visit", BOTH);
+        net.connect_all(Duration::from_secs(5));
+        net.run(Duration::from_millis(300), |n| {
+            send_media(n, &[0], &mut tick)
+        });
+    }
+    assert_eq!(net.sfu.counters.subscriptions_refused, 0);
+    assert!(
+        net.sfu.counters.lines_recycled >= 70,
+        "stopped lines were taken again: {}",
+        net.sfu.counters.lines_recycled
+    );
+    // The latest session's video and audio reach the subscriber.
+    for kind in av {
+        let line = net.peers[1]
+            .incoming
+            .iter()
+            .rev()
+            .find(|l| l.kind == kind)
+            .expect("a line")
+            .clone();
+        let got = net.peers[1].received.get(&line.ssrc).map_or(0, Vec::len);
+        assert!(got > 5, "{kind:?} of the last session: {got} packets");
+    }
+}
