@@ -4,7 +4,6 @@
 //! SFU workers in-process.
 
 pub mod audit_log;
-pub mod chat_budget;
 pub mod config;
 pub mod connection;
 pub mod dev_issuer;
@@ -15,6 +14,7 @@ pub mod meeting;
 pub mod meeting_room;
 pub mod meetings;
 pub mod meetings_api;
+pub mod message_budget;
 pub mod server;
 pub mod session_token;
 pub mod sfu_control;

@@ -6,9 +6,9 @@
 //! connections and commands to the SFU, and return the audit events the caller appends.
 
 use crate::audit_log::AuditEvent;
-use crate::chat_budget::ChatBudget;
 use crate::join_refusal::JoinRefusal;
 use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord};
+use crate::message_budget::MessageBudget;
 use crate::session_token::{Role, Session};
 use crate::sfu_control::SfuControl;
 use jiff::Timestamp;
@@ -112,7 +112,8 @@ pub struct Member {
     /// Media flows (connected and admitted) — recorded as `media_start` in the audit log.
     pub media_started: bool,
     last_restart: Option<std::time::Instant>,
-    chat: ChatBudget,
+    chat: MessageBudget,
+    layer_requests: MessageBudget,
     /// The lobby position last told (told again only when it changes).
     position_told: Option<usize>,
 }
@@ -132,7 +133,8 @@ impl Member {
             media_connected: false,
             media_started: false,
             last_restart: None,
-            chat: ChatBudget::default(),
+            chat: MessageBudget::chat(),
+            layer_requests: MessageBudget::layer_requests(),
             position_told: None,
         }
     }
@@ -231,6 +233,8 @@ pub enum RequestError {
     NoMediaSession,
     #[error("a mid names an m-line in at most 32 characters")]
     BadMid,
+    #[error("too many layer requests; wait a moment")]
+    LayerRate,
 }
 
 impl RequestError {
@@ -253,6 +257,7 @@ impl RequestError {
             RequestError::ScreenShareNotAllowed => "screen_share_not_allowed",
             RequestError::NoMediaSession => "no_media_session",
             RequestError::BadMid => "bad_mid",
+            RequestError::LayerRate => "layer_rate",
         }
     }
 }
@@ -833,7 +838,7 @@ impl RoomState {
     /// Which simulcast layer a participant wants of what it receives (passed to the SFU,
     /// which also lowers it for a lossy link or a layer the publisher stopped sending).
     pub fn prefer_layer(
-        &self,
+        &mut self,
         id: &ParticipantId,
         mid: Option<String>,
         layer: VideoLayer,
@@ -841,10 +846,13 @@ impl RoomState {
     ) -> Result<(), RequestError> {
         let m = self
             .members
-            .get(id)
+            .get_mut(id)
             .ok_or(RequestError::NoSuchParticipant)?;
         if !m.sfu_joined {
             return Err(RequestError::NoMediaSession);
+        }
+        if !m.layer_requests.take(std::time::Instant::now()) {
+            return Err(RequestError::LayerRate);
         }
         if mid.as_ref().is_some_and(|m| m.len() > 32) {
             return Err(RequestError::BadMid);

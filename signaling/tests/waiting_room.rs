@@ -99,6 +99,16 @@ async fn a_visit_from_the_waiting_room_to_the_end() {
             .await;
     }
     assert_eq!(patient.next_of("error").await["code"], "chat_rate");
+    // Layer requests: an unknown layer is an unreadable message; without a media session
+    // there is nothing to choose a layer of.
+    patient
+        .send(json!({"type": "preferred_layer", "layer": "huge"}))
+        .await;
+    assert_eq!(patient.next_of("error").await["code"], "bad_message");
+    patient
+        .send(json!({"type": "preferred_layer", "layer": "low", "mid": "3"}))
+        .await;
+    assert_eq!(patient.next_of("error").await["code"], "no_media_session");
     let heard = companion.drain(Duration::from_millis(300)).await;
     assert!(
         !heard.iter().any(|m| m["type"] == "chat"),

@@ -1,0 +1,75 @@
+//! A participant's allowance of messages of one sort: a token bucket (a burst, then a steady
+//! rate), so one client cannot flood a meeting with chat or the SFU with layer requests.
+
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct MessageBudget {
+    tokens: f64,
+    last: Option<Instant>,
+    burst: f64,
+    per_second: f64,
+}
+
+impl MessageBudget {
+    /// Chat: a burst of 5, then one a second.
+    pub fn chat() -> Self {
+        Self::new(5.0, 1.0)
+    }
+
+    /// Simulcast layer requests: a page with many tiles resizes them all at once (a burst of
+    /// 20), then 5 a second.
+    pub fn layer_requests() -> Self {
+        Self::new(20.0, 5.0)
+    }
+
+    fn new(burst: f64, per_second: f64) -> Self {
+        Self {
+            tokens: burst,
+            last: None,
+            burst,
+            per_second,
+        }
+    }
+
+    /// Spends one message if the budget allows it.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let refill = now.saturating_duration_since(last).as_secs_f64() * self.per_second;
+            self.tokens = (self.tokens + refill).min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_burst_then_one_a_second() {
+        let mut b = MessageBudget::chat();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0));
+        assert!(!b.take(t0 + Duration::from_millis(500)));
+        assert!(b.take(t0 + Duration::from_millis(1600)));
+        assert!(!b.take(t0 + Duration::from_millis(1700)));
+        // Layer requests: 20 at once, then one per 200 ms.
+        let mut l = MessageBudget::layer_requests();
+        for _ in 0..20 {
+            assert!(l.take(t0));
+        }
+        assert!(!l.take(t0));
+        assert!(l.take(t0 + Duration::from_millis(210)));
+    }
+}
