@@ -3,7 +3,10 @@
 //!
 //! Run: `cargo bench -p bench --bench forwarding`. Figures go to docs/benchmarks.md.
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main,
+};
 use sfu_core::TransmitBatch;
 use sfu_core::rtp_header::RtpHeader;
 use sfu_core::srtp_context::{MasterKey, SRTP_TAG_LEN, SrtpContext};
@@ -34,34 +37,46 @@ fn room(subscribers: usize) -> SimNetwork {
     net
 }
 
+/// Times `handle_datagram` on fresh 1,100-byte packets of the publisher's (peer 0) `track`,
+/// checking that each leaves as `copies` datagrams.
+fn bench_packet(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    net: &mut SimNetwork,
+    track: usize,
+    copies: usize,
+) {
+    let from = net.peers[0].addr;
+    let now = net.now;
+    let mut batch = TransmitBatch::with_capacity(64);
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            || {
+                net.peers[0].send_media(track, &[0x90; 1100], false, 0);
+                // The media packet is the last queued (ICE keep-alives may precede it).
+                std::iter::from_fn(|| net.peers[0].poll_transmit())
+                    .last()
+                    .expect("sealed packet")
+                    .1
+            },
+            |mut datagram| {
+                net.sfu
+                    .handle_datagram(now, from, &mut datagram, &mut batch);
+                assert_eq!(batch.len(), copies, "{:?}", net.sfu.counters);
+                batch.clear();
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
 fn forwarding(c: &mut Criterion) {
     let mut group = c.benchmark_group("forward_video_1100B");
     for fanout in [1usize, 4, 10] {
         let mut net = room(fanout);
-        let from = net.peers[0].addr;
-        let now = net.now;
-        let mut batch = TransmitBatch::with_capacity(64);
         // Throughput in forwarded packets: the report's time per element is per copy sent.
         group.throughput(Throughput::Elements(fanout as u64));
-        group.bench_function(format!("fanout_{fanout}"), |b| {
-            b.iter_batched(
-                || {
-                    net.peers[0].send_media(1, &[0x90; 1100], false, 0);
-                    // The media packet is the last queued (ICE keep-alives may precede it).
-                    std::iter::from_fn(|| net.peers[0].poll_transmit())
-                        .last()
-                        .expect("sealed packet")
-                        .1
-                },
-                |mut datagram| {
-                    net.sfu
-                        .handle_datagram(now, from, &mut datagram, &mut batch);
-                    assert_eq!(batch.len(), fanout, "{:?}", net.sfu.counters);
-                    batch.clear();
-                },
-                BatchSize::SmallInput,
-            )
-        });
+        bench_packet(&mut group, &format!("fanout_{fanout}"), &mut net, 1, fanout);
     }
     group.finish();
 }
@@ -92,33 +107,12 @@ fn simulcast(c: &mut Criterion) {
             n.peers[0].send_media(t, &keyframe, true, 3000);
         }
     });
-    let from = net.peers[0].addr;
-    let now = net.now;
-    let mut batch = TransmitBatch::with_capacity(64);
     let mut group = c.benchmark_group("simulcast_1100B");
     for (name, layer, copies) in [
         ("top_layer_fanout_4", 2, subscribers),
         ("held_back_layer", 0, 0),
     ] {
-        let track = layers[layer];
-        group.bench_function(name, |b| {
-            b.iter_batched(
-                || {
-                    net.peers[0].send_media(track, &[0x90; 1100], false, 0);
-                    std::iter::from_fn(|| net.peers[0].poll_transmit())
-                        .last()
-                        .expect("sealed packet")
-                        .1
-                },
-                |mut datagram| {
-                    net.sfu
-                        .handle_datagram(now, from, &mut datagram, &mut batch);
-                    assert_eq!(batch.len(), copies, "{:?}", net.sfu.counters);
-                    batch.clear();
-                },
-                BatchSize::SmallInput,
-            )
-        });
+        bench_packet(&mut group, name, &mut net, layers[layer], copies);
     }
     group.finish();
 }

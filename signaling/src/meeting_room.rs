@@ -815,19 +815,25 @@ impl RoomState {
         Ok(())
     }
 
-    pub fn answer(
-        &self,
-        id: &ParticipantId,
-        sdp: String,
-        sfu: &dyn SfuControl,
-    ) -> Result<(), RequestError> {
+    /// A member whose media session has started (what answers and layer requests are about).
+    fn with_media(&mut self, id: &ParticipantId) -> Result<&mut Member, RequestError> {
         let m = self
             .members
-            .get(id)
+            .get_mut(id)
             .ok_or(RequestError::NoSuchParticipant)?;
         if !m.sfu_joined {
             return Err(RequestError::NoMediaSession);
         }
+        Ok(m)
+    }
+
+    pub fn answer(
+        &mut self,
+        id: &ParticipantId,
+        sdp: String,
+        sfu: &dyn SfuControl,
+    ) -> Result<(), RequestError> {
+        self.with_media(id)?;
         sfu.send(Command::Answer {
             participant: id.clone(),
             answer_sdp: sdp,
@@ -844,13 +850,7 @@ impl RoomState {
         layer: VideoLayer,
         sfu: &dyn SfuControl,
     ) -> Result<(), RequestError> {
-        let m = self
-            .members
-            .get_mut(id)
-            .ok_or(RequestError::NoSuchParticipant)?;
-        if !m.sfu_joined {
-            return Err(RequestError::NoMediaSession);
-        }
+        let m = self.with_media(id)?;
         if !m.layer_requests.take(std::time::Instant::now()) {
             return Err(RequestError::LayerRate);
         }

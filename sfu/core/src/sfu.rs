@@ -588,16 +588,22 @@ impl Sfu {
         };
         self.free_tracks.push(t);
         let mut affected = Vec::new();
-        for (sp, ss) in track.subscribers {
+        self.end_subscriptions(track.subscribers, &mut affected);
+        for sp in affected {
+            self.renegotiate(sp);
+        }
+    }
+
+    /// Marks these subscriptions inactive (their m-lines stop at the next renegotiation) and
+    /// notes each subscriber once in `affected`.
+    fn end_subscriptions(&mut self, subscriptions: Vec<(usize, usize)>, affected: &mut Vec<usize>) {
+        for (sp, ss) in subscriptions {
             if let Some(sub) = self.participants[sp].as_mut() {
                 sub.subscriptions[ss].active = false;
                 if !affected.contains(&sp) {
                     affected.push(sp);
                 }
             }
-        }
-        for sp in affected {
-            self.renegotiate(sp);
         }
     }
 
@@ -922,14 +928,8 @@ impl Sfu {
             let Some(track) = self.tracks[t].as_mut() else {
                 continue;
             };
-            for (sp, ss) in std::mem::take(&mut track.subscribers) {
-                if let Some(sub) = self.participants[sp].as_mut() {
-                    sub.subscriptions[ss].active = false;
-                    if !affected.contains(&sp) {
-                        affected.push(sp);
-                    }
-                }
-            }
+            let subscriptions = std::mem::take(&mut track.subscribers);
+            self.end_subscriptions(subscriptions, &mut affected);
         }
         for sp in affected {
             self.renegotiate(sp);
@@ -1142,14 +1142,7 @@ impl Sfu {
         for &t in &p.published {
             if let Some(track) = self.tracks[t].take() {
                 self.free_tracks.push(t);
-                for (sp, ss) in track.subscribers {
-                    if let Some(sub) = self.participants[sp].as_mut() {
-                        sub.subscriptions[ss].active = false;
-                    }
-                    if !affected.contains(&sp) {
-                        affected.push(sp);
-                    }
-                }
+                self.end_subscriptions(track.subscribers, &mut affected);
                 // A waiting participant's tracks were never announced.
                 if p.permissions.publish {
                     self.events.push_back(Event::TrackUnpublished {

@@ -161,15 +161,17 @@ impl Subscription {
 mod tests {
     use super::*;
 
+    const IDS: OutStreamIds = OutStreamIds {
+        ssrc: 5,
+        rtx_ssrc: 6,
+        payload_type: 96,
+        rtx_payload_type: Some(97),
+    };
+
     #[allow(clippy::disallowed_methods)]
     #[test]
     fn mapping_is_continuous_and_reversible() {
-        let ids = OutStreamIds {
-            ssrc: 5,
-            rtx_ssrc: 6,
-            payload_type: 96,
-            rtx_payload_type: Some(97),
-        };
+        let ids = IDS;
         let now = Instant::now();
         let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 12345);
         assert_eq!(
@@ -201,12 +203,7 @@ mod tests {
     #[allow(clippy::disallowed_methods)]
     #[test]
     fn a_layer_switch_continues_sequence_and_timestamps() {
-        let ids = OutStreamIds {
-            ssrc: 5,
-            rtx_ssrc: 6,
-            payload_type: 96,
-            rtx_payload_type: Some(97),
-        };
+        let ids = IDS;
         let now = Instant::now();
         let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 777);
         s.start_layer(2, 500, 90_000, 0);
@@ -228,12 +225,7 @@ mod tests {
 
     #[test]
     fn the_layer_limit_follows_wish_and_loss() {
-        let ids = OutStreamIds {
-            ssrc: 5,
-            rtx_ssrc: 6,
-            payload_type: 96,
-            rtx_payload_type: None,
-        };
+        let ids = IDS;
         let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 1);
         assert_eq!(s.layer_limit(3), 2);
         s.preferred = VideoLayer::Medium;

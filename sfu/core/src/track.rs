@@ -154,6 +154,17 @@ fn lowest_first(rids: &[String]) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn vp8() -> CodecParams {
+        CodecParams {
+            payload_type: 96,
+            name: "VP8".into(),
+            clock_rate: 90_000,
+            channels: String::new(),
+            fmtp: String::new(),
+            rtx_payload_type: Some(97),
+        }
+    }
+
     fn rids(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
     }
@@ -177,20 +188,12 @@ mod tests {
 
     #[test]
     fn simulcast_layers_are_found_by_rid() {
-        let codec = CodecParams {
-            payload_type: 96,
-            name: "VP8".into(),
-            clock_rate: 90_000,
-            channels: String::new(),
-            fmtp: String::new(),
-            rtx_payload_type: Some(97),
-        };
         let t = Track::new(
             TrackId("p/0".into()),
             MediaKind::Video,
             0,
             "0".into(),
-            codec,
+            vp8(),
             &rids(&["h", "m", "l"]),
             512,
         );
@@ -204,20 +207,12 @@ mod tests {
 
     #[test]
     fn sender_reports_relate_layer_timestamps() {
-        let codec = CodecParams {
-            payload_type: 96,
-            name: "VP8".into(),
-            clock_rate: 90_000,
-            channels: String::new(),
-            fmtp: String::new(),
-            rtx_payload_type: None,
-        };
         let mut t = Track::new(
             TrackId("p/0".into()),
             MediaKind::Video,
             0,
             "0".into(),
-            codec,
+            vp8(),
             &rids(&["l", "h"]),
             64,
         );
