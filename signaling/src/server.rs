@@ -183,7 +183,7 @@ async fn ws_upgrade(
         Ok(ok) => ok,
         Err(response) => return response,
     };
-    let id = ParticipantId(format!("p-{:012x}", rand::random::<u64>() >> 16));
+    let id = new_participant_id(rand::random());
     if audit(&state, session_event("join", &session, Some(&id)))
         .await
         .is_err()
@@ -243,4 +243,36 @@ pub(crate) fn audit_unavailable() -> Response {
         Json(json!({"error": "audit_unavailable", "reason": "the access could not be recorded; try again"})),
     )
         .into_response()
+}
+
+/// A participant id: 60 random bits in base32 letters and the digits 2–7. Never a run of
+/// digits, so no id looks like a personal identity number to whoever searches logs for one
+/// (hexadecimal ids did, now and then).
+fn new_participant_id(random: u64) -> ParticipantId {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let id: String = (0..12)
+        .map(|i| ALPHABET[((random >> (5 * i)) & 31) as usize] as char)
+        .collect();
+    ParticipantId(format!("p-{id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn participant_ids_never_look_like_identity_numbers() {
+        let pnr = regex_lite::Regex::new(r"(19|20)\d{6}[-+]?\d{4}").unwrap();
+        // All-digit hexadecimal once read as 199001011234; the same bits now read as letters.
+        let id = new_participant_id(0x1990_0101_1234);
+        assert!(!pnr.is_match(&id.0), "{}", id.0);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..10_000u64 {
+            let id = new_participant_id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            assert!(!pnr.is_match(&id.0) && !id.0[2..].contains(['0', '1', '8', '9']));
+            assert_eq!(id.0.len(), 14);
+            seen.insert(id.0);
+        }
+        assert_eq!(seen.len(), 10_000, "distinct bits give distinct ids");
+    }
 }
