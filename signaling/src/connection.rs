@@ -3,6 +3,7 @@
 //! removed, meeting ended, replaced by a newer connection of the same person).
 
 use crate::meeting_room::{Action, MeetingRoom, Outbound, RequestError};
+use crate::message_budget::MessageBudget;
 use crate::server::{AppState, audit, audit_all, session_event};
 use crate::session_token::Session;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -10,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
+use sfu_core::remote_description::RemoteDescription;
 use sfu_proto::{ParticipantId, VideoLayer};
 use std::sync::Arc;
 
@@ -119,6 +121,9 @@ pub async fn connection(
     tracing::info!(participant = %id, meeting = %room.id, role = ?session.role, admitted = outcome.admitted, "joined");
 
     let mut explicit_leave = false;
+    // Offers and answers cost the SFU a parse each: a connection gets a budget of them, in
+    // the lobby as much as in the meeting.
+    let mut sdp_budget = MessageBudget::sdp();
     loop {
         tokio::select! {
             out = out_rx.recv() => match out {
@@ -151,7 +156,7 @@ pub async fn connection(
                         break;
                     }
                     Ok(m) => {
-                        if let Some(reply) = handle(&state, &id, m).await
+                        if let Some(reply) = handle(&state, &id, m, &mut sdp_budget).await
                             && sink.send(Message::Text(reply.into())).await.is_err()
                         {
                             break;
@@ -181,7 +186,12 @@ pub async fn connection(
 }
 
 /// Carries out one request; returns the reply for this client, if any.
-async fn handle(state: &AppState, id: &ParticipantId, msg: ClientMessage) -> Option<String> {
+async fn handle(
+    state: &AppState,
+    id: &ParticipantId,
+    msg: ClientMessage,
+    sdp_budget: &mut MessageBudget,
+) -> Option<String> {
     let Some(room) = state.meetings.room_of(id) else {
         return Some(error_text(
             "not_in_meeting",
@@ -192,13 +202,20 @@ async fn handle(state: &AppState, id: &ParticipantId, msg: ClientMessage) -> Opt
     let now = Timestamp::now();
     let action = match msg {
         ClientMessage::Offer { sdp, restart } => {
+            let video_lines = match checked_sdp(&sdp, sdp_budget) {
+                Ok(d) => d.sending_video_lines(),
+                Err(reply) => return Some(reply),
+            };
             return room
                 .lock()
-                .offer(id, sdp, restart, sfu)
+                .offer(id, sdp, video_lines, restart, sfu)
                 .err()
                 .map(request_error);
         }
         ClientMessage::Answer { sdp } => {
+            if let Err(reply) = checked_sdp(&sdp, sdp_budget) {
+                return Some(reply);
+            }
             return room.lock().answer(id, sdp, sfu).err().map(request_error);
         }
         ClientMessage::PreferredLayer { mid, layer } => {
@@ -276,6 +293,16 @@ async fn handle(state: &AppState, id: &ParticipantId, msg: ClientMessage) -> Opt
             Some(request_error(e))
         }
     }
+}
+
+/// An offer or answer within the connection's budget, read as the SFU will read it (outside
+/// the meeting's lock): one that is too large or does not parse is refused here, with the
+/// reason, and never reaches the SFU.
+fn checked_sdp(sdp: &str, budget: &mut MessageBudget) -> Result<RemoteDescription, String> {
+    if !budget.take(std::time::Instant::now()) {
+        return Err(request_error(RequestError::SdpRate));
+    }
+    RemoteDescription::parse(sdp).map_err(|e| error_text("bad_sdp", &e.to_string()))
 }
 
 /// The meeting changed between recording an action and carrying it out (the person left,

@@ -235,6 +235,8 @@ pub enum RequestError {
     BadMid,
     #[error("too many layer requests; wait a moment")]
     LayerRate,
+    #[error("too many offers and answers; wait a moment")]
+    SdpRate,
 }
 
 impl RequestError {
@@ -258,6 +260,7 @@ impl RequestError {
             RequestError::NoMediaSession => "no_media_session",
             RequestError::BadMid => "bad_mid",
             RequestError::LayerRate => "layer_rate",
+            RequestError::SdpRate => "sdp_rate",
         }
     }
 }
@@ -762,10 +765,14 @@ impl RoomState {
     }
 
     /// A client's SDP offer: starts its media session (or restarts it) or renegotiates.
+    /// `video_lines` is how many video lines it publishes on
+    /// ([`sfu_core::remote_description::RemoteDescription::sending_video_lines`], the SFU's
+    /// own reading of the offer).
     pub fn offer(
         &mut self,
         id: &ParticipantId,
         sdp: String,
+        video_lines: usize,
         restart: bool,
         sfu: &dyn SfuControl,
     ) -> Result<(), RequestError> {
@@ -775,7 +782,7 @@ impl RoomState {
             .ok_or(RequestError::NoSuchParticipant)?;
         // One camera for patients, companions and interpreters; screen sharing is the
         // clinician's.
-        if !m.is_clinician() && sending_video_lines(&sdp) > 1 {
+        if !m.is_clinician() && video_lines > 1 {
             return Err(RequestError::ScreenShareNotAllowed);
         }
         let permissions = self.permissions(m);
@@ -813,6 +820,14 @@ impl RoomState {
         };
         sfu.send(command);
         Ok(())
+    }
+
+    /// The SFU refused to start `id`'s media session.
+    pub fn media_session_refused(&mut self, id: &ParticipantId) {
+        if let Some(m) = self.members.get_mut(id) {
+            m.sfu_joined = false;
+            m.media_connected = false;
+        }
     }
 
     /// A member whose media session has started (what answers and layer requests are about).
@@ -1088,48 +1103,5 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Patient => "patient",
         Role::Companion => "companion",
         Role::Interpreter => "interpreter",
-    }
-}
-
-/// Video m-lines an offer sends on (not rejected, `sendonly` or `sendrecv`): a patient's own
-/// camera, not the SFU's lines it receives on.
-fn sending_video_lines(sdp: &str) -> usize {
-    let mut count = 0;
-    let mut section: Option<(bool, bool)> = None; // (video with a port, sends)
-    let mut close = |s: Option<(bool, bool)>| {
-        if let Some((true, true)) = s {
-            count += 1;
-        }
-    };
-    for line in sdp.lines() {
-        if let Some(m) = line.strip_prefix("m=") {
-            close(section.take());
-            let mut parts = m.split_whitespace();
-            let video = parts.next() == Some("video");
-            let port = parts.next().is_some_and(|p| p != "0");
-            section = Some((video && port, false));
-        } else if let Some(s) = section.as_mut()
-            && (line.starts_with("a=sendonly") || line.starts_with("a=sendrecv"))
-        {
-            s.1 = true;
-        }
-    }
-    close(section);
-    count
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_sending_video_lines_count_as_cameras() {
-        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n\
-                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n\
-                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n\
-                   m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n";
-        assert_eq!(sending_video_lines(sdp), 1);
-        let two = format!("{sdp}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n");
-        assert_eq!(sending_video_lines(&two), 2);
     }
 }

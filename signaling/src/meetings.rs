@@ -376,9 +376,18 @@ impl Meetings {
             }
             Event::Disconnected { .. } => {}
             Event::CommandFailed {
-                participant, error, ..
+                participant,
+                error,
+                command,
             } => {
                 if let Some(p) = participant {
+                    // A refused add (bad SDP, a busy SFU) leaves no media session: the client's
+                    // next offer must start one, not renegotiate a session that never was.
+                    if command == "add_participant"
+                        && let Some(room) = self.room_of(&p)
+                    {
+                        room.lock().media_session_refused(&p);
+                    }
                     self.send_to(
                         &p,
                         &json!({"type": "error", "code": "sfu_refused", "message": error}),

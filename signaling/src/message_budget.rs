@@ -23,6 +23,12 @@ impl MessageBudget {
         Self::new(20.0, 5.0)
     }
 
+    /// Offers and answers of one connection: a call's start and a burst of renegotiations
+    /// (people joining, a screen share) fit in 20; then 2 a second.
+    pub fn sdp() -> Self {
+        Self::new(20.0, 2.0)
+    }
+
     fn new(burst: f64, per_second: f64) -> Self {
         Self {
             tokens: burst,

@@ -12,6 +12,8 @@ pub enum SdpError {
     Missing(&'static str),
     #[error("SDP uses {0}, which this SFU does not support")]
     Unsupported(String),
+    #[error("SDP is too large: {0}")]
+    TooLarge(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,10 +145,60 @@ fn simulcast_rids(simulcast_send: Option<&str>, declared: &[String]) -> Vec<Stri
     rids
 }
 
+/// Largest SDP accepted: a session's 64 m-lines of a browser fit well within it.
+pub const MAX_SDP_BYTES: usize = 64 * 1024;
+/// Most lines in one SDP (a browser's 64-line answer has about 1,500).
+pub const MAX_SDP_LINES: usize = 2_000;
+/// Most `a=ssrc` and `a=ssrc-group` lines on one m-line: a sender with three legacy simulcast
+/// layers and RTX writes about 20.
+pub const MAX_SSRC_LINES_PER_MEDIA: usize = 64;
+
+impl RemoteMedia {
+    /// Whether the remote side publishes media on this line: in use (a port other than 0) and
+    /// not `recvonly`/`inactive` (a line without a direction attribute is `sendrecv`,
+    /// RFC 4566 §6). The SFU publishes a track for exactly these lines, and signaling counts
+    /// a participant's cameras by the same rule.
+    pub fn publishes(&self) -> bool {
+        !self.rejected && self.direction.remote_sends()
+    }
+}
+
 impl RemoteDescription {
+    /// Video lines the remote side publishes on (its cameras and screen shares).
+    pub fn sending_video_lines(&self) -> usize {
+        self.media
+            .iter()
+            .filter(|m| m.kind == Some(MediaKind::Video) && m.publishes())
+            .count()
+    }
+
     pub fn parse(sdp: &str) -> Result<Self, SdpError> {
-        if sdp.len() > 64 * 1024 {
-            return Err(SdpError::Unsupported("an SDP larger than 64 KiB".into()));
+        if sdp.len() > MAX_SDP_BYTES {
+            return Err(SdpError::TooLarge(format!(
+                "{} bytes (at most {MAX_SDP_BYTES})",
+                sdp.len()
+            )));
+        }
+        // Counted before parsing, so an offer built to be expensive costs one pass over it.
+        let mut lines = 0;
+        let mut ssrc_lines = 0;
+        for line in sdp.lines() {
+            lines += 1;
+            if line.starts_with("m=") {
+                ssrc_lines = 0;
+            } else if line.starts_with("a=ssrc") {
+                ssrc_lines += 1;
+                if ssrc_lines > MAX_SSRC_LINES_PER_MEDIA {
+                    return Err(SdpError::TooLarge(format!(
+                        "more than {MAX_SSRC_LINES_PER_MEDIA} a=ssrc lines on one m-line"
+                    )));
+                }
+            }
+        }
+        if lines > MAX_SDP_LINES {
+            return Err(SdpError::TooLarge(format!(
+                "{lines} lines (at most {MAX_SDP_LINES})"
+            )));
         }
         let session = SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
             .map_err(|e| SdpError::Syntax(e.to_string()))?;
@@ -224,6 +276,8 @@ impl RemoteDescription {
             });
             let mut extmaps = Vec::new();
             let mut ssrcs = Vec::new();
+            // Sets beside the lists keep the dedup and RTX filtering linear in the lines.
+            let mut seen_ssrcs = std::collections::HashSet::<u32>::new();
             let mut rtx_ssrcs = Vec::new();
             let mut msid = None;
             let mut send_rids = Vec::new();
@@ -245,7 +299,7 @@ impl RemoteDescription {
                     "ssrc" => {
                         if let Some(Ok(ssrc)) =
                             value.split_whitespace().next().map(str::parse::<u32>)
-                            && !ssrcs.contains(&ssrc)
+                            && seen_ssrcs.insert(ssrc)
                         {
                             ssrcs.push(ssrc);
                         }
@@ -282,7 +336,9 @@ impl RemoteDescription {
                     _ => {}
                 }
             }
-            ssrcs.retain(|s| !rtx_ssrcs.iter().any(|(_, r)| r == s));
+            let repairs: std::collections::HashSet<u32> =
+                rtx_ssrcs.iter().map(|(_, r)| *r).collect();
+            ssrcs.retain(|s| !repairs.contains(s));
             let rids = simulcast_rids(simulcast_send.as_deref(), &send_rids);
             media.push(RemoteMedia {
                 mid,
@@ -363,5 +419,87 @@ a=simulcast:send q;~h,h2;f;x recv x\r\n";
             RemoteDescription::parse(&bad).unwrap().media[0].rids,
             ["q", "h"]
         );
+    }
+
+    fn offer(lines: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+             a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+             a=fingerprint:sha-256 AA:BB\r\n{lines}"
+        )
+    }
+
+    #[test]
+    fn a_line_without_a_direction_sends_and_counts_as_a_camera() {
+        let line = |kind: &str, port: u16, mid: u32, dir: &str| {
+            format!(
+                "m={kind} {port} UDP/TLS/RTP/SAVPF 96\r\na=mid:{mid}\r\na=rtpmap:96 VP8/90000\r\n{dir}"
+            )
+        };
+        let sdp = offer(
+            &[
+                line("audio", 9, 0, "a=sendonly\r\n"),
+                line("video", 9, 1, "a=sendonly\r\n"),
+                line("video", 9, 2, "a=recvonly\r\n"),
+                line("video", 0, 3, "a=sendonly\r\n"),
+                line("video", 9, 4, "a=inactive\r\n"),
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            RemoteDescription::parse(&sdp)
+                .unwrap()
+                .sending_video_lines(),
+            1
+        );
+        // No direction attribute is sendrecv (RFC 4566 §6): it publishes.
+        let undirected = format!("{sdp}{}", line("video", 9, 5, ""));
+        let d = RemoteDescription::parse(&undirected).unwrap();
+        assert_eq!(d.sending_video_lines(), 2);
+        assert!(d.media[5].publishes() && !d.media[2].publishes() && !d.media[3].publishes());
+        let sendrecv = format!("{sdp}{}", line("video", 9, 5, "a=sendrecv\r\n"));
+        assert_eq!(
+            RemoteDescription::parse(&sendrecv)
+                .unwrap()
+                .sending_video_lines(),
+            2
+        );
+    }
+
+    #[test]
+    fn oversized_offers_are_refused_before_parsing() {
+        let mut ssrcs = String::new();
+        for i in 0..1_200u32 {
+            ssrcs.push_str(&format!("a=ssrc:{} cname:x\r\n", 1000 + i));
+        }
+        let flood = offer(&format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n{ssrcs}"
+        ));
+        let err = RemoteDescription::parse(&flood).unwrap_err();
+        assert!(
+            matches!(err, SdpError::TooLarge(ref m) if m.contains("a=ssrc")),
+            "{err}"
+        );
+        let lines = offer(&"a=x-filler:1\r\n".repeat(MAX_SDP_LINES));
+        assert!(
+            matches!(RemoteDescription::parse(&lines), Err(SdpError::TooLarge(m)) if m.contains("lines"))
+        );
+        let big = offer(&format!("a=x-filler:{}\r\n", "x".repeat(MAX_SDP_BYTES)));
+        assert!(
+            matches!(RemoteDescription::parse(&big), Err(SdpError::TooLarge(m)) if m.contains("bytes"))
+        );
+        // Within the limits, SSRCs are read once each and RTX pairs leave the media list.
+        let mut ok = String::from("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n");
+        for i in 0..20u32 {
+            ok.push_str(&format!(
+                "a=ssrc:{} cname:x\r\na=ssrc:{} cname:x\r\n",
+                10 + i,
+                10 + i
+            ));
+        }
+        ok.push_str("a=ssrc-group:FID 10 11\r\n");
+        let d = RemoteDescription::parse(&offer(&ok)).unwrap();
+        assert_eq!(d.media[0].ssrcs.len(), 19);
+        assert_eq!(d.media[0].rtx_ssrcs, [(10, 11)]);
     }
 }

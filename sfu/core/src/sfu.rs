@@ -437,9 +437,7 @@ impl Sfu {
                 MediaKind::Video => published_of(kind) < MAX_VIDEO_TRACKS,
             };
             let role = match (m.kind, codec, m.rejected) {
-                (Some(kind), Some(codec), false)
-                    if m.direction.remote_sends() && room_for(kind) =>
-                {
+                (Some(kind), Some(codec), false) if m.publishes() && room_for(kind) => {
                     let t = self.publish_line(idx, m, kind, codec);
                     new_tracks.push(t);
                     LineRole::Publish { track: t }
@@ -530,7 +528,7 @@ impl Sfu {
         li: usize,
         m: &crate::remote_description::RemoteMedia,
     ) -> Option<usize> {
-        let stops = m.rejected || !m.direction.remote_sends();
+        let stops = !m.publishes();
         let role = self.participant(idx).lines[li].role.clone();
         let (kind, codec) = match role {
             LineRole::Publish { track } if stops => {
@@ -540,7 +538,7 @@ impl Sfu {
                 (kind, codec)
             }
             LineRole::Idle { kind, codec } if m.rejected => (kind, codec),
-            LineRole::Idle { kind, codec } if m.direction.remote_sends() => {
+            LineRole::Idle { kind, codec } if m.publishes() => {
                 let limit = match kind {
                     MediaKind::Audio => MAX_AUDIO_TRACKS,
                     MediaKind::Video => MAX_VIDEO_TRACKS,

@@ -90,6 +90,21 @@ impl Command {
         }
     }
 
+    /// Whether a client's message caused this command (an SDP offer or answer, a layer or
+    /// keyframe request), as opposed to signaling's own decisions (permissions, removals,
+    /// closing a room). Clients can send many; the SFU bounds how many wait, and refuses the
+    /// rest, while signaling's decisions are never dropped.
+    pub fn is_client_request(&self) -> bool {
+        matches!(
+            self,
+            Command::AddParticipant { .. }
+                | Command::Answer { .. }
+                | Command::Offer { .. }
+                | Command::RequestKeyframe { .. }
+                | Command::SetPreferredLayer { .. }
+        )
+    }
+
     /// The participant this command is about, if any (used to route to the owning worker).
     pub fn participant(&self) -> Option<&ParticipantId> {
         match self {

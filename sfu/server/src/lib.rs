@@ -11,4 +11,4 @@ pub mod room_placement;
 pub mod udp_batch;
 pub mod worker;
 
-pub use node::{NodeConfig, NodeError, SfuNode};
+pub use node::{MAX_PENDING_REQUESTS, NodeConfig, NodeError, SfuNode};

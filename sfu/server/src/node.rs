@@ -7,6 +7,7 @@ use crate::worker::{self, EventSink, SharedCounters, WorkerHandle, WorkerInput};
 use sfu_core::{Counters, SfuConfig, TransportConfig};
 use sfu_proto::{Command, Event, RoomId};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,8 +55,16 @@ pub enum NodeError {
     Transport(String),
 }
 
+/// Client requests (offers, answers, layer and keyframe requests) waiting for one worker at
+/// most: past it, a request is refused at once (`CommandFailed`, "busy") instead of queueing
+/// work that would hold the worker's media back.
+pub const MAX_PENDING_REQUESTS: usize = 256;
+
 pub struct SfuNode {
     senders: Vec<Sender<WorkerInput>>,
+    /// Per worker: client requests queued and not yet handled.
+    pending: Vec<Arc<AtomicUsize>>,
+    on_event: Arc<dyn Fn(Event) + Send + Sync>,
     workers: Vec<WorkerHandle>,
     placement: Arc<Mutex<RoomPlacement<usize>>>,
     counters: Vec<SharedCounters>,
@@ -83,9 +92,10 @@ impl SfuNode {
             config.workers
         };
         let placement = Arc::new(Mutex::new(RoomPlacement::<usize>::default()));
-        let on_event = Arc::new(on_event);
+        let on_event: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(on_event);
         let sink: EventSink = {
             let placement = placement.clone();
+            let on_event = on_event.clone();
             Arc::new(move |_worker: usize, event: Event| {
                 if let Ok(mut p) = placement.lock() {
                     p.observe(&event);
@@ -94,6 +104,7 @@ impl SfuNode {
             })
         };
         let mut senders = Vec::with_capacity(n);
+        let mut pending = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
         let mut counters = Vec::with_capacity(n);
         for i in 0..n {
@@ -115,12 +126,16 @@ impl SfuNode {
             )
             .map_err(|e| NodeError::Transport(e.to_string()))?;
             let (tx, rx) = channel();
+            let waiting = Arc::new(AtomicUsize::new(0));
             let shared: SharedCounters = Arc::new(Mutex::new((Counters::default(), 0, 0)));
             let thread = worker::spawn(
                 i,
                 socket,
                 SfuConfig::new(transport),
-                rx,
+                worker::CommandQueue {
+                    commands: rx,
+                    pending_requests: waiting.clone(),
+                },
                 sink.clone(),
                 shared.clone(),
                 config.pin_cores.then_some(i),
@@ -128,6 +143,7 @@ impl SfuNode {
             .map_err(NodeError::Thread)?;
             tracing::info!(worker = i, %local_addr, %advertised_addr, "SFU worker started");
             senders.push(tx);
+            pending.push(waiting);
             counters.push(shared);
             workers.push(WorkerHandle {
                 index: i,
@@ -138,6 +154,8 @@ impl SfuNode {
         }
         Ok(Self {
             senders,
+            pending,
+            on_event,
             workers,
             placement,
             counters,
@@ -156,11 +174,29 @@ impl SfuNode {
             Ok(mut p) => p.route(&command, |p| (0..workers).min_by_key(|w| p.count(*w))),
             Err(_) => return,
         };
-        if let Some(w) = worker
-            && let Some(tx) = self.senders.get(w)
-        {
-            let _ = tx.send(WorkerInput::Command(command));
+        let (Some(w), Some(tx)) = (worker, worker.and_then(|w| self.senders.get(w))) else {
+            return;
+        };
+        if command.is_client_request() {
+            let waiting = &self.pending[w];
+            if waiting.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_REQUESTS {
+                waiting.fetch_sub(1, Ordering::AcqRel);
+                metrics::counter!("sfu_commands_refused_busy_total", "worker" => w.to_string())
+                    .increment(1);
+                let failed = Event::CommandFailed {
+                    command: command.name().to_owned(),
+                    participant: command.participant().cloned(),
+                    error: "the SFU is busy; try again in a moment".into(),
+                };
+                // A refused add must not stay placed on the worker.
+                if let Ok(mut p) = self.placement.lock() {
+                    p.observe(&failed);
+                }
+                (self.on_event)(failed);
+                return;
+            }
         }
+        let _ = tx.send(WorkerInput::Command(command));
     }
 
     /// Sum of the workers' counters as of their last export (about once a second).

@@ -5,6 +5,7 @@ use sfu_core::{Counters, Sfu, SfuConfig, TransmitBatch};
 use sfu_proto::{Command, Event};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,6 +17,18 @@ pub enum WorkerInput {
 
 /// Where a worker's events go (the node routes them to signaling).
 pub type EventSink = Arc<dyn Fn(usize, Event) + Send + Sync>;
+
+/// Commands handled between two turns of I/O at most, and the time they may take: a flood of
+/// commands delays media by one such turn, never stops it.
+const COMMANDS_PER_TURN: usize = 32;
+const COMMAND_TIME_PER_TURN: Duration = Duration::from_millis(2);
+
+/// A worker's commands, and how many client requests among them wait (the node refuses new
+/// ones past [`crate::node::MAX_PENDING_REQUESTS`]).
+pub struct CommandQueue {
+    pub commands: Receiver<WorkerInput>,
+    pub pending_requests: Arc<AtomicUsize>,
+}
 
 /// Longest sleep of an idle worker; bounds how late a command is picked up.
 const MAX_WAIT: Duration = Duration::from_millis(5);
@@ -44,7 +57,7 @@ pub fn spawn(
     index: usize,
     socket: UdpBatch,
     config: SfuConfig,
-    commands: Receiver<WorkerInput>,
+    commands: CommandQueue,
     sink: EventSink,
     shared: SharedCounters,
     core: Option<usize>,
@@ -74,7 +87,7 @@ fn run(
     index: usize,
     mut socket: UdpBatch,
     config: SfuConfig,
-    commands: Receiver<WorkerInput>,
+    queue: CommandQueue,
     sink: EventSink,
     shared: SharedCounters,
 ) {
@@ -84,11 +97,21 @@ fn run(
     let mut send_dropped = 0u64;
     let label = index.to_string();
     loop {
-        // Commands from signaling.
-        loop {
-            match commands.try_recv() {
+        // Commands from signaling, a bounded turn of them so the sockets are served between.
+        let turn_started = Instant::now();
+        let mut more_commands = false;
+        for handled in 0.. {
+            if handled == COMMANDS_PER_TURN || turn_started.elapsed() >= COMMAND_TIME_PER_TURN {
+                more_commands = true;
+                break;
+            }
+            match queue.commands.try_recv() {
                 Ok(WorkerInput::Command(cmd)) => {
-                    sfu.handle_command(Instant::now(), cmd, &mut batch)
+                    let request = cmd.is_client_request();
+                    sfu.handle_command(Instant::now(), cmd, &mut batch);
+                    if request {
+                        queue.pending_requests.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
                 Ok(WorkerInput::Shutdown) | Err(TryRecvError::Disconnected) => {
                     flush(&mut socket, &mut batch, &mut send_dropped);
@@ -103,11 +126,14 @@ fn run(
         while let Some(event) = sfu.poll_event() {
             sink(index, event);
         }
-        let wait = sfu
-            .poll_timeout()
-            .map(|t| t.saturating_duration_since(now))
-            .unwrap_or(MAX_WAIT)
-            .min(MAX_WAIT);
+        let wait = if more_commands {
+            Duration::ZERO
+        } else {
+            sfu.poll_timeout()
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT)
+        };
         if socket.wait_readable(wait) {
             // Drain what is queued, a batch at a time, sending after each batch.
             for _ in 0..64 {

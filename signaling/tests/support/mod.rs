@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod media;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use signaling::dev_issuer::{DevIssuer, dev_claims};

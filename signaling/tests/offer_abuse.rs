@@ -1,0 +1,193 @@
+//! Offers as a hostile patient sends them, against the running service: a second camera
+//! smuggled in by leaving out direction lines, and a flood of huge offers from the waiting
+//! room while another visit's media runs on the same SFU worker.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::media::{MediaPeer, frames_per_second};
+use support::{Client, Server, start};
+
+/// A clinician and a patient of `meeting`, admitted, with media running both ways.
+async fn visit(server: &Server, meeting: &str) -> (MediaPeer, MediaPeer, Client, Client) {
+    eprintln!("visit {meeting}: joining");
+    let doctor_token = server.token(meeting, "doc-4411", "Dr Berg", "clinician");
+    let patient_token = server.token(meeting, "pat-7f3a", "Anna", "patient");
+    let mut doctor = server.connect(&doctor_token).await;
+    doctor.next_of("welcome").await;
+    let mut patient = server.connect(&patient_token).await;
+    patient.next_of("welcome").await;
+    let patient_id = loop {
+        let lobby = doctor.next_of("lobby").await;
+        if let Some(p) = lobby["waiting"].get(0) {
+            break p["participant"].clone();
+        }
+    };
+    doctor
+        .send(json!({"type": "admit", "participant": patient_id}))
+        .await;
+    patient.next_of("admitted").await;
+    eprintln!("visit {meeting}: admitted");
+    let doctor_media = MediaPeer::new("doctor").await;
+    let patient_media = MediaPeer::new("patient").await;
+    doctor.start_media(&doctor_media).await;
+    eprintln!("visit {meeting}: clinician's media");
+    patient.start_media(&patient_media).await;
+    eprintln!("visit {meeting}: patient's media");
+    (doctor_media, patient_media, doctor, patient)
+}
+
+fn without_directions(sdp: &str) -> String {
+    sdp.replace("a=sendonly\r\n", "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_cannot_publish_a_second_camera_by_leaving_out_directions() {
+    let server = start();
+    let (_d, patient_media, _doctor, mut patient) = visit(&server, "visit-dir").await;
+    // A second video line with no direction attribute is sendrecv (RFC 4566): it publishes.
+    let two = MediaPeer::new("two-cameras").await;
+    {
+        let mut p = two.peer.lock().unwrap();
+        p.add_track(sfu_proto::MediaKind::Video);
+    }
+    let offer = without_directions(&two.offer());
+    assert_eq!(offer.matches("m=video").count(), 2);
+    assert!(!offer.contains("a=send"), "no direction lines left");
+    patient
+        .send(json!({"type": "offer", "sdp": offer, "restart": true}))
+        .await;
+    let err = patient.next_of("error").await;
+    assert_eq!(err["code"], "screen_share_not_allowed", "{err}");
+    // One camera without a direction line is fine (a restart with it is answered).
+    let one = without_directions(&patient_media.offer());
+    tokio::time::sleep(Duration::from_secs(3)).await; // past the restart interval
+    patient
+        .send(json!({"type": "offer", "sdp": one, "restart": true}))
+        .await;
+    let reply = loop {
+        let m = patient.next().await;
+        if m["type"] == "answer" || m["type"] == "error" {
+            break m;
+        }
+    };
+    assert_eq!(reply["type"], "answer", "{reply}");
+}
+
+/// The attack's offer: one video line with 1,200 `a=ssrc` and 1,200 `ssrc-group:FID` lines.
+fn flood_offer(template: &str) -> String {
+    let mut sdp = template.to_owned();
+    for i in 0..1_200u32 {
+        sdp.push_str(&format!("a=ssrc:{} cname:f\r\n", 1 + i));
+        sdp.push_str(&format!("a=ssrc-group:FID {} {}\r\n", 1 + i, 5_000 + i));
+    }
+    sdp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_offers_from_the_waiting_room_leaves_another_call_running() {
+    let server = start(); // one SFU worker: the attacker's lobby and the visit share it
+    let (doctor_media, patient_media, doctor, patient) = visit(&server, "visit-media").await;
+    let mut doctor_events = doctor.negotiate_in_background(&doctor_media);
+    let _patient_events = patient.negotiate_in_background(&patient_media);
+
+    // Both send 30 frames a second until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(33_333));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                if doctor_media.is_secured() {
+                    doctor_media.send_video_frame().await;
+                }
+                if patient_media.is_secured() {
+                    patient_media.send_video_frame().await;
+                }
+            }
+            (doctor_media, patient_media)
+        })
+    };
+    // Wait for the picture: the clinician decodes the patient's frames.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // A patient of another meeting, never admitted, floods offers from its waiting room.
+    let attacker_token = server.token("visit-other", "pat-evil", "Eve", "patient");
+    let mut attacker = server.connect(&attacker_token).await;
+    attacker.next_of("welcome").await;
+    let template = MediaPeer::new("attacker").await.offer();
+    let offer = flood_offer(&template);
+    assert!(
+        offer.len() > 55_000 && offer.len() < 64 * 1024,
+        "{}",
+        offer.len()
+    );
+    let message = json!({"type": "offer", "sdp": offer}).to_string();
+    let flood_start = Instant::now();
+    let (mut ws_tx, mut ws_rx) = futures_util::StreamExt::split(attacker.ws);
+    let writer = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        for _ in 0..3_000 {
+            ws_tx
+                .send(tokio_tungstenite::tungstenite::Message::Text(
+                    message.clone().into(),
+                ))
+                .await
+                .unwrap();
+        }
+        Instant::now()
+    });
+    let replies = tokio::spawn(async move {
+        let mut codes = std::collections::HashMap::<String, usize>::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(
+            Duration::from_secs(3),
+            futures_util::StreamExt::next(&mut ws_rx),
+        )
+        .await
+        {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                *codes
+                    .entry(v["code"].as_str().unwrap_or("").to_owned())
+                    .or_default() += 1;
+            }
+        }
+        codes
+    });
+    let flood_end = writer.await.unwrap();
+    let codes = replies.await.unwrap();
+    let measured_to = flood_end.max(flood_start + Duration::from_secs(4)) + Duration::from_secs(2);
+    tokio::time::sleep_until(measured_to.into()).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (doctor_media, patient_media) = sender.await.unwrap();
+
+    eprintln!(
+        "flood of 3,000 offers sent in {:?}; replies {codes:?}",
+        flood_end - flood_start
+    );
+
+    // The call on the same worker kept its picture, second by second, both ways.
+    let window = (flood_start - Duration::from_secs(1), measured_to);
+    for (who, media) in [("clinician", &doctor_media), ("patient", &patient_media)] {
+        let fps = frames_per_second(&media.video_frames(), window.0, window.1);
+        eprintln!("{who} receives frames per second: {fps:?}");
+        assert!(fps.len() >= 5, "{fps:?}");
+        assert!(
+            fps.iter().all(|&f| f >= 25),
+            "the {who}'s picture dropped below 25 frames/s during the flood: {fps:?}"
+        );
+    }
+    // Every offer is refused, for its size first, then for the rate.
+    assert!(codes.get("bad_sdp").copied().unwrap_or(0) >= 1, "{codes:?}");
+    assert!(
+        codes.get("sdp_rate").copied().unwrap_or(0) >= 2_900,
+        "{codes:?}"
+    );
+    assert!(
+        !codes.contains_key("sfu_refused"),
+        "nothing reached the SFU: {codes:?}"
+    );
+    let _ = doctor_events.try_recv();
+}

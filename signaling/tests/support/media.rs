@@ -1,0 +1,184 @@
+//! A WebRTC participant for tests of the running service: a `SimPeer` (real ICE, DTLS and
+//! SRTP) on a real UDP socket, negotiating over the join WebSocket, sending VP8-shaped video
+//! frames and counting the frames it receives.
+
+use super::Client;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use sfu_proto::MediaKind;
+use sfu_testkit::SimPeer;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A VP8 keyframe's first packet (descriptor S=1, frame tag P=0, start code): every frame a
+/// keyframe, so a subscriber starts forwarding at once whichever frame comes first.
+const VP8_KEYFRAME: [u8; 10] = [0x10, 0x50, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0];
+
+pub struct MediaPeer {
+    pub peer: Arc<Mutex<SimPeer>>,
+    socket: Arc<UdpSocket>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MediaPeer {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+impl MediaPeer {
+    /// A peer on its own loopback socket publishing one audio and one video track.
+    pub async fn new(name: &str) -> Self {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = socket.local_addr().unwrap();
+        let mut peer = SimPeer::new(name, addr, Instant::now());
+        peer.add_track(MediaKind::Audio);
+        peer.add_track(MediaKind::Video);
+        let peer = Arc::new(Mutex::new(peer));
+        let pump = tokio::spawn(pump(peer.clone(), socket.clone()));
+        Self { peer, socket, pump }
+    }
+
+    pub fn offer(&self) -> String {
+        self.peer.lock().unwrap().offer()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    pub fn is_secured(&self) -> bool {
+        self.peer.lock().unwrap().is_secured()
+    }
+
+    /// Sends one video frame (a single packet) and flushes it to the network.
+    pub async fn send_video_frame(&self) {
+        let mut payload = VP8_KEYFRAME.to_vec();
+        payload.resize(900, 0x5a);
+        let out: Vec<(SocketAddr, Vec<u8>)> = {
+            let mut p = self.peer.lock().unwrap();
+            p.send_media(1, &payload, true, 3000);
+            std::iter::from_fn(|| p.poll_transmit()).collect()
+        };
+        for (to, data) in out {
+            let _ = self.socket.send_to(&data, to).await;
+        }
+    }
+
+    /// Arrival times of the video frames received (one per RTP timestamp), all publishers.
+    pub fn video_frames(&self) -> Vec<Instant> {
+        let p = self.peer.lock().unwrap();
+        let mut frames = Vec::new();
+        for line in p.incoming.iter().filter(|l| l.kind == MediaKind::Video) {
+            let Some(packets) = p.received.get(&line.ssrc) else {
+                continue;
+            };
+            let mut last_ts = None;
+            for r in packets {
+                if last_ts != Some(r.timestamp) {
+                    frames.push(r.at);
+                    last_ts = Some(r.timestamp);
+                }
+            }
+        }
+        frames.sort();
+        frames
+    }
+}
+
+/// Moves datagrams between the socket and the peer, and runs its timers.
+async fn pump(peer: Arc<Mutex<SimPeer>>, socket: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let wait = {
+            let mut p = peer.lock().unwrap();
+            let now = Instant::now();
+            p.handle_timeout(now);
+            p.poll_timeout()
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(Duration::from_millis(20))
+                .min(Duration::from_millis(20))
+        };
+        flush(&peer, &socket).await;
+        if let Ok(Ok((n, from))) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
+            peer.lock()
+                .unwrap()
+                .handle_datagram(Instant::now(), from, &buf[..n]);
+            flush(&peer, &socket).await;
+        }
+    }
+}
+
+async fn flush(peer: &Mutex<SimPeer>, socket: &UdpSocket) {
+    let out: Vec<(SocketAddr, Vec<u8>)> = {
+        let mut p = peer.lock().unwrap();
+        std::iter::from_fn(|| p.poll_transmit()).collect()
+    };
+    for (to, data) in out {
+        let _ = socket.send_to(&data, to).await;
+    }
+}
+
+impl Client {
+    /// Starts `media`'s session: sends its offer and applies the SFU's answer.
+    pub async fn start_media(&mut self, media: &MediaPeer) {
+        self.send(json!({"type": "offer", "sdp": media.offer()}))
+            .await;
+        let answer = self.next_of("answer").await;
+        let sdp = answer["sdp"].as_str().unwrap().to_owned();
+        media
+            .peer
+            .lock()
+            .unwrap()
+            .apply_answer(Instant::now(), &sdp);
+    }
+
+    /// From now on answers the SFU's offers for `media` in the background; returns the other
+    /// messages as they come.
+    pub fn negotiate_in_background(
+        self,
+        media: &MediaPeer,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let peer = media.peer.clone();
+        let mut ws = self.ws;
+        tokio::spawn(async move {
+            use futures_util::SinkExt;
+            while let Some(Ok(msg)) = ws.next().await {
+                let Message::Text(text) = msg else {
+                    continue;
+                };
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if v["type"] == "offer" {
+                    let answer = peer
+                        .lock()
+                        .unwrap()
+                        .answer_offer(Instant::now(), v["sdp"].as_str().unwrap());
+                    let reply = json!({"type": "answer", "sdp": answer}).to_string();
+                    if ws.send(Message::Text(reply.into())).await.is_err() {
+                        break;
+                    }
+                } else if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Frames per whole second of `frames` between `from` and `to` (the lowest and each second's
+/// count).
+pub fn frames_per_second(frames: &[Instant], from: Instant, to: Instant) -> Vec<usize> {
+    let mut counts = Vec::new();
+    let mut start = from;
+    while start + Duration::from_secs(1) <= to {
+        let end = start + Duration::from_secs(1);
+        counts.push(frames.iter().filter(|t| **t >= start && **t < end).count());
+        start = end;
+    }
+    counts
+}
