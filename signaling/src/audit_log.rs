@@ -45,6 +45,19 @@ pub struct AuditEvent {
     /// The connection the event concerns (ties join and leave together).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant: Option<String>,
+    /// The network source of an anonymous request (token refusals): an IPv4 address or an
+    /// IPv6 /64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// How many events this line stands for (token refusals summarised per source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// A summary's count by refusal code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes: Option<std::collections::BTreeMap<String, u64>>,
+    /// Of a summary's count, how many were answered 429 (the source past its budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

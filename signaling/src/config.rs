@@ -17,6 +17,7 @@ pub struct FileConfig {
     pub audit: Option<AuditSection>,
     pub meetings: Option<MeetingsSection>,
     pub api: Option<ApiSection>,
+    pub http: Option<HttpSection>,
     /// The address patients and clinicians open, e.g. `https://video.region.se` (links the
     /// meetings API returns).
     pub public_url: Option<String>,
@@ -52,11 +53,31 @@ pub struct ApiSection {
     pub keys: Option<Vec<String>>,
 }
 
+/// The public listener's limits against clients that hold connections open.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Seconds a client has to send a request's headers, and that an idle keep-alive
+    /// connection stays open (default 10).
+    pub header_timeout_secs: Option<u64>,
+    /// Connections open at once (default 10,000, and never more than the file descriptors
+    /// allow).
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one address (default 500: a hospital's staff may share
+    /// one address).
+    pub max_connections_per_source: Option<usize>,
+    /// Seconds a join WebSocket may stay silent (no message, no answer to the server's pings)
+    /// before it is closed (default 45).
+    pub ws_idle_secs: Option<u64>,
+}
+
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
     /// The PDL audit log file (appended, hash-chained, fsynced).
     pub path: Option<PathBuf>,
+    /// Seconds between summary lines of refused tokens per source (default 60).
+    pub refusal_summary_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -124,8 +124,26 @@ pub async fn connection(
     // Offers and answers cost the SFU a parse each: a connection gets a budget of them, in
     // the lobby as much as in the meeting.
     let mut sdp_budget = MessageBudget::sdp();
+    // A peer that vanished without closing (a phone out of coverage) would hold the socket
+    // forever: ping it, and close a connection that stays silent.
+    let mut ping = tokio::time::interval(state.ws_idle / 3);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= state.ws_idle {
+                    let msg = json!({"type": "closing", "reason": "idle",
+                                     "message": "Anslutningen var tyst för länge. Anslut igen."});
+                    let _ = sink.send(Message::Text(msg.to_string().into())).await;
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 4007, reason: "idle".into() }))).await;
+                    break;
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
             out = out_rx.recv() => match out {
                 Some(Outbound::Text(text)) => {
                     if sink.send(Message::Text(text.into())).await.is_err() {
@@ -141,9 +159,20 @@ pub async fn connection(
                 None => break,
             },
             msg = stream.next() => {
+                last_heard = tokio::time::Instant::now();
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Err(e)) => {
+                        if is_too_large(e) {
+                            // RFC 6455 §7.4.1: 1009, the message is too big to process.
+                            let msg = json!({"type": "closing", "reason": "message_too_large",
+                                             "message": format!("a message is at most {} KiB", crate::server::MAX_MESSAGE_BYTES / 1024)});
+                            let _ = sink.send(Message::Text(msg.to_string().into())).await;
+                            let _ = sink.send(Message::Close(Some(CloseFrame { code: 1009, reason: "message too large".into() }))).await;
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
                     Some(Ok(Message::Binary(_))) => {
                         let _ = sink.send(Message::Text(error_text("bad_message", "binary messages are not used").into())).await;
                         continue;
@@ -183,6 +212,13 @@ pub async fn connection(
     }
     let _ = sink.close().await;
     tracing::info!(participant = %id, meeting = %room.id, "left");
+}
+
+/// Whether a read failed because the client's message (or frame) exceeds the limit.
+fn is_too_large(e: axum::Error) -> bool {
+    e.into_inner()
+        .downcast_ref::<tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
 /// Carries out one request; returns the reply for this client, if any.

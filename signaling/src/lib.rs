@@ -6,6 +6,7 @@
 pub mod audit_log;
 pub mod config;
 pub mod connection;
+pub mod connection_limits;
 pub mod dev_issuer;
 pub mod identity_number;
 pub mod join_refusal;
@@ -19,3 +20,4 @@ pub mod server;
 pub mod session_token;
 pub mod sfu_control;
 pub mod sfu_gateway;
+pub mod token_refusals;

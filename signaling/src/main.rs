@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use signaling::audit_log::{self, AuditLog};
 use signaling::config::FileConfig;
+use signaling::connection_limits::{ConnectionLimits, LimitedAcceptor};
 use signaling::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, dev_claims};
 use signaling::jwks_source::JwksSource;
 use signaling::meeting::MeetingPolicy;
@@ -12,6 +13,7 @@ use signaling::server::{AppState, audit_all, router};
 use signaling::session_token::TokenVerifier;
 use signaling::sfu_control::SfuControl;
 use signaling::sfu_gateway::RemoteSfu;
+use signaling::token_refusals::{RefusalBudget, TokenRefusals};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -122,6 +124,23 @@ struct ServeArgs {
     /// The PDL audit log (JSON lines, hash-chained); `.dev/audit.jsonl` with --dev.
     #[arg(long, env = "SIGNALING_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// Seconds to send a request's headers, and that an idle keep-alive connection stays open
+    /// (default 10).
+    #[arg(long, env = "SIGNALING_HEADER_TIMEOUT_SECS")]
+    header_timeout_secs: Option<u64>,
+    /// Connections open at once (default 10,000, within the file-descriptor limit).
+    #[arg(long, env = "SIGNALING_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Connections open at once from one address (default 500).
+    #[arg(long, env = "SIGNALING_MAX_CONNECTIONS_PER_SOURCE")]
+    max_connections_per_source: Option<usize>,
+    /// Seconds a join WebSocket may stay silent before it is closed (default 45; the server
+    /// pings every third of it).
+    #[arg(long, env = "SIGNALING_WS_IDLE_SECS")]
+    ws_idle_secs: Option<u64>,
+    /// Seconds between the audit log's summary lines of refused tokens per source (default 60).
+    #[arg(long, env = "SIGNALING_REFUSAL_SUMMARY_SECS")]
+    refusal_summary_secs: Option<u64>,
     #[arg(
         long,
         env = "SIGNALING_SFU_MODE",
@@ -275,11 +294,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let file_audit = file.audit.and_then(|a| a.path);
+    let file_audit_section = file.audit.unwrap_or_default();
+    let file_audit = file_audit_section.path.clone();
     let tls = file.tls.unwrap_or_default();
     let tokens = file.tokens.unwrap_or_default();
     let meetings_file = file.meetings.unwrap_or_default();
     let api = file.api.unwrap_or_default();
+    let http = file.http.unwrap_or_default();
     let sfu = file.sfu.unwrap_or_default();
     sfu_server::logging::init(args.log_json || file.log.and_then(|l| l.json).unwrap_or(false));
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -465,6 +486,47 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls.cert (--tls-cert) and tls.key (--tls-key)"),
     };
+    // Every connection is a file descriptor: take all the process may have, and keep the
+    // connection cap inside it (with room for the audit log, sockets of the SFU, …).
+    let fd_limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024)
+        }
+    };
+    let fd_room = usize::try_from(fd_limit.saturating_sub(128).max(16)).unwrap_or(usize::MAX);
+    let max_connections = args
+        .max_connections
+        .or(http.max_connections)
+        .unwrap_or(10_000);
+    if max_connections > fd_room {
+        tracing::warn!(
+            max_connections,
+            fd_limit,
+            "http.max_connections exceeds the open-files limit; capped at {fd_room}"
+        );
+    }
+    let limits = ConnectionLimits::new(
+        max_connections.min(fd_room),
+        args.max_connections_per_source
+            .or(http.max_connections_per_source)
+            .unwrap_or(500),
+    );
+    let header_timeout = std::time::Duration::from_secs(
+        args.header_timeout_secs
+            .or(http.header_timeout_secs)
+            .unwrap_or(10)
+            .max(1),
+    );
+    tracing::info!(
+        fd_limit,
+        max_connections = max_connections.min(fd_room),
+        ?header_timeout,
+        "connection limits"
+    );
     let std_listener =
         std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     std_listener.set_nonblocking(true)?;
@@ -488,6 +550,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         api_keys: api_keys.clone(),
         minter,
         public_url: Some(public_url.clone()),
+        refusals: TokenRefusals::new(RefusalBudget {
+            interval: std::time::Duration::from_secs(
+                args.refusal_summary_secs
+                    .or(file_audit_section.refusal_summary_secs)
+                    .unwrap_or(60)
+                    .max(1),
+            ),
+            ..Default::default()
+        }),
+        ws_idle: std::time::Duration::from_secs(
+            args.ws_idle_secs.or(http.ws_idle_secs).unwrap_or(45).max(3),
+        ),
     });
     let pump = state.clone();
     tokio::spawn(async move {
@@ -496,6 +570,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = audit_all(&pump, events).await;
         }
     });
+    // Token refusals counted but not yet written go out as one line per source and interval.
+    let summaries = state.clone();
+    tokio::spawn(async move {
+        let every = summaries.refusals.interval();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            let lines = summaries.refusals.end_interval(std::time::Instant::now());
+            let _ = audit_all(&summaries, lines).await;
+        }
+    });
+    let at_exit = state.clone();
     let sweeper = meetings.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -547,20 +633,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(2)));
     });
+    let limited = LimitedAcceptor { limits };
+    let mut server = axum_server::from_tcp(std_listener).handle(handle);
+    {
+        // HTTP/1.1 only (WebSocket runs over it), with a timer so the header-read timeout
+        // fires: it bounds both a request's headers and an idle keep-alive connection.
+        let builder = server.http_builder();
+        *builder = std::mem::take(builder).http1_only();
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout);
+    }
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match tls_config {
         Some(tls) => {
-            axum_server::from_tcp_rustls(std_listener, tls)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?
+            let tls = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .handshake_timeout(header_timeout)
+                .acceptor(limited);
+            server.acceptor(tls).serve(service).await?
         }
-        None => {
-            axum_server::from_tcp(std_listener)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?
-        }
+        None => server.acceptor(limited).serve(service).await?,
     }
+    // Refusals counted since the last summary are written before the process ends.
+    let lines = at_exit.refusals.end_interval(std::time::Instant::now());
+    let _ = audit_all(&at_exit, lines).await;
     Ok(())
 }
 

@@ -9,8 +9,9 @@ use crate::meeting_room::{MeetingRoom, role_name};
 use crate::meetings::Meetings;
 use crate::session_token::{Session, TokenVerifier};
 use crate::sfu_control::SfuControl;
+use crate::token_refusals::{RefusalVerdict, TokenRefusals};
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,13 +20,14 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
 use sfu_proto::ParticipantId;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const CLIENT_JS: &str = include_str!("../web/client.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
 /// Largest client message: an SDP offer with many m-lines fits well within this.
-const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 
 pub struct AppState {
     /// The PDL audit log; every access event is appended (and fsynced) before it takes effect.
@@ -42,6 +44,10 @@ pub struct AppState {
     pub minter: Option<Arc<DevIssuer>>,
     /// The address clients open (for links the API returns), e.g. `https://video.region.se`.
     pub public_url: Option<String>,
+    /// Token refusals per source: what is written now, counted, or answered 429.
+    pub refusals: TokenRefusals,
+    /// A join WebSocket silent this long (no message, no pong) is closed.
+    pub ws_idle: std::time::Duration,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -111,18 +117,35 @@ fn refusal(r: &JoinRefusal) -> Response {
 impl AppState {
     /// Every check a join passes: the token, the meeting it names, the meeting's window and
     /// state. Refusals are audited; an access that cannot be recorded is refused.
-    async fn admission(&self, q: &JoinQuery) -> Result<(Session, Arc<MeetingRoom>), Response> {
+    async fn admission(
+        &self,
+        q: &JoinQuery,
+        source: IpAddr,
+    ) -> Result<(Session, Arc<MeetingRoom>), Response> {
         let now = Timestamp::now();
         let session = match self.verifier.verify(&q.token) {
             Ok(s) => s,
             Err(e) => {
-                // Nothing from an unverified token is trusted enough to log but the reason.
-                let event = AuditEvent {
-                    event: "token_refused".into(),
-                    code: Some(e.code().into()),
-                    ..Default::default()
-                };
-                return Err(self.refuse(event, &JoinRefusal::Token(e)).await);
+                // Nothing from an unverified token is trusted enough to log but the reason
+                // and where it came from; a source's refusals are summarised, not each
+                // written (see token_refusals.rs).
+                let code = e.code();
+                return Err(
+                    match self
+                        .refusals
+                        .refused(source, code, std::time::Instant::now())
+                    {
+                        RefusalVerdict::Record => {
+                            self.refuse(
+                                TokenRefusals::first_line(source, code),
+                                &JoinRefusal::Token(e),
+                            )
+                            .await
+                        }
+                        RefusalVerdict::Counted => refusal(&JoinRefusal::Token(e)),
+                        RefusalVerdict::Limited => too_many_refusals(self.refusals.interval()),
+                    },
+                );
             }
         };
         let checked = match &q.meeting {
@@ -153,10 +176,32 @@ impl AppState {
     }
 }
 
+/// A source past its budget of refused tokens: answered before anything is verified further
+/// or written.
+fn too_many_refusals(retry_after: std::time::Duration) -> Response {
+    tracing::info!(code = "too_many_refusals", "join refused");
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(
+            header::RETRY_AFTER,
+            retry_after.as_secs().max(1).to_string(),
+        )],
+        Json(json!({
+            "error": "too_many_refusals",
+            "reason": "too many refused join attempts from this address; wait a minute",
+        })),
+    )
+        .into_response()
+}
+
 /// Tells a client, before it asks for camera and microphone, whether it may join and as
 /// what: the same checks as the WebSocket (a browser cannot read a refused upgrade's body).
-async fn join_check(State(state): State<Arc<AppState>>, Json(q): Json<JoinQuery>) -> Response {
-    match state.admission(&q).await {
+async fn join_check(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(q): Json<JoinQuery>,
+) -> Response {
+    match state.admission(&q, peer.ip()).await {
         Ok((session, room)) => {
             let s = room.lock();
             let policy = state.meetings.policy();
@@ -176,10 +221,11 @@ async fn join_check(State(state): State<Arc<AppState>>, Json(q): Json<JoinQuery>
 
 async fn ws_upgrade(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<JoinQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (session, room) = match state.admission(&q).await {
+    let (session, room) = match state.admission(&q, peer.ip()).await {
         Ok(ok) => ok,
         Err(response) => return response,
     };

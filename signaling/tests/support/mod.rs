@@ -44,13 +44,26 @@ pub fn start() -> Server {
 
 /// Starts the service with extra flags.
 pub fn start_with(extra: &[&str]) -> Server {
+    start_via(&[], extra)
+}
+
+/// Starts the service through a launcher (e.g. `prlimit --nofile=…`) with extra flags.
+pub fn start_via(launcher: &[&str], extra: &[&str]) -> Server {
     let dir = std::env::temp_dir().join(format!("hc-signaling-test-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("issuer.key");
     let issuer = DevIssuer::load_or_create(&key).unwrap();
     let audit = dir.join("audit.jsonl");
     let log = dir.join("signaling.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_signaling"))
+    let mut command = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_signaling"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_signaling")),
+    };
+    let mut child = command
         .args([
             "serve",
             "--dev",
@@ -114,6 +127,18 @@ pub fn now() -> i64 {
 }
 
 impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `host:port` of the service.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.http_base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("http://ip:port")
+    }
+
     /// A dev token for `meeting`.
     pub fn token(&self, meeting: &str, sub: &str, name: &str, role: &str) -> String {
         let (hsa, unit) = if role == "clinician" {
@@ -145,8 +170,19 @@ impl Server {
 
     /// Tries to open the join WebSocket; returns the HTTP status and JSON body of a refusal.
     pub async fn refused(&self, query: &str) -> (u16, Value) {
+        self.refused_from("127.0.0.1", query).await
+    }
+
+    /// As [`Server::refused`], from the loopback address `from` (its own source to the
+    /// service, with its own budget of token refusals).
+    pub async fn refused_from(&self, from: &str, query: &str) -> (u16, Value) {
         let url = format!("{}/ws?{}", self.ws_base, query);
-        match tokio_tungstenite::connect_async(&url).await {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::new(from.parse().unwrap(), 0))
+            .unwrap();
+        let stream = socket.connect(self.addr()).await.unwrap();
+        match tokio_tungstenite::client_async(&url, stream).await {
             Ok(_) => panic!("join {query:.40}… was accepted"),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();

@@ -1,0 +1,247 @@
+//! Refusals of tokens, per source address: anonymous clients can post bad tokens as fast as
+//! the network allows, and each refusal is an fsynced audit line. The first refusal of a
+//! source in an interval is written at once; the rest are counted and written as one line per
+//! source at the interval's end; past a per-source budget, requests get 429 before any audit
+//! write, and are counted all the same. So the log records that every refusal happened, at a
+//! cost that does not grow with the attacker's rate.
+
+use crate::audit_log::AuditEvent;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Sources tracked at once at most; further sources share one record (their refusals are still
+/// counted, under `source: "other"`).
+const MAX_SOURCES: usize = 100_000;
+
+/// What to do with one refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalVerdict {
+    /// Write it to the audit log now (the source's first in this interval).
+    Record,
+    /// Counted; written in the source's summary line at the interval's end.
+    Counted,
+    /// The source spent its budget: answer 429, write nothing now (counted).
+    Limited,
+}
+
+/// How many refusals a source may have answered in full: a burst, then a steady rate.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusalBudget {
+    pub burst: u32,
+    pub per_minute: u32,
+    /// How often summary lines are written.
+    pub interval: Duration,
+}
+
+impl Default for RefusalBudget {
+    fn default() -> Self {
+        // A person mistyping or reopening an old link a few times stays well inside it.
+        Self {
+            burst: 10,
+            per_minute: 10,
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Source {
+    tokens: f64,
+    last: Instant,
+    /// Refusals since the last line written for this source, by code.
+    unwritten: BTreeMap<&'static str, u64>,
+    /// Of those, how many were answered 429.
+    limited: u64,
+    /// Whether a line for this source went out in the current interval.
+    written_this_interval: bool,
+}
+
+#[derive(Debug)]
+pub struct TokenRefusals {
+    budget: RefusalBudget,
+    sources: Mutex<HashMap<SourceKey, Source>>,
+}
+
+/// A source as counted: an IPv4 address, an IPv6 /64 (one subscriber's whole prefix), or
+/// "other" once the table is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SourceKey {
+    Addr(IpAddr),
+    Other,
+}
+
+impl SourceKey {
+    fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => SourceKey::Addr(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey::Addr(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    SourceKey::Addr(IpAddr::V6(prefix.into()))
+                }
+            },
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            SourceKey::Addr(IpAddr::V6(a)) => format!("{a}/64"),
+            SourceKey::Addr(a) => a.to_string(),
+            SourceKey::Other => "other".into(),
+        }
+    }
+}
+
+impl TokenRefusals {
+    pub fn new(budget: RefusalBudget) -> Self {
+        Self {
+            budget,
+            sources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.budget.interval
+    }
+
+    /// A token from `ip` was refused with `code`: whether to write it, count it, or answer 429.
+    pub fn refused(&self, ip: IpAddr, code: &'static str, now: Instant) -> RefusalVerdict {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut key = SourceKey::of(ip);
+        if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
+            key = SourceKey::Other;
+        }
+        let burst = f64::from(self.budget.burst);
+        let s = sources.entry(key).or_insert_with(|| Source {
+            tokens: burst,
+            last: now,
+            unwritten: BTreeMap::new(),
+            limited: 0,
+            written_this_interval: false,
+        });
+        let refill = now.saturating_duration_since(s.last).as_secs_f64()
+            * f64::from(self.budget.per_minute)
+            / 60.0;
+        s.tokens = (s.tokens + refill).min(burst);
+        s.last = now;
+        if s.tokens < 1.0 {
+            *s.unwritten.entry(code).or_default() += 1;
+            s.limited += 1;
+            return RefusalVerdict::Limited;
+        }
+        s.tokens -= 1.0;
+        if s.written_this_interval {
+            *s.unwritten.entry(code).or_default() += 1;
+            RefusalVerdict::Counted
+        } else {
+            s.written_this_interval = true;
+            RefusalVerdict::Record
+        }
+    }
+
+    /// The line written at once for a source's first refusal of an interval.
+    pub fn first_line(ip: IpAddr, code: &str) -> AuditEvent {
+        AuditEvent {
+            event: "token_refused".into(),
+            code: Some(code.into()),
+            source: Some(SourceKey::of(ip).label()),
+            count: Some(1),
+            ..Default::default()
+        }
+    }
+
+    /// Ends the interval: one summary line per source with refusals not yet written (how
+    /// many, by code, and how many got 429), and forgets sources that have been quiet for
+    /// the whole interval.
+    pub fn end_interval(&self, now: Instant) -> Vec<AuditEvent> {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines = Vec::new();
+        let quiet_for = self.budget.interval;
+        sources.retain(|key, s| {
+            let count: u64 = s.unwritten.values().sum();
+            if count > 0 {
+                lines.push(AuditEvent {
+                    event: "token_refused".into(),
+                    source: Some(key.label()),
+                    count: Some(count),
+                    codes: Some(
+                        std::mem::take(&mut s.unwritten)
+                            .into_iter()
+                            .map(|(c, n)| (c.to_owned(), n))
+                            .collect(),
+                    ),
+                    limited: (s.limited > 0).then_some(s.limited),
+                    ..Default::default()
+                });
+                s.limited = 0;
+            }
+            s.written_this_interval = false;
+            count > 0 || now.saturating_duration_since(s.last) < quiet_for
+        });
+        lines.sort_by(|a, b| a.source.cmp(&b.source));
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_now_then_a_count_then_429_and_nothing_lost() {
+        let r = TokenRefusals::new(RefusalBudget {
+            burst: 5,
+            per_minute: 60,
+            interval: Duration::from_secs(60),
+        });
+        let ip: IpAddr = "198.18.0.7".parse().unwrap();
+        let t0 = Instant::now();
+        let verdicts: Vec<_> = (0..100)
+            .map(|_| r.refused(ip, "token_bad_signature", t0))
+            .collect();
+        assert_eq!(verdicts[0], RefusalVerdict::Record);
+        assert!(verdicts[1..5].iter().all(|v| *v == RefusalVerdict::Counted));
+        assert!(verdicts[5..].iter().all(|v| *v == RefusalVerdict::Limited));
+        // Another source is unaffected.
+        let other: IpAddr = "198.18.0.8".parse().unwrap();
+        assert_eq!(
+            r.refused(other, "token_expired", t0),
+            RefusalVerdict::Record
+        );
+        // A second later the budget has one more.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(r.refused(ip, "token_expired", t1), RefusalVerdict::Counted);
+        let lines = r.end_interval(t1);
+        assert_eq!(
+            lines.len(),
+            1,
+            "the other source's one refusal is already written"
+        );
+        let l = &lines[0];
+        assert_eq!(l.source.as_deref(), Some("198.18.0.7"));
+        assert_eq!(l.count, Some(100), "99 of the first burst and one more");
+        assert_eq!(l.limited, Some(95));
+        let codes = l.codes.as_ref().unwrap();
+        assert_eq!(codes["token_bad_signature"], 99);
+        assert_eq!(codes["token_expired"], 1);
+        // A new interval writes the first refusal again; nothing to summarise meanwhile.
+        assert!(r.end_interval(t1).is_empty());
+        let t2 = t1 + Duration::from_secs(30);
+        assert_eq!(r.refused(ip, "token_expired", t2), RefusalVerdict::Record);
+    }
+
+    #[test]
+    fn an_ipv6_prefix_is_one_source() {
+        let r = TokenRefusals::new(RefusalBudget::default());
+        let t = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(r.refused(a, "token_malformed", t), RefusalVerdict::Record);
+        assert_eq!(r.refused(b, "token_malformed", t), RefusalVerdict::Counted);
+        let lines = r.end_interval(t);
+        assert_eq!(lines[0].source.as_deref(), Some("2001:db8:1:2::/64"));
+    }
+}

@@ -1,0 +1,282 @@
+//! Connections as an anonymous attacker holds them, against the running service: bad tokens
+//! posted as fast as keep-alive allows (the audit log must not grow with the rate), sockets
+//! that never finish their headers or sit idle (slowloris), a WebSocket that goes silent, and
+//! a message larger than the limit.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::{start_via, start_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A TCP connection to `to` from the loopback address `from` (each 127.x address is its own
+/// source to the server).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// POST /join over a fresh connection from `from`: the status code, or `None` when the server
+/// closed the connection without answering.
+async fn join_from(from: &str, to: SocketAddr, token: &str) -> Option<u16> {
+    let mut s = connect_from(from, to).await;
+    let body = json!({"token": token}).to_string();
+    let req = format!(
+        "POST /join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether the server closes `s` within `wait` (end of stream or reset).
+async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A slowloris socket: the start of a request's headers, never finished.
+async fn partial_request(from: &str, to: SocketAddr) -> TcpStream {
+    let mut s = connect_from(from, to).await;
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_in_a_flood_are_summarised_per_source_and_limited_with_429() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = start_with(&["--refusal-summary-secs", "3"]);
+    let addr = server.addr();
+    let started = Instant::now();
+    // 32 keep-alive connections post bad tokens for 3 s.
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let url = format!("{}/join", server.http_base);
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut statuses = HashMap::<u16, u64>::new();
+            while started.elapsed() < Duration::from_secs(3) {
+                let r = client
+                    .post(&url)
+                    .json(&json!({"token": "eyJhbGciOiJFZERTQSJ9.e30.c2ln"}))
+                    .send()
+                    .await
+                    .unwrap();
+                *statuses.entry(r.status().as_u16()).or_default() += 1;
+            }
+            statuses
+        }));
+    }
+    let mut statuses = HashMap::<u16, u64>::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    let total: u64 = statuses.values().sum();
+    eprintln!("{total} bad tokens posted: {statuses:?}");
+    assert!(total > 200, "the flood ran ({total})");
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(statuses[&401] >= 1 && statuses[&401] <= 12, "{statuses:?}");
+    assert_eq!(statuses[&429], total - statuses[&401]);
+
+    // A valid token from the same address still gets in: only refusals spend the budget.
+    let token = server.token("visit-ok", "pat-1", "Anna", "patient");
+    assert_eq!(join_from("127.0.0.1", addr, &token).await, Some(200));
+
+    // Past the summary interval: a few lines, and their counts add up to every refusal.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let lines = server.audit_events("token_refused");
+    eprintln!("{} audit lines: {lines:?}", lines.len());
+    assert!(lines.len() <= 4, "one line now and one per interval");
+    let counted: u64 = lines.iter().map(|l| l["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, total, "no refusal goes unrecorded");
+    assert!(lines.iter().all(|l| l["source"] == "127.0.0.1"));
+    let limited: u64 = lines.iter().filter_map(|l| l["limited"].as_u64()).sum();
+    assert_eq!(limited, statuses[&429]);
+    assert!(lines[0]["code"].as_str().unwrap().starts_with("token_"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_sockets_are_capped_and_closed_and_joins_still_work() {
+    let server = start_via(
+        &["prlimit", "--nofile=256:4096", "--"],
+        &[
+            "--header-timeout-secs",
+            "2",
+            "--max-connections",
+            "60",
+            "--max-connections-per-source",
+            "20",
+        ],
+    );
+    let addr = server.addr();
+    // The service raised its own open-files limit to the hard limit.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(
+        files.split_whitespace().filter(|w| *w == "4096").count() == 2,
+        "{files}"
+    );
+    let token = server.token("visit-slow", "pat-1", "Anna", "patient");
+
+    // One source holds its 20; more from it are closed at once.
+    let opened = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(partial_request("127.0.0.1", addr).await);
+    }
+    for _ in 0..3 {
+        let mut extra = partial_request("127.0.0.1", addr).await;
+        assert!(
+            closed_within(&mut extra, Duration::from_millis(500)).await,
+            "past the per-source cap"
+        );
+    }
+    // While they are held, someone else joins normally.
+    assert_eq!(join_from("127.0.0.2", addr, &token).await, Some(200));
+
+    // Two more sources fill the service's cap: then nobody gets in ...
+    for from in ["127.0.0.3", "127.0.0.4"] {
+        for _ in 0..20 {
+            held.push(partial_request(from, addr).await);
+        }
+    }
+    let mut over = partial_request("127.0.0.5", addr).await;
+    assert!(closed_within(&mut over, Duration::from_millis(500)).await);
+    // ... until the header timeout closes them all.
+    let mut closed_after = Vec::new();
+    for s in &mut held {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "a partial request outlived the header timeout"
+        );
+        closed_after.push(opened.elapsed());
+    }
+    eprintln!(
+        "60 slowloris sockets closed between {:?} and {:?}",
+        closed_after.first(),
+        closed_after.last()
+    );
+    assert!(
+        closed_after[0] >= Duration::from_millis(1500),
+        "not closed before the timeout"
+    );
+    assert_eq!(join_from("127.0.0.5", addr, &token).await, Some(200));
+
+    // An idle keep-alive connection is closed after the same timeout.
+    let mut idle = connect_from("127.0.0.6", addr).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t = Instant::now();
+    assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_is_pinged_then_closed() {
+    let server = start_with(&["--ws-idle-secs", "3"]);
+    let token = server.token("visit-quiet", "pat-1", "Anna", "patient");
+    // A raw WebSocket client that never writes, so never answers a ping.
+    let mut raw = connect_from("127.0.0.1", server.addr()).await;
+    let upgrade = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    raw.write_all(upgrade.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut bytes)).await;
+    assert!(read.is_ok(), "the server closed the silent connection");
+    let silent_for = started.elapsed();
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(bytes.starts_with(b"HTTP/1.1 101"));
+    // The server's frames (unmasked): count the pings, find the closing text and code.
+    let (mut pings, mut closing, mut code) = (0, Value::Null, None);
+    let mut at = head_end;
+    while at + 2 <= bytes.len() {
+        let opcode = bytes[at] & 0x0f;
+        let (len, start) = match bytes[at + 1] & 0x7f {
+            126 => (
+                usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                at + 4,
+            ),
+            n => (usize::from(n), at + 2),
+        };
+        let payload = &bytes[start..start + len];
+        match opcode {
+            0x9 => pings += 1,
+            0x1 => {
+                let v: Value = serde_json::from_slice(payload).unwrap();
+                if v["type"] == "closing" {
+                    closing = v;
+                }
+            }
+            0x8 => code = Some(u16::from_be_bytes([payload[0], payload[1]])),
+            _ => {}
+        }
+        at = start + len;
+    }
+    eprintln!("closed after {silent_for:?}, {pings} pings");
+    assert!(pings >= 2, "the server pinged ({pings})");
+    assert_eq!(closing["reason"], "idle", "{closing}");
+    assert_eq!(code, Some(4007));
+    assert!(silent_for >= Duration::from_secs(3) && silent_for < Duration::from_secs(6));
+
+    // A client that answers pings (any WebSocket library does) stays.
+    let mut alive = server.connect(&token).await;
+    alive.next_of("welcome").await;
+    let heard = alive.drain(Duration::from_secs(5)).await;
+    assert!(
+        !heard.iter().any(|m| m["type"] == "closing"),
+        "an answering client is kept: {heard:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_gets_close_code_1009() {
+    let server = start_with(&[]);
+    let token = server.token("visit-big", "pat-1", "Anna", "patient");
+    let mut client = server.connect(&token).await;
+    client.next_of("welcome").await;
+    use support::SendText;
+    let big = format!(
+        "{{\"type\":\"chat\",\"text\":\"{}\"}}",
+        "x".repeat(200 * 1024)
+    );
+    client.ws.send_text(&big).await;
+    let (closing, code) = client.closed().await;
+    assert_eq!(closing["reason"], "message_too_large", "{closing}");
+    assert_eq!(code, Some(1009));
+}
