@@ -471,6 +471,8 @@ async function handle(msg) {
       addChat(msg);
       break;
     case "closing":
+      // Closed for silence (a page asleep in the background): the close (4007) reconnects.
+      if (msg.reason === "idle") break;
       state.closing = msg;
       endWith(msg.reason, msg.message);
       break;
