@@ -9,7 +9,7 @@
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -123,11 +123,7 @@ impl AuditLog {
             }
             (0, GENESIS.to_owned())
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
+        let file = crate::private_file::open_append(path).map_err(io)?;
         Ok(Self {
             path: path.to_owned(),
             tail: Mutex::new(Tail {

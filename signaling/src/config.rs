@@ -102,6 +102,8 @@ pub struct TokenSection {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway_secs: Option<u64>,
+    /// Longest validity a token may have left, in hours (default 24).
+    pub max_lifetime_hours: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -311,9 +311,9 @@ async fn handle(
     match applied {
         Ok(events) => {
             let _ = audit_all(state, events).await;
-            // An end or a denial must survive a restart.
+            // An end or a denial must outlive the tokens that could undo it, and a restart.
             if matches!(action, Action::EndMeeting | Action::Deny(_)) {
-                state.meetings.persist();
+                state.meetings.remember_decision(&room, now);
             }
             None
         }

@@ -71,13 +71,8 @@ impl DevIssuer {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, &issuer.pkcs8)
+        crate::private_file::write(path, &issuer.pkcs8)
             .map_err(|e| anyhow::anyhow!("writing signing key {}: {e}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        }
         Ok(issuer)
     }
 

@@ -16,6 +16,7 @@ pub mod meeting_room;
 pub mod meetings;
 pub mod meetings_api;
 pub mod message_budget;
+pub mod private_file;
 pub mod server;
 pub mod session_token;
 pub mod sfu_control;

@@ -108,6 +108,9 @@ struct ServeArgs {
     audience: Option<String>,
     #[arg(long, env = "SIGNALING_TOKEN_LEEWAY_SECS")]
     leeway_secs: Option<u64>,
+    /// Longest validity a token may have left, in hours (default 24): longer ones are refused.
+    #[arg(long, env = "SIGNALING_TOKEN_MAX_LIFETIME_HOURS")]
+    max_token_lifetime_hours: Option<u64>,
     /// SFU worker threads (0 = one per core).
     #[arg(long, env = "SFU_WORKERS")]
     workers: Option<usize>,
@@ -138,6 +141,9 @@ struct ServeArgs {
     /// pings every third of it).
     #[arg(long, env = "SIGNALING_WS_IDLE_SECS")]
     ws_idle_secs: Option<u64>,
+    /// Seconds between passes that forget meetings nobody needs any more (default 60).
+    #[arg(long, env = "SIGNALING_SWEEP_SECS", hide = true)]
+    sweep_secs: Option<u64>,
     /// Seconds between the audit log's summary lines of refused tokens per source (default 60).
     #[arg(long, env = "SIGNALING_REFUSAL_SUMMARY_SECS")]
     refusal_summary_secs: Option<u64>,
@@ -369,6 +375,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     };
+    let max_lifetime_secs = args
+        .max_token_lifetime_hours
+        .or(tokens.max_lifetime_hours)
+        .map(|h| h.saturating_mul(3600))
+        .unwrap_or(signaling::session_token::DEFAULT_MAX_LIFETIME_SECS);
+    verifier = verifier.with_max_lifetime(max_lifetime_secs);
     if let Some(m) = &minter {
         verifier = verifier
             .pin(&m.jwks())
@@ -382,7 +394,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .max(1);
         source.spawn_refresh(verifier.clone(), std::time::Duration::from_secs(every));
     }
-    let policy = meeting_policy(&meetings_file).context("config [meetings]")?;
+    let mut policy = meeting_policy(&meetings_file).context("config [meetings]")?;
+    // A denial or an end is remembered while any token that could undo it may still be valid.
+    policy.remember_decisions_for = jiff::SignedDuration::from_secs(
+        i64::try_from(max_lifetime_secs.saturating_add(leeway)).unwrap_or(i64::MAX),
+    );
     let meeting_store = args.meeting_store.or(meetings_file.store.clone());
     let meetings = Arc::new(Meetings::new(policy, meeting_store).map_err(|e| anyhow::anyhow!(e))?);
     let mut api_keys = args.api_keys;
@@ -391,10 +407,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.dev && api_keys.is_empty() {
         let path = args.dev_key.with_file_name("api.key");
         let key = match std::fs::read_to_string(&path) {
-            Ok(k) => k.trim().to_owned(),
+            Ok(k) => {
+                signaling::private_file::restrict(&path)
+                    .with_context(|| format!("restricting {}", path.display()))?;
+                k.trim().to_owned()
+            }
             Err(_) => {
                 let k = format!("dev-{:032x}", rand::random::<u128>());
-                std::fs::write(&path, &k).with_context(|| format!("writing {}", path.display()))?;
+                signaling::private_file::write(&path, k.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
                 k
             }
         };
@@ -582,9 +603,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let at_exit = state.clone();
+    let sweep_secs = args.sweep_secs.unwrap_or(60).max(1);
     let sweeper = meetings.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(sweep_secs));
         loop {
             tick.tick().await;
             sweeper.sweep(jiff::Timestamp::now());
@@ -680,6 +702,7 @@ fn meeting_policy(m: &signaling::config::MeetingsSection) -> anyhow::Result<Meet
         queue_limit: m.queue_limit.unwrap_or(d.queue_limit),
         drop_in_visit_length: mins(m.drop_in_visit_minutes, d.drop_in_visit_length),
         allow_unbooked: m.allow_unbooked.unwrap_or(d.allow_unbooked),
+        remember_decisions_for: d.remember_decisions_for,
         time_zone: match &m.time_zone {
             Some(name) => jiff::tz::TimeZone::get(name)
                 .with_context(|| format!("time_zone = {name:?} is not a known time zone"))?,

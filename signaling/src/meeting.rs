@@ -40,6 +40,10 @@ pub struct MeetingRecord {
     /// Subjects a clinician turned away: refused if they come back (kept with the booking).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied: Vec<String>,
+    /// Until when a denial or an end must be remembered: an unbooked meeting known from its
+    /// tokens is kept (and stored) until then, so a token still valid cannot open it afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remember_until: Option<Timestamp>,
 }
 
 fn yes() -> bool {
@@ -74,6 +78,9 @@ pub struct MeetingPolicy {
     pub allow_unbooked: bool,
     /// Times shown to patients are in this zone.
     pub time_zone: TimeZone,
+    /// How long a denial or an end is remembered after it was decided: the longest validity
+    /// a token may have (plus the leeway), so no token that could undo it is still accepted.
+    pub remember_decisions_for: SignedDuration,
 }
 
 impl Default for MeetingPolicy {
@@ -87,6 +94,9 @@ impl Default for MeetingPolicy {
             drop_in_visit_length: SignedDuration::from_hours(1),
             allow_unbooked: true,
             time_zone: TimeZone::get("Europe/Stockholm").unwrap_or(TimeZone::UTC),
+            remember_decisions_for: SignedDuration::from_secs(
+                crate::session_token::DEFAULT_MAX_LIFETIME_SECS as i64 + 30,
+            ),
         }
     }
 }
@@ -190,6 +200,7 @@ mod tests {
             booked: true,
             from_queue: None,
             denied: Vec::new(),
+            remember_until: None,
         }
     }
 

@@ -126,6 +126,7 @@ impl Meetings {
                     booked: false,
                     from_queue: None,
                     denied: Vec::new(),
+                    remember_until: None,
                 };
                 let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
                 rooms
@@ -254,7 +255,7 @@ impl Meetings {
             return Err(RequestError::NotAQueue);
         }
         let patient = q.first_waiting().ok_or(RequestError::QueueEmpty)?;
-        let to = format!("{}-{:08x}", q.record.id, rand::random::<u32>());
+        let to = crate::server::random_id(&q.record.id, rand::random());
         let event = q
             .audit_take(&patient, actor, &to)
             .ok_or(RequestError::QueueEmpty)?;
@@ -290,6 +291,7 @@ impl Meetings {
                 booked: true,
                 from_queue: Some(q.record.id.clone()),
                 denied: Vec::new(),
+                remember_until: None,
             }
         };
         let until = record.end;
@@ -465,9 +467,18 @@ impl Meetings {
         let remembers = r.ended_at.is_some() || r.cancelled_at.is_some() || !r.denied.is_empty();
         now < s.last_active + self.policy.reconnect_grace
             || (remembers && now < r.closes_at(&self.policy))
+            || r.remember_until.is_some_and(|until| now < until)
     }
 
-    /// Writes booked meetings to the store (a temporary file renamed over the old one).
+    /// A clinician denied someone or ended the meeting: remembered for as long as a token
+    /// could undo it, and stored so a restart does not forget it either.
+    pub fn remember_decision(&self, room: &MeetingRoom, now: Timestamp) {
+        room.lock().record.remember_until = Some(now + self.policy.remember_decisions_for);
+        self.persist();
+    }
+
+    /// Writes booked meetings, and unbooked ones that remember a denial or an end, to the
+    /// store (a temporary file renamed over the old one, mode 0600).
     pub fn persist(&self) {
         let Some(path) = &self.store else {
             return;
@@ -477,7 +488,7 @@ impl Meetings {
             .list()
             .iter()
             .map(|r| r.lock().record.clone())
-            .filter(|r| r.booked)
+            .filter(|r| r.booked || r.remember_until.is_some())
             .collect();
         let tmp = path.with_extension("tmp");
         let result = serde_json::to_vec_pretty(&records)
@@ -486,7 +497,7 @@ impl Meetings {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
-                std::fs::write(&tmp, bytes)?;
+                crate::private_file::write(&tmp, &bytes)?;
                 std::fs::rename(&tmp, path)
             });
         if let Err(e) = result {

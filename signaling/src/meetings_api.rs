@@ -158,7 +158,7 @@ async fn create(
     };
     let id = req
         .id
-        .unwrap_or_else(|| format!("mtg-{:016x}", rand::random::<u64>()));
+        .unwrap_or_else(|| crate::server::random_id("mtg", rand::random()));
     if !valid_id(&id) {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -171,6 +171,15 @@ async fn create(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_meeting",
             "unit: required",
+        );
+    }
+    // Both reach the audit log and the meeting store.
+    if let Err(e) = crate::identity_number::check_fields([("id", id.as_str()), ("unit", &req.unit)])
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_meeting",
+            e.to_string(),
         );
     }
     if req.end <= req.start {
@@ -199,6 +208,7 @@ async fn create(
         booked: true,
         from_queue: None,
         denied: Vec::new(),
+        remember_until: None,
     };
     let event = AuditEvent {
         event: "meeting_created".into(),
@@ -394,8 +404,20 @@ async fn mint(
     if req.name.trim().is_empty() || req.name.chars().count() > 100 {
         return invalid("name: 1 to 100 characters");
     }
+    let mut fields = vec![("name", req.name.as_str())];
+    fields.extend(req.unit.as_deref().map(|u| ("unit", u)));
+    if let Err(e) = crate::identity_number::check_fields(fields) {
+        return invalid(&e.to_string());
+    }
     if role == Role::Clinician && req.hsa.as_deref().is_none_or(str::is_empty) {
         return invalid("hsa: required for a clinician");
+    }
+    if req
+        .hsa
+        .as_deref()
+        .is_some_and(|h| !crate::session_token::is_hsa_id(h))
+    {
+        return invalid("hsa: an HSA-id such as SE2321000016-ABC1");
     }
     let (unit, expires) = {
         let s = room.lock();
@@ -422,7 +444,10 @@ async fn mint(
         role: req.role,
         hsa: req.hsa,
         unit: Some(unit),
-        nbf: now.as_second() - 5,
+        // Valid from now, or — for a visit further ahead than a token may last — from the
+        // longest lifetime before its end (opened earlier, the link says it is not valid yet).
+        nbf: (now.as_second() - 5)
+            .max(expires.as_second() - state.verifier.max_lifetime_secs() as i64),
         exp: expires.as_second(),
         jti: format!("{:016x}", rand::random::<u64>()),
     };

@@ -84,6 +84,14 @@ pub enum TokenError {
     SubjectNotPseudonymous,
     #[error("the token lacks a required claim: {0}")]
     MissingClaim(String),
+    #[error("the token's {0} claim looks like it holds a personal identity number")]
+    ClaimNotPseudonymous(&'static str),
+    #[error("the token is valid for longer than this service accepts ({0} h at most)")]
+    LifetimeTooLong(u64),
+    #[error(
+        "the token's hsa is not an HSA-id (SE, an organisation number, a dash and an extension)"
+    )]
+    BadHsa,
 }
 
 impl TokenError {
@@ -103,6 +111,9 @@ impl TokenError {
             TokenError::ClinicianWithoutHsa => "token_clinician_without_hsa",
             TokenError::SubjectNotPseudonymous => "token_subject_not_pseudonymous",
             TokenError::MissingClaim(_) => "token_missing_claim",
+            TokenError::ClaimNotPseudonymous(_) => "token_claim_not_pseudonymous",
+            TokenError::LifetimeTooLong(_) => "token_lifetime_too_long",
+            TokenError::BadHsa => "token_bad_hsa",
         }
     }
 
@@ -110,7 +121,9 @@ impl TokenError {
         match self {
             TokenError::UnknownRole
             | TokenError::ClinicianWithoutHsa
-            | TokenError::SubjectNotPseudonymous => 403,
+            | TokenError::SubjectNotPseudonymous
+            | TokenError::ClaimNotPseudonymous(_)
+            | TokenError::BadHsa => 403,
             _ => 401,
         }
     }
@@ -127,6 +140,21 @@ pub struct TokenVerifier {
     issuer: String,
     audience: String,
     leeway_secs: u64,
+    /// Longest validity a token may have left (`exp` minus the later of `nbf` and now).
+    max_lifetime_secs: u64,
+}
+
+/// Tokens valid for longer than this are refused unless configured otherwise: a link for a
+/// visit today, not one that opens a meeting for years.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
+/// An HSA-id: `SE`, the organisation number (10 digits, or 12 with the `16` prefix), a dash
+/// and an alphanumeric extension; 31 characters at most.
+pub fn is_hsa_id(s: &str) -> bool {
+    static HSA: std::sync::LazyLock<regex_lite::Regex> = std::sync::LazyLock::new(|| {
+        regex_lite::Regex::new(r"^SE(?:16)?[0-9]{10}-[A-Za-z0-9]{1,17}$").expect("HSA pattern")
+    });
+    s.len() <= 31 && HSA.is_match(s)
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -175,7 +203,22 @@ impl TokenVerifier {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             leeway_secs,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
         })
+    }
+
+    /// The longest validity a token may have left (`tokens.max_lifetime_hours`).
+    pub fn with_max_lifetime(mut self, secs: u64) -> Self {
+        self.max_lifetime_secs = secs.max(60);
+        self
+    }
+
+    pub fn max_lifetime_secs(&self) -> u64 {
+        self.max_lifetime_secs
+    }
+
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway_secs
     }
 
     /// Also accepts tokens signed by these keys (this service's own minter), whatever the
@@ -257,13 +300,35 @@ impl TokenVerifier {
             _ => TokenError::Malformed,
         })?;
         let claims = data.claims;
-        // Nothing downstream (the audit log, the API) may ever hold an identity number.
+        // A link for years would keep an unbooked meeting (and the link's holder) going.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let remaining = claims.exp.saturating_sub(claims.nbf.max(now));
+        if remaining > self.max_lifetime_secs as i64 + self.leeway_secs as i64 {
+            return Err(TokenError::LifetimeTooLong(self.max_lifetime_secs / 3600));
+        }
+        // Nothing downstream (the audit log, the API, the service's own log) may ever hold an
+        // identity number, whichever claim carries it.
         if crate::identity_number::looks_like_identity_number(&claims.sub) {
             return Err(TokenError::SubjectNotPseudonymous);
         }
+        let mut fields = vec![("mtg", claims.mtg.as_str()), ("name", claims.name.as_str())];
+        fields.extend(claims.unit.as_deref().map(|u| ("unit", u)));
+        fields.extend(claims.hsa.as_deref().map(|h| ("hsa", h)));
+        crate::identity_number::check_fields(fields)
+            .map_err(|e| TokenError::ClaimNotPseudonymous(e.field))?;
         let role: Role = claims.role.parse().map_err(|_| TokenError::UnknownRole)?;
         if role == Role::Clinician && claims.hsa.as_deref().is_none_or(str::is_empty) {
             return Err(TokenError::ClinicianWithoutHsa);
+        }
+        if claims
+            .hsa
+            .as_deref()
+            .is_some_and(|h| !h.is_empty() && !is_hsa_id(h))
+        {
+            return Err(TokenError::BadHsa);
         }
         Ok(Session { claims, role })
     }

@@ -194,7 +194,7 @@ async fn a_visit_from_the_waiting_room_to_the_end() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The audit trail of the visit: every access, the acting clinician on each action.
-    let doctor_hsa = "SE2321000016-doc-4411";
+    let doctor_hsa = "SE2321000016-doc4411";
     for event in [
         "lobby_enter",
         "admit",

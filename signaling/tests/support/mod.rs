@@ -28,6 +28,8 @@ pub struct Server {
     pub log: PathBuf,
     pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
     pub dir: PathBuf,
+    /// How it was started (for a restart).
+    command: Vec<String>,
 }
 
 impl Drop for Server {
@@ -49,39 +51,63 @@ pub fn start_with(extra: &[&str]) -> Server {
 
 /// Starts the service through a launcher (e.g. `prlimit --nofile=…`) with extra flags.
 pub fn start_via(launcher: &[&str], extra: &[&str]) -> Server {
+    let mut all = vec!["--api-key", API_KEY];
+    all.extend_from_slice(extra);
+    start_command(launcher, &all)
+}
+
+/// Starts the service with exactly these extra flags (no API key: `--dev` makes one).
+pub fn start_command(launcher: &[&str], extra: &[&str]) -> Server {
     let dir = std::env::temp_dir().join(format!("hc-signaling-test-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("issuer.key");
     let issuer = DevIssuer::load_or_create(&key).unwrap();
     let audit = dir.join("audit.jsonl");
     let log = dir.join("signaling.log");
-    let mut command = match launcher.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(env!("CARGO_BIN_EXE_signaling"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_signaling")),
-    };
-    let mut child = command
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--api-key",
-            API_KEY,
-            "--dev-key",
-        ])
-        .arg(&key)
-        .arg("--audit-log")
-        .arg(&audit)
-        .args(extra)
+    let mut command: Vec<String> = launcher.iter().map(|s| s.to_string()).collect();
+    command.push(env!("CARGO_BIN_EXE_signaling").into());
+    for a in [
+        "serve",
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--dev-key",
+    ] {
+        command.push(a.into());
+    }
+    command.push(key.display().to_string());
+    command.push("--audit-log".into());
+    command.push(audit.display().to_string());
+    command.extend(extra.iter().map(|s| s.to_string()));
+    let (child, http_base, stdout) = spawn(&command, &log);
+    Server {
+        child,
+        ws_base: http_base.replace("http://", "ws://"),
+        http_base,
+        issuer,
+        audit,
+        log,
+        stdout,
+        dir,
+        command,
+    }
+}
+
+type Captured = std::sync::Arc<std::sync::Mutex<String>>;
+
+fn spawn(command: &[String], log: &std::path::Path) -> (Child, String, Captured) {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut child = Command::new(&command[0])
+        .args(&command[1..])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(stderr)
         .spawn()
         .expect("signaling starts");
     let stdout = child.stdout.take().unwrap();
@@ -106,16 +132,19 @@ pub fn start_via(launcher: &[&str], extra: &[&str]) -> Server {
             sink.lock().unwrap().push('\n');
         }
     });
-    let http_base = base.expect("join URLs printed");
-    Server {
-        child,
-        ws_base: http_base.replace("http://", "ws://"),
-        http_base,
-        issuer,
-        audit,
-        log,
-        stdout: captured,
-        dir,
+    (child, base.expect("join URLs printed"), captured)
+}
+
+impl Server {
+    /// Kills the service and starts it again with the same flags and files (a new port).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, http_base, stdout) = spawn(&self.command, &self.log);
+        self.child = child;
+        self.ws_base = http_base.replace("http://", "ws://");
+        self.http_base = http_base;
+        self.stdout = stdout;
     }
 }
 
@@ -142,7 +171,8 @@ impl Server {
     /// A dev token for `meeting`.
     pub fn token(&self, meeting: &str, sub: &str, name: &str, role: &str) -> String {
         let (hsa, unit) = if role == "clinician" {
-            (Some(format!("SE2321000016-{sub}")), Some("unit-1"))
+            let extension: String = sub.chars().filter(char::is_ascii_alphanumeric).collect();
+            (Some(format!("SE2321000016-{extension}")), Some("unit-1"))
         } else {
             (None, Some("unit-1"))
         };
