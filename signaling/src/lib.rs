@@ -8,6 +8,7 @@ pub mod config;
 pub mod connection;
 pub mod connection_limits;
 pub mod dev_issuer;
+pub mod generated_id;
 pub mod identity_number;
 pub mod join_refusal;
 pub mod jwks_source;

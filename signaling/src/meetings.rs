@@ -255,7 +255,7 @@ impl Meetings {
             return Err(RequestError::NotAQueue);
         }
         let patient = q.first_waiting().ok_or(RequestError::QueueEmpty)?;
-        let to = crate::server::random_id(&q.record.id, rand::random());
+        let to = crate::generated_id::generated_id(&q.record.id, rand::random());
         let event = q
             .audit_take(&patient, actor, &to)
             .ok_or(RequestError::QueueEmpty)?;

@@ -158,7 +158,7 @@ async fn create(
     };
     let id = req
         .id
-        .unwrap_or_else(|| crate::server::random_id("mtg", rand::random()));
+        .unwrap_or_else(|| crate::generated_id::generated_id("mtg", rand::random()));
     if !valid_id(&id) {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -324,19 +324,8 @@ pub(crate) fn audit_unavailable() -> Response {
         .into_response()
 }
 
-/// An id made by this service: `prefix-` and 60 random bits in base32 letters and the digits
-/// 2–7. Never a run of digits, so no id looks like a personal identity number to whoever
-/// searches logs for one (hexadecimal ids did, now and then).
-pub fn random_id(prefix: &str, random: u64) -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let id: String = (0..12)
-        .map(|i| ALPHABET[((random >> (5 * i)) & 31) as usize] as char)
-        .collect();
-    format!("{prefix}-{id}")
-}
-
 fn new_participant_id(random: u64) -> ParticipantId {
-    ParticipantId(random_id("p", random))
+    ParticipantId(crate::generated_id::generated_id("p", random))
 }
 
 #[cfg(test)]
