@@ -1,0 +1,197 @@
+//! Datagrams in: STUN (ICE-lite), DTLS and the data channels it carries, and the demultiplexing
+//! of media and RTCP to the participant an address belongs to.
+
+use super::*;
+use crate::peer_transport::{CloseCause, TransportEvent};
+use crate::rtp_header::{PacketClass, classify};
+use crate::transmit_batch::TransmitBatch;
+use sfu_proto::{DisconnectReason, Event};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+impl Sfu {
+    // ----- datagrams ----------------------------------------------------------------------
+
+    /// One received datagram. `buf` is the worker's receive buffer and is decrypted in place.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &mut [u8],
+        out: &mut TransmitBatch,
+    ) {
+        self.clock = Some(now);
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += buf.len() as u64;
+        match classify(buf) {
+            PacketClass::Stun => self.handle_stun(now, from, buf, out),
+            PacketClass::Dtls => match self.by_addr.get(&from) {
+                Some(&idx) => self.handle_dtls(now, idx, buf, out),
+                None => self.counters.dropped_unknown_source += 1,
+            },
+            PacketClass::Rtp => match self.by_addr.get(&from) {
+                Some(&idx) => self.handle_rtp(now, idx, buf, out),
+                None => self.counters.dropped_unknown_source += 1,
+            },
+            PacketClass::Rtcp => match self.by_addr.get(&from) {
+                Some(&idx) => self.handle_rtcp(now, idx, buf, out),
+                None => self.counters.dropped_unknown_source += 1,
+            },
+            PacketClass::Unknown => self.counters.dropped_malformed += 1,
+        }
+    }
+
+    pub(super) fn handle_stun(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &[u8],
+        out: &mut TransmitBatch,
+    ) {
+        // Requests name the participant by ufrag; responses (to the agent's own checks) carry
+        // no USERNAME and are matched by the address a request came from.
+        let idx = match stun_username_ufrag(buf) {
+            Some(ufrag) => self.by_ufrag.get(ufrag).copied(),
+            None => self.by_stun_addr.get(&from).copied(),
+        };
+        let Some(idx) = idx else {
+            self.counters.dropped_unknown_source += 1;
+            return;
+        };
+        // Bounded: a participant has a handful of candidates; a flood of checks from new ports
+        // (before their integrity is verified) must not grow the table.
+        if self.participant(idx).stun_addrs.len() < MAX_STUN_ADDRS_PER_PARTICIPANT
+            && let std::collections::hash_map::Entry::Vacant(e) = self.by_stun_addr.entry(from)
+        {
+            e.insert(idx);
+            self.participant_mut(idx).stun_addrs.push(from);
+        }
+        self.participant_mut(idx)
+            .transport
+            .handle_stun(now, from, buf);
+        self.drive_transport(now, idx, out);
+    }
+
+    pub(super) fn handle_dtls(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        buf: &[u8],
+        out: &mut TransmitBatch,
+    ) {
+        if !self.participant_mut(idx).transport.handle_dtls(now, buf) {
+            self.counters.dropped_malformed += 1;
+        }
+        self.drive_transport(now, idx, out);
+        self.relay_data_messages(now, idx, out);
+    }
+
+    /// Sends what a transport queued and applies its events.
+    pub(super) fn drive_transport(&mut self, now: Instant, idx: usize, out: &mut TransmitBatch) {
+        let mut closed = None;
+        let mut secured = false;
+        {
+            let Some(p) = self.participants[idx].as_mut() else {
+                return;
+            };
+            while let Some((dest, datagram)) = p.transport.poll_transmit() {
+                out.push(dest, &datagram);
+            }
+            while let Some(event) = p.transport.poll_event() {
+                match event {
+                    TransportEvent::RemoteAddress(addr) => {
+                        if let Some(old) = p.remote.replace(addr)
+                            && self.by_addr.get(&old) == Some(&idx)
+                        {
+                            self.by_addr.remove(&old);
+                        }
+                        self.by_addr.insert(addr, idx);
+                    }
+                    TransportEvent::Secured { outbound, inbound } => {
+                        p.outbound = Some(outbound);
+                        p.inbound = Some(inbound);
+                        secured = true;
+                    }
+                    TransportEvent::Closed(cause) => closed = Some(cause),
+                }
+            }
+        }
+        if secured {
+            let p = self.participant_mut(idx);
+            let participant = p.id.clone();
+            self.events.push_back(Event::Connected { participant });
+            self.request_keyframes_for(now, idx, out);
+        }
+        if let Some(cause) = closed {
+            let reason = match cause {
+                CloseCause::ConsentTimeout => DisconnectReason::ConsentTimeout,
+                CloseCause::DtlsClosed | CloseCause::DtlsFailed => {
+                    DisconnectReason::TransportClosed
+                }
+            };
+            self.remove_participant(now, idx, reason, out);
+        }
+    }
+
+    /// Messages a participant sent on its data channels go to the channels of the same label
+    /// of everyone else in the room, under the same permissions as media.
+    pub(super) fn relay_data_messages(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        out: &mut TransmitBatch,
+    ) {
+        loop {
+            let Some(p) = self.participants[idx].as_mut() else {
+                return;
+            };
+            self.counters.data_messages_dropped += p.transport.take_data_drops();
+            let Some(msg) = p.transport.poll_data_message() else {
+                return;
+            };
+            self.counters.data_messages_in += 1;
+            if !p.permissions.publish {
+                self.counters.dropped_blocked += 1;
+                continue;
+            }
+            let room = p.room.clone();
+            let members = self.room_members(&room);
+            for m in members {
+                if m == idx {
+                    continue;
+                }
+                let Some(r) = self.participants[m].as_mut() else {
+                    continue;
+                };
+                let sent = r.permissions.subscribe
+                    && r.transport
+                        .send_data(now, &msg.label, msg.binary, &msg.data);
+                self.counters.data_messages_dropped += r.transport.take_data_drops();
+                if sent {
+                    self.counters.data_messages_out += 1;
+                    self.drive_transport(now, m, out);
+                }
+            }
+        }
+    }
+}
+
+/// Decides which of a participant's datagrams matter; keeps ufrag parsing out of the hot path.
+fn stun_username_ufrag(datagram: &[u8]) -> Option<&str> {
+    // RFC 5389: 20-byte header, then TLV attributes; USERNAME is 0x0006 ("ours:theirs").
+    if datagram.len() < 20 || datagram[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let mut pos = 20;
+    while pos + 4 <= datagram.len() {
+        let typ = u16::from_be_bytes([datagram[pos], datagram[pos + 1]]);
+        let len = u16::from_be_bytes([datagram[pos + 2], datagram[pos + 3]]) as usize;
+        let value = datagram.get(pos + 4..pos + 4 + len)?;
+        if typ == 0x0006 {
+            let s = std::str::from_utf8(value).ok()?;
+            return s.split(':').next();
+        }
+        pos += 4 + len.div_ceil(4) * 4;
+    }
+    None
+}

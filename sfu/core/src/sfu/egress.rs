@@ -1,0 +1,265 @@
+//! Packets out to subscribers: forwarding (rewrite and seal once per subscriber),
+//! retransmissions from the cache, and RTCP sent to a participant.
+
+use super::ingress::Received;
+use super::layers::layer_switch_timestamp;
+use super::*;
+use crate::rtcp_writer;
+use crate::rtp_header::HeaderWriter;
+use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
+use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
+use std::time::Instant;
+
+impl Sfu {
+    /// Forwards a received packet: rewritten and sealed once per subscriber that takes it.
+    pub(super) fn forward(
+        &mut self,
+        now: Instant,
+        received: &Received,
+        payload: &[u8],
+        out: &mut TransmitBatch,
+    ) {
+        let Received {
+            layer: l,
+            media_ext,
+            audio_level,
+            simulcast,
+            keyframe,
+            ..
+        } = *received;
+        let Some(track) = self.tracks[received.track].as_ref() else {
+            return;
+        };
+        for &(s, sub_idx) in &track.subscribers {
+            let Some(sub) = self.participants[s].as_mut() else {
+                continue;
+            };
+            if !sub.permissions.subscribe {
+                continue;
+            }
+            let (Some(ctx), Some(dest)) = (sub.outbound.as_deref(), sub.remote) else {
+                continue;
+            };
+            let audio_ext = sub.ext.audio_level;
+            let twcc_ext = sub.ext.transport_cc;
+            let twcc_seq = sub.twcc_out_seq;
+            let subscription = &mut sub.subscriptions[sub_idx];
+            if !subscription.active || !subscription.negotiated {
+                continue;
+            }
+            if subscription.layer != Some(l) {
+                if simulcast && !(keyframe && subscription.target_layer == l) {
+                    continue;
+                }
+                let out_ts =
+                    layer_switch_timestamp(track, subscription, l, received.timestamp, now);
+                subscription.start_layer(l, media_ext, received.timestamp, out_ts);
+                if simulcast {
+                    self.counters.layer_switches += 1;
+                }
+            }
+            let Some((out_ext, out_ts)) = subscription.map(now, media_ext, received.timestamp)
+            else {
+                continue;
+            };
+            let slot = out.slot();
+            if payload.len() + 64 + SRTP_TAG_LEN > slot.len() {
+                self.counters.dropped_malformed += 1;
+                break;
+            }
+            let mut w = HeaderWriter::new(
+                slot,
+                received.marker,
+                subscription.payload_type,
+                out_ext as u16,
+                out_ts,
+                subscription.ssrc,
+            );
+            if let (Some(level), Some(id)) = (audio_level, audio_ext) {
+                w.extension(id, &[level]);
+            }
+            if let Some(id) = twcc_ext {
+                w.extension(id, &twcc_seq.to_be_bytes());
+            }
+            let hlen = w.finish();
+            slot[hlen..hlen + payload.len()].copy_from_slice(payload);
+            let len = hlen + payload.len();
+            match ctx.seal_rtp(
+                slot,
+                len,
+                hlen,
+                subscription.ssrc,
+                (out_ext >> 16) as u32,
+                out_ext as u16,
+            ) {
+                Ok(n) => {
+                    if twcc_ext.is_some() {
+                        sub.twcc_out_seq = twcc_seq.wrapping_add(1);
+                    }
+                    let subscription = &mut sub.subscriptions[sub_idx];
+                    subscription.packets = subscription.packets.wrapping_add(1);
+                    subscription.octets = subscription.octets.wrapping_add(payload.len() as u32);
+                    out.commit(dest, n);
+                    self.counters.packets_out += 1;
+                    self.counters.bytes_out += n as u64;
+                }
+                Err(_) => self.counters.seal_failures += 1,
+            }
+        }
+    }
+
+    /// Seals `rtcp_scratch[..len]` for participant `idx` and queues it.
+    pub(super) fn send_rtcp(&mut self, idx: usize, len: usize, out: &mut TransmitBatch) -> bool {
+        let Some(p) = self.participants[idx].as_mut() else {
+            return false;
+        };
+        let index = p.next_srtcp_index();
+        let Some((ctx, dest)) = p.sendable() else {
+            return false;
+        };
+        if len + SRTCP_TRAILER_LEN > SLOT_SIZE {
+            return false;
+        }
+        let slot = out.slot();
+        slot[..len].copy_from_slice(&self.rtcp_scratch[..len]);
+        match ctx.seal_rtcp(slot, len, index) {
+            Ok(n) => {
+                out.commit(dest, n);
+                self.counters.rtcp_out += 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub(super) fn retransmit(
+        &mut self,
+        idx: usize,
+        nack: &rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
+        out: &mut TransmitBatch,
+    ) {
+        let max = self.config.max_resends_per_packet;
+        let Some(sub) = self.participants[idx].as_mut() else {
+            return;
+        };
+        let Some(s) = sub
+            .subscriptions
+            .iter()
+            .position(|s| s.ssrc == nack.media_ssrc && s.active)
+        else {
+            return;
+        };
+        let (Some(ctx), Some(dest)) = (sub.outbound.as_deref(), sub.remote) else {
+            return;
+        };
+        let twcc_ext = sub.ext.transport_cc;
+        let subscription = &mut sub.subscriptions[s];
+        // Only as RTX: resending on the media SSRC would seal a different header under the same
+        // SRTP nonce as the original (RFC 7714 forbids nonce reuse).
+        let Some(rtx_pt) = subscription.rtx_payload_type else {
+            self.counters.nacks_unrepairable += nack
+                .nacks
+                .iter()
+                .map(|p| p.packet_list().len() as u64)
+                .sum::<u64>();
+            return;
+        };
+        // Repairs come from the layer being forwarded; NACKs from before a switch map to none.
+        let Some(layer) = subscription.layer else {
+            return;
+        };
+        let Some(track) = self.tracks[subscription.track].as_mut() else {
+            return;
+        };
+        let cache = &mut track.layers[layer].cache;
+        for pair in &nack.nacks {
+            for seq in pair.packet_list() {
+                self.counters.nacks_in += 1;
+                let Some(in_ext) = subscription.unmap(seq) else {
+                    continue;
+                };
+                let Some((meta, payload)) = cache.take_for_resend(in_ext, max) else {
+                    self.counters.nacks_unrepairable += 1;
+                    continue;
+                };
+                let out_ext = (in_ext as i64 + subscription.seq_delta.unwrap_or(0)) as u64;
+                let out_ts = meta.timestamp.wrapping_add(subscription.ts_delta);
+                let slot = out.slot();
+                subscription.rtx_ext_seq += 1;
+                let (ssrc, seq_ext, pt) = (subscription.rtx_ssrc, subscription.rtx_ext_seq, rtx_pt);
+                let mut w = HeaderWriter::new(slot, meta.marker, pt, seq_ext as u16, out_ts, ssrc);
+                if let Some(id) = twcc_ext {
+                    w.extension(id, &sub.twcc_out_seq.to_be_bytes());
+                    sub.twcc_out_seq = sub.twcc_out_seq.wrapping_add(1);
+                }
+                let hlen = w.finish();
+                // RTX payload: the original sequence number, then the original payload.
+                slot[hlen..hlen + 2].copy_from_slice(&(out_ext as u16).to_be_bytes());
+                let mut len = hlen + 2;
+                slot[len..len + payload.len()].copy_from_slice(payload);
+                len += payload.len();
+                if let Ok(n) = ctx.seal_rtp(
+                    slot,
+                    len,
+                    hlen,
+                    ssrc,
+                    (seq_ext >> 16) as u32,
+                    seq_ext as u16,
+                ) {
+                    out.commit(dest, n);
+                    self.counters.retransmissions_out += 1;
+                    self.counters.packets_out += 1;
+                    self.counters.bytes_out += n as u64;
+                }
+            }
+        }
+    }
+
+    /// Publisher SRs are translated per subscriber so lip sync survives the rewrite.
+    pub(super) fn relay_sender_report(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        sr: &rtc_rtcp::sender_report::SenderReport,
+        out: &mut TransmitBatch,
+    ) {
+        if !self.participant(idx).permissions.publish {
+            return;
+        }
+        let published = self.participant(idx).published.clone();
+        let Some((t, l)) = published.into_iter().find_map(|t| {
+            let (l, rtx) = self.tracks[t].as_ref()?.layer_of(sr.ssrc)?;
+            (!rtx).then_some((t, l))
+        }) else {
+            return;
+        };
+        let subscribers = {
+            let track = self.tracks[t].as_mut().expect("track");
+            let layer = &mut track.layers[l];
+            layer.sender_report = Some((sr.ntp_time, sr.rtp_time));
+            if let Some(inb) = layer.inbound.as_mut() {
+                inb.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
+            }
+            track.subscribers.clone()
+        };
+        for (s, sub_idx) in subscribers {
+            let Some(sub) = self.participants[s].as_ref() else {
+                continue;
+            };
+            // Only the forwarded layer's report describes what the subscriber receives.
+            let subscription = &sub.subscriptions[sub_idx];
+            if subscription.layer != Some(l) || !subscription.active {
+                continue;
+            }
+            let n = rtcp_writer::sender_report(
+                &mut self.rtcp_scratch,
+                subscription.ssrc,
+                sr.ntp_time,
+                sr.rtp_time.wrapping_add(subscription.ts_delta),
+                subscription.packets,
+                subscription.octets,
+            );
+            self.send_rtcp(s, n, out);
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! RTCP: reports, NACKs and keyframe requests from subscribers and publishers, keyframe
+//! requests toward publishers, and the receiver reports and transport-wide feedback we send them.
+
+use super::*;
+use crate::remote_description::MAX_SIMULCAST_LAYERS;
+use crate::rtcp_writer::{self, ReportBlock};
+use crate::track::Track;
+use crate::transmit_batch::TransmitBatch;
+use sfu_proto::MediaKind;
+use std::time::Instant;
+
+impl Sfu {
+    pub(super) fn handle_rtcp(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        buf: &mut [u8],
+        out: &mut TransmitBatch,
+    ) {
+        let Some(p) = self.participants[idx].as_mut() else {
+            return;
+        };
+        let Some(ctx) = p.inbound.as_deref() else {
+            self.counters.dropped_not_ready += 1;
+            return;
+        };
+        // The index sits in the clear trailer: a replay is refused before any crypto.
+        let Some(index) = crate::srtp_context::srtcp_index(buf) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        // Each sender SSRC counts its own SRTCP index (RFC 3711 §3.4).
+        let sender_ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        if p.srtcp_replay
+            .get(&sender_ssrc)
+            .is_some_and(|w| w.is_replay(index as u64))
+        {
+            self.counters.dropped_replay += 1;
+            return;
+        }
+        let Ok((len, _)) = ctx.open_rtcp(buf) else {
+            self.counters.dropped_auth += 1;
+            return;
+        };
+        // Windows are made only for authenticated senders, and a session has a few.
+        if p.srtcp_replay.len() < MAX_RTCP_SENDERS || p.srtcp_replay.contains_key(&sender_ssrc) {
+            p.srtcp_replay
+                .entry(sender_ssrc)
+                .or_default()
+                .accept(index as u64);
+        }
+        self.counters.rtcp_in += 1;
+        let mut slice = &buf[..len];
+        let Ok(packets) = rtc_rtcp::packet::unmarshal(&mut slice) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        use rtc_rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+        use rtc_rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use rtc_rtcp::receiver_report::ReceiverReport;
+        use rtc_rtcp::sender_report::SenderReport;
+        use rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        for packet in &packets {
+            let any = packet.as_any();
+            if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                self.keyframe_for_subscription(now, idx, pli.media_ssrc, out);
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                for entry in &fir.fir {
+                    self.keyframe_for_subscription(now, idx, entry.ssrc, out);
+                }
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                self.retransmit(idx, nack, out);
+            } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                self.relay_sender_report(now, idx, sr, out);
+                for r in &sr.reports {
+                    self.apply_loss_report(now, idx, r.ssrc, r.fraction_lost);
+                }
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                for r in &rr.reports {
+                    self.apply_loss_report(now, idx, r.ssrc, r.fraction_lost);
+                }
+            }
+        }
+    }
+
+    pub(super) fn keyframe_for_subscription(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        media_ssrc: u32,
+        out: &mut TransmitBatch,
+    ) {
+        let found = self
+            .participant(idx)
+            .subscriptions
+            .iter()
+            .position(|s| s.ssrc == media_ssrc && s.active);
+        if let Some(s) = found {
+            self.counters.keyframe_requests_in += 1;
+            self.keyframe_for(now, idx, s, out);
+        }
+    }
+
+    /// Asks the publishers of everything `idx` receives for a keyframe (throttled per layer).
+    pub(super) fn request_keyframes_for(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        out: &mut TransmitBatch,
+    ) {
+        for s in 0..self.participant(idx).subscriptions.len() {
+            if self.participant(idx).subscriptions[s].active {
+                self.keyframe_for(now, idx, s, out);
+            }
+        }
+    }
+
+    /// A keyframe for subscription `s` of participant `idx`: of the layer it forwards, or of
+    /// the one it is switching to.
+    pub(super) fn keyframe_for(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        s: usize,
+        out: &mut TransmitBatch,
+    ) {
+        let subscription = &self.participant(idx).subscriptions[s];
+        let t = subscription.track;
+        let Some(track) = self.tracks[t].as_ref() else {
+            return;
+        };
+        let layer = subscription.target_layer.min(track.layers.len() - 1);
+        self.request_keyframe(now, t, layer, out);
+    }
+
+    /// Keyframes of every layer of track `t` that a subscriber forwards or switches to.
+    pub(super) fn request_track_keyframes(
+        &mut self,
+        now: Instant,
+        t: usize,
+        out: &mut TransmitBatch,
+    ) {
+        let Some(track) = self.tracks[t].as_ref() else {
+            return;
+        };
+        let top = track.layers.len() - 1;
+        let mut wanted = 0u8;
+        for &(sp, si) in &track.subscribers {
+            if let Some(sub) = self.participants[sp].as_ref() {
+                wanted |= 1 << sub.subscriptions[si].target_layer.min(top);
+            }
+        }
+        if !track.is_simulcast() {
+            wanted = 1;
+        }
+        for layer in 0..=top {
+            if wanted & (1 << layer) != 0 {
+                self.request_keyframe(now, t, layer, out);
+            }
+        }
+    }
+
+    /// Sends a PLI for one layer of a track to its publisher unless one went out within the
+    /// throttle interval.
+    pub(super) fn request_keyframe(
+        &mut self,
+        now: Instant,
+        t: usize,
+        layer: usize,
+        out: &mut TransmitBatch,
+    ) {
+        let throttle = self.config.keyframe_throttle;
+        let Some(track) = self.tracks[t].as_mut() else {
+            return;
+        };
+        if track.kind != MediaKind::Video {
+            return;
+        }
+        let publisher = track.publisher;
+        let Some(layer) = track.layers.get_mut(layer) else {
+            return;
+        };
+        let Some(ssrc) = layer.ssrc else {
+            return;
+        };
+        if layer
+            .last_keyframe_request
+            .is_some_and(|last| now < last + throttle)
+        {
+            self.counters.keyframe_requests_throttled += 1;
+            layer.keyframe_pending = true;
+            return;
+        }
+        layer.last_keyframe_request = Some(now);
+        layer.keyframe_pending = false;
+        let n = rtcp_writer::pli(&mut self.rtcp_scratch, ssrc);
+        if self.send_rtcp(publisher, n, out) {
+            self.counters.keyframe_requests_out += 1;
+        }
+    }
+
+    /// Transport-wide feedback to every publisher whose packets arrived since the last one.
+    pub(super) fn send_twcc_feedback(&mut self, out: &mut TransmitBatch) {
+        for idx in 0..self.participants.len() {
+            let media_ssrc = {
+                let Some(p) = self.participants[idx].as_ref() else {
+                    continue;
+                };
+                if !p.twcc.has_pending() {
+                    continue;
+                }
+                p.published
+                    .iter()
+                    .find_map(|&t| self.tracks[t].as_ref().and_then(Track::any_ssrc))
+                    .unwrap_or(0)
+            };
+            // A long silence may leave more than one message's worth.
+            for _ in 0..4 {
+                let Some(p) = self.participants[idx].as_mut() else {
+                    break;
+                };
+                let Some(n) = p.twcc.write_feedback(
+                    &mut self.rtcp_scratch,
+                    rtcp_writer::SFU_RTCP_SSRC,
+                    media_ssrc,
+                ) else {
+                    break;
+                };
+                if self.send_rtcp(idx, n, out) {
+                    self.counters.twcc_feedback_out += 1;
+                }
+            }
+        }
+    }
+
+    pub(super) fn send_receiver_reports(&mut self, now: Instant, out: &mut TransmitBatch) {
+        for (t, l) in
+            (0..self.tracks.len()).flat_map(|t| (0..MAX_SIMULCAST_LAYERS).map(move |l| (t, l)))
+        {
+            let Some(track) = self.tracks[t].as_mut() else {
+                continue;
+            };
+            let publisher = track.publisher;
+            let Some(inbound) = track.layers.get_mut(l).and_then(|l| l.inbound.as_mut()) else {
+                continue;
+            };
+            let Some(highest) = inbound.highest() else {
+                continue;
+            };
+            let (fraction_lost, total_lost) = inbound.report_loss();
+            let (last_sr, dlsr) = match inbound.last_sr {
+                Some((mid, at)) => {
+                    let d = now.duration_since(at);
+                    (mid, (d.as_secs_f64() * 65536.0) as u32)
+                }
+                None => (0, 0),
+            };
+            let block = ReportBlock {
+                ssrc: inbound.ssrc,
+                fraction_lost,
+                total_lost,
+                highest_ext_seq: highest as u32,
+                jitter: inbound.jitter(),
+                last_sr,
+                delay_since_last_sr: dlsr,
+            };
+            let n = rtcp_writer::receiver_report(&mut self.rtcp_scratch, &block);
+            self.send_rtcp(publisher, n, out);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! RTP in: a publisher's packet authenticated, bound to its track and layer, cached for
+//! repairs, and handed to egress.
+
+use super::*;
+use crate::rtp_header::RtpHeader;
+use crate::transmit_batch::TransmitBatch;
+use sfu_proto::MediaKind;
+use std::time::Instant;
+
+impl Sfu {
+    /// A publisher's RTP packet: forwarded to its subscribers if it is one to forward.
+    pub(super) fn handle_rtp(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        buf: &mut [u8],
+        out: &mut TransmitBatch,
+    ) {
+        if let Some(received) = self.receive_rtp(now, idx, buf) {
+            let payload = &buf[received.payload.clone()];
+            self.forward(now, &received, payload, out);
+        }
+    }
+
+    /// Opens and checks a publisher's packet, binds a new SSRC to its track and layer, and
+    /// keeps it for repairs. `None` when it is dropped (counted) or carries nothing to forward.
+    fn receive_rtp(&mut self, now: Instant, idx: usize, buf: &mut [u8]) -> Option<Received> {
+        let p = self.participants[idx].as_mut()?;
+        let Some(inbound_ctx) = p.inbound.as_deref() else {
+            self.counters.dropped_not_ready += 1;
+            return None;
+        };
+        let Ok(header) = RtpHeader::parse(buf) else {
+            self.counters.dropped_malformed += 1;
+            return None;
+        };
+        // Which track, which of its layers, and which of the layer's streams (media or RTX).
+        let mut found = None;
+        for &t in &p.published {
+            if let Some((layer, rtx)) = self.tracks[t]
+                .as_ref()
+                .and_then(|tr| tr.layer_of(header.ssrc))
+            {
+                found = Some((t, layer, rtx));
+                break;
+            }
+        }
+        // Set when this packet's MID (and RID) binds a new SSRC: undone unless the packet
+        // authenticates, so a forged packet cannot claim a track.
+        let mut bound_here = false;
+        if found.is_none() {
+            // An SSRC the SDP did not announce: bind it through the MID and RID extensions.
+            if let Some(mid) = p.ext.mid.and_then(|id| header.extension_value(buf, id)) {
+                for &t in &p.published {
+                    if let Some(track) = self.tracks[t].as_mut()
+                        && track.mid.as_bytes() == mid
+                    {
+                        let is_rtx = Some(header.payload_type) == track.codec.rtx_payload_type;
+                        let rid_ext = if is_rtx {
+                            p.ext.repaired_rid
+                        } else {
+                            p.ext.rid
+                        };
+                        let rid = rid_ext.and_then(|id| header.extension_value(buf, id));
+                        let clock = track.codec.clock_rate;
+                        if let Some(l) = track.layer_by_rid(rid) {
+                            let layer = &mut track.layers[l];
+                            if is_rtx && layer.rtx_ssrc.is_none() {
+                                layer.bind_rtx_ssrc(header.ssrc, clock);
+                                found = Some((t, l, true));
+                                bound_here = true;
+                            } else if !is_rtx && layer.ssrc.is_none() {
+                                layer.bind_ssrc(header.ssrc, clock);
+                                found = Some((t, l, false));
+                                bound_here = true;
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let Some((t, l, is_rtx)) = found else {
+            self.counters.dropped_unknown_ssrc += 1;
+            return None;
+        };
+        let track = self.tracks[t].as_mut()?;
+        let layer = &mut track.layers[l];
+        let stream = if is_rtx {
+            layer.rtx_inbound.as_mut()
+        } else {
+            layer.inbound.as_mut()
+        };
+        let Some(stream) = stream else {
+            self.counters.dropped_unknown_ssrc += 1;
+            return None;
+        };
+        let ext = stream.extend(header.sequence_number);
+        if stream.is_replay(ext) {
+            self.counters.dropped_replay += 1;
+            return None;
+        }
+        let Ok(plain_len) = inbound_ctx.open_rtp(
+            buf,
+            header.header_len,
+            header.ssrc,
+            (ext >> 16) as u32,
+            header.sequence_number,
+        ) else {
+            self.counters.dropped_auth += 1;
+            if bound_here {
+                layer.unbind(is_rtx);
+            }
+            return None;
+        };
+        stream.record(now, ext, header.timestamp);
+        if let Some(v) = p
+            .ext
+            .transport_cc
+            .and_then(|id| header.extension_value(buf, id))
+            && v.len() >= 2
+        {
+            p.twcc.record(u16::from_be_bytes([v[0], v[1]]), now);
+        }
+        let Ok((mut start, end)) = header.payload_range(plain_len, buf) else {
+            self.counters.dropped_malformed += 1;
+            return None;
+        };
+        if !p.permissions.publish {
+            // The waiting room: nothing leaves a participant who may not publish.
+            self.counters.dropped_blocked += 1;
+            return None;
+        }
+        let media_ext = if is_rtx {
+            if end < start + 2 {
+                // Padding-only RTX (bandwidth probing) carries nothing to forward.
+                return None;
+            }
+            let osn = u16::from_be_bytes([buf[start], buf[start + 1]]);
+            start += 2;
+            let media = layer.inbound.as_mut()?;
+            let media_ext = media.extend(osn);
+            if media.is_replay(media_ext) {
+                self.counters.duplicate_repairs += 1;
+                return None;
+            }
+            media.record(now, media_ext, header.timestamp);
+            self.counters.repairs_received += 1;
+            media_ext
+        } else {
+            if start == end {
+                return None;
+            }
+            layer.last_packet_at = Some(now);
+            ext
+        };
+        let audio_level = match (track.kind, p.ext.audio_level) {
+            (MediaKind::Audio, Some(id)) => header
+                .extension_value(buf, id)
+                .and_then(|v| v.first().copied()),
+            _ => None,
+        };
+        if let Some(level) = audio_level {
+            let l = (level & 0x7f) as f32;
+            track.audio_level = track.audio_level * 0.8 + l * 0.2;
+        }
+        let payload = &buf[start..end];
+        let layer = &mut track.layers[l];
+        layer.cache.insert(
+            media_ext,
+            header.timestamp,
+            header.marker,
+            audio_level,
+            payload,
+        );
+        // A simulcast subscriber changes layer only where a picture can start.
+        // Not at a repair: a late copy of an old keyframe would start the layer in the past.
+        let simulcast = track.is_simulcast();
+        let keyframe = simulcast && !is_rtx && track.format.starts_keyframe(payload);
+        Some(Received {
+            track: t,
+            layer: l,
+            media_ext,
+            timestamp: header.timestamp,
+            marker: header.marker,
+            audio_level,
+            simulcast,
+            keyframe,
+            payload: start..end,
+        })
+    }
+}
+
+/// A publisher's packet as ingress hands it to egress: where it belongs, its place in the
+/// layer's sequence, and where its payload lies in the datagram.
+pub(super) struct Received {
+    pub track: usize,
+    pub layer: usize,
+    /// Extended sequence number on the layer's media stream (an RTX repair's original).
+    pub media_ext: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    /// RFC 6464 level of an audio packet, passed on to subscribers.
+    pub audio_level: Option<u8>,
+    pub simulcast: bool,
+    /// Starts a keyframe (simulcast only, never a repair): where a subscriber may switch.
+    pub keyframe: bool,
+    pub payload: std::ops::Range<usize>,
+}

@@ -1,0 +1,140 @@
+//! Simulcast layers: which layer each subscription gets (its preference, its link's loss,
+//! what is being sent) and the timestamps that keep a switch continuous.
+
+use super::*;
+use crate::subscription::Subscription;
+use crate::track::Track;
+use crate::transmit_batch::TransmitBatch;
+use std::time::Instant;
+
+impl Sfu {
+    /// Re-chooses the layer of every simulcast subscription (of one participant, or of all):
+    /// the highest its subscriber wants, its link carries and its publisher sends. A change,
+    /// or a switch still waiting for its keyframe, asks for a keyframe of the new layer.
+    pub(super) fn select_layers(
+        &mut self,
+        now: Instant,
+        only: Option<usize>,
+        out: &mut TransmitBatch,
+    ) {
+        let participants = match only {
+            Some(idx) => idx..idx + 1,
+            None => 0..self.participants.len(),
+        };
+        for idx in participants {
+            let count = self.participants[idx]
+                .as_ref()
+                .map_or(0, |p| p.subscriptions.len());
+            for s in 0..count {
+                let sub = &self.participant(idx).subscriptions[s];
+                if !sub.active || !sub.negotiated {
+                    continue;
+                }
+                let Some(track) = self.tracks[sub.track].as_ref() else {
+                    continue;
+                };
+                if !track.is_simulcast() {
+                    continue;
+                }
+                let want = track.choose_layer(sub.layer_limit(track.layers.len()), now);
+                let t = sub.track;
+                let behind = sub.layer != Some(want);
+                self.participant_mut(idx).subscriptions[s].target_layer = want;
+                if behind {
+                    self.request_keyframe(now, t, want, out);
+                }
+            }
+        }
+    }
+
+    /// A subscriber's report on a simulcast stream: sustained loss lowers its layer limit one
+    /// step below what it receives; a clean link raises it a step at a time.
+    pub(super) fn apply_loss_report(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        ssrc: u32,
+        fraction_lost: u8,
+    ) {
+        let Some(p) = self.participants[idx].as_mut() else {
+            return;
+        };
+        let Some(sub) = p
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.ssrc == ssrc && s.active)
+        else {
+            return;
+        };
+        let Some(track) = self.tracks[sub.track].as_ref() else {
+            return;
+        };
+        let (Some(current), true) = (sub.layer, track.is_simulcast()) else {
+            return;
+        };
+        let top = track.layers.len() - 1;
+        if fraction_lost > LOSS_CLEAR {
+            sub.clean_since = None;
+        } else if sub.clean_since.is_none() {
+            sub.clean_since = Some(now);
+        }
+        if fraction_lost >= LOSS_DOWNGRADE {
+            sub.lossy_reports = sub.lossy_reports.saturating_add(1);
+            // Sustained: two reports in a row (about two seconds), not one bad burst.
+            if sub.lossy_reports >= 2 && current > 0 && sub.loss_cap > current - 1 {
+                sub.loss_cap = current - 1;
+                self.counters.layer_loss_downgrades += 1;
+            }
+        } else {
+            sub.lossy_reports = 0;
+        }
+        // Up a step after a clean stretch, and the next step after another one.
+        if sub.loss_cap < top
+            && let Some(since) = sub.clean_since
+            && now >= since + LOSS_RECOVERY
+        {
+            sub.loss_cap += 1;
+            sub.clean_since = Some(now);
+            if sub.loss_cap >= top {
+                sub.loss_cap = usize::MAX;
+            }
+        }
+    }
+}
+
+/// The outgoing timestamp for the first packet of `to` on a subscription switching layers:
+/// the packet's capture time on the old layer's clock when both layers' sender reports say it
+/// (lip sync survives), else the last sent timestamp advanced by the time since it was sent.
+pub(super) fn layer_switch_timestamp(
+    track: &Track,
+    subscription: &Subscription,
+    to: usize,
+    in_ts: u32,
+    now: Instant,
+) -> u32 {
+    let (Some(from), Some(sent_at)) = (subscription.layer, subscription.last_out_at) else {
+        // The stream's first packet: its timestamp is the stream's random origin.
+        return 0;
+    };
+    let clock = track.codec.clock_rate;
+    let elapsed = now.saturating_duration_since(sent_at).as_secs_f64() * clock as f64;
+    let by_arrival = subscription
+        .last_out_ts
+        .wrapping_add((elapsed as u32).max(1));
+    if let Some(on_from) = track.timestamp_on_layer(to, in_ts, from) {
+        let out = on_from.wrapping_add(subscription.ts_delta);
+        let ahead = out.wrapping_sub(subscription.last_out_ts) as i32;
+        let off_arrival = out.wrapping_sub(by_arrival) as i32;
+        // Reports half a second away from what the arrival times say are stale or wrong.
+        if off_arrival.unsigned_abs() < clock / 2 {
+            // The same capture instant as the last frame sent (a switch within one frame)
+            // still needs a later timestamp: a decoder takes an equal one for the same frame.
+            return if ahead > 0 {
+                out
+            } else {
+                subscription.last_out_ts.wrapping_add(1)
+            };
+        }
+    }
+    by_arrival
+}

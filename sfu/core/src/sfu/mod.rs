@@ -1,0 +1,262 @@
+//! The SFU state machine of one worker: every room, participant, track and subscription the
+//! worker owns, driven by datagrams, commands and time.
+//!
+//! Run loop contract (the I/O layer's side): feed each received datagram to
+//! [`Sfu::handle_datagram`], commands to [`Sfu::handle_command`], call [`Sfu::handle_timeout`]
+//! when [`Sfu::poll_timeout`] passes, send what each call left in the [`TransmitBatch`], and drain
+//! [`Sfu::poll_event`].
+
+use crate::counters::Counters;
+use crate::participant::Participant;
+use crate::peer_transport::TransportConfig;
+use crate::track::Track;
+use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
+use rustc_hash::FxHashMap;
+use sfu_proto::{Command, DisconnectReason, Event, ParticipantId, RoomId};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+mod access;
+mod connectivity;
+mod egress;
+mod feedback;
+mod ingress;
+mod layers;
+mod negotiation;
+mod registry;
+mod speakers;
+mod timers;
+
+/// Tunables of the forwarding core.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    pub transport: TransportConfig,
+    /// Packets kept per video track for retransmission.
+    pub nack_cache_slots: usize,
+    /// Retransmissions of one packet to subscribers, at most.
+    pub max_resends_per_packet: u8,
+    /// NACKs toward a publisher: spacing and tries per lost packet.
+    pub nack_interval: Duration,
+    pub nack_max_tries: u8,
+    /// Keyframe requests toward a publisher, at most one per this interval per track.
+    pub keyframe_throttle: Duration,
+    pub report_interval: Duration,
+    /// Transport-wide congestion feedback to publishers, this often.
+    pub twcc_interval: Duration,
+    pub tick: Duration,
+    pub speaker_interval: Duration,
+}
+
+impl SfuConfig {
+    pub fn new(transport: TransportConfig) -> Self {
+        Self {
+            transport,
+            nack_cache_slots: 512,
+            max_resends_per_packet: 3,
+            nack_interval: Duration::from_millis(30),
+            nack_max_tries: 6,
+            keyframe_throttle: Duration::from_millis(500),
+            report_interval: Duration::from_secs(1),
+            twcc_interval: Duration::from_millis(50),
+            tick: Duration::from_millis(10),
+            speaker_interval: Duration::from_millis(300),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    participants: Vec<usize>,
+    speaker: Option<usize>,
+}
+
+/// m-lines one participant's session may hold (its own and the SFU's together).
+const MAX_LINES_PER_PARTICIPANT: usize = 64;
+/// Tracks one participant may publish; further sending m-lines are answered inactive.
+const MAX_AUDIO_TRACKS: usize = 2;
+const MAX_VIDEO_TRACKS: usize = 4;
+/// An SFU offer not answered within this long is sent again (the browser may have failed it).
+/// How often simulcast subscriptions re-choose their layer.
+const LAYER_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Receiver-reported loss (of 256) at which, in two reports running, a simulcast subscriber is
+/// moved a layer down; and at or below which, in every report for `LOSS_RECOVERY`, it may go a
+/// layer up again.
+const LOSS_DOWNGRADE: u8 = 26;
+const LOSS_CLEAR: u8 = 5;
+const LOSS_RECOVERY: Duration = Duration::from_secs(8);
+const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// RTCP sender SSRCs tracked for replay per participant (a browser uses one per stream).
+const MAX_RTCP_SENDERS: usize = 32;
+
+/// Source addresses remembered per participant for routing STUN responses.
+const MAX_STUN_ADDRS_PER_PARTICIPANT: usize = 16;
+
+pub struct Sfu {
+    config: SfuConfig,
+    rooms: HashMap<RoomId, Room>,
+    participants: Vec<Option<Participant>>,
+    free_participants: Vec<usize>,
+    tracks: Vec<Option<Track>>,
+    free_tracks: Vec<usize>,
+    by_id: FxHashMap<ParticipantId, usize>,
+    by_ufrag: FxHashMap<String, usize>,
+    /// Looked up for every datagram: a fast hash. Keys are only inserted for addresses ICE
+    /// verified (or, for STUN routing, that presented a valid ufrag), so flooding cannot
+    /// target collisions.
+    by_addr: FxHashMap<SocketAddr, usize>,
+    by_stun_addr: FxHashMap<SocketAddr, usize>,
+    events: VecDeque<Event>,
+    pub counters: Counters,
+    next_tick: Option<Instant>,
+    next_layer_check: Option<Instant>,
+    next_report: Option<Instant>,
+    next_twcc: Option<Instant>,
+    next_speaker: Option<Instant>,
+    /// The latest `now` seen, for bookkeeping in paths that take no time argument.
+    clock: Option<Instant>,
+    nack_scratch: Vec<u16>,
+    rtcp_scratch: Vec<u8>,
+    ssrc_seed: u32,
+}
+
+impl std::fmt::Debug for Sfu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sfu")
+            .field("rooms", &self.rooms.len())
+            .field("participants", &self.by_id.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sfu {
+    pub fn new(config: SfuConfig) -> Self {
+        Self {
+            config,
+            rooms: HashMap::new(),
+            participants: Vec::new(),
+            free_participants: Vec::new(),
+            tracks: Vec::new(),
+            free_tracks: Vec::new(),
+            by_id: FxHashMap::default(),
+            by_ufrag: FxHashMap::default(),
+            by_addr: FxHashMap::default(),
+            by_stun_addr: FxHashMap::default(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            next_tick: None,
+            next_layer_check: None,
+            next_report: None,
+            next_twcc: None,
+            next_speaker: None,
+            clock: None,
+            nack_scratch: Vec::with_capacity(64),
+            rtcp_scratch: vec![0; SLOT_SIZE],
+            // xorshift never leaves zero.
+            ssrc_seed: rand::random::<u32>() | 1,
+        }
+    }
+
+    pub fn config(&self) -> &SfuConfig {
+        &self.config
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn has_participant(&self, id: &ParticipantId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.by_id.is_empty() {
+            return None;
+        }
+        self.next_tick
+    }
+
+    // ----- commands -----------------------------------------------------------------------
+
+    pub fn handle_command(&mut self, now: Instant, command: Command, out: &mut TransmitBatch) {
+        self.clock = Some(now);
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + self.config.tick);
+        }
+        let participant = command.participant().cloned();
+        let name = command.name();
+        let result = match command {
+            Command::AddParticipant {
+                room,
+                participant,
+                offer_sdp,
+                permissions,
+            } => self.add_participant(now, room, participant, &offer_sdp, permissions),
+            Command::Answer {
+                participant,
+                answer_sdp,
+            } => self.apply_answer(now, &participant, &answer_sdp, out),
+            Command::Offer {
+                participant,
+                offer_sdp,
+            } => self.apply_client_offer(now, &participant, &offer_sdp),
+            Command::SetPermissions {
+                participant,
+                permissions,
+            } => self.set_permissions(now, &participant, permissions, out),
+            Command::RemoveParticipant { participant } => {
+                if let Some(&idx) = self.by_id.get(&participant) {
+                    self.remove_participant(now, idx, DisconnectReason::Removed, out);
+                }
+                Ok(())
+            }
+            Command::CloseRoom { room } => {
+                let members = self.room_members(&room);
+                for idx in members {
+                    self.remove_participant(now, idx, DisconnectReason::RoomClosed, out);
+                }
+                self.rooms.remove(&room);
+                Ok(())
+            }
+            Command::RequestKeyframe { participant } => {
+                if let Some(&idx) = self.by_id.get(&participant) {
+                    self.request_keyframes_for(now, idx, out);
+                }
+                Ok(())
+            }
+            Command::SetPreferredLayer {
+                participant,
+                mid,
+                layer,
+            } => self.lookup(&participant).map(|idx| {
+                let p = self.participant_mut(idx);
+                if mid.is_none() {
+                    // Also for subscriptions made later (a publisher who joins or reconnects).
+                    p.preferred_layer = layer;
+                }
+                for sub in &mut p.subscriptions {
+                    if mid.as_ref().is_none_or(|m| *m == sub.mid) {
+                        sub.preferred = layer;
+                    }
+                }
+                self.select_layers(now, Some(idx), out);
+            }),
+        };
+        if let Err(error) = result {
+            self.events.push_back(Event::CommandFailed {
+                command: name.to_owned(),
+                participant,
+                error,
+            });
+        }
+    }
+}

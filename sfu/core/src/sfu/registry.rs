@@ -1,0 +1,277 @@
+//! The worker's arenas and lookups, and the only writer of the subscription graph: who
+//! subscribes to which track, and what goes when a track or a participant does.
+
+use super::*;
+use crate::local_description::{EXT_AUDIO_LEVEL, EXT_TRANSPORT_CC};
+use crate::participant::{LineRole, MediaLine, Participant};
+use crate::subscription::{OutStreamIds, Subscription};
+use crate::track::Track;
+use crate::transmit_batch::TransmitBatch;
+use sfu_proto::{DisconnectReason, Event, MediaKind, ParticipantId, RoomId, TrackInfo};
+use std::time::Instant;
+
+impl Sfu {
+    pub(super) fn new_ssrc(&mut self) -> u32 {
+        // xorshift: distinct, non-zero, unpredictable enough for SSRCs (not a secret).
+        let mut x = self.ssrc_seed;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.ssrc_seed = x;
+        x.max(2)
+    }
+
+    pub(super) fn lookup(&self, id: &ParticipantId) -> Result<usize, String> {
+        self.by_id
+            .get(id)
+            .copied()
+            .ok_or_else(|| format!("unknown participant {id}"))
+    }
+
+    /// The participants of a room (a copy: callers change the room while walking it).
+    pub(super) fn room_members(&self, room: &RoomId) -> Vec<usize> {
+        self.rooms
+            .get(room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn participant(&self, idx: usize) -> &Participant {
+        self.participants[idx]
+            .as_ref()
+            .expect("live participant index")
+    }
+
+    pub(super) fn participant_mut(&mut self, idx: usize) -> &mut Participant {
+        self.participants[idx]
+            .as_mut()
+            .expect("live participant index")
+    }
+
+    pub(super) fn track(&self, idx: usize) -> &Track {
+        self.tracks[idx].as_ref().expect("live track index")
+    }
+
+    pub(super) fn subscribe(&mut self, subscriber: usize, track: usize) -> bool {
+        let p = self.participant(subscriber);
+        if p.subscriptions.iter().any(|s| s.track == track && s.active) {
+            return false;
+        }
+        let kind = self.track(track).kind;
+        // A stopped m-line of the same kind, stopped on both sides, is taken again (JSEP
+        // m-section recycling, under a new mid): people who reconnect again and again do not
+        // use up the session's lines.
+        let recycled = p.lines.iter().enumerate().find_map(|(li, l)| match l.role {
+            LineRole::Subscribe { subscription: s }
+                if p.subscriptions[s].closed && p.subscriptions[s].kind == kind =>
+            {
+                Some((li, s))
+            }
+            _ => None,
+        });
+        // The cap bounds the SDP.
+        if recycled.is_none() && p.lines.len() >= MAX_LINES_PER_PARTICIPANT {
+            self.counters.subscriptions_refused += 1;
+            return false;
+        }
+        let ssrc = self.new_ssrc();
+        let rtx_ssrc = self.new_ssrc();
+        let seed = self.new_ssrc();
+        let (pt, rtx_pt, kind) = {
+            let t = self.track(track);
+            let rtx = match t.kind {
+                MediaKind::Video => Some(t.codec.subscriber_rtx_payload_type()),
+                MediaKind::Audio => None,
+            };
+            (t.codec.payload_type, rtx, t.kind)
+        };
+        let p = self.participant_mut(subscriber);
+        p.ext.transport_cc = p.ensure_extmap_id(EXT_TRANSPORT_CC);
+        if kind == MediaKind::Audio {
+            p.ext.audio_level = p.ensure_extmap_id(EXT_AUDIO_LEVEL);
+        }
+        let mid = loop {
+            let candidate = p.next_mid.to_string();
+            p.next_mid += 1;
+            if !p.lines.iter().any(|l| l.mid == candidate) {
+                break candidate;
+            }
+        };
+        let ids = OutStreamIds {
+            ssrc,
+            rtx_ssrc,
+            payload_type: pt,
+            rtx_payload_type: rtx_pt,
+        };
+        let mut subscription = Subscription::new(track, kind, mid.clone(), ids, seed);
+        subscription.preferred = self.participant(subscriber).preferred_layer;
+        if let (Some(t), Some(now)) = (self.tracks[track].as_ref(), self.clock) {
+            subscription.target_layer =
+                t.choose_layer(subscription.layer_limit(t.layers.len()), now);
+        }
+        let s = match recycled {
+            Some((li, s)) => {
+                // The old subscription's slot is reused: no track may still point at it.
+                let old_track = self.participant(subscriber).subscriptions[s].track;
+                if let Some(t) = self.tracks[old_track].as_mut() {
+                    t.subscribers.retain(|&(p, x)| !(p == subscriber && x == s));
+                }
+                let p = self.participant_mut(subscriber);
+                p.subscriptions[s] = subscription;
+                p.lines[li] = MediaLine {
+                    mid,
+                    role: LineRole::Subscribe { subscription: s },
+                };
+                self.counters.lines_recycled += 1;
+                s
+            }
+            None => {
+                let p = self.participant_mut(subscriber);
+                let s = p.subscriptions.len();
+                p.subscriptions.push(subscription);
+                p.lines.push(MediaLine {
+                    mid,
+                    role: LineRole::Subscribe { subscription: s },
+                });
+                s
+            }
+        };
+        if let Some(t) = self.tracks[track].as_mut() {
+            t.subscribers.push((subscriber, s));
+        }
+        true
+    }
+
+    pub(super) fn unsubscribe_all(&mut self, subscriber: usize) -> bool {
+        let mut changed = false;
+        let subs: Vec<(usize, usize)> = self
+            .participant(subscriber)
+            .subscriptions
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active)
+            .map(|(i, s)| (i, s.track))
+            .collect();
+        for (i, t) in subs {
+            self.participant_mut(subscriber).subscriptions[i].active = false;
+            if let Some(track) = self.tracks[t].as_mut() {
+                track
+                    .subscribers
+                    .retain(|&(p, s)| !(p == subscriber && s == i));
+            }
+            changed = true;
+        }
+        changed
+    }
+
+    /// Marks these subscriptions inactive (their m-lines stop at the next renegotiation) and
+    /// notes each subscriber once in `affected`.
+    pub(super) fn end_subscriptions(
+        &mut self,
+        subscriptions: Vec<(usize, usize)>,
+        affected: &mut Vec<usize>,
+    ) {
+        for (sp, ss) in subscriptions {
+            if let Some(sub) = self.participants[sp].as_mut() {
+                sub.subscriptions[ss].active = false;
+                if !affected.contains(&sp) {
+                    affected.push(sp);
+                }
+            }
+        }
+    }
+
+    /// Ends one published track: its subscribers' m-lines go inactive by renegotiation.
+    pub(super) fn unpublish_track(&mut self, publisher: usize, t: usize) {
+        if self.participant(publisher).permissions.publish {
+            self.announce_tracks(publisher, &[t], false);
+        }
+        self.participant_mut(publisher)
+            .published
+            .retain(|&x| x != t);
+        let Some(track) = self.tracks[t].take() else {
+            return;
+        };
+        self.free_tracks.push(t);
+        let mut affected = Vec::new();
+        self.end_subscriptions(track.subscribers, &mut affected);
+        for sp in affected {
+            self.renegotiate(sp);
+        }
+    }
+
+    pub(super) fn remove_participant(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        reason: DisconnectReason,
+        out: &mut TransmitBatch,
+    ) {
+        let Some(mut p) = self.participants[idx].take() else {
+            return;
+        };
+        p.transport.shutdown(now);
+        while let Some((dest, datagram)) = p.transport.poll_transmit() {
+            out.push(dest, &datagram);
+        }
+        self.by_id.remove(&p.id);
+        self.by_ufrag.remove(p.transport.local_ufrag());
+        // Only entries that still point at this participant (another may have the address now).
+        if let Some(addr) = p.remote
+            && self.by_addr.get(&addr) == Some(&idx)
+        {
+            self.by_addr.remove(&addr);
+        }
+        for addr in &p.stun_addrs {
+            if self.by_stun_addr.get(addr) == Some(&idx) {
+                self.by_stun_addr.remove(addr);
+            }
+        }
+        // Its subscriptions leave the tracks they read from.
+        for (i, s) in p.subscriptions.iter().enumerate() {
+            if let Some(t) = self.tracks[s.track].as_mut() {
+                t.subscribers.retain(|&(sp, ss)| !(sp == idx && ss == i));
+            }
+        }
+        // Its tracks leave every subscriber.
+        let room_id = p.room.clone();
+        let mut affected = Vec::new();
+        for &t in &p.published {
+            if let Some(track) = self.tracks[t].take() {
+                self.free_tracks.push(t);
+                self.end_subscriptions(track.subscribers, &mut affected);
+                // A waiting participant's tracks were never announced.
+                if p.permissions.publish {
+                    self.events.push_back(Event::TrackUnpublished {
+                        room: room_id.clone(),
+                        track: TrackInfo {
+                            id: track.id,
+                            kind: track.kind,
+                            publisher: p.id.clone(),
+                        },
+                    });
+                }
+            }
+        }
+        // Only now, with every track of the leaver gone, describe the subscribers' new state.
+        for sp in affected {
+            if self.participants[sp].is_some() {
+                self.renegotiate(sp);
+            }
+        }
+        if let Some(room) = self.rooms.get_mut(&room_id) {
+            room.participants.retain(|&m| m != idx);
+            if room.speaker == Some(idx) {
+                room.speaker = None;
+            }
+            if room.participants.is_empty() {
+                self.rooms.remove(&room_id);
+            }
+        }
+        self.free_participants.push(idx);
+        self.events.push_back(Event::Disconnected {
+            participant: p.id,
+            reason,
+        });
+    }
+}

@@ -1,0 +1,116 @@
+//! Time: consent and offer timeouts, NACKs toward publishers, periodic reports, layers and
+//! speakers, all from one pass when the worker's deadline passes.
+
+use super::*;
+use crate::remote_description::MAX_SIMULCAST_LAYERS;
+use crate::rtcp_writer;
+use crate::transmit_batch::TransmitBatch;
+use sfu_proto::MediaKind;
+use std::time::Instant;
+
+impl Sfu {
+    // ----- time ---------------------------------------------------------------------------
+
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut TransmitBatch) {
+        if self.next_tick.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_tick = Some(now + self.config.tick);
+        self.clock = Some(now);
+        // SFU offers the browser never answered (it may have failed to apply one).
+        for idx in 0..self.participants.len() {
+            let overdue = self.participants[idx].as_ref().is_some_and(|p| {
+                p.awaiting_answer && p.offer_sent_at.is_some_and(|t| now >= t + OFFER_TIMEOUT)
+            });
+            if overdue {
+                let p = self.participant_mut(idx);
+                p.awaiting_answer = false;
+                self.renegotiate(idx);
+            }
+        }
+        // Keyframe requests held back by the throttle.
+        for t in 0..self.tracks.len() {
+            let layers = self.tracks[t]
+                .as_ref()
+                .map_or(0, |track| track.layers.len());
+            for l in 0..layers {
+                let due = self.tracks[t].as_ref().is_some_and(|track| {
+                    let layer = &track.layers[l];
+                    layer.keyframe_pending
+                        && layer
+                            .last_keyframe_request
+                            .is_none_or(|last| now >= last + self.config.keyframe_throttle)
+                });
+                if due {
+                    self.request_keyframe(now, t, l, out);
+                }
+            }
+        }
+        // Transports: ICE consent, DTLS retransmission.
+        for idx in 0..self.participants.len() {
+            let due = match self.participants[idx].as_mut() {
+                Some(p) => p.transport.poll_timeout().is_some_and(|t| t <= now),
+                None => false,
+            };
+            if due {
+                self.participant_mut(idx).transport.handle_timeout(now);
+                self.drive_transport(now, idx, out);
+            }
+        }
+        // NACKs and keyframe requests toward publishers.
+        for (t, l) in
+            (0..self.tracks.len()).flat_map(|t| (0..MAX_SIMULCAST_LAYERS).map(move |l| (t, l)))
+        {
+            let mut needs_keyframe = false;
+            let (publisher, ssrc) = {
+                let Some(track) = self.tracks[t].as_mut() else {
+                    continue;
+                };
+                let kind = track.kind;
+                let publisher = track.publisher;
+                let Some(inbound) = track.layers.get_mut(l).and_then(|l| l.inbound.as_mut()) else {
+                    continue;
+                };
+                self.nack_scratch.clear();
+                if kind == MediaKind::Video {
+                    inbound.due_nacks(
+                        now,
+                        self.config.nack_interval,
+                        self.config.nack_max_tries,
+                        &mut self.nack_scratch,
+                    );
+                }
+                if inbound.needs_keyframe {
+                    inbound.needs_keyframe = false;
+                    needs_keyframe = true;
+                }
+                (publisher, inbound.ssrc)
+            };
+            if !self.nack_scratch.is_empty() {
+                let n = rtcp_writer::nack(&mut self.rtcp_scratch, ssrc, &self.nack_scratch);
+                if n > 0 && self.send_rtcp(publisher, n, out) {
+                    self.counters.nacks_out += self.nack_scratch.len() as u64;
+                }
+            }
+            if needs_keyframe {
+                self.request_keyframe(now, t, l, out);
+            }
+        }
+        if self.next_twcc.is_none_or(|t| now >= t) {
+            self.next_twcc = Some(now + self.config.twcc_interval);
+            self.send_twcc_feedback(out);
+        }
+        if self.next_report.is_none_or(|t| now >= t) {
+            self.next_report = Some(now + self.config.report_interval);
+            self.send_receiver_reports(now, out);
+        }
+        if self.next_layer_check.is_none_or(|t| now >= t) {
+            self.next_layer_check = Some(now + LAYER_CHECK_INTERVAL);
+            self.select_layers(now, None, out);
+        }
+        if self.next_speaker.is_none_or(|t| now >= t) {
+            self.next_speaker = Some(now + self.config.speaker_interval);
+            self.update_speakers();
+        }
+    }
+}
