@@ -5,6 +5,7 @@
 //! No clock, no sockets, no threads: time enters as `now` on every input and output is polled
 //! (see [`Sfu`]).
 
+pub mod arena;
 pub mod codec;
 pub mod counters;
 pub mod data_channel_link;

@@ -1,5 +1,6 @@
 //! A participant: one WebRTC session (one browser tab) in one room.
 
+use crate::arena::TrackIdx;
 use crate::codec::CodecParams;
 use crate::peer_transport::PeerTransport;
 use crate::replay_window::ReplayWindow;
@@ -25,7 +26,7 @@ pub struct ExtIds {
 #[derive(Debug, Clone)]
 pub enum LineRole {
     /// The participant publishes on this m-line.
-    Publish { track: usize },
+    Publish { track: TrackIdx },
     /// The SFU sends a subscription on this m-line.
     Subscribe { subscription: usize },
     /// An audio/video m-line the participant offered to receive on; the SFU fills subscriptions
@@ -60,7 +61,7 @@ pub struct Participant {
     pub ext: ExtIds,
     /// Extension ids the participant's browser uses, by URI, so SFU offers reuse them.
     pub offered_extmaps: Vec<(u8, String)>,
-    pub published: Vec<usize>,
+    pub published: Vec<TrackIdx>,
     pub subscriptions: Vec<Subscription>,
     pub srtcp_index: u32,
     /// SRTCP indices received per sender SSRC, so a replayed NACK or PLI is refused.

@@ -2,6 +2,7 @@
 //! the sequence-number and timestamp offsets that keep the subscriber's stream continuous, and
 //! for a simulcast track the layer it forwards and the one it is switching to.
 
+use crate::arena::TrackIdx;
 use sfu_proto::{MediaKind, VideoLayer};
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ pub struct OutStreamIds {
 
 #[derive(Debug)]
 pub struct Subscription {
-    pub track: usize,
+    pub track: TrackIdx,
     /// Fixed for the m-line's life, even after the track is gone (a line is recycled only for
     /// the same kind).
     pub kind: MediaKind,
@@ -53,20 +54,35 @@ pub struct Subscription {
     /// Consecutive receiver reports with heavy loss, and since when every report was clean.
     pub lossy_reports: u8,
     pub clean_since: Option<Instant>,
-    /// False once the track went away or the subscriber lost permission; the m-line goes
-    /// inactive at the next renegotiation.
-    pub active: bool,
-    /// Included in an SFU offer that is now outstanding.
-    pub offered: bool,
-    /// Inactive, and an answer stopped its m-line too: the line may carry a new subscription.
-    pub closed: bool,
-    /// The subscriber answered an offer with this m-line: media may flow (before that, its
+    pub state: SubscriptionState,
+}
+
+/// Where a subscription is in its life. Forward only: Pending → Offered → Live, any of them →
+/// Ending, and Ending → Closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionState {
+    /// Made, and not yet in an SFU offer.
+    Pending,
+    /// In an SFU offer that is outstanding.
+    Offered,
+    /// The subscriber answered an offer with this m-line: media flows (before that, its
     /// browser could not map the SSRC to a transceiver).
-    pub negotiated: bool,
+    Live,
+    /// The track went away, the subscriber lost permission, or its answer refused the line:
+    /// the m-line goes inactive at the next renegotiation.
+    Ending,
+    /// Inactive, and an answer stopped its m-line too: the line may carry a new subscription.
+    Closed,
 }
 
 impl Subscription {
-    pub fn new(track: usize, kind: MediaKind, mid: String, ids: OutStreamIds, seed: u32) -> Self {
+    pub fn new(
+        track: TrackIdx,
+        kind: MediaKind,
+        mid: String,
+        ids: OutStreamIds,
+        seed: u32,
+    ) -> Self {
         // Rollover counter 0 at the start, as the receiver assumes (RFC 3711 §3.3.1).
         let first_ext_seq = (seed & 0x7fff) as u64;
         Self {
@@ -94,10 +110,54 @@ impl Subscription {
             loss_cap: usize::MAX,
             lossy_reports: 0,
             clean_since: None,
-            active: true,
-            offered: false,
-            closed: false,
-            negotiated: false,
+            state: SubscriptionState::Pending,
+        }
+    }
+
+    /// Not ending or closed: the subscriber is to receive this track.
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.state,
+            SubscriptionState::Pending | SubscriptionState::Offered | SubscriptionState::Live
+        )
+    }
+
+    /// Media flows on it.
+    pub fn is_live(&self) -> bool {
+        self.state == SubscriptionState::Live
+    }
+
+    /// The track or the permission went away: inactive from the next offer on.
+    pub fn end(&mut self) {
+        if self.is_active() {
+            self.state = SubscriptionState::Ending;
+        }
+    }
+
+    /// Put in an SFU offer.
+    pub fn offer(&mut self) {
+        if self.state == SubscriptionState::Pending {
+            self.state = SubscriptionState::Offered;
+        }
+    }
+
+    /// The subscriber's answer kept the line (`accepted`) or refused it. Returns whether the
+    /// subscription just went live (its decoder then needs a keyframe).
+    pub fn answered(&mut self, accepted: bool) -> bool {
+        match (self.state, accepted) {
+            (SubscriptionState::Offered, true) => {
+                self.state = SubscriptionState::Live;
+                true
+            }
+            (SubscriptionState::Ending, false) => {
+                self.state = SubscriptionState::Closed;
+                false
+            }
+            (_, false) => {
+                self.end();
+                false
+            }
+            _ => false,
         }
     }
 
@@ -160,6 +220,7 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arena::ArenaIndex;
 
     const IDS: OutStreamIds = OutStreamIds {
         ssrc: 5,
@@ -173,7 +234,13 @@ mod tests {
     fn mapping_is_continuous_and_reversible() {
         let ids = IDS;
         let now = Instant::now();
-        let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 12345);
+        let mut s = Subscription::new(
+            TrackIdx::from_slot(0),
+            MediaKind::Video,
+            "1".into(),
+            ids,
+            12345,
+        );
         assert_eq!(
             s.map(now, 70_000, 1000),
             None,
@@ -205,7 +272,13 @@ mod tests {
     fn a_layer_switch_continues_sequence_and_timestamps() {
         let ids = IDS;
         let now = Instant::now();
-        let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 777);
+        let mut s = Subscription::new(
+            TrackIdx::from_slot(0),
+            MediaKind::Video,
+            "1".into(),
+            ids,
+            777,
+        );
         s.start_layer(2, 500, 90_000, 0);
         let (a, ta) = s.map(now, 500, 90_000).unwrap();
         let (b, _) = s.map(now, 501, 93_000).unwrap();
@@ -226,11 +299,45 @@ mod tests {
     #[test]
     fn the_layer_limit_follows_wish_and_loss() {
         let ids = IDS;
-        let mut s = Subscription::new(0, MediaKind::Video, "1".into(), ids, 1);
+        let mut s = Subscription::new(TrackIdx::from_slot(0), MediaKind::Video, "1".into(), ids, 1);
         assert_eq!(s.layer_limit(3), 2);
         s.preferred = VideoLayer::Medium;
         assert_eq!((s.layer_limit(3), s.layer_limit(2)), (1, 1));
         s.loss_cap = 0;
         assert_eq!(s.layer_limit(3), 0);
+    }
+
+    #[test]
+    fn the_lifecycle_only_moves_forward() {
+        use SubscriptionState::*;
+        let new =
+            || Subscription::new(TrackIdx::from_slot(0), MediaKind::Video, "1".into(), IDS, 1);
+        let mut s = new();
+        assert!(s.is_active() && !s.is_live());
+        assert!(
+            !s.answered(true),
+            "not offered yet: an answer does not make it live"
+        );
+        s.offer();
+        assert_eq!(s.state, Offered);
+        assert!(s.answered(true));
+        assert!(s.is_live());
+        s.offer();
+        assert!(!s.answered(true), "live once");
+        assert_eq!(s.state, Live);
+        s.end();
+        assert_eq!(s.state, Ending);
+        assert!(!s.answered(true), "an ended line does not come back");
+        assert!(!s.answered(false));
+        assert_eq!(s.state, Closed);
+        s.end();
+        assert_eq!(s.state, Closed, "closed stays closed");
+        // Refused while active: ending, and closed at the next refusal.
+        let mut r = new();
+        r.offer();
+        r.answered(false);
+        assert_eq!(r.state, Ending);
+        r.answered(false);
+        assert_eq!(r.state, Closed);
     }
 }

@@ -2,6 +2,7 @@
 //! forwarding path needs for it. A simulcast track has one [`TrackLayer`] per RID, lowest
 //! quality first; any other track has one.
 
+use crate::arena::ParticipantIdx;
 use crate::codec::CodecParams;
 use crate::payload_format::PayloadFormat;
 use crate::track_layer::TrackLayer;
@@ -12,14 +13,14 @@ use std::time::Instant;
 pub struct Track {
     pub id: TrackId,
     pub kind: MediaKind,
-    pub publisher: usize,
+    pub publisher: ParticipantIdx,
     pub mid: String,
     pub codec: CodecParams,
     pub format: PayloadFormat,
     /// Lowest quality first.
     pub layers: Vec<TrackLayer>,
     /// (subscriber participant, index into its subscriptions).
-    pub subscribers: Vec<(usize, usize)>,
+    pub subscribers: Vec<(ParticipantIdx, usize)>,
     /// Smoothed RFC 6464 level, in -dBov (0 loudest, 127 silence).
     pub audio_level: f32,
 }
@@ -30,7 +31,7 @@ impl Track {
     pub fn new(
         id: TrackId,
         kind: MediaKind,
-        publisher: usize,
+        publisher: ParticipantIdx,
         mid: String,
         codec: CodecParams,
         rids: &[String],
@@ -153,6 +154,7 @@ fn lowest_first(rids: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arena::ArenaIndex;
 
     fn vp8() -> CodecParams {
         CodecParams {
@@ -191,7 +193,7 @@ mod tests {
         let t = Track::new(
             TrackId("p/0".into()),
             MediaKind::Video,
-            0,
+            ParticipantIdx::from_slot(0),
             "0".into(),
             vp8(),
             &rids(&["h", "m", "l"]),
@@ -210,7 +212,7 @@ mod tests {
         let mut t = Track::new(
             TrackId("p/0".into()),
             MediaKind::Video,
-            0,
+            ParticipantIdx::from_slot(0),
             "0".into(),
             vp8(),
             &rids(&["l", "h"]),

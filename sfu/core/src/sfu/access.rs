@@ -7,7 +7,7 @@ use sfu_proto::{Event, ParticipantId, Permissions, TrackInfo};
 use std::time::Instant;
 
 impl Sfu {
-    pub(super) fn on_tracks_published(&mut self, publisher: usize, tracks: &[usize]) {
+    pub(super) fn on_tracks_published(&mut self, publisher: ParticipantIdx, tracks: &[TrackIdx]) {
         if tracks.is_empty() {
             return;
         }
@@ -19,7 +19,12 @@ impl Sfu {
 
     /// Tells signaling that `tracks` of `publisher` became visible to the room (or stopped
     /// being). Only tracks the room may receive are news: a waiting participant's are not.
-    pub(super) fn announce_tracks(&mut self, publisher: usize, tracks: &[usize], published: bool) {
+    pub(super) fn announce_tracks(
+        &mut self,
+        publisher: ParticipantIdx,
+        tracks: &[TrackIdx],
+        published: bool,
+    ) {
         let room = self.participant(publisher).room.clone();
         let pid = self.participant(publisher).id.clone();
         for &t in tracks {
@@ -47,7 +52,7 @@ impl Sfu {
 
     /// Subscribes the publisher's room to `tracks`, unless the publisher may not publish: nobody
     /// is even offered a waiting participant's tracks (an m-line would reveal they are there).
-    pub(super) fn offer_tracks_to_room(&mut self, publisher: usize, tracks: &[usize]) {
+    pub(super) fn offer_tracks_to_room(&mut self, publisher: ParticipantIdx, tracks: &[TrackIdx]) {
         if tracks.is_empty() || !self.participant(publisher).permissions.publish {
             return;
         }
@@ -68,7 +73,7 @@ impl Sfu {
     }
 
     /// Withdraws the publisher's tracks from everyone who receives them.
-    pub(super) fn withdraw_tracks(&mut self, publisher: usize) {
+    pub(super) fn withdraw_tracks(&mut self, publisher: ParticipantIdx) {
         let published = self.participant(publisher).published.clone();
         let mut affected = Vec::new();
         for t in published {
@@ -84,7 +89,7 @@ impl Sfu {
     }
 
     /// Subscribes `idx` to every track of the others in its room it does not yet receive.
-    pub(super) fn subscribe_to_room(&mut self, idx: usize) {
+    pub(super) fn subscribe_to_room(&mut self, idx: ParticipantIdx) {
         if !self.participant(idx).permissions.subscribe {
             return;
         }

@@ -75,7 +75,7 @@ impl Sfu {
     pub(super) fn handle_dtls(
         &mut self,
         now: Instant,
-        idx: usize,
+        idx: ParticipantIdx,
         buf: &[u8],
         out: &mut TransmitBatch,
     ) {
@@ -87,7 +87,12 @@ impl Sfu {
     }
 
     /// Sends what a transport queued and applies its events.
-    pub(super) fn drive_transport(&mut self, now: Instant, idx: usize, out: &mut TransmitBatch) {
+    pub(super) fn drive_transport(
+        &mut self,
+        now: Instant,
+        idx: ParticipantIdx,
+        out: &mut TransmitBatch,
+    ) {
         let mut closed = None;
         let mut secured = false;
         {
@@ -138,7 +143,7 @@ impl Sfu {
     pub(super) fn relay_data_messages(
         &mut self,
         now: Instant,
-        idx: usize,
+        idx: ParticipantIdx,
         out: &mut TransmitBatch,
     ) {
         loop {

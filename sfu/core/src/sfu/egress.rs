@@ -44,7 +44,7 @@ impl Sfu {
             let twcc_ext = sub.ext.transport_cc;
             let twcc_seq = sub.twcc_out_seq;
             let subscription = &mut sub.subscriptions[sub_idx];
-            if !subscription.active || !subscription.negotiated {
+            if !subscription.is_live() {
                 continue;
             }
             if subscription.layer != Some(l) {
@@ -109,7 +109,12 @@ impl Sfu {
     }
 
     /// Seals `rtcp_scratch[..len]` for participant `idx` and queues it.
-    pub(super) fn send_rtcp(&mut self, idx: usize, len: usize, out: &mut TransmitBatch) -> bool {
+    pub(super) fn send_rtcp(
+        &mut self,
+        idx: ParticipantIdx,
+        len: usize,
+        out: &mut TransmitBatch,
+    ) -> bool {
         let Some(p) = self.participants[idx].as_mut() else {
             return false;
         };
@@ -134,7 +139,7 @@ impl Sfu {
 
     pub(super) fn retransmit(
         &mut self,
-        idx: usize,
+        idx: ParticipantIdx,
         nack: &rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
         out: &mut TransmitBatch,
     ) {
@@ -145,7 +150,7 @@ impl Sfu {
         let Some(s) = sub
             .subscriptions
             .iter()
-            .position(|s| s.ssrc == nack.media_ssrc && s.active)
+            .position(|s| s.ssrc == nack.media_ssrc && s.is_active())
         else {
             return;
         };
@@ -219,7 +224,7 @@ impl Sfu {
     pub(super) fn relay_sender_report(
         &mut self,
         now: Instant,
-        idx: usize,
+        idx: ParticipantIdx,
         sr: &rtc_rtcp::sender_report::SenderReport,
         out: &mut TransmitBatch,
     ) {
@@ -248,7 +253,7 @@ impl Sfu {
             };
             // Only the forwarded layer's report describes what the subscriber receives.
             let subscription = &sub.subscriptions[sub_idx];
-            if subscription.layer != Some(l) || !subscription.active {
+            if subscription.layer != Some(l) || !subscription.is_active() {
                 continue;
             }
             let n = rtcp_writer::sender_report(

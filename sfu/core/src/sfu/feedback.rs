@@ -13,7 +13,7 @@ impl Sfu {
     pub(super) fn handle_rtcp(
         &mut self,
         now: Instant,
-        idx: usize,
+        idx: ParticipantIdx,
         buf: &mut [u8],
         out: &mut TransmitBatch,
     ) {
@@ -86,7 +86,7 @@ impl Sfu {
     pub(super) fn keyframe_for_subscription(
         &mut self,
         now: Instant,
-        idx: usize,
+        idx: ParticipantIdx,
         media_ssrc: u32,
         out: &mut TransmitBatch,
     ) {
@@ -94,7 +94,7 @@ impl Sfu {
             .participant(idx)
             .subscriptions
             .iter()
-            .position(|s| s.ssrc == media_ssrc && s.active);
+            .position(|s| s.ssrc == media_ssrc && s.is_active());
         if let Some(s) = found {
             self.counters.keyframe_requests_in += 1;
             self.keyframe_for(now, idx, s, out);
@@ -105,11 +105,11 @@ impl Sfu {
     pub(super) fn request_keyframes_for(
         &mut self,
         now: Instant,
-        idx: usize,
+        idx: ParticipantIdx,
         out: &mut TransmitBatch,
     ) {
         for s in 0..self.participant(idx).subscriptions.len() {
-            if self.participant(idx).subscriptions[s].active {
+            if self.participant(idx).subscriptions[s].is_active() {
                 self.keyframe_for(now, idx, s, out);
             }
         }
@@ -120,7 +120,7 @@ impl Sfu {
     pub(super) fn keyframe_for(
         &mut self,
         now: Instant,
-        idx: usize,
+        idx: ParticipantIdx,
         s: usize,
         out: &mut TransmitBatch,
     ) {
@@ -137,7 +137,7 @@ impl Sfu {
     pub(super) fn request_track_keyframes(
         &mut self,
         now: Instant,
-        t: usize,
+        t: TrackIdx,
         out: &mut TransmitBatch,
     ) {
         let Some(track) = self.tracks[t].as_ref() else {
@@ -165,7 +165,7 @@ impl Sfu {
     pub(super) fn request_keyframe(
         &mut self,
         now: Instant,
-        t: usize,
+        t: TrackIdx,
         layer: usize,
         out: &mut TransmitBatch,
     ) {
@@ -201,7 +201,7 @@ impl Sfu {
 
     /// Transport-wide feedback to every publisher whose packets arrived since the last one.
     pub(super) fn send_twcc_feedback(&mut self, out: &mut TransmitBatch) {
-        for idx in 0..self.participants.len() {
+        for idx in self.participants.indices() {
             let media_ssrc = {
                 let Some(p) = self.participants[idx].as_ref() else {
                     continue;
@@ -234,8 +234,10 @@ impl Sfu {
     }
 
     pub(super) fn send_receiver_reports(&mut self, now: Instant, out: &mut TransmitBatch) {
-        for (t, l) in
-            (0..self.tracks.len()).flat_map(|t| (0..MAX_SIMULCAST_LAYERS).map(move |l| (t, l)))
+        for (t, l) in self
+            .tracks
+            .indices()
+            .flat_map(|t| (0..MAX_SIMULCAST_LAYERS).map(move |l| (t, l)))
         {
             let Some(track) = self.tracks[t].as_mut() else {
                 continue;

@@ -12,7 +12,7 @@ impl Sfu {
     pub(super) fn handle_rtp(
         &mut self,
         now: Instant,
-        idx: usize,
+        idx: ParticipantIdx,
         buf: &mut [u8],
         out: &mut TransmitBatch,
     ) {
@@ -24,7 +24,12 @@ impl Sfu {
 
     /// Opens and checks a publisher's packet, binds a new SSRC to its track and layer, and
     /// keeps it for repairs. `None` when it is dropped (counted) or carries nothing to forward.
-    fn receive_rtp(&mut self, now: Instant, idx: usize, buf: &mut [u8]) -> Option<Received> {
+    fn receive_rtp(
+        &mut self,
+        now: Instant,
+        idx: ParticipantIdx,
+        buf: &mut [u8],
+    ) -> Option<Received> {
         let p = self.participants[idx].as_mut()?;
         let Some(inbound_ctx) = p.inbound.as_deref() else {
             self.counters.dropped_not_ready += 1;
@@ -194,7 +199,7 @@ impl Sfu {
 /// A publisher's packet as ingress hands it to egress: where it belongs, its place in the
 /// layer's sequence, and where its payload lies in the datagram.
 pub(super) struct Received {
-    pub track: usize,
+    pub track: TrackIdx,
     pub layer: usize,
     /// Extended sequence number on the layer's media stream (an RTX repair's original).
     pub media_ext: u64,

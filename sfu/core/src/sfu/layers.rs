@@ -14,12 +14,12 @@ impl Sfu {
     pub(super) fn select_layers(
         &mut self,
         now: Instant,
-        only: Option<usize>,
+        only: Option<ParticipantIdx>,
         out: &mut TransmitBatch,
     ) {
-        let participants = match only {
-            Some(idx) => idx..idx + 1,
-            None => 0..self.participants.len(),
+        let participants: Vec<ParticipantIdx> = match only {
+            Some(idx) => vec![idx],
+            None => self.participants.indices().collect(),
         };
         for idx in participants {
             let count = self.participants[idx]
@@ -27,7 +27,7 @@ impl Sfu {
                 .map_or(0, |p| p.subscriptions.len());
             for s in 0..count {
                 let sub = &self.participant(idx).subscriptions[s];
-                if !sub.active || !sub.negotiated {
+                if !sub.is_live() {
                     continue;
                 }
                 let Some(track) = self.tracks[sub.track].as_ref() else {
@@ -52,7 +52,7 @@ impl Sfu {
     pub(super) fn apply_loss_report(
         &mut self,
         now: Instant,
-        idx: usize,
+        idx: ParticipantIdx,
         ssrc: u32,
         fraction_lost: u8,
     ) {
@@ -62,7 +62,7 @@ impl Sfu {
         let Some(sub) = p
             .subscriptions
             .iter_mut()
-            .find(|s| s.ssrc == ssrc && s.active)
+            .find(|s| s.ssrc == ssrc && s.is_active())
         else {
             return;
         };

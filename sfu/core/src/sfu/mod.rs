@@ -6,6 +6,7 @@
 //! when [`Sfu::poll_timeout`] passes, send what each call left in the [`TransmitBatch`], and drain
 //! [`Sfu::poll_event`].
 
+use crate::arena::{Arena, ParticipantIdx, TrackIdx};
 use crate::counters::Counters;
 use crate::participant::Participant;
 use crate::peer_transport::TransportConfig;
@@ -67,8 +68,8 @@ impl SfuConfig {
 
 #[derive(Debug, Default)]
 struct Room {
-    participants: Vec<usize>,
-    speaker: Option<usize>,
+    participants: Vec<ParticipantIdx>,
+    speaker: Option<ParticipantIdx>,
 }
 
 /// m-lines one participant's session may hold (its own and the SFU's together).
@@ -96,17 +97,15 @@ const MAX_STUN_ADDRS_PER_PARTICIPANT: usize = 16;
 pub struct Sfu {
     config: SfuConfig,
     rooms: HashMap<RoomId, Room>,
-    participants: Vec<Option<Participant>>,
-    free_participants: Vec<usize>,
-    tracks: Vec<Option<Track>>,
-    free_tracks: Vec<usize>,
-    by_id: FxHashMap<ParticipantId, usize>,
-    by_ufrag: FxHashMap<String, usize>,
+    participants: Arena<ParticipantIdx, Participant>,
+    tracks: Arena<TrackIdx, Track>,
+    by_id: FxHashMap<ParticipantId, ParticipantIdx>,
+    by_ufrag: FxHashMap<String, ParticipantIdx>,
     /// Looked up for every datagram: a fast hash. Keys are only inserted for addresses ICE
     /// verified (or, for STUN routing, that presented a valid ufrag), so flooding cannot
     /// target collisions.
-    by_addr: FxHashMap<SocketAddr, usize>,
-    by_stun_addr: FxHashMap<SocketAddr, usize>,
+    by_addr: FxHashMap<SocketAddr, ParticipantIdx>,
+    by_stun_addr: FxHashMap<SocketAddr, ParticipantIdx>,
     events: VecDeque<Event>,
     pub counters: Counters,
     next_tick: Option<Instant>,
@@ -135,10 +134,8 @@ impl Sfu {
         Self {
             config,
             rooms: HashMap::new(),
-            participants: Vec::new(),
-            free_participants: Vec::new(),
-            tracks: Vec::new(),
-            free_tracks: Vec::new(),
+            participants: Arena::default(),
+            tracks: Arena::default(),
             by_id: FxHashMap::default(),
             by_ufrag: FxHashMap::default(),
             by_addr: FxHashMap::default(),

@@ -70,16 +70,7 @@ impl Sfu {
             twcc_out_seq: 0,
             preferred_layer: VideoLayer::High,
         };
-        let idx = match self.free_participants.pop() {
-            Some(i) => {
-                self.participants[i] = Some(participant);
-                i
-            }
-            None => {
-                self.participants.push(Some(participant));
-                self.participants.len() - 1
-            }
-        };
+        let idx = self.participants.insert(participant);
         self.by_id.insert(id, idx);
         self.by_ufrag.insert(ufrag, idx);
         self.rooms.entry(room).or_default().participants.push(idx);
@@ -93,7 +84,11 @@ impl Sfu {
     }
 
     /// Applies a client offer's m-lines: new sending lines become published tracks.
-    pub(super) fn negotiate_offer(&mut self, idx: usize, offer: &RemoteDescription) -> Vec<usize> {
+    pub(super) fn negotiate_offer(
+        &mut self,
+        idx: ParticipantIdx,
+        offer: &RemoteDescription,
+    ) -> Vec<TrackIdx> {
         let mut new_tracks = Vec::new();
         {
             let p = self.participant_mut(idx);
@@ -166,11 +161,11 @@ impl Sfu {
     /// A new track published on m-line `m`.
     pub(super) fn publish_line(
         &mut self,
-        idx: usize,
+        idx: ParticipantIdx,
         m: &crate::remote_description::RemoteMedia,
         kind: MediaKind,
         codec: CodecParams,
-    ) -> usize {
+    ) -> TrackIdx {
         let pid = self.participant(idx).id.clone();
         // Simulcast needs the MID and RID header extensions to tell the layers apart; without
         // them the answer accepts one stream.
@@ -199,16 +194,7 @@ impl Sfu {
                 track.layers[0].bind_rtx_ssrc(*rtx, clock);
             }
         }
-        let t = match self.free_tracks.pop() {
-            Some(i) => {
-                self.tracks[i] = Some(track);
-                i
-            }
-            None => {
-                self.tracks.push(Some(track));
-                self.tracks.len() - 1
-            }
-        };
+        let t = self.tracks.insert(track);
         self.participant_mut(idx).published.push(t);
         t
     }
@@ -218,10 +204,10 @@ impl Sfu {
     /// publishes a new one, room permitting. Returns a newly published track.
     pub(super) fn renegotiate_line(
         &mut self,
-        idx: usize,
+        idx: ParticipantIdx,
         li: usize,
         m: &crate::remote_description::RemoteMedia,
-    ) -> Option<usize> {
+    ) -> Option<TrackIdx> {
         let stops = !m.publishes();
         let role = self.participant(idx).lines[li].role.clone();
         let (kind, codec) = match role {
@@ -267,7 +253,7 @@ impl Sfu {
         None
     }
 
-    pub(super) fn line_specs(&self, idx: usize) -> Vec<LineSpec> {
+    pub(super) fn line_specs(&self, idx: ParticipantIdx) -> Vec<LineSpec> {
         let p = self.participant(idx);
         p.lines
             .iter()
@@ -308,7 +294,7 @@ impl Sfu {
                         let t = self.tracks[s.track].as_ref();
                         let publisher = t.and_then(|t| self.participants[t.publisher].as_ref());
                         match (t, publisher) {
-                            (Some(t), Some(publisher)) if s.active => {
+                            (Some(t), Some(publisher)) if s.is_active() => {
                                 // Only ids the subscriber's browser already uses: a BUNDLE
                                 // maps one id to one extension across every m-line.
                                 let mut extmaps = Vec::new();
@@ -379,7 +365,7 @@ impl Sfu {
             .collect()
     }
 
-    pub(super) fn write_sdp(&mut self, idx: usize, kind: SdpKind) -> String {
+    pub(super) fn write_sdp(&mut self, idx: ParticipantIdx, kind: SdpKind) -> String {
         let lines = self.line_specs(idx);
         let candidate = self.config.transport.advertised_addr;
         let p = self.participants[idx]
@@ -395,7 +381,7 @@ impl Sfu {
         local_description::write(kind, p.sdp_session_id, p.sdp_version, &t, &lines)
     }
 
-    pub(super) fn answer(&mut self, idx: usize) {
+    pub(super) fn answer(&mut self, idx: ParticipantIdx) {
         let sdp = self.write_sdp(idx, SdpKind::Answer);
         let participant = self.participant(idx).id.clone();
         self.events.push_back(Event::Answer {
@@ -405,7 +391,7 @@ impl Sfu {
     }
 
     /// Sends an SFU offer now, or as soon as the outstanding one is answered.
-    pub(super) fn renegotiate(&mut self, idx: usize) {
+    pub(super) fn renegotiate(&mut self, idx: ParticipantIdx) {
         let clock = self.clock;
         let p = self.participant_mut(idx);
         if p.awaiting_answer {
@@ -416,7 +402,7 @@ impl Sfu {
         p.renegotiation_pending = false;
         p.offer_sent_at = clock;
         for s in &mut p.subscriptions {
-            s.offered = true;
+            s.offer();
         }
         let sdp = self.write_sdp(idx, SdpKind::Offer);
         let participant = self.participant(idx).id.clone();
@@ -457,10 +443,7 @@ impl Sfu {
             if m.rejected {
                 // A subscriber that refused an m-line gets nothing on it; an inactive one is
                 // now stopped on both sides and may be recycled.
-                if !s.active {
-                    s.closed = true;
-                }
-                s.active = false;
+                s.answered(false);
             } else if let Some(rtx) = s.rtx_payload_type
                 && !m.codecs.iter().any(|c| c.payload_type == rtx)
             {
@@ -475,8 +458,7 @@ impl Sfu {
         let mut newly = Vec::new();
         for (i, s) in p.subscriptions.iter_mut().enumerate() {
             let accepted = answer.media.iter().any(|m| m.mid == s.mid && !m.rejected);
-            if s.offered && !s.negotiated && accepted {
-                s.negotiated = true;
+            if accepted && s.answered(true) {
                 newly.push(i);
             }
         }

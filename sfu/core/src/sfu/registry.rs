@@ -4,7 +4,7 @@
 use super::*;
 use crate::local_description::{EXT_AUDIO_LEVEL, EXT_TRANSPORT_CC};
 use crate::participant::{LineRole, MediaLine, Participant};
-use crate::subscription::{OutStreamIds, Subscription};
+use crate::subscription::{OutStreamIds, Subscription, SubscriptionState};
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
 use sfu_proto::{DisconnectReason, Event, MediaKind, ParticipantId, RoomId, TrackInfo};
@@ -21,7 +21,7 @@ impl Sfu {
         x.max(2)
     }
 
-    pub(super) fn lookup(&self, id: &ParticipantId) -> Result<usize, String> {
+    pub(super) fn lookup(&self, id: &ParticipantId) -> Result<ParticipantIdx, String> {
         self.by_id
             .get(id)
             .copied()
@@ -29,32 +29,35 @@ impl Sfu {
     }
 
     /// The participants of a room (a copy: callers change the room while walking it).
-    pub(super) fn room_members(&self, room: &RoomId) -> Vec<usize> {
+    pub(super) fn room_members(&self, room: &RoomId) -> Vec<ParticipantIdx> {
         self.rooms
             .get(room)
             .map(|r| r.participants.clone())
             .unwrap_or_default()
     }
 
-    pub(super) fn participant(&self, idx: usize) -> &Participant {
+    pub(super) fn participant(&self, idx: ParticipantIdx) -> &Participant {
         self.participants[idx]
             .as_ref()
             .expect("live participant index")
     }
 
-    pub(super) fn participant_mut(&mut self, idx: usize) -> &mut Participant {
+    pub(super) fn participant_mut(&mut self, idx: ParticipantIdx) -> &mut Participant {
         self.participants[idx]
             .as_mut()
             .expect("live participant index")
     }
 
-    pub(super) fn track(&self, idx: usize) -> &Track {
-        self.tracks[idx].as_ref().expect("live track index")
+    pub(super) fn track(&self, t: TrackIdx) -> &Track {
+        self.tracks[t].as_ref().expect("live track index")
     }
 
-    pub(super) fn subscribe(&mut self, subscriber: usize, track: usize) -> bool {
+    pub(super) fn subscribe(&mut self, subscriber: ParticipantIdx, track: TrackIdx) -> bool {
         let p = self.participant(subscriber);
-        if p.subscriptions.iter().any(|s| s.track == track && s.active) {
+        if p.subscriptions
+            .iter()
+            .any(|s| s.track == track && s.is_active())
+        {
             return false;
         }
         let kind = self.track(track).kind;
@@ -63,7 +66,8 @@ impl Sfu {
         // use up the session's lines.
         let recycled = p.lines.iter().enumerate().find_map(|(li, l)| match l.role {
             LineRole::Subscribe { subscription: s }
-                if p.subscriptions[s].closed && p.subscriptions[s].kind == kind =>
+                if p.subscriptions[s].state == SubscriptionState::Closed
+                    && p.subscriptions[s].kind == kind =>
             {
                 Some((li, s))
             }
@@ -142,18 +146,18 @@ impl Sfu {
         true
     }
 
-    pub(super) fn unsubscribe_all(&mut self, subscriber: usize) -> bool {
+    pub(super) fn unsubscribe_all(&mut self, subscriber: ParticipantIdx) -> bool {
         let mut changed = false;
-        let subs: Vec<(usize, usize)> = self
+        let subs: Vec<(usize, TrackIdx)> = self
             .participant(subscriber)
             .subscriptions
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.active)
+            .filter(|(_, s)| s.is_active())
             .map(|(i, s)| (i, s.track))
             .collect();
         for (i, t) in subs {
-            self.participant_mut(subscriber).subscriptions[i].active = false;
+            self.participant_mut(subscriber).subscriptions[i].end();
             if let Some(track) = self.tracks[t].as_mut() {
                 track
                     .subscribers
@@ -168,12 +172,12 @@ impl Sfu {
     /// notes each subscriber once in `affected`.
     pub(super) fn end_subscriptions(
         &mut self,
-        subscriptions: Vec<(usize, usize)>,
-        affected: &mut Vec<usize>,
+        subscriptions: Vec<(ParticipantIdx, usize)>,
+        affected: &mut Vec<ParticipantIdx>,
     ) {
         for (sp, ss) in subscriptions {
             if let Some(sub) = self.participants[sp].as_mut() {
-                sub.subscriptions[ss].active = false;
+                sub.subscriptions[ss].end();
                 if !affected.contains(&sp) {
                     affected.push(sp);
                 }
@@ -182,17 +186,16 @@ impl Sfu {
     }
 
     /// Ends one published track: its subscribers' m-lines go inactive by renegotiation.
-    pub(super) fn unpublish_track(&mut self, publisher: usize, t: usize) {
+    pub(super) fn unpublish_track(&mut self, publisher: ParticipantIdx, t: TrackIdx) {
         if self.participant(publisher).permissions.publish {
             self.announce_tracks(publisher, &[t], false);
         }
         self.participant_mut(publisher)
             .published
             .retain(|&x| x != t);
-        let Some(track) = self.tracks[t].take() else {
+        let Some(track) = self.tracks.remove(t) else {
             return;
         };
-        self.free_tracks.push(t);
         let mut affected = Vec::new();
         self.end_subscriptions(track.subscribers, &mut affected);
         for sp in affected {
@@ -203,7 +206,7 @@ impl Sfu {
     pub(super) fn remove_participant(
         &mut self,
         now: Instant,
-        idx: usize,
+        idx: ParticipantIdx,
         reason: DisconnectReason,
         out: &mut TransmitBatch,
     ) {
@@ -237,8 +240,7 @@ impl Sfu {
         let room_id = p.room.clone();
         let mut affected = Vec::new();
         for &t in &p.published {
-            if let Some(track) = self.tracks[t].take() {
-                self.free_tracks.push(t);
+            if let Some(track) = self.tracks.remove(t) {
                 self.end_subscriptions(track.subscribers, &mut affected);
                 // A waiting participant's tracks were never announced.
                 if p.permissions.publish {
@@ -268,7 +270,6 @@ impl Sfu {
                 self.rooms.remove(&room_id);
             }
         }
-        self.free_participants.push(idx);
         self.events.push_back(Event::Disconnected {
             participant: p.id,
             reason,

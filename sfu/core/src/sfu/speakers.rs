@@ -9,7 +9,7 @@ impl Sfu {
         const SPEAKING_BELOW_DBOV: f32 = 60.0;
         let mut changes = Vec::new();
         for (room_id, room) in &mut self.rooms {
-            let mut best: Option<(usize, f32)> = None;
+            let mut best: Option<(ParticipantIdx, f32)> = None;
             for &m in &room.participants {
                 let Some(p) = self.participants[m].as_ref() else {
                     continue;

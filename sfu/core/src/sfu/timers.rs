@@ -18,7 +18,7 @@ impl Sfu {
         self.next_tick = Some(now + self.config.tick);
         self.clock = Some(now);
         // SFU offers the browser never answered (it may have failed to apply one).
-        for idx in 0..self.participants.len() {
+        for idx in self.participants.indices() {
             let overdue = self.participants[idx].as_ref().is_some_and(|p| {
                 p.awaiting_answer && p.offer_sent_at.is_some_and(|t| now >= t + OFFER_TIMEOUT)
             });
@@ -29,7 +29,7 @@ impl Sfu {
             }
         }
         // Keyframe requests held back by the throttle.
-        for t in 0..self.tracks.len() {
+        for t in self.tracks.indices() {
             let layers = self.tracks[t]
                 .as_ref()
                 .map_or(0, |track| track.layers.len());
@@ -47,7 +47,7 @@ impl Sfu {
             }
         }
         // Transports: ICE consent, DTLS retransmission.
-        for idx in 0..self.participants.len() {
+        for idx in self.participants.indices() {
             let due = match self.participants[idx].as_mut() {
                 Some(p) => p.transport.poll_timeout().is_some_and(|t| t <= now),
                 None => false,
@@ -58,8 +58,10 @@ impl Sfu {
             }
         }
         // NACKs and keyframe requests toward publishers.
-        for (t, l) in
-            (0..self.tracks.len()).flat_map(|t| (0..MAX_SIMULCAST_LAYERS).map(move |l| (t, l)))
+        for (t, l) in self
+            .tracks
+            .indices()
+            .flat_map(|t| (0..MAX_SIMULCAST_LAYERS).map(move |l| (t, l)))
         {
             let mut needs_keyframe = false;
             let (publisher, ssrc) = {
