@@ -2,9 +2,10 @@
 //! actions, and chat; ends with the connection (or when the server closes it: denied,
 //! removed, meeting ended, replaced by a newer connection of the same person).
 
+use crate::app_state::AppState;
+use crate::audit::{audit, audit_all, session_event};
 use crate::meeting_room::{Action, MeetingRoom, Outbound, RequestError};
 use crate::message_budget::MessageBudget;
-use crate::server::{AppState, audit, audit_all, session_event};
 use crate::session_token::Session;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -14,6 +15,9 @@ use serde_json::json;
 use sfu_core::remote_description::RemoteDescription;
 use sfu_proto::{ParticipantId, VideoLayer};
 use std::sync::Arc;
+
+/// Largest client message: an SDP offer with many m-lines fits well within this.
+pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -166,7 +170,7 @@ pub async fn connection(
                         if is_too_large(e) {
                             // RFC 6455 §7.4.1: 1009, the message is too big to process.
                             let msg = json!({"type": "closing", "reason": "message_too_large",
-                                             "message": format!("a message is at most {} KiB", crate::server::MAX_MESSAGE_BYTES / 1024)});
+                                             "message": format!("a message is at most {} KiB", MAX_MESSAGE_BYTES / 1024)});
                             let _ = sink.send(Message::Text(msg.to_string().into())).await;
                             let _ = sink.send(Message::Close(Some(CloseFrame { code: 1009, reason: "message too large".into() }))).await;
                         }

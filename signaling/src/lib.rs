@@ -3,6 +3,8 @@
 //! audit log, serves the web client and the meetings API, and (single-node default) runs the
 //! SFU workers in-process.
 
+pub mod app_state;
+pub mod audit;
 pub mod audit_log;
 pub mod config;
 pub mod connection;

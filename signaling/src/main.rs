@@ -2,6 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use signaling::app_state::AppState;
+use signaling::audit::audit_all;
 use signaling::audit_log::{self, AuditLog};
 use signaling::config::FileConfig;
 use signaling::connection_limits::{ConnectionLimits, LimitedAcceptor};
@@ -9,7 +11,7 @@ use signaling::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, dev_claims};
 use signaling::jwks_source::JwksSource;
 use signaling::meeting::MeetingPolicy;
 use signaling::meetings::Meetings;
-use signaling::server::{AppState, audit_all, router};
+use signaling::server::router;
 use signaling::session_token::TokenVerifier;
 use signaling::sfu_control::SfuControl;
 use signaling::sfu_gateway::RemoteSfu;

@@ -3,10 +3,11 @@
 //! join tokens. JSON over HTTP, authenticated with an API key (`Authorization: Bearer`);
 //! described by the OpenAPI document at `/api/v1/openapi.json`.
 
+use crate::app_state::AppState;
+use crate::audit::{audit, audit_all, audit_unavailable};
 use crate::audit_log::AuditEvent;
 use crate::meeting::{MeetingKind, MeetingRecord};
 use crate::meeting_room::MeetingRoom;
-use crate::server::{AppState, audit, audit_all, audit_unavailable};
 use crate::session_token::{Claims, Role};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};

@@ -1,14 +1,13 @@
 //! HTTP + WebSocket service: the web client, the join check and WebSocket, the meetings API,
 //! and health/metrics.
 
-use crate::audit_log::{AuditEvent, AuditLog};
-use crate::connection::connection;
-use crate::dev_issuer::DevIssuer;
+use crate::app_state::AppState;
+use crate::audit::{audit, audit_unavailable, session_event};
+use crate::audit_log::AuditEvent;
+use crate::connection::{MAX_MESSAGE_BYTES, connection};
 use crate::join_refusal::JoinRefusal;
-use crate::meeting_room::{MeetingRoom, role_name};
-use crate::meetings::Meetings;
-use crate::session_token::{Session, TokenVerifier};
-use crate::sfu_control::SfuControl;
+use crate::meeting_room::MeetingRoom;
+use crate::session_token::Session;
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
@@ -26,29 +25,6 @@ use std::sync::Arc;
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const CLIENT_JS: &str = include_str!("../web/client.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
-/// Largest client message: an SDP offer with many m-lines fits well within this.
-pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
-
-pub struct AppState {
-    /// The PDL audit log; every access event is appended (and fsynced) before it takes effect.
-    pub audit: Option<Arc<AuditLog>>,
-    /// Whether media can be served: true with embedded workers, or once a node connected.
-    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
-    pub verifier: TokenVerifier,
-    pub meetings: Arc<Meetings>,
-    pub sfu: Arc<dyn SfuControl>,
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Keys that authenticate booking systems on the meetings API (none: the API is off).
-    pub api_keys: Vec<String>,
-    /// Signs join tokens minted by the meetings API (regions without their own issuer).
-    pub minter: Option<Arc<DevIssuer>>,
-    /// The address clients open (for links the API returns), e.g. `https://video.region.se`.
-    pub public_url: Option<String>,
-    /// Token refusals per source: what is written now, counted, or answered 429.
-    pub refusals: TokenRefusals,
-    /// A join WebSocket silent this long (no message, no pong) is closed.
-    pub ws_idle: std::time::Duration,
-}
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -271,57 +247,6 @@ async fn ws_upgrade(
     }
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| connection(state, session, room, id, socket))
-}
-
-pub(crate) fn session_event(
-    event: &str,
-    session: &Session,
-    id: Option<&ParticipantId>,
-) -> AuditEvent {
-    let c = &session.claims;
-    AuditEvent {
-        event: event.into(),
-        meeting: Some(c.mtg.clone()),
-        subject: Some(c.sub.clone()),
-        role: Some(role_name(session.role).into()),
-        hsa: c.hsa.clone(),
-        unit: c.unit.clone(),
-        participant: id.map(ToString::to_string),
-        ..Default::default()
-    }
-}
-
-/// Appends several events in order; stops at the first that cannot be recorded.
-pub async fn audit_all(state: &AppState, events: Vec<AuditEvent>) -> Result<(), ()> {
-    for e in events {
-        audit(state, e).await?;
-    }
-    Ok(())
-}
-
-/// Appends to the audit log off the async threads (it fsyncs). Without a log configured,
-/// nothing is recorded.
-pub async fn audit(state: &AppState, event: AuditEvent) -> Result<(), ()> {
-    let Some(log) = state.audit.clone() else {
-        return Ok(());
-    };
-    match tokio::task::spawn_blocking(move || log.append(&event)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "audit log append failed");
-            Err(())
-        }
-        Err(_) => Err(()),
-    }
-}
-
-/// An access that cannot be recorded does not happen.
-pub(crate) fn audit_unavailable() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"error": "audit_unavailable", "reason": "the access could not be recorded; try again"})),
-    )
-        .into_response()
 }
 
 fn new_participant_id(random: u64) -> ParticipantId {

@@ -1,0 +1,31 @@
+//! What every request handler shares: the token verifier, the meetings, the SFU, the audit
+//! log and the service's limits.
+
+use crate::audit_log::AuditLog;
+use crate::dev_issuer::DevIssuer;
+use crate::meetings::Meetings;
+use crate::session_token::TokenVerifier;
+use crate::sfu_control::SfuControl;
+use crate::token_refusals::TokenRefusals;
+use std::sync::Arc;
+
+pub struct AppState {
+    /// The PDL audit log; every access event is appended (and fsynced) before it takes effect.
+    pub audit: Option<Arc<AuditLog>>,
+    /// Whether media can be served: true with embedded workers, or once a node connected.
+    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub verifier: TokenVerifier,
+    pub meetings: Arc<Meetings>,
+    pub sfu: Arc<dyn SfuControl>,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Keys that authenticate booking systems on the meetings API (none: the API is off).
+    pub api_keys: Vec<String>,
+    /// Signs join tokens minted by the meetings API (regions without their own issuer).
+    pub minter: Option<Arc<DevIssuer>>,
+    /// The address clients open (for links the API returns), e.g. `https://video.region.se`.
+    pub public_url: Option<String>,
+    /// Token refusals per source: what is written now, counted, or answered 429.
+    pub refusals: TokenRefusals,
+    /// A join WebSocket silent this long (no message, no pong) is closed.
+    pub ws_idle: std::time::Duration,
+}

@@ -1,0 +1,63 @@
+//! Writing to the audit log from request handlers: off the async threads, in order, and an
+//! access that cannot be recorded does not happen.
+
+use crate::app_state::AppState;
+use crate::audit_log::AuditEvent;
+use crate::meeting_room::role_name;
+use crate::session_token::Session;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use sfu_proto::ParticipantId;
+
+pub(crate) fn session_event(
+    event: &str,
+    session: &Session,
+    id: Option<&ParticipantId>,
+) -> AuditEvent {
+    let c = &session.claims;
+    AuditEvent {
+        event: event.into(),
+        meeting: Some(c.mtg.clone()),
+        subject: Some(c.sub.clone()),
+        role: Some(role_name(session.role).into()),
+        hsa: c.hsa.clone(),
+        unit: c.unit.clone(),
+        participant: id.map(ToString::to_string),
+        ..Default::default()
+    }
+}
+
+/// Appends several events in order; stops at the first that cannot be recorded.
+pub async fn audit_all(state: &AppState, events: Vec<AuditEvent>) -> Result<(), ()> {
+    for e in events {
+        audit(state, e).await?;
+    }
+    Ok(())
+}
+
+/// Appends to the audit log off the async threads (it fsyncs). Without a log configured,
+/// nothing is recorded.
+pub async fn audit(state: &AppState, event: AuditEvent) -> Result<(), ()> {
+    let Some(log) = state.audit.clone() else {
+        return Ok(());
+    };
+    match tokio::task::spawn_blocking(move || log.append(&event)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "audit log append failed");
+            Err(())
+        }
+        Err(_) => Err(()),
+    }
+}
+
+/// An access that cannot be recorded does not happen.
+pub(crate) fn audit_unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "audit_unavailable", "reason": "the access could not be recorded; try again"})),
+    )
+        .into_response()
+}
