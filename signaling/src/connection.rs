@@ -4,6 +4,7 @@
 
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_all, session_event};
+use crate::meeting_actions::ActionError;
 use crate::meeting_room::{Action, MeetingRoom, Outbound, RequestError};
 use crate::message_budget::MessageBudget;
 use crate::session_token::Session;
@@ -88,7 +89,7 @@ pub async fn connection(
         Timestamp::now(),
         state.sfu.as_ref(),
     );
-    let outcome = match joined {
+    let (outcome, joined_events) = match joined {
         Ok(o) => o,
         Err(r) => {
             // Checked before the upgrade; the meeting changed in between (it filled up, ended).
@@ -106,7 +107,7 @@ pub async fn connection(
             return;
         }
     };
-    if audit_all(&state, outcome.events).await.is_err() {
+    if audit_all(&state, joined_events).await.is_err() {
         // Entering the lobby or the meeting could not be recorded: it does not happen.
         state
             .meetings
@@ -246,9 +247,12 @@ async fn handle(
                 Ok(d) => d.sending_video_lines(),
                 Err(reply) => return Some(reply),
             };
-            return room
-                .lock()
-                .offer(id, sdp, video_lines, restart, sfu)
+            return state
+                .meetings
+                .with_room(&room, sfu, |s, fx| {
+                    s.offer(id, sdp, video_lines, restart, now, fx)
+                })
+                .0
                 .err()
                 .map(request_error);
         }
@@ -256,41 +260,36 @@ async fn handle(
             if let Err(reply) = checked_sdp(&sdp, sdp_budget) {
                 return Some(reply);
             }
-            return room.lock().answer(id, sdp, sfu).err().map(request_error);
+            return state
+                .meetings
+                .with_room(&room, sfu, |s, fx| s.answer(id, sdp, fx))
+                .0
+                .err()
+                .map(request_error);
         }
         ClientMessage::PreferredLayer { mid, layer } => {
-            return room
-                .lock()
-                .prefer_layer(id, mid, layer, sfu)
+            return state
+                .meetings
+                .with_room(&room, sfu, |s, fx| s.prefer_layer(id, mid, layer, now, fx))
+                .0
                 .err()
                 .map(request_error);
         }
         ClientMessage::Candidate {} | ClientMessage::Leave {} => return None,
         ClientMessage::Ping {} => return Some(json!({"type": "pong"}).to_string()),
         ClientMessage::Chat { text } => {
-            return room.lock().chat(id, &text, now).err().map(request_error);
+            return state
+                .meetings
+                .with_room(&room, sfu, |s, fx| s.chat(id, &text, now, fx))
+                .0
+                .err()
+                .map(request_error);
         }
         ClientMessage::TakeNext {} => {
-            let (patient, to, event) = match state.meetings.plan_take(&room, id) {
-                Ok(p) => p,
-                Err(e) => return Some(request_error(e)),
-            };
-            if audit(state, event).await.is_err() {
-                return Some(error_text(
-                    "audit_unavailable",
-                    "the action could not be recorded; try again",
-                ));
-            }
-            return match state.meetings.take(&room, id, &patient, &to, now, sfu) {
-                Ok(events) => {
-                    let _ = audit_all(state, events).await;
-                    None
-                }
-                Err(e) => {
-                    not_applied(state, &room, id, "admit", &patient, e).await;
-                    Some(request_error(e))
-                }
-            };
+            return crate::meeting_actions::take_next(state, &room, id, now)
+                .await
+                .err()
+                .map(action_error);
         }
         ClientMessage::Admit { participant } => Action::Admit(participant),
         ClientMessage::Deny { participant } => Action::Deny(participant),
@@ -298,40 +297,19 @@ async fn handle(
         ClientMessage::Remove { participant } => Action::Remove(participant),
         ClientMessage::EndMeeting {} => Action::EndMeeting,
     };
-    // The action is recorded before it takes effect: one that cannot be recorded does not
-    // happen.
-    let planned = room.lock().plan(id, &action);
-    let events = match planned {
-        Ok(events) => events,
-        Err(e) => return Some(request_error(e)),
-    };
-    if audit_all(state, events).await.is_err() {
-        return Some(error_text(
+    crate::meeting_actions::act(state, &room, id, action, now)
+        .await
+        .err()
+        .map(action_error)
+}
+
+fn action_error(e: ActionError) -> String {
+    match e {
+        ActionError::Refused(e) => request_error(e),
+        ActionError::AuditUnavailable => error_text(
             "audit_unavailable",
             "the action could not be recorded; try again",
-        ));
-    }
-    let applied = room.lock().apply(id, &action, now, sfu);
-    match applied {
-        Ok(events) => {
-            let _ = audit_all(state, events).await;
-            // An end or a denial must outlive the tokens that could undo it, and a restart.
-            if matches!(action, Action::EndMeeting | Action::Deny(_)) {
-                state.meetings.remember_decision(&room, now);
-            }
-            None
-        }
-        Err(e) => {
-            let (name, target) = match &action {
-                Action::Admit(t) => ("admit", t),
-                Action::Deny(t) => ("deny", t),
-                Action::ToLobby(t) => ("back_to_lobby", t),
-                Action::Remove(t) => ("remove", t),
-                Action::EndMeeting => ("meeting_end", id),
-            };
-            not_applied(state, &room, id, name, target, e).await;
-            Some(request_error(e))
-        }
+        ),
     }
 }
 
@@ -339,34 +317,8 @@ async fn handle(
 /// the meeting's lock): one that is too large or does not parse is refused here, with the
 /// reason, and never reaches the SFU.
 fn checked_sdp(sdp: &str, budget: &mut MessageBudget) -> Result<RemoteDescription, String> {
-    if !budget.take(std::time::Instant::now()) {
+    if !budget.take(Timestamp::now()) {
         return Err(request_error(RequestError::SdpRate));
     }
     RemoteDescription::parse(sdp).map_err(|e| error_text("bad_sdp", &e.to_string()))
-}
-
-/// The meeting changed between recording an action and carrying it out (the person left,
-/// another clinician acted first): the record says it did not happen after all.
-async fn not_applied(
-    state: &AppState,
-    room: &MeetingRoom,
-    actor: &ParticipantId,
-    action: &str,
-    target: &ParticipantId,
-    error: RequestError,
-) {
-    let event = {
-        let s = room.lock();
-        let a = s.member(actor);
-        crate::audit_log::AuditEvent {
-            event: format!("{action}_not_applied"),
-            meeting: Some(room.id.clone()),
-            participant: Some(target.to_string()),
-            actor_hsa: a.and_then(|a| a.hsa.clone()),
-            actor_unit: a.and_then(|a| a.unit.clone()),
-            code: Some(error.code().into()),
-            ..Default::default()
-        }
-    };
-    let _ = audit(state, event).await;
 }

@@ -15,6 +15,8 @@ pub mod identity_number;
 pub mod join_refusal;
 pub mod jwks_source;
 pub mod meeting;
+pub mod meeting_actions;
+pub mod meeting_effects;
 pub mod meeting_room;
 pub mod meetings;
 pub mod meetings_api;

@@ -589,7 +589,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let pump = state.clone();
     tokio::spawn(async move {
         while let Some(e) = event_rx.recv().await {
-            let events = pump.meetings.deliver(e);
+            let events = pump.meetings.deliver(e, pump.sfu.as_ref());
             let _ = audit_all(&pump, events).await;
         }
     });

@@ -2,38 +2,29 @@
 //! who is admitted, and what each clinician action does to it. Every rule of the waiting room
 //! is here; the SFU is told the matching permissions so media follows admission.
 //!
-//! Methods run under the meeting's own lock and never block: they queue messages to
-//! connections and commands to the SFU, and return the audit events the caller appends.
+//! The rules are a function of the meeting's state, the input and the time: methods run under
+//! the meeting's own lock, change the state, and describe what follows in [`Effects`]
+//! (messages to whom, SFU commands, audit records). They hold no connection and no SFU handle
+//! and read no clock; `Meetings` delivers the effects.
 
 use crate::audit_log::AuditEvent;
 use crate::join_refusal::JoinRefusal;
 use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord};
+pub use crate::meeting_effects::{Effects, Outbound};
 use crate::message_budget::MessageBudget;
 use crate::session_token::{Role, Session};
-use crate::sfu_control::SfuControl;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sfu_proto::{Command, ParticipantId, Permissions, RoomId, VideoLayer};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
-use tokio::sync::mpsc::UnboundedSender;
 
 /// Longest chat message, in characters.
 pub const MAX_CHAT_CHARS: usize = 1000;
 /// Shortest time between two media-session restarts of one connection: each restart adds
 /// m-lines to everyone else's session, so a client restarting in a loop is slowed down.
-const MIN_RESTART_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// What a connection's task is asked to do.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outbound {
-    Text(String),
-    /// Send a last `closing` message and close the WebSocket with this code.
-    Close {
-        code: u16,
-        message: Value,
-    },
-}
+const MIN_RESTART_INTERVAL: SignedDuration = SignedDuration::from_secs(5);
 
 /// Why the server closes a connection (also the WebSocket close code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +69,7 @@ impl CloseReason {
         }
     }
 
-    fn outbound(self) -> Outbound {
+    pub fn outbound(self) -> Outbound {
         Outbound::Close {
             code: self.ws_code(),
             message: json!({"type": "closing", "reason": self.code(), "message": self.message()}),
@@ -86,7 +77,7 @@ impl CloseReason {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Admission {
     /// In the lobby since `since`; `order` ranks the queue.
     Waiting {
@@ -96,7 +87,7 @@ pub enum Admission {
     Admitted,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub sub: String,
     pub name: String,
@@ -104,14 +95,13 @@ pub struct Member {
     pub hsa: Option<String>,
     pub unit: Option<String>,
     pub admission: Admission,
-    pub out: UnboundedSender<Outbound>,
     /// The SFU holds a media session for this connection.
     pub sfu_joined: bool,
     /// The SFU reports the media path up.
     pub media_connected: bool,
     /// Media flows (connected and admitted) — recorded as `media_start` in the audit log.
     pub media_started: bool,
-    last_restart: Option<std::time::Instant>,
+    last_restart: Option<Timestamp>,
     chat: MessageBudget,
     layer_requests: MessageBudget,
     /// The lobby position last told (told again only when it changes).
@@ -119,7 +109,7 @@ pub struct Member {
 }
 
 impl Member {
-    pub fn new(session: &Session, out: UnboundedSender<Outbound>) -> Self {
+    pub fn new(session: &Session) -> Self {
         let c = &session.claims;
         Self {
             sub: c.sub.clone(),
@@ -128,7 +118,6 @@ impl Member {
             hsa: c.hsa.clone(),
             unit: c.unit.clone(),
             admission: Admission::Admitted,
-            out,
             sfu_joined: false,
             media_connected: false,
             media_started: false,
@@ -137,10 +126,6 @@ impl Member {
             layer_requests: MessageBudget::layer_requests(),
             position_told: None,
         }
-    }
-
-    fn send(&self, msg: &Value) {
-        let _ = self.out.send(Outbound::Text(msg.to_string()));
     }
 
     fn is_admitted(&self) -> bool {
@@ -161,9 +146,9 @@ impl Member {
     }
 
     /// Gives or takes this member's media in the SFU (when it has a media session there).
-    fn set_media(&self, id: &ParticipantId, on: bool, sfu: &dyn SfuControl) {
+    fn set_media(&self, id: &ParticipantId, on: bool, fx: &mut Effects) {
         if self.sfu_joined {
-            sfu.send(Command::SetPermissions {
+            fx.command(Command::SetPermissions {
                 participant: id.clone(),
                 permissions: Permissions {
                     publish: on,
@@ -265,10 +250,9 @@ impl RequestError {
     }
 }
 
-/// What a join did, for the caller's audit log.
-#[derive(Debug)]
+/// What a join did (its audit records are in the effects).
+#[derive(Debug, PartialEq, Eq)]
 pub struct JoinOutcome {
-    pub events: Vec<AuditEvent>,
     pub admitted: bool,
 }
 
@@ -327,7 +311,7 @@ impl MeetingRoom {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoomState {
     pub record: MeetingRecord,
     members: HashMap<ParticipantId, Member>,
@@ -429,14 +413,12 @@ impl RoomState {
         &mut self,
         id: ParticipantId,
         session: &Session,
-        out: UnboundedSender<Outbound>,
         now: Timestamp,
         policy: &MeetingPolicy,
-        sfu: &dyn SfuControl,
+        fx: &mut Effects,
     ) -> Result<JoinOutcome, JoinRefusal> {
         self.check_entry(session, now, policy)?;
-        let mut events = Vec::new();
-        let mut member = Member::new(session, out);
+        let mut member = Member::new(session);
 
         let previous = self
             .members
@@ -451,16 +433,16 @@ impl RoomState {
             .filter(|(_, _, until)| *until >= now)
             .map(|(since, order, _)| (since, order));
         if let Some(old_id) = previous {
-            let old = self.detach(&old_id, sfu, &mut events);
+            let old = self.detach(&old_id, fx);
             if let Some(old) = old {
                 was_admitted = old.is_admitted();
                 if let Admission::Waiting { since, order } = old.admission {
                     place = Some((since, order));
                 }
-                let _ = old.out.send(CloseReason::Replaced.outbound());
+                fx.close(&old_id, CloseReason::Replaced.outbound());
                 let mut e = self.audit("replaced", &old_id, &old);
                 e.code = Some(format!("by {id}"));
-                events.push(e);
+                fx.record(e);
             }
         }
         let grace = match self.admitted.get(&member.sub) {
@@ -476,7 +458,7 @@ impl RoomState {
                 self.admitted.insert(member.sub.clone(), None);
                 let mut e = self.audit("admit", &id, &member);
                 e.code = Some("reconnect".into());
-                events.push(e);
+                fx.record(e);
             }
         } else {
             let (since, order) = place.unwrap_or_else(|| {
@@ -484,7 +466,7 @@ impl RoomState {
                 (now, self.next_order - 1)
             });
             member.admission = Admission::Waiting { since, order };
-            events.push(self.audit("lobby_enter", &id, &member));
+            fx.record(self.audit("lobby_enter", &id, &member));
         }
 
         let mut welcome = json!({
@@ -500,58 +482,56 @@ impl RoomState {
         if admitted {
             welcome["participants"] = self.roster(None);
         }
-        member.send(&welcome);
+        fx.send(&id, &welcome);
         let joined = member.joined_message(&id);
         self.members.insert(id.clone(), member);
         self.last_active = now;
         if admitted {
-            self.broadcast_admitted(Some(&id), &joined);
+            self.broadcast_admitted(Some(&id), &joined, fx);
         }
         // Clinicians (the newcomer too) learn the lobby; waiting people their place.
-        self.lobby_changed();
-        Ok(JoinOutcome { events, admitted })
+        self.lobby_changed(fx);
+        Ok(JoinOutcome { admitted })
     }
 
     /// Takes a connection out of the meeting (its media session too) and tells the others.
     /// Returns the member when it was still here.
-    fn detach(
-        &mut self,
-        id: &ParticipantId,
-        sfu: &dyn SfuControl,
-        events: &mut Vec<AuditEvent>,
-    ) -> Option<Member> {
+    fn detach(&mut self, id: &ParticipantId, fx: &mut Effects) -> Option<Member> {
         let m = self.members.remove(id)?;
         if m.sfu_joined {
-            sfu.send(Command::RemoveParticipant {
+            fx.command(Command::RemoveParticipant {
                 participant: id.clone(),
             });
         }
         if m.media_started {
-            events.push(self.audit("media_stop", id, &m));
+            fx.record(self.audit("media_stop", id, &m));
         }
         if m.is_admitted() {
             self.broadcast_admitted(
                 None,
                 &json!({"type": "participant_left", "participant": id}),
+                fx,
             );
         } else {
-            self.lobby_changed();
+            self.lobby_changed(fx);
         }
         Some(m)
     }
 
     /// The connection ended. `explicit`: the person left (admission is forgotten); otherwise
     /// it dropped, and an admitted person coming back within the grace skips the lobby.
+    /// Returns whether it was still here.
     pub fn leave(
         &mut self,
         id: &ParticipantId,
         explicit: bool,
         now: Timestamp,
         policy: &MeetingPolicy,
-        sfu: &dyn SfuControl,
-    ) -> Option<Vec<AuditEvent>> {
-        let mut events = Vec::new();
-        let m = self.detach(id, sfu, &mut events)?;
+        fx: &mut Effects,
+    ) -> bool {
+        let Some(m) = self.detach(id, fx) else {
+            return false;
+        };
         if m.is_admitted() && !m.is_clinician() {
             if explicit {
                 self.admitted.remove(&m.sub);
@@ -566,9 +546,9 @@ impl RoomState {
             self.lobby_places
                 .insert(m.sub.clone(), (since, order, now + policy.reconnect_grace));
         }
-        events.push(self.audit("leave", id, &m));
+        fx.record(self.audit("leave", id, &m));
         self.last_active = now;
-        Some(events)
+        true
     }
 
     /// Checks a clinician's action and describes it for the audit log, changing nothing:
@@ -638,48 +618,47 @@ impl RoomState {
         actor: &ParticipantId,
         action: &Action,
         now: Timestamp,
-        sfu: &dyn SfuControl,
-    ) -> Result<Vec<AuditEvent>, RequestError> {
+        fx: &mut Effects,
+    ) -> Result<(), RequestError> {
         self.actor(actor)?;
-        let mut events = Vec::new();
         match action {
             Action::EndMeeting if self.record.kind == MeetingKind::DropIn => {
                 return Err(RequestError::QueueCannotEnd);
             }
             Action::EndMeeting => {
                 self.record.ended_at = Some(now);
-                self.close_all(CloseReason::MeetingEnded, sfu, &mut events);
+                self.close_all(CloseReason::MeetingEnded, fx);
             }
             Action::Admit(t) => {
                 self.target(actor, action)?;
-                self.admit(t, sfu, &mut events);
+                self.admit(t, fx);
             }
             Action::Deny(t) => {
                 self.target(actor, action)?;
-                if let Some(m) = self.detach(t, sfu, &mut events) {
+                if let Some(m) = self.detach(t, fx) {
                     if !self.record.denied.contains(&m.sub) {
                         self.record.denied.push(m.sub.clone());
                     }
                     self.admitted.remove(&m.sub);
-                    let _ = m.out.send(CloseReason::Denied.outbound());
+                    fx.close(t, CloseReason::Denied.outbound());
                 }
             }
             Action::ToLobby(t) => {
                 self.target(actor, action)?;
-                self.send_to_lobby(t, now, sfu, &mut events);
+                self.send_to_lobby(t, now, fx);
             }
             Action::Remove(t) => {
                 self.target(actor, action)?;
-                if let Some(m) = self.detach(t, sfu, &mut events) {
+                if let Some(m) = self.detach(t, fx) {
                     self.admitted.remove(&m.sub);
-                    let _ = m.out.send(CloseReason::Removed.outbound());
+                    fx.close(t, CloseReason::Removed.outbound());
                 }
             }
         }
-        Ok(events)
+        Ok(())
     }
 
-    fn admit(&mut self, id: &ParticipantId, sfu: &dyn SfuControl, events: &mut Vec<AuditEvent>) {
+    fn admit(&mut self, id: &ParticipantId, fx: &mut Effects) {
         let roster = self.roster(Some(id));
         let Some(m) = self.members.get_mut(id) else {
             return;
@@ -687,8 +666,8 @@ impl RoomState {
         m.admission = Admission::Admitted;
         m.position_told = None;
         let sub = m.sub.clone();
-        m.set_media(id, true, sfu);
-        m.send(&json!({"type": "admitted", "participants": roster}));
+        m.set_media(id, true, fx);
+        fx.send(id, &json!({"type": "admitted", "participants": roster}));
         let joined = m.joined_message(id);
         let start = m.media_connected && !m.media_started;
         if start {
@@ -696,19 +675,13 @@ impl RoomState {
         }
         self.admitted.insert(sub, None);
         if start && let Some(m) = self.members.get(id) {
-            events.push(self.audit("media_start", id, m));
+            fx.record(self.audit("media_start", id, m));
         }
-        self.broadcast_admitted(Some(id), &joined);
-        self.lobby_changed();
+        self.broadcast_admitted(Some(id), &joined, fx);
+        self.lobby_changed(fx);
     }
 
-    fn send_to_lobby(
-        &mut self,
-        id: &ParticipantId,
-        now: Timestamp,
-        sfu: &dyn SfuControl,
-        events: &mut Vec<AuditEvent>,
-    ) {
+    fn send_to_lobby(&mut self, id: &ParticipantId, now: Timestamp, fx: &mut Effects) {
         let order = self.next_order;
         self.next_order += 1;
         let Some(m) = self.members.get_mut(id) else {
@@ -716,40 +689,39 @@ impl RoomState {
         };
         m.admission = Admission::Waiting { since: now, order };
         let sub = m.sub.clone();
-        m.set_media(id, false, sfu);
+        m.set_media(id, false, fx);
         let stopped = std::mem::take(&mut m.media_started);
         self.admitted.remove(&sub);
         if stopped && let Some(m) = self.members.get(id) {
-            events.push(self.audit("media_stop", id, m));
+            fx.record(self.audit("media_stop", id, m));
         }
         let position = self.position(id);
         if let Some(m) = self.members.get_mut(id) {
             m.position_told = position;
-            m.send(&json!({"type": "returned_to_lobby", "position": position}));
+            fx.send(
+                id,
+                &json!({"type": "returned_to_lobby", "position": position}),
+            );
         }
         self.broadcast_admitted(
             None,
             &json!({"type": "participant_left", "participant": id}),
+            fx,
         );
-        self.lobby_changed();
+        self.lobby_changed(fx);
     }
 
     /// Disconnects everyone (meeting ended or cancelled) and closes the SFU room.
-    pub fn close_all(
-        &mut self,
-        reason: CloseReason,
-        sfu: &dyn SfuControl,
-        events: &mut Vec<AuditEvent>,
-    ) {
+    pub fn close_all(&mut self, reason: CloseReason, fx: &mut Effects) {
         let members: Vec<(ParticipantId, Member)> = self.members.drain().collect();
         for (id, m) in &members {
             if m.media_started {
-                events.push(self.audit("media_stop", id, m));
+                fx.record(self.audit("media_stop", id, m));
             }
-            let _ = m.out.send(reason.outbound());
+            fx.close(id, reason.outbound());
         }
         self.admitted.clear();
-        sfu.send(Command::CloseRoom {
+        fx.command(Command::CloseRoom {
             room: RoomId(self.record.id.clone()),
         });
     }
@@ -774,7 +746,8 @@ impl RoomState {
         sdp: String,
         video_lines: usize,
         restart: bool,
-        sfu: &dyn SfuControl,
+        now: Timestamp,
+        fx: &mut Effects,
     ) -> Result<(), RequestError> {
         let m = self
             .members
@@ -792,13 +765,13 @@ impl RoomState {
         };
         if restart && m.sfu_joined {
             if m.last_restart
-                .is_some_and(|t| t.elapsed() < MIN_RESTART_INTERVAL)
+                .is_some_and(|t| now.duration_since(t) < MIN_RESTART_INTERVAL)
             {
                 return Err(RequestError::RestartTooSoon);
             }
-            m.last_restart = Some(std::time::Instant::now());
+            m.last_restart = Some(now);
             // A new media session under the same identity: the old one goes first.
-            sfu.send(Command::RemoveParticipant {
+            fx.command(Command::RemoveParticipant {
                 participant: id.clone(),
             });
             m.sfu_joined = false;
@@ -818,7 +791,7 @@ impl RoomState {
                 permissions,
             }
         };
-        sfu.send(command);
+        fx.command(command);
         Ok(())
     }
 
@@ -846,10 +819,10 @@ impl RoomState {
         &mut self,
         id: &ParticipantId,
         sdp: String,
-        sfu: &dyn SfuControl,
+        fx: &mut Effects,
     ) -> Result<(), RequestError> {
         self.with_media(id)?;
-        sfu.send(Command::Answer {
+        fx.command(Command::Answer {
             participant: id.clone(),
             answer_sdp: sdp,
         });
@@ -863,16 +836,17 @@ impl RoomState {
         id: &ParticipantId,
         mid: Option<String>,
         layer: VideoLayer,
-        sfu: &dyn SfuControl,
+        now: Timestamp,
+        fx: &mut Effects,
     ) -> Result<(), RequestError> {
         let m = self.with_media(id)?;
-        if !m.layer_requests.take(std::time::Instant::now()) {
+        if !m.layer_requests.take(now) {
             return Err(RequestError::LayerRate);
         }
         if mid.as_ref().is_some_and(|m| m.len() > 32) {
             return Err(RequestError::BadMid);
         }
-        sfu.send(Command::SetPreferredLayer {
+        fx.command(Command::SetPreferredLayer {
             participant: id.clone(),
             mid,
             layer,
@@ -886,6 +860,7 @@ impl RoomState {
         id: &ParticipantId,
         text: &str,
         now: Timestamp,
+        fx: &mut Effects,
     ) -> Result<(), RequestError> {
         let m = self
             .members
@@ -898,55 +873,62 @@ impl RoomState {
         if text.is_empty() || text.chars().count() > MAX_CHAT_CHARS {
             return Err(RequestError::ChatSize);
         }
-        if !m.chat.take(std::time::Instant::now()) {
+        if !m.chat.take(now) {
             return Err(RequestError::ChatRate);
         }
         let msg = json!({"type": "chat", "from": id, "name": m.name, "text": text, "at": now.to_string()});
-        self.broadcast_admitted(None, &msg);
+        self.broadcast_admitted(None, &msg, fx);
         Ok(())
     }
 
-    /// Sends to one connection.
-    pub fn send_to(&self, id: &ParticipantId, msg: &Value) {
-        if let Some(m) = self.members.get(id) {
-            m.send(msg);
-        }
+    /// Whether `id` is a connection of this meeting (messages about its media session go to
+    /// it).
+    pub fn has_member(&self, id: &ParticipantId) -> bool {
+        self.members.contains_key(id)
     }
 
     /// Sends to everyone admitted (the lobby learns nothing of the meeting).
-    pub fn broadcast_admitted(&self, except: Option<&ParticipantId>, msg: &Value) {
-        let text = msg.to_string();
+    pub fn broadcast_admitted(
+        &self,
+        except: Option<&ParticipantId>,
+        msg: &Value,
+        fx: &mut Effects,
+    ) {
         for (id, m) in &self.members {
             if m.is_admitted() && Some(id) != except {
-                let _ = m.out.send(Outbound::Text(text.clone()));
+                fx.send(id, msg);
             }
         }
     }
 
     /// The SFU reports `id`'s media path up.
-    pub fn media_connected(&mut self, id: &ParticipantId) -> Option<AuditEvent> {
+    pub fn media_connected(&mut self, id: &ParticipantId, fx: &mut Effects) {
         let kind = self.record.kind;
-        let m = self.members.get_mut(id)?;
+        let Some(m) = self.members.get_mut(id) else {
+            return;
+        };
         m.media_connected = true;
-        m.send(&json!({"type": "media_connected"}));
+        fx.send(id, &json!({"type": "media_connected"}));
         if m.is_admitted() && kind == MeetingKind::Visit && !m.media_started {
             m.media_started = true;
-            let m = self.members.get(id)?;
-            return Some(self.audit("media_start", id, m));
+            if let Some(m) = self.members.get(id) {
+                fx.record(self.audit("media_start", id, m));
+            }
         }
-        None
     }
 
     /// The SFU lost `id`'s media path (consent timeout, transport closed).
-    pub fn media_lost(&mut self, id: &ParticipantId, reason: &Value) -> Option<AuditEvent> {
-        let m = self.members.get_mut(id)?;
+    pub fn media_lost(&mut self, id: &ParticipantId, reason: &Value, fx: &mut Effects) {
+        let Some(m) = self.members.get_mut(id) else {
+            return;
+        };
         m.media_connected = false;
-        m.send(&json!({"type": "media_disconnected", "reason": reason}));
-        if std::mem::take(&mut m.media_started) {
-            let m = self.members.get(id)?;
-            return Some(self.audit("media_stop", id, m));
+        fx.send(id, &json!({"type": "media_disconnected", "reason": reason}));
+        if std::mem::take(&mut m.media_started)
+            && let Some(m) = self.members.get(id)
+        {
+            fx.record(self.audit("media_stop", id, m));
         }
-        None
     }
 
     fn waiting(&self) -> Vec<(&ParticipantId, &Member, Timestamp, u64)> {
@@ -987,10 +969,10 @@ impl RoomState {
     }
 
     /// Tells clinicians who waits, and each waiting person their place when it changed.
-    fn lobby_changed(&mut self) {
+    fn lobby_changed(&mut self, fx: &mut Effects) {
         let lobby = self.lobby_message();
-        for m in self.members.values().filter(|m| m.is_clinician()) {
-            m.send(&lobby);
+        for (id, _) in self.members.iter().filter(|(_, m)| m.is_clinician()) {
+            fx.send(id, &lobby);
         }
         let order: Vec<ParticipantId> = self
             .waiting()
@@ -1002,7 +984,7 @@ impl RoomState {
                 && m.position_told != Some(i + 1)
             {
                 m.position_told = Some(i + 1);
-                m.send(&json!({"type": "lobby_position", "position": i + 1}));
+                fx.send(id, &json!({"type": "lobby_position", "position": i + 1}));
             }
         }
     }
@@ -1025,10 +1007,9 @@ impl RoomState {
         id: &ParticipantId,
         to: &str,
         until: Timestamp,
-        sfu: &dyn SfuControl,
-        events: &mut Vec<AuditEvent>,
+        fx: &mut Effects,
     ) -> Option<Member> {
-        let mut m = self.detach(id, sfu, events)?;
+        let mut m = self.detach(id, fx)?;
         // A patient who drops comes back into the private visit; a clinician's queue link
         // keeps leading to the queue (to take the next one).
         if !m.is_clinician() {
@@ -1041,16 +1022,17 @@ impl RoomState {
     }
 
     /// Puts a member taken from a queue into this (private) meeting, admitted.
-    pub fn put_in(&mut self, id: ParticipantId, mut m: Member) {
+    pub fn put_in(&mut self, id: ParticipantId, mut m: Member, fx: &mut Effects) {
         m.admission = Admission::Admitted;
         self.admitted.insert(m.sub.clone(), None);
-        m.send(
+        fx.send(
+            &id,
             &json!({"type": "moved", "meeting": self.record.id, "kind": self.record.kind,
                        "participants": self.roster(None), "state": "admitted"}),
         );
         let joined = m.joined_message(&id);
         self.members.insert(id.clone(), m);
-        self.broadcast_admitted(Some(&id), &joined);
+        self.broadcast_admitted(Some(&id), &joined, fx);
     }
 
     pub fn audit_take(
@@ -1103,5 +1085,220 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Patient => "patient",
         Role::Companion => "companion",
         Role::Interpreter => "interpreter",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules on their own: state in, input and time in, effects out. No connection, no
+    //! SFU, no clock.
+    use super::*;
+    use crate::dev_issuer::dev_claims;
+    use crate::meeting::MeetingKind;
+
+    const T0: &str = "2030-05-02T12:00:00Z";
+
+    fn at(secs: i64) -> Timestamp {
+        T0.parse::<Timestamp>().unwrap() + SignedDuration::from_secs(secs)
+    }
+
+    fn session(sub: &str, role: Role) -> Session {
+        let (r, hsa) = match role {
+            Role::Clinician => ("clinician", Some("SE2321000016-D1")),
+            _ => ("patient", None),
+        };
+        Session {
+            claims: dev_claims("m1", sub, sub, r, hsa, Some("unit-1"), 0, 3600),
+            role,
+        }
+    }
+
+    fn visit() -> RoomState {
+        let start = at(0);
+        let room = MeetingRoom::new(MeetingRecord {
+            id: "m1".into(),
+            unit: "unit-1".into(),
+            kind: MeetingKind::Visit,
+            start,
+            end: start + SignedDuration::from_mins(30),
+            max_participants: None,
+            cancelled_at: None,
+            ended_at: None,
+            booked: true,
+            from_queue: None,
+            denied: Vec::new(),
+            remember_until: None,
+        });
+        room.lock().clone()
+    }
+
+    fn texts(fx: &Effects, id: &ParticipantId) -> Vec<Value> {
+        fx.to(id)
+            .into_iter()
+            .filter_map(|o| match o {
+                Outbound::Text(t) => serde_json::from_str(t).ok(),
+                Outbound::Close { .. } => None,
+            })
+            .collect()
+    }
+
+    fn types(fx: &Effects, id: &ParticipantId) -> Vec<String> {
+        texts(fx, id)
+            .iter()
+            .map(|v| v["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_patient_waits_unseen_until_admitted_and_media_follows_admission() {
+        let policy = MeetingPolicy::default();
+        let mut s = visit();
+        let (doc, pat) = (ParticipantId("p-doc".into()), ParticipantId("p-pat".into()));
+        let mut fx = Effects::default();
+        let joined = s.join(
+            doc.clone(),
+            &session("doc", Role::Clinician),
+            at(0),
+            &policy,
+            &mut fx,
+        );
+        assert_eq!(joined, Ok(JoinOutcome { admitted: true }));
+        assert_eq!(types(&fx, &doc), ["welcome", "lobby"]);
+
+        let mut fx = Effects::default();
+        let joined = s.join(
+            pat.clone(),
+            &session("pat", Role::Patient),
+            at(5),
+            &policy,
+            &mut fx,
+        );
+        assert_eq!(joined, Ok(JoinOutcome { admitted: false }));
+        assert_eq!(types(&fx, &pat), ["welcome", "lobby_position"]);
+        let lobby = &texts(&fx, &doc)[0];
+        assert_eq!(lobby["waiting"][0]["participant"], "p-pat");
+        assert_eq!(fx.audit[0].event, "lobby_enter");
+        assert!(fx.commands.is_empty());
+
+        // The waiting patient's media session has no permissions.
+        let mut fx = Effects::default();
+        s.offer(&pat, "sdp".into(), 1, false, at(6), &mut fx)
+            .unwrap();
+        assert!(
+            matches!(&fx.commands[..], [Command::AddParticipant { permissions, .. }]
+            if *permissions == Permissions::default())
+        );
+        // Nor may they act or chat.
+        assert_eq!(
+            s.plan(&pat, &Action::Admit(doc.clone())),
+            Err(RequestError::NotAllowed)
+        );
+        assert_eq!(
+            s.chat(&pat, "hej", at(7), &mut Effects::default()),
+            Err(RequestError::WaitingForAdmission)
+        );
+
+        // Admission: planned (and recorded) first, then applied.
+        let planned = s.plan(&doc, &Action::Admit(pat.clone())).unwrap();
+        assert_eq!(planned[0].event, "admit");
+        assert_eq!(planned[0].actor_hsa.as_deref(), Some("SE2321000016-D1"));
+        let mut fx = Effects::default();
+        s.apply(&doc, &Action::Admit(pat.clone()), at(10), &mut fx)
+            .unwrap();
+        assert!(
+            matches!(&fx.commands[..], [Command::SetPermissions { participant, permissions }]
+            if *participant == pat && permissions.publish && permissions.subscribe)
+        );
+        assert_eq!(types(&fx, &pat), ["admitted"]);
+        assert!(types(&fx, &doc).contains(&"participant_joined".to_owned()));
+        // Media connected now starts media in the record.
+        let mut fx = Effects::default();
+        s.media_connected(&pat, &mut fx);
+        assert_eq!(fx.audit[0].event, "media_start");
+    }
+
+    #[test]
+    fn a_denied_patient_is_closed_out_and_refused_back() {
+        let policy = MeetingPolicy::default();
+        let mut s = visit();
+        let (doc, pat) = (ParticipantId("p-doc".into()), ParticipantId("p-pat".into()));
+        let mut fx = Effects::default();
+        s.join(
+            doc.clone(),
+            &session("doc", Role::Clinician),
+            at(0),
+            &policy,
+            &mut fx,
+        )
+        .unwrap();
+        s.join(
+            pat.clone(),
+            &session("pat", Role::Patient),
+            at(1),
+            &policy,
+            &mut fx,
+        )
+        .unwrap();
+        let mut fx = Effects::default();
+        s.apply(&doc, &Action::Deny(pat.clone()), at(2), &mut fx)
+            .unwrap();
+        assert!(matches!(
+            fx.to(&pat)[..],
+            [Outbound::Close { code: 4001, .. }]
+        ));
+        assert_eq!(s.record.denied, ["pat"]);
+        assert_eq!(
+            s.check_entry(&session("pat", Role::Patient), at(3), &policy),
+            Err(JoinRefusal::Denied)
+        );
+    }
+
+    #[test]
+    fn restarts_are_paced_by_the_time_given() {
+        let policy = MeetingPolicy::default();
+        let mut s = visit();
+        let doc = ParticipantId("p-doc".into());
+        let mut fx = Effects::default();
+        s.join(
+            doc.clone(),
+            &session("doc", Role::Clinician),
+            at(0),
+            &policy,
+            &mut fx,
+        )
+        .unwrap();
+        s.offer(&doc, "a".into(), 1, false, at(1), &mut fx).unwrap();
+        s.offer(&doc, "b".into(), 1, true, at(2), &mut fx).unwrap();
+        assert_eq!(
+            s.offer(&doc, "c".into(), 1, true, at(4), &mut fx),
+            Err(RequestError::RestartTooSoon)
+        );
+        let mut fx = Effects::default();
+        s.offer(&doc, "d".into(), 1, true, at(8), &mut fx).unwrap();
+        assert!(matches!(
+            &fx.commands[..],
+            [
+                Command::RemoveParticipant { .. },
+                Command::AddParticipant { .. }
+            ]
+        ));
+    }
+
+    #[test]
+    fn the_state_is_plain_data() {
+        let policy = MeetingPolicy::default();
+        let mut s = visit();
+        let mut fx = Effects::default();
+        s.join(
+            ParticipantId("p-a".into()),
+            &session("a", Role::Patient),
+            at(0),
+            &policy,
+            &mut fx,
+        )
+        .unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        let back: RoomState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
     }
 }

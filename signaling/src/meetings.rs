@@ -6,7 +6,8 @@
 use crate::audit_log::AuditEvent;
 use crate::join_refusal::JoinRefusal;
 use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord};
-use crate::meeting_room::{CloseReason, MeetingRoom, RequestError};
+use crate::meeting_effects::{Effects, Outbound};
+use crate::meeting_room::{CloseReason, JoinOutcome, MeetingRoom, RequestError, RoomState};
 use crate::session_token::Session;
 use crate::sfu_control::SfuControl;
 use jiff::{SignedDuration, Timestamp};
@@ -14,6 +15,7 @@ use sfu_proto::{DisconnectReason, Event, ParticipantId};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc::UnboundedSender;
 
 /// Booked meetings are forgotten this long after they closed.
 const RETENTION: SignedDuration = SignedDuration::from_hours(24);
@@ -29,6 +31,8 @@ pub struct Meetings {
     policy: MeetingPolicy,
     rooms: Mutex<HashMap<String, Arc<MeetingRoom>>>,
     by_participant: Mutex<HashMap<ParticipantId, Arc<MeetingRoom>>>,
+    /// Each connection's outbox: where the effects of the rules are delivered.
+    connections: Mutex<HashMap<ParticipantId, UnboundedSender<Outbound>>>,
     store: Option<PathBuf>,
     /// Serialises writes of the store file.
     store_lock: Mutex<()>,
@@ -56,6 +60,7 @@ impl Meetings {
             policy,
             rooms: Mutex::new(rooms),
             by_participant: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
             store,
             store_lock: Mutex::new(()),
         })
@@ -150,21 +155,77 @@ impl Meetings {
         Ok(room)
     }
 
+    /// Runs the meeting's rules on its state and carries out what they ask, all under the
+    /// meeting's lock, so every connection sees the meeting's changes in the order they
+    /// happened (sending never blocks). Returns the rules' result and the audit records of
+    /// what happened, for the caller to write.
+    pub fn with_room<R>(
+        &self,
+        room: &MeetingRoom,
+        sfu: &dyn SfuControl,
+        rules: impl FnOnce(&mut RoomState, &mut Effects) -> R,
+    ) -> (R, Vec<AuditEvent>) {
+        let mut s = room.lock();
+        let mut fx = Effects::default();
+        let result = rules(&mut s, &mut fx);
+        let audit = self.carry_out(fx, sfu);
+        (result, audit)
+    }
+
+    /// Delivers effects: messages to the connections' outboxes, commands to the SFU. Called
+    /// with the meeting's lock held.
+    fn carry_out(&self, fx: Effects, sfu: &dyn SfuControl) -> Vec<AuditEvent> {
+        {
+            let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+            for (to, message) in fx.messages {
+                if let Some(out) = connections.get(&to) {
+                    let _ = out.send(message);
+                }
+            }
+        }
+        for command in fx.commands {
+            sfu.send(command);
+        }
+        fx.audit
+    }
+
     /// Adds a connection to `room` and records where it is, under the meeting's lock (so a
-    /// drop-in take cannot move it in between).
+    /// drop-in take cannot move it in between). `out` is where its messages go.
     pub fn join(
         &self,
         room: &Arc<MeetingRoom>,
         id: &ParticipantId,
         session: &Session,
-        out: tokio::sync::mpsc::UnboundedSender<crate::meeting_room::Outbound>,
+        out: UnboundedSender<Outbound>,
         now: Timestamp,
         sfu: &dyn SfuControl,
-    ) -> Result<crate::meeting_room::JoinOutcome, JoinRefusal> {
-        let mut s = room.lock();
-        let outcome = s.join(id.clone(), session, out, now, &self.policy, sfu)?;
-        self.bind(id, room);
-        Ok(outcome)
+    ) -> Result<(JoinOutcome, Vec<AuditEvent>), JoinRefusal> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), out);
+        let (joined, audit) = self.with_room(room, sfu, |s, fx| {
+            let joined = s.join(id.clone(), session, now, &self.policy, fx);
+            if joined.is_ok() {
+                self.bind(id, room);
+            }
+            joined
+        });
+        match joined {
+            Ok(outcome) => Ok((outcome, audit)),
+            Err(refusal) => {
+                self.disconnect(id);
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Forgets a connection's outbox (it closed).
+    fn disconnect(&self, id: &ParticipantId) {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// The connection ended: takes it out of whichever meeting it is in now (a take may have
@@ -182,14 +243,20 @@ impl Meetings {
             let Some(room) = self.room_of(id) else {
                 break;
             };
-            let mut s = room.lock();
-            if s.member(id).is_none() {
+            let ((was_here, present), audit) = self.with_room(&room, sfu, |s, fx| {
+                if s.member(id).is_none() {
+                    return (false, false);
+                }
+                (true, s.leave(id, explicit, now, &self.policy, fx))
+            });
+            if !was_here {
                 continue;
             }
-            left = s.leave(id, explicit, now, &self.policy, sfu);
+            left = present.then_some(audit);
             break;
         }
         self.unbind(id);
+        self.disconnect(id);
         left
     }
 
@@ -230,13 +297,13 @@ impl Meetings {
             meeting: Some(id.to_owned()),
             ..Default::default()
         }];
-        {
-            let mut s = room.lock();
+        let ((), closed) = self.with_room(&room, sfu, |s, fx| {
             if s.record.cancelled_at.is_none() {
                 s.record.cancelled_at = Some(now);
             }
-            s.close_all(CloseReason::MeetingCancelled, sfu, &mut events);
-        }
+            s.close_all(CloseReason::MeetingCancelled, fx);
+        });
+        events.extend(closed);
         self.persist();
         Some(events)
     }
@@ -298,24 +365,25 @@ impl Meetings {
         let private = self
             .create(record)
             .map_err(|_| RequestError::NoSuchParticipant)?;
-        let mut events = Vec::new();
-        let moved = {
+        let (moved, events) = {
             // Lock order queue → private visit; nobody else knows the new visit yet.
             let mut q = queue.lock();
+            let mut fx = Effects::default();
             // Another clinician may have taken this patient, or they left, since the plan.
             let still_waiting = q.position(patient).is_some();
-            if still_waiting && q.check_clinician(actor).is_ok() {
+            let moved = if still_waiting && q.check_clinician(actor).is_ok() {
                 let mut p = private.lock();
                 for id in [actor, patient] {
-                    if let Some(m) = q.take_out(id, to, until, sfu, &mut events) {
-                        p.put_in(id.clone(), m);
+                    if let Some(m) = q.take_out(id, to, until, &mut fx) {
+                        p.put_in(id.clone(), m, &mut fx);
                         self.bind(id, &private);
                     }
                 }
                 true
             } else {
                 false
-            }
+            };
+            (moved, self.carry_out(fx, sfu))
         };
         if !moved {
             self.rooms
@@ -331,21 +399,32 @@ impl Meetings {
 
     /// Routes an SFU event to the connections it concerns. Returns audit events (media
     /// starting or stopping).
-    pub fn deliver(&self, event: Event) -> Vec<AuditEvent> {
+    pub fn deliver(&self, event: Event, sfu: &dyn SfuControl) -> Vec<AuditEvent> {
         use serde_json::json;
         let mut events = Vec::new();
         match event {
             Event::Answer {
                 participant,
                 answer_sdp,
-            } => self.send_to(&participant, &json!({"type": "answer", "sdp": answer_sdp})),
+            } => self.send_to(
+                &participant,
+                &json!({"type": "answer", "sdp": answer_sdp}),
+                sfu,
+            ),
             Event::Offer {
                 participant,
                 offer_sdp,
-            } => self.send_to(&participant, &json!({"type": "offer", "sdp": offer_sdp})),
+            } => self.send_to(
+                &participant,
+                &json!({"type": "offer", "sdp": offer_sdp}),
+                sfu,
+            ),
             Event::Connected { participant } => {
                 if let Some(room) = self.room_of(&participant) {
-                    events.extend(room.lock().media_connected(&participant));
+                    let ((), audit) = self.with_room(&room, sfu, |s, fx| {
+                        s.media_connected(&participant, fx)
+                    });
+                    events.extend(audit);
                 }
             }
             // News of a track reaches the admitted, and only about the admitted: a waiting
@@ -354,16 +433,19 @@ impl Meetings {
                 &room.0,
                 &track.publisher,
                 &json!({"type": "track_published", "publisher": track.publisher, "kind": track.kind, "track": track.id}),
+                sfu,
             ),
             Event::TrackUnpublished { room, track } => self.broadcast_about(
                 &room.0,
                 &track.publisher,
                 &json!({"type": "track_unpublished", "publisher": track.publisher, "kind": track.kind, "track": track.id}),
+                sfu,
             ),
             Event::ActiveSpeaker { room, participant } => self.broadcast_about(
                 &room.0,
                 &participant,
                 &json!({"type": "active_speaker", "participant": participant}),
+                sfu,
             ),
             // Only a broken media path is news to the client (it reconnects); a removal was
             // asked for, and its reason travels on its own path.
@@ -373,7 +455,10 @@ impl Meetings {
             } => {
                 if let Some(room) = self.room_of(&participant) {
                     let reason = serde_json::to_value(reason).unwrap_or_default();
-                    events.extend(room.lock().media_lost(&participant, &reason));
+                    let ((), audit) = self.with_room(&room, sfu, |s, fx| {
+                        s.media_lost(&participant, &reason, fx)
+                    });
+                    events.extend(audit);
                 }
             }
             Event::Disconnected { .. } => {}
@@ -393,6 +478,7 @@ impl Meetings {
                     self.send_to(
                         &p,
                         &json!({"type": "error", "code": "sfu_refused", "message": error}),
+                        sfu,
                     );
                 }
             }
@@ -401,19 +487,31 @@ impl Meetings {
         events
     }
 
-    fn send_to(&self, id: &ParticipantId, msg: &serde_json::Value) {
+    /// Sends to a connection still in its meeting (in order with the meeting's messages).
+    fn send_to(&self, id: &ParticipantId, msg: &serde_json::Value, sfu: &dyn SfuControl) {
         if let Some(room) = self.room_of(id) {
-            room.lock().send_to(id, msg);
+            self.with_room(&room, sfu, |s, fx| {
+                if s.has_member(id) {
+                    fx.send(id, msg);
+                }
+            });
         }
     }
 
     /// Sends `msg` to the admitted of `room` if `about` is admitted there.
-    fn broadcast_about(&self, room: &str, about: &ParticipantId, msg: &serde_json::Value) {
+    fn broadcast_about(
+        &self,
+        room: &str,
+        about: &ParticipantId,
+        msg: &serde_json::Value,
+        sfu: &dyn SfuControl,
+    ) {
         if let Some(room) = self.get(room) {
-            let s = room.lock();
-            if s.is_admitted(about) {
-                s.broadcast_admitted(None, msg);
-            }
+            self.with_room(&room, sfu, |s, fx| {
+                if s.is_admitted(about) {
+                    s.broadcast_admitted(None, msg, fx);
+                }
+            });
         }
     }
 

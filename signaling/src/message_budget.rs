@@ -1,12 +1,15 @@
 //! A participant's allowance of messages of one sort: a token bucket (a burst, then a steady
 //! rate), so one client cannot flood a meeting with chat or the SFU with layer requests.
 
-use std::time::Instant;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone)]
+/// Time is the caller's (the rules of a meeting are a function of time); a clock that steps
+/// back refills nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageBudget {
     tokens: f64,
-    last: Option<Instant>,
+    last: Option<Timestamp>,
     burst: f64,
     per_second: f64,
 }
@@ -39,9 +42,10 @@ impl MessageBudget {
     }
 
     /// Spends one message if the budget allows it.
-    pub fn take(&mut self, now: Instant) -> bool {
+    pub fn take(&mut self, now: Timestamp) -> bool {
         if let Some(last) = self.last {
-            let refill = now.saturating_duration_since(last).as_secs_f64() * self.per_second;
+            let elapsed = now.duration_since(last).as_secs_f64().max(0.0);
+            let refill = elapsed * self.per_second;
             self.tokens = (self.tokens + refill).min(self.burst);
         }
         self.last = Some(now);
@@ -57,12 +61,12 @@ impl MessageBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use jiff::SignedDuration as Duration;
 
     #[test]
     fn a_burst_then_one_a_second() {
         let mut b = MessageBudget::chat();
-        let t0 = Instant::now();
+        let t0 = Timestamp::now();
         for _ in 0..5 {
             assert!(b.take(t0));
         }

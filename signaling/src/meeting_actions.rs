@@ -1,0 +1,114 @@
+//! A clinician's action on a meeting, in the one order every action keeps: check it and
+//! describe it under the meeting's lock (plan), record it in the audit log (an action that
+//! cannot be recorded does not happen), apply it under the lock and deliver what follows
+//! (messages, SFU commands), record what followed, and store what must outlive a restart.
+
+use crate::app_state::AppState;
+use crate::audit::{audit, audit_all};
+use crate::audit_log::AuditEvent;
+use crate::meeting_room::{Action, MeetingRoom, RequestError};
+use jiff::Timestamp;
+use sfu_proto::ParticipantId;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionError {
+    /// The rules refused it (nothing happened, nothing was recorded).
+    Refused(RequestError),
+    /// It could not be recorded, so it did not happen.
+    AuditUnavailable,
+}
+
+/// Admit, deny, back to the lobby, remove, end the meeting.
+pub async fn act(
+    state: &AppState,
+    room: &MeetingRoom,
+    actor: &ParticipantId,
+    action: Action,
+    now: Timestamp,
+) -> Result<(), ActionError> {
+    let planned = room.lock().plan(actor, &action);
+    let events = planned.map_err(ActionError::Refused)?;
+    if audit_all(state, events).await.is_err() {
+        return Err(ActionError::AuditUnavailable);
+    }
+    let (applied, events) = state.meetings.with_room(room, state.sfu.as_ref(), |s, fx| {
+        s.apply(actor, &action, now, fx)
+    });
+    let _ = audit_all(state, events).await;
+    match applied {
+        Ok(()) => {
+            // An end or a denial must outlive the tokens that could undo it, and a restart.
+            if matches!(action, Action::EndMeeting | Action::Deny(_)) {
+                state.meetings.remember_decision(room, now);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let (name, target) = match &action {
+                Action::Admit(t) => ("admit", t),
+                Action::Deny(t) => ("deny", t),
+                Action::ToLobby(t) => ("back_to_lobby", t),
+                Action::Remove(t) => ("remove", t),
+                Action::EndMeeting => ("meeting_end", actor),
+            };
+            not_applied(state, room, actor, name, target, e).await;
+            Err(ActionError::Refused(e))
+        }
+    }
+}
+
+/// Drop-in: the first patient in the queue and the clinician move into a new private visit.
+pub async fn take_next(
+    state: &AppState,
+    queue: &Arc<MeetingRoom>,
+    actor: &ParticipantId,
+    now: Timestamp,
+) -> Result<(), ActionError> {
+    let (patient, to, event) = state
+        .meetings
+        .plan_take(queue, actor)
+        .map_err(ActionError::Refused)?;
+    if audit(state, event).await.is_err() {
+        return Err(ActionError::AuditUnavailable);
+    }
+    match state
+        .meetings
+        .take(queue, actor, &patient, &to, now, state.sfu.as_ref())
+    {
+        Ok(events) => {
+            let _ = audit_all(state, events).await;
+            Ok(())
+        }
+        Err(e) => {
+            not_applied(state, queue, actor, "admit", &patient, e).await;
+            Err(ActionError::Refused(e))
+        }
+    }
+}
+
+/// The meeting changed between recording an action and carrying it out (the person left,
+/// another clinician acted first): the record says it did not happen after all.
+async fn not_applied(
+    state: &AppState,
+    room: &MeetingRoom,
+    actor: &ParticipantId,
+    action: &str,
+    target: &ParticipantId,
+    error: RequestError,
+) {
+    let event = {
+        let s = room.lock();
+        let a = s.member(actor);
+        AuditEvent {
+            event: format!("{action}_not_applied"),
+            meeting: Some(room.id.clone()),
+            participant: Some(target.to_string()),
+            actor_hsa: a.and_then(|a| a.hsa.clone()),
+            actor_unit: a.and_then(|a| a.unit.clone()),
+            code: Some(error.code().into()),
+            ..Default::default()
+        }
+    };
+    let _ = audit(state, event).await;
+}
