@@ -183,26 +183,28 @@ impl MeetingRecord {
     }
 }
 
+/// A booked 30-minute visit `m1` of `unit-1` (for tests of the meeting's rules).
+#[cfg(test)]
+pub(crate) fn booked_visit(start: Timestamp) -> MeetingRecord {
+    MeetingRecord {
+        id: "m1".into(),
+        unit: "unit-1".into(),
+        kind: MeetingKind::Visit,
+        start,
+        end: start + SignedDuration::from_mins(30),
+        max_participants: None,
+        cancelled_at: None,
+        ended_at: None,
+        booked: true,
+        from_queue: None,
+        denied: Vec::new(),
+        remember_until: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn visit(start: Timestamp) -> MeetingRecord {
-        MeetingRecord {
-            id: "m1".into(),
-            unit: "unit-1".into(),
-            kind: MeetingKind::Visit,
-            start,
-            end: start + SignedDuration::from_mins(30),
-            max_participants: None,
-            cancelled_at: None,
-            ended_at: None,
-            booked: true,
-            from_queue: None,
-            denied: Vec::new(),
-            remember_until: None,
-        }
-    }
 
     #[test]
     fn the_window_opens_before_the_start_and_closes_after_the_overrun() {
@@ -211,7 +213,7 @@ mod tests {
             ..Default::default()
         };
         let start: Timestamp = "2030-05-02T12:30:00Z".parse().unwrap();
-        let m = visit(start);
+        let m = booked_visit(start);
         let early = start - SignedDuration::from_mins(16);
         match m.check_entry(early, false, &policy) {
             Err(JoinRefusal::NotOpenYet { message, .. }) => {
@@ -250,7 +252,7 @@ mod tests {
     fn times_are_shown_in_the_configured_zone() {
         let policy = MeetingPolicy::default();
         // 13:30 UTC is 14:30 in Stockholm in winter.
-        let m = visit("2030-01-10T13:30:00Z".parse().unwrap());
+        let m = booked_visit("2030-01-10T13:30:00Z".parse().unwrap());
         let Err(JoinRefusal::NotOpenYet { message, .. }) =
             m.check_entry("2030-01-10T08:00:00Z".parse().unwrap(), false, &policy)
         else {

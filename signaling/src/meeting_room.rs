@@ -1094,7 +1094,6 @@ mod tests {
     //! SFU, no clock.
     use super::*;
     use crate::dev_issuer::dev_claims;
-    use crate::meeting::MeetingKind;
 
     const T0: &str = "2030-05-02T12:00:00Z";
 
@@ -1114,22 +1113,28 @@ mod tests {
     }
 
     fn visit() -> RoomState {
-        let start = at(0);
-        let room = MeetingRoom::new(MeetingRecord {
-            id: "m1".into(),
-            unit: "unit-1".into(),
-            kind: MeetingKind::Visit,
-            start,
-            end: start + SignedDuration::from_mins(30),
-            max_participants: None,
-            cancelled_at: None,
-            ended_at: None,
-            booked: true,
-            from_queue: None,
-            denied: Vec::new(),
-            remember_until: None,
-        });
-        room.lock().clone()
+        MeetingRoom::new(crate::meeting::booked_visit(at(0)))
+            .lock()
+            .clone()
+    }
+
+    /// `id` (subject `sub`) joins at `secs`; the join's effects.
+    fn join(s: &mut RoomState, id: &ParticipantId, sub: &str, role: Role, secs: i64) -> Effects {
+        let mut fx = Effects::default();
+        let joined = s.join(
+            id.clone(),
+            &session(sub, role),
+            at(secs),
+            &MeetingPolicy::default(),
+            &mut fx,
+        );
+        assert_eq!(
+            joined,
+            Ok(JoinOutcome {
+                admitted: role == Role::Clinician
+            })
+        );
+        fx
     }
 
     fn texts(fx: &Effects, id: &ParticipantId) -> Vec<Value> {
@@ -1151,29 +1156,12 @@ mod tests {
 
     #[test]
     fn a_patient_waits_unseen_until_admitted_and_media_follows_admission() {
-        let policy = MeetingPolicy::default();
         let mut s = visit();
         let (doc, pat) = (ParticipantId("p-doc".into()), ParticipantId("p-pat".into()));
-        let mut fx = Effects::default();
-        let joined = s.join(
-            doc.clone(),
-            &session("doc", Role::Clinician),
-            at(0),
-            &policy,
-            &mut fx,
-        );
-        assert_eq!(joined, Ok(JoinOutcome { admitted: true }));
+        let fx = join(&mut s, &doc, "doc", Role::Clinician, 0);
         assert_eq!(types(&fx, &doc), ["welcome", "lobby"]);
 
-        let mut fx = Effects::default();
-        let joined = s.join(
-            pat.clone(),
-            &session("pat", Role::Patient),
-            at(5),
-            &policy,
-            &mut fx,
-        );
-        assert_eq!(joined, Ok(JoinOutcome { admitted: false }));
+        let fx = join(&mut s, &pat, "pat", Role::Patient, 5);
         assert_eq!(types(&fx, &pat), ["welcome", "lobby_position"]);
         let lobby = &texts(&fx, &doc)[0];
         assert_eq!(lobby["waiting"][0]["participant"], "p-pat");
@@ -1222,23 +1210,8 @@ mod tests {
         let policy = MeetingPolicy::default();
         let mut s = visit();
         let (doc, pat) = (ParticipantId("p-doc".into()), ParticipantId("p-pat".into()));
-        let mut fx = Effects::default();
-        s.join(
-            doc.clone(),
-            &session("doc", Role::Clinician),
-            at(0),
-            &policy,
-            &mut fx,
-        )
-        .unwrap();
-        s.join(
-            pat.clone(),
-            &session("pat", Role::Patient),
-            at(1),
-            &policy,
-            &mut fx,
-        )
-        .unwrap();
+        join(&mut s, &doc, "doc", Role::Clinician, 0);
+        join(&mut s, &pat, "pat", Role::Patient, 1);
         let mut fx = Effects::default();
         s.apply(&doc, &Action::Deny(pat.clone()), at(2), &mut fx)
             .unwrap();
@@ -1255,18 +1228,9 @@ mod tests {
 
     #[test]
     fn restarts_are_paced_by_the_time_given() {
-        let policy = MeetingPolicy::default();
         let mut s = visit();
         let doc = ParticipantId("p-doc".into());
-        let mut fx = Effects::default();
-        s.join(
-            doc.clone(),
-            &session("doc", Role::Clinician),
-            at(0),
-            &policy,
-            &mut fx,
-        )
-        .unwrap();
+        let mut fx = join(&mut s, &doc, "doc", Role::Clinician, 0);
         s.offer(&doc, "a".into(), 1, false, at(1), &mut fx).unwrap();
         s.offer(&doc, "b".into(), 1, true, at(2), &mut fx).unwrap();
         assert_eq!(
@@ -1286,17 +1250,8 @@ mod tests {
 
     #[test]
     fn the_state_is_plain_data() {
-        let policy = MeetingPolicy::default();
         let mut s = visit();
-        let mut fx = Effects::default();
-        s.join(
-            ParticipantId("p-a".into()),
-            &session("a", Role::Patient),
-            at(0),
-            &policy,
-            &mut fx,
-        )
-        .unwrap();
+        join(&mut s, &ParticipantId("p-a".into()), "a", Role::Patient, 0);
         let json = serde_json::to_string(&s).unwrap();
         let back: RoomState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);

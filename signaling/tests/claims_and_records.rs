@@ -338,12 +338,7 @@ async fn denial_and_end_outlive_the_token_that_made_the_meeting_and_a_restart() 
     doctor.next_of("welcome").await;
     let mut p = server.connect(&denied_token).await;
     p.next_of("welcome").await;
-    let who = loop {
-        let lobby = doctor.next_of("lobby").await;
-        if let Some(w) = lobby["waiting"].get(0) {
-            break w["participant"].clone();
-        }
-    };
+    let who = doctor.first_waiting().await;
     doctor
         .send(json!({"type": "deny", "participant": who}))
         .await;

@@ -11,30 +11,21 @@ use support::{Client, Server, start};
 
 /// A clinician and a patient of `meeting`, admitted, with media running both ways.
 async fn visit(server: &Server, meeting: &str) -> (MediaPeer, MediaPeer, Client, Client) {
-    eprintln!("visit {meeting}: joining");
     let doctor_token = server.token(meeting, "doc-4411", "Dr Berg", "clinician");
     let patient_token = server.token(meeting, "pat-7f3a", "Anna", "patient");
     let mut doctor = server.connect(&doctor_token).await;
     doctor.next_of("welcome").await;
     let mut patient = server.connect(&patient_token).await;
     patient.next_of("welcome").await;
-    let patient_id = loop {
-        let lobby = doctor.next_of("lobby").await;
-        if let Some(p) = lobby["waiting"].get(0) {
-            break p["participant"].clone();
-        }
-    };
+    let patient_id = doctor.first_waiting().await;
     doctor
         .send(json!({"type": "admit", "participant": patient_id}))
         .await;
     patient.next_of("admitted").await;
-    eprintln!("visit {meeting}: admitted");
     let doctor_media = MediaPeer::new("doctor").await;
     let patient_media = MediaPeer::new("patient").await;
     doctor.start_media(&doctor_media).await;
-    eprintln!("visit {meeting}: clinician's media");
     patient.start_media(&patient_media).await;
-    eprintln!("visit {meeting}: patient's media");
     (doctor_media, patient_media, doctor, patient)
 }
 

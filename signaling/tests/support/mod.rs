@@ -327,6 +327,16 @@ impl Client {
         }
     }
 
+    /// A clinician's view: the participant id of the first person to wait in the lobby.
+    pub async fn first_waiting(&mut self) -> Value {
+        loop {
+            let lobby = self.next_of("lobby").await;
+            if let Some(w) = lobby["waiting"].get(0) {
+                return w["participant"].clone();
+            }
+        }
+    }
+
     /// Every message that arrives within `wait`.
     pub async fn drain(&mut self, wait: Duration) -> Vec<Value> {
         let mut got = Vec::new();
