@@ -26,6 +26,7 @@ pub mod track;
 pub mod track_layer;
 pub mod transmit_batch;
 pub mod twcc_feedback;
+pub mod vp8_continuity;
 
 pub use counters::Counters;
 pub use peer_transport::TransportConfig;

@@ -3,6 +3,7 @@
 //! for a simulcast track the layer it forwards and the one it is switching to.
 
 use crate::arena::TrackIdx;
+use crate::vp8_continuity::Vp8Continuity;
 use sfu_proto::{MediaKind, VideoLayer};
 use std::time::Instant;
 
@@ -55,6 +56,8 @@ pub struct Subscription {
     pub lossy_reports: u8,
     pub clean_since: Option<Instant>,
     pub state: SubscriptionState,
+    /// VP8 PictureID and TL0PICIDX continued across layer switches.
+    pub vp8: Vp8Continuity,
 }
 
 /// Where a subscription is in its life. Forward only: Pending → Offered → Live, any of them →
@@ -111,6 +114,7 @@ impl Subscription {
             lossy_reports: 0,
             clean_since: None,
             state: SubscriptionState::Pending,
+            vp8: Vp8Continuity::default(),
         }
     }
 
@@ -174,6 +178,7 @@ impl Subscription {
         self.ts_delta = out_ts.wrapping_sub(in_ts);
         self.layer_floor = next;
         self.layer = Some(layer);
+        self.vp8.switch_layer();
     }
 
     /// Maps a publisher extended sequence number of the current layer to this subscriber's.

@@ -26,7 +26,19 @@ struct SimulcastPublisher {
     send_reports: bool,
     ms: u64,
     frame: u64,
+    picture: [u16; LAYERS],
+    tl0: [u8; LAYERS],
+    pattern_at: [usize; LAYERS],
+    /// VP8 descriptors with PictureID (15-bit), TL0PICIDX and TID (L1T3, as Chrome sends),
+    /// each layer numbering from its own start.
+    numbered: bool,
 }
+
+/// Where each layer's PictureID and TL0PICIDX start (far apart, as independent encoders').
+const PICTURE_ID_START: [u16; LAYERS] = [31_000, 123, 16_000];
+const TL0_START: [u8; LAYERS] = [250, 7, 100];
+/// L1T3: the temporal layer of each frame, repeating.
+const TEMPORAL_PATTERN: [u8; 4] = [0, 2, 1, 2];
 
 impl SimulcastPublisher {
     fn new(net: &mut SimNetwork, peer: usize, send_reports: bool) -> Self {
@@ -40,6 +52,10 @@ impl SimulcastPublisher {
             send_reports,
             ms: 0,
             frame: 0,
+            picture: PICTURE_ID_START,
+            tl0: TL0_START,
+            pattern_at: [0; LAYERS],
+            numbered: false,
         }
     }
 
@@ -79,10 +95,37 @@ impl SimulcastPublisher {
             let key = std::mem::take(&mut self.key_owed[l]) || frame.is_multiple_of(90);
             let t = self.tracks[l];
             peer.tracks[t].timestamp = self.origins[l].wrapping_add((frame * 3000) as u32);
+            // A keyframe restarts the temporal pattern (it is a base-layer picture).
+            if key {
+                self.pattern_at[l] = 0;
+            }
+            let tid = TEMPORAL_PATTERN[self.pattern_at[l] % TEMPORAL_PATTERN.len()];
+            self.pattern_at[l] += 1;
+            if tid == 0 {
+                self.tl0[l] = self.tl0[l].wrapping_add(1);
+            }
+            self.picture[l] = (self.picture[l] + 1) & 0x7fff;
             for part in 0..packets {
-                // VP8 descriptor: S on the first packet; payload header P = 0 on keyframes.
-                let mut payload = vec![if part == 0 { 0x10 } else { 0x00 }];
-                payload.push(if key { 0x00 } else { 0x01 });
+                let mut payload = if self.numbered {
+                    // X, I (M: 15 bits), L, T; S on the first packet; layer id after the
+                    // payload header.
+                    let [hi, lo] = self.picture[l].to_be_bytes();
+                    vec![
+                        if part == 0 { 0x90 } else { 0x80 },
+                        0xe0,
+                        0x80 | hi,
+                        lo,
+                        self.tl0[l],
+                        tid << 6,
+                        if key { 0x00 } else { 0x01 },
+                    ]
+                } else {
+                    // VP8 descriptor: S on the first packet; payload header P = 0 on keyframes.
+                    vec![
+                        if part == 0 { 0x10 } else { 0x00 },
+                        if key { 0x00 } else { 0x01 },
+                    ]
+                };
                 payload.push(l as u8);
                 payload.extend_from_slice(&(frame as u32).to_be_bytes());
                 payload.push(part as u8);
@@ -93,12 +136,17 @@ impl SimulcastPublisher {
     }
 }
 
+/// Where the payload header is: after the 7-byte numbered descriptor, or the 1-byte plain one.
+fn header_at(p: &ReceivedPacket) -> usize {
+    if p.payload[0] & 0x80 != 0 { 6 } else { 1 }
+}
+
 fn layer(p: &ReceivedPacket) -> u8 {
-    p.payload[2]
+    p.payload[header_at(p) + 1]
 }
 
 fn starts_keyframe(p: &ReceivedPacket) -> bool {
-    p.payload[0] == 0x10 && p.payload[1] == 0x00
+    p.payload[0] & 0x10 != 0 && p.payload[header_at(p)] == 0x00
 }
 
 /// The video a subscriber received from the publisher, first arrivals only, in arrival order.
@@ -384,4 +432,71 @@ fn simulcast_without_the_rid_extension_is_answered_as_one_stream() {
         .expect("an answer");
     assert!(!answer.contains("a=simulcast"), "{answer}");
     assert!(!answer.contains("a=rid:"), "{answer}");
+}
+
+/// (PictureID, TL0PICIDX, TID) of a numbered packet as the subscriber received it.
+fn numbering(p: &ReceivedPacket) -> (u16, u8, u8) {
+    (
+        u16::from_be_bytes([p.payload[2] & 0x7f, p.payload[3]]),
+        p.payload[4],
+        p.payload[5] >> 6,
+    )
+}
+
+#[test]
+fn a_hundred_switches_keep_one_picture_line() {
+    let (mut net, mut publisher) = setup(true);
+    publisher.numbered = true;
+    let viewer = net.id(1).clone();
+    // The subscriber's wish flips between the low and the top layer 100 times.
+    for i in 0..100 {
+        let layer = if i % 2 == 0 {
+            VideoLayer::Low
+        } else {
+            VideoLayer::High
+        };
+        net.command(Command::SetPreferredLayer {
+            participant: viewer.clone(),
+            mid: None,
+            layer,
+        });
+        net.run(Duration::from_millis(400), |n| publisher.step(n));
+    }
+    let got = video_from(&net, 1);
+    let switched = switches(&got);
+    assert!(switched.len() >= 95, "{} switches", switched.len());
+    // No switch without a keyframe.
+    for &(i, from, to) in &switched {
+        assert!(starts_keyframe(&got[i]), "switch {from}→{to} at packet {i}");
+    }
+    // One unbroken line: sequence numbers, timestamps, PictureIDs and TL0PICIDX.
+    for (i, w) in got.windows(2).enumerate() {
+        let (a, b) = (&w[0], &w[1]);
+        assert_eq!(b.seq, a.seq.wrapping_add(1), "sequence at {i}");
+        let ts = b.timestamp.wrapping_sub(a.timestamp) as i32;
+        assert!(ts >= 0, "timestamp went back at {i}");
+        let ((pa, la, _), (pb, lb, tb)) = (numbering(a), numbering(b));
+        let same_picture = ts == 0;
+        let step = pb.wrapping_sub(pa) & 0x7fff;
+        if same_picture {
+            assert_eq!(
+                (pb, lb),
+                (pa, la),
+                "a picture's packets keep its numbers at {i}"
+            );
+        } else {
+            assert_eq!(
+                step,
+                1,
+                "PictureID {pa} → {pb} at {i} (a switch: {})",
+                layer(a) != layer(b)
+            );
+            let tl0_step = lb.wrapping_sub(la);
+            assert_eq!(
+                tl0_step,
+                u8::from(tb == 0),
+                "TL0PICIDX {la} → {lb} (TID {tb}) at {i}"
+            );
+        }
+    }
 }

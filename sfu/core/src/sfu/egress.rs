@@ -4,6 +4,7 @@
 use super::ingress::Received;
 use super::layers::layer_switch_timestamp;
 use super::*;
+use crate::payload_format::PayloadFormat;
 use crate::rtcp_writer;
 use crate::rtp_header::HeaderWriter;
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
@@ -30,6 +31,8 @@ impl Sfu {
         let Some(track) = self.tracks[received.track].as_ref() else {
             return;
         };
+        // A simulcast VP8 track's numbering is continued per subscriber across switches.
+        let renumber = simulcast && track.format == PayloadFormat::Vp8;
         for &(s, sub_idx) in &track.subscribers {
             let Some(sub) = self.participants[s].as_mut() else {
                 continue;
@@ -83,6 +86,11 @@ impl Sfu {
             }
             let hlen = w.finish();
             slot[hlen..hlen + payload.len()].copy_from_slice(payload);
+            if renumber {
+                subscription
+                    .vp8
+                    .rewrite(&mut slot[hlen..hlen + payload.len()]);
+            }
             let len = hlen + payload.len();
             match ctx.seal_rtp(
                 slot,
@@ -176,6 +184,7 @@ impl Sfu {
         let Some(track) = self.tracks[subscription.track].as_mut() else {
             return;
         };
+        let renumber = track.is_simulcast() && track.format == PayloadFormat::Vp8;
         let cache = &mut track.layers[layer].cache;
         for pair in &nack.nacks {
             for seq in pair.packet_list() {
@@ -202,6 +211,11 @@ impl Sfu {
                 slot[hlen..hlen + 2].copy_from_slice(&(out_ext as u16).to_be_bytes());
                 let mut len = hlen + 2;
                 slot[len..len + payload.len()].copy_from_slice(payload);
+                if renumber {
+                    subscription
+                        .vp8
+                        .rewrite_repair(&mut slot[len..len + payload.len()]);
+                }
                 len += payload.len();
                 if let Ok(n) = ctx.seal_rtp(
                     slot,
