@@ -22,6 +22,18 @@ pub const AUDIO_FEEDBACK: &[&str] = &["transport-cc"];
 pub const VIDEO_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir", "transport-cc"];
 
 impl CodecParams {
+    /// The `a=rtpmap` value: `<pt> <name>/<clock>[/<channels>]`.
+    pub fn rtpmap(&self) -> String {
+        if self.channels.is_empty() {
+            format!("{} {}/{}", self.payload_type, self.name, self.clock_rate)
+        } else {
+            format!(
+                "{} {}/{}/{}",
+                self.payload_type, self.name, self.clock_rate, self.channels
+            )
+        }
+    }
+
     /// Picks the codec to receive on a publisher's m-line from its offer.
     pub fn choose(kind: MediaKind, offered: &[RemoteCodec]) -> Option<Self> {
         let chosen = match kind {

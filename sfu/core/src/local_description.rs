@@ -46,11 +46,14 @@ pub enum LineContent {
     },
     /// The data channel m-line (SCTP over the same DTLS).
     Data,
-    /// An m-line the SFU does not carry: port 0, echoed media type and protocol.
+    /// An m-line the SFU does not carry, or no longer: port 0, echoed media type, protocol
+    /// and formats, with a `c=` line, the transport's attributes and the format's `rtpmap`
+    /// where known (browsers ignore them in a stopped section; other stacks need them).
     Rejected {
         media: String,
         proto: Vec<String>,
         formats: Vec<String>,
+        rtpmap: Option<String>,
     },
 }
 
@@ -192,22 +195,36 @@ pub fn write(
                 media,
                 proto,
                 formats,
-            } => MediaDescription {
-                media_name: MediaName {
-                    media: media.clone(),
-                    port: RangedPort {
-                        value: 0,
-                        range: None,
+                rtpmap,
+            } => {
+                let mut a = transport_attrs();
+                a.push(attr("mid", line.mid.clone()));
+                a.push(flag("inactive"));
+                if proto.iter().any(|p| p == "RTP") {
+                    a.push(flag("rtcp-mux"));
+                }
+                if let Some(map) = rtpmap {
+                    a.push(attr("rtpmap", map.clone()));
+                }
+                MediaDescription {
+                    media_name: MediaName {
+                        media: media.clone(),
+                        port: RangedPort {
+                            value: 0,
+                            range: None,
+                        },
+                        protos: proto.clone(),
+                        formats: formats.clone(),
                     },
-                    protos: proto.clone(),
-                    formats: formats.clone(),
-                },
-                media_title: None,
-                connection_information: None,
-                bandwidth: vec![],
-                encryption_key: None,
-                attributes: vec![attr("mid", line.mid.clone()), flag("inactive")],
-            },
+                    media_title: None,
+                    // Every m-section needs a connection line when the session has none
+                    // (RFC 4566 §5.7); Firefox refuses an SDP without it.
+                    connection_information: Some(connection()),
+                    bandwidth: vec![],
+                    encryption_key: None,
+                    attributes: a,
+                }
+            }
             LineContent::Media {
                 kind: media_kind,
                 codec,
@@ -236,15 +253,7 @@ pub fn write(
                 }
                 a.push(flag("rtcp-mux"));
                 a.push(flag("rtcp-rsize"));
-                let rtpmap = if codec.channels.is_empty() {
-                    format!("{} {}/{}", codec.payload_type, codec.name, codec.clock_rate)
-                } else {
-                    format!(
-                        "{} {}/{}/{}",
-                        codec.payload_type, codec.name, codec.clock_rate, codec.channels
-                    )
-                };
-                a.push(attr("rtpmap", rtpmap));
+                a.push(attr("rtpmap", codec.rtpmap()));
                 for fb in codec.feedback(*media_kind) {
                     a.push(attr("rtcp-fb", format!("{} {}", codec.payload_type, fb)));
                 }

@@ -34,11 +34,13 @@ pub enum LineRole {
     Idle { kind: MediaKind, codec: CodecParams },
     /// The data channels (SCTP over DTLS).
     Data,
-    /// Not carried (unknown media): rejected with port 0.
+    /// Not carried (unknown media, no codec, a stopped line): rejected with port 0, echoing
+    /// what was offered.
     Rejected {
         media: String,
         proto: Vec<String>,
         formats: Vec<String>,
+        rtpmap: Option<String>,
     },
 }
 

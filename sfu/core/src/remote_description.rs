@@ -63,6 +63,13 @@ pub struct RemoteMedia {
     pub mid: String,
     /// `None` for m-lines the SFU does not carry (application/data channel, unknown kinds).
     pub kind: Option<MediaKind>,
+    /// The m= line's media, protocol and formats as offered (echoed when rejecting it).
+    pub media: String,
+    pub proto: Vec<String>,
+    pub formats: Vec<String>,
+    /// Port 0 without `a=bundle-only`: the line is not in use. (Port 0 *with* bundle-only is
+    /// a line that only works inside the BUNDLE group, as Firefox offers its video and data
+    /// channel — in use, RFC 8843 §7.2.)
     pub rejected: bool,
     pub direction: Direction,
     pub codecs: Vec<RemoteCodec>,
@@ -154,6 +161,17 @@ pub const MAX_SDP_LINES: usize = 2_000;
 pub const MAX_SSRC_LINES_PER_MEDIA: usize = 64;
 
 impl RemoteMedia {
+    /// The `a=rtpmap` value of the line's first format, when it has one.
+    pub fn first_rtpmap(&self) -> Option<String> {
+        let pt: u8 = self.formats.first()?.parse().ok()?;
+        let c = self.codecs.iter().find(|c| c.payload_type == pt)?;
+        Some(if c.channels.is_empty() {
+            format!("{pt} {}/{}", c.name, c.clock_rate)
+        } else {
+            format!("{pt} {}/{}/{}", c.name, c.clock_rate, c.channels)
+        })
+    }
+
     /// Whether the remote side publishes media on this line: in use (a port other than 0) and
     /// not `recvonly`/`inactive` (a line without a direction attribute is `sendrecv`,
     /// RFC 4566 §6). The SFU publishes a track for exactly these lines, and signaling counts
@@ -207,7 +225,7 @@ impl RemoteDescription {
         let first = session
             .media_descriptions
             .iter()
-            .find(|m| m.media_name.port.value != 0)
+            .find(|m| m.media_name.port.value != 0 || m.has_attribute("bundle-only"))
             .or(session.media_descriptions.first());
         let first_attrs = first.map(|m| m.attributes.as_slice()).unwrap_or(&[]);
         let ice_ufrag = attr(&session, first_attrs, "ice-ufrag")
@@ -343,7 +361,10 @@ impl RemoteDescription {
             media.push(RemoteMedia {
                 mid,
                 kind,
-                rejected: m.media_name.port.value == 0,
+                media: m.media_name.media.clone(),
+                proto: m.media_name.protos.clone(),
+                formats: m.media_name.formats.clone(),
+                rejected: m.media_name.port.value == 0 && !m.has_attribute("bundle-only"),
                 direction,
                 codecs,
                 extmaps,

@@ -58,6 +58,8 @@ pub struct Subscription {
     pub state: SubscriptionState,
     /// VP8 PictureID and TL0PICIDX continued across layer switches.
     pub vp8: Vp8Continuity,
+    /// The codec's `a=rtpmap` value, kept for the line once it is stopped.
+    pub rtpmap: String,
 }
 
 /// Where a subscription is in its life. Forward only: Pending → Offered → Live, any of them →
@@ -115,6 +117,7 @@ impl Subscription {
             clean_since: None,
             state: SubscriptionState::Pending,
             vp8: Vp8Continuity::default(),
+            rtpmap: String::new(),
         }
     }
 

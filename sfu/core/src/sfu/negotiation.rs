@@ -133,17 +133,16 @@ impl Sfu {
                 }
                 (Some(kind), Some(codec), false) => LineRole::Idle { kind, codec },
                 (None, _, false) if m.is_data_channel => LineRole::Data,
+                // Echoed as offered: its own media, protocol and formats.
                 _ => LineRole::Rejected {
-                    media: if m.kind.is_some() {
-                        match m.kind {
-                            Some(MediaKind::Audio) => "audio".into(),
-                            _ => "video".into(),
-                        }
+                    media: m.media.clone(),
+                    proto: m.proto.clone(),
+                    formats: if m.formats.is_empty() {
+                        vec!["0".into()]
                     } else {
-                        "application".into()
+                        m.formats.clone()
                     },
-                    proto: vec!["UDP".into(), "DTLS".into(), "SCTP".into()],
-                    formats: vec!["webrtc-datachannel".into()],
+                    rtpmap: m.first_rtpmap(),
                 },
             };
             let p = self.participant_mut(idx);
@@ -246,6 +245,7 @@ impl Sfu {
                 },
                 proto: vec!["UDP".into(), "TLS".into(), "RTP".into(), "SAVPF".into()],
                 formats: vec![codec.payload_type.to_string()],
+                rtpmap: Some(codec.rtpmap()),
             }
         } else {
             LineRole::Idle { kind, codec }
@@ -335,6 +335,7 @@ impl Sfu {
                                     "SAVPF".into(),
                                 ],
                                 formats: vec![s.payload_type.to_string()],
+                                rtpmap: (!s.rtpmap.is_empty()).then(|| s.rtpmap.clone()),
                             },
                         }
                     }
@@ -351,10 +352,12 @@ impl Sfu {
                         media,
                         proto,
                         formats,
+                        rtpmap,
                     } => LineContent::Rejected {
                         media: media.clone(),
                         proto: proto.clone(),
                         formats: formats.clone(),
+                        rtpmap: rtpmap.clone(),
                     },
                 };
                 LineSpec {

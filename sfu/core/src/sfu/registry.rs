@@ -109,6 +109,7 @@ impl Sfu {
         };
         let mut subscription = Subscription::new(track, kind, mid.clone(), ids, seed);
         subscription.preferred = self.participant(subscriber).preferred_layer;
+        subscription.rtpmap = self.track(track).codec.rtpmap();
         if let (Some(t), Some(now)) = (self.tracks[track].as_ref(), self.clock) {
             subscription.target_layer =
                 t.choose_layer(subscription.layer_limit(t.layers.len()), now);

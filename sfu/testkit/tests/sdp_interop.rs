@@ -1,0 +1,197 @@
+//! SDP as other stacks write and read it: Firefox offers its video and data channel as
+//! `port 0` + `a=bundle-only` (in use, inside the BUNDLE group), and refuses an answer whose
+//! m-sections lack a `c=` line; a rejected line is echoed with its own protocol and formats;
+//! stopped sections keep the transport's attributes (aiortc needs them).
+
+use sfu_core::remote_description::RemoteDescription;
+use sfu_core::{Sfu, SfuConfig, TransmitBatch, TransportConfig};
+use sfu_proto::{Command, Event, ParticipantId, Permissions, RoomId};
+use std::time::{Duration, Instant};
+
+/// The shape of a Firefox 153 offer: fingerprint at session level, video and data channel
+/// with port 0 and bundle-only.
+const FIREFOX_OFFER: &str = "v=0\r\n\
+o=mozilla...THIS_IS_SDPARTA-153.0 4294967296 0 IN IP4 0.0.0.0\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=fingerprint:sha-256 9C:5E:8B:CF:3A:AE:0D:27:21:1C:F6:22:3C:32:C6:DA:7E:EE:52:5B:8B:72:2F:88:49:6A:B6:8C:32:1F:29:81\r\n\
+a=group:BUNDLE 0 1 2\r\n\
+a=ice-options:trickle\r\n\
+a=msid-semantic:WMS *\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 109 9 0 8 101\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=sendrecv\r\n\
+a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+a=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=fmtp:109 maxplaybackrate=48000;stereo=1;useinbandfec=1\r\n\
+a=fmtp:101 0-15\r\n\
+a=ice-pwd:6f0cd4b5b1c6e1f6a1f1e2b3c4d5e6f7\r\n\
+a=ice-ufrag:8a1b2c3d\r\n\
+a=mid:0\r\n\
+a=msid:{a1} {a2}\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:109 opus/48000/2\r\n\
+a=rtpmap:9 G722/8000/1\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=setup:actpass\r\n\
+a=ssrc:1111 cname:{c}\r\n\
+m=video 0 UDP/TLS/RTP/SAVPF 120 124 126 127\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=bundle-only\r\n\
+a=sendrecv\r\n\
+a=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:7 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=fmtp:126 profile-level-id=42e01f;level-asymmetry-allowed=1;packetization-mode=1\r\n\
+a=fmtp:120 max-fs=12288;max-fr=60\r\n\
+a=fmtp:124 apt=120\r\n\
+a=fmtp:127 apt=126\r\n\
+a=ice-pwd:6f0cd4b5b1c6e1f6a1f1e2b3c4d5e6f7\r\n\
+a=ice-ufrag:8a1b2c3d\r\n\
+a=mid:1\r\n\
+a=msid:{a1} {v2}\r\n\
+a=rtcp-fb:120 nack\r\n\
+a=rtcp-fb:120 nack pli\r\n\
+a=rtcp-fb:120 ccm fir\r\n\
+a=rtcp-fb:120 transport-cc\r\n\
+a=rtcp-mux\r\n\
+a=rtcp-rsize\r\n\
+a=rtpmap:120 VP8/90000\r\n\
+a=rtpmap:124 rtx/90000\r\n\
+a=rtpmap:126 H264/90000\r\n\
+a=rtpmap:127 rtx/90000\r\n\
+a=setup:actpass\r\n\
+a=ssrc:2222 cname:{c}\r\n\
+a=ssrc:3333 cname:{c}\r\n\
+a=ssrc-group:FID 2222 3333\r\n\
+m=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=bundle-only\r\n\
+a=sendrecv\r\n\
+a=ice-pwd:6f0cd4b5b1c6e1f6a1f1e2b3c4d5e6f7\r\n\
+a=ice-ufrag:8a1b2c3d\r\n\
+a=mid:2\r\n\
+a=setup:actpass\r\n\
+a=sctp-port:5000\r\n\
+a=max-message-size:1073741823\r\n";
+
+fn sfu() -> Sfu {
+    let transport = TransportConfig::generate(
+        "127.0.0.1:5000".parse().unwrap(),
+        Duration::from_secs(3),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    Sfu::new(SfuConfig::new(transport))
+}
+
+/// Adds a participant with `offer`; returns the SFU's answer and the events before it.
+fn answer_to(sfu: &mut Sfu, who: &str, offer: &str) -> (String, Vec<Event>) {
+    let mut out = TransmitBatch::with_capacity(8);
+    sfu.handle_command(
+        Instant::now(),
+        Command::AddParticipant {
+            room: RoomId("r".into()),
+            participant: ParticipantId(who.into()),
+            offer_sdp: offer.into(),
+            permissions: Permissions {
+                publish: true,
+                subscribe: true,
+            },
+        },
+        &mut out,
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| sfu.poll_event()).collect();
+    let answer = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Answer { answer_sdp, .. } => Some(answer_sdp.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no answer: {events:?}"));
+    (answer, events)
+}
+
+/// The m-sections of an SDP, each as its lines.
+fn sections(sdp: &str) -> Vec<Vec<&str>> {
+    let mut out: Vec<Vec<&str>> = Vec::new();
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            out.push(vec![line]);
+        } else if let Some(s) = out.last_mut() {
+            s.push(line);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_firefox_offer_with_bundle_only_lines_is_answered_in_full() {
+    let offer = RemoteDescription::parse(FIREFOX_OFFER).unwrap();
+    assert!(
+        offer.media.iter().all(|m| !m.rejected),
+        "bundle-only lines are in use"
+    );
+    assert_eq!(offer.sending_video_lines(), 1);
+
+    let mut sfu = sfu();
+    let (answer, events) = answer_to(&mut sfu, "firefox", FIREFOX_OFFER);
+    let lines = sections(&answer);
+    assert_eq!(lines.len(), 3);
+    for s in &lines {
+        assert!(
+            s.iter().any(|l| l.starts_with("c=IN IP4")),
+            "a section without c=: {s:?}"
+        );
+    }
+    assert!(
+        lines[1][0].starts_with("m=video 9 UDP/TLS/RTP/SAVPF 120"),
+        "{}",
+        lines[1][0]
+    );
+    assert!(
+        lines[2][0].starts_with("m=application 9 UDP/DTLS/SCTP"),
+        "{}",
+        lines[2][0]
+    );
+    let published = events
+        .iter()
+        .filter(|e| matches!(e, Event::TrackPublished { .. }))
+        .count();
+    assert_eq!(published, 2, "audio and video published: {events:?}");
+    // The answer parses as a description of its own (every section has what it needs).
+    RemoteDescription::parse(&answer).unwrap();
+}
+
+#[test]
+fn a_rejected_line_is_echoed_with_its_protocol_and_the_transport() {
+    // Firefox's offer with the video line really rejected (port 0, no bundle-only) and a
+    // second unknown line: each is answered port 0 with its own protocol and formats.
+    let offer = FIREFOX_OFFER
+        .replace(
+            "m=video 0 UDP/TLS/RTP/SAVPF 120 124 126 127\r\nc=IN IP4 0.0.0.0\r\na=bundle-only\r\n",
+            "m=video 0 UDP/TLS/RTP/SAVPF 120 124 126 127\r\nc=IN IP4 0.0.0.0\r\n",
+        )
+        .replace("a=group:BUNDLE 0 1 2", "a=group:BUNDLE 0 2");
+    let mut sfu = sfu();
+    let (answer, _) = answer_to(&mut sfu, "firefox", &offer);
+    let lines = sections(&answer);
+    let video = &lines[1];
+    assert_eq!(video[0], "m=video 0 UDP/TLS/RTP/SAVPF 120 124 126 127");
+    for needed in [
+        "c=IN IP4",
+        "a=ice-ufrag:",
+        "a=ice-pwd:",
+        "a=fingerprint:",
+        "a=rtcp-mux",
+        "a=rtpmap:120 VP8/90000",
+        "a=inactive",
+    ] {
+        assert!(
+            video.iter().any(|l| l.starts_with(needed)),
+            "{needed} missing: {video:?}"
+        );
+    }
+    RemoteDescription::parse(&answer).unwrap();
+}
