@@ -215,6 +215,17 @@ pub async fn connection(
     if let Some(events) = left {
         let _ = audit_all(&state, events).await;
     }
+    if explicit_leave {
+        // A leave the client asked for ends cleanly: a last word and a normal close.
+        let msg = json!({"type": "closing", "reason": "left", "message": "Du har lämnat besöket."});
+        let _ = sink.send(Message::Text(msg.to_string().into())).await;
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: 1000,
+                reason: "left".into(),
+            })))
+            .await;
+    }
     let _ = sink.close().await;
     tracing::info!(participant = %id, meeting = %room.id, "left");
 }

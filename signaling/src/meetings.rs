@@ -429,22 +429,27 @@ impl Meetings {
             }
             // News of a track reaches the admitted, and only about the admitted: a waiting
             // participant's tracks (which the SFU forwards to nobody) are not mentioned.
+            // To the others: a publisher knows its own tracks. `track` is the track id of the
+            // SDP's `msid`, so a client can match the event to the m-line.
             Event::TrackPublished { room, track } => self.broadcast_about(
                 &room.0,
                 &track.publisher,
-                &json!({"type": "track_published", "publisher": track.publisher, "kind": track.kind, "track": track.id}),
+                &json!({"type": "track_published", "publisher": track.publisher, "kind": track.kind, "track": msid_track(&track.id)}),
+                true,
                 sfu,
             ),
             Event::TrackUnpublished { room, track } => self.broadcast_about(
                 &room.0,
                 &track.publisher,
-                &json!({"type": "track_unpublished", "publisher": track.publisher, "kind": track.kind, "track": track.id}),
+                &json!({"type": "track_unpublished", "publisher": track.publisher, "kind": track.kind, "track": msid_track(&track.id)}),
+                true,
                 sfu,
             ),
             Event::ActiveSpeaker { room, participant } => self.broadcast_about(
                 &room.0,
                 &participant,
                 &json!({"type": "active_speaker", "participant": participant}),
+                false,
                 sfu,
             ),
             // Only a broken media path is news to the client (it reconnects); a removal was
@@ -498,18 +503,20 @@ impl Meetings {
         }
     }
 
-    /// Sends `msg` to the admitted of `room` if `about` is admitted there.
+    /// Sends `msg` to the admitted of `room` if `about` is admitted there (`but_them`: not to
+    /// `about` itself).
     fn broadcast_about(
         &self,
         room: &str,
         about: &ParticipantId,
         msg: &serde_json::Value,
+        but_them: bool,
         sfu: &dyn SfuControl,
     ) {
         if let Some(room) = self.get(room) {
             self.with_room(&room, sfu, |s, fx| {
                 if s.is_admitted(about) {
-                    s.broadcast_admitted(None, msg, fx);
+                    s.broadcast_admitted(but_them.then_some(about), msg, fx);
                 }
             });
         }
@@ -602,4 +609,9 @@ impl Meetings {
             tracing::error!(path = %path.display(), error = %e, "writing the meeting store failed");
         }
     }
+}
+
+/// A track's id as the SFU's SDP names it in `a=msid` (`p-x-1` for the SFU's `p-x/1`).
+fn msid_track(id: &sfu_proto::TrackId) -> String {
+    id.to_string().replace('/', "-")
 }

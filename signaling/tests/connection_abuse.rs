@@ -55,6 +55,10 @@ async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     }
 }
 
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 /// A slowloris socket: the start of a request's headers, never finished.
 async fn partial_request(from: &str, to: SocketAddr) -> TcpStream {
     let mut s = connect_from(from, to).await;
@@ -149,6 +153,9 @@ async fn slowloris_sockets_are_capped_and_closed_and_joins_still_work() {
     for _ in 0..20 {
         held.push(partial_request("127.0.0.1", addr).await);
     }
+    // The server counts a connection when its accept task runs: let it catch up, so the
+    // sockets refused are the ones past the cap (not whichever task ran last).
+    settle().await;
     for _ in 0..3 {
         let mut extra = partial_request("127.0.0.1", addr).await;
         assert!(
@@ -165,6 +172,7 @@ async fn slowloris_sockets_are_capped_and_closed_and_joins_still_work() {
             held.push(partial_request(from, addr).await);
         }
     }
+    settle().await;
     let mut over = partial_request("127.0.0.5", addr).await;
     assert!(closed_within(&mut over, Duration::from_millis(500)).await);
     // ... until the header timeout closes them all.

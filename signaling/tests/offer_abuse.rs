@@ -6,28 +6,8 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::media::{MediaPeer, frames_per_second};
-use support::{Client, Server, start};
-
-/// A clinician and a patient of `meeting`, admitted, with media running both ways.
-async fn visit(server: &Server, meeting: &str) -> (MediaPeer, MediaPeer, Client, Client) {
-    let doctor_token = server.token(meeting, "doc-4411", "Dr Berg", "clinician");
-    let patient_token = server.token(meeting, "pat-7f3a", "Anna", "patient");
-    let mut doctor = server.connect(&doctor_token).await;
-    doctor.next_of("welcome").await;
-    let mut patient = server.connect(&patient_token).await;
-    patient.next_of("welcome").await;
-    let patient_id = doctor.first_waiting().await;
-    doctor
-        .send(json!({"type": "admit", "participant": patient_id}))
-        .await;
-    patient.next_of("admitted").await;
-    let doctor_media = MediaPeer::new("doctor").await;
-    let patient_media = MediaPeer::new("patient").await;
-    doctor.start_media(&doctor_media).await;
-    patient.start_media(&patient_media).await;
-    (doctor_media, patient_media, doctor, patient)
-}
+use support::media::{MediaPeer, frames_per_second, visit};
+use support::start;
 
 fn without_directions(sdp: &str) -> String {
     sdp.replace("a=sendonly\r\n", "")

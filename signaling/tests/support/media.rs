@@ -2,7 +2,7 @@
 //! SRTP) on a real UDP socket, negotiating over the join WebSocket, sending VP8-shaped video
 //! frames and counting the frames it receives.
 
-use super::Client;
+use super::{Client, Server};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sfu_proto::MediaKind;
@@ -181,4 +181,24 @@ pub fn frames_per_second(frames: &[Instant], from: Instant, to: Instant) -> Vec<
         start = end;
     }
     counts
+}
+
+/// A clinician and a patient of `meeting`, admitted, with media running both ways.
+pub async fn visit(server: &Server, meeting: &str) -> (MediaPeer, MediaPeer, Client, Client) {
+    let doctor_token = server.token(meeting, "doc-4411", "Dr Berg", "clinician");
+    let patient_token = server.token(meeting, "pat-7f3a", "Anna", "patient");
+    let mut doctor = server.connect(&doctor_token).await;
+    doctor.next_of("welcome").await;
+    let mut patient = server.connect(&patient_token).await;
+    patient.next_of("welcome").await;
+    let patient_id = doctor.first_waiting().await;
+    doctor
+        .send(json!({"type": "admit", "participant": patient_id}))
+        .await;
+    patient.next_of("admitted").await;
+    let doctor_media = MediaPeer::new("doctor").await;
+    let patient_media = MediaPeer::new("patient").await;
+    doctor.start_media(&doctor_media).await;
+    patient.start_media(&patient_media).await;
+    (doctor_media, patient_media, doctor, patient)
 }
