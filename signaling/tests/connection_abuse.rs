@@ -127,7 +127,7 @@ async fn slowloris_sockets_are_capped_and_closed_and_joins_still_work() {
         &["prlimit", "--nofile=256:4096", "--"],
         &[
             "--header-timeout-secs",
-            "2",
+            "4",
             "--max-connections",
             "60",
             "--max-connections-per-source",
@@ -159,7 +159,7 @@ async fn slowloris_sockets_are_capped_and_closed_and_joins_still_work() {
     for _ in 0..3 {
         let mut extra = partial_request("127.0.0.1", addr).await;
         assert!(
-            closed_within(&mut extra, Duration::from_millis(500)).await,
+            closed_within(&mut extra, Duration::from_secs(1)).await,
             "past the per-source cap"
         );
     }
@@ -174,12 +174,12 @@ async fn slowloris_sockets_are_capped_and_closed_and_joins_still_work() {
     }
     settle().await;
     let mut over = partial_request("127.0.0.5", addr).await;
-    assert!(closed_within(&mut over, Duration::from_millis(500)).await);
+    assert!(closed_within(&mut over, Duration::from_secs(1)).await);
     // ... until the header timeout closes them all.
     let mut closed_after = Vec::new();
     for s in &mut held {
         assert!(
-            closed_within(s, Duration::from_secs(5)).await,
+            closed_within(s, Duration::from_secs(8)).await,
             "a partial request outlived the header timeout"
         );
         closed_after.push(opened.elapsed());
@@ -190,7 +190,7 @@ async fn slowloris_sockets_are_capped_and_closed_and_joins_still_work() {
         closed_after.last()
     );
     assert!(
-        closed_after[0] >= Duration::from_millis(1500),
+        closed_after[0] >= Duration::from_millis(3500),
         "not closed before the timeout"
     );
     assert_eq!(join_from("127.0.0.5", addr, &token).await, Some(200));
@@ -204,9 +204,9 @@ async fn slowloris_sockets_are_capped_and_closed_and_joins_still_work() {
     let n = idle.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let t = Instant::now();
-    assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+    assert!(closed_within(&mut idle, Duration::from_secs(8)).await);
     assert!(
-        t.elapsed() >= Duration::from_millis(1500),
+        t.elapsed() >= Duration::from_millis(3500),
         "{:?}",
         t.elapsed()
     );
