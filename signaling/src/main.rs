@@ -101,6 +101,30 @@ struct ServeArgs {
     /// The address users open, e.g. https://video.region.se (for links the API returns).
     #[arg(long, env = "SIGNALING_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Minutes before a visit's start its waiting room opens (meetings.lobby_opens_minutes, 15).
+    #[arg(long, env = "SIGNALING_LOBBY_OPENS_MINUTES")]
+    lobby_opens_minutes: Option<u32>,
+    /// Minutes after a visit's end it still takes joins (meetings.overrun_minutes, 30).
+    #[arg(long, env = "SIGNALING_OVERRUN_MINUTES")]
+    overrun_minutes: Option<u32>,
+    /// Seconds a dropped admitted participant keeps admission (meetings.reconnect_grace_secs, 60).
+    #[arg(long, env = "SIGNALING_RECONNECT_GRACE_SECS")]
+    reconnect_grace_secs: Option<u32>,
+    /// Connections per visit (meetings.max_participants, 6).
+    #[arg(long, env = "SIGNALING_MAX_PARTICIPANTS")]
+    max_participants: Option<u32>,
+    /// Patients waiting in one drop-in queue at most (meetings.queue_limit, 50).
+    #[arg(long, env = "SIGNALING_QUEUE_LIMIT")]
+    queue_limit: Option<u32>,
+    /// Length of the private visit a drop-in take opens (meetings.drop_in_visit_minutes, 60).
+    #[arg(long, env = "SIGNALING_DROP_IN_VISIT_MINUTES")]
+    drop_in_visit_minutes: Option<u32>,
+    /// Whether a token may name a meeting the API never created (meetings.allow_unbooked, true).
+    #[arg(long, env = "SIGNALING_ALLOW_UNBOOKED")]
+    allow_unbooked: Option<bool>,
+    /// Time zone of the times patients are shown (meetings.time_zone, Europe/Stockholm).
+    #[arg(long, env = "SIGNALING_TIME_ZONE")]
+    time_zone: Option<String>,
     /// File keeping booked meetings across restarts.
     #[arg(long, env = "SIGNALING_MEETING_STORE")]
     meeting_store: Option<PathBuf>,
@@ -395,6 +419,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(300)
             .max(1);
         source.spawn_refresh(verifier.clone(), std::time::Duration::from_secs(every));
+    }
+    // Flags and env over the file's [meetings].
+    let mut meetings_file = meetings_file;
+    {
+        let m = &mut meetings_file;
+        m.lobby_opens_minutes = args.lobby_opens_minutes.or(m.lobby_opens_minutes);
+        m.overrun_minutes = args.overrun_minutes.or(m.overrun_minutes);
+        m.reconnect_grace_secs = args.reconnect_grace_secs.or(m.reconnect_grace_secs);
+        m.max_participants = args.max_participants.or(m.max_participants);
+        m.queue_limit = args.queue_limit.or(m.queue_limit);
+        m.drop_in_visit_minutes = args.drop_in_visit_minutes.or(m.drop_in_visit_minutes);
+        m.allow_unbooked = args.allow_unbooked.or(m.allow_unbooked);
+        m.time_zone = args.time_zone.clone().or(m.time_zone.take());
     }
     let mut policy = meeting_policy(&meetings_file).context("config [meetings]")?;
     // A denial or an end is remembered while any token that could undo it may still be valid.
