@@ -70,6 +70,25 @@ export async function inboundStats(page) {
   });
 }
 
+/** Outbound video per RID, and the received video's size, progress and freezes. */
+export async function videoStats(page) {
+  return page.evaluate(async () => {
+    const report = await window.hcState.pc.getStats();
+    const res = { sent: {}, width: 0, frames: 0, lost: 0, freezes: 0, frozen: 0 };
+    report.forEach((s) => {
+      if (s.type === "outbound-rtp" && s.kind === "video") res.sent[s.rid || "-"] = { bytes: s.bytesSent, width: s.frameWidth };
+      if (s.type === "inbound-rtp" && s.kind === "video") {
+        res.width = s.frameWidth || 0;
+        res.frames += s.framesDecoded || 0;
+        res.lost += s.packetsLost || 0;
+        res.freezes += s.freezeCount || 0;
+        res.frozen += s.totalFreezesDuration || 0;
+      }
+    });
+    return res;
+  });
+}
+
 export async function waitFor(fn, { timeout = 30000, interval = 250, what = "condition" } = {}) {
   const end = Date.now() + timeout;
   let last;

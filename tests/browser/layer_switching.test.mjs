@@ -4,23 +4,7 @@
 // decoded width always that of the layer being forwarded.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startSignaling, launchChromium, waitFor, admitFirst } from "./harness.mjs";
-
-async function received(page) {
-  return page.evaluate(async () => {
-    const report = await window.hcState.pc.getStats();
-    const res = { width: 0, frames: 0, freezes: 0, frozen: 0, sentRids: {} };
-    report.forEach((s) => {
-      if (s.type === "inbound-rtp" && s.kind === "video") {
-        res.width = s.frameWidth || 0;
-        res.frames += s.framesDecoded || 0;
-        res.freezes += s.freezeCount || 0;
-        res.frozen += s.totalFreezesDuration || 0;
-      }
-    });
-    return res;
-  });
-}
+import { startSignaling, launchChromium, waitFor, admitFirst, videoStats as received } from "./harness.mjs";
 
 test("ten layer switches never freeze the picture", { timeout: 240000 }, async () => {
   const server = await startSignaling();

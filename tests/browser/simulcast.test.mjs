@@ -4,24 +4,7 @@
 // picture.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startSignaling, launchChromium, waitFor, admitFirst, metric } from "./harness.mjs";
-
-/** Outbound video per RID and the received video's size and progress. */
-async function videoStats(page) {
-  return page.evaluate(async () => {
-    const report = await window.hcState.pc.getStats();
-    const res = { sent: {}, width: 0, frames: 0, lost: 0 };
-    report.forEach((s) => {
-      if (s.type === "outbound-rtp" && s.kind === "video") res.sent[s.rid || "-"] = { bytes: s.bytesSent, width: s.frameWidth };
-      if (s.type === "inbound-rtp" && s.kind === "video") {
-        res.width = s.frameWidth || 0;
-        res.frames += s.framesDecoded || 0;
-        res.lost += s.packetsLost || 0;
-      }
-    });
-    return res;
-  });
-}
+import { startSignaling, launchChromium, waitFor, admitFirst, metric, videoStats } from "./harness.mjs";
 
 test("a receiver gets one simulcast layer and moves down and up with data saving and its tile size", { timeout: 120000 }, async () => {
   const server = await startSignaling();
