@@ -46,6 +46,7 @@ impl Effects {
     }
 
     /// The messages one connection gets (for tests of the rules).
+    #[cfg(test)]
     pub fn to(&self, id: &ParticipantId) -> Vec<&Outbound> {
         self.messages
             .iter()

@@ -66,46 +66,48 @@ impl Vp8Continuity {
         self.rebase = true;
     }
 
-    /// Rewrites a forwarded packet's numbering in place and remembers where it is.
-    pub fn rewrite(&mut self, payload: &mut [u8]) {
-        let at = Vp8Indices::of(payload);
-        if let Some((i, long)) = at.picture_id {
-            let mask = if long { PICTURE_ID_15 } else { PICTURE_ID_7 };
-            let input = read_picture_id(payload, i, long);
-            if self.rebase {
+    /// Rewrites a forwarded packet's numbering in place (its descriptor's layout `at`, read
+    /// once for all subscribers) and remembers where it is.
+    pub fn rewrite(&mut self, payload: &mut [u8], at: Vp8Indices) {
+        if self.rebase {
+            // The new layer's first packet continues right after the last one sent.
+            if let Some((i, long)) = at.picture_id {
+                let mask = if long { PICTURE_ID_15 } else { PICTURE_ID_7 };
+                let input = read_picture_id(payload, i, long);
                 self.picture_delta = self
                     .last_picture
                     .map_or(0, |last| last.wrapping_add(1).wrapping_sub(input) & mask);
             }
-            let out = input.wrapping_add(self.picture_delta) & mask;
-            write_picture_id(payload, i, long, out);
-            self.last_picture = Some(out);
-        }
-        if let Some(i) = at.tl0_pic_idx {
-            let input = payload[i];
-            if self.rebase {
+            if let Some(i) = at.tl0_pic_idx {
                 self.tl0_delta = self
                     .last_tl0
-                    .map_or(0, |last| last.wrapping_add(1).wrapping_sub(input));
+                    .map_or(0, |last| last.wrapping_add(1).wrapping_sub(payload[i]));
             }
-            let out = input.wrapping_add(self.tl0_delta);
-            payload[i] = out;
-            self.last_tl0 = Some(out);
+            self.rebase = false;
         }
-        self.rebase = false;
+        let (picture, tl0) = self.shift(payload, at);
+        self.last_picture = picture.or(self.last_picture);
+        self.last_tl0 = tl0.or(self.last_tl0);
     }
 
     /// Rewrites a repair of the current layer the same way, remembering nothing.
-    pub fn rewrite_repair(&self, payload: &mut [u8]) {
-        let at = Vp8Indices::of(payload);
-        if let Some((i, long)) = at.picture_id {
+    pub fn rewrite_repair(&self, payload: &mut [u8], at: Vp8Indices) {
+        self.shift(payload, at);
+    }
+
+    /// Applies the layer's shifts; returns the numbers written.
+    fn shift(&self, payload: &mut [u8], at: Vp8Indices) -> (Option<u16>, Option<u8>) {
+        let picture = at.picture_id.map(|(i, long)| {
             let mask = if long { PICTURE_ID_15 } else { PICTURE_ID_7 };
             let out = read_picture_id(payload, i, long).wrapping_add(self.picture_delta) & mask;
             write_picture_id(payload, i, long, out);
-        }
-        if let Some(i) = at.tl0_pic_idx {
+            out
+        });
+        let tl0 = at.tl0_pic_idx.map(|i| {
             payload[i] = payload[i].wrapping_add(self.tl0_delta);
-        }
+            payload[i]
+        });
+        (picture, tl0)
     }
 }
 
@@ -131,6 +133,11 @@ fn write_picture_id(p: &mut [u8], i: usize, long: bool, id: u16) {
 mod tests {
     use super::*;
 
+    fn rewrite(c: &mut Vp8Continuity, p: &mut [u8]) {
+        let at = Vp8Indices::of(p);
+        c.rewrite(p, at);
+    }
+
     /// X, I (15-bit), L, T set; S on; then the payload header.
     fn packet(pid: u16, tl0: u8) -> Vec<u8> {
         let [hi, lo] = pid.to_be_bytes();
@@ -146,28 +153,29 @@ mod tests {
         let mut c = Vp8Continuity::default();
         // The first layer goes out as it comes.
         let mut p = packet(30_000, 200);
-        c.rewrite(&mut p);
+        rewrite(&mut c, &mut p);
         assert_eq!(numbering(&p), (30_000, 200));
         let mut p = packet(30_001, 200);
-        c.rewrite(&mut p);
+        rewrite(&mut c, &mut p);
         assert_eq!(numbering(&p), (30_001, 200));
         // A switch to a layer numbered far below: the next picture, the next TL0.
         c.switch_layer();
         let mut p = packet(17, 3);
-        c.rewrite(&mut p);
+        rewrite(&mut c, &mut p);
         assert_eq!(numbering(&p), (30_002, 201));
         let mut p = packet(18, 3);
-        c.rewrite(&mut p);
+        rewrite(&mut c, &mut p);
         assert_eq!(numbering(&p), (30_003, 201));
         // The 15-bit PictureID wraps as the decoder expects; the M bit stays.
         c.switch_layer();
         let mut p = packet(0x7fff - 30_003 + 5_000, 255);
-        c.rewrite(&mut p);
+        rewrite(&mut c, &mut p);
         assert_eq!(numbering(&p), (30_004, 202));
         assert_eq!(p[2] & 0x80, 0x80);
         // A repair of the current layer is shifted alike.
         let mut r = packet(0x7fff - 30_003 + 5_000, 255);
-        c.rewrite_repair(&mut r);
+        let at = Vp8Indices::of(&r);
+        c.rewrite_repair(&mut r, at);
         assert_eq!(numbering(&r), (30_004, 202));
     }
 
@@ -177,16 +185,16 @@ mod tests {
         c.switch_layer();
         for p in [vec![0x10, 0x00, 0x9d], vec![0x90], vec![0x90, 0x80], vec![]] {
             let mut q = p.clone();
-            c.rewrite(&mut q);
+            rewrite(&mut c, &mut q);
             assert_eq!(q, p);
         }
         // 7-bit PictureID, no TL0PICIDX.
         let mut short = vec![0x90, 0x80, 0x05, 0x00];
-        c.rewrite(&mut short);
+        rewrite(&mut c, &mut short);
         assert_eq!(short[2], 0x05);
         c.switch_layer();
         let mut next = vec![0x90, 0x80, 0x70, 0x00];
-        c.rewrite(&mut next);
+        rewrite(&mut c, &mut next);
         assert_eq!(next[2], 0x06);
     }
 }

@@ -9,6 +9,7 @@ use crate::rtcp_writer;
 use crate::rtp_header::HeaderWriter;
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
 use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
+use crate::vp8_continuity::Vp8Indices;
 use std::time::Instant;
 
 impl Sfu {
@@ -33,6 +34,12 @@ impl Sfu {
         };
         // A simulcast VP8 track's numbering is continued per subscriber across switches.
         let renumber = simulcast && track.format == PayloadFormat::Vp8;
+        // The descriptor's layout is the same for every copy: read once.
+        let vp8_at = if renumber {
+            Vp8Indices::of(payload)
+        } else {
+            Vp8Indices::default()
+        };
         for &(s, sub_idx) in &track.subscribers {
             let Some(sub) = self.participants[s].as_mut() else {
                 continue;
@@ -89,7 +96,7 @@ impl Sfu {
             if renumber {
                 subscription
                     .vp8
-                    .rewrite(&mut slot[hlen..hlen + payload.len()]);
+                    .rewrite(&mut slot[hlen..hlen + payload.len()], vp8_at);
             }
             let len = hlen + payload.len();
             match ctx.seal_rtp(
@@ -212,9 +219,10 @@ impl Sfu {
                 let mut len = hlen + 2;
                 slot[len..len + payload.len()].copy_from_slice(payload);
                 if renumber {
-                    subscription
-                        .vp8
-                        .rewrite_repair(&mut slot[len..len + payload.len()]);
+                    subscription.vp8.rewrite_repair(
+                        &mut slot[len..len + payload.len()],
+                        Vp8Indices::of(payload),
+                    );
                 }
                 len += payload.len();
                 if let Ok(n) = ctx.seal_rtp(

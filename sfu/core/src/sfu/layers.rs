@@ -17,11 +17,10 @@ impl Sfu {
         only: Option<ParticipantIdx>,
         out: &mut TransmitBatch,
     ) {
-        let participants: Vec<ParticipantIdx> = match only {
-            Some(idx) => vec![idx],
-            None => self.participants.indices().collect(),
-        };
-        for idx in participants {
+        // One participant, or every slot (no list built on this 250 ms pass).
+        let all = only.is_none();
+        let every = self.participants.indices().filter(move |_| all);
+        for idx in only.into_iter().chain(every) {
             let count = self.participants[idx]
                 .as_ref()
                 .map_or(0, |p| p.subscriptions.len());
