@@ -25,7 +25,7 @@ const ENDED_TITLE = {
 const state = {
   pc: null, ws: null, dc: null, names: new Map(), roles: new Map(), tiles: new Map(), participant: null,
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
-  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, forceSend: false,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, sessionStartedAt: 0, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
@@ -206,7 +206,52 @@ async function connectMedia(restart) {
     if (pc.connectionState === "connected" && state.view === "meeting") setStatus("Ansluten");
     if (pc.connectionState === "failed") scheduleRestart("Anslutningen bröts, ansluter igen…");
   };
+  // A path that went quiet (Wi-Fi to cellular, a new address) is first repaired in place: an
+  // ICE restart keeps the session, its tracks and admission; the full rebuild on `failed`
+  // stays the fallback.
+  pc.oniceconnectionstatechange = () => {
+    if (pc !== state.pc) return;
+    clearTimeout(iceRestartTimer);
+    if (pc.iceConnectionState === "disconnected") {
+      setStatus("Nätverket ändrades, ansluter igen…");
+      iceRestartTimer = setTimeout(() => restartIce(pc), 2000);
+    } else if (pc.iceConnectionState === "connected" && state.view === "meeting") {
+      setStatus("Ansluten");
+    }
+  };
+  state.sessionStartedAt = Date.now();
   await offer(pc, restart);
+}
+
+let iceRestartTimer = null;
+
+/** An ICE restart in place: new ICE credentials on the same session (no new tracks). */
+function restartIce(pc) {
+  enqueue(async () => {
+    if (pc !== state.pc || leaving || pc.connectionState === "closed") return;
+    // An offer or answer in flight: the restart waits for the next stable moment.
+    if (pc.signalingState !== "stable") {
+      iceRestartTimer = setTimeout(() => restartIce(pc), 500);
+      return;
+    }
+    state.iceRestarts += 1;
+    const o = await pc.createOffer({ iceRestart: true });
+    await pc.setLocalDescription(o);
+    send({ type: "offer", sdp: pc.localDescription.sdp });
+  });
+}
+
+// The device changed networks (or came back online): restart ICE at once rather than wait for
+// checks on the old path to time out.
+function onNetworkChange() {
+  const pc = state.pc;
+  if (!pc || leaving || ["new", "closed", "failed"].includes(pc.connectionState)) return;
+  clearTimeout(iceRestartTimer);
+  restartIce(pc);
+}
+window.addEventListener("online", onNetworkChange);
+if (navigator.connection && navigator.connection.addEventListener) {
+  navigator.connection.addEventListener("change", onNetworkChange);
 }
 
 async function offer(pc, restart) {
@@ -497,9 +542,11 @@ async function handle(msg) {
       for (const [id, tile] of state.tiles) tile.fig.classList.toggle("speaking", id === msg.participant);
       break;
     case "media_disconnected":
-      // May concern a session already replaced: only a connection that is not (getting)
-      // up is restarted.
-      if (!pc || !["new", "connecting", "connected"].includes(pc.connectionState)) {
+      // The SFU dropped our media session (its consent ran out on the path it watched, or
+      // DTLS closed): even a connection the browser still calls connected has no session
+      // behind it, so it is rebuilt. Only a session started moments ago is spared — the
+      // message then concerns the one it replaced.
+      if (!pc || Date.now() - state.sessionStartedAt > 3000 || !["new", "connecting", "connected"].includes(pc.connectionState)) {
         scheduleRestart("Mediaanslutningen avbröts, ansluter igen…");
       }
       break;

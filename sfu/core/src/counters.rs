@@ -39,6 +39,12 @@ pub struct Counters {
     pub layer_loss_downgrades: u64,
     /// Stopped m-lines taken again for new subscriptions.
     pub lines_recycled: u64,
+    /// Connectivity checks with a known ufrag that failed authentication (or were not checks).
+    pub stun_refused: u64,
+    /// ICE restarts in place (a client offer with new ICE credentials).
+    pub ice_restarts: u64,
+    /// Times a participant's browser nominated a different path (network change, restart).
+    pub path_changes: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -75,6 +81,9 @@ impl std::ops::AddAssign for Counters {
             layer_switches,
             layer_loss_downgrades,
             lines_recycled,
+            stun_refused,
+            ice_restarts,
+            path_changes,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -107,12 +116,15 @@ impl std::ops::AddAssign for Counters {
         self.layer_switches += layer_switches;
         self.layer_loss_downgrades += layer_loss_downgrades;
         self.lines_recycled += lines_recycled;
+        self.stun_refused += stun_refused;
+        self.ice_restarts += ice_restarts;
+        self.path_changes += path_changes;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 31] {
+    pub fn named(&self) -> [(&'static str, u64); 34] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -163,6 +175,9 @@ impl Counters {
                 self.layer_loss_downgrades,
             ),
             ("sfu_lines_recycled_total", self.lines_recycled),
+            ("sfu_stun_refused_total", self.stun_refused),
+            ("sfu_ice_restarts_total", self.ice_restarts),
+            ("sfu_path_changes_total", self.path_changes),
         ]
     }
 

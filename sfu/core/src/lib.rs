@@ -9,6 +9,7 @@ pub mod arena;
 pub mod codec;
 pub mod counters;
 pub mod data_channel_link;
+pub mod ice_lite;
 pub mod inbound_stream;
 pub mod local_description;
 pub mod packet_cache;

@@ -75,8 +75,9 @@ pub struct Participant {
     pub sdp_session_id: u64,
     pub sdp_version: u64,
     pub next_mid: u32,
-    /// Addresses this participant's connectivity checks came from (bounded by its candidates).
-    pub stun_addrs: Vec<SocketAddr>,
+    /// The local ICE ufrags checks are routed by: the current one and, after an ICE restart,
+    /// the one before (the browser checks with it until it applies the answer).
+    pub ufrags: Vec<String>,
     /// Arrival times of this participant's packets, for its bandwidth estimator.
     pub twcc: TwccRecorder,
     /// Our transport-wide sequence number on packets sent to this participant.

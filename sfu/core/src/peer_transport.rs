@@ -1,22 +1,18 @@
-//! One participant's WebRTC transport: ICE-lite (`rtc-ice`), the DTLS server (`rtc-dtls`) and,
+//! One participant's WebRTC transport: ICE-lite ([`IceLite`]), the DTLS server (`rtc-dtls`) and,
 //! once the handshake completes, the SRTP contexts keyed from the DTLS exporter.
 //!
 //! This is the slow path: STUN and DTLS datagrams come in, datagrams and state changes go out.
 //! Media never passes through here; the forwarding core uses the SRTP contexts directly.
 
 use crate::data_channel_link::{DataChannelLink, DataMessage};
+use crate::ice_lite::{IceCredentials, IceEvent, IceLite};
 use crate::srtp_context::{MASTER_KEY_LEN, MASTER_SALT_LEN, MasterKey, SrtpContext};
 use bytes::BytesMut;
 use rtc_dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
 use rtc_dtls::crypto::Certificate;
 use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
 use rtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc_ice::candidate::CandidateConfig;
-use rtc_ice::candidate::candidate_host::CandidateHostConfig;
-use rtc_ice::state::ConnectionState;
-use rtc_ice::{Agent, AgentConfig};
-use rtc_shared::{TransportContext, TransportMessage, TransportProtocol};
-use sansio::Protocol;
+use rtc_shared::TransportProtocol;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,8 +47,6 @@ impl std::fmt::Debug for TransportConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("ICE: {0}")]
-    Ice(String),
     #[error("DTLS: {0}")]
     Dtls(String),
     #[error("SRTP keying: {0}")]
@@ -116,7 +110,7 @@ pub enum CloseCause {
 }
 
 pub struct PeerTransport {
-    agent: Agent,
+    ice: IceLite,
     dtls: Endpoint,
     config: TransportConfig,
     remote: Option<SocketAddr>,
@@ -124,9 +118,9 @@ pub struct PeerTransport {
     closed: bool,
     transmits: VecDeque<(SocketAddr, BytesMut)>,
     events: VecDeque<TransportEvent>,
-    local_ufrag: String,
-    local_pwd: String,
     data: DataChannelLink,
+    /// The browser's certificate fingerprint (lowercase hex with colons).
+    remote_fingerprint: String,
 }
 
 impl std::fmt::Debug for PeerTransport {
@@ -147,6 +141,14 @@ fn random_token(len: usize) -> String {
         .collect()
 }
 
+/// Fresh local ICE credentials: 16 and 32 characters (RFC 8445 asks for ≥ 24 and 128 bits).
+fn new_local_credentials() -> IceCredentials {
+    IceCredentials {
+        ufrag: random_token(16),
+        pwd: random_token(32),
+    }
+}
+
 impl PeerTransport {
     /// Creates the transport for a remote offer with the given ICE credentials and certificate
     /// fingerprint (`sha-256`, hex with colons).
@@ -157,40 +159,20 @@ impl PeerTransport {
         remote_pwd: &str,
         remote_fingerprint: &str,
     ) -> Result<Self, TransportError> {
-        let local_ufrag = random_token(16);
-        let local_pwd = random_token(32);
-        let agent_config = AgentConfig {
-            local_ufrag: local_ufrag.clone(),
-            local_pwd: local_pwd.clone(),
-            lite: true,
-            is_controlling: false,
-            candidate_types: vec![rtc_ice::candidate::CandidateType::Host],
-            disconnected_timeout: Some(config.consent_disconnected),
-            failed_timeout: Some(config.consent_failed),
-            ..Default::default()
-        };
-        let mut agent = Agent::new(now, Arc::new(agent_config), config.crypto.clone())
-            .map_err(|e| TransportError::Ice(e.to_string()))?;
-        let host = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: config.advertised_addr.ip().to_string(),
-                port: config.advertised_addr.port(),
-                component: 1,
-                ..Default::default()
+        let ice = IceLite::new(
+            now,
+            config.crypto.clone(),
+            new_local_credentials(),
+            IceCredentials {
+                ufrag: remote_ufrag.to_owned(),
+                pwd: remote_pwd.to_owned(),
             },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .map_err(|e| TransportError::Ice(e.to_string()))?;
-        agent
-            .add_local_candidate(host)
-            .map_err(|e| TransportError::Ice(e.to_string()))?;
-        agent
-            .start_connectivity_checks(now, false, remote_ufrag.to_owned(), remote_pwd.to_owned())
-            .map_err(|e| TransportError::Ice(e.to_string()))?;
+            config.consent_disconnected,
+            config.consent_failed,
+        );
 
         let expected = remote_fingerprint.to_ascii_lowercase();
+        let remote_fingerprint = expected.clone();
         let verify: rtc_dtls::config::VerifyPeerCertificateFn =
             Arc::new(move |certs: &[Vec<u8>], _| {
                 let first = certs
@@ -227,7 +209,7 @@ impl PeerTransport {
         );
         let data = DataChannelLink::new(config.advertised_addr);
         Ok(Self {
-            agent,
+            ice,
             dtls,
             config,
             remote: None,
@@ -235,31 +217,45 @@ impl PeerTransport {
             closed: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            local_ufrag,
-            local_pwd,
             data,
+            remote_fingerprint,
         })
     }
 
     pub fn local_ufrag(&self) -> &str {
-        &self.local_ufrag
+        &self.ice.local().ufrag
     }
 
     pub fn local_pwd(&self) -> &str {
-        &self.local_pwd
+        &self.ice.local().pwd
+    }
+
+    /// Whether `fingerprint` (as an SDP states it) names the certificate this session's DTLS
+    /// was set up for.
+    pub fn is_remote_fingerprint(&self, fingerprint: &str) -> bool {
+        self.remote_fingerprint.eq_ignore_ascii_case(fingerprint)
+    }
+
+    pub fn remote_ufrag(&self) -> &str {
+        &self.ice.remote().ufrag
+    }
+
+    /// An ICE restart in place: new credentials for both sides; the DTLS association, the SRTP
+    /// keys and the path in use stay until the browser nominates a path under the new ones.
+    /// Returns the new local ufrag.
+    pub fn restart_ice(&mut self, remote_ufrag: &str, remote_pwd: &str) -> String {
+        self.ice.restart(
+            new_local_credentials(),
+            IceCredentials {
+                ufrag: remote_ufrag.to_owned(),
+                pwd: remote_pwd.to_owned(),
+            },
+        );
+        self.ice.local().ufrag.clone()
     }
 
     pub fn fingerprint(&self) -> &str {
         &self.config.fingerprint_sha256
-    }
-
-    fn context(&self, from: SocketAddr) -> TransportContext {
-        TransportContext {
-            local_addr: self.config.advertised_addr,
-            peer_addr: from,
-            transport_protocol: TransportProtocol::UDP,
-            ecn: None,
-        }
     }
 
     /// A STUN datagram from `from` (binding request or indication). Returns false when the
@@ -268,12 +264,7 @@ impl PeerTransport {
         if self.closed {
             return false;
         }
-        let msg = TransportMessage {
-            now,
-            transport: self.context(from),
-            message: BytesMut::from(datagram),
-        };
-        let accepted = match self.agent.handle_read(msg) {
+        let accepted = match self.ice.handle_stun(now, from, datagram) {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(error = %e, "STUN datagram refused");
@@ -379,9 +370,7 @@ impl PeerTransport {
         if self.closed {
             return;
         }
-        if let Err(e) = self.agent.handle_timeout(now) {
-            tracing::debug!(error = %e, "ICE timeout handling");
-        }
+        self.ice.handle_timeout(now);
         self.drain_agent();
         if self
             .dtls
@@ -404,7 +393,7 @@ impl PeerTransport {
             return None;
         }
         [
-            self.agent.poll_timeout(),
+            self.ice.poll_timeout(),
             self.dtls.poll_timeout(&DTLS_TUNNEL_PEER),
             self.data.poll_timeout(),
         ]
@@ -429,7 +418,7 @@ impl PeerTransport {
         let _ = self.dtls.close(now);
         self.drain_dtls();
         self.closed = true;
-        let _ = self.agent.close();
+        self.ice.close();
     }
 
     fn close(&mut self, cause: CloseCause) {
@@ -440,24 +429,20 @@ impl PeerTransport {
     }
 
     fn drain_agent(&mut self) {
-        while let Some(t) = self.agent.poll_write() {
-            self.transmits.push_back((t.transport.peer_addr, t.message));
+        while let Some((to, datagram)) = self.ice.poll_transmit() {
+            self.transmits
+                .push_back((to, BytesMut::from(&datagram[..])));
         }
-        while let Some(evt) = self.agent.poll_event() {
-            match evt.event {
-                rtc_ice::Event::SelectedCandidatePairChange(_, remote) => {
-                    let addr = remote.addr();
+        while let Some(event) = self.ice.poll_event() {
+            match event {
+                IceEvent::Selected(addr) => {
                     if self.remote != Some(addr) {
                         self.remote = Some(addr);
                         self.events.push_back(TransportEvent::RemoteAddress(addr));
                     }
                 }
-                rtc_ice::Event::ConnectionStateChange(state) => {
-                    if matches!(state, ConnectionState::Failed | ConnectionState::Closed) {
-                        self.close(CloseCause::ConsentTimeout);
-                    }
-                }
-                _ => {}
+                IceEvent::Failed => self.close(CloseCause::ConsentTimeout),
+                IceEvent::Disconnected | IceEvent::Reconnected => {}
             }
         }
     }

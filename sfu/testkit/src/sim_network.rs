@@ -191,6 +191,18 @@ impl SimNetwork {
             .insert((self.now + link.delay, self.seq), (from, to, data));
     }
 
+    /// The peer's network changes to `new_addr` and it restarts ICE in place: a new offer with
+    /// new credentials on the same session, as a browser's `restartIce()` sends it.
+    pub fn restart_ice(&mut self, peer: usize, new_addr: SocketAddr) {
+        let now = self.now;
+        self.peers[peer].restart_ice(now, new_addr);
+        let offer = self.peers[peer].offer();
+        self.command(Command::Offer {
+            participant: self.ids[peer].clone(),
+            offer_sdp: offer,
+        });
+    }
+
     /// Injects a datagram toward the SFU as if sent from `from` (for bad-input tests).
     pub fn inject_to_sfu(&mut self, from: SocketAddr, data: Vec<u8>) {
         self.seq += 1;

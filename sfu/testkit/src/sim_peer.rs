@@ -118,6 +118,10 @@ pub struct SimPeer {
     /// `a=setup` of our offers: `actpass`, or `active` to stay the DTLS client with an
     /// answerer that would otherwise take the client role.
     pub offer_setup: &'static str,
+    /// An ICE restart is under way: the next answer's credentials start new checks.
+    ice_restarting: bool,
+    /// The SFU's ICE credentials from its last answer (ufrag, pwd).
+    sfu_credentials: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for SimPeer {
@@ -134,6 +138,21 @@ const TWCC_EXTMAP: &str =
 
 fn crypto() -> Arc<dyn rtc_crypto::RTCCryptoProvider> {
     rtc_crypto::default_provider().expect("ring crypto provider")
+}
+
+fn host_candidate(addr: SocketAddr) -> rtc_ice::candidate::Candidate {
+    CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .expect("host candidate")
 }
 
 impl SimPeer {
@@ -158,19 +177,9 @@ impl SimPeer {
             provider.clone(),
         )
         .expect("ICE agent");
-        let host = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".into(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .expect("host candidate");
-        agent.add_local_candidate(host).expect("add candidate");
+        agent
+            .add_local_candidate(host_candidate(addr))
+            .expect("add candidate");
         let certificate =
             Certificate::generate_self_signed(vec!["peer".to_owned()], provider.crypto())
                 .expect("cert");
@@ -217,7 +226,38 @@ impl SimPeer {
             keep_history: true,
             controlling,
             offer_setup: "actpass",
+            ice_restarting: false,
+            sfu_credentials: None,
         }
+    }
+
+    /// A network change and ICE restart (JSEP `restartIce`): the peer now sends from
+    /// `new_addr` and its next [`Self::offer`] carries new ICE credentials. DTLS and SRTP stay.
+    pub fn restart_ice(&mut self, now: Instant, new_addr: SocketAddr) {
+        self.addr = new_addr;
+        self.local_ufrag = format!("r{:08x}", rand::random::<u32>());
+        self.local_pwd = format!("p{:032x}", rand::random::<u128>());
+        self.agent
+            .restart(now, self.local_ufrag.clone(), self.local_pwd.clone(), false)
+            .expect("ICE restart");
+        self.agent
+            .add_local_candidate(host_candidate(new_addr))
+            .expect("add candidate");
+        self.ice_restarting = true;
+    }
+
+    /// A connectivity check toward the SFU from wherever this peer is, as a controlling agent
+    /// would send it; `nominate` adds USE-CANDIDATE. Empty before the SFU answered.
+    pub fn connectivity_check(&self, nominate: bool) -> Vec<u8> {
+        let Some((ufrag, pwd)) = &self.sfu_credentials else {
+            return Vec::new();
+        };
+        sfu_core::ice_lite::connectivity_check(
+            &format!("{ufrag}:{}", self.local_ufrag),
+            pwd,
+            nominate,
+            crypto().crypto(),
+        )
     }
 
     /// Adds a track to publish; call before [`Self::offer`].
@@ -342,7 +382,8 @@ impl SimPeer {
     }
 
     fn start_ice(&mut self, now: Instant, remote: &RemoteDescription, candidate: &str) {
-        if self.sfu_addr.is_some() {
+        self.sfu_credentials = Some((remote.ice_ufrag.clone(), remote.ice_pwd.clone()));
+        if self.sfu_addr.is_some() && !std::mem::take(&mut self.ice_restarting) {
             return;
         }
         let c = rtc_ice::candidate::unmarshal_candidate(candidate).expect("candidate parses");

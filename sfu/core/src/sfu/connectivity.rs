@@ -48,27 +48,19 @@ impl Sfu {
         buf: &[u8],
         out: &mut TransmitBatch,
     ) {
-        // Requests name the participant by ufrag; responses (to the agent's own checks) carry
-        // no USERNAME and are matched by the address a request came from.
-        let idx = match stun_username_ufrag(buf) {
-            Some(ufrag) => self.by_ufrag.get(ufrag).copied(),
-            None => self.by_stun_addr.get(&from).copied(),
-        };
-        let Some(idx) = idx else {
+        // Checks name the participant by ufrag. An ICE-lite agent sends no checks of its own,
+        // so nothing without a USERNAME (responses, indications) is ours to route.
+        let Some(idx) = stun_username_ufrag(buf).and_then(|u| self.by_ufrag.get(u).copied()) else {
             self.counters.dropped_unknown_source += 1;
             return;
         };
-        // Bounded: a participant has a handful of candidates; a flood of checks from new ports
-        // (before their integrity is verified) must not grow the table.
-        if self.participant(idx).stun_addrs.len() < MAX_STUN_ADDRS_PER_PARTICIPANT
-            && let std::collections::hash_map::Entry::Vacant(e) = self.by_stun_addr.entry(from)
-        {
-            e.insert(idx);
-            self.participant_mut(idx).stun_addrs.push(from);
-        }
-        self.participant_mut(idx)
+        if !self
+            .participant_mut(idx)
             .transport
-            .handle_stun(now, from, buf);
+            .handle_stun(now, from, buf)
+        {
+            self.counters.stun_refused += 1;
+        }
         self.drive_transport(now, idx, out);
     }
 
@@ -105,10 +97,11 @@ impl Sfu {
             while let Some(event) = p.transport.poll_event() {
                 match event {
                     TransportEvent::RemoteAddress(addr) => {
-                        if let Some(old) = p.remote.replace(addr)
-                            && self.by_addr.get(&old) == Some(&idx)
-                        {
-                            self.by_addr.remove(&old);
+                        if let Some(old) = p.remote.replace(addr) {
+                            self.counters.path_changes += 1;
+                            if self.by_addr.get(&old) == Some(&idx) {
+                                self.by_addr.remove(&old);
+                            }
                         }
                         self.by_addr.insert(addr, idx);
                     }

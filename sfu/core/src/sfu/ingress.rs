@@ -182,6 +182,11 @@ impl Sfu {
         // Not at a repair: a late copy of an old keyframe would start the layer in the past.
         let simulcast = track.is_simulcast();
         let keyframe = simulcast && !is_rtx && track.format.starts_keyframe(payload);
+        if keyframe {
+            // A request held back by the throttle is answered: sent later it would cost a
+            // keyframe nobody waits for, and hold back the next real request.
+            track.layers[l].keyframe_pending = false;
+        }
         Some(Received {
             track: t,
             layer: l,

@@ -91,9 +91,6 @@ const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// RTCP sender SSRCs tracked for replay per participant (a browser uses one per stream).
 const MAX_RTCP_SENDERS: usize = 32;
 
-/// Source addresses remembered per participant for routing STUN responses.
-const MAX_STUN_ADDRS_PER_PARTICIPANT: usize = 16;
-
 pub struct Sfu {
     config: SfuConfig,
     rooms: HashMap<RoomId, Room>,
@@ -102,10 +99,8 @@ pub struct Sfu {
     by_id: FxHashMap<ParticipantId, ParticipantIdx>,
     by_ufrag: FxHashMap<String, ParticipantIdx>,
     /// Looked up for every datagram: a fast hash. Keys are only inserted for addresses ICE
-    /// verified (or, for STUN routing, that presented a valid ufrag), so flooding cannot
-    /// target collisions.
+    /// verified, so flooding cannot target collisions.
     by_addr: FxHashMap<SocketAddr, ParticipantIdx>,
-    by_stun_addr: FxHashMap<SocketAddr, ParticipantIdx>,
     events: VecDeque<Event>,
     pub counters: Counters,
     next_tick: Option<Instant>,
@@ -139,7 +134,6 @@ impl Sfu {
             by_id: FxHashMap::default(),
             by_ufrag: FxHashMap::default(),
             by_addr: FxHashMap::default(),
-            by_stun_addr: FxHashMap::default(),
             events: VecDeque::new(),
             counters: Counters::default(),
             next_tick: None,

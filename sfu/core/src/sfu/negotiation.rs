@@ -65,7 +65,7 @@ impl Sfu {
             sdp_session_id: u64::from(self.new_ssrc()) << 16,
             sdp_version: 1,
             next_mid: 0,
-            stun_addrs: Vec::new(),
+            ufrags: vec![ufrag.clone()],
             twcc: TwccRecorder::new(now),
             twcc_out_seq: 0,
             preferred_layer: VideoLayer::High,
@@ -478,7 +478,7 @@ impl Sfu {
 
     pub(super) fn apply_client_offer(
         &mut self,
-        _now: Instant,
+        now: Instant,
         id: &ParticipantId,
         sdp: &str,
     ) -> Result<(), String> {
@@ -499,9 +499,34 @@ impl Sfu {
                 "a session may hold at most {MAX_LINES_PER_PARTICIPANT} m-lines"
             ));
         }
+        if !p.transport.is_remote_fingerprint(&offer.fingerprint) {
+            // A new certificate means a new DTLS association: a new media session, which is
+            // signaling's `restart`, not a renegotiation.
+            return Err("the DTLS fingerprint changed: start a new media session instead".into());
+        }
+        if offer.ice_ufrag != p.transport.remote_ufrag() {
+            self.restart_ice(now, idx, &offer);
+        }
         let new_tracks = self.negotiate_offer(idx, &offer);
         self.answer(idx);
         self.on_tracks_published(idx, &new_tracks);
         Ok(())
+    }
+
+    /// An ICE restart in place (RFC 8445 §9, JSEP `restartIce`): the offer carries new ICE
+    /// credentials, the answer gets new ones of ours. Tracks, subscriptions, layers, DTLS and
+    /// SRTP all stay; media keeps going to the current path until the browser nominates one
+    /// under the new credentials.
+    fn restart_ice(&mut self, _now: Instant, idx: ParticipantIdx, offer: &RemoteDescription) {
+        let p = self.participant_mut(idx);
+        let ufrag = p.transport.restart_ice(&offer.ice_ufrag, &offer.ice_pwd);
+        p.ufrags.push(ufrag.clone());
+        // Checks under the credentials before the previous restart are done by now.
+        let retired: Vec<String> = p.ufrags.drain(..p.ufrags.len().saturating_sub(2)).collect();
+        for old in retired {
+            self.by_ufrag.remove(&old);
+        }
+        self.by_ufrag.insert(ufrag, idx);
+        self.counters.ice_restarts += 1;
     }
 }

@@ -219,17 +219,14 @@ impl Sfu {
             out.push(dest, &datagram);
         }
         self.by_id.remove(&p.id);
-        self.by_ufrag.remove(p.transport.local_ufrag());
+        for ufrag in &p.ufrags {
+            self.by_ufrag.remove(ufrag);
+        }
         // Only entries that still point at this participant (another may have the address now).
         if let Some(addr) = p.remote
             && self.by_addr.get(&addr) == Some(&idx)
         {
             self.by_addr.remove(&addr);
-        }
-        for addr in &p.stun_addrs {
-            if self.by_stun_addr.get(addr) == Some(&idx) {
-                self.by_stun_addr.remove(addr);
-            }
         }
         // Its subscriptions leave the tracks they read from.
         for (i, s) in p.subscriptions.iter().enumerate() {

@@ -1,0 +1,221 @@
+//! Scenario tests of the SFU's ICE-lite side on virtual time: a browser that nominates another
+//! path (a second interface), an ICE restart in place after a network change, and what must
+//! not happen meanwhile (a consent timeout, a renegotiation of tracks, a long gap in media).
+
+use sfu_proto::{Event, MediaKind, Permissions};
+use sfu_testkit::SimNetwork;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const BOTH: Permissions = Permissions {
+    publish: true,
+    subscribe: true,
+};
+
+/// Video at ~30 fps from each publisher, one packet a frame.
+fn send_video(net: &mut SimNetwork, publishers: &[usize], tick: &mut u64) {
+    *tick += 1;
+    if (*tick).is_multiple_of(33) {
+        for &p in publishers {
+            let mut payload = vec![0x90, 0x80, 0, p as u8];
+            payload.extend_from_slice(&tick.to_be_bytes());
+            payload.resize(600, 0xab);
+            net.peers[p].send_media(1, &payload, true, 3000);
+        }
+    }
+}
+
+/// A publisher ("pub") and a subscriber ("sub") connected, video flowing for a second.
+fn call(seed: u64) -> (SimNetwork, u64) {
+    let mut net = SimNetwork::new(seed, |_| {});
+    net.add_peer("pub", &[MediaKind::Audio, MediaKind::Video]);
+    net.add_peer("sub", &[MediaKind::Audio, MediaKind::Video]);
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    let mut tick = 0;
+    net.run(Duration::from_secs(1), |n| {
+        send_video(n, &[0, 1], &mut tick)
+    });
+    (net, tick)
+}
+
+/// Arrival times of the video `receiver` got from `publisher`.
+fn arrivals(net: &SimNetwork, receiver: usize, publisher: &str) -> Vec<Instant> {
+    let ssrc = net.peers[receiver]
+        .incoming_from(publisher, MediaKind::Video)
+        .expect("video line")
+        .ssrc;
+    net.peers[receiver]
+        .received
+        .get(&ssrc)
+        .map(|v| v.iter().map(|p| p.at).collect())
+        .unwrap_or_default()
+}
+
+/// The longest time without video in `[from, to]` (the edges count as arrivals).
+fn longest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
+    let mut last = from;
+    let mut gap = Duration::ZERO;
+    for &t in times.iter().filter(|&&t| t >= from && t <= to) {
+        gap = gap.max(t - last);
+        last = t;
+    }
+    gap.max(to - last)
+}
+
+fn offers_to(net: &SimNetwork, who: &str) -> usize {
+    net.events
+        .iter()
+        .filter(|e| matches!(e, Event::Offer { participant, .. } if participant.as_str() == who))
+        .count()
+}
+
+#[test]
+fn a_later_nomination_moves_media_to_that_path_and_consent_follows_it() {
+    let (mut net, mut tick) = call(31);
+    // The subscriber's browser switches to its other interface and nominates that pair; from
+    // then on it sends (and keeps consent) only there.
+    let other: SocketAddr = "10.0.7.2:6000".parse().unwrap();
+    net.peers[1].addr = other;
+    let check = net.peers[1].connectivity_check(true);
+    net.inject_to_sfu(other, check);
+    let moved_at = net.now;
+    net.run(Duration::from_secs(20), |n| {
+        send_video(n, &[0, 1], &mut tick)
+    });
+    assert!(
+        net.disconnected().is_empty(),
+        "nobody may be timed out: {:?}",
+        net.disconnected()
+    );
+    // Media reaches the new path at once and never stops for long (30 fps: 33 ms apart).
+    let got = arrivals(&net, 1, "pub");
+    let gap = longest_gap(&got, moved_at, net.now);
+    assert!(
+        gap < Duration::from_millis(300),
+        "video stopped for {gap:?}"
+    );
+    // And the subscriber's own media, now from the new address, still reaches the publisher.
+    let sent = arrivals(&net, 0, "sub");
+    let gap = longest_gap(&sent, moved_at + Duration::from_millis(100), net.now);
+    assert!(
+        gap < Duration::from_millis(300),
+        "uplink stopped for {gap:?}"
+    );
+    assert_eq!(net.sfu.counters.path_changes, 1);
+}
+
+#[test]
+fn an_ice_restart_in_place_resumes_media_without_renegotiating_tracks() {
+    let (mut net, mut tick) = call(32);
+    let offers_before = offers_to(&net, "sub");
+    let lines_before: Vec<_> = net.peers[1]
+        .incoming
+        .iter()
+        .map(|l| (l.mid.clone(), l.ssrc))
+        .collect();
+    // Wi-Fi to cellular: the old address is gone at once, and the page restarts ICE.
+    let cellular: SocketAddr = "10.0.8.2:7000".parse().unwrap();
+    let changed_at = net.now;
+    net.restart_ice(1, cellular);
+    net.run(Duration::from_secs(15), |n| {
+        send_video(n, &[0, 1], &mut tick)
+    });
+    assert!(net.disconnected().is_empty(), "{:?}", net.disconnected());
+    let got = arrivals(&net, 1, "pub");
+    let first = got
+        .iter()
+        .find(|&&t| t > changed_at)
+        .expect("video after the restart");
+    assert!(
+        *first - changed_at < Duration::from_millis(500),
+        "first video {:?} after the change",
+        *first - changed_at
+    );
+    let gap = longest_gap(&got, *first, net.now);
+    assert!(
+        gap < Duration::from_millis(300),
+        "video stopped for {gap:?}"
+    );
+    let sent = arrivals(&net, 0, "sub");
+    assert!(
+        sent.iter()
+            .any(|&t| t > changed_at + Duration::from_secs(1)),
+        "the restarted peer's own video reaches the other side"
+    );
+    // Nothing about tracks changed: no SFU offer, the same lines and SSRCs.
+    assert_eq!(offers_to(&net, "sub"), offers_before);
+    let lines_after: Vec<_> = net.peers[1]
+        .incoming
+        .iter()
+        .map(|l| (l.mid.clone(), l.ssrc))
+        .collect();
+    assert_eq!(lines_after, lines_before);
+    assert_eq!(net.sfu.counters.ice_restarts, 1);
+}
+
+#[test]
+fn the_answer_to_a_restart_carries_new_credentials_and_old_ones_stop_working() {
+    let (mut net, mut tick) = call(33);
+    let before = net.peers[1].connectivity_check(true);
+    let answers = |n: &SimNetwork| -> Vec<String> {
+        n.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Answer {
+                    participant,
+                    answer_sdp,
+                } if participant.as_str() == "sub" => Some(answer_sdp.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let ufrag = |sdp: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .map(str::to_owned)
+    };
+    let old = ufrag(answers(&net).last().unwrap());
+    let cellular: SocketAddr = "10.0.8.3:7000".parse().unwrap();
+    net.restart_ice(1, cellular);
+    let new = ufrag(answers(&net).last().unwrap());
+    assert_ne!(old, new, "the restart's answer has new ICE credentials");
+    net.run(Duration::from_secs(2), |n| {
+        send_video(n, &[0, 1], &mut tick)
+    });
+    // The restart completed under the new credentials: a check under the old ones (replayed
+    // from anywhere) is refused and moves nothing.
+    let refused = net.sfu.counters.stun_refused;
+    let stranger: SocketAddr = "10.9.9.9:9999".parse().unwrap();
+    net.inject_to_sfu(stranger, before);
+    net.run(Duration::from_millis(50), |_| {});
+    assert_eq!(net.sfu.counters.stun_refused, refused + 1);
+    assert_eq!(net.sfu.counters.path_changes, 1);
+}
+
+#[test]
+fn an_offer_with_another_certificate_is_refused_and_the_session_goes_on() {
+    let (mut net, mut tick) = call(34);
+    let offer = net.peers[1].offer();
+    let line = offer
+        .lines()
+        .find(|l| l.starts_with("a=fingerprint:sha-256 "))
+        .unwrap();
+    let mut other = line.to_owned();
+    let last = other.pop().unwrap();
+    other.push(if last == '0' { '1' } else { '0' });
+    net.command(sfu_proto::Command::Offer {
+        participant: net.id(1).clone(),
+        offer_sdp: offer.replace(line, &other),
+    });
+    assert!(net.events.iter().any(|e| matches!(
+        e,
+        Event::CommandFailed { error, .. } if error.contains("fingerprint changed")
+    )));
+    let at = net.now;
+    net.run(Duration::from_secs(1), |n| {
+        send_video(n, &[0, 1], &mut tick)
+    });
+    assert!(arrivals(&net, 1, "pub").iter().any(|&t| t > at));
+}
