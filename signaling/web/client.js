@@ -25,7 +25,7 @@ const ENDED_TITLE = {
 const state = {
   pc: null, ws: null, dc: null, names: new Map(), roles: new Map(), tiles: new Map(), participant: null,
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
-  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, sessionStartedAt: 0, forceSend: false,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, pathStalls: 0, iceStates: [], sessionStartedAt: 0, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
@@ -211,16 +211,45 @@ async function connectMedia(restart) {
   // stays the fallback.
   pc.oniceconnectionstatechange = () => {
     if (pc !== state.pc) return;
-    clearTimeout(iceRestartTimer);
-    if (pc.iceConnectionState === "disconnected") {
+    state.iceStates.push([Date.now() - state.sessionStartedAt, pc.iceConnectionState]);
+    if (["connected", "completed"].includes(pc.iceConnectionState)) {
+      clearTimeout(iceRestartTimer);
+      iceRestartTimer = null;
+      if (state.view === "meeting") setStatus("Ansluten");
+    } else if (pc.iceConnectionState === "disconnected" && !iceRestartTimer) {
       setStatus("Nätverket ändrades, ansluter igen…");
-      iceRestartTimer = setTimeout(() => restartIce(pc), 2000);
-    } else if (pc.iceConnectionState === "connected" && state.view === "meeting") {
-      setStatus("Ansluten");
+      iceRestartTimer = setTimeout(() => { iceRestartTimer = null; restartIce(pc); }, 1000);
     }
   };
   state.sessionStartedAt = Date.now();
+  watchMediaPath(pc);
   await offer(pc, restart);
+}
+
+/**
+ * A path that dies without the browser noticing (Chromium keeps ICE "connected" for several
+ * seconds after its network is gone): while in a meeting the SFU sends us something at least
+ * every second (transport-wide feedback every 50 ms while we publish, reports every second),
+ * so 0.8 s without a byte means the path is gone and ICE is restarted in place.
+ */
+function watchMediaPath(pc) {
+  let lastBytes = -1;
+  let quietSince = Date.now();
+  let restartedAt = 0;
+  const timer = setInterval(async () => {
+    if (pc !== state.pc || pc.connectionState === "closed") { clearInterval(timer); return; }
+    if (state.view !== "meeting" || pc.connectionState !== "connected") { quietSince = Date.now(); return; }
+    let bytes = 0;
+    (await pc.getStats()).forEach((s) => { if (s.type === "transport") bytes += s.bytesReceived || 0; });
+    const now = Date.now();
+    if (bytes !== lastBytes) { lastBytes = bytes; quietSince = now; return; }
+    if (now - quietSince > 800 && now - restartedAt > 4000) {
+      restartedAt = now;
+      state.pathStalls += 1;
+      setStatus("Nätverket ändrades, ansluter igen…");
+      restartIce(pc);
+    }
+  }, 250);
 }
 
 let iceRestartTimer = null;
@@ -231,10 +260,11 @@ function restartIce(pc) {
     if (pc !== state.pc || leaving || pc.connectionState === "closed") return;
     // An offer or answer in flight: the restart waits for the next stable moment.
     if (pc.signalingState !== "stable") {
-      iceRestartTimer = setTimeout(() => restartIce(pc), 500);
+      iceRestartTimer = setTimeout(() => { iceRestartTimer = null; restartIce(pc); }, 500);
       return;
     }
     state.iceRestarts += 1;
+    state.iceStates.push([Date.now() - state.sessionStartedAt, "restart"]);
     const o = await pc.createOffer({ iceRestart: true });
     await pc.setLocalDescription(o);
     send({ type: "offer", sdp: pc.localDescription.sdp });
@@ -247,6 +277,7 @@ function onNetworkChange() {
   const pc = state.pc;
   if (!pc || leaving || ["new", "closed", "failed"].includes(pc.connectionState)) return;
   clearTimeout(iceRestartTimer);
+  iceRestartTimer = null;
   restartIce(pc);
 }
 window.addEventListener("online", onNetworkChange);
@@ -525,6 +556,7 @@ async function handle(msg) {
       // An answer meant for a session already replaced finds no offer of ours: dropped.
       if (!pc || pc.signalingState !== "have-local-offer") break;
       await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+      state.iceStates.push([Date.now() - state.sessionStartedAt, "answer"]);
       break;
     case "offer": {
       // An SFU offer for the replaced session, arriving while the new one's own offer is

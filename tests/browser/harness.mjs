@@ -10,11 +10,11 @@ export const signalingBin = process.env.SIGNALING_BIN || path.join(targetDir, "d
 export const sfuBin = process.env.SFU_BIN || path.join(targetDir, "debug", "sfu");
 
 /** Starts the single-node default on ephemeral ports; resolves with its URLs and process. */
-export function startSignaling(extraArgs = [], { embedded = true } = {}) {
+export function startSignaling(extraArgs = [], { embedded = true, listen = "127.0.0.1:0" } = {}) {
   const keyDir = mkdtempSync(path.join(tmpdir(), "hc-dev-"));
   const child = spawn(signalingBin, ["serve", "--dev", "--dev-key", path.join(keyDir, "issuer.key"),
     "--audit-log", path.join(keyDir, "audit.jsonl"),
-    "--listen", "127.0.0.1:0", ...(embedded ? ["--workers", "1"] : []), ...extraArgs], {
+    "--listen", listen, ...(embedded ? ["--workers", "1"] : []), ...extraArgs], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
   });
@@ -40,9 +40,12 @@ export function startSignaling(extraArgs = [], { embedded = true } = {}) {
   });
 }
 
-export async function launchChromium(extraArgs = []) {
+export const chromiumBin = process.env.CHROMIUM_BIN || "/usr/lib/chromium/chromium";
+
+/** Headless Chromium; `executablePath` may be a wrapper (one that enters a network namespace). */
+export async function launchChromium(extraArgs = [], { executablePath = chromiumBin } = {}) {
   return chromium.launch({
-    executablePath: process.env.CHROMIUM_BIN || "/usr/lib/chromium/chromium",
+    executablePath,
     args: [...extraArgs,
       "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
       "--allow-loopback-in-peer-connection", "--disable-background-networking", "--disable-component-update",

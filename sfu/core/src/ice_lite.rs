@@ -21,6 +21,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A restart's new path is taken before its nomination once the old one has had no consent
+/// for this long (browsers check the path in use every 2.5 s at most; a dead one misses it).
+const RESTART_ADOPT_AFTER: Duration = Duration::from_millis(1000);
+
 /// One side's ICE username fragment and password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IceCredentials {
@@ -182,7 +186,13 @@ impl IceLite {
             .map_err(|_| StunRefusal::BadIntegrity)?;
 
         self.respond(&m, from, pwd)?;
-        if m.contains(ATTR_USE_CANDIDATE) {
+        // During a restart, a check under the new credentials proves the browser is at `from`
+        // now. Chromium may send media on such a pair for seconds before it nominates it, so
+        // when the old path has gone quiet the media moves there at once.
+        let restart_path = under_current
+            && self.previous.is_some()
+            && now.saturating_duration_since(self.last_consent) > RESTART_ADOPT_AFTER;
+        if m.contains(ATTR_USE_CANDIDATE) || restart_path {
             if under_current {
                 // The browser uses the new credentials: the old ones are done.
                 self.previous = None;
@@ -467,6 +477,52 @@ mod tests {
         a.handle_timeout(t0 + Duration::from_secs(14));
         assert_eq!(a.poll_event(), Some(IceEvent::Failed));
         assert_eq!(a.poll_timeout(), None);
+    }
+
+    #[test]
+    fn after_a_restart_a_quiet_old_path_gives_way_to_a_checked_new_one_before_nomination() {
+        let t0 = Instant::now();
+        let mut a = agent(t0);
+        let wifi = addr("192.0.2.7:5000");
+        let cell = addr("198.18.0.9:6000");
+        let new_pwd = "sfupassword-1111111111111111";
+        a.handle_stun(
+            t0,
+            wifi,
+            &check("sfu1:br1", "sfupassword-0000000000000000", true),
+        )
+        .unwrap();
+        a.poll_event();
+        a.restart(
+            creds("sfu2", new_pwd),
+            creds("br2", "browserpassword-111111111111"),
+        );
+        // Checked under the new credentials while the old path is fresh: not yet.
+        let t1 = t0 + Duration::from_millis(500);
+        a.handle_stun(t1, cell, &check("sfu2:br2", new_pwd, false))
+            .unwrap();
+        assert_eq!(a.selected(), Some(wifi));
+        // The old path has been quiet for over a second: the checked one carries media.
+        let t2 = t0 + Duration::from_millis(1500);
+        a.handle_stun(t2, cell, &check("sfu2:br2", new_pwd, false))
+            .unwrap();
+        assert_eq!(a.poll_event(), Some(IceEvent::Selected(cell)));
+        // Without a restart under way, an unnominated check never moves the path.
+        let mut b = agent(t0);
+        b.handle_stun(
+            t0,
+            wifi,
+            &check("sfu1:br1", "sfupassword-0000000000000000", true),
+        )
+        .unwrap();
+        b.poll_event();
+        b.handle_stun(
+            t2,
+            cell,
+            &check("sfu1:br1", "sfupassword-0000000000000000", false),
+        )
+        .unwrap();
+        assert_eq!(b.selected(), Some(wifi));
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl Sfu {
     ) {
         let mut closed = None;
         let mut secured = false;
+        let mut moved = false;
         {
             let Some(p) = self.participants[idx].as_mut() else {
                 return;
@@ -99,6 +100,7 @@ impl Sfu {
                     TransportEvent::RemoteAddress(addr) => {
                         if let Some(old) = p.remote.replace(addr) {
                             self.counters.path_changes += 1;
+                            moved = p.outbound.is_some();
                             if self.by_addr.get(&old) == Some(&idx) {
                                 self.by_addr.remove(&old);
                             }
@@ -118,7 +120,19 @@ impl Sfu {
             let p = self.participant_mut(idx);
             let participant = p.id.clone();
             self.events.push_back(Event::Connected { participant });
+        }
+        // A new session, or one whose path moved (what was sent to the old path is lost):
+        // its decoders need keyframes.
+        if secured || moved {
             self.request_keyframes_for(now, idx, out);
+        }
+        // And after a move, so do the decoders of what it publishes: its packets sent into the
+        // dead path never arrived.
+        if moved {
+            let published = self.participant(idx).published.clone();
+            for t in published {
+                self.request_track_keyframes(now, t, out);
+            }
         }
         if let Some(cause) = closed {
             let reason = match cause {

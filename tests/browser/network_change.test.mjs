@@ -1,0 +1,108 @@
+// A patient's phone leaves Wi-Fi mid-call: the Wi-Fi address goes away and the cellular network,
+// up all along (it carried the WebSocket; UDP on it was blocked so media chose Wi-Fi), now
+// carries everything. Media comes back within 3 s on the same peer connection — the SFU follows
+// the new nomination after the page's ICE restart — with no renegotiation of tracks and the
+// patient still admitted. The patient's Chromium runs in its own network namespace (root
+// needed) with one veth per network; the clinician's runs on the host.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { startSignaling, launchChromium, chromiumBin, inboundStats, waitFor, admitFirst } from "./harness.mjs";
+import { clientNamespace } from "./netns.mjs";
+
+/** The local address of a page's selected candidate pair. */
+async function selectedLocalAddress(page) {
+  return page.evaluate(async () => {
+    const report = await window.hcState.pc.getStats();
+    let pair = null;
+    report.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId); });
+    if (!pair) return null;
+    const local = report.get(pair.localCandidateId);
+    return local && (local.address || local.ip);
+  });
+}
+
+test("media comes back within 3 s when a patient's phone leaves Wi-Fi mid-call, by an ICE restart in place", { timeout: 150000 }, async () => {
+  const ns = clientNamespace(41, 43);
+  const [wifi, cellular] = ns.links;
+  let server;
+  const browsers = [];
+  try {
+    // The SFU and the service listen on the cellular side's host address; the Wi-Fi side
+    // reaches it too (the host routes between its own addresses).
+    server = await startSignaling(["--advertise-ip", cellular.hostIp], { listen: `${cellular.hostIp}:0` });
+    // Each network carries what is sent from its own address (source routing, as a phone
+    // has it): Chromium binds a socket per host candidate.
+    ns.ip("rule", "add", "from", wifi.clientIp, "table", "141");
+    ns.ip("route", "add", `${cellular.hostIp}/32`, "dev", wifi.nsIf, "table", "141");
+    // Until the change, cellular carries no UDP: media takes Wi-Fi, the WebSocket cellular.
+    ns.nft(`table inet hc {\n chain out {\n  type filter hook output priority 0;\n  oifname "${cellular.nsIf}" meta l4proto udp drop\n }\n}\n`);
+    // Plain http on a non-loopback address: let the camera work there as on https.
+    const secure = [`--unsafely-treat-insecure-origin-as-secure=${server.base}`];
+    const clinicianBrowser = await launchChromium(secure);
+    browsers.push(clinicianBrowser);
+    const patientBrowser = await launchChromium(secure, { executablePath: ns.wrapper(chromiumBin) });
+    browsers.push(patientBrowser);
+    const clinician = await (await clinicianBrowser.newContext()).newPage();
+    const patient = await (await patientBrowser.newContext()).newPage();
+    await clinician.goto(server.clinician);
+    await patient.goto(server.patient);
+    await admitFirst(clinician);
+    for (const [name, page] of [["clinician", clinician], ["patient", patient]]) {
+      await waitFor(async () => {
+        const s = await inboundStats(page);
+        return { ok: s && s.video.framesDecoded > 30, s };
+      }, { timeout: 45000, what: `${name} decoding` }).catch(async (e) => {
+        throw new Error(`${e.message}\nserver log:\n${server.logs().slice(-3000)}`);
+      });
+    }
+    assert.equal(await selectedLocalAddress(patient), wifi.clientIp, "media starts on Wi-Fi");
+    const before = await patient.evaluate(() => ({ offers: window.hcState.offers, participant: window.hcState.participant }));
+
+    // Off Wi-Fi: its address is gone; cellular now passes UDP.
+    ns.ip("addr", "del", `${wifi.clientIp}/24`, "dev", wifi.nsIf);
+    ns.nft("delete table inet hc");
+    const changedAt = Date.now();
+    const sessionAt = await patient.evaluate(() => window.hcState.sessionStartedAt);
+
+    // Every 100 ms: frames decoded on both sides. The longest time without a new frame is what
+    // the people in the call see frozen.
+    const last = { patient: null, clinician: null };
+    const longest = { patient: 0, clinician: 0 };
+    const since = { patient: changedAt, clinician: changedAt };
+    while (Date.now() - changedAt < 12000) {
+      for (const [name, page] of [["patient", patient], ["clinician", clinician]]) {
+        const frames = (await inboundStats(page)).video.framesDecoded;
+        const now = Date.now();
+        if (last[name] !== null && frames > last[name]) since[name] = now;
+        longest[name] = Math.max(longest[name], now - since[name]);
+        last[name] = frames;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const after = await patient.evaluate(() => ({
+      offers: window.hcState.offers, participant: window.hcState.participant, restarts: window.hcState.restarts,
+      iceRestarts: window.hcState.iceRestarts, view: window.hcState.view, connection: window.hcState.pc.connectionState,
+      errors: window.hcState.errors, iceStates: window.hcState.iceStates,
+    }));
+    console.log(`network change: longest freeze patient ${longest.patient} ms, clinician ${longest.clinician} ms; ` +
+      `ICE restarts ${after.iceRestarts}; ICE states ${JSON.stringify(after.iceStates.map(([t, s]) => [t + sessionAt - changedAt, s]))}`);
+    assert.ok(longest.patient < 3000, `the patient's picture froze for ${longest.patient} ms`);
+    // The other direction waits on the patient's browser too: Chromium's sender resumes its
+    // video some seconds after its path came back (measured 3.6–3.8 s here; see
+    // docs/benchmarks.md). Within 5 s, not the 3 s the SFU's side meets.
+    assert.ok(longest.clinician < 5000, `the clinician's picture froze for ${longest.clinician} ms`);
+    assert.ok(after.iceRestarts >= 1, "repaired by an ICE restart");
+    // Repaired in place: the same session and peer connection, still admitted, no new tracks.
+    assert.equal(after.restarts, 0, "no new peer connection");
+    assert.equal(after.participant, before.participant, "the same media session");
+    assert.equal(after.offers, before.offers, "no renegotiation of tracks");
+    assert.equal(after.view, "meeting", "still admitted");
+    assert.equal(after.connection, "connected");
+    assert.deepEqual(after.errors, []);
+    assert.equal(await selectedLocalAddress(patient), cellular.clientIp, "media runs on cellular");
+  } finally {
+    for (const b of browsers) await b.close().catch(() => {});
+    if (server) server.child.kill("SIGTERM");
+    ns.remove();
+  }
+});
