@@ -113,6 +113,8 @@ pub struct SfuSection {
     pub bind_ip: Option<IpAddr>,
     pub udp_port_base: Option<u16>,
     pub advertise_ip: Option<IpAddr>,
+    /// ICE-TCP on each worker's port number too (default on).
+    pub ice_tcp: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -148,6 +148,10 @@ struct ServeArgs {
     /// The address clients reach the SFU's UDP ports at.
     #[arg(long, env = "SFU_ADVERTISE_IP")]
     advertise_ip: Option<IpAddr>,
+    /// Offer ICE-TCP on each worker's port number too (for networks that block UDP):
+    /// `true` (default) or `false`.
+    #[arg(long, env = "SFU_ICE_TCP")]
+    ice_tcp: Option<bool>,
     #[arg(long, env = "LOG_JSON")]
     log_json: bool,
     /// The PDL audit log (JSON lines, hash-chained); `.dev/audit.jsonl` with --dev.
@@ -478,6 +482,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         .or(sfu.advertise_ip)
                         .or(args.udp_bind_ip)
                         .unwrap_or(listen.ip()),
+                    ice_tcp: args.ice_tcp.or(sfu.ice_tcp).unwrap_or(true),
                     ..Default::default()
                 };
                 let node = sfu_server::SfuNode::start(&node_config, move |e| {

@@ -23,6 +23,7 @@ pub mod rtp_header;
 pub mod sfu;
 pub mod srtp_context;
 pub mod subscription;
+pub mod tcp_framing;
 pub mod track;
 pub mod track_layer;
 pub mod transmit_batch;

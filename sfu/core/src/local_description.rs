@@ -69,7 +69,14 @@ pub struct TransportSpec<'a> {
     pub ice_pwd: &'a str,
     pub fingerprint: &'a str,
     pub candidate: SocketAddr,
+    /// The worker's ICE-TCP listener (RFC 6544 passive), offered below the UDP candidate.
+    pub tcp_candidate: Option<SocketAddr>,
 }
+
+/// Host-type candidate priorities (RFC 8445 §5.1.2.1): type 126, component 1; UDP with the
+/// highest local preference, TCP (RFC 6544 §4.2, passive) lower so browsers try UDP first.
+const UDP_PRIORITY: u32 = (126 << 24) | (65535 << 8) | 255;
+const TCP_PASSIVE_PRIORITY: u32 = (126 << 24) | ((2 << 13) << 8) | 255;
 
 fn attr(key: &str, value: impl Into<String>) -> Attribute {
     Attribute::new(key.to_owned(), Some(value.into()))
@@ -133,10 +140,17 @@ pub fn write(
         media_descriptions: vec![],
     };
     let candidate = format!(
-        "1 1 udp 2130706431 {} {} typ host generation 0",
+        "1 1 udp {UDP_PRIORITY} {} {} typ host generation 0",
         ip,
         t.candidate.port()
     );
+    let tcp_candidate = t.tcp_candidate.map(|a| {
+        format!(
+            "2 1 tcp {TCP_PASSIVE_PRIORITY} {} {} typ host tcptype passive generation 0",
+            a.ip(),
+            a.port()
+        )
+    });
     for line in lines {
         let transport_attrs = || {
             vec![
@@ -173,6 +187,9 @@ pub fn write(
                 a.push(attr("sctp-port", "5000"));
                 a.push(attr("max-message-size", "262144"));
                 a.push(attr("candidate", candidate.clone()));
+                if let Some(tcp) = &tcp_candidate {
+                    a.push(attr("candidate", tcp.clone()));
+                }
                 a.push(flag("end-of-candidates"));
                 MediaDescription {
                     media_name: MediaName {
@@ -290,6 +307,9 @@ pub fn write(
                     }
                 }
                 a.push(attr("candidate", candidate.clone()));
+                if let Some(tcp) = &tcp_candidate {
+                    a.push(attr("candidate", tcp.clone()));
+                }
                 a.push(flag("end-of-candidates"));
                 MediaDescription {
                     media_name: MediaName {

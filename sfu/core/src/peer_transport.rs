@@ -32,6 +32,8 @@ pub struct TransportConfig {
     pub fingerprint_sha256: String,
     /// The address clients are told to send to (the worker's advertised candidate).
     pub advertised_addr: SocketAddr,
+    /// The worker's ICE-TCP listener as clients reach it, when it has one.
+    pub tcp_advertised_addr: Option<SocketAddr>,
     /// No consent (STUN) for this long: disconnected; the session is torn down after `failed`.
     pub consent_disconnected: Duration,
     pub consent_failed: Duration,
@@ -83,9 +85,18 @@ impl TransportConfig {
             certificate,
             fingerprint_sha256,
             advertised_addr,
+            tcp_advertised_addr: None,
             consent_disconnected,
             consent_failed,
         })
+    }
+}
+
+impl TransportConfig {
+    /// Also offers a passive ICE-TCP candidate at `addr`.
+    pub fn with_tcp(mut self, addr: SocketAddr) -> Self {
+        self.tcp_advertised_addr = Some(addr);
+        self
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod cluster_tls;
 pub mod control_client;
 pub mod control_stream;
+pub mod ice_tcp;
 pub mod logging;
 pub mod node;
 pub mod node_file_config;

@@ -52,6 +52,10 @@ struct Args {
     /// Pin worker i to core i.
     #[arg(long, env = "SFU_PIN_CORES")]
     pin_cores: bool,
+    /// Offer ICE-TCP on each worker's port number too (for networks that block UDP):
+    /// `true` (default) or `false`.
+    #[arg(long, env = "SFU_ICE_TCP")]
+    ice_tcp: Option<bool>,
     #[arg(long, env = "SFU_LOAD_INTERVAL_MS", default_value_t = 2000)]
     load_interval_ms: u64,
     /// Prometheus metrics listen address.
@@ -120,6 +124,7 @@ fn main() -> anyhow::Result<()> {
                 udp_port_base: args.udp_port_base.or(udp.port_base).unwrap_or(0),
                 advertised_ip: advertise_ip,
                 pin_cores: args.pin_cores || udp.pin_cores.unwrap_or(false),
+                ice_tcp: args.ice_tcp.or(udp.ice_tcp).unwrap_or(true),
                 ..Default::default()
             },
             move |e| {

@@ -1,6 +1,7 @@
 //! A set of workers behind one control entry point: places rooms on workers and routes each
 //! command to the worker that owns its room or participant.
 
+use crate::ice_tcp::IceTcp;
 use crate::room_placement::RoomPlacement;
 use crate::udp_batch::UdpBatch;
 use crate::worker::{self, EventSink, SharedCounters, WorkerHandle, WorkerInput};
@@ -24,6 +25,9 @@ pub struct NodeConfig {
     pub advertised_ip: IpAddr,
     /// Pin worker `i` to core `i` (for benchmarks).
     pub pin_cores: bool,
+    /// Also listen for ICE-TCP on each worker's port number (RFC 6544 passive candidates), for
+    /// clients whose networks block UDP.
+    pub ice_tcp: bool,
     pub consent_disconnected: Duration,
     pub consent_failed: Duration,
 }
@@ -36,6 +40,7 @@ impl Default for NodeConfig {
             udp_port_base: 0,
             advertised_ip: IpAddr::from([127, 0, 0, 1]),
             pin_cores: false,
+            ice_tcp: true,
             consent_disconnected: Duration::from_secs(3),
             consent_failed: Duration::from_secs(10),
         }
@@ -44,6 +49,11 @@ impl Default for NodeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error("binding TCP {addr} (ICE-TCP, the UDP port's number): {source}")]
+    BindTcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("binding UDP {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -119,18 +129,27 @@ impl SfuNode {
                 .local_addr()
                 .map_err(|source| NodeError::Bind { addr, source })?;
             let advertised_addr = SocketAddr::new(config.advertised_ip, local_addr.port());
-            let transport = TransportConfig::generate(
+            let mut transport = TransportConfig::generate(
                 advertised_addr,
                 config.consent_disconnected,
                 config.consent_failed,
             )
             .map_err(|e| NodeError::Transport(e.to_string()))?;
+            let tcp = if config.ice_tcp {
+                let addr = SocketAddr::new(config.bind_ip, local_addr.port());
+                let tcp =
+                    IceTcp::bind(addr).map_err(|source| NodeError::BindTcp { addr, source })?;
+                transport = transport.with_tcp(advertised_addr);
+                Some(tcp)
+            } else {
+                None
+            };
             let (tx, rx) = channel();
             let waiting = Arc::new(AtomicUsize::new(0));
             let shared: SharedCounters = Arc::new(Mutex::new((Counters::default(), 0, 0)));
             let thread = worker::spawn(
                 i,
-                socket,
+                worker::WorkerSockets { udp: socket, tcp },
                 SfuConfig::new(transport),
                 worker::CommandQueue {
                     commands: rx,

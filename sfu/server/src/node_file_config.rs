@@ -39,6 +39,8 @@ pub struct UdpSection {
     pub port_base: Option<u16>,
     pub advertise_ip: Option<IpAddr>,
     pub pin_cores: Option<bool>,
+    /// ICE-TCP on each worker's port number too (default on).
+    pub ice_tcp: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -1,9 +1,11 @@
 //! One worker thread: owns a shard of rooms (an [`Sfu`]), its own UDP socket and port.
 
+use crate::ice_tcp::IceTcp;
 use crate::udp_batch::UdpBatch;
 use sfu_core::{Counters, Sfu, SfuConfig, TransmitBatch};
 use sfu_proto::{Command, Event};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -53,9 +55,15 @@ impl std::fmt::Debug for WorkerHandle {
 /// Snapshot of a worker's counters, published for metrics and load reports.
 pub type SharedCounters = Arc<std::sync::Mutex<(Counters, usize, usize)>>;
 
+/// A worker's sockets: its UDP socket and, with ICE-TCP, the listener on the same port number.
+pub struct WorkerSockets {
+    pub udp: UdpBatch,
+    pub tcp: Option<IceTcp>,
+}
+
 pub fn spawn(
     index: usize,
-    socket: UdpBatch,
+    sockets: WorkerSockets,
     config: SfuConfig,
     commands: CommandQueue,
     sink: EventSink,
@@ -68,7 +76,7 @@ pub fn spawn(
             if let Some(core) = core {
                 pin_to_core(core);
             }
-            run(index, socket, config, commands, sink, shared)
+            run(index, sockets, config, commands, sink, shared)
         })
 }
 
@@ -85,16 +93,25 @@ fn pin_to_core(core: usize) {
 
 fn run(
     index: usize,
-    mut socket: UdpBatch,
+    sockets: WorkerSockets,
     config: SfuConfig,
     queue: CommandQueue,
     sink: EventSink,
     shared: SharedCounters,
 ) {
+    let WorkerSockets {
+        udp: mut socket,
+        mut tcp,
+    } = sockets;
     let mut sfu = Sfu::new(config);
     let mut batch = TransmitBatch::with_capacity(256);
+    let mut out = Outlets {
+        socket: &mut socket,
+        tcp: tcp.as_mut(),
+        udp_only: TransmitBatch::with_capacity(64),
+        send_dropped: 0,
+    };
     let mut next_metrics = Instant::now() + METRICS_INTERVAL;
-    let mut send_dropped = 0u64;
     let label = index.to_string();
     loop {
         // Commands from signaling, a bounded turn of them so the sockets are served between.
@@ -114,7 +131,7 @@ fn run(
                     }
                 }
                 Ok(WorkerInput::Shutdown) | Err(TryRecvError::Disconnected) => {
-                    flush(&mut socket, &mut batch, &mut send_dropped);
+                    out.flush(&mut batch);
                     return;
                 }
                 Err(TryRecvError::Empty) => break,
@@ -122,7 +139,7 @@ fn run(
         }
         let now = Instant::now();
         sfu.handle_timeout(now, &mut batch);
-        flush(&mut socket, &mut batch, &mut send_dropped);
+        out.flush(&mut batch);
         while let Some(event) = sfu.poll_event() {
             sink(index, event);
         }
@@ -134,14 +151,25 @@ fn run(
                 .unwrap_or(MAX_WAIT)
                 .min(MAX_WAIT)
         };
-        if socket.wait_readable(wait) {
+        let udp_readable = match out.tcp.as_deref_mut() {
+            // Framed packets on TCP go to the core like datagrams from their connection.
+            Some(tcp) => {
+                let udp_readable = tcp.poll(out.socket.as_raw_fd(), wait, |from, frame| {
+                    sfu.handle_datagram(Instant::now(), from, frame, &mut batch)
+                });
+                out.flush(&mut batch);
+                udp_readable
+            }
+            None => out.socket.wait_readable(wait),
+        };
+        if udp_readable {
             // Drain what is queued, a batch at a time, sending after each batch.
             for _ in 0..64 {
                 let now = Instant::now();
-                let got = socket.recv_batch(|from, datagram| {
+                let got = out.socket.recv_batch(|from, datagram| {
                     sfu.handle_datagram(now, from, datagram, &mut batch)
                 });
-                flush(&mut socket, &mut batch, &mut send_dropped);
+                out.flush(&mut batch);
                 match got {
                     Ok(0) => break,
                     Ok(_) => {}
@@ -157,7 +185,14 @@ fn run(
         }
         if now >= next_metrics {
             next_metrics = now + METRICS_INTERVAL;
-            export_metrics(&label, &sfu.counters, send_dropped);
+            export_metrics(&label, &sfu.counters, out.send_dropped);
+            if let Some(tcp) = out.tcp.as_deref() {
+                for (name, value) in tcp.counters.named() {
+                    metrics::counter!(name, "worker" => label.clone()).absolute(value);
+                }
+                metrics::gauge!("sfu_ice_tcp_connections", "worker" => label.clone())
+                    .set(tcp.link_count() as f64);
+            }
             tracing::debug!(worker = index, counters = ?sfu.counters, "worker counters");
             if let Ok(mut s) = shared.lock() {
                 *s = (sfu.counters, sfu.room_count(), sfu.participant_count());
@@ -166,13 +201,41 @@ fn run(
     }
 }
 
-fn flush(socket: &mut UdpBatch, batch: &mut TransmitBatch, send_dropped: &mut u64) {
-    if batch.is_empty() {
-        return;
+/// Where a worker's output goes: its UDP socket, or the ICE-TCP connection a destination is.
+struct Outlets<'a> {
+    socket: &'a mut UdpBatch,
+    tcp: Option<&'a mut IceTcp>,
+    /// The UDP part of a batch that also went to TCP connections.
+    udp_only: TransmitBatch,
+    send_dropped: u64,
+}
+
+impl Outlets<'_> {
+    fn flush(&mut self, batch: &mut TransmitBatch) {
+        if batch.is_empty() {
+            return;
+        }
+        match self.tcp.as_deref_mut() {
+            Some(tcp) if tcp.has_links() => {
+                let now = Instant::now();
+                self.udp_only.clear();
+                for i in 0..batch.len() {
+                    let (dest, datagram) = batch.get(i);
+                    if !tcp.send(now, dest, datagram) {
+                        self.udp_only.push(dest, datagram);
+                    }
+                }
+                tcp.close_pending();
+                let (_, dropped) = self.socket.send_batch(&self.udp_only);
+                self.send_dropped += dropped as u64;
+            }
+            _ => {
+                let (_, dropped) = self.socket.send_batch(batch);
+                self.send_dropped += dropped as u64;
+            }
+        }
+        batch.clear();
     }
-    let (_, dropped) = socket.send_batch(batch);
-    *send_dropped += dropped as u64;
-    batch.clear();
 }
 
 fn export_metrics(worker: &str, c: &Counters, send_dropped: u64) {

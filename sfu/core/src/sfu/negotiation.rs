@@ -380,6 +380,7 @@ impl Sfu {
             ice_pwd: p.transport.local_pwd(),
             fingerprint: p.transport.fingerprint(),
             candidate,
+            tcp_candidate: self.config.transport.tcp_advertised_addr,
         };
         local_description::write(kind, p.sdp_session_id, p.sdp_version, &t, &lines)
     }

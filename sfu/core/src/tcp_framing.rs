@@ -1,0 +1,212 @@
+//! RFC 4571 framing for ICE-TCP (RFC 6544): packets on a TCP stream, each behind a 16-bit
+//! length. Sans-IO: a reader that turns received bytes into whole packets, and a bounded queue
+//! of framed packets waiting for a slow socket — media is dropped first, control never until
+//! a hard cap that means the reader is gone.
+
+use std::io::{self, Write};
+
+/// RFC 4571: a 16-bit length before every packet.
+pub const FRAME_HEADER: usize = 2;
+pub const MAX_FRAME: usize = u16::MAX as usize;
+/// Queued output past which media packets (RTP, RTCP) are dropped for this connection.
+pub const MEDIA_QUEUE_LIMIT: usize = 256 * 1024;
+/// Queued output past which the connection is closed (control cannot be delivered either).
+pub const HARD_QUEUE_LIMIT: usize = 1024 * 1024;
+
+/// Decodes RFC 4571 frames from a byte stream.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self {
+            buf: vec![0; FRAME_HEADER + MAX_FRAME],
+            len: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("zero-length RFC 4571 frame")]
+pub struct BadFrame;
+
+impl FrameReader {
+    /// The free part of the buffer to read into; call [`Self::filled`] with the count read.
+    pub fn spare(&mut self) -> &mut [u8] {
+        &mut self.buf[self.len..]
+    }
+
+    pub fn filled(&mut self, n: usize) {
+        self.len = (self.len + n).min(self.buf.len());
+    }
+
+    /// Hands every complete frame to `on_frame` and keeps the incomplete rest.
+    pub fn drain(&mut self, mut on_frame: impl FnMut(&mut [u8])) -> Result<(), BadFrame> {
+        let mut pos = 0;
+        let result = loop {
+            if self.len - pos < FRAME_HEADER {
+                break Ok(());
+            }
+            let n = u16::from_be_bytes([self.buf[pos], self.buf[pos + 1]]) as usize;
+            if n == 0 {
+                break Err(BadFrame);
+            }
+            if self.len - pos < FRAME_HEADER + n {
+                break Ok(());
+            }
+            on_frame(&mut self.buf[pos + FRAME_HEADER..pos + FRAME_HEADER + n]);
+            pos += FRAME_HEADER + n;
+        };
+        self.buf.copy_within(pos..self.len, 0);
+        self.len -= pos;
+        result
+    }
+}
+
+/// Frames queued for one connection, bounded.
+#[derive(Debug, Default)]
+pub struct FrameQueue {
+    bytes: Vec<u8>,
+    sent: usize,
+}
+
+/// Whether a packet may be dropped under pressure: RTP and RTCP (first byte 128–191, RFC 7983)
+/// may, STUN and DTLS may not.
+fn is_media(packet: &[u8]) -> bool {
+    packet.first().is_some_and(|b| (128..=191).contains(b))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Yes,
+    /// Media dropped: the queue is past [`MEDIA_QUEUE_LIMIT`].
+    MediaDropped,
+    /// Past [`HARD_QUEUE_LIMIT`]: the connection must close.
+    Overflow,
+}
+
+impl FrameQueue {
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.sent
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push(&mut self, packet: &[u8]) -> Queued {
+        if packet.is_empty() || packet.len() > MAX_FRAME {
+            return Queued::MediaDropped;
+        }
+        let queued = self.len();
+        if is_media(packet) && queued + packet.len() > MEDIA_QUEUE_LIMIT {
+            return Queued::MediaDropped;
+        }
+        if queued + packet.len() > HARD_QUEUE_LIMIT {
+            return Queued::Overflow;
+        }
+        if self.sent > 0 && self.sent >= self.bytes.len() / 2 {
+            self.bytes.drain(..self.sent);
+            self.sent = 0;
+        }
+        self.bytes
+            .extend_from_slice(&(packet.len() as u16).to_be_bytes());
+        self.bytes.extend_from_slice(packet);
+        Queued::Yes
+    }
+
+    /// Writes what it can; returns the bytes written (0 when the socket would block).
+    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        let mut total = 0;
+        while self.sent < self.bytes.len() {
+            match w.write(&self.bytes[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.sent += n;
+                    total += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.sent == self.bytes.len() {
+            self.bytes.clear();
+            self.sent = 0;
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(packets: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in packets {
+            out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    #[test]
+    fn frames_split_anywhere_come_out_whole_and_in_order() {
+        let stream = framed(&[&[1, 2, 3], &[0x80; 300], &[9]]);
+        for cut in 0..stream.len() {
+            let mut r = FrameReader::default();
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                r.spare()[..part.len()].copy_from_slice(part);
+                r.filled(part.len());
+                r.drain(|f| got.push(f.to_vec())).unwrap();
+            }
+            assert_eq!(
+                got,
+                vec![vec![1, 2, 3], vec![0x80; 300], vec![9]],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_zero_length_frame_is_refused() {
+        let mut r = FrameReader::default();
+        let s = [0u8, 0, 0, 1, 7];
+        r.spare()[..5].copy_from_slice(&s);
+        r.filled(5);
+        assert_eq!(r.drain(|_| {}), Err(BadFrame));
+    }
+
+    #[test]
+    fn a_full_queue_drops_media_first_and_overflows_only_on_control() {
+        let mut q = FrameQueue::default();
+        let media = [0x90u8; 1200];
+        let dtls = [22u8; 1200];
+        let mut dropped = 0;
+        for _ in 0..1000 {
+            match q.push(&media) {
+                Queued::Yes => {}
+                Queued::MediaDropped => dropped += 1,
+                Queued::Overflow => panic!("media never overflows"),
+            }
+        }
+        assert!(q.len() <= MEDIA_QUEUE_LIMIT + 2 * 1202, "{}", q.len());
+        assert!(dropped > 700, "{dropped}");
+        // Control still goes in above the media limit, until the hard cap.
+        assert_eq!(q.push(&dtls), Queued::Yes);
+        let mut overflowed = false;
+        for _ in 0..1000 {
+            if q.push(&dtls) == Queued::Overflow {
+                overflowed = true;
+                break;
+            }
+        }
+        assert!(overflowed);
+        assert!(q.len() <= HARD_QUEUE_LIMIT);
+    }
+}

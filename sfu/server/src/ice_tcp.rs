@@ -1,0 +1,329 @@
+//! ICE-TCP for one worker (RFC 6544 passive candidates, RFC 4571 framing): a TCP listener on
+//! the worker's port, the connections browsers open to it, and the packets framed on them.
+//!
+//! Each connection is one remote address to the core: a framed packet is handed over exactly
+//! like a datagram from that address, and what the core sends to it is framed back. Memory is
+//! bounded per connection: a reader that falls behind loses media first (counted), control
+//! (STUN, DTLS) only past a hard cap, and a connection that stops reading altogether is closed.
+
+use sfu_core::tcp_framing::{FrameQueue, FrameReader, Queued};
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// A connection with output waiting and no byte written for this long has stopped reading.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Nothing received for this long (browsers check consent every few seconds): closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections per worker; further ones are refused (closed at once) and counted.
+pub const MAX_LINKS: usize = 4096;
+
+/// What happened on a worker's TCP side, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IceTcpCounters {
+    pub accepted: u64,
+    pub refused: u64,
+    pub closed: u64,
+    /// Closed because the peer stopped reading (stall or hard cap).
+    pub closed_slow: u64,
+    pub closed_idle: u64,
+    /// Media packets not queued because the connection's queue was full.
+    pub media_dropped: u64,
+    /// A frame longer than the receive buffer or a zero-length frame: the connection closes.
+    pub bad_frames: u64,
+}
+
+impl IceTcpCounters {
+    pub fn named(&self) -> [(&'static str, u64); 7] {
+        [
+            ("sfu_ice_tcp_accepted_total", self.accepted),
+            ("sfu_ice_tcp_refused_total", self.refused),
+            ("sfu_ice_tcp_closed_total", self.closed),
+            ("sfu_ice_tcp_closed_slow_total", self.closed_slow),
+            ("sfu_ice_tcp_closed_idle_total", self.closed_idle),
+            ("sfu_ice_tcp_media_dropped_total", self.media_dropped),
+            ("sfu_ice_tcp_bad_frames_total", self.bad_frames),
+        ]
+    }
+}
+
+#[derive(Debug)]
+struct TcpLink {
+    stream: TcpStream,
+    reader: FrameReader,
+    out: FrameQueue,
+    last_read: Instant,
+    last_progress: Instant,
+}
+
+/// The worker's listener and connections.
+#[derive(Debug)]
+pub struct IceTcp {
+    listener: TcpListener,
+    links: HashMap<SocketAddr, TcpLink>,
+    pollfds: Vec<libc::pollfd>,
+    order: Vec<SocketAddr>,
+    closing: Vec<(SocketAddr, CloseReason)>,
+    pub counters: IceTcpCounters,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    Peer,
+    Slow,
+    Idle,
+    BadFrame,
+}
+
+impl IceTcp {
+    /// Listens on `addr` (the worker's UDP port number, so one candidate address serves both).
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            listener,
+            links: HashMap::new(),
+            pollfds: Vec::new(),
+            order: Vec::new(),
+            closing: Vec::new(),
+            counters: IceTcpCounters::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn has_links(&self) -> bool {
+        !self.links.is_empty()
+    }
+
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Whether `dest` is one of our connections (what the core sends there goes over TCP).
+    pub fn is_link(&self, dest: &SocketAddr) -> bool {
+        self.links.contains_key(dest)
+    }
+
+    /// Queues a packet for a connection; false when `dest` is not one.
+    pub fn send(&mut self, now: Instant, dest: SocketAddr, packet: &[u8]) -> bool {
+        let Some(link) = self.links.get_mut(&dest) else {
+            return false;
+        };
+        let was_empty = link.out.is_empty();
+        match link.out.push(packet) {
+            Queued::Yes => {
+                if was_empty {
+                    link.last_progress = now;
+                }
+                // Most of the time the socket takes it at once.
+                match link.out.write_to(&mut link.stream) {
+                    Ok(n) if n > 0 => link.last_progress = now,
+                    Ok(_) => {}
+                    Err(_) => self.closing.push((dest, CloseReason::Peer)),
+                }
+            }
+            Queued::MediaDropped => self.counters.media_dropped += 1,
+            Queued::Overflow => self.closing.push((dest, CloseReason::Slow)),
+        }
+        true
+    }
+
+    /// Waits up to `timeout` for the UDP socket `udp_fd`, the listener or a connection, then
+    /// accepts, reads (each frame to `on_frame` with its connection's address) and writes.
+    /// Returns whether the UDP socket is readable.
+    pub fn poll(
+        &mut self,
+        udp_fd: std::os::fd::RawFd,
+        timeout: Duration,
+        mut on_frame: impl FnMut(SocketAddr, &mut [u8]),
+    ) -> bool {
+        self.pollfds.clear();
+        self.order.clear();
+        self.pollfds.push(libc::pollfd {
+            fd: udp_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        self.pollfds.push(libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        for (addr, link) in &self.links {
+            let mut events = libc::POLLIN;
+            if !link.out.is_empty() {
+                events |= libc::POLLOUT;
+            }
+            self.pollfds.push(libc::pollfd {
+                fd: link.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+            self.order.push(*addr);
+        }
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `pollfds` is a valid, initialised array of `pollfds.len()` pollfd structs
+        // that lives across the call; poll only writes their `revents`.
+        let n = unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                ms,
+            )
+        };
+        let now = Instant::now();
+        let udp_readable = n > 0 && self.pollfds[0].revents & libc::POLLIN != 0;
+        if n > 0 && self.pollfds[1].revents & libc::POLLIN != 0 {
+            self.accept(now);
+        }
+        if n > 0 {
+            for i in 0..self.order.len() {
+                let revents = self.pollfds[i + 2].revents;
+                if revents == 0 {
+                    continue;
+                }
+                let addr = self.order[i];
+                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                    self.read(now, addr, &mut on_frame);
+                }
+                if revents & libc::POLLOUT != 0 {
+                    self.write(now, addr);
+                }
+            }
+        }
+        self.expire(now);
+        self.close_pending();
+        udp_readable
+    }
+
+    fn accept(&mut self, now: Instant) {
+        // A bounded number per turn: a connection flood cannot starve media.
+        for _ in 0..64 {
+            match self.listener.accept() {
+                Ok((stream, addr)) => {
+                    if self.links.len() >= MAX_LINKS || stream.set_nonblocking(true).is_err() {
+                        self.counters.refused += 1;
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    limit_send_buffer(&stream);
+                    self.counters.accepted += 1;
+                    self.links.insert(
+                        addr,
+                        TcpLink {
+                            stream,
+                            reader: FrameReader::default(),
+                            out: FrameQueue::default(),
+                            last_read: now,
+                            last_progress: now,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "ICE-TCP accept failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn read(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        on_frame: &mut impl FnMut(SocketAddr, &mut [u8]),
+    ) {
+        let Some(link) = self.links.get_mut(&addr) else {
+            return;
+        };
+        // A few reads per turn, then the others get theirs.
+        for _ in 0..4 {
+            match link.stream.read(link.reader.spare()) {
+                Ok(0) => {
+                    self.closing.push((addr, CloseReason::Peer));
+                    return;
+                }
+                Ok(n) => {
+                    link.last_read = now;
+                    link.reader.filled(n);
+                    if link.reader.drain(|frame| on_frame(addr, frame)).is_err() {
+                        self.closing.push((addr, CloseReason::BadFrame));
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.closing.push((addr, CloseReason::Peer));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, now: Instant, addr: SocketAddr) {
+        let Some(link) = self.links.get_mut(&addr) else {
+            return;
+        };
+        match link.out.write_to(&mut link.stream) {
+            Ok(n) if n > 0 => link.last_progress = now,
+            Ok(_) => {}
+            Err(_) => self.closing.push((addr, CloseReason::Peer)),
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        for (addr, link) in &self.links {
+            if !link.out.is_empty() && now.duration_since(link.last_progress) > STALL_TIMEOUT {
+                self.closing.push((*addr, CloseReason::Slow));
+            } else if now.duration_since(link.last_read) > IDLE_TIMEOUT {
+                self.closing.push((*addr, CloseReason::Idle));
+            }
+        }
+    }
+
+    /// Closes what was marked during the turn (once each).
+    pub fn close_pending(&mut self) {
+        for (addr, reason) in std::mem::take(&mut self.closing) {
+            if self.links.remove(&addr).is_none() {
+                continue;
+            }
+            self.counters.closed += 1;
+            match reason {
+                CloseReason::Slow => self.counters.closed_slow += 1,
+                CloseReason::Idle => self.counters.closed_idle += 1,
+                CloseReason::BadFrame => self.counters.bad_frames += 1,
+                CloseReason::Peer => {}
+            }
+            tracing::debug!(%addr, ?reason, "ICE-TCP connection closed");
+        }
+    }
+}
+
+/// Media over TCP must not sit in a deep kernel buffer (seconds of delay, and a reader that
+/// stopped would hide there for long): the queue above is where it waits, bounded and visible.
+const KERNEL_SEND_BUFFER: libc::c_int = 128 * 1024;
+
+fn limit_send_buffer(stream: &TcpStream) {
+    let value = KERNEL_SEND_BUFFER;
+    // SAFETY: the fd is an open socket owned by `stream`; `value` is a c_int that outlives
+    // the call and its size is passed as the option length.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "SO_SNDBUF not set");
+    }
+}
