@@ -70,6 +70,37 @@ pub enum NodeError {
 /// work that would hold the worker's media back.
 pub const MAX_PENDING_REQUESTS: usize = 256;
 
+/// A worker's UDP socket and, with ICE-TCP, its TCP listener on the same port number. With an
+/// ephemeral port (0) a number whose TCP side is taken is given back and another one tried.
+fn bind_worker_sockets(
+    config: &NodeConfig,
+    port: u16,
+) -> Result<(UdpBatch, Option<IceTcp>, SocketAddr), NodeError> {
+    let attempts = if port == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let addr = SocketAddr::new(config.bind_ip, port);
+        let socket = UdpBatch::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|source| NodeError::Bind { addr, source })?;
+        if !config.ice_tcp {
+            return Ok((socket, None, local_addr));
+        }
+        let tcp_addr = SocketAddr::new(config.bind_ip, local_addr.port());
+        match IceTcp::bind(tcp_addr) {
+            Ok(tcp) => return Ok((socket, Some(tcp), local_addr)),
+            Err(source) => {
+                last = Some(NodeError::BindTcp {
+                    addr: tcp_addr,
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
 pub struct SfuNode {
     senders: Vec<Sender<WorkerInput>>,
     /// Per worker: client requests queued and not yet handled.
@@ -123,11 +154,7 @@ impl SfuNode {
             } else {
                 config.udp_port_base.saturating_add(i as u16)
             };
-            let addr = SocketAddr::new(config.bind_ip, port);
-            let socket = UdpBatch::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
-            let local_addr = socket
-                .local_addr()
-                .map_err(|source| NodeError::Bind { addr, source })?;
+            let (socket, tcp, local_addr) = bind_worker_sockets(config, port)?;
             let advertised_addr = SocketAddr::new(config.advertised_ip, local_addr.port());
             let mut transport = TransportConfig::generate(
                 advertised_addr,
@@ -135,15 +162,9 @@ impl SfuNode {
                 config.consent_failed,
             )
             .map_err(|e| NodeError::Transport(e.to_string()))?;
-            let tcp = if config.ice_tcp {
-                let addr = SocketAddr::new(config.bind_ip, local_addr.port());
-                let tcp =
-                    IceTcp::bind(addr).map_err(|source| NodeError::BindTcp { addr, source })?;
+            if tcp.is_some() {
                 transport = transport.with_tcp(advertised_addr);
-                Some(tcp)
-            } else {
-                None
-            };
+            }
             let (tx, rx) = channel();
             let waiting = Arc::new(AtomicUsize::new(0));
             let shared: SharedCounters = Arc::new(Mutex::new((Counters::default(), 0, 0)));
