@@ -10,6 +10,8 @@ use crate::token_refusals::TokenRefusals;
 use std::sync::Arc;
 
 pub struct AppState {
+    /// The TURN relay clients are given credentials for (none: clients get no ICE servers).
+    pub turn: Option<crate::turn_credentials::TurnConfig>,
     /// The PDL audit log; every access event is appended (and fsynced) before it takes effect.
     pub audit: Option<Arc<AuditLog>>,
     /// Whether media can be served: true with embedded workers, or once a node connected.

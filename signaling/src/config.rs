@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub meetings: Option<MeetingsSection>,
     pub api: Option<ApiSection>,
     pub http: Option<HttpSection>,
+    pub turn: Option<TurnSection>,
     /// The address patients and clinicians open, e.g. `https://video.region.se` (links the
     /// meetings API returns).
     pub public_url: Option<String>,
@@ -115,6 +116,19 @@ pub struct SfuSection {
     pub advertise_ip: Option<IpAddr>,
     /// ICE-TCP on each worker's port number too (default on).
     pub ice_tcp: Option<bool>,
+}
+
+/// A TURN relay (coturn with `use-auth-secret`) for clients whose networks pass neither UDP nor
+/// TCP to the SFU: clients get short-lived credentials for these URLs.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TurnSection {
+    /// e.g. `["turns:turn.region.se:443?transport=tcp", "turn:turn.region.se:3478"]`.
+    pub urls: Option<Vec<String>>,
+    /// File holding the secret shared with the relay (`static-auth-secret`), mode 0600.
+    pub secret_file: Option<PathBuf>,
+    /// How long credentials stay valid, in hours (default 12: a visit's day).
+    pub ttl_hours: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

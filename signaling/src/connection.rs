@@ -80,6 +80,20 @@ pub async fn connection(
     socket: WebSocket,
 ) {
     let (mut sink, mut stream) = socket.split();
+    // Before the welcome (which starts the client's peer connection): the relay it may use.
+    let ice_servers: Vec<_> = state
+        .turn
+        .iter()
+        .map(|t| t.credentials(id.as_str(), std::time::SystemTime::now()))
+        .collect();
+    let msg = json!({"type": "ice_servers", "ice_servers": ice_servers});
+    if sink
+        .send(Message::Text(msg.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Outbound>();
     let joined = state.meetings.join(
         &room,

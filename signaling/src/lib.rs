@@ -27,3 +27,4 @@ pub mod session_token;
 pub mod sfu_control;
 pub mod sfu_gateway;
 pub mod token_refusals;
+pub mod turn_credentials;

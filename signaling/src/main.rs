@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use signaling::app_state::AppState;
 use signaling::audit::audit_all;
 use signaling::audit_log::{self, AuditLog};
-use signaling::config::FileConfig;
+use signaling::config::{self, FileConfig};
 use signaling::connection_limits::{ConnectionLimits, LimitedAcceptor};
 use signaling::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, dev_claims};
 use signaling::jwks_source::JwksSource;
@@ -16,6 +16,7 @@ use signaling::session_token::TokenVerifier;
 use signaling::sfu_control::SfuControl;
 use signaling::sfu_gateway::RemoteSfu;
 use signaling::token_refusals::{RefusalBudget, TokenRefusals};
+use signaling::turn_credentials;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -171,6 +172,19 @@ struct ServeArgs {
     /// pings every third of it).
     #[arg(long, env = "SIGNALING_WS_IDLE_SECS")]
     ws_idle_secs: Option<u64>,
+    /// TURN relay URLs handed to clients with short-lived credentials (comma-separated), e.g.
+    /// `turns:turn.region.se:443?transport=tcp,turn:turn.region.se:3478`.
+    #[arg(long = "turn-url", env = "TURN_URLS", value_delimiter = ',')]
+    turn_urls: Vec<String>,
+    /// File with the secret shared with the TURN relay (coturn `static-auth-secret`).
+    #[arg(long, env = "TURN_SECRET_FILE")]
+    turn_secret_file: Option<PathBuf>,
+    /// The TURN shared secret itself (prefer the file; never logged).
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
+    /// Hours TURN credentials stay valid (default 12).
+    #[arg(long, env = "TURN_TTL_HOURS")]
+    turn_ttl_hours: Option<u64>,
     /// Seconds between passes that forget meetings nobody needs any more (default 60).
     #[arg(long, env = "SIGNALING_SWEEP_SECS", hide = true)]
     sweep_secs: Option<u64>,
@@ -338,6 +352,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let api = file.api.unwrap_or_default();
     let http = file.http.unwrap_or_default();
     let sfu = file.sfu.unwrap_or_default();
+    let turn_file = file.turn.unwrap_or_default();
     sfu_server::logging::init(args.log_json || file.log.and_then(|l| l.json).unwrap_or(false));
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -605,7 +620,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .public_url
         .or(file.public_url)
         .unwrap_or_else(|| format!("{scheme}://{bound}"));
+    let turn = turn_config(
+        args.config.as_deref(),
+        turn_file,
+        args.turn_urls,
+        args.turn_secret_file,
+        args.turn_secret,
+        args.turn_ttl_hours,
+    )?;
     let state = Arc::new(AppState {
+        turn,
         audit,
         ready,
         verifier,
@@ -753,4 +777,52 @@ fn meeting_policy(m: &signaling::config::MeetingsSection) -> anyhow::Result<Meet
             None => d.time_zone,
         },
     })
+}
+
+/// The TURN relay's settings from flags over the file; `None` when no URL is configured. A
+/// mistake names the key (and the file it came from).
+fn turn_config(
+    file_path: Option<&std::path::Path>,
+    file: config::TurnSection,
+    urls: Vec<String>,
+    secret_file: Option<PathBuf>,
+    secret: Option<String>,
+    ttl_hours: Option<u64>,
+) -> anyhow::Result<Option<turn_credentials::TurnConfig>> {
+    let from_file = |key: &str| match file_path {
+        Some(p) => format!("turn.{key} in {}", p.display()),
+        None => format!("turn.{key}"),
+    };
+    let (urls, urls_key) = if urls.is_empty() {
+        (file.urls.unwrap_or_default(), from_file("urls"))
+    } else {
+        (urls, "--turn-url / TURN_URLS".to_owned())
+    };
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let secret = match (secret, secret_file.or(file.secret_file)) {
+        (Some(s), _) => s.into_bytes(),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the TURN secret file {}", path.display()))?
+            .trim()
+            .as_bytes()
+            .to_vec(),
+        (None, None) => Vec::new(),
+    };
+    let ttl = std::time::Duration::from_secs(
+        ttl_hours
+            .or(file.ttl_hours)
+            .unwrap_or(12)
+            .saturating_mul(3600),
+    );
+    turn_credentials::TurnConfig::new(urls, secret, ttl)
+        .map_err(|e| match e {
+            turn_credentials::TurnConfigError::BadUrl(_) => anyhow::anyhow!("{urls_key}: {e}"),
+            turn_credentials::TurnConfigError::BadTtl => {
+                anyhow::anyhow!("{}: {e}", from_file("ttl_hours"))
+            }
+            _ => anyhow::anyhow!("{}: {e}", from_file("secret_file")),
+        })
+        .map(Some)
 }

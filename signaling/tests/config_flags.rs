@@ -45,3 +45,91 @@ fn a_wrong_time_zone_names_its_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_wrong_turn_url_in_the_file_names_its_key_and_file() {
+    let dir = std::env::temp_dir().join(format!("hc-turn-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("signaling.toml");
+    std::fs::write(
+        &config,
+        "[turn]\nurls = [\"stun:turn.region.se\"]\nsecret_file = \"/nonexistent\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .env("SIGNALING_DEV_KEY", dir.join("issuer.key"))
+        .env("SIGNALING_AUDIT_LOG", dir.join("audit.jsonl"))
+        .env("TURN_SECRET", "0123456789abcdef0123")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("turn.urls in")
+            && err.contains("signaling.toml")
+            && err.contains("stun:turn.region.se"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn clients_get_turn_credentials_signed_with_the_shared_secret_before_the_welcome() {
+    use base64::Engine;
+    let secret = "0123456789abcdef-turn-secret";
+    let server = start_with(&[
+        "--turn-url",
+        "turns:turn.region.test:443?transport=tcp,turn:turn.region.test:3478",
+        "--turn-secret",
+        secret,
+    ]);
+    let token = server.token("visit-t", "pat-t", "Anna", "patient");
+    let mut c = server.connect(&token).await;
+    let first = c.next().await;
+    assert_eq!(first["type"], "ice_servers", "{first}");
+    let s = &first["ice_servers"][0];
+    assert_eq!(
+        s["urls"],
+        serde_json::json!([
+            "turns:turn.region.test:443?transport=tcp",
+            "turn:turn.region.test:3478"
+        ])
+    );
+    let username = s["username"].as_str().unwrap();
+    let (expiry, who) = username.split_once(':').unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!(
+        (now + 11 * 3600..=now + 12 * 3600 + 5).contains(&expiry),
+        "12 h by default"
+    );
+    let welcome = c.next_of("welcome").await;
+    assert_eq!(
+        welcome["participant"].as_str(),
+        Some(who),
+        "the pseudonymous participant id"
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD
+        .encode(ring::hmac::sign(&key, username.as_bytes()).as_ref());
+    assert_eq!(s["credential"].as_str(), Some(expected.as_str()));
+    // Without a relay configured the list is empty.
+    let plain = start_with(&[]);
+    let token = plain.token("visit-u", "pat-u", "Bo", "patient");
+    let mut c = plain.connect(&token).await;
+    let first = c.next().await;
+    assert_eq!(first["ice_servers"], serde_json::json!([]));
+}

@@ -166,7 +166,7 @@ async fn meetings_that_take_no_joins_refuse_them_with_a_reason_a_patient_underst
 
     let c = server.token("small", "c-small", "Dr Berg", "clinician");
     let mut clinician = server.connect(&c).await;
-    assert_eq!(clinician.next().await["type"], "welcome");
+    assert_eq!(clinician.next_of("welcome").await["type"], "welcome");
     let t = server.token("small", "p-full", "Anna", "patient");
     let (status, body) = server.refused(&format!("token={t}")).await;
     assert_eq!(

@@ -25,7 +25,7 @@ const ENDED_TITLE = {
 const state = {
   pc: null, ws: null, dc: null, names: new Map(), roles: new Map(), tiles: new Map(), participant: null,
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
-  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, pathStalls: 0, iceStates: [], sessionStartedAt: 0, forceSend: false,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
@@ -154,7 +154,7 @@ async function connectMedia(restart) {
   if (state.pc) state.pc.close();
   state.screen = null;
   for (const id of [...state.tiles.keys()]) removeTile(id);
-  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
   state.pc = pc;
   // Added with their tracks (so the offer announces their SSRCs), then emptied until admitted.
   state.senders = local.getTracks().map((track) => ({
@@ -504,6 +504,11 @@ async function handle(msg) {
         enterLobby(null);
       }
       await connectMedia(false);
+      break;
+    case "ice_servers":
+      // The relay for networks that pass neither UDP nor TCP to the SFU (short-lived
+      // credentials); taken by every peer connection made after it.
+      state.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
       break;
     case "lobby_position":
       showPosition(msg.position);
