@@ -223,7 +223,49 @@ async function connectMedia(restart) {
   };
   state.sessionStartedAt = Date.now();
   watchMediaPath(pc);
+  checkConnectivity(pc);
   await offer(pc, restart);
+}
+
+/**
+ * The connectivity check, while waiting (the lobby's media session connects although nothing
+ * is sent yet): says in plain words whether video can work from this network and how, and
+ * what to do when it cannot — before the clinician waits for a picture that never comes.
+ */
+function checkConnectivity(pc) {
+  const show = (text, failed) => {
+    state.connectivity = text;
+    const el = $("net-check");
+    el.textContent = text;
+    el.classList.toggle("problem", !!failed);
+  };
+  if (!state.connectivityOk) show("Anslutning: kontrolleras…", false);
+  const started = Date.now();
+  const timer = setInterval(async () => {
+    if (pc !== state.pc || pc.connectionState === "closed") { clearInterval(timer); return; }
+    if (pc.connectionState === "connected") {
+      clearInterval(timer);
+      let how = "direkt";
+      const report = await pc.getStats();
+      report.forEach((s) => {
+        if (s.type !== "transport" || !s.selectedCandidatePairId) return;
+        const pair = report.get(s.selectedCandidatePairId);
+        const local = pair && report.get(pair.localCandidateId);
+        if (!local) return;
+        if (local.candidateType === "relay") how = "via reläserver";
+        else if (local.protocol === "tcp") how = "via TCP";
+      });
+      state.connectivityOk = true;
+      state.connectivityPath = how;
+      show(`Anslutning: fungerar (${how}).`, false);
+    } else if (Date.now() - started > 8000 || pc.connectionState === "failed") {
+      clearInterval(timer);
+      state.connectivityOk = false;
+      state.connectivityPath = null;
+      show("Anslutning: video fungerar inte från det här nätverket. Byt till mobildata eller ett annat " +
+        "wifi, eller stäng av VPN, och ladda om sidan. Går det ändå inte: ring mottagningen.", true);
+    }
+  }, 250);
 }
 
 /**

@@ -49,6 +49,11 @@ test("with UDP blocked, a patient's Chromium connects over ICE-TCP and both side
     const patient = await (await inNs.newContext()).newPage();
     await clinician.goto(server.clinician);
     await patient.goto(server.patient);
+    // The waiting room's check tells the patient how video will reach them.
+    await waitFor(async () => {
+      const text = await patient.evaluate(() => document.getElementById("net-check").textContent);
+      return { ok: text === "Anslutning: fungerar (via TCP).", text };
+    }, { timeout: 15000, what: "the connectivity check to say 'via TCP'" });
     await admitFirst(clinician);
     const admittedAt = Date.now();
     const first = await waitFor(async () => {

@@ -60,6 +60,10 @@ test("with only TCP 443 open, a patient's Chromium gets media through coturn ove
     const patient = await (await inNs.newContext()).newPage();
     await clinician.goto(server.clinician);
     await patient.goto(server.patient);
+    await waitFor(async () => {
+      const text = await patient.evaluate(() => document.getElementById("net-check").textContent);
+      return { ok: text === "Anslutning: fungerar (via reläserver).", text };
+    }, { timeout: 20000, what: "the connectivity check to say 'via reläserver'" });
     await admitFirst(clinician);
     const admittedAt = Date.now();
     const first = await waitFor(async () => {
