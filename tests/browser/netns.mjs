@@ -58,3 +58,23 @@ export function clientNamespace(...subnets) {
     },
   };
 }
+
+/**
+ * A non-loopback address on this host (198.18.`subnet`.1/24 on one end of a veth pair whose
+ * other end stays here too; the kernel has no dummy interfaces), for browsers that gather no
+ * loopback candidate (Firefox) but must be driven from here.
+ */
+export function hostAddress(subnet) {
+  const dev = `hcf${subnet}`;
+  try { ip("link", "del", dev); } catch { /* not there */ }
+  ip("link", "add", dev, "type", "veth", "peer", "name", `${dev}p`);
+  ip("addr", "add", `198.18.${subnet}.1/24`, "dev", dev);
+  ip("link", "set", dev, "up");
+  ip("link", "set", `${dev}p`, "up");
+  return {
+    ip: `198.18.${subnet}.1`,
+    remove() {
+      try { ip("link", "del", dev); } catch { /* gone */ }
+    },
+  };
+}

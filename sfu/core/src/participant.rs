@@ -48,6 +48,10 @@ pub enum LineRole {
 pub struct MediaLine {
     pub mid: String,
     pub role: LineRole,
+    /// The header extensions (URIs) the client's offer put on this m-line: an answer may use
+    /// no others on it (Firefox offers transport-cc on video only and refuses an answer that
+    /// adds it to audio). Empty on lines the SFU offered.
+    pub offered_extensions: Vec<String>,
 }
 
 #[derive(Debug)]

@@ -162,6 +162,30 @@ fn a_firefox_offer_with_bundle_only_lines_is_answered_in_full() {
     assert_eq!(published, 2, "audio and video published: {events:?}");
     // The answer parses as a description of its own (every section has what it needs).
     RemoteDescription::parse(&answer).unwrap();
+    // Each section answers only the header extensions its offer section carried: Firefox
+    // refuses an answer with transport-cc on audio, where it did not offer it.
+    let twcc = "draft-holmer-rmcat-transport-wide-cc-extensions-01";
+    assert!(
+        !lines[0]
+            .iter()
+            .any(|l| l.starts_with("a=extmap") && l.contains(twcc)),
+        "audio: {:?}",
+        lines[0]
+    );
+    assert!(
+        lines[1]
+            .iter()
+            .any(|l| l.starts_with("a=extmap:7 ") && l.contains(twcc)),
+        "video keeps it: {:?}",
+        lines[1]
+    );
+    assert!(
+        lines[0]
+            .iter()
+            .any(|l| l.starts_with("a=extmap:1 ") && l.contains("ssrc-audio-level")),
+        "{:?}",
+        lines[0]
+    );
 }
 
 #[test]

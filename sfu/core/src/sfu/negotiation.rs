@@ -110,6 +110,8 @@ impl Sfu {
                 .iter()
                 .position(|l| l.mid == m.mid)
             {
+                self.participant_mut(idx).lines[li].offered_extensions =
+                    m.extmaps.iter().map(|(_, uri)| uri.clone()).collect();
                 new_tracks.extend(self.renegotiate_line(idx, li, m));
                 continue;
             }
@@ -152,6 +154,7 @@ impl Sfu {
             p.lines.push(MediaLine {
                 mid: m.mid.clone(),
                 role,
+                offered_extensions: m.extmaps.iter().map(|(_, uri)| uri.clone()).collect(),
             });
         }
         new_tracks
@@ -253,7 +256,9 @@ impl Sfu {
         None
     }
 
-    pub(super) fn line_specs(&self, idx: ParticipantIdx) -> Vec<LineSpec> {
+    /// The m-lines of a description of ours; `answering` a client's offer, each line carries
+    /// only the header extensions that offer put on it.
+    pub(super) fn line_specs(&self, idx: ParticipantIdx, answering: bool) -> Vec<LineSpec> {
         let p = self.participant(idx);
         p.lines
             .iter()
@@ -280,6 +285,8 @@ impl Sfu {
                         } else {
                             Vec::new()
                         };
+                        // An answer echoes only what this m-line offered.
+                        extmaps.retain(|(_, uri)| line.offered_extensions.iter().any(|o| o == uri));
                         LineContent::Media {
                             kind: t.kind,
                             codec: t.codec.clone(),
@@ -305,6 +312,11 @@ impl Sfu {
                                 }
                                 if let Some(id) = p.ext.transport_cc {
                                     extmaps.push((id, EXT_TRANSPORT_CC));
+                                }
+                                if answering {
+                                    extmaps.retain(|(_, uri)| {
+                                        line.offered_extensions.iter().any(|o| o == uri)
+                                    });
                                 }
                                 let mut codec = t.codec.clone();
                                 codec.rtx_payload_type = s.rtx_payload_type;
@@ -369,7 +381,7 @@ impl Sfu {
     }
 
     pub(super) fn write_sdp(&mut self, idx: ParticipantIdx, kind: SdpKind) -> String {
-        let lines = self.line_specs(idx);
+        let lines = self.line_specs(idx, kind == SdpKind::Answer);
         let candidate = self.config.transport.advertised_addr;
         let p = self.participants[idx]
             .as_mut()

@@ -126,6 +126,7 @@ impl Sfu {
                 p.lines[li] = MediaLine {
                     mid,
                     role: LineRole::Subscribe { subscription: s },
+                    offered_extensions: Vec::new(),
                 };
                 self.counters.lines_recycled += 1;
                 s
@@ -137,6 +138,7 @@ impl Sfu {
                 p.lines.push(MediaLine {
                     mid,
                     role: LineRole::Subscribe { subscription: s },
+                    offered_extensions: Vec::new(),
                 });
                 s
             }

@@ -1,0 +1,113 @@
+// Firefox as a second real browser (Debian's firefox-esr, driven over WebDriver BiDi with
+// puppeteer-core), stock, with no SDP rewriting in the page: Firefox ↔ Chromium both ways,
+// back to the lobby and re-admitted, and Firefox ↔ Firefox. Firefox gathers no loopback
+// candidate, so the service listens on a non-loopback address of a dummy interface.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import puppeteer from "puppeteer-core";
+import { startSignaling, launchChromium, inboundStats, waitFor, admitFirst, bookVisit } from "./harness.mjs";
+import { hostAddress } from "./netns.mjs";
+
+const firefoxBin = process.env.FIREFOX_BIN || "/usr/bin/firefox-esr";
+
+/** Headless Firefox with a fake camera and microphone and no permission prompt. */
+async function launchFirefox() {
+  return puppeteer.launch({
+    browser: "firefox",
+    executablePath: firefoxBin,
+    headless: true,
+    extraPrefsFirefox: {
+      "media.navigator.streams.fake": true,
+      "media.navigator.permission.disabled": true,
+      // Plain http on a veth address: camera and WebRTC as on https.
+      "media.devices.insecure.enabled": true,
+      "media.getusermedia.insecure.enabled": true,
+    },
+  });
+}
+
+async function decodes(page, name, more = 30) {
+  const before = (await inboundStats(page))?.video.framesDecoded || 0;
+  return waitFor(async () => {
+    const s = await inboundStats(page);
+    return { ok: s && s.video.framesDecoded > before + more && s.audio.packetsReceived > 20, s };
+  }, { timeout: 45000, what: `${name} decoding` }).catch(async (e) => {
+    const state = await page.evaluate(async () => {
+      const pc = window.hcState.pc;
+      const c = [];
+      if (pc) (await pc.getStats()).forEach((x) => { if (x.type.endsWith("candidate") || x.type === "candidate-pair") c.push([x.type, x.address, x.port, x.protocol, x.state]); });
+      return { errors: window.hcState.errors, view: window.hcState.view, conn: pc && pc.connectionState,
+        ice: pc && pc.iceConnectionState, sig: pc && pc.signalingState, c };
+    }).catch((err) => String(err));
+    throw new Error(`${e.message}\npage: ${JSON.stringify(state)}`);
+  });
+}
+
+async function errors(page) {
+  return page.evaluate(() => window.hcState.errors);
+}
+
+test("Firefox ↔ Chromium: both decode, and after back to the lobby and re-admit, both decode again", { timeout: 180000 }, async () => {
+  const net = hostAddress(51);
+  let server;
+  const closers = [];
+  try {
+    server = await startSignaling(["--advertise-ip", net.ip], { listen: `${net.ip}:0` });
+    const chromium = await launchChromium([`--unsafely-treat-insecure-origin-as-secure=${server.base}`]);
+    closers.push(() => chromium.close());
+    const firefox = await launchFirefox();
+    closers.push(() => firefox.close());
+    const clinician = await (await chromium.newContext()).newPage();
+    const patient = await firefox.newPage();
+    await clinician.goto(server.clinician);
+    await patient.goto(server.patient);
+    await admitFirst(clinician);
+    await decodes(patient, "Firefox (patient)");
+    await decodes(clinician, "Chromium (clinician)");
+
+    // Back to the lobby: the SFU stops the lines both ways (Firefox gets an offer with stopped
+    // sections), then the patient is admitted again.
+    await clinician.waitForSelector("#people button.to-lobby", { timeout: 15000 });
+    await clinician.click("#people button.to-lobby");
+    await waitFor(async () => ({ ok: await patient.evaluate(() => window.hcState.view === "waiting") }),
+      { timeout: 15000, what: "Firefox back in the waiting room" });
+    await admitFirst(clinician);
+    await waitFor(async () => ({ ok: await patient.evaluate(() => window.hcState.view === "meeting") }),
+      { timeout: 15000, what: "Firefox admitted again" });
+    await decodes(patient, "Firefox after re-admit");
+    await decodes(clinician, "Chromium after re-admit");
+    assert.deepEqual(await errors(patient), [], "no errors in the Firefox page");
+    assert.deepEqual(await errors(clinician), []);
+  } finally {
+    for (const c of closers.reverse()) await c().catch(() => {});
+    if (server) server.child.kill("SIGTERM");
+    net.remove();
+  }
+});
+
+test("Firefox ↔ Firefox: both decode each other", { timeout: 150000 }, async () => {
+  const net = hostAddress(52);
+  let server;
+  const closers = [];
+  try {
+    server = await startSignaling(["--advertise-ip", net.ip], { listen: `${net.ip}:0` });
+    const a = await launchFirefox();
+    closers.push(() => a.close());
+    const b = await launchFirefox();
+    closers.push(() => b.close());
+    const clinician = await a.newPage();
+    const patient = await b.newPage();
+    await clinician.goto(server.clinician);
+    await patient.goto(server.patient);
+    await clinician.waitForSelector("#lobby-list button.admit", { timeout: 30000 });
+    await clinician.click("#lobby-list button.admit");
+    await decodes(patient, "Firefox patient");
+    await decodes(clinician, "Firefox clinician");
+    assert.deepEqual(await errors(patient), []);
+    assert.deepEqual(await errors(clinician), []);
+  } finally {
+    for (const c of closers.reverse()) await c().catch(() => {});
+    if (server) server.child.kill("SIGTERM");
+    net.remove();
+  }
+});
