@@ -480,9 +480,16 @@ impl Meetings {
                     {
                         room.lock().media_session_refused(&p);
                     }
+                    // What the client can act on: a layer request for an m-line that receives
+                    // no video, or offers of ours it never answered (it starts a new session).
+                    let code = match command.as_str() {
+                        "set_preferred_layer" => "bad_mid",
+                        "sfu_offer" => "offer_unanswered",
+                        _ => "sfu_refused",
+                    };
                     self.send_to(
                         &p,
-                        &json!({"type": "error", "code": "sfu_refused", "message": error}),
+                        &json!({"type": "error", "code": code, "message": error}),
                         sfu,
                     );
                 }

@@ -162,3 +162,14 @@ async fn a_flood_of_offers_from_the_waiting_room_leaves_another_call_running() {
     );
     let _ = doctor_events.try_recv();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_request_for_an_m_line_that_receives_no_video_gets_bad_mid() {
+    let server = start();
+    let (_d, _patient_media, _doctor, mut patient) = visit(&server, "visit-mid").await;
+    patient
+        .send(json!({"type": "preferred_layer", "layer": "low", "mid": "no-such-line"}))
+        .await;
+    let err = patient.next_of("error").await;
+    assert_eq!(err["code"], "bad_mid", "{err}");
+}

@@ -630,6 +630,11 @@ async function handle(msg) {
       }
       break;
     case "error":
+      if (msg.code === "offer_unanswered") {
+        // Our session could not take the SFU's offers: a new one gets them afresh.
+        scheduleRestart("Ansluter igen…");
+        break;
+      }
       if (msg.code === "restart_too_soon") {
         setTimeout(() => state.reconnect(), 5000);
         break;

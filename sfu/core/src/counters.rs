@@ -45,6 +45,8 @@ pub struct Counters {
     pub ice_restarts: u64,
     /// Times a participant's browser nominated a different path (network change, restart).
     pub path_changes: u64,
+    /// SFU offers given up after going unanswered three times.
+    pub offers_abandoned: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -84,6 +86,7 @@ impl std::ops::AddAssign for Counters {
             stun_refused,
             ice_restarts,
             path_changes,
+            offers_abandoned,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -119,12 +122,13 @@ impl std::ops::AddAssign for Counters {
         self.stun_refused += stun_refused;
         self.ice_restarts += ice_restarts;
         self.path_changes += path_changes;
+        self.offers_abandoned += offers_abandoned;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 34] {
+    pub fn named(&self) -> [(&'static str, u64); 35] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -178,6 +182,7 @@ impl Counters {
             ("sfu_stun_refused_total", self.stun_refused),
             ("sfu_ice_restarts_total", self.ice_restarts),
             ("sfu_path_changes_total", self.path_changes),
+            ("sfu_offers_abandoned_total", self.offers_abandoned),
         ]
     }
 

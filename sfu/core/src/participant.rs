@@ -79,6 +79,8 @@ pub struct Participant {
     pub sdp_session_id: u64,
     pub sdp_version: u64,
     pub next_mid: u32,
+    /// Offers sent for the change now outstanding (reset by an answer).
+    pub offer_attempts: u8,
     /// The local ICE ufrags checks are routed by: the current one and, after an ICE restart,
     /// the one before (the browser checks with it until it applies the answer).
     pub ufrags: Vec<String>,

@@ -147,7 +147,9 @@ impl SimNetwork {
                     participant,
                     offer_sdp,
                 } => {
-                    if let Some(p) = self.peer_index(participant) {
+                    if let Some(p) = self.peer_index(participant)
+                        && !self.peers[p].ignore_offers
+                    {
                         let answer = self.peers[p].answer_offer(self.now, offer_sdp);
                         let participant = participant.clone();
                         self.sfu.handle_command(

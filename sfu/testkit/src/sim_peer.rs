@@ -97,6 +97,8 @@ pub struct SimPeer {
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     /// When set, the peer sends nothing at all (a closed browser).
     pub silent: bool,
+    /// When set, SFU offers are not answered (a client whose stack refuses them).
+    pub ignore_offers: bool,
     roc_in: HashMap<u32, (u64, bool)>,
     /// Transport-wide sequence number on this peer's packets (extension id 3).
     twcc_seq: u16,
@@ -216,6 +218,7 @@ impl SimPeer {
             srtcp_index: 0,
             outbox: VecDeque::new(),
             silent: false,
+            ignore_offers: false,
             roc_in: HashMap::new(),
             twcc_seq: 0,
             twcc_feedback_received: 0,

@@ -623,3 +623,59 @@ fn a_publisher_who_reconnects_again_and_again_stays_visible() {
         assert!(got > 5, "{kind:?} of the last session: {got} packets");
     }
 }
+
+#[test]
+fn offers_a_client_never_answers_are_given_up_after_three_and_reported() {
+    let mut net = SimNetwork::new(41, |_| {});
+    net.add_peer("pub", &[MediaKind::Audio, MediaKind::Video]);
+    net.add_peer("stuck", &[MediaKind::Audio]);
+    net.peers[1].ignore_offers = true;
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    let mut tick = 0;
+    net.run(Duration::from_secs(60), |n| send_media(n, &[0], &mut tick));
+    let offers = net
+        .events
+        .iter()
+        .filter(|e| matches!(e, sfu_proto::Event::Offer { participant, .. } if participant.as_str() == "stuck"))
+        .count();
+    assert_eq!(offers, 3, "sent three times, then no more");
+    let failed: Vec<_> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            sfu_proto::Event::CommandFailed {
+                command,
+                participant: Some(p),
+                ..
+            } if p.as_str() == "stuck" => Some(command.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, vec!["sfu_offer".to_owned()]);
+    assert_eq!(net.sfu.counters.offers_abandoned, 1);
+}
+
+#[test]
+fn a_layer_request_for_an_unknown_mid_is_refused() {
+    let mut net = SimNetwork::new(42, |_| {});
+    net.add_peer("a", &[MediaKind::Video]);
+    net.add_peer("b", &[MediaKind::Video]);
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    let id = net.id(1).clone();
+    let known = net.peers[1].incoming[0].mid.clone();
+    for (mid, refused) in [(known, false), ("no-such".to_owned(), true)] {
+        let before = net.events.len();
+        net.command(sfu_proto::Command::SetPreferredLayer {
+            participant: id.clone(),
+            mid: Some(mid.clone()),
+            layer: sfu_proto::VideoLayer::Low,
+        });
+        let failed = net.events[before..].iter().any(|e| {
+            matches!(e, sfu_proto::Event::CommandFailed { command, .. } if command == "set_preferred_layer")
+        });
+        assert_eq!(failed, refused, "mid {mid}");
+    }
+}

@@ -87,6 +87,9 @@ const LOSS_DOWNGRADE: u8 = 26;
 const LOSS_CLEAR: u8 = 5;
 const LOSS_RECOVERY: Duration = Duration::from_secs(8);
 const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Offers sent for one change before the SFU gives up on the client answering (it reports
+/// `CommandFailed` for `offer`; the client is expected to start a new session).
+const MAX_OFFER_ATTEMPTS: u8 = 3;
 
 /// RTCP sender SSRCs tracked for replay per participant (a browser uses one per stream).
 const MAX_RTCP_SENDERS: usize = 32;
@@ -228,8 +231,13 @@ impl Sfu {
                 participant,
                 mid,
                 layer,
-            } => self.lookup(&participant).map(|idx| {
+            } => self.lookup(&participant).and_then(|idx| {
                 let p = self.participant_mut(idx);
+                if let Some(m) = &mid
+                    && !p.subscriptions.iter().any(|s| s.mid == *m)
+                {
+                    return Err(format!("no m-line with mid {m:?} receives video"));
+                }
                 if mid.is_none() {
                     // Also for subscriptions made later (a publisher who joins or reconnects).
                     p.preferred_layer = layer;
@@ -240,6 +248,7 @@ impl Sfu {
                     }
                 }
                 self.select_layers(now, Some(idx), out);
+                Ok(())
             }),
         };
         if let Err(error) = result {

@@ -61,6 +61,7 @@ impl Sfu {
             srtcp_replay: HashMap::new(),
             awaiting_answer: false,
             offer_sent_at: None,
+            offer_attempts: 0,
             renegotiation_pending: false,
             sdp_session_id: u64::from(self.new_ssrc()) << 16,
             sdp_version: 1,
@@ -417,6 +418,7 @@ impl Sfu {
         p.awaiting_answer = true;
         p.renegotiation_pending = false;
         p.offer_sent_at = clock;
+        p.offer_attempts = p.offer_attempts.saturating_add(1);
         for s in &mut p.subscriptions {
             s.offer();
         }
@@ -469,6 +471,7 @@ impl Sfu {
         }
         p.awaiting_answer = false;
         p.offer_sent_at = None;
+        p.offer_attempts = 0;
         // Only lines the answer accepted: a late answer to an earlier offer does not cover
         // subscriptions added since.
         let mut newly = Vec::new();
