@@ -211,7 +211,7 @@ async function connectMedia(restart) {
   // stays the fallback.
   pc.oniceconnectionstatechange = () => {
     if (pc !== state.pc) return;
-    state.iceStates.push([Date.now() - state.sessionStartedAt, pc.iceConnectionState]);
+    noteIce(pc.iceConnectionState);
     if (["connected", "completed"].includes(pc.iceConnectionState)) {
       clearTimeout(iceRestartTimer);
       iceRestartTimer = null;
@@ -296,6 +296,12 @@ function watchMediaPath(pc) {
 
 let iceRestartTimer = null;
 
+/** The session's ICE history (state changes, restarts, answers), the last 50, for diagnosis. */
+function noteIce(what) {
+  state.iceStates.push([Date.now() - state.sessionStartedAt, what]);
+  if (state.iceStates.length > 50) state.iceStates.shift();
+}
+
 /** An ICE restart in place: new ICE credentials on the same session (no new tracks). */
 function restartIce(pc) {
   enqueue(async () => {
@@ -306,7 +312,7 @@ function restartIce(pc) {
       return;
     }
     state.iceRestarts += 1;
-    state.iceStates.push([Date.now() - state.sessionStartedAt, "restart"]);
+    noteIce("restart");
     const o = await pc.createOffer({ iceRestart: true });
     await pc.setLocalDescription(o);
     send({ type: "offer", sdp: pc.localDescription.sdp });
@@ -603,7 +609,7 @@ async function handle(msg) {
       // An answer meant for a session already replaced finds no offer of ours: dropped.
       if (!pc || pc.signalingState !== "have-local-offer") break;
       await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
-      state.iceStates.push([Date.now() - state.sessionStartedAt, "answer"]);
+      noteIce("answer");
       break;
     case "offer": {
       // An SFU offer for the replaced session, arriving while the new one's own offer is

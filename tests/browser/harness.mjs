@@ -166,3 +166,35 @@ export async function admitFirst(page) {
   await page.waitForSelector("#lobby-list button.admit", { timeout: 30000 });
   await page.click("#lobby-list button.admit");
 }
+
+/** The page's selected candidate pair: both candidates' address, protocol and type. */
+export async function selectedPair(page) {
+  return page.evaluate(async () => {
+    const report = await window.hcState.pc.getStats();
+    let pair = null;
+    report.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId); });
+    if (!pair) return null;
+    const side = (c) => c && ({ address: c.address || c.ip, protocol: c.protocol, type: c.candidateType,
+      relayProtocol: c.relayProtocol, tcpType: c.tcpType });
+    return { local: side(report.get(pair.localCandidateId)), remote: side(report.get(pair.remoteCandidateId)) };
+  });
+}
+
+/**
+ * A clinician's Chromium on this host and a patient's in network namespace `ns` (`patientArgs`
+ * added), both on `server` (plain http on a veth address, treated as secure), pages opened on
+ * their links. `close()` ends both browsers.
+ */
+export async function clinicianAndNamespacedPatient(server, ns, { patientArgs = [], links } = {}) {
+  const secure = [`--unsafely-treat-insecure-origin-as-secure=${server.base}`];
+  const host = await launchChromium(secure);
+  const inNs = await launchChromium([...secure, ...patientArgs], { executablePath: ns.wrapper(chromiumBin) }).catch(async (e) => {
+    await host.close();
+    throw e;
+  });
+  const clinician = await (await host.newContext()).newPage();
+  const patient = await (await inNs.newContext()).newPage();
+  await clinician.goto((links || server).clinician);
+  await patient.goto((links || server).patient);
+  return { clinician, patient, host, inNs, async close() { await inNs.close().catch(() => {}); await host.close().catch(() => {}); } };
+}

@@ -6,21 +6,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { startSignaling, launchChromium, chromiumBin, inboundStats, waitFor, admitFirst, bookVisit, metric } from "./harness.mjs";
+import { startSignaling, launchChromium, chromiumBin, inboundStats, waitFor, admitFirst, bookVisit, metric,
+  selectedPair, clinicianAndNamespacedPatient } from "./harness.mjs";
 import { clientNamespace } from "./netns.mjs";
-
-/** The protocol and candidate type of a page's selected pair. */
-async function selectedPair(page) {
-  return page.evaluate(async () => {
-    const report = await window.hcState.pc.getStats();
-    let pair = null;
-    report.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId); });
-    if (!pair) return null;
-    const local = report.get(pair.localCandidateId);
-    const remote = report.get(pair.remoteCandidateId);
-    return { local: local.protocol, remote: remote.protocol, remoteType: remote.candidateType, tcpType: remote.tcpType };
-  });
-}
 
 function rssKiB(pid) {
   const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/VmRSS:\s+(\d+)/);
@@ -38,17 +26,11 @@ async function setUp(subnet) {
 }
 
 test("with UDP blocked, a patient's Chromium connects over ICE-TCP and both sides decode", { timeout: 120000 }, async () => {
-  const { ns, server, secure } = await setUp(45);
-  const browsers = [];
+  const { ns, server } = await setUp(45);
+  let call;
   try {
-    const host = await launchChromium(secure);
-    browsers.push(host);
-    const inNs = await launchChromium(secure, { executablePath: ns.wrapper(chromiumBin) });
-    browsers.push(inNs);
-    const clinician = await (await host.newContext()).newPage();
-    const patient = await (await inNs.newContext()).newPage();
-    await clinician.goto(server.clinician);
-    await patient.goto(server.patient);
+    call = await clinicianAndNamespacedPatient(server, ns);
+    const { clinician, patient } = call;
     // The waiting room's check tells the patient how video will reach them.
     await waitFor(async () => {
       const text = await patient.evaluate(() => document.getElementById("net-check").textContent);
@@ -69,14 +51,14 @@ test("with UDP blocked, a patient's Chromium connects over ICE-TCP and both side
       });
     }
     const pair = await selectedPair(patient);
-    assert.equal(pair.local, "tcp", `the patient's media runs over TCP: ${JSON.stringify(pair)}`);
-    assert.equal(pair.remote, "tcp");
-    assert.equal(pair.tcpType, "passive");
-    assert.equal((await selectedPair(clinician)).local, "udp", "the clinician stays on UDP");
+    assert.equal(pair.local.protocol, "tcp", `the patient's media runs over TCP: ${JSON.stringify(pair)}`);
+    assert.equal(pair.remote.protocol, "tcp");
+    assert.equal(pair.remote.tcpType, "passive");
+    assert.equal((await selectedPair(clinician)).local.protocol, "udp", "the clinician stays on UDP");
     console.log(`ICE-TCP: admit → first frame decoded over TCP in ${first.at - admittedAt} ms`);
     assert.ok(await metric(server, "sfu_ice_tcp_accepted_total") >= 1);
   } finally {
-    for (const b of browsers) await b.close().catch(() => {});
+    if (call) await call.close();
     server.child.kill("SIGTERM");
     ns.remove();
   }
@@ -110,7 +92,7 @@ test("a TCP reader that stops reading is closed, the worker's memory stays bound
       const s = await inboundStats(patient);
       return { ok: s && s.video.framesDecoded > 60, s };
     }, { timeout: 45000, what: "the patient decoding both others over TCP" });
-    assert.equal((await selectedPair(patient)).local, "tcp");
+    assert.equal((await selectedPair(patient)).local.protocol, "tcp");
     const rssBefore = rssKiB(server.child.pid);
 
     // The patient's browser freezes (every process in its namespace stops): its TCP

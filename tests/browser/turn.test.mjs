@@ -9,21 +9,10 @@ import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { startSignaling, launchChromium, chromiumBin, inboundStats, waitFor, admitFirst } from "./harness.mjs";
+import { startSignaling, inboundStats, waitFor, admitFirst, selectedPair, clinicianAndNamespacedPatient } from "./harness.mjs";
 import { clientNamespace } from "./netns.mjs";
 
 const SECRET = "turn-secret-shared-with-the-service-01";
-
-async function selectedLocal(page) {
-  return page.evaluate(async () => {
-    const report = await window.hcState.pc.getStats();
-    let pair = null;
-    report.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId); });
-    if (!pair) return null;
-    const local = report.get(pair.localCandidateId);
-    return { type: local.candidateType, relayProtocol: local.relayProtocol };
-  });
-}
 
 test("with only TCP 443 open, a patient's Chromium gets media through coturn over TLS", { timeout: 150000 }, async () => {
   const ns = clientNamespace(48);
@@ -41,7 +30,7 @@ test("with only TCP 443 open, a patient's Chromium gets media through coturn ove
   { stdio: ["ignore", "pipe", "pipe"] });
   coturn.stdout.on("data", (d) => { coturnLog += d; });
   let server;
-  const browsers = [];
+  let call;
   try {
     server = await startSignaling(["--advertise-ip", net.hostIp, "--turn-url", `turns:${net.hostIp}:443?transport=tcp`,
       "--turn-secret", SECRET], { listen: `${net.hostIp}:0` });
@@ -49,17 +38,10 @@ test("with only TCP 443 open, a patient's Chromium gets media through coturn ove
     // Out of the patient's network: TCP to the service and to 443, nothing else.
     ns.nft(`table inet hc {\n chain out {\n  type filter hook output priority 0; policy drop;\n  oifname "lo" accept\n` +
       `  ip daddr ${net.hostIp} tcp dport { 443, ${port} } accept\n }\n}\n`);
-    const secure = [`--unsafely-treat-insecure-origin-as-secure=${server.base}`];
-    const host = await launchChromium(secure);
-    browsers.push(host);
     // Chromium checks the relay's certificate like a web site's; this one is the test's own,
     // self-signed (a region's relay has a real one for its name).
-    const inNs = await launchChromium([...secure, "--ignore-certificate-errors"], { executablePath: ns.wrapper(chromiumBin) });
-    browsers.push(inNs);
-    const clinician = await (await host.newContext()).newPage();
-    const patient = await (await inNs.newContext()).newPage();
-    await clinician.goto(server.clinician);
-    await patient.goto(server.patient);
+    call = await clinicianAndNamespacedPatient(server, ns, { patientArgs: ["--ignore-certificate-errors"] });
+    const { clinician, patient } = call;
     await waitFor(async () => {
       const text = await patient.evaluate(() => document.getElementById("net-check").textContent);
       return { ok: text === "Anslutning: fungerar (via reläserver).", text };
@@ -86,14 +68,14 @@ test("with only TCP 443 open, a patient's Chromium gets media through coturn ove
         return { ok: s && s.video.framesDecoded > 30 && s.audio.packetsReceived > 20, s };
       }, { timeout: 45000, what: `${name} decoding` });
     }
-    const local = await selectedLocal(patient);
+    const { local } = await selectedPair(patient);
     assert.equal(local.type, "relay", `the patient's media is relayed: ${JSON.stringify(local)}`);
     assert.equal(local.relayProtocol, "tls", "reached over TLS");
     console.log(`TURN/TLS: admit → first frame decoded through the relay in ${first.at - admittedAt} ms`);
     // The credentials were the service's: coturn logged the REST-API username (expiry:id).
     assert.match(coturnLog, /\d{10}:p-/);
   } finally {
-    for (const b of browsers) await b.close().catch(() => {});
+    if (call) await call.close();
     if (server) server.child.kill("SIGTERM");
     coturn.kill("SIGTERM");
     ns.remove();
