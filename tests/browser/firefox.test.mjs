@@ -1,11 +1,12 @@
 // Firefox as a second real browser (Debian's firefox-esr, driven over WebDriver BiDi with
 // puppeteer-core), stock, with no SDP rewriting in the page: Firefox ↔ Chromium both ways,
+// Firefox publishing simulcast with the receiver switching layers,
 // back to the lobby and re-admitted, and Firefox ↔ Firefox. Firefox gathers no loopback
 // candidate, so the service listens on a non-loopback address of a dummy interface.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import puppeteer from "puppeteer-core";
-import { startSignaling, launchChromium, inboundStats, waitFor, admitFirst, bookVisit } from "./harness.mjs";
+import { startSignaling, launchChromium, inboundStats, waitFor, admitFirst, videoStats } from "./harness.mjs";
 import { hostAddress } from "./netns.mjs";
 
 const firefoxBin = process.env.FIREFOX_BIN || "/usr/bin/firefox-esr";
@@ -103,6 +104,58 @@ test("Firefox ↔ Firefox: both decode each other", { timeout: 150000 }, async (
     await clinician.click("#lobby-list button.admit");
     await decodes(patient, "Firefox patient");
     await decodes(clinician, "Firefox clinician");
+    assert.deepEqual(await errors(patient), []);
+    assert.deepEqual(await errors(clinician), []);
+  } finally {
+    for (const c of closers.reverse()) await c().catch(() => {});
+    if (server) server.child.kill("SIGTERM");
+    net.remove();
+  }
+});
+
+test("Firefox publishes simulcast: the Chromium receiver moves to the low layer and back with data saving", { timeout: 150000 }, async () => {
+  const net = hostAddress(53);
+  let server;
+  const closers = [];
+  try {
+    server = await startSignaling(["--advertise-ip", net.ip], { listen: `${net.ip}:0` });
+    const chromium = await launchChromium([`--unsafely-treat-insecure-origin-as-secure=${server.base}`]);
+    closers.push(() => chromium.close());
+    const firefox = await launchFirefox();
+    closers.push(() => firefox.close());
+    const clinician = await (await chromium.newContext()).newPage();
+    const patient = await firefox.newPage();
+    await clinician.goto(server.clinician);
+    await patient.goto(server.patient);
+    await admitFirst(clinician);
+    // Firefox sends its 640×480 fake camera as two layers, as the page asks of any browser.
+    const sending = await waitFor(async () => {
+      const s = await videoStats(patient);
+      const rids = Object.keys(s.sent).sort().join(",");
+      return { ok: rids === "h,l" && s.sent.l.bytes > 20000 && s.sent.h.bytes > 20000, s };
+    }, { timeout: 45000, what: "Firefox sending two simulcast layers" });
+    const top = await waitFor(async () => {
+      const s = await videoStats(clinician);
+      return { ok: s.width === sending.s.sent.h.width && s.frames > 30, s };
+    }, { timeout: 30000, what: "the clinician decoding Firefox's top layer" });
+    await clinician.click("#save-data");
+    const switchedAt = Date.now();
+    const low = await waitFor(async () => {
+      const s = await videoStats(clinician);
+      return { ok: s.width === sending.s.sent.l.width, s };
+    }, { timeout: 15000, interval: 100, what: "the clinician receiving Firefox's low layer" });
+    const took = Date.now() - switchedAt;
+    await waitFor(async () => {
+      const s = await videoStats(clinician);
+      return { ok: s.frames > low.s.frames + 30, s };
+    }, { timeout: 15000, what: "the clinician decoding on after the switch" });
+    await clinician.click("#save-data");
+    await waitFor(async () => {
+      const s = await videoStats(clinician);
+      return { ok: s.width === sending.s.sent.h.width, s };
+    }, { timeout: 15000, what: "the clinician back on Firefox's top layer" });
+    console.log(`Firefox simulcast: down-switch seen after ${took} ms (layers ${sending.s.sent.l.width}/${sending.s.sent.h.width})`);
+    assert.ok(top.s.width > low.s.width);
     assert.deepEqual(await errors(patient), []);
     assert.deepEqual(await errors(clinician), []);
   } finally {
