@@ -2,7 +2,7 @@
 // puppeteer-core), stock, with no SDP rewriting in the page: Firefox ↔ Chromium both ways,
 // Firefox publishing simulcast with the receiver switching layers,
 // back to the lobby and re-admitted, and Firefox ↔ Firefox. Firefox gathers no loopback
-// candidate, so the service listens on a non-loopback address of a dummy interface.
+// candidate, so the service listens on a non-loopback address (one end of a veth pair).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import puppeteer from "puppeteer-core";
