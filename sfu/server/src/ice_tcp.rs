@@ -19,6 +19,15 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections per worker; further ones are refused (closed at once) and counted.
 pub const MAX_LINKS: usize = 4096;
+/// Connections per worker from one IP address (a hospital's guest Wi-Fi puts many patients
+/// behind one address, but not hundreds in one worker's rooms).
+pub const MAX_LINKS_PER_SOURCE: usize = 64;
+/// A connection the core never answered (no valid connectivity check on it) is closed after
+/// this long: garbage or a stranger's probes do not hold a slot for the idle timeout.
+pub const UNANSWERED_TIMEOUT: Duration = Duration::from_secs(10);
+/// Out of file descriptors: stop accepting for this long instead of spinning on a listener
+/// that stays readable.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 
 /// What happened on a worker's TCP side, for metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +63,11 @@ struct TcpLink {
     stream: TcpStream,
     reader: FrameReader,
     out: FrameQueue,
+    opened: Instant,
     last_read: Instant,
     last_progress: Instant,
+    /// The core has sent something here (it answered a check with valid credentials).
+    answered: bool,
 }
 
 /// The worker's listener and connections.
@@ -66,6 +78,8 @@ pub struct IceTcp {
     pollfds: Vec<libc::pollfd>,
     order: Vec<SocketAddr>,
     closing: Vec<(SocketAddr, CloseReason)>,
+    per_source: HashMap<std::net::IpAddr, usize>,
+    accept_paused_until: Option<Instant>,
     pub counters: IceTcpCounters,
 }
 
@@ -88,6 +102,8 @@ impl IceTcp {
             pollfds: Vec::new(),
             order: Vec::new(),
             closing: Vec::new(),
+            per_source: HashMap::new(),
+            accept_paused_until: None,
             counters: IceTcpCounters::default(),
         })
     }
@@ -114,6 +130,7 @@ impl IceTcp {
         let Some(link) = self.links.get_mut(&dest) else {
             return false;
         };
+        link.answered = true;
         let was_empty = link.out.is_empty();
         match link.out.push(packet) {
             Queued::Yes => {
@@ -149,9 +166,10 @@ impl IceTcp {
             events: libc::POLLIN,
             revents: 0,
         });
+        let accepting = self.accept_paused_until.is_none_or(|t| Instant::now() >= t);
         self.pollfds.push(libc::pollfd {
             fd: self.listener.as_raw_fd(),
-            events: libc::POLLIN,
+            events: if accepting { libc::POLLIN } else { 0 },
             revents: 0,
         });
         for (addr, link) in &self.links {
@@ -206,10 +224,15 @@ impl IceTcp {
         for _ in 0..64 {
             match self.listener.accept() {
                 Ok((stream, addr)) => {
-                    if self.links.len() >= MAX_LINKS || stream.set_nonblocking(true).is_err() {
+                    let from_source = self.per_source.get(&addr.ip()).copied().unwrap_or(0);
+                    if self.links.len() >= MAX_LINKS
+                        || from_source >= MAX_LINKS_PER_SOURCE
+                        || stream.set_nonblocking(true).is_err()
+                    {
                         self.counters.refused += 1;
                         continue;
                     }
+                    *self.per_source.entry(addr.ip()).or_default() += 1;
                     let _ = stream.set_nodelay(true);
                     limit_send_buffer(&stream);
                     self.counters.accepted += 1;
@@ -219,14 +242,20 @@ impl IceTcp {
                             stream,
                             reader: FrameReader::default(),
                             out: FrameQueue::default(),
+                            opened: now,
                             last_read: now,
                             last_progress: now,
+                            answered: false,
                         },
                     );
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    tracing::debug!(error = %e, "ICE-TCP accept failed");
+                    // Most likely out of file descriptors: the listener stays readable, so
+                    // accepting pauses rather than spinning the worker's loop.
+                    tracing::warn!(error = %e, "ICE-TCP accept failed; pausing accepts");
+                    self.counters.refused += 1;
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     break;
                 }
             }
@@ -282,7 +311,9 @@ impl IceTcp {
         for (addr, link) in &self.links {
             if !link.out.is_empty() && now.duration_since(link.last_progress) > STALL_TIMEOUT {
                 self.closing.push((*addr, CloseReason::Slow));
-            } else if now.duration_since(link.last_read) > IDLE_TIMEOUT {
+            } else if now.duration_since(link.last_read) > IDLE_TIMEOUT
+                || (!link.answered && now.duration_since(link.opened) > UNANSWERED_TIMEOUT)
+            {
                 self.closing.push((*addr, CloseReason::Idle));
             }
         }
@@ -293,6 +324,14 @@ impl IceTcp {
         for (addr, reason) in std::mem::take(&mut self.closing) {
             if self.links.remove(&addr).is_none() {
                 continue;
+            }
+            if let std::collections::hash_map::Entry::Occupied(mut e) =
+                self.per_source.entry(addr.ip())
+            {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
             }
             self.counters.closed += 1;
             match reason {

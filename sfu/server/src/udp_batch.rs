@@ -120,22 +120,45 @@ impl UdpBatch {
     /// dropped and counted; returns (sent, dropped). Nothing is allocated once the address
     /// vector has grown to a chunk.
     pub fn send_batch(&mut self, batch: &TransmitBatch) -> (usize, usize) {
+        self.send_batch_where(batch, |_| true)
+    }
+
+    /// Sends the datagrams of `batch` whose destination `include` accepts (the others go
+    /// elsewhere, e.g. ICE-TCP connections), without copying the batch.
+    pub fn send_batch_where(
+        &mut self,
+        batch: &TransmitBatch,
+        include: impl Fn(SocketAddr) -> bool,
+    ) -> (usize, usize) {
         let total = batch.len();
         let mut sent = 0;
         let mut dropped = 0;
-        let mut start = 0;
-        while start < total {
-            let end = (start + SEND_CHUNK).min(total);
-            let count = end - start;
+        let mut next = 0;
+        let mut picked = [0usize; SEND_CHUNK];
+        while next < total {
+            let mut count = 0;
+            while next < total && count < SEND_CHUNK {
+                if include(batch.get(next).0) {
+                    picked[count] = next;
+                    count += 1;
+                }
+                next += 1;
+            }
+            if count == 0 {
+                break;
+            }
             self.send_addrs.clear();
-            self.send_addrs
-                .extend((start..end).map(|i| socket2::SockAddr::from(batch.get(i).0)));
+            self.send_addrs.extend(
+                picked[..count]
+                    .iter()
+                    .map(|&i| socket2::SockAddr::from(batch.get(i).0)),
+            );
             // SAFETY: iovec and mmsghdr are plain C structs; all-zero is a valid value.
             let mut iovs: [libc::iovec; SEND_CHUNK] = unsafe { std::mem::zeroed() };
             // SAFETY: as above.
             let mut hdrs: [libc::mmsghdr; SEND_CHUNK] = unsafe { std::mem::zeroed() };
             for k in 0..count {
-                let data = batch.get(start + k).1;
+                let data = batch.get(picked[k]).1;
                 iovs[k].iov_base = data.as_ptr() as *mut libc::c_void;
                 iovs[k].iov_len = data.len();
                 let addr = &self.send_addrs[k];
@@ -170,7 +193,6 @@ impl UdpBatch {
                     offset += n as usize;
                 }
             }
-            start = end;
         }
         (sent, dropped)
     }

@@ -108,7 +108,6 @@ fn run(
     let mut out = Outlets {
         socket: &mut socket,
         tcp: tcp.as_mut(),
-        udp_only: TransmitBatch::with_capacity(64),
         send_dropped: 0,
     };
     let mut next_metrics = Instant::now() + METRICS_INTERVAL;
@@ -205,8 +204,6 @@ fn run(
 struct Outlets<'a> {
     socket: &'a mut UdpBatch,
     tcp: Option<&'a mut IceTcp>,
-    /// The UDP part of a batch that also went to TCP connections.
-    udp_only: TransmitBatch,
     send_dropped: u64,
 }
 
@@ -218,16 +215,16 @@ impl Outlets<'_> {
         match self.tcp.as_deref_mut() {
             Some(tcp) if tcp.has_links() => {
                 let now = Instant::now();
-                self.udp_only.clear();
                 for i in 0..batch.len() {
                     let (dest, datagram) = batch.get(i);
-                    if !tcp.send(now, dest, datagram) {
-                        self.udp_only.push(dest, datagram);
-                    }
+                    tcp.send(now, dest, datagram);
                 }
-                tcp.close_pending();
-                let (_, dropped) = self.socket.send_batch(&self.udp_only);
+                let links = &*tcp;
+                let (_, dropped) = self
+                    .socket
+                    .send_batch_where(batch, |dest| !links.is_link(&dest));
                 self.send_dropped += dropped as u64;
+                tcp.close_pending();
             }
             _ => {
                 let (_, dropped) = self.socket.send_batch(batch);
