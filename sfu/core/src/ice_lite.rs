@@ -8,11 +8,12 @@
 //! move with it (§7.3.1.5) — an agent that keeps the first nomination watches a pair nobody
 //! sends on and declares a live session dead (ADR 0003).
 
-use rtc_stun::attributes::{ATTR_USE_CANDIDATE, ATTR_USERNAME};
+use rtc_stun::attributes::{ATTR_ICE_CONTROLLED, ATTR_PRIORITY, ATTR_USE_CANDIDATE, ATTR_USERNAME};
 use rtc_stun::fingerprint::FINGERPRINT;
 use rtc_stun::integrity::MessageIntegrity;
 use rtc_stun::message::{
-    BINDING_REQUEST, BINDING_SUCCESS, CLASS_INDICATION, METHOD_BINDING, Message,
+    BINDING_REQUEST, BINDING_SUCCESS, CLASS_INDICATION, METHOD_BINDING, Message, Setter,
+    TransactionId,
 };
 use rtc_stun::textattrs::TextAttribute;
 use rtc_stun::xoraddr::XorMappedAddress;
@@ -24,6 +25,13 @@ use std::time::{Duration, Instant};
 /// A restart's new path is taken before its nomination once the old one has had no consent
 /// for this long (browsers check the path in use every 2.5 s at most; a dead one misses it).
 const RESTART_ADOPT_AFTER: Duration = Duration::from_millis(1000);
+
+/// Checks of our own in flight at once (one per address the browser nominated lately).
+const MAX_PROBES: usize = 4;
+/// Addresses remembered as proven (they answered a check of ours).
+const MAX_VERIFIED: usize = 8;
+/// A probe not answered in this long may be sent again on the next nomination.
+const PROBE_RETRY: Duration = Duration::from_millis(500);
 
 /// One side's ICE username fragment and password.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +85,13 @@ pub struct IceLite {
     /// has applied the restart's answer, and those checks still carry consent.
     previous: Option<(IceCredentials, IceCredentials)>,
     selected: Option<SocketAddr>,
+    /// The browser's latest nomination, while its address is being proven.
+    wanted: Option<SocketAddr>,
+    /// Our checks in flight: address, transaction id, the browser's password to verify the
+    /// answer with, when sent.
+    probes: Vec<(SocketAddr, [u8; 12], String, Instant)>,
+    /// Addresses that answered a check of ours: media may go there.
+    verified: Vec<SocketAddr>,
     /// The last authenticated check on the selected address (or when the agent started).
     last_consent: Instant,
     disconnected_after: Duration,
@@ -110,6 +125,9 @@ impl IceLite {
             remote,
             previous: None,
             selected: None,
+            wanted: None,
+            probes: Vec::new(),
+            verified: Vec::new(),
             last_consent: now,
             disconnected_after,
             failed_after,
@@ -163,6 +181,9 @@ impl IceLite {
         if m.typ.method == METHOD_BINDING && m.typ.class == CLASS_INDICATION {
             return Ok(());
         }
+        if m.typ == BINDING_SUCCESS {
+            return self.handle_probe_answer(now, from, m);
+        }
         if m.typ != BINDING_REQUEST {
             return Err(StunRefusal::NotABindingRequest);
         }
@@ -173,12 +194,16 @@ impl IceLite {
             .map_err(|_| StunRefusal::UnknownUsername)?
             .text;
         let current = format!("{}:{}", self.local.ufrag, self.remote.ufrag);
-        let (pwd, under_current) = if username == current {
-            (self.local.pwd.clone(), true)
+        let (pwd, under_current, probe_as) = if username == current {
+            (
+                self.local.pwd.clone(),
+                true,
+                (self.local.clone(), self.remote.clone()),
+            )
         } else if let Some((l, r)) = &self.previous
             && username == format!("{}:{}", l.ufrag, r.ufrag)
         {
-            (l.pwd.clone(), false)
+            (l.pwd.clone(), false, (l.clone(), r.clone()))
         } else {
             return Err(StunRefusal::UnknownUsername);
         };
@@ -198,8 +223,7 @@ impl IceLite {
                 self.previous = None;
             }
             if self.selected != Some(from) {
-                self.selected = Some(from);
-                self.events.push_back(IceEvent::Selected(from));
+                self.nominate(now, from, &probe_as.0, &probe_as.1);
             }
         }
         if self.selected == Some(from) {
@@ -210,6 +234,110 @@ impl IceLite {
             }
         }
         Ok(())
+    }
+
+    /// The browser nominated `to`. Media goes there only once `to` has answered a check of
+    /// ours: the nomination alone is a packet anyone who knows the credentials can send with a
+    /// forged source, and would turn a call's media on a stranger's address (RFC 7675).
+    fn nominate(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        local: &IceCredentials,
+        remote: &IceCredentials,
+    ) {
+        if self.verified.contains(&to) {
+            self.wanted = None;
+            self.select(to);
+            return;
+        }
+        self.wanted = Some(to);
+        if self
+            .probes
+            .iter()
+            .any(|(a, _, _, at)| *a == to && now.saturating_duration_since(*at) < PROBE_RETRY)
+        {
+            return;
+        }
+        let txn = TransactionId::new();
+        let mut m = Message::new();
+        let built = m
+            .build(&[
+                Box::new(BINDING_REQUEST),
+                Box::new(txn),
+                Box::new(TextAttribute::new(
+                    ATTR_USERNAME,
+                    format!("{}:{}", remote.ufrag, local.ufrag),
+                )),
+            ])
+            .map(|()| {
+                m.add(ATTR_ICE_CONTROLLED, &rand::random::<u64>().to_be_bytes());
+                m.add(
+                    ATTR_PRIORITY,
+                    &(((126u32) << 24) | (65535 << 8) | 255).to_be_bytes(),
+                );
+            })
+            .and_then(|()| {
+                MessageIntegrity::new_short_term_integrity_with_provider(
+                    remote.pwd.clone(),
+                    self.crypto.crypto(),
+                )
+                .add_to(&mut m)
+            })
+            .and_then(|()| FINGERPRINT.add_to(&mut m));
+        if built.is_err() {
+            return;
+        }
+        self.probes.retain(|(a, ..)| *a != to);
+        if self.probes.len() >= MAX_PROBES {
+            self.probes.remove(0);
+        }
+        self.probes
+            .push((to, m.transaction_id.0, remote.pwd.clone(), now));
+        self.transmits.push_back((to, m.raw));
+    }
+
+    /// The answer to one of our checks: its address is proven.
+    fn handle_probe_answer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        mut m: Message,
+    ) -> Result<(), StunRefusal> {
+        let Some(i) = self
+            .probes
+            .iter()
+            .position(|(a, txn, ..)| *a == from && *txn == m.transaction_id.0)
+        else {
+            return Err(StunRefusal::NotABindingRequest);
+        };
+        FINGERPRINT
+            .check(&m)
+            .map_err(|_| StunRefusal::BadFingerprint)?;
+        let pwd = self.probes[i].2.clone();
+        MessageIntegrity::check(&mut m, pwd.as_bytes(), self.crypto.crypto())
+            .map_err(|_| StunRefusal::BadIntegrity)?;
+        self.probes.remove(i);
+        if !self.verified.contains(&from) {
+            if self.verified.len() >= MAX_VERIFIED {
+                self.verified.remove(0);
+            }
+            self.verified.push(from);
+        }
+        if self.wanted == Some(from) {
+            self.wanted = None;
+            self.select(from);
+            // The answer is consent on the new path.
+            self.last_consent = now;
+        }
+        Ok(())
+    }
+
+    fn select(&mut self, to: SocketAddr) {
+        if self.selected != Some(to) {
+            self.selected = Some(to);
+            self.events.push_back(IceEvent::Selected(to));
+        }
     }
 
     fn respond(
@@ -311,6 +439,39 @@ pub fn connectivity_check(
     m.raw
 }
 
+/// The answer a browser gives a check (a binding success to `from`, signed with `pwd`, the
+/// answerer's own password), or `None` when `request` is not a signed binding request. For
+/// test peers and load generators.
+pub fn answer_check(
+    request: &[u8],
+    from: SocketAddr,
+    pwd: &str,
+    crypto: &dyn rtc_crypto::RTCCrypto,
+) -> Option<Vec<u8>> {
+    let mut req = Message::new();
+    req.unmarshal_binary(request).ok()?;
+    if req.typ != BINDING_REQUEST {
+        return None;
+    }
+    MessageIntegrity::check(&mut req, pwd.as_bytes(), crypto).ok()?;
+    let mut resp = Message::new();
+    resp.build(&[
+        Box::new(req.clone()),
+        Box::new(BINDING_SUCCESS),
+        Box::new(XorMappedAddress {
+            ip: from.ip(),
+            port: from.port(),
+        }),
+        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            pwd.to_owned(),
+            crypto,
+        )),
+        Box::new(FINGERPRINT),
+    ])
+    .ok()?;
+    Some(resp.raw)
+}
+
 #[cfg(test)]
 // Tests start virtual time at one real instant.
 #[allow(clippy::disallowed_methods)]
@@ -342,6 +503,19 @@ mod tests {
 
     fn check(username: &str, pwd: &str, nominate: bool) -> Vec<u8> {
         connectivity_check(username, pwd, nominate, crypto().crypto())
+    }
+
+    /// Plays the browser: answers the agent's last check to `at`, signed with `browser_pwd`.
+    fn answer_probe(a: &mut IceLite, now: Instant, at: SocketAddr, browser_pwd: &str) {
+        let mut probe = None;
+        while let Some((to, raw)) = a.poll_transmit() {
+            if to == at && raw.starts_with(&[0x00, 0x01]) {
+                probe = Some(raw);
+            }
+        }
+        let raw = probe.unwrap_or_else(|| panic!("a check of ours to {at}"));
+        let answer = answer_check(&raw, at, browser_pwd, crypto().crypto()).expect("answerable");
+        a.handle_stun(now, at, &answer).unwrap();
     }
 
     fn addr(s: &str) -> SocketAddr {
@@ -425,10 +599,17 @@ mod tests {
         let pwd = "sfupassword-0000000000000000";
         a.handle_stun(t0, wifi, &check("sfu1:br1", pwd, true))
             .unwrap();
+        assert_eq!(
+            a.poll_event(),
+            None,
+            "not before the address answered our check"
+        );
+        answer_probe(&mut a, t0, wifi, "browserpassword-000000000000");
         assert_eq!(a.poll_event(), Some(IceEvent::Selected(wifi)));
         let t1 = t0 + Duration::from_secs(1);
         a.handle_stun(t1, other, &check("sfu1:br1", pwd, true))
             .unwrap();
+        answer_probe(&mut a, t1, other, "browserpassword-000000000000");
         assert_eq!(a.poll_event(), Some(IceEvent::Selected(other)));
         // The browser now keeps consent on `other` only: 30 s of that is a live session.
         let mut t = t1;
@@ -451,6 +632,64 @@ mod tests {
     }
 
     #[test]
+    fn a_nomination_from_an_address_that_does_not_answer_moves_no_media_there() {
+        // Whoever knows the credentials can forge a nominating check from a stranger's
+        // address; media goes only where our own check is answered by the browser.
+        let t0 = Instant::now();
+        let mut a = agent(t0);
+        let phone = addr("192.0.2.7:5000");
+        let stranger = addr("203.0.113.9:443");
+        let pwd = "sfupassword-0000000000000000";
+        a.handle_stun(t0, phone, &check("sfu1:br1", pwd, true))
+            .unwrap();
+        answer_probe(&mut a, t0, phone, "browserpassword-000000000000");
+        assert_eq!(a.poll_event(), Some(IceEvent::Selected(phone)));
+        a.handle_stun(t0, stranger, &check("sfu1:br1", pwd, true))
+            .unwrap();
+        // The stranger does not answer; a forged answer without the browser's password, or
+        // for another transaction, is refused.
+        let mut probe = None;
+        while let Some((to, raw)) = a.poll_transmit() {
+            if to == stranger && raw.starts_with(&[0x00, 0x01]) {
+                probe = Some(raw);
+            }
+        }
+        let mut req = Message::new();
+        req.unmarshal_binary(&probe.expect("a check to the stranger"))
+            .unwrap();
+        let forged = |key: &str, txn: bool| {
+            let provider = crypto();
+            let mut resp = Message::new();
+            let mut setters: Vec<Box<dyn Setter>> = Vec::new();
+            if txn {
+                setters.push(Box::new(req.clone()));
+            } else {
+                setters.push(Box::new(TransactionId::new()));
+            }
+            setters.push(Box::new(BINDING_SUCCESS));
+            setters.push(Box::new(
+                MessageIntegrity::new_short_term_integrity_with_provider(
+                    key.to_owned(),
+                    provider.crypto(),
+                ),
+            ));
+            setters.push(Box::new(FINGERPRINT));
+            resp.build(&setters).unwrap();
+            resp.raw
+        };
+        assert_eq!(
+            a.handle_stun(t0, stranger, &forged("guessed-password-0000000000", true)),
+            Err(StunRefusal::BadIntegrity)
+        );
+        assert!(
+            a.handle_stun(t0, stranger, &forged("browserpassword-000000000000", false))
+                .is_err()
+        );
+        assert_eq!(a.selected(), Some(phone));
+        assert_eq!(a.poll_event(), None);
+    }
+
+    #[test]
     fn consent_lost_then_regained_reports_both() {
         let t0 = Instant::now();
         let mut a = agent(t0);
@@ -458,6 +697,7 @@ mod tests {
         let pwd = "sfupassword-0000000000000000";
         a.handle_stun(t0, from, &check("sfu1:br1", pwd, true))
             .unwrap();
+        answer_probe(&mut a, t0, from, "browserpassword-000000000000");
         a.poll_event();
         let deadline = a.poll_timeout().unwrap();
         assert!(deadline > t0 + Duration::from_secs(3));
@@ -492,6 +732,7 @@ mod tests {
             &check("sfu1:br1", "sfupassword-0000000000000000", true),
         )
         .unwrap();
+        answer_probe(&mut a, t0, wifi, "browserpassword-000000000000");
         a.poll_event();
         a.restart(
             creds("sfu2", new_pwd),
@@ -506,6 +747,7 @@ mod tests {
         let t2 = t0 + Duration::from_millis(1500);
         a.handle_stun(t2, cell, &check("sfu2:br2", new_pwd, false))
             .unwrap();
+        answer_probe(&mut a, t2, cell, "browserpassword-111111111111");
         assert_eq!(a.poll_event(), Some(IceEvent::Selected(cell)));
         // Without a restart under way, an unnominated check never moves the path.
         let mut b = agent(t0);
@@ -515,6 +757,7 @@ mod tests {
             &check("sfu1:br1", "sfupassword-0000000000000000", true),
         )
         .unwrap();
+        answer_probe(&mut b, t0, wifi, "browserpassword-000000000000");
         b.poll_event();
         b.handle_stun(
             t2,
@@ -535,6 +778,7 @@ mod tests {
         let new_pwd = "sfupassword-1111111111111111";
         a.handle_stun(t0, wifi, &check("sfu1:br1", old_pwd, true))
             .unwrap();
+        answer_probe(&mut a, t0, wifi, "browserpassword-000000000000");
         a.poll_event();
         a.restart(
             creds("sfu2", new_pwd),
@@ -554,6 +798,7 @@ mod tests {
         );
         a.handle_stun(t1, cell, &check("sfu2:br2", new_pwd, true))
             .unwrap();
+        answer_probe(&mut a, t1, cell, "browserpassword-111111111111");
         assert_eq!(a.poll_event(), Some(IceEvent::Selected(cell)));
         assert_eq!(a.previous_local_ufrag(), None);
         assert_eq!(

@@ -84,6 +84,9 @@ pub struct Participant {
     /// The local ICE ufrags checks are routed by: the current one and, after an ICE restart,
     /// the one before (the browser checks with it until it applies the answer).
     pub ufrags: Vec<String>,
+    /// Addresses the session's ICE checked (their answers carry no USERNAME and are routed by
+    /// address), the last few.
+    pub probe_addrs: Vec<SocketAddr>,
     /// Arrival times of this participant's packets, for its bandwidth estimator.
     pub twcc: TwccRecorder,
     /// Our transport-wide sequence number on packets sent to this participant.

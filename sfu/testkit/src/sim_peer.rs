@@ -558,6 +558,16 @@ impl SimPeer {
     /// A datagram from the network.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         match classify(data) {
+            // The ICE-lite SFU checks an address before sending media there; a controlling
+            // browser answers that check from whatever address it now uses (its agent here
+            // knows only the address it started with).
+            PacketClass::Stun if self.controlling && data.starts_with(&[0x00, 0x01]) => {
+                if let Some(answer) =
+                    sfu_core::ice_lite::answer_check(data, from, &self.local_pwd, crypto().crypto())
+                {
+                    self.outbox.push_back((from, answer));
+                }
+            }
             PacketClass::Stun => {
                 let _ = self.agent.handle_read(TransportMessage {
                     now,

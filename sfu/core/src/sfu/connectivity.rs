@@ -48,9 +48,13 @@ impl Sfu {
         buf: &[u8],
         out: &mut TransmitBatch,
     ) {
-        // Checks name the participant by ufrag. An ICE-lite agent sends no checks of its own,
-        // so nothing without a USERNAME (responses, indications) is ours to route.
-        let Some(idx) = stun_username_ufrag(buf).and_then(|u| self.by_ufrag.get(u).copied()) else {
+        // Checks name the participant by ufrag; answers to the session's own checks (which
+        // prove an address before media goes there) carry none and come from where we sent.
+        let idx = match stun_username_ufrag(buf) {
+            Some(ufrag) => self.by_ufrag.get(ufrag).copied(),
+            None => self.by_probe_addr.get(&from).copied(),
+        };
+        let Some(idx) = idx else {
             self.counters.dropped_unknown_source += 1;
             return;
         };
@@ -93,6 +97,17 @@ impl Sfu {
                 return;
             };
             while let Some((dest, datagram)) = p.transport.poll_transmit() {
+                // A check of ours (binding request): its answer is routed by address.
+                if datagram.starts_with(&[0x00, 0x01]) && !p.probe_addrs.contains(&dest) {
+                    if p.probe_addrs.len() >= MAX_PROBE_ADDRS {
+                        let old = p.probe_addrs.remove(0);
+                        if self.by_probe_addr.get(&old) == Some(&idx) {
+                            self.by_probe_addr.remove(&old);
+                        }
+                    }
+                    p.probe_addrs.push(dest);
+                    self.by_probe_addr.insert(dest, idx);
+                }
                 out.push(dest, &datagram);
             }
             while let Some(event) = p.transport.poll_event() {

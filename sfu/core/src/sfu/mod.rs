@@ -91,6 +91,9 @@ const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// `CommandFailed` for `offer`; the client is expected to start a new session).
 const MAX_OFFER_ATTEMPTS: u8 = 3;
 
+/// Addresses a session's own ICE checks went to, remembered for routing their answers.
+const MAX_PROBE_ADDRS: usize = 8;
+
 /// RTCP sender SSRCs tracked for replay per participant (a browser uses one per stream).
 const MAX_RTCP_SENDERS: usize = 32;
 
@@ -104,6 +107,8 @@ pub struct Sfu {
     /// Looked up for every datagram: a fast hash. Keys are only inserted for addresses ICE
     /// verified, so flooding cannot target collisions.
     by_addr: FxHashMap<SocketAddr, ParticipantIdx>,
+    /// Where answers to the sessions' own checks come from (see `Participant::probe_addrs`).
+    by_probe_addr: FxHashMap<SocketAddr, ParticipantIdx>,
     events: VecDeque<Event>,
     pub counters: Counters,
     next_tick: Option<Instant>,
@@ -135,6 +140,7 @@ impl Sfu {
             participants: Arena::default(),
             tracks: Arena::default(),
             by_id: FxHashMap::default(),
+            by_probe_addr: FxHashMap::default(),
             by_ufrag: FxHashMap::default(),
             by_addr: FxHashMap::default(),
             events: VecDeque::new(),

@@ -67,6 +67,7 @@ impl Sfu {
             sdp_version: 1,
             next_mid: 0,
             ufrags: vec![ufrag.clone()],
+            probe_addrs: Vec::new(),
             twcc: TwccRecorder::new(now),
             twcc_out_seq: 0,
             preferred_layer: VideoLayer::High,

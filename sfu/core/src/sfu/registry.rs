@@ -224,6 +224,11 @@ impl Sfu {
         for ufrag in &p.ufrags {
             self.by_ufrag.remove(ufrag);
         }
+        for addr in &p.probe_addrs {
+            if self.by_probe_addr.get(addr) == Some(&idx) {
+                self.by_probe_addr.remove(addr);
+            }
+        }
         // Only entries that still point at this participant (another may have the address now).
         if let Some(addr) = p.remote
             && self.by_addr.get(&addr) == Some(&idx)
