@@ -97,6 +97,10 @@ pub struct Member {
     pub admission: Admission,
     /// The SFU holds a media session for this connection.
     pub sfu_joined: bool,
+    /// The number of the latest media session started for this connection: SFU events about
+    /// an earlier one (a restart replaced it meanwhile) are stale and ignored.
+    #[serde(default)]
+    pub media_session: u32,
     /// The SFU reports the media path up.
     pub media_connected: bool,
     /// Media flows (connected and admitted) — recorded as `media_start` in the audit log.
@@ -119,6 +123,7 @@ impl Member {
             unit: c.unit.clone(),
             admission: Admission::Admitted,
             sfu_joined: false,
+            media_session: 0,
             media_connected: false,
             media_started: false,
             last_restart: None,
@@ -784,11 +789,13 @@ impl RoomState {
             }
         } else {
             m.sfu_joined = true;
+            m.media_session = m.media_session.wrapping_add(1);
             Command::AddParticipant {
                 room,
                 participant: id.clone(),
                 offer_sdp: sdp,
                 permissions,
+                session: m.media_session,
             }
         };
         fx.command(command);
@@ -902,11 +909,15 @@ impl RoomState {
     }
 
     /// The SFU reports `id`'s media path up.
-    pub fn media_connected(&mut self, id: &ParticipantId, fx: &mut Effects) {
+    /// The SFU reports media session `session` of `id` connected.
+    pub fn media_connected(&mut self, id: &ParticipantId, session: u32, fx: &mut Effects) {
         let kind = self.record.kind;
         let Some(m) = self.members.get_mut(id) else {
             return;
         };
+        if m.media_session != session {
+            return;
+        }
         m.media_connected = true;
         fx.send(id, &json!({"type": "media_connected"}));
         if m.is_admitted() && kind == MeetingKind::Visit && !m.media_started {
@@ -917,12 +928,24 @@ impl RoomState {
         }
     }
 
-    /// The SFU lost `id`'s media path (consent timeout, transport closed).
-    pub fn media_lost(&mut self, id: &ParticipantId, reason: &Value, fx: &mut Effects) {
+    /// The SFU lost `id`'s media session `session` (consent timeout, transport closed, its node
+    /// gone). The session no longer exists there: the client's next offer starts a new one.
+    /// News of a session a restart has already replaced is stale: the client is not told.
+    pub fn media_lost(
+        &mut self,
+        id: &ParticipantId,
+        session: u32,
+        reason: &Value,
+        fx: &mut Effects,
+    ) {
         let Some(m) = self.members.get_mut(id) else {
             return;
         };
+        if m.media_session != session {
+            return;
+        }
         m.media_connected = false;
+        m.sfu_joined = false;
         fx.send(id, &json!({"type": "media_disconnected", "reason": reason}));
         if std::mem::take(&mut m.media_started)
             && let Some(m) = self.members.get(id)
@@ -1201,7 +1224,7 @@ mod tests {
         assert!(types(&fx, &doc).contains(&"participant_joined".to_owned()));
         // Media connected now starts media in the record.
         let mut fx = Effects::default();
-        s.media_connected(&pat, &mut fx);
+        s.media_connected(&pat, 1, &mut fx);
         assert_eq!(fx.audit[0].event, "media_start");
     }
 
@@ -1246,6 +1269,55 @@ mod tests {
                 Command::AddParticipant { .. }
             ]
         ));
+    }
+
+    fn session_of(fx: &Effects) -> Option<u32> {
+        fx.commands.iter().find_map(|c| match c {
+            Command::AddParticipant { session, .. } => Some(*session),
+            _ => None,
+        })
+    }
+
+    /// A client that closes its old peer connection before sending its `restart` offer: the SFU
+    /// reports that session's transport closed; the restart that follows starts a new session
+    /// at once (no `restart_too_soon`, no removal of a session that is gone), and news of the
+    /// replaced session arriving late neither reaches the client nor touches the new one.
+    #[test]
+    fn a_lost_media_session_is_replaced_without_pacing_and_late_news_of_it_is_ignored() {
+        let mut s = visit();
+        let doc = ParticipantId("p-doc".into());
+        let mut fx = join(&mut s, &doc, "doc", Role::Clinician, 0);
+        s.offer(&doc, "a".into(), 1, false, at(1), &mut fx).unwrap();
+        let first = session_of(&fx).unwrap();
+        // A restart (its peer connection failed), then the old one closed a second later.
+        let mut fx = Effects::default();
+        s.offer(&doc, "b".into(), 1, true, at(10), &mut fx).unwrap();
+        let second = session_of(&fx).unwrap();
+        assert_ne!(first, second);
+        let mut fx = Effects::default();
+        s.media_lost(&doc, second, &json!("transport_closed"), &mut fx);
+        assert_eq!(types(&fx, &doc), ["media_disconnected"]);
+        let mut fx = Effects::default();
+        s.offer(&doc, "c".into(), 1, true, at(11), &mut fx).unwrap();
+        assert!(
+            matches!(&fx.commands[..], [Command::AddParticipant { .. }]),
+            "the lost session is not removed again: {:?}",
+            fx.commands
+        );
+        let third = session_of(&fx).unwrap();
+        // The SFU's news of the first two sessions, late: nothing changes.
+        let mut fx = Effects::default();
+        s.media_lost(&doc, second, &json!("consent_timeout"), &mut fx);
+        s.media_connected(&doc, first, &mut fx);
+        assert!(types(&fx, &doc).is_empty());
+        assert!(fx.audit.is_empty());
+        // The current one connects; its renegotiation is an offer to that session.
+        s.media_connected(&doc, third, &mut fx);
+        assert_eq!(types(&fx, &doc), ["media_connected"]);
+        let mut fx = Effects::default();
+        s.offer(&doc, "d".into(), 1, false, at(12), &mut fx)
+            .unwrap();
+        assert!(matches!(&fx.commands[..], [Command::Offer { .. }]));
     }
 
     #[test]

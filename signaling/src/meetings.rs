@@ -419,10 +419,13 @@ impl Meetings {
                 &json!({"type": "offer", "sdp": offer_sdp}),
                 sfu,
             ),
-            Event::Connected { participant } => {
+            Event::Connected {
+                participant,
+                session,
+            } => {
                 if let Some(room) = self.room_of(&participant) {
                     let ((), audit) = self.with_room(&room, sfu, |s, fx| {
-                        s.media_connected(&participant, fx)
+                        s.media_connected(&participant, session, fx)
                     });
                     events.extend(audit);
                 }
@@ -457,11 +460,12 @@ impl Meetings {
             Event::Disconnected {
                 participant,
                 reason: reason @ (DisconnectReason::ConsentTimeout | DisconnectReason::TransportClosed),
+                session,
             } => {
                 if let Some(room) = self.room_of(&participant) {
                     let reason = serde_json::to_value(reason).unwrap_or_default();
                     let ((), audit) = self.with_room(&room, sfu, |s, fx| {
-                        s.media_lost(&participant, &reason, fx)
+                        s.media_lost(&participant, session, &reason, fx)
                     });
                     events.extend(audit);
                 }

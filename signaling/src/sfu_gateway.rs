@@ -129,7 +129,7 @@ impl RemoteSfu {
         }
         .await;
         // The node is gone: its participants lost their media.
-        let orphans: Vec<ParticipantId> = match self.nodes.lock() {
+        let orphans: Vec<(ParticipantId, u32)> = match self.nodes.lock() {
             Ok(mut n) => {
                 n.links.remove(&key);
                 n.placement.drop_target(key)
@@ -137,10 +137,11 @@ impl RemoteSfu {
             Err(_) => Vec::new(),
         };
         tracing::warn!(node = %node_id, participants = orphans.len(), "SFU node disconnected");
-        for participant in orphans {
+        for (participant, session) in orphans {
             let _ = self.events.send(Event::Disconnected {
                 participant,
                 reason: DisconnectReason::TransportClosed,
+                session,
             });
         }
         result

@@ -57,6 +57,8 @@ pub struct MediaLine {
 #[derive(Debug)]
 pub struct Participant {
     pub id: ParticipantId,
+    /// Signaling's number for this media session (echoed in its connect/disconnect events).
+    pub session: u32,
     pub room: RoomId,
     pub transport: PeerTransport,
     pub outbound: Option<Box<SrtpContext>>,

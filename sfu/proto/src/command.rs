@@ -21,6 +21,12 @@ pub enum Command {
         participant: ParticipantId,
         offer_sdp: String,
         permissions: Permissions,
+        /// Signaling's number for this media session of the participant (a restart makes a
+        /// new one under the same id). [`crate::Event::Connected`] and
+        /// [`crate::Event::Disconnected`] carry it back, so a late event about a replaced
+        /// session is told apart from one about the current session.
+        #[serde(default)]
+        session: u32,
     },
     /// The client's answer to an SFU offer ([`crate::Event::Offer`]).
     Answer {

@@ -58,6 +58,9 @@ pub enum Event {
     /// ICE and DTLS are up; media can flow.
     Connected {
         participant: ParticipantId,
+        /// The media session ([`crate::Command::AddParticipant`]'s `session`).
+        #[serde(default)]
+        session: u32,
     },
     TrackPublished {
         room: RoomId,
@@ -75,6 +78,9 @@ pub enum Event {
     Disconnected {
         participant: ParticipantId,
         reason: DisconnectReason,
+        /// The media session that ended ([`crate::Command::AddParticipant`]'s `session`).
+        #[serde(default)]
+        session: u32,
     },
     CommandFailed {
         /// The command's name (`add_participant`, `answer`, …).

@@ -68,6 +68,7 @@ mod tests {
             room: RoomId::from("visit-1"),
             participant: ParticipantId::from("p-1"),
             offer_sdp: "v=0\r\n".into(),
+            session: 1,
             permissions: Permissions {
                 publish: true,
                 subscribe: false,

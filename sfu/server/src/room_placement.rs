@@ -13,7 +13,8 @@ use std::hash::Hash;
 #[derive(Debug)]
 pub struct RoomPlacement<T> {
     rooms: HashMap<RoomId, T>,
-    participants: HashMap<ParticipantId, (T, RoomId)>,
+    /// Each placed participant: its target, room and media session number.
+    participants: HashMap<ParticipantId, (T, RoomId, u32)>,
 }
 
 impl<T> Default for RoomPlacement<T> {
@@ -30,7 +31,7 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
     pub fn count(&self, target: T) -> usize {
         self.participants
             .values()
-            .filter(|(t, _)| *t == target)
+            .filter(|(t, ..)| *t == target)
             .count()
     }
 
@@ -44,7 +45,10 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
     ) -> Option<T> {
         match command {
             Command::AddParticipant {
-                room, participant, ..
+                room,
+                participant,
+                session,
+                ..
             } => {
                 let target = match self.rooms.get(room) {
                     Some(&t) => t,
@@ -55,22 +59,22 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
                     }
                 };
                 self.participants
-                    .insert(participant.clone(), (target, room.clone()));
+                    .insert(participant.clone(), (target, room.clone(), *session));
                 Some(target)
             }
             Command::CloseRoom { room } => {
                 let target = self.rooms.remove(room);
-                self.participants.retain(|_, (_, r)| r != room);
+                self.participants.retain(|_, (_, r, _)| r != room);
                 target
             }
             Command::RemoveParticipant { participant } => {
-                let target = self.participants.get(participant).map(|(t, _)| *t);
+                let target = self.participants.get(participant).map(|(t, ..)| *t);
                 self.release(participant);
                 target
             }
             other => other
                 .participant()
-                .and_then(|id| self.participants.get(id).map(|(t, _)| *t)),
+                .and_then(|id| self.participants.get(id).map(|(t, ..)| *t)),
         }
     }
 
@@ -89,23 +93,24 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
 
     /// Forgets a participant; an emptied room is forgotten too, to be placed afresh.
     pub fn release(&mut self, participant: &ParticipantId) {
-        if let Some((_, room)) = self.participants.remove(participant)
-            && !self.participants.values().any(|(_, r)| *r == room)
+        if let Some((_, room, _)) = self.participants.remove(participant)
+            && !self.participants.values().any(|(_, r, _)| *r == room)
         {
             self.rooms.remove(&room);
         }
     }
 
-    /// Forgets everything on `target` (a node that went away); returns its participants.
-    pub fn drop_target(&mut self, target: T) -> Vec<ParticipantId> {
+    /// Forgets everything on `target` (a node that went away); returns its participants with
+    /// their media session numbers.
+    pub fn drop_target(&mut self, target: T) -> Vec<(ParticipantId, u32)> {
         self.rooms.retain(|_, t| *t != target);
-        let gone: Vec<ParticipantId> = self
+        let gone: Vec<(ParticipantId, u32)> = self
             .participants
             .iter()
-            .filter(|(_, (t, _))| *t == target)
-            .map(|(id, _)| id.clone())
+            .filter(|(_, (t, ..))| *t == target)
+            .map(|(id, (_, _, session))| (id.clone(), *session))
             .collect();
-        for id in &gone {
+        for (id, _) in &gone {
             self.participants.remove(id);
         }
         gone
@@ -129,6 +134,7 @@ mod tests {
             participant: ParticipantId::from(p),
             offer_sdp: String::new(),
             permissions: Permissions::default(),
+            session: 1,
         }
     }
 
@@ -160,7 +166,7 @@ mod tests {
         assert_eq!(p.count(0), 0);
         // r1 is empty now: its next participant goes wherever is least loaded.
         assert_eq!(p.route(&add("r1", "d"), least), Some(0));
-        assert_eq!(p.drop_target(1), vec![ParticipantId::from("b")]);
+        assert_eq!(p.drop_target(1), vec![(ParticipantId::from("b"), 1)]);
         let answer = Command::Answer {
             participant: ParticipantId::from("b"),
             answer_sdp: String::new(),

@@ -29,6 +29,7 @@ fn requests_past_the_queue_bound_are_refused_and_the_rest_answered() {
             room: RoomId(format!("room-{i}")),
             participant: ParticipantId(format!("p-{i}")),
             offer_sdp: offer.clone(),
+            session: 1,
             permissions: Permissions::default(),
         });
     }
@@ -57,6 +58,7 @@ fn requests_past_the_queue_bound_are_refused_and_the_rest_answered() {
         room: RoomId("after".into()),
         participant: ParticipantId("p-after".into()),
         offer_sdp: offer,
+        session: 1,
         permissions: Permissions::default(),
     });
     let after = loop {

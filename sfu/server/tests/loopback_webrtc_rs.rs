@@ -350,7 +350,7 @@ impl Signaling {
                     });
                     self.offers_answered.push(participant.to_string());
                 }
-                Event::Connected { participant } => {
+                Event::Connected { participant, .. } => {
                     println!("[sfu] {participant} connected");
                     self.connected.push(participant.to_string());
                 }
@@ -366,6 +366,7 @@ impl Signaling {
                 Event::Disconnected {
                     participant,
                     reason,
+                    ..
                 } => panic!("the SFU disconnected {participant}: {reason:?}"),
                 other => println!("[sfu] {other:?}"),
             }
@@ -620,6 +621,7 @@ impl Call {
             room: RoomId::from(ROOM),
             participant: ParticipantId::from("a"),
             offer_sdp,
+            session: 1,
             permissions: both,
         });
         run_until(
@@ -655,6 +657,7 @@ impl Call {
             room: RoomId::from(ROOM),
             participant: ParticipantId::from("b"),
             offer_sdp,
+            session: 1,
             permissions: both,
         });
         run_until(

@@ -111,6 +111,11 @@ impl SimNetwork {
         self.flush_sfu();
     }
 
+    /// The media session number [`Self::join`] gives `peer` (signaling's `session`).
+    pub fn session(peer: usize) -> u32 {
+        100 + peer as u32
+    }
+
     /// Joins a peer to `room` the way signaling would: offer, answer, renegotiations.
     pub fn join(&mut self, peer: usize, room: &str, permissions: Permissions) {
         let offer = self.peers[peer].offer();
@@ -118,6 +123,7 @@ impl SimNetwork {
             room: RoomId::from(room),
             participant: self.ids[peer].clone(),
             offer_sdp: offer,
+            session: Self::session(peer),
             permissions,
         });
     }
@@ -287,6 +293,7 @@ impl SimNetwork {
                 Event::Disconnected {
                     participant,
                     reason,
+                    ..
                 } => Some((participant.clone(), *reason)),
                 _ => None,
             })

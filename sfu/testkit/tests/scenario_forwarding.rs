@@ -1,7 +1,7 @@
 //! Scenario tests of the SFU core on a simulated network with virtual time: real ICE, DTLS and
 //! SRTP between the core and test peers, loss on chosen links.
 
-use sfu_proto::{DisconnectReason, MediaKind, Permissions};
+use sfu_proto::{DisconnectReason, Event, MediaKind, ParticipantId, Permissions};
 use sfu_testkit::{Link, SimNetwork};
 use std::time::Duration;
 
@@ -383,6 +383,27 @@ fn a_vanished_browser_is_removed_by_consent_timeout() {
     assert!(!gone.contains_key(net.id(0)), "the live participant stays");
     assert!(!net.sfu.has_participant(net.id(1)));
     assert!(net.sfu.has_participant(net.id(0)));
+    // Each event names the media session it is about, as signaling numbered it.
+    let sessions: Vec<(bool, &ParticipantId, u32)> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Connected {
+                participant,
+                session,
+            } => Some((true, participant, *session)),
+            Event::Disconnected {
+                participant,
+                session,
+                ..
+            } => Some((false, participant, *session)),
+            _ => None,
+        })
+        .collect();
+    for peer in 0..2 {
+        assert!(sessions.contains(&(true, net.id(peer), SimNetwork::session(peer))));
+    }
+    assert!(sessions.contains(&(false, net.id(1), SimNetwork::session(1))));
 }
 
 #[test]

@@ -418,6 +418,7 @@ fn simulcast_without_the_rid_extension_is_answered_as_one_stream() {
             room: "r".into(),
             participant: net.id(0).clone(),
             offer_sdp: offer,
+            session: 1,
             permissions: BOTH,
         },
         &mut batch,

@@ -95,6 +95,7 @@ fn answer_to(sfu: &mut Sfu, who: &str, offer: &str) -> (String, Vec<Event>) {
             room: RoomId("r".into()),
             participant: ParticipantId(who.into()),
             offer_sdp: offer.into(),
+            session: 1,
             permissions: Permissions {
                 publish: true,
                 subscribe: true,

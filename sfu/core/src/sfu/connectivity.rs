@@ -134,7 +134,11 @@ impl Sfu {
         if secured {
             let p = self.participant_mut(idx);
             let participant = p.id.clone();
-            self.events.push_back(Event::Connected { participant });
+            let session = p.session;
+            self.events.push_back(Event::Connected {
+                participant,
+                session,
+            });
         }
         // A new session, or one whose path moved (what was sent to the old path is lost):
         // its decoders need keyframes.

@@ -200,7 +200,8 @@ impl Sfu {
                 participant,
                 offer_sdp,
                 permissions,
-            } => self.add_participant(now, room, participant, &offer_sdp, permissions),
+                session,
+            } => self.add_participant(now, room, participant, session, &offer_sdp, permissions),
             Command::Answer {
                 participant,
                 answer_sdp,

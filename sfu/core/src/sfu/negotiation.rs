@@ -23,6 +23,7 @@ impl Sfu {
         now: Instant,
         room: RoomId,
         id: ParticipantId,
+        session: u32,
         offer_sdp: &str,
         permissions: Permissions,
     ) -> Result<(), String> {
@@ -46,6 +47,7 @@ impl Sfu {
         let ufrag = transport.local_ufrag().to_owned();
         let participant = Participant {
             id: id.clone(),
+            session,
             room: room.clone(),
             transport,
             outbound: None,

@@ -278,6 +278,7 @@ impl Sfu {
         self.events.push_back(Event::Disconnected {
             participant: p.id,
             reason,
+            session: p.session,
         });
     }
 }
