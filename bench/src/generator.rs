@@ -1,5 +1,6 @@
 //! The load generator's media thread: many simulated participants, each with its own UDP
-//! socket (the SFU tells participants apart by address), driven by one loop over `epoll`.
+//! socket (the SFU tells participants apart by address) or its own ICE-TCP connection, driven
+//! by one loop over `epoll`.
 //! WebRTC participants run real ICE, DTLS and SRTP (`SimPeer`, the webrtc-rs sans-IO crates in
 //! client mode); plain participants send the same packet pattern as clear RTP to the raw relay.
 //!
@@ -10,6 +11,7 @@ use crate::receive_stats::{ReceiveStats, RxTotals};
 use crate::synthetic_media::{
     Emit, MediaProfile, StreamKind, SyntheticMedia, frame_header, read_stamp, stamp,
 };
+use crate::tcp_link::TcpLink;
 use crate::timestamped_recv::{TimestampedRecv, realtime_ns};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -61,8 +63,25 @@ enum Transport {
     },
 }
 
+/// The address ICE-TCP participant `idx` connects from: its own loopback address when the
+/// generator runs on loopback (127.0.{1..}.{1..250}), else the generator's.
+fn tcp_source_ip(bind_ip: std::net::IpAddr, idx: usize) -> std::net::IpAddr {
+    if bind_ip.is_loopback() && bind_ip.is_ipv4() {
+        std::net::IpAddr::from([127, 0, 1 + (idx / 250) as u8, 1 + (idx % 250) as u8])
+    } else {
+        bind_ip
+    }
+}
+
+/// How a participant's packets travel.
+enum Link {
+    Udp(Box<UdpBatch>),
+    /// ICE-TCP: RFC 4571 frames on one TCP connection to the SFU.
+    Tcp(TcpLink),
+}
+
 struct Client {
-    socket: UdpBatch,
+    link: Link,
     transport: Transport,
     publish: bool,
     media: Option<SyntheticMedia>,
@@ -90,7 +109,7 @@ pub enum PeerRole {
 
 impl Client {
     fn new(
-        socket: UdpBatch,
+        link: Link,
         transport: Transport,
         publish: bool,
         media: Option<SyntheticMedia>,
@@ -98,7 +117,7 @@ impl Client {
         join_started: Instant,
     ) -> Self {
         Self {
-            socket,
+            link,
             transport,
             publish,
             media,
@@ -122,6 +141,8 @@ pub enum ToMedia {
         publish: bool,
         sampled: bool,
         role: PeerRole,
+        /// Over ICE-TCP instead of UDP.
+        tcp: bool,
         join_started: Instant,
         reply: oneshot::Sender<(usize, String)>,
     },
@@ -274,18 +295,29 @@ impl Generator {
                 publish,
                 sampled,
                 role,
+                tcp,
                 join_started,
                 reply,
             } => {
-                let (idx, socket) = match self.add_socket() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.failed += 1;
-                        eprintln!("generator: no socket for {name}: {e}");
-                        return;
+                let (idx, link, addr) = if tcp {
+                    // The connection opens with the first check; the SFU learns the address
+                    // from it, so the offer's candidate only names the participant's host.
+                    let idx = self.clients.len();
+                    let ip = tcp_source_ip(self.bind_ip, idx);
+                    (idx, Link::Tcp(TcpLink::new(ip)), SocketAddr::new(ip, 9))
+                } else {
+                    match self.add_socket() {
+                        Ok((idx, socket)) => {
+                            let addr = socket.local_addr().expect("bound");
+                            (idx, Link::Udp(Box::new(socket)), addr)
+                        }
+                        Err(e) => {
+                            self.failed += 1;
+                            eprintln!("generator: no socket for {name}: {e}");
+                            return;
+                        }
                     }
                 };
-                let addr = socket.local_addr().expect("bound");
                 let mut peer =
                     SimPeer::with_role(&name, addr, now, role != PeerRole::JanusSubscriber);
                 peer.keep_history = false;
@@ -305,7 +337,7 @@ impl Generator {
                 let offer = peer.offer();
                 let media = self.media(publish, idx);
                 self.clients.push(Client::new(
-                    socket,
+                    link,
                     Transport::WebRtc(Box::new(peer)),
                     publish,
                     media,
@@ -351,7 +383,7 @@ impl Generator {
                 };
                 let media = self.media(publish, idx);
                 self.clients.push(Client::new(
-                    socket,
+                    Link::Udp(Box::new(socket)),
                     Transport::Plain {
                         relay,
                         group,
@@ -423,73 +455,82 @@ impl Generator {
             return;
         };
         let Client {
-            socket,
+            link,
             transport,
             rx,
             sampled,
             first_media,
             ..
         } = c;
-        let fd = socket.as_raw_fd();
-        loop {
-            let got = self.recv.recv(fd, |from, buf, kernel_ns| {
-                let arrival = kernel_ns.unwrap_or_else(now_ns);
-                match transport {
-                    Transport::WebRtc(peer) => {
-                        if classify(buf) != PacketClass::Rtp {
-                            peer.handle_datagram(now, from, buf);
-                            return;
-                        }
-                        let Ok(h) = RtpHeader::parse(buf) else {
-                            return;
-                        };
-                        let clock = match peer.incoming.iter().find(|l| l.ssrc == h.ssrc) {
-                            Some(l) if l.kind == MediaKind::Audio => 48_000,
-                            _ => 90_000,
-                        };
-                        rx.on_header(
-                            h.ssrc,
-                            h.sequence_number,
-                            h.timestamp,
-                            arrival,
-                            clock,
-                            buf.len(),
-                        );
-                        first_media.get_or_insert(now);
-                        if *sampled
-                            && let Some(p) = peer.open_rtp(buf)
-                            && let Some((sent, _)) = read_stamp(&p.payload)
-                        {
-                            rx.on_latency(sent, arrival);
-                        }
-                    }
-                    Transport::Plain { .. } => {
-                        let Ok(h) = RtpHeader::parse(buf) else {
-                            return;
-                        };
-                        let clock = if h.payload_type == AUDIO_PT {
-                            48_000
-                        } else {
-                            90_000
-                        };
-                        rx.on_header(
-                            h.ssrc,
-                            h.sequence_number,
-                            h.timestamp,
-                            arrival,
-                            clock,
-                            buf.len(),
-                        );
-                        first_media.get_or_insert(now);
-                        if let Some((sent, _)) = read_stamp(&buf[h.header_len..]) {
-                            rx.on_latency(sent, arrival);
-                        }
+        let mut on_packet = |from: SocketAddr, buf: &mut [u8], arrival: u64| match transport {
+            Transport::WebRtc(peer) => {
+                if classify(buf) != PacketClass::Rtp {
+                    peer.handle_datagram(now, from, buf);
+                    return;
+                }
+                let Ok(h) = RtpHeader::parse(buf) else {
+                    return;
+                };
+                let clock = match peer.incoming.iter().find(|l| l.ssrc == h.ssrc) {
+                    Some(l) if l.kind == MediaKind::Audio => 48_000,
+                    _ => 90_000,
+                };
+                rx.on_header(
+                    h.ssrc,
+                    h.sequence_number,
+                    h.timestamp,
+                    arrival,
+                    clock,
+                    buf.len(),
+                );
+                first_media.get_or_insert(now);
+                if *sampled
+                    && let Some(p) = peer.open_rtp(buf)
+                    && let Some((sent, _)) = read_stamp(&p.payload)
+                {
+                    rx.on_latency(sent, arrival);
+                }
+            }
+            Transport::Plain { .. } => {
+                let Ok(h) = RtpHeader::parse(buf) else {
+                    return;
+                };
+                let clock = if h.payload_type == AUDIO_PT {
+                    48_000
+                } else {
+                    90_000
+                };
+                rx.on_header(
+                    h.ssrc,
+                    h.sequence_number,
+                    h.timestamp,
+                    arrival,
+                    clock,
+                    buf.len(),
+                );
+                first_media.get_or_insert(now);
+                if let Some((sent, _)) = read_stamp(&buf[h.header_len..]) {
+                    rx.on_latency(sent, arrival);
+                }
+            }
+        };
+        match link {
+            Link::Udp(socket) => {
+                let fd = socket.as_raw_fd();
+                loop {
+                    let got = self.recv.recv(fd, |from, buf, kernel_ns| {
+                        on_packet(from, buf, kernel_ns.unwrap_or_else(now_ns));
+                    });
+                    match got {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
                     }
                 }
-            });
-            match got {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            }
+            Link::Tcp(tcp) => {
+                // A TCP stream has no per-packet kernel timestamps: arrival is when read.
+                tcp.write();
+                tcp.read(|from, buf| on_packet(from, buf, now_ns()));
             }
         }
         // A PLI asks the named layer's encoder for a keyframe, as a browser's would.
@@ -600,10 +641,32 @@ impl Generator {
                 self.batch.push(dest, &data);
             }
         }
-        if !self.batch.is_empty() {
-            let (_, dropped) = c.socket.send_batch(&self.batch);
-            self.send_dropped += dropped as u64;
-            self.batch.clear();
+        if self.batch.is_empty() {
+            return;
         }
+        match &mut c.link {
+            Link::Udp(socket) => {
+                let (_, dropped) = socket.send_batch(&self.batch);
+                self.send_dropped += dropped as u64;
+            }
+            Link::Tcp(tcp) => {
+                for i in 0..self.batch.len() {
+                    let (dest, data) = self.batch.get(i);
+                    match tcp.push(self.poll.registry(), Token(idx), dest, data) {
+                        Ok(true) => {}
+                        Ok(false) => self.send_dropped += 1,
+                        Err(e) => {
+                            self.send_dropped += 1;
+                            if !tcp.closed {
+                                eprintln!("generator: ICE-TCP connection to {dest}: {e}");
+                            }
+                            tcp.closed = true;
+                        }
+                    }
+                }
+                tcp.write();
+            }
+        }
+        self.batch.clear();
     }
 }

@@ -12,4 +12,5 @@ pub mod receive_stats;
 pub mod report;
 pub mod scenario;
 pub mod synthetic_media;
+pub mod tcp_link;
 pub mod timestamped_recv;

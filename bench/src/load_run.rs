@@ -24,6 +24,8 @@ use tokio_tungstenite::tungstenite::Message;
 pub enum TargetKind {
     /// Our SFU: `signaling serve` (single-node default) started by the harness.
     Ours,
+    /// Our SFU with every participant over ICE-TCP (RFC 6544) instead of UDP.
+    OursTcp,
     /// The raw UDP relay: the machine's ceiling for the same packet pattern.
     Relay,
     /// Janus's VideoRoom (Debian's `janus`), started by the harness in a network namespace.
@@ -34,6 +36,7 @@ impl TargetKind {
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Ours => "ours",
+            TargetKind::OursTcp => "ours-tcp",
             TargetKind::Relay => "relay",
             TargetKind::Janus => "janus",
         }
@@ -135,20 +138,21 @@ fn spawn_pinned<T>(
 }
 
 /// The counters of our SFU's `/metrics` that the report needs, summed over workers.
-async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64; 4]> {
+async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64; 5]> {
     let text = http
         .get(format!("{base}/metrics"))
         .send()
         .await?
         .text()
         .await?;
-    let mut v = [0.0; 4];
+    let mut v = [0.0; 5];
     for line in text.lines() {
         for (i, name) in [
             "sfu_packets_in_total",
             "sfu_packets_out_total",
             "sfu_bytes_in_total",
             "sfu_bytes_out_total",
+            "sfu_ice_tcp_accepted_total",
         ]
         .iter()
         .enumerate()
@@ -175,6 +179,7 @@ async fn participant(
     name: String,
     publish: bool,
     sampled: bool,
+    tcp: bool,
     to_media: Sender<ToMedia>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -194,7 +199,7 @@ async fn participant(
                 match v["type"].as_str() {
                     Some("welcome") if client.is_none() => {
                         let (tx, rx) = oneshot::channel();
-                        to_media.send(ToMedia::AddWebRtc { name: name.clone(), publish, sampled, role: PeerRole::Offerer, join_started, reply: tx })?;
+                        to_media.send(ToMedia::AddWebRtc { name: name.clone(), publish, sampled, role: PeerRole::Offerer, tcp, join_started, reply: tx })?;
                         let (idx, offer) = rx.await?;
                         client = Some(idx);
                         sink.send(Message::Text(json!({"type": "offer", "sdp": offer}).to_string().into())).await?;
@@ -282,6 +287,7 @@ async fn janus_join(
             publish: true,
             sampled: false,
             role: PeerRole::JanusPublisher,
+            tcp: false,
             join_started,
             reply: tx,
         })?;
@@ -356,6 +362,7 @@ async fn janus_join(
             publish: false,
             sampled: i % opts.sample_every.max(1) == 0,
             role: PeerRole::JanusSubscriber,
+            tcp: false,
             join_started,
             reply: tx,
         })?;
@@ -403,7 +410,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         .unwrap_or_else(|| dir.join("issuer.key"));
     // Start the server under test.
     let (server, base, server_pid) = match target {
-        TargetKind::Ours => {
+        TargetKind::Ours | TargetKind::OursTcp => {
             let config = dir.join("bench.toml");
             std::fs::write(
                 &config,
@@ -470,7 +477,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
 
     // Join everyone, paced.
     let issuer = match target {
-        TargetKind::Ours => Some(match &opts.issuer_key {
+        TargetKind::Ours | TargetKind::OursTcp => Some(match &opts.issuer_key {
             Some(k) => DevIssuer::load(k)?,
             None => DevIssuer::load_or_create(&key_path)?,
         }),
@@ -498,7 +505,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             .any(|o| o.meeting == p.meeting && o.publish && o.name != p.name);
         receivers += usize::from(expects_media);
         match target {
-            TargetKind::Ours => {
+            TargetKind::Ours | TargetKind::OursTcp => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)?
                     .as_secs() as i64;
@@ -519,6 +526,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     p.name.clone(),
                     p.publish,
                     sampled,
+                    target == TargetKind::OursTcp,
                     to_media.clone(),
                     stop_rx.clone(),
                 )));
@@ -558,7 +566,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     // The measurement window.
     to_media.send(ToMedia::ResetStats)?;
     let counters_before = match target {
-        TargetKind::Ours => Some(sfu_counters(&http, &base).await?),
+        TargetKind::Ours | TargetKind::OursTcp => Some(sfu_counters(&http, &base).await?),
         TargetKind::Relay | TargetKind::Janus => None,
     };
     let server_cpu = CpuWindow::start(server_pid);
@@ -610,6 +618,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             Some((
                 (after[0] - before[0]) / elapsed,
                 (after[1] - before[1]) / elapsed,
+                after[4] as u64,
             ))
         }
         None => None,
@@ -686,6 +695,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         receivers_expected: receivers,
         sfu_metrics_pps_in: sfu_metrics.map(|m| m.0),
         sfu_metrics_pps_out: sfu_metrics.map(|m| m.1),
+        sfu_ice_tcp_connections: sfu_metrics.map(|m| m.2),
         generator_send_dropped: g.send_dropped,
         jitter_ms: g.rx.mean_jitter_ms(),
         latency_p50_ms: g.rx.latency_ms(0.5),

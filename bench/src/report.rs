@@ -51,6 +51,10 @@ pub struct TargetReport {
     pub sfu_metrics_pps_in: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sfu_metrics_pps_out: Option<f64>,
+    /// ICE-TCP connections our SFU accepted (`sfu_ice_tcp_accepted_total`): the participants'
+    /// links when the target is `ours-tcp`, none otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sfu_ice_tcp_connections: Option<u64>,
     pub generator_send_dropped: u64,
     /// CPU of the server under test, % of one core (all its threads).
     pub server_cpu_pct: f64,
@@ -147,6 +151,13 @@ pub fn table(reports: &[TargetReport]) -> String {
         (
             "projected packets/s per core",
             Box::new(|r| format!("{:.0}", r.projected_pps_out_per_core)),
+        ),
+        (
+            "ICE-TCP connections",
+            Box::new(|r| {
+                r.sfu_ice_tcp_connections
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string())
+            }),
         ),
         (
             "server RSS MiB",

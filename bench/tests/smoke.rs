@@ -110,6 +110,26 @@ fn each_scenario_runs_against_our_sfu_and_the_relay() {
     ]);
     assert!(doc["machine"]["cores"].as_u64().unwrap() >= 1);
     check(&doc["targets"][0], 7, 7);
+    assert_eq!(
+        doc["targets"][0]["sfu_ice_tcp_connections"].as_u64(),
+        Some(0),
+        "UDP participants"
+    );
+
+    // The same visits with every participant over ICE-TCP: one connection each.
+    let doc = bench(&[
+        "run",
+        "--target",
+        "ours-tcp",
+        "--scenario",
+        "visits",
+        "--meetings",
+        "3",
+    ]);
+    let r = &doc["targets"][0];
+    check(r, 7, 7);
+    assert_eq!(r["target"], "ours-tcp");
+    assert_eq!(r["sfu_ice_tcp_connections"].as_u64(), Some(7), "{r}");
 
     let doc = bench(&[
         "run",
