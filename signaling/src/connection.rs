@@ -1,12 +1,14 @@
 //! One participant's WebSocket: carries SDP between the client and the SFU, clinicians'
 //! actions, and chat; ends with the connection (or when the server closes it: denied,
-//! removed, meeting ended, replaced by a newer connection of the same person).
+//! removed, meeting ended, replaced by a newer connection of the same person). A socket that
+//! drops without a `leave` parks its participant for a resume ([`crate::session_resume`]).
 
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_all, session_event};
 use crate::meeting_actions::ActionError;
 use crate::meeting_room::{Action, MeetingRoom, Outbound, RequestError};
 use crate::message_budget::MessageBudget;
+use crate::session_resume::{Parked, RESUME_WINDOW, Resumable, ResumeSlots, TAKEOVER_TIMEOUT};
 use crate::session_token::Session;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -72,14 +74,91 @@ fn request_error(e: RequestError) -> String {
     error_text(e.code(), &e.to_string())
 }
 
+/// How a connection starts: a new participant, or one taken over with a resume key.
+pub enum Start {
+    Join(ParticipantId),
+    Resume(Resumable),
+}
+
+/// Closes a connection that could not start with a `closing` message and code 4006.
+async fn refuse_start(sink: &mut (impl SinkExt<Message> + Unpin), code: &str, message: &str) {
+    let msg = json!({"type": "closing", "reason": code, "message": message});
+    let _ = sink.send(Message::Text(msg.to_string().into())).await;
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: 4006,
+            reason: code.to_owned().into(),
+        })))
+        .await;
+}
+
+const AUDIT_UNAVAILABLE: &str = "Det gick inte att ansluta just nu. Försök igen om en stund.";
+
+/// The participant a resume takes over: parked already, or handed over by its still open
+/// connection. `None` when that connection did not let go in time or the participant is no
+/// longer in a meeting (replaced, removed, the meeting ended).
+async fn resumed_participant(state: &AppState, r: Resumable) -> Option<Parked> {
+    let parked = match r {
+        Resumable::Parked(p) => p,
+        Resumable::Live(takeover) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            takeover.send(tx).await.ok()?;
+            tokio::time::timeout(TAKEOVER_TIMEOUT, rx)
+                .await
+                .ok()?
+                .ok()?
+        }
+    };
+    state
+        .meetings
+        .room_of(&parked.id)
+        .is_some()
+        .then_some(parked)
+}
+
 pub async fn connection(
     state: Arc<AppState>,
     session: Session,
     room: Arc<MeetingRoom>,
-    id: ParticipantId,
+    start: Start,
     socket: WebSocket,
 ) {
     let (mut sink, mut stream) = socket.split();
+    let (id, resumed) = match start {
+        Start::Join(id) => (id, None),
+        Start::Resume(r) => match resumed_participant(&state, r).await {
+            Some(p) => {
+                if audit(&state, session_event("resume", &session, Some(&p.id)))
+                    .await
+                    .is_err()
+                {
+                    // Not recorded, so not resumed: the participant ends as if it had left.
+                    if let Some(events) =
+                        state
+                            .meetings
+                            .leave(&p.id, false, Timestamp::now(), state.sfu.as_ref())
+                    {
+                        let _ = audit_all(&state, events).await;
+                    }
+                    refuse_start(&mut sink, "audit_unavailable", AUDIT_UNAVAILABLE).await;
+                    return;
+                }
+                (p.id.clone(), Some(p))
+            }
+            // Nothing to resume: a new participant, as on a first join.
+            None => {
+                let id = crate::server::new_participant_id(rand::random());
+                if audit(&state, session_event("join", &session, Some(&id)))
+                    .await
+                    .is_err()
+                {
+                    refuse_start(&mut sink, "audit_unavailable", AUDIT_UNAVAILABLE).await;
+                    return;
+                }
+                (id, None)
+            }
+        },
+    };
     // Before the welcome (which starts the client's peer connection): the relay it may use.
     let ice_servers: Vec<_> = state
         .turn
@@ -92,57 +171,87 @@ pub async fn connection(
         .await
         .is_err()
     {
+        if let Some(p) = resumed {
+            // Gone again at once: it leaves as a dropped connection does (admission kept for
+            // the reconnect grace).
+            leave(&state, &p.id, &room, false).await;
+        }
         return;
     }
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Outbound>();
-    let joined = state.meetings.join(
-        &room,
-        &id,
-        &session,
-        out_tx,
-        Timestamp::now(),
-        state.sfu.as_ref(),
-    );
-    let (outcome, joined_events) = match joined {
-        Ok(o) => o,
-        Err(r) => {
-            // Checked before the upgrade; the meeting changed in between (it filled up, ended).
-            let mut event = session_event("join_refused", &session, Some(&id));
-            event.code = Some(r.code().into());
-            let _ = audit(&state, event).await;
-            let msg = json!({"type": "closing", "reason": r.code(), "message": r.message()});
+    let (mut out_rx, mut sdp_budget) = match resumed {
+        Some(p) => {
+            let msg = json!({"type": "resumed", "participant": id});
             let _ = sink.send(Message::Text(msg.to_string().into())).await;
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: 4006,
-                    reason: r.code().into(),
-                })))
-                .await;
-            return;
+            tracing::info!(participant = %id, meeting = %room.id, "resumed");
+            (p.outbox, p.sdp_budget)
+        }
+        None => {
+            let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel::<Outbound>();
+            let joined = state.meetings.join(
+                &room,
+                &id,
+                &session,
+                out_tx,
+                Timestamp::now(),
+                state.sfu.as_ref(),
+            );
+            let (outcome, joined_events) = match joined {
+                Ok(o) => o,
+                Err(r) => {
+                    // Checked before the upgrade; the meeting changed in between (it filled
+                    // up, ended).
+                    let mut event = session_event("join_refused", &session, Some(&id));
+                    event.code = Some(r.code().into());
+                    let _ = audit(&state, event).await;
+                    refuse_start(&mut sink, r.code(), &r.message()).await;
+                    return;
+                }
+            };
+            if audit_all(&state, joined_events).await.is_err() {
+                // Entering the lobby or the meeting could not be recorded: it does not happen.
+                state
+                    .meetings
+                    .leave(&id, true, Timestamp::now(), state.sfu.as_ref());
+                refuse_start(&mut sink, "audit_unavailable", AUDIT_UNAVAILABLE).await;
+                return;
+            }
+            tracing::info!(participant = %id, meeting = %room.id, role = ?session.role, admitted = outcome.admitted, "joined");
+            // Offers and answers cost the SFU a parse each: a connection gets a budget of
+            // them, in the lobby as much as in the meeting.
+            (out_rx, MessageBudget::sdp())
         }
     };
-    if audit_all(&state, joined_events).await.is_err() {
-        // Entering the lobby or the meeting could not be recorded: it does not happen.
-        state
-            .meetings
-            .leave(&id, true, Timestamp::now(), state.sfu.as_ref());
-        let msg = json!({"type": "closing", "reason": "audit_unavailable",
-                         "message": "Det gick inte att ansluta just nu. Försök igen om en stund."});
-        let _ = sink.send(Message::Text(msg.to_string().into())).await;
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: 4006,
-                reason: "audit_unavailable".into(),
-            })))
-            .await;
+    // The key a new connection resumes this participant with, should this one drop.
+    let resume_key = ResumeSlots::new_key();
+    let (takeover_tx, mut takeover_rx) = tokio::sync::mpsc::channel(1);
+    // Kept so the channel never closes: `recv` then only ever yields a takeover.
+    let _takeover_keep = takeover_tx.clone();
+    state.resume.live(
+        &resume_key,
+        &session.claims.sub,
+        &session.claims.mtg,
+        takeover_tx,
+    );
+    let msg =
+        json!({"type": "resume_key", "key": resume_key, "window_secs": RESUME_WINDOW.as_secs()});
+    if sink
+        .send(Message::Text(msg.to_string().into()))
+        .await
+        .is_err()
+    {
+        let parked = Parked {
+            id,
+            outbox: out_rx,
+            sdp_budget,
+        };
+        park(&state, &session, &room, parked, &resume_key).await;
         return;
     }
-    tracing::info!(participant = %id, meeting = %room.id, role = ?session.role, admitted = outcome.admitted, "joined");
 
     let mut explicit_leave = false;
-    // Offers and answers cost the SFU a parse each: a connection gets a budget of them, in
-    // the lobby as much as in the meeting.
-    let mut sdp_budget = MessageBudget::sdp();
+    // Whether the connection ended on purpose (a close by either side) rather than dropped.
+    let mut closed = false;
+    let mut handoff = None;
     // A peer that vanished without closing (a phone out of coverage) would hold the socket
     // forever: ping it, and close a connection that stays silent.
     let mut ping = tokio::time::interval(state.ws_idle / 3);
@@ -151,12 +260,18 @@ pub async fn connection(
     let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            // A new connection resumes this participant: hand it over, leave nothing.
+            Some(reply) = takeover_rx.recv() => {
+                handoff = Some(reply);
+                break;
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= state.ws_idle {
                     let msg = json!({"type": "closing", "reason": "idle",
                                      "message": "Anslutningen var tyst för länge. Anslut igen."});
                     let _ = sink.send(Message::Text(msg.to_string().into())).await;
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: 4007, reason: "idle".into() }))).await;
+                    closed = true;
                     break;
                 }
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
@@ -173,9 +288,13 @@ pub async fn connection(
                     let reason = message["reason"].as_str().unwrap_or("closed").to_owned();
                     let _ = sink.send(Message::Text(message.to_string().into())).await;
                     let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    closed = true;
                     break;
                 }
-                None => break,
+                None => {
+                    closed = true;
+                    break;
+                }
             },
             msg = stream.next() => {
                 last_heard = tokio::time::Instant::now();
@@ -188,10 +307,17 @@ pub async fn connection(
                                              "message": format!("a message is at most {} KiB", MAX_MESSAGE_BYTES / 1024)});
                             let _ = sink.send(Message::Text(msg.to_string().into())).await;
                             let _ = sink.send(Message::Close(Some(CloseFrame { code: 1009, reason: "message too large".into() }))).await;
+                            closed = true;
                         }
                         break;
                     }
-                    Some(Ok(Message::Close(_))) | None => break,
+                    // The client closed the socket itself (a page closed or navigated away).
+                    Some(Ok(Message::Close(_))) => {
+                        closed = true;
+                        break;
+                    }
+                    // Dropped: a network change or loss of coverage.
+                    None => break,
                     Some(Ok(Message::Binary(_))) => {
                         let _ = sink.send(Message::Text(error_text("bad_message", "binary messages are not used").into())).await;
                         continue;
@@ -201,6 +327,7 @@ pub async fn connection(
                 match serde_json::from_str::<ClientMessage>(&text) {
                     Ok(ClientMessage::Leave {}) => {
                         explicit_leave = true;
+                        closed = true;
                         break;
                     }
                     Ok(m) => {
@@ -222,13 +349,38 @@ pub async fn connection(
         }
     }
 
-    // The connection's current meeting (a drop-in take may have moved it).
-    let left = state
-        .meetings
-        .leave(&id, explicit_leave, Timestamp::now(), state.sfu.as_ref());
-    if let Some(events) = left {
-        let _ = audit_all(&state, events).await;
+    if let Some(reply) = handoff {
+        let parked = Parked {
+            id: id.clone(),
+            outbox: out_rx,
+            sdp_budget,
+        };
+        if let Err(parked) = reply.send(parked) {
+            // The new connection gave up waiting: park it for its next try.
+            park(&state, &session, &room, parked, &resume_key).await;
+        }
+        let _ = sink.close().await;
+        tracing::info!(participant = %id, meeting = %room.id, "handed over");
+        return;
     }
+    if !closed {
+        let _ = sink.close().await;
+        park(
+            &state,
+            &session,
+            &room,
+            Parked {
+                id,
+                outbox: out_rx,
+                sdp_budget,
+            },
+            &resume_key,
+        )
+        .await;
+        return;
+    }
+    state.resume.forget(&resume_key);
+    leave(&state, &id, &room, explicit_leave).await;
     if explicit_leave {
         // A leave the client asked for ends cleanly: a last word and a normal close.
         let msg = json!({"type": "closing", "reason": "left", "message": "Du har lämnat besöket."});
@@ -241,7 +393,32 @@ pub async fn connection(
             .await;
     }
     let _ = sink.close().await;
+}
+
+/// Takes a connection's participant out of whichever meeting it is in now (a take may have
+/// moved it) and records it.
+async fn leave(state: &AppState, id: &ParticipantId, room: &MeetingRoom, explicit: bool) {
+    let left = state
+        .meetings
+        .leave(id, explicit, Timestamp::now(), state.sfu.as_ref());
+    if let Some(events) = left {
+        let _ = audit_all(state, events).await;
+    }
     tracing::info!(participant = %id, meeting = %room.id, "left");
+}
+
+/// The socket dropped: the participant stays (media session, admission, place in the
+/// meeting; messages queue) for [`RESUME_WINDOW`], then leaves unless a new connection took it.
+async fn park(state: &AppState, session: &Session, room: &MeetingRoom, parked: Parked, key: &str) {
+    let id = parked.id.clone();
+    tracing::info!(participant = %id, meeting = %room.id, "dropped; waiting for a resume");
+    state
+        .resume
+        .park(key, &session.claims.sub, &session.claims.mtg, parked);
+    tokio::time::sleep(RESUME_WINDOW).await;
+    if state.resume.expire(key).is_some() {
+        leave(state, &id, room, false).await;
+    }
 }
 
 /// Whether a read failed because the client's message (or frame) exceeds the limit.

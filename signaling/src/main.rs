@@ -651,6 +651,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ws_idle: std::time::Duration::from_secs(
             args.ws_idle_secs.or(http.ws_idle_secs).unwrap_or(45).max(3),
         ),
+        resume: Default::default(),
     });
     let pump = state.clone();
     tokio::spawn(async move {

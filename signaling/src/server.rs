@@ -4,7 +4,7 @@
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_unavailable, session_event};
 use crate::audit_log::AuditEvent;
-use crate::connection::{MAX_MESSAGE_BYTES, connection};
+use crate::connection::{MAX_MESSAGE_BYTES, Start, connection};
 use crate::join_refusal::JoinRefusal;
 use crate::meeting_room::MeetingRoom;
 use crate::session_token::Session;
@@ -115,6 +115,10 @@ struct JoinQuery {
     /// The meeting named by the link (`/m/<meeting>`); the token must be for it.
     #[serde(default)]
     meeting: Option<String>,
+    /// A WebSocket only: the key of the `resume_key` message of a connection that dropped, to
+    /// continue as that participant.
+    #[serde(default)]
+    resume: Option<String>,
 }
 
 fn refusal(r: &JoinRefusal) -> Response {
@@ -238,6 +242,17 @@ async fn ws_upgrade(
         Ok(ok) => ok,
         Err(response) => return response,
     };
+    // Resumed: recorded once the participant is in hand (a still open connection first lets go).
+    let resumable = q.resume.as_deref().and_then(|key| {
+        state
+            .resume
+            .take(key, &session.claims.sub, &session.claims.mtg)
+    });
+    if let Some(r) = resumable {
+        return ws
+            .max_message_size(MAX_MESSAGE_BYTES)
+            .on_upgrade(move |socket| connection(state, session, room, Start::Resume(r), socket));
+    }
     let id = new_participant_id(rand::random());
     if audit(&state, session_event("join", &session, Some(&id)))
         .await
@@ -246,10 +261,10 @@ async fn ws_upgrade(
         return audit_unavailable();
     }
     ws.max_message_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| connection(state, session, room, id, socket))
+        .on_upgrade(move |socket| connection(state, session, room, Start::Join(id), socket))
 }
 
-fn new_participant_id(random: u64) -> ParticipantId {
+pub(crate) fn new_participant_id(random: u64) -> ParticipantId {
     ParticipantId(crate::generated_id::generated_id("p", random))
 }
 

@@ -138,7 +138,9 @@ async fn a_visit_from_the_waiting_room_to_the_end() {
     );
     assert_eq!(patient2.next_of("welcome").await["state"], "admitted");
 
-    // A dropped connection back within the grace keeps its admission.
+    // A connection closed (a page reloaded) and back within the grace keeps its admission.
+    // (One that drops without a close waits for a resume first: tests/session_resume.rs.)
+    patient2.ws.close(None).await.unwrap();
     drop(patient2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut patient3 = server.connect(&patient_token).await;

@@ -25,7 +25,7 @@ const ENDED_TITLE = {
 const state = {
   pc: null, ws: null, dc: null, names: new Map(), roles: new Map(), tiles: new Map(), participant: null,
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
-  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
@@ -289,6 +289,7 @@ function watchMediaPath(pc) {
       restartedAt = now;
       state.pathStalls += 1;
       setStatus("Nätverket ändrades, ansluter igen…");
+      checkSocket();
       restartIce(pc);
     }
   }, 250);
@@ -306,6 +307,9 @@ function noteIce(what) {
 function restartIce(pc) {
   enqueue(async () => {
     if (pc !== state.pc || leaving || pc.connectionState === "closed") return;
+    // No way to the server: the resumed connection restarts ICE (an offer now would be lost
+    // and leave the peer connection waiting for its answer).
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
     // An offer or answer in flight: the restart waits for the next stable moment.
     if (pc.signalingState !== "stable") {
       iceRestartTimer = setTimeout(() => { iceRestartTimer = null; restartIce(pc); }, 500);
@@ -315,13 +319,15 @@ function restartIce(pc) {
     noteIce("restart");
     const o = await pc.createOffer({ iceRestart: true });
     await pc.setLocalDescription(o);
-    send({ type: "offer", sdp: pc.localDescription.sdp });
+    state.lastOffer = { type: "offer", sdp: pc.localDescription.sdp };
+    send(state.lastOffer);
   });
 }
 
 // The device changed networks (or came back online): restart ICE at once rather than wait for
 // checks on the old path to time out.
 function onNetworkChange() {
+  checkSocket();
   const pc = state.pc;
   if (!pc || leaving || ["new", "closed", "failed"].includes(pc.connectionState)) return;
   clearTimeout(iceRestartTimer);
@@ -333,10 +339,29 @@ if (navigator.connection && navigator.connection.addEventListener) {
   navigator.connection.addEventListener("change", onNetworkChange);
 }
 
+// Whether the WebSocket still reaches the server: after a network change its TCP connection
+// may be dead while the browser still shows it open. No `pong` within 1 s: a new connection
+// resumes this participant (the server hands it over from the old one).
+let pongTimer = null;
+function checkSocket() {
+  const ws = state.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN || pongTimer || leaving) return;
+  pongTimer = setTimeout(() => {
+    pongTimer = null;
+    if (ws !== state.ws || leaving || state.closing) return;
+    noteIce("socket-silent");
+    try { ws.close(); } catch { /* already closing */ }
+    wsAttempts += 1;
+    openSocket();
+  }, 1000);
+  send({ type: "ping" });
+}
+
 async function offer(pc, restart) {
   const o = await pc.createOffer();
   await pc.setLocalDescription(o);
-  send({ type: "offer", sdp: pc.localDescription.sdp, restart });
+  state.lastOffer = { type: "offer", sdp: pc.localDescription.sdp, restart };
+  send(state.lastOffer);
 }
 
 // Also reachable from the console and the tests: a fresh media session on demand.
@@ -502,6 +527,8 @@ function openSocket() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const q = new URLSearchParams({ token });
   if (linkMeeting) q.set("meeting", linkMeeting);
+  // Back after a drop: continue as the same participant, with the same media session.
+  if (state.resumeKey) q.set("resume", state.resumeKey);
   const ws = new WebSocket(`${scheme}://${location.host}/ws?${q}`);
   state.ws = ws;
   send = (msg) => ws.readyState === WebSocket.OPEN && (ws.send(JSON.stringify(msg)), true);
@@ -523,7 +550,7 @@ function openSocket() {
       const check = await joinCheck().catch(() => ({ ok: true }));
       if (!check.ok) { state.refusal = check.body.error; endWith(check.body.error, check.body.message); return; }
       openSocket();
-    }, Math.min(2000 * wsAttempts, 10000));
+    }, state.resumeKey && wsAttempts === 1 ? 250 : Math.min(2000 * wsAttempts, 10000));
   };
   ws.onmessage = (ev) => enqueue(() => handle(JSON.parse(ev.data)));
 }
@@ -553,6 +580,30 @@ async function handle(msg) {
       }
       await connectMedia(false);
       break;
+    case "pong":
+      clearTimeout(pongTimer);
+      pongTimer = null;
+      break;
+    case "resume_key":
+      // What a new connection resumes this participant with, should this one drop.
+      state.resumeKey = msg.key;
+      break;
+    case "resumed": {
+      // The same participant and media session on a new connection (the old one dropped with
+      // a network change): the media path likely moved too, so restart ICE in place.
+      state.resumes += 1;
+      const pc = state.pc;
+      if (state.view === "meeting") setStatus(pc && pc.connectionState === "connected" ? "Ansluten" : "Ansluter media…");
+      // An offer of ours may have gone down with the old socket: sent again (a rollback of an
+      // ICE restart leaves Chromium unable to offer); otherwise a fresh ICE restart.
+      if (pc && pc.signalingState === "have-local-offer" && state.lastOffer) {
+        noteIce("offer-resent");
+        send(state.lastOffer);
+      } else if (pc && pc.connectionState !== "closed") {
+        restartIce(pc);
+      }
+      break;
+    }
     case "ice_servers":
       // The relay for networks that pass neither UDP nor TCP to the SFU (short-lived
       // credentials); taken by every peer connection made after it.

@@ -10,7 +10,18 @@ import { startSignaling, inboundStats, waitFor, admitFirst, selectedPair, clinic
 import { clientNamespace } from "./netns.mjs";
 
 test("media comes back within 3 s when a patient's phone leaves Wi-Fi mid-call, by an ICE restart in place", { timeout: 150000 }, async () => {
-  const ns = clientNamespace(41, 43);
+  await leaveWifi({ socketOnWifi: false });
+});
+
+// The same with the WebSocket on Wi-Fi too: it dies with the address. The page finds its socket
+// silent, opens a new one that resumes the same participant (the server hands it over from the
+// old socket it still holds), and restarts ICE through it.
+test("a patient whose WebSocket dies with the Wi-Fi resumes as the same participant, media back by an ICE restart in place", { timeout: 150000 }, async () => {
+  await leaveWifi({ socketOnWifi: true });
+});
+
+async function leaveWifi({ socketOnWifi }) {
+  const ns = clientNamespace(socketOnWifi ? 45 : 41, socketOnWifi ? 47 : 43);
   const [wifi, cellular] = ns.links;
   let server;
   let call;
@@ -22,6 +33,8 @@ test("media comes back within 3 s when a patient's phone leaves Wi-Fi mid-call, 
     // has it): Chromium binds a socket per host candidate.
     ns.ip("rule", "add", "from", wifi.clientIp, "table", "141");
     ns.ip("route", "add", `${cellular.hostIp}/32`, "dev", wifi.nsIf, "table", "141");
+    // With the socket on Wi-Fi, everything to the service goes that way until the change.
+    if (socketOnWifi) ns.ip("route", "add", `${cellular.hostIp}/32`, "dev", wifi.nsIf, "src", wifi.clientIp);
     // Until the change, cellular carries no UDP: media takes Wi-Fi, the WebSocket cellular.
     ns.nft(`table inet hc {\n chain out {\n  type filter hook output priority 0;\n  oifname "${cellular.nsIf}" meta l4proto udp drop\n }\n}\n`);
     call = await clinicianAndNamespacedPatient(server, ns);
@@ -40,6 +53,9 @@ test("media comes back within 3 s when a patient's phone leaves Wi-Fi mid-call, 
 
     // Off Wi-Fi: its address is gone; cellular now passes UDP.
     ns.ip("addr", "del", `${wifi.clientIp}/24`, "dev", wifi.nsIf);
+    if (socketOnWifi) {
+      try { ns.ip("route", "del", `${cellular.hostIp}/32`, "dev", wifi.nsIf); } catch { /* went with the address */ }
+    }
     ns.nft("delete table inet hc");
     const changedAt = Date.now();
     const sessionAt = await patient.evaluate(() => window.hcState.sessionStartedAt);
@@ -61,17 +77,19 @@ test("media comes back within 3 s when a patient's phone leaves Wi-Fi mid-call, 
     }
     const after = await patient.evaluate(() => ({
       offers: window.hcState.offers, participant: window.hcState.participant, restarts: window.hcState.restarts,
+      resumes: window.hcState.resumes,
       iceRestarts: window.hcState.iceRestarts, view: window.hcState.view, connection: window.hcState.pc.connectionState,
       errors: window.hcState.errors, iceStates: window.hcState.iceStates,
     }));
-    console.log(`network change: longest freeze patient ${longest.patient} ms, clinician ${longest.clinician} ms; ` +
-      `ICE restarts ${after.iceRestarts}; ICE states ${JSON.stringify(after.iceStates.map(([t, s]) => [t + sessionAt - changedAt, s]))}`);
-    assert.ok(longest.patient < 3000, `the patient's picture froze for ${longest.patient} ms`);
+    console.log(`network change (socket on ${socketOnWifi ? "Wi-Fi" : "cellular"}): longest freeze patient ${longest.patient} ms, clinician ${longest.clinician} ms; ` +
+      `ICE restarts ${after.iceRestarts}; resumes ${after.resumes}; ICE states ${JSON.stringify(after.iceStates.map(([t, s]) => [t + sessionAt - changedAt, s]))}`);
+    assert.ok(longest.patient < 3000, `the patient's picture froze for ${longest.patient} ms; errors ${JSON.stringify(after.errors)}\nserver log:\n${server.logs().slice(-4000)}`);
     // The other direction waits on the patient's browser too: Chromium's sender resumes its
     // video some seconds after its path came back (measured 3.6–4.0 s here; see
     // docs/benchmarks.md). Within 5 s, not the 3 s the SFU's side meets.
     assert.ok(longest.clinician < 5000, `the clinician's picture froze for ${longest.clinician} ms`);
     assert.ok(after.iceRestarts >= 1, "repaired by an ICE restart");
+    assert.equal(after.resumes, socketOnWifi ? 1 : 0, "the dead socket resumed once, a live one never");
     // Repaired in place: the same session and peer connection, still admitted, no new tracks.
     assert.equal(after.restarts, 0, "no new peer connection");
     assert.equal(after.participant, before.participant, "the same media session");
@@ -85,4 +103,4 @@ test("media comes back within 3 s when a patient's phone leaves Wi-Fi mid-call, 
     if (server) server.child.kill("SIGTERM");
     ns.remove();
   }
-});
+}

@@ -142,10 +142,22 @@ impl Client {
         self,
         media: &MediaPeer,
     ) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+        self.negotiate_until_dropped(media).0
+    }
+
+    /// As [`Client::negotiate_in_background`]; aborting the returned task drops the socket
+    /// without a close handshake, as a network change does.
+    pub fn negotiate_until_dropped(
+        self,
+        media: &MediaPeer,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<Value>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let peer = media.peer.clone();
         let mut ws = self.ws;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             use futures_util::SinkExt;
             while let Some(Ok(msg)) = ws.next().await {
                 let Message::Text(text) = msg else {
@@ -166,7 +178,7 @@ impl Client {
                 }
             }
         });
-        rx
+        (rx, task)
     }
 }
 

@@ -191,7 +191,12 @@ impl Server {
     }
 
     pub async fn connect(&self, token: &str) -> Client {
-        let url = format!("{}/ws?token={}", self.ws_base, token);
+        self.connect_with(token, "").await
+    }
+
+    /// As [`Server::connect`], with more of the query (e.g. `&resume=…`).
+    pub async fn connect_with(&self, token: &str, query: &str) -> Client {
+        let url = format!("{}/ws?token={}{}", self.ws_base, token, query);
         let (ws, _) = tokio_tungstenite::connect_async(&url)
             .await
             .unwrap_or_else(|e| panic!("join refused: {e}"));
@@ -300,10 +305,15 @@ impl Client {
 
     /// The next JSON message (within 5 s).
     pub async fn next(&mut self) -> Value {
+        self.next_within(Duration::from_secs(5)).await
+    }
+
+    /// The next JSON message within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Value {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+            let msg = tokio::time::timeout(wait, self.ws.next())
                 .await
-                .expect("a message within 5 s")
+                .expect("a message in time")
                 .expect("stream open")
                 .expect("valid frame");
             match msg {
@@ -318,8 +328,13 @@ impl Client {
 
     /// Skips messages until one of type `kind` arrives (within 5 s); panics at a close.
     pub async fn next_of(&mut self, kind: &str) -> Value {
+        self.next_of_within(kind, Duration::from_secs(5)).await
+    }
+
+    /// As [`Client::next_of`], waiting up to `wait` for each message.
+    pub async fn next_of_within(&mut self, kind: &str, wait: Duration) -> Value {
         loop {
-            let m = self.next().await;
+            let m = self.next_within(wait).await;
             if m["type"] == kind {
                 return m;
             }

@@ -1,0 +1,199 @@
+//! Resuming a connection's participant on a new WebSocket (a phone that changed networks: its
+//! old socket died with the old address). Each connection holds a secret resume key, told to
+//! the client only. When the socket drops without a `leave`, the participant is *parked* for
+//! [`RESUME_WINDOW`]: still in the meeting, its SFU media session untouched, messages to it
+//! queued. A new WebSocket with a valid token of the same subject and the key takes the
+//! participant over — same id, same media session, the queued messages delivered — so the
+//! client restarts ICE in place instead of building a new peer connection, and nobody else
+//! sees it leave and join. A key is good for one resume; the resumed connection gets a new one.
+//! If the old socket is still open (the server has not yet noticed it died), the new one
+//! takes over from it.
+
+use crate::meeting_effects::Outbound;
+use crate::message_budget::MessageBudget;
+use sfu_proto::ParticipantId;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::oneshot;
+
+/// How long a dropped connection's participant waits for its client to come back.
+pub const RESUME_WINDOW: Duration = Duration::from_secs(20);
+
+/// How long a takeover waits for the old connection to let go.
+pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A participant between two WebSockets.
+#[derive(Debug)]
+pub struct Parked {
+    pub id: ParticipantId,
+    /// Messages to the participant, including those queued while it was parked.
+    pub outbox: UnboundedReceiver<Outbound>,
+    /// The SDP budget carries over: a resume is not a way to a fresh one.
+    pub sdp_budget: MessageBudget,
+}
+
+/// Asks a live connection to stop and hand its participant over.
+pub type Takeover = tokio::sync::mpsc::Sender<oneshot::Sender<Parked>>;
+
+#[derive(Debug)]
+enum Slot {
+    Live(Takeover),
+    Parked(Parked),
+}
+
+#[derive(Debug)]
+struct Entry {
+    sub: String,
+    meeting: String,
+    slot: Slot,
+}
+
+/// What [`ResumeSlots::take`] found.
+#[derive(Debug)]
+pub enum Resumable {
+    Parked(Parked),
+    /// The old connection is still open: ask it to let go.
+    Live(Takeover),
+}
+
+#[derive(Debug, Default)]
+pub struct ResumeSlots {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl ResumeSlots {
+    /// A new unguessable key (128 random bits).
+    pub fn new_key() -> String {
+        format!("{:032x}", rand::random::<u128>())
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection of `sub` in `meeting` is live under `key`.
+    pub fn live(&self, key: &str, sub: &str, meeting: &str, takeover: Takeover) {
+        self.entries().insert(
+            key.to_owned(),
+            Entry {
+                sub: sub.to_owned(),
+                meeting: meeting.to_owned(),
+                slot: Slot::Live(takeover),
+            },
+        );
+    }
+
+    /// The connection of `sub` in `meeting` under `key` dropped: its participant waits to be
+    /// taken.
+    pub fn park(&self, key: &str, sub: &str, meeting: &str, parked: Parked) {
+        self.entries().insert(
+            key.to_owned(),
+            Entry {
+                sub: sub.to_owned(),
+                meeting: meeting.to_owned(),
+                slot: Slot::Parked(parked),
+            },
+        );
+    }
+
+    /// Takes the participant under `key` for a new connection of `sub` to `meeting`; `None`
+    /// for an unknown or spent key or another subject's or meeting's (the key is not spent).
+    pub fn take(&self, key: &str, sub: &str, meeting: &str) -> Option<Resumable> {
+        let mut entries = self.entries();
+        let e = entries.get(key)?;
+        if e.sub != sub || e.meeting != meeting {
+            return None;
+        }
+        let e = entries.remove(key)?;
+        Some(match e.slot {
+            Slot::Live(t) => Resumable::Live(t),
+            Slot::Parked(p) => Resumable::Parked(p),
+        })
+    }
+
+    /// The window ran out: the participant, if nobody took it (it then leaves).
+    pub fn expire(&self, key: &str) -> Option<Parked> {
+        let mut entries = self.entries();
+        if !matches!(
+            entries.get(key),
+            Some(Entry {
+                slot: Slot::Parked(_),
+                ..
+            })
+        ) {
+            return None;
+        }
+        match entries.remove(key)?.slot {
+            Slot::Parked(p) => Some(p),
+            Slot::Live(_) => None,
+        }
+    }
+
+    /// The connection under `key` ended for good (a leave, a close by the server).
+    pub fn forget(&self, key: &str) {
+        self.entries().remove(key);
+    }
+
+    /// Keys held (live and parked).
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked(id: &str) -> Parked {
+        let (_tx, outbox) = tokio::sync::mpsc::unbounded_channel();
+        Parked {
+            id: ParticipantId(id.into()),
+            outbox,
+            sdp_budget: MessageBudget::sdp(),
+        }
+    }
+
+    #[test]
+    fn a_parked_participant_is_taken_once_by_its_own_subject_in_its_meeting() {
+        let slots = ResumeSlots::default();
+        let (t, _r) = tokio::sync::mpsc::channel(1);
+        slots.live("k", "anna", "m1", t);
+        assert!(
+            slots.expire("k").is_none(),
+            "a live connection does not expire"
+        );
+        slots.park("k", "anna", "m1", parked("p-1"));
+        assert!(slots.take("k", "bertil", "m1").is_none(), "another subject");
+        assert!(slots.take("k", "anna", "m2").is_none(), "another meeting");
+        assert!(slots.take("x", "anna", "m1").is_none(), "another key");
+        match slots.take("k", "anna", "m1") {
+            Some(Resumable::Parked(p)) => assert_eq!(p.id.0, "p-1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(slots.take("k", "anna", "m1").is_none(), "spent");
+        assert!(slots.is_empty());
+    }
+
+    #[test]
+    fn a_live_connection_is_asked_to_let_go_and_an_untaken_one_expires() {
+        let slots = ResumeSlots::default();
+        let (t, _r) = tokio::sync::mpsc::channel(1);
+        slots.live("k", "anna", "m1", t);
+        assert!(matches!(
+            slots.take("k", "anna", "m1"),
+            Some(Resumable::Live(_))
+        ));
+        let (t, _r) = tokio::sync::mpsc::channel(1);
+        slots.live("j", "anna", "m1", t);
+        slots.park("j", "anna", "m1", parked("p-2"));
+        assert_eq!(slots.expire("j").map(|p| p.id.0), Some("p-2".into()));
+        assert!(slots.take("j", "anna", "m1").is_none());
+        assert_ne!(ResumeSlots::new_key(), ResumeSlots::new_key());
+    }
+}
