@@ -346,6 +346,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let file_audit_section = file.audit.unwrap_or_default();
     let file_audit = file_audit_section.path.clone();
+    // Every access to a meeting is recorded (PDL): outside --dev (which keeps its own log under
+    // .dev/) the service does not start without a place to record it.
+    if !args.dev && args.audit_log.is_none() && file_audit.is_none() {
+        let config = match &args.config {
+            Some(p) => format!("`audit.path` in {}", p.display()),
+            None => "`audit.path` in the config file (--config)".to_owned(),
+        };
+        anyhow::bail!(
+            "no audit log configured: set {config}, or --audit-log (SIGNALING_AUDIT_LOG); \
+             every access to a meeting must be recorded, so only --dev runs without one"
+        );
+    }
     let tls = file.tls.unwrap_or_default();
     let tokens = file.tokens.unwrap_or_default();
     let meetings_file = file.meetings.unwrap_or_default();
@@ -539,12 +551,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(path = %path.display(), "audit log open");
             Some(Arc::new(log))
         }
-        None => {
-            tracing::warn!(
-                "no audit log configured (audit.path / --audit-log): accesses are not recorded"
-            );
-            None
-        }
+        // Refused above outside --dev, and --dev has its own.
+        None => None,
     };
     let tls_config = match (args.tls_cert.or(tls.cert), args.tls_key.or(tls.key)) {
         (Some(cert), Some(key)) => Some(

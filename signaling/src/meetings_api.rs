@@ -251,6 +251,15 @@ async fn list(
     if let Err(r) = authorize(&state, &headers) {
         return *r;
     }
+    // Reads are accesses too: recorded before anything is returned.
+    let event = AuditEvent {
+        event: "api_meetings_listed".into(),
+        unit: q.unit.clone(),
+        ..Default::default()
+    };
+    if audit(&state, event).await.is_err() {
+        return audit_unavailable();
+    }
     let meetings: Vec<Value> = state
         .meetings
         .list()
@@ -274,6 +283,21 @@ fn find(state: &AppState, id: &str) -> Result<Arc<MeetingRoom>, Box<Response>> {
     })
 }
 
+/// Records a read of one meeting (`event`) before it is answered.
+async fn read_recorded(state: &AppState, event: &str, room: &MeetingRoom) -> Result<(), ()> {
+    let (meeting, unit) = {
+        let s = room.lock();
+        (s.record.id.clone(), s.record.unit.clone())
+    };
+    let event = AuditEvent {
+        event: event.into(),
+        meeting: Some(meeting),
+        unit: Some(unit),
+        ..Default::default()
+    };
+    audit(state, event).await
+}
+
 async fn read(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -283,7 +307,15 @@ async fn read(
         return *r;
     }
     match find(&state, &id) {
-        Ok(room) => Json(view(&state, &room)).into_response(),
+        Ok(room) => {
+            if read_recorded(&state, "api_meeting_read", &room)
+                .await
+                .is_err()
+            {
+                return audit_unavailable();
+            }
+            Json(view(&state, &room)).into_response()
+        }
         Err(r) => *r,
     }
 }
@@ -298,6 +330,12 @@ async fn participants(
     }
     match find(&state, &id) {
         Ok(room) => {
+            if read_recorded(&state, "api_participants_read", &room)
+                .await
+                .is_err()
+            {
+                return audit_unavailable();
+            }
             let list = room.lock().participants();
             Json(json!({ "meeting": id, "participants": list })).into_response()
         }

@@ -133,3 +133,28 @@ async fn clients_get_turn_credentials_signed_with_the_shared_secret_before_the_w
     let first = c.next().await;
     assert_eq!(first["ice_servers"], serde_json::json!([]));
 }
+
+#[test]
+fn outside_dev_the_service_does_not_start_without_an_audit_log() {
+    let dir = std::env::temp_dir().join(format!("hc-noaudit-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("signaling.toml");
+    std::fs::write(&config, "[meetings]\nmax_participants = 4\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .arg("--config")
+        .arg(&config)
+        .env_remove("SIGNALING_AUDIT_LOG")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no audit log configured")
+            && err.contains("audit.path")
+            && err.contains("signaling.toml")
+            && err.contains("--audit-log"),
+        "{err}"
+    );
+}

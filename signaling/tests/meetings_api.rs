@@ -140,6 +140,21 @@ async fn a_booking_system_books_mints_watches_and_cancels() {
     );
     assert_eq!(server.audit_events("meeting_cancelled").len(), 1);
     assert_eq!(server.audit_events("token_minted").len(), 1);
+    // Reads are accesses too: who is waiting, and the lists, are in the record.
+    let read = server.audit_events("api_participants_read");
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(
+        (read[0]["meeting"].as_str(), read[0]["unit"].as_str()),
+        (Some("v-100"), Some("unit-1"))
+    );
+    let listed = server.audit_events("api_meetings_listed");
+    let units: Vec<_> = listed.iter().map(|e| e["unit"].as_str()).collect();
+    assert_eq!(units, [Some("unit-1"), Some("unit-2")]);
+    assert!(
+        !read[0].to_string().contains("pat-1"),
+        "what was read is not copied into the record: {}",
+        read[0]
+    );
     drop(server);
 
     // The booking survives a restart.
@@ -152,6 +167,9 @@ async fn a_booking_system_books_mints_watches_and_cancels() {
         .api("GET", "/api/v1/meetings/nope", Some(API_KEY), None)
         .await;
     assert_eq!(status, 404);
+    let read = server.audit_events("api_meeting_read");
+    assert_eq!(read.len(), 1, "the unknown meeting is not a read: {read:?}");
+    assert_eq!(read[0]["meeting"], "v-100");
     drop(server);
     let _ = std::fs::remove_dir_all(store_dir);
 }
