@@ -28,9 +28,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(tls.quic_client()?);
-    let mut backoff = Duration::from_millis(200);
+    let mut redial = RedialDelay::default();
     loop {
-        match session(&config, &endpoint, &node, &mut events).await {
+        let mut was_up = false;
+        match session(&config, &endpoint, &node, &mut events, &mut was_up).await {
             Ok(()) => tracing::info!("control link closed by signaling"),
             Err(e) => {
                 tracing::warn!(error = %e, signaling = %config.signaling, "control link failed")
@@ -39,8 +40,35 @@ pub async fn run(
         // Signaling has forgotten this node's participants: end their sessions here too.
         node.close_all_rooms();
         while events.try_recv().is_ok() {}
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(redial.next(was_up)).await;
+    }
+}
+
+/// The wait before dialling signaling again: doubling from 200 ms to 5 s while dials fail, and
+/// back to 200 ms after a link that came up (a signaling restart is then found at once, not
+/// after the backoff of some earlier outage).
+#[derive(Debug)]
+struct RedialDelay {
+    next: Duration,
+}
+
+impl RedialDelay {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn next(&mut self, was_up: bool) -> Duration {
+        if was_up {
+            self.next = Self::FIRST;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        wait
+    }
+}
+
+impl Default for RedialDelay {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
     }
 }
 
@@ -58,6 +86,7 @@ async fn session(
     endpoint: &quinn::Endpoint,
     node: &SfuNode,
     events: &mut UnboundedReceiver<Event>,
+    was_up: &mut bool,
 ) -> anyhow::Result<()> {
     let conn = endpoint
         .connect(config.signaling, &config.server_name)?
@@ -75,6 +104,7 @@ async fn session(
     )
     .await?;
     tracing::info!(signaling = %config.signaling, node = %config.node_id, "control link up");
+    *was_up = true;
     let mut incoming = spawn_reader(recv);
     let mut tick = tokio::time::interval(config.load_interval);
     let mut last = (node.counters().0, std::time::Instant::now());
@@ -107,5 +137,19 @@ async fn session(
                 write_message(&mut send, &ControlMessage::Event(Event::Load(report))).await?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redials_back_off_while_failing_and_start_over_after_a_link_that_came_up() {
+        let mut r = RedialDelay::default();
+        let failing: Vec<u64> = (0..7).map(|_| r.next(false).as_millis() as u64).collect();
+        assert_eq!(failing, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(r.next(true), Duration::from_millis(200));
+        assert_eq!(r.next(false), Duration::from_millis(400));
     }
 }
