@@ -25,7 +25,7 @@ const ENDED_TITLE = {
 const state = {
   pc: null, ws: null, dc: null, names: new Map(), roles: new Map(), tiles: new Map(), participant: null,
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
-  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, refusedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
@@ -661,6 +661,7 @@ async function handle(msg) {
       if (!pc || pc.signalingState !== "have-local-offer") break;
       await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
       noteIce("answer");
+      state.refusedOffers = 0;
       break;
     case "offer": {
       // An SFU offer for the replaced session, arriving while the new one's own offer is
@@ -701,6 +702,17 @@ async function handle(msg) {
       // dropped.
       if (["sfu_refused", "screen_share_not_allowed"].includes(msg.code) && pc && pc.signalingState === "have-local-offer") {
         await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+      }
+      // Refused for want of an SFU (none up yet, or busy): try again, ever more slowly — a
+      // new media session if ours never started, else the ICE restart it may have been.
+      if (msg.code === "sfu_refused") {
+        state.refusedOffers += 1;
+        const wait = Math.min(1000 * 2 ** (state.refusedOffers - 1), 8000);
+        setTimeout(() => {
+          if (leaving || pc !== state.pc) return;
+          if (pc.connectionState === "connected") restartIce(pc);
+          else scheduleRestart("Ansluter igen…");
+        }, wait);
       }
       if (msg.code === "chat_rate") setStatus("Vänta lite innan du skickar fler meddelanden.");
       console.warn("server error", msg);

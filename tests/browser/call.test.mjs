@@ -140,3 +140,38 @@ test("a call works through a standalone sfu process driven over QUIC", { timeout
     cluster.stop();
   }
 });
+
+// People who open their link while no SFU node is up (a node restarting, signaling back before
+// its nodes) get `sfu_refused` for their first offers: the page keeps trying, and the call
+// starts once a node has registered — without anyone reloading.
+test("a page whose offers were refused while no SFU node was up retries and connects when one registers", { timeout: 150000 }, async () => {
+  const cluster = await startCluster({ node: false });
+  const browser = await launchChromium();
+  try {
+    const a = await (await browser.newContext()).newPage();
+    const b = await (await browser.newContext()).newPage();
+    await a.goto(cluster.clinician);
+    await b.goto(cluster.patient);
+    await admitFirst(a);
+    await waitFor(async () => {
+      const errors = await a.evaluate(() => window.hcState.errors);
+      return { ok: errors.some((e) => e.startsWith("sfu_refused")), errors };
+    }, { timeout: 20000, what: "the clinician's offer refused" });
+    await new Promise((r) => setTimeout(r, 3000));
+    await cluster.startNode();
+    const started = Date.now();
+    for (const [name, page] of [["clinician", a], ["patient", b]]) {
+      await waitFor(async () => {
+        const s = await inboundStats(page);
+        return { ok: s && s.video.framesDecoded > 30, s };
+      }, { timeout: 45000, what: `${name} decoding once a node is up` }).catch(async (e) => {
+        const errors = await page.evaluate(() => window.hcState.errors);
+        throw new Error(`${e.message}\npage errors: ${JSON.stringify(errors)}\nserver log:\n${cluster.logs().slice(-3000)}`);
+      });
+    }
+    console.log(`node registered → both decoding in ${Date.now() - started} ms`);
+  } finally {
+    await browser.close();
+    cluster.stop();
+  }
+});

@@ -103,8 +103,9 @@ export async function waitFor(fn, { timeout = 30000, interval = 250, what = "con
   throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)}`);
 }
 
-/** Signaling in remote mode plus a standalone `sfu` process dialling it over QUIC. */
-export async function startCluster() {
+/** Signaling in remote mode plus a standalone `sfu` process dialling it over QUIC (with
+ * `{ node: false }` none yet: `startNode()` starts it). */
+export async function startCluster({ node = true } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), "hc-cluster-"));
   await new Promise((resolve, reject) => {
     const p = spawn(signalingBin, ["cluster-certs", "--out", dir], { stdio: "ignore" });
@@ -116,18 +117,25 @@ export async function startCluster() {
     "--cluster-key", path.join(dir, "signaling.key"),
   ], { embedded: false });
   let sfuLogs = "";
-  const sfu = spawn(sfuBin, ["--signaling", server.control, "--cluster-ca", path.join(dir, "ca.pem"),
-    "--cluster-cert", path.join(dir, "sfu.pem"), "--cluster-key", path.join(dir, "sfu.key"),
-    "--bind-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1", "--workers", "1", "--node-id", "test-node"],
-    { stdio: ["ignore", "ignore", "pipe"] });
-  sfu.stderr.on("data", (d) => { sfuLogs += d; });
-  await waitFor(async () => {
-    const r = await fetch(server.base + "/readyz").catch(() => null);
-    return { ok: r && r.status === 200, status: r && r.status };
-  }, { timeout: 20000, what: "the SFU node to register" }).catch((e) => {
-    throw new Error(e.message + "\nsfu log:\n" + sfuLogs + "\nsignaling log:\n" + server.logs());
-  });
-  return { ...server, sfu, sfuLogs: () => sfuLogs, stop() { sfu.kill("SIGTERM"); server.child.kill("SIGTERM"); } };
+  let sfu = null;
+  const startNode = async () => {
+    sfu = spawn(sfuBin, ["--signaling", server.control, "--cluster-ca", path.join(dir, "ca.pem"),
+      "--cluster-cert", path.join(dir, "sfu.pem"), "--cluster-key", path.join(dir, "sfu.key"),
+      "--bind-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1", "--workers", "1", "--node-id", "test-node"],
+      { stdio: ["ignore", "ignore", "pipe"] });
+    sfu.stderr.on("data", (d) => { sfuLogs += d; });
+    await waitFor(async () => {
+      const r = await fetch(server.base + "/readyz").catch(() => null);
+      return { ok: r && r.status === 200, status: r && r.status };
+    }, { timeout: 20000, what: "the SFU node to register" }).catch((e) => {
+      throw new Error(e.message + "\nsfu log:\n" + sfuLogs + "\nsignaling log:\n" + server.logs());
+    });
+  };
+  if (node) await startNode();
+  return {
+    ...server, startNode, sfuLogs: () => sfuLogs,
+    stop() { if (sfu) sfu.kill("SIGTERM"); server.child.kill("SIGTERM"); },
+  };
 }
 
 /** Books a visit open now through the meetings API and mints a join link per person. */
