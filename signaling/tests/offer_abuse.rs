@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::media::{MediaPeer, frames_per_second, visit};
+use support::media::{FrameSender, MediaPeer, frames_per_second, visit};
 use support::start;
 
 fn without_directions(sdp: &str) -> String {
@@ -64,23 +64,7 @@ async fn a_flood_of_offers_from_the_waiting_room_leaves_another_call_running() {
     let _patient_events = patient.negotiate_in_background(&patient_media);
 
     // Both send 30 frames a second until told to stop.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sender = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_micros(33_333));
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                tick.tick().await;
-                if doctor_media.is_secured() {
-                    doctor_media.send_video_frame().await;
-                }
-                if patient_media.is_secured() {
-                    patient_media.send_video_frame().await;
-                }
-            }
-            (doctor_media, patient_media)
-        })
-    };
+    let sender = FrameSender::start(doctor_media, patient_media);
     // Wait for the picture: the clinician decodes the patient's frames.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -131,8 +115,7 @@ async fn a_flood_of_offers_from_the_waiting_room_leaves_another_call_running() {
     let codes = replies.await.unwrap();
     let measured_to = flood_end.max(flood_start + Duration::from_secs(4)) + Duration::from_secs(2);
     tokio::time::sleep_until(measured_to.into()).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (doctor_media, patient_media) = sender.await.unwrap();
+    let (doctor_media, patient_media) = sender.stop().await;
 
     eprintln!(
         "flood of 3,000 offers sent in {:?}; replies {codes:?}",

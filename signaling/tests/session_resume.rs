@@ -8,7 +8,7 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::media::{MediaPeer, frames_per_second};
+use support::media::{FrameSender, MediaPeer, frames_per_second};
 use support::{Client, Server, start};
 
 /// Joins `sub` to `meeting`; returns the connection, its participant id and its resume key.
@@ -54,23 +54,7 @@ async fn a_dropped_connection_resumes_as_the_same_participant_with_media_and_mes
     let mut doctor_events = doctor.negotiate_in_background(&doctor_media);
     let (_patient_events, patient_socket) = patient.negotiate_until_dropped(&patient_media);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sender = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_micros(33_333));
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                tick.tick().await;
-                if doctor_media.is_secured() {
-                    doctor_media.send_video_frame().await;
-                }
-                if patient_media.is_secured() {
-                    patient_media.send_video_frame().await;
-                }
-            }
-            (doctor_media, patient_media)
-        })
-    };
+    let sender = FrameSender::start(doctor_media, patient_media);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // The patient's socket dies (no close handshake); meanwhile a colleague joins and writes.
@@ -115,8 +99,7 @@ async fn a_dropped_connection_resumes_as_the_same_participant_with_media_and_mes
     );
     assert!(seen.contains(&json!("participant_joined")), "{seen:?}");
     let resumed_at = Instant::now();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (doctor_media, patient_media) = sender.await.unwrap();
+    let (doctor_media, patient_media) = sender.stop().await;
     // The patient's video kept reaching the clinician while its socket was down.
     let fps = frames_per_second(&doctor_media.video_frames(), dropped_at, resumed_at);
     assert!(fps.len() >= 3 && fps.iter().all(|&n| n >= 15), "{fps:?}");

@@ -182,6 +182,38 @@ impl Client {
     }
 }
 
+/// Two peers sending 30 video frames a second each (once secured) until stopped.
+pub struct FrameSender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(MediaPeer, MediaPeer)>,
+}
+
+impl FrameSender {
+    pub fn start(a: MediaPeer, b: MediaPeer) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(33_333));
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                for peer in [&a, &b] {
+                    if peer.is_secured() {
+                        peer.send_video_frame().await;
+                    }
+                }
+            }
+            (a, b)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops sending; gives the peers back.
+    pub async fn stop(self) -> (MediaPeer, MediaPeer) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("the sender ran")
+    }
+}
+
 /// Frames per whole second of `frames` between `from` and `to` (the lowest and each second's
 /// count).
 pub fn frames_per_second(frames: &[Instant], from: Instant, to: Instant) -> Vec<usize> {
