@@ -3,6 +3,7 @@
 
 use crate::cluster_tls::ClusterTls;
 use crate::control_stream::{ControlStreamError, spawn_reader, write_message};
+use crate::health_listener::Readiness;
 use crate::node::SfuNode;
 use sfu_proto::{ControlMessage, Event, LoadReport, PROTOCOL_VERSION};
 use std::net::SocketAddr;
@@ -25,13 +26,24 @@ pub async fn run(
     tls: ClusterTls,
     node: Arc<SfuNode>,
     mut events: UnboundedReceiver<Event>,
+    readiness: Arc<Readiness>,
 ) -> anyhow::Result<()> {
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(tls.quic_client()?);
     let mut redial = RedialDelay::default();
     loop {
         let mut was_up = false;
-        match session(&config, &endpoint, &node, &mut events, &mut was_up).await {
+        let result = session(
+            &config,
+            &endpoint,
+            &node,
+            &mut events,
+            &readiness,
+            &mut was_up,
+        )
+        .await;
+        readiness.set_control_link_up(false);
+        match result {
             Ok(()) => tracing::info!("control link closed by signaling"),
             Err(e) => {
                 tracing::warn!(error = %e, signaling = %config.signaling, "control link failed")
@@ -86,6 +98,7 @@ async fn session(
     endpoint: &quinn::Endpoint,
     node: &SfuNode,
     events: &mut UnboundedReceiver<Event>,
+    readiness: &Readiness,
     was_up: &mut bool,
 ) -> anyhow::Result<()> {
     let conn = endpoint
@@ -105,6 +118,7 @@ async fn session(
     .await?;
     tracing::info!(signaling = %config.signaling, node = %config.node_id, "control link up");
     *was_up = true;
+    readiness.set_control_link_up(true);
     let mut incoming = spawn_reader(recv);
     let mut tick = tokio::time::interval(config.load_interval);
     let mut last = (node.counters().0, std::time::Instant::now());

@@ -4,6 +4,7 @@
 pub mod cluster_tls;
 pub mod control_client;
 pub mod control_stream;
+pub mod health_listener;
 pub mod ice_tcp;
 pub mod logging;
 pub mod node;

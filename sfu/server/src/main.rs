@@ -108,10 +108,19 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let readiness = Arc::new(sfu_server::health_listener::Readiness::default());
         if let Some(addr) = metrics_listen {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .with_http_listener(addr)
-                .install()?;
+            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .context("installing the metrics recorder")?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics.listen {addr}"))?;
+            tokio::spawn(sfu_server::health_listener::serve(
+                listener,
+                metrics,
+                readiness.clone(),
+            ));
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let node = SfuNode::start(
@@ -146,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             tls,
             Arc::new(node),
             rx,
+            readiness,
         )
         .await
     })

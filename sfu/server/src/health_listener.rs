@@ -1,0 +1,64 @@
+//! The node's operations listener: `/metrics` (Prometheus), `/healthz` (the process answers)
+//! and `/readyz` (it can take rooms: its workers run and its control link to signaling is
+//! up). Anything else is 404, so a probe aimed at the wrong path fails instead of passing.
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What `/readyz` reports, shared with the control link.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    control_link_up: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_control_link_up(&self, up: bool) {
+        self.control_link_up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.control_link_up.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves on `listener` (bound by the caller, so a taken address fails at start-up) until the
+/// process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+    readiness: Arc<Readiness>,
+) -> std::io::Result<()> {
+    // What the exporter's own listener did: histograms are trimmed now and then.
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if readiness.is_ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: no control link to signaling",
+                    )
+                }
+            }),
+        );
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics and health listening");
+    }
+    axum::serve(listener, app).await
+}

@@ -1,0 +1,143 @@
+//! The `sfu` node's operations listener, as a Kubernetes probe and Prometheus see it: `/healthz`
+//! answers while the process runs, `/readyz` only while the control link to signaling is up
+//! (here a QUIC endpoint of the test, speaking the control protocol's hello), `/metrics`
+//! carries the node's metrics, and any other path is 404.
+
+use sfu_proto::ControlMessage;
+use sfu_server::cluster_tls::{ClusterTls, generate_dev_cluster};
+use sfu_server::control_stream::read_message;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Status code and body of `GET path`.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+fn until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_while_the_control_link_is_up_healthy_throughout_and_nothing_else_answers() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = std::env::temp_dir().join(format!("hc-node-health-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    generate_dev_cluster(&dir).unwrap();
+    let signaling_tls = ClusterTls::load(
+        &dir.join("ca.pem"),
+        &dir.join("signaling.pem"),
+        &dir.join("signaling.key"),
+    )
+    .unwrap();
+    let endpoint = quinn::Endpoint::server(
+        signaling_tls.quic_server().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let control = endpoint.local_addr().unwrap();
+    let metrics: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let _node = Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sfu"))
+            .args(["--signaling", &control.to_string()])
+            .arg("--cluster-ca")
+            .arg(dir.join("ca.pem"))
+            .arg("--cluster-cert")
+            .arg(dir.join("sfu.pem"))
+            .arg("--cluster-key")
+            .arg(dir.join("sfu.key"))
+            .args([
+                "--bind-ip",
+                "127.0.0.1",
+                "--advertise-ip",
+                "127.0.0.1",
+                "--workers",
+                "1",
+            ])
+            .args([
+                "--metrics-listen",
+                &metrics.to_string(),
+                "--node-id",
+                "probe-node",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Up, but not yet linked: healthy, not ready.
+    until("the listener answers", || {
+        get(metrics, "/healthz").is_some()
+    });
+    assert_eq!(get(metrics, "/healthz").unwrap().0, 200);
+    let (status, body) = get(metrics, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("control link"), "{body}");
+    assert_eq!(get(metrics, "/").unwrap().0, 404);
+    assert_eq!(get(metrics, "/health").unwrap().0, 404);
+
+    // The node dials in and says hello: ready.
+    let conn = tokio::time::timeout(Duration::from_secs(20), endpoint.accept())
+        .await
+        .expect("the node dials")
+        .unwrap()
+        .await
+        .unwrap();
+    let (_send, mut recv) = conn.accept_bi().await.unwrap();
+    let hello = read_message(&mut recv).await.unwrap();
+    assert!(
+        matches!(&hello, ControlMessage::Hello { node_id, .. } if node_id == "probe-node"),
+        "{hello:?}"
+    );
+    let probe = tokio::task::spawn_blocking(move || {
+        until("ready once linked", || {
+            get(metrics, "/readyz").is_some_and(|(s, _)| s == 200)
+        });
+        // Workers publish their counters once a second.
+        until("the node's metrics", || {
+            get(metrics, "/metrics")
+                .is_some_and(|(s, t)| s == 200 && t.contains("sfu_packets_in_total"))
+        });
+    });
+    probe.await.unwrap();
+
+    // The link goes: not ready again, still healthy.
+    conn.close(0u32.into(), b"test");
+    tokio::task::spawn_blocking(move || {
+        until("not ready once the link is gone", || {
+            get(metrics, "/readyz").is_some_and(|(s, _)| s == 503)
+        });
+        assert_eq!(get(metrics, "/healthz").unwrap().0, 200);
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
