@@ -23,6 +23,7 @@ pub mod meetings_api;
 pub mod message_budget;
 pub mod private_file;
 pub mod server;
+pub mod service_gauges;
 pub mod session_resume;
 pub mod session_token;
 pub mod sfu_control;

@@ -495,6 +495,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
+    signaling::service_gauges::describe();
 
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (sfu, ready): (Arc<dyn SfuControl>, Arc<dyn Fn() -> bool + Send + Sync>) =
@@ -661,6 +662,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         resume: Default::default(),
     });
+    tokio::spawn(signaling::service_gauges::publish(state.clone()));
     let pump = state.clone();
     tokio::spawn(async move {
         while let Some(e) = event_rx.recv().await {

@@ -78,6 +78,14 @@ impl Meetings {
             .cloned()
     }
 
+    /// Connections with an outbox (open WebSockets, and dropped ones parked for a resume).
+    pub fn connection_count(&self) -> usize {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     pub fn list(&self) -> Vec<Arc<MeetingRoom>> {
         let mut v: Vec<_> = self
             .rooms

@@ -136,6 +136,14 @@ impl ResumeSlots {
         self.entries().remove(key);
     }
 
+    /// Participants parked now.
+    pub fn parked(&self) -> usize {
+        self.entries()
+            .values()
+            .filter(|e| matches!(e.slot, Slot::Parked(_)))
+            .count()
+    }
+
     /// Keys held (live and parked).
     pub fn len(&self) -> usize {
         self.entries().len()
