@@ -66,6 +66,19 @@ async function leaveWifi({ socketOnWifi }) {
     const longest = { patient: 0, clinician: 0 };
     const since = { patient: changedAt, clinician: changedAt };
     while (Date.now() - changedAt < 12000) {
+      // HC_DIAG=1: the first 5 s of the patient's outbound video and the clinician's inbound
+      // packets, for docs/benchmarks.md's account of the clinician's side.
+      if (process.env.HC_DIAG && Date.now() - changedAt < 5000) {
+        const out = await patient.evaluate(async () => {
+          const o = [];
+          (await window.hcState.pc.getStats()).forEach((s) => {
+            if (s.type === "outbound-rtp" && s.kind === "video") o.push([s.rid, s.framesEncoded, s.framesSent, s.packetsSent]);
+          });
+          return o;
+        });
+        const c = await inboundStats(clinician);
+        console.log(`diag t=${Date.now() - changedAt} ms patient out [rid, encoded, sent, packets] ${JSON.stringify(out)} clinician in packets ${c.video.packetsReceived}`);
+      }
       for (const [name, page] of [["patient", patient], ["clinician", clinician]]) {
         const frames = (await inboundStats(page)).video.framesDecoded;
         const now = Date.now();
