@@ -244,6 +244,7 @@ pub async fn connection(
             outbox: out_rx,
             sdp_budget,
         };
+        drop((sink, stream));
         park(&state, &session, &room, parked, &resume_key).await;
         return;
     }
@@ -355,16 +356,19 @@ pub async fn connection(
             outbox: out_rx,
             sdp_budget,
         };
+        // The old socket is most likely dead: dropped, not closed (a close could wait on it).
+        drop((sink, stream));
         if let Err(parked) = reply.send(parked) {
             // The new connection gave up waiting: park it for its next try.
             park(&state, &session, &room, parked, &resume_key).await;
         }
-        let _ = sink.close().await;
         tracing::info!(participant = %id, meeting = %room.id, "handed over");
         return;
     }
     if !closed {
-        let _ = sink.close().await;
+        // The socket and its descriptor go now, not after the window: a flood of dropped
+        // connections holds no file descriptors.
+        drop((sink, stream));
         park(
             &state,
             &session,

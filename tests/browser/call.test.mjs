@@ -97,8 +97,11 @@ async function twoBrowserCall(server, browserArgs = []) {
 
     // The visit is in the audit log, the chain verifies, and neither the log nor the service's
     // own logs carry SDP or anything shaped like a personal identity number.
-    const audit = readFileSync(server.auditPath, "utf8");
-    assert.ok(audit.includes('"event":"join"') && audit.includes('"event":"leave"'), "joins and leaves audited");
+    // A leave is recorded as it is carried out (the others may hear of it a moment earlier).
+    const { audit } = await waitFor(async () => {
+      const text = readFileSync(server.auditPath, "utf8");
+      return { ok: text.includes('"event":"join"') && text.includes('"event":"leave"'), audit: text };
+    }, { timeout: 5000, what: "joins and leaves audited" });
     const verify = spawnSync(signalingBin, ["audit", "verify", server.auditPath], { encoding: "utf8" });
     assert.equal(verify.status, 0, verify.stderr);
     const logs = [["audit log", audit], ["service log", server.logs()]];
