@@ -20,8 +20,8 @@ pub struct AppState {
     pub meetings: Arc<Meetings>,
     pub sfu: Arc<dyn SfuControl>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Keys that authenticate booking systems on the meetings API (none: the API is off).
-    pub api_keys: Vec<String>,
+    /// The systems allowed on the meetings API, each with its units (none: the API is off).
+    pub api_clients: Vec<crate::api_client::ApiClient>,
     /// Signs join tokens minted by the meetings API (regions without their own issuer).
     pub minter: Option<Arc<DevIssuer>>,
     /// The address clients open (for links the API returns), e.g. `https://video.region.se`.

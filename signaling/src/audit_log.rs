@@ -39,6 +39,9 @@ pub struct AuditEvent {
     pub actor_hsa: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor_unit: Option<String>,
+    /// The system on the meetings API that made the call (`[[api.clients]]` name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_client: Option<String>,
     /// A refusal's code (`token_expired`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,

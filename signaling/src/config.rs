@@ -50,8 +50,22 @@ pub struct MeetingsSection {
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
-    /// API keys of booking systems (the meetings API is off without one).
+    /// Refused with a message: keys in the clear were replaced by `[[api.clients]]`.
     pub keys: Option<Vec<String>>,
+    /// The systems allowed on the meetings API (the API is off without one).
+    pub clients: Option<Vec<ApiClientSection>>,
+}
+
+/// One system on the meetings API: `[[api.clients]]`.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiClientSection {
+    /// Named in the audit line of every call it makes.
+    pub name: String,
+    /// Care unit ids it may act for; `["*"]` for every unit.
+    pub units: Vec<String>,
+    /// SHA-256 of its key, hex (`signaling api-key --name …` makes a key and this line).
+    pub key_sha256: String,
 }
 
 /// The public listener's limits against clients that hold connections open.

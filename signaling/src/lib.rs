@@ -3,6 +3,7 @@
 //! audit log, serves the web client and the meetings API, and (single-node default) runs the
 //! SFU workers in-process.
 
+pub mod api_client;
 pub mod app_state;
 pub mod audit;
 pub mod audit_log;

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use signaling::api_client::ApiClient;
 use signaling::app_state::AppState;
 use signaling::audit::audit_all;
 use signaling::audit_log::{self, AuditLog};
@@ -45,6 +46,16 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         command: AuditCmd,
+    },
+    /// Make a key for a system on the meetings API: prints the key (give it to the system; it
+    /// is not kept) and the `[[api.clients]]` entry, holding only its SHA-256, for the config.
+    ApiKey {
+        /// The system's name, as the audit log will name it.
+        #[arg(long)]
+        name: String,
+        /// A care unit it may act for (repeat the flag; `*` for every unit).
+        #[arg(long = "unit", required = true)]
+        units: Vec<String>,
     },
     /// Write a development cluster CA and certificates for signaling and an SFU node.
     ClusterCerts {
@@ -96,7 +107,8 @@ struct ServeArgs {
     /// Ed25519 key (PKCS#8) with which the meetings API mints join tokens.
     #[arg(long, env = "SIGNALING_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
-    /// API keys of booking systems for the meetings API (comma-separated in the env).
+    /// With --dev only: an API key in the clear for the meetings API, acting for every unit as
+    /// the system `dev` (comma-separated in the env). Production keys are `[[api.clients]]`.
     #[arg(long = "api-key", env = "SIGNALING_API_KEYS", value_delimiter = ',')]
     api_keys: Vec<String>,
     /// The address users open, e.g. https://video.region.se (for links the API returns).
@@ -321,6 +333,28 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Cmd::ApiKey { name, units } => {
+            let key = format!(
+                "hc_{}",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    rand::random::<[u8; 32]>()
+                )
+            );
+            let hash = signaling::api_client::key_sha256_hex(&key);
+            signaling::api_client::ApiClient::new(&name, &units, &hash)?;
+            say!("Key for {name} (give it to the system; it is shown only now):");
+            say!("  {key}");
+            say!("Add to the service's config:");
+            say!("[[api.clients]]");
+            say!("name = {}", toml::Value::from(name.as_str()));
+            say!(
+                "units = {}",
+                toml::Value::from(units.iter().map(String::as_str).collect::<Vec<_>>())
+            );
+            say!("key_sha256 = \"{hash}\"");
+            Ok(())
+        }
         Cmd::ClusterCerts { out } => {
             sfu_server::cluster_tls::generate_dev_cluster(&out)?;
             println!(
@@ -362,6 +396,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tokens = file.tokens.unwrap_or_default();
     let meetings_file = file.meetings.unwrap_or_default();
     let api = file.api.unwrap_or_default();
+    let api_clients = api_clients(&args, &api)?;
     let http = file.http.unwrap_or_default();
     let sfu = file.sfu.unwrap_or_default();
     let turn_file = file.turn.unwrap_or_default();
@@ -471,26 +506,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let meeting_store = args.meeting_store.or(meetings_file.store.clone());
     let meetings = Arc::new(Meetings::new(policy, meeting_store).map_err(|e| anyhow::anyhow!(e))?);
-    let mut api_keys = args.api_keys;
-    api_keys.extend(api.keys.unwrap_or_default());
-    api_keys.retain(|k| !k.is_empty());
-    if args.dev && api_keys.is_empty() {
-        let path = args.dev_key.with_file_name("api.key");
-        let key = match std::fs::read_to_string(&path) {
-            Ok(k) => {
-                signaling::private_file::restrict(&path)
-                    .with_context(|| format!("restricting {}", path.display()))?;
-                k.trim().to_owned()
-            }
-            Err(_) => {
-                let k = format!("dev-{:032x}", rand::random::<u128>());
-                signaling::private_file::write(&path, k.as_bytes())
-                    .with_context(|| format!("writing {}", path.display()))?;
-                k
-            }
-        };
-        api_keys.push(key);
-    }
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -645,7 +660,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         meetings: meetings.clone(),
         sfu,
         metrics,
-        api_keys: api_keys.clone(),
+        api_clients: api_clients.clients,
         minter,
         public_url: Some(public_url.clone()),
         refusals: TokenRefusals::new(RefusalBudget {
@@ -723,7 +738,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         say!("  patient:   {public_url}/m/{meeting}?token={patient}");
         say!(
             "Meetings API: {public_url}/api/v1/openapi.json (API key: {})",
-            api_keys[0]
+            api_clients
+                .dev_key
+                .as_deref()
+                .unwrap_or("see [[api.clients]]")
         );
         say!("Metrics: {public_url}/metrics   Stop with Ctrl-C.");
     }
@@ -836,4 +854,64 @@ fn turn_config(
             _ => anyhow::anyhow!("{}: {e}", from_file("secret_file")),
         })
         .map(Some)
+}
+
+/// The systems on the meetings API, and (with --dev) the key printed for trying it.
+struct ConfiguredClients {
+    clients: Vec<ApiClient>,
+    dev_key: Option<String>,
+}
+
+fn api_clients(
+    args: &ServeArgs,
+    api: &signaling::config::ApiSection,
+) -> anyhow::Result<ConfiguredClients> {
+    let file = args
+        .config
+        .as_ref()
+        .map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
+    if api.keys.is_some() {
+        anyhow::bail!(
+            "`api.keys` in {file}: API keys are no longer configured in the clear; give each \
+             system an `[[api.clients]]` entry with its name, care units and key_sha256 \
+             (`signaling api-key --name … --unit …` makes one)"
+        );
+    }
+    let mut clients = Vec::new();
+    for (i, c) in api.clients.iter().flatten().enumerate() {
+        let client = ApiClient::new(&c.name, &c.units, &c.key_sha256)
+            .map_err(|e| anyhow::anyhow!("api.clients[{i}].{e} (in {file})"))?;
+        clients.push(client);
+    }
+    ApiClient::check_set(&clients).map_err(|e| anyhow::anyhow!("api.clients in {file}: {e}"))?;
+    let keys: Vec<&String> = args.api_keys.iter().filter(|k| !k.is_empty()).collect();
+    if !keys.is_empty() && !args.dev {
+        anyhow::bail!(
+            "--api-key (SIGNALING_API_KEYS) is for --dev only: a production key is an \
+             `[[api.clients]]` entry holding its SHA-256 (`signaling api-key` makes one)"
+        );
+    }
+    let mut dev_key = keys.first().map(|k| k.to_string());
+    for key in keys {
+        clients.push(ApiClient::with_key("dev", key));
+    }
+    if args.dev && clients.is_empty() {
+        let path = args.dev_key.with_file_name("api.key");
+        let key = match std::fs::read_to_string(&path) {
+            Ok(k) => {
+                signaling::private_file::restrict(&path)
+                    .with_context(|| format!("restricting {}", path.display()))?;
+                k.trim().to_owned()
+            }
+            Err(_) => {
+                let k = format!("dev-{:032x}", rand::random::<u128>());
+                signaling::private_file::write(&path, k.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                k
+            }
+        };
+        clients.push(ApiClient::with_key("dev", &key));
+        dev_key = Some(key);
+    }
+    Ok(ConfiguredClients { clients, dev_key })
 }

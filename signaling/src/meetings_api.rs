@@ -3,13 +3,15 @@
 //! join tokens. JSON over HTTP, authenticated with an API key (`Authorization: Bearer`);
 //! described by the OpenAPI document at `/api/v1/openapi.json`.
 
+use crate::api_client::ApiClient;
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_all, audit_unavailable};
 use crate::audit_log::AuditEvent;
 use crate::meeting::{MeetingKind, MeetingRecord};
 use crate::meeting_room::MeetingRoom;
 use crate::session_token::{Claims, Role};
-use axum::extract::{Path, Query, State};
+use crate::token_refusals::{RefusalVerdict, TokenRefusals};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +19,7 @@ use axum::{Json, Router};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 const OPENAPI: &str = include_str!("openapi.json");
@@ -42,14 +45,18 @@ fn error(status: StatusCode, code: &str, reason: impl Into<String>) -> Response 
         .into_response()
 }
 
-/// Checks the API key. Keys are compared through their SHA-256 so the comparison's time
-/// says nothing about the key.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    if state.api_keys.is_empty() {
+/// The system a call comes from, once its key checked out; refused keys are audited per
+/// source (summarised like refused tokens, 429 past the source's budget).
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    source: IpAddr,
+) -> Result<ApiClient, Box<Response>> {
+    if state.api_clients.is_empty() {
         return Err(Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "api_disabled",
-            "no API key is configured (api.keys / --api-key)",
+            "no system is configured for the meetings API ([[api.clients]])",
         )));
     }
     let given = headers
@@ -57,24 +64,93 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let digest = |k: &str| ring::digest::digest(&ring::digest::SHA256, k.as_bytes());
-    let given = digest(given);
-    if state
-        .api_keys
-        .iter()
-        .any(|k| digest(k).as_ref() == given.as_ref())
-    {
-        Ok(())
-    } else {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "api_key_invalid",
-            "missing or unknown API key",
-        );
+    if let Some(client) = ApiClient::find(&state.api_clients, given) {
+        return Ok(client.clone());
+    }
+    let code = "api_key_invalid";
+    let unauthorized = || {
+        let mut r = error(StatusCode::UNAUTHORIZED, code, "missing or unknown API key");
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
-        Err(Box::new(r))
+        Box::new(r)
+    };
+    match state
+        .refusals
+        .refused(source, code, std::time::Instant::now())
+    {
+        RefusalVerdict::Record => {
+            let event = AuditEvent {
+                event: "api_key_refused".into(),
+                ..TokenRefusals::first_line(source, code)
+            };
+            if audit(state, event).await.is_err() {
+                return Err(Box::new(audit_unavailable()));
+            }
+            Err(unauthorized())
+        }
+        RefusalVerdict::Counted => Err(unauthorized()),
+        RefusalVerdict::Limited => Err(Box::new(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(
+                    header::RETRY_AFTER,
+                    state.refusals.interval().as_secs().max(1).to_string(),
+                )],
+                Json(json!({"error": "too_many_refusals", "reason": "too many refused keys from this address; try again later"})),
+            )
+                .into_response(),
+        )),
     }
+}
+
+/// An audit line of a call by `client`.
+fn called(client: &ApiClient, event: &str) -> AuditEvent {
+    AuditEvent {
+        event: event.into(),
+        api_client: Some(client.name.clone()),
+        ..Default::default()
+    }
+}
+
+/// A system acts only for its own care units: anything else is refused (403) and audited.
+async fn within_units(
+    state: &AppState,
+    client: &ApiClient,
+    unit: &str,
+    meeting: Option<&str>,
+) -> Result<(), Box<Response>> {
+    if client.may_act_for(unit) {
+        return Ok(());
+    }
+    let event = AuditEvent {
+        meeting: meeting.map(str::to_owned),
+        unit: Some(unit.to_owned()),
+        code: Some("unit_not_allowed".into()),
+        ..called(client, "api_refused")
+    };
+    if audit(state, event).await.is_err() {
+        return Err(Box::new(audit_unavailable()));
+    }
+    Err(Box::new(error(
+        StatusCode::FORBIDDEN,
+        "unit_not_allowed",
+        match meeting {
+            Some(_) => "the meeting belongs to a care unit this API key does not act for",
+            None => "this API key does not act for that care unit",
+        },
+    )))
+}
+
+/// The meeting `id` if it exists and `client` acts for its unit.
+async fn find_for(
+    state: &AppState,
+    client: &ApiClient,
+    id: &str,
+) -> Result<Arc<MeetingRoom>, Box<Response>> {
+    let room = find(state, id)?;
+    let unit = room.lock().record.unit.clone();
+    within_units(state, client, &unit, Some(id)).await?;
+    Ok(room)
 }
 
 fn valid_id(id: &str) -> bool {
@@ -141,12 +217,14 @@ fn visit() -> MeetingKind {
 
 async fn create(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Json<CreateMeeting>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return *r;
-    }
+    let client = match authorize(&state, &headers, peer.ip()).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => {
@@ -183,6 +261,9 @@ async fn create(
             e.to_string(),
         );
     }
+    if let Err(r) = within_units(&state, &client, &req.unit, None).await {
+        return *r;
+    }
     if req.end <= req.start {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -212,10 +293,9 @@ async fn create(
         remember_until: None,
     };
     let event = AuditEvent {
-        event: "meeting_created".into(),
         meeting: Some(id.clone()),
         unit: Some(record.unit.clone()),
-        ..Default::default()
+        ..called(&client, "meeting_created")
     };
     let exists = || {
         error(
@@ -245,17 +325,23 @@ struct ListQuery {
 
 async fn list(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+    let client = match authorize(&state, &headers, peer.ip()).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    if let Some(unit) = &q.unit
+        && let Err(r) = within_units(&state, &client, unit, None).await
+    {
         return *r;
     }
     // Reads are accesses too: recorded before anything is returned.
     let event = AuditEvent {
-        event: "api_meetings_listed".into(),
         unit: q.unit.clone(),
-        ..Default::default()
+        ..called(&client, "api_meetings_listed")
     };
     if audit(&state, event).await.is_err() {
         return audit_unavailable();
@@ -266,7 +352,9 @@ async fn list(
         .iter()
         .filter(|room| {
             let s = room.lock();
-            s.record.booked && q.unit.as_ref().is_none_or(|u| *u == s.record.unit)
+            s.record.booked
+                && client.may_act_for(&s.record.unit)
+                && q.unit.as_ref().is_none_or(|u| *u == s.record.unit)
         })
         .map(|room| view(&state, room))
         .collect();
@@ -284,31 +372,37 @@ fn find(state: &AppState, id: &str) -> Result<Arc<MeetingRoom>, Box<Response>> {
 }
 
 /// Records a read of one meeting (`event`) before it is answered.
-async fn read_recorded(state: &AppState, event: &str, room: &MeetingRoom) -> Result<(), ()> {
+async fn read_recorded(
+    state: &AppState,
+    client: &ApiClient,
+    event: &str,
+    room: &MeetingRoom,
+) -> Result<(), ()> {
     let (meeting, unit) = {
         let s = room.lock();
         (s.record.id.clone(), s.record.unit.clone())
     };
     let event = AuditEvent {
-        event: event.into(),
         meeting: Some(meeting),
         unit: Some(unit),
-        ..Default::default()
+        ..called(client, event)
     };
     audit(state, event).await
 }
 
 async fn read(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return *r;
-    }
-    match find(&state, &id) {
+    let client = match authorize(&state, &headers, peer.ip()).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match find_for(&state, &client, &id).await {
         Ok(room) => {
-            if read_recorded(&state, "api_meeting_read", &room)
+            if read_recorded(&state, &client, "api_meeting_read", &room)
                 .await
                 .is_err()
             {
@@ -322,15 +416,17 @@ async fn read(
 
 async fn participants(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return *r;
-    }
-    match find(&state, &id) {
+    let client = match authorize(&state, &headers, peer.ip()).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match find_for(&state, &client, &id).await {
         Ok(room) => {
-            if read_recorded(&state, "api_participants_read", &room)
+            if read_recorded(&state, &client, "api_participants_read", &room)
                 .await
                 .is_err()
             {
@@ -345,19 +441,20 @@ async fn participants(
 
 async fn cancel(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return *r;
-    }
-    if let Err(r) = find(&state, &id) {
+    let client = match authorize(&state, &headers, peer.ip()).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    if let Err(r) = find_for(&state, &client, &id).await {
         return *r;
     }
     let event = AuditEvent {
-        event: "meeting_cancel_requested".into(),
         meeting: Some(id.clone()),
-        ..Default::default()
+        ..called(&client, "meeting_cancel_requested")
     };
     if audit(&state, event).await.is_err() {
         return audit_unavailable();
@@ -396,13 +493,15 @@ struct MintRequest {
 
 async fn mint(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<MintRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return *r;
-    }
+    let client = match authorize(&state, &headers, peer.ip()).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
     let Some(minter) = state.minter.clone() else {
         return error(
             StatusCode::NOT_IMPLEMENTED,
@@ -420,7 +519,7 @@ async fn mint(
             );
         }
     };
-    let room = match find(&state, &id) {
+    let room = match find_for(&state, &client, &id).await {
         Ok(r) => r,
         Err(r) => return *r,
     };
@@ -447,6 +546,12 @@ async fn mint(
     fields.extend(req.unit.as_deref().map(|u| ("unit", u)));
     if let Err(e) = crate::identity_number::check_fields(fields) {
         return invalid(&e.to_string());
+    }
+    // A token's unit claim speaks for that unit: only one the system acts for.
+    if let Some(unit) = &req.unit
+        && let Err(r) = within_units(&state, &client, unit, Some(&id)).await
+    {
+        return *r;
     }
     if role == Role::Clinician && req.hsa.as_deref().is_none_or(str::is_empty) {
         return invalid("hsa: required for a clinician");
@@ -491,13 +596,12 @@ async fn mint(
         jti: format!("{:016x}", rand::random::<u64>()),
     };
     let event = AuditEvent {
-        event: "token_minted".into(),
         meeting: Some(id.clone()),
         subject: Some(claims.sub.clone()),
         role: Some(claims.role.clone()),
         hsa: claims.hsa.clone(),
         unit: claims.unit.clone(),
-        ..Default::default()
+        ..called(&client, "token_minted")
     };
     let token = match minter.mint(&claims) {
         Ok(t) => t,

@@ -158,3 +158,69 @@ fn outside_dev_the_service_does_not_start_without_an_audit_log() {
         "{err}"
     );
 }
+
+fn start_failure(config: &str, extra: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(format!("hc-api-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("signaling.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .arg("--config")
+        .arg(&path)
+        .args(extra)
+        .env("SIGNALING_AUDIT_LOG", dir.join("audit.jsonl"))
+        .env("SIGNALING_DEV_KEY", dir.join("issuer.key"))
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn api_keys_in_the_clear_are_refused_naming_the_key_and_the_way_out() {
+    let err = start_failure("[api]\nkeys = [\"secret\"]\n", &[]);
+    assert!(
+        err.contains("api.keys")
+            && err.contains("signaling.toml")
+            && err.contains("[[api.clients]]"),
+        "{err}"
+    );
+    let err = start_failure(
+        "[[api.clients]]\nname = \"b\"\nunits = [\"u\"]\nkey_sha256 = \"abc\"\n",
+        &[],
+    );
+    assert!(
+        err.contains("api.clients[0].key_sha256") && err.contains("signaling.toml"),
+        "{err}"
+    );
+    let err = start_failure("", &["--api-key", "secret"]);
+    assert!(err.contains("--api-key") && err.contains("--dev"), "{err}");
+}
+
+#[test]
+fn api_key_prints_a_key_once_and_an_entry_holding_only_its_hash() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args([
+            "api-key",
+            "--name",
+            "booking",
+            "--unit",
+            "SE2321000016-ABCD",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text.lines().nth(1).unwrap().trim();
+    assert!(key.len() >= 40, "{text}");
+    let entry = &text[text.find("[[api.clients]]").unwrap()..];
+    assert!(!entry.contains(key), "the entry must not hold the key");
+    let parsed = signaling::config::FileConfig::parse(entry).unwrap();
+    let c = &parsed.api.unwrap().clients.unwrap()[0];
+    let client = signaling::api_client::ApiClient::new(&c.name, &c.units, &c.key_sha256).unwrap();
+    let clients = [client];
+    let found = signaling::api_client::ApiClient::find(&clients, key).unwrap();
+    assert!(found.may_act_for("SE2321000016-ABCD") && !found.may_act_for("other"));
+}

@@ -315,3 +315,115 @@ async fn drop_in_the_clinician_takes_the_first_and_the_second_moves_up() {
         .expect("the take is audited with the clinician");
     assert_eq!(take["meeting"], "q-unit-1");
 }
+
+/// Two systems, each with its own unit: neither reads nor acts on the other's meetings, every
+/// refusal is a 403 with an audit line naming the system, and every call's line names it.
+#[tokio::test]
+async fn a_key_acts_only_for_its_own_care_units() {
+    let dir = std::env::temp_dir().join(format!("hc-clients-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("signaling.toml");
+    let hash = signaling::api_client::key_sha256_hex;
+    std::fs::write(
+        &config,
+        format!(
+            "[[api.clients]]\nname = \"booking-a\"\nunits = [\"unit-a\"]\nkey_sha256 = \"{}\"\n\n\
+             [[api.clients]]\nname = \"booking-b\"\nunits = [\"unit-b\", \"unit-b2\"]\nkey_sha256 = \"{}\"\n",
+            hash("key-of-a"),
+            hash("key-of-b")
+        ),
+    )
+    .unwrap();
+    let server = support::start_command(&[], &["--config", config.to_str().unwrap()]);
+    let (a, b) = (Some("key-of-a"), Some("key-of-b"));
+    let (start, end) = window(-5, 25);
+    let book = |id: &str, unit: &str| json!({"id": id, "unit": unit, "start": start, "end": end});
+
+    let (status, m) = server
+        .api("POST", "/api/v1/meetings", a, Some(book("v-a", "unit-a")))
+        .await;
+    assert_eq!(status, 201, "{m}");
+    let (status, m) = server
+        .api("POST", "/api/v1/meetings", b, Some(book("v-b", "unit-b")))
+        .await;
+    assert_eq!(status, 201, "{m}");
+
+    // B against A's unit and meeting: every route refused, nothing done.
+    let mint = json!({"sub": "pat-1", "name": "Anna", "role": "patient"});
+    let attempts: [(&str, String, Option<serde_json::Value>); 6] = [
+        (
+            "POST",
+            "/api/v1/meetings".into(),
+            Some(book("v-b-in-a", "unit-a")),
+        ),
+        ("GET", "/api/v1/meetings?unit=unit-a".into(), None),
+        ("GET", "/api/v1/meetings/v-a".into(), None),
+        ("GET", "/api/v1/meetings/v-a/participants".into(), None),
+        (
+            "POST",
+            "/api/v1/meetings/v-a/tokens".into(),
+            Some(mint.clone()),
+        ),
+        ("POST", "/api/v1/meetings/v-a/cancel".into(), None),
+    ];
+    for (method, path, body) in attempts {
+        let (status, body) = server.api(method, &path, b, body).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (403, Some("unit_not_allowed")),
+            "{method} {path}"
+        );
+    }
+    let (status, m) = server.api("GET", "/api/v1/meetings/v-a", a, None).await;
+    assert_eq!((status, m["status"].as_str()), (200, Some("open")), "{m}");
+    assert!(
+        server
+            .api("GET", "/api/v1/meetings/v-b-in-a", a, None)
+            .await
+            .0
+            == 404,
+        "the refused booking was not made"
+    );
+    // A token claiming another unit is refused too.
+    let mut foreign = mint.clone();
+    foreign["unit"] = json!("unit-b");
+    let (status, _) = server
+        .api("POST", "/api/v1/meetings/v-a/tokens", a, Some(foreign))
+        .await;
+    assert_eq!(status, 403);
+
+    // Listing shows a system its own units' meetings only.
+    let ids = |list: serde_json::Value| -> Vec<String> {
+        list["meetings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, list) = server.api("GET", "/api/v1/meetings", a, None).await;
+    assert_eq!(ids(list), ["v-a"]);
+    let (_, list) = server.api("GET", "/api/v1/meetings", b, None).await;
+    assert_eq!(ids(list), ["v-b"]);
+
+    // The audit log: each refusal names the system and the unit; each call names its system.
+    let refused = server.audit_events("api_refused");
+    assert_eq!(refused.len(), 7, "{refused:?}");
+    let by_b = refused
+        .iter()
+        .filter(|e| e["api_client"] == "booking-b" && e["code"] == "unit_not_allowed")
+        .count();
+    assert_eq!(by_b, 6, "{refused:?}");
+    assert!(refused.iter().all(|e| e["unit"].is_string()));
+    for event in ["meeting_created", "api_meetings_listed", "api_meeting_read"] {
+        let lines = server.audit_events(event);
+        assert!(!lines.is_empty(), "{event}");
+        for line in lines {
+            assert!(
+                line["api_client"] == "booking-a" || line["api_client"] == "booking-b",
+                "{line}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
