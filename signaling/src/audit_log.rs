@@ -1,21 +1,36 @@
 //! The PDL audit log: every access event of a meeting, appended as one JSON line, each line
 //! carrying the SHA-256 of the previous line and of itself, and fsynced before the event takes
-//! effect. `verify` names the first line that was edited, removed or reordered; `extract` prints
-//! a patient's log extract (which care units and staff took part in their meetings, and when).
+//! effect. Signed checkpoints (audit_checkpoint.rs) every so many lines and seconds, at each
+//! day's rotation and at a clean stop make a rewritten chain or a cut-off tail show; a copy of
+//! every line goes off the host as it is written (audit_sink.rs). The chain continues across
+//! the daily files (`audit.jsonl`, rotated to `audit.2026-12-01.jsonl`). A crash that tore the
+//! last line is recovered at start: the torn bytes are dropped (no complete line is lost; the
+//! access they described never took effect, as its write never returned) and the recovery is
+//! itself a line. `extract` prints a patient's log extract.
 //!
 //! Lines hold pseudonymous ids, HSA-ids of staff and care unit ids only: never a personal
 //! identity number, SDP, chat text or media.
 
+use crate::audit_chain::{ChainReport, chain_files, verify_chain, verify_file};
+use crate::audit_checkpoint::{
+    CheckpointFacts, CheckpointSigner, REASON_CLOSE, REASON_INTERVAL, REASON_LINES, REASON_ROTATE,
+};
+use crate::audit_sink::AuditSink;
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Lines accepted by the off-host sink while the file could not be written, waiting to be
+/// written to the file; past this, accesses are refused.
+const MAX_BEHIND: usize = 10_000;
 
 /// One access event. Optional fields are left out of the line when empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,17 +91,46 @@ pub enum AuditError {
         line: usize,
         reason: String,
     },
+    #[error(
+        "audit log {path}: the file cannot be written ({file}) and the off-host copy did not take the line"
+    )]
+    Unrecorded { path: PathBuf, file: String },
+}
+
+/// How often checkpoints are signed, and where the copy goes.
+#[derive(Debug, Default)]
+pub struct AuditOptions {
+    pub signer: Option<CheckpointSigner>,
+    /// A checkpoint after this many lines (default 100)…
+    pub checkpoint_lines: u64,
+    /// …and once lines have waited this long (default 60 s; `checkpoint_if_due`).
+    pub checkpoint_every: Duration,
+    pub sink: Option<AuditSink>,
 }
 
 struct Tail {
     file: File,
+    /// The file's length after its last complete line.
+    len: u64,
     last_hash: String,
     seq: u64,
+    /// Lines since the last checkpoint.
+    unsigned: u64,
+    /// When the oldest of those was written.
+    unsigned_since: Option<SystemTime>,
+    /// The UTC day the current file is for.
+    day: jiff::civil::Date,
+    /// Lines the off-host copy took while the file could not be written.
+    behind: VecDeque<String>,
 }
 
 pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<Tail>,
+    signer: Option<CheckpointSigner>,
+    checkpoint_lines: u64,
+    checkpoint_every: Duration,
+    sink: Option<AuditSink>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -102,129 +146,389 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The hash of a line: SHA-256 of its JSON without the `hash` field (keys sorted).
-fn line_hash(fields: &Map<String, Value>) -> String {
+pub(crate) fn line_hash(fields: &Map<String, Value>) -> String {
     let mut without = fields.clone();
     without.remove("hash");
     let canonical = serde_json::to_string(&without).unwrap_or_default();
     hex(digest(&SHA256, canonical.as_bytes()).as_ref())
 }
 
+fn utc_day(t: SystemTime) -> jiff::civil::Date {
+    jiff::Timestamp::try_from(t)
+        .map(|ts| ts.to_zoned(jiff::tz::TimeZone::UTC).date())
+        .unwrap_or_default()
+}
+
+fn day_of_ts(ts: &str) -> Option<jiff::civil::Date> {
+    ts.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date())
+}
+
+/// What opening found: how the last run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LastRun {
+    New,
+    Closed,
+    /// The log does not end with a closing checkpoint (a crash, a kill, or lines removed).
+    Unclosed,
+}
+
+/// Drops a torn last line (bytes after the last newline that are not a complete line).
+/// Returns how many bytes were dropped; a complete line that only lost its newline gets it.
+fn recover_torn_tail(path: &Path) -> std::io::Result<u64> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    if keep == bytes.len() {
+        return Ok(0);
+    }
+    let tail = &bytes[keep..];
+    let complete = serde_json::from_slice::<Map<String, Value>>(tail)
+        .ok()
+        .is_some_and(|f| f.get("hash").and_then(Value::as_str) == Some(&line_hash(&f)));
+    if complete {
+        file.seek(std::io::SeekFrom::End(0))?;
+        file.write_all(b"\n")?;
+        file.sync_data()?;
+        return Ok(0);
+    }
+    file.set_len(keep as u64)?;
+    file.sync_data()?;
+    Ok(tail.len() as u64)
+}
+
 impl AuditLog {
-    /// Opens (or creates) the log; an existing log is verified first so the chain continues
-    /// from a sound tail.
+    /// Opens (or creates) the log without signing or a copy (tools and tests).
     pub fn open(path: &Path) -> Result<Self, AuditError> {
+        Self::open_with(path, AuditOptions::default())
+    }
+
+    /// Opens (or creates) the log. The current file is checked first so the chain continues
+    /// from a sound tail; a torn last line is dropped; the opening is recorded (and whether
+    /// the last run ended cleanly).
+    pub fn open_with(path: &Path, options: AuditOptions) -> Result<Self, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_owned(),
             source,
         };
-        let (seq, last_hash) = if path.exists() {
-            let report = verify(path)?;
-            (report.lines as u64, report.last_hash)
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let torn = if path.exists() {
+            recover_torn_tail(path).map_err(io)?
         } else {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(io)?;
+            0
+        };
+        // Where the chain stands: the current file, or (after a rotation cut short) the
+        // newest rotated one.
+        let newest = chain_files(path).map_err(io)?.pop();
+        let report = match &newest {
+            Some(file)
+                if std::fs::metadata(file)
+                    .map(|m| m.len() > 0)
+                    .unwrap_or(false) =>
+            {
+                verify_file(file)?
             }
-            (0, GENESIS.to_owned())
+            _ => ChainReport {
+                last_hash: GENESIS.to_owned(),
+                ..Default::default()
+            },
+        };
+        let last_run = if report.lines == 0 {
+            LastRun::New
+        } else if report.closed {
+            LastRun::Closed
+        } else {
+            LastRun::Unclosed
         };
         let file = crate::private_file::open_append(path).map_err(io)?;
-        Ok(Self {
+        let len = file.metadata().map_err(io)?.len();
+        let now = SystemTime::now();
+        let day = if newest.as_deref() == Some(path) {
+            day_of_ts(&report.last_ts).unwrap_or_else(|| utc_day(now))
+        } else {
+            utc_day(now)
+        };
+        let log = Self {
             path: path.to_owned(),
             tail: Mutex::new(Tail {
                 file,
-                last_hash,
-                seq,
+                len,
+                last_hash: report.last_hash.clone(),
+                seq: report.last_seq,
+                unsigned: 0,
+                unsigned_since: None,
+                day,
+                behind: VecDeque::new(),
             }),
-        })
+            signer: options.signer,
+            checkpoint_lines: if options.checkpoint_lines == 0 {
+                100
+            } else {
+                options.checkpoint_lines
+            },
+            checkpoint_every: if options.checkpoint_every.is_zero() {
+                Duration::from_secs(60)
+            } else {
+                options.checkpoint_every
+            },
+            sink: options.sink,
+        };
+        if let Some(sink) = &log.sink {
+            sink.written_through(report.last_seq);
+        }
+        if torn > 0 {
+            tracing::warn!(bytes = torn, "audit log: a torn last line was dropped");
+            log.append(&AuditEvent {
+                event: "audit_recovered".into(),
+                code: Some("torn_line_dropped".into()),
+                count: Some(torn),
+                ..Default::default()
+            })?;
+        }
+        log.append(&AuditEvent {
+            event: "audit_opened".into(),
+            code: Some(
+                match last_run {
+                    LastRun::New => "new",
+                    LastRun::Closed => "after_clean_stop",
+                    LastRun::Unclosed => "after_unclean_stop",
+                }
+                .into(),
+            ),
+            ..Default::default()
+        })?;
+        Ok(log)
     }
 
-    /// Appends one event and fsyncs it. Blocking: call it off the async threads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends one event and fsyncs it. Blocking: call it off the async threads. Fails — and
+    /// the access must not happen — only when neither the file nor the off-host copy took it.
     pub fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        let io = |source| AuditError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        let mut fields = match serde_json::to_value(event) {
+        let fields = match serde_json::to_value(event) {
             Ok(Value::Object(m)) => m,
             _ => Map::new(),
         };
-        fields.insert("seq".into(), Value::from(tail.seq + 1));
-        fields.insert(
-            "ts".into(),
-            Value::from(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
-        );
+        let mut tail = self.lock();
+        let now = SystemTime::now();
+        if utc_day(now) != tail.day {
+            self.rotate(&mut tail, now);
+        }
+        self.write_line(&mut tail, fields, now)?;
+        if self.signer.is_some() && tail.unsigned >= self.checkpoint_lines {
+            // The event is recorded; a checkpoint that fails is tried again with the next.
+            let _ = self.checkpoint(&mut tail, REASON_LINES, now);
+        }
+        Ok(())
+    }
+
+    /// Signs a checkpoint if lines have waited longer than the interval (call every second
+    /// or so).
+    pub fn checkpoint_if_due(&self) {
+        let mut tail = self.lock();
+        let now = SystemTime::now();
+        let due = tail.unsigned_since.is_some_and(|since| {
+            now.duration_since(since).unwrap_or_default() >= self.checkpoint_every
+        });
+        if due && self.signer.is_some() {
+            let _ = self.checkpoint(&mut tail, REASON_INTERVAL, now);
+        }
+    }
+
+    /// The service stops: a closing checkpoint, so a log that ends otherwise shows a crash or
+    /// a removed tail; then the copy is given `wait` to catch up.
+    pub fn close(&self, wait: Duration) -> Result<(), AuditError> {
+        {
+            let mut tail = self.lock();
+            self.checkpoint(&mut tail, REASON_CLOSE, SystemTime::now())?;
+        }
+        if let Some(sink) = &self.sink
+            && !sink.finish(wait)
+        {
+            tracing::warn!(
+                "audit sink: lines not yet copied at stop; they follow from the file at the next start"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn sink(&self) -> Option<&AuditSink> {
+        self.sink.as_ref()
+    }
+
+    fn checkpoint(&self, tail: &mut Tail, reason: &str, now: SystemTime) -> Result<(), AuditError> {
+        let mut fields = Map::new();
+        fields.insert("event".into(), Value::from("checkpoint"));
+        fields.insert("code".into(), Value::from(reason));
+        if let Some(signer) = &self.signer {
+            // Signed over what the line will hold: its seq, the hash before it, reason, time.
+            let seq = tail.seq + 1;
+            let ts = timestamp(now);
+            let sig = signer.sign(&CheckpointFacts {
+                seq,
+                prev: &tail.last_hash,
+                reason,
+                ts: &ts,
+            });
+            fields.insert("key".into(), Value::from(signer.key_id()));
+            fields.insert("sig".into(), Value::from(sig));
+            fields.insert("ts".into(), Value::from(ts));
+        }
+        self.write_line(tail, fields, now)?;
+        tail.unsigned = 0;
+        tail.unsigned_since = None;
+        metrics::counter!("audit_checkpoints_total", "reason" => reason.to_owned()).increment(1);
+        Ok(())
+    }
+
+    /// Closes the day's file with a checkpoint and moves it aside; the chain goes on in a new
+    /// current file. A failure leaves the current file in use (tried again at the next line).
+    fn rotate(&self, tail: &mut Tail, now: SystemTime) {
+        if tail.len > 0 {
+            if self.checkpoint(tail, REASON_ROTATE, now).is_err() {
+                return;
+            }
+            let stem = self
+                .path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("audit");
+            let ext = self
+                .path
+                .extension()
+                .and_then(|s| s.to_str())
+                .unwrap_or("jsonl");
+            let mut target = self
+                .path
+                .with_file_name(format!("{stem}.{}.{ext}", tail.day));
+            let mut n = 2;
+            while target.exists() {
+                target = self
+                    .path
+                    .with_file_name(format!("{stem}.{}-{n}.{ext}", tail.day));
+                n += 1;
+            }
+            if let Err(e) = std::fs::rename(&self.path, &target) {
+                tracing::error!(error = %e, "audit log rotation failed; the current file stays in use");
+                return;
+            }
+            match crate::private_file::open_append(&self.path) {
+                Ok(file) => {
+                    tail.file = file;
+                    tail.len = 0;
+                }
+                Err(e) => {
+                    // Lines go on into the renamed file until a new one can be made.
+                    tracing::error!(error = %e, "audit log: a new file could not be made");
+                    let _ = std::fs::rename(&target, &self.path);
+                    return;
+                }
+            }
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
+                && let Ok(d) = File::open(dir)
+            {
+                let _ = d.sync_all();
+            }
+        }
+        tail.day = utc_day(now);
+    }
+
+    /// Adds seq, time and chain hashes to `fields` and records the line: in the file, or —
+    /// when the file cannot be written — in the off-host copy, to be written to the file
+    /// when it can.
+    fn write_line(
+        &self,
+        tail: &mut Tail,
+        mut fields: Map<String, Value>,
+        now: SystemTime,
+    ) -> Result<(), AuditError> {
+        let seq = tail.seq + 1;
+        fields.insert("seq".into(), Value::from(seq));
+        if !fields.contains_key("ts") {
+            fields.insert("ts".into(), Value::from(timestamp(now)));
+        }
         fields.insert("prev".into(), Value::from(tail.last_hash.clone()));
         let hash = line_hash(&fields);
         fields.insert("hash".into(), Value::from(hash.clone()));
         let mut line = serde_json::to_string(&fields).unwrap_or_default();
         line.push('\n');
-        tail.file.write_all(line.as_bytes()).map_err(io)?;
-        tail.file.sync_data().map_err(io)?;
-        tail.seq += 1;
+        match self.write_file(tail, &line) {
+            Ok(()) => {
+                if let Some(sink) = &self.sink {
+                    sink.offer(seq, line.trim_end());
+                }
+            }
+            Err(e) => {
+                metrics::counter!("audit_file_failures_total").increment(1);
+                let taken = tail.behind.len() < MAX_BEHIND
+                    && self
+                        .sink
+                        .as_ref()
+                        .is_some_and(|sink| sink.deliver_now(seq, line.trim_end()));
+                if !taken {
+                    tracing::error!(error = %e, "audit line not recorded: file and off-host copy unavailable");
+                    return Err(AuditError::Unrecorded {
+                        path: self.path.clone(),
+                        file: e.to_string(),
+                    });
+                }
+                tracing::error!(error = %e, waiting = tail.behind.len() + 1, "audit file unwritable; line kept by the off-host copy");
+                tail.behind.push_back(line);
+            }
+        }
+        tail.seq = seq;
         tail.last_hash = hash;
+        tail.unsigned += 1;
+        tail.unsigned_since.get_or_insert(now);
         Ok(())
     }
-}
 
-/// What `verify` found in a sound log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifyReport {
-    pub lines: usize,
-    pub last_hash: String,
-}
-
-/// Checks the chain: every line's own hash, its link to the line before, and its sequence
-/// number. Fails naming the first line that does not hold.
-pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
-    let file = File::open(path).map_err(|source| AuditError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let corrupt = |line: usize, reason: String| AuditError::Corrupt {
-        path: path.to_owned(),
-        line,
-        reason,
-    };
-    let mut prev = GENESIS.to_owned();
-    let mut n = 0usize;
-    for (i, raw) in BufReader::new(file).lines().enumerate() {
-        let line_no = i + 1;
-        let raw = raw.map_err(|source| AuditError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let fields: Map<String, Value> = serde_json::from_str(&raw)
-            .map_err(|e| corrupt(line_no, format!("not a JSON object ({e})")))?;
-        let recorded = fields.get("hash").and_then(Value::as_str).unwrap_or("");
-        if line_hash(&fields) != recorded {
-            return Err(corrupt(
-                line_no,
-                "the line was edited (its hash does not match)".into(),
-            ));
+    /// Writes the lines waiting from a failure, then `line`, and fsyncs. On failure the file
+    /// is cut back to its last complete line.
+    fn write_file(&self, tail: &mut Tail, line: &str) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        for waiting in &tail.behind {
+            bytes.extend_from_slice(waiting.as_bytes());
         }
-        let seq = fields.get("seq").and_then(Value::as_u64).unwrap_or(0);
-        if seq != line_no as u64 {
-            return Err(corrupt(
-                line_no,
-                format!(
-                    "sequence number {seq} where {line_no} belongs: a line before it was removed or lines were reordered"
-                ),
-            ));
+        bytes.extend_from_slice(line.as_bytes());
+        let written = tail
+            .file
+            .write_all(&bytes)
+            .and_then(|()| tail.file.sync_data());
+        match written {
+            Ok(()) => {
+                tail.len += bytes.len() as u64;
+                tail.behind.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = tail.file.set_len(tail.len);
+                Err(e)
+            }
         }
-        if fields.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
-            return Err(corrupt(
-                line_no,
-                "does not follow the line before it: a line was removed, inserted or reordered"
-                    .into(),
-            ));
-        }
-        prev = recorded.to_owned();
-        n = line_no;
     }
-    Ok(VerifyReport {
-        lines: n,
-        last_hash: prev,
-    })
+}
+
+fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Checks the chain in every file (see `audit_chain::verify_chain`).
+pub fn verify(path: &Path) -> Result<ChainReport, AuditError> {
+    verify_chain(path, None)
 }
 
 /// One meeting in a patient's extract.
@@ -242,19 +546,24 @@ pub struct MeetingExtract {
 /// that took part in it and when. The log is verified first.
 pub fn extract(path: &Path, subject: &str) -> Result<Vec<MeetingExtract>, AuditError> {
     verify(path)?;
-    let file = File::open(path).map_err(|source| AuditError::Io {
+    let io = |source| AuditError::Io {
         path: path.to_owned(),
         source,
-    })?;
-    let events: Vec<(String, AuditEvent)> = BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| {
-            let v: Value = serde_json::from_str(&l).ok()?;
-            let ts = v.get("ts")?.as_str()?.to_owned();
-            Some((ts, serde_json::from_value(v).ok()?))
-        })
-        .collect();
+    };
+    let mut events: Vec<(String, AuditEvent)> = Vec::new();
+    for file in chain_files(path).map_err(io)? {
+        let file = File::open(&file).map_err(io)?;
+        events.extend(
+            BufReader::new(file)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| {
+                    let v: Value = serde_json::from_str(&l).ok()?;
+                    let ts = v.get("ts")?.as_str()?.to_owned();
+                    Some((ts, serde_json::from_value(v).ok()?))
+                }),
+        );
+    }
     let mut meetings: Vec<MeetingExtract> = Vec::new();
     for (_, e) in &events {
         if e.subject.as_deref() == Some(subject)
@@ -366,10 +675,11 @@ mod tests {
     #[test]
     fn a_sound_log_verifies_and_reopening_continues_the_chain() {
         let path = temp("audit.jsonl");
+        // Each opening is recorded too.
         visit(&AuditLog::open(&path).unwrap());
-        assert_eq!(verify(&path).unwrap().lines, 5);
+        assert_eq!(verify(&path).unwrap().lines, 6);
         visit(&AuditLog::open(&path).unwrap());
-        assert_eq!(verify(&path).unwrap().lines, 10);
+        assert_eq!(verify(&path).unwrap().lines, 12);
     }
 
     #[test]
@@ -421,5 +731,202 @@ mod tests {
         );
         assert!(!ex[0].first.is_empty() && ex[0].first <= ex[0].last);
         assert!(extract(&path, "nobody").unwrap().is_empty());
+    }
+
+    fn signed(
+        path: &Path,
+        dir_key: &Path,
+    ) -> (AuditLog, crate::audit_checkpoint::CheckpointVerifier) {
+        let signer = CheckpointSigner::load_or_create(dir_key).unwrap();
+        let verifier =
+            crate::audit_checkpoint::CheckpointVerifier::parse(&signer.public_key()).unwrap();
+        let log = AuditLog::open_with(
+            path,
+            AuditOptions {
+                signer: Some(signer),
+                checkpoint_lines: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        (log, verifier)
+    }
+
+    /// Rewrites line `index` (0-based) with `edit` and recomputes every hash from it on, as
+    /// someone holding the file would.
+    fn rewrite(path: &Path, index: usize, edit: impl Fn(&mut Map<String, Value>)) {
+        let mut prev = None::<String>;
+        let out: Vec<String> = lines(path)
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut f: Map<String, Value> = serde_json::from_str(l).unwrap();
+                if i == index {
+                    edit(&mut f);
+                }
+                if i >= index {
+                    if let Some(p) = &prev {
+                        f.insert("prev".into(), Value::from(p.clone()));
+                    }
+                    let h = line_hash(&f);
+                    f.insert("hash".into(), Value::from(h));
+                }
+                prev = f.get("hash").and_then(Value::as_str).map(str::to_owned);
+                serde_json::to_string(&f).unwrap()
+            })
+            .collect();
+        write(path, &out);
+    }
+
+    #[test]
+    fn a_rewritten_chain_passes_the_hashes_but_not_the_signatures() {
+        let path = temp("audit.jsonl");
+        let (log, verifier) = signed(&path, &path.with_file_name("k"));
+        visit(&log);
+        log.close(Duration::from_secs(1)).unwrap();
+        drop(log);
+        let report = verify_chain(&path, Some(&verifier)).unwrap();
+        assert!(report.closed && report.checkpoints >= 2, "{report:?}");
+        assert_eq!(report.signed_through, Some(report.last_seq));
+
+        // The patient's join becomes someone else's, every later hash recomputed.
+        let good = lines(&path);
+        let join = good.iter().position(|l| l.contains("pat-9")).unwrap();
+        rewrite(&path, join, |f| {
+            f.insert("subject".into(), Value::from("pat-other"));
+        });
+        assert!(verify_chain(&path, None).is_ok(), "the hashes alone hold");
+        let first_checkpoint_after = lines(&path)
+            .iter()
+            .enumerate()
+            .skip(join)
+            .find(|(_, l)| l.contains("\"checkpoint\""))
+            .unwrap()
+            .0;
+        match verify_chain(&path, Some(&verifier)) {
+            Err(AuditError::Corrupt { line, reason, .. }) => {
+                assert_eq!(line, first_checkpoint_after + 1, "{reason}");
+                assert!(reason.contains("signature"), "{reason}");
+            }
+            other => panic!("the rewrite went unseen: {other:?}"),
+        }
+        // Another key's checkpoints are named as such.
+        write(&path, &good);
+        let stranger = CheckpointSigner::generate(&path.with_file_name("k2")).unwrap();
+        let wrong =
+            crate::audit_checkpoint::CheckpointVerifier::parse(&stranger.public_key()).unwrap();
+        assert!(matches!(
+            verify_chain(&path, Some(&wrong)),
+            Err(AuditError::Corrupt { reason, .. }) if reason.contains("not the given public key")
+        ));
+    }
+
+    #[test]
+    fn a_removed_tail_no_longer_ends_with_the_closing_checkpoint() {
+        let path = temp("audit.jsonl");
+        let (log, verifier) = signed(&path, &path.with_file_name("k"));
+        visit(&log);
+        visit(&log);
+        log.close(Duration::from_secs(1)).unwrap();
+        drop(log);
+        let good = lines(&path);
+        // Cut back to an earlier checkpoint, and turn it into a "close" one: the signature
+        // covers the reason, so that is caught; left as it is, the log is not closed.
+        let cut = good
+            .iter()
+            .rposition(|l| l.contains("\"code\":\"lines\""))
+            .unwrap();
+        write(&path, &good[..=cut]);
+        let report = verify_chain(&path, Some(&verifier)).unwrap();
+        assert!(!report.closed);
+        assert!(report.last_seq < good.len() as u64);
+        rewrite(&path, cut, |f| {
+            f.insert("code".into(), Value::from("close"));
+        });
+        assert!(verify_chain(&path, Some(&verifier)).is_err());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_keeping_every_complete_line_and_recorded() {
+        let path = temp("audit.jsonl");
+        visit(&AuditLog::open(&path).unwrap());
+        let before = lines(&path);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"{\"event\":\"join\",\"meeting\":\"m1\",\"se");
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(verify(&path).is_err());
+        let log = AuditLog::open(&path).unwrap();
+        drop(log);
+        let after = lines(&path);
+        assert_eq!(&after[..before.len()], &before[..], "no complete line lost");
+        assert!(after[before.len()].contains("\"audit_recovered\""));
+        assert!(after[before.len()].contains("\"torn_line_dropped\""));
+        assert!(after[before.len() + 1].contains("after_unclean_stop"));
+        assert!(verify(&path).is_ok());
+
+        // A complete last line that only lost its newline is kept.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.pop();
+        std::fs::write(&path, &bytes).unwrap();
+        drop(AuditLog::open(&path).unwrap());
+        let again = lines(&path);
+        assert_eq!(&again[..after.len()], &after[..]);
+        assert!(!again[after.len()].contains("audit_recovered"));
+    }
+
+    #[test]
+    fn a_new_day_rotates_the_file_and_the_chain_goes_on_across_files() {
+        let path = temp("audit.jsonl");
+        let (log, verifier) = signed(&path, &path.with_file_name("k"));
+        visit(&log);
+        let yesterday = log.lock().day.yesterday().unwrap();
+        log.lock().day = yesterday;
+        visit(&log);
+        log.close(Duration::from_secs(1)).unwrap();
+        drop(log);
+        let rotated = path.with_file_name(format!("audit.{yesterday}.jsonl"));
+        let old = lines(&rotated);
+        assert!(old.last().unwrap().contains("\"rotate\""), "{old:?}");
+        assert_eq!(
+            chain_files(&path).unwrap(),
+            vec![rotated.clone(), path.clone()]
+        );
+        let report = verify_chain(&path, Some(&verifier)).unwrap();
+        assert_eq!((report.files, report.first_seq), (2, 1));
+        assert!(report.closed);
+        assert_eq!(extract(&path, "pat-9").unwrap().len(), 1);
+        // The current file alone does not pass for the whole chain.
+        std::fs::remove_file(&rotated).unwrap();
+        assert!(matches!(
+            verify_chain(&path, Some(&verifier)),
+            Err(AuditError::Corrupt { reason, .. }) if reason.contains("were removed")
+        ));
+    }
+
+    #[test]
+    fn a_line_neither_the_file_nor_a_copy_can_take_is_refused_and_leaves_no_trace() {
+        let path = temp("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        visit(&log);
+        let real = std::mem::replace(
+            &mut log.lock().file,
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
+        let refused = log.append(&AuditEvent {
+            event: "join".into(),
+            ..Default::default()
+        });
+        assert!(
+            matches!(refused, Err(AuditError::Unrecorded { .. })),
+            "{refused:?}"
+        );
+        log.lock().file = real;
+        visit(&log);
+        drop(log);
+        let report = verify(&path).unwrap();
+        assert_eq!(report.lines, 11);
     }
 }

@@ -93,6 +93,28 @@ pub struct AuditSection {
     pub path: Option<PathBuf>,
     /// Seconds between summary lines of refused tokens per source (default 60).
     pub refusal_summary_secs: Option<u64>,
+    /// Ed25519 PKCS#8 key signing checkpoints (required outside --dev).
+    pub signing_key: Option<PathBuf>,
+    /// A signed checkpoint after this many lines (default 100)…
+    pub checkpoint_lines: Option<u64>,
+    /// …and once a line has waited this many seconds (default 60).
+    pub checkpoint_secs: Option<u64>,
+    /// A copy of every line off the host.
+    pub sink: Option<AuditSinkSection>,
+}
+
+/// `[audit.sink]`: a Redis stream receiving every audit line as it is written.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSinkSection {
+    /// `redis://user:password@host:6379` or `rediss://…` (TLS).
+    pub redis_url: Option<String>,
+    /// The stream's key (default `healthcare-sfu:audit`).
+    pub stream: Option<String>,
+    /// Lines held in memory while Redis is away (default 10,000).
+    pub buffer_lines: Option<usize>,
+    /// Timeout of each Redis call in milliseconds (default 2,000).
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -6,7 +6,10 @@
 pub mod api_client;
 pub mod app_state;
 pub mod audit;
+pub mod audit_chain;
+pub mod audit_checkpoint;
 pub mod audit_log;
+pub mod audit_sink;
 pub mod config;
 pub mod connection;
 pub mod connection_limits;

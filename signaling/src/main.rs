@@ -170,6 +170,27 @@ struct ServeArgs {
     /// The PDL audit log (JSON lines, hash-chained); `.dev/audit.jsonl` with --dev.
     #[arg(long, env = "SIGNALING_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// Ed25519 key (PKCS#8) signing the audit log's checkpoints (audit.signing_key; required
+    /// outside --dev; `signaling audit keygen` makes one).
+    #[arg(long, env = "SIGNALING_AUDIT_SIGNING_KEY")]
+    audit_signing_key: Option<PathBuf>,
+    /// A signed checkpoint after this many lines (audit.checkpoint_lines, 100).
+    #[arg(long, env = "SIGNALING_AUDIT_CHECKPOINT_LINES")]
+    audit_checkpoint_lines: Option<u64>,
+    /// …and once a line has waited this many seconds (audit.checkpoint_secs, 60).
+    #[arg(long, env = "SIGNALING_AUDIT_CHECKPOINT_SECS")]
+    audit_checkpoint_secs: Option<u64>,
+    /// Redis receiving a copy of every audit line (audit.sink.redis_url), `redis://` or
+    /// `rediss://` (TLS).
+    #[arg(long, env = "SIGNALING_AUDIT_REDIS_URL")]
+    audit_redis_url: Option<String>,
+    /// The Redis stream of the copy (audit.sink.stream, `healthcare-sfu:audit`).
+    #[arg(long, env = "SIGNALING_AUDIT_REDIS_STREAM")]
+    audit_redis_stream: Option<String>,
+    /// Lines held in memory while Redis is away (audit.sink.buffer_lines, 10,000); older ones
+    /// are read again from the file.
+    #[arg(long, env = "SIGNALING_AUDIT_SINK_BUFFER_LINES")]
+    audit_sink_buffer_lines: Option<usize>,
     /// Seconds to send a request's headers, and that an idle keep-alive connection stays open
     /// (default 10).
     #[arg(long, env = "SIGNALING_HEADER_TIMEOUT_SECS")]
@@ -224,8 +245,37 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Check the hash chain; exits non-zero naming the first line edited, removed or reordered.
-    Verify { file: PathBuf },
+    /// Check the hash chain across the daily files; exits 1 naming the first line edited,
+    /// removed or reordered (or, with --public-key, a checkpoint that does not hold), and 2
+    /// when the log does not end with the service's closing checkpoint (running, crashed, or
+    /// its tail removed).
+    Verify {
+        /// The current log file (`audit.jsonl`); its rotated files beside it are read too.
+        file: PathBuf,
+        /// The checkpoint key's public half (base64, or a file holding it).
+        #[arg(long, env = "SIGNALING_AUDIT_PUBLIC_KEY")]
+        public_key: Option<String>,
+        /// Compare with the off-host copy in this Redis (its lines must match the file's, and
+        /// it must hold nothing past the file's end).
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(long, default_value = "healthcare-sfu:audit")]
+        stream: String,
+        /// The service is writing this log now: its end without a closing checkpoint is
+        /// expected (exit 0, not 2).
+        #[arg(long)]
+        running: bool,
+    },
+    /// Make a checkpoint signing key (mode 0600) and print its public key.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public key of a checkpoint signing key.
+    PublicKey {
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// A patient's log extract: the care units and staff that took part in their meetings.
     Extract {
         #[arg(long)]
@@ -313,9 +363,38 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Cmd::Audit { command } => match command {
-            AuditCmd::Verify { file } => {
-                let report = audit_log::verify(&file)?;
-                println!("{}: {} lines, chain intact", file.display(), report.lines);
+            AuditCmd::Verify {
+                file,
+                public_key,
+                sink,
+                stream,
+                running,
+            } => {
+                let verifier = public_key
+                    .map(|k| signaling::audit_checkpoint::CheckpointVerifier::parse(&k))
+                    .transpose()?;
+                let code = audit_verify_command(
+                    &file,
+                    verifier.as_ref(),
+                    sink.as_deref(),
+                    &stream,
+                    running,
+                )?;
+                std::process::exit(code);
+            }
+            AuditCmd::Keygen { out } => {
+                let signer = signaling::audit_checkpoint::CheckpointSigner::generate(&out)?;
+                say!(
+                    "wrote {} (keep it on the signaling host, mode 0600)",
+                    out.display()
+                );
+                say!("public key (for `audit verify --public-key`):");
+                say!("{}", signer.public_key());
+                Ok(())
+            }
+            AuditCmd::PublicKey { key } => {
+                let signer = signaling::audit_checkpoint::CheckpointSigner::load(&key)?;
+                say!("{}", signer.public_key());
                 Ok(())
             }
             AuditCmd::Extract { subject, file } => {
@@ -397,6 +476,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let meetings_file = file.meetings.unwrap_or_default();
     let api = file.api.unwrap_or_default();
     let api_clients = api_clients(&args, &api)?;
+    let audit_options = audit_options(
+        &args,
+        &file_audit_section,
+        args.config.as_deref(),
+        args.audit_log.clone().or(file_audit.clone()),
+    )?;
     let http = file.http.unwrap_or_default();
     let sfu = file.sfu.unwrap_or_default();
     let turn_file = file.turn.unwrap_or_default();
@@ -563,13 +648,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let audit = match audit_path {
         Some(path) => {
-            let log = AuditLog::open(&path)?;
+            let log = AuditLog::open_with(&path, audit_options)?;
             tracing::info!(path = %path.display(), "audit log open");
             Some(Arc::new(log))
         }
         // Refused above outside --dev, and --dev has its own.
         None => None,
     };
+    // Lines that waited a checkpoint interval get one, even when no more lines come.
+    if let Some(log) = audit.clone() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let log = log.clone();
+                let _ = tokio::task::spawn_blocking(move || log.checkpoint_if_due()).await;
+            }
+        });
+    }
     let tls_config = match (args.tls_cert.or(tls.cert), args.tls_key.or(tls.key)) {
         (Some(cert), Some(key)) => Some(
             axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
@@ -774,10 +870,196 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => server.acceptor(limited).serve(service).await?,
     }
-    // Refusals counted since the last summary are written before the process ends.
+    // Refusals counted since the last summary are written before the process ends, then the
+    // closing checkpoint, and the off-host copy gets a moment to catch up.
     let lines = at_exit.refusals.end_interval(std::time::Instant::now());
     let _ = audit_all(&at_exit, lines).await;
+    if let Some(log) = at_exit.audit.clone() {
+        let closed =
+            tokio::task::spawn_blocking(move || log.close(std::time::Duration::from_secs(5))).await;
+        if let Ok(Err(e)) = closed {
+            tracing::error!(error = %e, "audit log: the closing checkpoint could not be written");
+        }
+    }
     Ok(())
+}
+
+/// Signing and the off-host copy of the audit log, from flags over `[audit]`.
+fn audit_options(
+    args: &ServeArgs,
+    section: &signaling::config::AuditSection,
+    config: Option<&std::path::Path>,
+    log_path: Option<PathBuf>,
+) -> anyhow::Result<audit_log::AuditOptions> {
+    use signaling::audit_checkpoint::CheckpointSigner;
+    let file = config.map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
+    let key = args
+        .audit_signing_key
+        .clone()
+        .or(section.signing_key.clone());
+    let signer = match key {
+        Some(path) => CheckpointSigner::load(&path).map_err(|e| {
+            anyhow::anyhow!("{e} (audit.signing_key in {file}, or --audit-signing-key)")
+        })?,
+        None if args.dev => {
+            CheckpointSigner::load_or_create(&args.dev_key.with_file_name("audit-signing.key"))?
+        }
+        None => anyhow::bail!(
+            "no audit signing key: set `audit.signing_key` in {file}, or --audit-signing-key \
+             (SIGNALING_AUDIT_SIGNING_KEY); `signaling audit keygen --out <path>` makes one. \
+             Without signed checkpoints whoever can write the log could rewrite it unseen"
+        ),
+    };
+    let sink_section = section.sink.clone().unwrap_or_default();
+    let url = args.audit_redis_url.clone().or(sink_section.redis_url);
+    let sink = match url {
+        Some(url) => {
+            let config = signaling::audit_sink::SinkConfig {
+                url,
+                stream: args
+                    .audit_redis_stream
+                    .clone()
+                    .or(sink_section.stream)
+                    .unwrap_or_else(|| "healthcare-sfu:audit".into()),
+                buffer_lines: args
+                    .audit_sink_buffer_lines
+                    .or(sink_section.buffer_lines)
+                    .unwrap_or(10_000),
+                timeout: std::time::Duration::from_millis(sink_section.timeout_ms.unwrap_or(2000)),
+            };
+            let current = log_path.unwrap_or_else(|| PathBuf::from(".dev/audit.jsonl"));
+            Some(
+                signaling::audit_sink::AuditSink::start(config, current).map_err(|e| {
+                    anyhow::anyhow!("{e} (audit.sink.redis_url in {file}, or --audit-redis-url)")
+                })?,
+            )
+        }
+        None => None,
+    };
+    Ok(audit_log::AuditOptions {
+        signer: Some(signer),
+        checkpoint_lines: args
+            .audit_checkpoint_lines
+            .or(section.checkpoint_lines)
+            .unwrap_or(100),
+        checkpoint_every: std::time::Duration::from_secs(
+            args.audit_checkpoint_secs
+                .or(section.checkpoint_secs)
+                .unwrap_or(60),
+        ),
+        sink,
+    })
+}
+
+/// `audit verify`: 0 sound and closed, 1 broken (or the copy disagrees), 2 sound but not
+/// closed by the service.
+fn audit_verify_command(
+    file: &std::path::Path,
+    verifier: Option<&signaling::audit_checkpoint::CheckpointVerifier>,
+    sink: Option<&str>,
+    stream: &str,
+    running: bool,
+) -> anyhow::Result<i32> {
+    let report = match signaling::audit_chain::verify_chain(file, verifier) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("BROKEN: {e}");
+            return Ok(1);
+        }
+    };
+    say!(
+        "{}: lines {}–{} in {} file(s), chain intact{}",
+        file.display(),
+        report.first_seq,
+        report.last_seq,
+        report.files,
+        if verifier.is_some() {
+            format!(", {} checkpoint signature(s) hold", report.checkpoints)
+        } else {
+            format!(
+                ", {} checkpoint(s) (signatures not checked: give --public-key)",
+                report.checkpoints
+            )
+        }
+    );
+    if let Some(url) = sink {
+        let copy = signaling::audit_sink::read_copy(url, stream)?;
+        let file_lines =
+            signaling::audit_chain::read_lines(file, report.first_seq, report.last_seq)?;
+        let by_seq: std::collections::HashMap<u64, &String> =
+            file_lines.iter().map(|(q, l)| (*q, l)).collect();
+        let mut differ = Vec::new();
+        let mut beyond = Vec::new();
+        for (seq, line) in &copy {
+            match by_seq.get(seq) {
+                Some(l) if *l == line => {}
+                Some(_) => differ.push(*seq),
+                None if *seq > report.last_seq => beyond.push(*seq),
+                None => {}
+            }
+        }
+        let missing = file_lines
+            .iter()
+            .filter(|(q, _)| !copy.iter().any(|(c, _)| c == q))
+            .count();
+        if !differ.is_empty() || !beyond.is_empty() {
+            if let (Some(first), Some(last)) = (beyond.first(), beyond.last()) {
+                eprintln!(
+                    "TRUNCATED: the off-host copy holds lines {first}–{last} past the file's end                      (line {}): they were removed from the file",
+                    report.last_seq
+                );
+            }
+            if !differ.is_empty() {
+                eprintln!(
+                    "BROKEN: {} line(s) differ from the off-host copy, first at line {}",
+                    differ.len(),
+                    differ[0]
+                );
+            }
+            return Ok(1);
+        }
+        say!(
+            "off-host copy: {} line(s) match the file{}",
+            copy.len(),
+            if missing > 0 {
+                format!("; {missing} line(s) not copied yet")
+            } else {
+                String::new()
+            }
+        );
+    }
+    match report.signed_through {
+        Some(s) if s == report.last_seq => {}
+        Some(s) => say!(
+            "lines {}–{} follow the last checkpoint (line {s}) and are not yet signed",
+            s + 1,
+            report.last_seq
+        ),
+        None => say!("no checkpoint: nothing is signed"),
+    }
+    if report.closed {
+        say!(
+            "ends with the service's closing checkpoint ({})",
+            report.last_ts
+        );
+        Ok(0)
+    } else if running {
+        say!(
+            "ends at line {} ({}), written by the running service",
+            report.last_seq,
+            report.last_ts
+        );
+        Ok(0)
+    } else {
+        say!(
+            "NOT CLOSED: the log ends at line {} ({}) without the service's closing checkpoint: \
+             the service is running, stopped without closing (a crash or kill: its next start \
+             records `after_unclean_stop`), or lines after it were removed",
+            report.last_seq,
+            report.last_ts
+        );
+        Ok(2)
+    }
 }
 
 /// The `[meetings]` section over the defaults; a wrong time zone names itself.

@@ -224,3 +224,17 @@ fn api_key_prints_a_key_once_and_an_entry_holding_only_its_hash() {
     let found = signaling::api_client::ApiClient::find(&clients, key).unwrap();
     assert!(found.may_act_for("SE2321000016-ABCD") && !found.may_act_for("other"));
 }
+
+#[test]
+fn outside_dev_the_audit_log_needs_its_signing_key() {
+    let err = start_failure("", &[]);
+    assert!(
+        err.contains("audit.signing_key") && err.contains("audit keygen"),
+        "{err}"
+    );
+    let err = start_failure("[audit]\nsigning_key = \"/nonexistent/k\"\n", &[]);
+    assert!(
+        err.contains("/nonexistent/k") && err.contains("signaling.toml"),
+        "{err}"
+    );
+}

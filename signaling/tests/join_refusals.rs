@@ -81,7 +81,7 @@ async fn every_bad_token_is_refused_with_its_code_and_audited() {
 
     // Every refusal left an audit line with its code, and the chain verifies.
     let verify = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args(["audit", "verify"])
+        .args(["audit", "verify", "--running"])
         .arg(&server.audit)
         .output()
         .unwrap();

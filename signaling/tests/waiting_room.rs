@@ -225,7 +225,7 @@ async fn a_visit_from_the_waiting_room_to_the_end() {
 
     // verify passes; a changed, removed or swapped line is named.
     let verify = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args(["audit", "verify"])
+        .args(["audit", "verify", "--running"])
         .arg(&server.audit)
         .output()
         .unwrap();

@@ -102,7 +102,7 @@ async function twoBrowserCall(server, browserArgs = []) {
       const text = readFileSync(server.auditPath, "utf8");
       return { ok: text.includes('"event":"join"') && text.includes('"event":"leave"'), audit: text };
     }, { timeout: 5000, what: "joins and leaves audited" });
-    const verify = spawnSync(signalingBin, ["audit", "verify", server.auditPath], { encoding: "utf8" });
+    const verify = spawnSync(signalingBin, ["audit", "verify", "--running", server.auditPath], { encoding: "utf8" });
     assert.equal(verify.status, 0, verify.stderr);
     const logs = [["audit log", audit], ["service log", server.logs()]];
     if (server.sfuLogs) logs.push(["sfu node log", server.sfuLogs()]);

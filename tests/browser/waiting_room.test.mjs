@@ -128,7 +128,7 @@ test("waiting room: isolation until admitted, admit, deny, end meeting", { timeo
     for (const l of audit.filter((l) => ["admit", "deny", "meeting_end"].includes(l.event))) {
       assert.equal(l.actor_hsa, "SE2321000016-C77", JSON.stringify(l));
     }
-    const verify = spawnSync(signalingBin, ["audit", "verify", server.auditPath], { encoding: "utf8" });
+    const verify = spawnSync(signalingBin, ["audit", "verify", "--running", server.auditPath], { encoding: "utf8" });
     assert.equal(verify.status, 0, verify.stderr);
     const extract = spawnSync(signalingBin, ["audit", "extract", "--subject", "pat-31", server.auditPath], { encoding: "utf8" });
     assert.match(extract.stdout, /staff: SE2321000016-C77/);

@@ -160,6 +160,16 @@ impl Server {
         self.child.id()
     }
 
+    /// Stops the service as Ctrl-C does (SIGINT) and waits for it to exit.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap()
+    }
+
     /// `host:port` of the service.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.http_base

@@ -1,0 +1,267 @@
+//! Reading the audit chain back: the files it spans (the current file and those rotated out of
+//! it, one per day), checking every link and checkpoint, and fetching lines by sequence number
+//! for the off-host sink to catch up from.
+
+use crate::audit_checkpoint::{CheckpointFacts, CheckpointVerifier, REASON_CLOSE};
+use crate::audit_log::{AuditError, GENESIS, line_hash};
+use serde_json::{Map, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+/// The files of the chain whose current file is `current`, oldest first: the rotated ones
+/// (`audit.2026-12-01.jsonl` beside `audit.jsonl`), ordered by the sequence number of their
+/// first line, then the current one if it exists.
+pub fn chain_files(current: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = match current.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let stem = current
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("audit");
+    let ext = current.extension().and_then(|s| s.to_str()).unwrap_or("");
+    let name = current.file_name().and_then(|s| s.to_str()).unwrap_or("");
+    let mut rotated = Vec::new();
+    if dir.exists() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let Some(n) = path.file_name().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if n != name
+                && n.starts_with(&format!("{stem}."))
+                && n.ends_with(&format!(".{ext}"))
+                && path.is_file()
+            {
+                rotated.push((first_seq(&path).unwrap_or(u64::MAX), path));
+            }
+        }
+    }
+    rotated.sort();
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    if current.exists() {
+        files.push(current.to_owned());
+    }
+    Ok(files)
+}
+
+fn first_seq(path: &Path) -> Option<u64> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut line = String::new();
+    BufReader::new(file).read_line(&mut line).ok()?;
+    let v: Value = serde_json::from_str(&line).ok()?;
+    v.get("seq")?.as_u64()
+}
+
+/// Lines with sequence numbers in `from..=to`, in order, as written.
+pub fn read_lines(current: &Path, from: u64, to: u64) -> std::io::Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    for path in chain_files(current)? {
+        for raw in BufReader::new(std::fs::File::open(&path)?).lines() {
+            let raw = raw?;
+            let Some(seq) = serde_json::from_str::<Value>(&raw)
+                .ok()
+                .and_then(|v| v.get("seq").and_then(Value::as_u64))
+            else {
+                continue;
+            };
+            if seq > to {
+                return Ok(out);
+            }
+            if seq >= from {
+                out.push((seq, raw));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a sound chain holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainReport {
+    pub files: usize,
+    pub lines: u64,
+    /// The first line's sequence number (above 1 when older files were removed).
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub last_hash: String,
+    pub last_ts: String,
+    pub checkpoints: u64,
+    /// The last checkpoint (signature checked when a public key was given): every line up to
+    /// it is covered.
+    pub signed_through: Option<u64>,
+    /// Whether the last line is the service's closing checkpoint.
+    pub closed: bool,
+}
+
+/// Checks one file of the chain, continuing `report`.
+fn check_file(
+    path: &Path,
+    report: &mut ChainReport,
+    verifier: Option<&CheckpointVerifier>,
+    whole_chain: bool,
+) -> Result<(), AuditError> {
+    let file = std::fs::File::open(path).map_err(|source| AuditError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let corrupt = |line: usize, reason: String| AuditError::Corrupt {
+        path: path.to_owned(),
+        line,
+        reason,
+    };
+    let mut reader = BufReader::new(file);
+    let mut line_no = 0usize;
+    let mut raw = String::new();
+    loop {
+        raw.clear();
+        let n = reader
+            .read_line(&mut raw)
+            .map_err(|source| AuditError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        if n == 0 {
+            return Ok(());
+        }
+        line_no += 1;
+        let torn = !raw.ends_with('\n');
+        let fields: Map<String, Value> = match serde_json::from_str(raw.trim_end_matches('\n')) {
+            Ok(f) => f,
+            Err(_) if torn => {
+                return Err(corrupt(
+                    line_no,
+                    "torn last line (the service stopped while writing it); the service \
+                     drops it, keeping every complete line, and records that when it starts"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(corrupt(line_no, format!("not a JSON object ({e})"))),
+        };
+        let recorded = fields.get("hash").and_then(Value::as_str).unwrap_or("");
+        if line_hash(&fields) != recorded {
+            return Err(corrupt(
+                line_no,
+                "the line was edited (its hash does not match)".into(),
+            ));
+        }
+        let seq = fields.get("seq").and_then(Value::as_u64).unwrap_or(0);
+        let prev = fields.get("prev").and_then(Value::as_str).unwrap_or("");
+        if report.lines == 0 {
+            // The whole chain starts at line 1 after the genesis hash; one file of it (the
+            // service continuing its current file) anywhere.
+            if whole_chain && (seq != 1 || prev != GENESIS) {
+                return Err(corrupt(
+                    line_no,
+                    format!(
+                        "the chain starts at line {seq}: lines before it (or the files holding \
+                         them) were removed"
+                    ),
+                ));
+            }
+            if seq == 0 {
+                return Err(corrupt(line_no, "no sequence number".into()));
+            }
+            report.first_seq = seq;
+        } else {
+            if seq != report.last_seq + 1 {
+                return Err(corrupt(
+                    line_no,
+                    format!(
+                        "sequence number {seq} where {} belongs: a line before it was removed \
+                         or lines were reordered",
+                        report.last_seq + 1
+                    ),
+                ));
+            }
+            if prev != report.last_hash {
+                return Err(corrupt(
+                    line_no,
+                    "does not follow the line before it: a line was removed, inserted or \
+                     reordered"
+                        .into(),
+                ));
+            }
+        }
+        let is_checkpoint = fields.get("event").and_then(Value::as_str) == Some("checkpoint");
+        let reason = fields.get("code").and_then(Value::as_str).unwrap_or("");
+        let ts = fields.get("ts").and_then(Value::as_str).unwrap_or("");
+        if is_checkpoint {
+            if let Some(verifier) = verifier {
+                let key = fields.get("key").and_then(Value::as_str).unwrap_or("");
+                if key != verifier.key_id() {
+                    return Err(corrupt(
+                        line_no,
+                        format!(
+                            "checkpoint signed with key {key:?}, not the given public key \
+                             ({})",
+                            verifier.key_id()
+                        ),
+                    ));
+                }
+                let sig = fields.get("sig").and_then(Value::as_str).unwrap_or("");
+                let facts = CheckpointFacts {
+                    seq,
+                    prev,
+                    reason,
+                    ts,
+                };
+                if !verifier.verifies(&facts, sig) {
+                    return Err(corrupt(
+                        line_no,
+                        "checkpoint signature does not hold: a line before it was rewritten \
+                         (with the hashes after it recomputed) or the checkpoint was forged"
+                            .into(),
+                    ));
+                }
+            }
+            report.checkpoints += 1;
+            report.signed_through = Some(seq);
+        }
+        report.closed = is_checkpoint && reason == REASON_CLOSE;
+        report.lines += 1;
+        report.last_seq = seq;
+        report.last_hash = recorded.to_owned();
+        report.last_ts = ts.to_owned();
+    }
+}
+
+/// Checks the whole chain: every line's own hash, its link to the line before (across
+/// files), its sequence number, and — with a public key — every checkpoint's signature.
+/// Fails naming the file and line that does not hold.
+pub fn verify_chain(
+    current: &Path,
+    verifier: Option<&CheckpointVerifier>,
+) -> Result<ChainReport, AuditError> {
+    let files = chain_files(current).map_err(|source| AuditError::Io {
+        path: current.to_owned(),
+        source,
+    })?;
+    if files.is_empty() {
+        return Err(AuditError::Io {
+            path: current.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no audit log here"),
+        });
+    }
+    let mut report = ChainReport {
+        last_hash: GENESIS.to_owned(),
+        ..Default::default()
+    };
+    for path in &files {
+        check_file(path, &mut report, verifier, true)?;
+    }
+    report.files = files.len();
+    Ok(report)
+}
+
+/// Checks one file on its own (the chain continues from its first line).
+pub fn verify_file(path: &Path) -> Result<ChainReport, AuditError> {
+    let mut report = ChainReport {
+        last_hash: GENESIS.to_owned(),
+        ..Default::default()
+    };
+    check_file(path, &mut report, None, false)?;
+    report.files = 1;
+    Ok(report)
+}
