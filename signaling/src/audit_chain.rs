@@ -12,6 +12,14 @@ use std::path::{Path, PathBuf};
 /// (`audit.2026-12-01.jsonl` beside `audit.jsonl`), ordered by the sequence number of their
 /// first line, then the current one if it exists.
 pub fn chain_files(current: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(chain_files_from(current)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect())
+}
+
+/// [`chain_files`] with each file's first sequence number (`u64::MAX` for an empty one).
+fn chain_files_from(current: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let dir = match current.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -22,7 +30,7 @@ pub fn chain_files(current: &Path) -> std::io::Result<Vec<PathBuf>> {
         .unwrap_or("audit");
     let ext = current.extension().and_then(|s| s.to_str()).unwrap_or("");
     let name = current.file_name().and_then(|s| s.to_str()).unwrap_or("");
-    let mut rotated = Vec::new();
+    let mut files = Vec::new();
     if dir.exists() {
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
@@ -34,14 +42,13 @@ pub fn chain_files(current: &Path) -> std::io::Result<Vec<PathBuf>> {
                 && n.ends_with(&format!(".{ext}"))
                 && path.is_file()
             {
-                rotated.push((first_seq(&path).unwrap_or(u64::MAX), path));
+                files.push((first_seq(&path).unwrap_or(u64::MAX), path));
             }
         }
     }
-    rotated.sort();
-    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    files.sort();
     if current.exists() {
-        files.push(current.to_owned());
+        files.push((first_seq(current).unwrap_or(u64::MAX), current.to_owned()));
     }
     Ok(files)
 }
@@ -54,11 +61,22 @@ fn first_seq(path: &Path) -> Option<u64> {
     v.get("seq")?.as_u64()
 }
 
-/// Lines with sequence numbers in `from..=to`, in order, as written.
-pub fn read_lines(current: &Path, from: u64, to: u64) -> std::io::Result<Vec<(u64, String)>> {
+/// Lines with sequence numbers in `from..=to`, in order, as written, at most `limit` of them;
+/// files that end before `from` are not read.
+pub fn read_lines(
+    current: &Path,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> std::io::Result<Vec<(u64, String)>> {
+    let files = chain_files_from(current)?;
     let mut out = Vec::new();
-    for path in chain_files(current)? {
-        for raw in BufReader::new(std::fs::File::open(&path)?).lines() {
+    for (i, (_, path)) in files.iter().enumerate() {
+        // The next file starts at or before `from`: nothing wanted here.
+        if files.get(i + 1).is_some_and(|(next, _)| *next <= from) {
+            continue;
+        }
+        for raw in BufReader::new(std::fs::File::open(path)?).lines() {
             let raw = raw?;
             let Some(seq) = serde_json::from_str::<Value>(&raw)
                 .ok()
@@ -66,7 +84,7 @@ pub fn read_lines(current: &Path, from: u64, to: u64) -> std::io::Result<Vec<(u6
             else {
                 continue;
             };
-            if seq > to {
+            if seq > to || out.len() >= limit {
                 return Ok(out);
             }
             if seq >= from {
@@ -93,7 +111,13 @@ pub struct ChainReport {
     pub signed_through: Option<u64>,
     /// Whether the last line is the service's closing checkpoint.
     pub closed: bool,
+    /// The `every` of the last checkpoint: the longest run of lines it allows before the next.
+    pub every: Option<u64>,
 }
+
+/// Lines the service may write past `every` before its next checkpoint: after a crash, the
+/// recovery and opening lines come before the `open` checkpoint.
+const RUN_SLACK: u64 = 3;
 
 /// Checks one file of the chain, continuing `report`.
 fn check_file(
@@ -188,6 +212,7 @@ fn check_file(
         let reason = fields.get("code").and_then(Value::as_str).unwrap_or("");
         let ts = fields.get("ts").and_then(Value::as_str).unwrap_or("");
         if is_checkpoint {
+            let every = fields.get("every").and_then(Value::as_u64).unwrap_or(0);
             if let Some(verifier) = verifier {
                 let key = fields.get("key").and_then(Value::as_str).unwrap_or("");
                 if key != verifier.key_id() {
@@ -206,6 +231,7 @@ fn check_file(
                     prev,
                     reason,
                     ts,
+                    every,
                 };
                 if !verifier.verifies(&facts, sig) {
                     return Err(corrupt(
@@ -218,6 +244,19 @@ fn check_file(
             }
             report.checkpoints += 1;
             report.signed_through = Some(seq);
+            report.every = (every > 0).then_some(every);
+        } else if let (Some(every), Some(signed)) = (report.every, report.signed_through)
+            && seq - signed > every + RUN_SLACK
+        {
+            return Err(corrupt(
+                line_no,
+                format!(
+                    "{} lines follow the checkpoint at line {signed} without another, and the \
+                     service signs one at least every {every}: checkpoints were removed and \
+                     the lines after line {signed} may have been rewritten",
+                    seq - signed
+                ),
+            ));
         }
         report.closed = is_checkpoint && reason == REASON_CLOSE;
         report.lines += 1;
@@ -255,13 +294,17 @@ pub fn verify_chain(
     Ok(report)
 }
 
-/// Checks one file on its own (the chain continues from its first line).
-pub fn verify_file(path: &Path) -> Result<ChainReport, AuditError> {
+/// Checks one file on its own (the chain continues from its first line), its checkpoints
+/// with `verifier` when given.
+pub fn verify_file(
+    path: &Path,
+    verifier: Option<&CheckpointVerifier>,
+) -> Result<ChainReport, AuditError> {
     let mut report = ChainReport {
         last_hash: GENESIS.to_owned(),
         ..Default::default()
     };
-    check_file(path, &mut report, None, false)?;
+    check_file(path, &mut report, verifier, false)?;
     report.files = 1;
     Ok(report)
 }

@@ -15,6 +15,8 @@ use std::path::Path;
 pub const REASON_LINES: &str = "lines";
 pub const REASON_INTERVAL: &str = "interval";
 pub const REASON_ROTATE: &str = "rotate";
+/// The service started: what it found is signed before anything new is written.
+pub const REASON_OPEN: &str = "open";
 /// The service stopped: nothing follows until it starts again.
 pub const REASON_CLOSE: &str = "close";
 
@@ -27,13 +29,16 @@ pub struct CheckpointFacts<'a> {
     pub prev: &'a str,
     pub reason: &'a str,
     pub ts: &'a str,
+    /// The most lines the service lets pass before the next checkpoint: a longer run without
+    /// one means checkpoints were removed.
+    pub every: u64,
 }
 
 impl CheckpointFacts<'_> {
     fn message(&self) -> Vec<u8> {
         format!(
-            "hc-audit-checkpoint-v1\n{}\n{}\n{}\n{}",
-            self.seq, self.prev, self.reason, self.ts
+            "hc-audit-checkpoint-v1\n{}\n{}\n{}\n{}\n{}",
+            self.seq, self.prev, self.reason, self.ts, self.every
         )
         .into_bytes()
     }
@@ -130,6 +135,15 @@ impl CheckpointSigner {
         &self.key_id
     }
 
+    /// The verifier of this key's checkpoints (the service checks its own log at start).
+    pub fn verifier(&self) -> CheckpointVerifier {
+        let public = self.pair.public_key().as_ref().to_vec();
+        CheckpointVerifier {
+            key_id: key_id(&public),
+            public,
+        }
+    }
+
     /// The signature, base64.
     pub fn sign(&self, facts: &CheckpointFacts<'_>) -> String {
         STANDARD.encode(self.pair.sign(&facts.message()).as_ref())
@@ -197,6 +211,7 @@ mod tests {
             prev: "ab",
             reason: REASON_LINES,
             ts: "t",
+            every: 100,
         };
         let sig = signer.sign(&facts);
         assert!(verifier.verifies(&facts, &sig));

@@ -13,9 +13,10 @@
 
 use crate::audit_chain::{ChainReport, chain_files, verify_chain, verify_file};
 use crate::audit_checkpoint::{
-    CheckpointFacts, CheckpointSigner, REASON_CLOSE, REASON_INTERVAL, REASON_LINES, REASON_ROTATE,
+    CheckpointFacts, CheckpointSigner, REASON_CLOSE, REASON_INTERVAL, REASON_LINES, REASON_OPEN,
+    REASON_ROTATE,
 };
-use crate::audit_sink::AuditSink;
+use crate::audit_sink::{AuditSink, Delivery, SinkConfig};
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -95,6 +96,14 @@ pub enum AuditError {
         "audit log {path}: the file cannot be written ({file}) and the off-host copy did not take the line"
     )]
     Unrecorded { path: PathBuf, file: String },
+    #[error(
+        "audit log {path}: the off-host copy {reason}; compare them with `signaling audit verify --sink` before starting (move the file aside to start a new chain in a new stream)"
+    )]
+    CopyDisagrees { path: PathBuf, reason: String },
+    #[error("audit log {path}: closed (the service is stopping)")]
+    Closed { path: PathBuf },
+    #[error(transparent)]
+    Sink(#[from] crate::audit_sink::SinkError),
 }
 
 /// How often checkpoints are signed, and where the copy goes.
@@ -105,13 +114,15 @@ pub struct AuditOptions {
     pub checkpoint_lines: u64,
     /// …and once lines have waited this long (default 60 s; `checkpoint_if_due`).
     pub checkpoint_every: Duration,
-    pub sink: Option<AuditSink>,
+    pub sink: Option<SinkConfig>,
 }
 
 struct Tail {
     file: File,
     /// The file's length after its last complete line.
     len: u64,
+    /// A failed write could not be cut back: nothing more is written until it can be.
+    torn: bool,
     last_hash: String,
     seq: u64,
     /// Lines since the last checkpoint.
@@ -122,6 +133,8 @@ struct Tail {
     day: jiff::civil::Date,
     /// Lines the off-host copy took while the file could not be written.
     behind: VecDeque<String>,
+    /// The closing checkpoint is written: nothing follows.
+    closed: bool,
 }
 
 pub struct AuditLog {
@@ -202,15 +215,51 @@ fn recover_torn_tail(path: &Path) -> std::io::Result<u64> {
     Ok(tail.len() as u64)
 }
 
+/// Lines from the copy that continue the chain at `report`'s end, checked link by link.
+fn continuing_lines(
+    path: &Path,
+    report: &ChainReport,
+    lines: &[(u64, String)],
+) -> Result<(), AuditError> {
+    let mut seq = report.last_seq;
+    let mut prev = report.last_hash.clone();
+    for (q, raw) in lines {
+        let disagrees = |reason: String| AuditError::CopyDisagrees {
+            path: path.to_owned(),
+            reason,
+        };
+        let fields: Map<String, Value> = serde_json::from_str(raw)
+            .map_err(|_| disagrees(format!("holds an unreadable line {q}")))?;
+        let hash = fields.get("hash").and_then(Value::as_str).unwrap_or("");
+        let ok = *q == seq + 1
+            && fields.get("seq").and_then(Value::as_u64) == Some(*q)
+            && fields.get("prev").and_then(Value::as_str) == Some(prev.as_str())
+            && line_hash(&fields) == hash;
+        if !ok {
+            return Err(disagrees(format!(
+                "holds lines past the file's end (line {}) that do not continue its chain \
+                 (from line {q})",
+                report.last_seq
+            )));
+        }
+        seq = *q;
+        prev = hash.to_owned();
+    }
+    Ok(())
+}
+
 impl AuditLog {
     /// Opens (or creates) the log without signing or a copy (tools and tests).
     pub fn open(path: &Path) -> Result<Self, AuditError> {
         Self::open_with(path, AuditOptions::default())
     }
 
-    /// Opens (or creates) the log. The current file is checked first so the chain continues
-    /// from a sound tail; a torn last line is dropped; the opening is recorded (and whether
-    /// the last run ended cleanly).
+    /// Opens (or creates) the log. The current file is checked first — hashes, links and its
+    /// checkpoints' signatures — so the chain continues from a sound tail and the service
+    /// never signs over lines it did not write; a torn last line is dropped; lines the copy
+    /// holds past the file's end (taken while the file could not be written, then lost with
+    /// the process) are written back; the opening is recorded (and whether the last run ended
+    /// cleanly) and signed at once.
     pub fn open_with(path: &Path, options: AuditOptions) -> Result<Self, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_owned(),
@@ -224,22 +273,39 @@ impl AuditLog {
         } else {
             0
         };
-        // Where the chain stands: the current file, or (after a rotation cut short) the
-        // newest rotated one.
-        let newest = chain_files(path).map_err(io)?.pop();
-        let report = match &newest {
-            Some(file)
-                if std::fs::metadata(file)
-                    .map(|m| m.len() > 0)
-                    .unwrap_or(false) =>
-            {
-                verify_file(file)?
-            }
-            _ => ChainReport {
+        let verifier = options.signer.as_ref().map(CheckpointSigner::verifier);
+        // Where the chain stands: the newest file with a line in it (the current one, or
+        // after a rotation cut short the newest rotated one).
+        let newest = chain_files(path)
+            .map_err(io)?
+            .into_iter()
+            .rev()
+            .find(|f| std::fs::metadata(f).map(|m| m.len() > 0).unwrap_or(false));
+        let mut report = match &newest {
+            Some(file) => verify_file(file, verifier.as_ref())?,
+            None => ChainReport {
                 last_hash: GENESIS.to_owned(),
                 ..Default::default()
             },
         };
+        let mut file = crate::private_file::open_append(path).map_err(io)?;
+        let mut restored = 0u64;
+        if let Some(config) = &options.sink
+            && let Some(lines) = AuditSink::lines_after(config, report.last_seq)?
+            && !lines.is_empty()
+        {
+            continuing_lines(path, &report, &lines)?;
+            let mut bytes = Vec::new();
+            for (_, l) in &lines {
+                bytes.extend_from_slice(l.as_bytes());
+                bytes.push(b'\n');
+            }
+            file.write_all(&bytes)
+                .and_then(|()| file.sync_data())
+                .map_err(io)?;
+            restored = lines.len() as u64;
+            report = verify_file(path, verifier.as_ref())?;
+        }
         let last_run = if report.lines == 0 {
             LastRun::New
         } else if report.closed {
@@ -247,25 +313,30 @@ impl AuditLog {
         } else {
             LastRun::Unclosed
         };
-        let file = crate::private_file::open_append(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let now = SystemTime::now();
-        let day = if newest.as_deref() == Some(path) {
+        let day = if newest.as_deref() == Some(path) || restored > 0 {
             day_of_ts(&report.last_ts).unwrap_or_else(|| utc_day(now))
         } else {
             utc_day(now)
         };
+        let sink = options
+            .sink
+            .map(|config| AuditSink::start(config, path.to_owned(), report.last_seq))
+            .transpose()?;
         let log = Self {
             path: path.to_owned(),
             tail: Mutex::new(Tail {
                 file,
                 len,
+                torn: false,
                 last_hash: report.last_hash.clone(),
                 seq: report.last_seq,
-                unsigned: 0,
+                unsigned: report.last_seq - report.signed_through.unwrap_or(report.last_seq),
                 unsigned_since: None,
                 day,
                 behind: VecDeque::new(),
+                closed: false,
             }),
             signer: options.signer,
             checkpoint_lines: if options.checkpoint_lines == 0 {
@@ -278,17 +349,26 @@ impl AuditLog {
             } else {
                 options.checkpoint_every
             },
-            sink: options.sink,
+            sink,
         };
-        if let Some(sink) = &log.sink {
-            sink.written_through(report.last_seq);
-        }
         if torn > 0 {
             tracing::warn!(bytes = torn, "audit log: a torn last line was dropped");
             log.append(&AuditEvent {
                 event: "audit_recovered".into(),
                 code: Some("torn_line_dropped".into()),
                 count: Some(torn),
+                ..Default::default()
+            })?;
+        }
+        if restored > 0 {
+            tracing::warn!(
+                lines = restored,
+                "audit log: lines only the off-host copy held were written back"
+            );
+            log.append(&AuditEvent {
+                event: "audit_recovered".into(),
+                code: Some("restored_from_copy".into()),
+                count: Some(restored),
                 ..Default::default()
             })?;
         }
@@ -304,6 +384,10 @@ impl AuditLog {
             ),
             ..Default::default()
         })?;
+        if log.signer.is_some() {
+            let mut tail = log.lock();
+            log.checkpoint(&mut tail, REASON_OPEN, SystemTime::now())?;
+        }
         Ok(log)
     }
 
@@ -316,13 +400,18 @@ impl AuditLog {
     }
 
     /// Appends one event and fsyncs it. Blocking: call it off the async threads. Fails — and
-    /// the access must not happen — only when neither the file nor the off-host copy took it.
+    /// the access must not happen — when neither the file nor the off-host copy took it.
     pub fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
         let fields = match serde_json::to_value(event) {
             Ok(Value::Object(m)) => m,
             _ => Map::new(),
         };
         let mut tail = self.lock();
+        if tail.closed {
+            return Err(AuditError::Closed {
+                path: self.path.clone(),
+            });
+        }
         let now = SystemTime::now();
         if utc_day(now) != tail.day {
             self.rotate(&mut tail, now);
@@ -343,18 +432,27 @@ impl AuditLog {
         let due = tail.unsigned_since.is_some_and(|since| {
             now.duration_since(since).unwrap_or_default() >= self.checkpoint_every
         });
-        if due && self.signer.is_some() {
+        if due && !tail.closed && self.signer.is_some() {
             let _ = self.checkpoint(&mut tail, REASON_INTERVAL, now);
         }
     }
 
-    /// The service stops: a closing checkpoint, so a log that ends otherwise shows a crash or
-    /// a removed tail; then the copy is given `wait` to catch up.
+    /// The service stops: lines still waiting for the file are written, then a closing
+    /// checkpoint, so a log that ends otherwise shows a crash or a removed tail; the copy is
+    /// given `wait` to catch up. Nothing is appended after it.
     pub fn close(&self, wait: Duration) -> Result<(), AuditError> {
-        {
+        let closed = {
             let mut tail = self.lock();
-            self.checkpoint(&mut tail, REASON_CLOSE, SystemTime::now())?;
-        }
+            if tail.closed {
+                return Ok(());
+            }
+            if !tail.behind.is_empty() {
+                let _ = self.write_file(&mut tail, "");
+            }
+            let closed = self.checkpoint(&mut tail, REASON_CLOSE, SystemTime::now());
+            tail.closed = true;
+            closed
+        };
         if let Some(sink) = &self.sink
             && !sink.finish(wait)
         {
@@ -362,7 +460,7 @@ impl AuditLog {
                 "audit sink: lines not yet copied at stop; they follow from the file at the next start"
             );
         }
-        Ok(())
+        closed
     }
 
     pub fn sink(&self) -> Option<&AuditSink> {
@@ -374,7 +472,8 @@ impl AuditLog {
         fields.insert("event".into(), Value::from("checkpoint"));
         fields.insert("code".into(), Value::from(reason));
         if let Some(signer) = &self.signer {
-            // Signed over what the line will hold: its seq, the hash before it, reason, time.
+            // Signed over what the line will hold: its seq, the hash before it, reason, time,
+            // and the longest run of lines before the next.
             let seq = tail.seq + 1;
             let ts = timestamp(now);
             let sig = signer.sign(&CheckpointFacts {
@@ -382,10 +481,12 @@ impl AuditLog {
                 prev: &tail.last_hash,
                 reason,
                 ts: &ts,
+                every: self.checkpoint_lines,
             });
             fields.insert("key".into(), Value::from(signer.key_id()));
             fields.insert("sig".into(), Value::from(sig));
             fields.insert("ts".into(), Value::from(ts));
+            fields.insert("every".into(), Value::from(self.checkpoint_lines));
         }
         self.write_line(tail, fields, now)?;
         tail.unsigned = 0;
@@ -395,55 +496,52 @@ impl AuditLog {
     }
 
     /// Closes the day's file with a checkpoint and moves it aside; the chain goes on in a new
-    /// current file. A failure leaves the current file in use (tried again at the next line).
+    /// current file. A failure leaves the current file in use until the next day.
     fn rotate(&self, tail: &mut Tail, now: SystemTime) {
-        if tail.len > 0 {
-            if self.checkpoint(tail, REASON_ROTATE, now).is_err() {
+        let day = std::mem::replace(&mut tail.day, utc_day(now));
+        if tail.len == 0 || !tail.behind.is_empty() || tail.torn {
+            return;
+        }
+        if self.checkpoint(tail, REASON_ROTATE, now).is_err() || !tail.behind.is_empty() {
+            return;
+        }
+        let stem = self
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("audit");
+        let ext = self
+            .path
+            .extension()
+            .and_then(|s| s.to_str())
+            .unwrap_or("jsonl");
+        let mut target = self.path.with_file_name(format!("{stem}.{day}.{ext}"));
+        let mut n = 2;
+        while target.exists() {
+            target = self.path.with_file_name(format!("{stem}.{day}-{n}.{ext}"));
+            n += 1;
+        }
+        if let Err(e) = std::fs::rename(&self.path, &target) {
+            tracing::error!(error = %e, "audit log rotation failed; the current file stays in use until tomorrow");
+            return;
+        }
+        match crate::private_file::open_append(&self.path) {
+            Ok(file) => {
+                tail.file = file;
+                tail.len = 0;
+            }
+            Err(e) => {
+                // Lines go on into the same file, under its old name.
+                tracing::error!(error = %e, "audit log: a new file could not be made");
+                let _ = std::fs::rename(&target, &self.path);
                 return;
-            }
-            let stem = self
-                .path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("audit");
-            let ext = self
-                .path
-                .extension()
-                .and_then(|s| s.to_str())
-                .unwrap_or("jsonl");
-            let mut target = self
-                .path
-                .with_file_name(format!("{stem}.{}.{ext}", tail.day));
-            let mut n = 2;
-            while target.exists() {
-                target = self
-                    .path
-                    .with_file_name(format!("{stem}.{}-{n}.{ext}", tail.day));
-                n += 1;
-            }
-            if let Err(e) = std::fs::rename(&self.path, &target) {
-                tracing::error!(error = %e, "audit log rotation failed; the current file stays in use");
-                return;
-            }
-            match crate::private_file::open_append(&self.path) {
-                Ok(file) => {
-                    tail.file = file;
-                    tail.len = 0;
-                }
-                Err(e) => {
-                    // Lines go on into the renamed file until a new one can be made.
-                    tracing::error!(error = %e, "audit log: a new file could not be made");
-                    let _ = std::fs::rename(&target, &self.path);
-                    return;
-                }
-            }
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
-                && let Ok(d) = File::open(dir)
-            {
-                let _ = d.sync_all();
             }
         }
-        tail.day = utc_day(now);
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
     }
 
     /// Adds seq, time and chain hashes to `fields` and records the line: in the file, or —
@@ -465,6 +563,7 @@ impl AuditLog {
         fields.insert("hash".into(), Value::from(hash.clone()));
         let mut line = serde_json::to_string(&fields).unwrap_or_default();
         line.push('\n');
+        let mut outcome = Ok(());
         match self.write_file(tail, &line) {
             Ok(()) => {
                 if let Some(sink) = &self.sink {
@@ -473,19 +572,33 @@ impl AuditLog {
             }
             Err(e) => {
                 metrics::counter!("audit_file_failures_total").increment(1);
-                let taken = tail.behind.len() < MAX_BEHIND
-                    && self
-                        .sink
-                        .as_ref()
-                        .is_some_and(|sink| sink.deliver_now(seq, line.trim_end()));
-                if !taken {
-                    tracing::error!(error = %e, "audit line not recorded: file and off-host copy unavailable");
-                    return Err(AuditError::Unrecorded {
-                        path: self.path.clone(),
-                        file: e.to_string(),
-                    });
+                let delivery = if tail.behind.len() < MAX_BEHIND
+                    && let Some(sink) = &self.sink
+                {
+                    sink.deliver_now(seq, line.trim_end())
+                } else {
+                    Delivery::NotStored
+                };
+                let unrecorded = AuditError::Unrecorded {
+                    path: self.path.clone(),
+                    file: e.to_string(),
+                };
+                match delivery {
+                    Delivery::Stored => {
+                        tracing::error!(error = %e, waiting = tail.behind.len() + 1, "audit file unwritable; line kept by the off-host copy");
+                    }
+                    Delivery::NotStored => {
+                        tracing::error!(error = %e, "audit line not recorded: file and off-host copy unavailable");
+                        return Err(unrecorded);
+                    }
+                    Delivery::Unknown => {
+                        // Redis may hold it: it stays in the chain (so its number is never
+                        // given to another line), yet the access is refused — at worst the
+                        // log shows an access that was then refused, never the reverse.
+                        tracing::error!(error = %e, "audit line may not be recorded: access refused");
+                        outcome = Err(unrecorded);
+                    }
                 }
-                tracing::error!(error = %e, waiting = tail.behind.len() + 1, "audit file unwritable; line kept by the off-host copy");
                 tail.behind.push_back(line);
             }
         }
@@ -493,12 +606,16 @@ impl AuditLog {
         tail.last_hash = hash;
         tail.unsigned += 1;
         tail.unsigned_since.get_or_insert(now);
-        Ok(())
+        outcome
     }
 
     /// Writes the lines waiting from a failure, then `line`, and fsyncs. On failure the file
     /// is cut back to its last complete line.
     fn write_file(&self, tail: &mut Tail, line: &str) -> std::io::Result<()> {
+        if tail.torn {
+            tail.file.set_len(tail.len)?;
+            tail.torn = false;
+        }
         let mut bytes = Vec::new();
         for waiting in &tail.behind {
             bytes.extend_from_slice(waiting.as_bytes());
@@ -515,7 +632,9 @@ impl AuditLog {
                 Ok(())
             }
             Err(e) => {
-                let _ = tail.file.set_len(tail.len);
+                if tail.file.set_len(tail.len).is_err() {
+                    tail.torn = true;
+                }
                 Err(e)
             }
         }
@@ -928,5 +1047,97 @@ mod tests {
         drop(log);
         let report = verify(&path).unwrap();
         assert_eq!(report.lines, 11);
+    }
+
+    /// Rebuilds the chain from `keep`ed lines as someone holding the file would: numbers and
+    /// hashes made consistent again.
+    fn rechain(path: &Path, keep: impl Fn(usize, &mut Map<String, Value>) -> bool) {
+        let mut prev = GENESIS.to_owned();
+        let mut seq = 0u64;
+        let mut out = Vec::new();
+        for (i, l) in lines(path).iter().enumerate() {
+            let mut f: Map<String, Value> = serde_json::from_str(l).unwrap();
+            if !keep(i, &mut f) {
+                continue;
+            }
+            seq += 1;
+            f.insert("seq".into(), Value::from(seq));
+            f.insert("prev".into(), Value::from(prev.clone()));
+            let h = line_hash(&f);
+            f.insert("hash".into(), Value::from(h.clone()));
+            prev = h;
+            out.push(serde_json::to_string(&f).unwrap());
+        }
+        write(path, &out);
+    }
+
+    #[test]
+    fn checkpoints_removed_to_hide_a_rewrite_are_missed_and_the_service_signs_nothing_over_it() {
+        let path = temp("audit.jsonl");
+        let key = path.with_file_name("k");
+        let (log, verifier) = signed(&path, &key);
+        for _ in 0..3 {
+            visit(&log);
+        }
+        drop(log);
+        let first_checkpoint = lines(&path)
+            .iter()
+            .position(|l| l.contains("\"checkpoint\""))
+            .unwrap();
+        rechain(&path, |i, f| {
+            if i > first_checkpoint && f.get("event") == Some(&Value::from("checkpoint")) {
+                return false;
+            }
+            if f.get("subject") == Some(&Value::from("pat-9")) {
+                f.insert("subject".into(), Value::from("pat-other"));
+            }
+            true
+        });
+        assert!(
+            verify_chain(&path, None).is_err(),
+            "without the key: the run is too long too"
+        );
+        match verify_chain(&path, Some(&verifier)) {
+            Err(AuditError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("checkpoints were removed"), "{reason}")
+            }
+            other => panic!("the rewrite went unseen: {other:?}"),
+        }
+        let before = std::fs::read(&path).unwrap();
+        let reopened = AuditLog::open_with(
+            &path,
+            AuditOptions {
+                signer: Some(CheckpointSigner::load(&key).unwrap()),
+                checkpoint_lines: 3,
+                ..Default::default()
+            },
+        );
+        assert!(reopened.is_err(), "the service must not sign over it");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "and writes nothing");
+    }
+
+    #[test]
+    fn lines_from_the_copy_are_taken_back_only_when_they_continue_the_chain() {
+        let path = temp("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        visit(&log);
+        drop(log);
+        let all = lines(&path);
+        let keep = all.len() - 2;
+        write(&path, &all[..keep]);
+        let report = verify(&path).unwrap();
+        let copy: Vec<(u64, String)> = all[keep..]
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ((keep + i + 1) as u64, l.clone()))
+            .collect();
+        assert!(continuing_lines(&path, &report, &copy).is_ok());
+        assert!(
+            continuing_lines(&path, &report, &copy[1..]).is_err(),
+            "a gap"
+        );
+        let mut other = copy.clone();
+        other[0].1 = other[0].1.replace("\"leave\"", "\"join\"");
+        assert!(continuing_lines(&path, &report, &other).is_err(), "an edit");
     }
 }

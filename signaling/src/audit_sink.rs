@@ -9,6 +9,8 @@
 //! past it the oldest are let go from memory and, once Redis is back, read again from the
 //! files — the file is the buffer, so an outage of any length loses nothing from the copy. A
 //! Redis that comes back empty (restarted without persistence) gets the whole chain again.
+//! A copy that holds a line the file does not (or another line under the same number) is
+//! never written over: shipping stops, and the error says so.
 
 use crate::audit_chain::read_lines;
 use std::collections::VecDeque;
@@ -16,7 +18,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone)]
+/// Lines read from the files in one step of a catch-up.
+const CATCH_UP_BATCH: usize = 1000;
+
+#[derive(Clone)]
 pub struct SinkConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
     pub url: String,
@@ -28,10 +33,32 @@ pub struct SinkConfig {
     pub timeout: Duration,
 }
 
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("url", &redacted(&self.url))
+            .field("stream", &self.stream)
+            .field("buffer_lines", &self.buffer_lines)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("audit sink {url}: {reason}")]
     Config { url: String, reason: String },
+}
+
+/// What became of a line handed over while the file could not take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Redis has it (and every line before it).
+    Stored,
+    /// Redis does not have it: withdrawn.
+    NotStored,
+    /// The connection failed during its call: Redis may or may not have it.
+    Unknown,
 }
 
 #[derive(Debug, Default)]
@@ -39,11 +66,15 @@ struct SinkState {
     queue: VecDeque<(u64, String)>,
     /// The sequence number being sent now.
     in_flight: Option<u64>,
+    /// A line whose call failed with the connection (Redis may hold it).
+    failed_in_flight: Option<u64>,
     /// Every line up to this one is in Redis.
     shipped_through: u64,
-    /// The last line written (to the file, or handed over because the file failed).
+    /// The last line recorded (in the file, or handed over because the file failed).
     written_through: u64,
     connected: bool,
+    /// The copy holds what the file does not: shipping stopped.
+    diverged: bool,
     stop: bool,
 }
 
@@ -66,15 +97,109 @@ pub struct AuditSink {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// A Redis connection with the configured timeouts.
+fn connect(client: &redis::Client, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    let con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(timeout))?;
+    con.set_write_timeout(Some(timeout))?;
+    Ok(con)
+}
+
+fn seq_of(id: &str) -> u64 {
+    id.split('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Entries of the stream from id `from` (inclusive) on, at most `count`.
+fn range(
+    con: &mut redis::Connection,
+    stream: &str,
+    from: &str,
+    to: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<(u64, String)>> {
+    let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(from)
+        .arg(to)
+        .arg("COUNT")
+        .arg(count)
+        .query(con)?;
+    Ok(page
+        .into_iter()
+        .filter_map(|(id, fields)| {
+            let line = fields.into_iter().find(|(k, _)| k == "line")?.1;
+            Some((seq_of(&id), line))
+        })
+        .collect())
+}
+
+/// The number of the last line in the stream (0 when empty).
+fn top(con: &mut redis::Connection, stream: &str) -> redis::RedisResult<u64> {
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(con)?;
+    Ok(last.first().map(|(id, _)| seq_of(id)).unwrap_or(0))
+}
+
 impl AuditSink {
-    /// Starts shipping; `current` is the audit log file (read again after an outage).
-    pub fn start(config: SinkConfig, current: PathBuf) -> Result<Self, SinkError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| SinkError::Config {
+    fn client(config: &SinkConfig) -> Result<redis::Client, SinkError> {
+        if config.timeout.is_zero() {
+            return Err(SinkError::Config {
+                url: redacted(&config.url),
+                reason: "timeout_ms: at least 1".into(),
+            });
+        }
+        redis::Client::open(config.url.as_str()).map_err(|e| SinkError::Config {
             url: redacted(&config.url),
             reason: e.to_string(),
-        })?;
+        })
+    }
+
+    /// The lines the copy holds past `after` (at start: lines the file lost — e.g. taken by
+    /// the copy while the file was unwritable, before a crash). None when Redis is not
+    /// reachable now.
+    pub fn lines_after(
+        config: &SinkConfig,
+        after: u64,
+    ) -> Result<Option<Vec<(u64, String)>>, SinkError> {
+        let client = Self::client(config)?;
+        let Ok(mut con) = connect(&client, config.timeout) else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let mut from = format!("{}-0", after + 1);
+        loop {
+            let Ok(page) = range(&mut con, &config.stream, &from, "+", CATCH_UP_BATCH) else {
+                return Ok(None);
+            };
+            let Some((last, _)) = page.last() else {
+                return Ok(Some(out));
+            };
+            from = format!("({last}-0");
+            out.extend(page);
+        }
+    }
+
+    /// Starts shipping; `current` is the audit log file (read again after an outage), which
+    /// holds lines up to `written_through`.
+    pub fn start(
+        config: SinkConfig,
+        current: PathBuf,
+        written_through: u64,
+    ) -> Result<Self, SinkError> {
+        let client = Self::client(&config)?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(SinkState::default()),
+            state: Mutex::new(SinkState {
+                written_through,
+                ..Default::default()
+            }),
             changed: Condvar::new(),
         });
         let shipper = Shipper {
@@ -97,13 +222,6 @@ impl AuditSink {
         })
     }
 
-    /// The log already holds lines up to `seq` (at start): a Redis behind it gets them from
-    /// the files.
-    pub fn written_through(&self, seq: u64) {
-        self.shared.lock().written_through = seq;
-        self.shared.changed.notify_all();
-    }
-
     /// Queues a line written to the file; never waits.
     pub fn offer(&self, seq: u64, line: &str) {
         let mut s = self.shared.lock();
@@ -123,28 +241,32 @@ impl AuditSink {
         self.shared.changed.notify_all();
     }
 
-    /// Hands a line the file could not take to Redis, waiting until Redis has it (and every
-    /// line before it). False when Redis is not reachable: then the line is not recorded
-    /// anywhere and is withdrawn.
-    pub fn deliver_now(&self, seq: u64, line: &str) -> bool {
+    /// Hands over a line the file could not take, waiting until Redis has it (and every line
+    /// before it), for at most twice the timeout.
+    pub fn deliver_now(&self, seq: u64, line: &str) -> Delivery {
         let mut s = self.shared.lock();
-        if !s.connected {
-            return false;
+        if !s.connected || s.diverged {
+            return Delivery::NotStored;
         }
+        let before = s.written_through;
         s.written_through = s.written_through.max(seq);
+        s.failed_in_flight = None;
         s.queue.push_back((seq, line.to_owned()));
         self.shared.changed.notify_all();
         let deadline = Instant::now() + self.config.timeout * 2;
         loop {
             if s.shipped_through >= seq {
-                return true;
+                return Delivery::Stored;
+            }
+            if s.failed_in_flight == Some(seq) {
+                return Delivery::Unknown;
             }
             let now = Instant::now();
-            // A line being sent is waited for to the end of its call: withdrawing it then
-            // could leave it in Redis as well.
-            if (now >= deadline || !s.connected) && s.in_flight != Some(seq) {
+            // A line being sent is waited for to the end of its call.
+            if (now >= deadline || !s.connected || s.diverged) && s.in_flight != Some(seq) {
                 s.queue.retain(|(q, _)| *q != seq);
-                return false;
+                s.written_through = before;
+                return Delivery::NotStored;
             }
             let wait = deadline
                 .saturating_duration_since(now)
@@ -171,7 +293,10 @@ impl AuditSink {
     pub fn finish(&self, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         let mut s = self.shared.lock();
-        while !s.queue.is_empty() && Instant::now() < deadline {
+        while (s.shipped_through < s.written_through || !s.queue.is_empty())
+            && !s.diverged
+            && Instant::now() < deadline
+        {
             s = self
                 .shared
                 .changed
@@ -179,7 +304,7 @@ impl AuditSink {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let done = s.queue.is_empty();
+        let done = s.shipped_through >= s.written_through && s.queue.is_empty();
         s.stop = true;
         drop(s);
         self.shared.changed.notify_all();
@@ -197,34 +322,16 @@ pub fn read_copy(url: &str, stream: &str) -> Result<Vec<(u64, String)>, SinkErro
         reason: e.to_string(),
     };
     let client = redis::Client::open(url).map_err(fail)?;
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .map_err(fail)?;
+    let mut con = connect(&client, Duration::from_secs(5)).map_err(fail)?;
     let mut out = Vec::new();
     let mut from = "-".to_owned();
     loop {
-        let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(&from)
-            .arg("+")
-            .arg("COUNT")
-            .arg(1000)
-            .query(&mut con)
-            .map_err(fail)?;
-        let Some((last_id, _)) = page.last().cloned() else {
+        let page = range(&mut con, stream, &from, "+", CATCH_UP_BATCH).map_err(fail)?;
+        let Some((last, _)) = page.last() else {
             return Ok(out);
         };
-        for (id, fields) in page {
-            let seq = id
-                .split('-')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            if let Some((_, line)) = fields.into_iter().find(|(k, _)| k == "line") {
-                out.push((seq, line));
-            }
-        }
-        from = format!("({last_id}");
+        from = format!("({last}-0");
+        out.extend(page);
     }
 }
 
@@ -245,10 +352,12 @@ struct Shipper {
     current: PathBuf,
 }
 
-enum Sent {
-    Stored,
-    /// Redis holds that id already (shipped before a reconnect).
-    Present,
+/// Why shipping stopped on a connection.
+enum Halt {
+    Stopped,
+    Failed(redis::RedisError),
+    /// The copy holds something the file does not; never written over.
+    Diverged(String),
 }
 
 impl Shipper {
@@ -258,27 +367,34 @@ impl Shipper {
             if self.shared.lock().stop {
                 return;
             }
-            match self.connect() {
-                Ok((mut con, last)) => {
+            match connect(&self.client, self.config.timeout) {
+                Ok(mut con) => {
                     backoff = Duration::from_millis(200);
-                    {
-                        let mut s = self.shared.lock();
-                        s.connected = true;
-                        s.shipped_through = last;
-                    }
-                    self.shared.changed.notify_all();
-                    metrics::gauge!("audit_sink_connected").set(1.0);
-                    tracing::info!(stream = %self.config.stream, through = last, "audit sink connected");
-                    let reason = self.ship(&mut con);
+                    let halt = self.connected(&mut con);
                     let mut s = self.shared.lock();
                     s.connected = false;
-                    s.in_flight = None;
+                    if let Some(seq) = s.in_flight.take() {
+                        s.failed_in_flight = Some(seq);
+                    }
                     drop(s);
                     self.shared.changed.notify_all();
                     metrics::gauge!("audit_sink_connected").set(0.0);
-                    match reason {
-                        Some(e) => tracing::warn!(error = %e, "audit sink lost; lines wait"),
-                        None => return,
+                    match halt {
+                        Halt::Stopped => return,
+                        Halt::Failed(e) => {
+                            tracing::warn!(error = %e, "audit sink lost; lines wait")
+                        }
+                        Halt::Diverged(why) => {
+                            self.shared.lock().diverged = true;
+                            self.shared.changed.notify_all();
+                            metrics::gauge!("audit_sink_diverged").set(1.0);
+                            tracing::error!(
+                                stream = %self.config.stream,
+                                "the off-host audit copy disagrees with the audit file ({why}): \
+                                 shipping stopped; compare them with `signaling audit verify --sink`"
+                            );
+                            return;
+                        }
                     }
                 }
                 Err(e) => {
@@ -294,27 +410,30 @@ impl Shipper {
         }
     }
 
-    fn connect(&self) -> redis::RedisResult<(redis::Connection, u64)> {
-        let mut con = self
-            .client
-            .get_connection_with_timeout(self.config.timeout)?;
-        con.set_read_timeout(Some(self.config.timeout))?;
-        con.set_write_timeout(Some(self.config.timeout))?;
-        let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-            .arg(&self.config.stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query(&mut con)?;
-        let last = last
-            .first()
-            .and_then(|(id, _)| id.split('-').next()?.parse().ok())
-            .unwrap_or(0);
-        Ok((con, last))
+    fn connected(&self, con: &mut redis::Connection) -> Halt {
+        let last = match top(con, &self.config.stream) {
+            Ok(t) => t,
+            Err(e) => return Halt::Failed(e),
+        };
+        {
+            let mut s = self.shared.lock();
+            if last > s.written_through {
+                return Halt::Diverged(format!(
+                    "the copy holds lines up to {last}, the file up to {}",
+                    s.written_through
+                ));
+            }
+            s.connected = true;
+            s.shipped_through = last;
+        }
+        self.shared.changed.notify_all();
+        metrics::gauge!("audit_sink_connected").set(1.0);
+        tracing::info!(stream = %self.config.stream, through = last, "audit sink connected");
+        self.ship(con)
     }
 
-    fn send(&self, con: &mut redis::Connection, seq: u64, line: &str) -> redis::RedisResult<Sent> {
+    /// Appends one line; a line already there under its number must be the same line.
+    fn send(&self, con: &mut redis::Connection, seq: u64, line: &str) -> Result<(), Halt> {
         let r: redis::RedisResult<String> = redis::cmd("XADD")
             .arg(&self.config.stream)
             .arg(format!("{seq}-0"))
@@ -322,26 +441,26 @@ impl Shipper {
             .arg(line)
             .query(con);
         match r {
-            Ok(_) => Ok(Sent::Stored),
-            Err(e) if e.to_string().contains("equal or smaller") => Ok(Sent::Present),
-            Err(e) => Err(e),
+            Ok(_) => {
+                metrics::counter!("audit_sink_lines_total").increment(1);
+                Ok(())
+            }
+            Err(e) if e.to_string().contains("equal or smaller") => {
+                let id = format!("{seq}-0");
+                match range(con, &self.config.stream, &id, &id, 1) {
+                    Ok(found) if found.first().is_some_and(|(_, l)| l == line) => Ok(()),
+                    Ok(_) => Err(Halt::Diverged(format!(
+                        "line {seq} differs from the copy's, or the copy skipped it"
+                    ))),
+                    Err(e) => Err(Halt::Failed(e)),
+                }
+            }
+            Err(e) => Err(Halt::Failed(e)),
         }
     }
 
-    /// Ships until the connection fails (its error) or the sink stops (None).
-    fn ship(&self, con: &mut redis::Connection) -> Option<redis::RedisError> {
-        {
-            let s = self.shared.lock();
-            if s.shipped_through > s.written_through && s.written_through > 0 {
-                // The copy holds lines the file does not: the file lost its tail.
-                tracing::error!(
-                    copy_through = s.shipped_through,
-                    file_through = s.written_through,
-                    "the off-host audit copy is ahead of the audit file: lines were removed from the file"
-                );
-                metrics::counter!("audit_sink_ahead_of_file_total").increment(1);
-            }
-        }
+    /// Ships until the connection fails, the copy disagrees, or the sink stops.
+    fn ship(&self, con: &mut redis::Connection) -> Halt {
         loop {
             // The next line Redis lacks: from the queue, or from the files when it was let go
             // from memory (or Redis came back without it).
@@ -364,7 +483,7 @@ impl Shipper {
                         None => {}
                     }
                     if s.stop {
-                        return None;
+                        return Halt::Stopped;
                     }
                     s = self
                         .shared
@@ -374,51 +493,55 @@ impl Shipper {
                         .0;
                 }
             };
-            let (seq, line) = match next {
-                Ok(entry) => entry,
+            match next {
+                Ok((seq, line)) => {
+                    if let Err(halt) = self.send_tracked(con, seq, &line) {
+                        return halt;
+                    }
+                }
                 Err((from, to)) => {
-                    let lines = match read_lines(&self.current, from, to) {
+                    let lines = match read_lines(&self.current, from, to, CATCH_UP_BATCH) {
                         Ok(lines) => lines,
                         Err(e) => {
                             tracing::error!(error = %e, "audit sink: reading the log to catch up failed");
                             Vec::new()
                         }
                     };
-                    for (q, l) in &lines {
-                        if let Err(e) = self.send(con, *q, l) {
-                            return Some(e);
+                    if lines.first().is_none_or(|(q, _)| *q != from) {
+                        // Not in the files (still waiting to be written after a failure, or
+                        // removed): wait for them rather than leave a hole.
+                        let s = self.shared.lock();
+                        if s.stop {
+                            return Halt::Stopped;
                         }
-                        metrics::counter!("audit_sink_lines_total").increment(1);
+                        let _ = self.shared.changed.wait_timeout(s, Duration::from_secs(1));
+                        continue;
+                    }
+                    for (q, l) in &lines {
+                        if let Err(halt) = self.send(con, *q, l) {
+                            return halt;
+                        }
                         self.shared.lock().shipped_through = *q;
                     }
-                    if lines.last().is_none_or(|(q, _)| *q < to) {
-                        // Not in the files (removed by retention, or still waiting to be
-                        // written after a failure): go on past them rather than stall.
-                        tracing::warn!(from, to, "audit sink: lines not found in the files");
-                        self.shared.lock().shipped_through = to;
-                    }
-                    self.shared.changed.notify_all();
-                    continue;
-                }
-            };
-            match self.send(con, seq, &line) {
-                Ok(sent) => {
-                    if matches!(sent, Sent::Stored) {
-                        metrics::counter!("audit_sink_lines_total").increment(1);
-                    }
-                    let mut s = self.shared.lock();
-                    s.shipped_through = s.shipped_through.max(seq);
-                    s.in_flight = None;
-                    if s.queue.front().is_some_and(|(q, _)| *q == seq) {
-                        s.queue.pop_front();
-                    }
-                    metrics::gauge!("audit_sink_backlog_lines").set(s.queue.len() as f64);
-                    drop(s);
                     self.shared.changed.notify_all();
                 }
-                Err(e) => return Some(e),
             }
         }
+    }
+
+    /// Sends the line at the head of the queue and takes it off when Redis has it.
+    fn send_tracked(&self, con: &mut redis::Connection, seq: u64, line: &str) -> Result<(), Halt> {
+        self.send(con, seq, line)?;
+        let mut s = self.shared.lock();
+        s.shipped_through = s.shipped_through.max(seq);
+        s.in_flight = None;
+        if s.queue.front().is_some_and(|(q, _)| *q == seq) {
+            s.queue.pop_front();
+        }
+        metrics::gauge!("audit_sink_backlog_lines").set(s.queue.len() as f64);
+        drop(s);
+        self.shared.changed.notify_all();
+        Ok(())
     }
 }
 

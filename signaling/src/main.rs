@@ -256,8 +256,9 @@ enum AuditCmd {
         #[arg(long, env = "SIGNALING_AUDIT_PUBLIC_KEY")]
         public_key: Option<String>,
         /// Compare with the off-host copy in this Redis (its lines must match the file's, and
-        /// it must hold nothing past the file's end).
-        #[arg(long)]
+        /// it must hold nothing past the file's end). From the environment, the password stays
+        /// out of the process list.
+        #[arg(long, env = "SIGNALING_AUDIT_REDIS_URL")]
         sink: Option<String>,
         #[arg(long, default_value = "healthcare-sfu:audit")]
         stream: String,
@@ -476,12 +477,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let meetings_file = file.meetings.unwrap_or_default();
     let api = file.api.unwrap_or_default();
     let api_clients = api_clients(&args, &api)?;
-    let audit_options = audit_options(
-        &args,
-        &file_audit_section,
-        args.config.as_deref(),
-        args.audit_log.clone().or(file_audit.clone()),
-    )?;
+    let audit_options = audit_options(&args, &file_audit_section, args.config.as_deref())?;
     let http = file.http.unwrap_or_default();
     let sfu = file.sfu.unwrap_or_default();
     let turn_file = file.turn.unwrap_or_default();
@@ -845,7 +841,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        // Ctrl-C, or SIGTERM from systemd, Docker or Kubernetes: stop the same way, so the
+        // audit log is closed with its checkpoint.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
         shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(2)));
     });
     let limited = LimitedAcceptor { limits };
@@ -889,7 +897,6 @@ fn audit_options(
     args: &ServeArgs,
     section: &signaling::config::AuditSection,
     config: Option<&std::path::Path>,
-    log_path: Option<PathBuf>,
 ) -> anyhow::Result<audit_log::AuditOptions> {
     use signaling::audit_checkpoint::CheckpointSigner;
     let file = config.map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
@@ -914,7 +921,10 @@ fn audit_options(
     let url = args.audit_redis_url.clone().or(sink_section.redis_url);
     let sink = match url {
         Some(url) => {
-            let config = signaling::audit_sink::SinkConfig {
+            if sink_section.timeout_ms == Some(0) {
+                anyhow::bail!("audit.sink.timeout_ms in {file}: at least 1");
+            }
+            Some(signaling::audit_sink::SinkConfig {
                 url,
                 stream: args
                     .audit_redis_stream
@@ -926,13 +936,7 @@ fn audit_options(
                     .or(sink_section.buffer_lines)
                     .unwrap_or(10_000),
                 timeout: std::time::Duration::from_millis(sink_section.timeout_ms.unwrap_or(2000)),
-            };
-            let current = log_path.unwrap_or_else(|| PathBuf::from(".dev/audit.jsonl"));
-            Some(
-                signaling::audit_sink::AuditSink::start(config, current).map_err(|e| {
-                    anyhow::anyhow!("{e} (audit.sink.redis_url in {file}, or --audit-redis-url)")
-                })?,
-            )
+            })
         }
         None => None,
     };
@@ -984,8 +988,12 @@ fn audit_verify_command(
     );
     if let Some(url) = sink {
         let copy = signaling::audit_sink::read_copy(url, stream)?;
-        let file_lines =
-            signaling::audit_chain::read_lines(file, report.first_seq, report.last_seq)?;
+        let file_lines = signaling::audit_chain::read_lines(
+            file,
+            report.first_seq,
+            report.last_seq,
+            usize::MAX,
+        )?;
         let by_seq: std::collections::HashMap<u64, &String> =
             file_lines.iter().map(|(q, l)| (*q, l)).collect();
         let mut differ = Vec::new();

@@ -155,6 +155,29 @@ async fn every_line_reaches_redis_through_outages_and_verify_catches_a_removed_t
     assert_eq!(list().await.0, 200);
     copy_matches_file(&server, &url).await;
 
+    // Again, but the process dies before the file is back: the next start writes back what
+    // only Redis held, and says so.
+    chattr("+i", &server.audit);
+    assert_eq!(list().await.0, 200);
+    let held_by_copy = copy(&url);
+    assert!(held_by_copy.len() > file_lines(&server).len());
+    let audit_file = server.audit.clone();
+    server.restart_after(|| chattr("-i", &audit_file));
+    let restored = file_lines(&server);
+    assert!(
+        restored.starts_with(&held_by_copy),
+        "the lines only the copy held were not written back ({} in the file, {} in the copy)",
+        restored.len(),
+        held_by_copy.len()
+    );
+    assert!(
+        restored[held_by_copy.len()].contains("restored_from_copy"),
+        "{}",
+        restored[held_by_copy.len()]
+    );
+    assert!(restored[held_by_copy.len() + 1].contains("after_unclean_stop"));
+    copy_matches_file(&server, &url).await;
+
     // A clean stop closes the log; verify with the public key and the copy: exit 0.
     assert!(server.interrupt().success());
     copy_matches_file(&server, &url).await;

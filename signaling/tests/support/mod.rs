@@ -138,8 +138,14 @@ fn spawn(command: &[String], log: &std::path::Path) -> (Child, String, Captured)
 impl Server {
     /// Kills the service and starts it again with the same flags and files (a new port).
     pub fn restart(&mut self) {
+        self.restart_after(|| {});
+    }
+
+    /// Kills the service, runs `between`, and starts it again as [`restart`](Self::restart).
+    pub fn restart_after(&mut self, between: impl FnOnce()) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        between();
         let (child, http_base, stdout) = spawn(&self.command, &self.log);
         self.child = child;
         self.ws_base = http_base.replace("http://", "ws://");
