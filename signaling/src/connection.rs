@@ -42,8 +42,11 @@ enum ClientMessage {
     Chat {
         text: String,
     },
+    /// `with_companions`: the companions waiting with this patient come in too.
     Admit {
         participant: ParticipantId,
+        #[serde(default)]
+        with_companions: bool,
     },
     Deny {
         participant: ParticipantId,
@@ -57,6 +60,13 @@ enum ClientMessage {
     EndMeeting {},
     /// Drop-in: take the first patient in the queue into a private visit.
     TakeNext {},
+    /// A consultant of another unit may join this visit (answered with their link when this
+    /// service mints tokens).
+    InviteConsultant {
+        hsa: String,
+        unit: String,
+        name: String,
+    },
     /// The highest simulcast layer wanted of the video received on one m-line (`mid`), or of
     /// all video now and later (`mid` absent): small tiles and data-saving phones ask for less.
     PreferredLayer {
@@ -497,7 +507,34 @@ async fn handle(
                 .err()
                 .map(action_error);
         }
-        ClientMessage::Admit { participant } => Action::Admit(participant),
+        ClientMessage::Admit {
+            participant,
+            with_companions,
+        } => {
+            if with_companions {
+                Action::AdmitWithCompanions(participant)
+            } else {
+                Action::Admit(participant)
+            }
+        }
+        ClientMessage::InviteConsultant { hsa, unit, name } => {
+            let hsa = hsa.trim().to_owned();
+            let action = Action::InviteConsultant {
+                hsa: hsa.clone(),
+                unit: unit.trim().to_owned(),
+                name: name.trim().to_owned(),
+            };
+            if let Err(e) = crate::meeting_actions::act(state, &room, id, action, now).await {
+                return Some(action_error(e));
+            }
+            return Some(consultant_link(
+                state,
+                &room,
+                &hsa,
+                unit.trim(),
+                name.trim(),
+            ));
+        }
         ClientMessage::Deny { participant } => Action::Deny(participant),
         ClientMessage::ToLobby { participant } => Action::ToLobby(participant),
         ClientMessage::Remove { participant } => Action::Remove(participant),
@@ -507,6 +544,36 @@ async fn handle(
         .await
         .err()
         .map(action_error)
+}
+
+/// The answer to an invitation: the consultant's link when this service mints tokens (else
+/// the region's issuer gives the consultant a token with role `consultant` for this meeting).
+fn consultant_link(
+    state: &AppState,
+    room: &MeetingRoom,
+    hsa: &str,
+    unit: &str,
+    name: &str,
+) -> String {
+    let mut reply = json!({"type": "consultant_invited", "hsa": hsa, "name": name, "url": null});
+    if let Some(minter) = &state.minter {
+        let expires = room.lock().record.closes_at(state.meetings.policy());
+        let claims = crate::session_token::Claims {
+            sub: hsa.to_owned(),
+            name: name.to_owned(),
+            role: "consultant".into(),
+            hsa: Some(hsa.to_owned()),
+            unit: Some(unit.to_owned()),
+            ..crate::meetings_api::link_claims(state, &room.id, expires)
+        };
+        match minter.mint(&claims) {
+            Ok(token) => {
+                reply["url"] = json!(crate::meetings_api::link_url(state, &room.id, &token));
+            }
+            Err(e) => tracing::error!(error = %e, "minting a consultant's link failed"),
+        }
+    }
+    reply.to_string()
 }
 
 fn action_error(e: ActionError) -> String {

@@ -120,6 +120,7 @@ pub fn dev_claims(
         role: role.into(),
         hsa: hsa.map(str::to_owned),
         unit: unit.map(str::to_owned),
+        companion_of: None,
         nbf: now_unix - 5,
         exp: now_unix + ttl_secs,
         jti: format!("{:016x}", rand::random::<u64>()),

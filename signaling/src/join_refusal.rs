@@ -28,6 +28,8 @@ pub enum JoinRefusal {
     Denied,
     #[error("the token's care unit is not the unit of this drop-in queue")]
     WrongUnit,
+    #[error("a consultant joins a visit only when its clinician has invited their HSA-id")]
+    NotInvited,
 }
 
 impl JoinRefusal {
@@ -42,6 +44,7 @@ impl JoinRefusal {
             JoinRefusal::MeetingFull => "meeting_full",
             JoinRefusal::Denied => "denied",
             JoinRefusal::WrongUnit => "wrong_unit",
+            JoinRefusal::NotInvited => "not_invited",
         }
     }
 
@@ -54,7 +57,8 @@ impl JoinRefusal {
             | JoinRefusal::NotOpenYet { .. }
             | JoinRefusal::MeetingFull
             | JoinRefusal::Denied
-            | JoinRefusal::WrongUnit => 403,
+            | JoinRefusal::WrongUnit
+            | JoinRefusal::NotInvited => 403,
         }
     }
 
@@ -84,6 +88,9 @@ impl JoinRefusal {
             }
             JoinRefusal::Denied => "Du har inte släppts in i det här besöket.".into(),
             JoinRefusal::WrongUnit => "Du hör inte till den här mottagningens kö.".into(),
+            JoinRefusal::NotInvited => {
+                "Du är inte inbjuden till det här besöket. Be vårdpersonalen som har besöket att bjuda in dig.".into()
+            }
         }
     }
 

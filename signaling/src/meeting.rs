@@ -40,6 +40,9 @@ pub struct MeetingRecord {
     /// Subjects a clinician turned away: refused if they come back (kept with the booking).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied: Vec<String>,
+    /// HSA-ids of consultants a clinician invited (kept with the booking).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invited: Vec<String>,
     /// Until when a denial or an end must be remembered: an unbooked meeting known from its
     /// tokens is kept (and stored) until then, so a token still valid cannot open it afresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,6 +201,7 @@ pub(crate) fn booked_visit(start: Timestamp) -> MeetingRecord {
         booked: true,
         from_queue: None,
         denied: Vec::new(),
+        invited: Vec::new(),
         remember_until: None,
     }
 }

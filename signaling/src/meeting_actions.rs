@@ -38,15 +38,20 @@ pub async fn act(
     let _ = audit_all(state, events).await;
     match applied {
         Ok(()) => {
-            // An end or a denial must outlive the tokens that could undo it, and a restart.
-            if matches!(action, Action::EndMeeting | Action::Deny(_)) {
+            // An end, a denial or an invitation must outlive the tokens that could undo or
+            // use it, and a restart.
+            if matches!(
+                action,
+                Action::EndMeeting | Action::Deny(_) | Action::InviteConsultant { .. }
+            ) {
                 state.meetings.remember_decision(room, now);
             }
             Ok(())
         }
         Err(e) => {
             let (name, target) = match &action {
-                Action::Admit(t) => ("admit", t),
+                Action::Admit(t) | Action::AdmitWithCompanions(t) => ("admit", t),
+                Action::InviteConsultant { .. } => ("consultant_invited", actor),
                 Action::Deny(t) => ("deny", t),
                 Action::ToLobby(t) => ("back_to_lobby", t),
                 Action::Remove(t) => ("remove", t),

@@ -94,6 +94,9 @@ pub struct Member {
     pub role: Role,
     pub hsa: Option<String>,
     pub unit: Option<String>,
+    /// A companion's patient (`sub`): admitted with them when the clinician chooses.
+    #[serde(default)]
+    pub companion_of: Option<String>,
     pub admission: Admission,
     /// The SFU holds a media session for this connection.
     pub sfu_joined: bool,
@@ -121,6 +124,7 @@ impl Member {
             role: session.role,
             hsa: c.hsa.clone(),
             unit: c.unit.clone(),
+            companion_of: c.companion_of.clone(),
             admission: Admission::Admitted,
             sfu_joined: false,
             media_session: 0,
@@ -139,6 +143,12 @@ impl Member {
 
     fn is_clinician(&self) -> bool {
         self.role == Role::Clinician
+    }
+
+    /// Staff: the visit's clinicians and invited consultants. They enter admitted and are
+    /// never sent to the lobby.
+    fn is_staff(&self) -> bool {
+        matches!(self.role, Role::Clinician | Role::Consultant)
     }
 
     fn entry(&self, id: &ParticipantId) -> Value {
@@ -168,6 +178,14 @@ impl Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Admit(ParticipantId),
+    /// A patient and the companions waiting with them ("Släpp in Anna och anhörig").
+    AdmitWithCompanions(ParticipantId),
+    /// A consultant of another unit (by HSA-id) may join this visit.
+    InviteConsultant {
+        hsa: String,
+        unit: String,
+        name: String,
+    },
     Deny(ParticipantId),
     ToLobby(ParticipantId),
     Remove(ParticipantId),
@@ -177,7 +195,8 @@ pub enum Action {
 impl Action {
     fn audit_name(&self) -> &'static str {
         match self {
-            Action::Admit(_) => "admit",
+            Action::Admit(_) | Action::AdmitWithCompanions(_) => "admit",
+            Action::InviteConsultant { .. } => "consultant_invited",
             Action::Deny(_) => "deny",
             Action::ToLobby(_) => "back_to_lobby",
             Action::Remove(_) => "remove",
@@ -197,8 +216,10 @@ pub enum RequestError {
     NotWaiting,
     #[error("the participant is not admitted")]
     NotAdmitted,
-    #[error("a clinician cannot be sent to the lobby")]
+    #[error("a clinician or consultant cannot be sent to the lobby")]
     TargetIsClinician,
+    #[error("an invitation names the consultant's HSA-id, care unit and name, and is for a visit")]
+    BadInvite,
     #[error("you cannot do this to yourself")]
     SelfTarget,
     #[error("a drop-in queue is served with take_next, not admit")]
@@ -217,7 +238,7 @@ pub enum RequestError {
     ChatRate,
     #[error("wait a few seconds before reconnecting again")]
     RestartTooSoon,
-    #[error("only a clinician may share a screen (one video track)")]
+    #[error("only a clinician or consultant may share a screen (one video track)")]
     ScreenShareNotAllowed,
     #[error("the media session has not started; send an offer first")]
     NoMediaSession,
@@ -237,6 +258,7 @@ impl RequestError {
             RequestError::NotWaiting => "not_waiting",
             RequestError::NotAdmitted => "not_admitted",
             RequestError::TargetIsClinician => "target_is_clinician",
+            RequestError::BadInvite => "bad_invite",
             RequestError::SelfTarget => "self_target",
             RequestError::QueueNotAdmit => "queue_not_admit",
             RequestError::NotAQueue => "not_a_queue",
@@ -394,6 +416,17 @@ impl RoomState {
         if self.record.denied.contains(&session.claims.sub) {
             return Err(JoinRefusal::Denied);
         }
+        // A consultant comes by a clinician's invitation of their HSA-id, to a visit.
+        if session.role == Role::Consultant
+            && (self.record.kind != MeetingKind::Visit
+                || !session
+                    .claims
+                    .hsa
+                    .as_ref()
+                    .is_some_and(|h| self.record.invited.contains(h)))
+        {
+            return Err(JoinRefusal::NotInvited);
+        }
         if self.record.kind == MeetingKind::DropIn
             && clinician
             && session.claims.unit.as_deref() != Some(self.record.unit.as_str())
@@ -455,11 +488,11 @@ impl RoomState {
             Some(Some(until)) => *until >= now,
             None => false,
         };
-        let admitted = member.is_clinician()
+        let admitted = member.is_staff()
             || (self.record.kind == MeetingKind::Visit && (was_admitted || grace));
         if admitted {
             member.admission = Admission::Admitted;
-            if !member.is_clinician() {
+            if !member.is_staff() {
                 self.admitted.insert(member.sub.clone(), None);
                 let mut e = self.audit("admit", &id, &member);
                 e.code = Some("reconnect".into());
@@ -580,7 +613,56 @@ impl RoomState {
                 let target = self.target(actor, action)?;
                 Ok(vec![self.audit_by(action.audit_name(), t, target, a)])
             }
+            Action::AdmitWithCompanions(t) => {
+                let target = self.target(actor, action)?;
+                let mut events = vec![self.audit_by("admit", t, target, a)];
+                for (id, c) in self.waiting_companions(&target.sub) {
+                    let mut e = self.audit_by("admit", id, c, a);
+                    e.code = Some(format!("with {t}"));
+                    events.push(e);
+                }
+                Ok(events)
+            }
+            Action::InviteConsultant { hsa, unit, name } => {
+                self.check_invite(hsa, unit, name)?;
+                Ok(vec![AuditEvent {
+                    event: "consultant_invited".into(),
+                    meeting: Some(self.record.id.clone()),
+                    role: Some("consultant".into()),
+                    hsa: Some(hsa.clone()),
+                    unit: Some(unit.clone()),
+                    actor_hsa: a.hsa.clone(),
+                    actor_unit: a.unit.clone(),
+                    ..Default::default()
+                }])
+            }
         }
+    }
+
+    /// Companions of the patient `sub` waiting in the lobby, in queue order.
+    fn waiting_companions(&self, sub: &str) -> Vec<(&ParticipantId, &Member)> {
+        self.waiting()
+            .into_iter()
+            .filter(|(_, m, ..)| {
+                m.role == Role::Companion && m.companion_of.as_deref() == Some(sub)
+            })
+            .map(|(id, m, ..)| (id, m))
+            .collect()
+    }
+
+    fn check_invite(&self, hsa: &str, unit: &str, name: &str) -> Result<(), RequestError> {
+        let unit_ok = (1..=64).contains(&unit.len())
+            && !crate::identity_number::looks_like_identity_number(unit);
+        let name_ok = (1..=100).contains(&name.trim().chars().count())
+            && !crate::identity_number::looks_like_identity_number(name);
+        if self.record.kind != MeetingKind::Visit
+            || !crate::session_token::is_hsa_id(hsa)
+            || !unit_ok
+            || !name_ok
+        {
+            return Err(RequestError::BadInvite);
+        }
+        Ok(())
     }
 
     fn actor(&self, actor: &ParticipantId) -> Result<&Member, RequestError> {
@@ -595,7 +677,11 @@ impl RoomState {
     }
 
     fn target(&self, actor: &ParticipantId, action: &Action) -> Result<&Member, RequestError> {
-        let (Action::Admit(t) | Action::Deny(t) | Action::ToLobby(t) | Action::Remove(t)) = action
+        let (Action::Admit(t)
+        | Action::AdmitWithCompanions(t)
+        | Action::Deny(t)
+        | Action::ToLobby(t)
+        | Action::Remove(t)) = action
         else {
             return Err(RequestError::NoSuchParticipant);
         };
@@ -604,13 +690,17 @@ impl RoomState {
         }
         let target = self.members.get(t).ok_or(RequestError::NoSuchParticipant)?;
         match action {
-            Action::Admit(_) if self.record.kind == MeetingKind::DropIn => {
+            Action::Admit(_) | Action::AdmitWithCompanions(_)
+                if self.record.kind == MeetingKind::DropIn =>
+            {
                 Err(RequestError::QueueNotAdmit)
             }
-            Action::Admit(_) | Action::Deny(_) if target.is_admitted() => {
+            Action::Admit(_) | Action::AdmitWithCompanions(_) | Action::Deny(_)
+                if target.is_admitted() =>
+            {
                 Err(RequestError::NotWaiting)
             }
-            Action::ToLobby(_) if target.is_clinician() => Err(RequestError::TargetIsClinician),
+            Action::ToLobby(_) if target.is_staff() => Err(RequestError::TargetIsClinician),
             Action::ToLobby(_) if !target.is_admitted() => Err(RequestError::NotAdmitted),
             _ => Ok(target),
         }
@@ -637,6 +727,24 @@ impl RoomState {
             Action::Admit(t) => {
                 self.target(actor, action)?;
                 self.admit(t, fx);
+            }
+            Action::AdmitWithCompanions(t) => {
+                let sub = self.target(actor, action)?.sub.clone();
+                let companions: Vec<ParticipantId> = self
+                    .waiting_companions(&sub)
+                    .into_iter()
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                self.admit(t, fx);
+                for c in &companions {
+                    self.admit(c, fx);
+                }
+            }
+            Action::InviteConsultant { hsa, unit, name } => {
+                self.check_invite(hsa, unit, name)?;
+                if !self.record.invited.contains(hsa) {
+                    self.record.invited.push(hsa.clone());
+                }
             }
             Action::Deny(t) => {
                 self.target(actor, action)?;
@@ -758,9 +866,9 @@ impl RoomState {
             .members
             .get(id)
             .ok_or(RequestError::NoSuchParticipant)?;
-        // One camera for patients, companions and interpreters; screen sharing is the
-        // clinician's.
-        if !m.is_clinician() && video_lines > 1 {
+        // One camera for patients, companions and interpreters; screen sharing is staff's
+        // (a consultant shows images at a conference).
+        if !m.is_staff() && video_lines > 1 {
             return Err(RequestError::ScreenShareNotAllowed);
         }
         let permissions = self.permissions(m);
@@ -985,7 +1093,17 @@ impl RoomState {
             .waiting()
             .iter()
             .map(|(id, m, since, _)| {
-                json!({"participant": id, "name": m.name, "role": m.role, "since": since.to_string()})
+                let mut entry = json!({"participant": id, "name": m.name, "role": m.role, "since": since.to_string()});
+                // A companion is shown with their patient, when the patient is here.
+                if let Some((pid, p)) = m.companion_of.as_ref().and_then(|sub| {
+                    self.members
+                        .iter()
+                        .find(|(_, p)| p.role == Role::Patient && &p.sub == sub)
+                }) {
+                    entry["with"] = json!(pid);
+                    entry["with_name"] = json!(p.name);
+                }
+                entry
             })
             .collect();
         json!({"type": "lobby", "waiting": waiting})
@@ -1108,6 +1226,7 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Patient => "patient",
         Role::Companion => "companion",
         Role::Interpreter => "interpreter",
+        Role::Consultant => "consultant",
     }
 }
 
@@ -1327,5 +1446,173 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         let back: RoomState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
+    }
+
+    fn pid(s: &str) -> ParticipantId {
+        ParticipantId(s.into())
+    }
+
+    fn member_session(sub: &str, role: Role, hsa: Option<&str>, unit: &str) -> Session {
+        Session {
+            claims: dev_claims("m1", sub, sub, role_name(role), hsa, Some(unit), 0, 3600),
+            role,
+        }
+    }
+
+    fn join_as(
+        s: &mut RoomState,
+        id: &ParticipantId,
+        session: &Session,
+    ) -> (Result<JoinOutcome, JoinRefusal>, Effects) {
+        let mut fx = Effects::default();
+        let r = s.join(
+            id.clone(),
+            session,
+            at(10),
+            &MeetingPolicy::default(),
+            &mut fx,
+        );
+        (r, fx)
+    }
+
+    fn act(
+        s: &mut RoomState,
+        actor: &ParticipantId,
+        action: Action,
+    ) -> Result<(Vec<AuditEvent>, Effects), RequestError> {
+        let events = s.plan(actor, &action)?;
+        let mut fx = Effects::default();
+        s.apply(actor, &action, at(20), &mut fx)?;
+        Ok((events, fx))
+    }
+
+    #[test]
+    fn an_interpreter_comes_in_first_and_a_companion_with_their_patient() {
+        let mut s = visit();
+        let (c, p, rel, other, tolk) = (pid("c"), pid("p"), pid("rel"), pid("other"), pid("tolk"));
+        join(&mut s, &c, "doc", Role::Clinician, 10);
+        join(&mut s, &p, "pat-1", Role::Patient, 10);
+        let mut companion = member_session("rel-1", Role::Companion, None, "unit-1");
+        companion.claims.companion_of = Some("pat-1".into());
+        let (joined, fx) = join_as(&mut s, &rel, &companion);
+        assert_eq!(joined, Ok(JoinOutcome { admitted: false }));
+        let lobby = texts(&fx, &c)
+            .into_iter()
+            .rfind(|m| m["type"] == "lobby")
+            .unwrap();
+        let entry = lobby["waiting"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["participant"] == "rel")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (entry["with"].as_str(), entry["with_name"].as_str()),
+            (Some("p"), Some("pat-1"))
+        );
+        let mut stranger = member_session("rel-2", Role::Companion, None, "unit-1");
+        stranger.claims.companion_of = Some("pat-2".into());
+        join_as(&mut s, &other, &stranger).0.unwrap();
+        join_as(
+            &mut s,
+            &tolk,
+            &member_session("tolk-1", Role::Interpreter, None, "unit-1"),
+        )
+        .0
+        .unwrap();
+
+        // The interpreter first, the patient still waiting.
+        act(&mut s, &c, Action::Admit(tolk.clone())).unwrap();
+        assert!(s.is_admitted(&tolk) && !s.is_admitted(&p));
+
+        // The patient with their companion: both in, each recorded; another's companion waits.
+        let (events, _) = act(&mut s, &c, Action::AdmitWithCompanions(p.clone())).unwrap();
+        let admitted: Vec<_> = events
+            .iter()
+            .map(|e| (e.event.as_str(), e.subject.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(admitted, [("admit", "pat-1"), ("admit", "rel-1")]);
+        assert_eq!(events[1].code.as_deref(), Some("with p"));
+        assert!(
+            events
+                .iter()
+                .all(|e| e.actor_hsa.as_deref() == Some("SE2321000016-D1"))
+        );
+        assert!(s.is_admitted(&p) && s.is_admitted(&rel) && !s.is_admitted(&other));
+    }
+
+    #[test]
+    fn a_consultant_joins_only_when_invited_and_enters_as_staff() {
+        let mut s = visit();
+        let (c, k, p) = (pid("c"), pid("k"), pid("p"));
+        join(&mut s, &c, "doc", Role::Clinician, 10);
+        join(&mut s, &p, "pat-1", Role::Patient, 10);
+        let consultant = member_session(
+            "SE2321000016-K9",
+            Role::Consultant,
+            Some("SE2321000016-K9"),
+            "unit-9",
+        );
+        assert_eq!(
+            join_as(&mut s, &k, &consultant).0,
+            Err(JoinRefusal::NotInvited)
+        );
+
+        let invite = |hsa: &str| Action::InviteConsultant {
+            hsa: hsa.into(),
+            unit: "unit-9".into(),
+            name: "Dr Konsult".into(),
+        };
+        assert_eq!(
+            act(&mut s, &c, invite("not-an-hsa-id")).err(),
+            Some(RequestError::BadInvite)
+        );
+        assert_eq!(
+            act(&mut s, &p, invite("SE2321000016-K9")).err(),
+            Some(RequestError::NotAllowed)
+        );
+        let (events, _) = act(&mut s, &c, invite("SE2321000016-K9")).unwrap();
+        let e = &events[0];
+        assert_eq!(
+            (
+                e.event.as_str(),
+                e.hsa.as_deref(),
+                e.unit.as_deref(),
+                e.actor_hsa.as_deref(),
+                e.actor_unit.as_deref()
+            ),
+            (
+                "consultant_invited",
+                Some("SE2321000016-K9"),
+                Some("unit-9"),
+                Some("SE2321000016-D1"),
+                Some("unit-1")
+            )
+        );
+        assert_eq!(
+            join_as(&mut s, &k, &consultant).0,
+            Ok(JoinOutcome { admitted: true })
+        );
+        // Staff: not sent to the lobby, but no clinician's powers either.
+        assert_eq!(
+            act(&mut s, &c, Action::ToLobby(k.clone())).err(),
+            Some(RequestError::TargetIsClinician)
+        );
+        assert_eq!(
+            act(&mut s, &k, Action::ToLobby(p.clone())).err(),
+            Some(RequestError::NotAllowed)
+        );
+        // Another consultant is not let in by the first one's invitation.
+        let other = member_session(
+            "SE2321000016-K8",
+            Role::Consultant,
+            Some("SE2321000016-K8"),
+            "unit-8",
+        );
+        assert_eq!(
+            join_as(&mut s, &pid("k2"), &other).0,
+            Err(JoinRefusal::NotInvited)
+        );
     }
 }

@@ -139,6 +139,7 @@ impl Meetings {
                     booked: false,
                     from_queue: None,
                     denied: Vec::new(),
+                    invited: Vec::new(),
                     remember_until: None,
                 };
                 let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
@@ -366,6 +367,7 @@ impl Meetings {
                 booked: true,
                 from_queue: Some(q.record.id.clone()),
                 denied: Vec::new(),
+                invited: Vec::new(),
                 remember_until: None,
             }
         };

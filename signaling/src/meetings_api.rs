@@ -290,6 +290,7 @@ async fn create(
         booked: true,
         from_queue: None,
         denied: Vec::new(),
+        invited: Vec::new(),
         remember_until: None,
     };
     let event = AuditEvent {
@@ -478,6 +479,33 @@ async fn cancel(
     }
 }
 
+/// The claims every minted link shares: this service as issuer, the meeting, and a validity
+/// from now — or, for a visit further ahead than a token may last, from the longest lifetime
+/// before its end (opened earlier, the link says it is not valid yet) — to the meeting's close.
+pub(crate) fn link_claims(state: &AppState, meeting: &str, expires: Timestamp) -> Claims {
+    let now = Timestamp::now();
+    Claims {
+        iss: state.verifier.issuer().to_owned(),
+        aud: state.verifier.audience().to_owned(),
+        sub: String::new(),
+        name: String::new(),
+        mtg: meeting.to_owned(),
+        role: String::new(),
+        hsa: None,
+        unit: None,
+        companion_of: None,
+        nbf: (now.as_second() - 5)
+            .max(expires.as_second() - state.verifier.max_lifetime_secs() as i64),
+        exp: expires.as_second(),
+        jti: format!("{:016x}", rand::random::<u64>()),
+    }
+}
+
+/// The link a minted token opens.
+pub(crate) fn link_url(state: &AppState, meeting: &str, token: &str) -> String {
+    format!("{}?token={token}", join_url(state, meeting))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MintRequest {
@@ -489,6 +517,9 @@ struct MintRequest {
     hsa: Option<String>,
     #[serde(default)]
     unit: Option<String>,
+    /// A companion's patient (`sub`).
+    #[serde(default)]
+    companion_of: Option<String>,
 }
 
 async fn mint(
@@ -531,7 +562,7 @@ async fn mint(
         )
     };
     let Ok(role) = req.role.parse::<Role>() else {
-        return invalid("role: one of clinician, patient, companion, interpreter");
+        return invalid("role: one of clinician, patient, companion, interpreter, consultant");
     };
     if req.sub.trim().is_empty() || req.sub.len() > 128 {
         return invalid("sub: 1 to 128 characters");
@@ -544,17 +575,28 @@ async fn mint(
     }
     let mut fields = vec![("name", req.name.as_str())];
     fields.extend(req.unit.as_deref().map(|u| ("unit", u)));
+    fields.extend(req.companion_of.as_deref().map(|c| ("companion_of", c)));
     if let Err(e) = crate::identity_number::check_fields(fields) {
         return invalid(&e.to_string());
     }
-    // A token's unit claim speaks for that unit: only one the system acts for.
+    // A token's unit claim speaks for that unit: only one the system acts for (a consultant's
+    // names their own unit, of another provider, and comes only by a clinician's invitation).
     if let Some(unit) = &req.unit
+        && role != Role::Consultant
         && let Err(r) = within_units(&state, &client, unit, Some(&id)).await
     {
         return *r;
     }
-    if role == Role::Clinician && req.hsa.as_deref().is_none_or(str::is_empty) {
-        return invalid("hsa: required for a clinician");
+    if matches!(role, Role::Clinician | Role::Consultant)
+        && req.hsa.as_deref().is_none_or(str::is_empty)
+    {
+        return invalid("hsa: required for a clinician or consultant");
+    }
+    if role == Role::Consultant && req.unit.as_deref().is_none_or(str::is_empty) {
+        return invalid("unit: required for a consultant (their own care unit)");
+    }
+    if req.companion_of.is_some() && role != Role::Companion {
+        return invalid("companion_of: only for a companion");
     }
     if req
         .hsa
@@ -578,22 +620,14 @@ async fn mint(
             s.record.closes_at(policy),
         )
     };
-    let now = Timestamp::now();
     let claims = Claims {
-        iss: state.verifier.issuer().to_owned(),
-        aud: state.verifier.audience().to_owned(),
         sub: req.sub,
         name: req.name,
-        mtg: id.clone(),
         role: req.role,
         hsa: req.hsa,
         unit: Some(unit),
-        // Valid from now, or — for a visit further ahead than a token may last — from the
-        // longest lifetime before its end (opened earlier, the link says it is not valid yet).
-        nbf: (now.as_second() - 5)
-            .max(expires.as_second() - state.verifier.max_lifetime_secs() as i64),
-        exp: expires.as_second(),
-        jti: format!("{:016x}", rand::random::<u64>()),
+        companion_of: req.companion_of,
+        ..link_claims(&state, &id, expires)
     };
     let event = AuditEvent {
         meeting: Some(id.clone()),
@@ -618,7 +652,7 @@ async fn mint(
     }
     Json(json!({
         "token": token,
-        "url": format!("{}?token={token}", join_url(&state, &id)),
+        "url": link_url(&state, &id, &token),
         "expires_at": expires.to_string(),
     }))
     .into_response()

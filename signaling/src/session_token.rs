@@ -15,6 +15,9 @@ pub enum Role {
     Patient,
     Companion,
     Interpreter,
+    /// A clinician of another care unit invited into a visit by its clinician (a
+    /// multidisciplinary conference): staff, audited with their own HSA-id and unit.
+    Consultant,
 }
 
 impl std::str::FromStr for Role {
@@ -25,6 +28,7 @@ impl std::str::FromStr for Role {
             "patient" => Ok(Role::Patient),
             "companion" => Ok(Role::Companion),
             "interpreter" => Ok(Role::Interpreter),
+            "consultant" => Ok(Role::Consultant),
             other => Err(format!("unknown role {other:?}")),
         }
     }
@@ -44,6 +48,10 @@ pub struct Claims {
     pub hsa: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// A companion's patient: the `sub` of the patient they come with (a clinician can admit
+    /// them together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub companion_of: Option<String>,
     pub nbf: i64,
     pub exp: i64,
     pub jti: String,
@@ -76,10 +84,16 @@ pub enum TokenError {
     Expired,
     #[error("the token is not valid yet")]
     NotYetValid,
-    #[error("the token's role is not one of clinician, patient, companion, interpreter")]
+    #[error(
+        "the token's role is not one of clinician, patient, companion, interpreter, consultant"
+    )]
     UnknownRole,
-    #[error("a clinician token must carry an HSA-id")]
+    #[error("a clinician or consultant token must carry an HSA-id")]
     ClinicianWithoutHsa,
+    #[error("a consultant token must carry the consultant's care unit")]
+    ConsultantWithoutUnit,
+    #[error("companion_of belongs in a companion's token only")]
+    CompanionOfWithoutCompanion,
     #[error("the token's subject looks like a personal identity number; it must be pseudonymous")]
     SubjectNotPseudonymous,
     #[error("the token lacks a required claim: {0}")]
@@ -109,6 +123,8 @@ impl TokenError {
             TokenError::NotYetValid => "token_not_yet_valid",
             TokenError::UnknownRole => "token_unknown_role",
             TokenError::ClinicianWithoutHsa => "token_clinician_without_hsa",
+            TokenError::ConsultantWithoutUnit => "token_consultant_without_unit",
+            TokenError::CompanionOfWithoutCompanion => "token_companion_of_not_companion",
             TokenError::SubjectNotPseudonymous => "token_subject_not_pseudonymous",
             TokenError::MissingClaim(_) => "token_missing_claim",
             TokenError::ClaimNotPseudonymous(_) => "token_claim_not_pseudonymous",
@@ -121,6 +137,8 @@ impl TokenError {
         match self {
             TokenError::UnknownRole
             | TokenError::ClinicianWithoutHsa
+            | TokenError::ConsultantWithoutUnit
+            | TokenError::CompanionOfWithoutCompanion
             | TokenError::SubjectNotPseudonymous
             | TokenError::ClaimNotPseudonymous(_)
             | TokenError::BadHsa => 403,
@@ -317,11 +335,19 @@ impl TokenVerifier {
         let mut fields = vec![("mtg", claims.mtg.as_str()), ("name", claims.name.as_str())];
         fields.extend(claims.unit.as_deref().map(|u| ("unit", u)));
         fields.extend(claims.hsa.as_deref().map(|h| ("hsa", h)));
+        fields.extend(claims.companion_of.as_deref().map(|c| ("companion_of", c)));
         crate::identity_number::check_fields(fields)
             .map_err(|e| TokenError::ClaimNotPseudonymous(e.field))?;
         let role: Role = claims.role.parse().map_err(|_| TokenError::UnknownRole)?;
-        if role == Role::Clinician && claims.hsa.as_deref().is_none_or(str::is_empty) {
+        let staff = matches!(role, Role::Clinician | Role::Consultant);
+        if staff && claims.hsa.as_deref().is_none_or(str::is_empty) {
             return Err(TokenError::ClinicianWithoutHsa);
+        }
+        if role == Role::Consultant && claims.unit.as_deref().is_none_or(str::is_empty) {
+            return Err(TokenError::ConsultantWithoutUnit);
+        }
+        if claims.companion_of.is_some() && role != Role::Companion {
+            return Err(TokenError::CompanionOfWithoutCompanion);
         }
         if claims
             .hsa

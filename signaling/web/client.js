@@ -16,7 +16,7 @@ const linkMeeting = pathMatch ? decodeURIComponent(pathMatch[1]) : "";
 history.replaceState(null, "", location.pathname);
 
 const $ = (id) => document.getElementById(id);
-const ROLE = { clinician: "vårdpersonal", patient: "patient", companion: "anhörig", interpreter: "tolk" };
+const ROLE = { clinician: "Vårdpersonal", patient: "Patient", companion: "Anhörig", interpreter: "Tolk", consultant: "Konsult" };
 const ENDED_TITLE = {
   denied: "Du släpptes inte in", removed: "Du har tagits bort från besöket", meeting_ended: "Besöket är avslutat",
   meeting_cancelled: "Besöket är avbokat", replaced: "Du anslöt från en annan enhet", left: "Du har lämnat besöket",
@@ -405,10 +405,18 @@ function renderLobby() {
     const li = document.createElement("li");
     li.dataset.participant = w.participant;
     const label = document.createElement("span");
-    label.textContent = `${w.name} (${ROLE[w.role] || w.role}), väntat ${minutesSince(w.since)}`;
+    const withWhom = w.with_name ? `, med ${w.with_name}` : "";
+    label.textContent = `${w.name} (${ROLE[w.role] || w.role}${withWhom}), väntat ${minutesSince(w.since)}`;
     li.append(label);
     if (state.kind !== "drop_in") {
       li.append(button("Släpp in", "admit", () => send({ type: "admit", participant: w.participant })));
+      // A patient whose companions wait too: both in with one press.
+      const companions = state.lobby.filter((c) => c.with === w.participant);
+      if (companions.length) {
+        const who = companions.length === 1 ? "anhörig" : `${companions.length} anhöriga`;
+        li.append(button(`Släpp in ${w.name} och ${who}`, "admit-with",
+          () => send({ type: "admit", participant: w.participant, with_companions: true })));
+      }
     }
     li.append(button("Neka", "deny danger", () => send({ type: "deny", participant: w.participant })));
     list.append(li);
@@ -426,7 +434,7 @@ function renderPeople() {
     label.textContent = `${p.name} (${ROLE[p.role] || p.role})`;
     li.append(label);
     if (state.role === "clinician") {
-      if (p.role !== "clinician") {
+      if (p.role !== "clinician" && p.role !== "consultant") {
         li.append(button("Till väntrummet", "to-lobby", () => send({ type: "to_lobby", participant: id })));
       }
       li.append(button("Ta bort", "remove danger", () => send({ type: "remove", participant: id })));
@@ -565,11 +573,13 @@ async function handle(msg) {
       state.meeting = msg.meeting;
       $("local-name").textContent = msg.name + " (du)";
       $("title").textContent = msg.role === "clinician" && msg.kind === "drop_in" ? "Drop-in-kö" : "Videobesök";
+      if (msg.role === "consultant") $("share").hidden = !navigator.mediaDevices.getDisplayMedia;
       if (msg.role === "clinician") {
         $("lobby-panel").hidden = false;
         $("end").hidden = msg.kind === "drop_in";
         $("share").hidden = msg.kind === "drop_in" || !navigator.mediaDevices.getDisplayMedia;
         $("take-next").hidden = msg.kind !== "drop_in";
+        $("invite").hidden = msg.kind === "drop_in";
       }
       if (msg.state === "admitted") {
         setPeople(msg.participants);
@@ -579,6 +589,13 @@ async function handle(msg) {
         enterLobby(null);
       }
       await connectMedia(false);
+      break;
+    case "consultant_invited":
+      $("invite-result").textContent = msg.url
+        ? `${msg.name} (${msg.hsa}) är inbjuden. Skicka länken till konsulten:`
+        : `${msg.name} (${msg.hsa}) är inbjuden och kan ansluta med sin egen inloggning.`;
+      $("invite-link").hidden = !msg.url;
+      $("invite-link").value = msg.url || "";
       break;
     case "pong":
       clearTimeout(pongTimer);
@@ -715,6 +732,9 @@ async function handle(msg) {
         }, wait);
       }
       if (msg.code === "chat_rate") setStatus("Vänta lite innan du skickar fler meddelanden.");
+      if (msg.code === "bad_invite") {
+        $("invite-result").textContent = "Inbjudan behöver konsultens HSA-id (t.ex. SE2321000016-ABC1), vårdenhet och namn.";
+      }
       console.warn("server error", msg);
       break;
   }
@@ -775,6 +795,10 @@ function wireControls() {
     applyLayers();
   };
   $("take-next").onclick = () => send({ type: "take_next" });
+  $("invite-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    send({ type: "invite_consultant", hsa: $("invite-hsa").value.trim(), unit: $("invite-unit").value.trim(), name: $("invite-name").value.trim() });
+  };
   // Ending is for everyone: a second press confirms (no dialogs, they block phones' UI).
   let armed = null;
   $("end").onclick = (ev) => {
@@ -800,6 +824,18 @@ function wireControls() {
   };
 }
 
+/** Asks whether to take part with the camera or by voice alone; true for voice alone. */
+function chooseMedia() {
+  $("media-choice").hidden = false;
+  setStatus("");
+  return new Promise((resolve) => {
+    const done = (audioOnly) => { $("media-choice").hidden = true; resolve(audioOnly); };
+    $("choose-video").onclick = () => done(false);
+    $("choose-audio").onclick = () => done(true);
+    $("choose-video").focus();
+  });
+}
+
 async function start() {
   show("check");
   if (!token) { endWith("", "Länken saknar inbjudan. Öppna den igen från meddelandet du fick."); return; }
@@ -809,9 +845,13 @@ async function start() {
     endWith(check.body.error, check.body.message);
     return;
   }
-  setStatus("Startar kamera och mikrofon…");
+  // An interpreter may take part by voice alone (the link may say so: `&media=audio`).
+  state.audioOnly = params.get("media") === "audio";
+  if (check.body.role === "interpreter" && !state.audioOnly) state.audioOnly = await chooseMedia();
+  setStatus(state.audioOnly ? "Startar mikrofonen…" : "Startar kamera och mikrofon…");
+  $("cam").hidden = state.audioOnly;
   try {
-    local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+    local = await navigator.mediaDevices.getUserMedia({ audio: true, video: state.audioOnly ? false : { width: 640, height: 480 } });
   } catch (e) {
     setStatus("Kunde inte starta kamera eller mikrofon: " + e.message + ". Tillåt dem i webbläsaren och ladda om sidan.");
     return;
