@@ -30,6 +30,8 @@ pub struct AppState {
     pub refusals: TokenRefusals,
     /// A join WebSocket silent this long (no message, no pong) is closed.
     pub ws_idle: std::time::Duration,
+    /// Photos shared in meetings, in memory only.
+    pub images: crate::image_store::ImageStore,
     /// Participants of dropped WebSockets, kept for a resume, and the live ones' keys.
     pub resume: crate::session_resume::ResumeSlots,
 }

@@ -68,6 +68,9 @@ pub struct AuditEvent {
     /// IPv6 /64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Who a photo was shared with (their subjects); never the photo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<Vec<String>>,
     /// How many events this line stands for (token refusals summarised per source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,

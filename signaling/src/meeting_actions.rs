@@ -46,6 +46,10 @@ pub async fn act(
             ) {
                 state.meetings.remember_decision(room, now);
             }
+            // Photos shared in it go with the meeting.
+            if action == Action::EndMeeting {
+                state.images.forget_meeting(&room.id);
+            }
             Ok(())
         }
         Err(e) => {

@@ -1214,6 +1214,56 @@ impl RoomState {
         v
     }
 
+    /// Who a photo shared by `id` (subject `sub`) goes to: everyone else admitted now, by
+    /// connection and subject. Only the admitted share (`waiting_for_admission`).
+    pub fn image_recipients(
+        &self,
+        id: &ParticipantId,
+        sub: &str,
+    ) -> Result<Vec<(ParticipantId, String)>, RequestError> {
+        let m = self
+            .members
+            .get(id)
+            .ok_or(RequestError::NoSuchParticipant)?;
+        if m.sub != sub {
+            return Err(RequestError::NoSuchParticipant);
+        }
+        if !m.is_admitted() {
+            return Err(RequestError::WaitingForAdmission);
+        }
+        Ok(self
+            .members
+            .iter()
+            .filter(|(other, o)| *other != id && o.is_admitted())
+            .map(|(other, o)| (other.clone(), o.sub.clone()))
+            .collect())
+    }
+
+    /// Tells the recipients still here of a shared photo; how many were told.
+    pub fn announce_image(
+        &self,
+        from: &ParticipantId,
+        image: &str,
+        mime: &str,
+        bytes: usize,
+        to: &[(ParticipantId, String)],
+        fx: &mut Effects,
+    ) -> usize {
+        let name = self
+            .members
+            .get(from)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let msg = json!({"type": "image_shared", "image": image, "from": from, "name": name,
+                         "mime": mime, "bytes": bytes});
+        let mut told = 0;
+        for (id, _) in to.iter().filter(|(id, _)| self.is_admitted(id)) {
+            fx.send(id, &msg);
+            told += 1;
+        }
+        told
+    }
+
     /// The actor is a clinician here (drop-in take).
     pub fn check_clinician(&self, id: &ParticipantId) -> Result<(), RequestError> {
         self.actor(id).map(|_| ())
@@ -1614,5 +1664,40 @@ mod tests {
             join_as(&mut s, &pid("k2"), &other).0,
             Err(JoinRefusal::NotInvited)
         );
+    }
+
+    #[test]
+    fn a_photo_goes_from_the_admitted_to_the_others_admitted() {
+        let mut s = visit();
+        let (c, p, w) = (pid("c"), pid("p"), pid("w"));
+        join(&mut s, &c, "doc", Role::Clinician, 10);
+        join(&mut s, &p, "pat-1", Role::Patient, 10);
+        join(&mut s, &w, "pat-2", Role::Patient, 10);
+        assert_eq!(
+            s.image_recipients(&p, "pat-1"),
+            Err(RequestError::WaitingForAdmission)
+        );
+        act(&mut s, &c, Action::Admit(p.clone())).unwrap();
+        assert_eq!(
+            s.image_recipients(&p, "someone-else"),
+            Err(RequestError::NoSuchParticipant)
+        );
+        let to = s.image_recipients(&p, "pat-1").unwrap();
+        assert_eq!(
+            to,
+            vec![(c.clone(), "doc".to_owned())],
+            "not the sender, not the lobby"
+        );
+        let mut fx = Effects::default();
+        assert_eq!(
+            s.announce_image(&p, "img-1", "image/jpeg", 10, &to, &mut fx),
+            1
+        );
+        let told = texts(&fx, &c);
+        assert_eq!(
+            (told[0]["type"].as_str(), told[0]["name"].as_str()),
+            (Some("image_shared"), Some("pat-1"))
+        );
+        assert!(texts(&fx, &w).is_empty() && texts(&fx, &p).is_empty());
     }
 }

@@ -45,6 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/join", post(join_check))
         .route("/ws", get(ws_upgrade))
         .merge(crate::meetings_api::routes())
+        .merge(crate::image_sharing::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }

@@ -29,6 +29,8 @@ const state = {
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
+  // Photos received (id, sender, size, whether EXIF was found in them) and sent.
+  images: [], sentImages: [],
 };
 window.hcState = state; // read by the browser tests
 
@@ -519,6 +521,100 @@ function deviceCheck() {
   } catch { /* the meter is a help, not a requirement */ }
 }
 
+// ---- photos ----------------------------------------------------------------------------------
+
+const MAX_PHOTO_BYTES = 8 * 1024 * 1024;
+const PHOTO_ERRORS = {
+  image_too_large: "Bilden är för stor.", image_has_metadata: "Bilden innehöll uppgifter som inte får skickas.",
+  image_not_supported: "Det går bara att skicka foton (JPEG eller PNG).", waiting_for_admission: "Du kan skicka bilder när du har släppts in.",
+  images_busy: "Det går inte att skicka bilder just nu. Försök igen om en stund.",
+};
+
+/**
+ * The photo redrawn: only its pixels leave the device — no EXIF (camera, time, GPS position),
+ * no XMP or comments — turned upright, at most 2560 px on its longer side and 8 MB.
+ */
+async function strippedPhoto(file) {
+  const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+  const scale = Math.min(1, 2560 / Math.max(bitmap.width, bitmap.height));
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+  canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+  canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  for (const quality of [0.9, 0.8, 0.6, 0.4]) {
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", quality));
+    if (blob && blob.size <= MAX_PHOTO_BYTES) return blob;
+  }
+  throw new Error("the photo stays over 8 MB");
+}
+
+/** Whether bytes hold an EXIF block (what the tests check of a received photo). */
+function holdsExif(bytes) {
+  const exif = [0x45, 0x78, 0x69, 0x66, 0, 0];
+  outer: for (let i = 0; i + exif.length <= bytes.length; i++) {
+    for (let j = 0; j < exif.length; j++) if (bytes[i + j] !== exif[j]) continue outer;
+    return true;
+  }
+  return false;
+}
+
+async function sharePhoto(file) {
+  setStatus("Skickar bilden…");
+  let blob;
+  try {
+    blob = await strippedPhoto(file);
+  } catch {
+    setStatus("Bilden kunde inte läsas. Välj ett foto (JPEG eller PNG).");
+    return;
+  }
+  const r = await fetch("/images", {
+    method: "POST", body: blob,
+    headers: { authorization: `Bearer ${token}`, "x-participant": state.participant, "content-type": "image/jpeg" },
+  }).catch(() => null);
+  const body = r ? await r.json().catch(() => ({})) : {};
+  if (!r || !r.ok) {
+    setStatus(PHOTO_ERRORS[body.error] || "Bilden kunde inte skickas. Försök igen.");
+    return;
+  }
+  state.sentImages.push({ id: body.image, bytes: blob.size });
+  addPhoto(blob, "Du", false);
+  setStatus(body.recipients === 1 ? "Bilden skickades till 1 deltagare." : `Bilden skickades till ${body.recipients} deltagare.`);
+}
+
+async function fetchImage(msg) {
+  const r = await fetch(`/images/${encodeURIComponent(msg.image)}`, { headers: { authorization: `Bearer ${token}` } });
+  if (!r.ok) throw new Error(`HTTP ${r.status}`);
+  const blob = await r.blob();
+  const head = new Uint8Array(await blob.slice(0, 65536).arrayBuffer());
+  state.images.push({ id: msg.image, from: msg.from, bytes: blob.size, exif: holdsExif(head) });
+  // Staff may keep it for the record — on this device, never on the server.
+  addPhoto(blob, msg.name, state.role === "clinician");
+}
+
+/** A photo in the chat, with a link that saves it on this device when `savable`. */
+function addPhoto(blob, who, savable) {
+  const url = URL.createObjectURL(blob);
+  const li = document.createElement("li");
+  li.className = "photo";
+  const name = document.createElement("strong");
+  name.textContent = who;
+  const img = document.createElement("img");
+  img.src = url;
+  img.alt = `Bild från ${who}`;
+  li.append(name, img);
+  if (savable) {
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `bild-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-")}.jpg`;
+    a.className = "save-photo";
+    a.textContent = "Spara på den här datorn";
+    li.append(a);
+  }
+  $("chat-log").append(li);
+  li.scrollIntoView({ block: "nearest" });
+}
+
 // ---- the session ---------------------------------------------------------------------------
 
 /** Asks the server whether we may join, before the camera is opened. */
@@ -667,6 +763,10 @@ async function handle(msg) {
     case "chat":
       addChat(msg);
       break;
+    case "image_shared":
+      // Fetched beside the message queue: a large photo must not hold up the call.
+      fetchImage(msg).catch((e) => state.errors.push("image: " + e));
+      break;
     case "closing":
       // Closed for silence (a page asleep in the background): the close (4007) reconnects.
       if (msg.reason === "idle") break;
@@ -814,6 +914,12 @@ function wireControls() {
   $("leave").onclick = () => {
     send({ type: "leave" });
     endWith("left", "Du kan stänga fönstret.");
+  };
+  $("image-button").onclick = () => $("image-input").click();
+  $("image-input").onchange = () => {
+    const file = $("image-input").files[0];
+    $("image-input").value = "";
+    if (file) sharePhoto(file);
   };
   $("chat-form").onsubmit = (ev) => {
     ev.preventDefault();

@@ -10,13 +10,13 @@ export const signalingBin = process.env.SIGNALING_BIN || path.join(targetDir, "d
 export const sfuBin = process.env.SFU_BIN || path.join(targetDir, "debug", "sfu");
 
 /** Starts the single-node default on ephemeral ports; resolves with its URLs and process. */
-export function startSignaling(extraArgs = [], { embedded = true, listen = "127.0.0.1:0" } = {}) {
+export function startSignaling(extraArgs = [], { embedded = true, listen = "127.0.0.1:0", cwd, env = {} } = {}) {
   const keyDir = mkdtempSync(path.join(tmpdir(), "hc-dev-"));
   const child = spawn(signalingBin, ["serve", "--dev", "--dev-key", path.join(keyDir, "issuer.key"),
     "--audit-log", path.join(keyDir, "audit.jsonl"),
     "--listen", listen, ...(embedded ? ["--workers", "1"] : []), ...extraArgs], {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
+    stdio: ["ignore", "pipe", "pipe"], cwd,
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info", ...env },
   });
   let logs = "";
   child.stderr.on("data", (d) => { logs += d; });

@@ -37,7 +37,7 @@ test("waiting room: isolation until admitted, admit, deny, end meeting", { timeo
     await doctor.goto(links.clinician);
     await doctor.waitForSelector("#lobby-list li", { timeout: 30000 });
     const lobbyText = await doctor.textContent("#lobby-list");
-    assert.match(lobbyText, /Anna Patient \(patient\)/);
+    assert.match(lobbyText, /Anna Patient \(Patient\)/);
     await waitFor(async () => {
       const c = await doctor.evaluate(() => window.hcState.pc && window.hcState.pc.connectionState);
       return { ok: c === "connected", c };

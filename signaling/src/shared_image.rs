@@ -1,0 +1,264 @@
+//! What a shared photo may be: a JPEG or PNG that is well formed as far as its container goes,
+//! and carries nothing but pixels — no EXIF (camera, time, GPS position), XMP, IPTC/Photoshop
+//! blocks, comments or text chunks. The sender's page strips them (it redraws the picture);
+//! this is the server's check that it did, so a hostile or buggy client cannot pass a
+//! patient's position on. Uses only the standard library (a fuzz target compiles it alone).
+
+/// The formats taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    Jpeg,
+    Png,
+}
+
+impl ImageKind {
+    pub fn mime(self) -> &'static str {
+        match self {
+            ImageKind::Jpeg => "image/jpeg",
+            ImageKind::Png => "image/png",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageRefusal {
+    #[error("not a JPEG or PNG image")]
+    NotAnImage,
+    #[error("the image is cut short or malformed ({0})")]
+    Malformed(&'static str),
+    #[error("the image carries metadata ({0}); send the picture without it")]
+    HasMetadata(&'static str),
+}
+
+impl ImageRefusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ImageRefusal::NotAnImage => "image_not_supported",
+            ImageRefusal::Malformed(_) => "image_malformed",
+            ImageRefusal::HasMetadata(_) => "image_has_metadata",
+        }
+    }
+}
+
+/// Checks `bytes`; the kind when it is a clean JPEG or PNG.
+pub fn inspect(bytes: &[u8]) -> Result<ImageKind, ImageRefusal> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        jpeg(bytes).map(|()| ImageKind::Jpeg)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        png(bytes).map(|()| ImageKind::Png)
+    } else {
+        Err(ImageRefusal::NotAnImage)
+    }
+}
+
+/// Walks the segments before the image data (SOS): APPn and COM segments are where metadata
+/// lives. APP0 (JFIF), APP2 (an ICC colour profile) and APP14 (Adobe colour transform) describe
+/// how to show the pixels and are kept; the rest is refused.
+fn jpeg(bytes: &[u8]) -> Result<(), ImageRefusal> {
+    let mut at = 2;
+    let mut frame = false;
+    loop {
+        // Fill bytes (0xFF) may pad between segments.
+        while bytes.get(at) == Some(&0xFF) && bytes.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let (Some(&0xFF), Some(&marker)) = (bytes.get(at), bytes.get(at + 1)) else {
+            return Err(ImageRefusal::Malformed("a segment marker is missing"));
+        };
+        at += 2;
+        match marker {
+            // Markers without a length.
+            0x01 | 0xD0..=0xD7 => continue,
+            0xD9 => return Err(ImageRefusal::Malformed("the image ends before its data")),
+            _ => {}
+        }
+        let (Some(&hi), Some(&lo)) = (bytes.get(at), bytes.get(at + 1)) else {
+            return Err(ImageRefusal::Malformed("a segment is cut short"));
+        };
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        if len < 2 || at + len > bytes.len() {
+            return Err(ImageRefusal::Malformed(
+                "a segment's length runs past the end",
+            ));
+        }
+        let body = &bytes[at + 2..at + len];
+        match marker {
+            0xE1 if body.starts_with(b"Exif\0") => return Err(ImageRefusal::HasMetadata("EXIF")),
+            0xE1 if body.starts_with(b"http://ns.adobe.com/xap/1.0/") => {
+                return Err(ImageRefusal::HasMetadata("XMP"));
+            }
+            0xE1 => return Err(ImageRefusal::HasMetadata("an APP1 block")),
+            0xED => return Err(ImageRefusal::HasMetadata("IPTC/Photoshop")),
+            0xFE => return Err(ImageRefusal::HasMetadata("a comment")),
+            0xE0 | 0xE2 | 0xEE => {}
+            0xE3..=0xEF => return Err(ImageRefusal::HasMetadata("an application block")),
+            // Start of frame (baseline, progressive, …): the picture's size.
+            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+                if body.len() < 5 || body[1..5].iter().all(|b| *b == 0) {
+                    return Err(ImageRefusal::Malformed("the frame has no size"));
+                }
+                frame = true;
+            }
+            // Start of scan: the pixels follow; nothing after them is read by viewers as
+            // metadata, and they are entropy-coded data, not segments.
+            0xDA => {
+                if !frame {
+                    return Err(ImageRefusal::Malformed(
+                        "image data before the frame header",
+                    ));
+                }
+                if !bytes.ends_with(&[0xFF, 0xD9]) {
+                    return Err(ImageRefusal::Malformed("the image does not end"));
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        at += len;
+    }
+}
+
+/// Walks the chunks: text (tEXt, zTXt, iTXt), EXIF (eXIf) and the time (tIME) are refused;
+/// every chunk must fit, and the image must end with IEND.
+fn png(bytes: &[u8]) -> Result<(), ImageRefusal> {
+    let mut at = 8;
+    let mut header = false;
+    loop {
+        let Some(head) = bytes.get(at..at + 8) else {
+            return Err(ImageRefusal::Malformed("a chunk is cut short"));
+        };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let kind = &head[4..8];
+        let end = at
+            .checked_add(12)
+            .and_then(|x| x.checked_add(len))
+            .filter(|e| *e <= bytes.len())
+            .ok_or(ImageRefusal::Malformed(
+                "a chunk's length runs past the end",
+            ))?;
+        match kind {
+            b"IHDR" => header = len == 13,
+            b"tEXt" | b"zTXt" | b"iTXt" => return Err(ImageRefusal::HasMetadata("a text chunk")),
+            b"eXIf" => return Err(ImageRefusal::HasMetadata("EXIF")),
+            b"tIME" => return Err(ImageRefusal::HasMetadata("a time stamp")),
+            b"IEND" => {
+                return if !header {
+                    Err(ImageRefusal::Malformed("no image header"))
+                } else if len != 0 {
+                    Err(ImageRefusal::Malformed("the end chunk holds data"))
+                } else if end != bytes.len() {
+                    Err(ImageRefusal::Malformed("data after the image's end"))
+                } else {
+                    Ok(())
+                };
+            }
+            _ if !header => return Err(ImageRefusal::Malformed("no image header first")),
+            _ => {}
+        }
+        at = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal baseline JPEG's structure (SOI, APP0, SOF0, SOS, data, EOI) with `extra`
+    /// segments after the APP0.
+    fn jpeg_with(extra: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut b = vec![0xFF, 0xD8];
+        let seg = |b: &mut Vec<u8>, marker: u8, body: &[u8]| {
+            b.extend_from_slice(&[0xFF, marker]);
+            b.extend_from_slice(&((body.len() + 2) as u16).to_be_bytes());
+            b.extend_from_slice(body);
+        };
+        seg(&mut b, 0xE0, b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0");
+        for (m, body) in extra {
+            seg(&mut b, *m, body);
+        }
+        seg(&mut b, 0xC0, &[8, 0, 16, 0, 16, 1, 1, 0x11, 0]);
+        seg(&mut b, 0xDA, &[1, 1, 0, 0, 63, 0]);
+        b.extend_from_slice(&[0x12, 0x34, 0xFF, 0x00, 0x56]);
+        b.extend_from_slice(&[0xFF, 0xD9]);
+        b
+    }
+
+    fn png_with(extra: &[(&[u8; 4], &[u8])]) -> Vec<u8> {
+        let mut b = b"\x89PNG\r\n\x1a\n".to_vec();
+        let chunk = |b: &mut Vec<u8>, kind: &[u8; 4], body: &[u8]| {
+            b.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            b.extend_from_slice(kind);
+            b.extend_from_slice(body);
+            b.extend_from_slice(&[0, 0, 0, 0]);
+        };
+        chunk(&mut b, b"IHDR", &[0, 0, 0, 16, 0, 0, 0, 16, 8, 2, 0, 0, 0]);
+        for (k, body) in extra {
+            chunk(&mut b, k, body);
+        }
+        chunk(&mut b, b"IDAT", &[1, 2, 3]);
+        chunk(&mut b, b"IEND", &[]);
+        b
+    }
+
+    #[test]
+    fn a_clean_picture_passes() {
+        assert_eq!(inspect(&jpeg_with(&[])), Ok(ImageKind::Jpeg));
+        assert_eq!(
+            inspect(&jpeg_with(&[(0xE2, b"ICC_PROFILE\0\x01\x01")])),
+            Ok(ImageKind::Jpeg)
+        );
+        assert_eq!(inspect(&png_with(&[])), Ok(ImageKind::Png));
+    }
+
+    #[test]
+    fn metadata_is_named_and_refused() {
+        let gps = b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x88\x25\0\x04\0\0\0\x01\0\0\0\x1a";
+        for (segment, what) in [
+            ((0xE1, &gps[..]), "EXIF"),
+            (
+                (0xE1, &b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta/>"[..]),
+                "XMP",
+            ),
+            ((0xED, &b"Photoshop 3.0\0"[..]), "IPTC/Photoshop"),
+            ((0xFE, &b"taken at home"[..]), "a comment"),
+        ] {
+            assert_eq!(
+                inspect(&jpeg_with(&[segment])),
+                Err(ImageRefusal::HasMetadata(what))
+            );
+        }
+        for (chunk, what) in [
+            ((b"tEXt", &b"Author\0Anna"[..]), "a text chunk"),
+            ((b"eXIf", &gps[6..]), "EXIF"),
+            ((b"tIME", &[7, 234, 5, 17, 12, 0, 0][..]), "a time stamp"),
+        ] {
+            assert_eq!(
+                inspect(&png_with(&[chunk])),
+                Err(ImageRefusal::HasMetadata(what))
+            );
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused_without_panicking() {
+        assert_eq!(inspect(b"GIF89a"), Err(ImageRefusal::NotAnImage));
+        assert_eq!(inspect(b""), Err(ImageRefusal::NotAnImage));
+        let good = jpeg_with(&[]);
+        for cut in 3..good.len() - 1 {
+            assert!(inspect(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let good = png_with(&[]);
+        for cut in 9..good.len() {
+            assert!(inspect(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        // Found by the fuzz target: an end chunk with data in it.
+        let mut fat_end = png_with(&[]);
+        let n = fat_end.len();
+        fat_end.splice(n - 12..n - 8, 4u32.to_be_bytes());
+        fat_end.splice(n - 4..n - 4, *b"))))");
+        assert!(inspect(&fat_end).is_err());
+        let mut huge = png_with(&[]);
+        huge[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(inspect(&huge).is_err());
+    }
+}
