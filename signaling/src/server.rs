@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const CLIENT_JS: &str = include_str!("../web/client.js");
+const TEXTS_JS: &str = include_str!("../web/texts.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -33,6 +34,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/client.js",
             get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], CLIENT_JS) }),
+        )
+        .route(
+            "/texts.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], TEXTS_JS) }),
         )
         .route(
             "/style.css",

@@ -6,6 +6,8 @@
 // The media session starts while waiting (so admission is instant) but sends nothing until the
 // server admits us: the senders carry no track until then.
 
+import { t, refusalText, translatePage } from "/texts.js";
+
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
 const pathMatch = location.pathname.match(/^\/m\/([^/]+)/);
@@ -16,11 +18,8 @@ const linkMeeting = pathMatch ? decodeURIComponent(pathMatch[1]) : "";
 history.replaceState(null, "", location.pathname);
 
 const $ = (id) => document.getElementById(id);
-const ROLE = { clinician: "Vårdpersonal", patient: "Patient", companion: "Anhörig", interpreter: "Tolk", consultant: "Konsult" };
-const ENDED_TITLE = {
-  denied: "Du släpptes inte in", removed: "Du har tagits bort från besöket", meeting_ended: "Besöket är avslutat",
-  meeting_cancelled: "Besöket är avbokat", replaced: "Du anslöt från en annan enhet", left: "Du har lämnat besöket",
-};
+const role = (r) => t(`role.${r}`);
+const ENDED = ["denied", "removed", "meeting_ended", "meeting_cancelled", "replaced", "left"];
 
 const state = {
   pc: null, ws: null, dc: null, names: new Map(), roles: new Map(), tiles: new Map(), participant: null,
@@ -33,6 +32,7 @@ const state = {
   images: [], sentImages: [],
 };
 window.hcState = state; // read by the browser tests
+state.localStream = () => local;
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -59,7 +59,7 @@ function endWith(reason, message) {
   if (state.pc) state.pc.close();
   if (state.ws && state.ws.readyState <= WebSocket.OPEN) state.ws.close(1000);
   if (local) local.getTracks().forEach((t) => t.stop());
-  $("ended-title").textContent = ENDED_TITLE[reason] || "Det gick inte att ansluta";
+  $("ended-title").textContent = ENDED.includes(reason) ? t(`ended.${reason}`) : t("ended.default");
   $("ended-message").textContent = message || "";
   setStatus("");
   show("ended");
@@ -76,8 +76,9 @@ function tileFor(streamId) {
     const video = document.createElement("video");
     video.autoplay = true;
     video.playsInline = true;
+    if (state.speaker && video.setSinkId) video.setSinkId(state.speaker).catch(() => {});
     const cap = document.createElement("figcaption");
-    cap.textContent = state.names.get(streamId) || "Deltagare";
+    cap.textContent = state.names.get(streamId) || t("people.someone");
     fig.append(video, cap);
     $("grid").append(fig);
     tile = { fig, video, cap, stream: new MediaStream() };
@@ -205,8 +206,8 @@ async function connectMedia(restart) {
   };
   pc.onconnectionstatechange = () => {
     if (pc !== state.pc) return;
-    if (pc.connectionState === "connected" && state.view === "meeting") setStatus("Ansluten");
-    if (pc.connectionState === "failed") scheduleRestart("Anslutningen bröts, ansluter igen…");
+    if (pc.connectionState === "connected" && state.view === "meeting") setStatus(t("status.connected"));
+    if (pc.connectionState === "failed") scheduleRestart(t("status.connectionLost"));
   };
   // A path that went quiet (Wi-Fi to cellular, a new address) is first repaired in place: an
   // ICE restart keeps the session, its tracks and admission; the full rebuild on `failed`
@@ -217,9 +218,9 @@ async function connectMedia(restart) {
     if (["connected", "completed"].includes(pc.iceConnectionState)) {
       clearTimeout(iceRestartTimer);
       iceRestartTimer = null;
-      if (state.view === "meeting") setStatus("Ansluten");
+      if (state.view === "meeting") setStatus(t("status.connected"));
     } else if (pc.iceConnectionState === "disconnected" && !iceRestartTimer) {
-      setStatus("Nätverket ändrades, ansluter igen…");
+      setStatus(t("status.networkChanged"));
       iceRestartTimer = setTimeout(() => { iceRestartTimer = null; restartIce(pc); }, 1000);
     }
   };
@@ -241,31 +242,30 @@ function checkConnectivity(pc) {
     el.textContent = text;
     el.classList.toggle("problem", !!failed);
   };
-  if (!state.connectivityOk) show("Anslutning: kontrolleras…", false);
+  if (!state.connectivityOk) show(t("net.checking"), false);
   const started = Date.now();
   const timer = setInterval(async () => {
     if (pc !== state.pc || pc.connectionState === "closed") { clearInterval(timer); return; }
     if (pc.connectionState === "connected") {
       clearInterval(timer);
-      let how = "direkt";
+      let how = t("net.direct");
       const report = await pc.getStats();
       report.forEach((s) => {
         if (s.type !== "transport" || !s.selectedCandidatePairId) return;
         const pair = report.get(s.selectedCandidatePairId);
         const local = pair && report.get(pair.localCandidateId);
         if (!local) return;
-        if (local.candidateType === "relay") how = "via reläserver";
-        else if (local.protocol === "tcp") how = "via TCP";
+        if (local.candidateType === "relay") how = t("net.relay");
+        else if (local.protocol === "tcp") how = t("net.tcp");
       });
       state.connectivityOk = true;
       state.connectivityPath = how;
-      show(`Anslutning: fungerar (${how}).`, false);
+      show(t("net.ok", how), false);
     } else if (Date.now() - started > 8000 || pc.connectionState === "failed") {
       clearInterval(timer);
       state.connectivityOk = false;
       state.connectivityPath = null;
-      show("Anslutning: video fungerar inte från det här nätverket. Byt till mobildata eller ett annat " +
-        "wifi, eller stäng av VPN, och ladda om sidan. Går det ändå inte: ring mottagningen.", true);
+      show(t("net.failed"), true);
     }
   }, 250);
 }
@@ -290,7 +290,7 @@ function watchMediaPath(pc) {
     if (now - quietSince > 800 && now - restartedAt > 4000) {
       restartedAt = now;
       state.pathStalls += 1;
-      setStatus("Nätverket ändrades, ansluter igen…");
+      setStatus(t("status.networkChanged"));
       checkSocket();
       restartIce(pc);
     }
@@ -367,7 +367,7 @@ async function offer(pc, restart) {
 }
 
 // Also reachable from the console and the tests: a fresh media session on demand.
-state.reconnect = () => scheduleRestart("Ansluter igen…");
+state.reconnect = () => scheduleRestart(t("status.reconnecting"));
 // Tests: send camera and microphone even while waiting, to show the SFU drops them.
 state.forceSendWhileWaiting = () => { state.forceSend = true; applySending(); };
 
@@ -396,7 +396,7 @@ function button(text, cls, onclick) {
 
 function minutesSince(iso) {
   const m = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 60000));
-  return m < 1 ? "nyss" : `${m} min`;
+  return m < 1 ? t("lobby.justNow") : t("lobby.minutes", m);
 }
 
 function renderLobby() {
@@ -407,20 +407,20 @@ function renderLobby() {
     const li = document.createElement("li");
     li.dataset.participant = w.participant;
     const label = document.createElement("span");
-    const withWhom = w.with_name ? `, med ${w.with_name}` : "";
-    label.textContent = `${w.name} (${ROLE[w.role] || w.role}${withWhom}), väntat ${minutesSince(w.since)}`;
+    const withWhom = w.with_name ? t("lobby.with", w.with_name) : "";
+    label.textContent = `${w.name} (${role(w.role)}${withWhom}), ${t("lobby.since", minutesSince(w.since))}`;
     li.append(label);
     if (state.kind !== "drop_in") {
-      li.append(button("Släpp in", "admit", () => send({ type: "admit", participant: w.participant })));
+      li.append(button(t("lobby.admit"), "admit", () => send({ type: "admit", participant: w.participant })));
       // A patient whose companions wait too: both in with one press.
       const companions = state.lobby.filter((c) => c.with === w.participant);
       if (companions.length) {
-        const who = companions.length === 1 ? "anhörig" : `${companions.length} anhöriga`;
-        li.append(button(`Släpp in ${w.name} och ${who}`, "admit-with",
+        const text = companions.length === 1 ? t("lobby.admitWithOne", w.name) : t("lobby.admitWithMany", w.name, companions.length);
+        li.append(button(text, "admit-with",
           () => send({ type: "admit", participant: w.participant, with_companions: true })));
       }
     }
-    li.append(button("Neka", "deny danger", () => send({ type: "deny", participant: w.participant })));
+    li.append(button(t("lobby.deny"), "deny danger", () => send({ type: "deny", participant: w.participant })));
     list.append(li);
   }
   $("take-next").disabled = state.lobby.length === 0;
@@ -433,13 +433,13 @@ function renderPeople() {
     const li = document.createElement("li");
     li.dataset.participant = id;
     const label = document.createElement("span");
-    label.textContent = `${p.name} (${ROLE[p.role] || p.role})`;
+    label.textContent = `${p.name} (${role(p.role)})`;
     li.append(label);
     if (state.role === "clinician") {
       if (p.role !== "clinician" && p.role !== "consultant") {
-        li.append(button("Till väntrummet", "to-lobby", () => send({ type: "to_lobby", participant: id })));
+        li.append(button(t("people.toLobby"), "to-lobby", () => send({ type: "to_lobby", participant: id })));
       }
-      li.append(button("Ta bort", "remove danger", () => send({ type: "remove", participant: id })));
+      li.append(button(t("people.remove"), "remove danger", () => send({ type: "remove", participant: id })));
     }
     list.append(li);
   }
@@ -462,7 +462,7 @@ function addChat(msg) {
   state.chat.push({ from: msg.from, name: msg.name, text: msg.text });
   const li = document.createElement("li");
   const who = document.createElement("strong");
-  who.textContent = msg.from === state.participant ? "Du" : msg.name;
+  who.textContent = msg.from === state.participant ? t("people.you") : msg.name;
   // Text only: chat is never rendered as markup.
   li.append(who, document.createTextNode(": " + msg.text));
   $("chat-log").append(li);
@@ -473,7 +473,7 @@ function enterMeeting() {
   state.admitted = true;
   applySending();
   show("meeting");
-  setStatus(state.pc && state.pc.connectionState === "connected" ? "Ansluten" : "Ansluter media…");
+  setStatus(state.pc && state.pc.connectionState === "connected" ? t("status.connected") : t("status.connectingMedia"));
 }
 
 function enterLobby(position) {
@@ -484,12 +484,12 @@ function enterLobby(position) {
   for (const id of [...state.tiles.keys()]) removeTile(id);
   showPosition(position);
   show("waiting");
-  setStatus("Väntar på att bli insläppt");
+  setStatus(t("status.waiting"));
 }
 
 function showPosition(position) {
   state.position = position;
-  $("position").textContent = position ? `Du är nummer ${position} i kön.` : "";
+  $("position").textContent = position ? t("waiting.position", position) : "";
 }
 
 // ---- the waiting room's device check -------------------------------------------------------
@@ -499,8 +499,8 @@ function deviceCheck() {
   const a = local.getAudioTracks()[0];
   const s = v && v.getSettings ? v.getSettings() : {};
   const parts = [
-    v ? `Kamera: fungerar${s.width ? ` (${s.width}×${s.height})` : ""}` : "Kamera: saknas",
-    a ? "Mikrofon: fungerar" : "Mikrofon: saknas",
+    v ? (s.width ? t("check.cameraSize", s.width, s.height) : t("check.camera")) : t("check.noCamera"),
+    a ? t("check.micOk") : t("check.noMic"),
   ];
   $("device-check").textContent = parts.join(". ") + ".";
   if (!a) return;
@@ -524,11 +524,7 @@ function deviceCheck() {
 // ---- photos ----------------------------------------------------------------------------------
 
 const MAX_PHOTO_BYTES = 8 * 1024 * 1024;
-const PHOTO_ERRORS = {
-  image_too_large: "Bilden är för stor.", image_has_metadata: "Bilden innehöll uppgifter som inte får skickas.",
-  image_not_supported: "Det går bara att skicka foton (JPEG eller PNG).", waiting_for_admission: "Du kan skicka bilder när du har släppts in.",
-  images_busy: "Det går inte att skicka bilder just nu. Försök igen om en stund.",
-};
+const PHOTO_ERRORS = ["image_too_large", "image_has_metadata", "image_not_supported", "waiting_for_admission", "images_busy"];
 
 /**
  * The photo redrawn: only its pixels leave the device — no EXIF (camera, time, GPS position),
@@ -560,12 +556,12 @@ function holdsExif(bytes) {
 }
 
 async function sharePhoto(file) {
-  setStatus("Skickar bilden…");
+  setStatus(t("photo.sending"));
   let blob;
   try {
     blob = await strippedPhoto(file);
   } catch {
-    setStatus("Bilden kunde inte läsas. Välj ett foto (JPEG eller PNG).");
+    setStatus(t("photo.unreadable"));
     return;
   }
   const r = await fetch("/images", {
@@ -574,12 +570,12 @@ async function sharePhoto(file) {
   }).catch(() => null);
   const body = r ? await r.json().catch(() => ({})) : {};
   if (!r || !r.ok) {
-    setStatus(PHOTO_ERRORS[body.error] || "Bilden kunde inte skickas. Försök igen.");
+    setStatus(PHOTO_ERRORS.includes(body.error) ? t(`photo.${body.error}`) : t("photo.failed"));
     return;
   }
   state.sentImages.push({ id: body.image, bytes: blob.size });
-  addPhoto(blob, "Du", false);
-  setStatus(body.recipients === 1 ? "Bilden skickades till 1 deltagare." : `Bilden skickades till ${body.recipients} deltagare.`);
+  addPhoto(blob, t("people.you"), false);
+  setStatus(body.recipients === 1 ? t("photo.sentOne") : t("photo.sentMany", body.recipients));
 }
 
 async function fetchImage(msg) {
@@ -601,14 +597,14 @@ function addPhoto(blob, who, savable) {
   name.textContent = who;
   const img = document.createElement("img");
   img.src = url;
-  img.alt = `Bild från ${who}`;
+  img.alt = t("photo.from", who);
   li.append(name, img);
   if (savable) {
     const a = document.createElement("a");
     a.href = url;
     a.download = `bild-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-")}.jpg`;
     a.className = "save-photo";
-    a.textContent = "Spara på den här datorn";
+    a.textContent = t("photo.save");
     li.append(a);
   }
   $("chat-log").append(li);
@@ -647,12 +643,12 @@ function openSocket() {
     // The connection to the server dropped (a phone changing networks): come back; within
     // the grace the server keeps our admission. Each attempt first asks why, if refused.
     wsAttempts += 1;
-    if (wsAttempts > 10) { endWith("", "Förbindelsen till servern bröts. Öppna länken igen."); return; }
-    setStatus("Förbindelsen bröts, ansluter igen…");
+    if (wsAttempts > 10) { endWith("", t("ws.gone")); return; }
+    setStatus(t("status.socketLost"));
     setTimeout(async () => {
       if (leaving) return;
       const check = await joinCheck().catch(() => ({ ok: true }));
-      if (!check.ok) { state.refusal = check.body.error; endWith(check.body.error, check.body.message); return; }
+      if (!check.ok) { state.refusal = check.body.error; endWith(check.body.error, refusalText(check.body.error, check.body.message, check.body)); return; }
       openSocket();
     }, state.resumeKey && wsAttempts === 1 ? 250 : Math.min(2000 * wsAttempts, 10000));
   };
@@ -667,8 +663,8 @@ async function handle(msg) {
       state.role = msg.role;
       state.kind = msg.kind;
       state.meeting = msg.meeting;
-      $("local-name").textContent = msg.name + " (du)";
-      $("title").textContent = msg.role === "clinician" && msg.kind === "drop_in" ? "Drop-in-kö" : "Videobesök";
+      $("local-name").textContent = t("people.selfName", msg.name);
+      $("title").textContent = msg.role === "clinician" && msg.kind === "drop_in" ? t("page.queue") : t("page.title");
       if (msg.role === "consultant") $("share").hidden = !navigator.mediaDevices.getDisplayMedia;
       if (msg.role === "clinician") {
         $("lobby-panel").hidden = false;
@@ -687,9 +683,7 @@ async function handle(msg) {
       await connectMedia(false);
       break;
     case "consultant_invited":
-      $("invite-result").textContent = msg.url
-        ? `${msg.name} (${msg.hsa}) är inbjuden. Skicka länken till konsulten:`
-        : `${msg.name} (${msg.hsa}) är inbjuden och kan ansluta med sin egen inloggning.`;
+      $("invite-result").textContent = msg.url ? t("invite.withLink", msg.name, msg.hsa) : t("invite.withoutLink", msg.name, msg.hsa);
       $("invite-link").hidden = !msg.url;
       $("invite-link").value = msg.url || "";
       break;
@@ -706,7 +700,7 @@ async function handle(msg) {
       // a network change): the media path likely moved too, so restart ICE in place.
       state.resumes += 1;
       const pc = state.pc;
-      if (state.view === "meeting") setStatus(pc && pc.connectionState === "connected" ? "Ansluten" : "Ansluter media…");
+      if (state.view === "meeting") setStatus(pc && pc.connectionState === "connected" ? t("status.connected") : t("status.connectingMedia"));
       // An offer of ours may have gone down with the old socket: sent again (a rollback of an
       // ICE restart leaves Chromium unable to offer); otherwise a fresh ICE restart.
       if (pc && pc.signalingState === "have-local-offer" && state.lastOffer) {
@@ -771,7 +765,7 @@ async function handle(msg) {
       // Closed for silence (a page asleep in the background): the close (4007) reconnects.
       if (msg.reason === "idle") break;
       state.closing = msg;
-      endWith(msg.reason, msg.message);
+      endWith(msg.reason, refusalText(msg.reason, msg.message));
       break;
     case "answer":
       // An answer meant for a session already replaced finds no offer of ours: dropped.
@@ -789,7 +783,7 @@ async function handle(msg) {
       const answer = await pc.createAnswer();
       await pc.setLocalDescription(answer);
       send({ type: "answer", sdp: pc.localDescription.sdp });
-      for (const [id, tile] of state.tiles) tile.cap.textContent = state.names.get(id) || "Deltagare";
+      for (const [id, tile] of state.tiles) tile.cap.textContent = state.names.get(id) || t("people.someone");
       break;
     }
     case "active_speaker":
@@ -801,13 +795,13 @@ async function handle(msg) {
       // behind it, so it is rebuilt. Only a session started moments ago is spared — the
       // message then concerns the one it replaced.
       if (!pc || Date.now() - state.sessionStartedAt > 3000 || !["new", "connecting", "connected"].includes(pc.connectionState)) {
-        scheduleRestart("Mediaanslutningen avbröts, ansluter igen…");
+        scheduleRestart(t("status.mediaLost"));
       }
       break;
     case "error":
       if (msg.code === "offer_unanswered") {
         // Our session could not take the SFU's offers: a new one gets them afresh.
-        scheduleRestart("Ansluter igen…");
+        scheduleRestart(t("status.reconnecting"));
         break;
       }
       if (msg.code === "restart_too_soon") {
@@ -828,12 +822,12 @@ async function handle(msg) {
         setTimeout(() => {
           if (leaving || pc !== state.pc) return;
           if (pc.connectionState === "connected") restartIce(pc);
-          else scheduleRestart("Ansluter igen…");
+          else scheduleRestart(t("status.reconnecting"));
         }, wait);
       }
-      if (msg.code === "chat_rate") setStatus("Vänta lite innan du skickar fler meddelanden.");
+      if (msg.code === "chat_rate") setStatus(t("status.chatRate"));
       if (msg.code === "bad_invite") {
-        $("invite-result").textContent = "Inbjudan behöver konsultens HSA-id (t.ex. SE2321000016-ABC1), vårdenhet och namn.";
+        $("invite-result").textContent = t("invite.bad");
       }
       console.warn("server error", msg);
       break;
@@ -841,20 +835,31 @@ async function handle(msg) {
 }
 
 function wireControls() {
-  $("mic").onclick = (ev) => {
-    const t = local.getAudioTracks()[0];
-    if (!t) return;
-    t.enabled = !t.enabled;
-    ev.target.setAttribute("aria-pressed", String(!t.enabled));
-    ev.target.textContent = t.enabled ? "Stäng av mikrofon" : "Slå på mikrofon";
+  // Mute states are shown three ways: the button's words and colour, and a line over our own
+  // picture.
+  $("mic").onclick = () => {
+    const track = local.getAudioTracks()[0];
+    if (!track) return;
+    track.enabled = !track.enabled;
+    showMuteStates();
   };
-  $("cam").onclick = (ev) => {
-    const t = local.getVideoTracks()[0];
-    if (!t) return;
-    t.enabled = !t.enabled;
-    ev.target.setAttribute("aria-pressed", String(!t.enabled));
-    ev.target.textContent = t.enabled ? "Stäng av kamera" : "Slå på kamera";
+  $("cam").onclick = () => {
+    const track = local.getVideoTracks()[0];
+    if (!track) return;
+    track.enabled = !track.enabled;
+    showMuteStates();
   };
+  $("settings-button").onclick = () => toggleSettings();
+  $("settings-close").onclick = () => toggleSettings(false);
+  $("pick-camera").onchange = () => switchDevice("video", { deviceId: { exact: $("pick-camera").value } });
+  $("pick-mic").onchange = () => switchDevice("audio", { deviceId: { exact: $("pick-mic").value } });
+  $("pick-speaker").onchange = () => setSpeaker($("pick-speaker").value);
+  $("flip").onclick = () => {
+    state.facing = state.facing === "environment" ? "user" : "environment";
+    switchDevice("video", { facingMode: { exact: state.facing } }).catch(() =>
+      switchDevice("video", { facingMode: state.facing }));
+  };
+  $("tone").onclick = () => playTone();
   let handRaised = false;
   $("hand").onclick = (ev) => {
     handRaised = !handRaised;
@@ -869,7 +874,7 @@ function wireControls() {
       state.screenTrack.stop();
       state.screen.stop();
       state.screen = null;
-      btn.textContent = "Dela skärm";
+      btn.textContent = t("controls.share");
       await offer(pc, false);
       return;
     }
@@ -880,10 +885,10 @@ function wireControls() {
       state.screen = pc.addTransceiver(track, { direction: "sendonly", streams: [display] });
       // The browser's own "stop sharing" ends the track.
       track.onended = () => { if (state.screen) $("share").click(); };
-      btn.textContent = "Sluta dela skärm";
+      btn.textContent = t("controls.stopShare");
       await offer(pc, false);
     } catch (e) {
-      setStatus("Skärmdelningen startade inte.");
+      setStatus(t("status.shareFailed"));
     }
   });
   $("save-data").onclick = (ev) => {
@@ -908,12 +913,12 @@ function wireControls() {
       send({ type: "end_meeting" });
       return;
     }
-    ev.target.textContent = "Bekräfta: avsluta för alla";
-    armed = setTimeout(() => { armed = null; ev.target.textContent = "Avsluta besöket"; }, 5000);
+    ev.target.textContent = t("controls.confirmEnd");
+    armed = setTimeout(() => { armed = null; ev.target.textContent = t("controls.end"); }, 5000);
   };
   $("leave").onclick = () => {
     send({ type: "leave" });
-    endWith("left", "Du kan stänga fönstret.");
+    endWith("left", t("ended.closeWindow"));
   };
   $("image-button").onclick = () => $("image-input").click();
   $("image-input").onchange = () => {
@@ -930,6 +935,130 @@ function wireControls() {
   };
 }
 
+// ---- devices ---------------------------------------------------------------------------------
+
+function showMuteStates() {
+  const mic = local && local.getAudioTracks()[0];
+  const cam = local && local.getVideoTracks()[0];
+  const micOff = !!mic && !mic.enabled;
+  const camOff = !!cam && !cam.enabled;
+  $("mic").setAttribute("aria-pressed", String(micOff));
+  $("mic").textContent = t(micOff ? "controls.micOff" : "controls.micOn");
+  $("cam").setAttribute("aria-pressed", String(camOff));
+  $("cam").textContent = t(camOff ? "controls.camOff" : "controls.camOn");
+  $("self-state").textContent = [micOff && t("self.muted"), camOff && t("self.cameraOff")].filter(Boolean).join(" · ");
+}
+
+async function toggleSettings(open = $("settings").hidden) {
+  $("settings").hidden = !open;
+  $("settings-button").setAttribute("aria-expanded", String(open));
+  if (open) {
+    await listDevices().catch((e) => state.errors.push("devices: " + e));
+    // Focus moves into the panel (its first picker on show), and back to its button after.
+    const first = [...$("settings").querySelectorAll("select, button")].find((el) => el.offsetParent !== null);
+    if (first) first.focus();
+  } else {
+    $("settings-button").focus();
+  }
+}
+
+/** Fills the pickers with the devices there are (names are known once access was given). */
+async function listDevices() {
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  const fill = (select, kind, current) => {
+    select.replaceChildren();
+    for (const d of devices.filter((x) => x.kind === kind)) {
+      const o = document.createElement("option");
+      o.value = d.deviceId;
+      o.textContent = d.label || t("settings.default");
+      o.selected = d.deviceId === current;
+      select.append(o);
+    }
+  };
+  const cam = local.getVideoTracks()[0];
+  const mic = local.getAudioTracks()[0];
+  fill($("pick-camera"), "videoinput", cam && cam.getSettings().deviceId);
+  fill($("pick-mic"), "audioinput", mic && mic.getSettings().deviceId);
+  fill($("pick-speaker"), "audiooutput", state.speaker || "default");
+  // Choosing the speaker needs setSinkId (not in every browser).
+  $("speaker-row").hidden = !("setSinkId" in HTMLMediaElement.prototype);
+  $("pick-camera").closest("p").hidden = !cam;
+  $("flip").hidden = !cam || devices.filter((x) => x.kind === "videoinput").length < 2;
+}
+
+/**
+ * Another camera or microphone: a new track in place of the old one, in our pictures and on
+ * the peer connection's sender (no renegotiation), keeping its muted state.
+ */
+async function switchDevice(kind, constraints) {
+  const old = kind === "video" ? local.getVideoTracks()[0] : local.getAudioTracks()[0];
+  const wanted = kind === "video" ? { width: 640, height: 480, ...constraints } : constraints;
+  const stream = await navigator.mediaDevices.getUserMedia({ [kind]: wanted });
+  const track = stream.getTracks()[0];
+  if (old) {
+    track.enabled = old.enabled;
+    local.removeTrack(old);
+    old.stop();
+  }
+  local.addTrack(track);
+  for (const s of state.senders || []) {
+    if (s.track === old) {
+      s.track = track;
+      if (state.admitted || state.forceSend) await s.sender.replaceTrack(track);
+    }
+  }
+  state.deviceSwitches = (state.deviceSwitches || 0) + 1;
+  $("local").srcObject = local;
+  $("preview").srcObject = local;
+  if (kind === "audio") deviceCheck();
+  showMuteStates();
+  if (!$("settings").hidden) listDevices();
+}
+
+async function setSpeaker(deviceId) {
+  state.speaker = deviceId;
+  for (const el of document.querySelectorAll("video:not([muted])")) {
+    if (el.setSinkId) await el.setSinkId(deviceId).catch(() => {});
+  }
+}
+
+/** A 440 Hz tone for one second, through the chosen speaker where the browser allows. */
+async function playTone() {
+  const ctx = new AudioContext();
+  if (state.speaker && ctx.setSinkId) await ctx.setSinkId(state.speaker).catch(() => {});
+  const osc = ctx.createOscillator();
+  const gain = ctx.createGain();
+  gain.gain.value = 0.2;
+  osc.frequency.value = 440;
+  osc.connect(gain).connect(ctx.destination);
+  osc.start();
+  state.tonesPlayed = (state.tonesPlayed || 0) + 1;
+  $("tone-hint").textContent = t("settings.toneHint");
+  setTimeout(() => { osc.stop(); ctx.close(); }, 1000);
+}
+
+/**
+ * Back from the background (a phone's other app, a locked screen): a camera the system took
+ * away is opened again, pictures that stopped play again, and the server is asked whether our
+ * connection still holds.
+ */
+async function onVisible() {
+  if (document.visibilityState !== "visible" || !local || leaving) return;
+  state.visibleAgain = (state.visibleAgain || 0) + 1;
+  const cam = local.getVideoTracks()[0];
+  if (cam && cam.readyState === "ended") {
+    await switchDevice("video", state.facing ? { facingMode: state.facing } : {}).catch((e) => state.errors.push("camera: " + e));
+    setStatus(t("status.cameraBack"));
+  }
+  for (const el of document.querySelectorAll("video")) {
+    if (el.srcObject && el.paused) el.play().catch(() => {});
+  }
+  checkSocket();
+}
+document.addEventListener("visibilitychange", onVisible);
+// Restored from the back-forward cache: as if it came back to the foreground.
+window.addEventListener("pageshow", (ev) => { if (ev.persisted) onVisible(); });
+
 /** Asks whether to take part with the camera or by voice alone; true for voice alone. */
 function chooseMedia() {
   $("media-choice").hidden = false;
@@ -943,29 +1072,31 @@ function chooseMedia() {
 }
 
 async function start() {
+  translatePage();
   show("check");
-  if (!token) { endWith("", "Länken saknar inbjudan. Öppna den igen från meddelandet du fick."); return; }
-  const check = await joinCheck().catch(() => ({ ok: false, body: { message: "Servern svarar inte. Försök igen om en stund." } }));
+  if (!token) { endWith("", t("link.missing")); return; }
+  const check = await joinCheck().catch(() => ({ ok: false, body: { noServer: true } }));
   if (!check.ok) {
     state.refusal = check.body.error;
-    endWith(check.body.error, check.body.message);
+    endWith(check.body.error, check.body.noServer ? t("status.noServer") : refusalText(check.body.error, check.body.message, check.body));
     return;
   }
   // An interpreter may take part by voice alone (the link may say so: `&media=audio`).
   state.audioOnly = params.get("media") === "audio";
   if (check.body.role === "interpreter" && !state.audioOnly) state.audioOnly = await chooseMedia();
-  setStatus(state.audioOnly ? "Startar mikrofonen…" : "Startar kamera och mikrofon…");
+  setStatus(state.audioOnly ? t("status.startingMic") : t("status.startingBoth"));
   $("cam").hidden = state.audioOnly;
   try {
     local = await navigator.mediaDevices.getUserMedia({ audio: true, video: state.audioOnly ? false : { width: 640, height: 480 } });
   } catch (e) {
-    setStatus("Kunde inte starta kamera eller mikrofon: " + e.message + ". Tillåt dem i webbläsaren och ladda om sidan.");
+    setStatus(t("status.deviceError", e.message));
     return;
   }
   $("local").srcObject = local;
   $("preview").srcObject = local;
   deviceCheck();
   wireControls();
+  showMuteStates();
   openSocket();
 }
 

@@ -44,7 +44,7 @@ export const chromiumBin = process.env.CHROMIUM_BIN || "/usr/lib/chromium/chromi
 
 /** Headless Chromium; `executablePath` may be a wrapper (one that enters a network namespace). */
 export async function launchChromium(extraArgs = [], { executablePath = chromiumBin } = {}) {
-  return chromium.launch({
+  const browser = await chromium.launch({
     executablePath,
     args: [...extraArgs,
       "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
@@ -52,6 +52,11 @@ export async function launchChromium(extraArgs = [], { executablePath = chromium
       "--no-first-run", "--disable-sync", "--disable-quic",
     ],
   });
+  // Pages are Swedish, as most patients' browsers are here; a test of another language gives
+  // its context a `locale`.
+  const newContext = browser.newContext.bind(browser);
+  browser.newContext = (options = {}) => newContext({ locale: "sv-SE", ...options });
+  return browser;
 }
 
 /** Inbound RTP stats of a page's peer connection, summed per kind. */
