@@ -6,13 +6,11 @@
 
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_unavailable, session_event};
-use crate::image_store::{MAX_IMAGE_BYTES, StoreRefusal};
+use crate::image_store::{ImageOrigin, MAX_IMAGE_BYTES, StoreRefusal};
 use crate::session_token::Session;
 use crate::shared_image::inspect;
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -79,20 +77,70 @@ async fn session(
     }
 }
 
+/// Uploads being read at once, all senders together: a photo is held in memory while read.
+const UPLOADS_AT_ONCE: usize = 8;
+/// Time a sender has to deliver a photo's body.
+const UPLOAD_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(UPLOADS_AT_ONCE);
+
 /// `POST /images` (`X-Participant: <the sender's participant id>`, the photo as the body).
+/// Everything about the sender is checked before the body is read.
 async fn share(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
+    let headers = request.headers().clone();
     let session = match session(&state, &headers, peer).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    let not_in_meeting = || {
+        error(
+            StatusCode::FORBIDDEN,
+            "not_in_meeting",
+            "X-Participant names no connection of this token's subject and meeting",
+        )
+    };
+    let sender = ParticipantId(
+        headers
+            .get("x-participant")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+    );
+    // The connection's room: the token's meeting, or the visit its drop-in queue led to.
+    let Some(room) = state.meetings.room_of(&sender) else {
+        return not_in_meeting();
+    };
+    let queue = room.lock().record.from_queue.clone();
+    if room.id != session.claims.mtg && queue.as_deref() != Some(session.claims.mtg.as_str()) {
+        return not_in_meeting();
+    }
+    if let Err(e) = room.lock().image_recipients(&sender, &session.claims.sub) {
+        return match e {
+            crate::meeting_room::RequestError::WaitingForAdmission => {
+                error(StatusCode::FORBIDDEN, e.code(), e.to_string())
+            }
+            _ => not_in_meeting(),
+        };
+    }
+    let Ok(_reading) = UPLOADS.try_acquire() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "images_busy",
+            StoreRefusal::Full.to_string(),
+        );
+    };
+    let body = match tokio::time::timeout(
+        UPLOAD_TIME,
+        axum::body::to_bytes(request.into_body(), MAX_IMAGE_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "image_too_large",
@@ -102,22 +150,11 @@ async fn share(
                 ),
             );
         }
-        Err(e) => return error(StatusCode::BAD_REQUEST, "image_unreadable", e.body_text()),
-    };
-    let sender = ParticipantId(
-        headers
-            .get("x-participant")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned(),
-    );
-    let room = match state.meetings.room_of(&sender) {
-        Some(r) if r.id == session.claims.mtg => r,
-        _ => {
+        Err(_) => {
             return error(
-                StatusCode::FORBIDDEN,
-                "not_in_meeting",
-                "X-Participant names no connection of this token's meeting",
+                StatusCode::REQUEST_TIMEOUT,
+                "image_too_slow",
+                "the photo did not arrive in time",
             );
         }
     };
@@ -125,34 +162,44 @@ async fn share(
         Ok(k) => k,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()),
     };
+    // Who is admitted now (the read may have taken a while).
     let recipients = match room.lock().image_recipients(&sender, &session.claims.sub) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::FORBIDDEN, e.code(), e.to_string()),
     };
-    // Recorded before anyone is told: who shared with whom, never the picture.
-    let mut event = session_event("image_shared", &session, Some(&sender));
-    event.recipients = Some(recipients.iter().map(|(_, sub)| sub.clone()).collect());
-    if audit(&state, event).await.is_err() {
-        return audit_unavailable();
-    }
     let size = body.len();
-    let subjects = recipients.iter().map(|(_, s)| s.clone()).collect();
-    let id = match state.images.put(
-        &room.id,
-        kind.mime(),
-        body.to_vec(),
-        subjects,
-        Instant::now(),
-    ) {
+    let origin = ImageOrigin {
+        meeting: room.id.clone(),
+        queue,
+        sender: session.claims.sub.clone(),
+    };
+    let subjects: Vec<String> = recipients.iter().map(|(_, s)| s.clone()).collect();
+    let id = match state
+        .images
+        .put(origin, kind.mime(), body, subjects.clone(), Instant::now())
+    {
         Ok(id) => id,
-        Err(StoreRefusal::Full) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "images_busy",
-                StoreRefusal::Full.to_string(),
-            );
+        Err(e) => {
+            let status = match e {
+                StoreRefusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+                StoreRefusal::SenderLimit => StatusCode::TOO_MANY_REQUESTS,
+            };
+            let code = match e {
+                StoreRefusal::Full => "images_busy",
+                StoreRefusal::SenderLimit => "images_per_sender",
+            };
+            return error(status, code, e.to_string());
         }
     };
+    // Recorded before anyone is told: who shared with whom, never the picture. A sharing
+    // that cannot be recorded does not happen.
+    let mut event = session_event("image_shared", &session, Some(&sender));
+    event.meeting = Some(room.id.clone());
+    event.recipients = Some(subjects);
+    if audit(&state, event).await.is_err() {
+        state.images.remove(&id);
+        return audit_unavailable();
+    }
     metrics::counter!("signaling_images_shared_total").increment(1);
     let (told, events) = state
         .meetings
@@ -168,7 +215,8 @@ async fn share(
         .into_response()
 }
 
-/// `GET /images/<id>`: the photo, for one of its recipients.
+/// `GET /images/<id>`: the photo, for one of its recipients while they are admitted to the
+/// meeting and it is open; each fetch is audited (`image_viewed`).
 async fn fetch(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -179,25 +227,48 @@ async fn fetch(
         Ok(s) => s,
         Err(r) => return r,
     };
-    match state.images.get(
+    let unknown = || {
+        error(
+            StatusCode::NOT_FOUND,
+            "image_unknown",
+            "no such photo for you (expired, shared with others, or you are not in the meeting now)",
+        )
+    };
+    let Some((meeting, mime, bytes)) = state.images.get(
         &id,
         &session.claims.mtg,
         &session.claims.sub,
         Instant::now(),
-    ) {
-        Some((mime, bytes)) => (
-            [
-                (header::CONTENT_TYPE, mime),
-                (header::CACHE_CONTROL, "no-store"),
-                (header::CONTENT_DISPOSITION, "inline"),
-            ],
-            bytes.as_ref().clone(),
-        )
-            .into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "image_unknown",
-            "no such photo for you (expired, or shared with others)",
-        ),
+    ) else {
+        return unknown();
+    };
+    let Some(room) = state.meetings.get(&meeting) else {
+        return unknown();
+    };
+    let here = {
+        let s = room.lock();
+        let open = s
+            .record
+            .status(jiff::Timestamp::now(), state.meetings.policy())
+            == crate::meeting::MeetingStatus::Open;
+        open && s.admitted_subject(&session.claims.sub)
+    };
+    if !here {
+        return unknown();
     }
+    let mut event = session_event("image_viewed", &session, None);
+    event.meeting = Some(meeting);
+    event.code = Some(id);
+    if audit(&state, event).await.is_err() {
+        return audit_unavailable();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, mime),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_DISPOSITION, "inline"),
+        ],
+        bytes,
+    )
+        .into_response()
 }

@@ -3,20 +3,28 @@
 //! budget. A photo is given only to a recipient of it: the same meeting and one of the
 //! subjects admitted when it was shared.
 
+use axum::body::Bytes;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a photo stays fetchable.
 pub const IMAGE_TTL: Duration = Duration::from_secs(10 * 60);
 /// Largest photo taken.
 pub const MAX_IMAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes one meeting's photos may hold together (the rest of the budget stays for the others).
+pub const MEETING_BUDGET: usize = 24 * 1024 * 1024;
+/// Photos one person may have held at once.
+pub const PER_SENDER: usize = 6;
 
 #[derive(Debug)]
 pub struct StoredImage {
     pub meeting: String,
+    /// The drop-in queue the meeting was opened from: its tokens name the queue.
+    pub queue: Option<String>,
+    pub sender: String,
     pub mime: &'static str,
-    pub bytes: Arc<Vec<u8>>,
+    pub bytes: Bytes,
     /// Subjects it was shared with.
     pub recipients: Vec<String>,
     expires: Instant,
@@ -26,6 +34,16 @@ pub struct StoredImage {
 pub enum StoreRefusal {
     #[error("too many photos are held right now; try again in a few minutes")]
     Full,
+    #[error("you have shared as many photos as can be held at once; try again in a few minutes")]
+    SenderLimit,
+}
+
+/// Where a photo belongs and who shared it.
+#[derive(Debug, Clone)]
+pub struct ImageOrigin {
+    pub meeting: String,
+    pub queue: Option<String>,
+    pub sender: String,
 }
 
 #[derive(Debug)]
@@ -50,46 +68,70 @@ impl ImageStore {
     /// Keeps a photo for `recipients`; its id (128 random bits: not guessable).
     pub fn put(
         &self,
-        meeting: &str,
+        origin: ImageOrigin,
         mime: &'static str,
-        bytes: Vec<u8>,
+        bytes: Bytes,
         recipients: Vec<String>,
         now: Instant,
     ) -> Result<String, StoreRefusal> {
         let mut images = self.lock();
         images.retain(|_, i| i.expires > now);
         let held: usize = images.values().map(|i| i.bytes.len()).sum();
-        if held + bytes.len() > self.budget {
+        let in_meeting: usize = images
+            .values()
+            .filter(|i| i.meeting == origin.meeting)
+            .map(|i| i.bytes.len())
+            .sum();
+        let by_sender = images
+            .values()
+            .filter(|i| i.meeting == origin.meeting && i.sender == origin.sender)
+            .count();
+        if by_sender >= PER_SENDER {
+            return Err(StoreRefusal::SenderLimit);
+        }
+        if held + bytes.len() > self.budget || in_meeting + bytes.len() > MEETING_BUDGET {
             return Err(StoreRefusal::Full);
         }
         let id = format!("{:032x}", rand::random::<u128>());
+        let size = bytes.len();
         images.insert(
             id.clone(),
             StoredImage {
-                meeting: meeting.to_owned(),
+                meeting: origin.meeting,
+                queue: origin.queue,
+                sender: origin.sender,
                 mime,
-                bytes: Arc::new(bytes),
+                bytes,
                 recipients,
                 expires: now + IMAGE_TTL,
             },
         );
-        metrics::gauge!("signaling_images_held_bytes").set((held + images[&id].bytes.len()) as f64);
+        metrics::gauge!("signaling_images_held_bytes").set((held + size) as f64);
         Ok(id)
     }
 
-    /// The photo `id` for `subject` of `meeting`, if it was shared with them and is still held.
+    /// The photo `id` for `subject`, whose token names `token_meeting` (the meeting, or the
+    /// drop-in queue it came from), if it was shared with them and is still held; with the
+    /// meeting it belongs to.
     pub fn get(
         &self,
         id: &str,
-        meeting: &str,
+        token_meeting: &str,
         subject: &str,
         now: Instant,
-    ) -> Option<(&'static str, Arc<Vec<u8>>)> {
+    ) -> Option<(String, &'static str, Bytes)> {
         let mut images = self.lock();
         images.retain(|_, i| i.expires > now);
         let image = images.get(id)?;
-        (image.meeting == meeting && image.recipients.iter().any(|r| r == subject))
-            .then(|| (image.mime, image.bytes.clone()))
+        let meeting_ok =
+            image.meeting == token_meeting || image.queue.as_deref() == Some(token_meeting);
+        (meeting_ok && image.recipients.iter().any(|r| r == subject))
+            .then(|| (image.meeting.clone(), image.mime, image.bytes.clone()))
+    }
+
+    /// Forgets one photo (its sharing could not be recorded).
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
     }
 
     /// Forgets a meeting's photos (it ended).
@@ -102,12 +144,30 @@ impl ImageStore {
 mod tests {
     use super::*;
 
+    fn origin(meeting: &str, sender: &str) -> ImageOrigin {
+        ImageOrigin {
+            meeting: meeting.into(),
+            queue: Some("queue-1".into()),
+            sender: sender.into(),
+        }
+    }
+
+    fn bytes(n: usize) -> Bytes {
+        Bytes::from(vec![0; n])
+    }
+
     #[test]
     fn a_photo_goes_to_its_recipients_only_and_not_for_long() {
         let store = ImageStore::new(100);
         let t0 = Instant::now();
         let id = store
-            .put("m1", "image/jpeg", vec![1; 40], vec!["doc".into()], t0)
+            .put(
+                origin("m1", "pat"),
+                "image/jpeg",
+                bytes(40),
+                vec!["doc".into()],
+                t0,
+            )
             .unwrap();
         assert!(store.get(&id, "m1", "doc", t0).is_some());
         assert!(
@@ -126,24 +186,67 @@ mod tests {
     fn the_memory_budget_holds() {
         let store = ImageStore::new(100);
         let t0 = Instant::now();
+        let put = |m: &str, n: usize, t: Instant| {
+            store.put(origin(m, "pat"), "image/png", bytes(n), vec![], t)
+        };
+        put("m1", 60, t0).unwrap();
+        assert_eq!(put("m1", 60, t0), Err(StoreRefusal::Full));
+        // Expired photos make room.
+        assert!(put("m1", 60, t0 + IMAGE_TTL).is_ok());
+        store.forget_meeting("m1");
+        assert!(put("m2", 90, t0 + IMAGE_TTL).is_ok());
+    }
+
+    #[test]
+    fn one_sender_or_one_meeting_cannot_fill_the_store() {
+        let store = ImageStore::new(usize::MAX);
+        let t0 = Instant::now();
+        for _ in 0..PER_SENDER {
+            store
+                .put(origin("m1", "pat"), "image/png", bytes(1), vec![], t0)
+                .unwrap();
+        }
+        assert_eq!(
+            store.put(origin("m1", "pat"), "image/png", bytes(1), vec![], t0),
+            Err(StoreRefusal::SenderLimit)
+        );
+        assert!(
+            store
+                .put(origin("m1", "doc"), "image/png", bytes(1), vec![], t0)
+                .is_ok()
+        );
+        let half = MEETING_BUDGET / 2 + 1;
         store
-            .put("m1", "image/png", vec![0; 60], vec![], t0)
+            .put(origin("m2", "a"), "image/png", bytes(half), vec![], t0)
             .unwrap();
         assert_eq!(
-            store.put("m1", "image/png", vec![0; 60], vec![], t0),
+            store.put(origin("m2", "b"), "image/png", bytes(half), vec![], t0),
             Err(StoreRefusal::Full)
         );
-        // Expired photos make room.
         assert!(
             store
-                .put("m1", "image/png", vec![0; 60], vec![], t0 + IMAGE_TTL)
+                .put(origin("m3", "b"), "image/png", bytes(half), vec![], t0)
                 .is_ok()
         );
-        store.forget_meeting("m1");
-        assert!(
-            store
-                .put("m2", "image/png", vec![0; 90], vec![], t0 + IMAGE_TTL)
-                .is_ok()
+    }
+
+    #[test]
+    fn a_queue_token_reaches_the_photos_of_the_visit_it_led_to() {
+        let store = ImageStore::new(1000);
+        let t0 = Instant::now();
+        let id = store
+            .put(
+                origin("visit-7", "pat"),
+                "image/jpeg",
+                bytes(1),
+                vec!["doc".into()],
+                t0,
+            )
+            .unwrap();
+        assert_eq!(
+            store.get(&id, "queue-1", "doc", t0).map(|g| g.0),
+            Some("visit-7".to_owned())
         );
+        assert!(store.get(&id, "queue-2", "doc", t0).is_none());
     }
 }

@@ -27,7 +27,13 @@ pub async fn act(
     action: Action,
     now: Timestamp,
 ) -> Result<(), ActionError> {
-    let planned = room.lock().plan(actor, &action);
+    // Resolved and planned under one lock: what is recorded is what is carried out.
+    let (action, planned) = {
+        let s = room.lock();
+        let action = s.resolved(action);
+        let planned = s.plan(actor, &action);
+        (action, planned)
+    };
     let events = planned.map_err(ActionError::Refused)?;
     if audit_all(state, events).await.is_err() {
         return Err(ActionError::AuditUnavailable);
@@ -42,7 +48,10 @@ pub async fn act(
             // use it, and a restart.
             if matches!(
                 action,
-                Action::EndMeeting | Action::Deny(_) | Action::InviteConsultant { .. }
+                Action::EndMeeting
+                    | Action::Deny(_)
+                    | Action::Remove(_)
+                    | Action::InviteConsultant { .. }
             ) {
                 state.meetings.remember_decision(room, now);
             }
@@ -54,7 +63,9 @@ pub async fn act(
         }
         Err(e) => {
             let (name, target) = match &action {
-                Action::Admit(t) | Action::AdmitWithCompanions(t) => ("admit", t),
+                Action::Admit(t)
+                | Action::AdmitWithCompanions(t)
+                | Action::AdmitGroup { patient: t, .. } => ("admit", t),
                 Action::InviteConsultant { .. } => ("consultant_invited", actor),
                 Action::Deny(t) => ("deny", t),
                 Action::ToLobby(t) => ("back_to_lobby", t),

@@ -180,6 +180,12 @@ pub enum Action {
     Admit(ParticipantId),
     /// A patient and the companions waiting with them ("Släpp in Anna och anhörig").
     AdmitWithCompanions(ParticipantId),
+    /// [`Action::AdmitWithCompanions`] resolved under the lock: exactly these companions,
+    /// recorded in the plan, are admitted with the patient (one who arrives meanwhile is not).
+    AdmitGroup {
+        patient: ParticipantId,
+        companions: Vec<ParticipantId>,
+    },
     /// A consultant of another unit (by HSA-id) may join this visit.
     InviteConsultant {
         hsa: String,
@@ -195,7 +201,9 @@ pub enum Action {
 impl Action {
     fn audit_name(&self) -> &'static str {
         match self {
-            Action::Admit(_) | Action::AdmitWithCompanions(_) => "admit",
+            Action::Admit(_) | Action::AdmitWithCompanions(_) | Action::AdmitGroup { .. } => {
+                "admit"
+            }
             Action::InviteConsultant { .. } => "consultant_invited",
             Action::Deny(_) => "deny",
             Action::ToLobby(_) => "back_to_lobby",
@@ -220,6 +228,8 @@ pub enum RequestError {
     TargetIsClinician,
     #[error("an invitation names the consultant's HSA-id, care unit and name, and is for a visit")]
     BadInvite,
+    #[error("a visit takes at most 10 invited consultants")]
+    InviteLimit,
     #[error("you cannot do this to yourself")]
     SelfTarget,
     #[error("a drop-in queue is served with take_next, not admit")]
@@ -259,6 +269,7 @@ impl RequestError {
             RequestError::NotAdmitted => "not_admitted",
             RequestError::TargetIsClinician => "target_is_clinician",
             RequestError::BadInvite => "bad_invite",
+            RequestError::InviteLimit => "invite_limit",
             RequestError::SelfTarget => "self_target",
             RequestError::QueueNotAdmit => "queue_not_admit",
             RequestError::NotAQueue => "not_a_queue",
@@ -613,13 +624,19 @@ impl RoomState {
                 let target = self.target(actor, action)?;
                 Ok(vec![self.audit_by(action.audit_name(), t, target, a)])
             }
-            Action::AdmitWithCompanions(t) => {
+            Action::AdmitWithCompanions(_) => self.plan(actor, &self.resolved(action.clone())),
+            Action::AdmitGroup {
+                patient,
+                companions,
+            } => {
                 let target = self.target(actor, action)?;
-                let mut events = vec![self.audit_by("admit", t, target, a)];
-                for (id, c) in self.waiting_companions(&target.sub) {
-                    let mut e = self.audit_by("admit", id, c, a);
-                    e.code = Some(format!("with {t}"));
-                    events.push(e);
+                let mut events = vec![self.audit_by("admit", patient, target, a)];
+                for id in companions {
+                    if let Some(c) = self.members.get(id) {
+                        let mut e = self.audit_by("admit", id, c, a);
+                        e.code = Some(format!("with {patient}"));
+                        events.push(e);
+                    }
                 }
                 Ok(events)
             }
@@ -636,6 +653,30 @@ impl RoomState {
                     ..Default::default()
                 }])
             }
+        }
+    }
+
+    /// An action as it will be planned and applied: "admit with companions" becomes the
+    /// patient and the companions waiting with them now.
+    pub fn resolved(&self, action: Action) -> Action {
+        match action {
+            Action::AdmitWithCompanions(patient) => {
+                let companions = self
+                    .members
+                    .get(&patient)
+                    .map(|p| {
+                        self.waiting_companions(&p.sub)
+                            .into_iter()
+                            .map(|(id, _)| id.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Action::AdmitGroup {
+                    patient,
+                    companions,
+                }
+            }
+            other => other,
         }
     }
 
@@ -662,6 +703,9 @@ impl RoomState {
         {
             return Err(RequestError::BadInvite);
         }
+        if self.record.invited.len() >= 10 && !self.record.invited.iter().any(|h| h == hsa) {
+            return Err(RequestError::InviteLimit);
+        }
         Ok(())
     }
 
@@ -679,6 +723,7 @@ impl RoomState {
     fn target(&self, actor: &ParticipantId, action: &Action) -> Result<&Member, RequestError> {
         let (Action::Admit(t)
         | Action::AdmitWithCompanions(t)
+        | Action::AdmitGroup { patient: t, .. }
         | Action::Deny(t)
         | Action::ToLobby(t)
         | Action::Remove(t)) = action
@@ -690,12 +735,15 @@ impl RoomState {
         }
         let target = self.members.get(t).ok_or(RequestError::NoSuchParticipant)?;
         match action {
-            Action::Admit(_) | Action::AdmitWithCompanions(_)
+            Action::Admit(_) | Action::AdmitWithCompanions(_) | Action::AdmitGroup { .. }
                 if self.record.kind == MeetingKind::DropIn =>
             {
                 Err(RequestError::QueueNotAdmit)
             }
-            Action::Admit(_) | Action::AdmitWithCompanions(_) | Action::Deny(_)
+            Action::Admit(_)
+            | Action::AdmitWithCompanions(_)
+            | Action::AdmitGroup { .. }
+            | Action::Deny(_)
                 if target.is_admitted() =>
             {
                 Err(RequestError::NotWaiting)
@@ -728,16 +776,21 @@ impl RoomState {
                 self.target(actor, action)?;
                 self.admit(t, fx);
             }
-            Action::AdmitWithCompanions(t) => {
-                let sub = self.target(actor, action)?.sub.clone();
-                let companions: Vec<ParticipantId> = self
-                    .waiting_companions(&sub)
-                    .into_iter()
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                self.admit(t, fx);
-                for c in &companions {
-                    self.admit(c, fx);
+            Action::AdmitWithCompanions(_) => {
+                let group = self.resolved(action.clone());
+                return self.apply(actor, &group, now, fx);
+            }
+            Action::AdmitGroup {
+                patient,
+                companions,
+            } => {
+                self.target(actor, action)?;
+                self.admit(patient, fx);
+                // Only those planned (and recorded), and only if they still wait.
+                for c in companions {
+                    if self.members.get(c).is_some_and(|m| !m.is_admitted()) {
+                        self.admit(c, fx);
+                    }
                 }
             }
             Action::InviteConsultant { hsa, unit, name } => {
@@ -764,6 +817,12 @@ impl RoomState {
                 self.target(actor, action)?;
                 if let Some(m) = self.detach(t, fx) {
                     self.admitted.remove(&m.sub);
+                    // A consultant removed is no longer invited: their link stops working.
+                    if m.role == Role::Consultant
+                        && let Some(hsa) = &m.hsa
+                    {
+                        self.record.invited.retain(|h| h != hsa);
+                    }
                     fx.close(t, CloseReason::Removed.outbound());
                 }
             }
@@ -1237,6 +1296,13 @@ impl RoomState {
             .filter(|(other, o)| *other != id && o.is_admitted())
             .map(|(other, o)| (other.clone(), o.sub.clone()))
             .collect())
+    }
+
+    /// Whether someone with subject `sub` is admitted here now.
+    pub fn admitted_subject(&self, sub: &str) -> bool {
+        self.members
+            .values()
+            .any(|m| m.sub == sub && m.is_admitted())
     }
 
     /// Tells the recipients still here of a shared photo; how many were told.

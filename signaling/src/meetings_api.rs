@@ -465,6 +465,7 @@ async fn cancel(
         .cancel(&id, Timestamp::now(), state.sfu.as_ref())
     {
         Some(events) => {
+            state.images.forget_meeting(&id);
             let _ = audit_all(&state, events).await;
             match find(&state, &id) {
                 Ok(room) => Json(view(&state, &room)).into_response(),

@@ -51,12 +51,15 @@ pub fn inspect(bytes: &[u8]) -> Result<ImageKind, ImageRefusal> {
     }
 }
 
-/// Walks the segments before the image data (SOS): APPn and COM segments are where metadata
-/// lives. APP0 (JFIF), APP2 (an ICC colour profile) and APP14 (Adobe colour transform) describe
-/// how to show the pixels and are kept; the rest is refused.
+/// Walks every segment to the end: only what draws the picture is allowed — frame, scan,
+/// tables, restart markers, and of the application blocks only JFIF (APP0), an ICC colour
+/// profile (APP2) and Adobe's colour transform (APP14). Anything else — EXIF or XMP (APP1),
+/// other application blocks, comments, a second image — is refused, before or after the
+/// first scan (progressive JPEGs have several), and nothing may follow the end marker.
 fn jpeg(bytes: &[u8]) -> Result<(), ImageRefusal> {
     let mut at = 2;
     let mut frame = false;
+    let mut scanned = false;
     loop {
         // Fill bytes (0xFF) may pad between segments.
         while bytes.get(at) == Some(&0xFF) && bytes.get(at + 1) == Some(&0xFF) {
@@ -67,9 +70,11 @@ fn jpeg(bytes: &[u8]) -> Result<(), ImageRefusal> {
         };
         at += 2;
         match marker {
-            // Markers without a length.
-            0x01 | 0xD0..=0xD7 => continue,
+            0xD9 if scanned && at == bytes.len() => return Ok(()),
+            0xD9 if scanned => return Err(ImageRefusal::Malformed("data after the image's end")),
             0xD9 => return Err(ImageRefusal::Malformed("the image ends before its data")),
+            0xD0..=0xD7 | 0x01 => continue,
+            0xD8 => return Err(ImageRefusal::HasMetadata("a second image")),
             _ => {}
         }
         let (Some(&hi), Some(&lo)) = (bytes.get(at), bytes.get(at + 1)) else {
@@ -83,6 +88,9 @@ fn jpeg(bytes: &[u8]) -> Result<(), ImageRefusal> {
         }
         let body = &bytes[at + 2..at + len];
         match marker {
+            0xE0 if body.starts_with(b"JFIF\0") => {}
+            0xE2 if body.starts_with(b"ICC_PROFILE\0") => {}
+            0xEE if body.starts_with(b"Adobe") => {}
             0xE1 if body.starts_with(b"Exif\0") => return Err(ImageRefusal::HasMetadata("EXIF")),
             0xE1 if body.starts_with(b"http://ns.adobe.com/xap/1.0/") => {
                 return Err(ImageRefusal::HasMetadata("XMP"));
@@ -90,8 +98,7 @@ fn jpeg(bytes: &[u8]) -> Result<(), ImageRefusal> {
             0xE1 => return Err(ImageRefusal::HasMetadata("an APP1 block")),
             0xED => return Err(ImageRefusal::HasMetadata("IPTC/Photoshop")),
             0xFE => return Err(ImageRefusal::HasMetadata("a comment")),
-            0xE0 | 0xE2 | 0xEE => {}
-            0xE3..=0xEF => return Err(ImageRefusal::HasMetadata("an application block")),
+            0xE0..=0xEF => return Err(ImageRefusal::HasMetadata("an application block")),
             // Start of frame (baseline, progressive, …): the picture's size.
             0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
                 if body.len() < 5 || body[1..5].iter().all(|b| *b == 0) {
@@ -99,27 +106,40 @@ fn jpeg(bytes: &[u8]) -> Result<(), ImageRefusal> {
                 }
                 frame = true;
             }
-            // Start of scan: the pixels follow; nothing after them is read by viewers as
-            // metadata, and they are entropy-coded data, not segments.
+            // Huffman and quantisation tables, arithmetic conditioning, restart interval,
+            // number of lines.
+            0xC4 | 0xCC | 0xDB | 0xDD | 0xDC => {}
             0xDA => {
                 if !frame {
                     return Err(ImageRefusal::Malformed(
                         "image data before the frame header",
                     ));
                 }
-                if !bytes.ends_with(&[0xFF, 0xD9]) {
-                    return Err(ImageRefusal::Malformed("the image does not end"));
+                scanned = true;
+                // The entropy-coded data runs to the next marker that is not a stuffed 0x00 or
+                // a restart.
+                let mut i = at + len;
+                loop {
+                    match (bytes.get(i), bytes.get(i + 1)) {
+                        (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => i += 2,
+                        (Some(0xFF), Some(_)) => break,
+                        (Some(_), _) => i += 1,
+                        (None, _) => return Err(ImageRefusal::Malformed("the image does not end")),
+                    }
                 }
-                return Ok(());
+                at = i;
+                continue;
             }
-            _ => {}
+            _ => return Err(ImageRefusal::HasMetadata("an unknown block")),
         }
         at += len;
     }
 }
 
-/// Walks the chunks: text (tEXt, zTXt, iTXt), EXIF (eXIf) and the time (tIME) are refused;
-/// every chunk must fit, and the image must end with IEND.
+/// Walks the chunks: only those that draw the picture are allowed (header, palette, data,
+/// transparency, colour space, gamma, pixel size, background, significant bits); text,
+/// EXIF, time, profiles with names and private chunks are refused. The image must end with an
+/// empty IEND and nothing after it.
 fn png(bytes: &[u8]) -> Result<(), ImageRefusal> {
     let mut at = 8;
     let mut header = false;
@@ -137,14 +157,10 @@ fn png(bytes: &[u8]) -> Result<(), ImageRefusal> {
                 "a chunk's length runs past the end",
             ))?;
         match kind {
-            b"IHDR" => header = len == 13,
-            b"tEXt" | b"zTXt" | b"iTXt" => return Err(ImageRefusal::HasMetadata("a text chunk")),
-            b"eXIf" => return Err(ImageRefusal::HasMetadata("EXIF")),
-            b"tIME" => return Err(ImageRefusal::HasMetadata("a time stamp")),
+            b"IHDR" if !header => header = len == 13,
+            _ if !header => return Err(ImageRefusal::Malformed("no image header first")),
             b"IEND" => {
-                return if !header {
-                    Err(ImageRefusal::Malformed("no image header"))
-                } else if len != 0 {
+                return if len != 0 {
                     Err(ImageRefusal::Malformed("the end chunk holds data"))
                 } else if end != bytes.len() {
                     Err(ImageRefusal::Malformed("data after the image's end"))
@@ -152,8 +168,12 @@ fn png(bytes: &[u8]) -> Result<(), ImageRefusal> {
                     Ok(())
                 };
             }
-            _ if !header => return Err(ImageRefusal::Malformed("no image header first")),
-            _ => {}
+            b"PLTE" | b"IDAT" | b"tRNS" | b"sRGB" | b"gAMA" | b"cHRM" | b"pHYs" | b"bKGD"
+            | b"sBIT" => {}
+            b"tEXt" | b"zTXt" | b"iTXt" => return Err(ImageRefusal::HasMetadata("a text chunk")),
+            b"eXIf" | b"exIf" | b"zxIf" => return Err(ImageRefusal::HasMetadata("EXIF")),
+            b"tIME" => return Err(ImageRefusal::HasMetadata("a time stamp")),
+            _ => return Err(ImageRefusal::HasMetadata("an unknown chunk")),
         }
         at = end;
     }
@@ -237,6 +257,30 @@ mod tests {
                 Err(ImageRefusal::HasMetadata(what))
             );
         }
+    }
+
+    #[test]
+    fn only_what_draws_the_picture_passes_anywhere_in_the_file() {
+        // After the first scan of a progressive JPEG, an EXIF block is still refused.
+        let mut late = jpeg_with(&[]);
+        let n = late.len();
+        let exif = [&[0xFF, 0xE1, 0, 8][..], b"Exif\0\0"].concat();
+        late.splice(n - 2..n - 2, exif);
+        assert_eq!(inspect(&late), Err(ImageRefusal::HasMetadata("EXIF")));
+        // A second image after the end, and unknown application data in APP0/APP2.
+        let mut twice = jpeg_with(&[]);
+        twice.extend_from_slice(&jpeg_with(&[]));
+        assert!(inspect(&twice).is_err());
+        assert!(inspect(&jpeg_with(&[(0xE2, b"MPF\0\x01")])).is_err());
+        assert!(inspect(&jpeg_with(&[(0xE0, b"JFXX\0\x10")])).is_err());
+        // PNG: unknown and private chunks (C2PA manifests, old EXIF) are refused too.
+        for kind in [b"caBX", b"exIf", b"iCCP", b"prVt"] {
+            assert!(inspect(&png_with(&[(kind, b"x")])).is_err(), "{kind:?}");
+        }
+        assert_eq!(
+            inspect(&png_with(&[(b"pHYs", &[0, 0, 11, 19, 0, 0, 11, 19, 1])])),
+            Ok(ImageKind::Png)
+        );
     }
 
     #[test]

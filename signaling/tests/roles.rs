@@ -112,6 +112,14 @@ async fn companion_interpreter_and_consultant_each_come_in_their_own_way() {
         "consultant"
     );
 
+    // Removed, the consultant's invitation is withdrawn: the same link is refused.
+    let consultant_id = w["participant"].clone();
+    doc.send(json!({"type": "remove", "participant": consultant_id}))
+        .await;
+    consultant.closed().await;
+    let (status, body) = server.refused(&format!("token={token}")).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("not_invited")));
+
     // The patient's extract names the consultant's HSA-id and their own unit.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
         .args(["audit", "extract", "--subject", "pat-31"])

@@ -29,7 +29,7 @@ const state = {
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
   // Photos received (id, sender, size, whether EXIF was found in them) and sent.
-  images: [], sentImages: [],
+  images: [], sentImages: [], photoUrls: [],
 };
 window.hcState = state; // read by the browser tests
 state.localStream = () => local;
@@ -59,6 +59,7 @@ function endWith(reason, message) {
   if (state.pc) state.pc.close();
   if (state.ws && state.ws.readyState <= WebSocket.OPEN) state.ws.close(1000);
   if (local) local.getTracks().forEach((t) => t.stop());
+  forgetPhotos();
   $("ended-title").textContent = ENDED.includes(reason) ? t(`ended.${reason}`) : t("ended.default");
   $("ended-message").textContent = message || "";
   setStatus("");
@@ -524,7 +525,7 @@ function deviceCheck() {
 // ---- photos ----------------------------------------------------------------------------------
 
 const MAX_PHOTO_BYTES = 8 * 1024 * 1024;
-const PHOTO_ERRORS = ["image_too_large", "image_has_metadata", "image_not_supported", "waiting_for_admission", "images_busy"];
+const PHOTO_ERRORS = ["image_too_large", "image_has_metadata", "image_not_supported", "waiting_for_admission", "images_busy", "images_per_sender"];
 
 /**
  * The photo redrawn: only its pixels leave the device — no EXIF (camera, time, GPS position),
@@ -578,27 +579,44 @@ async function sharePhoto(file) {
   setStatus(body.recipients === 1 ? t("photo.sentOne") : t("photo.sentMany", body.recipients));
 }
 
+/** A shared photo: its place in the chat at once (in the order shared), the picture when
+ * fetched. */
 async function fetchImage(msg) {
-  const r = await fetch(`/images/${encodeURIComponent(msg.image)}`, { headers: { authorization: `Bearer ${token}` } });
-  if (!r.ok) throw new Error(`HTTP ${r.status}`);
+  const li = photoItem(msg.name);
+  const r = await fetch(`/images/${encodeURIComponent(msg.image)}`, { headers: { authorization: `Bearer ${token}` } }).catch(() => null);
+  if (!r || !r.ok) {
+    li.append(document.createTextNode(t("photo.unavailable")));
+    throw new Error(`HTTP ${r ? r.status : "—"}`);
+  }
   const blob = await r.blob();
   const head = new Uint8Array(await blob.slice(0, 65536).arrayBuffer());
   state.images.push({ id: msg.image, from: msg.from, bytes: blob.size, exif: holdsExif(head) });
   // Staff may keep it for the record — on this device, never on the server.
-  addPhoto(blob, msg.name, state.role === "clinician");
+  showPhoto(li, blob, msg.name, state.role === "clinician");
 }
 
-/** A photo in the chat, with a link that saves it on this device when `savable`. */
-function addPhoto(blob, who, savable) {
-  const url = URL.createObjectURL(blob);
+function photoItem(who) {
   const li = document.createElement("li");
   li.className = "photo";
   const name = document.createElement("strong");
   name.textContent = who;
+  li.append(name);
+  $("chat-log").append(li);
+  return li;
+}
+
+/** A photo in the chat, with a link that saves it on this device when `savable`. */
+function addPhoto(blob, who, savable) {
+  showPhoto(photoItem(who), blob, who, savable);
+}
+
+function showPhoto(li, blob, who, savable) {
+  const url = URL.createObjectURL(blob);
+  state.photoUrls.push(url);
   const img = document.createElement("img");
   img.src = url;
   img.alt = t("photo.from", who);
-  li.append(name, img);
+  li.append(img);
   if (savable) {
     const a = document.createElement("a");
     a.href = url;
@@ -607,8 +625,14 @@ function addPhoto(blob, who, savable) {
     a.textContent = t("photo.save");
     li.append(a);
   }
-  $("chat-log").append(li);
   li.scrollIntoView({ block: "nearest" });
+}
+
+/** At the end of the visit the photos leave the page too (a shared device shows nothing). */
+function forgetPhotos() {
+  for (const url of state.photoUrls) URL.revokeObjectURL(url);
+  state.photoUrls = [];
+  for (const li of document.querySelectorAll("#chat-log li.photo")) li.remove();
 }
 
 // ---- the session ---------------------------------------------------------------------------

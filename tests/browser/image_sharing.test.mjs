@@ -91,6 +91,12 @@ test("a photo with GPS in its EXIF arrives without it, held in memory only", { t
     });
     assert.ok(centre[0] > 200 && centre[1] > 150 && centre[2] > 100, `centre ${centre}`);
     assert.equal(await patient.evaluate(() => window.hcState.images.length), 0, "the sender is not sent their own photo");
+    // Only its recipients fetch it: not the sender, and not without a token.
+    const id = (await patient.evaluate(() => window.hcState.sentImages))[0].id;
+    r = await fetch(`${server.base}/images/${id}`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(r.status, 404);
+    r = await fetch(`${server.base}/images/${id}`);
+    assert.equal(r.status, 401);
 
     // The clinician saves it on this device; the patient's page offers no such link.
     const [download] = await Promise.all([clinician.waitForEvent("download"), clinician.click("#chat-log a.save-photo")]);
