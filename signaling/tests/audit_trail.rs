@@ -178,6 +178,27 @@ async fn every_line_reaches_redis_through_outages_and_verify_catches_a_removed_t
     assert!(restored[held_by_copy.len() + 1].contains("after_unclean_stop"));
     copy_matches_file(&server, &url).await;
 
+    // A crash that tore the last line: the service starts, keeps every complete line, and
+    // records the recovery.
+    let complete = file_lines(&server);
+    let audit_file = server.audit.clone();
+    server.restart_after(|| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&audit_file)
+            .unwrap();
+        f.write_all(b"{\"event\":\"join\",\"meeting\":\"v").unwrap();
+    });
+    let after = file_lines(&server);
+    assert!(after.starts_with(&complete), "a complete line was lost");
+    assert!(
+        after[complete.len()].contains("torn_line_dropped"),
+        "{}",
+        after[complete.len()]
+    );
+    copy_matches_file(&server, &url).await;
+
     // A clean stop closes the log; verify with the public key and the copy: exit 0.
     assert!(server.interrupt().success());
     copy_matches_file(&server, &url).await;
