@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
-import { startSignaling, launchChromium, waitFor, admitFirst, inboundStats, bookVisit } from "./harness.mjs";
+import { withServerAndBrowser, waitFor, admitFirst, inboundStats, bookVisit } from "./harness.mjs";
 
 const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 
@@ -52,9 +52,7 @@ function assertLayout(l, who) {
 }
 
 test("layout: the other person fills the stage and every control is on screen", { timeout: 120000 }, async () => {
-  const server = await startSignaling();
-  const browser = await launchChromium();
-  try {
+  await withServerAndBrowser(async ({ server, browser }) => {
     const clinician = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
     const patient = await (await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true })).newPage();
     await clinician.goto(server.clinician);
@@ -72,16 +70,11 @@ test("layout: the other person fills the stage and every control is on screen", 
     const l = await layout(clinician);
     console.log(`layout 1280×800 clinician: picture ${JSON.stringify(l.remote[0])}; others ${JSON.stringify(l.others)}`);
     assertLayout(l, "clinician 1280×800");
-  } finally {
-    await browser.close();
-    server.child.kill("SIGTERM");
-  }
+  });
 });
 
 test("an English browser gets the English interface, the server's refusals included", { timeout: 90000 }, async () => {
-  const server = await startSignaling();
-  const browser = await launchChromium();
-  try {
+  await withServerAndBrowser(async ({ server, browser }) => {
     const clinician = await (await browser.newContext()).newPage();
     const patient = await (await browser.newContext({ locale: "en-GB" })).newPage();
     await clinician.goto(server.clinician);
@@ -105,10 +98,7 @@ test("an English browser gets the English interface, the server's refusals inclu
     await bad.goto(`${server.base}/m/visit-x?token=not.a.token&lang=sv`);
     await bad.waitForSelector("#ended:not([hidden])");
     assert.match(await bad.textContent("#ended-message"), /Länken är inte giltig/);
-  } finally {
-    await browser.close();
-    server.child.kill("SIGTERM");
-  }
+  });
 });
 
 /** axe-core's WCAG 2.1 A/AA violations of serious or critical impact on the page now. */
@@ -124,9 +114,7 @@ async function accessibilityProblems(page, where) {
 }
 
 test("accessibility (axe-core, WCAG 2.1 AA) and the patient's visit with the keyboard alone", { timeout: 150000 }, async () => {
-  const server = await startSignaling();
-  const browser = await launchChromium();
-  try {
+  await withServerAndBrowser(async ({ server, browser }) => {
     const { links } = await bookVisit(server, {
       clinician: { sub: "doc-1", name: "Dr Berg", role: "clinician", hsa: "SE2321000016-DOC1" },
       patient: { sub: "pat-1", name: "Anna", role: "patient" },
@@ -182,16 +170,11 @@ test("accessibility (axe-core, WCAG 2.1 AA) and the patient's visit with the key
     await patient.keyboard.press("Enter");
     await patient.waitForSelector("#ended:not([hidden])");
     assert.equal(await patient.textContent("#ended-title"), "Du har lämnat besöket");
-  } finally {
-    await browser.close();
-    server.child.kill("SIGTERM");
-  }
+  });
 });
 
 test("devices: the speaker test tone, and a camera the system took away comes back", { timeout: 90000 }, async () => {
-  const server = await startSignaling();
-  const browser = await launchChromium();
-  try {
+  await withServerAndBrowser(async ({ server, browser }) => {
     const clinician = await (await browser.newContext()).newPage();
     const patient = await (await browser.newContext()).newPage();
     await clinician.goto(server.clinician);
@@ -199,11 +182,14 @@ test("devices: the speaker test tone, and a camera the system took away comes ba
     await admitFirst(clinician);
     await seesSomeone(clinician, "the clinician seeing the patient");
     await patient.click("#settings-button");
-    const pickers = await patient.evaluate(() => ({
-      cameras: document.getElementById("pick-camera").options.length,
-      mics: document.getElementById("pick-mic").options.length,
-    }));
-    assert.ok(pickers.cameras >= 1 && pickers.mics >= 1, JSON.stringify(pickers));
+    // The pickers list the devices there are (Chromium's fake camera and microphone).
+    await waitFor(async () => {
+      const pickers = await patient.evaluate(() => ({
+        cameras: document.getElementById("pick-camera").options.length,
+        mics: document.getElementById("pick-mic").options.length,
+      }));
+      return { ok: pickers.cameras >= 1 && pickers.mics >= 1, pickers };
+    }, { timeout: 5000, what: "the device pickers filled" });
     await patient.click("#tone");
     assert.equal(await patient.evaluate(() => window.hcState.tonesPlayed), 1);
     assert.match(await patient.textContent("#tone-hint"), /ton/);
@@ -223,8 +209,5 @@ test("devices: the speaker test tone, and a camera the system took away comes ba
       return { ok: live === "live" && s.video.framesDecoded > stalled + 30, live, frames: s.video.framesDecoded };
     }, { timeout: 15000, what: "the camera back and the clinician decoding it" });
     assert.deepEqual(await patient.evaluate(() => window.hcState.errors), []);
-  } finally {
-    await browser.close();
-    server.child.kill("SIGTERM");
-  }
+  });
 });

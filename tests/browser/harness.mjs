@@ -143,6 +143,21 @@ export async function startCluster({ node = true } = {}) {
   };
 }
 
+/**
+ * Runs `fn({ server, browser })` with a fresh `signaling serve --dev` (`args`, `options` as for
+ * startSignaling) and a headless Chromium, and ends both however `fn` ends.
+ */
+export async function withServerAndBrowser(fn, { args = [], options = {} } = {}) {
+  const server = await startSignaling(args, options);
+  const browser = await launchChromium().catch((e) => { server.child.kill("SIGTERM"); throw e; });
+  try {
+    return await fn({ server, browser });
+  } finally {
+    await browser.close();
+    server.child.kill("SIGTERM");
+  }
+}
+
 /** Books a visit open now through the meetings API and mints a join link per person. */
 export async function bookVisit(server, people, { id = `visit-${Date.now()}`, kind = "visit" } = {}) {
   const api = async (p, body) => {

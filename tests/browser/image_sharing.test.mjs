@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { startSignaling, launchChromium, waitFor, admitFirst } from "./harness.mjs";
+import { withServerAndBrowser, waitFor, admitFirst } from "./harness.mjs";
 
 /** `jpeg` with an EXIF block holding a GPS position (59°20'N) inserted after its SOI. */
 function withGpsExif(jpeg) {
@@ -35,9 +35,7 @@ function filesUnder(dir) {
 test("a photo with GPS in its EXIF arrives without it, held in memory only", { timeout: 120000 }, async () => {
   const work = mkdtempSync(path.join(tmpdir(), "hc-cwd-"));
   const temp = mkdtempSync(path.join(tmpdir(), "hc-tmp-"));
-  const server = await startSignaling([], { cwd: work, env: { TMPDIR: temp } });
-  const browser = await launchChromium();
-  try {
+  await withServerAndBrowser(async ({ server, browser }) => {
     const clinician = await (await browser.newContext({ acceptDownloads: true })).newPage();
     const patient = await (await browser.newContext()).newPage();
     await clinician.goto(server.clinician);
@@ -118,8 +116,5 @@ test("a photo with GPS in its EXIF arrives without it, held in memory only", { t
     assert.deepEqual(filesUnder(work), []);
     assert.deepEqual(filesUnder(temp), []);
     for (const p of [clinician, patient]) assert.deepEqual(await p.evaluate(() => window.hcState.errors), []);
-  } finally {
-    await browser.close();
-    server.child.kill("SIGTERM");
-  }
+  }, { options: { cwd: work, env: { TMPDIR: temp } } });
 });

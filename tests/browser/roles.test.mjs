@@ -4,7 +4,7 @@
 // the link it gives.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startSignaling, launchChromium, inboundStats, waitFor, bookVisit } from "./harness.mjs";
+import { withServerAndBrowser, inboundStats, waitFor, bookVisit } from "./harness.mjs";
 
 /** The inbound audio packets and video frames of one remote participant's tile. */
 async function fromParticipant(page, id) {
@@ -26,9 +26,7 @@ async function fromParticipant(page, id) {
 }
 
 test("interpreter by voice first, patient with companion, consultant by invitation", { timeout: 180000 }, async () => {
-  const server = await startSignaling();
-  const browser = await launchChromium();
-  try {
+  await withServerAndBrowser(async ({ server, browser }) => {
     const { links } = await bookVisit(server, {
       clinician: { sub: "doc-1", name: "Dr Berg", role: "clinician", hsa: "SE2321000016-DOC1" },
       patient: { sub: "pat-1", name: "Anna", role: "patient" },
@@ -115,8 +113,5 @@ test("interpreter by voice first, patient with companion, consultant by invitati
     for (const p of [clinician, patient, companion, interpreter, consultant]) {
       assert.deepEqual(await p.evaluate(() => window.hcState.errors), []);
     }
-  } finally {
-    await browser.close();
-    server.child.kill("SIGTERM");
-  }
+  });
 });
