@@ -507,6 +507,7 @@ function deviceCheck() {
   if (!a) return;
   try {
     const ctx = new AudioContext();
+    state.meter = ctx;
     const analyser = ctx.createAnalyser();
     ctx.createMediaStreamSource(new MediaStream([a])).connect(analyser);
     const buf = new Float32Array(analyser.fftSize);
@@ -1077,11 +1078,25 @@ async function onVisible() {
   for (const el of document.querySelectorAll("video")) {
     if (el.srcObject && el.paused) el.play().catch(() => {});
   }
+  if (state.meter && state.meter.state === "suspended") state.meter.resume().catch(() => {});
   checkSocket();
 }
 document.addEventListener("visibilitychange", onVisible);
-// Restored from the back-forward cache: as if it came back to the foreground.
-window.addEventListener("pageshow", (ev) => { if (ev.persisted) onVisible(); });
+// Kept in the back-forward cache (a phone's browser, on leaving the page): camera and
+// microphone are let go at once. Restored from it, the page starts afresh with its link — the
+// server still knows the person (a reconnect within the grace keeps admission).
+window.addEventListener("pagehide", (ev) => {
+  if (!ev.persisted || leaving) return;
+  state.frozen = true;
+  if (local) local.getTracks().forEach((track) => track.stop());
+  if (state.pc) state.pc.close();
+});
+window.addEventListener("pageshow", (ev) => {
+  if (!ev.persisted || !state.frozen || leaving) return;
+  const q = new URLSearchParams({ token });
+  if (params.get("lang")) q.set("lang", params.get("lang"));
+  location.replace(`${location.pathname}?${q}`);
+});
 
 /** Asks whether to take part with the camera or by voice alone; true for voice alone. */
 function chooseMedia() {

@@ -173,7 +173,7 @@ test("accessibility (axe-core, WCAG 2.1 AA) and the patient's visit with the key
   });
 });
 
-test("devices: the speaker test tone, and a camera the system took away comes back", { timeout: 90000 }, async () => {
+test("devices: the speaker test tone, a camera the system took away comes back, and a page restored from the back-forward cache rejoins", { timeout: 90000 }, async () => {
   await withServerAndBrowser(async ({ server, browser }) => {
     const clinician = await (await browser.newContext()).newPage();
     const patient = await (await browser.newContext()).newPage();
@@ -209,5 +209,24 @@ test("devices: the speaker test tone, and a camera the system took away comes ba
       return { ok: live === "live" && s.video.framesDecoded > stalled + 30, live, frames: s.video.framesDecoded };
     }, { timeout: 15000, what: "the camera back and the clinician decoding it" });
     assert.deepEqual(await patient.evaluate(() => window.hcState.errors), []);
+
+    // Kept in the back-forward cache and restored: the camera is let go meanwhile, and the
+    // page comes back into the visit by itself (admitted again, seen again).
+    const first = await patient.evaluate(() => window.hcState.participant);
+    await patient.evaluate(() => window.dispatchEvent(new PageTransitionEvent("pagehide", { persisted: true })));
+    assert.equal(await patient.evaluate(() => window.hcState.localStream().getTracks().every((t) => t.readyState === "ended")), true);
+    await Promise.all([
+      patient.waitForNavigation(),
+      patient.evaluate(() => window.dispatchEvent(new PageTransitionEvent("pageshow", { persisted: true }))),
+    ]);
+    await waitFor(async () => {
+      const s = await patient.evaluate(() => window.hcState && { view: window.hcState.view, id: window.hcState.participant });
+      return { ok: s && s.view === "meeting" && s.id && s.id !== first, s };
+    }, { timeout: 20000, what: "the restored page back in the visit" });
+    const again = (await inboundStats(clinician)).video.framesDecoded;
+    await waitFor(async () => {
+      const s = await inboundStats(clinician);
+      return { ok: s.video.framesDecoded > again + 30, frames: s.video.framesDecoded };
+    }, { timeout: 30000, what: "the clinician seeing the restored patient" });
   });
 });
