@@ -57,10 +57,15 @@ enum Cmd {
         #[arg(long = "unit", required = true)]
         units: Vec<String>,
     },
-    /// Write a development cluster CA and certificates for signaling and an SFU node.
+    /// The SFU control link's certificates: a cluster CA (kept in `--out`, key mode 0600), one
+    /// for signaling, and one per node (`--node sfu-1 --node sfu-2`; a node's `node_id` must be
+    /// its name). Run again with new names to add nodes from the same CA.
     ClusterCerts {
         #[arg(long)]
         out: PathBuf,
+        /// A node's name (repeat; default `sfu`).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
     },
 }
 
@@ -435,12 +440,16 @@ fn main() -> anyhow::Result<()> {
             say!("key_sha256 = \"{hash}\"");
             Ok(())
         }
-        Cmd::ClusterCerts { out } => {
-            sfu_server::cluster_tls::generate_dev_cluster(&out)?;
-            println!(
-                "wrote ca.pem, signaling.pem/.key and sfu.pem/.key to {}",
-                out.display()
-            );
+        Cmd::ClusterCerts { out, nodes } => {
+            let nodes = if nodes.is_empty() {
+                vec!["sfu".to_owned()]
+            } else {
+                nodes
+            };
+            let written = sfu_server::cluster_tls::issue_cluster(&out, &nodes)?;
+            for path in written {
+                say!("wrote {}", path.display());
+            }
             Ok(())
         }
         Cmd::Serve(args) => {

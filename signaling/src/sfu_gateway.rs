@@ -79,12 +79,42 @@ impl RemoteSfu {
             }
             other => anyhow::bail!("expected hello, got a {}", other.kind()),
         };
+        // A node is known by the name its certificate carries: one node cannot pass for
+        // another, and two cannot share an id unnoticed.
+        let named = conn
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.first().cloned())
+            .is_some_and(|cert| sfu_server::cluster_tls::certificate_names(&cert, &node_id));
+        if !named {
+            metrics::counter!("signaling_sfu_nodes_refused_total").increment(1);
+            anyhow::bail!(
+                "node {node_id:?} refused: its certificate does not carry that name (issue one with \
+                 `signaling cluster-certs --node {node_id}`, or set the node's node_id to its \
+                 certificate's name)"
+            );
+        }
         let (tx, mut rx) = unbounded_channel::<Command>();
         let key = {
             let mut n = self
                 .nodes
                 .lock()
                 .map_err(|_| anyhow::anyhow!("node table lock poisoned"))?;
+            // The same node again (restarted before its old link timed out): the old link
+            // goes, and its participants are told their media ended.
+            let stale: Vec<u64> = n
+                .links
+                .iter()
+                .filter(|(_, l)| l.id == node_id)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in stale {
+                tracing::warn!(node = %node_id, "the node connected again: its previous link is closed");
+                n.links.remove(&k);
+            }
             n.next_key += 1;
             let key = n.next_key;
             n.links.insert(

@@ -126,7 +126,7 @@ export async function startCluster({ node = true } = {}) {
   const startNode = async () => {
     sfu = spawn(sfuBin, ["--signaling", server.control, "--cluster-ca", path.join(dir, "ca.pem"),
       "--cluster-cert", path.join(dir, "sfu.pem"), "--cluster-key", path.join(dir, "sfu.key"),
-      "--bind-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1", "--workers", "1", "--node-id", "test-node"],
+      "--bind-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1", "--workers", "1", "--node-id", "sfu"],
       { stdio: ["ignore", "ignore", "pipe"] });
     sfu.stderr.on("data", (d) => { sfuLogs += d; });
     await waitFor(async () => {

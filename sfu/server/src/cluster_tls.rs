@@ -137,33 +137,172 @@ fn transport() -> quinn::TransportConfig {
 }
 
 /// Writes a development cluster CA and certificates for signaling (`signaling.pem`, name
-/// `signaling`) and one SFU node (`sfu.pem`) into `dir`. For development and tests only.
+/// `signaling`) and one SFU node (`sfu.pem`, name `sfu`) into `dir`. For development and tests.
 pub fn generate_dev_cluster(dir: &Path) -> Result<(), ClusterTlsError> {
+    issue_cluster(dir, &["sfu".to_owned()]).map(|_| ())
+}
+
+/// Writes `bytes` to a new file only this user may read (mode 0600); an existing file is an
+/// error, so a key is never replaced by accident.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterTlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| ClusterTlsError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io)
+}
+
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), ClusterTlsError> {
+    std::fs::write(path, bytes).map_err(|source| ClusterTlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The cluster's CA in `dir` (`ca.pem`, `ca.key` mode 0600), made when missing and kept, so
+/// more certificates can be issued from it later; then a certificate for signaling (made
+/// once) and one per node name in `nodes` (`<name>.pem`, `<name>.key`, the name as the
+/// certificate's DNS name — signaling accepts a node only under a name its certificate
+/// carries). Existing files are never overwritten. Returns the files written.
+pub fn issue_cluster(dir: &Path, nodes: &[String]) -> Result<Vec<PathBuf>, ClusterTlsError> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let gen_err = |e: rcgen::Error| ClusterTlsError::Generate(e.to_string());
     std::fs::create_dir_all(dir).map_err(|source| ClusterTlsError::Read {
         path: dir.to_owned(),
         source,
     })?;
-    let ca_key = KeyPair::generate().map_err(gen_err)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "healthcare-sfu dev cluster CA");
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_err)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let write = |name: &str, contents: String| -> Result<(), ClusterTlsError> {
-        let path = dir.join(name);
-        std::fs::write(&path, contents).map_err(|source| ClusterTlsError::Read { path, source })
-    };
-    write("ca.pem", ca_cert.pem())?;
-    for name in ["signaling", "sfu"] {
-        let key = KeyPair::generate().map_err(gen_err)?;
-        let params = CertificateParams::new(vec![name.to_owned()]).map_err(gen_err)?;
-        let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
-        write(&format!("{name}.pem"), cert.pem())?;
-        write(&format!("{name}.key"), key.serialize_pem())?;
+    for name in nodes {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-');
+        if !ok || name == "ca" || name == "signaling" {
+            return Err(ClusterTlsError::Generate(format!(
+                "node name {name:?}: lower-case letters, digits and dashes (a DNS label), not ca or signaling"
+            )));
+        }
     }
-    Ok(())
+    let mut written = Vec::new();
+    let (ca_pem, ca_key_pem) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let ca_params = || -> Result<CertificateParams, ClusterTlsError> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "healthcare-sfu cluster CA");
+        Ok(p)
+    };
+    let issuer = if ca_key_pem.exists() {
+        let key_text =
+            std::fs::read_to_string(&ca_key_pem).map_err(|source| ClusterTlsError::Read {
+                path: ca_key_pem.clone(),
+                source,
+            })?;
+        let key = KeyPair::from_pem(&key_text).map_err(gen_err)?;
+        // The issuer is the CA's name and key: certificates issued now chain to the same
+        // ca.pem as before.
+        Issuer::new(ca_params()?, key)
+    } else {
+        let key = KeyPair::generate().map_err(gen_err)?;
+        let params = ca_params()?;
+        let cert = params.self_signed(&key).map_err(gen_err)?;
+        write_private(&ca_key_pem, key.serialize_pem().as_bytes())?;
+        write_public(&ca_pem, cert.pem().as_bytes())?;
+        written.extend([ca_pem.clone(), ca_key_pem.clone()]);
+        Issuer::new(params, key)
+    };
+    let mut names: Vec<&str> = Vec::new();
+    if !dir.join("signaling.key").exists() {
+        names.push("signaling");
+    }
+    names.extend(nodes.iter().map(String::as_str));
+    for name in names {
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        if key_path.exists() {
+            return Err(ClusterTlsError::Generate(format!(
+                "{} exists: a node name is issued once (remove its files to issue it again)",
+                key_path.display()
+            )));
+        }
+        let key = KeyPair::generate().map_err(gen_err)?;
+        let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(gen_err)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        write_public(&cert_path, cert.pem().as_bytes())?;
+        written.extend([cert_path, key_path]);
+    }
+    Ok(written)
+}
+
+/// Whether the certificate (DER) a peer presented carries `name` as a DNS name.
+pub fn certificate_names(cert: &[u8], name: &str) -> bool {
+    let Ok(server_name) = rustls::pki_types::ServerName::try_from(name.to_owned()) else {
+        return false;
+    };
+    let der = CertificateDer::from(cert.to_vec());
+    webpki::EndEntityCert::try_from(&der)
+        .and_then(|c| c.verify_is_valid_for_subject_name(&server_name))
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn keys_are_private_the_ca_is_kept_and_each_node_has_its_own_name() {
+        let dir = std::env::temp_dir().join(format!("hc-certs-{}", rand::random::<u64>()));
+        issue_cluster(&dir, &["sfu-1".into()]).unwrap();
+        for key in ["ca.key", "signaling.key", "sfu-1.key"] {
+            let mode = std::fs::metadata(dir.join(key))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{key}");
+        }
+        let ca_before = std::fs::read(dir.join("ca.pem")).unwrap();
+        // Later: another node from the same CA; nothing else is touched.
+        let written = issue_cluster(&dir, &["sfu-2".into()]).unwrap();
+        assert_eq!(written, vec![dir.join("sfu-2.pem"), dir.join("sfu-2.key")]);
+        assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca_before);
+        assert!(
+            issue_cluster(&dir, &["sfu-2".into()]).is_err(),
+            "issued once"
+        );
+        assert!(issue_cluster(&dir, &["Bad Name".into()]).is_err());
+        // Both nodes load against the one CA, each carrying only its own name.
+        for node in ["sfu-1", "sfu-2"] {
+            ClusterTls::load(
+                &dir.join("ca.pem"),
+                &dir.join(format!("{node}.pem")),
+                &dir.join(format!("{node}.key")),
+            )
+            .unwrap();
+        }
+        let pem = std::fs::read(dir.join("sfu-2.pem")).unwrap();
+        let der = CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(certificate_names(&der, "sfu-2"));
+        assert!(!certificate_names(&der, "sfu-1"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
