@@ -81,6 +81,9 @@ pub struct HttpSection {
     /// Connections open at once from one address (default 500: a hospital's staff may share
     /// one address).
     pub max_connections_per_source: Option<usize>,
+    /// A second listener for the region's own network: the meetings API, /metrics and health
+    /// move there from the public listener.
+    pub internal_listen: Option<SocketAddr>,
     /// Seconds a join WebSocket may stay silent (no message, no answer to the server's pings)
     /// before it is closed (default 45).
     pub ws_idle_secs: Option<u64>,

@@ -12,7 +12,7 @@ use signaling::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, dev_claims};
 use signaling::jwks_source::JwksSource;
 use signaling::meeting::MeetingPolicy;
 use signaling::meetings::Meetings;
-use signaling::server::router;
+use signaling::server::{internal_router, public_router, router};
 use signaling::session_token::TokenVerifier;
 use signaling::sfu_control::SfuControl;
 use signaling::sfu_gateway::RemoteSfu;
@@ -200,6 +200,10 @@ struct ServeArgs {
     /// (default 10).
     #[arg(long, env = "SIGNALING_HEADER_TIMEOUT_SECS")]
     header_timeout_secs: Option<u64>,
+    /// A second listener, for the region's own network only, serving the meetings API,
+    /// /metrics and health (http.internal_listen); the public listener then serves neither.
+    #[arg(long, env = "SIGNALING_INTERNAL_LISTEN")]
+    internal_listen: Option<SocketAddr>,
     /// Connections open at once (default 10,000, within the file-descriptor limit).
     #[arg(long, env = "SIGNALING_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -809,7 +813,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             sweeper.sweep(jiff::Timestamp::now());
         }
     });
-    let app = router(state);
+    // With an internal listener the meetings API and metrics leave the public one.
+    let internal_listen = args.internal_listen.or(http.internal_listen);
+    let (app, internal_base) = match internal_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding http.internal_listen {addr}"))?;
+            let internal = listener.local_addr()?;
+            let service =
+                internal_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, service).await {
+                    tracing::error!(error = %e, "internal listener stopped");
+                }
+            });
+            tracing::info!(%internal, "internal listener (meetings API, metrics)");
+            say!("Internal (meetings API, metrics): http://{internal}");
+            (public_router(state), format!("http://{internal}"))
+        }
+        None => (router(state), public_url.clone()),
+    };
 
     tracing::info!(%bound, scheme, "signaling listening");
 
@@ -840,13 +864,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         say!("  clinician: {public_url}/m/{meeting}?token={clinician}");
         say!("  patient:   {public_url}/m/{meeting}?token={patient}");
         say!(
-            "Meetings API: {public_url}/api/v1/openapi.json (API key: {})",
+            "Meetings API: {internal_base}/api/v1/openapi.json (API key: {})",
             api_clients
                 .dev_key
                 .as_deref()
                 .unwrap_or("see [[api.clients]]")
         );
-        say!("Metrics: {public_url}/metrics   Stop with Ctrl-C.");
+        say!("Metrics: {internal_base}/metrics   Stop with Ctrl-C.");
     }
 
     let handle = axum_server::Handle::new();

@@ -27,7 +27,32 @@ const CLIENT_JS: &str = include_str!("../web/client.js");
 const TEXTS_JS: &str = include_str!("../web/texts.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
 
+/// Everything on one listener (the single-node default).
 pub fn router(state: Arc<AppState>) -> Router {
+    public_routes()
+        .merge(internal_routes())
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// What browsers need: the web client, the join check and WebSocket, photos, health.
+pub fn public_router(state: Arc<AppState>) -> Router {
+    public_routes()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// What only the region's own systems reach (`http.internal_listen`): the meetings API,
+/// metrics and health.
+pub fn internal_router(state: Arc<AppState>) -> Router {
+    internal_routes()
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+fn public_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(index))
         .route("/m/{meeting}", get(index))
@@ -43,16 +68,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/style.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE_CSS) }),
         )
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/metrics", get(metrics))
         .route("/join", post(join_check))
         .route("/ws", get(ws_upgrade))
-        .merge(crate::meetings_api::routes())
         .merge(crate::image_sharing::routes())
-        .layer(axum::middleware::map_response(security_headers))
-        .with_state(state)
+}
+
+fn internal_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(crate::meetings_api::routes())
 }
 
 /// What every response tells the browser: load scripts, styles and connections from this

@@ -427,3 +427,46 @@ async fn a_key_acts_only_for_its_own_care_units() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// With an internal listener, the meetings API and metrics are served there and nowhere on
+/// the public listener; the public one keeps what browsers need.
+#[tokio::test]
+async fn the_api_and_metrics_move_to_the_internal_listener() {
+    let server = support::start_with(&["--internal-listen", "127.0.0.1:0"]);
+    let internal = server
+        .stdout
+        .lock()
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Internal (meetings API, metrics): ")
+                .map(str::to_owned)
+        })
+        .expect("the internal address printed");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let status = |url: String, key: Option<&'static str>| async move {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    let public = &server.http_base;
+    assert_eq!(
+        status(format!("{public}/api/v1/meetings"), Some(API_KEY))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(status(format!("{public}/metrics"), None).await.0, 404);
+    assert_eq!(status(format!("{public}/healthz"), None).await.0, 200);
+    assert_eq!(status(format!("{public}/client.js"), None).await.0, 200);
+    let (code, body) = status(format!("{internal}/api/v1/meetings"), Some(API_KEY)).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = status(format!("{internal}/metrics"), None).await;
+    assert!(code == 200 && body.contains("signaling_"), "{code} {body}");
+    assert_eq!(status(format!("{internal}/client.js"), None).await.0, 404);
+    assert_eq!(status(format!("{internal}/readyz"), None).await.0, 200);
+}
