@@ -194,8 +194,14 @@ impl SfuControl for RemoteSfu {
                 return;
             };
             let n = &mut *guard;
-            let keys: Vec<u64> = n.links.keys().copied().collect();
-            // A new room goes to the node with the fewest participants.
+            // A new room goes to the node with the fewest participants, never to one that is
+            // draining (stopping once its rooms are empty).
+            let keys: Vec<u64> = n
+                .links
+                .iter()
+                .filter(|(_, l)| !l.load.draining)
+                .map(|(k, _)| *k)
+                .collect();
             let key = n.placement.route(&command, |p| {
                 keys.iter().copied().min_by_key(|k| p.count(*k))
             });

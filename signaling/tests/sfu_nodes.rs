@@ -1,6 +1,7 @@
-//! SFU nodes on the control link: signaling accepts a node only under a name its certificate
-//! carries, so one node cannot pass for another (a real `sfu` process, certificates from
-//! `signaling cluster-certs`).
+//! SFU nodes on the control link, with real `sfu` processes and certificates from
+//! `signaling cluster-certs`: signaling accepts a node only under a name its certificate
+//! carries, and a node stopped with SIGTERM drains — no new rooms, its visits go on until they
+//! end, then it exits.
 
 mod support;
 
@@ -16,12 +17,13 @@ impl Drop for Kill {
     }
 }
 
+/// Status and body of a GET; (0, "") while nothing listens there yet.
 async fn get(base: &str, path: &str) -> (u16, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let r = reqwest::get(format!("{base}{path}"))
-        .await
-        .expect("signaling answers");
-    (r.status().as_u16(), r.text().await.unwrap_or_default())
+    match reqwest::get(format!("{base}{path}")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
 }
 
 #[tokio::test]
@@ -131,5 +133,218 @@ async fn a_node_is_accepted_only_under_its_certificates_name() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Sum of a counter over its labels on a node's metrics listener.
+async fn node_counter(metrics: &str, name: &str) -> u64 {
+    let (_, text) = get(&format!("http://{metrics}"), "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn until(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones() {
+    use support::media::{FrameSender, visit};
+    let sfu_bin = std::path::Path::new(env!("CARGO_BIN_EXE_signaling")).with_file_name("sfu");
+    assert!(
+        sfu_bin.exists(),
+        "build the sfu binary first (cargo build --workspace --bins)"
+    );
+    let dir = std::env::temp_dir().join(format!("hc-drain-{}", rand::random::<u64>()));
+    let out = Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args([
+            "cluster-certs",
+            "--node",
+            "sfu-a",
+            "--node",
+            "sfu-b",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let file = |name: &str| dir.join(name).display().to_string();
+    let server = support::start_with(&[
+        "--sfu-mode",
+        "remote",
+        "--sfu-listen",
+        "127.0.0.1:0",
+        "--cluster-ca",
+        &file("ca.pem"),
+        "--cluster-cert",
+        &file("signaling.pem"),
+        "--cluster-key",
+        &file("signaling.key"),
+    ]);
+    let control = server
+        .stdout
+        .lock()
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("SFU control listening on ")
+                .map(str::to_owned)
+        })
+        .unwrap();
+    let node = |name: &str, metrics: &str| {
+        Command::new(&sfu_bin)
+            .args(["--signaling", &control, "--node-id", name])
+            .args(["--cluster-ca", &file("ca.pem")])
+            .args(["--cluster-cert", &file(&format!("{name}.pem"))])
+            .args(["--cluster-key", &file(&format!("{name}.key"))])
+            .args([
+                "--bind-ip",
+                "127.0.0.1",
+                "--advertise-ip",
+                "127.0.0.1",
+                "--workers",
+                "1",
+            ])
+            .args(["--metrics-listen", metrics])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (metrics_a, metrics_b) = (free_addr(), free_addr());
+    let mut a = node("sfu-a", &metrics_a);
+    until("node a linked", 20, async || {
+        get(&server.http_base, "/readyz").await.0 == 200
+    })
+    .await;
+
+    // A visit on node a, media flowing.
+    let (doctor_media, patient_media, doctor, patient) = visit(&server, "visit-1").await;
+    let _doctor_events = doctor.negotiate_in_background(&doctor_media);
+    let _patient_events = patient.negotiate_in_background(&patient_media);
+    let frames = |m: &support::media::MediaPeer| m.video_frames().len();
+    let sender = FrameSender::start(doctor_media, patient_media);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let flowing = node_counter(&metrics_a, "sfu_packets_in_total").await;
+    assert!(
+        flowing > 30,
+        "visit-1 runs on node a ({flowing} packets in)"
+    );
+
+    // Node b joins; node a is told to stop.
+    let b = Kill(node("sfu-b", &metrics_b));
+    until("node b linked", 20, async || {
+        get(&format!("http://{metrics_b}"), "/readyz").await.0 == 200
+    })
+    .await;
+    // Node b gets a visit of three, so it carries more than node a: without the drain, the
+    // next room would go to node a.
+    let (db, pb, mut doctor_b, patient_b) = visit(&server, "visit-b").await;
+    let companion = server.token("visit-b", "rel-1", "Bo", "companion");
+    let mut companion = server.connect(&companion).await;
+    companion.next_of("welcome").await;
+    let waiting = doctor_b.first_waiting().await;
+    doctor_b
+        .send(serde_json::json!({"type": "admit", "participant": waiting}))
+        .await;
+    companion.next_of("admitted").await;
+    let cm = support::media::MediaPeer::new("companion").await;
+    companion.start_media(&cm).await;
+    let _b_events = [
+        doctor_b.negotiate_in_background(&db),
+        patient_b.negotiate_in_background(&pb),
+        companion.negotiate_in_background(&cm),
+    ];
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &a.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    until("node a reporting its drain", 10, async || {
+        get(&format!("http://{metrics_a}"), "/readyz").await.0 == 503
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        a.try_wait().unwrap().is_none(),
+        "node a stays while its visit runs"
+    );
+    // Packets into node a per second (its counters are exported about once a second).
+    let rate_a = async || {
+        let before = node_counter(&metrics_a, "sfu_packets_in_total").await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        (node_counter(&metrics_a, "sfu_packets_in_total").await - before) / 3
+    };
+    let visit_1_only = rate_a().await;
+    assert!(
+        visit_1_only > 20,
+        "visit-1's media still flows through draining node a ({visit_1_only}/s)"
+    );
+
+    // A new visit goes to node b.
+    let (d2, p2, doctor2, patient2) = visit(&server, "visit-2").await;
+    let _d2_events = doctor2.negotiate_in_background(&d2);
+    let _p2_events = patient2.negotiate_in_background(&p2);
+    let sender2 = FrameSender::start(d2, p2);
+    until("visit-2's media on node b", 15, async || {
+        node_counter(&metrics_b, "sfu_packets_in_total").await > 30
+    })
+    .await;
+    // …and none of it to node a (which has fewer participants than node b).
+    let with_visit_2 = rate_a().await;
+    assert!(
+        with_visit_2 < visit_1_only * 3 / 2,
+        "node a took visit-2 too ({visit_1_only}/s before, {with_visit_2}/s after)"
+    );
+
+    // visit-1 ends (cancelled through the API): node a has nothing left and exits, cleanly.
+    let (status, _) = server
+        .api(
+            "POST",
+            "/api/v1/meetings/visit-1/cancel",
+            Some(support::API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(status) = a.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node a did not exit after its last visit ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(exit.success(), "node a exited with {exit}");
+    // visit-2 goes on, on node b.
+    let (d2, p2) = sender2.stop().await;
+    let was = frames(&d2) + frames(&p2);
+    let sender2 = FrameSender::start(d2, p2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (d2, p2) = sender2.stop().await;
+    assert!(
+        frames(&d2) + frames(&p2) > was + 20,
+        "visit-2 still flowing on node b"
+    );
+    let _ = sender.stop().await;
+    drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

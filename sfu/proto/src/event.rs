@@ -39,6 +39,10 @@ pub struct LoadReport {
     pub packets_in_per_s: u64,
     pub packets_out_per_s: u64,
     pub dropped_per_s: u64,
+    /// The node is stopping (SIGTERM): it keeps serving its rooms until they are empty, and
+    /// takes no new ones.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,6 +27,7 @@ pub async fn run(
     node: Arc<SfuNode>,
     mut events: UnboundedReceiver<Event>,
     readiness: Arc<Readiness>,
+    mut draining: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(tls.quic_client()?);
@@ -39,6 +40,7 @@ pub async fn run(
             &node,
             &mut events,
             &readiness,
+            &mut draining,
             &mut was_up,
         )
         .await;
@@ -99,6 +101,7 @@ async fn session(
     node: &SfuNode,
     events: &mut UnboundedReceiver<Event>,
     readiness: &Readiness,
+    draining: &mut tokio::sync::watch::Receiver<bool>,
     was_up: &mut bool,
 ) -> anyhow::Result<()> {
     let conn = endpoint
@@ -123,7 +126,17 @@ async fn session(
     let mut tick = tokio::time::interval(config.load_interval);
     let mut last = (node.counters().0, std::time::Instant::now());
     loop {
+        // A drain is reported at once (a report now), so no new room is placed here meanwhile.
+        let drain_started = async {
+            if *draining.borrow() {
+                std::future::pending::<()>().await;
+            }
+            let _ = draining.changed().await;
+        };
         tokio::select! {
+            _ = drain_started => {
+                tick.reset_immediately();
+            }
             msg = incoming.recv() => {
                 match msg.ok_or(ControlStreamError::Closed)?? {
                     ControlMessage::Command(cmd) => node.send(cmd),
@@ -146,6 +159,7 @@ async fn session(
                     packets_in_per_s: rate(c.packets_in, last.0.packets_in),
                     packets_out_per_s: rate(c.packets_out, last.0.packets_out),
                     dropped_per_s: rate(c.dropped(), last.0.dropped()),
+                    draining: *draining.borrow(),
                 };
                 last = (c, now);
                 write_message(&mut send, &ControlMessage::Event(Event::Load(report))).await?;

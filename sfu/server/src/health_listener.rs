@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Debug, Default)]
 pub struct Readiness {
     control_link_up: AtomicBool,
+    draining: AtomicBool,
 }
 
 impl Readiness {
@@ -20,8 +21,13 @@ impl Readiness {
         self.control_link_up.store(up, Ordering::Relaxed);
     }
 
+    /// The node is stopping: not ready for new rooms any more.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.control_link_up.load(Ordering::Relaxed)
+        self.control_link_up.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
     }
 }
 

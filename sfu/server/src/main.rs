@@ -58,6 +58,11 @@ struct Args {
     ice_tcp: Option<bool>,
     #[arg(long, env = "SFU_LOAD_INTERVAL_MS", default_value_t = 2000)]
     load_interval_ms: u64,
+    /// On SIGTERM the node takes no new rooms and serves its own until they are empty, for at
+    /// most this long (match Kubernetes' terminationGracePeriodSeconds); a second signal ends
+    /// it at once.
+    #[arg(long, env = "SFU_DRAIN_TIMEOUT_SECS", default_value_t = 600)]
+    drain_timeout_secs: u64,
     /// Prometheus metrics listen address.
     #[arg(long, env = "SFU_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -145,7 +150,9 @@ fn main() -> anyhow::Result<()> {
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| "sfu".into())
         });
-        control_client::run(
+        let node = Arc::new(node);
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+        let link = control_client::run(
             ControlClientConfig {
                 signaling: signaling_addr,
                 server_name: signaling_name,
@@ -153,10 +160,69 @@ fn main() -> anyhow::Result<()> {
                 load_interval: Duration::from_millis(args.load_interval_ms.max(100)),
             },
             tls,
-            Arc::new(node),
+            node.clone(),
             rx,
+            readiness.clone(),
+            drain_rx,
+        );
+        let drain = drain_on_signal(
+            node,
             readiness,
-        )
-        .await
+            drain_tx,
+            Duration::from_secs(args.drain_timeout_secs),
+        );
+        tokio::select! {
+            ended = link => ended,
+            ended = drain => ended,
+        }
     })
+}
+
+/// SIGTERM (or Ctrl-C): the node drains — it tells signaling it takes no new rooms, serves the
+/// ones it has until they are empty (or `timeout` passes), then ends. A second signal ends it
+/// at once. Returns when the process should exit.
+async fn drain_on_signal(
+    node: Arc<SfuNode>,
+    readiness: Arc<sfu_server::health_listener::Readiness>,
+    draining: tokio::sync::watch::Sender<bool>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let (_, rooms, participants) = node.counters();
+    tracing::info!(
+        rooms,
+        participants,
+        ?timeout,
+        "draining: no new rooms; ending when the last one empties"
+    );
+    readiness.set_draining();
+    let _ = draining.send(true);
+    let deadline = tokio::time::Instant::now() + timeout;
+    // The workers' counts are exported about once a second: wait for a fresh one first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    loop {
+        let (_, rooms, participants) = node.counters();
+        if participants == 0 {
+            tracing::info!(rooms, "drained: no participants left");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                participants,
+                "drain timed out: ending with participants still here"
+            );
+            return Ok(());
+        }
+        tokio::select! {
+            _ = term.recv() => { tracing::warn!("second signal: ending now"); return Ok(()); }
+            _ = int.recv() => { tracing::warn!("second signal: ending now"); return Ok(()); }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
 }
