@@ -434,15 +434,7 @@ async fn a_key_acts_only_for_its_own_care_units() {
 async fn the_api_and_metrics_move_to_the_internal_listener() {
     let server = support::start_with(&["--internal-listen", "127.0.0.1:0"]);
     let internal = server
-        .stdout
-        .lock()
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Internal (meetings API, metrics): ")
-                .map(str::to_owned)
-        })
+        .printed("Internal (meetings API, metrics): ")
         .expect("the internal address printed");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let status = |url: String, key: Option<&'static str>| async move {

@@ -26,28 +26,42 @@ async fn get(base: &str, path: &str) -> (u16, String) {
     }
 }
 
-#[tokio::test]
-async fn a_node_is_accepted_only_under_its_certificates_name() {
-    let sfu_bin = std::path::Path::new(env!("CARGO_BIN_EXE_signaling")).with_file_name("sfu");
-    assert!(
-        sfu_bin.exists(),
-        "build the sfu binary first (cargo build --workspace --bins)"
-    );
-    let dir = std::env::temp_dir().join(format!("hc-nodes-{}", rand::random::<u64>()));
-    let out = Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args(["cluster-certs", "--node", "sfu-a", "--out"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let file = |name: &str| dir.join(name).display().to_string();
-    let server = support::start_command(
-        &[],
-        &[
+/// Signaling in remote mode (with `--api-key`), certificates from `cluster-certs` for
+/// `nodes`, and real `sfu` processes started on demand.
+struct Cluster {
+    server: support::Server,
+    dir: std::path::PathBuf,
+    control: String,
+    sfu_bin: std::path::PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Cluster {
+    fn start(nodes: &[&str]) -> Self {
+        let sfu_bin = std::path::Path::new(env!("CARGO_BIN_EXE_signaling")).with_file_name("sfu");
+        assert!(
+            sfu_bin.exists(),
+            "build the sfu binary first (cargo build --workspace --bins)"
+        );
+        let dir = std::env::temp_dir().join(format!("hc-nodes-{}", rand::random::<u64>()));
+        let mut certs = Command::new(env!("CARGO_BIN_EXE_signaling"));
+        certs.arg("cluster-certs").arg("--out").arg(&dir);
+        for n in nodes {
+            certs.args(["--node", n]);
+        }
+        let out = certs.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = |name: &str| dir.join(name).display().to_string();
+        let server = support::start_with(&[
             "--sfu-mode",
             "remote",
             "--sfu-listen",
@@ -58,44 +72,50 @@ async fn a_node_is_accepted_only_under_its_certificates_name() {
             &file("signaling.pem"),
             "--cluster-key",
             &file("signaling.key"),
-        ],
-    );
-    let control = server
-        .stdout
-        .lock()
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("SFU control listening on ")
-                .map(str::to_owned)
-        })
-        .expect("the control address printed");
-    let node = |node_id: &str| {
-        Kill(
-            Command::new(&sfu_bin)
-                .args(["--signaling", &control, "--node-id", node_id])
-                .args(["--cluster-ca", &file("ca.pem")])
-                .args([
-                    "--cluster-cert",
-                    &file("sfu-a.pem"),
-                    "--cluster-key",
-                    &file("sfu-a.key"),
-                ])
-                .args([
-                    "--bind-ip",
-                    "127.0.0.1",
-                    "--advertise-ip",
-                    "127.0.0.1",
-                    "--workers",
-                    "1",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+        ]);
+        let control = server
+            .printed("SFU control listening on ")
+            .expect("the control address printed");
+        Self {
+            server,
+            dir,
+            control,
+            sfu_bin,
+        }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// An `sfu` node saying it is `node_id`, presenting the certificate issued to `cert`.
+    fn node(&self, node_id: &str, cert: &str, extra: &[&str]) -> std::process::Child {
+        Command::new(&self.sfu_bin)
+            .args(["--signaling", &self.control, "--node-id", node_id])
+            .args(["--cluster-ca", &self.file("ca.pem")])
+            .args(["--cluster-cert", &self.file(&format!("{cert}.pem"))])
+            .args(["--cluster-key", &self.file(&format!("{cert}.key"))])
+            .args([
+                "--bind-ip",
+                "127.0.0.1",
+                "--advertise-ip",
+                "127.0.0.1",
+                "--workers",
+                "1",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_node_is_accepted_only_under_its_certificates_name() {
+    let cluster = Cluster::start(&["sfu-a"]);
+    let server = &cluster.server;
+    let node = |node_id: &str| Kill(cluster.node(node_id, "sfu-a", &[]));
 
     // The certificate of sfu-a presented as "sfu-b": refused, and counted.
     let impostor = node("sfu-b");
@@ -133,7 +153,6 @@ async fn a_node_is_accepted_only_under_its_certificates_name() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn free_addr() -> String {
@@ -161,69 +180,9 @@ async fn until(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones() {
     use support::media::{FrameSender, visit};
-    let sfu_bin = std::path::Path::new(env!("CARGO_BIN_EXE_signaling")).with_file_name("sfu");
-    assert!(
-        sfu_bin.exists(),
-        "build the sfu binary first (cargo build --workspace --bins)"
-    );
-    let dir = std::env::temp_dir().join(format!("hc-drain-{}", rand::random::<u64>()));
-    let out = Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args([
-            "cluster-certs",
-            "--node",
-            "sfu-a",
-            "--node",
-            "sfu-b",
-            "--out",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let file = |name: &str| dir.join(name).display().to_string();
-    let server = support::start_with(&[
-        "--sfu-mode",
-        "remote",
-        "--sfu-listen",
-        "127.0.0.1:0",
-        "--cluster-ca",
-        &file("ca.pem"),
-        "--cluster-cert",
-        &file("signaling.pem"),
-        "--cluster-key",
-        &file("signaling.key"),
-    ]);
-    let control = server
-        .stdout
-        .lock()
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("SFU control listening on ")
-                .map(str::to_owned)
-        })
-        .unwrap();
-    let node = |name: &str, metrics: &str| {
-        Command::new(&sfu_bin)
-            .args(["--signaling", &control, "--node-id", name])
-            .args(["--cluster-ca", &file("ca.pem")])
-            .args(["--cluster-cert", &file(&format!("{name}.pem"))])
-            .args(["--cluster-key", &file(&format!("{name}.key"))])
-            .args([
-                "--bind-ip",
-                "127.0.0.1",
-                "--advertise-ip",
-                "127.0.0.1",
-                "--workers",
-                "1",
-            ])
-            .args(["--metrics-listen", metrics])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let cluster = Cluster::start(&["sfu-a", "sfu-b"]);
+    let server = &cluster.server;
+    let node = |name: &str, metrics: &str| cluster.node(name, name, &["--metrics-listen", metrics]);
     let (metrics_a, metrics_b) = (free_addr(), free_addr());
     let mut a = node("sfu-a", &metrics_a);
     until("node a linked", 20, async || {
@@ -232,7 +191,7 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
     .await;
 
     // A visit on node a, media flowing.
-    let (doctor_media, patient_media, doctor, patient) = visit(&server, "visit-1").await;
+    let (doctor_media, patient_media, doctor, patient) = visit(server, "visit-1").await;
     let _doctor_events = doctor.negotiate_in_background(&doctor_media);
     let _patient_events = patient.negotiate_in_background(&patient_media);
     let frames = |m: &support::media::MediaPeer| m.video_frames().len();
@@ -252,7 +211,7 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
     .await;
     // Node b gets a visit of three, so it carries more than node a: without the drain, the
     // next room would go to node a.
-    let (db, pb, mut doctor_b, patient_b) = visit(&server, "visit-b").await;
+    let (db, pb, mut doctor_b, patient_b) = visit(server, "visit-b").await;
     let companion = server.token("visit-b", "rel-1", "Bo", "companion");
     let mut companion = server.connect(&companion).await;
     companion.next_of("welcome").await;
@@ -297,7 +256,7 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
     );
 
     // A new visit goes to node b.
-    let (d2, p2, doctor2, patient2) = visit(&server, "visit-2").await;
+    let (d2, p2, doctor2, patient2) = visit(server, "visit-2").await;
     let _d2_events = doctor2.negotiate_in_background(&d2);
     let _p2_events = patient2.negotiate_in_background(&p2);
     let sender2 = FrameSender::start(d2, p2);
@@ -346,5 +305,4 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
     );
     let _ = sender.stop().await;
     drop(b);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

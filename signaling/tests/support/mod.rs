@@ -166,6 +166,15 @@ impl Server {
         self.child.id()
     }
 
+    /// What the service printed after `prefix` on a line of its own (an address it bound).
+    pub fn printed(&self, prefix: &str) -> Option<String> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
+    }
+
     /// Stops the service as Ctrl-C does (SIGINT) and waits for it to exit.
     pub fn interrupt(&mut self) -> std::process::ExitStatus {
         let sent = Command::new("kill")
