@@ -126,6 +126,14 @@ async fn share(
             _ => not_in_meeting(),
         };
     }
+    // One upload at a time per sender, and a few at once in all: slow bodies hold memory.
+    let Some(_own_slot) = state.images.begin_upload(&room.id, &session.claims.sub) else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "images_per_sender",
+            "one photo at a time: wait for the one being sent",
+        );
+    };
     let Ok(_reading) = UPLOADS.try_acquire() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -216,7 +224,7 @@ async fn share(
 }
 
 /// `GET /images/<id>`: the photo, for one of its recipients while they are admitted to the
-/// meeting and it is open; each fetch is audited (`image_viewed`).
+/// meeting and it is open; each recipient's first fetch is audited (`image_viewed`).
 async fn fetch(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -256,11 +264,16 @@ async fn fetch(
     if !here {
         return unknown();
     }
-    let mut event = session_event("image_viewed", &session, None);
-    event.meeting = Some(meeting);
-    event.code = Some(id);
-    if audit(&state, event).await.is_err() {
-        return audit_unavailable();
+    // A viewing is recorded once per person and photo: fetching it again (a reload, or a
+    // flood of requests) adds no line to the audit log.
+    if !state.images.viewed_by(&id, &session.claims.sub) {
+        let mut event = session_event("image_viewed", &session, None);
+        event.meeting = Some(meeting);
+        event.code = Some(id.clone());
+        if audit(&state, event).await.is_err() {
+            return audit_unavailable();
+        }
+        state.images.note_viewed(&id, &session.claims.sub);
     }
     (
         [

@@ -27,6 +27,8 @@ pub struct StoredImage {
     pub bytes: Bytes,
     /// Subjects it was shared with.
     pub recipients: Vec<String>,
+    /// Recipients who have fetched it (each viewing is audited once, not once per fetch).
+    viewed: Vec<String>,
     expires: Instant,
 }
 
@@ -51,6 +53,26 @@ pub struct ImageStore {
     images: Mutex<HashMap<String, StoredImage>>,
     /// Bytes held at most, all photos together.
     budget: usize,
+    /// Senders (meeting, subject) with an upload being read: one at a time each, so one
+    /// person cannot hold every upload slot with slow bodies.
+    uploading: Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+/// An upload in progress; the sender may start another once it is dropped.
+#[derive(Debug)]
+pub struct UploadSlot<'a> {
+    store: &'a ImageStore,
+    key: (String, String),
+}
+
+impl Drop for UploadSlot<'_> {
+    fn drop(&mut self) {
+        self.store
+            .uploading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 impl ImageStore {
@@ -58,6 +80,34 @@ impl ImageStore {
         Self {
             images: Mutex::new(HashMap::new()),
             budget,
+            uploading: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// The sender's one upload slot, if they are not uploading already.
+    pub fn begin_upload(&self, meeting: &str, subject: &str) -> Option<UploadSlot<'_>> {
+        let key = (meeting.to_owned(), subject.to_owned());
+        let fresh = self
+            .uploading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        fresh.then_some(UploadSlot { store: self, key })
+    }
+
+    /// Whether `subject` has fetched photo `id` before (its viewing is recorded already).
+    pub fn viewed_by(&self, id: &str, subject: &str) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|i| i.viewed.iter().any(|v| v == subject))
+    }
+
+    /// Notes that `subject`'s viewing of photo `id` is recorded.
+    pub fn note_viewed(&self, id: &str, subject: &str) {
+        if let Some(image) = self.lock().get_mut(id)
+            && !image.viewed.iter().any(|v| v == subject)
+        {
+            image.viewed.push(subject.to_owned());
         }
     }
 
@@ -103,6 +153,7 @@ impl ImageStore {
                 mime,
                 bytes,
                 recipients,
+                viewed: Vec::new(),
                 expires: now + IMAGE_TTL,
             },
         );
@@ -228,6 +279,37 @@ mod tests {
                 .put(origin("m3", "b"), "image/png", bytes(half), vec![], t0)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_viewing_is_noted_once_and_a_sender_uploads_one_at_a_time() {
+        let store = ImageStore::new(1000);
+        let t0 = Instant::now();
+        let id = store
+            .put(
+                origin("m1", "pat"),
+                "image/jpeg",
+                bytes(1),
+                vec!["doc".into()],
+                t0,
+            )
+            .unwrap();
+        assert!(!store.viewed_by(&id, "doc"));
+        store.note_viewed(&id, "doc");
+        assert!(
+            store.viewed_by(&id, "doc"),
+            "fetched again: not a new viewing"
+        );
+        assert!(!store.viewed_by(&id, "pat"));
+        assert!(!store.viewed_by("unknown", "doc"));
+        let slot = store.begin_upload("m1", "pat").unwrap();
+        assert!(store.begin_upload("m1", "pat").is_none(), "one at a time");
+        assert!(
+            store.begin_upload("m1", "doc").is_some(),
+            "others are not held up"
+        );
+        drop(slot);
+        assert!(store.begin_upload("m1", "pat").is_some());
     }
 
     #[test]

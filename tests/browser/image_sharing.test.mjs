@@ -104,6 +104,17 @@ test("a photo with GPS in its EXIF arrives without it, held in memory only", { t
     assert.equal(await patient.$$eval("#chat-log a.save-photo", (a) => a.length), 0);
     assert.equal(await patient.$$eval("#chat-log li.photo", (l) => l.length), 1, "the sender sees what they sent");
 
+    // Fetched again and again (a reload, or a flood): one viewing in the audit log.
+    const clinicianToken = new URL(server.clinician).searchParams.get("token");
+    for (let i = 0; i < 20; i++) {
+      r = await fetch(`${server.base}/images/${id}`, { headers: { authorization: `Bearer ${clinicianToken}` } });
+      assert.equal(r.status, 200);
+    }
+    const viewed = readFileSync(server.auditPath, "utf8").split("\n").filter(Boolean).map(JSON.parse)
+      .filter((l) => l.event === "image_viewed");
+    assert.equal(viewed.length, 1, "one viewing recorded");
+    assert.equal(viewed[0].subject, "dev-clinician");
+
     // Audited as shared, by whom, with whom — never the picture.
     const shared = readFileSync(server.auditPath, "utf8").split("\n").filter(Boolean).map(JSON.parse)
       .filter((l) => l.event === "image_shared");
