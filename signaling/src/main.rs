@@ -57,6 +57,12 @@ enum Cmd {
         #[arg(long = "unit", required = true)]
         units: Vec<String>,
     },
+    /// Check a config file (every key known, every value of its type) without starting:
+    /// exits 0 and prints `ok`, or names the key and the file.
+    CheckConfig {
+        /// The TOML file (configs/single-node.toml documents every key).
+        config: PathBuf,
+    },
     /// The SFU control link's certificates: a cluster CA (kept in `--out`, key mode 0600), one
     /// for signaling, and one per node (`--node sfu-1 --node sfu-2`; a node's `node_id` must be
     /// its name). Run again with new names to add nodes from the same CA.
@@ -442,6 +448,12 @@ fn main() -> anyhow::Result<()> {
                 toml::Value::from(units.iter().map(String::as_str).collect::<Vec<_>>())
             );
             say!("key_sha256 = \"{hash}\"");
+            Ok(())
+        }
+        Cmd::CheckConfig { config } => {
+            let file = FileConfig::load(&config)?;
+            file_api_clients(&config.display().to_string(), &file.api.unwrap_or_default())?;
+            say!("{}: ok", config.display());
             Ok(())
         }
         Cmd::ClusterCerts { out, nodes } => {
@@ -1181,20 +1193,11 @@ fn turn_config(
         .map(Some)
 }
 
-/// The systems on the meetings API, and (with --dev) the key printed for trying it.
-struct ConfiguredClients {
-    clients: Vec<ApiClient>,
-    dev_key: Option<String>,
-}
-
-fn api_clients(
-    args: &ServeArgs,
+/// The `[[api.clients]]` of a config file (`file` names it in errors).
+fn file_api_clients(
+    file: &str,
     api: &signaling::config::ApiSection,
-) -> anyhow::Result<ConfiguredClients> {
-    let file = args
-        .config
-        .as_ref()
-        .map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
+) -> anyhow::Result<Vec<ApiClient>> {
     if api.keys.is_some() {
         anyhow::bail!(
             "`api.keys` in {file}: API keys are no longer configured in the clear; give each \
@@ -1209,6 +1212,24 @@ fn api_clients(
         clients.push(client);
     }
     ApiClient::check_set(&clients).map_err(|e| anyhow::anyhow!("api.clients in {file}: {e}"))?;
+    Ok(clients)
+}
+
+/// The systems on the meetings API, and (with --dev) the key printed for trying it.
+struct ConfiguredClients {
+    clients: Vec<ApiClient>,
+    dev_key: Option<String>,
+}
+
+fn api_clients(
+    args: &ServeArgs,
+    api: &signaling::config::ApiSection,
+) -> anyhow::Result<ConfiguredClients> {
+    let file = args
+        .config
+        .as_ref()
+        .map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
+    let mut clients = file_api_clients(&file, api)?;
     let keys: Vec<&String> = args.api_keys.iter().filter(|k| !k.is_empty()).collect();
     if !keys.is_empty() && !args.dev {
         anyhow::bail!(

@@ -90,8 +90,10 @@ impl Cluster {
 
     /// An `sfu` node saying it is `node_id`, presenting the certificate issued to `cert`.
     fn node(&self, node_id: &str, cert: &str, extra: &[&str]) -> std::process::Child {
+        // By name: the node resolves signaling's address at each dial (a Kubernetes Service).
+        let signaling = self.control.replace("127.0.0.1", "localhost");
         Command::new(&self.sfu_bin)
-            .args(["--signaling", &self.control, "--node-id", node_id])
+            .args(["--signaling", &signaling, "--node-id", node_id])
             .args(["--cluster-ca", &self.file("ca.pem")])
             .args(["--cluster-cert", &self.file(&format!("{cert}.pem"))])
             .args(["--cluster-key", &self.file(&format!("{cert}.key"))])

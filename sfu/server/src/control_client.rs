@@ -13,7 +13,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Debug, Clone)]
 pub struct ControlClientConfig {
-    pub signaling: SocketAddr,
+    /// `host:port`, resolved at each dial.
+    pub signaling: String,
     /// Name in signaling's certificate.
     pub server_name: String,
     pub node_id: String,
@@ -104,9 +105,12 @@ async fn session(
     draining: &mut tokio::sync::watch::Receiver<bool>,
     was_up: &mut bool,
 ) -> anyhow::Result<()> {
-    let conn = endpoint
-        .connect(config.signaling, &config.server_name)?
-        .await?;
+    // The endpoint is bound to IPv4; `localhost` may list ::1 first.
+    let addr = tokio::net::lookup_host(&config.signaling)
+        .await?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| anyhow::anyhow!("{} resolves to no IPv4 address", config.signaling))?;
+    let conn = endpoint.connect(addr, &config.server_name)?.await?;
     // However this session ends, the connection goes with it (the reader task holds a stream).
     let _close = CloseOnDrop(conn.clone());
     let (mut send, recv) = conn.open_bi().await?;

@@ -19,7 +19,8 @@ pub struct NodeFileConfig {
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SignalingSection {
-    pub addr: Option<SocketAddr>,
+    /// `host:port`: an address, or a name resolved at each dial (a Kubernetes Service).
+    pub addr: Option<String>,
     pub name: Option<String>,
 }
 

@@ -1,0 +1,76 @@
+{{/* Names: <release>-healthcare-sfu, or the release name when it already says so. */}}
+{{- define "hc.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hc.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "signaling") */}}
+{{- define "hc.selector" -}}
+app.kubernetes.io/name: {{ .ctx.Chart.Name }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "hc.image" -}}
+{{- printf "%s/%s:%s" .ctx.Values.image.repository .name (.ctx.Values.image.tag | default .ctx.Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "hc.jwksSecret" -}}
+{{- .Values.tokens.jwksSecret.name | default (printf "%s-jwks" (include "hc.fullname" .)) -}}
+{{- end -}}
+{{- define "hc.auditSigningSecret" -}}
+{{- .Values.signaling.audit.signingKeySecret.name | default (printf "%s-audit-signing" (include "hc.fullname" .)) -}}
+{{- end -}}
+{{- define "hc.clusterSecret" -}}
+{{- .Values.cluster.certificatesSecret | default (printf "%s-cluster" (include "hc.fullname" .)) -}}
+{{- end -}}
+{{- define "hc.turnSecret" -}}
+{{- .Values.turn.secretSecret.name | default (printf "%s-turn" (include "hc.fullname" .)) -}}
+{{- end -}}
+{{- define "hc.redisSecret" -}}
+{{- if .Values.redis.enabled -}}
+{{- .Values.redis.auth.existingSecret | default (printf "%s-redis" (include "hc.fullname" .)) -}}
+{{- else -}}
+{{- .Values.redis.external.passwordSecret.name -}}
+{{- end -}}
+{{- end -}}
+{{- define "hc.redisSecretKey" -}}
+{{- if .Values.redis.enabled -}}password{{- else -}}{{ .Values.redis.external.passwordSecret.key }}{{- end -}}
+{{- end -}}
+
+{{/* The Redis URL without its password (scheme://host:port). */}}
+{{- define "hc.redisAddress" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "redis://%s-redis:6379" (include "hc.fullname" .) -}}
+{{- else -}}
+{{- .Values.redis.external.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod security context every component shares: non-root, no privilege, default seccomp. */}}
+{{- define "hc.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+{{- define "hc.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+

@@ -1,0 +1,402 @@
+"""The Helm chart, rendered and checked without a cluster: helm's own renderer and linter (PyPI
+helm-python-sdk), every manifest against the Kubernetes schema of two versions (PyPI
+kubernetes-validate), the rendered signaling config through the real `signaling check-config`,
+coturn's arguments through the real `turnserver`, the alert rules and the dashboard's queries
+through `promtool`, and what each value set must change in the manifests.
+
+Run: python3 -m unittest discover -s helm/tests -v   (scripts/test does; needs the signaling
+binary built in $CARGO_TARGET_DIR/debug).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import tomllib
+import unittest
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "healthcare-sfu"
+RELEASE, NAMESPACE = "hc", "video"
+FULL = "hc-healthcare-sfu"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a current one.
+KUBE_VERSIONS = ["1.27.0", "1.34.0"]
+# Kinds of the Prometheus Operator, not in Kubernetes' own schema.
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+
+
+def merged(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def render(values: dict | None = None) -> list[dict]:
+    chart = helm.Chart.load(str(CHART))
+    manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    hits = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    if len(hits) != 1:
+        raise AssertionError(f"{kind}/{name}: {len(hits)} rendered")
+    return hits[0]
+
+
+def env_of(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+# The value sets the chart is rendered with; each a realistic installation.
+VALUE_SETS = {
+    "defaults": {},
+    "scaled": {
+        "sfu": {"replicas": 4, "workers": 4, "iceTcp": False, "advertiseIp": "203.0.113.7",
+                "drainTimeoutSecs": 7200},
+        "ingress": {"className": "nginx", "tls": {"enabled": False}},
+        "networkPolicy": {"sfuNodeCidrs": ["10.20.0.0/16"],
+                          "publicFrom": [{"namespaceSelector": {"matchLabels": {
+                              "kubernetes.io/metadata.name": "ingress-nginx"}}}]},
+    },
+    "external-redis": {
+        "redis": {"enabled": False, "external": {
+            "url": "rediss://redis.region.internal:6380",
+            "passwordSecret": {"name": "region-redis", "key": "password"}}},
+    },
+    "turn": {
+        "turn": {"enabled": True, "host": "turn.region.example", "tlsSecret": "turn-tls",
+                 "allowedPeerRanges": ["10.20.0.0-10.20.255.255"]},
+    },
+    "monitoring-and-jwks-url": {
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+                    "prometheusRule": {"enabled": True}},
+        "tokens": {"jwksUrl": "https://idp.region.example/jwks.json",
+                   "jwksCaSecret": {"name": "region-ca", "key": "ca.pem"}},
+        "api": {"clients": [{"name": "booking", "units": ["SE2321000016-ABCD"],
+                             "keySha256": "ab" * 32}]},
+    },
+    "bare": {"networkPolicy": {"enabled": False}, "ingress": {"enabled": False},
+             "metrics": {"grafanaDashboard": {"enabled": False}}},
+}
+
+
+class ChartRenders(unittest.TestCase):
+    rendered: dict[str, list[dict]] = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.rendered = {name: render(values) for name, values in VALUE_SETS.items()}
+
+    def test_lint_is_clean_for_every_value_set(self):
+        for name, values in VALUE_SETS.items():
+            for kube in KUBE_VERSIONS:
+                report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE,
+                                   kube_version=f"v{kube}")
+                serious = [m for m in report["messages"] if m["severity"] >= 2]
+                self.assertEqual(report["errors"], [], name)
+                self.assertEqual(serious, [], f"{name} on {kube}")
+
+    def test_every_manifest_is_valid_kubernetes(self):
+        for name, docs in self.rendered.items():
+            for doc in docs:
+                if doc["kind"] in OPERATOR_KINDS:
+                    self.assertEqual(doc["apiVersion"], "monitoring.coreos.com/v1")
+                    continue
+                for kube in KUBE_VERSIONS:
+                    with self.subTest(values=name, kind=doc["kind"], kube=kube):
+                        kubernetes_validate.validate(doc, kube, strict=True)
+
+    def test_the_schema_refuses_what_cannot_work(self):
+        refused = {
+            "two signaling replicas (meeting state is per process)": {"signaling": {"replicas": 2}},
+            "a mistyped key": {"sfu": {"worker": 4}},
+            "plain http public URL": {"publicUrl": "http://video.region.example"},
+            "external Redis without its URL": {"redis": {"enabled": False}},
+            "TURN without TLS on 443": {"turn": {"enabled": True}},
+            "an API key in the clear": {"api": {"clients": [
+                {"name": "booking", "units": ["*"], "keySha256": "secret-key"}]}},
+        }
+        chart = helm.Chart.load(str(CHART))
+        for why, values in refused.items():
+            with self.subTest(why):
+                with self.assertRaises(helm.HelmError):
+                    chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+    def test_api_and_metrics_are_never_public(self):
+        for name, docs in self.rendered.items():
+            internal = find(docs, "Service", f"{FULL}-signaling-internal")
+            public = find(docs, "Service", f"{FULL}-signaling")
+            self.assertEqual([p["port"] for p in public["spec"]["ports"]], [8080], name)
+            self.assertEqual([p["port"] for p in internal["spec"]["ports"]], [9090], name)
+            for ingress in (d for d in docs if d["kind"] == "Ingress"):
+                backends = [p["backend"]["service"] for r in ingress["spec"]["rules"]
+                            for p in r["http"]["paths"]]
+                self.assertEqual(backends, [{"name": f"{FULL}-signaling", "port": {"name": "http"}}])
+            policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+            if name == "bare":
+                self.assertEqual(policies, [])
+                continue
+            policy = find(docs, "NetworkPolicy", f"{FULL}-signaling")
+            rules = {r["ports"][0]["port"]: r for r in policy["spec"]["ingress"]}
+            self.assertEqual(set(rules), {8080, 9090, 7443}, name)
+            # The internal port admits only named peers, never everyone.
+            self.assertTrue(rules[9090].get("from"), name)
+            self.assertNotIn({}, rules[9090]["from"], name)
+
+    def test_the_signaling_config_is_one_signaling_accepts(self):
+        binary = TARGET / "debug" / "signaling"
+        self.assertTrue(binary.exists(), f"build signaling first ({binary})")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, docs in self.rendered.items():
+                text = find(docs, "ConfigMap", f"{FULL}-signaling")["data"]["signaling.toml"]
+                path = Path(tmp) / f"{name}.toml"
+                path.write_text(text)
+                out = subprocess.run([str(binary), "check-config", str(path)],
+                                     capture_output=True, text=True, env={"PATH": "/usr/bin"})
+                self.assertEqual(out.returncode, 0, f"{name}: {out.stderr}")
+                config = tomllib.loads(text)
+                self.assertEqual(config["http"]["internal_listen"], "0.0.0.0:9090")
+                self.assertEqual("turn" in config, name == "turn", name)
+            # And the check can fail: a key signaling does not know is named.
+            bad = Path(tmp) / "bad.toml"
+            bad.write_text(text.replace("queue_limit", "queue_limt"))
+            out = subprocess.run([str(binary), "check-config", str(bad)], capture_output=True,
+                                 text=True, env={"PATH": "/usr/bin"})
+            self.assertNotEqual(out.returncode, 0)
+            self.assertIn("queue_limt", out.stderr)
+
+    def test_sfu_nodes_on_the_host_network_with_one_port_per_worker(self):
+        for name in ["defaults", "scaled"]:
+            docs = self.rendered[name]
+            values = merged(yaml.safe_load((CHART / "values.yaml").read_text()), VALUE_SETS[name])
+            n = values["sfu"]
+            sts = find(docs, "StatefulSet", f"{FULL}-sfu")
+            pod = sts["spec"]["template"]["spec"]
+            self.assertTrue(pod["hostNetwork"])
+            self.assertEqual(pod["dnsPolicy"], "ClusterFirstWithHostNet")
+            self.assertEqual(sts["spec"]["replicas"], n["replicas"])
+            self.assertEqual(pod["terminationGracePeriodSeconds"], n["drainTimeoutSecs"] + 30)
+            container = pod["containers"][0]
+            media = sorted((p["containerPort"], p["protocol"]) for p in container["ports"]
+                           if p["name"].startswith("media-"))
+            base = n["udpPortBase"]
+            expected = sorted([(base + i, "UDP") for i in range(n["workers"])]
+                              + ([(base + i, "TCP") for i in range(n["workers"])] if n["iceTcp"] else []))
+            self.assertEqual(media, expected, name)
+            env = env_of(container)
+            self.assertEqual(env["SFU_WORKERS"], str(n["workers"]))
+            self.assertEqual(env["SFU_NODE_ID"], "$(POD_NAME)")
+            self.assertEqual(env["SFU_CLUSTER_CERT"], "/etc/healthcare-sfu/cluster/$(POD_NAME).pem")
+            if n["advertiseIp"]:
+                self.assertEqual(env["SFU_ADVERTISE_IP"], n["advertiseIp"])
+            else:
+                self.assertEqual(env["SFU_ADVERTISE_IP"], {"fieldRef": {"fieldPath": "status.hostIP"}})
+            # Each pod's certificate is mounted, signaling's key is not.
+            items = {i["key"] for v in pod["volumes"] for i in v["secret"].get("items", [])}
+            self.assertEqual(items, {"ca.pem"} | {f"{FULL}-sfu-{i}.{ext}"
+                                                  for i in range(n["replicas"]) for ext in ("pem", "key")})
+            # The node dials the control Service, which lists pods before they are ready.
+            host, port = env["SFU_SIGNALING_ADDR"].rsplit(":", 1)
+            self.assertEqual(host, f"{FULL}-signaling-control.{NAMESPACE}.svc")
+            control = find(docs, "Service", f"{FULL}-signaling-control")
+            self.assertTrue(control["spec"]["publishNotReadyAddresses"])
+            self.assertEqual([(p["port"], p["protocol"]) for p in control["spec"]["ports"]],
+                             [(int(port), "UDP")])
+            # Never two nodes on one host.
+            anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            self.assertEqual(anti[0]["topologyKey"], "kubernetes.io/hostname")
+            find(docs, "PodDisruptionBudget", f"{FULL}-sfu")
+        policy = find(self.rendered["scaled"], "NetworkPolicy", f"{FULL}-signaling")
+        control_rule = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 7443][0]
+        self.assertEqual(control_rule["from"], [{"ipBlock": {"cidr": "10.20.0.0/16"}}])
+
+    def test_every_container_runs_unprivileged_from_the_charts_images(self):
+        for name, docs in self.rendered.items():
+            for doc in docs:
+                if doc["kind"] not in {"StatefulSet", "Deployment"}:
+                    continue
+                pod = doc["spec"]["template"]["spec"]
+                self.assertTrue(pod["securityContext"]["runAsNonRoot"], doc["metadata"]["name"])
+                self.assertFalse(pod["automountServiceAccountToken"])
+                for c in pod["containers"]:
+                    sc = c["securityContext"]
+                    self.assertFalse(sc["allowPrivilegeEscalation"])
+                    self.assertTrue(sc["readOnlyRootFilesystem"])
+                    self.assertEqual(sc["capabilities"]["drop"], ["ALL"])
+                    self.assertIn("resources", c)
+                    if c["name"] in {"signaling", "sfu"}:
+                        self.assertEqual(
+                            c["image"], f"registry.region.example/healthcare-sfu/{c['name']}:0.1.0")
+
+    def test_redis_in_the_chart_or_the_regions_own(self):
+        docs = self.rendered["defaults"]
+        redis = find(docs, "StatefulSet", f"{FULL}-redis")
+        args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+        self.assertEqual(args[args.index("--appendonly") + 1], "yes")
+        env = env_of(find(docs, "StatefulSet", f"{FULL}-signaling")["spec"]["template"]["spec"]["containers"][0])
+        self.assertEqual(env["SIGNALING_AUDIT_REDIS_URL"], f"redis://:$(REDIS_PASSWORD)@{FULL}-redis:6379")
+        self.assertEqual(env["SIGNALING_AUDIT_REDIS_STREAM"], "healthcare-sfu:audit:$(POD_NAME)")
+        find(docs, "NetworkPolicy", f"{FULL}-redis")
+
+        docs = self.rendered["external-redis"]
+        self.assertEqual([d for d in docs if "redis" in d["metadata"]["name"]], [])
+        env = env_of(find(docs, "StatefulSet", f"{FULL}-signaling")["spec"]["template"]["spec"]["containers"][0])
+        self.assertEqual(env["SIGNALING_AUDIT_REDIS_URL"],
+                         "rediss://:$(REDIS_PASSWORD)@redis.region.internal:6380")
+        self.assertEqual(env["REDIS_PASSWORD"],
+                         {"secretKeyRef": {"name": "region-redis", "key": "password"}})
+
+    def test_turn_is_optional_and_coturn_accepts_its_arguments(self):
+        self.assertEqual([d for d in self.rendered["defaults"] if d["metadata"]["name"].endswith("-turn")], [])
+        docs = self.rendered["turn"]
+        pod = find(docs, "Deployment", f"{FULL}-turn")["spec"]["template"]["spec"]
+        self.assertTrue(pod["hostNetwork"])
+        args = pod["containers"][0]["args"]
+        self.assertIn("--use-auth-secret", args)
+        self.assertIn("--tls-listening-port=443", args)
+        self.assertIn("--allowed-peer-ip=10.20.0.0-10.20.255.255", args)
+        config = tomllib.loads(find(docs, "ConfigMap", f"{FULL}-signaling")["data"]["signaling.toml"])
+        self.assertEqual(config["turn"]["urls"][0], "turns:turn.region.example:443?transport=tcp")
+        turnserver = shutil.which("turnserver")
+        self.assertIsNotNone(turnserver, "coturn (Debian's coturn) is needed")
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj",
+                            "/CN=turn.region.example", "-keyout", str(key), "-out", str(cert)],
+                           check=True, capture_output=True)
+            real = [a.replace("$(NODE_IP)", "127.0.0.1").replace("$(TURN_SECRET)", "s3cret")
+                    .replace("/etc/coturn/tls/", f"{tmp}/").replace("=/tmp/turnserver.pid", f"={tmp}/pid")
+                    for a in args]
+            proc = subprocess.Popen([turnserver, *real], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            try:
+                deadline = time.monotonic() + 10
+                listening = False
+                while time.monotonic() < deadline and proc.poll() is None and not listening:
+                    try:
+                        socket.create_connection(("127.0.0.1", 443), timeout=0.5).close()
+                        listening = True
+                    except OSError:
+                        time.sleep(0.2)
+                exited = proc.poll()
+            finally:
+                proc.terminate()
+                output = proc.communicate(timeout=10)[0]
+            self.assertIsNone(exited, f"coturn exited on the chart's arguments:\n{output}")
+            self.assertTrue(listening, f"coturn is not listening on 443:\n{output}")
+            self.assertNotIn("unrecognized option", output)
+
+    def test_monitoring_objects(self):
+        docs = self.rendered["monitoring-and-jwks-url"]
+        monitor = find(docs, "ServiceMonitor", FULL)
+        self.assertEqual(monitor["metadata"]["labels"]["release"], "prometheus")
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        scraped = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Service"
+                         and all(d["metadata"]["labels"].get(k) == v for k, v in wanted.items()))
+        self.assertEqual(scraped, [f"{FULL}-sfu", f"{FULL}-signaling-internal"])
+        ports = {p["name"] for d in docs if d["kind"] == "Service" and d["metadata"]["name"] in scraped
+                 for p in d["spec"]["ports"]}
+        self.assertEqual({e["port"] for e in monitor["spec"]["endpoints"]}, ports)
+        rule = find(docs, "PrometheusRule", FULL)
+        alerts = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+        self.assertEqual(rule["spec"]["groups"], alerts["groups"])
+        dashboard = find(self.rendered["defaults"], "ConfigMap", f"{FULL}-dashboard")
+        self.assertEqual(dashboard["metadata"]["labels"]["grafana_dashboard"], "1")
+        self.assertEqual(json.loads(dashboard["data"]["healthcare-sfu.json"])["uid"], "healthcare-sfu")
+        config = tomllib.loads(find(docs, "ConfigMap", f"{FULL}-signaling")["data"]["signaling.toml"])
+        self.assertEqual(config["tokens"]["jwks_url"], "https://idp.region.example/jwks.json")
+        self.assertNotIn("jwks_file", config["tokens"])
+        self.assertEqual(config["api"]["clients"][0]["key_sha256"], "ab" * 32)
+
+
+class AlertsAndDashboard(unittest.TestCase):
+    def exported_metrics(self) -> set[str]:
+        names = set()
+        for path in list((ROOT / "signaling" / "src").rglob("*.rs")) + list((ROOT / "sfu").rglob("src/**/*.rs")):
+            names.update(re.findall(r'"((?:signaling|sfu|audit)_[a-z_]+)"', path.read_text()))
+        return names
+
+    def queries(self) -> list[str]:
+        dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+        alerts = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+        exprs += [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+        return exprs
+
+    def test_rules_pass_their_unit_tests(self):
+        out = subprocess.run(["promtool", "test", "rules", str(ROOT / "helm/tests/alerts-test.yaml")],
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+
+    def test_every_query_parses_and_names_a_metric_the_services_export(self):
+        exported = self.exported_metrics()
+        self.assertIn("sfu_packets_out_total", exported)
+        rules = {"groups": [{"name": "dashboard", "rules": [
+            {"record": f"q:{i}", "expr": e.replace("$namespace", ".*")}
+            for i, e in enumerate(self.queries())]}]}
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            yaml.safe_dump(rules, f)
+            f.flush()
+            out = subprocess.run(["promtool", "check", "rules", f.name], capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        for expr in self.queries():
+            used = set(re.findall(r"\b((?:signaling|sfu|audit)_[a-z_]+)\b", expr))
+            self.assertTrue(used or "up{" in expr, expr)
+            self.assertEqual(used - exported, set(), expr)
+
+
+class ImageBuildContext(unittest.TestCase):
+    def test_the_dockerfiles_build_context_holds_the_workspace(self):
+        """What .dockerignore leaves in the build context resolves the workspace and its lock
+        file offline, as `cargo build --locked` in the Dockerfiles needs."""
+        ignored = [line.strip().rstrip("/").replace("**/", "") for line in
+                   (ROOT / ".dockerignore").read_text().splitlines()
+                   if line.strip() and not line.startswith("#")]
+        files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.split()
+        with tempfile.TemporaryDirectory() as tmp:
+            for f in files:
+                parts = Path(f).parts
+                if any(p in ignored or "/".join(parts[:i + 1]) in ignored
+                       for i, p in enumerate(parts)):
+                    continue
+                dest = Path(tmp) / f
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / f, dest)
+            for dockerfile in ["signaling/Dockerfile", "sfu/Dockerfile"]:
+                text = (ROOT / dockerfile).read_text()
+                package = re.search(r"cargo build --release --locked -p (\S+) --bin (\S+)", text)
+                self.assertIsNotNone(package, dockerfile)
+                out = subprocess.run(["cargo", "tree", "--locked", "--offline", "-p", package[1],
+                                      "-e", "normal", "--depth", "1"], cwd=tmp,
+                                     capture_output=True, text=True)
+                self.assertEqual(out.returncode, 0, f"{dockerfile}: {out.stderr}")
+                self.assertIn("USER 65532", text)
+
+
+if __name__ == "__main__":
+    unittest.main()
