@@ -214,6 +214,15 @@ impl SfuControl for RemoteSfu {
                     tracing::warn!(%node, "SFU node link closed while sending");
                 }
             }
+            // Nothing to remove, close or change: the participant's session (or the room)
+            // went with its node, which signaling has already been told about. Refusing it
+            // would fail the restart that follows (a false `sfu_refused`).
+            None if matches!(
+                command,
+                Command::RemoveParticipant { .. }
+                    | Command::CloseRoom { .. }
+                    | Command::SetPermissions { .. }
+            ) => {}
             None => {
                 let participant = command.participant().cloned();
                 let _ = self.events.send(Event::CommandFailed {
@@ -222,6 +231,52 @@ impl SfuControl for RemoteSfu {
                     error: "no SFU node is available".into(),
                 });
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sfu_proto::{Permissions, RoomId};
+
+    /// With no node to send it to, a new media session is refused (the client retries), but
+    /// removing a session that went with its node is nothing to refuse: a refusal there failed
+    /// the restart that followed it.
+    #[test]
+    fn only_a_new_session_is_refused_when_no_node_holds_it() {
+        let (tx, mut rx) = unbounded_channel();
+        let sfu = RemoteSfu::new(tx);
+        let p = ParticipantId::from("p-1");
+        sfu.send(Command::RemoveParticipant {
+            participant: p.clone(),
+        });
+        sfu.send(Command::SetPermissions {
+            participant: p.clone(),
+            permissions: Permissions::default(),
+        });
+        sfu.send(Command::CloseRoom {
+            room: RoomId::from("visit-1"),
+        });
+        assert!(rx.try_recv().is_err(), "nothing refused");
+        sfu.send(Command::AddParticipant {
+            room: RoomId::from("visit-1"),
+            participant: p.clone(),
+            offer_sdp: String::new(),
+            permissions: Permissions::default(),
+            session: 2,
+        });
+        match rx.try_recv() {
+            Ok(Event::CommandFailed {
+                command,
+                participant,
+                error,
+            }) => {
+                assert_eq!(command, "add_participant");
+                assert_eq!(participant, Some(p));
+                assert_eq!(error, "no SFU node is available");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! SFU nodes on the control link, with real `sfu` processes and certificates from
 //! `signaling cluster-certs`: signaling accepts a node only under a name its certificate
 //! carries, and a node stopped with SIGTERM drains — no new rooms, its visits go on until they
-//! end, then it exits.
+//! end (or the drain deadline, when they move to another node), then it exits; a killed node's
+//! visits have media again on another node within seconds.
 
 mod support;
 
@@ -307,4 +308,149 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
     );
     let _ = sender.stop().await;
     drop(b);
+}
+
+/// A visit on node a, both participants recovering as clients do; node b linked too.
+async fn visit_on_node_a(
+    cluster: &Cluster,
+    a_extra: &[&str],
+) -> (
+    std::process::Child,
+    Kill,
+    String,
+    support::media::Recovering,
+    support::media::Recovering,
+) {
+    use support::media::visit;
+    let server = &cluster.server;
+    let (metrics_a, metrics_b) = (free_addr(), free_addr());
+    let mut extra = vec!["--metrics-listen", &metrics_a];
+    extra.extend_from_slice(a_extra);
+    let a = cluster.node("sfu-a", "sfu-a", &extra);
+    until("node a linked", 20, async || {
+        get(&server.http_base, "/readyz").await.0 == 200
+    })
+    .await;
+    let (doctor_media, patient_media, doctor, patient) = visit(server, "visit-1").await;
+    let doctor = doctor.recover_on_loss(doctor_media);
+    let patient = patient.recover_on_loss(patient_media);
+    let b = Kill(cluster.node("sfu-b", "sfu-b", &["--metrics-listen", &metrics_b]));
+    until("node b linked", 20, async || {
+        get(&format!("http://{metrics_b}"), "/readyz").await.0 == 200
+    })
+    .await;
+    until("media both ways through node a", 15, async || {
+        doctor.frames().len() > 30 && patient.frames().len() > 30
+    })
+    .await;
+    assert_eq!(
+        node_counter(&metrics_b, "sfu_packets_in_total").await,
+        0,
+        "the visit is on node a"
+    );
+    (a, b, metrics_b, doctor, patient)
+}
+
+/// Media back through the other node: both receive frames again from a new session, and node
+/// b forwards them. Returns each one's longest gap since `from`.
+async fn media_back_on_node_b(
+    metrics_b: &str,
+    doctor: &support::media::Recovering,
+    patient: &support::media::Recovering,
+    from: Instant,
+) -> (Duration, Duration) {
+    until("media back for both", 20, async || {
+        doctor.sessions() > 1
+            && patient.sessions() > 1
+            && doctor
+                .frames()
+                .last()
+                .is_some_and(|t| *t > from + Duration::from_secs(1))
+            && patient
+                .frames()
+                .last()
+                .is_some_and(|t| *t > from + Duration::from_secs(1))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = Instant::now();
+    assert!(
+        node_counter(metrics_b, "sfu_packets_in_total").await > 30,
+        "the visit's media goes through node b"
+    );
+    (
+        doctor.longest_gap(from, now),
+        patient.longest_gap(from, now),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_visit_has_media_again_on_another_node_within_5_s() {
+    let cluster = Cluster::start(&["sfu-a", "sfu-b"]);
+    let (mut a, _b, metrics_b, mut doctor, mut patient) = visit_on_node_a(&cluster, &[]).await;
+    let killed = Instant::now();
+    a.kill().unwrap();
+    let _ = a.wait();
+    let (doctor_gap, patient_gap) =
+        media_back_on_node_b(&metrics_b, &doctor, &patient, killed).await;
+    eprintln!(
+        "media gap after kill -9 of the node: clinician {doctor_gap:?}, patient {patient_gap:?}"
+    );
+    assert!(
+        doctor_gap < Duration::from_secs(5) && patient_gap < Duration::from_secs(5),
+        "media back within 5 s (clinician {doctor_gap:?}, patient {patient_gap:?})"
+    );
+    assert_admission_kept(&mut doctor, &mut patient);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_drain_deadline_a_nodes_visit_moves_with_under_3_s_of_media_lost() {
+    let cluster = Cluster::start(&["sfu-a", "sfu-b"]);
+    let (mut a, _b, metrics_b, mut doctor, mut patient) =
+        visit_on_node_a(&cluster, &["--drain-timeout-secs", "3"]).await;
+    let term = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &a.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The visit goes on through the draining node until the deadline...
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(doctor.sessions(), 1, "no move before the deadline");
+    assert!(
+        doctor.longest_gap(term, Instant::now()) < Duration::from_millis(500),
+        "media flows on while the node drains"
+    );
+    // ...then the node ends and its participants move.
+    let exit = a.wait().unwrap();
+    assert!(exit.success(), "node a exited with {exit}");
+    let (doctor_gap, patient_gap) = media_back_on_node_b(&metrics_b, &doctor, &patient, term).await;
+    eprintln!("media gap at the drain deadline: clinician {doctor_gap:?}, patient {patient_gap:?}");
+    assert!(
+        doctor_gap < Duration::from_secs(3) && patient_gap < Duration::from_secs(3),
+        "media moved within 3 s (clinician {doctor_gap:?}, patient {patient_gap:?})"
+    );
+    assert_admission_kept(&mut doctor, &mut patient);
+}
+
+/// Neither participant was sent to the waiting room or refused by the SFU along the way.
+fn assert_admission_kept(
+    doctor: &mut support::media::Recovering,
+    patient: &mut support::media::Recovering,
+) {
+    for (who, r) in [("clinician", doctor), ("patient", patient)] {
+        while let Ok(v) = r.events.try_recv() {
+            let kind = v["type"].as_str().unwrap_or("");
+            assert!(
+                !matches!(
+                    kind,
+                    "returned_to_lobby" | "lobby" | "lobby_position" | "closing"
+                ),
+                "{who} got {v}"
+            );
+            assert!(v["type"] != "error", "{who} got {v}");
+        }
+    }
 }

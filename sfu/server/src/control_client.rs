@@ -29,22 +29,31 @@ pub async fn run(
     mut events: UnboundedReceiver<Event>,
     readiness: Arc<Readiness>,
     mut draining: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(tls.quic_client()?);
     let mut redial = RedialDelay::default();
     loop {
         let mut was_up = false;
-        let result = session(
-            &config,
-            &endpoint,
-            &node,
-            &mut events,
-            &readiness,
-            &mut draining,
-            &mut was_up,
-        )
-        .await;
+        let result = tokio::select! {
+            result = session(
+                &config,
+                &endpoint,
+                &node,
+                &mut events,
+                &readiness,
+                &mut draining,
+                &mut was_up,
+            ) => result,
+            _ = stop.wait_for(|stop| *stop) => {
+                // The session, and with it the connection, was dropped (closed): let the close
+                // reach signaling before the process ends, so it moves this node's
+                // participants at once instead of after the idle timeout.
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+                return Ok(());
+            }
+        };
         readiness.set_control_link_up(false);
         match result {
             Ok(()) => tracing::info!("control link closed by signaling"),

@@ -160,6 +160,7 @@ fn main() -> anyhow::Result<()> {
         });
         let node = Arc::new(node);
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let link = control_client::run(
             ControlClientConfig {
                 signaling: signaling_addr,
@@ -172,7 +173,9 @@ fn main() -> anyhow::Result<()> {
             rx,
             readiness.clone(),
             drain_rx,
+            stop_rx,
         );
+        tokio::pin!(link);
         let drain = drain_on_signal(
             node,
             readiness,
@@ -180,8 +183,14 @@ fn main() -> anyhow::Result<()> {
             Duration::from_secs(args.drain_timeout_secs),
         );
         tokio::select! {
-            ended = link => ended,
-            ended = drain => ended,
+            ended = &mut link => ended,
+            ended = drain => {
+                // Signaling hears the link close now, not after its idle timeout, and moves
+                // whoever is still here to another node.
+                let _ = stop_tx.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(2), link).await;
+                ended
+            }
         }
     })
 }

@@ -246,3 +246,129 @@ pub async fn visit(server: &Server, meeting: &str) -> (MediaPeer, MediaPeer, Cli
     patient.start_media(&patient_media).await;
     (doctor_media, patient_media, doctor, patient)
 }
+
+/// A participant that recovers as docs/protocol.md tells a client to: when its media session
+/// is lost (`media_disconnected`) it starts a new one from a new peer (an `offer` with
+/// `restart: true`); it answers the SFU's offers with its current peer and sends 30 video
+/// frames a second from it.
+pub struct Recovering {
+    peers: Arc<Mutex<Vec<Arc<MediaPeer>>>>,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for Recovering {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Recovering {
+    /// Arrival times of the video frames all its peers received, in order.
+    pub fn frames(&self) -> Vec<Instant> {
+        let mut all: Vec<Instant> = self
+            .peers
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p.video_frames())
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Media sessions it has had (1 + restarts).
+    pub fn sessions(&self) -> usize {
+        self.peers.lock().unwrap().len()
+    }
+
+    /// The longest time without a received frame between `from` and `to`.
+    pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let mut last = from;
+        let mut gap = Duration::ZERO;
+        for t in self.frames().into_iter().filter(|t| *t > from && *t <= to) {
+            gap = gap.max(t - last);
+            last = t;
+        }
+        gap.max(to.saturating_duration_since(last))
+    }
+}
+
+impl Client {
+    /// Runs this participant (whose media session `media` has started) as a [`Recovering`]
+    /// client from now on.
+    pub fn recover_on_loss(self, media: MediaPeer) -> Recovering {
+        let peers = Arc::new(Mutex::new(vec![Arc::new(media)]));
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let current = {
+            let peers = peers.clone();
+            move || peers.lock().unwrap().last().cloned().expect("a peer")
+        };
+        let mut ws = self.ws;
+        let negotiate = {
+            let (peers, current) = (peers.clone(), current.clone());
+            tokio::spawn(async move {
+                use futures_util::SinkExt;
+                while let Some(Ok(msg)) = ws.next().await {
+                    let Message::Text(text) = msg else {
+                        continue;
+                    };
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    let reply = match v["type"].as_str() {
+                        Some("offer") => {
+                            let answer = current()
+                                .peer
+                                .lock()
+                                .unwrap()
+                                .answer_offer(Instant::now(), v["sdp"].as_str().unwrap());
+                            Some(json!({"type": "answer", "sdp": answer}))
+                        }
+                        Some("answer") => {
+                            current()
+                                .peer
+                                .lock()
+                                .unwrap()
+                                .apply_answer(Instant::now(), v["sdp"].as_str().unwrap());
+                            None
+                        }
+                        Some("media_disconnected") => {
+                            let fresh = Arc::new(MediaPeer::new("restarted").await);
+                            let offer = fresh.offer();
+                            peers.lock().unwrap().push(fresh);
+                            Some(json!({"type": "offer", "sdp": offer, "restart": true}))
+                        }
+                        _ => None,
+                    };
+                    if let Some(reply) = reply
+                        && ws
+                            .send(Message::Text(reply.to_string().into()))
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let send = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(33_333));
+            loop {
+                tick.tick().await;
+                let peer = current();
+                if peer.is_secured() {
+                    peer.send_video_frame().await;
+                }
+            }
+        });
+        Recovering {
+            peers,
+            events,
+            tasks: [negotiate, send],
+        }
+    }
+}
