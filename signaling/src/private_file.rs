@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Opens `path` for appending, creating it 0600; narrows an existing file to 0600.
@@ -18,8 +18,17 @@ pub fn open_append(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
-/// Writes `bytes` to `path` (created or truncated) with mode 0600.
+/// Writes `bytes` to `path` (created or truncated) with mode 0600; a missing parent directory
+/// is created, mode 0700 (`.dev/` on a fresh checkout).
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
