@@ -494,7 +494,8 @@ impl AuditLog {
         self.write_line(tail, fields, now)?;
         tail.unsigned = 0;
         tail.unsigned_since = None;
-        metrics::counter!("audit_checkpoints_total", "reason" => reason.to_owned()).increment(1);
+        metrics::counter!("signaling_audit_checkpoints_total", "reason" => reason.to_owned())
+            .increment(1);
         Ok(())
     }
 
@@ -574,7 +575,7 @@ impl AuditLog {
                 }
             }
             Err(e) => {
-                metrics::counter!("audit_file_failures_total").increment(1);
+                metrics::counter!("signaling_audit_file_failures_total").increment(1);
                 let delivery = if tail.behind.len() < MAX_BEHIND
                     && let Some(sink) = &self.sink
                 {

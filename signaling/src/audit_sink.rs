@@ -234,9 +234,9 @@ impl AuditSink {
                 break;
             }
             s.queue.pop_front();
-            metrics::counter!("audit_sink_lines_requeued_from_file_total").increment(1);
+            metrics::counter!("signaling_audit_sink_lines_requeued_from_file_total").increment(1);
         }
-        metrics::gauge!("audit_sink_backlog_lines").set(s.queue.len() as f64);
+        metrics::gauge!("signaling_audit_sink_backlog_lines").set(s.queue.len() as f64);
         drop(s);
         self.shared.changed.notify_all();
     }
@@ -378,7 +378,7 @@ impl Shipper {
                     }
                     drop(s);
                     self.shared.changed.notify_all();
-                    metrics::gauge!("audit_sink_connected").set(0.0);
+                    metrics::gauge!("signaling_audit_sink_connected").set(0.0);
                     match halt {
                         Halt::Stopped => return,
                         Halt::Failed(e) => {
@@ -387,7 +387,7 @@ impl Shipper {
                         Halt::Diverged(why) => {
                             self.shared.lock().diverged = true;
                             self.shared.changed.notify_all();
-                            metrics::gauge!("audit_sink_diverged").set(1.0);
+                            metrics::gauge!("signaling_audit_sink_diverged").set(1.0);
                             tracing::error!(
                                 stream = %self.config.stream,
                                 "the off-host audit copy disagrees with the audit file ({why}): \
@@ -427,7 +427,7 @@ impl Shipper {
             s.shipped_through = last;
         }
         self.shared.changed.notify_all();
-        metrics::gauge!("audit_sink_connected").set(1.0);
+        metrics::gauge!("signaling_audit_sink_connected").set(1.0);
         tracing::info!(stream = %self.config.stream, through = last, "audit sink connected");
         self.ship(con)
     }
@@ -442,7 +442,7 @@ impl Shipper {
             .query(con);
         match r {
             Ok(_) => {
-                metrics::counter!("audit_sink_lines_total").increment(1);
+                metrics::counter!("signaling_audit_sink_lines_total").increment(1);
                 Ok(())
             }
             Err(e) if e.to_string().contains("equal or smaller") => {
@@ -538,7 +538,7 @@ impl Shipper {
         if s.queue.front().is_some_and(|(q, _)| *q == seq) {
             s.queue.pop_front();
         }
-        metrics::gauge!("audit_sink_backlog_lines").set(s.queue.len() as f64);
+        metrics::gauge!("signaling_audit_sink_backlog_lines").set(s.queue.len() as f64);
         drop(s);
         self.shared.changed.notify_all();
         Ok(())

@@ -614,9 +614,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let meetings = Arc::new(Meetings::new(policy, meeting_store).map_err(|e| anyhow::anyhow!(e))?);
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+        // Durations as histograms (not summaries), so replicas can be added up.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            signaling::service_gauges::SECONDS_BUCKETS,
+        )
+        .and_then(|b| b.install_recorder())
         .ok();
     signaling::service_gauges::describe();
+    sfu_server::metric_descriptions::describe();
 
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (sfu, ready): (Arc<dyn SfuControl>, Arc<dyn Fn() -> bool + Send + Sync>) =
@@ -887,9 +893,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
+    let stopping = at_exit.clone();
     tokio::spawn(async move {
-        // Ctrl-C, or SIGTERM from systemd, Docker or Kubernetes: stop the same way, so the
-        // audit log is closed with its checkpoint.
+        // Ctrl-C, or SIGTERM from systemd, Docker or Kubernetes: stop the same way — new
+        // connections refused, who is admitted kept in the meeting store, every client told to
+        // connect again, and the audit log closed with its checkpoint.
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
@@ -902,6 +910,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(2)));
+        tracing::info!("stopping: clients are told to connect again");
+        stopping
+            .meetings
+            .hand_over(jiff::Timestamp::now(), &*stopping.sfu);
     });
     let limited = LimitedAcceptor { limits };
     let mut server = axum_server::from_tcp(std_listener).handle(handle);

@@ -47,6 +47,17 @@ pub struct MeetingRecord {
     /// tokens is kept (and stored) until then, so a token still valid cannot open it afresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remember_until: Option<Timestamp>,
+    /// People admitted when the service stopped (written at its stop, read at its start):
+    /// each comes back past the waiting room until `until`, the reconnect grace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readmit: Vec<Readmission>,
+}
+
+/// An admitted subject (pseudonymous `sub`) to let back in without the waiting room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Readmission {
+    pub sub: String,
+    pub until: Timestamp,
 }
 
 fn yes() -> bool {
@@ -203,6 +214,7 @@ pub(crate) fn booked_visit(start: Timestamp) -> MeetingRecord {
         denied: Vec::new(),
         invited: Vec::new(),
         remember_until: None,
+        readmit: Vec::new(),
     }
 }
 

@@ -1,5 +1,5 @@
 //! What applying a meeting's rules asks of the world: messages to connections, commands to
-//! the SFU, and records for the audit log. The rules (`meeting_room.rs`) only describe them;
+//! the SFU, records for the audit log, and measurements for the service's histograms. The rules (`meeting_room.rs`) only describe them;
 //! `Meetings::deliver` carries them out, under the meeting's lock so every connection sees the
 //! meeting's changes in the order they happened.
 
@@ -25,6 +25,32 @@ pub struct Effects {
     pub commands: Vec<Command>,
     /// Written after the effect (what was recorded before it is returned by the plan).
     pub audit: Vec<AuditEvent>,
+    pub observations: Vec<Observation>,
+}
+
+/// A duration the rules saw pass, for an operator's histogram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Observation {
+    /// A person admitted after this long in the waiting room (or a drop-in queue).
+    LobbyWait(std::time::Duration),
+    /// From joining a visit — or being admitted to it from the waiting room — until media flows.
+    JoinToMedia(std::time::Duration),
+}
+
+impl Observation {
+    /// The histogram's name on `/metrics`.
+    pub fn metric(&self) -> &'static str {
+        match self {
+            Observation::LobbyWait(_) => "signaling_lobby_wait_seconds",
+            Observation::JoinToMedia(_) => "signaling_join_to_media_seconds",
+        }
+    }
+
+    pub fn seconds(&self) -> f64 {
+        match self {
+            Observation::LobbyWait(d) | Observation::JoinToMedia(d) => d.as_secs_f64(),
+        }
+    }
 }
 
 impl Effects {
@@ -43,6 +69,10 @@ impl Effects {
 
     pub fn record(&mut self, event: AuditEvent) {
         self.audit.push(event);
+    }
+
+    pub fn observe(&mut self, observation: Observation) {
+        self.observations.push(observation);
     }
 
     /// The messages one connection gets (for tests of the rules).

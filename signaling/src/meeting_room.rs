@@ -9,8 +9,8 @@
 
 use crate::audit_log::AuditEvent;
 use crate::join_refusal::JoinRefusal;
-use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord};
-pub use crate::meeting_effects::{Effects, Outbound};
+use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord, Readmission};
+pub use crate::meeting_effects::{Effects, Observation, Outbound};
 use crate::message_budget::MessageBudget;
 use crate::session_token::{Role, Session};
 use jiff::{SignedDuration, Timestamp};
@@ -34,6 +34,8 @@ pub enum CloseReason {
     MeetingEnded,
     MeetingCancelled,
     Replaced,
+    /// The service is stopping (a restart or an upgrade): connect again (close 1012).
+    Restarting,
 }
 
 impl CloseReason {
@@ -44,6 +46,7 @@ impl CloseReason {
             CloseReason::MeetingEnded => "meeting_ended",
             CloseReason::MeetingCancelled => "meeting_cancelled",
             CloseReason::Replaced => "replaced",
+            CloseReason::Restarting => "restarting",
         }
     }
 
@@ -54,6 +57,8 @@ impl CloseReason {
             CloseReason::MeetingEnded => 4003,
             CloseReason::MeetingCancelled => 4004,
             CloseReason::Replaced => 4005,
+            // RFC 6455's "Service Restart": not a 4001–4006 ending; clients reconnect.
+            CloseReason::Restarting => 1012,
         }
     }
 
@@ -66,6 +71,7 @@ impl CloseReason {
             CloseReason::Replaced => {
                 "Du anslöt från en annan enhet; den här anslutningen är stängd."
             }
+            CloseReason::Restarting => "Tjänsten startas om. Du ansluts igen strax.",
         }
     }
 
@@ -108,6 +114,10 @@ pub struct Member {
     pub media_connected: bool,
     /// Media flows (connected and admitted) — recorded as `media_start` in the audit log.
     pub media_started: bool,
+    /// When the member joined admitted, or was admitted: the start of its join → media time
+    /// (taken when media first flows).
+    #[serde(default)]
+    admitted_at: Option<Timestamp>,
     last_restart: Option<Timestamp>,
     chat: MessageBudget,
     layer_requests: MessageBudget,
@@ -130,6 +140,7 @@ impl Member {
             media_session: 0,
             media_connected: false,
             media_started: false,
+            admitted_at: None,
             last_restart: None,
             chat: MessageBudget::chat(),
             layer_requests: MessageBudget::layer_requests(),
@@ -319,13 +330,19 @@ impl std::fmt::Debug for MeetingRoom {
 }
 
 impl MeetingRoom {
-    pub fn new(record: MeetingRecord) -> Self {
+    pub fn new(mut record: MeetingRecord) -> Self {
+        // People admitted when the service last stopped come back past the waiting room
+        // within the reconnect grace, as after any dropped connection.
+        let admitted = std::mem::take(&mut record.readmit)
+            .into_iter()
+            .map(|r| (r.sub, Some(r.until)))
+            .collect();
         Self {
             id: record.id.clone(),
             state: Mutex::new(RoomState {
                 record,
                 members: HashMap::new(),
-                admitted: HashMap::new(),
+                admitted,
                 forwarded: HashMap::new(),
                 lobby_places: HashMap::new(),
                 next_order: 0,
@@ -503,6 +520,7 @@ impl RoomState {
             || (self.record.kind == MeetingKind::Visit && (was_admitted || grace));
         if admitted {
             member.admission = Admission::Admitted;
+            member.admitted_at = Some(now);
             if !member.is_staff() {
                 self.admitted.insert(member.sub.clone(), None);
                 let mut e = self.audit("admit", &id, &member);
@@ -774,7 +792,7 @@ impl RoomState {
             }
             Action::Admit(t) => {
                 self.target(actor, action)?;
-                self.admit(t, fx);
+                self.admit(t, now, fx);
             }
             Action::AdmitWithCompanions(_) => {
                 let group = self.resolved(action.clone());
@@ -785,11 +803,11 @@ impl RoomState {
                 companions,
             } => {
                 self.target(actor, action)?;
-                self.admit(patient, fx);
+                self.admit(patient, now, fx);
                 // Only those planned (and recorded), and only if they still wait.
                 for c in companions {
                     if self.members.get(c).is_some_and(|m| !m.is_admitted()) {
-                        self.admit(c, fx);
+                        self.admit(c, now, fx);
                     }
                 }
             }
@@ -830,12 +848,16 @@ impl RoomState {
         Ok(())
     }
 
-    fn admit(&mut self, id: &ParticipantId, fx: &mut Effects) {
+    fn admit(&mut self, id: &ParticipantId, now: Timestamp, fx: &mut Effects) {
         let roster = self.roster(Some(id));
         let Some(m) = self.members.get_mut(id) else {
             return;
         };
+        if let Admission::Waiting { since, .. } = m.admission {
+            fx.observe(Observation::LobbyWait(elapsed(since, now)));
+        }
         m.admission = Admission::Admitted;
+        m.admitted_at = Some(now);
         m.position_told = None;
         let sub = m.sub.clone();
         m.set_media(id, true, fx);
@@ -844,6 +866,10 @@ impl RoomState {
         let start = m.media_connected && !m.media_started;
         if start {
             m.media_started = true;
+            // Its media session was up in the waiting room: media flows at admission.
+            if m.admitted_at.take().is_some() {
+                fx.observe(Observation::JoinToMedia(std::time::Duration::ZERO));
+            }
         }
         self.admitted.insert(sub, None);
         if start && let Some(m) = self.members.get(id) {
@@ -1077,7 +1103,13 @@ impl RoomState {
 
     /// The SFU reports `id`'s media path up.
     /// The SFU reports media session `session` of `id` connected.
-    pub fn media_connected(&mut self, id: &ParticipantId, session: u32, fx: &mut Effects) {
+    pub fn media_connected(
+        &mut self,
+        id: &ParticipantId,
+        session: u32,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) {
         let kind = self.record.kind;
         let Some(m) = self.members.get_mut(id) else {
             return;
@@ -1089,6 +1121,9 @@ impl RoomState {
         fx.send(id, &json!({"type": "media_connected"}));
         if m.is_admitted() && kind == MeetingKind::Visit && !m.media_started {
             m.media_started = true;
+            if let Some(since) = m.admitted_at.take() {
+                fx.observe(Observation::JoinToMedia(elapsed(since, now)));
+            }
             if let Some(m) = self.members.get(id) {
                 fx.record(self.audit("media_start", id, m));
             }
@@ -1222,8 +1257,12 @@ impl RoomState {
     }
 
     /// Puts a member taken from a queue into this (private) meeting, admitted.
-    pub fn put_in(&mut self, id: ParticipantId, mut m: Member, fx: &mut Effects) {
+    pub fn put_in(&mut self, id: ParticipantId, mut m: Member, now: Timestamp, fx: &mut Effects) {
+        if let Admission::Waiting { since, .. } = m.admission {
+            fx.observe(Observation::LobbyWait(elapsed(since, now)));
+        }
         m.admission = Admission::Admitted;
+        m.admitted_at = Some(now);
         self.admitted.insert(m.sub.clone(), None);
         fx.send(
             &id,
@@ -1233,6 +1272,40 @@ impl RoomState {
         let joined = m.joined_message(&id);
         self.members.insert(id.clone(), m);
         self.broadcast_admitted(Some(&id), &joined, fx);
+    }
+
+    /// The service is stopping: everyone admitted (connected now, or within their grace) is
+    /// written into the record to be let back in past the waiting room until `now + grace`,
+    /// and every connection is told to connect again. Returns whether the record now holds
+    /// anyone to keep.
+    pub fn hand_over(&mut self, now: Timestamp, grace: SignedDuration, fx: &mut Effects) -> bool {
+        let until = now + grace;
+        self.record.readmit = self
+            .admitted
+            .iter()
+            .filter_map(|(sub, grace_until)| match grace_until {
+                None => Some(Readmission {
+                    sub: sub.clone(),
+                    until,
+                }),
+                Some(t) if *t >= now => Some(Readmission {
+                    sub: sub.clone(),
+                    until: *t,
+                }),
+                Some(_) => None,
+            })
+            .collect();
+        self.record.readmit.sort_by(|a, b| a.sub.cmp(&b.sub));
+        for id in self.members.keys() {
+            fx.close(id, CloseReason::Restarting.outbound());
+        }
+        let keep = !self.record.readmit.is_empty();
+        // An unbooked meeting is stored only while it remembers something: now this.
+        if keep && !self.record.booked {
+            self.record.remember_until =
+                Some(self.record.remember_until.map_or(until, |t| t.max(until)));
+        }
+        keep
     }
 
     pub fn audit_take(
@@ -1346,6 +1419,11 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// Time from `from` to `to`; none when the clock went back.
+fn elapsed(from: Timestamp, to: Timestamp) -> std::time::Duration {
+    std::time::Duration::try_from(to.duration_since(from)).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     //! The rules on their own: state in, input and time in, effects out. No connection, no
@@ -1393,6 +1471,64 @@ mod tests {
             })
         );
         fx
+    }
+
+    #[test]
+    fn a_restart_keeps_who_was_admitted_for_the_reconnect_grace() {
+        let mut s = visit();
+        let doc = ParticipantId("p-doc".into());
+        let (pat, other) = (ParticipantId("p-pat".into()), ParticipantId("p-oth".into()));
+        join(&mut s, &doc, "doc", Role::Clinician, 0);
+        join(&mut s, &pat, "pat", Role::Patient, 1);
+        join(&mut s, &other, "other", Role::Patient, 2);
+        s.apply(
+            &doc,
+            &Action::Admit(pat.clone()),
+            at(3),
+            &mut Effects::default(),
+        )
+        .unwrap();
+        let mut fx = Effects::default();
+        assert!(s.hand_over(at(10), SignedDuration::from_secs(60), &mut fx));
+        assert_eq!(
+            s.record.readmit,
+            [Readmission {
+                sub: "pat".into(),
+                until: at(70)
+            }]
+        );
+        for id in [&doc, &pat, &other] {
+            assert!(matches!(
+                fx.to(id)[..],
+                [Outbound::Close { code: 1012, .. }]
+            ));
+        }
+        // The record as stored, loaded by the restarted service.
+        let stored: MeetingRecord =
+            serde_json::from_str(&serde_json::to_string(&s.record).unwrap()).unwrap();
+        let policy = MeetingPolicy::default();
+        let rejoin = |record: &MeetingRecord, sub: &str, secs: i64| {
+            MeetingRoom::new(record.clone()).lock().join(
+                ParticipantId(format!("p-{sub}-2")),
+                &session(sub, Role::Patient),
+                at(secs),
+                &policy,
+                &mut Effects::default(),
+            )
+        };
+        assert_eq!(
+            rejoin(&stored, "pat", 40),
+            Ok(JoinOutcome { admitted: true })
+        );
+        assert_eq!(
+            rejoin(&stored, "other", 40),
+            Ok(JoinOutcome { admitted: false })
+        );
+        // Past the grace: the waiting room again.
+        assert_eq!(
+            rejoin(&stored, "pat", 71),
+            Ok(JoinOutcome { admitted: false })
+        );
     }
 
     fn texts(fx: &Effects, id: &ParticipantId) -> Vec<Value> {
@@ -1457,10 +1593,26 @@ mod tests {
         );
         assert_eq!(types(&fx, &pat), ["admitted"]);
         assert!(types(&fx, &doc).contains(&"participant_joined".to_owned()));
-        // Media connected now starts media in the record.
+        // Five seconds in the waiting room.
+        assert_eq!(
+            fx.observations,
+            [Observation::LobbyWait(std::time::Duration::from_secs(5))]
+        );
+        // Media connected now starts media in the record, two seconds after admission.
         let mut fx = Effects::default();
-        s.media_connected(&pat, 1, &mut fx);
+        s.media_connected(&pat, 1, at(12), &mut fx);
         assert_eq!(fx.audit[0].event, "media_start");
+        assert_eq!(
+            fx.observations,
+            [Observation::JoinToMedia(std::time::Duration::from_secs(2))]
+        );
+        // Only the first time media flows after admission counts.
+        let mut fx = Effects::default();
+        s.media_lost(&pat, 1, &json!("consent_timeout"), &mut fx);
+        s.offer(&pat, "sdp".into(), 1, false, at(20), &mut fx)
+            .unwrap();
+        s.media_connected(&pat, 2, at(21), &mut fx);
+        assert!(fx.observations.is_empty());
     }
 
     #[test]
@@ -1543,11 +1695,11 @@ mod tests {
         // The SFU's news of the first two sessions, late: nothing changes.
         let mut fx = Effects::default();
         s.media_lost(&doc, second, &json!("consent_timeout"), &mut fx);
-        s.media_connected(&doc, first, &mut fx);
+        s.media_connected(&doc, first, at(11), &mut fx);
         assert!(types(&fx, &doc).is_empty());
         assert!(fx.audit.is_empty());
         // The current one connects; its renegotiation is an offer to that session.
-        s.media_connected(&doc, third, &mut fx);
+        s.media_connected(&doc, third, at(11), &mut fx);
         assert_eq!(types(&fx, &doc), ["media_connected"]);
         let mut fx = Effects::default();
         s.offer(&doc, "d".into(), 1, false, at(12), &mut fx)

@@ -11,11 +11,15 @@ use crate::meeting_room::{CloseReason, JoinOutcome, MeetingRoom, RequestError, R
 use crate::session_token::Session;
 use crate::sfu_control::SfuControl;
 use jiff::{SignedDuration, Timestamp};
-use sfu_proto::{DisconnectReason, Event, ParticipantId};
+use sfu_proto::{Command, DisconnectReason, Event, ParticipantId};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::UnboundedSender;
+
+/// Participants whose SDP awaits the SFU's answer, tracked at most; then the table starts
+/// over (answers that never came must not grow it for ever).
+const MAX_TRACKED_SDP: usize = 40_000;
 
 /// Booked meetings are forgotten this long after they closed.
 const RETENTION: SignedDuration = SignedDuration::from_hours(24);
@@ -36,6 +40,9 @@ pub struct Meetings {
     store: Option<PathBuf>,
     /// Serialises writes of the store file.
     store_lock: Mutex<()>,
+    /// When each participant's latest SDP went to the SFU: its answer's arrival is the
+    /// control round trip an operator watches.
+    sdp_sent: Mutex<HashMap<ParticipantId, std::time::Instant>>,
 }
 
 impl Meetings {
@@ -63,6 +70,7 @@ impl Meetings {
             connections: Mutex::new(HashMap::new()),
             store,
             store_lock: Mutex::new(()),
+            sdp_sent: Mutex::new(HashMap::new()),
         })
     }
 
@@ -141,6 +149,7 @@ impl Meetings {
                     denied: Vec::new(),
                     invited: Vec::new(),
                     remember_until: None,
+                    readmit: Vec::new(),
                 };
                 let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
                 rooms
@@ -193,7 +202,19 @@ impl Meetings {
             }
         }
         for command in fx.commands {
+            if let Command::AddParticipant { participant, .. }
+            | Command::Offer { participant, .. } = &command
+            {
+                let mut sent = self.sdp_sent.lock().unwrap_or_else(|e| e.into_inner());
+                if sent.len() >= MAX_TRACKED_SDP {
+                    sent.clear();
+                }
+                sent.insert(participant.clone(), std::time::Instant::now());
+            }
             sfu.send(command);
+        }
+        for o in fx.observations {
+            metrics::histogram!(o.metric()).record(o.seconds());
         }
         fx.audit
     }
@@ -369,6 +390,7 @@ impl Meetings {
                 denied: Vec::new(),
                 invited: Vec::new(),
                 remember_until: None,
+                readmit: Vec::new(),
             }
         };
         let until = record.end;
@@ -385,7 +407,7 @@ impl Meetings {
                 let mut p = private.lock();
                 for id in [actor, patient] {
                     if let Some(m) = q.take_out(id, to, until, &mut fx) {
-                        p.put_in(id.clone(), m, &mut fx);
+                        p.put_in(id.clone(), m, now, &mut fx);
                         self.bind(id, &private);
                     }
                 }
@@ -416,11 +438,22 @@ impl Meetings {
             Event::Answer {
                 participant,
                 answer_sdp,
-            } => self.send_to(
-                &participant,
-                &json!({"type": "answer", "sdp": answer_sdp}),
-                sfu,
-            ),
+            } => {
+                let sent = self
+                    .sdp_sent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&participant);
+                if let Some(sent) = sent {
+                    metrics::histogram!("signaling_sfu_answer_seconds")
+                        .record(sent.elapsed().as_secs_f64());
+                }
+                self.send_to(
+                    &participant,
+                    &json!({"type": "answer", "sdp": answer_sdp}),
+                    sfu,
+                )
+            }
             Event::Offer {
                 participant,
                 offer_sdp,
@@ -434,8 +467,9 @@ impl Meetings {
                 session,
             } => {
                 if let Some(room) = self.room_of(&participant) {
+                    let now = Timestamp::now();
                     let ((), audit) = self.with_room(&room, sfu, |s, fx| {
-                        s.media_connected(&participant, session, fx)
+                        s.media_connected(&participant, session, now, fx)
                     });
                     events.extend(audit);
                 }
@@ -487,6 +521,12 @@ impl Meetings {
                 command,
             } => {
                 if let Some(p) = participant {
+                    if matches!(command.as_str(), "add_participant" | "offer") {
+                        self.sdp_sent
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&p);
+                    }
                     // A refused add (bad SDP, a busy SFU) leaves no media session: the client's
                     // next offer must start one, not renegotiate a session that never was.
                     if command == "add_participant"
@@ -600,6 +640,17 @@ impl Meetings {
     /// could undo it, and stored so a restart does not forget it either.
     pub fn remember_decision(&self, room: &MeetingRoom, now: Timestamp) {
         room.lock().record.remember_until = Some(now + self.policy.remember_decisions_for);
+        self.persist();
+    }
+
+    /// The service is stopping: who is admitted where goes into the store (let back in past
+    /// the waiting room within the reconnect grace after the restart), and every connection is
+    /// told to connect again (`closing` with reason `restarting`, close 1012).
+    pub fn hand_over(&self, now: Timestamp, sfu: &dyn SfuControl) {
+        let grace = self.policy.reconnect_grace;
+        for room in self.list() {
+            self.with_room(&room, sfu, |s, fx| s.hand_over(now, grace, fx));
+        }
         self.persist();
     }
 

@@ -292,6 +292,7 @@ async fn create(
         denied: Vec::new(),
         invited: Vec::new(),
         remember_until: None,
+        readmit: Vec::new(),
     };
     let event = AuditEvent {
         meeting: Some(id.clone()),

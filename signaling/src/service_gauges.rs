@@ -4,9 +4,16 @@
 //! HELP text.
 
 use crate::app_state::AppState;
-use metrics::{describe_counter, describe_gauge, gauge};
+use metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Buckets of the `_seconds` histograms: from a quick answer (5 ms) to a long wait in the
+/// waiting room (an hour).
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    1800.0, 3600.0,
+];
 
 /// Registers the HELP text of every signaling metric.
 pub fn describe() {
@@ -34,6 +41,66 @@ pub fn describe() {
         "signaling_jwks_refresh_total",
         "Refreshes of the identity provider's signing keys (JWKS), by result."
     );
+    describe_gauge!(
+        "signaling_sfu_nodes",
+        "Standalone SFU nodes linked to this replica, by state: serving or draining."
+    );
+    describe_counter!(
+        "signaling_sfu_nodes_refused_total",
+        "SFU nodes refused on the control link (a certificate without the node's name)."
+    );
+    describe_histogram!(
+        "signaling_lobby_wait_seconds",
+        metrics::Unit::Seconds,
+        "Time people spent in the waiting room (or a drop-in queue) before being admitted."
+    );
+    describe_histogram!(
+        "signaling_join_to_media_seconds",
+        metrics::Unit::Seconds,
+        "From joining a visit, or being admitted to it, until media flows."
+    );
+    describe_histogram!(
+        "signaling_sfu_answer_seconds",
+        metrics::Unit::Seconds,
+        "From a client's SDP offer sent to the SFU until the SFU's answer (the control round trip)."
+    );
+    describe_gauge!(
+        "signaling_images_held_bytes",
+        metrics::Unit::Bytes,
+        "Bytes of shared photos held in memory (each for 10 minutes at most)."
+    );
+    describe_counter!(
+        "signaling_images_shared_total",
+        "Photos shared in meetings."
+    );
+    describe_counter!(
+        "signaling_audit_checkpoints_total",
+        "Signed checkpoints written to the audit log, by reason."
+    );
+    describe_counter!(
+        "signaling_audit_file_failures_total",
+        "Audit lines the log file could not take (kept by the off-host copy when it could)."
+    );
+    describe_gauge!(
+        "signaling_audit_sink_connected",
+        "1 while the audit log's off-host copy (Redis) is connected, else 0."
+    );
+    describe_gauge!(
+        "signaling_audit_sink_diverged",
+        "1 when the audit log and its off-host copy differ (compare with audit verify --sink)."
+    );
+    describe_gauge!(
+        "signaling_audit_sink_backlog_lines",
+        "Audit lines waiting to be copied off the host."
+    );
+    describe_counter!(
+        "signaling_audit_sink_lines_total",
+        "Audit lines copied off the host."
+    );
+    describe_counter!(
+        "signaling_audit_sink_lines_requeued_from_file_total",
+        "Audit lines let go from the copy's full buffer, to be read again from the file."
+    );
 }
 
 /// Samples the gauges every second, for as long as the service runs.
@@ -58,5 +125,9 @@ pub async fn publish(state: Arc<AppState>) {
         gauge!("signaling_participants", "state" => "waiting").set(waiting as f64);
         gauge!("signaling_websockets").set(state.meetings.connection_count() as f64);
         gauge!("signaling_parked_connections").set(state.resume.parked() as f64);
+        if let Some((serving, draining)) = state.sfu.node_counts() {
+            gauge!("signaling_sfu_nodes", "state" => "serving").set(serving as f64);
+            gauge!("signaling_sfu_nodes", "state" => "draining").set(draining as f64);
+        }
     }
 }

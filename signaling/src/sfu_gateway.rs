@@ -188,6 +188,12 @@ impl Drop for CloseOnDrop {
 }
 
 impl SfuControl for RemoteSfu {
+    fn node_counts(&self) -> Option<(usize, usize)> {
+        let n = self.nodes.lock().ok()?;
+        let draining = n.links.values().filter(|l| l.load.draining).count();
+        Some((n.links.len() - draining, draining))
+    }
+
     fn send(&self, command: Command) {
         let target = {
             let Ok(mut guard) = self.nodes.lock() else {

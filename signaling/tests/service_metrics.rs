@@ -1,6 +1,7 @@
 //! Signaling's own metrics, as an operator's Prometheus reads them: people admitted and
-//! waiting, meetings in progress and WebSockets open follow what happens, and every
-//! `signaling_` metric carries HELP text.
+//! waiting, meetings in progress and WebSockets open follow what happens; a visit's waiting
+//! time, its join → media time and the SFU's answer time land in histograms; every metric
+//! (signaling's and the SFU workers') carries HELP text and a conventional name.
 
 mod support;
 
@@ -65,11 +66,53 @@ async fn the_waiting_room_and_the_meeting_show_in_the_gauges_each_with_help_text
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
     assert!(names.len() >= 4, "{names:?}");
-    for name in names {
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with(&format!("# HELP {name} ")) && l.len() > name.len() + 10),
-            "no HELP text for {name}"
-        );
-    }
+    assert_eq!(support::convention_problems(&text), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_lands_in_the_histograms_and_every_metric_is_named_and_explained() {
+    let server = start();
+    let (doctor_media, patient_media, doctor, patient) =
+        support::media::visit(&server, "visit-h").await;
+    let _d = doctor.negotiate_in_background(&doctor_media);
+    let _p = patient.negotiate_in_background(&patient_media);
+    let sender = support::media::FrameSender::start(doctor_media, patient_media);
+    // Two people whose media flowed, one of them admitted from the waiting room, two SDP
+    // answers from the SFU at least; the worker holds one room of two.
+    let text = until(
+        &server,
+        &[
+            "signaling_join_to_media_seconds_count 2",
+            "signaling_lobby_wait_seconds_count 1",
+            "sfu_rooms{worker=\"0\"} 1",
+            "sfu_participants{worker=\"0\"} 2",
+        ],
+    )
+    .await;
+    let _ = sender.stop().await;
+    let answers: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("signaling_sfu_answer_seconds_count "))
+        .expect("the SFU's answer times")
+        .parse()
+        .unwrap();
+    assert!(answers >= 2.0, "{answers} answers timed");
+    // A histogram with buckets, in seconds: the answers came within a second on loopback.
+    let within_a_second: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("signaling_sfu_answer_seconds_bucket{le=\"1\"} "))
+        .expect("a 1 s bucket")
+        .parse()
+        .unwrap();
+    assert_eq!(within_a_second, answers);
+    assert!(text.contains("# TYPE sfu_packets_out_total counter"));
+    assert_eq!(support::convention_problems(&text), Vec::<String>::new());
+    // And the check can fail.
+    assert_eq!(
+        support::convention_problems("# TYPE sfu_packets counter\nsfu_packets 1\n"),
+        [
+            "sfu_packets: no HELP text",
+            "sfu_packets: a counter not ending in _total"
+        ]
+    );
 }

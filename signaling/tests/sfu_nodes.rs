@@ -241,6 +241,23 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
         get(&format!("http://{metrics_a}"), "/readyz").await.0 == 503
     })
     .await;
+    // Operators see it: signaling counts one node serving and one draining, and every metric
+    // of a node is named and explained.
+    until("signaling counting the draining node", 10, async || {
+        let text = get(&server.http_base, "/metrics").await.1;
+        text.contains("signaling_sfu_nodes{state=\"draining\"} 1")
+            && text.contains("signaling_sfu_nodes{state=\"serving\"} 1")
+    })
+    .await;
+    let node_metrics = get(&format!("http://{metrics_a}"), "/metrics").await.1;
+    assert!(
+        node_metrics.contains("sfu_participants{worker=\"0\"} 2"),
+        "{node_metrics}"
+    );
+    assert_eq!(
+        support::convention_problems(&node_metrics),
+        Vec::<String>::new()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         a.try_wait().unwrap().is_none(),

@@ -675,7 +675,7 @@ function openSocket() {
       const check = await joinCheck().catch(() => ({ ok: true }));
       if (!check.ok) { state.refusal = check.body.error; endWith(check.body.error, refusalText(check.body.error, check.body.message, check.body)); return; }
       openSocket();
-    }, state.resumeKey && wsAttempts === 1 ? 250 : Math.min(2000 * wsAttempts, 10000));
+    }, state.resumeKey && wsAttempts === 1 ? 250 : Math.min(1000 * 2 ** (wsAttempts - 2), 10000));
   };
   ws.onmessage = (ev) => enqueue(() => handle(JSON.parse(ev.data)));
 }
@@ -787,8 +787,9 @@ async function handle(msg) {
       fetchImage(msg).catch((e) => state.errors.push("image: " + e));
       break;
     case "closing":
-      // Closed for silence (a page asleep in the background): the close (4007) reconnects.
-      if (msg.reason === "idle") break;
+      // Closed for silence (a page asleep in the background, 4007) or because the service
+      // restarts (1012): the close that follows reconnects.
+      if (msg.reason === "idle" || msg.reason === "restarting") break;
       state.closing = msg;
       endWith(msg.reason, refusalText(msg.reason, msg.message));
       break;

@@ -186,6 +186,147 @@ impl Counters {
         ]
     }
 
+    /// The HELP text of every counter of [`Counters::named`], by name.
+    pub const HELP: [(&'static str, &'static str); 35] = [
+        (
+            "sfu_packets_in_total",
+            "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
+        ),
+        (
+            "sfu_bytes_in_total",
+            "Bytes of the datagrams received, per worker.",
+        ),
+        (
+            "sfu_packets_out_total",
+            "Datagrams sent (forwarded media, RTCP, STUN, DTLS), per worker.",
+        ),
+        (
+            "sfu_bytes_out_total",
+            "Bytes of the datagrams sent, per worker.",
+        ),
+        (
+            "sfu_rtcp_in_total",
+            "RTCP packets received from participants.",
+        ),
+        (
+            "sfu_rtcp_out_total",
+            "RTCP packets sent (reports, NACKs, keyframe requests, feedback).",
+        ),
+        (
+            "sfu_dropped_unknown_source_total",
+            "Datagrams from an address or ICE user fragment no session knows, dropped before any crypto.",
+        ),
+        (
+            "sfu_dropped_malformed_total",
+            "Datagrams that did not parse (RTP, RTCP, STUN or DTLS), dropped.",
+        ),
+        (
+            "sfu_dropped_not_ready_total",
+            "Media that arrived before its session's keys were agreed, dropped.",
+        ),
+        (
+            "sfu_dropped_unknown_ssrc_total",
+            "Media for a stream (SSRC) the session never announced, dropped.",
+        ),
+        (
+            "sfu_dropped_replay_total",
+            "Media packets seen before (SRTP replay protection), dropped.",
+        ),
+        (
+            "sfu_dropped_auth_total",
+            "Media packets whose SRTP authentication failed, dropped.",
+        ),
+        (
+            "sfu_dropped_blocked_total",
+            "Media from participants not allowed to publish (the waiting room), dropped.",
+        ),
+        (
+            "sfu_seal_failures_total",
+            "Packets that could not be encrypted for a subscriber.",
+        ),
+        (
+            "sfu_nacks_in_total",
+            "Retransmission requests (NACK) received from subscribers.",
+        ),
+        (
+            "sfu_nacks_out_total",
+            "Retransmission requests sent to publishers.",
+        ),
+        (
+            "sfu_nacks_unrepairable_total",
+            "Requested packets no longer in the retransmission cache.",
+        ),
+        (
+            "sfu_retransmissions_out_total",
+            "Packets retransmitted to subscribers.",
+        ),
+        (
+            "sfu_repairs_received_total",
+            "Retransmitted packets received from publishers.",
+        ),
+        (
+            "sfu_duplicate_repairs_total",
+            "Retransmitted packets that arrived after the original.",
+        ),
+        (
+            "sfu_keyframe_requests_in_total",
+            "Keyframe requests (PLI/FIR) received from subscribers.",
+        ),
+        (
+            "sfu_keyframe_requests_out_total",
+            "Keyframe requests sent to publishers.",
+        ),
+        (
+            "sfu_keyframe_requests_throttled_total",
+            "Keyframe requests not passed on because one was sent moments before.",
+        ),
+        (
+            "sfu_twcc_feedback_out_total",
+            "Transport-wide congestion control feedback packets sent to publishers.",
+        ),
+        (
+            "sfu_data_messages_in_total",
+            "Data channel messages received.",
+        ),
+        ("sfu_data_messages_out_total", "Data channel messages sent."),
+        (
+            "sfu_data_messages_dropped_total",
+            "Data channel messages dropped (malformed, too large, or a full queue).",
+        ),
+        (
+            "sfu_subscriptions_refused_total",
+            "Subscriptions not made because the subscriber's session holds the most m-lines.",
+        ),
+        (
+            "sfu_layer_switches_total",
+            "Simulcast subscriptions that started or changed layer (at a keyframe).",
+        ),
+        (
+            "sfu_layer_loss_downgrades_total",
+            "Simulcast subscriptions lowered because their subscriber's link lost packets.",
+        ),
+        (
+            "sfu_lines_recycled_total",
+            "Stopped m-lines taken again for new subscriptions.",
+        ),
+        (
+            "sfu_stun_refused_total",
+            "Connectivity checks refused (failed authentication, or not a check).",
+        ),
+        (
+            "sfu_ice_restarts_total",
+            "ICE restarts in place (an offer with new ICE credentials).",
+        ),
+        (
+            "sfu_path_changes_total",
+            "Times a participant's browser moved its media to another path.",
+        ),
+        (
+            "sfu_offers_abandoned_total",
+            "SFU offers given up after going unanswered three times.",
+        ),
+    ];
+
     pub fn dropped(&self) -> u64 {
         self.dropped_unknown_source
             + self.dropped_malformed
@@ -193,5 +334,22 @@ impl Counters {
             + self.dropped_unknown_ssrc
             + self.dropped_replay
             + self.dropped_auth
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_has_help_text() {
+        let named: Vec<&str> = Counters::default()
+            .named()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        let helped: Vec<&str> = Counters::HELP.iter().map(|(n, _)| *n).collect();
+        assert_eq!(named, helped);
+        assert!(Counters::HELP.iter().all(|(_, h)| h.ends_with('.')));
     }
 }

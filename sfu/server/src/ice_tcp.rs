@@ -45,6 +45,38 @@ pub struct IceTcpCounters {
 }
 
 impl IceTcpCounters {
+    /// The HELP text of every counter of [`IceTcpCounters::named`], by name.
+    pub const HELP: [(&'static str, &'static str); 7] = [
+        (
+            "sfu_ice_tcp_accepted_total",
+            "ICE-TCP connections accepted.",
+        ),
+        (
+            "sfu_ice_tcp_refused_total",
+            "ICE-TCP connections refused (the worker's or one address's limit, or out of file descriptors).",
+        ),
+        (
+            "sfu_ice_tcp_closed_total",
+            "ICE-TCP connections closed, for any reason.",
+        ),
+        (
+            "sfu_ice_tcp_closed_slow_total",
+            "ICE-TCP connections closed because their reader stopped reading.",
+        ),
+        (
+            "sfu_ice_tcp_closed_idle_total",
+            "ICE-TCP connections closed after 30 s without traffic, or 10 s without a valid check.",
+        ),
+        (
+            "sfu_ice_tcp_media_dropped_total",
+            "Media packets dropped for a slow ICE-TCP reader (its queue was full).",
+        ),
+        (
+            "sfu_ice_tcp_bad_frames_total",
+            "ICE-TCP frames of zero length or longer than the receive buffer (the connection is closed).",
+        ),
+    ];
+
     pub fn named(&self) -> [(&'static str, u64); 7] {
         [
             ("sfu_ice_tcp_accepted_total", self.accepted),

@@ -7,6 +7,7 @@ pub mod control_stream;
 pub mod health_listener;
 pub mod ice_tcp;
 pub mod logging;
+pub mod metric_descriptions;
 pub mod node;
 pub mod node_file_config;
 pub mod room_placement;

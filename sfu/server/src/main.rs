@@ -126,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
                 .install_recorder()
                 .context("installing the metrics recorder")?;
+            sfu_server::metric_descriptions::describe();
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("metrics.listen {addr}"))?;

@@ -192,6 +192,9 @@ fn run(
                 metrics::gauge!("sfu_ice_tcp_connections", "worker" => label.clone())
                     .set(tcp.link_count() as f64);
             }
+            metrics::gauge!("sfu_rooms", "worker" => label.clone()).set(sfu.room_count() as f64);
+            metrics::gauge!("sfu_participants", "worker" => label.clone())
+                .set(sfu.participant_count() as f64);
             tracing::debug!(worker = index, counters = ?sfu.counters, "worker counters");
             if let Ok(mut s) = shared.lock() {
                 *s = (sfu.counters, sfu.room_count(), sfu.participant_count());

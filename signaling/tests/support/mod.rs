@@ -185,6 +185,20 @@ impl Server {
         self.child.wait().unwrap()
     }
 
+    /// Sends SIGTERM (what Kubernetes and systemd send) and waits for the process to exit:
+    /// its status and how long it took.
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, std::time::Duration) {
+        let sent = std::time::Instant::now();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        (self.child.wait().unwrap(), sent.elapsed())
+    }
+
     /// `host:port` of the service.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.http_base
@@ -403,4 +417,46 @@ impl Client {
             }
         }
     }
+}
+
+/// Problems with the exposition: a metric without HELP text, or a name against Prometheus'
+/// conventions (an application prefix; counters end in `_total`, other kinds do not;
+/// histograms name their unit).
+pub fn convention_problems(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let help: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter(|l| l.split_once(' ').is_some_and(|(_, h)| h.len() > 10))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = line.split_once(' ').unwrap();
+        if !help.contains(name) {
+            problems.push(format!("{name}: no HELP text"));
+        }
+        let prefixed = name.starts_with("signaling_") || name.starts_with("sfu_");
+        let snake = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !prefixed || !snake {
+            problems.push(format!("{name}: not a signaling_/sfu_ snake_case name"));
+        }
+        match kind {
+            "counter" if !name.ends_with("_total") => {
+                problems.push(format!("{name}: a counter not ending in _total"))
+            }
+            "gauge" | "histogram" | "summary" if name.ends_with("_total") => {
+                problems.push(format!("{name}: a {kind} ending in _total"))
+            }
+            "histogram" if !(name.ends_with("_seconds") || name.ends_with("_bytes")) => {
+                problems.push(format!("{name}: a histogram without its unit"))
+            }
+            "summary" => problems.push(format!(
+                "{name}: a summary (histograms add up across replicas)"
+            )),
+            _ => {}
+        }
+    }
+    problems
 }

@@ -1,0 +1,86 @@
+//! A signaling restart (SIGTERM, as Kubernetes and systemd stop it; then started again): the
+//! process ends within its grace period with the audit log closed, every client is told to
+//! connect again (`closing` reason `restarting`, close 1012), and whoever was admitted comes
+//! back past the waiting room; whoever waited, waits.
+
+mod support;
+
+use futures_util::StreamExt;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The `closing` message and the close code a client got.
+async fn told_to_reconnect(client: &mut support::Client) -> (serde_json::Value, u16) {
+    let mut closing = serde_json::Value::Null;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), client.ws.next())
+            .await
+            .expect("told within 5 s");
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "closing" {
+                    closing = v;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return (closing, frame.map_or(0, |f| u16::from(f.code)));
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the connection ended without a close: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
+    let dir = std::env::temp_dir().join(format!("hc-restart-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = dir.join("meetings.json").display().to_string();
+    let mut server = support::start_with(&["--meeting-store", &store]);
+    let doctor_token = server.token("visit-r", "doc-4411", "Dr Berg", "clinician");
+    let patient_token = server.token("visit-r", "pat-7f3a", "Anna", "patient");
+    let waiting_token = server.token("visit-r", "pat-9c2e", "Bo", "patient");
+    let mut doctor = server.connect(&doctor_token).await;
+    doctor.next_of("welcome").await;
+    let mut patient = server.connect(&patient_token).await;
+    patient.next_of("welcome").await;
+    let patient_id = doctor.first_waiting().await;
+    doctor
+        .send(serde_json::json!({"type": "admit", "participant": patient_id}))
+        .await;
+    patient.next_of("admitted").await;
+    let mut waiting = server.connect(&waiting_token).await;
+    assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
+
+    let (status, took) = server.terminate();
+    assert!(status.success(), "signaling exited with {status}");
+    assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+    for client in [&mut doctor, &mut patient, &mut waiting] {
+        let (closing, code) = told_to_reconnect(client).await;
+        assert_eq!(closing["reason"], "restarting");
+        assert_eq!(code, 1012, "RFC 6455's Service Restart");
+    }
+    // The audit log was closed: its last line is the closing checkpoint.
+    let audit = std::fs::read_to_string(&server.audit).unwrap();
+    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "checkpoint", "{last}");
+    assert_eq!(last["code"], "close", "{last}");
+    // The store keeps who was admitted (pseudonymous subjects), not who waited.
+    let stored = std::fs::read_to_string(&store).unwrap();
+    assert!(
+        stored.contains("pat-7f3a") && !stored.contains("pat-9c2e"),
+        "{stored}"
+    );
+
+    server.restart();
+    let mut patient = server.connect(&patient_token).await;
+    assert_eq!(
+        patient.next_of("welcome").await["state"],
+        "admitted",
+        "the admitted patient skips the waiting room after the restart"
+    );
+    let mut waiting = server.connect(&waiting_token).await;
+    assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
