@@ -1,10 +1,11 @@
 //! One measured run of a scenario against one target: start the target pinned to its core,
 //! join every participant, let media settle, measure a window, stop everything.
 
+use crate::deployment::Deployment;
 use crate::generator::{Generator, GeneratorReport, PeerRole, ToMedia};
 use crate::janus_target::{self, JanusSession};
 use crate::proc_stats::{CpuWindow, rss_bytes, thread_cpu_time};
-use crate::report::TargetReport;
+use crate::report::{IntervalReport, TargetReport};
 use crate::scenario::Scenario;
 use crate::synthetic_media::MediaProfile;
 use anyhow::{Context, bail};
@@ -64,6 +65,12 @@ pub struct RunOptions {
     /// The tester's Ed25519 signing key (PKCS#8): our SFU trusts it and joins are signed
     /// with it. Without one, a fresh development key per run.
     pub issuer_key: Option<PathBuf>,
+    /// Measure this running deployment instead of a server the harness starts.
+    pub deployment: Option<Deployment>,
+    /// The server's process on this machine, for its CPU and memory (a deployment's).
+    pub server_pid: Option<u32>,
+    /// Report delivery, latency and the server's memory every this long (a soak).
+    pub soak_interval: Option<Duration>,
 }
 
 /// A child process that is killed when dropped.
@@ -174,17 +181,37 @@ async fn generator_report(to_media: &Sender<ToMedia>) -> anyhow::Result<Generato
 }
 
 /// One participant's signaling: join, offer, answer the SFU's offers, leave when told.
-async fn participant(
+/// Who joins, where, and how.
+struct Joining {
+    /// The WebSocket address with the token.
     url: String,
     name: String,
     publish: bool,
+    /// Decrypts everything it receives (for latency).
     sampled: bool,
+    /// Over ICE-TCP.
     tcp: bool,
+    /// For wss: what to trust.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+async fn participant(
+    joining: Joining,
     to_media: Sender<ToMedia>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let Joining {
+        url,
+        name,
+        publish,
+        sampled,
+        tcp,
+        tls,
+    } = joining;
     let join_started = Instant::now();
-    let (ws, _) = tokio_tungstenite::connect_async(&url).await?;
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(&url, None, false, connector).await?;
     let (mut sink, mut stream) = ws.split();
     let mut client = None;
     loop {
@@ -408,9 +435,25 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         .issuer_key
         .clone()
         .unwrap_or_else(|| dir.join("issuer.key"));
-    // Start the server under test.
-    let (server, base, server_pid) = match target {
-        TargetKind::Ours | TargetKind::OursTcp => {
+    // Start the server under test, or book the run's meetings on the deployment.
+    let mut booked = (Vec::new(), Vec::new());
+    let deployment_tls = match &opts.deployment {
+        Some(d) => Some(d.tls()?),
+        None => None,
+    };
+    let (server, base, server_pid) = match (&opts.deployment, target) {
+        (Some(d), TargetKind::Ours | TargetKind::OursTcp) => {
+            let api = d.http()?;
+            let run = format!("bench-{:08x}", rand::random::<u32>());
+            booked = d.book(&api, &plan, &run).await?;
+            (
+                None,
+                d.url.trim_end_matches('/').to_owned(),
+                opts.server_pid.unwrap_or(0),
+            )
+        }
+        (Some(_), _) => bail!("--url measures our SFU: target ours or ours-tcp"),
+        (None, TargetKind::Ours | TargetKind::OursTcp) => {
             let config = dir.join("bench.toml");
             std::fs::write(
                 &config,
@@ -439,9 +482,9 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     .and_then(|u| u.find("/m/").map(|i| u[..i].to_owned()))
             })?;
             let pid = child.0.id();
-            (child, base, pid)
+            (Some(child), base, pid)
         }
-        TargetKind::Janus => {
+        (None, TargetKind::Janus) => {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
@@ -462,21 +505,22 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let pid = child.0.id();
-            (child, base, pid)
+            (Some(child), base, pid)
         }
-        TargetKind::Relay => {
+        (None, TargetKind::Relay) => {
             let args = vec!["relay".to_owned(), "--listen".into(), "127.0.0.1:0".into()];
             let (child, addr) = spawn_pinned(&opts.bench_bin, &args, opts.server_core, |l| {
                 l.strip_prefix("relay listening on ").map(str::to_owned)
             })?;
             let pid = child.0.id();
-            (child, addr, pid)
+            (Some(child), addr, pid)
         }
     };
     let rss_before = rss_bytes(server_pid).unwrap_or(0);
 
     // Join everyone, paced.
     let issuer = match target {
+        _ if opts.deployment.is_some() => None,
         TargetKind::Ours | TargetKind::OursTcp => Some(match &opts.issuer_key {
             Some(k) => DevIssuer::load(k)?,
             None => DevIssuer::load_or_create(&key_path)?,
@@ -505,6 +549,21 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             .any(|o| o.meeting == p.meeting && o.publish && o.name != p.name);
         receivers += usize::from(expects_media);
         match target {
+            TargetKind::Ours | TargetKind::OursTcp if opts.deployment.is_some() => {
+                let d = opts.deployment.as_ref().context("deployment")?;
+                tasks.push(tokio::spawn(participant(
+                    Joining {
+                        url: d.ws_url(&booked.1[i]),
+                        name: p.name.clone(),
+                        publish: p.publish,
+                        sampled,
+                        tcp: target == TargetKind::OursTcp,
+                        tls: deployment_tls.clone(),
+                    },
+                    to_media.clone(),
+                    stop_rx.clone(),
+                )));
+            }
             TargetKind::Ours | TargetKind::OursTcp => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)?
@@ -522,11 +581,14 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                 let token = issuer.as_ref().context("issuer")?.mint(&claims)?;
                 let url = format!("{}/ws?token={token}", base.replace("http://", "ws://"));
                 tasks.push(tokio::spawn(participant(
-                    url,
-                    p.name.clone(),
-                    p.publish,
-                    sampled,
-                    target == TargetKind::OursTcp,
+                    Joining {
+                        url,
+                        name: p.name.clone(),
+                        publish: p.publish,
+                        sampled,
+                        tcp: target == TargetKind::OursTcp,
+                        tls: None,
+                    },
                     to_media.clone(),
                     stop_rx.clone(),
                 )));
@@ -565,8 +627,16 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
 
     // The measurement window.
     to_media.send(ToMedia::ResetStats)?;
+    // Our SFU's counters: on the server the harness started, or on a deployment's internal
+    // listener (a single node's; with standalone nodes they are on the nodes).
+    let (metrics_http, metrics_base) = match &opts.deployment {
+        Some(d) => (d.http()?, d.api_url.trim_end_matches('/').to_owned()),
+        None => (http.clone(), base.clone()),
+    };
     let counters_before = match target {
-        TargetKind::Ours | TargetKind::OursTcp => Some(sfu_counters(&http, &base).await?),
+        TargetKind::Ours | TargetKind::OursTcp => {
+            sfu_counters(&metrics_http, &metrics_base).await.ok()
+        }
         TargetKind::Relay | TargetKind::Janus => None,
     };
     let server_cpu = CpuWindow::start(server_pid);
@@ -574,8 +644,37 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     let gen_cpu_before = thread_cpu_time(own_pid, "generator").unwrap_or_default();
     let t0 = Instant::now();
     let mut last_print = t0;
+    let mut intervals = Vec::new();
+    let mut soak = match opts.soak_interval {
+        Some(every) => Some((
+            every,
+            t0,
+            generator_report(&to_media).await?,
+            CpuWindow::start(server_pid),
+        )),
+        None => None,
+    };
     while t0.elapsed() < opts.duration {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some((every, since, before, cpu)) = &mut soak
+            && since.elapsed() >= *every
+        {
+            let now = generator_report(&to_media).await?;
+            let row = IntervalReport::between(
+                before,
+                &now,
+                t0.elapsed(),
+                since.elapsed(),
+                opts.scenario.fan_out(),
+                rss_bytes(server_pid).unwrap_or(0),
+                cpu.percent(),
+            );
+            eprintln!("{}", row.line(target.name()));
+            intervals.push(row);
+            *since = Instant::now();
+            *before = now;
+            *cpu = CpuWindow::start(server_pid);
+        }
         if opts.progress && last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
             let g = generator_report(&to_media).await?;
@@ -613,14 +712,16 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         g.rx.bytes as f64 / elapsed,
     );
     let sfu_metrics = match counters_before {
-        Some(before) => {
-            let after = sfu_counters(&http, &base).await?;
-            Some((
-                (after[0] - before[0]) / elapsed,
-                (after[1] - before[1]) / elapsed,
-                after[4] as u64,
-            ))
-        }
+        Some(before) => sfu_counters(&metrics_http, &metrics_base)
+            .await
+            .ok()
+            .map(|after| {
+                (
+                    (after[0] - before[0]) / elapsed,
+                    (after[1] - before[1]) / elapsed,
+                    after[4] as u64,
+                )
+            }),
         None => None,
     };
     // Copies the receivers should have got, from what was sent: catches streams that never
@@ -663,6 +764,14 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     let _ = generator.join();
     drop(janus_sessions);
     drop(server);
+    if let Some(d) = &opts.deployment {
+        if let Err(e) = d.cancel(&d.http()?, &booked.0).await {
+            notes.push(format!("cancelling the run's meetings failed: {e:#}"));
+        }
+        if server_pid == 0 {
+            notes.push("server CPU and memory not measured (give --server-pid on its host)".into());
+        }
+    }
 
     let generator_limited = generator_cpu_pct > 90.0 || g.send_dropped > 0;
     if generator_limited {
@@ -722,6 +831,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         generator_cpu_pct,
         generator_limited,
         notes,
+        intervals,
         ..Default::default()
     };
     report.set_join_times(g.join_ms);

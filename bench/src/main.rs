@@ -34,6 +34,8 @@ enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
         #[command(flatten)]
+        deployment: DeploymentArgs,
+        #[command(flatten)]
         out: OutputArgs,
     },
     /// Run the same scenario against each target in turn and print them side by side.
@@ -150,6 +152,61 @@ struct OutputArgs {
     plot: Option<PathBuf>,
 }
 
+/// Measuring a running deployment instead of a server the harness starts.
+#[derive(Args, Clone)]
+struct DeploymentArgs {
+    /// The deployment's public address (what browsers open), e.g. https://video.region.example.
+    /// Its meetings are booked, and join tokens minted, through its meetings API with
+    /// --api-key (the deployment needs tokens.signing_key).
+    #[arg(long, env = "BENCH_URL")]
+    url: Option<String>,
+    /// The meetings API's base, when it is on an internal listener (default: --url).
+    #[arg(long, env = "BENCH_API_URL")]
+    api_url: Option<String>,
+    /// The tester's API key (an [[api.clients]] entry allowed --unit).
+    #[arg(long, env = "BENCH_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The care unit (HSA-id) the run's meetings are booked for.
+    #[arg(long, env = "BENCH_UNIT", default_value = "SE2321000016-BNCH")]
+    unit: String,
+    /// A CA to trust besides the public roots (PEM), for a region's internal certificates.
+    #[arg(long, env = "BENCH_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// The server's process id, when it runs on this machine: its CPU and memory are reported.
+    #[arg(long, env = "BENCH_SERVER_PID")]
+    server_pid: Option<u32>,
+    /// A soak: report delivery, latency and the server's memory every this many seconds of
+    /// the measurement (give a long --duration), so drift shows.
+    #[arg(long, env = "BENCH_SOAK_INTERVAL")]
+    soak_interval: Option<f64>,
+}
+
+impl DeploymentArgs {
+    fn apply(&self, opts: &mut RunOptions) -> anyhow::Result<()> {
+        if let Some(url) = &self.url {
+            anyhow::ensure!(
+                url.starts_with("https://") || url.starts_with("http://"),
+                "--url {url}: an http(s) address"
+            );
+            opts.deployment = Some(bench::deployment::Deployment {
+                url: url.clone(),
+                api_url: self.api_url.clone().unwrap_or_else(|| url.clone()),
+                api_key: self
+                    .api_key
+                    .clone()
+                    .context("--url needs --api-key (BENCH_API_KEY): the tester's key")?,
+                unit: self.unit.clone(),
+                ca_file: self.ca_file.clone(),
+            });
+        }
+        opts.server_pid = self.server_pid;
+        opts.soak_interval = self
+            .soak_interval
+            .map(|s| Duration::from_secs_f64(s.max(1.0)));
+        Ok(())
+    }
+}
+
 impl LoadArgs {
     fn options(&self) -> anyhow::Result<RunOptions> {
         let exe = std::env::current_exe()?;
@@ -177,6 +234,9 @@ impl LoadArgs {
             bench_bin: exe.clone(),
             progress: !self.quiet,
             issuer_key: self.issuer_key.clone(),
+            deployment: None,
+            server_pid: None,
+            soak_interval: None,
         })
     }
 }
@@ -326,8 +386,15 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Cmd::Run { target, load, out } => {
-                let r = run(target, &load.options()?).await?;
+            Cmd::Run {
+                target,
+                load,
+                deployment,
+                out,
+            } => {
+                let mut opts = load.options()?;
+                deployment.apply(&mut opts)?;
+                let r = run(target, &opts).await?;
                 write_outputs(&out, &[r], &[])
             }
             Cmd::Compare { targets, load, out } => {

@@ -75,6 +75,81 @@ pub struct TargetReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_participants: Option<usize>,
     pub notes: Vec<String>,
+    /// A soak's figures per interval (`--soak-interval`): drift shows here.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<IntervalReport>,
+}
+
+/// One interval of a soak.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct IntervalReport {
+    /// Seconds into the measurement at the interval's end.
+    pub at_s: f64,
+    pub pps_out: f64,
+    /// Copies that should have arrived in the interval and did not.
+    pub delivery_loss_pct: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    /// 0 when the server's process is not on this machine.
+    pub server_rss_mib: f64,
+    pub server_cpu_pct: f64,
+}
+
+impl IntervalReport {
+    /// The interval between two cumulative generator reports.
+    pub fn between(
+        before: &crate::generator::GeneratorReport,
+        after: &crate::generator::GeneratorReport,
+        at: std::time::Duration,
+        length: std::time::Duration,
+        fan_out: f64,
+        rss_bytes: u64,
+        server_cpu_pct: f64,
+    ) -> Self {
+        let secs = length.as_secs_f64().max(1e-3);
+        let received = after.rx.packets.saturating_sub(before.rx.packets) as f64;
+        let expected = after.rx.expected.saturating_sub(before.rx.expected) as f64;
+        let should = after.sent_forwarded.saturating_sub(before.sent_forwarded) as f64 * fan_out;
+        let mut latency = after.rx.latency_us.clone();
+        let latency_ms = |h: &hdrhistogram::Histogram<u64>, q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        // The interval's own samples: the later totals less the earlier.
+        if latency.subtract(&before.rx.latency_us).is_err() {
+            latency = after.rx.latency_us.clone();
+        }
+        Self {
+            at_s: at.as_secs_f64(),
+            pps_out: expected.max(received) / secs,
+            delivery_loss_pct: if should > 0.0 {
+                (100.0 * (1.0 - received / should)).max(0.0)
+            } else {
+                0.0
+            },
+            latency_p50_ms: latency_ms(&latency, 0.5),
+            latency_p99_ms: latency_ms(&latency, 0.99),
+            server_rss_mib: rss_bytes as f64 / (1024.0 * 1024.0),
+            server_cpu_pct,
+        }
+    }
+
+    /// One line of a soak's progress.
+    pub fn line(&self, target: &str) -> String {
+        format!(
+            "[{target}] {:>6.0} s  out {:>8.0} pkt/s  delivery loss {:>6.3} %  latency p50 {:>6.2} ms p99 {:>6.2} ms  server RSS {:>7.1} MiB  CPU {:>5.1} %",
+            self.at_s,
+            self.pps_out,
+            self.delivery_loss_pct,
+            self.latency_p50_ms,
+            self.latency_p99_ms,
+            self.server_rss_mib,
+            self.server_cpu_pct
+        )
+    }
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {

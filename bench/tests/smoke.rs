@@ -202,3 +202,97 @@ fn janus_runs_as_the_peer_sfu_where_installed() {
     assert_eq!(r["target"], "janus");
     check(r, 4, 4);
 }
+
+/// `bench run --url`: a running service (started here as an operator would, its API key the
+/// tester's) is measured from outside — meetings booked and tokens minted through its API,
+/// media through it, its process's memory per interval of a soak — and the run's meetings
+/// are cancelled afterwards.
+#[test]
+fn a_running_deployment_is_measured_through_its_api_with_a_soak() {
+    use std::io::{BufRead, BufReader};
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let dir = std::env::temp_dir().join(format!("bench-deployment-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = "bench-tester-key-0123456789";
+    let mut server = Command::new(exe.with_file_name("signaling"))
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .arg("--dev-key")
+        .arg(dir.join("issuer.key"))
+        .arg("--audit-log")
+        .arg(dir.join("audit.jsonl"))
+        .args(["--api-key", key])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = BufReader::new(server.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("clinician: ")
+                .and_then(|u| u.find("/m/").map(|i| u[..i].to_owned()))
+        })
+        .expect("the service printed its address");
+    let pid = server.id().to_string();
+    let doc = bench(&[
+        "run",
+        "--url",
+        &base,
+        "--api-key",
+        key,
+        "--server-pid",
+        &pid,
+        "--scenario",
+        "visits",
+        "--meetings",
+        "2",
+        "--soak-interval",
+        "1",
+    ]);
+    let r = &doc["targets"][0];
+    assert_eq!(r["participants"].as_u64(), Some(4), "{r}");
+    assert_eq!(
+        r["receiving"].as_u64(),
+        Some(4),
+        "every receiver got media: {r}"
+    );
+    assert!(r["delivery_loss_pct"].as_f64().unwrap() < 5.0, "{r}");
+    assert!(r["server_rss_mib"].as_f64().unwrap() > 1.0, "{r}");
+    let intervals = r["intervals"].as_array().expect("a soak's intervals");
+    assert!(!intervals.is_empty(), "{r}");
+    for i in intervals {
+        assert!(i["pps_out"].as_f64().unwrap() > 50.0, "{i}");
+        assert!(i["server_rss_mib"].as_f64().unwrap() > 1.0, "{i}");
+        assert!(i["latency_p99_ms"].as_f64().unwrap() > 0.0, "{i}");
+    }
+    // The run's meetings were booked through the API and are cancelled now.
+    let listed: Value = {
+        let out = Command::new("curl")
+            .args(["-s", "-H", &format!("Authorization: Bearer {key}")])
+            .arg(format!("{base}/api/v1/meetings"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let meetings = listed["meetings"].as_array().expect("meetings listed");
+    let bench_meetings: Vec<&Value> = meetings
+        .iter()
+        .filter(|m| m["id"].as_str().is_some_and(|id| id.starts_with("bench-")))
+        .collect();
+    assert_eq!(bench_meetings.len(), 2, "{listed}");
+    assert!(
+        bench_meetings.iter().all(|m| m["status"] == "cancelled"),
+        "{listed}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
