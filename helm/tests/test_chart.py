@@ -88,7 +88,7 @@ VALUE_SETS = {
     },
     "turn": {
         "turn": {"enabled": True, "host": "turn.region.example", "tlsSecret": "turn-tls",
-                 "allowedPeerRanges": ["10.20.0.0-10.20.255.255"]},
+                 "allowedPeerRanges": ["10.20.0.11-10.20.0.11"]},
     },
     "monitoring-and-jwks-url": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
@@ -128,6 +128,17 @@ class ChartRenders(unittest.TestCase):
                 for kube in KUBE_VERSIONS:
                     with self.subTest(values=name, kind=doc["kind"], kube=kube):
                         kubernetes_validate.validate(doc, kube, strict=True)
+
+    def test_a_long_release_name_keeps_every_name_within_kubernetes_limits(self):
+        chart = helm.Chart.load(str(CHART))
+        name = "region-stockholm-video-visits-production-blue"
+        manifests = chart.render({}, name=name, namespace=NAMESPACE, is_install=True)
+        docs = [d for p, t in manifests.items() if not p.endswith("NOTES.txt")
+                for d in yaml.safe_load_all(t) if d]
+        for d in docs:
+            limit = 52 if d["kind"] == "StatefulSet" else 63
+            self.assertLessEqual(len(d["metadata"]["name"]), limit, d["metadata"]["name"])
+            kubernetes_validate.validate(d, KUBE_VERSIONS[-1], strict=True)
 
     def test_the_schema_refuses_what_cannot_work(self):
         refused = {
@@ -214,10 +225,15 @@ class ChartRenders(unittest.TestCase):
                 self.assertEqual(env["SFU_ADVERTISE_IP"], n["advertiseIp"])
             else:
                 self.assertEqual(env["SFU_ADVERTISE_IP"], {"fieldRef": {"fieldPath": "status.hostIP"}})
-            # Each pod's certificate is mounted, signaling's key is not.
-            items = {i["key"] for v in pod["volumes"] for i in v["secret"].get("items", [])}
-            self.assertEqual(items, {"ca.pem"} | {f"{FULL}-sfu-{i}.{ext}"
-                                                  for i in range(n["replicas"]) for ext in ("pem", "key")})
+            # The nodes' Secret, whole (scaling does not change the template); signaling's key
+            # is in another Secret, mounted only by signaling.
+            secrets = [v["secret"] for v in pod["volumes"] if "secret" in v]
+            self.assertEqual(secrets, [{"secretName": f"{FULL}-cluster", "defaultMode": 0o400}])
+            signaling_pod = find(docs, "StatefulSet", f"{FULL}-signaling")["spec"]["template"]["spec"]
+            self.assertIn(f"{FULL}-cluster-signaling",
+                          [v["secret"]["secretName"] for v in signaling_pod["volumes"] if "secret" in v])
+            self.assertNotIn(f"{FULL}-cluster",
+                             [v["secret"]["secretName"] for v in signaling_pod["volumes"] if "secret" in v])
             # The node dials the control Service, which lists pods before they are ready.
             host, port = env["SFU_SIGNALING_ADDR"].rsplit(":", 1)
             self.assertEqual(host, f"{FULL}-signaling-control.{NAMESPACE}.svc")
@@ -277,7 +293,8 @@ class ChartRenders(unittest.TestCase):
         args = pod["containers"][0]["args"]
         self.assertIn("--use-auth-secret", args)
         self.assertIn("--tls-listening-port=443", args)
-        self.assertIn("--allowed-peer-ip=10.20.0.0-10.20.255.255", args)
+        self.assertIn("--allowed-peer-ip=10.20.0.11-10.20.0.11", args)
+        self.assertIn("--no-tcp-relay", args)
         config = tomllib.loads(find(docs, "ConfigMap", f"{FULL}-signaling")["data"]["signaling.toml"])
         self.assertEqual(config["turn"]["urls"][0], "turns:turn.region.example:443?transport=tcp")
         turnserver = shutil.which("turnserver")

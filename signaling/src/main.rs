@@ -937,6 +937,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => server.acceptor(limited).serve(service).await?,
     }
+    // The connections told to reconnect write their last audit lines (leave, media stop) as
+    // they close: wait for them (a moment at most) before the log closes.
+    let drained = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while at_exit.meetings.connection_count() > 0 && std::time::Instant::now() < drained {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // Refusals counted since the last summary are written before the process ends, then the
     // closing checkpoint, and the off-host copy gets a moment to catch up.
     let lines = at_exit.refusals.end_interval(std::time::Instant::now());

@@ -829,10 +829,12 @@ impl RoomState {
             }
             Action::ToLobby(t) => {
                 self.target(actor, action)?;
+                self.forget_readmission(t);
                 self.send_to_lobby(t, now, fx);
             }
             Action::Remove(t) => {
                 self.target(actor, action)?;
+                self.forget_readmission(t);
                 if let Some(m) = self.detach(t, fx) {
                     self.admitted.remove(&m.sub);
                     // A consultant removed is no longer invited: their link stops working.
@@ -846,6 +848,14 @@ impl RoomState {
             }
         }
         Ok(())
+    }
+
+    /// A clinician's decision made while the service stops (after its hand-over) holds after
+    /// the restart too: the person is no longer let back in past the waiting room.
+    fn forget_readmission(&mut self, id: &ParticipantId) {
+        if let Some(m) = self.members.get(id) {
+            self.record.readmit.retain(|r| r.sub != m.sub);
+        }
     }
 
     fn admit(&mut self, id: &ParticipantId, now: Timestamp, fx: &mut Effects) {
@@ -1529,6 +1539,16 @@ mod tests {
             rejoin(&stored, "pat", 71),
             Ok(JoinOutcome { admitted: false })
         );
+        // A clinician who sends the patient back to the waiting room while the service stops
+        // is not undone by the restart.
+        s.apply(
+            &doc,
+            &Action::ToLobby(pat.clone()),
+            at(11),
+            &mut Effects::default(),
+        )
+        .unwrap();
+        assert!(s.record.readmit.is_empty());
     }
 
     fn texts(fx: &Effects, id: &ParticipantId) -> Vec<Value> {

@@ -66,6 +66,12 @@ async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
     let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
     assert_eq!(last["event"], "checkpoint", "{last}");
     assert_eq!(last["code"], "close", "{last}");
+    // ...after each connection's `leave`, written as the clients were told to go.
+    let leaves = audit
+        .lines()
+        .filter(|l| l.contains("\"event\":\"leave\""))
+        .count();
+    assert_eq!(leaves, 3, "{audit}");
     // The store keeps who was admitted (pseudonymous subjects), not who waited.
     let stored = std::fs::read_to_string(&store).unwrap();
     assert!(

@@ -51,6 +51,7 @@ let send = () => false;
 let leaving = false;
 let restartTimer = null;
 let wsAttempts = 0;
+let wsLostAt = 0;
 
 /** Stops everything and shows why the visit is over for us. */
 function endWith(reason, message) {
@@ -645,7 +646,10 @@ async function joinCheck() {
     body: JSON.stringify({ token, meeting: linkMeeting || undefined }),
   });
   const body = await r.json().catch(() => ({}));
-  return { ok: r.ok, body };
+  // A refusal is the service's own answer (4xx with an error code); a proxy's 502/503 while
+  // the service restarts, a 429 or a page that is not ours is not: try again.
+  const refused = r.status >= 400 && r.status < 500 && r.status !== 429 && typeof body.error === "string";
+  return { ok: r.ok, body, refused };
 }
 
 function openSocket() {
@@ -668,12 +672,14 @@ function openSocket() {
     // The connection to the server dropped (a phone changing networks): come back; within
     // the grace the server keeps our admission. Each attempt first asks why, if refused.
     wsAttempts += 1;
-    if (wsAttempts > 10) { endWith("", t("ws.gone")); return; }
+    if (wsAttempts === 1) wsLostAt = Date.now();
+    // Two minutes of trying: a service restart (or a pod moving) is waited out.
+    if (Date.now() - wsLostAt > 120000) { endWith("", t("ws.gone")); return; }
     setStatus(t("status.socketLost"));
     setTimeout(async () => {
       if (leaving) return;
-      const check = await joinCheck().catch(() => ({ ok: true }));
-      if (!check.ok) { state.refusal = check.body.error; endWith(check.body.error, refusalText(check.body.error, check.body.message, check.body)); return; }
+      const check = await joinCheck().catch(() => ({ ok: false, refused: false, body: {} }));
+      if (check.refused) { state.refusal = check.body.error; endWith(check.body.error, refusalText(check.body.error, check.body.message, check.body)); return; }
       openSocket();
     }, state.resumeKey && wsAttempts === 1 ? 250 : Math.min(1000 * 2 ** (wsAttempts - 2), 10000));
   };

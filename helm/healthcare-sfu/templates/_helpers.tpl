@@ -1,9 +1,11 @@
-{{/* Names: <release>-healthcare-sfu, or the release name when it already says so. */}}
+{{/* Names: <release>-healthcare-sfu, or the release name when it already says so; at most
+42 characters, so the longest object name (…-signaling-internal) stays within 63 and a
+StatefulSet's within 52. */}}
 {{- define "hc.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 42 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 42 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
@@ -34,6 +36,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- define "hc.clusterSecret" -}}
 {{- .Values.cluster.certificatesSecret | default (printf "%s-cluster" (include "hc.fullname" .)) -}}
+{{- end -}}
+{{- define "hc.clusterSignalingSecret" -}}
+{{- .Values.cluster.signalingSecret | default (printf "%s-cluster-signaling" (include "hc.fullname" .)) -}}
 {{- end -}}
 {{- define "hc.turnSecret" -}}
 {{- .Values.turn.secretSecret.name | default (printf "%s-turn" (include "hc.fullname" .)) -}}
