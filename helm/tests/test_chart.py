@@ -190,6 +190,7 @@ class ChartRenders(unittest.TestCase):
                 self.assertEqual(out.returncode, 0, f"{name}: {out.stderr}")
                 config = tomllib.loads(text)
                 self.assertEqual(config["http"]["internal_listen"], "0.0.0.0:9090")
+                self.assertIn("10.0.0.0/8", config["http"]["trusted_proxies"])
                 self.assertEqual("turn" in config, name == "turn", name)
             # And the check can fail: a key signaling does not know is named.
             bad = Path(tmp) / "bad.toml"

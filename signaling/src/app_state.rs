@@ -34,4 +34,6 @@ pub struct AppState {
     pub images: crate::image_store::ImageStore,
     /// Participants of dropped WebSockets, kept for a resume, and the live ones' keys.
     pub resume: crate::session_resume::ResumeSlots,
+    /// Proxies whose `X-Forwarded-For` names the client (per-address limits, audit source).
+    pub trusted_proxies: crate::client_address::TrustedProxies,
 }

@@ -87,6 +87,9 @@ pub struct HttpSection {
     /// Seconds a join WebSocket may stay silent (no message, no answer to the server's pings)
     /// before it is closed (default 45).
     pub ws_idle_secs: Option<u64>,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client: the
+    /// Ingress controller or load balancer in front of the public listener.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

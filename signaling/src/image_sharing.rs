@@ -6,18 +6,18 @@
 
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_unavailable, session_event};
+use crate::client_address::ClientAddress;
 use crate::image_store::{ImageOrigin, MAX_IMAGE_BYTES, StoreRefusal};
 use crate::session_token::Session;
 use crate::shared_image::inspect;
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use sfu_proto::ParticipantId;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,7 +44,7 @@ fn error(status: StatusCode, code: &str, reason: impl Into<String>) -> Response 
 async fn session(
     state: &AppState,
     headers: &HeaderMap,
-    peer: SocketAddr,
+    source: std::net::IpAddr,
 ) -> Result<Session, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -56,9 +56,9 @@ async fn session(
         Err(e) => {
             let code = e.code();
             let refused = error(StatusCode::UNAUTHORIZED, code, e.to_string());
-            match state.refusals.refused(peer.ip(), code, Instant::now()) {
+            match state.refusals.refused(source, code, Instant::now()) {
                 RefusalVerdict::Record => {
-                    if audit(state, TokenRefusals::first_line(peer.ip(), code))
+                    if audit(state, TokenRefusals::first_line(source, code))
                         .await
                         .is_err()
                     {
@@ -88,11 +88,11 @@ static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(UPLOA
 /// Everything about the sender is checked before the body is read.
 async fn share(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(source): ClientAddress,
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
-    let session = match session(&state, &headers, peer).await {
+    let session = match session(&state, &headers, source).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -227,11 +227,11 @@ async fn share(
 /// meeting and it is open; each recipient's first fetch is audited (`image_viewed`).
 async fn fetch(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(source): ClientAddress,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let session = match session(&state, &headers, peer).await {
+    let session = match session(&state, &headers, source).await {
         Ok(s) => s,
         Err(r) => return r,
     };

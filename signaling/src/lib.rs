@@ -10,6 +10,7 @@ pub mod audit_chain;
 pub mod audit_checkpoint;
 pub mod audit_log;
 pub mod audit_sink;
+pub mod client_address;
 pub mod config;
 pub mod connection;
 pub mod connection_limits;

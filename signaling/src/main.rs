@@ -220,6 +220,15 @@ struct ServeArgs {
     /// pings every third of it).
     #[arg(long, env = "SIGNALING_WS_IDLE_SECS")]
     ws_idle_secs: Option<u64>,
+    /// Proxies in front of the public listener whose X-Forwarded-For names the client
+    /// (http.trusted_proxies; addresses or CIDR ranges, comma-separated), e.g. the Ingress
+    /// controller's pod network. Per-address limits and the audit log then see browsers.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SIGNALING_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<String>,
     /// TURN relay URLs handed to clients with short-lived credentials (comma-separated), e.g.
     /// `turns:turn.region.se:443?transport=tcp,turn:turn.region.se:3478`.
     #[arg(long = "turn-url", env = "TURN_URLS", value_delimiter = ',')]
@@ -504,6 +513,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let api_clients = api_clients(&args, &api)?;
     let audit_options = audit_options(&args, &file_audit_section, args.config.as_deref())?;
     let http = file.http.unwrap_or_default();
+    let trusted_proxies = {
+        let (entries, key) = if args.trusted_proxies.is_empty() {
+            let file = args
+                .config
+                .as_ref()
+                .map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
+            (
+                http.trusted_proxies.clone().unwrap_or_default(),
+                format!("http.trusted_proxies in {file}"),
+            )
+        } else {
+            (
+                args.trusted_proxies.clone(),
+                "--trusted-proxy (SIGNALING_TRUSTED_PROXIES)".to_owned(),
+            )
+        };
+        signaling::client_address::TrustedProxies::parse(&entries)
+            .map_err(|e| anyhow::anyhow!("{key}: {e}"))?
+    };
     let sfu = file.sfu.unwrap_or_default();
     let turn_file = file.turn.unwrap_or_default();
     sfu_server::logging::init(args.log_json || file.log.and_then(|l| l.json).unwrap_or(false));
@@ -801,6 +829,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Photos shared in meetings, all together at most this much memory.
         images: signaling::image_store::ImageStore::new(64 * 1024 * 1024),
         resume: Default::default(),
+        trusted_proxies,
     });
     tokio::spawn(signaling::service_gauges::publish(state.clone()));
     let pump = state.clone();

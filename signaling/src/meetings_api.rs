@@ -7,11 +7,12 @@ use crate::api_client::ApiClient;
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_all, audit_unavailable};
 use crate::audit_log::AuditEvent;
+use crate::client_address::ClientAddress;
 use crate::meeting::{MeetingKind, MeetingRecord};
 use crate::meeting_room::MeetingRoom;
 use crate::session_token::{Claims, Role};
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,7 +20,7 @@ use axum::{Json, Router};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 const OPENAPI: &str = include_str!("openapi.json");
@@ -217,11 +218,11 @@ fn visit() -> MeetingKind {
 
 async fn create(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(source): ClientAddress,
     headers: HeaderMap,
     body: Result<Json<CreateMeeting>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let client = match authorize(&state, &headers, peer.ip()).await {
+    let client = match authorize(&state, &headers, source).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -327,11 +328,11 @@ struct ListQuery {
 
 async fn list(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(source): ClientAddress,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let client = match authorize(&state, &headers, peer.ip()).await {
+    let client = match authorize(&state, &headers, source).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -394,11 +395,11 @@ async fn read_recorded(
 
 async fn read(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(source): ClientAddress,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let client = match authorize(&state, &headers, peer.ip()).await {
+    let client = match authorize(&state, &headers, source).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -418,11 +419,11 @@ async fn read(
 
 async fn participants(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(source): ClientAddress,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let client = match authorize(&state, &headers, peer.ip()).await {
+    let client = match authorize(&state, &headers, source).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -443,11 +444,11 @@ async fn participants(
 
 async fn cancel(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(source): ClientAddress,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let client = match authorize(&state, &headers, peer.ip()).await {
+    let client = match authorize(&state, &headers, source).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -526,12 +527,12 @@ struct MintRequest {
 
 async fn mint(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(source): ClientAddress,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<MintRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let client = match authorize(&state, &headers, peer.ip()).await {
+    let client = match authorize(&state, &headers, source).await {
         Ok(c) => c,
         Err(r) => return *r,
     };

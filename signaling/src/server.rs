@@ -4,13 +4,14 @@
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_unavailable, session_event};
 use crate::audit_log::AuditEvent;
+use crate::client_address::ClientAddress;
 use crate::connection::{MAX_MESSAGE_BYTES, Start, connection};
 use crate::join_refusal::JoinRefusal;
 use crate::meeting_room::MeetingRoom;
 use crate::session_token::Session;
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,7 +20,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
 use sfu_proto::ParticipantId;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -244,10 +245,10 @@ fn too_many_refusals(retry_after: std::time::Duration) -> Response {
 /// what: the same checks as the WebSocket (a browser cannot read a refused upgrade's body).
 async fn join_check(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(source): ClientAddress,
     Json(q): Json<JoinQuery>,
 ) -> Response {
-    match state.admission(&q, peer.ip()).await {
+    match state.admission(&q, source).await {
         Ok((session, room)) => {
             let s = room.lock();
             let policy = state.meetings.policy();
@@ -267,11 +268,11 @@ async fn join_check(
 
 async fn ws_upgrade(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(source): ClientAddress,
     Query(q): Query<JoinQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (session, room) = match state.admission(&q, peer.ip()).await {
+    let (session, room) = match state.admission(&q, source).await {
         Ok(ok) => ok,
         Err(response) => return response,
     };
