@@ -232,7 +232,18 @@ fn a_running_deployment_is_measured_through_its_api_with_a_soak() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let base = BufReader::new(server.stdout.take().unwrap())
+    let stdout = server.stdout.take().unwrap();
+    let pid = server.id().to_string();
+    // Ends the service however the test ends.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = KillOnDrop(server);
+    let base = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
         .find_map(|l| {
@@ -241,7 +252,6 @@ fn a_running_deployment_is_measured_through_its_api_with_a_soak() {
                 .and_then(|u| u.find("/m/").map(|i| u[..i].to_owned()))
         })
         .expect("the service printed its address");
-    let pid = server.id().to_string();
     let doc = bench(&[
         "run",
         "--url",
@@ -292,7 +302,5 @@ fn a_running_deployment_is_measured_through_its_api_with_a_soak() {
         bench_meetings.iter().all(|m| m["status"] == "cancelled"),
         "{listed}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,16 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
+/// Ends the service however the test ends (a failed assertion too).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn serve_dev_starts_in_an_empty_directory_and_prints_working_urls() {
     let dir = std::env::temp_dir().join(format!("hc-fresh-{}", rand::random::<u64>()));
@@ -24,8 +34,11 @@ async fn serve_dev_starts_in_an_empty_directory_and_prints_working_urls() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let _child = KillOnDrop(child);
     let mut urls = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+    for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
         for who in ["clinician: ", "patient:   "] {
             if let Some(url) = line.trim_start().strip_prefix(who.trim_start()) {
@@ -37,9 +50,8 @@ async fn serve_dev_starts_in_an_empty_directory_and_prints_working_urls() {
         }
     }
     if urls.len() < 2 {
-        let _ = child.kill();
         let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
         panic!("no join URLs printed; stderr:\n{err}");
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -51,7 +63,5 @@ async fn serve_dev_starts_in_an_empty_directory_and_prints_working_urls() {
     let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(".dev"), 0o700);
     assert_eq!(mode(".dev/api.key"), 0o600);
-    let _ = child.kill();
-    let _ = child.wait();
     std::fs::remove_dir_all(&dir).unwrap();
 }

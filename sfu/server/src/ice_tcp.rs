@@ -10,7 +10,7 @@ use sfu_core::tcp_framing::{FrameQueue, FrameReader, Queued};
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// A connection with output waiting and no byte written for this long has stopped reading.
@@ -93,6 +93,10 @@ impl IceTcpCounters {
 #[derive(Debug)]
 struct TcpLink {
     stream: TcpStream,
+    /// Its key in the worker's epoll set.
+    token: u64,
+    /// Registered for writability (its queue holds something the socket did not take).
+    writing: bool,
     reader: FrameReader,
     out: FrameQueue,
     opened: Instant,
@@ -102,18 +106,35 @@ struct TcpLink {
     answered: bool,
 }
 
-/// The worker's listener and connections.
+/// The worker's listener and connections, and the epoll set that watches them with the
+/// worker's UDP socket: a wake-up reports only what is ready, however many connections
+/// there are (`poll` over every descriptor cost the worker on each wake-up).
 #[derive(Debug)]
 pub struct IceTcp {
     listener: TcpListener,
     links: HashMap<SocketAddr, TcpLink>,
-    pollfds: Vec<libc::pollfd>,
-    order: Vec<SocketAddr>,
+    epoll: OwnedFd,
+    events: Vec<libc::epoll_event>,
+    tokens: HashMap<u64, SocketAddr>,
+    next_token: u64,
+    /// The UDP socket registered in the set (it is given with each wait).
+    udp_fd: Option<RawFd>,
+    /// The listener is registered for readability (not while accepting is paused).
+    listener_armed: bool,
+    next_expire: Instant,
     closing: Vec<(SocketAddr, CloseReason)>,
     per_source: HashMap<std::net::IpAddr, usize>,
     accept_paused_until: Option<Instant>,
     pub counters: IceTcpCounters,
 }
+
+/// Keys in the epoll set below those of connections.
+const UDP_TOKEN: u64 = 0;
+const LISTENER_TOKEN: u64 = 1;
+/// Ready descriptors taken per wait.
+const EVENTS_PER_WAIT: usize = 256;
+/// Idle and stalled connections are looked for this often (not on every wake-up).
+const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CloseReason {
@@ -128,16 +149,76 @@ impl IceTcp {
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
-        Ok(Self {
+        // SAFETY: epoll_create1 takes only flags; a non-negative result is a new descriptor
+        // that nothing else owns, handed to OwnedFd at once.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by epoll_create1 and is owned by nothing else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let this = Self {
             listener,
             links: HashMap::new(),
-            pollfds: Vec::new(),
-            order: Vec::new(),
+            epoll,
+            events: Vec::with_capacity(EVENTS_PER_WAIT),
+            tokens: HashMap::new(),
+            next_token: LISTENER_TOKEN + 1,
+            udp_fd: None,
+            listener_armed: true,
+            next_expire: Instant::now() + EXPIRE_EVERY,
             closing: Vec::new(),
             per_source: HashMap::new(),
             accept_paused_until: None,
             counters: IceTcpCounters::default(),
-        })
+        };
+        this.ctl(
+            libc::EPOLL_CTL_ADD,
+            this.listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            LISTENER_TOKEN,
+        )?;
+        Ok(this)
+    }
+
+    /// Adds, changes or removes a descriptor in the epoll set (level-triggered, as `poll`).
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: the epoll descriptor is ours and open; `fd` is an open descriptor owned by
+        // this worker (the UDP socket, the listener or a connection's stream); `event` is a
+        // valid epoll_event that outlives the call (ignored for EPOLL_CTL_DEL).
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Watches a connection for writability while its queue holds something.
+    fn sync_interest(&mut self, addr: SocketAddr) {
+        let Some(link) = self.links.get(&addr) else {
+            return;
+        };
+        let want = !link.out.is_empty();
+        if want == link.writing {
+            return;
+        }
+        let events = libc::EPOLLIN as u32 | if want { libc::EPOLLOUT as u32 } else { 0 };
+        if self
+            .ctl(
+                libc::EPOLL_CTL_MOD,
+                link.stream.as_raw_fd(),
+                events,
+                link.token,
+            )
+            .is_err()
+        {
+            self.closing.push((addr, CloseReason::Peer));
+            return;
+        }
+        if let Some(link) = self.links.get_mut(&addr) {
+            link.writing = want;
+        }
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -179,6 +260,7 @@ impl IceTcp {
             Queued::MediaDropped => self.counters.media_dropped += 1,
             Queued::Overflow => self.closing.push((dest, CloseReason::Slow)),
         }
+        self.sync_interest(dest);
         true
     }
 
@@ -187,66 +269,82 @@ impl IceTcp {
     /// Returns whether the UDP socket is readable.
     pub fn poll(
         &mut self,
-        udp_fd: std::os::fd::RawFd,
+        udp_fd: RawFd,
         timeout: Duration,
         mut on_frame: impl FnMut(SocketAddr, &mut [u8]),
     ) -> bool {
-        self.pollfds.clear();
-        self.order.clear();
-        self.pollfds.push(libc::pollfd {
-            fd: udp_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        let accepting = self.accept_paused_until.is_none_or(|t| Instant::now() >= t);
-        self.pollfds.push(libc::pollfd {
-            fd: self.listener.as_raw_fd(),
-            events: if accepting { libc::POLLIN } else { 0 },
-            revents: 0,
-        });
-        for (addr, link) in &self.links {
-            let mut events = libc::POLLIN;
-            if !link.out.is_empty() {
-                events |= libc::POLLOUT;
+        if self.udp_fd != Some(udp_fd) {
+            let op = if self.udp_fd.is_some() {
+                libc::EPOLL_CTL_MOD
+            } else {
+                libc::EPOLL_CTL_ADD
+            };
+            if self
+                .ctl(op, udp_fd, libc::EPOLLIN as u32, UDP_TOKEN)
+                .is_ok()
+            {
+                self.udp_fd = Some(udp_fd);
             }
-            self.pollfds.push(libc::pollfd {
-                fd: link.stream.as_raw_fd(),
-                events,
-                revents: 0,
-            });
-            self.order.push(*addr);
+        }
+        let now = Instant::now();
+        let accepting = self.accept_paused_until.is_none_or(|t| now >= t);
+        if accepting != self.listener_armed {
+            let events = if accepting { libc::EPOLLIN as u32 } else { 0 };
+            if self
+                .ctl(
+                    libc::EPOLL_CTL_MOD,
+                    self.listener.as_raw_fd(),
+                    events,
+                    LISTENER_TOKEN,
+                )
+                .is_ok()
+            {
+                self.listener_armed = accepting;
+            }
         }
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `pollfds` is a valid, initialised array of `pollfds.len()` pollfd structs
-        // that lives across the call; poll only writes their `revents`.
+        self.events.clear();
+        // SAFETY: the epoll descriptor is ours and open; `events` has capacity for
+        // EVENTS_PER_WAIT entries, which is the count passed, and epoll_wait writes at most
+        // that many; the length is set to what it reports below.
         let n = unsafe {
-            libc::poll(
-                self.pollfds.as_mut_ptr(),
-                self.pollfds.len() as libc::nfds_t,
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                EVENTS_PER_WAIT as libc::c_int,
                 ms,
             )
         };
+        // SAFETY: epoll_wait initialised the first `n` entries (n ≤ capacity); on an error
+        // (n < 0, e.g. EINTR) none are used.
+        unsafe { self.events.set_len(n.max(0) as usize) };
         let now = Instant::now();
-        let udp_readable = n > 0 && self.pollfds[0].revents & libc::POLLIN != 0;
-        if n > 0 && self.pollfds[1].revents & libc::POLLIN != 0 {
-            self.accept(now);
-        }
-        if n > 0 {
-            for i in 0..self.order.len() {
-                let revents = self.pollfds[i + 2].revents;
-                if revents == 0 {
-                    continue;
-                }
-                let addr = self.order[i];
-                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                    self.read(now, addr, &mut on_frame);
-                }
-                if revents & libc::POLLOUT != 0 {
-                    self.write(now, addr);
+        let mut udp_readable = false;
+        let events = std::mem::take(&mut self.events);
+        for event in &events {
+            let (token, flags) = (event.u64, event.events);
+            match token {
+                UDP_TOKEN => udp_readable = flags & libc::EPOLLIN as u32 != 0,
+                LISTENER_TOKEN => self.accept(now),
+                _ => {
+                    let Some(&addr) = self.tokens.get(&token) else {
+                        continue;
+                    };
+                    let readable = (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+                    if flags & readable != 0 {
+                        self.read(now, addr, &mut on_frame);
+                    }
+                    if flags & libc::EPOLLOUT as u32 != 0 {
+                        self.write(now, addr);
+                    }
                 }
             }
         }
-        self.expire(now);
+        self.events = events;
+        if now >= self.next_expire {
+            self.next_expire = now + EXPIRE_EVERY;
+            self.expire(now);
+        }
         self.close_pending();
         udp_readable
     }
@@ -264,6 +362,21 @@ impl IceTcp {
                         self.counters.refused += 1;
                         continue;
                     }
+                    let token = self.next_token;
+                    if self
+                        .ctl(
+                            libc::EPOLL_CTL_ADD,
+                            stream.as_raw_fd(),
+                            libc::EPOLLIN as u32,
+                            token,
+                        )
+                        .is_err()
+                    {
+                        self.counters.refused += 1;
+                        continue;
+                    }
+                    self.next_token += 1;
+                    self.tokens.insert(token, addr);
                     *self.per_source.entry(addr.ip()).or_default() += 1;
                     let _ = stream.set_nodelay(true);
                     limit_send_buffer(&stream);
@@ -272,6 +385,8 @@ impl IceTcp {
                         addr,
                         TcpLink {
                             stream,
+                            token,
+                            writing: false,
                             reader: FrameReader::default(),
                             out: FrameQueue::default(),
                             opened: now,
@@ -337,6 +452,7 @@ impl IceTcp {
             Ok(_) => {}
             Err(_) => self.closing.push((addr, CloseReason::Peer)),
         }
+        self.sync_interest(addr);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -354,9 +470,12 @@ impl IceTcp {
     /// Closes what was marked during the turn (once each).
     pub fn close_pending(&mut self) {
         for (addr, reason) in std::mem::take(&mut self.closing) {
-            if self.links.remove(&addr).is_none() {
+            let Some(link) = self.links.remove(&addr) else {
                 continue;
-            }
+            };
+            self.tokens.remove(&link.token);
+            // Closing the stream would drop it from the set as well; said explicitly.
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, link.stream.as_raw_fd(), 0, link.token);
             if let std::collections::hash_map::Entry::Occupied(mut e) =
                 self.per_source.entry(addr.ip())
             {

@@ -18,6 +18,8 @@ pub struct UdpBatch {
     meta: [quinn_udp::RecvMeta; quinn_udp::BATCH_SIZE],
     /// Destinations of the chunk being sent, reused between sends.
     send_addrs: Vec<socket2::SockAddr>,
+    /// The last receive filled every buffer: more may be waiting.
+    last_batch_full: bool,
 }
 
 /// Datagrams handed to one `sendmmsg` call at most.
@@ -58,6 +60,7 @@ impl UdpBatch {
             buf: vec![0u8; quinn_udp::BATCH_SIZE * RECV_BUF_SIZE],
             meta: [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE],
             send_addrs: Vec::with_capacity(SEND_CHUNK),
+            last_batch_full: false,
         })
     }
 
@@ -88,6 +91,7 @@ impl UdpBatch {
         let mut chunks = self.buf.chunks_mut(RECV_BUF_SIZE);
         let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
             std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+        self.last_batch_full = false;
         let n = match self
             .state
             .recv((&self.socket).into(), &mut slices, &mut self.meta)
@@ -96,6 +100,7 @@ impl UdpBatch {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => return Err(e),
         };
+        self.last_batch_full = n == quinn_udp::BATCH_SIZE;
         let mut count = 0;
         for i in 0..n {
             let meta = self.meta[i];
@@ -114,6 +119,13 @@ impl UdpBatch {
             }
         }
         Ok(count)
+    }
+
+    /// Whether the last receive filled every buffer: the queue was not empty when it returned,
+    /// so another receive will find something. After a partial batch, asking again would
+    /// most likely be an empty system call (half of them were, at fan-out 100).
+    pub fn more_waiting(&self) -> bool {
+        self.last_batch_full
     }
 
     /// Sends the whole batch with `sendmmsg`. Datagrams the kernel refuses (buffer full) are

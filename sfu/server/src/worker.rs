@@ -171,6 +171,7 @@ fn run(
                 out.flush(&mut batch);
                 match got {
                     Ok(0) => break,
+                    Ok(_) if !out.socket.more_waiting() => break,
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(worker = index, error = %e, "UDP receive failed");
