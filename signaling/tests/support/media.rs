@@ -125,6 +125,11 @@ async fn flush(peer: &Mutex<SimPeer>, socket: &UdpSocket) {
 impl Client {
     /// Starts `media`'s session: sends its offer and applies the SFU's answer.
     pub async fn start_media(&mut self, media: &MediaPeer) {
+        self.start_media_answered(media).await;
+    }
+
+    /// As [`Client::start_media`]; returns the SFU's answer.
+    pub async fn start_media_answered(&mut self, media: &MediaPeer) -> String {
         self.send(json!({"type": "offer", "sdp": media.offer()}))
             .await;
         let answer = self.next_of("answer").await;
@@ -134,6 +139,7 @@ impl Client {
             .lock()
             .unwrap()
             .apply_answer(Instant::now(), &sdp);
+        sdp
     }
 
     /// From now on answers the SFU's offers for `media` in the background; returns the other

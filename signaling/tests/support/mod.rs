@@ -66,20 +66,16 @@ pub fn start_command(launcher: &[&str], extra: &[&str]) -> Server {
     let log = dir.join("signaling.log");
     let mut command: Vec<String> = launcher.iter().map(|s| s.to_string()).collect();
     command.push(env!("CARGO_BIN_EXE_signaling").into());
-    for a in [
-        "serve",
-        "--dev",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--dev-key",
-    ] {
+    for a in ["serve", "--dev", "--listen", "127.0.0.1:0", "--dev-key"] {
         command.push(a.into());
     }
     command.push(key.display().to_string());
     command.push("--audit-log".into());
     command.push(audit.display().to_string());
+    // One SFU worker unless the test asks for more.
+    if !extra.contains(&"--workers") {
+        command.extend(["--workers".into(), "1".into()]);
+    }
     command.extend(extra.iter().map(|s| s.to_string()));
     let (child, http_base, stdout) = spawn(&command, &log);
     Server {
