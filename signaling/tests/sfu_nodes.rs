@@ -18,6 +18,15 @@ impl Drop for Kill {
     }
 }
 
+/// Stops a node as Kubernetes and systemd do.
+fn sigterm(node: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
 /// Status and body of a GET; (0, "") while nothing listens there yet.
 async fn get(base: &str, path: &str) -> (u16, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -230,13 +239,7 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
         patient_b.negotiate_in_background(&pb),
         companion.negotiate_in_background(&cm),
     ];
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &a.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&a);
     until("node a reporting its drain", 10, async || {
         get(&format!("http://{metrics_a}"), "/readyz").await.0 == 503
     })
@@ -426,13 +429,7 @@ async fn at_the_drain_deadline_a_nodes_visit_moves_with_under_3_s_of_media_lost(
     let (mut a, _b, metrics_b, mut doctor, mut patient) =
         visit_on_node_a(&cluster, &["--drain-timeout-secs", "3"]).await;
     let term = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &a.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&a);
     // The visit goes on through the draining node until the deadline...
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(doctor.sessions(), 1, "no move before the deadline");

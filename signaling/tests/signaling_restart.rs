@@ -41,15 +41,8 @@ async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
     let doctor_token = server.token("visit-r", "doc-4411", "Dr Berg", "clinician");
     let patient_token = server.token("visit-r", "pat-7f3a", "Anna", "patient");
     let waiting_token = server.token("visit-r", "pat-9c2e", "Bo", "patient");
-    let mut doctor = server.connect(&doctor_token).await;
-    doctor.next_of("welcome").await;
-    let mut patient = server.connect(&patient_token).await;
-    patient.next_of("welcome").await;
-    let patient_id = doctor.first_waiting().await;
-    doctor
-        .send(serde_json::json!({"type": "admit", "participant": patient_id}))
-        .await;
-    patient.next_of("admitted").await;
+    let (mut doctor, mut patient) =
+        support::media::admitted_pair(&server, &doctor_token, &patient_token).await;
     let mut waiting = server.connect(&waiting_token).await;
     assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
 

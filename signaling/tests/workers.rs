@@ -34,15 +34,8 @@ async fn rooms_are_spread_over_workers_and_each_participant_is_served_by_its_roo
     for meeting in ["visit-a", "visit-b", "visit-c"] {
         let doctor_token = server.token(meeting, &format!("doc-{meeting}"), "Dr Berg", "clinician");
         let patient_token = server.token(meeting, &format!("pat-{meeting}"), "Anna", "patient");
-        let mut doctor = server.connect(&doctor_token).await;
-        doctor.next_of("welcome").await;
-        let mut patient = server.connect(&patient_token).await;
-        patient.next_of("welcome").await;
-        let id = doctor.first_waiting().await;
-        doctor
-            .send(serde_json::json!({"type": "admit", "participant": id}))
-            .await;
-        patient.next_of("admitted").await;
+        let (mut doctor, mut patient) =
+            support::media::admitted_pair(&server, &doctor_token, &patient_token).await;
         let (dm, pm) = (
             MediaPeer::new("doctor").await,
             MediaPeer::new("patient").await,

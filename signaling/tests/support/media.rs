@@ -233,19 +233,29 @@ pub fn frames_per_second(frames: &[Instant], from: Instant, to: Instant) -> Vec<
     counts
 }
 
-/// A clinician and a patient of `meeting`, admitted, with media running both ways.
-pub async fn visit(server: &Server, meeting: &str) -> (MediaPeer, MediaPeer, Client, Client) {
-    let doctor_token = server.token(meeting, "doc-4411", "Dr Berg", "clinician");
-    let patient_token = server.token(meeting, "pat-7f3a", "Anna", "patient");
-    let mut doctor = server.connect(&doctor_token).await;
+/// A clinician and a patient joined with these tokens, the patient admitted (no media yet).
+pub async fn admitted_pair(
+    server: &Server,
+    doctor_token: &str,
+    patient_token: &str,
+) -> (Client, Client) {
+    let mut doctor = server.connect(doctor_token).await;
     doctor.next_of("welcome").await;
-    let mut patient = server.connect(&patient_token).await;
+    let mut patient = server.connect(patient_token).await;
     patient.next_of("welcome").await;
     let patient_id = doctor.first_waiting().await;
     doctor
         .send(json!({"type": "admit", "participant": patient_id}))
         .await;
     patient.next_of("admitted").await;
+    (doctor, patient)
+}
+
+/// A clinician and a patient of `meeting`, admitted, with media running both ways.
+pub async fn visit(server: &Server, meeting: &str) -> (MediaPeer, MediaPeer, Client, Client) {
+    let doctor_token = server.token(meeting, "doc-4411", "Dr Berg", "clinician");
+    let patient_token = server.token(meeting, "pat-7f3a", "Anna", "patient");
+    let (mut doctor, mut patient) = admitted_pair(server, &doctor_token, &patient_token).await;
     let doctor_media = MediaPeer::new("doctor").await;
     let patient_media = MediaPeer::new("patient").await;
     doctor.start_media(&doctor_media).await;
