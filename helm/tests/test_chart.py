@@ -94,7 +94,8 @@ VALUE_SETS = {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
                     "prometheusRule": {"enabled": True}},
         "tokens": {"jwksUrl": "https://idp.region.example/jwks.json",
-                   "jwksCaSecret": {"name": "region-ca", "key": "ca.pem"}},
+                   "jwksCaSecret": {"name": "region-ca", "key": "ca.pem"},
+                   "signingKeySecret": {"name": "token-signing", "key": "signing.key"}},
         "api": {"clients": [{"name": "booking", "units": ["SE2321000016-ABCD"],
                              "keySha256": "ab" * 32}]},
     },
@@ -349,6 +350,13 @@ class ChartRenders(unittest.TestCase):
         self.assertEqual(config["tokens"]["jwks_url"], "https://idp.region.example/jwks.json")
         self.assertNotIn("jwks_file", config["tokens"])
         self.assertEqual(config["api"]["clients"][0]["key_sha256"], "ab" * 32)
+        # The API mints tokens with the key mounted from its Secret (and only then).
+        self.assertEqual(config["tokens"]["signing_key"], "/etc/healthcare-sfu/token-signing/signing.key")
+        pod = find(docs, "StatefulSet", f"{FULL}-signaling")["spec"]["template"]["spec"]
+        mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        self.assertIn("/etc/healthcare-sfu/token-signing", mounts)
+        default = tomllib.loads(find(self.rendered["defaults"], "ConfigMap", f"{FULL}-signaling")["data"]["signaling.toml"])
+        self.assertNotIn("signing_key", default["tokens"])
 
 
 class AlertsAndDashboard(unittest.TestCase):
