@@ -28,6 +28,7 @@ pub mod meeting_room;
 pub mod meetings;
 pub mod meetings_api;
 pub mod message_budget;
+pub mod node_load;
 pub mod private_file;
 pub mod server;
 pub mod service_gauges;

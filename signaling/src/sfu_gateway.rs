@@ -2,6 +2,7 @@
 //! connections (mutual TLS), places new rooms on the least-loaded node and routes commands;
 //! relays the nodes' events to the hub.
 
+use crate::node_load::NodeLoad;
 use crate::sfu_control::SfuControl;
 use sfu_proto::{
     Command, ControlMessage, DisconnectReason, Event, LoadReport, PROTOCOL_VERSION, ParticipantId,
@@ -15,8 +16,8 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 struct NodeLink {
     id: String,
     tx: UnboundedSender<Command>,
-    /// The node's last load report (for operators; placement counts participants itself).
-    load: LoadReport,
+    /// Its workers and last load report: where a new room goes.
+    load: NodeLoad,
 }
 
 #[derive(Default)]
@@ -122,7 +123,10 @@ impl RemoteSfu {
                 NodeLink {
                     id: node_id.clone(),
                     tx,
-                    load: LoadReport::default(),
+                    load: NodeLoad {
+                        workers,
+                        report: LoadReport::default(),
+                    },
                 },
             );
             key
@@ -143,7 +147,7 @@ impl RemoteSfu {
                             if let Ok(mut n) = self.nodes.lock()
                                 && let Some(link) = n.links.get_mut(&key)
                             {
-                                link.load = report;
+                                link.load.report = report;
                             }
                         }
                         ControlMessage::Event(event) => {
@@ -190,7 +194,7 @@ impl Drop for CloseOnDrop {
 impl SfuControl for RemoteSfu {
     fn node_counts(&self) -> Option<(usize, usize)> {
         let n = self.nodes.lock().ok()?;
-        let draining = n.links.values().filter(|l| l.load.draining).count();
+        let draining = n.links.values().filter(|l| l.load.report.draining).count();
         Some((n.links.len() - draining, draining))
     }
 
@@ -200,16 +204,25 @@ impl SfuControl for RemoteSfu {
                 return;
             };
             let n = &mut *guard;
-            // A new room goes to the node with the fewest participants, never to one that is
-            // draining (stopping once its rooms are empty).
-            let keys: Vec<u64> = n
+            // A new room goes to the node with the least CPU per worker (its report, plus what
+            // was placed on it since), never to one that is draining (stopping once its rooms
+            // are empty); between equals, to the one with fewer participants.
+            let candidates: Vec<(u64, NodeLoad)> = n
                 .links
                 .iter()
-                .filter(|(_, l)| !l.load.draining)
-                .map(|(k, _)| *k)
+                .filter(|(_, l)| !l.load.report.draining)
+                .map(|(k, l)| (*k, l.load.clone()))
                 .collect();
             let key = n.placement.route(&command, |p| {
-                keys.iter().copied().min_by_key(|k| p.count(*k))
+                candidates
+                    .iter()
+                    .min_by(|(a, la), (b, lb)| {
+                        let (ca, cb) = (p.count(*a), p.count(*b));
+                        la.cpu_per_worker(ca)
+                            .total_cmp(&lb.cpu_per_worker(cb))
+                            .then(ca.cmp(&cb))
+                    })
+                    .map(|(k, _)| *k)
             });
             key.and_then(|k| n.links.get(&k))
                 .map(|l| (l.tx.clone(), l.id.clone()))

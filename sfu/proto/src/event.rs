@@ -43,6 +43,9 @@ pub struct LoadReport {
     /// takes no new ones.
     #[serde(default)]
     pub draining: bool,
+    /// The node process's CPU over the last interval, % of one core (all its threads).
+    #[serde(default)]
+    pub cpu_percent: f32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -138,6 +138,7 @@ async fn session(
     let mut incoming = spawn_reader(recv);
     let mut tick = tokio::time::interval(config.load_interval);
     let mut last = (node.counters().0, std::time::Instant::now());
+    let mut cpu = crate::process_cpu::ProcessCpu::default();
     loop {
         // A drain is reported at once (a report now), so no new room is placed here meanwhile.
         let drain_started = async {
@@ -173,6 +174,7 @@ async fn session(
                     packets_out_per_s: rate(c.packets_out, last.0.packets_out),
                     dropped_per_s: rate(c.dropped(), last.0.dropped()),
                     draining: *draining.borrow(),
+                    cpu_percent: cpu.percent(),
                 };
                 last = (c, now);
                 write_message(&mut send, &ControlMessage::Event(Event::Load(report))).await?;

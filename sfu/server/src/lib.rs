@@ -10,6 +10,7 @@ pub mod logging;
 pub mod metric_descriptions;
 pub mod node;
 pub mod node_file_config;
+pub mod process_cpu;
 pub mod room_placement;
 pub mod udp_batch;
 pub mod worker;
