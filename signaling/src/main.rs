@@ -668,10 +668,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     ice_tcp: args.ice_tcp.or(sfu.ice_tcp).unwrap_or(true),
                     ..Default::default()
                 };
-                let node = sfu_server::SfuNode::start(&node_config, move |e| {
+                let node = Arc::new(sfu_server::SfuNode::start(&node_config, move |e| {
                     let _ = event_tx.send(e);
-                })?;
-                (Arc::new(node), Arc::new(|| true))
+                })?);
+                // Ready while every worker thread runs.
+                let probe = node.clone();
+                (node, Arc::new(move || probe.workers_running()))
             }
             SfuMode::Remote => {
                 let control = args

@@ -10,10 +10,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What `/readyz` reports, shared with the control link.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Readiness {
     control_link_up: AtomicBool,
     draining: AtomicBool,
+    /// Whether the workers run (set once the node has started them).
+    workers: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("control_link_up", &self.control_link_up)
+            .field("draining", &self.draining)
+            .finish()
+    }
 }
 
 impl Readiness {
@@ -26,8 +37,15 @@ impl Readiness {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// How to tell whether the node's workers run.
+    pub fn watch_workers(&self, running: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.workers.set(Box::new(running));
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.control_link_up.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+        self.control_link_up.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
+            && self.workers.get().is_none_or(|running| running())
     }
 }
 

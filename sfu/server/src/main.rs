@@ -160,6 +160,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "sfu".into())
         });
         let node = Arc::new(node);
+        let probe = node.clone();
+        readiness.watch_workers(move || probe.workers_running());
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let link = control_client::run(

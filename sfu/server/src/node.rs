@@ -267,6 +267,14 @@ impl SfuNode {
         }
     }
 
+    /// Whether every worker thread is still running (one that panicked or stopped serves
+    /// nobody: the node is not ready).
+    pub fn workers_running(&self) -> bool {
+        self.workers
+            .iter()
+            .all(|w| w.thread.as_ref().is_some_and(|t| !t.is_finished()))
+    }
+
     pub fn shutdown(&mut self) {
         for tx in &self.senders {
             let _ = tx.send(WorkerInput::Shutdown);
@@ -282,5 +290,42 @@ impl SfuNode {
 impl Drop for SfuNode {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health_listener::Readiness;
+
+    #[test]
+    fn a_node_whose_workers_stopped_is_not_ready() {
+        let mut node = SfuNode::start(
+            &NodeConfig {
+                workers: 2,
+                bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                advertised_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                ice_tcp: false,
+                ..Default::default()
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert!(node.workers_running());
+        node.shutdown();
+        assert!(!node.workers_running());
+
+        let readiness = Readiness::default();
+        readiness.set_control_link_up(true);
+        assert!(readiness.is_ready(), "no workers watched yet");
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let probe = running.clone();
+        readiness.watch_workers(move || probe.load(Ordering::Relaxed));
+        assert!(readiness.is_ready());
+        running.store(false, Ordering::Relaxed);
+        assert!(
+            !readiness.is_ready(),
+            "a stopped worker makes the node unready"
+        );
     }
 }
