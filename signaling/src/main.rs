@@ -653,51 +653,81 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     sfu_server::metric_descriptions::describe();
 
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (sfu, ready): (Arc<dyn SfuControl>, Arc<dyn Fn() -> bool + Send + Sync>) =
-        match args.sfu_mode {
-            SfuMode::Embedded => {
-                let node_config = sfu_server::NodeConfig {
-                    workers: args.workers.or(sfu.workers).unwrap_or(0),
-                    bind_ip: args.udp_bind_ip.or(sfu.bind_ip).unwrap_or(listen.ip()),
-                    udp_port_base: args.udp_port_base.or(sfu.udp_port_base).unwrap_or(0),
-                    advertised_ip: args
-                        .advertise_ip
-                        .or(sfu.advertise_ip)
-                        .or(args.udp_bind_ip)
-                        .unwrap_or(listen.ip()),
-                    ice_tcp: args.ice_tcp.or(sfu.ice_tcp).unwrap_or(true),
-                    ..Default::default()
-                };
-                let node = Arc::new(sfu_server::SfuNode::start(&node_config, move |e| {
-                    let _ = event_tx.send(e);
-                })?);
-                // Ready while every worker thread runs.
-                let probe = node.clone();
-                (node, Arc::new(move || probe.workers_running()))
+    let (sfu, ready): (Arc<dyn SfuControl>, Arc<dyn Fn() -> bool + Send + Sync>) = match args
+        .sfu_mode
+    {
+        SfuMode::Embedded => {
+            let node_config = sfu_server::NodeConfig {
+                workers: args.workers.or(sfu.workers).unwrap_or(0),
+                bind_ip: args.udp_bind_ip.or(sfu.bind_ip).unwrap_or(listen.ip()),
+                udp_port_base: args.udp_port_base.or(sfu.udp_port_base).unwrap_or(0),
+                advertised_ip: args
+                    .advertise_ip
+                    .or(sfu.advertise_ip)
+                    .or(args.udp_bind_ip)
+                    .unwrap_or(listen.ip()),
+                ice_tcp: args.ice_tcp.or(sfu.ice_tcp).unwrap_or(true),
+                ..Default::default()
+            };
+            let node = Arc::new(sfu_server::SfuNode::start(&node_config, move |e| {
+                let _ = event_tx.send(e);
+            })?);
+            // Ready while every worker thread runs.
+            let probe = node.clone();
+            (node, Arc::new(move || probe.workers_running()))
+        }
+        SfuMode::Remote => {
+            // The nodes' own configs set their workers and ports: say so rather than
+            // ignore what was set here.
+            let mut unused: Vec<&str> = Vec::new();
+            for (set, key) in [
+                (args.workers.is_some() || sfu.workers.is_some(), "workers"),
+                (
+                    args.udp_bind_ip.is_some() || sfu.bind_ip.is_some(),
+                    "bind_ip",
+                ),
+                (
+                    args.udp_port_base.is_some() || sfu.udp_port_base.is_some(),
+                    "udp_port_base",
+                ),
+                (
+                    args.advertise_ip.is_some() || sfu.advertise_ip.is_some(),
+                    "advertise_ip",
+                ),
+                (args.ice_tcp.is_some() || sfu.ice_tcp.is_some(), "ice_tcp"),
+            ] {
+                if set {
+                    unused.push(key);
+                }
             }
-            SfuMode::Remote => {
-                let control = args
-                    .sfu_listen
-                    .context("remote SFU mode needs --sfu-listen (SIGNALING_SFU_LISTEN)")?;
-                let (Some(ca), Some(cert), Some(key)) =
-                    (&args.cluster_ca, &args.cluster_cert, &args.cluster_key)
-                else {
-                    anyhow::bail!(
-                        "remote SFU mode needs --cluster-ca, --cluster-cert and --cluster-key"
-                    );
-                };
-                let tls = sfu_server::cluster_tls::ClusterTls::load(ca, cert, key)?;
-                let endpoint = quinn::Endpoint::server(tls.quic_server()?, control)
-                    .with_context(|| format!("binding SFU control listener {control}"))?;
-                let bound = endpoint.local_addr()?;
-                say!("SFU control listening on {bound}");
-                tracing::info!(%bound, "SFU control listener up");
-                let remote = RemoteSfu::new(event_tx);
-                tokio::spawn(remote.clone().accept(endpoint));
-                let probe = remote.clone();
-                (remote, Arc::new(move || probe.node_count() > 0))
+            if !unused.is_empty() {
+                tracing::warn!(
+                    keys = ?unused,
+                    "[sfu] settings (and their flags) are not used in remote mode: each sfu node's own config sets its workers, ports and address"
+                );
             }
-        };
+            let control = args
+                .sfu_listen
+                .context("remote SFU mode needs --sfu-listen (SIGNALING_SFU_LISTEN)")?;
+            let (Some(ca), Some(cert), Some(key)) =
+                (&args.cluster_ca, &args.cluster_cert, &args.cluster_key)
+            else {
+                anyhow::bail!(
+                    "remote SFU mode needs --cluster-ca, --cluster-cert and --cluster-key"
+                );
+            };
+            let tls = sfu_server::cluster_tls::ClusterTls::load(ca, cert, key)?;
+            let endpoint = quinn::Endpoint::server(tls.quic_server()?, control)
+                .with_context(|| format!("binding SFU control listener {control}"))?;
+            let bound = endpoint.local_addr()?;
+            say!("SFU control listening on {bound}");
+            tracing::info!(%bound, "SFU control listener up");
+            let remote = RemoteSfu::new(event_tx);
+            tokio::spawn(remote.clone().accept(endpoint));
+            let probe = remote.clone();
+            (remote, Arc::new(move || probe.node_count() > 0))
+        }
+    };
     let audit_path = args.audit_log.or(file_audit).or_else(|| {
         dev_issuer
             .as_ref()
