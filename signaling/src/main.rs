@@ -972,9 +972,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(2)));
         tracing::info!("stopping: clients are told to connect again");
-        stopping
-            .meetings
-            .hand_over(jiff::Timestamp::now(), &*stopping.sfu);
+        stopping.meetings.hand_over(&*stopping.sfu);
     });
     let limited = LimitedAcceptor { limits };
     let mut server = axum_server::from_tcp(std_listener).handle(handle);

@@ -55,6 +55,17 @@ pub async fn act(
             ) {
                 state.meetings.remember_decision(room, now);
             }
+            // Who is admitted is stored too: a restart (even a crash) lets them back in past
+            // the waiting room within their grace.
+            if matches!(
+                action,
+                Action::Admit(_)
+                    | Action::AdmitWithCompanions(_)
+                    | Action::AdmitGroup { .. }
+                    | Action::ToLobby(_)
+            ) {
+                state.meetings.persist();
+            }
             // Photos shared in it go with the meeting.
             if action == Action::EndMeeting {
                 state.images.forget_meeting(&room.id);

@@ -829,12 +829,10 @@ impl RoomState {
             }
             Action::ToLobby(t) => {
                 self.target(actor, action)?;
-                self.forget_readmission(t);
                 self.send_to_lobby(t, now, fx);
             }
             Action::Remove(t) => {
                 self.target(actor, action)?;
-                self.forget_readmission(t);
                 if let Some(m) = self.detach(t, fx) {
                     self.admitted.remove(&m.sub);
                     // A consultant removed is no longer invited: their link stops working.
@@ -848,14 +846,6 @@ impl RoomState {
             }
         }
         Ok(())
-    }
-
-    /// A clinician's decision made while the service stops (after its hand-over) holds after
-    /// the restart too: the person is no longer let back in past the waiting room.
-    fn forget_readmission(&mut self, id: &ParticipantId) {
-        if let Some(m) = self.members.get(id) {
-            self.record.readmit.retain(|r| r.sub != m.sub);
-        }
     }
 
     fn admit(&mut self, id: &ParticipantId, now: Timestamp, fx: &mut Effects) {
@@ -1284,38 +1274,31 @@ impl RoomState {
         self.broadcast_admitted(Some(&id), &joined, fx);
     }
 
-    /// The service is stopping: everyone admitted (connected now, or within their grace) is
-    /// written into the record to be let back in past the waiting room until `now + grace`,
-    /// and every connection is told to connect again. Returns whether the record now holds
-    /// anyone to keep.
-    pub fn hand_over(&mut self, now: Timestamp, grace: SignedDuration, fx: &mut Effects) -> bool {
-        let until = now + grace;
-        self.record.readmit = self
+    /// Everyone admitted — connected now, or gone within their grace — to let back in past
+    /// the waiting room after a restart: the connected until `now + grace`, the others until
+    /// their grace ends.
+    pub fn readmissions(&self, now: Timestamp, grace: SignedDuration) -> Vec<Readmission> {
+        let mut list: Vec<Readmission> = self
             .admitted
             .iter()
-            .filter_map(|(sub, grace_until)| match grace_until {
-                None => Some(Readmission {
+            .filter_map(|(sub, until)| {
+                let until = until.unwrap_or(now + grace);
+                (until >= now).then(|| Readmission {
                     sub: sub.clone(),
                     until,
-                }),
-                Some(t) if *t >= now => Some(Readmission {
-                    sub: sub.clone(),
-                    until: *t,
-                }),
-                Some(_) => None,
+                })
             })
             .collect();
-        self.record.readmit.sort_by(|a, b| a.sub.cmp(&b.sub));
+        list.sort_by(|a, b| a.sub.cmp(&b.sub));
+        list
+    }
+
+    /// The service is stopping: every connection is told to connect again (who is admitted
+    /// is what the store keeps, see [`RoomState::readmissions`]).
+    pub fn hand_over(&mut self, fx: &mut Effects) {
         for id in self.members.keys() {
             fx.close(id, CloseReason::Restarting.outbound());
         }
-        let keep = !self.record.readmit.is_empty();
-        // An unbooked meeting is stored only while it remembers something: now this.
-        if keep && !self.record.booked {
-            self.record.remember_until =
-                Some(self.record.remember_until.map_or(until, |t| t.max(until)));
-        }
-        keep
     }
 
     pub fn audit_take(
@@ -1499,9 +1482,10 @@ mod tests {
         )
         .unwrap();
         let mut fx = Effects::default();
-        assert!(s.hand_over(at(10), SignedDuration::from_secs(60), &mut fx));
+        s.hand_over(&mut fx);
+        let grace = SignedDuration::from_secs(60);
         assert_eq!(
-            s.record.readmit,
+            s.readmissions(at(10), grace),
             [Readmission {
                 sub: "pat".into(),
                 until: at(70)
@@ -1513,6 +1497,7 @@ mod tests {
                 [Outbound::Close { code: 1012, .. }]
             ));
         }
+        s.record.readmit = s.readmissions(at(10), grace);
         // The record as stored, loaded by the restarted service.
         let stored: MeetingRecord =
             serde_json::from_str(&serde_json::to_string(&s.record).unwrap()).unwrap();
@@ -1548,7 +1533,7 @@ mod tests {
             &mut Effects::default(),
         )
         .unwrap();
-        assert!(s.record.readmit.is_empty());
+        assert!(s.readmissions(at(11), grace).is_empty());
     }
 
     fn texts(fx: &Effects, id: &ParticipantId) -> Vec<Value> {

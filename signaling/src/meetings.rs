@@ -646,12 +646,11 @@ impl Meetings {
     /// The service is stopping: who is admitted where goes into the store (let back in past
     /// the waiting room within the reconnect grace after the restart), and every connection is
     /// told to connect again (`closing` with reason `restarting`, close 1012).
-    pub fn hand_over(&self, now: Timestamp, sfu: &dyn SfuControl) {
-        let grace = self.policy.reconnect_grace;
-        for room in self.list() {
-            self.with_room(&room, sfu, |s, fx| s.hand_over(now, grace, fx));
-        }
+    pub fn hand_over(&self, sfu: &dyn SfuControl) {
         self.persist();
+        for room in self.list() {
+            self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
+        }
     }
 
     /// Writes booked meetings, and unbooked ones that remember a denial or an end, to the
@@ -661,11 +660,19 @@ impl Meetings {
             return;
         };
         let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Who is admitted goes with each record: a restart — planned or not — lets them back
+        // in past the waiting room within their grace.
+        let now = Timestamp::now();
         let records: Vec<MeetingRecord> = self
             .list()
             .iter()
-            .map(|r| r.lock().record.clone())
-            .filter(|r| r.booked || r.remember_until.is_some())
+            .map(|r| {
+                let s = r.lock();
+                let mut record = s.record.clone();
+                record.readmit = s.readmissions(now, self.policy.reconnect_grace);
+                record
+            })
+            .filter(|r| r.booked || r.remember_until.is_some() || !r.readmit.is_empty())
             .collect();
         let tmp = path.with_extension("tmp");
         let result = serde_json::to_vec_pretty(&records)

@@ -83,3 +83,26 @@ async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
     assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Not stopped but killed (a crash, an OOM kill, a node lost): whoever was admitted is still
+/// let back in past the waiting room — the store is written when someone is admitted.
+#[tokio::test]
+async fn after_a_crash_the_admitted_patient_still_skips_the_waiting_room() {
+    let dir = std::env::temp_dir().join(format!("hc-crash-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = dir.join("meetings.json").display().to_string();
+    let mut server = support::start_with(&["--meeting-store", &store]);
+    let doctor_token = server.token("visit-k", "doc-4411", "Dr Berg", "clinician");
+    let patient_token = server.token("visit-k", "pat-7f3a", "Anna", "patient");
+    let waiting_token = server.token("visit-k", "pat-9c2e", "Bo", "patient");
+    let (_doctor, _patient) =
+        support::media::admitted_pair(&server, &doctor_token, &patient_token).await;
+    let mut waiting = server.connect(&waiting_token).await;
+    assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
+    server.restart(); // SIGKILL, then started again on the same files
+    let mut patient = server.connect(&patient_token).await;
+    assert_eq!(patient.next_of("welcome").await["state"], "admitted");
+    let mut waiting = server.connect(&waiting_token).await;
+    assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
