@@ -32,24 +32,63 @@ async fn told_to_reconnect(client: &mut support::Client) -> (serde_json::Value, 
     }
 }
 
-#[tokio::test]
-async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
-    let dir = std::env::temp_dir().join(format!("hc-restart-{}", rand::random::<u64>()));
+/// A visit on a service with a meeting store: the clinician, the admitted patient, a second
+/// patient still waiting, and the tokens to come back with.
+struct Scene {
+    server: support::Server,
+    dir: std::path::PathBuf,
+    store: String,
+    doctor: support::Client,
+    patient: support::Client,
+    waiting: support::Client,
+    patient_token: String,
+    waiting_token: String,
+}
+
+async fn scene(meeting: &str) -> Scene {
+    let dir = std::env::temp_dir().join(format!("hc-{meeting}-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = dir.join("meetings.json").display().to_string();
-    let mut server = support::start_with(&["--meeting-store", &store]);
-    let doctor_token = server.token("visit-r", "doc-4411", "Dr Berg", "clinician");
-    let patient_token = server.token("visit-r", "pat-7f3a", "Anna", "patient");
-    let waiting_token = server.token("visit-r", "pat-9c2e", "Bo", "patient");
-    let (mut doctor, mut patient) =
+    let server = support::start_with(&["--meeting-store", &store]);
+    let doctor_token = server.token(meeting, "doc-4411", "Dr Berg", "clinician");
+    let patient_token = server.token(meeting, "pat-7f3a", "Anna", "patient");
+    let waiting_token = server.token(meeting, "pat-9c2e", "Bo", "patient");
+    let (doctor, patient) =
         support::media::admitted_pair(&server, &doctor_token, &patient_token).await;
     let mut waiting = server.connect(&waiting_token).await;
     assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
+    Scene {
+        server,
+        dir,
+        store,
+        doctor,
+        patient,
+        waiting,
+        patient_token,
+        waiting_token,
+    }
+}
 
+/// After the restart: the admitted patient skips the waiting room, the waiting one waits.
+async fn admissions_kept(scene: &Scene) {
+    let mut patient = scene.server.connect(&scene.patient_token).await;
+    assert_eq!(
+        patient.next_of("welcome").await["state"],
+        "admitted",
+        "the admitted patient skips the waiting room after the restart"
+    );
+    let mut waiting = scene.server.connect(&scene.waiting_token).await;
+    assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
+}
+
+#[tokio::test]
+async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
+    let mut scene = scene("visit-r").await;
+    let server = &mut scene.server;
     let (status, took) = server.terminate();
     assert!(status.success(), "signaling exited with {status}");
     assert!(took < Duration::from_secs(5), "stopped after {took:?}");
-    for client in [&mut doctor, &mut patient, &mut waiting] {
+    for client in [&mut scene.doctor, &mut scene.patient, &mut scene.waiting] {
         let (closing, code) = told_to_reconnect(client).await;
         assert_eq!(closing["reason"], "restarting");
         assert_eq!(code, 1012, "RFC 6455's Service Restart");
@@ -66,43 +105,23 @@ async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
         .count();
     assert_eq!(leaves, 3, "{audit}");
     // The store keeps who was admitted (pseudonymous subjects), not who waited.
-    let stored = std::fs::read_to_string(&store).unwrap();
+    let stored = std::fs::read_to_string(&scene.store).unwrap();
     assert!(
         stored.contains("pat-7f3a") && !stored.contains("pat-9c2e"),
         "{stored}"
     );
 
-    server.restart();
-    let mut patient = server.connect(&patient_token).await;
-    assert_eq!(
-        patient.next_of("welcome").await["state"],
-        "admitted",
-        "the admitted patient skips the waiting room after the restart"
-    );
-    let mut waiting = server.connect(&waiting_token).await;
-    assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
-    std::fs::remove_dir_all(&dir).unwrap();
+    scene.server.restart();
+    admissions_kept(&scene).await;
+    std::fs::remove_dir_all(&scene.dir).unwrap();
 }
 
 /// Not stopped but killed (a crash, an OOM kill, a node lost): whoever was admitted is still
 /// let back in past the waiting room — the store is written when someone is admitted.
 #[tokio::test]
 async fn after_a_crash_the_admitted_patient_still_skips_the_waiting_room() {
-    let dir = std::env::temp_dir().join(format!("hc-crash-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = dir.join("meetings.json").display().to_string();
-    let mut server = support::start_with(&["--meeting-store", &store]);
-    let doctor_token = server.token("visit-k", "doc-4411", "Dr Berg", "clinician");
-    let patient_token = server.token("visit-k", "pat-7f3a", "Anna", "patient");
-    let waiting_token = server.token("visit-k", "pat-9c2e", "Bo", "patient");
-    let (_doctor, _patient) =
-        support::media::admitted_pair(&server, &doctor_token, &patient_token).await;
-    let mut waiting = server.connect(&waiting_token).await;
-    assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
-    server.restart(); // SIGKILL, then started again on the same files
-    let mut patient = server.connect(&patient_token).await;
-    assert_eq!(patient.next_of("welcome").await["state"], "admitted");
-    let mut waiting = server.connect(&waiting_token).await;
-    assert_eq!(waiting.next_of("welcome").await["state"], "waiting");
-    std::fs::remove_dir_all(&dir).unwrap();
+    let mut scene = scene("visit-k").await;
+    scene.server.restart(); // SIGKILL, then started again on the same files
+    admissions_kept(&scene).await;
+    std::fs::remove_dir_all(&scene.dir).unwrap();
 }
