@@ -2,34 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ; 100 on Linux).
-fn ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// User + system CPU time from a `/proc/.../stat` file.
-fn stat_cpu_time(path: &std::path::Path) -> Option<Duration> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_secs_f64(
-        (utime + stime) / ticks_per_second(),
-    ))
-}
-
-/// User + system CPU time of `pid` so far (all its threads).
-pub fn cpu_time(pid: u32) -> Option<Duration> {
-    stat_cpu_time(std::path::Path::new(&format!("/proc/{pid}/stat")))
-}
+pub use sfu_server::process_cpu::cpu_time;
+use sfu_server::process_cpu::stat_cpu_time;
 
 /// CPU time of the thread of `pid` named `name` (its `comm`), e.g. the generator's.
 pub fn thread_cpu_time(pid: u32, name: &str) -> Option<Duration> {

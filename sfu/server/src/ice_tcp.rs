@@ -106,6 +106,39 @@ struct TcpLink {
     answered: bool,
 }
 
+impl TcpLink {
+    /// Watches the connection for writability in `epoll` while its queue holds something
+    /// (one system call when that changes, none otherwise).
+    fn watch_writes(&mut self, epoll: RawFd) -> io::Result<()> {
+        let want = !self.out.is_empty();
+        if want != self.writing {
+            let events = libc::EPOLLIN as u32 | if want { libc::EPOLLOUT as u32 } else { 0 };
+            epoll_ctl(
+                epoll,
+                libc::EPOLL_CTL_MOD,
+                self.stream.as_raw_fd(),
+                events,
+                self.token,
+            )?;
+            self.writing = want;
+        }
+        Ok(())
+    }
+}
+
+/// Adds, changes or removes `fd` in the epoll set `epoll` (level-triggered, as `poll`).
+fn epoll_ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event { events, u64: token };
+    // SAFETY: `epoll` is the worker's open epoll descriptor; `fd` is an open descriptor owned
+    // by this worker (the UDP socket, the listener or a connection's stream); `event` is a
+    // valid epoll_event that outlives the call (ignored for EPOLL_CTL_DEL).
+    let rc = unsafe { libc::epoll_ctl(epoll, op, fd, &mut event) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The worker's listener and connections, and the epoll set that watches them with the
 /// worker's UDP socket: a wake-up reports only what is ready, however many connections
 /// there are (`poll` over every descriptor cost the worker on each wake-up).
@@ -183,42 +216,7 @@ impl IceTcp {
 
     /// Adds, changes or removes a descriptor in the epoll set (level-triggered, as `poll`).
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event { events, u64: token };
-        // SAFETY: the epoll descriptor is ours and open; `fd` is an open descriptor owned by
-        // this worker (the UDP socket, the listener or a connection's stream); `event` is a
-        // valid epoll_event that outlives the call (ignored for EPOLL_CTL_DEL).
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Watches a connection for writability while its queue holds something.
-    fn sync_interest(&mut self, addr: SocketAddr) {
-        let Some(link) = self.links.get(&addr) else {
-            return;
-        };
-        let want = !link.out.is_empty();
-        if want == link.writing {
-            return;
-        }
-        let events = libc::EPOLLIN as u32 | if want { libc::EPOLLOUT as u32 } else { 0 };
-        if self
-            .ctl(
-                libc::EPOLL_CTL_MOD,
-                link.stream.as_raw_fd(),
-                events,
-                link.token,
-            )
-            .is_err()
-        {
-            self.closing.push((addr, CloseReason::Peer));
-            return;
-        }
-        if let Some(link) = self.links.get_mut(&addr) {
-            link.writing = want;
-        }
+        epoll_ctl(self.epoll.as_raw_fd(), op, fd, events, token)
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -240,6 +238,7 @@ impl IceTcp {
 
     /// Queues a packet for a connection; false when `dest` is not one.
     pub fn send(&mut self, now: Instant, dest: SocketAddr, packet: &[u8]) -> bool {
+        let epoll = self.epoll.as_raw_fd();
         let Some(link) = self.links.get_mut(&dest) else {
             return false;
         };
@@ -260,7 +259,9 @@ impl IceTcp {
             Queued::MediaDropped => self.counters.media_dropped += 1,
             Queued::Overflow => self.closing.push((dest, CloseReason::Slow)),
         }
-        self.sync_interest(dest);
+        if link.watch_writes(epoll).is_err() {
+            self.closing.push((dest, CloseReason::Peer));
+        }
         true
     }
 
@@ -444,6 +445,7 @@ impl IceTcp {
     }
 
     fn write(&mut self, now: Instant, addr: SocketAddr) {
+        let epoll = self.epoll.as_raw_fd();
         let Some(link) = self.links.get_mut(&addr) else {
             return;
         };
@@ -452,7 +454,9 @@ impl IceTcp {
             Ok(_) => {}
             Err(_) => self.closing.push((addr, CloseReason::Peer)),
         }
-        self.sync_interest(addr);
+        if link.watch_writes(epoll).is_err() {
+            self.closing.push((addr, CloseReason::Peer));
+        }
     }
 
     fn expire(&mut self, now: Instant) {

@@ -1,11 +1,13 @@
-//! This process's CPU use, for the node's load reports: user + system time from
-//! `/proc/self/stat`, as a share of one core over the interval between two readings.
+//! CPU time of a process from `/proc/<pid>/stat` (user + system), and this process's share
+//! of one core between two readings, for the node's load reports (the load harness reads
+//! the server under test the same way).
 
 use std::time::{Duration, Instant};
 
-/// CPU time used by this process so far; none where `/proc` cannot be read.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// User + system CPU time from a `/proc/.../stat` file (a process's, or one of its
+/// threads' under `task/`); none where it cannot be read.
+pub fn stat_cpu_time(path: &std::path::Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -14,6 +16,15 @@ fn cpu_time() -> Option<Duration> {
     // SAFETY: sysconf only reads a configuration value.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// User + system CPU time of process `pid` so far (all its threads).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    stat_cpu_time(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+fn own_cpu_time() -> Option<Duration> {
+    stat_cpu_time(std::path::Path::new("/proc/self/stat"))
 }
 
 /// Successive readings of the process's CPU share.
@@ -25,7 +36,7 @@ pub struct ProcessCpu {
 impl Default for ProcessCpu {
     fn default() -> Self {
         Self {
-            last: (cpu_time(), Instant::now()),
+            last: (own_cpu_time(), Instant::now()),
         }
     }
 }
@@ -33,7 +44,7 @@ impl Default for ProcessCpu {
 impl ProcessCpu {
     /// % of one core since the last reading (0 when unknown).
     pub fn percent(&mut self) -> f32 {
-        let now = (cpu_time(), Instant::now());
+        let now = (own_cpu_time(), Instant::now());
         let wall = now.1.duration_since(self.last.1).as_secs_f64();
         let pct = match (self.last.0, now.0) {
             (Some(a), Some(b)) if wall > 0.0 => {
