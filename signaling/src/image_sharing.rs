@@ -11,7 +11,7 @@ use crate::image_store::{ImageOrigin, MAX_IMAGE_BYTES, StoreRefusal};
 use crate::session_token::Session;
 use crate::shared_image::inspect;
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,10 +23,8 @@ use std::time::Instant;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route(
-            "/images",
-            post(share).layer(DefaultBodyLimit::max(MAX_IMAGE_BYTES)),
-        )
+        // The body's limit is `to_bytes`'s in `share` (it reads the raw request).
+        .route("/images", post(share))
         .route("/images/{id}", get(fetch))
 }
 
@@ -77,12 +75,13 @@ async fn session(
     }
 }
 
-/// Uploads being read at once, all senders together: a photo is held in memory while read.
-const UPLOADS_AT_ONCE: usize = 8;
 /// Time a sender has to deliver a photo's body.
 const UPLOAD_TIME: std::time::Duration = std::time::Duration::from_secs(60);
 
-static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(UPLOADS_AT_ONCE);
+fn store_refusal(e: StoreRefusal) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    error(status, e.code(), e.to_string())
+}
 
 /// `POST /images` (`X-Participant: <the sender's participant id>`, the photo as the body).
 /// Everything about the sender is checked before the body is read.
@@ -126,21 +125,35 @@ async fn share(
             _ => not_in_meeting(),
         };
     }
-    // One upload at a time per sender, and a few at once in all: slow bodies hold memory.
-    let Some(_own_slot) = state.images.begin_upload(&room.id, &session.claims.sub) else {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "images_per_sender",
-            "one photo at a time: wait for the one being sent",
-        );
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "image_too_large",
+            format!(
+                "a photo may be {} MB at most",
+                MAX_IMAGE_BYTES / (1024 * 1024)
+            ),
+        )
     };
-    let Ok(_reading) = UPLOADS.try_acquire() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "images_busy",
-            StoreRefusal::Full.to_string(),
-        );
-    };
+    // What the request says it carries: too much is refused before anything is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    if declared > MAX_IMAGE_BYTES {
+        return too_large();
+    }
+    // One upload at a time per sender, a few at once in all (slow bodies hold memory), and
+    // none that could not be kept: all decided before the body is read.
+    let _slot =
+        match state
+            .images
+            .begin_upload(&room.id, &session.claims.sub, declared, Instant::now())
+        {
+            Ok(slot) => slot,
+            Err(e) => return store_refusal(e),
+        };
     let body = match tokio::time::timeout(
         UPLOAD_TIME,
         axum::body::to_bytes(request.into_body(), MAX_IMAGE_BYTES),
@@ -148,16 +161,7 @@ async fn share(
     .await
     {
         Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "image_too_large",
-                format!(
-                    "a photo may be {} MB at most",
-                    MAX_IMAGE_BYTES / (1024 * 1024)
-                ),
-            );
-        }
+        Ok(Err(_)) => return too_large(),
         Err(_) => {
             return error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -187,17 +191,7 @@ async fn share(
         .put(origin, kind.mime(), body, subjects.clone(), Instant::now())
     {
         Ok(id) => id,
-        Err(e) => {
-            let status = match e {
-                StoreRefusal::Full => StatusCode::SERVICE_UNAVAILABLE,
-                StoreRefusal::SenderLimit => StatusCode::TOO_MANY_REQUESTS,
-            };
-            let code = match e {
-                StoreRefusal::Full => "images_busy",
-                StoreRefusal::SenderLimit => "images_per_sender",
-            };
-            return error(status, code, e.to_string());
-        }
+        Err(e) => return store_refusal(e),
     };
     // Recorded before anyone is told: who shared with whom, never the picture. A sharing
     // that cannot be recorded does not happen.
@@ -265,15 +259,15 @@ async fn fetch(
         return unknown();
     }
     // A viewing is recorded once per person and photo: fetching it again (a reload, or a
-    // flood of requests) adds no line to the audit log.
-    if !state.images.viewed_by(&id, &session.claims.sub) {
+    // flood of requests, even all at once) adds no line to the audit log.
+    if state.images.first_view(&id, &session.claims.sub) {
         let mut event = session_event("image_viewed", &session, None);
         event.meeting = Some(meeting);
         event.code = Some(id.clone());
         if audit(&state, event).await.is_err() {
+            state.images.unmark_view(&id, &session.claims.sub);
             return audit_unavailable();
         }
-        state.images.note_viewed(&id, &session.claims.sub);
     }
     (
         [

@@ -38,7 +38,30 @@ pub enum StoreRefusal {
     Full,
     #[error("you have shared as many photos as can be held at once; try again in a few minutes")]
     SenderLimit,
+    #[error("one photo at a time: wait for the one being sent")]
+    Uploading,
 }
+
+impl StoreRefusal {
+    /// The HTTP status it is answered with.
+    pub fn status(self) -> u16 {
+        match self {
+            StoreRefusal::Full => 503,
+            StoreRefusal::SenderLimit | StoreRefusal::Uploading => 429,
+        }
+    }
+
+    /// The error code clients see.
+    pub fn code(self) -> &'static str {
+        match self {
+            StoreRefusal::Full => "images_busy",
+            StoreRefusal::SenderLimit | StoreRefusal::Uploading => "images_per_sender",
+        }
+    }
+}
+
+/// Uploads being read at once, all senders together: a photo is held in memory while read.
+pub const UPLOADS_AT_ONCE: usize = 8;
 
 /// Where a photo belongs and who shared it.
 #[derive(Debug, Clone)]
@@ -84,30 +107,85 @@ impl ImageStore {
         }
     }
 
-    /// The sender's one upload slot, if they are not uploading already.
-    pub fn begin_upload(&self, meeting: &str, subject: &str) -> Option<UploadSlot<'_>> {
-        let key = (meeting.to_owned(), subject.to_owned());
-        let fresh = self
-            .uploading
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone());
-        fresh.then_some(UploadSlot { store: self, key })
-    }
-
-    /// Whether `subject` has fetched photo `id` before (its viewing is recorded already).
-    pub fn viewed_by(&self, id: &str, subject: &str) -> bool {
-        self.lock()
-            .get(id)
-            .is_some_and(|i| i.viewed.iter().any(|v| v == subject))
-    }
-
-    /// Notes that `subject`'s viewing of photo `id` is recorded.
-    pub fn note_viewed(&self, id: &str, subject: &str) {
-        if let Some(image) = self.lock().get_mut(id)
-            && !image.viewed.iter().any(|v| v == subject)
+    /// The sender's one upload slot — refused before a byte of the body is read when they
+    /// are uploading already, when all upload slots are taken, when they hold as many photos
+    /// as they may, or when `declared` bytes (the request's length, if it says) would not
+    /// fit the meeting's or the store's budget.
+    pub fn begin_upload(
+        &self,
+        meeting: &str,
+        subject: &str,
+        declared: usize,
+        now: Instant,
+    ) -> Result<UploadSlot<'_>, StoreRefusal> {
         {
-            image.viewed.push(subject.to_owned());
+            let mut images = self.lock();
+            images.retain(|_, i| i.expires > now);
+            self.room_for(&images, meeting, subject, declared)?;
+            self.publish(&images);
+        }
+        let key = (meeting.to_owned(), subject.to_owned());
+        let mut uploading = self.uploading.lock().unwrap_or_else(|e| e.into_inner());
+        if uploading.contains(&key) {
+            return Err(StoreRefusal::Uploading);
+        }
+        if uploading.len() >= UPLOADS_AT_ONCE {
+            return Err(StoreRefusal::Full);
+        }
+        uploading.insert(key.clone());
+        Ok(UploadSlot { store: self, key })
+    }
+
+    /// Whether a photo of `size` bytes from `sender` fits: the sender's count, the meeting's
+    /// and the store's budgets.
+    fn room_for(
+        &self,
+        images: &HashMap<String, StoredImage>,
+        meeting: &str,
+        sender: &str,
+        size: usize,
+    ) -> Result<(), StoreRefusal> {
+        let held: usize = images.values().map(|i| i.bytes.len()).sum();
+        let in_meeting: usize = images
+            .values()
+            .filter(|i| i.meeting == meeting)
+            .map(|i| i.bytes.len())
+            .sum();
+        let by_sender = images
+            .values()
+            .filter(|i| i.meeting == meeting && i.sender == sender)
+            .count();
+        if by_sender >= PER_SENDER {
+            return Err(StoreRefusal::SenderLimit);
+        }
+        if held + size > self.budget || in_meeting + size > MEETING_BUDGET {
+            return Err(StoreRefusal::Full);
+        }
+        Ok(())
+    }
+
+    /// Keeps `signaling_images_held_bytes` true to what is held.
+    fn publish(&self, images: &HashMap<String, StoredImage>) {
+        let held: usize = images.values().map(|i| i.bytes.len()).sum();
+        metrics::gauge!("signaling_images_held_bytes").set(held as f64);
+    }
+
+    /// Marks photo `id` viewed by `subject`; true the first time (that viewing is to be
+    /// recorded). Marked before it is recorded, so a burst of fetches records it once.
+    pub fn first_view(&self, id: &str, subject: &str) -> bool {
+        match self.lock().get_mut(id) {
+            Some(image) if !image.viewed.iter().any(|v| v == subject) => {
+                image.viewed.push(subject.to_owned());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes back a [`first_view`](Self::first_view) whose record could not be written.
+    pub fn unmark_view(&self, id: &str, subject: &str) {
+        if let Some(image) = self.lock().get_mut(id) {
+            image.viewed.retain(|v| v != subject);
         }
     }
 
@@ -126,24 +204,8 @@ impl ImageStore {
     ) -> Result<String, StoreRefusal> {
         let mut images = self.lock();
         images.retain(|_, i| i.expires > now);
-        let held: usize = images.values().map(|i| i.bytes.len()).sum();
-        let in_meeting: usize = images
-            .values()
-            .filter(|i| i.meeting == origin.meeting)
-            .map(|i| i.bytes.len())
-            .sum();
-        let by_sender = images
-            .values()
-            .filter(|i| i.meeting == origin.meeting && i.sender == origin.sender)
-            .count();
-        if by_sender >= PER_SENDER {
-            return Err(StoreRefusal::SenderLimit);
-        }
-        if held + bytes.len() > self.budget || in_meeting + bytes.len() > MEETING_BUDGET {
-            return Err(StoreRefusal::Full);
-        }
+        self.room_for(&images, &origin.meeting, &origin.sender, bytes.len())?;
         let id = format!("{:032x}", rand::random::<u128>());
-        let size = bytes.len();
         images.insert(
             id.clone(),
             StoredImage {
@@ -157,7 +219,7 @@ impl ImageStore {
                 expires: now + IMAGE_TTL,
             },
         );
-        metrics::gauge!("signaling_images_held_bytes").set((held + size) as f64);
+        self.publish(&images);
         Ok(id)
     }
 
@@ -182,12 +244,16 @@ impl ImageStore {
 
     /// Forgets one photo (its sharing could not be recorded).
     pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+        let mut images = self.lock();
+        images.remove(id);
+        self.publish(&images);
     }
 
     /// Forgets a meeting's photos (it ended).
     pub fn forget_meeting(&self, meeting: &str) {
-        self.lock().retain(|_, i| i.meeting != meeting);
+        let mut images = self.lock();
+        images.retain(|_, i| i.meeting != meeting);
+        self.publish(&images);
     }
 }
 
@@ -294,22 +360,64 @@ mod tests {
                 t0,
             )
             .unwrap();
-        assert!(!store.viewed_by(&id, "doc"));
-        store.note_viewed(&id, "doc");
         assert!(
-            store.viewed_by(&id, "doc"),
+            store.first_view(&id, "doc"),
+            "the first viewing is recorded"
+        );
+        assert!(
+            !store.first_view(&id, "doc"),
             "fetched again: not a new viewing"
         );
-        assert!(!store.viewed_by(&id, "pat"));
-        assert!(!store.viewed_by("unknown", "doc"));
-        let slot = store.begin_upload("m1", "pat").unwrap();
-        assert!(store.begin_upload("m1", "pat").is_none(), "one at a time");
+        store.unmark_view(&id, "doc");
         assert!(
-            store.begin_upload("m1", "doc").is_some(),
+            store.first_view(&id, "doc"),
+            "a viewing whose record failed counts again"
+        );
+        assert!(!store.first_view("unknown", "doc"));
+        let slot = store.begin_upload("m1", "pat", 0, t0).unwrap();
+        assert_eq!(
+            store.begin_upload("m1", "pat", 0, t0).unwrap_err(),
+            StoreRefusal::Uploading,
+            "one at a time"
+        );
+        assert!(
+            store.begin_upload("m1", "doc", 0, t0).is_ok(),
             "others are not held up"
         );
         drop(slot);
-        assert!(store.begin_upload("m1", "pat").is_some());
+        assert!(store.begin_upload("m1", "pat", 0, t0).is_ok());
+    }
+
+    #[test]
+    fn an_upload_that_cannot_be_kept_is_refused_before_its_body_is_read() {
+        let store = ImageStore::new(1000);
+        let t0 = Instant::now();
+        for _ in 0..PER_SENDER {
+            store
+                .put(origin("m1", "pat"), "image/png", bytes(1), vec![], t0)
+                .unwrap();
+        }
+        // A sender holding as many photos as they may: refused at once.
+        assert_eq!(
+            store.begin_upload("m1", "pat", 0, t0).unwrap_err(),
+            StoreRefusal::SenderLimit
+        );
+        // A body declared larger than what is left: refused at once.
+        assert_eq!(
+            store.begin_upload("m1", "doc", 995, t0).unwrap_err(),
+            StoreRefusal::Full
+        );
+        assert!(store.begin_upload("m1", "doc", 994, t0).is_ok());
+        // And a few uploads at once in all, whoever sends them.
+        let slots: Vec<_> = (0..UPLOADS_AT_ONCE)
+            .map(|i| store.begin_upload("m2", &format!("s{i}"), 0, t0).unwrap())
+            .collect();
+        assert_eq!(
+            store.begin_upload("m3", "late", 0, t0).unwrap_err(),
+            StoreRefusal::Full
+        );
+        drop(slots);
+        assert!(store.begin_upload("m3", "late", 0, t0).is_ok());
     }
 
     #[test]
