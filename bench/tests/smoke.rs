@@ -74,10 +74,15 @@ fn check(r: &Value, participants: u64, receivers: u64) {
     assert!(f("latency_p50_ms") <= f("latency_p99_ms"), "{r}");
     assert!(r["latency_samples"].as_u64().unwrap() > 10, "{r}");
     assert!(f("join_ms_p50") > 0.0 && f("join_ms_p50") < 10_000.0, "{r}");
+    // CPU time is counted in 10 ms ticks: a relay forwarding a few hundred packets for 2 s
+    // may use less than one (ours is checked for more below).
     assert!(
-        f("server_cpu_pct") > 0.0 && f("server_cpu_pct") < 400.0,
+        f("server_cpu_pct") >= 0.0 && f("server_cpu_pct") < 400.0,
         "{r}"
     );
+    if r["target"] != "relay" {
+        assert!(f("server_cpu_pct") > 0.0, "{r}");
+    }
     assert!(f("server_rss_mib") > 1.0, "{r}");
     assert!(f("generator_cpu_pct") > 0.0, "{r}");
     for k in [
@@ -91,12 +96,14 @@ fn check(r: &Value, participants: u64, receivers: u64) {
         assert!(f(k) >= 0.0, "{k}: {r}");
     }
     // The projection is consistent with the measured cost per packet.
-    let projected = f("projected_pps_out_per_core");
-    let from_cost = 100_000.0 / f("server_cpu_pct_per_kpps");
-    assert!(
-        (projected - from_cost).abs() / from_cost < 0.01,
-        "{projected} vs {from_cost}: {r}"
-    );
+    if f("server_cpu_pct") > 0.0 {
+        let projected = f("projected_pps_out_per_core");
+        let from_cost = 100_000.0 / f("server_cpu_pct_per_kpps");
+        assert!(
+            (projected - from_cost).abs() / from_cost < 0.01,
+            "{projected} vs {from_cost}: {r}"
+        );
+    }
     assert!((0.0..=100.0).contains(&f("reordered_pct")), "{r}");
     assert!(r["generator_limited"].is_boolean());
 }
