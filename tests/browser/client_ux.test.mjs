@@ -162,7 +162,12 @@ test("accessibility (axe-core, WCAG 2.1 AA) and the patient's visit with the key
     await focusOn("settings-button");
     await patient.keyboard.press("Enter");
     await patient.waitForSelector("#settings:not([hidden])");
-    assert.equal(await patient.evaluate(() => document.activeElement.id), "pick-camera", "focus moves into the settings");
+    // Focus moves in once the pickers are filled (enumerateDevices is asynchronous): within a
+    // moment, not on the same tick as the panel showing.
+    await waitFor(async () => {
+      const id = await patient.evaluate(() => document.activeElement.id);
+      return { ok: id === "pick-camera", id };
+    }, { timeout: 1000, interval: 50, what: "focus to move into the settings (#pick-camera)" });
     await focusOn("settings-close");
     await patient.keyboard.press("Enter");
     assert.equal(await patient.evaluate(() => document.activeElement.id), "settings-button", "and back");
