@@ -321,6 +321,8 @@ impl Generator {
                 let mut peer =
                     SimPeer::with_role(&name, addr, now, role != PeerRole::JanusSubscriber);
                 peer.keep_history = false;
+                // Only sampled packets are opened here: feedback from them would read as loss.
+                peer.transport_feedback = false;
                 if role == PeerRole::JanusPublisher {
                     peer.offer_setup = "active";
                 }
@@ -485,7 +487,7 @@ impl Generator {
                 );
                 first_media.get_or_insert(now);
                 if *sampled
-                    && let Some(p) = peer.open_rtp(buf)
+                    && let Some(p) = peer.open_rtp(now, buf)
                     && let Some((sent, _)) = read_stamp(&p.payload)
                 {
                     rx.on_latency(sent, arrival);

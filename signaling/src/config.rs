@@ -158,6 +158,10 @@ pub struct SfuSection {
     pub advertise_ip: Option<IpAddr>,
     /// ICE-TCP on each worker's port number too (default on).
     pub ice_tcp: Option<bool>,
+    /// Choose each subscriber's layers by its bandwidth estimate (default true).
+    pub bandwidth_estimation: Option<bool>,
+    /// The estimate a subscriber starts with, kbit/s (100–20000, default 1500).
+    pub start_bitrate_kbps: Option<u64>,
 }
 
 /// A TURN relay (coturn with `use-auth-secret`) for clients whose networks pass neither UDP nor

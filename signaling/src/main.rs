@@ -176,6 +176,12 @@ struct ServeArgs {
     /// `true` (default) or `false`.
     #[arg(long, env = "SFU_ICE_TCP")]
     ice_tcp: Option<bool>,
+    /// Choose subscribers' layers by their bandwidth estimate: `true` (default) or `false`.
+    #[arg(long, env = "SFU_BANDWIDTH_ESTIMATION")]
+    bandwidth_estimation: Option<bool>,
+    /// The bandwidth estimate a subscriber starts with, kbit/s (default 1500).
+    #[arg(long, env = "SFU_START_BITRATE_KBPS")]
+    start_bitrate_kbps: Option<u64>,
     #[arg(long, env = "LOG_JSON")]
     log_json: bool,
     /// The PDL audit log (JSON lines, hash-chained); `.dev/audit.jsonl` with --dev.
@@ -647,6 +653,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
             signaling::service_gauges::SECONDS_BUCKETS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(
+                    "sfu_downlink_estimate_bytes_per_second".into(),
+                ),
+                sfu_server::metric_descriptions::ESTIMATE_BUCKETS,
+            )
+        })
         .and_then(|b| b.install_recorder())
         .ok();
     signaling::service_gauges::describe();
@@ -667,6 +681,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .or(args.udp_bind_ip)
                     .unwrap_or(listen.ip()),
                 ice_tcp: args.ice_tcp.or(sfu.ice_tcp).unwrap_or(true),
+                bandwidth_estimation: args
+                    .bandwidth_estimation
+                    .or(sfu.bandwidth_estimation)
+                    .unwrap_or(true),
+                start_bitrate_bps: sfu_server::node_file_config::start_bitrate_bps(
+                    args.start_bitrate_kbps.or(sfu.start_bitrate_kbps),
+                    &args
+                        .config
+                        .as_ref()
+                        .map_or("--start-bitrate-kbps".to_owned(), |p| {
+                            format!("{} [sfu]", p.display())
+                        }),
+                )?,
                 ..Default::default()
             };
             let node = Arc::new(sfu_server::SfuNode::start(&node_config, move |e| {
@@ -695,6 +722,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     "advertise_ip",
                 ),
                 (args.ice_tcp.is_some() || sfu.ice_tcp.is_some(), "ice_tcp"),
+                (
+                    args.bandwidth_estimation.is_some() || sfu.bandwidth_estimation.is_some(),
+                    "bandwidth_estimation",
+                ),
+                (
+                    args.start_bitrate_kbps.is_some() || sfu.start_bitrate_kbps.is_some(),
+                    "start_bitrate_kbps",
+                ),
             ] {
                 if set {
                     unused.push(key);

@@ -47,6 +47,12 @@ pub struct Counters {
     pub path_changes: u64,
     /// SFU offers given up after going unanswered three times.
     pub offers_abandoned: u64,
+    pub transport_feedback_in: u64,
+    pub probe_packets_out: u64,
+    pub probe_clusters: u64,
+    /// Simulcast subscriptions lowered because their subscriber's estimate could not carry
+    /// the layer.
+    pub layer_bandwidth_downgrades: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -87,6 +93,10 @@ impl std::ops::AddAssign for Counters {
             ice_restarts,
             path_changes,
             offers_abandoned,
+            transport_feedback_in,
+            probe_packets_out,
+            probe_clusters,
+            layer_bandwidth_downgrades,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -123,12 +133,16 @@ impl std::ops::AddAssign for Counters {
         self.ice_restarts += ice_restarts;
         self.path_changes += path_changes;
         self.offers_abandoned += offers_abandoned;
+        self.transport_feedback_in += transport_feedback_in;
+        self.probe_packets_out += probe_packets_out;
+        self.probe_clusters += probe_clusters;
+        self.layer_bandwidth_downgrades += layer_bandwidth_downgrades;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 35] {
+    pub fn named(&self) -> [(&'static str, u64); 39] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -183,11 +197,21 @@ impl Counters {
             ("sfu_ice_restarts_total", self.ice_restarts),
             ("sfu_path_changes_total", self.path_changes),
             ("sfu_offers_abandoned_total", self.offers_abandoned),
+            (
+                "sfu_transport_feedback_in_total",
+                self.transport_feedback_in,
+            ),
+            ("sfu_probe_packets_out_total", self.probe_packets_out),
+            ("sfu_probe_clusters_total", self.probe_clusters),
+            (
+                "sfu_layer_bandwidth_downgrades_total",
+                self.layer_bandwidth_downgrades,
+            ),
         ]
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 35] = [
+    pub const HELP: [(&'static str, &'static str); 39] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -324,6 +348,22 @@ impl Counters {
         (
             "sfu_offers_abandoned_total",
             "SFU offers given up after going unanswered three times.",
+        ),
+        (
+            "sfu_transport_feedback_in_total",
+            "Transport-wide congestion control feedback received from subscribers (the input of their bandwidth estimates).",
+        ),
+        (
+            "sfu_probe_packets_out_total",
+            "Padding packets sent to subscribers to probe their links for headroom.",
+        ),
+        (
+            "sfu_probe_clusters_total",
+            "Probes of a subscriber's link started (a burst above its estimate before a layer goes up).",
+        ),
+        (
+            "sfu_layer_bandwidth_downgrades_total",
+            "Simulcast subscriptions moved to a lower layer because their subscriber's bandwidth estimate could not carry the higher one.",
         ),
     ];
 

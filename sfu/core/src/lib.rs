@@ -6,9 +6,13 @@
 //! (see [`Sfu`]).
 
 pub mod arena;
+pub mod bandwidth_estimator;
+pub mod bitrate_meter;
 pub mod codec;
 pub mod counters;
 pub mod data_channel_link;
+pub mod delay_trend;
+pub mod downlink;
 pub mod ice_lite;
 pub mod inbound_stream;
 pub mod local_description;
@@ -16,10 +20,12 @@ pub mod packet_cache;
 pub mod participant;
 pub mod payload_format;
 pub mod peer_transport;
+pub mod probe_cluster;
 pub mod remote_description;
 pub mod replay_window;
 pub mod rtcp_writer;
 pub mod rtp_header;
+pub mod send_history;
 pub mod sfu;
 pub mod srtp_context;
 pub mod subscription;
@@ -27,10 +33,11 @@ pub mod tcp_framing;
 pub mod track;
 pub mod track_layer;
 pub mod transmit_batch;
+pub mod transport_feedback;
 pub mod twcc_feedback;
 pub mod vp8_continuity;
 
 pub use counters::Counters;
 pub use peer_transport::TransportConfig;
-pub use sfu::{Sfu, SfuConfig};
+pub use sfu::{DownlinkStats, Sfu, SfuConfig};
 pub use transmit_batch::TransmitBatch;

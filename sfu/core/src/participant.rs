@@ -2,6 +2,7 @@
 
 use crate::arena::TrackIdx;
 use crate::codec::CodecParams;
+use crate::downlink::Downlink;
 use crate::peer_transport::PeerTransport;
 use crate::replay_window::ReplayWindow;
 use crate::srtp_context::SrtpContext;
@@ -93,6 +94,8 @@ pub struct Participant {
     pub twcc: TwccRecorder,
     /// Our transport-wide sequence number on packets sent to this participant.
     pub twcc_out_seq: u16,
+    /// The path toward this participant: send history, bandwidth estimate, probes.
+    pub downlink: Downlink,
     /// The simulcast layer this participant wants of video by default (new subscriptions
     /// start with it).
     pub preferred_layer: VideoLayer,

@@ -47,6 +47,10 @@ pub struct Subscription {
     pub layer: Option<usize>,
     /// The layer to forward next: taken at its next keyframe.
     pub target_layer: usize,
+    /// The subscriber's link cannot carry the layer being forwarded: nothing more of it goes
+    /// out (a queue overflowing at the bottleneck would lose more than the picture pausing
+    /// for the lower layer's keyframe).
+    pub hold_until_switch: bool,
     /// The highest layer the subscriber asked for.
     pub preferred: VideoLayer,
     /// The highest layer the subscriber's link carries without loss, as its receiver reports
@@ -111,6 +115,7 @@ impl Subscription {
             octets: 0,
             layer: None,
             target_layer: usize::MAX,
+            hold_until_switch: false,
             preferred: VideoLayer::High,
             loss_cap: usize::MAX,
             lossy_reports: 0,
@@ -181,6 +186,7 @@ impl Subscription {
         self.ts_delta = out_ts.wrapping_sub(in_ts);
         self.layer_floor = next;
         self.layer = Some(layer);
+        self.hold_until_switch = false;
         self.vp8.switch_layer();
     }
 

@@ -1,6 +1,7 @@
 //! One encoding of a published track: the single stream of a plain track, or one simulcast
 //! layer (a RID) of a simulcast one, with its own SSRCs, loss tracking and NACK cache.
 
+use crate::bitrate_meter::BitrateMeter;
 use crate::inbound_stream::InboundStream;
 use crate::packet_cache::PacketCache;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ pub struct TrackLayer {
     /// The publisher's last sender report of this layer: (NTP time, RTP timestamp). Layers
     /// have unrelated RTP timestamp origins; two reports relate them at a switch.
     pub sender_report: Option<(u64, u32)>,
+    /// What the layer costs a subscriber's link (media packets as received, repairs aside).
+    pub bitrate: BitrateMeter,
 }
 
 impl TrackLayer {
@@ -41,6 +44,7 @@ impl TrackLayer {
             last_keyframe_request: None,
             keyframe_pending: false,
             sender_report: None,
+            bitrate: BitrateMeter::default(),
         }
     }
 

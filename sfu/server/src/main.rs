@@ -57,6 +57,13 @@ struct Args {
     /// `true` (default) or `false`.
     #[arg(long, env = "SFU_ICE_TCP")]
     ice_tcp: Option<bool>,
+    /// Choose subscribers' layers by their bandwidth estimate: `true` (default) or `false`
+    /// (by reported loss alone, for comparison).
+    #[arg(long, env = "SFU_BANDWIDTH_ESTIMATION")]
+    bandwidth_estimation: Option<bool>,
+    /// The bandwidth estimate a subscriber starts with, kbit/s (default 1500).
+    #[arg(long, env = "SFU_START_BITRATE_KBPS")]
+    start_bitrate_kbps: Option<u64>,
     #[arg(long, env = "SFU_LOAD_INTERVAL_MS", default_value_t = 2000)]
     load_interval_ms: u64,
     /// On SIGTERM the node takes no new rooms and serves its own until they are empty, for at
@@ -80,6 +87,21 @@ fn main() -> anyhow::Result<()> {
     let signaling = file.signaling.unwrap_or_default();
     let cluster = file.cluster.unwrap_or_default();
     let udp = file.udp.unwrap_or_default();
+    let media = file.media.unwrap_or_default();
+    let config_name = args
+        .config
+        .as_ref()
+        .map_or("--start-bitrate-kbps".to_owned(), |p| {
+            format!("{} [media]", p.display())
+        });
+    let start_bitrate_bps = sfu_server::node_file_config::start_bitrate_bps(
+        args.start_bitrate_kbps.or(media.start_bitrate_kbps),
+        &config_name,
+    )?;
+    let bandwidth_estimation = args
+        .bandwidth_estimation
+        .or(media.bandwidth_estimation)
+        .unwrap_or(true);
     let signaling_addr = args
         .signaling
         .or(signaling.addr)
@@ -124,6 +146,13 @@ fn main() -> anyhow::Result<()> {
         let readiness = Arc::new(sfu_server::health_listener::Readiness::default());
         if let Some(addr) = metrics_listen {
             let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "sfu_downlink_estimate_bytes_per_second".into(),
+                    ),
+                    sfu_server::metric_descriptions::ESTIMATE_BUCKETS,
+                )
+                .context("metrics buckets")?
                 .install_recorder()
                 .context("installing the metrics recorder")?;
             sfu_server::metric_descriptions::describe();
@@ -148,6 +177,8 @@ fn main() -> anyhow::Result<()> {
                 advertised_ip: advertise_ip,
                 pin_cores: args.pin_cores || udp.pin_cores.unwrap_or(false),
                 ice_tcp: args.ice_tcp.or(udp.ice_tcp).unwrap_or(true),
+                bandwidth_estimation,
+                start_bitrate_bps,
                 ..Default::default()
             },
             move |e| {

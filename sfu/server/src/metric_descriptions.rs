@@ -2,7 +2,7 @@
 //! `/metrics` explains each one).
 
 use crate::ice_tcp::IceTcpCounters;
-use metrics::{describe_counter, describe_gauge};
+use metrics::{describe_counter, describe_gauge, describe_histogram};
 use sfu_core::counters::Counters;
 
 pub fn describe() {
@@ -26,4 +26,18 @@ pub fn describe() {
         "sfu_participants",
         "Participants with a media session, per worker."
     );
+    describe_histogram!(
+        "sfu_downlink_estimate_bytes_per_second",
+        "Subscribers' bandwidth estimates (bytes per second), observed once a second each."
+    );
+    describe_gauge!(
+        "sfu_downlinks_constrained",
+        "Subscribers whose bandwidth estimate holds a layer they want back, per worker."
+    );
 }
+
+/// Buckets of `sfu_downlink_estimate_bytes_per_second`: a phone on a weak link (100 kbit/s)
+/// to a fast one (10 Mbit/s), in bytes.
+pub const ESTIMATE_BUCKETS: &[f64] = &[
+    12.5e3, 25e3, 37.5e3, 62.5e3, 93.75e3, 125e3, 187.5e3, 250e3, 375e3, 625e3, 1.25e6,
+];

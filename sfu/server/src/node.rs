@@ -30,6 +30,10 @@ pub struct NodeConfig {
     pub ice_tcp: bool,
     pub consent_disconnected: Duration,
     pub consent_failed: Duration,
+    /// Subscribers' layers by their bandwidth estimate (`false`: by reported loss alone).
+    pub bandwidth_estimation: bool,
+    /// The estimate a subscriber starts with, bits per second.
+    pub start_bitrate_bps: u64,
 }
 
 impl Default for NodeConfig {
@@ -43,6 +47,8 @@ impl Default for NodeConfig {
             ice_tcp: true,
             consent_disconnected: Duration::from_secs(3),
             consent_failed: Duration::from_secs(10),
+            bandwidth_estimation: true,
+            start_bitrate_bps: 1_500_000,
         }
     }
 }
@@ -166,12 +172,15 @@ impl SfuNode {
                 transport = transport.with_tcp(advertised_addr);
             }
             let (tx, rx) = channel();
+            let mut sfu_config = SfuConfig::new(transport);
+            sfu_config.bandwidth_estimation = config.bandwidth_estimation;
+            sfu_config.start_bitrate_bps = config.start_bitrate_bps;
             let waiting = Arc::new(AtomicUsize::new(0));
             let shared: SharedCounters = Arc::new(Mutex::new((Counters::default(), 0, 0)));
             let thread = worker::spawn(
                 i,
                 worker::WorkerSockets { udp: socket, tcp },
-                SfuConfig::new(transport),
+                sfu_config,
                 worker::CommandQueue {
                     commands: rx,
                     pending_requests: waiting.clone(),

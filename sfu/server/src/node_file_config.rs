@@ -14,6 +14,34 @@ pub struct NodeFileConfig {
     pub udp: Option<UdpSection>,
     pub metrics: Option<MetricsSection>,
     pub log: Option<LogSection>,
+    pub media: Option<MediaSection>,
+}
+
+/// How media is sent to subscribers.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSection {
+    /// Choose each subscriber's layers by its bandwidth estimate (default true); `false` keeps
+    /// the selection by reported loss alone.
+    pub bandwidth_estimation: Option<bool>,
+    /// The estimate a subscriber starts with, kbit/s (100–20000, default 1500).
+    pub start_bitrate_kbps: Option<u64>,
+}
+
+/// The start bitrate's range, kbit/s: below it a first picture would be the lowest layer on
+/// every link; above it the first seconds overflow most phones' links.
+pub const START_BITRATE_KBPS: std::ops::RangeInclusive<u64> = 100..=20_000;
+
+/// Checks `start_bitrate_kbps` (from `source`, a file or a flag) and returns bits per second.
+pub fn start_bitrate_bps(kbps: Option<u64>, source: &str) -> anyhow::Result<u64> {
+    let kbps = kbps.unwrap_or(1500);
+    anyhow::ensure!(
+        START_BITRATE_KBPS.contains(&kbps),
+        "{source}: start_bitrate_kbps = {kbps} is outside {}–{} kbit/s",
+        START_BITRATE_KBPS.start(),
+        START_BITRATE_KBPS.end()
+    );
+    Ok(kbps * 1000)
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -90,6 +118,14 @@ mod tests {
         std::fs::write(&path, "[udp]\nworkers = \"two\"\n").unwrap();
         let err = NodeFileConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("workers"), "{err}");
+        let err = start_bitrate_bps(Some(5), "bad.toml [media]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.toml") && err.contains("start_bitrate_kbps"),
+            "{err}"
+        );
+        assert_eq!(start_bitrate_bps(None, "x").unwrap(), 1_500_000);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -196,6 +196,7 @@ fn run(
             metrics::gauge!("sfu_rooms", "worker" => label.clone()).set(sfu.room_count() as f64);
             metrics::gauge!("sfu_participants", "worker" => label.clone())
                 .set(sfu.participant_count() as f64);
+            export_downlinks(&label, &sfu);
             tracing::debug!(worker = index, counters = ?sfu.counters, "worker counters");
             if let Ok(mut s) = shared.lock() {
                 *s = (sfu.counters, sfu.room_count(), sfu.participant_count());
@@ -245,4 +246,19 @@ fn export_metrics(worker: &str, c: &Counters, send_dropped: u64) {
     }
     metrics::counter!("sfu_send_dropped_total", "worker" => worker.to_owned())
         .absolute(send_dropped);
+}
+
+/// Subscribers' bandwidth estimates, once per export: their distribution (no per-subscriber
+/// label: participant ids are not for metrics) and how many are held below what they want.
+fn export_downlinks(worker: &str, sfu: &Sfu) {
+    let mut constrained = 0usize;
+    for d in sfu.downlinks() {
+        metrics::histogram!("sfu_downlink_estimate_bytes_per_second", "worker" => worker.to_owned())
+            .record(d.estimate_bps as f64 / 8.0);
+        if d.desired_bps > d.allocated_bps {
+            constrained += 1;
+        }
+    }
+    metrics::gauge!("sfu_downlinks_constrained", "worker" => worker.to_owned())
+        .set(constrained as f64);
 }

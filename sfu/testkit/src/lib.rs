@@ -4,6 +4,7 @@
 
 pub mod sim_network;
 pub mod sim_peer;
+pub mod simulcast_publisher;
 
-pub use sim_network::{Link, SimNetwork};
+pub use sim_network::{Delivery, Link, SimNetwork};
 pub use sim_peer::{ReceivedPacket, SendTrack, SimPeer};

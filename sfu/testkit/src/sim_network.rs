@@ -11,11 +11,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// One direction of a peer's connection to the SFU.
+/// One direction of a peer's connection to the SFU: random loss and a fixed delay, and
+/// optionally a bottleneck — a token bucket of `rate_bps` draining a drop-tail queue of
+/// `queue_bytes`, as `tc tbf` shapes a real link.
 #[derive(Debug, Clone, Copy)]
 pub struct Link {
     pub loss: f64,
     pub delay: Duration,
+    pub rate_bps: Option<u64>,
+    pub queue_bytes: usize,
 }
 
 impl Default for Link {
@@ -23,8 +27,31 @@ impl Default for Link {
         Self {
             loss: 0.0,
             delay: Duration::from_millis(10),
+            rate_bps: None,
+            queue_bytes: 0,
         }
     }
+}
+
+impl Link {
+    /// A bottleneck of `rate_bps` whose queue holds `queue` of traffic at that rate.
+    pub fn shaped(rate_bps: u64, queue: Duration) -> Self {
+        Self {
+            rate_bps: Some(rate_bps),
+            queue_bytes: (rate_bps as f64 / 8.0 * queue.as_secs_f64()) as usize,
+            ..Self::default()
+        }
+    }
+}
+
+/// What a shaped link did to one datagram (downlinks only, for the scenario's eyes).
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// When the SFU sent it.
+    pub sent: Instant,
+    /// Time spent in the bottleneck queue, or `None`: dropped there (queue full).
+    pub queued: Option<Duration>,
+    pub size: usize,
 }
 
 pub struct SimNetwork {
@@ -35,6 +62,12 @@ pub struct SimNetwork {
     ids: Vec<ParticipantId>,
     /// Per peer: (uplink peer→SFU, downlink SFU→peer).
     links: Vec<(Link, Link)>,
+    /// Per peer and direction: when its bottleneck has sent all it holds.
+    busy_until: Vec<(Instant, Instant)>,
+    /// Per peer: every datagram its shaped downlink carried or dropped.
+    pub deliveries: Vec<Vec<Delivery>>,
+    /// Datagrams dropped by a full bottleneck queue (also counted in `link_drops`).
+    pub queue_drops: u64,
     queue: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
     seq: u64,
     rng: StdRng,
@@ -71,6 +104,9 @@ impl SimNetwork {
             peers: Vec::new(),
             ids: Vec::new(),
             links: Vec::new(),
+            busy_until: Vec::new(),
+            deliveries: Vec::new(),
+            queue_drops: 0,
             queue: BTreeMap::new(),
             seq: 0,
             rng: StdRng::seed_from_u64(seed),
@@ -91,6 +127,8 @@ impl SimNetwork {
         self.peers.push(peer);
         self.ids.push(ParticipantId::from(name));
         self.links.push((Link::default(), Link::default()));
+        self.busy_until.push((self.now, self.now));
+        self.deliveries.push(Vec::new());
         i
     }
 
@@ -178,25 +216,58 @@ impl SimNetwork {
     }
 
     fn enqueue(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
-        let link = if from == self.sfu_addr {
-            self.peers
-                .iter()
-                .position(|p| p.addr == to)
-                .map(|i| self.links[i].1)
+        let down = from == self.sfu_addr;
+        let peer = if down {
+            self.peers.iter().position(|p| p.addr == to)
         } else {
-            self.peers
-                .iter()
-                .position(|p| p.addr == from)
-                .map(|i| self.links[i].0)
-        }
-        .unwrap_or_default();
+            self.peers.iter().position(|p| p.addr == from)
+        };
+        let link = peer
+            .map(|i| {
+                if down {
+                    self.links[i].1
+                } else {
+                    self.links[i].0
+                }
+            })
+            .unwrap_or_default();
         if link.loss > 0.0 && self.rng.random::<f64>() < link.loss {
             self.link_drops += 1;
             return;
         }
+        let mut at = self.now;
+        if let (Some(rate), Some(i)) = (link.rate_bps, peer) {
+            let busy = if down {
+                &mut self.busy_until[i].1
+            } else {
+                &mut self.busy_until[i].0
+            };
+            let backlog = busy.saturating_duration_since(self.now);
+            let backlog_bytes = (backlog.as_secs_f64() * rate as f64 / 8.0) as usize;
+            let queued = if backlog_bytes + data.len() > link.queue_bytes {
+                self.link_drops += 1;
+                self.queue_drops += 1;
+                None
+            } else {
+                let transmit = Duration::from_secs_f64(data.len() as f64 * 8.0 / rate as f64);
+                *busy = (*busy).max(self.now) + transmit;
+                at = *busy;
+                Some(backlog)
+            };
+            if down {
+                self.deliveries[i].push(Delivery {
+                    sent: self.now,
+                    queued,
+                    size: data.len(),
+                });
+            }
+            if queued.is_none() {
+                return;
+            }
+        }
         self.seq += 1;
         self.queue
-            .insert((self.now + link.delay, self.seq), (from, to, data));
+            .insert((at + link.delay, self.seq), (from, to, data));
     }
 
     /// The peer's network changes to `new_addr` and it restarts ICE in place: a new offer with

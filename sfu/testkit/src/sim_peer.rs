@@ -109,6 +109,14 @@ pub struct SimPeer {
     pub twcc_seqs_received: Vec<u16>,
     /// The transport-cc extension id the SFU's offers use toward us.
     twcc_in_id: Option<u8>,
+    /// Arrivals of the SFU's packets, for the transport-wide feedback we send it every
+    /// `feedback_interval` (as a browser does; its bandwidth estimate of our link needs it).
+    twcc_in: sfu_core::twcc_feedback::TwccRecorder,
+    pub transport_feedback: bool,
+    pub feedback_interval: std::time::Duration,
+    next_feedback_at: Option<Instant>,
+    /// Padding-only packets received (the SFU's bandwidth probes).
+    pub padding_received: u32,
     /// RFC 6464 level put on our audio packets, in -dBov (0 loudest, 127 silence).
     pub audio_level: u8,
     /// Keep sent packets to answer NACKs, and the transport-wide sequence numbers received
@@ -225,6 +233,11 @@ impl SimPeer {
             twcc_statuses_reported: 0,
             twcc_seqs_received: Vec::new(),
             twcc_in_id: None,
+            twcc_in: sfu_core::twcc_feedback::TwccRecorder::new(now),
+            transport_feedback: true,
+            feedback_interval: std::time::Duration::from_millis(50),
+            next_feedback_at: None,
+            padding_received: 0,
             audio_level: 30,
             keep_history: true,
             controlling,
@@ -507,13 +520,19 @@ impl SimPeer {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let a = self.agent.poll_timeout();
         let b = self.sfu_addr.and_then(|r| self.dtls.poll_timeout(&r));
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let c = self.next_feedback_at;
+        [a, b, c].into_iter().flatten().min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_feedback_at.is_some_and(|t| t <= now) {
+            self.next_feedback_at = None;
+            let mut buf = vec![0u8; 1500];
+            let media_ssrc = self.incoming.first().map_or(0, |l| l.ssrc);
+            while let Some(n) = self.twcc_in.write_feedback(&mut buf, 0x5151, media_ssrc) {
+                self.send_rtcp(&buf[..n]);
+            }
+        }
         let _ = self.agent.handle_timeout(now);
         if let Some(r) = self.sfu_addr
             && self.dtls.poll_timeout(&r).is_some_and(|t| t <= now)
@@ -608,7 +627,7 @@ impl SimPeer {
     }
 
     fn receive_rtp(&mut self, now: Instant, data: &[u8]) {
-        let Some(p) = self.open_rtp(data) else {
+        let Some(p) = self.open_rtp(now, data) else {
             return;
         };
         self.received
@@ -625,7 +644,7 @@ impl SimPeer {
 
     /// Decrypts and authenticates an SRTP packet from the SFU without keeping it (RTX
     /// unwrapped to its media stream). `None` when it does not open.
-    pub fn open_rtp(&mut self, data: &[u8]) -> Option<OpenedRtp> {
+    pub fn open_rtp(&mut self, now: Instant, data: &[u8]) -> Option<OpenedRtp> {
         let ctx = self.inbound.as_ref()?;
         let h = RtpHeader::parse(data).ok()?;
         let mut buf = data.to_vec();
@@ -653,14 +672,33 @@ impl SimPeer {
         if !entry.1 || ext > entry.0 {
             *entry = (ext, true);
         }
-        if self.keep_history
-            && let Some(v) = self.twcc_in_id.and_then(|id| h.extension_value(&buf, id))
+        if let Some(v) = self.twcc_in_id.and_then(|id| h.extension_value(&buf, id))
             && v.len() == 2
         {
-            self.twcc_seqs_received
-                .push(u16::from_be_bytes([v[0], v[1]]));
+            let seq = u16::from_be_bytes([v[0], v[1]]);
+            if self.keep_history {
+                self.twcc_seqs_received.push(seq);
+            }
+            if self.transport_feedback {
+                self.twcc_in.record(seq, now);
+                self.next_feedback_at
+                    .get_or_insert(now + self.feedback_interval);
+            }
         }
-        let payload = &buf[h.header_len..n];
+        // RFC 3550 §5.1 padding (the SFU's probes are padding only).
+        let pad = if data[0] & 0x20 != 0 && n > h.header_len {
+            buf[n - 1] as usize
+        } else {
+            0
+        };
+        if pad > n - h.header_len {
+            return None;
+        }
+        let payload = &buf[h.header_len..n - pad];
+        if payload.is_empty() && pad > 0 {
+            self.padding_received += 1;
+            return None;
+        }
         let rtx_line = self
             .incoming
             .iter()

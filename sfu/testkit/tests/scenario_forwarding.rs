@@ -54,6 +54,7 @@ fn uplink_loss_is_repaired_and_every_subscriber_sees_continuous_sequences() {
         Link {
             loss: 0.05,
             delay: Duration::from_millis(20),
+            ..Link::default()
         },
     );
     let mut tick = 0;
@@ -146,6 +147,7 @@ fn downlink_loss_is_repaired_from_the_sfu_cache() {
         Link {
             loss: 0.05,
             delay: Duration::from_millis(15),
+            ..Link::default()
         },
     );
     let mut tick = 0;

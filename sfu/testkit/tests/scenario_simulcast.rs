@@ -4,6 +4,7 @@
 //! unbroken sequence and timestamp line per subscriber.
 
 use sfu_proto::{Command, MediaKind, Permissions, VideoLayer};
+use sfu_testkit::simulcast_publisher::{SimulcastPublisher, layer, starts_keyframe, video_from};
 use sfu_testkit::{Link, ReceivedPacket, SimNetwork};
 use std::time::Duration;
 
@@ -11,157 +12,6 @@ const BOTH: Permissions = Permissions {
     publish: true,
     subscribe: true,
 };
-const LAYERS: usize = 3;
-/// Packets per frame of each layer (lowest first): higher layers have bigger frames.
-const PACKETS_PER_FRAME: [usize; LAYERS] = [1, 2, 4];
-
-/// A publisher's three encoders at 30 fps, VP8-shaped payloads. Each layer's RTP timestamps
-/// start at their own origin (as in browsers); sender reports relate them to one clock.
-struct SimulcastPublisher {
-    peer: usize,
-    tracks: Vec<usize>,
-    origins: [u32; LAYERS],
-    sending: [bool; LAYERS],
-    key_owed: [bool; LAYERS],
-    send_reports: bool,
-    ms: u64,
-    frame: u64,
-    picture: [u16; LAYERS],
-    tl0: [u8; LAYERS],
-    pattern_at: [usize; LAYERS],
-    /// VP8 descriptors with PictureID (15-bit), TL0PICIDX and TID (L1T3, as Chrome sends),
-    /// each layer numbering from its own start.
-    numbered: bool,
-}
-
-/// Where each layer's PictureID and TL0PICIDX start (far apart, as independent encoders').
-const PICTURE_ID_START: [u16; LAYERS] = [31_000, 123, 16_000];
-const TL0_START: [u8; LAYERS] = [250, 7, 100];
-/// L1T3: the temporal layer of each frame, repeating.
-const TEMPORAL_PATTERN: [u8; 4] = [0, 2, 1, 2];
-
-impl SimulcastPublisher {
-    fn new(net: &mut SimNetwork, peer: usize, send_reports: bool) -> Self {
-        let tracks = net.peers[peer].add_simulcast_video(&["l", "m", "h"]);
-        Self {
-            peer,
-            tracks,
-            origins: [0x1000_0000, 0x9000_0000, 0xf000_0000],
-            sending: [true; LAYERS],
-            key_owed: [true; LAYERS],
-            send_reports,
-            ms: 0,
-            frame: 0,
-            picture: PICTURE_ID_START,
-            tl0: TL0_START,
-            pattern_at: [0; LAYERS],
-            numbered: false,
-        }
-    }
-
-    /// Called every simulated millisecond.
-    fn step(&mut self, net: &mut SimNetwork) {
-        self.ms += 1;
-        let peer = &mut net.peers[self.peer];
-        for ssrc in std::mem::take(&mut peer.pli_ssrcs) {
-            if let Some(l) = self
-                .tracks
-                .iter()
-                .position(|&t| peer.tracks[t].ssrc == ssrc)
-            {
-                self.key_owed[l] = true;
-            }
-        }
-        if self.send_reports && self.ms.is_multiple_of(500) {
-            for l in 0..LAYERS {
-                let t = &peer.tracks[self.tracks[l]];
-                let mut buf = [0u8; 64];
-                // NTP seconds since an arbitrary epoch, 32.32 fixed point.
-                let ntp = (1000u64 << 32) + (self.ms << 32) / 1000;
-                let rtp = self.origins[l].wrapping_add((self.ms * 90) as u32);
-                let n = sfu_core::rtcp_writer::sender_report(&mut buf, t.ssrc, ntp, rtp, 0, 0);
-                peer.send_rtcp(&buf[..n]);
-            }
-        }
-        let frame = self.ms * 30 / 1000;
-        if frame == self.frame {
-            return;
-        }
-        self.frame = frame;
-        for (l, &packets) in PACKETS_PER_FRAME.iter().enumerate() {
-            if !self.sending[l] {
-                continue;
-            }
-            let key = std::mem::take(&mut self.key_owed[l]) || frame.is_multiple_of(90);
-            let t = self.tracks[l];
-            peer.tracks[t].timestamp = self.origins[l].wrapping_add((frame * 3000) as u32);
-            // A keyframe restarts the temporal pattern (it is a base-layer picture).
-            if key {
-                self.pattern_at[l] = 0;
-            }
-            let tid = TEMPORAL_PATTERN[self.pattern_at[l] % TEMPORAL_PATTERN.len()];
-            self.pattern_at[l] += 1;
-            if tid == 0 {
-                self.tl0[l] = self.tl0[l].wrapping_add(1);
-            }
-            self.picture[l] = (self.picture[l] + 1) & 0x7fff;
-            for part in 0..packets {
-                let mut payload = if self.numbered {
-                    // X, I (M: 15 bits), L, T; S on the first packet; layer id after the
-                    // payload header.
-                    let [hi, lo] = self.picture[l].to_be_bytes();
-                    vec![
-                        if part == 0 { 0x90 } else { 0x80 },
-                        0xe0,
-                        0x80 | hi,
-                        lo,
-                        self.tl0[l],
-                        tid << 6,
-                        if key { 0x00 } else { 0x01 },
-                    ]
-                } else {
-                    // VP8 descriptor: S on the first packet; payload header P = 0 on keyframes.
-                    vec![
-                        if part == 0 { 0x10 } else { 0x00 },
-                        if key { 0x00 } else { 0x01 },
-                    ]
-                };
-                payload.push(l as u8);
-                payload.extend_from_slice(&(frame as u32).to_be_bytes());
-                payload.push(part as u8);
-                payload.resize(300 + 300 * l, 0xab);
-                peer.send_media(t, &payload, part + 1 == packets, 0);
-            }
-        }
-    }
-}
-
-/// Where the payload header is: after the 7-byte numbered descriptor, or the 1-byte plain one.
-fn header_at(p: &ReceivedPacket) -> usize {
-    if p.payload[0] & 0x80 != 0 { 6 } else { 1 }
-}
-
-fn layer(p: &ReceivedPacket) -> u8 {
-    p.payload[header_at(p) + 1]
-}
-
-fn starts_keyframe(p: &ReceivedPacket) -> bool {
-    p.payload[0] & 0x10 != 0 && p.payload[header_at(p)] == 0x00
-}
-
-/// The video a subscriber received from the publisher, first arrivals only, in arrival order.
-fn video_from(net: &SimNetwork, subscriber: usize) -> Vec<ReceivedPacket> {
-    let line = net.peers[subscriber]
-        .incoming_from("pub", MediaKind::Video)
-        .expect("offered the publisher's video")
-        .clone();
-    net.peers[subscriber]
-        .received
-        .get(&line.ssrc)
-        .map(|pkts| pkts.iter().filter(|p| !p.repaired).cloned().collect())
-        .unwrap_or_default()
-}
-
 /// Where the forwarded layer changes: (index of the first packet of the new layer, old, new).
 fn switches(pkts: &[ReceivedPacket]) -> Vec<(usize, u8, u8)> {
     pkts.windows(2)
@@ -172,7 +22,14 @@ fn switches(pkts: &[ReceivedPacket]) -> Vec<(usize, u8, u8)> {
 }
 
 fn setup(send_reports: bool) -> (SimNetwork, SimulcastPublisher) {
-    let mut net = SimNetwork::new(11, |_| {});
+    setup_with(send_reports, |_| {})
+}
+
+fn setup_with(
+    send_reports: bool,
+    configure: impl FnOnce(&mut sfu_core::SfuConfig),
+) -> (SimNetwork, SimulcastPublisher) {
+    let mut net = SimNetwork::new(11, configure);
     net.add_peer("pub", &[]);
     let publisher = SimulcastPublisher::new(&mut net, 0, send_reports);
     for name in ["full", "small", "lossy"] {
@@ -338,14 +195,17 @@ fn without_sender_reports_a_switch_still_moves_time_forward() {
     }
 }
 
+/// The selection by receiver-reported loss alone (bandwidth estimation off, as kept for
+/// comparison): see scenario_bandwidth.rs for the estimate's.
 #[test]
 fn a_subscriber_whose_link_loses_packets_is_moved_down_and_back_up() {
-    let (mut net, mut publisher) = setup(true);
+    let (mut net, mut publisher) = setup_with(true, |c| c.bandwidth_estimation = false);
     net.set_downlink(
         3,
         Link {
             loss: 0.25,
             delay: Duration::from_millis(10),
+            ..Link::default()
         },
     );
     let mut ms = 0u64;

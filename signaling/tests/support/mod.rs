@@ -445,7 +445,11 @@ pub fn convention_problems(text: &str) -> Vec<String> {
             "gauge" | "histogram" | "summary" if name.ends_with("_total") => {
                 problems.push(format!("{name}: a {kind} ending in _total"))
             }
-            "histogram" if !(name.ends_with("_seconds") || name.ends_with("_bytes")) => {
+            "histogram"
+                if !(name.ends_with("_seconds")
+                    || name.ends_with("_bytes")
+                    || name.ends_with("_bytes_per_second")) =>
+            {
                 problems.push(format!("{name}: a histogram without its unit"))
             }
             "summary" => problems.push(format!(

@@ -10,7 +10,11 @@ use crate::rtp_header::HeaderWriter;
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
 use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
 use crate::vp8_continuity::Vp8Indices;
+use sfu_proto::MediaKind;
 use std::time::Instant;
+
+/// Padding bytes in one probe packet (the most RTP padding can say).
+const PROBE_PADDING: usize = 255;
 
 impl Sfu {
     /// Forwards a received packet: rewritten and sealed once per subscriber that takes it.
@@ -67,6 +71,8 @@ impl Sfu {
                 if simulcast {
                     self.counters.layer_switches += 1;
                 }
+            } else if subscription.hold_until_switch {
+                continue;
             }
             let Some((out_ext, out_ts)) = subscription.map(now, media_ext, received.timestamp)
             else {
@@ -110,6 +116,7 @@ impl Sfu {
                 Ok(n) => {
                     if twcc_ext.is_some() {
                         sub.twcc_out_seq = twcc_seq.wrapping_add(1);
+                        sub.downlink.history.record(twcc_seq, now, n, None);
                     }
                     let subscription = &mut sub.subscriptions[sub_idx];
                     subscription.packets = subscription.packets.wrapping_add(1);
@@ -154,6 +161,7 @@ impl Sfu {
 
     pub(super) fn retransmit(
         &mut self,
+        now: Instant,
         idx: ParticipantIdx,
         nack: &rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
         out: &mut TransmitBatch,
@@ -209,9 +217,10 @@ impl Sfu {
                 subscription.rtx_ext_seq += 1;
                 let (ssrc, seq_ext, pt) = (subscription.rtx_ssrc, subscription.rtx_ext_seq, rtx_pt);
                 let mut w = HeaderWriter::new(slot, meta.marker, pt, seq_ext as u16, out_ts, ssrc);
+                let twcc_seq = sub.twcc_out_seq;
                 if let Some(id) = twcc_ext {
-                    w.extension(id, &sub.twcc_out_seq.to_be_bytes());
-                    sub.twcc_out_seq = sub.twcc_out_seq.wrapping_add(1);
+                    w.extension(id, &twcc_seq.to_be_bytes());
+                    sub.twcc_out_seq = twcc_seq.wrapping_add(1);
                 }
                 let hlen = w.finish();
                 // RTX payload: the original sequence number, then the original payload.
@@ -233,12 +242,90 @@ impl Sfu {
                     (seq_ext >> 16) as u32,
                     seq_ext as u16,
                 ) {
+                    if twcc_ext.is_some() {
+                        sub.downlink.history.record(twcc_seq, now, n, None);
+                    }
                     out.commit(dest, n);
                     self.counters.retransmissions_out += 1;
                     self.counters.packets_out += 1;
                     self.counters.bytes_out += n as u64;
                 }
             }
+        }
+    }
+
+    /// Sends what is due of participant `idx`'s probe cluster: padding-only packets on the
+    /// RTX stream of one of its live video subscriptions (a receiver counts them for its
+    /// feedback and discards them). Without such a stream, or once the cluster has sent all it
+    /// will, nothing.
+    pub(super) fn send_probe_padding(
+        &mut self,
+        now: Instant,
+        idx: ParticipantIdx,
+        out: &mut TransmitBatch,
+    ) {
+        let tick = self.config.tick;
+        let Some(sub) = self.participants[idx].as_mut() else {
+            return;
+        };
+        let Some(probe) = sub.downlink.probe.as_ref() else {
+            return;
+        };
+        let mut due = probe.bytes_due(now, tick);
+        let cluster = probe.id;
+        let (Some(ctx), Some(dest), Some(twcc_id)) =
+            (sub.outbound.as_deref(), sub.remote, sub.ext.transport_cc)
+        else {
+            return;
+        };
+        let Some(s) = sub.subscriptions.iter().position(|s| {
+            s.is_live() && s.kind == MediaKind::Video && s.rtx_payload_type.is_some()
+        }) else {
+            return;
+        };
+        let subscription = &mut sub.subscriptions[s];
+        let rtx_pt = subscription.rtx_payload_type.unwrap_or_default();
+        while due > 0 {
+            let slot = out.slot();
+            subscription.rtx_ext_seq += 1;
+            let seq_ext = subscription.rtx_ext_seq;
+            let twcc_seq = sub.twcc_out_seq;
+            let mut w = HeaderWriter::new(
+                slot,
+                false,
+                rtx_pt,
+                seq_ext as u16,
+                subscription.last_out_ts,
+                subscription.rtx_ssrc,
+            );
+            w.extension(twcc_id, &twcc_seq.to_be_bytes());
+            let hlen = w.finish();
+            // RFC 3550 §5.1 padding: the P bit, and the count in the last byte.
+            slot[0] |= 0x20;
+            slot[hlen..hlen + PROBE_PADDING - 1].fill(0);
+            slot[hlen + PROBE_PADDING - 1] = PROBE_PADDING as u8;
+            let len = hlen + PROBE_PADDING;
+            let Ok(n) = ctx.seal_rtp(
+                slot,
+                len,
+                hlen,
+                subscription.rtx_ssrc,
+                (seq_ext >> 16) as u32,
+                seq_ext as u16,
+            ) else {
+                self.counters.seal_failures += 1;
+                return;
+            };
+            sub.twcc_out_seq = twcc_seq.wrapping_add(1);
+            sub.downlink.history.record(twcc_seq, now, n, Some(cluster));
+            if let Some(p) = sub.downlink.probe.as_mut() {
+                p.on_sent(now, n);
+            }
+            out.commit(dest, n);
+            self.counters.probe_packets_out += 1;
+            self.counters.packets_out += 1;
+            self.counters.bytes_out += n as u64;
+            due = due.saturating_sub(n);
         }
     }
 

@@ -2,10 +2,13 @@
 //! requests toward publishers, and the receiver reports and transport-wide feedback we send them.
 
 use super::*;
+use crate::bandwidth_estimator::{BandwidthEstimator, PacketResult};
+use crate::downlink::Downlink;
 use crate::remote_description::MAX_SIMULCAST_LAYERS;
 use crate::rtcp_writer::{self, ReportBlock};
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
+use crate::transport_feedback::TransportFeedback;
 use sfu_proto::MediaKind;
 use std::time::Instant;
 
@@ -50,17 +53,43 @@ impl Sfu {
                 .accept(index as u64);
         }
         self.counters.rtcp_in += 1;
-        let mut slice = &buf[..len];
-        let Ok(packets) = rtc_rtcp::packet::unmarshal(&mut slice) else {
-            self.counters.dropped_malformed += 1;
-            return;
-        };
+        // One packet of the compound at a time: transport-wide feedback is read in place (it
+        // comes every 50–250 ms from every subscriber), the rest by rtc-rtcp; a malformed
+        // packet costs only itself.
+        let mut rest = &buf[..len];
+        while rest.len() >= 4 {
+            let n = (u16::from_be_bytes([rest[2], rest[3]]) as usize + 1) * 4;
+            if n > rest.len() {
+                self.counters.dropped_malformed += 1;
+                return;
+            }
+            let (packet, tail) = rest.split_at(n);
+            rest = tail;
+            if crate::transport_feedback::is_transport_feedback(packet) {
+                self.on_transport_feedback(now, idx, packet, out);
+                continue;
+            }
+            let mut slice = packet;
+            match rtc_rtcp::packet::unmarshal(&mut slice) {
+                Ok(packets) => self.handle_rtcp_packets(now, idx, &packets, out),
+                Err(_) => self.counters.dropped_malformed += 1,
+            }
+        }
+    }
+
+    fn handle_rtcp_packets(
+        &mut self,
+        now: Instant,
+        idx: ParticipantIdx,
+        packets: &[Box<dyn rtc_rtcp::packet::Packet>],
+        out: &mut TransmitBatch,
+    ) {
         use rtc_rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
         use rtc_rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
         use rtc_rtcp::receiver_report::ReceiverReport;
         use rtc_rtcp::sender_report::SenderReport;
         use rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-        for packet in &packets {
+        for packet in packets {
             let any = packet.as_any();
             if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
                 self.keyframe_for_subscription(now, idx, pli.media_ssrc, out);
@@ -69,7 +98,7 @@ impl Sfu {
                     self.keyframe_for_subscription(now, idx, entry.ssrc, out);
                 }
             } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                self.retransmit(idx, nack, out);
+                self.retransmit(now, idx, nack, out);
             } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
                 self.relay_sender_report(now, idx, sr, out);
                 for r in &sr.reports {
@@ -80,6 +109,63 @@ impl Sfu {
                     self.apply_loss_report(now, idx, r.ssrc, r.fraction_lost);
                 }
             }
+        }
+    }
+
+    /// A subscriber's transport-wide feedback: its packets matched to what we sent feed its
+    /// bandwidth estimate, and a probe in flight.
+    fn on_transport_feedback(
+        &mut self,
+        now: Instant,
+        idx: ParticipantIdx,
+        packet: &[u8],
+        out: &mut TransmitBatch,
+    ) {
+        let Ok(feedback) = TransportFeedback::parse(packet) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        self.counters.transport_feedback_in += 1;
+        if !self.config.bandwidth_estimation {
+            return;
+        }
+        let start = self.config.start_bitrate_bps;
+        let Some(p) = self.participants[idx].as_mut() else {
+            return;
+        };
+        let Downlink {
+            history,
+            estimator,
+            probe,
+            ..
+        } = &mut p.downlink;
+        let estimator = estimator.get_or_insert_with(|| BandwidthEstimator::new(start));
+        estimator.on_feedback(
+            now,
+            feedback.packets().filter_map(|status| {
+                let sent = history.lookup(status.seq)?;
+                if let Some(cluster) = probe.as_mut()
+                    && sent.probe == Some(cluster.id)
+                {
+                    cluster.on_feedback(&sent, status.arrival_us);
+                }
+                Some(PacketResult {
+                    sent_at: sent.sent_at,
+                    size: sent.size,
+                    arrival_us: status.arrival_us,
+                })
+            }),
+        );
+        p.downlink.settle_probe(now);
+        // An estimate that no longer carries what was allocated is acted on now, not at the
+        // next layer pass: every 100 ms over a bottleneck's capacity fills its queue further.
+        let fits = p
+            .downlink
+            .estimator
+            .as_ref()
+            .is_none_or(|e| e.estimate_bps() >= p.downlink.allocated_bps);
+        if !fits {
+            self.allocate(now, idx, out);
         }
     }
 

@@ -157,6 +157,9 @@ impl Sfu {
                 return None;
             }
             layer.last_packet_at = Some(now);
+            layer
+                .bitrate
+                .add(now, plain_len + crate::srtp_context::SRTP_TAG_LEN);
             ext
         };
         let audio_level = match (track.kind, p.ext.audio_level) {

@@ -1,7 +1,10 @@
-//! Simulcast layers: which layer each subscription gets (its preference, its link's loss,
-//! what is being sent) and the timestamps that keep a switch continuous.
+//! Simulcast layers: which layer each subscription gets (its preference, its subscriber's
+//! bandwidth estimate — or, without one, its link's loss — and what is being sent), the probes
+//! that look for room to go up, and the timestamps that keep a switch continuous.
 
 use super::*;
+use crate::delay_trend::BandwidthUsage;
+use crate::probe_cluster::ProbeCluster;
 use crate::subscription::Subscription;
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
@@ -21,6 +24,14 @@ impl Sfu {
         let all = only.is_none();
         let every = self.participants.indices().filter(move |_| all);
         for idx in only.into_iter().chain(every) {
+            if self.config.bandwidth_estimation
+                && self.participants[idx]
+                    .as_ref()
+                    .is_some_and(|p| p.downlink.estimator.is_some())
+            {
+                self.allocate(now, idx, out);
+                continue;
+            }
             let count = self.participants[idx]
                 .as_ref()
                 .map_or(0, |p| p.subscriptions.len());
@@ -43,6 +54,108 @@ impl Sfu {
                     self.request_keyframe(now, t, want, out);
                 }
             }
+        }
+    }
+
+    /// Splits participant `idx`'s bandwidth estimate across its subscriptions: audio and
+    /// single-layer video first (they cannot step down), then simulcast video, the room's
+    /// active speaker before the rest, each on the highest layer it wants that the rest of the
+    /// estimate carries. Going up needs 15 % to spare (no flapping at the edge); a track that
+    /// fits no layer gets its lowest. When something is held back and no probe is in flight,
+    /// a probe looks for the headroom.
+    pub(super) fn allocate(&mut self, now: Instant, idx: ParticipantIdx, out: &mut TransmitBatch) {
+        let p = self.participant(idx);
+        let Some(estimator) = p.downlink.estimator.as_ref() else {
+            return;
+        };
+        let estimate = estimator.estimate_bps();
+        let overusing = estimator.usage() == BandwidthUsage::Overusing;
+        let speaker = self.rooms.get(&p.room).and_then(|r| r.speaker);
+        let mut remaining = estimate as i64;
+        let mut desired = 0u64;
+        let mut held_back = false;
+        let count = p.subscriptions.len();
+        // Pass 0: what cannot adapt; pass 1: the speaker's simulcast video; pass 2: the rest.
+        for pass in 0..3 {
+            for s in 0..count {
+                let sub = &self.participant(idx).subscriptions[s];
+                if !sub.is_live() {
+                    continue;
+                }
+                let Some(track) = self.tracks[sub.track].as_ref() else {
+                    continue;
+                };
+                let simulcast = track.is_simulcast();
+                let wanted_pass = match (simulcast, Some(track.publisher) == speaker) {
+                    (false, _) => 0,
+                    (true, true) => 1,
+                    (true, false) => 2,
+                };
+                if wanted_pass != pass {
+                    continue;
+                }
+                if !simulcast {
+                    let rate = track.layers[0].bitrate.bps(now);
+                    remaining -= rate as i64;
+                    desired += rate;
+                    continue;
+                }
+                let limit = sub.preferred.max_index(track.layers.len());
+                let current = sub.target_layer;
+                let rate = |l: usize| track.layers[l].bitrate.bps(now);
+                let sending = |l: &usize| track.layers[*l].is_sending(now);
+                let top = (0..=limit).rev().find(sending);
+                let fits = |l: &usize| {
+                    let need = rate(*l) as i64;
+                    if *l > current {
+                        need + need * 15 / 100 <= remaining
+                    } else {
+                        need <= remaining
+                    }
+                };
+                let chosen = (0..=limit)
+                    .rev()
+                    .filter(sending)
+                    .find(fits)
+                    .or_else(|| (0..track.layers.len()).find(sending))
+                    .unwrap_or_else(|| track.choose_layer(limit, now));
+                if let Some(top) = top {
+                    desired += rate(top);
+                    held_back |= chosen < top;
+                }
+                remaining -= rate(chosen) as i64;
+                let t = sub.track;
+                let behind = sub.layer != Some(chosen);
+                // Lower for want of bandwidth (not because the subscriber asked for less):
+                // stop the layer that overflows now rather than at the next keyframe.
+                let congested =
+                    sub.layer.is_some_and(|l| chosen < l) && top.is_some_and(|t| chosen < t);
+                if congested && !sub.hold_until_switch {
+                    self.counters.layer_bandwidth_downgrades += 1;
+                }
+                let sub = &mut self.participant_mut(idx).subscriptions[s];
+                sub.target_layer = chosen;
+                sub.hold_until_switch = congested;
+                if behind {
+                    self.request_keyframe(now, t, chosen, out);
+                }
+            }
+        }
+        let dl = &mut self.participant_mut(idx).downlink;
+        dl.allocated_bps = (estimate as i64 - remaining).max(0) as u64;
+        dl.desired_bps = desired;
+        let may_probe = held_back
+            && !overusing
+            && dl.probe.is_none()
+            && dl.next_probe_at().is_none_or(|t| now >= t);
+        if may_probe {
+            // Enough for what is held back (and a margin), but never more than three times
+            // the estimate in one step (libwebrtc's first probes go to 3× and 6×).
+            let target = (desired + desired / 5).clamp(estimate + estimate / 5, estimate * 3);
+            dl.probes_started = dl.probes_started.wrapping_add(1);
+            dl.probe = Some(ProbeCluster::new(dl.probes_started, target, now));
+            dl.last_probe_at = Some(now);
+            self.counters.probe_clusters += 1;
         }
     }
 

@@ -47,6 +47,12 @@ pub struct SfuConfig {
     pub twcc_interval: Duration,
     pub tick: Duration,
     pub speaker_interval: Duration,
+    /// Choose subscribers' layers by their bandwidth estimate (transport-wide feedback, with
+    /// probing); `false` keeps the older selection by receiver-reported loss alone (for
+    /// comparison).
+    pub bandwidth_estimation: bool,
+    /// The estimate a subscriber starts with, before its feedback says otherwise.
+    pub start_bitrate_bps: u64,
 }
 
 impl SfuConfig {
@@ -62,8 +68,24 @@ impl SfuConfig {
             twcc_interval: Duration::from_millis(50),
             tick: Duration::from_millis(10),
             speaker_interval: Duration::from_millis(300),
+            bandwidth_estimation: true,
+            start_bitrate_bps: 1_500_000,
         }
     }
+}
+
+/// One participant's downlink as the bandwidth estimation sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DownlinkStats {
+    /// What may be sent to it, bits per second.
+    pub estimate_bps: u64,
+    /// What it received lately, as its feedback says.
+    pub acked_bps: Option<u64>,
+    /// What its subscriptions were given, and what they would take unconstrained.
+    pub allocated_bps: u64,
+    pub desired_bps: u64,
+    /// Loss its feedback reported over the last half second (0–1).
+    pub loss_fraction: f64,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +190,30 @@ impl Sfu {
 
     pub fn participant_count(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// What the bandwidth estimation knows of the path toward `id` (`None` before its first
+    /// transport-wide feedback, or for an unknown participant).
+    pub fn downlink_stats(&self, id: &ParticipantId) -> Option<DownlinkStats> {
+        Self::stats_of(self.participants[*self.by_id.get(id)?].as_ref()?)
+    }
+
+    /// Every participant's downlink that has an estimate (for metrics).
+    pub fn downlinks(&self) -> impl Iterator<Item = DownlinkStats> + '_ {
+        self.participants
+            .indices()
+            .filter_map(|i| Self::stats_of(self.participants[i].as_ref()?))
+    }
+
+    fn stats_of(p: &Participant) -> Option<DownlinkStats> {
+        let estimator = p.downlink.estimator.as_ref()?;
+        Some(DownlinkStats {
+            estimate_bps: estimator.estimate_bps(),
+            acked_bps: estimator.acked_bps(),
+            allocated_bps: p.downlink.allocated_bps,
+            desired_bps: p.downlink.desired_bps,
+            loss_fraction: estimator.loss_fraction,
+        })
     }
 
     pub fn has_participant(&self, id: &ParticipantId) -> bool {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::codec::CodecParams;
+use crate::downlink::Downlink;
 use crate::local_description::{
     self, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC, LineContent,
     LineSpec, SdpKind, SendSource, TransportSpec,
@@ -72,6 +73,7 @@ impl Sfu {
             probe_addrs: Vec::new(),
             twcc: TwccRecorder::new(now),
             twcc_out_seq: 0,
+            downlink: Downlink::new(now),
             preferred_layer: VideoLayer::High,
         };
         let idx = self.participants.insert(participant);

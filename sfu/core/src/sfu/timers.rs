@@ -113,6 +113,18 @@ impl Sfu {
                 self.request_keyframe(now, t, l, out);
             }
         }
+        // Probes in flight: the burst due this tick, and a verdict on those overdue.
+        if self.config.bandwidth_estimation {
+            for idx in self.participants.indices() {
+                let probing = self.participants[idx]
+                    .as_ref()
+                    .is_some_and(|p| p.downlink.probe.is_some());
+                if probing {
+                    self.send_probe_padding(now, idx, out);
+                    self.participant_mut(idx).downlink.settle_probe(now);
+                }
+            }
+        }
         if self.next_twcc.is_none_or(|t| now >= t) {
             self.next_twcc = Some(now + self.config.twcc_interval);
             self.send_twcc_feedback(out);

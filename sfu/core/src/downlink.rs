@@ -1,0 +1,72 @@
+//! Everything about the path toward one participant that the bandwidth estimation needs: what
+//! was sent on it, the estimate its feedback gives, a probe in flight, and what the allocator
+//! last gave its subscriptions.
+
+use crate::bandwidth_estimator::BandwidthEstimator;
+use crate::probe_cluster::ProbeCluster;
+use crate::send_history::SendHistory;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct Downlink {
+    pub history: SendHistory,
+    /// From the participant's first transport-wide feedback on.
+    pub estimator: Option<BandwidthEstimator>,
+    pub probe: Option<ProbeCluster>,
+    pub probes_started: u16,
+    pub last_probe_at: Option<Instant>,
+    /// Consecutive probes that found nothing above the estimate (they then come less often).
+    pub fruitless_probes: u8,
+    /// What the allocator gave this participant's subscriptions, and what they would take
+    /// unconstrained, at its last pass (bits per second).
+    pub allocated_bps: u64,
+    pub desired_bps: u64,
+}
+
+impl Downlink {
+    pub fn new(epoch: Instant) -> Self {
+        Self {
+            history: SendHistory::new(epoch),
+            estimator: None,
+            probe: None,
+            probes_started: 0,
+            last_probe_at: None,
+            fruitless_probes: 0,
+            allocated_bps: 0,
+            desired_bps: 0,
+        }
+    }
+
+    /// Judges the probe in flight once its feedback is in (or overdue): a rate above the
+    /// estimate raises it; a probe that found nothing makes the next one wait longer.
+    pub fn settle_probe(&mut self, now: Instant) {
+        let Some(verdict) = self.probe.as_ref().and_then(|p| p.result(now)) else {
+            return;
+        };
+        self.probe = None;
+        let Some(estimator) = self.estimator.as_mut() else {
+            return;
+        };
+        let before = estimator.estimate_bps();
+        if let Some(result) = verdict {
+            estimator.on_probe_result(result);
+        }
+        // Headroom found is at least a tenth more; less is a link at its capacity.
+        if verdict.is_some_and(|r| r.bps > before + before / 10) {
+            self.fruitless_probes = 0;
+        } else {
+            self.fruitless_probes = self.fruitless_probes.saturating_add(1);
+        }
+    }
+
+    /// When the next probe may start: soon after one that found headroom, later after each
+    /// that did not (a link that cannot carry more is not to be poked every second).
+    pub fn next_probe_at(&self) -> Option<Instant> {
+        let wait = PROBE_INTERVAL * (1u32 << self.fruitless_probes.min(2));
+        self.last_probe_at.map(|t| t + wait.min(PROBE_INTERVAL_MAX))
+    }
+}
+
+/// Probes of one link, at most this often (doubling after fruitless ones, up to the maximum).
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(4);

@@ -1,0 +1,209 @@
+//! A probe: a short burst of padding toward a subscriber at a rate above its estimate, sent
+//! before a layer goes up. What its packets' feedback says the link carried (the slower of the
+//! send and the receive rate) becomes a floor for the estimate; a burst that queues shows up
+//! as a receive rate below the send rate, which is then the answer. After libwebrtc's probe
+//! controller and probe bitrate estimator.
+
+use crate::send_history::SentPacket;
+use std::time::{Duration, Instant};
+
+/// How long a cluster sends.
+pub const PROBE_DURATION: Duration = Duration::from_millis(30);
+/// Feedback for a cluster is awaited this long before it is judged on what came back.
+const RESULT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Packets at least, so one burst's spacing is measured over several.
+const MIN_PACKETS: u32 = 5;
+/// A cluster with fewer of its packets acknowledged than this share is no evidence.
+const MIN_RECEIVED_SHARE: f64 = 0.8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub cluster: u16,
+    pub bps: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeCluster {
+    pub id: u16,
+    pub target_bps: u64,
+    started: Instant,
+    bytes_sent: usize,
+    packets_sent: u32,
+    first_sent: Option<Instant>,
+    last_sent: Option<Instant>,
+    received: u32,
+    received_bytes: usize,
+    first_arrival: Option<(i64, usize)>,
+    last_arrival_us: Option<i64>,
+    lost: u32,
+}
+
+impl ProbeCluster {
+    pub fn new(id: u16, target_bps: u64, now: Instant) -> Self {
+        Self {
+            id,
+            target_bps,
+            started: now,
+            bytes_sent: 0,
+            packets_sent: 0,
+            first_sent: None,
+            last_sent: None,
+            received: 0,
+            received_bytes: 0,
+            first_arrival: None,
+            last_arrival_us: None,
+            lost: 0,
+        }
+    }
+
+    /// Bytes to send now to keep to the target rate (the burst of the current tick).
+    pub fn bytes_due(&self, now: Instant, tick: Duration) -> usize {
+        let elapsed = now.saturating_duration_since(self.started) + tick;
+        let done = now >= self.started + PROBE_DURATION && self.packets_sent >= MIN_PACKETS;
+        if done {
+            return 0;
+        }
+        let planned =
+            (self.target_bps as f64 * elapsed.min(PROBE_DURATION).as_secs_f64() / 8.0) as usize;
+        planned.saturating_sub(self.bytes_sent)
+    }
+
+    /// Whether it has sent all it will.
+    pub fn is_sent(&self, now: Instant) -> bool {
+        now >= self.started + PROBE_DURATION && self.packets_sent >= MIN_PACKETS
+    }
+
+    pub fn on_sent(&mut self, now: Instant, size: usize) {
+        self.bytes_sent += size;
+        self.packets_sent += 1;
+        self.first_sent.get_or_insert(now);
+        self.last_sent = Some(now);
+    }
+
+    pub fn on_feedback(&mut self, sent: &SentPacket, arrival_us: Option<i64>) {
+        match arrival_us {
+            Some(at) => {
+                self.received += 1;
+                self.received_bytes += sent.size;
+                match self.first_arrival {
+                    Some((first, _)) if first <= at => {}
+                    _ => self.first_arrival = Some((at, sent.size)),
+                }
+                self.last_arrival_us = Some(self.last_arrival_us.map_or(at, |l| l.max(at)));
+            }
+            None => self.lost += 1,
+        }
+    }
+
+    /// Judged once all its packets are accounted for (or the wait is over): `Some(Some(r))` a
+    /// rate, `Some(None)` no evidence, `None` still waiting.
+    pub fn result(&self, now: Instant) -> Option<Option<ProbeResult>> {
+        if !self.is_sent(now) {
+            return None;
+        }
+        let accounted = self.received + self.lost;
+        if accounted < self.packets_sent && now < self.started + RESULT_TIMEOUT {
+            return None;
+        }
+        if (self.received as f64) < self.packets_sent as f64 * MIN_RECEIVED_SHARE
+            || self.received < 2
+        {
+            return Some(None);
+        }
+        // The send rate over the cluster's duration (its bursts are a tick apart), the
+        // receive rate from first to last arrival without the first packet's bytes.
+        let send_span = PROBE_DURATION.as_secs_f64();
+        let send_bps = self.bytes_sent as f64 * 8.0 / send_span;
+        let (first_at, first_size) = self.first_arrival?;
+        let recv_span_us = (self.last_arrival_us? - first_at).max(1) as f64;
+        let recv_bps = (self.received_bytes - first_size) as f64 * 8.0 * 1e6 / recv_span_us;
+        let bps = if recv_bps < 0.9 * send_bps {
+            // It queued: the receive rate is what the bottleneck let through.
+            recv_bps * 0.95
+        } else {
+            send_bps.min(recv_bps)
+        };
+        Some(Some(ProbeResult {
+            cluster: self.id,
+            bps: bps as u64,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::disallowed_methods)]
+    fn origin() -> Instant {
+        Instant::now()
+    }
+
+    /// Sends a cluster in 10 ms bursts through a bottleneck of `capacity_bps`; its result.
+    fn probe(target_bps: u64, capacity_bps: f64) -> Option<ProbeResult> {
+        let t0 = origin();
+        let tick = Duration::from_millis(10);
+        let mut c = ProbeCluster::new(1, target_bps, t0);
+        let mut free_at = 0.0f64;
+        let mut sent = Vec::new();
+        let mut now = t0;
+        while !c.is_sent(now) {
+            let mut due = c.bytes_due(now, tick);
+            while due > 0 {
+                let size = 280usize;
+                c.on_sent(now, size);
+                due = due.saturating_sub(size);
+                let at_us = (now - t0).as_micros() as f64;
+                let arrival = at_us.max(free_at) + size as f64 * 8.0 / capacity_bps * 1e6;
+                free_at = arrival;
+                sent.push((
+                    SentPacket {
+                        ext_seq: 0,
+                        sent_at: now,
+                        size,
+                        probe: Some(1),
+                    },
+                    arrival as i64,
+                ));
+            }
+            now += tick;
+        }
+        assert_eq!(c.result(now), None, "waits for its feedback");
+        for (p, at) in &sent {
+            c.on_feedback(p, Some(*at));
+        }
+        c.result(now).expect("judged")
+    }
+
+    #[test]
+    fn a_link_with_room_measures_the_target() {
+        let r = probe(1_500_000, 10e6).expect("rate");
+        assert!((1_300_000..=1_800_000).contains(&r.bps), "{r:?}");
+    }
+
+    #[test]
+    fn a_narrow_link_measures_its_capacity() {
+        let r = probe(2_000_000, 600e3).expect("rate");
+        assert!((450_000..=650_000).contains(&r.bps), "{r:?}");
+    }
+
+    #[test]
+    fn a_lost_cluster_is_no_evidence() {
+        let t0 = origin();
+        let mut c = ProbeCluster::new(1, 1_000_000, t0);
+        for _ in 0..10 {
+            c.on_sent(t0, 300);
+        }
+        let later = t0 + Duration::from_millis(40);
+        for i in 0..10 {
+            let p = SentPacket {
+                ext_seq: i,
+                sent_at: t0,
+                size: 300,
+                probe: Some(1),
+            };
+            c.on_feedback(&p, (i < 5).then_some(i as i64 * 1000));
+        }
+        assert_eq!(c.result(later), Some(None));
+    }
+}

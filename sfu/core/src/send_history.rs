@@ -1,0 +1,124 @@
+//! What we sent one subscriber, by transport-wide sequence number: when and how large, and
+//! whether it was a probe. Feedback names packets by that number; the estimator needs their
+//! send times and sizes beside the arrival times.
+
+use std::time::{Duration, Instant};
+
+/// Packets remembered: a fixed ring (a few seconds at a subscriber's rates; feedback comes
+/// every 50–250 ms), so recording on the forwarding path never allocates.
+const RING: usize = 2048;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    /// Extended sequence number + 1 (0: empty slot).
+    ext_plus_one: u64,
+    sent_us: u64,
+    size: u16,
+    probe: Option<u16>,
+}
+
+/// A packet the feedback matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentPacket {
+    pub ext_seq: u64,
+    pub sent_at: Instant,
+    /// Bytes on the wire (SRTP included).
+    pub size: usize,
+    /// The probe cluster it belongs to.
+    pub probe: Option<u16>,
+}
+
+#[derive(Debug)]
+pub struct SendHistory {
+    epoch: Instant,
+    ring: Vec<Entry>,
+    /// Highest extended sequence number sent.
+    highest: Option<u64>,
+    /// Highest extended sequence number feedback has named (for extending 16-bit ones).
+    highest_acked: Option<u64>,
+}
+
+impl SendHistory {
+    pub fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            ring: Vec::new(),
+            highest: None,
+            highest_acked: None,
+        }
+    }
+
+    fn extend(reference: Option<u64>, seq: u16) -> u64 {
+        match reference {
+            None => seq as u64 + (1 << 16),
+            Some(h) => (h as i64 + seq.wrapping_sub(h as u16) as i16 as i64).max(0) as u64,
+        }
+    }
+
+    pub fn record(&mut self, seq: u16, now: Instant, size: usize, probe: Option<u16>) {
+        if self.ring.is_empty() {
+            self.ring = vec![Entry::default(); RING];
+        }
+        let ext = Self::extend(self.highest, seq);
+        if self.highest.is_none_or(|h| ext > h) {
+            self.highest = Some(ext);
+        }
+        self.ring[(ext % RING as u64) as usize] = Entry {
+            ext_plus_one: ext + 1,
+            sent_us: now.saturating_duration_since(self.epoch).as_micros() as u64,
+            size: size.min(u16::MAX as usize) as u16,
+            probe,
+        };
+    }
+
+    /// The packet sent as `seq` (16 bits, as feedback names it), if still remembered.
+    pub fn lookup(&mut self, seq: u16) -> Option<SentPacket> {
+        let reference = self.highest_acked.or(self.highest);
+        let ext = Self::extend(reference, seq);
+        let e = self.ring.get((ext % RING as u64) as usize)?;
+        if e.ext_plus_one != ext + 1 {
+            return None;
+        }
+        if self.highest_acked.is_none_or(|h| ext > h) {
+            self.highest_acked = Some(ext);
+        }
+        Some(SentPacket {
+            ext_seq: ext,
+            sent_at: self.epoch + Duration::from_micros(e.sent_us),
+            size: e.size as usize,
+            probe: e.probe,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::disallowed_methods)]
+    #[test]
+    fn remembers_across_the_16_bit_wrap_and_forgets_the_old() {
+        let t0 = Instant::now();
+        let mut h = SendHistory::new(t0);
+        for i in 0..3000u32 {
+            let seq = (65_000 + i) as u16;
+            let probe = (i % 100 == 0).then_some(3);
+            h.record(
+                seq,
+                t0 + Duration::from_micros(i as u64 * 100),
+                1000 + i as usize,
+                probe,
+            );
+        }
+        // The newest 2048 are there, across the wrap, with their times and sizes.
+        let p = h.lookup((65_000u32 + 2999) as u16).expect("newest");
+        assert_eq!(
+            (p.size, p.sent_at - t0),
+            (3999, Duration::from_micros(299_900))
+        );
+        let p = h.lookup((65_000u32 + 1000) as u16).expect("after the wrap");
+        assert_eq!((p.size, p.probe), (2000, Some(3)));
+        assert_eq!(h.lookup((65_000u32 + 900) as u16), None, "overwritten");
+        assert_eq!(h.lookup(12_345), None, "never sent");
+    }
+}

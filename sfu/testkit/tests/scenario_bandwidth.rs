@@ -1,0 +1,316 @@
+//! Bandwidth estimation on the simulated network: a publisher sends a simulcast camera (about
+//! 150 kbit/s, 0.5 and 1.4 Mbit/s) and audio; subscribers sit behind shaped downlinks (a token
+//! bucket draining a drop-tail queue, as `tc tbf` makes one). What is asserted is what a
+//! patient would notice: the picture's layer over time, pauses in the video, packets lost at
+//! the bottleneck, the delay its queue adds, audio that keeps coming.
+
+use sfu_proto::{MediaKind, Permissions};
+use sfu_testkit::simulcast_publisher::{SimulcastPublisher, layer, video_from};
+use sfu_testkit::{Link, ReceivedPacket, SimNetwork};
+use std::time::{Duration, Instant};
+
+const BOTH: Permissions = Permissions {
+    publish: true,
+    subscribe: true,
+};
+
+/// The publisher: peer 0, audio on its track 0, the camera's three layers after it.
+struct Call {
+    net: SimNetwork,
+    camera: SimulcastPublisher,
+    ms: u64,
+    audio_sent: u32,
+}
+
+impl Call {
+    fn new(seed: u64, downlinks: &[Link]) -> Self {
+        let mut net = SimNetwork::new(seed, |_| {});
+        net.add_peer("pub", &[MediaKind::Audio]);
+        let mut camera = SimulcastPublisher::new(&mut net, 0, true);
+        // 30 fps: 1 × 600 B, 2 × 1000 B and 5 × 1100 B per frame.
+        camera.packets_per_frame = [1, 2, 5];
+        camera.packet_size = [600, 1000, 1100];
+        for (i, link) in downlinks.iter().enumerate() {
+            net.add_peer(&format!("sub{i}"), &[]);
+            net.set_downlink(i + 1, *link);
+        }
+        for p in 0..=downlinks.len() {
+            net.join(p, "visit", BOTH);
+        }
+        net.connect_all(Duration::from_secs(5));
+        Self {
+            net,
+            camera,
+            ms: 0,
+            audio_sent: 0,
+        }
+    }
+
+    fn run(&mut self, d: Duration) {
+        let Self {
+            net,
+            camera,
+            ms,
+            audio_sent,
+        } = self;
+        net.run(d, |n| {
+            camera.step(n);
+            *ms += 1;
+            // Opus: 20 ms frames of about 80 bytes.
+            if ms.is_multiple_of(20) {
+                n.peers[0].send_media(0, &[0x55; 80], true, 960);
+                *audio_sent += 1;
+            }
+        });
+    }
+
+    fn video(&self, subscriber: usize) -> Vec<ReceivedPacket> {
+        video_from(&self.net, subscriber)
+    }
+
+    /// Audio packets the subscriber received (first copies).
+    fn audio_received(&self, subscriber: usize) -> usize {
+        let line = self.net.peers[subscriber]
+            .incoming_from("pub", MediaKind::Audio)
+            .expect("offered the publisher's audio");
+        self.net.peers[subscriber]
+            .received
+            .get(&line.ssrc)
+            .map_or(0, |p| p.iter().filter(|p| !p.repaired).count())
+    }
+
+    /// Of the datagrams the SFU sent `subscriber` in [from, to): the share its bottleneck
+    /// dropped, and the longest any waited in its queue.
+    fn bottleneck(&self, subscriber: usize, from: Instant, to: Instant) -> (f64, Duration) {
+        let window: Vec<_> = self.net.deliveries[subscriber]
+            .iter()
+            .filter(|d| d.sent >= from && d.sent < to)
+            .collect();
+        let dropped = window.iter().filter(|d| d.queued.is_none()).count();
+        let longest = window
+            .iter()
+            .filter_map(|d| d.queued)
+            .max()
+            .unwrap_or_default();
+        (dropped as f64 / window.len().max(1) as f64, longest)
+    }
+}
+
+/// The layer of the last video packet that arrived before `t`.
+fn layer_at(video: &[ReceivedPacket], t: Instant) -> Option<u8> {
+    video.iter().rev().find(|p| p.at < t).map(layer)
+}
+
+/// The first arrival at or after `from` of a packet on `layer`.
+fn first_on(
+    video: &[ReceivedPacket],
+    from: Instant,
+    wanted: impl Fn(u8) -> bool,
+) -> Option<Instant> {
+    video
+        .iter()
+        .find(|p| p.at >= from && wanted(layer(p)))
+        .map(|p| p.at)
+}
+
+/// The longest stretch without a video packet between `from` and `to`.
+fn longest_gap(video: &[ReceivedPacket], from: Instant, to: Instant) -> Duration {
+    let times: Vec<Instant> = video
+        .iter()
+        .map(|p| p.at)
+        .filter(|&t| t >= from && t < to)
+        .collect();
+    let mut longest = Duration::ZERO;
+    let mut last = from;
+    for t in times.into_iter().chain([to]) {
+        longest = longest.max(t - last);
+        last = t;
+    }
+    longest
+}
+
+/// A phone on 3 Mbit/s whose downlink falls to 400 kbit/s with a bottleneck queue of
+/// `queue`; returns the call, the share of datagrams its queue dropped in the 3 s after, and
+/// the audio packets lost.
+fn capacity_drop(seed: u64, queue: Duration) -> (Call, f64, i64) {
+    let mut call = Call::new(seed, &[Link::shaped(3_000_000, Duration::from_millis(100))]);
+    call.run(Duration::from_secs(6));
+    assert_eq!(
+        layer_at(&call.video(1), call.net.now),
+        Some(2),
+        "the top layer on 3 Mbit/s"
+    );
+
+    let drop = call.net.now;
+    let audio_before = (call.audio_sent, call.audio_received(1));
+    call.net.set_downlink(1, Link::shaped(400_000, queue));
+    call.run(Duration::from_secs(6));
+    let video = call.video(1);
+    let down = first_on(&video, drop, |l| l < 2).expect("moved to a lower layer");
+    let (loss, _) = call.bottleneck(1, drop, drop + Duration::from_secs(3));
+    let (_, queued_after) = call.bottleneck(1, drop + Duration::from_secs(3), call.net.now);
+    let audio_lost = (call.audio_sent - audio_before.0) as i64
+        - (call.audio_received(1) - audio_before.1) as i64;
+    let paused = longest_gap(&video, drop, call.net.now);
+    println!(
+        "drop to 400 kbit/s ({queue:?} queue): lower layer after {:?}, bottleneck loss {:.1} % in 3 s, queue after 3 s ≤ {:?}, \
+         longest video pause {:?}, audio packets lost {audio_lost}, estimate {:?}",
+        down - drop,
+        loss * 100.0,
+        queued_after,
+        paused,
+        call.net.sfu.downlink_stats(call.net.id(1)),
+    );
+    assert!(
+        down - drop <= Duration::from_secs(2),
+        "on a lower layer {:?} after the drop",
+        down - drop
+    );
+    assert!(
+        queued_after < Duration::from_millis(100),
+        "queueing delay still {queued_after:?} 3 s after the drop"
+    );
+    assert!(
+        paused < Duration::from_millis(500),
+        "the picture paused {paused:?}"
+    );
+    assert!(
+        layer_at(&video, call.net.now).is_some_and(|l| l < 2),
+        "still low at the end"
+    );
+    assert!(call.net.sfu.counters.layer_bandwidth_downgrades >= 1);
+    (call, loss, audio_lost)
+}
+
+#[test]
+fn a_capacity_drop_moves_the_picture_down_within_two_seconds_and_probing_brings_it_back() {
+    // A phone's cellular bottleneck queues a lot (a quarter of a second here).
+    let (mut call, loss, audio_lost) = capacity_drop(21, Duration::from_millis(250));
+    assert_eq!(audio_lost, 0, "audio came through the congestion");
+    assert!(
+        loss < 0.05,
+        "{:.1} % lost at the bottleneck during the transition",
+        loss * 100.0
+    );
+
+    // The link recovers: probes find the room and the picture climbs back to the top.
+    let recover = call.net.now;
+    let probes_before = call.net.sfu.counters.probe_clusters;
+    call.net
+        .set_downlink(1, Link::shaped(3_000_000, Duration::from_millis(100)));
+    call.run(Duration::from_secs(12));
+    let video = call.video(1);
+    let top = first_on(&video, recover, |l| l == 2).expect("back on the top layer");
+    let (loss, queued) = call.bottleneck(1, recover, call.net.now);
+    println!(
+        "back to 3 Mbit/s: top layer after {:?} ({} probes), bottleneck loss {:.2} %, longest queue {:?}",
+        top - recover,
+        call.net.sfu.counters.probe_clusters - probes_before,
+        loss * 100.0,
+        queued,
+    );
+    assert!(
+        top - recover <= Duration::from_secs(10),
+        "top layer only {:?} after recovery",
+        top - recover
+    );
+    assert!(
+        call.net.sfu.counters.probe_clusters > probes_before,
+        "found by probing"
+    );
+    assert!(
+        call.net.peers[1].padding_received > 0,
+        "the probes reached the subscriber"
+    );
+    assert!(
+        loss < 0.01,
+        "{:.2} % lost at the bottleneck while climbing",
+        loss * 100.0
+    );
+    assert_eq!(layer_at(&video, call.net.now), Some(2));
+}
+
+#[test]
+fn two_subscribers_of_one_publisher_on_different_links_get_different_layers() {
+    let mut call = Call::new(
+        22,
+        &[
+            Link::shaped(4_000_000, Duration::from_millis(100)),
+            Link::shaped(600_000, Duration::from_millis(150)),
+        ],
+    );
+    call.run(Duration::from_secs(10));
+    let now = call.net.now;
+    let (fast, slow) = (layer_at(&call.video(1), now), layer_at(&call.video(2), now));
+    let (slow_loss, slow_queue) = call.bottleneck(2, now - Duration::from_secs(5), now);
+    println!(
+        "4 Mbit/s: layer {fast:?}; 600 kbit/s: layer {slow:?}, loss {:.2} %, queue ≤ {slow_queue:?} over the last 5 s",
+        slow_loss * 100.0
+    );
+    assert_eq!(fast, Some(2), "the fast link gets the top layer");
+    assert!(
+        slow.is_some_and(|l| l < 2),
+        "the slow link gets a lower one: {slow:?}"
+    );
+    assert!(slow_loss < 0.01 && slow_queue < Duration::from_millis(100));
+}
+
+/// A shallow queue fills before any feedback about it can arrive (the feedback waits in that
+/// queue too): the transition loses more, but briefly, and the move down is quicker.
+#[test]
+fn with_a_shallow_bottleneck_queue_the_transition_loss_stays_bounded() {
+    let (_, loss, audio_lost) = capacity_drop(23, Duration::from_millis(50));
+    // The full queue drops whatever arrives, audio too, until the video steps down.
+    assert!(audio_lost <= 3, "{audio_lost} audio packets lost");
+    assert!(
+        loss < 0.10,
+        "{:.1} % lost at the bottleneck during the transition",
+        loss * 100.0
+    );
+}
+
+/// Five minutes on a 1 Mbit/s link that carries the middle layer but not the top one: the
+/// picture settles and stays (no flapping between layers), and the estimate tracks the link.
+#[test]
+fn five_steady_minutes_settle_on_one_layer_with_the_estimate_near_capacity() {
+    let capacity = 1_000_000u64;
+    let mut call = Call::new(24, &[Link::shaped(capacity, Duration::from_millis(200))]);
+    call.run(Duration::from_secs(20));
+    let settled = call.net.now;
+    let mut estimates = Vec::new();
+    for _ in 0..280 {
+        call.run(Duration::from_secs(1));
+        let stats = call
+            .net
+            .sfu
+            .downlink_stats(call.net.id(1))
+            .expect("an estimate");
+        estimates.push(stats.estimate_bps);
+    }
+    let video = call.video(1);
+    let after: Vec<u8> = video
+        .iter()
+        .filter(|p| p.at >= settled)
+        .map(layer)
+        .collect();
+    let switches = after.windows(2).filter(|w| w[0] != w[1]).count();
+    estimates.sort_unstable();
+    let median = estimates[estimates.len() / 2];
+    let low = estimates[estimates.len() / 20];
+    let (loss, queued) = call.bottleneck(1, settled, call.net.now);
+    println!(
+        "1 Mbit/s for 5 min: layer {:?}, {switches} switches after 20 s, estimate median {median} \
+         (5th percentile {low}), bottleneck loss {:.3} %, longest queue {queued:?}, probes {}",
+        after.last(),
+        loss * 100.0,
+        call.net.sfu.counters.probe_clusters,
+    );
+    assert_eq!(
+        after.last(),
+        Some(&1),
+        "the middle layer fits, the top does not"
+    );
+    assert!(switches <= 2, "{switches} layer switches after settling");
+    assert!(median >= capacity * 8 / 10, "median estimate {median}");
+    assert!(loss < 0.01, "{:.2} % lost", loss * 100.0);
+}
