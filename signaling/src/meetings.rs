@@ -492,6 +492,16 @@ impl Meetings {
                 true,
                 sfu,
             ),
+            // Only the subscriber hears that its link carries none of a track's video.
+            Event::VideoPaused {
+                participant,
+                track,
+                paused,
+            } => self.send_to(
+                &participant,
+                &json!({"type": "video_paused", "publisher": track.publisher, "track": msid_track(&track.id), "paused": paused, "reason": "bandwidth"}),
+                sfu,
+            ),
             Event::ActiveSpeaker { room, participant } => self.broadcast_about(
                 &room.0,
                 &participant,

@@ -23,6 +23,8 @@ const ENDED = ["denied", "removed", "meeting_ended", "meeting_cancelled", "repla
 
 const state = {
   pc: null, ws: null, dc: null, names: new Map(), roles: new Map(), tiles: new Map(), participant: null,
+  // Publishers whose video the SFU paused for our link (video_paused).
+  pausedVideo: new Set(),
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
   closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, refusedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
@@ -87,6 +89,7 @@ function tileFor(streamId) {
     video.srcObject = tile.stream;
     state.tiles.set(streamId, tile);
     tileSizes.observe(fig);
+    if (state.pausedVideo.has(streamId)) showPaused(tile, true);
   }
   return tile;
 }
@@ -136,6 +139,22 @@ function applyLayers() {
   }
 }
 const tileSizes = new ResizeObserver(() => applyLayers());
+
+/** The notice on a tile whose video the SFU paused for our weak link (a status for screen
+ * readers too). */
+function showPaused(tile, paused) {
+  let note = tile.fig.querySelector(".paused");
+  if (paused && !note) {
+    note = document.createElement("p");
+    note.className = "paused";
+    note.setAttribute("role", "status");
+    note.textContent = t("tile.pausedWeakLink");
+    tile.fig.append(note);
+  } else if (!paused && note) {
+    note.remove();
+  }
+  tile.fig.classList.toggle("video-paused", paused);
+}
 
 function removeTile(streamId) {
   const tile = state.tiles.get(streamId);
@@ -821,6 +840,15 @@ async function handle(msg) {
     case "active_speaker":
       for (const [id, tile] of state.tiles) tile.fig.classList.toggle("speaking", id === msg.participant);
       break;
+    case "video_paused": {
+      // Our link carries none of this person's video just now: the SFU sends their voice
+      // only, and says so; the notice goes when the picture comes back.
+      if (msg.paused) state.pausedVideo.add(msg.publisher);
+      else state.pausedVideo.delete(msg.publisher);
+      const tile = state.tiles.get(msg.publisher);
+      if (tile) showPaused(tile, msg.paused);
+      break;
+    }
     case "media_disconnected":
       // The SFU dropped our media session (its consent ran out on the path it watched, or
       // DTLS closed): even a connection the browser still calls connected has no session

@@ -125,6 +125,7 @@ const sv = {
   "settings.default": "Standard",
   "self.muted": "Din mikrofon är avstängd",
   "self.cameraOff": "Din kamera är avstängd",
+  "tile.pausedWeakLink": "Videon är pausad – svag uppkoppling",
 };
 
 const en = {
@@ -250,6 +251,7 @@ const en = {
   "settings.default": "Default",
   "self.muted": "Your microphone is off",
   "self.cameraOff": "Your camera is off",
+  "tile.pausedWeakLink": "Video paused – weak connection",
 };
 
 /** What the server's refusals and closings say, in English (Swedish comes from the server). */

@@ -8,7 +8,8 @@
 //! - it never grows past 1.5 × the acked rate + 10 kbit/s, so a period with little to send
 //!   (application-limited) does not inflate it; probing finds headroom instead;
 //! - loss above 10 % over the last 100 ms of feedback cuts it by half the loss fraction, and to no more
-//!   than what got through; loss under 2 % lets the loss bound grow again.
+//!   than what got through; loss under 2 % lets the loss bound grow again (as far as what is
+//!   sent says; past that, probes).
 
 use crate::delay_trend::{BandwidthUsage, DelayTrend};
 use crate::probe_cluster::ProbeResult;
@@ -293,7 +294,13 @@ impl BandwidthEstimator {
                 self.last_loss_cut = Some(now);
             }
         } else if loss < LOSS_LOW && self.loss_bound_bps < MAX_BPS {
-            let grown = self.loss_bound_bps * (1.0 + INCREASE_PER_SECOND).powf(dt.as_secs_f64());
+            let mut grown =
+                self.loss_bound_bps * (1.0 + INCREASE_PER_SECOND).powf(dt.as_secs_f64());
+            // Like the delay-based rate, it grows only on evidence: past what is sent, a
+            // probe has to find the room.
+            if let Some(a) = self.acked_bps {
+                grown = grown.min(self.loss_bound_bps.max(1.5 * a + 10_000.0));
+            }
             // Once it no longer binds, it is no bound at all.
             self.loss_bound_bps = if grown > self.delay_based_bps {
                 MAX_BPS

@@ -53,6 +53,8 @@ pub struct Counters {
     /// Simulcast subscriptions lowered because their subscriber's estimate could not carry
     /// the layer.
     pub layer_bandwidth_downgrades: u64,
+    /// Video subscriptions paused because their subscriber's estimate carried no layer.
+    pub video_pauses: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -97,6 +99,7 @@ impl std::ops::AddAssign for Counters {
             probe_packets_out,
             probe_clusters,
             layer_bandwidth_downgrades,
+            video_pauses,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -137,12 +140,13 @@ impl std::ops::AddAssign for Counters {
         self.probe_packets_out += probe_packets_out;
         self.probe_clusters += probe_clusters;
         self.layer_bandwidth_downgrades += layer_bandwidth_downgrades;
+        self.video_pauses += video_pauses;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 39] {
+    pub fn named(&self) -> [(&'static str, u64); 40] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -207,11 +211,12 @@ impl Counters {
                 "sfu_layer_bandwidth_downgrades_total",
                 self.layer_bandwidth_downgrades,
             ),
+            ("sfu_video_pauses_total", self.video_pauses),
         ]
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 39] = [
+    pub const HELP: [(&'static str, &'static str); 40] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -364,6 +369,10 @@ impl Counters {
         (
             "sfu_layer_bandwidth_downgrades_total",
             "Simulcast subscriptions moved to a lower layer because their subscriber's bandwidth estimate could not carry the higher one.",
+        ),
+        (
+            "sfu_video_pauses_total",
+            "Video subscriptions paused because their subscriber's bandwidth estimate carried none of their layers (audio only).",
         ),
     ];
 

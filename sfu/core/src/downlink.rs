@@ -21,6 +21,12 @@ pub struct Downlink {
     /// unconstrained, at its last pass (bits per second).
     pub allocated_bps: u64,
     pub desired_bps: u64,
+    /// A probe found twice the estimate: the link changed, and steps that
+    /// failed on the old one may be tried at once (the allocator clears it).
+    pub link_improved: bool,
+    /// What was allocated when a step up last failed: a probe must find well above it to
+    /// count as the link having changed.
+    pub failed_at_bps: u64,
 }
 
 impl Downlink {
@@ -34,6 +40,8 @@ impl Downlink {
             fruitless_probes: 0,
             allocated_bps: 0,
             desired_bps: 0,
+            link_improved: false,
+            failed_at_bps: 0,
         }
     }
 
@@ -54,6 +62,9 @@ impl Downlink {
         // Headroom found is at least a tenth more; less is a link at its capacity.
         if verdict.is_some_and(|r| r.bps > before + before / 10) {
             self.fruitless_probes = 0;
+            self.link_improved |= verdict.is_some_and(|r| {
+                r.bps >= before * 2 && r.bps >= self.failed_at_bps + self.failed_at_bps / 2
+            });
         } else {
             self.fruitless_probes = self.fruitless_probes.saturating_add(1);
         }

@@ -13,6 +13,9 @@ pub const PROBE_DURATION: Duration = Duration::from_millis(30);
 const RESULT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Packets at least, so one burst's spacing is measured over several.
 const MIN_PACKETS: u32 = 5;
+/// The smallest probe packet (header, transport-wide sequence number, padding, tag): a cluster
+/// is at least `MIN_PACKETS` of them, whatever its rate.
+const MIN_PACKET_BYTES: usize = 280;
 /// A cluster with fewer of its packets acknowledged than this share is no evidence.
 const MIN_RECEIVED_SHARE: f64 = 0.8;
 
@@ -63,8 +66,14 @@ impl ProbeCluster {
         if done {
             return 0;
         }
-        let planned =
-            (self.target_bps as f64 * elapsed.min(PROBE_DURATION).as_secs_f64() / 8.0) as usize;
+        let share = elapsed.min(PROBE_DURATION).as_secs_f64() / PROBE_DURATION.as_secs_f64();
+        let total = (self.target_bps as f64 * PROBE_DURATION.as_secs_f64() / 8.0)
+            .max((MIN_PACKETS as usize * MIN_PACKET_BYTES) as f64);
+        let planned = (total * share) as usize;
+        if now >= self.started + PROBE_DURATION && self.packets_sent < MIN_PACKETS {
+            // Packets larger than planned: the last ones still go, one each.
+            return planned.saturating_sub(self.bytes_sent).max(1);
+        }
         planned.saturating_sub(self.bytes_sent)
     }
 
@@ -99,7 +108,8 @@ impl ProbeCluster {
     /// rate, `Some(None)` no evidence, `None` still waiting.
     pub fn result(&self, now: Instant) -> Option<Option<ProbeResult>> {
         if !self.is_sent(now) {
-            return None;
+            // One that could not send all it would (no stream left to pad) is given up.
+            return (now >= self.started + RESULT_TIMEOUT).then_some(None);
         }
         let accounted = self.received + self.lost;
         if accounted < self.packets_sent && now < self.started + RESULT_TIMEOUT {
@@ -205,5 +215,28 @@ mod tests {
             c.on_feedback(&p, (i < 5).then_some(i as i64 * 1000));
         }
         assert_eq!(c.result(later), Some(None));
+    }
+
+    #[test]
+    fn a_slow_target_still_sends_five_packets_and_a_stuck_one_is_given_up() {
+        let t0 = origin();
+        let tick = Duration::from_millis(10);
+        // 100 kbit/s for 30 ms is 375 bytes: fewer than five padding packets.
+        let mut c = ProbeCluster::new(1, 100_000, t0);
+        let mut now = t0;
+        while !c.is_sent(now) && now < t0 + Duration::from_millis(200) {
+            let mut due = c.bytes_due(now, tick);
+            while due > 0 {
+                c.on_sent(now, 291);
+                due = due.saturating_sub(291);
+            }
+            now += tick;
+        }
+        assert!(c.is_sent(now), "five packets went out");
+        assert_eq!(c.packets_sent, MIN_PACKETS);
+        // A cluster that never sent (no stream to pad) is judged, empty, after the timeout.
+        let idle = ProbeCluster::new(2, 1_000_000, t0);
+        assert_eq!(idle.result(t0 + Duration::from_millis(500)), None);
+        assert_eq!(idle.result(t0 + RESULT_TIMEOUT), Some(None));
     }
 }

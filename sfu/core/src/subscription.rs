@@ -5,7 +5,12 @@
 use crate::arena::TrackIdx;
 use crate::vp8_continuity::Vp8Continuity;
 use sfu_proto::{MediaKind, VideoLayer};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// An upgrade followed by congestion within this long failed.
+const UPGRADE_TRIAL: Duration = Duration::from_secs(8);
+const UPGRADE_BACKOFF: Duration = Duration::from_secs(5);
+const UPGRADE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// What identifies a subscription's streams toward its subscriber.
 #[derive(Debug, Clone, Copy)]
@@ -47,10 +52,14 @@ pub struct Subscription {
     pub layer: Option<usize>,
     /// The layer to forward next: taken at its next keyframe.
     pub target_layer: usize,
-    /// The subscriber's link cannot carry the layer being forwarded: nothing more of it goes
-    /// out (a queue overflowing at the bottleneck would lose more than the picture pausing
-    /// for the lower layer's keyframe).
-    pub hold_until_switch: bool,
+    /// Whether its media goes out now, waits for a keyframe, or is paused (and since when).
+    pub flow: Flow,
+    pub paused_at: Option<Instant>,
+    /// When the allocator last moved it up a layer; upgrades that met congestion soon after,
+    /// in a row; and until when it may not go up again.
+    pub upgraded_at: Option<Instant>,
+    pub failed_upgrades: u8,
+    pub up_blocked_until: Option<Instant>,
     /// The highest layer the subscriber asked for.
     pub preferred: VideoLayer,
     /// The highest layer the subscriber's link carries without loss, as its receiver reports
@@ -64,6 +73,20 @@ pub struct Subscription {
     pub vp8: Vp8Continuity,
     /// The codec's `a=rtpmap` value, kept for the line once it is stopped.
     pub rtpmap: String,
+}
+
+/// Whether a live subscription's media goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Its layer is forwarded (and, for simulcast, switched at the target's keyframe).
+    Flowing,
+    /// Nothing goes out until `target_layer`'s next keyframe, where the stream continues
+    /// (sequence numbers, timestamps, picture ids): after a move down for want of bandwidth —
+    /// a queue overflowing at the bottleneck loses more than the picture pausing for the
+    /// lower layer's keyframe — and when a paused track resumes.
+    AwaitingKeyframe,
+    /// The subscriber's bandwidth estimate carries no layer of it: nothing goes out.
+    Paused,
 }
 
 /// Where a subscription is in its life. Forward only: Pending → Offered → Live, any of them →
@@ -115,7 +138,11 @@ impl Subscription {
             octets: 0,
             layer: None,
             target_layer: usize::MAX,
-            hold_until_switch: false,
+            flow: Flow::Flowing,
+            paused_at: None,
+            upgraded_at: None,
+            failed_upgrades: 0,
+            up_blocked_until: None,
             preferred: VideoLayer::High,
             loss_cap: usize::MAX,
             lossy_reports: 0,
@@ -123,6 +150,33 @@ impl Subscription {
             state: SubscriptionState::Pending,
             vp8: Vp8Continuity::default(),
             rtpmap: String::new(),
+        }
+    }
+
+    /// A move down (or a pause) for want of bandwidth: if it came soon after a move up (or a
+    /// resume), that step failed, and the next waits 5 s, 10 s, 20 s … (at most a minute).
+    /// Returns whether a step failed.
+    pub fn note_congestion(&mut self, now: Instant) -> bool {
+        let failed = self
+            .upgraded_at
+            .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_TRIAL);
+        if failed {
+            self.failed_upgrades = self.failed_upgrades.saturating_add(1);
+            let wait = UPGRADE_BACKOFF * (1u32 << self.failed_upgrades.min(4).saturating_sub(1));
+            self.up_blocked_until = Some(now + wait.min(UPGRADE_BACKOFF_MAX));
+        }
+        self.upgraded_at = None;
+        failed
+    }
+
+    /// An upgrade that held through its trial is a success: the next one need not wait.
+    pub fn settle_upgrade(&mut self, now: Instant) {
+        if self
+            .upgraded_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= UPGRADE_TRIAL)
+        {
+            self.upgraded_at = None;
+            self.failed_upgrades = 0;
         }
     }
 
@@ -186,7 +240,7 @@ impl Subscription {
         self.ts_delta = out_ts.wrapping_sub(in_ts);
         self.layer_floor = next;
         self.layer = Some(layer);
-        self.hold_until_switch = false;
+        self.flow = Flow::Flowing;
         self.vp8.switch_layer();
     }
 

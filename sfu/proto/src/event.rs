@@ -77,6 +77,14 @@ pub enum Event {
         room: RoomId,
         track: TrackInfo,
     },
+    /// A subscriber's bandwidth estimate no longer carries a video track it receives (even
+    /// its lowest layer): the SFU stopped sending it (`paused`), or sends it again.
+    VideoPaused {
+        /// The subscriber.
+        participant: ParticipantId,
+        track: TrackInfo,
+        paused: bool,
+    },
     /// The loudest participant of a room changed (RFC 6464 audio levels).
     ActiveSpeaker {
         room: RoomId,

@@ -314,3 +314,142 @@ fn five_steady_minutes_settle_on_one_layer_with_the_estimate_near_capacity() {
     assert!(median >= capacity * 8 / 10, "median estimate {median}");
     assert!(loss < 0.01, "{:.2} % lost", loss * 100.0);
 }
+
+/// The `video_paused` events the SFU sent about `subscriber`: (when seen, paused).
+fn pause_events(net: &SimNetwork, subscriber: usize) -> Vec<bool> {
+    let id = net.id(subscriber);
+    net.events
+        .iter()
+        .filter_map(|e| match e {
+            sfu_proto::Event::VideoPaused {
+                participant,
+                paused,
+                ..
+            } if participant == id => Some(*paused),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn at_200_kbits_the_video_pauses_audio_keeps_coming_and_the_picture_resumes_at_a_keyframe() {
+    let mut call = Call::new(25, &[Link::shaped(3_000_000, Duration::from_millis(100))]);
+    call.run(Duration::from_secs(5));
+    call.net
+        .set_downlink(1, Link::shaped(200_000, Duration::from_millis(250)));
+    call.run(Duration::from_secs(4));
+    assert_eq!(
+        pause_events(&call.net, 1),
+        vec![true],
+        "one pause, told to the subscriber"
+    );
+    // Paused: no video at all, and every audio packet, for the next 10 s.
+    let (since, audio_before) = (call.net.now, (call.audio_sent, call.audio_received(1)));
+    let video_before = call.video(1).len();
+    call.run(Duration::from_secs(10));
+    let audio_lost = (call.audio_sent - audio_before.0) as i64
+        - (call.audio_received(1) - audio_before.1) as i64;
+    let (loss, queued) = call.bottleneck(1, since, call.net.now);
+    println!(
+        "200 kbit/s, video paused: audio lost {audio_lost} of {}, bottleneck loss {:.2} %, longest queue {queued:?}, estimate {:?}",
+        call.audio_sent - audio_before.0,
+        loss * 100.0,
+        call.net.sfu.downlink_stats(call.net.id(1)),
+    );
+    assert_eq!(call.video(1).len(), video_before, "no video while paused");
+    assert_eq!(audio_lost, 0, "audio is never starved by video");
+    assert_eq!(
+        pause_events(&call.net, 1),
+        vec![true],
+        "it stays paused (no flapping)"
+    );
+
+    // The link recovers: the video resumes, told, at a keyframe, one unbroken stream.
+    let back = call.net.now;
+    call.net
+        .set_downlink(1, Link::shaped(3_000_000, Duration::from_millis(100)));
+    call.run(Duration::from_secs(10));
+    assert_eq!(pause_events(&call.net, 1), vec![true, false]);
+    let video = call.video(1);
+    let resumed: Vec<&ReceivedPacket> = video.iter().filter(|p| p.at >= back).collect();
+    assert!(!resumed.is_empty(), "video again");
+    assert!(
+        sfu_testkit::simulcast_publisher::starts_keyframe(resumed[0]),
+        "the first picture after the pause is a keyframe"
+    );
+    let last_before = &video[video.len() - resumed.len() - 1];
+    assert_eq!(
+        resumed[0].seq,
+        last_before.seq.wrapping_add(1),
+        "sequence numbers continue across the pause"
+    );
+    println!(
+        "resumed {:?} after the link came back",
+        resumed[0].at - back
+    );
+}
+
+#[test]
+fn a_single_layer_screen_share_pauses_on_a_weak_link_and_resumes() {
+    let mut call = Call::new(26, &[]);
+    // A clinician's screen share: one 600 kbit/s stream (no simulcast), keyframes on request.
+    let share = call.net.add_peer("share", &[MediaKind::Video]);
+    let phone = call.net.add_peer("phone", &[]);
+    call.net
+        .set_downlink(phone, Link::shaped(400_000, Duration::from_millis(250)));
+    call.net.join(share, "visit", BOTH);
+    call.net.join(phone, "visit", BOTH);
+    call.net.connect_all(Duration::from_secs(5));
+    let mut ms = 0u64;
+    let mut frame = 0u64;
+    let mut step = |call: &mut Call, d: Duration| {
+        let end = call.net.now + d;
+        while call.net.now < end {
+            call.run(Duration::from_millis(1));
+            ms += 1;
+            if ms.is_multiple_of(100) {
+                // 10 frames a second of 5 packets of 1,500 bytes.
+                let peer = &mut call.net.peers[share];
+                let key =
+                    !std::mem::take(&mut peer.pli_ssrcs).is_empty() || frame.is_multiple_of(100);
+                for part in 0..5u8 {
+                    let mut payload = vec![
+                        if part == 0 { 0x10 } else { 0x00 },
+                        if key { 0x00 } else { 0x01 },
+                    ];
+                    payload.resize(1500, 0x5c);
+                    peer.send_media(0, &payload, part == 4, 9000);
+                }
+                frame += 1;
+            }
+        }
+    };
+    step(&mut call, Duration::from_secs(8));
+    let shared = |call: &Call| {
+        let line = call.net.peers[phone]
+            .incoming_from("share", MediaKind::Video)
+            .expect("offered the share")
+            .ssrc;
+        call.net.peers[phone]
+            .received
+            .get(&line)
+            .map_or(0, |p| p.len())
+    };
+    assert_eq!(
+        pause_events(&call.net, phone),
+        vec![true],
+        "the share does not fit 400 kbit/s"
+    );
+    let before = shared(&call);
+    step(&mut call, Duration::from_secs(4));
+    assert_eq!(shared(&call), before, "nothing of it is sent while paused");
+    assert!(
+        layer_at(&call.video(phone), call.net.now).is_some(),
+        "the camera still comes (its lowest layer fits)"
+    );
+    call.net
+        .set_downlink(phone, Link::shaped(3_000_000, Duration::from_millis(100)));
+    step(&mut call, Duration::from_secs(10));
+    assert_eq!(pause_events(&call.net, phone), vec![true, false], "resumed");
+    assert!(shared(&call) > before + 100, "the share flows again");
+}

@@ -2,6 +2,7 @@
 //! of media and RTCP to the participant an address belongs to.
 
 use super::*;
+use crate::downlink::Downlink;
 use crate::peer_transport::{CloseCause, TransportEvent};
 use crate::rtp_header::{PacketClass, classify};
 use crate::transmit_batch::TransmitBatch;
@@ -116,6 +117,9 @@ impl Sfu {
                         if let Some(old) = p.remote.replace(addr) {
                             self.counters.path_changes += 1;
                             moved = p.outbound.is_some();
+                            // Another network (Wi-Fi to cellular): its capacity is unknown,
+                            // and what was lost on the old one says nothing about it.
+                            p.downlink = Downlink::new(now);
                             if self.by_addr.get(&old) == Some(&idx) {
                                 self.by_addr.remove(&old);
                             }

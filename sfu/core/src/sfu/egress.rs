@@ -8,6 +8,7 @@ use crate::payload_format::PayloadFormat;
 use crate::rtcp_writer;
 use crate::rtp_header::HeaderWriter;
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
+use crate::subscription::Flow;
 use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
 use crate::vp8_continuity::Vp8Indices;
 use sfu_proto::MediaKind;
@@ -61,18 +62,27 @@ impl Sfu {
             if !subscription.is_live() {
                 continue;
             }
-            if subscription.layer != Some(l) {
+            let restart = match subscription.flow {
+                Flow::Paused => continue,
+                Flow::AwaitingKeyframe => {
+                    if !(keyframe && subscription.target_layer == l) {
+                        continue;
+                    }
+                    true
+                }
+                Flow::Flowing => subscription.layer != Some(l),
+            };
+            if restart {
                 if simulcast && !(keyframe && subscription.target_layer == l) {
                     continue;
                 }
                 let out_ts =
                     layer_switch_timestamp(track, subscription, l, received.timestamp, now);
+                let switched = simulcast && subscription.layer != Some(l);
                 subscription.start_layer(l, media_ext, received.timestamp, out_ts);
-                if simulcast {
+                if switched {
                     self.counters.layer_switches += 1;
                 }
-            } else if subscription.hold_until_switch {
-                continue;
             }
             let Some((out_ext, out_ts)) = subscription.map(now, media_ext, received.timestamp)
             else {

@@ -184,7 +184,9 @@ impl Sfu {
         // A simulcast subscriber changes layer only where a picture can start.
         // Not at a repair: a late copy of an old keyframe would start the layer in the past.
         let simulcast = track.is_simulcast();
-        let keyframe = simulcast && !is_rtx && track.format.starts_keyframe(payload);
+        // (Video without simulcast too: a paused subscription resumes at a keyframe.)
+        let keyframe =
+            track.kind == MediaKind::Video && !is_rtx && track.format.starts_keyframe(payload);
         if keyframe {
             // A request held back by the throttle is answered: sent later it would cost a
             // keyframe nobody waits for, and hold back the next real request.
@@ -216,7 +218,8 @@ pub(super) struct Received {
     /// RFC 6464 level of an audio packet, passed on to subscribers.
     pub audio_level: Option<u8>,
     pub simulcast: bool,
-    /// Starts a keyframe (simulcast only, never a repair): where a subscriber may switch.
+    /// Starts a keyframe of video (never a repair): where a subscriber may switch layers or
+    /// resume.
     pub keyframe: bool,
     pub payload: std::ops::Range<usize>,
 }

@@ -5,10 +5,14 @@
 use super::*;
 use crate::delay_trend::BandwidthUsage;
 use crate::probe_cluster::ProbeCluster;
-use crate::subscription::Subscription;
+use crate::subscription::{Flow, Subscription};
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
-use std::time::Instant;
+use sfu_proto::{Event, MediaKind, TrackInfo};
+use std::time::{Duration, Instant};
+
+/// A paused video resumes no sooner than this after its pause.
+const RESUME_AFTER: Duration = Duration::from_secs(3);
 
 impl Sfu {
     /// Re-chooses the layer of every simulcast subscription (of one participant, or of all):
@@ -40,6 +44,11 @@ impl Sfu {
                 if !sub.is_live() {
                     continue;
                 }
+                // Paused by an estimate there no longer is (a new path): it resumes.
+                if sub.flow == Flow::Paused {
+                    self.resume(now, idx, s, out);
+                    continue;
+                }
                 let Some(track) = self.tracks[sub.track].as_ref() else {
                     continue;
                 };
@@ -57,11 +66,12 @@ impl Sfu {
         }
     }
 
-    /// Splits participant `idx`'s bandwidth estimate across its subscriptions: audio and
-    /// single-layer video first (they cannot step down), then simulcast video, the room's
-    /// active speaker before the rest, each on the highest layer it wants that the rest of the
-    /// estimate carries. Going up needs 15 % to spare (no flapping at the edge); a track that
-    /// fits no layer gets its lowest. When something is held back and no probe is in flight,
+    /// Splits participant `idx`'s bandwidth estimate across its subscriptions: audio first
+    /// (always), then single-layer video (a screen share: whole or paused), then simulcast
+    /// video, the room's active speaker before the rest, each on the highest layer it wants
+    /// that the rest of the estimate carries. Going up, or resuming, needs 15 % to spare (no
+    /// flapping at the edge); video that fits nowhere — or any video below the configured
+    /// floor — pauses, with an event. When something is held back and no probe is in flight,
     /// a probe looks for the headroom.
     pub(super) fn allocate(&mut self, now: Instant, idx: ParticipantIdx, out: &mut TransmitBatch) {
         let p = self.participant(idx);
@@ -71,12 +81,19 @@ impl Sfu {
         let estimate = estimator.estimate_bps();
         let overusing = estimator.usage() == BandwidthUsage::Overusing;
         let speaker = self.rooms.get(&p.room).and_then(|r| r.speaker);
+        let audio_only = estimate < self.config.video_floor_bps;
+        if std::mem::take(&mut self.participant_mut(idx).downlink.link_improved) {
+            for sub in &mut self.participant_mut(idx).subscriptions {
+                sub.up_blocked_until = None;
+                sub.failed_upgrades = 0;
+            }
+        }
+        let p = self.participant(idx);
         let mut remaining = estimate as i64;
         let mut desired = 0u64;
         let mut held_back = false;
         let count = p.subscriptions.len();
-        // Pass 0: what cannot adapt; pass 1: the speaker's simulcast video; pass 2: the rest.
-        for pass in 0..3 {
+        for pass in 0..4 {
             for s in 0..count {
                 let sub = &self.participant(idx).subscriptions[s];
                 if !sub.is_live() {
@@ -86,56 +103,136 @@ impl Sfu {
                     continue;
                 };
                 let simulcast = track.is_simulcast();
-                let wanted_pass = match (simulcast, Some(track.publisher) == speaker) {
-                    (false, _) => 0,
-                    (true, true) => 1,
-                    (true, false) => 2,
+                let wanted_pass = match (track.kind, simulcast) {
+                    (MediaKind::Audio, _) => 0,
+                    (_, false) => 1,
+                    _ if Some(track.publisher) == speaker => 2,
+                    _ => 3,
                 };
                 if wanted_pass != pass {
                     continue;
                 }
-                if !simulcast {
-                    let rate = track.layers[0].bitrate.bps(now);
-                    remaining -= rate as i64;
-                    desired += rate;
+                let rate = |l: usize| track.layers[l].bitrate.bps(now);
+                if track.kind == MediaKind::Audio {
+                    remaining -= rate(0) as i64;
+                    desired += rate(0);
                     continue;
                 }
-                let limit = sub.preferred.max_index(track.layers.len());
-                let current = sub.target_layer;
-                let rate = |l: usize| track.layers[l].bitrate.bps(now);
-                let sending = |l: &usize| track.layers[*l].is_sending(now);
-                let top = (0..=limit).rev().find(sending);
-                let fits = |l: &usize| {
-                    let need = rate(*l) as i64;
-                    if *l > current {
-                        need + need * 15 / 100 <= remaining
+                let paused = sub.flow == Flow::Paused;
+                // Back from a pause only after a while: an estimate that just fell climbs
+                // back for a moment before it settles.
+                let may_resume = sub.paused_at.is_none_or(|t| now >= t + RESUME_AFTER)
+                    && sub.up_blocked_until.is_none_or(|t| now >= t);
+                // Up a layer, or back from a pause, only with room to spare.
+                let fits = |l: usize, up: bool| {
+                    let need = rate(l) as i64;
+                    if up {
+                        need + need * 15 / 100 <= remaining && (!paused || may_resume)
                     } else {
                         need <= remaining
                     }
                 };
-                let chosen = (0..=limit)
-                    .rev()
-                    .filter(sending)
-                    .find(fits)
-                    .or_else(|| (0..track.layers.len()).find(sending))
-                    .unwrap_or_else(|| track.choose_layer(limit, now));
+                let current = sub.target_layer;
+                // A layer that failed (congestion soon after going up to it) is not tried
+                // again for a while, longer after each failure.
+                let up_allowed = sub.up_blocked_until.is_none_or(|t| now >= t);
+                let (limit, top) = if simulcast {
+                    let limit = sub.preferred.max_index(track.layers.len());
+                    let sending = |l: &usize| track.layers[*l].is_sending(now);
+                    let top = (0..=limit)
+                        .rev()
+                        .find(sending)
+                        .or_else(|| (limit + 1..track.layers.len()).find(sending));
+                    (limit, top)
+                } else {
+                    (0, Some(0))
+                };
+                let chosen = if audio_only {
+                    None
+                } else if simulcast {
+                    let sending = |l: &usize| track.layers[*l].is_sending(now);
+                    (0..=limit)
+                        .rev()
+                        .filter(sending)
+                        .filter(|&l| current == usize::MAX || l <= current || up_allowed)
+                        .find(|&l| fits(l, paused || current == usize::MAX || l > current))
+                        .or_else(|| {
+                            // Nothing it wants is sent: the lowest layer that is, if it fits.
+                            (limit + 1..track.layers.len())
+                                .find(sending)
+                                .filter(|&l| fits(l, paused))
+                        })
+                        .or_else(|| top.is_none().then(|| track.choose_layer(limit, now)))
+                } else {
+                    fits(0, paused).then_some(0)
+                };
                 if let Some(top) = top {
                     desired += rate(top);
-                    held_back |= chosen < top;
+                    held_back |= chosen.is_none_or(|c| c < top);
                 }
-                remaining -= rate(chosen) as i64;
                 let t = sub.track;
-                let behind = sub.layer != Some(chosen);
+                // Built only when the event is sent (not on every pass).
+                let info = |sfu: &Self| TrackInfo {
+                    id: track.id.clone(),
+                    kind: track.kind,
+                    publisher: sfu.participant(track.publisher).id.clone(),
+                };
+                let Some(chosen) = chosen else {
+                    // Paused: nothing of it goes out until it fits again.
+                    if !paused {
+                        let info = info(self);
+                        let p = self.participant_mut(idx);
+                        let sub = &mut p.subscriptions[s];
+                        // A pause soon after a resume (or an upgrade): that step failed.
+                        if sub.note_congestion(now) {
+                            p.downlink.failed_at_bps = p.downlink.allocated_bps;
+                        }
+                        let sub = &mut p.subscriptions[s];
+                        sub.flow = Flow::Paused;
+                        sub.paused_at = Some(now);
+                        self.counters.video_pauses += 1;
+                        let participant = self.participant(idx).id.clone();
+                        self.events.push_back(Event::VideoPaused {
+                            participant,
+                            track: info,
+                            paused: true,
+                        });
+                    }
+                    continue;
+                };
+                remaining -= rate(chosen) as i64;
+                let info = paused.then(|| info(self));
+                let sub = &self.participant(idx).subscriptions[s];
+                let behind = sub.layer != Some(chosen) || paused;
                 // Lower for want of bandwidth (not because the subscriber asked for less):
                 // stop the layer that overflows now rather than at the next keyframe.
                 let congested =
                     sub.layer.is_some_and(|l| chosen < l) && top.is_some_and(|t| chosen < t);
-                if congested && !sub.hold_until_switch {
+                if congested && sub.flow == Flow::Flowing {
                     self.counters.layer_bandwidth_downgrades += 1;
                 }
-                let sub = &mut self.participant_mut(idx).subscriptions[s];
+                let p = self.participant_mut(idx);
+                let sub = &mut p.subscriptions[s];
+                if congested && sub.flow == Flow::Flowing {
+                    if sub.note_congestion(now) {
+                        p.downlink.failed_at_bps = p.downlink.allocated_bps;
+                    }
+                } else if paused || (simulcast && current != usize::MAX && chosen > current) {
+                    sub.upgraded_at = Some(now);
+                }
+                sub.settle_upgrade(now);
                 sub.target_layer = chosen;
-                sub.hold_until_switch = congested;
+                if paused || congested {
+                    sub.flow = Flow::AwaitingKeyframe;
+                }
+                if let Some(info) = info {
+                    let participant = self.participant(idx).id.clone();
+                    self.events.push_back(Event::VideoPaused {
+                        participant,
+                        track: info,
+                        paused: false,
+                    });
+                }
                 if behind {
                     self.request_keyframe(now, t, chosen, out);
                 }
@@ -157,6 +254,36 @@ impl Sfu {
             dl.last_probe_at = Some(now);
             self.counters.probe_clusters += 1;
         }
+    }
+
+    /// A paused subscription sends again from its target layer's next keyframe, and its
+    /// subscriber is told.
+    fn resume(&mut self, now: Instant, idx: ParticipantIdx, s: usize, out: &mut TransmitBatch) {
+        let sub = &self.participant(idx).subscriptions[s];
+        let t = sub.track;
+        let Some(track) = self.tracks[t].as_ref() else {
+            return;
+        };
+        let layer = if track.is_simulcast() {
+            track.choose_layer(sub.layer_limit(track.layers.len()), now)
+        } else {
+            0
+        };
+        let info = TrackInfo {
+            id: track.id.clone(),
+            kind: track.kind,
+            publisher: self.participant(track.publisher).id.clone(),
+        };
+        let participant = self.participant(idx).id.clone();
+        let sub = &mut self.participant_mut(idx).subscriptions[s];
+        sub.flow = Flow::AwaitingKeyframe;
+        sub.target_layer = layer;
+        self.events.push_back(Event::VideoPaused {
+            participant,
+            track: info,
+            paused: false,
+        });
+        self.request_keyframe(now, t, layer, out);
     }
 
     /// A subscriber's report on a simulcast stream: sustained loss lowers its layer limit one

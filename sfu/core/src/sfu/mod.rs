@@ -53,6 +53,9 @@ pub struct SfuConfig {
     pub bandwidth_estimation: bool,
     /// The estimate a subscriber starts with, before its feedback says otherwise.
     pub start_bitrate_bps: u64,
+    /// Below this estimate a subscriber gets audio only (its video pauses, with an event),
+    /// whatever its video would cost.
+    pub video_floor_bps: u64,
 }
 
 impl SfuConfig {
@@ -70,6 +73,7 @@ impl SfuConfig {
             speaker_interval: Duration::from_millis(300),
             bandwidth_estimation: true,
             start_bitrate_bps: 1_500_000,
+            video_floor_bps: 100_000,
         }
     }
 }
