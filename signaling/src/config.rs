@@ -162,6 +162,8 @@ pub struct SfuSection {
     pub bandwidth_estimation: Option<bool>,
     /// The estimate a subscriber starts with, kbit/s (100–20000, default 1500).
     pub start_bitrate_kbps: Option<u64>,
+    /// Below this estimate a subscriber gets audio only, kbit/s (0–1000, default 100).
+    pub video_floor_kbps: Option<u64>,
 }
 
 /// A TURN relay (coturn with `use-auth-secret`) for clients whose networks pass neither UDP nor

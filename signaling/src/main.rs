@@ -182,6 +182,9 @@ struct ServeArgs {
     /// The bandwidth estimate a subscriber starts with, kbit/s (default 1500).
     #[arg(long, env = "SFU_START_BITRATE_KBPS")]
     start_bitrate_kbps: Option<u64>,
+    /// Below this bandwidth estimate a subscriber gets audio only, kbit/s (default 100).
+    #[arg(long, env = "SFU_VIDEO_FLOOR_KBPS")]
+    video_floor_kbps: Option<u64>,
     #[arg(long, env = "LOG_JSON")]
     log_json: bool,
     /// The PDL audit log (JSON lines, hash-chained); `.dev/audit.jsonl` with --dev.
@@ -468,6 +471,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::CheckConfig { config } => {
             let file = FileConfig::load(&config)?;
             file_api_clients(&config.display().to_string(), &file.api.unwrap_or_default())?;
+            // The media keys' ranges, as `serve` checks them.
+            let sfu = file.sfu.unwrap_or_default();
+            let section = format!("{} [sfu]", config.display());
+            sfu_server::node_file_config::start_bitrate_bps(sfu.start_bitrate_kbps, &section)?;
+            sfu_server::node_file_config::video_floor_bps(sfu.video_floor_kbps, &section)?;
             say!("{}: ok", config.display());
             Ok(())
         }
@@ -694,6 +702,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                             format!("{} [sfu]", p.display())
                         }),
                 )?,
+                video_floor_bps: sfu_server::node_file_config::video_floor_bps(
+                    args.video_floor_kbps.or(sfu.video_floor_kbps),
+                    &args
+                        .config
+                        .as_ref()
+                        .map_or("--video-floor-kbps".to_owned(), |p| {
+                            format!("{} [sfu]", p.display())
+                        }),
+                )?,
                 ..Default::default()
             };
             let node = Arc::new(sfu_server::SfuNode::start(&node_config, move |e| {
@@ -729,6 +746,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 (
                     args.start_bitrate_kbps.is_some() || sfu.start_bitrate_kbps.is_some(),
                     "start_bitrate_kbps",
+                ),
+                (
+                    args.video_floor_kbps.is_some() || sfu.video_floor_kbps.is_some(),
+                    "video_floor_kbps",
                 ),
             ] {
                 if set {

@@ -64,6 +64,9 @@ struct Args {
     /// The bandwidth estimate a subscriber starts with, kbit/s (default 1500).
     #[arg(long, env = "SFU_START_BITRATE_KBPS")]
     start_bitrate_kbps: Option<u64>,
+    /// Below this bandwidth estimate a subscriber gets audio only, kbit/s (default 100).
+    #[arg(long, env = "SFU_VIDEO_FLOOR_KBPS")]
+    video_floor_kbps: Option<u64>,
     #[arg(long, env = "SFU_LOAD_INTERVAL_MS", default_value_t = 2000)]
     load_interval_ms: u64,
     /// On SIGTERM the node takes no new rooms and serves its own until they are empty, for at
@@ -97,6 +100,10 @@ fn main() -> anyhow::Result<()> {
     let start_bitrate_bps = sfu_server::node_file_config::start_bitrate_bps(
         args.start_bitrate_kbps.or(media.start_bitrate_kbps),
         &config_name,
+    )?;
+    let video_floor_bps = sfu_server::node_file_config::video_floor_bps(
+        args.video_floor_kbps.or(media.video_floor_kbps),
+        &config_name.replace("--start-bitrate-kbps", "--video-floor-kbps"),
     )?;
     let bandwidth_estimation = args
         .bandwidth_estimation
@@ -179,6 +186,7 @@ fn main() -> anyhow::Result<()> {
                 ice_tcp: args.ice_tcp.or(udp.ice_tcp).unwrap_or(true),
                 bandwidth_estimation,
                 start_bitrate_bps,
+                video_floor_bps,
                 ..Default::default()
             },
             move |e| {

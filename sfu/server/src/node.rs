@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub bandwidth_estimation: bool,
     /// The estimate a subscriber starts with, bits per second.
     pub start_bitrate_bps: u64,
+    /// Below this estimate a subscriber gets audio only, bits per second.
+    pub video_floor_bps: u64,
 }
 
 impl Default for NodeConfig {
@@ -49,6 +51,7 @@ impl Default for NodeConfig {
             consent_failed: Duration::from_secs(10),
             bandwidth_estimation: true,
             start_bitrate_bps: 1_500_000,
+            video_floor_bps: 100_000,
         }
     }
 }
@@ -175,6 +178,7 @@ impl SfuNode {
             let mut sfu_config = SfuConfig::new(transport);
             sfu_config.bandwidth_estimation = config.bandwidth_estimation;
             sfu_config.start_bitrate_bps = config.start_bitrate_bps;
+            sfu_config.video_floor_bps = config.video_floor_bps;
             let waiting = Arc::new(AtomicUsize::new(0));
             let shared: SharedCounters = Arc::new(Mutex::new((Counters::default(), 0, 0)));
             let thread = worker::spawn(

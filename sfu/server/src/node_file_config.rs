@@ -26,11 +26,23 @@ pub struct MediaSection {
     pub bandwidth_estimation: Option<bool>,
     /// The estimate a subscriber starts with, kbit/s (100–20000, default 1500).
     pub start_bitrate_kbps: Option<u64>,
+    /// Below this estimate a subscriber gets audio only, kbit/s (0–1000, default 100).
+    pub video_floor_kbps: Option<u64>,
 }
 
 /// The start bitrate's range, kbit/s: below it a first picture would be the lowest layer on
 /// every link; above it the first seconds overflow most phones' links.
 pub const START_BITRATE_KBPS: std::ops::RangeInclusive<u64> = 100..=20_000;
+
+/// Checks `video_floor_kbps` (from `source`) and returns bits per second.
+pub fn video_floor_bps(kbps: Option<u64>, source: &str) -> anyhow::Result<u64> {
+    let kbps = kbps.unwrap_or(100);
+    anyhow::ensure!(
+        kbps <= 1000,
+        "{source}: video_floor_kbps = {kbps} is over 1000 kbit/s (video would pause on links that carry it well)"
+    );
+    Ok(kbps * 1000)
+}
 
 /// Checks `start_bitrate_kbps` (from `source`, a file or a flag) and returns bits per second.
 pub fn start_bitrate_bps(kbps: Option<u64>, source: &str) -> anyhow::Result<u64> {
@@ -126,6 +138,14 @@ mod tests {
             "{err}"
         );
         assert_eq!(start_bitrate_bps(None, "x").unwrap(), 1_500_000);
+        let err = video_floor_bps(Some(5000), "bad.toml [media]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.toml") && err.contains("video_floor_kbps"),
+            "{err}"
+        );
+        assert_eq!(video_floor_bps(None, "x").unwrap(), 100_000);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
