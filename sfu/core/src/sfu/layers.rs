@@ -57,7 +57,7 @@ impl Sfu {
                 }
                 let want = track.choose_layer(sub.layer_limit(track.layers.len()), now);
                 let t = sub.track;
-                let behind = sub.layer != Some(want);
+                let behind = sub.layer != Some(want) || sub.flow == Flow::AwaitingKeyframe;
                 self.participant_mut(idx).subscriptions[s].target_layer = want;
                 if behind {
                     self.request_keyframe(now, t, want, out);
@@ -182,9 +182,8 @@ impl Sfu {
                     if !paused {
                         let info = info(self);
                         let p = self.participant_mut(idx);
-                        let sub = &mut p.subscriptions[s];
                         // A pause soon after a resume (or an upgrade): that step failed.
-                        if sub.note_congestion(now) {
+                        if p.subscriptions[s].note_congestion(now) {
                             p.downlink.failed_at_bps = p.downlink.allocated_bps;
                         }
                         let sub = &mut p.subscriptions[s];
@@ -203,7 +202,10 @@ impl Sfu {
                 remaining -= rate(chosen) as i64;
                 let info = paused.then(|| info(self));
                 let sub = &self.participant(idx).subscriptions[s];
-                let behind = sub.layer != Some(chosen) || paused;
+                // (A keyframe is asked for again while one is awaited: a lost request would
+                // otherwise leave the picture stopped until the publisher's next keyframe.)
+                let behind =
+                    sub.layer != Some(chosen) || paused || sub.flow == Flow::AwaitingKeyframe;
                 // Lower for want of bandwidth (not because the subscriber asked for less):
                 // stop the layer that overflows now rather than at the next keyframe.
                 let congested =
