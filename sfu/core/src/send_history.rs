@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// Packets remembered: a fixed ring (a few seconds at a subscriber's rates; feedback comes
 /// every 50–250 ms), so recording on the forwarding path never allocates.
-const RING: usize = 2048;
+pub const RING: usize = 2048;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {

@@ -91,19 +91,18 @@ fn main() -> anyhow::Result<()> {
     let cluster = file.cluster.unwrap_or_default();
     let udp = file.udp.unwrap_or_default();
     let media = file.media.unwrap_or_default();
-    let config_name = args
-        .config
-        .as_ref()
-        .map_or("--start-bitrate-kbps".to_owned(), |p| {
-            format!("{} [media]", p.display())
-        });
+    // Where a media value came from, for its error (the file's section, or the flags).
+    let config_name = args.config.as_ref().map_or(
+        "--start-bitrate-kbps / --video-floor-kbps".to_owned(),
+        |p| format!("{} [media]", p.display()),
+    );
     let start_bitrate_bps = sfu_server::node_file_config::start_bitrate_bps(
         args.start_bitrate_kbps.or(media.start_bitrate_kbps),
         &config_name,
     )?;
     let video_floor_bps = sfu_server::node_file_config::video_floor_bps(
         args.video_floor_kbps.or(media.video_floor_kbps),
-        &config_name.replace("--start-bitrate-kbps", "--video-floor-kbps"),
+        &config_name,
     )?;
     let bandwidth_estimation = args
         .bandwidth_estimation

@@ -6,6 +6,7 @@ use crate::bandwidth_estimator::{BandwidthEstimator, PacketResult};
 use crate::downlink::Downlink;
 use crate::remote_description::MAX_SIMULCAST_LAYERS;
 use crate::rtcp_writer::{self, ReportBlock};
+use crate::send_history::RING as SEND_HISTORY_LEN;
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
 use crate::transport_feedback::TransportFeedback;
@@ -142,19 +143,24 @@ impl Sfu {
         let estimator = estimator.get_or_insert_with(|| BandwidthEstimator::new(start));
         estimator.on_feedback(
             now,
-            feedback.packets().filter_map(|status| {
-                let sent = history.lookup(status.seq)?;
-                if let Some(cluster) = probe.as_mut()
-                    && sent.probe == Some(cluster.id)
-                {
-                    cluster.on_feedback(&sent, status.arrival_us);
-                }
-                Some(PacketResult {
-                    sent_at: sent.sent_at,
-                    size: sent.size,
-                    arrival_us: status.arrival_us,
-                })
-            }),
+            // Two bytes of run-length chunk can describe 8,191 packets: a hostile message would
+            // cost up to 65,535 steps; more than the history holds cannot match anything.
+            feedback
+                .packets()
+                .take(SEND_HISTORY_LEN)
+                .filter_map(|status| {
+                    let sent = history.lookup(status.seq)?;
+                    if let Some(cluster) = probe.as_mut()
+                        && sent.probe == Some(cluster.id)
+                    {
+                        cluster.on_feedback(&sent, status.arrival_us);
+                    }
+                    Some(PacketResult {
+                        sent_at: sent.sent_at,
+                        size: sent.size,
+                        arrival_us: status.arrival_us,
+                    })
+                }),
         );
         p.downlink.settle_probe(now);
         // An estimate that no longer carries what was allocated is acted on now, not at the
