@@ -5,8 +5,10 @@
 
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_all, session_event};
+use crate::carried_session::{CarriedSession, KeptMedia};
 use crate::meeting_actions::ActionError;
 use crate::meeting_room::{Action, MeetingRoom, Outbound, RequestError};
+use crate::meetings::Arrival;
 use crate::message_budget::MessageBudget;
 use crate::session_resume::{Parked, RESUME_WINDOW, Resumable, ResumeSlots, TAKEOVER_TIMEOUT};
 use crate::session_token::Session;
@@ -88,6 +90,8 @@ fn request_error(e: RequestError) -> String {
 pub enum Start {
     Join(ParticipantId),
     Resume(Resumable),
+    /// Back with the resume key of a connection the service's last run had open.
+    Carried(CarriedSession),
 }
 
 /// Closes a connection that could not start with a `closing` message and code 4006.
@@ -134,8 +138,14 @@ pub async fn connection(
     socket: WebSocket,
 ) {
     let (mut sink, mut stream) = socket.split();
+    let mut carried = None;
     let (id, resumed) = match start {
         Start::Join(id) => (id, None),
+        Start::Carried(c) => {
+            let id = c.participant.clone();
+            carried = Some(c);
+            (id, None)
+        }
         Start::Resume(r) => match resumed_participant(&state, r).await {
             Some(p) => {
                 if audit(&state, session_event("resume", &session, Some(&p.id)))
@@ -197,14 +207,22 @@ pub async fn connection(
         }
         None => {
             let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel::<Outbound>();
-            let joined = state.meetings.join(
-                &room,
-                &id,
-                &session,
-                out_tx,
-                Timestamp::now(),
-                state.sfu.as_ref(),
-            );
+            // A carried session goes on if the SFU still runs it (or a node may yet report it).
+            let kept = carried
+                .filter(|c| state.sfu.claim_session(&c.participant, c.media_session))
+                .map(|c| KeptMedia {
+                    session: c.media_session,
+                    connected: c.media_connected,
+                });
+            let arrival = Arrival {
+                id: &id,
+                session: &session,
+                kept,
+            };
+            let joined =
+                state
+                    .meetings
+                    .join(&room, arrival, out_tx, Timestamp::now(), state.sfu.as_ref());
             let (outcome, joined_events) = match joined {
                 Ok(o) => o,
                 Err(r) => {
@@ -240,6 +258,7 @@ pub async fn connection(
         &resume_key,
         &session.claims.sub,
         &session.claims.mtg,
+        &id,
         takeover_tx,
     );
     let msg =

@@ -779,7 +779,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             say!("SFU control listening on {bound}");
             tracing::info!(%bound, "SFU control listener up");
             let remote = RemoteSfu::new(event_tx);
+            // Sessions carried over from the last run: the nodes that kept them report them.
+            remote.expect_sessions(&meetings.carried_sessions());
             tokio::spawn(remote.clone().accept(endpoint));
+            let ticking = Arc::downgrade(&remote);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                while let Some(remote) = ticking.upgrade() {
+                    remote.tick(std::time::Instant::now());
+                    drop(remote);
+                    tick.tick().await;
+                }
+            });
             let probe = remote.clone();
             (remote, Arc::new(move || probe.node_count() > 0))
         }
@@ -1028,7 +1039,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(2)));
         tracing::info!("stopping: clients are told to connect again");
-        stopping.meetings.hand_over(&*stopping.sfu);
+        stopping
+            .meetings
+            .hand_over(&*stopping.sfu, &stopping.resume.held());
     });
     let limited = LimitedAcceptor { limits };
     let mut server = axum_server::from_tcp(std_listener).handle(handle);

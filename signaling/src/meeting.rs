@@ -51,6 +51,10 @@ pub struct MeetingRecord {
     /// each comes back past the waiting room until `until`, the reconnect grace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub readmit: Vec<Readmission>,
+    /// Media sessions of the connections open when the service stopped (written at its stop,
+    /// taken out at its start): a client back with its resume key keeps its session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<crate::carried_session::CarriedSession>,
 }
 
 /// An admitted subject (pseudonymous `sub`) to let back in without the waiting room.
@@ -215,6 +219,7 @@ pub(crate) fn booked_visit(start: Timestamp) -> MeetingRecord {
         invited: Vec::new(),
         remember_until: None,
         readmit: Vec::new(),
+        carried: Vec::new(),
     }
 }
 

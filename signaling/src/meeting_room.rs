@@ -8,6 +8,7 @@
 //! and read no clock; `Meetings` delivers the effects.
 
 use crate::audit_log::AuditEvent;
+use crate::carried_session::KeptMedia;
 use crate::join_refusal::JoinRefusal;
 use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord, Readmission};
 pub use crate::meeting_effects::{Effects, Observation, Outbound};
@@ -483,6 +484,21 @@ impl RoomState {
         policy: &MeetingPolicy,
         fx: &mut Effects,
     ) -> Result<JoinOutcome, JoinRefusal> {
+        self.join_keeping(id, session, now, policy, None, fx)
+    }
+
+    /// [`Self::join`] for a connection that keeps the media session `kept` the SFU ran for it
+    /// before this service restarted: it gets the permissions this run decides, and its
+    /// welcome says `"media": "kept"` (the client keeps its peer connection).
+    pub fn join_keeping(
+        &mut self,
+        id: ParticipantId,
+        session: &Session,
+        now: Timestamp,
+        policy: &MeetingPolicy,
+        kept: Option<KeptMedia>,
+        fx: &mut Effects,
+    ) -> Result<JoinOutcome, JoinRefusal> {
         self.check_entry(session, now, policy)?;
         let mut member = Member::new(session);
 
@@ -549,8 +565,30 @@ impl RoomState {
         if admitted {
             welcome["participants"] = self.roster(None);
         }
+        let mut media_start = false;
+        if let Some(k) = kept {
+            member.sfu_joined = true;
+            member.media_session = k.session;
+            member.media_connected = k.connected;
+            media_start = k.connected && admitted && self.record.kind == MeetingKind::Visit;
+            member.media_started = media_start;
+            if media_start {
+                member.admitted_at = None;
+            }
+            welcome["media"] = json!("kept");
+            // The SFU still applies the last run's permissions: this run's decision goes to it.
+            fx.command(Command::SetPermissions {
+                participant: id.clone(),
+                permissions: self.permissions(&member),
+            });
+        }
         fx.send(&id, &welcome);
         let joined = member.joined_message(&id);
+        if media_start {
+            let mut e = self.audit("media_start", &id, &member);
+            e.code = Some("kept".into());
+            fx.record(e);
+        }
         self.members.insert(id.clone(), member);
         self.last_active = now;
         if admitted {
@@ -1534,6 +1572,87 @@ mod tests {
         )
         .unwrap();
         assert!(s.readmissions(at(11), grace).is_empty());
+    }
+
+    /// After a restart, a connection back with its carried media session keeps it: its
+    /// welcome says so, the SFU gets this run's permissions for it (media only if still
+    /// admitted), and media flowing on is recorded; the next offer renegotiates the same
+    /// session instead of starting one.
+    #[test]
+    fn a_kept_media_session_goes_on_with_this_runs_permissions() {
+        let record = crate::meeting::booked_visit(at(0));
+        let mut stored = record.clone();
+        stored.readmit = vec![Readmission {
+            sub: "pat".into(),
+            until: at(100),
+        }];
+        let policy = MeetingPolicy::default();
+        let rejoin = |record: &MeetingRecord, sub: &str, session: u32| {
+            let mut s = MeetingRoom::new(record.clone()).lock().clone();
+            let mut fx = Effects::default();
+            let id = ParticipantId(format!("p-{sub}"));
+            let kept = KeptMedia {
+                session,
+                connected: true,
+            };
+            s.join_keeping(
+                id.clone(),
+                &session_of(sub),
+                at(40),
+                &policy,
+                Some(kept),
+                &mut fx,
+            )
+            .unwrap();
+            (s, fx, id)
+        };
+        fn session_of(sub: &str) -> Session {
+            session(sub, Role::Patient)
+        }
+        let (mut s, fx, pat) = rejoin(&stored, "pat", 7);
+        let welcome = &texts(&fx, &pat)[0];
+        assert_eq!(
+            (welcome["type"].as_str(), welcome["media"].as_str()),
+            (Some("welcome"), Some("kept"))
+        );
+        assert_eq!(welcome["state"], "admitted");
+        assert_eq!(
+            fx.commands,
+            [Command::SetPermissions {
+                participant: pat.clone(),
+                permissions: Permissions {
+                    publish: true,
+                    subscribe: true
+                }
+            }]
+        );
+        let started: Vec<_> = fx
+            .audit
+            .iter()
+            .filter(|e| e.event == "media_start")
+            .collect();
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].code.as_deref(), Some("kept"));
+        let mut fx = Effects::default();
+        s.offer(&pat, "v=0".into(), 1, false, at(41), &mut fx)
+            .unwrap();
+        assert!(
+            matches!(&fx.commands[..], [Command::Offer { .. }]),
+            "the same session renegotiated: {:?}",
+            fx.commands
+        );
+        // Not readmitted (the grace ran out, or a clinician sent them back): the kept session
+        // loses its media at once.
+        let (_, fx, pat) = rejoin(&record, "pat", 7);
+        assert_eq!(texts(&fx, &pat)[0]["state"], "waiting");
+        assert_eq!(
+            fx.commands,
+            [Command::SetPermissions {
+                participant: pat.clone(),
+                permissions: Permissions::default()
+            }]
+        );
+        assert!(!fx.audit.iter().any(|e| e.event == "media_start"));
     }
 
     fn texts(fx: &Effects, id: &ParticipantId) -> Vec<Value> {

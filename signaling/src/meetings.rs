@@ -4,10 +4,12 @@
 //! waits for a busy meeting other than its own.
 
 use crate::audit_log::AuditEvent;
+use crate::carried_session::{CarriedSession, KeptMedia, key_digest};
 use crate::join_refusal::JoinRefusal;
 use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord};
 use crate::meeting_effects::{Effects, Outbound};
 use crate::meeting_room::{CloseReason, JoinOutcome, MeetingRoom, RequestError, RoomState};
+use crate::session_resume::HeldKey;
 use crate::session_token::Session;
 use crate::sfu_control::SfuControl;
 use jiff::{SignedDuration, Timestamp};
@@ -30,6 +32,15 @@ pub enum MeetingsError {
     Store { path: PathBuf, reason: String },
 }
 
+/// A connection entering a meeting.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub id: &'a ParticipantId,
+    pub session: &'a Session,
+    /// The media session it keeps from before a restart of this service.
+    pub kept: Option<KeptMedia>,
+}
+
 #[derive(Debug)]
 pub struct Meetings {
     policy: MeetingPolicy,
@@ -43,12 +54,16 @@ pub struct Meetings {
     /// When each participant's latest SDP went to the SFU: its answer's arrival is the
     /// control round trip an operator watches.
     sdp_sent: Mutex<HashMap<ParticipantId, std::time::Instant>>,
+    /// Media sessions the store carried over from the last run, by resume key digest, with
+    /// their meeting.
+    carried: Mutex<HashMap<String, (String, CarriedSession)>>,
 }
 
 impl Meetings {
     /// Opens the registry, loading booked meetings from `store` when it exists.
     pub fn new(policy: MeetingPolicy, store: Option<PathBuf>) -> Result<Self, MeetingsError> {
         let mut rooms = HashMap::new();
+        let mut carried = HashMap::new();
         if let Some(path) = &store
             && path.exists()
         {
@@ -59,7 +74,13 @@ impl Meetings {
             let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
             let records: Vec<MeetingRecord> =
                 serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-            for r in records {
+            let now = Timestamp::now();
+            for mut r in records {
+                for c in std::mem::take(&mut r.carried) {
+                    if c.until >= now {
+                        carried.insert(c.key_digest.clone(), (r.id.clone(), c));
+                    }
+                }
                 rooms.insert(r.id.clone(), Arc::new(MeetingRoom::new(r)));
             }
         }
@@ -71,7 +92,41 @@ impl Meetings {
             store,
             store_lock: Mutex::new(()),
             sdp_sent: Mutex::new(HashMap::new()),
+            carried: Mutex::new(carried),
         })
+    }
+
+    /// The media sessions carried over from the last run (the SFU may still run them).
+    pub fn carried_sessions(&self) -> Vec<(ParticipantId, u32, Option<String>)> {
+        let mut v: Vec<(ParticipantId, u32, Option<String>)> = self
+            .carried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|(_, c)| (c.participant.clone(), c.media_session, c.node.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The session carried over under resume key `key`, for a client of `sub` with a token
+    /// for `mtg` entering `meeting`; spent by the taking. `None` for another subject's,
+    /// token's or meeting's, or one past its time.
+    pub fn take_carried(
+        &self,
+        key: &str,
+        sub: &str,
+        mtg: &str,
+        meeting: &str,
+        now: Timestamp,
+    ) -> Option<CarriedSession> {
+        let digest = key_digest(key);
+        let mut carried = self.carried.lock().unwrap_or_else(|e| e.into_inner());
+        let (room, c) = carried.get(&digest)?;
+        if room != meeting || c.sub != sub || c.mtg != mtg || c.until < now {
+            return None;
+        }
+        carried.remove(&digest).map(|(_, c)| c)
     }
 
     pub fn policy(&self) -> &MeetingPolicy {
@@ -150,6 +205,7 @@ impl Meetings {
                     invited: Vec::new(),
                     remember_until: None,
                     readmit: Vec::new(),
+                    carried: Vec::new(),
                 };
                 let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
                 rooms
@@ -224,18 +280,18 @@ impl Meetings {
     pub fn join(
         &self,
         room: &Arc<MeetingRoom>,
-        id: &ParticipantId,
-        session: &Session,
+        arrival: Arrival<'_>,
         out: UnboundedSender<Outbound>,
         now: Timestamp,
         sfu: &dyn SfuControl,
     ) -> Result<(JoinOutcome, Vec<AuditEvent>), JoinRefusal> {
+        let Arrival { id, session, kept } = arrival;
         self.connections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), out);
         let (joined, audit) = self.with_room(room, sfu, |s, fx| {
-            let joined = s.join(id.clone(), session, now, &self.policy, fx);
+            let joined = s.join_keeping(id.clone(), session, now, &self.policy, kept, fx);
             if joined.is_ok() {
                 self.bind(id, room);
             }
@@ -391,6 +447,7 @@ impl Meetings {
                 invited: Vec::new(),
                 remember_until: None,
                 readmit: Vec::new(),
+                carried: Vec::new(),
             }
         };
         let until = record.end;
@@ -654,10 +711,35 @@ impl Meetings {
     }
 
     /// The service is stopping: who is admitted where goes into the store (let back in past
-    /// the waiting room within the reconnect grace after the restart), and every connection is
+    /// the waiting room within the reconnect grace after the restart), and with them each open
+    /// connection's media session under its resume key (`keys`): the SFU is told to leave them
+    /// running, and a client back with its key keeps its session. Then every connection is
     /// told to connect again (`closing` with reason `restarting`, close 1012).
-    pub fn hand_over(&self, sfu: &dyn SfuControl) {
+    pub fn hand_over(&self, sfu: &dyn SfuControl, keys: &[HeldKey]) {
+        let now = Timestamp::now();
+        let until = now + self.policy.reconnect_grace;
+        for room in self.list() {
+            let mut s = room.lock();
+            let carried: Vec<CarriedSession> = keys
+                .iter()
+                .filter_map(|k| {
+                    let m = s.member(&k.participant)?;
+                    m.sfu_joined.then(|| CarriedSession {
+                        key_digest: key_digest(&k.key),
+                        sub: k.sub.clone(),
+                        mtg: k.meeting.clone(),
+                        participant: k.participant.clone(),
+                        media_session: m.media_session,
+                        media_connected: m.media_connected,
+                        node: sfu.node_of(&k.participant),
+                        until,
+                    })
+                })
+                .collect();
+            s.record.carried = carried;
+        }
         self.persist();
+        sfu.hold();
         for room in self.list() {
             self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
         }
@@ -682,7 +764,12 @@ impl Meetings {
                 record.readmit = s.readmissions(now, self.policy.reconnect_grace);
                 record
             })
-            .filter(|r| r.booked || r.remember_until.is_some() || !r.readmit.is_empty())
+            .filter(|r| {
+                r.booked
+                    || r.remember_until.is_some()
+                    || !r.readmit.is_empty()
+                    || !r.carried.is_empty()
+            })
             .collect();
         let tmp = path.with_extension("tmp");
         let result = serde_json::to_vec_pretty(&records)

@@ -294,6 +294,7 @@ async fn create(
         invited: Vec::new(),
         remember_until: None,
         readmit: Vec::new(),
+        carried: Vec::new(),
     };
     let event = AuditEvent {
         meeting: Some(id.clone()),

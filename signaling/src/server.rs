@@ -287,7 +287,24 @@ async fn ws_upgrade(
             .max_message_size(MAX_MESSAGE_BYTES)
             .on_upgrade(move |socket| connection(state, session, room, Start::Resume(r), socket));
     }
-    let id = new_participant_id(rand::random());
+    // Back after a restart of this service: the same participant, whose media session the
+    // SFU may have kept running meanwhile.
+    let carried = q.resume.as_deref().and_then(|key| {
+        state.meetings.take_carried(
+            key,
+            &session.claims.sub,
+            &session.claims.mtg,
+            &room.id,
+            Timestamp::now(),
+        )
+    });
+    let (id, start) = match carried {
+        Some(c) => (c.participant.clone(), Start::Carried(c)),
+        None => {
+            let id = new_participant_id(rand::random());
+            (id.clone(), Start::Join(id))
+        }
+    };
     if audit(&state, session_event("join", &session, Some(&id)))
         .await
         .is_err()
@@ -295,7 +312,7 @@ async fn ws_upgrade(
         return audit_unavailable();
     }
     ws.max_message_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| connection(state, session, room, Start::Join(id), socket))
+        .on_upgrade(move |socket| connection(state, session, room, start, socket))
 }
 
 pub(crate) fn new_participant_id(random: u64) -> ParticipantId {

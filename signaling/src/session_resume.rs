@@ -47,7 +47,17 @@ enum Slot {
 struct Entry {
     sub: String,
     meeting: String,
+    participant: ParticipantId,
     slot: Slot,
+}
+
+/// A key held now, and whose participant it resumes (what a restart carries over).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldKey {
+    pub key: String,
+    pub sub: String,
+    pub meeting: String,
+    pub participant: ParticipantId,
 }
 
 /// What [`ResumeSlots::take`] found.
@@ -73,16 +83,40 @@ impl ResumeSlots {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A connection of `sub` in `meeting` is live under `key`.
-    pub fn live(&self, key: &str, sub: &str, meeting: &str, takeover: Takeover) {
+    /// A connection of `sub` in `meeting`, participant `participant`, is live under `key`.
+    pub fn live(
+        &self,
+        key: &str,
+        sub: &str,
+        meeting: &str,
+        participant: &ParticipantId,
+        takeover: Takeover,
+    ) {
         self.entries().insert(
             key.to_owned(),
             Entry {
                 sub: sub.to_owned(),
                 meeting: meeting.to_owned(),
+                participant: participant.clone(),
                 slot: Slot::Live(takeover),
             },
         );
+    }
+
+    /// Every key held now, live and parked.
+    pub fn held(&self) -> Vec<HeldKey> {
+        let mut held: Vec<HeldKey> = self
+            .entries()
+            .iter()
+            .map(|(key, e)| HeldKey {
+                key: key.clone(),
+                sub: e.sub.clone(),
+                meeting: e.meeting.clone(),
+                participant: e.participant.clone(),
+            })
+            .collect();
+        held.sort_by(|a, b| a.participant.cmp(&b.participant));
+        held
     }
 
     /// The connection of `sub` in `meeting` under `key` dropped: its participant waits to be
@@ -93,6 +127,7 @@ impl ResumeSlots {
             Entry {
                 sub: sub.to_owned(),
                 meeting: meeting.to_owned(),
+                participant: parked.id.clone(),
                 slot: Slot::Parked(parked),
             },
         );
@@ -171,12 +206,18 @@ mod tests {
     fn a_parked_participant_is_taken_once_by_its_own_subject_in_its_meeting() {
         let slots = ResumeSlots::default();
         let (t, _r) = tokio::sync::mpsc::channel(1);
-        slots.live("k", "anna", "m1", t);
+        slots.live("k", "anna", "m1", &ParticipantId::from("p-1"), t);
         assert!(
             slots.expire("k").is_none(),
             "a live connection does not expire"
         );
         slots.park("k", "anna", "m1", parked("p-1"));
+        let held: Vec<(String, String)> = slots
+            .held()
+            .into_iter()
+            .map(|h| (h.key, h.participant.0))
+            .collect();
+        assert_eq!(held, [("k".to_owned(), "p-1".to_owned())]);
         assert!(slots.take("k", "bertil", "m1").is_none(), "another subject");
         assert!(slots.take("k", "anna", "m2").is_none(), "another meeting");
         assert!(slots.take("x", "anna", "m1").is_none(), "another key");
@@ -192,13 +233,13 @@ mod tests {
     fn a_live_connection_is_asked_to_let_go_and_an_untaken_one_expires() {
         let slots = ResumeSlots::default();
         let (t, _r) = tokio::sync::mpsc::channel(1);
-        slots.live("k", "anna", "m1", t);
+        slots.live("k", "anna", "m1", &ParticipantId::from("p-1"), t);
         assert!(matches!(
             slots.take("k", "anna", "m1"),
             Some(Resumable::Live(_))
         ));
         let (t, _r) = tokio::sync::mpsc::channel(1);
-        slots.live("j", "anna", "m1", t);
+        slots.live("j", "anna", "m1", &ParticipantId::from("p-1"), t);
         slots.park("j", "anna", "m1", parked("p-2"));
         assert_eq!(slots.expire("j").map(|p| p.id.0), Some("p-2".into()));
         assert!(slots.take("j", "anna", "m1").is_none());

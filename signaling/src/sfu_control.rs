@@ -1,6 +1,6 @@
 //! Where commands for the SFU go: embedded workers in this process, or a remote node.
 
-use sfu_proto::Command;
+use sfu_proto::{Command, ParticipantId};
 
 pub trait SfuControl: Send + Sync + 'static {
     /// Queues a command; never blocks (callers may hold a meeting's lock).
@@ -9,6 +9,26 @@ pub trait SfuControl: Send + Sync + 'static {
     /// Standalone nodes linked now: (serving, draining); none for embedded workers.
     fn node_counts(&self) -> Option<(usize, usize)> {
         None
+    }
+
+    /// The service is stopping and its media sessions are to outlive it (on nodes that keep
+    /// them through a lost control link): nothing more is sent, not even the removals of the
+    /// connections closing now.
+    fn hold(&self) {}
+
+    /// The standalone node `participant`'s media session runs on.
+    fn node_of(&self, _participant: &ParticipantId) -> Option<String> {
+        None
+    }
+
+    /// Media sessions the meeting store carried over from the previous run of the service
+    /// (participant, session, node): nodes may still run them.
+    fn expect_sessions(&self, _sessions: &[(ParticipantId, u32, Option<String>)]) {}
+
+    /// A carried-over participant is back: whether its media session `session` goes on (a
+    /// node runs it, or may still report it). Embedded workers end with the process: never.
+    fn claim_session(&self, _participant: &ParticipantId, _session: u32) -> bool {
+        false
     }
 }
 

@@ -3,9 +3,11 @@
 //! relays the nodes' events to the hub.
 
 use crate::node_load::NodeLoad;
+use crate::session_takeover::{Adoption, SessionTakeover};
 use crate::sfu_control::SfuControl;
 use sfu_proto::{
-    Command, ControlMessage, DisconnectReason, Event, LoadReport, PROTOCOL_VERSION, ParticipantId,
+    Command, ControlMessage, DisconnectReason, Event, HeldSession, LoadReport, PROTOCOL_VERSION,
+    ParticipantId,
 };
 use sfu_server::control_stream::{ControlStreamError, read_message, spawn_reader, write_message};
 use sfu_server::room_placement::RoomPlacement;
@@ -25,12 +27,16 @@ struct Nodes {
     next_key: u64,
     links: HashMap<u64, NodeLink>,
     placement: RoomPlacement<u64>,
+    /// Sessions carried over from the previous run, and those nodes kept for them.
+    takeover: SessionTakeover,
 }
 
 /// Commands go to whichever connected node owns the room.
 pub struct RemoteSfu {
     nodes: Mutex<Nodes>,
     events: UnboundedSender<Event>,
+    /// Set when the service stops with its sessions left running on the nodes.
+    held: std::sync::atomic::AtomicBool,
 }
 
 impl RemoteSfu {
@@ -38,7 +44,81 @@ impl RemoteSfu {
         Arc::new(Self {
             nodes: Mutex::new(Nodes::default()),
             events,
+            held: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Ends what the take-over window has run out for: adopted sessions nobody claimed are
+    /// removed from their nodes, expected ones no node reported are declared lost (their
+    /// clients start new ones). Called about once a second.
+    pub fn tick(&self, now: std::time::Instant) {
+        let due = match self.nodes.lock() {
+            Ok(mut n) if !n.takeover.is_idle() => n.takeover.due(now),
+            _ => return,
+        };
+        for participant in due.unclaimed {
+            tracing::info!(%participant, "a kept media session nobody came back for is ended");
+            self.send(Command::RemoveParticipant { participant });
+        }
+        for (participant, session) in due.lost {
+            tracing::info!(%participant, "a carried media session was reported by no node");
+            let _ = self.events.send(Event::Disconnected {
+                participant,
+                reason: DisconnectReason::TransportClosed,
+                session,
+            });
+        }
+    }
+
+    /// Places the sessions a node kept that this service expects; tells it to end the rest.
+    fn take_over(&self, n: &mut Nodes, key: u64, node_id: &str, held: &[HeldSession]) {
+        let now = std::time::Instant::now();
+        let Some(tx) = n.links.get(&key).map(|l| l.tx.clone()) else {
+            return;
+        };
+        let (mut adopted, mut ended) = (0, 0);
+        for h in held {
+            let end = Command::RemoveParticipant {
+                participant: h.participant.clone(),
+            };
+            match n.takeover.reported(h, now) {
+                Adoption::Adopt(permissions) => {
+                    if n.placement.adopt(key, h) {
+                        adopted += 1;
+                        if let Some(p) = permissions {
+                            let _ = tx.send(p);
+                        }
+                    } else {
+                        // Its room went to another node meanwhile: one meeting stays on one
+                        // node, so this session ends and its client starts a new one there.
+                        n.takeover.forget(&h.participant);
+                        ended += 1;
+                        let _ = tx.send(end);
+                        let _ = self.events.send(Event::Disconnected {
+                            participant: h.participant.clone(),
+                            reason: DisconnectReason::TransportClosed,
+                            session: h.session,
+                        });
+                    }
+                }
+                Adoption::End => {
+                    ended += 1;
+                    let _ = tx.send(end);
+                }
+            }
+        }
+        // What it ran before and no longer does: lost now, not at the window's end.
+        let lost = n.takeover.linked(node_id);
+        if !held.is_empty() || !lost.is_empty() {
+            tracing::info!(node = %node_id, adopted, ended, lost = lost.len(), "sessions the node kept");
+        }
+        for (participant, session) in lost {
+            let _ = self.events.send(Event::Disconnected {
+                participant,
+                reason: DisconnectReason::TransportClosed,
+                session,
+            });
+        }
     }
 
     pub fn node_count(&self) -> usize {
@@ -65,18 +145,19 @@ impl RemoteSfu {
 
     async fn serve_node(self: &Arc<Self>, conn: quinn::Connection) -> anyhow::Result<()> {
         let (mut send, mut recv) = conn.accept_bi().await?;
-        let (node_id, workers) = match read_message(&mut recv).await? {
+        let (node_id, workers, held) = match read_message(&mut recv).await? {
             ControlMessage::Hello {
                 protocol_version,
                 node_id,
                 workers,
+                sessions,
             } => {
                 if protocol_version != PROTOCOL_VERSION {
                     anyhow::bail!(
                         "node {node_id} speaks control protocol {protocol_version}, expected {PROTOCOL_VERSION}"
                     );
                 }
-                (node_id, workers)
+                (node_id, workers, sessions)
             }
             other => anyhow::bail!("expected hello, got a {}", other.kind()),
         };
@@ -129,6 +210,7 @@ impl RemoteSfu {
                     },
                 },
             );
+            self.take_over(&mut n, key, &node_id, &held);
             key
         };
         tracing::info!(node = %node_id, workers, remote = %conn.remote_address(), "SFU node connected");
@@ -198,12 +280,50 @@ impl SfuControl for RemoteSfu {
         Some((n.links.len() - draining, draining))
     }
 
+    fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn expect_sessions(&self, sessions: &[(ParticipantId, u32, Option<String>)]) {
+        let now = std::time::Instant::now();
+        if let Ok(mut n) = self.nodes.lock() {
+            for (participant, session, node) in sessions {
+                n.takeover
+                    .expect(participant.clone(), *session, node.clone(), now);
+            }
+        }
+    }
+
+    fn node_of(&self, participant: &ParticipantId) -> Option<String> {
+        let n = self.nodes.lock().ok()?;
+        let key = n.placement.target_of(participant)?;
+        n.links.get(&key).map(|l| l.id.clone())
+    }
+
+    fn claim_session(&self, participant: &ParticipantId, session: u32) -> bool {
+        let Ok(mut n) = self.nodes.lock() else {
+            return false;
+        };
+        let adopted = n.placement.holds(participant, session);
+        n.takeover.claim(participant, session, adopted)
+    }
+
     fn send(&self, command: Command) {
+        if self.held.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let target = {
             let Ok(mut guard) = self.nodes.lock() else {
                 return;
             };
             let n = &mut *guard;
+            // Permissions for a carried session no node has reported yet: given to the node
+            // when it does.
+            if matches!(command, Command::SetPermissions { .. })
+                && n.takeover.hold_permissions(&command)
+            {
+                return;
+            }
             // A new room goes to the node with the least CPU per worker (its report, plus what
             // was placed on it since), never to one that is draining (stopping once its rooms
             // are empty); between equals, to the one with fewer participants.

@@ -2,7 +2,8 @@
 //! `signaling cluster-certs`: signaling accepts a node only under a name its certificate
 //! carries, and a node stopped with SIGTERM drains — no new rooms, its visits go on until they
 //! end (or the drain deadline, when they move to another node), then it exits; a killed node's
-//! visits have media again on another node within seconds.
+//! visits have media again on another node within seconds. A node keeps its rooms while its
+//! link to signaling is down, so a signaling restart loses no media.
 
 mod support;
 
@@ -71,11 +72,16 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let file = |name: &str| dir.join(name).display().to_string();
+        // A fixed control address and a meeting store: the service can be restarted with the
+        // nodes finding it again.
+        let control = free_addr();
         let server = support::start_with(&[
+            "--meeting-store",
+            &file("meetings.json"),
             "--sfu-mode",
             "remote",
             "--sfu-listen",
-            "127.0.0.1:0",
+            &control,
             "--cluster-ca",
             &file("ca.pem"),
             "--cluster-cert",
@@ -467,4 +473,212 @@ fn assert_admission_kept(
             assert!(v["type"] != "error", "{who} got {v}");
         }
     }
+}
+
+/// A participant joined with `token`: its connection, welcome and resume key.
+async fn joined(
+    server: &support::Server,
+    token: &str,
+    query: &str,
+) -> (support::Client, serde_json::Value, String) {
+    let mut client = server.connect_with(token, query).await;
+    let mut key = String::new();
+    loop {
+        let m = client.next().await;
+        match m["type"].as_str() {
+            Some("resume_key") => key = m["key"].as_str().unwrap().to_owned(),
+            Some("welcome") => return (client, m, key),
+            Some("__closed") => panic!("closed before the welcome"),
+            _ => {}
+        }
+    }
+}
+
+/// Participants a node's worker 0 serves, from its metrics.
+async fn node_participants(metrics: &str) -> Option<u64> {
+    let text = get(&format!("http://{metrics}"), "/metrics").await.1;
+    text.lines()
+        .find_map(|l| l.strip_prefix("sfu_participants{worker=\"0\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Sends 30 video frames a second from each peer (once secured) until dropped.
+fn send_frames(peers: [std::sync::Arc<support::media::MediaPeer>; 2]) -> Kill2 {
+    Kill2(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(33_333));
+        loop {
+            tick.tick().await;
+            for p in &peers {
+                if p.is_secured() {
+                    p.send_video_frame().await;
+                }
+            }
+        }
+    }))
+}
+
+struct Kill2(tokio::task::JoinHandle<()>);
+
+impl Drop for Kill2 {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The longest time without a received frame between `from` and `to`.
+fn longest_gap(frames: &[Instant], from: Instant, to: Instant) -> Duration {
+    let mut last = from;
+    let mut gap = Duration::ZERO;
+    for t in frames.iter().filter(|t| **t > from && **t <= to) {
+        gap = gap.max(*t - last);
+        last = *t;
+    }
+    gap.max(to.saturating_duration_since(last))
+}
+
+/// Signaling stopped (SIGTERM, as a rollout does) and started again in remote mode: the node
+/// keeps its rooms while the control link is down, the clients come back with their resume
+/// keys as the same participants with their media sessions kept, admission kept — and the
+/// media never stops. Seen failing with the node closing its rooms at a lost link (media
+/// stopped ~0.2 s after the SIGTERM) and with the sessions not carried (every client got a
+/// fresh session: a new peer connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signaling_restart_loses_no_media_on_a_node() {
+    use serde_json::json;
+    use std::sync::Arc;
+    let mut cluster = Cluster::start(&["sfu-a"]);
+    let metrics_a = free_addr();
+    let _a = Kill(cluster.node("sfu-a", "sfu-a", &["--metrics-listen", &metrics_a]));
+    until("node a linked", 20, async || {
+        get(&cluster.server.http_base, "/readyz").await.0 == 200
+    })
+    .await;
+    let server = &cluster.server;
+    let doctor_token = server.token("visit-r", "doc-4411", "Dr Berg", "clinician");
+    let patient_token = server.token("visit-r", "pat-7f3a", "Anna", "patient");
+    let (mut doctor, doctor_welcome, doctor_key) = joined(server, &doctor_token, "").await;
+    let (mut patient, patient_welcome, patient_key) = joined(server, &patient_token, "").await;
+    let patient_id = doctor.first_waiting().await;
+    doctor
+        .send(json!({"type": "admit", "participant": patient_id}))
+        .await;
+    patient.next_of("admitted").await;
+    let doctor_media = Arc::new(support::media::MediaPeer::new("doctor").await);
+    let patient_media = Arc::new(support::media::MediaPeer::new("patient").await);
+    doctor.start_media(&doctor_media).await;
+    patient.start_media(&patient_media).await;
+    let doctor_events = doctor.negotiate_in_background(&doctor_media);
+    let patient_events = patient.negotiate_in_background(&patient_media);
+    let _sending = send_frames([doctor_media.clone(), patient_media.clone()]);
+    until("media both ways through node a", 15, async || {
+        doctor_media.video_frames().len() > 30 && patient_media.video_frames().len() > 30
+    })
+    .await;
+
+    // The restart.
+    let stopped = Instant::now();
+    let (status, took) = cluster.server.terminate();
+    assert!(status.success(), "signaling exited with {status}");
+    eprintln!("signaling stopped in {took:?}");
+    cluster.server.restart();
+    let server = &cluster.server;
+    until("node a linked again", 20, async || {
+        get(&server.http_base, "/readyz").await.0 == 200
+    })
+    .await;
+
+    // Both come back with their keys: the same participants, media kept, admission kept.
+    let (mut doctor2, welcome, _) =
+        joined(server, &doctor_token, &format!("&resume={doctor_key}")).await;
+    assert_eq!(welcome["participant"], doctor_welcome["participant"]);
+    assert_eq!(welcome["media"], "kept", "{welcome}");
+    let (patient2, welcome, _) =
+        joined(server, &patient_token, &format!("&resume={patient_key}")).await;
+    assert_eq!(welcome["participant"], patient_welcome["participant"]);
+    assert_eq!(welcome["state"], "admitted", "admission kept: {welcome}");
+    assert_eq!(welcome["media"], "kept", "{welcome}");
+    let back = Instant::now();
+    eprintln!("clients back {:?} after the SIGTERM", back - stopped);
+    // The clinician still manages the visit: a chat reaches the patient.
+    let doctor2_chat = json!({"type": "chat", "text": "hör du mig?"});
+    doctor2.send(doctor2_chat).await;
+    let patient2_events = patient2.negotiate_in_background(&patient_media);
+    let doctor2_events = doctor2.negotiate_in_background(&doctor_media);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let end = Instant::now();
+    let gaps = (
+        longest_gap(&doctor_media.video_frames(), stopped, end),
+        longest_gap(&patient_media.video_frames(), stopped, end),
+    );
+    eprintln!(
+        "longest media gap across the restart: clinician {:?}, patient {:?}",
+        gaps.0, gaps.1
+    );
+    assert!(
+        gaps.0 < Duration::from_millis(500) && gaps.1 < Duration::from_millis(500),
+        "media flowed on through the restart (longest gaps {gaps:?})"
+    );
+    assert_eq!(
+        node_participants(&metrics_a).await,
+        Some(2),
+        "the node runs the same two sessions, no new ones"
+    );
+    // Nobody was told their media ended, sent to the lobby or refused.
+    let mut got = Vec::new();
+    for mut events in [
+        doctor_events,
+        patient_events,
+        patient2_events,
+        doctor2_events,
+    ] {
+        while let Ok(v) = events.try_recv() {
+            got.push(v);
+        }
+    }
+    for v in &got {
+        let kind = v["type"].as_str().unwrap_or("");
+        assert!(
+            !matches!(
+                kind,
+                "media_disconnected" | "returned_to_lobby" | "error" | "lobby_position"
+            ),
+            "{v}"
+        );
+    }
+    assert!(
+        got.iter()
+            .any(|v| v["type"] == "chat" && v["text"] == "hör du mig?"),
+        "the chat went through the restarted service: {got:?}"
+    );
+}
+
+/// A signaling killed without its hand-over carried no sessions: the sessions the node kept
+/// are ended when it links again (nobody can claim them), not left running unmanaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_nobody_carried_are_ended_when_the_node_links_again() {
+    use support::media::{FrameSender, visit};
+    let mut cluster = Cluster::start(&["sfu-a"]);
+    let metrics_a = free_addr();
+    let _a = Kill(cluster.node("sfu-a", "sfu-a", &["--metrics-listen", &metrics_a]));
+    until("node a linked", 20, async || {
+        get(&cluster.server.http_base, "/readyz").await.0 == 200
+    })
+    .await;
+    let (doctor_media, patient_media, doctor, patient) = visit(&cluster.server, "visit-k").await;
+    let _doctor_events = doctor.negotiate_in_background(&doctor_media);
+    let _patient_events = patient.negotiate_in_background(&patient_media);
+    let _sender = FrameSender::start(doctor_media, patient_media);
+    until("two sessions on the node", 15, async || {
+        node_participants(&metrics_a).await == Some(2)
+    })
+    .await;
+    cluster.server.restart();
+    until("node a linked again", 20, async || {
+        get(&cluster.server.http_base, "/readyz").await.0 == 200
+    })
+    .await;
+    until("the uncarried sessions ended on the node", 10, async || {
+        node_participants(&metrics_a).await == Some(0)
+    })
+    .await;
 }

@@ -730,6 +730,13 @@ async function handle(msg) {
       } else {
         enterLobby(null);
       }
+      // Back after the service restarted, with our media session kept by the SFU: the peer
+      // connection goes on (a restart of ICE only if its path is not up).
+      if (msg.media === "kept" && state.pc && !["closed", "failed"].includes(state.pc.connectionState)) {
+        noteIce("media-kept");
+        if (state.pc.connectionState !== "connected") restartIce(state.pc);
+        break;
+      }
       await connectMedia(false);
       break;
     case "consultant_invited":

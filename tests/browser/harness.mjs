@@ -9,9 +9,10 @@ const targetDir = process.env.CARGO_TARGET_DIR || path.resolve(import.meta.dirna
 export const signalingBin = process.env.SIGNALING_BIN || path.join(targetDir, "debug", "signaling");
 export const sfuBin = process.env.SFU_BIN || path.join(targetDir, "debug", "sfu");
 
-/** Starts the single-node default on ephemeral ports; resolves with its URLs and process. */
-export function startSignaling(extraArgs = [], { embedded = true, listen = "127.0.0.1:0", cwd, env = {} } = {}) {
-  const keyDir = mkdtempSync(path.join(tmpdir(), "hc-dev-"));
+/** Starts the single-node default on ephemeral ports; resolves with its URLs and process.
+ * `keyDir` holds the dev issuer's key and the audit log: the same one again is the same
+ * service restarted (its tokens still valid). */
+export function startSignaling(extraArgs = [], { embedded = true, listen = "127.0.0.1:0", cwd, env = {}, keyDir = mkdtempSync(path.join(tmpdir(), "hc-dev-")) } = {}) {
   const child = spawn(signalingBin, ["serve", "--dev", "--dev-key", path.join(keyDir, "issuer.key"),
     "--audit-log", path.join(keyDir, "audit.jsonl"),
     "--listen", listen, ...(embedded ? ["--workers", "1"] : []), ...extraArgs], {

@@ -6,10 +6,12 @@
 
 mod command;
 mod event;
+mod held_session;
 mod ids;
 
 pub use command::{Command, Permissions, VideoLayer};
 pub use event::{DisconnectReason, Event, LoadReport, MediaKind, TrackInfo};
+pub use held_session::HeldSession;
 pub use ids::{ParticipantId, RoomId, TrackId};
 
 /// Version of the control protocol; a node with another version is refused at connect.
@@ -25,6 +27,10 @@ pub enum ControlMessage {
         node_id: String,
         /// UDP candidates of the node's workers, for operators' information.
         workers: u32,
+        /// The media sessions the node runs now: none on a first link, those it kept through
+        /// a lost link otherwise. Signaling takes over the ones it expects and ends the rest.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sessions: Vec<HeldSession>,
     },
     Command(Command),
     Event(Event),

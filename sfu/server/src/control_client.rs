@@ -19,6 +19,9 @@ pub struct ControlClientConfig {
     pub server_name: String,
     pub node_id: String,
     pub load_interval: Duration,
+    /// How long rooms outlive a lost control link: media flows on through a signaling restart
+    /// or failover, and the signaling reached next takes the sessions over.
+    pub grace: Duration,
 }
 
 /// Runs until the process ends. `events` carries the node's SFU events.
@@ -34,8 +37,10 @@ pub async fn run(
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(tls.quic_client()?);
     let mut redial = RedialDelay::default();
+    let (link_tx, link_rx) = tokio::sync::watch::channel(false);
+    let keeper = tokio::spawn(keep_rooms(node.clone(), link_rx, config.grace));
+    let _keeper = AbortOnDrop(keeper);
     loop {
-        let mut was_up = false;
         let result = tokio::select! {
             result = session(
                 &config,
@@ -44,7 +49,7 @@ pub async fn run(
                 &mut events,
                 &readiness,
                 &mut draining,
-                &mut was_up,
+                &link_tx,
             ) => result,
             _ = stop.wait_for(|stop| *stop) => {
                 // The session, and with it the connection, was dropped (closed): let the close
@@ -55,16 +60,56 @@ pub async fn run(
             }
         };
         readiness.set_control_link_up(false);
+        // Whether this session's link came up (the next dial then starts the backoff over).
+        let was_up = link_tx.send_replace(false);
         match result {
             Ok(()) => tracing::info!("control link closed by signaling"),
             Err(e) => {
                 tracing::warn!(error = %e, signaling = %config.signaling, "control link failed")
             }
         }
-        // Signaling has forgotten this node's participants: end their sessions here too.
-        node.close_all_rooms();
+        // The rooms go on (see `keep_rooms`); what happened meanwhile is in the next hello's
+        // list of sessions, so events are not kept.
         while events.try_recv().is_ok() {}
         tokio::time::sleep(redial.next(was_up)).await;
+    }
+}
+
+/// Ends every room once the control link has stayed down for `grace` after it was up: no
+/// signaling took the sessions over, and nobody can admit, mute or remove anyone in them.
+async fn keep_rooms(
+    node: Arc<SfuNode>,
+    mut link: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) {
+    loop {
+        if link.wait_for(|up| *up).await.is_err() || link.wait_for(|up| !*up).await.is_err() {
+            return;
+        }
+        let rooms = node.held_sessions().len();
+        if rooms > 0 {
+            tracing::warn!(
+                sessions = rooms,
+                grace_secs = grace.as_secs(),
+                "control link lost: media sessions kept for the grace"
+            );
+        }
+        if tokio::time::timeout(grace, link.wait_for(|up| *up))
+            .await
+            .is_err()
+        {
+            tracing::warn!("control link down past the grace: every room ends");
+            node.close_all_rooms();
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -112,7 +157,7 @@ async fn session(
     events: &mut UnboundedReceiver<Event>,
     readiness: &Readiness,
     draining: &mut tokio::sync::watch::Receiver<bool>,
-    was_up: &mut bool,
+    link: &tokio::sync::watch::Sender<bool>,
 ) -> anyhow::Result<()> {
     // The endpoint is bound to IPv4; `localhost` may list ::1 first.
     let addr = tokio::net::lookup_host(&config.signaling)
@@ -123,17 +168,21 @@ async fn session(
     // However this session ends, the connection goes with it (the reader task holds a stream).
     let _close = CloseOnDrop(conn.clone());
     let (mut send, recv) = conn.open_bi().await?;
+    // Taken after the events of the old link were let go: a session that ended since is not
+    // listed.
+    let held = node.held_sessions();
     write_message(
         &mut send,
         &ControlMessage::Hello {
             protocol_version: PROTOCOL_VERSION,
             node_id: config.node_id.clone(),
             workers: node.workers().len() as u32,
+            sessions: held.clone(),
         },
     )
     .await?;
-    tracing::info!(signaling = %config.signaling, node = %config.node_id, "control link up");
-    *was_up = true;
+    tracing::info!(signaling = %config.signaling, node = %config.node_id, sessions = held.len(), "control link up");
+    link.send_replace(true);
     readiness.set_control_link_up(true);
     let mut incoming = spawn_reader(recv);
     let mut tick = tokio::time::interval(config.load_interval);

@@ -67,6 +67,11 @@ struct Args {
     /// Below this bandwidth estimate a subscriber gets audio only, kbit/s (default 100).
     #[arg(long, env = "SFU_VIDEO_FLOOR_KBPS")]
     video_floor_kbps: Option<u64>,
+    /// How long the node's rooms outlive a lost link to signaling, seconds (default 30): media
+    /// flows on through a signaling restart or failover, and the signaling reached next takes
+    /// the sessions over. 0 ends them at once.
+    #[arg(long, env = "SFU_CONTROL_GRACE_SECS")]
+    control_grace_secs: Option<u64>,
     #[arg(long, env = "SFU_LOAD_INTERVAL_MS", default_value_t = 2000)]
     load_interval_ms: u64,
     /// On SIGTERM the node takes no new rooms and serves its own until they are empty, for at
@@ -123,6 +128,15 @@ fn main() -> anyhow::Result<()> {
         .signaling_name
         .or(signaling.name)
         .unwrap_or_else(|| "signaling".into());
+    let control_grace_secs = args
+        .control_grace_secs
+        .or(signaling.grace_secs)
+        .unwrap_or(30);
+    anyhow::ensure!(
+        control_grace_secs <= 3600,
+        "signaling.grace_secs (--control-grace-secs) {control_grace_secs}: at most 3600 (an hour \
+         of media nobody can manage)"
+    );
     let ca = args
         .cluster_ca
         .or(cluster.ca)
@@ -208,6 +222,7 @@ fn main() -> anyhow::Result<()> {
                 server_name: signaling_name,
                 node_id,
                 load_interval: Duration::from_millis(args.load_interval_ms.max(100)),
+                grace: Duration::from_secs(control_grace_secs),
             },
             tls,
             node.clone(),

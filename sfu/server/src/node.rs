@@ -267,7 +267,15 @@ impl SfuNode {
         (total, rooms, participants)
     }
 
-    /// Ends every room on every worker (the control link to signaling was lost).
+    /// The media sessions the workers run now (for signaling, when the control link comes up).
+    pub fn held_sessions(&self) -> Vec<sfu_proto::HeldSession> {
+        self.placement
+            .lock()
+            .map(|p| p.held_sessions())
+            .unwrap_or_default()
+    }
+
+    /// Ends every room on every worker (the control link to signaling stayed lost).
     pub fn close_all_rooms(&self) {
         let rooms: Vec<(RoomId, usize)> = match self.placement.lock() {
             Ok(mut p) => p.drain_rooms(),

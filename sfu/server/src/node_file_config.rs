@@ -62,6 +62,8 @@ pub struct SignalingSection {
     /// `host:port`: an address, or a name resolved at each dial (a Kubernetes Service).
     pub addr: Option<String>,
     pub name: Option<String>,
+    /// How long rooms outlive a lost control link, seconds.
+    pub grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

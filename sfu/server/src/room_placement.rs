@@ -6,8 +6,8 @@
 //! until signaling removes it, even after its media ended, so a late event of an old session can
 //! never unplace a rejoined one. A refused add is the one exception (nothing was placed).
 
-use sfu_proto::{Command, Event, ParticipantId, RoomId};
-use std::collections::HashMap;
+use sfu_proto::{Command, Event, HeldSession, ParticipantId, RoomId};
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 #[derive(Debug)]
@@ -15,6 +15,9 @@ pub struct RoomPlacement<T> {
     rooms: HashMap<RoomId, T>,
     /// Each placed participant: its target, room and media session number.
     participants: HashMap<ParticipantId, (T, RoomId, u32)>,
+    /// Placed participants whose media session has ended (reported disconnected): still
+    /// placed, but no longer held.
+    ended: HashSet<ParticipantId>,
 }
 
 impl<T> Default for RoomPlacement<T> {
@@ -22,6 +25,7 @@ impl<T> Default for RoomPlacement<T> {
         Self {
             rooms: HashMap::new(),
             participants: HashMap::new(),
+            ended: HashSet::new(),
         }
     }
 }
@@ -60,11 +64,14 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
                 };
                 self.participants
                     .insert(participant.clone(), (target, room.clone(), *session));
+                self.ended.remove(participant);
                 Some(target)
             }
             Command::CloseRoom { room } => {
                 let target = self.rooms.remove(room);
                 self.participants.retain(|_, (_, r, _)| r != room);
+                let participants = &self.participants;
+                self.ended.retain(|p| participants.contains_key(p));
                 target
             }
             Command::RemoveParticipant { participant } => {
@@ -78,21 +85,77 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
         }
     }
 
-    /// Undoes the placement of an add the SFU refused.
+    /// Undoes the placement of an add the SFU refused, and notes a media session that ended.
     pub fn observe(&mut self, event: &Event) {
-        if let Event::CommandFailed {
-            command,
-            participant: Some(participant),
-            ..
-        } = event
-            && command == "add_participant"
-        {
-            self.release(participant);
+        match event {
+            Event::CommandFailed {
+                command,
+                participant: Some(participant),
+                ..
+            } if command == "add_participant" => self.release(participant),
+            Event::Disconnected {
+                participant,
+                session,
+                ..
+            } if self
+                .participants
+                .get(participant)
+                .is_some_and(|(_, _, s)| s == session) =>
+            {
+                self.ended.insert(participant.clone());
+            }
+            _ => {}
         }
+    }
+
+    /// The media sessions placed and not ended, by room and participant.
+    pub fn held_sessions(&self) -> Vec<HeldSession> {
+        let mut held: Vec<HeldSession> = self
+            .participants
+            .iter()
+            .filter(|(p, _)| !self.ended.contains(*p))
+            .map(|(p, (_, room, session))| HeldSession {
+                room: room.clone(),
+                participant: p.clone(),
+                session: *session,
+            })
+            .collect();
+        held.sort_by(|a, b| (&a.room, &a.participant).cmp(&(&b.room, &b.participant)));
+        held
+    }
+
+    /// Places a session that `target` already runs (a node that kept it through a lost
+    /// control link). Refused — `false` — when its room is placed on another target or the
+    /// participant is placed already: one meeting is never on two targets.
+    pub fn adopt(&mut self, target: T, held: &HeldSession) -> bool {
+        if self.participants.contains_key(&held.participant)
+            || self.rooms.get(&held.room).is_some_and(|t| *t != target)
+        {
+            return false;
+        }
+        self.rooms.insert(held.room.clone(), target);
+        self.participants.insert(
+            held.participant.clone(),
+            (target, held.room.clone(), held.session),
+        );
+        true
+    }
+
+    /// Where `participant` is placed.
+    pub fn target_of(&self, participant: &ParticipantId) -> Option<T> {
+        self.participants.get(participant).map(|(t, ..)| *t)
+    }
+
+    /// Whether `participant` is placed with media session `session`.
+    pub fn holds(&self, participant: &ParticipantId, session: u32) -> bool {
+        self.participants
+            .get(participant)
+            .is_some_and(|(_, _, s)| *s == session)
     }
 
     /// Forgets a participant; an emptied room is forgotten too, to be placed afresh.
     pub fn release(&mut self, participant: &ParticipantId) {
+        self.ended.remove(participant);
         if let Some((_, room, _)) = self.participants.remove(participant)
             && !self.participants.values().any(|(_, r, _)| *r == room)
         {
@@ -112,6 +175,7 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
             .collect();
         for (id, _) in &gone {
             self.participants.remove(id);
+            self.ended.remove(id);
         }
         gone
     }
@@ -119,6 +183,7 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
     /// Forgets every room and participant; returns the rooms with their targets.
     pub fn drain_rooms(&mut self) -> Vec<(RoomId, T)> {
         self.participants.clear();
+        self.ended.clear();
         self.rooms.drain().collect()
     }
 }
@@ -172,5 +237,52 @@ mod tests {
             answer_sdp: String::new(),
         };
         assert_eq!(p.route(&answer, least), None);
+    }
+
+    /// What a node reports it still runs is what is placed and not ended; a session taken over
+    /// from a node joins its room there, never a room placed on another target.
+    #[test]
+    fn held_sessions_leave_out_ended_ones_and_adoption_keeps_a_room_on_one_target() {
+        let mut node = RoomPlacement::<usize>::default();
+        let least = |_: &RoomPlacement<usize>| Some(0);
+        node.route(&add("r1", "a"), least);
+        node.route(&add("r1", "b"), least);
+        node.route(&add("r2", "c"), least);
+        // An ended session of another number is news of an old session: ignored.
+        node.observe(&Event::Disconnected {
+            participant: ParticipantId::from("a"),
+            reason: sfu_proto::DisconnectReason::ConsentTimeout,
+            session: 7,
+        });
+        node.observe(&Event::Disconnected {
+            participant: ParticipantId::from("b"),
+            reason: sfu_proto::DisconnectReason::ConsentTimeout,
+            session: 1,
+        });
+        let held = node.held_sessions();
+        let names: Vec<&str> = held.iter().map(|h| h.participant.0.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        // A new session of the ended participant is held again.
+        node.route(&add("r1", "b"), least);
+        assert_eq!(node.held_sessions().len(), 3);
+
+        let mut signaling = RoomPlacement::<u64>::default();
+        let elsewhere = |_: &RoomPlacement<u64>| Some(9);
+        signaling.route(&add("r2", "x"), elsewhere);
+        assert!(
+            signaling.adopt(4, &held[0]),
+            "r1 is free: adopted on node 4"
+        );
+        assert!(signaling.holds(&ParticipantId::from("a"), 1));
+        assert!(
+            !signaling.adopt(4, &held[1]),
+            "r2 is placed on node 9 already"
+        );
+        assert!(!signaling.adopt(5, &held[0]), "a is placed already");
+        assert_eq!(
+            signaling.route(&add("r1", "z"), elsewhere),
+            Some(4),
+            "a newcomer joins the adopted room's node"
+        );
     }
 }
