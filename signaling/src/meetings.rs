@@ -559,6 +559,17 @@ impl Meetings {
                 &json!({"type": "video_paused", "publisher": track.publisher, "track": msid_track(&track.id), "paused": paused, "reason": "bandwidth"}),
                 sfu,
             ),
+            // Only the publisher hears which of its layers nobody receives (it may stop
+            // encoding them).
+            Event::LayersUnused {
+                participant,
+                mid,
+                rids,
+            } => self.send_to(
+                &participant,
+                &json!({"type": "pause_encodings", "mid": mid, "rids": rids}),
+                sfu,
+            ),
             Event::ActiveSpeaker { room, participant } => self.broadcast_about(
                 &room.0,
                 &participant,

@@ -26,7 +26,7 @@ const state = {
   // Publishers whose video the SFU paused for our link (video_paused).
   pausedVideo: new Set(),
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
-  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, refusedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pausedRids: new Map(), refusedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
@@ -169,6 +169,23 @@ function applySending() {
   }
 }
 
+/** Turns the simulcast encodings of the sender on media line `mid` on or off as the SFU
+ * last asked (`pause_encodings`). */
+async function applyEncodings(mid) {
+  const pc = state.pc;
+  const tr = pc && pc.getTransceivers().find((t) => t.mid === mid);
+  if (!tr || !tr.sender) return;
+  const paused = state.pausedRids.get(mid) || new Set();
+  const params = tr.sender.getParameters();
+  if (!params.encodings || params.encodings.length < 2) return;
+  let changed = false;
+  for (const e of params.encodings) {
+    const active = !paused.has(e.rid);
+    if (e.active !== active) { e.active = active; changed = true; }
+  }
+  if (changed) await tr.sender.setParameters(params);
+}
+
 // Messages are handled one at a time: an SFU offer may arrive right behind its answer.
 let queue = Promise.resolve();
 function enqueue(fn) { queue = queue.then(fn).catch((e) => { state.errors.push(String(e)); console.error(e); }); }
@@ -188,7 +205,9 @@ async function connectMedia(restart) {
     }).sender,
     track,
   }));
-  // A new session subscribes afresh: every layer choice is sent again.
+  // A new session subscribes afresh: every layer choice is sent again; every layer of ours is
+  // encoded until the SFU says otherwise.
+  state.pausedRids.clear();
   state.videoTracks.clear();
   state.layers.clear();
   applySending();
@@ -846,6 +865,12 @@ async function handle(msg) {
     }
     case "active_speaker":
       for (const [id, tile] of state.tiles) tile.fig.classList.toggle("speaking", id === msg.participant);
+      break;
+    case "pause_encodings":
+      // Nobody receives these layers of ours just now (the SFU says so after a few seconds):
+      // the encoder stops them — less upload and battery — until someone needs them again.
+      state.pausedRids.set(msg.mid, new Set(Array.isArray(msg.rids) ? msg.rids : []));
+      await applyEncodings(msg.mid);
       break;
     case "video_paused": {
       // Our link carries none of this person's video just now: the SFU sends their voice

@@ -149,6 +149,17 @@ test("Firefox publishes simulcast: the Chromium receiver moves to the low layer 
       const s = await videoStats(clinician);
       return { ok: s.frames > low.s.frames + 30, s };
     }, { timeout: 15000, what: "the clinician decoding on after the switch" });
+    // Nobody receives Firefox's top layer now: after a few seconds the SFU asks it to stop
+    // encoding that layer (dynacast), and it does; asked for again, it comes back.
+    await waitFor(async () => {
+      const paused = await patient.evaluate(() => [...window.hcState.pausedRids.values()].flatMap((r) => [...r]));
+      return { ok: paused.includes("h"), paused };
+    }, { timeout: 15000, what: "Firefox told to pause its top layer" });
+    const before = await videoStats(patient);
+    await new Promise((r) => setTimeout(r, 1500));
+    const after = await videoStats(patient);
+    assert.ok(after.sent.h.bytes - before.sent.h.bytes < 1000, "Firefox stopped encoding its top layer");
+    assert.ok(after.sent.l.bytes - before.sent.l.bytes > 5000, "and goes on with its low one");
     await clinician.click("#save-data");
     await waitFor(async () => {
       const s = await videoStats(clinician);

@@ -55,6 +55,10 @@ pub struct Counters {
     pub layer_bandwidth_downgrades: u64,
     /// Video subscriptions paused because their subscriber's estimate carried no layer.
     pub video_pauses: u64,
+    /// Simulcast layers publishers were told to stop encoding (nobody needed them).
+    pub layers_suspended: u64,
+    /// Of those, layers publishers were told to encode again.
+    pub layers_resumed: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -100,6 +104,8 @@ impl std::ops::AddAssign for Counters {
             probe_clusters,
             layer_bandwidth_downgrades,
             video_pauses,
+            layers_suspended,
+            layers_resumed,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -141,12 +147,14 @@ impl std::ops::AddAssign for Counters {
         self.probe_clusters += probe_clusters;
         self.layer_bandwidth_downgrades += layer_bandwidth_downgrades;
         self.video_pauses += video_pauses;
+        self.layers_suspended += layers_suspended;
+        self.layers_resumed += layers_resumed;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 40] {
+    pub fn named(&self) -> [(&'static str, u64); 42] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -212,11 +220,13 @@ impl Counters {
                 self.layer_bandwidth_downgrades,
             ),
             ("sfu_video_pauses_total", self.video_pauses),
+            ("sfu_layers_suspended_total", self.layers_suspended),
+            ("sfu_layers_resumed_total", self.layers_resumed),
         ]
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 40] = [
+    pub const HELP: [(&'static str, &'static str); 42] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -373,6 +383,14 @@ impl Counters {
         (
             "sfu_video_pauses_total",
             "Video subscriptions paused because their subscriber's bandwidth estimate carried none of their layers (audio only).",
+        ),
+        (
+            "sfu_layers_suspended_total",
+            "Simulcast layers whose publisher was told to stop encoding them, because no subscriber needed them (dynacast).",
+        ),
+        (
+            "sfu_layers_resumed_total",
+            "Simulcast layers whose publisher was told to encode them again, because a subscriber needed them.",
         ),
     ];
 

@@ -100,11 +100,12 @@ impl Track {
     }
 
     /// The layer to forward to a subscriber allowed up to `limit`: the highest one the
-    /// publisher is sending within it, else the lowest one sending above it (some picture
-    /// beats none), else `limit` itself (nothing is sending yet).
+    /// publisher is sending (or would, were it asked: see [`TrackLayer::is_available`]) within
+    /// it, else the lowest one sending above it (some picture beats none), else `limit` itself
+    /// (nothing is sending yet).
     pub fn choose_layer(&self, limit: usize, now: Instant) -> usize {
         let limit = limit.min(self.layers.len() - 1);
-        let sending = |l: &usize| self.layers[*l].is_sending(now);
+        let sending = |l: &usize| self.layers[*l].is_available(now);
         (0..=limit)
             .rev()
             .find(sending)

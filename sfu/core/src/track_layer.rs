@@ -29,6 +29,14 @@ pub struct TrackLayer {
     pub sender_report: Option<(u64, u32)>,
     /// What the layer costs a subscriber's link (media packets as received, repairs aside).
     pub bitrate: BitrateMeter,
+    /// Dynacast: the publisher was told to stop encoding this layer (nobody needs it).
+    pub suspended: bool,
+    /// Since when no subscription has needed the layer.
+    pub unneeded_since: Option<Instant>,
+    /// The layer's bitrate when it was suspended: what it will cost again.
+    held_bps: u64,
+    /// When the publisher was told to encode it again.
+    resumed_at: Option<Instant>,
 }
 
 impl TrackLayer {
@@ -45,6 +53,10 @@ impl TrackLayer {
             keyframe_pending: false,
             sender_report: None,
             bitrate: BitrateMeter::default(),
+            suspended: false,
+            unneeded_since: None,
+            held_bps: 0,
+            resumed_at: None,
         }
     }
 
@@ -72,5 +84,77 @@ impl TrackLayer {
     pub fn is_sending(&self, now: Instant) -> bool {
         self.last_packet_at
             .is_some_and(|at| now.saturating_duration_since(at) < LAYER_SILENCE)
+    }
+
+    /// Whether a subscription may be given this layer: it is sent, or it was paused at its
+    /// source only because nobody needed it (choosing it resumes it), or it was just resumed
+    /// and its first packets are on their way.
+    pub fn is_available(&self, now: Instant) -> bool {
+        self.is_sending(now) || self.suspended || self.is_resuming(now)
+    }
+
+    fn is_resuming(&self, now: Instant) -> bool {
+        self.resumed_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LAYER_SILENCE)
+    }
+
+    /// What the layer costs a subscriber's link: as measured, or — paused at its source, or
+    /// just resumed — what it cost before.
+    pub fn rate_bps(&self, now: Instant) -> u64 {
+        let measured = self.bitrate.bps(now);
+        if self.suspended || self.is_resuming(now) {
+            measured.max(self.held_bps)
+        } else {
+            measured
+        }
+    }
+
+    /// The publisher is told to stop encoding the layer.
+    pub fn suspend(&mut self, now: Instant) {
+        self.held_bps = self.rate_bps(now);
+        self.suspended = true;
+        self.resumed_at = None;
+    }
+
+    /// The publisher is told to encode the layer again.
+    pub fn resume(&mut self, now: Instant) {
+        self.suspended = false;
+        self.unneeded_since = None;
+        self.resumed_at = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer paused at its source stays on offer at its old cost, and for a moment after it
+    /// resumes, until its packets arrive.
+    #[allow(clippy::disallowed_methods)]
+    #[test]
+    fn a_suspended_layer_stays_available_at_its_old_cost() {
+        let t0 = Instant::now();
+        let mut layer = TrackLayer::new(Some("h".into()), 16);
+        assert!(!layer.is_available(t0), "never sent");
+        for i in 0..50u64 {
+            let at = t0 + Duration::from_millis(i * 20);
+            layer.last_packet_at = Some(at);
+            layer.bitrate.add(at, 1250);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        let cost = layer.rate_bps(t1);
+        assert!(cost > 300_000, "{cost}");
+        layer.suspend(t1);
+        let later = t1 + Duration::from_secs(10);
+        assert!(!layer.is_sending(later));
+        assert!(layer.is_available(later));
+        assert_eq!(layer.rate_bps(later), cost);
+        layer.resume(later);
+        assert!(layer.is_available(later + Duration::from_millis(500)));
+        assert_eq!(layer.rate_bps(later + Duration::from_millis(500)), cost);
+        assert!(
+            !layer.is_available(later + LAYER_SILENCE),
+            "resumed but never sent again: gone, as a layer its publisher stopped"
+        );
     }
 }

@@ -85,6 +85,16 @@ pub enum Event {
         track: TrackInfo,
         paused: bool,
     },
+    /// Dynacast: the simulcast layers (by RID) of a publisher's track that no subscriber needs
+    /// now — the publisher may stop encoding them (its uplink, its battery) — given in full at
+    /// each change; empty: encode every layer again.
+    LayersUnused {
+        /// The publisher.
+        participant: ParticipantId,
+        /// The track's media line (`a=mid`) in the publisher's session.
+        mid: String,
+        rids: Vec<String>,
+    },
     /// The loudest participant of a room changed (RFC 6464 audio levels).
     ActiveSpeaker {
         room: RoomId,

@@ -32,7 +32,14 @@ pub struct SimulcastPublisher {
     pub packet_size: [usize; LAYERS],
     /// Keyframes sent per layer (asked for or periodic).
     pub keyframes: [u32; LAYERS],
+    /// Stops and restarts its encoders as the SFU's `LayersUnused` events say (as the web
+    /// client does), a restarted one with a keyframe.
+    pub follows_dynacast: bool,
+    events_seen: usize,
 }
+
+/// The RIDs of the three layers, lowest first.
+pub const RIDS: [&str; LAYERS] = ["l", "m", "h"];
 
 /// Where each layer's PictureID and TL0PICIDX start (far apart, as independent encoders').
 const PICTURE_ID_START: [u16; LAYERS] = [31_000, 123, 16_000];
@@ -42,7 +49,7 @@ const TEMPORAL_PATTERN: [u8; 4] = [0, 2, 1, 2];
 
 impl SimulcastPublisher {
     pub fn new(net: &mut SimNetwork, peer: usize, send_reports: bool) -> Self {
-        let tracks = net.peers[peer].add_simulcast_video(&["l", "m", "h"]);
+        let tracks = net.peers[peer].add_simulcast_video(&RIDS);
         Self {
             peer,
             tracks,
@@ -59,12 +66,39 @@ impl SimulcastPublisher {
             packets_per_frame: PACKETS_PER_FRAME,
             packet_size: [300, 600, 900],
             keyframes: [0; LAYERS],
+            follows_dynacast: false,
+            events_seen: 0,
         }
+    }
+
+    /// Applies the `LayersUnused` events about this publisher that arrived since the last call.
+    fn follow_dynacast(&mut self, net: &SimNetwork) {
+        let me = net.id(self.peer);
+        for event in &net.events[self.events_seen.min(net.events.len())..] {
+            if let sfu_proto::Event::LayersUnused {
+                participant, rids, ..
+            } = event
+                && participant == me
+            {
+                for (l, rid) in RIDS.iter().enumerate() {
+                    let on = !rids.iter().any(|r| r == rid);
+                    if on && !self.sending[l] {
+                        // An encoder made active again starts with a keyframe.
+                        self.key_owed[l] = true;
+                    }
+                    self.sending[l] = on;
+                }
+            }
+        }
+        self.events_seen = net.events.len();
     }
 
     /// Called every simulated millisecond.
     pub fn step(&mut self, net: &mut SimNetwork) {
         self.ms += 1;
+        if self.follows_dynacast {
+            self.follow_dynacast(net);
+        }
         let peer = &mut net.peers[self.peer];
         for ssrc in std::mem::take(&mut peer.pli_ssrcs) {
             if let Some(l) = self

@@ -361,3 +361,149 @@ fn a_hundred_switches_keep_one_picture_line() {
         }
     }
 }
+
+/// The `LayersUnused` events about the publisher (peer 0) so far: each one's RIDs.
+fn unused_layers(net: &SimNetwork) -> Vec<Vec<String>> {
+    let publisher = net.id(0);
+    net.events
+        .iter()
+        .filter_map(|e| match e {
+            sfu_proto::Event::LayersUnused {
+                participant, rids, ..
+            } if participant == publisher => Some(rids.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The longest time between two packets of `pkts` after `from`.
+fn longest_gap(pkts: &[ReceivedPacket], from: std::time::Instant) -> Duration {
+    pkts.windows(2)
+        .filter(|w| w[0].at >= from)
+        .map(|w| w[1].at.saturating_duration_since(w[0].at))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Dynacast: a layer nobody receives is paused at its publisher after a few seconds (an
+/// event the publisher's client acts on), and resumed — keyframe first — as soon as a
+/// subscriber wants it; the subscriber's picture never stops on the way. With nobody
+/// watching at all every layer pauses, and a newcomer resumes what it needs.
+#[test]
+fn a_layer_nobody_needs_is_paused_at_its_publisher_and_resumed_when_wanted() {
+    let mut net = SimNetwork::new(12, |_| {});
+    net.add_peer("pub", &[]);
+    let mut publisher = SimulcastPublisher::new(&mut net, 0, true);
+    publisher.follows_dynacast = true;
+    for name in ["small", "large"] {
+        net.add_peer(name, &[]);
+    }
+    for p in 0..3 {
+        net.join(p, "visit", BOTH);
+    }
+    net.connect_all(Duration::from_secs(5));
+    let (small, large) = (net.id(1).clone(), net.id(2).clone());
+    let prefer = |net: &mut SimNetwork, who: &sfu_proto::ParticipantId, layer| {
+        net.command(Command::SetPreferredLayer {
+            participant: who.clone(),
+            mid: None,
+            layer,
+        })
+    };
+    prefer(&mut net, &small, VideoLayer::Low);
+    net.run(Duration::from_secs(4), |n| publisher.step(n));
+    assert!(
+        unused_layers(&net).is_empty(),
+        "nothing paused within the hold"
+    );
+    // The middle layer goes to nobody: paused once the hold has passed.
+    net.run(Duration::from_secs(2), |n| publisher.step(n));
+    assert_eq!(unused_layers(&net), [vec!["m".to_owned()]]);
+    assert_eq!(publisher.sending, [true, false, true]);
+
+    // The large tile's person saves data too: the top layer goes unused, and is paused.
+    prefer(&mut net, &large, VideoLayer::Low);
+    let switched = net.now;
+    net.run(Duration::from_secs(7), |n| publisher.step(n));
+    assert_eq!(
+        unused_layers(&net).last().unwrap(),
+        &vec!["m".to_owned(), "h".to_owned()]
+    );
+    assert_eq!(publisher.sending, [true, false, false]);
+    let large_video = video_from(&net, 2);
+    assert!(
+        large_video.iter().rev().take(50).all(|p| layer(p) == 0),
+        "large now on the low layer"
+    );
+    assert!(
+        longest_gap(&large_video, switched) < Duration::from_millis(100),
+        "the picture went on through the switch and the pause ({:?})",
+        longest_gap(&large_video, switched)
+    );
+
+    // And wants the full picture again: the top layer resumes at once and the switch lands on
+    // its (first) keyframe within half a second, the low layer flowing until then.
+    let keyframes_before = publisher.keyframes[2];
+    let asked = net.now;
+    let before = video_from(&net, 2).len();
+    prefer(&mut net, &large, VideoLayer::High);
+    net.run(Duration::from_millis(600), |n| publisher.step(n));
+    assert_eq!(
+        unused_layers(&net).last().unwrap(),
+        &vec!["m".to_owned()],
+        "h resumed"
+    );
+    assert!(
+        publisher.keyframes[2] > keyframes_before,
+        "h restarts with a keyframe"
+    );
+    let large_video = video_from(&net, 2);
+    let first_high = large_video[before..]
+        .iter()
+        .position(|p| layer(p) == 2)
+        .map(|i| before + i)
+        .expect("large back on the top layer within 0.6 s");
+    assert!(starts_keyframe(&large_video[first_high]));
+    assert_eq!(
+        large_video[first_high].seq,
+        large_video[first_high - 1].seq.wrapping_add(1),
+        "one unbroken stream"
+    );
+    eprintln!(
+        "top layer back {:?} after it was asked for",
+        large_video[first_high].at - asked
+    );
+    assert!(longest_gap(&large_video, asked) < Duration::from_millis(100));
+
+    // Both subscribers leave: nothing is watched, every layer pauses.
+    for who in [&small, &large] {
+        net.command(Command::RemoveParticipant {
+            participant: who.clone(),
+        });
+    }
+    net.run(Duration::from_secs(6), |n| publisher.step(n));
+    assert_eq!(
+        unused_layers(&net).last().unwrap(),
+        &vec!["l".to_owned(), "m".to_owned(), "h".to_owned()]
+    );
+    assert_eq!(publisher.sending, [false; 3]);
+    let counters = net.sfu.counters;
+    assert!(counters.layers_suspended >= 4 && counters.layers_resumed >= 1);
+
+    // Someone new arrives: what it needs resumes and its picture starts at a keyframe.
+    let newcomer = net.add_peer("newcomer", &[]);
+    net.join(newcomer, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    net.run(Duration::from_secs(1), |n| publisher.step(n));
+    assert!(
+        unused_layers(&net).last().unwrap().len() < 3,
+        "a layer resumed for the newcomer"
+    );
+    let got = video_from(&net, newcomer);
+    assert!(
+        got.len() > 20,
+        "the newcomer receives video ({})",
+        got.len()
+    );
+    assert!(starts_keyframe(&got[0]));
+}

@@ -112,7 +112,7 @@ impl Sfu {
                 if wanted_pass != pass {
                     continue;
                 }
-                let rate = |l: usize| track.layers[l].bitrate.bps(now);
+                let rate = |l: usize| track.layers[l].rate_bps(now);
                 if track.kind == MediaKind::Audio {
                     remaining -= rate(0) as i64;
                     desired += rate(0);
@@ -138,7 +138,7 @@ impl Sfu {
                 let up_allowed = sub.up_blocked_until.is_none_or(|t| now >= t);
                 let (limit, top) = if simulcast {
                     let limit = sub.preferred.max_index(track.layers.len());
-                    let sending = |l: &usize| track.layers[*l].is_sending(now);
+                    let sending = |l: &usize| track.layers[*l].is_available(now);
                     let top = (0..=limit)
                         .rev()
                         .find(sending)
@@ -150,7 +150,7 @@ impl Sfu {
                 let chosen = if audio_only {
                     None
                 } else if simulcast {
-                    let sending = |l: &usize| track.layers[*l].is_sending(now);
+                    let sending = |l: &usize| track.layers[*l].is_available(now);
                     (0..=limit)
                         .rev()
                         .filter(sending)

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 mod access;
 mod connectivity;
+mod dynacast;
 mod egress;
 mod feedback;
 mod ingress;
@@ -56,6 +57,9 @@ pub struct SfuConfig {
     /// Below this estimate a subscriber gets audio only (its video pauses, with an event),
     /// whatever its video would cost.
     pub video_floor_bps: u64,
+    /// Tell publishers to stop encoding simulcast layers nobody needs (and to encode them
+    /// again when someone does).
+    pub dynacast: bool,
 }
 
 impl SfuConfig {
@@ -74,6 +78,7 @@ impl SfuConfig {
             bandwidth_estimation: true,
             start_bitrate_bps: 1_500_000,
             video_floor_bps: 100_000,
+            dynacast: true,
         }
     }
 }

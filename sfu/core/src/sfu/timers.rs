@@ -136,6 +136,9 @@ impl Sfu {
         if self.next_layer_check.is_none_or(|t| now >= t) {
             self.next_layer_check = Some(now + LAYER_CHECK_INTERVAL);
             self.select_layers(now, None, out);
+            if self.config.dynacast {
+                self.update_dynacast(now);
+            }
         }
         if self.next_speaker.is_none_or(|t| now >= t) {
             self.next_speaker = Some(now + self.config.speaker_interval);
