@@ -7,6 +7,8 @@ import { startSignaling, launchChromium, waitFor, admitFirst, metric, videoStats
 
 /** Bytes each RID of the page's camera has sent, and the page's paused RIDs. */
 async function sending(page) {
+  // Before the page's peer connection exists, nothing is sent.
+  if (!(await page.evaluate(() => Boolean(window.hcState && window.hcState.pc)))) return { l: 0, h: 0, paused: [] };
   const s = await videoStats(page);
   const paused = await page.evaluate(() => [...window.hcState.pausedRids.values()].flatMap((r) => [...r]).sort());
   return { l: s.sent.l ? s.sent.l.bytes : 0, h: s.sent.h ? s.sent.h.bytes : 0, paused };

@@ -62,9 +62,8 @@ impl Downlink {
         // Headroom found is at least a tenth more; less is a link at its capacity.
         if verdict.is_some_and(|r| r.bps > before + before / 10) {
             self.fruitless_probes = 0;
-            self.link_improved |= verdict.is_some_and(|r| {
-                r.bps >= before * 2 && r.bps >= self.failed_at_bps + self.failed_at_bps / 2
-            });
+            self.link_improved |=
+                verdict.is_some_and(|r| link_improved(before, r.bps, self.failed_at_bps));
         } else {
             self.fruitless_probes = self.fruitless_probes.saturating_add(1);
         }
@@ -78,6 +77,38 @@ impl Downlink {
     }
 }
 
+/// Whether a probe that found `found_bps` (the estimate was `before`) shows the link changed,
+/// so steps that failed on it may be tried again at once: it carries well above where the last
+/// step failed (`failed_at_bps`, what was allocated then), or — nothing having failed — twice
+/// the estimate. Not twice the estimate *now* once a step failed: each fruitful probe raises
+/// the estimate, and a probe aimed at what is held back may never reach twice that, which kept
+/// a recovered link's picture paused until the longest back-off ran out (15 s in a browser).
+fn link_improved(before: u64, found_bps: u64, failed_at_bps: u64) -> bool {
+    if failed_at_bps > 0 {
+        found_bps >= failed_at_bps + failed_at_bps / 2
+    } else {
+        found_bps >= before * 2
+    }
+}
+
 /// Probes of one link, at most this often (doubling after fruitless ones, up to the maximum).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(4);
+
+#[cfg(test)]
+mod tests {
+    use super::link_improved;
+
+    #[test]
+    fn a_probe_well_above_a_failed_step_unblocks_it_even_below_twice_the_estimate() {
+        // Failed at 250 kbit/s; the estimate has since climbed to 600 kbit/s by probing.
+        assert!(link_improved(600_000, 900_000, 250_000));
+        assert!(
+            !link_improved(200_000, 300_000, 250_000),
+            "not well above the failure"
+        );
+        // Nothing failed: only a doubling counts as a changed link.
+        assert!(!link_improved(600_000, 900_000, 0));
+        assert!(link_improved(600_000, 1_200_000, 0));
+    }
+}

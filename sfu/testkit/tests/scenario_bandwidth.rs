@@ -453,3 +453,43 @@ fn a_single_layer_screen_share_pauses_on_a_weak_link_and_resumes() {
     assert_eq!(pause_events(&call.net, phone), vec![true, false], "resumed");
     assert!(shared(&call) > before + 100, "the share flows again");
 }
+
+/// A phone whose link comes and goes around what the lowest layer needs — each resume soon
+/// failing, so the next waits longer — and then recovers for good: the picture is back
+/// within a few seconds, not after the longest wait of its failed steps. The publisher
+/// follows dynacast, so while the subscriber is paused its camera encodes nothing.
+#[test]
+fn after_failed_resumes_a_recovered_link_gets_its_picture_back_within_seconds() {
+    let mut call = Call::new(27, &[Link::shaped(3_000_000, Duration::from_millis(100))]);
+    call.camera.follows_dynacast = true;
+    call.run(Duration::from_secs(5));
+    let weak = Link::shaped(150_000, Duration::from_millis(250));
+    let fair = Link::shaped(450_000, Duration::from_millis(250));
+    for (link, secs) in [(weak, 8), (fair, 4), (weak, 6), (fair, 4), (weak, 8)] {
+        call.net.set_downlink(1, link);
+        call.run(Duration::from_secs(secs));
+    }
+    let events = pause_events(&call.net, 1);
+    println!("pause events while the link came and went: {events:?}");
+    assert_eq!(
+        events.last(),
+        Some(&true),
+        "paused at the end of the weak spell"
+    );
+    let back = call.net.now;
+    call.net
+        .set_downlink(1, Link::shaped(3_000_000, Duration::from_millis(100)));
+    call.run(Duration::from_secs(15));
+    let video = call.video(1);
+    let first = video
+        .iter()
+        .find(|p| p.at >= back)
+        .map(|p| p.at - back)
+        .expect("video again");
+    let top = first_on(&video, back, |l| l == 2).map(|t| t - back);
+    println!("after the link recovered: video again after {first:?}, top layer after {top:?}");
+    assert!(
+        first < Duration::from_secs(5),
+        "video back within 5 s ({first:?})"
+    );
+}

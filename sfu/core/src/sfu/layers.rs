@@ -249,8 +249,13 @@ impl Sfu {
             && dl.next_probe_at().is_none_or(|t| now >= t);
         if may_probe {
             // Enough for what is held back (and a margin), but never more than three times
-            // the estimate in one step (libwebrtc's first probes go to 3× and 6×).
-            let target = (desired + desired / 5).clamp(estimate + estimate / 5, estimate * 3);
+            // the estimate in one step (libwebrtc's first probes go to 3× and 6×) — except
+            // that a step which failed before is unblocked only by a probe well above where
+            // it failed: aim there, or a paused subscriber whose estimate is its audio's
+            // would climb towards it three times at a time, and fall back in between.
+            let unblock = dl.failed_at_bps + dl.failed_at_bps * 3 / 5;
+            let wanted = (desired + desired / 5).max(unblock);
+            let target = wanted.clamp(estimate + estimate / 5, (estimate * 3).max(unblock));
             dl.probes_started = dl.probes_started.wrapping_add(1);
             dl.probe = Some(ProbeCluster::new(dl.probes_started, target, now));
             dl.last_probe_at = Some(now);
