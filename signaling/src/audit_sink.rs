@@ -13,6 +13,7 @@
 //! never written over: shipping stops, and the error says so.
 
 use crate::audit_chain::read_lines;
+use crate::redis_connection::{connect, redacted};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -95,14 +96,6 @@ pub struct AuditSink {
     shared: Arc<Shared>,
     config: SinkConfig,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// A Redis connection with the configured timeouts.
-fn connect(client: &redis::Client, timeout: Duration) -> redis::RedisResult<redis::Connection> {
-    let con = client.get_connection_with_timeout(timeout)?;
-    con.set_read_timeout(Some(timeout))?;
-    con.set_write_timeout(Some(timeout))?;
-    Ok(con)
 }
 
 fn seq_of(id: &str) -> u64 {
@@ -335,16 +328,6 @@ pub fn read_copy(url: &str, stream: &str) -> Result<Vec<(u64, String)>, SinkErro
     }
 }
 
-/// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 struct Shipper {
     shared: Arc<Shared>,
     client: redis::Client,
@@ -542,19 +525,5 @@ impl Shipper {
         drop(s);
         self.shared.changed.notify_all();
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redacted;
-
-    #[test]
-    fn messages_never_show_the_password() {
-        assert_eq!(
-            redacted("rediss://audit:s3cret@redis.region.se:6380/2"),
-            "rediss://…@redis.region.se:6380/2"
-        );
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

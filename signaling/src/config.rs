@@ -27,7 +27,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MeetingsSection {
-    /// File keeping booked meetings across restarts.
+    /// Where booked meetings are kept across restarts: a file, or a `redis://` URL.
     pub store: Option<PathBuf>,
     /// How long before a visit's start its waiting room opens (default 15).
     pub lobby_opens_minutes: Option<u32>,

@@ -149,7 +149,8 @@ struct ServeArgs {
     /// Time zone of the times patients are shown (meetings.time_zone, Europe/Stockholm).
     #[arg(long, env = "SIGNALING_TIME_ZONE")]
     time_zone: Option<String>,
-    /// File keeping booked meetings across restarts.
+    /// Where booked meetings are kept across restarts: a file, or `redis://…` /
+    /// `rediss://…` (shared by replicas; give Redis append-only persistence).
     #[arg(long, env = "SIGNALING_MEETING_STORE")]
     meeting_store: Option<PathBuf>,
     #[arg(long, env = "SIGNALING_TOKEN_ISSUER")]
@@ -652,7 +653,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     policy.remember_decisions_for = jiff::SignedDuration::from_secs(
         i64::try_from(max_lifetime_secs.saturating_add(leeway)).unwrap_or(i64::MAX),
     );
-    let meeting_store = args.meeting_store.or(meetings_file.store.clone());
+    let meeting_store = args
+        .meeting_store
+        .or(meetings_file.store.clone())
+        .map(|spec| signaling::meeting_store::MeetingStore::open(&spec.to_string_lossy()))
+        .transpose()
+        .context("meetings.store (--meeting-store)")?;
+    if let Some(store) = &meeting_store {
+        tracing::info!(store = %store.name(), "meeting store open");
+    }
     let meetings = Arc::new(Meetings::new(policy, meeting_store).map_err(|e| anyhow::anyhow!(e))?);
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()

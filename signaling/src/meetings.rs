@@ -9,13 +9,13 @@ use crate::join_refusal::JoinRefusal;
 use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord};
 use crate::meeting_effects::{Effects, Outbound};
 use crate::meeting_room::{CloseReason, JoinOutcome, MeetingRoom, RequestError, RoomState};
+use crate::meeting_store::{Kept, MeetingStore, StoreError};
 use crate::session_resume::HeldKey;
 use crate::session_token::Session;
 use crate::sfu_control::SfuControl;
 use jiff::{SignedDuration, Timestamp};
 use sfu_proto::{Command, DisconnectReason, Event, ParticipantId};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -28,8 +28,17 @@ const RETENTION: SignedDuration = SignedDuration::from_hours(24);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeetingsError {
-    #[error("meeting store {path}: {reason}")]
-    Store { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a meeting could not be booked.
+#[derive(Debug)]
+pub enum CreateError {
+    /// The id is taken (by this process, or in the shared store by another replica).
+    Exists(Arc<MeetingRoom>),
+    /// The shared store could not be reached: nothing was booked.
+    Store(StoreError),
 }
 
 /// A connection entering a meeting.
@@ -48,8 +57,8 @@ pub struct Meetings {
     by_participant: Mutex<HashMap<ParticipantId, Arc<MeetingRoom>>>,
     /// Each connection's outbox: where the effects of the rules are delivered.
     connections: Mutex<HashMap<ParticipantId, UnboundedSender<Outbound>>>,
-    store: Option<PathBuf>,
-    /// Serialises writes of the store file.
+    store: Option<MeetingStore>,
+    /// Serialises writes of the store.
     store_lock: Mutex<()>,
     /// When each participant's latest SDP went to the SFU: its answer's arrival is the
     /// control round trip an operator watches.
@@ -61,19 +70,11 @@ pub struct Meetings {
 
 impl Meetings {
     /// Opens the registry, loading booked meetings from `store` when it exists.
-    pub fn new(policy: MeetingPolicy, store: Option<PathBuf>) -> Result<Self, MeetingsError> {
+    pub fn new(policy: MeetingPolicy, store: Option<MeetingStore>) -> Result<Self, MeetingsError> {
         let mut rooms = HashMap::new();
         let mut carried = HashMap::new();
-        if let Some(path) = &store
-            && path.exists()
-        {
-            let err = |reason: String| MeetingsError::Store {
-                path: path.clone(),
-                reason,
-            };
-            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-            let records: Vec<MeetingRecord> =
-                serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if let Some(store) = &store {
+            let records = store.load()?;
             let now = Timestamp::now();
             for mut r in records {
                 for c in std::mem::take(&mut r.carried) {
@@ -133,12 +134,32 @@ impl Meetings {
         &self.policy
     }
 
+    /// The meeting `id`: known here, or — with a shared store — booked by another replica.
     pub fn get(&self, id: &str) -> Option<Arc<MeetingRoom>> {
-        self.rooms
+        if let Some(room) = self
+            .rooms
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned()
+        {
+            return Some(room);
+        }
+        let store = self.store.as_ref().filter(|s| s.is_shared())?;
+        let record = match store.fetch(id) {
+            Ok(r) => r?,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a meeting from the store failed");
+                return None;
+            }
+        };
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        Some(
+            rooms
+                .entry(record.id.clone())
+                .or_insert_with(|| Arc::new(MeetingRoom::new(record)))
+                .clone(),
+        )
     }
 
     /// Connections with an outbox (open WebSockets, and dropped ones parked for a resume).
@@ -161,12 +182,33 @@ impl Meetings {
         v
     }
 
-    /// Books a meeting. Fails when the id is taken.
-    pub fn create(&self, record: MeetingRecord) -> Result<Arc<MeetingRoom>, Arc<MeetingRoom>> {
+    /// Books a meeting. Fails when the id is taken — here, or in a shared store by another
+    /// replica (one of two replicas booking one id at the same moment wins).
+    pub fn create(&self, record: MeetingRecord) -> Result<Arc<MeetingRoom>, CreateError> {
+        if let Some(existing) = self.get(&record.id) {
+            return Err(CreateError::Exists(existing));
+        }
+        if let Some(store) = self.store.as_ref().filter(|s| s.is_shared()) {
+            let until = self.keep_until(&record, Timestamp::now());
+            match store.create(Kept {
+                record: &record,
+                until,
+            }) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return match self.get(&record.id) {
+                        Some(existing) => Err(CreateError::Exists(existing)),
+                        // Taken and gone again in between: taken all the same.
+                        None => Err(CreateError::Exists(Arc::new(MeetingRoom::new(record)))),
+                    };
+                }
+                Err(e) => return Err(CreateError::Store(e)),
+            }
+        }
         let room = {
             let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(existing) = rooms.get(&record.id) {
-                return Err(existing.clone());
+                return Err(CreateError::Exists(existing.clone()));
             }
             let room = Arc::new(MeetingRoom::new(record));
             rooms.insert(room.id.clone(), room.clone());
@@ -174,6 +216,27 @@ impl Meetings {
         };
         self.persist();
         Ok(room)
+    }
+
+    /// Until when the store keeps a meeting: a booked one a day after it closed (as the sweep),
+    /// an unbooked one while it is open or remembers something (a denial, an end, who was
+    /// admitted, a carried media session).
+    fn keep_until(&self, r: &MeetingRecord, now: Timestamp) -> Timestamp {
+        let closes = r.closes_at(&self.policy);
+        let mut until = if r.booked {
+            r.cancelled_at.or(r.ended_at).unwrap_or(closes) + RETENTION
+        } else {
+            closes
+        };
+        let remembered = r
+            .remember_until
+            .into_iter()
+            .chain(r.readmit.iter().map(|a| a.until))
+            .chain(r.carried.iter().map(|c| c.until));
+        for t in remembered {
+            until = until.max(t);
+        }
+        until.max(now)
     }
 
     /// The meeting a verified session enters: its booked meeting, or an unbooked one made
@@ -757,9 +820,10 @@ impl Meetings {
     }
 
     /// Writes booked meetings, and unbooked ones that remember a denial or an end, to the
-    /// store (a temporary file renamed over the old one, mode 0600).
+    /// store (a file: a temporary file renamed over the old one, mode 0600; Redis: a key each,
+    /// expiring when the meeting is no longer worth keeping).
     pub fn persist(&self) {
-        let Some(path) = &self.store else {
+        let Some(store) = &self.store else {
             return;
         };
         let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -782,18 +846,15 @@ impl Meetings {
                     || !r.carried.is_empty()
             })
             .collect();
-        let tmp = path.with_extension("tmp");
-        let result = serde_json::to_vec_pretty(&records)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
-                }
-                crate::private_file::write(&tmp, &bytes)?;
-                std::fs::rename(&tmp, path)
-            });
-        if let Err(e) = result {
-            tracing::error!(path = %path.display(), error = %e, "writing the meeting store failed");
+        let kept: Vec<Kept<'_>> = records
+            .iter()
+            .map(|record| Kept {
+                record,
+                until: self.keep_until(record, now),
+            })
+            .collect();
+        if let Err(e) = store.save(&kept) {
+            tracing::error!(error = %e, "writing the meeting store failed");
         }
     }
 }

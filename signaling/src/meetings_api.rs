@@ -10,6 +10,7 @@ use crate::audit_log::AuditEvent;
 use crate::client_address::ClientAddress;
 use crate::meeting::{MeetingKind, MeetingRecord};
 use crate::meeting_room::MeetingRoom;
+use crate::meetings::CreateError;
 use crate::session_token::{Claims, Role};
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
 use axum::extract::{Path, Query, State};
@@ -317,7 +318,15 @@ async fn create(
     }
     match state.meetings.create(record) {
         Ok(room) => (StatusCode::CREATED, Json(view(&state, &room))).into_response(),
-        Err(_) => exists(),
+        Err(CreateError::Exists(_)) => exists(),
+        Err(CreateError::Store(e)) => {
+            tracing::error!(error = %e, "booking a meeting failed: the store is unreachable");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the meeting store cannot be reached; nothing was booked, try again",
+            )
+        }
     }
 }
 
