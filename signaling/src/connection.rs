@@ -76,6 +76,9 @@ enum ClientMessage {
         mid: Option<String>,
         layer: VideoLayer,
     },
+    /// What the SFU knows of this connection's link (answered with `link_report`), for the
+    /// client's diagnostics view.
+    LinkReport {},
 }
 
 fn error_text(code: &str, message: &str) -> String {
@@ -506,6 +509,14 @@ async fn handle(
             return state
                 .meetings
                 .with_room(&room, sfu, |s, fx| s.prefer_layer(id, mid, layer, now, fx))
+                .0
+                .err()
+                .map(request_error);
+        }
+        ClientMessage::LinkReport {} => {
+            return state
+                .meetings
+                .with_room(&room, sfu, |s, fx| s.request_link_report(id, now, fx))
                 .0
                 .err()
                 .map(request_error);

@@ -1092,6 +1092,24 @@ impl RoomState {
         Ok(())
     }
 
+    /// What the SFU knows of a participant's link, for its client's diagnostics view (from
+    /// the same budget as layer requests).
+    pub fn request_link_report(
+        &mut self,
+        id: &ParticipantId,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<(), RequestError> {
+        let m = self.with_media(id)?;
+        if !m.layer_requests.take(now) {
+            return Err(RequestError::LayerRate);
+        }
+        fx.command(Command::ReportLink {
+            participant: id.clone(),
+        });
+        Ok(())
+    }
+
     /// A chat message: from and to admitted participants only; never stored or logged.
     pub fn chat(
         &mut self,

@@ -622,6 +622,31 @@ impl Meetings {
                 &json!({"type": "video_paused", "publisher": track.publisher, "track": msid_track(&track.id), "paused": paused, "reason": "bandwidth"}),
                 sfu,
             ),
+            // A participant's own link, for its diagnostics view.
+            Event::LinkReport {
+                participant,
+                report,
+            } => {
+                let kbps = |bps: u64| bps / 1000;
+                let videos: Vec<serde_json::Value> = report
+                    .videos
+                    .iter()
+                    .map(|v| {
+                        json!({"publisher": v.publisher, "mid": v.mid, "layer": v.layer,
+                               "target": v.target, "layers": v.layers, "paused": v.paused})
+                    })
+                    .collect();
+                self.send_to(
+                    &participant,
+                    &json!({"type": "link_report",
+                            "estimate_kbps": report.estimate_bps.map(kbps),
+                            "allocated_kbps": kbps(report.allocated_bps),
+                            "desired_kbps": kbps(report.desired_bps),
+                            "loss": report.loss,
+                            "videos": videos}),
+                    sfu,
+                )
+            }
             // Only the publisher hears which of its layers nobody receives (it may stop
             // encoding them).
             Event::LayersUnused {

@@ -10,6 +10,8 @@ import { t, refusalText, translatePage } from "/texts.js";
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
+// Support's diagnostics view of the link (the link opened with debug=1).
+const diagnostics = params.get("debug") === "1";
 const pathMatch = location.pathname.match(/^\/m\/([^/]+)/);
 // The meeting the link names: every (re)connection presents it with the token. A drop-in take
 // moves us to a private visit; the server follows the link there on a reconnect.
@@ -26,7 +28,7 @@ const state = {
   // Publishers whose video the SFU paused for our link (video_paused).
   pausedVideo: new Set(),
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
-  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pausedRids: new Map(), refusedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pausedRids: new Map(), linkReport: null, refusedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
@@ -167,6 +169,52 @@ function applySending() {
   for (const { sender, track } of state.senders || []) {
     sender.replaceTrack(on ? track : null).catch((e) => state.errors.push(String(e)));
   }
+}
+
+/** The diagnostics view: every 2 s, the link as the SFU reports it (`link_report`) and as the
+ * browser measures it — what each received video is on, what we send and what is paused. */
+let lastSent = null;
+async function updateDiagnostics() {
+  const pc = state.pc;
+  const list = $("diagnostics-list");
+  if (!pc || pc.connectionState !== "connected") return;
+  send({ type: "link_report" });
+  const lines = [];
+  const r = state.linkReport;
+  if (r) {
+    lines.push(r.estimate_kbps == null ? t("diag.noEstimate")
+      : t("diag.downlink", r.estimate_kbps, r.allocated_kbps, r.desired_kbps, Math.round(r.loss * 100)));
+    for (const v of r.videos || []) {
+      const who = state.names.get(v.publisher) || t("people.someone");
+      if (v.paused) { lines.push(t("diag.videoPaused", who)); continue; }
+      const switching = v.target != null && v.target !== v.layer ? t("diag.videoTarget", v.target + 1) : "";
+      lines.push(t("diag.video", who, v.layer == null ? "–" : v.layer + 1, v.layers, switching));
+    }
+  }
+  const report = await pc.getStats();
+  const sent = { at: Date.now(), bytes: {} };
+  let uplink = null, rtt = null, jitter = null;
+  report.forEach((s) => {
+    if (s.type === "outbound-rtp" && s.kind === "video") sent.bytes[s.rid || "-"] = s.bytesSent;
+    if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") {
+      if (s.availableOutgoingBitrate) uplink = Math.round(s.availableOutgoingBitrate / 1000);
+      if (s.currentRoundTripTime != null) rtt = Math.round(s.currentRoundTripTime * 1000);
+    }
+    if (s.type === "inbound-rtp" && s.kind === "video" && s.jitterBufferEmittedCount) {
+      jitter = Math.round((s.jitterBufferDelay / s.jitterBufferEmittedCount) * 1000);
+    }
+  });
+  if (lastSent) {
+    const secs = Math.max((sent.at - lastSent.at) / 1000, 0.1);
+    const rates = Object.entries(sent.bytes)
+      .map(([rid, b]) => `${rid} ${Math.round(((b - (lastSent.bytes[rid] || 0)) * 8) / secs / 1000)} kbit/s`);
+    const paused = [...state.pausedRids.values()].flatMap((rids) => [...rids]);
+    if (rates.length) lines.push(t("diag.sending", rates.join(", ")) + (paused.length ? t("diag.sendingPaused", paused.join(", ")) : ""));
+  }
+  lastSent = sent;
+  if (uplink != null) lines.push(t("diag.uplink", uplink, rtt ?? "–"));
+  if (jitter != null) lines.push(t("diag.jitter", jitter));
+  list.replaceChildren(...lines.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
 }
 
 /** Turns the simulcast encodings of the sender on media line `mid` on or off as the SFU
@@ -866,6 +914,9 @@ async function handle(msg) {
     case "active_speaker":
       for (const [id, tile] of state.tiles) tile.fig.classList.toggle("speaking", id === msg.participant);
       break;
+    case "link_report":
+      state.linkReport = msg;
+      break;
     case "pause_encodings":
       // Nobody receives these layers of ours just now (the SFU says so after a few seconds):
       // the encoder stops them — less upload and battery — until someone needs them again.
@@ -1204,6 +1255,10 @@ async function start() {
   wireControls();
   showMuteStates();
   openSocket();
+  if (diagnostics) {
+    $("diagnostics").hidden = false;
+    setInterval(() => { updateDiagnostics().catch((e) => state.errors.push("diagnostics: " + e)); }, 2000);
+  }
 }
 
 start();

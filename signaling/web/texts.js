@@ -126,6 +126,16 @@ const sv = {
   "self.muted": "Din mikrofon är avstängd",
   "self.cameraOff": "Din kamera är avstängd",
   "tile.pausedWeakLink": "Videon är pausad – svag uppkoppling",
+  "diag.title": "Anslutningen",
+  "diag.downlink": "Nedströms (serverns uppskattning): {0} kbit/s, tilldelat {1} av {2} kbit/s, förlust {3} %",
+  "diag.noEstimate": "Nedströms: ingen uppskattning (webbläsaren skickar ingen återkoppling)",
+  "diag.video": "{0}: lager {1} av {2}{3}",
+  "diag.videoTarget": " (byter till {0})",
+  "diag.videoPaused": "{0}: pausad – svag uppkoppling",
+  "diag.sending": "Skickar: {0}",
+  "diag.sendingPaused": " (ingen tar emot: {0})",
+  "diag.uplink": "Uppströms (webbläsarens uppskattning): {0} kbit/s, tur och retur {1} ms",
+  "diag.jitter": "Jitterbuffert för video: {0} ms",
 };
 
 const en = {
@@ -252,6 +262,16 @@ const en = {
   "self.muted": "Your microphone is off",
   "self.cameraOff": "Your camera is off",
   "tile.pausedWeakLink": "Video paused – weak connection",
+  "diag.title": "Connection",
+  "diag.downlink": "Downlink (the server's estimate): {0} kbit/s, given {1} of {2} kbit/s, loss {3} %",
+  "diag.noEstimate": "Downlink: no estimate (the browser sends no feedback)",
+  "diag.video": "{0}: layer {1} of {2}{3}",
+  "diag.videoTarget": " (switching to {0})",
+  "diag.videoPaused": "{0}: paused – weak connection",
+  "diag.sending": "Sending: {0}",
+  "diag.sendingPaused": " (nobody receives: {0})",
+  "diag.uplink": "Uplink (the browser's estimate): {0} kbit/s, round trip {1} ms",
+  "diag.jitter": "Video jitter buffer: {0} ms",
 };
 
 /** What the server's refusals and closings say, in English (Swedish comes from the server). */

@@ -58,6 +58,9 @@ pub enum Command {
         mid: Option<String>,
         layer: VideoLayer,
     },
+    /// Report what the SFU knows of a subscriber's link (its client's diagnostics view).
+    /// Answered by [`crate::Event::LinkReport`].
+    ReportLink { participant: ParticipantId },
 }
 
 /// A simulcast layer, named by quality rather than index: publishers send two or three.
@@ -93,6 +96,7 @@ impl Command {
             Command::CloseRoom { .. } => "close_room",
             Command::RequestKeyframe { .. } => "request_keyframe",
             Command::SetPreferredLayer { .. } => "set_preferred_layer",
+            Command::ReportLink { .. } => "report_link",
         }
     }
 
@@ -108,6 +112,7 @@ impl Command {
                 | Command::Offer { .. }
                 | Command::RequestKeyframe { .. }
                 | Command::SetPreferredLayer { .. }
+                | Command::ReportLink { .. }
         )
     }
 
@@ -120,6 +125,7 @@ impl Command {
             | Command::SetPermissions { participant, .. }
             | Command::RemoveParticipant { participant }
             | Command::RequestKeyframe { participant }
+            | Command::ReportLink { participant }
             | Command::SetPreferredLayer { participant, .. } => Some(participant),
             Command::CloseRoom { .. } => None,
         }

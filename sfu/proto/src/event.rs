@@ -85,6 +85,11 @@ pub enum Event {
         track: TrackInfo,
         paused: bool,
     },
+    /// What the SFU knows of a subscriber's link, asked for by [`crate::Command::ReportLink`].
+    LinkReport {
+        participant: ParticipantId,
+        report: LinkReport,
+    },
     /// Dynacast: the simulcast layers (by RID) of a publisher's track that no subscriber needs
     /// now — the publisher may stop encoding them (its uplink, its battery) — given in full at
     /// each change; empty: encode every layer again.
@@ -115,4 +120,34 @@ pub enum Event {
         error: String,
     },
     Load(LoadReport),
+}
+
+/// A subscriber's link as the SFU sees it: its bandwidth estimate and what it forwards.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkReport {
+    /// The downlink's estimate; `None` without transport-wide feedback (or with estimation
+    /// off).
+    pub estimate_bps: Option<u64>,
+    /// What the allocation gave the subscriber's streams, and what they would take.
+    pub allocated_bps: u64,
+    pub desired_bps: u64,
+    /// Loss the subscriber's feedback reports, 0–1.
+    pub loss: f32,
+    pub videos: Vec<VideoReport>,
+}
+
+/// One video the subscriber receives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoReport {
+    pub publisher: ParticipantId,
+    /// The m-line it arrives on (`a=mid` of the SFU's offer).
+    pub mid: String,
+    /// The simulcast layer forwarded now and the one being switched to (0 = lowest); `None`
+    /// before the first.
+    pub layer: Option<u8>,
+    pub target: Option<u8>,
+    /// Layers the publisher sends.
+    pub layers: u8,
+    /// Paused for want of bandwidth.
+    pub paused: bool,
 }

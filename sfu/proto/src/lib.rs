@@ -10,7 +10,9 @@ mod held_session;
 mod ids;
 
 pub use command::{Command, Permissions, VideoLayer};
-pub use event::{DisconnectReason, Event, LoadReport, MediaKind, TrackInfo};
+pub use event::{
+    DisconnectReason, Event, LinkReport, LoadReport, MediaKind, TrackInfo, VideoReport,
+};
 pub use held_session::HeldSession;
 pub use ids::{ParticipantId, RoomId, TrackId};
 

@@ -474,6 +474,28 @@ fn a_layer_nobody_needs_is_paused_at_its_publisher_and_resumed_when_wanted() {
         large_video[first_high].at - asked
     );
     assert!(longest_gap(&large_video, asked) < Duration::from_millis(100));
+    // Its diagnostics say the same: the top of three layers.
+    net.command(Command::ReportLink {
+        participant: large.clone(),
+    });
+    let report = net
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            sfu_proto::Event::LinkReport {
+                participant,
+                report,
+            } if *participant == large => Some(report.clone()),
+            _ => None,
+        })
+        .expect("a link report");
+    assert_eq!(report.videos.len(), 1);
+    let v = &report.videos[0];
+    assert_eq!(
+        (v.layer, v.layers, v.paused, &v.publisher),
+        (Some(2), 3, false, net.id(0))
+    );
 
     // Both subscribers leave: nothing is watched, every layer pauses.
     for who in [&small, &large] {

@@ -225,6 +225,36 @@ impl Sfu {
         })
     }
 
+    /// What participant `idx`'s client is shown of its link.
+    fn link_report(&self, idx: ParticipantIdx) -> sfu_proto::LinkReport {
+        let p = self.participant(idx);
+        let stats = Self::stats_of(p);
+        let videos = p
+            .subscriptions
+            .iter()
+            .filter(|s| s.is_live() && s.kind == sfu_proto::MediaKind::Video)
+            .filter_map(|s| {
+                let track = self.tracks[s.track].as_ref()?;
+                let layers = track.layers.len();
+                Some(sfu_proto::VideoReport {
+                    publisher: self.participants[track.publisher].as_ref()?.id.clone(),
+                    mid: s.mid.clone(),
+                    layer: s.layer.map(|l| l as u8),
+                    target: (s.target_layer < layers).then_some(s.target_layer as u8),
+                    layers: layers as u8,
+                    paused: s.flow == crate::subscription::Flow::Paused,
+                })
+            })
+            .collect();
+        sfu_proto::LinkReport {
+            estimate_bps: stats.map(|s| s.estimate_bps),
+            allocated_bps: stats.map_or(0, |s| s.allocated_bps),
+            desired_bps: stats.map_or(0, |s| s.desired_bps),
+            loss: stats.map_or(0.0, |s| s.loss_fraction as f32),
+            videos,
+        }
+    }
+
     pub fn has_participant(&self, id: &ParticipantId) -> bool {
         self.by_id.contains_key(id)
     }
@@ -311,6 +341,13 @@ impl Sfu {
                 }
                 self.select_layers(now, Some(idx), out);
                 Ok(())
+            }),
+            Command::ReportLink { participant } => self.lookup(&participant).map(|idx| {
+                let report = self.link_report(idx);
+                self.events.push_back(Event::LinkReport {
+                    participant: participant.clone(),
+                    report,
+                });
             }),
         };
         if let Err(error) = result {
