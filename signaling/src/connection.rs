@@ -217,6 +217,14 @@ pub async fn connection(
                     session: c.media_session,
                     connected: c.media_connected,
                 });
+            // A kept session whose join is refused below ends with it.
+            let release_kept = || {
+                if kept.is_some() {
+                    state.sfu.send(sfu_proto::Command::RemoveParticipant {
+                        participant: id.clone(),
+                    });
+                }
+            };
             let arrival = Arrival {
                 id: &id,
                 session: &session,
@@ -231,6 +239,7 @@ pub async fn connection(
                 Err(r) => {
                     // Checked before the upgrade; the meeting changed in between (it filled
                     // up, ended).
+                    release_kept();
                     let mut event = session_event("join_refused", &session, Some(&id));
                     event.code = Some(r.code().into());
                     let _ = audit(&state, event).await;

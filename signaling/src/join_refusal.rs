@@ -30,6 +30,8 @@ pub enum JoinRefusal {
     WrongUnit,
     #[error("a consultant joins a visit only when its clinician has invited their HSA-id")]
     NotInvited,
+    #[error("the meeting store cannot be reached; try again in a moment")]
+    StoreUnavailable,
 }
 
 impl JoinRefusal {
@@ -45,6 +47,7 @@ impl JoinRefusal {
             JoinRefusal::Denied => "denied",
             JoinRefusal::WrongUnit => "wrong_unit",
             JoinRefusal::NotInvited => "not_invited",
+            JoinRefusal::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -53,6 +56,7 @@ impl JoinRefusal {
             JoinRefusal::Token(e) => e.http_status(),
             JoinRefusal::MeetingUnknown => 404,
             JoinRefusal::MeetingCancelled | JoinRefusal::MeetingOver => 410,
+            JoinRefusal::StoreUnavailable => 503,
             JoinRefusal::MeetingMismatch
             | JoinRefusal::NotOpenYet { .. }
             | JoinRefusal::MeetingFull
@@ -90,6 +94,9 @@ impl JoinRefusal {
             JoinRefusal::WrongUnit => "Du hör inte till den här mottagningens kö.".into(),
             JoinRefusal::NotInvited => {
                 "Du är inte inbjuden till det här besöket. Be vårdpersonalen som har besöket att bjuda in dig.".into()
+            }
+            JoinRefusal::StoreUnavailable => {
+                "Det gick inte att ansluta just nu. Försök igen om en stund.".into()
             }
         }
     }

@@ -151,7 +151,7 @@ struct ServeArgs {
     time_zone: Option<String>,
     /// Where booked meetings are kept across restarts: a file, or `redis://…` /
     /// `rediss://…` (shared by replicas; give Redis append-only persistence).
-    #[arg(long, env = "SIGNALING_MEETING_STORE")]
+    #[arg(long, env = "SIGNALING_MEETING_STORE", hide_env_values = true)]
     meeting_store: Option<PathBuf>,
     #[arg(long, env = "SIGNALING_TOKEN_ISSUER")]
     issuer: Option<String>,
@@ -203,7 +203,7 @@ struct ServeArgs {
     audit_checkpoint_secs: Option<u64>,
     /// Redis receiving a copy of every audit line (audit.sink.redis_url), `redis://` or
     /// `rediss://` (TLS).
-    #[arg(long, env = "SIGNALING_AUDIT_REDIS_URL")]
+    #[arg(long, env = "SIGNALING_AUDIT_REDIS_URL", hide_env_values = true)]
     audit_redis_url: Option<String>,
     /// The Redis stream of the copy (audit.sink.stream, `healthcare-sfu:audit`).
     #[arg(long, env = "SIGNALING_AUDIT_REDIS_STREAM")]
@@ -292,7 +292,7 @@ enum AuditCmd {
         /// Compare with the off-host copy in this Redis (its lines must match the file's, and
         /// it must hold nothing past the file's end). From the environment, the password stays
         /// out of the process list.
-        #[arg(long, env = "SIGNALING_AUDIT_REDIS_URL")]
+        #[arg(long, env = "SIGNALING_AUDIT_REDIS_URL", hide_env_values = true)]
         sink: Option<String>,
         #[arg(long, default_value = "healthcare-sfu:audit")]
         stream: String,

@@ -15,8 +15,10 @@ use std::time::Duration;
 /// Key of a meeting in Redis (after the prefix).
 const KEY_PREFIX: &str = "healthcare-sfu:meeting:";
 
-/// Each Redis call gives up after this: a join or a booking waits no longer for the store.
-const TIMEOUT: Duration = Duration::from_secs(2);
+/// Each Redis call gives up after this (a region's Redis answers within milliseconds): a
+/// join or a booking waits no longer for the store, and a store that is away holds up the
+/// thread that asked for little more than this.
+const TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 #[error("meeting store {store}: {reason}")]

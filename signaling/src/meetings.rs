@@ -11,6 +11,7 @@ use crate::meeting_effects::{Effects, Outbound};
 use crate::meeting_room::{CloseReason, JoinOutcome, MeetingRoom, RequestError, RoomState};
 use crate::meeting_store::{Kept, MeetingStore, StoreError};
 use crate::session_resume::HeldKey;
+use crate::session_takeover::CarriedMedia;
 use crate::session_token::Session;
 use crate::sfu_control::SfuControl;
 use jiff::{SignedDuration, Timestamp};
@@ -98,15 +99,20 @@ impl Meetings {
     }
 
     /// The media sessions carried over from the last run (the SFU may still run them).
-    pub fn carried_sessions(&self) -> Vec<(ParticipantId, u32, Option<String>)> {
-        let mut v: Vec<(ParticipantId, u32, Option<String>)> = self
+    pub fn carried_sessions(&self) -> Vec<CarriedMedia> {
+        let mut v: Vec<CarriedMedia> = self
             .carried
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|(_, c)| (c.participant.clone(), c.media_session, c.node.clone()))
+            .map(|(room, c)| CarriedMedia {
+                participant: c.participant.clone(),
+                session: c.media_session,
+                node: c.node.clone(),
+                room: sfu_proto::RoomId(room.clone()),
+            })
             .collect();
-        v.sort();
+        v.sort_by(|a, b| a.participant.cmp(&b.participant));
         v
     }
 
@@ -123,6 +129,8 @@ impl Meetings {
     ) -> Option<CarriedSession> {
         let digest = key_digest(key);
         let mut carried = self.carried.lock().unwrap_or_else(|e| e.into_inner());
+        // Carries nobody came back for go once their time is past.
+        carried.retain(|_, (_, c)| c.until >= now);
         let (room, c) = carried.get(&digest)?;
         if room != meeting || c.sub != sub || c.mtg != mtg || c.until < now {
             return None;
@@ -134,32 +142,35 @@ impl Meetings {
         &self.policy
     }
 
-    /// The meeting `id`: known here, or — with a shared store — booked by another replica.
+    /// The meeting `id`, as this process knows it (no store is asked: this is on the paths
+    /// of SFU events and every message).
     pub fn get(&self, id: &str) -> Option<Arc<MeetingRoom>> {
-        if let Some(room) = self
-            .rooms
+        self.rooms
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned()
-        {
-            return Some(room);
+    }
+
+    /// The meeting `id`: known here, or — with a shared store — booked by another service
+    /// (read from the store once, then known here). `Err` when the store cannot say.
+    pub fn find(&self, id: &str) -> Result<Option<Arc<MeetingRoom>>, StoreError> {
+        if let Some(room) = self.get(id) {
+            return Ok(Some(room));
         }
-        let store = self.store.as_ref().filter(|s| s.is_shared())?;
-        let record = match store.fetch(id) {
-            Ok(r) => r?,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading a meeting from the store failed");
-                return None;
-            }
+        let Some(store) = self.store.as_ref().filter(|s| s.is_shared()) else {
+            return Ok(None);
+        };
+        let Some(record) = store.fetch(id)? else {
+            return Ok(None);
         };
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        Some(
+        Ok(Some(
             rooms
                 .entry(record.id.clone())
                 .or_insert_with(|| Arc::new(MeetingRoom::new(record)))
                 .clone(),
-        )
+        ))
     }
 
     /// Connections with an outbox (open WebSockets, and dropped ones parked for a resume).
@@ -185,8 +196,10 @@ impl Meetings {
     /// Books a meeting. Fails when the id is taken — here, or in a shared store by another
     /// replica (one of two replicas booking one id at the same moment wins).
     pub fn create(&self, record: MeetingRecord) -> Result<Arc<MeetingRoom>, CreateError> {
-        if let Some(existing) = self.get(&record.id) {
-            return Err(CreateError::Exists(existing));
+        match self.find(&record.id) {
+            Ok(Some(existing)) => return Err(CreateError::Exists(existing)),
+            Ok(None) => {}
+            Err(e) => return Err(CreateError::Store(e)),
         }
         if let Some(store) = self.store.as_ref().filter(|s| s.is_shared()) {
             let until = self.keep_until(&record, Timestamp::now());
@@ -196,7 +209,7 @@ impl Meetings {
             }) {
                 Ok(true) => {}
                 Ok(false) => {
-                    return match self.get(&record.id) {
+                    return match self.find(&record.id).ok().flatten() {
                         Some(existing) => Err(CreateError::Exists(existing)),
                         // Taken and gone again in between: taken all the same.
                         None => Err(CreateError::Exists(Arc::new(MeetingRoom::new(record)))),
@@ -248,7 +261,13 @@ impl Meetings {
         now: Timestamp,
     ) -> Result<Arc<MeetingRoom>, JoinRefusal> {
         let c = &session.claims;
-        let room = match self.get(&c.mtg) {
+        // A store that cannot say whether the meeting is booked refuses for now: an unbooked
+        // meeting must not be made of a booked one it could not read.
+        let found = self.find(&c.mtg).map_err(|e| {
+            tracing::warn!(error = %e, "reading a meeting from the store failed");
+            JoinRefusal::StoreUnavailable
+        })?;
+        let room = match found {
             Some(room) => room,
             None if self.policy.allow_unbooked => {
                 let record = MeetingRecord {

@@ -375,13 +375,22 @@ async fn list(
 }
 
 fn find(state: &AppState, id: &str) -> Result<Arc<MeetingRoom>, Box<Response>> {
-    state.meetings.get(id).ok_or_else(|| {
-        Box::new(error(
+    match state.meetings.find(id) {
+        Ok(Some(room)) => Ok(room),
+        Ok(None) => Err(Box::new(error(
             StatusCode::NOT_FOUND,
             "meeting_unknown",
             format!("no meeting {id}"),
-        ))
-    })
+        ))),
+        Err(e) => {
+            tracing::error!(error = %e, "reading a meeting failed: the store is unreachable");
+            Err(Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the meeting store cannot be reached; try again",
+            )))
+        }
+    }
 }
 
 /// Records a read of one meeting (`event`) before it is answered.

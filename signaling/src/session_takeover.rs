@@ -11,7 +11,7 @@
 //!
 //! Pure bookkeeping: the time is given, nothing is sent from here.
 
-use sfu_proto::{Command, HeldSession, ParticipantId};
+use sfu_proto::{Command, HeldSession, ParticipantId, RoomId};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -19,11 +19,22 @@ use std::time::{Duration, Instant};
 /// restart, the nodes' redial and the clients' reconnect backoff fit well within it.
 pub const TAKEOVER_WINDOW: Duration = Duration::from_secs(30);
 
+/// A media session the meeting store carried over from the previous run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedMedia {
+    pub participant: ParticipantId,
+    pub session: u32,
+    /// The node it ran on, when known.
+    pub node: Option<String>,
+    pub room: RoomId,
+}
+
 #[derive(Debug)]
 struct Expected {
     session: u32,
     /// The node it ran on, when known.
     node: Option<String>,
+    room: RoomId,
     until: Instant,
     claimed: bool,
     /// The latest permissions signaling set meanwhile (the node gets them at adoption).
@@ -57,23 +68,34 @@ pub struct SessionTakeover {
 
 impl SessionTakeover {
     /// A session the store carried over, expected from a node until `now` + the window.
-    pub fn expect(
-        &mut self,
-        participant: ParticipantId,
-        session: u32,
-        node: Option<String>,
-        now: Instant,
-    ) {
+    pub fn expect(&mut self, carried: CarriedMedia, now: Instant) {
         self.expected.insert(
-            participant,
+            carried.participant,
             Expected {
-                session,
-                node,
+                session: carried.session,
+                node: carried.node,
+                room: carried.room,
                 until: now + TAKEOVER_WINDOW,
                 claimed: false,
                 permissions: None,
             },
         );
+    }
+
+    /// Signaling removed the participant, or closed its room, before any node reported its
+    /// session: nothing is expected of it any more, so the node's report ends it.
+    pub fn withdraw(&mut self, command: &Command) -> bool {
+        match command {
+            Command::RemoveParticipant { participant } => {
+                self.expected.remove(participant).is_some()
+            }
+            Command::CloseRoom { room } => {
+                let before = self.expected.len();
+                self.expected.retain(|_, e| e.room != *room);
+                before != self.expected.len()
+            }
+            _ => false,
+        }
     }
 
     /// A node reports `held`.
@@ -182,6 +204,15 @@ mod tests {
     use super::*;
     use sfu_proto::{Permissions, RoomId};
 
+    fn carried(participant: ParticipantId, session: u32, node: Option<String>) -> CarriedMedia {
+        CarriedMedia {
+            participant,
+            session,
+            node,
+            room: RoomId::from("visit-1"),
+        }
+    }
+
     fn held(p: &str, session: u32) -> HeldSession {
         HeldSession {
             room: RoomId::from("visit-1"),
@@ -194,7 +225,7 @@ mod tests {
     fn expected_sessions_are_adopted_and_others_ended() {
         let t0 = Instant::now();
         let mut t = SessionTakeover::default();
-        t.expect(ParticipantId::from("a"), 3, None, t0);
+        t.expect(carried(ParticipantId::from("a"), 3, None), t0);
         assert_eq!(
             t.reported(&held("a", 2), t0),
             Adoption::End,
@@ -214,7 +245,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = SessionTakeover::default();
         for p in ["early", "late", "never"] {
-            t.expect(ParticipantId::from(p), 1, None, t0);
+            t.expect(carried(ParticipantId::from(p), 1, None), t0);
         }
         assert!(t.claim(&ParticipantId::from("early"), 1, false));
         assert!(
@@ -237,8 +268,8 @@ mod tests {
     fn a_session_no_node_reports_is_lost_and_permissions_set_meanwhile_reach_the_node() {
         let t0 = Instant::now();
         let mut t = SessionTakeover::default();
-        t.expect(ParticipantId::from("gone"), 4, None, t0);
-        t.expect(ParticipantId::from("back"), 2, None, t0);
+        t.expect(carried(ParticipantId::from("gone"), 4, None), t0);
+        t.expect(carried(ParticipantId::from("back"), 2, None), t0);
         assert!(t.claim(&ParticipantId::from("gone"), 4, false));
         let to_lobby = Command::SetPermissions {
             participant: ParticipantId::from("back"),
@@ -268,9 +299,18 @@ mod tests {
     fn a_node_that_links_without_a_session_it_ran_has_lost_it() {
         let t0 = Instant::now();
         let mut t = SessionTakeover::default();
-        t.expect(ParticipantId::from("a"), 1, Some("sfu-1".into()), t0);
-        t.expect(ParticipantId::from("b"), 1, Some("sfu-1".into()), t0);
-        t.expect(ParticipantId::from("c"), 1, Some("sfu-2".into()), t0);
+        t.expect(
+            carried(ParticipantId::from("a"), 1, Some("sfu-1".into())),
+            t0,
+        );
+        t.expect(
+            carried(ParticipantId::from("b"), 1, Some("sfu-1".into())),
+            t0,
+        );
+        t.expect(
+            carried(ParticipantId::from("c"), 1, Some("sfu-2".into())),
+            t0,
+        );
         assert!(matches!(t.reported(&held("a", 1), t0), Adoption::Adopt(_)));
         assert_eq!(t.linked("sfu-1"), vec![(ParticipantId::from("b"), 1)]);
         assert!(t.linked("sfu-1").is_empty(), "told once");
@@ -279,5 +319,23 @@ mod tests {
             vec![(ParticipantId::from("c"), 1)],
             "sfu-2 never linked"
         );
+    }
+
+    #[test]
+    fn a_participant_removed_before_its_node_reports_has_its_session_ended() {
+        let t0 = Instant::now();
+        let mut t = SessionTakeover::default();
+        t.expect(carried(ParticipantId::from("left"), 1, None), t0);
+        t.expect(carried(ParticipantId::from("closed"), 1, None), t0);
+        assert!(t.claim(&ParticipantId::from("left"), 1, false));
+        assert!(t.withdraw(&Command::RemoveParticipant {
+            participant: ParticipantId::from("left"),
+        }));
+        assert!(t.withdraw(&Command::CloseRoom {
+            room: RoomId::from("visit-1"),
+        }));
+        assert_eq!(t.reported(&held("left", 1), t0), Adoption::End);
+        assert_eq!(t.reported(&held("closed", 1), t0), Adoption::End);
+        assert!(t.is_idle());
     }
 }

@@ -21,9 +21,9 @@ pub trait SfuControl: Send + Sync + 'static {
         None
     }
 
-    /// Media sessions the meeting store carried over from the previous run of the service
-    /// (participant, session, node): nodes may still run them.
-    fn expect_sessions(&self, _sessions: &[(ParticipantId, u32, Option<String>)]) {}
+    /// Media sessions the meeting store carried over from the previous run of the service:
+    /// nodes may still run them.
+    fn expect_sessions(&self, _sessions: &[crate::session_takeover::CarriedMedia]) {}
 
     /// A carried-over participant is back: whether its media session `session` goes on (a
     /// node runs it, or may still report it). Embedded workers end with the process: never.

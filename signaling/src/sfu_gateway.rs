@@ -3,7 +3,7 @@
 //! relays the nodes' events to the hub.
 
 use crate::node_load::NodeLoad;
-use crate::session_takeover::{Adoption, SessionTakeover};
+use crate::session_takeover::{Adoption, CarriedMedia, SessionTakeover};
 use crate::sfu_control::SfuControl;
 use sfu_proto::{
     Command, ControlMessage, DisconnectReason, Event, HeldSession, LoadReport, PROTOCOL_VERSION,
@@ -284,12 +284,11 @@ impl SfuControl for RemoteSfu {
         self.held.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    fn expect_sessions(&self, sessions: &[(ParticipantId, u32, Option<String>)]) {
+    fn expect_sessions(&self, sessions: &[CarriedMedia]) {
         let now = std::time::Instant::now();
         if let Ok(mut n) = self.nodes.lock() {
-            for (participant, session, node) in sessions {
-                n.takeover
-                    .expect(participant.clone(), *session, node.clone(), now);
+            for carried in sessions {
+                n.takeover.expect(carried.clone(), now);
             }
         }
     }
@@ -318,11 +317,18 @@ impl SfuControl for RemoteSfu {
             };
             let n = &mut *guard;
             // Permissions for a carried session no node has reported yet: given to the node
-            // when it does.
+            // when it does. A removal (or its room's closing) before that: the node's report
+            // then ends the session.
             if matches!(command, Command::SetPermissions { .. })
                 && n.takeover.hold_permissions(&command)
             {
                 return;
+            }
+            if matches!(
+                command,
+                Command::RemoveParticipant { .. } | Command::CloseRoom { .. }
+            ) {
+                n.takeover.withdraw(&command);
             }
             // A new room goes to the node with the least CPU per worker (its report, plus what
             // was placed on it since), never to one that is draining (stopping once its rooms

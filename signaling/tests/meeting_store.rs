@@ -182,10 +182,18 @@ async fn replicas_sharing_redis_book_each_id_once_and_a_redis_restart_loses_no_b
         (503, Some("store_unavailable")),
         "{body}"
     );
+    // What this service knows it still answers; of what it does not, it cannot say.
     let (status, _) = a
+        .api("GET", "/api/v1/meetings/v-shared", Some(API_KEY), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = a
         .api("GET", "/api/v1/meetings/v-lost", Some(API_KEY), None)
         .await;
-    assert_eq!(status, 404);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("store_unavailable"))
+    );
 }
 
 #[test]

@@ -288,6 +288,7 @@ const enRefusals = {
   wrong_unit: "You do not belong to this clinic's queue.",
   not_invited: "You are not invited to this visit. Ask the care staff who hold the visit to invite you.",
   audit_unavailable: "The service cannot record the visit right now. Try again in a moment.",
+  store_unavailable: "Could not connect right now. Try again in a moment.",
   too_many_refusals: "Too many attempts. Wait a minute and open the link again.",
   removed: "A member of the care staff removed you from the visit.",
   meeting_ended: "The care staff ended the visit.",

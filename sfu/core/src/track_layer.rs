@@ -116,6 +116,23 @@ impl TrackLayer {
         self.resumed_at = None;
     }
 
+    /// Resumed, yet nothing came within [`LAYER_SILENCE`]: the publisher did not get the word
+    /// or could not act on it.
+    pub fn resume_unanswered(&self, now: Instant) -> bool {
+        !self.suspended
+            && !self.is_sending(now)
+            && self
+                .resumed_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= LAYER_SILENCE)
+    }
+
+    /// Back to suspended without a word to the publisher (it was resumed and never came):
+    /// offered again, and asked for again when needed.
+    pub fn fall_back_to_suspended(&mut self) {
+        self.suspended = true;
+        self.resumed_at = None;
+    }
+
     /// The publisher is told to encode the layer again.
     pub fn resume(&mut self, now: Instant) {
         self.suspended = false;
@@ -156,5 +173,11 @@ mod tests {
             !layer.is_available(later + LAYER_SILENCE),
             "resumed but never sent again: gone, as a layer its publisher stopped"
         );
+        // ...which dynacast takes for a resume the publisher never got: suspended again, on
+        // offer again, and its next need asks again.
+        assert!(layer.resume_unanswered(later + LAYER_SILENCE));
+        layer.fall_back_to_suspended();
+        assert!(layer.is_available(later + LAYER_SILENCE));
+        assert_eq!(layer.rate_bps(later + LAYER_SILENCE), cost);
     }
 }

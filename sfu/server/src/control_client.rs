@@ -38,7 +38,14 @@ pub async fn run(
     endpoint.set_default_client_config(tls.quic_client()?);
     let mut redial = RedialDelay::default();
     let (link_tx, link_rx) = tokio::sync::watch::channel(false);
-    let keeper = tokio::spawn(keep_rooms(node.clone(), link_rx, config.grace));
+    let held = node.clone();
+    let closing = node.clone();
+    let keeper = tokio::spawn(keep_rooms(
+        link_rx,
+        config.grace,
+        move || held.held_sessions().len(),
+        move || closing.close_all_rooms(),
+    ));
     let _keeper = AbortOnDrop(keeper);
     loop {
         let result = tokio::select! {
@@ -75,31 +82,64 @@ pub async fn run(
     }
 }
 
-/// Ends every room once the control link has stayed down for `grace` after it was up: no
-/// signaling took the sessions over, and nobody can admit, mute or remove anyone in them.
+/// How long a link must stay up to count as managing the rooms: signaling refuses a node
+/// (a protocol or certificate mismatch) right after its hello, and a node redialling every
+/// 200 ms must not restart its grace each time.
+const LINK_SETTLES: Duration = Duration::from_secs(3);
+
+/// Ends every room once no managing link has been up for `grace`: no signaling took the
+/// sessions over, and nobody can admit, mute or remove anyone in them. The grace runs from the
+/// moment the last link that had stayed up [`LINK_SETTLES`] went down; a link counts again
+/// once it has stayed up that long.
 async fn keep_rooms(
-    node: Arc<SfuNode>,
     mut link: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
+    sessions: impl Fn() -> usize,
+    close_all_rooms: impl Fn(),
 ) {
+    let mut ends_at: Option<tokio::time::Instant> = None;
+    let mut settles_at: Option<tokio::time::Instant> = None;
+    let until = |at: Option<tokio::time::Instant>| async move {
+        match at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
     loop {
-        if link.wait_for(|up| *up).await.is_err() || link.wait_for(|up| !*up).await.is_err() {
-            return;
-        }
-        let rooms = node.held_sessions().len();
-        if rooms > 0 {
-            tracing::warn!(
-                sessions = rooms,
-                grace_secs = grace.as_secs(),
-                "control link lost: media sessions kept for the grace"
-            );
-        }
-        if tokio::time::timeout(grace, link.wait_for(|up| *up))
-            .await
-            .is_err()
-        {
-            tracing::warn!("control link down past the grace: every room ends");
-            node.close_all_rooms();
+        tokio::select! {
+            changed = link.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = tokio::time::Instant::now();
+                if *link.borrow_and_update() {
+                    settles_at = Some(now + LINK_SETTLES);
+                } else {
+                    settles_at = None;
+                    if ends_at.is_none() {
+                        let held = sessions();
+                        if held > 0 {
+                            tracing::warn!(
+                                sessions = held,
+                                grace_secs = grace.as_secs(),
+                                "control link lost: media sessions kept for the grace"
+                            );
+                        }
+                        ends_at = Some(now + grace);
+                    }
+                }
+            }
+            _ = until(settles_at) => {
+                settles_at = None;
+                ends_at = None;
+            }
+            _ = until(ends_at) => {
+                ends_at = None;
+                if sessions() > 0 {
+                    tracing::warn!("no control link past the grace: every room ends");
+                }
+                close_all_rooms();
+            }
         }
     }
 }
@@ -235,6 +275,48 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rooms end once no link that stayed up has been there for the grace — also while
+    /// a node redials every 200 ms into a signaling that refuses it after its hello — and not
+    /// while a link that stayed up came back in time.
+    #[tokio::test(start_paused = true)]
+    async fn rooms_end_after_the_grace_without_a_settled_link() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let closed = Arc::new(AtomicU32::new(0));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let counter = closed.clone();
+        let keeper = tokio::spawn(keep_rooms(
+            rx,
+            Duration::from_secs(30),
+            || 2,
+            move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            },
+        ));
+        let wait = |secs: f64| tokio::time::sleep(Duration::from_secs_f64(secs));
+        // A managing link, lost and back within the grace (a signaling restart): kept.
+        tx.send_replace(true);
+        wait(10.0).await;
+        tx.send_replace(false);
+        wait(20.0).await;
+        tx.send_replace(true);
+        wait(20.0).await;
+        assert_eq!(closed.load(Ordering::SeqCst), 0, "kept through the restart");
+        // Lost again; the node redials into a refusal every 200 ms for a minute.
+        tx.send_replace(false);
+        for _ in 0..150 {
+            wait(0.2).await;
+            tx.send_replace(true);
+            wait(0.2).await;
+            tx.send_replace(false);
+        }
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            1,
+            "the refused redials did not restart the grace"
+        );
+        keeper.abort();
+    }
 
     #[test]
     fn redials_back_off_while_failing_and_start_over_after_a_link_that_came_up() {

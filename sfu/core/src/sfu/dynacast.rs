@@ -55,6 +55,14 @@ impl Sfu {
                 continue;
             };
             let mut changed = false;
+            for layer in track.layers.iter_mut().take(layers) {
+                // A resume the publisher never acted on (the message was lost in a signaling
+                // restart, or its encoder could not): suspended again, so the next need sends
+                // the word again rather than leaving the layer off for good.
+                if layer.resume_unanswered(now) {
+                    layer.fall_back_to_suspended();
+                }
+            }
             for (l, layer) in track.layers.iter_mut().take(layers).enumerate() {
                 if needed[l] {
                     layer.unneeded_since = None;

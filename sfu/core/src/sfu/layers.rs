@@ -83,6 +83,8 @@ impl Sfu {
         let speaker = self.rooms.get(&p.room).and_then(|r| r.speaker);
         let audio_only = estimate < self.config.video_floor_bps;
         if std::mem::take(&mut self.participant_mut(idx).downlink.link_improved) {
+            // The link changed: where a step failed on the old one no longer says anything.
+            self.participant_mut(idx).downlink.failed_at_bps = 0;
             for sub in &mut self.participant_mut(idx).subscriptions {
                 sub.up_blocked_until = None;
                 sub.failed_upgrades = 0;
@@ -253,7 +255,9 @@ impl Sfu {
             // that a step which failed before is unblocked only by a probe well above where
             // it failed: aim there, or a paused subscriber whose estimate is its audio's
             // would climb towards it three times at a time, and fall back in between.
-            let unblock = dl.failed_at_bps + dl.failed_at_bps * 3 / 5;
+            // (Six times the estimate at most: a failure long ago at a rate far above the
+            // link of now does not make every probe a burst that buries its audio.)
+            let unblock = (dl.failed_at_bps + dl.failed_at_bps * 3 / 5).min(estimate * 6);
             let wanted = (desired + desired / 5).max(unblock);
             let target = wanted.clamp(estimate + estimate / 5, (estimate * 3).max(unblock));
             dl.probes_started = dl.probes_started.wrapping_add(1);
