@@ -6,78 +6,9 @@
 mod support;
 
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 use support::API_KEY;
-
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Redis {
-    /// A redis-server with append-only persistence, every write synced, in `dir`.
-    fn start(port: u16, dir: &std::path::Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            port,
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops it as an operator's restart does (SIGTERM: it finishes its writes) and starts
-    /// it again on the same files.
-    fn restart(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let fresh = Self::start(self.port, &self.dir);
-        *self = fresh;
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::redis::{Redis, free_port};
 
 fn booking(id: &str) -> serde_json::Value {
     let now = jiff::Timestamp::now();
@@ -92,7 +23,7 @@ fn booking(id: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sharing_redis_book_each_id_once_and_a_redis_restart_loses_no_booking() {
     let dir = std::env::temp_dir().join(format!("hc-redis-{}", rand::random::<u64>()));
-    let mut redis = Redis::start(free_port(), &dir);
+    let mut redis = Redis::persistent(free_port(), &dir);
     let url = redis.url();
     let a = support::start_with(&["--meeting-store", &url]);
     let b = support::start_with(&["--meeting-store", &url]);
@@ -168,7 +99,8 @@ async fn replicas_sharing_redis_book_each_id_once_and_a_redis_restart_loses_no_b
     assert!(ids.contains(&"v-shared") && ids.contains(&"v-race-19"));
 
     // Redis gone: a booking is refused with a clear error, and nothing is booked.
-    drop(redis);
+    redis.stop();
+    let _ = std::fs::remove_dir_all(&dir);
     let (status, body) = a
         .api(
             "POST",

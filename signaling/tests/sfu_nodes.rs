@@ -104,6 +104,18 @@ impl Cluster {
         self.dir.join(name).display().to_string()
     }
 
+    /// Node `name` (its own certificate) with its metrics on a free address, linked: the
+    /// node, and that address.
+    async fn linked_node(&self, name: &str) -> (Kill, String) {
+        let metrics = free_addr();
+        let node = Kill(self.node(name, name, &["--metrics-listen", &metrics]));
+        until("the node linked", 20, async || {
+            get(&self.server.http_base, "/readyz").await.0 == 200
+        })
+        .await;
+        (node, metrics)
+    }
+
     /// An `sfu` node saying it is `node_id`, presenting the certificate issued to `cert`.
     fn node(&self, node_id: &str, cert: &str, extra: &[&str]) -> std::process::Child {
         // By name: the node resolves signaling's address at each dial (a Kubernetes Service).
@@ -547,12 +559,7 @@ async fn a_signaling_restart_loses_no_media_on_a_node() {
     use serde_json::json;
     use std::sync::Arc;
     let mut cluster = Cluster::start(&["sfu-a"]);
-    let metrics_a = free_addr();
-    let _a = Kill(cluster.node("sfu-a", "sfu-a", &["--metrics-listen", &metrics_a]));
-    until("node a linked", 20, async || {
-        get(&cluster.server.http_base, "/readyz").await.0 == 200
-    })
-    .await;
+    let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
     let server = &cluster.server;
     let doctor_token = server.token("visit-r", "doc-4411", "Dr Berg", "clinician");
     let patient_token = server.token("visit-r", "pat-7f3a", "Anna", "patient");
@@ -658,12 +665,7 @@ async fn a_signaling_restart_loses_no_media_on_a_node() {
 async fn sessions_nobody_carried_are_ended_when_the_node_links_again() {
     use support::media::{FrameSender, visit};
     let mut cluster = Cluster::start(&["sfu-a"]);
-    let metrics_a = free_addr();
-    let _a = Kill(cluster.node("sfu-a", "sfu-a", &["--metrics-listen", &metrics_a]));
-    until("node a linked", 20, async || {
-        get(&cluster.server.http_base, "/readyz").await.0 == 200
-    })
-    .await;
+    let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
     let (doctor_media, patient_media, doctor, patient) = visit(&cluster.server, "visit-k").await;
     let _doctor_events = doctor.negotiate_in_background(&doctor_media);
     let _patient_events = patient.negotiate_in_background(&patient_media);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod media;
+pub mod redis;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
