@@ -116,6 +116,15 @@ impl SessionTakeover {
         Adoption::Adopt(e.permissions)
     }
 
+    /// The node `room`'s carried sessions ran on, while any is still expected: where the room
+    /// must go again (a newcomer placed elsewhere first would end them all).
+    pub fn expected_node(&self, room: &RoomId) -> Option<&str> {
+        self.expected
+            .values()
+            .filter(|e| e.room == *room)
+            .find_map(|e| e.node.as_deref())
+    }
+
     /// Node `node` linked and listed its sessions (each passed to [`Self::reported`] first):
     /// the expected sessions it ran and did not list are lost (participant, session).
     pub fn linked(&mut self, node: &str) -> Vec<(ParticipantId, u32)> {
@@ -337,5 +346,25 @@ mod tests {
         assert_eq!(t.reported(&held("left", 1), t0), Adoption::End);
         assert_eq!(t.reported(&held("closed", 1), t0), Adoption::End);
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn a_room_with_sessions_still_expected_is_held_for_their_node() {
+        let t0 = Instant::now();
+        let mut t = SessionTakeover::default();
+        let room = RoomId::from("visit-1");
+        assert_eq!(t.expected_node(&room), None);
+        t.expect(
+            carried(ParticipantId::from("a"), 1, Some("sfu-2".into())),
+            t0,
+        );
+        assert_eq!(t.expected_node(&room), Some("sfu-2"));
+        assert_eq!(t.expected_node(&RoomId::from("visit-2")), None);
+        assert!(matches!(t.reported(&held("a", 1), t0), Adoption::Adopt(_)));
+        assert_eq!(
+            t.expected_node(&room),
+            None,
+            "adopted: placed there already"
+        );
     }
 }

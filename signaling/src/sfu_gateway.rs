@@ -330,6 +330,26 @@ impl SfuControl for RemoteSfu {
             ) {
                 n.takeover.withdraw(&command);
             }
+            // A newcomer to a meeting whose carried sessions a node may still report goes to
+            // that node — or waits for it (refused: the client tries again) — never to
+            // another, which would end them all (one meeting, one node).
+            if let Command::AddParticipant { room, .. } = &command
+                && let Some(node) = n.takeover.expected_node(room).map(str::to_owned)
+            {
+                match n.links.iter().find(|(_, l)| l.id == node).map(|(k, _)| *k) {
+                    Some(key) => n.placement.reserve_room(room, key),
+                    None => {
+                        let participant = command.participant().cloned();
+                        drop(guard);
+                        let _ = self.events.send(Event::CommandFailed {
+                            command: command.name().to_owned(),
+                            participant,
+                            error: format!("the meeting's SFU node {node} is reconnecting"),
+                        });
+                        return;
+                    }
+                }
+            }
             // A new room goes to the node with the least CPU per worker (its report, plus what
             // was placed on it since), never to one that is draining (stopping once its rooms
             // are empty); between equals, to the one with fewer participants.

@@ -146,6 +146,11 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
         self.participants.get(participant).map(|(t, ..)| *t)
     }
 
+    /// Places `room` on `target` before anything of it is (its carried sessions run there).
+    pub fn reserve_room(&mut self, room: &RoomId, target: T) {
+        self.rooms.entry(room.clone()).or_insert(target);
+    }
+
     /// Whether `participant` is placed with media session `session`.
     pub fn holds(&self, participant: &ParticipantId, session: u32) -> bool {
         self.participants
