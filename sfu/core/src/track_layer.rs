@@ -37,6 +37,9 @@ pub struct TrackLayer {
     held_bps: u64,
     /// When the publisher was told to encode it again.
     resumed_at: Option<Instant>,
+    /// A resume went unanswered and the layer was suspended again; a second unanswered one
+    /// means the publisher cannot send it (its uplink, its CPU): it is then left unoffered.
+    unanswered: bool,
 }
 
 impl TrackLayer {
@@ -57,6 +60,7 @@ impl TrackLayer {
             unneeded_since: None,
             held_bps: 0,
             resumed_at: None,
+            unanswered: false,
         }
     }
 
@@ -126,11 +130,22 @@ impl TrackLayer {
                 .is_some_and(|at| now.saturating_duration_since(at) >= LAYER_SILENCE)
     }
 
-    /// Back to suspended without a word to the publisher (it was resumed and never came):
-    /// offered again, and asked for again when needed.
-    pub fn fall_back_to_suspended(&mut self) {
-        self.suspended = true;
+    /// A resume went unanswered: the first time, back to suspended without a word to the
+    /// publisher — offered again, and asked for again when needed (the word may have been
+    /// lost); the second time in a row, left as a layer the publisher does not send (not
+    /// offered: a subscriber would wait for its keyframe in vain). Packets clear the count.
+    pub fn resume_went_unanswered(&mut self) {
         self.resumed_at = None;
+        if !std::mem::replace(&mut self.unanswered, true) {
+            self.suspended = true;
+        }
+    }
+
+    /// Packets arrived: any unanswered resume is forgotten.
+    pub fn note_sending(&mut self, now: Instant) {
+        if self.is_sending(now) {
+            self.unanswered = false;
+        }
     }
 
     /// The publisher is told to encode the layer again.
@@ -175,9 +190,16 @@ mod tests {
         );
         // ...which dynacast takes for a resume the publisher never got: suspended again, on
         // offer again, and its next need asks again.
-        assert!(layer.resume_unanswered(later + LAYER_SILENCE));
-        layer.fall_back_to_suspended();
-        assert!(layer.is_available(later + LAYER_SILENCE));
-        assert_eq!(layer.rate_bps(later + LAYER_SILENCE), cost);
+        let silent = later + LAYER_SILENCE;
+        assert!(layer.resume_unanswered(silent));
+        layer.resume_went_unanswered();
+        assert!(layer.is_available(silent));
+        assert_eq!(layer.rate_bps(silent), cost);
+        // Asked again, and again nothing: the publisher cannot send it; no longer offered.
+        layer.resume(silent);
+        let silent = silent + LAYER_SILENCE;
+        assert!(layer.resume_unanswered(silent));
+        layer.resume_went_unanswered();
+        assert!(!layer.is_available(silent));
     }
 }

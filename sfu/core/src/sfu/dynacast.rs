@@ -57,10 +57,11 @@ impl Sfu {
             let mut changed = false;
             for layer in track.layers.iter_mut().take(layers) {
                 // A resume the publisher never acted on (the message was lost in a signaling
-                // restart, or its encoder could not): suspended again, so the next need sends
-                // the word again rather than leaving the layer off for good.
+                // restart, or its encoder could not): suspended again once, so the next need
+                // sends the word again rather than leaving the layer off for good.
+                layer.note_sending(now);
                 if layer.resume_unanswered(now) {
-                    layer.fall_back_to_suspended();
+                    layer.resume_went_unanswered();
                 }
             }
             for (l, layer) in track.layers.iter_mut().take(layers).enumerate() {
