@@ -235,8 +235,11 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
 
     // Node b joins; node a is told to stop.
     let b = Kill(node("sfu-b", &metrics_b));
+    // Linked as signaling sees it (the node's own readiness turns before signaling has read
+    // its hello): only then can a new room be placed there.
     until("node b linked", 20, async || {
-        get(&format!("http://{metrics_b}"), "/readyz").await.0 == 200
+        let text = get(&server.http_base, "/metrics").await.1;
+        text.contains("signaling_sfu_nodes{state=\"serving\"} 2")
     })
     .await;
     // Node b gets a visit of three, so it carries more than node a: without the drain, the
