@@ -30,10 +30,15 @@ async function twoBrowserCall(server, browserArgs = []) {
     // A data channel message from one page reaches the other through the SFU.
     await waitFor(async () => ({ ok: await a.evaluate(() => window.hcState.sendData({ type: "hand", raised: true })) }),
       { timeout: 15000, what: "the clinician's data channel to open" });
+    // Sent again each second until it arrives: the SFU relays to the channels open now, and
+    // the patient's may open a moment after the clinician's (once seen in CI: the only copy
+    // went out before it).
     const got = await waitFor(async () => {
       const msgs = await b.evaluate(() => window.hcState.dataMessages);
-      return { ok: msgs.some((m) => m.type === "hand" && m.raised === true), msgs };
-    }, { timeout: 15000, what: "the patient receiving the raised hand" });
+      const ok = msgs.some((m) => m.type === "hand" && m.raised === true);
+      if (!ok) await a.evaluate(() => window.hcState.sendData({ type: "hand", raised: true }));
+      return { ok, msgs };
+    }, { timeout: 15000, interval: 1000, what: "the patient receiving the raised hand" });
     assert.equal(got.msgs[0].from, await a.evaluate(() => window.hcState.participant));
     // The remote tile carries the other participant's media, not our own loopback.
     const tiles = await a.evaluate(() => [...window.hcState.tiles.keys()]);
