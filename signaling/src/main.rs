@@ -688,6 +688,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .sfu_mode
     {
         SfuMode::Embedded => {
+            // Where a media value came from, for its error: the flag when one was given, else
+            // the config file's [sfu] section.
+            let media_source = |flag_given: bool, flag: &str| match &args.config {
+                Some(path) if !flag_given => format!("{} [sfu]", path.display()),
+                _ => flag.to_owned(),
+            };
             let node_config = sfu_server::NodeConfig {
                 workers: args.workers.or(sfu.workers).unwrap_or(0),
                 bind_ip: args.udp_bind_ip.or(sfu.bind_ip).unwrap_or(listen.ip()),
@@ -704,21 +710,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .unwrap_or(true),
                 start_bitrate_bps: sfu_server::node_file_config::start_bitrate_bps(
                     args.start_bitrate_kbps.or(sfu.start_bitrate_kbps),
-                    &args
-                        .config
-                        .as_ref()
-                        .map_or("--start-bitrate-kbps".to_owned(), |p| {
-                            format!("{} [sfu]", p.display())
-                        }),
+                    &media_source(args.start_bitrate_kbps.is_some(), "--start-bitrate-kbps"),
                 )?,
                 video_floor_bps: sfu_server::node_file_config::video_floor_bps(
                     args.video_floor_kbps.or(sfu.video_floor_kbps),
-                    &args
-                        .config
-                        .as_ref()
-                        .map_or("--video-floor-kbps".to_owned(), |p| {
-                            format!("{} [sfu]", p.display())
-                        }),
+                    &media_source(args.video_floor_kbps.is_some(), "--video-floor-kbps"),
                 )?,
                 ..Default::default()
             };

@@ -1077,10 +1077,7 @@ impl RoomState {
         now: Timestamp,
         fx: &mut Effects,
     ) -> Result<(), RequestError> {
-        let m = self.with_media(id)?;
-        if !m.layer_requests.take(now) {
-            return Err(RequestError::LayerRate);
-        }
+        self.take_layer_request(id, now)?;
         if mid.as_ref().is_some_and(|m| m.len() > 32) {
             return Err(RequestError::BadMid);
         }
@@ -1092,6 +1089,20 @@ impl RoomState {
         Ok(())
     }
 
+    /// One of a member's layer requests (and link reports): a member with a media session,
+    /// within its budget.
+    fn take_layer_request(
+        &mut self,
+        id: &ParticipantId,
+        now: Timestamp,
+    ) -> Result<(), RequestError> {
+        if self.with_media(id)?.layer_requests.take(now) {
+            Ok(())
+        } else {
+            Err(RequestError::LayerRate)
+        }
+    }
+
     /// What the SFU knows of a participant's link, for its client's diagnostics view (from
     /// the same budget as layer requests).
     pub fn request_link_report(
@@ -1100,10 +1111,7 @@ impl RoomState {
         now: Timestamp,
         fx: &mut Effects,
     ) -> Result<(), RequestError> {
-        let m = self.with_media(id)?;
-        if !m.layer_requests.take(now) {
-            return Err(RequestError::LayerRate);
-        }
+        self.take_layer_request(id, now)?;
         fx.command(Command::ReportLink {
             participant: id.clone(),
         });
