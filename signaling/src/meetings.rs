@@ -652,7 +652,8 @@ impl Meetings {
                     .iter()
                     .map(|v| {
                         json!({"publisher": v.publisher, "mid": v.mid, "layer": v.layer,
-                               "target": v.target, "layers": v.layers, "paused": v.paused})
+                               "target": v.target, "layers": v.layers, "paused": v.paused,
+                               "temporal": v.temporal})
                     })
                     .collect();
                 self.send_to(

@@ -188,7 +188,8 @@ async function updateDiagnostics() {
       const who = state.names.get(v.publisher) || t("people.someone");
       if (v.paused) { lines.push(t("diag.videoPaused", who)); continue; }
       const switching = v.target != null && v.target !== v.layer ? t("diag.videoTarget", v.target + 1) : "";
-      lines.push(t("diag.video", who, v.layer == null ? "–" : v.layer + 1, v.layers, switching));
+      const fewer = v.temporal != null ? t("diag.videoFrameRate") : "";
+      lines.push(t("diag.video", who, v.layer == null ? "–" : v.layer + 1, v.layers, switching) + fewer);
     }
   }
   const report = await pc.getStats();

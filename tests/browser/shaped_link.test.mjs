@@ -97,6 +97,13 @@ test("a patient's shaped downlink: the top layer at 3 Mbit/s, a lower one within
       return n > 0 ? Math.round((d / n) * 1000) : null;
     };
     const widthsOf = (samples) => samples.map(([t, r]) => `${(t / 1000).toFixed(1)}:${r.paused ? "paused" : r.width}`).join(" ");
+    // Frames decoded in each whole second (a lower frame rate shows here, not in the width).
+    const fpsOf = (samples) => {
+      const end = samples[samples.length - 1][0];
+      const out = [];
+      for (let s = 0; s + 1000 <= end; s += 1000) out.push(delta(samples, s, s + 1000, "frames"));
+      return out.join(" ");
+    };
 
     const wide = await phase(null, 8);
     const top = wide[wide.length - 1][1].width;
@@ -104,7 +111,7 @@ test("a patient's shaped downlink: the top layer at 3 Mbit/s, a lower one within
 
     const narrow = await phase("400kbit", 20);
     const down = narrow.find(([, r]) => r.width < top || r.paused);
-    console.log(`# 400 kbit/s: ${widthsOf(narrow)}; jitter buffer ${jitterMs(narrow, 10000, 20000)} ms`);
+    console.log(`# 400 kbit/s: ${widthsOf(narrow)}; frames per second ${fpsOf(narrow)}; jitter buffer ${jitterMs(narrow, 10000, 20000)} ms`);
     assert.ok(down && down[0] <= 3000, `a lower layer within 3 s (at ${down && down[0]} ms)`);
     assert.deepEqual(silentSeconds(narrow, 3000), [], "frames decoded every second after the move (or the pause shown)");
     assert.ok(narrow.slice(-8).every(([, r]) => r.width < top), "still lower at the end");
@@ -114,7 +121,7 @@ test("a patient's shaped downlink: the top layer at 3 Mbit/s, a lower one within
     const audioReceived = delta(weak, 3000, 20000, "audioReceived");
     const audioLoss = audioLost / Math.max(1, audioLost + audioReceived);
     const paused = weak.some(([, r]) => r.notice);
-    console.log(`# 250 kbit/s: ${widthsOf(weak)}; audio lost ${audioLost} of ${audioLost + audioReceived}; paused ${paused}`);
+    console.log(`# 250 kbit/s: ${widthsOf(weak)}; frames per second ${fpsOf(weak)}; audio lost ${audioLost} of ${audioLost + audioReceived}; paused ${paused}`);
     assert.ok(audioLoss < 0.01, `audio loss ${(audioLoss * 100).toFixed(2)} % at 250 kbit/s`);
     assert.deepEqual(silentSeconds(weak, 3000), [], "the picture moves or the patient is told it is paused, never silently frozen");
 

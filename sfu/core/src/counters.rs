@@ -59,6 +59,11 @@ pub struct Counters {
     pub layers_suspended: u64,
     /// Of those, layers publishers were told to encode again.
     pub layers_resumed: u64,
+    /// Video subscriptions moved to fewer VP8 temporal layers (a lower frame rate) because
+    /// their subscriber's estimate could not carry the whole layer.
+    pub temporal_downgrades: u64,
+    /// Packets not forwarded to a subscriber because their temporal layer was dropped for it.
+    pub temporal_skips: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -106,6 +111,8 @@ impl std::ops::AddAssign for Counters {
             video_pauses,
             layers_suspended,
             layers_resumed,
+            temporal_downgrades,
+            temporal_skips,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -149,12 +156,14 @@ impl std::ops::AddAssign for Counters {
         self.video_pauses += video_pauses;
         self.layers_suspended += layers_suspended;
         self.layers_resumed += layers_resumed;
+        self.temporal_downgrades += temporal_downgrades;
+        self.temporal_skips += temporal_skips;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 42] {
+    pub fn named(&self) -> [(&'static str, u64); 44] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -222,11 +231,13 @@ impl Counters {
             ("sfu_video_pauses_total", self.video_pauses),
             ("sfu_layers_suspended_total", self.layers_suspended),
             ("sfu_layers_resumed_total", self.layers_resumed),
+            ("sfu_temporal_downgrades_total", self.temporal_downgrades),
+            ("sfu_temporal_skipped_packets_total", self.temporal_skips),
         ]
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 42] = [
+    pub const HELP: [(&'static str, &'static str); 44] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -391,6 +402,14 @@ impl Counters {
         (
             "sfu_layers_resumed_total",
             "Simulcast layers whose publisher was told to encode them again, because a subscriber needed them.",
+        ),
+        (
+            "sfu_temporal_downgrades_total",
+            "Video subscriptions moved to fewer VP8 temporal layers (a lower frame rate) because their subscriber's bandwidth estimate could not carry the whole layer.",
+        ),
+        (
+            "sfu_temporal_skipped_packets_total",
+            "Packets not forwarded to a subscriber because their VP8 temporal layer was dropped for it.",
         ),
     ];
 

@@ -27,15 +27,18 @@ pub mod rtcp_writer;
 pub mod rtp_header;
 pub mod send_history;
 pub mod sfu;
+pub mod skipped_numbers;
 pub mod srtp_context;
 pub mod subscription;
 pub mod tcp_framing;
+pub mod temporal_filter;
 pub mod track;
 pub mod track_layer;
 pub mod transmit_batch;
 pub mod transport_feedback;
 pub mod twcc_feedback;
 pub mod vp8_continuity;
+pub mod vp8_descriptor;
 
 pub use counters::Counters;
 pub use peer_transport::TransportConfig;

@@ -3,6 +3,8 @@
 //! for a simulcast track the layer it forwards and the one it is switching to.
 
 use crate::arena::TrackIdx;
+use crate::skipped_numbers::SkippedNumbers;
+use crate::temporal_filter::TemporalFilter;
 use crate::vp8_continuity::Vp8Continuity;
 use sfu_proto::{MediaKind, VideoLayer};
 use std::time::{Duration, Instant};
@@ -32,9 +34,15 @@ pub struct Subscription {
     pub rtx_ssrc: u32,
     pub payload_type: u8,
     pub rtx_payload_type: Option<u8>,
-    /// `out = in + seq_delta` on extended sequence numbers of the forwarded layer; set when a
-    /// layer starts.
+    /// `out = in + seq_delta` on extended sequence numbers of the forwarded layer (for the
+    /// newest; an older packet adds the skips after it); set when a layer starts, lowered by
+    /// each packet skipped.
     pub seq_delta: Option<i64>,
+    /// Packets of the layer not forwarded (a dropped temporal layer), so the rest stays
+    /// contiguous.
+    skipped: SkippedNumbers,
+    /// The newest incoming sequence number of the layer, forwarded or skipped.
+    highest_in: u64,
     pub ts_delta: u32,
     /// Where the stream starts (random, per RFC 3550 §5.1).
     pub first_ext_seq: u64,
@@ -69,8 +77,10 @@ pub struct Subscription {
     pub lossy_reports: u8,
     pub clean_since: Option<Instant>,
     pub state: SubscriptionState,
-    /// VP8 PictureID and TL0PICIDX continued across layer switches.
+    /// VP8 PictureID and TL0PICIDX continued across layer switches and skipped pictures.
     pub vp8: Vp8Continuity,
+    /// The VP8 temporal layers forwarded.
+    pub temporal: TemporalFilter,
     /// The codec's `a=rtpmap` value, kept for the line once it is stopped.
     pub rtpmap: String,
 }
@@ -126,6 +136,8 @@ impl Subscription {
             payload_type: ids.payload_type,
             rtx_payload_type: ids.rtx_payload_type,
             seq_delta: None,
+            skipped: SkippedNumbers::default(),
+            highest_in: 0,
             ts_delta: 0,
             first_ext_seq,
             first_timestamp: seed.rotate_left(13),
@@ -149,6 +161,7 @@ impl Subscription {
             clean_since: None,
             state: SubscriptionState::Pending,
             vp8: Vp8Continuity::default(),
+            temporal: TemporalFilter::default(),
             rtpmap: String::new(),
         }
     }
@@ -237,11 +250,36 @@ impl Subscription {
             (self.first_ext_seq, self.first_timestamp)
         };
         self.seq_delta = Some(next as i64 - in_ext as i64);
+        self.skipped.clear();
+        self.highest_in = in_ext;
         self.ts_delta = out_ts.wrapping_sub(in_ts);
         self.layer_floor = next;
         self.layer = Some(layer);
         self.flow = Flow::Flowing;
         self.vp8.switch_layer();
+        // A layer starts at a keyframe, where every temporal layer may start.
+        self.temporal.at_keyframe();
+    }
+
+    /// A packet of the current layer is not forwarded (its temporal layer is dropped): the
+    /// packets after it close the gap. One that comes late, after a newer packet went out,
+    /// leaves its gap (the newer one's number is spent).
+    pub fn skip(&mut self, in_ext: u64) {
+        if let Some(delta) = self.seq_delta.as_mut()
+            && in_ext > self.highest_in
+        {
+            self.highest_in = in_ext;
+            self.skipped.skip(in_ext);
+            *delta -= 1;
+        }
+    }
+
+    /// The outgoing extended sequence number of a packet of the current layer, `None` before
+    /// the layer (or older than the skips remembered).
+    pub fn out_ext(&self, in_ext: u64) -> Option<u64> {
+        let delta = self.seq_delta?;
+        let out = in_ext as i64 + delta + self.skipped.after(in_ext)? as i64;
+        (out >= self.layer_floor as i64).then_some(out as u64)
     }
 
     /// Maps a publisher extended sequence number of the current layer to this subscriber's.
@@ -249,12 +287,8 @@ impl Subscription {
     /// packet has no place in the subscriber's stream, and giving it one would reuse an SRTP
     /// nonce.
     pub fn map(&mut self, now: Instant, in_ext: u64, in_ts: u32) -> Option<(u64, u32)> {
-        let delta = self.seq_delta?;
-        let out = in_ext as i64 + delta;
-        if out < self.layer_floor as i64 {
-            return None;
-        }
-        let out = out as u64;
+        let out = self.out_ext(in_ext)?;
+        self.highest_in = self.highest_in.max(in_ext);
         let out_ts = in_ts.wrapping_add(self.ts_delta);
         if out > self.highest_out || self.last_out_at.is_none() {
             self.highest_out = self.highest_out.max(out);
@@ -274,8 +308,11 @@ impl Subscription {
             // Before this layer (or the whole stream) began.
             return None;
         }
-        let in_ext = out_ext - delta;
-        (in_ext >= 0).then_some(in_ext as u64)
+        let shifted = out_ext - delta;
+        if shifted < 0 {
+            return None;
+        }
+        self.skipped.unshift(shifted as u64)
     }
 
     /// The highest layer to forward of a track with `layers` layers: the subscriber's wish,
@@ -362,6 +399,39 @@ mod tests {
         assert_eq!(s.unmap(a as u16), None);
         assert_eq!(s.unmap(d as u16), Some(11));
         assert_eq!(s.layer, Some(0));
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    #[test]
+    fn skipped_packets_leave_no_gap_and_nacks_map_back_past_them() {
+        let now = Instant::now();
+        let mut s = Subscription::new(TrackIdx::from_slot(0), MediaKind::Video, "1".into(), IDS, 9);
+        s.start_layer(0, 1000, 0, 0);
+        let mut sent = Vec::new();
+        // 1000..1012 arrive; those ≡ 1 or 3 (mod 4) are of a dropped temporal layer.
+        for n in 1000u64..1012 {
+            if n % 4 == 1 || n % 4 == 3 {
+                s.skip(n);
+            } else {
+                sent.push((n, s.map(now, n, 0).unwrap().0));
+            }
+        }
+        for w in sent.windows(2) {
+            assert_eq!(w[1].1, w[0].1 + 1, "contiguous: {sent:?}");
+        }
+        // A NACK for each forwarded packet maps back to it; a late repair keeps its number.
+        for &(n, out) in &sent {
+            assert_eq!(s.unmap(out as u16), Some(n));
+            assert_eq!(s.out_ext(n), Some(out));
+        }
+        // A late copy of a dropped packet is not skipped again (nothing shifts).
+        s.skip(1005);
+        assert_eq!(s.map(now, 1012, 0).unwrap().0, sent.last().unwrap().1 + 1);
+        // A new layer forgets the old layer's skips.
+        s.start_layer(1, 50, 0, 0);
+        let (first, _) = s.map(now, 50, 0).unwrap();
+        assert_eq!(first, sent.last().unwrap().1 + 2);
+        assert_eq!(s.unmap(first as u16), Some(50));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct TrackLayer {
     pub sender_report: Option<(u64, u32)>,
     /// What the layer costs a subscriber's link (media packets as received, repairs aside).
     pub bitrate: BitrateMeter,
+    /// The same per VP8 temporal layer (TID 0–3), for streams that say theirs.
+    temporal_bitrate: [BitrateMeter; 4],
     /// Dynacast: the publisher was told to stop encoding this layer (nobody needs it).
     pub suspended: bool,
     /// Since when no subscription has needed the layer.
@@ -56,6 +58,7 @@ impl TrackLayer {
             keyframe_pending: false,
             sender_report: None,
             bitrate: BitrateMeter::default(),
+            temporal_bitrate: Default::default(),
             suspended: false,
             unneeded_since: None,
             held_bps: 0,
@@ -82,6 +85,32 @@ impl TrackLayer {
             self.ssrc = None;
             self.inbound = None;
         }
+    }
+
+    /// A media packet of `bytes` arrived, of temporal layer `tid` when it says one.
+    pub fn measure(&mut self, now: Instant, bytes: usize, tid: Option<u8>) {
+        self.last_packet_at = Some(now);
+        self.bitrate.add(now, bytes);
+        if let Some(tid) = tid {
+            self.temporal_bitrate[usize::from(tid & 3)].add(now, bytes);
+        }
+    }
+
+    /// The highest VP8 temporal layer the layer is sending (0: none above the base, or a
+    /// stream without temporal layers).
+    pub fn top_temporal(&self, now: Instant) -> u8 {
+        (1..4u8)
+            .rev()
+            .find(|&t| self.temporal_bitrate[usize::from(t)].bps(now) > 0)
+            .unwrap_or(0)
+    }
+
+    /// What the layer costs with only its temporal layers up to `tid`.
+    pub fn temporal_rate_bps(&self, now: Instant, tid: u8) -> u64 {
+        self.temporal_bitrate[..=usize::from(tid.min(3))]
+            .iter()
+            .map(|m| m.bps(now))
+            .sum()
     }
 
     /// Whether media arrived on this layer recently.

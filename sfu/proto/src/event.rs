@@ -150,4 +150,7 @@ pub struct VideoReport {
     pub layers: u8,
     /// Paused for want of bandwidth.
     pub paused: bool,
+    /// The highest VP8 temporal layer given when not all of them are (a lower frame rate for
+    /// want of bandwidth); `None` when all are.
+    pub temporal: Option<u8>,
 }

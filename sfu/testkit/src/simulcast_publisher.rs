@@ -24,7 +24,7 @@ pub struct SimulcastPublisher {
     picture: [u16; LAYERS],
     tl0: [u8; LAYERS],
     pattern_at: [usize; LAYERS],
-    /// VP8 descriptors with PictureID (15-bit), TL0PICIDX and TID (L1T3, as Chrome sends),
+    /// VP8 descriptors with PictureID (15-bit), TL0PICIDX, TID and Y (L1T3, as Chrome sends),
     /// each layer numbering from its own start.
     pub numbered: bool,
     /// Packets per frame and payload bytes per packet of each layer.
@@ -44,8 +44,9 @@ pub const RIDS: [&str; LAYERS] = ["l", "m", "h"];
 /// Where each layer's PictureID and TL0PICIDX start (far apart, as independent encoders').
 const PICTURE_ID_START: [u16; LAYERS] = [31_000, 123, 16_000];
 const TL0_START: [u8; LAYERS] = [250, 7, 100];
-/// L1T3: the temporal layer of each frame, repeating.
-const TEMPORAL_PATTERN: [u8; 4] = [0, 2, 1, 2];
+/// L1T3: the temporal layer of each frame, repeating, and whether it is a layer sync (Y: it
+/// refers only to the base layer), as libwebrtc marks them.
+const TEMPORAL_PATTERN: [(u8, bool); 4] = [(0, false), (2, true), (1, true), (2, false)];
 
 impl SimulcastPublisher {
     pub fn new(net: &mut SimNetwork, peer: usize, send_reports: bool) -> Self {
@@ -139,7 +140,7 @@ impl SimulcastPublisher {
             if key {
                 self.pattern_at[l] = 0;
             }
-            let tid = TEMPORAL_PATTERN[self.pattern_at[l] % TEMPORAL_PATTERN.len()];
+            let (tid, sync) = TEMPORAL_PATTERN[self.pattern_at[l] % TEMPORAL_PATTERN.len()];
             self.pattern_at[l] += 1;
             if tid == 0 {
                 self.tl0[l] = self.tl0[l].wrapping_add(1);
@@ -156,7 +157,7 @@ impl SimulcastPublisher {
                         0x80 | hi,
                         lo,
                         self.tl0[l],
-                        tid << 6,
+                        tid << 6 | u8::from(sync) << 5,
                         if key { 0x00 } else { 0x01 },
                     ]
                 } else {

@@ -10,7 +10,7 @@ use crate::rtp_header::HeaderWriter;
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
 use crate::subscription::Flow;
 use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
-use crate::vp8_continuity::Vp8Indices;
+use crate::vp8_descriptor::Vp8Descriptor;
 use sfu_proto::MediaKind;
 use std::time::Instant;
 
@@ -32,19 +32,15 @@ impl Sfu {
             audio_level,
             simulcast,
             keyframe,
+            vp8,
             ..
         } = *received;
         let Some(track) = self.tracks[received.track].as_ref() else {
             return;
         };
-        // A simulcast VP8 track's numbering is continued per subscriber across switches.
-        let renumber = simulcast && track.format == PayloadFormat::Vp8;
-        // The descriptor's layout is the same for every copy: read once.
-        let vp8_at = if renumber {
-            Vp8Indices::of(payload)
-        } else {
-            Vp8Indices::default()
-        };
+        // A VP8 track's numbering is continued per subscriber across layer switches, pauses
+        // and dropped temporal layers.
+        let renumber = track.format == PayloadFormat::Vp8;
         for &(s, sub_idx) in &track.subscribers {
             let Some(sub) = self.participants[s].as_mut() else {
                 continue;
@@ -84,6 +80,19 @@ impl Sfu {
                     self.counters.layer_switches += 1;
                 }
             }
+            if let Some(tid) = vp8.temporal
+                && !subscription
+                    .temporal
+                    .admits(tid, vp8.layer_sync, vp8.starts_picture)
+            {
+                // A temporal layer this subscriber does not get: its stream closes over it.
+                subscription.skip(media_ext);
+                if vp8.starts_picture {
+                    subscription.vp8.skip_picture(payload, vp8);
+                }
+                self.counters.temporal_skips += 1;
+                continue;
+            }
             let Some((out_ext, out_ts)) = subscription.map(now, media_ext, received.timestamp)
             else {
                 continue;
@@ -112,7 +121,7 @@ impl Sfu {
             if renumber {
                 subscription
                     .vp8
-                    .rewrite(&mut slot[hlen..hlen + payload.len()], vp8_at);
+                    .rewrite(&mut slot[hlen..hlen + payload.len()], vp8);
             }
             let len = hlen + payload.len();
             match ctx.seal_rtp(
@@ -209,7 +218,7 @@ impl Sfu {
         let Some(track) = self.tracks[subscription.track].as_mut() else {
             return;
         };
-        let renumber = track.is_simulcast() && track.format == PayloadFormat::Vp8;
+        let renumber = track.format == PayloadFormat::Vp8;
         let cache = &mut track.layers[layer].cache;
         for pair in &nack.nacks {
             for seq in pair.packet_list() {
@@ -217,11 +226,29 @@ impl Sfu {
                 let Some(in_ext) = subscription.unmap(seq) else {
                     continue;
                 };
+                let Some(out_ext) = subscription.out_ext(in_ext) else {
+                    continue;
+                };
                 let Some((meta, payload)) = cache.take_for_resend(in_ext, max) else {
                     self.counters.nacks_unrepairable += 1;
                     continue;
                 };
-                let out_ext = (in_ext as i64 + subscription.seq_delta.unwrap_or(0)) as u64;
+                let at = if renumber {
+                    Vp8Descriptor::of(payload)
+                } else {
+                    Vp8Descriptor::default()
+                };
+                // Not a picture of a temporal layer the subscriber no longer gets (a NACK for
+                // the gap a late packet of one left): its references may be missing.
+                // Nor one whose picture is older than the numbering remembers.
+                if at
+                    .temporal
+                    .is_some_and(|tid| !subscription.temporal.passes(tid))
+                    || !subscription.vp8.places(payload, at)
+                {
+                    self.counters.nacks_unrepairable += 1;
+                    continue;
+                }
                 let out_ts = meta.timestamp.wrapping_add(subscription.ts_delta);
                 let slot = out.slot();
                 subscription.rtx_ext_seq += 1;
@@ -238,10 +265,9 @@ impl Sfu {
                 let mut len = hlen + 2;
                 slot[len..len + payload.len()].copy_from_slice(payload);
                 if renumber {
-                    subscription.vp8.rewrite_repair(
-                        &mut slot[len..len + payload.len()],
-                        Vp8Indices::of(payload),
-                    );
+                    subscription
+                        .vp8
+                        .rewrite_repair(&mut slot[len..len + payload.len()], at);
                 }
                 len += payload.len();
                 if let Ok(n) = ctx.seal_rtp(

@@ -2,8 +2,10 @@
 //! repairs, and handed to egress.
 
 use super::*;
+use crate::payload_format::PayloadFormat;
 use crate::rtp_header::RtpHeader;
 use crate::transmit_batch::TransmitBatch;
+use crate::vp8_descriptor::Vp8Descriptor;
 use sfu_proto::MediaKind;
 use std::time::Instant;
 
@@ -156,10 +158,6 @@ impl Sfu {
             if start == end {
                 return None;
             }
-            layer.last_packet_at = Some(now);
-            layer
-                .bitrate
-                .add(now, plain_len + crate::srtp_context::SRTP_TAG_LEN);
             ext
         };
         let audio_level = match (track.kind, p.ext.audio_level) {
@@ -173,7 +171,20 @@ impl Sfu {
             track.audio_level = track.audio_level * 0.8 + l * 0.2;
         }
         let payload = &buf[start..end];
+        // Read once here for every subscriber: its temporal layer and where its numbering is.
+        let vp8 = if track.format == PayloadFormat::Vp8 {
+            Vp8Descriptor::of(payload)
+        } else {
+            Vp8Descriptor::default()
+        };
         let layer = &mut track.layers[l];
+        if !is_rtx {
+            layer.measure(
+                now,
+                plain_len + crate::srtp_context::SRTP_TAG_LEN,
+                vp8.temporal,
+            );
+        }
         layer.cache.insert(
             media_ext,
             header.timestamp,
@@ -201,6 +212,7 @@ impl Sfu {
             audio_level,
             simulcast,
             keyframe,
+            vp8,
             payload: start..end,
         })
     }
@@ -221,5 +233,7 @@ pub(super) struct Received {
     /// Starts a keyframe of video (never a repair): where a subscriber may switch layers or
     /// resume.
     pub keyframe: bool,
+    /// A VP8 packet's descriptor (empty for other codecs).
+    pub vp8: Vp8Descriptor,
     pub payload: std::ops::Range<usize>,
 }

@@ -6,6 +6,7 @@ use super::*;
 use crate::delay_trend::BandwidthUsage;
 use crate::probe_cluster::ProbeCluster;
 use crate::subscription::{Flow, Subscription};
+use crate::temporal_filter::ALL_TEMPORAL;
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
 use sfu_proto::{Event, MediaKind, TrackInfo};
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 
 /// A paused video resumes no sooner than this after its pause.
 const RESUME_AFTER: Duration = Duration::from_secs(3);
+/// A step up in temporal layers waits this long for a layer-sync picture before it asks for a
+/// keyframe.
+const TEMPORAL_SYNC_WAIT: Duration = Duration::from_secs(1);
 
 impl Sfu {
     /// Re-chooses the layer of every simulcast subscription (of one participant, or of all):
@@ -58,7 +62,9 @@ impl Sfu {
                 let want = track.choose_layer(sub.layer_limit(track.layers.len()), now);
                 let t = sub.track;
                 let behind = sub.layer != Some(want) || sub.flow == Flow::AwaitingKeyframe;
-                self.participant_mut(idx).subscriptions[s].target_layer = want;
+                let sub = &mut self.participant_mut(idx).subscriptions[s];
+                sub.target_layer = want;
+                sub.temporal.set_target(ALL_TEMPORAL);
                 if behind {
                     self.request_keyframe(now, t, want, out);
                 }
@@ -135,9 +141,17 @@ impl Sfu {
                     }
                 };
                 let current = sub.target_layer;
+                let current_temporal = sub.temporal.target();
                 // A layer that failed (congestion soon after going up to it) is not tried
                 // again for a while, longer after each failure.
                 let up_allowed = sub.up_blocked_until.is_none_or(|t| now >= t);
+                // Whether (layer, temporal layers) is a step up from where the subscription is.
+                let is_up = |l: usize, temporal: u8| {
+                    paused
+                        || current == usize::MAX
+                        || l > current
+                        || (l == current && temporal > current_temporal)
+                };
                 let (limit, top) = if simulcast {
                     let limit = sub.preferred.max_index(track.layers.len());
                     let sending = |l: &usize| track.layers[*l].is_available(now);
@@ -156,8 +170,8 @@ impl Sfu {
                     (0..=limit)
                         .rev()
                         .filter(sending)
-                        .filter(|&l| current == usize::MAX || l <= current || up_allowed)
-                        .find(|&l| fits(l, paused || current == usize::MAX || l > current))
+                        .filter(|&l| !is_up(l, ALL_TEMPORAL) || up_allowed)
+                        .find(|&l| fits(l, is_up(l, ALL_TEMPORAL)))
                         .or_else(|| {
                             // Nothing it wants is sent: the lowest layer that is, if it fits.
                             (limit + 1..track.layers.len())
@@ -168,9 +182,42 @@ impl Sfu {
                 } else {
                     fits(0, paused).then_some(0)
                 };
+                // Not even the lowest layer fits whole: its base and middle temporal layers
+                // alone (a half or a quarter of the frame rate) may, before a pause.
+                let mut temporal = ALL_TEMPORAL;
+                let chosen = match chosen {
+                    None if !audio_only => {
+                        let lowest =
+                            (0..track.layers.len()).find(|&l| track.layers[l].is_sending(now));
+                        lowest.and_then(|l| {
+                            let layer = &track.layers[l];
+                            let t = (0..layer.top_temporal(now)).rev().find(|&t| {
+                                let up = is_up(l, t);
+                                let need = layer.temporal_rate_bps(now, t) as i64;
+                                (!up || up_allowed)
+                                    && if up {
+                                        need + need * 15 / 100 <= remaining
+                                            && (!paused || may_resume)
+                                    } else {
+                                        need <= remaining
+                                    }
+                            })?;
+                            temporal = t;
+                            Some(l)
+                        })
+                    }
+                    chosen => chosen,
+                };
+                let cost = |l: usize| {
+                    if temporal == ALL_TEMPORAL {
+                        rate(l)
+                    } else {
+                        track.layers[l].temporal_rate_bps(now, temporal)
+                    }
+                };
                 if let Some(top) = top {
                     desired += rate(top);
-                    held_back |= chosen.is_none_or(|c| c < top);
+                    held_back |= chosen.is_none_or(|c| c < top) || temporal != ALL_TEMPORAL;
                 }
                 let t = sub.track;
                 // Built only when the event is sent (not on every pass).
@@ -201,31 +248,51 @@ impl Sfu {
                     }
                     continue;
                 };
-                remaining -= rate(chosen) as i64;
+                remaining -= cost(chosen) as i64;
                 let info = paused.then(|| info(self));
                 let sub = &self.participant(idx).subscriptions[s];
                 // (A keyframe is asked for again while one is awaited: a lost request would
                 // otherwise leave the picture stopped until the publisher's next keyframe.)
-                let behind =
-                    sub.layer != Some(chosen) || paused || sub.flow == Flow::AwaitingKeyframe;
+                // (Also when a step up in temporal layers found no layer-sync picture within a
+                // second: an encoder that marks none starts them again only at a keyframe.)
+                let temporal_stalled = sub.layer == Some(chosen)
+                    && sub.temporal.current() < temporal.min(sub.temporal.target())
+                    && sub
+                        .upgraded_at
+                        .is_some_and(|t| now >= t + TEMPORAL_SYNC_WAIT);
+                let behind = sub.layer != Some(chosen)
+                    || paused
+                    || sub.flow == Flow::AwaitingKeyframe
+                    || temporal_stalled;
                 // Lower for want of bandwidth (not because the subscriber asked for less):
                 // stop the layer that overflows now rather than at the next keyframe.
                 let congested =
                     sub.layer.is_some_and(|l| chosen < l) && top.is_some_and(|t| chosen < t);
-                if congested && sub.flow == Flow::Flowing {
+                // Fewer temporal layers of the same layer: from the next picture on, no
+                // keyframe needed.
+                let thinned = !paused
+                    && sub.layer == Some(chosen)
+                    && temporal < current_temporal.min(sub.temporal.current());
+                let flowing = sub.flow == Flow::Flowing;
+                if congested && flowing {
                     self.counters.layer_bandwidth_downgrades += 1;
                 }
+                if thinned && flowing {
+                    self.counters.temporal_downgrades += 1;
+                }
+                let stepped_up = current != usize::MAX && is_up(chosen, temporal);
                 let p = self.participant_mut(idx);
                 let sub = &mut p.subscriptions[s];
-                if congested && sub.flow == Flow::Flowing {
+                if (congested || thinned) && sub.flow == Flow::Flowing {
                     if sub.note_congestion(now) {
                         p.downlink.failed_at_bps = p.downlink.allocated_bps;
                     }
-                } else if paused || (simulcast && current != usize::MAX && chosen > current) {
+                } else if paused || stepped_up {
                     sub.upgraded_at = Some(now);
                 }
                 sub.settle_upgrade(now);
                 sub.target_layer = chosen;
+                sub.temporal.set_target(temporal);
                 if paused || congested {
                     sub.flow = Flow::AwaitingKeyframe;
                 }
@@ -289,6 +356,7 @@ impl Sfu {
         let sub = &mut self.participant_mut(idx).subscriptions[s];
         sub.flow = Flow::AwaitingKeyframe;
         sub.target_layer = layer;
+        sub.temporal.set_target(ALL_TEMPORAL);
         self.events.push_back(Event::VideoPaused {
             participant,
             track: info,

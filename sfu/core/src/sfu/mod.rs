@@ -243,6 +243,8 @@ impl Sfu {
                     target: (s.target_layer < layers).then_some(s.target_layer as u8),
                     layers: layers as u8,
                     paused: s.flow == crate::subscription::Flow::Paused,
+                    temporal: (s.temporal.target() != crate::temporal_filter::ALL_TEMPORAL)
+                        .then(|| s.temporal.target()),
                 })
             })
             .collect();
