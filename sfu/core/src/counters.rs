@@ -64,6 +64,8 @@ pub struct Counters {
     pub temporal_downgrades: u64,
     /// Packets not forwarded to a subscriber because their temporal layer was dropped for it.
     pub temporal_skips: u64,
+    /// Video packets that waited in a subscriber's pacer (its estimate bound) before leaving.
+    pub paced_packets: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -113,6 +115,7 @@ impl std::ops::AddAssign for Counters {
             layers_resumed,
             temporal_downgrades,
             temporal_skips,
+            paced_packets,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -158,12 +161,13 @@ impl std::ops::AddAssign for Counters {
         self.layers_resumed += layers_resumed;
         self.temporal_downgrades += temporal_downgrades;
         self.temporal_skips += temporal_skips;
+        self.paced_packets += paced_packets;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 44] {
+    pub fn named(&self) -> [(&'static str, u64); 45] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -233,11 +237,12 @@ impl Counters {
             ("sfu_layers_resumed_total", self.layers_resumed),
             ("sfu_temporal_downgrades_total", self.temporal_downgrades),
             ("sfu_temporal_skipped_packets_total", self.temporal_skips),
+            ("sfu_paced_packets_total", self.paced_packets),
         ]
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 44] = [
+    pub const HELP: [(&'static str, &'static str); 45] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -410,6 +415,10 @@ impl Counters {
         (
             "sfu_temporal_skipped_packets_total",
             "Packets not forwarded to a subscriber because their VP8 temporal layer was dropped for it.",
+        ),
+        (
+            "sfu_paced_packets_total",
+            "Video packets that waited in a subscriber's pacer (its bandwidth estimate bound) before being sent.",
         ),
     ];
 

@@ -3,6 +3,7 @@
 //! last gave its subscriptions.
 
 use crate::bandwidth_estimator::BandwidthEstimator;
+use crate::pacer::Pacer;
 use crate::probe_cluster::ProbeCluster;
 use crate::send_history::SendHistory;
 use std::time::{Duration, Instant};
@@ -27,6 +28,8 @@ pub struct Downlink {
     /// What was allocated when a step up last failed: a probe must find well above it to
     /// count as the link having changed.
     pub failed_at_bps: u64,
+    /// Spreads video out at the estimate while it binds.
+    pub pacer: Pacer,
 }
 
 impl Downlink {
@@ -42,6 +45,7 @@ impl Downlink {
             desired_bps: 0,
             link_improved: false,
             failed_at_bps: 0,
+            pacer: Pacer::default(),
         }
     }
 

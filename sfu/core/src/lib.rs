@@ -16,6 +16,7 @@ pub mod downlink;
 pub mod ice_lite;
 pub mod inbound_stream;
 pub mod local_description;
+pub mod pacer;
 pub mod packet_cache;
 pub mod participant;
 pub mod payload_format;

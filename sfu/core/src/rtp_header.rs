@@ -213,14 +213,17 @@ impl<'a> HeaderWriter<'a> {
         }
     }
 
-    /// Appends a one-byte-header element (`id` 1..=14, 1..=16 bytes of value).
-    pub fn extension(&mut self, id: u8, value: &[u8]) {
+    /// Appends a one-byte-header element (`id` 1..=14, 1..=16 bytes of value). Returns where
+    /// its value lies (`None`: not written), for a value filled in later.
+    pub fn extension(&mut self, id: u8, value: &[u8]) -> Option<usize> {
         if id == 0 || id > 14 || value.is_empty() || value.len() > 16 {
-            return;
+            return None;
         }
         self.buf[self.pos] = (id << 4) | (value.len() as u8 - 1);
-        self.buf[self.pos + 1..self.pos + 1 + value.len()].copy_from_slice(value);
+        let at = self.pos + 1;
+        self.buf[at..at + value.len()].copy_from_slice(value);
         self.pos += 1 + value.len();
+        Some(at)
     }
 
     /// Pads the extension block to 32 bits and returns the header length.

@@ -30,6 +30,9 @@ pub struct SimulcastPublisher {
     /// Packets per frame and payload bytes per packet of each layer.
     pub packets_per_frame: [usize; LAYERS],
     pub packet_size: [usize; LAYERS],
+    /// A keyframe is this many times a frame's packets (as a real encoder's are several
+    /// times larger than the frames between them); 1 by default.
+    pub keyframe_scale: usize,
     /// Keyframes sent per layer (asked for or periodic).
     pub keyframes: [u32; LAYERS],
     /// Stops and restarts its encoders as the SFU's `LayersUnused` events say (as the web
@@ -66,6 +69,7 @@ impl SimulcastPublisher {
             numbered: false,
             packets_per_frame: PACKETS_PER_FRAME,
             packet_size: [300, 600, 900],
+            keyframe_scale: 1,
             keyframes: [0; LAYERS],
             follows_dynacast: false,
             events_seen: 0,
@@ -146,6 +150,11 @@ impl SimulcastPublisher {
                 self.tl0[l] = self.tl0[l].wrapping_add(1);
             }
             self.picture[l] = (self.picture[l] + 1) & 0x7fff;
+            let packets = if key {
+                packets * self.keyframe_scale.max(1)
+            } else {
+                packets
+            };
             for part in 0..packets {
                 let mut payload = if self.numbered {
                     // X, I (M: 15 bits), L, T; S on the first packet; layer id after the

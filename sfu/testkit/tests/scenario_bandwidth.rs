@@ -24,7 +24,15 @@ struct Call {
 
 impl Call {
     fn new(seed: u64, downlinks: &[Link]) -> Self {
-        let mut net = SimNetwork::new(seed, |_| {});
+        Self::with_config(seed, downlinks, |_| {})
+    }
+
+    fn with_config(
+        seed: u64,
+        downlinks: &[Link],
+        config: impl FnOnce(&mut sfu_core::SfuConfig),
+    ) -> Self {
+        let mut net = SimNetwork::new(seed, config);
         net.add_peer("pub", &[MediaKind::Audio]);
         let mut camera = SimulcastPublisher::new(&mut net, 0, true);
         // 30 fps: 1 × 600 B, 2 × 1000 B and 5 × 1100 B per frame.
@@ -602,4 +610,56 @@ fn below_the_lowest_layer_the_picture_keeps_moving_at_a_lower_frame_rate() {
         steps.iter().all(|&d| d <= 1),
         "picture ids continue across every step back up: {steps:?}"
     );
+}
+
+/// A subscriber on 900 kbit/s whose bottleneck queue holds only 80 ms (9 KB): the top layer
+/// does not fit, so its estimate binds. The publisher's keyframes are eight times its frames —
+/// sixteen packets of the middle layer at once, more than the queue holds. Paced, they leave
+/// at the estimate's pace and the queue does not overflow; unpaced (the same call, pacing
+/// off) keyframe bursts lose packets at the bottleneck. Returns the share of datagrams the
+/// bottleneck dropped over 20 s, the longest a packet waited in its queue, and the packets
+/// the pacer held.
+fn keyframe_bursts(pacing: bool) -> (f64, Duration, u64) {
+    let mut call = Call::with_config(
+        29,
+        &[Link::shaped(3_000_000, Duration::from_millis(100))],
+        |c| c.pacing = pacing,
+    );
+    call.camera.keyframe_scale = 8;
+    call.run(Duration::from_secs(3));
+    call.net
+        .set_downlink(1, Link::shaped(900_000, Duration::from_millis(80)));
+    call.run(Duration::from_secs(6));
+    let since = call.net.now;
+    call.run(Duration::from_secs(20));
+    let (loss, queued) = call.bottleneck(1, since, call.net.now);
+    let layers: std::collections::BTreeSet<u8> = call
+        .video(1)
+        .iter()
+        .filter(|p| p.at >= since)
+        .map(layer)
+        .collect();
+    println!(
+        "pacing {pacing}: bottleneck loss {:.2} %, longest queue {queued:?}, layers {layers:?}, \
+         paced packets {}",
+        loss * 100.0,
+        call.net.sfu.counters.paced_packets
+    );
+    (loss, queued, call.net.sfu.counters.paced_packets)
+}
+
+#[test]
+fn paced_keyframe_bursts_do_not_overflow_a_shallow_bottleneck_queue() {
+    let (paced_loss, paced_queue, paced) = keyframe_bursts(true);
+    let (burst_loss, _, unpaced) = keyframe_bursts(false);
+    assert!(paced > 0 && unpaced == 0);
+    assert!(
+        burst_loss > 0.005,
+        "unpaced keyframes overflow the queue (else this test shows nothing): {burst_loss}"
+    );
+    assert!(
+        paced_loss < burst_loss / 4.0,
+        "paced {paced_loss} vs unpaced {burst_loss}"
+    );
+    assert!(paced_queue <= Duration::from_millis(80), "{paced_queue:?}");
 }

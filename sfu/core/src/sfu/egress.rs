@@ -4,6 +4,8 @@
 use super::ingress::Received;
 use super::layers::layer_switch_timestamp;
 use super::*;
+use crate::pacer::PacedPacket;
+use crate::participant::Participant;
 use crate::payload_format::PayloadFormat;
 use crate::rtcp_writer;
 use crate::rtp_header::HeaderWriter;
@@ -48,6 +50,10 @@ impl Sfu {
             if !sub.permissions.subscribe {
                 continue;
             }
+            if sub.downlink.pacer.is_full() {
+                // The oldest waiting packet leaves now, to make room.
+                release_paced(sub, now, true, out, &mut self.counters);
+            }
             let (Some(ctx), Some(dest)) = (sub.outbound.as_deref(), sub.remote) else {
                 continue;
             };
@@ -58,6 +64,8 @@ impl Sfu {
             if !subscription.is_live() {
                 continue;
             }
+            // Video to a subscriber whose estimate binds waits in its pacer (audio never).
+            let paced = subscription.kind == MediaKind::Video && sub.downlink.pacer.is_pacing();
             let restart = match subscription.flow {
                 Flow::Paused => continue,
                 Flow::AwaitingKeyframe => {
@@ -113,9 +121,8 @@ impl Sfu {
             if let (Some(level), Some(id)) = (audio_level, audio_ext) {
                 w.extension(id, &[level]);
             }
-            if let Some(id) = twcc_ext {
-                w.extension(id, &twcc_seq.to_be_bytes());
-            }
+            // (A paced packet gets its transport-wide number when it leaves.)
+            let twcc_at = twcc_ext.and_then(|id| w.extension(id, &twcc_seq.to_be_bytes()));
             let hlen = w.finish();
             slot[hlen..hlen + payload.len()].copy_from_slice(payload);
             if renumber {
@@ -124,6 +131,22 @@ impl Sfu {
                     .rewrite(&mut slot[hlen..hlen + payload.len()], vp8);
             }
             let len = hlen + payload.len();
+            if paced {
+                subscription.packets = subscription.packets.wrapping_add(1);
+                subscription.octets = subscription.octets.wrapping_add(payload.len() as u32);
+                let meta = PacedPacket {
+                    slot: 0,
+                    len,
+                    header_len: hlen,
+                    ssrc: subscription.ssrc,
+                    ext_seq: out_ext,
+                    twcc_at,
+                    queued_at: now,
+                };
+                sub.downlink.pacer.enqueue(now, &slot[..len], meta);
+                release_paced(sub, now, false, out, &mut self.counters);
+                continue;
+            }
             match ctx.seal_rtp(
                 slot,
                 len,
@@ -146,6 +169,18 @@ impl Sfu {
                 }
                 Err(_) => self.counters.seal_failures += 1,
             }
+        }
+    }
+
+    /// Sends what participant `idx`'s pacer has due (called on every timer pass).
+    pub(super) fn send_paced(
+        &mut self,
+        now: Instant,
+        idx: ParticipantIdx,
+        out: &mut TransmitBatch,
+    ) {
+        if let Some(p) = self.participants[idx].as_mut() {
+            release_paced(p, now, false, out, &mut self.counters);
         }
     }
 
@@ -260,6 +295,7 @@ impl Sfu {
                     sub.twcc_out_seq = twcc_seq.wrapping_add(1);
                 }
                 let hlen = w.finish();
+                // (Not paced: a repair is what a subscriber waits for, and there are few.)
                 // RTX payload: the original sequence number, then the original payload.
                 slot[hlen..hlen + 2].copy_from_slice(&(out_ext as u16).to_be_bytes());
                 let mut len = hlen + 2;
@@ -410,6 +446,52 @@ impl Sfu {
                 subscription.octets,
             );
             self.send_rtcp(s, n, out);
+        }
+    }
+}
+
+/// Seals and sends what `p`'s pacer has due now — with `make_room`, just its oldest packet —
+/// each with the next transport-wide sequence number, recorded as sent now.
+fn release_paced(
+    p: &mut Participant,
+    now: Instant,
+    make_room: bool,
+    out: &mut TransmitBatch,
+    counters: &mut Counters,
+) {
+    let (Some(ctx), Some(dest)) = (p.outbound.as_deref(), p.remote) else {
+        return;
+    };
+    while let Some(packet) = p.downlink.pacer.release(now, make_room) {
+        let slot = out.slot();
+        slot[..packet.len].copy_from_slice(p.downlink.pacer.bytes(&packet));
+        let twcc_seq = p.twcc_out_seq;
+        if let Some(at) = packet.twcc_at {
+            slot[at..at + 2].copy_from_slice(&twcc_seq.to_be_bytes());
+        }
+        let ext = packet.ext_seq;
+        match ctx.seal_rtp(
+            slot,
+            packet.len,
+            packet.header_len,
+            packet.ssrc,
+            (ext >> 16) as u32,
+            ext as u16,
+        ) {
+            Ok(n) => {
+                if packet.twcc_at.is_some() {
+                    p.twcc_out_seq = twcc_seq.wrapping_add(1);
+                    p.downlink.history.record(twcc_seq, now, n, None);
+                }
+                out.commit(dest, n);
+                counters.paced_packets += 1;
+                counters.packets_out += 1;
+                counters.bytes_out += n as u64;
+            }
+            Err(_) => counters.seal_failures += 1,
+        }
+        if make_room {
+            return;
         }
     }
 }

@@ -309,9 +309,12 @@ impl Sfu {
                 }
             }
         }
+        let pacing = self.config.pacing;
         let dl = &mut self.participant_mut(idx).downlink;
         dl.allocated_bps = (estimate as i64 - remaining).max(0) as u64;
         dl.desired_bps = desired;
+        // The estimate binds: video leaves at its pace, not in bursts.
+        dl.pacer.pace((pacing && held_back).then_some(estimate));
         let may_probe = held_back
             && !overusing
             && dl.probe.is_none()

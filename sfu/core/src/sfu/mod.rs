@@ -60,6 +60,8 @@ pub struct SfuConfig {
     /// Tell publishers to stop encoding simulcast layers nobody needs (and to encode them
     /// again when someone does).
     pub dynacast: bool,
+    /// Pace video to a subscriber whose estimate binds (with `bandwidth_estimation`).
+    pub pacing: bool,
 }
 
 impl SfuConfig {
@@ -79,6 +81,7 @@ impl SfuConfig {
             start_bitrate_bps: 1_500_000,
             video_floor_bps: 100_000,
             dynacast: true,
+            pacing: true,
         }
     }
 }

@@ -113,9 +113,16 @@ impl Sfu {
                 self.request_keyframe(now, t, l, out);
             }
         }
-        // Probes in flight: the burst due this tick, and a verdict on those overdue.
+        // Probes in flight: the burst due this tick, and a verdict on those overdue; and what
+        // pacers have due.
         if self.config.bandwidth_estimation {
             for idx in self.participants.indices() {
+                let waiting = self.participants[idx]
+                    .as_ref()
+                    .is_some_and(|p| !p.downlink.pacer.is_empty());
+                if waiting {
+                    self.send_paced(now, idx, out);
+                }
                 let probing = self.participants[idx]
                     .as_ref()
                     .is_some_and(|p| p.downlink.probe.is_some());
