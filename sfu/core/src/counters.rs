@@ -418,7 +418,7 @@ impl Counters {
         ),
         (
             "sfu_paced_packets_total",
-            "Video packets that waited in a subscriber's pacer (its bandwidth estimate bound) before being sent.",
+            "Video packets sent through a subscriber's pacer (while its bandwidth estimate bound), at the estimate's pace.",
         ),
     ];
 

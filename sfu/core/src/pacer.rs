@@ -103,15 +103,19 @@ impl Pacer {
         self.refill(now);
         let next = self.queue.front()?;
         // Not in debt: one packet may go (the next waits until the rate has paid for it).
-        let due = self.allowance >= 0
-            || make_room
+        let paid = self.allowance >= 0 && self.rate_bps > 0;
+        let forced = make_room
             || self.rate_bps == 0
             || now.saturating_duration_since(next.queued_at) >= MAX_WAIT;
-        if !due {
+        if !paid && !forced {
             return None;
         }
         let packet = self.queue.pop_front()?;
-        self.allowance -= packet.len as i64;
+        // A packet that had to go (waited too long, made room) runs up no debt: charged, it
+        // would hold every later packet to the longest wait long after the backlog left.
+        if paid {
+            self.allowance -= packet.len as i64;
+        }
         Some(packet)
     }
 
@@ -201,6 +205,10 @@ mod tests {
         assert!((9..=14).contains(&early), "{early} in the first 240 ms");
         // ...and the rest at MAX_WAIT, since they waited that long.
         assert!(sent.iter().all(|s| s.0 <= MAX_WAIT));
+        // Those forced out ran up no debt: the next packet, a frame later, goes at once.
+        let later = now + Duration::from_millis(30);
+        p.enqueue(later, &[7u8; 1200], meta());
+        assert!(p.release(later, false).is_some());
     }
 
     #[allow(clippy::disallowed_methods)]

@@ -258,7 +258,7 @@ impl Subscription {
         self.flow = Flow::Flowing;
         self.vp8.switch_layer();
         // A layer starts at a keyframe, where every temporal layer may start.
-        self.temporal.at_keyframe();
+        self.temporal.at_keyframe(in_ext);
     }
 
     /// A packet of the current layer is not forwarded (its temporal layer is dropped): the

@@ -17,6 +17,9 @@ pub struct TemporalFilter {
     current: u8,
     /// The highest one the allocator gives the subscription.
     target: u8,
+    /// The incoming sequence number from which `current` holds: packets before it went out
+    /// (or not) under an earlier choice.
+    since: u64,
 }
 
 impl Default for TemporalFilter {
@@ -24,6 +27,7 @@ impl Default for TemporalFilter {
         Self {
             current: ALL_TEMPORAL,
             target: ALL_TEMPORAL,
+            since: 0,
         }
     }
 }
@@ -41,27 +45,35 @@ impl TemporalFilter {
         self.target = target;
     }
 
-    /// A keyframe: every layer can start here.
-    pub fn at_keyframe(&mut self) {
-        self.current = self.target;
+    /// A keyframe (incoming sequence number `seq`): every layer can start here.
+    pub fn at_keyframe(&mut self, seq: u64) {
+        if self.current != self.target {
+            self.current = self.target;
+            self.since = seq;
+        }
     }
 
-    /// Whether a packet of temporal layer `tid` goes out. Changes happen only where a
-    /// picture starts (`starts_picture`), so a picture goes out whole or not at all.
-    pub fn admits(&mut self, tid: u8, layer_sync: bool, starts_picture: bool) -> bool {
+    /// Whether a packet (`seq`) of temporal layer `tid` goes out. Changes happen only where a
+    /// picture starts (`starts_picture`), so a picture goes out whole or not at all; up one
+    /// layer at a time, each at its own layer-sync picture (a sync picture of layer 2 may be
+    /// followed by a layer-1 picture that refers to one not sent).
+    pub fn admits(&mut self, tid: u8, layer_sync: bool, starts_picture: bool, seq: u64) -> bool {
         if starts_picture {
             if self.target < self.current {
                 self.current = self.target;
-            } else if tid > self.current && tid <= self.target && layer_sync {
+                self.since = seq;
+            } else if tid == self.current.saturating_add(1) && tid <= self.target && layer_sync {
                 self.current = tid;
+                self.since = seq;
             }
         }
         tid <= self.current
     }
 
-    /// Whether a packet of layer `tid` may be sent as a repair now.
-    pub fn passes(&self, tid: u8) -> bool {
-        tid <= self.current
+    /// Whether a repair of packet `seq` of layer `tid` may be sent: its layer is forwarded,
+    /// or it came before the last change (it went out then; a skipped one maps to no repair).
+    pub fn passes(&self, tid: u8, seq: u64) -> bool {
+        tid <= self.current || seq < self.since
     }
 }
 
@@ -75,7 +87,7 @@ mod tests {
     fn run(f: &mut TemporalFilter, pictures: usize) -> Vec<u8> {
         (0..pictures)
             .map(|i| PATTERN[i % 4])
-            .filter(|&(tid, sync)| f.admits(tid, sync, true))
+            .filter(|&(tid, sync)| f.admits(tid, sync, true, 0))
             .map(|(tid, _)| tid)
             .collect()
     }
@@ -92,24 +104,34 @@ mod tests {
         // Up to all: the TID 2 picture after a base one is a sync.
         f.set_target(ALL_TEMPORAL);
         assert_eq!(run(&mut f, 4), vec![0, 2, 1, 2]);
+        // From the base alone up to all: one layer at a time, layer 1 at its sync, then 2.
+        f.set_target(0);
+        run(&mut f, 4);
+        f.set_target(ALL_TEMPORAL);
+        assert_eq!(run(&mut f, 8), vec![0, 1, 0, 2, 1, 2]);
     }
 
     #[test]
     fn a_picture_is_never_cut_and_a_keyframe_takes_the_target_at_once() {
         let mut f = TemporalFilter::default();
-        // A TID 2 picture of two packets: the target drops after its first packet.
-        assert!(f.admits(2, false, true));
+        // A TID 2 picture of two packets (10, 11): the target drops after its first packet.
+        assert!(f.admits(2, false, true, 10));
         f.set_target(0);
         assert!(
-            f.admits(2, false, false),
+            f.admits(2, false, false, 11),
             "the rest of the picture goes out"
         );
-        assert!(!f.admits(2, false, true), "the next TID 2 picture does not");
-        assert!(!f.passes(2));
+        assert!(
+            !f.admits(2, false, true, 12),
+            "the next TID 2 picture does not"
+        );
+        // A repair of what went out before the change may go; of what came after, not.
+        assert!(f.passes(2, 11));
+        assert!(!f.passes(2, 12));
         // Up without a sync picture waits; a keyframe does not.
         f.set_target(ALL_TEMPORAL);
-        assert!(!f.admits(2, false, true));
-        f.at_keyframe();
-        assert!(f.admits(2, false, true));
+        assert!(!f.admits(2, false, true, 13));
+        f.at_keyframe(14);
+        assert!(f.admits(2, false, true, 15));
     }
 }

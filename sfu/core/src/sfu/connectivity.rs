@@ -119,7 +119,12 @@ impl Sfu {
                             moved = p.outbound.is_some();
                             // Another network (Wi-Fi to cellular): its capacity is unknown,
                             // and what was lost on the old one says nothing about it.
+                            // (What waits in its pacer was numbered already: it leaves on the
+                            // new path at the next pass, unpaced, rather than leave a gap.)
+                            let mut pacer = std::mem::take(&mut p.downlink.pacer);
+                            pacer.pace(None);
                             p.downlink = Downlink::new(now);
+                            p.downlink.pacer = pacer;
                             if self.by_addr.get(&old) == Some(&idx) {
                                 self.by_addr.remove(&old);
                             }

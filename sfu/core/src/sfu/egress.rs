@@ -64,8 +64,10 @@ impl Sfu {
             if !subscription.is_live() {
                 continue;
             }
-            // Video to a subscriber whose estimate binds waits in its pacer (audio never).
-            let paced = subscription.kind == MediaKind::Video && sub.downlink.pacer.is_pacing();
+            // Video to a subscriber whose estimate binds waits in its pacer (audio never) — and,
+            // while anything still waits there, behind it, so the stream stays in order.
+            let paced = subscription.kind == MediaKind::Video
+                && (sub.downlink.pacer.is_pacing() || !sub.downlink.pacer.is_empty());
             let restart = match subscription.flow {
                 Flow::Paused => continue,
                 Flow::AwaitingKeyframe => {
@@ -88,16 +90,19 @@ impl Sfu {
                     self.counters.layer_switches += 1;
                 }
             }
+            if keyframe {
+                // Every temporal layer may start at a keyframe of the layer forwarded.
+                subscription.temporal.at_keyframe(media_ext);
+            }
             if let Some(tid) = vp8.temporal
                 && !subscription
                     .temporal
-                    .admits(tid, vp8.layer_sync, vp8.starts_picture)
+                    .admits(tid, vp8.layer_sync, vp8.starts_picture, media_ext)
             {
-                // A temporal layer this subscriber does not get: its stream closes over it.
+                // A temporal layer this subscriber does not get: its stream closes over it
+                // (the picture at any of its packets: its first may have been lost).
                 subscription.skip(media_ext);
-                if vp8.starts_picture {
-                    subscription.vp8.skip_picture(payload, vp8);
-                }
+                subscription.vp8.skip_picture(payload, vp8);
                 self.counters.temporal_skips += 1;
                 continue;
             }
@@ -273,12 +278,12 @@ impl Sfu {
                 } else {
                     Vp8Descriptor::default()
                 };
-                // Not a picture of a temporal layer the subscriber no longer gets (a NACK for
-                // the gap a late packet of one left): its references may be missing.
+                // Not a packet of a temporal layer the subscriber no longer got when it came (a
+                // NACK for the gap a late packet of one left): its references may be missing.
                 // Nor one whose picture is older than the numbering remembers.
                 if at
                     .temporal
-                    .is_some_and(|tid| !subscription.temporal.passes(tid))
+                    .is_some_and(|tid| !subscription.temporal.passes(tid, in_ext))
                     || !subscription.vp8.places(payload, at)
                 {
                     self.counters.nacks_unrepairable += 1;

@@ -180,7 +180,10 @@ impl Sfu {
                         })
                         .or_else(|| top.is_none().then(|| track.choose_layer(limit, now)))
                 } else {
-                    fits(0, paused).then_some(0)
+                    // Back to every temporal layer is a step up too (room to spare, and not
+                    // while a failed step is held back).
+                    let up = paused || (current == 0 && current_temporal != ALL_TEMPORAL);
+                    ((!up || up_allowed) && fits(0, up)).then_some(0)
                 };
                 // Not even the lowest layer fits whole: its base and middle temporal layers
                 // alone (a half or a quarter of the frame rate) may, before a pause.
@@ -256,7 +259,10 @@ impl Sfu {
                 // (Also when a step up in temporal layers found no layer-sync picture within a
                 // second: an encoder that marks none starts them again only at a keyframe.)
                 let temporal_stalled = sub.layer == Some(chosen)
-                    && sub.temporal.current() < temporal.min(sub.temporal.target())
+                    && sub.temporal.current()
+                        < temporal
+                            .min(sub.temporal.target())
+                            .min(track.layers[chosen].top_temporal(now))
                     && sub
                         .upgraded_at
                         .is_some_and(|t| now >= t + TEMPORAL_SYNC_WAIT);
