@@ -8,6 +8,7 @@
 //! decrypts and authenticates each packet and reads its stamp for one-way latency.
 
 use crate::receive_stats::{ReceiveStats, RxTotals};
+use crate::shaped_downlink::{LinkSchedule, PhaseReport, ShapedDownlink, summarise};
 use crate::synthetic_media::{
     Emit, MediaProfile, StreamKind, SyntheticMedia, frame_header, read_stamp, stamp,
 };
@@ -94,6 +95,10 @@ struct Client {
     sent_forwarded: u64,
     sent_bytes: u64,
     counter: u64,
+    /// Its downlink, when shaped: what the server sends passes through it first; and when
+    /// it next reports reception (as browsers do, about once a second).
+    shaper: Option<ShapedDownlink>,
+    next_receiver_report: Option<Instant>,
 }
 
 /// How a WebRTC participant meets its server.
@@ -129,6 +134,8 @@ impl Client {
             sent_forwarded: 0,
             sent_bytes: 0,
             counter: 0,
+            shaper: None,
+            next_receiver_report: None,
         }
     }
 }
@@ -167,6 +174,13 @@ pub enum ToMedia {
     },
     /// Starts the measurement window: receive counters start from zero.
     ResetStats,
+    /// From now on every WebRTC participant's downlink steps through `schedule`, each a
+    /// token bucket draining a drop-tail queue of `queue` (as `tc tbf` shapes a link), and
+    /// each decrypts everything it receives to send transport-wide feedback, as a browser does.
+    ShapeDownlinks {
+        schedule: LinkSchedule,
+        queue: Duration,
+    },
     Report {
         reply: oneshot::Sender<GeneratorReport>,
     },
@@ -193,6 +207,8 @@ pub struct GeneratorReport {
     pub connected: usize,
     /// Participants that received at least one media packet.
     pub receiving: usize,
+    /// Per phase of the shaped downlinks' schedule (empty when not shaped).
+    pub downlinks: Vec<PhaseReport>,
 }
 
 pub struct Generator {
@@ -418,6 +434,18 @@ impl Generator {
                     c.sent_bytes = 0;
                 }
             }
+            ToMedia::ShapeDownlinks { schedule, queue } => {
+                for c in &mut self.clients {
+                    if let Transport::WebRtc(peer) = &mut c.transport {
+                        // Everything it receives is opened, kept (for its receiver reports)
+                        // and acknowledged in transport-wide feedback, as a browser does.
+                        peer.transport_feedback = true;
+                        peer.keep_history = true;
+                        c.shaper = Some(ShapedDownlink::new(schedule.clone(), queue, now));
+                        c.next_receiver_report = Some(now + Duration::from_secs(1));
+                    }
+                }
+            }
             ToMedia::Report { reply } => {
                 let _ = reply.send(self.report());
             }
@@ -448,6 +476,19 @@ impl Generator {
             };
             r.connected += usize::from(connected);
         }
+        let now = Instant::now();
+        let links: Vec<ShapedDownlink> = self
+            .clients
+            .iter()
+            .filter_map(|c| c.shaper.clone())
+            // Only receivers: a publishing-only peer connection (Janus's) gets nothing.
+            .filter(|l| l.phases.iter().any(|p| p.offered_bytes > 0))
+            .map(|mut l| {
+                l.finish(now);
+                l
+            })
+            .collect();
+        r.downlinks = summarise(&links);
         r
     }
 
@@ -462,6 +503,7 @@ impl Generator {
             rx,
             sampled,
             first_media,
+            shaper,
             ..
         } = c;
         let mut on_packet = |from: SocketAddr, buf: &mut [u8], arrival: u64| match transport {
@@ -470,28 +512,17 @@ impl Generator {
                     peer.handle_datagram(now, from, buf);
                     return;
                 }
-                let Ok(h) = RtpHeader::parse(buf) else {
+                if let Some(shaper) = shaper {
+                    // Through the shaped link first; it reaches the participant later.
+                    let audio = RtpHeader::parse(buf).is_ok_and(|h| {
+                        peer.incoming
+                            .iter()
+                            .any(|l| l.ssrc == h.ssrc && l.kind == MediaKind::Audio)
+                    });
+                    shaper.offer(now, from, buf, audio);
                     return;
-                };
-                let clock = match peer.incoming.iter().find(|l| l.ssrc == h.ssrc) {
-                    Some(l) if l.kind == MediaKind::Audio => 48_000,
-                    _ => 90_000,
-                };
-                rx.on_header(
-                    h.ssrc,
-                    h.sequence_number,
-                    h.timestamp,
-                    arrival,
-                    clock,
-                    buf.len(),
-                );
-                first_media.get_or_insert(now);
-                if *sampled
-                    && let Some(p) = peer.open_rtp(now, buf)
-                    && let Some((sent, _)) = read_stamp(&p.payload)
-                {
-                    rx.on_latency(sent, arrival);
                 }
+                take_rtp(peer, rx, *sampled, first_media, now, buf, arrival);
             }
             Transport::Plain { .. } => {
                 let Ok(h) = RtpHeader::parse(buf) else {
@@ -558,6 +589,34 @@ impl Generator {
     fn tick(&mut self, idx: usize, now: Instant) {
         let profile_audio = self.profile.audio;
         let c = &mut self.clients[idx];
+        if let (Some(shaper), Transport::WebRtc(peer)) = (c.shaper.as_mut(), &mut c.transport) {
+            while let Some((from, bytes, at)) = shaper.deliver(now) {
+                // Arrival on the generator's (real-time) clock: when the link let it through.
+                let late = now.saturating_duration_since(at).as_nanos() as u64;
+                let arrival = now_ns().saturating_sub(late);
+                if let Ok(h) = RtpHeader::parse(&bytes) {
+                    let audio = peer
+                        .incoming
+                        .iter()
+                        .any(|l| l.ssrc == h.ssrc && l.kind == MediaKind::Audio);
+                    let clock = if audio { 48_000 } else { 90_000 };
+                    c.rx.on_header(
+                        h.ssrc,
+                        h.sequence_number,
+                        h.timestamp,
+                        arrival,
+                        clock,
+                        bytes.len(),
+                    );
+                    c.first_media.get_or_insert(at);
+                }
+                peer.handle_datagram(at, from, &bytes);
+            }
+            if c.next_receiver_report.is_some_and(|t| now >= t) {
+                c.next_receiver_report = Some(now + Duration::from_secs(1));
+                peer.send_receiver_reports();
+            }
+        }
         let ready = match &mut c.transport {
             Transport::WebRtc(peer) => {
                 if peer.poll_timeout().is_some_and(|t| t <= now) {
@@ -670,5 +729,41 @@ impl Generator {
             }
         }
         self.batch.clear();
+    }
+}
+
+/// A media packet that reached a WebRTC participant at `now` (`arrival` on the real-time
+/// clock): counted from its clear header, and — sampled — opened (its transport-wide number
+/// recorded for feedback) and its stamp read for latency.
+fn take_rtp(
+    peer: &mut SimPeer,
+    rx: &mut ReceiveStats,
+    sampled: bool,
+    first_media: &mut Option<Instant>,
+    now: Instant,
+    buf: &mut [u8],
+    arrival: u64,
+) {
+    let Ok(h) = RtpHeader::parse(buf) else {
+        return;
+    };
+    let clock = match peer.incoming.iter().find(|l| l.ssrc == h.ssrc) {
+        Some(l) if l.kind == MediaKind::Audio => 48_000,
+        _ => 90_000,
+    };
+    rx.on_header(
+        h.ssrc,
+        h.sequence_number,
+        h.timestamp,
+        arrival,
+        clock,
+        buf.len(),
+    );
+    first_media.get_or_insert(now);
+    if sampled
+        && let Some(p) = peer.open_rtp(now, buf)
+        && let Some((sent, _)) = read_stamp(&p.payload)
+    {
+        rx.on_latency(sent, arrival);
     }
 }

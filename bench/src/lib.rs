@@ -12,6 +12,7 @@ pub mod raw_relay;
 pub mod receive_stats;
 pub mod report;
 pub mod scenario;
+pub mod shaped_downlink;
 pub mod synthetic_media;
 pub mod tcp_link;
 pub mod timestamped_recv;

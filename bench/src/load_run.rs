@@ -27,6 +27,9 @@ pub enum TargetKind {
     Ours,
     /// Our SFU with every participant over ICE-TCP (RFC 6544) instead of UDP.
     OursTcp,
+    /// Our SFU choosing layers by receiver-reported loss alone (`bandwidth_estimation =
+    /// false`), the behaviour before bandwidth estimation, for comparison.
+    OursLossOnly,
     /// The raw UDP relay: the machine's ceiling for the same packet pattern.
     Relay,
     /// Janus's VideoRoom (Debian's `janus`), started by the harness in a network namespace.
@@ -38,6 +41,7 @@ impl TargetKind {
         match self {
             TargetKind::Ours => "ours",
             TargetKind::OursTcp => "ours-tcp",
+            TargetKind::OursLossOnly => "ours-loss-only",
             TargetKind::Relay => "relay",
             TargetKind::Janus => "janus",
         }
@@ -71,6 +75,9 @@ pub struct RunOptions {
     pub server_pid: Option<u32>,
     /// Report delivery, latency and the server's memory every this long (a soak).
     pub soak_interval: Option<Duration>,
+    /// Shape every receiver's downlink through this schedule, with a drop-tail queue this
+    /// long, for the measurement (which then lasts the schedule).
+    pub downlink: Option<(crate::shaped_downlink::LinkSchedule, Duration)>,
 }
 
 /// A child process that is killed when dropped.
@@ -453,11 +460,18 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             )
         }
         (Some(_), _) => bail!("--url measures our SFU: target ours or ours-tcp"),
-        (None, TargetKind::Ours | TargetKind::OursTcp) => {
+        (None, TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly) => {
             let config = dir.join("bench.toml");
+            let estimation = if target == TargetKind::OursLossOnly {
+                "[sfu]\nbandwidth_estimation = false\n"
+            } else {
+                ""
+            };
             std::fs::write(
                 &config,
-                "[meetings]\nmax_participants = 100000\nqueue_limit = 100000\n",
+                format!(
+                    "[meetings]\nmax_participants = 100000\nqueue_limit = 100000\n{estimation}"
+                ),
             )?;
             let args: Vec<String> = [
                 "serve",
@@ -521,10 +535,12 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     // Join everyone, paced.
     let issuer = match target {
         _ if opts.deployment.is_some() => None,
-        TargetKind::Ours | TargetKind::OursTcp => Some(match &opts.issuer_key {
-            Some(k) => DevIssuer::load(k)?,
-            None => DevIssuer::load_or_create(&key_path)?,
-        }),
+        TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly => {
+            Some(match &opts.issuer_key {
+                Some(k) => DevIssuer::load(k)?,
+                None => DevIssuer::load_or_create(&key_path)?,
+            })
+        }
         TargetKind::Relay | TargetKind::Janus => None,
     };
     let mut receivers = 0usize;
@@ -549,7 +565,9 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             .any(|o| o.meeting == p.meeting && o.publish && o.name != p.name);
         receivers += usize::from(expects_media);
         match target {
-            TargetKind::Ours | TargetKind::OursTcp if opts.deployment.is_some() => {
+            TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly
+                if opts.deployment.is_some() =>
+            {
                 let d = opts.deployment.as_ref().context("deployment")?;
                 tasks.push(tokio::spawn(participant(
                     Joining {
@@ -564,7 +582,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     stop_rx.clone(),
                 )));
             }
-            TargetKind::Ours | TargetKind::OursTcp => {
+            TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)?
                     .as_secs() as i64;
@@ -627,6 +645,16 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
 
     // The measurement window.
     to_media.send(ToMedia::ResetStats)?;
+    let duration = match &opts.downlink {
+        Some((schedule, queue)) => {
+            to_media.send(ToMedia::ShapeDownlinks {
+                schedule: schedule.clone(),
+                queue: *queue,
+            })?;
+            schedule.total()
+        }
+        None => opts.duration,
+    };
     // Our SFU's counters: on the server the harness started, or on a deployment's internal
     // listener (a single node's; with standalone nodes they are on the nodes).
     let (metrics_http, metrics_base) = match &opts.deployment {
@@ -634,7 +662,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         None => (http.clone(), base.clone()),
     };
     let counters_before = match target {
-        TargetKind::Ours | TargetKind::OursTcp => {
+        TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly => {
             sfu_counters(&metrics_http, &metrics_base).await.ok()
         }
         TargetKind::Relay | TargetKind::Janus => None,
@@ -654,7 +682,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         )),
         None => None,
     };
-    while t0.elapsed() < opts.duration {
+    while t0.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if let Some((every, since, before, cpu)) = &mut soak
             && since.elapsed() >= *every
@@ -683,7 +711,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                 "\r[{}] {:>4.0}/{:.0} s  received {:>8.0} pkt/s  loss {:>6.3} %  server CPU {:>5.1} %   ",
                 target.name(),
                 secs,
-                opts.duration.as_secs_f64(),
+                duration.as_secs_f64(),
                 g.rx.packets as f64 / secs,
                 g.rx.loss_pct(),
                 server_cpu.percent(),
@@ -832,6 +860,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         generator_limited,
         notes,
         intervals,
+        downlink_phases: g.downlinks.clone(),
         ..Default::default()
     };
     report.set_join_times(g.join_ms);

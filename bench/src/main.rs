@@ -140,6 +140,17 @@ struct LoadArgs {
     /// the SFU under test trusts it. Default: a fresh development key per run.
     #[arg(long, env = "BENCH_ISSUER_KEY")]
     issuer_key: Option<PathBuf>,
+    /// Shape every receiver's downlink in the generator through this schedule of capacity
+    /// steps, kbit/s:seconds (e.g. `3000:10,400:20,250:20,3000:20`; the first phase is taken
+    /// as unconstrained), a token bucket draining a drop-tail queue as `tc tbf` does; the
+    /// measurement then lasts the schedule and reports each phase: time to adapt,
+    /// utilisation, loss (audio and video), p95 queueing delay, video stalled. For a few
+    /// receivers (each decrypts and keeps all it receives, as a browser).
+    #[arg(long, env = "BENCH_DOWNLINK")]
+    downlink: Option<bench::shaped_downlink::LinkSchedule>,
+    /// The shaped downlinks' queue, in milliseconds at the current capacity.
+    #[arg(long, env = "BENCH_DOWNLINK_QUEUE_MS", default_value_t = 250)]
+    downlink_queue_ms: u64,
 }
 
 #[derive(Args, Clone)]
@@ -237,6 +248,10 @@ impl LoadArgs {
             deployment: None,
             server_pid: None,
             soak_interval: None,
+            downlink: self
+                .downlink
+                .clone()
+                .map(|s| (s, Duration::from_millis(self.downlink_queue_ms.max(1)))),
         })
     }
 }
@@ -261,6 +276,10 @@ fn write_outputs(
     points: &[LoadPoint],
 ) -> anyhow::Result<()> {
     println!("{}", table(reports));
+    let shaped = bench::report::downlink_table(reports);
+    if !shaped.is_empty() {
+        println!("{shaped}");
+    }
     if let Some(path) = &out.json {
         let doc = serde_json::json!({
             "command": std::env::args().collect::<Vec<_>>().join(" "),

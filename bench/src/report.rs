@@ -78,6 +78,9 @@ pub struct TargetReport {
     /// A soak's figures per interval (`--soak-interval`): drift shows here.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub intervals: Vec<IntervalReport>,
+    /// With shaped downlinks (`--downlink`): what each phase of the schedule did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub downlink_phases: Vec<crate::shaped_downlink::PhaseReport>,
 }
 
 /// One interval of a soak.
@@ -276,6 +279,55 @@ pub fn table(reports: &[TargetReport]) -> String {
     for r in reports {
         for n in &r.notes {
             out += &format!("note ({}): {n}\n", r.target);
+        }
+    }
+    out
+}
+
+/// The shaped downlinks' phases, target by target: how each adapted to the capacity steps.
+pub fn downlink_table(reports: &[TargetReport]) -> String {
+    let mut out = String::new();
+    if reports.iter().all(|r| r.downlink_phases.is_empty()) {
+        return out;
+    }
+    out += &format!(
+        "{:<16}{:>18}{:>10}{:>12}{:>10}{:>10}{:>10}{:>12}{:>16}\n",
+        "shaped downlink",
+        "capacity kbit/s×s",
+        "sent kb/s",
+        "utilised %",
+        "video %",
+        "audio %",
+        "p95 ms",
+        "stalled s",
+        "adapt s (max)"
+    );
+    out += &format!(
+        "{:<16}{:>18}{:>10}{:>12}{:>10}{:>10}{:>10}{:>12}{:>16}\n",
+        "", "", "", "", "lost", "lost", "queue", "video", ""
+    );
+    for r in reports {
+        for p in &r.downlink_phases {
+            let adapt = match (p.adapt_median_s, p.adapt_max_s) {
+                (None, _) if p.adapted == 0 && p.receivers > 0 && p.adapt_max_s.is_none() => {
+                    "-".to_owned()
+                }
+                (Some(m), Some(x)) => format!("{m:.2} ({x:.2})"),
+                (Some(m), None) => format!("{m:.2} ({}/{} did)", p.adapted, p.receivers),
+                (None, _) => "-".to_owned(),
+            };
+            out += &format!(
+                "{:<16}{:>18}{:>10.0}{:>12.0}{:>10.2}{:>10.2}{:>10.0}{:>12.1}{:>16}\n",
+                r.target,
+                format!("{}×{:.0}", p.capacity_kbps, p.seconds),
+                p.offered_kbps,
+                p.utilisation_pct,
+                p.video_loss_pct,
+                p.audio_loss_pct,
+                p.queue_p95_ms,
+                p.video_stalled_s,
+                adapt
+            );
         }
     }
     out
