@@ -132,9 +132,11 @@ test("a patient's shaped downlink: the top layer at 3 Mbit/s, a lower one within
     console.log(`# back to 3 Mbit/s: ${widthsOf(back)}; top again at ${upAt && upAt[0]} ms; jitter buffer ${jitterEnd} ms (was ${jitterNarrow} ms at 400 kbit/s); freezes ${back[back.length - 1][1].freezes}`);
     assert.ok(upAt && upAt[0] <= 15000, `back on the top layer (at ${upAt && upAt[0]} ms)`);
     assert.ok(back.slice(-8).every(([, r]) => r.width >= top && !r.paused), "and stays there");
-    // The jitter buffer is reported, not asserted: it came back to 87–174 ms in five runs and
-    // stayed at 594 ms in one (docs/bwe.md, "Where it falls short"), not yet understood.
+    // The jitter buffer comes back down: it grew to ~550 ms and stayed there after the link
+    // recovered before bandwidth estimation (and once, 594 ms, in a CI run before the pacer
+    // and the unblock fix: docs/bwe.md, "Where it falls short"); 87–174 ms in the runs since.
     assert.ok(jitterEnd !== null, "video frames left the jitter buffer at the end");
+    assert.ok(jitterEnd < 400, `the jitter buffer came back down after the link recovered (${jitterEnd} ms)`);
     assert.deepEqual(await patient.evaluate(() => window.hcState.errors), []);
   } catch (e) {
     if (server) e.message += `\nserver log:\n${server.logs().slice(-3000)}`;
