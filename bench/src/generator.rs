@@ -594,22 +594,7 @@ impl Generator {
                 // Arrival on the generator's (real-time) clock: when the link let it through.
                 let late = now.saturating_duration_since(at).as_nanos() as u64;
                 let arrival = now_ns().saturating_sub(late);
-                if let Ok(h) = RtpHeader::parse(&bytes) {
-                    let audio = peer
-                        .incoming
-                        .iter()
-                        .any(|l| l.ssrc == h.ssrc && l.kind == MediaKind::Audio);
-                    let clock = if audio { 48_000 } else { 90_000 };
-                    c.rx.on_header(
-                        h.ssrc,
-                        h.sequence_number,
-                        h.timestamp,
-                        arrival,
-                        clock,
-                        bytes.len(),
-                    );
-                    c.first_media.get_or_insert(at);
-                }
+                count_rtp(peer, &mut c.rx, &mut c.first_media, at, &bytes, arrival);
                 peer.handle_datagram(at, from, &bytes);
             }
             if c.next_receiver_report.is_some_and(|t| now >= t) {
@@ -744,6 +729,24 @@ fn take_rtp(
     buf: &mut [u8],
     arrival: u64,
 ) {
+    count_rtp(peer, rx, first_media, now, buf, arrival);
+    if sampled
+        && let Some(p) = peer.open_rtp(now, buf)
+        && let Some((sent, _)) = read_stamp(&p.payload)
+    {
+        rx.on_latency(sent, arrival);
+    }
+}
+
+/// Counts a media packet that reached a WebRTC participant from its clear header.
+fn count_rtp(
+    peer: &SimPeer,
+    rx: &mut ReceiveStats,
+    first_media: &mut Option<Instant>,
+    now: Instant,
+    buf: &[u8],
+    arrival: u64,
+) {
     let Ok(h) = RtpHeader::parse(buf) else {
         return;
     };
@@ -760,10 +763,4 @@ fn take_rtp(
         buf.len(),
     );
     first_media.get_or_insert(now);
-    if sampled
-        && let Some(p) = peer.open_rtp(now, buf)
-        && let Some((sent, _)) = read_stamp(&p.payload)
-    {
-        rx.on_latency(sent, arrival);
-    }
 }
