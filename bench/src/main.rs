@@ -289,7 +289,11 @@ fn write_outputs(
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(path) = &out.plot {
+    if let Some(path) = &out.plot
+        && reports.iter().any(|r| !r.downlink_phases.is_empty())
+    {
+        bench::plot::draw_downlinks(path, reports)?;
+    } else if let Some(path) = &out.plot {
         let points: Vec<LoadPoint> = if points.is_empty() {
             reports
                 .iter()

@@ -83,6 +83,8 @@ pub struct PhaseTally {
     pub queue_us: Vec<u32>,
     /// Bytes offered per [`BIN`], from the phase's start.
     pub offered_bins: Vec<u64>,
+    /// Bytes that got through per [`BIN`], by when they arrived.
+    pub delivered_bins: Vec<u64>,
     /// Time without video over [`VIDEO_STALL`] (the whole gap counts).
     pub video_stalled: Duration,
     last_video: Option<Instant>,
@@ -181,8 +183,17 @@ impl ShapedDownlink {
         }
         let q = self.queue.pop_front()?;
         let p = self.phase(q.deliver_at);
+        let bin = (q
+            .deliver_at
+            .saturating_duration_since(self.phase_start(p))
+            .as_nanos()
+            / BIN.as_nanos()) as usize;
         let tally = &mut self.phases[p];
         tally.delivered_bytes += q.bytes.len() as u64;
+        if tally.delivered_bins.len() <= bin {
+            tally.delivered_bins.resize(bin + 1, 0);
+        }
+        tally.delivered_bins[bin] += q.bytes.len() as u64;
         let waited = q.deliver_at.saturating_duration_since(q.queued_at);
         tally
             .queue_us
@@ -244,6 +255,10 @@ pub struct PhaseReport {
     pub adapt_max_s: Option<f64>,
     pub adapted: usize,
     pub receivers: usize,
+    /// Per 250 ms from the phase's start, mean per receiver: what the server sent, and what
+    /// got through (kbit/s), for the plot.
+    pub sent_kbps_bins: Vec<f64>,
+    pub through_kbps_bins: Vec<f64>,
 }
 
 /// Sums up the phases of every receiver's link (all on one schedule).
@@ -303,7 +318,23 @@ pub fn summarise(links: &[ShapedDownlink]) -> Vec<PhaseReport> {
                 }
             }
             adapt.sort_by(f64::total_cmp);
+            let bins = (dur.as_nanos() / BIN.as_nanos()) as usize;
+            let mean_bins = |f: &dyn Fn(&PhaseTally) -> &Vec<u64>| -> Vec<f64> {
+                (0..bins)
+                    .map(|i| {
+                        links
+                            .iter()
+                            .map(|l| f(&l.phases[p]).get(i).copied().unwrap_or(0))
+                            .map(bin_rate)
+                            .sum::<f64>()
+                            / n
+                            / 1000.0
+                    })
+                    .collect()
+            };
             PhaseReport {
+                sent_kbps_bins: mean_bins(&|t| &t.offered_bins),
+                through_kbps_bins: mean_bins(&|t| &t.delivered_bins),
                 capacity_kbps: rate / 1000,
                 seconds: secs,
                 utilisation_pct: sum(&|t| t.delivered_bytes) as f64 * 8.0 / n / secs * 100.0
