@@ -122,6 +122,14 @@ impl BandwidthEstimator {
         }
     }
 
+    /// A receiver's own estimate of its downlink (REMB), for a subscriber that sends no
+    /// transport-wide feedback: taken as it is.
+    pub fn set_receiver_estimate(&mut self, bps: u64) {
+        let bps = (bps as f64).clamp(MIN_BPS, MAX_BPS);
+        self.delay_based_bps = bps;
+        self.loss_bound_bps = bps;
+    }
+
     /// The estimate: what may be sent to this subscriber, bits per second.
     pub fn estimate_bps(&self) -> u64 {
         self.delay_based_bps.min(self.loss_bound_bps) as u64

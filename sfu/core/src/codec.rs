@@ -19,7 +19,9 @@ pub struct CodecParams {
 const VIDEO_PREFERENCE: [&str; 4] = ["VP8", "H264", "VP9", "AV1"];
 
 pub const AUDIO_FEEDBACK: &[&str] = &["transport-cc"];
-pub const VIDEO_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir", "transport-cc"];
+/// `goog-remb` too: a client that estimates its own downlink (REMB) rather than acknowledging
+/// each packet gets its estimate heard; transport-wide feedback wins when both come.
+pub const VIDEO_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"];
 
 impl CodecParams {
     /// The `a=rtpmap` value: `<pt> <name>/<clock>[/<channels>]`.

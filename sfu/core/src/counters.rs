@@ -66,6 +66,8 @@ pub struct Counters {
     pub temporal_skips: u64,
     /// Video packets that waited in a subscriber's pacer (its estimate bound) before leaving.
     pub paced_packets: u64,
+    /// Receiver estimates (REMB) taken from subscribers without transport-wide feedback.
+    pub receiver_estimates_in: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -116,6 +118,7 @@ impl std::ops::AddAssign for Counters {
             temporal_downgrades,
             temporal_skips,
             paced_packets,
+            receiver_estimates_in,
         } = o;
         self.packets_in += packets_in;
         self.bytes_in += bytes_in;
@@ -162,12 +165,13 @@ impl std::ops::AddAssign for Counters {
         self.temporal_downgrades += temporal_downgrades;
         self.temporal_skips += temporal_skips;
         self.paced_packets += paced_packets;
+        self.receiver_estimates_in += receiver_estimates_in;
     }
 }
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 45] {
+    pub fn named(&self) -> [(&'static str, u64); 46] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -238,11 +242,15 @@ impl Counters {
             ("sfu_temporal_downgrades_total", self.temporal_downgrades),
             ("sfu_temporal_skipped_packets_total", self.temporal_skips),
             ("sfu_paced_packets_total", self.paced_packets),
+            (
+                "sfu_receiver_estimates_in_total",
+                self.receiver_estimates_in,
+            ),
         ]
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 45] = [
+    pub const HELP: [(&'static str, &'static str); 46] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -419,6 +427,10 @@ impl Counters {
         (
             "sfu_paced_packets_total",
             "Video packets sent through a subscriber's pacer (while its bandwidth estimate bound), at the estimate's pace.",
+        ),
+        (
+            "sfu_receiver_estimates_in_total",
+            "Receiver estimates (REMB) taken as the bandwidth estimate of subscribers that send no transport-wide feedback.",
         ),
     ];
 

@@ -30,6 +30,8 @@ pub struct Downlink {
     pub failed_at_bps: u64,
     /// Spreads video out at the estimate while it binds.
     pub pacer: Pacer,
+    /// The estimate is the subscriber's own (REMB): it has sent no transport-wide feedback.
+    pub receiver_estimated: bool,
 }
 
 impl Downlink {
@@ -46,6 +48,7 @@ impl Downlink {
             link_improved: false,
             failed_at_bps: 0,
             pacer: Pacer::default(),
+            receiver_estimated: false,
         }
     }
 

@@ -19,6 +19,30 @@ pub fn pli(buf: &mut [u8], media_ssrc: u32) -> usize {
     12
 }
 
+/// Receiver Estimated Maximum Bitrate (draft-alvestrand-rmcat-remb-03): what a receiver
+/// estimates its downlink carries, for `ssrcs`. 20 + 4 per SSRC bytes (at most 8 SSRCs here).
+pub fn remb(buf: &mut [u8], sender_ssrc: u32, bitrate_bps: u64, ssrcs: &[u32]) -> usize {
+    let ssrcs = &ssrcs[..ssrcs.len().min(8)];
+    // An 18-bit mantissa and a 6-bit exponent.
+    let mut exp = 0u32;
+    let mut mantissa = bitrate_bps;
+    while mantissa >= 1 << 18 {
+        mantissa >>= 1;
+        exp += 1;
+    }
+    let len = 20 + 4 * ssrcs.len();
+    header(buf, 15, 206, (len / 4 - 1) as u16);
+    buf[4..8].copy_from_slice(&sender_ssrc.to_be_bytes());
+    buf[8..12].copy_from_slice(&0u32.to_be_bytes());
+    buf[12..16].copy_from_slice(b"REMB");
+    let word = (ssrcs.len() as u32) << 24 | (exp.min(63)) << 18 | mantissa as u32;
+    buf[16..20].copy_from_slice(&word.to_be_bytes());
+    for (i, s) in ssrcs.iter().enumerate() {
+        buf[20 + 4 * i..24 + 4 * i].copy_from_slice(&s.to_be_bytes());
+    }
+    len
+}
+
 /// Generic NACK (RFC 4585 §6.2.1) for the given sequence numbers, packed into PID+BLP pairs.
 /// Returns 0 when `seqs` is empty or the buffer is too small.
 pub fn nack(buf: &mut [u8], media_ssrc: u32, seqs: &[u16]) -> usize {
@@ -102,6 +126,29 @@ pub fn sender_report(
 mod tests {
     use super::*;
     use rtc_rtcp::packet::unmarshal;
+
+    #[test]
+    fn a_remb_parses_with_rtc_rtcp_and_keeps_its_bitrate() {
+        use rtc_rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+        let mut buf = [0u8; 64];
+        for bps in [30_000u64, 262_143, 400_000, 2_500_000, 1 << 40] {
+            let n = remb(&mut buf, 7, bps, &[11, 12]);
+            assert_eq!(n, 28);
+            let mut slice = &buf[..n];
+            let pkts = unmarshal(&mut slice).unwrap();
+            let r = pkts[0]
+                .as_any()
+                .downcast_ref::<ReceiverEstimatedMaximumBitrate>()
+                .expect("a REMB");
+            assert_eq!(r.ssrcs, vec![11, 12]);
+            // The 18-bit mantissa keeps it within a part in 2^17.
+            let got = r.bitrate as f64;
+            assert!(
+                (got - bps as f64).abs() <= bps as f64 / 131_072.0 + 1.0,
+                "{bps} → {got}"
+            );
+        }
+    }
 
     #[test]
     fn written_packets_parse_with_rtc_rtcp() {

@@ -925,6 +925,15 @@ impl SimPeer {
         }
     }
 
+    /// Sends a REMB: its own estimate of its downlink, for every incoming stream (as a client
+    /// without transport-wide feedback does).
+    pub fn send_remb(&mut self, bitrate_bps: u64) {
+        let ssrcs: Vec<u32> = self.incoming.iter().map(|l| l.ssrc).collect();
+        let mut buf = [0u8; 64];
+        let n = sfu_core::rtcp_writer::remb(&mut buf, 0x5151, bitrate_bps, &ssrcs);
+        self.send_rtcp(&buf[..n]);
+    }
+
     /// Sends a PLI for an incoming stream.
     pub fn send_pli(&mut self, media_ssrc: u32) {
         let mut buf = [0u8; 12];

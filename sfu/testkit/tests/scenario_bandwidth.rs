@@ -663,3 +663,41 @@ fn paced_keyframe_bursts_do_not_overflow_a_shallow_bottleneck_queue() {
     );
     assert!(paced_queue <= Duration::from_millis(80), "{paced_queue:?}");
 }
+
+/// A subscriber that sends no transport-wide feedback but estimates its own downlink (REMB, as
+/// aiortc and older clients do): its estimate is what the allocator splits. At 250 kbit/s it
+/// gets the lowest layer; at 3 Mbit/s the top one. And one that sends both is estimated from
+/// its feedback, not its REMB.
+#[test]
+fn a_receiver_estimate_sets_the_layer_of_a_subscriber_without_transport_feedback() {
+    let mut call = Call::new(30, &[Link::default(), Link::default()]);
+    call.net.peers[1].transport_feedback = false;
+    let remb = |call: &mut Call, bps: u64, secs: u64| {
+        for _ in 0..secs * 2 {
+            call.net.peers[1].send_remb(bps);
+            // The second sends a REMB far below what its feedback shows.
+            call.net.peers[2].send_remb(100_000);
+            call.run(Duration::from_millis(500));
+        }
+    };
+    remb(&mut call, 250_000, 6);
+    let low = layer_at(&call.video(1), call.net.now);
+    let estimate = call
+        .net
+        .sfu
+        .downlink_stats(call.net.id(1))
+        .map(|s| s.estimate_bps);
+    remb(&mut call, 3_000_000, 8);
+    let high = layer_at(&call.video(1), call.net.now);
+    let other = layer_at(&call.video(2), call.net.now);
+    println!(
+        "REMB 250 kbit/s: layer {low:?}, estimate {estimate:?}; REMB 3 Mbit/s: layer {high:?}; \
+         with transport-wide feedback beside a 100 kbit/s REMB: layer {other:?}, receiver \
+         estimates taken {}",
+        call.net.sfu.counters.receiver_estimates_in
+    );
+    assert_eq!(estimate, Some(250_000), "its own estimate, taken as it is");
+    assert_eq!(low, Some(0));
+    assert_eq!(high, Some(2));
+    assert_eq!(other, Some(2), "feedback wins over a REMB");
+}

@@ -87,6 +87,7 @@ impl Sfu {
     ) {
         use rtc_rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
         use rtc_rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use rtc_rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
         use rtc_rtcp::receiver_report::ReceiverReport;
         use rtc_rtcp::sender_report::SenderReport;
         use rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
@@ -100,6 +101,8 @@ impl Sfu {
                 }
             } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 self.retransmit(now, idx, nack, out);
+            } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                self.on_receiver_estimate(now, idx, remb.bitrate, out);
             } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
                 self.relay_sender_report(now, idx, sr, out);
                 for r in &sr.reports {
@@ -110,6 +113,40 @@ impl Sfu {
                     self.apply_loss_report(now, idx, r.ssrc, r.fraction_lost);
                 }
             }
+        }
+    }
+
+    /// A subscriber's own estimate of its downlink (REMB): its estimate, unless it also sends
+    /// transport-wide feedback (ours from that is the better one).
+    fn on_receiver_estimate(
+        &mut self,
+        now: Instant,
+        idx: ParticipantIdx,
+        bitrate: f32,
+        out: &mut TransmitBatch,
+    ) {
+        if !self.config.bandwidth_estimation || !bitrate.is_finite() || bitrate < 0.0 {
+            return;
+        }
+        let start = self.config.start_bitrate_bps;
+        let Some(p) = self.participants[idx].as_mut() else {
+            return;
+        };
+        let dl = &mut p.downlink;
+        if dl.estimator.is_some() && !dl.receiver_estimated {
+            return;
+        }
+        dl.receiver_estimated = true;
+        dl.estimator
+            .get_or_insert_with(|| BandwidthEstimator::new(start))
+            .set_receiver_estimate(bitrate as u64);
+        self.counters.receiver_estimates_in += 1;
+        let fits = dl
+            .estimator
+            .as_ref()
+            .is_none_or(|e| e.estimate_bps() >= dl.allocated_bps);
+        if !fits {
+            self.allocate(now, idx, out);
         }
     }
 
@@ -134,6 +171,10 @@ impl Sfu {
         let Some(p) = self.participants[idx].as_mut() else {
             return;
         };
+        if std::mem::take(&mut p.downlink.receiver_estimated) {
+            // Its own estimate until now: ours, from its feedback, from here on.
+            p.downlink.estimator = None;
+        }
         let Downlink {
             history,
             estimator,

@@ -321,7 +321,9 @@ impl Sfu {
         dl.desired_bps = desired;
         // The estimate binds: video leaves at its pace, not in bursts.
         dl.pacer.pace((pacing && held_back).then_some(estimate));
+        // (A subscriber that estimates its own downlink finds headroom itself.)
         let may_probe = held_back
+            && !dl.receiver_estimated
             && !overusing
             && dl.probe.is_none()
             && dl.next_probe_at().is_none_or(|t| now >= t);
