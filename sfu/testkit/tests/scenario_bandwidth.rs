@@ -665,7 +665,7 @@ fn paced_keyframe_bursts_do_not_overflow_a_shallow_bottleneck_queue() {
 }
 
 /// A subscriber that sends no transport-wide feedback but estimates its own downlink (REMB, as
-/// aiortc and older clients do): its estimate is what the allocator splits. At 250 kbit/s it
+/// older WebRTC stacks do): its estimate is what the allocator splits. At 250 kbit/s it
 /// gets the lowest layer; at 3 Mbit/s the top one. And one that sends both is estimated from
 /// its feedback, not its REMB.
 #[test]
