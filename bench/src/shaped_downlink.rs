@@ -228,10 +228,6 @@ impl ShapedDownlink {
             tally.last_video = Some(end);
         }
     }
-
-    pub fn schedule(&self) -> &LinkSchedule {
-        &self.schedule
-    }
 }
 
 /// The phases of several receivers' links, summed up.

@@ -23,19 +23,24 @@ const PACE_ABOVE_ESTIMATE: u64 = 11;
 /// The send allowance saved up while nothing waits: a short burst, a couple of packets.
 const MAX_SAVED: Duration = Duration::from_millis(10);
 
-/// What is needed to seal and send a queued packet.
+/// What sealing a queued packet needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PacedPacket {
-    pub slot: usize,
-    /// Plain length and header length.
-    pub len: usize,
+pub struct PacketSeal {
     pub header_len: usize,
     pub ssrc: u32,
     /// Extended sequence number (the SRTP index).
     pub ext_seq: u64,
     /// Where in the header the transport-wide sequence number goes.
     pub twcc_at: Option<usize>,
-    pub queued_at: Instant,
+}
+
+/// A packet waiting in the pacer: its slot, plain length, how to seal it, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacedPacket {
+    slot: usize,
+    pub len: usize,
+    pub seal: PacketSeal,
+    queued_at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -66,13 +71,9 @@ impl Pacer {
         self.queue.is_empty()
     }
 
-    pub fn queued(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// Queues a plain packet (`packet`: header and payload). When [`Self::is_full`], release
-    /// the oldest first (`make_room`).
-    pub fn enqueue(&mut self, now: Instant, packet: &[u8], mut meta: PacedPacket) {
+    /// Queues a plain packet (`packet`: header and payload) to be sealed as `seal` says. When
+    /// [`Self::is_full`], release the oldest first (`make_room`).
+    pub fn enqueue(&mut self, now: Instant, packet: &[u8], seal: PacketSeal) {
         if self.slots.is_empty() {
             self.slots = vec![0; PACER_SLOTS * SLOT_SIZE];
             self.queue.reserve_exact(PACER_SLOTS);
@@ -85,10 +86,12 @@ impl Pacer {
         let at = slot * SLOT_SIZE;
         let len = packet.len().min(SLOT_SIZE);
         self.slots[at..at + len].copy_from_slice(&packet[..len]);
-        meta.slot = slot;
-        meta.len = len;
-        meta.queued_at = now;
-        self.queue.push_back(meta);
+        self.queue.push_back(PacedPacket {
+            slot,
+            len,
+            seal,
+            queued_at: now,
+        });
     }
 
     /// Whether the queue is full: the oldest must leave before another is queued.
@@ -125,19 +128,6 @@ impl Pacer {
         &mut self.slots[at..at + packet.len]
     }
 
-    /// When the next waiting packet may leave (for the worker's timer).
-    pub fn next_release(&self) -> Option<Instant> {
-        let front = self.queue.front()?;
-        let by_age = front.queued_at + MAX_WAIT;
-        if self.rate_bps == 0 || self.allowance >= 0 {
-            return Some(self.refilled_at.unwrap_or(front.queued_at));
-        }
-        let owed = (-self.allowance) as u64;
-        let wait = Duration::from_nanos(owed * 8 * 1_000_000_000 / self.rate_bps);
-        let by_rate = self.refilled_at.unwrap_or(front.queued_at) + wait;
-        Some(by_rate.min(by_age))
-    }
-
     fn refill(&mut self, now: Instant) {
         let last = self.refilled_at.replace(now).unwrap_or(now);
         if self.rate_bps == 0 {
@@ -156,16 +146,12 @@ impl Pacer {
 mod tests {
     use super::*;
 
-    fn meta() -> PacedPacket {
-        PacedPacket {
-            slot: 0,
-            len: 0,
+    fn meta() -> PacketSeal {
+        PacketSeal {
             header_len: 12,
             ssrc: 1,
             ext_seq: 0,
             twcc_at: None,
-            #[allow(clippy::disallowed_methods)]
-            queued_at: Instant::now(),
         }
     }
 
@@ -188,7 +174,7 @@ mod tests {
         while !p.is_empty() {
             while let Some(packet) = p.release(now, false) {
                 assert_eq!(p.bytes(&packet), &[7u8; 1200][..]);
-                sent.push((now - t0, packet.ext_seq));
+                sent.push((now - t0, packet.seal.ext_seq));
             }
             now += Duration::from_millis(1);
         }
@@ -224,7 +210,6 @@ mod tests {
         // The first leaves at once; the rest wait for the rate to pay for it.
         assert!(p.release(t0, false).is_some());
         assert!(p.release(t0, false).is_none());
-        assert!(p.next_release().is_some_and(|t| t > t0));
         // Room for one more: the oldest goes at once.
         assert!(p.release(t0, true).is_some());
         p.pace(None);
@@ -233,6 +218,6 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, PACER_SLOTS - 2);
-        assert!(!p.is_pacing() && p.next_release().is_none());
+        assert!(!p.is_pacing() && p.is_empty());
     }
 }

@@ -4,7 +4,7 @@
 use super::ingress::Received;
 use super::layers::layer_switch_timestamp;
 use super::*;
-use crate::pacer::PacedPacket;
+use crate::pacer::PacketSeal;
 use crate::participant::Participant;
 use crate::payload_format::PayloadFormat;
 use crate::rtcp_writer;
@@ -139,16 +139,13 @@ impl Sfu {
             if paced {
                 subscription.packets = subscription.packets.wrapping_add(1);
                 subscription.octets = subscription.octets.wrapping_add(payload.len() as u32);
-                let meta = PacedPacket {
-                    slot: 0,
-                    len,
+                let seal = PacketSeal {
                     header_len: hlen,
                     ssrc: subscription.ssrc,
                     ext_seq: out_ext,
                     twcc_at,
-                    queued_at: now,
                 };
-                sub.downlink.pacer.enqueue(now, &slot[..len], meta);
+                sub.downlink.pacer.enqueue(now, &slot[..len], seal);
                 release_paced(sub, now, false, out, &mut self.counters);
                 continue;
             }
@@ -471,20 +468,20 @@ fn release_paced(
         let slot = out.slot();
         slot[..packet.len].copy_from_slice(p.downlink.pacer.bytes(&packet));
         let twcc_seq = p.twcc_out_seq;
-        if let Some(at) = packet.twcc_at {
+        if let Some(at) = packet.seal.twcc_at {
             slot[at..at + 2].copy_from_slice(&twcc_seq.to_be_bytes());
         }
-        let ext = packet.ext_seq;
+        let ext = packet.seal.ext_seq;
         match ctx.seal_rtp(
             slot,
             packet.len,
-            packet.header_len,
-            packet.ssrc,
+            packet.seal.header_len,
+            packet.seal.ssrc,
             (ext >> 16) as u32,
             ext as u16,
         ) {
             Ok(n) => {
-                if packet.twcc_at.is_some() {
+                if packet.seal.twcc_at.is_some() {
                     p.twcc_out_seq = twcc_seq.wrapping_add(1);
                     p.downlink.history.record(twcc_seq, now, n, None);
                 }
