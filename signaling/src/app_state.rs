@@ -36,4 +36,6 @@ pub struct AppState {
     pub resume: crate::session_resume::ResumeSlots,
     /// Proxies whose `X-Forwarded-For` names the client (per-address limits, audit source).
     pub trusted_proxies: crate::client_address::TrustedProxies,
+    /// Replicas sharing meetings through Redis (ADR 5); none: this process runs every meeting.
+    pub replicas: Option<Arc<crate::replica_relay::Replicas>>,
 }

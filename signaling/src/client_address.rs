@@ -83,6 +83,14 @@ impl FromRequestParts<Arc<AppState>> for ClientAddress {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        // Relayed by another replica: the address that replica saw (its secret says so).
+        if let Some(relayed) = state
+            .replicas
+            .as_ref()
+            .and_then(|r| r.relayed_for(&parts.headers))
+        {
+            return Ok(Self(relayed));
+        }
         Ok(Self(state.trusted_proxies.client(peer, &parts.headers)))
     }
 }

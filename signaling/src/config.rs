@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub api: Option<ApiSection>,
     pub http: Option<HttpSection>,
     pub turn: Option<TurnSection>,
+    pub replicas: Option<ReplicasSection>,
     /// The address patients and clinicians open, e.g. `https://video.region.se` (links the
     /// meetings API returns).
     pub public_url: Option<String>,
@@ -177,6 +178,18 @@ pub struct TurnSection {
     pub secret_file: Option<PathBuf>,
     /// How long credentials stay valid, in hours (default 12: a visit's day).
     pub ttl_hours: Option<u64>,
+}
+
+/// `[replicas]`: several signaling replicas sharing meetings through the Redis meeting store
+/// (ADR 5).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasSection {
+    /// This replica's internal listener as the other replicas reach it, e.g.
+    /// `http://signaling-0.signaling-internal:8081`.
+    pub url: Option<String>,
+    /// File holding the secret every replica shares (at least 32 characters), mode 0600.
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

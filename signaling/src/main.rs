@@ -252,6 +252,17 @@ struct ServeArgs {
     /// Hours TURN credentials stay valid (default 12).
     #[arg(long, env = "TURN_TTL_HOURS")]
     turn_ttl_hours: Option<u64>,
+    /// This replica's internal listener as other replicas reach it (replicas.url), e.g.
+    /// `http://signaling-0.signaling-internal:8081`: with a Redis meeting store, replicas then
+    /// share meetings — each run by the one holding its lease, the others relaying to it.
+    #[arg(long, env = "SIGNALING_REPLICA_URL")]
+    replica_url: Option<String>,
+    /// File with the secret every replica shares (replicas.secret_file; 32 characters or more).
+    #[arg(long, env = "SIGNALING_REPLICA_SECRET_FILE")]
+    replica_secret_file: Option<PathBuf>,
+    /// The replicas' secret itself (prefer the file; never logged).
+    #[arg(long, env = "SIGNALING_REPLICA_SECRET", hide_env_values = true)]
+    replica_secret: Option<String>,
     /// Seconds between passes that forget meetings nobody needs any more (default 60).
     #[arg(long, env = "SIGNALING_SWEEP_SECS", hide = true)]
     sweep_secs: Option<u64>,
@@ -549,6 +560,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let sfu = file.sfu.unwrap_or_default();
     let turn_file = file.turn.unwrap_or_default();
+    let replicas_file = file.replicas.unwrap_or_default();
     sfu_server::logging::init(args.log_json || file.log.and_then(|l| l.json).unwrap_or(false));
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -662,7 +674,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(store) = &meeting_store {
         tracing::info!(store = %store.name(), "meeting store open");
     }
+    let replicas = replicas_config(
+        args.config.as_deref(),
+        replicas_file,
+        args.replica_url.clone(),
+        args.replica_secret_file.clone(),
+        args.replica_secret.clone(),
+        meeting_store.as_ref().and_then(|s| s.redis_url()),
+        args.internal_listen.or(http.internal_listen).is_some(),
+    )?;
     let meetings = Arc::new(Meetings::new(policy, meeting_store).map_err(|e| anyhow::anyhow!(e))?);
+    if let Some(r) = &replicas {
+        meetings.share_with(r.leases.clone());
+        say!(
+            "Replica {} (meetings shared through the meeting store)",
+            r.leases.me()
+        );
+    }
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         // Durations as histograms (not summaries), so replicas can be added up.
@@ -934,7 +962,41 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         images: signaling::image_store::ImageStore::new(64 * 1024 * 1024),
         resume: Default::default(),
         trusted_proxies,
+        replicas: replicas.clone(),
     });
+    // The leases of meetings in use here are renewed; the others are let go, and a meeting
+    // another replica took meanwhile (this one was cut off from Redis) is left to it.
+    if let Some(r) = replicas {
+        let renewing = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(signaling::meeting_lease::RENEW_EVERY);
+            loop {
+                tick.tick().await;
+                let leases = r.leases.clone();
+                let state = renewing.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let (in_use, idle): (Vec<String>, Vec<String>) = leases
+                        .held()
+                        .into_iter()
+                        .partition(|m| state.meetings.in_use(m));
+                    for m in idle {
+                        if let Err(e) = leases.release(&m) {
+                            tracing::warn!(error = %e, "letting a meeting's lease go failed");
+                        }
+                    }
+                    match leases.renew(&in_use) {
+                        Ok(lost) => {
+                            for m in lost {
+                                state.meetings.let_go(&m, state.sfu.as_ref());
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "renewing meeting leases failed"),
+                    }
+                })
+                .await;
+            }
+        });
+    }
     tokio::spawn(signaling::service_gauges::publish(state.clone()));
     let pump = state.clone();
     tokio::spawn(async move {
@@ -1342,6 +1404,64 @@ fn turn_config(
             _ => anyhow::anyhow!("{}: {e}", from_file("secret_file")),
         })
         .map(Some)
+}
+
+/// Replicas sharing meetings (ADR 5), from flags over `[replicas]`: a mistake names the key.
+fn replicas_config(
+    file_path: Option<&std::path::Path>,
+    file: config::ReplicasSection,
+    url: Option<String>,
+    secret_file: Option<PathBuf>,
+    secret: Option<String>,
+    store: Option<&str>,
+    internal_listener: bool,
+) -> anyhow::Result<Option<Arc<signaling::replica_relay::Replicas>>> {
+    use signaling::replica_relay::MIN_SECRET_LEN;
+    let key = |k: &str, flag: &str| match file_path {
+        Some(p) => format!("replicas.{k} in {} (or {flag})", p.display()),
+        None => format!("replicas.{k} ({flag})"),
+    };
+    let Some(url) = url.or(file.url) else {
+        return Ok(None);
+    };
+    let url_key = key("url", "--replica-url");
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        anyhow::bail!(
+            "{url_key} {url:?}: expected this replica's internal URL, e.g. http://signaling-0.signaling-internal:8081"
+        );
+    }
+    let Some(store) = store else {
+        anyhow::bail!(
+            "{url_key} is set: replicas share meetings through a Redis meeting store — set meetings.store (--meeting-store) to a redis:// URL"
+        );
+    };
+    if !internal_listener {
+        anyhow::bail!(
+            "{url_key} is set: replicas reach each other on the internal listener — set http.internal_listen (--internal-listen)"
+        );
+    }
+    let secret_key = key("secret_file", "--replica-secret-file");
+    let secret = match (secret, secret_file.or(file.secret_file)) {
+        (Some(s), _) => s,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("{secret_key}: reading {}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => anyhow::bail!(
+            "{url_key} is set but {secret_key} is not: replicas prove themselves to each other with a shared secret"
+        ),
+    };
+    if secret.len() < MIN_SECRET_LEN || secret.chars().any(|c| c.is_control()) {
+        anyhow::bail!(
+            "{secret_key}: the secret must be at least {MIN_SECRET_LEN} printable characters (e.g. `openssl rand -hex 32`)"
+        );
+    }
+    let leases = signaling::meeting_lease::MeetingLeases::open(store, &url)
+        .context("meetings.store (--meeting-store) for the meeting leases")?;
+    Ok(Some(Arc::new(signaling::replica_relay::Replicas::new(
+        Arc::new(leases),
+        secret,
+    ))))
 }
 
 /// The `[[api.clients]]` of a config file (`file` names it in errors).

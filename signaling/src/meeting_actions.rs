@@ -108,6 +108,12 @@ pub async fn take_next(
         .take(queue, actor, &patient, &to, now, state.sfu.as_ref())
     {
         Ok(events) => {
+            // The private visit runs where its queue does: this replica holds its lease too.
+            if let Some(replicas) = &state.replicas
+                && let Err(e) = replicas.leases.owner(&to)
+            {
+                tracing::warn!(error = %e, "taking a private visit's lease failed");
+            }
             let _ = audit_all(state, events).await;
             Ok(())
         }

@@ -6,10 +6,9 @@
 //! it loses no booking.
 
 use crate::meeting::MeetingRecord;
-use crate::redis_connection::{connect, redacted};
+use crate::redis_connection::{RedisLink, redacted};
 use jiff::Timestamp;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Key of a meeting in Redis (after the prefix).
@@ -48,9 +47,7 @@ impl std::fmt::Debug for MeetingStore {
 
 pub struct RedisMeetings {
     url: String,
-    client: redis::Client,
-    /// One connection, made again after a failed call.
-    con: Mutex<Option<redis::Connection>>,
+    link: RedisLink,
 }
 
 impl MeetingStore {
@@ -64,15 +61,10 @@ impl MeetingStore {
             store: redacted(spec),
             reason,
         };
-        let client = redis::Client::open(spec).map_err(|e| fail(e.to_string()))?;
-        let mut con = connect(&client, TIMEOUT).map_err(|e| fail(e.to_string()))?;
-        redis::cmd("PING")
-            .query::<String>(&mut con)
-            .map_err(|e| fail(e.to_string()))?;
+        let link = RedisLink::open(spec, TIMEOUT).map_err(|e| fail(e.to_string()))?;
         Ok(Self::Redis(Box::new(RedisMeetings {
             url: spec.to_owned(),
-            client,
-            con: Mutex::new(Some(con)),
+            link,
         })))
     }
 
@@ -81,6 +73,14 @@ impl MeetingStore {
         match self {
             Self::File(path) => path.display().to_string(),
             Self::Redis(r) => redacted(&r.url),
+        }
+    }
+
+    /// The Redis URL of a shared store.
+    pub fn redis_url(&self) -> Option<&str> {
+        match self {
+            Self::File(_) => None,
+            Self::Redis(r) => Some(r.url()),
         }
     }
 
@@ -218,34 +218,16 @@ impl MeetingStore {
 }
 
 impl RedisMeetings {
-    /// Runs `f` on the connection, connecting first when there is none; a failed call drops
-    /// the connection and is tried once more on a new one.
     fn call<T>(
         &self,
-        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
-        let mut guard = self.con.lock().unwrap_or_else(|e| e.into_inner());
-        for attempt in 0..2 {
-            if guard.is_none() {
-                *guard = Some(connect(&self.client, TIMEOUT)?);
-            }
-            let Some(con) = guard.as_mut() else {
-                continue;
-            };
-            match f(con) {
-                Ok(v) => return Ok(v),
-                Err(e) => {
-                    *guard = None;
-                    if attempt == 1 || !(e.is_io_error() || e.is_connection_dropped()) {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "no connection to the meeting store",
-        )))
+        self.link.call(f)
+    }
+
+    /// The URL it was opened with (the meeting leases open their own connection to it).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Meetings {
     /// Media sessions the store carried over from the last run, by resume key digest, with
     /// their meeting.
     carried: Mutex<HashMap<String, (String, CarriedSession)>>,
+    /// Replicas sharing the store: the meetings this one owns (only those it writes).
+    leases: std::sync::OnceLock<Arc<crate::meeting_lease::MeetingLeases>>,
 }
 
 impl Meetings {
@@ -95,7 +97,47 @@ impl Meetings {
             store_lock: Mutex::new(()),
             sdp_sent: Mutex::new(HashMap::new()),
             carried: Mutex::new(carried),
+            leases: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shares the store with other replicas: this one writes only the meetings whose lease it
+    /// holds (another replica's copy in memory may be stale; its owner's is not).
+    pub fn share_with(&self, leases: Arc<crate::meeting_lease::MeetingLeases>) {
+        let _ = self.leases.set(leases);
+    }
+
+    /// Whether this process runs `id` (always, unless replicas share the store and another
+    /// one holds its lease).
+    fn runs(&self, id: &str) -> bool {
+        self.leases.get().is_none_or(|l| l.holds(id))
+    }
+
+    /// This replica has just taken `id`'s lease: what it knew of the meeting from before may
+    /// have changed on its last owner, so an empty copy is dropped and read again from the
+    /// store when next needed.
+    pub fn forget_stale(&self, id: &str) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if rooms
+            .get(id)
+            .is_some_and(|room| room.try_lock().is_some_and(|s| s.is_empty()))
+        {
+            rooms.remove(id);
+        }
+    }
+
+    /// Whether anyone is in meeting `id` here (connected, or parked for a resume).
+    pub fn in_use(&self, id: &str) -> bool {
+        self.get(id).is_some_and(|room| !room.lock().is_empty())
+    }
+
+    /// Another replica owns meeting `id` now (this one lost its lease): its connections here
+    /// are told to connect again, and reach the owner.
+    pub fn let_go(&self, id: &str, sfu: &dyn SfuControl) {
+        if let Some(room) = self.get(id) {
+            tracing::warn!(meeting = %id, "another replica took the meeting over: its clients here connect again");
+            self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
+        }
     }
 
     /// The media sessions carried over from the last run (the SFU may still run them).
@@ -171,6 +213,14 @@ impl Meetings {
                 .or_insert_with(|| Arc::new(MeetingRoom::new(record)))
                 .clone(),
         ))
+    }
+
+    /// Every meeting the store keeps (for replicas sharing it, which each know only some).
+    pub fn stored_records(&self) -> Result<Vec<MeetingRecord>, StoreError> {
+        match &self.store {
+            Some(store) => store.load(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Connections with an outbox (open WebSockets, and dropped ones parked for a resume).
@@ -878,6 +928,7 @@ impl Meetings {
         let records: Vec<MeetingRecord> = self
             .list()
             .iter()
+            .filter(|r| self.runs(&r.id))
             .map(|r| {
                 let s = r.lock();
                 let mut record = s.record.clone();

@@ -164,10 +164,18 @@ fn valid_id(id: &str) -> bool {
 
 fn view(state: &AppState, room: &MeetingRoom) -> Value {
     let s = room.lock();
-    let policy = state.meetings.policy();
-    let r = &s.record;
     let participants = s.participants();
     let waiting = participants.iter().filter(|p| p.state == "waiting").count();
+    record_view(
+        state,
+        &s.record,
+        Some((waiting, participants.len() - waiting)),
+    )
+}
+
+/// A meeting as the API shows it; `counts` (waiting, admitted) when this process runs it.
+fn record_view(state: &AppState, r: &MeetingRecord, counts: Option<(usize, usize)>) -> Value {
+    let policy = state.meetings.policy();
     json!({
         "id": r.id,
         "unit": r.unit,
@@ -183,8 +191,8 @@ fn view(state: &AppState, room: &MeetingRoom) -> Value {
         "booked": r.booked,
         "from_queue": r.from_queue,
         "join_url": join_url(state, &r.id),
-        "waiting": waiting,
-        "admitted": participants.len() - waiting,
+        "waiting": counts.map(|c| c.0),
+        "admitted": counts.map(|c| c.1),
     })
 }
 
@@ -359,19 +367,111 @@ async fn list(
     if audit(&state, event).await.is_err() {
         return audit_unavailable();
     }
-    let meetings: Vec<Value> = state
-        .meetings
-        .list()
-        .iter()
-        .filter(|room| {
-            let s = room.lock();
-            s.record.booked
-                && client.may_act_for(&s.record.unit)
-                && q.unit.as_ref().is_none_or(|u| *u == s.record.unit)
-        })
-        .map(|room| view(&state, room))
-        .collect();
+    let wanted = |r: &MeetingRecord| {
+        r.booked && client.may_act_for(&r.unit) && q.unit.as_ref().is_none_or(|u| *u == r.unit)
+    };
+    let meetings: Vec<Value> = match &state.replicas {
+        // Replicas: every booking is in the store; who waits and who is in is known where the
+        // meeting runs (here, or null: read the meeting itself, which its owner answers).
+        Some(replicas) => {
+            let records = match state.meetings.stored_records() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "listing meetings failed: the store is unreachable");
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        "the meeting store cannot be reached; try again",
+                    );
+                }
+            };
+            let mut v: Vec<Value> = records
+                .iter()
+                .filter(|r| wanted(r))
+                .map(|r| match state.meetings.get(&r.id) {
+                    Some(room) if replicas.leases.holds(&r.id) => view(&state, &room),
+                    _ => record_view(&state, r, None),
+                })
+                .collect();
+            v.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+            v
+        }
+        None => state
+            .meetings
+            .list()
+            .iter()
+            .filter(|room| wanted(&room.lock().record))
+            .map(|room| view(&state, room))
+            .collect(),
+    };
     Json(json!({ "meetings": meetings })).into_response()
+}
+
+/// Replicas: a call about one meeting (`/api/v1/meetings/{id}…`) is answered by the replica
+/// that runs it — here, taking its lease if nobody holds it, or forwarded to its owner.
+pub async fn to_owner(
+    State(state): State<Arc<AppState>>,
+    ClientAddress(source): ClientAddress,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(replicas) = state.replicas.clone() else {
+        return next.run(request).await;
+    };
+    let Some(id) = request
+        .uri()
+        .path()
+        .strip_prefix("/api/v1/meetings/")
+        .map(|rest| rest.split('/').next().unwrap_or_default().to_owned())
+        .filter(|id| valid_id(id))
+    else {
+        return next.run(request).await;
+    };
+    let relayed = replicas.is_relayed(request.headers());
+    match replicas.leases.owner(&id) {
+        Ok(crate::meeting_lease::Owner::Here { taken }) => {
+            if taken {
+                state.meetings.forget_stale(&id);
+            }
+            next.run(request).await
+        }
+        // Relayed here, and the lease moved on the way: the caller tries again.
+        Ok(crate::meeting_lease::Owner::Elsewhere(_)) if relayed => {
+            crate::replica_relay::owner_unreachable()
+        }
+        Ok(crate::meeting_lease::Owner::Elsewhere(owner)) => {
+            let (parts, body) = request.into_parts();
+            let Ok(body) = axum::body::to_bytes(body, 1024 * 1024).await else {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "request too large",
+                );
+            };
+            let path = parts
+                .uri
+                .path_and_query()
+                .map_or(parts.uri.path(), |p| p.as_str());
+            replicas
+                .forward(
+                    &owner,
+                    parts.method.clone(),
+                    path,
+                    &parts.headers,
+                    body,
+                    source,
+                )
+                .await
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading a meeting's lease failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the meeting store cannot be reached; try again",
+            )
+        }
+    }
 }
 
 fn find(state: &AppState, id: &str) -> Result<Arc<MeetingRoom>, Box<Response>> {

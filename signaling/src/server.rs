@@ -11,13 +11,13 @@ use crate::meeting_room::MeetingRoom;
 use crate::session_token::Session;
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use jiff::Timestamp;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sfu_proto::ParticipantId;
 use std::net::IpAddr;
@@ -31,7 +31,7 @@ const STYLE_CSS: &str = include_str!("../web/style.css");
 /// Everything on one listener (the single-node default).
 pub fn router(state: Arc<AppState>) -> Router {
     public_routes()
-        .merge(internal_routes())
+        .merge(internal_routes(&state))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -48,7 +48,7 @@ pub fn public_router(state: Arc<AppState>) -> Router {
 /// What only the region's own systems reach (`http.internal_listen`): the meetings API,
 /// metrics and health.
 pub fn internal_router(state: Arc<AppState>) -> Router {
-    internal_routes()
+    internal_routes(&state)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -75,12 +75,21 @@ fn public_routes() -> Router<Arc<AppState>> {
         .merge(crate::image_sharing::routes())
 }
 
-fn internal_routes() -> Router<Arc<AppState>> {
+fn internal_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        // What another replica relays here (its secret checked): joins of meetings this one
+        // owns.
+        .route("/relay/join", post(join_check))
+        .route("/relay/ws", get(ws_upgrade))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(crate::meetings_api::routes())
+        .merge(
+            crate::meetings_api::routes().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::meetings_api::to_owner,
+            )),
+        )
 }
 
 /// What every response tells the browser: load scripts, styles and connections from this
@@ -142,7 +151,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct JoinQuery {
     #[serde(default)]
     token: String,
@@ -161,7 +170,51 @@ fn refusal(r: &JoinRefusal) -> Response {
     (status, Json(r.body())).into_response()
 }
 
+/// Where a join goes when replicas share meetings.
+enum Route {
+    /// This process runs the meeting (or there are no replicas): served here.
+    Here,
+    /// Another replica owns the meeting: relayed to its internal URL.
+    Owner(String),
+}
+
 impl AppState {
+    /// Which replica runs the meeting a join's token names. A token that does not verify is
+    /// refused here, as everywhere. A request relayed to this replica that it does not own
+    /// (the lease moved on the way) is refused for a retry rather than relayed again.
+    fn route(&self, q: &JoinQuery, headers: &HeaderMap) -> Result<Route, Box<Response>> {
+        let Some(replicas) = &self.replicas else {
+            return Ok(Route::Here);
+        };
+        let relayed = replicas.is_relayed(headers);
+        let Ok(session) = self.verifier.verify(&q.token) else {
+            return Ok(Route::Here);
+        };
+        let meeting = session.claims.mtg;
+        if q.meeting
+            .as_ref()
+            .is_some_and(|m| !m.is_empty() && *m != meeting)
+        {
+            return Ok(Route::Here);
+        }
+        match replicas.leases.owner(&meeting) {
+            Ok(crate::meeting_lease::Owner::Here { taken }) => {
+                if taken {
+                    self.meetings.forget_stale(&meeting);
+                }
+                Ok(Route::Here)
+            }
+            Ok(crate::meeting_lease::Owner::Elsewhere(_)) if relayed => {
+                Err(Box::new(crate::replica_relay::owner_unreachable()))
+            }
+            Ok(crate::meeting_lease::Owner::Elsewhere(owner)) => Ok(Route::Owner(owner)),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a meeting's lease failed");
+                Err(Box::new(refusal(&JoinRefusal::StoreUnavailable)))
+            }
+        }
+    }
+
     /// Every check a join passes: the token, the meeting it names, the meeting's window and
     /// state. Refusals are audited; an access that cannot be recorded is refused.
     async fn admission(
@@ -246,8 +299,38 @@ fn too_many_refusals(retry_after: std::time::Duration) -> Response {
 async fn join_check(
     State(state): State<Arc<AppState>>,
     ClientAddress(source): ClientAddress,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
     Json(q): Json<JoinQuery>,
 ) -> Response {
+    if let Some(refused) = unrelayed(&state, &uri, &headers) {
+        return refused;
+    }
+    match state.route(&q, &headers) {
+        Ok(Route::Here) => {}
+        Ok(Route::Owner(owner)) => {
+            let Some(replicas) = &state.replicas else {
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            };
+            let body = serde_json::to_vec(&q).unwrap_or_default();
+            let mut headers = headers;
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            return replicas
+                .forward(
+                    &owner,
+                    axum::http::Method::POST,
+                    "/relay/join",
+                    &headers,
+                    body.into(),
+                    source,
+                )
+                .await;
+        }
+        Err(refused) => return *refused,
+    }
     match state.admission(&q, source).await {
         Ok((session, room)) => {
             let s = room.lock();
@@ -266,12 +349,47 @@ async fn join_check(
     }
 }
 
+/// A `/relay/…` request without the replicas' secret: refused (only replicas relay).
+fn unrelayed(state: &AppState, uri: &axum::http::Uri, headers: &HeaderMap) -> Option<Response> {
+    if !uri.path().starts_with("/relay/") {
+        return None;
+    }
+    match &state.replicas {
+        Some(r) if r.is_relayed(headers) => None,
+        _ => Some(
+            (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": "not_a_replica", "reason": "only signaling replicas relay joins"})),
+            )
+                .into_response(),
+        ),
+    }
+}
+
 async fn ws_upgrade(
     State(state): State<Arc<AppState>>,
     ClientAddress(source): ClientAddress,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    RawQuery(raw): RawQuery,
     Query(q): Query<JoinQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if let Some(refused) = unrelayed(&state, &uri, &headers) {
+        return refused;
+    }
+    match state.route(&q, &headers) {
+        Ok(Route::Here) => {}
+        Ok(Route::Owner(owner)) => {
+            let Some(replicas) = &state.replicas else {
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            };
+            return replicas
+                .relay_websocket(&owner, raw.as_deref(), source, ws)
+                .await;
+        }
+        Err(refused) => return *refused,
+    }
     let (session, room) = match state.admission(&q, source).await {
         Ok(ok) => ok,
         Err(response) => return response,

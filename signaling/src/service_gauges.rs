@@ -46,6 +46,18 @@ pub fn describe() {
         "Standalone SFU nodes linked to this replica, by state: serving or draining."
     );
     describe_counter!(
+        "signaling_relayed_websockets_total",
+        "Join WebSockets relayed to the replica that owns their meeting (replicas sharing meetings)."
+    );
+    describe_counter!(
+        "signaling_relayed_requests_total",
+        "Join checks and meetings-API calls forwarded to the replica that owns their meeting."
+    );
+    describe_gauge!(
+        "signaling_meeting_leases",
+        "Meetings whose lease this replica holds (it runs them; other replicas relay to it)."
+    );
+    describe_counter!(
         "signaling_sfu_nodes_refused_total",
         "SFU nodes refused on the control link (a certificate without the node's name)."
     );
@@ -125,6 +137,9 @@ pub async fn publish(state: Arc<AppState>) {
         gauge!("signaling_participants", "state" => "waiting").set(waiting as f64);
         gauge!("signaling_websockets").set(state.meetings.connection_count() as f64);
         gauge!("signaling_parked_connections").set(state.resume.parked() as f64);
+        if let Some(r) = &state.replicas {
+            gauge!("signaling_meeting_leases").set(r.leases.held().len() as f64);
+        }
         if let Some((serving, draining)) = state.sfu.node_counts() {
             gauge!("signaling_sfu_nodes", "state" => "serving").set(serving as f64);
             gauge!("signaling_sfu_nodes", "state" => "draining").set(draining as f64);

@@ -238,3 +238,60 @@ fn outside_dev_the_audit_log_needs_its_signing_key() {
         "{err}"
     );
 }
+
+/// Replicas need a Redis meeting store, an internal listener and a long enough secret: each
+/// missing piece stops the service with its key named.
+#[test]
+fn replica_settings_name_what_is_missing() {
+    let redis = support::redis::Redis::start(support::redis::free_port());
+    let dir = std::env::temp_dir().join(format!("hc-rep-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = redis.url();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[],
+            "set meetings.store (--meeting-store) to a redis:// URL",
+        ),
+        (&["--meeting-store", &url], "set http.internal_listen"),
+        (
+            &["--meeting-store", &url, "--internal-listen", "127.0.0.1:0"],
+            "replicas.secret_file (--replica-secret-file) is not",
+        ),
+        (
+            &[
+                "--meeting-store",
+                &url,
+                "--internal-listen",
+                "127.0.0.1:0",
+                "--replica-secret",
+                "s3cr3t-XYZ",
+            ],
+            "at least 32 printable characters",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+            ])
+            .args(["--replica-url", "http://127.0.0.1:9"])
+            .args(extra)
+            .env("SIGNALING_DEV_KEY", dir.join("issuer.key"))
+            .env("SIGNALING_AUDIT_LOG", dir.join("audit.jsonl"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("replicas.") && err.contains(expected),
+            "{extra:?}: {err}"
+        );
+        assert!(!err.contains("s3cr3t-XYZ"), "the secret stays out of messages");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -61,16 +61,24 @@ pub fn start_via(launcher: &[&str], extra: &[&str]) -> Server {
 pub fn start_command(launcher: &[&str], extra: &[&str]) -> Server {
     let dir = std::env::temp_dir().join(format!("hc-signaling-test-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("issuer.key");
+    // Replicas share one issuer: a test may name the key (`--dev-key`) itself.
+    let given = extra
+        .iter()
+        .position(|a| *a == "--dev-key")
+        .map(|i| PathBuf::from(extra[i + 1]));
+    let key = given.clone().unwrap_or_else(|| dir.join("issuer.key"));
     let issuer = DevIssuer::load_or_create(&key).unwrap();
     let audit = dir.join("audit.jsonl");
     let log = dir.join("signaling.log");
     let mut command: Vec<String> = launcher.iter().map(|s| s.to_string()).collect();
     command.push(env!("CARGO_BIN_EXE_signaling").into());
-    for a in ["serve", "--dev", "--listen", "127.0.0.1:0", "--dev-key"] {
+    for a in ["serve", "--dev", "--listen", "127.0.0.1:0"] {
         command.push(a.into());
     }
-    command.push(key.display().to_string());
+    if given.is_none() {
+        command.push("--dev-key".into());
+        command.push(key.display().to_string());
+    }
     command.push("--audit-log".into());
     command.push(audit.display().to_string());
     // One SFU worker unless the test asks for more.
@@ -275,9 +283,22 @@ impl Server {
         key: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
+        api_at(&self.http_base, method, path, key, body).await
+    }
+}
+
+/// An HTTP request to `base` (a listener of the service: the meetings API with `key`).
+pub async fn api_at(
+    base: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::new();
-        let url = format!("{}{}", self.http_base, path);
+        let url = format!("{base}{path}");
         let mut req = match method {
             "GET" => client.get(&url),
             "POST" => client.post(&url),
@@ -296,6 +317,14 @@ impl Server {
             status,
             serde_json::from_str(&text).unwrap_or(json!({"raw": text})),
         )
+    }
+}
+
+impl Server {
+    /// Kills the service at once (SIGKILL: a crash, an OOM kill, a lost host).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn audit_text(&self) -> String {

@@ -1,0 +1,218 @@
+//! Which signaling replica owns a meeting (ADR 5): the one holding its lease, a Redis key
+//! (`healthcare-sfu:lease:<meeting>`) whose value is the owner's internal URL. The owner runs
+//! the meeting in memory; every other replica relays the meeting's WebSockets and API calls
+//! to it. A lease is taken by whoever first needs the meeting while nobody holds it, renewed
+//! while the owner has the meeting in use, and let go when it has not — or runs out when its
+//! owner died, so the next replica to need the meeting takes it over.
+
+use crate::redis_connection::{RedisLink, redacted};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const KEY_PREFIX: &str = "healthcare-sfu:lease:";
+
+/// How long a lease lasts unrenewed: a dead owner's meetings wait this long at most before
+/// another replica takes them.
+pub const LEASE: Duration = Duration::from_secs(6);
+
+/// How often the owner renews what it holds (three chances within one lease).
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+
+/// Each Redis call gives up after this.
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Takes the lease when nobody holds it, renews it when this replica does; answers the holder.
+const TAKE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return v
+";
+
+/// Renews the lease only while this replica still holds it: 1, else 0.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Lets the lease go only if this replica holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This replica holds the lease. `taken`: it did not before this call (what it knew of the
+    /// meeting may be stale: read it again from the store).
+    Here { taken: bool },
+    /// Another replica does, reachable at this internal URL.
+    Elsewhere(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("meeting leases in {store}: {reason}")]
+pub struct LeaseError {
+    pub store: String,
+    pub reason: String,
+}
+
+pub struct MeetingLeases {
+    /// This replica's internal URL: the lease's value.
+    me: String,
+    url: String,
+    link: RedisLink,
+    /// The meetings whose lease this replica holds.
+    held: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for MeetingLeases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeetingLeases")
+            .field("me", &self.me)
+            .field("store", &redacted(&self.url))
+            .finish()
+    }
+}
+
+impl MeetingLeases {
+    /// Leases in the Redis at `url`, held under `me` (this replica's internal URL).
+    pub fn open(url: &str, me: &str) -> Result<Self, LeaseError> {
+        let link = RedisLink::open(url, TIMEOUT).map_err(|e| LeaseError {
+            store: redacted(url),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            me: me.trim_end_matches('/').to_owned(),
+            url: url.to_owned(),
+            link,
+            held: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// This replica's internal URL.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    fn error(&self, e: impl ToString) -> LeaseError {
+        LeaseError {
+            store: redacted(&self.url),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Who owns `meeting`, taking its lease when nobody does.
+    pub fn owner(&self, meeting: &str) -> Result<Owner, LeaseError> {
+        let holder: String = self
+            .link
+            .call(|con| {
+                redis::cmd("EVAL")
+                    .arg(TAKE)
+                    .arg(1)
+                    .arg(key(meeting))
+                    .arg(&self.me)
+                    .arg(LEASE.as_millis() as u64)
+                    .query(con)
+            })
+            .map_err(|e| self.error(e))?;
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if holder == self.me {
+            let taken = held.insert(meeting.to_owned());
+            Ok(Owner::Here { taken })
+        } else {
+            held.remove(meeting);
+            Ok(Owner::Elsewhere(holder))
+        }
+    }
+
+    /// Whether this replica holds `meeting`'s lease (as of its last renewal).
+    pub fn holds(&self, meeting: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(meeting)
+    }
+
+    /// The meetings whose lease this replica holds.
+    pub fn held(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Renews the leases of `meetings` (held here). Returns those found held by another
+    /// replica meanwhile (this one was cut off from Redis past a lease): they are no longer
+    /// this replica's to run.
+    pub fn renew(&self, meetings: &[String]) -> Result<Vec<String>, LeaseError> {
+        if meetings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let renewed: Vec<i64> = self
+            .link
+            .call(|con| {
+                // Every renewal in one round trip.
+                let mut pipe = redis::pipe();
+                for m in meetings {
+                    pipe.cmd("EVAL")
+                        .arg(RENEW)
+                        .arg(1)
+                        .arg(key(m))
+                        .arg(&self.me)
+                        .arg(LEASE.as_millis() as u64);
+                }
+                pipe.query(con)
+            })
+            .map_err(|e| self.error(e))?;
+        let lost: Vec<String> = meetings
+            .iter()
+            .zip(renewed)
+            .filter(|(_, r)| *r == 0)
+            .map(|(m, _)| m.clone())
+            .collect();
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        for m in &lost {
+            held.remove(m);
+        }
+        Ok(lost)
+    }
+
+    /// Lets `meeting`'s lease go (this replica no longer has it in use).
+    pub fn release(&self, meeting: &str) -> Result<(), LeaseError> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(meeting);
+        self.link
+            .call(|con| {
+                redis::cmd("EVAL")
+                    .arg(RELEASE)
+                    .arg(1)
+                    .arg(key(meeting))
+                    .arg(&self.me)
+                    .query::<i64>(con)
+            })
+            .map(|_| ())
+            .map_err(|e| self.error(e))
+    }
+}
+
+fn key(meeting: &str) -> String {
+    format!("{KEY_PREFIX}{meeting}")
+}

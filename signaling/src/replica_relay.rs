@@ -1,0 +1,300 @@
+//! The hop between signaling replicas (ADR 5): a WebSocket, join check or meetings-API call
+//! that lands on a replica not owning its meeting is carried to the owner's internal
+//! listener, with the client's address and a secret every replica shares. The client cannot
+//! tell: the owner's answer — a refusal with its status and body, or the WebSocket's frames
+//! both ways — is passed back as it is.
+
+use crate::meeting_lease::MeetingLeases;
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite;
+
+/// The secret proving a request came from another replica.
+pub const RELAY_HEADER: &str = "x-healthcare-relay";
+/// The client's address as the replica it reached saw it.
+pub const RELAYED_FOR_HEADER: &str = "x-healthcare-relayed-for";
+
+/// Shortest replica secret accepted (it guards who may name a client's address).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Largest message from the owner to a client the hop carries.
+const MAX_DOWNSTREAM_BYTES: usize = 4 * 1024 * 1024;
+
+/// Replicas sharing meetings: who owns which, and how to reach the others.
+pub struct Replicas {
+    pub leases: Arc<MeetingLeases>,
+    secret: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicas")
+            .field("leases", &self.leases)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replicas {
+    pub fn new(leases: Arc<MeetingLeases>, secret: String) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Self {
+            leases,
+            secret,
+            http,
+        }
+    }
+
+    /// Whether a request carries this cluster's replica secret (compared in constant time).
+    pub fn is_relayed(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(RELAY_HEADER)
+            .is_some_and(|v| same_secret(v.as_bytes(), self.secret.as_bytes()))
+    }
+
+    /// The client's address a relayed request names (only believed with the secret).
+    pub fn relayed_for(&self, headers: &HeaderMap) -> Option<IpAddr> {
+        if !self.is_relayed(headers) {
+            return None;
+        }
+        headers.get(RELAYED_FOR_HEADER)?.to_str().ok()?.parse().ok()
+    }
+
+    fn hop_headers(&self, source: IpAddr) -> [(&'static str, String); 2] {
+        [
+            (RELAY_HEADER, self.secret.clone()),
+            (RELAYED_FOR_HEADER, source.to_string()),
+        ]
+    }
+
+    /// Carries a join WebSocket to the owner at `owner` (its internal URL): the owner's
+    /// handshake first, so a refusal reaches the client as the owner gave it; then every frame
+    /// both ways until either side closes.
+    pub async fn relay_websocket(
+        &self,
+        owner: &str,
+        query: Option<&str>,
+        source: IpAddr,
+        ws: WebSocketUpgrade,
+    ) -> Response {
+        let mut url = format!("{}/relay/ws", owner.replace("http", "ws"));
+        if let Some(q) = query {
+            url.push('?');
+            url.push_str(q);
+        }
+        let mut request = match tungstenite::client::IntoClientRequest::into_client_request(url) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, %owner, "the owning replica's address is not a URL");
+                return owner_unreachable();
+            }
+        };
+        for (name, value) in self.hop_headers(source) {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                request.headers_mut().insert(name, v);
+            }
+        }
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MAX_DOWNSTREAM_BYTES))
+            .max_frame_size(Some(MAX_DOWNSTREAM_BYTES));
+        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        let upstream = match tokio::time::timeout(std::time::Duration::from_secs(5), connecting)
+            .await
+        {
+            Ok(Ok((upstream, _))) => upstream,
+            Ok(Err(tungstenite::Error::Http(refused))) => {
+                let status = StatusCode::from_u16(refused.status().as_u16())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut response =
+                    Response::new(Body::from(refused.body().clone().unwrap_or_default()));
+                *response.status_mut() = status;
+                for name in [
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::header::RETRY_AFTER,
+                ] {
+                    if let Some(v) = refused.headers().get(name.as_str())
+                        && let Ok(v) = HeaderValue::from_bytes(v.as_bytes())
+                    {
+                        response.headers_mut().insert(name, v);
+                    }
+                }
+                return response;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, %owner, "relaying a WebSocket to the owning replica failed");
+                return owner_unreachable();
+            }
+            Err(_) => {
+                tracing::warn!(%owner, "the owning replica did not answer a relayed WebSocket");
+                return owner_unreachable();
+            }
+        };
+        metrics::counter!("signaling_relayed_websockets_total").increment(1);
+        ws.max_message_size(crate::connection::MAX_MESSAGE_BYTES)
+            .on_upgrade(move |client| pump(client, upstream))
+    }
+
+    /// Carries a meetings-API call or a join check to the owner at `owner`, and its answer back.
+    pub async fn forward(
+        &self,
+        owner: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: axum::body::Bytes,
+        source: IpAddr,
+    ) -> Response {
+        let url = format!("{owner}{path_and_query}");
+        let mut request = self.http.request(method, url).body(body);
+        for name in [
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::ACCEPT,
+        ] {
+            if let Some(v) = headers.get(&name) {
+                request = request.header(name, v.clone());
+            }
+        }
+        for (name, value) in self.hop_headers(source) {
+            request = request.header(name, value);
+        }
+        match request.send().await {
+            Ok(answer) => {
+                metrics::counter!("signaling_relayed_requests_total").increment(1);
+                let status = answer.status();
+                let content_type = answer.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+                let retry_after = answer.headers().get(reqwest::header::RETRY_AFTER).cloned();
+                let body = answer.bytes().await.unwrap_or_default();
+                let mut response = Response::new(Body::from(body));
+                *response.status_mut() = status;
+                if let Some(v) = content_type {
+                    response
+                        .headers_mut()
+                        .insert(axum::http::header::CONTENT_TYPE, v);
+                }
+                if let Some(v) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(axum::http::header::RETRY_AFTER, v);
+                }
+                response
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %owner, "forwarding a request to the owning replica failed");
+                owner_unreachable()
+            }
+        }
+    }
+}
+
+/// The owner holds the lease but cannot be reached (it died, and its lease has not run out
+/// yet): try again in a moment, when another replica will have taken the meeting over.
+pub fn owner_unreachable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "2")],
+        axum::Json(json!({
+            "error": "replica_unavailable",
+            "reason": "the meeting's service is moving to another replica; try again in a moment",
+        })),
+    )
+        .into_response()
+}
+
+/// Whether two secrets are equal: their digests compared whole, so the time taken says
+/// nothing of where a guess went wrong.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use ring::digest::{SHA256, digest};
+    let (a, b) = (digest(&SHA256, a), digest(&SHA256, b));
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+        == 0
+}
+
+type Upstream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Copies frames both ways until one side closes. The owner gone without a close (it died):
+/// the client is told to connect again, as at a restart (`closing`, reason `restarting`,
+/// close 1012), and reaches the replica that takes the meeting over.
+async fn pump(client: WebSocket, upstream: Upstream) {
+    let (mut to_client, mut from_client) = client.split();
+    let (mut to_owner, mut from_owner) = upstream.split();
+    loop {
+        tokio::select! {
+            msg = from_client.next() => {
+                let Some(Ok(msg)) = msg else {
+                    let _ = to_owner.close().await;
+                    return;
+                };
+                let closing = matches!(msg, Message::Close(_));
+                if to_owner.send(upstream_message(msg)).await.is_err() || closing {
+                    return;
+                }
+            }
+            msg = from_owner.next() => {
+                match msg {
+                    Some(Ok(msg)) => {
+                        let Some(msg) = downstream_message(msg) else { continue };
+                        let closing = matches!(msg, Message::Close(_));
+                        if to_client.send(msg).await.is_err() || closing {
+                            return;
+                        }
+                    }
+                    _ => {
+                        let text = json!({"type": "closing", "reason": "restarting"}).to_string();
+                        let _ = to_client.send(Message::Text(text.into())).await;
+                        let _ = to_client
+                            .send(Message::Close(Some(CloseFrame {
+                                code: 1012,
+                                reason: "restarting".into(),
+                            })))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn upstream_message(msg: Message) -> tungstenite::Message {
+    match msg {
+        Message::Text(t) => tungstenite::Message::text(t.as_str()),
+        Message::Binary(b) => tungstenite::Message::binary(b),
+        Message::Ping(b) => tungstenite::Message::Ping(b),
+        Message::Pong(b) => tungstenite::Message::Pong(b),
+        Message::Close(c) => {
+            tungstenite::Message::Close(c.map(|c| tungstenite::protocol::CloseFrame {
+                code: c.code.into(),
+                reason: c.reason.as_str().to_owned().into(),
+            }))
+        }
+    }
+}
+
+fn downstream_message(msg: tungstenite::Message) -> Option<Message> {
+    Some(match msg {
+        tungstenite::Message::Text(t) => Message::Text(t.as_str().to_owned().into()),
+        tungstenite::Message::Binary(b) => Message::Binary(b),
+        tungstenite::Message::Ping(b) => Message::Ping(b),
+        tungstenite::Message::Pong(b) => Message::Pong(b),
+        tungstenite::Message::Close(c) => Message::Close(c.map(|c| CloseFrame {
+            code: c.code.into(),
+            reason: c.reason.as_str().to_owned().into(),
+        })),
+        tungstenite::Message::Frame(_) => return None,
+    })
+}

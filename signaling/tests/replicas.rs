@@ -1,0 +1,265 @@
+//! Two signaling replicas sharing meetings through a real redis-server (ADR 5): a meeting is
+//! run by the replica holding its lease, and a client that reaches the other replica is
+//! relayed to it — lobby, admission, chat, the meetings API and media all work across them.
+//! When the owner is killed, the meeting's clients come back through the other replica,
+//! which takes the meeting over with who was admitted.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::media::{FrameSender, MediaPeer, frames_per_second};
+use support::redis::{Redis, free_port};
+use support::{API_KEY, Client, Server, api_at};
+
+const SECRET: &str = "replicas-test-secret-0123456789abcdef";
+
+struct Replica {
+    server: Server,
+    internal: String,
+}
+
+fn replica(store: &str, key: &std::path::Path) -> Replica {
+    let port = free_port();
+    let internal = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let server = support::start_with(&[
+        "--meeting-store",
+        store,
+        "--dev-key",
+        &key.display().to_string(),
+        "--internal-listen",
+        &listen,
+        "--replica-url",
+        &internal,
+        "--replica-secret",
+        SECRET,
+    ]);
+    Replica { server, internal }
+}
+
+fn booking(id: &str) -> Value {
+    let now = jiff::Timestamp::now();
+    json!({
+        "id": id,
+        "unit": "unit-1",
+        "start": (now - jiff::SignedDuration::from_mins(5)).to_string(),
+        "end": (now + jiff::SignedDuration::from_mins(60)).to_string(),
+    })
+}
+
+/// Opens the join WebSocket on `server`, trying again while it answers 503 (the meeting's
+/// owner died and its lease has not run out yet); returns the client and when it got in.
+async fn join_retrying(server: &Server, token: &str, within: Duration) -> (Client, Instant) {
+    let deadline = Instant::now() + within;
+    let url = format!("{}/ws?token={token}", server.ws_base);
+    loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => return (Client { ws }, Instant::now()),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 503 => {
+                let body: Value =
+                    serde_json::from_slice(&r.body().clone().unwrap_or_default()).unwrap();
+                assert_eq!(body["error"], "replica_unavailable", "{body}");
+            }
+            Err(e) => panic!("join refused: {e}"),
+        }
+        assert!(Instant::now() < deadline, "not back within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_runs_across_two_replicas_and_moves_when_its_owner_dies() {
+    let dir = std::env::temp_dir().join(format!("hc-replicas-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = Redis::persistent(free_port(), &dir.join("redis"));
+    let key = dir.join("issuer.key");
+    let a = replica(&redis.url(), &key);
+    let b = replica(&redis.url(), &key);
+
+    // Booked through B, joined first through A: A takes the meeting.
+    let (status, m) = api_at(
+        &b.internal,
+        "POST",
+        "/api/v1/meetings",
+        Some(API_KEY),
+        Some(booking("v-replicas")),
+    )
+    .await;
+    assert_eq!(status, 201, "{m}");
+    let doctor_token = a
+        .server
+        .token("v-replicas", "doc-4411", "Dr Berg", "clinician");
+    let patient_token = a.server.token("v-replicas", "pat-7f3a", "Anna", "patient");
+    let mut doctor = a.server.connect(&doctor_token).await;
+    doctor.next_of("welcome").await;
+
+    // The patient reaches B, which relays to A: the same waiting room, admission and chat.
+    let mut patient = b.server.connect(&patient_token).await;
+    let welcome = patient.next_of("welcome").await;
+    assert_eq!(
+        (welcome["meeting"].as_str(), welcome["state"].as_str()),
+        (Some("v-replicas"), Some("waiting")),
+        "{welcome}"
+    );
+    let patient_id = doctor.first_waiting().await;
+    assert_eq!(patient_id, welcome["participant"], "{welcome}");
+    doctor
+        .send(json!({"type": "admit", "participant": patient_id}))
+        .await;
+    patient.next_of("admitted").await;
+    patient.send(json!({"type": "chat", "text": "hej"})).await;
+    let chat = doctor.next_of("chat").await;
+    assert_eq!(
+        (chat["name"].as_str(), chat["text"].as_str()),
+        (Some("Anna"), Some("hej"))
+    );
+    doctor
+        .send(json!({"type": "chat", "text": "välkommen"}))
+        .await;
+    let chat = loop {
+        let chat = patient.next_of("chat").await;
+        if chat["name"] != "Anna" {
+            break chat;
+        }
+    };
+    assert_eq!(chat["text"], "välkommen", "{chat}");
+
+    // The meetings API through B is answered by A, which runs the meeting (and records the
+    // read); through A itself the same.
+    for base in [&b.internal, &a.internal] {
+        let (status, list) = api_at(
+            base,
+            "GET",
+            "/api/v1/meetings/v-replicas/participants",
+            Some(API_KEY),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{list}");
+        let states: Vec<&str> = list["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["state"].as_str())
+            .collect();
+        assert_eq!(states.len(), 2, "{list}");
+    }
+    assert_eq!(a.server.audit_events("api_participants_read").len(), 2);
+    assert!(b.server.audit_events("api_participants_read").is_empty());
+    assert!(
+        b.server.audit_events("join").is_empty(),
+        "the owner records the join, not the replica that relayed it"
+    );
+    let (_, metrics) = api_at(&b.internal, "GET", "/metrics", None, None).await;
+    let text = metrics["raw"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        metric(&text, "signaling_relayed_websockets_total"),
+        1.0,
+        "{text}"
+    );
+
+    // Media both ways through the owner's SFU, the patient's signaling relayed.
+    let doctor_media = MediaPeer::new("doctor").await;
+    let patient_media = MediaPeer::new("patient").await;
+    doctor.start_media(&doctor_media).await;
+    patient.start_media(&patient_media).await;
+    let _doctor_events = doctor.negotiate_in_background(&doctor_media);
+    let mut patient_events = patient.negotiate_in_background(&patient_media);
+    let sender = FrameSender::start(doctor_media, patient_media);
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (doctor_media, patient_media) = sender.stop().await;
+    for (who, media) in [("doctor", &doctor_media), ("patient", &patient_media)] {
+        let fps = frames_per_second(
+            &media.video_frames(),
+            from + Duration::from_secs(1),
+            Instant::now(),
+        );
+        assert!(
+            fps.iter().all(|n| *n >= 20),
+            "{who} receives video through the owner's SFU: {fps:?} frames a second"
+        );
+    }
+
+    // A dies. The patient's relayed connection is told to connect again…
+    let mut a = a;
+    let killed = Instant::now();
+    a.server.kill();
+    let closing = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), patient_events.recv())
+            .await
+            .expect("the relay tells the patient")
+            .expect("a closing message before the socket ends");
+        if msg["type"] == "closing" {
+            break msg;
+        }
+    };
+    assert_eq!(closing["reason"], "restarting", "{closing}");
+
+    // …and both come back through B, which takes the meeting over once A's lease runs out:
+    // the patient admitted as before, without the waiting room.
+    let (mut doctor, _) = join_retrying(&b.server, &doctor_token, Duration::from_secs(15)).await;
+    doctor.next_of("welcome").await;
+    let (mut patient, back) =
+        join_retrying(&b.server, &patient_token, Duration::from_secs(15)).await;
+    let welcome = patient.next_of("welcome").await;
+    assert_eq!(welcome["state"], "admitted", "admission kept: {welcome}");
+    let moved = back.duration_since(killed);
+    assert!(
+        moved < Duration::from_secs(10),
+        "the meeting moved in {moved:?} (the lease is 6 s)"
+    );
+    eprintln!("the meeting moved to the other replica {moved:?} after its owner died");
+    patient
+        .send(json!({"type": "chat", "text": "är du kvar?"}))
+        .await;
+    assert_eq!(doctor.next_of("chat").await["text"], "är du kvar?");
+    assert!(
+        !b.server.audit_events("join").is_empty(),
+        "B runs the meeting now and records its joins"
+    );
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A relayed join must carry the replicas' secret: without it, the internal relay routes
+/// refuse, and a client cannot pass itself off as relayed to choose its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_replicas_may_relay() {
+    let dir = std::env::temp_dir().join(format!("hc-replicas-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = Redis::start(free_port());
+    let a = replica(&redis.url(), &dir.join("issuer.key"));
+    let token = a.server.token("v-x", "pat-1", "Anna", "patient");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    for secret in [None, Some("wrong-secret-0123456789abcdef0123456789")] {
+        let mut req = client
+            .post(format!("{}/relay/join", a.internal))
+            .header("x-healthcare-relayed-for", "203.0.113.9")
+            .json(&json!({"token": token}));
+        if let Some(s) = secret {
+            req = req.header("x-healthcare-relay", s);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 403, "{secret:?}");
+    }
+    let resp = client
+        .post(format!("{}/relay/join", a.internal))
+        .header("x-healthcare-relay", SECRET)
+        .header("x-healthcare-relayed-for", "203.0.113.9")
+        .json(&json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
