@@ -975,16 +975,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let leases = r.leases.clone();
                 let state = renewing.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    let (in_use, idle): (Vec<String>, Vec<String>) = leases
-                        .held()
-                        .into_iter()
-                        .partition(|m| state.meetings.in_use(m));
-                    for m in idle {
-                        if let Err(e) = leases.release(&m) {
+                    let now = std::time::Instant::now();
+                    let idle = leases.idle(|m| state.meetings.in_use(m), now);
+                    for m in &idle {
+                        if let Err(e) = leases.release(m, now) {
                             tracing::warn!(error = %e, "letting a meeting's lease go failed");
                         }
                     }
-                    match leases.renew(&in_use) {
+                    let kept: Vec<String> = leases
+                        .held()
+                        .into_iter()
+                        .filter(|m| !idle.contains(m))
+                        .collect();
+                    match leases.renew(&kept) {
                         Ok(lost) => {
                             for m in lost {
                                 state.meetings.let_go(&m, state.sfu.as_ref());

@@ -6,9 +6,9 @@
 //! owner died, so the next replica to need the meeting takes it over.
 
 use crate::redis_connection::{RedisLink, redacted};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const KEY_PREFIX: &str = "healthcare-sfu:lease:";
 
@@ -35,10 +35,16 @@ end
 return v
 ";
 
-/// Renews the lease only while this replica still holds it: 1, else 0.
+/// Renews the lease while this replica holds it, or takes it again if it lapsed with nobody
+/// taking it (a renewal came late, Redis lost it): 1; held by another replica: 0.
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 ";
@@ -72,8 +78,9 @@ pub struct MeetingLeases {
     me: String,
     url: String,
     link: RedisLink,
-    /// The meetings whose lease this replica holds.
-    held: Mutex<HashSet<String>>,
+    /// The meetings whose lease this replica holds, with when each was last needed (a join
+    /// or an API call, or found in use at a renewal).
+    held: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for MeetingLeases {
@@ -96,7 +103,7 @@ impl MeetingLeases {
             me: me.trim_end_matches('/').to_owned(),
             url: url.to_owned(),
             link,
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -112,8 +119,10 @@ impl MeetingLeases {
         }
     }
 
-    /// Who owns `meeting`, taking its lease when nobody does.
+    /// Who owns `meeting`, taking its lease when nobody does. Leases are taken, and let go,
+    /// one at a time (under `held`), so a lease is never let go under a join that needs it.
     pub fn owner(&self, meeting: &str) -> Result<Owner, LeaseError> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let holder: String = self
             .link
             .call(|con| {
@@ -126,9 +135,8 @@ impl MeetingLeases {
                     .query(con)
             })
             .map_err(|e| self.error(e))?;
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if holder == self.me {
-            let taken = held.insert(meeting.to_owned());
+            let taken = held.insert(meeting.to_owned(), Instant::now()).is_none();
             Ok(Owner::Here { taken })
         } else {
             held.remove(meeting);
@@ -141,7 +149,7 @@ impl MeetingLeases {
         self.held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(meeting)
+            .contains_key(meeting)
     }
 
     /// The meetings whose lease this replica holds.
@@ -150,11 +158,28 @@ impl MeetingLeases {
             .held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
+            .keys()
             .cloned()
             .collect();
         v.sort();
         v
+    }
+
+    /// Of the leases held, those not needed for a whole lease (`in_use` says whether anyone is
+    /// in a meeting now; those that are count as needed now). A join that has just taken a
+    /// lease and not yet entered its meeting is not let go under it.
+    pub fn idle(&self, in_use: impl Fn(&str) -> bool, now: Instant) -> Vec<String> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = Vec::new();
+        for (meeting, needed) in held.iter_mut() {
+            if in_use(meeting) {
+                *needed = now;
+            } else if now.duration_since(*needed) >= LEASE {
+                idle.push(meeting.clone());
+            }
+        }
+        idle.sort();
+        idle
     }
 
     /// Renews the leases of `meetings` (held here). Returns those found held by another
@@ -193,12 +218,15 @@ impl MeetingLeases {
         Ok(lost)
     }
 
-    /// Lets `meeting`'s lease go (this replica no longer has it in use).
-    pub fn release(&self, meeting: &str) -> Result<(), LeaseError> {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(meeting);
+    /// Lets `meeting`'s lease go if it is still idle (not needed since `idle_since`'s
+    /// check, a lease ago).
+    pub fn release(&self, meeting: &str, now: Instant) -> Result<(), LeaseError> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match held.get(meeting) {
+            Some(needed) if now.duration_since(*needed) >= LEASE => {}
+            _ => return Ok(()),
+        }
+        held.remove(meeting);
         self.link
             .call(|con| {
                 redis::cmd("EVAL")

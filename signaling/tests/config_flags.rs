@@ -291,7 +291,10 @@ fn replica_settings_name_what_is_missing() {
             err.contains("replicas.") && err.contains(expected),
             "{extra:?}: {err}"
         );
-        assert!(!err.contains("s3cr3t-XYZ"), "the secret stays out of messages");
+        assert!(
+            !err.contains("s3cr3t-XYZ"),
+            "the secret stays out of messages"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
