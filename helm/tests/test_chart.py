@@ -99,6 +99,7 @@ VALUE_SETS = {
         "api": {"clients": [{"name": "booking", "units": ["SE2321000016-ABCD"],
                              "keySha256": "ab" * 32}]},
     },
+    "replicas": {"signaling": {"replicas": 3}},
     "bare": {"networkPolicy": {"enabled": False}, "ingress": {"enabled": False},
              "metrics": {"grafanaDashboard": {"enabled": False}}},
 }
@@ -143,7 +144,7 @@ class ChartRenders(unittest.TestCase):
 
     def test_the_schema_refuses_what_cannot_work(self):
         refused = {
-            "two signaling replicas (meeting state is per process)": {"signaling": {"replicas": 2}},
+            "no signaling replica": {"signaling": {"replicas": 0}},
             "a mistyped key": {"sfu": {"worker": 4}},
             "plain http public URL": {"publicUrl": "http://video.region.example"},
             "external Redis without its URL": {"redis": {"enabled": False}},
@@ -286,6 +287,31 @@ class ChartRenders(unittest.TestCase):
                          "rediss://:$(REDIS_PASSWORD)@redis.region.internal:6380")
         self.assertEqual(env["REDIS_PASSWORD"],
                          {"secretKeyRef": {"name": "region-redis", "key": "password"}})
+
+    def test_signaling_replicas_share_meetings_through_redis(self):
+        for name in ("defaults", "replicas"):
+            docs = self.rendered[name]
+            sts = find(docs, "StatefulSet", f"{FULL}-signaling")
+            env = env_of(sts["spec"]["template"]["spec"]["containers"][0])
+            control = find(docs, "Service", f"{FULL}-signaling-control")
+            # Every node links to every replica: the control name lists each pod.
+            self.assertEqual(control["spec"]["clusterIP"], "None", name)
+            secrets = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == f"{FULL}-replicas"]
+            if name == "defaults":
+                self.assertNotIn("SIGNALING_REPLICA_URL", env)
+                self.assertNotIn("SIGNALING_MEETING_STORE", env)
+                self.assertEqual(secrets, [])
+                continue
+            self.assertEqual(sts["spec"]["replicas"], 3)
+            self.assertEqual(env["SIGNALING_MEETING_STORE"], f"redis://:$(REDIS_PASSWORD)@{FULL}-redis:6379")
+            self.assertEqual(env["SIGNALING_REPLICA_URL"],
+                             f"http://$(POD_NAME).{FULL}-signaling-pods.{NAMESPACE}.svc:9090")
+            self.assertEqual(env["SIGNALING_REPLICA_SECRET_FILE"], "/etc/healthcare-sfu/replicas/secret")
+            self.assertEqual(len(secrets), 1)
+            import base64
+            self.assertGreaterEqual(len(base64.b64decode(secrets[0]["data"]["secret"])), 32)
+            volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+            self.assertEqual(volumes["replicas"]["secret"]["secretName"], f"{FULL}-replicas")
 
     def test_turn_is_optional_and_coturn_accepts_its_arguments(self):
         self.assertEqual([d for d in self.rendered["defaults"] if d["metadata"]["name"].endswith("-turn")], [])

@@ -75,6 +75,80 @@ async fn session(
     }
 }
 
+/// Replicas: a photo goes to, and is fetched from, the replica running the meeting of the
+/// request's token (photos live in that replica's memory only).
+pub async fn to_owner(
+    State(state): State<Arc<AppState>>,
+    ClientAddress(source): ClientAddress,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(replicas) = state.replicas.clone() else {
+        return next.run(request).await;
+    };
+    // A token that does not verify is refused here, as on any replica.
+    let meeting = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| state.verifier.verify(t).ok())
+        .map(|s| s.claims.mtg);
+    let Some(meeting) = meeting else {
+        return next.run(request).await;
+    };
+    let owner = tokio::task::block_in_place(|| replicas.leases.owner(&meeting));
+    match owner {
+        Ok(crate::meeting_lease::Owner::Here { taken }) => {
+            if taken {
+                state.meetings.took_over(&meeting, state.sfu.as_ref());
+            } else {
+                state.meetings.settled();
+            }
+            next.run(request).await
+        }
+        Ok(crate::meeting_lease::Owner::Elsewhere(_)) if replicas.is_relayed(request.headers()) => {
+            crate::replica_relay::owner_unreachable()
+        }
+        Ok(crate::meeting_lease::Owner::Elsewhere(owner)) => {
+            let (parts, body) = request.into_parts();
+            let Ok(body) = axum::body::to_bytes(body, MAX_IMAGE_BYTES + 64 * 1024).await else {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "image_too_large",
+                    "the photo is larger than allowed",
+                );
+            };
+            // The owner serves relayed photos on its internal listener, under /relay.
+            let path = format!(
+                "/relay{}",
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or(parts.uri.path(), |p| p.as_str())
+            );
+            replicas
+                .forward(
+                    &owner,
+                    parts.method.clone(),
+                    &path,
+                    &parts.headers,
+                    body,
+                    source,
+                )
+                .await
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a meeting's lease failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the meeting store cannot be reached; try again",
+            )
+        }
+    }
+}
+
 /// Time a sender has to deliver a photo's body.
 const UPLOAD_TIME: std::time::Duration = std::time::Duration::from_secs(60);
 

@@ -812,8 +812,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             say!("SFU control listening on {bound}");
             tracing::info!(%bound, "SFU control listener up");
             let remote = RemoteSfu::new(event_tx);
-            // Sessions carried over from the last run: the nodes that kept them report them.
-            remote.expect_sessions(&meetings.carried_sessions());
+            if replicas.is_some() {
+                // The nodes are every replica's: each takes over the sessions of a meeting
+                // when it takes the meeting (its lease), not at start.
+                remote.share();
+            } else {
+                // Sessions carried over from the last run: the nodes that kept them report
+                // them.
+                remote.expect_sessions(&meetings.carried_sessions());
+            }
             tokio::spawn(remote.clone().accept(endpoint));
             let ticking = Arc::downgrade(&remote);
             tokio::spawn(async move {
@@ -970,8 +977,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let renewing = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(signaling::meeting_lease::RENEW_EVERY);
+            let mut ticks = 0u64;
             loop {
                 tick.tick().await;
+                ticks += 1;
+                // Who is admitted is written again every 10 s: after a crash of this replica
+                // its meetings' admissions hold for the reconnect grace from then, not from
+                // the last admission.
+                let write_admissions = ticks.is_multiple_of(5);
                 let leases = r.leases.clone();
                 let state = renewing.clone();
                 let _ = tokio::task::spawn_blocking(move || {
@@ -994,6 +1007,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "renewing meeting leases failed"),
+                    }
+                    if write_admissions && !kept.is_empty() {
+                        state.meetings.persist();
                     }
                 })
                 .await;
@@ -1424,7 +1440,14 @@ fn replicas_config(
         Some(p) => format!("replicas.{k} in {} (or {flag})", p.display()),
         None => format!("replicas.{k} ({flag})"),
     };
+    let secret_given = secret.is_some() || secret_file.is_some() || file.secret_file.is_some();
     let Some(url) = url.or(file.url) else {
+        anyhow::ensure!(
+            !secret_given,
+            "{} is set but {} is not: a replica needs its own internal URL to share meetings",
+            key("secret_file", "--replica-secret-file"),
+            key("url", "--replica-url")
+        );
         return Ok(None);
     };
     let url_key = key("url", "--replica-url");

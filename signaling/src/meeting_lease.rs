@@ -74,8 +74,11 @@ pub struct LeaseError {
 }
 
 pub struct MeetingLeases {
-    /// This replica's internal URL: the lease's value.
+    /// This replica's internal URL.
     me: String,
+    /// The lease's value: the URL and a number of this process's own (`<url>#<n>`), so two
+    /// replicas given one URL by mistake never both take a lease as theirs.
+    value: String,
     url: String,
     link: RedisLink,
     /// The meetings whose lease this replica holds, with when each was last needed (a join
@@ -99,8 +102,10 @@ impl MeetingLeases {
             store: redacted(url),
             reason: e.to_string(),
         })?;
+        let me = me.trim_end_matches('/').to_owned();
         Ok(Self {
-            me: me.trim_end_matches('/').to_owned(),
+            value: format!("{me}#{:016x}", rand::random::<u64>()),
+            me,
             url: url.to_owned(),
             link,
             held: Mutex::new(HashMap::new()),
@@ -130,17 +135,18 @@ impl MeetingLeases {
                     .arg(TAKE)
                     .arg(1)
                     .arg(key(meeting))
-                    .arg(&self.me)
+                    .arg(&self.value)
                     .arg(LEASE.as_millis() as u64)
                     .query(con)
             })
             .map_err(|e| self.error(e))?;
-        if holder == self.me {
+        if holder == self.value {
             let taken = held.insert(meeting.to_owned(), Instant::now()).is_none();
             Ok(Owner::Here { taken })
         } else {
             held.remove(meeting);
-            Ok(Owner::Elsewhere(holder))
+            let url = holder.split('#').next().unwrap_or_default().to_owned();
+            Ok(Owner::Elsewhere(url))
         }
     }
 
@@ -199,7 +205,7 @@ impl MeetingLeases {
                         .arg(RENEW)
                         .arg(1)
                         .arg(key(m))
-                        .arg(&self.me)
+                        .arg(&self.value)
                         .arg(LEASE.as_millis() as u64);
                 }
                 pipe.query(con)
@@ -218,6 +224,27 @@ impl MeetingLeases {
         Ok(lost)
     }
 
+    /// Lets every lease held go (this replica stops; another takes its meetings over).
+    pub fn release_all(&self) {
+        let meetings: Vec<String> = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.drain().map(|(m, _)| m).collect()
+        };
+        for m in meetings {
+            let released = self.link.call(|con| {
+                redis::cmd("EVAL")
+                    .arg(RELEASE)
+                    .arg(1)
+                    .arg(key(&m))
+                    .arg(&self.value)
+                    .query::<i64>(con)
+            });
+            if let Err(e) = released {
+                tracing::warn!(error = %e, meeting = %m, "letting a lease go at stop failed: it runs out");
+            }
+        }
+    }
+
     /// Lets `meeting`'s lease go if it is still idle (not needed since `idle_since`'s
     /// check, a lease ago).
     pub fn release(&self, meeting: &str, now: Instant) -> Result<(), LeaseError> {
@@ -233,7 +260,7 @@ impl MeetingLeases {
                     .arg(RELEASE)
                     .arg(1)
                     .arg(key(meeting))
-                    .arg(&self.me)
+                    .arg(&self.value)
                     .query::<i64>(con)
             })
             .map(|_| ())

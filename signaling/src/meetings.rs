@@ -69,6 +69,9 @@ pub struct Meetings {
     carried: Mutex<HashMap<String, (String, CarriedSession)>>,
     /// Replicas sharing the store: the meetings this one owns (only those it writes).
     leases: std::sync::OnceLock<Arc<crate::meeting_lease::MeetingLeases>>,
+    /// Held while a meeting is taken over (read again, its carried sessions loaded): a join
+    /// right behind the one that took the lease waits for it, and finds its carried session.
+    taking_over: Mutex<()>,
 }
 
 impl Meetings {
@@ -98,6 +101,7 @@ impl Meetings {
             sdp_sent: Mutex::new(HashMap::new()),
             carried: Mutex::new(carried),
             leases: std::sync::OnceLock::new(),
+            taking_over: Mutex::new(()),
         })
     }
 
@@ -117,13 +121,43 @@ impl Meetings {
     /// have changed on its last owner, so an empty copy is dropped and read again from the
     /// store when next needed.
     pub fn forget_stale(&self, id: &str) {
+        // The meeting's own lock is waited for outside the registry's (a busy meeting holds
+        // no join of another one up); then removed only if it is still that copy.
+        let Some(room) = self.get(id) else { return };
+        if !room.lock().is_empty() {
+            return;
+        }
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if rooms
-            .get(id)
-            .is_some_and(|room| room.try_lock().is_some_and(|s| s.is_empty()))
-        {
+        if rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
             rooms.remove(id);
         }
+    }
+
+    /// This replica has just taken meeting `id` over (its lease): it reads the meeting again
+    /// from the store, expects the media sessions its last owner carried for it, and asks the
+    /// nodes what they run of it (what nobody expects is ended).
+    pub fn took_over(&self, id: &str, sfu: &dyn SfuControl) {
+        let _taking = self.taking_over.lock().unwrap_or_else(|e| e.into_inner());
+        self.forget_stale(id);
+        // What was known of its carried sessions before is stale too: the store says.
+        self.carried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (room, _)| room != id);
+        if let Err(e) = self.find(id) {
+            tracing::warn!(error = %e, meeting = %id, "reading a meeting taken over failed");
+        }
+        let carried: Vec<CarriedMedia> = self
+            .carried_sessions()
+            .into_iter()
+            .filter(|c| c.room.0 == id)
+            .collect();
+        sfu.take_over_meeting(&sfu_proto::RoomId(id.to_owned()), &carried);
+    }
+
+    /// Waits for a takeover in progress (see [`Self::took_over`]).
+    pub fn settled(&self) {
+        drop(self.taking_over.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Whether anyone is in meeting `id` here (connected, or parked for a resume).
@@ -203,9 +237,19 @@ impl Meetings {
         let Some(store) = self.store.as_ref().filter(|s| s.is_shared()) else {
             return Ok(None);
         };
-        let Some(record) = store.fetch(id)? else {
+        let Some(mut record) = store.fetch(id)? else {
             return Ok(None);
         };
+        // Media sessions its last owner carried for it (a replica that stopped): expected
+        // back here now.
+        let carried = std::mem::take(&mut record.carried);
+        if !carried.is_empty() {
+            let now = Timestamp::now();
+            let mut kept = self.carried.lock().unwrap_or_else(|e| e.into_inner());
+            for c in carried.into_iter().filter(|c| c.until >= now) {
+                kept.insert(c.key_digest.clone(), (record.id.clone(), c));
+            }
+        }
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         Ok(Some(
             rooms
@@ -908,6 +952,11 @@ impl Meetings {
             s.record.carried = carried;
         }
         self.persist();
+        // Replicas: the meetings are another replica's to take at once (their clients come
+        // back through it), not after the leases ran out.
+        if let Some(leases) = self.leases.get() {
+            leases.release_all();
+        }
         sfu.hold();
         for room in self.list() {
             self.with_room(&room, sfu, |s, fx| s.hand_over(fx));

@@ -428,10 +428,17 @@ pub async fn to_owner(
         return next.run(request).await;
     };
     let relayed = replicas.is_relayed(request.headers());
-    match replicas.leases.owner(&id) {
+    let owner = tokio::task::block_in_place(|| replicas.leases.owner(&id));
+    if matches!(owner, Ok(crate::meeting_lease::Owner::Elsewhere(_))) && state.meetings.in_use(&id)
+    {
+        state.meetings.let_go(&id, state.sfu.as_ref());
+    }
+    match owner {
         Ok(crate::meeting_lease::Owner::Here { taken }) => {
             if taken {
-                state.meetings.forget_stale(&id);
+                state.meetings.took_over(&id, state.sfu.as_ref());
+            } else {
+                state.meetings.settled();
             }
             next.run(request).await
         }

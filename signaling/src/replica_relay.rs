@@ -86,8 +86,9 @@ impl Replicas {
         query: Option<&str>,
         source: IpAddr,
         ws: WebSocketUpgrade,
+        idle: std::time::Duration,
     ) -> Response {
-        let mut url = format!("{}/relay/ws", owner.replace("http", "ws"));
+        let mut url = format!("{}/relay/ws", ws_url(owner));
         if let Some(q) = query {
             url.push('?');
             url.push_str(q);
@@ -141,7 +142,7 @@ impl Replicas {
         };
         metrics::counter!("signaling_relayed_websockets_total").increment(1);
         ws.max_message_size(crate::connection::MAX_MESSAGE_BYTES)
-            .on_upgrade(move |client| pump(client, upstream))
+            .on_upgrade(move |client| pump(client, upstream, idle))
     }
 
     /// Carries a meetings-API call or a join check to the owner at `owner`, and its answer back.
@@ -160,6 +161,7 @@ impl Replicas {
             axum::http::header::AUTHORIZATION,
             axum::http::header::CONTENT_TYPE,
             axum::http::header::ACCEPT,
+            axum::http::header::HeaderName::from_static("x-participant"),
         ] {
             if let Some(v) = headers.get(&name) {
                 request = request.header(name, v.clone());
@@ -172,20 +174,21 @@ impl Replicas {
             Ok(answer) => {
                 metrics::counter!("signaling_relayed_requests_total").increment(1);
                 let status = answer.status();
-                let content_type = answer.headers().get(reqwest::header::CONTENT_TYPE).cloned();
-                let retry_after = answer.headers().get(reqwest::header::RETRY_AFTER).cloned();
+                let kept: Vec<(axum::http::HeaderName, HeaderValue)> = PASSED_BACK
+                    .iter()
+                    .filter_map(|name| {
+                        let v = answer.headers().get(*name)?;
+                        Some((
+                            axum::http::HeaderName::from_static(name),
+                            HeaderValue::from_bytes(v.as_bytes()).ok()?,
+                        ))
+                    })
+                    .collect();
                 let body = answer.bytes().await.unwrap_or_default();
                 let mut response = Response::new(Body::from(body));
                 *response.status_mut() = status;
-                if let Some(v) = content_type {
-                    response
-                        .headers_mut()
-                        .insert(axum::http::header::CONTENT_TYPE, v);
-                }
-                if let Some(v) = retry_after {
-                    response
-                        .headers_mut()
-                        .insert(axum::http::header::RETRY_AFTER, v);
+                for (name, v) in kept {
+                    response.headers_mut().insert(name, v);
                 }
                 response
             }
@@ -194,6 +197,27 @@ impl Replicas {
                 owner_unreachable()
             }
         }
+    }
+}
+
+/// The owner's answer headers a forwarded request passes back (the rest — security headers —
+/// the replica that answers the client sets itself).
+const PASSED_BACK: &[&str] = &[
+    "content-type",
+    "retry-after",
+    "cache-control",
+    "www-authenticate",
+    "content-disposition",
+];
+
+/// The owner's WebSocket URL for its internal `http(s)://` one.
+fn ws_url(owner: &str) -> String {
+    if let Some(rest) = owner.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = owner.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        owner.to_owned()
     }
 }
 
@@ -226,19 +250,24 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 type Upstream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Copies frames both ways until one side closes. The owner gone without a close (it died):
-/// the client is told to connect again, as at a restart (`closing`, reason `restarting`,
-/// close 1012), and reaches the replica that takes the meeting over.
-async fn pump(client: WebSocket, upstream: Upstream) {
+/// Copies frames both ways until one side closes. A client that drops without a close (its
+/// network went) is dropped towards the owner the same way — no close frame — so the owner
+/// parks it for a resume as it would a direct connection; a side silent for `idle` (the owner
+/// pings every third of it, and the client answers) is taken as gone. The owner gone without a
+/// close (it died): the client is told to connect again, as at a restart (`closing`, reason
+/// `restarting`, close 1012), and reaches the replica that takes the meeting over.
+async fn pump(client: WebSocket, upstream: Upstream, idle: std::time::Duration) {
     let (mut to_client, mut from_client) = client.split();
     let (mut to_owner, mut from_owner) = upstream.split();
+    let mut heard_client = tokio::time::Instant::now();
+    let mut heard_owner = tokio::time::Instant::now();
+    let mut check = tokio::time::interval(idle / 3);
     loop {
         tokio::select! {
             msg = from_client.next() => {
-                let Some(Ok(msg)) = msg else {
-                    let _ = to_owner.close().await;
-                    return;
-                };
+                // Dropped, not closed: the owner sees the socket go as a dropped one.
+                let Some(Ok(msg)) = msg else { return };
+                heard_client = tokio::time::Instant::now();
                 let closing = matches!(msg, Message::Close(_));
                 if to_owner.send(upstream_message(msg)).await.is_err() || closing {
                     return;
@@ -247,6 +276,7 @@ async fn pump(client: WebSocket, upstream: Upstream) {
             msg = from_owner.next() => {
                 match msg {
                     Some(Ok(msg)) => {
+                        heard_owner = tokio::time::Instant::now();
                         let Some(msg) = downstream_message(msg) else { continue };
                         let closing = matches!(msg, Message::Close(_));
                         if to_client.send(msg).await.is_err() || closing {
@@ -254,20 +284,35 @@ async fn pump(client: WebSocket, upstream: Upstream) {
                         }
                     }
                     _ => {
-                        let text = json!({"type": "closing", "reason": "restarting"}).to_string();
-                        let _ = to_client.send(Message::Text(text.into())).await;
-                        let _ = to_client
-                            .send(Message::Close(Some(CloseFrame {
-                                code: 1012,
-                                reason: "restarting".into(),
-                            })))
-                            .await;
+                        tell_to_reconnect(&mut to_client).await;
                         return;
                     }
                 }
             }
+            _ = check.tick() => {
+                let now = tokio::time::Instant::now();
+                if now.duration_since(heard_client) > idle {
+                    return;
+                }
+                if now.duration_since(heard_owner) > idle {
+                    tracing::warn!("the owning replica went silent on a relayed WebSocket");
+                    tell_to_reconnect(&mut to_client).await;
+                    return;
+                }
+            }
         }
     }
+}
+
+async fn tell_to_reconnect(to_client: &mut futures_util::stream::SplitSink<WebSocket, Message>) {
+    let text = json!({"type": "closing", "reason": "restarting"}).to_string();
+    let _ = to_client.send(Message::Text(text.into())).await;
+    let _ = to_client
+        .send(Message::Close(Some(CloseFrame {
+            code: 1012,
+            reason: "restarting".into(),
+        })))
+        .await;
 }
 
 fn upstream_message(msg: Message) -> tungstenite::Message {

@@ -30,7 +30,7 @@ const STYLE_CSS: &str = include_str!("../web/style.css");
 
 /// Everything on one listener (the single-node default).
 pub fn router(state: Arc<AppState>) -> Router {
-    public_routes()
+    public_routes(&state)
         .merge(internal_routes(&state))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -38,7 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// What browsers need: the web client, the join check and WebSocket, photos, health.
 pub fn public_router(state: Arc<AppState>) -> Router {
-    public_routes()
+    public_routes(&state)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(axum::middleware::map_response(security_headers))
@@ -53,7 +53,7 @@ pub fn internal_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn public_routes() -> Router<Arc<AppState>> {
+fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(index))
         .route("/m/{meeting}", get(index))
@@ -72,7 +72,12 @@ fn public_routes() -> Router<Arc<AppState>> {
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/join", post(join_check))
         .route("/ws", get(ws_upgrade))
-        .merge(crate::image_sharing::routes())
+        .merge(
+            crate::image_sharing::routes().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::image_sharing::to_owner,
+            )),
+        )
 }
 
 fn internal_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
@@ -82,6 +87,13 @@ fn internal_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         // owns.
         .route("/relay/join", post(join_check))
         .route("/relay/ws", get(ws_upgrade))
+        .nest(
+            "/relay",
+            crate::image_sharing::routes().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                only_replicas,
+            )),
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(
@@ -197,10 +209,19 @@ impl AppState {
         {
             return Ok(Route::Here);
         }
-        match replicas.leases.owner(&meeting) {
+        let owner = tokio::task::block_in_place(|| replicas.leases.owner(&meeting));
+        if matches!(owner, Ok(crate::meeting_lease::Owner::Elsewhere(_)))
+            && self.meetings.in_use(&meeting)
+        {
+            // Another replica took it while this one was cut off: its clients here go there.
+            self.meetings.let_go(&meeting, self.sfu.as_ref());
+        }
+        match owner {
             Ok(crate::meeting_lease::Owner::Here { taken }) => {
                 if taken {
-                    self.meetings.forget_stale(&meeting);
+                    self.meetings.took_over(&meeting, self.sfu.as_ref());
+                } else {
+                    self.meetings.settled();
                 }
                 Ok(Route::Here)
             }
@@ -356,13 +377,28 @@ fn unrelayed(state: &AppState, uri: &axum::http::Uri, headers: &HeaderMap) -> Op
     }
     match &state.replicas {
         Some(r) if r.is_relayed(headers) => None,
-        _ => Some(
-            (
-                StatusCode::FORBIDDEN,
-                Json(json!({"error": "not_a_replica", "reason": "only signaling replicas relay joins"})),
-            )
-                .into_response(),
-        ),
+        _ => Some(not_a_replica()),
+    }
+}
+
+fn not_a_replica() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({"error": "not_a_replica", "reason": "only signaling replicas relay here"})),
+    )
+        .into_response()
+}
+
+/// Guards what only replicas may call (`/relay/…`).
+async fn only_replicas(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // (Nested routes see their path without the prefix: the secret is checked whatever it.)
+    match &state.replicas {
+        Some(r) if r.is_relayed(request.headers()) => next.run(request).await,
+        _ => not_a_replica(),
     }
 }
 
@@ -385,7 +421,7 @@ async fn ws_upgrade(
                 return StatusCode::INTERNAL_SERVER_ERROR.into_response();
             };
             return replicas
-                .relay_websocket(&owner, raw.as_deref(), source, ws)
+                .relay_websocket(&owner, raw.as_deref(), source, ws, state.ws_idle)
                 .await;
         }
         Err(refused) => return *refused,

@@ -125,12 +125,14 @@ impl SessionTakeover {
             .find_map(|e| e.node.as_deref())
     }
 
-    /// Node `node` linked and listed its sessions (each passed to [`Self::reported`] first):
-    /// the expected sessions it ran and did not list are lost (participant, session).
-    pub fn linked(&mut self, node: &str) -> Vec<(ParticipantId, u32)> {
+    /// Node `node` listed its sessions — all of them when it linked (`room` none), or those
+    /// of `room` when asked at a meeting's takeover — each passed to [`Self::reported`]
+    /// first: the expected sessions it ran (of that room) and did not list are lost
+    /// (participant, session).
+    pub fn linked(&mut self, node: &str, room: Option<&RoomId>) -> Vec<(ParticipantId, u32)> {
         let mut lost = Vec::new();
         self.expected.retain(|p, e| {
-            let keep = e.node.as_deref() != Some(node);
+            let keep = e.node.as_deref() != Some(node) || room.is_some_and(|r| *r != e.room);
             if !keep {
                 lost.push((p.clone(), e.session));
             }
@@ -321,8 +323,12 @@ mod tests {
             t0,
         );
         assert!(matches!(t.reported(&held("a", 1), t0), Adoption::Adopt(_)));
-        assert_eq!(t.linked("sfu-1"), vec![(ParticipantId::from("b"), 1)]);
-        assert!(t.linked("sfu-1").is_empty(), "told once");
+        assert!(
+            t.linked("sfu-1", Some(&RoomId::from("visit-2"))).is_empty(),
+            "a list of another room's sessions says nothing of visit-1's"
+        );
+        assert_eq!(t.linked("sfu-1", None), vec![(ParticipantId::from("b"), 1)]);
+        assert!(t.linked("sfu-1", None).is_empty(), "told once");
         assert_eq!(
             t.due(t0 + TAKEOVER_WINDOW).lost,
             vec![(ParticipantId::from("c"), 1)],

@@ -16,6 +16,16 @@ pub trait SfuControl: Send + Sync + 'static {
     /// connections closing now.
     fn hold(&self) {}
 
+    /// This replica has taken meeting `room` over from another (ADR 5): the media sessions
+    /// the store carried for it are expected, and every node is asked what it runs of the
+    /// room — carried sessions go on, the rest (the last owner's, unclaimed) are ended.
+    fn take_over_meeting(
+        &self,
+        _room: &sfu_proto::RoomId,
+        _carried: &[crate::session_takeover::CarriedMedia],
+    ) {
+    }
+
     /// The standalone node `participant`'s media session runs on.
     fn node_of(&self, _participant: &ParticipantId) -> Option<String> {
         None

@@ -7,7 +7,7 @@ use crate::session_takeover::{Adoption, CarriedMedia, SessionTakeover};
 use crate::sfu_control::SfuControl;
 use sfu_proto::{
     Command, ControlMessage, DisconnectReason, Event, HeldSession, LoadReport, PROTOCOL_VERSION,
-    ParticipantId,
+    ParticipantId, RoomId,
 };
 use sfu_server::control_stream::{ControlStreamError, read_message, spawn_reader, write_message};
 use sfu_server::room_placement::RoomPlacement;
@@ -17,7 +17,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 struct NodeLink {
     id: String,
-    tx: UnboundedSender<Command>,
+    tx: UnboundedSender<ControlMessage>,
     /// Its workers and last load report: where a new room goes.
     load: NodeLoad,
 }
@@ -29,6 +29,9 @@ struct Nodes {
     placement: RoomPlacement<u64>,
     /// Sessions carried over from the previous run, and those nodes kept for them.
     takeover: SessionTakeover,
+    /// Rooms of meetings this replica took over, with the nodes asked what they run of them
+    /// and not answered yet.
+    surveys: std::collections::HashSet<(RoomId, u64)>,
 }
 
 /// Commands go to whichever connected node owns the room.
@@ -37,6 +40,9 @@ pub struct RemoteSfu {
     events: UnboundedSender<Event>,
     /// Set when the service stops with its sessions left running on the nodes.
     held: std::sync::atomic::AtomicBool,
+    /// Replicas share the nodes (ADR 5): a node's sessions of meetings this replica does not
+    /// run are another replica's, never ended at a hello.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 impl RemoteSfu {
@@ -45,7 +51,14 @@ impl RemoteSfu {
             nodes: Mutex::new(Nodes::default()),
             events,
             held: std::sync::atomic::AtomicBool::new(false),
+            shared: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Other signaling replicas link to the same nodes.
+    pub fn share(&self) {
+        self.shared
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Ends what the take-over window has run out for: adopted sessions nobody claimed are
@@ -70,8 +83,18 @@ impl RemoteSfu {
         }
     }
 
-    /// Places the sessions a node kept that this service expects; tells it to end the rest.
-    fn take_over(&self, n: &mut Nodes, key: u64, node_id: &str, held: &[HeldSession]) {
+    /// Places the sessions a node kept that this service expects; tells it to end the rest —
+    /// all of them when `room` is a meeting this replica took over, only those of its own
+    /// meetings (none, replicas sharing the nodes) at a hello.
+    fn take_over(
+        &self,
+        n: &mut Nodes,
+        key: u64,
+        node_id: &str,
+        held: &[HeldSession],
+        room: Option<&RoomId>,
+    ) {
+        let shared = self.shared.load(std::sync::atomic::Ordering::Acquire);
         let now = std::time::Instant::now();
         let Some(tx) = n.links.get(&key).map(|l| l.tx.clone()) else {
             return;
@@ -81,19 +104,24 @@ impl RemoteSfu {
             let end = Command::RemoveParticipant {
                 participant: h.participant.clone(),
             };
+            // A session this replica placed itself (a client of a meeting taken over already
+            // started anew) is its own, whatever the list.
+            if n.placement.holds(&h.participant, h.session) {
+                continue;
+            }
             match n.takeover.reported(h, now) {
                 Adoption::Adopt(permissions) => {
                     if n.placement.adopt(key, h) {
                         adopted += 1;
                         if let Some(p) = permissions {
-                            let _ = tx.send(p);
+                            let _ = tx.send(ControlMessage::Command(p));
                         }
                     } else {
                         // Its room went to another node meanwhile: one meeting stays on one
                         // node, so this session ends and its client starts a new one there.
                         n.takeover.forget(&h.participant);
                         ended += 1;
-                        let _ = tx.send(end);
+                        let _ = tx.send(ControlMessage::Command(end));
                         let _ = self.events.send(Event::Disconnected {
                             participant: h.participant.clone(),
                             reason: DisconnectReason::TransportClosed,
@@ -101,14 +129,15 @@ impl RemoteSfu {
                         });
                     }
                 }
+                Adoption::End if shared && room.is_none() => {}
                 Adoption::End => {
                     ended += 1;
-                    let _ = tx.send(end);
+                    let _ = tx.send(ControlMessage::Command(end));
                 }
             }
         }
         // What it ran before and no longer does: lost now, not at the window's end.
-        let lost = n.takeover.linked(node_id);
+        let lost = n.takeover.linked(node_id, room);
         if !held.is_empty() || !lost.is_empty() {
             tracing::info!(node = %node_id, adopted, ended, lost = lost.len(), "sessions the node kept");
         }
@@ -179,7 +208,7 @@ impl RemoteSfu {
                  certificate's name)"
             );
         }
-        let (tx, mut rx) = unbounded_channel::<Command>();
+        let (tx, mut rx) = unbounded_channel::<ControlMessage>();
         let key = {
             let mut n = self
                 .nodes
@@ -210,7 +239,7 @@ impl RemoteSfu {
                     },
                 },
             );
-            self.take_over(&mut n, key, &node_id, &held);
+            self.take_over(&mut n, key, &node_id, &held, None);
             key
         };
         tracing::info!(node = %node_id, workers, remote = %conn.remote_address(), "SFU node connected");
@@ -220,8 +249,8 @@ impl RemoteSfu {
         let result: anyhow::Result<()> = async {
             loop {
                 tokio::select! {
-                    cmd = rx.recv() => match cmd {
-                        Some(cmd) => write_message(&mut send, &ControlMessage::Command(cmd)).await?,
+                    msg = rx.recv() => match msg {
+                        Some(msg) => write_message(&mut send, &msg).await?,
                         None => return Ok(()),
                     },
                     msg = incoming.recv() => match msg.ok_or(ControlStreamError::Closed)?? {
@@ -230,6 +259,13 @@ impl RemoteSfu {
                                 && let Some(link) = n.links.get_mut(&key)
                             {
                                 link.load.report = report;
+                            }
+                        }
+                        ControlMessage::RoomSessions { room, sessions } => {
+                            if let Ok(mut n) = self.nodes.lock()
+                                && n.surveys.remove(&(room.clone(), key))
+                            {
+                                self.take_over(&mut n, key, &node_id, &sessions, Some(&room));
                             }
                         }
                         ControlMessage::Event(event) => {
@@ -248,6 +284,7 @@ impl RemoteSfu {
         let orphans: Vec<(ParticipantId, u32)> = match self.nodes.lock() {
             Ok(mut n) => {
                 n.links.remove(&key);
+                n.surveys.retain(|(_, k)| *k != key);
                 n.placement.drop_target(key)
             }
             Err(_) => Vec::new(),
@@ -289,6 +326,28 @@ impl SfuControl for RemoteSfu {
         if let Ok(mut n) = self.nodes.lock() {
             for carried in sessions {
                 n.takeover.expect(carried.clone(), now);
+            }
+        }
+    }
+
+    fn take_over_meeting(&self, room: &RoomId, carried: &[CarriedMedia]) {
+        let now = std::time::Instant::now();
+        let Ok(mut guard) = self.nodes.lock() else {
+            return;
+        };
+        let n = &mut *guard;
+        for c in carried {
+            n.takeover.expect(c.clone(), now);
+        }
+        let asked: Vec<u64> = n.links.keys().copied().collect();
+        for key in asked {
+            if let Some(link) = n.links.get(&key)
+                && link
+                    .tx
+                    .send(ControlMessage::ReportSessions { room: room.clone() })
+                    .is_ok()
+            {
+                n.surveys.insert((room.clone(), key));
             }
         }
     }
@@ -375,7 +434,7 @@ impl SfuControl for RemoteSfu {
         };
         match target {
             Some((tx, node)) => {
-                if tx.send(command).is_err() {
+                if tx.send(ControlMessage::Command(command)).is_err() {
                     tracing::warn!(%node, "SFU node link closed while sending");
                 }
             }

@@ -79,3 +79,8 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
+
+{{/* The Secret with the signaling replicas' shared secret. */}}
+{{- define "hc.replicaSecret" -}}
+{{- .Values.signaling.replicaSecret.name | default (printf "%s-replicas" (include "hc.fullname" .)) -}}
+{{- end -}}

@@ -17,7 +17,7 @@ pub use held_session::HeldSession;
 pub use ids::{ParticipantId, RoomId, TrackId};
 
 /// Version of the control protocol; a node with another version is refused at connect.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One message on a control connection, in either direction.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -36,6 +36,16 @@ pub enum ControlMessage {
     },
     Command(Command),
     Event(Event),
+    /// Signaling → node: which media sessions of `room` the node runs (a signaling replica
+    /// taking a meeting over from another asks every node). Answered on the same link.
+    ReportSessions {
+        room: RoomId,
+    },
+    /// Node → signaling: the answer to [`ControlMessage::ReportSessions`].
+    RoomSessions {
+        room: RoomId,
+        sessions: Vec<HeldSession>,
+    },
 }
 
 /// Errors decoding a control message from its wire form.
@@ -52,6 +62,8 @@ impl ControlMessage {
             ControlMessage::Hello { .. } => "hello",
             ControlMessage::Command(_) => "command",
             ControlMessage::Event(_) => "event",
+            ControlMessage::ReportSessions { .. } => "report_sessions",
+            ControlMessage::RoomSessions { .. } => "room_sessions",
         }
     }
 

@@ -1,27 +1,99 @@
-//! The SFU node's side of the control link: dials signaling over QUIC, says hello, executes
-//! commands, sends events and a periodic load report; redials when the link drops.
+//! The SFU node's side of the control link: dials every signaling replica over QUIC, says
+//! hello, executes commands, sends events (each to every replica: the one running the
+//! participant's meeting acts on it) and a periodic load report; redials a link that drops.
 
 use crate::cluster_tls::ClusterTls;
 use crate::control_stream::{ControlStreamError, spawn_reader, write_message};
 use crate::health_listener::Readiness;
 use crate::node::SfuNode;
 use sfu_proto::{ControlMessage, Event, LoadReport, PROTOCOL_VERSION};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 #[derive(Debug, Clone)]
 pub struct ControlClientConfig {
-    /// `host:port`, resolved at each dial.
+    /// `host:port` entries, comma-separated; each resolved again every few seconds, and every
+    /// address found dialled (a headless Service lists each signaling replica).
     pub signaling: String,
     /// Name in signaling's certificate.
     pub server_name: String,
     pub node_id: String,
     pub load_interval: Duration,
-    /// How long rooms outlive a lost control link: media flows on through a signaling restart
-    /// or failover, and the signaling reached next takes the sessions over.
+    /// How long rooms outlive the last control link: media flows on through a signaling
+    /// restart or failover, and the signaling reached next takes the sessions over.
     pub grace: Duration,
+}
+
+/// How often the signaling addresses are resolved again (a replica added or moved).
+const DISCOVERY_EVERY: Duration = Duration::from_secs(5);
+
+/// The links up now: where each event goes.
+#[derive(Default)]
+struct Links {
+    next: u64,
+    up: HashMap<u64, UnboundedSender<Event>>,
+}
+
+/// What every link task shares.
+struct Shared {
+    config: ControlClientConfig,
+    endpoint: quinn::Endpoint,
+    node: Arc<SfuNode>,
+    readiness: Arc<Readiness>,
+    draining: tokio::sync::watch::Receiver<bool>,
+    links: Mutex<Links>,
+    /// Whether any link is up (the rooms are kept while one is, see `keep_rooms`).
+    any_up: tokio::sync::watch::Sender<bool>,
+    /// The addresses found at the last resolution, and those a task dials now.
+    wanted: Mutex<HashSet<SocketAddr>>,
+    dialing: Mutex<HashSet<SocketAddr>>,
+}
+
+impl Shared {
+    fn link_up(&self, tx: UnboundedSender<Event>) -> u64 {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.next += 1;
+        let key = links.next;
+        links.up.insert(key, tx);
+        self.any_up.send_replace(true);
+        self.readiness.set_control_link_up(true);
+        key
+    }
+
+    fn link_down(&self, key: u64) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.up.remove(&key);
+        if links.up.is_empty() {
+            self.any_up.send_replace(false);
+            self.readiness.set_control_link_up(false);
+        }
+    }
+
+    /// Every event to every link up.
+    fn fan_out(&self, event: Event) {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        for tx in links.up.values() {
+            let _ = tx.send(event.clone());
+        }
+    }
+}
+
+/// The socket addresses of the configured entries (IPv4: the endpoint is bound to it;
+/// `localhost` may list ::1 first). An entry that does not resolve is logged and skipped.
+async fn resolve(entries: &str) -> HashSet<SocketAddr> {
+    let mut found = HashSet::new();
+    for entry in entries.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match tokio::net::lookup_host(entry).await {
+            Ok(addrs) => found.extend(addrs.filter(SocketAddr::is_ipv4)),
+            Err(e) => {
+                tracing::warn!(signaling = %entry, error = %e, "signaling address does not resolve")
+            }
+        }
+    }
+    found
 }
 
 /// Runs until the process ends. `events` carries the node's SFU events.
@@ -31,54 +103,101 @@ pub async fn run(
     node: Arc<SfuNode>,
     mut events: UnboundedReceiver<Event>,
     readiness: Arc<Readiness>,
-    mut draining: tokio::sync::watch::Receiver<bool>,
+    draining: tokio::sync::watch::Receiver<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(tls.quic_client()?);
-    let mut redial = RedialDelay::default();
-    let (link_tx, link_rx) = tokio::sync::watch::channel(false);
+    let (any_up, any_up_rx) = tokio::sync::watch::channel(false);
     let held = node.clone();
     let closing = node.clone();
     let keeper = tokio::spawn(keep_rooms(
-        link_rx,
+        any_up_rx,
         config.grace,
         move || held.held_sessions().len(),
         move || closing.close_all_rooms(),
     ));
     let _keeper = AbortOnDrop(keeper);
+    let shared = Arc::new(Shared {
+        config,
+        endpoint: endpoint.clone(),
+        node,
+        readiness,
+        draining,
+        links: Mutex::new(Links::default()),
+        any_up,
+        wanted: Mutex::new(HashSet::new()),
+        dialing: Mutex::new(HashSet::new()),
+    });
+    // Events go to every link up; with none, they are let go (what happened meanwhile is in
+    // the next hello's list of sessions).
+    let fanning = shared.clone();
+    let fan_out = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            fanning.fan_out(event);
+        }
+    });
+    let _fan_out = AbortOnDrop(fan_out);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut discovery = tokio::time::interval(DISCOVERY_EVERY);
     loop {
-        let result = tokio::select! {
-            result = session(
-                &config,
-                &endpoint,
-                &node,
-                &mut events,
-                &readiness,
-                &mut draining,
-                &link_tx,
-            ) => result,
+        tokio::select! {
+            _ = discovery.tick() => {
+                let found = resolve(&shared.config.signaling).await;
+                if found.is_empty() {
+                    tracing::warn!(signaling = %shared.config.signaling, "no signaling address found");
+                }
+                let new: Vec<SocketAddr> = {
+                    let mut dialing = shared.dialing.lock().unwrap_or_else(|e| e.into_inner());
+                    let new: Vec<SocketAddr> =
+                        found.iter().filter(|a| !dialing.contains(a)).copied().collect();
+                    dialing.extend(new.iter().copied());
+                    new
+                };
+                *shared.wanted.lock().unwrap_or_else(|e| e.into_inner()) = found;
+                for addr in new {
+                    tasks.spawn(link_loop(shared.clone(), addr));
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = stop.wait_for(|stop| *stop) => {
-                // The session, and with it the connection, was dropped (closed): let the close
-                // reach signaling before the process ends, so it moves this node's
+                // The sessions, and with them the connections, are dropped (closed): let the
+                // closes reach signaling before the process ends, so it moves this node's
                 // participants at once instead of after the idle timeout.
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
                 let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
                 return Ok(());
             }
-        };
-        readiness.set_control_link_up(false);
-        // Whether this session's link came up (the next dial then starts the backoff over).
-        let was_up = link_tx.send_replace(false);
-        match result {
-            Ok(()) => tracing::info!("control link closed by signaling"),
-            Err(e) => {
-                tracing::warn!(error = %e, signaling = %config.signaling, "control link failed")
-            }
         }
-        // The rooms go on (see `keep_rooms`); what happened meanwhile is in the next hello's
-        // list of sessions, so events are not kept.
-        while events.try_recv().is_ok() {}
+    }
+}
+
+/// Keeps a link to one signaling address: dials, runs the session, waits and dials again —
+/// for as long as the address is still found.
+async fn link_loop(shared: Arc<Shared>, addr: SocketAddr) {
+    let mut redial = RedialDelay::default();
+    loop {
+        let (was_up, result) = session(&shared, addr).await;
+        match result {
+            Ok(()) => tracing::info!(%addr, "control link closed by signaling"),
+            Err(e) => tracing::warn!(error = %e, %addr, "control link failed"),
+        }
         tokio::time::sleep(redial.next(was_up)).await;
+        let still_wanted = shared
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&addr);
+        if !still_wanted {
+            tracing::info!(%addr, "signaling address no longer listed: not dialled again");
+            shared
+                .dialing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&addr);
+            return;
+        }
     }
 }
 
@@ -190,86 +309,99 @@ impl Drop for CloseOnDrop {
     }
 }
 
-async fn session(
-    config: &ControlClientConfig,
-    endpoint: &quinn::Endpoint,
-    node: &SfuNode,
-    events: &mut UnboundedReceiver<Event>,
-    readiness: &Readiness,
-    draining: &mut tokio::sync::watch::Receiver<bool>,
-    link: &tokio::sync::watch::Sender<bool>,
-) -> anyhow::Result<()> {
-    // The endpoint is bound to IPv4; `localhost` may list ::1 first.
-    let addr = tokio::net::lookup_host(&config.signaling)
-        .await?
-        .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| anyhow::anyhow!("{} resolves to no IPv4 address", config.signaling))?;
-    let conn = endpoint.connect(addr, &config.server_name)?.await?;
+/// One control session with the signaling replica at `addr`. Returns whether the link came
+/// up, and how it ended.
+async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>) {
+    let config = &shared.config;
+    let node = &shared.node;
+    let conn = match shared.endpoint.connect(addr, &config.server_name) {
+        Ok(connecting) => match connecting.await {
+            Ok(conn) => conn,
+            Err(e) => return (false, Err(e.into())),
+        },
+        Err(e) => return (false, Err(e.into())),
+    };
     // However this session ends, the connection goes with it (the reader task holds a stream).
     let _close = CloseOnDrop(conn.clone());
-    let (mut send, recv) = conn.open_bi().await?;
-    // Taken after the events of the old link were let go: a session that ended since is not
-    // listed.
+    let (mut send, recv) = match conn.open_bi().await {
+        Ok(streams) => streams,
+        Err(e) => return (false, Err(e.into())),
+    };
     let held = node.held_sessions();
-    write_message(
-        &mut send,
-        &ControlMessage::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            node_id: config.node_id.clone(),
-            workers: node.workers().len() as u32,
-            sessions: held.clone(),
-        },
-    )
-    .await?;
-    tracing::info!(signaling = %config.signaling, node = %config.node_id, sessions = held.len(), "control link up");
-    link.send_replace(true);
-    readiness.set_control_link_up(true);
-    let mut incoming = spawn_reader(recv);
-    let mut tick = tokio::time::interval(config.load_interval);
-    let mut last = (node.counters().0, std::time::Instant::now());
-    let mut cpu = crate::process_cpu::ProcessCpu::default();
-    loop {
-        // A drain is reported at once (a report now), so no new room is placed here meanwhile.
-        let drain_started = async {
-            if *draining.borrow() {
-                std::future::pending::<()>().await;
-            }
-            let _ = draining.changed().await;
-        };
-        tokio::select! {
-            _ = drain_started => {
-                tick.reset_immediately();
-            }
-            msg = incoming.recv() => {
-                match msg.ok_or(ControlStreamError::Closed)?? {
-                    ControlMessage::Command(cmd) => node.send(cmd),
-                    // Only the kind: messages carry SDP, which stays out of logs.
-                    other => tracing::warn!(kind = other.kind(), "unexpected control message from signaling"),
+    let hello = ControlMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node_id: config.node_id.clone(),
+        workers: node.workers().len() as u32,
+        sessions: held.clone(),
+    };
+    if let Err(e) = write_message(&mut send, &hello).await {
+        return (false, Err(e.into()));
+    }
+    tracing::info!(%addr, node = %config.node_id, sessions = held.len(), "control link up");
+    let (tx, mut events) = unbounded_channel();
+    let key = shared.link_up(tx);
+    let mut draining = shared.draining.clone();
+    let result: anyhow::Result<()> = async {
+        let mut incoming = spawn_reader(recv);
+        let mut tick = tokio::time::interval(config.load_interval);
+        let mut last = (node.counters().0, std::time::Instant::now());
+        let mut cpu = crate::process_cpu::ProcessCpu::default();
+        loop {
+            // A drain is reported at once (a report now), so no new room is placed here
+            // meanwhile.
+            let drain_started = async {
+                if *draining.borrow() {
+                    std::future::pending::<()>().await;
                 }
-            }
-            Some(event) = events.recv() => {
-                write_message(&mut send, &ControlMessage::Event(event)).await?;
-            }
-            _ = tick.tick() => {
-                let (c, rooms_now, participants) = node.counters();
-                let now = std::time::Instant::now();
-                let secs = now.duration_since(last.1).as_secs_f64().max(0.001);
-                let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs) as u64;
-                let report = LoadReport {
-                    node_id: config.node_id.clone(),
-                    rooms: rooms_now as u32,
-                    participants: participants as u32,
-                    packets_in_per_s: rate(c.packets_in, last.0.packets_in),
-                    packets_out_per_s: rate(c.packets_out, last.0.packets_out),
-                    dropped_per_s: rate(c.dropped(), last.0.dropped()),
-                    draining: *draining.borrow(),
-                    cpu_percent: cpu.percent(),
-                };
-                last = (c, now);
-                write_message(&mut send, &ControlMessage::Event(Event::Load(report))).await?;
+                let _ = draining.changed().await;
+            };
+            tokio::select! {
+                _ = drain_started => {
+                    tick.reset_immediately();
+                }
+                msg = incoming.recv() => {
+                    match msg.ok_or(ControlStreamError::Closed)?? {
+                        ControlMessage::Command(cmd) => node.send(cmd),
+                        // A replica taking a meeting over asks what its room runs here.
+                        ControlMessage::ReportSessions { room } => {
+                            let sessions = node
+                                .held_sessions()
+                                .into_iter()
+                                .filter(|h| h.room == room)
+                                .collect();
+                            write_message(&mut send, &ControlMessage::RoomSessions { room, sessions }).await?;
+                        }
+                        // Only the kind: messages carry SDP, which stays out of logs.
+                        other => tracing::warn!(kind = other.kind(), "unexpected control message from signaling"),
+                    }
+                }
+                Some(event) = events.recv() => {
+                    write_message(&mut send, &ControlMessage::Event(event)).await?;
+                }
+                _ = tick.tick() => {
+                    let (c, rooms_now, participants) = node.counters();
+                    let now = std::time::Instant::now();
+                    let secs = now.duration_since(last.1).as_secs_f64().max(0.001);
+                    let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs) as u64;
+                    let report = LoadReport {
+                        node_id: config.node_id.clone(),
+                        rooms: rooms_now as u32,
+                        participants: participants as u32,
+                        packets_in_per_s: rate(c.packets_in, last.0.packets_in),
+                        packets_out_per_s: rate(c.packets_out, last.0.packets_out),
+                        dropped_per_s: rate(c.dropped(), last.0.dropped()),
+                        draining: *draining.borrow(),
+                        cpu_percent: cpu.percent(),
+                    };
+                    last = (c, now);
+                    write_message(&mut send, &ControlMessage::Event(Event::Load(report))).await?;
+                }
             }
         }
     }
+    .await;
+    shared.link_down(key);
+    (true, result)
 }
 
 #[cfg(test)]

@@ -22,8 +22,9 @@ struct Args {
     /// TOML config file (configs/sfu-node.toml shows every key); flags override it.
     #[arg(long, env = "SFU_CONFIG")]
     config: Option<PathBuf>,
-    /// Signaling's control address (its --sfu-listen) as `host:port`; a name is resolved
-    /// again at each dial, so a signaling Service or a restarted replica is found.
+    /// Signaling's control address (its --sfu-listen) as `host:port`, or several,
+    /// comma-separated; names are resolved again every few seconds and every address found
+    /// is linked (a headless Service lists every signaling replica).
     #[arg(long, env = "SFU_SIGNALING_ADDR")]
     signaling: Option<String>,
     /// The name in signaling's cluster certificate (default "signaling").
@@ -117,13 +118,15 @@ fn main() -> anyhow::Result<()> {
         .signaling
         .or(signaling.addr)
         .context("signaling.addr (--signaling) is required")?;
-    let has_port = signaling_addr
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    anyhow::ensure!(
-        has_port,
-        "signaling.addr (--signaling) {signaling_addr:?}: expected host:port, e.g. 10.0.0.5:7443 or signaling-control:7443"
-    );
+    for entry in signaling_addr.split(',').map(str::trim) {
+        let has_port = entry
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        anyhow::ensure!(
+            has_port,
+            "signaling.addr (--signaling) {entry:?}: expected host:port (comma-separated for several), e.g. 10.0.0.5:7443 or signaling-control:7443"
+        );
+    }
     let signaling_name = args
         .signaling_name
         .or(signaling.name)

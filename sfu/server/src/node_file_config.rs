@@ -59,7 +59,8 @@ pub fn start_bitrate_bps(kbps: Option<u64>, source: &str) -> anyhow::Result<u64>
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SignalingSection {
-    /// `host:port`: an address, or a name resolved at each dial (a Kubernetes Service).
+    /// `host:port` entries, comma-separated: addresses, or names resolved every few seconds
+    /// (a headless Service listing every signaling replica); the node links to each.
     pub addr: Option<String>,
     pub name: Option<String>,
     /// How long rooms outlive a lost control link, seconds.

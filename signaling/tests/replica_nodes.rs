@@ -1,0 +1,322 @@
+//! Two signaling replicas in remote mode sharing meetings through a real redis-server, and a
+//! real `sfu` node linked to both (ADR 5): a visit whose clinician reaches one replica and
+//! whose patient reaches the other has its media on the node; when the replica running it
+//! stops (SIGTERM, a rollout), the other takes the visit over — the clients come back with
+//! their resume keys as the same participants, the node's media sessions are adopted, and
+//! the media never stops.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::media::MediaPeer;
+use support::redis::{Redis, free_port};
+use support::{API_KEY, Client, Server, api_at};
+
+const SECRET: &str = "replica-nodes-test-secret-0123456789abcdef";
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Replica {
+    server: Server,
+    internal: String,
+    control: String,
+}
+
+fn replica(store: &str, certs: &std::path::Path, key: &std::path::Path) -> Replica {
+    let port = free_port();
+    let internal = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let control = format!("127.0.0.1:{}", free_udp_port());
+    let file = |name: &str| certs.join(name).display().to_string();
+    let server = support::start_with(&[
+        "--meeting-store",
+        store,
+        "--dev-key",
+        &key.display().to_string(),
+        "--internal-listen",
+        &listen,
+        "--replica-url",
+        &internal,
+        "--replica-secret",
+        SECRET,
+        "--sfu-mode",
+        "remote",
+        "--sfu-listen",
+        &control,
+        "--cluster-ca",
+        &file("ca.pem"),
+        "--cluster-cert",
+        &file("signaling.pem"),
+        "--cluster-key",
+        &file("signaling.key"),
+    ]);
+    Replica {
+        server,
+        internal,
+        control,
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn ready(base: &str) -> bool {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    matches!(reqwest::get(format!("{base}/readyz")).await, Ok(r) if r.status() == 200)
+}
+
+async fn until(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A participant joined with `token` on `server`: its connection, welcome and resume key.
+async fn joined(server: &Server, token: &str, query: &str) -> (Client, Value, String) {
+    let mut client = server.connect_with(token, query).await;
+    let mut key = String::new();
+    loop {
+        let m = client.next().await;
+        match m["type"].as_str() {
+            Some("resume_key") => key = m["key"].as_str().unwrap().to_owned(),
+            Some("welcome") => return (client, m, key),
+            Some("__closed") => panic!("closed before the welcome"),
+            _ => {}
+        }
+    }
+}
+
+/// Participants the node's worker 0 serves, from its metrics.
+async fn node_participants(metrics: &str) -> Option<u64> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("sfu_participants{worker=\"0\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The longest time without a received frame between `from` and `to`.
+fn longest_gap(frames: &[Instant], from: Instant, to: Instant) -> Duration {
+    let mut last = from;
+    let mut gap = Duration::ZERO;
+    for t in frames.iter().filter(|t| **t > from && **t <= to) {
+        gap = gap.max(*t - last);
+        last = *t;
+    }
+    gap.max(to.saturating_duration_since(last))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replicas_visit_goes_on_through_the_other_with_no_media_lost() {
+    let sfu_bin = std::path::Path::new(env!("CARGO_BIN_EXE_signaling")).with_file_name("sfu");
+    assert!(
+        sfu_bin.exists(),
+        "build the sfu binary first (cargo build --workspace --bins)"
+    );
+    let dir = std::env::temp_dir().join(format!("hc-replica-nodes-{}", rand::random::<u64>()));
+    let certs = dir.join("certs");
+    let out = Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .arg("cluster-certs")
+        .arg("--out")
+        .arg(&certs)
+        .args(["--node", "sfu-a"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let redis = Redis::persistent(free_port(), &dir.join("redis"));
+    let key = dir.join("issuer.key");
+    let mut a = replica(&redis.url(), &certs, &key);
+    let b = replica(&redis.url(), &certs, &key);
+
+    // One node, linked to both replicas.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let file = |name: &str| certs.join(name).display().to_string();
+    let _node = Kill(
+        Command::new(&sfu_bin)
+            .args(["--signaling", &format!("{},{}", a.control, b.control)])
+            .args(["--node-id", "sfu-a"])
+            .args(["--cluster-ca", &file("ca.pem")])
+            .args(["--cluster-cert", &file("sfu-a.pem")])
+            .args(["--cluster-key", &file("sfu-a.key")])
+            .args(["--bind-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1"])
+            .args(["--workers", "1", "--metrics-listen", &metrics])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    until("the node linked to both replicas", 20, async || {
+        ready(&a.server.http_base).await && ready(&b.server.http_base).await
+    })
+    .await;
+
+    let now = jiff::Timestamp::now();
+    let (status, m) = api_at(
+        &b.internal,
+        "POST",
+        "/api/v1/meetings",
+        Some(API_KEY),
+        Some(json!({
+            "id": "v-handover",
+            "unit": "unit-1",
+            "start": (now - jiff::SignedDuration::from_mins(5)).to_string(),
+            "end": (now + jiff::SignedDuration::from_mins(60)).to_string(),
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{m}");
+
+    // The clinician on A (which takes the visit), the patient on B (relayed to A).
+    let doctor_token = a
+        .server
+        .token("v-handover", "doc-4411", "Dr Berg", "clinician");
+    let patient_token = a.server.token("v-handover", "pat-7f3a", "Anna", "patient");
+    let (mut doctor, doctor_welcome, doctor_key) = joined(&a.server, &doctor_token, "").await;
+    let (mut patient, patient_welcome, patient_key) = joined(&b.server, &patient_token, "").await;
+    let patient_id = doctor.first_waiting().await;
+    doctor
+        .send(json!({"type": "admit", "participant": patient_id}))
+        .await;
+    patient.next_of("admitted").await;
+    let doctor_media = Arc::new(MediaPeer::new("doctor").await);
+    let patient_media = Arc::new(MediaPeer::new("patient").await);
+    doctor.start_media(&doctor_media).await;
+    patient.start_media(&patient_media).await;
+    let doctor_events = doctor.negotiate_in_background(&doctor_media);
+    let patient_events = patient.negotiate_in_background(&patient_media);
+    let sending = send_frames([doctor_media.clone(), patient_media.clone()]);
+    until("media both ways through the node", 15, async || {
+        doctor_media.video_frames().len() > 30 && patient_media.video_frames().len() > 30
+    })
+    .await;
+    assert_eq!(node_participants(&metrics).await, Some(2));
+
+    // A stops as a rollout stops it.
+    let stopped = Instant::now();
+    let (status, took) = a.server.terminate();
+    assert!(status.success(), "replica A exited with {status}");
+    eprintln!("replica A stopped in {took:?}");
+
+    // Both come back through B with their keys: the same participants, media kept, the
+    // patient still admitted.
+    let (mut doctor2, welcome, _) =
+        joined(&b.server, &doctor_token, &format!("&resume={doctor_key}")).await;
+    assert_eq!(welcome["participant"], doctor_welcome["participant"]);
+    assert_eq!(welcome["media"], "kept", "{welcome}");
+    let (patient2, welcome, _) =
+        joined(&b.server, &patient_token, &format!("&resume={patient_key}")).await;
+    assert_eq!(welcome["participant"], patient_welcome["participant"]);
+    assert_eq!(welcome["state"], "admitted", "admission kept: {welcome}");
+    assert_eq!(welcome["media"], "kept", "{welcome}");
+    eprintln!(
+        "clients back through B {:?} after the SIGTERM",
+        stopped.elapsed()
+    );
+    doctor2
+        .send(json!({"type": "chat", "text": "hör du mig?"}))
+        .await;
+    // B commands the adopted sessions on the node: what the SFU knows of the clinician's
+    // link comes back (a session B had not adopted would be refused: no node holds it).
+    doctor2.send(json!({"type": "link_report"})).await;
+    let report = doctor2.next_of("link_report").await;
+    assert!(report["videos"].is_array(), "{report}");
+    let patient2_events = patient2.negotiate_in_background(&patient_media);
+    let doctor2_events = doctor2.negotiate_in_background(&doctor_media);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let end = Instant::now();
+    let gaps = (
+        longest_gap(&doctor_media.video_frames(), stopped, end),
+        longest_gap(&patient_media.video_frames(), stopped, end),
+    );
+    eprintln!(
+        "longest media gap across the hand-over: clinician {:?}, patient {:?}",
+        gaps.0, gaps.1
+    );
+    assert!(
+        gaps.0 < Duration::from_millis(500) && gaps.1 < Duration::from_millis(500),
+        "media flowed on through the hand-over (longest gaps {gaps:?})"
+    );
+    assert_eq!(
+        node_participants(&metrics).await,
+        Some(2),
+        "the node runs the same two sessions, no new ones"
+    );
+    let mut got = Vec::new();
+    for mut events in [
+        doctor_events,
+        patient_events,
+        patient2_events,
+        doctor2_events,
+    ] {
+        while let Ok(v) = events.try_recv() {
+            got.push(v);
+        }
+    }
+    for v in &got {
+        let kind = v["type"].as_str().unwrap_or("");
+        assert!(
+            !matches!(
+                kind,
+                "media_disconnected" | "returned_to_lobby" | "error" | "lobby_position"
+            ),
+            "{v}"
+        );
+    }
+    assert!(
+        got.iter()
+            .any(|v| v["type"] == "chat" && v["text"] == "hör du mig?"),
+        "the chat went through replica B: {got:?}"
+    );
+    drop(sending);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends 30 video frames a second from each peer (once secured) until dropped.
+fn send_frames(peers: [Arc<MediaPeer>; 2]) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(33_333));
+        loop {
+            tick.tick().await;
+            for p in &peers {
+                if p.is_secured() {
+                    p.send_video_frame().await;
+                }
+            }
+        }
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
