@@ -5,6 +5,7 @@
 pub mod deployment;
 pub mod generator;
 pub mod janus_target;
+pub mod join_latency;
 pub mod load_run;
 pub mod plot;
 pub mod proc_stats;

@@ -77,6 +77,24 @@ enum Cmd {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// How long joins take through a running deployment's signaling (WebSocket opened until
+    /// the welcome), for the first join of each meeting and later ones.
+    Joins {
+        #[command(flatten)]
+        deployment: DeploymentArgs,
+        /// Meetings booked, one after the other.
+        #[arg(long, env = "BENCH_MEETINGS", default_value_t = 20)]
+        meetings: usize,
+        /// Joins measured per meeting.
+        #[arg(long, env = "BENCH_JOINS", default_value_t = 10)]
+        joins: usize,
+        /// A first participant joins each meeting through this address and stays, so the
+        /// meeting runs there (another replica: the measured joins are relayed).
+        #[arg(long, env = "BENCH_HOLD_VIA")]
+        hold_via: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// The raw UDP relay (the harness starts it in its own process).
     Relay {
         #[arg(long, env = "BENCH_RELAY_LISTEN", default_value = "127.0.0.1:0")]
@@ -193,22 +211,30 @@ struct DeploymentArgs {
 }
 
 impl DeploymentArgs {
+    /// The deployment `--url` names, if any.
+    fn deployment(&self) -> anyhow::Result<Option<bench::deployment::Deployment>> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            url.starts_with("https://") || url.starts_with("http://"),
+            "--url {url}: an http(s) address"
+        );
+        Ok(Some(bench::deployment::Deployment {
+            url: url.clone(),
+            api_url: self.api_url.clone().unwrap_or_else(|| url.clone()),
+            api_key: self
+                .api_key
+                .clone()
+                .context("--url needs --api-key (BENCH_API_KEY): the tester's key")?,
+            unit: self.unit.clone(),
+            ca_file: self.ca_file.clone(),
+        }))
+    }
+
     fn apply(&self, opts: &mut RunOptions) -> anyhow::Result<()> {
-        if let Some(url) = &self.url {
-            anyhow::ensure!(
-                url.starts_with("https://") || url.starts_with("http://"),
-                "--url {url}: an http(s) address"
-            );
-            opts.deployment = Some(bench::deployment::Deployment {
-                url: url.clone(),
-                api_url: self.api_url.clone().unwrap_or_else(|| url.clone()),
-                api_key: self
-                    .api_key
-                    .clone()
-                    .context("--url needs --api-key (BENCH_API_KEY): the tester's key")?,
-                unit: self.unit.clone(),
-                ca_file: self.ca_file.clone(),
-            });
+        if let Some(d) = self.deployment()? {
+            opts.deployment = Some(d);
         }
         opts.server_pid = self.server_pid;
         opts.soak_interval = self
@@ -391,7 +417,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Compare { targets, .. } | Cmd::Capacity { targets, .. } => {
             targets.contains(&TargetKind::Janus)
         }
-        Cmd::Relay { .. } => false,
+        Cmd::Relay { .. } | Cmd::Joins { .. } => false,
     };
     if wants_janus {
         anyhow::ensure!(
@@ -453,6 +479,31 @@ fn main() -> anyhow::Result<()> {
                     );
                 }
                 write_outputs(&out, &reports, &points)
+            }
+            Cmd::Joins {
+                deployment,
+                meetings,
+                joins,
+                hold_via,
+                out,
+            } => {
+                let dep = deployment.deployment()?.context(
+                    "bench joins measures a running deployment: give --url and --api-key",
+                )?;
+                let run = format!("joins-{:06x}", rand::random::<u32>() & 0xff_ffff);
+                let r = bench::join_latency::measure(&dep, hold_via.as_deref(), meetings, joins, &run)
+                    .await?;
+                println!(
+                    "joins through {}: first of a meeting p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms ({}); later p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms ({})",
+                    dep.url, r.first_ms[0], r.first_ms[1], r.first_ms[2], r.first_joins,
+                    r.later_ms[0], r.later_ms[1], r.later_ms[2], r.later_joins
+                );
+                if let Some(path) = &out.json {
+                    let doc = serde_json::json!({"machine": machine(), "url": dep.url,
+                        "hold_via": hold_via, "joins": r});
+                    std::fs::write(path, serde_json::to_vec_pretty(&doc)?)?;
+                }
+                Ok(())
             }
             Cmd::Relay { .. } => Ok(()),
         }

@@ -467,7 +467,7 @@ async fn park(state: &AppState, session: &Session, room: &MeetingRoom, parked: P
 }
 
 /// Whether a read failed because the client's message (or frame) exceeds the limit.
-fn is_too_large(e: axum::Error) -> bool {
+pub(crate) fn is_too_large(e: axum::Error) -> bool {
     e.into_inner()
         .downcast_ref::<tungstenite::Error>()
         .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))

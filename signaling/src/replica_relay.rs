@@ -265,8 +265,29 @@ async fn pump(client: WebSocket, upstream: Upstream, idle: std::time::Duration) 
     loop {
         tokio::select! {
             msg = from_client.next() => {
-                // Dropped, not closed: the owner sees the socket go as a dropped one.
-                let Some(Ok(msg)) = msg else { return };
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    // Too large: refused as the owner would refuse it (1009), and the
+                    // connection ends as it would there.
+                    Some(Err(e)) => {
+                        if crate::connection::is_too_large(e) {
+                            let text = json!({"type": "closing", "reason": "message_too_large",
+                                "message": format!("a message is at most {} KiB", crate::connection::MAX_MESSAGE_BYTES / 1024)});
+                            let _ = to_client.send(Message::Text(text.to_string().into())).await;
+                            let _ = to_client
+                                .send(Message::Close(Some(CloseFrame {
+                                    code: 1009,
+                                    reason: "message too large".into(),
+                                })))
+                                .await;
+                            let _ = to_owner.close().await;
+                        }
+                        // Otherwise dropped, not closed: the owner sees the socket go as a
+                        // dropped one.
+                        return;
+                    }
+                    None => return,
+                };
                 heard_client = tokio::time::Instant::now();
                 let closing = matches!(msg, Message::Close(_));
                 if to_owner.send(upstream_message(msg)).await.is_err() || closing {

@@ -156,3 +156,37 @@ async fn a_layer_request_for_an_m_line_that_receives_no_video_gets_bad_mid() {
     let err = patient.next_of("error").await;
     assert_eq!(err["code"], "bad_mid", "{err}");
 }
+
+/// An offer of the client's that crosses one of the SFU's (glare) is answered `offer_crossed`,
+/// which clients treat as "answer the SFU's offer first, then offer again" — not as the
+/// `sfu_refused` error it used to be; once the SFU's offer is answered, the same offer goes
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_crossing_the_sfus_is_told_so_and_goes_through_after_the_answer() {
+    let server = start();
+    let (doctor_media, _patient_media, mut doctor, _patient) = visit(&server, "visit-glare").await;
+    // The patient's tracks make the SFU offer them to the clinician; unanswered for now.
+    let sfu_offer = doctor.next_of("offer").await;
+    doctor
+        .send(json!({"type": "offer", "sdp": doctor_media.offer()}))
+        .await;
+    let err = doctor.next_of("error").await;
+    assert_eq!(err["code"], "offer_crossed", "{err}");
+    // The SFU's offer answered, the clinician's own offer is taken.
+    let answer = doctor_media
+        .peer
+        .lock()
+        .unwrap()
+        .answer_offer(Instant::now(), sfu_offer["sdp"].as_str().unwrap());
+    doctor.send(json!({"type": "answer", "sdp": answer})).await;
+    doctor
+        .send(json!({"type": "offer", "sdp": doctor_media.offer()}))
+        .await;
+    let answered = doctor.next_of("answer").await;
+    assert!(
+        answered["sdp"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("v=0")),
+        "{answered}"
+    );
+}

@@ -28,7 +28,7 @@ const state = {
   // Publishers whose video the SFU paused for our link (video_paused).
   pausedVideo: new Set(),
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
-  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pausedRids: new Map(), linkReport: null, refusedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pausedRids: new Map(), linkReport: null, refusedOffers: 0, crossedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
@@ -314,9 +314,10 @@ async function connectMedia(restart) {
     }
   };
   state.sessionStartedAt = Date.now();
+  state.crossedOffers = 0;
   watchMediaPath(pc);
   checkConnectivity(pc);
-  await offer(pc, restart);
+  await offer(pc, restart, "session");
 }
 
 /**
@@ -410,7 +411,7 @@ function restartIce(pc) {
     noteIce("restart");
     const o = await pc.createOffer({ iceRestart: true });
     await pc.setLocalDescription(o);
-    state.lastOffer = { type: "offer", sdp: pc.localDescription.sdp };
+    state.lastOffer = { type: "offer", sdp: pc.localDescription.sdp, kind: "ice" };
     send(state.lastOffer);
   });
 }
@@ -448,10 +449,12 @@ function checkSocket() {
   send({ type: "ping" });
 }
 
-async function offer(pc, restart) {
+// `kind`: "session" (a media session's first offer) or "renegotiation" (a track added or
+// removed in a running session); kept with the offer for when it crosses one of the SFU's.
+async function offer(pc, restart, kind) {
   const o = await pc.createOffer();
   await pc.setLocalDescription(o);
-  state.lastOffer = { type: "offer", sdp: pc.localDescription.sdp, restart };
+  state.lastOffer = { type: "offer", sdp: pc.localDescription.sdp, restart, kind };
   send(state.lastOffer);
 }
 
@@ -901,15 +904,29 @@ async function handle(msg) {
       state.refusedOffers = 0;
       break;
     case "offer": {
-      // An SFU offer for the replaced session, arriving while the new one's own offer is
-      // out, is dropped: the new session's offers come after its answer.
-      if (!pc || pc.signalingState === "have-local-offer") break;
+      if (!pc) break;
+      let redo = null;
+      if (pc.signalingState === "have-local-offer") {
+        const kind = state.lastOffer && state.lastOffer.kind;
+        // An SFU offer for the replaced session, arriving while the new one's own offer is
+        // out, is dropped: the new session's offers come after its answer.
+        if (kind !== "ice" && kind !== "renegotiation") break;
+        // Within a running session, ours crossed the SFU's (an ICE restart, a shared
+        // screen): the SFU's goes first — ours is rolled back, made again once that one is
+        // answered, and the SFU's `offer_crossed` for it is expected.
+        await pc.setLocalDescription({ type: "rollback" });
+        redo = kind;
+        state.crossedOffers += 1;
+        noteIce("offer-crossed");
+      }
       state.offers += 1;
       await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
       const answer = await pc.createAnswer();
       await pc.setLocalDescription(answer);
       send({ type: "answer", sdp: pc.localDescription.sdp });
       for (const [id, tile] of state.tiles) tile.cap.textContent = state.names.get(id) || t("people.someone");
+      if (redo === "ice") restartIce(pc);
+      else if (redo === "renegotiation") await offer(pc, false, "renegotiation");
       break;
     }
     case "active_speaker":
@@ -946,6 +963,18 @@ async function handle(msg) {
       if (msg.code === "offer_unanswered") {
         // Our session could not take the SFU's offers: a new one gets them afresh.
         scheduleRestart(t("status.reconnecting"));
+        break;
+      }
+      if (msg.code === "offer_crossed") {
+        // Our offer met the SFU's on the way. Usually its offer has come first and ours was
+        // made again after answering it (see "offer"); otherwise ours is taken back and the
+        // ICE restart tried again once the SFU's is answered.
+        if (state.crossedOffers > 0) {
+          state.crossedOffers -= 1;
+        } else if (pc && pc.signalingState === "have-local-offer") {
+          await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+          restartIce(pc);
+        }
         break;
       }
       if (msg.code === "restart_too_soon") {
@@ -1019,7 +1048,7 @@ function wireControls() {
       state.screen.stop();
       state.screen = null;
       btn.textContent = t("controls.share");
-      await offer(pc, false);
+      await offer(pc, false, "renegotiation");
       return;
     }
     try {
@@ -1030,7 +1059,7 @@ function wireControls() {
       // The browser's own "stop sharing" ends the track.
       track.onended = () => { if (state.screen) $("share").click(); };
       btn.textContent = t("controls.stopShare");
-      await offer(pc, false);
+      await offer(pc, false, "renegotiation");
     } catch (e) {
       setStatus(t("status.shareFailed"));
     }

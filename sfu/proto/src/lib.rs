@@ -16,6 +16,11 @@ pub use event::{
 pub use held_session::HeldSession;
 pub use ids::{ParticipantId, RoomId, TrackId};
 
+/// A client offer refused because the SFU's own offer to that client is out (the two
+/// crossed): the client answers the SFU's offer first, then offers again. Signaling tells the
+/// client `offer_crossed`, not an error.
+pub const OFFER_CROSSED: &str = "an SFU offer is outstanding; answer it first";
+
 /// Version of the control protocol; a node with another version is refused at connect.
 pub const PROTOCOL_VERSION: u32 = 2;
 

@@ -506,7 +506,7 @@ impl Sfu {
         let idx = self.lookup(id)?;
         if self.participant(idx).awaiting_answer {
             // Glare: the SFU's offer is outstanding; the client retries after answering it.
-            return Err("an SFU offer is outstanding; answer it first".into());
+            return Err(sfu_proto::OFFER_CROSSED.into());
         }
         let offer = RemoteDescription::parse(sdp).map_err(|e| e.to_string())?;
         let p = self.participant(idx);
