@@ -237,10 +237,11 @@ class ChartRenders(unittest.TestCase):
                           [v["secret"]["secretName"] for v in signaling_pod["volumes"] if "secret" in v])
             self.assertNotIn(f"{FULL}-cluster",
                              [v["secret"]["secretName"] for v in signaling_pod["volumes"] if "secret" in v])
-            # The node dials the control Service, which lists pods before they are ready.
+            # The node dials the headless control Service (every replica), which lists pods
+            # before they are ready.
             host, port = env["SFU_SIGNALING_ADDR"].rsplit(":", 1)
-            self.assertEqual(host, f"{FULL}-signaling-control.{NAMESPACE}.svc")
-            control = find(docs, "Service", f"{FULL}-signaling-control")
+            self.assertEqual(host, f"{FULL}-signaling-quic.{NAMESPACE}.svc")
+            control = find(docs, "Service", f"{FULL}-signaling-quic")
             self.assertTrue(control["spec"]["publishNotReadyAddresses"])
             self.assertEqual([(p["port"], p["protocol"]) for p in control["spec"]["ports"]],
                              [(int(port), "UDP")])
@@ -293,9 +294,14 @@ class ChartRenders(unittest.TestCase):
             docs = self.rendered[name]
             sts = find(docs, "StatefulSet", f"{FULL}-signaling")
             env = env_of(sts["spec"]["template"]["spec"]["containers"][0])
-            control = find(docs, "Service", f"{FULL}-signaling-control")
-            # Every node links to every replica: the control name lists each pod.
+            control = find(docs, "Service", f"{FULL}-signaling-quic")
+            # Every node links to every replica: the name the nodes dial lists each pod.
             self.assertEqual(control["spec"]["clusterIP"], "None", name)
+            # The old control Service stays as it was (an upgrade cannot change a clusterIP).
+            self.assertNotIn("clusterIP", find(docs, "Service", f"{FULL}-signaling-control")["spec"])
+            sfu = find(docs, "StatefulSet", f"{FULL}-sfu")
+            sfu_env = env_of(sfu["spec"]["template"]["spec"]["containers"][0])
+            self.assertEqual(sfu_env["SFU_SIGNALING_ADDR"], f"{FULL}-signaling-quic.{NAMESPACE}.svc:7443")
             secrets = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == f"{FULL}-replicas"]
             if name == "defaults":
                 self.assertNotIn("SIGNALING_REPLICA_URL", env)

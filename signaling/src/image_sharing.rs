@@ -97,16 +97,13 @@ pub async fn to_owner(
     let Some(meeting) = meeting else {
         return next.run(request).await;
     };
-    let owner = tokio::task::block_in_place(|| replicas.leases.owner(&meeting));
+    let owner = tokio::task::block_in_place(|| {
+        state
+            .meetings
+            .owner_of(&replicas.leases, &meeting, state.sfu.as_ref())
+    });
     match owner {
-        Ok(crate::meeting_lease::Owner::Here { taken }) => {
-            if taken {
-                state.meetings.took_over(&meeting, state.sfu.as_ref());
-            } else {
-                state.meetings.settled();
-            }
-            next.run(request).await
-        }
+        Ok(crate::meeting_lease::Owner::Here { .. }) => next.run(request).await,
         Ok(crate::meeting_lease::Owner::Elsewhere(_)) if replicas.is_relayed(request.headers()) => {
             crate::replica_relay::owner_unreachable()
         }

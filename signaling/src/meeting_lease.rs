@@ -84,6 +84,8 @@ pub struct MeetingLeases {
     /// The meetings whose lease this replica holds, with when each was last needed (a join
     /// or an API call, or found in use at a renewal).
     held: Mutex<HashMap<String, Instant>>,
+    /// Set when the replica stops: it takes no lease any more.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for MeetingLeases {
@@ -109,6 +111,7 @@ impl MeetingLeases {
             url: url.to_owned(),
             link,
             held: Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -128,6 +131,12 @@ impl MeetingLeases {
     /// one at a time (under `held`), so a lease is never let go under a join that needs it.
     pub fn owner(&self, meeting: &str) -> Result<Owner, LeaseError> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(LeaseError {
+                store: redacted(&self.url),
+                reason: "this replica is stopping".into(),
+            });
+        }
         let holder: String = self
             .link
             .call(|con| {
@@ -228,6 +237,8 @@ impl MeetingLeases {
     pub fn release_all(&self) {
         let meetings: Vec<String> = {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            self.stopping
+                .store(true, std::sync::atomic::Ordering::Release);
             held.drain().map(|(m, _)| m).collect()
         };
         for m in meetings {

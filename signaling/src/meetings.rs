@@ -133,11 +133,11 @@ impl Meetings {
         }
     }
 
-    /// This replica has just taken meeting `id` over (its lease): it reads the meeting again
+    /// (Under the takeover lock.) This replica has just taken meeting `id` over (its lease): it
+    /// reads the meeting again
     /// from the store, expects the media sessions its last owner carried for it, and asks the
     /// nodes what they run of it (what nobody expects is ended).
-    pub fn took_over(&self, id: &str, sfu: &dyn SfuControl) {
-        let _taking = self.taking_over.lock().unwrap_or_else(|e| e.into_inner());
+    fn take_over_locked(&self, id: &str, sfu: &dyn SfuControl) {
         self.forget_stale(id);
         // What was known of its carried sessions before is stale too: the store says.
         self.carried
@@ -155,9 +155,27 @@ impl Meetings {
         sfu.take_over_meeting(&sfu_proto::RoomId(id.to_owned()), &carried);
     }
 
-    /// Waits for a takeover in progress (see [`Self::took_over`]).
-    pub fn settled(&self) {
-        drop(self.taking_over.lock().unwrap_or_else(|e| e.into_inner()));
+    /// Which replica runs meeting `id` (see [`crate::meeting_lease`]), taking its lease when
+    /// nobody holds it — and then taking the meeting over. Leases are
+    /// asked for one at a time here, so a join right behind the one that took a meeting finds
+    /// it taken over (its carried session loaded), never half done. Another replica holding
+    /// the lease of a meeting in use here (this one was cut off) gets it: its clients here
+    /// connect again. Blocks (Redis): call it where blocking is allowed.
+    pub fn owner_of(
+        &self,
+        leases: &crate::meeting_lease::MeetingLeases,
+        id: &str,
+        sfu: &dyn SfuControl,
+    ) -> Result<crate::meeting_lease::Owner, crate::meeting_lease::LeaseError> {
+        use crate::meeting_lease::Owner;
+        let _one_at_a_time = self.taking_over.lock().unwrap_or_else(|e| e.into_inner());
+        let owner = leases.owner(id)?;
+        match &owner {
+            Owner::Here { taken: true } => self.take_over_locked(id, sfu),
+            Owner::Elsewhere(_) if self.in_use(id) => self.let_go(id, sfu),
+            _ => {}
+        }
+        Ok(owner)
     }
 
     /// Whether anyone is in meeting `id` here (connected, or parked for a resume).
@@ -954,12 +972,12 @@ impl Meetings {
             s.record.carried = carried;
         }
         self.persist();
+        sfu.hold();
         // Replicas: the meetings are another replica's to take at once (their clients come
-        // back through it), not after the leases ran out.
+        // back through it), not after the leases ran out; this one takes none any more.
         if let Some(leases) = self.leases.get() {
             leases.release_all();
         }
-        sfu.hold();
         for room in self.list() {
             self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
         }

@@ -428,20 +428,13 @@ pub async fn to_owner(
         return next.run(request).await;
     };
     let relayed = replicas.is_relayed(request.headers());
-    let owner = tokio::task::block_in_place(|| replicas.leases.owner(&id));
-    if matches!(owner, Ok(crate::meeting_lease::Owner::Elsewhere(_))) && state.meetings.in_use(&id)
-    {
-        state.meetings.let_go(&id, state.sfu.as_ref());
-    }
+    let owner = tokio::task::block_in_place(|| {
+        state
+            .meetings
+            .owner_of(&replicas.leases, &id, state.sfu.as_ref())
+    });
     match owner {
-        Ok(crate::meeting_lease::Owner::Here { taken }) => {
-            if taken {
-                state.meetings.took_over(&id, state.sfu.as_ref());
-            } else {
-                state.meetings.settled();
-            }
-            next.run(request).await
-        }
+        Ok(crate::meeting_lease::Owner::Here { .. }) => next.run(request).await,
         // Relayed here, and the lease moved on the way: the caller tries again.
         Ok(crate::meeting_lease::Owner::Elsewhere(_)) if relayed => {
             crate::replica_relay::owner_unreachable()

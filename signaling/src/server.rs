@@ -209,22 +209,12 @@ impl AppState {
         {
             return Ok(Route::Here);
         }
-        let owner = tokio::task::block_in_place(|| replicas.leases.owner(&meeting));
-        if matches!(owner, Ok(crate::meeting_lease::Owner::Elsewhere(_)))
-            && self.meetings.in_use(&meeting)
-        {
-            // Another replica took it while this one was cut off: its clients here go there.
-            self.meetings.let_go(&meeting, self.sfu.as_ref());
-        }
+        let owner = tokio::task::block_in_place(|| {
+            self.meetings
+                .owner_of(&replicas.leases, &meeting, self.sfu.as_ref())
+        });
         match owner {
-            Ok(crate::meeting_lease::Owner::Here { taken }) => {
-                if taken {
-                    self.meetings.took_over(&meeting, self.sfu.as_ref());
-                } else {
-                    self.meetings.settled();
-                }
-                Ok(Route::Here)
-            }
+            Ok(crate::meeting_lease::Owner::Here { .. }) => Ok(Route::Here),
             Ok(crate::meeting_lease::Owner::Elsewhere(_)) if relayed => {
                 Err(Box::new(crate::replica_relay::owner_unreachable()))
             }

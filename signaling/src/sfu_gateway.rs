@@ -104,9 +104,10 @@ impl RemoteSfu {
             let end = Command::RemoveParticipant {
                 participant: h.participant.clone(),
             };
-            // A session this replica placed itself (a client of a meeting taken over already
-            // started anew) is its own, whatever the list.
-            if n.placement.holds(&h.participant, h.session) {
+            // A participant this replica placed itself (a client of a meeting taken over that
+            // already started anew) is its own: its old session, if listed, ends with the
+            // new one's placement, and a removal here would end the new one too.
+            if n.placement.target_of(&h.participant).is_some() {
                 continue;
             }
             match n.takeover.reported(h, now) {

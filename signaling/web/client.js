@@ -914,7 +914,11 @@ async function handle(msg) {
         // Within a running session, ours crossed the SFU's (an ICE restart, a shared
         // screen): the SFU's goes first — ours is rolled back, made again once that one is
         // answered, and the SFU's `offer_crossed` for it is expected.
-        await pc.setLocalDescription({ type: "rollback" });
+        try {
+          await pc.setLocalDescription({ type: "rollback" });
+        } catch {
+          break; // cannot take ours back: the SFU's offer goes unanswered and it says so
+        }
         redo = kind;
         state.crossedOffers += 1;
         noteIce("offer-crossed");
@@ -973,7 +977,9 @@ async function handle(msg) {
           state.crossedOffers -= 1;
         } else if (pc && pc.signalingState === "have-local-offer") {
           await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
-          restartIce(pc);
+          // Its offer never reached us (lost across a resume): no hurry — once it gives up on
+          // it (offer_unanswered) or resends it, the restart goes through.
+          setTimeout(() => restartIce(pc), 2000);
         }
         break;
       }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{Sender, UnboundedReceiver, channel};
 
 #[derive(Debug, Clone)]
 pub struct ControlClientConfig {
@@ -30,11 +30,15 @@ pub struct ControlClientConfig {
 /// How often the signaling addresses are resolved again (a replica added or moved).
 const DISCOVERY_EVERY: Duration = Duration::from_secs(5);
 
+/// Events waiting for one link at most: a replica that reads no faster than this (alive but
+/// stuck) loses its link — the next hello brings it up to date — rather than the node's memory.
+const LINK_QUEUE: usize = 8192;
+
 /// The links up now: where each event goes.
 #[derive(Default)]
 struct Links {
     next: u64,
-    up: HashMap<u64, UnboundedSender<Event>>,
+    up: HashMap<u64, Sender<Event>>,
 }
 
 /// What every link task shares.
@@ -53,7 +57,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn link_up(&self, tx: UnboundedSender<Event>) -> u64 {
+    fn link_up(&self, tx: Sender<Event>) -> u64 {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links.next += 1;
         let key = links.next;
@@ -72,12 +76,18 @@ impl Shared {
         }
     }
 
-    /// Every event to every link up.
+    /// Every event to every link up; a link whose queue is full is let go (its session ends
+    /// and redials).
     fn fan_out(&self, event: Event) {
-        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        for tx in links.up.values() {
-            let _ = tx.send(event.clone());
-        }
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.up.retain(|_, tx| match tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("a signaling replica fell behind on events: its link is closed");
+                false
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        });
     }
 }
 
@@ -327,6 +337,11 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
         Ok(streams) => streams,
         Err(e) => return (false, Err(e.into())),
     };
+    // Events from here on reach this link: registered before the sessions are listed, so
+    // nothing that happens in between is missed (an ended session is listed gone, or its
+    // event follows the hello).
+    let (tx, mut events) = channel(LINK_QUEUE);
+    let key = shared.link_up(tx);
     let held = node.held_sessions();
     let hello = ControlMessage::Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -335,11 +350,10 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
         sessions: held.clone(),
     };
     if let Err(e) = write_message(&mut send, &hello).await {
+        shared.link_down(key);
         return (false, Err(e.into()));
     }
     tracing::info!(%addr, node = %config.node_id, sessions = held.len(), "control link up");
-    let (tx, mut events) = unbounded_channel();
-    let key = shared.link_up(tx);
     let mut draining = shared.draining.clone();
     let result: anyhow::Result<()> = async {
         let mut incoming = spawn_reader(recv);
@@ -375,9 +389,10 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
                         other => tracing::warn!(kind = other.kind(), "unexpected control message from signaling"),
                     }
                 }
-                Some(event) = events.recv() => {
-                    write_message(&mut send, &ControlMessage::Event(event)).await?;
-                }
+                event = events.recv() => match event {
+                    Some(event) => write_message(&mut send, &ControlMessage::Event(event)).await?,
+                    None => anyhow::bail!("fell behind on events (more than {LINK_QUEUE} waiting)"),
+                },
                 _ = tick.tick() => {
                     let (c, rooms_now, participants) = node.counters();
                     let now = std::time::Instant::now();
