@@ -64,7 +64,13 @@ impl Deployment {
         format!("{ws}/ws?token={token}")
     }
 
-    async fn api(&self, http: &reqwest::Client, path: &str, body: Value) -> anyhow::Result<Value> {
+    /// POSTs `body` to the meetings API's `path` (under `/api/v1`) with the tester's key.
+    pub async fn api(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}/api/v1{path}", self.api_url.trim_end_matches('/'));
         let response = http
             .post(&url)

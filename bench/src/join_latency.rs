@@ -83,26 +83,13 @@ pub async fn measure(
     run: &str,
 ) -> anyhow::Result<JoinLatency> {
     let http = dep.http()?;
-    let api = |path: String, body: Value| {
-        let http = http.clone();
-        let url = format!("{}/api/v1{path}", dep.api_url.trim_end_matches('/'));
-        let key = dep.api_key.clone();
-        async move {
-            let r = http.post(&url).bearer_auth(key).json(&body).send().await?;
-            let status = r.status();
-            let body: Value = r.json().await.unwrap_or(Value::Null);
-            if !status.is_success() {
-                bail!("POST {url}: {status} {body}");
-            }
-            anyhow::Ok(body)
-        }
-    };
     let now = jiff::Timestamp::now();
     let (mut first, mut later) = (Vec::new(), Vec::new());
     for m in 0..meetings {
         let id = format!("{run}-{m}");
-        api(
-            "/meetings".into(),
+        dep.api(
+            &http,
+            "/meetings",
             json!({"id": id, "unit": dep.unit, "start": now.to_string(),
                    "end": (now + jiff::SignedDuration::from_hours(2)).to_string(),
                    "max_participants": joins + 2}),
@@ -111,13 +98,15 @@ pub async fn measure(
         .context("booking a meeting (the tester's key must be allowed --unit)")?;
         let mut tokens = Vec::new();
         for j in 0..=joins {
-            let minted = api(
-                format!("/meetings/{id}/tokens"),
-                json!({"sub": format!("{run}-{m}-{j}"), "name": format!("Tester {j}"),
+            let minted = dep
+                .api(
+                    &http,
+                    &format!("/meetings/{id}/tokens"),
+                    json!({"sub": format!("{run}-{m}-{j}"), "name": format!("Tester {j}"),
                        "role": "clinician", "hsa": format!("SE2321000016-J{m:03}{j:03}")}),
-            )
-            .await
-            .context("minting a join token (the deployment needs tokens.signing_key)")?;
+                )
+                .await
+                .context("minting a join token (the deployment needs tokens.signing_key)")?;
             tokens.push(
                 minted["token"]
                     .as_str()
@@ -140,7 +129,8 @@ pub async fn measure(
                 later.push(ms);
             }
         }
-        api(format!("/meetings/{id}/cancel"), json!({})).await?;
+        dep.api(&http, &format!("/meetings/{id}/cancel"), json!({}))
+            .await?;
     }
     Ok(JoinLatency {
         first_joins: first.len(),

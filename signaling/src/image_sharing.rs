@@ -107,30 +107,14 @@ pub async fn to_owner(
         Ok(crate::meeting_lease::Owner::Elsewhere(_)) if replicas.is_relayed(request.headers()) => {
             crate::replica_relay::owner_unreachable()
         }
+        // The owner serves relayed photos on its internal listener, under /relay.
         Ok(crate::meeting_lease::Owner::Elsewhere(owner)) => {
-            let (parts, body) = request.into_parts();
-            let Ok(body) = axum::body::to_bytes(body, MAX_IMAGE_BYTES + 64 * 1024).await else {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "image_too_large",
-                    "the photo is larger than allowed",
-                );
-            };
-            // The owner serves relayed photos on its internal listener, under /relay.
-            let path = format!(
-                "/relay{}",
-                parts
-                    .uri
-                    .path_and_query()
-                    .map_or(parts.uri.path(), |p| p.as_str())
-            );
             replicas
-                .forward(
+                .forward_request(
                     &owner,
-                    parts.method.clone(),
-                    &path,
-                    &parts.headers,
-                    body,
+                    request,
+                    (MAX_IMAGE_BYTES + 64 * 1024, "image_too_large"),
+                    "/relay",
                     source,
                 )
                 .await

@@ -440,27 +440,8 @@ pub async fn to_owner(
             crate::replica_relay::owner_unreachable()
         }
         Ok(crate::meeting_lease::Owner::Elsewhere(owner)) => {
-            let (parts, body) = request.into_parts();
-            let Ok(body) = axum::body::to_bytes(body, 1024 * 1024).await else {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "request too large",
-                );
-            };
-            let path = parts
-                .uri
-                .path_and_query()
-                .map_or(parts.uri.path(), |p| p.as_str());
             replicas
-                .forward(
-                    &owner,
-                    parts.method.clone(),
-                    path,
-                    &parts.headers,
-                    body,
-                    source,
-                )
+                .forward_request(&owner, request, (1024 * 1024, "too_large"), "", source)
                 .await
         }
         Err(e) => {

@@ -200,6 +200,47 @@ impl Replicas {
     }
 }
 
+impl Replicas {
+    /// Forwards `request` (its body read whole, up to `limit` bytes: past it, 413 with
+    /// `too_large` as the owner's own code for it) to the owner at `owner`, under `prefix` +
+    /// its own path, and its answer back.
+    pub async fn forward_request(
+        &self,
+        owner: &str,
+        request: axum::extract::Request,
+        (limit, too_large): (usize, &str),
+        prefix: &str,
+        source: IpAddr,
+    ) -> Response {
+        let (parts, body) = request.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, limit).await else {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                axum::Json(
+                    json!({"error": too_large, "reason": "the request is larger than allowed"}),
+                ),
+            )
+                .into_response();
+        };
+        let path = format!(
+            "{prefix}{}",
+            parts
+                .uri
+                .path_and_query()
+                .map_or(parts.uri.path(), |p| p.as_str())
+        );
+        self.forward(
+            owner,
+            parts.method.clone(),
+            &path,
+            &parts.headers,
+            body,
+            source,
+        )
+        .await
+    }
+}
+
 /// The owner's answer headers a forwarded request passes back (the rest — security headers —
 /// the replica that answers the client sets itself).
 const PASSED_BACK: &[&str] = &[

@@ -187,7 +187,7 @@ enum Route {
     /// This process runs the meeting (or there are no replicas): served here.
     Here,
     /// Another replica owns the meeting: relayed to its internal URL.
-    Owner(String),
+    Owner(Arc<crate::replica_relay::Replicas>, String),
 }
 
 impl AppState {
@@ -218,7 +218,9 @@ impl AppState {
             Ok(crate::meeting_lease::Owner::Elsewhere(_)) if relayed => {
                 Err(Box::new(crate::replica_relay::owner_unreachable()))
             }
-            Ok(crate::meeting_lease::Owner::Elsewhere(owner)) => Ok(Route::Owner(owner)),
+            Ok(crate::meeting_lease::Owner::Elsewhere(owner)) => {
+                Ok(Route::Owner(replicas.clone(), owner))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading a meeting's lease failed");
                 Err(Box::new(refusal(&JoinRefusal::StoreUnavailable)))
@@ -319,10 +321,7 @@ async fn join_check(
     }
     match state.route(&q, &headers) {
         Ok(Route::Here) => {}
-        Ok(Route::Owner(owner)) => {
-            let Some(replicas) = &state.replicas else {
-                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            };
+        Ok(Route::Owner(replicas, owner)) => {
             let body = serde_json::to_vec(&q).unwrap_or_default();
             let mut headers = headers;
             headers.insert(
@@ -406,10 +405,7 @@ async fn ws_upgrade(
     }
     match state.route(&q, &headers) {
         Ok(Route::Here) => {}
-        Ok(Route::Owner(owner)) => {
-            let Some(replicas) = &state.replicas else {
-                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            };
+        Ok(Route::Owner(replicas, owner)) => {
             return replicas
                 .relay_websocket(&owner, raw.as_deref(), source, ws, state.ws_idle)
                 .await;

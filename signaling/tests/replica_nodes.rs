@@ -7,24 +7,17 @@
 
 mod support;
 
-use serde_json::{Value, json};
+use support::{Kill, until};
+
+use serde_json::json;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::media::MediaPeer;
+use support::media::{MediaPeer, longest_gap, send_frames};
 use support::redis::{Redis, free_port};
-use support::{API_KEY, Client, Server, api_at};
+use support::{API_KEY, Server, api_at, joined, node_participants};
 
 const SECRET: &str = "replica-nodes-test-secret-0123456789abcdef";
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Replica {
     server: Server,
@@ -78,54 +71,6 @@ fn free_udp_port() -> u16 {
 async fn ready(base: &str) -> bool {
     let _ = rustls::crypto::ring::default_provider().install_default();
     matches!(reqwest::get(format!("{base}/readyz")).await, Ok(r) if r.status() == 200)
-}
-
-async fn until(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// A participant joined with `token` on `server`: its connection, welcome and resume key.
-async fn joined(server: &Server, token: &str, query: &str) -> (Client, Value, String) {
-    let mut client = server.connect_with(token, query).await;
-    let mut key = String::new();
-    loop {
-        let m = client.next().await;
-        match m["type"].as_str() {
-            Some("resume_key") => key = m["key"].as_str().unwrap().to_owned(),
-            Some("welcome") => return (client, m, key),
-            Some("__closed") => panic!("closed before the welcome"),
-            _ => {}
-        }
-    }
-}
-
-/// Participants the node's worker 0 serves, from its metrics.
-async fn node_participants(metrics: &str) -> Option<u64> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let text = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("sfu_participants{worker=\"0\"} "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// The longest time without a received frame between `from` and `to`.
-fn longest_gap(frames: &[Instant], from: Instant, to: Instant) -> Duration {
-    let mut last = from;
-    let mut gap = Duration::ZERO;
-    for t in frames.iter().filter(|t| **t > from && **t <= to) {
-        gap = gap.max(*t - last);
-        last = *t;
-    }
-    gap.max(to.saturating_duration_since(last))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,27 +241,4 @@ async fn a_stopped_replicas_visit_goes_on_through_the_other_with_no_media_lost()
     drop(sending);
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Sends 30 video frames a second from each peer (once secured) until dropped.
-fn send_frames(peers: [Arc<MediaPeer>; 2]) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_micros(33_333));
-        loop {
-            tick.tick().await;
-            for p in &peers {
-                if p.is_secured() {
-                    p.send_video_frame().await;
-                }
-            }
-        }
-    }))
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

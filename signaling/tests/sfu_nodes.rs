@@ -7,17 +7,10 @@
 
 mod support;
 
+use support::{Kill, until};
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Stops a node as Kubernetes and systemd do.
 fn sigterm(node: &std::process::Child) {
@@ -197,14 +190,6 @@ async fn node_counter(metrics: &str, name: &str) -> u64 {
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-async fn until(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,67 +475,6 @@ fn assert_admission_kept(
     }
 }
 
-/// A participant joined with `token`: its connection, welcome and resume key.
-async fn joined(
-    server: &support::Server,
-    token: &str,
-    query: &str,
-) -> (support::Client, serde_json::Value, String) {
-    let mut client = server.connect_with(token, query).await;
-    let mut key = String::new();
-    loop {
-        let m = client.next().await;
-        match m["type"].as_str() {
-            Some("resume_key") => key = m["key"].as_str().unwrap().to_owned(),
-            Some("welcome") => return (client, m, key),
-            Some("__closed") => panic!("closed before the welcome"),
-            _ => {}
-        }
-    }
-}
-
-/// Participants a node's worker 0 serves, from its metrics.
-async fn node_participants(metrics: &str) -> Option<u64> {
-    let text = get(&format!("http://{metrics}"), "/metrics").await.1;
-    text.lines()
-        .find_map(|l| l.strip_prefix("sfu_participants{worker=\"0\"} "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Sends 30 video frames a second from each peer (once secured) until dropped.
-fn send_frames(peers: [std::sync::Arc<support::media::MediaPeer>; 2]) -> Kill2 {
-    Kill2(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_micros(33_333));
-        loop {
-            tick.tick().await;
-            for p in &peers {
-                if p.is_secured() {
-                    p.send_video_frame().await;
-                }
-            }
-        }
-    }))
-}
-
-struct Kill2(tokio::task::JoinHandle<()>);
-
-impl Drop for Kill2 {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// The longest time without a received frame between `from` and `to`.
-fn longest_gap(frames: &[Instant], from: Instant, to: Instant) -> Duration {
-    let mut last = from;
-    let mut gap = Duration::ZERO;
-    for t in frames.iter().filter(|t| **t > from && **t <= to) {
-        gap = gap.max(*t - last);
-        last = *t;
-    }
-    gap.max(to.saturating_duration_since(last))
-}
-
 /// Signaling stopped (SIGTERM, as a rollout does) and started again in remote mode: the node
 /// keeps its rooms while the control link is down, the clients come back with their resume
 /// keys as the same participants with their media sessions kept, admission kept — and the
@@ -561,6 +485,8 @@ fn longest_gap(frames: &[Instant], from: Instant, to: Instant) -> Duration {
 async fn a_signaling_restart_loses_no_media_on_a_node() {
     use serde_json::json;
     use std::sync::Arc;
+    use support::media::{longest_gap, send_frames};
+    use support::{joined, node_participants};
     let mut cluster = Cluster::start(&["sfu-a"]);
     let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
     let server = &cluster.server;
@@ -667,6 +593,7 @@ async fn a_signaling_restart_loses_no_media_on_a_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_nobody_carried_are_ended_when_the_node_links_again() {
     use support::media::{FrameSender, visit};
+    use support::node_participants;
     let mut cluster = Cluster::start(&["sfu-a"]);
     let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
     let (doctor_media, patient_media, doctor, patient) = visit(&cluster.server, "visit-k").await;

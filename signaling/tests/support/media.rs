@@ -388,3 +388,38 @@ impl Client {
         }
     }
 }
+
+/// Sends 30 video frames a second from each peer (once secured) until dropped.
+pub fn send_frames(peers: [Arc<MediaPeer>; 2]) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(33_333));
+        loop {
+            tick.tick().await;
+            for p in &peers {
+                if p.is_secured() {
+                    p.send_video_frame().await;
+                }
+            }
+        }
+    }))
+}
+
+/// A task aborted when this is dropped.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The longest time without a received frame between `from` and `to`.
+pub fn longest_gap(frames: &[Instant], from: Instant, to: Instant) -> Duration {
+    let mut last = from;
+    let mut gap = Duration::ZERO;
+    for t in frames.iter().filter(|t| **t > from && **t <= to) {
+        gap = gap.max(*t - last);
+        last = *t;
+    }
+    gap.max(to.saturating_duration_since(last))
+}

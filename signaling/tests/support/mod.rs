@@ -490,3 +490,55 @@ pub fn convention_problems(text: &str) -> Vec<String> {
     }
     problems
 }
+
+/// A participant joined with `token` on `server` (`query`: more of it, e.g. `&resume=…`): its
+/// connection, welcome and resume key.
+pub async fn joined(server: &Server, token: &str, query: &str) -> (Client, Value, String) {
+    let mut client = server.connect_with(token, query).await;
+    let mut key = String::new();
+    loop {
+        let m = client.next().await;
+        match m["type"].as_str() {
+            Some("resume_key") => key = m["key"].as_str().unwrap().to_owned(),
+            Some("welcome") => return (client, m, key),
+            Some("__closed") => panic!("closed before the welcome"),
+            _ => {}
+        }
+    }
+}
+
+/// Participants an SFU node's worker 0 serves, from its metrics listener at `metrics`.
+pub async fn node_participants(metrics: &str) -> Option<u64> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("sfu_participants{worker=\"0\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits for `ok`, checking every 200 ms; fails the test after `secs` seconds.
+pub async fn until(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !ok().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
