@@ -1,5 +1,6 @@
 //! Which signaling replica owns a meeting (ADR 5): the one holding its lease, a Redis key
-//! (`healthcare-sfu:lease:<meeting>`) whose value is the owner's internal URL. The owner runs
+//! (`healthcare-sfu:lease:<meeting>`) whose value is the owner's internal URL and a number of
+//! its process. The owner runs
 //! the meeting in memory; every other replica relays the meeting's WebSockets and API calls
 //! to it. A lease is taken by whoever first needs the meeting while nobody holds it, renewed
 //! while the owner has the meeting in use, and let go when it has not — or runs out when its

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::media::{MediaPeer, longest_gap, send_frames};
 use support::redis::{Redis, free_port};
-use support::{API_KEY, Server, api_at, joined, node_participants};
+use support::{API_KEY, Server, api_at, join_retrying, joined, node_participants};
 
 const SECRET: &str = "replica-nodes-test-secret-0123456789abcdef";
 
@@ -73,70 +73,102 @@ async fn ready(base: &str) -> bool {
     matches!(reqwest::get(format!("{base}/readyz")).await, Ok(r) if r.status() == 200)
 }
 
+/// Redis, two replicas in remote mode and one real `sfu` node linked to both; `meeting`
+/// booked through B.
+struct Cluster {
+    dir: std::path::PathBuf,
+    redis: Option<Redis>,
+    a: Replica,
+    b: Replica,
+    _node: Kill,
+    /// The node's metrics listener.
+    metrics: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        drop(self.redis.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Cluster {
+    async fn start(meeting: &str) -> Self {
+        let sfu_bin = std::path::Path::new(env!("CARGO_BIN_EXE_signaling")).with_file_name("sfu");
+        assert!(
+            sfu_bin.exists(),
+            "build the sfu binary first (cargo build --workspace --bins)"
+        );
+        let dir = std::env::temp_dir().join(format!("hc-replica-nodes-{}", rand::random::<u64>()));
+        let certs = dir.join("certs");
+        let out = Command::new(env!("CARGO_BIN_EXE_signaling"))
+            .arg("cluster-certs")
+            .arg("--out")
+            .arg(&certs)
+            .args(["--node", "sfu-a"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let redis = Redis::persistent(free_port(), &dir.join("redis"));
+        let key = dir.join("issuer.key");
+        let a = replica(&redis.url(), &certs, &key);
+        let b = replica(&redis.url(), &certs, &key);
+        // One node, linked to both replicas.
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let file = |name: &str| certs.join(name).display().to_string();
+        let node = Kill(
+            Command::new(&sfu_bin)
+                .args(["--signaling", &format!("{},{}", a.control, b.control)])
+                .args(["--node-id", "sfu-a"])
+                .args(["--cluster-ca", &file("ca.pem")])
+                .args(["--cluster-cert", &file("sfu-a.pem")])
+                .args(["--cluster-key", &file("sfu-a.key")])
+                .args(["--bind-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1"])
+                .args(["--workers", "1", "--metrics-listen", &metrics])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        until("the node linked to both replicas", 20, async || {
+            ready(&a.server.http_base).await && ready(&b.server.http_base).await
+        })
+        .await;
+        let now = jiff::Timestamp::now();
+        let (status, m) = api_at(
+            &b.internal,
+            "POST",
+            "/api/v1/meetings",
+            Some(API_KEY),
+            Some(json!({
+                "id": meeting,
+                "unit": "unit-1",
+                "start": (now - jiff::SignedDuration::from_mins(5)).to_string(),
+                "end": (now + jiff::SignedDuration::from_mins(60)).to_string(),
+            })),
+        )
+        .await;
+        assert_eq!(status, 201, "{m}");
+        Self {
+            dir,
+            redis: Some(redis),
+            a,
+            b,
+            _node: node,
+            metrics,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_replicas_visit_goes_on_through_the_other_with_no_media_lost() {
-    let sfu_bin = std::path::Path::new(env!("CARGO_BIN_EXE_signaling")).with_file_name("sfu");
-    assert!(
-        sfu_bin.exists(),
-        "build the sfu binary first (cargo build --workspace --bins)"
-    );
-    let dir = std::env::temp_dir().join(format!("hc-replica-nodes-{}", rand::random::<u64>()));
-    let certs = dir.join("certs");
-    let out = Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .arg("cluster-certs")
-        .arg("--out")
-        .arg(&certs)
-        .args(["--node", "sfu-a"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let redis = Redis::persistent(free_port(), &dir.join("redis"));
-    let key = dir.join("issuer.key");
-    let mut a = replica(&redis.url(), &certs, &key);
-    let b = replica(&redis.url(), &certs, &key);
-
-    // One node, linked to both replicas.
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let file = |name: &str| certs.join(name).display().to_string();
-    let _node = Kill(
-        Command::new(&sfu_bin)
-            .args(["--signaling", &format!("{},{}", a.control, b.control)])
-            .args(["--node-id", "sfu-a"])
-            .args(["--cluster-ca", &file("ca.pem")])
-            .args(["--cluster-cert", &file("sfu-a.pem")])
-            .args(["--cluster-key", &file("sfu-a.key")])
-            .args(["--bind-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1"])
-            .args(["--workers", "1", "--metrics-listen", &metrics])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    until("the node linked to both replicas", 20, async || {
-        ready(&a.server.http_base).await && ready(&b.server.http_base).await
-    })
-    .await;
-
-    let now = jiff::Timestamp::now();
-    let (status, m) = api_at(
-        &b.internal,
-        "POST",
-        "/api/v1/meetings",
-        Some(API_KEY),
-        Some(json!({
-            "id": "v-handover",
-            "unit": "unit-1",
-            "start": (now - jiff::SignedDuration::from_mins(5)).to_string(),
-            "end": (now + jiff::SignedDuration::from_mins(60)).to_string(),
-        })),
-    )
-    .await;
-    assert_eq!(status, 201, "{m}");
-
+    let mut cluster = Cluster::start("v-handover").await;
+    let metrics = cluster.metrics.clone();
+    let (a, b) = (&mut cluster.a, &cluster.b);
     // The clinician on A (which takes the visit), the patient on B (relayed to A).
     let doctor_token = a
         .server
@@ -239,6 +271,81 @@ async fn a_stopped_replicas_visit_goes_on_through_the_other_with_no_media_lost()
         "the chat went through replica B: {got:?}"
     );
     drop(sending);
-    drop(redis);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The replica running a visit is killed (no hand-over): its clients come back through the
+/// other replica once the lease runs out, the patient still admitted, and start new media
+/// sessions on the node; the sessions the dead replica left there are ended when the other
+/// takes the meeting over — even while their peers keep answering (seen failing without the
+/// takeover's survey: four sessions on the node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_visit_is_taken_over_and_its_sessions_on_the_node_ended() {
+    let mut cluster = Cluster::start("v-killed").await;
+    let metrics = cluster.metrics.clone();
+    let doctor_token = cluster
+        .a
+        .server
+        .token("v-killed", "doc-4411", "Dr Berg", "clinician");
+    let patient_token = cluster
+        .a
+        .server
+        .token("v-killed", "pat-7f3a", "Anna", "patient");
+    let (mut doctor, _, _) = joined(&cluster.a.server, &doctor_token, "").await;
+    let (mut patient, _, _) = joined(&cluster.b.server, &patient_token, "").await;
+    let patient_id = doctor.first_waiting().await;
+    doctor
+        .send(json!({"type": "admit", "participant": patient_id}))
+        .await;
+    patient.next_of("admitted").await;
+    let old = [
+        Arc::new(MediaPeer::new("doctor").await),
+        Arc::new(MediaPeer::new("patient").await),
+    ];
+    doctor.start_media(&old[0]).await;
+    patient.start_media(&old[1]).await;
+    let _old_doctor = doctor.negotiate_in_background(&old[0]);
+    let _old_patient = patient.negotiate_in_background(&old[1]);
+    // The old peers keep sending and answering consent checks throughout: only signaling
+    // can end their sessions.
+    let _old_sending = send_frames([old[0].clone(), old[1].clone()]);
+    until("media both ways through the node", 15, async || {
+        old[0].video_frames().len() > 30 && old[1].video_frames().len() > 30
+    })
+    .await;
+    assert_eq!(node_participants(&metrics).await, Some(2));
+
+    let killed = Instant::now();
+    cluster.a.server.kill();
+    let b = &cluster.b;
+    let (mut doctor, _) = join_retrying(&b.server, &doctor_token, Duration::from_secs(15)).await;
+    doctor.next_of("welcome").await;
+    let (mut patient, _) = join_retrying(&b.server, &patient_token, Duration::from_secs(15)).await;
+    let welcome = patient.next_of("welcome").await;
+    assert_eq!(welcome["state"], "admitted", "admission kept: {welcome}");
+    let new = [
+        Arc::new(MediaPeer::new("doctor-2").await),
+        Arc::new(MediaPeer::new("patient-2").await),
+    ];
+    doctor.start_media(&new[0]).await;
+    patient.start_media(&new[1]).await;
+    let _new_doctor = doctor.negotiate_in_background(&new[0]);
+    let _new_patient = patient.negotiate_in_background(&new[1]);
+    let _new_sending = send_frames([new[0].clone(), new[1].clone()]);
+    until("media both ways on the new sessions", 15, async || {
+        new[0].video_frames().len() > 10 && new[1].video_frames().len() > 10
+    })
+    .await;
+    eprintln!(
+        "media back {:?} after the replica running the visit was killed",
+        killed.elapsed()
+    );
+    until(
+        "the dead replica's sessions ended on the node",
+        10,
+        async || node_participants(&metrics).await == Some(2),
+    )
+    .await;
+    // And they stay ended: the node runs the two new sessions only.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node_participants(&metrics).await, Some(2));
 }

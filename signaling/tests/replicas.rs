@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::media::{FrameSender, MediaPeer, frames_per_second};
 use support::redis::{Redis, free_port};
-use support::{API_KEY, Client, Server, api_at};
+use support::{API_KEY, Client, Server, api_at, join_retrying};
 
 const SECRET: &str = "replicas-test-secret-0123456789abcdef";
 
@@ -46,26 +46,6 @@ fn booking(id: &str) -> Value {
         "start": (now - jiff::SignedDuration::from_mins(5)).to_string(),
         "end": (now + jiff::SignedDuration::from_mins(60)).to_string(),
     })
-}
-
-/// Opens the join WebSocket on `server`, trying again while it answers 503 (the meeting's
-/// owner died and its lease has not run out yet); returns the client and when it got in.
-async fn join_retrying(server: &Server, token: &str, within: Duration) -> (Client, Instant) {
-    let deadline = Instant::now() + within;
-    let url = format!("{}/ws?token={token}", server.ws_base);
-    loop {
-        match tokio_tungstenite::connect_async(&url).await {
-            Ok((ws, _)) => return (Client { ws }, Instant::now()),
-            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 503 => {
-                let body: Value =
-                    serde_json::from_slice(&r.body().clone().unwrap_or_default()).unwrap();
-                assert_eq!(body["error"], "replica_unavailable", "{body}");
-            }
-            Err(e) => panic!("join refused: {e}"),
-        }
-        assert!(Instant::now() < deadline, "not back within {within:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The next chat line `client` gets from `name` (its own come back to it too).

@@ -542,3 +542,30 @@ impl Drop for Kill {
         let _ = self.0.wait();
     }
 }
+
+/// Opens the join WebSocket on `server`, trying again while it answers 503 (the meeting's
+/// owner died and its lease has not run out yet); returns the client and when it got in.
+pub async fn join_retrying(
+    server: &Server,
+    token: &str,
+    within: Duration,
+) -> (Client, std::time::Instant) {
+    let deadline = std::time::Instant::now() + within;
+    let url = format!("{}/ws?token={token}", server.ws_base);
+    loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => return (Client { ws }, std::time::Instant::now()),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 503 => {
+                let body: Value =
+                    serde_json::from_slice(&r.body().clone().unwrap_or_default()).unwrap();
+                assert_eq!(body["error"], "replica_unavailable", "{body}");
+            }
+            Err(e) => panic!("join refused: {e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not back within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
