@@ -105,36 +105,59 @@ impl Deployment {
         for m in meetings {
             let id = format!("{run}-{m}");
             let size = plan.iter().filter(|p| p.meeting == m).count();
-            self.api(
-                http,
-                "/meetings",
-                json!({"id": id, "unit": self.unit, "start": start, "end": end,
-                       "max_participants": size}),
-            )
-            .await
-            .context("booking a meeting (the tester's key must be allowed --unit)")?;
+            self.book_meeting(http, &id, (&start, &end), size).await?;
             ids.push(id);
         }
         let mut tokens = Vec::new();
         for (i, p) in plan.iter().enumerate() {
             let id = format!("{run}-{}", p.meeting);
-            let minted = self
-                .api(
-                    http,
-                    &format!("/meetings/{id}/tokens"),
-                    json!({"sub": format!("{run}-{}", p.name), "name": p.name, "role": "clinician",
-                           "hsa": format!("SE2321000016-B{i:05}")}),
-                )
-                .await
-                .context("minting a join token (the deployment needs tokens.signing_key)")?;
-            tokens.push(
-                minted["token"]
-                    .as_str()
-                    .context("the API's token answer has no token")?
-                    .to_owned(),
-            );
+            let sub = format!("{run}-{}", p.name);
+            let hsa = format!("SE2321000016-B{i:05}");
+            tokens.push(self.mint_clinician(http, &id, &sub, &p.name, &hsa).await?);
         }
         Ok((ids, tokens))
+    }
+
+    /// Books meeting `id` for `window` (RFC 3339 start and end) with room for `size`.
+    pub async fn book_meeting(
+        &self,
+        http: &reqwest::Client,
+        id: &str,
+        window: (&str, &str),
+        size: usize,
+    ) -> anyhow::Result<()> {
+        self.api(
+            http,
+            "/meetings",
+            json!({"id": id, "unit": self.unit, "start": window.0, "end": window.1,
+                   "max_participants": size}),
+        )
+        .await
+        .context("booking a meeting (the tester's key must be allowed --unit)")?;
+        Ok(())
+    }
+
+    /// A clinician's join token for meeting `id` (nobody waits in a waiting room).
+    pub async fn mint_clinician(
+        &self,
+        http: &reqwest::Client,
+        id: &str,
+        sub: &str,
+        name: &str,
+        hsa: &str,
+    ) -> anyhow::Result<String> {
+        let minted = self
+            .api(
+                http,
+                &format!("/meetings/{id}/tokens"),
+                json!({"sub": sub, "name": name, "role": "clinician", "hsa": hsa}),
+            )
+            .await
+            .context("minting a join token (the deployment needs tokens.signing_key)")?;
+        Ok(minted["token"]
+            .as_str()
+            .context("the API's token answer has no token")?
+            .to_owned())
     }
 
     /// Cancels the run's meetings (whoever is still connected is disconnected).

@@ -87,32 +87,17 @@ pub async fn measure(
     let (mut first, mut later) = (Vec::new(), Vec::new());
     for m in 0..meetings {
         let id = format!("{run}-{m}");
-        dep.api(
-            &http,
-            "/meetings",
-            json!({"id": id, "unit": dep.unit, "start": now.to_string(),
-                   "end": (now + jiff::SignedDuration::from_hours(2)).to_string(),
-                   "max_participants": joins + 2}),
-        )
-        .await
-        .context("booking a meeting (the tester's key must be allowed --unit)")?;
+        let (start, end) = (
+            now.to_string(),
+            (now + jiff::SignedDuration::from_hours(2)).to_string(),
+        );
+        dep.book_meeting(&http, &id, (&start, &end), joins + 2)
+            .await?;
         let mut tokens = Vec::new();
         for j in 0..=joins {
-            let minted = dep
-                .api(
-                    &http,
-                    &format!("/meetings/{id}/tokens"),
-                    json!({"sub": format!("{run}-{m}-{j}"), "name": format!("Tester {j}"),
-                       "role": "clinician", "hsa": format!("SE2321000016-J{m:03}{j:03}")}),
-                )
-                .await
-                .context("minting a join token (the deployment needs tokens.signing_key)")?;
-            tokens.push(
-                minted["token"]
-                    .as_str()
-                    .context("the API's token answer has no token")?
-                    .to_owned(),
-            );
+            let (sub, name) = (format!("{run}-{m}-{j}"), format!("Tester {j}"));
+            let hsa = format!("SE2321000016-J{m:03}{j:03}");
+            tokens.push(dep.mint_clinician(&http, &id, &sub, &name, &hsa).await?);
         }
         let _held = match hold_via {
             Some(via) => Some(join(dep, via, &tokens[0]).await?.0),

@@ -6,8 +6,10 @@
 
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_unavailable, session_event};
+use crate::bearer::bearer;
 use crate::client_address::ClientAddress;
 use crate::image_store::{ImageOrigin, MAX_IMAGE_BYTES, StoreRefusal};
+use crate::replica_relay::Routed;
 use crate::session_token::Session;
 use crate::shared_image::inspect;
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
@@ -44,12 +46,7 @@ async fn session(
     headers: &HeaderMap,
     source: std::net::IpAddr,
 ) -> Result<Session, Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    match state.verifier.verify(token) {
+    match state.verifier.verify(bearer(headers)) {
         Ok(s) => Ok(s),
         Err(e) => {
             let code = e.code();
@@ -87,28 +84,31 @@ pub async fn to_owner(
         return next.run(request).await;
     };
     // A token that does not verify is refused here, as on any replica.
-    let meeting = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| state.verifier.verify(t).ok())
+    let meeting = state
+        .verifier
+        .verify(bearer(request.headers()))
+        .ok()
         .map(|s| s.claims.mtg);
     let Some(meeting) = meeting else {
         return next.run(request).await;
     };
-    let owner = tokio::task::block_in_place(|| {
-        state
-            .meetings
-            .owner_of(&replicas.leases, &meeting, state.sfu.as_ref())
-    });
-    match owner {
-        Ok(crate::meeting_lease::Owner::Here { .. }) => next.run(request).await,
-        Ok(crate::meeting_lease::Owner::Elsewhere(_)) if replicas.is_relayed(request.headers()) => {
-            crate::replica_relay::owner_unreachable()
-        }
+    let routed = replicas.route(
+        &state.meetings,
+        &meeting,
+        state.sfu.as_ref(),
+        request.headers(),
+        || {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the meeting store cannot be reached; try again",
+            )
+        },
+    );
+    match routed {
+        Routed::Here => next.run(request).await,
         // The owner serves relayed photos on its internal listener, under /relay.
-        Ok(crate::meeting_lease::Owner::Elsewhere(owner)) => {
+        Routed::Owner(owner) => {
             replicas
                 .forward_request(
                     &owner,
@@ -119,14 +119,7 @@ pub async fn to_owner(
                 )
                 .await
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "reading a meeting's lease failed");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the meeting store cannot be reached; try again",
-            )
-        }
+        Routed::Refused(r) => r,
     }
 }
 

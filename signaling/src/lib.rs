@@ -10,6 +10,7 @@ pub mod audit_chain;
 pub mod audit_checkpoint;
 pub mod audit_log;
 pub mod audit_sink;
+pub mod bearer;
 pub mod carried_session;
 pub mod client_address;
 pub mod config;

@@ -7,10 +7,12 @@ use crate::api_client::ApiClient;
 use crate::app_state::AppState;
 use crate::audit::{audit, audit_all, audit_unavailable};
 use crate::audit_log::AuditEvent;
+use crate::bearer::bearer;
 use crate::client_address::ClientAddress;
 use crate::meeting::{MeetingKind, MeetingRecord};
 use crate::meeting_room::MeetingRoom;
 use crate::meetings::CreateError;
+use crate::replica_relay::Routed;
 use crate::session_token::{Claims, Role};
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
 use axum::extract::{Path, Query, State};
@@ -61,12 +63,7 @@ async fn authorize(
             "no system is configured for the meetings API ([[api.clients]])",
         )));
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if let Some(client) = ApiClient::find(&state.api_clients, given) {
+    if let Some(client) = ApiClient::find(&state.api_clients, bearer(headers)) {
         return Ok(client.clone());
     }
     let code = "api_key_invalid";
@@ -378,11 +375,7 @@ async fn list(
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "listing meetings failed: the store is unreachable");
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "store_unavailable",
-                        "the meeting store cannot be reached; try again",
-                    );
+                    return store_unavailable();
                 }
             };
             let mut v: Vec<Value> = records
@@ -427,32 +420,35 @@ pub async fn to_owner(
     else {
         return next.run(request).await;
     };
-    let relayed = replicas.is_relayed(request.headers());
-    let owner = tokio::task::block_in_place(|| {
-        state
-            .meetings
-            .owner_of(&replicas.leases, &id, state.sfu.as_ref())
-    });
-    match owner {
-        Ok(crate::meeting_lease::Owner::Here { .. }) => next.run(request).await,
-        // Relayed here, and the lease moved on the way: the caller tries again.
-        Ok(crate::meeting_lease::Owner::Elsewhere(_)) if relayed => {
-            crate::replica_relay::owner_unreachable()
-        }
-        Ok(crate::meeting_lease::Owner::Elsewhere(owner)) => {
+    // Only a known system's call takes a lease (and asks the nodes what they run): one with a
+    // missing or unknown key is refused here, by the handler, like any other.
+    if ApiClient::find(&state.api_clients, bearer(request.headers())).is_none() {
+        return next.run(request).await;
+    }
+    let routed = replicas.route(
+        &state.meetings,
+        &id,
+        state.sfu.as_ref(),
+        request.headers(),
+        store_unavailable,
+    );
+    match routed {
+        Routed::Here => next.run(request).await,
+        Routed::Owner(owner) => {
             replicas
                 .forward_request(&owner, request, (1024 * 1024, "too_large"), "", source)
                 .await
         }
-        Err(e) => {
-            tracing::error!(error = %e, "reading a meeting's lease failed");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the meeting store cannot be reached; try again",
-            )
-        }
+        Routed::Refused(r) => r,
     }
+}
+
+fn store_unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the meeting store cannot be reached; try again",
+    )
 }
 
 fn find(state: &AppState, id: &str) -> Result<Arc<MeetingRoom>, Box<Response>> {
@@ -465,11 +461,7 @@ fn find(state: &AppState, id: &str) -> Result<Arc<MeetingRoom>, Box<Response>> {
         ))),
         Err(e) => {
             tracing::error!(error = %e, "reading a meeting failed: the store is unreachable");
-            Err(Box::new(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the meeting store cannot be reached; try again",
-            )))
+            Err(Box::new(store_unavailable()))
         }
     }
 }

@@ -200,7 +200,43 @@ impl Replicas {
     }
 }
 
+/// Where a request about one meeting is served (see [`Replicas::route`]).
+pub enum Routed {
+    /// Here: this replica runs the meeting.
+    Here,
+    /// By the replica that runs it, at this internal URL.
+    Owner(String),
+    /// Not now: answered with this.
+    Refused(Response),
+}
+
 impl Replicas {
+    /// Where a request about meeting `id` with `headers` is served: here (taking the meeting's
+    /// lease, and the meeting, when nobody holds it), or by its owner. One relayed here whose
+    /// lease moved on the way is refused for a retry rather than relayed again; a store that
+    /// cannot say is answered `store_unavailable()`, in the caller's words.
+    pub fn route(
+        &self,
+        meetings: &crate::meetings::Meetings,
+        id: &str,
+        sfu: &dyn crate::sfu_control::SfuControl,
+        headers: &HeaderMap,
+        store_unavailable: impl FnOnce() -> Response,
+    ) -> Routed {
+        use crate::meeting_lease::Owner;
+        match tokio::task::block_in_place(|| meetings.owner_of(&self.leases, id, sfu)) {
+            Ok(Owner::Here { .. }) => Routed::Here,
+            Ok(Owner::Elsewhere(_)) if self.is_relayed(headers) => {
+                Routed::Refused(owner_unreachable())
+            }
+            Ok(Owner::Elsewhere(owner)) => Routed::Owner(owner),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a meeting's lease failed");
+                Routed::Refused(store_unavailable())
+            }
+        }
+    }
+
     /// Forwards `request` (its body read whole, up to `limit` bytes: past it, 413 with
     /// `too_large` as the owner's own code for it) to the owner at `owner`, under `prefix` +
     /// its own path, and its answer back.

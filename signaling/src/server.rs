@@ -8,6 +8,7 @@ use crate::client_address::ClientAddress;
 use crate::connection::{MAX_MESSAGE_BYTES, Start, connection};
 use crate::join_refusal::JoinRefusal;
 use crate::meeting_room::MeetingRoom;
+use crate::replica_relay::Routed;
 use crate::session_token::Session;
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
 use axum::extract::ws::WebSocketUpgrade;
@@ -198,7 +199,6 @@ impl AppState {
         let Some(replicas) = &self.replicas else {
             return Ok(Route::Here);
         };
-        let relayed = replicas.is_relayed(headers);
         let Ok(session) = self.verifier.verify(&q.token) else {
             return Ok(Route::Here);
         };
@@ -209,22 +209,12 @@ impl AppState {
         {
             return Ok(Route::Here);
         }
-        let owner = tokio::task::block_in_place(|| {
-            self.meetings
-                .owner_of(&replicas.leases, &meeting, self.sfu.as_ref())
-        });
-        match owner {
-            Ok(crate::meeting_lease::Owner::Here { .. }) => Ok(Route::Here),
-            Ok(crate::meeting_lease::Owner::Elsewhere(_)) if relayed => {
-                Err(Box::new(crate::replica_relay::owner_unreachable()))
-            }
-            Ok(crate::meeting_lease::Owner::Elsewhere(owner)) => {
-                Ok(Route::Owner(replicas.clone(), owner))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading a meeting's lease failed");
-                Err(Box::new(refusal(&JoinRefusal::StoreUnavailable)))
-            }
+        match replicas.route(&self.meetings, &meeting, self.sfu.as_ref(), headers, || {
+            refusal(&JoinRefusal::StoreUnavailable)
+        }) {
+            Routed::Here => Ok(Route::Here),
+            Routed::Owner(owner) => Ok(Route::Owner(replicas.clone(), owner)),
+            Routed::Refused(r) => Err(Box::new(r)),
         }
     }
 

@@ -17,8 +17,7 @@ use support::media::{MediaPeer, longest_gap, send_frames};
 use support::redis::{Redis, free_port};
 use support::{API_KEY, Server, api_at, join_retrying, joined, node_participants};
 
-const SECRET: &str = "replica-nodes-test-secret-0123456789abcdef";
-
+/// A replica in remote mode, its control listener for the nodes.
 struct Replica {
     server: Server,
     internal: String,
@@ -26,33 +25,25 @@ struct Replica {
 }
 
 fn replica(store: &str, certs: &std::path::Path, key: &std::path::Path) -> Replica {
-    let port = free_port();
-    let internal = format!("http://127.0.0.1:{port}");
-    let listen = format!("127.0.0.1:{port}");
     let control = format!("127.0.0.1:{}", free_udp_port());
     let file = |name: &str| certs.join(name).display().to_string();
-    let server = support::start_with(&[
-        "--meeting-store",
+    let (ca, cert, cert_key) = (file("ca.pem"), file("signaling.pem"), file("signaling.key"));
+    let support::Replica { server, internal } = support::start_replica(
         store,
-        "--dev-key",
-        &key.display().to_string(),
-        "--internal-listen",
-        &listen,
-        "--replica-url",
-        &internal,
-        "--replica-secret",
-        SECRET,
-        "--sfu-mode",
-        "remote",
-        "--sfu-listen",
-        &control,
-        "--cluster-ca",
-        &file("ca.pem"),
-        "--cluster-cert",
-        &file("signaling.pem"),
-        "--cluster-key",
-        &file("signaling.key"),
-    ]);
+        key,
+        &[
+            "--sfu-mode",
+            "remote",
+            "--sfu-listen",
+            &control,
+            "--cluster-ca",
+            &ca,
+            "--cluster-cert",
+            &cert,
+            "--cluster-key",
+            &cert_key,
+        ],
+    );
     Replica {
         server,
         internal,
@@ -244,31 +235,14 @@ async fn a_stopped_replicas_visit_goes_on_through_the_other_with_no_media_lost()
         Some(2),
         "the node runs the same two sessions, no new ones"
     );
-    let mut got = Vec::new();
-    for mut events in [
-        doctor_events,
-        patient_events,
-        patient2_events,
-        doctor2_events,
-    ] {
-        while let Ok(v) = events.try_recv() {
-            got.push(v);
-        }
-    }
-    for v in &got {
-        let kind = v["type"].as_str().unwrap_or("");
-        assert!(
-            !matches!(
-                kind,
-                "media_disconnected" | "returned_to_lobby" | "error" | "lobby_position"
-            ),
-            "{v}"
-        );
-    }
-    assert!(
-        got.iter()
-            .any(|v| v["type"] == "chat" && v["text"] == "hör du mig?"),
-        "the chat went through replica B: {got:?}"
+    support::assert_undisturbed(
+        vec![
+            doctor_events,
+            patient_events,
+            patient2_events,
+            doctor2_events,
+        ],
+        "hör du mig?",
     );
     drop(sending);
 }

@@ -10,32 +10,10 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::media::{FrameSender, MediaPeer, frames_per_second};
 use support::redis::{Redis, free_port};
-use support::{API_KEY, Client, Server, api_at, join_retrying};
-
-const SECRET: &str = "replicas-test-secret-0123456789abcdef";
-
-struct Replica {
-    server: Server,
-    internal: String,
-}
+use support::{API_KEY, Client, REPLICA_SECRET, Replica, api_at, join_retrying};
 
 fn replica(store: &str, key: &std::path::Path) -> Replica {
-    let port = free_port();
-    let internal = format!("http://127.0.0.1:{port}");
-    let listen = format!("127.0.0.1:{port}");
-    let server = support::start_with(&[
-        "--meeting-store",
-        store,
-        "--dev-key",
-        &key.display().to_string(),
-        "--internal-listen",
-        &listen,
-        "--replica-url",
-        &internal,
-        "--replica-secret",
-        SECRET,
-    ]);
-    Replica { server, internal }
+    support::start_replica(store, key, &[])
 }
 
 fn booking(id: &str) -> Value {
@@ -275,7 +253,7 @@ async fn only_replicas_may_relay() {
     }
     let resp = client
         .post(format!("{}/relay/join", a.internal))
-        .header("x-healthcare-relay", SECRET)
+        .header("x-healthcare-relay", REPLICA_SECRET)
         .header("x-healthcare-relayed-for", "203.0.113.9")
         .json(&json!({"token": token}))
         .send()

@@ -569,3 +569,64 @@ pub async fn join_retrying(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The secret the test replicas share.
+pub const REPLICA_SECRET: &str = "replicas-test-secret-0123456789abcdef";
+
+/// A signaling replica sharing meetings through the Redis at `store` (ADR 5), with the
+/// issuer key `key` the other replicas have too, and `extra` flags.
+pub struct Replica {
+    pub server: Server,
+    /// Its internal listener (the meetings API, and what other replicas relay to).
+    pub internal: String,
+}
+
+pub fn start_replica(store: &str, key: &std::path::Path, extra: &[&str]) -> Replica {
+    let port = redis::free_port();
+    let internal = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let key = key.display().to_string();
+    let mut flags = vec![
+        "--meeting-store",
+        store,
+        "--dev-key",
+        &key,
+        "--internal-listen",
+        &listen,
+        "--replica-url",
+        &internal,
+        "--replica-secret",
+        REPLICA_SECRET,
+    ];
+    flags.extend_from_slice(extra);
+    Replica {
+        server: start_with(&flags),
+        internal,
+    }
+}
+
+/// Everything the clients' connections got (`events`, drained now) across a restart or a
+/// hand-over: nobody was told their media ended, sent to the lobby or refused, and the chat
+/// line `chat` came through.
+pub fn assert_undisturbed(events: Vec<tokio::sync::mpsc::UnboundedReceiver<Value>>, chat: &str) {
+    let mut got = Vec::new();
+    for mut e in events {
+        while let Ok(v) = e.try_recv() {
+            got.push(v);
+        }
+    }
+    for v in &got {
+        let kind = v["type"].as_str().unwrap_or("");
+        assert!(
+            !matches!(
+                kind,
+                "media_disconnected" | "returned_to_lobby" | "error" | "lobby_position"
+            ),
+            "{v}"
+        );
+    }
+    assert!(
+        got.iter().any(|v| v["type"] == "chat" && v["text"] == chat),
+        "the chat line came through: {got:?}"
+    );
+}
