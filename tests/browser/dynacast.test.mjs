@@ -11,7 +11,12 @@ async function sending(page) {
   if (!(await page.evaluate(() => Boolean(window.hcState && window.hcState.pc)))) return { l: 0, h: 0, paused: [] };
   const s = await videoStats(page);
   const paused = await page.evaluate(() => [...window.hcState.pausedRids.values()].flatMap((r) => [...r]).sort());
-  return { l: s.sent.l ? s.sent.l.bytes : 0, h: s.sent.h ? s.sent.h.bytes : 0, paused };
+  // What the camera's sender has really turned off (the page sets it after the message came).
+  const inactive = await page.evaluate(() => window.hcState.pc.getSenders()
+    .filter((x) => x.track && x.track.kind === "video")
+    .flatMap((x) => (x.getParameters().encodings || []).filter((e) => e.active === false).map((e) => e.rid))
+    .sort());
+  return { l: s.sent.l ? s.sent.l.bytes : 0, h: s.sent.h ? s.sent.h.bytes : 0, paused, inactive };
 }
 
 /** Whether `rid` sent (almost) nothing over `ms`. */
@@ -34,8 +39,8 @@ test("layers nobody receives are not encoded, and come back the moment someone w
     // a few seconds neither layer is encoded.
     const alone = await waitFor(async () => {
       const s = await sending(clinician);
-      return { ok: s.paused.join(",") === "h,l", s };
-    }, { timeout: 20000, what: "the clinician told to pause both layers while alone" });
+      return { ok: s.paused.join(",") === "h,l" && s.inactive.join(",") === "h,l", s };
+    }, { timeout: 20000, what: "the clinician told to pause both layers while alone, and both off" });
     assert.ok(await idle(clinician, "h") && await idle(clinician, "l"), "nothing encoded while alone");
 
     // Admitted: the patient's tile wants the top layer; it resumes and the picture starts.
@@ -64,8 +69,8 @@ test("layers nobody receives are not encoded, and come back the moment someone w
     await patient.click("#save-data");
     await waitFor(async () => {
       const s = await sending(clinician);
-      return { ok: s.paused.join(",") === "h", s };
-    }, { timeout: 20000, what: "the clinician told to pause its top layer" });
+      return { ok: s.paused.join(",") === "h" && s.inactive.join(",") === "h", s };
+    }, { timeout: 20000, what: "the clinician told to pause its top layer, and it off" });
     assert.ok(await idle(clinician, "h"), "the top layer is not encoded");
     assert.ok(!(await idle(clinician, "l", 1000)), "the low layer still is");
     const low = await videoStats(patient);
