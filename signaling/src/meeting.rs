@@ -55,12 +55,25 @@ pub struct MeetingRecord {
     /// taken out at its start): a client back with its resume key keeps its session.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub carried: Vec<crate::carried_session::CarriedSession>,
+    /// The waiting room's queue, first first (written while the meeting runs, read when it is
+    /// loaded again — a restart, or another replica taking it over): someone who was waiting
+    /// and comes back within the reconnect grace gets their place, not the back of the queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queue: Vec<QueuePlace>,
 }
 
 /// An admitted subject (pseudonymous `sub`) to let back in without the waiting room.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Readmission {
     pub sub: String,
+    pub until: Timestamp,
+}
+
+/// A waiting subject's place in the queue: waiting since `since`, kept until `until`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuePlace {
+    pub sub: String,
+    pub since: Timestamp,
     pub until: Timestamp,
 }
 
@@ -220,6 +233,7 @@ pub(crate) fn booked_visit(start: Timestamp) -> MeetingRecord {
         remember_until: None,
         readmit: Vec::new(),
         carried: Vec::new(),
+        queue: Vec::new(),
     }
 }
 

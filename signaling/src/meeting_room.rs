@@ -10,7 +10,7 @@
 use crate::audit_log::AuditEvent;
 use crate::carried_session::KeptMedia;
 use crate::join_refusal::JoinRefusal;
-use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord, Readmission};
+use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord, QueuePlace, Readmission};
 pub use crate::meeting_effects::{Effects, Observation, Outbound};
 use crate::message_budget::MessageBudget;
 use crate::session_token::{Role, Session};
@@ -338,6 +338,14 @@ impl MeetingRoom {
             .into_iter()
             .map(|r| (r.sub, Some(r.until)))
             .collect();
+        // So are the places of those who were waiting, in the order they had.
+        let queue = std::mem::take(&mut record.queue);
+        let next_order = queue.len() as u64;
+        let lobby_places = queue
+            .into_iter()
+            .zip(0..)
+            .map(|(p, order)| (p.sub, (p.since, order, p.until)))
+            .collect();
         Self {
             id: record.id.clone(),
             state: Mutex::new(RoomState {
@@ -345,8 +353,8 @@ impl MeetingRoom {
                 members: HashMap::new(),
                 admitted,
                 forwarded: HashMap::new(),
-                lobby_places: HashMap::new(),
-                next_order: 0,
+                lobby_places,
+                next_order,
                 last_active: Timestamp::now(),
             }),
         }
@@ -1357,6 +1365,38 @@ impl RoomState {
         list
     }
 
+    /// The waiting room's queue to store, first first: everyone waiting now (their place kept
+    /// until `now + grace`) and the places kept for those whose connection dropped.
+    pub fn queue_places(&self, now: Timestamp, grace: SignedDuration) -> Vec<QueuePlace> {
+        let mut places: Vec<(u64, QueuePlace)> = self
+            .waiting()
+            .iter()
+            .map(|(_, m, since, order)| {
+                let place = QueuePlace {
+                    sub: m.sub.clone(),
+                    since: *since,
+                    until: now + grace,
+                };
+                (*order, place)
+            })
+            .chain(
+                self.lobby_places
+                    .iter()
+                    .filter(|(_, (_, _, until))| *until >= now)
+                    .map(|(sub, (since, order, until))| {
+                        let place = QueuePlace {
+                            sub: sub.clone(),
+                            since: *since,
+                            until: *until,
+                        };
+                        (*order, place)
+                    }),
+            )
+            .collect();
+        places.sort_by_key(|(order, _)| *order);
+        places.into_iter().map(|(_, p)| p).collect()
+    }
+
     /// The service is stopping: every connection is told to connect again (who is admitted
     /// is what the store keeps, see [`RoomState::readmissions`]).
     pub fn hand_over(&mut self, fx: &mut Effects) {
@@ -1598,6 +1638,80 @@ mod tests {
         )
         .unwrap();
         assert!(s.readmissions(at(11), grace).is_empty());
+    }
+
+    /// The waiting room's order outlives the process that held it (a restart, or another
+    /// replica taking the meeting over after a crash): people come back in any order and
+    /// get their places, newcomers queue behind them, and a place is kept only within the
+    /// reconnect grace.
+    #[test]
+    fn the_queue_order_is_stored_and_people_coming_back_get_their_places() {
+        let policy = MeetingPolicy::default();
+        let mut s = visit();
+        let doc = ParticipantId("p-doc".into());
+        join(&mut s, &doc, "doc", Role::Clinician, 0);
+        let ids: Vec<ParticipantId> = ["a", "b", "c"]
+            .iter()
+            .map(|sub| ParticipantId(format!("p-{sub}")))
+            .collect();
+        for (i, sub) in ["a", "b", "c"].iter().enumerate() {
+            join(&mut s, &ids[i], sub, Role::Patient, 1 + i as i64);
+        }
+        // b's phone lost the network: its place is kept for the grace, not dropped.
+        assert!(s.leave(&ids[1], false, at(5), &policy, &mut Effects::default()));
+        let places = s.queue_places(at(10), policy.reconnect_grace);
+        let subs: Vec<&str> = places.iter().map(|p| p.sub.as_str()).collect();
+        assert_eq!(subs, ["a", "b", "c"]);
+        assert_eq!(places[1].until, at(65), "b's place lasts its own grace");
+        assert_eq!(
+            places[0].until,
+            at(70),
+            "a is connected: a grace from the write"
+        );
+
+        let mut record = s.record.clone();
+        record.queue = places;
+        let stored: MeetingRecord =
+            serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        let mut after = MeetingRoom::new(stored).lock().clone();
+        let back = |s: &mut RoomState, sub: &str, secs: i64| {
+            let id = ParticipantId(format!("p-{sub}-2"));
+            let joined = s.join(
+                id.clone(),
+                &session(sub, Role::Patient),
+                at(secs),
+                &policy,
+                &mut Effects::default(),
+            );
+            assert_eq!(joined, Ok(JoinOutcome { admitted: false }));
+            id
+        };
+        let c = back(&mut after, "c", 20);
+        let d = back(&mut after, "d", 21);
+        let a = back(&mut after, "a", 22);
+        let b = back(&mut after, "b", 23);
+        assert_eq!(after.first_waiting(), Some(a.clone()));
+        let order: Vec<Option<usize>> = [&a, &b, &c, &d]
+            .iter()
+            .map(|id| after.position(id))
+            .collect();
+        assert_eq!(order, [Some(1), Some(2), Some(3), Some(4)]);
+        // Waiting since their first arrival, not since they came back.
+        assert!(matches!(
+            after.member(&a).unwrap().admission,
+            Admission::Waiting { since, .. } if since == at(1)
+        ));
+
+        // Past its grace a place is gone: b would queue behind d now.
+        let mut late = MeetingRoom::new(
+            serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap(),
+        )
+        .lock()
+        .clone();
+        let b = back(&mut late, "b", 66);
+        let a = back(&mut late, "a", 67);
+        assert_eq!(late.position(&a), Some(1));
+        assert_eq!(late.position(&b), Some(2), "a kept its place, b did not");
     }
 
     /// After a restart, a connection back with its carried media session keeps it: its

@@ -357,7 +357,8 @@ impl Meetings {
             .remember_until
             .into_iter()
             .chain(r.readmit.iter().map(|a| a.until))
-            .chain(r.carried.iter().map(|c| c.until));
+            .chain(r.carried.iter().map(|c| c.until))
+            .chain(r.queue.iter().map(|p| p.until));
         for t in remembered {
             until = until.max(t);
         }
@@ -400,6 +401,7 @@ impl Meetings {
                     remember_until: None,
                     readmit: Vec::new(),
                     carried: Vec::new(),
+                    queue: Vec::new(),
                 };
                 let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
                 rooms
@@ -492,7 +494,12 @@ impl Meetings {
             joined
         });
         match joined {
-            Ok(outcome) => Ok((outcome, audit)),
+            Ok(outcome) => {
+                if !outcome.admitted {
+                    self.persist_meeting(room);
+                }
+                Ok((outcome, audit))
+            }
             Err(refusal) => {
                 self.disconnect(id);
                 Err(refusal)
@@ -642,6 +649,7 @@ impl Meetings {
                 remember_until: None,
                 readmit: Vec::new(),
                 carried: Vec::new(),
+                queue: Vec::new(),
             }
         };
         let until = record.end;
@@ -998,19 +1006,48 @@ impl Meetings {
             .list()
             .iter()
             .filter(|r| self.runs(&r.id))
-            .map(|r| {
-                let s = r.lock();
-                let mut record = s.record.clone();
-                record.readmit = s.readmissions(now, self.policy.reconnect_grace);
-                record
-            })
-            .filter(|r| {
-                r.booked
-                    || r.remember_until.is_some()
-                    || !r.readmit.is_empty()
-                    || !r.carried.is_empty()
-            })
+            .filter_map(|r| self.stored_record(r, now))
             .collect();
+        self.save(store, &records, now);
+    }
+
+    /// Writes the one meeting `room` (someone entered its waiting room: their place in the
+    /// queue must outlive a crash of this replica). The file store has no single record to
+    /// write: all of it is written.
+    pub fn persist_meeting(&self, room: &MeetingRoom) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if !matches!(store, MeetingStore::Redis(_)) {
+            return self.persist();
+        }
+        if !self.runs(&room.id) {
+            return;
+        }
+        let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Timestamp::now();
+        if let Some(record) = self.stored_record(room, now) {
+            self.save(store, &[record], now);
+        }
+    }
+
+    /// What the store keeps of `room`: its record with who is admitted and who waits where
+    /// (the parts that live in memory while it runs); `None` for an unbooked meeting with
+    /// nothing to remember.
+    fn stored_record(&self, room: &MeetingRoom, now: Timestamp) -> Option<MeetingRecord> {
+        let s = room.lock();
+        let mut record = s.record.clone();
+        record.readmit = s.readmissions(now, self.policy.reconnect_grace);
+        record.queue = s.queue_places(now, self.policy.reconnect_grace);
+        let worth_keeping = record.booked
+            || record.remember_until.is_some()
+            || !record.readmit.is_empty()
+            || !record.carried.is_empty()
+            || !record.queue.is_empty();
+        worth_keeping.then_some(record)
+    }
+
+    fn save(&self, store: &MeetingStore, records: &[MeetingRecord], now: Timestamp) {
         let kept: Vec<Kept<'_>> = records
             .iter()
             .map(|record| Kept {

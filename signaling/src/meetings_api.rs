@@ -301,6 +301,7 @@ async fn create(
         remember_until: None,
         readmit: Vec::new(),
         carried: Vec::new(),
+        queue: Vec::new(),
     };
     let event = AuditEvent {
         meeting: Some(id.clone()),

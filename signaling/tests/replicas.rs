@@ -2,7 +2,7 @@
 //! run by the replica holding its lease, and a client that reaches the other replica is
 //! relayed to it — lobby, admission, chat, the meetings API and media all work across them.
 //! When the owner is killed, the meeting's clients come back through the other replica,
-//! which takes the meeting over with who was admitted.
+//! which takes the meeting over with who was admitted and who waits in which order.
 
 mod support;
 
@@ -188,6 +188,14 @@ async fn a_visit_runs_across_two_replicas_and_moves_when_its_owner_dies() {
         );
     }
 
+    // Two more patients wait in the lobby, Wilma before Vera, both on A.
+    let wilma_token = a.server.token("v-replicas", "pat-w1", "Wilma", "patient");
+    let vera_token = a.server.token("v-replicas", "pat-w2", "Vera", "patient");
+    let mut wilma = a.server.connect(&wilma_token).await;
+    assert_eq!(wilma.next_of("lobby_position").await["position"], 1);
+    let mut vera = a.server.connect(&vera_token).await;
+    assert_eq!(vera.next_of("lobby_position").await["position"], 2);
+
     // A dies. The patient's relayed connection is told to connect again…
     let mut a = a;
     let killed = Instant::now();
@@ -225,6 +233,33 @@ async fn a_visit_runs_across_two_replicas_and_moves_when_its_owner_dies() {
         !b.server.audit_events("join").is_empty(),
         "B runs the meeting now and records its joins"
     );
+
+    // The waiting room's order survived A too: Vera is back first, yet Wilma — back after
+    // her — is first in the queue again, and the clinician sees them in that order.
+    drop((wilma, vera));
+    let mut vera = b.server.connect(&vera_token).await;
+    assert_eq!(vera.next_of("welcome").await["state"], "waiting");
+    assert_eq!(vera.next_of("lobby_position").await["position"], 1);
+    let mut wilma = b.server.connect(&wilma_token).await;
+    assert_eq!(wilma.next_of("lobby_position").await["position"], 1);
+    assert_eq!(
+        vera.next_of("lobby_position").await["position"],
+        2,
+        "Vera goes back behind Wilma"
+    );
+    let lobby = loop {
+        let lobby = doctor.next_of("lobby").await;
+        if lobby["waiting"].as_array().is_some_and(|w| w.len() == 2) {
+            break lobby;
+        }
+    };
+    let names: Vec<&str> = lobby["waiting"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(names, ["Wilma", "Vera"], "{lobby}");
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }

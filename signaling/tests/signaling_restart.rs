@@ -104,10 +104,20 @@ async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
         .filter(|l| l.contains("\"event\":\"leave\""))
         .count();
     assert_eq!(leaves, 3, "{audit}");
-    // The store keeps who was admitted (pseudonymous subjects), not who waited.
+    // The store keeps who was admitted and who waited where (pseudonymous subjects only).
     let stored = std::fs::read_to_string(&scene.store).unwrap();
-    assert!(
-        stored.contains("pat-7f3a") && !stored.contains("pat-9c2e"),
+    let record: serde_json::Value =
+        serde_json::from_str::<serde_json::Value>(&stored).unwrap()[0].clone();
+    assert_eq!(record["readmit"][0]["sub"], "pat-7f3a", "{stored}");
+    assert_eq!(
+        record["readmit"].as_array().map(Vec::len),
+        Some(1),
+        "{stored}"
+    );
+    assert_eq!(record["queue"][0]["sub"], "pat-9c2e", "{stored}");
+    assert_eq!(
+        record["queue"].as_array().map(Vec::len),
+        Some(1),
         "{stored}"
     );
 
