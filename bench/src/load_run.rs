@@ -152,14 +152,14 @@ fn spawn_pinned<T>(
 }
 
 /// The counters of our SFU's `/metrics` that the report needs, summed over workers.
-async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64; 5]> {
+async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64; 10]> {
     let text = http
         .get(format!("{base}/metrics"))
         .send()
         .await?
         .text()
         .await?;
-    let mut v = [0.0; 5];
+    let mut v = [0.0; 10];
     for line in text.lines() {
         for (i, name) in [
             "sfu_packets_in_total",
@@ -167,6 +167,11 @@ async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64
             "sfu_bytes_in_total",
             "sfu_bytes_out_total",
             "sfu_ice_tcp_accepted_total",
+            "sfu_worker_wakeups_total",
+            "sfu_udp_receive_calls_total",
+            "sfu_udp_received_datagrams_total",
+            "sfu_udp_send_calls_total",
+            "sfu_udp_sent_datagrams_total",
         ]
         .iter()
         .enumerate()
@@ -179,6 +184,16 @@ async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64
         }
     }
     Ok(v)
+}
+
+/// What our SFU's own counters said over a run, per second or per system call.
+struct SfuFigures {
+    pps_in: f64,
+    pps_out: f64,
+    ice_tcp_connections: u64,
+    wakeups_per_s: f64,
+    datagrams_per_receive: Option<f64>,
+    datagrams_per_send: Option<f64>,
 }
 
 async fn generator_report(to_media: &Sender<ToMedia>) -> anyhow::Result<GeneratorReport> {
@@ -744,11 +759,16 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             .await
             .ok()
             .map(|after| {
-                (
-                    (after[0] - before[0]) / elapsed,
-                    (after[1] - before[1]) / elapsed,
-                    after[4] as u64,
-                )
+                let d = |i: usize| after[i] - before[i];
+                let per = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+                SfuFigures {
+                    pps_in: d(0) / elapsed,
+                    pps_out: d(1) / elapsed,
+                    ice_tcp_connections: after[4] as u64,
+                    wakeups_per_s: d(5) / elapsed,
+                    datagrams_per_receive: per(d(7), d(6)),
+                    datagrams_per_send: per(d(9), d(8)),
+                }
             }),
         None => None,
     };
@@ -830,9 +850,12 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             0.0
         },
         receivers_expected: receivers,
-        sfu_metrics_pps_in: sfu_metrics.map(|m| m.0),
-        sfu_metrics_pps_out: sfu_metrics.map(|m| m.1),
-        sfu_ice_tcp_connections: sfu_metrics.map(|m| m.2),
+        sfu_metrics_pps_in: sfu_metrics.as_ref().map(|m| m.pps_in),
+        sfu_metrics_pps_out: sfu_metrics.as_ref().map(|m| m.pps_out),
+        sfu_ice_tcp_connections: sfu_metrics.as_ref().map(|m| m.ice_tcp_connections),
+        sfu_wakeups_per_s: sfu_metrics.as_ref().map(|m| m.wakeups_per_s),
+        sfu_datagrams_per_receive: sfu_metrics.as_ref().and_then(|m| m.datagrams_per_receive),
+        sfu_datagrams_per_send: sfu_metrics.as_ref().and_then(|m| m.datagrams_per_send),
         generator_send_dropped: g.send_dropped,
         jitter_ms: g.rx.mean_jitter_ms(),
         latency_p50_ms: g.rx.latency_ms(0.5),

@@ -55,6 +55,14 @@ pub struct TargetReport {
     /// links when the target is `ours-tcp`, none otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sfu_ice_tcp_connections: Option<u64>,
+    /// How our SFU's workers met the kernel (their own counters): wake-ups a second, and
+    /// datagrams per `recvmmsg` and per `sendmmsg` (fuller batches cost less per packet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfu_wakeups_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfu_datagrams_per_receive: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfu_datagrams_per_send: Option<f64>,
     pub generator_send_dropped: u64,
     /// CPU of the server under test, % of one core (all its threads).
     pub server_cpu_pct: f64,
@@ -238,6 +246,20 @@ pub fn table(reports: &[TargetReport]) -> String {
             }),
         ),
         (
+            "worker wake-ups/s",
+            Box::new(|r| optional(r.sfu_wakeups_per_s, 0)),
+        ),
+        (
+            "datagrams per recvmmsg / sendmmsg",
+            Box::new(|r| {
+                format!(
+                    "{} / {}",
+                    optional(r.sfu_datagrams_per_receive, 1),
+                    optional(r.sfu_datagrams_per_send, 1)
+                )
+            }),
+        ),
+        (
             "server RSS MiB",
             Box::new(|r| format!("{:.1}", r.server_rss_mib)),
         ),
@@ -331,6 +353,11 @@ pub fn downlink_table(reports: &[TargetReport]) -> String {
         }
     }
     out
+}
+
+/// A figure with `decimals`, or `-` where the target has none.
+fn optional(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |x| format!("{x:.decimals$}"))
 }
 
 #[cfg(test)]

@@ -103,6 +103,52 @@ async fn rooms_are_spread_over_workers_and_each_participant_is_served_by_its_roo
             "worker {w} got {strangers} packets from addresses it does not serve"
         );
     }
+    // A worker wakes for its packets and its deadlines, never in a loop in between: wake-ups
+    // that received nothing stay within the 10 ms tick and the 5 ms longest sleep (a wait
+    // rounded down to 0 ms once made thousands a second).
+    let idle_wakeups = |text: &str, w: &str| {
+        sample(
+            text,
+            &format!("sfu_worker_wakeups_total{{worker=\"{w}\"}} "),
+        ) - sample(
+            text,
+            &format!("sfu_udp_receive_calls_total{{worker=\"{w}\"}} "),
+        )
+    };
+    let before = server.api("GET", "/metrics", None, None).await.1["raw"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = server.api("GET", "/metrics", None, None).await.1["raw"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for w in ["0", "1"] {
+        let received = sample(
+            &after,
+            &format!("sfu_udp_received_datagrams_total{{worker=\"{w}\"}} "),
+        ) - sample(
+            &before,
+            &format!("sfu_udp_received_datagrams_total{{worker=\"{w}\"}} "),
+        );
+        assert!(
+            received > 100.0,
+            "worker {w} received {received} datagrams in 3 s"
+        );
+        // The counters are exported about once a second: the interval is that of the exports.
+        let per_second = (idle_wakeups(&after, w) - idle_wakeups(&before, w))
+            / (from.elapsed().as_secs_f64() + 1.0);
+        assert!(
+            per_second < 600.0,
+            "worker {w}: {per_second:.0} wake-ups a second that received nothing"
+        );
+        eprintln!(
+            "worker {w}: {per_second:.0} wake-ups a second without a receive, {received} datagrams in"
+        );
+    }
+
     // Media flowed both ways in every visit.
     for (meeting, port, sender, _events) in visits {
         let (d, p) = sender.stop().await;

@@ -303,7 +303,7 @@ impl IceTcp {
                 self.listener_armed = accepting;
             }
         }
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let ms = crate::udp_batch::wait_millis(timeout);
         self.events.clear();
         // SAFETY: the epoll descriptor is ours and open; `events` has capacity for
         // EVENTS_PER_WAIT entries, which is the count passed, and epoll_wait writes at most

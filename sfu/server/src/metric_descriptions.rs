@@ -2,11 +2,17 @@
 //! `/metrics` explains each one).
 
 use crate::ice_tcp::IceTcpCounters;
+use crate::udp_batch::IoCalls;
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 use sfu_core::counters::Counters;
 
 pub fn describe() {
-    for (name, help) in Counters::HELP.iter().chain(IceTcpCounters::HELP.iter()) {
+    let io = IoCalls::HELP.iter();
+    for (name, help) in Counters::HELP
+        .iter()
+        .chain(IceTcpCounters::HELP.iter())
+        .chain(io)
+    {
         describe_counter!(*name, *help);
     }
     describe_counter!(

@@ -20,6 +20,66 @@ pub struct UdpBatch {
     send_addrs: Vec<socket2::SockAddr>,
     /// The last receive filled every buffer: more may be waiting.
     last_batch_full: bool,
+    /// System calls made, for the worker's metrics.
+    pub calls: IoCalls,
+}
+
+/// How often a worker meets the kernel: what a forwarded packet costs beyond the core's work.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IoCalls {
+    /// Waits for readiness (`poll`/`epoll_wait`) that returned: the worker's wake-ups
+    /// (counted by the worker, which does the waiting).
+    pub wakeups: u64,
+    /// `recvmmsg` calls, and the datagrams they returned.
+    pub receives: u64,
+    pub datagrams_received: u64,
+    /// `sendmmsg` calls, and the datagrams they took.
+    pub sends: u64,
+    pub datagrams_sent: u64,
+}
+
+impl IoCalls {
+    /// Metric names and HELP text, in the order of [`Self::named`].
+    pub const HELP: [(&'static str, &'static str); 5] = [
+        (
+            "sfu_worker_wakeups_total",
+            "Times the worker's wait for its sockets (poll/epoll_wait) returned.",
+        ),
+        (
+            "sfu_udp_receive_calls_total",
+            "recvmmsg system calls on the worker's UDP socket.",
+        ),
+        (
+            "sfu_udp_received_datagrams_total",
+            "Datagrams those recvmmsg calls returned (GRO segments counted apart).",
+        ),
+        (
+            "sfu_udp_send_calls_total",
+            "sendmmsg system calls on the worker's UDP socket.",
+        ),
+        (
+            "sfu_udp_sent_datagrams_total",
+            "Datagrams those sendmmsg calls handed to the kernel.",
+        ),
+    ];
+
+    pub fn named(&self) -> [(&'static str, u64); 5] {
+        let v = [
+            self.wakeups,
+            self.receives,
+            self.datagrams_received,
+            self.sends,
+            self.datagrams_sent,
+        ];
+        std::array::from_fn(|i| (Self::HELP[i].0, v[i]))
+    }
+}
+
+/// A wait in whole milliseconds for `poll`/`epoll_wait`, rounded up. Rounded down, a wait of
+/// 0.9 ms became 0: the worker returned at once and spun until its deadline (≈ 8,500
+/// wake-ups a second at 30 visits, most of them empty).
+pub fn wait_millis(timeout: Duration) -> i32 {
+    timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
 }
 
 /// Datagrams handed to one `sendmmsg` call at most.
@@ -61,6 +121,7 @@ impl UdpBatch {
             meta: [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE],
             send_addrs: Vec::with_capacity(SEND_CHUNK),
             last_batch_full: false,
+            calls: IoCalls::default(),
         })
     }
 
@@ -75,9 +136,8 @@ impl UdpBatch {
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: `pfd` is a valid pollfd for the duration of the call and we pass a count of 1.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        let n = unsafe { libc::poll(&mut pfd, 1, wait_millis(timeout)) };
         n > 0 && pfd.revents & libc::POLLIN != 0
     }
 
@@ -92,6 +152,7 @@ impl UdpBatch {
         let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
             std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
         self.last_batch_full = false;
+        self.calls.receives += 1;
         let n = match self
             .state
             .recv((&self.socket).into(), &mut slices, &mut self.meta)
@@ -118,6 +179,7 @@ impl UdpBatch {
                 count += 1;
             }
         }
+        self.calls.datagrams_received += count as u64;
         Ok(count)
     }
 
@@ -192,6 +254,7 @@ impl UdpBatch {
                         0,
                     )
                 };
+                self.calls.sends += 1;
                 if n < 0 {
                     let err = io::Error::last_os_error();
                     if err.kind() == io::ErrorKind::Interrupted {
@@ -206,6 +269,46 @@ impl UdpBatch {
                 }
             }
         }
+        self.calls.datagrams_sent += sent as u64;
         (sent, dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_round_up_to_whole_milliseconds() {
+        assert_eq!(wait_millis(Duration::ZERO), 0, "no wait stays no wait");
+        assert_eq!(wait_millis(Duration::from_nanos(1)), 1);
+        assert_eq!(wait_millis(Duration::from_micros(900)), 1);
+        assert_eq!(wait_millis(Duration::from_millis(5)), 5);
+        assert_eq!(wait_millis(Duration::from_micros(5_100)), 6);
+        assert_eq!(wait_millis(Duration::from_secs(u64::MAX)), i32::MAX);
+    }
+
+    /// The worker's counters see each system call and what it carried.
+    #[test]
+    fn system_calls_are_counted_with_their_datagrams() {
+        let mut a = UdpBatch::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut b = UdpBatch::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = b.local_addr().unwrap();
+        let mut batch = TransmitBatch::with_capacity(4);
+        for i in 0..3u8 {
+            batch.push(to, &[i; 20]);
+        }
+        assert_eq!(a.send_batch(&batch), (3, 0));
+        assert_eq!((a.calls.sends, a.calls.datagrams_sent), (1, 3));
+        assert!(b.wait_readable(Duration::from_secs(2)));
+        let mut got = 0;
+        while got < 3 {
+            got += b.recv_batch(|_, _| {}).unwrap();
+            if got < 3 {
+                b.wait_readable(Duration::from_secs(2));
+            }
+        }
+        assert_eq!(b.calls.datagrams_received, 3);
+        assert!(b.calls.receives >= 1);
     }
 }

@@ -161,6 +161,7 @@ fn run(
             }
             None => out.socket.wait_readable(wait),
         };
+        out.socket.calls.wakeups += 1;
         if udp_readable {
             // Drain what is queued, a batch at a time, sending after each batch.
             for _ in 0..64 {
@@ -186,6 +187,9 @@ fn run(
         if now >= next_metrics {
             next_metrics = now + METRICS_INTERVAL;
             export_metrics(&label, &sfu.counters, out.send_dropped);
+            for (name, value) in out.socket.calls.named() {
+                metrics::counter!(name, "worker" => label.clone()).absolute(value);
+            }
             if let Some(tcp) = out.tcp.as_deref() {
                 for (name, value) in tcp.counters.named() {
                     metrics::counter!(name, "worker" => label.clone()).absolute(value);
