@@ -4,7 +4,7 @@
 use crate::deployment::Deployment;
 use crate::generator::{Generator, GeneratorReport, PeerRole, ToMedia};
 use crate::janus_target::{self, JanusSession};
-use crate::proc_stats::{CpuWindow, rss_bytes, thread_cpu_time};
+use crate::proc_stats::{CpuWindow, rss_bytes, thread_cpu_time, threads_cpu_time};
 use crate::report::{IntervalReport, TargetReport};
 use crate::scenario::Scenario;
 use crate::synthetic_media::MediaProfile;
@@ -683,6 +683,8 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         TargetKind::Relay | TargetKind::Janus => None,
     };
     let server_cpu = CpuWindow::start(server_pid);
+    // Each SFU worker thread's share (ours, in the server or a node given by --server-pid).
+    let workers_before = threads_cpu_time(server_pid, "sfu-worker-");
     let own_pid = std::process::id();
     let gen_cpu_before = thread_cpu_time(own_pid, "generator").unwrap_or_default();
     let t0 = Instant::now();
@@ -739,6 +741,13 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     }
     let g = generator_report(&to_media).await?;
     let server_cpu_pct = server_cpu.percent();
+    let worker_cpu_pct: Vec<f64> = threads_cpu_time(server_pid, "sfu-worker-")
+        .iter()
+        .filter_map(|(name, after)| {
+            let (_, before) = workers_before.iter().find(|(n, _)| n == name)?;
+            Some(after.saturating_sub(*before).as_secs_f64() * 100.0 / elapsed)
+        })
+        .collect();
     let gen_cpu = thread_cpu_time(own_pid, "generator")
         .unwrap_or_default()
         .saturating_sub(gen_cpu_before);
@@ -865,6 +874,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         connected: g.connected,
         receiving: g.receiving,
         server_cpu_pct,
+        worker_cpu_pct,
         server_cpu_pct_per_kpps: if pps_out > 0.0 {
             server_cpu_pct / (pps_out / 1000.0)
         } else {

@@ -17,6 +17,24 @@ pub fn thread_cpu_time(pid: u32, name: &str) -> Option<Duration> {
     None
 }
 
+/// CPU time of each thread of `pid` whose name starts with `prefix`, by name (sorted).
+pub fn threads_cpu_time(pid: u32, prefix: &str) -> Vec<(String, Duration)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(String, Duration)> = dir
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            let name = comm.trim();
+            name.starts_with(prefix)
+                .then(|| Some((name.to_owned(), stat_cpu_time(&path.join("stat"))?)))?
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Resident set size of `pid` in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -54,6 +72,30 @@ impl CpuWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_are_found_by_name_with_their_own_cpu_time() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let busy = std::thread::Builder::new()
+            .name("sfu-worker-7".into())
+            .spawn(move || {
+                let t = Instant::now();
+                let mut x = 0u64;
+                while t.elapsed() < Duration::from_millis(200) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                std::hint::black_box(x);
+                let _ = rx.recv();
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let found = threads_cpu_time(std::process::id(), "sfu-worker-");
+        drop(tx);
+        busy.join().unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "sfu-worker-7");
+        assert!(found[0].1 >= Duration::from_millis(100), "{found:?}");
+    }
 
     #[test]
     fn this_process_uses_cpu_and_memory() {

@@ -66,6 +66,9 @@ pub struct TargetReport {
     pub generator_send_dropped: u64,
     /// CPU of the server under test, % of one core (all its threads).
     pub server_cpu_pct: f64,
+    /// Of that, each SFU worker thread's, % of one core (ours only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worker_cpu_pct: Vec<f64>,
     /// CPU per 1,000 forwarded packets/s, % of one core.
     pub server_cpu_pct_per_kpps: f64,
     /// Packets/s out the server would forward with a whole core at this cost per packet (a
@@ -229,6 +232,17 @@ pub fn table(reports: &[TargetReport]) -> String {
         (
             "server CPU % (one core)",
             Box::new(|r| format!("{:.1}", r.server_cpu_pct)),
+        ),
+        (
+            "of which each SFU worker %",
+            Box::new(|r| {
+                if r.worker_cpu_pct.is_empty() {
+                    return "-".to_owned();
+                }
+                let each: Vec<String> =
+                    r.worker_cpu_pct.iter().map(|p| format!("{p:.1}")).collect();
+                each.join(" / ")
+            }),
         ),
         (
             "CPU % per 1k packets/s out",
