@@ -191,7 +191,7 @@ struct SfuFigures {
     pps_in: f64,
     pps_out: f64,
     ice_tcp_connections: u64,
-    wakeups_per_s: f64,
+    wakeups_per_s: Option<f64>,
     datagrams_per_receive: Option<f64>,
     datagrams_per_send: Option<f64>,
 }
@@ -774,7 +774,8 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     pps_in: d(0) / elapsed,
                     pps_out: d(1) / elapsed,
                     ice_tcp_connections: after[4] as u64,
-                    wakeups_per_s: d(5) / elapsed,
+                    // None where the workers export no such counter (standalone nodes).
+                    wakeups_per_s: (d(5) > 0.0).then(|| d(5) / elapsed),
                     datagrams_per_receive: per(d(7), d(6)),
                     datagrams_per_send: per(d(9), d(8)),
                 }
@@ -862,7 +863,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         sfu_metrics_pps_in: sfu_metrics.as_ref().map(|m| m.pps_in),
         sfu_metrics_pps_out: sfu_metrics.as_ref().map(|m| m.pps_out),
         sfu_ice_tcp_connections: sfu_metrics.as_ref().map(|m| m.ice_tcp_connections),
-        sfu_wakeups_per_s: sfu_metrics.as_ref().map(|m| m.wakeups_per_s),
+        sfu_wakeups_per_s: sfu_metrics.as_ref().and_then(|m| m.wakeups_per_s),
         sfu_datagrams_per_receive: sfu_metrics.as_ref().and_then(|m| m.datagrams_per_receive),
         sfu_datagrams_per_send: sfu_metrics.as_ref().and_then(|m| m.datagrams_per_send),
         generator_send_dropped: g.send_dropped,

@@ -17,22 +17,23 @@ pub fn thread_cpu_time(pid: u32, name: &str) -> Option<Duration> {
     None
 }
 
-/// CPU time of each thread of `pid` whose name starts with `prefix`, by name (sorted).
+/// CPU time of each thread of `pid` whose name is `prefix` and a number, in the numbers'
+/// order (`sfu-worker-2` before `sfu-worker-10`).
 pub fn threads_cpu_time(pid: u32, prefix: &str) -> Vec<(String, Duration)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
-    let mut v: Vec<(String, Duration)> = dir
+    let mut v: Vec<(u64, String, Duration)> = dir
         .filter_map(|entry| {
             let path = entry.ok()?.path();
             let comm = std::fs::read_to_string(path.join("comm")).ok()?;
             let name = comm.trim();
-            name.starts_with(prefix)
-                .then(|| Some((name.to_owned(), stat_cpu_time(&path.join("stat"))?)))?
+            let index = name.strip_prefix(prefix)?.parse().ok()?;
+            Some((index, name.to_owned(), stat_cpu_time(&path.join("stat"))?))
         })
         .collect();
     v.sort();
-    v
+    v.into_iter().map(|(_, name, cpu)| (name, cpu)).collect()
 }
 
 /// Resident set size of `pid` in bytes.
@@ -74,27 +75,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn threads_are_found_by_name_with_their_own_cpu_time() {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let busy = std::thread::Builder::new()
-            .name("sfu-worker-7".into())
-            .spawn(move || {
-                let t = Instant::now();
-                let mut x = 0u64;
-                while t.elapsed() < Duration::from_millis(200) {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                }
-                std::hint::black_box(x);
-                let _ = rx.recv();
-            })
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let found = threads_cpu_time(std::process::id(), "sfu-worker-");
-        drop(tx);
-        busy.join().unwrap();
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].0, "sfu-worker-7");
-        assert!(found[0].1 >= Duration::from_millis(100), "{found:?}");
+    fn threads_are_found_by_name_in_index_order_with_their_own_cpu_time() {
+        use std::sync::{Arc, Barrier};
+        let pid = std::process::id();
+        // The named threads and this one: ready (spun), then read, then released.
+        let (ready, read) = (Arc::new(Barrier::new(4)), Arc::new(Barrier::new(4)));
+        let spawn = |name: &str, spin: bool| {
+            let (ready, read, own) = (ready.clone(), read.clone(), name.to_owned());
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    // Busy until its own CPU time shows, however loaded the machine is.
+                    let t = Instant::now();
+                    let mut x = 0u64;
+                    while spin
+                        && thread_cpu_time(pid, &own).unwrap_or_default()
+                            < Duration::from_millis(50)
+                        && t.elapsed() < Duration::from_secs(20)
+                    {
+                        for _ in 0..100_000 {
+                            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        }
+                    }
+                    std::hint::black_box(x);
+                    ready.wait();
+                    read.wait();
+                })
+                .unwrap()
+        };
+        let threads = [
+            spawn("sfu-worker-10", true),
+            spawn("sfu-worker-2", true),
+            spawn("sfu-worker-x", false),
+        ];
+        ready.wait();
+        let found = threads_cpu_time(pid, "sfu-worker-");
+        read.wait();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["sfu-worker-2", "sfu-worker-10"],
+            "unnumbered ones are not workers"
+        );
+        assert!(
+            found
+                .iter()
+                .all(|(_, cpu)| *cpu >= Duration::from_millis(50)),
+            "{found:?}"
+        );
     }
 
     #[test]

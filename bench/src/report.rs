@@ -260,7 +260,7 @@ pub fn table(reports: &[TargetReport]) -> String {
             }),
         ),
         (
-            "worker wake-ups/s",
+            "wake-ups/s (all workers)",
             Box::new(|r| optional(r.sfu_wakeups_per_s, 0)),
         ),
         (

@@ -252,8 +252,13 @@ pub async fn connection(
                 state
                     .meetings
                     .leave(&id, true, Timestamp::now(), state.sfu.as_ref());
+                state.meetings.queue_changed(&room.id);
                 refuse_start(&mut sink, "audit_unavailable", AUDIT_UNAVAILABLE).await;
                 return;
+            }
+            if !outcome.admitted {
+                // A place in the queue, recorded: stored too (replicas), to outlive a crash.
+                state.meetings.queue_changed(&room.id);
             }
             tracing::info!(participant = %id, meeting = %room.id, role = ?session.role, admitted = outcome.admitted, "joined");
             // Offers and answers cost the SFU a parse each: a connection gets a budget of
@@ -448,6 +453,10 @@ async fn leave(state: &AppState, id: &ParticipantId, room: &MeetingRoom, explici
         .leave(id, explicit, Timestamp::now(), state.sfu.as_ref());
     if let Some(events) = left {
         let _ = audit_all(state, events).await;
+    }
+    if explicit {
+        // Someone who left on purpose gets no place back (a dropped one keeps theirs).
+        state.meetings.queue_changed(&room.id);
     }
     tracing::info!(participant = %id, meeting = %room.id, "left");
 }

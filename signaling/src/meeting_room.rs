@@ -1398,7 +1398,8 @@ impl RoomState {
     }
 
     /// The service is stopping: every connection is told to connect again (who is admitted
-    /// is what the store keeps, see [`RoomState::readmissions`]).
+    /// and who waits where is what the store keeps, see [`RoomState::readmissions`] and
+    /// [`RoomState::queue_places`]).
     pub fn hand_over(&mut self, fx: &mut Effects) {
         for id in self.members.keys() {
             fx.close(id, CloseReason::Restarting.outbound());
@@ -1702,16 +1703,18 @@ mod tests {
             Admission::Waiting { since, .. } if since == at(1)
         ));
 
-        // Past its grace a place is gone: b would queue behind d now.
+        // Past its grace a place is gone: b, back after its grace, queues behind c, who is
+        // back within hers (a kept place would put b ahead of c).
         let mut late = MeetingRoom::new(
             serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap(),
         )
         .lock()
         .clone();
-        let b = back(&mut late, "b", 66);
-        let a = back(&mut late, "a", 67);
-        assert_eq!(late.position(&a), Some(1));
-        assert_eq!(late.position(&b), Some(2), "a kept its place, b did not");
+        let c = back(&mut late, "c", 66);
+        let b = back(&mut late, "b", 67);
+        let a = back(&mut late, "a", 68);
+        let order: Vec<Option<usize>> = [&a, &c, &b].iter().map(|id| late.position(id)).collect();
+        assert_eq!(order, [Some(1), Some(2), Some(3)]);
     }
 
     /// After a restart, a connection back with its carried media session keeps it: its

@@ -494,12 +494,7 @@ impl Meetings {
             joined
         });
         match joined {
-            Ok(outcome) => {
-                if !outcome.admitted {
-                    self.persist_meeting(room);
-                }
-                Ok((outcome, audit))
-            }
+            Ok(outcome) => Ok((outcome, audit)),
             Err(refusal) => {
                 self.disconnect(id);
                 Err(refusal)
@@ -991,9 +986,9 @@ impl Meetings {
         }
     }
 
-    /// Writes booked meetings, and unbooked ones that remember a denial or an end, to the
-    /// store (a file: a temporary file renamed over the old one, mode 0600; Redis: a key each,
-    /// expiring when the meeting is no longer worth keeping).
+    /// Writes booked meetings, and unbooked ones that remember a denial, an end, who was
+    /// admitted or who waits, to the store (a file: a temporary file renamed over the old
+    /// one, mode 0600; Redis: a key each, expiring when the meeting is no longer worth keeping).
     pub fn persist(&self) {
         let Some(store) = &self.store else {
             return;
@@ -1011,16 +1006,28 @@ impl Meetings {
         self.save(store, &records, now);
     }
 
-    /// Writes the one meeting `room` (someone entered its waiting room: their place in the
-    /// queue must outlive a crash of this replica). The file store has no single record to
-    /// write: all of it is written.
-    pub fn persist_meeting(&self, room: &MeetingRoom) {
+    /// Someone entered or left meeting `id`'s waiting room. With a shared store (replicas)
+    /// that meeting's record is written at once — off the async runtime, Redis may be slow —
+    /// so a replica taking the meeting over after a crash has the queue's order. The file
+    /// store (one process) keeps it with its next write and at a stop: rewriting the whole
+    /// file at each entry would cost every join.
+    pub fn queue_changed(self: &Arc<Self>, id: &str) {
+        if !self.store.as_ref().is_some_and(MeetingStore::is_shared) {
+            return;
+        }
+        let Some(room) = self.get(id) else {
+            return;
+        };
+        let meetings = self.clone();
+        tokio::task::spawn_blocking(move || meetings.write_meeting(&room));
+    }
+
+    /// Writes the one meeting `room`, if this replica runs it. Each write reads the meeting
+    /// under the store's lock, so the last one written holds the newest state.
+    fn write_meeting(&self, room: &MeetingRoom) {
         let Some(store) = &self.store else {
             return;
         };
-        if !matches!(store, MeetingStore::Redis(_)) {
-            return self.persist();
-        }
         if !self.runs(&room.id) {
             return;
         }

@@ -115,6 +115,9 @@ async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
         "{stored}"
     );
     assert_eq!(record["queue"][0]["sub"], "pat-9c2e", "{stored}");
+    for name in ["Anna", "Bo", "Dr Berg"] {
+        assert!(!stored.contains(name), "a name in the store: {stored}");
+    }
     assert_eq!(
         record["queue"].as_array().map(Vec::len),
         Some(1),
