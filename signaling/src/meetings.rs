@@ -61,6 +61,9 @@ pub struct Meetings {
     store: Option<MeetingStore>,
     /// Serialises writes of the store.
     store_lock: Mutex<()>,
+    /// Meetings whose queue write is waiting to run: one at most each, however many joins
+    /// and leaves come while Redis is slow (a reconnect loop must not pile up threads).
+    queue_writes: Mutex<std::collections::HashSet<String>>,
     /// When each participant's latest SDP went to the SFU: its answer's arrival is the
     /// control round trip an operator watches.
     sdp_sent: Mutex<HashMap<ParticipantId, std::time::Instant>>,
@@ -98,6 +101,7 @@ impl Meetings {
             connections: Mutex::new(HashMap::new()),
             store,
             store_lock: Mutex::new(()),
+            queue_writes: Mutex::default(),
             sdp_sent: Mutex::new(HashMap::new()),
             carried: Mutex::new(carried),
             leases: std::sync::OnceLock::new(),
@@ -1018,8 +1022,21 @@ impl Meetings {
         let Some(room) = self.get(id) else {
             return;
         };
+        let mut pending = self.queue_writes.lock().unwrap_or_else(|e| e.into_inner());
+        if !pending.insert(room.id.clone()) {
+            return; // the write waiting to run reads the newest state
+        }
+        drop(pending);
         let meetings = self.clone();
-        tokio::task::spawn_blocking(move || meetings.write_meeting(&room));
+        tokio::task::spawn_blocking(move || {
+            // Taken off before the state is read: a change after this schedules another write.
+            meetings
+                .queue_writes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&room.id);
+            meetings.write_meeting(&room);
+        });
     }
 
     /// Writes the one meeting `room`, if this replica runs it. Each write reads the meeting
