@@ -27,6 +27,16 @@ async function idle(page, rid, ms = 1500) {
   return b[rid] - a[rid] < 1000;
 }
 
+/** Whether `rid` falls quiet (a 1.5 s window with almost nothing sent) within 8 s: packets the
+ * pacer had queued before the encoding was turned off may still leave on a loaded machine. */
+async function fallsIdle(page, rid) {
+  const end = Date.now() + 8000;
+  while (Date.now() < end) {
+    if (await idle(page, rid)) return true;
+  }
+  return false;
+}
+
 test("layers nobody receives are not encoded, and come back the moment someone wants them", { timeout: 150000 }, async () => {
   const server = await startSignaling();
   const browser = await launchChromium();
@@ -41,7 +51,7 @@ test("layers nobody receives are not encoded, and come back the moment someone w
       const s = await sending(clinician);
       return { ok: s.paused.join(",") === "h,l" && s.inactive.join(",") === "h,l", s };
     }, { timeout: 20000, what: "the clinician told to pause both layers while alone, and both off" });
-    assert.ok(await idle(clinician, "h") && await idle(clinician, "l"), "nothing encoded while alone");
+    assert.ok(await fallsIdle(clinician, "h") && await fallsIdle(clinician, "l"), "nothing encoded while alone");
 
     // Admitted: the patient's tile wants the top layer; it resumes and the picture starts.
     const admittedAt = Date.now();
@@ -71,7 +81,7 @@ test("layers nobody receives are not encoded, and come back the moment someone w
       const s = await sending(clinician);
       return { ok: s.paused.join(",") === "h" && s.inactive.join(",") === "h", s };
     }, { timeout: 20000, what: "the clinician told to pause its top layer, and it off" });
-    assert.ok(await idle(clinician, "h"), "the top layer is not encoded");
+    assert.ok(await fallsIdle(clinician, "h"), "the top layer is not encoded");
     assert.ok(!(await idle(clinician, "l", 1000)), "the low layer still is");
     const low = await videoStats(patient);
     assert.equal(low.width, 320);
