@@ -84,6 +84,9 @@ pub struct IceLite {
     /// The credentials before the last restart: the browser keeps checking with them until it
     /// has applied the restart's answer, and those checks still carry consent.
     previous: Option<(IceCredentials, IceCredentials)>,
+    /// How many times the session's ICE was restarted: the candidates of each new generation
+    /// are offered at a higher priority (see `local_description::udp_priority`).
+    generation: u32,
     selected: Option<SocketAddr>,
     /// The browser's latest nomination, while its address is being proven.
     wanted: Option<SocketAddr>,
@@ -124,6 +127,7 @@ impl IceLite {
             local,
             remote,
             previous: None,
+            generation: 0,
             selected: None,
             wanted: None,
             probes: Vec::new(),
@@ -162,6 +166,12 @@ impl IceLite {
         let old_local = std::mem::replace(&mut self.local, local);
         let old_remote = std::mem::replace(&mut self.remote, remote);
         self.previous = Some((old_local, old_remote));
+        self.generation = self.generation.saturating_add(1);
+    }
+
+    /// The number of ICE restarts so far (0 for the first credentials).
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// A STUN datagram from `from`. Authenticated binding requests are answered; indications

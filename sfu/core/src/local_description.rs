@@ -71,12 +71,31 @@ pub struct TransportSpec<'a> {
     pub candidate: SocketAddr,
     /// The worker's ICE-TCP listener (RFC 6544 passive), offered below the UDP candidate.
     pub tcp_candidate: Option<SocketAddr>,
+    /// How many times the session's ICE was restarted: raises the candidates' priority.
+    pub ice_generation: u32,
 }
 
-/// Host-type candidate priorities (RFC 8445 §5.1.2.1): type 126, component 1; UDP with the
-/// highest local preference, TCP (RFC 6544 §4.2, passive) lower so browsers try UDP first.
-const UDP_PRIORITY: u32 = (126 << 24) | (65535 << 8) | 255;
-const TCP_PASSIVE_PRIORITY: u32 = (126 << 24) | ((2 << 13) << 8) | 255;
+/// Restarts after which the candidates' priority stops rising (the local preference stays
+/// below the browsers' own host candidates').
+const GENERATION_STEPS: u32 = 13;
+
+/// Host-type candidate priority (RFC 8445 §5.1.2.1: type 126, component 1) of the UDP
+/// candidate after `generation` ICE restarts. Why low and rising: a browser ranks a candidate
+/// pair by `2^32 * min(G, D) + …`, G its own candidate's priority and D ours. Chromium keeps
+/// sending on its selected pair after an ICE restart unless a new pair ranks higher (or the old
+/// one has been silent for 2.5 + 1 s). With our D below every browser host candidate (local
+/// preference 16–29; theirs is at least 30: network preference × 256 + 30 for IPv4), `min` is
+/// ours, so a restart's pairs outrank the dead path's and the browser moves its media as soon
+/// as the new path answers. The ordering among the browser's own candidates is unchanged.
+pub fn udp_priority(generation: u32) -> u32 {
+    (126 << 24) | ((16 + generation.min(GENERATION_STEPS)) << 8) | 255
+}
+
+/// The ICE-TCP (RFC 6544, passive) candidate's: below the UDP candidate of the same
+/// generation, so browsers try UDP first.
+pub fn tcp_passive_priority(generation: u32) -> u32 {
+    (126 << 24) | (generation.min(GENERATION_STEPS) << 8) | 255
+}
 
 fn attr(key: &str, value: impl Into<String>) -> Attribute {
     Attribute::new(key.to_owned(), Some(value.into()))
@@ -140,13 +159,15 @@ pub fn write(
         media_descriptions: vec![],
     };
     let candidate = format!(
-        "1 1 udp {UDP_PRIORITY} {} {} typ host generation 0",
+        "1 1 udp {} {} {} typ host generation 0",
+        udp_priority(t.ice_generation),
         ip,
         t.candidate.port()
     );
     let tcp_candidate = t.tcp_candidate.map(|a| {
         format!(
-            "2 1 tcp {TCP_PASSIVE_PRIORITY} {} {} typ host tcptype passive generation 0",
+            "2 1 tcp {} {} {} typ host tcptype passive generation 0",
+            tcp_passive_priority(t.ice_generation),
             a.ip(),
             a.port()
         )
@@ -335,4 +356,30 @@ pub fn write(
         desc.media_descriptions.push(md);
     }
     desc.marshal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lowest priority a browser gives a host candidate of its own: IPv4 (precedence 30)
+    /// on its least preferred network (0), e.g. Safari's and Chromium's mDNS candidates.
+    const LOWEST_BROWSER_HOST: u32 = (126 << 24) | (30 << 8) | 255;
+
+    #[test]
+    fn each_restart_ranks_the_candidates_higher_and_udp_stays_above_tcp() {
+        for g in 0..GENERATION_STEPS {
+            assert!(udp_priority(g + 1) > udp_priority(g), "generation {g}");
+            assert!(tcp_passive_priority(g + 1) > tcp_passive_priority(g));
+        }
+        for g in 0..=GENERATION_STEPS + 5 {
+            assert!(udp_priority(g) > tcp_passive_priority(g));
+            // Even the last step stays below every browser's host candidates, so the pair's
+            // rank is set by ours; and above every server-reflexive one (type 100).
+            assert!(udp_priority(g) < LOWEST_BROWSER_HOST, "generation {g}");
+            assert!(tcp_passive_priority(g) > 100 << 24);
+        }
+        // Past the last step it holds still rather than overflowing into the type bits.
+        assert_eq!(udp_priority(u32::MAX), udp_priority(GENERATION_STEPS));
+    }
 }

@@ -265,6 +265,11 @@ impl PeerTransport {
         self.ice.local().ufrag.clone()
     }
 
+    /// The number of ICE restarts of this session so far.
+    pub fn ice_generation(&self) -> u32 {
+        self.ice.generation()
+    }
+
     pub fn fingerprint(&self) -> &str {
         &self.config.fingerprint_sha256
     }

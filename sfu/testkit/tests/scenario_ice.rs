@@ -176,11 +176,26 @@ fn the_answer_to_a_restart_carries_new_credentials_and_old_ones_stop_working() {
             .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
             .map(str::to_owned)
     };
+    // The UDP candidate's priority (the fourth field of `a=candidate:`).
+    let priority = |sdp: &str| -> u32 {
+        let line = sdp
+            .lines()
+            .find(|l| l.starts_with("a=candidate:") && l.contains(" udp "))
+            .expect("a UDP candidate");
+        line.split(' ').nth(3).unwrap().parse().unwrap()
+    };
     let old = ufrag(answers(&net).last().unwrap());
+    let old_priority = priority(answers(&net).last().unwrap());
     let cellular: SocketAddr = "10.0.8.3:7000".parse().unwrap();
     net.restart_ice(1, cellular);
     let new = ufrag(answers(&net).last().unwrap());
     assert_ne!(old, new, "the restart's answer has new ICE credentials");
+    // …and a candidate ranked above the old one, so a browser's pairs on the restarted path
+    // outrank the dead path's and it moves its sending at once.
+    assert!(
+        priority(answers(&net).last().unwrap()) > old_priority,
+        "the restart's candidate outranks the first"
+    );
     net.run(Duration::from_secs(2), |n| {
         send_video(n, &[0, 1], &mut tick)
     });

@@ -399,6 +399,7 @@ impl Sfu {
             fingerprint: p.transport.fingerprint(),
             candidate,
             tcp_candidate: self.config.transport.tcp_advertised_addr,
+            ice_generation: p.transport.ice_generation(),
         };
         local_description::write(kind, p.sdp_session_id, p.sdp_version, &t, &lines)
     }
