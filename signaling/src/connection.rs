@@ -36,6 +36,9 @@ enum ClientMessage {
     Answer {
         sdp: String,
     },
+    /// The client cannot apply the SFU's outstanding offer: the SFU gives it up at once
+    /// (`offer_unanswered` comes back) and the client starts a new media session.
+    RejectOffer {},
     /// Trickled candidates are accepted and not needed: the SFU is ICE-lite and learns the
     /// client's address from its connectivity checks.
     Candidate {},
@@ -519,6 +522,17 @@ async fn handle(
             return state
                 .meetings
                 .with_room(&room, sfu, |s, fx| s.answer(id, sdp, fx))
+                .0
+                .err()
+                .map(request_error);
+        }
+        ClientMessage::RejectOffer {} => {
+            if !sdp_budget.take(Timestamp::now()) {
+                return Some(request_error(RequestError::SdpRate));
+            }
+            return state
+                .meetings
+                .with_room(&room, sfu, |s, fx| s.reject_offer(id, fx))
                 .0
                 .err()
                 .map(request_error);

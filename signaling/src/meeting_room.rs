@@ -1075,6 +1075,19 @@ impl RoomState {
         Ok(())
     }
 
+    /// The client declines the SFU's outstanding offer.
+    pub fn reject_offer(
+        &mut self,
+        id: &ParticipantId,
+        fx: &mut Effects,
+    ) -> Result<(), RequestError> {
+        self.with_media(id)?;
+        fx.command(Command::RejectOffer {
+            participant: id.clone(),
+        });
+        Ok(())
+    }
+
     /// Which simulcast layer a participant wants of what it receives (passed to the SFU,
     /// which also lowers it for a lossy link or a layer the publisher stopped sending).
     pub fn prefer_layer(

@@ -190,3 +190,38 @@ async fn an_offer_crossing_the_sfus_is_told_so_and_goes_through_after_the_answer
         "{answered}"
     );
 }
+
+/// A client that cannot apply the SFU's offer declines it (`reject_offer`): told
+/// `offer_unanswered` at once (not after three sends, 30 s), and its own offer is taken next
+/// instead of crossing an offer still out. Declining with nothing out is `no_offer_pending`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_sfu_offer_is_given_up_at_once() {
+    let server = start();
+    let (doctor_media, _patient_media, mut doctor, _patient) =
+        visit(&server, "visit-decline").await;
+    // The patient's tracks make the SFU offer them to the clinician, who cannot take it.
+    let _sfu_offer = doctor.next_of("offer").await;
+    let asked = Instant::now();
+    doctor.send(json!({"type": "reject_offer"})).await;
+    let err = doctor.next_of("error").await;
+    assert_eq!(err["code"], "offer_unanswered", "{err}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "given up in {:?}",
+        asked.elapsed()
+    );
+    doctor.send(json!({"type": "reject_offer"})).await;
+    let err = doctor.next_of("error").await;
+    assert_eq!(err["code"], "no_offer_pending", "{err}");
+    // Nothing is out any more: the clinician's own offer is answered, not `offer_crossed`.
+    doctor
+        .send(json!({"type": "offer", "sdp": doctor_media.offer()}))
+        .await;
+    let answered = doctor.next_of("answer").await;
+    assert!(
+        answered["sdp"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("v=0")),
+        "{answered}"
+    );
+}

@@ -924,9 +924,20 @@ async function handle(msg) {
         noteIce("offer-crossed");
       }
       state.offers += 1;
-      await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
-      const answer = await pc.createAnswer();
-      await pc.setLocalDescription(answer);
+      try {
+        await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+        await pc.setLocalDescription(await pc.createAnswer());
+      } catch {
+        // This browser cannot apply the SFU's offer: declined at once (the SFU gives it up
+        // and says `offer_unanswered`, and a new media session follows) rather than left
+        // to be sent again for 30 s with every later change behind it.
+        if (pc.signalingState === "have-remote-offer") {
+          try { await pc.setLocalDescription({ type: "rollback" }); } catch { /* the new session replaces it */ }
+        }
+        noteIce("offer-declined");
+        send({ type: "reject_offer" });
+        break;
+      }
       send({ type: "answer", sdp: pc.localDescription.sdp });
       for (const [id, tile] of state.tiles) tile.cap.textContent = state.names.get(id) || t("people.someone");
       if (redo === "ice") restartIce(pc);

@@ -47,6 +47,8 @@ pub struct Counters {
     pub path_changes: u64,
     /// SFU offers given up after going unanswered three times.
     pub offers_abandoned: u64,
+    /// SFU offers their client declined (`reject_offer`).
+    pub offers_declined: u64,
     pub transport_feedback_in: u64,
     pub probe_packets_out: u64,
     pub probe_clusters: u64,
@@ -108,6 +110,7 @@ impl std::ops::AddAssign for Counters {
             ice_restarts,
             path_changes,
             offers_abandoned,
+            offers_declined,
             transport_feedback_in,
             probe_packets_out,
             probe_clusters,
@@ -155,6 +158,7 @@ impl std::ops::AddAssign for Counters {
         self.ice_restarts += ice_restarts;
         self.path_changes += path_changes;
         self.offers_abandoned += offers_abandoned;
+        self.offers_declined += offers_declined;
         self.transport_feedback_in += transport_feedback_in;
         self.probe_packets_out += probe_packets_out;
         self.probe_clusters += probe_clusters;
@@ -171,7 +175,7 @@ impl std::ops::AddAssign for Counters {
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 46] {
+    pub fn named(&self) -> [(&'static str, u64); 47] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -226,6 +230,7 @@ impl Counters {
             ("sfu_ice_restarts_total", self.ice_restarts),
             ("sfu_path_changes_total", self.path_changes),
             ("sfu_offers_abandoned_total", self.offers_abandoned),
+            ("sfu_offers_declined_total", self.offers_declined),
             (
                 "sfu_transport_feedback_in_total",
                 self.transport_feedback_in,
@@ -250,7 +255,7 @@ impl Counters {
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 46] = [
+    pub const HELP: [(&'static str, &'static str); 47] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -387,6 +392,10 @@ impl Counters {
         (
             "sfu_offers_abandoned_total",
             "SFU offers given up after going unanswered three times.",
+        ),
+        (
+            "sfu_offers_declined_total",
+            "SFU offers their client declined (reject_offer), given up at once.",
         ),
         (
             "sfu_transport_feedback_in_total",

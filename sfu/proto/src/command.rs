@@ -33,6 +33,10 @@ pub enum Command {
         participant: ParticipantId,
         answer_sdp: String,
     },
+    /// The client declines the SFU's outstanding offer (it cannot apply it). The SFU gives the
+    /// offer up at once, as after it went unanswered, and reports it with
+    /// [`crate::Event::CommandFailed`] (`sfu_offer`): the client's way on is a new media session.
+    RejectOffer { participant: ParticipantId },
     /// A client-initiated renegotiation (a new track to publish, e.g. screen share).
     Offer {
         participant: ParticipantId,
@@ -90,6 +94,7 @@ impl Command {
         match self {
             Command::AddParticipant { .. } => "add_participant",
             Command::Answer { .. } => "answer",
+            Command::RejectOffer { .. } => "reject_offer",
             Command::Offer { .. } => "offer",
             Command::SetPermissions { .. } => "set_permissions",
             Command::RemoveParticipant { .. } => "remove_participant",
@@ -109,6 +114,7 @@ impl Command {
             self,
             Command::AddParticipant { .. }
                 | Command::Answer { .. }
+                | Command::RejectOffer { .. }
                 | Command::Offer { .. }
                 | Command::RequestKeyframe { .. }
                 | Command::SetPreferredLayer { .. }
@@ -121,6 +127,7 @@ impl Command {
         match self {
             Command::AddParticipant { participant, .. }
             | Command::Answer { participant, .. }
+            | Command::RejectOffer { participant }
             | Command::Offer { participant, .. }
             | Command::SetPermissions { participant, .. }
             | Command::RemoveParticipant { participant }

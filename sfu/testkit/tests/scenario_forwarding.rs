@@ -680,6 +680,69 @@ fn offers_a_client_never_answers_are_given_up_after_three_and_reported() {
 }
 
 #[test]
+fn an_offer_the_client_declines_is_given_up_at_once_and_nothing_waits_behind_it() {
+    let mut net = SimNetwork::new(43, |_| {});
+    net.add_peer("pub", &[MediaKind::Audio, MediaKind::Video]);
+    net.add_peer("picky", &[MediaKind::Audio]);
+    net.peers[1].ignore_offers = true;
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    let mut tick = 0;
+    net.run(Duration::from_millis(500), |n| {
+        send_media(n, &[0], &mut tick)
+    });
+    let id = net.id(1).clone();
+    let offers = |n: &SimNetwork| {
+        n.events
+            .iter()
+            .filter(|e| matches!(e, sfu_proto::Event::Offer { participant, .. } if participant.as_str() == "picky"))
+            .count()
+    };
+    let failures = |n: &SimNetwork, from: usize| -> Vec<(String, String)> {
+        n.events[from..]
+            .iter()
+            .filter_map(|e| match e {
+                sfu_proto::Event::CommandFailed {
+                    command,
+                    participant: Some(p),
+                    error,
+                } if p.as_str() == "picky" => Some((command.clone(), error.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(offers(&net), 1, "the subscription's offer is out");
+    let before = net.events.len();
+    net.command(sfu_proto::Command::RejectOffer {
+        participant: id.clone(),
+    });
+    assert_eq!(
+        failures(&net, before),
+        vec![(
+            "sfu_offer".to_owned(),
+            "the client declined the offer".to_owned()
+        )],
+        "given up at once, not after three sends"
+    );
+    assert_eq!(net.sfu.counters.offers_declined, 1);
+    assert_eq!(net.sfu.counters.offers_abandoned, 0);
+    // Nothing is sent again: the next 40 s bring no offer.
+    net.run(Duration::from_secs(40), |n| send_media(n, &[0], &mut tick));
+    assert_eq!(offers(&net), 1, "the declined offer is not sent again");
+    // Declining when no offer is out is refused and changes nothing.
+    let before = net.events.len();
+    net.command(sfu_proto::Command::RejectOffer { participant: id });
+    assert_eq!(
+        failures(&net, before),
+        vec![(
+            "reject_offer".to_owned(),
+            "no offer is outstanding".to_owned()
+        )]
+    );
+    assert_eq!(net.sfu.counters.offers_declined, 1);
+}
+
+#[test]
 fn a_layer_request_for_an_unknown_mid_is_refused() {
     let mut net = SimNetwork::new(42, |_| {});
     net.add_peer("a", &[MediaKind::Video]);

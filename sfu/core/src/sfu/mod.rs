@@ -296,6 +296,7 @@ impl Sfu {
                 participant,
                 answer_sdp,
             } => self.apply_answer(now, &participant, &answer_sdp, out),
+            Command::RejectOffer { participant } => self.reject_offer(&participant),
             Command::Offer {
                 participant,
                 offer_sdp,

@@ -498,6 +498,35 @@ impl Sfu {
         Ok(())
     }
 
+    /// The client declined our outstanding offer: given up now rather than after three
+    /// unanswered sends (30 s with every later change held behind it).
+    pub(super) fn reject_offer(&mut self, id: &ParticipantId) -> Result<(), String> {
+        let idx = self.lookup(id)?;
+        if !self.participant(idx).awaiting_answer {
+            return Err("no offer is outstanding".into());
+        }
+        self.counters.offers_declined += 1;
+        tracing::info!(participant = %id, "SFU offer declined by the client; given up");
+        self.give_up_offer(idx, "the client declined the offer".into());
+        Ok(())
+    }
+
+    /// Stops offering to a participant (and forgets the renegotiation waiting behind the offer)
+    /// and says so (`sfu_offer`): its client goes on with a new media session.
+    pub(super) fn give_up_offer(&mut self, idx: ParticipantIdx, error: String) {
+        let p = self.participant_mut(idx);
+        p.awaiting_answer = false;
+        p.offer_sent_at = None;
+        p.offer_attempts = 0;
+        p.renegotiation_pending = false;
+        let participant = p.id.clone();
+        self.events.push_back(Event::CommandFailed {
+            command: "sfu_offer".into(),
+            participant: Some(participant),
+            error,
+        });
+    }
+
     pub(super) fn apply_client_offer(
         &mut self,
         now: Instant,

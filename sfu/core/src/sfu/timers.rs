@@ -28,16 +28,12 @@ impl Sfu {
                 if p.offer_attempts >= MAX_OFFER_ATTEMPTS {
                     // The client cannot (or will not) take our offers: resending forever would
                     // hold every later change behind this one, silently.
-                    p.offer_attempts = 0;
-                    p.renegotiation_pending = false;
-                    let participant = p.id.clone();
+                    tracing::warn!(participant = %p.id, "SFU offer unanswered {MAX_OFFER_ATTEMPTS} times; given up");
                     self.counters.offers_abandoned += 1;
-                    tracing::warn!(%participant, "SFU offer unanswered {MAX_OFFER_ATTEMPTS} times; given up");
-                    self.events.push_back(Event::CommandFailed {
-                        command: "sfu_offer".into(),
-                        participant: Some(participant),
-                        error: format!("the client answered none of {MAX_OFFER_ATTEMPTS} offers"),
-                    });
+                    self.give_up_offer(
+                        idx,
+                        format!("the client answered none of {MAX_OFFER_ATTEMPTS} offers"),
+                    );
                 } else {
                     self.renegotiate(idx);
                 }
