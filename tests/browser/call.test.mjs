@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { signalingBin } from "./harness.mjs";
 import assert from "node:assert/strict";
-import { startSignaling, startCluster, launchChromium, inboundStats, waitFor, admitFirst, metric } from "./harness.mjs";
+import { startSignaling, startCluster, launchChromium, inboundStats, waitFor, admitFirst, metric, mediaConnectTimes } from "./harness.mjs";
 
 async function twoBrowserCall(server, browserArgs = []) {
   const browser = await launchChromium(browserArgs);
@@ -16,6 +16,11 @@ async function twoBrowserCall(server, browserArgs = []) {
     await b.goto(server.patient);
     // The patient waits until the clinician admits them.
     await admitFirst(a);
+    const admittedAt = Date.now();
+    const first = await waitFor(async () => {
+      const s = await inboundStats(b);
+      return { ok: s && s.video.framesDecoded > 0, at: Date.now() };
+    }, { timeout: 45000, interval: 50, what: "the patient's first frame" });
     for (const [name, page] of [["clinician", a], ["patient", b]]) {
       const stats = await waitFor(async () => {
         const s = await inboundStats(page);
@@ -27,6 +32,8 @@ async function twoBrowserCall(server, browserArgs = []) {
       assert.ok(stats.s.video.framesDecoded > 30, `${name} decoded ${stats.s.video.framesDecoded} frames`);
       assert.ok(stats.s.audio.packetsReceived > 20, `${name} received audio`);
     }
+    const joined = await mediaConnectTimes(b);
+    console.log(`UDP: media connected ${joined.fromOffer} ms after the offer (${joined.fromLoad} ms after the page loaded); admit → first frame decoded in ${first.at - admittedAt} ms`);
     // A data channel message from one page reaches the other through the SFU.
     await waitFor(async () => ({ ok: await a.evaluate(() => window.hcState.sendData({ type: "hand", raised: true })) }),
       { timeout: 15000, what: "the clinician's data channel to open" });

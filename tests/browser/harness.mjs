@@ -209,6 +209,17 @@ export async function selectedPair(page) {
   });
 }
 
+/** How long the page's media session took to connect (ICE and DTLS on its path): from its
+ * first offer, and from the page's load (which includes the device check and the join). */
+export async function mediaConnectTimes(page) {
+  return page.evaluate(() => {
+    const s = window.hcState;
+    const c = s.iceStates.find(([, what]) => what === "connected");
+    if (!c) return null;
+    return { fromOffer: c[0], fromLoad: Math.round(s.sessionStartedAt + c[0] - performance.timeOrigin) };
+  });
+}
+
 /**
  * A clinician's Chromium on this host and a patient's in network namespace `ns` (`patientArgs`
  * added), both on `server` (plain http on a veth address, treated as secure), pages opened on

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { startSignaling, launchChromium, chromiumBin, inboundStats, waitFor, admitFirst, bookVisit, metric,
-  selectedPair, clinicianAndNamespacedPatient } from "./harness.mjs";
+  selectedPair, mediaConnectTimes, clinicianAndNamespacedPatient } from "./harness.mjs";
 import { clientNamespace } from "./netns.mjs";
 
 function rssKiB(pid) {
@@ -55,7 +55,8 @@ test("with UDP blocked, a patient's Chromium connects over ICE-TCP and both side
     assert.equal(pair.remote.protocol, "tcp");
     assert.equal(pair.remote.tcpType, "passive");
     assert.equal((await selectedPair(clinician)).local.protocol, "udp", "the clinician stays on UDP");
-    console.log(`ICE-TCP: admit → first frame decoded over TCP in ${first.at - admittedAt} ms`);
+    const joined = await mediaConnectTimes(patient);
+    console.log(`ICE-TCP: media connected ${joined.fromOffer} ms after the offer (${joined.fromLoad} ms after the page loaded); admit → first frame decoded over TCP in ${first.at - admittedAt} ms`);
     assert.ok(await metric(server, "sfu_ice_tcp_accepted_total") >= 1);
   } finally {
     if (call) await call.close();
