@@ -28,7 +28,7 @@ const state = {
   // Publishers whose video the SFU paused for our link (video_paused).
   pausedVideo: new Set(),
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
-  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pausedRids: new Map(), linkReport: null, refusedOffers: 0, crossedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, forceSend: false,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pausedRids: new Map(), linkReport: null, refusedOffers: 0, crossedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, socketRtt: null, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
@@ -432,12 +432,19 @@ if (navigator.connection && navigator.connection.addEventListener) {
 }
 
 // Whether the WebSocket still reaches the server: after a network change its TCP connection
-// may be dead while the browser still shows it open. No `pong` within 1 s: a new connection
-// resumes this participant (the server hands it over from the old one).
+// may be dead while the browser still shows it open. No `pong` in time: a new connection
+// resumes this participant (the server hands it over from the old one). In time means 4 round
+// trips + 0.3 s as this socket's pings measured them (0.7–3 s; 1 s before the first): a fast
+// link finds out sooner, a slow one is not given up on for being slow.
 let pongTimer = null;
+let pingSentAt = 0;
+function pongWait() {
+  return state.socketRtt === null ? 1000 : Math.min(3000, Math.max(700, 4 * state.socketRtt + 300));
+}
 function checkSocket() {
   const ws = state.ws;
   if (!ws || ws.readyState !== WebSocket.OPEN || pongTimer || leaving) return;
+  pingSentAt = Date.now();
   pongTimer = setTimeout(() => {
     pongTimer = null;
     if (ws !== state.ws || leaving || state.closing) return;
@@ -445,9 +452,18 @@ function checkSocket() {
     try { ws.close(); } catch { /* already closing */ }
     wsAttempts += 1;
     openSocket();
-  }, 1000);
+  }, pongWait());
   send({ type: "ping" });
 }
+function onPong() {
+  if (!pongTimer) return;
+  clearTimeout(pongTimer);
+  pongTimer = null;
+  const rtt = Date.now() - pingSentAt;
+  state.socketRtt = state.socketRtt === null ? rtt : Math.round(0.75 * state.socketRtt + 0.25 * rtt);
+}
+// A ping every 15 s keeps the round trip known (and is answered by a live server at once).
+setInterval(() => { if (state.view === "meeting" || state.view === "waiting") checkSocket(); }, 15000);
 
 // `kind`: "session" (a media session's first offer) or "renegotiation" (a track added or
 // removed in a running session); kept with the offer for when it crosses one of the SFU's.
@@ -773,13 +789,20 @@ function openSocket() {
       openSocket();
     }, state.resumeKey && wsAttempts === 1 ? 250 : Math.min(1000 * 2 ** (wsAttempts - 2), 10000));
   };
-  ws.onmessage = (ev) => enqueue(() => handle(JSON.parse(ev.data)));
+  ws.onmessage = (ev) => {
+    const msg = JSON.parse(ev.data);
+    // Taken at once, not behind queued work (an offer being applied): its timing is the
+    // socket's round trip.
+    if (msg.type === "pong") onPong();
+    else enqueue(() => handle(msg));
+  };
 }
 
 async function handle(msg) {
   const pc = state.pc;
   switch (msg.type) {
     case "welcome":
+      checkSocket(); // the first measure of this socket's round trip
       state.participant = msg.participant;
       state.role = msg.role;
       state.kind = msg.kind;
@@ -814,10 +837,6 @@ async function handle(msg) {
       $("invite-result").textContent = msg.url ? t("invite.withLink", msg.name, msg.hsa) : t("invite.withoutLink", msg.name, msg.hsa);
       $("invite-link").hidden = !msg.url;
       $("invite-link").value = msg.url || "";
-      break;
-    case "pong":
-      clearTimeout(pongTimer);
-      pongTimer = null;
       break;
     case "resume_key":
       // What a new connection resumes this participant with, should this one drop.

@@ -14,6 +14,11 @@ async function twoBrowserCall(server, browserArgs = []) {
     const b = await (await browser.newContext()).newPage();
     await a.goto(server.clinician);
     await b.goto(server.patient);
+    // The waiting room's check tells the patient that video reaches them directly (UDP).
+    await waitFor(async () => {
+      const text = await b.evaluate(() => document.getElementById("net-check").textContent);
+      return { ok: text === "Anslutning: fungerar (direkt).", text };
+    }, { timeout: 15000, what: "the connectivity check to say 'direkt'" });
     // The patient waits until the clinician admits them.
     await admitFirst(a);
     const admittedAt = Date.now();

@@ -6,7 +6,7 @@
 // needed) with one veth per network; the clinician's runs on the host.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startSignaling, inboundStats, waitFor, admitFirst, selectedPair, clinicianAndNamespacedPatient } from "./harness.mjs";
+import { startSignaling, inboundStats, videoStats, waitFor, admitFirst, selectedPair, clinicianAndNamespacedPatient } from "./harness.mjs";
 import { clientNamespace } from "./netns.mjs";
 
 test("media comes back within 3 s when a patient's phone leaves Wi-Fi mid-call, by an ICE restart in place", { timeout: 150000 }, async () => {
@@ -49,6 +49,12 @@ async function leaveWifi({ socketOnWifi }) {
       });
     }
     assert.equal((await selectedPair(patient)).local.address, wifi.clientIp, "media starts on Wi-Fi");
+    // Both sides on the top layer before the change (the estimate ramps up from the low one
+    // in the first seconds); the restart must keep it.
+    const widths = (await waitFor(async () => {
+      const now = { patient: (await videoStats(patient)).width, clinician: (await videoStats(clinician)).width };
+      return { ok: now.patient === 640 && now.clinician === 640, now };
+    }, { timeout: 20000, what: "both sides on the top layer before the change" })).now;
     const before = await patient.evaluate(() => ({ offers: window.hcState.offers, participant: window.hcState.participant }));
 
     // Off Wi-Fi: its address is gone; cellular now passes UDP.
@@ -124,6 +130,12 @@ async function leaveWifi({ socketOnWifi }) {
     assert.equal(after.connection, "connected");
     assert.deepEqual(after.errors, []);
     assert.equal((await selectedPair(patient)).local.address, cellular.clientIp, "media runs on cellular");
+    // Subscriptions and layers were kept: both sides see the picture at the size they had.
+    await waitFor(async () => {
+      const now = { patient: (await videoStats(patient)).width, clinician: (await videoStats(clinician)).width };
+      return { ok: now.patient === widths.patient && now.clinician === widths.clinician, now, widths };
+    }, { timeout: 10000, what: "both sides at the layer they had before the change" });
+    console.log(`picture sizes before and after the change: ${JSON.stringify(widths)}`);
   } finally {
     if (call) await call.close();
     if (server) server.child.kill("SIGTERM");
