@@ -470,16 +470,46 @@ impl RoomState {
         {
             return Err(JoinRefusal::WrongUnit);
         }
+        // Someone coming back to a place kept for them (in the queue, or admitted within the
+        // reconnect grace) is not turned away: that place was counted while they were gone.
+        let sub = session.claims.sub.as_str();
+        if self.holds_place(sub, now) {
+            return Ok(());
+        }
         // A second connection of the same subject replaces the first: it does not count.
-        let others = self
-            .members
-            .values()
-            .filter(|m| m.sub != session.claims.sub)
+        // Places kept for people whose connection dropped (after a crash: restored from the
+        // store) count as taken, so newcomers cannot fill a queue ahead of them.
+        let present: std::collections::HashSet<&str> =
+            self.members.values().map(|m| m.sub.as_str()).collect();
+        let others = self.members.values().filter(|m| m.sub != sub).count();
+        let kept = self
+            .kept_places(now)
+            .filter(|s| *s != sub && !present.contains(s))
             .count();
-        if others >= self.record.max_participants(policy) as usize {
+        if others + kept >= self.record.max_participants(policy) as usize {
             return Err(JoinRefusal::MeetingFull);
         }
         Ok(())
+    }
+
+    /// Subjects whose place is kept while their connection is gone: a waiting place, or an
+    /// admission within its reconnect grace.
+    fn kept_places(&self, now: Timestamp) -> impl Iterator<Item = &str> {
+        let waiting = self
+            .lobby_places
+            .iter()
+            .filter(move |(_, (_, _, until))| *until >= now)
+            .map(|(s, _)| s.as_str());
+        let admitted = self
+            .admitted
+            .iter()
+            .filter(move |(_, until)| until.is_some_and(|u| u >= now))
+            .map(|(s, _)| s.as_str());
+        waiting.chain(admitted)
+    }
+
+    fn holds_place(&self, sub: &str, now: Timestamp) -> bool {
+        !self.members.values().any(|m| m.sub == sub) && self.kept_places(now).any(|s| s == sub)
     }
 
     /// Adds a connection. Clinicians are admitted; others wait in the lobby unless they were
@@ -1728,6 +1758,88 @@ mod tests {
         let a = back(&mut late, "a", 68);
         let order: Vec<Option<usize>> = [&a, &c, &b].iter().map(|id| late.position(id)).collect();
         assert_eq!(order, [Some(1), Some(2), Some(3)]);
+    }
+
+    /// A place kept for someone whose connection dropped counts towards the meeting's limit,
+    /// also after a restart restored it from the store: a newcomer cannot take it, and the
+    /// person coming back is not refused as "full". Past the grace it is free again.
+    #[test]
+    fn kept_places_count_towards_the_limit_and_their_holders_get_back_in() {
+        let policy = MeetingPolicy::default();
+        let mut record = crate::meeting::booked_visit(at(0));
+        record.max_participants = Some(3);
+        let mut s = MeetingRoom::new(record).lock().clone();
+        let doc = ParticipantId("p-doc".into());
+        join(&mut s, &doc, "doc", Role::Clinician, 0);
+        join(&mut s, &ParticipantId("p-a".into()), "a", Role::Patient, 1);
+        join(&mut s, &ParticipantId("p-b".into()), "b", Role::Patient, 2);
+        let try_join = |s: &mut RoomState, sub: &str, secs: i64| {
+            s.join(
+                ParticipantId(format!("p-{sub}-{secs}")),
+                &session(sub, Role::Patient),
+                at(secs),
+                &policy,
+                &mut Effects::default(),
+            )
+        };
+        // b's phone lost the network: its place is kept.
+        assert!(s.leave(
+            &ParticipantId("p-b".into()),
+            false,
+            at(5),
+            &policy,
+            &mut Effects::default()
+        ));
+        assert_eq!(try_join(&mut s, "c", 10), Err(JoinRefusal::MeetingFull));
+        let mut stored = s.record.clone();
+        stored.queue = s.queue_places(at(10), policy.reconnect_grace);
+        // b comes back (to its place, second in the queue).
+        assert_eq!(
+            try_join(&mut s, "b", 20),
+            Ok(JoinOutcome { admitted: false })
+        );
+        assert_eq!(s.position(&ParticipantId("p-b-20".into())), Some(2));
+
+        // The same after a restart: the restored places of a and b count while their grace
+        // lasts (the clinician is back first).
+        let mut after = MeetingRoom::new(
+            serde_json::from_str(&serde_json::to_string(&stored).unwrap()).unwrap(),
+        )
+        .lock()
+        .clone();
+        join(
+            &mut after,
+            &ParticipantId("p-doc-2".into()),
+            "doc",
+            Role::Clinician,
+            15,
+        );
+        assert_eq!(try_join(&mut after, "c", 16), Err(JoinRefusal::MeetingFull));
+        assert_eq!(
+            try_join(&mut after, "b", 17),
+            Ok(JoinOutcome { admitted: false })
+        );
+        assert_eq!(
+            try_join(&mut after, "a", 18),
+            Ok(JoinOutcome { admitted: false })
+        );
+        // Past a's and b's grace (a never came back here): their places are free again.
+        let mut late = MeetingRoom::new(
+            serde_json::from_str(&serde_json::to_string(&stored).unwrap()).unwrap(),
+        )
+        .lock()
+        .clone();
+        join(
+            &mut late,
+            &ParticipantId("p-doc-3".into()),
+            "doc",
+            Role::Clinician,
+            100,
+        );
+        assert_eq!(
+            try_join(&mut late, "c", 101),
+            Ok(JoinOutcome { admitted: false })
+        );
     }
 
     /// After a restart, a connection back with its carried media session keeps it: its
