@@ -844,7 +844,9 @@ impl Meetings {
                     let code = match command.as_str() {
                         "set_preferred_layer" => "bad_mid",
                         "sfu_offer" => "offer_unanswered",
-                        "reject_offer" => "no_offer_pending",
+                        "reject_offer" if error == sfu_proto::NO_OFFER_OUTSTANDING => {
+                            "no_offer_pending"
+                        }
                         // Its offer crossed the SFU's: it answers that one and offers again.
                         "offer" if error == sfu_proto::OFFER_CROSSED => "offer_crossed",
                         _ => "sfu_refused",

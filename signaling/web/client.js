@@ -28,7 +28,7 @@ const state = {
   // Publishers whose video the SFU paused for our link (video_paused).
   pausedVideo: new Set(),
   role: null, kind: null, admitted: false, view: "check", lobby: [], people: new Map(), chat: [], position: null,
-  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pausedRids: new Map(), linkReport: null, refusedOffers: 0, crossedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, socketRtt: null, forceSend: false,
+  closing: null, refusal: null, errors: [], dataMessages: [], offers: 0, restarts: 0, iceRestarts: 0, resumes: 0, resumeKey: null, pausedRids: new Map(), linkReport: null, refusedOffers: 0, crossedOffers: 0, pathStalls: 0, iceServers: [], iceStates: [], sessionStartedAt: 0, socketRtt: null, declinedOffers: 0, forceSend: false,
   // Simulcast: the m-lines (mids) each publisher's video reaches us on, the layer last asked
   // for per mid, and the data-saving choice (lowest layer of everything).
   videoTracks: new Map(), layers: new Map(), saveData: false,
@@ -438,13 +438,25 @@ if (navigator.connection && navigator.connection.addEventListener) {
 // link finds out sooner, a slow one is not given up on for being slow.
 let pongTimer = null;
 let pingSentAt = 0;
+let pingOut = false;
 function pongWait() {
   return state.socketRtt === null ? 1000 : Math.min(3000, Math.max(700, 4 * state.socketRtt + 300));
+}
+function ping() {
+  pingSentAt = performance.now();
+  pingOut = true;
+  send({ type: "ping" });
+}
+/** A ping that only measures the round trip: a late pong is a slow socket, not a dead one. */
+function measureSocket() {
+  const ws = state.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN || pingOut || leaving) return;
+  ping();
 }
 function checkSocket() {
   const ws = state.ws;
   if (!ws || ws.readyState !== WebSocket.OPEN || pongTimer || leaving) return;
-  pingSentAt = Date.now();
+  if (!pingOut) ping(); // else the pong of the ping already out will do
   pongTimer = setTimeout(() => {
     pongTimer = null;
     if (ws !== state.ws || leaving || state.closing) return;
@@ -453,17 +465,17 @@ function checkSocket() {
     wsAttempts += 1;
     openSocket();
   }, pongWait());
-  send({ type: "ping" });
 }
 function onPong() {
-  if (!pongTimer) return;
   clearTimeout(pongTimer);
   pongTimer = null;
-  const rtt = Date.now() - pingSentAt;
-  state.socketRtt = state.socketRtt === null ? rtt : Math.round(0.75 * state.socketRtt + 0.25 * rtt);
+  if (!pingOut) return;
+  pingOut = false;
+  const rtt = performance.now() - pingSentAt;
+  state.socketRtt = state.socketRtt === null ? Math.round(rtt) : Math.round(0.75 * state.socketRtt + 0.25 * rtt);
 }
-// A ping every 15 s keeps the round trip known (and is answered by a live server at once).
-setInterval(() => { if (state.view === "meeting" || state.view === "waiting") checkSocket(); }, 15000);
+// A ping every 15 s keeps the round trip known.
+setInterval(() => { if (state.view === "meeting" || state.view === "waiting") measureSocket(); }, 15000);
 
 // `kind`: "session" (a media session's first offer) or "renegotiation" (a track added or
 // removed in a running session); kept with the offer for when it crosses one of the SFU's.
@@ -802,7 +814,8 @@ async function handle(msg) {
   const pc = state.pc;
   switch (msg.type) {
     case "welcome":
-      checkSocket(); // the first measure of this socket's round trip
+      pingOut = false; // a ping of an earlier socket is answered by nobody
+      measureSocket(); // the first measure of this socket's round trip
       state.participant = msg.participant;
       state.role = msg.role;
       state.kind = msg.kind;
@@ -949,14 +962,18 @@ async function handle(msg) {
       } catch {
         // This browser cannot apply the SFU's offer: declined at once (the SFU gives it up
         // and says `offer_unanswered`, and a new media session follows) rather than left
-        // to be sent again for 30 s with every later change behind it.
+        // to be sent again for 30 s with every later change behind it. Twice in a row with
+        // no offer taken between, and the SFU's own pace (30 s) takes over: a new session
+        // that cannot take the same offer either must not rebuild itself every few seconds.
         if (pc.signalingState === "have-remote-offer") {
           try { await pc.setLocalDescription({ type: "rollback" }); } catch { /* the new session replaces it */ }
         }
         noteIce("offer-declined");
-        send({ type: "reject_offer" });
+        state.declinedOffers += 1;
+        if (pc === state.pc && state.declinedOffers <= 2) send({ type: "reject_offer" });
         break;
       }
+      state.declinedOffers = 0;
       send({ type: "answer", sdp: pc.localDescription.sdp });
       for (const [id, tile] of state.tiles) tile.cap.textContent = state.names.get(id) || t("people.someone");
       if (redo === "ice") restartIce(pc);

@@ -37,7 +37,7 @@ async function twoBrowserCall(server, browserArgs = []) {
       assert.ok(stats.s.video.framesDecoded > 30, `${name} decoded ${stats.s.video.framesDecoded} frames`);
       assert.ok(stats.s.audio.packetsReceived > 20, `${name} received audio`);
     }
-    const joined = await mediaConnectTimes(b);
+    const joined = (await mediaConnectTimes(b)) || {};
     console.log(`UDP: media connected ${joined.fromOffer} ms after the offer (${joined.fromLoad} ms after the page loaded); admit → first frame decoded in ${first.at - admittedAt} ms`);
     // A data channel message from one page reaches the other through the SFU.
     await waitFor(async () => ({ ok: await a.evaluate(() => window.hcState.sendData({ type: "hand", raised: true })) }),

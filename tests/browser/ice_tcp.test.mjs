@@ -55,7 +55,7 @@ test("with UDP blocked, a patient's Chromium connects over ICE-TCP and both side
     assert.equal(pair.remote.protocol, "tcp");
     assert.equal(pair.remote.tcpType, "passive");
     assert.equal((await selectedPair(clinician)).local.protocol, "udp", "the clinician stays on UDP");
-    const joined = await mediaConnectTimes(patient);
+    const joined = (await mediaConnectTimes(patient)) || {};
     console.log(`ICE-TCP: media connected ${joined.fromOffer} ms after the offer (${joined.fromLoad} ms after the page loaded); admit → first frame decoded over TCP in ${first.at - admittedAt} ms`);
     assert.ok(await metric(server, "sfu_ice_tcp_accepted_total") >= 1);
   } finally {

@@ -71,7 +71,7 @@ test("with only TCP 443 open, a patient's Chromium gets media through coturn ove
     const { local } = await selectedPair(patient);
     assert.equal(local.type, "relay", `the patient's media is relayed: ${JSON.stringify(local)}`);
     assert.equal(local.relayProtocol, "tls", "reached over TLS");
-    const joined = await mediaConnectTimes(patient);
+    const joined = (await mediaConnectTimes(patient)) || {};
     console.log(`TURN/TLS: media connected ${joined.fromOffer} ms after the offer (${joined.fromLoad} ms after the page loaded, relay allocation included); admit → first frame decoded through the relay in ${first.at - admittedAt} ms`);
     // The credentials were the service's: coturn logged the REST-API username (expiry:id).
     assert.match(coturnLog, /\d{10}:p-/);

@@ -75,27 +75,27 @@ pub struct TransportSpec<'a> {
     pub ice_generation: u32,
 }
 
-/// Restarts after which the candidates' priority stops rising (the local preference stays
-/// below the browsers' own host candidates').
-const GENERATION_STEPS: u32 = 13;
+/// Restarts after which the UDP candidate's priority stops rising (its local preference stays
+/// below the browsers' own UDP host candidates').
+const GENERATION_STEPS: u32 = 28;
 
 /// Host-type candidate priority (RFC 8445 §5.1.2.1: type 126, component 1) of the UDP
 /// candidate after `generation` ICE restarts. Why low and rising: a browser ranks a candidate
 /// pair by `2^32 * min(G, D) + …`, G its own candidate's priority and D ours. Chromium keeps
 /// sending on its selected pair after an ICE restart unless a new pair ranks higher (or the old
-/// one has been silent for 2.5 + 1 s). With our D below every browser host candidate (local
-/// preference 16–29; theirs is at least 30: network preference × 256 + 30 for IPv4), `min` is
-/// ours, so a restart's pairs outrank the dead path's and the browser moves its media as soon
-/// as the new path answers. The ordering among the browser's own candidates is unchanged.
+/// one has been silent for 2.5 + 1 s). With our D below every browser UDP host candidate
+/// (local preference 1–29; theirs is at least 30: network preference × 256 + 30 for IPv4),
+/// `min` is ours, so a restart's pairs outrank the dead path's and the browser moves its media
+/// as soon as the new path answers. The ordering among the browser's own candidates is
+/// unchanged.
 pub fn udp_priority(generation: u32) -> u32 {
-    (126 << 24) | ((16 + generation.min(GENERATION_STEPS)) << 8) | 255
+    (126 << 24) | ((1 + generation.min(GENERATION_STEPS)) << 8) | 255
 }
 
-/// The ICE-TCP (RFC 6544, passive) candidate's: below the UDP candidate of the same
-/// generation, so browsers try UDP first.
-pub fn tcp_passive_priority(generation: u32) -> u32 {
-    (126 << 24) | (generation.min(GENERATION_STEPS) << 8) | 255
-}
+/// The ICE-TCP (RFC 6544, passive) candidate's: below every UDP candidate, so browsers try UDP
+/// first. It does not rise: browsers rank their own TCP candidates far lower (type 90 in
+/// Chromium), so theirs sets a TCP pair's rank.
+pub const TCP_PASSIVE_PRIORITY: u32 = (126 << 24) | 255;
 
 fn attr(key: &str, value: impl Into<String>) -> Attribute {
     Attribute::new(key.to_owned(), Some(value.into()))
@@ -167,7 +167,7 @@ pub fn write(
     let tcp_candidate = t.tcp_candidate.map(|a| {
         format!(
             "2 1 tcp {} {} {} typ host tcptype passive generation 0",
-            tcp_passive_priority(t.ice_generation),
+            TCP_PASSIVE_PRIORITY,
             a.ip(),
             a.port()
         )
@@ -370,15 +370,14 @@ mod tests {
     fn each_restart_ranks_the_candidates_higher_and_udp_stays_above_tcp() {
         for g in 0..GENERATION_STEPS {
             assert!(udp_priority(g + 1) > udp_priority(g), "generation {g}");
-            assert!(tcp_passive_priority(g + 1) > tcp_passive_priority(g));
         }
         for g in 0..=GENERATION_STEPS + 5 {
-            assert!(udp_priority(g) > tcp_passive_priority(g));
-            // Even the last step stays below every browser's host candidates, so the pair's
-            // rank is set by ours; and above every server-reflexive one (type 100).
+            assert!(udp_priority(g) > TCP_PASSIVE_PRIORITY);
+            // Even the last step stays below every browser's UDP host candidates, so the
+            // pair's rank is set by ours; and above every server-reflexive one (type 100).
             assert!(udp_priority(g) < LOWEST_BROWSER_HOST, "generation {g}");
-            assert!(tcp_passive_priority(g) > 100 << 24);
         }
+        const { assert!(TCP_PASSIVE_PRIORITY > 100 << 24) };
         // Past the last step it holds still rather than overflowing into the type bits.
         assert_eq!(udp_priority(u32::MAX), udp_priority(GENERATION_STEPS));
     }

@@ -21,6 +21,10 @@ pub use ids::{ParticipantId, RoomId, TrackId};
 /// client `offer_crossed`, not an error.
 pub const OFFER_CROSSED: &str = "an SFU offer is outstanding; answer it first";
 
+/// A client's `reject_offer` with no SFU offer out to it. Signaling tells the client
+/// `no_offer_pending`.
+pub const NO_OFFER_OUTSTANDING: &str = "no offer is outstanding";
+
 /// Version of the control protocol; a node with another version is refused at connect.
 pub const PROTOCOL_VERSION: u32 = 2;
 

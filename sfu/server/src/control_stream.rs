@@ -42,7 +42,10 @@ pub async fn read_message(
 
 /// Reads messages on a task of its own and hands them over a channel. `read_message` is not
 /// cancel-safe (a half-read frame would be lost), so it must never race in a `select!`;
-/// receiving from the channel is. The channel ends after the first error, which it carries.
+/// receiving from the channel is. The channel ends after the first error, which it carries —
+/// except a whole frame that does not decode (a message of a newer version of the other side,
+/// e.g. a command this node does not know): it is logged and skipped, so one such message does
+/// not take down the link and every room on it.
 pub fn spawn_reader(
     mut recv: quinn::RecvStream,
 ) -> tokio::sync::mpsc::Receiver<Result<ControlMessage, ControlStreamError>> {
@@ -50,6 +53,11 @@ pub fn spawn_reader(
     tokio::spawn(async move {
         loop {
             let msg = read_message(&mut recv).await;
+            if let Err(ControlStreamError::Decode(e)) = &msg {
+                tracing::warn!(error = %e, "control message not understood; skipped");
+                metrics::counter!("sfu_control_messages_skipped_total").increment(1);
+                continue;
+            }
             let failed = msg.is_err();
             if tx.send(msg).await.is_err() || failed {
                 return;

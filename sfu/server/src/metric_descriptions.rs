@@ -20,6 +20,10 @@ pub fn describe() {
         "Datagrams the kernel would not take (socket buffer full), dropped."
     );
     describe_counter!(
+        "sfu_control_messages_skipped_total",
+        "Control messages from the other end of the control link that did not decode (e.g. a command of a newer version), skipped."
+    );
+    describe_counter!(
         "sfu_commands_refused_busy_total",
         "Commands from signaling refused because the worker's queue was full."
     );

@@ -15,7 +15,9 @@
 //! - 2: the publisher's real offer with `t`'s lines spliced in after the line the second byte
 //!   picks (attributes in the middle of a section, duplicated or contradicting lines);
 //! - 3: `t` as the subscriber's answer (to an SFU offer that may or may not be out);
-//! - 4: `t` as the first offer of a third participant in the room, who is then removed.
+//! - 4: `t` as the first offer of a third participant in the room, who is then removed;
+//! - 5: the subscriber declines the SFU's offer (`RejectOffer`), with or without one out:
+//!   exactly one `CommandFailed` comes back (the offer given up, or "no offer is outstanding").
 //!
 //! Then `handle_timeout` and 1 ms of virtual time. The SFU's answers are not applied to the
 //! test peers (a fuzzed answer could not be), so after an accepted offer or answer the session
@@ -103,7 +105,7 @@ impl Harness {
         };
         let text = String::from_utf8_lossy(rest).into_owned();
         let publisher = self.net.id(PUBLISHER).clone();
-        match mode % 5 {
+        match mode % 6 {
             0 => self.offer(
                 publisher.clone(),
                 Command::Offer {
@@ -173,6 +175,22 @@ impl Harness {
                 self.broken |= !events
                     .iter()
                     .any(|e| matches!(e, Event::CommandFailed { .. }));
+            }
+            5 => {
+                let subscriber = self.net.id(SUBSCRIBER).clone();
+                let events = self.command(Command::RejectOffer {
+                    participant: subscriber.clone(),
+                });
+                let failed = events
+                    .iter()
+                    .filter(|e| {
+                        matches!(e, Event::CommandFailed { participant: Some(p), .. } if *p == subscriber)
+                    })
+                    .count();
+                assert_eq!(failed, 1, "one reply to a decline: {events:?}");
+                self.broken |= events.iter().any(|e| {
+                    matches!(e, Event::CommandFailed { command, .. } if command == "sfu_offer")
+                });
             }
             _ => {
                 let newcomer = ParticipantId::from("neg-new");

@@ -503,7 +503,7 @@ impl Sfu {
     pub(super) fn reject_offer(&mut self, id: &ParticipantId) -> Result<(), String> {
         let idx = self.lookup(id)?;
         if !self.participant(idx).awaiting_answer {
-            return Err("no offer is outstanding".into());
+            return Err(sfu_proto::NO_OFFER_OUTSTANDING.into());
         }
         self.counters.offers_declined += 1;
         tracing::info!(participant = %id, "SFU offer declined by the client; given up");
