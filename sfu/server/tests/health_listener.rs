@@ -111,7 +111,7 @@ async fn ready_only_while_the_control_link_is_up_healthy_throughout_and_nothing_
         .unwrap()
         .await
         .unwrap();
-    let (_send, mut recv) = conn.accept_bi().await.unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
     let hello = read_message(&mut recv).await.unwrap();
     assert!(
         matches!(&hello, ControlMessage::Hello { node_id, .. } if node_id == "probe-node"),
@@ -128,6 +128,30 @@ async fn ready_only_while_the_control_link_is_up_healthy_throughout_and_nothing_
         });
     });
     probe.await.unwrap();
+
+    // A command of a newer signaling that this node does not know: skipped and counted, and
+    // the link (with every room on it) stays up.
+    let body = br#"{"type":"command","cmd":"from_a_newer_version","participant":"p-x"}"#;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    send.write_all(&frame).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        until("the unknown command counted", || {
+            get(metrics, "/metrics").is_some_and(|(_, t)| {
+                t.lines().any(|l| {
+                    l.starts_with("sfu_control_messages_skipped_total") && l.ends_with(" 1")
+                })
+            })
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            get(metrics, "/readyz").unwrap().0,
+            200,
+            "still linked after a message it did not understand"
+        );
+    })
+    .await
+    .unwrap();
 
     // The link goes: not ready again, still healthy.
     conn.close(0u32.into(), b"test");
