@@ -1,5 +1,6 @@
 // Firefox as a second real browser (Debian's firefox-esr, driven over WebDriver BiDi with
-// puppeteer-core), stock, with no SDP rewriting in the page: Firefox ↔ Chromium both ways,
+// puppeteer-core), stock, with no SDP rewriting in the page: Firefox ↔ Chromium both ways
+// (either browser the clinician's),
 // Firefox publishing simulcast with the receiver switching layers,
 // back to the lobby and re-admitted, and Firefox ↔ Firefox. Firefox gathers no loopback
 // candidate, so the service listens on a non-loopback address (one end of a veth pair).
@@ -79,6 +80,43 @@ test("Firefox ↔ Chromium: both decode, and after back to the lobby and re-admi
     await decodes(clinician, "Chromium after re-admit");
     assert.deepEqual(await errors(patient), [], "no errors in the Firefox page");
     assert.deepEqual(await errors(clinician), []);
+  } finally {
+    for (const c of closers.reverse()) await c().catch(() => {});
+    if (server) server.child.kill("SIGTERM");
+    net.remove();
+  }
+});
+
+// The other way round: Firefox is the clinician's browser, and its page admits, sends back to
+// the lobby and admits again a patient on Chromium.
+test("Chromium ↔ Firefox: a clinician on Firefox admits, sends back and re-admits a patient on Chromium", { timeout: 180000 }, async () => {
+  const net = hostAddress(55);
+  let server;
+  const closers = [];
+  try {
+    server = await startSignaling(["--advertise-ip", net.ip], { listen: `${net.ip}:0` });
+    const chromium = await launchChromium([`--unsafely-treat-insecure-origin-as-secure=${server.base}`]);
+    closers.push(() => chromium.close());
+    const firefox = await launchFirefox();
+    closers.push(() => firefox.close());
+    const clinician = await firefox.newPage();
+    const patient = await (await chromium.newContext()).newPage();
+    await clinician.goto(server.clinician);
+    await patient.goto(server.patient);
+    await clinician.waitForSelector("#lobby-list button.admit", { timeout: 30000 });
+    await clinician.click("#lobby-list button.admit");
+    await decodes(patient, "Chromium (patient)");
+    await decodes(clinician, "Firefox (clinician)");
+    await clinician.waitForSelector("#people button.to-lobby", { timeout: 15000 });
+    await clinician.click("#people button.to-lobby");
+    await waitFor(async () => ({ ok: await patient.evaluate(() => window.hcState.view === "waiting") }),
+      { timeout: 15000, what: "the Chromium patient back in the waiting room" });
+    await clinician.waitForSelector("#lobby-list button.admit", { timeout: 30000 });
+    await clinician.click("#lobby-list button.admit");
+    await decodes(patient, "Chromium after re-admit");
+    await decodes(clinician, "Firefox after re-admit");
+    assert.deepEqual(await errors(patient), []);
+    assert.deepEqual(await errors(clinician), [], "no errors in the Firefox page");
   } finally {
     for (const c of closers.reverse()) await c().catch(() => {});
     if (server) server.child.kill("SIGTERM");
