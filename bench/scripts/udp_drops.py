@@ -47,11 +47,17 @@ before_s = snmp()
 already = {inode: d for inode, (_, d) in drops().items()}
 proc = subprocess.Popen(sys.argv[1:])
 peak = collections.Counter()
+started = time.monotonic()
 while proc.poll() is None:
     owner = inode_owner()
     for inode, (addr, d) in drops().items():
         key = (owner.get(inode, '?'), inode)
-        peak[key] = max(peak[key], d - already.get(inode, 0))
+        now = d - already.get(inode, 0)
+        if now > peak[key]:
+            # When in the run they happened (the harness's joins come first, then the measured part).
+            print(f'{time.monotonic() - started:6.1f} s: {key[0]} socket {addr} dropped {now - peak[key]}',
+                  file=sys.stderr)
+            peak[key] = now
     time.sleep(0.5)
 after_s = snmp()
 by = collections.Counter()
