@@ -49,20 +49,29 @@ async function errors(page) {
   return page.evaluate(() => window.hcState.errors);
 }
 
+/** The service on veth address `subnet`, a Chromium and a Firefox; the clinician's page in
+ * `clinicianIn` ("chromium" or "firefox"), the patient's in the other, both opened. */
+async function mixedCall(subnet, clinicianIn, closers) {
+  const net = hostAddress(subnet);
+  closers.push(async () => net.remove());
+  const server = await startSignaling(["--advertise-ip", net.ip], { listen: `${net.ip}:0` });
+  closers.push(async () => server.child.kill("SIGTERM"));
+  const chromium = await launchChromium([`--unsafely-treat-insecure-origin-as-secure=${server.base}`]);
+  closers.push(() => chromium.close());
+  const firefox = await launchFirefox();
+  closers.push(() => firefox.close());
+  const chromiumPage = await (await chromium.newContext()).newPage();
+  const firefoxPage = await firefox.newPage();
+  const [clinician, patient] = clinicianIn === "firefox" ? [firefoxPage, chromiumPage] : [chromiumPage, firefoxPage];
+  await clinician.goto(server.clinician);
+  await patient.goto(server.patient);
+  return { server, clinician, patient };
+}
+
 test("Firefox ↔ Chromium: both decode, and after back to the lobby and re-admit, both decode again", { timeout: 180000 }, async () => {
-  const net = hostAddress(51);
-  let server;
   const closers = [];
   try {
-    server = await startSignaling(["--advertise-ip", net.ip], { listen: `${net.ip}:0` });
-    const chromium = await launchChromium([`--unsafely-treat-insecure-origin-as-secure=${server.base}`]);
-    closers.push(() => chromium.close());
-    const firefox = await launchFirefox();
-    closers.push(() => firefox.close());
-    const clinician = await (await chromium.newContext()).newPage();
-    const patient = await firefox.newPage();
-    await clinician.goto(server.clinician);
-    await patient.goto(server.patient);
+    const { clinician, patient } = await mixedCall(51, "chromium", closers);
     await admitFirst(clinician);
     await decodes(patient, "Firefox (patient)");
     await decodes(clinician, "Chromium (clinician)");
@@ -82,27 +91,15 @@ test("Firefox ↔ Chromium: both decode, and after back to the lobby and re-admi
     assert.deepEqual(await errors(clinician), []);
   } finally {
     for (const c of closers.reverse()) await c().catch(() => {});
-    if (server) server.child.kill("SIGTERM");
-    net.remove();
   }
 });
 
 // The other way round: Firefox is the clinician's browser, and its page admits, sends back to
 // the lobby and admits again a patient on Chromium.
 test("Chromium ↔ Firefox: a clinician on Firefox admits, sends back and re-admits a patient on Chromium", { timeout: 180000 }, async () => {
-  const net = hostAddress(55);
-  let server;
   const closers = [];
   try {
-    server = await startSignaling(["--advertise-ip", net.ip], { listen: `${net.ip}:0` });
-    const chromium = await launchChromium([`--unsafely-treat-insecure-origin-as-secure=${server.base}`]);
-    closers.push(() => chromium.close());
-    const firefox = await launchFirefox();
-    closers.push(() => firefox.close());
-    const clinician = await firefox.newPage();
-    const patient = await (await chromium.newContext()).newPage();
-    await clinician.goto(server.clinician);
-    await patient.goto(server.patient);
+    const { clinician, patient } = await mixedCall(55, "firefox", closers);
     await clinician.waitForSelector("#lobby-list button.admit", { timeout: 30000 });
     await clinician.click("#lobby-list button.admit");
     await decodes(patient, "Chromium (patient)");
@@ -119,8 +116,6 @@ test("Chromium ↔ Firefox: a clinician on Firefox admits, sends back and re-adm
     assert.deepEqual(await errors(clinician), [], "no errors in the Firefox page");
   } finally {
     for (const c of closers.reverse()) await c().catch(() => {});
-    if (server) server.child.kill("SIGTERM");
-    net.remove();
   }
 });
 
@@ -152,19 +147,9 @@ test("Firefox ↔ Firefox: both decode each other", { timeout: 150000 }, async (
 });
 
 test("Firefox publishes simulcast: the Chromium receiver moves to the low layer and back with data saving", { timeout: 150000 }, async () => {
-  const net = hostAddress(53);
-  let server;
   const closers = [];
   try {
-    server = await startSignaling(["--advertise-ip", net.ip], { listen: `${net.ip}:0` });
-    const chromium = await launchChromium([`--unsafely-treat-insecure-origin-as-secure=${server.base}`]);
-    closers.push(() => chromium.close());
-    const firefox = await launchFirefox();
-    closers.push(() => firefox.close());
-    const clinician = await (await chromium.newContext()).newPage();
-    const patient = await firefox.newPage();
-    await clinician.goto(server.clinician);
-    await patient.goto(server.patient);
+    const { clinician, patient } = await mixedCall(53, "chromium", closers);
     await admitFirst(clinician);
     // Firefox sends its 640×480 fake camera as two layers, as the page asks of any browser.
     const sending = await waitFor(async () => {
@@ -209,7 +194,5 @@ test("Firefox publishes simulcast: the Chromium receiver moves to the low layer 
     assert.deepEqual(await errors(clinician), []);
   } finally {
     for (const c of closers.reverse()) await c().catch(() => {});
-    if (server) server.child.kill("SIGTERM");
-    net.remove();
   }
 });
