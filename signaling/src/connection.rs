@@ -255,13 +255,13 @@ pub async fn connection(
                 state
                     .meetings
                     .leave(&id, true, Timestamp::now(), state.sfu.as_ref());
-                state.meetings.queue_changed(&room.id);
+                state.meetings.changed(&room.id);
                 refuse_start(&mut sink, "audit_unavailable", AUDIT_UNAVAILABLE).await;
                 return;
             }
             if !outcome.admitted {
                 // A place in the queue, recorded: stored too (replicas), to outlive a crash.
-                state.meetings.queue_changed(&room.id);
+                state.meetings.changed(&room.id);
             }
             tracing::info!(participant = %id, meeting = %room.id, role = ?session.role, admitted = outcome.admitted, "joined");
             // Offers and answers cost the SFU a parse each: a connection gets a budget of
@@ -281,6 +281,9 @@ pub async fn connection(
         &id,
         takeover_tx,
     );
+    state
+        .meetings
+        .key_issued(&id, &resume_key, &session.claims.sub, &session.claims.mtg);
     let msg =
         json!({"type": "resume_key", "key": resume_key, "window_secs": RESUME_WINDOW.as_secs()});
     if sink
@@ -459,7 +462,7 @@ async fn leave(state: &AppState, id: &ParticipantId, room: &MeetingRoom, explici
     }
     if explicit {
         // Someone who left on purpose gets no place back (a dropped one keeps theirs).
-        state.meetings.queue_changed(&room.id);
+        state.meetings.changed(&room.id);
     }
     tracing::info!(participant = %id, meeting = %room.id, "left");
 }

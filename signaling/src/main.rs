@@ -1015,6 +1015,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await;
             }
         });
+    } else {
+        // One process: its meetings in use are written again every 10 s too, so after a crash
+        // admissions and the media sessions carried for resume keys hold for the reconnect
+        // grace from then.
+        let refreshing = state.meetings.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let meetings = refreshing.clone();
+                let _ = tokio::task::spawn_blocking(move || meetings.write_in_use()).await;
+            }
+        });
     }
     tokio::spawn(signaling::service_gauges::publish(state.clone()));
     let pump = state.clone();

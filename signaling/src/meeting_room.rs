@@ -1408,6 +1408,14 @@ impl RoomState {
         list
     }
 
+    /// The members the SFU runs a media session for: (participant, session, connected).
+    pub fn media_sessions(&self) -> impl Iterator<Item = (&ParticipantId, u32, bool)> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.sfu_joined)
+            .map(|(id, m)| (id, m.media_session, m.media_connected))
+    }
+
     /// The waiting room's queue to store, first first: everyone waiting now (their place kept
     /// until `now + grace`) and the places kept for those whose connection dropped.
     pub fn queue_places(&self, now: Timestamp, grace: SignedDuration) -> Vec<QueuePlace> {

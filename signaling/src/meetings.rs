@@ -75,6 +75,20 @@ pub struct Meetings {
     /// Held while a meeting is taken over (read again, its carried sessions loaded): a join
     /// right behind the one that took the lease waits for it, and finds its carried session.
     taking_over: Mutex<()>,
+    /// Each participant's current resume key (its digest) and the node its media session
+    /// connected on. Written with its meeting — at each new key or media session, and every
+    /// 10 s — so that after a crash of this process, as after a stop, a client back with its
+    /// key keeps the media session its node kept running.
+    resume_keys: Mutex<HashMap<ParticipantId, ResumeKey>>,
+}
+
+/// A participant's resume key as the store carries it.
+#[derive(Debug, Clone)]
+struct ResumeKey {
+    digest: String,
+    sub: String,
+    mtg: String,
+    node: Option<String>,
 }
 
 impl Meetings {
@@ -106,6 +120,7 @@ impl Meetings {
             carried: Mutex::new(carried),
             leases: std::sync::OnceLock::new(),
             taking_over: Mutex::new(()),
+            resume_keys: Mutex::default(),
         })
     }
 
@@ -543,6 +558,11 @@ impl Meetings {
         }
         self.unbind(id);
         self.disconnect(id);
+        // Its key resumes nothing any more; the meeting's next write carries it no longer.
+        self.resume_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         left
     }
 
@@ -689,7 +709,7 @@ impl Meetings {
 
     /// Routes an SFU event to the connections it concerns. Returns audit events (media
     /// starting or stopping).
-    pub fn deliver(&self, event: Event, sfu: &dyn SfuControl) -> Vec<AuditEvent> {
+    pub fn deliver(self: &Arc<Self>, event: Event, sfu: &dyn SfuControl) -> Vec<AuditEvent> {
         use serde_json::json;
         let mut events = Vec::new();
         match event {
@@ -730,6 +750,10 @@ impl Meetings {
                         s.media_connected(&participant, session, now, fx)
                     });
                     events.extend(audit);
+                    // Carried under its client's resume key from now: a crash of this
+                    // process leaves the session running on its node, to be taken back.
+                    self.on_node(&participant, sfu.node_of(&participant));
+                    self.changed(&room.id);
                 }
             }
             // News of a track reaches the admitted, and only about the admitted: a waiting
@@ -953,33 +977,89 @@ impl Meetings {
         self.persist();
     }
 
+    /// Connection `id` (of `sub`, with a token for `mtg`) holds resume key `key` now: its
+    /// media session is carried under it from its meeting's next write — at once when it
+    /// has one (a resumed connection's key replaces the one its client no longer holds).
+    pub fn key_issued(self: &Arc<Self>, id: &ParticipantId, key: &str, sub: &str, mtg: &str) {
+        let previous = self
+            .resume_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id.clone(),
+                ResumeKey {
+                    digest: key_digest(key),
+                    sub: sub.to_owned(),
+                    mtg: mtg.to_owned(),
+                    node: None,
+                },
+            );
+        if let Some(node) = previous.and_then(|p| p.node) {
+            self.on_node(id, Some(node));
+        }
+        if let Some(room) = self.room_of(id)
+            && room.lock().member(id).is_some_and(|m| m.sfu_joined)
+        {
+            self.changed(&room.id);
+        }
+    }
+
+    /// Participant `id`'s media session runs on `node` (remote nodes; `None` embedded).
+    fn on_node(&self, id: &ParticipantId, node: Option<String>) {
+        if let Some(k) = self
+            .resume_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            k.node = node;
+        }
+    }
+
+    /// The media sessions of `s`'s members that their clients may come back to with their
+    /// resume keys after a restart or a crash of this process, carried until `until`.
+    fn carried_in(&self, s: &RoomState, until: Timestamp) -> Vec<CarriedSession> {
+        let keys = self.resume_keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut carried: Vec<CarriedSession> = s
+            .media_sessions()
+            .filter_map(|(id, session, connected)| {
+                let k = keys.get(id)?;
+                Some(CarriedSession {
+                    key_digest: k.digest.clone(),
+                    sub: k.sub.clone(),
+                    mtg: k.mtg.clone(),
+                    participant: id.clone(),
+                    media_session: session,
+                    media_connected: connected,
+                    node: k.node.clone(),
+                    until,
+                })
+            })
+            .collect();
+        carried.sort_by(|a, b| a.participant.cmp(&b.participant));
+        carried
+    }
+
     /// The service is stopping: who is admitted where goes into the store (let back in past
     /// the waiting room within the reconnect grace after the restart), and with them each open
     /// connection's media session under its resume key (`keys`): the SFU is told to leave them
     /// running, and a client back with its key keeps its session. Then every connection is
     /// told to connect again (`closing` with reason `restarting`, close 1012).
     pub fn hand_over(&self, sfu: &dyn SfuControl, keys: &[HeldKey]) {
-        let now = Timestamp::now();
-        let until = now + self.policy.reconnect_grace;
-        for room in self.list() {
-            let mut s = room.lock();
-            let carried: Vec<CarriedSession> = keys
-                .iter()
-                .filter_map(|k| {
-                    let m = s.member(&k.participant)?;
-                    m.sfu_joined.then(|| CarriedSession {
-                        key_digest: key_digest(&k.key),
+        {
+            // The nodes as placed now (a room moved since its sessions connected).
+            let mut held = self.resume_keys.lock().unwrap_or_else(|e| e.into_inner());
+            for k in keys {
+                held.insert(
+                    k.participant.clone(),
+                    ResumeKey {
+                        digest: key_digest(&k.key),
                         sub: k.sub.clone(),
                         mtg: k.meeting.clone(),
-                        participant: k.participant.clone(),
-                        media_session: m.media_session,
-                        media_connected: m.media_connected,
                         node: sfu.node_of(&k.participant),
-                        until,
-                    })
-                })
-                .collect();
-            s.record.carried = carried;
+                    },
+                );
+            }
         }
         self.persist();
         sfu.hold();
@@ -1013,20 +1093,35 @@ impl Meetings {
         self.save(store, &records, now);
     }
 
-    /// Someone entered or left meeting `id`'s waiting room. With a shared store (replicas)
-    /// that meeting's record is written at once — off the async runtime, Redis may be slow —
-    /// so a replica taking the meeting over after a crash has the queue's order. The file
-    /// store (one process) keeps it with its next write and at a stop: rewriting the whole
-    /// file at each entry would cost every join.
-    pub fn queue_changed(self: &Arc<Self>, id: &str) {
-        if !self.store.as_ref().is_some_and(MeetingStore::is_shared) {
-            return;
+    /// Writes the store again when a meeting is in use (its admissions and carried media
+    /// sessions are stored until the reconnect grace from the write).
+    pub fn write_in_use(&self) {
+        if self.store.is_some() && self.list().iter().any(|r| !r.lock().is_empty()) {
+            self.persist();
         }
+    }
+
+    /// Meeting `id` changed in a way a crash of this process must not lose: someone entered
+    /// or left its waiting room (the queue's order), or a media session connected or got a
+    /// new resume key (carried for its client). Written at once, off the async runtime
+    /// (Redis may be slow; a file is rewritten whole), with one write at most waiting per
+    /// meeting — or for the whole file — however many changes come meanwhile (a reconnect
+    /// loop must not pile up threads).
+    pub fn changed(self: &Arc<Self>, id: &str) {
+        let Some(store) = &self.store else {
+            return;
+        };
         let Some(room) = self.get(id) else {
             return;
         };
+        // The file holds every meeting: one write of it covers them all.
+        let pending_key = if store.is_shared() {
+            room.id.clone()
+        } else {
+            String::new()
+        };
         let mut pending = self.queue_writes.lock().unwrap_or_else(|e| e.into_inner());
-        if !pending.insert(room.id.clone()) {
+        if !pending.insert(pending_key.clone()) {
             return; // the write waiting to run reads the newest state
         }
         drop(pending);
@@ -1037,8 +1132,12 @@ impl Meetings {
                 .queue_writes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&room.id);
-            meetings.write_meeting(&room);
+                .remove(&pending_key);
+            if pending_key.is_empty() {
+                meetings.persist();
+            } else {
+                meetings.write_meeting(&room);
+            }
         });
     }
 
@@ -1066,6 +1165,7 @@ impl Meetings {
         let mut record = s.record.clone();
         record.readmit = s.readmissions(now, self.policy.reconnect_grace);
         record.queue = s.queue_places(now, self.policy.reconnect_grace);
+        record.carried = self.carried_in(&s, now + self.policy.reconnect_grace);
         let worth_keeping = record.booked
             || record.remember_until.is_some()
             || !record.readmit.is_empty()

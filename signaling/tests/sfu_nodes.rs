@@ -485,6 +485,23 @@ fn assert_admission_kept(
 /// fresh session: a new peer connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signaling_restart_loses_no_media_on_a_node() {
+    restart_loses_no_media(Stop::Terminate).await;
+}
+
+/// Killed (a crash, an OOM kill): no hand-over runs, but the store already carries each
+/// connected media session under its client's resume key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signaling_crash_loses_no_media_on_a_node() {
+    restart_loses_no_media(Stop::Kill).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Stop {
+    Terminate,
+    Kill,
+}
+
+async fn restart_loses_no_media(stop: Stop) {
     use serde_json::json;
     use std::sync::Arc;
     use support::media::{longest_gap, send_frames};
@@ -515,10 +532,12 @@ async fn a_signaling_restart_loses_no_media_on_a_node() {
 
     // The restart.
     let stopped = Instant::now();
-    let (status, took) = cluster.server.terminate();
-    assert!(status.success(), "signaling exited with {status}");
-    eprintln!("signaling stopped in {took:?}");
-    cluster.server.restart();
+    if stop == Stop::Terminate {
+        let (status, took) = cluster.server.terminate();
+        assert!(status.success(), "signaling exited with {status}");
+        eprintln!("signaling stopped in {took:?}");
+    }
+    cluster.server.restart(); // (kills it first, if it still runs)
     let server = &cluster.server;
     until("node a linked again", 20, async || {
         get(&server.http_base, "/readyz").await.0 == 200
@@ -536,7 +555,7 @@ async fn a_signaling_restart_loses_no_media_on_a_node() {
     assert_eq!(welcome["state"], "admitted", "admission kept: {welcome}");
     assert_eq!(welcome["media"], "kept", "{welcome}");
     let back = Instant::now();
-    eprintln!("clients back {:?} after the SIGTERM", back - stopped);
+    eprintln!("clients back {:?} after the {stop:?}", back - stopped);
     // The clinician still manages the visit: a chat reaches the patient.
     let doctor2_chat = json!({"type": "chat", "text": "hör du mig?"});
     doctor2.send(doctor2_chat).await;
@@ -549,7 +568,7 @@ async fn a_signaling_restart_loses_no_media_on_a_node() {
         longest_gap(&patient_media.video_frames(), stopped, end),
     );
     eprintln!(
-        "longest media gap across the restart: clinician {:?}, patient {:?}",
+        "longest media gap across the restart ({stop:?}): clinician {:?}, patient {:?}",
         gaps.0, gaps.1
     );
     assert!(
@@ -573,29 +592,48 @@ async fn a_signaling_restart_loses_no_media_on_a_node() {
     );
 }
 
-/// A signaling killed without its hand-over carried no sessions: the sessions the node kept
-/// are ended when it links again (nobody can claim them), not left running unmanaged.
+/// A signaling killed while a visit's media ran: the node keeps the sessions the store
+/// carried, for their clients to come back to. Nobody comes back here: once the take-over
+/// window has passed, they are ended, not left running unmanaged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_nobody_carried_are_ended_when_the_node_links_again() {
-    use support::media::{FrameSender, visit};
+async fn kept_sessions_nobody_comes_back_for_are_ended_after_the_takeover_window() {
+    use std::sync::Arc;
+    use support::media::{send_frames, visit};
     use support::node_participants;
     let mut cluster = Cluster::start(&["sfu-a"]);
     let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
     let (doctor_media, patient_media, doctor, patient) = visit(&cluster.server, "visit-k").await;
+    let (doctor_media, patient_media) = (Arc::new(doctor_media), Arc::new(patient_media));
     let _doctor_events = doctor.negotiate_in_background(&doctor_media);
     let _patient_events = patient.negotiate_in_background(&patient_media);
-    let _sender = FrameSender::start(doctor_media, patient_media);
-    until("two sessions on the node", 15, async || {
-        node_participants(&metrics_a).await == Some(2)
+    let _sending = send_frames([doctor_media.clone(), patient_media.clone()]);
+    until("media both ways through node a", 15, async || {
+        doctor_media.video_frames().len() > 30 && patient_media.video_frames().len() > 30
     })
     .await;
+    assert_eq!(node_participants(&metrics_a).await, Some(2));
+    // Their clients' sockets close with the process, and nobody reconnects.
     cluster.server.restart();
+    let restarted = Instant::now();
     until("node a linked again", 20, async || {
         get(&cluster.server.http_base, "/readyz").await.0 == 200
     })
     .await;
-    until("the uncarried sessions ended on the node", 10, async || {
+    // Kept for the clients meanwhile (their peers still send: only signaling ends them).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        node_participants(&metrics_a).await,
+        Some(2),
+        "the carried sessions are kept for their clients"
+    );
+    until("the unclaimed sessions ended on the node", 45, async || {
         node_participants(&metrics_a).await == Some(0)
     })
     .await;
+    let took = restarted.elapsed();
+    eprintln!("unclaimed sessions ended {took:?} after the restart");
+    assert!(
+        took >= Duration::from_secs(25),
+        "ended only once the take-over window (30 s) had passed, not at {took:?}"
+    );
 }

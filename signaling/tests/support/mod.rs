@@ -550,8 +550,18 @@ pub async fn join_retrying(
     token: &str,
     within: Duration,
 ) -> (Client, std::time::Instant) {
+    join_retrying_with(server, token, "", within).await
+}
+
+/// [`join_retrying`] with more of the query (`&resume=…`).
+pub async fn join_retrying_with(
+    server: &Server,
+    token: &str,
+    query: &str,
+    within: Duration,
+) -> (Client, std::time::Instant) {
     let deadline = std::time::Instant::now() + within;
-    let url = format!("{}/ws?token={token}", server.ws_base);
+    let url = format!("{}/ws?token={token}{query}", server.ws_base);
     loop {
         match tokio_tungstenite::connect_async(&url).await {
             Ok((ws, _)) => return (Client { ws }, std::time::Instant::now()),
