@@ -150,9 +150,26 @@ pub struct TokenSection {
     pub max_lifetime_hours: Option<u64>,
 }
 
+/// Where the SFU workers run (`[sfu] mode`, `--sfu-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SfuMode {
+    /// Inside this process (the single-node default).
+    Embedded,
+    /// In standalone `sfu` nodes that dial in over QUIC (`--sfu-listen`).
+    Remote,
+    /// On this host, in a companion node process this service starts (or finds running) and
+    /// links over loopback: a restart of this service loses no media.
+    Companion,
+}
+
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SfuSection {
+    /// `embedded` (default), `remote` or `companion`.
+    pub mode: Option<SfuMode>,
+    /// Companion mode: the directory of the companion's link certificates and pid file.
+    pub companion_dir: Option<PathBuf>,
     pub workers: Option<usize>,
     pub bind_ip: Option<IpAddr>,
     pub udp_port_base: Option<u16>,

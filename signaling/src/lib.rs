@@ -13,6 +13,7 @@ pub mod audit_sink;
 pub mod bearer;
 pub mod carried_session;
 pub mod client_address;
+pub mod companion_node;
 pub mod config;
 pub mod connection;
 pub mod connection_limits;

@@ -6,7 +6,8 @@ use signaling::api_client::ApiClient;
 use signaling::app_state::AppState;
 use signaling::audit::audit_all;
 use signaling::audit_log::{self, AuditLog};
-use signaling::config::{self, FileConfig};
+use signaling::companion_node::{Companion, CompanionFiles, NODE_NAME};
+use signaling::config::{self, FileConfig, SfuMode};
 use signaling::connection_limits::{ConnectionLimits, LimitedAcceptor};
 use signaling::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, dev_claims};
 use signaling::jwks_source::JwksSource;
@@ -37,6 +38,9 @@ struct Cli {
 enum Cmd {
     /// Run the service (with --dev: the single-node default with a built-in dev issuer).
     Serve(Box<ServeArgs>),
+    /// Run an SFU node, as the `sfu` binary does (the same flags): the companion node that
+    /// `serve --sfu-mode companion` starts.
+    SfuNode(Box<sfu_server::node_cli::NodeArgs>),
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -73,14 +77,6 @@ enum Cmd {
         #[arg(long = "node")]
         nodes: Vec<String>,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum SfuMode {
-    /// SFU workers run inside this process (the single-node default).
-    Embedded,
-    /// Standalone `sfu` nodes dial in over QUIC (--sfu-listen).
-    Remote,
 }
 
 #[derive(clap::Args)]
@@ -269,13 +265,11 @@ struct ServeArgs {
     /// Seconds between the audit log's summary lines of refused tokens per source (default 60).
     #[arg(long, env = "SIGNALING_REFUSAL_SUMMARY_SECS")]
     refusal_summary_secs: Option<u64>,
-    #[arg(
-        long,
-        env = "SIGNALING_SFU_MODE",
-        value_enum,
-        default_value = "embedded"
-    )]
-    sfu_mode: SfuMode,
+    /// Where the SFU workers run: `embedded` (in this process; the default), `remote`
+    /// (standalone nodes dial in at --sfu-listen) or `companion` (a node process on this host
+    /// that outlives a restart of this service) — `[sfu] mode`.
+    #[arg(long, env = "SIGNALING_SFU_MODE", value_enum)]
+    sfu_mode: Option<SfuMode>,
     /// QUIC address where standalone SFU nodes connect (remote mode).
     #[arg(long, env = "SIGNALING_SFU_LISTEN")]
     sfu_listen: Option<SocketAddr>,
@@ -286,6 +280,14 @@ struct ServeArgs {
     cluster_cert: Option<PathBuf>,
     #[arg(long, env = "SIGNALING_CLUSTER_KEY")]
     cluster_key: Option<PathBuf>,
+    /// Companion mode: the directory of the companion node's link certificates and pid file
+    /// (made mode 0700; `[sfu] companion_dir`; default `.dev/companion` with --dev).
+    #[arg(long, env = "SIGNALING_COMPANION_DIR")]
+    companion_dir: Option<PathBuf>,
+    /// Companion mode: the node's Prometheus listener (`/metrics`, `/healthz`, `/readyz`),
+    /// e.g. 127.0.0.1:9465. Unset: none.
+    #[arg(long, env = "SIGNALING_COMPANION_METRICS_LISTEN")]
+    companion_metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -503,6 +505,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::SfuNode(args) => sfu_server::node_cli::run(*args),
         Cmd::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -511,6 +514,43 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(*args))
         }
     }
+}
+
+/// The loopback port the companion node links to by default (`--sfu-listen` sets another).
+const DEFAULT_COMPANION_CONTROL_PORT: u16 = 7440;
+
+/// Signaling's side of the SFU nodes' control links, accepting on `endpoint`: placement, the
+/// take-over of sessions carried over from the last run (or, replicas sharing the nodes, of a
+/// meeting's when its lease is taken), and the tick that ends what its window ran out for.
+fn remote_sfu(
+    endpoint: quinn::Endpoint,
+    event_tx: tokio::sync::mpsc::UnboundedSender<sfu_proto::Event>,
+    meetings: &Meetings,
+    shared: bool,
+) -> anyhow::Result<Arc<RemoteSfu>> {
+    let bound = endpoint.local_addr()?;
+    say!("SFU control listening on {bound}");
+    tracing::info!(%bound, "SFU control listener up");
+    let remote = RemoteSfu::new(event_tx);
+    if shared {
+        // The nodes are every replica's: each takes over the sessions of a meeting when it
+        // takes the meeting (its lease), not at start.
+        remote.share();
+    } else {
+        // Sessions carried over from the last run: the nodes that kept them report them.
+        remote.expect_sessions(&meetings.carried_sessions());
+    }
+    tokio::spawn(remote.clone().accept(endpoint));
+    let ticking = Arc::downgrade(&remote);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        while let Some(remote) = ticking.upgrade() {
+            remote.tick(std::time::Instant::now());
+            drop(remote);
+            tick.tick().await;
+        }
+    });
+    Ok(remote)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -559,9 +599,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{key}: {e}"))?
     };
     let sfu = file.sfu.unwrap_or_default();
+    let sfu_mode = args.sfu_mode.or(sfu.mode).unwrap_or(SfuMode::Embedded);
     let turn_file = file.turn.unwrap_or_default();
     let replicas_file = file.replicas.unwrap_or_default();
-    sfu_server::logging::init(args.log_json || file.log.and_then(|l| l.json).unwrap_or(false));
+    let log_json = args.log_json || file.log.and_then(|l| l.json).unwrap_or(false);
+    sfu_server::logging::init(log_json);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let listen = args
@@ -665,9 +707,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     policy.remember_decisions_for = jiff::SignedDuration::from_secs(
         i64::try_from(max_lifetime_secs.saturating_add(leeway)).unwrap_or(i64::MAX),
     );
-    let meeting_store = args
+    // Companion mode with --dev keeps its meetings (and the sessions carried through a
+    // restart) in .dev/ unless told otherwise.
+    let store_spec = args
         .meeting_store
+        .clone()
         .or(meetings_file.store.clone())
+        .or_else(|| {
+            (args.dev && sfu_mode == SfuMode::Companion)
+                .then(|| PathBuf::from(".dev/meetings.json"))
+        });
+    let meeting_store_given = store_spec.is_some();
+    let meeting_store = store_spec
         .map(|spec| signaling::meeting_store::MeetingStore::open(&spec.to_string_lossy()))
         .transpose()
         .context("meetings.store (--meeting-store)")?;
@@ -712,9 +763,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     sfu_server::metric_descriptions::describe();
 
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (sfu, ready): (Arc<dyn SfuControl>, Arc<dyn Fn() -> bool + Send + Sync>) = match args
-        .sfu_mode
-    {
+    let (sfu, ready): (Arc<dyn SfuControl>, Arc<dyn Fn() -> bool + Send + Sync>) = match sfu_mode {
         SfuMode::Embedded => {
             // Where a media value came from, for its error: the flag when one was given, else
             // the config file's [sfu] section.
@@ -752,6 +801,122 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // Ready while every worker thread runs.
             let probe = node.clone();
             (node, Arc::new(move || probe.workers_running()))
+        }
+        SfuMode::Companion => {
+            // The companion's media settings are this service's [sfu] ones, checked here so
+            // an error names the key and the file.
+            let media_source = |flag_given: bool, flag: &str| match &args.config {
+                Some(path) if !flag_given => format!("{} [sfu]", path.display()),
+                _ => flag.to_owned(),
+            };
+            let start_bitrate = args.start_bitrate_kbps.or(sfu.start_bitrate_kbps);
+            sfu_server::node_file_config::start_bitrate_bps(
+                start_bitrate,
+                &media_source(args.start_bitrate_kbps.is_some(), "--start-bitrate-kbps"),
+            )?;
+            let video_floor = args.video_floor_kbps.or(sfu.video_floor_kbps);
+            sfu_server::node_file_config::video_floor_bps(
+                video_floor,
+                &media_source(args.video_floor_kbps.is_some(), "--video-floor-kbps"),
+            )?;
+            anyhow::ensure!(
+                meeting_store_given,
+                "companion SFU mode keeps media through a restart only with a meeting store: set \
+                 meetings.store (--meeting-store, SIGNALING_MEETING_STORE)"
+            );
+            let dir = match (
+                args.companion_dir.as_ref().or(sfu.companion_dir.as_ref()),
+                args.dev,
+            ) {
+                (Some(dir), _) => dir.clone(),
+                (None, true) => PathBuf::from(".dev/companion"),
+                (None, false) => anyhow::bail!(
+                    "companion SFU mode needs sfu.companion_dir (--companion-dir, SIGNALING_COMPANION_DIR): where its link certificates and pid file are kept"
+                ),
+            };
+            let files = CompanionFiles::prepare(&dir)?;
+            let control = args.sfu_listen.unwrap_or(SocketAddr::from((
+                [127, 0, 0, 1],
+                DEFAULT_COMPANION_CONTROL_PORT,
+            )));
+            let bind_ip = args.udp_bind_ip.or(sfu.bind_ip).unwrap_or(listen.ip());
+            let advertise_ip = args
+                .advertise_ip
+                .or(sfu.advertise_ip)
+                .or(args.udp_bind_ip)
+                .unwrap_or(listen.ip());
+            let grace = sfu_server::control_client::DEFAULT_GRACE;
+            let mut node_args: Vec<std::ffi::OsString> = Vec::new();
+            let mut arg = |flag: &str, value: String| {
+                node_args.push(flag.into());
+                node_args.push(value.into());
+            };
+            arg("--signaling", control.to_string());
+            arg("--cluster-ca", files.ca.display().to_string());
+            arg("--cluster-cert", files.node_cert.display().to_string());
+            arg("--cluster-key", files.node_key.display().to_string());
+            arg("--node-id", NODE_NAME.to_owned());
+            arg(
+                "--workers",
+                args.workers.or(sfu.workers).unwrap_or(0).to_string(),
+            );
+            arg("--bind-ip", bind_ip.to_string());
+            arg(
+                "--udp-port-base",
+                args.udp_port_base
+                    .or(sfu.udp_port_base)
+                    .unwrap_or(0)
+                    .to_string(),
+            );
+            arg("--advertise-ip", advertise_ip.to_string());
+            arg(
+                "--ice-tcp",
+                args.ice_tcp.or(sfu.ice_tcp).unwrap_or(true).to_string(),
+            );
+            arg(
+                "--bandwidth-estimation",
+                args.bandwidth_estimation
+                    .or(sfu.bandwidth_estimation)
+                    .unwrap_or(true)
+                    .to_string(),
+            );
+            if let Some(kbps) = start_bitrate {
+                arg("--start-bitrate-kbps", kbps.to_string());
+            }
+            if let Some(kbps) = video_floor {
+                arg("--video-floor-kbps", kbps.to_string());
+            }
+            arg("--control-grace-secs", grace.as_secs().to_string());
+            arg(
+                "--exit-unlinked-secs",
+                (grace + signaling::companion_node::LINGER_AFTER_GRACE)
+                    .as_secs()
+                    .to_string(),
+            );
+            if let Some(m) = args.companion_metrics_listen {
+                arg("--metrics-listen", m.to_string());
+            }
+            if log_json {
+                node_args.push("--log-json".into());
+            }
+            let tls =
+                sfu_server::cluster_tls::ClusterTls::load(&files.ca, &files.cert, &files.key)?;
+            let endpoint =
+                quinn::Endpoint::server(tls.quic_server()?, control).with_context(|| {
+                    format!("binding the companion's control listener {control} (--sfu-listen)")
+                })?;
+            let remote = remote_sfu(endpoint, event_tx, &meetings, false)?;
+            // Started (or found) once the listener is up: it links at its first dial.
+            let exe =
+                std::env::current_exe().context("locating this program to start the companion")?;
+            let companion = Companion::find_or_start(files, exe, node_args)?;
+            say!(
+                "SFU workers in the companion node (pid {}), linked on {control}",
+                companion.pid()
+            );
+            tokio::spawn(companion.supervise());
+            let probe = remote.clone();
+            (remote, Arc::new(move || probe.node_count() > 0))
         }
         SfuMode::Remote => {
             // The nodes' own configs set their workers and ports: say so rather than
@@ -808,29 +973,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let tls = sfu_server::cluster_tls::ClusterTls::load(ca, cert, key)?;
             let endpoint = quinn::Endpoint::server(tls.quic_server()?, control)
                 .with_context(|| format!("binding SFU control listener {control}"))?;
-            let bound = endpoint.local_addr()?;
-            say!("SFU control listening on {bound}");
-            tracing::info!(%bound, "SFU control listener up");
-            let remote = RemoteSfu::new(event_tx);
-            if replicas.is_some() {
-                // The nodes are every replica's: each takes over the sessions of a meeting
-                // when it takes the meeting (its lease), not at start.
-                remote.share();
-            } else {
-                // Sessions carried over from the last run: the nodes that kept them report
-                // them.
-                remote.expect_sessions(&meetings.carried_sessions());
-            }
-            tokio::spawn(remote.clone().accept(endpoint));
-            let ticking = Arc::downgrade(&remote);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-                while let Some(remote) = ticking.upgrade() {
-                    remote.tick(std::time::Instant::now());
-                    drop(remote);
-                    tick.tick().await;
-                }
-            });
+            let remote = remote_sfu(endpoint, event_tx, &meetings, replicas.is_some())?;
             let probe = remote.clone();
             (remote, Arc::new(move || probe.node_count() > 0))
         }

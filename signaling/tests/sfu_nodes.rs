@@ -485,14 +485,104 @@ fn assert_admission_kept(
 /// fresh session: a new peer connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signaling_restart_loses_no_media_on_a_node() {
-    restart_loses_no_media(Stop::Terminate).await;
+    let mut cluster = Cluster::start(&["sfu-a"]);
+    let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
+    restart_loses_no_media(&mut cluster.server, &metrics_a, "visit-r", Stop::Terminate).await;
 }
 
 /// Killed (a crash, an OOM kill): no hand-over runs, but the store already carries each
 /// connected media session under its client's resume key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signaling_crash_loses_no_media_on_a_node() {
-    restart_loses_no_media(Stop::Kill).await;
+    let mut cluster = Cluster::start(&["sfu-a"]);
+    let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
+    restart_loses_no_media(&mut cluster.server, &metrics_a, "visit-r", Stop::Kill).await;
+}
+
+/// The companion node's pid, from its pid file.
+fn companion_pid(dir: &std::path::Path) -> u32 {
+    std::fs::read_to_string(dir.join("companion.pid"))
+        .expect("the companion's pid file")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Ends the companion node a test started (it outlives signaling by design), then removes
+/// the test's directory.
+struct EndCompanion {
+    companion_dir: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for EndCompanion {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.companion_dir.join("companion.pid")) {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The single node with its SFU in a companion process (`--sfu-mode companion`): restarted
+/// with SIGTERM, then killed and started again, the visit's media never stops — the same
+/// companion runs throughout and the new service takes its sessions over. A companion that
+/// dies is started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_restart_or_crash_loses_no_media_with_the_companion_node() {
+    use support::node_participants;
+    let dir = std::env::temp_dir().join(format!("hc-companion-{}", rand::random::<u64>()));
+    let companion_dir = dir.join("companion");
+    let _end = EndCompanion {
+        companion_dir: companion_dir.clone(),
+        dir: dir.clone(),
+    };
+    let (control, metrics) = (free_addr(), free_addr());
+    let store = dir.join("meetings.json").display().to_string();
+    let mut server = support::start_with(&[
+        "--sfu-mode",
+        "companion",
+        "--companion-dir",
+        &companion_dir.display().to_string(),
+        "--sfu-listen",
+        &control,
+        "--companion-metrics-listen",
+        &metrics,
+        "--meeting-store",
+        &store,
+    ]);
+    until("the companion linked", 20, async || {
+        get(&server.http_base, "/readyz").await.0 == 200
+    })
+    .await;
+    let pid = companion_pid(&companion_dir);
+    restart_loses_no_media(&mut server, &metrics, "visit-c1", Stop::Terminate).await;
+    // That visit's clients are gone: its participants leave once their resume window ends.
+    until("the first visit's sessions ended", 45, async || {
+        node_participants(&metrics).await == Some(0)
+    })
+    .await;
+    restart_loses_no_media(&mut server, &metrics, "visit-c2", Stop::Kill).await;
+    assert_eq!(
+        companion_pid(&companion_dir),
+        pid,
+        "the same companion process ran through both restarts"
+    );
+    // Its workers are the service's: killed, it is started again and the service is ready.
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    until("a new companion linked", 20, async || {
+        let now = companion_pid(&companion_dir);
+        now != pid
+            && get(&server.http_base, "/readyz").await.0 == 200
+            && node_participants(&metrics).await.is_some()
+    })
+    .await;
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -501,16 +591,20 @@ enum Stop {
     Kill,
 }
 
-async fn restart_loses_no_media(stop: Stop) {
+/// A visit on `server` with its media on the node whose metrics are at `metrics_a`: `stop`
+/// and start the service again; the clients come back with their keys and keep their media.
+async fn restart_loses_no_media(
+    server: &mut support::Server,
+    metrics_a: &str,
+    meeting: &str,
+    stop: Stop,
+) {
     use serde_json::json;
     use std::sync::Arc;
     use support::media::{longest_gap, send_frames};
     use support::{joined, node_participants};
-    let mut cluster = Cluster::start(&["sfu-a"]);
-    let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
-    let server = &cluster.server;
-    let doctor_token = server.token("visit-r", "doc-4411", "Dr Berg", "clinician");
-    let patient_token = server.token("visit-r", "pat-7f3a", "Anna", "patient");
+    let doctor_token = server.token(meeting, "doc-4411", "Dr Berg", "clinician");
+    let patient_token = server.token(meeting, "pat-7f3a", "Anna", "patient");
     let (mut doctor, doctor_welcome, doctor_key) = joined(server, &doctor_token, "").await;
     let (mut patient, patient_welcome, patient_key) = joined(server, &patient_token, "").await;
     let patient_id = doctor.first_waiting().await;
@@ -533,12 +627,12 @@ async fn restart_loses_no_media(stop: Stop) {
     // The restart.
     let stopped = Instant::now();
     if stop == Stop::Terminate {
-        let (status, took) = cluster.server.terminate();
+        let (status, took) = server.terminate();
         assert!(status.success(), "signaling exited with {status}");
         eprintln!("signaling stopped in {took:?}");
     }
-    cluster.server.restart(); // (kills it first, if it still runs)
-    let server = &cluster.server;
+    server.restart(); // (kills it first, if it still runs)
+    let server = &*server;
     until("node a linked again", 20, async || {
         get(&server.http_base, "/readyz").await.0 == 200
     })
@@ -576,7 +670,7 @@ async fn restart_loses_no_media(stop: Stop) {
         "media flowed on through the restart (longest gaps {gaps:?})"
     );
     assert_eq!(
-        node_participants(&metrics_a).await,
+        node_participants(metrics_a).await,
         Some(2),
         "the node runs the same two sessions, no new ones"
     );

@@ -1,13 +1,14 @@
 // Signaling restarted (SIGTERM, as a rollout does, then started again) or killed (SIGKILL: a
-// crash, an OOM kill — no hand-over runs) while a visit runs on a standalone SFU node: the node
-// keeps its rooms while its control link is down, the pages come back with their resume keys
+// crash, an OOM kill — no hand-over runs) while a visit runs on a standalone SFU node — or, on
+// a single node, on its companion node (`--sfu-mode companion`): the node keeps its rooms while
+// its control link is down, the pages come back with their resume keys
 // as the same participants with their media sessions kept (the meeting store carries each
 // session under its key from the moment it connects) — same peer connections, no new session
 // — and the pictures never stop.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -23,8 +24,13 @@ function freePort() {
 
 const exited = (child) => new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
 
-for (const signal of ["SIGTERM", "SIGKILL"]) {
-  test(`a signaling ${signal === "SIGTERM" ? "restart" : "crash"} loses no media: the node keeps the visit and the pages keep their peer connections`, async () => {
+const scenarios = [
+  { signal: "SIGTERM", companion: false, what: "a signaling restart loses no media: the node keeps the visit and the pages keep their peer connections" },
+  { signal: "SIGKILL", companion: false, what: "a signaling crash loses no media: the node keeps the visit and the pages keep their peer connections" },
+  { signal: "SIGTERM", companion: true, what: "a single node's restart loses no media: its companion node keeps the visit and the pages keep their peer connections" },
+];
+for (const { signal, companion, what } of scenarios) {
+  test(what, async () => {
     const dir = mkdtempSync(path.join(tmpdir(), "hc-restart-"));
     await new Promise((resolve, reject) => {
       const p = spawn(signalingBin, ["cluster-certs", "--out", dir], { stdio: "ignore" });
@@ -32,17 +38,23 @@ for (const signal of ["SIGTERM", "SIGKILL"]) {
     });
     const [http, control] = [await freePort(), await freePort()];
     const keyDir = mkdtempSync(path.join(tmpdir(), "hc-dev-"));
-    const args = ["--sfu-mode", "remote", "--sfu-listen", `127.0.0.1:${control}`,
-      "--cluster-ca", path.join(dir, "ca.pem"), "--cluster-cert", path.join(dir, "signaling.pem"),
-      "--cluster-key", path.join(dir, "signaling.key"), "--meeting-store", path.join(keyDir, "meetings.json")];
+    const companionDir = path.join(dir, "companion");
+    const args = companion
+      ? ["--sfu-mode", "companion", "--companion-dir", companionDir, "--workers", "1"]
+      : ["--sfu-mode", "remote", "--cluster-ca", path.join(dir, "ca.pem"), "--cluster-cert", path.join(dir, "signaling.pem"),
+        "--cluster-key", path.join(dir, "signaling.key")];
+    args.push("--sfu-listen", `127.0.0.1:${control}`, "--meeting-store", path.join(keyDir, "meetings.json"));
     const start = () => startSignaling(args, { embedded: false, listen: `127.0.0.1:${http}`, keyDir });
     let server = await start();
     let sfuLogs = "";
-    const sfu = spawn(sfuBin, ["--signaling", `127.0.0.1:${control}`, "--cluster-ca", path.join(dir, "ca.pem"),
+    // The standalone node; the companion is started by signaling itself (its log is signaling's).
+    const sfu = companion ? null : spawn(sfuBin, ["--signaling", `127.0.0.1:${control}`, "--cluster-ca", path.join(dir, "ca.pem"),
       "--cluster-cert", path.join(dir, "sfu.pem"), "--cluster-key", path.join(dir, "sfu.key"),
       "--bind-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1", "--workers", "1", "--node-id", "sfu"],
       { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, RUST_LOG: "info" } });
-    sfu.stderr.on("data", (d) => { sfuLogs += d; });
+    if (sfu) sfu.stderr.on("data", (d) => { sfuLogs += d; });
+    const companionPid = () => Number(readFileSync(path.join(companionDir, "companion.pid"), "utf8").trim());
+    const pidBefore = companion ? companionPid() : null;
     const linked = () => waitFor(async () => {
       const r = await fetch(server.base + "/readyz").catch(() => null);
       return { ok: r && r.status === 200, status: r && r.status };
@@ -117,13 +129,16 @@ for (const signal of ["SIGTERM", "SIGKILL"]) {
           else stall[who] = Math.max(stall[who], s.at - last.at);
         }
       }
-      console.log(`signaling ${signal}: pages back ${backAt - stoppedAt} ms after it; ` +
+      if (companion) assert.equal(companionPid(), pidBefore, "the same companion node ran through the restart");
+      console.log(`signaling ${signal}${companion ? " (single node, companion)" : ""}: pages back ${backAt - stoppedAt} ms after it; ` +
         `longest picture stall: clinician ${stall.a} ms, patient ${stall.b} ms (${samples.length} samples)`);
       assert.ok(stall.a < 1000 && stall.b < 1000, `the pictures kept moving (stalls ${JSON.stringify(stall)})`);
     } finally {
       await browser.close();
-      sfu.kill("SIGKILL");
+      if (sfu) sfu.kill("SIGKILL");
       server.child.kill("SIGKILL");
+      // The companion outlives signaling by design: this test ends it.
+      if (companion) { try { process.kill(companionPid(), "SIGKILL"); } catch { /* gone */ } }
     }
   });
 }

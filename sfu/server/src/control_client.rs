@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::{Sender, UnboundedReceiver, channel};
 
+/// How long a node's rooms outlive its last control link unless configured otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct ControlClientConfig {
     /// `host:port` entries, comma-separated; each resolved again every few seconds, and every

@@ -32,6 +32,11 @@ impl Readiness {
         self.control_link_up.store(up, Ordering::Relaxed);
     }
 
+    /// Whether a control link to signaling is up now.
+    pub fn control_link_up(&self) -> bool {
+        self.control_link_up.load(Ordering::Relaxed)
+    }
+
     /// The node is stopping: not ready for new rooms any more.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);

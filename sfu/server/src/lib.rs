@@ -9,6 +9,7 @@ pub mod ice_tcp;
 pub mod logging;
 pub mod metric_descriptions;
 pub mod node;
+pub mod node_cli;
 pub mod node_file_config;
 pub mod process_cpu;
 pub mod room_placement;
