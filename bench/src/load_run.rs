@@ -4,8 +4,10 @@
 use crate::deployment::Deployment;
 use crate::generator::{Generator, GeneratorReport, PeerRole, ToMedia};
 use crate::janus_target::{self, JanusSession};
-use crate::proc_stats::{CpuWindow, rss_bytes, thread_cpu_time, threads_cpu_time};
-use crate::report::{IntervalReport, TargetReport};
+use crate::proc_stats::{
+    CpuWindow, STEAL_FLAG_PCT, StealWindow, rss_bytes, thread_cpu_time, threads_cpu_time,
+};
+use crate::report::{HostReading, IntervalReport, TargetReport};
 use crate::scenario::Scenario;
 use crate::synthetic_media::MediaProfile;
 use anyhow::{Context, bail};
@@ -683,6 +685,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         TargetKind::Relay | TargetKind::Janus => None,
     };
     let server_cpu = CpuWindow::start(server_pid);
+    let steal = StealWindow::start();
     // Each SFU worker thread's share (ours, in the server or a node given by --server-pid).
     let workers_before = threads_cpu_time(server_pid, "sfu-worker-");
     let own_pid = std::process::id();
@@ -696,12 +699,13 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             t0,
             generator_report(&to_media).await?,
             CpuWindow::start(server_pid),
+            StealWindow::start(),
         )),
         None => None,
     };
     while t0.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if let Some((every, since, before, cpu)) = &mut soak
+        if let Some((every, since, before, cpu, stolen)) = &mut soak
             && since.elapsed() >= *every
         {
             let now = generator_report(&to_media).await?;
@@ -711,14 +715,18 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                 t0.elapsed(),
                 since.elapsed(),
                 opts.scenario.fan_out(),
-                rss_bytes(server_pid).unwrap_or(0),
-                cpu.percent(),
+                HostReading {
+                    server_rss_bytes: rss_bytes(server_pid).unwrap_or(0),
+                    server_cpu_pct: cpu.percent(),
+                    cpu_steal_pct: stolen.percent(),
+                },
             );
             eprintln!("{}", row.line(target.name()));
             intervals.push(row);
             *since = Instant::now();
             *before = now;
             *cpu = CpuWindow::start(server_pid);
+            *stolen = StealWindow::start();
         }
         if opts.progress && last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
@@ -741,6 +749,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     }
     let g = generator_report(&to_media).await?;
     let server_cpu_pct = server_cpu.percent();
+    let cpu_steal_pct = steal.percent();
     let worker_cpu_pct: Vec<f64> = threads_cpu_time(server_pid, "sfu-worker-")
         .iter()
         .filter_map(|(name, after)| {
@@ -831,6 +840,11 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         }
     }
 
+    if cpu_steal_pct > STEAL_FLAG_PCT {
+        notes.push(format!(
+            "the hypervisor took {cpu_steal_pct:.1} % of this VM's CPU time during the run (steal): its figures are not comparable with runs at low steal"
+        ));
+    }
     let generator_limited = generator_cpu_pct > 90.0 || g.send_dropped > 0;
     if generator_limited {
         notes.push(format!(
@@ -874,6 +888,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         latency_samples: g.rx.latency_us.len(),
         connected: g.connected,
         receiving: g.receiving,
+        cpu_steal_pct,
         server_cpu_pct,
         worker_cpu_pct,
         server_cpu_pct_per_kpps: if pps_out > 0.0 {

@@ -70,8 +70,80 @@ impl CpuWindow {
     }
 }
 
+/// The share of the machine's CPU time the hypervisor took away from this VM over a window
+/// (`steal` in `/proc/stat`): while it is high the VM's vCPUs sat idle for long stretches, a
+/// worker could not read its socket, and figures measured then are not comparable.
+#[derive(Debug, Clone, Copy)]
+pub struct StealWindow {
+    start: Option<(u64, u64)>,
+}
+
+/// (steal, all) jiffies of every CPU, from `/proc/stat`'s `cpu` line.
+fn steal_and_total() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_cpu_line(stat.lines().next()?)
+}
+
+/// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`: (steal, the sum of
+/// the first eight — guest time is already inside user).
+fn parse_cpu_line(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if values.len() < 8 {
+        return None;
+    }
+    Some((values[7], values.iter().sum()))
+}
+
+impl StealWindow {
+    pub fn start() -> Self {
+        Self {
+            start: steal_and_total(),
+        }
+    }
+
+    /// Percent of all CPU time stolen since the start (0 when `/proc/stat` cannot say).
+    pub fn percent(&self) -> f64 {
+        let (Some((steal0, total0)), Some((steal1, total1))) = (self.start, steal_and_total())
+        else {
+            return 0.0;
+        };
+        let total = total1.saturating_sub(total0);
+        if total == 0 {
+            return 0.0;
+        }
+        steal1.saturating_sub(steal0) as f64 * 100.0 / total as f64
+    }
+}
+
+/// Above this share of stolen CPU a run's figures are flagged as not comparable.
+pub const STEAL_FLAG_PCT: f64 = 5.0;
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_steal_share_is_read_from_the_cpu_line() {
+        let line = "cpu  4705 150 1120 16250 520 0 30 1200 0 0";
+        assert_eq!(parse_cpu_line(line), Some((1200, 23975)));
+        assert_eq!(
+            parse_cpu_line("cpu0 1 2 3 4 5 6 7 8 0 0"),
+            None,
+            "a core's line"
+        );
+        assert_eq!(parse_cpu_line("cpu 1 2 3"), None, "too short");
+        // This machine's own counters read, and a window's share is a percentage.
+        let w = StealWindow::start();
+        assert!(w.start.is_some());
+        let pct = w.percent();
+        assert!((0.0..=100.0).contains(&pct), "{pct}");
+    }
+
     use super::*;
 
     #[test]

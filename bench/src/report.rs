@@ -64,6 +64,9 @@ pub struct TargetReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sfu_datagrams_per_send: Option<f64>,
     pub generator_send_dropped: u64,
+    /// CPU time the hypervisor took from this VM during the measurement, % of all CPU time
+    /// (`/proc/stat` steal): above 5 % the run is flagged in `notes`.
+    pub cpu_steal_pct: f64,
     /// CPU of the server under test, % of one core (all its threads).
     pub server_cpu_pct: f64,
     /// Of that, each SFU worker thread's, % of one core (ours only).
@@ -107,6 +110,17 @@ pub struct IntervalReport {
     /// 0 when the server's process is not on this machine.
     pub server_rss_mib: f64,
     pub server_cpu_pct: f64,
+    /// CPU time stolen from this VM in the interval, % of all.
+    pub cpu_steal_pct: f64,
+}
+
+/// What the host says of an interval: the server's memory and CPU, and the VM's stolen CPU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostReading {
+    /// 0 when the server's process is not on this machine.
+    pub server_rss_bytes: u64,
+    pub server_cpu_pct: f64,
+    pub cpu_steal_pct: f64,
 }
 
 impl IntervalReport {
@@ -117,8 +131,7 @@ impl IntervalReport {
         at: std::time::Duration,
         length: std::time::Duration,
         fan_out: f64,
-        rss_bytes: u64,
-        server_cpu_pct: f64,
+        host: HostReading,
     ) -> Self {
         let secs = length.as_secs_f64().max(1e-3);
         let received = after.rx.packets.saturating_sub(before.rx.packets) as f64;
@@ -146,22 +159,24 @@ impl IntervalReport {
             },
             latency_p50_ms: latency_ms(&latency, 0.5),
             latency_p99_ms: latency_ms(&latency, 0.99),
-            server_rss_mib: rss_bytes as f64 / (1024.0 * 1024.0),
-            server_cpu_pct,
+            server_rss_mib: host.server_rss_bytes as f64 / (1024.0 * 1024.0),
+            server_cpu_pct: host.server_cpu_pct,
+            cpu_steal_pct: host.cpu_steal_pct,
         }
     }
 
     /// One line of a soak's progress.
     pub fn line(&self, target: &str) -> String {
         format!(
-            "[{target}] {:>6.0} s  out {:>8.0} pkt/s  delivery loss {:>6.3} %  latency p50 {:>6.2} ms p99 {:>6.2} ms  server RSS {:>7.1} MiB  CPU {:>5.1} %",
+            "[{target}] {:>6.0} s  out {:>8.0} pkt/s  delivery loss {:>6.3} %  latency p50 {:>6.2} ms p99 {:>6.2} ms  server RSS {:>7.1} MiB  CPU {:>5.1} %  steal {:>4.1} %",
             self.at_s,
             self.pps_out,
             self.delivery_loss_pct,
             self.latency_p50_ms,
             self.latency_p99_ms,
             self.server_rss_mib,
-            self.server_cpu_pct
+            self.server_cpu_pct,
+            self.cpu_steal_pct
         )
     }
 }
@@ -232,6 +247,10 @@ pub fn table(reports: &[TargetReport]) -> String {
         (
             "server CPU % (one core)",
             Box::new(|r| format!("{:.1}", r.server_cpu_pct)),
+        ),
+        (
+            "CPU stolen from the VM %",
+            Box::new(|r| format!("{:.1}", r.cpu_steal_pct)),
         ),
         (
             "of which each SFU worker %",

@@ -110,6 +110,8 @@ pub struct Companion {
     pid: u32,
     /// Set when this process started it (and reaps it); `None` for one found running.
     child: Option<Child>,
+    /// When this process started it.
+    started: Option<std::time::Instant>,
 }
 
 impl Companion {
@@ -122,12 +124,20 @@ impl Companion {
         exe: PathBuf,
         args: Vec<OsString>,
     ) -> Result<Self, CompanionError> {
-        if let Some((pid, cmdline)) = running(&files) {
+        if let Some(found) = running(&files) {
+            let pid = found.pid;
             let wanted = command_line(&exe, &args);
-            if cmdline[1..] != wanted[1..] {
+            if found.cmdline[1..] != wanted[1..] {
                 tracing::warn!(
                     pid,
-                    "the companion SFU node found running keeps the settings it was started with; stop it (kill {pid}) to start one with the new ones"
+                    "the companion SFU node found running keeps the settings it was started with; to apply the new ones stop it when no visit runs (kill -TERM {pid}: it finishes its visits first) and this service starts a new one"
+                );
+            }
+            if found.exe.as_deref() != Some(exe.as_path()) {
+                tracing::warn!(
+                    pid,
+                    running = ?found.exe,
+                    "the companion SFU node found running is another build of this program (it was upgraded): it goes on with the visits; to run the new build stop it when no visit runs (kill -TERM {pid}: it finishes its visits first) and this service starts a new one"
                 );
             }
             tracing::info!(pid, "companion SFU node found running: taking it over");
@@ -137,6 +147,7 @@ impl Companion {
                 args,
                 pid,
                 child: None,
+                started: None,
             });
         }
         let mut companion = Self {
@@ -145,6 +156,7 @@ impl Companion {
             args,
             pid: 0,
             child: None,
+            started: None,
         };
         companion.start()?;
         Ok(companion)
@@ -165,6 +177,7 @@ impl Companion {
             })?;
         self.pid = child.id();
         self.child = Some(child);
+        self.started = Some(std::time::Instant::now());
         if let Err(e) = crate::private_file::write(&self.files.pid, self.pid.to_string().as_bytes())
         {
             tracing::warn!(error = %e, path = %self.files.pid.display(), "writing the companion's pid file failed: a restart will start another");
@@ -181,7 +194,7 @@ impl Companion {
     fn alive(&mut self) -> bool {
         match &mut self.child {
             Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => running(&self.files).is_some_and(|(pid, _)| pid == self.pid),
+            None => running(&self.files).is_some_and(|found| found.pid == self.pid),
         }
     }
 
@@ -194,17 +207,27 @@ impl Companion {
         loop {
             tick.tick().await;
             if self.alive() {
-                backoff = Duration::from_secs(1);
                 continue;
             }
-            tracing::error!(
-                pid = self.pid,
-                "the companion SFU node ended: starting it again"
-            );
-            if let Err(e) = self.start() {
-                tracing::error!(error = %e, "starting the companion SFU node failed");
+            // One that ended soon after its start (a taken port, a bad setting) is not
+            // started again every second: the wait doubles, up to 30 s.
+            let early = self
+                .started
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+            if early {
+                tracing::error!(pid = self.pid, wait = ?backoff, "the companion SFU node ended soon after its start: starting it again after a wait");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
+            } else {
+                tracing::error!(
+                    pid = self.pid,
+                    "the companion SFU node ended: starting it again"
+                );
+                backoff = Duration::from_secs(1);
+            }
+            if let Err(e) = self.start() {
+                tracing::error!(error = %e, "starting the companion SFU node failed");
+                self.started = Some(std::time::Instant::now());
             }
         }
     }
@@ -217,15 +240,29 @@ fn command_line(exe: &Path, args: &[OsString]) -> Vec<OsString> {
     v
 }
 
-/// The pid and command line of the companion of `files`, if its pid file names a live
-/// `sfu-node` process linked with this directory's certificates (a reused pid is not it).
-fn running(files: &CompanionFiles) -> Option<(u32, Vec<OsString>)> {
+/// A companion found running.
+struct Found {
+    pid: u32,
+    cmdline: Vec<OsString>,
+    /// Its executable (`None` when it was replaced on disk since: an upgrade).
+    exe: Option<PathBuf>,
+}
+
+/// The companion of `files`, if its pid file names a live `sfu-node` process of this user
+/// linked with this directory's certificates (a reused pid, or another user's process made to
+/// look like one, is not it).
+fn running(files: &CompanionFiles) -> Option<Found> {
     use std::os::unix::ffi::OsStringExt;
+    use std::os::unix::fs::MetadataExt;
     let pid: u32 = std::fs::read_to_string(&files.pid)
         .ok()?
         .trim()
         .parse()
         .ok()?;
+    let owner = std::fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+    if owner != std::fs::metadata("/proc/self").ok()?.uid() {
+        return None;
+    }
     // A zombie's (or a gone process's) command line is empty.
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let cmdline: Vec<OsString> = raw
@@ -237,7 +274,10 @@ fn running(files: &CompanionFiles) -> Option<(u32, Vec<OsString>)> {
         && cmdline
             .iter()
             .any(|a| Path::new(a) == files.node_cert.as_path());
-    ours.then_some((pid, cmdline))
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"));
+    ours.then_some(Found { pid, cmdline, exe })
 }
 
 #[cfg(test)]

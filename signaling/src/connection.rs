@@ -281,9 +281,13 @@ pub async fn connection(
         &id,
         takeover_tx,
     );
-    state
-        .meetings
-        .key_issued(&id, &resume_key, &session.claims.sub, &session.claims.mtg);
+    state.meetings.key_issued(
+        &id,
+        &resume_key,
+        &session.claims.sub,
+        &session.claims.mtg,
+        state.sfu.node_of(&id),
+    );
     let msg =
         json!({"type": "resume_key", "key": resume_key, "window_secs": RESUME_WINDOW.as_secs()});
     if sink
@@ -460,10 +464,9 @@ async fn leave(state: &AppState, id: &ParticipantId, room: &MeetingRoom, explici
     if let Some(events) = left {
         let _ = audit_all(state, events).await;
     }
-    if explicit {
-        // Someone who left on purpose gets no place back (a dropped one keeps theirs).
-        state.meetings.changed(&room.id);
-    }
+    // Someone who left on purpose gets no place back (a dropped one keeps theirs), and
+    // either's media session is carried no longer.
+    state.meetings.changed(&room.id);
     tracing::info!(participant = %id, meeting = %room.id, "left");
 }
 

@@ -820,6 +820,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 &media_source(args.video_floor_kbps.is_some(), "--video-floor-kbps"),
             )?;
             anyhow::ensure!(
+                replicas.is_none(),
+                "companion SFU mode is for one signaling process on one host; replicas share \
+                 standalone SFU nodes (sfu.mode = \"remote\")"
+            );
+            anyhow::ensure!(
                 meeting_store_given,
                 "companion SFU mode keeps media through a restart only with a meeting store: set \
                  meetings.store (--meeting-store, SIGNALING_MEETING_STORE)"

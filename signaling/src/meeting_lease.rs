@@ -85,6 +85,9 @@ pub struct MeetingLeases {
     /// The meetings whose lease this replica holds, with when each was last needed (a join
     /// or an API call, or found in use at a renewal).
     held: Mutex<HashMap<String, Instant>>,
+    /// When Redis last confirmed each lease as this replica's (taken or renewed; the time
+    /// the request was sent, so the lease surely ran from no earlier).
+    confirmed: Mutex<HashMap<String, Instant>>,
     /// Set when the replica stops: it takes no lease any more.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -112,6 +115,7 @@ impl MeetingLeases {
             url: url.to_owned(),
             link,
             held: Mutex::new(HashMap::new()),
+            confirmed: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -132,6 +136,7 @@ impl MeetingLeases {
     /// one at a time (under `held`), so a lease is never let go under a join that needs it.
     pub fn owner(&self, meeting: &str) -> Result<Owner, LeaseError> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let asked = Instant::now();
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return Err(LeaseError {
                 store: redacted(&self.url),
@@ -152,9 +157,11 @@ impl MeetingLeases {
             .map_err(|e| self.error(e))?;
         if holder == self.value {
             let taken = held.insert(meeting.to_owned(), Instant::now()).is_none();
+            self.confirm(meeting, asked);
             Ok(Owner::Here { taken })
         } else {
             held.remove(meeting);
+            self.unconfirm(meeting);
             let url = holder.split('#').next().unwrap_or_default().to_owned();
             Ok(Owner::Elsewhere(url))
         }
@@ -166,6 +173,35 @@ impl MeetingLeases {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(meeting)
+    }
+
+    /// Whether `meeting`'s lease is this replica's for certain at `now`: held, and confirmed
+    /// by Redis less than a lease less a renewal period ago — so no other replica can have
+    /// taken it yet, even if this one has been cut off from Redis or stalled since. What it
+    /// writes of the meeting is guarded by this (a stale copy must not overwrite the new
+    /// owner's).
+    pub fn surely_holds(&self, meeting: &str, now: Instant) -> bool {
+        self.holds(meeting)
+            && self
+                .confirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(meeting)
+                .is_some_and(|at| now.saturating_duration_since(*at) < LEASE - RENEW_EVERY)
+    }
+
+    fn confirm(&self, meeting: &str, at: Instant) {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(meeting.to_owned(), at);
+    }
+
+    fn unconfirm(&self, meeting: &str) {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(meeting);
     }
 
     /// The meetings whose lease this replica holds.
@@ -205,6 +241,7 @@ impl MeetingLeases {
         if meetings.is_empty() {
             return Ok(Vec::new());
         }
+        let asked = Instant::now();
         let renewed: Vec<i64> = self
             .link
             .call(|con| {
@@ -221,15 +258,18 @@ impl MeetingLeases {
                 pipe.query(con)
             })
             .map_err(|e| self.error(e))?;
-        let lost: Vec<String> = meetings
-            .iter()
-            .zip(renewed)
-            .filter(|(_, r)| *r == 0)
-            .map(|(m, _)| m.clone())
-            .collect();
+        let mut lost = Vec::new();
+        for (m, r) in meetings.iter().zip(renewed) {
+            if r == 0 {
+                lost.push(m.clone());
+            } else {
+                self.confirm(m, asked);
+            }
+        }
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         for m in &lost {
             held.remove(m);
+            self.unconfirm(m);
         }
         Ok(lost)
     }
@@ -240,6 +280,10 @@ impl MeetingLeases {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             self.stopping
                 .store(true, std::sync::atomic::Ordering::Release);
+            self.confirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             held.drain().map(|(m, _)| m).collect()
         };
         for m in meetings {
@@ -266,6 +310,7 @@ impl MeetingLeases {
             _ => return Ok(()),
         }
         held.remove(meeting);
+        self.unconfirm(meeting);
         self.link
             .call(|con| {
                 redis::cmd("EVAL")

@@ -1408,6 +1408,11 @@ impl RoomState {
         list
     }
 
+    /// Everyone in the meeting here (connected, or parked for a resume).
+    pub fn member_ids(&self) -> impl Iterator<Item = &ParticipantId> {
+        self.members.keys()
+    }
+
     /// The members the SFU runs a media session for: (participant, session, connected).
     pub fn media_sessions(&self) -> impl Iterator<Item = (&ParticipantId, u32, bool)> {
         self.members

@@ -80,6 +80,10 @@ pub struct Meetings {
     /// 10 s — so that after a crash of this process, as after a stop, a client back with its
     /// key keeps the media session its node kept running.
     resume_keys: Mutex<HashMap<ParticipantId, ResumeKey>>,
+    /// Set once the service has handed its meetings over (it is stopping): nothing is written
+    /// after that write, so the connections closing behind it — whose sessions it carries —
+    /// cannot take them out of the store again.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 /// A participant's resume key as the store carries it.
@@ -121,6 +125,7 @@ impl Meetings {
             leases: std::sync::OnceLock::new(),
             taking_over: Mutex::new(()),
             resume_keys: Mutex::default(),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -130,10 +135,16 @@ impl Meetings {
         let _ = self.leases.set(leases);
     }
 
-    /// Whether this process runs `id` (always, unless replicas share the store and another
-    /// one holds its lease).
-    fn runs(&self, id: &str) -> bool {
-        self.leases.get().is_none_or(|l| l.holds(id))
+    /// Whether this process may write meeting `id` to the store now: it runs it and — with
+    /// replicas — its lease was confirmed recently enough that no other replica can have
+    /// taken it meanwhile (a replica cut off from Redis, or stalled, stops writing before its
+    /// lease could run out); and it has not handed its meetings over.
+    fn writes(&self, id: &str) -> bool {
+        !self.handed_over.load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .leases
+                .get()
+                .is_none_or(|l| l.surely_holds(id, std::time::Instant::now()))
     }
 
     /// This replica has just taken `id`'s lease: what it knew of the meeting from before may
@@ -208,6 +219,18 @@ impl Meetings {
         if let Some(room) = self.get(id) {
             tracing::warn!(meeting = %id, "another replica took the meeting over: its clients here connect again");
             self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
+            // Their media sessions are the new owner's now (it adopts what the store carried):
+            // the connections closing here leave nothing behind on the nodes — no removal.
+            let members: Vec<ParticipantId> = room.lock().member_ids().cloned().collect();
+            let mut by = self
+                .by_participant
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for id in members {
+                if by.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                    by.remove(&id);
+                }
+            }
         }
     }
 
@@ -980,7 +1003,14 @@ impl Meetings {
     /// Connection `id` (of `sub`, with a token for `mtg`) holds resume key `key` now: its
     /// media session is carried under it from its meeting's next write — at once when it
     /// has one (a resumed connection's key replaces the one its client no longer holds).
-    pub fn key_issued(self: &Arc<Self>, id: &ParticipantId, key: &str, sub: &str, mtg: &str) {
+    pub fn key_issued(
+        self: &Arc<Self>,
+        id: &ParticipantId,
+        key: &str,
+        sub: &str,
+        mtg: &str,
+        node: Option<String>,
+    ) {
         let previous = self
             .resume_keys
             .lock()
@@ -991,10 +1021,14 @@ impl Meetings {
                     digest: key_digest(key),
                     sub: sub.to_owned(),
                     mtg: mtg.to_owned(),
-                    node: None,
+                    // Where its session runs now (a resumed or carried one: no `Connected`
+                    // comes again), else where it ran.
+                    node: node.clone(),
                 },
             );
-        if let Some(node) = previous.and_then(|p| p.node) {
+        if node.is_none()
+            && let Some(node) = previous.and_then(|p| p.node)
+        {
             self.on_node(id, Some(node));
         }
         if let Some(room) = self.room_of(id)
@@ -1062,6 +1096,8 @@ impl Meetings {
             }
         }
         self.persist();
+        self.handed_over
+            .store(true, std::sync::atomic::Ordering::Release);
         sfu.hold();
         // Replicas: the meetings are another replica's to take at once (their clients come
         // back through it), not after the leases ran out; this one takes none any more.
@@ -1080,6 +1116,10 @@ impl Meetings {
         let Some(store) = &self.store else {
             return;
         };
+        // After the hand-over nothing is written (a file written now would hold none of it).
+        if self.handed_over.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
         // Who is admitted goes with each record: a restart — planned or not — lets them back
         // in past the waiting room within their grace.
@@ -1087,8 +1127,8 @@ impl Meetings {
         let records: Vec<MeetingRecord> = self
             .list()
             .iter()
-            .filter(|r| self.runs(&r.id))
-            .filter_map(|r| self.stored_record(r, now))
+            .filter(|r| self.writes(&r.id))
+            .filter_map(|r| self.stored_record(r, now, store.is_shared()))
             .collect();
         self.save(store, &records, now);
     }
@@ -1147,20 +1187,27 @@ impl Meetings {
         let Some(store) = &self.store else {
             return;
         };
-        if !self.runs(&room.id) {
+        if !self.writes(&room.id) {
             return;
         }
         let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
         let now = Timestamp::now();
-        if let Some(record) = self.stored_record(room, now) {
+        if let Some(record) = self.stored_record(room, now, store.is_shared()) {
             self.save(store, &[record], now);
         }
     }
 
     /// What the store keeps of `room`: its record with who is admitted and who waits where
     /// (the parts that live in memory while it runs); `None` for an unbooked meeting with
-    /// nothing to remember.
-    fn stored_record(&self, room: &MeetingRoom, now: Timestamp) -> Option<MeetingRecord> {
+    /// nothing to remember — unless `overwrite` (a shared store, whose key outlives this
+    /// process's copy): then the record is written all the same, so the admissions and
+    /// carried sessions written before are gone from it too.
+    fn stored_record(
+        &self,
+        room: &MeetingRoom,
+        now: Timestamp,
+        overwrite: bool,
+    ) -> Option<MeetingRecord> {
         let s = room.lock();
         let mut record = s.record.clone();
         record.readmit = s.readmissions(now, self.policy.reconnect_grace);
@@ -1171,7 +1218,7 @@ impl Meetings {
             || !record.readmit.is_empty()
             || !record.carried.is_empty()
             || !record.queue.is_empty();
-        worth_keeping.then_some(record)
+        (worth_keeping || overwrite).then_some(record)
     }
 
     fn save(&self, store: &MeetingStore, records: &[MeetingRecord], now: Timestamp) {

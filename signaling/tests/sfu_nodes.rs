@@ -487,7 +487,13 @@ fn assert_admission_kept(
 async fn a_signaling_restart_loses_no_media_on_a_node() {
     let mut cluster = Cluster::start(&["sfu-a"]);
     let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
-    restart_loses_no_media(&mut cluster.server, &metrics_a, "visit-r", Stop::Terminate).await;
+    restart_loses_no_media(
+        &mut cluster.server,
+        &metrics_a,
+        "visit-r",
+        &[Stop::Terminate],
+    )
+    .await;
 }
 
 /// Killed (a crash, an OOM kill): no hand-over runs, but the store already carries each
@@ -496,7 +502,7 @@ async fn a_signaling_restart_loses_no_media_on_a_node() {
 async fn a_signaling_crash_loses_no_media_on_a_node() {
     let mut cluster = Cluster::start(&["sfu-a"]);
     let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
-    restart_loses_no_media(&mut cluster.server, &metrics_a, "visit-r", Stop::Kill).await;
+    restart_loses_no_media(&mut cluster.server, &metrics_a, "visit-r", &[Stop::Kill]).await;
 }
 
 /// The companion node's pid, from its pid file.
@@ -556,13 +562,15 @@ async fn a_single_node_restart_or_crash_loses_no_media_with_the_companion_node()
     })
     .await;
     let pid = companion_pid(&companion_dir);
-    restart_loses_no_media(&mut server, &metrics, "visit-c1", Stop::Terminate).await;
-    // That visit's clients are gone: its participants leave once their resume window ends.
-    until("the first visit's sessions ended", 45, async || {
-        node_participants(&metrics).await == Some(0)
-    })
+    // A restart, then a crash, of the same visit: the sessions kept through the first are
+    // carried through the second.
+    restart_loses_no_media(
+        &mut server,
+        &metrics,
+        "visit-c",
+        &[Stop::Terminate, Stop::Kill],
+    )
     .await;
-    restart_loses_no_media(&mut server, &metrics, "visit-c2", Stop::Kill).await;
     assert_eq!(
         companion_pid(&companion_dir),
         pid,
@@ -591,13 +599,14 @@ enum Stop {
     Kill,
 }
 
-/// A visit on `server` with its media on the node whose metrics are at `metrics_a`: `stop`
-/// and start the service again; the clients come back with their keys and keep their media.
+/// A visit on `server` with its media on the node whose metrics are at `metrics_a`: each of
+/// `stops` stops the service and starts it again; each time the clients come back with their
+/// latest keys and keep their media (a second stop carries the sessions kept at the first).
 async fn restart_loses_no_media(
     server: &mut support::Server,
     metrics_a: &str,
     meeting: &str,
-    stop: Stop,
+    stops: &[Stop],
 ) {
     use serde_json::json;
     use std::sync::Arc;
@@ -616,74 +625,70 @@ async fn restart_loses_no_media(
     let patient_media = Arc::new(support::media::MediaPeer::new("patient").await);
     doctor.start_media(&doctor_media).await;
     patient.start_media(&patient_media).await;
-    let doctor_events = doctor.negotiate_in_background(&doctor_media);
-    let patient_events = patient.negotiate_in_background(&patient_media);
+    let mut events = vec![
+        doctor.negotiate_in_background(&doctor_media),
+        patient.negotiate_in_background(&patient_media),
+    ];
     let _sending = send_frames([doctor_media.clone(), patient_media.clone()]);
     until("media both ways through node a", 15, async || {
         doctor_media.video_frames().len() > 30 && patient_media.video_frames().len() > 30
     })
     .await;
 
-    // The restart.
-    let stopped = Instant::now();
-    if stop == Stop::Terminate {
-        let (status, took) = server.terminate();
-        assert!(status.success(), "signaling exited with {status}");
-        eprintln!("signaling stopped in {took:?}");
-    }
-    server.restart(); // (kills it first, if it still runs)
-    let server = &*server;
-    until("node a linked again", 20, async || {
-        get(&server.http_base, "/readyz").await.0 == 200
-    })
-    .await;
+    let mut keys = (doctor_key, patient_key);
+    for &stop in stops {
+        let stopped = Instant::now();
+        if stop == Stop::Terminate {
+            let (status, took) = server.terminate();
+            assert!(status.success(), "signaling exited with {status}");
+            eprintln!("signaling stopped in {took:?}");
+        }
+        server.restart(); // (kills it first, if it still runs)
+        until("node a linked again", 20, async || {
+            get(&server.http_base, "/readyz").await.0 == 200
+        })
+        .await;
 
-    // Both come back with their keys: the same participants, media kept, admission kept.
-    let (mut doctor2, welcome, _) =
-        joined(server, &doctor_token, &format!("&resume={doctor_key}")).await;
-    assert_eq!(welcome["participant"], doctor_welcome["participant"]);
-    assert_eq!(welcome["media"], "kept", "{welcome}");
-    let (patient2, welcome, _) =
-        joined(server, &patient_token, &format!("&resume={patient_key}")).await;
-    assert_eq!(welcome["participant"], patient_welcome["participant"]);
-    assert_eq!(welcome["state"], "admitted", "admission kept: {welcome}");
-    assert_eq!(welcome["media"], "kept", "{welcome}");
-    let back = Instant::now();
-    eprintln!("clients back {:?} after the {stop:?}", back - stopped);
-    // The clinician still manages the visit: a chat reaches the patient.
-    let doctor2_chat = json!({"type": "chat", "text": "hör du mig?"});
-    doctor2.send(doctor2_chat).await;
-    let patient2_events = patient2.negotiate_in_background(&patient_media);
-    let doctor2_events = doctor2.negotiate_in_background(&doctor_media);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let end = Instant::now();
-    let gaps = (
-        longest_gap(&doctor_media.video_frames(), stopped, end),
-        longest_gap(&patient_media.video_frames(), stopped, end),
-    );
-    eprintln!(
-        "longest media gap across the restart ({stop:?}): clinician {:?}, patient {:?}",
-        gaps.0, gaps.1
-    );
-    assert!(
-        gaps.0 < Duration::from_millis(500) && gaps.1 < Duration::from_millis(500),
-        "media flowed on through the restart (longest gaps {gaps:?})"
-    );
-    assert_eq!(
-        node_participants(metrics_a).await,
-        Some(2),
-        "the node runs the same two sessions, no new ones"
-    );
+        // Both come back with their keys: the same participants, media kept, admission kept.
+        let (mut doctor2, welcome, doctor_key) =
+            joined(server, &doctor_token, &format!("&resume={}", keys.0)).await;
+        assert_eq!(welcome["participant"], doctor_welcome["participant"]);
+        assert_eq!(welcome["media"], "kept", "{stop:?}: {welcome}");
+        let (patient2, welcome, patient_key) =
+            joined(server, &patient_token, &format!("&resume={}", keys.1)).await;
+        assert_eq!(welcome["participant"], patient_welcome["participant"]);
+        assert_eq!(welcome["state"], "admitted", "admission kept: {welcome}");
+        assert_eq!(welcome["media"], "kept", "{stop:?}: {welcome}");
+        keys = (doctor_key, patient_key);
+        eprintln!("clients back {:?} after the {stop:?}", stopped.elapsed());
+        // The clinician still manages the visit: a chat reaches the patient.
+        doctor2
+            .send(json!({"type": "chat", "text": "hör du mig?"}))
+            .await;
+        events.push(patient2.negotiate_in_background(&patient_media));
+        events.push(doctor2.negotiate_in_background(&doctor_media));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let end = Instant::now();
+        let gaps = (
+            longest_gap(&doctor_media.video_frames(), stopped, end),
+            longest_gap(&patient_media.video_frames(), stopped, end),
+        );
+        eprintln!(
+            "longest media gap across the restart ({stop:?}): clinician {:?}, patient {:?}",
+            gaps.0, gaps.1
+        );
+        assert!(
+            gaps.0 < Duration::from_millis(500) && gaps.1 < Duration::from_millis(500),
+            "media flowed on through the restart (longest gaps {gaps:?})"
+        );
+        assert_eq!(
+            node_participants(metrics_a).await,
+            Some(2),
+            "the node runs the same two sessions, no new ones"
+        );
+    }
     // Nobody was told their media ended, sent to the lobby or refused.
-    support::assert_undisturbed(
-        vec![
-            doctor_events,
-            patient_events,
-            patient2_events,
-            doctor2_events,
-        ],
-        "hör du mig?",
-    );
+    support::assert_undisturbed(events, "hör du mig?");
 }
 
 /// A signaling killed while a visit's media ran: the node keeps the sessions the store

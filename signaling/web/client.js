@@ -435,8 +435,12 @@ if (navigator.connection && navigator.connection.addEventListener) {
 // may be dead while the browser still shows it open. No `pong` in time: a new connection
 // resumes this participant (the server hands it over from the old one). In time means 4 round
 // trips + 0.3 s as this socket's pings measured them (0.7–3 s; 1 s before the first): a fast
-// link finds out sooner, a slow one is not given up on for being slow.
+// link finds out sooner, a slow one is not given up on for being slow. The round trip is the
+// least of the last four samples: a sample is only ever made longer (a busy page or server
+// answers late), never shorter, and a link that really got slower raises all four within a
+// minute.
 let pongTimer = null;
+const rttSamples = [];
 let pingSentAt = 0;
 let pingOut = false;
 function pongWait() {
@@ -471,8 +475,9 @@ function onPong() {
   pongTimer = null;
   if (!pingOut) return;
   pingOut = false;
-  const rtt = performance.now() - pingSentAt;
-  state.socketRtt = state.socketRtt === null ? Math.round(rtt) : Math.round(0.75 * state.socketRtt + 0.25 * rtt);
+  rttSamples.push(Math.round(performance.now() - pingSentAt));
+  if (rttSamples.length > 4) rttSamples.shift();
+  state.socketRtt = Math.min(...rttSamples);
 }
 // A ping every 15 s keeps the round trip known.
 setInterval(() => { if (state.view === "meeting" || state.view === "waiting") measureSocket(); }, 15000);
@@ -816,6 +821,7 @@ async function handle(msg) {
     case "welcome":
       pingOut = false; // a ping of an earlier socket is answered by nobody
       measureSocket(); // the first measure of this socket's round trip
+      setTimeout(measureSocket, 3000); // and one once the page has settled
       state.participant = msg.participant;
       state.role = msg.role;
       state.kind = msg.kind;
