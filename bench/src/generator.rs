@@ -79,6 +79,8 @@ enum Link {
     Udp(Box<UdpBatch>),
     /// ICE-TCP: RFC 4571 frames on one TCP connection to the SFU.
     Tcp(TcpLink),
+    /// A participant that left: its socket or connection is closed.
+    Closed,
 }
 
 struct Client {
@@ -99,6 +101,10 @@ struct Client {
     /// it next reports reception (as browsers do, about once a second).
     shaper: Option<ShapedDownlink>,
     next_receiver_report: Option<Instant>,
+    /// Counted in the reports (a churn visit's participants are not: they come and go).
+    measured: bool,
+    /// Left: sends, receives and ticks no more.
+    retired: bool,
 }
 
 /// How a WebRTC participant meets its server.
@@ -136,6 +142,8 @@ impl Client {
             counter: 0,
             shaper: None,
             next_receiver_report: None,
+            measured: true,
+            retired: false,
         }
     }
 }
@@ -151,7 +159,13 @@ pub enum ToMedia {
         /// Over ICE-TCP instead of UDP.
         tcp: bool,
         join_started: Instant,
+        /// Counted in the reports (false: a churn visit's participant).
+        measured: bool,
         reply: oneshot::Sender<(usize, String)>,
+    },
+    /// Participant `client` left: its socket closes, it sends and counts nothing more.
+    Retire {
+        client: usize,
     },
     /// The SFU's answer to a participant's offer.
     Answer {
@@ -313,6 +327,7 @@ impl Generator {
                 role,
                 tcp,
                 join_started,
+                measured,
                 reply,
             } => {
                 let (idx, link, addr) = if tcp {
@@ -354,15 +369,31 @@ impl Generator {
                 }
                 let offer = peer.offer();
                 let media = self.media(publish, idx);
-                self.clients.push(Client::new(
+                let mut client = Client::new(
                     link,
                     Transport::WebRtc(Box::new(peer)),
                     publish,
                     media,
                     sampled,
                     join_started,
-                ));
+                );
+                client.measured = measured;
+                self.clients.push(client);
                 let _ = reply.send((idx, offer));
+            }
+            ToMedia::Retire { client } => {
+                if let Some(c) = self.clients.get_mut(client) {
+                    if let Link::Udp(socket) = &c.link {
+                        let _ = self
+                            .poll
+                            .registry()
+                            .deregister(&mut SourceFd(&socket.as_raw_fd()));
+                    }
+                    c.link = Link::Closed;
+                    c.media = None;
+                    c.shaper = None;
+                    c.retired = true;
+                }
             }
             ToMedia::Answer { client, sdp } => {
                 if let Some(Client {
@@ -460,7 +491,7 @@ impl Generator {
             failed: self.failed,
             ..Default::default()
         };
-        for c in &self.clients {
+        for c in self.clients.iter().filter(|c| c.measured) {
             r.rx.add(&c.rx);
             r.sent_packets += c.sent_packets;
             r.sent_forwarded += c.sent_forwarded;
@@ -494,7 +525,7 @@ impl Generator {
 
     /// Drains a readable socket.
     fn receive(&mut self, idx: usize, now: Instant) {
-        let Some(c) = self.clients.get_mut(idx) else {
+        let Some(c) = self.clients.get_mut(idx).filter(|c| !c.retired) else {
             return;
         };
         let Client {
@@ -565,6 +596,7 @@ impl Generator {
                 tcp.write();
                 tcp.read(|from, buf| on_packet(from, buf, now_ns()));
             }
+            Link::Closed => {}
         }
         // A PLI asks the named layer's encoder for a keyframe, as a browser's would.
         if let Client {
@@ -589,6 +621,9 @@ impl Generator {
     fn tick(&mut self, idx: usize, now: Instant) {
         let profile_audio = self.profile.audio;
         let c = &mut self.clients[idx];
+        if c.retired {
+            return;
+        }
         if let (Some(shaper), Transport::WebRtc(peer)) = (c.shaper.as_mut(), &mut c.transport) {
             while let Some((from, bytes, at)) = shaper.deliver(now) {
                 // Arrival on the generator's (real-time) clock: when the link let it through.
@@ -682,6 +717,10 @@ impl Generator {
         let Some(c) = self.clients.get_mut(idx) else {
             return;
         };
+        if c.retired {
+            self.batch.clear();
+            return;
+        }
         if let Transport::WebRtc(peer) = &mut c.transport {
             while let Some((dest, data)) = peer.poll_transmit() {
                 self.batch.push(dest, &data);
@@ -712,6 +751,7 @@ impl Generator {
                 }
                 tcp.write();
             }
+            Link::Closed => {}
         }
         self.batch.clear();
     }

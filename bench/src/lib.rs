@@ -2,6 +2,7 @@
 //! and SRTP on batched UDP), scenario presets, a raw UDP relay as the machine's ceiling, and
 //! the measurements and reports that size a region's deployment.
 
+pub mod churn_visits;
 pub mod deployment;
 pub mod generator;
 pub mod janus_target;

@@ -1,6 +1,7 @@
 //! One measured run of a scenario against one target: start the target pinned to its core,
 //! join every participant, let media settle, measure a window, stop everything.
 
+use crate::churn_visits::ChurnVisits;
 use crate::deployment::Deployment;
 use crate::generator::{Generator, GeneratorReport, PeerRole, ToMedia};
 use crate::janus_target::{self, JanusSession};
@@ -77,6 +78,8 @@ pub struct RunOptions {
     pub server_pid: Option<u32>,
     /// Report delivery, latency and the server's memory every this long (a soak).
     pub soak_interval: Option<Duration>,
+    /// Visits that come and go through the measurement (a deployment's only).
+    pub churn: Option<crate::churn_visits::ChurnOptions>,
     /// Shape every receiver's downlink through this schedule, with a drop-tail queue this
     /// long, for the measurement (which then lasts the schedule).
     pub downlink: Option<(crate::shaped_downlink::LinkSchedule, Duration)>,
@@ -206,24 +209,27 @@ async fn generator_report(to_media: &Sender<ToMedia>) -> anyhow::Result<Generato
 
 /// One participant's signaling: join, offer, answer the SFU's offers, leave when told.
 /// Who joins, where, and how.
-struct Joining {
+pub(crate) struct Joining {
     /// The WebSocket address with the token.
-    url: String,
-    name: String,
-    publish: bool,
+    pub(crate) url: String,
+    pub(crate) name: String,
+    pub(crate) publish: bool,
     /// Decrypts everything it receives (for latency).
-    sampled: bool,
+    pub(crate) sampled: bool,
     /// Over ICE-TCP.
-    tcp: bool,
+    pub(crate) tcp: bool,
     /// For wss: what to trust.
-    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Counted in the report (false: a churn visit's).
+    pub(crate) measured: bool,
 }
 
-async fn participant(
+/// Returns the generator's index of its media participant, once it has one.
+pub(crate) async fn participant(
     joining: Joining,
     to_media: Sender<ToMedia>,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<usize>> {
     let Joining {
         url,
         name,
@@ -231,6 +237,7 @@ async fn participant(
         sampled,
         tcp,
         tls,
+        measured,
     } = joining;
     let join_started = Instant::now();
     let connector = tls.map(tokio_tungstenite::Connector::Rustls);
@@ -250,7 +257,7 @@ async fn participant(
                 match v["type"].as_str() {
                     Some("welcome") if client.is_none() => {
                         let (tx, rx) = oneshot::channel();
-                        to_media.send(ToMedia::AddWebRtc { name: name.clone(), publish, sampled, role: PeerRole::Offerer, tcp, join_started, reply: tx })?;
+                        to_media.send(ToMedia::AddWebRtc { name: name.clone(), publish, sampled, role: PeerRole::Offerer, tcp, join_started, measured, reply: tx })?;
                         let (idx, offer) = rx.await?;
                         client = Some(idx);
                         sink.send(Message::Text(json!({"type": "offer", "sdp": offer}).to_string().into())).await?;
@@ -278,7 +285,7 @@ async fn participant(
             }
         }
     }
-    Ok(())
+    Ok(client)
 }
 
 /// Starts `program args` pinned to `core`, its output discarded.
@@ -340,6 +347,7 @@ async fn janus_join(
             role: PeerRole::JanusPublisher,
             tcp: false,
             join_started,
+            measured: true,
             reply: tx,
         })?;
         let (client, offer) = rx.await?;
@@ -415,6 +423,7 @@ async fn janus_join(
             role: PeerRole::JanusSubscriber,
             tcp: false,
             join_started,
+            measured: true,
             reply: tx,
         })?;
         let (client, _) = rx.await?;
@@ -594,6 +603,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                         sampled,
                         tcp: target == TargetKind::OursTcp,
                         tls: deployment_tls.clone(),
+                        measured: true,
                     },
                     to_media.clone(),
                     stop_rx.clone(),
@@ -623,6 +633,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                         sampled,
                         tcp: target == TargetKind::OursTcp,
                         tls: None,
+                        measured: true,
                     },
                     to_media.clone(),
                     stop_rx.clone(),
@@ -691,6 +702,17 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     let own_pid = std::process::id();
     let gen_cpu_before = thread_cpu_time(own_pid, "generator").unwrap_or_default();
     let t0 = Instant::now();
+    let mut churn = match (opts.churn, &opts.deployment) {
+        (Some(c), Some(d)) => Some(ChurnVisits::new(
+            c,
+            d.clone(),
+            &format!("bench-{:08x}", rand::random::<u32>()),
+            to_media.clone(),
+            t0,
+        )?),
+        (Some(_), None) => anyhow::bail!("--churn-every needs a deployment (--url)"),
+        _ => None,
+    };
     let mut last_print = t0;
     let mut intervals = Vec::new();
     let mut soak = match opts.soak_interval {
@@ -705,11 +727,14 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     };
     while t0.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(c) = &mut churn {
+            c.step(Instant::now()).await;
+        }
         if let Some((every, since, before, cpu, stolen)) = &mut soak
             && since.elapsed() >= *every
         {
             let now = generator_report(&to_media).await?;
-            let row = IntervalReport::between(
+            let mut row = IntervalReport::between(
                 before,
                 &now,
                 t0.elapsed(),
@@ -721,6 +746,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     cpu_steal_pct: stolen.percent(),
                 },
             );
+            row.churn_visits_ended = churn.as_ref().map(|c| c.ended);
             eprintln!("{}", row.line(target.name()));
             intervals.push(row);
             *since = Instant::now();
@@ -744,6 +770,18 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         }
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    if let Some(c) = &mut churn {
+        c.finish().await;
+        notes.push(format!(
+            "churn: {} visits came and went ({} failures{})",
+            c.ended,
+            c.failed,
+            c.first_error
+                .as_deref()
+                .map(|e| format!("; first: {e}"))
+                .unwrap_or_default()
+        ));
+    }
     if opts.progress {
         eprintln!();
     }

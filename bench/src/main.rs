@@ -208,6 +208,14 @@ struct DeploymentArgs {
     /// the measurement (give a long --duration), so drift shows.
     #[arg(long, env = "BENCH_SOAK_INTERVAL")]
     soak_interval: Option<f64>,
+    /// Churn (with --url): start a short 1:1 visit this often, seconds, through the whole
+    /// measurement — booked, joined, media both ways, left and cancelled — so a soak shows
+    /// what joins and leaves leave behind. Its media is not counted in the report.
+    #[arg(long, env = "BENCH_CHURN_EVERY")]
+    churn_every: Option<f64>,
+    /// How long each churn visit lasts, seconds.
+    #[arg(long, env = "BENCH_CHURN_VISIT_SECS", default_value_t = 30.0)]
+    churn_visit_secs: f64,
 }
 
 impl DeploymentArgs {
@@ -240,6 +248,16 @@ impl DeploymentArgs {
         opts.soak_interval = self
             .soak_interval
             .map(|s| Duration::from_secs_f64(s.max(1.0)));
+        if let Some(every) = self.churn_every {
+            anyhow::ensure!(
+                opts.deployment.is_some(),
+                "--churn-every needs a deployment (--url): its visits are booked through the meetings API"
+            );
+            opts.churn = Some(bench::churn_visits::ChurnOptions {
+                every: Duration::from_secs_f64(every.max(1.0)),
+                visit: Duration::from_secs_f64(self.churn_visit_secs.max(1.0)),
+            });
+        }
         Ok(())
     }
 }
@@ -274,6 +292,7 @@ impl LoadArgs {
             deployment: None,
             server_pid: None,
             soak_interval: None,
+            churn: None,
             downlink: self
                 .downlink
                 .clone()

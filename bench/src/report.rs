@@ -112,6 +112,9 @@ pub struct IntervalReport {
     pub server_cpu_pct: f64,
     /// CPU time stolen from this VM in the interval, % of all.
     pub cpu_steal_pct: f64,
+    /// With churn (`--churn-every`): the churn visits that had come and gone by its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn_visits_ended: Option<u64>,
 }
 
 /// What the host says of an interval: the server's memory and CPU, and the VM's stolen CPU.
@@ -162,6 +165,7 @@ impl IntervalReport {
             server_rss_mib: host.server_rss_bytes as f64 / (1024.0 * 1024.0),
             server_cpu_pct: host.server_cpu_pct,
             cpu_steal_pct: host.cpu_steal_pct,
+            churn_visits_ended: None,
         }
     }
 
@@ -177,7 +181,10 @@ impl IntervalReport {
             self.server_rss_mib,
             self.server_cpu_pct,
             self.cpu_steal_pct
-        )
+        ) + &self
+            .churn_visits_ended
+            .map(|n| format!("  churned {n}"))
+            .unwrap_or_default()
     }
 }
 

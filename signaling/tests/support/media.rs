@@ -414,6 +414,30 @@ impl Drop for AbortOnDrop {
 }
 
 /// The longest time without a received frame between `from` and `to`.
+/// Waits 3 s, then asserts that video kept arriving at both the clinician's and the patient's
+/// peers from `since` on (no gap of 500 ms or more) across `what`; prints the longest gaps.
+pub async fn assert_media_flowed(
+    clinician: &MediaPeer,
+    patient: &MediaPeer,
+    since: Instant,
+    what: &str,
+) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let end = Instant::now();
+    let gaps = (
+        longest_gap(&clinician.video_frames(), since, end),
+        longest_gap(&patient.video_frames(), since, end),
+    );
+    eprintln!(
+        "longest media gap across {what}: clinician {:?}, patient {:?}",
+        gaps.0, gaps.1
+    );
+    assert!(
+        gaps.0 < Duration::from_millis(500) && gaps.1 < Duration::from_millis(500),
+        "media flowed on through {what} (longest gaps {gaps:?})"
+    );
+}
+
 pub fn longest_gap(frames: &[Instant], from: Instant, to: Instant) -> Duration {
     let mut last = from;
     let mut gap = Duration::ZERO;
