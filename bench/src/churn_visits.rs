@@ -145,20 +145,26 @@ impl ChurnVisits {
     async fn end(&mut self, visit: Visit) {
         let _ = visit.stop.send(true);
         let mut ok = true;
-        for handle in visit.participants {
-            match tokio::time::timeout(Duration::from_secs(5), handle).await {
-                Ok(Ok(Ok(client))) => {
-                    if let Some(client) = client {
-                        let _ = self.to_media.send(ToMedia::Retire { client });
-                    }
-                }
+        // Each retires its own media participant as it ends (an unmeasured one does).
+        for mut handle in visit.participants {
+            match tokio::time::timeout(Duration::from_secs(5), &mut handle).await {
+                Ok(Ok(Ok(_))) => {}
                 Ok(Ok(Err(e))) => {
                     ok = false;
                     self.failure(e.context("a churn participant"));
                 }
-                _ => {
+                Ok(Err(e)) => {
                     ok = false;
-                    self.failure(anyhow::anyhow!("a churn participant did not leave"));
+                    self.failure(anyhow::anyhow!("a churn participant's task: {e}"));
+                }
+                Err(_) => {
+                    // Its socket closes with the task; its media participant stays until
+                    // the run ends (the generator is told nothing of an aborted task).
+                    handle.abort();
+                    ok = false;
+                    self.failure(anyhow::anyhow!(
+                        "a churn participant did not leave within 5 s"
+                    ));
                 }
             }
         }

@@ -224,12 +224,30 @@ pub(crate) struct Joining {
     pub(crate) measured: bool,
 }
 
-/// Returns the generator's index of its media participant, once it has one.
+/// Returns the generator's index of its media participant, once it has one. An unmeasured
+/// (churn) participant's media stops whenever it ends: on leaving, and on an error too.
 pub(crate) async fn participant(
     joining: Joining,
     to_media: Sender<ToMedia>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<usize>> {
+    let measured = joining.measured;
+    let mut client = None;
+    let signalled = signal(joining, &to_media, stop, &mut client).await;
+    if !measured && let Some(c) = client {
+        let _ = to_media.send(ToMedia::Retire { client: c });
+    }
+    signalled.map(|()| client)
+}
+
+/// The participant's WebSocket: join, offer, answer, leave when told; `client` is set once
+/// the generator has its media participant.
+async fn signal(
+    joining: Joining,
+    to_media: &Sender<ToMedia>,
+    mut stop: watch::Receiver<bool>,
+    client: &mut Option<usize>,
+) -> anyhow::Result<()> {
     let Joining {
         url,
         name,
@@ -244,7 +262,6 @@ pub(crate) async fn participant(
     let (ws, _) =
         tokio_tungstenite::connect_async_tls_with_config(&url, None, false, connector).await?;
     let (mut sink, mut stream) = ws.split();
-    let mut client = None;
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -259,16 +276,16 @@ pub(crate) async fn participant(
                         let (tx, rx) = oneshot::channel();
                         to_media.send(ToMedia::AddWebRtc { name: name.clone(), publish, sampled, role: PeerRole::Offerer, tcp, join_started, measured, reply: tx })?;
                         let (idx, offer) = rx.await?;
-                        client = Some(idx);
+                        *client = Some(idx);
                         sink.send(Message::Text(json!({"type": "offer", "sdp": offer}).to_string().into())).await?;
                     }
                     Some("answer") => {
-                        if let (Some(c), Some(sdp)) = (client, v["sdp"].as_str()) {
+                        if let (Some(c), Some(sdp)) = (*client, v["sdp"].as_str()) {
                             to_media.send(ToMedia::Answer { client: c, sdp: sdp.to_owned() })?;
                         }
                     }
                     Some("offer") => {
-                        if let (Some(c), Some(sdp)) = (client, v["sdp"].as_str()) {
+                        if let (Some(c), Some(sdp)) = (*client, v["sdp"].as_str()) {
                             let (tx, rx) = oneshot::channel();
                             to_media.send(ToMedia::Offer { client: c, sdp: sdp.to_owned(), reply: tx })?;
                             let answer = rx.await?;
@@ -285,7 +302,7 @@ pub(crate) async fn participant(
             }
         }
     }
-    Ok(client)
+    Ok(())
 }
 
 /// Starts `program args` pinned to `core`, its output discarded.
@@ -770,18 +787,6 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         }
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    if let Some(c) = &mut churn {
-        c.finish().await;
-        notes.push(format!(
-            "churn: {} visits came and went ({} failures{})",
-            c.ended,
-            c.failed,
-            c.first_error
-                .as_deref()
-                .map(|e| format!("; first: {e}"))
-                .unwrap_or_default()
-        ));
-    }
     if opts.progress {
         eprintln!();
     }
@@ -840,6 +845,19 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
 
     // Stop: participants leave, the generator ends, the server is killed.
     let _ = stop_tx.send(true);
+    // After every figure was read: ending them takes a while, and is not measured.
+    if let Some(c) = &mut churn {
+        c.finish().await;
+        notes.push(format!(
+            "churn: {} visits came and went ({} failures{}); the server's CPU, memory and own counters include their traffic, the delivery figures do not",
+            c.ended,
+            c.failed,
+            c.first_error
+                .as_deref()
+                .map(|e| format!("; first: {e}"))
+                .unwrap_or_default()
+        ));
+    }
     let mut failed_joins = 0;
     for t in tasks {
         match tokio::time::timeout(Duration::from_secs(2), t).await {

@@ -145,10 +145,13 @@ pub async fn connection(
 ) {
     let (mut sink, mut stream) = socket.split();
     let mut carried = None;
+    // The node a carried session ran on: where it runs until a node's report says otherwise.
+    let mut carried_node = None;
     let (id, resumed) = match start {
         Start::Join(id) => (id, None),
         Start::Carried(c) => {
             let id = c.participant.clone();
+            carried_node = c.node.clone();
             carried = Some(c);
             (id, None)
         }
@@ -286,7 +289,7 @@ pub async fn connection(
         &resume_key,
         &session.claims.sub,
         &session.claims.mtg,
-        state.sfu.node_of(&id),
+        state.sfu.node_of(&id).or(carried_node),
     );
     let msg =
         json!({"type": "resume_key", "key": resume_key, "window_secs": RESUME_WINDOW.as_secs()});

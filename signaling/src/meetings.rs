@@ -80,10 +80,11 @@ pub struct Meetings {
     /// 10 s — so that after a crash of this process, as after a stop, a client back with its
     /// key keeps the media session its node kept running.
     resume_keys: Mutex<HashMap<ParticipantId, ResumeKey>>,
-    /// Set once the service has handed its meetings over (it is stopping): nothing is written
-    /// after that write, so the connections closing behind it — whose sessions it carries —
-    /// cannot take them out of the store again.
-    handed_over: std::sync::atomic::AtomicBool,
+    /// Set when the service hands its meetings over (it is stopping): the sessions carried
+    /// then, by meeting. Every write after that carries these, so the connections closing
+    /// behind the hand-over — whose sessions they are — cannot take them out of the store
+    /// again, while a booking or a cancellation still in flight is stored as usual.
+    handed_over: Mutex<Option<HashMap<String, Vec<CarriedSession>>>>,
 }
 
 /// A participant's resume key as the store carries it.
@@ -125,7 +126,7 @@ impl Meetings {
             leases: std::sync::OnceLock::new(),
             taking_over: Mutex::new(()),
             resume_keys: Mutex::default(),
-            handed_over: std::sync::atomic::AtomicBool::new(false),
+            handed_over: Mutex::new(None),
         })
     }
 
@@ -135,16 +136,14 @@ impl Meetings {
         let _ = self.leases.set(leases);
     }
 
-    /// Whether this process may write meeting `id` to the store now: it runs it and — with
-    /// replicas — its lease was confirmed recently enough that no other replica can have
-    /// taken it meanwhile (a replica cut off from Redis, or stalled, stops writing before its
-    /// lease could run out); and it has not handed its meetings over.
+    /// Whether this process may write meeting `id` to the store now (asked under the store's
+    /// lock, just before the write): it runs it and — with replicas — its lease was confirmed
+    /// recently enough that no other replica can have taken it meanwhile (a replica cut off
+    /// from Redis, or stalled, stops writing before its lease could run out).
     fn writes(&self, id: &str) -> bool {
-        !self.handed_over.load(std::sync::atomic::Ordering::Acquire)
-            && self
-                .leases
-                .get()
-                .is_none_or(|l| l.surely_holds(id, std::time::Instant::now()))
+        self.leases
+            .get()
+            .is_none_or(|l| l.surely_holds(id, std::time::Instant::now()))
     }
 
     /// This replica has just taken `id`'s lease: what it knew of the meeting from before may
@@ -218,18 +217,27 @@ impl Meetings {
     pub fn let_go(&self, id: &str, sfu: &dyn SfuControl) {
         if let Some(room) = self.get(id) {
             tracing::warn!(meeting = %id, "another replica took the meeting over: its clients here connect again");
-            self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
             // Their media sessions are the new owner's now (it adopts what the store carried):
-            // the connections closing here leave nothing behind on the nodes — no removal.
+            // the connections closing here must leave nothing behind on the nodes — no
+            // removal. So they are unbound first (their leave finds no meeting), then told to
+            // connect again, and this copy of the meeting is dropped: read again from the
+            // store should the lease come back here.
             let members: Vec<ParticipantId> = room.lock().member_ids().cloned().collect();
-            let mut by = self
-                .by_participant
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            for id in members {
-                if by.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
-                    by.remove(&id);
+            {
+                let mut by = self
+                    .by_participant
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                for id in &members {
+                    if by.get(id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                        by.remove(id);
+                    }
                 }
+            }
+            self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
+            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            if rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                rooms.remove(id);
             }
         }
     }
@@ -1095,9 +1103,19 @@ impl Meetings {
                 );
             }
         }
+        {
+            // Frozen under the store's lock: a write queued before it cannot land after it
+            // with fewer sessions.
+            let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let until = Timestamp::now() + self.policy.reconnect_grace;
+            let frozen = self
+                .list()
+                .iter()
+                .map(|room| (room.id.clone(), self.carried_in(&room.lock(), until)))
+                .collect();
+            *self.handed_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(frozen);
+        }
         self.persist();
-        self.handed_over
-            .store(true, std::sync::atomic::Ordering::Release);
         sfu.hold();
         // Replicas: the meetings are another replica's to take at once (their clients come
         // back through it), not after the leases ran out; this one takes none any more.
@@ -1116,10 +1134,6 @@ impl Meetings {
         let Some(store) = &self.store else {
             return;
         };
-        // After the hand-over nothing is written (a file written now would hold none of it).
-        if self.handed_over.load(std::sync::atomic::Ordering::Acquire) {
-            return;
-        }
         let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
         // Who is admitted goes with each record: a restart — planned or not — lets them back
         // in past the waiting room within their grace.
@@ -1187,10 +1201,10 @@ impl Meetings {
         let Some(store) = &self.store else {
             return;
         };
+        let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
         if !self.writes(&room.id) {
             return;
         }
-        let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
         let now = Timestamp::now();
         if let Some(record) = self.stored_record(room, now, store.is_shared()) {
             self.save(store, &[record], now);
@@ -1212,7 +1226,10 @@ impl Meetings {
         let mut record = s.record.clone();
         record.readmit = s.readmissions(now, self.policy.reconnect_grace);
         record.queue = s.queue_places(now, self.policy.reconnect_grace);
-        record.carried = self.carried_in(&s, now + self.policy.reconnect_grace);
+        record.carried = match &*self.handed_over.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(frozen) => frozen.get(&room.id).cloned().unwrap_or_default(),
+            None => self.carried_in(&s, now + self.policy.reconnect_grace),
+        };
         let worth_keeping = record.booked
             || record.remember_until.is_some()
             || !record.readmit.is_empty()

@@ -820,6 +820,7 @@ async function handle(msg) {
   switch (msg.type) {
     case "welcome":
       pingOut = false; // a ping of an earlier socket is answered by nobody
+      rttSamples.length = 0; // a new socket may take another path: its own samples only
       measureSocket(); // the first measure of this socket's round trip
       setTimeout(measureSocket, 3000); // and one once the page has settled
       state.participant = msg.participant;
@@ -865,6 +866,10 @@ async function handle(msg) {
       // The same participant and media session on a new connection (the old one dropped with
       // a network change): the media path likely moved too, so restart ICE in place.
       state.resumes += 1;
+      // This socket's round trip is measured afresh (it may take another path).
+      pingOut = false;
+      rttSamples.length = 0;
+      measureSocket();
       const pc = state.pc;
       if (state.view === "meeting") setStatus(pc && pc.connectionState === "connected" ? t("status.connected") : t("status.connectingMedia"));
       // An offer of ours may have gone down with the old socket: sent again (a rollback of an
