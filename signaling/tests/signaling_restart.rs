@@ -126,6 +126,8 @@ async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
 
     scene.server.restart();
     admissions_kept(&scene).await;
+    // Stopped first: the service writes its store while a meeting is in use.
+    scene.server.kill();
     std::fs::remove_dir_all(&scene.dir).unwrap();
 }
 
@@ -136,5 +138,7 @@ async fn after_a_crash_the_admitted_patient_still_skips_the_waiting_room() {
     let mut scene = scene("visit-k").await;
     scene.server.restart(); // SIGKILL, then started again on the same files
     admissions_kept(&scene).await;
+    // Stopped first: the service writes its store while a meeting is in use.
+    scene.server.kill();
     std::fs::remove_dir_all(&scene.dir).unwrap();
 }
