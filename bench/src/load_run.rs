@@ -157,14 +157,14 @@ fn spawn_pinned<T>(
 }
 
 /// The counters of our SFU's `/metrics` that the report needs, summed over workers.
-async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64; 10]> {
+async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64; 12]> {
     let text = http
         .get(format!("{base}/metrics"))
         .send()
         .await?
         .text()
         .await?;
-    let mut v = [0.0; 10];
+    let mut v = [0.0; 12];
     for line in text.lines() {
         for (i, name) in [
             "sfu_packets_in_total",
@@ -177,6 +177,8 @@ async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64
             "sfu_udp_received_datagrams_total",
             "sfu_udp_send_calls_total",
             "sfu_udp_sent_datagrams_total",
+            "sfu_udp_gso_messages_total",
+            "sfu_udp_gso_datagrams_total",
         ]
         .iter()
         .enumerate()
@@ -199,6 +201,7 @@ struct SfuFigures {
     wakeups_per_s: Option<f64>,
     datagrams_per_receive: Option<f64>,
     datagrams_per_send: Option<f64>,
+    gso_datagrams_pct: Option<f64>,
 }
 
 async fn generator_report(to_media: &Sender<ToMedia>) -> anyhow::Result<GeneratorReport> {
@@ -830,6 +833,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     wakeups_per_s: (d(5) > 0.0).then(|| d(5) / elapsed),
                     datagrams_per_receive: per(d(7), d(6)),
                     datagrams_per_send: per(d(9), d(8)),
+                    gso_datagrams_pct: per(100.0 * d(11), d(9)),
                 }
             }),
         None => None,
@@ -936,6 +940,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         sfu_wakeups_per_s: sfu_metrics.as_ref().and_then(|m| m.wakeups_per_s),
         sfu_datagrams_per_receive: sfu_metrics.as_ref().and_then(|m| m.datagrams_per_receive),
         sfu_datagrams_per_send: sfu_metrics.as_ref().and_then(|m| m.datagrams_per_send),
+        sfu_gso_datagrams_pct: sfu_metrics.as_ref().and_then(|m| m.gso_datagrams_pct),
         generator_send_dropped: g.send_dropped,
         jitter_ms: g.rx.mean_jitter_ms(),
         latency_p50_ms: g.rx.latency_ms(0.5),

@@ -63,6 +63,10 @@ pub struct TargetReport {
     pub sfu_datagrams_per_receive: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sfu_datagrams_per_send: Option<f64>,
+    /// Datagrams our SFU sent within GSO messages (runs to one destination the kernel
+    /// segments), % of all it sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfu_gso_datagrams_pct: Option<f64>,
     pub generator_send_dropped: u64,
     /// CPU time the hypervisor took from this VM during the measurement, % of all CPU time
     /// (`/proc/stat` steal): above 5 % the run is flagged in `notes`.
@@ -298,6 +302,10 @@ pub fn table(reports: &[TargetReport]) -> String {
                     optional(r.sfu_datagrams_per_send, 1)
                 )
             }),
+        ),
+        (
+            "datagrams sent in GSO messages %",
+            Box::new(|r| optional(r.sfu_gso_datagrams_pct, 1)),
         ),
         (
             "server RSS MiB",

@@ -95,6 +95,17 @@ pub struct SyntheticMedia {
     layers: Vec<VideoLayer>,
 }
 
+/// Payload sizes of a frame of `bytes`, as a browser's packetizer splits it (libwebrtc's
+/// `SplitAboutEqually`): as few packets as [`MAX_PAYLOAD`] allows, sizes within one byte of
+/// each other, the larger ones last. The SFU's GSO runs (equal sizes, a shorter last one)
+/// then meet what browsers send, not a pattern kinder to them.
+pub fn split_about_equally(bytes: usize) -> impl Iterator<Item = usize> {
+    let packets = bytes.div_ceil(MAX_PAYLOAD).max(1);
+    let base = bytes / packets;
+    let larger = bytes % packets;
+    (0..packets).map(move |i| base + usize::from(i >= packets - larger))
+}
+
 impl SyntheticMedia {
     /// `phase` spreads publishers over a frame interval so they do not all send at once.
     pub fn new(profile: MediaProfile, now: Instant, phase: Duration) -> Self {
@@ -176,22 +187,21 @@ impl SyntheticMedia {
                 if key {
                     layer.last_keyframe = Some(frame_at);
                 }
-                let mut bytes = delta_bytes * if key { 5 } else { 1 };
-                let mut first = true;
-                while bytes > 0 {
-                    let len = bytes.clamp(MIN_PAYLOAD, MAX_PAYLOAD);
-                    bytes = bytes.saturating_sub(MAX_PAYLOAD);
+                let bytes = (delta_bytes * if key { 5 } else { 1 }).max(MIN_PAYLOAD);
+                for (i, len) in split_about_equally(bytes).enumerate() {
                     out.push(Emit {
                         kind: StreamKind::Video,
                         layer: l,
                         len,
-                        frame_start: first,
+                        frame_start: i == 0,
                         keyframe: key,
-                        marker: bytes == 0,
+                        marker: false,
                         rtp_ts: layer.ts,
                         forwarded: l == top,
                     });
-                    first = false;
+                }
+                if let Some(last) = out.last_mut() {
+                    last.marker = true;
                 }
                 layer.ts = layer.ts.wrapping_add(ts_step);
             }
@@ -238,6 +248,21 @@ pub fn read_stamp(payload: &[u8]) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_split_about_equally_with_the_larger_packets_last() {
+        let sizes = |b| split_about_equally(b).collect::<Vec<_>>();
+        assert_eq!(sizes(300), [300]);
+        assert_eq!(sizes(MAX_PAYLOAD), [MAX_PAYLOAD]);
+        assert_eq!(sizes(MAX_PAYLOAD + 1), [550, 551]);
+        assert_eq!(sizes(3_002), [1000, 1001, 1001]);
+        for bytes in [1, 999, 2_200, 5_555, 12_345] {
+            let s = sizes(bytes);
+            assert_eq!(s.iter().sum::<usize>(), bytes);
+            assert_eq!(s.len(), bytes.div_ceil(MAX_PAYLOAD));
+            assert!(s.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1));
+        }
+    }
 
     fn nine_seconds(profile: MediaProfile, keyframe_asked_at: Option<Duration>) -> Vec<Emit> {
         let t0 = Instant::now();

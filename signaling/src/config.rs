@@ -176,6 +176,8 @@ pub struct SfuSection {
     pub advertise_ip: Option<IpAddr>,
     /// ICE-TCP on each worker's port number too (default on).
     pub ice_tcp: Option<bool>,
+    /// Runs of datagrams to one destination sent as UDP GSO messages (default on).
+    pub udp_gso: Option<bool>,
     /// Choose each subscriber's layers by its bandwidth estimate (default true).
     pub bandwidth_estimation: Option<bool>,
     /// The estimate a subscriber starts with, kbit/s (100–20000, default 1500).

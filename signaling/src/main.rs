@@ -173,6 +173,10 @@ struct ServeArgs {
     /// `true` (default) or `false`.
     #[arg(long, env = "SFU_ICE_TCP")]
     ice_tcp: Option<bool>,
+    /// Send a run of datagrams to one destination as one UDP GSO message where the kernel
+    /// can: `true` (default) or `false`.
+    #[arg(long, env = "SFU_UDP_GSO")]
+    udp_gso: Option<bool>,
     /// Choose subscribers' layers by their bandwidth estimate: `true` (default) or `false`.
     #[arg(long, env = "SFU_BANDWIDTH_ESTIMATION")]
     bandwidth_estimation: Option<bool>,
@@ -781,6 +785,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .or(args.udp_bind_ip)
                     .unwrap_or(listen.ip()),
                 ice_tcp: args.ice_tcp.or(sfu.ice_tcp).unwrap_or(true),
+                udp_gso: args.udp_gso.or(sfu.udp_gso).unwrap_or(true),
                 bandwidth_estimation: args
                     .bandwidth_estimation
                     .or(sfu.bandwidth_estimation)
@@ -879,6 +884,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.ice_tcp.or(sfu.ice_tcp).unwrap_or(true).to_string(),
             );
             arg(
+                "--udp-gso",
+                args.udp_gso.or(sfu.udp_gso).unwrap_or(true).to_string(),
+            );
+            arg(
                 "--bandwidth-estimation",
                 args.bandwidth_estimation
                     .or(sfu.bandwidth_estimation)
@@ -942,6 +951,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     "advertise_ip",
                 ),
                 (args.ice_tcp.is_some() || sfu.ice_tcp.is_some(), "ice_tcp"),
+                (args.udp_gso.is_some() || sfu.udp_gso.is_some(), "udp_gso"),
                 (
                     args.bandwidth_estimation.is_some() || sfu.bandwidth_estimation.is_some(),
                     "bandwidth_estimation",

@@ -162,6 +162,11 @@ impl InboundStream {
         }
     }
 
+    /// Whether the timer has work here: packets to NACK, or a keyframe to ask for.
+    pub fn wants_repair(&self) -> bool {
+        !self.missing.is_empty() || self.needs_keyframe
+    }
+
     pub fn missing_count(&self) -> usize {
         self.missing.len()
     }

@@ -30,6 +30,7 @@ pub mod send_history;
 pub mod sfu;
 pub mod skipped_numbers;
 pub mod srtp_context;
+pub mod ssrc_routes;
 pub mod subscription;
 pub mod tcp_framing;
 pub mod temporal_filter;

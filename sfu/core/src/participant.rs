@@ -6,6 +6,7 @@ use crate::downlink::Downlink;
 use crate::peer_transport::PeerTransport;
 use crate::replay_window::ReplayWindow;
 use crate::srtp_context::SrtpContext;
+use crate::ssrc_routes::SsrcRoutes;
 use crate::subscription::Subscription;
 use crate::twcc_feedback::TwccRecorder;
 use sfu_proto::{MediaKind, ParticipantId, Permissions, RoomId, VideoLayer};
@@ -71,6 +72,8 @@ pub struct Participant {
     /// Extension ids the participant's browser uses, by URI, so SFU offers reuse them.
     pub offered_extmaps: Vec<(u8, String)>,
     pub published: Vec<TrackIdx>,
+    /// Which published track and layer each SSRC it sends belongs to, as found.
+    pub ssrc_routes: SsrcRoutes,
     pub subscriptions: Vec<Subscription>,
     pub srtcp_index: u32,
     /// SRTCP indices received per sender SSRC, so a replayed NACK or PLI is refused.

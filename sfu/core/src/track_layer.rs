@@ -33,6 +33,9 @@ pub struct TrackLayer {
     temporal_bitrate: [BitrateMeter; 4],
     /// Dynacast: the publisher was told to stop encoding this layer (nobody needs it).
     pub suspended: bool,
+    /// On the SFU's list of layers the timer visits (packets missing, a keyframe to ask
+    /// for): kept there once, however often it is found wanting.
+    pub repair_listed: bool,
     /// Since when no subscription has needed the layer.
     pub unneeded_since: Option<Instant>,
     /// The layer's bitrate when it was suspended: what it will cost again.
@@ -60,6 +63,7 @@ impl TrackLayer {
             bitrate: BitrateMeter::default(),
             temporal_bitrate: Default::default(),
             suspended: false,
+            repair_listed: false,
             unneeded_since: None,
             held_bps: 0,
             resumed_at: None,

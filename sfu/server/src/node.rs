@@ -28,6 +28,8 @@ pub struct NodeConfig {
     /// Also listen for ICE-TCP on each worker's port number (RFC 6544 passive candidates), for
     /// clients whose networks block UDP.
     pub ice_tcp: bool,
+    /// Send runs of datagrams to one destination as UDP GSO messages where the kernel can.
+    pub udp_gso: bool,
     pub consent_disconnected: Duration,
     pub consent_failed: Duration,
     /// Subscribers' layers by their bandwidth estimate (`false`: by reported loss alone).
@@ -47,6 +49,7 @@ impl Default for NodeConfig {
             advertised_ip: IpAddr::from([127, 0, 0, 1]),
             pin_cores: false,
             ice_tcp: true,
+            udp_gso: true,
             consent_disconnected: Duration::from_secs(3),
             consent_failed: Duration::from_secs(10),
             bandwidth_estimation: true,
@@ -89,7 +92,10 @@ fn bind_worker_sockets(
     let mut last = None;
     for _ in 0..attempts {
         let addr = SocketAddr::new(config.bind_ip, port);
-        let socket = UdpBatch::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+        let mut socket = UdpBatch::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+        if config.udp_gso && !socket.enable_gso() {
+            tracing::info!(%addr, "the kernel offers no UDP GSO: datagrams are sent one by one");
+        }
         let local_addr = socket
             .local_addr()
             .map_err(|source| NodeError::Bind { addr, source })?;

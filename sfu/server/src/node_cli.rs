@@ -59,6 +59,10 @@ pub struct NodeArgs {
     /// `true` (default) or `false`.
     #[arg(long, env = "SFU_ICE_TCP")]
     ice_tcp: Option<bool>,
+    /// Send a run of datagrams to one destination as one UDP GSO message where the kernel
+    /// can: `true` (default) or `false`.
+    #[arg(long, env = "SFU_UDP_GSO")]
+    udp_gso: Option<bool>,
     /// Choose subscribers' layers by their bandwidth estimate: `true` (default) or `false`
     /// (by reported loss alone, for comparison).
     #[arg(long, env = "SFU_BANDWIDTH_ESTIMATION")]
@@ -213,6 +217,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                 advertised_ip: advertise_ip,
                 pin_cores: args.pin_cores || udp.pin_cores.unwrap_or(false),
                 ice_tcp: args.ice_tcp.or(udp.ice_tcp).unwrap_or(true),
+                udp_gso: args.udp_gso.or(udp.gso).unwrap_or(true),
                 bandwidth_estimation,
                 start_bitrate_bps,
                 video_floor_bps,

@@ -85,6 +85,8 @@ pub struct UdpSection {
     pub pin_cores: Option<bool>,
     /// ICE-TCP on each worker's port number too (default on).
     pub ice_tcp: Option<bool>,
+    /// Runs of datagrams to one destination sent as UDP GSO messages (default on).
+    pub gso: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

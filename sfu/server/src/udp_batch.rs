@@ -18,6 +18,12 @@ pub struct UdpBatch {
     meta: [quinn_udp::RecvMeta; quinn_udp::BATCH_SIZE],
     /// Destinations of the chunk being sent, reused between sends.
     send_addrs: Vec<socket2::SockAddr>,
+    /// The batch's datagrams in sending order (grouped by destination with GSO), and their
+    /// sort keys.
+    order: Vec<usize>,
+    keys: Vec<(u64, usize)>,
+    /// Datagrams one message may carry: 1 without GSO.
+    gso_segments: usize,
     /// The last receive filled every buffer: more may be waiting.
     last_batch_full: bool,
     /// System calls made, for the worker's metrics.
@@ -36,11 +42,15 @@ pub struct IoCalls {
     /// `sendmmsg` calls, and the datagrams they took.
     pub sends: u64,
     pub datagrams_sent: u64,
+    /// Messages sent with GSO (several datagrams each), and the datagrams they carried
+    /// (counted in `datagrams_sent` too).
+    pub gso_messages: u64,
+    pub gso_datagrams: u64,
 }
 
 impl IoCalls {
     /// Metric names and HELP text, in the order of [`Self::named`].
-    pub const HELP: [(&'static str, &'static str); 5] = [
+    pub const HELP: [(&'static str, &'static str); 7] = [
         (
             "sfu_worker_wakeups_total",
             "Times the worker's wait for its sockets (poll/epoll_wait) returned.",
@@ -61,15 +71,25 @@ impl IoCalls {
             "sfu_udp_sent_datagrams_total",
             "Datagrams those sendmmsg calls handed to the kernel.",
         ),
+        (
+            "sfu_udp_gso_messages_total",
+            "Messages sent with UDP GSO: a run of datagrams to one destination the kernel segments.",
+        ),
+        (
+            "sfu_udp_gso_datagrams_total",
+            "Datagrams sent within GSO messages (also counted in sfu_udp_sent_datagrams_total).",
+        ),
     ];
 
-    pub fn named(&self) -> [(&'static str, u64); 5] {
+    pub fn named(&self) -> [(&'static str, u64); 7] {
         let v = [
             self.wakeups,
             self.receives,
             self.datagrams_received,
             self.sends,
             self.datagrams_sent,
+            self.gso_messages,
+            self.gso_datagrams,
         ];
         std::array::from_fn(|i| (Self::HELP[i].0, v[i]))
     }
@@ -82,8 +102,13 @@ pub fn wait_millis(timeout: Duration) -> i32 {
     timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
 }
 
-/// Datagrams handed to one `sendmmsg` call at most.
+/// Messages handed to one `sendmmsg` call at most, and the datagrams (iovecs) they carry.
 const SEND_CHUNK: usize = 64;
+const SEND_IOVS: usize = 256;
+/// Datagrams one GSO message may carry (the kernel's `UDP_MAX_SEGMENTS`), and its bytes (a
+/// UDP datagram's limit, less room for the headers).
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
 
 impl std::fmt::Debug for UdpBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,6 +145,9 @@ impl UdpBatch {
             buf: vec![0u8; quinn_udp::BATCH_SIZE * RECV_BUF_SIZE],
             meta: [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE],
             send_addrs: Vec::with_capacity(SEND_CHUNK),
+            order: Vec::with_capacity(256),
+            keys: Vec::with_capacity(256),
+            gso_segments: 1,
             last_batch_full: false,
             calls: IoCalls::default(),
         })
@@ -199,78 +227,203 @@ impl UdpBatch {
 
     /// Sends the datagrams of `batch` whose destination `include` accepts (the others go
     /// elsewhere, e.g. ICE-TCP connections), without copying the batch.
+    ///
+    /// With GSO on, the datagrams are taken grouped by destination (in their order within
+    /// each destination) and a run to one destination of equal sizes, the last one possibly
+    /// shorter, goes as one message the kernel cuts into datagrams (`UDP_SEGMENT`): one pass
+    /// through the socket, route and IP layers instead of one per datagram.
     pub fn send_batch_where(
         &mut self,
         batch: &TransmitBatch,
         include: impl Fn(SocketAddr) -> bool,
     ) -> (usize, usize) {
-        let total = batch.len();
+        self.order.clear();
+        if self.gso_segments > 1 && batch.len() > 1 {
+            // Keys computed once; unique (the index breaks ties), so an unstable sort keeps
+            // each destination's datagrams in order.
+            self.keys.clear();
+            self.keys.extend((0..batch.len()).filter_map(|i| {
+                let dest = batch.get(i).0;
+                include(dest).then(|| (destination_key(dest), i))
+            }));
+            self.keys.sort_unstable();
+            self.order.extend(self.keys.iter().map(|&(_, i)| i));
+        } else {
+            self.order
+                .extend((0..batch.len()).filter(|&i| include(batch.get(i).0)));
+        }
         let mut sent = 0;
         let mut dropped = 0;
         let mut next = 0;
-        let mut picked = [0usize; SEND_CHUNK];
-        while next < total {
-            let mut count = 0;
-            while next < total && count < SEND_CHUNK {
-                if include(batch.get(next).0) {
-                    picked[count] = next;
-                    count += 1;
-                }
-                next += 1;
-            }
-            if count == 0 {
-                break;
-            }
-            self.send_addrs.clear();
-            self.send_addrs.extend(
-                picked[..count]
-                    .iter()
-                    .map(|&i| socket2::SockAddr::from(batch.get(i).0)),
-            );
-            // SAFETY: iovec and mmsghdr are plain C structs; all-zero is a valid value.
-            let mut iovs: [libc::iovec; SEND_CHUNK] = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            let mut hdrs: [libc::mmsghdr; SEND_CHUNK] = unsafe { std::mem::zeroed() };
-            for k in 0..count {
-                let data = batch.get(picked[k]).1;
-                iovs[k].iov_base = data.as_ptr() as *mut libc::c_void;
-                iovs[k].iov_len = data.len();
-                let addr = &self.send_addrs[k];
-                hdrs[k].msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
-                hdrs[k].msg_hdr.msg_namelen = addr.len();
-                hdrs[k].msg_hdr.msg_iov = &mut iovs[k] as *mut libc::iovec;
-                hdrs[k].msg_hdr.msg_iovlen = 1;
-            }
-            let mut offset = 0;
-            while offset < count {
-                // SAFETY: headers `offset..count` point at addresses in `self.send_addrs` and
-                // iovecs in `iovs`, both alive and unmoved for the call; the iovecs point into
-                // `batch`, borrowed for the whole function; the count stays within `hdrs`.
-                let n = unsafe {
-                    libc::sendmmsg(
-                        self.socket.as_raw_fd(),
-                        hdrs[offset..].as_mut_ptr(),
-                        (count - offset) as libc::c_uint,
-                        0,
-                    )
-                };
-                self.calls.sends += 1;
-                if n < 0 {
-                    let err = io::Error::last_os_error();
-                    if err.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    // The first remaining datagram failed (buffer full, unreachable): skip it.
-                    dropped += 1;
-                    offset += 1;
-                } else {
-                    sent += n as usize;
-                    offset += n as usize;
-                }
-            }
+        while next < self.order.len() {
+            let (s, d, resume) = self.send_chunk(batch, next);
+            sent += s;
+            dropped += d;
+            next = resume;
         }
         self.calls.datagrams_sent += sent as u64;
         (sent, dropped)
+    }
+
+    /// Sends the messages `self.order[first..]` makes, as many as one `sendmmsg` chunk
+    /// holds. Returns (sent, dropped, where the next chunk starts).
+    fn send_chunk(&mut self, batch: &TransmitBatch, first: usize) -> (usize, usize, usize) {
+        // SAFETY: iovec, mmsghdr and cmsghdr-sized byte arrays are plain C data; all-zero is
+        // a valid value.
+        let mut iovs: [libc::iovec; SEND_IOVS] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; SEND_CHUNK] = unsafe { std::mem::zeroed() };
+        let mut controls = [SegmentControl::default(); SEND_CHUNK];
+        // Each message: its first position in `self.order` and how many datagrams it carries.
+        let mut spans = [(0usize, 0usize); SEND_CHUNK];
+        let mut messages = 0;
+        let mut used_iovs = 0;
+        let mut pos = first;
+        self.send_addrs.clear();
+        while pos < self.order.len() && messages < SEND_CHUNK && used_iovs < SEND_IOVS {
+            let (dest, data) = batch.get(self.order[pos]);
+            let segment = data.len();
+            let mut count = 1;
+            let mut bytes = segment;
+            let room = (SEND_IOVS - used_iovs).min(self.gso_segments);
+            while count < room && pos + count < self.order.len() {
+                let (d, next) = batch.get(self.order[pos + count]);
+                let last_len = batch.get(self.order[pos + count - 1]).1.len();
+                if d != dest
+                    || next.len() > segment
+                    || last_len != segment
+                    || next.is_empty()
+                    || bytes + next.len() > GSO_MAX_BYTES
+                {
+                    break;
+                }
+                count += 1;
+                bytes += next.len();
+            }
+            for k in 0..count {
+                let data = batch.get(self.order[pos + k]).1;
+                iovs[used_iovs + k].iov_base = data.as_ptr() as *mut libc::c_void;
+                iovs[used_iovs + k].iov_len = data.len();
+            }
+            self.send_addrs.push(socket2::SockAddr::from(dest));
+            let hdr = &mut hdrs[messages].msg_hdr;
+            hdr.msg_iov = &mut iovs[used_iovs] as *mut libc::iovec;
+            hdr.msg_iovlen = count as _;
+            if count > 1 {
+                controls[messages] = SegmentControl::new(segment as u16);
+                hdr.msg_control = controls[messages].0.as_mut_ptr() as *mut libc::c_void;
+                hdr.msg_controllen = SegmentControl::LEN as _;
+            }
+            spans[messages] = (pos, count);
+            used_iovs += count;
+            messages += 1;
+            pos += count;
+        }
+        for (m, addr) in self.send_addrs.iter().enumerate() {
+            hdrs[m].msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            hdrs[m].msg_hdr.msg_namelen = addr.len();
+        }
+        let mut sent = 0;
+        let mut dropped = 0;
+        let mut offset = 0;
+        while offset < messages {
+            // SAFETY: headers `offset..messages` point at addresses in `self.send_addrs`,
+            // iovecs in `iovs` and control data in `controls`, all alive and unmoved for the
+            // call; the iovecs point into `batch`, borrowed for the whole function; the count
+            // stays within `hdrs`.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.socket.as_raw_fd(),
+                    hdrs[offset..].as_mut_ptr(),
+                    (messages - offset) as libc::c_uint,
+                    0,
+                )
+            };
+            self.calls.sends += 1;
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                let (start, count) = spans[offset];
+                if count > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                    // The route's device cannot segment (no checksum offload, as quinn-udp
+                    // also finds): send one datagram per message from here on.
+                    tracing::warn!(error = %err, "UDP GSO refused by the kernel; sending datagrams one by one");
+                    self.gso_segments = 1;
+                    return (sent, dropped, start);
+                }
+                // The first remaining message failed (buffer full, unreachable): skip it.
+                dropped += count;
+                offset += 1;
+            } else {
+                for &(_, count) in &spans[offset..offset + n as usize] {
+                    sent += count;
+                    if count > 1 {
+                        self.calls.gso_messages += 1;
+                        self.calls.gso_datagrams += count as u64;
+                    }
+                }
+                offset += n as usize;
+            }
+        }
+        (sent, dropped, pos)
+    }
+
+    /// Whether runs to one destination go as GSO messages.
+    pub fn gso_enabled(&self) -> bool {
+        self.gso_segments > 1
+    }
+
+    /// Sends runs to one destination as GSO messages, where the kernel can
+    /// (`quinn-udp` probes `UDP_SEGMENT`). Returns whether it is on.
+    pub fn enable_gso(&mut self) -> bool {
+        self.gso_segments = self.state.max_gso_segments().min(GSO_MAX_SEGMENTS);
+        self.gso_enabled()
+    }
+}
+
+/// A sort key that puts one destination's datagrams together (exact for IPv4).
+fn destination_key(dest: SocketAddr) -> u64 {
+    match dest {
+        SocketAddr::V4(a) => (u64::from(a.ip().to_bits()) << 16) | u64::from(a.port()),
+        SocketAddr::V6(a) => {
+            let ip = a.ip().to_bits();
+            ((ip >> 64) as u64 ^ ip as u64).rotate_left(16) ^ u64::from(a.port()) | 1 << 63
+        }
+    }
+}
+
+/// One `UDP_SEGMENT` control message: the size the kernel cuts a GSO message into.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct SegmentControl([u8; Self::LEN]);
+
+impl Default for SegmentControl {
+    fn default() -> Self {
+        Self([0; Self::LEN])
+    }
+}
+
+impl SegmentControl {
+    // SAFETY (of the calls below): CMSG_SPACE/CMSG_LEN only compute sizes.
+    const LEN: usize = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+
+    fn new(segment: u16) -> Self {
+        let mut c = Self::default();
+        let header = libc::cmsghdr {
+            cmsg_len: unsafe { libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) } as _,
+            cmsg_level: libc::SOL_UDP,
+            cmsg_type: libc::UDP_SEGMENT,
+        };
+        let header_len = std::mem::size_of::<libc::cmsghdr>();
+        // SAFETY: `c.0` is 8-aligned and at least a cmsghdr long (CMSG_SPACE of the data);
+        // the u16 lands at CMSG_DATA, inside it (CMSG_LEN ≤ LEN).
+        unsafe {
+            std::ptr::write_unaligned(c.0.as_mut_ptr() as *mut libc::cmsghdr, header);
+            std::ptr::write_unaligned(c.0.as_mut_ptr().add(header_len) as *mut u16, segment);
+        }
+        c
     }
 }
 
@@ -286,6 +439,59 @@ mod tests {
         assert_eq!(wait_millis(Duration::from_millis(5)), 5);
         assert_eq!(wait_millis(Duration::from_micros(5_100)), 6);
         assert_eq!(wait_millis(Duration::from_secs(u64::MAX)), i32::MAX);
+    }
+
+    /// Runs to one destination go as GSO messages; every datagram still arrives whole, in
+    /// its order within its destination, and the counters say how many went in GSO messages.
+    #[test]
+    fn runs_to_one_destination_go_as_gso_messages_and_arrive_as_datagrams() {
+        let mut a = UdpBatch::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(a.enable_gso(), "this kernel (≥ 4.18) has UDP GSO");
+        // Plain sockets: without GRO each datagram is read on its own, as a browser reads.
+        let rx: Vec<UdpSocket> = (0..2)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for r in &rx {
+            r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        let to = [rx[0].local_addr().unwrap(), rx[1].local_addr().unwrap()];
+        // Interleaved as a fan-out of two writes them: frame packets of 1000, 1000 and a
+        // shorter 400 to each, then one larger (not joinable after a shorter one), audio
+        // between.
+        let plan: [(usize, usize, u8); 9] = [
+            (0, 1000, 1),
+            (1, 1000, 1),
+            (0, 1000, 2),
+            (1, 1000, 2),
+            (0, 400, 3),
+            (1, 400, 3),
+            (0, 1001, 4),
+            (1, 90, 4),
+            (0, 90, 5),
+        ];
+        let mut batch = TransmitBatch::with_capacity(16);
+        for &(dest, len, tag) in &plan {
+            batch.push(to[dest], &vec![tag; len]);
+        }
+        assert_eq!(a.send_batch(&batch), (9, 0));
+        for (d, r) in rx.iter().enumerate() {
+            let want: Vec<(usize, u8)> = plan
+                .iter()
+                .filter(|p| p.0 == d)
+                .map(|p| (p.1, p.2))
+                .collect();
+            let mut buf = [0u8; 2048];
+            for &(len, tag) in &want {
+                let n = r.recv(&mut buf).expect("every datagram arrives");
+                assert_eq!((n, buf[0], buf[n - 1]), (len, tag, tag), "destination {d}");
+            }
+        }
+        assert_eq!(a.calls.datagrams_sent, 9);
+        // To 0: [1000, 1000, 400], then the larger 1001 starts a run of its own, [1001, 90];
+        // to 1: [1000, 1000, 400], then 90 alone.
+        assert_eq!(a.calls.gso_messages, 3, "{:?}", a.calls);
+        assert_eq!(a.calls.gso_datagrams, 8, "{:?}", a.calls);
+        assert_eq!(a.calls.sends, 1);
     }
 
     /// The worker's counters see each system call and what it carried.

@@ -199,6 +199,49 @@ fn downlink_loss_is_repaired_from_the_sfu_cache() {
     );
 }
 
+/// A request inside the throttle interval is not lost: it goes out once the interval ends
+/// (the timer visits the layers holding one), and only once.
+#[test]
+fn a_keyframe_request_held_back_by_the_throttle_goes_out_when_it_ends() {
+    let mut net = two_publishers_three_subscribers(4);
+    let mut tick = 0;
+    net.run(Duration::from_secs(1), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    // pub-b sends no keyframes of its own (pub-a's frames all are), which would answer a
+    // held-back request.
+    let ssrc = net.peers[2]
+        .incoming_from("pub-b", MediaKind::Video)
+        .expect("line")
+        .ssrc;
+    let throttle = net.sfu.config().keyframe_throttle;
+    let before = net.peers[1].plis_received;
+    let throttled = net.sfu.counters.keyframe_requests_throttled;
+    net.peers[2].send_pli(ssrc);
+    net.run(Duration::from_millis(50), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    assert_eq!(net.peers[1].plis_received, before + 1, "the first passes");
+    net.peers[2].send_pli(ssrc);
+    net.run(Duration::from_millis(100), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    assert_eq!(
+        net.peers[1].plis_received,
+        before + 1,
+        "the second is held back"
+    );
+    net.run(throttle, |n| send_media(n, &[0, 1], &mut tick));
+    assert_eq!(
+        net.peers[1].plis_received,
+        before + 2,
+        "held back, then sent when the throttle ended"
+    );
+    net.run(throttle * 3, |n| send_media(n, &[0, 1], &mut tick));
+    assert_eq!(net.peers[1].plis_received, before + 2, "and only once");
+    assert_eq!(net.sfu.counters.keyframe_requests_throttled, throttled + 1);
+}
+
 #[test]
 fn keyframe_request_storms_reach_the_publisher_throttled() {
     let mut net = two_publishers_three_subscribers(3);

@@ -310,6 +310,7 @@ impl Sfu {
             return;
         }
         let publisher = track.publisher;
+        let layer_idx = layer;
         let Some(layer) = track.layers.get_mut(layer) else {
             return;
         };
@@ -322,6 +323,10 @@ impl Sfu {
         {
             self.counters.keyframe_requests_throttled += 1;
             layer.keyframe_pending = true;
+            if !layer.repair_listed {
+                layer.repair_listed = true;
+                self.repair_list.push((t, layer_idx));
+            }
             return;
         }
         layer.last_keyframe_request = Some(now);

@@ -4,6 +4,7 @@
 use super::*;
 use crate::payload_format::PayloadFormat;
 use crate::rtp_header::RtpHeader;
+use crate::ssrc_routes::SsrcRoute;
 use crate::transmit_batch::TransmitBatch;
 use crate::vp8_descriptor::Vp8Descriptor;
 use sfu_proto::MediaKind;
@@ -41,15 +42,30 @@ impl Sfu {
             self.counters.dropped_malformed += 1;
             return None;
         };
-        // Which track, which of its layers, and which of the layer's streams (media or RTX).
-        let mut found = None;
-        for &t in &p.published {
-            if let Some((layer, rtx)) = self.tracks[t]
-                .as_ref()
-                .and_then(|tr| tr.layer_of(header.ssrc))
-            {
-                found = Some((t, layer, rtx));
-                break;
+        // Which track, which of its layers, and which of the layer's streams (media or RTX):
+        // the route found before, if the layer still has this SSRC, else a search.
+        let mut found = p.ssrc_routes.get(header.ssrc).and_then(|r| {
+            let layer = self.tracks[r.track].as_ref()?.layers.get(r.layer)?;
+            let bound = if r.rtx { layer.rtx_ssrc } else { layer.ssrc };
+            (bound == Some(header.ssrc)).then_some((r.track, r.layer, r.rtx))
+        });
+        if found.is_none() {
+            for &t in &p.published {
+                if let Some((layer, rtx)) = self.tracks[t]
+                    .as_ref()
+                    .and_then(|tr| tr.layer_of(header.ssrc))
+                {
+                    found = Some((t, layer, rtx));
+                    p.ssrc_routes.insert(
+                        header.ssrc,
+                        SsrcRoute {
+                            track: t,
+                            layer,
+                            rtx,
+                        },
+                    );
+                    break;
+                }
             }
         }
         // Set when this packet's MID (and RID) binds a new SSRC: undone unless the packet
@@ -121,6 +137,7 @@ impl Sfu {
             return None;
         };
         stream.record(now, ext, header.timestamp);
+        let mut wants_repair = stream.wants_repair();
         if let Some(v) = p
             .ext
             .transport_cc
@@ -152,6 +169,7 @@ impl Sfu {
                 return None;
             }
             media.record(now, media_ext, header.timestamp);
+            wants_repair = media.wants_repair();
             self.counters.repairs_received += 1;
             media_ext
         } else {
@@ -178,6 +196,10 @@ impl Sfu {
             Vp8Descriptor::default()
         };
         let layer = &mut track.layers[l];
+        if wants_repair && !layer.repair_listed {
+            layer.repair_listed = true;
+            self.repair_list.push((t, l));
+        }
         if !is_rtx {
             layer.measure(
                 now,

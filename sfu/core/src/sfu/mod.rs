@@ -155,6 +155,9 @@ pub struct Sfu {
     nack_scratch: Vec<u16>,
     rtcp_scratch: Vec<u8>,
     ssrc_seed: u32,
+    /// Layers with work for the timer (packets to NACK, a keyframe to ask for): the tick
+    /// visits these, not every layer of every track.
+    repair_list: Vec<(TrackIdx, usize)>,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -189,6 +192,7 @@ impl Sfu {
             rtcp_scratch: vec![0; SLOT_SIZE],
             // xorshift never leaves zero.
             ssrc_seed: rand::random::<u32>() | 1,
+            repair_list: Vec::new(),
         }
     }
 

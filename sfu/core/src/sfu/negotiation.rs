@@ -11,6 +11,7 @@ use crate::local_description::{
 use crate::participant::{ExtIds, LineRole, MediaLine, Participant};
 use crate::peer_transport::PeerTransport;
 use crate::remote_description::{RemoteDescription, SdpError};
+use crate::ssrc_routes::SsrcRoutes;
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
 use crate::twcc_feedback::TwccRecorder;
@@ -59,6 +60,7 @@ impl Sfu {
             ext: ExtIds::default(),
             offered_extmaps: Vec::new(),
             published: Vec::new(),
+            ssrc_routes: SsrcRoutes::default(),
             subscriptions: Vec::new(),
             srtcp_index: 0,
             srtcp_replay: HashMap::new(),

@@ -193,9 +193,10 @@ impl Sfu {
         if self.participant(publisher).permissions.publish {
             self.announce_tracks(publisher, &[t], false);
         }
-        self.participant_mut(publisher)
-            .published
-            .retain(|&x| x != t);
+        let p = self.participant_mut(publisher);
+        p.published.retain(|&x| x != t);
+        p.ssrc_routes.forget_track(t);
+        self.repair_list.retain(|&(x, _)| x != t);
         let Some(track) = self.tracks.remove(t) else {
             return;
         };
@@ -245,6 +246,7 @@ impl Sfu {
         let room_id = p.room.clone();
         let mut affected = Vec::new();
         for &t in &p.published {
+            self.repair_list.retain(|&(x, _)| x != t);
             if let Some(track) = self.tracks.remove(t) {
                 self.end_subscriptions(track.subscribers, &mut affected);
                 // A waiting participant's tracks were never announced.
