@@ -22,6 +22,7 @@ pub struct UdpBatch {
     /// sort keys.
     order: Vec<usize>,
     keys: Vec<(u64, usize)>,
+    sort_salt: u64,
     /// Datagrams one message may carry: 1 without GSO.
     gso_segments: usize,
     /// The last receive filled every buffer: more may be waiting.
@@ -147,6 +148,7 @@ impl UdpBatch {
             send_addrs: Vec::with_capacity(SEND_CHUNK),
             order: Vec::with_capacity(256),
             keys: Vec::with_capacity(256),
+            sort_salt: 0,
             gso_segments: 1,
             last_batch_full: false,
             calls: IoCalls::default(),
@@ -240,11 +242,18 @@ impl UdpBatch {
         self.order.clear();
         if self.gso_segments > 1 && batch.len() > 1 {
             // Keys computed once; unique (the index breaks ties), so an unstable sort keeps
-            // each destination's datagrams in order.
+            // each destination's datagrams in order. The salt changes the order of the
+            // destinations from one send to the next: were it always by address, a full send
+            // buffer would always cost the same subscribers their packets.
+            self.sort_salt = self
+                .sort_salt
+                .wrapping_add(1)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let salt = self.sort_salt;
             self.keys.clear();
             self.keys.extend((0..batch.len()).filter_map(|i| {
                 let dest = batch.get(i).0;
-                include(dest).then(|| (destination_key(dest), i))
+                include(dest).then(|| (destination_key(dest) ^ salt, i))
             }));
             self.keys.sort_unstable();
             self.order.extend(self.keys.iter().map(|&(_, i)| i));
@@ -307,7 +316,8 @@ impl UdpBatch {
             }
             self.send_addrs.push(socket2::SockAddr::from(dest));
             let hdr = &mut hdrs[messages].msg_hdr;
-            hdr.msg_iov = &mut iovs[used_iovs] as *mut libc::iovec;
+            // SAFETY: `used_iovs + count <= SEND_IOVS`: the pointer stays inside `iovs`.
+            hdr.msg_iov = unsafe { iovs.as_mut_ptr().add(used_iovs) };
             hdr.msg_iovlen = count as _;
             if count > 1 {
                 controls[messages] = SegmentControl::new(segment as u16);
@@ -346,12 +356,21 @@ impl UdpBatch {
                     continue;
                 }
                 let (start, count) = spans[offset];
-                if count > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                if count > 1 && err.raw_os_error() == Some(libc::EIO) {
                     // The route's device cannot segment (no checksum offload, as quinn-udp
                     // also finds): send one datagram per message from here on.
                     tracing::warn!(error = %err, "UDP GSO refused by the kernel; sending datagrams one by one");
                     self.gso_segments = 1;
                     return (sent, dropped, start);
+                }
+                if count > 1 && err.raw_os_error() == Some(libc::EINVAL) {
+                    // This destination's route takes no segment this size (its MTU is
+                    // smaller): its datagrams go one by one, the others keep GSO.
+                    let (s, d) = self.send_each(batch, start, count);
+                    sent += s;
+                    dropped += d;
+                    offset += 1;
+                    continue;
                 }
                 // The first remaining message failed (buffer full, unreachable): skip it.
                 dropped += count;
@@ -368,6 +387,19 @@ impl UdpBatch {
             }
         }
         (sent, dropped, pos)
+    }
+
+    /// Sends `self.order[start..start + count]` one `send_to` each (a run GSO could not take).
+    fn send_each(&mut self, batch: &TransmitBatch, start: usize, count: usize) -> (usize, usize) {
+        let mut sent = 0;
+        for &i in &self.order[start..start + count] {
+            let (dest, data) = batch.get(i);
+            self.calls.sends += 1;
+            if self.socket.send_to(data, dest).is_ok() {
+                sent += 1;
+            }
+        }
+        (sent, count - sent)
     }
 
     /// Whether runs to one destination go as GSO messages.

@@ -1,6 +1,7 @@
 //! RTCP: reports, NACKs and keyframe requests from subscribers and publishers, keyframe
 //! requests toward publishers, and the receiver reports and transport-wide feedback we send them.
 
+use super::timers::list_for_repair;
 use super::*;
 use crate::bandwidth_estimator::{BandwidthEstimator, PacketResult};
 use crate::downlink::Downlink;
@@ -323,10 +324,7 @@ impl Sfu {
         {
             self.counters.keyframe_requests_throttled += 1;
             layer.keyframe_pending = true;
-            if !layer.repair_listed {
-                layer.repair_listed = true;
-                self.repair_list.push((t, layer_idx));
-            }
+            list_for_repair(&mut self.repair_list, layer, t, layer_idx);
             return;
         }
         layer.last_keyframe_request = Some(now);

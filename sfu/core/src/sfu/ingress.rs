@@ -1,6 +1,7 @@
 //! RTP in: a publisher's packet authenticated, bound to its track and layer, cached for
 //! repairs, and handed to egress.
 
+use super::timers::list_for_repair;
 use super::*;
 use crate::payload_format::PayloadFormat;
 use crate::rtp_header::RtpHeader;
@@ -137,7 +138,11 @@ impl Sfu {
             return None;
         };
         stream.record(now, ext, header.timestamp);
-        let mut wants_repair = stream.wants_repair();
+        // Listed here, before the checks below may stop the packet: the gap it showed is
+        // repaired whether or not this packet is forwarded. (Audio is not repaired.)
+        if !is_rtx && track.kind == MediaKind::Video && stream.wants_repair() {
+            list_for_repair(&mut self.repair_list, layer, t, l);
+        }
         if let Some(v) = p
             .ext
             .transport_cc
@@ -169,7 +174,9 @@ impl Sfu {
                 return None;
             }
             media.record(now, media_ext, header.timestamp);
-            wants_repair = media.wants_repair();
+            if track.kind == MediaKind::Video && media.wants_repair() {
+                list_for_repair(&mut self.repair_list, layer, t, l);
+            }
             self.counters.repairs_received += 1;
             media_ext
         } else {
@@ -196,10 +203,6 @@ impl Sfu {
             Vp8Descriptor::default()
         };
         let layer = &mut track.layers[l];
-        if wants_repair && !layer.repair_listed {
-            layer.repair_listed = true;
-            self.repair_list.push((t, l));
-        }
         if !is_rtx {
             layer.measure(
                 now,

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::rtcp_writer;
+use crate::track_layer::TrackLayer;
 use crate::transmit_batch::TransmitBatch;
 use sfu_proto::MediaKind;
 use std::time::Instant;
@@ -162,5 +163,18 @@ impl Sfu {
         if needs_keyframe {
             self.request_keyframe(now, t, l, out);
         }
+    }
+}
+
+/// Puts a layer on the SFU's repair list, once.
+pub(super) fn list_for_repair(
+    list: &mut Vec<(TrackIdx, usize)>,
+    layer: &mut TrackLayer,
+    t: TrackIdx,
+    l: usize,
+) {
+    if !layer.repair_listed {
+        layer.repair_listed = true;
+        list.push((t, l));
     }
 }
