@@ -66,7 +66,7 @@ impl IoCalls {
         ),
         (
             "sfu_udp_send_calls_total",
-            "sendmmsg system calls on the worker's UDP socket.",
+            "Send system calls on the worker's UDP socket: sendmmsg, and sendto for a GSO run the route refused.",
         ),
         (
             "sfu_udp_sent_datagrams_total",
