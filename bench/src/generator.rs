@@ -1,6 +1,7 @@
-//! The load generator's media thread: many simulated participants, each with its own UDP
-//! socket (the SFU tells participants apart by address) or its own ICE-TCP connection, driven
-//! by one loop over `epoll`.
+//! The load generator's media thread: many simulated participants, each with an address of its
+//! own (the SFU tells participants apart by address) — on loopback all of them on one UDP
+//! socket ([`SharedUdp`]), elsewhere a socket each — or its own ICE-TCP connection, driven by
+//! one loop over `epoll`.
 //! WebRTC participants run real ICE, DTLS and SRTP (`SimPeer`, the webrtc-rs sans-IO crates in
 //! client mode); plain participants send the same packet pattern as clear RTP to the raw relay.
 //!
@@ -9,11 +10,12 @@
 
 use crate::receive_stats::{ReceiveStats, RxTotals};
 use crate::shaped_downlink::{LinkSchedule, PhaseReport, ShapedDownlink, summarise};
+use crate::shared_udp::{self, SharedUdp};
 use crate::synthetic_media::{
     Emit, MediaProfile, StreamKind, SyntheticMedia, frame_header, read_stamp, stamp,
 };
 use crate::tcp_link::TcpLink;
-use crate::timestamped_recv::{TimestampedRecv, realtime_ns};
+use crate::timestamped_recv::{Arrival, TimestampedRecv, realtime_ns};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use sfu_core::TransmitBatch;
@@ -21,7 +23,7 @@ use sfu_core::rtp_header::{HeaderWriter, PacketClass, RtpHeader, classify};
 use sfu_proto::MediaKind;
 use sfu_server::udp_batch::UdpBatch;
 use sfu_testkit::SimPeer;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
@@ -74,9 +76,33 @@ fn tcp_source_ip(bind_ip: std::net::IpAddr, idx: usize) -> std::net::IpAddr {
     }
 }
 
+/// How the generator's UDP participants meet the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum GeneratorSockets {
+    /// On loopback, one socket for all participants, each at an address of its own
+    /// (127.1.x.y): one `sendmmsg` and one `recvmmsg` serve them all. Elsewhere (Janus's
+    /// network namespace) a socket each.
+    #[default]
+    Shared,
+    /// A socket per participant, each on its own port (the generator before the shared
+    /// socket; for comparing the two).
+    PerParticipant,
+}
+
+/// Datagrams queued on the shared socket that are sent without waiting for the pass's end:
+/// few, as participants' packets reach a server spread out, not in bursts. (Its cost hardly
+/// depends on this: 1, 4 and 16 measured within noise of each other.)
+const SHARED_SEND_AT: usize = 4;
+
+/// The epoll token of the shared socket (participants' own sockets and connections use their
+/// index).
+const SHARED_TOKEN: Token = Token(usize::MAX - 1);
+
 /// How a participant's packets travel.
 enum Link {
     Udp(Box<UdpBatch>),
+    /// Through the generator's shared socket, from and to this address.
+    Shared(Ipv4Addr),
     /// ICE-TCP: RFC 4571 frames on one TCP connection to the SFU.
     Tcp(TcpLink),
     /// A participant that left: its socket or connection is closed.
@@ -105,7 +131,18 @@ struct Client {
     measured: bool,
     /// Left: sends, receives and ticks no more.
     retired: bool,
+    /// Received datagrams in the current drain of the shared socket (its PLIs and answers
+    /// are handled once the drain ends).
+    touched: bool,
+    /// Its WebRTC stack's next timer, as last asked; asked again after anything but media
+    /// went through the stack (`timers_stale`), and at least every [`TIMERS_REFRESH`].
+    timers_due: Option<Instant>,
+    timers_stale: bool,
+    timers_asked: Instant,
 }
+
+/// The longest a participant's cached next timer is trusted without asking its stack again.
+const TIMERS_REFRESH: Duration = Duration::from_millis(20);
 
 /// How a WebRTC participant meets its server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +181,10 @@ impl Client {
             next_receiver_report: None,
             measured: true,
             retired: false,
+            touched: false,
+            timers_due: None,
+            timers_stale: true,
+            timers_asked: join_started,
         }
     }
 }
@@ -230,6 +271,12 @@ pub struct Generator {
     recv: TimestampedRecv,
     /// Address the participants' sockets bind to.
     bind_ip: std::net::IpAddr,
+    sockets: GeneratorSockets,
+    /// The participants' one socket ([`GeneratorSockets::Shared`] on loopback), once the
+    /// first needs it.
+    shared: Option<SharedUdp>,
+    /// Participants that received in the current drain of the shared socket.
+    touched: Vec<usize>,
     clients: Vec<Client>,
     profile: MediaProfile,
     batch: TransmitBatch,
@@ -245,6 +292,7 @@ impl Generator {
         profile: MediaProfile,
         core: Option<usize>,
         bind_ip: std::net::IpAddr,
+        sockets: GeneratorSockets,
     ) -> (Sender<ToMedia>, std::thread::JoinHandle<()>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -257,6 +305,9 @@ impl Generator {
                     poll: Poll::new().expect("epoll"),
                     recv: TimestampedRecv::default(),
                     bind_ip,
+                    sockets,
+                    shared: None,
+                    touched: Vec::new(),
                     clients: Vec::new(),
                     profile,
                     batch: TransmitBatch::with_capacity(256),
@@ -279,7 +330,11 @@ impl Generator {
             let _ = self.poll.poll(&mut events, Some(wait));
             let now = Instant::now();
             for ev in events.iter() {
-                self.receive(ev.token().0, now);
+                if ev.token() == SHARED_TOKEN {
+                    self.receive_shared(now);
+                } else {
+                    self.receive(ev.token().0, now);
+                }
             }
             loop {
                 match rx.try_recv() {
@@ -297,19 +352,46 @@ impl Generator {
                     self.tick(i, now);
                 }
             }
+            self.send_shared();
         }
     }
 
-    fn add_socket(&mut self) -> std::io::Result<(usize, UdpBatch)> {
+    /// The next participant's UDP link, and the address the server will see it at.
+    fn add_udp_link(&mut self) -> std::io::Result<(usize, Link, SocketAddr)> {
+        let idx = self.clients.len();
+        let shared_here = self.sockets == GeneratorSockets::Shared
+            && self.bind_ip == std::net::IpAddr::from([127, 0, 0, 1]);
+        if shared_here && let Some(ip) = shared_udp::source_ip(idx) {
+            if self.shared.is_none() {
+                let socket = SharedUdp::bind()?;
+                self.poll.registry().register(
+                    &mut SourceFd(&socket.as_raw_fd()),
+                    SHARED_TOKEN,
+                    Interest::READABLE,
+                )?;
+                self.shared = Some(socket);
+            }
+            let port = self.shared.as_ref().map_or(Ok(0), SharedUdp::port)?;
+            return Ok((idx, Link::Shared(ip), SocketAddr::new(ip.into(), port)));
+        }
         let socket = UdpBatch::bind(SocketAddr::new(self.bind_ip, 0))?;
         crate::timestamped_recv::enable(socket.as_raw_fd())?;
-        let idx = self.clients.len();
         self.poll.registry().register(
             &mut SourceFd(&socket.as_raw_fd()),
             Token(idx),
             Interest::READABLE,
         )?;
-        Ok((idx, socket))
+        let addr = socket.local_addr()?;
+        Ok((idx, Link::Udp(Box::new(socket)), addr))
+    }
+
+    /// Sends what the participants queued on the shared socket.
+    fn send_shared(&mut self) {
+        if let Some(shared) = self.shared.as_mut()
+            && shared.pending() > 0
+        {
+            self.send_dropped += shared.send() as u64;
+        }
     }
 
     fn media(&self, publish: bool, idx: usize) -> Option<SyntheticMedia> {
@@ -337,11 +419,8 @@ impl Generator {
                     let ip = tcp_source_ip(self.bind_ip, idx);
                     (idx, Link::Tcp(TcpLink::new(ip)), SocketAddr::new(ip, 9))
                 } else {
-                    match self.add_socket() {
-                        Ok((idx, socket)) => {
-                            let addr = socket.local_addr().expect("bound");
-                            (idx, Link::Udp(Box::new(socket)), addr)
-                        }
+                    match self.add_udp_link() {
+                        Ok(link) => link,
                         Err(e) => {
                             self.failed += 1;
                             eprintln!("generator: no socket for {name}: {e}");
@@ -403,6 +482,7 @@ impl Generator {
                 {
                     peer.apply_answer(now, &sdp);
                 }
+                self.stale_timers(client);
                 self.flush(client);
             }
             ToMedia::Offer { client, sdp, reply } => {
@@ -413,6 +493,7 @@ impl Generator {
                 {
                     let _ = reply.send(peer.answer_offer(now, &sdp));
                 }
+                self.stale_timers(client);
                 self.flush(client);
             }
             ToMedia::AddPlain {
@@ -422,8 +503,8 @@ impl Generator {
                 join_started,
                 reply,
             } => {
-                let (idx, socket) = match self.add_socket() {
-                    Ok(s) => s,
+                let (idx, link, _) = match self.add_udp_link() {
+                    Ok(l) => l,
                     Err(e) => {
                         self.failed += 1;
                         eprintln!("generator: no socket for a relay participant: {e}");
@@ -432,7 +513,7 @@ impl Generator {
                 };
                 let media = self.media(publish, idx);
                 self.clients.push(Client::new(
-                    Link::Udp(Box::new(socket)),
+                    link,
                     Transport::Plain {
                         relay,
                         group,
@@ -523,67 +604,19 @@ impl Generator {
         r
     }
 
-    /// Drains a readable socket.
+    /// Drains a participant's own readable socket or connection.
     fn receive(&mut self, idx: usize, now: Instant) {
         let Some(c) = self.clients.get_mut(idx).filter(|c| !c.retired) else {
             return;
         };
-        let Client {
-            link,
-            transport,
-            rx,
-            sampled,
-            first_media,
-            shaper,
-            ..
-        } = c;
-        let mut on_packet = |from: SocketAddr, buf: &mut [u8], arrival: u64| match transport {
-            Transport::WebRtc(peer) => {
-                if classify(buf) != PacketClass::Rtp {
-                    peer.handle_datagram(now, from, buf);
-                    return;
-                }
-                if let Some(shaper) = shaper {
-                    // Through the shaped link first; it reaches the participant later.
-                    let audio = RtpHeader::parse(buf).is_ok_and(|h| {
-                        peer.incoming
-                            .iter()
-                            .any(|l| l.ssrc == h.ssrc && l.kind == MediaKind::Audio)
-                    });
-                    shaper.offer(now, from, buf, audio);
-                    return;
-                }
-                take_rtp(peer, rx, *sampled, first_media, now, buf, arrival);
-            }
-            Transport::Plain { .. } => {
-                let Ok(h) = RtpHeader::parse(buf) else {
-                    return;
-                };
-                let clock = if h.payload_type == AUDIO_PT {
-                    48_000
-                } else {
-                    90_000
-                };
-                rx.on_header(
-                    h.ssrc,
-                    h.sequence_number,
-                    h.timestamp,
-                    arrival,
-                    clock,
-                    buf.len(),
-                );
-                first_media.get_or_insert(now);
-                if let Some((sent, _)) = read_stamp(&buf[h.header_len..]) {
-                    rx.on_latency(sent, arrival);
-                }
-            }
-        };
-        match link {
+        // Out of the participant while it reads, so each datagram can reach the rest of it.
+        let mut link = std::mem::replace(&mut c.link, Link::Closed);
+        match &mut link {
             Link::Udp(socket) => {
                 let fd = socket.as_raw_fd();
                 loop {
-                    let got = self.recv.recv(fd, |from, buf, kernel_ns| {
-                        on_packet(from, buf, kernel_ns.unwrap_or_else(now_ns));
+                    let got = self.recv.recv(fd, |a: Arrival, buf| {
+                        take_datagram(c, now, a.from, buf, a.kernel_ns.unwrap_or_else(now_ns));
                     });
                     match got {
                         Ok(0) | Err(_) => break,
@@ -594,16 +627,60 @@ impl Generator {
             Link::Tcp(tcp) => {
                 // A TCP stream has no per-packet kernel timestamps: arrival is when read.
                 tcp.write();
-                tcp.read(|from, buf| on_packet(from, buf, now_ns()));
+                tcp.read(|from, buf| take_datagram(c, now, from, buf, now_ns()));
             }
-            Link::Closed => {}
+            Link::Shared(_) | Link::Closed => {}
         }
+        c.link = link;
+        self.after_receive(idx);
+    }
+
+    /// Drains the shared socket: each datagram goes to the participant whose address it was
+    /// sent to; each participant that got any then answers once.
+    fn receive_shared(&mut self, now: Instant) {
+        let Some(fd) = self.shared.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        let (clients, touched) = (&mut self.clients, &mut self.touched);
+        loop {
+            let got = self.recv.recv(fd, |a: Arrival, buf| {
+                let Some(idx) = a.to.and_then(shared_udp::participant) else {
+                    return;
+                };
+                let Some(c) = clients.get_mut(idx).filter(|c| !c.retired) else {
+                    return;
+                };
+                take_datagram(c, now, a.from, buf, a.kernel_ns.unwrap_or_else(now_ns));
+                if !c.touched {
+                    c.touched = true;
+                    touched.push(idx);
+                }
+            });
+            // Edge-triggered: a short read emptied the queue, and what arrives after it
+            // raises a new event.
+            match got {
+                Ok(n) if n == crate::timestamped_recv::BATCH => {}
+                _ => break,
+            }
+        }
+        let mut touched = std::mem::take(&mut self.touched);
+        for &idx in &touched {
+            self.clients[idx].touched = false;
+            self.after_receive(idx);
+        }
+        touched.clear();
+        self.touched = touched;
+        self.send_shared();
+    }
+
+    /// After a participant received: the keyframes its PLIs ask for, and what it answers.
+    fn after_receive(&mut self, idx: usize) {
         // A PLI asks the named layer's encoder for a keyframe, as a browser's would.
-        if let Client {
+        if let Some(Client {
             transport: Transport::WebRtc(peer),
             media: Some(media),
             ..
-        } = c
+        }) = self.clients.get_mut(idx)
         {
             let video_base = usize::from(self.profile.audio);
             for ssrc in std::mem::take(&mut peer.pli_ssrcs) {
@@ -615,6 +692,13 @@ impl Generator {
             }
         }
         self.flush(idx);
+    }
+
+    /// Its stack took something that may move its timers: ask it again at the next tick.
+    fn stale_timers(&mut self, idx: usize) {
+        if let Some(c) = self.clients.get_mut(idx) {
+            c.timers_stale = true;
+        }
     }
 
     /// Timers, media due, and sending for one participant.
@@ -631,16 +715,27 @@ impl Generator {
                 let arrival = now_ns().saturating_sub(late);
                 count_rtp(peer, &mut c.rx, &mut c.first_media, at, &bytes, arrival);
                 peer.handle_datagram(at, from, &bytes);
+                c.timers_stale = true;
             }
             if c.next_receiver_report.is_some_and(|t| now >= t) {
                 c.next_receiver_report = Some(now + Duration::from_secs(1));
                 peer.send_receiver_reports();
+                c.timers_stale = true;
             }
         }
         let ready = match &mut c.transport {
             Transport::WebRtc(peer) => {
-                if peer.poll_timeout().is_some_and(|t| t <= now) {
+                // Asking every participant's stack every millisecond was a tenth of the
+                // generator's own code: its answer is kept until something could move it.
+                if c.timers_stale || now.duration_since(c.timers_asked) >= TIMERS_REFRESH {
+                    c.timers_due = peer.poll_timeout();
+                    c.timers_asked = now;
+                    c.timers_stale = false;
+                }
+                if c.timers_due.is_some_and(|t| t <= now) {
                     peer.handle_timeout(now);
+                    c.timers_due = peer.poll_timeout();
+                    c.timers_asked = now;
                 }
                 peer.is_secured()
             }
@@ -734,6 +829,19 @@ impl Generator {
                 let (_, dropped) = socket.send_batch(&self.batch);
                 self.send_dropped += dropped as u64;
             }
+            Link::Shared(source) => {
+                // Sent with others' a few at a time: fewer calls, yet no burst the server would
+                // queue, and a packet's stamp (taken as it is built) stays close to its sending.
+                if let Some(shared) = self.shared.as_mut() {
+                    for i in 0..self.batch.len() {
+                        let (dest, data) = self.batch.get(i);
+                        shared.queue(*source, dest, data);
+                    }
+                    if shared.pending() >= SHARED_SEND_AT {
+                        self.send_dropped += shared.send() as u64;
+                    }
+                }
+            }
             Link::Tcp(tcp) => {
                 for i in 0..self.batch.len() {
                     let (dest, data) = self.batch.get(i);
@@ -754,6 +862,63 @@ impl Generator {
             Link::Closed => {}
         }
         self.batch.clear();
+    }
+}
+
+/// A datagram that reached participant `c` at `now` (`arrival` on the real-time clock).
+fn take_datagram(c: &mut Client, now: Instant, from: SocketAddr, buf: &mut [u8], arrival: u64) {
+    let Client {
+        transport,
+        rx,
+        sampled,
+        first_media,
+        shaper,
+        timers_stale,
+        ..
+    } = c;
+    match transport {
+        Transport::WebRtc(peer) => {
+            if classify(buf) != PacketClass::Rtp {
+                peer.handle_datagram(now, from, buf);
+                *timers_stale = true;
+                return;
+            }
+            if let Some(shaper) = shaper {
+                // Through the shaped link first; it reaches the participant later.
+                let audio = RtpHeader::parse(buf).is_ok_and(|h| {
+                    peer.incoming
+                        .iter()
+                        .any(|l| l.ssrc == h.ssrc && l.kind == MediaKind::Audio)
+                });
+                shaper.offer(now, from, buf, audio);
+                return;
+            }
+            // Opening a packet may schedule transport-wide feedback.
+            *timers_stale |= *sampled && peer.transport_feedback;
+            take_rtp(peer, rx, *sampled, first_media, now, buf, arrival);
+        }
+        Transport::Plain { .. } => {
+            let Ok(h) = RtpHeader::parse(buf) else {
+                return;
+            };
+            let clock = if h.payload_type == AUDIO_PT {
+                48_000
+            } else {
+                90_000
+            };
+            rx.on_header(
+                h.ssrc,
+                h.sequence_number,
+                h.timestamp,
+                arrival,
+                clock,
+                buf.len(),
+            );
+            first_media.get_or_insert(now);
+            if let Some((sent, _)) = read_stamp(&buf[h.header_len..]) {
+                rx.on_latency(sent, arrival);
+            }
+        }
     }
 }
 

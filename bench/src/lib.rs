@@ -15,6 +15,8 @@ pub mod receive_stats;
 pub mod report;
 pub mod scenario;
 pub mod shaped_downlink;
+pub mod shared_udp;
 pub mod synthetic_media;
 pub mod tcp_link;
 pub mod timestamped_recv;
+pub mod worker_quota;

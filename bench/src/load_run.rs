@@ -11,6 +11,7 @@ use crate::proc_stats::{
 use crate::report::{HostReading, IntervalReport, TargetReport};
 use crate::scenario::Scenario;
 use crate::synthetic_media::MediaProfile;
+use crate::worker_quota::WorkerQuota;
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -62,6 +63,10 @@ pub struct RunOptions {
     pub sample_every: usize,
     pub server_core: Option<usize>,
     pub generator_core: Option<usize>,
+    /// One socket for all UDP participants, or one each.
+    pub generator_sockets: crate::generator::GeneratorSockets,
+    /// Hold each SFU worker thread to this fraction of a core (cgroup CPU quota).
+    pub worker_cpu_quota: Option<f64>,
     pub workers: usize,
     /// Joins started per second.
     pub join_rate: f64,
@@ -478,7 +483,12 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         TargetKind::Janus => janus_target::JANUS_IP.parse()?,
         _ => std::net::IpAddr::from([127, 0, 0, 1]),
     };
-    let (to_media, generator) = Generator::spawn(opts.profile, opts.generator_core, bind_ip);
+    let (to_media, generator) = Generator::spawn(
+        opts.profile,
+        opts.generator_core,
+        bind_ip,
+        opts.generator_sockets,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
@@ -577,6 +587,17 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         }
     };
     let rss_before = rss_bytes(server_pid).unwrap_or(0);
+    let worker_quota = match (opts.worker_cpu_quota, target) {
+        (Some(q), TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly)
+            if server_pid != 0 =>
+        {
+            Some(WorkerQuota::apply(server_pid, "sfu-worker-", q)?)
+        }
+        (Some(_), _) => {
+            bail!("--worker-cpu-quota holds our SFU's workers (target ours, on this machine)")
+        }
+        (None, _) => None,
+    };
 
     // Join everyone, paced.
     let issuer = match target {
@@ -716,6 +737,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         TargetKind::Relay | TargetKind::Janus => None,
     };
     let server_cpu = CpuWindow::start(server_pid);
+    let throttled_before = worker_quota.as_ref().map(WorkerQuota::throttled_periods);
     let steal = StealWindow::start();
     // Each SFU worker thread's share (ours, in the server or a node given by --server-pid).
     let workers_before = threads_cpu_time(server_pid, "sfu-worker-");
@@ -905,6 +927,19 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             "the hypervisor took {cpu_steal_pct:.1} % of this VM's CPU time during the run (steal): its figures are not comparable with runs at low steal"
         ));
     }
+    if let (Some(q), Some(quota), Some(before)) =
+        (opts.worker_cpu_quota, &worker_quota, throttled_before)
+    {
+        let periods = elapsed * 1e6 / crate::worker_quota::PERIOD_US as f64 * opts.workers as f64;
+        let throttled = quota.throttled_periods().saturating_sub(before) as f64;
+        notes.push(format!(
+            "each SFU worker was held to {q} of a core (cgroup CPU quota) and ran out of it in {:.0} % of its {} ms periods: per core it would carry about packets/s out ÷ {:.2}",
+            throttled * 100.0 / periods.max(1.0),
+            crate::worker_quota::PERIOD_US / 1000,
+            q * opts.workers as f64
+        ));
+    }
+    drop(worker_quota);
     let generator_limited = generator_cpu_pct > 90.0 || g.send_dropped > 0;
     if generator_limited {
         notes.push(format!(

@@ -3,6 +3,7 @@
 //! time, CPU and memory — as a table, JSON and an SVG plot.
 
 use anyhow::Context;
+use bench::generator::GeneratorSockets;
 use bench::load_run::{RunOptions, TargetKind, run};
 use bench::plot::{LoadPoint, draw};
 use bench::raw_relay::RawRelay;
@@ -139,6 +140,15 @@ struct LoadArgs {
     /// Core the generator's media thread is pinned to.
     #[arg(long, env = "BENCH_GENERATOR_CORE", default_value_t = 1)]
     generator_core: usize,
+    /// How the generator's UDP participants meet the network: on loopback one socket for all,
+    /// each participant at an address of its own (127.1.x.y), or a socket each.
+    #[arg(long, env = "BENCH_GENERATOR_SOCKETS", value_enum, default_value_t = GeneratorSockets::Shared)]
+    generator_sockets: GeneratorSockets,
+    /// Hold each SFU worker thread to this fraction of a core (a cgroup v1 CPU quota; root):
+    /// its knee is then within reach of a generator on one core, and knee ÷ fraction is its
+    /// capacity per core.
+    #[arg(long, env = "BENCH_WORKER_CPU_QUOTA")]
+    worker_cpu_quota: Option<f64>,
     /// Pin nothing (short smoke runs beside other work).
     #[arg(long, env = "BENCH_NO_PIN")]
     no_pin: bool,
@@ -280,6 +290,8 @@ impl LoadArgs {
             sample_every: self.sample_every,
             server_core: (!self.no_pin).then_some(self.server_core),
             generator_core: (!self.no_pin).then_some(self.generator_core),
+            generator_sockets: self.generator_sockets,
+            worker_cpu_quota: self.worker_cpu_quota,
             workers: self.workers,
             join_rate: self.join_rate,
             signaling_bin: self

@@ -36,6 +36,25 @@ pub fn threads_cpu_time(pid: u32, prefix: &str) -> Vec<(String, Duration)> {
     v.into_iter().map(|(_, name, cpu)| (name, cpu)).collect()
 }
 
+/// Thread ids of each thread of `pid` whose name is `prefix` and a number, with its name.
+pub fn thread_ids(pid: u32, prefix: &str) -> Vec<(String, u32)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(String, u32)> = dir
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let tid = path.file_name()?.to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            let name = comm.trim();
+            name.strip_prefix(prefix)?.parse::<u64>().ok()?;
+            Some((name.to_owned(), tid))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Resident set size of `pid` in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -182,7 +201,22 @@ mod tests {
         ];
         ready.wait();
         let found = threads_cpu_time(pid, "sfu-worker-");
+        let ids = thread_ids(pid, "sfu-worker-");
+        let comms: Vec<(String, String)> = ids
+            .iter()
+            .map(|(name, tid)| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"));
+                (name.clone(), comm.unwrap_or_default().trim().to_owned())
+            })
+            .collect();
         read.wait();
+        // Each id is the thread of that name (what a CPU quota is put on).
+        let mut id_names: Vec<&str> = ids.iter().map(|(n, _)| n.as_str()).collect();
+        id_names.sort_unstable();
+        assert_eq!(id_names, ["sfu-worker-10", "sfu-worker-2"]);
+        for (name, comm) in &comms {
+            assert_eq!(name, comm);
+        }
         for t in threads {
             t.join().unwrap();
         }

@@ -7,10 +7,23 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
-const BATCH: usize = 32;
+/// Datagrams per `recvmmsg`.
+pub const BATCH: usize = 64;
 /// Datagrams are at most an MTU: GRO is switched off on these sockets.
 const BUF: usize = 2048;
-const CONTROL: usize = 64;
+/// Room for a timestamp and a packet-info control message.
+const CONTROL: usize = 128;
+
+/// One received datagram's addresses and arrival.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub from: SocketAddr,
+    /// The address it was sent to, on a socket with [`enable_destination`] (one socket that
+    /// serves many addresses).
+    pub to: Option<Ipv4Addr>,
+    /// When the kernel received it, ns on the real-time clock.
+    pub kernel_ns: Option<u64>,
+}
 
 /// Nanoseconds since the Unix epoch (the clock of kernel timestamps).
 pub fn realtime_ns() -> u64 {
@@ -63,6 +76,11 @@ pub fn enable(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Reports each datagram's destination address (`IP_PKTINFO`).
+pub fn enable_destination(fd: RawFd) -> io::Result<()> {
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
+}
+
 fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match s.ss_family as libc::c_int {
         libc::AF_INET => {
@@ -88,13 +106,9 @@ fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 impl TimestampedRecv {
-    /// One `recvmmsg` on `fd`: calls `f(from, datagram, kernel arrival ns)` for each datagram.
+    /// One `recvmmsg` on `fd`: calls `f(addresses and arrival, datagram)` for each datagram.
     /// Returns how many arrived (0 when none was waiting).
-    pub fn recv(
-        &mut self,
-        fd: RawFd,
-        mut f: impl FnMut(SocketAddr, &mut [u8], Option<u64>),
-    ) -> io::Result<usize> {
+    pub fn recv(&mut self, fd: RawFd, mut f: impl FnMut(Arrival, &mut [u8])) -> io::Result<usize> {
         // SAFETY: iovec, sockaddr_storage and mmsghdr are plain C structs; zero is valid.
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
@@ -135,6 +149,7 @@ impl TimestampedRecv {
         for i in 0..n {
             let len = (hdrs[i].msg_len as usize).min(BUF);
             let mut arrival = None;
+            let mut to = None;
             let h = &hdrs[i].msg_hdr;
             // SAFETY: `h` was filled by recvmmsg; CMSG_* walk its control buffer within
             // `msg_controllen`.
@@ -147,6 +162,11 @@ impl TimestampedRecv {
                     let ts: libc::timespec =
                         unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast()) };
                     arrival = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+                } else if cm.cmsg_level == libc::IPPROTO_IP && cm.cmsg_type == libc::IP_PKTINFO {
+                    // SAFETY: IP_PKTINFO carries an in_pktinfo; read unaligned.
+                    let info: libc::in_pktinfo =
+                        unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast()) };
+                    to = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
                 }
                 // SAFETY: as for CMSG_FIRSTHDR.
                 c = unsafe { libc::CMSG_NXTHDR(h, c) };
@@ -154,7 +174,12 @@ impl TimestampedRecv {
             let Some(from) = socket_addr(&names[i]) else {
                 continue;
             };
-            f(from, &mut self.bufs[i * BUF..i * BUF + len], arrival);
+            let meta = Arrival {
+                from,
+                to,
+                kernel_ns: arrival,
+            };
+            f(meta, &mut self.bufs[i * BUF..i * BUF + len]);
         }
         Ok(n)
     }

@@ -142,6 +142,7 @@ fn each_scenario_runs_against_our_sfu_and_the_relay() {
     assert_eq!(r["target"], "ours-tcp");
     assert_eq!(r["sfu_ice_tcp_connections"].as_u64(), Some(7), "{r}");
 
+    // A socket per participant (the others here share one).
     let doc = bench(&[
         "run",
         "--target",
@@ -152,6 +153,8 @@ fn each_scenario_runs_against_our_sfu_and_the_relay() {
         "1",
         "--size",
         "4",
+        "--generator-sockets",
+        "per-participant",
     ]);
     let r = &doc["targets"][0];
     check(r, 4, 4);
