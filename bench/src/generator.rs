@@ -256,6 +256,9 @@ pub struct GeneratorReport {
     pub clients: usize,
     /// Datagrams the generator's sockets refused to send (its own overload).
     pub send_dropped: u64,
+    /// Datagrams for its participants that its shared socket's full queue dropped (its own
+    /// overload, not the server's loss).
+    pub receive_dropped: u64,
     /// Participants that could not be created (sockets exhausted).
     pub failed: usize,
     /// Participants whose media path is up (DTLS done, or plain).
@@ -277,6 +280,10 @@ pub struct Generator {
     shared: Option<SharedUdp>,
     /// Participants that received in the current drain of the shared socket.
     touched: Vec<usize>,
+    /// Datagrams the shared socket's full queue dropped since it opened (as last reported),
+    /// and that count when the measurement started.
+    shared_overflows: u32,
+    shared_overflows_at_reset: u32,
     clients: Vec<Client>,
     profile: MediaProfile,
     batch: TransmitBatch,
@@ -308,6 +315,8 @@ impl Generator {
                     sockets,
                     shared: None,
                     touched: Vec::new(),
+                    shared_overflows: 0,
+                    shared_overflows_at_reset: 0,
                     clients: Vec::new(),
                     profile,
                     batch: TransmitBatch::with_capacity(256),
@@ -539,6 +548,7 @@ impl Generator {
             }
             ToMedia::ResetStats => {
                 self.send_dropped = 0;
+                self.shared_overflows_at_reset = self.shared_overflows;
                 for c in &mut self.clients {
                     c.rx = ReceiveStats::default();
                     c.sent_packets = 0;
@@ -569,6 +579,10 @@ impl Generator {
         let mut r = GeneratorReport {
             clients: self.clients.len(),
             send_dropped: self.send_dropped,
+            receive_dropped: u64::from(
+                self.shared_overflows
+                    .wrapping_sub(self.shared_overflows_at_reset),
+            ),
             failed: self.failed,
             ..Default::default()
         };
@@ -642,8 +656,12 @@ impl Generator {
             return;
         };
         let (clients, touched) = (&mut self.clients, &mut self.touched);
+        let overflows = &mut self.shared_overflows;
         loop {
             let got = self.recv.recv(fd, |a: Arrival, buf| {
+                if let Some(n) = a.dropped {
+                    *overflows = n;
+                }
                 let Some(idx) = a.to.and_then(shared_udp::participant) else {
                     return;
                 };

@@ -909,6 +909,12 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             g.send_dropped
         ));
     }
+    if g.receive_dropped > 0 {
+        notes.push(format!(
+            "the generator's receive queue overflowed and dropped {} datagrams: they count as lost, though the server sent them",
+            g.receive_dropped
+        ));
+    }
     let _ = to_media.send(ToMedia::Stop);
     let _ = generator.join();
     drop(janus_sessions);
@@ -930,17 +936,18 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     if let (Some(q), Some(quota), Some(before)) =
         (opts.worker_cpu_quota, &worker_quota, throttled_before)
     {
-        let periods = elapsed * 1e6 / crate::worker_quota::PERIOD_US as f64 * opts.workers as f64;
+        let periods =
+            elapsed * 1e6 / crate::worker_quota::PERIOD_US as f64 * quota.workers() as f64;
         let throttled = quota.throttled_periods().saturating_sub(before) as f64;
         notes.push(format!(
             "each SFU worker was held to {q} of a core (cgroup CPU quota) and ran out of it in {:.0} % of its {} ms periods: per core it would carry about packets/s out ÷ {:.2}",
             throttled * 100.0 / periods.max(1.0),
             crate::worker_quota::PERIOD_US / 1000,
-            q * opts.workers as f64
+            q * quota.workers() as f64
         ));
     }
     drop(worker_quota);
-    let generator_limited = generator_cpu_pct > 90.0 || g.send_dropped > 0;
+    let generator_limited = generator_cpu_pct > 90.0 || g.send_dropped > 0 || g.receive_dropped > 0;
     if generator_limited {
         notes.push(format!(
             "the generator used {generator_cpu_pct:.0} % of its core: it, not the server, may be the limit"
@@ -977,6 +984,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         sfu_datagrams_per_send: sfu_metrics.as_ref().and_then(|m| m.datagrams_per_send),
         sfu_gso_datagrams_pct: sfu_metrics.as_ref().and_then(|m| m.gso_datagrams_pct),
         generator_send_dropped: g.send_dropped,
+        generator_receive_dropped: g.receive_dropped,
         jitter_ms: g.rx.mean_jitter_ms(),
         latency_p50_ms: g.rx.latency_ms(0.5),
         latency_p95_ms: g.rx.latency_ms(0.95),

@@ -68,6 +68,10 @@ pub struct TargetReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sfu_gso_datagrams_pct: Option<f64>,
     pub generator_send_dropped: u64,
+    /// Datagrams the generator's shared receive queue dropped (its overload: counted in
+    /// the loss above, but not the server's).
+    #[serde(default)]
+    pub generator_receive_dropped: u64,
     /// CPU time the hypervisor took from this VM during the measurement, % of all CPU time
     /// (`/proc/stat` steal): above 5 % the run is flagged in `notes`.
     pub cpu_steal_pct: f64,

@@ -97,7 +97,21 @@ impl SharedUdp {
         socket.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
         socket.set_nonblocking(true)?;
         let socket: UdpSocket = socket.into();
+        // Above the host's `rmem_max` too where we may (root): all participants share this
+        // one queue, and what overflows it would read as the server's loss.
+        let rcvbuf: libc::c_int = 8 * 1024 * 1024;
+        // SAFETY: `rcvbuf` outlives the call and its size is passed; the socket is ours.
+        let _ = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&rcvbuf as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         timestamped_recv::enable(socket.as_raw_fd())?;
+        timestamped_recv::enable_overflow_count(socket.as_raw_fd())?;
         timestamped_recv::enable_destination(socket.as_raw_fd())?;
         // Don't-fragment, as the server's and the per-participant sockets send (quinn-udp
         // probes the path MTU): without it the kernel picks each datagram's IP ID from a

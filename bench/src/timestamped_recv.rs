@@ -23,6 +23,9 @@ pub struct Arrival {
     pub to: Option<Ipv4Addr>,
     /// When the kernel received it, ns on the real-time clock.
     pub kernel_ns: Option<u64>,
+    /// Datagrams the socket's full receive queue had dropped by then, since it was opened,
+    /// on a socket with [`enable_overflow_count`].
+    pub dropped: Option<u32>,
 }
 
 /// Nanoseconds since the Unix epoch (the clock of kernel timestamps).
@@ -74,6 +77,11 @@ pub fn enable(fd: RawFd) -> io::Result<()> {
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
     let _ = setsockopt(fd, libc::SOL_UDP, libc::UDP_GRO, 0);
     Ok(())
+}
+
+/// Reports with each datagram how many the socket dropped so far (`SO_RXQ_OVFL`).
+pub fn enable_overflow_count(fd: RawFd) -> io::Result<()> {
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
 }
 
 /// Reports each datagram's destination address (`IP_PKTINFO`).
@@ -150,6 +158,7 @@ impl TimestampedRecv {
             let len = (hdrs[i].msg_len as usize).min(BUF);
             let mut arrival = None;
             let mut to = None;
+            let mut dropped = None;
             let h = &hdrs[i].msg_hdr;
             // SAFETY: `h` was filled by recvmmsg; CMSG_* walk its control buffer within
             // `msg_controllen`.
@@ -162,6 +171,9 @@ impl TimestampedRecv {
                     let ts: libc::timespec =
                         unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast()) };
                     arrival = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+                } else if cm.cmsg_level == libc::SOL_SOCKET && cm.cmsg_type == libc::SO_RXQ_OVFL {
+                    // SAFETY: SO_RXQ_OVFL carries a u32 counter; read unaligned.
+                    dropped = Some(unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast()) });
                 } else if cm.cmsg_level == libc::IPPROTO_IP && cm.cmsg_type == libc::IP_PKTINFO {
                     // SAFETY: IP_PKTINFO carries an in_pktinfo; read unaligned.
                     let info: libc::in_pktinfo =
@@ -178,6 +190,7 @@ impl TimestampedRecv {
                 from,
                 to,
                 kernel_ns: arrival,
+                dropped,
             };
             f(meta, &mut self.bufs[i * BUF..i * BUF + len]);
         }

@@ -16,16 +16,32 @@ const CPU_HIERARCHY: &str = "/sys/fs/cgroup/cpu";
 /// The quota's period: short, so a throttled worker waits at most a few milliseconds.
 pub const PERIOD_US: u64 = 10_000;
 
-/// Each worker thread in a cgroup of its own with the quota; undone when dropped.
+/// Each worker thread in a cgroup of its own with the quota; undone when dropped (a `bench`
+/// killed before then leaves the groups, named `hc-bench-<pid>-<thread>`, behind).
 pub struct WorkerQuota {
-    groups: Vec<PathBuf>,
+    /// Each group made, with the thread put in it and the group the thread came from.
+    groups: Vec<(PathBuf, u32, PathBuf)>,
+}
+
+/// The group of `tid` in the `cpu` hierarchy (from `/proc/<tid>/cgroup`).
+fn cpu_group_of(tid: u32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/cgroup")).ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "cpu")
+            .then(|| Path::new(CPU_HIERARCHY).join(path.trim_start_matches('/')))
+    })
 }
 
 impl WorkerQuota {
     /// Holds each thread of `pid` named `prefix` + a number to `fraction` of a core.
     pub fn apply(pid: u32, prefix: &str, fraction: f64) -> anyhow::Result<Self> {
-        if !(0.01..=1.0).contains(&fraction) {
-            bail!("--worker-cpu-quota {fraction}: a fraction of a core, 0.01 to 1");
+        // The kernel takes no quota under 1 ms: a tenth of the 10 ms period.
+        if !(0.1..=1.0).contains(&fraction) {
+            bail!("--worker-cpu-quota {fraction}: a fraction of a core, 0.1 to 1");
         }
         let root = Path::new(CPU_HIERARCHY);
         if !root.join("cpu.cfs_quota_us").exists() {
@@ -40,9 +56,10 @@ impl WorkerQuota {
         let mut quota = Self { groups: Vec::new() };
         for (name, tid) in threads {
             let group = root.join(format!("hc-bench-{pid}-{name}"));
+            let origin = cpu_group_of(tid).unwrap_or_else(|| root.to_path_buf());
             std::fs::create_dir_all(&group)
                 .with_context(|| format!("creating {}", group.display()))?;
-            quota.groups.push(group.clone());
+            quota.groups.push((group.clone(), tid, origin));
             let write = |file: &str, value: String| {
                 std::fs::write(group.join(file), value)
                     .with_context(|| format!("writing {}", group.join(file).display()))
@@ -57,11 +74,16 @@ impl WorkerQuota {
         Ok(quota)
     }
 
+    /// Worker threads held.
+    pub fn workers(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Periods in which a worker ran out of its quota, summed over the workers.
     pub fn throttled_periods(&self) -> u64 {
         self.groups
             .iter()
-            .filter_map(|g| std::fs::read_to_string(g.join("cpu.stat")).ok())
+            .filter_map(|(g, _, _)| std::fs::read_to_string(g.join("cpu.stat")).ok())
             .filter_map(|s| {
                 s.lines()
                     .find_map(|l| l.strip_prefix("nr_throttled "))
@@ -73,13 +95,10 @@ impl WorkerQuota {
 
 impl Drop for WorkerQuota {
     fn drop(&mut self) {
-        for group in &self.groups {
-            // Threads still in it (the server outlived the run) go back to the root first.
-            if let Ok(tasks) = std::fs::read_to_string(group.join("tasks")) {
-                for tid in tasks.lines() {
-                    let _ = std::fs::write(Path::new(CPU_HIERARCHY).join("tasks"), tid);
-                }
-            }
+        for (group, tid, origin) in &self.groups {
+            // A thread still alive (a running service's, given by --server-pid) goes back
+            // to the group it came from, unlimited again.
+            let _ = std::fs::write(origin.join("tasks"), tid.to_string());
             let _ = std::fs::remove_dir(group);
         }
     }

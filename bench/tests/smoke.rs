@@ -67,6 +67,7 @@ fn check(r: &Value, participants: u64, receivers: u64) {
     );
     assert_eq!(r["receivers_expected"].as_u64(), Some(receivers), "{r}");
     assert_eq!(r["generator_send_dropped"].as_u64(), Some(0), "{r}");
+    assert_eq!(r["generator_receive_dropped"].as_u64(), Some(0), "{r}");
     assert!(
         f("latency_p99_ms") > 0.0 && f("latency_p99_ms") < 1000.0,
         "{r}"
