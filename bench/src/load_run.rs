@@ -525,8 +525,10 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             };
             std::fs::write(
                 &config,
+                // Every simulated participant connects from this machine's one address: past
+                // the per-address limit (500, for a hospital behind one address) joins failed.
                 format!(
-                    "[meetings]\nmax_participants = 100000\nqueue_limit = 100000\n{estimation}"
+                    "[meetings]\nmax_participants = 100000\nqueue_limit = 100000\n[http]\nmax_connections_per_source = 100000\n{estimation}"
                 ),
             )?;
             let args: Vec<String> = [
