@@ -761,6 +761,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 sfu_server::metric_descriptions::ESTIMATE_BUCKETS,
             )
         })
+        .and_then(|b| {
+            // Finer than the other durations: a timer pass is microseconds to milliseconds.
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("sfu_timer_pass_seconds".into()),
+                sfu_server::metric_descriptions::TIMER_PASS_BUCKETS,
+            )
+        })
         .and_then(|b| b.install_recorder())
         .ok();
     signaling::service_gauges::describe();

@@ -106,6 +106,19 @@ async fn a_visit_lands_in_the_histograms_and_every_metric_is_named_and_explained
         .unwrap();
     assert_eq!(within_a_second, answers);
     assert!(text.contains("# TYPE sfu_packets_out_total counter"));
+    // The worker's timer passes, timed, in buckets fine enough for them (from 25 µs).
+    let passes: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sfu_timer_pass_seconds_count{worker=\"0\"} "))
+        .expect("the worker's timer passes")
+        .parse()
+        .unwrap();
+    assert!(passes >= 1.0, "{passes} timer passes");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sfu_timer_pass_seconds_bucket{worker=\"0\",le=\"0.000025\"}")),
+        "microsecond buckets"
+    );
     assert_eq!(support::convention_problems(&text), Vec::<String>::new());
     // And the check can fail.
     assert_eq!(

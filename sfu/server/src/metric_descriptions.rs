@@ -40,11 +40,21 @@ pub fn describe() {
         "sfu_downlink_estimate_bytes_per_second",
         "Subscribers' bandwidth estimates (bytes per second), observed once a second each."
     );
+    describe_histogram!(
+        "sfu_timer_pass_seconds",
+        "How long each of a worker's timer passes took (NACKs, reports, layer choice, pacing): datagrams that arrive meanwhile wait for it."
+    );
     describe_gauge!(
         "sfu_downlinks_constrained",
         "Subscribers whose bandwidth estimate holds a layer they want back, per worker."
     );
 }
+
+/// Buckets of `sfu_timer_pass_seconds`: a pass is tens of microseconds in a quiet worker; one
+/// over a millisecond shows in every packet's latency behind it.
+pub const TIMER_PASS_BUCKETS: &[f64] = &[
+    25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3,
+];
 
 /// Buckets of `sfu_downlink_estimate_bytes_per_second`: a phone on a weak link (100 kbit/s)
 /// to a fast one (10 Mbit/s), in bytes.

@@ -192,6 +192,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                     ),
                     crate::metric_descriptions::ESTIMATE_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full("sfu_timer_pass_seconds".into()),
+                        crate::metric_descriptions::TIMER_PASS_BUCKETS,
+                    )
+                })
                 .context("metrics buckets")?
                 .install_recorder()
                 .context("installing the metrics recorder")?;

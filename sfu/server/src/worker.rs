@@ -112,6 +112,7 @@ fn run(
     };
     let mut next_metrics = Instant::now() + METRICS_INTERVAL;
     let label = index.to_string();
+    let timer_pass = metrics::histogram!("sfu_timer_pass_seconds", "worker" => label.clone());
     loop {
         // Commands from signaling, a bounded turn of them so the sockets are served between.
         let turn_started = Instant::now();
@@ -137,7 +138,11 @@ fn run(
             }
         }
         let now = Instant::now();
+        let pass_due = sfu.poll_timeout().is_some_and(|t| t <= now);
         sfu.handle_timeout(now, &mut batch);
+        if pass_due {
+            timer_pass.record(now.elapsed().as_secs_f64());
+        }
         out.flush(&mut batch);
         while let Some(event) = sfu.poll_event() {
             sink(index, event);
