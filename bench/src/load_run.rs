@@ -34,6 +34,9 @@ pub enum TargetKind {
     /// Our SFU choosing layers by receiver-reported loss alone (`bandwidth_estimation =
     /// false`), the behaviour before bandwidth estimation, for comparison.
     OursLossOnly,
+    /// Our SFU with its workers receiving through io_uring (`udp_receive = "io-uring"`; the
+    /// `signaling` binary built with the io-uring feature), for the experiment of ADR 0006.
+    OursIoUring,
     /// The raw UDP relay: the machine's ceiling for the same packet pattern.
     Relay,
     /// Janus's VideoRoom (Debian's `janus`), started by the harness in a network namespace.
@@ -46,6 +49,7 @@ impl TargetKind {
             TargetKind::Ours => "ours",
             TargetKind::OursTcp => "ours-tcp",
             TargetKind::OursLossOnly => "ours-loss-only",
+            TargetKind::OursIoUring => "ours-io-uring",
             TargetKind::Relay => "relay",
             TargetKind::Janus => "janus",
         }
@@ -67,6 +71,8 @@ pub struct RunOptions {
     pub generator_sockets: crate::generator::GeneratorSockets,
     /// Hold each SFU worker thread to this fraction of a core (cgroup CPU quota).
     pub worker_cpu_quota: Option<f64>,
+    /// Our SFU's workers also listen for ICE-TCP (its default).
+    pub ice_tcp: bool,
     pub workers: usize,
     /// Joins started per second.
     pub join_rate: f64,
@@ -162,14 +168,14 @@ fn spawn_pinned<T>(
 }
 
 /// The counters of our SFU's `/metrics` that the report needs, summed over workers.
-async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64; 12]> {
+async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64; 13]> {
     let text = http
         .get(format!("{base}/metrics"))
         .send()
         .await?
         .text()
         .await?;
-    let mut v = [0.0; 12];
+    let mut v = [0.0; 13];
     for line in text.lines() {
         for (i, name) in [
             "sfu_packets_in_total",
@@ -184,6 +190,7 @@ async fn sfu_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<[f64
             "sfu_udp_sent_datagrams_total",
             "sfu_udp_gso_messages_total",
             "sfu_udp_gso_datagrams_total",
+            "sfu_paced_packets_total",
         ]
         .iter()
         .enumerate()
@@ -207,6 +214,7 @@ struct SfuFigures {
     datagrams_per_receive: Option<f64>,
     datagrams_per_send: Option<f64>,
     gso_datagrams_pct: Option<f64>,
+    paced_pct: Option<f64>,
 }
 
 async fn generator_report(to_media: &Sender<ToMedia>) -> anyhow::Result<GeneratorReport> {
@@ -516,19 +524,30 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             )
         }
         (Some(_), _) => bail!("--url measures our SFU: target ours or ours-tcp"),
-        (None, TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly) => {
+        (
+            None,
+            TargetKind::Ours
+            | TargetKind::OursTcp
+            | TargetKind::OursLossOnly
+            | TargetKind::OursIoUring,
+        ) => {
             let config = dir.join("bench.toml");
-            let estimation = if target == TargetKind::OursLossOnly {
-                "[sfu]\nbandwidth_estimation = false\n"
-            } else {
-                ""
-            };
+            let mut sfu_section = match target {
+                TargetKind::OursLossOnly => "[sfu]\nbandwidth_estimation = false\n",
+                TargetKind::OursIoUring => "[sfu]\nudp_receive = \"io-uring\"\n",
+                _ => "[sfu]\n",
+            }
+            .to_owned();
+            // (ours-tcp needs it.)
+            if !opts.ice_tcp && target != TargetKind::OursTcp {
+                sfu_section.push_str("ice_tcp = false\n");
+            }
             std::fs::write(
                 &config,
                 // Every simulated participant connects from this machine's one address: past
                 // the per-address limit (500, for a hospital behind one address) joins failed.
                 format!(
-                    "[meetings]\nmax_participants = 100000\nqueue_limit = 100000\n[http]\nmax_connections_per_source = 100000\n{estimation}"
+                    "[meetings]\nmax_participants = 100000\nqueue_limit = 100000\n[http]\nmax_connections_per_source = 100000\n{sfu_section}"
                 ),
             )?;
             let args: Vec<String> = [
@@ -590,11 +609,13 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     };
     let rss_before = rss_bytes(server_pid).unwrap_or(0);
     let worker_quota = match (opts.worker_cpu_quota, target) {
-        (Some(q), TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly)
-            if server_pid != 0 =>
-        {
-            Some(WorkerQuota::apply(server_pid, "sfu-worker-", q)?)
-        }
+        (
+            Some(q),
+            TargetKind::Ours
+            | TargetKind::OursTcp
+            | TargetKind::OursLossOnly
+            | TargetKind::OursIoUring,
+        ) if server_pid != 0 => Some(WorkerQuota::apply(server_pid, "sfu-worker-", q)?),
         (Some(_), _) => {
             bail!("--worker-cpu-quota holds our SFU's workers (target ours, on this machine)")
         }
@@ -604,12 +625,13 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     // Join everyone, paced.
     let issuer = match target {
         _ if opts.deployment.is_some() => None,
-        TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly => {
-            Some(match &opts.issuer_key {
-                Some(k) => DevIssuer::load(k)?,
-                None => DevIssuer::load_or_create(&key_path)?,
-            })
-        }
+        TargetKind::Ours
+        | TargetKind::OursTcp
+        | TargetKind::OursLossOnly
+        | TargetKind::OursIoUring => Some(match &opts.issuer_key {
+            Some(k) => DevIssuer::load(k)?,
+            None => DevIssuer::load_or_create(&key_path)?,
+        }),
         TargetKind::Relay | TargetKind::Janus => None,
     };
     let mut receivers = 0usize;
@@ -634,7 +656,10 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             .any(|o| o.meeting == p.meeting && o.publish && o.name != p.name);
         receivers += usize::from(expects_media);
         match target {
-            TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly
+            TargetKind::Ours
+            | TargetKind::OursTcp
+            | TargetKind::OursLossOnly
+            | TargetKind::OursIoUring
                 if opts.deployment.is_some() =>
             {
                 let d = opts.deployment.as_ref().context("deployment")?;
@@ -652,7 +677,10 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     stop_rx.clone(),
                 )));
             }
-            TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly => {
+            TargetKind::Ours
+            | TargetKind::OursTcp
+            | TargetKind::OursLossOnly
+            | TargetKind::OursIoUring => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)?
                     .as_secs() as i64;
@@ -733,9 +761,10 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         None => (http.clone(), base.clone()),
     };
     let counters_before = match target {
-        TargetKind::Ours | TargetKind::OursTcp | TargetKind::OursLossOnly => {
-            sfu_counters(&metrics_http, &metrics_base).await.ok()
-        }
+        TargetKind::Ours
+        | TargetKind::OursTcp
+        | TargetKind::OursLossOnly
+        | TargetKind::OursIoUring => sfu_counters(&metrics_http, &metrics_base).await.ok(),
         TargetKind::Relay | TargetKind::Janus => None,
     };
     let server_cpu = CpuWindow::start(server_pid);
@@ -858,6 +887,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     datagrams_per_receive: per(d(7), d(6)),
                     datagrams_per_send: per(d(9), d(8)),
                     gso_datagrams_pct: per(100.0 * d(11), d(9)),
+                    paced_pct: per(100.0 * d(12), d(1)),
                 }
             }),
         None => None,
@@ -985,6 +1015,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         sfu_datagrams_per_receive: sfu_metrics.as_ref().and_then(|m| m.datagrams_per_receive),
         sfu_datagrams_per_send: sfu_metrics.as_ref().and_then(|m| m.datagrams_per_send),
         sfu_gso_datagrams_pct: sfu_metrics.as_ref().and_then(|m| m.gso_datagrams_pct),
+        sfu_paced_pct: sfu_metrics.as_ref().and_then(|m| m.paced_pct),
         generator_send_dropped: g.send_dropped,
         generator_receive_dropped: g.receive_dropped,
         jitter_ms: g.rx.mean_jitter_ms(),

@@ -149,6 +149,10 @@ struct LoadArgs {
     /// capacity per core.
     #[arg(long, env = "BENCH_WORKER_CPU_QUOTA")]
     worker_cpu_quota: Option<f64>,
+    /// Our SFU's workers without ICE-TCP (`ice_tcp = false`): each waits on its UDP socket
+    /// alone, as the io_uring receive can in one system call (ADR 0006).
+    #[arg(long, env = "BENCH_NO_ICE_TCP")]
+    no_ice_tcp: bool,
     /// Pin nothing (short smoke runs beside other work).
     #[arg(long, env = "BENCH_NO_PIN")]
     no_pin: bool,
@@ -292,6 +296,7 @@ impl LoadArgs {
             generator_core: (!self.no_pin).then_some(self.generator_core),
             generator_sockets: self.generator_sockets,
             worker_cpu_quota: self.worker_cpu_quota,
+            ice_tcp: !self.no_ice_tcp,
             workers: self.workers,
             join_rate: self.join_rate,
             signaling_bin: self

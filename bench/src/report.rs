@@ -67,6 +67,10 @@ pub struct TargetReport {
     /// segments), % of all it sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sfu_gso_datagrams_pct: Option<f64>,
+    /// Packets our SFU sent through a subscriber's pacer (its bandwidth estimate bound: they
+    /// waited to leave at its pace), % of all it sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfu_paced_pct: Option<f64>,
     pub generator_send_dropped: u64,
     /// Datagrams the generator's shared receive queue dropped (its overload: counted in
     /// the loss above, but not the server's).
@@ -310,6 +314,10 @@ pub fn table(reports: &[TargetReport]) -> String {
         (
             "datagrams sent in GSO messages %",
             Box::new(|r| optional(r.sfu_gso_datagrams_pct, 1)),
+        ),
+        (
+            "packets sent paced %",
+            Box::new(|r| optional(r.sfu_paced_pct, 2)),
         ),
         (
             "server RSS MiB",

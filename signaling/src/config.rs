@@ -178,6 +178,8 @@ pub struct SfuSection {
     pub ice_tcp: Option<bool>,
     /// Runs of datagrams to one destination sent as UDP GSO messages (default on).
     pub udp_gso: Option<bool>,
+    /// How workers receive: `recvmmsg` (default) or `io-uring` (a build with that feature).
+    pub udp_receive: Option<sfu_server::udp_receive::UdpReceive>,
     /// Choose each subscriber's layers by its bandwidth estimate (default true).
     pub bandwidth_estimation: Option<bool>,
     /// The estimate a subscriber starts with, kbit/s (100–20000, default 1500).

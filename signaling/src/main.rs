@@ -177,6 +177,10 @@ struct ServeArgs {
     /// can: `true` (default) or `false`.
     #[arg(long, env = "SFU_UDP_GSO")]
     udp_gso: Option<bool>,
+    /// How workers receive from their UDP sockets: `recvmmsg` (default) or `io-uring` (an
+    /// experiment; needs a build with the io-uring feature).
+    #[arg(long, env = "SFU_UDP_RECEIVE", value_enum)]
+    udp_receive: Option<sfu_server::udp_receive::UdpReceive>,
     /// Choose subscribers' layers by their bandwidth estimate: `true` (default) or `false`.
     #[arg(long, env = "SFU_BANDWIDTH_ESTIMATION")]
     bandwidth_estimation: Option<bool>,
@@ -494,6 +498,14 @@ fn main() -> anyhow::Result<()> {
             let section = format!("{} [sfu]", config.display());
             sfu_server::node_file_config::start_bitrate_bps(sfu.start_bitrate_kbps, &section)?;
             sfu_server::node_file_config::video_floor_bps(sfu.video_floor_kbps, &section)?;
+            // (Standalone nodes read their own; remote mode only warns that it is unused.)
+            if sfu.mode != Some(SfuMode::Remote) {
+                sfu_server::udp_receive::UdpReceive::checked(
+                    sfu.udp_receive,
+                    &section,
+                    "udp_receive",
+                )?;
+            }
             say!("{}: ok", config.display());
             Ok(())
         }
@@ -793,6 +805,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .unwrap_or(listen.ip()),
                 ice_tcp: args.ice_tcp.or(sfu.ice_tcp).unwrap_or(true),
                 udp_gso: args.udp_gso.or(sfu.udp_gso).unwrap_or(true),
+                udp_receive: sfu_server::udp_receive::UdpReceive::checked(
+                    args.udp_receive.or(sfu.udp_receive),
+                    &media_source(args.udp_receive.is_some(), "--udp-receive"),
+                    "udp_receive",
+                )?,
                 bandwidth_estimation: args
                     .bandwidth_estimation
                     .or(sfu.bandwidth_estimation)
@@ -895,6 +912,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.udp_gso.or(sfu.udp_gso).unwrap_or(true).to_string(),
             );
             arg(
+                "--udp-receive",
+                sfu_server::udp_receive::UdpReceive::checked(
+                    args.udp_receive.or(sfu.udp_receive),
+                    &media_source(args.udp_receive.is_some(), "--udp-receive"),
+                    "udp_receive",
+                )?
+                .to_string(),
+            );
+            arg(
                 "--bandwidth-estimation",
                 args.bandwidth_estimation
                     .or(sfu.bandwidth_estimation)
@@ -959,6 +985,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 ),
                 (args.ice_tcp.is_some() || sfu.ice_tcp.is_some(), "ice_tcp"),
                 (args.udp_gso.is_some() || sfu.udp_gso.is_some(), "udp_gso"),
+                (
+                    args.udp_receive.is_some() || sfu.udp_receive.is_some(),
+                    "udp_receive",
+                ),
                 (
                     args.bandwidth_estimation.is_some() || sfu.bandwidth_estimation.is_some(),
                     "bandwidth_estimation",

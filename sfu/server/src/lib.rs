@@ -14,6 +14,9 @@ pub mod node_file_config;
 pub mod process_cpu;
 pub mod room_placement;
 pub mod udp_batch;
+pub mod udp_receive;
+#[cfg(feature = "io-uring")]
+pub mod uring_receive;
 pub mod worker;
 
 pub use node::{MAX_PENDING_REQUESTS, NodeConfig, NodeError, SfuNode};

@@ -15,6 +15,10 @@ pub fn describe() {
     {
         describe_counter!(*name, *help);
     }
+    #[cfg(feature = "io-uring")]
+    for (name, help) in crate::uring_receive::UringCounters::HELP {
+        describe_counter!(name, help);
+    }
     describe_counter!(
         "sfu_send_dropped_total",
         "Datagrams the kernel would not take (socket buffer full), dropped."

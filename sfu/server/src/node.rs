@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub ice_tcp: bool,
     /// Send runs of datagrams to one destination as UDP GSO messages where the kernel can.
     pub udp_gso: bool,
+    /// How workers receive (io_uring only in a build with the `io-uring` feature).
+    pub udp_receive: crate::udp_receive::UdpReceive,
     pub consent_disconnected: Duration,
     pub consent_failed: Duration,
     /// Subscribers' layers by their bandwidth estimate (`false`: by reported loss alone).
@@ -50,6 +52,7 @@ impl Default for NodeConfig {
             pin_cores: false,
             ice_tcp: true,
             udp_gso: true,
+            udp_receive: crate::udp_receive::UdpReceive::Recvmmsg,
             consent_disconnected: Duration::from_secs(3),
             consent_failed: Duration::from_secs(10),
             bandwidth_estimation: true,
@@ -68,6 +71,13 @@ pub enum NodeError {
     },
     #[error("binding UDP {addr}: {source}")]
     Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "setting up the io_uring receive (sfu.udp_receive = \"io-uring\") on UDP {addr}: {source}"
+    )]
+    UringReceive {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -95,6 +105,23 @@ fn bind_worker_sockets(
         let mut socket = UdpBatch::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
         if config.udp_gso && !socket.enable_gso() {
             tracing::info!(%addr, "the kernel offers no UDP GSO: datagrams are sent one by one");
+        }
+        match config.udp_receive {
+            crate::udp_receive::UdpReceive::Recvmmsg => {}
+            #[cfg(feature = "io-uring")]
+            crate::udp_receive::UdpReceive::IoUring => socket
+                .enable_uring_receive()
+                .map_err(|source| NodeError::UringReceive { addr, source })?,
+            #[cfg(not(feature = "io-uring"))]
+            crate::udp_receive::UdpReceive::IoUring => {
+                return Err(NodeError::UringReceive {
+                    addr,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "this build has no io-uring feature",
+                    ),
+                });
+            }
         }
         let local_addr = socket
             .local_addr()

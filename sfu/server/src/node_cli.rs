@@ -63,6 +63,10 @@ pub struct NodeArgs {
     /// can: `true` (default) or `false`.
     #[arg(long, env = "SFU_UDP_GSO")]
     udp_gso: Option<bool>,
+    /// How workers receive from their UDP sockets: `recvmmsg` (default) or `io-uring` (an
+    /// experiment; needs a build with the io-uring feature).
+    #[arg(long, env = "SFU_UDP_RECEIVE", value_enum)]
+    udp_receive: Option<crate::udp_receive::UdpReceive>,
     /// Choose subscribers' layers by their bandwidth estimate: `true` (default) or `false`
     /// (by reported loss alone, for comparison).
     #[arg(long, env = "SFU_BANDWIDTH_ESTIMATION")]
@@ -119,6 +123,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let video_floor_bps = crate::node_file_config::video_floor_bps(
         args.video_floor_kbps.or(media.video_floor_kbps),
         &config_name,
+    )?;
+    let udp_receive = crate::udp_receive::UdpReceive::checked(
+        args.udp_receive.or(udp.receive),
+        &match &args.config {
+            Some(path) if args.udp_receive.is_none() => format!("{} [udp]", path.display()),
+            _ => "--udp-receive".to_owned(),
+        },
+        "receive",
     )?;
     let bandwidth_estimation = args
         .bandwidth_estimation
@@ -224,6 +236,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                 pin_cores: args.pin_cores || udp.pin_cores.unwrap_or(false),
                 ice_tcp: args.ice_tcp.or(udp.ice_tcp).unwrap_or(true),
                 udp_gso: args.udp_gso.or(udp.gso).unwrap_or(true),
+                udp_receive,
                 bandwidth_estimation,
                 start_bitrate_bps,
                 video_floor_bps,

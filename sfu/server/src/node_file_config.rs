@@ -87,6 +87,8 @@ pub struct UdpSection {
     pub ice_tcp: Option<bool>,
     /// Runs of datagrams to one destination sent as UDP GSO messages (default on).
     pub gso: Option<bool>,
+    /// How workers receive: `recvmmsg` (default) or `io-uring` (a build with that feature).
+    pub receive: Option<crate::udp_receive::UdpReceive>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -29,6 +29,9 @@ pub struct UdpBatch {
     last_batch_full: bool,
     /// System calls made, for the worker's metrics.
     pub calls: IoCalls,
+    /// Receives through io_uring instead of `poll` and `recvmmsg` (see `uring_receive`).
+    #[cfg(feature = "io-uring")]
+    uring: Option<crate::uring_receive::UringReceive>,
 }
 
 /// How often a worker meets the kernel: what a forwarded packet costs beyond the core's work.
@@ -37,7 +40,8 @@ pub struct IoCalls {
     /// Waits for readiness (`poll`/`epoll_wait`) that returned: the worker's wake-ups
     /// (counted by the worker, which does the waiting).
     pub wakeups: u64,
-    /// `recvmmsg` calls, and the datagrams they returned.
+    /// `recvmmsg` calls (`io_uring_enter` with the io_uring receive), and the datagrams they
+    /// returned.
     pub receives: u64,
     pub datagrams_received: u64,
     /// `sendmmsg` calls, and the datagrams they took.
@@ -58,7 +62,7 @@ impl IoCalls {
         ),
         (
             "sfu_udp_receive_calls_total",
-            "recvmmsg system calls on the worker's UDP socket.",
+            "Receive system calls on the worker's UDP socket: recvmmsg (io_uring_enter with sfu.udp_receive = \"io-uring\").",
         ),
         (
             "sfu_udp_received_datagrams_total",
@@ -152,6 +156,8 @@ impl UdpBatch {
             gso_segments: 1,
             last_batch_full: false,
             calls: IoCalls::default(),
+            #[cfg(feature = "io-uring")]
+            uring: None,
         })
     }
 
@@ -159,8 +165,60 @@ impl UdpBatch {
         self.socket.local_addr()
     }
 
+    /// Receives through io_uring from now on (one multishot `recvmsg` into a ring of
+    /// buffers), set up now so that a kernel without it is found at start-up. The thread
+    /// that receives takes the ring over at its first wait or receive.
+    #[cfg(feature = "io-uring")]
+    pub fn enable_uring_receive(&mut self) -> io::Result<()> {
+        self.enable_uring_receive_with(crate::uring_receive::RING_BUFFERS)
+    }
+
+    /// [`Self::enable_uring_receive`] with `buffers` receive buffers (a power of two).
+    #[cfg(feature = "io-uring")]
+    pub(crate) fn enable_uring_receive_with(&mut self, buffers: u16) -> io::Result<()> {
+        self.uring = Some(crate::uring_receive::UringReceive::new(
+            self.socket.as_raw_fd(),
+            buffers,
+        )?);
+        Ok(())
+    }
+
+    /// Back to `poll` and `recvmmsg` if the io_uring receive was given up (a kernel error):
+    /// said once, loudly, rather than a worker that spins or receives nothing.
+    #[cfg(feature = "io-uring")]
+    fn check_uring(&mut self) {
+        if let Some(e) = self.uring.as_ref().and_then(|u| u.broken()) {
+            tracing::error!(error = %e, "the io_uring receive failed: receiving with recvmmsg from now on");
+            self.uring = None;
+        }
+    }
+
+    /// What the io_uring receive did, when it is on.
+    #[cfg(feature = "io-uring")]
+    pub fn uring_counters(&self) -> Option<crate::uring_receive::UringCounters> {
+        self.uring.as_ref().map(|u| u.counters)
+    }
+
+    /// Datagrams already received and not yet handed out (io_uring's completions): a wait
+    /// for the socket would not see them.
+    pub fn has_received(&mut self) -> bool {
+        #[cfg(feature = "io-uring")]
+        if let Some(uring) = self.uring.as_mut() {
+            return uring.more_waiting();
+        }
+        false
+    }
+
     /// Waits until the socket is readable or `timeout` passes. Returns whether it is readable.
-    pub fn wait_readable(&self, timeout: Duration) -> bool {
+    pub fn wait_readable(&mut self, timeout: Duration) -> bool {
+        #[cfg(feature = "io-uring")]
+        if let Some(uring) = self.uring.as_mut() {
+            let enters = uring.counters.enters;
+            let ready = uring.wait(timeout);
+            self.calls.receives += uring.counters.enters - enters;
+            self.check_uring();
+            return ready;
+        }
         let mut pfd = libc::pollfd {
             fd: self.socket.as_raw_fd(),
             events: libc::POLLIN,
@@ -177,6 +235,16 @@ impl UdpBatch {
         &mut self,
         mut on_datagram: impl FnMut(SocketAddr, &mut [u8]),
     ) -> io::Result<usize> {
+        #[cfg(feature = "io-uring")]
+        if let Some(uring) = self.uring.as_mut() {
+            let enters = uring.counters.enters;
+            let n = uring.recv_batch(quinn_udp::BATCH_SIZE, &mut on_datagram)?;
+            self.calls.receives += uring.counters.enters - enters;
+            self.calls.datagrams_received += n as u64;
+            self.last_batch_full = uring.more_waiting();
+            self.check_uring();
+            return Ok(n);
+        }
         // Slices over the worker's own buffer, on the stack: no allocation per batch.
         let mut chunks = self.buf.chunks_mut(RECV_BUF_SIZE);
         let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =

@@ -156,6 +156,8 @@ fn run(
                 .min(MAX_WAIT)
         };
         let udp_readable = match out.tcp.as_deref_mut() {
+            // Datagrams already taken from the socket (io_uring) wait for no readiness.
+            Some(_) if out.socket.has_received() => true,
             // Framed packets on TCP go to the core like datagrams from their connection.
             Some(tcp) => {
                 let udp_readable = tcp.poll(out.socket.as_raw_fd(), wait, |from, frame| {
@@ -194,6 +196,12 @@ fn run(
             export_metrics(&label, &sfu.counters, out.send_dropped);
             for (name, value) in out.socket.calls.named() {
                 metrics::counter!(name, "worker" => label.clone()).absolute(value);
+            }
+            #[cfg(feature = "io-uring")]
+            if let Some(uring) = out.socket.uring_counters() {
+                for (name, value) in uring.named() {
+                    metrics::counter!(name, "worker" => label.clone()).absolute(value);
+                }
             }
             if let Some(tcp) = out.tcp.as_deref() {
                 for (name, value) in tcp.counters.named() {

@@ -37,6 +37,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu_core::Counters;
 use sfu_proto::{Command, Event, ParticipantId, Permissions, RoomId};
+use sfu_server::udp_receive::UdpReceive;
 use sfu_server::{NodeConfig, SfuNode};
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -569,10 +570,11 @@ struct Call {
 }
 
 impl Call {
-    fn start() -> Self {
+    fn start(udp_receive: UdpReceive) -> Self {
         let (tx, rx) = channel();
         let config = NodeConfig {
             workers: 1,
+            udp_receive,
             ..NodeConfig::default()
         };
         let node = SfuNode::start(&config, move |event| {
@@ -791,9 +793,20 @@ impl Media {
 
 #[test]
 fn webrtc_rs_publisher_reaches_webrtc_rs_subscriber_through_the_sfu() {
+    publisher_reaches_subscriber(UdpReceive::Recvmmsg);
+}
+
+/// The same call with the worker receiving through io_uring (ADR 0006).
+#[cfg(feature = "io-uring")]
+#[test]
+fn webrtc_rs_publisher_reaches_webrtc_rs_subscriber_through_an_io_uring_worker() {
+    publisher_reaches_subscriber(UdpReceive::IoUring);
+}
+
+fn publisher_reaches_subscriber(udp_receive: UdpReceive) {
     let started = Instant::now();
     init_tracing();
-    let mut call = Call::start();
+    let mut call = Call::start(udp_receive);
 
     // --- a sends, b receives -----------------------------------------------------------------
     let media = Media::new(&mut call, VIDEO_PACKETS);
@@ -1118,9 +1131,21 @@ fn counter_changes(before: &Counters, after: &Counters) -> Vec<(&'static str, u6
 
 #[test]
 fn garbage_at_a_worker_is_dropped_and_counted_while_a_call_continues() {
+    garbage_is_dropped_and_counted(UdpReceive::Recvmmsg);
+}
+
+/// The same garbage at a worker receiving through io_uring (ADR 0006): every datagram, empty
+/// ones too, reaches the core and is counted as with `recvmmsg`.
+#[cfg(feature = "io-uring")]
+#[test]
+fn garbage_at_an_io_uring_worker_is_dropped_and_counted_while_a_call_continues() {
+    garbage_is_dropped_and_counted(UdpReceive::IoUring);
+}
+
+fn garbage_is_dropped_and_counted(udp_receive: UdpReceive) {
     let started = Instant::now();
     init_tracing();
-    let mut call = Call::start();
+    let mut call = Call::start(udp_receive);
     let worker = call.node.workers()[0].local_addr;
     let media = Media::new(&mut call, MAX_TICKS);
     // A stranger: a 5-tuple the worker has never seen.
