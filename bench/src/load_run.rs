@@ -44,6 +44,11 @@ pub enum TargetKind {
 }
 
 impl TargetKind {
+    /// Our SFU, started by the harness (or reached with `--url`), in any of its variants.
+    pub fn is_ours(self) -> bool {
+        !matches!(self, TargetKind::Relay | TargetKind::Janus)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Ours => "ours",
@@ -524,13 +529,38 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             )
         }
         (Some(_), _) => bail!("--url measures our SFU: target ours or ours-tcp"),
-        (
-            None,
-            TargetKind::Ours
-            | TargetKind::OursTcp
-            | TargetKind::OursLossOnly
-            | TargetKind::OursIoUring,
-        ) => {
+        (None, TargetKind::Janus) => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let conf = dir.join("janus");
+            janus_target::write_config(&conf, port)?;
+            let (program, args) = janus_target::command(&conf);
+            let child = spawn_quiet(&program, &args, opts.server_core)?;
+            let base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let up = http.get(format!("{base}/janus/info")).send().await;
+                if up.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("janus did not answer on {base} within 20 s");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let pid = child.0.id();
+            (Some(child), base, pid)
+        }
+        (None, TargetKind::Relay) => {
+            let args = vec!["relay".to_owned(), "--listen".into(), "127.0.0.1:0".into()];
+            let (child, addr) = spawn_pinned(&opts.bench_bin, &args, opts.server_core, |l| {
+                l.strip_prefix("relay listening on ").map(str::to_owned)
+            })?;
+            let pid = child.0.id();
+            (Some(child), addr, pid)
+        }
+        (None, _) => {
             let config = dir.join("bench.toml");
             let mut sfu_section = match target {
                 TargetKind::OursLossOnly => "[sfu]\nbandwidth_estimation = false\n",
@@ -575,47 +605,12 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             let pid = child.0.id();
             (Some(child), base, pid)
         }
-        (None, TargetKind::Janus) => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            let conf = dir.join("janus");
-            janus_target::write_config(&conf, port)?;
-            let (program, args) = janus_target::command(&conf);
-            let child = spawn_quiet(&program, &args, opts.server_core)?;
-            let base = format!("http://127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let up = http.get(format!("{base}/janus/info")).send().await;
-                if up.is_ok_and(|r| r.status().is_success()) {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("janus did not answer on {base} within 20 s");
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let pid = child.0.id();
-            (Some(child), base, pid)
-        }
-        (None, TargetKind::Relay) => {
-            let args = vec!["relay".to_owned(), "--listen".into(), "127.0.0.1:0".into()];
-            let (child, addr) = spawn_pinned(&opts.bench_bin, &args, opts.server_core, |l| {
-                l.strip_prefix("relay listening on ").map(str::to_owned)
-            })?;
-            let pid = child.0.id();
-            (Some(child), addr, pid)
-        }
     };
     let rss_before = rss_bytes(server_pid).unwrap_or(0);
     let worker_quota = match (opts.worker_cpu_quota, target) {
-        (
-            Some(q),
-            TargetKind::Ours
-            | TargetKind::OursTcp
-            | TargetKind::OursLossOnly
-            | TargetKind::OursIoUring,
-        ) if server_pid != 0 => Some(WorkerQuota::apply(server_pid, "sfu-worker-", q)?),
+        (Some(q), t) if t.is_ours() && server_pid != 0 => {
+            Some(WorkerQuota::apply(server_pid, "sfu-worker-", q)?)
+        }
         (Some(_), _) => {
             bail!("--worker-cpu-quota holds our SFU's workers (target ours, on this machine)")
         }
@@ -625,14 +620,11 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     // Join everyone, paced.
     let issuer = match target {
         _ if opts.deployment.is_some() => None,
-        TargetKind::Ours
-        | TargetKind::OursTcp
-        | TargetKind::OursLossOnly
-        | TargetKind::OursIoUring => Some(match &opts.issuer_key {
+        t if t.is_ours() => Some(match &opts.issuer_key {
             Some(k) => DevIssuer::load(k)?,
             None => DevIssuer::load_or_create(&key_path)?,
         }),
-        TargetKind::Relay | TargetKind::Janus => None,
+        _ => None,
     };
     let mut receivers = 0usize;
     let mut janus_sessions = Vec::new();
@@ -656,12 +648,19 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             .any(|o| o.meeting == p.meeting && o.publish && o.name != p.name);
         receivers += usize::from(expects_media);
         match target {
-            TargetKind::Ours
-            | TargetKind::OursTcp
-            | TargetKind::OursLossOnly
-            | TargetKind::OursIoUring
-                if opts.deployment.is_some() =>
-            {
+            TargetKind::Janus => {}
+            TargetKind::Relay => {
+                let (tx, rx) = oneshot::channel();
+                to_media.send(ToMedia::AddPlain {
+                    relay: base.parse().context("relay address")?,
+                    group: p.meeting as u32,
+                    publish: p.publish,
+                    join_started: Instant::now(),
+                    reply: tx,
+                })?;
+                rx.await?;
+            }
+            _ if opts.deployment.is_some() => {
                 let d = opts.deployment.as_ref().context("deployment")?;
                 tasks.push(tokio::spawn(participant(
                     Joining {
@@ -677,10 +676,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     stop_rx.clone(),
                 )));
             }
-            TargetKind::Ours
-            | TargetKind::OursTcp
-            | TargetKind::OursLossOnly
-            | TargetKind::OursIoUring => {
+            _ => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)?
                     .as_secs() as i64;
@@ -709,18 +705,6 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
                     to_media.clone(),
                     stop_rx.clone(),
                 )));
-            }
-            TargetKind::Janus => {}
-            TargetKind::Relay => {
-                let (tx, rx) = oneshot::channel();
-                to_media.send(ToMedia::AddPlain {
-                    relay: base.parse().context("relay address")?,
-                    group: p.meeting as u32,
-                    publish: p.publish,
-                    join_started: Instant::now(),
-                    reply: tx,
-                })?;
-                rx.await?;
             }
         }
         tokio::time::sleep(pace).await;
@@ -761,11 +745,8 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         None => (http.clone(), base.clone()),
     };
     let counters_before = match target {
-        TargetKind::Ours
-        | TargetKind::OursTcp
-        | TargetKind::OursLossOnly
-        | TargetKind::OursIoUring => sfu_counters(&metrics_http, &metrics_base).await.ok(),
-        TargetKind::Relay | TargetKind::Janus => None,
+        t if t.is_ours() => sfu_counters(&metrics_http, &metrics_base).await.ok(),
+        _ => None,
     };
     let server_cpu = CpuWindow::start(server_pid);
     let throttled_before = worker_quota.as_ref().map(WorkerQuota::throttled_periods);

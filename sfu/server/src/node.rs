@@ -106,22 +106,10 @@ fn bind_worker_sockets(
         if config.udp_gso && !socket.enable_gso() {
             tracing::info!(%addr, "the kernel offers no UDP GSO: datagrams are sent one by one");
         }
-        match config.udp_receive {
-            crate::udp_receive::UdpReceive::Recvmmsg => {}
-            #[cfg(feature = "io-uring")]
-            crate::udp_receive::UdpReceive::IoUring => socket
+        if config.udp_receive == crate::udp_receive::UdpReceive::IoUring {
+            socket
                 .enable_uring_receive()
-                .map_err(|source| NodeError::UringReceive { addr, source })?,
-            #[cfg(not(feature = "io-uring"))]
-            crate::udp_receive::UdpReceive::IoUring => {
-                return Err(NodeError::UringReceive {
-                    addr,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::Unsupported,
-                        "this build has no io-uring feature",
-                    ),
-                });
-            }
+                .map_err(|source| NodeError::UringReceive { addr, source })?;
         }
         let local_addr = socket
             .local_addr()

@@ -173,6 +173,16 @@ impl UdpBatch {
         self.enable_uring_receive_with(crate::uring_receive::RING_BUFFERS)
     }
 
+    /// A build without the `io-uring` feature cannot (the configuration's check says so
+    /// first, naming the key).
+    #[cfg(not(feature = "io-uring"))]
+    pub fn enable_uring_receive(&mut self) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this build has no io-uring feature",
+        ))
+    }
+
     /// [`Self::enable_uring_receive`] with `buffers` receive buffers (a power of two).
     #[cfg(feature = "io-uring")]
     pub(crate) fn enable_uring_receive_with(&mut self, buffers: u16) -> io::Result<()> {
