@@ -99,6 +99,8 @@ pub struct Participant {
     pub twcc_out_seq: u16,
     /// The path toward this participant: send history, bandwidth estimate, probes.
     pub downlink: Downlink,
+    /// On the SFU's pacing list (packets in its pacer or a probe in flight).
+    pub pacing_listed: bool,
     /// The simulcast layer this participant wants of video by default (new subscriptions
     /// start with it).
     pub preferred_layer: VideoLayer,

@@ -170,6 +170,8 @@ impl Sfu {
                 }
             };
             self.remove_participant(now, idx, reason, out);
+        } else {
+            self.schedule_transport(idx);
         }
     }
 

@@ -146,6 +146,10 @@ impl Sfu {
                     twcc_at,
                 };
                 sub.downlink.pacer.enqueue(now, &slot[..len], seal);
+                if !sub.pacing_listed {
+                    sub.pacing_listed = true;
+                    self.pacing_list.push(s);
+                }
                 release_paced(sub, now, false, out, &mut self.counters);
                 continue;
             }

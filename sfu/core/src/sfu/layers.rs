@@ -342,6 +342,7 @@ impl Sfu {
             dl.probe = Some(ProbeCluster::new(dl.probes_started, target, now));
             dl.last_probe_at = Some(now);
             self.counters.probe_clusters += 1;
+            self.list_for_pacing(idx);
         }
     }
 

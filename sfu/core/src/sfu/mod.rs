@@ -8,6 +8,7 @@
 
 use crate::arena::{Arena, ParticipantIdx, TrackIdx};
 use crate::counters::Counters;
+use crate::deadline_queue::DeadlineQueue;
 use crate::participant::Participant;
 use crate::peer_transport::TransportConfig;
 use crate::track::Track;
@@ -158,6 +159,13 @@ pub struct Sfu {
     /// Layers with work for the timer (packets to NACK, a keyframe to ask for): the tick
     /// visits these, not every layer of every track.
     repair_list: Vec<(TrackIdx, usize)>,
+    /// When each participant's transport next has timer work (ICE consent, DTLS
+    /// retransmission, SCTP), and when each SFU offer times out: the tick takes the ones due
+    /// rather than asking every participant.
+    transport_deadlines: DeadlineQueue<ParticipantIdx>,
+    offer_deadlines: DeadlineQueue<ParticipantIdx>,
+    /// Participants with packets in their pacer or a probe in flight.
+    pacing_list: Vec<ParticipantIdx>,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -193,6 +201,9 @@ impl Sfu {
             // xorshift never leaves zero.
             ssrc_seed: rand::random::<u32>() | 1,
             repair_list: Vec::new(),
+            transport_deadlines: DeadlineQueue::default(),
+            offer_deadlines: DeadlineQueue::default(),
+            pacing_list: Vec::new(),
         }
     }
 

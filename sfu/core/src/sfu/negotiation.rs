@@ -76,12 +76,14 @@ impl Sfu {
             twcc: TwccRecorder::new(now),
             twcc_out_seq: 0,
             downlink: Downlink::new(now),
+            pacing_listed: false,
             preferred_layer: VideoLayer::High,
         };
         let idx = self.participants.insert(participant);
         self.by_id.insert(id, idx);
         self.by_ufrag.insert(ufrag, idx);
         self.rooms.entry(room).or_default().participants.push(idx);
+        self.schedule_transport(idx);
 
         let new_tracks = self.negotiate_offer(idx, &offer);
         self.answer(idx);
@@ -430,6 +432,9 @@ impl Sfu {
         for s in &mut p.subscriptions {
             s.offer();
         }
+        if let Some(sent) = clock {
+            self.offer_deadlines.schedule(idx, sent + OFFER_TIMEOUT);
+        }
         let sdp = self.write_sdp(idx, SdpKind::Offer);
         let participant = self.participant(idx).id.clone();
         self.events.push_back(Event::Offer {
@@ -581,5 +586,6 @@ impl Sfu {
         }
         self.by_ufrag.insert(ufrag, idx);
         self.counters.ice_restarts += 1;
+        self.schedule_transport(idx);
     }
 }

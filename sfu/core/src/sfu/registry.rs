@@ -221,6 +221,11 @@ impl Sfu {
         while let Some((dest, datagram)) = p.transport.poll_transmit() {
             out.push(dest, &datagram);
         }
+        self.transport_deadlines.forget(idx);
+        self.offer_deadlines.forget(idx);
+        if p.pacing_listed {
+            self.pacing_list.retain(|&x| x != idx);
+        }
         self.by_id.remove(&p.id);
         for ufrag in &p.ufrags {
             self.by_ufrag.remove(ufrag);

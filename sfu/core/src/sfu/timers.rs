@@ -18,7 +18,7 @@ impl Sfu {
         self.next_tick = Some(now + self.config.tick);
         self.clock = Some(now);
         // SFU offers the browser never answered (it may have failed to apply one).
-        for idx in self.participants.indices() {
+        while let Some(idx) = self.offer_deadlines.pop_due(now) {
             let overdue = self.participants[idx].as_ref().is_some_and(|p| {
                 p.awaiting_answer && p.offer_sent_at.is_some_and(|t| now >= t + OFFER_TIMEOUT)
             });
@@ -39,15 +39,18 @@ impl Sfu {
                 }
             }
         }
-        // Transports: ICE consent, DTLS retransmission.
-        for idx in self.participants.indices() {
+        // Transports: ICE consent, DTLS retransmission, SCTP.
+        while let Some(idx) = self.transport_deadlines.pop_due(now) {
             let due = match self.participants[idx].as_mut() {
                 Some(p) => p.transport.poll_timeout().is_some_and(|t| t <= now),
-                None => false,
+                None => continue,
             };
             if due {
                 self.participant_mut(idx).transport.handle_timeout(now);
+                // (Schedules the transport's next deadline.)
                 self.drive_transport(now, idx, out);
+            } else {
+                self.schedule_transport(idx);
             }
         }
         // NACKs and keyframe requests toward publishers, and requests held back by the
@@ -75,7 +78,9 @@ impl Sfu {
         // Probes in flight: the burst due this tick, and a verdict on those overdue; and what
         // pacers have due.
         if self.config.bandwidth_estimation {
-            for idx in self.participants.indices() {
+            let mut i = 0;
+            while i < self.pacing_list.len() {
+                let idx = self.pacing_list[i];
                 let waiting = self.participants[idx]
                     .as_ref()
                     .is_some_and(|p| !p.downlink.pacer.is_empty());
@@ -88,6 +93,15 @@ impl Sfu {
                 if probing {
                     self.send_probe_padding(now, idx, out);
                     self.participant_mut(idx).downlink.settle_probe(now);
+                }
+                let still = self.participants[idx].as_mut().is_some_and(|p| {
+                    p.pacing_listed = !p.downlink.pacer.is_empty() || p.downlink.probe.is_some();
+                    p.pacing_listed
+                });
+                if still {
+                    i += 1;
+                } else {
+                    self.pacing_list.swap_remove(i);
                 }
             }
         }
@@ -162,6 +176,28 @@ impl Sfu {
         }
         if needs_keyframe {
             self.request_keyframe(now, t, l, out);
+        }
+    }
+}
+
+impl Sfu {
+    /// Asks the tick to come back to a participant's transport when it next has timer work.
+    pub(super) fn schedule_transport(&mut self, idx: ParticipantIdx) {
+        if let Some(at) = self.participants[idx]
+            .as_mut()
+            .and_then(|p| p.transport.poll_timeout())
+        {
+            self.transport_deadlines.schedule(idx, at);
+        }
+    }
+
+    /// Puts a participant on the pacing list, once.
+    pub(super) fn list_for_pacing(&mut self, idx: ParticipantIdx) {
+        if let Some(p) = self.participants[idx].as_mut()
+            && !p.pacing_listed
+        {
+            p.pacing_listed = true;
+            self.pacing_list.push(idx);
         }
     }
 }
