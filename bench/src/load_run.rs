@@ -76,6 +76,9 @@ pub struct RunOptions {
     pub generator_sockets: crate::generator::GeneratorSockets,
     /// Hold each SFU worker thread to this fraction of a core (cgroup CPU quota).
     pub worker_cpu_quota: Option<f64>,
+    /// Cores for the SFU's worker threads, worker N on the N-th (round robin); empty: the
+    /// server's core.
+    pub worker_cores: Vec<usize>,
     /// Our SFU's workers also listen for ICE-TCP (its default).
     pub ice_tcp: bool,
     pub workers: usize,
@@ -121,6 +124,27 @@ fn pinned(program: &std::path::Path, core: Option<usize>) -> Command {
         }
         None => Command::new(program),
     }
+}
+
+/// Moves each `sfu-worker-N` thread of `pid` to `cores[N % cores.len()]` (via `taskset`).
+fn pin_workers(pid: u32, cores: &[usize]) -> anyhow::Result<()> {
+    let threads = crate::proc_stats::thread_ids(pid, "sfu-worker-");
+    if threads.is_empty() {
+        bail!("no sfu-worker-N thread in process {pid} to place");
+    }
+    for (name, tid) in threads {
+        let n: usize = name["sfu-worker-".len()..].parse()?;
+        let core = cores[n % cores.len()];
+        let status = Command::new("taskset")
+            .args(["-p", "-c", &core.to_string(), &tid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .context("running taskset")?;
+        if !status.success() {
+            bail!("taskset could not move {name} (thread {tid}) to core {core}");
+        }
+    }
+    Ok(())
 }
 
 /// Starts `program args` pinned to `core` (via `taskset`) and reads stdout until `until`
@@ -616,6 +640,12 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         }
         (None, _) => None,
     };
+    if !opts.worker_cores.is_empty() {
+        if !target.is_ours() || server_pid == 0 {
+            bail!("--worker-cores places our SFU's workers (target ours, on this machine)");
+        }
+        pin_workers(server_pid, &opts.worker_cores)?;
+    }
 
     // Join everyone, paced.
     let issuer = match target {

@@ -149,6 +149,11 @@ struct LoadArgs {
     /// capacity per core.
     #[arg(long, env = "BENCH_WORKER_CPU_QUOTA")]
     worker_cpu_quota: Option<f64>,
+    /// Cores for our SFU's worker threads, worker N on the N-th listed (round robin), instead
+    /// of the server's core: e.g. `0,1` puts two workers on two cores (the generator's core
+    /// among them, so hold the workers to a quota).
+    #[arg(long, env = "BENCH_WORKER_CORES", value_delimiter = ',')]
+    worker_cores: Vec<usize>,
     /// Our SFU's workers without ICE-TCP (`ice_tcp = false`): each waits on its UDP socket
     /// alone, as the io_uring receive can in one system call (ADR 0006).
     #[arg(long, env = "BENCH_NO_ICE_TCP")]
@@ -296,6 +301,7 @@ impl LoadArgs {
             generator_core: (!self.no_pin).then_some(self.generator_core),
             generator_sockets: self.generator_sockets,
             worker_cpu_quota: self.worker_cpu_quota,
+            worker_cores: self.worker_cores.clone(),
             ice_tcp: !self.no_ice_tcp,
             workers: self.workers,
             join_rate: self.join_rate,
