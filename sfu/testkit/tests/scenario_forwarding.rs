@@ -543,9 +543,10 @@ fn transport_wide_feedback_reaches_publishers_and_subscribers_get_our_own_sequen
     });
     for p in 0..2 {
         let peer = &net.peers[p];
+        // Every 50 ms to each, whichever tick its share falls on: ~40 in 2 s.
         assert!(
-            peer.twcc_feedback_received >= 20,
-            "{} got {} feedback messages",
+            (34..=42).contains(&peer.twcc_feedback_received),
+            "{} got {} feedback messages in 2 s",
             peer.name,
             peer.twcc_feedback_received
         );

@@ -336,8 +336,14 @@ impl Sfu {
     }
 
     /// Transport-wide feedback to every publisher whose packets arrived since the last one.
-    pub(super) fn send_twcc_feedback(&mut self, out: &mut TransmitBatch) {
-        for idx in self.participants.indices() {
+    /// Transport-wide feedback to the participants in slots `phase`, `phase + phases`, ….
+    pub(super) fn send_twcc_feedback(
+        &mut self,
+        phase: usize,
+        phases: usize,
+        out: &mut TransmitBatch,
+    ) {
+        for idx in self.participants.indices().skip(phase).step_by(phases) {
             let media_ssrc = {
                 let Some(p) = self.participants[idx].as_ref() else {
                     continue;

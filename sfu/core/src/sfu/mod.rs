@@ -149,7 +149,8 @@ pub struct Sfu {
     next_tick: Option<Instant>,
     next_layer_check: Option<Instant>,
     next_report: Option<Instant>,
-    next_twcc: Option<Instant>,
+    /// Which share of the participants gets transport-wide feedback this tick.
+    twcc_phase: usize,
     next_speaker: Option<Instant>,
     /// The latest `now` seen, for bookkeeping in paths that take no time argument.
     clock: Option<Instant>,
@@ -193,7 +194,7 @@ impl Sfu {
             next_tick: None,
             next_layer_check: None,
             next_report: None,
-            next_twcc: None,
+            twcc_phase: 0,
             next_speaker: None,
             clock: None,
             nack_scratch: Vec::with_capacity(64),
