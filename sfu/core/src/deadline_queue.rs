@@ -13,8 +13,8 @@ use std::collections::BinaryHeap;
 use std::marker::PhantomData;
 use std::time::Instant;
 
-/// Entries over twice the live ones (and this many besides) are swept out, so deadlines that
-/// keep moving earlier cannot grow the heap without bound.
+/// Entries left behind are swept out when they outnumber the live ones by more than this, so
+/// deadlines that keep moving earlier cannot grow the heap without bound.
 const SLACK: usize = 64;
 
 #[derive(Debug)]

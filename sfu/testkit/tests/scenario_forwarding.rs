@@ -689,6 +689,36 @@ fn a_publisher_who_reconnects_again_and_again_stays_visible() {
         let got = net.peers[1].received.get(&line.ssrc).map_or(0, Vec::len);
         assert!(got > 5, "{kind:?} of the last session: {got} packets");
     }
+    // Each session took the place the one before left (a worker does not grow with every
+    // visit it ever had), and the last one, in that reused place, keeps its consent and its
+    // media: nothing left behind by the 40 before (timers, lists) touches it.
+    assert_eq!(net.sfu.participant_slots(), 2);
+    let removed = |n: &SimNetwork| {
+        n.events
+            .iter()
+            .filter(|e| matches!(e, sfu_proto::Event::Disconnected { participant, .. } if participant.as_str() == "pub"))
+            .count()
+    };
+    assert_eq!(removed(&net), 40);
+    let ssrc = net.peers[1]
+        .incoming
+        .iter()
+        .rev()
+        .find(|l| l.kind == MediaKind::Video)
+        .expect("a line")
+        .ssrc;
+    let before = net.peers[1].received.get(&ssrc).map_or(0, Vec::len);
+    net.run(Duration::from_secs(30), |n| send_media(n, &[0], &mut tick));
+    assert_eq!(
+        removed(&net),
+        40,
+        "the last session outlived consent's 13 s"
+    );
+    let got = net.peers[1].received.get(&ssrc).map_or(0, Vec::len) - before;
+    assert!(
+        got > 2_000,
+        "video over 30 s in the reused place: {got} packets"
+    );
 }
 
 #[test]
@@ -720,6 +750,42 @@ fn offers_a_client_never_answers_are_given_up_after_three_and_reported() {
         })
         .collect();
     assert_eq!(failed, vec!["sfu_offer".to_owned()]);
+    assert_eq!(net.sfu.counters.offers_abandoned, 1);
+}
+
+#[test]
+fn an_offer_sent_soon_after_an_answered_one_is_sent_again_when_it_goes_unanswered() {
+    let mut net = SimNetwork::new(47, |_| {});
+    net.add_peer("pub", &[MediaKind::Audio, MediaKind::Video]);
+    net.add_peer("late", &[MediaKind::Audio]);
+    net.add_peer("pub-2", &[MediaKind::Audio, MediaKind::Video]);
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    let mut tick = 0;
+    net.run(Duration::from_millis(500), |n| {
+        send_media(n, &[0], &mut tick)
+    });
+    let offers = |n: &SimNetwork| {
+        n.events
+            .iter()
+            .filter(|e| matches!(e, sfu_proto::Event::Offer { participant, .. } if participant.as_str() == "late"))
+            .count()
+    };
+    assert_eq!(offers(&net), 1, "the first offer, answered at once");
+    // A second publisher half a second later: a new offer well before the first one's
+    // timeout would have come, which the client now leaves unanswered.
+    net.peers[1].ignore_offers = true;
+    net.join(2, "visit", BOTH);
+    net.run(Duration::from_millis(500), |n| {
+        send_media(n, &[0], &mut tick)
+    });
+    assert_eq!(offers(&net), 2);
+    // Sent again 10 s after it went out (not dropped when the first offer's time came), and
+    // again, then given up.
+    net.run(Duration::from_secs(10), |n| send_media(n, &[0], &mut tick));
+    assert_eq!(offers(&net), 3, "sent again after 10 s");
+    net.run(Duration::from_secs(21), |n| send_media(n, &[0], &mut tick));
+    assert_eq!(offers(&net), 4);
     assert_eq!(net.sfu.counters.offers_abandoned, 1);
 }
 

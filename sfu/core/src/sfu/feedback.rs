@@ -335,8 +335,8 @@ impl Sfu {
         }
     }
 
-    /// Transport-wide feedback to every publisher whose packets arrived since the last one.
-    /// Transport-wide feedback to the participants in slots `phase`, `phase + phases`, ….
+    /// Transport-wide feedback to the participants in slots `phase`, `phase + phases`, …
+    /// whose packets arrived since their last one.
     pub(super) fn send_twcc_feedback(
         &mut self,
         phase: usize,

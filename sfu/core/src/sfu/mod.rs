@@ -167,6 +167,8 @@ pub struct Sfu {
     offer_deadlines: DeadlineQueue<ParticipantIdx>,
     /// Participants with packets in their pacer or a probe in flight.
     pacing_list: Vec<ParticipantIdx>,
+    /// The transports due in one pass (kept for its allocation).
+    due_scratch: Vec<ParticipantIdx>,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -205,6 +207,7 @@ impl Sfu {
             transport_deadlines: DeadlineQueue::default(),
             offer_deadlines: DeadlineQueue::default(),
             pacing_list: Vec::new(),
+            due_scratch: Vec::new(),
         }
     }
 
@@ -274,6 +277,12 @@ impl Sfu {
             loss: stats.map_or(0.0, |s| s.loss_fraction as f32),
             videos,
         }
+    }
+
+    /// Participant slots held, taken and free: the most ever present at once (a leaver's slot
+    /// goes to the next to join), not all who came.
+    pub fn participant_slots(&self) -> usize {
+        self.participants.indices().count()
     }
 
     pub fn has_participant(&self, id: &ParticipantId) -> bool {

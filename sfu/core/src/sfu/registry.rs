@@ -214,7 +214,9 @@ impl Sfu {
         reason: DisconnectReason,
         out: &mut TransmitBatch,
     ) {
-        let Some(mut p) = self.participants[idx].take() else {
+        // Removed from the arena (not just emptied), so the next to join takes the slot: a
+        // worker's passes and tables stay the size of who is here, not of all who came.
+        let Some(mut p) = self.participants.remove(idx) else {
             return;
         };
         p.transport.shutdown(now);

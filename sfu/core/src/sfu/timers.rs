@@ -19,28 +19,39 @@ impl Sfu {
         self.clock = Some(now);
         // SFU offers the browser never answered (it may have failed to apply one).
         while let Some(idx) = self.offer_deadlines.pop_due(now) {
-            let overdue = self.participants[idx].as_ref().is_some_and(|p| {
-                p.awaiting_answer && p.offer_sent_at.is_some_and(|t| now >= t + OFFER_TIMEOUT)
-            });
-            if overdue {
-                let p = self.participant_mut(idx);
-                p.awaiting_answer = false;
-                if p.offer_attempts >= MAX_OFFER_ATTEMPTS {
-                    // The client cannot (or will not) take our offers: resending forever would
-                    // hold every later change behind this one, silently.
-                    tracing::warn!(participant = %p.id, "SFU offer unanswered {MAX_OFFER_ATTEMPTS} times; given up");
-                    self.counters.offers_abandoned += 1;
-                    self.give_up_offer(
-                        idx,
-                        format!("the client answered none of {MAX_OFFER_ATTEMPTS} offers"),
-                    );
-                } else {
-                    self.renegotiate(idx);
-                }
+            let Some(due) = self.participants[idx]
+                .as_ref()
+                .filter(|p| p.awaiting_answer)
+                .and_then(|p| p.offer_sent_at)
+                .map(|sent| sent + OFFER_TIMEOUT)
+            else {
+                continue;
+            };
+            if now < due {
+                // The entry was an earlier offer's (answered since); this one's comes later.
+                self.offer_deadlines.schedule(idx, due);
+                continue;
+            }
+            let p = self.participant_mut(idx);
+            p.awaiting_answer = false;
+            if p.offer_attempts >= MAX_OFFER_ATTEMPTS {
+                // The client cannot (or will not) take our offers: resending forever would
+                // hold every later change behind this one, silently.
+                tracing::warn!(participant = %p.id, "SFU offer unanswered {MAX_OFFER_ATTEMPTS} times; given up");
+                self.counters.offers_abandoned += 1;
+                self.give_up_offer(
+                    idx,
+                    format!("the client answered none of {MAX_OFFER_ATTEMPTS} offers"),
+                );
+            } else {
+                self.renegotiate(idx);
             }
         }
-        // Transports: ICE consent, DTLS retransmission, SCTP.
-        while let Some(idx) = self.transport_deadlines.pop_due(now) {
+        // Transports: ICE consent, DTLS retransmission, SCTP — each due one once per pass (a
+        // deadline still in the past after its timeout waits for the next pass, not a loop).
+        let mut due_now = std::mem::take(&mut self.due_scratch);
+        due_now.extend(std::iter::from_fn(|| self.transport_deadlines.pop_due(now)));
+        for idx in due_now.drain(..) {
             let due = match self.participants[idx].as_mut() {
                 Some(p) => p.transport.poll_timeout().is_some_and(|t| t <= now),
                 None => continue,
@@ -53,6 +64,7 @@ impl Sfu {
                 self.schedule_transport(idx);
             }
         }
+        self.due_scratch = due_now;
         // NACKs and keyframe requests toward publishers, and requests held back by the
         // throttle: only the layers listed with such work (a pass over every layer of every
         // track, 100 times a second, was 3 % of a busy worker's time).
