@@ -641,8 +641,9 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         (None, _) => None,
     };
     if !opts.worker_cores.is_empty() {
-        if !target.is_ours() || server_pid == 0 {
-            bail!("--worker-cores places our SFU's workers (target ours, on this machine)");
+        // (Only the harness's own server: a running service's threads would stay moved.)
+        if !target.is_ours() || server.is_none() {
+            bail!("--worker-cores places the workers of the SFU this run starts (target ours)");
         }
         pin_workers(server_pid, &opts.worker_cores)?;
     }
