@@ -197,7 +197,14 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
     use support::media::{FrameSender, visit};
     let cluster = Cluster::start(&["sfu-a", "sfu-b"]);
     let server = &cluster.server;
-    let node = |name: &str, metrics: &str| cluster.node(name, name, &["--metrics-listen", metrics]);
+    // Load reports every 0.5 s (2 s by default), so a start-up leaves them soon (below).
+    let node = |name: &str, metrics: &str| {
+        cluster.node(
+            name,
+            name,
+            &["--metrics-listen", metrics, "--load-interval-ms", "500"],
+        )
+    };
     let (metrics_a, metrics_b) = (free_addr(), free_addr());
     let mut a = node("sfu-a", &metrics_a);
     until("node a linked", 20, async || {
@@ -230,7 +237,7 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
     // Rooms go to the node with the least CPU in its last load report, and node b's first
     // reports carry its start-up (a debug build's, beside the other tests): past them, the
     // idle node b is the one with less, and takes the next room.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     // Node b gets a visit of three, so it carries more than node a: without the drain, the
     // next room would go to node a.
     let (db, pb, mut doctor_b, patient_b) = visit(server, "visit-b").await;
