@@ -125,6 +125,64 @@ fn simulcast(c: &mut Criterion) {
     group.finish();
 }
 
+/// 150 visits at once (300 participants, each publishing audio and video to the other), the
+/// publishers' packets in turn: each packet finds its publisher's and subscriber's state as a
+/// busy worker does, evicted from cache by the 299 others since, which the rooms of a few
+/// participants above never show (issue 12: half the per-packet cost at scale was misses).
+fn at_scale(c: &mut Criterion) {
+    let visits = 150;
+    let mut net = SimNetwork::new(1, config);
+    for v in 0..visits {
+        for side in 0..2 {
+            net.add_peer(
+                &format!("v{v}-{side}"),
+                &[MediaKind::Audio, MediaKind::Video],
+            );
+        }
+    }
+    let both = Permissions {
+        publish: true,
+        subscribe: true,
+    };
+    for p in 0..2 * visits {
+        net.join(p, &format!("visit{}", p / 2), both);
+    }
+    net.connect_all(Duration::from_secs(30));
+    net.run(Duration::from_millis(300), |n| {
+        for p in &mut n.peers {
+            p.send_media(1, &[0x90; 1100], true, 3000);
+        }
+    });
+    let now = net.now;
+    let peers = net.peers.len();
+    let mut next = 0;
+    let mut batch = TransmitBatch::with_capacity(64);
+    let mut group = c.benchmark_group("at_scale_1100B");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("visits_150_video", |b| {
+        b.iter_batched(
+            || {
+                let p = next;
+                next = (next + 1) % peers;
+                net.peers[p].send_media(1, &[0x90; 1100], false, 0);
+                let datagram = std::iter::from_fn(|| net.peers[p].poll_transmit())
+                    .last()
+                    .expect("sealed packet")
+                    .1;
+                (net.peers[p].addr, datagram)
+            },
+            |(from, mut datagram)| {
+                net.sfu
+                    .handle_datagram(now, from, &mut datagram, &mut batch);
+                assert_eq!(batch.len(), 1, "{:?}", net.sfu.counters);
+                batch.clear();
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 fn crypto(c: &mut Criterion) {
     let provider = rtc_crypto::default_provider().expect("ring");
     let master = MasterKey {
@@ -177,6 +235,6 @@ fn crypto(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = forwarding, simulcast, crypto
+    targets = forwarding, simulcast, at_scale, crypto
 }
 criterion_main!(benches);

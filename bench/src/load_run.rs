@@ -39,6 +39,9 @@ pub enum TargetKind {
     OursIoUring,
     /// The raw UDP relay: the machine's ceiling for the same packet pattern.
     Relay,
+    /// The raw relay doing SRTP's AES-GCM work too (an open per packet in, a seal per copy
+    /// out): the floor of any SFU that forwards SRTP, for comparing our own code alone.
+    RelaySrtp,
     /// Janus's VideoRoom (Debian's `janus`), started by the harness in a network namespace.
     Janus,
 }
@@ -46,7 +49,10 @@ pub enum TargetKind {
 impl TargetKind {
     /// Our SFU, started by the harness (or reached with `--url`), in any of its variants.
     pub fn is_ours(self) -> bool {
-        !matches!(self, TargetKind::Relay | TargetKind::Janus)
+        !matches!(
+            self,
+            TargetKind::Relay | TargetKind::RelaySrtp | TargetKind::Janus
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -56,6 +62,7 @@ impl TargetKind {
             TargetKind::OursLossOnly => "ours-loss-only",
             TargetKind::OursIoUring => "ours-io-uring",
             TargetKind::Relay => "relay",
+            TargetKind::RelaySrtp => "relay-srtp",
             TargetKind::Janus => "janus",
         }
     }
@@ -576,8 +583,11 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
             let pid = child.0.id();
             (Some(child), base, pid)
         }
-        (None, TargetKind::Relay) => {
-            let args = vec!["relay".to_owned(), "--listen".into(), "127.0.0.1:0".into()];
+        (None, TargetKind::Relay | TargetKind::RelaySrtp) => {
+            let mut args = vec!["relay".to_owned(), "--listen".into(), "127.0.0.1:0".into()];
+            if target == TargetKind::RelaySrtp {
+                args.push("--srtp".into());
+            }
             let (child, addr) = spawn_pinned(&opts.bench_bin, &args, opts.server_core, |l| {
                 l.strip_prefix("relay listening on ").map(str::to_owned)
             })?;
@@ -680,7 +690,7 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         receivers += usize::from(expects_media);
         match target {
             TargetKind::Janus => {}
-            TargetKind::Relay => {
+            TargetKind::Relay | TargetKind::RelaySrtp => {
                 let (tx, rx) = oneshot::channel();
                 to_media.send(ToMedia::AddPlain {
                     relay: base.parse().context("relay address")?,

@@ -100,6 +100,9 @@ enum Cmd {
     Relay {
         #[arg(long, env = "BENCH_RELAY_LISTEN", default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Also do SRTP's AES-GCM work: an open's worth per packet in, a seal per copy out.
+        #[arg(long, env = "BENCH_RELAY_SRTP")]
+        srtp: bool,
     },
 }
 
@@ -107,7 +110,7 @@ enum Cmd {
 struct LoadArgs {
     #[arg(long, env = "BENCH_SCENARIO", value_enum, default_value = "visits")]
     scenario: ScenarioKind,
-    /// Visits or conferences (default 20 visits, 2 conferences; broadcast: 1).
+    /// Visits, conferences or broadcasts (default 20 visits, 2 conferences, 1 broadcast).
     #[arg(long, env = "BENCH_MEETINGS")]
     meetings: Option<usize>,
     /// Participants per conference (12) or viewers of the broadcast (50).
@@ -448,8 +451,8 @@ async fn capacity(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Cmd::Relay { listen } = cli.command {
-        RawRelay::serve(listen)?;
+    if let Cmd::Relay { listen, srtp } = cli.command {
+        RawRelay::serve(listen, srtp)?;
         return Ok(());
     }
     // Janus's ICE needs a non-loopback interface: run the whole harness in a private network

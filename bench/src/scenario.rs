@@ -1,6 +1,7 @@
 //! Named load presets: `visits` (many 1:1 and 3-party care visits: a region's real load),
 //! `conference` (10–20 participants all publishing) and `broadcast` (one publisher, many
-//! viewers), scaled by flags.
+//! viewers; several broadcasts side by side give a load the CPU figures can resolve), scaled
+//! by flags.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,7 +22,7 @@ pub struct Planned {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Scenario {
     pub kind: ScenarioKind,
-    /// Visits or conferences (broadcast: always one).
+    /// Visits, conferences or broadcasts.
     pub meetings: usize,
     /// Participants per conference, or viewers of the broadcast.
     pub size: usize,
@@ -84,9 +85,11 @@ impl Scenario {
                 }
             }
             ScenarioKind::Broadcast => {
-                add(0, 0, true);
-                for n in 1..=self.size.max(1) {
-                    add(0, n, false);
+                for m in 0..self.meetings {
+                    add(m, 0, true);
+                    for n in 1..=self.size.max(1) {
+                        add(m, n, false);
+                    }
                 }
             }
         }
@@ -128,6 +131,14 @@ mod tests {
         assert_eq!(plan.len(), 41);
         assert_eq!(b.fan_out(), 40.0);
         assert_eq!(b.scaled(1.5).size, 60);
+        // Several broadcasts side by side: each its own publisher and viewers.
+        let b3 = Scenario::new(ScenarioKind::Broadcast, Some(3), Some(40)).plan();
+        assert_eq!(b3.len(), 3 * 41);
+        for m in 0..3 {
+            let room: Vec<_> = b3.iter().filter(|p| p.meeting == m).collect();
+            assert_eq!(room.len(), 41);
+            assert_eq!(room.iter().filter(|p| p.publish).count(), 1);
+        }
         assert_eq!(
             Scenario::new(ScenarioKind::Visits, Some(10), None)
                 .scaled(2.0)

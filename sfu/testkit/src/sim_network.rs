@@ -119,7 +119,10 @@ impl SimNetwork {
     /// Adds a peer publishing the given tracks; returns its index.
     pub fn add_peer(&mut self, name: &str, tracks: &[sfu_proto::MediaKind]) -> usize {
         let i = self.peers.len();
-        let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().expect("addr");
+        // 250 peers to a /24: 10.0.1.1, …, 10.0.1.250, 10.0.2.1, …
+        let addr: SocketAddr = format!("10.0.{}.{}:5000", 1 + i / 250, 1 + i % 250)
+            .parse()
+            .expect("addr");
         let mut peer = SimPeer::new(name, addr, self.now);
         for &k in tracks {
             peer.add_track(k);
