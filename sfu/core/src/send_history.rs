@@ -8,11 +8,17 @@ use std::time::{Duration, Instant};
 /// every 50–250 ms), so recording on the forwarding path never allocates.
 pub const RING: usize = 2048;
 
+/// 16 bytes, so the ring is 32 KiB a subscriber and recording a packet touches a new cache
+/// line only every fourth one (it is written on every packet out, cold since the ring last
+/// came round).
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
-    /// Extended sequence number + 1 (0: empty slot).
-    ext_plus_one: u64,
-    sent_us: u64,
+    /// Low 32 bits of the extended sequence number + 1 (0: empty slot). A slot is rewritten
+    /// every `RING` packets, so its low bits name one packet.
+    seq_plus_one: u32,
+    /// Low 32 bits of the send time in µs since the epoch (wraps every 71 minutes): the ring
+    /// spans seconds, so the full time is the newest record's less the wrapped difference.
+    sent_us: u32,
     size: u16,
     probe: Option<u16>,
 }
@@ -36,6 +42,8 @@ pub struct SendHistory {
     highest: Option<u64>,
     /// Highest extended sequence number feedback has named (for extending 16-bit ones).
     highest_acked: Option<u64>,
+    /// Send time of the newest record, µs since the epoch (records come in time order).
+    newest_sent_us: u64,
 }
 
 impl SendHistory {
@@ -45,6 +53,7 @@ impl SendHistory {
             ring: Vec::new(),
             highest: None,
             highest_acked: None,
+            newest_sent_us: 0,
         }
     }
 
@@ -63,9 +72,11 @@ impl SendHistory {
         if self.highest.is_none_or(|h| ext > h) {
             self.highest = Some(ext);
         }
+        let sent_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.newest_sent_us = self.newest_sent_us.max(sent_us);
         self.ring[(ext % RING as u64) as usize] = Entry {
-            ext_plus_one: ext + 1,
-            sent_us: now.saturating_duration_since(self.epoch).as_micros() as u64,
+            seq_plus_one: (ext + 1) as u32,
+            sent_us: sent_us as u32,
             size: size.min(u16::MAX as usize) as u16,
             probe,
         };
@@ -76,7 +87,7 @@ impl SendHistory {
         let reference = self.highest_acked.or(self.highest);
         let ext = Self::extend(reference, seq);
         let e = self.ring.get((ext % RING as u64) as usize)?;
-        if e.ext_plus_one != ext + 1 {
+        if e.seq_plus_one != (ext + 1) as u32 {
             return None;
         }
         if self.highest_acked.is_none_or(|h| ext > h) {
@@ -84,7 +95,11 @@ impl SendHistory {
         }
         Some(SentPacket {
             ext_seq: ext,
-            sent_at: self.epoch + Duration::from_micros(e.sent_us),
+            sent_at: self.epoch
+                + Duration::from_micros(
+                    self.newest_sent_us
+                        - u64::from((self.newest_sent_us as u32).wrapping_sub(e.sent_us)),
+                ),
             size: e.size as usize,
             probe: e.probe,
         })
@@ -120,5 +135,27 @@ mod tests {
         assert_eq!((p.size, p.probe), (2000, Some(3)));
         assert_eq!(h.lookup((65_000u32 + 900) as u16), None, "overwritten");
         assert_eq!(h.lookup(12_345), None, "never sent");
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    #[test]
+    fn send_times_survive_the_wrap_of_their_stored_32_bits() {
+        // 2^32 µs is 71.6 minutes: a visit outlasts it.
+        let t0 = Instant::now();
+        let mut h = SendHistory::new(t0);
+        let wrap = Duration::from_micros(1 << 32);
+        let start = wrap - Duration::from_millis(50);
+        for i in 0..100u16 {
+            h.record(i, t0 + start + Duration::from_millis(i as u64), 900, None);
+        }
+        for i in [0u16, 49, 50, 51, 99] {
+            let p = h.lookup(i).expect("remembered");
+            assert_eq!(
+                p.sent_at,
+                t0 + start + Duration::from_millis(i as u64),
+                "{i}"
+            );
+        }
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 }

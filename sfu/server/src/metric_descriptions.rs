@@ -46,7 +46,7 @@ pub fn describe() {
     );
     describe_histogram!(
         "sfu_timer_pass_seconds",
-        "How long each of a worker's timer passes took (NACKs, reports, layer choice, pacing): datagrams that arrive meanwhile wait for it."
+        "How long each of a worker's timer passes took (NACKs, reports, layer choice, pacing), sending what it produced included: datagrams that arrive meanwhile wait for it."
     );
     describe_gauge!(
         "sfu_downlinks_constrained",

@@ -104,6 +104,9 @@ pub struct SimPeer {
     twcc_seq: u16,
     /// Transport-cc feedback received: messages and packet statuses reported.
     pub twcc_feedback_received: u32,
+    /// Receiver reports received, by the SSRC each block reports on, with their arrival
+    /// (the first 4,096).
+    pub receiver_reports: Vec<(Instant, u32)>,
     pub twcc_statuses_reported: u32,
     /// Transport-wide sequence numbers on packets the SFU sent us, in arrival order.
     pub twcc_seqs_received: Vec<u16>,
@@ -230,6 +233,7 @@ impl SimPeer {
             roc_in: HashMap::new(),
             twcc_seq: 0,
             twcc_feedback_received: 0,
+            receiver_reports: Vec::new(),
             twcc_statuses_reported: 0,
             twcc_seqs_received: Vec::new(),
             twcc_in_id: None,
@@ -722,7 +726,7 @@ impl SimPeer {
         })
     }
 
-    fn receive_rtcp(&mut self, _now: Instant, data: &[u8]) {
+    fn receive_rtcp(&mut self, now: Instant, data: &[u8]) {
         let Some(ctx) = self.inbound.as_ref() else {
             return;
         };
@@ -743,6 +747,14 @@ impl SimPeer {
                 // Bounded: a sender drains it, and requests are throttled upstream.
                 if self.pli_ssrcs.len() < 64 {
                     self.pli_ssrcs.push(pli.media_ssrc);
+                }
+            } else if let Some(rr) =
+                any.downcast_ref::<rtc_rtcp::receiver_report::ReceiverReport>()
+            {
+                for block in &rr.reports {
+                    if self.receiver_reports.len() < 4096 {
+                        self.receiver_reports.push((now, block.ssrc));
+                    }
                 }
             } else if let Some(fb) = any
                 .downcast_ref::<rtc_rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc>()

@@ -535,6 +535,66 @@ fn publisher_streams_survive_sequence_number_rollover() {
 }
 
 #[test]
+fn receiver_reports_reach_every_stream_each_second_spread_over_the_ticks() {
+    // Twelve 1:1 visits: 24 publishers of audio and video, 48 streams to report on.
+    let mut net = SimNetwork::new(29, |_| {});
+    for v in 0..12 {
+        for side in 0..2 {
+            let p = net.add_peer(
+                &format!("v{v}-{side}"),
+                &[MediaKind::Audio, MediaKind::Video],
+            );
+            net.join(p, &format!("visit{v}"), BOTH);
+        }
+    }
+    net.connect_all(Duration::from_secs(10));
+    net.run(Duration::from_millis(200), |n| {
+        for p in &mut n.peers {
+            p.send_media(0, &[0x55; 80], true, 960);
+            p.send_media(1, &[0x90; 600], true, 3000);
+        }
+    });
+    let start = net.now;
+    for p in &mut net.peers {
+        p.receiver_reports.clear();
+    }
+    net.run(Duration::from_secs(3), |n| {
+        for p in &mut n.peers {
+            p.send_media(0, &[0x55; 80], true, 960);
+            p.send_media(1, &[0x90; 600], true, 3000);
+        }
+    });
+    let mut ticks = std::collections::BTreeMap::<Duration, usize>::new();
+    for p in &net.peers {
+        for t in &p.tracks {
+            let n = p.receiver_reports.iter().filter(|r| r.1 == t.ssrc).count();
+            assert!(
+                (2..=4).contains(&n),
+                "{}'s stream {} got {n} reports in 3 s",
+                p.name,
+                t.ssrc
+            );
+        }
+        for (at, _) in &p.receiver_reports {
+            *ticks
+                .entry(
+                    (*at - start).div_duration_f64(Duration::from_millis(10)) as u32
+                        * Duration::from_millis(10),
+                )
+                .or_default() += 1;
+        }
+    }
+    // Reports on 48 streams a second, a share each tick: none carries most of them.
+    let busiest = ticks.values().copied().max().unwrap_or(0);
+    assert!(
+        busiest <= 8,
+        "{busiest} reports in one 10 ms tick (of {} in {} ticks)",
+        ticks.values().sum::<usize>(),
+        ticks.len()
+    );
+}
+
+#[test]
 fn transport_wide_feedback_reaches_publishers_and_subscribers_get_our_own_sequence() {
     let mut net = two_publishers_three_subscribers(17);
     let mut tick = 0;

@@ -375,10 +375,20 @@ impl Sfu {
         }
     }
 
-    pub(super) fn send_receiver_reports(&mut self, now: Instant, out: &mut TransmitBatch) {
+    /// Receiver reports on the published tracks in slots `phase`, `phase + phases`, … (each
+    /// track's turn comes once every `phases` calls).
+    pub(super) fn send_receiver_reports(
+        &mut self,
+        now: Instant,
+        phase: usize,
+        phases: usize,
+        out: &mut TransmitBatch,
+    ) {
         for (t, l) in self
             .tracks
             .indices()
+            .skip(phase)
+            .step_by(phases)
             .flat_map(|t| (0..MAX_SIMULCAST_LAYERS).map(move |l| (t, l)))
         {
             let Some(track) = self.tracks[t].as_mut() else {

@@ -148,7 +148,8 @@ pub struct Sfu {
     pub counters: Counters,
     next_tick: Option<Instant>,
     next_layer_check: Option<Instant>,
-    next_report: Option<Instant>,
+    /// Which share of the published tracks gets receiver reports this tick.
+    report_phase: usize,
     /// Which share of the participants gets transport-wide feedback this tick.
     twcc_phase: usize,
     next_speaker: Option<Instant>,
@@ -195,7 +196,7 @@ impl Sfu {
             counters: Counters::default(),
             next_tick: None,
             next_layer_check: None,
-            next_report: None,
+            report_phase: 0,
             twcc_phase: 0,
             next_speaker: None,
             clock: None,
