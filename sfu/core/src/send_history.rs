@@ -42,7 +42,10 @@ pub struct SendHistory {
     highest: Option<u64>,
     /// Highest extended sequence number feedback has named (for extending 16-bit ones).
     highest_acked: Option<u64>,
-    /// Send time of the newest record, µs since the epoch (records come in time order).
+    /// The latest send time recorded, µs since the epoch: every entry's full time is this
+    /// less the wrapped difference of their low 32 bits (exact while the entry is under 71
+    /// minutes older, which the reset in `record` and feedback's naming of packets just
+    /// received keep so).
     newest_sent_us: u64,
 }
 
@@ -73,6 +76,11 @@ impl SendHistory {
             self.highest = Some(ext);
         }
         let sent_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        if sent_us.saturating_sub(self.newest_sent_us) >= 1 << 31 {
+            // Nothing sent for over 35 minutes (a long wait, a paused stream): what the ring
+            // holds is too old for feedback, and its times would soon read wrapped.
+            self.ring.fill(Entry::default());
+        }
         self.newest_sent_us = self.newest_sent_us.max(sent_us);
         self.ring[(ext % RING as u64) as usize] = Entry {
             seq_plus_one: (ext + 1) as u32,
@@ -157,5 +165,24 @@ mod tests {
             );
         }
         assert_eq!(std::mem::size_of::<Entry>(), 16);
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    #[test]
+    fn records_out_of_time_order_and_after_a_long_silence_keep_their_times() {
+        let t0 = Instant::now();
+        let mut h = SendHistory::new(t0);
+        let ms = Duration::from_millis;
+        // A pacer's packet may be recorded with a time before the one recorded last.
+        h.record(1, t0 + ms(20), 900, None);
+        h.record(2, t0 + ms(10), 900, None);
+        assert_eq!(h.lookup(2).expect("remembered").sent_at, t0 + ms(10));
+        assert_eq!(h.lookup(1).expect("remembered").sent_at, t0 + ms(20));
+        // Nothing for 80 minutes (past the 71-minute wrap), then media again: the old
+        // entries are gone rather than read with a wrapped time.
+        let later = t0 + Duration::from_secs(80 * 60);
+        h.record(3, later, 900, None);
+        assert_eq!(h.lookup(3).expect("remembered").sent_at, later);
+        assert_eq!(h.lookup(1), None, "forgotten, not misdated");
     }
 }

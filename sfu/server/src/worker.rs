@@ -137,6 +137,8 @@ fn run(
                 Err(TryRecvError::Empty) => break,
             }
         }
+        // (What the commands produced goes first, so the pass is timed on its own output.)
+        out.flush(&mut batch);
         let now = Instant::now();
         let pass_due = sfu.poll_timeout().is_some_and(|t| t <= now);
         sfu.handle_timeout(now, &mut batch);

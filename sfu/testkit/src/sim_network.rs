@@ -119,7 +119,8 @@ impl SimNetwork {
     /// Adds a peer publishing the given tracks; returns its index.
     pub fn add_peer(&mut self, name: &str, tracks: &[sfu_proto::MediaKind]) -> usize {
         let i = self.peers.len();
-        // 250 peers to a /24: 10.0.1.1, …, 10.0.1.250, 10.0.2.1, …
+        // 250 peers to a /24: 10.0.1.1, …, 10.0.1.250, 10.0.2.1, … (tests that add
+        // addresses of their own use 10.0.7.x and up: below 1,500 peers they never meet).
         let addr: SocketAddr = format!("10.0.{}.{}:5000", 1 + i / 250, 1 + i % 250)
             .parse()
             .expect("addr");
