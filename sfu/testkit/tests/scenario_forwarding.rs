@@ -601,6 +601,34 @@ fn receiver_reports_reach_every_stream_each_second_spread_over_the_ticks() {
 }
 
 #[test]
+fn receiver_reports_keep_a_long_configured_interval() {
+    // Every 2 s (200 ticks of 10 ms): in 4 s each stream is reported on exactly twice.
+    let mut net = SimNetwork::new(31, |c| c.report_interval = Duration::from_secs(2));
+    for side in 0..2 {
+        let p = net.add_peer(&format!("v-{side}"), &[MediaKind::Audio, MediaKind::Video]);
+        net.join(p, "visit", BOTH);
+    }
+    net.connect_all(Duration::from_secs(5));
+    let send = |n: &mut SimNetwork| {
+        for p in &mut n.peers {
+            p.send_media(0, &[0x55; 80], true, 960);
+            p.send_media(1, &[0x90; 600], true, 3000);
+        }
+    };
+    net.run(Duration::from_millis(200), send);
+    for p in &mut net.peers {
+        p.receiver_reports.clear();
+    }
+    net.run(Duration::from_secs(4), send);
+    for p in &net.peers {
+        for t in &p.tracks {
+            let n = p.receiver_reports.iter().filter(|r| r.1 == t.ssrc).count();
+            assert_eq!(n, 2, "{}'s stream {} in 4 s", p.name, t.ssrc);
+        }
+    }
+}
+
+#[test]
 fn transport_wide_feedback_reaches_publishers_and_subscribers_get_our_own_sequence() {
     let mut net = two_publishers_three_subscribers(17);
     let mut tick = 0;

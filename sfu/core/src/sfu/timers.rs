@@ -198,11 +198,11 @@ impl Sfu {
 }
 
 impl Sfu {
-    /// Ticks per `interval` (at most 128): work done every interval for each participant or
-    /// track is done on one of them, a share each tick.
+    /// Ticks per `interval`: work done every interval for each participant or track is done
+    /// on one of them, a share each tick. (Not capped: a cap would shorten long intervals.)
     fn phases_per(&self, interval: std::time::Duration) -> usize {
         let per_tick = interval.as_nanos() / self.config.tick.as_nanos().max(1);
-        per_tick.clamp(1, 128) as usize
+        usize::try_from(per_tick).unwrap_or(usize::MAX).max(1)
     }
 
     /// Asks the tick to come back to a participant's transport when it next has timer work.
