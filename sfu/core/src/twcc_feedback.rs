@@ -9,14 +9,26 @@ const MAX_PER_FEEDBACK: u64 = 300;
 /// Arrivals remembered between feedbacks: a fixed ring, so recording never allocates.
 const RING: usize = 4096;
 
+/// One remembered arrival, 8 bytes (a cache line holds eight): the low 32 bits of the
+/// extended sequence number plus one (0: empty) and of the arrival time in µs since the epoch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Arrival {
+    seq_plus_one: u32,
+    at_us: u32,
+}
+
 #[derive(Debug)]
 pub struct TwccRecorder {
     epoch: Instant,
     highest: Option<u64>,
     /// First sequence number not yet reported.
     next_report: Option<u64>,
-    /// Arrival time by extended sequence number modulo `RING`.
-    arrivals: Vec<Option<(u64, Instant)>>,
+    /// Arrivals by extended sequence number modulo `RING`.
+    arrivals: Vec<Arrival>,
+    /// The latest arrival recorded, µs since the epoch: an entry's full time is this less
+    /// the wrapped difference of their low 32 bits (exact while the entry is under 71 minutes
+    /// older, which the reset in `record` keeps so).
+    newest_us: u64,
     feedback_count: u8,
 }
 
@@ -27,6 +39,7 @@ impl TwccRecorder {
             highest: None,
             next_report: None,
             arrivals: Vec::new(),
+            newest_us: 0,
             feedback_count: 0,
         }
     }
@@ -39,16 +52,18 @@ impl TwccRecorder {
     }
 
     fn arrival(&self, ext: u64) -> Option<Instant> {
-        match self.arrivals.get((ext % RING as u64) as usize) {
-            Some(Some((e, at))) if *e == ext => Some(*at),
-            _ => None,
+        let a = self.arrivals.get((ext % RING as u64) as usize)?;
+        if a.seq_plus_one != (ext + 1) as u32 {
+            return None;
         }
+        let age = (self.newest_us as u32).wrapping_sub(a.at_us);
+        Some(self.epoch + Duration::from_micros(self.newest_us - u64::from(age)))
     }
 
     pub fn record(&mut self, seq: u16, now: Instant) {
         if self.arrivals.is_empty() {
             // Only participants that negotiated transport-cc pay for the ring.
-            self.arrivals = vec![None; RING];
+            self.arrivals = vec![Arrival::default(); RING];
         }
         let ext = self.extend(seq);
         if self.next_report.is_some_and(|n| ext < n) {
@@ -62,7 +77,17 @@ impl TwccRecorder {
         if ext >= next + RING as u64 {
             self.next_report = Some(ext + 1 - RING as u64);
         }
-        self.arrivals[(ext % RING as u64) as usize] = Some((ext, now));
+        let at_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        if at_us.saturating_sub(self.newest_us) >= 1 << 31 {
+            // Nothing arrived for over 35 minutes: what the ring holds was reported long
+            // ago, and its times would soon read wrapped.
+            self.arrivals.fill(Arrival::default());
+        }
+        self.newest_us = self.newest_us.max(at_us);
+        self.arrivals[(ext % RING as u64) as usize] = Arrival {
+            seq_plus_one: (ext + 1) as u32,
+            at_us: at_us as u32,
+        };
     }
 
     pub fn has_pending(&self) -> bool {
@@ -224,6 +249,28 @@ mod tests {
         assert_eq!(fb.base_sequence_number, 65530u16.wrapping_add(10));
         assert_eq!(fb.packet_status_count, 1);
         assert_eq!(fb.fb_pkt_count, 1);
+    }
+
+    #[test]
+    fn arrival_times_stay_exact_across_the_wrap_of_their_32_bit_microseconds() {
+        let t0 = Instant::now();
+        let mut r = TwccRecorder::new(t0);
+        let mut buf = [0u8; 1500];
+        // 5 ms apart across 2^32 µs (71.6 minutes) after the epoch: kept as 32-bit µs, the
+        // last two arrivals' low bits are below the first two's.
+        let base = t0 + Duration::from_micros((1 << 32) - 7_000);
+        for i in 0..4u16 {
+            r.record(i, base + Duration::from_millis(5 * u64::from(i)));
+        }
+        let n = r.write_feedback(&mut buf, 1, 2).unwrap();
+        let fb = parse(&buf[..n]);
+        assert_eq!(fb.packet_status_count, 4);
+        assert_eq!(fb.recv_deltas.len(), 4);
+        assert!(
+            fb.recv_deltas[1..].iter().all(|d| d.delta == 5000),
+            "{:?}",
+            fb.recv_deltas
+        );
     }
 
     #[test]
