@@ -25,8 +25,8 @@ pub struct TwccRecorder {
     next_report: Option<u64>,
     /// Arrivals by extended sequence number modulo `RING`.
     arrivals: Vec<Arrival>,
-    /// The latest arrival recorded, µs since the epoch: an entry's full time is this less
-    /// the wrapped difference of their low 32 bits (exact while the entry is under 71 minutes
+    /// The largest arrival time recorded, µs since the epoch: an entry's full time is this
+    /// less the wrapped difference of their low 32 bits (exact while the entry is under 71 minutes
     /// older, which the reset in `record` keeps so).
     newest_us: u64,
     feedback_count: u8,
@@ -53,7 +53,8 @@ impl TwccRecorder {
 
     fn arrival(&self, ext: u64) -> Option<Instant> {
         let a = self.arrivals.get((ext % RING as u64) as usize)?;
-        if a.seq_plus_one != (ext + 1) as u32 {
+        // 0 marks an empty entry, which the 2^32nd packet's low bits would also read as.
+        if a.seq_plus_one == 0 || a.seq_plus_one != (ext + 1) as u32 {
             return None;
         }
         let age = (self.newest_us as u32).wrapping_sub(a.at_us);
@@ -257,9 +258,11 @@ mod tests {
         let mut r = TwccRecorder::new(t0);
         let mut buf = [0u8; 1500];
         // 5 ms apart across 2^32 µs (71.6 minutes) after the epoch: kept as 32-bit µs, the
-        // last two arrivals' low bits are below the first two's.
-        let base = t0 + Duration::from_micros((1 << 32) - 7_000);
-        for i in 0..4u16 {
+        // last two arrivals' low bits are below the first two's. Recorded out of order, so
+        // one from before the wrap is recorded after one from after it.
+        let first_us: u64 = (1 << 32) - 7_000;
+        let base = t0 + Duration::from_micros(first_us);
+        for i in [0u16, 2, 1, 3] {
             r.record(i, base + Duration::from_millis(5 * u64::from(i)));
         }
         let n = r.write_feedback(&mut buf, 1, 2).unwrap();
@@ -271,6 +274,28 @@ mod tests {
             "{:?}",
             fb.recv_deltas
         );
+        // The first arrival's full time: reference (64 ms units) plus its delta.
+        let first = u64::from(fb.reference_time) * 64_000 + fb.recv_deltas[0].delta as u64;
+        assert_eq!(first / 250, first_us / 250, "{fb:?}");
+    }
+
+    #[test]
+    fn an_arrival_after_80_minutes_of_silence_is_reported_at_its_own_time() {
+        let t0 = Instant::now();
+        let mut r = TwccRecorder::new(t0);
+        let mut buf = [0u8; 1500];
+        r.record(0, t0 + Duration::from_secs(1));
+        r.write_feedback(&mut buf, 1, 2).unwrap();
+        // Past 2^32 µs (71.6 minutes) later, the ring started afresh: the new arrival reads true.
+        let later_us: u64 = 80 * 60 * 1_000_000 + 123_000;
+        r.record(1, t0 + Duration::from_micros(later_us));
+        let n = r.write_feedback(&mut buf, 1, 2).unwrap();
+        let fb = parse(&buf[..n]);
+        assert_eq!(fb.base_sequence_number, 1);
+        assert_eq!(fb.packet_status_count, 1);
+        let at = u64::from(fb.reference_time) * 64_000 + fb.recv_deltas[0].delta as u64;
+        assert_eq!(at / 250, later_us / 250, "{fb:?}");
+        assert!(r.write_feedback(&mut buf, 1, 2).is_none());
     }
 
     #[test]
