@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo bench -p bench --bench forwarding`. Figures go to docs/benchmarks.md.
 
+use bench::visits_at_scale::{connected_visits, next_video_packet};
 use criterion::measurement::WallTime;
 use criterion::{
     BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main,
@@ -130,29 +131,7 @@ fn simulcast(c: &mut Criterion) {
 /// busy worker does, evicted from cache by the 299 others since, which the rooms of a few
 /// participants above never show (issue 12: half the per-packet cost at scale was misses).
 fn at_scale(c: &mut Criterion) {
-    let visits = 150;
-    let mut net = SimNetwork::new(1, config);
-    for v in 0..visits {
-        for side in 0..2 {
-            net.add_peer(
-                &format!("v{v}-{side}"),
-                &[MediaKind::Audio, MediaKind::Video],
-            );
-        }
-    }
-    let both = Permissions {
-        publish: true,
-        subscribe: true,
-    };
-    for p in 0..2 * visits {
-        net.join(p, &format!("visit{}", p / 2), both);
-    }
-    net.connect_all(Duration::from_secs(30));
-    net.run(Duration::from_millis(300), |n| {
-        for p in &mut n.peers {
-            p.send_media(1, &[0x90; 1100], true, 3000);
-        }
-    });
+    let mut net = connected_visits(150, config);
     let now = net.now;
     let peers = net.peers.len();
     let mut next = 0;
@@ -164,12 +143,7 @@ fn at_scale(c: &mut Criterion) {
             || {
                 let p = next;
                 next = (next + 1) % peers;
-                net.peers[p].send_media(1, &[0x90; 1100], false, 0);
-                let datagram = std::iter::from_fn(|| net.peers[p].poll_transmit())
-                    .last()
-                    .expect("sealed packet")
-                    .1;
-                (net.peers[p].addr, datagram)
+                next_video_packet(&mut net.peers[p])
             },
             |(from, mut datagram)| {
                 net.sfu

@@ -9,11 +9,11 @@
 //! lines one packet touches that another packet touched last: what a worker serving hundreds
 //! of participants pays in memory latency.
 
+use bench::visits_at_scale::{connected_visits, next_video_packet};
 use sfu_core::{SfuConfig, TransmitBatch};
-use sfu_proto::{MediaKind, Permissions};
 use sfu_testkit::SimNetwork;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const VISITS: usize = 150;
 /// Packets per publisher in the counted pass.
@@ -41,39 +41,13 @@ fn forward_all(
 }
 
 fn main() {
-    let mut net = SimNetwork::new(1, config);
-    for v in 0..VISITS {
-        for side in 0..2 {
-            net.add_peer(
-                &format!("v{v}-{side}"),
-                &[MediaKind::Audio, MediaKind::Video],
-            );
-        }
-    }
-    let both = Permissions {
-        publish: true,
-        subscribe: true,
-    };
-    for p in 0..2 * VISITS {
-        net.join(p, &format!("visit{}", p / 2), both);
-    }
-    net.connect_all(Duration::from_secs(30));
-    net.run(Duration::from_millis(300), |n| {
-        for p in &mut n.peers {
-            p.send_media(1, &[0x90; 1100], true, 3000);
-        }
-    });
+    let mut net = connected_visits(VISITS, config);
     let now = net.now;
     let peers = net.peers.len();
     let mut datagrams = Vec::with_capacity(peers * ROUNDS);
     for _ in 0..ROUNDS {
         for p in 0..peers {
-            net.peers[p].send_media(1, &[0x90; 1100], false, 0);
-            let datagram = std::iter::from_fn(|| net.peers[p].poll_transmit())
-                .last()
-                .expect("sealed packet")
-                .1;
-            datagrams.push((net.peers[p].addr, datagram));
+            datagrams.push(next_video_packet(&mut net.peers[p]));
         }
     }
     let mut batch = TransmitBatch::with_capacity(64);

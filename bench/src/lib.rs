@@ -19,4 +19,5 @@ pub mod shared_udp;
 pub mod synthetic_media;
 pub mod tcp_link;
 pub mod timestamped_recv;
+pub mod visits_at_scale;
 pub mod worker_quota;
