@@ -280,6 +280,28 @@ mod tests {
     }
 
     #[test]
+    fn the_packet_whose_low_32_bits_plus_one_are_zero_is_not_read_from_an_empty_entry() {
+        let t0 = Instant::now();
+        let mut r = TwccRecorder::new(t0);
+        let mut buf = [0u8; 1500];
+        // Four billion packets into a session, the one at 2^32 - 1 lost: its entry stays
+        // empty (0), which its own low bits plus one also read as.
+        let lost: u64 = (1 << 32) - 1;
+        r.highest = Some(lost - 4);
+        for ext in (lost - 4..=lost + 2).filter(|&e| e != lost) {
+            r.record(ext as u16, t0 + Duration::from_millis(ext - (lost - 4)));
+        }
+        let n = r.write_feedback(&mut buf, 1, 2).unwrap();
+        let fb = parse(&buf[..n]);
+        assert_eq!(fb.packet_status_count, 7);
+        assert_eq!(
+            fb.recv_deltas.len(),
+            6,
+            "the lost packet reads received: {fb:?}"
+        );
+    }
+
+    #[test]
     fn an_arrival_after_80_minutes_of_silence_is_reported_at_its_own_time() {
         let t0 = Instant::now();
         let mut r = TwccRecorder::new(t0);
