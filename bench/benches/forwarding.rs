@@ -12,6 +12,7 @@ use sfu_core::rtp_header::RtpHeader;
 use sfu_core::srtp_context::{MasterKey, SRTP_TAG_LEN, SrtpContext};
 use sfu_core::{SfuConfig, TransmitBatch};
 use sfu_proto::{MediaKind, Permissions};
+use sfu_server::cache_prefetch::prefetch_line;
 use sfu_testkit::SimNetwork;
 use std::hint::black_box;
 use std::time::Duration;
@@ -154,6 +155,45 @@ fn at_scale(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // A received batch of 16 publishers' packets handled as the worker does, with the state
+    // they need asked for across the batch first (`prefetch_batch`), and without: the two
+    // side by side in one run.
+    const BATCH: usize = 16;
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for look_ahead in [false, true] {
+        let name = if look_ahead {
+            "visits_150_batch_16_look_ahead"
+        } else {
+            "visits_150_batch_16"
+        };
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    (0..BATCH)
+                        .map(|_| {
+                            let p = next;
+                            next = (next + 1) % peers;
+                            next_video_packet(&mut net.peers[p])
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |mut datagrams| {
+                    if look_ahead {
+                        net.sfu.prefetch_batch(
+                            datagrams.iter().map(|(from, d)| (*from, d.as_slice())),
+                            prefetch_line,
+                        );
+                    }
+                    for (from, datagram) in &mut datagrams {
+                        net.sfu.handle_datagram(now, *from, datagram, &mut batch);
+                    }
+                    assert_eq!(batch.len(), BATCH, "{:?}", net.sfu.counters);
+                    batch.clear();
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     group.finish();
 }
 

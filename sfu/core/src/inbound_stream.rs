@@ -45,6 +45,13 @@ pub struct InboundStream {
 }
 
 impl InboundStream {
+    /// Names to `prefetch_line` what recording a packet reads: the replay window and the
+    /// arrival figures.
+    pub fn prefetch(&self, prefetch_line: &impl Fn(*const u8)) {
+        prefetch_line(std::ptr::from_ref(&self.replay).cast());
+        prefetch_line(std::ptr::from_ref(&self.jitter_q4).cast());
+    }
+
     pub fn new(ssrc: u32, clock_rate: u32) -> Self {
         Self {
             ssrc,

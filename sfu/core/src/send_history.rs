@@ -90,6 +90,15 @@ impl SendHistory {
         };
     }
 
+    /// Names to `prefetch_line` the entry the next send will be recorded in.
+    pub fn prefetch_next(&self, prefetch_line: &impl Fn(*const u8)) {
+        if let Some(h) = self.highest
+            && let Some(entry) = self.ring.get(((h + 1) % RING as u64) as usize)
+        {
+            prefetch_line(std::ptr::from_ref(entry).cast());
+        }
+    }
+
     /// The packet sent as `seq` (16 bits, as feedback names it), if still remembered.
     pub fn lookup(&mut self, seq: u16) -> Option<SentPacket> {
         let reference = self.highest_acked.or(self.highest);

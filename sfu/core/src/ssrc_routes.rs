@@ -31,6 +31,13 @@ impl SsrcRoutes {
             .find_map(|&(s, route)| (s == ssrc).then_some(route))
     }
 
+    /// Names the table's entries to `prefetch_line` (a packet is about to be routed).
+    pub fn prefetch(&self, prefetch_line: &impl Fn(*const u8)) {
+        if let Some(first) = self.routes.first() {
+            prefetch_line(std::ptr::from_ref(first).cast());
+        }
+    }
+
     /// Records where `ssrc` goes, replacing what was known of it.
     pub fn insert(&mut self, ssrc: u32, route: SsrcRoute) {
         if let Some(slot) = self.routes.iter_mut().find(|(s, _)| *s == ssrc) {

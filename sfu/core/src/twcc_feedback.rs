@@ -91,6 +91,15 @@ impl TwccRecorder {
         };
     }
 
+    /// Names to `prefetch_line` the entry the next arrival will be recorded in.
+    pub fn prefetch_next(&self, prefetch_line: &impl Fn(*const u8)) {
+        if let Some(h) = self.highest
+            && let Some(entry) = self.arrivals.get(((h + 1) % RING as u64) as usize)
+        {
+            prefetch_line(std::ptr::from_ref(entry).cast());
+        }
+    }
+
     pub fn has_pending(&self) -> bool {
         matches!((self.next_report, self.highest), (Some(n), Some(h)) if n <= h)
     }

@@ -1,9 +1,11 @@
 //! The SFU's I/O layer: worker threads (one per core), each with its own UDP socket and a
 //! shard of rooms, batched receive and send, and the node that routes control commands.
 
+pub mod cache_prefetch;
 pub mod cluster_tls;
 pub mod control_client;
 pub mod control_stream;
+pub mod datagram_sink;
 pub mod health_listener;
 pub mod ice_tcp;
 pub mod logging;

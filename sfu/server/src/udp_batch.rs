@@ -1,6 +1,7 @@
 //! Batched UDP I/O for a worker: `recvmmsg` (with GRO) through `quinn-udp`, and `sendmmsg`
 //! across many destinations, which `quinn-udp` does not offer (its GSO batches go to one peer).
 
+use crate::datagram_sink::{DatagramSink, EachDatagram};
 use sfu_core::TransmitBatch;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
@@ -243,12 +244,19 @@ impl UdpBatch {
     /// Returns the number of datagrams, 0 when nothing was waiting.
     pub fn recv_batch(
         &mut self,
-        mut on_datagram: impl FnMut(SocketAddr, &mut [u8]),
+        on_datagram: impl FnMut(SocketAddr, &mut [u8]),
     ) -> io::Result<usize> {
+        self.recv_batch_into(&mut EachDatagram(on_datagram))
+    }
+
+    /// Receives one batch, shows it to `sink` to look ahead at, then hands it each datagram
+    /// (GRO segments split). Returns the number of datagrams, 0 when nothing was waiting.
+    pub fn recv_batch_into(&mut self, sink: &mut impl DatagramSink) -> io::Result<usize> {
         #[cfg(feature = "io-uring")]
         if let Some(uring) = self.uring.as_mut() {
             let enters = uring.counters.enters;
-            let n = uring.recv_batch(quinn_udp::BATCH_SIZE, &mut on_datagram)?;
+            // (Its completions are handled as they are read: no look-ahead.)
+            let n = uring.recv_batch(quinn_udp::BATCH_SIZE, |from, d| sink.datagram(from, d))?;
             self.calls.receives += uring.counters.enters - enters;
             self.calls.datagrams_received += n as u64;
             self.last_batch_full = uring.more_waiting();
@@ -270,6 +278,17 @@ impl UdpBatch {
             Err(e) => return Err(e),
         };
         self.last_batch_full = n == quinn_udp::BATCH_SIZE;
+        if sink.looks_ahead() {
+            let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+            let mut ahead: [(SocketAddr, &[u8]); quinn_udp::BATCH_SIZE] =
+                [(nowhere, &[]); quinn_udp::BATCH_SIZE];
+            for (i, entry) in ahead.iter_mut().enumerate().take(n) {
+                let meta = self.meta[i];
+                let len = meta.len.min(RECV_BUF_SIZE).min(meta.stride.max(1));
+                *entry = (meta.addr, &self.buf[i * RECV_BUF_SIZE..][..len]);
+            }
+            sink.look_ahead(&ahead[..n]);
+        }
         let mut count = 0;
         for i in 0..n {
             let meta = self.meta[i];
@@ -278,12 +297,12 @@ impl UdpBatch {
             let buf = &mut self.buf[start..start + meta.len.min(RECV_BUF_SIZE)];
             if buf.is_empty() {
                 // An empty datagram is still input: the core counts it as malformed.
-                on_datagram(meta.addr, buf);
+                sink.datagram(meta.addr, buf);
                 count += 1;
                 continue;
             }
             for chunk in buf.chunks_mut(stride) {
-                on_datagram(meta.addr, chunk);
+                sink.datagram(meta.addr, chunk);
                 count += 1;
             }
         }
@@ -626,5 +645,58 @@ mod tests {
         }
         assert_eq!(b.calls.datagrams_received, 3);
         assert!(b.calls.receives >= 1);
+    }
+
+    /// A sink that looks ahead sees the whole batch first, each entry the datagram it is then
+    /// handed.
+    #[test]
+    fn a_batch_is_shown_whole_before_its_datagrams_are_handed_in() {
+        #[derive(Default)]
+        struct Recorder {
+            ahead: Vec<(SocketAddr, Vec<u8>)>,
+            handed: Vec<(SocketAddr, Vec<u8>)>,
+            ahead_after_a_datagram: bool,
+        }
+        impl DatagramSink for Recorder {
+            fn looks_ahead(&self) -> bool {
+                true
+            }
+            fn look_ahead(&mut self, batch: &[(SocketAddr, &[u8])]) {
+                self.ahead_after_a_datagram |= self.handed.len() > self.ahead.len();
+                self.ahead
+                    .extend(batch.iter().map(|&(from, d)| (from, d.to_vec())));
+            }
+            fn datagram(&mut self, from: SocketAddr, buf: &mut [u8]) {
+                self.handed.push((from, buf.to_vec()));
+            }
+        }
+        let mut a = UdpBatch::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut b = UdpBatch::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = b.local_addr().unwrap();
+        let mut batch = TransmitBatch::with_capacity(4);
+        for (i, len) in [(1u8, 20), (2, 300), (3, 1200)] {
+            batch.push(to, &vec![i; len]);
+        }
+        assert_eq!(a.send_batch(&batch), (3, 0));
+        let mut sink = Recorder::default();
+        assert!(b.wait_readable(Duration::from_secs(2)));
+        while sink.handed.len() < 3 {
+            b.recv_batch_into(&mut sink).unwrap();
+            if sink.handed.len() < 3 {
+                b.wait_readable(Duration::from_secs(2));
+            }
+        }
+        assert!(
+            !sink.ahead_after_a_datagram,
+            "each batch shown before it is handed in"
+        );
+        assert_eq!(sink.ahead, sink.handed);
+        let from = a.local_addr().unwrap();
+        let sizes: Vec<_> = sink
+            .handed
+            .iter()
+            .map(|(f, d)| (*f, d[0], d.len()))
+            .collect();
+        assert_eq!(sizes, [(from, 1, 20), (from, 2, 300), (from, 3, 1200)]);
     }
 }

@@ -1,5 +1,7 @@
 //! One worker thread: owns a shard of rooms (an [`Sfu`]), its own UDP socket and port.
 
+use crate::cache_prefetch::prefetch_line;
+use crate::datagram_sink::DatagramSink;
 use crate::ice_tcp::IceTcp;
 use crate::udp_batch::UdpBatch;
 use sfu_core::{Counters, Sfu, SfuConfig, TransmitBatch};
@@ -176,8 +178,10 @@ fn run(
             // Drain what is queued, a batch at a time, sending after each batch.
             for _ in 0..64 {
                 let now = Instant::now();
-                let got = out.socket.recv_batch(|from, datagram| {
-                    sfu.handle_datagram(now, from, datagram, &mut batch)
+                let got = out.socket.recv_batch_into(&mut CoreSink {
+                    sfu: &mut sfu,
+                    now,
+                    batch: &mut batch,
                 });
                 out.flush(&mut batch);
                 match got {
@@ -282,4 +286,27 @@ fn export_downlinks(worker: &str, sfu: &Sfu) {
     }
     metrics::gauge!("sfu_downlinks_constrained", "worker" => worker.to_owned())
         .set(constrained as f64);
+}
+
+/// A received batch into the core: its state asked for across the whole batch first, then
+/// each datagram handled.
+struct CoreSink<'a> {
+    sfu: &'a mut Sfu,
+    now: Instant,
+    batch: &'a mut TransmitBatch,
+}
+
+impl DatagramSink for CoreSink<'_> {
+    fn looks_ahead(&self) -> bool {
+        true
+    }
+
+    fn look_ahead(&mut self, batch: &[(SocketAddr, &[u8])]) {
+        self.sfu
+            .prefetch_batch(batch.iter().copied(), prefetch_line);
+    }
+
+    fn datagram(&mut self, from: SocketAddr, buf: &mut [u8]) {
+        self.sfu.handle_datagram(self.now, from, buf, self.batch)
+    }
 }

@@ -969,3 +969,79 @@ fn a_layer_request_for_an_unknown_mid_is_refused() {
         assert_eq!(failed, refused, "mid {mid}");
     }
 }
+
+/// The cache lines `prefetch_batch` names for `batch`, as addresses.
+fn lines_named(net: &SimNetwork, batch: &[(std::net::SocketAddr, &[u8])]) -> Vec<usize> {
+    let named = std::cell::RefCell::new(Vec::new());
+    net.sfu.prefetch_batch(batch.iter().copied(), |line| {
+        named.borrow_mut().push(line as usize)
+    });
+    named.into_inner()
+}
+
+/// A publisher's next 900-byte video packet, sealed, with the address it comes from.
+fn next_video(net: &mut SimNetwork, p: usize) -> (std::net::SocketAddr, Vec<u8>) {
+    net.peers[p].send_media(1, &[0x90; 900], false, 0);
+    let datagram = std::iter::from_fn(|| net.peers[p].poll_transmit())
+        .last()
+        .expect("a sealed packet")
+        .1;
+    (net.peers[p].addr, datagram)
+}
+
+#[test]
+fn a_batch_looked_ahead_at_follows_each_packet_to_its_subscribers_and_changes_nothing() {
+    // (Without the bandwidth estimation, so that no subscriber's video waits in a pacer.)
+    let mut net = SimNetwork::new(11, |c| c.bandwidth_estimation = false);
+    let av = [MediaKind::Audio, MediaKind::Video];
+    net.add_peer("pub-a", &av);
+    net.add_peer("pub-b", &av);
+    for name in ["sub-c", "sub-d", "sub-e"] {
+        net.add_peer(name, &[]);
+    }
+    for p in 0..5 {
+        net.join(p, "visit", BOTH);
+    }
+    net.connect_all(Duration::from_secs(5));
+    let mut tick = 0;
+    net.run(Duration::from_secs(1), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let (from_a, video_a) = next_video(&mut net, 0);
+    let (from_b, video_b) = next_video(&mut net, 1);
+    let counters = net.sfu.counters;
+
+    // Not a publisher's: an unknown address, STUN, a datagram too short for RTP.
+    let stranger: std::net::SocketAddr = "198.51.100.9:5000".parse().unwrap();
+    assert!(lines_named(&net, &[(stranger, &video_a)]).is_empty());
+    assert!(lines_named(&net, &[(from_a, &[0x00, 0x01, 0x00, 0x00])]).is_empty());
+    assert!(lines_named(&net, &[(from_a, &video_a[..11])]).is_empty());
+    // An SSRC the publisher never sent: its own state, nothing past the route.
+    let mut unknown_ssrc = video_a.clone();
+    unknown_ssrc[8..12].copy_from_slice(&0xdead_beef_u32.to_be_bytes());
+    let publisher_only = lines_named(&net, &[(from_a, &unknown_ssrc)]);
+    assert!(!publisher_only.is_empty());
+    // Its video on the route: on to the track, the layer and each of its four subscribers
+    // (at least their keys, subscription and send history).
+    let one = lines_named(&net, &[(from_a, &video_a)]);
+    assert!(
+        one.len() >= publisher_only.len() + 4 * 3,
+        "{} lines for a packet to four subscribers, {} for its publisher alone",
+        one.len(),
+        publisher_only.len()
+    );
+    // A batch: every packet's lines.
+    let both = lines_named(&net, &[(from_a, &video_a), (from_b, &video_b)]);
+    assert!(one.iter().all(|l| both.contains(l)));
+    assert!(both.len() > one.len());
+
+    // Looking ahead changed nothing: the packets are then forwarded as ever, four copies each.
+    assert_eq!(net.sfu.counters, counters);
+    let now = net.now;
+    let mut out = sfu_core::TransmitBatch::with_capacity(16);
+    for (from, mut datagram) in [(from_a, video_a), (from_b, video_b)] {
+        net.sfu.handle_datagram(now, from, &mut datagram, &mut out);
+    }
+    assert_eq!(out.len(), 8, "{:?}", net.sfu.counters);
+    assert_eq!(net.sfu.counters.packets_out, counters.packets_out + 8);
+}

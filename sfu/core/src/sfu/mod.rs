@@ -1,8 +1,8 @@
 //! The SFU state machine of one worker: every room, participant, track and subscription the
 //! worker owns, driven by datagrams, commands and time.
 //!
-//! Run loop contract (the I/O layer's side): feed each received datagram to
-//! [`Sfu::handle_datagram`], commands to [`Sfu::handle_command`], call [`Sfu::handle_timeout`]
+//! Run loop contract (the I/O layer's side): name a received batch to [`Sfu::prefetch_batch`]
+//! (optional: it only asks for cache lines), feed each datagram to [`Sfu::handle_datagram`], commands to [`Sfu::handle_command`], call [`Sfu::handle_timeout`]
 //! when [`Sfu::poll_timeout`] passes, send what each call left in the [`TransmitBatch`], and drain
 //! [`Sfu::poll_event`].
 
@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod access;
+mod batch_prefetch;
 mod connectivity;
 mod dynacast;
 mod egress;
