@@ -70,10 +70,12 @@ impl Sfu {
         }
         // 3. The route: the track.
         let mut routes: [Option<SsrcRoute>; MAX_AHEAD] = [None; MAX_AHEAD];
-        for (route, &(idx, ssrc)) in routes.iter_mut().zip(publishers.iter().flatten()) {
-            *route = self.participants[idx]
-                .as_ref()
-                .and_then(|p| p.ssrc_routes.get(ssrc));
+        for (route, publisher) in routes.iter_mut().zip(publishers) {
+            *route = publisher.and_then(|(idx, ssrc)| {
+                self.participants[idx]
+                    .as_ref()
+                    .and_then(|p| p.ssrc_routes.get(ssrc))
+            });
             if let Some(r) = route {
                 ask(line, &self.tracks[r.track]);
             }

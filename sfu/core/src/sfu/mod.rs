@@ -2,9 +2,9 @@
 //! worker owns, driven by datagrams, commands and time.
 //!
 //! Run loop contract (the I/O layer's side): name a received batch to [`Sfu::prefetch_batch`]
-//! (optional: it only asks for cache lines), feed each datagram to [`Sfu::handle_datagram`], commands to [`Sfu::handle_command`], call [`Sfu::handle_timeout`]
-//! when [`Sfu::poll_timeout`] passes, send what each call left in the [`TransmitBatch`], and drain
-//! [`Sfu::poll_event`].
+//! (optional: it only asks for cache lines), feed each datagram to [`Sfu::handle_datagram`],
+//! commands to [`Sfu::handle_command`], call [`Sfu::handle_timeout`] when [`Sfu::poll_timeout`]
+//! passes, send what each call left in the [`TransmitBatch`], and drain [`Sfu::poll_event`].
 
 use crate::arena::{Arena, ParticipantIdx, TrackIdx};
 use crate::counters::Counters;
