@@ -18,8 +18,8 @@ use crate::tcp_link::TcpLink;
 use crate::timestamped_recv::{Arrival, TimestampedRecv, realtime_ns};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use sfu_core::TransmitBatch;
 use sfu_core::rtp_header::{HeaderWriter, PacketClass, RtpHeader, classify};
+use sfu_core::{DYNACAST_HOLD, TransmitBatch};
 use sfu_proto::MediaKind;
 use sfu_server::udp_batch::UdpBatch;
 use sfu_testkit::SimPeer;
@@ -139,6 +139,9 @@ struct Client {
     timers_due: Option<Instant>,
     timers_stale: bool,
     timers_asked: Instant,
+    /// When it first sent media: toward the raw relay its lower layers stop
+    /// [`DYNACAST_HOLD`] later, as our SFU's dynacast stops layers nobody receives.
+    media_since: Option<Instant>,
 }
 
 /// The longest a participant's cached next timer is trusted without asking its stack again.
@@ -185,6 +188,7 @@ impl Client {
             timers_due: None,
             timers_stale: true,
             timers_asked: join_started,
+            media_since: None,
         }
     }
 }
@@ -227,6 +231,12 @@ pub enum ToMedia {
         join_started: Instant,
         reply: oneshot::Sender<usize>,
     },
+    /// The SFU's `pause_encodings` for participant `client`: the simulcast layers (RIDs)
+    /// nobody receives now; the others are to be sent.
+    PauseEncodings {
+        client: usize,
+        rids: Vec<String>,
+    },
     /// Starts the measurement window: receive counters start from zero.
     ResetStats,
     /// From now on every WebRTC participant's downlink steps through `schedule`, each a
@@ -267,6 +277,9 @@ pub struct GeneratorReport {
     pub receiving: usize,
     /// Per phase of the shaped downlinks' schedule (empty when not shaped).
     pub downlinks: Vec<PhaseReport>,
+    /// Publishers' video layers being encoded and sent now, and paused (dynacast).
+    pub layers_sent: usize,
+    pub layers_paused: usize,
 }
 
 pub struct Generator {
@@ -546,6 +559,17 @@ impl Generator {
                 ));
                 let _ = reply.send(idx);
             }
+            ToMedia::PauseEncodings { client, rids } => {
+                if !self.profile.dynacast || !self.profile.simulcast {
+                    return;
+                }
+                // A publisher has one video track, so the message's `mid` is that track's.
+                if let Some(media) = self.clients.get_mut(client).and_then(|c| c.media.as_mut()) {
+                    for (l, rid) in RIDS.iter().enumerate() {
+                        media.set_paused(l, rids.iter().any(|r| r == rid));
+                    }
+                }
+            }
             ToMedia::ResetStats => {
                 self.send_dropped = 0;
                 self.shared_overflows_at_reset = self.shared_overflows;
@@ -591,6 +615,11 @@ impl Generator {
             r.sent_packets += c.sent_packets;
             r.sent_forwarded += c.sent_forwarded;
             r.sent_bytes += c.sent_bytes;
+            if let Some(media) = c.media.as_ref().filter(|_| !c.retired) {
+                let (sent, paused) = media.layers_paused();
+                r.layers_sent += sent;
+                r.layers_paused += paused;
+            }
             if let Some(t) = c.first_media {
                 r.join_ms
                     .push(t.duration_since(c.join_started).as_secs_f64() * 1000.0);
@@ -776,6 +805,19 @@ impl Generator {
             }
         };
         if ready && let Some(media) = c.media.as_mut() {
+            let since = *c.media_since.get_or_insert(now);
+            if let Transport::Plain { .. } = c.transport
+                && self.profile.dynacast
+                && self.profile.simulcast
+                && now >= since + DYNACAST_HOLD
+                && media.layers_paused().1 == 0
+            {
+                // The relay forwards only the top layer: the lower ones go unreceived, and
+                // are stopped after the hold our SFU gives them, so both get the same input.
+                for l in 0..self.profile.layers() - 1 {
+                    media.set_paused(l, true);
+                }
+            }
             self.emits.clear();
             media.poll(now, &mut self.emits);
             for e in &self.emits {

@@ -15,6 +15,7 @@ use crate::worker_quota::WorkerQuota;
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use sfu_core::DYNACAST_HOLD;
 use signaling::dev_issuer::{DevIssuer, dev_claims};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -342,6 +343,12 @@ async fn signal(
                             to_media.send(ToMedia::Offer { client: c, sdp: sdp.to_owned(), reply: tx })?;
                             let answer = rx.await?;
                             sink.send(Message::Text(json!({"type": "answer", "sdp": answer}).to_string().into())).await?;
+                        }
+                    }
+                    Some("pause_encodings") => {
+                        if let (Some(c), Some(rids)) = (*client, v["rids"].as_array()) {
+                            let rids = rids.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect();
+                            to_media.send(ToMedia::PauseEncodings { client: c, rids })?;
                         }
                     }
                     Some("closing") => break,
@@ -766,6 +773,12 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     }
     // Keyframes and bandwidth settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // Simulcast layers nobody receives stop [`DYNACAST_HOLD`] after they went unreceived (our
+    // SFU says so; toward the relay the generator does the same): the window measures what a
+    // server carries after a meeting's first seconds. Janus has no such thing.
+    if opts.profile.dynacast && opts.profile.simulcast && target != TargetKind::Janus {
+        tokio::time::sleep(DYNACAST_HOLD + Duration::from_millis(500)).await;
+    }
 
     // The measurement window.
     to_media.send(ToMedia::ResetStats)?;
@@ -1018,6 +1031,8 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         pps_out,
         pps_in_forwarded: g.sent_forwarded as f64 / elapsed,
         simulcast_layers: opts.profile.layers(),
+        publisher_layers_sent: g.layers_sent,
+        publisher_layers_paused: g.layers_paused,
         bytes_in_per_s: bytes_in,
         bytes_out_per_s: bytes_out,
         generator_pps_sent: g.sent_packets as f64 / elapsed,

@@ -128,6 +128,12 @@ struct LoadArgs {
     /// Publish one video stream instead of three simulcast layers.
     #[arg(long, env = "BENCH_NO_SIMULCAST")]
     no_simulcast: bool,
+    /// Publishers go on sending every simulcast layer when the SFU says nobody receives some
+    /// (`pause_encodings`), as a client that ignores it would; by default they stop them, as
+    /// the web client does (and, toward the raw relay, which forwards only the top layer, stop
+    /// the lower layers after the same hold), and the measurement starts once they have.
+    #[arg(long, env = "BENCH_IGNORE_PAUSE_ENCODINGS")]
+    ignore_pause_encodings: bool,
     #[arg(long, env = "BENCH_FPS", default_value_t = 30)]
     fps: u32,
     #[arg(long, env = "BENCH_KEYFRAME_SECS", default_value_t = 3.0)]
@@ -296,6 +302,7 @@ impl LoadArgs {
                 fps: self.fps,
                 keyframe_interval: Duration::from_secs_f64(self.keyframe_secs.max(0.1)),
                 simulcast: !self.no_simulcast,
+                dynacast: !self.ignore_pause_encodings,
             },
             duration: Duration::from_secs_f64(self.duration),
             settle_timeout: Duration::from_secs_f64(self.settle_timeout),

@@ -21,6 +21,11 @@ pub struct TargetReport {
     pub pps_in_forwarded: f64,
     /// Video layers each publisher sends (3 with simulcast, else 1).
     pub simulcast_layers: usize,
+    /// At the window's end, the publishers' video layers being sent, and those paused because
+    /// nobody received them (dynacast: `pause_encodings`, or after the same hold toward the
+    /// raw relay); none paused with `--ignore-pause-encodings` or toward Janus.
+    pub publisher_layers_sent: usize,
+    pub publisher_layers_paused: usize,
     pub bytes_in_per_s: f64,
     pub bytes_out_per_s: f64,
     /// Packets per second the generator's participants sent and received.
@@ -280,6 +285,15 @@ pub fn table(reports: &[TargetReport]) -> String {
                 let each: Vec<String> =
                     r.worker_cpu_pct.iter().map(|p| format!("{p:.1}")).collect();
                 each.join(" / ")
+            }),
+        ),
+        (
+            "publishers' video layers sent / paused",
+            Box::new(|r| {
+                format!(
+                    "{} / {}",
+                    r.publisher_layers_sent, r.publisher_layers_paused
+                )
             }),
         ),
         (

@@ -31,6 +31,9 @@ pub struct MediaProfile {
     pub keyframe_interval: Duration,
     /// Send three simulcast layers instead of one stream.
     pub simulcast: bool,
+    /// Stop encoding the simulcast layers nobody receives, as the web client does when the
+    /// SFU says so (`pause_encodings`); restart one with a keyframe when it is wanted again.
+    pub dynacast: bool,
 }
 
 impl Default for MediaProfile {
@@ -41,6 +44,7 @@ impl Default for MediaProfile {
             fps: 30,
             keyframe_interval: Duration::from_secs(3),
             simulcast: true,
+            dynacast: true,
         }
     }
 }
@@ -84,6 +88,8 @@ struct VideoLayer {
     last_keyframe: Option<Instant>,
     key_requested: bool,
     kbps: f64,
+    /// Not encoded (`pause_encodings`): sends nothing, its clock runs on.
+    paused: bool,
 }
 
 #[derive(Debug)]
@@ -126,6 +132,7 @@ impl SyntheticMedia {
                     last_keyframe: None,
                     key_requested: false,
                     kbps: profile.video_kbps as f64 * share,
+                    paused: false,
                 })
                 .collect(),
         }
@@ -136,6 +143,23 @@ impl SyntheticMedia {
         if let Some(l) = self.layers.get_mut(layer) {
             l.key_requested = true;
         }
+    }
+
+    /// Stops or restarts a layer's encoder; a restarted one starts with a keyframe, as a
+    /// browser's does when an encoding is made active again.
+    pub fn set_paused(&mut self, layer: usize, paused: bool) {
+        if let Some(l) = self.layers.get_mut(layer) {
+            if l.paused && !paused {
+                l.key_requested = true;
+            }
+            l.paused = paused;
+        }
+    }
+
+    /// Video layers encoded now, and how many are paused.
+    pub fn layers_paused(&self) -> (usize, usize) {
+        let paused = self.layers.iter().filter(|l| l.paused).count();
+        (self.layers.len() - paused, paused)
     }
 
     fn frame_interval(&self) -> Duration {
@@ -180,6 +204,11 @@ impl SyntheticMedia {
                 let frame_at = self.next_frame;
                 let delta_bytes = self.delta_frame_bytes(self.layers[l].kbps);
                 let layer = &mut self.layers[l];
+                if layer.paused {
+                    // The capture clock runs on: a restarted layer's timestamps are current.
+                    layer.ts = layer.ts.wrapping_add(ts_step);
+                    continue;
+                }
                 let key = std::mem::take(&mut layer.key_requested)
                     || layer.last_keyframe.is_none_or(|k| {
                         frame_at.duration_since(k) >= self.profile.keyframe_interval
@@ -365,6 +394,43 @@ mod tests {
             .unwrap();
         frame_header(&mut p, delta);
         assert_eq!((p[0], p[1] & 1), (0x10, 1));
+    }
+
+    #[test]
+    fn a_paused_layer_sends_nothing_and_restarts_with_a_keyframe_on_its_clock() {
+        let t0 = Instant::now();
+        let mut m = SyntheticMedia::new(MediaProfile::default(), t0, Duration::ZERO);
+        let mut out = Vec::new();
+        let video = |out: &[Emit], layer: usize| {
+            out.iter()
+                .filter(|e| e.kind == StreamKind::Video && e.layer == layer)
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        let ms = Duration::from_millis;
+        m.poll(t0 + ms(500), &mut out);
+        let before = video(&out, 0).last().unwrap().rtp_ts;
+        m.set_paused(0, true);
+        m.set_paused(1, true);
+        assert_eq!(m.layers_paused(), (1, 2));
+        out.clear();
+        m.poll(t0 + ms(1000), &mut out);
+        assert!(video(&out, 0).is_empty() && video(&out, 1).is_empty());
+        let top = video(&out, 2);
+        assert!(top.len() >= 15, "the top layer goes on: {}", top.len());
+        assert!(top.iter().all(|e| !e.keyframe), "no keyframe asked of it");
+        assert!(out.iter().any(|e| e.kind == StreamKind::Audio));
+        // Restarted (well within the 3 s keyframe interval): a keyframe first, stamped as if
+        // the encoder had kept time: the frame at 1,033 ms is 16 frames of 3,000 ticks after
+        // the last one sent, at 500 ms.
+        m.set_paused(0, false);
+        assert_eq!(m.layers_paused(), (2, 1));
+        out.clear();
+        m.poll(t0 + ms(1040), &mut out);
+        let first = video(&out, 0)[0];
+        assert!(first.keyframe && first.frame_start);
+        assert_eq!(first.rtp_ts.wrapping_sub(before), 16 * 3_000);
+        assert!(video(&out, 1).is_empty(), "layer 1 is still paused");
     }
 
     #[test]

@@ -122,6 +122,26 @@ fn each_scenario_runs_against_our_sfu_and_the_relay() {
     ]);
     assert!(doc["machine"]["cores"].as_u64().unwrap() >= 1);
     check(&doc["targets"][0], 7, 7);
+    // Each of the 7 publishers' two lower layers goes unreceived (everyone gets the top one):
+    // our SFU asked for them to stop, the publishers did, and the window measured the load
+    // without them — what the web client would send.
+    let r = &doc["targets"][0];
+    assert_eq!(
+        (
+            r["publisher_layers_sent"].as_u64(),
+            r["publisher_layers_paused"].as_u64()
+        ),
+        (Some(7), Some(14)),
+        "{r}"
+    );
+    let (pps_in, forwarded) = (
+        r["pps_in"].as_f64().unwrap(),
+        r["pps_in_forwarded"].as_f64().unwrap(),
+    );
+    assert!(
+        pps_in < forwarded * 1.05,
+        "only the received layers came in: {pps_in} in, {forwarded} of them forwarded streams"
+    );
     assert_eq!(
         doc["targets"][0]["sfu_ice_tcp_connections"].as_u64(),
         Some(0),
@@ -156,6 +176,8 @@ fn each_scenario_runs_against_our_sfu_and_the_relay() {
         "4",
         "--generator-sockets",
         "per-participant",
+        // As a client that ignores `pause_encodings`: every layer goes on coming in.
+        "--ignore-pause-encodings",
     ]);
     let r = &doc["targets"][0];
     check(r, 4, 4);
@@ -163,6 +185,7 @@ fn each_scenario_runs_against_our_sfu_and_the_relay() {
     // Three simulcast layers come in; each subscriber gets one (the top) and the audio: each
     // such packet is forwarded to the three others, the lower layers to nobody.
     assert_eq!(r["simulcast_layers"].as_u64(), Some(3));
+    assert_eq!(r["publisher_layers_paused"].as_u64(), Some(0), "{r}");
     let (pps_in, forwarded) = (
         r["pps_in"].as_f64().unwrap(),
         r["pps_in_forwarded"].as_f64().unwrap(),
@@ -195,7 +218,15 @@ fn each_scenario_runs_against_our_sfu_and_the_relay() {
     for (r, name) in targets.iter().zip(["ours", "relay"]) {
         assert_eq!(r["target"], name);
         check(r, 6, 5);
+        // The publisher's lower layers stopped toward both: the relay is given what our SFU is.
+        assert_eq!(r["publisher_layers_paused"].as_u64(), Some(2), "{r}");
     }
+    let pps_in = |r: &Value| r["pps_in"].as_f64().unwrap();
+    let (ours, relay) = (pps_in(&targets[0]), pps_in(&targets[1]));
+    assert!(
+        (ours - relay).abs() / relay < 0.1,
+        "the same packets in: {ours} and {relay} a second"
+    );
 }
 
 #[test]

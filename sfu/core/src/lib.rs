@@ -45,5 +45,5 @@ pub mod vp8_descriptor;
 
 pub use counters::Counters;
 pub use peer_transport::TransportConfig;
-pub use sfu::{DownlinkStats, Sfu, SfuConfig};
+pub use sfu::{DYNACAST_HOLD, DownlinkStats, Sfu, SfuConfig};
 pub use transmit_batch::TransmitBatch;

@@ -32,6 +32,8 @@ mod registry;
 mod speakers;
 mod timers;
 
+pub use dynacast::DYNACAST_HOLD;
+
 /// Tunables of the forwarding core.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
