@@ -139,9 +139,11 @@ struct Client {
     timers_due: Option<Instant>,
     timers_stale: bool,
     timers_asked: Instant,
-    /// When it first sent media: toward the raw relay its lower layers stop
-    /// [`DYNACAST_HOLD`] later, as our SFU's dynacast stops layers nobody receives.
+    /// When it first sent media: toward a target that never says `pause_encodings` (the raw
+    /// relay, Janus) its lower layers stop [`DYNACAST_HOLD`] later, as our SFU's dynacast
+    /// stops the layers nobody receives, so every target takes in the same packets.
     media_since: Option<Instant>,
+    lower_layers_stop_after_hold: bool,
 }
 
 /// The longest a participant's cached next timer is trusted without asking its stack again.
@@ -189,6 +191,7 @@ impl Client {
             timers_stale: true,
             timers_asked: join_started,
             media_since: None,
+            lower_layers_stop_after_hold: false,
         }
     }
 }
@@ -479,6 +482,7 @@ impl Generator {
                     join_started,
                 );
                 client.measured = measured;
+                client.lower_layers_stop_after_hold = role == PeerRole::JanusPublisher;
                 self.clients.push(client);
                 let _ = reply.send((idx, offer));
             }
@@ -534,7 +538,7 @@ impl Generator {
                     }
                 };
                 let media = self.media(publish, idx);
-                self.clients.push(Client::new(
+                let mut client = Client::new(
                     link,
                     Transport::Plain {
                         relay,
@@ -556,7 +560,10 @@ impl Generator {
                     media,
                     true,
                     join_started,
-                ));
+                );
+                // The relay forwards only the top layer and never says `pause_encodings`.
+                client.lower_layers_stop_after_hold = true;
+                self.clients.push(client);
                 let _ = reply.send(idx);
             }
             ToMedia::PauseEncodings { client, rids } => {
@@ -806,14 +813,14 @@ impl Generator {
         };
         if ready && let Some(media) = c.media.as_mut() {
             let since = *c.media_since.get_or_insert(now);
-            if let Transport::Plain { .. } = c.transport
+            if c.lower_layers_stop_after_hold
                 && self.profile.dynacast
                 && self.profile.simulcast
                 && now >= since + DYNACAST_HOLD
                 && media.layers_paused().1 == 0
             {
-                // The relay forwards only the top layer: the lower ones go unreceived, and
-                // are stopped after the hold our SFU gives them, so both get the same input.
+                // Every receiver takes the top layer: the lower ones go unreceived, and are
+                // stopped after the hold our SFU gives them, so every target gets one input.
                 for l in 0..self.profile.layers() - 1 {
                     media.set_paused(l, true);
                 }

@@ -774,10 +774,32 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
     // Keyframes and bandwidth settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Simulcast layers nobody receives stop [`DYNACAST_HOLD`] after they went unreceived (our
-    // SFU says so; toward the relay the generator does the same): the window measures what a
-    // server carries after a meeting's first seconds. Janus has no such thing.
-    if opts.profile.dynacast && opts.profile.simulcast && target != TargetKind::Janus {
-        tokio::time::sleep(DYNACAST_HOLD + Duration::from_millis(500)).await;
+    // SFU says so; toward the relay and Janus the generator stops them after the same hold):
+    // the window measures what a server carries after a meeting's first seconds, so it waits
+    // for the publishers' layers to stop changing.
+    let mut layers_at_start = (joined.layers_sent, joined.layers_paused);
+    if opts.profile.dynacast && opts.profile.simulcast && opts.profile.video_kbps > 0 {
+        let waited = Instant::now();
+        let mut stable_since = waited;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let r = generator_report(&to_media).await?;
+            if (r.layers_sent, r.layers_paused) != layers_at_start {
+                layers_at_start = (r.layers_sent, r.layers_paused);
+                stable_since = Instant::now();
+            }
+            let long_enough = waited.elapsed() >= DYNACAST_HOLD + Duration::from_millis(500);
+            if long_enough && stable_since.elapsed() >= Duration::from_millis(1500) {
+                break;
+            }
+            if waited.elapsed() >= DYNACAST_HOLD * 4 {
+                notes.push(format!(
+                    "publishers' layers still stopping or restarting {:?} after media settled",
+                    waited.elapsed()
+                ));
+                break;
+            }
+        }
     }
 
     // The measurement window.
@@ -882,6 +904,13 @@ pub async fn run(target: TargetKind, opts: &RunOptions) -> anyhow::Result<Target
         eprintln!();
     }
     let g = generator_report(&to_media).await?;
+    if (g.layers_sent, g.layers_paused) != layers_at_start {
+        // Expected where the load changes what is received (shaped downlinks), not otherwise.
+        notes.push(format!(
+            "publishers' video layers sent / paused changed in the window: {} / {} at its start, {} / {} at its end",
+            layers_at_start.0, layers_at_start.1, g.layers_sent, g.layers_paused
+        ));
+    }
     let server_cpu_pct = server_cpu.percent();
     let cpu_steal_pct = steal.percent();
     let worker_cpu_pct: Vec<f64> = threads_cpu_time(server_pid, "sfu-worker-")

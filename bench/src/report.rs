@@ -17,7 +17,8 @@ pub struct TargetReport {
     pub pps_in: f64,
     pub pps_out: f64,
     /// Of `pps_in`, the streams subscribers receive (audio and the top simulcast layer); the
-    /// lower layers come in and are held back for subscribers who ask for less.
+    /// lower layers, where they still come in (`--ignore-pause-encodings`, or a subscriber
+    /// asks for less), are held back.
     pub pps_in_forwarded: f64,
     /// Video layers each publisher sends (3 with simulcast, else 1).
     pub simulcast_layers: usize,

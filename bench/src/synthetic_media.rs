@@ -156,8 +156,11 @@ impl SyntheticMedia {
         }
     }
 
-    /// Video layers encoded now, and how many are paused.
+    /// Video layers encoded now, and how many are paused (none of either without video).
     pub fn layers_paused(&self) -> (usize, usize) {
+        if self.profile.video_kbps == 0 {
+            return (0, 0);
+        }
         let paused = self.layers.iter().filter(|l| l.paused).count();
         (self.layers.len() - paused, paused)
     }

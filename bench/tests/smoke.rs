@@ -142,6 +142,10 @@ fn each_scenario_runs_against_our_sfu_and_the_relay() {
         pps_in < forwarded * 1.05,
         "only the received layers came in: {pps_in} in, {forwarded} of them forwarded streams"
     );
+    assert!(
+        !r["notes"].to_string().contains("changed in the window"),
+        "the layers had stopped before the window: {r}"
+    );
     assert_eq!(
         doc["targets"][0]["sfu_ice_tcp_connections"].as_u64(),
         Some(0),
@@ -247,6 +251,9 @@ fn janus_runs_as_the_peer_sfu_where_installed() {
     let r = &doc["targets"][0];
     assert_eq!(r["target"], "janus");
     check(r, 4, 4);
+    // Janus never says `pause_encodings`: the lower layers stopped after our SFU's hold, so it
+    // is given the packets ours is, and its subscribers went on receiving the top layer.
+    assert_eq!(r["publisher_layers_paused"].as_u64(), Some(8), "{r}");
 }
 
 /// `bench run --url`: a running service (started here as an operator would, its API key the
