@@ -130,8 +130,8 @@ struct LoadArgs {
     no_simulcast: bool,
     /// Publishers go on sending every simulcast layer when the SFU says nobody receives some
     /// (`pause_encodings`), as a client that ignores it would; by default they stop them, as
-    /// the web client does (and, toward the raw relay, which forwards only the top layer, stop
-    /// the lower layers after the same hold), and the measurement starts once they have.
+    /// the web client does (and, toward the raw relay and Janus, which never say so, stop the
+    /// lower layers after the same hold), and the measurement starts once they have.
     #[arg(long, env = "BENCH_IGNORE_PAUSE_ENCODINGS")]
     ignore_pause_encodings: bool,
     #[arg(long, env = "BENCH_FPS", default_value_t = 30)]
