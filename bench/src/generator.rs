@@ -623,7 +623,7 @@ impl Generator {
             r.sent_forwarded += c.sent_forwarded;
             r.sent_bytes += c.sent_bytes;
             if let Some(media) = c.media.as_ref().filter(|_| !c.retired) {
-                let (sent, paused) = media.layers_paused();
+                let (sent, paused) = media.layer_counts();
                 r.layers_sent += sent;
                 r.layers_paused += paused;
             }
@@ -817,7 +817,7 @@ impl Generator {
                 && self.profile.dynacast
                 && self.profile.simulcast
                 && now >= since + DYNACAST_HOLD
-                && media.layers_paused().1 == 0
+                && media.layer_counts().1 == 0
             {
                 // Every receiver takes the top layer: the lower ones go unreceived, and are
                 // stopped after the hold our SFU gives them, so every target gets one input.

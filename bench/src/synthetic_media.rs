@@ -157,7 +157,7 @@ impl SyntheticMedia {
     }
 
     /// Video layers encoded now, and how many are paused (none of either without video).
-    pub fn layers_paused(&self) -> (usize, usize) {
+    pub fn layer_counts(&self) -> (usize, usize) {
         if self.profile.video_kbps == 0 {
             return (0, 0);
         }
@@ -415,7 +415,7 @@ mod tests {
         let before = video(&out, 0).last().unwrap().rtp_ts;
         m.set_paused(0, true);
         m.set_paused(1, true);
-        assert_eq!(m.layers_paused(), (1, 2));
+        assert_eq!(m.layer_counts(), (1, 2));
         out.clear();
         m.poll(t0 + ms(1000), &mut out);
         assert!(video(&out, 0).is_empty() && video(&out, 1).is_empty());
@@ -427,7 +427,7 @@ mod tests {
         // the encoder had kept time: the frame at 1,033 ms is 16 frames of 3,000 ticks after
         // the last one sent, at 500 ms.
         m.set_paused(0, false);
-        assert_eq!(m.layers_paused(), (2, 1));
+        assert_eq!(m.layer_counts(), (2, 1));
         out.clear();
         m.poll(t0 + ms(1040), &mut out);
         let first = video(&out, 0)[0];
