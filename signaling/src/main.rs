@@ -23,6 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+sfu_server::huge_page_heap!();
+
 #[derive(Parser)]
 #[command(
     name = "signaling",
@@ -620,6 +622,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let replicas_file = file.replicas.unwrap_or_default();
     let log_json = args.log_json || file.log.and_then(|l| l.json).unwrap_or(false);
     sfu_server::logging::init(log_json);
+    if matches!(sfu_mode, SfuMode::Embedded) {
+        sfu_server::huge_page_heap::HeapPages::read().log();
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let listen = args

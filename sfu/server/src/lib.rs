@@ -7,6 +7,7 @@ pub mod control_client;
 pub mod control_stream;
 pub mod datagram_sink;
 pub mod health_listener;
+pub mod huge_page_heap;
 pub mod ice_tcp;
 pub mod logging;
 pub mod metric_descriptions;

@@ -4,6 +4,8 @@
 use clap::Parser;
 use sfu_server::node_cli::NodeArgs;
 
+sfu_server::huge_page_heap!();
+
 fn main() -> anyhow::Result<()> {
     sfu_server::node_cli::run(NodeArgs::parse())
 }

@@ -189,6 +189,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let log_json = args.log_json || file.log.and_then(|l| l.json).unwrap_or(false);
     let node_id = args.node_id.or(file.node_id);
     crate::logging::init(log_json);
+    crate::huge_page_heap::HeapPages::read().log();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = ClusterTls::load(&ca, &cert, &key)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
