@@ -235,9 +235,10 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
     })
     .await;
     // Rooms go to the node with the least CPU in its last load report, and node b's first
-    // reports carry its start-up (a debug build's, beside the other tests): past them, the
-    // idle node b is the one with less, and takes the next room.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // reports carry its start-up (a debug build's, beside the other tests, which on a loaded
+    // CI machine takes seconds): past them, the idle node b is the one with less, and takes the
+    // next room.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
     // Node b gets a visit of three, so it carries more than node a: without the drain, the
     // next room would go to node a.
     let (db, pb, mut doctor_b, patient_b) = visit(server, "visit-b").await;
