@@ -43,7 +43,8 @@ pub struct LoadReport {
     /// takes no new ones.
     #[serde(default)]
     pub draining: bool,
-    /// The node process's CPU over the last interval, % of one core (all its threads).
+    /// The node process's CPU, % of one core (all its threads), over the same window as the
+    /// rates: the last of at least half a report interval.
     #[serde(default)]
     pub cpu_percent: f32,
 }

@@ -5,6 +5,7 @@
 use crate::cluster_tls::ClusterTls;
 use crate::control_stream::{ControlStreamError, spawn_reader, write_message};
 use crate::health_listener::Readiness;
+use crate::load_sampler::LoadSampler;
 use crate::node::SfuNode;
 use sfu_proto::{ControlMessage, Event, LoadReport, PROTOCOL_VERSION};
 use std::collections::{HashMap, HashSet};
@@ -57,6 +58,9 @@ struct Shared {
     /// The addresses found at the last resolution, and those a task dials now.
     wanted: Mutex<HashSet<SocketAddr>>,
     dialing: Mutex<HashSet<SocketAddr>>,
+    /// The load every link reports, measured over windows of half a report interval at
+    /// least (a link's first report goes out as it comes up).
+    load: Mutex<LoadSampler>,
 }
 
 impl Shared {
@@ -131,7 +135,9 @@ pub async fn run(
         move || closing.close_all_rooms(),
     ));
     let _keeper = AbortOnDrop(keeper);
+    let load = LoadSampler::new(node.counters().0, config.load_interval / 2);
     let shared = Arc::new(Shared {
+        load: Mutex::new(load),
         config,
         endpoint: endpoint.clone(),
         node,
@@ -361,8 +367,6 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
     let result: anyhow::Result<()> = async {
         let mut incoming = spawn_reader(recv);
         let mut tick = tokio::time::interval(config.load_interval);
-        let mut last = (node.counters().0, std::time::Instant::now());
-        let mut cpu = crate::process_cpu::ProcessCpu::default();
         loop {
             // A drain is reported at once (a report now), so no new room is placed here
             // meanwhile.
@@ -398,20 +402,17 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
                 },
                 _ = tick.tick() => {
                     let (c, rooms_now, participants) = node.counters();
-                    let now = std::time::Instant::now();
-                    let secs = now.duration_since(last.1).as_secs_f64().max(0.001);
-                    let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs) as u64;
+                    let load = shared.load.lock().unwrap_or_else(|e| e.into_inner()).figures(c);
                     let report = LoadReport {
                         node_id: config.node_id.clone(),
                         rooms: rooms_now as u32,
                         participants: participants as u32,
-                        packets_in_per_s: rate(c.packets_in, last.0.packets_in),
-                        packets_out_per_s: rate(c.packets_out, last.0.packets_out),
-                        dropped_per_s: rate(c.dropped(), last.0.dropped()),
+                        packets_in_per_s: load.packets_in_per_s,
+                        packets_out_per_s: load.packets_out_per_s,
+                        dropped_per_s: load.dropped_per_s,
                         draining: *draining.borrow(),
-                        cpu_percent: cpu.percent(),
+                        cpu_percent: load.cpu_percent,
                     };
-                    last = (c, now);
                     write_message(&mut send, &ControlMessage::Event(Event::Load(report))).await?;
                 }
             }

@@ -9,6 +9,7 @@ pub mod datagram_sink;
 pub mod health_listener;
 pub mod huge_page_heap;
 pub mod ice_tcp;
+pub mod load_sampler;
 pub mod logging;
 pub mod metric_descriptions;
 pub mod node;
