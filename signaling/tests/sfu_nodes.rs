@@ -410,9 +410,14 @@ async fn media_back_on_node_b(
     patient: &support::media::Recovering,
     from: Instant,
 ) -> (Duration, Duration) {
+    // Frames in the new sessions, not only frames after `from`: a draining node's visit
+    // flows on in the old ones until the deadline, and those frames once let this wait end
+    // before the new sessions carried anything (node b then had forwarded nothing 2 s on).
     until("media back for both", 20, async || {
         doctor.sessions() > 1
             && patient.sessions() > 1
+            && doctor.frames_in_newest_session() > 0
+            && patient.frames_in_newest_session() > 0
             && doctor
                 .frames()
                 .last()

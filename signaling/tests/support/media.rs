@@ -300,6 +300,15 @@ impl Recovering {
         self.peers.lock().unwrap().len()
     }
 
+    /// Video frames its newest media session has received.
+    pub fn frames_in_newest_session(&self) -> usize {
+        self.peers
+            .lock()
+            .unwrap()
+            .last()
+            .map_or(0, |p| p.video_frames().len())
+    }
+
     /// The longest time without a received frame between `from` and `to`.
     pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
         let mut last = from;
