@@ -44,7 +44,7 @@ pub struct LoadReport {
     #[serde(default)]
     pub draining: bool,
     /// The node process's CPU, % of one core (all its threads), over the same window as the
-    /// rates: the last of at least half a report interval.
+    /// rates: the node's most recent, at least half a report interval long.
     #[serde(default)]
     pub cpu_percent: f32,
 }

@@ -59,7 +59,7 @@ struct Shared {
     wanted: Mutex<HashSet<SocketAddr>>,
     dialing: Mutex<HashSet<SocketAddr>>,
     /// The load every link reports, measured over windows of half a report interval at
-    /// least (a link's first report goes out as it comes up).
+    /// least (a link's first report goes out as it comes up), every half interval at most.
     load: Mutex<LoadSampler>,
 }
 
@@ -157,6 +157,23 @@ pub async fn run(
         }
     });
     let _fan_out = AbortOnDrop(fan_out);
+    // Windows are measured with no link up too: the first report after every link was down
+    // then describes the last half interval, not the whole outage.
+    let sampling = shared.clone();
+    let sampler = tokio::spawn(async move {
+        let mut every = tokio::time::interval(sampling.config.load_interval / 2);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let counters = sampling.node.counters().0;
+            sampling
+                .load
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .figures(counters);
+        }
+    });
+    let _sampler = AbortOnDrop(sampler);
     let mut tasks = tokio::task::JoinSet::new();
     let mut discovery = tokio::time::interval(DISCOVERY_EVERY);
     loop {

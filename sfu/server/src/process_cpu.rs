@@ -80,7 +80,12 @@ mod tests {
         }
         std::hint::black_box(x);
         let pct = cpu.percent();
-        assert!(pct > 30.0 && pct < 250.0, "{pct} % while spinning");
+        // Other tests in this process may spin at the same time (CPU time is the process's).
+        let every_core = std::thread::available_parallelism().map_or(1, |n| n.get()) as f32 * 100.0;
+        assert!(
+            pct > 30.0 && pct < every_core + 25.0,
+            "{pct} % while spinning"
+        );
     }
 
     #[test]
