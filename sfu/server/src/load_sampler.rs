@@ -11,7 +11,7 @@
 //! The control client also takes figures every `min_window` with no link up, so a window
 //! never spans an outage of every link.
 
-use crate::process_cpu::ProcessCpu;
+use crate::process_cpu::own_cpu_time;
 use sfu_core::counters::Counters;
 use std::time::{Duration, Instant};
 
@@ -28,9 +28,8 @@ pub struct LoadFigures {
 #[derive(Debug)]
 pub struct LoadSampler {
     min_window: Duration,
-    /// Where the current window began: the counters then, and when.
-    start: (Counters, Instant),
-    cpu: ProcessCpu,
+    /// Where the current window began: the counters and the process's CPU time then, and when.
+    start: (Counters, Option<Duration>, Instant),
     /// The last window measured; none before the first.
     latest: Option<LoadFigures>,
 }
@@ -40,8 +39,7 @@ impl LoadSampler {
     pub fn new(counters: Counters, min_window: Duration) -> Self {
         Self {
             min_window,
-            start: (counters, Instant::now()),
-            cpu: ProcessCpu::default(),
+            start: (counters, own_cpu_time(), Instant::now()),
             latest: None,
         }
     }
@@ -51,20 +49,25 @@ impl LoadSampler {
     /// started has no rooms, and start-up work over a few milliseconds is not its load.
     pub fn figures(&mut self, counters: Counters) -> LoadFigures {
         let now = Instant::now();
-        let elapsed = now.duration_since(self.start.1);
+        let elapsed = now.duration_since(self.start.2);
         if elapsed < self.min_window {
             return self.latest.unwrap_or_default();
         }
+        let cpu = own_cpu_time();
         let secs = elapsed.as_secs_f64();
         let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs) as u64;
-        let last = self.start.0;
+        let (last, last_cpu, _) = self.start;
         let figures = LoadFigures {
             packets_in_per_s: rate(counters.packets_in, last.packets_in),
             packets_out_per_s: rate(counters.packets_out, last.packets_out),
             dropped_per_s: rate(counters.dropped(), last.dropped()),
-            cpu_percent: self.cpu.percent(),
+            // 0 where the clock cannot be read (it always can on Linux).
+            cpu_percent: match (last_cpu, cpu) {
+                (Some(a), Some(b)) => (b.saturating_sub(a).as_secs_f64() * 100.0 / secs) as f32,
+                _ => 0.0,
+            },
         };
-        self.start = (counters, now);
+        self.start = (counters, cpu, now);
         self.latest = Some(figures);
         figures
     }

@@ -1,8 +1,8 @@
 //! CPU time of a process from `/proc/<pid>/stat` (user + system; the load harness reads the
-//! server under test that way), and this process's share of one core between two readings,
-//! for the node's load reports.
+//! server under test that way), and this process's own, to the nanosecond, for the node's
+//! load reports (`load_sampler.rs`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// User + system CPU time from a `/proc/.../stat` file (a process's, or one of its
 /// threads' under `task/`); none where it cannot be read.
@@ -26,7 +26,7 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
 /// This process's CPU time, to the nanosecond: `/proc`'s clock ticks (10 ms) would make a
 /// half-second load report of a nearly idle node read 0, 2 or 4 % at random, and rooms are
 /// placed by those reports.
-fn own_cpu_time() -> Option<Duration> {
+pub fn own_cpu_time() -> Option<Duration> {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -36,57 +36,10 @@ fn own_cpu_time() -> Option<Duration> {
     (rc == 0).then(|| Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
 }
 
-/// Successive readings of the process's CPU share.
-#[derive(Debug)]
-pub struct ProcessCpu {
-    last: (Option<Duration>, Instant),
-}
-
-impl Default for ProcessCpu {
-    fn default() -> Self {
-        Self {
-            last: (own_cpu_time(), Instant::now()),
-        }
-    }
-}
-
-impl ProcessCpu {
-    /// % of one core since the last reading (0 when unknown).
-    pub fn percent(&mut self) -> f32 {
-        let now = (own_cpu_time(), Instant::now());
-        let wall = now.1.duration_since(self.last.1).as_secs_f64();
-        let pct = match (self.last.0, now.0) {
-            (Some(a), Some(b)) if wall > 0.0 => {
-                (b.saturating_sub(a).as_secs_f64() * 100.0 / wall) as f32
-            }
-            _ => 0.0,
-        };
-        self.last = now;
-        pct
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spinning_shows_as_cpu() {
-        let mut cpu = ProcessCpu::default();
-        let t = Instant::now();
-        let mut x = 0u64;
-        while t.elapsed() < Duration::from_millis(300) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        }
-        std::hint::black_box(x);
-        let pct = cpu.percent();
-        // Other tests in this process may spin at the same time (CPU time is the process's).
-        let every_core = std::thread::available_parallelism().map_or(1, |n| n.get()) as f32 * 100.0;
-        assert!(
-            pct > 30.0 && pct < every_core + 25.0,
-            "{pct} % while spinning"
-        );
-    }
+    use std::time::Instant;
 
     #[test]
     fn own_cpu_time_resolves_finer_than_a_clock_tick() {
