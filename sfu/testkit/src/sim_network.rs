@@ -20,6 +20,9 @@ pub struct Link {
     pub delay: Duration,
     pub rate_bps: Option<u64>,
     pub queue_bytes: usize,
+    /// The bucket's depth: after a quiet moment this much passes at once, faster than the
+    /// rate (`tc tbf`'s `burst`; a cellular link's scheduling bursts). 0: a pure rate.
+    pub burst_bytes: usize,
 }
 
 impl Default for Link {
@@ -29,6 +32,7 @@ impl Default for Link {
             delay: Duration::from_millis(10),
             rate_bps: None,
             queue_bytes: 0,
+            burst_bytes: 0,
         }
     }
 }
@@ -40,6 +44,14 @@ impl Link {
             rate_bps: Some(rate_bps),
             queue_bytes: (rate_bps as f64 / 8.0 * queue.as_secs_f64()) as usize,
             ..Self::default()
+        }
+    }
+
+    /// The same with a bucket `burst_bytes` deep, as `tc tbf … burst` sets it.
+    pub fn with_burst(self, burst_bytes: usize) -> Self {
+        Self {
+            burst_bytes,
+            ..self
         }
     }
 }
@@ -246,7 +258,11 @@ impl SimNetwork {
             } else {
                 &mut self.busy_until[i].0
             };
-            let backlog = busy.saturating_duration_since(self.now);
+            // `busy`: when the link will have sent all it was given at its rate. A full
+            // bucket lets that run `burst` ahead of the clock (the virtual scheduling of a
+            // token bucket): a datagram leaves once it is no more than `burst` behind.
+            let burst = Duration::from_secs_f64(link.burst_bytes as f64 * 8.0 / rate as f64);
+            let backlog = busy.saturating_duration_since(self.now + burst);
             let backlog_bytes = (backlog.as_secs_f64() * rate as f64 / 8.0) as usize;
             let queued = if backlog_bytes + data.len() > link.queue_bytes {
                 self.link_drops += 1;
@@ -255,7 +271,9 @@ impl SimNetwork {
             } else {
                 let transmit = Duration::from_secs_f64(data.len() as f64 * 8.0 / rate as f64);
                 *busy = (*busy).max(self.now) + transmit;
-                at = *busy;
+                at = busy
+                    .checked_sub(burst)
+                    .map_or(self.now, |t| t.max(self.now));
                 Some(backlog)
             };
             if down {

@@ -238,6 +238,87 @@ fn a_capacity_drop_moves_the_picture_down_within_two_seconds_and_probing_brings_
     assert_eq!(layer_at(&video, call.net.now), Some(2));
 }
 
+/// Layers the video moved through from `from` on, each change once: [2, 0] is one move down.
+fn layer_changes(video: &[ReceivedPacket], from: Instant) -> Vec<u8> {
+    let mut seen: Vec<u8> = Vec::new();
+    for p in video.iter().filter(|p| p.at >= from && !p.repaired) {
+        if seen.last() != Some(&layer(p)) {
+            seen.push(layer(p));
+        }
+    }
+    seen
+}
+
+#[test]
+fn behind_a_token_bucket_a_narrowed_link_keeps_the_lower_layer_without_flapping() {
+    // `tc tbf` as the browser test shapes a phone's downlink: its bucket passes a couple of
+    // packets at once after a quiet moment. A 30 ms probe is a few such packets: read whole,
+    // the bucket's burst looks like headroom (in Chromium, probes on a 400 kbit/s link read
+    // 500–665 kbit/s and the picture went up and down every few seconds).
+    let mut call = Call::new(
+        31,
+        &[Link::shaped(3_000_000, Duration::from_millis(250)).with_burst(3000)],
+    );
+    call.run(Duration::from_secs(6));
+    assert_eq!(layer_at(&call.video(1), call.net.now), Some(2));
+    let drop = call.net.now;
+    call.net.set_downlink(
+        1,
+        Link::shaped(400_000, Duration::from_millis(250)).with_burst(1600),
+    );
+    let probes_before = call.net.sfu.counters.probe_clusters;
+    // The estimate, every 250 ms from 3 s after the drop on (the first cuts are then over).
+    let mut estimates = Vec::new();
+    for step in 0..80 {
+        call.run(Duration::from_millis(250));
+        if step >= 12 {
+            let stats = call
+                .net
+                .sfu
+                .downlink_stats(call.net.id(1))
+                .expect("estimated");
+            estimates.push(stats.estimate_bps);
+        }
+    }
+    let highest = estimates.iter().copied().max().unwrap_or(0);
+    let video = call.video(1);
+    let down = first_on(&video, drop, |l| l < 2).expect("moved to a lower layer");
+    let changes = layer_changes(&video, drop);
+    let gap = longest_gap(&video, down, call.net.now);
+    let (loss, _) = call.bottleneck(1, drop + Duration::from_secs(3), call.net.now);
+    println!(
+        "400 kbit/s behind a 1600-byte bucket: lower layer after {:?}, layers {changes:?}, {} probes, longest gap {gap:?}, \
+         bottleneck loss after 3 s {:.2} %, estimate at most {highest} bit/s, at the end {:?}",
+        down - drop,
+        call.net.sfu.counters.probe_clusters - probes_before,
+        loss * 100.0,
+        call.net.sfu.downlink_stats(call.net.id(1)),
+    );
+    assert!(
+        down - drop <= Duration::from_secs(2),
+        "moved down after {:?}",
+        down - drop
+    );
+    assert!(
+        changes.windows(2).all(|w| w[1] < w[0]),
+        "the picture went back up on the narrow link: layers {changes:?}"
+    );
+    assert!(
+        gap < Duration::from_millis(500),
+        "the picture stopped for {gap:?}"
+    );
+    // What the probes find is the link, not its bucket: an estimate a fifth over the link
+    // paces video into its queue, and a layer that needs 15 % to spare over it goes up.
+    assert!(
+        highest <= 480_000,
+        "the estimate reached {highest} bit/s on a 400 kbit/s link"
+    );
+    assert!(
+        call.net.sfu.counters.probe_clusters > probes_before,
+        "probes kept looking for headroom"
+    );
+}
+
 #[test]
 fn two_subscribers_of_one_publisher_on_different_links_get_different_layers() {
     let mut call = Call::new(

@@ -192,9 +192,7 @@ impl Sfu {
                 .take(SEND_HISTORY_LEN)
                 .filter_map(|status| {
                     let sent = history.lookup(status.seq)?;
-                    if let Some(cluster) = probe.as_mut()
-                        && sent.probe == Some(cluster.id)
-                    {
+                    if let Some(cluster) = probe.as_mut() {
                         cluster.on_feedback(&sent, status.arrival_us);
                     }
                     Some(PacketResult {
