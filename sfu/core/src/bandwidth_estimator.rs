@@ -26,6 +26,10 @@ const ACKED_WINDOW_US: i64 = 500_000;
 const RECENT_WINDOW_US: i64 = 150_000;
 /// Decreases at most this often (about a round trip and a feedback interval).
 const DECREASE_INTERVAL: Duration = Duration::from_millis(200);
+/// For this long after a decrease, over-use is acted on only while packets still queue ...
+const SETTLE: Duration = Duration::from_secs(1);
+/// ... by at least this much (ms above the quickest one-way delay of late).
+const DRAINED_MS: f64 = 10.0;
 /// Assumed round trip plus feedback interval, for the additive increase.
 const RESPONSE_TIME: Duration = Duration::from_millis(200);
 const LOSS_HIGH: f64 = 0.10;
@@ -252,7 +256,16 @@ impl BandwidthEstimator {
                 let due = self
                     .last_decrease
                     .is_none_or(|t| now >= t + DECREASE_INTERVAL);
-                if due {
+                // The delay trend reads over-use a while after the queue it saw has drained
+                // (it is a slope over the last 20 bursts): soon after a decrease, over-use
+                // with the newest packet through without queueing is the trend catching up,
+                // not a queue the decrease left. A cut on it lands on what arrived meanwhile —
+                // little, when the SFU stopped a layer at that decrease and waits for the
+                // lower one's keyframe — and took a 400 kbit/s phone from 340 to 82 kbit/s,
+                // below the video floor.
+                let settled = self.last_decrease.is_some_and(|t| now < t + SETTLE)
+                    && self.delay.queue_delay_ms() < DRAINED_MS;
+                if due && !settled {
                     // Over-use means the bottleneck's queue is not empty: what arrived in the
                     // last moments is its rate, where the half-second window still remembers
                     // the rate before the drop.
@@ -410,6 +423,65 @@ mod tests {
         assert!(after[1] <= 450_000, "after the drop: {after:?}");
         // And it settles near the capacity, not far under it.
         assert!(after[5] >= 250_000, "after the drop: {after:?}");
+    }
+
+    #[test]
+    fn the_queue_a_decrease_answered_does_not_cut_it_again() {
+        // 1.2 Mbit/s into a link that falls from 3 Mbit/s to 400 kbit/s with a tenth of a
+        // second of queue. At the first decrease the sender stops its video for a second (the
+        // SFU waits for the lower layer's keyframe) and sends audio alone: the queue drains
+        // within 0.1 s, and the delay trend reads over-use for a while longer.
+        let t0 = origin();
+        let mut est = BandwidthEstimator::new(1_500_000);
+        let mut free_at_us = 0.0f64;
+        let mut pending: Vec<PacketResult> = Vec::new();
+        let mut next_send_us = 0.0f64;
+        let mut first_cut: Option<f64> = None;
+        let mut lowest_after = u64::MAX;
+        for ms in 0..4_000u64 {
+            let now_us = ms as f64 * 1000.0;
+            let capacity = if ms < 2_000 { 3e6 } else { 400e3 };
+            let rate = match first_cut {
+                None => 1.2e6,
+                Some(at) if now_us < at + 1e6 => 40e3,
+                Some(_) => 250e3,
+            };
+            while next_send_us <= now_us {
+                let size = if rate > 100e3 { 1100.0 } else { 100.0 };
+                let backlog = (free_at_us - now_us).max(0.0) * capacity / 8.0 / 1e6;
+                let arrival = (backlog + size <= 5_000.0).then(|| {
+                    free_at_us = now_us.max(free_at_us) + size * 8.0 / capacity * 1e6;
+                    free_at_us as i64 + 20_000
+                });
+                pending.push(PacketResult {
+                    sent_at: t0 + Duration::from_micros(now_us as u64),
+                    size: size as usize,
+                    arrival_us: arrival,
+                });
+                next_send_us += size * 8.0 / rate * 1e6;
+            }
+            if ms % 50 == 0 {
+                let (done, rest): (Vec<_>, Vec<_>) = pending
+                    .drain(..)
+                    .partition(|p| p.arrival_us.is_none_or(|a| (a as f64) <= now_us));
+                pending = rest;
+                est.on_feedback(t0 + Duration::from_millis(ms), done);
+                if ms > 2_000 && first_cut.is_none() && est.estimate_bps() < 1_000_000 {
+                    first_cut = Some(now_us);
+                }
+                // While the sender is quiet (the lower layer comes after).
+                if first_cut.is_some_and(|at| now_us < at + 1e6) {
+                    lowest_after = lowest_after.min(est.estimate_bps());
+                }
+            }
+        }
+        assert!(first_cut.is_some(), "the drop was noticed");
+        // 0.85 of a 400 kbit/s link is 340 kbit/s; what arrived while the sender was quiet
+        // (audio, 40 kbit/s) is not the link (a second cut on it made 257 kbit/s here).
+        assert!(
+            lowest_after >= 300_000,
+            "cut to {lowest_after} bit/s on a 400 kbit/s link"
+        );
     }
 
     #[test]

@@ -94,6 +94,11 @@ impl DelayTrend {
         self.usage
     }
 
+    /// How long the newest packet waited in queues on the way, above the quickest of late.
+    pub fn queue_delay_ms(&self) -> f64 {
+        self.queue.delay_ms()
+    }
+
     /// One received packet, in arrival order (feedback lists packets by sequence, which for a
     /// single sender is send order; reordered arrivals only start no new group).
     pub fn on_packet(&mut self, sent_at: Instant, arrival_us: i64) -> BandwidthUsage {
