@@ -1,15 +1,25 @@
 //! The rate of one stream over the last second or so: what a simulcast layer or a track costs a
-//! subscriber's link, for the allocator.
+//! subscriber's link, for the allocator. And its rate over the last few seconds, for a step up:
+//! an encoder's rate swings — a keyframe, then frames starved to pay for it — and a layer read
+//! in its dip looked half its cost (a 530 kbit/s layer read 274 kbit/s, went up on a 400 kbit/s
+//! link and came straight back down).
 
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_millis(500);
+/// Completed windows remembered for the sustained rate: four seconds.
+const HISTORY: usize = 8;
 
 #[derive(Debug, Clone, Default)]
 pub struct BitrateMeter {
     window_start: Option<Instant>,
     bytes: u64,
     previous_bytes: u64,
+    /// Bytes of the completed windows before the current one, newest at `newest` (a ring;
+    /// `completed` of them are real, the rest never filled).
+    history: [u64; HISTORY],
+    newest: usize,
+    completed: usize,
 }
 
 impl BitrateMeter {
@@ -21,15 +31,29 @@ impl BitrateMeter {
     fn roll(&mut self, now: Instant) {
         let start = *self.window_start.get_or_insert(now);
         if now >= start + WINDOW * 2 {
-            // A whole window passed without a packet.
+            // A whole window (or more) passed without a packet.
+            self.complete(self.bytes);
+            let empty = (now.saturating_duration_since(start).as_millis() / WINDOW.as_millis())
+                as usize
+                - 1;
+            for _ in 0..empty.min(HISTORY) {
+                self.complete(0);
+            }
             self.previous_bytes = 0;
             self.bytes = 0;
             self.window_start = Some(now);
         } else if now >= start + WINDOW {
+            self.complete(self.bytes);
             self.previous_bytes = self.bytes;
             self.bytes = 0;
             self.window_start = Some(start + WINDOW);
         }
+    }
+
+    fn complete(&mut self, bytes: u64) {
+        self.newest = (self.newest + 1) % HISTORY;
+        self.history[self.newest] = bytes;
+        self.completed = (self.completed + 1).min(HISTORY);
     }
 
     /// Bits per second over the previous window and the current one so far.
@@ -42,6 +66,29 @@ impl BitrateMeter {
         }
         let span = WINDOW + now.saturating_duration_since(start).min(WINDOW);
         ((self.previous_bytes + self.bytes) as f64 * 8.0 / span.as_secs_f64()) as u64
+    }
+
+    /// Bits per second over the last four seconds (as much of them as the stream has run),
+    /// or over the last second if that was more: what to budget for before moving up to it.
+    pub fn sustained_bps(&self, now: Instant) -> u64 {
+        let recent = self.bps(now);
+        let Some(start) = self.window_start else {
+            return recent;
+        };
+        // Windows that ended within the span (the stream may have gone quiet since).
+        let since = now.saturating_duration_since(start);
+        let quiet = (since.as_millis() / WINDOW.as_millis()) as usize;
+        let windows = self.completed.min(HISTORY.saturating_sub(quiet));
+        if windows == 0 {
+            return recent;
+        }
+        let bytes: u64 = (0..windows)
+            .map(|k| self.history[(self.newest + HISTORY - k) % HISTORY])
+            .sum::<u64>()
+            + self.bytes;
+        let span = WINDOW * windows as u32 + since;
+        let sustained = (bytes as f64 * 8.0 / span.as_secs_f64()) as u64;
+        sustained.max(recent)
     }
 }
 
@@ -61,6 +108,31 @@ mod tests {
         let now = t0 + Duration::from_millis(2995);
         let bps = m.bps(now);
         assert!((760_000..=840_000).contains(&bps), "{bps}");
+        let sustained = m.sustained_bps(now);
+        assert!((760_000..=840_000).contains(&sustained), "{sustained}");
         assert_eq!(m.bps(now + Duration::from_secs(2)), 0, "stopped");
+        assert_eq!(
+            m.sustained_bps(now + Duration::from_secs(5)),
+            0,
+            "long stopped"
+        );
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    #[test]
+    fn a_dip_after_a_keyframe_does_not_read_as_the_streams_cost() {
+        // 500 kbit/s for four seconds, then a second at half that (an encoder paying for a
+        // keyframe): the last second reads the dip, the sustained rate the stream.
+        let t0 = Instant::now();
+        let mut m = BitrateMeter::default();
+        for i in 0..500u64 {
+            let size = if i < 400 { 625 } else { 312 };
+            m.add(t0 + Duration::from_millis(i * 10), size);
+        }
+        let now = t0 + Duration::from_millis(4995);
+        let recent = m.bps(now);
+        assert!(recent < 300_000, "{recent}");
+        let sustained = m.sustained_bps(now);
+        assert!(sustained > 400_000, "{sustained}");
     }
 }

@@ -117,6 +117,14 @@ impl TrackLayer {
             .sum()
     }
 
+    /// The same over the last few seconds, to budget for before moving up to it.
+    pub fn temporal_sustained_bps(&self, now: Instant, tid: u8) -> u64 {
+        self.temporal_bitrate[..=usize::from(tid.min(3))]
+            .iter()
+            .map(|m| m.sustained_bps(now))
+            .sum()
+    }
+
     /// Whether media arrived on this layer recently.
     pub fn is_sending(&self, now: Instant) -> bool {
         self.last_packet_at
@@ -146,9 +154,16 @@ impl TrackLayer {
         }
     }
 
+    /// What to budget for before moving up to the layer: its rate over the last few seconds
+    /// (or the last second, if more), not only the last second, which an encoder's swings can
+    /// halve for a moment.
+    pub fn sustained_rate_bps(&self, now: Instant) -> u64 {
+        self.rate_bps(now).max(self.bitrate.sustained_bps(now))
+    }
+
     /// The publisher is told to stop encoding the layer.
     pub fn suspend(&mut self, now: Instant) {
-        self.held_bps = self.rate_bps(now);
+        self.held_bps = self.sustained_rate_bps(now);
         self.suspended = true;
         self.resumed_at = None;
     }

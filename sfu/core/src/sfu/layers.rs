@@ -121,6 +121,9 @@ impl Sfu {
                     continue;
                 }
                 let rate = |l: usize| track.layers[l].rate_bps(now);
+                // Up takes the layer's rate over the last seconds: read in an encoder's dip it
+                // looks cheaper than it is, and a step on it fails within a second.
+                let sustained = |l: usize| track.layers[l].sustained_rate_bps(now);
                 if track.kind == MediaKind::Audio {
                     remaining -= rate(0) as i64;
                     desired += rate(0);
@@ -133,11 +136,11 @@ impl Sfu {
                     && sub.up_blocked_until.is_none_or(|t| now >= t);
                 // Up a layer, or back from a pause, only with room to spare.
                 let fits = |l: usize, up: bool| {
-                    let need = rate(l) as i64;
                     if up {
+                        let need = sustained(l) as i64;
                         need + need * 15 / 100 <= remaining && (!paused || may_resume)
                     } else {
-                        need <= remaining
+                        rate(l) as i64 <= remaining
                     }
                 };
                 let current = sub.target_layer;
@@ -196,13 +199,13 @@ impl Sfu {
                             let layer = &track.layers[l];
                             let t = (0..layer.top_temporal(now)).rev().find(|&t| {
                                 let up = is_up(l, t);
-                                let need = layer.temporal_rate_bps(now, t) as i64;
                                 (!up || up_allowed)
                                     && if up {
+                                        let need = layer.temporal_sustained_bps(now, t) as i64;
                                         need + need * 15 / 100 <= remaining
                                             && (!paused || may_resume)
                                     } else {
-                                        need <= remaining
+                                        layer.temporal_rate_bps(now, t) as i64 <= remaining
                                     }
                             })?;
                             temporal = t;
