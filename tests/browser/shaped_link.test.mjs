@@ -143,6 +143,16 @@ test("a patient's shaped downlink: the top layer at 3 Mbit/s, a lower one within
     assert.ok(jitterEnd < 400, `the jitter buffer came back down after the link recovered (${jitterEnd} ms)`);
     assert.deepEqual(await patient.evaluate(() => window.hcState.errors), []);
   } catch (e) {
+    // What each page saw of its connections (a socket given up for silent, an ICE restart, a
+    // stalled media path), for a failure that is not the link's.
+    for (const [who, page] of call ? [["clinician", call.clinician], ["patient", call.patient]] : []) {
+      const seen = await page.evaluate(() => ({
+        view: window.hcState.view, ice: window.hcState.iceStates, pathStalls: window.hcState.pathStalls,
+        iceRestarts: window.hcState.iceRestarts, restarts: window.hcState.restarts, resumes: window.hcState.resumes,
+        socketRtt: window.hcState.socketRtt, errors: window.hcState.errors,
+      })).catch((err) => String(err));
+      e.message += `\n${who}: ${JSON.stringify(seen)}`;
+    }
     if (server) e.message += `\nserver log:\n${server.logs().slice(-3000)}`;
     throw e;
   } finally {

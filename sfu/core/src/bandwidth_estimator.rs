@@ -262,7 +262,9 @@ impl BandwidthEstimator {
                 // not a queue the decrease left. A cut on it lands on what arrived meanwhile —
                 // little, when the SFU stopped a layer at that decrease and waits for the
                 // lower one's keyframe — and took a 400 kbit/s phone from 340 to 82 kbit/s,
-                // below the video floor.
+                // below the video floor. (On a link whose buffer holds under 10 ms, a second
+                // over-use within that second is left to the loss bound: such a queue drops
+                // before it delays.)
                 let settled = self.last_decrease.is_some_and(|t| now < t + SETTLE)
                     && self.delay.queue_delay_ms() < DRAINED_MS;
                 if due && !settled {

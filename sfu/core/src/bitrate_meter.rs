@@ -31,17 +31,17 @@ impl BitrateMeter {
     fn roll(&mut self, now: Instant) {
         let start = *self.window_start.get_or_insert(now);
         if now >= start + WINDOW * 2 {
-            // A whole window (or more) passed without a packet.
+            // A whole window (or more) passed without a packet: each counts as nothing, and
+            // the current one starts where the windows fall, not at this packet.
+            let windows =
+                (now.saturating_duration_since(start).as_millis() / WINDOW.as_millis()) as u32;
             self.complete(self.bytes);
-            let empty = (now.saturating_duration_since(start).as_millis() / WINDOW.as_millis())
-                as usize
-                - 1;
-            for _ in 0..empty.min(HISTORY) {
+            for _ in 1..windows.min(HISTORY as u32 + 1) {
                 self.complete(0);
             }
             self.previous_bytes = 0;
             self.bytes = 0;
-            self.window_start = Some(now);
+            self.window_start = Some(start + WINDOW * windows);
         } else if now >= start + WINDOW {
             self.complete(self.bytes);
             self.previous_bytes = self.bytes;
@@ -68,27 +68,25 @@ impl BitrateMeter {
         ((self.previous_bytes + self.bytes) as f64 * 8.0 / span.as_secs_f64()) as u64
     }
 
-    /// Bits per second over the last four seconds (as much of them as the stream has run),
-    /// or over the last second if that was more: what to budget for before moving up to it.
+    /// Bits per second over the last four seconds (or since the stream was first measured, if
+    /// less; silence counts as nothing).
     pub fn sustained_bps(&self, now: Instant) -> u64 {
-        let recent = self.bps(now);
         let Some(start) = self.window_start else {
-            return recent;
+            return 0;
         };
         // Windows that ended within the span (the stream may have gone quiet since).
         let since = now.saturating_duration_since(start);
         let quiet = (since.as_millis() / WINDOW.as_millis()) as usize;
         let windows = self.completed.min(HISTORY.saturating_sub(quiet));
         if windows == 0 {
-            return recent;
+            return self.bps(now);
         }
         let bytes: u64 = (0..windows)
             .map(|k| self.history[(self.newest + HISTORY - k) % HISTORY])
             .sum::<u64>()
             + self.bytes;
         let span = WINDOW * windows as u32 + since;
-        let sustained = (bytes as f64 * 8.0 / span.as_secs_f64()) as u64;
-        sustained.max(recent)
+        (bytes as f64 * 8.0 / span.as_secs_f64()) as u64
     }
 }
 
@@ -134,5 +132,20 @@ mod tests {
         assert!(recent < 300_000, "{recent}");
         let sustained = m.sustained_bps(now);
         assert!(sustained > 400_000, "{sustained}");
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    #[test]
+    fn a_silence_counts_as_nothing_for_as_long_as_it_lasted() {
+        // 800 kbit/s for 2 s, 1.25 s of nothing, then 800 kbit/s again for 0.75 s: over the
+        // last 4 s, 2.75 s of it, 550 kbit/s.
+        let t0 = Instant::now();
+        let mut m = BitrateMeter::default();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for ms in (0..2000).step_by(10).chain((3250..4000).step_by(10)) {
+            m.add(at(ms), 1000);
+        }
+        let sustained = m.sustained_bps(at(4000));
+        assert!((520_000..=580_000).contains(&sustained), "{sustained}");
     }
 }

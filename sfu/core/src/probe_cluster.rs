@@ -22,9 +22,14 @@ const MIN_PACKETS: u32 = 5;
 const MIN_PACKET_BYTES: usize = 280;
 /// A cluster with fewer of its packets acknowledged than this share is no evidence.
 const MIN_RECEIVED_SHARE: f64 = 0.8;
-/// Packets sent during a cluster (its padding and the media beside it) whose arrival is kept:
-/// at 3 Mbit/s of media a 30 ms cluster is a dozen or two.
-const MAX_SAMPLES: usize = 64;
+/// Arrivals kept of packets sent during a cluster, beyond twice its own padding packets: the
+/// media beside it (a dozen or two in 30 ms at 3 Mbit/s) ...
+const MEDIA_SAMPLES: usize = 32;
+/// ... and at most this many in all.
+const MAX_SAMPLES: usize = 512;
+/// Queued packets at least, for their rate to stand for the link's (a stall of the receiver
+/// near a probe's end delays one or two).
+const MIN_QUEUED: usize = 3;
 /// A packet that took this much longer to arrive than the quickest of its cluster waited in
 /// the bottleneck's queue (feedback gives arrivals in 250 µs steps).
 const QUEUED_US: i64 = 2_000;
@@ -50,8 +55,10 @@ pub struct ProbeCluster {
     last_arrival_us: Option<i64>,
     lost: u32,
     /// Every packet sent during the cluster that arrived, by arrival: (arrival µs on the
-    /// receiver's clock, µs after the cluster's first send, bytes).
-    arrivals: Vec<(i64, i64, usize)>,
+    /// receiver's clock, µs after the cluster's first send, bytes, sequence number).
+    arrivals: Vec<(i64, i64, usize, u64)>,
+    /// How many `arrivals` may hold.
+    arrivals_cap: usize,
 }
 
 impl ProbeCluster {
@@ -69,8 +76,17 @@ impl ProbeCluster {
             first_arrival: None,
             last_arrival_us: None,
             lost: 0,
-            arrivals: Vec::with_capacity(MAX_SAMPLES),
+            arrivals: Vec::with_capacity(Self::samples_for(target_bps)),
+            arrivals_cap: Self::samples_for(target_bps),
         }
+    }
+
+    /// Arrivals to keep for a cluster at `target_bps`: twice its padding packets and the media
+    /// beside them.
+    fn samples_for(target_bps: u64) -> usize {
+        let padding =
+            target_bps as f64 * PROBE_DURATION.as_secs_f64() / 8.0 / MIN_PACKET_BYTES as f64;
+        ((padding as usize).max(MIN_PACKETS as usize) * 2 + MEDIA_SAMPLES).min(MAX_SAMPLES)
     }
 
     /// Bytes to send now to keep to the target rate (the burst of the current tick).
@@ -105,51 +121,67 @@ impl ProbeCluster {
 
     /// A packet of the subscriber's feedback: the cluster's own padding counts toward its
     /// evidence, and every packet sent while it ran — media beside it too — toward the rate.
+    /// A packet reported as arrived again (a receiver may repeat itself) counts once.
     pub fn on_feedback(&mut self, sent: &SentPacket, arrival_us: Option<i64>) {
-        if sent.probe == Some(self.id) {
-            match arrival_us {
-                Some(at) => {
-                    self.received += 1;
-                    self.received_bytes += sent.size;
-                    match self.first_arrival {
-                        Some((first, _)) if first <= at => {}
-                        _ => self.first_arrival = Some((at, sent.size)),
-                    }
-                    self.last_arrival_us = Some(self.last_arrival_us.map_or(at, |l| l.max(at)));
-                }
-                None => self.lost += 1,
-            }
-        }
-        let (Some(first), Some(last), Some(at)) = (self.first_sent, self.last_sent, arrival_us)
-        else {
+        let Some(first) = self.first_sent else {
             return;
         };
         // The send history keeps whole microseconds: the cluster's first packets read up to
-        // one earlier than the instant they were sent at.
+        // one earlier than the instant they were sent at. (Up to the cluster's end, not its
+        // last packet so far — feedback may come while it still sends — or its last packet,
+        // if a slow one sent its fifth late.)
         let earliest = first.checked_sub(Duration::from_micros(1)).unwrap_or(first);
-        if sent.sent_at < earliest || sent.sent_at > last || self.arrivals.len() == MAX_SAMPLES {
+        let end = self
+            .last_sent
+            .map_or(first, |last| last.max(self.started + PROBE_DURATION));
+        if !(earliest..=end).contains(&sent.sent_at) {
             return;
         }
-        let offset = sent.sent_at.saturating_duration_since(first).as_micros() as i64;
-        let i = self.arrivals.partition_point(|&(a, _, _)| a <= at);
-        self.arrivals.insert(i, (at, offset, sent.size));
+        let Some(at) = arrival_us else {
+            if sent.probe == Some(self.id) {
+                self.lost += 1;
+            }
+            return;
+        };
+        if self.arrivals.iter().any(|a| a.3 == sent.ext_seq) {
+            return;
+        }
+        if sent.probe == Some(self.id) {
+            self.received += 1;
+            self.received_bytes += sent.size;
+            match self.first_arrival {
+                Some((first, _)) if first <= at => {}
+                _ => self.first_arrival = Some((at, sent.size)),
+            }
+            self.last_arrival_us = Some(self.last_arrival_us.map_or(at, |l| l.max(at)));
+        }
+        if self.arrivals.len() < self.arrivals_cap {
+            let offset = sent.sent_at.saturating_duration_since(first).as_micros() as i64;
+            let i = self.arrivals.partition_point(|a| a.0 <= at);
+            self.arrivals
+                .insert(i, (at, offset, sent.size, sent.ext_seq));
+        }
     }
 
     /// The rate at which what queued during the cluster left the bottleneck: from the first
     /// packet that waited (its one-way delay above the cluster's quickest) to the last, over
     /// the time since the arrival before it. `None`: nothing waited (or too little to tell).
     fn queued_rate_bps(&self) -> Option<f64> {
-        let quickest = self.arrivals.iter().map(|&(at, sent, _)| at - sent).min()?;
+        let quickest = self
+            .arrivals
+            .iter()
+            .map(|&(at, sent, ..)| at - sent)
+            .min()?;
         let first = self
             .arrivals
             .iter()
-            .position(|&(at, sent, _)| at - sent > quickest + QUEUED_US)?;
+            .position(|&(at, sent, ..)| at - sent > quickest + QUEUED_US)?;
         let queued = &self.arrivals[first..];
-        if first == 0 || queued.len() < 2 {
+        if first == 0 || queued.len() < MIN_QUEUED {
             return None;
         }
         let span_us = queued[queued.len() - 1].0 - self.arrivals[first - 1].0;
-        let bytes: usize = queued.iter().map(|&(_, _, size)| size).sum();
+        let bytes: usize = queued.iter().map(|&(_, _, size, _)| size).sum();
         (span_us > 0).then(|| bytes as f64 * 8.0 * 1e6 / span_us as f64)
     }
 
@@ -209,6 +241,21 @@ mod tests {
     /// The same through a token bucket `burst_bytes` deep, full when the cluster starts (as
     /// `tc tbf … burst` shapes a link).
     fn probe_through(target_bps: u64, capacity_bps: f64, burst_bytes: f64) -> Option<ProbeResult> {
+        let (mut c, sent, now) = send_through(target_bps, capacity_bps, burst_bytes);
+        assert_eq!(c.result(now), None, "waits for its feedback");
+        for (p, at) in &sent {
+            c.on_feedback(p, Some(*at));
+        }
+        c.result(now).expect("judged")
+    }
+
+    /// A cluster sent through such a link: the cluster, each packet with its arrival, and
+    /// when it was done sending.
+    fn send_through(
+        target_bps: u64,
+        capacity_bps: f64,
+        burst_bytes: f64,
+    ) -> (ProbeCluster, Vec<(SentPacket, i64)>, Instant) {
         let t0 = origin();
         let burst_us = burst_bytes * 8.0 / capacity_bps * 1e6;
         let tick = Duration::from_millis(10);
@@ -229,7 +276,7 @@ mod tests {
                 let arrival = at_us.max(free_at - burst_us);
                 sent.push((
                     SentPacket {
-                        ext_seq: 0,
+                        ext_seq: sent.len() as u64,
                         // As the send history gives it back: in whole microseconds of its
                         // own epoch, so up to one before the instant it was sent at.
                         sent_at: now - Duration::from_nanos(500),
@@ -241,11 +288,7 @@ mod tests {
             }
             now += tick;
         }
-        assert_eq!(c.result(now), None, "waits for its feedback");
-        for (p, at) in &sent {
-            c.on_feedback(p, Some(*at));
-        }
-        c.result(now).expect("judged")
+        (c, sent, now)
     }
 
     #[test]
@@ -270,6 +313,26 @@ mod tests {
         // With room for the whole probe, the bucket changes nothing.
         let r = probe_through(850_000, 3e6, 3000.0).expect("rate");
         assert!((750_000..=950_000).contains(&r.bps), "{r:?}");
+    }
+
+    #[test]
+    fn repeated_reports_and_packets_of_before_it_leave_the_result_as_it_was() {
+        let (mut c, sent, now) = send_through(850_000, 400e3, 1600.0);
+        let before = sent[0].0.sent_at - Duration::from_millis(5);
+        for (p, at) in sent.iter().chain(&sent) {
+            c.on_feedback(p, Some(*at));
+        }
+        // A packet sent before the cluster, reported as arriving amid it, is not of it.
+        let stale = SentPacket {
+            ext_seq: 1000,
+            sent_at: before,
+            size: 1200,
+            probe: None,
+        };
+        c.on_feedback(&stale, Some(sent[sent.len() / 2].1));
+        let r = c.result(now).expect("judged").expect("rate");
+        assert_eq!(Some(r), probe_through(850_000, 400e3, 1600.0));
+        assert_eq!(c.received as usize, sent.len(), "each packet counted once");
     }
 
     #[test]

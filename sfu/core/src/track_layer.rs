@@ -117,12 +117,14 @@ impl TrackLayer {
             .sum()
     }
 
-    /// The same over the last few seconds, to budget for before moving up to it.
+    /// The same over the last few seconds (or the last second, if more), to budget for before
+    /// moving up to it.
     pub fn temporal_sustained_bps(&self, now: Instant, tid: u8) -> u64 {
-        self.temporal_bitrate[..=usize::from(tid.min(3))]
+        let sustained: u64 = self.temporal_bitrate[..=usize::from(tid.min(3))]
             .iter()
             .map(|m| m.sustained_bps(now))
-            .sum()
+            .sum();
+        sustained.max(self.temporal_rate_bps(now, tid))
     }
 
     /// Whether media arrived on this layer recently.

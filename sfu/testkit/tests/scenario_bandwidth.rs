@@ -307,6 +307,11 @@ fn behind_a_token_bucket_a_narrowed_link_keeps_the_lower_layer_without_flapping(
         gap < Duration::from_millis(500),
         "the picture stopped for {gap:?}"
     );
+    assert!(
+        loss < 0.01,
+        "{:.2} % lost at the bottleneck after 3 s",
+        loss * 100.0
+    );
     // What the probes find is the link, not its bucket: an estimate a fifth over the link
     // paces video into its queue, and a layer that needs 15 % to spare over it goes up.
     assert!(
