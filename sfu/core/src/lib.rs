@@ -23,6 +23,7 @@ pub mod participant;
 pub mod payload_format;
 pub mod peer_transport;
 pub mod probe_cluster;
+pub mod rate_history;
 pub mod remote_description;
 pub mod replay_window;
 pub mod rtcp_writer;

@@ -4,6 +4,7 @@
 use crate::bitrate_meter::BitrateMeter;
 use crate::inbound_stream::InboundStream;
 use crate::packet_cache::PacketCache;
+use crate::rate_history::RateHistory;
 use std::time::{Duration, Instant};
 
 /// A layer that has sent nothing for this long is taken as stopped (a publisher's encoder
@@ -45,6 +46,10 @@ pub struct TrackLayer {
     /// A resume went unanswered and the layer was suspended again; a second unanswered one
     /// means the publisher cannot send it (its uplink, its CPU): it is then left unoffered.
     unanswered: bool,
+    /// The last seconds of `bitrate` and of each of `temporal_bitrate`, for a step up (last:
+    /// only a closing window writes here).
+    history: RateHistory,
+    temporal_history: [RateHistory; 4],
 }
 
 impl TrackLayer {
@@ -68,6 +73,8 @@ impl TrackLayer {
             held_bps: 0,
             resumed_at: None,
             unanswered: false,
+            history: RateHistory::default(),
+            temporal_history: Default::default(),
         }
     }
 
@@ -94,9 +101,14 @@ impl TrackLayer {
     /// A media packet of `bytes` arrived, of temporal layer `tid` when it says one.
     pub fn measure(&mut self, now: Instant, bytes: usize, tid: Option<u8>) {
         self.last_packet_at = Some(now);
-        self.bitrate.add(now, bytes);
+        if let Some(closed) = self.bitrate.add(now, bytes) {
+            self.history.record(closed);
+        }
         if let Some(tid) = tid {
-            self.temporal_bitrate[usize::from(tid & 3)].add(now, bytes);
+            let t = usize::from(tid & 3);
+            if let Some(closed) = self.temporal_bitrate[t].add(now, bytes) {
+                self.temporal_history[t].record(closed);
+            }
         }
     }
 
@@ -120,9 +132,11 @@ impl TrackLayer {
     /// The same over the last few seconds (or the last second, if more), to budget for before
     /// moving up to it.
     pub fn temporal_sustained_bps(&self, now: Instant, tid: u8) -> u64 {
-        let sustained: u64 = self.temporal_bitrate[..=usize::from(tid.min(3))]
+        let t = usize::from(tid.min(3));
+        let sustained: u64 = self.temporal_bitrate[..=t]
             .iter()
-            .map(|m| m.sustained_bps(now))
+            .zip(&self.temporal_history[..=t])
+            .map(|(m, h)| h.sustained_bps(m, now))
             .sum();
         sustained.max(self.temporal_rate_bps(now, tid))
     }
@@ -160,7 +174,8 @@ impl TrackLayer {
     /// (or the last second, if more), not only the last second, which an encoder's swings can
     /// halve for a moment.
     pub fn sustained_rate_bps(&self, now: Instant) -> u64 {
-        self.rate_bps(now).max(self.bitrate.sustained_bps(now))
+        self.rate_bps(now)
+            .max(self.history.sustained_bps(&self.bitrate, now))
     }
 
     /// The publisher is told to stop encoding the layer.
