@@ -359,6 +359,41 @@ mod tests {
         Instant::now()
     }
 
+    /// A bottleneck of `capacity_bps` draining a drop-tail queue of `queue_bytes`, 20 ms of
+    /// path beyond it.
+    struct Bottleneck {
+        capacity_bps: f64,
+        queue_bytes: f64,
+        free_at_us: f64,
+    }
+
+    impl Bottleneck {
+        /// A packet of `size` bytes sent at `now_us`, as feedback will report it.
+        fn send(&mut self, t0: Instant, now_us: f64, size: f64) -> PacketResult {
+            let backlog = (self.free_at_us - now_us).max(0.0) * self.capacity_bps / 8.0 / 1e6;
+            let arrival = (backlog + size <= self.queue_bytes).then(|| {
+                self.free_at_us =
+                    now_us.max(self.free_at_us) + size * 8.0 / self.capacity_bps * 1e6;
+                self.free_at_us as i64 + 20_000
+            });
+            PacketResult {
+                sent_at: t0 + Duration::from_micros(now_us as u64),
+                size: size as usize,
+                arrival_us: arrival,
+            }
+        }
+    }
+
+    /// What a receiver's feedback at `now_us` reports: the packets that arrived by then (and
+    /// the lost ones sent before them).
+    fn arrived_by(pending: &mut Vec<PacketResult>, now_us: f64) -> Vec<PacketResult> {
+        let (done, rest) = pending
+            .drain(..)
+            .partition(|p| p.arrival_us.is_none_or(|a| (a as f64) <= now_us));
+        *pending = rest;
+        done
+    }
+
     /// A sender that sends what the estimate allows (`cap` at most) through a bottleneck of
     /// `capacity` with a drop-tail queue of `queue_bytes`, feedback every 50 ms. Returns the
     /// estimate at the end of each second.
@@ -372,7 +407,11 @@ mod tests {
         queue_bytes: f64,
     ) -> Vec<u64> {
         let mut per_second = Vec::new();
-        let mut free_at_us = 0.0f64;
+        let mut link = Bottleneck {
+            capacity_bps,
+            queue_bytes,
+            free_at_us: 0.0,
+        };
         let mut pending = Vec::new();
         let start_ms = from_s as u64 * 1000;
         let mut next_send_us = start_ms as f64 * 1000.0;
@@ -381,30 +420,12 @@ mod tests {
             let rate = (est.estimate_bps() as f64).min(cap_bps);
             while next_send_us <= now_us {
                 let size = 1200.0;
-                let backlog_bytes = (free_at_us - now_us).max(0.0) * capacity_bps / 8.0 / 1e6;
-                let arrival = if backlog_bytes + size > queue_bytes {
-                    None
-                } else {
-                    let a = now_us.max(free_at_us) + size * 8.0 / capacity_bps * 1e6;
-                    free_at_us = a;
-                    Some(a as i64 + 20_000)
-                };
-                pending.push(PacketResult {
-                    sent_at: t0 + Duration::from_micros(now_us as u64),
-                    size: size as usize,
-                    arrival_us: arrival,
-                });
+                pending.push(link.send(t0, now_us, size));
                 next_send_us += size * 8.0 / rate * 1e6;
             }
             if ms % 50 == 0 {
                 let now = t0 + Duration::from_millis(ms);
-                // Feedback reports what arrived by now (plus the path delay).
-                let (done, rest): (Vec<_>, Vec<_>) =
-                    pending.drain(..).partition(|p: &PacketResult| {
-                        p.arrival_us.is_none_or(|a| (a as f64) <= now_us)
-                    });
-                pending = rest;
-                est.on_feedback(now, done);
+                est.on_feedback(now, arrived_by(&mut pending, now_us));
             }
             if ms % 1000 == 999 {
                 per_second.push(est.estimate_bps());
@@ -435,14 +456,20 @@ mod tests {
         // within 0.1 s, and the delay trend reads over-use for a while longer.
         let t0 = origin();
         let mut est = BandwidthEstimator::new(1_500_000);
-        let mut free_at_us = 0.0f64;
+        let mut link = Bottleneck {
+            capacity_bps: 3e6,
+            queue_bytes: 5_000.0,
+            free_at_us: 0.0,
+        };
         let mut pending: Vec<PacketResult> = Vec::new();
         let mut next_send_us = 0.0f64;
         let mut first_cut: Option<f64> = None;
         let mut lowest_after = u64::MAX;
         for ms in 0..4_000u64 {
             let now_us = ms as f64 * 1000.0;
-            let capacity = if ms < 2_000 { 3e6 } else { 400e3 };
+            if ms == 2_000 {
+                link.capacity_bps = 400e3;
+            }
             let rate = match first_cut {
                 None => 1.2e6,
                 Some(at) if now_us < at + 1e6 => 40e3,
@@ -450,24 +477,14 @@ mod tests {
             };
             while next_send_us <= now_us {
                 let size = if rate > 100e3 { 1100.0 } else { 100.0 };
-                let backlog = (free_at_us - now_us).max(0.0) * capacity / 8.0 / 1e6;
-                let arrival = (backlog + size <= 5_000.0).then(|| {
-                    free_at_us = now_us.max(free_at_us) + size * 8.0 / capacity * 1e6;
-                    free_at_us as i64 + 20_000
-                });
-                pending.push(PacketResult {
-                    sent_at: t0 + Duration::from_micros(now_us as u64),
-                    size: size as usize,
-                    arrival_us: arrival,
-                });
+                pending.push(link.send(t0, now_us, size));
                 next_send_us += size * 8.0 / rate * 1e6;
             }
             if ms % 50 == 0 {
-                let (done, rest): (Vec<_>, Vec<_>) = pending
-                    .drain(..)
-                    .partition(|p| p.arrival_us.is_none_or(|a| (a as f64) <= now_us));
-                pending = rest;
-                est.on_feedback(t0 + Duration::from_millis(ms), done);
+                est.on_feedback(
+                    t0 + Duration::from_millis(ms),
+                    arrived_by(&mut pending, now_us),
+                );
                 if ms > 2_000 && first_cut.is_none() && est.estimate_bps() < 1_000_000 {
                     first_cut = Some(now_us);
                 }
