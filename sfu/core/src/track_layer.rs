@@ -46,8 +46,8 @@ pub struct TrackLayer {
     /// A resume went unanswered and the layer was suspended again; a second unanswered one
     /// means the publisher cannot send it (its uplink, its CPU): it is then left unoffered.
     unanswered: bool,
-    /// The last seconds of `bitrate` and of each of `temporal_bitrate`, for a step up (last:
-    /// only a closing window writes here).
+    /// The last seconds of `bitrate` and of each of `temporal_bitrate`, for a step up (at the
+    /// end: only a closing window writes here, not every packet).
     history: RateHistory,
     temporal_history: [RateHistory; 4],
 }
