@@ -45,6 +45,9 @@ pub struct Counters {
     pub ice_restarts: u64,
     /// Times a participant's browser nominated a different path (network change, restart).
     pub path_changes: u64,
+    /// DTLS datagrams that arrived before the answer to the session's own check proved their
+    /// address, kept (one per session) and read once it did.
+    pub dtls_held_until_proven: u64,
     /// SFU offers given up after going unanswered three times.
     pub offers_abandoned: u64,
     /// SFU offers their client declined (`reject_offer`).
@@ -109,6 +112,7 @@ impl std::ops::AddAssign for Counters {
             stun_refused,
             ice_restarts,
             path_changes,
+            dtls_held_until_proven,
             offers_abandoned,
             offers_declined,
             transport_feedback_in,
@@ -157,6 +161,7 @@ impl std::ops::AddAssign for Counters {
         self.stun_refused += stun_refused;
         self.ice_restarts += ice_restarts;
         self.path_changes += path_changes;
+        self.dtls_held_until_proven += dtls_held_until_proven;
         self.offers_abandoned += offers_abandoned;
         self.offers_declined += offers_declined;
         self.transport_feedback_in += transport_feedback_in;
@@ -175,7 +180,7 @@ impl std::ops::AddAssign for Counters {
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 47] {
+    pub fn named(&self) -> [(&'static str, u64); 48] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -229,6 +234,10 @@ impl Counters {
             ("sfu_stun_refused_total", self.stun_refused),
             ("sfu_ice_restarts_total", self.ice_restarts),
             ("sfu_path_changes_total", self.path_changes),
+            (
+                "sfu_dtls_held_until_proven_total",
+                self.dtls_held_until_proven,
+            ),
             ("sfu_offers_abandoned_total", self.offers_abandoned),
             ("sfu_offers_declined_total", self.offers_declined),
             (
@@ -255,7 +264,7 @@ impl Counters {
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 47] = [
+    pub const HELP: [(&'static str, &'static str); 48] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -388,6 +397,10 @@ impl Counters {
         (
             "sfu_path_changes_total",
             "Times a participant's browser moved its media to another path.",
+        ),
+        (
+            "sfu_dtls_held_until_proven_total",
+            "DTLS datagrams that came before their address answered the session's check, read once it did.",
         ),
         (
             "sfu_offers_abandoned_total",

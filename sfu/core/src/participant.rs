@@ -104,6 +104,11 @@ pub struct Participant {
     /// The simulcast layer this participant wants of video by default (new subscriptions
     /// start with it).
     pub preferred_layer: VideoLayer,
+    /// The client's first DTLS flight, when it came from the address it nominated before
+    /// that address answered our check (its ClientHello leaves as soon as its own check is
+    /// answered, and usually outruns the answer to ours). Read once the address is proven;
+    /// the latest one only, and only until the session is secured.
+    pub early_dtls: Option<(SocketAddr, Box<[u8]>)>,
 }
 
 impl Participant {

@@ -234,3 +234,37 @@ fn an_offer_with_another_certificate_is_refused_and_the_session_goes_on() {
     });
     assert!(arrivals(&net, 1, "pub").iter().any(|&t| t > at));
 }
+
+/// A client's first DTLS flight leaves as soon as its check is answered, and so reaches the
+/// SFU before the answer to the SFU's own check proves the address. Dropped, it waits for the
+/// client's retransmission: a second (RFC 6347's initial timer, which non-browser stacks
+/// keep) on every join and every move to another node.
+#[test]
+fn a_client_hello_that_outruns_the_proof_of_its_address_is_not_lost() {
+    let mut net = SimNetwork::new(11, |_| {});
+    net.add_peer("patient", &[MediaKind::Audio, MediaKind::Video]);
+    let start = net.now;
+    net.join(0, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    let took = net.now - start;
+    eprintln!("join to SRTP keys: {took:?} over a 20 ms round trip");
+    // The test peer's ICE agent nominates on its second check, 200 ms after the first; the
+    // retransmission would have come 1 s after the first flight.
+    assert!(
+        took < Duration::from_millis(700),
+        "the handshake waited for a retransmission: {took:?}"
+    );
+    assert_eq!(
+        net.sfu.counters.dtls_held_until_proven, 1,
+        "the first flight came before the proof"
+    );
+    assert_eq!(net.sfu.counters.dropped_unknown_source, 0);
+    // From an address no session nominated, DTLS is still dropped, and nothing is kept.
+    let stranger: SocketAddr = "10.9.9.9:5000".parse().unwrap();
+    let mut hello = vec![22, 0xfe, 0xfd];
+    hello.resize(149, 0);
+    net.inject_to_sfu(stranger, hello);
+    net.run(Duration::from_millis(50), |_| {});
+    assert_eq!(net.sfu.counters.dropped_unknown_source, 1);
+    assert_eq!(net.sfu.counters.dtls_held_until_proven, 1);
+}

@@ -28,7 +28,7 @@ impl Sfu {
             PacketClass::Stun => self.handle_stun(now, from, buf, out),
             PacketClass::Dtls => match self.by_addr.get(&from) {
                 Some(&idx) => self.handle_dtls(now, idx, buf, out),
-                None => self.counters.dropped_unknown_source += 1,
+                None => self.hold_early_dtls(from, buf),
             },
             PacketClass::Rtp => match self.by_addr.get(&from) {
                 Some(&idx) => self.handle_rtp(now, idx, buf, out),
@@ -69,6 +69,24 @@ impl Sfu {
         self.drive_transport(now, idx, out);
     }
 
+    /// DTLS from an address a session nominated and is being checked (see
+    /// `Participant::early_dtls`) waits for the check's answer; from anywhere else it is
+    /// dropped.
+    fn hold_early_dtls(&mut self, from: SocketAddr, buf: &[u8]) {
+        let waiting = self
+            .by_probe_addr
+            .get(&from)
+            .and_then(|&idx| self.participants[idx].as_mut())
+            .filter(|p| p.outbound.is_none() && buf.len() <= MAX_EARLY_DTLS);
+        match waiting {
+            Some(p) => {
+                p.early_dtls = Some((from, buf.into()));
+                self.counters.dtls_held_until_proven += 1;
+            }
+            None => self.counters.dropped_unknown_source += 1,
+        }
+    }
+
     pub(super) fn handle_dtls(
         &mut self,
         now: Instant,
@@ -93,6 +111,7 @@ impl Sfu {
         let mut closed = None;
         let mut secured = false;
         let mut moved = false;
+        let mut proven = None;
         {
             let Some(p) = self.participants[idx].as_mut() else {
                 return;
@@ -130,10 +149,12 @@ impl Sfu {
                             }
                         }
                         self.by_addr.insert(addr, idx);
+                        proven = Some(addr);
                     }
                     TransportEvent::Secured { outbound, inbound } => {
                         p.outbound = Some(outbound);
                         p.inbound = Some(inbound);
+                        p.early_dtls = None;
                         secured = true;
                     }
                     TransportEvent::Closed(cause) => closed = Some(cause),
@@ -172,6 +193,14 @@ impl Sfu {
             self.remove_participant(now, idx, reason, out);
         } else {
             self.schedule_transport(idx);
+            // What the client sent from there before it was proven is read now.
+            let early = self.participants[idx]
+                .as_mut()
+                .filter(|p| proven.is_some() && p.early_dtls.as_ref().map(|e| e.0) == proven)
+                .and_then(|p| p.early_dtls.take());
+            if let Some((_, datagram)) = early {
+                self.handle_dtls(now, idx, &datagram, out);
+            }
         }
     }
 

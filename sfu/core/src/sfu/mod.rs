@@ -131,6 +131,9 @@ const MAX_OFFER_ATTEMPTS: u8 = 3;
 
 /// Addresses a session's own ICE checks went to, remembered for routing their answers.
 const MAX_PROBE_ADDRS: usize = 8;
+/// The largest DTLS datagram kept while its address is proven: a ClientHello is a few
+/// hundred bytes, and one datagram fits a path's MTU.
+const MAX_EARLY_DTLS: usize = 1500;
 
 /// RTCP sender SSRCs tracked for replay per participant (a browser uses one per stream).
 const MAX_RTCP_SENDERS: usize = 32;

@@ -78,6 +78,7 @@ impl Sfu {
             downlink: Downlink::new(now),
             pacing_listed: false,
             preferred_layer: VideoLayer::High,
+            early_dtls: None,
         };
         let idx = self.participants.insert(participant);
         self.by_id.insert(id, idx);
