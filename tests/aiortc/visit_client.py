@@ -162,7 +162,15 @@ async def visit(clinician_url, patient_url):
     await doctor.connect()
     welcome = await doctor.next_of("welcome")
     assert welcome["role"] == "clinician", welcome
+    offered = time.monotonic()
     await doctor.start_media()
+    await doctor.next_of("media_connected")
+    took = time.monotonic() - offered
+    # On loopback ICE and DTLS take tens of milliseconds; a handshake that had to wait for
+    # one of OpenSSL's DTLS retransmissions (the first after 1 s) would take over a second.
+    if took > 0.9:
+        fail(f"clinician: media connected {took * 1000:.0f} ms after the offer")
+    step(f"clinician's media connected {took * 1000:.0f} ms after the offer")
     await patient.connect()
     welcome = await patient.next_of("welcome")
     patient.participant = welcome["participant"]
