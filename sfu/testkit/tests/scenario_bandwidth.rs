@@ -786,3 +786,70 @@ fn a_receiver_estimate_sets_the_layer_of_a_subscriber_without_transport_feedback
     assert_eq!(high, Some(2));
     assert_eq!(other, Some(2), "feedback wins over a REMB");
 }
+
+#[test]
+fn behind_a_policer_a_probe_that_misled_once_does_not_move_the_picture_up_every_few_seconds() {
+    // A policer (a cellular plan's rate limit, an ISP's shaping without a queue): a deep
+    // bucket that passes a whole 30 ms probe, and drops instead of queueing once it is empty.
+    // Every probe reads 1–1.2 Mbit/s on a 400 kbit/s link; each step up it unblocked failed
+    // within a second or two, with loss, and the picture went up and down every 2–6 s.
+    for (seed, burst) in [(41u64, 8_000usize), (42, 16_000), (43, 32_000)] {
+        let mut call = Call::new(
+            seed,
+            &[Link::shaped(3_000_000, Duration::from_millis(250)).with_burst(3000)],
+        );
+        call.run(Duration::from_secs(6));
+        let drop = call.net.now;
+        call.net.set_downlink(
+            1,
+            Link {
+                queue_bytes: 1500,
+                ..Link::shaped(400_000, Duration::ZERO).with_burst(burst)
+            },
+        );
+        call.run(Duration::from_secs(33));
+        let settled = drop + Duration::from_secs(3);
+        let video = call.video(1);
+        let changes = layer_changes(&video, settled);
+        let ups = changes.windows(2).filter(|w| w[1] > w[0]).count();
+        let lossy_seconds = (3..33)
+            .filter(|&s| {
+                let from = drop + Duration::from_secs(s);
+                call.bottleneck(1, from, from + Duration::from_secs(1)).0 > 0.01
+            })
+            .count();
+        let gap = longest_gap(&video, settled, call.net.now);
+        println!(
+            "policer at 400 kbit/s, {burst}-byte bucket, 30 s: layers {changes:?}, {ups} steps up, \
+             {lossy_seconds} s with over 1 % lost, longest gap {gap:?}"
+        );
+        // The probe misleads once; the failed step is then retried after 5, 10, 20 s (three
+        // steps up in these 30 s; one more of margin).
+        assert!(
+            ups <= 4,
+            "{burst}-byte bucket: the picture went up {ups} times in 30 s: {changes:?}"
+        );
+        assert!(
+            lossy_seconds <= 5,
+            "{burst}-byte bucket: {lossy_seconds} seconds of 30 lost over 1 %"
+        );
+        assert!(
+            gap < Duration::from_millis(500),
+            "the picture stopped for {gap:?}"
+        );
+        // The policer lifted (the same path, a plan's limit gone): the picture goes back up.
+        let lifted = call.net.now;
+        call.net
+            .set_downlink(1, Link::shaped(3_000_000, Duration::from_millis(100)));
+        call.run(Duration::from_secs(35));
+        let video = call.video(1);
+        let top = first_on(&video, lifted, |l| l == 2).map(|t| t - lifted);
+        println!("  the policer lifted: top layer after {top:?}");
+        // Slower than after a queue (the failed step's back-off runs out, the retry holds
+        // through its 8 s trial, and only then do probes look higher), but it comes.
+        assert!(
+            top.is_some_and(|t| t < Duration::from_secs(30)),
+            "{burst}-byte bucket: the top layer {top:?} after the policer lifted"
+        );
+    }
+}
