@@ -100,8 +100,6 @@ pub struct BandwidthEstimator {
     last_loss_update: Option<Instant>,
     /// The loss over the last window evaluated (0–1), for observability.
     pub loss_fraction: f64,
-    /// The longest queueing delay read since `mark_queue` (ms).
-    queue_high_ms: f64,
 }
 
 impl BandwidthEstimator {
@@ -125,7 +123,6 @@ impl BandwidthEstimator {
             last_loss_cut: None,
             last_loss_update: None,
             loss_fraction: 0.0,
-            queue_high_ms: 0.0,
         }
     }
 
@@ -140,16 +137,6 @@ impl BandwidthEstimator {
     /// The estimate: what may be sent to this subscriber, bits per second.
     pub fn estimate_bps(&self) -> u64 {
         self.delay_based_bps.min(self.loss_bound_bps) as u64
-    }
-
-    /// Starts watching how long the queue on the way grows (from a step up on).
-    pub fn mark_queue(&mut self) {
-        self.queue_high_ms = 0.0;
-    }
-
-    /// The longest queueing delay read (at the end of a feedback message) since `mark_queue`.
-    pub fn queue_high_ms(&self) -> f64 {
-        self.queue_high_ms
     }
 
     /// What the subscriber received lately, bits per second (none before half a window).
@@ -180,7 +167,6 @@ impl BandwidthEstimator {
         if overused {
             usage = BandwidthUsage::Overusing;
         }
-        self.queue_high_ms = self.queue_high_ms.max(self.delay.queue_delay_ms());
         self.update_delay_based(now, usage);
         self.update_loss_bound(now);
     }
@@ -358,11 +344,8 @@ impl BandwidthEstimator {
             // A new congestion point is to be found: grow multiplicatively from here.
             self.capacity = None;
         }
-        // What the probe carried, not more: a policer passes a probe whole and goes on
-        // dropping what the delay-based rate (which no queue ever brings down there) would
-        // send. (The bound grows from here, and is dropped once it no longer binds.)
         if rate > self.loss_bound_bps && self.loss_fraction < LOSS_HIGH {
-            self.loss_bound_bps = rate.min(MAX_BPS);
+            self.loss_bound_bps = MAX_BPS;
         }
     }
 }

@@ -28,14 +28,13 @@ pub struct Downlink {
     /// What was allocated when a step up last failed: a probe must find well above it to
     /// count as the link having changed.
     pub failed_at_bps: u64,
-    /// When a probe last found headroom (raised the estimate, perhaps lifted the blocks on
-    /// failed steps).
-    pub probe_found_at: Option<Instant>,
-    /// Steps up taken on a probe's finding that then failed: a policer's bucket passes a
-    /// 30 ms probe whole and drops what is then sent at the found rate. While any is
-    /// counted, probes no longer lift the blocks (the back-off of failed steps decides) and
-    /// look no higher than the failed step needs; a step that holds clears it.
-    pub misled_steps: u8,
+    /// When a probe's finding last lifted the blocks on failed steps (`link_improved`).
+    pub unblocked_at: Option<Instant>,
+    /// Steps a probe's finding unblocked that then failed at once, and for loss: a
+    /// policer's bucket passes a 30 ms probe whole and drops what is then sent at the
+    /// found rate. While any is counted, probes no longer lift the blocks (the back-off of
+    /// failed steps decides); a step that holds clears it.
+    pub fooled_unblocks: u8,
     /// Spreads video out at the estimate while it binds.
     pub pacer: Pacer,
     /// The estimate is the subscriber's own (REMB): it has sent no transport-wide feedback.
@@ -55,8 +54,8 @@ impl Downlink {
             desired_bps: 0,
             link_improved: false,
             failed_at_bps: 0,
-            probe_found_at: None,
-            misled_steps: 0,
+            unblocked_at: None,
+            fooled_unblocks: 0,
             pacer: Pacer::default(),
             receiver_estimated: false,
         }
@@ -79,8 +78,6 @@ impl Downlink {
         // Headroom found is at least a tenth more; less is a link at its capacity.
         if verdict.is_some_and(|r| r.bps > before + before / 10) {
             self.fruitless_probes = 0;
-            self.probe_found_at = Some(now);
-            estimator.mark_queue();
             self.link_improved |=
                 verdict.is_some_and(|r| link_improved(before, r.bps, self.failed_at_bps));
         } else {
@@ -88,33 +85,25 @@ impl Downlink {
         }
     }
 
-    /// A step up failed (congestion soon after it). If a probe had found headroom just
-    /// before, the step was taken on its finding; if no queue grew meanwhile, what stopped
-    /// it was a policer's drops (a shaper's queue grows first), and the probe was fooled.
+    /// A step up failed (congestion soon after it). If a probe's finding had unblocked it
+    /// just before and loss has cut the estimate since, the probe was fooled.
     pub fn note_failed_step(&mut self, now: Instant) {
         self.failed_at_bps = self.allocated_bps;
-        let queue_high = self.estimator.as_ref().map_or(0.0, |e| e.queue_high_ms());
-        if let Some(at) = self.probe_found_at.take()
+        if let Some(at) = self.unblocked_at.take()
             && now.saturating_duration_since(at) < FOOLED_WITHIN
-            && queue_high < POLICED_QUEUE_MS
         {
-            self.misled_steps = self.misled_steps.saturating_add(1);
+            self.fooled_unblocks = self.fooled_unblocks.saturating_add(1);
         }
     }
 
-    /// A step up held through its trial: what probes find is to be believed again.
-    pub fn note_step_held(&mut self) {
-        self.misled_steps = 0;
-        self.probe_found_at = None;
-    }
-
-    /// Whether a probe's finding may lift the blocks on failed steps now: not while such a
-    /// finding has failed before on this link.
-    pub fn take_improvement(&mut self) -> bool {
-        if !std::mem::take(&mut self.link_improved) || self.misled_steps > 0 {
+    /// Whether a probe's finding may lift the blocks on failed steps now (and, if so, when
+    /// it did): not while such a finding has failed before on this link.
+    pub fn take_improvement(&mut self, now: Instant) -> bool {
+        if !std::mem::take(&mut self.link_improved) || self.fooled_unblocks > 0 {
             return false;
         }
         self.failed_at_bps = 0;
+        self.unblocked_at = Some(now);
         true
     }
 
@@ -143,14 +132,10 @@ fn link_improved(before: u64, found_bps: u64, failed_at_bps: u64) -> bool {
 /// Probes of one link, at most this often (doubling after fruitless ones, up to the maximum).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(4);
-/// A step taken on a probe's finding that fails this soon was the probe's error. In Chromium
-/// behind a 16 KB policer the step waited for its keyframe, the layer's excess drained the
-/// bucket, and the loss was answered 2–3 s after the probe; a step that holds is settled
-/// after 8 s.
-const FOOLED_WITHIN: Duration = Duration::from_secs(10);
-/// A failed step whose queue never grew past this was stopped by drops, not by a queue: a
-/// shaper's queue (a cellular link's, `tc tbf`'s) holds 50 ms or more before it drops.
-const POLICED_QUEUE_MS: f64 = 40.0;
+/// A step a probe unblocked that fails this soon, for loss, was the probe's error: a
+/// policer's bucket of a few tens of kilobytes is drained by a layer's excess in a second
+/// or two.
+const FOOLED_WITHIN: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {

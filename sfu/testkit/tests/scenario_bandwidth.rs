@@ -792,7 +792,7 @@ fn behind_a_policer_a_probe_that_misled_once_does_not_move_the_picture_up_every_
     // A policer (a cellular plan's rate limit, an ISP's shaping without a queue): a deep
     // bucket that passes a whole 30 ms probe, and drops instead of queueing once it is empty.
     // Every probe reads 1–1.2 Mbit/s on a 400 kbit/s link; each step up it unblocked failed
-    // within a few seconds, with loss, and the picture went up and down every 2–6 s.
+    // within a second or two, with loss, and the picture went up and down every 2–6 s.
     for (seed, burst) in [(41u64, 8_000usize), (42, 16_000), (43, 32_000)] {
         let mut call = Call::new(
             seed,

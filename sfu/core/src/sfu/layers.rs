@@ -88,7 +88,7 @@ impl Sfu {
         let overusing = estimator.usage() == BandwidthUsage::Overusing;
         let speaker = self.rooms.get(&p.room).and_then(|r| r.speaker);
         let audio_only = estimate < self.config.video_floor_bps;
-        if self.participant_mut(idx).downlink.take_improvement() {
+        if self.participant_mut(idx).downlink.take_improvement(now) {
             // The link changed: where a step failed on the old one no longer says anything.
             for sub in &mut self.participant_mut(idx).subscriptions {
                 sub.up_blocked_until = None;
@@ -299,7 +299,7 @@ impl Sfu {
                     sub.upgraded_at = Some(now);
                 }
                 if p.subscriptions[s].settle_upgrade(now) {
-                    p.downlink.note_step_held();
+                    p.downlink.fooled_unblocks = 0;
                 }
                 let sub = &mut p.subscriptions[s];
                 sub.target_layer = chosen;
@@ -331,14 +331,14 @@ impl Sfu {
         // than what the failed step needs, and not at all once the estimate is there: on such
         // a link each probe would otherwise find a fifth more, until a retry after the
         // back-off went straight to the top layer and failed the harder for it.
-        let misled_ceiling = (dl.misled_steps > 0)
+        let fooled_ceiling = (dl.fooled_unblocks > 0)
             .then(|| (dl.failed_at_bps + dl.failed_at_bps * 3 / 5).min(estimate * 6));
         let may_probe = held_back
             && !dl.receiver_estimated
             && !overusing
             && dl.probe.is_none()
             && dl.next_probe_at().is_none_or(|t| now >= t)
-            && misled_ceiling.is_none_or(|c| estimate + estimate / 5 <= c);
+            && fooled_ceiling.is_none_or(|c| estimate + estimate / 5 <= c);
         if may_probe {
             // Enough for what is held back (and a margin), but never more than three times
             // the estimate in one step (libwebrtc's first probes go to 3× and 6×) — except
@@ -349,7 +349,7 @@ impl Sfu {
             // link of now does not make every probe a burst that buries its audio.)
             let unblock = (dl.failed_at_bps + dl.failed_at_bps * 3 / 5).min(estimate * 6);
             let wanted = (desired + desired / 5).max(unblock);
-            let ceiling = misled_ceiling.unwrap_or((estimate * 3).max(unblock));
+            let ceiling = fooled_ceiling.unwrap_or((estimate * 3).max(unblock));
             let target = wanted.clamp(estimate + estimate / 5, ceiling);
             dl.probes_started = dl.probes_started.wrapping_add(1);
             dl.probe = Some(ProbeCluster::new(dl.probes_started, target, now));
