@@ -28,13 +28,6 @@ pub struct Downlink {
     /// What was allocated when a step up last failed: a probe must find well above it to
     /// count as the link having changed.
     pub failed_at_bps: u64,
-    /// When a probe's finding last lifted the blocks on failed steps (`link_improved`).
-    pub unblocked_at: Option<Instant>,
-    /// Steps a probe's finding unblocked that then failed at once, and for loss: a
-    /// policer's bucket passes a 30 ms probe whole and drops what is then sent at the
-    /// found rate. While any is counted, probes no longer lift the blocks (the back-off of
-    /// failed steps decides); a step that holds clears it.
-    pub fooled_unblocks: u8,
     /// Spreads video out at the estimate while it binds.
     pub pacer: Pacer,
     /// The estimate is the subscriber's own (REMB): it has sent no transport-wide feedback.
@@ -54,8 +47,6 @@ impl Downlink {
             desired_bps: 0,
             link_improved: false,
             failed_at_bps: 0,
-            unblocked_at: None,
-            fooled_unblocks: 0,
             pacer: Pacer::default(),
             receiver_estimated: false,
         }
@@ -85,28 +76,6 @@ impl Downlink {
         }
     }
 
-    /// A step up failed (congestion soon after it). If a probe's finding had unblocked it
-    /// just before and loss has cut the estimate since, the probe was fooled.
-    pub fn note_failed_step(&mut self, now: Instant) {
-        self.failed_at_bps = self.allocated_bps;
-        if let Some(at) = self.unblocked_at.take()
-            && now.saturating_duration_since(at) < FOOLED_WITHIN
-        {
-            self.fooled_unblocks = self.fooled_unblocks.saturating_add(1);
-        }
-    }
-
-    /// Whether a probe's finding may lift the blocks on failed steps now (and, if so, when
-    /// it did): not while such a finding has failed before on this link.
-    pub fn take_improvement(&mut self, now: Instant) -> bool {
-        if !std::mem::take(&mut self.link_improved) || self.fooled_unblocks > 0 {
-            return false;
-        }
-        self.failed_at_bps = 0;
-        self.unblocked_at = Some(now);
-        true
-    }
-
     /// When the next probe may start: soon after one that found headroom, later after each
     /// that did not (a link that cannot carry more is not to be poked every second).
     pub fn next_probe_at(&self) -> Option<Instant> {
@@ -132,10 +101,6 @@ fn link_improved(before: u64, found_bps: u64, failed_at_bps: u64) -> bool {
 /// Probes of one link, at most this often (doubling after fruitless ones, up to the maximum).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(4);
-/// A step a probe unblocked that fails this soon, for loss, was the probe's error: a
-/// policer's bucket of a few tens of kilobytes is drained by a layer's excess in a second
-/// or two.
-const FOOLED_WITHIN: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {

@@ -183,16 +183,14 @@ impl Subscription {
     }
 
     /// An upgrade that held through its trial is a success: the next one need not wait.
-    /// Returns whether one just did.
-    pub fn settle_upgrade(&mut self, now: Instant) -> bool {
-        let held = self
+    pub fn settle_upgrade(&mut self, now: Instant) {
+        if self
             .upgraded_at
-            .is_some_and(|t| now.saturating_duration_since(t) >= UPGRADE_TRIAL);
-        if held {
+            .is_some_and(|t| now.saturating_duration_since(t) >= UPGRADE_TRIAL)
+        {
             self.upgraded_at = None;
             self.failed_upgrades = 0;
         }
-        held
     }
 
     /// Not ending or closed: the subscriber is to receive this track.

@@ -88,8 +88,9 @@ impl Sfu {
         let overusing = estimator.usage() == BandwidthUsage::Overusing;
         let speaker = self.rooms.get(&p.room).and_then(|r| r.speaker);
         let audio_only = estimate < self.config.video_floor_bps;
-        if self.participant_mut(idx).downlink.take_improvement(now) {
+        if std::mem::take(&mut self.participant_mut(idx).downlink.link_improved) {
             // The link changed: where a step failed on the old one no longer says anything.
+            self.participant_mut(idx).downlink.failed_at_bps = 0;
             for sub in &mut self.participant_mut(idx).subscriptions {
                 sub.up_blocked_until = None;
                 sub.failed_upgrades = 0;
@@ -238,7 +239,7 @@ impl Sfu {
                         let p = self.participant_mut(idx);
                         // A pause soon after a resume (or an upgrade): that step failed.
                         if p.subscriptions[s].note_congestion(now) {
-                            p.downlink.note_failed_step(now);
+                            p.downlink.failed_at_bps = p.downlink.allocated_bps;
                         }
                         let sub = &mut p.subscriptions[s];
                         sub.flow = Flow::Paused;
@@ -293,15 +294,12 @@ impl Sfu {
                 let sub = &mut p.subscriptions[s];
                 if (congested || thinned) && sub.flow == Flow::Flowing {
                     if sub.note_congestion(now) {
-                        p.downlink.note_failed_step(now);
+                        p.downlink.failed_at_bps = p.downlink.allocated_bps;
                     }
                 } else if paused || stepped_up {
                     sub.upgraded_at = Some(now);
                 }
-                if p.subscriptions[s].settle_upgrade(now) {
-                    p.downlink.fooled_unblocks = 0;
-                }
-                let sub = &mut p.subscriptions[s];
+                sub.settle_upgrade(now);
                 sub.target_layer = chosen;
                 sub.temporal.set_target(temporal);
                 if paused || congested {
@@ -327,18 +325,11 @@ impl Sfu {
         // The estimate binds: video leaves at its pace, not in bursts.
         dl.pacer.pace((pacing && held_back).then_some(estimate));
         // (A subscriber that estimates its own downlink finds headroom itself.)
-        // Where a probe's finding failed before (a policer's bucket), probes look no higher
-        // than what the failed step needs, and not at all once the estimate is there: on such
-        // a link each probe would otherwise find a fifth more, until a retry after the
-        // back-off went straight to the top layer and failed the harder for it.
-        let fooled_ceiling = (dl.fooled_unblocks > 0)
-            .then(|| (dl.failed_at_bps + dl.failed_at_bps * 3 / 5).min(estimate * 6));
         let may_probe = held_back
             && !dl.receiver_estimated
             && !overusing
             && dl.probe.is_none()
-            && dl.next_probe_at().is_none_or(|t| now >= t)
-            && fooled_ceiling.is_none_or(|c| estimate + estimate / 5 <= c);
+            && dl.next_probe_at().is_none_or(|t| now >= t);
         if may_probe {
             // Enough for what is held back (and a margin), but never more than three times
             // the estimate in one step (libwebrtc's first probes go to 3× and 6×) — except
@@ -349,8 +340,7 @@ impl Sfu {
             // link of now does not make every probe a burst that buries its audio.)
             let unblock = (dl.failed_at_bps + dl.failed_at_bps * 3 / 5).min(estimate * 6);
             let wanted = (desired + desired / 5).max(unblock);
-            let ceiling = fooled_ceiling.unwrap_or((estimate * 3).max(unblock));
-            let target = wanted.clamp(estimate + estimate / 5, ceiling);
+            let target = wanted.clamp(estimate + estimate / 5, (estimate * 3).max(unblock));
             dl.probes_started = dl.probes_started.wrapping_add(1);
             dl.probe = Some(ProbeCluster::new(dl.probes_started, target, now));
             dl.last_probe_at = Some(now);
