@@ -46,7 +46,7 @@ pub struct Counters {
     /// Times a participant's browser nominated a different path (network change, restart).
     pub path_changes: u64,
     /// DTLS datagrams that arrived before the answer to the session's own check proved their
-    /// address, kept (one per session) and read once it did.
+    /// address, kept (a few per session) and read once it did.
     pub dtls_held_until_proven: u64,
     /// SFU offers given up after going unanswered three times.
     pub offers_abandoned: u64,

@@ -174,6 +174,12 @@ impl IceLite {
         self.generation
     }
 
+    /// The browser's latest nomination while our check proves it (media goes there once
+    /// the check is answered).
+    pub fn checking(&self) -> Option<SocketAddr> {
+        self.wanted
+    }
+
     /// A STUN datagram from `from`. Authenticated binding requests are answered; indications
     /// are consent-neutral and ignored.
     pub fn handle_stun(

@@ -104,11 +104,13 @@ pub struct Participant {
     /// The simulcast layer this participant wants of video by default (new subscriptions
     /// start with it).
     pub preferred_layer: VideoLayer,
-    /// The client's first DTLS flight, when it came from the address it nominated before
-    /// that address answered our check (its ClientHello leaves as soon as its own check is
-    /// answered, and usually outruns the answer to ours). Read once the address is proven;
-    /// the latest one only, and only until the session is secured.
-    pub early_dtls: Option<(SocketAddr, Box<[u8]>)>,
+    /// The client's first DTLS flight, when it came from the address it nominated last
+    /// before that address answered our check (its ClientHello leaves as soon as its own
+    /// check is answered, and usually outruns the answer to ours): the address, and the
+    /// handshake datagrams in arrival order (`MAX_EARLY_DTLS` of them, `MAX_EARLY_DTLS_BYTES`
+    /// in all; a flight of large key shares takes two). Read once that address is proven,
+    /// dropped if another one is; only until the session is secured.
+    pub early_dtls: Option<(SocketAddr, Vec<Box<[u8]>>)>,
 }
 
 impl Participant {

@@ -265,6 +265,11 @@ impl PeerTransport {
         self.ice.local().ufrag.clone()
     }
 
+    /// Whether `addr` is the address the client nominated last and our check is proving.
+    pub fn is_proving(&self, addr: SocketAddr) -> bool {
+        self.ice.checking() == Some(addr)
+    }
+
     /// The number of ICE restarts of this session so far.
     pub fn ice_generation(&self) -> u32 {
         self.ice.generation()

@@ -69,21 +69,30 @@ impl Sfu {
         self.drive_transport(now, idx, out);
     }
 
-    /// DTLS from an address a session nominated and is being checked (see
-    /// `Participant::early_dtls`) waits for the check's answer; from anywhere else it is
-    /// dropped.
+    /// A DTLS handshake record from the address a session nominated last and is proving
+    /// (see `Participant::early_dtls`) waits for the check's answer; anything else from an
+    /// unknown source is dropped.
     fn hold_early_dtls(&mut self, from: SocketAddr, buf: &[u8]) {
+        // (Content type 22: a handshake record; the first flight is nothing else.)
         let waiting = self
             .by_probe_addr
             .get(&from)
             .and_then(|&idx| self.participants[idx].as_mut())
-            .filter(|p| p.outbound.is_none() && buf.len() <= MAX_EARLY_DTLS);
-        match waiting {
-            Some(p) => {
-                p.early_dtls = Some((from, buf.into()));
-                self.counters.dtls_held_until_proven += 1;
-            }
-            None => self.counters.dropped_unknown_source += 1,
+            .filter(|p| buf[0] == 22 && p.outbound.is_none() && p.transport.is_proving(from));
+        let Some(p) = waiting else {
+            self.counters.dropped_unknown_source += 1;
+            return;
+        };
+        let (addr, held) = p.early_dtls.get_or_insert_with(|| (from, Vec::new()));
+        if *addr != from {
+            *addr = from;
+            held.clear();
+        }
+        let bytes: usize = held.iter().map(|d| d.len()).sum();
+        if held.len() < MAX_EARLY_DTLS && bytes + buf.len() <= MAX_EARLY_DTLS_BYTES {
+            held.push(buf.into());
+        } else {
+            self.counters.dropped_unknown_source += 1;
         }
     }
 
@@ -193,12 +202,19 @@ impl Sfu {
             self.remove_participant(now, idx, reason, out);
         } else {
             self.schedule_transport(idx);
-            // What the client sent from there before it was proven is read now.
+            // What the client sent from there before it was proven is read now (and what
+            // came from an address that was not proven, dropped).
             let early = self.participants[idx]
                 .as_mut()
-                .filter(|p| proven.is_some() && p.early_dtls.as_ref().map(|e| e.0) == proven)
-                .and_then(|p| p.early_dtls.take());
-            if let Some((_, datagram)) = early {
+                .filter(|_| proven.is_some())
+                .and_then(|p| p.early_dtls.take())
+                .filter(|(addr, _)| Some(*addr) == proven);
+            for datagram in early.map(|(_, held)| held).unwrap_or_default() {
+                // (A datagram before may have ended the session: a failed handshake.)
+                if self.participants[idx].is_none() {
+                    break;
+                }
+                self.counters.dtls_held_until_proven += 1;
                 self.handle_dtls(now, idx, &datagram, out);
             }
         }

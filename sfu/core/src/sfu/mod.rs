@@ -131,9 +131,11 @@ const MAX_OFFER_ATTEMPTS: u8 = 3;
 
 /// Addresses a session's own ICE checks went to, remembered for routing their answers.
 const MAX_PROBE_ADDRS: usize = 8;
-/// The largest DTLS datagram kept while its address is proven: a ClientHello is a few
-/// hundred bytes, and one datagram fits a path's MTU.
-const MAX_EARLY_DTLS: usize = 1500;
+/// DTLS handshake datagrams kept per session while their address is proven, and their
+/// bytes in all: a ClientHello is one datagram of a few hundred bytes, or two with large
+/// (post-quantum) key shares.
+const MAX_EARLY_DTLS: usize = 4;
+const MAX_EARLY_DTLS_BYTES: usize = 4096;
 
 /// RTCP sender SSRCs tracked for replay per participant (a browser uses one per stream).
 const MAX_RTCP_SENDERS: usize = 32;
