@@ -90,9 +90,11 @@ pub struct Participant {
     /// The local ICE ufrags checks are routed by: the current one and, after an ICE restart,
     /// the one before (the browser checks with it until it applies the answer).
     pub ufrags: Vec<String>,
-    /// Addresses the session's ICE checked (their answers carry no USERNAME and are routed by
-    /// address), the last few.
-    pub probe_addrs: Vec<SocketAddr>,
+    /// The session's own ICE checks, the last few (`MAX_ROUTED_PROBES`): where each went and
+    /// its transaction id. Their answers carry no USERNAME and are routed by transaction id
+    /// (`Sfu::by_probe_txn`); the address finds the session a DTLS flight that outran the
+    /// answer belongs to (`Sfu::by_probe_addr`).
+    pub probes: Vec<(SocketAddr, [u8; 12])>,
     /// Arrival times of this participant's packets, for its bandwidth estimator.
     pub twcc: TwccRecorder,
     /// Our transport-wide sequence number on packets sent to this participant.

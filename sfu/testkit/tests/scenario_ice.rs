@@ -266,3 +266,55 @@ fn a_client_hello_that_outruns_the_proof_of_its_address_is_not_lost() {
     assert_eq!(net.sfu.counters.dropped_unknown_source, dropped + 1);
     assert_eq!(net.sfu.counters.dtls_held_until_proven, held);
 }
+
+#[test]
+fn a_session_that_has_the_sfu_check_another_address_cannot_stall_that_address_s_join() {
+    let mut net = SimNetwork::new(12, |_| {});
+    net.add_peer("intruder", &[MediaKind::Audio]);
+    net.join(0, "other-visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    // A second session of the intruder's that never completes its handshake (one not yet
+    // secured may hold an early DTLS flight).
+    net.add_peer("half-open", &[MediaKind::Audio]);
+    net.peers[1].silent = true;
+    net.join(1, "other-visit", BOTH);
+    net.add_peer("patient", &[MediaKind::Audio, MediaKind::Video]);
+    // The intruder knows only its own sessions' credentials and the patient's address. It
+    // nominates that address from a forged source, over and over, each time after a fresh
+    // address too (so its session forgets the patient's address and checks it again): the
+    // SFU then sends checks of the intruder's sessions to the patient's address, just as the
+    // patient's own session does.
+    let victim = net.peers[2].addr;
+    let start = net.now;
+    net.join(2, "visit", BOTH);
+    let mut n = 0u16;
+    let mut secured_at = None;
+    while net.now - start < Duration::from_secs(5) {
+        n = n.wrapping_add(1);
+        let fresh = SocketAddr::from(([10, 0, 8, 1], 1000 + n % 5000));
+        for intruder in [0, 1] {
+            let check = net.peers[intruder].connectivity_check(true);
+            net.inject_to_sfu(fresh, check);
+            let check = net.peers[intruder].connectivity_check(true);
+            net.inject_to_sfu(victim, check);
+        }
+        net.run(Duration::from_millis(1), |_| {});
+        if secured_at.is_none() && net.peers[2].is_secured() {
+            secured_at = Some(net.now - start);
+        }
+    }
+    let took = secured_at.expect("the patient never got its SRTP keys");
+    eprintln!("join to SRTP keys under forged nominations: {took:?}");
+    assert!(
+        took < Duration::from_millis(700),
+        "the join waited: {took:?}"
+    );
+    // The intruder moved nothing of its own onto the patient's address: the patient did not
+    // answer its checks (they are signed with the intruder's password).
+    assert_eq!(net.sfu.counters.path_changes, 0);
+    assert!(
+        !net.disconnected().contains_key(net.id(2)),
+        "{:?}",
+        net.disconnected()
+    );
+}

@@ -50,10 +50,12 @@ impl Sfu {
         out: &mut TransmitBatch,
     ) {
         // Checks name the participant by ufrag; answers to the session's own checks (which
-        // prove an address before media goes there) carry none and come from where we sent.
+        // prove an address before media goes there) carry none, and are routed by their
+        // transaction id, not by where they come from: another session may have had the SFU
+        // check that address too.
         let idx = match stun_username_ufrag(buf) {
             Some(ufrag) => self.by_ufrag.get(ufrag).copied(),
-            None => self.by_probe_addr.get(&from).copied(),
+            None => stun_transaction_id(buf).and_then(|txn| self.by_probe_txn.get(&txn).copied()),
         };
         let Some(idx) = idx else {
             self.counters.dropped_unknown_source += 1;
@@ -71,27 +73,35 @@ impl Sfu {
 
     /// A DTLS handshake record from the address a session nominated last and is proving
     /// (see `Participant::early_dtls`) waits for the check's answer; anything else from an
-    /// unknown source is dropped.
+    /// unknown source is dropped. Every session that checked the address and is proving it
+    /// keeps a copy: another session may have had the SFU check the same address (a forged
+    /// nomination), and must not take the flight from the one it belongs to.
     fn hold_early_dtls(&mut self, from: SocketAddr, buf: &[u8]) {
+        let mut kept = false;
         // (Content type 22: a handshake record; the first flight is nothing else.)
-        let waiting = self
-            .by_probe_addr
-            .get(&from)
-            .and_then(|&idx| self.participants[idx].as_mut())
-            .filter(|p| buf[0] == 22 && p.outbound.is_none() && p.transport.is_proving(from));
-        let Some(p) = waiting else {
-            self.counters.dropped_unknown_source += 1;
-            return;
-        };
-        let (addr, held) = p.early_dtls.get_or_insert_with(|| (from, Vec::new()));
-        if *addr != from {
-            *addr = from;
-            held.clear();
+        if buf[0] == 22
+            && let Some(sessions) = self.by_probe_addr.get(&from)
+        {
+            for &idx in sessions {
+                let Some(p) = self.participants[idx].as_mut() else {
+                    continue;
+                };
+                if p.outbound.is_some() || !p.transport.is_proving(from) {
+                    continue;
+                }
+                let (addr, held) = p.early_dtls.get_or_insert_with(|| (from, Vec::new()));
+                if *addr != from {
+                    *addr = from;
+                    held.clear();
+                }
+                let bytes: usize = held.iter().map(|d| d.len()).sum();
+                if held.len() < MAX_EARLY_DTLS && bytes + buf.len() <= MAX_EARLY_DTLS_BYTES {
+                    held.push(buf.into());
+                    kept = true;
+                }
+            }
         }
-        let bytes: usize = held.iter().map(|d| d.len()).sum();
-        if held.len() < MAX_EARLY_DTLS && bytes + buf.len() <= MAX_EARLY_DTLS_BYTES {
-            held.push(buf.into());
-        } else {
+        if !kept {
             self.counters.dropped_unknown_source += 1;
         }
     }
@@ -126,16 +136,28 @@ impl Sfu {
                 return;
             };
             while let Some((dest, datagram)) = p.transport.poll_transmit() {
-                // A check of ours (binding request): its answer is routed by address.
-                if datagram.starts_with(&[0x00, 0x01]) && !p.probe_addrs.contains(&dest) {
-                    if p.probe_addrs.len() >= MAX_PROBE_ADDRS {
-                        let old = p.probe_addrs.remove(0);
-                        if self.by_probe_addr.get(&old) == Some(&idx) {
-                            self.by_probe_addr.remove(&old);
+                // A check of ours (binding request): its answer is routed by transaction id.
+                if datagram.starts_with(&[0x00, 0x01])
+                    && let Some(txn) = stun_transaction_id(&datagram)
+                {
+                    if p.probes.len() >= MAX_ROUTED_PROBES {
+                        let (old_addr, old_txn) = p.probes.remove(0);
+                        if self.by_probe_txn.get(&old_txn) == Some(&idx) {
+                            self.by_probe_txn.remove(&old_txn);
+                        }
+                        if !p.probes.iter().any(|(a, _)| *a == old_addr) {
+                            forget_probed_addr(&mut self.by_probe_addr, old_addr, idx);
                         }
                     }
-                    p.probe_addrs.push(dest);
-                    self.by_probe_addr.insert(dest, idx);
+                    p.probes.push((dest, txn));
+                    self.by_probe_txn.insert(txn, idx);
+                    // The sessions that checked an address, the latest last.
+                    let sessions = self.by_probe_addr.entry(dest).or_default();
+                    sessions.retain(|&s| s != idx);
+                    if sessions.len() >= MAX_SESSIONS_PER_PROBED_ADDR {
+                        sessions.remove(0);
+                    }
+                    sessions.push(idx);
                 }
                 out.push(dest, &datagram);
             }
@@ -264,6 +286,25 @@ impl Sfu {
 }
 
 /// Decides which of a participant's datagrams matter; keeps ufrag parsing out of the hot path.
+/// Takes `idx` off the sessions that checked `addr`.
+pub(super) fn forget_probed_addr(
+    by_probe_addr: &mut FxHashMap<SocketAddr, Vec<ParticipantIdx>>,
+    addr: SocketAddr,
+    idx: ParticipantIdx,
+) {
+    if let Some(sessions) = by_probe_addr.get_mut(&addr) {
+        sessions.retain(|&s| s != idx);
+        if sessions.is_empty() {
+            by_probe_addr.remove(&addr);
+        }
+    }
+}
+
+/// The 96-bit transaction id of a STUN message (RFC 5389 §6).
+fn stun_transaction_id(datagram: &[u8]) -> Option<[u8; 12]> {
+    datagram.get(8..20)?.try_into().ok()
+}
+
 fn stun_username_ufrag(datagram: &[u8]) -> Option<&str> {
     // RFC 5389: 20-byte header, then TLV attributes; USERNAME is 0x0006 ("ours:theirs").
     if datagram.len() < 20 || datagram[4..8] != [0x21, 0x12, 0xa4, 0x42] {

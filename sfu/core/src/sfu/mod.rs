@@ -129,8 +129,12 @@ const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// `CommandFailed` for `offer`; the client is expected to start a new session).
 const MAX_OFFER_ATTEMPTS: u8 = 3;
 
-/// Addresses a session's own ICE checks went to, remembered for routing their answers.
-const MAX_PROBE_ADDRS: usize = 8;
+/// A session's own ICE checks remembered for routing their answers (a few retries to each of
+/// a few addresses).
+const MAX_ROUTED_PROBES: usize = 8;
+/// Sessions remembered per checked address (a forged nomination makes the SFU check an
+/// address for a session it is not; it takes one session, with a token, per slot).
+const MAX_SESSIONS_PER_PROBED_ADDR: usize = 4;
 /// DTLS handshake datagrams kept per session while their address is proven, and their
 /// bytes in all: a ClientHello is one datagram of a few hundred bytes, or two with large
 /// (post-quantum) key shares.
@@ -150,8 +154,13 @@ pub struct Sfu {
     /// Looked up for every datagram: a fast hash. Keys are only inserted for addresses ICE
     /// verified, so flooding cannot target collisions.
     by_addr: FxHashMap<SocketAddr, ParticipantIdx>,
-    /// Where answers to the sessions' own checks come from (see `Participant::probe_addrs`).
-    by_probe_addr: FxHashMap<SocketAddr, ParticipantIdx>,
+    /// The session each of the sessions' own checks belongs to, by transaction id: their
+    /// answers carry no USERNAME, and the address they come from proves nothing (any session
+    /// can have the SFU check any address, by nominating it from a forged source).
+    by_probe_txn: FxHashMap<[u8; 12], ParticipantIdx>,
+    /// The sessions that sent a check to an address, the latest last: early DTLS from there
+    /// is held for those proving it (see `Participant::early_dtls`).
+    by_probe_addr: FxHashMap<SocketAddr, Vec<ParticipantIdx>>,
     events: VecDeque<Event>,
     pub counters: Counters,
     next_tick: Option<Instant>,
@@ -197,6 +206,7 @@ impl Sfu {
             participants: Arena::default(),
             tracks: Arena::default(),
             by_id: FxHashMap::default(),
+            by_probe_txn: FxHashMap::default(),
             by_probe_addr: FxHashMap::default(),
             by_ufrag: FxHashMap::default(),
             by_addr: FxHashMap::default(),

@@ -72,7 +72,7 @@ impl Sfu {
             sdp_version: 1,
             next_mid: 0,
             ufrags: vec![ufrag.clone()],
-            probe_addrs: Vec::new(),
+            probes: Vec::new(),
             twcc: TwccRecorder::new(now),
             twcc_out_seq: 0,
             downlink: Downlink::new(now),

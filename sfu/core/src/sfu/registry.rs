@@ -232,9 +232,10 @@ impl Sfu {
         for ufrag in &p.ufrags {
             self.by_ufrag.remove(ufrag);
         }
-        for addr in &p.probe_addrs {
-            if self.by_probe_addr.get(addr) == Some(&idx) {
-                self.by_probe_addr.remove(addr);
+        for (addr, txn) in &p.probes {
+            connectivity::forget_probed_addr(&mut self.by_probe_addr, *addr, idx);
+            if self.by_probe_txn.get(txn) == Some(&idx) {
+                self.by_probe_txn.remove(txn);
             }
         }
         // Only entries that still point at this participant (another may have the address now).
