@@ -145,3 +145,35 @@ impl Participant {
             .map(|(id, _)| *id)
     }
 }
+
+/// Adds an extension a client's offer maps (`a=extmap:<id> <uri>`) to those it is known to use.
+/// An id keeps the URI it was first given, and a URI its first id (RFC 8285: in a BUNDLE
+/// session an id means one extension, and a renegotiation does not remap it), so what is kept
+/// stays at one entry per id, 255 at most, however many offers name new URIs.
+pub fn remember_extmap(known: &mut Vec<(u8, String)>, id: u8, uri: &str) {
+    if !known.iter().any(|(i, u)| *i == id || u == uri) {
+        known.push((id, uri.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remember_extmap;
+
+    #[test]
+    fn offers_naming_new_extensions_on_known_ids_add_nothing() {
+        let mut known = Vec::new();
+        remember_extmap(&mut known, 4, "urn:ietf:params:rtp-hdrext:sdes:mid");
+        remember_extmap(&mut known, 5, "urn:ietf:params:rtp-hdrext:ssrc-audio-level");
+        // A hostile client's renegotiations: every id, thousands of URIs never seen before.
+        for n in 0..20_000u32 {
+            remember_extmap(&mut known, (n % 256) as u8, &format!("urn:x-{n:08}"));
+        }
+        assert_eq!(known.len(), 256, "one entry per id");
+        assert!(known.contains(&(4, "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned())));
+        assert!(known.contains(&(5, "urn:ietf:params:rtp-hdrext:ssrc-audio-level".to_owned())));
+        // Nor does a known URI move to another id.
+        remember_extmap(&mut known, 9, "urn:ietf:params:rtp-hdrext:sdes:mid");
+        assert_eq!(known.iter().filter(|(_, u)| u.ends_with(":mid")).count(), 1);
+    }
+}

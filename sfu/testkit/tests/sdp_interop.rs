@@ -220,3 +220,47 @@ fn a_rejected_line_is_echoed_with_its_protocol_and_the_transport() {
     }
     RemoteDescription::parse(&answer).unwrap();
 }
+
+#[test]
+fn a_client_mid_at_the_top_of_the_range_leaves_the_sfu_free_mids_for_its_own_lines() {
+    let mut sfu = sfu();
+    // A client that named its data channel with the largest MID a number can hold, less one:
+    // the SFU's next own line takes the largest, and the one after it wraps to the free ones.
+    let high = FIREFOX_OFFER
+        .replace("a=group:BUNDLE 0 1 2", "a=group:BUNDLE 0 1 4294967294")
+        .replace("a=mid:2\r\n", "a=mid:4294967294\r\n");
+    let (answer, _) = answer_to(&mut sfu, "patient", &high);
+    assert!(answer.contains("a=mid:4294967294\r\n"), "{answer}");
+    // A publisher joins: the patient is given lines for its audio and video.
+    let mut out = TransmitBatch::with_capacity(8);
+    sfu.handle_command(
+        Instant::now(),
+        Command::AddParticipant {
+            room: RoomId("r".into()),
+            participant: ParticipantId("clinician".into()),
+            offer_sdp: FIREFOX_OFFER.into(),
+            session: 2,
+            permissions: Permissions {
+                publish: true,
+                subscribe: true,
+            },
+        },
+        &mut out,
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| sfu.poll_event()).collect();
+    let offer = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Offer {
+                participant,
+                offer_sdp,
+            } if participant.0 == "patient" => Some(offer_sdp.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no offer to the patient: {events:?}"));
+    let mids: Vec<&str> = offer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=mid:"))
+        .collect();
+    assert_eq!(mids, ["0", "1", "4294967294", "4294967295", "2"], "{offer}");
+}

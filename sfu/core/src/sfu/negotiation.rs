@@ -8,7 +8,7 @@ use crate::local_description::{
     self, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC, LineContent,
     LineSpec, SdpKind, SendSource, TransportSpec,
 };
-use crate::participant::{ExtIds, LineRole, MediaLine, Participant};
+use crate::participant::{ExtIds, LineRole, MediaLine, Participant, remember_extmap};
 use crate::peer_transport::PeerTransport;
 use crate::remote_description::{RemoteDescription, SdpError};
 use crate::ssrc_routes::SsrcRoutes;
@@ -104,9 +104,7 @@ impl Sfu {
         {
             let p = self.participant_mut(idx);
             for (id, uri) in offer.media.iter().flat_map(|m| m.extmaps.iter()) {
-                if !p.offered_extmaps.iter().any(|(_, u)| u == uri) {
-                    p.offered_extmaps.push((*id, uri.clone()));
-                }
+                remember_extmap(&mut p.offered_extmaps, *id, uri);
             }
             p.ext.audio_level = p.extmap_id(EXT_AUDIO_LEVEL);
             p.ext.mid = p.extmap_id(EXT_MID);
@@ -160,7 +158,7 @@ impl Sfu {
             };
             let p = self.participant_mut(idx);
             if let Ok(n) = m.mid.parse::<u32>() {
-                p.next_mid = p.next_mid.max(n + 1);
+                p.next_mid = p.next_mid.max(n.saturating_add(1));
             }
             p.lines.push(MediaLine {
                 mid: m.mid.clone(),

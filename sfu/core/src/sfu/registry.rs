@@ -96,7 +96,8 @@ impl Sfu {
         }
         let mid = loop {
             let candidate = p.next_mid.to_string();
-            p.next_mid += 1;
+            // (A client may have taken a MID near u32::MAX: past it, the free ones from 0.)
+            p.next_mid = p.next_mid.wrapping_add(1);
             if !p.lines.iter().any(|l| l.mid == candidate) {
                 break candidate;
             }
