@@ -168,6 +168,12 @@ const LISTENER_TOKEN: u64 = 1;
 const EVENTS_PER_WAIT: usize = 256;
 /// Idle and stalled connections are looked for this often (not on every wake-up).
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
+/// Frames handed to the core per turn, all connections together, and bytes read per `read`
+/// call: what the core queues in reply is sent only after the turn, so without a bound one
+/// peer's connections full of small checks grew the worker's send batch by hundreds of MB
+/// and held up its other visits. Connections left unread stay readable for the next turn.
+pub const FRAMES_PER_POLL: usize = 512;
+pub const READ_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CloseReason {
@@ -321,6 +327,7 @@ impl IceTcp {
         unsafe { self.events.set_len(n.max(0) as usize) };
         let now = Instant::now();
         let mut udp_readable = false;
+        let mut budget = FRAMES_PER_POLL;
         let events = std::mem::take(&mut self.events);
         for event in &events {
             let (token, flags) = (event.u64, event.events);
@@ -332,8 +339,8 @@ impl IceTcp {
                         continue;
                     };
                     let readable = (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32;
-                    if flags & readable != 0 {
-                        self.read(now, addr, &mut on_frame);
+                    if flags & readable != 0 && budget > 0 {
+                        self.read(now, addr, &mut budget, &mut on_frame);
                     }
                     if flags & libc::EPOLLOUT as u32 != 0 {
                         self.write(now, addr);
@@ -414,6 +421,7 @@ impl IceTcp {
         &mut self,
         now: Instant,
         addr: SocketAddr,
+        budget: &mut usize,
         on_frame: &mut impl FnMut(SocketAddr, &mut [u8]),
     ) {
         let Some(link) = self.links.get_mut(&addr) else {
@@ -421,7 +429,12 @@ impl IceTcp {
         };
         // A few reads per turn, then the others get theirs.
         for _ in 0..4 {
-            match link.stream.read(link.reader.spare()) {
+            if *budget == 0 {
+                return;
+            }
+            let spare = link.reader.spare();
+            let chunk = spare.len().min(READ_CHUNK);
+            match link.stream.read(&mut spare[..chunk]) {
                 Ok(0) => {
                     self.closing.push((addr, CloseReason::Peer));
                     return;
@@ -429,7 +442,11 @@ impl IceTcp {
                 Ok(n) => {
                     link.last_read = now;
                     link.reader.filled(n);
-                    if link.reader.drain(|frame| on_frame(addr, frame)).is_err() {
+                    let drained = link.reader.drain(|frame| {
+                        *budget = budget.saturating_sub(1);
+                        on_frame(addr, frame)
+                    });
+                    if drained.is_err() {
                         self.closing.push((addr, CloseReason::BadFrame));
                         return;
                     }

@@ -1,11 +1,15 @@
 //! ICE-TCP against a hostile peer: connections that never carry a valid connectivity check are
 //! closed after 10 s, one address cannot take more than its share of a worker's connections,
-//! and malformed framing closes the connection at once.
+//! malformed framing closes the connection at once, and a connection full of small frames is
+//! handed to the core a bounded number per turn, losing none.
 
-use sfu_server::ice_tcp::{MAX_LINKS_PER_SOURCE, UNANSWERED_TIMEOUT};
+use sfu_server::ice_tcp::{
+    FRAMES_PER_POLL, IceTcp, MAX_LINKS_PER_SOURCE, READ_CHUNK, UNANSWERED_TIMEOUT,
+};
 use sfu_server::{NodeConfig, SfuNode};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 fn node() -> (SfuNode, std::net::SocketAddr) {
@@ -90,5 +94,37 @@ fn one_address_gets_at_most_its_share_of_a_workers_connections() {
     assert!(
         !closed_within(&mut again, Duration::from_millis(300)),
         "room again after one closed"
+    );
+}
+
+#[test]
+fn a_connection_full_of_small_frames_is_read_a_bounded_number_per_turn_losing_none() {
+    let mut tcp = IceTcp::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut peer = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+    // 4,000 frames of 20 bytes (a connectivity check is not much larger), numbered.
+    const SENT: u32 = 4_000;
+    let mut stream = Vec::new();
+    for n in 0..SENT {
+        stream.extend_from_slice(&[0, 20]);
+        stream.extend_from_slice(&n.to_be_bytes());
+        stream.extend_from_slice(&[0xab; 16]);
+    }
+    peer.write_all(&stream).unwrap();
+    let mut got = Vec::new();
+    let mut largest_turn = 0;
+    let started = Instant::now();
+    while got.len() < SENT as usize && started.elapsed() < Duration::from_secs(10) {
+        let before = got.len();
+        tcp.poll(udp.as_raw_fd(), Duration::from_millis(50), |_, frame| {
+            got.push(u32::from_be_bytes(frame[..4].try_into().unwrap()));
+        });
+        largest_turn = largest_turn.max(got.len() - before);
+    }
+    assert_eq!(got, (0..SENT).collect::<Vec<_>>(), "every frame, in order");
+    // One read past the budget at most.
+    assert!(
+        largest_turn <= FRAMES_PER_POLL + READ_CHUNK / 22,
+        "{largest_turn} frames in one turn"
     );
 }
