@@ -26,6 +26,7 @@ pub mod probe_cluster;
 pub mod rate_history;
 pub mod remote_description;
 pub mod replay_window;
+pub mod resend_record;
 pub mod rtcp_writer;
 pub mod rtp_header;
 pub mod send_history;

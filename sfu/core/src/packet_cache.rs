@@ -11,8 +11,6 @@ pub struct CachedMeta {
     pub marker: bool,
     pub audio_level: Option<u8>,
     pub len: u16,
-    /// Retransmissions already sent from this slot (capped per packet).
-    pub resent: u8,
     pub valid: bool,
     /// Where the payload starts, counted in bytes ever written to the ring.
     start: u64,
@@ -82,7 +80,6 @@ impl PacketCache {
             marker,
             audio_level,
             len: payload.len() as u16,
-            resent: 0,
             valid: true,
             start,
         };
@@ -99,22 +96,16 @@ impl PacketCache {
         m.ext_seq == ext_seq && self.intact(m)
     }
 
-    /// The packet with `ext_seq` if still cached, counting one more retransmission of it.
-    pub fn take_for_resend(
-        &mut self,
-        ext_seq: u64,
-        max_resends: u8,
-    ) -> Option<(CachedMeta, &[u8])> {
+    /// The packet with `ext_seq` if still cached (how often each subscriber may have it
+    /// resent is counted per subscriber, `ResendRecord`).
+    pub fn get(&self, ext_seq: u64) -> Option<(CachedMeta, &[u8])> {
         if self.slots == 0 {
             return None;
         }
-        let i = self.index(ext_seq);
-        let m = self.meta[i];
-        if m.ext_seq != ext_seq || !self.intact(&m) || m.resent >= max_resends {
+        let meta = self.meta[self.index(ext_seq)];
+        if meta.ext_seq != ext_seq || !self.intact(&meta) {
             return None;
         }
-        self.meta[i].resent += 1;
-        let meta = self.meta[i];
         let at = (meta.start % self.ring.len() as u64) as usize;
         Some((meta, &self.ring[at..at + meta.len as usize]))
     }
@@ -125,17 +116,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn returns_packets_until_overwritten_and_caps_resends() {
+    fn returns_packets_until_overwritten() {
         let mut c = PacketCache::new(4);
         c.insert(10, 1, false, None, b"ten");
         c.insert(11, 2, true, None, b"eleven");
-        let (m, p) = c.take_for_resend(10, 2).unwrap();
+        let (m, p) = c.get(10).unwrap();
         assert_eq!((m.timestamp, p), (1, &b"ten"[..]));
-        assert!(c.take_for_resend(10, 2).is_some());
-        assert!(c.take_for_resend(10, 2).is_none(), "capped at two resends");
+        assert!(c.get(12).is_none());
         c.insert(14, 3, false, None, b"fourteen"); // same slot as 10
         assert!(!c.contains(10));
-        assert!(c.take_for_resend(10, 2).is_none());
+        assert!(c.get(10).is_none());
         assert!(c.contains(14));
         assert!(c.contains(11));
     }
@@ -152,13 +142,13 @@ mod tests {
         c.insert(4, 0, false, None, &big);
         assert!(!c.contains(0), "its bytes were reused");
         assert!(c.contains(1) && c.contains(4));
-        assert!(c.take_for_resend(0, 3).is_none());
+        assert!(c.get(0).is_none());
         // Payloads of any size come back whole.
         c.insert(5, 0, false, None, &[1u8; 100]);
         c.insert(6, 0, false, None, &[2u8; 1400]);
-        let (_, p) = c.take_for_resend(6, 3).unwrap();
+        let (_, p) = c.get(6).unwrap();
         assert_eq!(p, &[2u8; 1400][..]);
-        let (_, p) = c.take_for_resend(5, 3).unwrap();
+        let (_, p) = c.get(5).unwrap();
         assert_eq!(p, &[1u8; 100][..]);
     }
 }

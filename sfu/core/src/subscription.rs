@@ -3,6 +3,7 @@
 //! for a simulcast track the layer it forwards and the one it is switching to.
 
 use crate::arena::TrackIdx;
+use crate::resend_record::ResendRecord;
 use crate::skipped_numbers::SkippedNumbers;
 use crate::temporal_filter::TemporalFilter;
 use crate::vp8_continuity::Vp8Continuity;
@@ -83,6 +84,9 @@ pub struct Subscription {
     pub temporal: TemporalFilter,
     /// The codec's `a=rtpmap` value, kept for the line once it is stopped.
     pub rtpmap: String,
+    /// Resends per packet of this subscriber's stream (capped per subscriber, not per
+    /// packet for all).
+    pub resends: ResendRecord,
 }
 
 /// Whether a live subscription's media goes out.
@@ -163,6 +167,7 @@ impl Subscription {
             vp8: Vp8Continuity::default(),
             temporal: TemporalFilter::default(),
             rtpmap: String::new(),
+            resends: ResendRecord::default(),
         }
     }
 

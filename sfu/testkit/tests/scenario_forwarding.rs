@@ -206,6 +206,78 @@ fn downlink_loss_is_repaired_from_the_sfu_cache() {
     );
 }
 
+/// One subscriber NACKing every packet it got, over and over, takes no repair from another:
+/// resends are capped per subscriber and packet, not per packet for all.
+#[test]
+fn a_subscriber_that_nacks_everything_uses_up_no_one_elses_repairs() {
+    let mut net = two_publishers_three_subscribers(12);
+    net.set_downlink(
+        2,
+        Link {
+            loss: 0.05,
+            delay: Duration::from_millis(15),
+            ..Link::default()
+        },
+    );
+    let mut tick = 0;
+    let line_ssrc = |net: &SimNetwork, peer: usize| {
+        net.peers[peer]
+            .incoming_from("pub-a", MediaKind::Video)
+            .map(|l| l.ssrc)
+    };
+    let mut hostile_nacks = 0;
+    net.run(Duration::from_secs(5), |n| {
+        send_media(n, &[0, 1], &mut tick);
+        // sub-d asks again for the packets it just got, three times each, every millisecond.
+        if let Some(ssrc) = line_ssrc(n, 3)
+            && let Some(got) = n.peers[3].received.get(&ssrc)
+        {
+            let recent: Vec<u16> = got.iter().rev().take(4).map(|p| p.seq).collect();
+            for _ in 0..3 {
+                n.peers[3].send_nack(ssrc, &recent);
+                hostile_nacks += recent.len();
+            }
+        }
+        if tick.is_multiple_of(20)
+            && let Some(ssrc) = line_ssrc(n, 2)
+        {
+            let missing = n.peers[2].missing(ssrc);
+            if !missing.is_empty() {
+                n.peers[2].send_nack(ssrc, &missing);
+            }
+        }
+    });
+    for _ in 0..10 {
+        let ssrc = line_ssrc(&net, 2).expect("line");
+        let missing = net.peers[2].missing(ssrc);
+        if !missing.is_empty() {
+            net.peers[2].send_nack(ssrc, &missing);
+        }
+        net.run(Duration::from_millis(50), |_| {});
+    }
+    let ssrc = line_ssrc(&net, 2).expect("line");
+    assert!(hostile_nacks > 10_000, "{hostile_nacks}");
+    assert_eq!(
+        net.peers[2].missing(ssrc),
+        Vec::<u16>::new(),
+        "all of sub-c's holes repaired"
+    );
+    // And sub-d got at most three resends of any packet.
+    let hostile = line_ssrc(&net, 3).expect("line");
+    let mut repaired: std::collections::HashMap<u16, usize> = Default::default();
+    for p in net.peers[3].received[&hostile]
+        .iter()
+        .filter(|p| p.repaired)
+    {
+        *repaired.entry(p.seq).or_default() += 1;
+    }
+    assert!(
+        !repaired.is_empty(),
+        "sub-d's repeats were answered at first"
+    );
+    assert!(repaired.values().all(|&n| n <= 3), "{repaired:?}");
+}
+
 /// A request inside the throttle interval is not lost: it goes out once the interval ends
 /// (the timer visits the layers holding one), and only once.
 #[test]

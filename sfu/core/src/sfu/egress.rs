@@ -227,6 +227,7 @@ impl Sfu {
         out: &mut TransmitBatch,
     ) {
         let max = self.config.max_resends_per_packet;
+        let cache_slots = self.config.nack_cache_slots;
         let Some(sub) = self.participants[idx].as_mut() else {
             return;
         };
@@ -260,7 +261,7 @@ impl Sfu {
             return;
         };
         let renumber = track.format == PayloadFormat::Vp8;
-        let cache = &mut track.layers[layer].cache;
+        let cache = &track.layers[layer].cache;
         for pair in &nack.nacks {
             for seq in pair.packet_list() {
                 self.counters.nacks_in += 1;
@@ -270,7 +271,7 @@ impl Sfu {
                 let Some(out_ext) = subscription.out_ext(in_ext) else {
                     continue;
                 };
-                let Some((meta, payload)) = cache.take_for_resend(in_ext, max) else {
+                let Some((meta, payload)) = cache.get(in_ext) else {
                     self.counters.nacks_unrepairable += 1;
                     continue;
                 };
@@ -286,6 +287,7 @@ impl Sfu {
                     .temporal
                     .is_some_and(|tid| !subscription.temporal.passes(tid, in_ext))
                     || !subscription.vp8.places(payload, at)
+                    || !subscription.resends.allow(out_ext, max, cache_slots)
                 {
                     self.counters.nacks_unrepairable += 1;
                     continue;
