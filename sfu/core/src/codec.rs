@@ -83,13 +83,13 @@ impl CodecParams {
         }
     }
 
-    /// An RTX payload type for a subscriber's m-line when the publisher had none.
-    pub fn subscriber_rtx_payload_type(&self) -> u8 {
-        self.rtx_payload_type.unwrap_or_else(|| {
-            (96..=127u8)
-                .find(|pt| *pt != self.payload_type)
-                .unwrap_or(127)
-        })
+    /// Whether `other` is the same format under whatever payload type: what one payload type
+    /// must mean on every m-line of a BUNDLE session.
+    pub fn same_format(&self, other: &CodecParams) -> bool {
+        self.name.eq_ignore_ascii_case(&other.name)
+            && self.clock_rate == other.clock_rate
+            && self.channels == other.channels
+            && self.fmtp == other.fmtp
     }
 }
 

@@ -4,6 +4,7 @@ use crate::arena::TrackIdx;
 use crate::codec::CodecParams;
 use crate::downlink::Downlink;
 use crate::peer_transport::PeerTransport;
+use crate::remote_description::RemoteCodec;
 use crate::replay_window::ReplayWindow;
 use crate::srtp_context::SrtpContext;
 use crate::ssrc_routes::SsrcRoutes;
@@ -71,6 +72,10 @@ pub struct Participant {
     pub ext: ExtIds,
     /// Extension ids the participant's browser uses, by URI, so SFU offers reuse them.
     pub offered_extmaps: Vec<(u8, String)>,
+    /// The formats the participant's offers numbered (every codec of every m-line, one per
+    /// payload type), so that the SFU numbers a format as the browser does and gives no
+    /// format a number the browser gave another (`Sfu::subscriber_payload_types`).
+    pub offered_formats: Vec<CodecParams>,
     pub published: Vec<TrackIdx>,
     /// Which published track and layer each SSRC it sends belongs to, as found.
     pub ssrc_routes: SsrcRoutes,
@@ -153,6 +158,21 @@ impl Participant {
 pub fn remember_extmap(known: &mut Vec<(u8, String)>, id: u8, uri: &str) {
     if !known.iter().any(|(i, u)| *i == id || u == uri) {
         known.push((id, uri.to_owned()));
+    }
+}
+
+/// Adds a format a client's offer numbered to those it is known to use; a payload type keeps
+/// the format it was first given (at most one entry per payload type).
+pub fn remember_format(known: &mut Vec<CodecParams>, codec: &RemoteCodec) {
+    if !known.iter().any(|c| c.payload_type == codec.payload_type) {
+        known.push(CodecParams {
+            payload_type: codec.payload_type,
+            name: codec.name.clone(),
+            clock_rate: codec.clock_rate,
+            channels: codec.channels.clone(),
+            fmtp: codec.fmtp.clone(),
+            rtx_payload_type: None,
+        });
     }
 }
 

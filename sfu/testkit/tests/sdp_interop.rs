@@ -264,3 +264,116 @@ fn a_client_mid_at_the_top_of_the_range_leaves_the_sfu_free_mids_for_its_own_lin
         .collect();
     assert_eq!(mids, ["0", "1", "4294967294", "4294967295", "2"], "{offer}");
 }
+
+/// A publisher's offer with `audio` and `video` m-sections given as their format lines.
+fn offer_with(ufrag: &str, audio: &str, video: &str) -> String {
+    let transport = format!(
+        "a=ice-ufrag:{ufrag}\r\na=ice-pwd:6f0cd4b5b1c6e1f6a1f1e2b3c4d5e6f7\r\n\
+         a=fingerprint:sha-256 9C:5E:8B:CF:3A:AE:0D:27:21:1C:F6:22:3C:32:C6:DA:7E:EE:52:5B:8B:72:2F:88:49:6A:B6:8C:32:1F:29:81\r\n\
+         a=setup:actpass\r\na=rtcp-mux\r\n"
+    );
+    let pts = |lines: &str| {
+        lines
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+            .filter_map(|l| l.split(' ').next())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\n{transport}a=mid:0\r\na=sendrecv\r\n\
+         a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n{audio}a=ssrc:{}1 cname:c\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\n{transport}a=mid:1\r\na=sendrecv\r\n\
+         a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n{video}\
+         a=ssrc-group:FID {}2 {}3\r\na=ssrc:{}2 cname:c\r\na=ssrc:{}3 cname:c\r\n",
+        pts(audio),
+        ufrag.len(),
+        pts(video),
+        ufrag.len(),
+        ufrag.len(),
+        ufrag.len(),
+        ufrag.len(),
+    )
+}
+
+#[test]
+fn payload_types_mean_one_format_in_each_subscriber_s_session_whatever_publishers_use() {
+    let mut sfu = sfu();
+    let opus = "opus/48000/2\r\na=fmtp:{} minptime=10;useinbandfec=1\r\n";
+    let with_pt =
+        |pt: u8, line: &str| format!("a=rtpmap:{pt} {}", line.replace("{}", &pt.to_string()));
+    // A hostile publisher: VP8 on the 111 every Chrome's Opus has, Opus on Chrome's VP8 96.
+    let hostile = offer_with(
+        "host1",
+        &with_pt(96, opus),
+        "a=rtpmap:111 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=111\r\n",
+    );
+    // A phone that sends only H.264, on the 96 that is VP8 in Chrome (Safari numbers so).
+    let phone = offer_with(
+        "phone1",
+        &with_pt(111, opus),
+        "a=rtpmap:96 H264/90000\r\na=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+         a=rtpmap:98 rtx/90000\r\na=fmtp:98 apt=96\r\n",
+    );
+    // And Chrome: Opus 111, VP8 96 with RTX 97, VP9 98 / 99, H.264 102 / 103.
+    let chrome = offer_with(
+        "chrome1",
+        &with_pt(111, opus),
+        "a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+         a=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\n\
+         a=rtpmap:99 rtx/90000\r\na=fmtp:99 apt=98\r\n\
+         a=rtpmap:102 H264/90000\r\n\
+         a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+         a=rtpmap:103 rtx/90000\r\na=fmtp:103 apt=102\r\n",
+    );
+    answer_to(&mut sfu, "hostile", &hostile);
+    answer_to(&mut sfu, "phone", &phone);
+    let (_, events) = answer_to(&mut sfu, "chrome", &chrome);
+    let offer = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Offer {
+                participant,
+                offer_sdp,
+            } if participant.0 == "chrome" => Some(offer_sdp.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no offer to chrome: {events:?}"));
+    // Every payload type of the bundled m-sections, with what it stands for.
+    let mut meaning: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut sending = 0;
+    // Chrome's own numbering first: the SFU's offer may not give its numbers other meanings.
+    for section in sections(&chrome).into_iter().chain(sections(&offer)) {
+        if section[0].starts_with("m=application") || section[0].split(' ').nth(1) == Some("0") {
+            continue;
+        }
+        sending += section.contains(&"a=sendonly") as usize;
+        for line in &section {
+            for prefix in ["a=rtpmap:", "a=fmtp:"] {
+                if let Some((pt, what)) = line.strip_prefix(prefix).and_then(|l| l.split_once(' '))
+                {
+                    let m = meaning.entry(pt.to_owned()).or_default();
+                    let what = format!("{prefix}{what}");
+                    if !m.contains(&what) {
+                        m.push(what);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        sending, 4,
+        "both publishers' audio and video offered: {offer}"
+    );
+    // The phone's H.264 is the H.264 Chrome numbered 102.
+    assert!(offer.contains("a=rtpmap:102 H264/90000"), "{offer}");
+    for (pt, what) in &meaning {
+        let rtpmaps = what.iter().filter(|w| w.starts_with("a=rtpmap")).count();
+        let fmtps = what.iter().filter(|w| w.starts_with("a=fmtp")).count();
+        assert!(
+            rtpmaps == 1 && fmtps <= 1,
+            "payload type {pt} means {what:?} in one session:\n{offer}"
+        );
+    }
+}

@@ -8,7 +8,9 @@ use crate::local_description::{
     self, EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC, LineContent,
     LineSpec, SdpKind, SendSource, TransportSpec,
 };
-use crate::participant::{ExtIds, LineRole, MediaLine, Participant, remember_extmap};
+use crate::participant::{
+    ExtIds, LineRole, MediaLine, Participant, remember_extmap, remember_format,
+};
 use crate::peer_transport::PeerTransport;
 use crate::remote_description::{RemoteDescription, SdpError};
 use crate::ssrc_routes::SsrcRoutes;
@@ -59,6 +61,7 @@ impl Sfu {
             lines: Vec::new(),
             ext: ExtIds::default(),
             offered_extmaps: Vec::new(),
+            offered_formats: Vec::new(),
             published: Vec::new(),
             ssrc_routes: SsrcRoutes::default(),
             subscriptions: Vec::new(),
@@ -105,6 +108,9 @@ impl Sfu {
             let p = self.participant_mut(idx);
             for (id, uri) in offer.media.iter().flat_map(|m| m.extmaps.iter()) {
                 remember_extmap(&mut p.offered_extmaps, *id, uri);
+            }
+            for codec in offer.media.iter().flat_map(|m| m.codecs.iter()) {
+                remember_format(&mut p.offered_formats, codec);
             }
             p.ext.audio_level = p.extmap_id(EXT_AUDIO_LEVEL);
             p.ext.mid = p.extmap_id(EXT_MID);
@@ -328,6 +334,7 @@ impl Sfu {
                                     });
                                 }
                                 let mut codec = t.codec.clone();
+                                codec.payload_type = s.payload_type;
                                 codec.rtx_payload_type = s.rtx_payload_type;
                                 LineContent::Media {
                                     kind: t.kind,

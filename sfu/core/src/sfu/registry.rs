@@ -2,6 +2,7 @@
 //! subscribes to which track, and what goes when a track or a participant does.
 
 use super::*;
+use crate::codec::CodecParams;
 use crate::local_description::{EXT_AUDIO_LEVEL, EXT_TRANSPORT_CC};
 use crate::participant::{LineRole, MediaLine, Participant};
 use crate::subscription::{OutStreamIds, Subscription, SubscriptionState};
@@ -52,6 +53,82 @@ impl Sfu {
         self.tracks[t].as_ref().expect("live track index")
     }
 
+    /// The payload types a subscription of `track` gets in the subscriber's session (and its
+    /// RTX's, for video). One BUNDLE session maps a payload type to one format across all its
+    /// m-lines (browsers refuse a description that does not: Chrome's "codec collision"), and
+    /// publishers number theirs as they like — Safari's 96 is H.264, Chrome's VP8, and a
+    /// hostile client may put VP8 on the 111 everyone's Opus has. So a format keeps the
+    /// number it already has in this session, else takes the one the subscriber's own offers
+    /// gave it, else the publisher's, else a free one — never one the session or the
+    /// subscriber's offers give another format. (The forwarding path writes each
+    /// subscription's own.) `None`: no number is free.
+    fn subscriber_payload_types(
+        &self,
+        subscriber: ParticipantIdx,
+        track: TrackIdx,
+    ) -> Option<(u8, Option<u8>)> {
+        let p = self.participant(subscriber);
+        let codec = &self.track(track).codec;
+        // What the session's m-lines in the BUNDLE (not the rejected ones) already use.
+        let mut used: Vec<(u8, PayloadUse)> = Vec::new();
+        let mut add = |c: &CodecParams, pt: u8, rtx: Option<u8>| {
+            used.push((pt, PayloadUse::Format(c.clone())));
+            if let Some(rtx) = rtx {
+                used.push((rtx, PayloadUse::Rtx { apt: pt }));
+            }
+        };
+        for line in &p.lines {
+            match &line.role {
+                LineRole::Publish { track } => {
+                    if let Some(t) = self.tracks[*track].as_ref() {
+                        add(&t.codec, t.codec.payload_type, t.codec.rtx_payload_type);
+                    }
+                }
+                LineRole::Subscribe { subscription } => {
+                    let s = &p.subscriptions[*subscription];
+                    if s.is_active()
+                        && let Some(t) = self.tracks[s.track].as_ref()
+                    {
+                        add(&t.codec, s.payload_type, s.rtx_payload_type);
+                    }
+                }
+                LineRole::Idle { codec, .. } => {
+                    add(codec, codec.payload_type, codec.rtx_payload_type);
+                }
+                LineRole::Data | LineRole::Rejected { .. } => {}
+            }
+        }
+        let offered: Vec<(u8, PayloadUse)> = p
+            .offered_formats
+            .iter()
+            .map(|c| (c.payload_type, PayloadUse::of(c)))
+            .collect();
+        let in_session = |pt: u8| used.iter().any(|(u, _)| *u == pt);
+        let taken = |pt: u8| in_session(pt) || offered.iter().any(|(u, _)| *u == pt);
+        let free = |except: Option<u8>| {
+            (96..=127u8)
+                .chain(35..=63)
+                .find(|&pt| !taken(pt) && Some(pt) != except)
+        };
+        let first = |uses: &[(u8, PayloadUse)], want: &dyn Fn(&PayloadUse) -> bool| {
+            uses.iter().find(|(_, u)| want(u)).map(|(pt, _)| *pt)
+        };
+        let is_codec = |u: &PayloadUse| matches!(u, PayloadUse::Format(c) if c.same_format(codec));
+        let pt = first(&used, &is_codec)
+            .or_else(|| first(&offered, &is_codec).filter(|&pt| !in_session(pt)))
+            .or_else(|| (!taken(codec.payload_type)).then_some(codec.payload_type))
+            .or_else(|| free(None))?;
+        if self.track(track).kind == MediaKind::Audio {
+            return Some((pt, None));
+        }
+        let is_rtx = |u: &PayloadUse| matches!(u, PayloadUse::Rtx { apt } if *apt == pt);
+        let rtx = first(&used, &is_rtx)
+            .or_else(|| first(&offered, &is_rtx).filter(|&r| !in_session(r) && r != pt))
+            .or_else(|| codec.rtx_payload_type.filter(|&r| !taken(r) && r != pt))
+            .or_else(|| free(Some(pt)))?;
+        Some((pt, Some(rtx)))
+    }
+
     pub(super) fn subscribe(&mut self, subscriber: ParticipantIdx, track: TrackIdx) -> bool {
         let p = self.participant(subscriber);
         if p.subscriptions
@@ -81,13 +158,9 @@ impl Sfu {
         let ssrc = self.new_ssrc();
         let rtx_ssrc = self.new_ssrc();
         let seed = self.new_ssrc();
-        let (pt, rtx_pt, kind) = {
-            let t = self.track(track);
-            let rtx = match t.kind {
-                MediaKind::Video => Some(t.codec.subscriber_rtx_payload_type()),
-                MediaKind::Audio => None,
-            };
-            (t.codec.payload_type, rtx, t.kind)
+        let Some((pt, rtx_pt)) = self.subscriber_payload_types(subscriber, track) else {
+            self.counters.subscriptions_refused += 1;
+            return false;
         };
         let p = self.participant_mut(subscriber);
         p.ext.transport_cc = p.ensure_extmap_id(EXT_TRANSPORT_CC);
@@ -110,7 +183,11 @@ impl Sfu {
         };
         let mut subscription = Subscription::new(track, kind, mid.clone(), ids, seed);
         subscription.preferred = self.participant(subscriber).preferred_layer;
-        subscription.rtpmap = self.track(track).codec.rtpmap();
+        subscription.rtpmap = CodecParams {
+            payload_type: pt,
+            ..self.track(track).codec.clone()
+        }
+        .rtpmap();
         if let (Some(t), Some(now)) = (self.tracks[track].as_ref(), self.clock) {
             subscription.target_layer =
                 t.choose_layer(subscription.layer_limit(t.layers.len()), now);
@@ -291,5 +368,29 @@ impl Sfu {
             reason,
             session: p.session,
         });
+    }
+}
+
+/// What a payload type stands for in one session's m-lines.
+enum PayloadUse {
+    Format(CodecParams),
+    Rtx { apt: u8 },
+}
+
+impl PayloadUse {
+    fn of(c: &CodecParams) -> Self {
+        if c.name.eq_ignore_ascii_case("rtx") {
+            let apt = c
+                .fmtp
+                .split(';')
+                .find_map(|kv| kv.trim().strip_prefix("apt="))
+                .and_then(|v| v.parse().ok());
+            // (An RTX without a readable apt repairs nothing: it still holds its number.)
+            Self::Rtx {
+                apt: apt.unwrap_or(u8::MAX),
+            }
+        } else {
+            Self::Format(c.clone())
+        }
     }
 }
