@@ -267,7 +267,9 @@ async function connectMedia(restart) {
   dc.onmessage = (ev) => {
     let msg;
     try { msg = JSON.parse(ev.data); } catch { return; }
+    // (The last few, for tests and diagnostics: a page open for hours keeps no more.)
     state.dataMessages.push(msg);
+    if (state.dataMessages.length > 50) state.dataMessages.shift();
     if (msg.type === "hand" && typeof msg.from === "string") {
       const tile = state.tiles.get(msg.from);
       if (tile) tile.fig.classList.toggle("hand", !!msg.raised);

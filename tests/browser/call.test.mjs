@@ -54,6 +54,22 @@ async function twoBrowserCall(server, browserArgs = []) {
       return { ok, msgs };
     }, { timeout: 15000, interval: 1000, what: "the patient receiving the raised hand" });
     assert.equal(got.msgs[0].from, await a.evaluate(() => window.hcState.participant));
+    // A sender that floods the channel is relayed at the SFU's rate (a burst of 20, then 10 a
+    // second), not at its own: the others' downlinks are for their video.
+    await b.evaluate(() => {
+      window.floodReceived = 0;
+      window.hcState.dc.addEventListener("message", (e) => { if (e.data.includes('"flood"')) window.floodReceived++; });
+    });
+    const floodSent = await a.evaluate(() => {
+      let n = 0;
+      for (let i = 0; i < 200; i++) n += window.hcState.sendData({ type: "flood", n: i }) ? 1 : 0;
+      return n;
+    });
+    await new Promise((r) => setTimeout(r, 3000));
+    const floodReceived = await b.evaluate(() => window.floodReceived);
+    console.log(`data channel flood: ${floodSent} sent at once, ${floodReceived} relayed within 3 s`);
+    assert.equal(floodSent, 200);
+    assert.ok(floodReceived >= 10 && floodReceived <= 50, `${floodReceived} of 200 relayed`);
     // The remote tile carries the other participant's media, not our own loopback.
     const tiles = await a.evaluate(() => [...window.hcState.tiles.keys()]);
     assert.equal(tiles.length, 1, "the clinician sees exactly one remote participant");

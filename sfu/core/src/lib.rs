@@ -11,6 +11,7 @@ pub mod bitrate_meter;
 pub mod codec;
 pub mod counters;
 pub mod data_channel_link;
+pub mod data_relay_budget;
 pub mod deadline_queue;
 pub mod delay_trend;
 pub mod downlink;

@@ -2,6 +2,7 @@
 
 use crate::arena::TrackIdx;
 use crate::codec::CodecParams;
+use crate::data_relay_budget::DataRelayBudget;
 use crate::downlink::Downlink;
 use crate::peer_transport::PeerTransport;
 use crate::remote_description::RemoteCodec;
@@ -70,6 +71,8 @@ pub struct Participant {
     pub permissions: Permissions,
     pub lines: Vec<MediaLine>,
     pub ext: ExtIds,
+    /// What it may still have relayed on data channels (messages and bytes a second).
+    pub data_budget: DataRelayBudget,
     /// Extension ids the participant's browser uses, by URI, so SFU offers reuse them.
     pub offered_extmaps: Vec<(u8, String)>,
     /// The formats the participant's offers numbered (every codec of every m-line, one per

@@ -263,6 +263,10 @@ impl Sfu {
                 self.counters.dropped_blocked += 1;
                 continue;
             }
+            if !p.data_budget.take(now, msg.data.len()) {
+                self.counters.data_messages_dropped += 1;
+                continue;
+            }
             let room = p.room.clone();
             let members = self.room_members(&room);
             for m in members {
@@ -285,7 +289,6 @@ impl Sfu {
     }
 }
 
-/// Decides which of a participant's datagrams matter; keeps ufrag parsing out of the hot path.
 /// Takes `idx` off the sessions that checked `addr`.
 pub(super) fn forget_probed_addr(
     by_probe_addr: &mut FxHashMap<SocketAddr, Vec<ParticipantIdx>>,
@@ -305,6 +308,7 @@ fn stun_transaction_id(datagram: &[u8]) -> Option<[u8; 12]> {
     datagram.get(8..20)?.try_into().ok()
 }
 
+/// Decides which of a participant's datagrams matter; keeps ufrag parsing out of the hot path.
 fn stun_username_ufrag(datagram: &[u8]) -> Option<&str> {
     // RFC 5389: 20-byte header, then TLV attributes; USERNAME is 0x0006 ("ours:theirs").
     if datagram.len() < 20 || datagram[4..8] != [0x21, 0x12, 0xa4, 0x42] {

@@ -62,6 +62,7 @@ impl Sfu {
             ext: ExtIds::default(),
             offered_extmaps: Vec::new(),
             offered_formats: Vec::new(),
+            data_budget: Default::default(),
             published: Vec::new(),
             ssrc_routes: SsrcRoutes::default(),
             subscriptions: Vec::new(),
