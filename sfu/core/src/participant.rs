@@ -2,7 +2,6 @@
 
 use crate::arena::TrackIdx;
 use crate::codec::CodecParams;
-use crate::data_relay_budget::DataRelayBudget;
 use crate::downlink::Downlink;
 use crate::peer_transport::PeerTransport;
 use crate::remote_description::RemoteCodec;
@@ -10,6 +9,7 @@ use crate::replay_window::ReplayWindow;
 use crate::srtp_context::SrtpContext;
 use crate::ssrc_routes::SsrcRoutes;
 use crate::subscription::Subscription;
+use crate::token_bucket::{DataRelayBudget, TokenBucket};
 use crate::twcc_feedback::TwccRecorder;
 use sfu_proto::{MediaKind, ParticipantId, Permissions, RoomId, VideoLayer};
 use std::collections::HashMap;
@@ -73,6 +73,9 @@ pub struct Participant {
     pub ext: ExtIds,
     /// What it may still have relayed on data channels (messages and bytes a second).
     pub data_budget: DataRelayBudget,
+    /// Connectivity checks of its client the SFU may still handle (each costs two HMACs, an
+    /// answer, and maybe a check of ours, to whatever source it claims).
+    pub stun_budget: TokenBucket,
     /// Extension ids the participant's browser uses, by URI, so SFU offers reuse them.
     pub offered_extmaps: Vec<(u8, String)>,
     /// The formats the participant's offers numbered (every codec of every m-line, one per

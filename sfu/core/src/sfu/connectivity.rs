@@ -53,14 +53,22 @@ impl Sfu {
         // prove an address before media goes there) carry none, and are routed by their
         // transaction id, not by where they come from: another session may have had the SFU
         // check that address too.
-        let idx = match stun_username_ufrag(buf) {
-            Some(ufrag) => self.by_ufrag.get(ufrag).copied(),
-            None => stun_transaction_id(buf).and_then(|txn| self.by_probe_txn.get(&txn).copied()),
+        let (idx, check) = match stun_username_ufrag(buf) {
+            Some(ufrag) => (self.by_ufrag.get(ufrag).copied(), true),
+            None => (
+                stun_transaction_id(buf).and_then(|txn| self.by_probe_txn.get(&txn).copied()),
+                false,
+            ),
         };
         let Some(idx) = idx else {
             self.counters.dropped_unknown_source += 1;
             return;
         };
+        // (Answers to our own checks come no faster than we send them.)
+        if check && !self.participant_mut(idx).stun_budget.take(now, 1.0) {
+            self.counters.stun_refused += 1;
+            return;
+        }
         if !self
             .participant_mut(idx)
             .transport

@@ -1,0 +1,129 @@
+//! A token bucket: a rate and the burst allowed above it. What one participant may make the SFU
+//! do on its own input — relay data channel messages to everyone in the room (they bypass the
+//! bandwidth estimate and the pacer, so one sender without a limit could crowd out the others'
+//! video), or answer connectivity checks (two HMACs each, and an answer and a check of ours to
+//! whatever source address the check claims).
+
+use std::time::Instant;
+
+/// Data channel messages a sender may have relayed: a second's worth, and the burst.
+pub const DATA_MESSAGES_PER_SECOND: f64 = 10.0;
+pub const DATA_MESSAGES_BURST: f64 = 20.0;
+/// Data channel bytes a sender may have relayed (256 kbit/s), and the burst.
+pub const DATA_BYTES_PER_SECOND: f64 = 32.0 * 1024.0;
+pub const DATA_BYTES_BURST: f64 = 64.0 * 1024.0;
+/// Connectivity checks a session's client may have handled: far above what an ICE agent sends
+/// (a check per pair every 50 ms or so while it connects — a few pairs: host, reflexive and
+/// relayed candidates to the SFU's UDP and TCP ones — then consent every few seconds).
+pub const STUN_CHECKS_PER_SECOND: f64 = 100.0;
+pub const STUN_CHECKS_BURST: f64 = 200.0;
+
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// What is available at `now`.
+    pub fn available(&mut self, now: Instant) -> f64 {
+        if let Some(last) = self.last {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        }
+        self.last = Some(now);
+        self.tokens
+    }
+
+    /// Takes `amount` if available at `now`.
+    pub fn take(&mut self, now: Instant, amount: f64) -> bool {
+        if self.available(now) < amount {
+            return false;
+        }
+        self.tokens -= amount;
+        true
+    }
+}
+
+/// What a participant may still have relayed on data channels: messages and bytes.
+#[derive(Debug, Clone)]
+pub struct DataRelayBudget {
+    messages: TokenBucket,
+    bytes: TokenBucket,
+}
+
+impl Default for DataRelayBudget {
+    fn default() -> Self {
+        Self {
+            messages: TokenBucket::new(DATA_MESSAGES_PER_SECOND, DATA_MESSAGES_BURST),
+            bytes: TokenBucket::new(DATA_BYTES_PER_SECOND, DATA_BYTES_BURST),
+        }
+    }
+}
+
+impl DataRelayBudget {
+    /// Whether a message of `len` bytes may be relayed now; takes it from both if so.
+    pub fn take(&mut self, now: Instant, len: usize) -> bool {
+        let len = len as f64;
+        if self.messages.available(now) < 1.0 || self.bytes.available(now) < len {
+            return false;
+        }
+        self.messages.take(now, 1.0) && self.bytes.take(now, len)
+    }
+}
+
+#[cfg(test)]
+// Tests start virtual time at one real instant.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_burst_then_the_rate_in_messages_and_in_bytes() {
+        let t0 = Instant::now();
+        let mut b = DataRelayBudget::default();
+        // Small messages: 20 at once, then 10 a second.
+        let taken = (0..100).filter(|_| b.take(t0, 40)).count();
+        assert_eq!(taken, 20);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..100).filter(|_| b.take(t1, 40)).count(), 10);
+        // Large ones: 64 KiB at once, then 32 KiB a second, whatever the message count.
+        let mut b = DataRelayBudget::default();
+        assert_eq!((0..100).filter(|_| b.take(t0, 16 * 1024)).count(), 4);
+        let t2 = t0 + Duration::from_secs(2);
+        assert_eq!((0..100).filter(|_| b.take(t2, 16 * 1024)).count(), 4);
+        // A raised hand every few seconds never meets the limit.
+        let mut b = DataRelayBudget::default();
+        assert!((0..1000).all(|i| b.take(t0 + Duration::from_secs(3 * i), 60)));
+    }
+
+    #[test]
+    fn checks_at_an_agent_s_pace_pass_and_a_flood_is_held_to_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST);
+        // Eight candidate pairs checked every 50 ms for 1.5 s while the agent connects, then
+        // each every 2.5 s (consent) for 10 s: all pass...
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let connecting = (0..30u64).flat_map(|i| (0..8).map(move |_| i * 50));
+        let consent = (1..=4u64).flat_map(|i| (0..8).map(move |_| 1_500 + i * 2_500));
+        let sent: Vec<u64> = connecting.chain(consent).collect();
+        let passed = sent.iter().filter(|&&at| b.take(ms(at), 1.0)).count();
+        assert_eq!(passed, sent.len());
+        // ...and of a flood of 10,000 in one instant a while later, the burst does.
+        let flood = (0..10_000).filter(|_| b.take(ms(20_000), 1.0)).count();
+        assert_eq!(flood, 200);
+    }
+}
