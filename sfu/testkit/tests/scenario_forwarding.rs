@@ -146,9 +146,9 @@ fn uplink_loss_is_repaired_and_every_subscriber_sees_continuous_sequences() {
     assert_eq!(net.peers[1].retransmissions_sent, 0);
 }
 
-#[test]
-fn downlink_loss_is_repaired_from_the_sfu_cache() {
-    let mut net = two_publishers_three_subscribers(11);
+/// The network of `two_publishers_three_subscribers` with sub-c's downlink losing 5 %.
+fn sub_c_on_a_lossy_downlink(seed: u64) -> SimNetwork {
+    let mut net = two_publishers_three_subscribers(seed);
     net.set_downlink(
         2,
         Link {
@@ -157,35 +157,50 @@ fn downlink_loss_is_repaired_from_the_sfu_cache() {
             ..Link::default()
         },
     );
-    let mut tick = 0;
-    let line_ssrc = |net: &SimNetwork| {
-        net.peers[2]
-            .incoming_from("pub-a", MediaKind::Video)
-            .map(|l| l.ssrc)
+    net
+}
+
+/// The SSRC on which `peer` receives pub-a's video.
+fn pub_a_video(net: &SimNetwork, peer: usize) -> Option<u32> {
+    net.peers[peer]
+        .incoming_from("pub-a", MediaKind::Video)
+        .map(|l| l.ssrc)
+}
+
+/// `peer` NACKs the holes in pub-a's video, as a browser does; returns how many.
+fn nack_holes(net: &mut SimNetwork, peer: usize) -> usize {
+    let Some(ssrc) = pub_a_video(net, peer) else {
+        return 0;
     };
+    let missing = net.peers[peer].missing(ssrc);
+    if !missing.is_empty() {
+        net.peers[peer].send_nack(ssrc, &missing);
+    }
+    missing.len()
+}
+
+/// Half a second of NACKs for what is still missing, media stopped.
+fn repair_the_rest(net: &mut SimNetwork, peer: usize) {
+    for _ in 0..10 {
+        nack_holes(net, peer);
+        net.run(Duration::from_millis(50), |_| {});
+    }
+}
+
+#[test]
+fn downlink_loss_is_repaired_from_the_sfu_cache() {
+    let mut net = sub_c_on_a_lossy_downlink(11);
+    let mut tick = 0;
     let mut nacked = 0;
     net.run(Duration::from_secs(5), |n| {
         send_media(n, &[0, 1], &mut tick);
         // The subscriber NACKs its holes every 20 ms, as a browser would.
-        if tick.is_multiple_of(20)
-            && let Some(ssrc) = line_ssrc(n)
-        {
-            let missing = n.peers[2].missing(ssrc);
-            if !missing.is_empty() {
-                nacked += missing.len();
-                n.peers[2].send_nack(ssrc, &missing);
-            }
+        if tick.is_multiple_of(20) {
+            nacked += nack_holes(n, 2);
         }
     });
-    for _ in 0..10 {
-        let ssrc = line_ssrc(&net).expect("line");
-        let missing = net.peers[2].missing(ssrc);
-        if !missing.is_empty() {
-            net.peers[2].send_nack(ssrc, &missing);
-        }
-        net.run(Duration::from_millis(50), |_| {});
-    }
-    let ssrc = line_ssrc(&net).expect("line");
+    repair_the_rest(&mut net, 2);
+    let ssrc = pub_a_video(&net, 2).expect("line");
     assert!(nacked > 0, "the lossy downlink caused NACKs");
     assert!(
         net.sfu.counters.retransmissions_out > 0,
@@ -210,26 +225,13 @@ fn downlink_loss_is_repaired_from_the_sfu_cache() {
 /// resends are capped per subscriber and packet, not per packet for all.
 #[test]
 fn a_subscriber_that_nacks_everything_uses_up_no_one_elses_repairs() {
-    let mut net = two_publishers_three_subscribers(12);
-    net.set_downlink(
-        2,
-        Link {
-            loss: 0.05,
-            delay: Duration::from_millis(15),
-            ..Link::default()
-        },
-    );
+    let mut net = sub_c_on_a_lossy_downlink(12);
     let mut tick = 0;
-    let line_ssrc = |net: &SimNetwork, peer: usize| {
-        net.peers[peer]
-            .incoming_from("pub-a", MediaKind::Video)
-            .map(|l| l.ssrc)
-    };
     let mut hostile_nacks = 0;
     net.run(Duration::from_secs(5), |n| {
         send_media(n, &[0, 1], &mut tick);
         // sub-d asks again for the packets it just got, three times each, every millisecond.
-        if let Some(ssrc) = line_ssrc(n, 3)
+        if let Some(ssrc) = pub_a_video(n, 3)
             && let Some(got) = n.peers[3].received.get(&ssrc)
         {
             let recent: Vec<u16> = got.iter().rev().take(4).map(|p| p.seq).collect();
@@ -238,24 +240,12 @@ fn a_subscriber_that_nacks_everything_uses_up_no_one_elses_repairs() {
                 hostile_nacks += recent.len();
             }
         }
-        if tick.is_multiple_of(20)
-            && let Some(ssrc) = line_ssrc(n, 2)
-        {
-            let missing = n.peers[2].missing(ssrc);
-            if !missing.is_empty() {
-                n.peers[2].send_nack(ssrc, &missing);
-            }
+        if tick.is_multiple_of(20) {
+            nack_holes(n, 2);
         }
     });
-    for _ in 0..10 {
-        let ssrc = line_ssrc(&net, 2).expect("line");
-        let missing = net.peers[2].missing(ssrc);
-        if !missing.is_empty() {
-            net.peers[2].send_nack(ssrc, &missing);
-        }
-        net.run(Duration::from_millis(50), |_| {});
-    }
-    let ssrc = line_ssrc(&net, 2).expect("line");
+    repair_the_rest(&mut net, 2);
+    let ssrc = pub_a_video(&net, 2).expect("line");
     assert!(hostile_nacks > 10_000, "{hostile_nacks}");
     assert_eq!(
         net.peers[2].missing(ssrc),
@@ -263,7 +253,7 @@ fn a_subscriber_that_nacks_everything_uses_up_no_one_elses_repairs() {
         "all of sub-c's holes repaired"
     );
     // And sub-d got at most three resends of any packet.
-    let hostile = line_ssrc(&net, 3).expect("line");
+    let hostile = pub_a_video(&net, 3).expect("line");
     let mut repaired: std::collections::HashMap<u16, usize> = Default::default();
     for p in net.peers[3].received[&hostile]
         .iter()

@@ -114,6 +114,20 @@ fn answer_to(sfu: &mut Sfu, who: &str, offer: &str) -> (String, Vec<Event>) {
     (answer, events)
 }
 
+/// The SFU's offer to `who` among `events`.
+fn offer_to(events: &[Event], who: &str) -> String {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::Offer {
+                participant,
+                offer_sdp,
+            } if participant.0 == who => Some(offer_sdp.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no offer to {who}: {events:?}"))
+}
+
 /// The m-sections of an SDP, each as its lines.
 fn sections(sdp: &str) -> Vec<Vec<&str>> {
     let mut out: Vec<Vec<&str>> = Vec::new();
@@ -232,32 +246,8 @@ fn a_client_mid_at_the_top_of_the_range_leaves_the_sfu_free_mids_for_its_own_lin
     let (answer, _) = answer_to(&mut sfu, "patient", &high);
     assert!(answer.contains("a=mid:4294967294\r\n"), "{answer}");
     // A publisher joins: the patient is given lines for its audio and video.
-    let mut out = TransmitBatch::with_capacity(8);
-    sfu.handle_command(
-        Instant::now(),
-        Command::AddParticipant {
-            room: RoomId("r".into()),
-            participant: ParticipantId("clinician".into()),
-            offer_sdp: FIREFOX_OFFER.into(),
-            session: 2,
-            permissions: Permissions {
-                publish: true,
-                subscribe: true,
-            },
-        },
-        &mut out,
-    );
-    let events: Vec<Event> = std::iter::from_fn(|| sfu.poll_event()).collect();
-    let offer = events
-        .iter()
-        .find_map(|e| match e {
-            Event::Offer {
-                participant,
-                offer_sdp,
-            } if participant.0 == "patient" => Some(offer_sdp.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no offer to the patient: {events:?}"));
+    let (_, events) = answer_to(&mut sfu, "clinician", FIREFOX_OFFER);
+    let offer = offer_to(&events, "patient");
     let mids: Vec<&str> = offer
         .lines()
         .filter_map(|l| l.strip_prefix("a=mid:"))
@@ -330,16 +320,7 @@ fn payload_types_mean_one_format_in_each_subscriber_s_session_whatever_publisher
     answer_to(&mut sfu, "hostile", &hostile);
     answer_to(&mut sfu, "phone", &phone);
     let (_, events) = answer_to(&mut sfu, "chrome", &chrome);
-    let offer = events
-        .iter()
-        .find_map(|e| match e {
-            Event::Offer {
-                participant,
-                offer_sdp,
-            } if participant.0 == "chrome" => Some(offer_sdp.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no offer to chrome: {events:?}"));
+    let offer = offer_to(&events, "chrome");
     // Every payload type of the bundled m-sections, with what it stands for.
     let mut meaning: std::collections::HashMap<String, Vec<String>> = Default::default();
     let mut sending = 0;
