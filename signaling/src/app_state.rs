@@ -30,6 +30,9 @@ pub struct AppState {
     pub refusals: TokenRefusals,
     /// A join WebSocket silent this long (no message, no pong) is closed.
     pub ws_idle: std::time::Duration,
+    /// A request's body must have arrived within this (as its headers, `http.header_timeout_secs`):
+    /// a body sent a byte at a time would otherwise hold its connection's place for good.
+    pub body_timeout: std::time::Duration,
     /// Photos shared in meetings, in memory only.
     pub images: crate::image_store::ImageStore,
     /// Participants of dropped WebSockets, kept for a resume, and the live ones' keys.

@@ -100,16 +100,32 @@ pub enum Start {
     Carried(CarriedSession),
 }
 
+/// How long one message may take to reach the socket. A client that stops reading (its
+/// buffers full: a zero TCP window) would otherwise hold its connection task, socket and
+/// place for good, out of reach of the idle check and of a `replaced` close; past this it
+/// counts as dropped.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Sends one message within `SEND_TIMEOUT`; an error or a timeout is a failure.
+async fn send_within(sink: &mut (impl SinkExt<Message> + Unpin), msg: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
 /// Closes a connection that could not start with a `closing` message and code 4006.
 async fn refuse_start(sink: &mut (impl SinkExt<Message> + Unpin), code: &str, message: &str) {
     let msg = json!({"type": "closing", "reason": code, "message": message});
-    let _ = sink.send(Message::Text(msg.to_string().into())).await;
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
+    let _ = send_within(sink, Message::Text(msg.to_string().into())).await;
+    let _ = send_within(
+        sink,
+        Message::Close(Some(CloseFrame {
             code: 4006,
             reason: code.to_owned().into(),
-        })))
-        .await;
+        })),
+    )
+    .await;
 }
 
 const AUDIT_UNAVAILABLE: &str = "Det gick inte att ansluta just nu. Försök igen om en stund.";
@@ -195,8 +211,7 @@ pub async fn connection(
         .map(|t| t.credentials(id.as_str(), std::time::SystemTime::now()))
         .collect();
     let msg = json!({"type": "ice_servers", "ice_servers": ice_servers});
-    if sink
-        .send(Message::Text(msg.to_string().into()))
+    if send_within(&mut sink, Message::Text(msg.to_string().into()))
         .await
         .is_err()
     {
@@ -210,7 +225,7 @@ pub async fn connection(
     let (mut out_rx, mut sdp_budget) = match resumed {
         Some(p) => {
             let msg = json!({"type": "resumed", "participant": id});
-            let _ = sink.send(Message::Text(msg.to_string().into())).await;
+            let _ = send_within(&mut sink, Message::Text(msg.to_string().into())).await;
             tracing::info!(participant = %id, meeting = %room.id, "resumed");
             (p.outbox, p.sdp_budget)
         }
@@ -293,8 +308,7 @@ pub async fn connection(
     );
     let msg =
         json!({"type": "resume_key", "key": resume_key, "window_secs": RESUME_WINDOW.as_secs()});
-    if sink
-        .send(Message::Text(msg.to_string().into()))
+    if send_within(&mut sink, Message::Text(msg.to_string().into()))
         .await
         .is_err()
     {
@@ -329,25 +343,25 @@ pub async fn connection(
                 if last_heard.elapsed() >= state.ws_idle {
                     let msg = json!({"type": "closing", "reason": "idle",
                                      "message": "Anslutningen var tyst för länge. Anslut igen."});
-                    let _ = sink.send(Message::Text(msg.to_string().into())).await;
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 4007, reason: "idle".into() }))).await;
+                    let _ = send_within(&mut sink, Message::Text(msg.to_string().into())).await;
+                    let _ = send_within(&mut sink, Message::Close(Some(CloseFrame { code: 4007, reason: "idle".into() }))).await;
                     closed = true;
                     break;
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if send_within(&mut sink, Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
             }
             out = out_rx.recv() => match out {
                 Some(Outbound::Text(text)) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
+                    if send_within(&mut sink, Message::Text(text.into())).await.is_err() {
                         break;
                     }
                 }
                 Some(Outbound::Close { code, message }) => {
                     let reason = message["reason"].as_str().unwrap_or("closed").to_owned();
-                    let _ = sink.send(Message::Text(message.to_string().into())).await;
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    let _ = send_within(&mut sink, Message::Text(message.to_string().into())).await;
+                    let _ = send_within(&mut sink, Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
                     closed = true;
                     break;
                 }
@@ -365,8 +379,8 @@ pub async fn connection(
                             // RFC 6455 §7.4.1: 1009, the message is too big to process.
                             let msg = json!({"type": "closing", "reason": "message_too_large",
                                              "message": format!("a message is at most {} KiB", MAX_MESSAGE_BYTES / 1024)});
-                            let _ = sink.send(Message::Text(msg.to_string().into())).await;
-                            let _ = sink.send(Message::Close(Some(CloseFrame { code: 1009, reason: "message too large".into() }))).await;
+                            let _ = send_within(&mut sink, Message::Text(msg.to_string().into())).await;
+                            let _ = send_within(&mut sink, Message::Close(Some(CloseFrame { code: 1009, reason: "message too large".into() }))).await;
                             closed = true;
                         }
                         break;
@@ -379,7 +393,7 @@ pub async fn connection(
                     // Dropped: a network change or loss of coverage.
                     None => break,
                     Some(Ok(Message::Binary(_))) => {
-                        let _ = sink.send(Message::Text(error_text("bad_message", "binary messages are not used").into())).await;
+                        let _ = send_within(&mut sink, Message::Text(error_text("bad_message", "binary messages are not used").into())).await;
                         continue;
                     }
                     Some(Ok(_)) => continue,
@@ -392,15 +406,18 @@ pub async fn connection(
                     }
                     Ok(m) => {
                         if let Some(reply) = handle(&state, &id, m, &mut sdp_budget).await
-                            && sink.send(Message::Text(reply.into())).await.is_err()
+                            && send_within(&mut sink, Message::Text(reply.into())).await.is_err()
                         {
                             break;
                         }
                     }
                     // Reported to this client only; nobody else is affected.
                     Err(e) => {
-                        let reply = error_text("bad_message", &format!("unreadable message: {e}"));
-                        if sink.send(Message::Text(reply.into())).await.is_err() {
+                        // (Its first 200 characters: serde quotes what it could not read,
+                        // which may be most of the message.)
+                        let why: String = e.to_string().chars().take(200).collect();
+                        let reply = error_text("bad_message", &format!("unreadable message: {why}"));
+                        if send_within(&mut sink, Message::Text(reply.into())).await.is_err() {
                             break;
                         }
                     }
@@ -447,13 +464,15 @@ pub async fn connection(
     if explicit_leave {
         // A leave the client asked for ends cleanly: a last word and a normal close.
         let msg = json!({"type": "closing", "reason": "left", "message": "Du har lämnat besöket."});
-        let _ = sink.send(Message::Text(msg.to_string().into())).await;
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
+        let _ = send_within(&mut sink, Message::Text(msg.to_string().into())).await;
+        let _ = send_within(
+            &mut sink,
+            Message::Close(Some(CloseFrame {
                 code: 1000,
                 reason: "left".into(),
-            })))
-            .await;
+            })),
+        )
+        .await;
     }
     let _ = sink.close().await;
 }
@@ -665,4 +684,38 @@ fn checked_sdp(sdp: &str, budget: &mut MessageBudget) -> Result<RemoteDescriptio
         return Err(request_error(RequestError::SdpRate));
     }
     RemoteDescription::parse(sdp).map_err(|e| error_text("bad_sdp", &e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A socket whose reader stopped reading: nothing it is given ever leaves.
+    struct Stalled;
+
+    impl futures_util::Sink<Message> for Stalled {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), ()> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_to_a_reader_that_stopped_gives_up_after_the_send_timeout() {
+        let started = tokio::time::Instant::now();
+        let sent = send_within(&mut Stalled, Message::Text("x".into())).await;
+        assert!(sent.is_err());
+        assert_eq!(started.elapsed(), SEND_TIMEOUT);
+    }
 }

@@ -27,6 +27,18 @@ struct Open {
     by_source: HashMap<IpAddr, usize>,
 }
 
+/// The source a connection (or a refused token) counts against: an IPv4 address, or an IPv6
+/// /64 — one subscriber's whole prefix, from which a single host can use any address.
+pub fn counted_source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Holds one counted connection; dropping it frees the place.
 #[derive(Debug)]
 pub struct ConnectionSlot {
@@ -58,7 +70,7 @@ impl ConnectionLimits {
 
     /// A place for a new connection from `source`, unless a cap is reached.
     pub fn admit(self: &Arc<Self>, source: IpAddr) -> Option<ConnectionSlot> {
-        let source = source.to_canonical();
+        let source = counted_source(source);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let from_source = open.by_source.get(&source).copied().unwrap_or(0);
         if open.total >= self.max_total || from_source >= self.max_per_source {
@@ -176,5 +188,22 @@ mod tests {
         drop(a1);
         assert_eq!(limits.open_connections(), 2);
         assert!(limits.admit(b).is_some());
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_whole_64() {
+        let limits = ConnectionLimits::new(100, 2);
+        let _first = limits.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let _second = limits
+            .admit("2001:db8:1:2:ffff::9".parse().unwrap())
+            .unwrap();
+        // Any other address of the prefix is the same source...
+        assert!(
+            limits
+                .admit("2001:db8:1:2:abcd::3".parse().unwrap())
+                .is_none()
+        );
+        // ...and the next prefix another.
+        assert!(limits.admit("2001:db8:1:3::1".parse().unwrap()).is_some());
     }
 }

@@ -1165,6 +1165,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ws_idle: std::time::Duration::from_secs(
             args.ws_idle_secs.or(http.ws_idle_secs).unwrap_or(45).max(3),
         ),
+        body_timeout: header_timeout,
         // Photos shared in meetings, all together at most this much memory.
         images: signaling::image_store::ImageStore::new(64 * 1024 * 1024),
         resume: Default::default(),

@@ -71,7 +71,13 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE_CSS) }),
         )
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/join", post(join_check))
+        .route(
+            "/join",
+            post(join_check).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                body_within,
+            )),
+        )
         .route("/ws", get(ws_upgrade))
         .merge(
             crate::image_sharing::routes().layer(axum::middleware::from_fn_with_state(
@@ -86,7 +92,13 @@ fn internal_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/healthz", get(|| async { "ok" }))
         // What another replica relays here (its secret checked): joins of meetings this one
         // owns.
-        .route("/relay/join", post(join_check))
+        .route(
+            "/relay/join",
+            post(join_check).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                body_within,
+            )),
+        )
         .route("/relay/ws", get(ws_upgrade))
         .nest(
             "/relay",
@@ -98,11 +110,45 @@ fn internal_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(
-            crate::meetings_api::routes().layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                crate::meetings_api::to_owner,
-            )),
+            crate::meetings_api::routes()
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::meetings_api::to_owner,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    body_within,
+                )),
         )
+}
+
+/// Largest body of the routes that read a small one (a join check, a meetings API call).
+const SMALL_BODY_BYTES: usize = 256 * 1024;
+
+/// For routes that read a small body (photos have a time of their own, `image_sharing`): the
+/// body is read whole within `AppState::body_timeout`, else the request is answered 408 and
+/// the connection closed — not drained for as long as the client trickles.
+async fn body_within(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, SMALL_BODY_BYTES);
+    let (status, code) = match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(Ok(bytes)) => {
+            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            return next.run(request).await;
+        }
+        Ok(Err(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+    };
+    (
+        status,
+        [(header::CONNECTION, "close")],
+        Json(json!({"error": code})),
+    )
+        .into_response()
 }
 
 /// What every response tells the browser: load scripts, styles and connections from this
@@ -263,11 +309,23 @@ impl AppState {
         };
         match checked {
             Ok(room) => Ok((session, room)),
-            Err(r) => {
-                let mut event = session_event("join_refused", &session, None);
-                event.code = Some(r.code().into());
-                Err(self.refuse(event, &r).await)
-            }
+            // Under a budget per subject: a valid token asked again and again for a meeting
+            // it may not enter (another meeting, denied, not open yet) would otherwise write an
+            // fsynced line each time. The first of an interval is written, the rest counted in
+            // the subject's summary line, and past the budget, 429.
+            Err(r) => match self.refusals.refused_subject(
+                &session.claims.sub,
+                r.code(),
+                std::time::Instant::now(),
+            ) {
+                RefusalVerdict::Record => {
+                    let mut event = session_event("join_refused", &session, None);
+                    event.code = Some(r.code().into());
+                    Err(self.refuse(event, &r).await)
+                }
+                RefusalVerdict::Counted => Err(refusal(&r)),
+                RefusalVerdict::Limited => Err(too_many_refusals(self.refusals.interval())),
+            },
         }
     }
 

@@ -64,33 +64,26 @@ pub struct TokenRefusals {
     sources: Mutex<HashMap<SourceKey, Source>>,
 }
 
-/// A source as counted: an IPv4 address, an IPv6 /64 (one subscriber's whole prefix), or
+/// A source as counted: an IPv4 address, an IPv6 /64 (one subscriber's whole prefix), the
+/// verified subject of a valid token refused entry (many patients may share one address), or
 /// "other" once the table is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SourceKey {
     Addr(IpAddr),
+    Subject(String),
     Other,
 }
 
 impl SourceKey {
     fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => SourceKey::Addr(ip),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => SourceKey::Addr(IpAddr::V4(v4)),
-                None => {
-                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                    SourceKey::Addr(IpAddr::V6(prefix.into()))
-                }
-            },
-        }
+        SourceKey::Addr(crate::connection_limits::counted_source(ip))
     }
 
-    fn label(self) -> String {
+    fn label(&self) -> String {
         match self {
             SourceKey::Addr(IpAddr::V6(a)) => format!("{a}/64"),
             SourceKey::Addr(a) => a.to_string(),
-            SourceKey::Other => "other".into(),
+            SourceKey::Subject(_) | SourceKey::Other => "other".into(),
         }
     }
 }
@@ -109,8 +102,24 @@ impl TokenRefusals {
 
     /// A token from `ip` was refused with `code`: whether to write it, count it, or answer 429.
     pub fn refused(&self, ip: IpAddr, code: &'static str, now: Instant) -> RefusalVerdict {
+        self.refused_as(SourceKey::of(ip), code, now)
+    }
+
+    /// A valid token of `subject` was refused entry with `code` (another meeting, denied, not
+    /// open yet): the same budget, per subject — a patient's loop would otherwise write an
+    /// fsynced line per request; summarised as `join_refused` lines with the subject.
+    pub fn refused_subject(
+        &self,
+        subject: &str,
+        code: &'static str,
+        now: Instant,
+    ) -> RefusalVerdict {
+        self.refused_as(SourceKey::Subject(subject.to_owned()), code, now)
+    }
+
+    fn refused_as(&self, key: SourceKey, code: &'static str, now: Instant) -> RefusalVerdict {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let mut key = SourceKey::of(ip);
+        let mut key = key;
         if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
             key = SourceKey::Other;
         }
@@ -163,9 +172,14 @@ impl TokenRefusals {
         sources.retain(|key, s| {
             let count: u64 = s.unwritten.values().sum();
             if count > 0 {
+                let (event, source, subject) = match key {
+                    SourceKey::Subject(sub) => ("join_refused", None, Some(sub.clone())),
+                    _ => ("token_refused", Some(key.label()), None),
+                };
                 lines.push(AuditEvent {
-                    event: "token_refused".into(),
-                    source: Some(key.label()),
+                    event: event.into(),
+                    source,
+                    subject,
                     count: Some(count),
                     codes: Some(
                         std::mem::take(&mut s.unwritten)

@@ -288,3 +288,81 @@ async fn an_oversized_message_gets_close_code_1009() {
     assert_eq!(closing["reason"], "message_too_large", "{closing}");
     assert_eq!(code, Some(1009));
 }
+
+/// A join check whose body comes a byte at a time: its connection is closed once the time for
+/// a request has passed (as slow headers are), not held for as long as the client trickles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_sent_a_byte_at_a_time_is_cut_off() {
+    let server = start_with(&["--header-timeout-secs", "2"]);
+    let addr = server.addr();
+    let mut slow = connect_from("127.0.0.1", addr).await;
+    slow.write_all(
+        b"POST /join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut closed_after = None;
+    while started.elapsed() < Duration::from_secs(12) {
+        if slow.write_all(b" ").await.is_err()
+            || closed_within(&mut slow, Duration::from_millis(300)).await
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let after = closed_after.expect("a body trickled for 12 s was still being read");
+    assert!(
+        after >= Duration::from_millis(1500),
+        "closed after {after:?}, before the time for a request"
+    );
+    // Someone else's join is answered meanwhile and after.
+    let token = server.token("visit-body", "pat-1", "Anna", "patient");
+    assert_eq!(join_from("127.0.0.2", addr, &token).await, Some(200));
+}
+
+/// A valid token asked again and again for a meeting it may not enter writes one line, then
+/// counts in its subject's summary, then gets 429: the audit log does not grow with the rate
+/// of a patient's loop (and other patients behind the same address are not held to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_token_refused_in_a_loop_is_summarised_and_limited() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = start_with(&["--refusal-summary-secs", "3"]);
+    let token = server.token("visit-own", "pat-1", "Anna", "patient");
+    let client = reqwest::Client::new();
+    let url = format!("{}/join", server.http_base);
+    let mut statuses = HashMap::<u16, u64>::new();
+    for _ in 0..200 {
+        let r = client
+            .post(&url)
+            .json(&json!({"token": token, "meeting": "someone-elses-visit"}))
+            .send()
+            .await
+            .unwrap();
+        *statuses.entry(r.status().as_u16()).or_default() += 1;
+    }
+    eprintln!("200 refused joins: {statuses:?}");
+    assert!(statuses[&403] >= 1 && statuses[&403] <= 12, "{statuses:?}");
+    assert_eq!(statuses[&429], 200 - statuses[&403], "{statuses:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let written = server.audit_events("join_refused");
+    assert!(
+        written.len() <= 3,
+        "one line now and one per interval: {written:?}"
+    );
+    assert_eq!(written[0]["code"], "meeting_mismatch");
+    assert!(
+        written.iter().all(|l| l["subject"] == "pat-1"),
+        "{written:?}"
+    );
+    let counted: u64 = written
+        .iter()
+        .map(|l| l["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(counted, 200, "every refusal recorded: {written:?}");
+    // The token still opens its own visit.
+    assert_eq!(
+        join_from("127.0.0.2", server.addr(), &token).await,
+        Some(200)
+    );
+}

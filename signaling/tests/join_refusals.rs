@@ -215,7 +215,8 @@ async fn meetings_that_take_no_joins_refuse_them_with_a_reason_a_patient_underst
             "meeting_cancelled",
             "meeting_full",
             "meeting_over",
-            "meeting_cancelled"
+            // (p-cancel's second refusal within the minute is counted for its subject's
+            // summary line, not written at once: see `token_refusals.rs`.)
         ]
     );
     for sub in ["p-mismatch", "p-early", "p-cancel", "p-full"] {
