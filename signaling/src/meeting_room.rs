@@ -356,6 +356,7 @@ impl MeetingRoom {
                 lobby_places,
                 next_order,
                 last_active: Timestamp::now(),
+                budgets_left: HashMap::new(),
             }),
         }
     }
@@ -390,7 +391,24 @@ pub struct RoomState {
     next_order: u64,
     /// When someone was last connected (for forgetting unbooked meetings).
     pub last_active: Timestamp,
+    /// What subjects who left lately had left of their budgets (chat, layer requests, the
+    /// last media restart), for their next connection: a fresh one each time would let a
+    /// client that reconnects in a loop chat and restart media as fast as it reconnects.
+    #[serde(default)]
+    budgets_left: HashMap<String, LeftBudgets>,
 }
+
+/// A member's message budgets and last media restart, kept when it leaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LeftBudgets {
+    chat: MessageBudget,
+    layer_requests: MessageBudget,
+    last_restart: Option<Timestamp>,
+    left_at: Timestamp,
+}
+
+/// How long budgets are kept after a member leaves: by then they would have refilled.
+const BUDGETS_KEPT: SignedDuration = SignedDuration::from_secs(60);
 
 impl RoomState {
     pub fn is_empty(&self) -> bool {
@@ -552,9 +570,19 @@ impl RoomState {
             .remove(&member.sub)
             .filter(|(_, _, until)| *until >= now)
             .map(|(since, order, _)| (since, order));
+        // The same person's budgets carry over from a connection it replaces, or one that
+        // left lately.
+        if let Some(b) = self.budgets_left.remove(&member.sub) {
+            member.chat = b.chat;
+            member.layer_requests = b.layer_requests;
+            member.last_restart = b.last_restart;
+        }
         if let Some(old_id) = previous {
             let old = self.detach(&old_id, fx);
             if let Some(old) = old {
+                member.chat = old.chat.clone();
+                member.layer_requests = old.layer_requests.clone();
+                member.last_restart = old.last_restart;
                 was_admitted = old.is_admitted();
                 if let Admission::Waiting { since, order } = old.admission {
                     place = Some((since, order));
@@ -690,6 +718,17 @@ impl RoomState {
                 .insert(m.sub.clone(), (since, order, now + policy.reconnect_grace));
         }
         fx.record(self.audit("leave", id, &m));
+        self.budgets_left
+            .retain(|_, b| now.duration_since(b.left_at) < BUDGETS_KEPT);
+        self.budgets_left.insert(
+            m.sub.clone(),
+            LeftBudgets {
+                chat: m.chat,
+                layer_requests: m.layer_requests,
+                last_restart: m.last_restart,
+                left_at: now,
+            },
+        );
         self.last_active = now;
         true
     }
@@ -1625,6 +1664,52 @@ mod tests {
             })
         );
         fx
+    }
+
+    #[test]
+    fn a_reconnect_does_not_refill_the_chat_budget() {
+        let mut s = visit();
+        let policy = MeetingPolicy::default();
+        let doc = ParticipantId("p-doc".into());
+        join(&mut s, &doc, "doc", Role::Clinician, 0);
+        let admit = |s: &mut RoomState, id: &ParticipantId| {
+            s.apply(
+                &doc,
+                &Action::Admit(id.clone()),
+                at(3),
+                &mut Effects::default(),
+            )
+            .unwrap();
+        };
+        let chat = |s: &mut RoomState, id: &ParticipantId, secs: i64| {
+            s.chat(id, "hej", at(secs), &mut Effects::default())
+        };
+        let pat = ParticipantId("p-pat".into());
+        join(&mut s, &pat, "pat", Role::Patient, 1);
+        admit(&mut s, &pat);
+        for _ in 0..5 {
+            assert_eq!(chat(&mut s, &pat, 3), Ok(()));
+        }
+        assert_eq!(chat(&mut s, &pat, 3), Err(RequestError::ChatRate));
+        // A new connection replacing the old one: the budget goes with the person.
+        let second = ParticipantId("p-pat-2".into());
+        s.join(
+            second.clone(),
+            &session("pat", Role::Patient),
+            at(3),
+            &policy,
+            &mut Effects::default(),
+        )
+        .unwrap();
+        assert_eq!(chat(&mut s, &second, 3), Err(RequestError::ChatRate));
+        // And across a leave and a join again.
+        assert!(s.leave(&second, true, at(3), &policy, &mut Effects::default()));
+        let third = ParticipantId("p-pat-3".into());
+        join(&mut s, &third, "pat", Role::Patient, 3);
+        admit(&mut s, &third);
+        assert_eq!(chat(&mut s, &third, 3), Err(RequestError::ChatRate));
+        // It refills with time, as it would have.
+        assert_eq!(chat(&mut s, &third, 4), Ok(()));
     }
 
     #[test]

@@ -471,9 +471,20 @@ async fn ws_upgrade(
             .take(key, &session.claims.sub, &session.claims.mtg)
     });
     if let Some(r) = resumable {
+        let key = q.resume.as_deref().unwrap_or_default();
+        let pending = crate::pending_resume::PendingResume::new(
+            state.clone(),
+            key,
+            &session.claims.sub,
+            &session.claims.mtg,
+            r,
+        );
         return ws
             .max_message_size(MAX_MESSAGE_BYTES)
-            .on_upgrade(move |socket| connection(state, session, room, Start::Resume(r), socket));
+            .on_upgrade(move |socket| {
+                let r = pending.into_resumable();
+                connection(state, session, room, Start::Resume(r), socket)
+            });
     }
     // Back after a restart of this service: the same participant, whose media session the
     // SFU may have kept running meanwhile.
