@@ -104,10 +104,10 @@ pub enum Start {
 /// buffers full: a zero TCP window) would otherwise hold its connection task, socket and
 /// place for good, out of reach of the idle check and of a `replaced` close; past this it
 /// counts as dropped.
-const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+pub(crate) const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Sends one message within `SEND_TIMEOUT`; an error or a timeout is a failure.
-async fn send_within(sink: &mut (impl SinkExt<Message> + Unpin), msg: Message) -> Result<(), ()> {
+pub(crate) async fn send_within<T>(sink: &mut (impl SinkExt<T> + Unpin), msg: T) -> Result<(), ()> {
     match tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
@@ -474,7 +474,8 @@ pub async fn connection(
         )
         .await;
     }
-    let _ = sink.close().await;
+    // (Closing flushes: bounded as any send.)
+    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
 }
 
 /// Takes a connection's participant out of whichever meeting it is in now (a take may have
@@ -494,7 +495,13 @@ async fn leave(state: &AppState, id: &ParticipantId, room: &MeetingRoom, explici
 
 /// The socket dropped: the participant stays (media session, admission, place in the
 /// meeting; messages queue) for [`RESUME_WINDOW`], then leaves unless a new connection took it.
-async fn park(state: &AppState, session: &Session, room: &MeetingRoom, parked: Parked, key: &str) {
+pub(crate) async fn park(
+    state: &AppState,
+    session: &Session,
+    room: &MeetingRoom,
+    parked: Parked,
+    key: &str,
+) {
     let id = parked.id.clone();
     tracing::info!(participant = %id, meeting = %room.id, "dropped; waiting for a resume");
     state

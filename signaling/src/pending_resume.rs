@@ -2,34 +2,37 @@
 //! The slot is spent before the upgrade (the key must not resume twice), but a client that
 //! resets the connection right after its request never gets the upgrade: the participant would
 //! then be dropped unparked — still a member, admitted, in everyone's roster until the meeting
-//! ends, and no `leave` ever written. Dropped unused, this parks it again under its key, where
-//! the resume window's expiry (or a later resume) finds it.
+//! ends, and no `leave` ever written. Dropped unused, this parks it again under its key for a
+//! window of its own (the first window's expiry may have looked while it was out), after
+//! which it leaves unless a later resume took it.
 
 use crate::app_state::AppState;
+use crate::meeting_room::MeetingRoom;
 use crate::session_resume::Resumable;
+use crate::session_token::Session;
 use std::sync::Arc;
 
 pub struct PendingResume {
     state: Arc<AppState>,
+    session: Session,
+    room: Arc<MeetingRoom>,
     key: String,
-    sub: String,
-    meeting: String,
     resumable: Option<Resumable>,
 }
 
 impl PendingResume {
     pub fn new(
         state: Arc<AppState>,
+        session: &Session,
+        room: &Arc<MeetingRoom>,
         key: &str,
-        sub: &str,
-        meeting: &str,
         resumable: Resumable,
     ) -> Self {
         Self {
             state,
+            session: session.clone(),
+            room: room.clone(),
             key: key.to_owned(),
-            sub: sub.to_owned(),
-            meeting: meeting.to_owned(),
             resumable: Some(resumable),
         }
     }
@@ -45,9 +48,21 @@ impl Drop for PendingResume {
         // (A live connection asked to let go was never asked: it goes on under its own key,
         // and parks itself when it drops.)
         if let Some(Resumable::Parked(parked)) = self.resumable.take() {
-            self.state
-                .resume
-                .park(&self.key, &self.sub, &self.meeting, parked);
+            let (state, session, room) =
+                (self.state.clone(), self.session.clone(), self.room.clone());
+            let key = std::mem::take(&mut self.key);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        crate::connection::park(&state, &session, &room, parked, &key).await;
+                    });
+                }
+                // (No runtime: the process is ending; parked without a window of its own.)
+                Err(_) => {
+                    let c = &session.claims;
+                    state.resume.park(&key, &c.sub, &c.mtg, parked);
+                }
+            }
         }
     }
 }

@@ -350,14 +350,13 @@ async fn pump(client: WebSocket, upstream: Upstream, idle: std::time::Duration) 
                         if crate::connection::is_too_large(e) {
                             let text = json!({"type": "closing", "reason": "message_too_large",
                                 "message": format!("a message is at most {} KiB", crate::connection::MAX_MESSAGE_BYTES / 1024)});
-                            let _ = to_client.send(Message::Text(text.to_string().into())).await;
-                            let _ = to_client
-                                .send(Message::Close(Some(CloseFrame {
+                            let _ = crate::connection::send_within(&mut to_client, Message::Text(text.to_string().into())).await;
+                            let _ = crate::connection::send_within(&mut to_client, Message::Close(Some(CloseFrame {
                                     code: 1009,
                                     reason: "message too large".into(),
                                 })))
                                 .await;
-                            let _ = to_owner.close().await;
+                            let _ = tokio::time::timeout(crate::connection::SEND_TIMEOUT, to_owner.close()).await;
                         }
                         // Otherwise dropped, not closed: the owner sees the socket go as a
                         // dropped one.
@@ -367,7 +366,7 @@ async fn pump(client: WebSocket, upstream: Upstream, idle: std::time::Duration) 
                 };
                 heard_client = tokio::time::Instant::now();
                 let closing = matches!(msg, Message::Close(_));
-                if to_owner.send(upstream_message(msg)).await.is_err() || closing {
+                if crate::connection::send_within(&mut to_owner, upstream_message(msg)).await.is_err() || closing {
                     return;
                 }
             }
@@ -377,7 +376,7 @@ async fn pump(client: WebSocket, upstream: Upstream, idle: std::time::Duration) 
                         heard_owner = tokio::time::Instant::now();
                         let Some(msg) = downstream_message(msg) else { continue };
                         let closing = matches!(msg, Message::Close(_));
-                        if to_client.send(msg).await.is_err() || closing {
+                        if crate::connection::send_within(&mut to_client, msg).await.is_err() || closing {
                             return;
                         }
                     }
@@ -404,13 +403,15 @@ async fn pump(client: WebSocket, upstream: Upstream, idle: std::time::Duration) 
 
 async fn tell_to_reconnect(to_client: &mut futures_util::stream::SplitSink<WebSocket, Message>) {
     let text = json!({"type": "closing", "reason": "restarting"}).to_string();
-    let _ = to_client.send(Message::Text(text.into())).await;
-    let _ = to_client
-        .send(Message::Close(Some(CloseFrame {
+    let _ = crate::connection::send_within(to_client, Message::Text(text.into())).await;
+    let _ = crate::connection::send_within(
+        to_client,
+        Message::Close(Some(CloseFrame {
             code: 1012,
             reason: "restarting".into(),
-        })))
-        .await;
+        })),
+    )
+    .await;
 }
 
 fn upstream_message(msg: Message) -> tungstenite::Message {

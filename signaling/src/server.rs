@@ -123,7 +123,7 @@ fn internal_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
 }
 
 /// Largest body of the routes that read a small one (a join check, a meetings API call).
-const SMALL_BODY_BYTES: usize = 256 * 1024;
+const SMALL_BODY_BYTES: usize = 1024 * 1024;
 
 /// For routes that read a small body (photos have a time of their own, `image_sharing`): the
 /// body is read whole within `AppState::body_timeout`, else the request is answered 408 and
@@ -140,7 +140,8 @@ async fn body_within(
             let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
             return next.run(request).await;
         }
-        Ok(Err(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        // (The code the meetings API's forwarding to another replica gives it too.)
+        Ok(Err(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         Err(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
     };
     (
@@ -313,8 +314,15 @@ impl AppState {
             // it may not enter (another meeting, denied, not open yet) would otherwise write an
             // fsynced line each time. The first of an interval is written, the rest counted in
             // the subject's summary line, and past the budget, 429.
+            // (The store being out is the service's fault, not the patient's: not counted.)
+            Err(r @ JoinRefusal::StoreUnavailable) => {
+                let mut event = session_event("join_refused", &session, None);
+                event.code = Some(r.code().into());
+                Err(self.refuse(event, &r).await)
+            }
             Err(r) => match self.refusals.refused_subject(
                 &session.claims.sub,
+                &session.claims.mtg,
                 r.code(),
                 std::time::Instant::now(),
             ) {
@@ -472,13 +480,8 @@ async fn ws_upgrade(
     });
     if let Some(r) = resumable {
         let key = q.resume.as_deref().unwrap_or_default();
-        let pending = crate::pending_resume::PendingResume::new(
-            state.clone(),
-            key,
-            &session.claims.sub,
-            &session.claims.mtg,
-            r,
-        );
+        let pending =
+            crate::pending_resume::PendingResume::new(state.clone(), &session, &room, key, r);
         return ws
             .max_message_size(MAX_MESSAGE_BYTES)
             .on_upgrade(move |socket| {

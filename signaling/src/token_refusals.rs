@@ -70,7 +70,7 @@ pub struct TokenRefusals {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SourceKey {
     Addr(IpAddr),
-    Subject(String),
+    Subject(String, String),
     Other,
 }
 
@@ -83,7 +83,7 @@ impl SourceKey {
         match self {
             SourceKey::Addr(IpAddr::V6(a)) => format!("{a}/64"),
             SourceKey::Addr(a) => a.to_string(),
-            SourceKey::Subject(_) | SourceKey::Other => "other".into(),
+            SourceKey::Subject(..) | SourceKey::Other => "other".into(),
         }
     }
 }
@@ -111,10 +111,15 @@ impl TokenRefusals {
     pub fn refused_subject(
         &self,
         subject: &str,
+        meeting: &str,
         code: &'static str,
         now: Instant,
     ) -> RefusalVerdict {
-        self.refused_as(SourceKey::Subject(subject.to_owned()), code, now)
+        self.refused_as(
+            SourceKey::Subject(subject.to_owned(), meeting.to_owned()),
+            code,
+            now,
+        )
     }
 
     fn refused_as(&self, key: SourceKey, code: &'static str, now: Instant) -> RefusalVerdict {
@@ -172,14 +177,17 @@ impl TokenRefusals {
         sources.retain(|key, s| {
             let count: u64 = s.unwritten.values().sum();
             if count > 0 {
-                let (event, source, subject) = match key {
-                    SourceKey::Subject(sub) => ("join_refused", None, Some(sub.clone())),
-                    _ => ("token_refused", Some(key.label()), None),
+                let (event, source, subject, meeting) = match key {
+                    SourceKey::Subject(sub, mtg) => {
+                        ("join_refused", None, Some(sub.clone()), Some(mtg.clone()))
+                    }
+                    _ => ("token_refused", Some(key.label()), None, None),
                 };
                 lines.push(AuditEvent {
                     event: event.into(),
                     source,
                     subject,
+                    meeting,
                     count: Some(count),
                     codes: Some(
                         std::mem::take(&mut s.unwritten)

@@ -357,8 +357,9 @@ fn a_client_flooding_valid_checks_is_answered_at_an_agent_s_pace_and_keeps_its_c
     });
     let refused = net.sfu.counters.stun_refused - refused;
     eprintln!("of 10,000 checks in a second, {refused} refused");
-    // A burst of 200 and 100 a second are handled; the rest cost a hash lookup.
-    assert!(refused >= 9_650, "{refused} refused");
+    // From the stranger's address a burst of 200 and 100 a second are handled, the rest cost
+    // a hash lookup; those from the path in use (its consent) are all handled.
+    assert!((4_650..=4_800).contains(&refused), "{refused} refused");
     let flood_end = net.now;
     net.run(Duration::from_secs(5), |n| {
         send_video(n, &[0, 1], &mut tick)

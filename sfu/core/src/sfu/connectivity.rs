@@ -64,8 +64,12 @@ impl Sfu {
             self.counters.dropped_unknown_source += 1;
             return;
         };
-        // (Answers to our own checks come no faster than we send them.)
-        if check && !self.participant_mut(idx).stun_budget.take(now, 1.0) {
+        // (Answers to our own checks come no faster than we send them. Checks from the path in
+        // use are not counted: they carry its consent, and the USERNAME that finds the session
+        // travels in the clear — a stranger's unsigned checks from elsewhere must not use up
+        // the budget they need. From there, answers go only to the session's own address.)
+        let p = self.participant_mut(idx);
+        if check && p.remote != Some(from) && !p.stun_budget.take(now, 1.0) {
             self.counters.stun_refused += 1;
             return;
         }
