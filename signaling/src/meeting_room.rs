@@ -407,6 +407,24 @@ struct LeftBudgets {
     left_at: Timestamp,
 }
 
+impl LeftBudgets {
+    fn of(m: &Member, now: Timestamp) -> Self {
+        Self {
+            chat: m.chat.clone(),
+            layer_requests: m.layer_requests.clone(),
+            last_restart: m.last_restart,
+            left_at: now,
+        }
+    }
+
+    /// The person's next connection goes on from here.
+    fn restore(self, m: &mut Member) {
+        m.chat = self.chat;
+        m.layer_requests = self.layer_requests;
+        m.last_restart = self.last_restart;
+    }
+}
+
 /// How long budgets are kept after a member leaves: by then they would have refilled.
 const BUDGETS_KEPT: SignedDuration = SignedDuration::from_secs(60);
 
@@ -573,16 +591,12 @@ impl RoomState {
         // The same person's budgets carry over from a connection it replaces, or one that
         // left lately.
         if let Some(b) = self.budgets_left.remove(&member.sub) {
-            member.chat = b.chat;
-            member.layer_requests = b.layer_requests;
-            member.last_restart = b.last_restart;
+            b.restore(&mut member);
         }
         if let Some(old_id) = previous {
             let old = self.detach(&old_id, fx);
             if let Some(old) = old {
-                member.chat = old.chat.clone();
-                member.layer_requests = old.layer_requests.clone();
-                member.last_restart = old.last_restart;
+                LeftBudgets::of(&old, now).restore(&mut member);
                 was_admitted = old.is_admitted();
                 if let Admission::Waiting { since, order } = old.admission {
                     place = Some((since, order));
@@ -720,15 +734,8 @@ impl RoomState {
         fx.record(self.audit("leave", id, &m));
         self.budgets_left
             .retain(|_, b| now.duration_since(b.left_at) < BUDGETS_KEPT);
-        self.budgets_left.insert(
-            m.sub.clone(),
-            LeftBudgets {
-                chat: m.chat,
-                layer_requests: m.layer_requests,
-                last_restart: m.last_restart,
-                left_at: now,
-            },
-        );
+        self.budgets_left
+            .insert(m.sub.clone(), LeftBudgets::of(&m, now));
         self.last_active = now;
         true
     }

@@ -82,15 +82,6 @@ impl CodecParams {
             MediaKind::Video => VIDEO_FEEDBACK,
         }
     }
-
-    /// Whether `other` is the same format under whatever payload type: what one payload type
-    /// must mean on every m-line of a BUNDLE session.
-    pub fn same_format(&self, other: &CodecParams) -> bool {
-        self.name.eq_ignore_ascii_case(&other.name)
-            && self.clock_rate == other.clock_rate
-            && self.channels == other.channels
-            && self.fmtp == other.fmtp
-    }
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ pub struct Participant {
     /// The formats the participant's offers numbered (every codec of every m-line, one per
     /// payload type), so that the SFU numbers a format as the browser does and gives no
     /// format a number the browser gave another (`Sfu::subscriber_payload_types`).
-    pub offered_formats: Vec<CodecParams>,
+    pub offered_formats: Vec<RemoteCodec>,
     pub published: Vec<TrackIdx>,
     /// Which published track and layer each SSRC it sends belongs to, as found.
     pub ssrc_routes: SsrcRoutes,
@@ -169,16 +169,9 @@ pub fn remember_extmap(known: &mut Vec<(u8, String)>, id: u8, uri: &str) {
 
 /// Adds a format a client's offer numbered to those it is known to use; a payload type keeps
 /// the format it was first given (at most one entry per payload type).
-pub fn remember_format(known: &mut Vec<CodecParams>, codec: &RemoteCodec) {
+pub fn remember_format(known: &mut Vec<RemoteCodec>, codec: &RemoteCodec) {
     if !known.iter().any(|c| c.payload_type == codec.payload_type) {
-        known.push(CodecParams {
-            payload_type: codec.payload_type,
-            name: codec.name.clone(),
-            clock_rate: codec.clock_rate,
-            channels: codec.channels.clone(),
-            fmtp: codec.fmtp.clone(),
-            rtx_payload_type: None,
-        });
+        known.push(codec.clone());
     }
 }
 

@@ -257,7 +257,7 @@ impl Sfu {
         let Some(layer) = subscription.layer else {
             return;
         };
-        let Some(track) = self.tracks[subscription.track].as_mut() else {
+        let Some(track) = self.tracks[subscription.track].as_ref() else {
             return;
         };
         let renumber = track.format == PayloadFormat::Vp8;

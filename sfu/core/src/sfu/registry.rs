@@ -5,6 +5,7 @@ use super::*;
 use crate::codec::CodecParams;
 use crate::local_description::{EXT_AUDIO_LEVEL, EXT_TRANSPORT_CC};
 use crate::participant::{LineRole, MediaLine, Participant};
+use crate::remote_description::RemoteCodec;
 use crate::subscription::{OutStreamIds, Subscription, SubscriptionState};
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
@@ -71,17 +72,27 @@ impl Sfu {
         let codec = &self.track(track).codec;
         // What the session's m-lines in the BUNDLE (not the rejected ones) already use.
         let mut used: Vec<(u8, PayloadUse)> = Vec::new();
-        let mut add = |c: &CodecParams, pt: u8, rtx: Option<u8>| {
-            used.push((pt, PayloadUse::Format(c.clone())));
+        fn add<'a>(
+            used: &mut Vec<(u8, PayloadUse<'a>)>,
+            c: &'a CodecParams,
+            pt: u8,
+            rtx: Option<u8>,
+        ) {
+            used.push((pt, PayloadUse::of_codec(c)));
             if let Some(rtx) = rtx {
-                used.push((rtx, PayloadUse::Rtx { apt: pt }));
+                used.push((rtx, PayloadUse::Rtx { apt: Some(pt) }));
             }
-        };
+        }
         for line in &p.lines {
             match &line.role {
                 LineRole::Publish { track } => {
                     if let Some(t) = self.tracks[*track].as_ref() {
-                        add(&t.codec, t.codec.payload_type, t.codec.rtx_payload_type);
+                        add(
+                            &mut used,
+                            &t.codec,
+                            t.codec.payload_type,
+                            t.codec.rtx_payload_type,
+                        );
                     }
                 }
                 LineRole::Subscribe { subscription } => {
@@ -89,11 +100,11 @@ impl Sfu {
                     if s.is_active()
                         && let Some(t) = self.tracks[s.track].as_ref()
                     {
-                        add(&t.codec, s.payload_type, s.rtx_payload_type);
+                        add(&mut used, &t.codec, s.payload_type, s.rtx_payload_type);
                     }
                 }
                 LineRole::Idle { codec, .. } => {
-                    add(codec, codec.payload_type, codec.rtx_payload_type);
+                    add(&mut used, codec, codec.payload_type, codec.rtx_payload_type);
                 }
                 LineRole::Data | LineRole::Rejected { .. } => {}
             }
@@ -101,7 +112,7 @@ impl Sfu {
         let offered: Vec<(u8, PayloadUse)> = p
             .offered_formats
             .iter()
-            .map(|c| (c.payload_type, PayloadUse::of(c)))
+            .map(|c| (c.payload_type, PayloadUse::of_offered(c)))
             .collect();
         let in_session = |pt: u8| used.iter().any(|(u, _)| *u == pt);
         let taken = |pt: u8| in_session(pt) || offered.iter().any(|(u, _)| *u == pt);
@@ -110,20 +121,20 @@ impl Sfu {
                 .chain(35..=63)
                 .find(|&pt| !taken(pt) && Some(pt) != except)
         };
-        let first = |uses: &[(u8, PayloadUse)], want: &dyn Fn(&PayloadUse) -> bool| {
-            uses.iter().find(|(_, u)| want(u)).map(|(pt, _)| *pt)
+        let first = |uses: &[(u8, PayloadUse)], want: &PayloadUse| {
+            uses.iter().find(|(_, u)| u == want).map(|(pt, _)| *pt)
         };
-        let is_codec = |u: &PayloadUse| matches!(u, PayloadUse::Format(c) if c.same_format(codec));
-        let pt = first(&used, &is_codec)
-            .or_else(|| first(&offered, &is_codec).filter(|&pt| !in_session(pt)))
+        let format = PayloadUse::of_codec(codec);
+        let pt = first(&used, &format)
+            .or_else(|| first(&offered, &format).filter(|&pt| !in_session(pt)))
             .or_else(|| (!taken(codec.payload_type)).then_some(codec.payload_type))
             .or_else(|| free(None))?;
         if self.track(track).kind == MediaKind::Audio {
             return Some((pt, None));
         }
-        let is_rtx = |u: &PayloadUse| matches!(u, PayloadUse::Rtx { apt } if *apt == pt);
-        let rtx = first(&used, &is_rtx)
-            .or_else(|| first(&offered, &is_rtx).filter(|&r| !in_session(r) && r != pt))
+        let repairs = PayloadUse::Rtx { apt: Some(pt) };
+        let rtx = first(&used, &repairs)
+            .or_else(|| first(&offered, &repairs).filter(|&r| !in_session(r) && r != pt))
             .or_else(|| codec.rtx_payload_type.filter(|&r| !taken(r) && r != pt))
             .or_else(|| free(Some(pt)))?;
         Some((pt, Some(rtx)))
@@ -371,26 +382,41 @@ impl Sfu {
     }
 }
 
-/// What a payload type stands for in one session's m-lines.
-enum PayloadUse {
-    Format(CodecParams),
-    Rtx { apt: u8 },
+/// What a payload type stands for in one session's m-lines: a format (one payload type must
+/// mean one on every m-line of a BUNDLE session; names compared as lowercase), or the
+/// retransmissions of another payload type (`None`: an RTX whose `apt` does not read).
+#[derive(PartialEq)]
+enum PayloadUse<'a> {
+    Format {
+        name: String,
+        clock_rate: u32,
+        channels: &'a str,
+        fmtp: &'a str,
+    },
+    Rtx {
+        apt: Option<u8>,
+    },
 }
 
-impl PayloadUse {
-    fn of(c: &CodecParams) -> Self {
-        if c.name.eq_ignore_ascii_case("rtx") {
-            let apt = c
-                .fmtp
-                .split(';')
-                .find_map(|kv| kv.trim().strip_prefix("apt="))
-                .and_then(|v| v.parse().ok());
-            // (An RTX without a readable apt repairs nothing: it still holds its number.)
-            Self::Rtx {
-                apt: apt.unwrap_or(u8::MAX),
-            }
-        } else {
-            Self::Format(c.clone())
+impl<'a> PayloadUse<'a> {
+    fn of_codec(c: &'a CodecParams) -> Self {
+        Self::Format {
+            name: c.name.to_ascii_lowercase(),
+            clock_rate: c.clock_rate,
+            channels: &c.channels,
+            fmtp: &c.fmtp,
+        }
+    }
+
+    fn of_offered(c: &'a RemoteCodec) -> Self {
+        if c.is("rtx") {
+            return Self::Rtx { apt: c.rtx_apt() };
+        }
+        Self::Format {
+            name: c.name.to_ascii_lowercase(),
+            clock_rate: c.clock_rate,
+            channels: &c.channels,
+            fmtp: &c.fmtp,
         }
     }
 }
