@@ -70,7 +70,7 @@ impl TcpLink {
     fn connect(&self, dest: SocketAddr) -> io::Result<TcpStream> {
         let socket = Socket::new(Domain::for_address(dest), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
-        socket.set_nodelay(true)?;
+        socket.set_tcp_nodelay(true)?;
         socket.bind(&SocketAddr::new(self.local, 0).into())?;
         match socket.connect(&dest.into()) {
             Ok(()) => {}

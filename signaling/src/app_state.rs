@@ -30,6 +30,8 @@ pub struct AppState {
     pub refusals: TokenRefusals,
     /// A join WebSocket silent this long (no message, no pong) is closed.
     pub ws_idle: std::time::Duration,
+    /// Bytes of messages that may wait for a join WebSocket's client (`crate::outbox`).
+    pub outbox_limit_bytes: usize,
     /// A request's body must have arrived within this (as its headers, `http.header_timeout_secs`):
     /// a body sent a byte at a time would otherwise hold its connection's place for good.
     pub body_timeout: std::time::Duration,

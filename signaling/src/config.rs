@@ -88,6 +88,9 @@ pub struct HttpSection {
     /// Seconds a join WebSocket may stay silent (no message, no answer to the server's pings)
     /// before it is closed (default 45).
     pub ws_idle_secs: Option<u64>,
+    /// KiB of messages that may wait for a join WebSocket's client (one that reads slowly, or
+    /// not at all) before the connection is closed as `too_slow` (default 1,024; at least 4).
+    pub ws_outbox_limit_kib: Option<usize>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client: the
     /// Ingress controller or load balancer in front of the public listener.
     pub trusted_proxies: Option<Vec<String>>,

@@ -230,7 +230,7 @@ pub async fn connection(
             (p.outbox, p.sdp_budget)
         }
         None => {
-            let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel::<Outbound>();
+            let (out_tx, out_rx) = crate::outbox::outbox(state.outbox_limit_bytes);
             // A carried session goes on if the SFU still runs it (or a node may yet report it).
             let kept = carried
                 .filter(|c| state.sfu.claim_session(&c.participant, c.media_session))
@@ -322,6 +322,8 @@ pub async fn connection(
         return;
     }
 
+    let overflow = out_rx.overflow();
+    let mut too_slow = false;
     let mut explicit_leave = false;
     // Whether the connection ended on purpose (a close by either side) rather than dropped.
     let mut closed = false;
@@ -352,10 +354,30 @@ pub async fn connection(
                     break;
                 }
             }
+            // Messages waited past the limit (a client that stopped reading) and some were
+            // dropped: its view of the meeting is incomplete, and it joins again afresh.
+            // Not parked: a resume would continue from the incomplete view. It leaves as a
+            // dropped connection does (its admission kept for the reconnect grace).
+            () = overflow.happened() => {
+                too_slow = true;
+                closed = true;
+                break;
+            }
             out = out_rx.recv() => match out {
                 Some(Outbound::Text(text)) => {
-                    if send_within(&mut sink, Message::Text(text.into())).await.is_err() {
-                        break;
+                    // (A send waiting on a client that does not read is where the queue
+                    // overflows: that ends the wait.)
+                    tokio::select! {
+                        sent = send_within(&mut sink, Message::Text(text.into())) => {
+                            if sent.is_err() {
+                                break;
+                            }
+                        }
+                        () = overflow.happened() => {
+                            too_slow = true;
+                            closed = true;
+                            break;
+                        }
                     }
                 }
                 Some(Outbound::Close { code, message }) => {
@@ -461,6 +483,22 @@ pub async fn connection(
     }
     state.resume.forget(&resume_key);
     leave(&state, &id, &room, explicit_leave).await;
+    if too_slow {
+        // Told after it left: the client is not reading, and these may wait their time out.
+        metrics::counter!("signaling_connections_too_slow_total").increment(1);
+        tracing::warn!(participant = %id, meeting = %room.id, "closed: messages waited past the limit");
+        let msg = json!({"type": "closing", "reason": "too_slow",
+                         "message": "Anslutningen hann inte ta emot meddelandena. Ansluter igen."});
+        let _ = send_within(&mut sink, Message::Text(msg.to_string().into())).await;
+        let _ = send_within(
+            &mut sink,
+            Message::Close(Some(CloseFrame {
+                code: 4008,
+                reason: "too_slow".into(),
+            })),
+        )
+        .await;
+    }
     if explicit_leave {
         // A leave the client asked for ends cleanly: a last word and a normal close.
         let msg = json!({"type": "closing", "reason": "left", "message": "Du har lämnat besöket."});
@@ -504,10 +542,16 @@ pub(crate) async fn park(
 ) {
     let id = parked.id.clone();
     tracing::info!(participant = %id, meeting = %room.id, "dropped; waiting for a resume");
+    let overflow = parked.outbox.overflow();
     state
         .resume
         .park(key, &session.claims.sub, &session.claims.mtg, parked);
-    tokio::time::sleep(RESUME_WINDOW).await;
+    // Messages that waited past the limit were dropped: a resume would continue from an
+    // incomplete view of the meeting, so the window ends there (the client joins afresh).
+    tokio::select! {
+        () = tokio::time::sleep(RESUME_WINDOW) => {}
+        () = overflow.happened() => {}
+    }
     if state.resume.expire(key).is_some() {
         leave(state, &id, room, false).await;
     }

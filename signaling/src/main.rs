@@ -236,6 +236,10 @@ struct ServeArgs {
     /// pings every third of it).
     #[arg(long, env = "SIGNALING_WS_IDLE_SECS")]
     ws_idle_secs: Option<u64>,
+    /// KiB of messages that may wait for a join WebSocket's client before it is closed as
+    /// too slow (http.ws_outbox_limit_kib; default 1,024, at least 4).
+    #[arg(long, env = "SIGNALING_WS_OUTBOX_LIMIT_KIB")]
+    ws_outbox_limit_kib: Option<usize>,
     /// Proxies in front of the public listener whose X-Forwarded-For names the client
     /// (http.trusted_proxies; addresses or CIDR ranges, comma-separated), e.g. the Ingress
     /// controller's pod network. Per-address limits and the audit log then see browsers.
@@ -536,6 +540,9 @@ fn main() -> anyhow::Result<()> {
 
 /// The loopback port the companion node links to by default (`--sfu-listen` sets another).
 const DEFAULT_COMPANION_CONTROL_PORT: u16 = 7440;
+
+/// Bytes a connection may leave unsent in the kernel (`TCP_NOTSENT_LOWAT`).
+const UNSENT_LIMIT_BYTES: u32 = 64 * 1024;
 
 /// Signaling's side of the SFU nodes' control links, accepting on `endpoint`: placement, the
 /// take-over of sessions carried over from the last run (or, replicas sharing the nodes, of a
@@ -1124,6 +1131,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let std_listener =
         std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     std_listener.set_nonblocking(true)?;
+    // A client that stops reading holds at most this much of the kernel's memory unsent (its
+    // connections take it from the listener); beyond it messages wait in the connection's
+    // bounded outbox. Without it the send buffer grew to 4 MiB for a socket not read (seen
+    // on loopback). What is in flight is not counted: no transfer is slowed.
+    socket2::SockRef::from(&std_listener)
+        .set_tcp_notsent_lowat(UNSENT_LIMIT_BYTES)
+        .with_context(|| format!("TCP_NOTSENT_LOWAT on {listen}"))?;
     let bound = std_listener.local_addr()?;
     let scheme = if tls_config.is_some() {
         "https"
@@ -1165,6 +1179,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ws_idle: std::time::Duration::from_secs(
             args.ws_idle_secs.or(http.ws_idle_secs).unwrap_or(45).max(3),
         ),
+        outbox_limit_bytes: args
+            .ws_outbox_limit_kib
+            .or(http.ws_outbox_limit_kib)
+            .map_or(signaling::outbox::DEFAULT_OUTBOX_LIMIT_BYTES, |kib| {
+                kib.max(4) * 1024
+            }),
         body_timeout: header_timeout,
         // Photos shared in meetings, all together at most this much memory.
         images: signaling::image_store::ImageStore::new(64 * 1024 * 1024),

@@ -7,9 +7,10 @@ use crate::audit_log::AuditEvent;
 use crate::carried_session::{CarriedSession, KeptMedia, key_digest};
 use crate::join_refusal::JoinRefusal;
 use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord};
-use crate::meeting_effects::{Effects, Outbound};
+use crate::meeting_effects::Effects;
 use crate::meeting_room::{CloseReason, JoinOutcome, MeetingRoom, RequestError, RoomState};
 use crate::meeting_store::{Kept, MeetingStore, StoreError};
+use crate::outbox::Outbox;
 use crate::session_resume::HeldKey;
 use crate::session_takeover::CarriedMedia;
 use crate::session_token::Session;
@@ -18,7 +19,6 @@ use jiff::{SignedDuration, Timestamp};
 use sfu_proto::{Command, DisconnectReason, Event, ParticipantId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc::UnboundedSender;
 
 /// Participants whose SDP awaits the SFU's answer, tracked at most; then the table starts
 /// over (answers that never came must not grow it for ever).
@@ -57,7 +57,7 @@ pub struct Meetings {
     rooms: Mutex<HashMap<String, Arc<MeetingRoom>>>,
     by_participant: Mutex<HashMap<ParticipantId, Arc<MeetingRoom>>>,
     /// Each connection's outbox: where the effects of the rules are delivered.
-    connections: Mutex<HashMap<ParticipantId, UnboundedSender<Outbound>>>,
+    connections: Mutex<HashMap<ParticipantId, Outbox>>,
     store: Option<MeetingStore>,
     /// Serialises writes of the store.
     store_lock: Mutex<()>,
@@ -499,7 +499,7 @@ impl Meetings {
             let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
             for (to, message) in fx.messages {
                 if let Some(out) = connections.get(&to) {
-                    let _ = out.send(message);
+                    out.send(message);
                 }
             }
         }
@@ -527,7 +527,7 @@ impl Meetings {
         &self,
         room: &Arc<MeetingRoom>,
         arrival: Arrival<'_>,
-        out: UnboundedSender<Outbound>,
+        out: Outbox,
         now: Timestamp,
         sfu: &dyn SfuControl,
     ) -> Result<(JoinOutcome, Vec<AuditEvent>), JoinRefusal> {

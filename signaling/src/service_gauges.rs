@@ -38,6 +38,10 @@ pub fn describe() {
         "Connections refused at the listener's limits (per source or in total)."
     );
     describe_counter!(
+        "signaling_connections_too_slow_total",
+        "Join WebSockets closed because messages waited past the limit for a client not reading them (4008)."
+    );
+    describe_counter!(
         "signaling_jwks_refresh_total",
         "Refreshes of the identity provider's signing keys (JWKS), by result."
     );

@@ -9,13 +9,12 @@
 //! If the old socket is still open (the server has not yet noticed it died), the new one
 //! takes over from it.
 
-use crate::meeting_effects::Outbound;
 use crate::message_budget::MessageBudget;
+use crate::outbox::OutboxReceiver;
 use sfu_proto::ParticipantId;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
 /// How long a dropped connection's participant waits for its client to come back.
@@ -29,7 +28,7 @@ pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Parked {
     pub id: ParticipantId,
     /// Messages to the participant, including those queued while it was parked.
-    pub outbox: UnboundedReceiver<Outbound>,
+    pub outbox: OutboxReceiver,
     /// The SDP budget carries over: a resume is not a way to a fresh one.
     pub sdp_budget: MessageBudget,
 }
@@ -194,7 +193,7 @@ mod tests {
     use super::*;
 
     fn parked(id: &str) -> Parked {
-        let (_tx, outbox) = tokio::sync::mpsc::unbounded_channel();
+        let (_tx, outbox) = crate::outbox::outbox(1024);
         Parked {
             id: ParticipantId(id.into()),
             outbox,

@@ -366,3 +366,125 @@ async fn a_valid_token_refused_in_a_loop_is_summarised_and_limited() {
         Some(200)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_as_too_slow_and_joins_again_afresh() {
+    let server = start_with(&["--ws-outbox-limit-kib", "16"]);
+    let meeting = "visit-slow-reader";
+    let staff: Vec<String> = (1..=3)
+        .map(|i| server.token(meeting, &format!("doc-{i}"), "Dr Berg", "clinician"))
+        .collect();
+    let patient_token = server.token(meeting, "pat-1", "Anna", "patient");
+    let mut doctors = Vec::new();
+    for token in &staff {
+        let mut d = server.connect(token).await;
+        d.next_of("welcome").await;
+        doctors.push(d);
+    }
+    // The patient's socket takes a few KiB at a time; once admitted, it reads nothing.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr()).await.unwrap();
+    let url = format!("{}/ws?token={patient_token}", server.ws_base);
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    let mut patient = support::Client { ws };
+    // (The key is sent directly, the welcome through the meeting's queue: either first.)
+    let (mut first_id, mut resume_key) = (Value::Null, Value::Null);
+    while first_id.is_null() || resume_key.is_null() {
+        let m = patient.next().await;
+        match m["type"].as_str() {
+            Some("welcome") => first_id = m["participant"].clone(),
+            Some("resume_key") => resume_key = m["key"].clone(),
+            _ => {}
+        }
+    }
+    let waiting = doctors[0].first_waiting().await;
+    assert_eq!(waiting, first_id);
+    doctors[0]
+        .send(json!({"type": "admit", "participant": first_id}))
+        .await;
+    patient.next_of("admitted").await;
+
+    // The staff chat (each within its budget: a burst, then one a second), 3 KB a message.
+    let text = "€".repeat(1000);
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut left_after = None;
+    'chat: while started.elapsed() < Duration::from_secs(40) {
+        for d in &mut doctors {
+            d.send(json!({"type": "chat", "text": text})).await;
+            sent += 1;
+        }
+        // (The staff read theirs: only the patient falls behind.)
+        let pause = if sent < 5 * doctors.len() { 50 } else { 1050 };
+        let until = tokio::time::Instant::now() + Duration::from_millis(pause);
+        for (i, d) in doctors.iter_mut().enumerate() {
+            for m in d.drain_until(until).await {
+                assert_ne!(m["type"], "error", "{m}");
+                if i == 0 && m["type"] == "participant_left" && m["participant"] == first_id {
+                    left_after = Some(started.elapsed());
+                    break 'chat;
+                }
+            }
+        }
+    }
+    let left_after = left_after.unwrap_or_else(|| {
+        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+        let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+        panic!(
+            "the patient that stopped reading was let go ({sent} sent); log, newest first:\n{tail}"
+        )
+    });
+    eprintln!("too slow after {left_after:?}, {sent} chat messages sent");
+    // Within the staff's budgets: 45 KB at once, then 9 KB a second.
+    assert!(left_after < Duration::from_secs(20), "{left_after:?}");
+
+    // What the patient's socket still held: the start of the chat, then the reason and 4008.
+    let mut chats = 0;
+    let (closing, code) = loop {
+        let m = patient.next().await;
+        match m["type"].as_str() {
+            Some("chat") => chats += 1,
+            Some("closing") => {
+                let code = patient.next_of("__closed").await["code"].as_u64();
+                break (m, code);
+            }
+            Some("__closed") => break (Value::Null, m["code"].as_u64()),
+            _ => {}
+        }
+    };
+    eprintln!("the patient had {chats} of {sent} chat messages");
+    assert_eq!(closing["reason"], "too_slow", "{closing}");
+    assert_eq!(code, Some(4008));
+    assert!(chats > 0 && chats < sent, "{chats} of {sent}");
+
+    // Back with the same token and its resume key: not resumed (messages were lost) but a
+    // fresh participant, let in past the waiting room (the admission kept for the grace).
+    let mut again = server
+        .connect_with(
+            &patient_token,
+            &format!("&resume={}", resume_key.as_str().unwrap()),
+        )
+        .await;
+    let mut seen = again.drain(Duration::from_secs(2)).await;
+    seen.retain(|m| m["type"] == "welcome" || m["type"] == "resumed");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["type"], "welcome", "{seen:?}");
+    assert_ne!(seen[0]["participant"], first_id);
+    assert_eq!(
+        seen[0]["state"], "admitted",
+        "admitted again without waiting: {seen:?}"
+    );
+    let (status, body) = server.api("GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    let metrics = body["raw"].as_str().unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("signaling_connections_too_slow_total") && l.ends_with(" 1")),
+        "the close is counted"
+    );
+}

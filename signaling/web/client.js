@@ -935,9 +935,10 @@ async function handle(msg) {
       fetchImage(msg).catch((e) => state.errors.push("image: " + e));
       break;
     case "closing":
-      // Closed for silence (a page asleep in the background, 4007) or because the service
-      // restarts (1012): the close that follows reconnects.
-      if (msg.reason === "idle" || msg.reason === "restarting") break;
+      // Closed for silence (a page asleep in the background, 4007), for messages that waited
+      // too long for a page that could not keep up (4008: it joins afresh) or because the
+      // service restarts (1012): the close that follows reconnects.
+      if (msg.reason === "idle" || msg.reason === "too_slow" || msg.reason === "restarting") break;
       state.closing = msg;
       endWith(msg.reason, refusalText(msg.reason, msg.message));
       break;

@@ -419,8 +419,12 @@ impl Client {
 
     /// Every message that arrives within `wait`.
     pub async fn drain(&mut self, wait: Duration) -> Vec<Value> {
+        self.drain_until(tokio::time::Instant::now() + wait).await
+    }
+
+    /// Every message that arrives before `deadline`.
+    pub async fn drain_until(&mut self, deadline: tokio::time::Instant) -> Vec<Value> {
         let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
             if let Message::Text(t) = msg {
                 got.push(serde_json::from_str(&t).unwrap());
