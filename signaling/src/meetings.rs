@@ -282,6 +282,15 @@ impl Meetings {
         carried.remove(&digest).map(|(_, c)| c)
     }
 
+    /// A carry taken for a connection that never started (`crate::pending_carry`): back for
+    /// the client's next try.
+    pub fn return_carried(&self, meeting: &str, c: CarriedSession) {
+        self.carried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(c.key_digest.clone(), (meeting.to_owned(), c));
+    }
+
     pub fn policy(&self) -> &MeetingPolicy {
         &self.policy
     }

@@ -500,13 +500,12 @@ async fn ws_upgrade(
             Timestamp::now(),
         )
     });
-    let (id, start) = match carried {
-        Some(c) => (c.participant.clone(), Start::Carried(c)),
-        None => {
-            let id = new_participant_id(rand::random());
-            (id.clone(), Start::Join(id))
-        }
-    };
+    // (Put back if the connection never starts.)
+    let carried = carried
+        .map(|c| crate::pending_carry::PendingCarry::new(state.meetings.clone(), &room.id, c));
+    let id = carried
+        .as_ref()
+        .map_or_else(|| new_participant_id(rand::random()), |c| c.participant());
     if audit(&state, session_event("join", &session, Some(&id)))
         .await
         .is_err()
@@ -514,7 +513,13 @@ async fn ws_upgrade(
         return audit_unavailable();
     }
     ws.max_message_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| connection(state, session, room, start, socket))
+        .on_upgrade(move |socket| {
+            let start = match carried {
+                Some(c) => Start::Carried(c.into_carried()),
+                None => Start::Join(id),
+            };
+            connection(state, session, room, start, socket)
+        })
 }
 
 pub(crate) fn new_participant_id(random: u64) -> ParticipantId {

@@ -8,7 +8,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::redis::{Redis, free_port};
-use support::{API_KEY, start_with};
+use support::{API_KEY, chattr, start_with};
 
 const STREAM: &str = "healthcare-sfu:audit";
 
@@ -40,11 +40,6 @@ async fn copy_matches_file(server: &support::Server, url: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn chattr(flag: &str, path: &std::path::Path) {
-    let ok = Command::new("chattr").arg(flag).arg(path).status().unwrap();
-    assert!(ok.success(), "chattr {flag}");
 }
 
 #[tokio::test]

@@ -677,6 +677,15 @@ async fn restart_loses_no_media(
         })
         .await;
 
+        // A first try the audit log refuses (503) spends nothing: the carry waits for the
+        // next (it was lost with the refusal).
+        support::chattr("+i", &server.audit);
+        let (status, body) = server
+            .refused(&format!("token={doctor_token}&resume={}", keys.0))
+            .await;
+        support::chattr("-i", &server.audit);
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "audit_unavailable", "{body}");
         // Both come back with their keys: the same participants, media kept, admission kept.
         let (mut doctor2, welcome, doctor_key) =
             joined(server, &doctor_token, &format!("&resume={}", keys.0)).await;

@@ -17,6 +17,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const API_KEY: &str = "test-api-key-0123456789";
 
+/// Sets or clears a file attribute: `+i` makes the audit log unwritable, even through the
+/// service's open descriptor (as a full or failed disk would).
+pub fn chattr(flag: &str, path: &std::path::Path) {
+    let ok = Command::new("chattr").arg(flag).arg(path).status().unwrap();
+    assert!(ok.success(), "chattr {flag}");
+}
+
 pub struct Server {
     child: Child,
     /// `ws://127.0.0.1:port`
