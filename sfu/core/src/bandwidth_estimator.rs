@@ -100,6 +100,11 @@ pub struct BandwidthEstimator {
     last_loss_update: Option<Instant>,
     /// The loss over the last window evaluated (0–1), for observability.
     pub loss_fraction: f64,
+    /// The loss of the last second or so (windows averaged): what a step up is judged against.
+    loss_average: f64,
+    /// Packets the feedback has reported received and lost, all told.
+    packets_received: u64,
+    packets_lost: u64,
 }
 
 impl BandwidthEstimator {
@@ -123,6 +128,9 @@ impl BandwidthEstimator {
             last_loss_cut: None,
             last_loss_update: None,
             loss_fraction: 0.0,
+            loss_average: 0.0,
+            packets_received: 0,
+            packets_lost: 0,
         }
     }
 
@@ -148,6 +156,41 @@ impl BandwidthEstimator {
         self.delay.usage()
     }
 
+    /// How long the newest packet reported waited in queues on the way (ms above the quickest
+    /// of late).
+    pub fn queue_delay_ms(&self) -> f64 {
+        self.delay.queue_delay_ms()
+    }
+
+    /// Packets reported (received, lost) since the estimate began.
+    pub fn packets_reported(&self) -> (u64, u64) {
+        (self.packets_received, self.packets_lost)
+    }
+
+    /// The loss of about the last second (0–1).
+    pub fn recent_loss(&self) -> f64 {
+        self.loss_average
+    }
+
+    /// A step up failed with loss: what may be sent falls to what got through lately (the
+    /// link's rate, where a policer drops the rest) and no higher than half again what was
+    /// sent before the step (`before_bps`: a policer's bucket passes a burst of the step
+    /// first; the half covers what was sent before swinging with its keyframes), at once
+    /// rather than when a window's loss passes 10 %.
+    pub fn on_failed_step(&mut self, now: Instant, before_bps: u64) {
+        let before = before_bps as f64 * 1.5;
+        self.loss_bound_bps = self.loss_bound_bps.min(before.max(MIN_BPS));
+        // (The lesser of the last 150 ms and 500 ms: a policer's bucket passes a burst first.)
+        let through = match (self.recent_bps(), self.acked_bps) {
+            (Some(recent), Some(acked)) => Some(recent.min(acked)),
+            (recent, acked) => recent.or(acked),
+        };
+        if let Some(through) = through {
+            self.loss_bound_bps = self.loss_bound_bps.min(through).max(MIN_BPS);
+            self.last_loss_cut = Some(now);
+        }
+    }
+
     /// The packets of one feedback message, in sequence order.
     pub fn on_feedback(&mut self, now: Instant, packets: impl IntoIterator<Item = PacketResult>) {
         let mut usage = self.delay.usage();
@@ -156,11 +199,15 @@ impl BandwidthEstimator {
             match p.arrival_us {
                 Some(arrival) => {
                     self.loss_received += 1;
+                    self.packets_received += 1;
                     self.add_acked(arrival, p.size);
                     usage = self.delay.on_packet(p.sent_at, arrival);
                     overused |= usage == BandwidthUsage::Overusing;
                 }
-                None => self.loss_lost += 1,
+                None => {
+                    self.loss_lost += 1;
+                    self.packets_lost += 1;
+                }
             }
         }
         // An over-use anywhere in the message counts, even if the last group read normal.
@@ -299,6 +346,8 @@ impl BandwidthEstimator {
         }
         let loss = self.loss_lost as f64 / total as f64;
         self.loss_fraction = loss;
+        // (Windows of at least 100 ms: about the last second.)
+        self.loss_average += 0.1 * (loss - self.loss_average);
         let dt = self
             .last_loss_update
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))

@@ -58,6 +58,9 @@ pub struct Counters {
     /// Simulcast subscriptions lowered because their subscriber's estimate could not carry
     /// the layer.
     pub layer_bandwidth_downgrades: u64,
+    /// Steps up (and resumes) a subscriber's link met with loss within their trial, taken back
+    /// at once (`step_trial.rs`).
+    pub failed_steps: u64,
     /// Video subscriptions paused because their subscriber's estimate carried no layer.
     pub video_pauses: u64,
     /// Simulcast layers publishers were told to stop encoding (nobody needed them).
@@ -119,6 +122,7 @@ impl std::ops::AddAssign for Counters {
             probe_packets_out,
             probe_clusters,
             layer_bandwidth_downgrades,
+            failed_steps,
             video_pauses,
             layers_suspended,
             layers_resumed,
@@ -168,6 +172,7 @@ impl std::ops::AddAssign for Counters {
         self.probe_packets_out += probe_packets_out;
         self.probe_clusters += probe_clusters;
         self.layer_bandwidth_downgrades += layer_bandwidth_downgrades;
+        self.failed_steps += failed_steps;
         self.video_pauses += video_pauses;
         self.layers_suspended += layers_suspended;
         self.layers_resumed += layers_resumed;
@@ -180,7 +185,7 @@ impl std::ops::AddAssign for Counters {
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 48] {
+    pub fn named(&self) -> [(&'static str, u64); 49] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -250,6 +255,7 @@ impl Counters {
                 "sfu_layer_bandwidth_downgrades_total",
                 self.layer_bandwidth_downgrades,
             ),
+            ("sfu_failed_steps_total", self.failed_steps),
             ("sfu_video_pauses_total", self.video_pauses),
             ("sfu_layers_suspended_total", self.layers_suspended),
             ("sfu_layers_resumed_total", self.layers_resumed),
@@ -264,7 +270,7 @@ impl Counters {
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 48] = [
+    pub const HELP: [(&'static str, &'static str); 49] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -425,6 +431,10 @@ impl Counters {
         (
             "sfu_layer_bandwidth_downgrades_total",
             "Simulcast subscriptions moved to a lower layer because their subscriber's bandwidth estimate could not carry the higher one.",
+        ),
+        (
+            "sfu_failed_steps_total",
+            "Steps up a layer (and resumes) that met loss on their subscriber's link within their trial and were taken back at once.",
         ),
         (
             "sfu_video_pauses_total",

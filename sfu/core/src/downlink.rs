@@ -6,6 +6,7 @@ use crate::bandwidth_estimator::BandwidthEstimator;
 use crate::pacer::Pacer;
 use crate::probe_cluster::ProbeCluster;
 use crate::send_history::SendHistory;
+use crate::step_trial::{StepTrial, TrialVerdict};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -32,6 +33,13 @@ pub struct Downlink {
     pub pacer: Pacer,
     /// The estimate is the subscriber's own (REMB): it has sent no transport-wide feedback.
     pub receiver_estimated: bool,
+    /// The last step up (or resume), while its link shows whether it carries it.
+    pub trial: Option<StepTrial>,
+    /// A step failed with loss while nothing queued: a policer, which passes a probe whole.
+    /// Until then probes find nothing (the back-off decides when a step is tried again).
+    pub policed_until: Option<Instant>,
+    /// Steps failed in a row behind a policer (the wait doubles with each).
+    pub policed_failures: u8,
 }
 
 impl Downlink {
@@ -49,7 +57,66 @@ impl Downlink {
             failed_at_bps: 0,
             pacer: Pacer::default(),
             receiver_estimated: false,
+            trial: None,
+            policed_until: None,
+            policed_failures: 0,
         }
+    }
+
+    /// A step up (or a resume) was taken: on trial from now, unless one already is.
+    pub fn start_trial(&mut self, now: Instant) {
+        if let (None, Some(estimator)) = (self.trial, self.estimator.as_ref()) {
+            self.trial = Some(StepTrial::start(now, estimator, self.allocated_bps));
+        }
+    }
+
+    /// Judges the step on trial after a feedback message. `true`: it failed, and what may be
+    /// sent has fallen to what got through (the allocator is to move down now).
+    pub fn judge_trial(&mut self, now: Instant) -> bool {
+        let (Some(trial), Some(estimator)) = (self.trial.as_mut(), self.estimator.as_mut()) else {
+            return false;
+        };
+        match trial.judge(now, estimator) {
+            TrialVerdict::Pending => false,
+            TrialVerdict::Passed => {
+                self.trial = None;
+                self.policed_failures = 0;
+                false
+            }
+            TrialVerdict::Failed { policed } => {
+                let before = trial.allocated_before;
+                self.trial = None;
+                estimator.on_failed_step(now, before);
+                if policed {
+                    self.policed(now);
+                }
+                true
+            }
+        }
+    }
+
+    /// A step failed on congestion the estimate saw first (its own loss cut, or delay): the
+    /// trial ends with it, and a loss with nothing queued is a policer's all the same.
+    pub fn step_failed(&mut self, now: Instant) {
+        let (Some(mut trial), Some(estimator)) = (self.trial.take(), self.estimator.as_ref())
+        else {
+            return;
+        };
+        if trial.nothing_queued(estimator) && estimator.loss_fraction > 0.0 {
+            self.policed(now);
+        }
+    }
+
+    /// Behind a policer: probes are not believed for a while, longer after each failure.
+    fn policed(&mut self, now: Instant) {
+        self.policed_failures = self.policed_failures.saturating_add(1);
+        let wait = POLICED_WAIT * (1u32 << (self.policed_failures.min(3) - 1));
+        self.policed_until = Some(now + wait.min(POLICED_WAIT_MAX));
+    }
+
+    /// Whether probes are believed now (not behind a policer that fooled one lately).
+    fn probes_believed(&self, now: Instant) -> bool {
+        self.policed_until.is_none_or(|t| now >= t)
     }
 
     /// Judges the probe in flight once its feedback is in (or overdue): a rate above the
@@ -59,6 +126,11 @@ impl Downlink {
             return;
         };
         self.probe = None;
+        if !self.probes_believed(now) {
+            // Behind a policer the probe passed its bucket whole: it says nothing of the rate.
+            self.fruitless_probes = self.fruitless_probes.saturating_add(1);
+            return;
+        }
         let Some(estimator) = self.estimator.as_mut() else {
             return;
         };
@@ -97,6 +169,11 @@ fn link_improved(before: u64, found_bps: u64, failed_at_bps: u64) -> bool {
         found_bps >= before * 2
     }
 }
+
+/// Behind a policer, probes are not believed for this long after a failed step (doubling
+/// with each failure in a row, up to the maximum).
+const POLICED_WAIT: Duration = Duration::from_secs(10);
+const POLICED_WAIT_MAX: Duration = Duration::from_secs(40);
 
 /// Probes of one link, at most this often (doubling after fruitless ones, up to the maximum).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);

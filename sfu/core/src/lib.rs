@@ -34,6 +34,7 @@ pub mod sfu;
 pub mod skipped_numbers;
 pub mod srtp_context;
 pub mod ssrc_routes;
+pub mod step_trial;
 pub mod subscription;
 pub mod tcp_framing;
 pub mod temporal_filter;

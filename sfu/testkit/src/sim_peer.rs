@@ -18,7 +18,7 @@ use sfu_proto::MediaKind;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A track this peer publishes.
 #[derive(Debug, Clone)]
@@ -125,6 +125,13 @@ pub struct SimPeer {
     /// Keep sent packets to answer NACKs, and the transport-wide sequence numbers received
     /// (both off in the load generator: memory stays flat).
     pub keep_history: bool,
+    /// Ask for what is missing from an incoming stream (a NACK as a gap in its sequence
+    /// numbers shows, once), as a browser's receiver does.
+    pub nack_losses: bool,
+    /// The newest sequence number received per incoming SSRC (for `nack_losses`).
+    newest_seq: HashMap<u32, u16>,
+    /// Packets asked for and not yet come, per incoming SSRC: when last asked, and how often.
+    awaited: HashMap<u32, std::collections::BTreeMap<u16, (Instant, u8)>>,
     /// ICE role: controlling when we offer (to our ICE-lite SFU); controlled when answering
     /// a full-ICE offerer (Janus's subscriber offers).
     controlling: bool,
@@ -242,6 +249,9 @@ impl SimPeer {
             feedback_interval: std::time::Duration::from_millis(50),
             next_feedback_at: None,
             padding_received: 0,
+            nack_losses: false,
+            newest_seq: HashMap::new(),
+            awaited: HashMap::new(),
             audio_level: 30,
             keep_history: true,
             controlling,
@@ -634,6 +644,9 @@ impl SimPeer {
         let Some(p) = self.open_rtp(now, data) else {
             return;
         };
+        if self.nack_losses {
+            self.ask_for_missing(now, p.ssrc, p.seq, p.repaired);
+        }
         self.received
             .entry(p.ssrc)
             .or_default()
@@ -644,6 +657,41 @@ impl SimPeer {
                 at: now,
                 repaired: p.repaired,
             });
+    }
+
+    /// What a browser's receiver does about loss: a gap in the sequence numbers is asked for
+    /// (NACK), and asked for again every 40 ms while it has not come, four times at most.
+    fn ask_for_missing(&mut self, now: Instant, ssrc: u32, seq: u16, repaired: bool) {
+        let awaited = self.awaited.entry(ssrc).or_default();
+        awaited.remove(&seq);
+        let mut ask: Vec<u16> = Vec::new();
+        if !repaired {
+            let newest = self.newest_seq.entry(ssrc).or_insert(seq.wrapping_sub(1));
+            let ahead = seq.wrapping_sub(*newest);
+            if ahead < 0x8000 {
+                for d in 1..ahead.min(64) {
+                    let missing = newest.wrapping_add(d);
+                    awaited.insert(missing, (now, 1));
+                    ask.push(missing);
+                }
+                *newest = seq;
+            }
+        }
+        for (&missing, (asked, tries)) in awaited.iter_mut() {
+            if now.saturating_duration_since(*asked) >= Duration::from_millis(40) && *tries < 4 {
+                *asked = now;
+                *tries += 1;
+                ask.push(missing);
+            }
+        }
+        // Given up on (or far behind): forgotten.
+        awaited.retain(|_, (_, tries)| *tries < 4);
+        while awaited.len() > 256 {
+            awaited.pop_first();
+        }
+        if !ask.is_empty() {
+            self.send_nack(ssrc, &ask);
+        }
     }
 
     /// Decrypts and authenticates an SRTP packet from the SFU without keeping it (RTX

@@ -5,7 +5,7 @@
 //! the bottleneck, the delay its queue adds, audio that keeps coming.
 
 use sfu_proto::{MediaKind, Permissions};
-use sfu_testkit::simulcast_publisher::{SimulcastPublisher, layer, video_from};
+use sfu_testkit::simulcast_publisher::{SimulcastPublisher, layer, starts_keyframe, video_from};
 use sfu_testkit::{Link, ReceivedPacket, SimNetwork};
 use std::time::{Duration, Instant};
 
@@ -785,4 +785,155 @@ fn a_receiver_estimate_sets_the_layer_of_a_subscriber_without_transport_feedback
     assert_eq!(low, Some(0));
     assert_eq!(high, Some(2));
     assert_eq!(other, Some(2), "feedback wins over a REMB");
+}
+
+/// The pictures a receiver could show: when each showed (its last packet's arrival) and its
+/// layer. A picture shows when all its packets arrived and — unless it is a keyframe — the
+/// one before it showed; this receiver asks for no repairs, so a loss holds the picture until
+/// the next keyframe (the SFU asks for one at a switch, the camera sends one every 3 s).
+fn shown_pictures(video: &[ReceivedPacket], camera: &SimulcastPublisher) -> Vec<(Instant, u8)> {
+    use std::collections::BTreeMap;
+    struct Picture {
+        layer: u8,
+        key: bool,
+        seqs: Vec<i64>,
+        last: Instant,
+    }
+    let mut pictures: BTreeMap<u32, Picture> = BTreeMap::new();
+    let mut base: Option<(u16, i64)> = None;
+    for p in video {
+        // Sequence numbers unwrapped against the last one seen.
+        let seq = match base {
+            None => i64::from(p.seq),
+            Some((last, at)) => at + i64::from(p.seq.wrapping_sub(last) as i16),
+        };
+        base = Some((p.seq, seq));
+        let picture = pictures.entry(p.timestamp).or_insert(Picture {
+            layer: layer(p),
+            key: false,
+            seqs: Vec::new(),
+            last: p.at,
+        });
+        picture.key |= starts_keyframe(p);
+        picture.seqs.push(seq);
+        picture.last = picture.last.max(p.at);
+    }
+    let mut ordered: Vec<Picture> = pictures.into_values().collect();
+    ordered.sort_by_key(|p| p.seqs.iter().copied().min());
+    let mut shown = Vec::new();
+    let (mut chain, mut next_seq) = (false, None);
+    for p in ordered {
+        let (first, last) = (p.seqs.iter().min().copied(), p.seqs.iter().max().copied());
+        let (Some(first), Some(last)) = (first, last) else {
+            continue;
+        };
+        let per_frame = camera.packets_per_frame[usize::from(p.layer)];
+        let expected = if p.key {
+            per_frame * camera.keyframe_scale.max(1)
+        } else {
+            per_frame
+        };
+        let whole = p.seqs.len() == expected && last - first + 1 == expected as i64;
+        let follows = next_seq.is_none_or(|n| n == first);
+        chain = whole && (p.key || (chain && follows));
+        if chain {
+            shown.push((p.last, p.layer));
+        }
+        next_seq = Some(last + 1);
+    }
+    shown
+}
+
+/// Every video packet a subscriber received from the publisher, repairs too (the first copy
+/// of each sequence number), in arrival order.
+fn arrivals(net: &sfu_testkit::SimNetwork, subscriber: usize) -> Vec<ReceivedPacket> {
+    let line = net.peers[subscriber]
+        .incoming_from("pub", MediaKind::Video)
+        .expect("offered the publisher's video");
+    let mut seen = std::collections::HashSet::new();
+    net.peers[subscriber]
+        .received
+        .get(&line.ssrc)
+        .map(|pkts| {
+            pkts.iter()
+                .filter(|p| seen.insert(p.seq))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Stretches of more than 200 ms between two pictures shown in [from, to): (start, length).
+fn freezes(shown: &[(Instant, u8)], from: Instant, to: Instant) -> Vec<(Duration, Duration)> {
+    let mut out = Vec::new();
+    let mut last = from;
+    for t in shown
+        .iter()
+        .map(|&(t, _)| t)
+        .filter(|&t| t >= from && t < to)
+        .chain([to])
+    {
+        if t - last > Duration::from_millis(200) {
+            out.push((last - from, t - last));
+        }
+        last = t;
+    }
+    out
+}
+
+#[test]
+fn behind_a_policer_a_failed_step_up_costs_little_picture() {
+    // A plan's rate limit: a token bucket that passes 16 KB at once, then 400 kbit/s, and
+    // drops what exceeds it (no queue to speak of). A probe passes it whole and reads a rate
+    // the link cannot carry for long; the step up taken on it fails.
+    let mut call = Call::new(41, &[Link::shaped(3_000_000, Duration::from_millis(100))]);
+    // Keyframes four times a frame, as an encoder's are; the subscriber asks for repairs.
+    call.camera.keyframe_scale = 4;
+    call.net.peers[1].nack_losses = true;
+    call.run(Duration::from_secs(6));
+    assert_eq!(layer_at(&call.video(1), call.net.now), Some(2));
+    let policed = call.net.now;
+    let policer = Link {
+        rate_bps: Some(400_000),
+        queue_bytes: 1500,
+        burst_bytes: 16_000,
+        ..Link::default()
+    };
+    call.net.set_downlink(1, policer);
+    call.run(Duration::from_secs(40));
+    let end = call.net.now;
+    let video = call.video(1);
+    let changes = layer_changes(&video, policed);
+    let steps_up = changes.windows(2).filter(|w| w[1] > w[0]).count();
+    let shown = shown_pictures(&arrivals(&call.net, 1), &call.camera);
+    // After the first move down (the link's change itself is not what is judged).
+    let settled =
+        first_on(&video, policed, |l| l < 2).expect("moved down") + Duration::from_secs(2);
+    let frozen = freezes(&shown, settled, end);
+    let total: Duration = frozen.iter().map(|&(_, d)| d).sum();
+    let (loss, _) = call.bottleneck(1, settled, end);
+    println!(
+        "400 kbit/s behind a policer (16 KB bucket): layers {changes:?} ({steps_up} steps up), \
+         frozen {total:?} in all after the first move down, freezes {frozen:?}, bottleneck loss {:.1} %",
+        loss * 100.0
+    );
+    // Before steps were put on trial (the same call, seed and receiver): 17 steps up in 40 s
+    // (every probe, one each 2 s, read the bucket's burst as headroom), 9.0 s frozen in 17
+    // freezes, 22.5 % lost at the policer.
+    assert!(steps_up <= 3, "{steps_up} steps up: {changes:?}");
+    assert!(
+        frozen.iter().all(|&(_, d)| d < Duration::from_millis(500)),
+        "the picture froze: {frozen:?}"
+    );
+    assert!(total < Duration::from_secs(1), "frozen {total:?} in all");
+    assert!(loss < 0.03, "{:.1} % lost at the policer", loss * 100.0);
+    assert!(
+        call.net.sfu.counters.failed_steps >= 1,
+        "a step was taken back"
+    );
+    assert_eq!(
+        layer_at(&video, end),
+        Some(0),
+        "on the layer the link carries"
+    );
 }

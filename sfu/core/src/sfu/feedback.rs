@@ -203,6 +203,12 @@ impl Sfu {
                 }),
         );
         p.downlink.settle_probe(now);
+        // A step up that brought loss fails now: the picture goes back down before the new
+        // layer's losses freeze it.
+        let failed = p.downlink.judge_trial(now);
+        if failed {
+            self.counters.failed_steps += 1;
+        }
         // An estimate that no longer carries what was allocated is acted on now, not at the
         // next layer pass: every 100 ms over a bottleneck's capacity fills its queue further.
         let fits = p
@@ -210,7 +216,7 @@ impl Sfu {
             .estimator
             .as_ref()
             .is_none_or(|e| e.estimate_bps() >= p.downlink.allocated_bps);
-        if !fits {
+        if failed || !fits {
             self.allocate(now, idx, out);
         }
     }

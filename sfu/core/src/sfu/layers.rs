@@ -240,6 +240,7 @@ impl Sfu {
                         // A pause soon after a resume (or an upgrade): that step failed.
                         if p.subscriptions[s].note_congestion(now) {
                             p.downlink.failed_at_bps = p.downlink.allocated_bps;
+                            p.downlink.step_failed(now);
                         }
                         let sub = &mut p.subscriptions[s];
                         sub.flow = Flow::Paused;
@@ -295,9 +296,11 @@ impl Sfu {
                 if (congested || thinned) && sub.flow == Flow::Flowing {
                     if sub.note_congestion(now) {
                         p.downlink.failed_at_bps = p.downlink.allocated_bps;
+                        p.downlink.step_failed(now);
                     }
                 } else if paused || stepped_up {
                     sub.upgraded_at = Some(now);
+                    p.downlink.start_trial(now);
                 }
                 sub.settle_upgrade(now);
                 sub.target_layer = chosen;
