@@ -220,6 +220,10 @@ pub async fn connection(
             // the reconnect grace).
             leave(&state, &p.id, &room, false).await;
         }
+        if let Some(c) = carried {
+            // Not claimed yet: kept for the client's next try (as a failed upgrade would).
+            state.meetings.return_carried(&room.id, c);
+        }
         return;
     }
     let (mut out_rx, mut sdp_budget) = match resumed {
@@ -359,7 +363,12 @@ pub async fn connection(
             // Not parked: a resume would continue from the incomplete view. It leaves as a
             // dropped connection does (its admission kept for the reconnect grace).
             () = overflow.happened() => {
-                too_slow = true;
+                // (A close queued behind the overflow is what the client hears instead.)
+                if let Some(Outbound::Close { code, message }) = out_rx.take_close() {
+                    send_close(&mut sink, code, &message).await;
+                } else {
+                    too_slow = true;
+                }
                 closed = true;
                 break;
             }
@@ -381,9 +390,7 @@ pub async fn connection(
                     }
                 }
                 Some(Outbound::Close { code, message }) => {
-                    let reason = message["reason"].as_str().unwrap_or("closed").to_owned();
-                    let _ = send_within(&mut sink, Message::Text(message.to_string().into())).await;
-                    let _ = send_within(&mut sink, Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    send_close(&mut sink, code, &message).await;
                     closed = true;
                     break;
                 }
@@ -514,6 +521,21 @@ pub async fn connection(
     }
     // (Closing flushes: bounded as any send.)
     let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
+}
+
+/// A last `closing` message and the close frame with its code (each bounded as any send).
+async fn send_close(
+    sink: &mut (impl SinkExt<Message> + Unpin),
+    code: u16,
+    message: &serde_json::Value,
+) {
+    let reason = message["reason"].as_str().unwrap_or("closed").to_owned();
+    let _ = send_within(sink, Message::Text(message.to_string().into())).await;
+    let close = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = send_within(sink, Message::Close(Some(close))).await;
 }
 
 /// Takes a connection's participant out of whichever meeting it is in now (a take may have

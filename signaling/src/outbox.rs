@@ -10,8 +10,8 @@
 use crate::meeting_effects::Outbound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::watch;
 
 /// The default limit: far above what a slow phone lets wait (a meeting's largest message, an
 /// offer naming everyone's media, is tens of KiB) and small beside the service's memory.
@@ -25,7 +25,9 @@ struct Shared {
     queued_bytes: AtomicUsize,
     limit_bytes: usize,
     overflowed: AtomicBool,
-    overflow: Notify,
+    /// Tells every waiter (a live connection, and a park task of its last drop that may still
+    /// be waiting out its window): one woken alone could be the wrong one.
+    overflow: watch::Sender<bool>,
 }
 
 /// The meeting's end of a connection's queue.
@@ -49,7 +51,7 @@ pub fn outbox(limit_bytes: usize) -> (Outbox, OutboxReceiver) {
         queued_bytes: AtomicUsize::new(0),
         limit_bytes,
         overflowed: AtomicBool::new(false),
-        overflow: Notify::new(),
+        overflow: watch::Sender::new(false),
     });
     (
         Outbox {
@@ -83,11 +85,11 @@ impl Outbox {
         }
         let size = cost(&message);
         let before = s.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        if before + size > s.limit_bytes {
+        // (One message larger than the limit still goes into an empty queue.)
+        if before > 0 && before + size > s.limit_bytes {
             s.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             s.overflowed.store(true, Ordering::Release);
-            // (A permit is kept if nobody waits yet.)
-            s.overflow.notify_one();
+            s.overflow.send_replace(true);
             return;
         }
         if self.tx.send(message).is_err() {
@@ -106,6 +108,20 @@ impl OutboxReceiver {
                 .fetch_sub(cost(&message), Ordering::AcqRel);
         }
         Some(message)
+    }
+
+    /// A close waiting in the queue, if any (the rest of it dropped): what a connection whose
+    /// queue overflowed was to be told in the end anyway (removed, replaced, a restart).
+    pub fn take_close(&mut self) -> Option<Outbound> {
+        while let Ok(message) = self.rx.try_recv() {
+            if matches!(message, Outbound::Close { .. }) {
+                return Some(message);
+            }
+            self.shared
+                .queued_bytes
+                .fetch_sub(cost(&message), Ordering::AcqRel);
+        }
+        None
     }
 
     /// What tells of this queue's overflow (waited on beside [`OutboxReceiver::recv`]).
@@ -131,10 +147,8 @@ pub struct Overflow {
 impl Overflow {
     /// Completes once the queue has overflowed (at once if it already has).
     pub async fn happened(&self) {
-        if self.has_happened() {
-            return;
-        }
-        self.shared.overflow.notified().await;
+        // (The sender lives as long as `shared`: this waits until it says so.)
+        let _ = self.shared.overflow.subscribe().wait_for(|&v| v).await;
     }
 
     pub fn has_happened(&self) -> bool {
@@ -194,6 +208,51 @@ mod tests {
         assert_eq!(rx.recv().await, Some(text(250)));
         assert_eq!(rx.recv().await, Some(text(250)));
         assert_eq!(rx.recv().await, Some(close));
+        assert_eq!(rx.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn every_waiter_hears_of_the_overflow() {
+        let (tx, rx) = outbox(100);
+        let (a, b) = (rx.overflow(), rx.overflow());
+        let waiting = tokio::spawn(async move { a.happened().await });
+        tokio::task::yield_now().await;
+        tx.send(text(50));
+        tx.send(text(50));
+        let wait = std::time::Duration::from_millis(100);
+        tokio::time::timeout(wait, waiting)
+            .await
+            .expect("the first waiter woke")
+            .unwrap();
+        tokio::time::timeout(wait, b.happened())
+            .await
+            .expect("and the second");
+    }
+
+    #[tokio::test]
+    async fn one_message_larger_than_the_limit_goes_into_an_empty_queue() {
+        let (tx, mut rx) = outbox(100);
+        tx.send(text(500));
+        assert!(!rx.overflow().has_happened());
+        assert_eq!(rx.recv().await, Some(text(500)));
+        // Not behind another.
+        tx.send(text(10));
+        tx.send(text(500));
+        assert!(rx.overflow().has_happened());
+    }
+
+    #[tokio::test]
+    async fn a_close_behind_an_overflow_is_found() {
+        let (tx, mut rx) = outbox(200);
+        tx.send(text(100));
+        tx.send(text(100));
+        let close = Outbound::Close {
+            code: 4004,
+            message: json!({"type": "closing", "reason": "replaced"}),
+        };
+        tx.send(close.clone());
+        assert!(rx.overflow().has_happened());
+        assert_eq!(rx.take_close(), Some(close));
         assert_eq!(rx.queued_bytes(), 0);
     }
 }

@@ -273,6 +273,10 @@ impl AppState {
         source: IpAddr,
     ) -> Result<(Session, Arc<MeetingRoom>), Response> {
         let now = Timestamp::now();
+        // A source over its refusal budget gets few signature checks (token_refusals.rs).
+        if !self.refusals.may_check(source, std::time::Instant::now()) {
+            return Err(too_many_refusals(self.refusals.interval()));
+        }
         let session = match self.verifier.verify(&q.token) {
             Ok(s) => s,
             Err(e) => {

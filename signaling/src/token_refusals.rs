@@ -3,7 +3,11 @@
 //! source in an interval is written at once; the rest are counted and written as one line per
 //! source at the interval's end; past a per-source budget, requests get 429 before any audit
 //! write, and are counted all the same. So the log records that every refusal happened, at a
-//! cost that does not grow with the attacker's rate.
+//! cost that does not grow with the attacker's rate. While a source is over its budget, its
+//! tokens are checked at most [`CHECKS_WHILE_LIMITED`] a second: the rest get 429 unread (an
+//! ES256 signature costs ~370 µs, and one source's flood would otherwise take a core) — a
+//! valid token among them (a patient behind the same address) is let in once its retry finds
+//! a check free.
 
 use crate::audit_log::AuditEvent;
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +18,9 @@ use std::time::{Duration, Instant};
 /// Sources tracked at once at most; further sources share one record (their refusals are still
 /// counted, under `source: "other"`).
 const MAX_SOURCES: usize = 100_000;
+
+/// Signature checks a second (burst as much) for a source over its refusal budget.
+pub const CHECKS_WHILE_LIMITED: f64 = 20.0;
 
 /// What to do with one refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +63,9 @@ struct Source {
     limited: u64,
     /// Whether a line for this source went out in the current interval.
     written_this_interval: bool,
+    /// Signature checks left while over the budget, and when that was last reckoned.
+    checks: f64,
+    checks_at: Instant,
 }
 
 #[derive(Debug)]
@@ -135,6 +145,8 @@ impl TokenRefusals {
             unwritten: BTreeMap::new(),
             limited: 0,
             written_this_interval: false,
+            checks: CHECKS_WHILE_LIMITED,
+            checks_at: now,
         });
         let refill = now.saturating_duration_since(s.last).as_secs_f64()
             * f64::from(self.budget.per_minute)
@@ -154,6 +166,32 @@ impl TokenRefusals {
             s.written_this_interval = true;
             RefusalVerdict::Record
         }
+    }
+
+    /// Whether a token from `ip` may have its signature checked now: always, unless the source
+    /// is over its refusal budget and has used the checks it gets meanwhile. A token not
+    /// checked is answered 429 and counted with the source's refusals (`unchecked`).
+    pub fn may_check(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = sources.get_mut(&SourceKey::of(ip)) else {
+            return true;
+        };
+        let refill = now.saturating_duration_since(s.last).as_secs_f64()
+            * f64::from(self.budget.per_minute)
+            / 60.0;
+        if s.tokens + refill >= 1.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(s.checks_at).as_secs_f64();
+        s.checks = (s.checks + elapsed * CHECKS_WHILE_LIMITED).min(CHECKS_WHILE_LIMITED);
+        s.checks_at = now;
+        if s.checks >= 1.0 {
+            s.checks -= 1.0;
+            return true;
+        }
+        *s.unwritten.entry("unchecked").or_default() += 1;
+        s.limited += 1;
+        false
     }
 
     /// The line written at once for a source's first refusal of an interval.
@@ -253,6 +291,48 @@ mod tests {
         assert!(r.end_interval(t1).is_empty());
         let t2 = t1 + Duration::from_secs(30);
         assert_eq!(r.refused(ip, "token_expired", t2), RefusalVerdict::Record);
+    }
+
+    #[test]
+    fn a_source_over_its_budget_gets_few_signature_checks_and_the_rest_are_counted() {
+        let r = TokenRefusals::new(RefusalBudget {
+            burst: 5,
+            per_minute: 60,
+            interval: Duration::from_secs(60),
+        });
+        let ip: IpAddr = "198.18.0.9".parse().unwrap();
+        let t0 = Instant::now();
+        // Within the budget every token is checked.
+        for _ in 0..5 {
+            assert!(r.may_check(ip, t0));
+            r.refused(ip, "token_bad_signature", t0);
+        }
+        // Over it: a burst of checks, then none until they refill.
+        let checked = (0..1000)
+            .filter(|_| {
+                let ok = r.may_check(ip, t0);
+                if ok {
+                    r.refused(ip, "token_bad_signature", t0);
+                }
+                ok
+            })
+            .count();
+        assert_eq!(checked, CHECKS_WHILE_LIMITED as usize);
+        // Another address is unaffected.
+        assert!(r.may_check("198.18.0.10".parse().unwrap(), t0));
+        // 100 ms later, two more (20 a second).
+        let t1 = t0 + Duration::from_millis(100);
+        let later = (0..10).filter(|_| r.may_check(ip, t1)).count();
+        assert_eq!(later, 2);
+        // Every request is in the summary (but the first, written at once): 4 + 20 checked
+        // and refused, 988 unchecked.
+        let lines = r.end_interval(t1);
+        let l = &lines[0];
+        assert_eq!(l.count, Some(4 + 20 + 988));
+        assert_eq!(l.codes.as_ref().unwrap()["unchecked"], 988);
+        // Once the budget refills (a second at 60 a minute), checks are not limited.
+        let t2 = t1 + Duration::from_secs(2);
+        assert!((0..50).all(|_| r.may_check(ip, t2)));
     }
 
     #[test]
