@@ -349,8 +349,7 @@ pub async fn connection(
                 if last_heard.elapsed() >= state.ws_idle {
                     let msg = json!({"type": "closing", "reason": "idle",
                                      "message": "Anslutningen var tyst för länge. Anslut igen."});
-                    let _ = send_within(&mut sink, Message::Text(msg.to_string().into())).await;
-                    let _ = send_within(&mut sink, Message::Close(Some(CloseFrame { code: 4007, reason: "idle".into() }))).await;
+                    send_close(&mut sink, 4007, &msg).await;
                     closed = true;
                     break;
                 }
@@ -496,28 +495,12 @@ pub async fn connection(
         tracing::warn!(participant = %id, meeting = %room.id, "closed: messages waited past the limit");
         let msg = json!({"type": "closing", "reason": "too_slow",
                          "message": "Anslutningen hann inte ta emot meddelandena. Ansluter igen."});
-        let _ = send_within(&mut sink, Message::Text(msg.to_string().into())).await;
-        let _ = send_within(
-            &mut sink,
-            Message::Close(Some(CloseFrame {
-                code: 4008,
-                reason: "too_slow".into(),
-            })),
-        )
-        .await;
+        send_close(&mut sink, 4008, &msg).await;
     }
     if explicit_leave {
         // A leave the client asked for ends cleanly: a last word and a normal close.
         let msg = json!({"type": "closing", "reason": "left", "message": "Du har lämnat besöket."});
-        let _ = send_within(&mut sink, Message::Text(msg.to_string().into())).await;
-        let _ = send_within(
-            &mut sink,
-            Message::Close(Some(CloseFrame {
-                code: 1000,
-                reason: "left".into(),
-            })),
-        )
-        .await;
+        send_close(&mut sink, 1000, &msg).await;
     }
     // (Closing flushes: bounded as any send.)
     let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
