@@ -73,7 +73,7 @@ fn cost(message: &Outbound) -> usize {
 
 impl Outbox {
     /// Queues `message`, unless the queue overflowed: then it, and every message after it, is
-    /// dropped (a close still goes in), and the connection is told once.
+    /// dropped (a close still goes in), and whoever waits on [`Overflow`] is told.
     pub fn send(&self, message: Outbound) {
         let s = &self.shared;
         if matches!(message, Outbound::Close { .. }) {

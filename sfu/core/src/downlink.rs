@@ -36,7 +36,8 @@ pub struct Downlink {
     /// The last step up (or resume), while its link shows whether it carries it.
     pub trial: Option<StepTrial>,
     /// A step failed with loss while nothing queued: a policer, which passes a probe whole.
-    /// Until then probes find nothing (the back-off decides when a step is tried again).
+    /// Until then no probe is sent and one in flight finds nothing (the back-off decides when
+    /// a step is tried again).
     pub policed_until: Option<Instant>,
     /// Steps failed in a row behind a policer (the wait doubles with each).
     pub policed_failures: u8,
