@@ -10,6 +10,7 @@
 //! a check free.
 
 use crate::audit_log::AuditEvent;
+use sfu_core::token_bucket::TokenBucket;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -55,7 +56,9 @@ impl Default for RefusalBudget {
 
 #[derive(Debug)]
 struct Source {
-    tokens: f64,
+    /// Refusals answered in full.
+    budget: TokenBucket,
+    /// The last refusal (a source quiet for an interval is forgotten).
     last: Instant,
     /// Refusals since the last line written for this source, by code.
     unwritten: BTreeMap<&'static str, u64>,
@@ -63,15 +66,23 @@ struct Source {
     limited: u64,
     /// Whether a line for this source went out in the current interval.
     written_this_interval: bool,
-    /// Signature checks left while over the budget, and when that was last reckoned.
-    checks: f64,
-    checks_at: Instant,
+    /// Signature checks while over the budget.
+    checks: TokenBucket,
 }
 
 #[derive(Debug)]
 pub struct TokenRefusals {
     budget: RefusalBudget,
     sources: Mutex<HashMap<SourceKey, Source>>,
+}
+
+/// The key `key` is counted under: itself, or "other" once the table is full.
+fn counted_key<V>(sources: &HashMap<SourceKey, V>, key: SourceKey) -> SourceKey {
+    if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
+        SourceKey::Other
+    } else {
+        key
+    }
 }
 
 /// A source as counted: an IPv4 address, an IPv6 /64 (one subscriber's whole prefix), the
@@ -134,31 +145,24 @@ impl TokenRefusals {
 
     fn refused_as(&self, key: SourceKey, code: &'static str, now: Instant) -> RefusalVerdict {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let mut key = key;
-        if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
-            key = SourceKey::Other;
-        }
-        let burst = f64::from(self.budget.burst);
+        let key = counted_key(&sources, key);
         let s = sources.entry(key).or_insert_with(|| Source {
-            tokens: burst,
+            budget: TokenBucket::new(
+                f64::from(self.budget.per_minute) / 60.0,
+                f64::from(self.budget.burst),
+            ),
             last: now,
             unwritten: BTreeMap::new(),
             limited: 0,
             written_this_interval: false,
-            checks: CHECKS_WHILE_LIMITED,
-            checks_at: now,
+            checks: TokenBucket::new(CHECKS_WHILE_LIMITED, CHECKS_WHILE_LIMITED),
         });
-        let refill = now.saturating_duration_since(s.last).as_secs_f64()
-            * f64::from(self.budget.per_minute)
-            / 60.0;
-        s.tokens = (s.tokens + refill).min(burst);
         s.last = now;
-        if s.tokens < 1.0 {
+        if !s.budget.take(now, 1.0) {
             *s.unwritten.entry(code).or_default() += 1;
             s.limited += 1;
             return RefusalVerdict::Limited;
         }
-        s.tokens -= 1.0;
         if s.written_this_interval {
             *s.unwritten.entry(code).or_default() += 1;
             RefusalVerdict::Counted
@@ -173,20 +177,12 @@ impl TokenRefusals {
     /// checked is answered 429 and counted with the source's refusals (`unchecked`).
     pub fn may_check(&self, ip: IpAddr, now: Instant) -> bool {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(s) = sources.get_mut(&SourceKey::of(ip)) else {
+        // (Once the table is full, a new address is counted as "other", as its refusals are.)
+        let key = counted_key(&sources, SourceKey::of(ip));
+        let Some(s) = sources.get_mut(&key) else {
             return true;
         };
-        let refill = now.saturating_duration_since(s.last).as_secs_f64()
-            * f64::from(self.budget.per_minute)
-            / 60.0;
-        if s.tokens + refill >= 1.0 {
-            return true;
-        }
-        let elapsed = now.saturating_duration_since(s.checks_at).as_secs_f64();
-        s.checks = (s.checks + elapsed * CHECKS_WHILE_LIMITED).min(CHECKS_WHILE_LIMITED);
-        s.checks_at = now;
-        if s.checks >= 1.0 {
-            s.checks -= 1.0;
+        if s.budget.available(now) >= 1.0 || s.checks.take(now, 1.0) {
             return true;
         }
         *s.unwritten.entry("unchecked").or_default() += 1;

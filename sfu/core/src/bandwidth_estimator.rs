@@ -178,17 +178,13 @@ impl BandwidthEstimator {
     /// first; the half covers what was sent before swinging with its keyframes), at once
     /// rather than when a window's loss passes 10 %.
     pub fn on_failed_step(&mut self, now: Instant, before_bps: u64) {
-        let before = before_bps as f64 * 1.5;
-        self.loss_bound_bps = self.loss_bound_bps.min(before.max(MIN_BPS));
         // (The lesser of the last 150 ms and 500 ms: a policer's bucket passes a burst first.)
-        let through = match (self.recent_bps(), self.acked_bps) {
-            (Some(recent), Some(acked)) => Some(recent.min(acked)),
-            (recent, acked) => recent.or(acked),
-        };
-        if let Some(through) = through {
-            self.loss_bound_bps = self.loss_bound_bps.min(through).max(MIN_BPS);
-            self.last_loss_cut = Some(now);
-        }
+        let through = [self.recent_bps(), self.acked_bps]
+            .into_iter()
+            .flatten()
+            .fold(before_bps as f64 * 1.5, f64::min);
+        self.loss_bound_bps = self.loss_bound_bps.min(through.max(MIN_BPS));
+        self.last_loss_cut = Some(now);
     }
 
     /// The packets of one feedback message, in sequence order.
