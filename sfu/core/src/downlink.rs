@@ -103,15 +103,17 @@ impl Downlink {
     }
 
     /// A step failed on congestion the estimate saw first (its own loss cut, or delay): the
-    /// trial ends with it, and a loss with nothing queued is a policer's all the same.
-    pub fn step_failed(&mut self, now: Instant) {
+    /// trial ends with it, and a loss with nothing queued is a policer's all the same. Whether
+    /// a step was on trial (a failed step to count).
+    pub fn step_failed(&mut self, now: Instant) -> bool {
         let (Some(mut trial), Some(estimator)) = (self.trial.take(), self.estimator.as_ref())
         else {
-            return;
+            return false;
         };
         if trial.policed(estimator) {
             self.policed(now);
         }
+        true
     }
 
     /// Behind a policer: probes are not believed for a while, longer after each failure.
@@ -189,7 +191,24 @@ const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(4);
 
 #[cfg(test)]
 mod tests {
-    use super::link_improved;
+    use super::{Downlink, link_improved};
+    use crate::bandwidth_estimator::BandwidthEstimator;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test's origin of time
+    fn a_move_down_counts_as_a_failed_step_only_while_a_step_is_on_trial() {
+        let t0 = Instant::now();
+        let mut downlink = Downlink::new(t0);
+        // No estimate yet: nothing is put on trial.
+        downlink.start_trial(t0);
+        assert!(!downlink.step_failed(t0));
+        downlink.estimator = Some(BandwidthEstimator::new(1_000_000));
+        downlink.start_trial(t0);
+        assert!(downlink.step_failed(t0 + Duration::from_secs(2)));
+        // The trial ended with it: a second move down is no second failed step.
+        assert!(!downlink.step_failed(t0 + Duration::from_secs(3)));
+    }
 
     #[test]
     fn a_probe_well_above_a_failed_step_unblocks_it_even_below_twice_the_estimate() {

@@ -238,14 +238,16 @@ impl Sfu {
                         let info = info(self);
                         let p = self.participant_mut(idx);
                         // A pause soon after a resume (or an upgrade): that step failed.
+                        let mut failed = false;
                         if p.subscriptions[s].note_congestion(now) {
                             p.downlink.failed_at_bps = p.downlink.allocated_bps;
-                            p.downlink.step_failed(now);
+                            failed = p.downlink.step_failed(now);
                         }
                         let sub = &mut p.subscriptions[s];
                         sub.flow = Flow::Paused;
                         sub.paused_at = Some(now);
                         self.counters.video_pauses += 1;
+                        self.counters.failed_steps += u64::from(failed);
                         let participant = self.participant(idx).id.clone();
                         self.events.push_back(Event::VideoPaused {
                             participant,
@@ -291,12 +293,13 @@ impl Sfu {
                     self.counters.temporal_downgrades += 1;
                 }
                 let stepped_up = current != usize::MAX && is_up(chosen, temporal);
+                let mut failed = false;
                 let p = self.participant_mut(idx);
                 let sub = &mut p.subscriptions[s];
                 if (congested || thinned) && sub.flow == Flow::Flowing {
                     if sub.note_congestion(now) {
                         p.downlink.failed_at_bps = p.downlink.allocated_bps;
-                        p.downlink.step_failed(now);
+                        failed = p.downlink.step_failed(now);
                     }
                 } else if paused || stepped_up {
                     sub.upgraded_at = Some(now);
@@ -308,6 +311,7 @@ impl Sfu {
                 if paused || congested {
                     sub.flow = Flow::AwaitingKeyframe;
                 }
+                self.counters.failed_steps += u64::from(failed);
                 if let Some(info) = info {
                     let participant = self.participant(idx).id.clone();
                     self.events.push_back(Event::VideoPaused {
