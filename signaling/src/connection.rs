@@ -10,6 +10,7 @@ use crate::meeting_actions::ActionError;
 use crate::meeting_room::{Action, MeetingRoom, Outbound, RequestError};
 use crate::meetings::Arrival;
 use crate::message_budget::MessageBudget;
+use crate::pending_join::{PendingJoin, record_join};
 use crate::session_resume::{Parked, RESUME_WINDOW, Resumable, ResumeSlots, TAKEOVER_TIMEOUT};
 use crate::session_token::Session;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -94,10 +95,10 @@ fn request_error(e: RequestError) -> String {
 
 /// How a connection starts: a new participant, or one taken over with a resume key.
 pub enum Start {
-    Join(ParticipantId),
+    Join(ParticipantId, PendingJoin),
     Resume(Resumable),
     /// Back with the resume key of a connection the service's last run had open.
-    Carried(CarriedSession),
+    Carried(CarriedSession, PendingJoin),
 }
 
 /// How long one message may take to reach the socket. A client that stops reading (its
@@ -163,12 +164,18 @@ pub async fn connection(
     let mut carried = None;
     // The node a carried session ran on: where it runs until a node's report says otherwise.
     let mut carried_node = None;
+    // A `join` written for a participant not yet in the meeting (its `leave` if it never is).
+    let mut pending_join = None;
     let (id, resumed) = match start {
-        Start::Join(id) => (id, None),
-        Start::Carried(c) => {
+        Start::Join(id, join) => {
+            pending_join = Some(join);
+            (id, None)
+        }
+        Start::Carried(c, join) => {
             let id = c.participant.clone();
             carried_node = c.node.clone();
             carried = Some(c);
+            pending_join = Some(join);
             (id, None)
         }
         Start::Resume(r) => match resumed_participant(&state, r).await {
@@ -193,13 +200,11 @@ pub async fn connection(
             // Nothing to resume: a new participant, as on a first join.
             None => {
                 let id = crate::server::new_participant_id(rand::random());
-                if audit(&state, session_event("join", &session, Some(&id)))
-                    .await
-                    .is_err()
-                {
+                let Ok(join) = record_join(&state, &session, &id).await else {
                     refuse_start(&mut sink, "audit_unavailable", AUDIT_UNAVAILABLE).await;
                     return;
-                }
+                };
+                pending_join = Some(join);
                 (id, None)
             }
         },
@@ -280,6 +285,9 @@ pub async fn connection(
                 state.meetings.changed(&room.id);
                 refuse_start(&mut sink, "audit_unavailable", AUDIT_UNAVAILABLE).await;
                 return;
+            }
+            if let Some(join) = pending_join.take() {
+                join.entered();
             }
             if !outcome.admitted {
                 // A place in the queue, recorded: stored too (replicas), to outlive a crash.

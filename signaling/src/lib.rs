@@ -36,6 +36,7 @@ pub mod message_budget;
 pub mod node_load;
 pub mod outbox;
 pub mod pending_carry;
+pub mod pending_join;
 pub mod pending_resume;
 pub mod private_file;
 pub mod redis_connection;

@@ -510,17 +510,15 @@ async fn ws_upgrade(
     let id = carried
         .as_ref()
         .map_or_else(|| new_participant_id(rand::random()), |c| c.participant());
-    if audit(&state, session_event("join", &session, Some(&id)))
-        .await
-        .is_err()
-    {
+    // (Its `leave` is written if the connection never enters the meeting.)
+    let Ok(join) = crate::pending_join::record_join(&state, &session, &id).await else {
         return audit_unavailable();
-    }
+    };
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
             let start = match carried {
-                Some(c) => Start::Carried(c.into_carried()),
-                None => Start::Join(id),
+                Some(c) => Start::Carried(c.into_carried(), join),
+                None => Start::Join(id, join),
             };
             connection(state, session, room, start, socket)
         })

@@ -499,3 +499,74 @@ async fn a_client_that_stops_reading_is_closed_as_too_slow_and_joins_again_afres
         "the close is counted"
     );
 }
+
+/// Clients that end their connection while it is being upgraded — a phone dropping out of
+/// coverage mid-join, or a hostile client resetting on purpose — leave an audit trail in
+/// which every `join` line has its `leave`: the patient's record shows no meeting that was
+/// never left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_join_in_the_audit_log_has_its_leave_when_clients_vanish_mid_upgrade() {
+    let server = start_with(&[]);
+    let addr = server.addr();
+    let token = server.token("visit-vanish", "pat-1", "Anna", "patient");
+    let upgrade = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    for round in 0..30u32 {
+        let mut raw = connect_from("127.0.0.1", addr).await;
+        raw.write_all(upgrade.as_bytes()).await.unwrap();
+        match round % 3 {
+            // Half-closed at once: the request and nothing more.
+            0 => raw.shutdown().await.unwrap(),
+            // Reset once the server has had the request.
+            1 => {
+                tokio::time::sleep(Duration::from_millis(u64::from(round % 7))).await;
+                socket2::SockRef::from(&raw)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            // Reset after the answer's first bytes.
+            _ => {
+                let mut b = [0u8; 12];
+                let _ = raw.read_exact(&mut b).await;
+                socket2::SockRef::from(&raw)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+        }
+        drop(raw);
+    }
+    // The patient joins properly at last (replacing whoever of them got in and was left
+    // waiting out its resume window) and leaves.
+    let mut client = server.connect(&token).await;
+    client.next_of("welcome").await;
+    client.send(json!({"type": "leave"})).await;
+    let (closing, _) = client.closed().await;
+    assert_eq!(closing["reason"], "left");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let joins = server.audit_events("join");
+    // A participant ends by leaving, or by being replaced by the same person's next connection.
+    let ends: Vec<Value> = ["leave", "replaced"]
+        .iter()
+        .flat_map(|e| server.audit_events(e))
+        .collect();
+    eprintln!("{} joins, {} ends", joins.len(), ends.len());
+    assert!(
+        joins.len() > 10,
+        "the server had most of the requests ({})",
+        joins.len()
+    );
+    for j in &joins {
+        let p = &j["participant"];
+        let of_it: Vec<&Value> = ends.iter().filter(|l| &l["participant"] == p).collect();
+        assert_eq!(of_it.len(), 1, "one end for {j}");
+        assert!(
+            of_it[0]["seq"].as_u64() > j["seq"].as_u64(),
+            "after its join: {j}"
+        );
+    }
+    // Those that never got in (most of them) say so.
+    let never = ends.iter().filter(|l| l["code"] == "not_entered").count();
+    assert!(never >= 5, "{never} leaves as not_entered");
+}
