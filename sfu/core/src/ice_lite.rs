@@ -363,12 +363,14 @@ impl IceLite {
         pwd: String,
     ) -> Result<(), StunRefusal> {
         let mut out = Message::new();
+        // (An ICE-TCP connection's peer is told its real address, not the core's name for it.)
+        let seen = crate::stream_address::as_seen_by_peer(to);
         let built = out.build(&[
             Box::new(request.clone()),
             Box::new(BINDING_SUCCESS),
             Box::new(XorMappedAddress {
-                ip: to.ip(),
-                port: to.port(),
+                ip: seen.ip(),
+                port: seen.port(),
             }),
             Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
                 pwd,

@@ -35,6 +35,7 @@ pub mod skipped_numbers;
 pub mod srtp_context;
 pub mod ssrc_routes;
 pub mod step_trial;
+pub mod stream_address;
 pub mod subscription;
 pub mod tcp_framing;
 pub mod temporal_filter;

@@ -1,11 +1,13 @@
 //! ICE-TCP for one worker (RFC 6544 passive candidates, RFC 4571 framing): a TCP listener on
 //! the worker's port, the connections browsers open to it, and the packets framed on them.
 //!
-//! Each connection is one remote address to the core: a framed packet is handed over exactly
-//! like a datagram from that address, and what the core sends to it is framed back. Memory is
+//! Each connection is one remote address to the core, never a UDP client's (`stream_address`):
+//! a framed packet is handed over exactly like a datagram from that address, and what the core
+//! sends to it is framed back. Memory is
 //! bounded per connection: a reader that falls behind loses media first (counted), control
 //! (STUN, DTLS) only past a hard cap, and a connection that stops reading altogether is closed.
 
+use sfu_core::stream_address;
 use sfu_core::tcp_framing::{FrameQueue, FrameReader, Queued};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -95,6 +97,8 @@ struct TcpLink {
     stream: TcpStream,
     /// Its key in the worker's epoll set.
     token: u64,
+    /// Where it comes from (counted per source); the core knows it by `stream_address`.
+    peer_ip: std::net::IpAddr,
     /// Registered for writability (its queue holds something the socket did not take).
     writing: bool,
     reader: FrameReader,
@@ -361,8 +365,8 @@ impl IceTcp {
         // A bounded number per turn: a connection flood cannot starve media.
         for _ in 0..64 {
             match self.listener.accept() {
-                Ok((stream, addr)) => {
-                    let from_source = self.per_source.get(&addr.ip()).copied().unwrap_or(0);
+                Ok((stream, peer)) => {
+                    let from_source = self.per_source.get(&peer.ip()).copied().unwrap_or(0);
                     if self.links.len() >= MAX_LINKS
                         || from_source >= MAX_LINKS_PER_SOURCE
                         || stream.set_nonblocking(true).is_err()
@@ -384,8 +388,10 @@ impl IceTcp {
                         continue;
                     }
                     self.next_token += 1;
+                    // Never a UDP client's path, whatever its address and port.
+                    let addr = stream_address::of_stream(peer);
                     self.tokens.insert(token, addr);
-                    *self.per_source.entry(addr.ip()).or_default() += 1;
+                    *self.per_source.entry(peer.ip()).or_default() += 1;
                     let _ = stream.set_nodelay(true);
                     limit_send_buffer(&stream);
                     self.counters.accepted += 1;
@@ -394,6 +400,7 @@ impl IceTcp {
                         TcpLink {
                             stream,
                             token,
+                            peer_ip: peer.ip(),
                             writing: false,
                             reader: FrameReader::default(),
                             out: FrameQueue::default(),
@@ -498,7 +505,7 @@ impl IceTcp {
             // Closing the stream would drop it from the set as well; said explicitly.
             let _ = self.ctl(libc::EPOLL_CTL_DEL, link.stream.as_raw_fd(), 0, link.token);
             if let std::collections::hash_map::Entry::Occupied(mut e) =
-                self.per_source.entry(addr.ip())
+                self.per_source.entry(link.peer_ip)
             {
                 *e.get_mut() -= 1;
                 if *e.get() == 0 {

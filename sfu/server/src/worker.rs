@@ -4,6 +4,7 @@ use crate::cache_prefetch::prefetch_line;
 use crate::datagram_sink::DatagramSink;
 use crate::ice_tcp::IceTcp;
 use crate::udp_batch::UdpBatch;
+use sfu_core::stream_address;
 use sfu_core::{Counters, Sfu, SfuConfig, TransmitBatch};
 use sfu_proto::{Command, Event};
 use std::net::SocketAddr;
@@ -242,20 +243,27 @@ impl Outlets<'_> {
             return;
         }
         match self.tcp.as_deref_mut() {
-            Some(tcp) if tcp.has_links() => {
-                let now = Instant::now();
-                for i in 0..batch.len() {
-                    let (dest, datagram) = batch.get(i);
-                    tcp.send(now, dest, datagram);
+            Some(tcp) => {
+                // Connections are known to the core by IPv6 addresses (`stream_address`): an
+                // IPv4 destination is a datagram's.
+                if tcp.has_links() {
+                    let now = Instant::now();
+                    for i in 0..batch.len() {
+                        let (dest, datagram) = batch.get(i);
+                        if dest.is_ipv6() {
+                            tcp.send(now, dest, datagram);
+                        }
+                    }
                 }
+                // (An IPv4 connection's address is never a datagram's, even once it closed.)
                 let links = &*tcp;
-                let (_, dropped) = self
-                    .socket
-                    .send_batch_where(batch, |dest| !links.is_link(&dest));
+                let (_, dropped) = self.socket.send_batch_where(batch, |dest| {
+                    dest.is_ipv4() || !(stream_address::is_stream(dest) || links.is_link(&dest))
+                });
                 self.send_dropped += dropped as u64;
                 tcp.close_pending();
             }
-            _ => {
+            None => {
                 let (_, dropped) = self.socket.send_batch(batch);
                 self.send_dropped += dropped as u64;
             }
