@@ -28,6 +28,8 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Token refusals per source: what is written now, counted, or answered 429.
     pub refusals: TokenRefusals,
+    /// How often each person may connect to a meeting.
+    pub join_pace: crate::join_pace::JoinPace,
     /// A join WebSocket silent this long (no message, no pong) is closed.
     pub ws_idle: std::time::Duration,
     /// Bytes of messages that may wait for a join WebSocket's client (`crate::outbox`).

@@ -10,6 +10,7 @@ use crate::meeting_actions::ActionError;
 use crate::meeting_room::{Action, MeetingRoom, Outbound, RequestError};
 use crate::meetings::Arrival;
 use crate::message_budget::MessageBudget;
+use crate::offered_video::OfferedVideo;
 use crate::pending_join::{PendingJoin, record_join};
 use crate::session_resume::{Parked, RESUME_WINDOW, Resumable, ResumeSlots, TAKEOVER_TIMEOUT};
 use crate::session_token::Session;
@@ -24,6 +25,10 @@ use std::sync::Arc;
 
 /// Largest client message: an SDP offer with many m-lines fits well within this.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+/// Largest frame read at all (tungstenite's default, 16 MiB, is buffered whole before the
+/// message limit applies). Frames up to this are read, so that the client hears the 1009
+/// close; a larger one is not read: the connection is reset.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -137,7 +142,7 @@ const AUDIT_UNAVAILABLE: &str = "Det gick inte att ansluta just nu. Försök ige
 async fn resumed_participant(state: &AppState, r: Resumable) -> Option<Parked> {
     let parked = match r {
         Resumable::Parked(p) => p,
-        Resumable::Live(takeover) => {
+        Resumable::Live(takeover, _) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
             takeover.send(tx).await.ok()?;
             tokio::time::timeout(TAKEOVER_TIMEOUT, rx)
@@ -146,11 +151,19 @@ async fn resumed_participant(state: &AppState, r: Resumable) -> Option<Parked> {
                 .ok()?
         }
     };
-    state
+    // (Removed, replaced or ended meanwhile: out of its room, though perhaps still bound to it.)
+    let present = state
         .meetings
         .room_of(&parked.id)
-        .is_some()
-        .then_some(parked)
+        .is_some_and(|room| room.lock().member(&parked.id).is_some());
+    if !present {
+        // What is left of it goes (a member no more: nothing to record).
+        let _ = state
+            .meetings
+            .leave(&parked.id, false, Timestamp::now(), state.sfu.as_ref());
+        return None;
+    }
+    Some(parked)
 }
 
 pub async fn connection(
@@ -278,10 +291,12 @@ pub async fn connection(
                 }
             };
             if audit_all(&state, joined_events).await.is_err() {
-                // Entering the lobby or the meeting could not be recorded: it does not happen.
+                // Entering the lobby or the meeting could not be recorded: it does not happen,
+                // and what the person had (an admission within its grace, a place in the
+                // queue) is theirs on the next try, as after a dropped connection.
                 state
                     .meetings
-                    .leave(&id, true, Timestamp::now(), state.sfu.as_ref());
+                    .leave(&id, false, Timestamp::now(), state.sfu.as_ref());
                 state.meetings.changed(&room.id);
                 refuse_start(&mut sink, "audit_unavailable", AUDIT_UNAVAILABLE).await;
                 return;
@@ -594,14 +609,14 @@ async fn handle(
     let now = Timestamp::now();
     let action = match msg {
         ClientMessage::Offer { sdp, restart } => {
-            let video_lines = match checked_sdp(&sdp, sdp_budget) {
-                Ok(d) => d.sending_video_lines(),
+            let video = match checked_sdp(&sdp, sdp_budget) {
+                Ok(d) => OfferedVideo::of(&d),
                 Err(reply) => return Some(reply),
             };
             return state
                 .meetings
                 .with_room(&room, sfu, |s, fx| {
-                    s.offer(id, sdp, video_lines, restart, now, fx)
+                    s.offer(id, sdp, &video, restart, now, fx)
                 })
                 .0
                 .err()

@@ -32,6 +32,8 @@ pub enum JoinRefusal {
     NotInvited,
     #[error("the meeting store cannot be reached; try again in a moment")]
     StoreUnavailable,
+    #[error("this person connected to this meeting too often lately; try again in a few seconds")]
+    TooManyJoins,
 }
 
 impl JoinRefusal {
@@ -48,6 +50,7 @@ impl JoinRefusal {
             JoinRefusal::WrongUnit => "wrong_unit",
             JoinRefusal::NotInvited => "not_invited",
             JoinRefusal::StoreUnavailable => "store_unavailable",
+            JoinRefusal::TooManyJoins => "too_many_joins",
         }
     }
 
@@ -57,6 +60,7 @@ impl JoinRefusal {
             JoinRefusal::MeetingUnknown => 404,
             JoinRefusal::MeetingCancelled | JoinRefusal::MeetingOver => 410,
             JoinRefusal::StoreUnavailable => 503,
+            JoinRefusal::TooManyJoins => 429,
             JoinRefusal::MeetingMismatch
             | JoinRefusal::NotOpenYet { .. }
             | JoinRefusal::MeetingFull
@@ -97,6 +101,9 @@ impl JoinRefusal {
             }
             JoinRefusal::StoreUnavailable => {
                 "Det gick inte att ansluta just nu. Försök igen om en stund.".into()
+            }
+            JoinRefusal::TooManyJoins => {
+                "Du har anslutit många gånger på kort tid. Vänta en stund och försök igen.".into()
             }
         }
     }

@@ -1167,6 +1167,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         api_clients: api_clients.clients,
         minter,
         public_url: Some(public_url.clone()),
+        join_pace: Default::default(),
         refusals: TokenRefusals::new(RefusalBudget {
             interval: std::time::Duration::from_secs(
                 args.refusal_summary_secs

@@ -146,16 +146,23 @@ impl MeetingRecord {
     }
 
     /// When the waiting room opens (a drop-in queue opens at its start).
+    /// (Saturating: a record from before bookings were bounded may hold any time.)
     pub fn opens_at(&self, policy: &MeetingPolicy) -> Timestamp {
         match self.kind {
-            MeetingKind::Visit => self.start - policy.lobby_opens_before,
+            MeetingKind::Visit => self
+                .start
+                .checked_sub(policy.lobby_opens_before)
+                .unwrap_or(Timestamp::MIN),
             MeetingKind::DropIn => self.start,
         }
     }
 
     pub fn closes_at(&self, policy: &MeetingPolicy) -> Timestamp {
         match self.kind {
-            MeetingKind::Visit => self.end + policy.overrun,
+            MeetingKind::Visit => self
+                .end
+                .checked_add(policy.overrun)
+                .unwrap_or(Timestamp::MAX),
             MeetingKind::DropIn => self.end,
         }
     }
@@ -281,6 +288,19 @@ mod tests {
         let mut ended = m;
         ended.ended_at = Some(start);
         assert_eq!(ended.status(start, &policy), MeetingStatus::Ended);
+    }
+
+    #[test]
+    fn a_record_at_the_ends_of_time_opens_and_closes_without_overflowing() {
+        let policy = MeetingPolicy::default();
+        let mut m = booked_visit(Timestamp::MIN);
+        assert_eq!(m.opens_at(&policy), Timestamp::MIN);
+        m.end = Timestamp::MAX;
+        assert_eq!(m.closes_at(&policy), Timestamp::MAX);
+        assert_eq!(
+            m.status("2030-01-10T08:00:00Z".parse().unwrap(), &policy),
+            MeetingStatus::Open
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::join_refusal::JoinRefusal;
 use crate::meeting::{MeetingKind, MeetingPolicy, MeetingRecord, QueuePlace, Readmission};
 pub use crate::meeting_effects::{Effects, Observation, Outbound};
 use crate::message_budget::MessageBudget;
+use crate::offered_video::OfferedVideo;
 use crate::session_token::{Role, Session};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,9 @@ pub struct Member {
     /// an earlier one (a restart replaced it meanwhile) are stale and ignored.
     #[serde(default)]
     pub media_session: u32,
+    /// The mids of the video lines its media session publishes on (a patient's at most one).
+    #[serde(default)]
+    video_mids: Vec<String>,
     /// The SFU reports the media path up.
     pub media_connected: bool,
     /// Media flows (connected and admitted) — recorded as `media_start` in the audit log.
@@ -139,6 +143,7 @@ impl Member {
             admission: Admission::Admitted,
             sfu_joined: false,
             media_session: 0,
+            video_mids: Vec::new(),
             media_connected: false,
             media_started: false,
             admitted_at: None,
@@ -1057,14 +1062,13 @@ impl RoomState {
     }
 
     /// A client's SDP offer: starts its media session (or restarts it) or renegotiates.
-    /// `video_lines` is how many video lines it publishes on
-    /// ([`sfu_core::remote_description::RemoteDescription::sending_video_lines`], the SFU's
-    /// own reading of the offer).
+    /// `video` is what it publishes video on ([`OfferedVideo`], the SFU's own reading of the
+    /// offer).
     pub fn offer(
         &mut self,
         id: &ParticipantId,
         sdp: String,
-        video_lines: usize,
+        video: &OfferedVideo,
         restart: bool,
         now: Timestamp,
         fx: &mut Effects,
@@ -1073,9 +1077,16 @@ impl RoomState {
             .members
             .get(id)
             .ok_or(RequestError::NoSuchParticipant)?;
+        // A new media session publishes what its offer says; a renegotiation keeps, besides,
+        // the lines the offer leaves out.
+        let publishing = if restart || !m.sfu_joined {
+            video.sending.clone()
+        } else {
+            video.publishing_after(&m.video_mids)
+        };
         // One camera for patients, companions and interpreters; screen sharing is staff's
         // (a consultant shows images at a conference).
-        if !m.is_staff() && video_lines > 1 {
+        if !m.is_staff() && publishing.len() > 1 {
             return Err(RequestError::ScreenShareNotAllowed);
         }
         let permissions = self.permissions(m);
@@ -1097,6 +1108,7 @@ impl RoomState {
             m.sfu_joined = false;
             m.media_connected = false;
         }
+        m.video_mids = publishing;
         let command = if m.sfu_joined {
             Command::Offer {
                 participant: id.clone(),
@@ -2007,8 +2019,15 @@ mod tests {
         assert_eq!(started.len(), 1);
         assert_eq!(started[0].code.as_deref(), Some("kept"));
         let mut fx = Effects::default();
-        s.offer(&pat, "v=0".into(), 1, false, at(41), &mut fx)
-            .unwrap();
+        s.offer(
+            &pat,
+            "v=0".into(),
+            &OfferedVideo::sending_lines(1),
+            false,
+            at(41),
+            &mut fx,
+        )
+        .unwrap();
         assert!(
             matches!(&fx.commands[..], [Command::Offer { .. }]),
             "the same session renegotiated: {:?}",
@@ -2061,8 +2080,15 @@ mod tests {
 
         // The waiting patient's media session has no permissions.
         let mut fx = Effects::default();
-        s.offer(&pat, "sdp".into(), 1, false, at(6), &mut fx)
-            .unwrap();
+        s.offer(
+            &pat,
+            "sdp".into(),
+            &OfferedVideo::sending_lines(1),
+            false,
+            at(6),
+            &mut fx,
+        )
+        .unwrap();
         assert!(
             matches!(&fx.commands[..], [Command::AddParticipant { permissions, .. }]
             if *permissions == Permissions::default())
@@ -2106,8 +2132,15 @@ mod tests {
         // Only the first time media flows after admission counts.
         let mut fx = Effects::default();
         s.media_lost(&pat, 1, &json!("consent_timeout"), &mut fx);
-        s.offer(&pat, "sdp".into(), 1, false, at(20), &mut fx)
-            .unwrap();
+        s.offer(
+            &pat,
+            "sdp".into(),
+            &OfferedVideo::sending_lines(1),
+            false,
+            at(20),
+            &mut fx,
+        )
+        .unwrap();
         s.media_connected(&pat, 2, at(21), &mut fx);
         assert!(fx.observations.is_empty());
     }
@@ -2134,18 +2167,97 @@ mod tests {
     }
 
     #[test]
+    fn a_patient_cannot_add_a_second_camera_by_leaving_the_first_out_of_an_offer() {
+        let mut s = visit();
+        let pat = ParticipantId("p-pat".into());
+        let doc = ParticipantId("p-doc".into());
+        let mut fx = join(&mut s, &pat, "pat", Role::Patient, 0);
+        s.offer(
+            &pat,
+            "a".into(),
+            &OfferedVideo::sending_lines(2),
+            false,
+            at(1),
+            &mut fx,
+        )
+        .expect_err("two cameras in one offer");
+        let camera = OfferedVideo {
+            sending: vec!["1".into()],
+            lines: vec!["0".into(), "1".into()],
+        };
+        s.offer(&pat, "a".into(), &camera, false, at(1), &mut fx)
+            .unwrap();
+        // The SFU keeps line 1 publishing when an offer leaves it out: that is two.
+        let second = OfferedVideo {
+            sending: vec!["2".into()],
+            lines: vec!["0".into(), "2".into()],
+        };
+        assert_eq!(
+            s.offer(&pat, "b".into(), &second, false, at(2), &mut fx),
+            Err(RequestError::ScreenShareNotAllowed)
+        );
+        // Stopping the camera's line and starting another is one.
+        let moved = OfferedVideo {
+            sending: vec!["2".into()],
+            lines: vec!["0".into(), "1".into(), "2".into()],
+        };
+        s.offer(&pat, "c".into(), &moved, false, at(3), &mut fx)
+            .unwrap();
+        // A new media session publishes what its offer says.
+        s.offer(&pat, "d".into(), &camera, true, at(9), &mut fx)
+            .unwrap();
+        // Staff may share a screen besides their camera.
+        let mut fx = join(&mut s, &doc, "doc", Role::Clinician, 10);
+        s.offer(&doc, "a".into(), &camera, false, at(10), &mut fx)
+            .unwrap();
+        s.offer(&doc, "b".into(), &second, false, at(11), &mut fx)
+            .unwrap();
+    }
+
+    #[test]
     fn restarts_are_paced_by_the_time_given() {
         let mut s = visit();
         let doc = ParticipantId("p-doc".into());
         let mut fx = join(&mut s, &doc, "doc", Role::Clinician, 0);
-        s.offer(&doc, "a".into(), 1, false, at(1), &mut fx).unwrap();
-        s.offer(&doc, "b".into(), 1, true, at(2), &mut fx).unwrap();
+        s.offer(
+            &doc,
+            "a".into(),
+            &OfferedVideo::sending_lines(1),
+            false,
+            at(1),
+            &mut fx,
+        )
+        .unwrap();
+        s.offer(
+            &doc,
+            "b".into(),
+            &OfferedVideo::sending_lines(1),
+            true,
+            at(2),
+            &mut fx,
+        )
+        .unwrap();
         assert_eq!(
-            s.offer(&doc, "c".into(), 1, true, at(4), &mut fx),
+            s.offer(
+                &doc,
+                "c".into(),
+                &OfferedVideo::sending_lines(1),
+                true,
+                at(4),
+                &mut fx
+            ),
             Err(RequestError::RestartTooSoon)
         );
         let mut fx = Effects::default();
-        s.offer(&doc, "d".into(), 1, true, at(8), &mut fx).unwrap();
+        s.offer(
+            &doc,
+            "d".into(),
+            &OfferedVideo::sending_lines(1),
+            true,
+            at(8),
+            &mut fx,
+        )
+        .unwrap();
         assert!(matches!(
             &fx.commands[..],
             [
@@ -2171,18 +2283,42 @@ mod tests {
         let mut s = visit();
         let doc = ParticipantId("p-doc".into());
         let mut fx = join(&mut s, &doc, "doc", Role::Clinician, 0);
-        s.offer(&doc, "a".into(), 1, false, at(1), &mut fx).unwrap();
+        s.offer(
+            &doc,
+            "a".into(),
+            &OfferedVideo::sending_lines(1),
+            false,
+            at(1),
+            &mut fx,
+        )
+        .unwrap();
         let first = session_of(&fx).unwrap();
         // A restart (its peer connection failed), then the old one closed a second later.
         let mut fx = Effects::default();
-        s.offer(&doc, "b".into(), 1, true, at(10), &mut fx).unwrap();
+        s.offer(
+            &doc,
+            "b".into(),
+            &OfferedVideo::sending_lines(1),
+            true,
+            at(10),
+            &mut fx,
+        )
+        .unwrap();
         let second = session_of(&fx).unwrap();
         assert_ne!(first, second);
         let mut fx = Effects::default();
         s.media_lost(&doc, second, &json!("transport_closed"), &mut fx);
         assert_eq!(types(&fx, &doc), ["media_disconnected"]);
         let mut fx = Effects::default();
-        s.offer(&doc, "c".into(), 1, true, at(11), &mut fx).unwrap();
+        s.offer(
+            &doc,
+            "c".into(),
+            &OfferedVideo::sending_lines(1),
+            true,
+            at(11),
+            &mut fx,
+        )
+        .unwrap();
         assert!(
             matches!(&fx.commands[..], [Command::AddParticipant { .. }]),
             "the lost session is not removed again: {:?}",
@@ -2199,8 +2335,15 @@ mod tests {
         s.media_connected(&doc, third, at(11), &mut fx);
         assert_eq!(types(&fx, &doc), ["media_connected"]);
         let mut fx = Effects::default();
-        s.offer(&doc, "d".into(), 1, false, at(12), &mut fx)
-            .unwrap();
+        s.offer(
+            &doc,
+            "d".into(),
+            &OfferedVideo::sending_lines(1),
+            false,
+            at(12),
+            &mut fx,
+        )
+        .unwrap();
         assert!(matches!(&fx.commands[..], [Command::Offer { .. }]));
     }
 

@@ -27,6 +27,11 @@ const MAX_TRACKED_SDP: usize = 40_000;
 /// Booked meetings are forgotten this long after they closed.
 const RETENTION: SignedDuration = SignedDuration::from_hours(24);
 
+/// Until when a booked meeting that closed at `closed` is kept (saturating at the end of time).
+fn kept_after(closed: Timestamp) -> Timestamp {
+    closed.checked_add(RETENTION).unwrap_or(Timestamp::MAX)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MeetingsError {
     #[error(transparent)]
@@ -408,7 +413,7 @@ impl Meetings {
     fn keep_until(&self, r: &MeetingRecord, now: Timestamp) -> Timestamp {
         let closes = r.closes_at(&self.policy);
         let mut until = if r.booked {
-            r.cancelled_at.or(r.ended_at).unwrap_or(closes) + RETENTION
+            kept_after(r.cancelled_at.or(r.ended_at).unwrap_or(closes))
         } else {
             closes
         };
@@ -1002,7 +1007,7 @@ impl Meetings {
                 .cancelled_at
                 .or(r.ended_at)
                 .unwrap_or(r.closes_at(&self.policy));
-            return now < closed + RETENTION;
+            return now < kept_after(closed);
         }
         let remembers = r.ended_at.is_some() || r.cancelled_at.is_some() || !r.denied.is_empty();
         now < s.last_active + self.policy.reconnect_grace

@@ -9,7 +9,7 @@ use crate::audit::{audit, audit_all, audit_unavailable};
 use crate::audit_log::AuditEvent;
 use crate::bearer::bearer;
 use crate::client_address::ClientAddress;
-use crate::meeting::{MeetingKind, MeetingRecord};
+use crate::meeting::{MeetingKind, MeetingRecord, MeetingStatus};
 use crate::meeting_room::MeetingRoom;
 use crate::meetings::CreateError;
 use crate::replica_relay::Routed;
@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::net::IpAddr;
@@ -252,11 +252,11 @@ async fn create(
             "id: 1 to 64 characters of A-Z a-z 0-9 - _ .",
         );
     }
-    if req.unit.trim().is_empty() {
+    if req.unit.trim().is_empty() || req.unit.chars().count() > MAX_UNIT_CHARS {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_meeting",
-            "unit: required",
+            "unit: 1 to 64 characters",
         );
     }
     // Both reach the audit log and the meeting store.
@@ -271,12 +271,8 @@ async fn create(
     if let Err(r) = within_units(&state, &client, &req.unit, None).await {
         return *r;
     }
-    if req.end <= req.start {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_meeting",
-            "end: must be after start",
-        );
+    if let Err(reason) = bookable_window(req.start, req.end, Timestamp::now()) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_meeting", reason);
     }
     if req.max_participants == Some(0) {
         return error(
@@ -322,11 +318,23 @@ async fn create(
     if audit(&state, event).await.is_err() {
         return audit_unavailable();
     }
+    let unit = record.unit.clone();
+    // Recorded as made, and then not (booked meanwhile elsewhere, the store unreachable).
+    let not_applied = |code: &str| AuditEvent {
+        meeting: Some(id.clone()),
+        unit: Some(unit.clone()),
+        code: Some(code.into()),
+        ..called(&client, "meeting_created_not_applied")
+    };
     match state.meetings.create(record) {
         Ok(room) => (StatusCode::CREATED, Json(view(&state, &room))).into_response(),
-        Err(CreateError::Exists(_)) => exists(),
+        Err(CreateError::Exists(_)) => {
+            let _ = audit(&state, not_applied("meeting_exists")).await;
+            exists()
+        }
         Err(CreateError::Store(e)) => {
             tracing::error!(error = %e, "booking a meeting failed: the store is unreachable");
+            let _ = audit(&state, not_applied("store_unavailable")).await;
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
@@ -334,6 +342,30 @@ async fn create(
             )
         }
     }
+}
+
+/// A care unit's name or HSA-id: it reaches every audit line of its meetings.
+const MAX_UNIT_CHARS: usize = 64;
+/// How far ahead a meeting may be booked, and how long it may last (a visit, or a drop-in
+/// queue's day).
+const MAX_BOOKING_AHEAD: SignedDuration = SignedDuration::from_hours(2 * 366 * 24);
+const MAX_MEETING_LENGTH: SignedDuration = SignedDuration::from_hours(24);
+
+/// Whether a meeting from `start` to `end` may be booked `now`; else which field is wrong.
+fn bookable_window(start: Timestamp, end: Timestamp, now: Timestamp) -> Result<(), &'static str> {
+    if end <= start {
+        return Err("end: must be after start");
+    }
+    if end <= now {
+        return Err("end: in the past (a meeting that is over cannot be booked)");
+    }
+    if start.duration_since(now) > MAX_BOOKING_AHEAD {
+        return Err("start: at most two years ahead");
+    }
+    if end.duration_since(start) > MAX_MEETING_LENGTH {
+        return Err("end: at most 24 hours after start");
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -352,10 +384,25 @@ async fn list(
         Ok(c) => c,
         Err(r) => return *r,
     };
-    if let Some(unit) = &q.unit
-        && let Err(r) = within_units(&state, &client, unit, None).await
-    {
-        return *r;
+    // (Before anything is audited: the unit asked for goes into the line.)
+    if let Some(unit) = &q.unit {
+        if unit.chars().count() > MAX_UNIT_CHARS {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query",
+                "unit: at most 64 characters",
+            );
+        }
+        if let Err(e) = crate::identity_number::check_fields([("unit", unit.as_str())]) {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query",
+                e.to_string(),
+            );
+        }
+        if let Err(r) = within_units(&state, &client, unit, None).await {
+            return *r;
+        }
     }
     // Reads are accesses too: recorded before anything is returned.
     let event = AuditEvent {
@@ -409,16 +456,24 @@ pub async fn to_owner(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(replicas) = state.replicas.clone() else {
-        return next.run(request).await;
-    };
-    let Some(id) = request
+    let segment = request
         .uri()
         .path()
         .strip_prefix("/api/v1/meetings/")
-        .map(|rest| rest.split('/').next().unwrap_or_default().to_owned())
-        .filter(|id| valid_id(id))
-    else {
+        .map(|rest| rest.split('/').next().unwrap_or_default().to_owned());
+    // Ids are written plain: a percent-encoded one would be routed by its spelling here and
+    // handled by its decoding (a replica that does not run the meeting acting on it).
+    if segment.as_deref().is_some_and(|id| id.contains('%')) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "meeting_unknown",
+            "meeting ids are written plain in paths (A-Z a-z 0-9 - _ .), not percent-encoded",
+        );
+    }
+    let Some(replicas) = state.replicas.clone() else {
+        return next.run(request).await;
+    };
+    let Some(id) = segment.filter(|id| valid_id(id)) else {
         return next.run(request).await;
     };
     // Only a known system's call takes a lease (and asks the nodes what they run): one with a
@@ -545,11 +600,13 @@ async fn cancel(
         Ok(c) => c,
         Err(r) => return *r,
     };
-    if let Err(r) = find_for(&state, &client, &id).await {
-        return *r;
-    }
+    let unit = match find_for(&state, &client, &id).await {
+        Ok(room) => room.lock().record.unit.clone(),
+        Err(r) => return *r,
+    };
     let event = AuditEvent {
         meeting: Some(id.clone()),
+        unit: Some(unit.clone()),
         ..called(&client, "meeting_cancel_requested")
     };
     if audit(&state, event).await.is_err() {
@@ -561,7 +618,16 @@ async fn cancel(
     {
         Some(events) => {
             state.images.forget_meeting(&id);
-            let _ = audit_all(&state, events).await;
+            // (The cancellation's line names the system that made it, and the unit.)
+            let events = events.into_iter().map(|e| match e.event.as_str() {
+                "meeting_cancelled" => AuditEvent {
+                    api_client: Some(client.name.clone()),
+                    unit: Some(unit.clone()),
+                    ..e
+                },
+                _ => e,
+            });
+            let _ = audit_all(&state, events.collect()).await;
             match find(&state, &id) {
                 Ok(room) => Json(view(&state, &room)).into_response(),
                 Err(r) => *r,
@@ -669,7 +735,15 @@ async fn mint(
     if req.name.trim().is_empty() || req.name.chars().count() > 100 {
         return invalid("name: 1 to 100 characters");
     }
+    if req
+        .unit
+        .as_deref()
+        .is_some_and(|u| u.chars().count() > MAX_UNIT_CHARS)
+    {
+        return invalid("unit: at most 64 characters");
+    }
     let mut fields = vec![("name", req.name.as_str())];
+    fields.extend(req.hsa.as_deref().map(|h| ("hsa", h)));
     fields.extend(req.unit.as_deref().map(|u| ("unit", u)));
     fields.extend(req.companion_of.as_deref().map(|c| ("companion_of", c)));
     if let Err(e) = crate::identity_number::check_fields(fields) {
@@ -704,7 +778,11 @@ async fn mint(
     let (unit, expires) = {
         let s = room.lock();
         let policy = state.meetings.policy();
-        if s.record.cancelled_at.is_some() || s.record.ended_at.is_some() {
+        // (Also one past its close: a link to it would be refused at once.)
+        if matches!(
+            s.record.status(Timestamp::now(), policy),
+            MeetingStatus::Ended | MeetingStatus::Cancelled
+        ) {
             return error(
                 StatusCode::GONE,
                 "meeting_over",
@@ -757,6 +835,48 @@ async fn mint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_booking_is_within_two_years_at_most_a_day_long_and_not_over() {
+        let now: Timestamp = "2030-05-17T12:00:00Z".parse().unwrap();
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let ok = |start: &str, end: &str| bookable_window(at(start), at(end), now);
+        assert_eq!(ok("2030-05-17T12:30:00Z", "2030-05-17T13:00:00Z"), Ok(()));
+        // Begun a little before now (booked as it starts): fine.
+        assert_eq!(ok("2030-05-17T11:55:00Z", "2030-05-17T12:30:00Z"), Ok(()));
+        assert_eq!(ok("2032-05-17T08:00:00Z", "2032-05-17T16:00:00Z"), Ok(()));
+        for (start, end, field) in [
+            (
+                "2030-05-17T13:00:00Z",
+                "2030-05-17T12:30:00Z",
+                "end: must be after",
+            ),
+            (
+                "2030-05-17T10:00:00Z",
+                "2030-05-17T11:00:00Z",
+                "end: in the past",
+            ),
+            (
+                "2032-06-17T08:00:00Z",
+                "2032-06-17T09:00:00Z",
+                "start: at most two years",
+            ),
+            (
+                "2030-05-18T08:00:00Z",
+                "2030-05-19T08:00:01Z",
+                "end: at most 24 hours",
+            ),
+            // The end of time: refused, not a panic at the next save.
+            (
+                "9999-12-29T00:00:00Z",
+                "9999-12-30T21:45:00Z",
+                "start: at most two years",
+            ),
+        ] {
+            let refused = ok(start, end).unwrap_err();
+            assert!(refused.starts_with(field), "{start}–{end}: {refused}");
+        }
+    }
 
     #[test]
     fn the_openapi_document_describes_every_route() {

@@ -4,7 +4,8 @@
 //! then be dropped unparked — still a member, admitted, in everyone's roster until the meeting
 //! ends, and no `leave` ever written. Dropped unused, this parks it again under its key for a
 //! window of its own (the first window's expiry may have looked while it was out), after
-//! which it leaves unless a later resume took it.
+//! which it leaves unless a later resume took it; a key taken from a connection still open is
+//! that connection's again.
 
 use crate::app_state::AppState;
 use crate::meeting_room::MeetingRoom;
@@ -45,9 +46,17 @@ impl PendingResume {
 
 impl Drop for PendingResume {
     fn drop(&mut self) {
-        // (A live connection asked to let go was never asked: it goes on under its own key,
-        // and parks itself when it drops.)
-        if let Some(Resumable::Parked(parked)) = self.resumable.take() {
+        let taken = self.resumable.take();
+        // A live connection was never asked to let go: it goes on, its key again its own
+        // (unless it dropped and parked itself meanwhile).
+        if let Some(Resumable::Live(takeover, id)) = taken {
+            let c = &self.session.claims;
+            self.state
+                .resume
+                .live_again(&self.key, &c.sub, &c.mtg, &id, takeover);
+            return;
+        }
+        if let Some(Resumable::Parked(parked)) = taken {
             let (state, session, room) =
                 (self.state.clone(), self.session.clone(), self.room.clone());
             let key = std::mem::take(&mut self.key);

@@ -142,6 +142,7 @@ impl Replicas {
         };
         metrics::counter!("signaling_relayed_websockets_total").increment(1);
         ws.max_message_size(crate::connection::MAX_MESSAGE_BYTES)
+            .max_frame_size(crate::connection::MAX_FRAME_BYTES)
             .on_upgrade(move |client| pump(client, upstream, idle))
     }
 

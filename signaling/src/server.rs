@@ -135,19 +135,27 @@ async fn body_within(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let read = axum::body::to_bytes(body, SMALL_BODY_BYTES);
-    let (status, code) = match tokio::time::timeout(state.body_timeout, read).await {
+    let (status, code, reason) = match tokio::time::timeout(state.body_timeout, read).await {
         Ok(Ok(bytes)) => {
             let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
             return next.run(request).await;
         }
         // (The code the meetings API's forwarding to another replica gives it too.)
-        Ok(Err(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-        Err(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+        Ok(Err(_)) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request body is over 1 MiB",
+        ),
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        ),
     };
     (
         status,
         [(header::CONNECTION, "close")],
-        Json(json!({"error": code})),
+        Json(json!({"error": code, "reason": reason})),
     )
         .into_response()
 }
@@ -227,7 +235,14 @@ struct JoinQuery {
 fn refusal(r: &JoinRefusal) -> Response {
     let status = StatusCode::from_u16(r.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
     tracing::info!(code = r.code(), "join refused");
-    (status, Json(r.body())).into_response()
+    let mut response = (status, Json(r.body())).into_response();
+    if let JoinRefusal::TooManyJoins = r {
+        // (A connection's worth comes back every 2 s.)
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+    }
+    response
 }
 
 /// Where a join goes when replicas share meetings.
@@ -267,10 +282,13 @@ impl AppState {
 
     /// Every check a join passes: the token, the meeting it names, the meeting's window and
     /// state. Refusals are audited; an access that cannot be recorded is refused.
+    /// Whether `q` may join; `connecting`: a WebSocket, which spends one of the person's
+    /// connections (`join_pace.rs`), rather than the join check.
     async fn admission(
         &self,
         q: &JoinQuery,
         source: IpAddr,
+        connecting: bool,
     ) -> Result<(Session, Arc<MeetingRoom>), Response> {
         let now = Timestamp::now();
         // A source over its refusal budget gets few signature checks (token_refusals.rs).
@@ -312,6 +330,13 @@ impl AppState {
                     .map(|()| room.clone())
             }),
         };
+        let c = &session.claims;
+        let checked = checked.and_then(|room| {
+            self.join_pace
+                .admits(&c.sub, &c.mtg, connecting, std::time::Instant::now())
+                .then_some(room)
+                .ok_or(JoinRefusal::TooManyJoins)
+        });
         match checked {
             Ok(room) => Ok((session, room)),
             // Under a budget per subject: a valid token asked again and again for a meeting
@@ -401,7 +426,7 @@ async fn join_check(
         }
         Err(refused) => return *refused,
     }
-    match state.admission(&q, source).await {
+    match state.admission(&q, source, false).await {
         Ok((session, room)) => {
             let s = room.lock();
             let policy = state.meetings.policy();
@@ -472,7 +497,7 @@ async fn ws_upgrade(
         }
         Err(refused) => return *refused,
     }
-    let (session, room) = match state.admission(&q, source).await {
+    let (session, room) = match state.admission(&q, source, true).await {
         Ok(ok) => ok,
         Err(response) => return response,
     };
@@ -488,6 +513,7 @@ async fn ws_upgrade(
             crate::pending_resume::PendingResume::new(state.clone(), &session, &room, key, r);
         return ws
             .max_message_size(MAX_MESSAGE_BYTES)
+            .max_frame_size(crate::connection::MAX_FRAME_BYTES)
             .on_upgrade(move |socket| {
                 let r = pending.into_resumable();
                 connection(state, session, room, Start::Resume(r), socket)
@@ -515,6 +541,7 @@ async fn ws_upgrade(
         return audit_unavailable();
     };
     ws.max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(crate::connection::MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
             let start = match carried {
                 Some(c) => Start::Carried(c.into_carried(), join),

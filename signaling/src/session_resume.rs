@@ -63,8 +63,8 @@ pub struct HeldKey {
 #[derive(Debug)]
 pub enum Resumable {
     Parked(Parked),
-    /// The old connection is still open: ask it to let go.
-    Live(Takeover),
+    /// The old connection (of this participant) is still open: ask it to let go.
+    Live(Takeover, ParticipantId),
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +132,24 @@ impl ResumeSlots {
         );
     }
 
+    /// A live connection's key taken for a new connection that never started: the key is
+    /// the old connection's again — unless it has parked meanwhile (its own entry stands).
+    pub fn live_again(
+        &self,
+        key: &str,
+        sub: &str,
+        meeting: &str,
+        participant: &ParticipantId,
+        takeover: Takeover,
+    ) {
+        self.entries().entry(key.to_owned()).or_insert(Entry {
+            sub: sub.to_owned(),
+            meeting: meeting.to_owned(),
+            participant: participant.clone(),
+            slot: Slot::Live(takeover),
+        });
+    }
+
     /// Takes the participant under `key` for a new connection of `sub` to `meeting`; `None`
     /// for an unknown or spent key or another subject's or meeting's (the key is not spent).
     pub fn take(&self, key: &str, sub: &str, meeting: &str) -> Option<Resumable> {
@@ -142,7 +160,7 @@ impl ResumeSlots {
         }
         let e = entries.remove(key)?;
         Some(match e.slot {
-            Slot::Live(t) => Resumable::Live(t),
+            Slot::Live(t) => Resumable::Live(t, e.participant),
             Slot::Parked(p) => Resumable::Parked(p),
         })
     }
@@ -235,7 +253,7 @@ mod tests {
         slots.live("k", "anna", "m1", &ParticipantId::from("p-1"), t);
         assert!(matches!(
             slots.take("k", "anna", "m1"),
-            Some(Resumable::Live(_))
+            Some(Resumable::Live(_, id)) if id.0 == "p-1"
         ));
         let (t, _r) = tokio::sync::mpsc::channel(1);
         slots.live("j", "anna", "m1", &ParticipantId::from("p-1"), t);
@@ -243,5 +261,28 @@ mod tests {
         assert_eq!(slots.expire("j").map(|p| p.id.0), Some("p-2".into()));
         assert!(slots.take("j", "anna", "m1").is_none());
         assert_ne!(ResumeSlots::new_key(), ResumeSlots::new_key());
+    }
+
+    #[test]
+    fn a_live_key_given_back_does_not_undo_a_park_made_meanwhile() {
+        let slots = ResumeSlots::default();
+        let id = ParticipantId::from("p-1");
+        let (t, _r) = tokio::sync::mpsc::channel(1);
+        slots.live("k", "anna", "m1", &id, t.clone());
+        let Some(Resumable::Live(taken, _)) = slots.take("k", "anna", "m1") else {
+            panic!("live");
+        };
+        // The new connection never started: the key works again.
+        slots.live_again("k", "anna", "m1", &id, taken);
+        let Some(Resumable::Live(taken, _)) = slots.take("k", "anna", "m1") else {
+            panic!("live again");
+        };
+        // Meanwhile the old connection dropped and parked under its key: that stands.
+        slots.park("k", "anna", "m1", parked("p-1"));
+        slots.live_again("k", "anna", "m1", &id, taken);
+        assert!(matches!(
+            slots.take("k", "anna", "m1"),
+            Some(Resumable::Parked(p)) if p.id.0 == "p-1"
+        ));
     }
 }

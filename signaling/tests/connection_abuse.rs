@@ -513,7 +513,8 @@ async fn every_join_in_the_audit_log_has_its_leave_when_clients_vanish_mid_upgra
         "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    for round in 0..30u32 {
+    // (24: within the burst of connections one person gets, join_pace.rs.)
+    for round in 0..24u32 {
         let mut raw = connect_from("127.0.0.1", addr).await;
         raw.write_all(upgrade.as_bytes()).await.unwrap();
         match round % 3 {
@@ -569,4 +570,44 @@ async fn every_join_in_the_audit_log_has_its_leave_when_clients_vanish_mid_upgra
     // Those that never got in (most of them) say so.
     let never = ends.iter().filter(|l| l["code"] == "not_entered").count();
     assert!(never >= 5, "{never} leaves as not_entered");
+}
+
+/// A valid patient link in a loop of connect and drop: each connection would write audit
+/// lines, change the roster and start a media session. A person gets 30, then one every 2 s;
+/// the join check says so without spending any; other people are not held to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_link_in_a_loop_of_connect_and_drop_is_paced() {
+    let server = start_with(&[]);
+    let token = server.token("visit-loop", "pat-1", "Anna", "patient");
+    for _ in 0..30 {
+        let mut c = server.connect(&token).await;
+        c.next_of("welcome").await;
+    }
+    assert_eq!(
+        join_from("127.0.0.1", server.addr(), &token).await,
+        Some(429)
+    );
+    let (status, body) = server.refused(&format!("token={token}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("too_many_joins")),
+        "{body}"
+    );
+    let other = server.token("visit-loop", "pat-2", "Bertil", "patient");
+    server.connect(&other).await.next_of("welcome").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        join_from("127.0.0.1", server.addr(), &token).await,
+        Some(200)
+    );
+    server.connect(&token).await.next_of("welcome").await;
+    // The audit log holds the 31 joins, and the refusals in at most two lines.
+    let joins = server.audit_events("join");
+    assert_eq!(joins.iter().filter(|j| j["subject"] == "pat-1").count(), 31);
+    let refused: Vec<_> = server
+        .audit_events("join_refused")
+        .into_iter()
+        .filter(|l| l["code"] == "too_many_joins" || l["codes"]["too_many_joins"].is_number())
+        .collect();
+    assert!(!refused.is_empty() && refused.len() <= 2, "{refused:?}");
 }

@@ -49,6 +49,13 @@ async fn replicas_sharing_redis_book_each_id_once_and_a_redis_restart_loses_no_b
         statuses.sort();
         assert_eq!(statuses, [201, 409], "{id}: {ra:?} {rb:?}");
     }
+    // Each lost race was recorded as asked, and then as not made.
+    let not_applied: Vec<_> = [&a, &b]
+        .iter()
+        .flat_map(|s| s.audit_events("meeting_created_not_applied"))
+        .collect();
+    assert_eq!(not_applied.len(), 20);
+    assert!(not_applied.iter().all(|l| l["code"] == "meeting_exists"));
 
     // A booking made through one is known to the other: it answers for it and lets its
     // patient in.

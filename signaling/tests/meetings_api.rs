@@ -462,3 +462,122 @@ async fn the_api_and_metrics_move_to_the_internal_listener() {
     assert_eq!(status(format!("{internal}/client.js"), None).await.0, 404);
     assert_eq!(status(format!("{internal}/readyz"), None).await.0, 200);
 }
+
+/// What a faulty or hostile booking system sends: times at the end of time, identity numbers
+/// where the audit log would take them, percent-encoded ids, tokens for a meeting that is over.
+/// Each is refused with the field named, and the service goes on booking and saving.
+#[tokio::test]
+async fn bad_bookings_are_refused_naming_the_field_and_the_service_goes_on() {
+    let store_dir = std::env::temp_dir().join(format!("hc-store-{}", rand::random::<u64>()));
+    let store = store_dir.join("meetings.json");
+    let server = start_with(&["--meeting-store", store.to_str().unwrap()]);
+    let key = Some(API_KEY);
+    let book = |id: &str, start: &str, end: &str| json!({"id": id, "unit": "unit-1", "start": start, "end": end});
+    for (body, field) in [
+        (
+            book("far", "9999-12-29T00:00:00Z", "9999-12-30T21:45:00Z"),
+            "start",
+        ),
+        (
+            book("old", "2020-01-01T10:00:00Z", "2020-01-01T10:30:00Z"),
+            "end",
+        ),
+        (
+            book("long", &window(10, 20).0, &window(0, 60 * 25).1),
+            "end",
+        ),
+        (
+            json!({"unit": "u".repeat(65), "start": window(10, 20).0, "end": window(10, 20).1}),
+            "unit",
+        ),
+    ] {
+        let (status, refused) = server
+            .api("POST", "/api/v1/meetings", key, Some(body))
+            .await;
+        assert_eq!(status, 422, "{refused}");
+        assert_eq!(refused["error"], "invalid_meeting");
+        assert!(
+            refused["reason"].as_str().unwrap().starts_with(field),
+            "{refused}"
+        );
+    }
+    let (status, refused) = server
+        .api("GET", "/api/v1/meetings?unit=19900101-1234", key, None)
+        .await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (422, Some("invalid_query"))
+    );
+
+    let (start, end) = window(-40, 25);
+    let (status, m) = server
+        .api(
+            "POST",
+            "/api/v1/meetings",
+            key,
+            Some(book("bv-1", &start, &end)),
+        )
+        .await;
+    assert_eq!(status, 201, "{m}");
+    let (status, refused) = server
+        .api("GET", "/api/v1/meetings/bv%2D1", key, None)
+        .await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (404, Some("meeting_unknown"))
+    );
+    let (status, refused) = server
+        .api(
+            "POST",
+            "/api/v1/meetings/bv-1/tokens",
+            key,
+            Some(json!({"sub": "s1", "name": "Dr", "role": "clinician", "hsa": "SE5501011234-A1"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["reason"].as_str().unwrap().starts_with("hsa"),
+        "{refused}"
+    );
+
+    // Nothing of the refused reached the audit log; the booking was saved.
+    let audit = server.audit_text();
+    for never in ["19900101-1234", "5501011234", "9999-12"] {
+        assert!(!audit.contains(never), "{never} in the audit log");
+    }
+    let saved = std::fs::read_to_string(&store).unwrap();
+    assert!(saved.contains("bv-1"), "the store is written");
+    assert!(!saved.contains("\"far\""));
+
+    // A cancelled meeting mints nothing.
+    let (status, m) = server
+        .api(
+            "POST",
+            "/api/v1/meetings",
+            key,
+            Some(book("bv-2", &start, &end)),
+        )
+        .await;
+    assert_eq!(status, 201, "{m}");
+    let (status, cancelled) = server
+        .api("POST", "/api/v1/meetings/bv-2/cancel", key, None)
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let (status, refused) = server
+        .api(
+            "POST",
+            "/api/v1/meetings/bv-2/tokens",
+            key,
+            Some(json!({"sub": "s1", "name": "Anna", "role": "patient"})),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (410, Some("meeting_over"))
+    );
+    let lines = server.audit_events("meeting_cancelled");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["unit"], "unit-1");
+    assert!(lines[0]["api_client"].is_string(), "{}", lines[0]);
+    let _ = std::fs::remove_dir_all(store_dir);
+}

@@ -46,6 +46,43 @@ async fn a_patient_cannot_publish_a_second_camera_by_leaving_out_directions() {
     assert_eq!(reply["type"], "answer", "{reply}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_cannot_add_a_camera_by_leaving_the_first_out_of_a_renegotiation() {
+    let server = start();
+    let (_d, patient_media, _doctor, mut patient) = visit(&server, "visit-omit").await;
+    // The session's offer, its camera's line given a new mid: the SFU keeps the line the
+    // offer leaves out publishing, and would publish the new one besides.
+    let offer = patient_media.offer();
+    let video = offer.find("m=video").expect("a camera line");
+    let mid_at = video + offer[video..].find("a=mid:").unwrap() + "a=mid:".len();
+    let mid = offer[mid_at..].split("\r\n").next().unwrap().to_owned();
+    let moved = format!(
+        "{}a=mid:moved{}",
+        &offer[..mid_at - "a=mid:".len()],
+        &offer[mid_at + mid.len()..]
+    )
+    .replace(&format!("BUNDLE {mid}"), "BUNDLE moved")
+    .replace(&format!(" {mid}\r\n"), " moved\r\n");
+    assert!(moved.contains("a=mid:moved") && !moved.contains(&format!("a=mid:{mid}\r\n")));
+    patient.send(json!({"type": "offer", "sdp": moved})).await;
+    let err = patient.next_of("error").await;
+    assert_eq!(err["code"], "screen_share_not_allowed", "{err}");
+    // The session's own offer again (its camera's line in it) passes the rule and reaches
+    // the SFU: answered, or told it crossed the SFU's own offer (which this test leaves
+    // unanswered).
+    patient.send(json!({"type": "offer", "sdp": offer})).await;
+    let reply = loop {
+        let m = patient.next().await;
+        if m["type"] == "answer" || m["type"] == "error" {
+            break m;
+        }
+    };
+    assert!(
+        reply["type"] == "answer" || reply["code"] == "offer_crossed",
+        "{reply}"
+    );
+}
+
 /// The attack's offer: one video line with 1,200 `a=ssrc` and 1,200 `ssrc-group:FID` lines.
 fn flood_offer(template: &str) -> String {
     let mut sdp = template.to_owned();

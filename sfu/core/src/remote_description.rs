@@ -253,6 +253,16 @@ impl RemoteDescription {
                 .flatten()
                 .ok_or(SdpError::Missing("a=mid on every m-line (BUNDLE)"))?
                 .to_owned();
+            // A mid is written into every other participant's SDP (their track ids): a token of
+            // at most 32 characters, once per offer.
+            if !valid_mid(&mid) {
+                return Err(SdpError::Syntax(
+                    "a=mid: 1 to 32 characters, no spaces or separators (RFC 4566 token)".into(),
+                ));
+            }
+            if media.iter().any(|other: &RemoteMedia| other.mid == mid) {
+                return Err(SdpError::Syntax(format!("a=mid:{mid} on two m-lines")));
+            }
             let kind = match m.media_name.media.as_str() {
                 "audio" => Some(MediaKind::Audio),
                 "video" => Some(MediaKind::Video),
@@ -389,6 +399,14 @@ impl RemoteDescription {
     }
 }
 
+/// An identification tag (RFC 5888: an RFC 4566 token) short enough for a track id.
+fn valid_mid(mid: &str) -> bool {
+    (1..=32).contains(&mid.len())
+        && mid.bytes().all(|b| {
+            matches!(b, 0x21 | 0x23..=0x27 | 0x2a | 0x2b | 0x2d | 0x2e | 0x30..=0x39 | 0x41..=0x5a | 0x5e..=0x7e)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +466,29 @@ a=simulcast:send q;~h,h2;f;x recv x\r\n";
              a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
              a=fingerprint:sha-256 AA:BB\r\n{lines}"
         )
+    }
+
+    #[test]
+    fn a_mid_that_would_not_fit_a_track_id_or_names_two_lines_is_refused() {
+        let line = |mid: &str| {
+            format!("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:{mid}\r\na=rtpmap:96 VP8/90000\r\n")
+        };
+        for ok in ["0", "sdparta_1", "{7e2f}", &"m".repeat(32)] {
+            assert!(RemoteDescription::parse(&offer(&line(ok))).is_ok(), "{ok}");
+        }
+        let long = "m".repeat(33);
+        for bad in ["0 x", "a/b", "x\"y", long.as_str()] {
+            let refused = RemoteDescription::parse(&offer(&line(bad)));
+            assert!(
+                matches!(&refused, Err(SdpError::Syntax(m)) if m.contains("a=mid")),
+                "{bad}: {refused:?}"
+            );
+        }
+        let twice = offer(&[line("1"), line("1")].concat());
+        assert!(matches!(
+            RemoteDescription::parse(&twice),
+            Err(SdpError::Syntax(m)) if m.contains("two m-lines")
+        ));
     }
 
     #[test]
