@@ -399,11 +399,22 @@ async fn join_check(
     ClientAddress(source): ClientAddress,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    Json(q): Json<JoinQuery>,
+    body: Result<Json<JoinQuery>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     if let Some(refused) = unrelayed(&state, &uri, &headers) {
         return refused;
     }
+    // (A body that is not the check's JSON gets a JSON answer too, naming what is wrong.)
+    let Json(q) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                e.status(),
+                Json(json!({"error": "bad_request", "reason": e.body_text()})),
+            )
+                .into_response();
+        }
+    };
     match state.route(&q, &headers) {
         Ok(Route::Here) => {}
         Ok(Route::Owner(replicas, owner)) => {

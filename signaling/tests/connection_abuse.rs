@@ -611,3 +611,29 @@ async fn a_valid_link_in_a_loop_of_connect_and_drop_is_paced() {
         .collect();
     assert!(!refused.is_empty() && refused.len() <= 2, "{refused:?}");
 }
+
+/// A join check whose body is not the check's JSON gets a JSON answer naming what is wrong,
+/// as every other refusal does (a client written from the protocol reads `error` alone).
+#[tokio::test]
+async fn a_join_check_with_a_broken_body_gets_a_json_error() {
+    let server = start_with(&[]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    for (content_type, body, status) in [
+        ("application/json", "{\"token\": ", 400),
+        ("text/plain", "{\"token\": \"x\"}", 415),
+        ("application/json", "{\"token\": 7}", 422),
+    ] {
+        let r = client
+            .post(format!("{}/join", server.http_base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        let v: Value = r.json().await.expect("a JSON body");
+        assert_eq!(v["error"], "bad_request", "{v}");
+        assert!(!v["reason"].as_str().unwrap_or_default().is_empty(), "{v}");
+    }
+}
