@@ -911,7 +911,7 @@ impl Meetings {
                     // What the client can act on: a layer request for an m-line that receives
                     // no video, or offers of ours it never answered (it starts a new session).
                     let code = match command.as_str() {
-                        "set_preferred_layer" => "bad_mid",
+                        "set_preferred_layer" if error != sfu_proto::BUSY => "bad_mid",
                         "sfu_offer" => "offer_unanswered",
                         "reject_offer" if error == sfu_proto::NO_OFFER_OUTSTANDING => {
                             "no_offer_pending"

@@ -25,6 +25,10 @@ pub const OFFER_CROSSED: &str = "an SFU offer is outstanding; answer it first";
 /// `no_offer_pending`.
 pub const NO_OFFER_OUTSTANDING: &str = "no offer is outstanding";
 
+/// A command refused at once because the worker holds too many waiting requests. Signaling
+/// tells the client `sfu_refused`: send it again a moment later.
+pub const BUSY: &str = "the SFU is busy; try again in a moment";
+
 /// Version of the control protocol; a node with another version is refused at connect.
 pub const PROTOCOL_VERSION: u32 = 2;
 

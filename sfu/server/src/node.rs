@@ -260,7 +260,7 @@ impl SfuNode {
                 let failed = Event::CommandFailed {
                     command: command.name().to_owned(),
                     participant: command.participant().cloned(),
-                    error: "the SFU is busy; try again in a moment".into(),
+                    error: sfu_proto::BUSY.into(),
                 };
                 // A refused add must not stay placed on the worker.
                 if let Ok(mut p) = self.placement.lock() {
