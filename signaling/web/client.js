@@ -65,6 +65,7 @@ function endWith(reason, message) {
   if (state.ws && state.ws.readyState <= WebSocket.OPEN) state.ws.close(1000);
   if (local) local.getTracks().forEach((t) => t.stop());
   forgetPhotos();
+  forgetVisit();
   $("ended-title").textContent = ENDED.includes(reason) ? t(`ended.${reason}`) : t("ended.default");
   $("ended-message").textContent = message || "";
   setStatus("");
@@ -755,6 +756,19 @@ function showPhoto(li, blob, who, savable) {
   li.scrollIntoView({ block: "nearest" });
 }
 
+/** At the end of the visit who was there, the chat and the waiting room's names leave the page
+ * (a tab left open on a shared device, or restored from the back-forward cache, shows none). */
+function forgetVisit() {
+  for (const id of ["chat-log", "people", "lobby-list"]) $(id).replaceChildren();
+  state.chat = [];
+  state.names.clear();
+  state.people.clear();
+  state.lobby = [];
+  state.dataMessages = [];
+  state.lastOffer = null;
+  state.resumeKey = null;
+}
+
 /** At the end of the visit the photos leave the page too (a shared device shows nothing). */
 function forgetPhotos() {
   for (const url of state.photoUrls) URL.revokeObjectURL(url);
@@ -777,6 +791,12 @@ async function joinCheck() {
   return { ok: r.ok, body, refused };
 }
 
+/** Half to all of `ms`, at random: clients that lost the server together do not come back
+ * together. */
+function jittered(ms) {
+  return ms * (0.5 + Math.random() / 2);
+}
+
 function openSocket() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const q = new URLSearchParams({ token });
@@ -786,7 +806,7 @@ function openSocket() {
   const ws = new WebSocket(`${scheme}://${location.host}/ws?${q}`);
   state.ws = ws;
   send = (msg) => ws.readyState === WebSocket.OPEN && (ws.send(JSON.stringify(msg)), true);
-  ws.onopen = () => { wsAttempts = 0; };
+  // (Attempts count until a welcome: a server that accepts and then closes is backed off too.)
   ws.onclose = (ev) => {
     if (leaving || state.closing || ws !== state.ws) return;
     // 4001–4006: the server closed us on purpose (its `closing` message says why).
@@ -806,7 +826,7 @@ function openSocket() {
       const check = await joinCheck().catch(() => ({ ok: false, refused: false, body: {} }));
       if (check.refused) { state.refusal = check.body.error; endWith(check.body.error, refusalText(check.body.error, check.body.message, check.body)); return; }
       openSocket();
-    }, state.resumeKey && wsAttempts === 1 ? 250 : Math.min(1000 * 2 ** (wsAttempts - 2), 10000));
+    }, jittered(state.resumeKey && wsAttempts === 1 ? 250 : Math.min(1000 * 2 ** (wsAttempts - 2), 10000)));
   };
   ws.onmessage = (ev) => {
     const msg = JSON.parse(ev.data);
@@ -821,6 +841,7 @@ async function handle(msg) {
   const pc = state.pc;
   switch (msg.type) {
     case "welcome":
+      wsAttempts = 0;
       pingOut = false; // a ping of an earlier socket is answered by nobody
       rttSamples.length = 0; // a new socket may take another path: its own samples only
       measureSocket(); // the first measure of this socket's round trip
@@ -867,6 +888,7 @@ async function handle(msg) {
     case "resumed": {
       // The same participant and media session on a new connection (the old one dropped with
       // a network change): the media path likely moved too, so restart ICE in place.
+      wsAttempts = 0;
       state.resumes += 1;
       // This socket's round trip is measured afresh (it may take another path).
       pingOut = false;

@@ -61,11 +61,34 @@ pub enum ControlMessage {
     },
 }
 
-/// Errors decoding a control message from its wire form.
+/// Errors decoding a control message from its wire form. Only where and what kind of error:
+/// serde_json's own message quotes the value it could not take, which may be an SDP.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("control message is not valid JSON for this protocol version: {0}")]
-    Json(#[from] serde_json::Error),
+    #[error(
+        "control message is not valid JSON for this protocol version ({kind} error at line {line}, column {column})"
+    )]
+    Json {
+        kind: &'static str,
+        line: usize,
+        column: usize,
+    },
+}
+
+impl From<serde_json::Error> for DecodeError {
+    fn from(e: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        DecodeError::Json {
+            kind: match e.classify() {
+                Category::Io => "I/O",
+                Category::Syntax => "syntax",
+                Category::Data => "data",
+                Category::Eof => "end-of-input",
+            },
+            line: e.line(),
+            column: e.column(),
+        }
+    }
 }
 
 impl ControlMessage {
@@ -109,6 +132,26 @@ mod tests {
         });
         let back = ControlMessage::decode(&msg.encode()).expect("decodes");
         assert_eq!(msg, back);
+    }
+
+    #[test]
+    fn a_decode_error_says_where_not_what_so_no_sdp_reaches_a_log() {
+        let msg = ControlMessage::Command(Command::AddParticipant {
+            room: RoomId::from("visit-1"),
+            participant: ParticipantId::from("p-1"),
+            offer_sdp: "v=0\r\n".into(),
+            session: 1,
+            permissions: Permissions::default(),
+        });
+        let wire = String::from_utf8(msg.encode()).unwrap();
+        assert!(wire.contains("\"session\":1"), "{wire}");
+        // A field of another version's shape, holding what an SDP holds.
+        let other = wire.replace("\"session\":1", "\"session\":\"a=ice-pwd:s3cr3t\"");
+        let e = ControlMessage::decode(other.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert!(e.contains("data error"), "{e}");
     }
 
     #[test]
