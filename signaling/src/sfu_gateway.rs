@@ -35,6 +35,9 @@ struct Nodes {
 }
 
 /// Commands go to whichever connected node owns the room.
+/// Workers a node may claim (more than any host has cores).
+const MAX_NODE_WORKERS: u32 = 1024;
+
 pub struct RemoteSfu {
     nodes: Mutex<Nodes>,
     events: UnboundedSender<Event>,
@@ -187,6 +190,12 @@ impl RemoteSfu {
                         "node {node_id} speaks control protocol {protocol_version}, expected {PROTOCOL_VERSION}"
                     );
                 }
+                // (A node claiming more would look idle to room placement and draw every room.)
+                if !(1..=MAX_NODE_WORKERS).contains(&workers) {
+                    anyhow::bail!(
+                        "node {node_id} claims {workers} workers (1 to {MAX_NODE_WORKERS} are taken)"
+                    );
+                }
                 (node_id, workers, sessions)
             }
             other => anyhow::bail!("expected hello, got a {}", other.kind()),
@@ -270,10 +279,25 @@ impl RemoteSfu {
                             }
                         }
                         ControlMessage::Event(event) => {
-                            if let Ok(mut n) = self.nodes.lock() {
-                                n.placement.observe(&event);
+                            // A node speaks for what is placed on it only: another node's
+                            // participants, rooms or an SDP for someone placed nowhere are not
+                            // its to report (a compromised node passing for another).
+                            let from_it = match self.nodes.lock() {
+                                Ok(mut n) => {
+                                    let from_it = n.placement.is_from(key, &event);
+                                    if from_it {
+                                        n.placement.observe(&event);
+                                    }
+                                    from_it
+                                }
+                                Err(_) => false,
+                            };
+                            if from_it {
+                                let _ = self.events.send(event);
+                            } else {
+                                metrics::counter!("signaling_sfu_events_refused_total").increment(1);
+                                tracing::warn!(node = %node_id, kind = event.kind(), "an event about what the node does not run; dropped");
                             }
-                            let _ = self.events.send(event);
                         }
                         other => tracing::warn!(node = %node_id, kind = other.kind(), "unexpected control message"),
                     },

@@ -123,6 +123,26 @@ pub enum Event {
     Load(LoadReport),
 }
 
+impl Event {
+    /// The event's name on the wire, for logs (the event itself may carry SDP).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Answer { .. } => "answer",
+            Event::Offer { .. } => "offer",
+            Event::Connected { .. } => "connected",
+            Event::TrackPublished { .. } => "track_published",
+            Event::TrackUnpublished { .. } => "track_unpublished",
+            Event::VideoPaused { .. } => "video_paused",
+            Event::LinkReport { .. } => "link_report",
+            Event::LayersUnused { .. } => "layers_unused",
+            Event::ActiveSpeaker { .. } => "active_speaker",
+            Event::Disconnected { .. } => "disconnected",
+            Event::CommandFailed { .. } => "command_failed",
+            Event::Load(_) => "load",
+        }
+    }
+}
+
 /// A subscriber's link as the SFU sees it: its bandwidth estimate and what it forwards.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LinkReport {
