@@ -50,6 +50,17 @@ struct Entry {
     slot: Slot,
 }
 
+impl Entry {
+    fn new(sub: &str, meeting: &str, participant: &ParticipantId, slot: Slot) -> Self {
+        Self {
+            sub: sub.to_owned(),
+            meeting: meeting.to_owned(),
+            participant: participant.clone(),
+            slot,
+        }
+    }
+}
+
 /// A key held now, and whose participant it resumes (what a restart carries over).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldKey {
@@ -91,15 +102,8 @@ impl ResumeSlots {
         participant: &ParticipantId,
         takeover: Takeover,
     ) {
-        self.entries().insert(
-            key.to_owned(),
-            Entry {
-                sub: sub.to_owned(),
-                meeting: meeting.to_owned(),
-                participant: participant.clone(),
-                slot: Slot::Live(takeover),
-            },
-        );
+        let entry = Entry::new(sub, meeting, participant, Slot::Live(takeover));
+        self.entries().insert(key.to_owned(), entry);
     }
 
     /// Every key held now, live and parked.
@@ -121,15 +125,9 @@ impl ResumeSlots {
     /// The connection of `sub` in `meeting` under `key` dropped: its participant waits to be
     /// taken.
     pub fn park(&self, key: &str, sub: &str, meeting: &str, parked: Parked) {
-        self.entries().insert(
-            key.to_owned(),
-            Entry {
-                sub: sub.to_owned(),
-                meeting: meeting.to_owned(),
-                participant: parked.id.clone(),
-                slot: Slot::Parked(parked),
-            },
-        );
+        let id = parked.id.clone();
+        let entry = Entry::new(sub, meeting, &id, Slot::Parked(parked));
+        self.entries().insert(key.to_owned(), entry);
     }
 
     /// A live connection's key taken for a new connection that never started: the key is
@@ -142,12 +140,8 @@ impl ResumeSlots {
         participant: &ParticipantId,
         takeover: Takeover,
     ) {
-        self.entries().entry(key.to_owned()).or_insert(Entry {
-            sub: sub.to_owned(),
-            meeting: meeting.to_owned(),
-            participant: participant.clone(),
-            slot: Slot::Live(takeover),
-        });
+        let entry = Entry::new(sub, meeting, participant, Slot::Live(takeover));
+        self.entries().entry(key.to_owned()).or_insert(entry);
     }
 
     /// Takes the participant under `key` for a new connection of `sub` to `meeting`; `None`
