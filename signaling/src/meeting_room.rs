@@ -1108,7 +1108,17 @@ impl RoomState {
             m.sfu_joined = false;
             m.media_connected = false;
         }
-        m.video_mids = publishing;
+        // (Kept with the lines before until the SFU is known to have taken the offer: one it
+        // refuses leaves them publishing.)
+        if restart || !m.sfu_joined {
+            m.video_mids = publishing;
+        } else {
+            for mid in publishing {
+                if !m.video_mids.contains(&mid) {
+                    m.video_mids.push(mid);
+                }
+            }
+        }
         let command = if m.sfu_joined {
             Command::Offer {
                 participant: id.clone(),

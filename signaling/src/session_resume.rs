@@ -140,6 +140,10 @@ impl ResumeSlots {
         participant: &ParticipantId,
         takeover: Takeover,
     ) {
+        // (A connection that ended for good meanwhile has nobody to hand over.)
+        if takeover.is_closed() {
+            return;
+        }
         let entry = Entry::new(sub, meeting, participant, Slot::Live(takeover));
         self.entries().entry(key.to_owned()).or_insert(entry);
     }

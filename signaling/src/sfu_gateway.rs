@@ -279,12 +279,11 @@ impl RemoteSfu {
                             }
                         }
                         ControlMessage::Event(event) => {
-                            // A node speaks for what is placed on it only: another node's
-                            // participants, rooms or an SDP for someone placed nowhere are not
-                            // its to report (a compromised node passing for another).
+                            // Another node's participants and rooms are not this node's to
+                            // report (a compromised node passing for another).
                             let from_it = match self.nodes.lock() {
                                 Ok(mut n) => {
-                                    let from_it = n.placement.is_from(key, &event);
+                                    let from_it = !n.placement.is_elsewhere(key, &event);
                                     if from_it {
                                         n.placement.observe(&event);
                                     }

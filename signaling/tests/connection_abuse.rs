@@ -579,13 +579,18 @@ async fn every_join_in_the_audit_log_has_its_leave_when_clients_vanish_mid_upgra
 async fn a_valid_link_in_a_loop_of_connect_and_drop_is_paced() {
     let server = start_with(&[]);
     let token = server.token("visit-loop", "pat-1", "Anna", "patient");
-    for _ in 0..30 {
+    // Connections until the join check says no (one comes back every 2 s while they run: a
+    // slow machine's run gets a few more than the burst).
+    let mut connected = 0;
+    while join_from("127.0.0.1", server.addr(), &token).await == Some(200) {
         let mut c = server.connect(&token).await;
         c.next_of("welcome").await;
+        connected += 1;
+        assert!(connected <= 40, "not paced after {connected} connections");
     }
-    assert_eq!(
-        join_from("127.0.0.1", server.addr(), &token).await,
-        Some(429)
+    assert!(
+        connected >= 30,
+        "the burst is 30: refused after {connected}"
     );
     let (status, body) = server.refused(&format!("token={token}")).await;
     assert_eq!(
@@ -601,9 +606,12 @@ async fn a_valid_link_in_a_loop_of_connect_and_drop_is_paced() {
         Some(200)
     );
     server.connect(&token).await.next_of("welcome").await;
-    // The audit log holds the 31 joins, and the refusals in at most two lines.
+    // The audit log holds the joins, and the refusals in at most two lines.
     let joins = server.audit_events("join");
-    assert_eq!(joins.iter().filter(|j| j["subject"] == "pat-1").count(), 31);
+    assert_eq!(
+        joins.iter().filter(|j| j["subject"] == "pat-1").count(),
+        connected + 1
+    );
     let refused: Vec<_> = server
         .audit_events("join_refused")
         .into_iter()

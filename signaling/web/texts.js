@@ -292,6 +292,7 @@ const enRefusals = {
   audit_unavailable: "The service cannot record the visit right now. Try again in a moment.",
   store_unavailable: "Could not connect right now. Try again in a moment.",
   too_many_refusals: "Too many attempts. Wait a minute and open the link again.",
+  too_many_joins: "You have connected many times in a short while. Wait a moment and open the link again.",
   removed: "A member of the care staff removed you from the visit.",
   meeting_ended: "The care staff ended the visit.",
   replaced: "You joined the visit from another device or tab.",

@@ -141,37 +141,36 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
         true
     }
 
-    /// Whether `event` may come from `target`: what it says of a participant or room placed
-    /// on another target does not (one node passing for another), nor an SDP, a media start or
-    /// a new track of a participant placed nowhere. An end (a track unpublished, a session
-    /// disconnected, a failed command) may trail its participant's removal.
-    pub fn is_from(&self, target: T, event: &Event) -> bool {
-        let placed = |p: &ParticipantId| self.target_of(p) == Some(target);
-        let not_elsewhere = |p: &ParticipantId| self.target_of(p).is_none_or(|t| t == target);
-        let room_here = |r: &RoomId| self.rooms.get(r).is_none_or(|t| *t == target);
+    /// Whether `event` speaks of a participant or room placed on another target than
+    /// `target` (one node passing for another). What is placed nowhere here is not: another
+    /// signaling replica's meeting, a session being taken over, an end trailing a removal.
+    pub fn is_elsewhere(&self, target: T, event: &Event) -> bool {
+        let participant = |p: &ParticipantId| self.target_of(p).is_some_and(|t| t != target);
+        let room = |r: &RoomId| self.rooms.get(r).is_some_and(|t| *t != target);
         match event {
-            Event::Answer { participant, .. }
-            | Event::Offer { participant, .. }
-            | Event::Connected { participant, .. }
-            | Event::VideoPaused { participant, .. }
-            | Event::LinkReport { participant, .. }
-            | Event::LayersUnused { participant, .. } => placed(participant),
-            Event::TrackPublished { room, track } => room_here(room) && placed(&track.publisher),
-            Event::TrackUnpublished { room, track } => {
-                room_here(room) && not_elsewhere(&track.publisher)
-            }
-            Event::ActiveSpeaker { room, participant } => {
-                room_here(room) && not_elsewhere(participant)
-            }
-            Event::Disconnected { participant, .. }
+            Event::Answer { participant: p, .. }
+            | Event::Offer { participant: p, .. }
+            | Event::Connected { participant: p, .. }
+            | Event::VideoPaused { participant: p, .. }
+            | Event::LinkReport { participant: p, .. }
+            | Event::LayersUnused { participant: p, .. }
+            | Event::Disconnected { participant: p, .. }
             | Event::CommandFailed {
-                participant: Some(participant),
+                participant: Some(p),
                 ..
-            } => not_elsewhere(participant),
+            } => participant(p),
+            Event::TrackPublished { room: r, track }
+            | Event::TrackUnpublished { room: r, track } => {
+                room(r) || participant(&track.publisher)
+            }
+            Event::ActiveSpeaker {
+                room: r,
+                participant: p,
+            } => room(r) || participant(p),
             Event::CommandFailed {
                 participant: None, ..
             }
-            | Event::Load(_) => true,
+            | Event::Load(_) => false,
         }
     }
 
@@ -243,7 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn a_target_speaks_only_for_what_is_placed_on_it() {
+    fn a_target_does_not_speak_for_what_is_placed_on_another() {
         let mut p = RoomPlacement::<usize>::default();
         p.route(&add("r1", "a"), |_| Some(0));
         p.route(&add("r2", "b"), |_| Some(1));
@@ -251,31 +250,32 @@ mod tests {
             participant: ParticipantId::from(who),
             offer_sdp: String::new(),
         };
-        assert!(p.is_from(0, &offer("a")));
-        assert!(!p.is_from(1, &offer("a")), "another node's participant");
-        assert!(
-            !p.is_from(0, &offer("nobody")),
-            "an SDP for someone placed nowhere"
-        );
+        assert!(!p.is_elsewhere(0, &offer("a")));
+        assert!(p.is_elsewhere(1, &offer("a")), "another node's participant");
+        // Placed nowhere here (another replica's meeting, a takeover under way): passed on.
+        assert!(!p.is_elsewhere(0, &offer("nobody")));
         let gone = Event::Disconnected {
             participant: ParticipantId::from("a"),
             reason: sfu_proto::DisconnectReason::ConsentTimeout,
             session: 1,
         };
-        assert!(p.is_from(0, &gone) && !p.is_from(1, &gone));
+        assert!(!p.is_elsewhere(0, &gone) && p.is_elsewhere(1, &gone));
         p.route(
             &Command::RemoveParticipant {
                 participant: ParticipantId::from("a"),
             },
             |_| None,
         );
-        assert!(p.is_from(0, &gone), "an end may trail the removal");
+        assert!(!p.is_elsewhere(0, &gone), "an end may trail the removal");
         let speaker = |room: &str, who: &str| Event::ActiveSpeaker {
             room: RoomId::from(room),
             participant: ParticipantId::from(who),
         };
-        assert!(p.is_from(1, &speaker("r2", "b")));
-        assert!(!p.is_from(0, &speaker("r2", "b")), "another node's room");
+        assert!(!p.is_elsewhere(1, &speaker("r2", "b")));
+        assert!(
+            p.is_elsewhere(0, &speaker("r2", "b")),
+            "another node's room"
+        );
     }
 
     #[test]
