@@ -34,10 +34,10 @@ struct Nodes {
     surveys: std::collections::HashSet<(RoomId, u64)>,
 }
 
-/// Commands go to whichever connected node owns the room.
 /// Workers a node may claim (more than any host has cores).
 const MAX_NODE_WORKERS: u32 = 1024;
 
+/// Commands go to whichever connected node owns the room.
 pub struct RemoteSfu {
     nodes: Mutex<Nodes>,
     events: UnboundedSender<Event>,
