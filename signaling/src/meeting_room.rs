@@ -27,6 +27,8 @@ pub const MAX_CHAT_CHARS: usize = 1000;
 /// Shortest time between two media-session restarts of one connection: each restart adds
 /// m-lines to everyone else's session, so a client restarting in a loop is slowed down.
 const MIN_RESTART_INTERVAL: SignedDuration = SignedDuration::from_secs(5);
+/// Video lines a media session may have published on (the SFU holds at most 64 m-lines).
+const MAX_VIDEO_LINES: usize = 64;
 
 /// Why the server closes a connection (also the WebSocket close code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +269,8 @@ pub enum RequestError {
     RestartTooSoon,
     #[error("only a clinician or consultant may share a screen (one video track)")]
     ScreenShareNotAllowed,
+    #[error("a media session holds at most 64 video lines")]
+    TooManyVideoLines,
     #[error("the media session has not started; send an offer first")]
     NoMediaSession,
     #[error("a mid names an m-line in at most 32 characters")]
@@ -297,6 +301,7 @@ impl RequestError {
             RequestError::ChatRate => "chat_rate",
             RequestError::RestartTooSoon => "restart_too_soon",
             RequestError::ScreenShareNotAllowed => "screen_share_not_allowed",
+            RequestError::TooManyVideoLines => "bad_sdp",
             RequestError::NoMediaSession => "no_media_session",
             RequestError::BadMid => "bad_mid",
             RequestError::LayerRate => "layer_rate",
@@ -1109,15 +1114,19 @@ impl RoomState {
             m.media_connected = false;
         }
         // (Kept with the lines before until the SFU is known to have taken the offer: one it
-        // refuses leaves them publishing.)
+        // refuses leaves them publishing. A session holds at most 64 lines at the SFU: more
+        // names than that are offers it refused, one new mid each, and are not kept.)
         if restart || !m.sfu_joined {
             m.video_mids = publishing;
         } else {
-            for mid in publishing {
-                if !m.video_mids.contains(&mid) {
-                    m.video_mids.push(mid);
-                }
+            let added: Vec<String> = publishing
+                .into_iter()
+                .filter(|mid| !m.video_mids.contains(mid))
+                .collect();
+            if m.video_mids.len() + added.len() > MAX_VIDEO_LINES {
+                return Err(RequestError::TooManyVideoLines);
             }
+            m.video_mids.extend(added);
         }
         let command = if m.sfu_joined {
             Command::Offer {
@@ -2213,6 +2222,20 @@ mod tests {
         };
         s.offer(&pat, "c".into(), &moved, false, at(3), &mut fx)
             .unwrap();
+        // Offers the SFU refused, a new mid each, are not remembered without end.
+        let mut refused = 0;
+        for n in 3..100 {
+            let next = OfferedVideo {
+                sending: vec![n.to_string()],
+                lines: (0..=n).map(|i| i.to_string()).collect(),
+            };
+            if s.offer(&pat, "x".into(), &next, false, at(3), &mut fx)
+                == Err(RequestError::TooManyVideoLines)
+            {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0 && s.member(&pat).unwrap().video_mids.len() <= MAX_VIDEO_LINES);
         // A new media session publishes what its offer says.
         s.offer(&pat, "d".into(), &camera, true, at(9), &mut fx)
             .unwrap();
