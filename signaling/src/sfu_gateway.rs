@@ -9,7 +9,7 @@ use sfu_proto::{
     Command, ControlMessage, DisconnectReason, Event, HeldSession, LoadReport, PROTOCOL_VERSION,
     ParticipantId, RoomId,
 };
-use sfu_server::control_stream::{ControlStreamError, read_message, spawn_reader, write_message};
+use sfu_server::control_stream::{ControlStreamError, ControlWriter, read_message, spawn_reader};
 use sfu_server::room_placement::RoomPlacement;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,8 @@ struct Nodes {
 
 /// Workers a node may claim (more than any host has cores).
 const MAX_NODE_WORKERS: u32 = 1024;
+/// Commands that may wait to be written to a node before its link is given up as not reading.
+const COMMAND_QUEUE: usize = 8192;
 
 /// Commands go to whichever connected node owns the room.
 pub struct RemoteSfu {
@@ -166,8 +168,13 @@ impl RemoteSfu {
                 match incoming.await {
                     Ok(conn) => {
                         let remote = conn.remote_address();
-                        if let Err(e) = this.serve_node(conn).await {
+                        if let Err(e) = this.serve_node(conn.clone()).await {
                             tracing::warn!(%remote, error = %e, "SFU node link ended");
+                            // The node is told why, so its own log says what to mend (a link
+                            // that ended after it was up is closed already: this adds nothing).
+                            let reason = e.to_string();
+                            let reason = &reason.as_bytes()[..reason.len().min(512)];
+                            conn.close(1u32.into(), reason);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "SFU node handshake failed"),
@@ -177,7 +184,7 @@ impl RemoteSfu {
     }
 
     async fn serve_node(self: &Arc<Self>, conn: quinn::Connection) -> anyhow::Result<()> {
-        let (mut send, mut recv) = conn.accept_bi().await?;
+        let (send, mut recv) = conn.accept_bi().await?;
         let (node_id, workers, held) = match read_message(&mut recv).await? {
             ControlMessage::Hello {
                 protocol_version,
@@ -256,11 +263,15 @@ impl RemoteSfu {
         // Whatever ends this session ends the connection too (the reader task holds a stream).
         let _close = CloseOnDrop(conn.clone());
         let mut incoming = spawn_reader(recv);
+        // (Written on a task of its own: this loop never waits on the node while it should be
+        // reading its events; a node that reads none of 8,192 commands is given up.)
+        let mut writer = ControlWriter::spawn(send, COMMAND_QUEUE);
         let result: anyhow::Result<()> = async {
             loop {
                 tokio::select! {
+                    e = writer.ended() => return Err(e.into()),
                     msg = rx.recv() => match msg {
-                        Some(msg) => write_message(&mut send, &msg).await?,
+                        Some(msg) => writer.queue(msg)?,
                         None => return Ok(()),
                     },
                     msg = incoming.recv() => match msg.ok_or(ControlStreamError::Closed)?? {

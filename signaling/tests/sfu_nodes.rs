@@ -128,7 +128,7 @@ impl Cluster {
             ])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.file(&format!("{node_id}.log"))).unwrap())
             .spawn()
             .unwrap()
     }
@@ -164,6 +164,13 @@ async fn a_node_is_accepted_only_under_its_certificates_name() {
         log.contains("certificate does not carry that name"),
         "{log}"
     );
+    // The node is told why: its own log says so (it had only "connection lost" before).
+    until("the node's log to say why it was refused", 10, async || {
+        std::fs::read_to_string(cluster.file("sfu-b.log"))
+            .unwrap()
+            .contains("certificate does not carry that name")
+    })
+    .await;
     drop(impostor);
 
     // Under its own name: accepted.

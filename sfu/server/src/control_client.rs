@@ -3,7 +3,7 @@
 //! participant's meeting acts on it) and a periodic load report; redials a link that drops.
 
 use crate::cluster_tls::ClusterTls;
-use crate::control_stream::{ControlStreamError, spawn_reader, write_message};
+use crate::control_stream::{ControlStreamError, ControlWriter, spawn_reader, write_message};
 use crate::health_listener::Readiness;
 use crate::load_sampler::LoadSampler;
 use crate::node::SfuNode;
@@ -383,6 +383,9 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
     let mut draining = shared.draining.clone();
     let result: anyhow::Result<()> = async {
         let mut incoming = spawn_reader(recv);
+        // (Written on a task of its own: this loop never waits on signaling while it should be
+        // reading its commands.)
+        let mut writer = ControlWriter::spawn(send, LINK_QUEUE);
         let mut tick = tokio::time::interval(config.load_interval);
         loop {
             // A drain is reported at once (a report now), so no new room is placed here
@@ -394,6 +397,7 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
                 let _ = draining.changed().await;
             };
             tokio::select! {
+                e = writer.ended() => return Err(e.into()),
                 _ = drain_started => {
                     tick.reset_immediately();
                 }
@@ -407,14 +411,14 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
                                 .into_iter()
                                 .filter(|h| h.room == room)
                                 .collect();
-                            write_message(&mut send, &ControlMessage::RoomSessions { room, sessions }).await?;
+                            writer.queue(ControlMessage::RoomSessions { room, sessions })?;
                         }
                         // Only the kind: messages carry SDP, which stays out of logs.
                         other => tracing::warn!(kind = other.kind(), "unexpected control message from signaling"),
                     }
                 }
                 event = events.recv() => match event {
-                    Some(event) => write_message(&mut send, &ControlMessage::Event(event)).await?,
+                    Some(event) => writer.queue(ControlMessage::Event(event))?,
                     None => anyhow::bail!("fell behind on events (more than {LINK_QUEUE} waiting)"),
                 },
                 _ = tick.tick() => {
@@ -430,7 +434,7 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
                         draining: *draining.borrow(),
                         cpu_percent: load.cpu_percent,
                     };
-                    write_message(&mut send, &ControlMessage::Event(Event::Load(report))).await?;
+                    writer.queue(ControlMessage::Event(Event::Load(report)))?;
                 }
             }
         }
