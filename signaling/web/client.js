@@ -261,8 +261,8 @@ async function connectMedia(restart) {
   state.videoTracks.clear();
   state.layers.clear();
   applySending();
-  // The room's data channel (relayed by the SFU to everyone admitted): raised hands. The sender
-  // names itself; the server does not vouch for it, so nothing here is trusted beyond display.
+  // The room's data channel (relayed by the SFU to everyone admitted): raised hands. The SFU
+  // sets each message's `from` to the participant it came from, whatever the sender wrote.
   const dc = pc.createDataChannel("room");
   state.dc = dc;
   dc.onmessage = (ev) => {
@@ -276,7 +276,7 @@ async function connectMedia(restart) {
       if (tile) tile.fig.classList.toggle("hand", !!msg.raised);
     }
   };
-  state.sendData = (msg) => dc.readyState === "open" && (dc.send(JSON.stringify({ ...msg, from: state.participant })), true);
+  state.sendData = (msg) => dc.readyState === "open" && (dc.send(JSON.stringify(msg)), true);
   pc.ontrack = (ev) => {
     const streamId = ev.streams[0] ? ev.streams[0].id : ev.track.id;
     const tile = tileFor(streamId);

@@ -41,8 +41,13 @@ async function twoBrowserCall(server, browserArgs = []) {
     // (Node's fetch refuses the self-signed certificate of the https variant.)
     const held = server.base.startsWith("https:") ? "not read over https" : await metric(server, "sfu_dtls_held_until_proven_total");
     console.log(`UDP: media connected ${joined.fromOffer} ms after the offer (${joined.fromLoad} ms after the page loaded); admit → first frame decoded in ${first.at - admittedAt} ms; DTLS datagrams held until their address was proven: ${held}`);
-    // A data channel message from one page reaches the other through the SFU.
-    await waitFor(async () => ({ ok: await a.evaluate(() => window.hcState.sendData({ type: "hand", raised: true })) }),
+    // A data channel message from one page reaches the other through the SFU, which names its
+    // real sender: a claim to be someone else (here the clinician's page claiming to be the
+    // patient) does not survive the relay.
+    const patientId = await b.evaluate(() => window.hcState.participant);
+    const spoofed = (id) => window.hcState.dc.readyState === "open"
+      && (window.hcState.dc.send(JSON.stringify({ type: "hand", raised: true, from: id })), true);
+    await waitFor(async () => ({ ok: await a.evaluate(spoofed, patientId) }),
       { timeout: 15000, what: "the clinician's data channel to open" });
     // Sent again each second until it arrives: the SFU relays to the channels open now, and
     // the patient's may open a moment after the clinician's (once seen in CI: the only copy
@@ -50,7 +55,7 @@ async function twoBrowserCall(server, browserArgs = []) {
     const got = await waitFor(async () => {
       const msgs = await b.evaluate(() => window.hcState.dataMessages);
       const ok = msgs.some((m) => m.type === "hand" && m.raised === true);
-      if (!ok) await a.evaluate(() => window.hcState.sendData({ type: "hand", raised: true }));
+      if (!ok) await a.evaluate(spoofed, patientId);
       return { ok, msgs };
     }, { timeout: 15000, interval: 1000, what: "the patient receiving the raised hand" });
     assert.equal(got.msgs[0].from, await a.evaluate(() => window.hcState.participant));

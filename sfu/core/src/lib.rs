@@ -30,6 +30,7 @@ pub mod resend_record;
 pub mod rtcp_writer;
 pub mod rtp_header;
 pub mod send_history;
+pub mod sender_stamp;
 pub mod sfu;
 pub mod skipped_numbers;
 pub mod srtp_context;

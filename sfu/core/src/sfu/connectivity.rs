@@ -255,7 +255,8 @@ impl Sfu {
     }
 
     /// Messages a participant sent on its data channels go to the channels of the same label
-    /// of everyone else in the room, under the same permissions as media.
+    /// of everyone else in the room, under the same permissions as media; a JSON object names
+    /// its real sender in `from`.
     pub(super) fn relay_data_messages(
         &mut self,
         now: Instant,
@@ -279,6 +280,12 @@ impl Sfu {
                 self.counters.data_messages_dropped += 1;
                 continue;
             }
+            // (The sender's real id in place of its own claim: sender_stamp.rs.)
+            let data = match msg.binary {
+                false => crate::sender_stamp::stamp_sender(&msg.data, p.id.as_str()),
+                true => None,
+            }
+            .unwrap_or(msg.data);
             let room = p.room.clone();
             let members = self.room_members(&room);
             for m in members {
@@ -289,8 +296,7 @@ impl Sfu {
                     continue;
                 };
                 let sent = r.permissions.subscribe
-                    && r.transport
-                        .send_data(now, &msg.label, msg.binary, &msg.data);
+                    && r.transport.send_data(now, &msg.label, msg.binary, &data);
                 self.counters.data_messages_dropped += r.transport.take_data_drops();
                 if sent {
                     self.counters.data_messages_out += 1;
