@@ -51,5 +51,6 @@ pub mod session_token;
 pub mod sfu_control;
 pub mod sfu_gateway;
 pub mod shared_image;
+pub mod socket_credentials;
 pub mod token_refusals;
 pub mod turn_credentials;

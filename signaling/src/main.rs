@@ -1329,8 +1329,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             8 * 3600,
         ))?;
         say!("Meeting {meeting} is ready. Open these two URLs (each in its own tab or device):");
-        say!("  clinician: {public_url}/m/{meeting}?token={clinician}");
-        say!("  patient:   {public_url}/m/{meeting}?token={patient}");
+        say!("  clinician: {public_url}/m/{meeting}#token={clinician}");
+        say!("  patient:   {public_url}/m/{meeting}#token={patient}");
         say!(
             "Meetings API: {internal_base}/api/v1/openapi.json (API key: {})",
             api_clients

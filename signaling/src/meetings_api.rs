@@ -665,7 +665,8 @@ pub(crate) fn link_claims(state: &AppState, meeting: &str, expires: Timestamp) -
 
 /// The link a minted token opens.
 pub(crate) fn link_url(state: &AppState, meeting: &str, token: &str) -> String {
-    format!("{}?token={token}", join_url(state, meeting))
+    // In the fragment: a browser never sends it, so no server or proxy on the way logs it.
+    format!("{}#token={token}", join_url(state, meeting))
 }
 
 #[derive(Deserialize)]

@@ -499,11 +499,25 @@ async fn ws_upgrade(
     if let Some(refused) = unrelayed(&state, &uri, &headers) {
         return refused;
     }
+    let q = match with_offered_credentials(q, &headers) {
+        Ok(q) => q,
+        Err(refused) => return *refused,
+    };
+    // (Selected only when offered: a client with its token in the query offers none.)
+    let ws = ws.protocols([crate::socket_credentials::PROTOCOL]);
     match state.route(&q, &headers) {
         Ok(Route::Here) => {}
         Ok(Route::Owner(replicas, owner)) => {
+            let offered = offered_protocols(&headers);
             return replicas
-                .relay_websocket(&owner, raw.as_deref(), source, ws, state.ws_idle)
+                .relay_websocket(
+                    &owner,
+                    raw.as_deref(),
+                    offered.as_deref(),
+                    source,
+                    ws,
+                    state.ws_idle,
+                )
                 .await;
         }
         Err(refused) => return *refused,
@@ -560,6 +574,54 @@ async fn ws_upgrade(
             };
             connection(state, session, room, start, socket)
         })
+}
+
+/// `q` with the token and resume key the handshake's `Sec-WebSocket-Protocol` offers
+/// (`socket_credentials.rs`); one given both there and in the query is refused, as are
+/// credentials offered without the protocol the server answers with.
+fn with_offered_credentials(
+    mut q: JoinQuery,
+    headers: &HeaderMap,
+) -> Result<JoinQuery, Box<Response>> {
+    let bad = |reason: String| {
+        tracing::info!(code = "bad_request", "join refused: {reason}");
+        Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "bad_request", "reason": reason})),
+            )
+                .into_response(),
+        )
+    };
+    let offered = crate::socket_credentials::SocketCredentials::offered(headers)
+        .map_err(|e| bad(e.to_string()))?;
+    if let Some(token) = offered.token {
+        if !q.token.is_empty() {
+            return Err(bad(
+                "the token is given both in the query and in Sec-WebSocket-Protocol".into(),
+            ));
+        }
+        q.token = token;
+    }
+    if let Some(key) = offered.resume {
+        if q.resume.is_some() {
+            return Err(bad(
+                "the resume key is given both in the query and in Sec-WebSocket-Protocol".into(),
+            ));
+        }
+        q.resume = Some(key);
+    }
+    Ok(q)
+}
+
+/// The handshake's offered subprotocols as one header value, passed on to the owning replica.
+fn offered_protocols(headers: &HeaderMap) -> Option<String> {
+    let all: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!all.is_empty()).then(|| all.join(", "))
 }
 
 pub(crate) fn new_participant_id(random: u64) -> ParticipantId {

@@ -88,7 +88,7 @@ async fn a_booking_system_books_mints_watches_and_cancels() {
     let (status, t) = mint(json!({"sub": "pat-1", "name": "Anna", "role": "patient"})).await;
     assert_eq!(status, 200, "{t}");
     let url = t["url"].as_str().unwrap();
-    assert!(url.contains("/m/v-100?token="), "{url}");
+    assert!(url.contains("/m/v-100#token="), "{url}");
     let token = t["token"].as_str().unwrap().to_owned();
 
     // The patient waits; the API lists them.

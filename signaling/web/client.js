@@ -8,7 +8,9 @@
 
 import { t, refusalText, translatePage } from "/texts.js";
 
-const params = new URLSearchParams(location.search);
+// The link's parameters: a link carries its token in the fragment (`#token=`), which the
+// browser never sends, so no proxy logs it; an older link's `?token=` is read too.
+const params = new URLSearchParams([location.search.slice(1), location.hash.slice(1)].filter(Boolean).join("&"));
 const token = params.get("token") || "";
 // Support's diagnostics view of the link (the link opened with debug=1).
 const diagnostics = params.get("debug") === "1";
@@ -799,11 +801,13 @@ function jittered(ms) {
 
 function openSocket() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const q = new URLSearchParams({ token });
+  const q = new URLSearchParams();
   if (linkMeeting) q.set("meeting", linkMeeting);
-  // Back after a drop: continue as the same participant, with the same media session.
-  if (state.resumeKey) q.set("resume", state.resumeKey);
-  const ws = new WebSocket(`${scheme}://${location.host}/ws?${q}`);
+  // The token, and back after a drop the resume key (continue as the same participant, with
+  // the same media session), ride in the offered subprotocols, not in the URL a proxy logs.
+  const protocols = ["hc.v1", `hc.token.${token}`];
+  if (state.resumeKey) protocols.push(`hc.resume.${state.resumeKey}`);
+  const ws = new WebSocket(`${scheme}://${location.host}/ws${linkMeeting ? `?${q}` : ""}`, protocols);
   state.ws = ws;
   send = (msg) => ws.readyState === WebSocket.OPEN && (ws.send(JSON.stringify(msg)), true);
   // (Attempts count until a welcome: a server that accepts and then closes is backed off too.)
@@ -1330,9 +1334,11 @@ window.addEventListener("pagehide", (ev) => {
 });
 window.addEventListener("pageshow", (ev) => {
   if (!ev.persisted || !state.frozen || leaving) return;
-  const q = new URLSearchParams({ token });
+  const q = new URLSearchParams();
   if (params.get("lang")) q.set("lang", params.get("lang"));
-  location.replace(`${location.pathname}?${q}`);
+  // The token in the fragment, which the server never sees. (The query, even empty, makes this
+  // a page load: an address that differs only in its fragment would not load the page again.)
+  location.replace(`${location.pathname}?${q}#${new URLSearchParams({ token })}`);
 });
 
 /** Asks whether to take part with the camera or by voice alone; true for voice alone. */

@@ -299,7 +299,8 @@ const enRefusals = {
   left: "You have left the visit.",
 };
 
-const params = new URLSearchParams(location.search);
+// The link's parameters, from its query and its fragment (a link carries its token after `#`).
+const params = new URLSearchParams([location.search.slice(1), location.hash.slice(1)].filter(Boolean).join("&"));
 
 function pickLanguage() {
   const asked = params.get("lang");

@@ -54,9 +54,12 @@ class Person:
 
     def __init__(self, name, url):
         u = urlparse(url)
-        token = parse_qs(u.query)["token"][0]
+        # The link carries its token in the fragment (older links: in the query).
+        token = (parse_qs(u.fragment).get("token") or parse_qs(u.query)["token"])[0]
         meeting = u.path.rsplit("/", 1)[-1]
-        self.ws_url = f"ws://{u.netloc}/ws?token={token}&meeting={meeting}"
+        # The token rides in the offered subprotocols, not in the URL a proxy logs.
+        self.ws_url = f"ws://{u.netloc}/ws?meeting={meeting}"
+        self.protocols = ["hc.v1", f"hc.token.{token}"]
         self.name = name
         self.ws = None
         self.pc = None
@@ -68,7 +71,8 @@ class Person:
         self.consumers = []
 
     async def connect(self):
-        self.ws = await websockets.connect(self.ws_url)
+        self.ws = await websockets.connect(self.ws_url, subprotocols=self.protocols)
+        assert self.ws.subprotocol == "hc.v1", self.ws.subprotocol
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self):

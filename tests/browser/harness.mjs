@@ -180,6 +180,12 @@ export async function bookVisit(server, people, { id = `visit-${Date.now()}`, ki
   return { id, links };
 }
 
+/** The token of a link: in its fragment (`#token=`, as minted) or an older link's query. */
+export function linkToken(link) {
+  const u = new URL(link);
+  return new URLSearchParams(u.hash.slice(1)).get("token") || u.searchParams.get("token");
+}
+
 /** Reads one counter from the service's Prometheus endpoint (summed over labels). */
 export async function metric(server, name) {
   const text = await (await fetch(server.base + "/metrics")).text();

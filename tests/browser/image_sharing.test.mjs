@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { withServerAndBrowser, waitFor, admitFirst } from "./harness.mjs";
+import { withServerAndBrowser, waitFor, admitFirst, linkToken } from "./harness.mjs";
 
 /** `jpeg` with an EXIF block holding a GPS position (59°20'N) inserted after its SOI. */
 function withGpsExif(jpeg) {
@@ -57,7 +57,7 @@ test("a photo with GPS in its EXIF arrives without it, held in memory only", { t
     assert.ok(photo.includes(Buffer.from("Exif\0\0", "latin1")));
 
     // Posted as it is (a hostile or careless client): refused, and nobody is told.
-    const token = new URL(server.patient).searchParams.get("token");
+    const token = linkToken(server.patient);
     const sender = await patient.evaluate(() => window.hcState.participant);
     const post = (body, headers = {}) => fetch(server.base + "/images", { method: "POST", body,
       headers: { authorization: `Bearer ${token}`, "x-participant": sender, "content-type": "image/jpeg", ...headers } });
@@ -105,7 +105,7 @@ test("a photo with GPS in its EXIF arrives without it, held in memory only", { t
     assert.equal(await patient.$$eval("#chat-log li.photo", (l) => l.length), 1, "the sender sees what they sent");
 
     // Fetched again and again (a reload, or a flood): one viewing in the audit log.
-    const clinicianToken = new URL(server.clinician).searchParams.get("token");
+    const clinicianToken = linkToken(server.clinician);
     for (let i = 0; i < 20; i++) {
       r = await fetch(`${server.base}/images/${id}`, { headers: { authorization: `Bearer ${clinicianToken}` } });
       assert.equal(r.status, 200);

@@ -4,7 +4,7 @@
 // the link it gives.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { withServerAndBrowser, inboundStats, waitFor, bookVisit } from "./harness.mjs";
+import { withServerAndBrowser, inboundStats, waitFor, bookVisit, linkToken } from "./harness.mjs";
 
 /** The inbound audio packets and video frames of one remote participant's tile. */
 async function fromParticipant(page, id) {
@@ -33,7 +33,16 @@ test("interpreter by voice first, patient with companion, consultant by invitati
       companion: { sub: "rel-1", name: "Bo", role: "companion", companion_of: "pat-1" },
       interpreter: { sub: "tolk-1", name: "Ali", role: "interpreter" },
     });
-    const page = async (url) => { const p = await (await browser.newContext()).newPage(); await p.goto(url); return p; };
+    // Every URL each page puts on the wire (requests without their fragment, WebSockets): a
+    // proxy's access log holds these, so no link's token nor resume key may be among them.
+    const onWire = [];
+    const page = async (url) => {
+      const p = await (await browser.newContext()).newPage();
+      p.on("request", (r) => onWire.push(r.url().split("#")[0]));
+      p.on("websocket", (ws) => onWire.push(ws.url()));
+      await p.goto(url);
+      return p;
+    };
     const clinician = await page(links.clinician);
     const patient = await page(links.patient);
     const companion = await page(links.companion);
@@ -104,7 +113,7 @@ test("interpreter by voice first, patient with companion, consultant by invitati
     await clinician.click("#invite-form button[type=submit]");
     await clinician.waitForSelector("#invite-link:not([hidden])", { timeout: 10000 });
     const link = await clinician.inputValue("#invite-link");
-    assert.match(link, /\/m\/visit-.*\?token=/);
+    assert.match(link, /\/m\/visit-[^?#]*#token=/);
     const consultant = await page(link);
     await waitFor(async () => ({ ok: await consultant.evaluate(() => window.hcState.view === "meeting") }),
       { timeout: 20000, what: "the consultant in the meeting" });
@@ -112,6 +121,16 @@ test("interpreter by voice first, patient with companion, consultant by invitati
       { timeout: 10000, what: "the patient seeing the consultant" });
     for (const p of [clinician, patient, companion, interpreter, consultant]) {
       assert.deepEqual(await p.evaluate(() => window.hcState.errors), []);
+    }
+    const secrets = [...Object.values(links), link].map(linkToken);
+    for (const p of [clinician, patient, companion, interpreter, consultant]) {
+      secrets.push(await p.evaluate(() => window.hcState.resumeKey));
+    }
+    assert.ok(onWire.some((u) => u.includes("/ws")), "the WebSockets were seen");
+    for (const secret of secrets) {
+      assert.ok(secret && secret.length > 20, "a token or resume key");
+      const leaked = onWire.filter((u) => u.includes(secret));
+      assert.deepEqual(leaked.map((u) => u.slice(0, 60)), [], "a token or resume key in a URL on the wire");
     }
   });
 });

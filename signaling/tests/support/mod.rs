@@ -247,8 +247,7 @@ impl Server {
 
     /// As [`Server::connect`], with more of the query (e.g. `&resume=…`).
     pub async fn connect_with(&self, token: &str, query: &str) -> Client {
-        let url = format!("{}/ws?token={}{}", self.ws_base, token, query);
-        let (ws, _) = tokio_tungstenite::connect_async(&url)
+        let (ws, _) = tokio_tungstenite::connect_async(join_request(&self.ws_base, token, query))
             .await
             .unwrap_or_else(|e| panic!("join refused: {e}"));
         Client { ws }
@@ -572,9 +571,8 @@ pub async fn join_retrying_with(
     within: Duration,
 ) -> (Client, std::time::Instant) {
     let deadline = std::time::Instant::now() + within;
-    let url = format!("{}/ws?token={token}{query}", server.ws_base);
     loop {
-        match tokio_tungstenite::connect_async(&url).await {
+        match tokio_tungstenite::connect_async(join_request(&server.ws_base, token, query)).await {
             Ok((ws, _)) => return (Client { ws }, std::time::Instant::now()),
             Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 503 => {
                 let body: Value =
@@ -589,6 +587,38 @@ pub async fn join_retrying_with(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The join WebSocket's handshake as the web client makes it: the token, and a resume key
+/// the test put in `query` (`&resume=…`), offered as subprotocols (`socket_credentials.rs`),
+/// the rest of `query` in the URL. `token` may end in more of the query (`…&meeting=x`).
+pub fn join_request(
+    ws_base: &str,
+    token: &str,
+    query: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (token, token_rest) = token.split_once('&').unwrap_or((token, ""));
+    let mut protocols = vec!["hc.v1".to_owned(), format!("hc.token.{token}")];
+    let mut rest: Vec<&str> = Vec::new();
+    for part in token_rest.split('&').chain(query.split('&')) {
+        match part.strip_prefix("resume=") {
+            Some(key) => protocols.push(format!("hc.resume.{key}")),
+            None if !part.is_empty() => rest.push(part),
+            None => {}
+        }
+    }
+    let url = if rest.is_empty() {
+        format!("{ws_base}/ws")
+    } else {
+        format!("{ws_base}/ws?{}", rest.join("&"))
+    };
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        protocols.join(", ").parse().unwrap(),
+    );
+    request
 }
 
 /// The secret the test replicas share.
