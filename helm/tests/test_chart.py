@@ -100,6 +100,8 @@ VALUE_SETS = {
                              "keySha256": "ab" * 32}]},
     },
     "replicas": {"signaling": {"replicas": 3}},
+    "cert-manager-csi": {"cluster": {"certManagerCsi": {
+        "enabled": True, "issuer": {"name": "region-cluster-ca", "kind": "ClusterIssuer"}}}},
     "bare": {"networkPolicy": {"enabled": False}, "ingress": {"enabled": False},
              "metrics": {"grafanaDashboard": {"enabled": False}}},
 }
@@ -151,6 +153,8 @@ class ChartRenders(unittest.TestCase):
             "TURN without TLS on 443": {"turn": {"enabled": True}},
             "an API key in the clear": {"api": {"clients": [
                 {"name": "booking", "units": ["*"], "keySha256": "secret-key"}]}},
+            "per-pod certificates without an issuer": {"cluster": {"certManagerCsi": {
+                "enabled": True}}},
         }
         chart = helm.Chart.load(str(CHART))
         for why, values in refused.items():
@@ -252,6 +256,46 @@ class ChartRenders(unittest.TestCase):
         policy = find(self.rendered["scaled"], "NetworkPolicy", f"{FULL}-signaling")
         control_rule = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 7443][0]
         self.assertEqual(control_rule["from"], [{"ipBlock": {"cidr": "10.20.0.0/16"}}])
+
+    def test_with_cert_manager_each_pod_holds_only_its_own_cluster_key(self):
+        """With the Secrets, every SFU pod mounts every node's key (one compromised pod could
+        connect as another node); with cert-manager's CSI driver each pod gets a key and
+        certificate of its own, for its own name, and the programs read them from there."""
+        def cluster_volume(sts):
+            return next(v for v in sts["spec"]["template"]["spec"]["volumes"]
+                        if v["name"] == "cluster")
+        shared = find(self.rendered["defaults"], "StatefulSet", f"{FULL}-sfu")
+        self.assertIn("secret", cluster_volume(shared))
+        docs = self.rendered["cert-manager-csi"]
+        for name, dns, usage, prefix in [("sfu", "${POD_NAME}", "client auth", "SFU"),
+                                         ("signaling", "signaling", "server auth", "SIGNALING")]:
+            sts = find(docs, "StatefulSet", f"{FULL}-{name}")
+            volume = cluster_volume(sts)
+            self.assertNotIn("secret", volume)
+            self.assertEqual(volume["csi"]["driver"], "csi.cert-manager.io")
+            attrs = volume["csi"]["volumeAttributes"]
+            self.assertEqual(attrs["csi.cert-manager.io/issuer-name"], "region-cluster-ca")
+            self.assertEqual(attrs["csi.cert-manager.io/issuer-kind"], "ClusterIssuer")
+            # The name signaling accepts a node under (its node_id, the pod's name), or the one
+            # the nodes verify signaling by.
+            self.assertEqual(attrs["csi.cert-manager.io/dns-names"], dns)
+            self.assertIn(usage, attrs["csi.cert-manager.io/key-usages"])
+            # Readable by the services' group, which the pods run as.
+            pod_group = sts["spec"]["template"]["spec"]["securityContext"]["runAsGroup"]
+            self.assertEqual(attrs["csi.cert-manager.io/fs-group"], str(pod_group))
+            container = sts["spec"]["template"]["spec"]["containers"][0]
+            mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "cluster")
+            env = env_of(container)
+            for var, key in [("CA", "ca-file"), ("CERT", "certificate-file"),
+                             ("KEY", "privatekey-file")]:
+                self.assertEqual(env[f"{prefix}_CLUSTER_{var}"],
+                                 f"{mount}/{attrs['csi.cert-manager.io/' + key]}")
+            if name == "sfu":
+                self.assertEqual(env["SFU_NODE_ID"], "$(POD_NAME)")
+        # No Secret of cluster keys is needed, so none is named by any pod.
+        for doc in docs:
+            for v in doc.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
+                self.assertNotIn(f"{FULL}-cluster", json.dumps(v))
 
     def test_every_container_runs_unprivileged_from_the_charts_images(self):
         for name, docs in self.rendered.items():

@@ -25,6 +25,9 @@ use std::sync::Arc;
 
 sfu_server::huge_page_heap!();
 
+/// How often the cluster certificate files are checked for a renewal.
+const CLUSTER_CERT_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Parser)]
 #[command(
     name = "signaling",
@@ -1034,9 +1037,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     "remote SFU mode needs --cluster-ca, --cluster-cert and --cluster-key"
                 );
             };
-            let tls = sfu_server::cluster_tls::ClusterTls::load(ca, cert, key)?;
-            let endpoint = quinn::Endpoint::server(tls.quic_server()?, control)
+            let files = sfu_server::cluster_tls::ClusterTlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            let endpoint = quinn::Endpoint::server(files.load()?.quic_server()?, control)
                 .with_context(|| format!("binding SFU control listener {control}"))?;
+            // A certificate renewed in place is served from the next handshake on.
+            tokio::spawn(files.keep_serving(endpoint.clone(), CLUSTER_CERT_CHECK));
             let remote = remote_sfu(endpoint, event_tx, &meetings, replicas.is_some())?;
             let probe = remote.clone();
             (remote, Arc::new(move || probe.node_count() > 0))

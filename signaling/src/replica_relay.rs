@@ -84,7 +84,6 @@ impl Replicas {
         &self,
         owner: &str,
         query: Option<&str>,
-        protocols: Option<&str>,
         source: IpAddr,
         ws: WebSocketUpgrade,
         idle: std::time::Duration,
@@ -105,12 +104,6 @@ impl Replicas {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 request.headers_mut().insert(name, v);
             }
-        }
-        // The client's token and resume key, when it carries them there (socket_credentials.rs).
-        if let Some(v) = protocols.and_then(|p| HeaderValue::from_str(p).ok()) {
-            request
-                .headers_mut()
-                .insert(axum::http::header::SEC_WEBSOCKET_PROTOCOL, v);
         }
         let config = tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(MAX_DOWNSTREAM_BYTES))

@@ -196,7 +196,7 @@ async fn index() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            // The token travels in the URL: keep it out of Referer headers.
+            // An older link carries its token in the query: keep it out of Referer headers.
             (header::REFERRER_POLICY, "no-referrer"),
             (header::CACHE_CONTROL, "no-store"),
         ],
@@ -508,16 +508,12 @@ async fn ws_upgrade(
     match state.route(&q, &headers) {
         Ok(Route::Here) => {}
         Ok(Route::Owner(replicas, owner)) => {
-            let offered = offered_protocols(&headers);
+            // The owner is reached inside the cluster, through no proxy: credentials offered
+            // in the header go to it in the query, which every version of it reads, and no
+            // subprotocol is asked of it (this end answers the client's).
+            let query = relayed_query(raw.as_deref(), &headers);
             return replicas
-                .relay_websocket(
-                    &owner,
-                    raw.as_deref(),
-                    offered.as_deref(),
-                    source,
-                    ws,
-                    state.ws_idle,
-                )
+                .relay_websocket(&owner, query.as_deref(), source, ws, state.ws_idle)
                 .await;
         }
         Err(refused) => return *refused,
@@ -614,14 +610,37 @@ fn with_offered_credentials(
     Ok(q)
 }
 
-/// The handshake's offered subprotocols as one header value, passed on to the owning replica.
-fn offered_protocols(headers: &HeaderMap) -> Option<String> {
-    let all: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+/// The query a join WebSocket is relayed to its meeting's owner with: the client's, and the
+/// credentials it offered in `Sec-WebSocket-Protocol` (already checked: not also in the query).
+fn relayed_query(raw: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    let offered =
+        crate::socket_credentials::SocketCredentials::offered(headers).unwrap_or_default();
+    let mut parts: Vec<String> = raw
+        .filter(|q| !q.is_empty())
+        .map(str::to_owned)
+        .into_iter()
         .collect();
-    (!all.is_empty()).then(|| all.join(", "))
+    if let Some(token) = offered.token {
+        parts.push(format!("token={}", percent_encoded(&token)));
+    }
+    if let Some(key) = offered.resume {
+        parts.push(format!("resume={}", percent_encoded(&key)));
+    }
+    (!parts.is_empty()).then(|| parts.join("&"))
+}
+
+/// `value` with everything but RFC 3986's unreserved characters percent-encoded (a subprotocol
+/// may hold `&`, `#`, `%` or `+`, which would change a query's meaning).
+fn percent_encoded(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 pub(crate) fn new_participant_id(random: u64) -> ParticipantId {
@@ -631,6 +650,28 @@ pub(crate) fn new_participant_id(random: u64) -> ParticipantId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_offered_in_the_header_reach_the_owner_as_one_query_value_each() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "hc.v1, hc.token.a.b&meeting=other#x%2B, hc.resume.00ff"
+                .parse()
+                .unwrap(),
+        );
+        let q = relayed_query(Some("meeting=m1"), &headers).unwrap();
+        assert_eq!(
+            q,
+            "meeting=m1&token=a.b%26meeting%3Dother%23x%252B&resume=00ff"
+        );
+        let uri: axum::http::Uri = format!("/ws?{q}").parse().unwrap();
+        let Query(parsed) = Query::<JoinQuery>::try_from_uri(&uri).unwrap();
+        assert_eq!(parsed.token, "a.b&meeting=other#x%2B");
+        assert_eq!(parsed.meeting.as_deref(), Some("m1"));
+        assert_eq!(parsed.resume.as_deref(), Some("00ff"));
+        assert_eq!(relayed_query(None, &HeaderMap::new()), None);
+    }
 
     #[test]
     fn participant_ids_never_look_like_identity_numbers() {

@@ -4,7 +4,8 @@
 //! load balancer, a WAF), with the session token and the resume key in it. Browsers cannot
 //! set an `Authorization` header on a WebSocket, but they can offer subprotocols: the client
 //! offers [`PROTOCOL`], `hc.token.<JWT>` and, back after a drop, `hc.resume.<key>`, and the
-//! server answers with [`PROTOCOL`] alone. Proxies do not log that header.
+//! server answers with [`PROTOCOL`] alone. An access log's request line does not hold that
+//! header (a proxy set to log every header would; docs/deployment.md says not to).
 
 use axum::http::HeaderMap;
 use axum::http::header::SEC_WEBSOCKET_PROTOCOL;

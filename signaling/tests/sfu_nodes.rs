@@ -171,6 +171,18 @@ async fn a_node_is_accepted_only_under_its_certificates_name() {
             .contains("certificate does not carry that name")
     })
     .await;
+    // Refused right after each hello, it dials again with a backoff (200 ms, 400, 800, 1.6 s,
+    // …), not every 200 ms: over 3 s at most 5 more refusals, not 15.
+    let refusals = || {
+        std::fs::read_to_string(cluster.file("sfu-b.log"))
+            .unwrap()
+            .matches("certificate does not carry that name")
+            .count()
+    };
+    let before = refusals();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let more = refusals() - before;
+    assert!(more <= 5, "{more} refusals in 3 s: no backoff");
     drop(impostor);
 
     // Under its own name: accepted.
@@ -183,6 +195,51 @@ async fn a_node_is_accepted_only_under_its_certificates_name() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A node's certificate renewed in place (as cert-manager's CSI driver renews each pod's own)
+/// is read again at its next dial, with no restart: here the files are swapped for another
+/// node's while signaling restarts, so the redial is refused for that name; swapped back, the
+/// next redial is accepted.
+#[tokio::test]
+async fn a_nodes_certificate_files_are_read_again_at_each_dial() {
+    let mut cluster = Cluster::start(&["sfu-a", "sfu-b"]);
+    let dir = cluster.dir.clone();
+    let install = |from: &str| {
+        for ext in ["pem", "key"] {
+            let tmp = dir.join(format!("live.{ext}.tmp"));
+            std::fs::copy(dir.join(format!("{from}.{ext}")), &tmp).unwrap();
+            std::fs::rename(&tmp, dir.join(format!("live.{ext}"))).unwrap();
+        }
+    };
+    install("sfu-a");
+    let _node = Kill(cluster.node("sfu-a", "live", &[]));
+    let ready = async |cluster: &Cluster| get(&cluster.server.http_base, "/readyz").await.0 == 200;
+    until("the node linked", 20, async || ready(&cluster).await).await;
+
+    // Another name's certificate in its files, and a redial (signaling restarts): refused.
+    install("sfu-b");
+    let refused_before = std::fs::read_to_string(cluster.file("sfu-a.log"))
+        .unwrap()
+        .matches("certificate does not carry that name")
+        .count();
+    assert_eq!(refused_before, 0);
+    cluster.server.restart();
+    until(
+        "the node's redial refused for the new file's name",
+        20,
+        async || {
+            std::fs::read_to_string(cluster.file("sfu-a.log"))
+                .unwrap()
+                .contains("certificate does not carry that name")
+        },
+    )
+    .await;
+    assert!(!ready(&cluster).await, "not linked with another's name");
+
+    // Its own again: the next redial is accepted.
+    install("sfu-a");
+    until("the node linked again", 20, async || ready(&cluster).await).await;
 }
 
 fn free_addr() -> String {

@@ -20,6 +20,11 @@ const pathMatch = location.pathname.match(/^\/m\/([^/]+)/);
 const linkMeeting = pathMatch ? decodeURIComponent(pathMatch[1]) : "";
 // Keep the token out of the address bar (screenshots, shared screens) once read.
 history.replaceState(null, "", location.pathname);
+// Another link opened in this tab differs from the cleaned address only in its fragment, which
+// loads no page: load it.
+window.addEventListener("hashchange", () => {
+  if (/(^#|&)token=/.test(location.hash)) location.reload();
+});
 
 const $ = (id) => document.getElementById(id);
 const role = (r) => t(`role.${r}`);

@@ -59,6 +59,20 @@ async function twoBrowserCall(server, browserArgs = []) {
       return { ok, msgs };
     }, { timeout: 15000, interval: 1000, what: "the patient receiving the raised hand" });
     assert.equal(got.msgs[0].from, await a.evaluate(() => window.hcState.participant));
+    // Objects JSON.parse reads but a strict parser does not (a lone surrogate, a number past a
+    // double) are dropped, not passed on with the sender's own `from`: on the ordered channel
+    // the marker sent after them arrives, and none of them before it.
+    await a.evaluate((id) => {
+      for (const odd of ['"\\ud800"', "1e400"]) {
+        window.hcState.dc.send(`{"type":"hand","raised":true,"from":${JSON.stringify(id)},"x":${odd}}`);
+      }
+      window.hcState.dc.send(JSON.stringify({ type: "marker" }));
+    }, patientId);
+    const afterOdd = await waitFor(async () => {
+      const msgs = await b.evaluate(() => window.hcState.dataMessages);
+      return { ok: msgs.some((m) => m.type === "marker"), msgs };
+    }, { timeout: 10000, what: "the marker after the odd objects" });
+    assert.deepEqual(afterOdd.msgs.filter((m) => m.from === patientId), [], "an odd object passed on with a claimed sender");
     // A sender that floods the channel is relayed at the SFU's rate (a burst of 20, then 10 a
     // second), not at its own: the others' downlinks are for their video.
     await b.evaluate(() => {

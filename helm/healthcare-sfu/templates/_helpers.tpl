@@ -84,3 +84,25 @@ capabilities:
 {{- define "hc.replicaSecret" -}}
 {{- .Values.signaling.replicaSecret.name | default (printf "%s-replicas" (include "hc.fullname" .)) -}}
 {{- end -}}
+
+{{/* The cluster certificate of a pod from cert-manager's CSI driver: dns name, usages. */}}
+{{- define "hc.clusterCsiVolume" -}}
+{{- $csi := .root.Values.cluster.certManagerCsi -}}
+csi:
+  driver: csi.cert-manager.io
+  readOnly: true
+  volumeAttributes:
+    csi.cert-manager.io/issuer-name: {{ $csi.issuer.name | quote }}
+    csi.cert-manager.io/issuer-kind: {{ $csi.issuer.kind | default "Issuer" | quote }}
+    csi.cert-manager.io/issuer-group: {{ $csi.issuer.group | default "cert-manager.io" | quote }}
+    csi.cert-manager.io/dns-names: {{ .dnsName | quote }}
+    csi.cert-manager.io/key-usages: {{ .usages | quote }}
+    csi.cert-manager.io/key-algorithm: ECDSA
+    csi.cert-manager.io/key-size: "256"
+    csi.cert-manager.io/duration: {{ $csi.duration | default "24h" | quote }}
+    csi.cert-manager.io/ca-file: ca.pem
+    csi.cert-manager.io/certificate-file: cert.pem
+    csi.cert-manager.io/privatekey-file: key.pem
+    {{- /* Readable by the services' group (they run as 65532), by nobody else. */}}
+    csi.cert-manager.io/fs-group: "65532"
+{{- end -}}

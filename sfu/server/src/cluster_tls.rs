@@ -124,6 +124,56 @@ impl ClusterTls {
     }
 }
 
+/// This end's cluster certificate files, read again while the process runs: a certificate
+/// renewed in place (cert-manager's CSI driver renews each pod's own, short-lived one; a
+/// mounted Secret is updated when its certificate is reissued) is used from the next handshake
+/// on, without a restart.
+#[derive(Debug, Clone)]
+pub struct ClusterTlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ClusterTlsFiles {
+    pub fn load(&self) -> Result<ClusterTls, ClusterTlsError> {
+        ClusterTls::load(&self.ca, &self.cert, &self.key)
+    }
+
+    /// When each file last changed (through symbolic links, as Kubernetes swaps a volume's
+    /// files); `None` while one cannot be read.
+    pub fn changed_at(&self) -> Option<[std::time::SystemTime; 3]> {
+        let at = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some([at(&self.ca)?, at(&self.cert)?, at(&self.key)?])
+    }
+
+    /// Keeps `endpoint`'s server side on the files as they are, looking every `every`: new
+    /// handshakes get a renewed certificate; links already up keep theirs. Files that do not
+    /// load (caught mid-rewrite, or a broken renewal) leave the last that did, and are logged.
+    pub async fn keep_serving(self, endpoint: quinn::Endpoint, every: std::time::Duration) {
+        let mut seen = self.changed_at();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = self.changed_at();
+            if now.is_none() || now == seen {
+                continue;
+            }
+            match self.load().and_then(|t| t.quic_server()) {
+                Ok(config) => {
+                    endpoint.set_server_config(Some(config));
+                    seen = now;
+                    tracing::info!(cert = %self.cert.display(), "cluster certificate reloaded");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster certificate files changed but do not load; the last that did is kept")
+                }
+            }
+        }
+    }
+}
+
 fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // A dead peer is noticed within 2.5 s (a killed node's visits then move to another node:
@@ -267,6 +317,85 @@ pub fn certificate_names(cert: &[u8], name: &str) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A certificate renewed in place is served from the next handshake on: a node that
+    /// trusts only the new issuer is refused the old certificate and accepted once the files
+    /// are replaced, with no restart.
+    #[tokio::test]
+    async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = std::env::temp_dir().join(format!("hc-renew-{}", rand::random::<u64>()));
+        let (old, new, live) = (base.join("old"), base.join("new"), base.join("live"));
+        generate_dev_cluster(&old).unwrap();
+        generate_dev_cluster(&new).unwrap();
+        std::fs::create_dir_all(&live).unwrap();
+        // Signaling trusts the new issuer's nodes, but still has the old issuer's certificate.
+        let install = |from: &Path| {
+            for f in ["signaling.pem", "signaling.key"] {
+                let tmp = live.join(format!("{f}.tmp"));
+                std::fs::copy(from.join(f), &tmp).unwrap();
+                std::fs::rename(&tmp, live.join(f)).unwrap();
+            }
+        };
+        std::fs::copy(new.join("ca.pem"), live.join("ca.pem")).unwrap();
+        install(&old);
+        let files = ClusterTlsFiles {
+            ca: live.join("ca.pem"),
+            cert: live.join("signaling.pem"),
+            key: live.join("signaling.key"),
+        };
+        let server = quinn::Endpoint::server(
+            files.load().unwrap().quic_server().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn({
+            let server = server.clone();
+            async move {
+                while let Some(incoming) = server.accept().await {
+                    tokio::spawn(async move {
+                        if let Ok(conn) = incoming.await {
+                            conn.closed().await;
+                        }
+                    });
+                }
+            }
+        });
+        tokio::spawn(
+            files
+                .clone()
+                .keep_serving(server.clone(), std::time::Duration::from_millis(50)),
+        );
+        let node = ClusterTls::load(
+            &new.join("ca.pem"),
+            &new.join("sfu.pem"),
+            &new.join("sfu.key"),
+        )
+        .unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(node.quic_client().unwrap());
+        let dial = async || client.connect(addr, "signaling").unwrap().await;
+        assert!(
+            dial().await.is_err(),
+            "the old issuer's certificate is not trusted"
+        );
+        // (Modification times are compared: make sure the new files' differ.)
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        install(&new);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if dial().await.is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the renewed certificate was never served"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn keys_are_private_the_ca_is_kept_and_each_node_has_its_own_name() {

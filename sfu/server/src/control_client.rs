@@ -2,7 +2,7 @@
 //! hello, executes commands, sends events (each to every replica: the one running the
 //! participant's meeting acts on it) and a periodic load report; redials a link that drops.
 
-use crate::cluster_tls::ClusterTls;
+use crate::cluster_tls::ClusterTlsFiles;
 use crate::control_stream::{ControlStreamError, ControlWriter, spawn_reader, write_message};
 use crate::health_listener::Readiness;
 use crate::load_sampler::LoadSampler;
@@ -49,6 +49,10 @@ struct Links {
 struct Shared {
     config: ControlClientConfig,
     endpoint: quinn::Endpoint,
+    /// The certificate files, read again at each dial (a certificate renewed in place is used
+    /// from the next link on), and the client configuration they last made.
+    tls_files: ClusterTlsFiles,
+    client: Mutex<quinn::ClientConfig>,
     node: Arc<SfuNode>,
     readiness: Arc<Readiness>,
     draining: tokio::sync::watch::Receiver<bool>,
@@ -64,6 +68,18 @@ struct Shared {
 }
 
 impl Shared {
+    /// The client configuration for a new link: from the certificate files as they are now,
+    /// or, when they do not load (caught mid-rewrite), the last that did.
+    fn client_config(&self) -> quinn::ClientConfig {
+        let mut last = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        match self.tls_files.load().and_then(|t| t.quic_client()) {
+            Ok(config) => *last = config,
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster certificate files do not load; the last that did is used")
+            }
+        }
+        last.clone()
+    }
     fn link_up(&self, tx: Sender<Event>) -> u64 {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links.next += 1;
@@ -116,15 +132,15 @@ async fn resolve(entries: &str) -> HashSet<SocketAddr> {
 /// Runs until the process ends. `events` carries the node's SFU events.
 pub async fn run(
     config: ControlClientConfig,
-    tls: ClusterTls,
+    tls_files: ClusterTlsFiles,
     node: Arc<SfuNode>,
     mut events: UnboundedReceiver<Event>,
     readiness: Arc<Readiness>,
     draining: tokio::sync::watch::Receiver<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
-    endpoint.set_default_client_config(tls.quic_client()?);
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    let client = tls_files.load()?.quic_client()?;
     let (any_up, any_up_rx) = tokio::sync::watch::channel(false);
     let held = node.clone();
     let closing = node.clone();
@@ -140,6 +156,8 @@ pub async fn run(
         load: Mutex::new(load),
         config,
         endpoint: endpoint.clone(),
+        tls_files,
+        client: Mutex::new(client),
         node,
         readiness,
         draining,
@@ -309,7 +327,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// The wait before dialling signaling again: doubling from 200 ms to 5 s while dials fail, and
-/// back to 200 ms after a link that came up (a signaling restart is then found at once, not
+/// back to 200 ms after a link that stayed up (a signaling restart is then found at once, not
 /// after the backoff of some earlier outage).
 #[derive(Debug)]
 struct RedialDelay {
@@ -345,12 +363,16 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// One control session with the signaling replica at `addr`. Returns whether the link came
-/// up, and how it ended.
+/// One control session with the signaling replica at `addr`. Returns whether the link stayed
+/// up [`LINK_SETTLES`] (a link signaling refuses right after the hello does not: its redials
+/// back off), and how it ended.
 async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>) {
     let config = &shared.config;
     let node = &shared.node;
-    let conn = match shared.endpoint.connect(addr, &config.server_name) {
+    let conn = match shared
+        .endpoint
+        .connect_with(shared.client_config(), addr, &config.server_name)
+    {
         Ok(connecting) => match connecting.await {
             Ok(conn) => conn,
             Err(e) => return (false, Err(e.into())),
@@ -380,6 +402,7 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
         return (false, Err(e.into()));
     }
     tracing::info!(%addr, node = %config.node_id, sessions = held.len(), "control link up");
+    let up_since = tokio::time::Instant::now();
     let mut draining = shared.draining.clone();
     let result: anyhow::Result<()> = async {
         let mut incoming = spawn_reader(recv);
@@ -441,7 +464,7 @@ async fn session(shared: &Shared, addr: SocketAddr) -> (bool, anyhow::Result<()>
     }
     .await;
     shared.link_down(key);
-    (true, result)
+    (up_since.elapsed() >= LINK_SETTLES, result)
 }
 
 #[cfg(test)]

@@ -110,15 +110,20 @@ pub struct ControlWriter {
     queue: tokio::sync::mpsc::Sender<ControlMessage>,
     capacity: usize,
     task: tokio::task::JoinHandle<ControlStreamError>,
+    /// Why the writer ended, for a message queued after (`ended` gives the error itself).
+    why: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl ControlWriter {
     /// Writes what is queued to `send`, in order, until an error (which ends the writer).
     pub fn spawn(mut send: quinn::SendStream, capacity: usize) -> Self {
         let (queue, mut queued) = tokio::sync::mpsc::channel(capacity);
+        let why = std::sync::Arc::new(std::sync::OnceLock::new());
+        let told = why.clone();
         let task = tokio::spawn(async move {
             while let Some(msg) = queued.recv().await {
                 if let Err(e) = write_message(&mut send, &msg).await {
+                    let _ = told.set(e.to_string());
                     return e;
                 }
             }
@@ -128,6 +133,7 @@ impl ControlWriter {
             queue,
             capacity,
             task,
+            why,
         }
     }
 
@@ -138,7 +144,12 @@ impl ControlWriter {
         match self.queue.try_send(msg) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ControlStreamError::FellBehind(self.capacity)),
-            Err(TrySendError::Closed(_)) => Err(ControlStreamError::Write("writer ended".into())),
+            Err(TrySendError::Closed(_)) => Err(ControlStreamError::Write(
+                self.why
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| "writer ended".into()),
+            )),
         }
     }
 
@@ -237,7 +248,10 @@ mod tests {
     async fn two_sides_that_both_send_a_lot_never_block_each_other() {
         const BURST: usize = 400;
         const BYTES: usize = 64 * 1024;
-        async fn side((send, recv): (quinn::SendStream, quinn::RecvStream), inline: bool) -> usize {
+        async fn side(
+            (send, recv): (quinn::SendStream, quinn::RecvStream),
+            inline: bool,
+        ) -> (usize, impl Sized) {
             let mut send = Some(send);
             let writer = (!inline).then(|| ControlWriter::spawn(send.take().unwrap(), 4 * BURST));
             let mut incoming = spawn_reader(recv);
@@ -261,9 +275,8 @@ mod tests {
                     out += 1;
                 }
             }
-            // (Kept open until the other side has read everything.)
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            read
+            // (The streams are kept open until both sides have read everything.)
+            (read, (writer, send, incoming))
         }
         for inline in [true, false] {
             let (a, b, _server, _client) = link().await;
@@ -278,7 +291,7 @@ mod tests {
                 (true, Ok(_)) => {
                     panic!("writes inside the read loop did not stall: the test proves nothing")
                 }
-                (false, Ok((a, b))) => assert_eq!((a, b), (2 * BURST, 2 * BURST)),
+                (false, Ok(((a, _a), (b, _b)))) => assert_eq!((a, b), (2 * BURST, 2 * BURST)),
                 (false, Err(_)) => panic!("the link stalled with the writer"),
             }
         }

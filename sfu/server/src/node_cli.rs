@@ -2,7 +2,7 @@
 //! single-node signaling service starts (`signaling sfu-node`, the same flags). This is a
 //! binary's edge: errors are `anyhow` with the key or flag they concern.
 
-use crate::cluster_tls::ClusterTls;
+use crate::cluster_tls::ClusterTlsFiles;
 use crate::control_client::{self, ControlClientConfig};
 use crate::node_file_config::NodeFileConfig;
 use crate::{NodeConfig, SfuNode};
@@ -191,7 +191,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::logging::init(log_json);
     crate::huge_page_heap::HeapPages::read().log();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = ClusterTls::load(&ca, &cert, &key)?;
+    // (Read once here so a mistake stops the start; read again at each dial.)
+    let tls_files = ClusterTlsFiles { ca, cert, key };
+    tls_files.load()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -265,7 +267,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                 load_interval: Duration::from_millis(args.load_interval_ms.max(100)),
                 grace: Duration::from_secs(control_grace_secs),
             },
-            tls,
+            tls_files,
             node.clone(),
             rx,
             readiness.clone(),

@@ -5,6 +5,7 @@ use super::*;
 use crate::downlink::Downlink;
 use crate::peer_transport::{CloseCause, TransportEvent};
 use crate::rtp_header::{PacketClass, classify};
+use crate::sender_stamp::Stamped;
 use crate::transmit_batch::TransmitBatch;
 use sfu_proto::{DisconnectReason, Event};
 use std::net::SocketAddr;
@@ -282,10 +283,16 @@ impl Sfu {
             }
             // (The sender's real id in place of its own claim: sender_stamp.rs.)
             let data = match msg.binary {
-                false => crate::sender_stamp::stamp_sender(&msg.data, p.id.as_str()),
-                true => None,
-            }
-            .unwrap_or(msg.data);
+                true => msg.data,
+                false => match crate::sender_stamp::stamp_sender(&msg.data, p.id.as_str()) {
+                    Stamped::Object(stamped) => stamped,
+                    Stamped::AsItIs => msg.data,
+                    Stamped::Refused => {
+                        self.counters.data_messages_dropped += 1;
+                        continue;
+                    }
+                },
+            };
             let room = p.room.clone();
             let members = self.room_members(&room);
             for m in members {
