@@ -101,7 +101,7 @@ VALUE_SETS = {
     },
     "replicas": {"signaling": {"replicas": 3}},
     "cert-manager-csi": {"cluster": {"certManagerCsi": {
-        "enabled": True, "issuer": {"name": "region-cluster-ca", "kind": "ClusterIssuer"}}}},
+        "enabled": True, "issuer": {"name": "cluster-ca", "kind": "Issuer"}}}},
     "bare": {"networkPolicy": {"enabled": False}, "ingress": {"enabled": False},
              "metrics": {"grafanaDashboard": {"enabled": False}}},
 }
@@ -274,8 +274,8 @@ class ChartRenders(unittest.TestCase):
             self.assertNotIn("secret", volume)
             self.assertEqual(volume["csi"]["driver"], "csi.cert-manager.io")
             attrs = volume["csi"]["volumeAttributes"]
-            self.assertEqual(attrs["csi.cert-manager.io/issuer-name"], "region-cluster-ca")
-            self.assertEqual(attrs["csi.cert-manager.io/issuer-kind"], "ClusterIssuer")
+            self.assertEqual(attrs["csi.cert-manager.io/issuer-name"], "cluster-ca")
+            self.assertEqual(attrs["csi.cert-manager.io/issuer-kind"], "Issuer")
             # The name signaling accepts a node under (its node_id, the pod's name), or the one
             # the nodes verify signaling by.
             self.assertEqual(attrs["csi.cert-manager.io/dns-names"], dns)

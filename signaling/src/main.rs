@@ -1042,10 +1042,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 cert: cert.clone(),
                 key: key.clone(),
             };
+            let loaded = files.version();
             let endpoint = quinn::Endpoint::server(files.load()?.quic_server()?, control)
                 .with_context(|| format!("binding SFU control listener {control}"))?;
             // A certificate renewed in place is served from the next handshake on.
-            tokio::spawn(files.keep_serving(endpoint.clone(), CLUSTER_CERT_CHECK));
+            tokio::spawn(files.keep_serving(endpoint.clone(), loaded, CLUSTER_CERT_CHECK));
             let remote = remote_sfu(endpoint, event_tx, &meetings, replicas.is_some())?;
             let probe = remote.clone();
             (remote, Arc::new(move || probe.node_count() > 0))

@@ -615,10 +615,17 @@ fn with_offered_credentials(
 fn relayed_query(raw: Option<&str>, headers: &HeaderMap) -> Option<String> {
     let offered =
         crate::socket_credentials::SocketCredentials::offered(headers).unwrap_or_default();
+    // (An empty `token=` beside the header's, which the query's reader takes as none, would
+    // make the owner's reader see two.)
+    let taken = |part: &&str| {
+        let key = part.split('=').next().unwrap_or_default();
+        (key == "token" && offered.token.is_some()) || (key == "resume" && offered.resume.is_some())
+    };
     let mut parts: Vec<String> = raw
-        .filter(|q| !q.is_empty())
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty() && !taken(p))
         .map(str::to_owned)
-        .into_iter()
         .collect();
     if let Some(token) = offered.token {
         parts.push(format!("token={}", percent_encoded(&token)));
@@ -660,7 +667,7 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let q = relayed_query(Some("meeting=m1"), &headers).unwrap();
+        let q = relayed_query(Some("token=&meeting=m1"), &headers).unwrap();
         assert_eq!(
             q,
             "meeting=m1&token=a.b%26meeting%3Dother%23x%252B&resume=00ff"

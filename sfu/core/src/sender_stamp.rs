@@ -25,7 +25,12 @@ pub enum Stamped {
 pub fn stamp_sender(data: &[u8], sender: &str) -> Stamped {
     let text = data.trim_ascii();
     if text.first() != Some(&b'{') {
-        return Stamped::AsItIs;
+        // (A byte-order mark before an object: JSON.parse refuses it today, but a decoder
+        // that strips it would hand over the object with the sender's own `from`.)
+        return match text.strip_prefix(b"\xEF\xBB\xBF") {
+            Some(rest) if rest.trim_ascii().first() == Some(&b'{') => Stamped::Refused,
+            _ => Stamped::AsItIs,
+        };
     }
     let Ok(object) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(text)
     else {
@@ -107,6 +112,7 @@ mod tests {
             ),
             r#"{"from":"p-doctor""#,
             r#"{"from":"p-doctor"} trailing"#,
+            "\u{feff}{\"from\":\"p-doctor\"}",
         ] {
             assert_eq!(
                 stamp_sender(data.as_bytes(), "p-anna"),

@@ -124,6 +124,15 @@ impl ClusterTls {
     }
 }
 
+/// One file's identity and state, to tell a replaced file from the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    modified: std::time::SystemTime,
+}
+
 /// This end's cluster certificate files, read again while the process runs: a certificate
 /// renewed in place (cert-manager's CSI driver renews each pod's own, short-lived one; a
 /// mounted Secret is updated when its certificate is reissued) is used from the next handshake
@@ -140,23 +149,40 @@ impl ClusterTlsFiles {
         ClusterTls::load(&self.ca, &self.cert, &self.key)
     }
 
-    /// When each file last changed (through symbolic links, as Kubernetes swaps a volume's
-    /// files); `None` while one cannot be read.
-    pub fn changed_at(&self) -> Option<[std::time::SystemTime; 3]> {
-        let at = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        Some([at(&self.ca)?, at(&self.cert)?, at(&self.key)?])
+    /// What tells that a file changed: its device, inode, size and modification time (through
+    /// symbolic links, as Kubernetes swaps a volume's files; a copy that kept the old time is a
+    /// new inode). `None` while one cannot be read.
+    pub fn version(&self) -> Option<[FileVersion; 3]> {
+        use std::os::unix::fs::MetadataExt;
+        let of = |p: &Path| {
+            let m = std::fs::metadata(p).ok()?;
+            Some(FileVersion {
+                dev: m.dev(),
+                ino: m.ino(),
+                size: m.size(),
+                modified: m.modified().ok()?,
+            })
+        };
+        Some([of(&self.ca)?, of(&self.cert)?, of(&self.key)?])
     }
 
     /// Keeps `endpoint`'s server side on the files as they are, looking every `every`: new
-    /// handshakes get a renewed certificate; links already up keep theirs. Files that do not
-    /// load (caught mid-rewrite, or a broken renewal) leave the last that did, and are logged.
-    pub async fn keep_serving(self, endpoint: quinn::Endpoint, every: std::time::Duration) {
-        let mut seen = self.changed_at();
+    /// handshakes get a renewed certificate; links already up keep theirs. `loaded`: the
+    /// files' [`Self::version`] read before the endpoint's configuration was loaded (a renewal
+    /// in between is then seen). Files that do not load (caught mid-rewrite, or a broken
+    /// renewal) leave the last that did, and are logged.
+    pub async fn keep_serving(
+        self,
+        endpoint: quinn::Endpoint,
+        loaded: Option<[FileVersion; 3]>,
+        every: std::time::Duration,
+    ) {
+        let mut seen = loaded;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let now = self.changed_at();
+            let now = self.version();
             if now.is_none() || now == seen {
                 continue;
             }
@@ -344,6 +370,7 @@ mod tests {
             cert: live.join("signaling.pem"),
             key: live.join("signaling.key"),
         };
+        let loaded = files.version();
         let server = quinn::Endpoint::server(
             files.load().unwrap().quic_server().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
@@ -362,11 +389,11 @@ mod tests {
                 }
             }
         });
-        tokio::spawn(
-            files
-                .clone()
-                .keep_serving(server.clone(), std::time::Duration::from_millis(50)),
-        );
+        tokio::spawn(files.clone().keep_serving(
+            server.clone(),
+            loaded,
+            std::time::Duration::from_millis(50),
+        ));
         let node = ClusterTls::load(
             &new.join("ca.pem"),
             &new.join("sfu.pem"),
@@ -380,8 +407,7 @@ mod tests {
             dial().await.is_err(),
             "the old issuer's certificate is not trusted"
         );
-        // (Modification times are compared: make sure the new files' differ.)
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // (Renamed into place: new inodes, whatever their times.)
         install(&new);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
