@@ -24,6 +24,10 @@ pub fn describe() {
         "Datagrams the kernel would not take (socket buffer full), dropped."
     );
     describe_counter!(
+        "sfu_ops_connections_refused_total",
+        "Connections to the metrics and health listener closed at once: over the cap in all (256) or per source address (8)."
+    );
+    describe_counter!(
         "sfu_control_messages_skipped_total",
         "Control messages from the other end of the control link that did not decode (e.g. a command of a newer version), skipped."
     );

@@ -153,6 +153,59 @@ async fn ready_only_while_the_control_link_is_up_healthy_throughout_and_nothing_
     .await
     .unwrap();
 
+    // The listener is on the host network, often at a public address: a source that holds
+    // idle connections gets 8, the next is closed at once, the probes from elsewhere (here
+    // 127.0.0.2) still answer, and the idle ones are closed once their request is 5 s late.
+    tokio::task::spawn_blocking(move || {
+        let idle: Vec<TcpStream> = (0..8)
+            .map(|_| TcpStream::connect(metrics).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut ninth = TcpStream::connect(metrics).unwrap();
+        ninth
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            ninth.read(&mut byte).unwrap(),
+            0,
+            "the ninth is closed at once"
+        );
+        let from_elsewhere = || {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+                .unwrap();
+            s.connect(&metrics.into()).unwrap();
+            let mut s: TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(s, "GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n").unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            text
+        };
+        assert!(
+            from_elsewhere().starts_with("HTTP/1.1 200"),
+            "a probe from elsewhere answers"
+        );
+        let started = Instant::now();
+        for mut s in idle {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            assert_eq!(s.read(&mut byte).unwrap_or(0), 0);
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(8),
+            "idle connections held {took:?}"
+        );
+        assert!(get(metrics, "/metrics").is_some_and(|(_, t)| {
+            t.lines()
+                .any(|l| l.starts_with("sfu_ops_connections_refused_total") && !l.ends_with(" 0"))
+        }));
+    })
+    .await
+    .unwrap();
+
     // The link goes: not ready again, still healthy.
     conn.close(0u32.into(), b"test");
     tokio::task::spawn_blocking(move || {
