@@ -96,6 +96,17 @@ pub async fn serve(
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
+            // (A peer gone before it was accepted: nothing to wait for.)
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                continue;
+            }
             Err(e) => {
                 // (Out of file descriptors: wait rather than spin.)
                 tracing::warn!(error = %e, "metrics listener: accept failed");
@@ -103,7 +114,10 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = held.take(peer.ip()) else {
+        // The kubelet probes a host-network pod at the node's own address, from it.
+        let local = peer.ip().to_canonical().is_loopback()
+            || stream.local_addr().is_ok_and(|here| here.ip() == peer.ip());
+        let Some(slot) = held.take(peer.ip(), local) else {
             metrics::counter!("sfu_ops_connections_refused_total").increment(1);
             continue;
         };
@@ -126,59 +140,79 @@ pub async fn serve(
 }
 
 /// The node sits on the host network, often at a public address (its media ports must be),
-/// so this port answers whoever the host's firewall lets through: connections are bounded in
-/// all and per source, each must send its request within [`HEADER_TIMEOUT`] and is closed after
-/// [`CONNECTION_LIFE`] — a probe or a scrape is one short request.
+/// so this port answers whoever the host's firewall lets through: connections are bounded per
+/// source and, from other hosts, in all; each must send its request's headers within
+/// [`HEADER_TIMEOUT`] and is closed after [`CONNECTION_LIFE`] — a probe or a scrape is one
+/// short request. The node's own sources (the kubelet's probes) are not counted in the total,
+/// so other hosts filling it cannot fail the probes and have the pod restarted.
 const MAX_CONNECTIONS: usize = 256;
-/// Per source address: enough for the kubelet's probes and a Prometheus or two, which one
-/// holder of many idle connections elsewhere cannot crowd out.
+/// Per source address (an IPv6 source is its /64, from which one host can use any address):
+/// enough for a Prometheus or two.
 const MAX_PER_SOURCE: usize = 8;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_LIFE: Duration = Duration::from_secs(30);
 
-/// The connections open now, in all and by source address.
+/// The connections open now: by source, and in all from other hosts.
 #[derive(Default)]
 struct HeldConnections {
-    by_source: Mutex<HashMap<IpAddr, usize>>,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    by_source: HashMap<IpAddr, usize>,
+    from_elsewhere: usize,
+}
+
+/// What a source is counted as: an IPv4 address (also when mapped into IPv6), or an IPv6 /64.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
 }
 
 impl HeldConnections {
-    /// A place for a connection from `source`, given back when dropped; `None` past a limit.
-    fn take(self: &Arc<Self>, source: IpAddr) -> Option<HeldConnection> {
-        let mut by_source = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = by_source.values().sum();
-        let from_it = by_source.entry(source).or_default();
-        if total >= MAX_CONNECTIONS || *from_it >= MAX_PER_SOURCE {
-            if *from_it == 0 {
-                by_source.remove(&source);
-            }
+    /// A place for a connection from `source` (`local`: from the node itself), given back
+    /// when dropped; `None` past a limit.
+    fn take(self: &Arc<Self>, source: IpAddr, local: bool) -> Option<HeldConnection> {
+        let key = source_key(source);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let from_it = counts.by_source.get(&key).copied().unwrap_or(0);
+        if from_it >= MAX_PER_SOURCE || (!local && counts.from_elsewhere >= MAX_CONNECTIONS) {
             return None;
         }
-        *from_it += 1;
+        counts.by_source.insert(key, from_it + 1);
+        if !local {
+            counts.from_elsewhere += 1;
+        }
         Some(HeldConnection {
             held: self.clone(),
-            source,
+            key,
+            local,
         })
     }
 }
 
 struct HeldConnection {
     held: Arc<HeldConnections>,
-    source: IpAddr,
+    key: IpAddr,
+    local: bool,
 }
 
 impl Drop for HeldConnection {
     fn drop(&mut self) {
-        let mut by_source = self
-            .held
-            .by_source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = by_source.get_mut(&self.source) {
+        let mut counts = self.held.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.by_source.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                by_source.remove(&self.source);
+                counts.by_source.remove(&self.key);
             }
+        }
+        if !self.local {
+            counts.from_elsewhere -= 1;
         }
     }
 }
@@ -191,28 +225,64 @@ mod tests {
     fn connections_are_bounded_per_source_and_in_all_and_given_back() {
         let held = Arc::new(HeldConnections::default());
         let a: IpAddr = "198.51.100.1".parse().unwrap();
-        let mut from_a: Vec<_> = (0..MAX_PER_SOURCE).map(|_| held.take(a).unwrap()).collect();
+        let mut from_a: Vec<_> = (0..MAX_PER_SOURCE)
+            .map(|_| held.take(a, false).unwrap())
+            .collect();
         assert!(
-            held.take(a).is_none(),
+            held.take(a, false).is_none(),
             "one source holds at most {MAX_PER_SOURCE}"
+        );
+        // The same address mapped into IPv6 is the same source.
+        assert!(
+            held.take("::ffff:198.51.100.1".parse().unwrap(), false)
+                .is_none()
         );
         // Another source is not crowded out by the first.
         let b: IpAddr = "198.51.100.2".parse().unwrap();
-        let one_b = held.take(b).unwrap();
+        let one_b = held.take(b, false).unwrap();
         from_a.pop();
-        assert!(held.take(a).is_some(), "a place given back is free again");
+        assert!(
+            held.take(a, false).is_some(),
+            "a place given back is free again"
+        );
         drop(one_b);
-        // In all, from many sources.
+        // In all, from many hosts.
         let many: Vec<_> = (0..)
             .map(|i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
-            .map_while(|ip| held.take(ip))
+            .map_while(|ip| held.take(ip, false))
             .collect();
         assert_eq!(many.len() + MAX_PER_SOURCE - 1, MAX_CONNECTIONS);
-        drop(many);
-        drop(from_a);
+        // The node's own probes still get in, up to their own per-source bound.
+        let node: IpAddr = "192.0.2.10".parse().unwrap();
+        let probes: Vec<_> = (0..MAX_PER_SOURCE)
+            .map(|_| held.take(node, true).expect("a probe from the node itself"))
+            .collect();
+        assert!(held.take(node, true).is_none());
+        drop((many, from_a, probes));
+        let counts = held.counts.lock().unwrap();
         assert!(
-            held.by_source.lock().unwrap().is_empty(),
-            "nothing kept for closed ones"
+            counts.by_source.is_empty() && counts.from_elsewhere == 0,
+            "nothing kept"
         );
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_64() {
+        let held = Arc::new(HeldConnections::default());
+        let kept: Vec<_> = (0..MAX_PER_SOURCE as u16)
+            .map(|i| {
+                let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 7, 0, 0, 0, i + 1);
+                held.take(IpAddr::V6(ip), false).unwrap()
+            })
+            .collect();
+        assert!(
+            held.take("2001:db8:0:7:ffff::1".parse().unwrap(), false)
+                .is_none()
+        );
+        assert!(
+            held.take("2001:db8:0:8::1".parse().unwrap(), false)
+                .is_some()
+        );
+        drop(kept);
     }
 }

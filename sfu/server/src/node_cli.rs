@@ -111,18 +111,18 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let cluster = file.cluster.unwrap_or_default();
     let udp = file.udp.unwrap_or_default();
     let media = file.media.unwrap_or_default();
-    // Where a media value came from, for its error (the file's section, or the flags).
-    let config_name = args.config.as_ref().map_or(
-        "--start-bitrate-kbps / --video-floor-kbps".to_owned(),
-        |p| format!("{} [media]", p.display()),
-    );
+    // Where a media value came from, for its error: its flag when given, else the file.
+    let from = |flag: &str, given: bool| match &args.config {
+        Some(path) if !given => format!("{} [media]", path.display()),
+        _ => flag.to_owned(),
+    };
     let start_bitrate_bps = crate::node_file_config::start_bitrate_bps(
         args.start_bitrate_kbps.or(media.start_bitrate_kbps),
-        &config_name,
+        &from("--start-bitrate-kbps", args.start_bitrate_kbps.is_some()),
     )?;
     let video_floor_bps = crate::node_file_config::video_floor_bps(
         args.video_floor_kbps.or(media.video_floor_kbps),
-        &config_name,
+        &from("--video-floor-kbps", args.video_floor_kbps.is_some()),
     )?;
     let udp_receive = crate::udp_receive::UdpReceive::checked(
         args.udp_receive.or(udp.receive),
