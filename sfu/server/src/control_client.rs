@@ -49,6 +49,8 @@ struct Links {
 struct Shared {
     config: ControlClientConfig,
     endpoint: quinn::Endpoint,
+    /// Whether the endpoint is dual-stack (else IPv4 only).
+    ipv6: bool,
     /// The certificate files, read again at each dial (a certificate renewed in place is used
     /// from the next link on), and the client configuration they last made.
     tls_files: ClusterTlsFiles,
@@ -114,19 +116,41 @@ impl Shared {
     }
 }
 
-/// The socket addresses of the configured entries (IPv4: the endpoint is bound to it;
-/// `localhost` may list ::1 first). An entry that does not resolve is logged and skipped.
-async fn resolve(entries: &str) -> HashSet<SocketAddr> {
+/// The socket addresses of the configured entries: every one, where the endpoint is
+/// dual-stack; IPv4 only where the host has no IPv6 (an entry left with none is logged). An
+/// entry that does not resolve is logged and skipped.
+async fn resolve(entries: &str, ipv6: bool) -> HashSet<SocketAddr> {
     let mut found = HashSet::new();
     for entry in entries.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         match tokio::net::lookup_host(entry).await {
-            Ok(addrs) => found.extend(addrs.filter(SocketAddr::is_ipv4)),
+            Ok(addrs) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                let usable = addrs.iter().filter(|a| ipv6 || a.is_ipv4());
+                let before = found.len();
+                found.extend(usable);
+                if found.len() == before && !addrs.is_empty() && !ipv6 {
+                    tracing::warn!(signaling = %entry, "signaling address is IPv6 only, and this host has no IPv6: not dialled");
+                }
+            }
             Err(e) => {
                 tracing::warn!(signaling = %entry, error = %e, "signaling address does not resolve")
             }
         }
     }
     found
+}
+
+/// A UDP socket on every IPv6 address that also carries IPv4 (mapped); an error where the host
+/// has no IPv6 or will not mix the two.
+fn dual_stack_socket() -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_only_v6(false)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)).into())?;
+    Ok(socket.into())
 }
 
 /// Runs until the process ends. `events` carries the node's SFU events.
@@ -139,7 +163,26 @@ pub async fn run(
     draining: tokio::sync::watch::Receiver<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    // Dual-stack where the host has IPv6 (an IPv6-only cluster's signaling is reachable, and
+    // IPv4 addresses are dialled mapped), else IPv4.
+    let (endpoint, ipv6) = match dual_stack_socket() {
+        Ok(socket) => (
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?,
+            true,
+        ),
+        Err(e) => {
+            tracing::info!(error = %e, "no dual-stack socket: signaling is dialled over IPv4 only");
+            (
+                quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?,
+                false,
+            )
+        }
+    };
     let client = tls_files.load()?.quic_client()?;
     let (any_up, any_up_rx) = tokio::sync::watch::channel(false);
     let held = node.clone();
@@ -156,6 +199,7 @@ pub async fn run(
         load: Mutex::new(load),
         config,
         endpoint: endpoint.clone(),
+        ipv6,
         tls_files,
         client: Mutex::new(client),
         node,
@@ -197,7 +241,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = discovery.tick() => {
-                let found = resolve(&shared.config.signaling).await;
+                let found = resolve(&shared.config.signaling, shared.ipv6).await;
                 if found.is_empty() {
                     tracing::warn!(signaling = %shared.config.signaling, "no signaling address found");
                 }
