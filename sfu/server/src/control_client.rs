@@ -116,21 +116,19 @@ impl Shared {
     }
 }
 
-/// The socket addresses of the configured entries: every one, where the endpoint is
-/// dual-stack; IPv4 only where the host has no IPv6 (an entry left with none is logged). An
-/// entry that does not resolve is logged and skipped.
+/// The socket addresses of the configured entries (see [`dialled`]). An entry that does not
+/// resolve, or only to addresses this host cannot reach, is logged and skipped.
 async fn resolve(entries: &str, ipv6: bool) -> HashSet<SocketAddr> {
     let mut found = HashSet::new();
     for entry in entries.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         match tokio::net::lookup_host(entry).await {
             Ok(addrs) => {
                 let addrs: Vec<SocketAddr> = addrs.collect();
-                let usable = addrs.iter().filter(|a| ipv6 || a.is_ipv4());
-                let before = found.len();
-                found.extend(usable);
-                if found.len() == before && !addrs.is_empty() && !ipv6 {
+                let dial = dialled(&addrs, ipv6);
+                if dial.is_empty() && !addrs.is_empty() {
                     tracing::warn!(signaling = %entry, "signaling address is IPv6 only, and this host has no IPv6: not dialled");
                 }
+                found.extend(dial);
             }
             Err(e) => {
                 tracing::warn!(signaling = %entry, error = %e, "signaling address does not resolve")
@@ -138,6 +136,17 @@ async fn resolve(entries: &str, ipv6: bool) -> HashSet<SocketAddr> {
         }
     }
     found
+}
+
+/// Which of the addresses one entry resolves to are dialled: its IPv4 ones when it has any
+/// (a replica with an address of each family is one replica: two links to it would replace
+/// each other at signaling, without end), else its IPv6 ones where the host has IPv6.
+fn dialled(addrs: &[SocketAddr], ipv6: bool) -> Vec<SocketAddr> {
+    let v4: Vec<SocketAddr> = addrs.iter().copied().filter(SocketAddr::is_ipv4).collect();
+    if !v4.is_empty() || !ipv6 {
+        return v4;
+    }
+    addrs.to_vec()
 }
 
 /// A UDP socket on every IPv6 address that also carries IPv4 (mapped); an error where the host
@@ -163,8 +172,8 @@ pub async fn run(
     draining: tokio::sync::watch::Receiver<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    // Dual-stack where the host has IPv6 (an IPv6-only cluster's signaling is reachable, and
-    // IPv4 addresses are dialled mapped), else IPv4.
+    // Dual-stack where the host has IPv6 (signaling at an IPv6 address is reachable, and IPv4
+    // addresses are dialled mapped), else IPv4.
     let (endpoint, ipv6) = match dual_stack_socket() {
         Ok(socket) => (
             quinn::Endpoint::new(
@@ -555,6 +564,28 @@ mod tests {
             "the refused redials did not restart the grace"
         );
         keeper.abort();
+    }
+
+    #[test]
+    fn a_name_with_both_families_is_dialled_once_per_replica_over_ipv4() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // `localhost`, or a dual-stack headless Service of two replicas.
+        let both = [at("[::1]:7443"), at("127.0.0.1:7443")];
+        assert_eq!(dialled(&both, true), [at("127.0.0.1:7443")]);
+        let two = [
+            at("[2001:db8::5]:7443"),
+            at("10.0.0.5:7443"),
+            at("[2001:db8::6]:7443"),
+            at("10.0.0.6:7443"),
+        ];
+        assert_eq!(
+            dialled(&two, true),
+            [at("10.0.0.5:7443"), at("10.0.0.6:7443")]
+        );
+        // IPv6 only: dialled where the host has IPv6.
+        let v6 = [at("[2001:db8::5]:7443"), at("[2001:db8::6]:7443")];
+        assert_eq!(dialled(&v6, true), v6);
+        assert!(dialled(&v6, false).is_empty());
     }
 
     #[test]

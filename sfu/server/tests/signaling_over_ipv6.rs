@@ -1,6 +1,8 @@
 //! A node whose signaling is at an IPv6 address (an IPv6-only cluster) links to it: the node
 //! dials from a dual-stack socket, so IPv4 signaling (every other test) and IPv6 both work.
-//! Before, IPv6 addresses were filtered out without a word and the node never linked.
+//! Before, IPv6 addresses were filtered out without a word and the node never linked. (Which
+//! addresses of a name with both families are dialled is a unit test in control_client.rs:
+//! here `localhost` resolves to 127.0.0.1 alone.)
 
 use sfu_proto::ControlMessage;
 use sfu_server::cluster_tls::{ClusterTls, generate_dev_cluster};
@@ -15,8 +17,8 @@ impl Drop for Kill {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_links_to_signaling_at_an_ipv6_address() {
+/// Signaling's control endpoint on `addr`, and the node's cluster files in a new directory.
+fn signaling_at(addr: &str) -> (quinn::Endpoint, std::path::PathBuf) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = std::env::temp_dir().join(format!("hc-node-ipv6-{}", rand::random::<u64>()));
     generate_dev_cluster(&dir).unwrap();
@@ -27,13 +29,14 @@ async fn a_node_links_to_signaling_at_an_ipv6_address() {
     )
     .unwrap();
     let endpoint =
-        quinn::Endpoint::server(signaling.quic_server().unwrap(), "[::1]:0".parse().unwrap())
-            .unwrap();
-    let control = endpoint.local_addr().unwrap();
-    assert!(control.is_ipv6());
-    let _node = Kill(
+        quinn::Endpoint::server(signaling.quic_server().unwrap(), addr.parse().unwrap()).unwrap();
+    (endpoint, dir)
+}
+
+fn node(signaling: &str, dir: &std::path::Path) -> Kill {
+    Kill(
         std::process::Command::new(env!("CARGO_BIN_EXE_sfu"))
-            .args(["--signaling", &control.to_string()])
+            .args(["--signaling", signaling])
             .arg("--cluster-ca")
             .arg(dir.join("ca.pem"))
             .arg("--cluster-cert")
@@ -46,7 +49,15 @@ async fn a_node_links_to_signaling_at_an_ipv6_address() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_links_to_signaling_at_an_ipv6_address() {
+    let (endpoint, dir) = signaling_at("[::1]:0");
+    let control = endpoint.local_addr().unwrap();
+    assert!(control.is_ipv6());
+    let _node = node(&control.to_string(), &dir);
     let conn = tokio::time::timeout(Duration::from_secs(20), endpoint.accept())
         .await
         .expect("the node dials signaling's IPv6 address")
