@@ -5,7 +5,7 @@
 
 mod support;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use signaling::dev_issuer::dev_claims;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -134,9 +134,23 @@ async fn identity_numbers_are_refused_in_every_claim_and_spelling() {
         assert_eq!(status, 422, "{pnr:?}: {body}");
     }
 
-    // None of it reached a log.
+    // None of it reached a log. (The audit chain's digests and the checkpoints' key id and
+    // signature are left out of the search: random hex digits end in 1234 once in 65,536.)
+    let audit: String = server
+        .audit_text()
+        .lines()
+        .map(|l| {
+            let mut line: Value = serde_json::from_str(l).unwrap();
+            if let Some(fields) = line.as_object_mut() {
+                for digest in ["hash", "prev", "key", "sig"] {
+                    fields.remove(digest);
+                }
+            }
+            line.to_string() + "\n"
+        })
+        .collect();
     let logs = [
-        server.audit_text(),
+        audit,
         std::fs::read_to_string(&server.log).unwrap(),
         server.stdout.lock().unwrap().clone(),
     ];
