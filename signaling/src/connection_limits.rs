@@ -27,17 +27,7 @@ struct Open {
     by_source: HashMap<IpAddr, usize>,
 }
 
-/// The source a connection (or a refused token) counts against: an IPv4 address, or an IPv6
-/// /64 — one subscriber's whole prefix, from which a single host can use any address.
-pub fn counted_source(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(prefix.into())
-        }
-        v4 => v4,
-    }
-}
+pub use sfu_server::counted_source::counted_source;
 
 /// Holds one counted connection; dropping it frees the place.
 #[derive(Debug)]

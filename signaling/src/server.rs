@@ -628,26 +628,18 @@ fn relayed_query(raw: Option<&str>, headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
         .collect();
     if let Some(token) = offered.token {
-        parts.push(format!("token={}", percent_encoded(&token)));
+        parts.push(format!("token={}", query_value(&token)));
     }
     if let Some(key) = offered.resume {
-        parts.push(format!("resume={}", percent_encoded(&key)));
+        parts.push(format!("resume={}", query_value(&key)));
     }
     (!parts.is_empty()).then(|| parts.join("&"))
 }
 
-/// `value` with everything but RFC 3986's unreserved characters percent-encoded (a subprotocol
-/// may hold `&`, `#`, `%` or `+`, which would change a query's meaning).
-fn percent_encoded(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// `value` encoded for a query (a subprotocol may hold `&`, `#`, `%` or `+`, which would
+/// change the query's meaning).
+fn query_value(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 pub(crate) fn new_participant_id(random: u64) -> ParticipantId {

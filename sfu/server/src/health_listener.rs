@@ -164,21 +164,11 @@ struct Counts {
     from_elsewhere: usize,
 }
 
-/// What a source is counted as: an IPv4 address (also when mapped into IPv6), or an IPv6 /64.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
-            u128::from(v6) & !((1u128 << 64) - 1),
-        )),
-        v4 => v4,
-    }
-}
-
 impl HeldConnections {
     /// A place for a connection from `source` (`local`: from the node itself), given back
     /// when dropped; `None` past a limit.
     fn take(self: &Arc<Self>, source: IpAddr, local: bool) -> Option<HeldConnection> {
-        let key = source_key(source);
+        let key = crate::counted_source::counted_source(source);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let from_it = counts.by_source.get(&key).copied().unwrap_or(0);
         if from_it >= MAX_PER_SOURCE || (!local && counts.from_elsewhere >= MAX_CONNECTIONS) {

@@ -5,6 +5,7 @@ pub mod cache_prefetch;
 pub mod cluster_tls;
 pub mod control_client;
 pub mod control_stream;
+pub mod counted_source;
 pub mod datagram_sink;
 pub mod health_listener;
 pub mod huge_page_heap;
