@@ -24,7 +24,9 @@ pub enum ClusterTlsError {
 }
 
 pub struct ClusterTls {
-    ca: CertificateDer<'static>,
+    /// Every CA certificate of the CA file: during a rotation of the cluster's CA it holds the
+    /// old and the new, and peers issued by either are accepted.
+    cas: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 }
@@ -42,42 +44,56 @@ fn read(path: &Path) -> Result<Vec<u8>, ClusterTlsError> {
     })
 }
 
+/// Every certificate in the PEM file at `path`; at least one, and none that fails to parse.
+fn certificates(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, ClusterTlsError> {
+    let bad = || ClusterTlsError::Pem {
+        path: path.to_owned(),
+        what,
+    };
+    let all = CertificateDer::pem_slice_iter(&read(path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad())?;
+    if all.is_empty() {
+        return Err(bad());
+    }
+    Ok(all)
+}
+
 impl ClusterTls {
-    /// Loads the CA certificate and this end's certificate chain and key (PEM files).
+    /// Loads the CA certificates (one, or a bundle during a CA rotation) and this end's
+    /// certificate chain and key (PEM files). A certificate section that does not parse is an
+    /// error naming its file, not skipped: a bundle cut short would otherwise leave one CA
+    /// out without a word.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, ClusterTlsError> {
-        let ca_der = CertificateDer::pem_slice_iter(&read(ca)?)
-            .next()
-            .and_then(Result::ok)
-            .ok_or_else(|| ClusterTlsError::Pem {
-                path: ca.to_owned(),
-                what: "CA certificate",
-            })?;
-        let chain: Vec<_> = CertificateDer::pem_slice_iter(&read(cert)?)
-            .filter_map(Result::ok)
-            .collect();
-        if chain.is_empty() {
-            return Err(ClusterTlsError::Pem {
-                path: cert.to_owned(),
-                what: "certificate",
-            });
-        }
+        let cas = certificates(ca, "CA certificate")?;
+        let chain = certificates(cert, "certificate")?;
         let key_der =
             PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| ClusterTlsError::Pem {
                 path: key.to_owned(),
                 what: "private key",
             })?;
-        Ok(Self {
-            ca: ca_der,
+        let tls = Self {
+            cas,
             chain,
             key: key_der,
-        })
+        };
+        tls.roots().map_err(|e| match e {
+            ClusterTlsError::Tls(why) => ClusterTlsError::Tls(format!("{}: {why}", ca.display())),
+            other => other,
+        })?;
+        Ok(tls)
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, ClusterTlsError> {
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(self.ca.clone())
-            .map_err(|e| ClusterTlsError::Tls(e.to_string()))?;
+        for ca in &self.cas {
+            roots
+                .add(ca.clone())
+                .map_err(|e| ClusterTlsError::Tls(e.to_string()))?;
+        }
         Ok(roots)
     }
 
@@ -344,12 +360,110 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// Signaling's QUIC endpoint on loopback with `tls`, accepting every link it verifies.
+    fn serve(tls: &ClusterTls) -> quinn::Endpoint {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let server =
+            quinn::Endpoint::server(tls.quic_server().unwrap(), "127.0.0.1:0".parse().unwrap())
+                .unwrap();
+        tokio::spawn({
+            let server = server.clone();
+            async move {
+                while let Some(incoming) = server.accept().await {
+                    tokio::spawn(async move {
+                        // Only a link the server verified is told so.
+                        if let Ok(conn) = incoming.await {
+                            if let Ok(mut told) = conn.open_uni().await {
+                                let _ = told.write_all(b"linked").await;
+                                let _ = told.finish();
+                            }
+                            conn.closed().await;
+                        }
+                    });
+                }
+            }
+        });
+        server
+    }
+
+    /// Whether a node with `tls` links to signaling at `addr`, each verifying the other.
+    async fn dials(tls: &ClusterTls, addr: std::net::SocketAddr) -> bool {
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(tls.quic_client().unwrap());
+        // The client's side of a handshake completes before the server has verified the
+        // client's certificate: only the server's word says it was accepted.
+        let linked = async {
+            let conn = client.connect(addr, "signaling").ok()?.await.ok()?;
+            let mut told = conn.accept_uni().await.ok()?;
+            told.read_to_end(16).await.ok()
+        };
+        let linked = tokio::time::timeout(std::time::Duration::from_secs(5), linked)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|said| said == b"linked");
+        client.close(0u32.into(), b"");
+        linked
+    }
+
+    /// During a rotation of the cluster's CA, the CA file holds the old CA and the new: nodes
+    /// issued by either link, both ways verified. A bundle with a section that does not
+    /// parse is refused, naming the file, rather than read in part.
+    #[tokio::test]
+    async fn a_ca_bundle_accepts_peers_of_each_of_its_cas() {
+        let base = std::env::temp_dir().join(format!("hc-rotate-{}", rand::random::<u64>()));
+        let (old, new) = (base.join("old"), base.join("new"));
+        generate_dev_cluster(&old).unwrap();
+        generate_dev_cluster(&new).unwrap();
+        let bundle = base.join("bundle.pem");
+        let both = [
+            std::fs::read(old.join("ca.pem")).unwrap(),
+            std::fs::read(new.join("ca.pem")).unwrap(),
+        ]
+        .concat();
+        std::fs::write(&bundle, &both).unwrap();
+        let with = |ca: &Path, dir: &Path, name: &str| {
+            ClusterTls::load(
+                ca,
+                &dir.join(format!("{name}.pem")),
+                &dir.join(format!("{name}.key")),
+            )
+            .unwrap()
+        };
+        // Signaling still has the old CA's certificate; one node has been reissued.
+        let server = serve(&with(&bundle, &old, "signaling"));
+        let addr = server.local_addr().unwrap();
+        assert!(dials(&with(&bundle, &old, "sfu"), addr).await, "old node");
+        assert!(dials(&with(&bundle, &new, "sfu"), addr).await, "new node");
+        // Trusting the old CA alone, the reissued node is refused: the bundle is what admits it.
+        let old_only = serve(&with(&old.join("ca.pem"), &old, "signaling"));
+        assert!(!dials(&with(&bundle, &new, "sfu"), old_only.local_addr().unwrap()).await);
+
+        let cut = base.join("cut.pem");
+        let text = String::from_utf8(both).unwrap();
+        let second = text.rfind("-----BEGIN").unwrap();
+        std::fs::write(
+            &cut,
+            format!(
+                "{}{}",
+                &text[..second + 40],
+                "@@@\n-----END CERTIFICATE-----\n"
+            ),
+        )
+        .unwrap();
+        let err = ClusterTls::load(&cut, &old.join("sfu.pem"), &old.join("sfu.key")).unwrap_err();
+        assert!(
+            err.to_string().contains("cut.pem"),
+            "the error names the file: {err}"
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
     /// A certificate renewed in place is served from the next handshake on: a node that
     /// trusts only the new issuer is refused the old certificate and accepted once the files
     /// are replaced, with no restart.
     #[tokio::test]
     async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let base = std::env::temp_dir().join(format!("hc-renew-{}", rand::random::<u64>()));
         let (old, new, live) = (base.join("old"), base.join("new"), base.join("live"));
         generate_dev_cluster(&old).unwrap();
@@ -371,24 +485,8 @@ mod tests {
             key: live.join("signaling.key"),
         };
         let loaded = files.version();
-        let server = quinn::Endpoint::server(
-            files.load().unwrap().quic_server().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .unwrap();
+        let server = serve(&files.load().unwrap());
         let addr = server.local_addr().unwrap();
-        tokio::spawn({
-            let server = server.clone();
-            async move {
-                while let Some(incoming) = server.accept().await {
-                    tokio::spawn(async move {
-                        if let Ok(conn) = incoming.await {
-                            conn.closed().await;
-                        }
-                    });
-                }
-            }
-        });
         tokio::spawn(files.clone().keep_serving(
             server.clone(),
             loaded,
@@ -400,18 +498,13 @@ mod tests {
             &new.join("sfu.key"),
         )
         .unwrap();
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(node.quic_client().unwrap());
-        let dial = async || client.connect(addr, "signaling").unwrap().await;
-        assert!(
-            dial().await.is_err(),
-            "the old issuer's certificate is not trusted"
-        );
+        let dial = async || dials(&node, addr).await;
+        assert!(!dial().await, "the old issuer's certificate is not trusted");
         // (Renamed into place: new inodes, whatever their times.)
         install(&new);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            if dial().await.is_ok() {
+            if dial().await {
                 break;
             }
             assert!(
