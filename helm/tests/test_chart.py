@@ -249,6 +249,10 @@ class ChartRenders(unittest.TestCase):
             self.assertTrue(control["spec"]["publishNotReadyAddresses"])
             self.assertEqual([(p["port"], p["protocol"]) for p in control["spec"]["ports"]],
                              [(int(port), "UDP")])
+            # Signaling listens for them on every address of both families (IPv4-only,
+            # dual-stack and IPv6-only clusters alike), on that port.
+            signaling_env = env_of(signaling_pod["containers"][0])
+            self.assertEqual(signaling_env["SIGNALING_SFU_LISTEN"], f"[::]:{port}")
             # Never two nodes on one host.
             anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
             self.assertEqual(anti[0]["topologyKey"], "kubernetes.io/hostname")

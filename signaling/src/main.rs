@@ -287,7 +287,8 @@ struct ServeArgs {
     /// that outlives a restart of this service) — `[sfu] mode`.
     #[arg(long, env = "SIGNALING_SFU_MODE", value_enum)]
     sfu_mode: Option<SfuMode>,
-    /// QUIC address where standalone SFU nodes connect (remote mode).
+    /// QUIC address where standalone SFU nodes connect (remote mode); `[::]:7443` is every
+    /// address of both families.
     #[arg(long, env = "SIGNALING_SFU_LISTEN")]
     sfu_listen: Option<SocketAddr>,
     /// Cluster CA, and this service's certificate and key, for the SFU control link.
@@ -539,6 +540,20 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(*args))
         }
     }
+}
+
+/// The QUIC endpoint SFU nodes dial in at: `[::]` is every address of both families (every
+/// IPv4 address on a host without IPv6).
+fn control_endpoint(
+    config: quinn::ServerConfig,
+    addr: SocketAddr,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        sfu_server::control_socket::control_socket(addr)?,
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 /// The loopback port the companion node links to by default (`--sfu-listen` sets another).
@@ -963,10 +978,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             let tls =
                 sfu_server::cluster_tls::ClusterTls::load(&files.ca, &files.cert, &files.key)?;
-            let endpoint =
-                quinn::Endpoint::server(tls.quic_server()?, control).with_context(|| {
-                    format!("binding the companion's control listener {control} (--sfu-listen)")
-                })?;
+            let endpoint = control_endpoint(tls.quic_server()?, control).with_context(|| {
+                format!("binding the companion's control listener {control} (--sfu-listen)")
+            })?;
             let remote = remote_sfu(endpoint, event_tx, &meetings, false)?;
             // Started (or found) once the listener is up: it links at its first dial.
             let exe =
@@ -1043,8 +1057,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 key: key.clone(),
             };
             let loaded = files.version();
-            let endpoint = quinn::Endpoint::server(files.load()?.quic_server()?, control)
-                .with_context(|| format!("binding SFU control listener {control}"))?;
+            let endpoint =
+                control_endpoint(files.load()?.quic_server()?, control).with_context(|| {
+                    format!("binding SFU control listener {control} (--sfu-listen)")
+                })?;
             // A certificate renewed in place is served from the next handshake on.
             tokio::spawn(files.keep_serving(endpoint.clone(), loaded, CLUSTER_CERT_CHECK));
             let remote = remote_sfu(endpoint, event_tx, &meetings, replicas.is_some())?;

@@ -47,6 +47,11 @@ impl Drop for Cluster {
 
 impl Cluster {
     fn start(nodes: &[&str]) -> Self {
+        Self::start_on(nodes, &free_addr())
+    }
+
+    /// The same, signaling's control listener at `control`.
+    fn start_on(nodes: &[&str], control: &str) -> Self {
         let sfu_bin = std::path::Path::new(env!("CARGO_BIN_EXE_signaling")).with_file_name("sfu");
         assert!(
             sfu_bin.exists(),
@@ -67,14 +72,13 @@ impl Cluster {
         let file = |name: &str| dir.join(name).display().to_string();
         // A fixed control address and a meeting store: the service can be restarted with the
         // nodes finding it again.
-        let control = free_addr();
         let server = support::start_with(&[
             "--meeting-store",
             &file("meetings.json"),
             "--sfu-mode",
             "remote",
             "--sfu-listen",
-            &control,
+            control,
             "--cluster-ca",
             &file("ca.pem"),
             "--cluster-cert",
@@ -240,6 +244,34 @@ async fn a_nodes_certificate_files_are_read_again_at_each_dial() {
     // Its own again: the next redial is accepted.
     install("sfu-a");
     until("the node linked again", 20, async || ready(&cluster).await).await;
+}
+
+/// Signaling's control listener at `[::]` (the chart's setting) takes nodes over IPv4 and over
+/// IPv6 on one port, so one setting fits a cluster of either family or both (the chart bound
+/// `0.0.0.0` before, where an IPv6-only cluster's nodes never link).
+#[tokio::test]
+async fn a_control_listener_on_every_address_takes_nodes_of_both_families() {
+    let port = free_addr().rsplit_once(':').unwrap().1.to_owned();
+    let mut cluster = Cluster::start_on(&["sfu-a", "sfu-b"], &format!("[::]:{port}"));
+    let serving = async |cluster: &Cluster| {
+        let (_, text) = get(&cluster.server.http_base, "/metrics").await;
+        text.lines()
+            .find(|l| l.starts_with("signaling_sfu_nodes{state=\"serving\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u32
+    };
+    cluster.control = format!("127.0.0.1:{port}");
+    let _four = Kill(cluster.node("sfu-a", "sfu-a", &[]));
+    until("the node dialling over IPv4 linked", 20, async || {
+        serving(&cluster).await == 1
+    })
+    .await;
+    cluster.control = format!("[::1]:{port}");
+    let _six = Kill(cluster.node("sfu-b", "sfu-b", &[]));
+    until("the node dialling over IPv6 linked too", 20, async || {
+        serving(&cluster).await == 2
+    })
+    .await;
 }
 
 fn free_addr() -> String {

@@ -149,19 +149,6 @@ fn dialled(addrs: &[SocketAddr], ipv6: bool) -> Vec<SocketAddr> {
     addrs.to_vec()
 }
 
-/// A UDP socket on every IPv6 address that also carries IPv4 (mapped); an error where the host
-/// has no IPv6 or will not mix the two.
-fn dual_stack_socket() -> std::io::Result<std::net::UdpSocket> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::IPV6,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    socket.set_only_v6(false)?;
-    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)).into())?;
-    Ok(socket.into())
-}
-
 /// Runs until the process ends. `events` carries the node's SFU events.
 pub async fn run(
     config: ControlClientConfig,
@@ -174,24 +161,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Dual-stack where the host has IPv6 (signaling at an IPv6 address is reachable, and IPv4
     // addresses are dialled mapped), else IPv4.
-    let (endpoint, ipv6) = match dual_stack_socket() {
-        Ok(socket) => (
-            quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                None,
-                socket,
-                Arc::new(quinn::TokioRuntime),
-            )?,
-            true,
-        ),
-        Err(e) => {
-            tracing::info!(error = %e, "no dual-stack socket: signaling is dialled over IPv4 only");
-            (
-                quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?,
-                false,
-            )
-        }
-    };
+    let socket = crate::control_socket::control_socket(SocketAddr::from((
+        std::net::Ipv6Addr::UNSPECIFIED,
+        0,
+    )))?;
+    let ipv6 = crate::control_socket::carries_ipv6(&socket);
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     let client = tls_files.load()?.quic_client()?;
     let (any_up, any_up_rx) = tokio::sync::watch::channel(false);
     let held = node.clone();

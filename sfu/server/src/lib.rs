@@ -4,6 +4,7 @@
 pub mod cache_prefetch;
 pub mod cluster_tls;
 pub mod control_client;
+pub mod control_socket;
 pub mod control_stream;
 pub mod counted_source;
 pub mod datagram_sink;
