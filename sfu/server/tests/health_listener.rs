@@ -3,8 +3,9 @@
 //! (here a QUIC endpoint of the test, speaking the control protocol's hello), `/metrics`
 //! carries the node's metrics, and any other path is 404.
 
+mod support;
+
 use sfu_proto::ControlMessage;
-use sfu_server::cluster_tls::{ClusterTls, generate_dev_cluster};
 use sfu_server::control_stream::read_message;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -34,63 +35,19 @@ fn until(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_only_while_the_control_link_is_up_healthy_throughout_and_nothing_else_answers() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = std::env::temp_dir().join(format!("hc-node-health-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    generate_dev_cluster(&dir).unwrap();
-    let signaling_tls = ClusterTls::load(
-        &dir.join("ca.pem"),
-        &dir.join("signaling.pem"),
-        &dir.join("signaling.key"),
-    )
-    .unwrap();
-    let endpoint = quinn::Endpoint::server(
-        signaling_tls.quic_server().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
+    let cluster = support::ClusterFiles::new();
+    let endpoint = cluster.signaling_at("127.0.0.1:0");
     let control = endpoint.local_addr().unwrap();
     let metrics: SocketAddr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let _node = Kill(
-        std::process::Command::new(env!("CARGO_BIN_EXE_sfu"))
-            .args(["--signaling", &control.to_string()])
-            .arg("--cluster-ca")
-            .arg(dir.join("ca.pem"))
-            .arg("--cluster-cert")
-            .arg(dir.join("sfu.pem"))
-            .arg("--cluster-key")
-            .arg(dir.join("sfu.key"))
-            .args([
-                "--bind-ip",
-                "127.0.0.1",
-                "--advertise-ip",
-                "127.0.0.1",
-                "--workers",
-                "1",
-            ])
-            .args([
-                "--metrics-listen",
-                &metrics.to_string(),
-                "--node-id",
-                "probe-node",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _node = cluster.node(
+        &control.to_string(),
+        "probe-node",
+        &["--metrics-listen", &metrics.to_string()],
     );
 
     // Up, but not yet linked: healthy, not ready.
@@ -216,5 +173,4 @@ async fn ready_only_while_the_control_link_is_up_healthy_throughout_and_nothing_
     })
     .await
     .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
