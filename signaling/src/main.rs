@@ -542,6 +542,40 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The control-link settings given that `mode` does not use (a flag, or its `[sfu]` key), so
+/// that one given for another mode is not taken for one that acts.
+fn unused_in_mode(
+    args: &ServeArgs,
+    sfu: &signaling::config::SfuSection,
+    mode: SfuMode,
+) -> Vec<&'static str> {
+    use SfuMode::{Companion, Remote};
+    [
+        (
+            args.sfu_listen.is_some(),
+            &[Remote, Companion][..],
+            "--sfu-listen",
+        ),
+        (args.cluster_ca.is_some(), &[Remote], "--cluster-ca"),
+        (args.cluster_cert.is_some(), &[Remote], "--cluster-cert"),
+        (args.cluster_key.is_some(), &[Remote], "--cluster-key"),
+        (
+            args.companion_dir.is_some() || sfu.companion_dir.is_some(),
+            &[Companion],
+            "companion_dir (--companion-dir)",
+        ),
+        (
+            args.companion_metrics_listen.is_some(),
+            &[Companion],
+            "--companion-metrics-listen",
+        ),
+    ]
+    .into_iter()
+    .filter(|(given, modes, _)| *given && !modes.contains(&mode))
+    .map(|(_, _, name)| name)
+    .collect()
+}
+
 /// The QUIC endpoint SFU nodes dial in at: `[::]` is every address of both families (every
 /// IPv4 address on a host without IPv6).
 fn control_endpoint(
@@ -647,6 +681,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let replicas_file = file.replicas.unwrap_or_default();
     let log_json = args.log_json || file.log.and_then(|l| l.json).unwrap_or(false);
     sfu_server::logging::init(log_json);
+    let unused = unused_in_mode(&args, &sfu, sfu_mode);
+    if !unused.is_empty() {
+        tracing::warn!(
+            settings = ?unused,
+            mode = ?sfu_mode,
+            "settings given that this SFU mode does not use: they have no effect"
+        );
+    }
     if matches!(sfu_mode, SfuMode::Embedded) {
         sfu_server::huge_page_heap::HeapPages::read().log();
     }

@@ -298,3 +298,27 @@ fn replica_settings_name_what_is_missing() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A control-link setting given for another SFU mode is named in a warning (it has no effect
+/// here), and one the mode uses is not.
+#[test]
+fn settings_another_sfu_mode_uses_are_named_as_unused() {
+    let server = start_with(&[
+        "--cluster-ca",
+        "/nonexistent/ca.pem",
+        "--companion-metrics-listen",
+        "127.0.0.1:9465",
+    ]);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("this SFU mode does not use"))
+        .unwrap_or_else(|| panic!("no warning in {log}"));
+    assert!(
+        warning.contains("--cluster-ca")
+            && warning.contains("--companion-metrics-listen")
+            && warning.contains("Embedded"),
+        "{warning}"
+    );
+    assert!(!warning.contains("--sfu-listen"), "{warning}");
+}
