@@ -319,6 +319,17 @@ class ChartRenders(unittest.TestCase):
                         self.assertEqual(
                             c["image"], f"registry.region.example/healthcare-sfu/{c['name']}:0.1.0")
 
+    def test_an_upgrade_can_move_the_sfu_nodes_before_signaling(self):
+        """docs/deployment.md: upgrade the nodes before signaling. With one tag for both, a
+        `helm upgrade` rolled both at once; `image.signalingTag` holds signaling back."""
+        def images(values):
+            docs = render(values)
+            return {name: find(docs, "StatefulSet", f"{FULL}-{name}")["spec"]["template"]["spec"]
+                    ["containers"][0]["image"].rsplit(":", 1)[1] for name in ("signaling", "sfu")}
+        self.assertEqual(images({"image": {"tag": "2.0"}}), {"signaling": "2.0", "sfu": "2.0"})
+        self.assertEqual(images({"image": {"tag": "2.0", "signalingTag": "1.9"}}),
+                         {"signaling": "1.9", "sfu": "2.0"})
+
     def test_redis_in_the_chart_or_the_regions_own(self):
         docs = self.rendered["defaults"]
         redis = find(docs, "StatefulSet", f"{FULL}-redis")

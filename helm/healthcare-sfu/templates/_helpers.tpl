@@ -25,7 +25,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "hc.image" -}}
-{{- printf "%s/%s:%s" .ctx.Values.image.repository .name (.ctx.Values.image.tag | default .ctx.Chart.AppVersion) -}}
+{{- $tag := .ctx.Values.image.tag | default .ctx.Chart.AppVersion -}}
+{{- if eq .name "signaling" -}}{{- $tag = .ctx.Values.image.signalingTag | default $tag -}}{{- end -}}
+{{- printf "%s/%s:%s" .ctx.Values.image.repository .name $tag -}}
 {{- end -}}
 
 {{- define "hc.jwksSecret" -}}
