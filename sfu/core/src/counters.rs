@@ -31,6 +31,9 @@ pub struct Counters {
     pub data_messages_in: u64,
     pub data_messages_out: u64,
     pub data_messages_dropped: u64,
+    /// SCTP packets the data channels never read: a stream past the few channels need,
+    /// chunks that do not parse, or past the session's budget.
+    pub sctp_packets_refused: u64,
     /// Subscriptions not made because the subscriber's session holds the most m-lines.
     pub subscriptions_refused: u64,
     /// Simulcast subscriptions that started or changed layer (always at a keyframe).
@@ -108,6 +111,7 @@ impl std::ops::AddAssign for Counters {
             data_messages_in,
             data_messages_out,
             data_messages_dropped,
+            sctp_packets_refused,
             subscriptions_refused,
             layer_switches,
             layer_loss_downgrades,
@@ -158,6 +162,7 @@ impl std::ops::AddAssign for Counters {
         self.data_messages_in += data_messages_in;
         self.data_messages_out += data_messages_out;
         self.data_messages_dropped += data_messages_dropped;
+        self.sctp_packets_refused += sctp_packets_refused;
         self.subscriptions_refused += subscriptions_refused;
         self.layer_switches += layer_switches;
         self.layer_loss_downgrades += layer_loss_downgrades;
@@ -185,7 +190,7 @@ impl std::ops::AddAssign for Counters {
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 49] {
+    pub fn named(&self) -> [(&'static str, u64); 50] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -226,6 +231,7 @@ impl Counters {
                 "sfu_data_messages_dropped_total",
                 self.data_messages_dropped,
             ),
+            ("sfu_sctp_packets_refused_total", self.sctp_packets_refused),
             (
                 "sfu_subscriptions_refused_total",
                 self.subscriptions_refused,
@@ -270,7 +276,7 @@ impl Counters {
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 49] = [
+    pub const HELP: [(&'static str, &'static str); 50] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -375,6 +381,10 @@ impl Counters {
         (
             "sfu_data_messages_dropped_total",
             "Data channel messages dropped (malformed, too large, or a full queue).",
+        ),
+        (
+            "sfu_sctp_packets_refused_total",
+            "SCTP packets of data channels refused unread: a stream id past the cap, chunks that do not parse, or past a session's budget.",
         ),
         (
             "sfu_subscriptions_refused_total",

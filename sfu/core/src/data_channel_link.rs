@@ -4,12 +4,14 @@
 //! The SFU relays messages between participants' channels of the same label; this type only
 //! terminates the protocol and hands whole messages up.
 
+use crate::sctp_stream_gate::{self, MAX_STREAMS};
+use crate::token_bucket::{SCTP_PACKETS_BURST, SCTP_PACKETS_PER_SECOND, TokenBucket};
 use bytes::Bytes;
 use rtc_datachannel::message::Message as Dcep;
 use rtc_datachannel::message::message_channel_ack::DataChannelAck;
 use rtc_sctp::{
-    Association, AssociationHandle, DatagramEvent, Endpoint, EndpointConfig, Event, Payload,
-    PayloadProtocolIdentifier, ServerConfig, StreamEvent, StreamId, TransportConfig,
+    Association, AssociationHandle, DatagramEvent, Endpoint, EndpointConfig, EndpointEvent, Event,
+    Payload, PayloadProtocolIdentifier, ServerConfig, StreamEvent, StreamId, TransportConfig,
 };
 use rtc_shared::TransportProtocol;
 use rtc_shared::marshal::{Marshal, Unmarshal};
@@ -42,9 +44,14 @@ pub struct DataChannelLink {
     /// SCTP packets to hand to DTLS.
     outgoing: VecDeque<Bytes>,
     received: VecDeque<DataMessage>,
+    /// Messages dropped as they came in: too large, or on a stream without a channel.
     pub oversized: u64,
     /// Messages not queued because the receiver's buffer was full.
     pub dropped_backlog: u64,
+    /// SCTP packets the association never saw: a stream past [`MAX_STREAMS`], chunks that do
+    /// not parse, or past the session's budget.
+    refused_packets: u64,
+    budget: TokenBucket,
 }
 
 impl std::fmt::Debug for DataChannelLink {
@@ -62,7 +69,11 @@ impl DataChannelLink {
                 local,
                 TransportProtocol::UDP,
                 Arc::new(EndpointConfig::default()),
-                Some(Arc::new(ServerConfig::new(TransportConfig::default()))),
+                Some(Arc::new(ServerConfig::new(
+                    TransportConfig::default()
+                        .with_max_num_inbound_streams(MAX_STREAMS)
+                        .with_max_num_outbound_streams(MAX_STREAMS),
+                ))),
             ),
             association: None,
             channels: HashMap::new(),
@@ -70,11 +81,17 @@ impl DataChannelLink {
             received: VecDeque::new(),
             oversized: 0,
             dropped_backlog: 0,
+            refused_packets: 0,
+            budget: TokenBucket::new(SCTP_PACKETS_PER_SECOND, SCTP_PACKETS_BURST),
         }
     }
 
     /// An SCTP packet that arrived as DTLS application data.
     pub fn handle_packet(&mut self, now: Instant, remote: SocketAddr, packet: &[u8]) {
+        if sctp_stream_gate::admit(packet).is_err() || !self.budget.take(now, 1.0) {
+            self.refused_packets += 1;
+            return;
+        }
         let Some((handle, event)) =
             self.endpoint
                 .handle(now, remote, None, Bytes::copy_from_slice(packet))
@@ -83,8 +100,11 @@ impl DataChannelLink {
         };
         match event {
             DatagramEvent::NewAssociation(association) => {
-                // One association per DTLS connection (RFC 8261): a new one replaces the old.
-                self.association = Some((handle, association));
+                // One association per DTLS connection (RFC 8261): a new one replaces the old,
+                // which the endpoint forgets (it would keep each one's entry otherwise).
+                if let Some((old, _)) = self.association.replace((handle, association)) {
+                    self.endpoint.handle_event(old, EndpointEvent::drained());
+                }
                 self.channels.clear();
             }
             DatagramEvent::AssociationEvent(event) => {
@@ -121,9 +141,15 @@ impl DataChannelLink {
         self.received.pop_front()
     }
 
-    /// Messages dropped (too large, or a receiver's backlog full) since the last call.
+    /// Messages dropped (too large, on a stream no channel was opened on, or a receiver's
+    /// backlog full) since the last call.
     pub fn take_drops(&mut self) -> u64 {
         std::mem::take(&mut self.oversized) + std::mem::take(&mut self.dropped_backlog)
+    }
+
+    /// SCTP packets refused unread since the last call.
+    pub fn take_refused_packets(&mut self) -> u64 {
+        std::mem::take(&mut self.refused_packets)
     }
 
     /// Sends a message on every open channel with `label`. Returns whether one existed.
@@ -171,6 +197,9 @@ impl DataChannelLink {
         let Some((handle, a)) = self.association.as_mut() else {
             return;
         };
+        // Streams are read by id as they become readable; the library's queue of new ones
+        // is emptied so that it does not grow with each stream a peer resets and opens again.
+        while a.accept_stream().is_some() {}
         let mut readable = Vec::new();
         while let Some(event) = a.poll() {
             match event {
@@ -189,7 +218,8 @@ impl DataChannelLink {
                     break;
                 };
                 let ppi = chunks.ppi;
-                let Ok(payload) = chunks.to_payload(256 * 1024) else {
+                let Ok(payload) = chunks.to_payload(MAX_MESSAGE) else {
+                    self.oversized += 1;
                     continue;
                 };
                 match ppi {
@@ -218,6 +248,8 @@ impl DataChannelLink {
                     | PayloadProtocolIdentifier::StringEmpty
                     | PayloadProtocolIdentifier::BinaryEmpty => {
                         let Some(label) = self.channels.get(&id) else {
+                            // Negotiated channels (no DCEP open) are not relayed.
+                            self.oversized += 1;
                             continue;
                         };
                         if payload.len() > MAX_MESSAGE {
@@ -251,5 +283,157 @@ impl DataChannelLink {
                 self.outgoing.extend(raws);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc_datachannel::message::message_channel_open::DataChannelOpen;
+    use rtc_sctp::ClientConfig;
+    use std::time::Duration;
+
+    /// A browser's side of the association, by the same library.
+    struct Browser {
+        endpoint: Endpoint,
+        handle: AssociationHandle,
+        association: Association,
+    }
+
+    const SFU: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5000);
+
+    impl Browser {
+        fn connect(now: Instant) -> Self {
+            let mut endpoint = Endpoint::new(
+                "127.0.0.2:5000".parse().unwrap(),
+                TransportProtocol::UDP,
+                Arc::new(EndpointConfig::default()),
+                None,
+            );
+            let (handle, association) =
+                endpoint.connect(now, ClientConfig::default(), SFU).unwrap();
+            Self {
+                endpoint,
+                handle,
+                association,
+            }
+        }
+
+        /// Packets both ways until neither side has more.
+        fn exchange(&mut self, now: Instant, sfu: &mut DataChannelLink) {
+            for _ in 0..50 {
+                let mut moved = false;
+                while let Some(t) = self.association.poll_transmit(now) {
+                    if let Payload::RawEncode(raws) = t.message {
+                        for raw in raws {
+                            sfu.handle_packet(now, "127.0.0.2:5000".parse().unwrap(), &raw);
+                            moved = true;
+                        }
+                    }
+                }
+                while let Some(packet) = sfu.poll_outgoing() {
+                    moved = true;
+                    if let Some((h, DatagramEvent::AssociationEvent(e))) =
+                        self.endpoint.handle(now, SFU, None, packet)
+                        && h == self.handle
+                    {
+                        self.association.handle_event(e);
+                    }
+                }
+                while self.association.poll().is_some() {}
+                while let Some(e) = self.association.poll_endpoint_event() {
+                    self.endpoint.handle_event(self.handle, e);
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        fn open(&mut self, now: Instant, id: StreamId, label: &str) {
+            let open = Dcep::DataChannelOpen(DataChannelOpen {
+                channel_type: Default::default(),
+                priority: 256,
+                reliability_parameter: 0,
+                label: label.as_bytes().to_vec(),
+                protocol: Vec::new(),
+            })
+            .marshal()
+            .unwrap();
+            self.association
+                .open_stream(id, PayloadProtocolIdentifier::Dcep)
+                .unwrap()
+                .write_sctp(now, &open.freeze(), PayloadProtocolIdentifier::Dcep)
+                .unwrap();
+        }
+
+        fn send(&mut self, now: Instant, id: StreamId, text: &str) {
+            self.association
+                .stream(id)
+                .unwrap()
+                .write_sctp(
+                    now,
+                    &Bytes::copy_from_slice(text.as_bytes()),
+                    PayloadProtocolIdentifier::String,
+                )
+                .unwrap();
+        }
+    }
+
+    fn texts(sfu: &mut DataChannelLink) -> Vec<String> {
+        std::iter::from_fn(|| sfu.poll_message())
+            .map(|m| String::from_utf8(m.data).unwrap())
+            .collect()
+    }
+
+    /// A channel on a stream id channels use carries messages; one on a stream id past the cap
+    /// is refused before the association makes a stream for it (it would scan every such
+    /// stream for each chunk after), and counted; the association goes on working.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test's starting point in time
+    fn streams_past_the_cap_never_reach_the_association() {
+        let mut now = Instant::now();
+        let mut sfu = DataChannelLink::new(SFU);
+        let mut browser = Browser::connect(now);
+        browser.exchange(now, &mut sfu);
+        browser.open(now, 1, "room");
+        browser.send(now, 1, "hand");
+        browser.exchange(now, &mut sfu);
+        assert_eq!(texts(&mut sfu), ["hand"]);
+        assert_eq!(sfu.take_refused_packets(), 0);
+
+        browser.open(now, 5000, "flood");
+        browser.send(now, 5000, "x");
+        browser.exchange(now, &mut sfu);
+        assert!(sfu.take_refused_packets() >= 1);
+        assert_eq!(sfu.channels.len(), 1, "no channel past the cap");
+        let (_, a) = sfu.association.as_mut().unwrap();
+        assert!(a.stream(5000).is_err(), "no stream made for it");
+
+        // The browser retransmits what was refused; its next message on the good channel
+        // still arrives (the refused chunk holds nothing up on another stream, unordered).
+        now += Duration::from_secs(4);
+        browser.association.handle_timeout(now);
+        browser.send(now, 1, "still here");
+        browser.exchange(now, &mut sfu);
+        assert!(texts(&mut sfu).contains(&"still here".to_owned()));
+    }
+
+    /// Past a session's budget, packets are refused unread and counted; the budget refills.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test's starting point in time
+    fn packets_past_the_budget_are_refused() {
+        let now = Instant::now();
+        let mut sfu = DataChannelLink::new(SFU);
+        // A well-formed packet with no chunks: read (and ignored) while the budget lasts.
+        let empty = [0x13, 0x88, 0x13, 0x88, 0, 0, 0, 1, 0, 0, 0, 0];
+        let remote = "127.0.0.2:5000".parse().unwrap();
+        for _ in 0..SCTP_PACKETS_BURST as usize + 100 {
+            sfu.handle_packet(now, remote, &empty);
+        }
+        assert_eq!(sfu.take_refused_packets(), 100);
+        sfu.handle_packet(now + Duration::from_secs(1), remote, &empty);
+        assert_eq!(sfu.take_refused_packets(), 0);
     }
 }

@@ -206,7 +206,12 @@ pub fn write(
                 let mut a = transport_attrs();
                 a.push(attr("mid", line.mid.clone()));
                 a.push(attr("sctp-port", "5000"));
-                a.push(attr("max-message-size", "262144"));
+                // What is relayed: the browser then refuses a bigger send itself
+                // (`RTCDataChannel.send` throws) rather than the SFU dropping it unseen.
+                a.push(attr(
+                    "max-message-size",
+                    crate::data_channel_link::MAX_MESSAGE.to_string(),
+                ));
                 a.push(attr("candidate", candidate.clone()));
                 if let Some(tcp) = &tcp_candidate {
                     a.push(attr("candidate", tcp.clone()));

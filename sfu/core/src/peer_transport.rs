@@ -362,6 +362,11 @@ impl PeerTransport {
         self.data.take_drops()
     }
 
+    /// SCTP packets refused unread since the last call.
+    pub fn take_sctp_refused(&mut self) -> u64 {
+        self.data.take_refused_packets()
+    }
+
     fn export_keys(&mut self) -> Result<(), TransportError> {
         let state = self
             .dtls

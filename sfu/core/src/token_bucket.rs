@@ -18,6 +18,12 @@ pub const DATA_BYTES_BURST: f64 = 64.0 * 1024.0;
 pub const STUN_CHECKS_PER_SECOND: f64 = 100.0;
 pub const STUN_CHECKS_BURST: f64 = 200.0;
 
+/// SCTP packets a session's data channels may have handled: well above what its own messages
+/// (the limits above: some 30 full packets a second) and the acknowledgements of everyone
+/// else's need, and far below what would let one session's SCTP crowd its worker.
+pub const SCTP_PACKETS_PER_SECOND: f64 = 400.0;
+pub const SCTP_PACKETS_BURST: f64 = 800.0;
+
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     rate: f64,

@@ -126,7 +126,10 @@ impl Sfu {
         buf: &[u8],
         out: &mut TransmitBatch,
     ) {
-        if !self.participant_mut(idx).transport.handle_dtls(now, buf) {
+        let transport = &mut self.participant_mut(idx).transport;
+        let accepted = transport.handle_dtls(now, buf);
+        self.counters.sctp_packets_refused += transport.take_sctp_refused();
+        if !accepted {
             self.counters.dropped_malformed += 1;
         }
         self.drive_transport(now, idx, out);
