@@ -762,7 +762,19 @@ fn checked_sdp(sdp: &str, budget: &mut MessageBudget) -> Result<RemoteDescriptio
     if !budget.take(Timestamp::now()) {
         return Err(request_error(RequestError::SdpRate));
     }
-    RemoteDescription::parse(sdp).map_err(|e| error_text("bad_sdp", &e.to_string()))
+    let description =
+        RemoteDescription::parse(sdp).map_err(|e| error_text("bad_sdp", &e.to_string()))?;
+    // What the SFU refuses anyway, refused before it reaches the SFU.
+    if description.media.len() > sfu_core::sfu::MAX_LINES_PER_PARTICIPANT {
+        return Err(error_text(
+            "bad_sdp",
+            &format!(
+                "an offer may hold at most {} m-lines",
+                sfu_core::sfu::MAX_LINES_PER_PARTICIPANT
+            ),
+        ));
+    }
+    Ok(description)
 }
 
 #[cfg(test)]

@@ -693,11 +693,11 @@ impl RoomState {
     /// Returns the member when it was still here.
     fn detach(&mut self, id: &ParticipantId, fx: &mut Effects) -> Option<Member> {
         let m = self.members.remove(id)?;
-        if m.sfu_joined {
-            fx.command(Command::RemoveParticipant {
-                participant: id.clone(),
-            });
-        }
+        // Also without a session known to run: a removal of nothing costs nothing, and one
+        // that the SFU does hold must never be left behind.
+        fx.command(Command::RemoveParticipant {
+            participant: id.clone(),
+        });
         if m.media_started {
             fx.record(self.audit("media_stop", id, &m));
         }
@@ -1148,9 +1148,14 @@ impl RoomState {
         Ok(())
     }
 
-    /// The SFU refused to start `id`'s media session.
-    pub fn media_session_refused(&mut self, id: &ParticipantId) {
-        if let Some(m) = self.members.get_mut(id) {
+    /// The SFU refused to start `id`'s media session `session` (`None`: a node that does not
+    /// say which). A refusal of an earlier session than the member's current one changes
+    /// nothing: that one runs, and must stay known as running (removals, moves to the lobby
+    /// and permission changes are sent only for a session that runs).
+    pub fn media_session_refused(&mut self, id: &ParticipantId, session: Option<u32>) {
+        if let Some(m) = self.members.get_mut(id)
+            && session.is_none_or(|s| s == m.media_session)
+        {
             m.sfu_joined = false;
             m.media_connected = false;
         }
@@ -2162,6 +2167,56 @@ mod tests {
         .unwrap();
         s.media_connected(&pat, 2, at(21), &mut fx);
         assert!(fx.observations.is_empty());
+    }
+
+    /// The SFU's refusal of an earlier media session, arriving after the client started a
+    /// later one, leaves the later one known as running: a move to the lobby still takes its
+    /// media. (Before, any refused add marked the member as having no session, and the move
+    /// sent the SFU nothing while the later session went on sending and receiving.)
+    #[test]
+    fn a_late_refusal_of_an_earlier_media_session_leaves_the_later_one_governed() {
+        let mut s = visit();
+        let (doc, pat) = (ParticipantId("p-doc".into()), ParticipantId("p-pat".into()));
+        join(&mut s, &doc, "doc", Role::Clinician, 0);
+        join(&mut s, &pat, "pat", Role::Patient, 1);
+        s.apply(
+            &doc,
+            &Action::Admit(pat.clone()),
+            at(2),
+            &mut Effects::default(),
+        )
+        .unwrap();
+        let camera = OfferedVideo::sending_lines(1);
+        let mut fx = Effects::default();
+        s.offer(&pat, "one".into(), &camera, false, at(3), &mut fx)
+            .unwrap();
+        s.offer(&pat, "two".into(), &camera, true, at(3), &mut fx)
+            .unwrap();
+        let sessions: Vec<u32> = fx.commands.iter().filter_map(|c| c.session()).collect();
+        assert_eq!(sessions, [1, 2]);
+        s.media_session_refused(&pat, Some(1));
+        let mut fx = Effects::default();
+        s.apply(&doc, &Action::ToLobby(pat.clone()), at(4), &mut fx)
+            .unwrap();
+        assert!(
+            fx.commands.iter().any(|c| matches!(c,
+                Command::SetPermissions { participant, permissions }
+                    if *participant == pat && !permissions.publish && !permissions.subscribe)),
+            "{:?}",
+            fx.commands
+        );
+        // The refusal of the session that runs does end it.
+        let mut fx = Effects::default();
+        s.offer(&pat, "three".into(), &camera, true, at(20), &mut fx)
+            .unwrap();
+        s.media_session_refused(&pat, Some(3));
+        assert!(!s.member(&pat).unwrap().sfu_joined);
+        // A removal is sent whatever is known of the session.
+        let mut fx = Effects::default();
+        s.apply(&doc, &Action::Remove(pat.clone()), at(21), &mut fx)
+            .unwrap();
+        assert!(fx.commands.iter().any(|c| matches!(c,
+            Command::RemoveParticipant { participant } if *participant == pat)));
     }
 
     #[test]

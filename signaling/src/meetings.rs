@@ -893,6 +893,7 @@ impl Meetings {
                 participant,
                 error,
                 command,
+                session,
             } => {
                 if let Some(p) = participant {
                     if matches!(command.as_str(), "add_participant" | "offer") {
@@ -906,7 +907,7 @@ impl Meetings {
                     if command == "add_participant"
                         && let Some(room) = self.room_of(&p)
                     {
-                        room.lock().media_session_refused(&p);
+                        room.lock().media_session_refused(&p, session);
                     }
                     // What the client can act on: a layer request for an m-line that receives
                     // no video, or offers of ours it never answered (it starts a new session).

@@ -433,13 +433,11 @@ impl SfuControl for RemoteSfu {
                 match n.links.iter().find(|(_, l)| l.id == node).map(|(k, _)| *k) {
                     Some(key) => n.placement.reserve_room(room, key),
                     None => {
-                        let participant = command.participant().cloned();
                         drop(guard);
-                        let _ = self.events.send(Event::CommandFailed {
-                            command: command.name().to_owned(),
-                            participant,
-                            error: format!("the meeting's SFU node {node} is reconnecting"),
-                        });
+                        let _ = self.events.send(Event::command_failed(
+                            &command,
+                            format!("the meeting's SFU node {node} is reconnecting"),
+                        ));
                         return;
                     }
                 }
@@ -483,12 +481,9 @@ impl SfuControl for RemoteSfu {
                     | Command::SetPermissions { .. }
             ) => {}
             None => {
-                let participant = command.participant().cloned();
-                let _ = self.events.send(Event::CommandFailed {
-                    command: command.name().to_owned(),
-                    participant,
-                    error: "no SFU node is available".into(),
-                });
+                let _ = self
+                    .events
+                    .send(Event::command_failed(&command, "no SFU node is available"));
             }
         }
     }
@@ -530,10 +525,12 @@ mod tests {
                 command,
                 participant,
                 error,
+                session,
             }) => {
                 assert_eq!(command, "add_participant");
                 assert_eq!(participant, Some(p));
                 assert_eq!(error, "no SFU node is available");
+                assert_eq!(session, Some(2), "the refused session named");
             }
             other => panic!("expected a refusal, got {other:?}"),
         }

@@ -258,3 +258,37 @@ async fn offer_is_answered(client: &mut support::Client, media: &MediaPeer) {
         "{answered}"
     );
 }
+
+/// An offer with more m-lines than the SFU takes is refused by signaling (`bad_sdp`) before it
+/// starts a media session: a refusal that came back from the SFU after a later session had
+/// started used to cut that later session loose from removals and moves to the lobby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_with_more_lines_than_the_sfu_takes_is_refused_before_it_gets_there() {
+    let server = start();
+    let (_d, patient_media, _doctor, mut patient) = visit(&server, "visit-lines").await;
+    let offer = patient_media.offer();
+    let audio = offer.find("m=audio").expect("an audio line");
+    let end = offer[audio + 1..]
+        .find("m=")
+        .map_or(offer.len(), |n| audio + 1 + n);
+    let section = &offer[audio..end];
+    let mid_at = section.find("a=mid:").unwrap() + "a=mid:".len();
+    let mid = section[mid_at..].split("\r\n").next().unwrap();
+    let mut many = offer.clone();
+    for n in 0..64 {
+        many.push_str(&section.replace(&format!("a=mid:{mid}\r\n"), &format!("a=mid:x{n}\r\n")));
+    }
+    assert!(many.matches("m=").count() > 64);
+    patient
+        .send(json!({"type": "offer", "sdp": many, "restart": true}))
+        .await;
+    let err = patient.next_of("error").await;
+    assert_eq!(err["code"], "bad_sdp", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 64 m-lines"),
+        "{err}"
+    );
+}

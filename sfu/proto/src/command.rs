@@ -123,6 +123,14 @@ impl Command {
     }
 
     /// The participant this command is about, if any (used to route to the owning worker).
+    /// The media session an `add_participant` starts.
+    pub fn session(&self) -> Option<u32> {
+        match self {
+            Command::AddParticipant { session, .. } => Some(*session),
+            _ => None,
+        }
+    }
+
     pub fn participant(&self) -> Option<&ParticipantId> {
         match self {
             Command::AddParticipant { participant, .. }

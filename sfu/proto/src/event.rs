@@ -119,11 +119,26 @@ pub enum Event {
         command: String,
         participant: Option<ParticipantId>,
         error: String,
+        /// A refused `add_participant`'s media session ([`crate::Command::AddParticipant`]'s
+        /// `session`): a late refusal of an earlier session must not undo a later one that
+        /// runs. `None` for other commands (and from nodes before 2026-12-07).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<u32>,
     },
     Load(LoadReport),
 }
 
 impl Event {
+    /// `command` failed with `error`.
+    pub fn command_failed(command: &crate::Command, error: impl Into<String>) -> Self {
+        Event::CommandFailed {
+            command: command.name().to_owned(),
+            participant: command.participant().cloned(),
+            error: error.into(),
+            session: command.session(),
+        }
+    }
+
     /// The event's name on the wire, for logs (the event itself may carry SDP).
     pub fn kind(&self) -> &'static str {
         match self {

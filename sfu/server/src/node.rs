@@ -257,11 +257,7 @@ impl SfuNode {
                 waiting.fetch_sub(1, Ordering::AcqRel);
                 metrics::counter!("sfu_commands_refused_busy_total", "worker" => w.to_string())
                     .increment(1);
-                let failed = Event::CommandFailed {
-                    command: command.name().to_owned(),
-                    participant: command.participant().cloned(),
-                    error: sfu_proto::BUSY.into(),
-                };
+                let failed = Event::command_failed(&command, sfu_proto::BUSY);
                 // A refused add must not stay placed on the worker.
                 if let Ok(mut p) = self.placement.lock() {
                     p.observe(&failed);

@@ -88,11 +88,23 @@ impl<T: Copy + Eq + Hash> RoomPlacement<T> {
     /// Undoes the placement of an add the SFU refused, and notes a media session that ended.
     pub fn observe(&mut self, event: &Event) {
         match event {
+            // Only the session it placed: a refusal of an earlier one, arriving after a later
+            // add was routed, must not unplace the session that runs (commands to it would
+            // then go nowhere: a removal, a move to the lobby).
             Event::CommandFailed {
                 command,
                 participant: Some(participant),
+                session,
                 ..
-            } if command == "add_participant" => self.release(participant),
+            } if command == "add_participant"
+                && session.is_none_or(|s| {
+                    self.participants
+                        .get(participant)
+                        .is_some_and(|(_, _, placed)| *placed == s)
+                }) =>
+            {
+                self.release(participant)
+            }
             Event::Disconnected {
                 participant,
                 session,
@@ -241,6 +253,52 @@ mod tests {
         }
     }
 
+    /// A refused add unplaces its own session only: the refusal of an earlier session that
+    /// arrives after a later add was routed leaves the later one placed, so a removal still
+    /// reaches it.
+    #[test]
+    fn a_late_refusal_of_an_earlier_session_leaves_the_later_one_placed() {
+        let mut p = RoomPlacement::<usize>::default();
+        let least = |_: &RoomPlacement<usize>| Some(0);
+        let refused = |session| Event::CommandFailed {
+            command: "add_participant".into(),
+            participant: Some(ParticipantId::from("a")),
+            error: "too many m-lines".into(),
+            session: Some(session),
+        };
+        let with_session = |session| match add("r", "a") {
+            Command::AddParticipant {
+                room,
+                participant,
+                offer_sdp,
+                permissions,
+                ..
+            } => Command::AddParticipant {
+                room,
+                participant,
+                offer_sdp,
+                permissions,
+                session,
+            },
+            _ => unreachable!(),
+        };
+        p.route(&with_session(1), least);
+        p.route(&with_session(2), least);
+        p.observe(&refused(1));
+        assert_eq!(p.target_of(&ParticipantId::from("a")), Some(0));
+        let rm = Command::RemoveParticipant {
+            participant: ParticipantId::from("a"),
+        };
+        assert_eq!(
+            p.route(&rm, least),
+            Some(0),
+            "the removal reaches session 2"
+        );
+        p.route(&with_session(3), least);
+        p.observe(&refused(3));
+        assert_eq!(p.target_of(&ParticipantId::from("a")), None);
+    }
+
     #[test]
     fn a_target_does_not_speak_for_what_is_placed_on_another() {
         let mut p = RoomPlacement::<usize>::default();
@@ -302,6 +360,7 @@ mod tests {
             command: "add_participant".into(),
             participant: Some(ParticipantId::from("c")),
             error: "refused".into(),
+            session: None,
         });
         assert_eq!(p.count(0), 0);
         // r1 is empty now: its next participant goes wherever is least loaded.

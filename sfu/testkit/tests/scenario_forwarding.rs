@@ -979,6 +979,7 @@ fn an_offer_the_client_declines_is_given_up_at_once_and_nothing_waits_behind_it(
                     command,
                     participant: Some(p),
                     error,
+                    ..
                 } if p.as_str() == "picky" => Some((command.clone(), error.clone())),
                 _ => None,
             })

@@ -111,7 +111,7 @@ struct Room {
 }
 
 /// m-lines one participant's session may hold (its own and the SFU's together).
-const MAX_LINES_PER_PARTICIPANT: usize = 64;
+pub const MAX_LINES_PER_PARTICIPANT: usize = 64;
 /// Tracks one participant may publish; further sending m-lines are answered inactive.
 const MAX_AUDIO_TRACKS: usize = 2;
 const MAX_VIDEO_TRACKS: usize = 4;
@@ -328,6 +328,7 @@ impl Sfu {
         }
         let participant = command.participant().cloned();
         let name = command.name();
+        let session = command.session();
         let result = match command {
             Command::AddParticipant {
                 room,
@@ -405,6 +406,7 @@ impl Sfu {
                 command: name.to_owned(),
                 participant,
                 error,
+                session,
             });
         }
     }

@@ -540,6 +540,7 @@ impl Sfu {
             command: "sfu_offer".into(),
             participant: Some(participant),
             error,
+            session: None,
         });
     }
 
