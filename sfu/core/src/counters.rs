@@ -15,7 +15,8 @@ pub struct Counters {
     pub dropped_unknown_ssrc: u64,
     pub dropped_replay: u64,
     pub dropped_auth: u64,
-    /// Media from a participant without publish permission (the waiting room).
+    /// Media from a participant without publish permission (the waiting room), and media
+    /// still held in the pacer of one whose subscribe permission was taken away.
     pub dropped_blocked: u64,
     pub seal_failures: u64,
     pub nacks_in: u64,
@@ -327,7 +328,7 @@ impl Counters {
         ),
         (
             "sfu_dropped_blocked_total",
-            "Media from participants not allowed to publish (the waiting room), dropped.",
+            "Media from participants not allowed to publish (the waiting room), and media held for one moved there, dropped.",
         ),
         (
             "sfu_seal_failures_total",

@@ -94,6 +94,13 @@ impl Pacer {
         });
     }
 
+    /// Drops everything waiting (its subscriber may no longer receive it). Returns how many.
+    pub fn clear(&mut self) -> usize {
+        let dropped = self.queue.len();
+        self.queue.clear();
+        dropped
+    }
+
     /// Whether the queue is full: the oldest must leave before another is queued.
     pub fn is_full(&self) -> bool {
         self.queue.len() >= PACER_SLOTS

@@ -937,3 +937,64 @@ fn behind_a_policer_a_failed_step_up_costs_little_picture() {
         "on the layer the link carries"
     );
 }
+
+/// A subscriber whose estimate binds, sent back to the waiting room while its pacer holds a
+/// keyframe burst: nothing of others' media leaves for it after the move (before, what its
+/// pacer held went out after it: here 49 packets over 180 ms).
+#[test]
+fn a_subscriber_moved_to_the_waiting_room_gets_nothing_its_pacer_held() {
+    let mut call = Call::with_config(
+        29,
+        &[Link::shaped(3_000_000, Duration::from_millis(100))],
+        |c| c.pacing = true,
+    );
+    // Keyframes of 30 packets: some 150 ms of the subscriber's estimate.
+    call.camera.keyframe_scale = 30;
+    call.run(Duration::from_secs(3));
+    call.net
+        .set_downlink(1, Link::shaped(900_000, Duration::from_millis(80)));
+    call.run(Duration::from_secs(6));
+    // The subscriber asks for a keyframe; step until its first packets have left for the
+    // subscriber (the rest wait in the pacer).
+    let ssrc = call.net.peers[1]
+        .incoming_from("pub", MediaKind::Video)
+        .expect("the camera offered")
+        .ssrc;
+    let keyframes = call.camera.keyframes;
+    call.net.peers[1].send_pli(ssrc);
+    let mut waited = 0;
+    while call.camera.keyframes == keyframes {
+        call.run(Duration::from_millis(1));
+        waited += 1;
+        assert!(waited < 2_000, "no keyframe came");
+    }
+    let sent_before = |call: &Call| {
+        call.net.deliveries[1]
+            .iter()
+            .filter(|d| d.size > 300)
+            .count()
+    };
+    let media = sent_before(&call);
+    while sent_before(&call) < media + 4 {
+        call.run(Duration::from_millis(1));
+        waited += 1;
+        assert!(waited < 4_000, "the keyframe did not come");
+    }
+    let moved_at = call.net.now;
+    let id = call.net.id(1).clone();
+    call.net.command(sfu_proto::Command::SetPermissions {
+        participant: id,
+        permissions: Permissions {
+            publish: true,
+            subscribe: false,
+        },
+    });
+    call.run(Duration::from_secs(2));
+    // Media datagrams (RTCP to the subscriber is smaller than any media packet here).
+    let after: Vec<_> = call.net.deliveries[1]
+        .iter()
+        .filter(|d| d.sent > moved_at && d.size > 300)
+        .map(|d| (d.sent - moved_at, d.size))
+        .collect();
+    assert!(after.is_empty(), "media sent after the move: {after:?}");
+}

@@ -119,8 +119,13 @@ impl Sfu {
     ) -> Result<(), String> {
         let idx = self.lookup(id)?;
         let before = std::mem::replace(&mut self.participant_mut(idx).permissions, permissions);
-        if before.subscribe && !permissions.subscribe && self.unsubscribe_all(idx) {
-            self.renegotiate(idx);
+        if before.subscribe && !permissions.subscribe {
+            // What the pacer still holds for it is others' media too: none of it leaves now.
+            let held = self.participant_mut(idx).downlink.pacer.clear();
+            self.counters.dropped_blocked += held as u64;
+            if self.unsubscribe_all(idx) {
+                self.renegotiate(idx);
+            }
         }
         if !before.subscribe && permissions.subscribe {
             self.subscribe_to_room(idx);
