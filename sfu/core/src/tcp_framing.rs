@@ -13,20 +13,15 @@ pub const MEDIA_QUEUE_LIMIT: usize = 256 * 1024;
 /// Queued output past which the connection is closed (control cannot be delivered either).
 pub const HARD_QUEUE_LIMIT: usize = 1024 * 1024;
 
+/// A reader's buffer at first: media frames fit; it grows to a whole largest frame only for a
+/// peer that sends one, so thousands of idle connections hold kilobytes each, not 64 KiB.
+const FIRST_BUFFER: usize = 4096;
+
 /// Decodes RFC 4571 frames from a byte stream.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct FrameReader {
     buf: Vec<u8>,
     len: usize,
-}
-
-impl Default for FrameReader {
-    fn default() -> Self {
-        Self {
-            buf: vec![0; FRAME_HEADER + MAX_FRAME],
-            len: 0,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -34,8 +29,15 @@ impl Default for FrameReader {
 pub struct BadFrame;
 
 impl FrameReader {
-    /// The free part of the buffer to read into; call [`Self::filled`] with the count read.
+    /// The free part of the buffer to read into (never empty); call [`Self::filled`] with the
+    /// count read.
     pub fn spare(&mut self) -> &mut [u8] {
+        // Full (and drained: no whole frame in it), so a frame longer than the buffer is
+        // coming. At its largest the buffer holds any frame, so it is never full then.
+        if self.len == self.buf.len() {
+            let grown = (self.buf.len() * 2).clamp(FIRST_BUFFER, FRAME_HEADER + MAX_FRAME);
+            self.buf.resize(grown, 0);
+        }
         &mut self.buf[self.len..]
     }
 
@@ -171,6 +173,27 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    /// A reader holds a few kilobytes until a frame needs more; the largest frame, read in
+    /// pieces of whatever the buffer offers, still comes out whole.
+    #[test]
+    fn the_buffer_grows_only_for_a_frame_that_needs_it() {
+        let mut r = FrameReader::default();
+        assert_eq!(r.spare().len(), FIRST_BUFFER);
+        let stream = framed(&[&[0x80; 1200], &[7; MAX_FRAME], &[9]]);
+        let mut got: Vec<usize> = Vec::new();
+        let mut at = 0;
+        while at < stream.len() {
+            let spare = r.spare();
+            let n = spare.len().min(1000).min(stream.len() - at);
+            spare[..n].copy_from_slice(&stream[at..at + n]);
+            r.filled(n);
+            at += n;
+            r.drain(|f| got.push(f.len())).unwrap();
+        }
+        assert_eq!(got, vec![1200, MAX_FRAME, 1]);
+        assert!(r.buf.len() <= FRAME_HEADER + MAX_FRAME);
     }
 
     #[test]

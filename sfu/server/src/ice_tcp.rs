@@ -97,8 +97,9 @@ struct TcpLink {
     stream: TcpStream,
     /// Its key in the worker's epoll set.
     token: u64,
-    /// Where it comes from (counted per source); the core knows it by `stream_address`.
-    peer_ip: std::net::IpAddr,
+    /// The source it counts against (its address, or its IPv6 /64); the core knows it by
+    /// `stream_address`.
+    source: std::net::IpAddr,
     /// Registered for writability (its queue holds something the socket did not take).
     writing: bool,
     reader: FrameReader,
@@ -366,7 +367,9 @@ impl IceTcp {
         for _ in 0..64 {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
-                    let from_source = self.per_source.get(&peer.ip()).copied().unwrap_or(0);
+                    // An IPv6 host may use any address of its /64: the /64 is one source.
+                    let source = crate::counted_source::counted_source(peer.ip());
+                    let from_source = self.per_source.get(&source).copied().unwrap_or(0);
                     if self.links.len() >= MAX_LINKS
                         || from_source >= MAX_LINKS_PER_SOURCE
                         || stream.set_nonblocking(true).is_err()
@@ -391,7 +394,7 @@ impl IceTcp {
                     // Never a UDP client's path, whatever its address and port.
                     let addr = stream_address::of_stream(peer);
                     self.tokens.insert(token, addr);
-                    *self.per_source.entry(peer.ip()).or_default() += 1;
+                    *self.per_source.entry(source).or_default() += 1;
                     let _ = stream.set_nodelay(true);
                     limit_send_buffer(&stream);
                     self.counters.accepted += 1;
@@ -400,7 +403,7 @@ impl IceTcp {
                         TcpLink {
                             stream,
                             token,
-                            peer_ip: peer.ip(),
+                            source,
                             writing: false,
                             reader: FrameReader::default(),
                             out: FrameQueue::default(),
@@ -505,7 +508,7 @@ impl IceTcp {
             // Closing the stream would drop it from the set as well; said explicitly.
             let _ = self.ctl(libc::EPOLL_CTL_DEL, link.stream.as_raw_fd(), 0, link.token);
             if let std::collections::hash_map::Entry::Occupied(mut e) =
-                self.per_source.entry(link.peer_ip)
+                self.per_source.entry(link.source)
             {
                 *e.get_mut() -= 1;
                 if *e.get() == 0 {
