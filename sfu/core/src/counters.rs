@@ -22,6 +22,8 @@ pub struct Counters {
     pub nacks_in: u64,
     pub nacks_out: u64,
     pub nacks_unrepairable: u64,
+    /// Sequence numbers NACKs named past their subscriber's budget: not looked up.
+    pub nacks_refused: u64,
     pub retransmissions_out: u64,
     pub repairs_received: u64,
     pub duplicate_repairs: u64,
@@ -102,6 +104,7 @@ impl std::ops::AddAssign for Counters {
             nacks_in,
             nacks_out,
             nacks_unrepairable,
+            nacks_refused,
             retransmissions_out,
             repairs_received,
             duplicate_repairs,
@@ -153,6 +156,7 @@ impl std::ops::AddAssign for Counters {
         self.nacks_in += nacks_in;
         self.nacks_out += nacks_out;
         self.nacks_unrepairable += nacks_unrepairable;
+        self.nacks_refused += nacks_refused;
         self.retransmissions_out += retransmissions_out;
         self.repairs_received += repairs_received;
         self.duplicate_repairs += duplicate_repairs;
@@ -191,7 +195,7 @@ impl std::ops::AddAssign for Counters {
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 50] {
+    pub fn named(&self) -> [(&'static str, u64); 51] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -213,6 +217,7 @@ impl Counters {
             ("sfu_nacks_in_total", self.nacks_in),
             ("sfu_nacks_out_total", self.nacks_out),
             ("sfu_nacks_unrepairable_total", self.nacks_unrepairable),
+            ("sfu_nacks_refused_total", self.nacks_refused),
             ("sfu_retransmissions_out_total", self.retransmissions_out),
             ("sfu_repairs_received_total", self.repairs_received),
             ("sfu_duplicate_repairs_total", self.duplicate_repairs),
@@ -277,7 +282,7 @@ impl Counters {
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 50] = [
+    pub const HELP: [(&'static str, &'static str); 51] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -345,6 +350,10 @@ impl Counters {
         (
             "sfu_nacks_unrepairable_total",
             "Requested packets no longer in the retransmission cache.",
+        ),
+        (
+            "sfu_nacks_refused_total",
+            "Sequence numbers NACKs named past their subscriber's budget (2,000 a second), not looked up.",
         ),
         (
             "sfu_retransmissions_out_total",

@@ -76,6 +76,8 @@ pub struct Participant {
     /// Connectivity checks of its client the SFU may still handle (each costs two HMACs, an
     /// answer, and maybe a check of ours, to whatever source it claims).
     pub stun_budget: TokenBucket,
+    /// Sequence numbers its NACKs may still have looked up.
+    pub nack_budget: TokenBucket,
     /// Extension ids the participant's browser uses, by URI, so SFU offers reuse them.
     pub offered_extmaps: Vec<(u8, String)>,
     /// The formats the participant's offers numbered (every codec of every m-line, one per

@@ -18,6 +18,13 @@ pub const DATA_BYTES_BURST: f64 = 64.0 * 1024.0;
 pub const STUN_CHECKS_PER_SECOND: f64 = 100.0;
 pub const STUN_CHECKS_BURST: f64 = 200.0;
 
+/// Sequence numbers a subscriber's NACKs may have looked up, over all it receives: each is a
+/// search of the cache and of the subscription's renumbering, and one NACK packet can name
+/// thousands. A phone losing a tenth of 2 Mbit/s of video names some 20 a second, asking again
+/// for each every round trip until it comes: a few hundred a second, for several videos.
+pub const NACKED_PER_SECOND: f64 = 2000.0;
+pub const NACKED_BURST: f64 = 4000.0;
+
 /// SCTP packets a session's data channels may have handled: well above what its own messages
 /// (the limits above: some 30 full packets a second) and the acknowledgements of everyone
 /// else's need, and far below what would let one session's SCTP crowd its worker.

@@ -268,6 +268,54 @@ fn a_subscriber_that_nacks_everything_uses_up_no_one_elses_repairs() {
     assert!(repaired.values().all(|&n| n <= 3), "{repaired:?}");
 }
 
+/// NACK packets naming thousands of sequence numbers each (one datagram can name about 6,000)
+/// cost the worker a bounded number of lookups: past the subscriber's budget they are counted
+/// and not looked up. The budget refills, and an honest NACK is repaired after.
+#[test]
+fn nacks_naming_thousands_of_numbers_are_looked_up_only_within_a_budget() {
+    let mut net = sub_c_on_a_lossy_downlink(13);
+    let mut tick = 0;
+    net.run(Duration::from_secs(2), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let ssrc = pub_a_video(&net, 3).expect("line");
+    let (looked_up, refused) = (net.sfu.counters.nacks_in, net.sfu.counters.nacks_refused);
+    // 20 packets of 100 pairs, each naming 17 numbers.
+    let mut named = 0;
+    for round in 0..20u16 {
+        let seqs: Vec<u16> = (0..1_700u16)
+            .map(|i| round.wrapping_mul(1_700).wrapping_add(i))
+            .collect();
+        net.peers[3].send_nack(ssrc, &seqs);
+        named += seqs.len() as u64;
+    }
+    net.run(Duration::from_millis(100), |_| {});
+    let looked_up = net.sfu.counters.nacks_in - looked_up;
+    let refused = net.sfu.counters.nacks_refused - refused;
+    assert_eq!(looked_up + refused, named, "every number counted one way");
+    assert!(
+        looked_up <= sfu_core::token_bucket::NACKED_BURST as u64 + 20,
+        "looked up {looked_up} at once"
+    );
+    // Meanwhile, and a second on, sub-c's holes of that second are repaired from the cache
+    // (it has its own budget; those before it were never asked for here).
+    let ssrc_c = pub_a_video(&net, 2).unwrap();
+    let older = net.peers[2].missing(ssrc_c);
+    net.run(Duration::from_secs(1), |n| {
+        send_media(n, &[0, 1], &mut tick);
+        if tick.is_multiple_of(20) {
+            nack_holes(n, 2);
+        }
+    });
+    repair_the_rest(&mut net, 2);
+    let left: Vec<u16> = net.peers[2]
+        .missing(ssrc_c)
+        .into_iter()
+        .filter(|s| !older.contains(s))
+        .collect();
+    assert_eq!(left, Vec::<u16>::new(), "new holes left unrepaired");
+}
+
 /// A request inside the throttle interval is not lost: it goes out once the interval ends
 /// (the timer visits the layers holding one), and only once.
 #[test]

@@ -242,15 +242,21 @@ impl Sfu {
             return;
         };
         let twcc_ext = sub.ext.transport_cc;
+        // The numbers this packet names, and how many of them its budget lets be looked up.
+        let named: u64 = nack
+            .nacks
+            .iter()
+            .map(|p| 1 + u64::from(p.lost_packets.count_ones()))
+            .sum();
+        let allowed = (sub.nack_budget.available(now).max(0.0) as u64).min(named);
+        sub.nack_budget.take(now, allowed as f64);
+        self.counters.nacks_refused += named - allowed;
+        let mut left = allowed;
         let subscription = &mut sub.subscriptions[s];
         // Only as RTX: resending on the media SSRC would seal a different header under the same
         // SRTP nonce as the original (RFC 7714 forbids nonce reuse).
         let Some(rtx_pt) = subscription.rtx_payload_type else {
-            self.counters.nacks_unrepairable += nack
-                .nacks
-                .iter()
-                .map(|p| p.packet_list().len() as u64)
-                .sum::<u64>();
+            self.counters.nacks_unrepairable += allowed;
             return;
         };
         // Repairs come from the layer being forwarded; NACKs from before a switch map to none.
@@ -262,74 +268,76 @@ impl Sfu {
         };
         let renumber = track.format == PayloadFormat::Vp8;
         let cache = &track.layers[layer].cache;
-        for pair in &nack.nacks {
-            for seq in pair.packet_list() {
-                self.counters.nacks_in += 1;
-                let Some(in_ext) = subscription.unmap(seq) else {
-                    continue;
-                };
-                let Some(out_ext) = subscription.out_ext(in_ext) else {
-                    continue;
-                };
-                let Some((meta, payload)) = cache.get(in_ext) else {
-                    self.counters.nacks_unrepairable += 1;
-                    continue;
-                };
-                let at = if renumber {
-                    Vp8Descriptor::of(payload)
-                } else {
-                    Vp8Descriptor::default()
-                };
-                // Not a packet of a temporal layer the subscriber no longer got when it came (a
-                // NACK for the gap a late packet of one left): its references may be missing.
-                // Nor one whose picture is older than the numbering remembers.
-                if at
-                    .temporal
-                    .is_some_and(|tid| !subscription.temporal.passes(tid, in_ext))
-                    || !subscription.vp8.places(payload, at)
-                    || !subscription.resends.allow(out_ext, max, cache_slots)
-                {
-                    self.counters.nacks_unrepairable += 1;
-                    continue;
+        for seq in nack.nacks.iter().copied().flatten() {
+            if left == 0 {
+                break;
+            }
+            left -= 1;
+            self.counters.nacks_in += 1;
+            let Some(in_ext) = subscription.unmap(seq) else {
+                continue;
+            };
+            let Some(out_ext) = subscription.out_ext(in_ext) else {
+                continue;
+            };
+            let Some((meta, payload)) = cache.get(in_ext) else {
+                self.counters.nacks_unrepairable += 1;
+                continue;
+            };
+            let at = if renumber {
+                Vp8Descriptor::of(payload)
+            } else {
+                Vp8Descriptor::default()
+            };
+            // Not a packet of a temporal layer the subscriber no longer got when it came (a
+            // NACK for the gap a late packet of one left): its references may be missing.
+            // Nor one whose picture is older than the numbering remembers.
+            if at
+                .temporal
+                .is_some_and(|tid| !subscription.temporal.passes(tid, in_ext))
+                || !subscription.vp8.places(payload, at)
+                || !subscription.resends.allow(out_ext, max, cache_slots)
+            {
+                self.counters.nacks_unrepairable += 1;
+                continue;
+            }
+            let out_ts = meta.timestamp.wrapping_add(subscription.ts_delta);
+            let slot = out.slot();
+            subscription.rtx_ext_seq += 1;
+            let (ssrc, seq_ext, pt) = (subscription.rtx_ssrc, subscription.rtx_ext_seq, rtx_pt);
+            let mut w = HeaderWriter::new(slot, meta.marker, pt, seq_ext as u16, out_ts, ssrc);
+            let twcc_seq = sub.twcc_out_seq;
+            if let Some(id) = twcc_ext {
+                w.extension(id, &twcc_seq.to_be_bytes());
+                sub.twcc_out_seq = twcc_seq.wrapping_add(1);
+            }
+            let hlen = w.finish();
+            // (Not paced: a repair is what a subscriber waits for, and there are few.)
+            // RTX payload: the original sequence number, then the original payload.
+            slot[hlen..hlen + 2].copy_from_slice(&(out_ext as u16).to_be_bytes());
+            let mut len = hlen + 2;
+            slot[len..len + payload.len()].copy_from_slice(payload);
+            if renumber {
+                subscription
+                    .vp8
+                    .rewrite_repair(&mut slot[len..len + payload.len()], at);
+            }
+            len += payload.len();
+            if let Ok(n) = ctx.seal_rtp(
+                slot,
+                len,
+                hlen,
+                ssrc,
+                (seq_ext >> 16) as u32,
+                seq_ext as u16,
+            ) {
+                if twcc_ext.is_some() {
+                    sub.downlink.history.record(twcc_seq, now, n, None);
                 }
-                let out_ts = meta.timestamp.wrapping_add(subscription.ts_delta);
-                let slot = out.slot();
-                subscription.rtx_ext_seq += 1;
-                let (ssrc, seq_ext, pt) = (subscription.rtx_ssrc, subscription.rtx_ext_seq, rtx_pt);
-                let mut w = HeaderWriter::new(slot, meta.marker, pt, seq_ext as u16, out_ts, ssrc);
-                let twcc_seq = sub.twcc_out_seq;
-                if let Some(id) = twcc_ext {
-                    w.extension(id, &twcc_seq.to_be_bytes());
-                    sub.twcc_out_seq = twcc_seq.wrapping_add(1);
-                }
-                let hlen = w.finish();
-                // (Not paced: a repair is what a subscriber waits for, and there are few.)
-                // RTX payload: the original sequence number, then the original payload.
-                slot[hlen..hlen + 2].copy_from_slice(&(out_ext as u16).to_be_bytes());
-                let mut len = hlen + 2;
-                slot[len..len + payload.len()].copy_from_slice(payload);
-                if renumber {
-                    subscription
-                        .vp8
-                        .rewrite_repair(&mut slot[len..len + payload.len()], at);
-                }
-                len += payload.len();
-                if let Ok(n) = ctx.seal_rtp(
-                    slot,
-                    len,
-                    hlen,
-                    ssrc,
-                    (seq_ext >> 16) as u32,
-                    seq_ext as u16,
-                ) {
-                    if twcc_ext.is_some() {
-                        sub.downlink.history.record(twcc_seq, now, n, None);
-                    }
-                    out.commit(dest, n);
-                    self.counters.retransmissions_out += 1;
-                    self.counters.packets_out += 1;
-                    self.counters.bytes_out += n as u64;
-                }
+                out.commit(dest, n);
+                self.counters.retransmissions_out += 1;
+                self.counters.packets_out += 1;
+                self.counters.bytes_out += n as u64;
             }
         }
     }

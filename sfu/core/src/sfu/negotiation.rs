@@ -14,7 +14,9 @@ use crate::participant::{
 use crate::peer_transport::PeerTransport;
 use crate::remote_description::{RemoteDescription, SdpError};
 use crate::ssrc_routes::SsrcRoutes;
-use crate::token_bucket::{STUN_CHECKS_BURST, STUN_CHECKS_PER_SECOND, TokenBucket};
+use crate::token_bucket::{
+    NACKED_BURST, NACKED_PER_SECOND, STUN_CHECKS_BURST, STUN_CHECKS_PER_SECOND, TokenBucket,
+};
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
 use crate::twcc_feedback::TwccRecorder;
@@ -65,6 +67,7 @@ impl Sfu {
             offered_formats: Vec::new(),
             data_budget: Default::default(),
             stun_budget: TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST),
+            nack_budget: TokenBucket::new(NACKED_PER_SECOND, NACKED_BURST),
             published: Vec::new(),
             ssrc_routes: SsrcRoutes::default(),
             subscriptions: Vec::new(),
