@@ -24,6 +24,9 @@ pub struct Counters {
     pub nacks_unrepairable: u64,
     /// Sequence numbers NACKs named past their subscriber's budget: not looked up.
     pub nacks_refused: u64,
+    /// Sender reports of a publisher not passed on (another of the layer's went moments
+    /// before; the next carries the latest).
+    pub sender_reports_held: u64,
     pub retransmissions_out: u64,
     pub repairs_received: u64,
     pub duplicate_repairs: u64,
@@ -105,6 +108,7 @@ impl std::ops::AddAssign for Counters {
             nacks_out,
             nacks_unrepairable,
             nacks_refused,
+            sender_reports_held,
             retransmissions_out,
             repairs_received,
             duplicate_repairs,
@@ -157,6 +161,7 @@ impl std::ops::AddAssign for Counters {
         self.nacks_out += nacks_out;
         self.nacks_unrepairable += nacks_unrepairable;
         self.nacks_refused += nacks_refused;
+        self.sender_reports_held += sender_reports_held;
         self.retransmissions_out += retransmissions_out;
         self.repairs_received += repairs_received;
         self.duplicate_repairs += duplicate_repairs;
@@ -195,7 +200,7 @@ impl std::ops::AddAssign for Counters {
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 51] {
+    pub fn named(&self) -> [(&'static str, u64); 52] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -218,6 +223,7 @@ impl Counters {
             ("sfu_nacks_out_total", self.nacks_out),
             ("sfu_nacks_unrepairable_total", self.nacks_unrepairable),
             ("sfu_nacks_refused_total", self.nacks_refused),
+            ("sfu_sender_reports_held_total", self.sender_reports_held),
             ("sfu_retransmissions_out_total", self.retransmissions_out),
             ("sfu_repairs_received_total", self.repairs_received),
             ("sfu_duplicate_repairs_total", self.duplicate_repairs),
@@ -282,7 +288,7 @@ impl Counters {
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 51] = [
+    pub const HELP: [(&'static str, &'static str); 52] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -354,6 +360,10 @@ impl Counters {
         (
             "sfu_nacks_refused_total",
             "Sequence numbers NACKs named past their subscriber's budget (2,000 a second), not looked up.",
+        ),
+        (
+            "sfu_sender_reports_held_total",
+            "Publishers' sender reports not passed on: another of the layer's went less than 500 ms before.",
         ),
         (
             "sfu_retransmissions_out_total",

@@ -28,6 +28,8 @@ pub struct TrackLayer {
     /// The publisher's last sender report of this layer: (NTP time, RTP timestamp). Layers
     /// have unrelated RTP timestamp origins; two reports relate them at a switch.
     pub sender_report: Option<(u64, u32)>,
+    /// When a sender report of this layer was last passed on to its subscribers.
+    pub sender_report_relayed: Option<Instant>,
     /// What the layer costs a subscriber's link (media packets as received, repairs aside).
     pub bitrate: BitrateMeter,
     /// The same per VP8 temporal layer (TID 0–3), for streams that say theirs.
@@ -65,6 +67,7 @@ impl TrackLayer {
             last_keyframe_request: None,
             keyframe_pending: false,
             sender_report: None,
+            sender_report_relayed: None,
             bitrate: BitrateMeter::default(),
             temporal_bitrate: Default::default(),
             suspended: false,

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 
 /// Room for an MTU-sized datagram plus SRTP/SRTCP trailers and a rewritten header.
 pub const SLOT_SIZE: usize = 1600;
+/// Slots a batch keeps however little it held (6.4 MB): a busy worker's usual batch.
+const KEPT_SLOTS: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct TransmitBatch {
@@ -65,7 +67,44 @@ impl TransmitBatch {
         (dest, &self.data[start..start + len])
     }
 
+    /// Empties the batch. Buffers grown far past what the batch just held (a burst) are given
+    /// back, so that one burst does not hold its memory for the worker's life.
     pub fn clear(&mut self) {
+        let used = self.meta.len();
         self.meta.clear();
+        let kept = (used * 2).max(KEPT_SLOTS) * SLOT_SIZE;
+        if self.data.len() > kept && used < self.data.len() / SLOT_SIZE / 8 {
+            self.data.truncate(kept);
+            self.data.shrink_to_fit();
+            self.meta.shrink_to(used.max(KEPT_SLOTS));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst grows the batch; a later, ordinary batch gives the memory back, and a busy
+    /// worker's usual batch keeps its buffers.
+    #[test]
+    fn a_burst_does_not_hold_its_memory() {
+        let dest: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut batch = TransmitBatch::new();
+        for _ in 0..40_000 {
+            batch.push(dest, &[0x80; 100]);
+        }
+        batch.clear();
+        assert_eq!(batch.data.len(), 40_000 * SLOT_SIZE, "kept: as full again");
+        batch.push(dest, &[0x80; 100]);
+        batch.clear();
+        assert_eq!(batch.data.len(), KEPT_SLOTS * SLOT_SIZE);
+        for _ in 0..KEPT_SLOTS {
+            batch.push(dest, &[0x80; 100]);
+        }
+        batch.clear();
+        batch.push(dest, &[1]);
+        assert_eq!(batch.get(0).1, &[1]);
+        assert_eq!(batch.data.len(), KEPT_SLOTS * SLOT_SIZE);
     }
 }

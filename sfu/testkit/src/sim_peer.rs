@@ -87,6 +87,8 @@ pub struct SimPeer {
     pub incoming: Vec<IncomingLine>,
     pub received: HashMap<u32, Vec<ReceivedPacket>>,
     pub plis_received: u32,
+    /// Sender reports received (relayed by the SFU for the publishers it forwards).
+    pub sender_reports_received: u32,
     /// Media SSRCs named by PLIs received, in order (a keyframe is owed on each).
     pub pli_ssrcs: Vec<u32>,
     /// Per incoming SSRC: packets already reported on and the highest sequence number then.
@@ -229,6 +231,7 @@ impl SimPeer {
             incoming: Vec::new(),
             received: HashMap::new(),
             plis_received: 0,
+            sender_reports_received: 0,
             pli_ssrcs: Vec::new(),
             report_marks: HashMap::new(),
             nacks_received: 0,
@@ -796,6 +799,11 @@ impl SimPeer {
                 if self.pli_ssrcs.len() < 64 {
                     self.pli_ssrcs.push(pli.media_ssrc);
                 }
+            } else if any
+                .downcast_ref::<rtc_rtcp::sender_report::SenderReport>()
+                .is_some()
+            {
+                self.sender_reports_received += 1;
             } else if let Some(rr) =
                 any.downcast_ref::<rtc_rtcp::receiver_report::ReceiverReport>()
             {

@@ -316,6 +316,39 @@ fn nacks_naming_thousands_of_numbers_are_looked_up_only_within_a_budget() {
     assert_eq!(left, Vec::<u16>::new(), "new holes left unrepaired");
 }
 
+/// A publisher's sender reports reach its subscribers at most every half second: 50 in one
+/// datagram (28 bytes each) used to become 50 to every subscriber, outside the pacer.
+#[test]
+fn a_publishers_flood_of_sender_reports_is_passed_on_once() {
+    let mut net = two_publishers_three_subscribers(14);
+    let mut tick = 0;
+    net.run(Duration::from_secs(1), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let video = net.peers[0].tracks[1].ssrc;
+    let mut compound = Vec::new();
+    for i in 0..50u64 {
+        let mut sr = [0u8; 28];
+        sfu_core::rtcp_writer::sender_report(&mut sr, video, (i + 1) << 32, 90_000, 100, 100_000);
+        compound.extend_from_slice(&sr);
+    }
+    let before: Vec<u32> = (2..5)
+        .map(|p| net.peers[p].sender_reports_received)
+        .collect();
+    net.peers[0].send_rtcp(&compound);
+    net.run(Duration::from_millis(100), |_| {});
+    let after: Vec<u32> = (2..5)
+        .map(|p| net.peers[p].sender_reports_received)
+        .collect();
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            a - b <= 1,
+            "sender reports relayed: {before:?} -> {after:?}"
+        );
+    }
+    assert!(net.sfu.counters.sender_reports_held >= 49);
+}
+
 /// A request inside the throttle interval is not lost: it goes out once the interval ends
 /// (the timer visits the layers holding one), and only once.
 #[test]

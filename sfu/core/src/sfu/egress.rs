@@ -8,6 +8,9 @@ use crate::pacer::PacketSeal;
 use crate::participant::Participant;
 use crate::payload_format::PayloadFormat;
 use crate::rtcp_writer;
+
+/// The shortest time between two sender reports of one layer passed on to its subscribers.
+const SENDER_REPORT_RELAY_INTERVAL: Duration = Duration::from_millis(500);
 use crate::rtp_header::HeaderWriter;
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
 use crate::subscription::Flow;
@@ -442,6 +445,18 @@ impl Sfu {
             if let Some(inb) = layer.inbound.as_mut() {
                 inb.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
             }
+            // Passed on at most every half second (browsers send one a second or less): each
+            // goes to every subscriber of the layer, outside the pacer and the estimate, so a
+            // publisher sending dozens in one datagram would flood everyone's downlink. The
+            // latest is what counts, and is what the next one passed on carries.
+            if layer
+                .sender_report_relayed
+                .is_some_and(|t| now.saturating_duration_since(t) < SENDER_REPORT_RELAY_INTERVAL)
+            {
+                self.counters.sender_reports_held += 1;
+                return;
+            }
+            layer.sender_report_relayed = Some(now);
             track.subscribers.clone()
         };
         for (s, sub_idx) in subscribers {
