@@ -128,16 +128,30 @@ pub struct Participant {
     pub early_dtls: Option<(SocketAddr, Vec<Box<[u8]>>)>,
 }
 
+/// The largest SRTCP index (31 bits).
+const SRTCP_INDEX_MAX: u32 = 0x7fff_ffff;
+
+/// `next`, and moves it on; `None` once past [`SRTCP_INDEX_MAX`] (never wraps).
+fn take_srtcp_index(next: &mut u32) -> Option<u32> {
+    let i = *next;
+    if i > SRTCP_INDEX_MAX {
+        return None;
+    }
+    *next = i + 1;
+    Some(i)
+}
+
 impl Participant {
     pub fn sendable(&self) -> Option<(&SrtpContext, SocketAddr)> {
         Some((self.outbound.as_deref()?, self.remote?))
     }
 
-    /// Next SRTCP index for an RTCP packet sent to this participant.
-    pub fn next_srtcp_index(&mut self) -> u32 {
-        let i = self.srtcp_index;
-        self.srtcp_index = (self.srtcp_index + 1) & 0x7fff_ffff;
-        i
+    /// Next SRTCP index for an RTCP packet sent to this participant; `None` once all 2^31
+    /// are used. The index is the AES-GCM nonce's counter under a key that does not change:
+    /// wrapping would seal two packets under one nonce (RFC 7714), so no more RTCP is sent
+    /// (its client starts a new session when it misses what it is owed).
+    pub fn next_srtcp_index(&mut self) -> Option<u32> {
+        take_srtcp_index(&mut self.srtcp_index)
     }
 
     /// The id this participant uses for `uri`, or a free one the SFU assigns in its next offer
@@ -179,7 +193,18 @@ pub fn remember_format(known: &mut Vec<RemoteCodec>, codec: &RemoteCodec) {
 
 #[cfg(test)]
 mod tests {
-    use super::remember_extmap;
+    use super::{SRTCP_INDEX_MAX, remember_extmap, take_srtcp_index};
+
+    /// The last index is used once; after it none, rather than index 0 again under the same
+    /// key (one AES-GCM nonce for two packets).
+    #[test]
+    fn srtcp_indices_end_rather_than_wrap() {
+        let mut next = SRTCP_INDEX_MAX - 1;
+        assert_eq!(take_srtcp_index(&mut next), Some(SRTCP_INDEX_MAX - 1));
+        assert_eq!(take_srtcp_index(&mut next), Some(SRTCP_INDEX_MAX));
+        assert_eq!(take_srtcp_index(&mut next), None);
+        assert_eq!(take_srtcp_index(&mut next), None);
+    }
 
     #[test]
     fn offers_naming_new_extensions_on_known_ids_add_nothing() {

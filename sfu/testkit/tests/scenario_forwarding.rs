@@ -888,6 +888,51 @@ fn a_replayed_rtcp_packet_is_refused() {
     );
 }
 
+/// Replay windows are kept for as many RTCP sender SSRCs as a session can use; RTCP from a
+/// sender past them is refused, not accepted without a window (where a captured packet could
+/// be replayed at will).
+#[test]
+fn rtcp_from_more_senders_than_a_session_can_have_is_refused() {
+    let mut net = two_publishers_three_subscribers(30);
+    let mut tick = 0;
+    net.run(Duration::from_millis(500), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let ssrc = net.peers[2]
+        .incoming_from("pub-a", MediaKind::Video)
+        .expect("line")
+        .ssrc;
+    let pli_from = |sender: u32| {
+        let mut p = vec![0x81, 206, 0, 2];
+        p.extend_from_slice(&sender.to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p
+    };
+    let replays = net.sfu.counters.dropped_replay;
+    // The subscriber's own sender SSRC (the SFU's) has a window already: 127 more fit.
+    for sender in 0..127u32 {
+        net.peers[2].send_rtcp(&pli_from(0x1000 + sender));
+    }
+    net.run(Duration::from_millis(20), |_| {});
+    assert_eq!(
+        net.sfu.counters.dropped_replay, replays,
+        "within the windows"
+    );
+    let requests = net.sfu.counters.keyframe_requests_in;
+    net.peers[2].send_rtcp(&pli_from(0x9999));
+    net.run(Duration::from_millis(20), |_| {});
+    assert_eq!(
+        net.sfu.counters.dropped_replay,
+        replays + 1,
+        "a sender past them"
+    );
+    assert_eq!(net.sfu.counters.keyframe_requests_in, requests);
+    // Known senders are still heard.
+    net.peers[2].send_rtcp(&pli_from(0x1000));
+    net.run(Duration::from_millis(20), |_| {});
+    assert_eq!(net.sfu.counters.keyframe_requests_in, requests + 1);
+}
+
 #[test]
 fn a_publisher_who_reconnects_again_and_again_stays_visible() {
     use sfu_proto::Command;

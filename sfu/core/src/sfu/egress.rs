@@ -203,7 +203,10 @@ impl Sfu {
         let Some(p) = self.participants[idx].as_mut() else {
             return false;
         };
-        let index = p.next_srtcp_index();
+        let Some(index) = p.next_srtcp_index() else {
+            self.counters.seal_failures += 1;
+            return false;
+        };
         let Some((ctx, dest)) = p.sendable() else {
             return false;
         };

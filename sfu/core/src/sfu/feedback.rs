@@ -47,13 +47,17 @@ impl Sfu {
             self.counters.dropped_auth += 1;
             return;
         };
-        // Windows are made only for authenticated senders, and a session has a few.
-        if p.srtcp_replay.len() < MAX_RTCP_SENDERS || p.srtcp_replay.contains_key(&sender_ssrc) {
-            p.srtcp_replay
-                .entry(sender_ssrc)
-                .or_default()
-                .accept(index as u64);
+        // Windows are made only for authenticated senders, and a session has a few. Past
+        // that many, a new sender's RTCP is refused: accepted without a window, it could be
+        // replayed by anyone who saw it.
+        if p.srtcp_replay.len() >= MAX_RTCP_SENDERS && !p.srtcp_replay.contains_key(&sender_ssrc) {
+            self.counters.dropped_replay += 1;
+            return;
         }
+        p.srtcp_replay
+            .entry(sender_ssrc)
+            .or_default()
+            .accept(index as u64);
         self.counters.rtcp_in += 1;
         // One packet of the compound at a time: transport-wide feedback is read in place (it
         // comes every 50–250 ms from every subscriber), the rest by rtc-rtcp; a malformed

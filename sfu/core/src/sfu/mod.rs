@@ -141,8 +141,9 @@ const MAX_SESSIONS_PER_PROBED_ADDR: usize = 4;
 const MAX_EARLY_DTLS: usize = 4;
 const MAX_EARLY_DTLS_BYTES: usize = 4096;
 
-/// RTCP sender SSRCs tracked for replay per participant (a browser uses one per stream).
-const MAX_RTCP_SENDERS: usize = 32;
+/// RTCP sender SSRCs tracked for replay per participant: a browser uses one per stream, and
+/// a session holds at most 64 m-lines, each with its media and repair streams.
+const MAX_RTCP_SENDERS: usize = 2 * MAX_LINES_PER_PARTICIPANT;
 
 pub struct Sfu {
     config: SfuConfig,
