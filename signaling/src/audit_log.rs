@@ -65,7 +65,7 @@ pub struct AuditEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant: Option<String>,
     /// The network source of an anonymous request (token refusals): an IPv4 address or an
-    /// IPv6 /64.
+    /// IPv6 /48.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Who a photo was shared with (their subjects); never the photo.
@@ -80,6 +80,10 @@ pub struct AuditEvent {
     /// Of a summary's count, how many were answered 429 (the source past its budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limited: Option<u64>,
+    /// How many sources a summary of `source: "other"` stands for (past the sources with
+    /// lines of their own in an interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,17 @@ use std::time::{Duration, Instant};
 /// counted, under `source: "other"`).
 const MAX_SOURCES: usize = 100_000;
 
+/// Refusals written at once, over all sources: a second's worth, and the burst. Past it a
+/// source's first refusal of the interval is counted into its summary instead — an attacker
+/// with many sources (the /48s of a larger IPv6 prefix) would otherwise have one fsynced line
+/// written per source per interval, on the lock every join and admission waits for.
+const RECORDS_PER_SECOND: f64 = 5.0;
+const RECORDS_BURST: f64 = 50.0;
+
+/// Summary lines of one kind per interval: the sources with the most refusals get their own,
+/// the rest one line together (`source: "other"`, `sources`: how many).
+const MAX_SUMMARY_LINES: usize = 100;
+
 /// Signature checks a second (burst as much) for a source over its refusal budget.
 pub const CHECKS_WHILE_LIMITED: f64 = 20.0;
 
@@ -74,6 +85,8 @@ struct Source {
 pub struct TokenRefusals {
     budget: RefusalBudget,
     sources: Mutex<HashMap<SourceKey, Source>>,
+    /// Lines written at once, over all sources.
+    records: Mutex<TokenBucket>,
 }
 
 /// The key `key` is counted under: itself, or "other" once the table is full.
@@ -85,9 +98,11 @@ fn counted_key<V>(sources: &HashMap<SourceKey, V>, key: SourceKey) -> SourceKey 
     }
 }
 
-/// A source as counted: an IPv4 address, an IPv6 /64 (one subscriber's whole prefix), the
-/// verified subject of a valid token refused entry (many patients may share one address), or
-/// "other" once the table is full.
+/// A source as counted: an IPv4 address, an IPv6 /48 (a site's prefix: a host with a /64 has
+/// many, and one /48 holds 65,536 of them, so a /64 would let one attacker be thousands of
+/// sources — a site's users share one budget of refusals, as users behind one IPv4 address
+/// do), the verified subject of a valid token refused entry (many patients may share one
+/// address), or "other" once the table is full.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SourceKey {
     Addr(IpAddr),
@@ -97,12 +112,15 @@ enum SourceKey {
 
 impl SourceKey {
     fn of(ip: IpAddr) -> Self {
-        SourceKey::Addr(crate::connection_limits::counted_source(ip))
+        SourceKey::Addr(match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
+            v4 => v4,
+        })
     }
 
     fn label(&self) -> String {
         match self {
-            SourceKey::Addr(IpAddr::V6(a)) => format!("{a}/64"),
+            SourceKey::Addr(IpAddr::V6(a)) => format!("{a}/48"),
             SourceKey::Addr(a) => a.to_string(),
             SourceKey::Subject(..) | SourceKey::Other => "other".into(),
         }
@@ -114,6 +132,7 @@ impl TokenRefusals {
         Self {
             budget,
             sources: Mutex::new(HashMap::new()),
+            records: Mutex::new(TokenBucket::new(RECORDS_PER_SECOND, RECORDS_BURST)),
         }
     }
 
@@ -163,12 +182,18 @@ impl TokenRefusals {
             s.limited += 1;
             return RefusalVerdict::Limited;
         }
-        if s.written_this_interval {
-            *s.unwritten.entry(code).or_default() += 1;
-            RefusalVerdict::Counted
-        } else {
+        if !s.written_this_interval
+            && self
+                .records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(now, 1.0)
+        {
             s.written_this_interval = true;
             RefusalVerdict::Record
+        } else {
+            *s.unwritten.entry(code).or_default() += 1;
+            RefusalVerdict::Counted
         }
     }
 
@@ -202,8 +227,9 @@ impl TokenRefusals {
     }
 
     /// Ends the interval: one summary line per source with refusals not yet written (how
-    /// many, by code, and how many got 429), and forgets sources that have been quiet for
-    /// the whole interval.
+    /// many, by code, and how many got 429) — for the [`MAX_SUMMARY_LINES`] sources of each
+    /// kind with the most, and one line for the rest together — and forgets sources that have
+    /// been quiet for the whole interval.
     pub fn end_interval(&self, now: Instant) -> Vec<AuditEvent> {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         let mut lines = Vec::new();
@@ -237,8 +263,41 @@ impl TokenRefusals {
             s.written_this_interval = false;
             count > 0 || now.saturating_duration_since(s.last) < quiet_for
         });
-        lines.sort_by(|a, b| a.source.cmp(&b.source));
-        lines
+        let mut kept = Vec::new();
+        for event in ["token_refused", "join_refused"] {
+            let mut of_kind: Vec<AuditEvent> =
+                lines.iter().filter(|l| l.event == event).cloned().collect();
+            of_kind.sort_by_key(|l| std::cmp::Reverse(l.count));
+            let rest = of_kind.split_off(of_kind.len().min(MAX_SUMMARY_LINES));
+            kept.extend(of_kind);
+            if !rest.is_empty() {
+                kept.push(together(event, &rest));
+            }
+        }
+        kept.sort_by(|a, b| {
+            (&a.event, &a.source, &a.subject).cmp(&(&b.event, &b.source, &b.subject))
+        });
+        kept
+    }
+}
+
+/// One summary line for the `rest` of an interval's sources of one kind.
+fn together(event: &str, rest: &[AuditEvent]) -> AuditEvent {
+    let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    for l in rest {
+        for (c, n) in l.codes.iter().flatten() {
+            *codes.entry(c.clone()).or_default() += n;
+        }
+    }
+    let limited: u64 = rest.iter().filter_map(|l| l.limited).sum();
+    AuditEvent {
+        event: event.into(),
+        source: Some("other".into()),
+        count: Some(rest.iter().filter_map(|l| l.count).sum()),
+        codes: Some(codes),
+        limited: (limited > 0).then_some(limited),
+        sources: Some(rest.len() as u64),
+        ..Default::default()
     }
 }
 
@@ -332,14 +391,52 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_prefix_is_one_source() {
+    fn an_ipv6_site_prefix_is_one_source() {
         let r = TokenRefusals::new(RefusalBudget::default());
         let t = Instant::now();
+        // Two /64s of one /48.
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:ffff::9".parse().unwrap();
         assert_eq!(r.refused(a, "token_malformed", t), RefusalVerdict::Record);
         assert_eq!(r.refused(b, "token_malformed", t), RefusalVerdict::Counted);
         let lines = r.end_interval(t);
-        assert_eq!(lines[0].source.as_deref(), Some("2001:db8:1:2::/64"));
+        assert_eq!(lines[0].source.as_deref(), Some("2001:db8:1::/48"));
+    }
+
+    /// Refusals from thousands of sources (the /48s of a /32, each sending one bad token a
+    /// minute): a bounded number of lines written at once and at the interval's end, and every
+    /// refusal counted in them.
+    #[test]
+    fn many_sources_write_a_bounded_number_of_lines_and_lose_no_count() {
+        let r = TokenRefusals::new(RefusalBudget::default());
+        let t = Instant::now();
+        let sources = 5_000u32;
+        let recorded = (0..sources)
+            .map(|n| {
+                let ip = IpAddr::V6(((0x2001_0db8u128 << 96) | (u128::from(n) << 80)).into());
+                r.refused(ip, "token_bad_signature", t)
+            })
+            .filter(|v| *v == RefusalVerdict::Record)
+            .count();
+        assert_eq!(recorded, RECORDS_BURST as usize);
+        let lines = r.end_interval(t);
+        assert_eq!(lines.len(), MAX_SUMMARY_LINES + 1);
+        let counted: u64 = lines.iter().filter_map(|l| l.count).sum();
+        assert_eq!(counted as usize + recorded, sources as usize);
+        let rest = lines.iter().find(|l| l.sources.is_some()).unwrap();
+        assert_eq!(rest.source.as_deref(), Some("other"));
+        assert_eq!(
+            rest.sources,
+            Some(u64::from(sources) - RECORDS_BURST as u64 - MAX_SUMMARY_LINES as u64)
+        );
+        // The global budget refills: a second later, five sources more are written at once.
+        let t1 = t + Duration::from_secs(1);
+        let again = (0..20u32)
+            .filter(|n| {
+                let ip = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + n));
+                r.refused(ip, "token_expired", t1) == RefusalVerdict::Record
+            })
+            .count();
+        assert_eq!(again, RECORDS_PER_SECOND as usize);
     }
 }
