@@ -113,7 +113,11 @@ pub async fn to_owner(
                 .forward_request(
                     &owner,
                     request,
-                    (MAX_IMAGE_BYTES + 64 * 1024, "image_too_large"),
+                    (
+                        MAX_IMAGE_BYTES + 64 * 1024,
+                        "image_too_large",
+                        "image_too_slow",
+                    ),
                     "/relay",
                     source,
                 )

@@ -492,7 +492,13 @@ pub async fn to_owner(
         Routed::Here => next.run(request).await,
         Routed::Owner(owner) => {
             replicas
-                .forward_request(&owner, request, (1024 * 1024, "too_large"), "", source)
+                .forward_request(
+                    &owner,
+                    request,
+                    (1024 * 1024, "too_large", "request_timeout"),
+                    "",
+                    source,
+                )
                 .await
         }
         Routed::Refused(r) => r,

@@ -31,7 +31,16 @@ pub struct Replicas {
     pub leases: Arc<MeetingLeases>,
     secret: String,
     http: reqwest::Client,
+    /// MiB of request bodies being read for relaying, at most [`RELAYED_BODY_MIB`]: bodies are
+    /// read whole before the owner sees them, so without a bound a client holding many
+    /// half-sent photos would hold as many megabytes here.
+    relayed_bodies: Arc<tokio::sync::Semaphore>,
 }
+
+/// MiB of request bodies a replica reads for relaying at once (eight photos).
+const RELAYED_BODY_MIB: u32 = 64;
+/// Time a client has to send a relayed request's body (as long as the owner gives an upload).
+const RELAYED_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for Replicas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,6 +61,7 @@ impl Replicas {
             leases,
             secret,
             http,
+            relayed_bodies: Arc::new(tokio::sync::Semaphore::new(RELAYED_BODY_MIB as usize)),
         }
     }
 
@@ -239,25 +249,66 @@ impl Replicas {
     }
 
     /// Forwards `request` (its body read whole, up to `limit` bytes: past it, 413 with
-    /// `too_large` as the owner's own code for it) to the owner at `owner`, under `prefix` +
-    /// its own path, and its answer back.
+    /// `too_large` as the owner's own code for it, and 408 `too_slow` past a minute) to the owner at `owner`, under `prefix` +
+    /// its own path, and its answer back. A body declared larger than `limit` is refused
+    /// before it is read; one not sent within a minute gets 408; while bodies of 64 MiB (as
+    /// declared, else `limit`) are being read, 503 `replica_busy`.
     pub async fn forward_request(
         &self,
         owner: &str,
         request: axum::extract::Request,
-        (limit, too_large): (usize, &str),
+        (limit, too_large, too_slow): (usize, &str, &str),
         prefix: &str,
         source: IpAddr,
     ) -> Response {
         let (parts, body) = request.into_parts();
-        let Ok(body) = axum::body::to_bytes(body, limit).await else {
-            return (
+        let too_large = || {
+            (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 axum::Json(
                     json!({"error": too_large, "reason": "the request is larger than allowed"}),
                 ),
             )
+                .into_response()
+        };
+        let declared = parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return too_large();
+        }
+        let mib = declared.unwrap_or(limit).div_ceil(1024 * 1024).max(1);
+        let Ok(_reading) = self
+            .relayed_bodies
+            .clone()
+            .try_acquire_many_owned(u32::try_from(mib).unwrap_or(u32::MAX))
+        else {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "5")],
+                axum::Json(json!({
+                    "error": "replica_busy",
+                    "reason": "this replica is relaying as many uploads as it may; try again in a moment",
+                })),
+            )
                 .into_response();
+        };
+        let body = match tokio::time::timeout(RELAYED_BODY_TIME, axum::body::to_bytes(body, limit))
+            .await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => return too_large(),
+            Err(_) => {
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    axum::Json(json!({
+                        "error": too_slow,
+                        "reason": "the request's body did not arrive in time",
+                    })),
+                )
+                    .into_response();
+            }
         };
         let path = format!(
             "{prefix}{}",

@@ -297,3 +297,75 @@ async fn only_replicas_may_relay() {
     assert_eq!(resp.status(), 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A replica that relays photos to the meeting's owner reads each body whole first: one
+/// declared larger than a photo is refused before a byte of it is read, and bodies held
+/// half-sent take at most 64 MiB of the replica's memory — past that, `replica_busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relaying_replica_holds_a_bounded_amount_of_half_sent_photos() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = std::env::temp_dir().join(format!("hc-replicas-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = Redis::start(free_port());
+    let key = dir.join("issuer.key");
+    let a = replica(&redis.url(), &key);
+    let b = replica(&redis.url(), &key);
+    let (status, m) = api_at(
+        &a.internal,
+        "POST",
+        "/api/v1/meetings",
+        Some(API_KEY),
+        Some(booking("v-photos")),
+    )
+    .await;
+    assert_eq!(status, 201, "{m}");
+    // A runs the meeting; the patient's photos reach B.
+    let doctor = a.server.token("v-photos", "doc-1", "Dr Berg", "clinician");
+    let mut doctor = a.server.connect(&doctor).await;
+    doctor.next_of("welcome").await;
+    let token = a.server.token("v-photos", "pat-1", "Anna", "patient");
+    let at = b.server.http_base.trim_start_matches("http://").to_owned();
+    let post = |length: usize| {
+        format!(
+            "POST /images HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: image/jpeg\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+    let status_of = |head: &str| head.split(' ').nth(1).unwrap_or_default().to_owned();
+    let answer = async |s: &mut tokio::net::TcpStream| {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Declared larger than a photo: 413 at once, nothing of it sent.
+    let mut s = tokio::net::TcpStream::connect(&at).await.unwrap();
+    s.write_all(post(100 << 20).as_bytes()).await.unwrap();
+    let head = answer(&mut s).await;
+    assert_eq!(status_of(&head), "413", "{head}");
+    // Eight photos of 8 MiB declared, their bodies held back: the ninth is turned away.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(&at).await.unwrap();
+        s.write_all(post(8 << 20).as_bytes()).await.unwrap();
+        s.write_all(&[0xff; 1024]).await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ninth = tokio::net::TcpStream::connect(&at).await.unwrap();
+    ninth.write_all(post(8 << 20).as_bytes()).await.unwrap();
+    let head = answer(&mut ninth).await;
+    assert_eq!(status_of(&head), "503", "{head}");
+    assert!(head.contains("replica_busy"), "{head}");
+    // Those that give up free their share.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tenth = tokio::net::TcpStream::connect(&at).await.unwrap();
+    tenth.write_all(post(100).as_bytes()).await.unwrap();
+    tenth.write_all(&[0xff; 100]).await.unwrap();
+    let head = answer(&mut tenth).await;
+    assert_ne!(status_of(&head), "503", "{head}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
