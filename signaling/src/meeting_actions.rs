@@ -28,17 +28,23 @@ pub async fn act(
     now: Timestamp,
 ) -> Result<(), ActionError> {
     // Resolved and planned under one lock: what is recorded is what is carried out.
-    let (action, planned) = {
+    let (action, planned, target_sub) = {
         let s = room.lock();
         let action = s.resolved(action);
         let planned = s.plan(actor, &action);
-        (action, planned)
+        let target_sub = action
+            .target()
+            .and_then(|t| s.member(t))
+            .map(|m| m.sub.clone());
+        (action, planned, target_sub)
     };
     let events = planned.map_err(ActionError::Refused)?;
     if audit_all(state, events).await.is_err() {
         return Err(ActionError::AuditUnavailable);
     }
+    // (The target may have reconnected while the line was written: the action follows it.)
     let (applied, events) = state.meetings.with_room(room, state.sfu.as_ref(), |s, fx| {
+        let action = s.followed(action.clone(), target_sub.as_deref());
         s.apply(actor, &action, now, fx)
     });
     let _ = audit_all(state, events).await;

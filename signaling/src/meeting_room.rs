@@ -218,6 +218,35 @@ pub enum Action {
 }
 
 impl Action {
+    /// The participant it acts on, if any.
+    pub fn target(&self) -> Option<&ParticipantId> {
+        match self {
+            Action::Admit(t)
+            | Action::AdmitWithCompanions(t)
+            | Action::AdmitGroup { patient: t, .. }
+            | Action::Deny(t)
+            | Action::ToLobby(t)
+            | Action::Remove(t) => Some(t),
+            Action::InviteConsultant { .. } | Action::EndMeeting => None,
+        }
+    }
+
+    /// The same action on `to` instead of its target.
+    fn retargeted(self, to: ParticipantId) -> Self {
+        match self {
+            Action::Admit(_) => Action::Admit(to),
+            Action::AdmitWithCompanions(_) => Action::AdmitWithCompanions(to),
+            Action::AdmitGroup { companions, .. } => Action::AdmitGroup {
+                patient: to,
+                companions,
+            },
+            Action::Deny(_) => Action::Deny(to),
+            Action::ToLobby(_) => Action::ToLobby(to),
+            Action::Remove(_) => Action::Remove(to),
+            other => other,
+        }
+    }
+
     fn audit_name(&self) -> &'static str {
         match self {
             Action::Admit(_) | Action::AdmitWithCompanions(_) | Action::AdmitGroup { .. } => {
@@ -808,6 +837,25 @@ impl RoomState {
 
     /// An action as it will be planned and applied: "admit with companions" becomes the
     /// patient and the companions waiting with them now.
+    /// `action`, its target followed to the connection of the same person (`sub`) that
+    /// replaced it meanwhile (a reconnect while the action was being recorded): a removal or
+    /// a denial planned for a connection is not undone by the person reconnecting.
+    pub fn followed(&self, action: Action, sub: Option<&str>) -> Action {
+        let (Some(target), Some(sub)) = (action.target(), sub) else {
+            return action;
+        };
+        if self.members.contains_key(target) {
+            return action;
+        }
+        match self.members.iter().find(|(_, m)| m.sub == sub) {
+            Some((id, _)) => {
+                let id = id.clone();
+                action.retargeted(id)
+            }
+            None => action,
+        }
+    }
+
     pub fn resolved(&self, action: Action) -> Action {
         match action {
             Action::AdmitWithCompanions(patient) => {
@@ -2217,6 +2265,56 @@ mod tests {
             .unwrap();
         assert!(fx.commands.iter().any(|c| matches!(c,
             Command::RemoveParticipant { participant } if *participant == pat)));
+    }
+
+    /// A removal planned (and recorded) for a connection whose person reconnects before it is
+    /// applied removes the new connection: reconnecting in a loop does not dodge it.
+    #[test]
+    fn an_action_follows_its_target_to_the_connection_that_replaced_it() {
+        let mut s = visit();
+        let (doc, pat) = (ParticipantId("p-doc".into()), ParticipantId("p-pat".into()));
+        join(&mut s, &doc, "doc", Role::Clinician, 0);
+        join(&mut s, &pat, "pat", Role::Patient, 1);
+        s.apply(
+            &doc,
+            &Action::Admit(pat.clone()),
+            at(2),
+            &mut Effects::default(),
+        )
+        .unwrap();
+        let planned = Action::Remove(pat.clone());
+        s.plan(&doc, &planned).unwrap();
+        let sub = s.member(&pat).map(|m| m.sub.clone());
+        // Meanwhile (while the removal is written to the audit log) the patient reconnects.
+        let again = ParticipantId("p-pat-2".into());
+        let rejoined = s.join(
+            again.clone(),
+            &session("pat", Role::Patient),
+            at(3),
+            &MeetingPolicy::default(),
+            &mut Effects::default(),
+        );
+        assert_eq!(
+            rejoined,
+            Ok(JoinOutcome { admitted: true }),
+            "admitted still"
+        );
+        assert!(s.member(&pat).is_none() && s.member(&again).is_some());
+        assert_eq!(
+            s.apply(&doc, &planned, at(4), &mut Effects::default()),
+            Err(RequestError::NoSuchParticipant),
+            "by connection id alone, the removal misses"
+        );
+        let followed = s.followed(planned, sub.as_deref());
+        assert_eq!(followed, Action::Remove(again.clone()));
+        s.apply(&doc, &followed, at(4), &mut Effects::default())
+            .unwrap();
+        assert!(s.member(&again).is_none(), "removed");
+        // Someone else's connection is never a target of it.
+        assert_eq!(
+            s.followed(Action::Remove(pat.clone()), Some("nobody")),
+            Action::Remove(pat)
+        );
     }
 
     #[test]
