@@ -130,7 +130,7 @@ pub fn dev_claims(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session_token::{TokenError, TokenVerifier};
+    use crate::session_token::{Audience, TokenError, TokenVerifier};
 
     fn now() -> i64 {
         std::time::SystemTime::now()
@@ -175,6 +175,17 @@ mod tests {
 
         let mut aud = good.clone();
         aud.aud = "other".into();
+        assert_eq!(
+            v.verify(&issuer.mint(&aud).unwrap()).unwrap_err(),
+            TokenError::WrongAudience
+        );
+        // An array of audiences (RFC 7519) holding ours is ours; one without it is not.
+        aud.aud = Audience::Several(vec!["other".into(), DEV_AUDIENCE.into()]);
+        assert_eq!(
+            v.verify(&issuer.mint(&aud).unwrap()).unwrap().claims.mtg,
+            "m1"
+        );
+        aud.aud = Audience::Several(vec!["other".into(), "another".into()]);
         assert_eq!(
             v.verify(&issuer.mint(&aud).unwrap()).unwrap_err(),
             TokenError::WrongAudience

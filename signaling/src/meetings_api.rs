@@ -654,7 +654,7 @@ pub(crate) fn link_claims(state: &AppState, meeting: &str, expires: Timestamp) -
     let now = Timestamp::now();
     Claims {
         iss: state.verifier.issuer().to_owned(),
-        aud: state.verifier.audience().to_owned(),
+        aud: state.verifier.audience().into(),
         sub: String::new(),
         name: String::new(),
         mtg: meeting.to_owned(),

@@ -34,11 +34,26 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// A token's `aud`: one audience, or several (RFC 7519 §4.1.3, as many identity providers
+/// write it). Verification requires this service's audience among them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(audience: &str) -> Self {
+        Audience::One(audience.to_owned())
+    }
+}
+
 /// Claims of a session token. `sub` is pseudonymous, never a personal identity number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
-    pub aud: String,
+    pub aud: Audience,
     pub sub: String,
     pub name: String,
     pub mtg: String,
