@@ -234,16 +234,33 @@ impl RemoteDescription {
         let ice_pwd = attr(&session, first_attrs, "ice-pwd")
             .ok_or(SdpError::Missing("a=ice-pwd"))?
             .to_owned();
-        let fingerprint =
-            attr(&session, first_attrs, "fingerprint").ok_or(SdpError::Missing("a=fingerprint"))?;
-        let (algo, value) = fingerprint
-            .split_once(' ')
-            .ok_or(SdpError::Missing("a=fingerprint value"))?;
-        if !algo.eq_ignore_ascii_case("sha-256") {
-            return Err(SdpError::Unsupported(format!(
-                "fingerprint algorithm {algo}"
-            )));
+        // The sha-256 one of the fingerprints given (a stack may list several algorithms, RFC
+        // 8122 §5): the m-line's, else the session's.
+        fn fingerprints(attrs: &[rtc_sdp::description::common::Attribute]) -> Vec<(&str, &str)> {
+            attrs
+                .iter()
+                .filter(|a| a.key == "fingerprint")
+                .filter_map(|a| a.value.as_deref())
+                .filter_map(|v| v.split_once(' '))
+                .collect()
         }
+        let mut given = fingerprints(first_attrs);
+        if given.is_empty() {
+            given = fingerprints(&session.attributes);
+        }
+        if given.is_empty() {
+            return Err(SdpError::Missing("a=fingerprint"));
+        }
+        let Some((_, value)) = given
+            .iter()
+            .find(|(algo, _)| algo.eq_ignore_ascii_case("sha-256"))
+        else {
+            let algos: Vec<&str> = given.iter().map(|(a, _)| *a).collect();
+            return Err(SdpError::Unsupported(format!(
+                "fingerprint algorithm {} (sha-256 is needed)",
+                algos.join(", ")
+            )));
+        };
         let fingerprint = value.trim().to_ascii_lowercase();
 
         let mut media = Vec::with_capacity(session.media_descriptions.len());
@@ -466,6 +483,25 @@ a=simulcast:send q;~h,h2;f;x recv x\r\n";
              a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
              a=fingerprint:sha-256 AA:BB\r\n{lines}"
         )
+    }
+
+    /// A stack that lists several fingerprint algorithms, sha-256 not first, is read by its
+    /// sha-256 one; one without sha-256 is refused naming what it gave.
+    #[test]
+    fn the_sha_256_fingerprint_is_found_among_several() {
+        let line = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n";
+        let several = offer(line).replace(
+            "a=fingerprint:sha-256 AA:BB\r\n",
+            "a=fingerprint:sha-512 CC:DD\r\na=fingerprint:sha-256 AA:BB\r\n",
+        );
+        assert_eq!(
+            RemoteDescription::parse(&several).unwrap().fingerprint,
+            "aa:bb"
+        );
+        let without =
+            offer(line).replace("a=fingerprint:sha-256 AA:BB", "a=fingerprint:sha-384 CC");
+        let err = RemoteDescription::parse(&without).unwrap_err().to_string();
+        assert!(err.contains("sha-384"), "{err}");
     }
 
     #[test]
