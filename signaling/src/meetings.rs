@@ -914,7 +914,9 @@ impl Meetings {
                     let code = match command.as_str() {
                         "set_preferred_layer" if error != sfu_proto::BUSY => "bad_mid",
                         "sfu_offer" => "offer_unanswered",
-                        "reject_offer" if error == sfu_proto::NO_OFFER_OUTSTANDING => {
+                        // An answer that came late or twice (to an offer already answered or
+                        // given up): nothing to do, not a failure of the session.
+                        "reject_offer" | "answer" if error == sfu_proto::NO_OFFER_OUTSTANDING => {
                             "no_offer_pending"
                         }
                         // Its offer crossed the SFU's: it answers that one and offers again.

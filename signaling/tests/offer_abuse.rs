@@ -228,7 +228,7 @@ async fn a_declined_sfu_offer_is_given_up_at_once() {
     let (doctor_media, _patient_media, mut doctor, _patient) =
         visit(&server, "visit-decline").await;
     // The patient's tracks make the SFU offer them to the clinician, who cannot take it.
-    let _sfu_offer = doctor.next_of("offer").await;
+    let sfu_offer = doctor.next_of("offer").await;
     let asked = Instant::now();
     doctor.send(json!({"type": "reject_offer"})).await;
     let err = doctor.next_of("error").await;
@@ -239,6 +239,16 @@ async fn a_declined_sfu_offer_is_given_up_at_once() {
         asked.elapsed()
     );
     doctor.send(json!({"type": "reject_offer"})).await;
+    let err = doctor.next_of("error").await;
+    assert_eq!(err["code"], "no_offer_pending", "{err}");
+    // An answer to the offer given up (late, or sent twice) is the same: nothing pending, not
+    // a failure of the session (`sfu_refused` made clients restart it).
+    let late = doctor_media
+        .peer
+        .lock()
+        .unwrap()
+        .answer_offer(Instant::now(), sfu_offer["sdp"].as_str().unwrap());
+    doctor.send(json!({"type": "answer", "sdp": late})).await;
     let err = doctor.next_of("error").await;
     assert_eq!(err["code"], "no_offer_pending", "{err}");
     // Nothing is out any more: the clinician's own offer is answered, not `offer_crossed`.
