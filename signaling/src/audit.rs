@@ -57,7 +57,11 @@ pub async fn audit(state: &AppState, event: AuditEvent) -> Result<(), ()> {
 pub(crate) fn audit_unavailable() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"error": "audit_unavailable", "reason": "the access could not be recorded; try again"})),
+        Json(json!({
+            "error": "audit_unavailable",
+            "reason": "the access could not be recorded; try again",
+            "message": "Tjänsten kan inte ta emot dig just nu. Försök igen om en stund.",
+        })),
     )
         .into_response()
 }

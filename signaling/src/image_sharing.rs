@@ -62,11 +62,25 @@ async fn session(
                     Err(refused)
                 }
                 RefusalVerdict::Counted => Err(refused),
-                RefusalVerdict::Limited => Err(error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_refusals",
-                    "too many refused tokens from this address",
-                )),
+                RefusalVerdict::Limited => {
+                    let mut limited = error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_refusals",
+                        "too many refused tokens from this address",
+                    );
+                    // As a refused join says: when the budget has refilled.
+                    if let Ok(after) = state
+                        .refusals
+                        .interval()
+                        .as_secs()
+                        .max(1)
+                        .to_string()
+                        .parse()
+                    {
+                        limited.headers_mut().insert(header::RETRY_AFTER, after);
+                    }
+                    Err(limited)
+                }
             }
         }
     }

@@ -290,6 +290,7 @@ impl Replicas {
                 axum::Json(json!({
                     "error": "replica_busy",
                     "reason": "this replica is relaying as many uploads as it may; try again in a moment",
+                    "message": "Tjänsten är upptagen. Försök igen om en stund.",
                 })),
             )
                 .into_response();
@@ -359,6 +360,7 @@ pub fn owner_unreachable() -> Response {
         axum::Json(json!({
             "error": "replica_unavailable",
             "reason": "the meeting's service is moving to another replica; try again in a moment",
+            "message": "Besöket flyttas just nu. Försök igen om en stund.",
         })),
     )
         .into_response()

@@ -387,6 +387,7 @@ fn too_many_refusals(retry_after: std::time::Duration) -> Response {
         Json(json!({
             "error": "too_many_refusals",
             "reason": "too many refused join attempts from this address; wait a minute",
+            "message": "För många försök att ansluta härifrån. Vänta en minut och försök igen.",
         })),
     )
         .into_response()
@@ -584,7 +585,11 @@ fn with_offered_credentials(
         Box::new(
             (
                 StatusCode::BAD_REQUEST,
-                Json(json!({"error": "bad_request", "reason": reason})),
+                Json(json!({
+                    "error": "bad_request",
+                    "reason": reason,
+                    "message": "Anslutningen kunde inte öppnas. Ladda om sidan.",
+                })),
             )
                 .into_response(),
         )
