@@ -480,6 +480,16 @@ impl RoomState {
         self.members.get(id).is_some_and(Member::is_admitted)
     }
 
+    /// Whether anyone but `sub` is here, or admitted and expected back within the reconnect
+    /// grace.
+    pub fn holds_other_than(&self, sub: &str, now: Timestamp) -> bool {
+        self.members.values().any(|m| m.sub != sub)
+            || self
+                .admitted
+                .iter()
+                .any(|(s, until)| s != sub && until.is_none_or(|u| u >= now))
+    }
+
     /// The private visit a drop-in patient or clinician was taken into, if still followed.
     pub fn forwarded_to(&self, sub: &str, now: Timestamp) -> Option<String> {
         self.forwarded
@@ -1490,11 +1500,10 @@ impl RoomState {
         fx: &mut Effects,
     ) -> Option<Member> {
         let mut m = self.detach(id, fx)?;
-        // A patient who drops comes back into the private visit; a clinician's queue link
-        // keeps leading to the queue (to take the next one).
-        if !m.is_clinician() {
-            self.forwarded.insert(m.sub.clone(), (to.to_owned(), until));
-        }
+        // Whoever drops comes back into the private visit with their queue link: a patient
+        // while it is open, a clinician while someone else is still in it (else the queue
+        // link leads to the queue again, to take the next one: `Meetings::room_for`).
+        self.forwarded.insert(m.sub.clone(), (to.to_owned(), until));
         m.sfu_joined = false;
         m.media_connected = false;
         m.media_started = false;

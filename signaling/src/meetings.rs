@@ -480,9 +480,19 @@ impl Meetings {
             && let Some(private) = self.get(&to)
         {
             use crate::meeting::MeetingStatus;
-            let status = private.lock().record.status(now, &self.policy);
-            // An ended private visit no longer captures the queue link.
-            if matches!(status, MeetingStatus::Open | MeetingStatus::Scheduled) {
+            let (status, others) = {
+                let p = private.lock();
+                (
+                    p.record.status(now, &self.policy),
+                    p.holds_other_than(&c.sub, now),
+                )
+            };
+            // An ended private visit no longer captures the queue link; nor, for a clinician,
+            // one the patient has left (the clinician goes on to the next in the queue).
+            let clinician = matches!(c.role.as_str(), "clinician");
+            if matches!(status, MeetingStatus::Open | MeetingStatus::Scheduled)
+                && (!clinician || others)
+            {
                 return Ok(private);
             }
         }

@@ -796,10 +796,15 @@ async fn mint(
                 "the meeting is cancelled or over",
             );
         }
-        (
-            req.unit.unwrap_or_else(|| s.record.unit.clone()),
-            s.record.closes_at(policy),
-        )
+        // A queue's link also brings back whoever was taken into a private visit, which may
+        // run (and be rejoined) past the queue's close: at most a visit's length and its
+        // overrun after it.
+        let closes = s.record.closes_at(policy);
+        let expires = match s.record.kind {
+            MeetingKind::DropIn => closes + policy.drop_in_visit_length + policy.overrun,
+            MeetingKind::Visit => closes,
+        };
+        (req.unit.unwrap_or_else(|| s.record.unit.clone()), expires)
     };
     let claims = Claims {
         sub: req.sub,

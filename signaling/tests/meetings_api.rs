@@ -196,6 +196,23 @@ async fn drop_in_the_clinician_takes_the_first_and_the_second_moves_up() {
         assert_eq!(status, 200, "{t}");
         t["token"].as_str().unwrap().to_owned()
     };
+    // A queue's link outlives the queue by a private visit's length and overrun: a patient
+    // taken just before it closes can still come back into their visit.
+    let (_, minted) = server
+        .api(
+            "POST",
+            "/api/v1/meetings/q-unit-1/tokens",
+            Some(API_KEY),
+            Some(json!({"sub": "pat-z", "name": "Z", "role": "patient"})),
+        )
+        .await;
+    let expires: jiff::Timestamp = minted["expires_at"].as_str().unwrap().parse().unwrap();
+    let queue_end: jiff::Timestamp = end.parse().unwrap();
+    assert_eq!(
+        expires.as_second(),
+        (queue_end + jiff::SignedDuration::from_mins(90)).as_second(),
+        "{minted}"
+    );
     let a_token = mint(json!({"sub": "pat-a", "name": "Anna", "role": "patient"})).await;
     let b_token = mint(json!({"sub": "pat-b", "name": "Bertil", "role": "patient"})).await;
     let doc_token = mint(
@@ -295,9 +312,23 @@ async fn drop_in_the_clinician_takes_the_first_and_the_second_moves_up() {
         (Some(private.as_str()), Some("admitted"))
     );
 
-    // The clinician's queue link still leads to the queue (to take the next one).
+    // The clinician, dropped while the patient is still in the private visit, comes back into
+    // it with the queue link too: the patient is not left alone there (before, the link led
+    // the clinician back to the queue).
     drop(doc);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut doc = server.connect(&doc_token).await;
+    let w = doc.next_of("welcome").await;
+    assert_eq!(
+        (w["meeting"].as_str(), w["state"].as_str()),
+        (Some(private.as_str()), Some("admitted")),
+        "{w}"
+    );
+    // The visit ended, the clinician's queue link leads to the queue (to take the next one).
+    doc.send(json!({"type": "end_meeting"})).await;
+    assert_eq!(doc.next_of("closing").await["reason"], "meeting_ended");
+    assert_eq!(a.next_of("closing").await["reason"], "meeting_ended");
+    drop(doc);
     let mut doc = server.connect(&doc_token).await;
     let w = doc.next_of("welcome").await;
     assert_eq!(

@@ -113,7 +113,10 @@ async fn credentials_offered_wrongly_are_refused_naming_what_is_wrong() {
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
     assert!(body["reason"].as_str().unwrap().contains("hc.v1"), "{body}");
     // Every refusal before the upgrade has a message for the patient (protocol.md).
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 
     // Given twice, in the URL and the header, or two tokens: which one would be meant?
     let (status, body) = refused(
