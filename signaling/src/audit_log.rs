@@ -65,7 +65,7 @@ pub struct AuditEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant: Option<String>,
     /// The network source of an anonymous request (token refusals): an IPv4 address or an
-    /// IPv6 /48.
+    /// IPv6 /64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Who a photo was shared with (their subjects); never the photo.

@@ -1210,13 +1210,18 @@ impl RoomState {
     /// say which). A refusal of an earlier session than the member's current one changes
     /// nothing: that one runs, and must stay known as running (removals, moves to the lobby
     /// and permission changes are sent only for a session that runs).
-    pub fn media_session_refused(&mut self, id: &ParticipantId, session: Option<u32>) {
-        if let Some(m) = self.members.get_mut(id)
-            && session.is_none_or(|s| s == m.media_session)
-        {
+    /// Returns whether it concerned the member's current session (false: an earlier one, or
+    /// no such member).
+    pub fn media_session_refused(&mut self, id: &ParticipantId, session: Option<u32>) -> bool {
+        let Some(m) = self.members.get_mut(id) else {
+            return false;
+        };
+        let current = session.is_none_or(|s| s == m.media_session);
+        if current {
             m.sfu_joined = false;
             m.media_connected = false;
         }
+        current
     }
 
     /// A member whose media session has started (what answers and layer requests are about).
@@ -2251,7 +2256,10 @@ mod tests {
             .unwrap();
         let sessions: Vec<u32> = fx.commands.iter().filter_map(|c| c.session()).collect();
         assert_eq!(sessions, [1, 2]);
-        s.media_session_refused(&pat, Some(1));
+        assert!(
+            !s.media_session_refused(&pat, Some(1)),
+            "an earlier session"
+        );
         let mut fx = Effects::default();
         s.apply(&doc, &Action::ToLobby(pat.clone()), at(4), &mut fx)
             .unwrap();
@@ -2266,7 +2274,7 @@ mod tests {
         let mut fx = Effects::default();
         s.offer(&pat, "three".into(), &camera, true, at(20), &mut fx)
             .unwrap();
-        s.media_session_refused(&pat, Some(3));
+        assert!(s.media_session_refused(&pat, Some(3)), "the current one");
         assert!(!s.member(&pat).unwrap().sfu_joined);
         // A removal is sent whatever is known of the session.
         let mut fx = Effects::default();

@@ -906,18 +906,22 @@ impl Meetings {
                 session,
             } => {
                 if let Some(p) = participant {
+                    // A refused add (bad SDP, a busy SFU) leaves no media session: the client's
+                    // next offer must start one, not renegotiate a session that never was. A
+                    // refusal of an earlier session than the one that runs concerns nothing
+                    // the client still has: it is not told (it would roll back the offer of
+                    // the session that runs, and start over).
+                    if command == "add_participant"
+                        && let Some(room) = self.room_of(&p)
+                        && !room.lock().media_session_refused(&p, session)
+                    {
+                        return events;
+                    }
                     if matches!(command.as_str(), "add_participant" | "offer") {
                         self.sdp_sent
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&p);
-                    }
-                    // A refused add (bad SDP, a busy SFU) leaves no media session: the client's
-                    // next offer must start one, not renegotiate a session that never was.
-                    if command == "add_participant"
-                        && let Some(room) = self.room_of(&p)
-                    {
-                        room.lock().media_session_refused(&p, session);
                     }
                     // What the client can act on: a layer request for an m-line that receives
                     // no video, or offers of ours it never answered (it starts a new session).

@@ -20,15 +20,17 @@ use std::time::{Duration, Instant};
 /// counted, under `source: "other"`).
 const MAX_SOURCES: usize = 100_000;
 
-/// Refusals written at once, over all sources: a second's worth, and the burst. Past it a
-/// source's first refusal of the interval is counted into its summary instead — an attacker
-/// with many sources (the /48s of a larger IPv6 prefix) would otherwise have one fsynced line
-/// written per source per interval, on the lock every join and admission waits for.
+/// Refusals of anonymous sources written at once, over all of them: a second's worth, and the
+/// burst. Past it a source's first refusal of the interval is counted into its summary instead
+/// — an attacker with many sources (the /64s of an IPv6 /48 are 65,536) would otherwise have
+/// one fsynced line written per source per interval, on the lock every join and admission
+/// waits for.
 const RECORDS_PER_SECOND: f64 = 5.0;
 const RECORDS_BURST: f64 = 50.0;
 
-/// Summary lines of one kind per interval: the sources with the most refusals get their own,
-/// the rest one line together (`source: "other"`, `sources`: how many).
+/// Summary lines of anonymous sources per interval: those with the most refusals get their
+/// own, the rest one line together (`source: "other"`, `sources`: how many). Subjects' lines
+/// (`join_refused`, only for holders of valid tokens) are not capped.
 const MAX_SUMMARY_LINES: usize = 100;
 
 /// Signature checks a second (burst as much) for a source over its refusal budget.
@@ -98,10 +100,9 @@ fn counted_key<V>(sources: &HashMap<SourceKey, V>, key: SourceKey) -> SourceKey 
     }
 }
 
-/// A source as counted: an IPv4 address, an IPv6 /48 (a site's prefix: a host with a /64 has
-/// many, and one /48 holds 65,536 of them, so a /64 would let one attacker be thousands of
-/// sources — a site's users share one budget of refusals, as users behind one IPv4 address
-/// do), the verified subject of a valid token refused entry (many patients may share one
+/// A source as counted: an IPv4 address, an IPv6 /64 (one subscriber's whole prefix; a
+/// coarser prefix would let one host's flood take the checks of its neighbours' valid
+/// tokens), the verified subject of a valid token refused entry (many patients may share one
 /// address), or "other" once the table is full.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SourceKey {
@@ -112,15 +113,18 @@ enum SourceKey {
 
 impl SourceKey {
     fn of(ip: IpAddr) -> Self {
-        SourceKey::Addr(match ip.to_canonical() {
-            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
-            v4 => v4,
-        })
+        SourceKey::Addr(crate::connection_limits::counted_source(ip))
+    }
+
+    /// Whether this is an anonymous source (an address, or "other"): their refusals are what
+    /// the caps on lines are for, and never crowd out those of valid tokens' subjects.
+    fn is_anonymous(&self) -> bool {
+        !matches!(self, SourceKey::Subject(..))
     }
 
     fn label(&self) -> String {
         match self {
-            SourceKey::Addr(IpAddr::V6(a)) => format!("{a}/48"),
+            SourceKey::Addr(IpAddr::V6(a)) => format!("{a}/64"),
             SourceKey::Addr(a) => a.to_string(),
             SourceKey::Subject(..) | SourceKey::Other => "other".into(),
         }
@@ -165,6 +169,7 @@ impl TokenRefusals {
     fn refused_as(&self, key: SourceKey, code: &'static str, now: Instant) -> RefusalVerdict {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         let key = counted_key(&sources, key);
+        let anonymous = key.is_anonymous();
         let s = sources.entry(key).or_insert_with(|| Source {
             budget: TokenBucket::new(
                 f64::from(self.budget.per_minute) / 60.0,
@@ -183,11 +188,12 @@ impl TokenRefusals {
             return RefusalVerdict::Limited;
         }
         if !s.written_this_interval
-            && self
-                .records
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(now, 1.0)
+            && (!anonymous
+                || self
+                    .records
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(now, 1.0))
         {
             s.written_this_interval = true;
             RefusalVerdict::Record
@@ -263,16 +269,13 @@ impl TokenRefusals {
             s.written_this_interval = false;
             count > 0 || now.saturating_duration_since(s.last) < quiet_for
         });
-        let mut kept = Vec::new();
-        for event in ["token_refused", "join_refused"] {
-            let mut of_kind: Vec<AuditEvent> =
-                lines.iter().filter(|l| l.event == event).cloned().collect();
-            of_kind.sort_by_key(|l| std::cmp::Reverse(l.count));
-            let rest = of_kind.split_off(of_kind.len().min(MAX_SUMMARY_LINES));
-            kept.extend(of_kind);
-            if !rest.is_empty() {
-                kept.push(together(event, &rest));
-            }
+        let (mut anonymous, mut kept): (Vec<AuditEvent>, Vec<AuditEvent>) =
+            lines.into_iter().partition(|l| l.event == "token_refused");
+        anonymous.sort_by_key(|l| std::cmp::Reverse(l.count));
+        let rest = anonymous.split_off(anonymous.len().min(MAX_SUMMARY_LINES));
+        kept.extend(anonymous);
+        if !rest.is_empty() {
+            kept.push(together("token_refused", &rest));
         }
         kept.sort_by(|a, b| {
             (&a.event, &a.source, &a.subject).cmp(&(&b.event, &b.source, &b.subject))
@@ -391,21 +394,23 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_site_prefix_is_one_source() {
+    fn an_ipv6_prefix_is_one_source() {
         let r = TokenRefusals::new(RefusalBudget::default());
         let t = Instant::now();
-        // Two /64s of one /48.
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:ffff::9".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         assert_eq!(r.refused(a, "token_malformed", t), RefusalVerdict::Record);
         assert_eq!(r.refused(b, "token_malformed", t), RefusalVerdict::Counted);
+        // Another /64 of the same /48 is another source (its valid tokens keep their checks).
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(r.refused(c, "token_malformed", t), RefusalVerdict::Record);
         let lines = r.end_interval(t);
-        assert_eq!(lines[0].source.as_deref(), Some("2001:db8:1::/48"));
+        assert_eq!(lines[0].source.as_deref(), Some("2001:db8:1:2::/64"));
     }
 
-    /// Refusals from thousands of sources (the /48s of a /32, each sending one bad token a
+    /// Refusals from thousands of sources (the /64s of a /48, each sending one bad token a
     /// minute): a bounded number of lines written at once and at the interval's end, and every
-    /// refusal counted in them.
+    /// refusal counted in them. Valid tokens' subjects refused meanwhile keep their lines.
     #[test]
     fn many_sources_write_a_bounded_number_of_lines_and_lose_no_count() {
         let r = TokenRefusals::new(RefusalBudget::default());
@@ -413,12 +418,17 @@ mod tests {
         let sources = 5_000u32;
         let recorded = (0..sources)
             .map(|n| {
-                let ip = IpAddr::V6(((0x2001_0db8u128 << 96) | (u128::from(n) << 80)).into());
+                let ip = IpAddr::V6(((0x2001_0db8_0001u128 << 80) | (u128::from(n) << 64)).into());
                 r.refused(ip, "token_bad_signature", t)
             })
             .filter(|v| *v == RefusalVerdict::Record)
             .count();
         assert_eq!(recorded, RECORDS_BURST as usize);
+        // A patient's valid token refused entry is written at once all the same.
+        assert_eq!(
+            r.refused_subject("pat-1", "v-1", "meeting_not_open", t),
+            RefusalVerdict::Record
+        );
         let lines = r.end_interval(t);
         assert_eq!(lines.len(), MAX_SUMMARY_LINES + 1);
         let counted: u64 = lines.iter().filter_map(|l| l.count).sum();
