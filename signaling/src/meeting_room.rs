@@ -845,8 +845,6 @@ impl RoomState {
         }
     }
 
-    /// An action as it will be planned and applied: "admit with companions" becomes the
-    /// patient and the companions waiting with them now.
     /// `action`, its target followed to the connection of the same person (`sub`) that
     /// replaced it meanwhile (a reconnect while the action was being recorded): a removal or
     /// a denial planned for a connection is not undone by the person reconnecting.
@@ -866,6 +864,8 @@ impl RoomState {
         }
     }
 
+    /// An action as it will be planned and applied: "admit with companions" becomes the
+    /// patient and the companions waiting with them now.
     pub fn resolved(&self, action: Action) -> Action {
         match action {
             Action::AdmitWithCompanions(patient) => {

@@ -363,7 +363,7 @@ impl Counters {
         ),
         (
             "sfu_sender_reports_held_total",
-            "Publishers' sender reports not passed on: another of the layer's went less than 500 ms before.",
+            "Publishers' sender reports not passed on: another of the layer's went less than 250 ms before.",
         ),
         (
             "sfu_retransmissions_out_total",

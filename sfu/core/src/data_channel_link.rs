@@ -52,6 +52,9 @@ pub struct DataChannelLink {
     /// not parse, or past the session's budget.
     refused_packets: u64,
     budget: TokenBucket,
+    /// The association told the endpoint itself that it is done (it shut down or failed): the
+    /// endpoint freed its entry, which a later association may take under the same handle.
+    drained: bool,
 }
 
 impl std::fmt::Debug for DataChannelLink {
@@ -83,6 +86,7 @@ impl DataChannelLink {
             dropped_backlog: 0,
             refused_packets: 0,
             budget: TokenBucket::new(SCTP_PACKETS_PER_SECOND, SCTP_PACKETS_BURST),
+            drained: false,
         }
     }
 
@@ -101,10 +105,15 @@ impl DataChannelLink {
         match event {
             DatagramEvent::NewAssociation(association) => {
                 // One association per DTLS connection (RFC 8261): a new one replaces the old,
-                // which the endpoint forgets (it would keep each one's entry otherwise).
-                if let Some((old, _)) = self.association.replace((handle, association)) {
+                // which the endpoint forgets (it would keep each one's entry otherwise) —
+                // unless it was freed already, and its handle may be the new one's.
+                if let Some((old, _)) = self.association.replace((handle, association))
+                    && !self.drained
+                    && old != handle
+                {
                     self.endpoint.handle_event(old, EndpointEvent::drained());
                 }
+                self.drained = false;
                 self.channels.clear();
             }
             DatagramEvent::AssociationEvent(event) => {
@@ -276,6 +285,13 @@ impl DataChannelLink {
             }
         }
         while let Some(event) = a.poll_endpoint_event() {
+            if event.is_drained() {
+                // Once: the endpoint's entry is gone after it.
+                if self.drained {
+                    continue;
+                }
+                self.drained = true;
+            }
             self.endpoint.handle_event(*handle, event);
         }
         while let Some(t) = a.poll_transmit(now) {
@@ -418,6 +434,24 @@ mod tests {
         browser.send(now, 1, "still here");
         browser.exchange(now, &mut sfu);
         assert!(texts(&mut sfu).contains(&"still here".to_owned()));
+    }
+
+    /// A browser's new association (a new INIT) replaces the old one, which the endpoint
+    /// forgets; the new one carries messages. Again and again, the endpoint holds one.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test's starting point in time
+    fn a_new_association_replaces_the_old_one() {
+        let now = Instant::now();
+        let mut sfu = DataChannelLink::new(SFU);
+        for round in 0..20u16 {
+            let mut browser = Browser::connect(now);
+            browser.exchange(now, &mut sfu);
+            browser.open(now, 1, "room");
+            let text = format!("round {round}");
+            browser.send(now, 1, &text);
+            browser.exchange(now, &mut sfu);
+            assert_eq!(texts(&mut sfu), [text]);
+        }
     }
 
     /// Past a session's budget, packets are refused unread and counted; the budget refills.

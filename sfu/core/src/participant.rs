@@ -89,8 +89,9 @@ pub struct Participant {
     pub ssrc_routes: SsrcRoutes,
     pub subscriptions: Vec<Subscription>,
     pub srtcp_index: u32,
-    /// SRTCP indices received per sender SSRC, so a replayed NACK or PLI is refused.
-    pub srtcp_replay: HashMap<u32, ReplayWindow>,
+    /// SRTCP indices received per sender SSRC, so a replayed NACK or PLI is refused; with
+    /// when each sender was last heard (the longest quiet gives way to a new one).
+    pub srtcp_replay: HashMap<u32, (ReplayWindow, Instant)>,
     pub awaiting_answer: bool,
     /// When the outstanding SFU offer went out (re-sent after a timeout).
     pub offer_sent_at: Option<Instant>,

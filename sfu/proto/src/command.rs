@@ -122,7 +122,6 @@ impl Command {
         )
     }
 
-    /// The participant this command is about, if any (used to route to the owning worker).
     /// The media session an `add_participant` starts.
     pub fn session(&self) -> Option<u32> {
         match self {
@@ -131,6 +130,7 @@ impl Command {
         }
     }
 
+    /// The participant this command is about, if any (used to route to the owning worker).
     pub fn participant(&self) -> Option<&ParticipantId> {
         match self {
             Command::AddParticipant { participant, .. }

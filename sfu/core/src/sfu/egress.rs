@@ -8,9 +8,6 @@ use crate::pacer::PacketSeal;
 use crate::participant::Participant;
 use crate::payload_format::PayloadFormat;
 use crate::rtcp_writer;
-
-/// The shortest time between two sender reports of one layer passed on to its subscribers.
-const SENDER_REPORT_RELAY_INTERVAL: Duration = Duration::from_millis(500);
 use crate::rtp_header::HeaderWriter;
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
 use crate::subscription::Flow;
@@ -18,6 +15,11 @@ use crate::transmit_batch::{SLOT_SIZE, TransmitBatch};
 use crate::vp8_descriptor::Vp8Descriptor;
 use sfu_proto::MediaKind;
 use std::time::Instant;
+
+/// The shortest time between two sender reports of one layer passed on to its subscribers:
+/// a browser sends one every 0.5–1.5 s (RFC 3550's randomised interval), so none of those is
+/// held, and a flood of them reaches each subscriber at most four times a second.
+const SENDER_REPORT_RELAY_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Padding bytes in one probe packet (the most RTP padding can say).
 const PROBE_PADDING: usize = 255;
@@ -248,21 +250,17 @@ impl Sfu {
             return;
         };
         let twcc_ext = sub.ext.transport_cc;
-        // The numbers this packet names, and how many of them its budget lets be looked up.
+        // The numbers this packet names.
         let named: u64 = nack
             .nacks
             .iter()
             .map(|p| 1 + u64::from(p.lost_packets.count_ones()))
             .sum();
-        let allowed = (sub.nack_budget.available(now).max(0.0) as u64).min(named);
-        sub.nack_budget.take(now, allowed as f64);
-        self.counters.nacks_refused += named - allowed;
-        let mut left = allowed;
         let subscription = &mut sub.subscriptions[s];
         // Only as RTX: resending on the media SSRC would seal a different header under the same
         // SRTP nonce as the original (RFC 7714 forbids nonce reuse).
         let Some(rtx_pt) = subscription.rtx_payload_type else {
-            self.counters.nacks_unrepairable += allowed;
+            self.counters.nacks_unrepairable += named;
             return;
         };
         // Repairs come from the layer being forwarded; NACKs from before a switch map to none.
@@ -272,6 +270,12 @@ impl Sfu {
         let Some(track) = self.tracks[subscription.track].as_ref() else {
             return;
         };
+        // How many of them the subscriber's budget lets be looked up (only now: a NACK that
+        // can find nothing spends none of it).
+        let allowed = (sub.nack_budget.available(now).max(0.0) as u64).min(named);
+        sub.nack_budget.take(now, allowed as f64);
+        self.counters.nacks_refused += named - allowed;
+        let mut left = allowed;
         let renumber = track.format == PayloadFormat::Vp8;
         let cache = &track.layers[layer].cache;
         for seq in nack.nacks.iter().copied().flatten() {
@@ -448,7 +452,7 @@ impl Sfu {
             if let Some(inb) = layer.inbound.as_mut() {
                 inb.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
             }
-            // Passed on at most every half second (browsers send one a second or less): each
+            // Passed on at most every 250 ms (browsers send one every 0.5–1.5 s): each
             // goes to every subscriber of the layer, outside the pacer and the estimate, so a
             // publisher sending dozens in one datagram would flood everyone's downlink. The
             // latest is what counts, and is what the next one passed on carries.

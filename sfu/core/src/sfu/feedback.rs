@@ -6,6 +6,7 @@ use super::*;
 use crate::bandwidth_estimator::{BandwidthEstimator, PacketResult};
 use crate::downlink::Downlink;
 use crate::remote_description::MAX_SIMULCAST_LAYERS;
+use crate::replay_window::ReplayWindow;
 use crate::rtcp_writer::{self, ReportBlock};
 use crate::send_history::RING as SEND_HISTORY_LEN;
 use crate::track::Track;
@@ -38,7 +39,7 @@ impl Sfu {
         let sender_ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
         if p.srtcp_replay
             .get(&sender_ssrc)
-            .is_some_and(|w| w.is_replay(index as u64))
+            .is_some_and(|(w, _)| w.is_replay(index as u64))
         {
             self.counters.dropped_replay += 1;
             return;
@@ -47,17 +48,27 @@ impl Sfu {
             self.counters.dropped_auth += 1;
             return;
         };
-        // Windows are made only for authenticated senders, and a session has a few. Past
-        // that many, a new sender's RTCP is refused: accepted without a window, it could be
-        // replayed by anyone who saw it.
-        if p.srtcp_replay.len() >= MAX_RTCP_SENDERS && !p.srtcp_replay.contains_key(&sender_ssrc) {
-            self.counters.dropped_replay += 1;
-            return;
+        // Windows are made only for authenticated senders, and a session has a few at once
+        // (one per stream it receives on). Past that many, a new sender takes the window of
+        // the one heard from longest ago (a stream that ended: m-lines are recycled, and a
+        // browser's senders change with them) — never is RTCP accepted without a window,
+        // where anyone who saw it could replay it.
+        if p.srtcp_replay.len() >= MAX_RTCP_SENDERS
+            && !p.srtcp_replay.contains_key(&sender_ssrc)
+            && let Some(quietest) = p
+                .srtcp_replay
+                .iter()
+                .min_by_key(|(_, (_, heard))| *heard)
+                .map(|(s, _)| *s)
+        {
+            p.srtcp_replay.remove(&quietest);
         }
-        p.srtcp_replay
+        let (window, heard) = p
+            .srtcp_replay
             .entry(sender_ssrc)
-            .or_default()
-            .accept(index as u64);
+            .or_insert_with(|| (ReplayWindow::default(), now));
+        window.accept(index as u64);
+        *heard = now;
         self.counters.rtcp_in += 1;
         // One packet of the compound at a time: transport-wide feedback is read in place (it
         // comes every 50–250 ms from every subscriber), the rest by rtc-rtcp; a malformed
