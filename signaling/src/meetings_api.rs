@@ -799,9 +799,19 @@ async fn mint(
         // A queue's link also brings back whoever was taken into a private visit, which may
         // run (and be rejoined) past the queue's close: at most a visit's length and its
         // overrun after it.
+        // — but never so far that the link would not be valid yet when the queue opens (a
+        // token lasts at most the longest lifetime, counted back from its expiry).
         let closes = s.record.closes_at(policy);
         let expires = match s.record.kind {
-            MeetingKind::DropIn => closes + policy.drop_in_visit_length + policy.overrun,
+            MeetingKind::DropIn => {
+                let longest = jiff::SignedDuration::from_secs(
+                    i64::try_from(state.verifier.max_lifetime_secs()).unwrap_or(i64::MAX),
+                );
+                let opens = s.record.start.max(Timestamp::now());
+                (closes + policy.drop_in_visit_length + policy.overrun)
+                    .min(opens.checked_add(longest).unwrap_or(Timestamp::MAX))
+                    .max(closes)
+            }
             MeetingKind::Visit => closes,
         };
         (req.unit.unwrap_or_else(|| s.record.unit.clone()), expires)

@@ -612,3 +612,38 @@ async fn bad_bookings_are_refused_naming_the_field_and_the_service_goes_on() {
     assert!(lines[0]["api_client"].is_string(), "{}", lines[0]);
     let _ = std::fs::remove_dir_all(store_dir);
 }
+
+/// A queue's links outlive it by a private visit, but never so far that they would not be
+/// valid yet while it is open: with tokens lasting at most 3 hours, an open 2-hour queue's link
+/// is valid now, and expires 3 hours from now (not 3 h 30 min after the queue closes, which
+/// would have made it valid only from 1 h 30 min into the queue).
+#[tokio::test]
+async fn a_queue_link_is_valid_while_the_queue_is_open_whatever_the_longest_lifetime() {
+    let server = start_with(&["--max-token-lifetime-hours", "3"]);
+    let (start, end) = window(-1, 120);
+    let (status, q) = server
+        .api("POST", "/api/v1/meetings", Some(API_KEY),
+             Some(json!({"id": "q-short", "unit": "unit-1", "kind": "drop_in", "start": start, "end": end})))
+        .await;
+    assert_eq!(status, 201, "{q}");
+    let asked = jiff::Timestamp::now();
+    let (status, minted) = server
+        .api(
+            "POST",
+            "/api/v1/meetings/q-short/tokens",
+            Some(API_KEY),
+            Some(json!({"sub": "pat-z", "name": "Z", "role": "patient"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{minted}");
+    let expires: jiff::Timestamp = minted["expires_at"].as_str().unwrap().parse().unwrap();
+    let three_hours = asked + jiff::SignedDuration::from_hours(3);
+    assert!(
+        (three_hours.as_second() - 1..=three_hours.as_second() + 5).contains(&expires.as_second()),
+        "{minted}"
+    );
+    // Valid now: the patient joins the queue.
+    let token = minted["token"].as_str().unwrap();
+    let mut patient = server.connect(token).await;
+    assert_eq!(patient.next_of("lobby_position").await["position"], 1);
+}
