@@ -19,7 +19,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sfu_proto::{Command, ParticipantId, Permissions, RoomId, VideoLayer};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 /// Longest chat message, in characters.
@@ -396,6 +396,7 @@ impl MeetingRoom {
                 next_order,
                 last_active: Timestamp::now(),
                 budgets_left: HashMap::new(),
+                left_on_purpose: HashSet::new(),
             }),
         }
     }
@@ -435,6 +436,10 @@ pub struct RoomState {
     /// client that reconnects in a loop chat and restart media as fast as it reconnects.
     #[serde(default)]
     budgets_left: HashMap<String, LeftBudgets>,
+    /// Subjects who left on purpose (`leave`) and have not come back: a drop-in clinician who
+    /// hung up goes on to the queue with its link, not back into this private visit.
+    #[serde(default)]
+    left_on_purpose: HashSet<String>,
 }
 
 /// A member's message budgets and last media restart, kept when it leaves.
@@ -480,14 +485,17 @@ impl RoomState {
         self.members.get(id).is_some_and(Member::is_admitted)
     }
 
-    /// Whether anyone but `sub` is here, or admitted and expected back within the reconnect
-    /// grace.
-    pub fn holds_other_than(&self, sub: &str, now: Timestamp) -> bool {
-        self.members.values().any(|m| m.sub != sub)
-            || self
-                .admitted
-                .iter()
-                .any(|(s, until)| s != sub && until.is_none_or(|u| u >= now))
+    /// Whether this private visit takes back a clinician `sub` who comes with the queue's link:
+    /// while anyone else is here, or admitted and expected back within the reconnect grace —
+    /// unless the clinician left it on purpose (then the link leads to the queue, to take the
+    /// next patient).
+    pub fn takes_back_clinician(&self, sub: &str, now: Timestamp) -> bool {
+        !self.left_on_purpose.contains(sub)
+            && (self.members.values().any(|m| m.sub != sub)
+                || self
+                    .admitted
+                    .iter()
+                    .any(|(s, until)| s != sub && until.is_none_or(|u| u >= now)))
     }
 
     /// The private visit a drop-in patient or clinician was taken into, if still followed.
@@ -624,6 +632,7 @@ impl RoomState {
     ) -> Result<JoinOutcome, JoinRefusal> {
         self.check_entry(session, now, policy)?;
         let mut member = Member::new(session);
+        self.left_on_purpose.remove(&member.sub);
 
         let previous = self
             .members
@@ -773,6 +782,9 @@ impl RoomState {
                 self.admitted
                     .insert(m.sub.clone(), Some(now + policy.reconnect_grace));
             }
+        }
+        if explicit {
+            self.left_on_purpose.insert(m.sub.clone());
         }
         if let Admission::Waiting { since, order } = m.admission
             && !explicit

@@ -484,7 +484,7 @@ impl Meetings {
                 let p = private.lock();
                 (
                     p.record.status(now, &self.policy),
-                    p.holds_other_than(&c.sub, now),
+                    p.takes_back_clinician(&c.sub, now),
                 )
             };
             // An ended private visit no longer captures the queue link; nor, for a clinician,

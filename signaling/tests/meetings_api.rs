@@ -324,10 +324,10 @@ async fn drop_in_the_clinician_takes_the_first_and_the_second_moves_up() {
         (Some(private.as_str()), Some("admitted")),
         "{w}"
     );
-    // The visit ended, the clinician's queue link leads to the queue (to take the next one).
-    doc.send(json!({"type": "end_meeting"})).await;
-    assert_eq!(doc.next_of("closing").await["reason"], "meeting_ended");
-    assert_eq!(a.next_of("closing").await["reason"], "meeting_ended");
+    // Hung up on purpose, the clinician's queue link leads to the queue (to take the next
+    // one), the patient still in the visit.
+    doc.send(json!({"type": "leave"})).await;
+    assert_eq!(doc.next_of("closing").await["reason"], "left");
     drop(doc);
     let mut doc = server.connect(&doc_token).await;
     let w = doc.next_of("welcome").await;
