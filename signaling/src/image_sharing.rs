@@ -9,7 +9,7 @@ use crate::audit::{audit, audit_unavailable, session_event};
 use crate::bearer::bearer;
 use crate::client_address::ClientAddress;
 use crate::image_store::{ImageOrigin, MAX_IMAGE_BYTES, StoreRefusal};
-use crate::replica_relay::Routed;
+use crate::replica_relay::{RelayedBody, Routed};
 use crate::session_token::Session;
 use crate::shared_image::inspect;
 use crate::token_refusals::{RefusalVerdict, TokenRefusals};
@@ -98,14 +98,17 @@ pub async fn to_owner(
         return next.run(request).await;
     };
     // A token that does not verify is refused here, as on any replica.
-    let meeting = state
+    let claims = state
         .verifier
         .verify(bearer(request.headers()))
         .ok()
-        .map(|s| s.claims.mtg);
-    let Some(meeting) = meeting else {
+        .map(|s| (s.claims.mtg, s.claims.sub));
+    let Some((meeting, sub)) = claims else {
         return next.run(request).await;
     };
+    // A photo sent (not one fetched) is an upload.
+    let uploader =
+        (request.method() == axum::http::Method::POST).then(|| format!("{sub}\u{0}{meeting}"));
     let routed = replicas.route(
         &state.meetings,
         &meeting,
@@ -127,11 +130,12 @@ pub async fn to_owner(
                 .forward_request(
                     &owner,
                     request,
-                    (
-                        MAX_IMAGE_BYTES + 64 * 1024,
-                        "image_too_large",
-                        "image_too_slow",
-                    ),
+                    RelayedBody {
+                        limit: MAX_IMAGE_BYTES + 64 * 1024,
+                        too_large: "image_too_large",
+                        too_slow: "image_too_slow",
+                        uploader,
+                    },
                     "/relay",
                     source,
                 )

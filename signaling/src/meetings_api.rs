@@ -495,7 +495,12 @@ pub async fn to_owner(
                 .forward_request(
                     &owner,
                     request,
-                    (1024 * 1024, "too_large", "request_timeout"),
+                    crate::replica_relay::RelayedBody {
+                        limit: 1024 * 1024,
+                        too_large: "too_large",
+                        too_slow: "request_timeout",
+                        uploader: None,
+                    },
                     "",
                     source,
                 )

@@ -31,14 +31,44 @@ pub struct Replicas {
     pub leases: Arc<MeetingLeases>,
     secret: String,
     http: reqwest::Client,
-    /// MiB of request bodies being read for relaying, at most [`RELAYED_BODY_MIB`]: bodies are
-    /// read whole before the owner sees them, so without a bound a client holding many
+    /// MiB of uploads (photos) being read for relaying, at most [`RELAYED_UPLOAD_MIB`]: bodies
+    /// are read whole before the owner sees them, so without a bound a client holding many
     /// half-sent photos would hold as many megabytes here.
-    relayed_bodies: Arc<tokio::sync::Semaphore>,
+    relayed_uploads: Arc<tokio::sync::Semaphore>,
+    /// Who is uploading through this replica now: one at a time each, as the owner takes
+    /// them, so that one person cannot take the others' share.
+    uploaders: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
-/// MiB of request bodies a replica reads for relaying at once (eight photos).
-const RELAYED_BODY_MIB: u32 = 64;
+/// MiB of uploads a replica reads for relaying at once (eight photos of 8 MB).
+const RELAYED_UPLOAD_MIB: u32 = 64;
+
+/// What a relayed request's body may be.
+pub struct RelayedBody<'a> {
+    /// Its most bytes (past it, 413 `too_large`).
+    pub limit: usize,
+    pub too_large: &'a str,
+    /// The code of a 408 when it takes more than a minute.
+    pub too_slow: &'a str,
+    /// For an upload (a photo), whose (subject and meeting): uploads share a bounded amount of
+    /// memory here, one at a time per uploader. Other bodies (the meetings API's) are small.
+    pub uploader: Option<String>,
+}
+
+/// An uploader's place while its body is read.
+struct UploadSlot {
+    uploaders: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    who: String,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.uploaders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.who);
+    }
+}
 /// Time a client has to send a relayed request's body (as long as the owner gives an upload).
 const RELAYED_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -61,7 +91,8 @@ impl Replicas {
             leases,
             secret,
             http,
-            relayed_bodies: Arc::new(tokio::sync::Semaphore::new(RELAYED_BODY_MIB as usize)),
+            relayed_uploads: Arc::new(tokio::sync::Semaphore::new(RELAYED_UPLOAD_MIB as usize)),
+            uploaders: Arc::default(),
         }
     }
 
@@ -248,19 +279,25 @@ impl Replicas {
         }
     }
 
-    /// Forwards `request` (its body read whole, up to `limit` bytes: past it, 413 with
-    /// `too_large` as the owner's own code for it, and 408 `too_slow` past a minute) to the owner at `owner`, under `prefix` +
-    /// its own path, and its answer back. A body declared larger than `limit` is refused
-    /// before it is read; one not sent within a minute gets 408; while bodies of 64 MiB (as
-    /// declared, else `limit`) are being read, 503 `replica_busy`.
+    /// Forwards `request` (its body read whole, as `body` allows: 413 past its limit — refused
+    /// before reading when declared so —, 408 past a minute) to the owner at `owner`, under
+    /// `prefix` + its own path, and its answer back. An upload waits for nothing: while this
+    /// replica reads 64 MiB of uploads (as declared, else the limit), or one of the same
+    /// uploader, 503 `replica_busy`.
     pub async fn forward_request(
         &self,
         owner: &str,
         request: axum::extract::Request,
-        (limit, too_large, too_slow): (usize, &str, &str),
+        body_rules: RelayedBody<'_>,
         prefix: &str,
         source: IpAddr,
     ) -> Response {
+        let RelayedBody {
+            limit,
+            too_large,
+            too_slow,
+            uploader,
+        } = body_rules;
         let (parts, body) = request.into_parts();
         let too_large = || {
             (
@@ -278,13 +315,8 @@ impl Replicas {
         if declared.is_some_and(|n| n > limit) {
             return too_large();
         }
-        let mib = declared.unwrap_or(limit).div_ceil(1024 * 1024).max(1);
-        let Ok(_reading) = self
-            .relayed_bodies
-            .clone()
-            .try_acquire_many_owned(u32::try_from(mib).unwrap_or(u32::MAX))
-        else {
-            return (
+        let busy = || {
+            (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(axum::http::header::RETRY_AFTER, "5")],
                 axum::Json(json!({
@@ -293,12 +325,40 @@ impl Replicas {
                     "message": "Tjänsten är upptagen. Försök igen om en stund.",
                 })),
             )
-                .into_response();
+                .into_response()
         };
+        // Held while the body is read, not while the owner answers.
+        let mut reading = None;
+        if let Some(who) = uploader {
+            if !self
+                .uploaders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(who.clone())
+            {
+                return busy();
+            }
+            let slot = UploadSlot {
+                uploaders: self.uploaders.clone(),
+                who,
+            };
+            let mib = declared.unwrap_or(limit).div_ceil(1024 * 1024).max(1);
+            let Ok(permits) = self
+                .relayed_uploads
+                .clone()
+                .try_acquire_many_owned(u32::try_from(mib).unwrap_or(u32::MAX))
+            else {
+                return busy();
+            };
+            reading = Some((slot, permits));
+        }
         let body = match tokio::time::timeout(RELAYED_BODY_TIME, axum::body::to_bytes(body, limit))
             .await
         {
-            Ok(Ok(body)) => body,
+            Ok(Ok(body)) => {
+                drop(reading);
+                body
+            }
             Ok(Err(_)) => return too_large(),
             Err(_) => {
                 return (

@@ -299,8 +299,9 @@ async fn only_replicas_may_relay() {
 }
 
 /// A replica that relays photos to the meeting's owner reads each body whole first: one
-/// declared larger than a photo is refused before a byte of it is read, and bodies held
-/// half-sent take at most 64 MiB of the replica's memory — past that, `replica_busy`.
+/// declared larger than a photo is refused before a byte of it is read, one person relays one
+/// photo at a time, and bodies held half-sent take at most 64 MiB of the replica's memory —
+/// past either, `replica_busy`. A body read is the owner's to judge (its answer comes back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relaying_replica_holds_a_bounded_amount_of_half_sent_photos() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -319,13 +320,16 @@ async fn a_relaying_replica_holds_a_bounded_amount_of_half_sent_photos() {
     )
     .await;
     assert_eq!(status, 201, "{m}");
-    // A runs the meeting; the patient's photos reach B.
+    // A runs the meeting; the patients' photos reach B.
     let doctor = a.server.token("v-photos", "doc-1", "Dr Berg", "clinician");
     let mut doctor = a.server.connect(&doctor).await;
     doctor.next_of("welcome").await;
-    let token = a.server.token("v-photos", "pat-1", "Anna", "patient");
+    let token = |n: usize| {
+        a.server
+            .token("v-photos", &format!("pat-{n}"), "Anna", "companion")
+    };
     let at = b.server.http_base.trim_start_matches("http://").to_owned();
-    let post = |length: usize| {
+    let post = |token: &str, length: usize| {
         format!(
             "POST /images HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\
              Content-Type: image/jpeg\r\nContent-Length: {length}\r\n\r\n"
@@ -340,30 +344,44 @@ async fn a_relaying_replica_holds_a_bounded_amount_of_half_sent_photos() {
             .unwrap();
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
+    let held = async |token: &str| {
+        let mut s = tokio::net::TcpStream::connect(&at).await.unwrap();
+        s.write_all(post(token, 8 << 20).as_bytes()).await.unwrap();
+        s.write_all(&[0xff; 1024]).await.unwrap();
+        s
+    };
     // Declared larger than a photo: 413 at once, nothing of it sent.
     let mut s = tokio::net::TcpStream::connect(&at).await.unwrap();
-    s.write_all(post(100 << 20).as_bytes()).await.unwrap();
+    s.write_all(post(&token(0), 100 << 20).as_bytes())
+        .await
+        .unwrap();
     let head = answer(&mut s).await;
     assert_eq!(status_of(&head), "413", "{head}");
-    // Eight photos of 8 MiB declared, their bodies held back: the ninth is turned away.
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        let mut s = tokio::net::TcpStream::connect(&at).await.unwrap();
-        s.write_all(post(8 << 20).as_bytes()).await.unwrap();
-        s.write_all(&[0xff; 1024]).await.unwrap();
-        held.push(s);
+    // One person's second photo while the first is held back: turned away.
+    let first = held(&token(1)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = held(&token(1)).await;
+    let head = answer(&mut second).await;
+    assert_eq!(status_of(&head), "503", "{head}");
+    // Eight people's photos of 8 MiB held back (64 MiB with the first): a ninth is turned
+    // away.
+    let mut holding = vec![first];
+    for n in 2..=8 {
+        holding.push(held(&token(n)).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut ninth = tokio::net::TcpStream::connect(&at).await.unwrap();
-    ninth.write_all(post(8 << 20).as_bytes()).await.unwrap();
+    let mut ninth = held(&token(9)).await;
     let head = answer(&mut ninth).await;
     assert_eq!(status_of(&head), "503", "{head}");
     assert!(head.contains("replica_busy"), "{head}");
     // Those that give up free their share.
-    drop(held);
+    drop(holding);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut tenth = tokio::net::TcpStream::connect(&at).await.unwrap();
-    tenth.write_all(post(100).as_bytes()).await.unwrap();
+    tenth
+        .write_all(post(&token(10), 100).as_bytes())
+        .await
+        .unwrap();
     tenth.write_all(&[0xff; 100]).await.unwrap();
     let head = answer(&mut tenth).await;
     assert_ne!(status_of(&head), "503", "{head}");
