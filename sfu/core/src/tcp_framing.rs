@@ -73,6 +73,9 @@ impl FrameReader {
 pub struct FrameQueue {
     bytes: Vec<u8>,
     sent: usize,
+    /// Where the first frame not yet begun on the wire starts (at or after `sent`): frames
+    /// from there on may still be taken back whole.
+    unsent: usize,
 }
 
 /// Whether a packet may be dropped under pressure: RTP and RTCP (first byte 128–191, RFC 7983)
@@ -112,12 +115,35 @@ impl FrameQueue {
         }
         if self.sent > 0 && self.sent >= self.bytes.len() / 2 {
             self.bytes.drain(..self.sent);
+            self.unsent -= self.sent;
             self.sent = 0;
         }
         self.bytes
             .extend_from_slice(&(packet.len() as u16).to_be_bytes());
         self.bytes.extend_from_slice(packet);
         Queued::Yes
+    }
+
+    /// Takes back the media (RTP, RTCP) not yet begun on the wire — its receiver may no longer
+    /// have it (sent back to the waiting room) —, keeping the rest in order. Returns how many
+    /// packets were dropped.
+    pub fn drop_media(&mut self) -> usize {
+        let mut kept = Vec::new();
+        let mut dropped = 0;
+        let mut at = self.unsent;
+        while at + FRAME_HEADER <= self.bytes.len() {
+            let n = usize::from(u16::from_be_bytes([self.bytes[at], self.bytes[at + 1]]));
+            let frame = &self.bytes[at..(at + FRAME_HEADER + n).min(self.bytes.len())];
+            if is_media(&frame[FRAME_HEADER..]) {
+                dropped += 1;
+            } else {
+                kept.extend_from_slice(frame);
+            }
+            at += FRAME_HEADER + n;
+        }
+        self.bytes.truncate(self.unsent);
+        self.bytes.extend_from_slice(&kept);
+        dropped
     }
 
     /// Writes what it can; returns the bytes written (0 when the socket would block).
@@ -135,9 +161,15 @@ impl FrameQueue {
                 Err(e) => return Err(e),
             }
         }
+        // The frames begun on the wire (a frame is its 2-byte length, then the packet).
+        while self.unsent < self.sent {
+            let n = u16::from_be_bytes([self.bytes[self.unsent], self.bytes[self.unsent + 1]]);
+            self.unsent += FRAME_HEADER + usize::from(n);
+        }
         if self.sent == self.bytes.len() {
             self.bytes.clear();
             self.sent = 0;
+            self.unsent = 0;
         }
         Ok(total)
     }
@@ -146,6 +178,46 @@ impl FrameQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Media not yet begun on the wire is taken back; the frame being written, and STUN and
+    /// DTLS, stay, in order.
+    #[test]
+    fn queued_media_is_taken_back_but_a_frame_half_written_and_control_stay() {
+        let mut q = FrameQueue::default();
+        let (rtp, dtls, stun) = ([0x90u8; 100], [22u8; 50], [0u8; 20]);
+        for p in [&rtp[..], &dtls, &rtp, &stun, &rtp] {
+            assert_eq!(q.push(p), Queued::Yes);
+        }
+        // 40 bytes of the first frame are on the wire.
+        let mut wire = Vec::new();
+        let mut partial = Partial(&mut wire, 40);
+        q.write_to(&mut partial).unwrap();
+        assert_eq!(q.drop_media(), 2);
+        q.write_to(&mut wire).unwrap();
+        assert_eq!(wire, framed(&[&rtp, &dtls, &stun]));
+        assert!(q.is_empty());
+        // Nothing queued: nothing to take back, and the queue still works.
+        assert_eq!(q.drop_media(), 0);
+        assert_eq!(q.push(&rtp), Queued::Yes);
+    }
+
+    /// A writer that takes `n` more bytes, then would block.
+    struct Partial<'a>(&'a mut Vec<u8>, usize);
+
+    impl Write for Partial<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.1 == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.1);
+            self.0.extend_from_slice(&buf[..n]);
+            self.1 -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
 
     fn framed(packets: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -15,6 +15,9 @@ const KEPT_SLOTS: usize = 4096;
 pub struct TransmitBatch {
     data: Vec<u8>,
     meta: Vec<(SocketAddr, usize)>,
+    /// Destinations whose media still queued in the I/O layer (an ICE-TCP connection's
+    /// send queue) must not go out: their participant may no longer receive it.
+    withdrawn: Vec<SocketAddr>,
 }
 
 impl TransmitBatch {
@@ -26,7 +29,18 @@ impl TransmitBatch {
         Self {
             data: vec![0; slots * SLOT_SIZE],
             meta: Vec::with_capacity(slots),
+            withdrawn: Vec::new(),
         }
+    }
+
+    /// Asks the I/O layer to drop the media it still holds for `dest` (after this batch's).
+    pub fn withdraw_media(&mut self, dest: SocketAddr) {
+        self.withdrawn.push(dest);
+    }
+
+    /// The destinations [`Self::withdraw_media`] named since the last clear.
+    pub fn withdrawn(&self) -> &[SocketAddr] {
+        &self.withdrawn
     }
 
     /// The next free slot; write into it, then [`Self::commit`].
@@ -72,6 +86,7 @@ impl TransmitBatch {
     pub fn clear(&mut self) {
         let used = self.meta.len();
         self.meta.clear();
+        self.withdrawn.clear();
         let kept = (used * 2).max(KEPT_SLOTS) * SLOT_SIZE;
         if self.data.len() > kept && used < self.data.len() / SLOT_SIZE / 8 {
             self.data.truncate(kept);

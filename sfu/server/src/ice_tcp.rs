@@ -247,6 +247,14 @@ impl IceTcp {
         self.links.contains_key(dest)
     }
 
+    /// Drops the media queued for connection `dest` and not yet begun on the wire (its
+    /// participant may no longer receive it); returns how many packets.
+    pub fn withdraw_media(&mut self, dest: &SocketAddr) -> usize {
+        self.links
+            .get_mut(dest)
+            .map_or(0, |link| link.out.drop_media())
+    }
+
     /// Queues a packet for a connection; false when `dest` is not one.
     pub fn send(&mut self, now: Instant, dest: SocketAddr, packet: &[u8]) -> bool {
         let epoll = self.epoll.as_raw_fd();

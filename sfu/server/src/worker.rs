@@ -239,7 +239,7 @@ struct Outlets<'a> {
 
 impl Outlets<'_> {
     fn flush(&mut self, batch: &mut TransmitBatch) {
-        if batch.is_empty() {
+        if batch.is_empty() && batch.withdrawn().is_empty() {
             return;
         }
         match self.tcp.as_deref_mut() {
@@ -253,6 +253,9 @@ impl Outlets<'_> {
                         if dest.is_ipv6() {
                             tcp.send(now, dest, datagram);
                         }
+                    }
+                    for dest in batch.withdrawn() {
+                        tcp.withdraw_media(dest);
                     }
                 }
                 // (An IPv4 connection's address is never a datagram's, even once it closed.)

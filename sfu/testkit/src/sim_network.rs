@@ -78,6 +78,9 @@ pub struct SimNetwork {
     busy_until: Vec<(Instant, Instant)>,
     /// Per peer: every datagram its shaped downlink carried or dropped.
     pub deliveries: Vec<Vec<Delivery>>,
+    /// Destinations whose media the SFU asked the I/O layer to take back (an ICE-TCP
+    /// connection's queue), in order.
+    pub withdrawn: Vec<SocketAddr>,
     /// Datagrams dropped by a full bottleneck queue (also counted in `link_drops`).
     pub queue_drops: u64,
     queue: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
@@ -118,6 +121,7 @@ impl SimNetwork {
             links: Vec::new(),
             busy_until: Vec::new(),
             deliveries: Vec::new(),
+            withdrawn: Vec::new(),
             queue_drops: 0,
             queue: BTreeMap::new(),
             seq: 0,
@@ -192,6 +196,7 @@ impl SimNetwork {
             let data = data.to_vec();
             self.enqueue(self.sfu_addr, dest, data);
         }
+        self.withdrawn.extend_from_slice(self.batch.withdrawn());
         self.batch.clear();
         while let Some(event) = self.sfu.poll_event() {
             match &event {

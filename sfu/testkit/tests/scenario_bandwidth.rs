@@ -997,4 +997,7 @@ fn a_subscriber_moved_to_the_waiting_room_gets_nothing_its_pacer_held() {
         .map(|d| (d.sent - moved_at, d.size))
         .collect();
     assert!(after.is_empty(), "media sent after the move: {after:?}");
+    // And what an ICE-TCP connection's queue held for it is taken back.
+    let addr = call.net.peers[1].addr;
+    assert_eq!(call.net.withdrawn, [addr]);
 }

@@ -120,8 +120,13 @@ impl Sfu {
         let idx = self.lookup(id)?;
         let before = std::mem::replace(&mut self.participant_mut(idx).permissions, permissions);
         if before.subscribe && !permissions.subscribe {
-            // What the pacer still holds for it is others' media too: none of it leaves now.
-            let held = self.participant_mut(idx).downlink.pacer.clear();
+            // What the pacer still holds for it is others' media too: none of it leaves now,
+            // nor what an ICE-TCP connection's send queue still holds.
+            let p = self.participant_mut(idx);
+            let held = p.downlink.pacer.clear();
+            if let Some(remote) = p.remote {
+                out.withdraw_media(remote);
+            }
             self.counters.dropped_blocked += held as u64;
             if self.unsubscribe_all(idx) {
                 self.renegotiate(idx);
