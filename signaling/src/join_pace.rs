@@ -3,8 +3,9 @@
 //! others in the meeting and may start a media session: a valid link in a loop of connect and
 //! drop would do all that without bound. A person gets a burst of 30 connections, then one
 //! every 2 s — more than a phone that keeps losing coverage needs (a resume counts too). The
-//! join check (`POST /join`) spends nothing, but says so when the next connection would be
-//! refused.
+//! join check (`POST /join`) spends none of those, but says so when the next connection would
+//! be refused; join checks have a budget of their own — a burst of 30, then two a second —
+//! since each costs a signature check (two, and a look at the meeting store, with replicas).
 
 use sfu_core::token_bucket::TokenBucket;
 use std::collections::HashMap;
@@ -13,6 +14,8 @@ use std::time::Instant;
 
 const BURST: f64 = 30.0;
 const PER_SECOND: f64 = 0.5;
+const CHECKS_BURST: f64 = 30.0;
+const CHECKS_PER_SECOND: f64 = 2.0;
 /// People remembered at once; past it, those whose burst is whole again are forgotten (and if
 /// none is, a new person is let in unpaced rather than anyone refused for the table's sake).
 const MAX_PEOPLE: usize = 100_000;
@@ -20,9 +23,26 @@ const MAX_PEOPLE: usize = 100_000;
 #[derive(Default)]
 pub struct JoinPace {
     people: Mutex<HashMap<(String, String), TokenBucket>>,
+    checks: Mutex<HashMap<(String, String), TokenBucket>>,
 }
 
 impl JoinPace {
+    /// Whether subject `sub` may have a join check of meeting `mtg` answered now (spends one).
+    pub fn check(&self, sub: &str, mtg: &str, now: Instant) -> bool {
+        let mut people = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (sub.to_owned(), mtg.to_owned());
+        if !people.contains_key(&key) && people.len() >= MAX_PEOPLE {
+            people.retain(|_, b| b.available(now) < CHECKS_BURST);
+            if people.len() >= MAX_PEOPLE {
+                return true;
+            }
+        }
+        people
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(CHECKS_PER_SECOND, CHECKS_BURST))
+            .take(now, 1.0)
+    }
+
     /// Whether subject `sub` may connect to meeting `mtg` now; a connection (`spend`) uses one.
     pub fn admits(&self, sub: &str, mtg: &str, spend: bool, now: Instant) -> bool {
         let mut people = self.people.lock().unwrap_or_else(|e| e.into_inner());
@@ -53,6 +73,20 @@ impl JoinPace {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn join_checks_a_burst_then_two_a_second_per_person_and_meeting() {
+        let pace = JoinPace::default();
+        let t0 = Instant::now();
+        let answered = (0..100).filter(|_| pace.check("pat", "m", t0)).count();
+        assert_eq!(answered, CHECKS_BURST as usize);
+        assert!(pace.check("pat", "other", t0), "another meeting");
+        assert!(pace.check("doc", "m", t0), "another person");
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..10).filter(|_| pace.check("pat", "m", t1)).count(), 2);
+        // Checks spend none of the person's connections.
+        assert!(pace.admits("pat", "m", true, t1));
+    }
 
     #[test]
     fn a_burst_then_one_connection_every_two_seconds_per_person_and_meeting() {

@@ -257,13 +257,29 @@ impl AppState {
     /// Which replica runs the meeting a join's token names. A token that does not verify is
     /// refused here, as everywhere. A request relayed to this replica that it does not own
     /// (the lease moved on the way) is refused for a retry rather than relayed again.
-    fn route(&self, q: &JoinQuery, headers: &HeaderMap) -> Result<Route, Box<Response>> {
+    /// `checking`: a join check (`POST /join`), held to the person's budget of them here,
+    /// before the meeting store is asked who runs the meeting.
+    fn route(
+        &self,
+        q: &JoinQuery,
+        headers: &HeaderMap,
+        checking: bool,
+    ) -> Result<Route, Box<Response>> {
         let Some(replicas) = &self.replicas else {
             return Ok(Route::Here);
         };
         let Ok(session) = self.verifier.verify(&q.token) else {
             return Ok(Route::Here);
         };
+        if checking
+            && !self.join_pace.check(
+                &session.claims.sub,
+                &session.claims.mtg,
+                std::time::Instant::now(),
+            )
+        {
+            return Err(Box::new(refusal(&JoinRefusal::TooManyJoins)));
+        }
         let meeting = session.claims.mtg;
         if q.meeting
             .as_ref()
@@ -332,8 +348,11 @@ impl AppState {
         };
         let c = &session.claims;
         let checked = checked.and_then(|room| {
-            self.join_pace
-                .admits(&c.sub, &c.mtg, connecting, std::time::Instant::now())
+            let now = std::time::Instant::now();
+            // (With replicas a join check was held to its budget where it arrived.)
+            let check_paced =
+                connecting || self.replicas.is_some() || self.join_pace.check(&c.sub, &c.mtg, now);
+            (check_paced && self.join_pace.admits(&c.sub, &c.mtg, connecting, now))
                 .then_some(room)
                 .ok_or(JoinRefusal::TooManyJoins)
         });
@@ -416,7 +435,7 @@ async fn join_check(
                 .into_response();
         }
     };
-    match state.route(&q, &headers) {
+    match state.route(&q, &headers, true) {
         Ok(Route::Here) => {}
         Ok(Route::Owner(replicas, owner)) => {
             let body = serde_json::to_vec(&q).unwrap_or_default();
@@ -506,7 +525,7 @@ async fn ws_upgrade(
     };
     // (Selected only when offered: a client with its token in the query offers none.)
     let ws = ws.protocols([crate::socket_credentials::PROTOCOL]);
-    match state.route(&q, &headers) {
+    match state.route(&q, &headers, false) {
         Ok(Route::Here) => {}
         Ok(Route::Owner(replicas, owner)) => {
             // The owner is reached inside the cluster, through no proxy: credentials offered
