@@ -849,39 +849,44 @@ fn the_loudest_publisher_becomes_the_active_speaker() {
     assert_eq!(speakers(&net), vec!["anna".to_owned(), "bo".to_owned()]);
 }
 
-#[test]
-fn a_replayed_rtcp_packet_is_refused() {
-    let mut net = two_publishers_three_subscribers(29);
+/// The call after half a second, and the SSRC on which sub-c (peer 2) receives pub-a's video.
+fn sub_c_receiving(seed: u64) -> (SimNetwork, u32) {
+    let mut net = two_publishers_three_subscribers(seed);
     let mut tick = 0;
     net.run(Duration::from_millis(500), |n| {
         send_media(n, &[0, 1], &mut tick)
     });
-    let ssrc = net.peers[2]
-        .incoming_from("pub-a", MediaKind::Video)
-        .expect("line")
-        .ssrc;
-    net.peers[2].send_pli(ssrc);
-    let (_, pli) = std::iter::from_fn(|| net.peers[2].poll_transmit())
+    let ssrc = pub_a_video(&net, 2).expect("line");
+    (net, ssrc)
+}
+
+/// The RTCP sub-c just sealed (taken before the network carries it), delivered to the SFU
+/// twice: how many keyframe requests the first copy made, and how many replays the second.
+fn delivered_twice(net: &mut SimNetwork) -> (u64, u64) {
+    let (_, sealed) = std::iter::from_fn(|| net.peers[2].poll_transmit())
         .last()
-        .expect("PLI sealed");
+        .expect("sealed");
     let from = net.peers[2].addr;
     let (requests, replays) = (
         net.sfu.counters.keyframe_requests_in,
         net.sfu.counters.dropped_replay,
     );
-    net.inject_to_sfu(from, pli.clone());
-    net.run(Duration::from_millis(5), |_| {});
-    net.inject_to_sfu(from, pli);
-    net.run(Duration::from_millis(5), |_| {});
+    net.inject_to_sfu(from, sealed.clone());
+    net.run(Duration::from_millis(20), |_| {});
+    let first = net.sfu.counters.keyframe_requests_in - requests;
+    net.inject_to_sfu(from, sealed);
+    net.run(Duration::from_millis(20), |_| {});
+    (first, net.sfu.counters.dropped_replay - replays)
+}
+
+#[test]
+fn a_replayed_rtcp_packet_is_refused() {
+    let (mut net, ssrc) = sub_c_receiving(29);
+    net.peers[2].send_pli(ssrc);
     assert_eq!(
-        net.sfu.counters.keyframe_requests_in,
-        requests + 1,
-        "the first copy counts"
-    );
-    assert_eq!(
-        net.sfu.counters.dropped_replay,
-        replays + 1,
-        "the second is a replay"
+        delivered_twice(&mut net),
+        (1, 1),
+        "the first copy counts, the second is a replay"
     );
 }
 
@@ -891,15 +896,7 @@ fn a_replayed_rtcp_packet_is_refused() {
 /// sender's packet is refused.
 #[test]
 fn rtcp_from_more_senders_than_the_windows_takes_the_quietest_ones_window() {
-    let mut net = two_publishers_three_subscribers(30);
-    let mut tick = 0;
-    net.run(Duration::from_millis(500), |n| {
-        send_media(n, &[0, 1], &mut tick)
-    });
-    let ssrc = net.peers[2]
-        .incoming_from("pub-a", MediaKind::Video)
-        .expect("line")
-        .ssrc;
+    let (mut net, ssrc) = sub_c_receiving(30);
     let pli_from = |sender: u32| {
         let mut p = vec![0x81, 206, 0, 2];
         p.extend_from_slice(&sender.to_be_bytes());
@@ -912,28 +909,11 @@ fn rtcp_from_more_senders_than_the_windows_takes_the_quietest_ones_window() {
     }
     // (All of them arrived.)
     net.run(Duration::from_millis(200), |_| {});
-    let (requests, replays) = (
-        net.sfu.counters.keyframe_requests_in,
-        net.sfu.counters.dropped_replay,
-    );
     net.peers[2].send_rtcp(&pli_from(0x9999));
-    let (_, sealed) = std::iter::from_fn(|| net.peers[2].poll_transmit())
-        .last()
-        .expect("sealed");
-    let from = net.peers[2].addr;
-    net.inject_to_sfu(from, sealed.clone());
-    net.run(Duration::from_millis(50), |_| {});
     assert_eq!(
-        net.sfu.counters.keyframe_requests_in,
-        requests + 1,
-        "a sender past the windows is heard"
-    );
-    net.inject_to_sfu(from, sealed);
-    net.run(Duration::from_millis(5), |_| {});
-    assert_eq!(
-        net.sfu.counters.dropped_replay,
-        replays + 1,
-        "and its replay refused"
+        delivered_twice(&mut net),
+        (1, 1),
+        "a sender past the windows is heard, and its replay refused"
     );
 }
 
