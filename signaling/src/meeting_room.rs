@@ -2243,12 +2243,8 @@ mod tests {
         assert!(fx.observations.is_empty());
     }
 
-    /// The SFU's refusal of an earlier media session, arriving after the client started a
-    /// later one, leaves the later one known as running: a move to the lobby still takes its
-    /// media. (Before, any refused add marked the member as having no session, and the move
-    /// sent the SFU nothing while the later session went on sending and receiving.)
-    #[test]
-    fn a_late_refusal_of_an_earlier_media_session_leaves_the_later_one_governed() {
+    /// A visit with its clinician (`p-doc`, at 0 s) and a patient (`p-pat`) admitted at 2 s.
+    fn clinician_and_admitted_patient() -> (RoomState, ParticipantId, ParticipantId) {
         let mut s = visit();
         let (doc, pat) = (ParticipantId("p-doc".into()), ParticipantId("p-pat".into()));
         join(&mut s, &doc, "doc", Role::Clinician, 0);
@@ -2260,6 +2256,16 @@ mod tests {
             &mut Effects::default(),
         )
         .unwrap();
+        (s, doc, pat)
+    }
+
+    /// The SFU's refusal of an earlier media session, arriving after the client started a
+    /// later one, leaves the later one known as running: a move to the lobby still takes its
+    /// media. (Before, any refused add marked the member as having no session, and the move
+    /// sent the SFU nothing while the later session went on sending and receiving.)
+    #[test]
+    fn a_late_refusal_of_an_earlier_media_session_leaves_the_later_one_governed() {
+        let (mut s, doc, pat) = clinician_and_admitted_patient();
         let camera = OfferedVideo::sending_lines(1);
         let mut fx = Effects::default();
         s.offer(&pat, "one".into(), &camera, false, at(3), &mut fx)
@@ -2300,17 +2306,7 @@ mod tests {
     /// applied removes the new connection: reconnecting in a loop does not dodge it.
     #[test]
     fn an_action_follows_its_target_to_the_connection_that_replaced_it() {
-        let mut s = visit();
-        let (doc, pat) = (ParticipantId("p-doc".into()), ParticipantId("p-pat".into()));
-        join(&mut s, &doc, "doc", Role::Clinician, 0);
-        join(&mut s, &pat, "pat", Role::Patient, 1);
-        s.apply(
-            &doc,
-            &Action::Admit(pat.clone()),
-            at(2),
-            &mut Effects::default(),
-        )
-        .unwrap();
+        let (mut s, doc, pat) = clinician_and_admitted_patient();
         let planned = Action::Remove(pat.clone());
         s.plan(&doc, &planned).unwrap();
         let sub = s.member(&pat).map(|m| m.sub.clone());
