@@ -20,39 +20,32 @@ const CHECKS_PER_SECOND: f64 = 2.0;
 /// none is, a new person is let in unpaced rather than anyone refused for the table's sake).
 const MAX_PEOPLE: usize = 100_000;
 
-#[derive(Default)]
-pub struct JoinPace {
-    people: Mutex<HashMap<(String, String), TokenBucket>>,
-    checks: Mutex<HashMap<(String, String), TokenBucket>>,
+/// Token buckets per person and meeting, at most [`MAX_PEOPLE`] of them.
+struct PerPerson {
+    buckets: Mutex<HashMap<(String, String), TokenBucket>>,
+    per_second: f64,
+    burst: f64,
 }
 
-impl JoinPace {
-    /// Whether subject `sub` may have a join check of meeting `mtg` answered now (spends one).
-    pub fn check(&self, sub: &str, mtg: &str, now: Instant) -> bool {
-        let mut people = self.checks.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (sub.to_owned(), mtg.to_owned());
-        if !people.contains_key(&key) && people.len() >= MAX_PEOPLE {
-            people.retain(|_, b| b.available(now) < CHECKS_BURST);
-            if people.len() >= MAX_PEOPLE {
-                return true;
-            }
+impl PerPerson {
+    fn new(per_second: f64, burst: f64) -> Self {
+        Self {
+            buckets: Mutex::default(),
+            per_second,
+            burst,
         }
-        people
-            .entry(key)
-            .or_insert_with(|| TokenBucket::new(CHECKS_PER_SECOND, CHECKS_BURST))
-            .take(now, 1.0)
     }
 
-    /// Whether subject `sub` may connect to meeting `mtg` now; a connection (`spend`) uses one.
-    pub fn admits(&self, sub: &str, mtg: &str, spend: bool, now: Instant) -> bool {
-        let mut people = self.people.lock().unwrap_or_else(|e| e.into_inner());
+    /// Whether subject `sub` has one left for meeting `mtg` now; `spend`: takes it.
+    fn admits(&self, sub: &str, mtg: &str, spend: bool, now: Instant) -> bool {
+        let mut people = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let key = (sub.to_owned(), mtg.to_owned());
         if !people.contains_key(&key) {
             if !spend {
                 return true;
             }
             if people.len() >= MAX_PEOPLE {
-                people.retain(|_, b| b.available(now) < BURST);
+                people.retain(|_, b| b.available(now) < self.burst);
                 if people.len() >= MAX_PEOPLE {
                     return true;
                 }
@@ -60,12 +53,38 @@ impl JoinPace {
         }
         let bucket = people
             .entry(key)
-            .or_insert_with(|| TokenBucket::new(PER_SECOND, BURST));
+            .or_insert_with(|| TokenBucket::new(self.per_second, self.burst));
         if spend {
             bucket.take(now, 1.0)
         } else {
             bucket.available(now) >= 1.0
         }
+    }
+}
+
+pub struct JoinPace {
+    connections: PerPerson,
+    checks: PerPerson,
+}
+
+impl Default for JoinPace {
+    fn default() -> Self {
+        Self {
+            connections: PerPerson::new(PER_SECOND, BURST),
+            checks: PerPerson::new(CHECKS_PER_SECOND, CHECKS_BURST),
+        }
+    }
+}
+
+impl JoinPace {
+    /// Whether subject `sub` may have a join check of meeting `mtg` answered now (spends one).
+    pub fn check(&self, sub: &str, mtg: &str, now: Instant) -> bool {
+        self.checks.admits(sub, mtg, true, now)
+    }
+
+    /// Whether subject `sub` may connect to meeting `mtg` now; a connection (`spend`) uses one.
+    pub fn admits(&self, sub: &str, mtg: &str, spend: bool, now: Instant) -> bool {
+        self.connections.admits(sub, mtg, spend, now)
     }
 }
 
