@@ -60,6 +60,19 @@ pub struct MeetingRecord {
     /// and comes back within the reconnect grace gets their place, not the back of the queue.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queue: Vec<QueuePlace>,
+    /// A drop-in queue's people taken into private visits (written while it runs, read when
+    /// it is loaded again): their queue link leads back into their visit, across a restart
+    /// or a take-over as across a dropped connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<Forward>,
+}
+
+/// A subject taken from a drop-in queue into private visit `to`, followed there until `until`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forward {
+    pub sub: String,
+    pub to: String,
+    pub until: Timestamp,
 }
 
 /// An admitted subject (pseudonymous `sub`) to let back in without the waiting room.
@@ -241,6 +254,7 @@ pub(crate) fn booked_visit(start: Timestamp) -> MeetingRecord {
         readmit: Vec::new(),
         carried: Vec::new(),
         queue: Vec::new(),
+        forwards: Vec::new(),
     }
 }
 

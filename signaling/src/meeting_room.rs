@@ -379,6 +379,11 @@ impl MeetingRoom {
             .collect();
         // So are the places of those who were waiting, in the order they had.
         let queue = std::mem::take(&mut record.queue);
+        // And those taken from a drop-in queue into private visits follow their link there.
+        let forwarded = std::mem::take(&mut record.forwards)
+            .into_iter()
+            .map(|f| (f.sub, (f.to, f.until)))
+            .collect();
         let next_order = queue.len() as u64;
         let lobby_places = queue
             .into_iter()
@@ -391,7 +396,7 @@ impl MeetingRoom {
                 record,
                 members: HashMap::new(),
                 admitted,
-                forwarded: HashMap::new(),
+                forwarded,
                 lobby_places,
                 next_order,
                 last_active: Timestamp::now(),
@@ -496,6 +501,22 @@ impl RoomState {
                     .admitted
                     .iter()
                     .any(|(s, until)| s != sub && until.is_none_or(|u| u >= now)))
+    }
+
+    /// Who is followed into which private visit, as stored with the queue.
+    pub fn forwards(&self, now: Timestamp) -> Vec<crate::meeting::Forward> {
+        let mut v: Vec<_> = self
+            .forwarded
+            .iter()
+            .filter(|(_, (_, until))| *until >= now)
+            .map(|(sub, (to, until))| crate::meeting::Forward {
+                sub: sub.clone(),
+                to: to.clone(),
+                until: *until,
+            })
+            .collect();
+        v.sort_by(|a, b| a.sub.cmp(&b.sub));
+        v
     }
 
     /// The private visit a drop-in patient or clinician was taken into, if still followed.
@@ -2360,6 +2381,39 @@ mod tests {
         assert_eq!(
             s.check_entry(&session("pat", Role::Patient), at(3), &policy),
             Err(JoinRefusal::Denied)
+        );
+    }
+
+    /// Those taken from a drop-in queue into private visits are stored with the queue: after
+    /// a restart (or another replica taking the queue over) their queue link still leads
+    /// into their visit, where their carried media session and admission wait.
+    #[test]
+    fn people_followed_from_a_queue_into_their_visits_are_followed_after_a_restart() {
+        let (mut s, _doc, pat) = clinician_and_admitted_patient();
+        let until = at(3600);
+        s.take_out(&pat, "private-1", until, &mut Effects::default())
+            .unwrap();
+        let mut record = s.record.clone();
+        record.forwards = s.forwards(at(10));
+        assert_eq!(
+            record.forwards,
+            [crate::meeting::Forward {
+                sub: "pat".into(),
+                to: "private-1".into(),
+                until,
+            }]
+        );
+        let stored: crate::meeting::MeetingRecord =
+            serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        let room = MeetingRoom::new(stored);
+        assert_eq!(
+            room.lock().forwarded_to("pat", at(20)).as_deref(),
+            Some("private-1")
+        );
+        assert_eq!(room.lock().forwarded_to("pat", at(3601)), None);
+        assert!(
+            room.lock().forwards(at(3601)).is_empty(),
+            "expired ones are not stored"
         );
     }
 

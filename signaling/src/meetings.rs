@@ -466,6 +466,7 @@ impl Meetings {
                     readmit: Vec::new(),
                     carried: Vec::new(),
                     queue: Vec::new(),
+                    forwards: Vec::new(),
                 };
                 let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
                 rooms
@@ -724,6 +725,7 @@ impl Meetings {
                 readmit: Vec::new(),
                 carried: Vec::new(),
                 queue: Vec::new(),
+                forwards: Vec::new(),
             }
         };
         let until = record.end;
@@ -1257,6 +1259,7 @@ impl Meetings {
         let mut record = s.record.clone();
         record.readmit = s.readmissions(now, self.policy.reconnect_grace);
         record.queue = s.queue_places(now, self.policy.reconnect_grace);
+        record.forwards = s.forwards(now);
         record.carried = match &*self.handed_over.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(frozen) => frozen.get(&room.id).cloned().unwrap_or_default(),
             None => self.carried_in(&s, now + self.policy.reconnect_grace),

@@ -298,6 +298,7 @@ async fn create(
         readmit: Vec::new(),
         carried: Vec::new(),
         queue: Vec::new(),
+        forwards: Vec::new(),
     };
     let event = AuditEvent {
         meeting: Some(id.clone()),
