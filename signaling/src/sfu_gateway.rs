@@ -32,7 +32,21 @@ struct Nodes {
     /// Rooms of meetings this replica took over, with the nodes asked what they run of them
     /// and not answered yet.
     surveys: std::collections::HashSet<(RoomId, u64)>,
+    /// Sessions this replica had placed on a node whose link went away, by node id, and when:
+    /// their clients were told their media ended. A node that only lost its link kept them
+    /// (with the permissions they had); when it links again they are this replica's to end,
+    /// though the replicas share the node.
+    dropped: HashMap<
+        String,
+        (
+            std::time::Instant,
+            std::collections::HashSet<(ParticipantId, u32)>,
+        ),
+    >,
 }
+
+/// How long the sessions of a node whose link went away are remembered for its return.
+const DROPPED_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Workers a node may claim (more than any host has cores).
 const MAX_NODE_WORKERS: u32 = 1024;
@@ -111,10 +125,22 @@ impl RemoteSfu {
             };
             // A participant this replica placed itself (a client of a meeting taken over that
             // already started anew) is its own: its old session, if listed, ends with the
-            // new one's placement, and a removal here would end the new one too.
-            if n.placement.target_of(&h.participant).is_some() {
+            // new one's placement, and a removal here would end the new one too — unless it
+            // is this very session, placed on this node's previous link (it linked again
+            // before that link was found dead): commands sent meanwhile went nowhere, so it
+            // may run with permissions it no longer has. It ends; its client, told its media
+            // ended when the old link's placements go, starts a new one.
+            if let Some(target) = n.placement.target_of(&h.participant) {
+                if !n.links.contains_key(&target) && n.placement.holds(&h.participant, h.session) {
+                    ended += 1;
+                    let _ = tx.send(ControlMessage::Command(end));
+                }
                 continue;
             }
+            let was_ours = n
+                .dropped
+                .get(node_id)
+                .is_some_and(|(_, set)| set.contains(&(h.participant.clone(), h.session)));
             match n.takeover.reported(h, now) {
                 Adoption::Adopt(permissions) => {
                     if n.placement.adopt(key, h) {
@@ -135,12 +161,15 @@ impl RemoteSfu {
                         });
                     }
                 }
-                Adoption::End if shared && room.is_none() => {}
+                Adoption::End if shared && room.is_none() && !was_ours => {}
                 Adoption::End => {
                     ended += 1;
                     let _ = tx.send(ControlMessage::Command(end));
                 }
             }
+        }
+        if room.is_none() {
+            n.dropped.remove(node_id);
         }
         // What it ran before and no longer does: lost now, not at the window's end.
         let lost = n.takeover.linked(node_id, room);
@@ -320,7 +349,17 @@ impl RemoteSfu {
             Ok(mut n) => {
                 n.links.remove(&key);
                 n.surveys.retain(|(_, k)| *k != key);
-                n.placement.drop_target(key)
+                let gone = n.placement.drop_target(key);
+                let now = std::time::Instant::now();
+                n.dropped
+                    .retain(|_, (at, _)| now.duration_since(*at) < DROPPED_KEPT);
+                let entry = n
+                    .dropped
+                    .entry(node_id.clone())
+                    .or_insert_with(|| (now, Default::default()));
+                entry.0 = now;
+                entry.1.extend(gone.iter().cloned());
+                gone
             }
             Err(_) => Vec::new(),
         };

@@ -71,7 +71,7 @@ struct Cluster {
     redis: Option<Redis>,
     a: Replica,
     b: Replica,
-    _node: Kill,
+    node: Kill,
     /// The node's metrics listener.
     metrics: String,
 }
@@ -149,7 +149,7 @@ impl Cluster {
             redis: Some(redis),
             a,
             b,
-            _node: node,
+            node,
             metrics,
         }
     }
@@ -267,5 +267,73 @@ async fn replica_goes_and_no_media_is_lost(meeting: &str, stop: Stop) {
             doctor2_events,
         ],
         "hör du mig?",
+    );
+}
+
+/// The node loses its links to both replicas (stopped for longer than the link's idle
+/// timeout, as a network partition would) but keeps running its sessions; the replica running
+/// the visit tells its clients their media ended. When the node links again and lists the
+/// sessions it kept, that replica ends them — though the replicas share the node — rather
+/// than leave them running unmanaged: a removal or a move to the waiting room would no longer
+/// reach them (the sessions ran on with the permissions they had).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_a_replica_lost_with_a_nodes_link_are_ended_when_the_node_links_again() {
+    let meeting = "v-partition";
+    let cluster = Cluster::start(meeting).await;
+    let a = &cluster.a;
+    let doctor_token = a.server.token(meeting, "doc-4411", "Dr Berg", "clinician");
+    let patient_token = a.server.token(meeting, "pat-7f3a", "Anna", "patient");
+    let (mut doctor, _, _) = joined(&a.server, &doctor_token, "").await;
+    let (mut patient, _, _) = joined(&a.server, &patient_token, "").await;
+    let patient_id = doctor.first_waiting().await;
+    doctor
+        .send(json!({"type": "admit", "participant": patient_id}))
+        .await;
+    patient.next_of("admitted").await;
+    let doctor_media = Arc::new(MediaPeer::new("doctor").await);
+    let patient_media = Arc::new(MediaPeer::new("patient").await);
+    doctor.start_media(&doctor_media).await;
+    patient.start_media(&patient_media).await;
+    let _doctor_events = doctor.negotiate_in_background(&doctor_media);
+    let _patient_events = patient.negotiate_in_background(&patient_media);
+    let _sending = send_frames([doctor_media.clone(), patient_media.clone()]);
+    until("media both ways through the node", 15, async || {
+        doctor_media.video_frames().len() > 30 && patient_media.video_frames().len() > 30
+    })
+    .await;
+    assert_eq!(node_participants(&cluster.metrics).await, Some(2));
+
+    let signal = |sig: &str| {
+        let sent = Command::new("kill")
+            .args([sig, &cluster.node.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    signal("-CONT");
+    // The clients were told (they start no new sessions here).
+    until("the patient told their media ended", 10, async || {
+        a.server
+            .audit_events("media_stop")
+            .iter()
+            .any(|e| e["subject"] == "pat-7f3a")
+    })
+    .await;
+    until("the node linked to both replicas again", 20, async || {
+        ready(&a.server.http_base).await && ready(&cluster.b.server.http_base).await
+    })
+    .await;
+    until("the sessions the node kept are ended", 10, async || {
+        node_participants(&cluster.metrics).await == Some(0)
+    })
+    .await;
+    let received = patient_media.video_frames().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        patient_media.video_frames().len(),
+        received,
+        "the patient's ended session still received the clinician's video"
     );
 }
