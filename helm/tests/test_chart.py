@@ -336,8 +336,14 @@ class ChartRenders(unittest.TestCase):
         args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
         self.assertEqual(args[args.index("--appendonly") + 1], "yes")
         env = env_of(find(docs, "StatefulSet", f"{FULL}-signaling")["spec"]["template"]["spec"]["containers"][0])
-        self.assertEqual(env["SIGNALING_AUDIT_REDIS_URL"], f"redis://:$(REDIS_PASSWORD)@{FULL}-redis:6379")
+        # The audit copy goes in as its own user, with its own password.
+        self.assertEqual(env["SIGNALING_AUDIT_REDIS_URL"], f"redis://audit:$(REDIS_AUDIT_PASSWORD)@{FULL}-redis:6379")
+        self.assertEqual(env["REDIS_AUDIT_PASSWORD"],
+                         {"secretKeyRef": {"name": f"{FULL}-redis", "key": "audit-password"}})
         self.assertEqual(env["SIGNALING_AUDIT_REDIS_STREAM"], "healthcare-sfu:audit:$(POD_NAME)")
+        secret = find(docs, "Secret", f"{FULL}-redis")
+        self.assertEqual(sorted(secret["data"]), ["audit-password", "password"])
+        self.assertNotEqual(secret["data"]["audit-password"], secret["data"]["password"])
         find(docs, "NetworkPolicy", f"{FULL}-redis")
 
         docs = self.rendered["external-redis"]
@@ -347,6 +353,66 @@ class ChartRenders(unittest.TestCase):
                          "rediss://:$(REDIS_PASSWORD)@redis.region.internal:6380")
         self.assertEqual(env["REDIS_PASSWORD"],
                          {"secretKeyRef": {"name": "region-redis", "key": "password"}})
+        docs = render(merged(VALUE_SETS["external-redis"], {"redis": {"external": {"audit": {
+            "user": "hc-audit", "passwordSecret": {"name": "region-redis-audit", "key": "pw"}}}}}))
+        env = env_of(find(docs, "StatefulSet", f"{FULL}-signaling")["spec"]["template"]["spec"]["containers"][0])
+        self.assertEqual(env["SIGNALING_AUDIT_REDIS_URL"],
+                         "rediss://hc-audit:$(REDIS_AUDIT_PASSWORD)@redis.region.internal:6380")
+        self.assertEqual(env["REDIS_AUDIT_PASSWORD"],
+                         {"secretKeyRef": {"name": "region-redis-audit", "key": "pw"}})
+
+    def test_the_bundled_redis_keeps_the_audit_copy_from_the_store_and_the_store_from_it(self):
+        """The chart's Redis arguments, run by the real redis-server: the audit user appends to
+        and reads its stream and nothing else; the store's user does what the meeting store
+        and leases do, and can neither write nor remove the audit copy."""
+        args = find(self.rendered["defaults"], "StatefulSet", f"{FULL}-redis")["spec"]["template"]["spec"][
+            "containers"][0]["args"]
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        self.assertIsNotNone(server, "Debian's redis-server is needed")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with tempfile.TemporaryDirectory() as tmp:
+            real = [a.replace("$(REDIS_PASSWORD)", "store-pw").replace("$(REDIS_AUDIT_PASSWORD)", "audit-pw")
+                    .replace("/data", tmp) for a in args]
+            proc = subprocess.Popen([server, *real, "--port", str(port), "--bind", "127.0.0.1"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                def run(user, password, *command):
+                    out = subprocess.run([cli, "-p", str(port), "--user", user, "--pass", password,
+                                          "--no-auth-warning", *command],
+                                         capture_output=True, text=True, timeout=10)
+                    return (out.stdout + out.stderr).strip()
+                deadline = time.monotonic() + 10
+                while run("default", "store-pw", "PING") != "PONG":
+                    self.assertIsNone(proc.poll(), "redis-server exited on the chart's arguments")
+                    self.assertLess(time.monotonic(), deadline, "redis-server never answered")
+                    time.sleep(0.2)
+                stream = "healthcare-sfu:audit:hc-healthcare-sfu-signaling-0"
+                audit = lambda *c: run("audit", "audit-pw", *c)
+                store = lambda *c: run("default", "store-pw", *c)
+                self.assertEqual(audit("XADD", stream, "1-0", "line", "{}"), "1-0")
+                self.assertIn("line", audit("XRANGE", stream, "-", "+"))
+                self.assertIn("line", audit("XREVRANGE", stream, "+", "-", "COUNT", "1"))
+                for denied in (audit("DEL", stream), audit("XTRIM", stream, "MAXLEN", "0"),
+                               audit("XDEL", stream, "1-0"), audit("SET", "healthcare-sfu:meeting:m1", "x"),
+                               audit("XADD", "other", "1-0", "line", "{}")):
+                    self.assertIn("NOPERM", denied)
+                self.assertEqual(store("SET", "healthcare-sfu:meeting:m1", "{}"), "OK")
+                self.assertEqual(store("MGET", "healthcare-sfu:meeting:m1"), "{}")
+                self.assertIn("healthcare-sfu:meeting:m1",
+                              store("SCAN", "0", "MATCH", "healthcare-sfu:meeting:*", "COUNT", "100"))
+                self.assertEqual(store("EVAL", "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+                                       "return redis.call('PEXPIRE', KEYS[1], ARGV[2])",
+                                       "1", "healthcare-sfu:lease:m1", "pod-0", "5000"), "1")
+                for denied in (store("DEL", stream), store("XTRIM", stream, "MAXLEN", "0"),
+                               store("XADD", stream, "2-0", "line", "{}"), store("FLUSHALL"),
+                               store("EVAL", "return redis.call('DEL', KEYS[1])", "1", stream)):
+                    self.assertIn("NOPERM", denied)
+                self.assertIn("line", audit("XRANGE", stream, "-", "+"), "the copy is still there")
+            finally:
+                proc.terminate()
+                proc.communicate(timeout=10)
 
     def test_signaling_replicas_share_meetings_through_redis(self):
         for name in ("defaults", "replicas"):

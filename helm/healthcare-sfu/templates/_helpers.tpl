@@ -56,6 +56,22 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.redis.enabled -}}password{{- else -}}{{ .Values.redis.external.passwordSecret.key }}{{- end -}}
 {{- end -}}
 
+{{/* The audit copy's Redis user: the bundled Redis's `audit`, or the region's (empty: the
+store's credentials). */}}
+{{- define "hc.redisAuditUser" -}}
+{{- if .Values.redis.enabled -}}audit{{- else -}}{{ .Values.redis.external.audit.user }}{{- end -}}
+{{- end -}}
+{{- define "hc.redisAuditSecret" -}}
+{{- if .Values.redis.enabled -}}
+{{- include "hc.redisSecret" . -}}
+{{- else if .Values.redis.external.audit.user -}}
+{{- required "redis.external.audit.passwordSecret.name: the audit user's password Secret" .Values.redis.external.audit.passwordSecret.name -}}
+{{- end -}}
+{{- end -}}
+{{- define "hc.redisAuditSecretKey" -}}
+{{- if .Values.redis.enabled -}}audit-password{{- else -}}{{ .Values.redis.external.audit.passwordSecret.key }}{{- end -}}
+{{- end -}}
+
 {{/* The Redis URL without its password (scheme://host:port). */}}
 {{- define "hc.redisAddress" -}}
 {{- if .Values.redis.enabled -}}
