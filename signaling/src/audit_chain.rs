@@ -115,6 +115,12 @@ pub struct ChainReport {
     pub every: Option<u64>,
 }
 
+/// Whether a line with `event` may open a run of the service: what its start records first
+/// (a torn line dropped, lines written back from the copy), then its opening.
+pub fn starts_a_run(event: &str) -> bool {
+    matches!(event, "audit_recovered" | "audit_opened")
+}
+
 /// Lines the service may write past `every` before its next checkpoint: after a crash, the
 /// recovery and opening lines come before the `open` checkpoint.
 const RUN_SLACK: u64 = 3;
@@ -208,9 +214,40 @@ fn check_file(
                 ));
             }
         }
-        let is_checkpoint = fields.get("event").and_then(Value::as_str) == Some("checkpoint");
+        let event = fields.get("event").and_then(Value::as_str).unwrap_or("");
+        let is_checkpoint = event == "checkpoint";
         let reason = fields.get("code").and_then(Value::as_str).unwrap_or("");
         let ts = fields.get("ts").and_then(Value::as_str).unwrap_or("");
+        // The service writes nothing after its closing checkpoint; its next start begins with
+        // what it found and its opening. Anything else there was added while it was stopped
+        // (and its next start would have signed over it).
+        if report.closed && !starts_a_run(event) {
+            return Err(corrupt(
+                line_no,
+                format!(
+                    "a {event:?} line follows the service's closing checkpoint (line {}), where                      only its next start's first line belongs: lines were added while the                      service was stopped",
+                    report.last_seq
+                ),
+            ));
+        }
+        // The service signs its first checkpoint right after its first opening line: a chain
+        // checked with the key whose first lines go on without one was not written by it, or
+        // had every checkpoint removed (and could have been rewritten whole).
+        if whole_chain
+            && verifier.is_some()
+            && report.checkpoints == 0
+            && !is_checkpoint
+            && seq > 1 + RUN_SLACK
+        {
+            return Err(corrupt(
+                line_no,
+                format!(
+                    "line {seq} and no checkpoint before it, where the service signs one after \
+                     its first lines: the log was not signed from its start, or its \
+                     checkpoints were removed and the lines may have been rewritten"
+                ),
+            ));
+        }
         if is_checkpoint {
             let every = fields.get("every").and_then(Value::as_u64).unwrap_or(0);
             if let Some(verifier) = verifier {

@@ -11,10 +11,10 @@
 //! Lines hold pseudonymous ids, HSA-ids of staff and care unit ids only: never a personal
 //! identity number, SDP, chat text or media.
 
-use crate::audit_chain::{ChainReport, chain_files, verify_chain, verify_file};
+use crate::audit_chain::{ChainReport, chain_files, read_lines, verify_chain, verify_file};
 use crate::audit_checkpoint::{
-    CheckpointFacts, CheckpointSigner, REASON_CLOSE, REASON_INTERVAL, REASON_LINES, REASON_OPEN,
-    REASON_ROTATE,
+    CheckpointFacts, CheckpointSigner, CheckpointVerifier, REASON_CLOSE, REASON_INTERVAL,
+    REASON_LINES, REASON_OPEN, REASON_ROTATE,
 };
 use crate::audit_sink::{AuditSink, Delivery, SinkConfig};
 use ring::digest::{SHA256, digest};
@@ -238,6 +238,17 @@ fn continuing_lines(
         let fields: Map<String, Value> = serde_json::from_str(raw)
             .map_err(|_| disagrees(format!("holds an unreadable line {q}")))?;
         let hash = fields.get("hash").and_then(Value::as_str).unwrap_or("");
+        // After a clean stop the file's last line is the closing checkpoint, written once
+        // every line before it was in the file: the copy cannot legitimately hold more.
+        if report.closed && *q == report.last_seq + 1 {
+            let event = fields.get("event").and_then(Value::as_str).unwrap_or("");
+            if !crate::audit_chain::starts_a_run(event) {
+                return Err(disagrees(format!(
+                    "holds lines past the service's closing checkpoint (line {}), which it never                      writes after: they were added to the copy",
+                    report.last_seq
+                )));
+            }
+        }
         let ok = *q == seq + 1
             && fields.get("seq").and_then(Value::as_u64) == Some(*q)
             && fields.get("prev").and_then(Value::as_str) == Some(prev.as_str())
@@ -253,6 +264,75 @@ fn continuing_lines(
         prev = hash.to_owned();
     }
     Ok(())
+}
+
+/// The last lines of the file held against the off-host copy at start.
+const COMPARED_AT_OPEN: u64 = 1000;
+
+/// Fails unless the copy's `lines` (those it holds past line `after`) are, byte for byte, the
+/// file's lines of their numbers, with none missing from `after + 1` on: the copy is written in
+/// order, so a gap below its last line is a trimmed copy.
+fn same_as_file(path: &Path, after: u64, lines: &[(u64, String)]) -> Result<(), AuditError> {
+    let (Some((from, _)), Some((to, _))) = (lines.first(), lines.last()) else {
+        return Ok(());
+    };
+    if let Some(gap) = (after + 1..=*to)
+        .zip(lines.iter())
+        .find(|(want, (q, _))| want != q)
+        .map(|(want, _)| want)
+    {
+        return Err(AuditError::CopyDisagrees {
+            path: path.to_owned(),
+            reason: format!(
+                "lacks line {gap} though it holds line {to}: lines were removed from it \
+                 (XADD's trimming options can do that)"
+            ),
+        });
+    }
+    let io = |source| AuditError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file: std::collections::HashMap<u64, String> =
+        read_lines(path, *from, *to, lines.len() * 2 + 1)
+            .map_err(io)?
+            .into_iter()
+            .collect();
+    for (q, line) in lines {
+        if file.get(q) != Some(line) {
+            return Err(AuditError::CopyDisagrees {
+                path: path.to_owned(),
+                reason: format!(
+                    "holds another line {q} than the file: a line the service wrote was \
+                     edited or removed on this host while it was stopped"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes the copy's `lines` past the file's end (checked to continue its chain) to `file`;
+/// returns how many.
+fn restore_from_copy(
+    path: &Path,
+    file: &mut std::fs::File,
+    report: &ChainReport,
+    lines: &[(u64, String)],
+) -> Result<u64, AuditError> {
+    continuing_lines(path, report, lines)?;
+    let mut bytes = Vec::new();
+    for (_, l) in lines {
+        bytes.extend_from_slice(l.as_bytes());
+        bytes.push(b'\n');
+    }
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_data())
+        .map_err(|source| AuditError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(lines.len() as u64)
 }
 
 impl AuditLog {
@@ -297,21 +377,25 @@ impl AuditLog {
         };
         let mut file = crate::private_file::open_append(path).map_err(io)?;
         let mut restored = 0u64;
-        if let Some(config) = &options.sink
-            && let Some(lines) = AuditSink::lines_after(config, report.last_seq)?
-            && !lines.is_empty()
-        {
-            continuing_lines(path, &report, &lines)?;
-            let mut bytes = Vec::new();
-            for (_, l) in &lines {
-                bytes.extend_from_slice(l.as_bytes());
-                bytes.push(b'\n');
+        // The lines no checkpoint covers yet (at most the last 1,000) are held against the
+        // copy: whoever edited them on the host while the service was down cannot edit the
+        // copy too, and the opening checkpoint would otherwise sign over the edit.
+        let unsigned_from = report
+            .signed_through
+            .unwrap_or(0)
+            .max(report.last_seq.saturating_sub(COMPARED_AT_OPEN));
+        let copy = match &options.sink {
+            Some(config) => AuditSink::lines_after(config, unsigned_from)?,
+            None => None,
+        };
+        if let Some(mut lines) = copy {
+            let beyond = lines.split_off(lines.partition_point(|(q, _)| *q <= report.last_seq));
+            same_as_file(path, unsigned_from, &lines)?;
+            lines = beyond;
+            if !lines.is_empty() {
+                restored = restore_from_copy(path, &mut file, &report, &lines)?;
+                report = verify_file(path, verifier.as_ref())?;
             }
-            file.write_all(&bytes)
-                .and_then(|()| file.sync_data())
-                .map_err(io)?;
-            restored = lines.len() as u64;
-            report = verify_file(path, verifier.as_ref())?;
         }
         let last_run = if report.lines == 0 {
             LastRun::New
@@ -670,9 +754,14 @@ pub struct MeetingExtract {
 }
 
 /// The patient's log extract: every meeting `subject` joined, with the staff and care units
-/// that took part in it and when. The log is verified first.
-pub fn extract(path: &Path, subject: &str) -> Result<Vec<MeetingExtract>, AuditError> {
-    verify(path)?;
+/// that took part in it and when. The log is verified first, its checkpoints' signatures too:
+/// an extract from a rewritten log would be the rewriter's.
+pub fn extract(
+    path: &Path,
+    subject: &str,
+    verifier: &CheckpointVerifier,
+) -> Result<Vec<MeetingExtract>, AuditError> {
+    verify_chain(path, Some(verifier))?;
     let io = |source| AuditError::Io {
         path: path.to_owned(),
         source,
@@ -848,7 +937,10 @@ mod tests {
     #[test]
     fn the_extract_names_the_staff_and_unit_of_the_patients_meetings() {
         let path = temp("audit.jsonl");
-        visit(&AuditLog::open(&path).unwrap());
+        let (log, verifier) = signed(&path, &path.with_file_name("k"));
+        visit(&log);
+        drop(log);
+        let extract = |path: &Path, sub: &str| extract(path, sub, &verifier);
         let ex = extract(&path, "pat-9").unwrap();
         assert_eq!(ex.len(), 1);
         assert_eq!(ex[0].meeting, "m1");
@@ -1021,7 +1113,7 @@ mod tests {
         let report = verify_chain(&path, Some(&verifier)).unwrap();
         assert_eq!((report.files, report.first_seq), (2, 1));
         assert!(report.closed);
-        assert_eq!(extract(&path, "pat-9").unwrap().len(), 1);
+        assert_eq!(extract(&path, "pat-9", &verifier).unwrap().len(), 1);
         // The current file alone does not pass for the whole chain.
         std::fs::remove_file(&rotated).unwrap();
         assert!(matches!(
@@ -1122,6 +1214,99 @@ mod tests {
         );
         assert!(reopened.is_err(), "the service must not sign over it");
         assert_eq!(std::fs::read(&path).unwrap(), before, "and writes nothing");
+    }
+
+    /// A line chained onto the file after a clean stop (hashes and all), as whoever holds the
+    /// host, or the append-only copy, could add one: the next start must not sign over it.
+    #[test]
+    fn lines_added_after_the_closing_checkpoint_are_caught_and_never_signed_over() {
+        let path = temp("audit.jsonl");
+        let key = path.with_file_name("k");
+        let (log, verifier) = signed(&path, &key);
+        visit(&log);
+        log.close(Duration::from_secs(1)).unwrap();
+        drop(log);
+        let report = verify_chain(&path, Some(&verifier)).unwrap();
+        assert!(report.closed);
+        let forged = |event: &str| {
+            let mut f = Map::new();
+            f.insert("event".into(), Value::from(event));
+            f.insert("meeting".into(), Value::from("m1"));
+            f.insert("subject".into(), Value::from("staff-2"));
+            f.insert("seq".into(), Value::from(report.last_seq + 1));
+            f.insert("ts".into(), Value::from(report.last_ts.clone()));
+            f.insert("prev".into(), Value::from(report.last_hash.clone()));
+            let h = line_hash(&f);
+            f.insert("hash".into(), Value::from(h));
+            serde_json::to_string(&f).unwrap()
+        };
+        // The copy's lines are refused before anything is written back.
+        let copy = [(report.last_seq + 1, forged("admit"))];
+        assert!(matches!(
+            continuing_lines(&path, &report, &copy),
+            Err(AuditError::CopyDisagrees { reason, .. }) if reason.contains("closing checkpoint")
+        ));
+        // What a start writes first may follow the close (a crash right after the copy took
+        // the opening line).
+        assert!(
+            continuing_lines(
+                &path,
+                &report,
+                &[(report.last_seq + 1, forged("audit_opened"))]
+            )
+            .is_ok()
+        );
+        let mut all = lines(&path);
+        all.push(forged("admit"));
+        write(&path, &all);
+        match verify_chain(&path, Some(&verifier)) {
+            Err(AuditError::Corrupt { reason, line, .. }) => {
+                assert!(reason.contains("closing checkpoint"), "{reason}");
+                assert_eq!(line, all.len());
+            }
+            other => panic!("the added line went unseen: {other:?}"),
+        }
+        let before = std::fs::read(&path).unwrap();
+        let reopened = AuditLog::open_with(
+            &path,
+            AuditOptions {
+                signer: Some(CheckpointSigner::load(&key).unwrap()),
+                checkpoint_lines: 3,
+                ..Default::default()
+            },
+        );
+        assert!(reopened.is_err(), "the service must not sign over it");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "and writes nothing");
+    }
+
+    /// The whole log rewritten with every checkpoint left out (hashes recomputed from the
+    /// first line on): nothing to check a signature of, so it is the missing checkpoints that
+    /// give it away — and no extract is given from it.
+    #[test]
+    fn a_log_rewritten_without_any_checkpoint_fails_with_the_key() {
+        let path = temp("audit.jsonl");
+        let (log, verifier) = signed(&path, &path.with_file_name("k"));
+        visit(&log);
+        visit(&log);
+        drop(log);
+        rechain(&path, |_, f| {
+            if f.get("event") == Some(&Value::from("checkpoint")) {
+                return false;
+            }
+            if f.get("subject") == Some(&Value::from("pat-9")) {
+                f.insert("subject".into(), Value::from("pat-other"));
+            }
+            true
+        });
+        assert!(verify_chain(&path, None).is_ok(), "the hashes alone hold");
+        match verify_chain(&path, Some(&verifier)) {
+            Err(AuditError::Corrupt { reason, line, .. }) => {
+                assert!(reason.contains("no checkpoint"), "{reason}");
+                assert_eq!(line, 5);
+            }
+            other => panic!("the rewrite went unseen: {other:?}"),
+        }
+        assert!(extract(&path, "pat-other", &verifier).is_err());
     }
 
     #[test]

@@ -49,11 +49,28 @@ pub fn looks_like_identity_number(s: &str) -> bool {
     // character. A run's digits together are the candidate: more digits around a number make
     // it another number (`bv-2030-0517-1430-4411` is a booking id, not a date and four digits),
     // as digits around it did before separators were read.
+    //
+    // Within a longer run, a number written the way numbers are written still counts: a
+    // group of 10 or 12 digits, or a date's groups (8, 6, 4-2-2 or 2-2-2 digits) then 4 —
+    // `19900101-1234-1`, `SE2321000016-199001011234`. Groups of other sizes do not make a
+    // date (`2030-0517-1430` is not one).
     let mut groups: Vec<String> = Vec::new();
     let mut current = String::new();
     let check = |groups: &[String]| {
-        let joined = groups.concat();
-        (joined.len() == 10 || joined.len() == 12) && SHAPE.is_match(&joined)
+        let matches = |parts: &[String]| {
+            let joined = parts.concat();
+            (joined.len() == 10 || joined.len() == 12) && SHAPE.is_match(&joined)
+        };
+        const WRITTEN: [&[usize]; 6] =
+            [&[10], &[12], &[8, 4], &[6, 4], &[4, 2, 2, 4], &[2, 2, 2, 4]];
+        matches(groups)
+            || (0..groups.len()).any(|i| {
+                WRITTEN.iter().any(|sizes| {
+                    groups.get(i..i + sizes.len()).is_some_and(|parts| {
+                        parts.iter().zip(sizes.iter()).all(|(g, n)| g.len() == *n) && matches(parts)
+                    })
+                })
+            })
     };
     for c in s.chars() {
         if let Some(d) = digit(c) {
@@ -118,17 +135,24 @@ mod tests {
             "19900101_1234",
             "1990-01-01-1234",
             "900101-1234",
-            "19900101\u{2013}1234",             // en dash
-            "19900101\u{2014}1234",             // em dash
-            "19900101\u{2212}1234",             // minus sign
-            "19900101\u{00a0}1234",             // no-break space
-            "19900101\u{200b}1234",             // zero-width space
-            "1990 01 01 - 1234",                // spaced groups
-            "1990.01.01.1234",                  // dotted
-            "Anna 19900101-1234",               // inside a name
-            "１９９００１０１１２３４",         // full-width digits
-            "１９９００１０１－１２３４",       // full-width digits and dash
-            "19900161-1234",                    // samordningsnummer
+            "19900101\u{2013}1234",       // en dash
+            "19900101\u{2014}1234",       // em dash
+            "19900101\u{2212}1234",       // minus sign
+            "19900101\u{00a0}1234",       // no-break space
+            "19900101\u{200b}1234",       // zero-width space
+            "1990 01 01 - 1234",          // spaced groups
+            "1990.01.01.1234",            // dotted
+            "Anna 19900101-1234",         // inside a name
+            "１９９００１０１１２３４",   // full-width digits
+            "１９９００１０１－１２３４", // full-width digits and dash
+            "19900161-1234",              // samordningsnummer
+            // Within longer runs of digit groups, written as numbers are written.
+            "19900101-1234-1",
+            "SE2321000016-199001011234",
+            "1-19900101-1234",
+            "2321000016-7001011234",
+            "ref 12 1990-01-01-1234 9",
+            "12-900101-1234",
             "\u{0661}\u{0669}\u{0669}\u{0660}", // Arabic-Indic digits: not read, suspect
         ] {
             assert!(looks_like_identity_number(pnr), "{pnr}");

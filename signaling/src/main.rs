@@ -343,9 +343,14 @@ enum AuditCmd {
         key: PathBuf,
     },
     /// A patient's log extract: the care units and staff that took part in their meetings.
+    /// The chain and its checkpoints' signatures are checked first: an extract is only given
+    /// from a log that holds.
     Extract {
         #[arg(long)]
         subject: String,
+        /// The checkpoint key's public half (base64, or a file holding it).
+        #[arg(long, env = "SIGNALING_AUDIT_PUBLIC_KEY")]
+        public_key: String,
         file: PathBuf,
     },
 }
@@ -463,8 +468,13 @@ fn main() -> anyhow::Result<()> {
                 say!("{}", signer.public_key());
                 Ok(())
             }
-            AuditCmd::Extract { subject, file } => {
-                let meetings = audit_log::extract(&file, &subject)?;
+            AuditCmd::Extract {
+                subject,
+                public_key,
+                file,
+            } => {
+                let verifier = signaling::audit_checkpoint::CheckpointVerifier::parse(&public_key)?;
+                let meetings = audit_log::extract(&file, &subject, &verifier)?;
                 println!("Log extract for {subject} ({} meetings)", meetings.len());
                 for m in meetings {
                     println!("meeting {} from {} to {}", m.meeting, m.first, m.last);

@@ -527,6 +527,14 @@ impl RoomState {
             .map(|(id, _)| id.clone())
     }
 
+    /// `event` for `id` with why its connection ended (`leave` with `removed`, …): every
+    /// `join` line has its end in the log.
+    fn ended(&self, event: &str, id: &ParticipantId, m: &Member, code: &str) -> AuditEvent {
+        let mut e = self.audit(event, id, m);
+        e.code = Some(code.into());
+        e
+    }
+
     fn audit(&self, event: &str, id: &ParticipantId, m: &Member) -> AuditEvent {
         AuditEvent {
             event: event.into(),
@@ -939,6 +947,7 @@ impl RoomState {
             && !crate::identity_number::looks_like_identity_number(name);
         if self.record.kind != MeetingKind::Visit
             || !crate::session_token::is_hsa_id(hsa)
+            || crate::identity_number::looks_like_identity_number(hsa)
             || !unit_ok
             || !name_ok
         {
@@ -1043,6 +1052,7 @@ impl RoomState {
             Action::Deny(t) => {
                 self.target(actor, action)?;
                 if let Some(m) = self.detach(t, fx) {
+                    fx.record(self.ended("leave", t, &m, CloseReason::Denied.code()));
                     if !self.record.denied.contains(&m.sub) {
                         self.record.denied.push(m.sub.clone());
                     }
@@ -1057,6 +1067,7 @@ impl RoomState {
             Action::Remove(t) => {
                 self.target(actor, action)?;
                 if let Some(m) = self.detach(t, fx) {
+                    fx.record(self.ended("leave", t, &m, CloseReason::Removed.code()));
                     self.admitted.remove(&m.sub);
                     // A consultant removed is no longer invited: their link stops working.
                     if m.role == Role::Consultant
@@ -1139,6 +1150,7 @@ impl RoomState {
             if m.media_started {
                 fx.record(self.audit("media_stop", id, m));
             }
+            fx.record(self.ended("leave", id, m, reason.code()));
             fx.close(id, reason.outbound());
         }
         self.admitted.clear();
@@ -1634,7 +1646,9 @@ impl RoomState {
     /// and who waits where is what the store keeps, see [`RoomState::readmissions`] and
     /// [`RoomState::queue_places`]).
     pub fn hand_over(&mut self, fx: &mut Effects) {
-        for id in self.members.keys() {
+        for (id, m) in &self.members {
+            // This replica's access ends here; the owner records the person's next one.
+            fx.record(self.ended("leave", id, m, "handed_over"));
             fx.close(id, CloseReason::Restarting.outbound());
         }
     }
@@ -2414,6 +2428,77 @@ mod tests {
         assert!(
             room.lock().forwards(at(3601)).is_empty(),
             "expired ones are not stored"
+        );
+    }
+
+    /// Every `join` line has its end: a person turned away, removed, in a meeting that ends or
+    /// is cancelled, or in one another replica takes over gets a `leave` with why (their
+    /// connection's own ending then finds nothing left to record).
+    #[test]
+    fn each_way_out_of_a_meeting_leaves_a_leave_line_naming_it() {
+        let leaves = |fx: &Effects| -> Vec<(String, Option<String>)> {
+            fx.audit
+                .iter()
+                .filter(|e| e.event == "leave")
+                .map(|e| (e.participant.clone().unwrap_or_default(), e.code.clone()))
+                .collect()
+        };
+        let code = |c: &str| Some(c.to_string());
+        for (action, expected) in [
+            (Action::Deny(pid("p-pat")), "denied"),
+            (Action::Remove(pid("p-pat")), "removed"),
+        ] {
+            let mut s = visit();
+            join(&mut s, &pid("p-doc"), "doc", Role::Clinician, 0);
+            join(&mut s, &pid("p-pat"), "pat", Role::Patient, 1);
+            if matches!(action, Action::Remove(_)) {
+                s.apply(
+                    &pid("p-doc"),
+                    &Action::Admit(pid("p-pat")),
+                    at(2),
+                    &mut Effects::default(),
+                )
+                .unwrap();
+            }
+            let mut fx = Effects::default();
+            s.apply(&pid("p-doc"), &action, at(3), &mut fx).unwrap();
+            assert_eq!(leaves(&fx), [("p-pat".to_string(), code(expected))]);
+            // The closed connection's own leave finds no member: one line, not two.
+            let mut after = Effects::default();
+            assert!(!s.leave(
+                &pid("p-pat"),
+                false,
+                at(4),
+                &MeetingPolicy::default(),
+                &mut after
+            ));
+            assert!(leaves(&after).is_empty());
+        }
+        for reason in [CloseReason::MeetingEnded, CloseReason::MeetingCancelled] {
+            let (mut s, doc, pat) = clinician_and_admitted_patient();
+            let mut fx = Effects::default();
+            s.close_all(reason, &mut fx);
+            let mut got = leaves(&fx);
+            got.sort();
+            assert_eq!(
+                got,
+                [
+                    (doc.0.clone(), code(reason.code())),
+                    (pat.0.clone(), code(reason.code()))
+                ]
+            );
+        }
+        let (mut s, doc, pat) = clinician_and_admitted_patient();
+        let mut fx = Effects::default();
+        s.hand_over(&mut fx);
+        let mut got = leaves(&fx);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                (doc.0.clone(), code("handed_over")),
+                (pat.0.clone(), code("handed_over"))
+            ]
         );
     }
 

@@ -16,8 +16,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Sources tracked at once at most; further sources share one record (their refusals are still
-/// counted, under `source: "other"`).
+/// Sources tracked at once at most, addresses and subjects each; further ones share one record
+/// (their refusals are still counted, under `source: "other"`). Subjects have their own room:
+/// a flood from many addresses cannot push a patient's refusals out of their own line.
 const MAX_SOURCES: usize = 100_000;
 
 /// Refusals of anonymous sources written at once, over all of them: a second's worth, and the
@@ -86,17 +87,34 @@ struct Source {
 #[derive(Debug)]
 pub struct TokenRefusals {
     budget: RefusalBudget,
-    sources: Mutex<HashMap<SourceKey, Source>>,
+    sources: Mutex<Sources>,
     /// Lines written at once, over all sources.
     records: Mutex<TokenBucket>,
 }
 
-/// The key `key` is counted under: itself, or "other" once the table is full.
-fn counted_key<V>(sources: &HashMap<SourceKey, V>, key: SourceKey) -> SourceKey {
-    if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
-        SourceKey::Other
-    } else {
-        key
+/// The sources tracked, and how many of them are subjects.
+#[derive(Debug, Default)]
+struct Sources {
+    table: HashMap<SourceKey, Source>,
+    subjects: usize,
+}
+
+impl Sources {
+    /// The key `key` is counted under: itself, or "other" once its kind's room is full.
+    fn counted_key(&self, key: SourceKey) -> SourceKey {
+        if self.table.contains_key(&key) {
+            return key;
+        }
+        let taken = if key.is_anonymous() {
+            self.table.len() - self.subjects
+        } else {
+            self.subjects
+        };
+        if taken >= MAX_SOURCES {
+            SourceKey::Other
+        } else {
+            key
+        }
     }
 }
 
@@ -135,7 +153,7 @@ impl TokenRefusals {
     pub fn new(budget: RefusalBudget) -> Self {
         Self {
             budget,
-            sources: Mutex::new(HashMap::new()),
+            sources: Mutex::new(Sources::default()),
             records: Mutex::new(TokenBucket::new(RECORDS_PER_SECOND, RECORDS_BURST)),
         }
     }
@@ -168,9 +186,12 @@ impl TokenRefusals {
 
     fn refused_as(&self, key: SourceKey, code: &'static str, now: Instant) -> RefusalVerdict {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let key = counted_key(&sources, key);
+        let key = sources.counted_key(key);
         let anonymous = key.is_anonymous();
-        let s = sources.entry(key).or_insert_with(|| Source {
+        if !anonymous && !sources.table.contains_key(&key) {
+            sources.subjects += 1;
+        }
+        let s = sources.table.entry(key).or_insert_with(|| Source {
             budget: TokenBucket::new(
                 f64::from(self.budget.per_minute) / 60.0,
                 f64::from(self.budget.burst),
@@ -209,8 +230,8 @@ impl TokenRefusals {
     pub fn may_check(&self, ip: IpAddr, now: Instant) -> bool {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         // (Once the table is full, a new address is counted as "other", as its refusals are.)
-        let key = counted_key(&sources, SourceKey::of(ip));
-        let Some(s) = sources.get_mut(&key) else {
+        let key = sources.counted_key(SourceKey::of(ip));
+        let Some(s) = sources.table.get_mut(&key) else {
             return true;
         };
         if s.budget.available(now) >= 1.0 || s.checks.take(now, 1.0) {
@@ -240,7 +261,9 @@ impl TokenRefusals {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         let mut lines = Vec::new();
         let quiet_for = self.budget.interval;
-        sources.retain(|key, s| {
+        let sources = &mut *sources;
+        let subjects = &mut sources.subjects;
+        sources.table.retain(|key, s| {
             let count: u64 = s.unwritten.values().sum();
             if count > 0 {
                 let (event, source, subject, meeting) = match key {
@@ -267,7 +290,11 @@ impl TokenRefusals {
                 s.limited = 0;
             }
             s.written_this_interval = false;
-            count > 0 || now.saturating_duration_since(s.last) < quiet_for
+            let kept = count > 0 || now.saturating_duration_since(s.last) < quiet_for;
+            if !kept && !key.is_anonymous() {
+                *subjects -= 1;
+            }
+            kept
         });
         let (mut anonymous, mut kept): (Vec<AuditEvent>, Vec<AuditEvent>) =
             lines.into_iter().partition(|l| l.event == "token_refused");
@@ -307,6 +334,35 @@ fn together(event: &str, rest: &[AuditEvent]) -> AuditEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flood from as many addresses as the table holds: a patient's refused entry is still
+    /// their own, written with their subject, not lost in "other".
+    #[test]
+    fn a_full_table_of_addresses_leaves_room_for_subjects() {
+        let r = TokenRefusals::new(RefusalBudget::default());
+        let t0 = Instant::now();
+        for i in 0..MAX_SOURCES as u32 + 10 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            r.refused(ip, "token_bad_signature", t0);
+        }
+        assert_eq!(
+            r.refused_subject("pat-1", "visit-1", "meeting_not_open", t0),
+            RefusalVerdict::Record
+        );
+        r.refused_subject("pat-1", "visit-1", "meeting_not_open", t0);
+        let lines = r.end_interval(t0 + Duration::from_secs(60));
+        let mine: Vec<_> = lines.iter().filter(|l| l.event == "join_refused").collect();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].subject.as_deref(), Some("pat-1"));
+        assert_eq!(mine[0].count, Some(1));
+        // The addresses past the room are counted together, none lost.
+        let counted: u64 = lines
+            .iter()
+            .filter(|l| l.event == "token_refused")
+            .filter_map(|l| l.count)
+            .sum();
+        assert_eq!(counted, MAX_SOURCES as u64 + 10 - RECORDS_BURST as u64);
+    }
 
     #[test]
     fn one_line_now_then_a_count_then_429_and_nothing_lost() {

@@ -186,3 +186,106 @@ async fn every_line_reaches_redis_through_outages_and_verify_catches_a_removed_t
     assert!(out.contains("TRUNCATED"), "{out}");
     drop(redis);
 }
+
+/// A line the service wrote, edited on the host while the service was down — its hash and
+/// every later line's rechained — is caught against the copy at the next start, which then
+/// neither signs over it nor writes anything.
+#[test]
+fn a_line_edited_while_the_service_was_down_is_caught_against_the_copy() {
+    use serde_json::{Map, Value};
+    use signaling::audit_log::{AuditError, AuditEvent, AuditLog, AuditOptions};
+    let redis = Redis::start(free_port());
+    let url = redis.url();
+    let dir = std::env::temp_dir().join(format!("hc-audit-edit-{}", rand::random::<u64>()));
+    let path = dir.join("audit.jsonl");
+    let options = || AuditOptions {
+        sink: Some(signaling::audit_sink::SinkConfig {
+            url: url.clone(),
+            stream: STREAM.into(),
+            buffer_lines: 100,
+            timeout: Duration::from_secs(2),
+        }),
+        ..Default::default()
+    };
+    let log = AuditLog::open_with(&path, options()).unwrap();
+    for sub in ["pat-1", "pat-2", "pat-3"] {
+        log.append(&AuditEvent {
+            event: "join".into(),
+            meeting: Some("m1".into()),
+            subject: Some(sub.into()),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let file = || std::fs::read_to_string(&path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while copy(&url).len() < file().lines().count() {
+        assert!(Instant::now() < deadline, "the copy never caught up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Gone without its closing checkpoint, as in a crash.
+    drop(log);
+
+    let original = file();
+    // pat-2's line names someone else; every hash from there on recomputed.
+    let hash = |f: &Map<String, Value>| {
+        let mut without = f.clone();
+        without.remove("hash");
+        let canonical = serde_json::to_string(&without).unwrap();
+        ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut prev = None::<String>;
+    let mut edited = String::new();
+    for line in file().lines() {
+        let mut f: Map<String, Value> = serde_json::from_str(line).unwrap();
+        if f.get("subject") == Some(&Value::from("pat-2")) {
+            f.insert("subject".into(), Value::from("pat-other"));
+        }
+        if let Some(p) = &prev {
+            f.insert("prev".into(), Value::from(p.clone()));
+        }
+        let h = hash(&f);
+        f.insert("hash".into(), Value::from(h.clone()));
+        prev = Some(h);
+        edited += &(serde_json::to_string(&f).unwrap() + "\n");
+    }
+    std::fs::write(&path, &edited).unwrap();
+    assert!(
+        signaling::audit_chain::verify_chain(&path, None).is_ok(),
+        "the edit holds up against the file alone"
+    );
+
+    match AuditLog::open_with(&path, options()) {
+        Err(AuditError::CopyDisagrees { reason, .. }) => {
+            assert!(reason.contains("another line"), "{reason}")
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("the service started over an edited line"),
+    }
+    assert_eq!(file(), edited, "and wrote nothing");
+
+    // The file as it was, but the copy's oldest lines trimmed away (as `XADD … MAXLEN` can):
+    // what the file holds can no longer be vouched for, and the start says so.
+    std::fs::write(&path, &original).unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(STREAM)
+        .arg("MAXLEN")
+        .arg(2)
+        .query(&mut con)
+        .unwrap();
+    match AuditLog::open_with(&path, options()) {
+        Err(AuditError::CopyDisagrees { reason, .. }) => {
+            assert!(reason.contains("lacks line 1"), "{reason}")
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("the service started against a trimmed copy"),
+    }
+    assert_eq!(file(), original);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -120,9 +120,23 @@ async fn companion_interpreter_and_consultant_each_come_in_their_own_way() {
     let (status, body) = server.refused(&format!("token={token}")).await;
     assert_eq!((status, body["error"].as_str()), (403, Some("not_invited")));
 
-    // The patient's extract names the consultant's HSA-id and their own unit.
+    // The patient's extract names the consultant's HSA-id and their own unit (from a log
+    // whose checkpoints hold under the service's public key).
+    let public = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args(["audit", "public-key", "--key"])
+        .arg(server.dir.join("audit-signing.key"))
+        .output()
+        .unwrap();
+    let public = String::from_utf8(public.stdout).unwrap().trim().to_owned();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args(["audit", "extract", "--subject", "pat-31"])
+        .args([
+            "audit",
+            "extract",
+            "--subject",
+            "pat-31",
+            "--public-key",
+            &public,
+        ])
         .arg(&server.audit)
         .output()
         .unwrap();

@@ -5,6 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
+import path from "node:path";
 import { startSignaling, launchChromium, inboundStats, waitFor, bookVisit, metric, admitFirst, signalingBin } from "./harness.mjs";
 
 const view = (page) => page.evaluate(() => window.hcState.view);
@@ -130,7 +131,11 @@ test("waiting room: isolation until admitted, admit, deny, end meeting", { timeo
     }
     const verify = spawnSync(signalingBin, ["audit", "verify", "--running", server.auditPath], { encoding: "utf8" });
     assert.equal(verify.status, 0, verify.stderr);
-    const extract = spawnSync(signalingBin, ["audit", "extract", "--subject", "pat-31", server.auditPath], { encoding: "utf8" });
+    const publicKey = spawnSync(signalingBin, ["audit", "public-key", "--key",
+      path.join(path.dirname(server.auditPath), "audit-signing.key")], { encoding: "utf8" }).stdout.trim();
+    const extract = spawnSync(signalingBin, ["audit", "extract", "--subject", "pat-31", "--public-key", publicKey,
+      server.auditPath], { encoding: "utf8" });
+    assert.equal(extract.status, 0, extract.stderr);
     assert.match(extract.stdout, /staff: SE2321000016-C77/);
     for (const [name, text] of [["audit", readFileSync(server.auditPath, "utf8")], ["service log", server.logs()], ["stdout", server.stdout()]]) {
       assert.ok(!/a=fingerprint|a=ice-pwd|m=video/.test(text), `no SDP in the ${name}`);
