@@ -11,9 +11,10 @@ export const sfuBin = process.env.SFU_BIN || path.join(targetDir, "debug", "sfu"
 
 /** Starts the single-node default on ephemeral ports; resolves with its URLs and process.
  * `keyDir` holds the dev issuer's key and the audit log: the same one again is the same
- * service restarted (its tokens still valid). */
-export function startSignaling(extraArgs = [], { embedded = true, listen = "127.0.0.1:0", cwd, env = {}, keyDir = mkdtempSync(path.join(tmpdir(), "hc-dev-")) } = {}) {
-  const child = spawn(signalingBin, ["serve", "--dev", "--dev-key", path.join(keyDir, "issuer.key"),
+ * service restarted (its tokens still valid). `bin` is another build of the service (benchmarks
+ * compare two). */
+export function startSignaling(extraArgs = [], { embedded = true, listen = "127.0.0.1:0", cwd, env = {}, keyDir = mkdtempSync(path.join(tmpdir(), "hc-dev-")), bin = signalingBin } = {}) {
+  const child = spawn(bin, ["serve", "--dev", "--dev-key", path.join(keyDir, "issuer.key"),
     "--audit-log", path.join(keyDir, "audit.jsonl"),
     "--listen", listen, ...(embedded ? ["--workers", "1"] : []), ...extraArgs], {
     stdio: ["ignore", "pipe", "pipe"], cwd,
