@@ -225,7 +225,9 @@ fn check_file(
             return Err(corrupt(
                 line_no,
                 format!(
-                    "a {event:?} line follows the service's closing checkpoint (line {}), where                      only its next start's first line belongs: lines were added while the                      service was stopped",
+                    "a {event:?} line follows the service's closing checkpoint (line {}), where \
+                     only its next start's first line belongs: lines were added while the \
+                     service was stopped",
                     report.last_seq
                 ),
             ));

@@ -244,7 +244,8 @@ fn continuing_lines(
             let event = fields.get("event").and_then(Value::as_str).unwrap_or("");
             if !crate::audit_chain::starts_a_run(event) {
                 return Err(disagrees(format!(
-                    "holds lines past the service's closing checkpoint (line {}), which it never                      writes after: they were added to the copy",
+                    "holds lines past the service's closing checkpoint (line {}), which it never \
+                     writes after: they were added to the copy",
                     report.last_seq
                 )));
             }
@@ -1171,6 +1172,22 @@ mod tests {
         write(path, &out);
     }
 
+    /// The service, started with the key over the log at `path`, refuses to open it and
+    /// leaves the file as it was: it signs nothing over what it did not write.
+    fn refused_at_start_writing_nothing(path: &Path, key: &Path) {
+        let before = std::fs::read(path).unwrap();
+        let reopened = AuditLog::open_with(
+            path,
+            AuditOptions {
+                signer: Some(CheckpointSigner::load(key).unwrap()),
+                checkpoint_lines: 3,
+                ..Default::default()
+            },
+        );
+        assert!(reopened.is_err(), "the service must not sign over it");
+        assert_eq!(std::fs::read(path).unwrap(), before, "and writes nothing");
+    }
+
     #[test]
     fn checkpoints_removed_to_hide_a_rewrite_are_missed_and_the_service_signs_nothing_over_it() {
         let path = temp("audit.jsonl");
@@ -1203,17 +1220,7 @@ mod tests {
             }
             other => panic!("the rewrite went unseen: {other:?}"),
         }
-        let before = std::fs::read(&path).unwrap();
-        let reopened = AuditLog::open_with(
-            &path,
-            AuditOptions {
-                signer: Some(CheckpointSigner::load(&key).unwrap()),
-                checkpoint_lines: 3,
-                ..Default::default()
-            },
-        );
-        assert!(reopened.is_err(), "the service must not sign over it");
-        assert_eq!(std::fs::read(&path).unwrap(), before, "and writes nothing");
+        refused_at_start_writing_nothing(&path, &key);
     }
 
     /// A line chained onto the file after a clean stop (hashes and all), as whoever holds the
@@ -1266,17 +1273,7 @@ mod tests {
             }
             other => panic!("the added line went unseen: {other:?}"),
         }
-        let before = std::fs::read(&path).unwrap();
-        let reopened = AuditLog::open_with(
-            &path,
-            AuditOptions {
-                signer: Some(CheckpointSigner::load(&key).unwrap()),
-                checkpoint_lines: 3,
-                ..Default::default()
-            },
-        );
-        assert!(reopened.is_err(), "the service must not sign over it");
-        assert_eq!(std::fs::read(&path).unwrap(), before, "and writes nothing");
+        refused_at_start_writing_nothing(&path, &key);
     }
 
     /// The whole log rewritten with every checkpoint left out (hashes recomputed from the

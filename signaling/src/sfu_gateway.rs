@@ -123,24 +123,29 @@ impl RemoteSfu {
             let end = Command::RemoveParticipant {
                 participant: h.participant.clone(),
             };
+            // A session this replica lost with this node's link: its client was told its
+            // media ended (and may have started anew, on another node even).
+            let was_ours = n
+                .dropped
+                .get(node_id)
+                .is_some_and(|(_, set)| set.contains(&(h.participant.clone(), h.session)));
             // A participant this replica placed itself (a client of a meeting taken over that
             // already started anew) is its own: its old session, if listed, ends with the
             // new one's placement, and a removal here would end the new one too — unless it
-            // is this very session, placed on this node's previous link (it linked again
-            // before that link was found dead): commands sent meanwhile went nowhere, so it
-            // may run with permissions it no longer has. It ends; its client, told its media
-            // ended when the old link's placements go, starts a new one.
+            // is a session lost with a link: this very session placed on this node's previous
+            // link (it linked again before that link was found dead), or one lost before.
+            // Commands sent meanwhile went nowhere, so it may run with permissions it no
+            // longer has. It ends; its client starts a new one (told its media ended when the
+            // old link's placements go).
             if let Some(target) = n.placement.target_of(&h.participant) {
-                if !n.links.contains_key(&target) && n.placement.holds(&h.participant, h.session) {
+                let on_old_link =
+                    !n.links.contains_key(&target) && n.placement.holds(&h.participant, h.session);
+                if on_old_link || was_ours {
                     ended += 1;
                     let _ = tx.send(ControlMessage::Command(end));
                 }
                 continue;
             }
-            let was_ours = n
-                .dropped
-                .get(node_id)
-                .is_some_and(|(_, set)| set.contains(&(h.participant.clone(), h.session)));
             match n.takeover.reported(h, now) {
                 Adoption::Adopt(permissions) => {
                     if n.placement.adopt(key, h) {

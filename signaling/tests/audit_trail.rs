@@ -150,12 +150,7 @@ async fn every_line_reaches_redis_through_outages_and_verify_catches_a_removed_t
     // A clean stop closes the log; verify with the public key and the copy: exit 0.
     assert!(server.interrupt().success());
     copy_matches_file(&server, &url).await;
-    let public = Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args(["audit", "public-key", "--key"])
-        .arg(server.dir.join("audit-signing.key"))
-        .output()
-        .unwrap();
-    let public = String::from_utf8(public.stdout).unwrap().trim().to_owned();
+    let public = server.audit_public_key();
     let verify = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_signaling"))
             .args(["audit", "verify"])

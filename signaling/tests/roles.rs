@@ -122,12 +122,7 @@ async fn companion_interpreter_and_consultant_each_come_in_their_own_way() {
 
     // The patient's extract names the consultant's HSA-id and their own unit (from a log
     // whose checkpoints hold under the service's public key).
-    let public = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args(["audit", "public-key", "--key"])
-        .arg(server.dir.join("audit-signing.key"))
-        .output()
-        .unwrap();
-    let public = String::from_utf8(public.stdout).unwrap().trim().to_owned();
+    let public = server.audit_public_key();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
         .args([
             "audit",

@@ -268,12 +268,7 @@ async fn a_visit_from_the_waiting_room_to_the_end() {
 
     // The patient's extract names the clinician and the care unit (checked against the
     // service's public key).
-    let public = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args(["audit", "public-key", "--key"])
-        .arg(server.dir.join("audit-signing.key"))
-        .output()
-        .unwrap();
-    let public = String::from_utf8(public.stdout).unwrap().trim().to_owned();
+    let public = server.audit_public_key();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
         .args([
             "audit",

@@ -337,6 +337,17 @@ impl Server {
         std::fs::read_to_string(&self.audit).unwrap_or_default()
     }
 
+    /// The public half of the service's audit checkpoint key (the dev key beside its files),
+    /// as `signaling audit public-key` prints it.
+    pub fn audit_public_key(&self) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+            .args(["audit", "public-key", "--key"])
+            .arg(self.dir.join("audit-signing.key"))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
     /// The audit lines (as JSON) of one kind of event.
     pub fn audit_events(&self, event: &str) -> Vec<Value> {
         self.audit_text()
