@@ -2,7 +2,9 @@
 //! it, one per day), checking every link and checkpoint, and fetching lines by sequence number
 //! for the off-host sink to catch up from.
 
-use crate::audit_checkpoint::{CheckpointFacts, CheckpointVerifier, REASON_CLOSE};
+use crate::audit_checkpoint::{
+    CheckpointFacts, CheckpointVerifier, REASON_CLOSE, REASON_OPEN, REASON_ROTATE,
+};
 use crate::audit_log::{AuditError, GENESIS, line_hash};
 use serde_json::{Map, Value};
 use std::io::{BufRead, BufReader};
@@ -111,14 +113,31 @@ pub struct ChainReport {
     pub signed_through: Option<u64>,
     /// Whether the last line is the service's closing checkpoint.
     pub closed: bool,
+    /// A closing checkpoint and no run's own checkpoint since: only a start's first lines
+    /// may come next ([`after_line`]).
+    pub awaiting_open: bool,
     /// The `every` of the last checkpoint: the longest run of lines it allows before the next.
     pub every: Option<u64>,
 }
 
-/// Whether a line with `event` may open a run of the service: what its start records first
-/// (a torn line dropped, lines written back from the copy), then its opening.
-pub fn starts_a_run(event: &str) -> bool {
-    matches!(event, "audit_recovered" | "audit_opened")
+/// Whether a closing checkpoint still awaits the next run's opening checkpoint after a line
+/// with `event` (and `code`), given whether it did before; `None` when the line may not come
+/// there. The service writes nothing after its `close`; its next start writes what it found
+/// (`audit_recovered`), a day's `rotate` checkpoint when the day changed meanwhile, its
+/// `audit_opened` and its `open` checkpoint. Anything else there was added while it was
+/// stopped (and the next start would have signed over it).
+pub fn after_line(awaiting_open: bool, event: &str, code: &str) -> Option<bool> {
+    let checkpoint = event == "checkpoint";
+    let start_line = matches!(event, "audit_recovered" | "audit_opened")
+        || (checkpoint && matches!(code, REASON_ROTATE | REASON_OPEN));
+    if awaiting_open && !start_line {
+        return None;
+    }
+    Some(match (checkpoint, code) {
+        (true, REASON_CLOSE) => true,
+        (true, REASON_ROTATE) | (false, _) => awaiting_open,
+        (true, _) => false,
+    })
 }
 
 /// Lines the service may write past `every` before its next checkpoint: after a crash, the
@@ -218,20 +237,17 @@ fn check_file(
         let is_checkpoint = event == "checkpoint";
         let reason = fields.get("code").and_then(Value::as_str).unwrap_or("");
         let ts = fields.get("ts").and_then(Value::as_str).unwrap_or("");
-        // The service writes nothing after its closing checkpoint; its next start begins with
-        // what it found and its opening. Anything else there was added while it was stopped
-        // (and its next start would have signed over it).
-        if report.closed && !starts_a_run(event) {
+        let Some(awaiting_open) = after_line(report.awaiting_open, event, reason) else {
             return Err(corrupt(
                 line_no,
                 format!(
-                    "a {event:?} line follows the service's closing checkpoint (line {}), where \
-                     only its next start's first line belongs: lines were added while the \
-                     service was stopped",
-                    report.last_seq
+                    "a {event:?} line follows the service's closing checkpoint before its next \
+                     start's opening checkpoint, where only that start's first lines belong: \
+                     lines were added while the service was stopped"
                 ),
             ));
-        }
+        };
+        report.awaiting_open = awaiting_open;
         // The service signs its first checkpoint right after its first opening line: a chain
         // checked with the key whose first lines go on without one was not written by it, or
         // had every checkpoint removed (and could have been rewritten whole).
@@ -346,4 +362,62 @@ pub fn verify_file(
     check_file(path, &mut report, verifier, false)?;
     report.files = 1;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_close_only_the_next_starts_first_lines_come_until_its_opening() {
+        let close = ("checkpoint", REASON_CLOSE);
+        // A restart on a later day: the start's first line rotates the file first.
+        let across_midnight = [
+            ("join", ""),
+            close,
+            ("checkpoint", REASON_ROTATE),
+            ("audit_recovered", "torn_line_dropped"),
+            ("audit_opened", "after_clean_stop"),
+            ("checkpoint", REASON_OPEN),
+            ("join", ""),
+            ("checkpoint", "lines"),
+        ];
+        let mut awaiting = false;
+        for (event, code) in across_midnight {
+            awaiting = after_line(awaiting, event, code).expect(event);
+        }
+        assert!(!awaiting);
+        // A start that crashed before its opening checkpoint, then the next start.
+        let mut awaiting = false;
+        for (event, code) in [
+            close,
+            ("audit_opened", ""),
+            ("audit_opened", ""),
+            ("checkpoint", REASON_OPEN),
+        ] {
+            awaiting = after_line(awaiting, event, code).expect(event);
+        }
+        assert!(!awaiting);
+        // Lines added after a close, even behind a start's first line, are refused.
+        for added in [
+            vec![close, ("admit", "")],
+            vec![close, ("audit_opened", ""), ("admit", "")],
+            vec![close, ("checkpoint", REASON_ROTATE), ("join", "")],
+            vec![close, ("checkpoint", "lines")],
+            vec![close, ("audit_recovered", ""), ("checkpoint", "interval")],
+        ] {
+            let mut awaiting = false;
+            let refused =
+                added
+                    .iter()
+                    .position(|(event, code)| match after_line(awaiting, event, code) {
+                        Some(a) => {
+                            awaiting = a;
+                            false
+                        }
+                        None => true,
+                    });
+            assert_eq!(refused, Some(added.len() - 1), "{added:?}");
+        }
+    }
 }

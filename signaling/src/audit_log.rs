@@ -230,6 +230,7 @@ fn continuing_lines(
 ) -> Result<(), AuditError> {
     let mut seq = report.last_seq;
     let mut prev = report.last_hash.clone();
+    let mut awaiting_open = report.awaiting_open;
     for (q, raw) in lines {
         let disagrees = |reason: String| AuditError::CopyDisagrees {
             path: path.to_owned(),
@@ -238,18 +239,18 @@ fn continuing_lines(
         let fields: Map<String, Value> = serde_json::from_str(raw)
             .map_err(|_| disagrees(format!("holds an unreadable line {q}")))?;
         let hash = fields.get("hash").and_then(Value::as_str).unwrap_or("");
-        // After a clean stop the file's last line is the closing checkpoint, written once
-        // every line before it was in the file: the copy cannot legitimately hold more.
-        if report.closed && *q == report.last_seq + 1 {
-            let event = fields.get("event").and_then(Value::as_str).unwrap_or("");
-            if !crate::audit_chain::starts_a_run(event) {
-                return Err(disagrees(format!(
-                    "holds lines past the service's closing checkpoint (line {}), which it never \
-                     writes after: they were added to the copy",
-                    report.last_seq
-                )));
-            }
-        }
+        // After a clean stop only the next start's first lines follow the closing checkpoint
+        // (written once every line before it was in the file): the copy cannot legitimately
+        // hold more there.
+        let event = fields.get("event").and_then(Value::as_str).unwrap_or("");
+        let code = fields.get("code").and_then(Value::as_str).unwrap_or("");
+        awaiting_open =
+            crate::audit_chain::after_line(awaiting_open, event, code).ok_or_else(|| {
+                disagrees(format!(
+                    "holds line {q} ({event:?}) after the service's closing checkpoint, where only \
+                 its next start's first lines belong: it was added to the copy"
+                ))
+            })?;
         let ok = *q == seq + 1
             && fields.get("seq").and_then(Value::as_u64) == Some(*q)
             && fields.get("prev").and_then(Value::as_str) == Some(prev.as_str())
@@ -476,7 +477,8 @@ impl AuditLog {
             ),
             ..Default::default()
         })?;
-        if log.signer.is_some() {
+        // (Unsigned without a key, as the closing one is: a chain's runs are marked alike.)
+        {
             let mut tail = log.lock();
             log.checkpoint(&mut tail, REASON_OPEN, SystemTime::now())?;
         }
@@ -892,11 +894,11 @@ mod tests {
     #[test]
     fn a_sound_log_verifies_and_reopening_continues_the_chain() {
         let path = temp("audit.jsonl");
-        // Each opening is recorded too.
+        // Each opening is recorded too (its line and its checkpoint).
         visit(&AuditLog::open(&path).unwrap());
-        assert_eq!(verify(&path).unwrap().lines, 6);
+        assert_eq!(verify(&path).unwrap().lines, 7);
         visit(&AuditLog::open(&path).unwrap());
-        assert_eq!(verify(&path).unwrap().lines, 12);
+        assert_eq!(verify(&path).unwrap().lines, 14);
     }
 
     #[test]
@@ -1147,7 +1149,7 @@ mod tests {
         visit(&log);
         drop(log);
         let report = verify(&path).unwrap();
-        assert_eq!(report.lines, 11);
+        assert_eq!(report.lines, 12);
     }
 
     /// Rebuilds the chain from `keep`ed lines as someone holding the file would: numbers and
@@ -1266,6 +1268,25 @@ mod tests {
         let mut all = lines(&path);
         all.push(forged("admit"));
         write(&path, &all);
+        // (A line that a start writes first does not open the way for others after it.)
+        let copy = [
+            (report.last_seq + 1, forged("audit_opened")),
+            (report.last_seq + 2, {
+                let opened: Map<String, Value> =
+                    serde_json::from_str(&forged("audit_opened")).unwrap();
+                let mut f = Map::new();
+                f.insert("event".into(), Value::from("admit"));
+                f.insert("seq".into(), Value::from(report.last_seq + 2));
+                f.insert("prev".into(), opened["hash"].clone());
+                let h = line_hash(&f);
+                f.insert("hash".into(), Value::from(h));
+                serde_json::to_string(&f).unwrap()
+            }),
+        ];
+        assert!(matches!(
+            continuing_lines(&path, &report, &copy),
+            Err(AuditError::CopyDisagrees { reason, .. }) if reason.contains("closing checkpoint")
+        ));
         match verify_chain(&path, Some(&verifier)) {
             Err(AuditError::Corrupt { reason, line, .. }) => {
                 assert!(reason.contains("closing checkpoint"), "{reason}");

@@ -612,7 +612,7 @@ const UNSENT_LIMIT_BYTES: u32 = 64 * 1024;
 fn remote_sfu(
     endpoint: quinn::Endpoint,
     event_tx: tokio::sync::mpsc::UnboundedSender<sfu_proto::Event>,
-    meetings: &Meetings,
+    meetings: &Arc<Meetings>,
     shared: bool,
 ) -> anyhow::Result<Arc<RemoteSfu>> {
     let bound = endpoint.local_addr()?;
@@ -622,7 +622,8 @@ fn remote_sfu(
     if shared {
         // The nodes are every replica's: each takes over the sessions of a meeting when it
         // takes the meeting (its lease), not at start.
-        remote.share();
+        let meetings = Arc::downgrade(meetings);
+        remote.share(move |id| meetings.upgrade().is_some_and(|m| m.runs(id)));
     } else {
         // Sessions carried over from the last run: the nodes that kept them report them.
         remote.expect_sessions(&meetings.carried_sessions());
@@ -1127,9 +1128,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let audit = match audit_path {
         Some(path) => {
-            let log = AuditLog::open_with(&path, audit_options)?;
+            let log = Arc::new(AuditLog::open_with(&path, audit_options)?);
             tracing::info!(path = %path.display(), "audit log open");
-            Some(Arc::new(log))
+            meetings.record_to(log.clone());
+            Some(log)
         }
         // Refused above outside --dev, and --dev has its own.
         None => None,
@@ -1606,7 +1608,8 @@ fn audit_verify_command(
         if !differ.is_empty() || !beyond.is_empty() {
             if let (Some(first), Some(last)) = (beyond.first(), beyond.last()) {
                 eprintln!(
-                    "TRUNCATED: the off-host copy holds lines {first}–{last} past the file's end                      (line {}): they were removed from the file",
+                    "TRUNCATED: the off-host copy holds lines {first}–{last} past the file's end \
+                     (line {}): they were removed from the file",
                     report.last_seq
                 );
             }

@@ -80,6 +80,9 @@ pub struct Meetings {
     /// Held while a meeting is taken over (read again, its carried sessions loaded): a join
     /// right behind the one that took the lease waits for it, and finds its carried session.
     taking_over: Mutex<()>,
+    /// The audit log, for what happens outside any request: a meeting let go to another
+    /// replica ends its people's accesses here.
+    audit: std::sync::OnceLock<Arc<crate::audit_log::AuditLog>>,
     /// Each participant's current resume key (its digest) and the node its media session
     /// connected on. Written with its meeting — at each new key or media session, and every
     /// 10 s — so that after a crash of this process, as after a stop, a client back with its
@@ -130,9 +133,15 @@ impl Meetings {
             carried: Mutex::new(carried),
             leases: std::sync::OnceLock::new(),
             taking_over: Mutex::new(()),
+            audit: std::sync::OnceLock::new(),
             resume_keys: Mutex::default(),
             handed_over: Mutex::new(None),
         })
+    }
+
+    /// Where lines of what happens outside any request are written (blocking).
+    pub fn record_to(&self, log: Arc<crate::audit_log::AuditLog>) {
+        let _ = self.audit.set(log);
     }
 
     /// Shares the store with other replicas: this one writes only the meetings whose lease it
@@ -145,6 +154,12 @@ impl Meetings {
     /// lock, just before the write): it runs it and — with replicas — its lease was confirmed
     /// recently enough that no other replica can have taken it meanwhile (a replica cut off
     /// from Redis, or stalled, stops writing before its lease could run out).
+    /// Whether this process surely runs meeting `id` now: alone, or holding its lease
+    /// (confirmed lately enough that no other replica can have taken it).
+    pub fn runs(&self, id: &str) -> bool {
+        self.writes(id)
+    }
+
     fn writes(&self, id: &str) -> bool {
         self.leases
             .get()
@@ -239,7 +254,15 @@ impl Meetings {
                     }
                 }
             }
-            self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
+            let ((), ended) = self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
+            // Their accesses here end (their connections' own ends find no meeting now).
+            if let Some(log) = self.audit.get() {
+                for e in &ended {
+                    if let Err(err) = log.append(e) {
+                        tracing::warn!(error = %err, "a hand-over's leave line was not recorded");
+                    }
+                }
+            }
             let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
             if rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
                 rooms.remove(id);
@@ -1156,7 +1179,9 @@ impl Meetings {
             leases.release_all();
         }
         for room in self.list() {
-            self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
+            // (Its people's connections close with the service, each writing its `leave`:
+            // the hand-over's own lines are not written twice.)
+            let _ = self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
         }
     }
 

@@ -62,7 +62,13 @@ pub struct RemoteSfu {
     /// Replicas share the nodes (ADR 5): a node's sessions of meetings this replica does not
     /// run are another replica's, never ended at a hello.
     shared: std::sync::atomic::AtomicBool,
+    /// With replicas: whether this one surely runs a meeting now (holds its lease). A session
+    /// it lost with a node's link is its to end only while it does — another replica may
+    /// have taken the meeting over and adopted the session meanwhile.
+    runs: std::sync::OnceLock<RunsMeeting>,
 }
+
+type RunsMeeting = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl RemoteSfu {
     pub fn new(events: UnboundedSender<Event>) -> Arc<Self> {
@@ -71,11 +77,14 @@ impl RemoteSfu {
             events,
             held: std::sync::atomic::AtomicBool::new(false),
             shared: std::sync::atomic::AtomicBool::new(false),
+            runs: std::sync::OnceLock::new(),
         })
     }
 
-    /// Other signaling replicas link to the same nodes.
-    pub fn share(&self) {
+    /// Other signaling replicas link to the same nodes; `runs` says whether this one surely
+    /// runs a meeting now.
+    pub fn share(&self, runs: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        let _ = self.runs.set(Box::new(runs));
         self.shared
             .store(true, std::sync::atomic::Ordering::Release);
     }
@@ -123,12 +132,13 @@ impl RemoteSfu {
             let end = Command::RemoveParticipant {
                 participant: h.participant.clone(),
             };
-            // A session this replica lost with this node's link: its client was told its
-            // media ended (and may have started anew, on another node even).
-            let was_ours = n
-                .dropped
-                .get(node_id)
-                .is_some_and(|(_, set)| set.contains(&(h.participant.clone(), h.session)));
+            // A session this replica lost with this node's link, of a meeting it still runs:
+            // its client was told its media ended (and may have started anew, on another
+            // node even).
+            let was_ours = n.dropped.get(node_id).is_some_and(|(at, set)| {
+                now.duration_since(*at) < DROPPED_KEPT
+                    && set.contains(&(h.participant.clone(), h.session))
+            }) && self.runs.get().is_none_or(|runs| runs(h.room.as_str()));
             // A participant this replica placed itself (a client of a meeting taken over that
             // already started anew) is its own: its old session, if listed, ends with the
             // new one's placement, and a removal here would end the new one too — unless it

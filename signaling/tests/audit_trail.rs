@@ -276,7 +276,7 @@ fn a_line_edited_while_the_service_was_down_is_caught_against_the_copy() {
         .unwrap();
     match AuditLog::open_with(&path, options()) {
         Err(AuditError::CopyDisagrees { reason, .. }) => {
-            assert!(reason.contains("lacks line 1"), "{reason}")
+            assert!(reason.contains("lacks line 3"), "{reason}")
         }
         Err(other) => panic!("refused for another reason: {other}"),
         Ok(_) => panic!("the service started against a trimmed copy"),

@@ -387,3 +387,72 @@ async fn a_relaying_replica_holds_a_bounded_amount_of_half_sent_photos() {
     assert_ne!(status_of(&head), "503", "{head}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A replica stalled past its meeting's lease (a long pause, a partition) comes back to find
+/// the meeting taken over by the other replica: it lets the meeting go, and the `join` it
+/// wrote for the clinician there gets its end in its own log (`leave`, `handed_over`) — the
+/// clinician's connection closing there finds the meeting gone and wrote nothing before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_a_meetings_lease_ends_the_accesses_it_recorded() {
+    let dir = std::env::temp_dir().join(format!("hc-replicas-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = Redis::persistent(free_port(), &dir.join("redis"));
+    let key = dir.join("issuer.key");
+    let a = replica(&redis.url(), &key);
+    let b = replica(&redis.url(), &key);
+    let (status, m) = api_at(
+        &b.internal,
+        "POST",
+        "/api/v1/meetings",
+        Some(API_KEY),
+        Some(booking("v-lease-lost")),
+    )
+    .await;
+    assert_eq!(status, 201, "{m}");
+    let doctor_token = a
+        .server
+        .token("v-lease-lost", "doc-4411", "Dr Berg", "clinician");
+    let mut doctor = a.server.connect(&doctor_token).await;
+    let welcome = doctor.next_of("welcome").await;
+    let doctor_id = welcome["participant"].clone();
+
+    let signal = |sig: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &a.server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP");
+    // B takes the meeting once A's lease has run out (until then A owns it, and cannot
+    // answer).
+    let patient_token = a
+        .server
+        .token("v-lease-lost", "pat-7f3a", "Anna", "patient");
+    let (mut patient, _) = join_retrying(&b.server, &patient_token, Duration::from_secs(20)).await;
+    patient.next_of("welcome").await;
+    signal("-CONT");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ended: Vec<Value> = a
+            .server
+            .audit_events("leave")
+            .into_iter()
+            .filter(|e| e["participant"] == doctor_id)
+            .collect();
+        if !ended.is_empty() {
+            assert_eq!(ended.len(), 1, "{ended:?}");
+            assert_eq!(ended[0]["code"], "handed_over", "{ended:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica A never ended the clinician's access: {}",
+            a.server.audit_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
