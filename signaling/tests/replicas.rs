@@ -26,6 +26,27 @@ fn booking(id: &str) -> Value {
     })
 }
 
+/// A persistent Redis in a new directory, two replicas sharing it, and meeting `id` booked
+/// through B.
+async fn two_replicas_and_a_booking(id: &str) -> (std::path::PathBuf, Redis, Replica, Replica) {
+    let dir = std::env::temp_dir().join(format!("hc-replicas-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = Redis::persistent(free_port(), &dir.join("redis"));
+    let key = dir.join("issuer.key");
+    let a = replica(&redis.url(), &key);
+    let b = replica(&redis.url(), &key);
+    let (status, m) = api_at(
+        &b.internal,
+        "POST",
+        "/api/v1/meetings",
+        Some(API_KEY),
+        Some(booking(id)),
+    )
+    .await;
+    assert_eq!(status, 201, "{m}");
+    (dir, redis, a, b)
+}
+
 /// The next chat line `client` gets from `name` (its own come back to it too).
 async fn chat_from(client: &mut Client, name: &str) -> Value {
     loop {
@@ -45,23 +66,8 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visit_runs_across_two_replicas_and_moves_when_its_owner_dies() {
-    let dir = std::env::temp_dir().join(format!("hc-replicas-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let redis = Redis::persistent(free_port(), &dir.join("redis"));
-    let key = dir.join("issuer.key");
-    let a = replica(&redis.url(), &key);
-    let b = replica(&redis.url(), &key);
-
     // Booked through B, joined first through A: A takes the meeting.
-    let (status, m) = api_at(
-        &b.internal,
-        "POST",
-        "/api/v1/meetings",
-        Some(API_KEY),
-        Some(booking("v-replicas")),
-    )
-    .await;
-    assert_eq!(status, 201, "{m}");
+    let (dir, redis, a, b) = two_replicas_and_a_booking("v-replicas").await;
     let doctor_token = a
         .server
         .token("v-replicas", "doc-4411", "Dr Berg", "clinician");
@@ -394,21 +400,7 @@ async fn a_relaying_replica_holds_a_bounded_amount_of_half_sent_photos() {
 /// clinician's connection closing there finds the meeting gone and wrote nothing before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_lost_a_meetings_lease_ends_the_accesses_it_recorded() {
-    let dir = std::env::temp_dir().join(format!("hc-replicas-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let redis = Redis::persistent(free_port(), &dir.join("redis"));
-    let key = dir.join("issuer.key");
-    let a = replica(&redis.url(), &key);
-    let b = replica(&redis.url(), &key);
-    let (status, m) = api_at(
-        &b.internal,
-        "POST",
-        "/api/v1/meetings",
-        Some(API_KEY),
-        Some(booking("v-lease-lost")),
-    )
-    .await;
-    assert_eq!(status, 201, "{m}");
+    let (dir, redis, a, b) = two_replicas_and_a_booking("v-lease-lost").await;
     let doctor_token = a
         .server
         .token("v-lease-lost", "doc-4411", "Dr Berg", "clinician");
