@@ -295,11 +295,10 @@ fn same_as_file(path: &Path, after: u64, lines: &[(u64, String)]) -> Result<(), 
         path: path.to_owned(),
         source,
     };
-    let file: std::collections::HashMap<u64, String> =
-        read_lines(path, *from, *to, lines.len() * 2 + 1)
-            .map_err(io)?
-            .into_iter()
-            .collect();
+    let file: std::collections::HashMap<u64, String> = read_lines(path, *from, *to, lines.len())
+        .map_err(io)?
+        .into_iter()
+        .collect();
     for (q, line) in lines {
         if file.get(q) != Some(line) {
             return Err(AuditError::CopyDisagrees {

@@ -689,9 +689,7 @@ impl RoomState {
                     place = Some((since, order));
                 }
                 fx.close(&old_id, CloseReason::Replaced.outbound());
-                let mut e = self.audit("replaced", &old_id, &old);
-                e.code = Some(format!("by {id}"));
-                fx.record(e);
+                fx.record(self.ended("replaced", &old_id, &old, &format!("by {id}")));
             }
         }
         let grace = match self.admitted.get(&member.sub) {

@@ -278,29 +278,9 @@ async fn replica_goes_and_no_media_is_lost(meeting: &str, stop: Stop) {
 /// reach them (the sessions ran on with the permissions they had).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_a_replica_lost_with_a_nodes_link_are_ended_when_the_node_links_again() {
-    let meeting = "v-partition";
-    let cluster = Cluster::start(meeting).await;
+    let cluster = Cluster::start("v-partition").await;
     let a = &cluster.a;
-    let doctor_token = a.server.token(meeting, "doc-4411", "Dr Berg", "clinician");
-    let patient_token = a.server.token(meeting, "pat-7f3a", "Anna", "patient");
-    let (mut doctor, _, _) = joined(&a.server, &doctor_token, "").await;
-    let (mut patient, _, _) = joined(&a.server, &patient_token, "").await;
-    let patient_id = doctor.first_waiting().await;
-    doctor
-        .send(json!({"type": "admit", "participant": patient_id}))
-        .await;
-    patient.next_of("admitted").await;
-    let doctor_media = Arc::new(MediaPeer::new("doctor").await);
-    let patient_media = Arc::new(MediaPeer::new("patient").await);
-    doctor.start_media(&doctor_media).await;
-    patient.start_media(&patient_media).await;
-    let _doctor_events = doctor.negotiate_in_background(&doctor_media);
-    let _patient_events = patient.negotiate_in_background(&patient_media);
-    let _sending = send_frames([doctor_media.clone(), patient_media.clone()]);
-    until("media both ways through the node", 15, async || {
-        doctor_media.video_frames().len() > 30 && patient_media.video_frames().len() > 30
-    })
-    .await;
+    let visit = support::media::running_visit(&a.server, "v-partition").await;
     assert_eq!(node_participants(&cluster.metrics).await, Some(2));
 
     let signal = |sig: &str| {
@@ -329,10 +309,10 @@ async fn sessions_a_replica_lost_with_a_nodes_link_are_ended_when_the_node_links
         node_participants(&cluster.metrics).await == Some(0)
     })
     .await;
-    let received = patient_media.video_frames().len();
+    let received = visit.patient_media.video_frames().len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        patient_media.video_frames().len(),
+        visit.patient_media.video_frames().len(),
         received,
         "the patient's ended session still received the clinician's video"
     );

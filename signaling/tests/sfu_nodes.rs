@@ -823,20 +823,11 @@ async fn restart_loses_no_media(
 /// window has passed, they are ended, not left running unmanaged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_sessions_nobody_comes_back_for_are_ended_after_the_takeover_window() {
-    use std::sync::Arc;
-    use support::media::{send_frames, visit};
+    use support::media::running_visit;
     use support::node_participants;
     let mut cluster = Cluster::start(&["sfu-a"]);
     let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
-    let (doctor_media, patient_media, doctor, patient) = visit(&cluster.server, "visit-k").await;
-    let (doctor_media, patient_media) = (Arc::new(doctor_media), Arc::new(patient_media));
-    let _doctor_events = doctor.negotiate_in_background(&doctor_media);
-    let _patient_events = patient.negotiate_in_background(&patient_media);
-    let _sending = send_frames([doctor_media.clone(), patient_media.clone()]);
-    until("media both ways through node a", 15, async || {
-        doctor_media.video_frames().len() > 30 && patient_media.video_frames().len() > 30
-    })
-    .await;
+    let _visit = running_visit(&cluster.server, "visit-k").await;
     assert_eq!(node_participants(&metrics_a).await, Some(2));
     // Their clients' sockets close with the process, and nobody reconnects.
     cluster.server.restart();

@@ -263,6 +263,37 @@ pub async fn visit(server: &Server, meeting: &str) -> (MediaPeer, MediaPeer, Cli
     (doctor_media, patient_media, doctor, patient)
 }
 
+/// A [`visit`] whose clients answer the SFU's offers in the background, with 30 video frames a
+/// second going both ways until dropped.
+pub struct RunningVisit {
+    pub doctor_media: Arc<MediaPeer>,
+    pub patient_media: Arc<MediaPeer>,
+    /// What each client was told meanwhile (see [`super::assert_undisturbed`]).
+    pub doctor_events: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    pub patient_events: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    _sending: AbortOnDrop,
+}
+
+/// [`visit`], its media waited for both ways (over 30 frames each).
+pub async fn running_visit(server: &Server, meeting: &str) -> RunningVisit {
+    let (doctor_media, patient_media, doctor, patient) = visit(server, meeting).await;
+    let (doctor_media, patient_media) = (Arc::new(doctor_media), Arc::new(patient_media));
+    let doctor_events = doctor.negotiate_in_background(&doctor_media);
+    let patient_events = patient.negotiate_in_background(&patient_media);
+    let sending = send_frames([doctor_media.clone(), patient_media.clone()]);
+    super::until("media both ways", 15, async || {
+        doctor_media.video_frames().len() > 30 && patient_media.video_frames().len() > 30
+    })
+    .await;
+    RunningVisit {
+        doctor_media,
+        patient_media,
+        doctor_events,
+        patient_events,
+        _sending: sending,
+    }
+}
+
 /// A participant that recovers as docs/protocol.md tells a client to: when its media session
 /// is lost (`media_disconnected`) it starts a new one from a new peer (an `offer` with
 /// `restart: true`); it answers the SFU's offers with its current peer and sends 30 video
