@@ -6,15 +6,15 @@
 //! the daily files (`audit.jsonl`, rotated to `audit.2026-12-01.jsonl`). A crash that tore the
 //! last line is recovered at start: the torn bytes are dropped (no complete line is lost; the
 //! access they described never took effect, as its write never returned) and the recovery is
-//! itself a line. `extract` prints a patient's log extract.
+//! itself a line. A patient's log extract is read from it by audit_extract.rs.
 //!
 //! Lines hold pseudonymous ids, HSA-ids of staff and care unit ids only: never a personal
 //! identity number, SDP, chat text or media.
 
 use crate::audit_chain::{ChainReport, chain_files, read_lines, verify_chain, verify_file};
 use crate::audit_checkpoint::{
-    CheckpointFacts, CheckpointSigner, CheckpointVerifier, REASON_CLOSE, REASON_INTERVAL,
-    REASON_LINES, REASON_OPEN, REASON_ROTATE,
+    CheckpointFacts, CheckpointSigner, REASON_CLOSE, REASON_INTERVAL, REASON_LINES, REASON_OPEN,
+    REASON_ROTATE,
 };
 use crate::audit_sink::{AuditSink, Delivery, SinkConfig};
 use ring::digest::{SHA256, digest};
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -744,89 +744,12 @@ pub fn verify(path: &Path) -> Result<ChainReport, AuditError> {
     verify_chain(path, None)
 }
 
-/// One meeting in a patient's extract.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MeetingExtract {
-    pub meeting: String,
-    pub first: String,
-    pub last: String,
-    /// (HSA-id, care unit) of staff who took part or acted in the meeting.
-    pub staff: Vec<(String, String)>,
-    pub units: Vec<String>,
-}
-
-/// The patient's log extract: every meeting `subject` joined, with the staff and care units
-/// that took part in it and when. The log is verified first, its checkpoints' signatures too:
-/// an extract from a rewritten log would be the rewriter's.
-pub fn extract(
-    path: &Path,
-    subject: &str,
-    verifier: &CheckpointVerifier,
-) -> Result<Vec<MeetingExtract>, AuditError> {
-    verify_chain(path, Some(verifier))?;
-    let io = |source| AuditError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut events: Vec<(String, AuditEvent)> = Vec::new();
-    for file in chain_files(path).map_err(io)? {
-        let file = File::open(&file).map_err(io)?;
-        events.extend(
-            BufReader::new(file)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| {
-                    let v: Value = serde_json::from_str(&l).ok()?;
-                    let ts = v.get("ts")?.as_str()?.to_owned();
-                    Some((ts, serde_json::from_value(v).ok()?))
-                }),
-        );
-    }
-    let mut meetings: Vec<MeetingExtract> = Vec::new();
-    for (_, e) in &events {
-        if e.subject.as_deref() == Some(subject)
-            && let Some(m) = &e.meeting
-            && !meetings.iter().any(|x| &x.meeting == m)
-        {
-            meetings.push(MeetingExtract {
-                meeting: m.clone(),
-                ..Default::default()
-            });
-        }
-    }
-    for ex in &mut meetings {
-        for (ts, e) in events
-            .iter()
-            .filter(|(_, e)| e.meeting.as_deref() == Some(ex.meeting.as_str()))
-        {
-            if ex.first.is_empty() {
-                ex.first = ts.clone();
-            }
-            ex.last = ts.clone();
-            let pairs = [(&e.hsa, &e.unit), (&e.actor_hsa, &e.actor_unit)];
-            for (hsa, unit) in pairs {
-                if let Some(hsa) = hsa {
-                    let entry = (hsa.clone(), unit.clone().unwrap_or_default());
-                    if !ex.staff.contains(&entry) {
-                        ex.staff.push(entry);
-                    }
-                }
-                if let Some(unit) = unit
-                    && !ex.units.contains(unit)
-                {
-                    ex.units.push(unit.clone());
-                }
-            }
-        }
-    }
-    Ok(meetings)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::audit_extract::extract;
 
-    fn temp(name: &str) -> PathBuf {
+    pub(crate) fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "audit-{}-{}",
             std::process::id(),
@@ -836,7 +759,7 @@ mod tests {
         dir.join(name)
     }
 
-    fn visit(log: &AuditLog) {
+    pub(crate) fn visit(log: &AuditLog) {
         let clinician = AuditEvent {
             meeting: Some("m1".into()),
             subject: Some("staff-1".into()),
@@ -936,25 +859,7 @@ mod tests {
         assert!(verify(&path).is_ok());
     }
 
-    #[test]
-    fn the_extract_names_the_staff_and_unit_of_the_patients_meetings() {
-        let path = temp("audit.jsonl");
-        let (log, verifier) = signed(&path, &path.with_file_name("k"));
-        visit(&log);
-        drop(log);
-        let extract = |path: &Path, sub: &str| extract(path, sub, &verifier);
-        let ex = extract(&path, "pat-9").unwrap();
-        assert_eq!(ex.len(), 1);
-        assert_eq!(ex[0].meeting, "m1");
-        assert_eq!(
-            ex[0].staff,
-            vec![("SE2321000016-ABCD".to_owned(), "unit-7".to_owned())]
-        );
-        assert!(!ex[0].first.is_empty() && ex[0].first <= ex[0].last);
-        assert!(extract(&path, "nobody").unwrap().is_empty());
-    }
-
-    fn signed(
+    pub(crate) fn signed(
         path: &Path,
         dir_key: &Path,
     ) -> (AuditLog, crate::audit_checkpoint::CheckpointVerifier) {

@@ -474,8 +474,11 @@ fn main() -> anyhow::Result<()> {
                 file,
             } => {
                 let verifier = signaling::audit_checkpoint::CheckpointVerifier::parse(&public_key)?;
-                let meetings = audit_log::extract(&file, &subject, &verifier)?;
-                println!("Log extract for {subject} ({} meetings)", meetings.len());
+                let meetings = signaling::audit_extract::extract(&file, &subject, &verifier)?;
+                println!(
+                    "Log extract for {subject} ({} stays in meetings)",
+                    meetings.len()
+                );
                 for m in meetings {
                     println!("meeting {} from {} to {}", m.meeting, m.first, m.last);
                     for unit in &m.units {
