@@ -329,16 +329,22 @@ async fn fetch(
         return unknown();
     }
     // A viewing is recorded once per person and photo: fetching it again (a reload, or a
-    // flood of requests, even all at once) adds no line to the audit log.
-    if state.images.first_view(&id, &session.claims.sub) {
+    // flood of requests, even all at once) adds no line to the audit log, and no fetch is
+    // answered before the line is written.
+    let Some(viewing) = state.images.viewing(&id, &session.claims.sub) else {
+        return unknown();
+    };
+    let mut recorded = viewing.lock().await;
+    if !*recorded {
         let mut event = session_event("image_viewed", &session, None);
         event.meeting = Some(meeting);
         event.code = Some(id.clone());
         if audit(&state, event).await.is_err() {
-            state.images.unmark_view(&id, &session.claims.sub);
             return audit_unavailable();
         }
+        *recorded = true;
     }
+    drop(recorded);
     (
         [
             (header::CONTENT_TYPE, mime),

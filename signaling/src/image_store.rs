@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a photo stays fetchable.
@@ -17,6 +17,9 @@ pub const MEETING_BUDGET: usize = 24 * 1024 * 1024;
 /// Photos one person may have held at once.
 pub const PER_SENDER: usize = 6;
 
+/// Whether a recipient's viewing of a photo is recorded in the audit log.
+pub type Viewing = Arc<tokio::sync::Mutex<bool>>;
+
 #[derive(Debug)]
 pub struct StoredImage {
     pub meeting: String,
@@ -27,8 +30,9 @@ pub struct StoredImage {
     pub bytes: Bytes,
     /// Subjects it was shared with.
     pub recipients: Vec<String>,
-    /// Recipients who have fetched it (each viewing is audited once, not once per fetch).
-    viewed: Vec<String>,
+    /// Per recipient who has fetched it: whether their viewing is recorded (each viewing is
+    /// audited once, not once per fetch).
+    viewed: HashMap<String, Viewing>,
     expires: Instant,
 }
 
@@ -170,23 +174,16 @@ impl ImageStore {
         metrics::gauge!("signaling_images_held_bytes").set(held as f64);
     }
 
-    /// Marks photo `id` viewed by `subject`; true the first time (that viewing is to be
-    /// recorded). Marked before it is recorded, so a burst of fetches records it once.
-    pub fn first_view(&self, id: &str, subject: &str) -> bool {
-        match self.lock().get_mut(id) {
-            Some(image) if !image.viewed.iter().any(|v| v == subject) => {
-                image.viewed.push(subject.to_owned());
-                true
-            }
-            _ => false,
+    /// `subject`'s viewing of photo `id`, if they are one of its recipients. Its lock is held
+    /// while the viewing is recorded, so that none of a burst of fetches is answered before the
+    /// line is written, and the line is written once.
+    pub fn viewing(&self, id: &str, subject: &str) -> Option<Viewing> {
+        let mut images = self.lock();
+        let image = images.get_mut(id)?;
+        if !image.recipients.iter().any(|r| r == subject) {
+            return None;
         }
-    }
-
-    /// Takes back a [`first_view`](Self::first_view) whose record could not be written.
-    pub fn unmark_view(&self, id: &str, subject: &str) {
-        if let Some(image) = self.lock().get_mut(id) {
-            image.viewed.retain(|v| v != subject);
-        }
+        Some(image.viewed.entry(subject.to_owned()).or_default().clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, StoredImage>> {
@@ -215,7 +212,7 @@ impl ImageStore {
                 mime,
                 bytes,
                 recipients,
-                viewed: Vec::new(),
+                viewed: HashMap::new(),
                 expires: now + IMAGE_TTL,
             },
         );
@@ -360,20 +357,25 @@ mod tests {
                 t0,
             )
             .unwrap();
+        let viewing = store.viewing(&id, "doc").unwrap();
+        let recording = viewing.try_lock().unwrap();
+        assert!(!*recording, "the first viewing is to be recorded");
         assert!(
-            store.first_view(&id, "doc"),
-            "the first viewing is recorded"
+            store.viewing(&id, "doc").unwrap().try_lock().is_err(),
+            "a second fetch waits while the first is recorded"
         );
+        // The record failed: the next fetch records it.
+        drop(recording);
+        let mut recording = store.viewing(&id, "doc").unwrap().try_lock_owned().unwrap();
+        assert!(!*recording, "a viewing whose record failed counts again");
+        *recording = true;
+        drop(recording);
         assert!(
-            !store.first_view(&id, "doc"),
+            *store.viewing(&id, "doc").unwrap().try_lock().unwrap(),
             "fetched again: not a new viewing"
         );
-        store.unmark_view(&id, "doc");
-        assert!(
-            store.first_view(&id, "doc"),
-            "a viewing whose record failed counts again"
-        );
-        assert!(!store.first_view("unknown", "doc"));
+        assert!(store.viewing(&id, "pat").is_none(), "not a recipient");
+        assert!(store.viewing("unknown", "doc").is_none());
         let slot = store.begin_upload("m1", "pat", 0, t0).unwrap();
         assert_eq!(
             store.begin_upload("m1", "pat", 0, t0).unwrap_err(),
