@@ -29,10 +29,11 @@ pub(crate) fn session_event(
     }
 }
 
-/// Appends several events in order; stops at the first that cannot be recorded.
-pub async fn audit_all(state: &AppState, events: Vec<AuditEvent>) -> Result<(), ()> {
-    for e in events {
-        audit(state, e).await?;
+/// Appends several events in order; stops at the first that cannot be recorded, and then
+/// says how many were.
+pub async fn audit_all(state: &AppState, events: Vec<AuditEvent>) -> Result<(), usize> {
+    for (written, e) in events.into_iter().enumerate() {
+        audit(state, e).await.map_err(|()| written)?;
     }
     Ok(())
 }

@@ -39,7 +39,13 @@ pub async fn act(
         (action, planned, target_sub)
     };
     let events = planned.map_err(ActionError::Refused)?;
-    if audit_all(state, events).await.is_err() {
+    let (name, target) = audit_name(&action, actor);
+    if let Err(written) = audit_all(state, events).await {
+        // Some of its lines were written (an admission with companions has one per person):
+        // the record says it did not happen, if it can still be written.
+        if written > 0 {
+            not_applied(state, room, actor, name, target, "audit_unavailable").await;
+        }
         return Err(ActionError::AuditUnavailable);
     }
     // (The target may have reconnected while the line was written: the action follows it.)
@@ -79,19 +85,26 @@ pub async fn act(
             Ok(())
         }
         Err(e) => {
-            let (name, target) = match &action {
-                Action::Admit(t)
-                | Action::AdmitWithCompanions(t)
-                | Action::AdmitGroup { patient: t, .. } => ("admit", t),
-                Action::InviteConsultant { .. } => ("consultant_invited", actor),
-                Action::Deny(t) => ("deny", t),
-                Action::ToLobby(t) => ("back_to_lobby", t),
-                Action::Remove(t) => ("remove", t),
-                Action::EndMeeting => ("meeting_end", actor),
-            };
-            not_applied(state, room, actor, name, target, e).await;
+            not_applied(state, room, actor, name, target, e.code()).await;
             Err(ActionError::Refused(e))
         }
+    }
+}
+
+/// The name an action is recorded under, and whom it concerns.
+fn audit_name<'a>(
+    action: &'a Action,
+    actor: &'a ParticipantId,
+) -> (&'static str, &'a ParticipantId) {
+    match action {
+        Action::Admit(t)
+        | Action::AdmitWithCompanions(t)
+        | Action::AdmitGroup { patient: t, .. } => ("admit", t),
+        Action::InviteConsultant { .. } => ("consultant_invited", actor),
+        Action::Deny(t) => ("deny", t),
+        Action::ToLobby(t) => ("back_to_lobby", t),
+        Action::Remove(t) => ("remove", t),
+        Action::EndMeeting => ("meeting_end", actor),
     }
 }
 
@@ -124,21 +137,22 @@ pub async fn take_next(
             Ok(())
         }
         Err(e) => {
-            not_applied(state, queue, actor, "admit", &patient, e).await;
+            not_applied(state, queue, actor, "admit", &patient, e.code()).await;
             Err(ActionError::Refused(e))
         }
     }
 }
 
 /// The meeting changed between recording an action and carrying it out (the person left,
-/// another clinician acted first): the record says it did not happen after all.
+/// another clinician acted first), or only some of its lines could be recorded: the record
+/// says it did not happen after all.
 async fn not_applied(
     state: &AppState,
     room: &MeetingRoom,
     actor: &ParticipantId,
     action: &str,
     target: &ParticipantId,
-    error: RequestError,
+    code: &str,
 ) {
     let event = {
         let s = room.lock();
@@ -149,7 +163,7 @@ async fn not_applied(
             participant: Some(target.to_string()),
             actor_hsa: a.and_then(|a| a.hsa.clone()),
             actor_unit: a.and_then(|a| a.unit.clone()),
-            code: Some(error.code().into()),
+            code: Some(code.into()),
             ..Default::default()
         }
     };
