@@ -1350,8 +1350,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tick.tick().await;
-            let lines = summaries.refusals.end_interval(std::time::Instant::now());
-            let _ = audit_all(&summaries, lines).await;
+            let mut lines = summaries.refusals.end_interval(std::time::Instant::now());
+            if let Err(written) = audit_all(&summaries, lines.clone()).await {
+                summaries.refusals.carry(lines.split_off(written));
+            }
         }
     });
     let at_exit = state.clone();

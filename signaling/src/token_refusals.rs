@@ -34,6 +34,9 @@ const RECORDS_BURST: f64 = 50.0;
 /// (`join_refused`, only for holders of valid tokens) are not capped.
 const MAX_SUMMARY_LINES: usize = 100;
 
+/// Summary lines held over while the audit log cannot take them.
+const MAX_CARRIED: usize = 1_000;
+
 /// Signature checks a second (burst as much) for a source over its refusal budget.
 pub const CHECKS_WHILE_LIMITED: f64 = 20.0;
 
@@ -90,6 +93,8 @@ pub struct TokenRefusals {
     sources: Mutex<Sources>,
     /// Lines written at once, over all sources.
     records: Mutex<TokenBucket>,
+    /// Summary lines the audit log could not take, written with the next interval's.
+    carried: Mutex<Vec<AuditEvent>>,
 }
 
 /// The sources tracked, and how many of them are subjects.
@@ -155,6 +160,7 @@ impl TokenRefusals {
             budget,
             sources: Mutex::new(Sources::default()),
             records: Mutex::new(TokenBucket::new(RECORDS_PER_SECOND, RECORDS_BURST)),
+            carried: Mutex::new(Vec::new()),
         }
     }
 
@@ -307,7 +313,33 @@ impl TokenRefusals {
         kept.sort_by(|a, b| {
             (&a.event, &a.source, &a.subject).cmp(&(&b.event, &b.source, &b.subject))
         });
-        kept
+        let mut lines = std::mem::take(&mut *self.carried());
+        lines.extend(kept);
+        lines
+    }
+
+    /// Summary lines that could not be written (the audit log was unavailable): they go out
+    /// with the next interval's. Past [`MAX_CARRIED`] (a long outage), the oldest are folded
+    /// into one line per kind, so that the counts are kept, if not each source's own.
+    pub fn carry(&self, lines: Vec<AuditEvent>) {
+        let mut carried = self.carried();
+        carried.extend(lines);
+        if carried.len() > MAX_CARRIED {
+            // Room for the two folded lines.
+            let fold = carried.len() - (MAX_CARRIED - 2);
+            let excess: Vec<AuditEvent> = carried.drain(..fold).collect();
+            let (anonymous, subjects): (Vec<_>, Vec<_>) =
+                excess.into_iter().partition(|l| l.event == "token_refused");
+            for (event, rest) in [("join_refused", subjects), ("token_refused", anonymous)] {
+                if !rest.is_empty() {
+                    carried.insert(0, together(event, &rest));
+                }
+            }
+        }
+    }
+
+    fn carried(&self) -> std::sync::MutexGuard<'_, Vec<AuditEvent>> {
+        self.carried.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -326,7 +358,8 @@ fn together(event: &str, rest: &[AuditEvent]) -> AuditEvent {
         count: Some(rest.iter().filter_map(|l| l.count).sum()),
         codes: Some(codes),
         limited: (limited > 0).then_some(limited),
-        sources: Some(rest.len() as u64),
+        // (A line may itself stand for several sources: one carried over, folded before.)
+        sources: Some(rest.iter().map(|l| l.sources.unwrap_or(1)).sum()),
         ..Default::default()
     }
 }
@@ -362,6 +395,69 @@ mod tests {
             .filter_map(|l| l.count)
             .sum();
         assert_eq!(counted, MAX_SOURCES as u64 + 10 - RECORDS_BURST as u64);
+    }
+
+    /// The audit log could not take an interval's summaries: they go out with the next
+    /// interval's, and a long outage folds the oldest together without losing a count.
+    #[test]
+    fn summaries_the_log_could_not_take_are_written_later_and_counted_in_full() {
+        let r = TokenRefusals::new(RefusalBudget::default());
+        let t0 = Instant::now();
+        let (mut total, mut written_at_once, mut patient_at_once) = (0, 0, 0);
+        let mut note = |v: RefusalVerdict| {
+            total += 1;
+            written_at_once += u64::from(v == RefusalVerdict::Record);
+        };
+        // Each interval has a line per source for its 100 busiest, one for the rest, and the
+        // patient's: twelve of them are more than can be held.
+        let (rounds, per_round) = (12u32, 150u32);
+        for round in 0..rounds {
+            for i in 0..per_round {
+                let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + round * 10_000 + i));
+                for _ in 0..2 {
+                    note(r.refused(ip, "token_expired", t0));
+                }
+            }
+            for _ in 0..2 {
+                let v = r.refused_subject("pat-1", "visit-1", "meeting_not_open", t0);
+                patient_at_once += u64::from(v == RefusalVerdict::Record);
+                note(v);
+            }
+            let lines = r.end_interval(t0 + Duration::from_secs(60 * u64::from(round + 1)));
+            assert!(!lines.is_empty());
+            r.carry(lines);
+        }
+        let lines = r.end_interval(t0 + Duration::from_secs(600));
+        assert!(
+            lines.len() <= MAX_CARRIED + 102,
+            "at most what is held and one interval's: {}",
+            lines.len()
+        );
+        assert!(
+            lines.iter().any(|l| l.sources.unwrap_or(1) > 100),
+            "the oldest were folded"
+        );
+        // Every refusal is in a line: written at once, or counted in a summary.
+        let counted: u64 = lines.iter().filter_map(|l| l.count).sum();
+        assert_eq!(counted + written_at_once, total);
+        // The folded line says how many sources it stands for.
+        let sources: u64 = lines
+            .iter()
+            .filter(|l| l.event == "token_refused")
+            .map(|l| l.sources.unwrap_or(1))
+            .sum();
+        assert_eq!(sources, u64::from(rounds * per_round));
+        let patient: u64 = lines
+            .iter()
+            .filter(|l| l.event == "join_refused")
+            .filter_map(|l| l.count)
+            .sum();
+        assert_eq!(
+            patient + patient_at_once,
+            u64::from(2 * rounds),
+            "the patient's own"
+        );
+        assert!(r.end_interval(t0 + Duration::from_secs(700)).is_empty());
     }
 
     #[test]
