@@ -20,6 +20,11 @@ struct NodeLink {
     tx: UnboundedSender<ControlMessage>,
     /// Its workers and last load report: where a new room goes.
     load: NodeLoad,
+    /// Participants whose old session on this link this replica ended while they run
+    /// elsewhere now: the node's reports of that end are expected, not a node passing for
+    /// another. (Kept while the link lasts, unless the participant is placed here again:
+    /// few, and a report may trail the session's own end.)
+    ending: std::collections::HashSet<ParticipantId>,
 }
 
 #[derive(Default)]
@@ -43,6 +48,34 @@ struct Nodes {
             std::collections::HashSet<(ParticipantId, u32)>,
         ),
     >,
+}
+
+/// Whether `event` trails the end of an old session `link` was told to end while its
+/// participant runs elsewhere (see [`NodeLink::ending`]): its last renegotiation, its
+/// tracks' ends, its own end. Nothing to pass on, and expected.
+fn trails_an_end(link: &NodeLink, event: &Event) -> bool {
+    let participant = match event {
+        Event::TrackUnpublished { track, .. } | Event::TrackPublished { track, .. } => {
+            &track.publisher
+        }
+        Event::Answer { participant, .. }
+        | Event::Offer { participant, .. }
+        | Event::Connected { participant, .. }
+        | Event::VideoPaused { participant, .. }
+        | Event::LinkReport { participant, .. }
+        | Event::LayersUnused { participant, .. }
+        | Event::ActiveSpeaker { participant, .. }
+        | Event::Disconnected { participant, .. }
+        | Event::CommandFailed {
+            participant: Some(participant),
+            ..
+        } => participant,
+        Event::CommandFailed {
+            participant: None, ..
+        }
+        | Event::Load(_) => return false,
+    };
+    link.ending.contains(participant)
 }
 
 /// How long the sessions of a node whose link went away are remembered for its return.
@@ -153,6 +186,11 @@ impl RemoteSfu {
                 if on_old_link || was_ours {
                     ended += 1;
                     let _ = tx.send(ControlMessage::Command(end));
+                    if target != key
+                        && let Some(link) = n.links.get_mut(&key)
+                    {
+                        link.ending.insert(h.participant.clone());
+                    }
                 }
                 continue;
             }
@@ -298,6 +336,7 @@ impl RemoteSfu {
                         workers,
                         report: LoadReport::default(),
                     },
+                    ending: Default::default(),
                 },
             );
             self.take_over(&mut n, key, &node_id, &held, None);
@@ -338,6 +377,9 @@ impl RemoteSfu {
                             // report (a compromised node passing for another).
                             let from_it = match self.nodes.lock() {
                                 Ok(mut n) => {
+                                    if n.links.get(&key).is_some_and(|l| trails_an_end(l, &event)) {
+                                        continue;
+                                    }
                                     let from_it = !n.placement.is_elsewhere(key, &event);
                                     if from_it {
                                         n.placement.observe(&event);
@@ -516,8 +558,13 @@ impl SfuControl for RemoteSfu {
                     })
                     .map(|(k, _)| *k)
             });
-            key.and_then(|k| n.links.get(&k))
-                .map(|l| (l.tx.clone(), l.id.clone()))
+            key.and_then(|k| n.links.get_mut(&k)).map(|l| {
+                // (Placed here anew: what the node says of it is no longer an end's trail.)
+                if let Command::AddParticipant { participant, .. } = &command {
+                    l.ending.remove(participant);
+                }
+                (l.tx.clone(), l.id.clone())
+            })
         };
         match target {
             Some((tx, node)) => {

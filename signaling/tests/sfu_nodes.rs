@@ -463,17 +463,19 @@ async fn a_node_stopped_with_sigterm_finishes_its_visits_and_takes_no_new_ones()
     drop(b);
 }
 
+/// Node a's process and metrics listener, node b's, and a visit on node a whose participants
+/// recover as clients do. (Bind `_b` to a name: a pattern's `..` drops it, ending node b.)
+struct VisitOnNodeA {
+    a: std::process::Child,
+    metrics_a: String,
+    _b: Kill,
+    metrics_b: String,
+    doctor: support::media::Recovering,
+    patient: support::media::Recovering,
+}
+
 /// A visit on node a, both participants recovering as clients do; node b linked too.
-async fn visit_on_node_a(
-    cluster: &Cluster,
-    a_extra: &[&str],
-) -> (
-    std::process::Child,
-    Kill,
-    String,
-    support::media::Recovering,
-    support::media::Recovering,
-) {
+async fn visit_on_node_a(cluster: &Cluster, a_extra: &[&str]) -> VisitOnNodeA {
     use support::media::visit;
     let server = &cluster.server;
     let (metrics_a, metrics_b) = (free_addr(), free_addr());
@@ -501,7 +503,14 @@ async fn visit_on_node_a(
         0,
         "the visit is on node a"
     );
-    (a, b, metrics_b, doctor, patient)
+    VisitOnNodeA {
+        a,
+        metrics_a,
+        _b: b,
+        metrics_b,
+        doctor,
+        patient,
+    }
 }
 
 /// Media back through the other node: both receive frames again from a new session, and node
@@ -545,7 +554,14 @@ async fn media_back_on_node_b(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_visit_has_media_again_on_another_node_within_5_s() {
     let cluster = Cluster::start(&["sfu-a", "sfu-b"]);
-    let (mut a, _b, metrics_b, mut doctor, mut patient) = visit_on_node_a(&cluster, &[]).await;
+    let VisitOnNodeA {
+        mut a,
+        metrics_b,
+        mut doctor,
+        mut patient,
+        _b: _node_b,
+        ..
+    } = visit_on_node_a(&cluster, &[]).await;
     let killed = Instant::now();
     a.kill().unwrap();
     let _ = a.wait();
@@ -561,11 +577,80 @@ async fn a_killed_nodes_visit_has_media_again_on_another_node_within_5_s() {
     assert_admission_kept(&mut doctor, &mut patient);
 }
 
+/// A node that stalls past its link's idle timeout: its visit moves to node b meanwhile. When
+/// it comes back it still runs the old sessions; they are ended at its return, and what it
+/// then reports of their end is expected — not counted as a node speaking of what it does not
+/// run (`signaling_sfu_events_refused_total`, an operator's alarm).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_nodes_kept_sessions_end_at_its_return_with_no_event_refused() {
+    use support::node_participants;
+    let cluster = Cluster::start(&["sfu-a", "sfu-b"]);
+    let VisitOnNodeA {
+        a,
+        metrics_a,
+        metrics_b,
+        doctor,
+        patient,
+        _b: _node_b,
+        ..
+    } = visit_on_node_a(&cluster, &[]).await;
+    let a = Kill(a);
+    let signal = |sig: &str| {
+        let sent = Command::new("kill")
+            .args([sig, &a.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP");
+    let stopped = Instant::now();
+    media_back_on_node_b(&metrics_b, &doctor, &patient, stopped).await;
+    signal("-CONT");
+    until(
+        "node a's kept sessions ended at its return",
+        20,
+        async || node_participants(&metrics_a).await == Some(0),
+    )
+    .await;
+    // Its reports of those ends have come in by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let text = get(&cluster.server.http_base, "/metrics").await.1;
+    let refused: f64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("signaling_sfu_events_refused_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        refused,
+        0.0,
+        "events refused from the returning node: {}",
+        std::fs::read_to_string(&cluster.server.log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("does not run"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The visit goes on through node b.
+    let now = Instant::now();
+    until("media still flowing through node b", 5, async || {
+        doctor.frames().last().is_some_and(|t| *t > now)
+            && patient.frames().last().is_some_and(|t| *t > now)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_drain_deadline_a_nodes_visit_moves_with_under_3_s_of_media_lost() {
     let cluster = Cluster::start(&["sfu-a", "sfu-b"]);
-    let (mut a, _b, metrics_b, mut doctor, mut patient) =
-        visit_on_node_a(&cluster, &["--drain-timeout-secs", "3"]).await;
+    let VisitOnNodeA {
+        mut a,
+        metrics_b,
+        mut doctor,
+        mut patient,
+        _b: _node_b,
+        ..
+    } = visit_on_node_a(&cluster, &["--drain-timeout-secs", "3"]).await;
     let term = Instant::now();
     sigterm(&a);
     // The visit goes on through the draining node until the deadline...
