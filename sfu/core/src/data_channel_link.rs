@@ -4,7 +4,7 @@
 //! The SFU relays messages between participants' channels of the same label; this type only
 //! terminates the protocol and hands whole messages up.
 
-use crate::sctp_stream_gate::{self, MAX_STREAMS};
+use crate::sctp_gate::{MAX_STREAMS, SctpGate};
 use crate::token_bucket::{SCTP_PACKETS_BURST, SCTP_PACKETS_PER_SECOND, TokenBucket};
 use bytes::Bytes;
 use rtc_datachannel::message::Message as Dcep;
@@ -48,9 +48,10 @@ pub struct DataChannelLink {
     pub oversized: u64,
     /// Messages not queued because the receiver's buffer was full.
     pub dropped_backlog: u64,
-    /// SCTP packets the association never saw: a stream past [`MAX_STREAMS`], chunks that do
-    /// not parse, or past the session's budget.
+    /// SCTP packets the association never saw: refused by the gate (`sctp_gate.rs`), or past
+    /// the session's budget.
     refused_packets: u64,
+    gate: SctpGate,
     budget: TokenBucket,
     /// The association told the endpoint itself that it is done (it shut down or failed): the
     /// endpoint freed its entry, which a later association may take under the same handle.
@@ -85,6 +86,7 @@ impl DataChannelLink {
             oversized: 0,
             dropped_backlog: 0,
             refused_packets: 0,
+            gate: SctpGate::new(),
             budget: TokenBucket::new(SCTP_PACKETS_PER_SECOND, SCTP_PACKETS_BURST),
             drained: false,
         }
@@ -92,7 +94,7 @@ impl DataChannelLink {
 
     /// An SCTP packet that arrived as DTLS application data.
     pub fn handle_packet(&mut self, now: Instant, remote: SocketAddr, packet: &[u8]) {
-        if sctp_stream_gate::admit(packet).is_err() || !self.budget.take(now, 1.0) {
+        if !self.budget.take(now, 1.0) || self.gate.admit(now, packet).is_err() {
             self.refused_packets += 1;
             return;
         }
@@ -214,7 +216,10 @@ impl DataChannelLink {
             match event {
                 Event::Stream(StreamEvent::Readable { id })
                 | Event::Stream(StreamEvent::Opened { id }) => readable.push(id),
-                Event::AssociationLost { .. } => self.channels.clear(),
+                // One stream's end (the peer reset it, closing its channel): that channel only.
+                Event::AssociationLost { id, .. } => {
+                    self.channels.remove(&id);
+                }
                 _ => {}
             }
         }
@@ -296,6 +301,9 @@ impl DataChannelLink {
         }
         while let Some(t) = a.poll_transmit(now) {
             if let Payload::RawEncode(raws) = t.message {
+                for raw in &raws {
+                    self.gate.sent(raw);
+                }
                 self.outgoing.extend(raws);
             }
         }
@@ -434,6 +442,38 @@ mod tests {
         browser.send(now, 1, "still here");
         browser.exchange(now, &mut sfu);
         assert!(texts(&mut sfu).contains(&"still here".to_owned()));
+    }
+
+    /// A browser closing one of its channels resets its stream (RE-CONFIG): the reset passes
+    /// the gate once its data is acknowledged, that channel ends, and the others carry on.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test's starting point in time
+    fn a_closed_channel_ends_alone() {
+        let mut now = Instant::now();
+        let mut sfu = DataChannelLink::new(SFU);
+        let mut browser = Browser::connect(now);
+        browser.exchange(now, &mut sfu);
+        browser.open(now, 1, "room");
+        browser.open(now, 3, "other");
+        browser.send(now, 3, "bye soon");
+        browser.exchange(now, &mut sfu);
+        assert_eq!(texts(&mut sfu), ["bye soon"]);
+        browser.association.stream(3).unwrap().close(now).unwrap();
+        // (A reset sent before the SFU acknowledged its data waits for the retransmission.)
+        for _ in 0..5 {
+            browser.exchange(now, &mut sfu);
+            now += Duration::from_secs(2);
+            browser.association.handle_timeout(now);
+            sfu.handle_timeout(now);
+        }
+        assert!(
+            !sfu.send(now, "other", false, b"x"),
+            "the closed channel has ended"
+        );
+        assert!(sfu.send(now, "room", false, b"x"), "the other is open");
+        browser.send(now, 1, "still here");
+        browser.exchange(now, &mut sfu);
+        assert_eq!(texts(&mut sfu), ["still here"]);
     }
 
     /// A browser's new association (a new INIT) replaces the old one, which the endpoint

@@ -29,7 +29,7 @@ pub mod replay_window;
 pub mod resend_record;
 pub mod rtcp_writer;
 pub mod rtp_header;
-pub mod sctp_stream_gate;
+pub mod sctp_gate;
 pub mod send_history;
 pub mod sender_stamp;
 pub mod sfu;
