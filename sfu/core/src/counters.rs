@@ -18,6 +18,8 @@ pub struct Counters {
     /// Media from a participant without publish permission (the waiting room), and media
     /// still held in the pacer of one whose subscribe permission was taken away.
     pub dropped_blocked: u64,
+    /// Audio past its track's rate (token_bucket.rs): not forwarded.
+    pub dropped_over_rate: u64,
     pub seal_failures: u64,
     pub nacks_in: u64,
     pub nacks_out: u64,
@@ -103,6 +105,7 @@ impl std::ops::AddAssign for Counters {
             dropped_replay,
             dropped_auth,
             dropped_blocked,
+            dropped_over_rate,
             seal_failures,
             nacks_in,
             nacks_out,
@@ -156,6 +159,7 @@ impl std::ops::AddAssign for Counters {
         self.dropped_replay += dropped_replay;
         self.dropped_auth += dropped_auth;
         self.dropped_blocked += dropped_blocked;
+        self.dropped_over_rate += dropped_over_rate;
         self.seal_failures += seal_failures;
         self.nacks_in += nacks_in;
         self.nacks_out += nacks_out;
@@ -200,7 +204,7 @@ impl std::ops::AddAssign for Counters {
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 52] {
+    pub fn named(&self) -> [(&'static str, u64); 53] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -218,6 +222,7 @@ impl Counters {
             ("sfu_dropped_replay_total", self.dropped_replay),
             ("sfu_dropped_auth_total", self.dropped_auth),
             ("sfu_dropped_blocked_total", self.dropped_blocked),
+            ("sfu_dropped_over_rate_total", self.dropped_over_rate),
             ("sfu_seal_failures_total", self.seal_failures),
             ("sfu_nacks_in_total", self.nacks_in),
             ("sfu_nacks_out_total", self.nacks_out),
@@ -288,7 +293,7 @@ impl Counters {
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 52] = [
+    pub const HELP: [(&'static str, &'static str); 53] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -340,6 +345,10 @@ impl Counters {
         (
             "sfu_dropped_blocked_total",
             "Media from participants not allowed to publish (the waiting room), and media held for one moved there, dropped.",
+        ),
+        (
+            "sfu_dropped_over_rate_total",
+            "Audio packets past their track's rate (384 kbit/s and 100 packets a second; bursts of 16 kB), dropped.",
         ),
         (
             "sfu_seal_failures_total",

@@ -9,7 +9,7 @@ use crate::replay_window::ReplayWindow;
 use crate::srtp_context::SrtpContext;
 use crate::ssrc_routes::SsrcRoutes;
 use crate::subscription::Subscription;
-use crate::token_bucket::{DataRelayBudget, TokenBucket};
+use crate::token_bucket::{RelayBudget, TokenBucket};
 use crate::twcc_feedback::TwccRecorder;
 use sfu_proto::{MediaKind, ParticipantId, Permissions, RoomId, VideoLayer};
 use std::collections::HashMap;
@@ -72,7 +72,7 @@ pub struct Participant {
     pub lines: Vec<MediaLine>,
     pub ext: ExtIds,
     /// What it may still have relayed on data channels (messages and bytes a second).
-    pub data_budget: DataRelayBudget,
+    pub data_budget: RelayBudget,
     /// Connectivity checks of its client the SFU may still handle (each costs two HMACs, an
     /// answer, and maybe a check of ours, to whatever source it claims).
     pub stun_budget: TokenBucket,

@@ -160,6 +160,12 @@ impl Sfu {
             self.counters.dropped_blocked += 1;
             return None;
         }
+        if let Some(budget) = track.audio_budget.as_mut()
+            && !budget.take(now, plain_len)
+        {
+            self.counters.dropped_over_rate += 1;
+            return None;
+        }
         let media_ext = if is_rtx {
             if end < start + 2 {
                 // Padding-only RTX (bandwidth probing) carries nothing to forward.

@@ -65,7 +65,7 @@ impl Sfu {
             ext: ExtIds::default(),
             offered_extmaps: Vec::new(),
             offered_formats: Vec::new(),
-            data_budget: Default::default(),
+            data_budget: crate::token_bucket::RelayBudget::data(),
             stun_budget: TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST),
             nack_budget: TokenBucket::new(NACKED_PER_SECOND, NACKED_BURST),
             published: Vec::new(),
