@@ -163,17 +163,20 @@ impl DataChannelLink {
         std::mem::take(&mut self.refused_packets)
     }
 
-    /// Sends a message on every open channel with `label`. Returns whether one existed.
+    /// Sends a message on the open channel with `label` (the first, if several have it).
+    /// Returns whether one existed.
     pub fn send(&mut self, now: Instant, label: &str, binary: bool, data: &[u8]) -> bool {
         let Some((_, a)) = self.association.as_mut() else {
             return false;
         };
-        let ids: Vec<StreamId> = self
+        // One copy per label, on its first channel: a receiver opening the same label on many
+        // channels (and reading none) would have the SFU hold a backlog for each.
+        let first: Option<StreamId> = self
             .channels
             .iter()
             .filter(|(_, l)| l.as_str() == label)
             .map(|(id, _)| *id)
-            .collect();
+            .min();
         let ppi = match (binary, data.is_empty()) {
             (true, false) => PayloadProtocolIdentifier::Binary,
             (true, true) => PayloadProtocolIdentifier::BinaryEmpty,
@@ -187,17 +190,14 @@ impl DataChannelLink {
             Bytes::copy_from_slice(data)
         };
         let mut sent = false;
-        for id in ids {
-            let Ok(mut stream) = a.stream(id) else {
-                continue;
-            };
+        if let Some(id) = first
+            && let Ok(mut stream) = a.stream(id)
+        {
             // A receiver that does not keep up loses messages rather than the SFU its memory.
             if stream.buffered_amount().unwrap_or(0) > MAX_BUFFERED {
                 self.dropped_backlog += 1;
-                continue;
-            }
-            if stream.write_sctp(now, &payload, ppi).is_ok() {
-                sent = true;
+            } else {
+                sent = stream.write_sctp(now, &payload, ppi).is_ok();
             }
         }
         self.drive(now);
@@ -442,6 +442,34 @@ mod tests {
         browser.send(now, 1, "still here");
         browser.exchange(now, &mut sfu);
         assert!(texts(&mut sfu).contains(&"still here".to_owned()));
+    }
+
+    /// A receiver with several channels of one label gets each message once, on the first:
+    /// the SFU holds one backlog per label, not one per channel a peer chose to open.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test's starting point in time
+    fn a_label_open_on_several_channels_receives_each_message_once() {
+        let now = Instant::now();
+        let mut sfu = DataChannelLink::new(SFU);
+        let mut browser = Browser::connect(now);
+        browser.exchange(now, &mut sfu);
+        for id in [1, 3, 5] {
+            browser.open(now, id, "room");
+        }
+        browser.exchange(now, &mut sfu);
+        assert!(sfu.send(now, "room", false, b"hello"));
+        browser.exchange(now, &mut sfu);
+        let received: Vec<StreamId> = [1, 3, 5]
+            .into_iter()
+            .flat_map(|id| {
+                let mut s = browser.association.stream(id).unwrap();
+                std::iter::from_fn(move || s.read_sctp().ok().flatten())
+                    .filter(|c| c.ppi == PayloadProtocolIdentifier::String)
+                    .map(move |_| id)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(received, [1]);
     }
 
     /// A browser closing one of its channels resets its stream (RE-CONFIG): the reset passes
