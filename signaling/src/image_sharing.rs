@@ -46,6 +46,16 @@ async fn session(
     headers: &HeaderMap,
     source: std::net::IpAddr,
 ) -> Result<Session, Response> {
+    // Another site's page (an <img> or a no-cors POST, which needs no preflight) is refused
+    // before its missing token counts against the address it shares with patients.
+    if crate::request_site::is_cross_site(headers, state.public_url.as_deref()) {
+        return Err(crate::request_site::refused());
+    }
+    // A source over its refusal budget gets few signature checks (token_refusals.rs), here as
+    // at a join.
+    if !state.refusals.may_check(source, Instant::now()) {
+        return Err(too_many_refusals(&state.refusals));
+    }
     match state.verifier.verify(bearer(headers)) {
         Ok(s) => Ok(s),
         Err(e) => {
@@ -62,28 +72,23 @@ async fn session(
                     Err(refused)
                 }
                 RefusalVerdict::Counted => Err(refused),
-                RefusalVerdict::Limited => {
-                    let mut limited = error(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too_many_refusals",
-                        "too many refused tokens from this address",
-                    );
-                    // As a refused join says: when the budget has refilled.
-                    if let Ok(after) = state
-                        .refusals
-                        .interval()
-                        .as_secs()
-                        .max(1)
-                        .to_string()
-                        .parse()
-                    {
-                        limited.headers_mut().insert(header::RETRY_AFTER, after);
-                    }
-                    Err(limited)
-                }
+                RefusalVerdict::Limited => Err(too_many_refusals(&state.refusals)),
             }
         }
     }
+}
+
+fn too_many_refusals(refusals: &TokenRefusals) -> Response {
+    let mut limited = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_refusals",
+        "too many refused tokens from this address",
+    );
+    // As a refused join says: when the budget has refilled.
+    if let Ok(after) = refusals.interval().as_secs().max(1).to_string().parse() {
+        limited.headers_mut().insert(header::RETRY_AFTER, after);
+    }
+    limited
 }
 
 /// Replicas: a photo goes to, and is fetched from, the replica running the meeting of the
@@ -97,7 +102,11 @@ pub async fn to_owner(
     let Some(replicas) = state.replicas.clone() else {
         return next.run(request).await;
     };
-    // A token that does not verify is refused here, as on any replica.
+    // A token that does not verify is refused here, as on any replica — and a source over its
+    // refusal budget is refused by the handler without its token checked here first.
+    if !state.refusals.may_check(source, Instant::now()) {
+        return next.run(request).await;
+    }
     let claims = state
         .verifier
         .verify(bearer(request.headers()))

@@ -44,6 +44,7 @@ pub mod pending_resume;
 pub mod private_file;
 pub mod redis_connection;
 pub mod replica_relay;
+pub mod request_site;
 pub mod server;
 pub mod service_gauges;
 pub mod session_resume;

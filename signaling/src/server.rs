@@ -186,6 +186,9 @@ async fn security_headers(mut response: Response) -> Response {
             header::HeaderName::from_static("cross-origin-opener-policy"),
             "same-origin",
         ),
+        // Browsers keep to https once told over https (and ignore it over plain http): a
+        // patient's next link typed or followed as http:// is not sent in the clear.
+        (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
     ] {
         h.insert(name, HeaderValue::from_static(value));
     }
@@ -263,11 +266,17 @@ impl AppState {
         &self,
         q: &JoinQuery,
         headers: &HeaderMap,
+        source: IpAddr,
         checking: bool,
     ) -> Result<Route, Box<Response>> {
         let Some(replicas) = &self.replicas else {
             return Ok(Route::Here);
         };
+        // A source over its refusal budget gets few signature checks (token_refusals.rs): its
+        // token is not checked here, then again in the admission.
+        if !self.refusals.may_check(source, std::time::Instant::now()) {
+            return Err(Box::new(too_many_refusals(self.refusals.interval())));
+        }
         let Ok(session) = self.verifier.verify(&q.token) else {
             return Ok(Route::Here);
         };
@@ -424,6 +433,11 @@ async fn join_check(
     if let Some(refused) = unrelayed(&state, &uri, &headers) {
         return refused;
     }
+    if !uri.path().starts_with("/relay/")
+        && crate::request_site::is_cross_site(&headers, state.public_url.as_deref())
+    {
+        return crate::request_site::refused();
+    }
     // (A body that is not the check's JSON gets a JSON answer too, naming what is wrong.)
     let Json(q) = match body {
         Ok(b) => b,
@@ -435,7 +449,7 @@ async fn join_check(
                 .into_response();
         }
     };
-    match state.route(&q, &headers, true) {
+    match state.route(&q, &headers, source, true) {
         Ok(Route::Here) => {}
         Ok(Route::Owner(replicas, owner)) => {
             let body = serde_json::to_vec(&q).unwrap_or_default();
@@ -519,13 +533,19 @@ async fn ws_upgrade(
     if let Some(refused) = unrelayed(&state, &uri, &headers) {
         return refused;
     }
+    // (A replica's relay was judged where the client came in.)
+    if !uri.path().starts_with("/relay/")
+        && crate::request_site::is_cross_site(&headers, state.public_url.as_deref())
+    {
+        return crate::request_site::refused();
+    }
     let q = match with_offered_credentials(q, &headers) {
         Ok(q) => q,
         Err(refused) => return *refused,
     };
     // (Selected only when offered: a client with its token in the query offers none.)
     let ws = ws.protocols([crate::socket_credentials::PROTOCOL]);
-    match state.route(&q, &headers, false) {
+    match state.route(&q, &headers, source, false) {
         Ok(Route::Here) => {}
         Ok(Route::Owner(replicas, owner)) => {
             // The owner is reached inside the cluster, through no proxy: credentials offered

@@ -645,3 +645,87 @@ async fn a_join_check_with_a_broken_body_gets_a_json_error() {
         assert!(!v["reason"].as_str().unwrap_or_default().is_empty(), "{v}");
     }
 }
+
+/// A raw HTTP/1.1 request from `from`: the status and the body.
+async fn request_from(from: &str, to: SocketAddr, head: &str, body: &str) -> (u16, String) {
+    let mut s = connect_from(from, to).await;
+    let req = format!(
+        "{head}\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+/// Another site's page, run in browsers behind the patients' shared address (a carrier's or
+/// a clinic's NAT), spends none of that address's budget of refused tokens: its WebSocket
+/// handshakes (another `Origin`) and photo requests (`Sec-Fetch-Site: cross-site`, an `<img>`
+/// or a no-cors POST) are refused `cross_site` before any token is read, and a patient behind
+/// the address gets in. And photo requests with bad tokens get few signature checks once the
+/// address is over its budget, as joins do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sites_pages_spend_none_of_a_shared_addresss_refusal_budget() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = start_with(&["--refusal-summary-secs", "3"]);
+    let addr = server.addr();
+    let upgrade = "GET /ws?token=a.b.c HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Origin: https://ads.example";
+    for _ in 0..30 {
+        for head in [
+            upgrade,
+            "GET /images/abc HTTP/1.1\r\nSec-Fetch-Site: cross-site",
+            "POST /images HTTP/1.1\r\nSec-Fetch-Site: cross-site\r\nContent-Type: text/plain",
+        ] {
+            let (status, body) = request_from("127.0.0.3", addr, head, "x").await;
+            assert_eq!(status, 403, "{head}: {body}");
+            assert!(body.contains("\"cross_site\""), "{body}");
+        }
+    }
+    // The address's budget is whole: a patient's link opens, and a mistyped one is refused
+    // for what it is (401), not 429.
+    let token = server.token("visit-shared", "pat-1", "Anna", "patient");
+    assert_eq!(join_from("127.0.0.3", addr, &token).await, Some(200));
+    assert_eq!(join_from("127.0.0.3", addr, "a.b.c").await, Some(401));
+
+    // Photo requests with bad tokens from one address: past the budget, 429, and most of the
+    // tokens are never checked.
+    let mut statuses = HashMap::<u16, u64>::new();
+    for _ in 0..60 {
+        let (status, _) = request_from(
+            "127.0.0.4",
+            addr,
+            "GET /images/abc HTTP/1.1\r\nAuthorization: Bearer eyJhbGciOiJFZERTQSJ9.e30.c2ln",
+            "",
+        )
+        .await;
+        *statuses.entry(status).or_default() += 1;
+    }
+    assert!(statuses[&401] <= 12 && statuses[&429] >= 40, "{statuses:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let lines = server.audit_events("token_refused");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["source"] != "127.0.0.3" || l["count"] == 1),
+        "only the mistyped link counted for the shared address: {lines:?}"
+    );
+    let unchecked: u64 = lines
+        .iter()
+        .filter(|l| l["source"] == "127.0.0.4")
+        .filter_map(|l| l["codes"]["unchecked"].as_u64())
+        .sum();
+    assert!(
+        unchecked >= 20,
+        "photo requests over the budget went unchecked: {lines:?}"
+    );
+}

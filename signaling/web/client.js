@@ -795,7 +795,25 @@ async function joinCheck() {
   // A refusal is the service's own answer (4xx with an error code); a proxy's 502/503 while
   // the service restarts, a 429 or a page that is not ours is not: try again.
   const refused = r.status >= 400 && r.status < 500 && r.status !== 429 && typeof body.error === "string";
-  return { ok: r.ok, body, refused };
+  const retryAfter = Number(r.headers.get("retry-after")) || 0;
+  return { ok: r.ok, body, refused, retryAfter };
+}
+
+/** The join check, asked again while the service is busy or away (a 429 or 503, a restart, a
+ * network that is not there yet) for up to two minutes: only the service's refusal, an
+ * admission, or that long ends it. */
+async function checkUntilAnswered() {
+  const started = Date.now();
+  for (let attempt = 0; ; attempt++) {
+    const check = await joinCheck().catch(() => ({ ok: false, refused: false, body: { noServer: true } }));
+    if (check.ok || check.refused || Date.now() - started > 120000) return check;
+    setStatus(t("status.checkRetrying"));
+    // Not before the service said (a little after, spread), else sooner and then less often.
+    const wait = check.retryAfter > 0
+      ? Math.min(check.retryAfter, 60) * 1000 * (1 + Math.random() / 4)
+      : jittered(Math.min(1000 * 2 ** attempt, 10000));
+    await new Promise((resolve) => setTimeout(resolve, wait));
+  }
 }
 
 /** Half to all of `ms`, at random: clients that lost the server together do not come back
@@ -1362,7 +1380,7 @@ async function start() {
   translatePage();
   show("check");
   if (!token) { endWith("", t("link.missing")); return; }
-  const check = await joinCheck().catch(() => ({ ok: false, body: { noServer: true } }));
+  const check = await checkUntilAnswered();
   if (!check.ok) {
     state.refusal = check.body.error;
     endWith(check.body.error, check.body.noServer ? t("status.noServer") : refusalText(check.body.error, check.body.message, check.body));
