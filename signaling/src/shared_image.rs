@@ -28,6 +28,21 @@ pub enum ImageRefusal {
     Malformed(&'static str),
     #[error("the image carries metadata ({0}); send the picture without it")]
     HasMetadata(&'static str),
+    #[error("the picture is {0}×{1} pixels; at most 4096 on a side and 12 megapixels")]
+    TooManyPixels(u32, u32),
+}
+
+/// The largest picture taken: every recipient's browser decodes it in full (4 bytes a pixel)
+/// as it arrives, and a small file can hold a huge picture of one colour — a phone's tab would
+/// hang or die, and its call with it. The sender's page scales photos to 2,560 px.
+pub const MAX_SIDE: u32 = 4096;
+pub const MAX_PIXELS: u64 = 12_000_000;
+
+fn size_allowed(width: u32, height: u32) -> Result<(), ImageRefusal> {
+    if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(ImageRefusal::TooManyPixels(width, height));
+    }
+    Ok(())
 }
 
 impl ImageRefusal {
@@ -36,6 +51,7 @@ impl ImageRefusal {
             ImageRefusal::NotAnImage => "image_not_supported",
             ImageRefusal::Malformed(_) => "image_malformed",
             ImageRefusal::HasMetadata(_) => "image_has_metadata",
+            ImageRefusal::TooManyPixels(..) => "image_too_many_pixels",
         }
     }
 }
@@ -104,6 +120,11 @@ fn jpeg(bytes: &[u8]) -> Result<(), ImageRefusal> {
                 if body.len() < 5 || body[1..5].iter().all(|b| *b == 0) {
                     return Err(ImageRefusal::Malformed("the frame has no size"));
                 }
+                // Precision, then height and width.
+                size_allowed(
+                    u32::from(u16::from_be_bytes([body[3], body[4]])),
+                    u32::from(u16::from_be_bytes([body[1], body[2]])),
+                )?;
                 frame = true;
             }
             // Huffman and quantisation tables, arithmetic conditioning, restart interval,
@@ -157,7 +178,15 @@ fn png(bytes: &[u8]) -> Result<(), ImageRefusal> {
                 "a chunk's length runs past the end",
             ))?;
         match kind {
-            b"IHDR" if !header => header = len == 13,
+            b"IHDR" if !header => {
+                header = len == 13;
+                if header {
+                    let word = |i: usize| {
+                        u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
+                    };
+                    size_allowed(word(at + 8), word(at + 12))?;
+                }
+            }
             _ if !header => return Err(ImageRefusal::Malformed("no image header first")),
             b"IEND" => {
                 return if len != 0 {
@@ -228,6 +257,40 @@ mod tests {
             Ok(ImageKind::Jpeg)
         );
         assert_eq!(inspect(&png_with(&[])), Ok(ImageKind::Png));
+    }
+
+    /// A small file can hold a huge picture (compressed zeros) that every recipient's browser
+    /// would decode in full: refused by its header, before anyone fetches it.
+    #[test]
+    fn a_picture_too_big_to_decode_is_refused_by_its_header() {
+        let jpeg = |w: u16, h: u16| {
+            let mut b = jpeg_with(&[]);
+            let sof = b.windows(2).position(|x| x == [0xFF, 0xC0]).unwrap();
+            b[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+            b[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+            inspect(&b)
+        };
+        let png = |w: u32, h: u32| {
+            let mut b = png_with(&[]);
+            b[16..20].copy_from_slice(&w.to_be_bytes());
+            b[20..24].copy_from_slice(&h.to_be_bytes());
+            inspect(&b)
+        };
+        assert_eq!(jpeg(2560, 1920), Ok(ImageKind::Jpeg));
+        assert_eq!(png(2560, 1920), Ok(ImageKind::Png));
+        assert_eq!(png(4096, 2048), Ok(ImageKind::Png));
+        for (w, h) in [(20_000, 20_000), (4097, 10), (10, 4097), (4000, 4000)] {
+            assert_eq!(png(w, h), Err(ImageRefusal::TooManyPixels(w, h)), "{w}×{h}");
+            assert_eq!(
+                jpeg(w.min(65_535) as u16, h.min(65_535) as u16),
+                Err(ImageRefusal::TooManyPixels(w, h)),
+                "{w}×{h}"
+            );
+        }
+        assert_eq!(
+            png(20_000, 20_000).unwrap_err().code(),
+            "image_too_many_pixels"
+        );
     }
 
     #[test]

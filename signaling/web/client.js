@@ -660,7 +660,7 @@ function deviceCheck() {
 // ---- photos ----------------------------------------------------------------------------------
 
 const MAX_PHOTO_BYTES = 8 * 1024 * 1024;
-const PHOTO_ERRORS = ["image_too_large", "image_has_metadata", "image_not_supported", "waiting_for_admission", "images_busy", "images_per_sender"];
+const PHOTO_ERRORS = ["image_too_large", "image_too_many_pixels", "image_has_metadata", "image_not_supported", "waiting_for_admission", "images_busy", "images_per_sender"];
 
 /**
  * The photo redrawn: only its pixels leave the device — no EXIF (camera, time, GPS position),
