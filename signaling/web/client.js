@@ -767,8 +767,16 @@ function showPhoto(li, blob, who, savable) {
  * (a tab left open on a shared device, or restored from the back-forward cache, shows none). */
 function forgetVisit() {
   for (const id of ["chat-log", "people", "lobby-list"]) $(id).replaceChildren();
+  // The others' pictures and the names under them, and a consultant's link (a working link,
+  // with its token) the clinician made: nothing of the visit for the next user of the device.
+  for (const id of [...state.tiles.keys()]) removeTile(id);
+  $("invite-result").textContent = "";
+  $("invite-link").value = "";
+  $("invite-link").hidden = true;
   state.chat = [];
   state.names.clear();
+  state.roles.clear();
+  state.images = [];
   state.people.clear();
   state.lobby = [];
   state.dataMessages = [];

@@ -175,6 +175,15 @@ test("accessibility (axe-core, WCAG 2.1 AA) and the patient's visit with the key
     await patient.keyboard.press("Enter");
     await patient.waitForSelector("#ended:not([hidden])");
     assert.equal(await patient.textContent("#ended-title"), "Du har lämnat besöket");
+    // Nothing of the visit stays in the tab (a shared device): no one's picture or name under
+    // it, no chat.
+    const left = await patient.evaluate(() => ({
+      tiles: document.querySelectorAll("#grid figure[data-participant]").length,
+      captions: [...document.querySelectorAll("figcaption")].map((c) => c.textContent).filter((t) => /Berg|Ali/.test(t)),
+      chat: document.getElementById("chat-log").children.length,
+      known: window.hcState.names.size + window.hcState.roles.size,
+    }));
+    assert.deepEqual(left, { tiles: 0, captions: [], chat: 0, known: 0 }, "nothing of the visit left on the page");
   });
 });
 
