@@ -155,6 +155,8 @@ class ChartRenders(unittest.TestCase):
                 {"name": "booking", "units": ["*"], "keySha256": "secret-key"}]}},
             "per-pod certificates without an issuer": {"cluster": {"certManagerCsi": {
                 "enabled": True}}},
+            "the public port open to every pod while X-Forwarded-For is believed":
+                {"networkPolicy": {"publicFrom": []}},
         }
         chart = helm.Chart.load(str(CHART))
         for why, values in refused.items():
@@ -179,9 +181,11 @@ class ChartRenders(unittest.TestCase):
             policy = find(docs, "NetworkPolicy", f"{FULL}-signaling")
             rules = {r["ports"][0]["port"]: r for r in policy["spec"]["ingress"]}
             self.assertEqual(set(rules), {8080, 9090, 7443}, name)
-            # The internal port admits only named peers, never everyone.
-            self.assertTrue(rules[9090].get("from"), name)
-            self.assertNotIn({}, rules[9090]["from"], name)
+            # The internal port admits only named peers, never everyone; the public port only
+            # the Ingress controller, whose X-Forwarded-For is believed.
+            for port in (9090, 8080):
+                self.assertTrue(rules[port].get("from"), f"{name}: {port}")
+                self.assertNotIn({}, rules[port]["from"], f"{name}: {port}")
 
     def test_the_signaling_config_is_one_signaling_accepts(self):
         binary = TARGET / "debug" / "signaling"
