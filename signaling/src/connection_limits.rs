@@ -83,30 +83,51 @@ impl ConnectionLimits {
 #[derive(Debug, Clone)]
 pub struct LimitedAcceptor {
     pub limits: Arc<ConnectionLimits>,
+    /// How long a new connection may stay silent: the header-read timeout starts at a
+    /// request's first byte, so a connection that never sends one would hold its place for
+    /// ever (each source's share of the limits, filled with idle sockets from many sources).
+    pub first_byte: std::time::Duration,
 }
 
 impl<S: Send + 'static> Accept<TcpStream, S> for LimitedAcceptor {
     type Stream = CountedStream;
     type Service = S;
-    type Future = std::future::Ready<io::Result<(CountedStream, S)>>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<(CountedStream, S)>> + Send>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let slot = stream
             .peer_addr()
             .ok()
             .and_then(|peer| self.limits.admit(peer.ip()));
-        std::future::ready(match slot {
-            Some(slot) => Ok((
-                CountedStream {
-                    inner: stream,
-                    _slot: slot,
-                },
-                service,
-            )),
-            None => {
-                metrics::counter!("signaling_connections_refused_total").increment(1);
-                // Dropping the stream closes it at once.
-                Err(io::Error::other("connection limit reached"))
+        let Some(slot) = slot else {
+            metrics::counter!("signaling_connections_refused_total").increment(1);
+            // Dropping the stream closes it at once.
+            return Box::pin(std::future::ready(Err(io::Error::other(
+                "connection limit reached",
+            ))));
+        };
+        let first_byte = self.first_byte;
+        // (Each connection is accepted on a task of its own: waiting here holds up no other.)
+        Box::pin(async move {
+            // (Readiness alone may be reported before a byte is there: a byte is looked at.)
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(first_byte, stream.peek(&mut first)).await {
+                Ok(Ok(_)) => Ok((
+                    CountedStream {
+                        inner: stream,
+                        _slot: slot,
+                    },
+                    service,
+                )),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    metrics::counter!("signaling_connections_idle_closed_total").increment(1);
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "nothing sent on a new connection",
+                    ))
+                }
             }
         })
     }

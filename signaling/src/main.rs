@@ -1370,14 +1370,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let internal_listen = args.internal_listen.or(http.internal_listen);
     let (app, internal_base) = match internal_listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("binding http.internal_listen {addr}"))?;
+            listener.set_nonblocking(true)?;
             let internal = listener.local_addr()?;
             let service =
                 internal_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+            // The same header timeout and cap on connections as the public listener: whoever
+            // may reach it (the namespace's pods, Prometheus's) cannot hold idle connections
+            // open for ever. Per source as many as in all: another replica relays every
+            // client of the meetings this one runs.
+            let cap = max_connections.min(fd_room);
+            let limited = LimitedAcceptor {
+                limits: ConnectionLimits::new(cap, cap),
+                first_byte: header_timeout,
+            };
+            let server = http_server(listener, header_timeout).acceptor(limited);
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, service).await {
+                if let Err(e) = server.serve(service).await {
                     tracing::error!(error = %e, "internal listener stopped");
                 }
             });
@@ -1450,18 +1460,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .meetings
             .hand_over(&*stopping.sfu, &stopping.resume.held());
     });
-    let limited = LimitedAcceptor { limits };
-    let mut server = axum_server::from_tcp(std_listener).handle(handle);
-    {
-        // HTTP/1.1 only (WebSocket runs over it), with a timer so the header-read timeout
-        // fires: it bounds both a request's headers and an idle keep-alive connection.
-        let builder = server.http_builder();
-        *builder = std::mem::take(builder).http1_only();
-        builder
-            .http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(header_timeout);
-    }
+    let limited = LimitedAcceptor {
+        limits,
+        first_byte: header_timeout,
+    };
+    let server = http_server(std_listener, header_timeout).handle(handle);
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match tls_config {
         Some(tls) => {
@@ -1490,6 +1493,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An HTTP/1.1 server on `listener` (WebSocket runs over it), with a timer so the header-read
+/// timeout fires: it bounds both a request's headers and an idle keep-alive connection.
+fn http_server(
+    listener: std::net::TcpListener,
+    header_timeout: std::time::Duration,
+) -> axum_server::Server {
+    let mut server = axum_server::from_tcp(listener);
+    let builder = server.http_builder();
+    *builder = std::mem::take(builder).http1_only();
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    server
 }
 
 /// Signing and the off-host copy of the audit log, from flags over `[audit]`.

@@ -729,3 +729,40 @@ async fn another_sites_pages_spend_none_of_a_shared_addresss_refusal_budget() {
         "photo requests over the budget went unchecked: {lines:?}"
     );
 }
+
+/// No connection is held open for ever by sending nothing: one that never sends a byte is
+/// closed after the header timeout (whose timer starts only at a request's first byte), on
+/// the public listener and on the internal one (meetings API, metrics, replicas' relays),
+/// which also closes a request never finished; the listener still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_unfinished_connections_are_closed_on_both_listeners() {
+    let server = start_with(&[
+        "--internal-listen",
+        "127.0.0.1:0",
+        "--header-timeout-secs",
+        "2",
+    ]);
+    let internal = server
+        .printed("Internal (meetings API, metrics): ")
+        .expect("the internal address printed");
+    let addr: SocketAddr = internal.trim_start_matches("http://").parse().unwrap();
+    let mut idle = connect_from("127.0.0.1", addr).await;
+    let mut idle_public = connect_from("127.0.0.1", server.addr()).await;
+    let mut slow = partial_request("127.0.0.1", addr).await;
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(6)).await,
+        "a request never finished"
+    );
+    assert!(
+        closed_within(&mut idle_public, Duration::from_secs(1)).await,
+        "a connection never used, on the public listener"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(2)).await,
+        "a connection never used"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let (status, body) = request_from("127.0.0.1", addr, "GET /metrics HTTP/1.1", "").await;
+    assert_eq!(status, 200, "{body}");
+}
