@@ -348,7 +348,7 @@ impl Counters {
         ),
         (
             "sfu_dropped_over_rate_total",
-            "Audio packets past their track's rate (384 kbit/s and 100 packets a second; bursts of 16 kB), dropped.",
+            "Audio packets past their track's rate (576 kbit/s and 150 packets a second; bursts of 16 kB), dropped.",
         ),
         (
             "sfu_seal_failures_total",

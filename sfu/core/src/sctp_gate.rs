@@ -25,6 +25,11 @@ pub const MAX_STREAMS: u16 = 64;
 /// than a session's small messages leave in flight, and the bound on the association's walk
 /// over the TSNs skipped.
 pub const TSN_WINDOW: u32 = 1024;
+/// How far behind the acknowledged TSN a FORWARD-TSN or a reset's last TSN may lie: far more
+/// than any retransmission trails, and far less than half the serial space — a value "behind"
+/// by 2³¹ is, to the association, as far ahead (a DATA chunk in the same packet moves it on
+/// by one), and would have it walk 2³¹ TSNs after all.
+pub const TSN_BEHIND: u32 = 1 << 20;
 /// TSNs one packet's SACKs may acknowledge by gap blocks (the association walks each).
 pub const MAX_SACK_SPAN: u32 = 4096;
 /// Streams one reset request may name, and how often a peer may ask resets (a browser asks
@@ -67,6 +72,11 @@ pub enum SctpRefusal {
 /// How far `tsn` lies past `from` in serial number arithmetic (RFC 1982); negative: behind.
 fn ahead(tsn: u32, from: u32) -> i64 {
     i64::from(tsn.wrapping_sub(from) as i32)
+}
+
+/// Whether `tsn` lies within `-TSN_BEHIND..=most_ahead` of `from`.
+fn near(tsn: u32, from: u32, most_ahead: u32) -> bool {
+    (-i64::from(TSN_BEHIND)..=i64::from(most_ahead)).contains(&ahead(tsn, from))
 }
 
 /// The gate of one participant's SCTP.
@@ -113,7 +123,18 @@ impl SctpGate {
             Some(_) => Ok(()),
         };
         let acknowledged = self.acknowledged;
+        // What the association will have taken in by the packet's end: the acknowledged TSN,
+        // and the DATA in this packet that continues it (senders put control chunks such as a
+        // reset before their DATA; a reset the DATA after it completes is kept by the
+        // association only until that DATA, a moment later).
         let mut through = acknowledged;
+        if let Some(t) = through.as_mut() {
+            for (kind, chunk) in chunks(packet).map_while(Result::ok) {
+                if matches!(kind, DATA | I_DATA) && read_u32(chunk, 4) == Some(t.wrapping_add(1)) {
+                    *t = t.wrapping_add(1);
+                }
+            }
+        }
         let mut sack_span = 0u32;
         let mut resets = 0u32;
         let mut init = false;
@@ -129,15 +150,7 @@ impl SctpGate {
                 INIT => init = true,
                 // DATA and I-DATA: the TSN, then the stream id. Those that continue what was
                 // acknowledged count as taken in for a reset later in the packet.
-                DATA | I_DATA => {
-                    check(read_u16(chunk, 8))?;
-                    let tsn = read_u32(chunk, 4).ok_or(SctpRefusal::Malformed)?;
-                    if let Some(t) = through.as_mut()
-                        && tsn == t.wrapping_add(1)
-                    {
-                        *t = tsn;
-                    }
-                }
+                DATA | I_DATA => check(read_u16(chunk, 8))?,
                 // FORWARD-TSN: (stream id, sequence) pairs; I-FORWARD-TSN: (stream id, flags,
                 // MID) entries.
                 FORWARD_TSN | I_FORWARD_TSN => {
@@ -146,7 +159,7 @@ impl SctpGate {
                         check(read_u16(e, 0))?;
                     }
                     let to = read_u32(chunk, 4).ok_or(SctpRefusal::Malformed)?;
-                    if acknowledged.is_none_or(|a| ahead(to, a) > i64::from(TSN_WINDOW)) {
+                    if acknowledged.is_none_or(|a| !near(to, a, TSN_WINDOW)) {
                         return Err(SctpRefusal::TsnOutOfWindow);
                     }
                 }
@@ -188,7 +201,7 @@ impl SctpGate {
                                 let last = read_u32(param, 12).ok_or(SctpRefusal::Malformed)?;
                                 let streams = param.get(16..).ok_or(SctpRefusal::Malformed)?;
                                 if streams.len() / 2 > MAX_RESET_STREAMS
-                                    || through.is_none_or(|t| ahead(last, t) > 0)
+                                    || through.is_none_or(|t| !near(last, t, 0))
                                 {
                                     return Err(SctpRefusal::ResetRefused);
                                 }
@@ -382,6 +395,30 @@ mod tests {
             ),
             Err(SctpRefusal::TsnOutOfWindow)
         );
+        // "Behind" by half the serial space is, to the association, as far ahead — with a
+        // DATA chunk in the same packet moving its point on by one, it would walk 2³¹ TSNs.
+        let mut next = data(1, b"x");
+        next[4..8].copy_from_slice(&base.wrapping_add(1).to_be_bytes());
+        for behind in [
+            0x8000_0000u32,
+            0x8000_0001,
+            0xa000_0000,
+            u32::MAX - TSN_BEHIND - 1,
+        ] {
+            assert_eq!(
+                g.admit(
+                    now,
+                    &packet(&[next.clone(), forward_tsn(base.wrapping_add(behind), &[])])
+                ),
+                Err(SctpRefusal::TsnOutOfWindow),
+                "{behind:#x} past"
+            );
+        }
+        // A little behind (a late retransmission) is nothing to walk.
+        assert_eq!(
+            g.admit(now, &packet(&[forward_tsn(base.wrapping_sub(5), &[])])),
+            Ok(())
+        );
         // Many in one packet are held to the same window.
         let many: Vec<_> = (1..=150)
             .map(|i| forward_tsn(base.wrapping_add(i * 1000), &[]))
@@ -457,10 +494,18 @@ mod tests {
             Err(SctpRefusal::ResetRefused),
             "its last TSN not acknowledged"
         );
-        // Its data in the same packet, just before it, is taken in first.
+        // Its data in the same packet, before or after it, is taken in with it.
         let mut next = data(1, b"last");
         next[4..8].copy_from_slice(&101u32.to_be_bytes());
-        assert_eq!(g.admit(now, &packet(&[next, reset(1, 101, &[1])])), Ok(()));
+        assert_eq!(g.admit(now, &packet(&[reset(1, 101, &[1]), next])), Ok(()));
+        assert_eq!(
+            g.admit(
+                now,
+                &packet(&[reset(2, 100u32.wrapping_add(0x8000_0000), &[1])])
+            ),
+            Err(SctpRefusal::ResetRefused),
+            "half the serial space behind: to the association, ahead"
+        );
         assert_eq!(
             g.admit(now, &packet(&[reset(1, 100, &(0..17).collect::<Vec<_>>())])),
             Err(SctpRefusal::ResetRefused),

@@ -26,15 +26,16 @@ pub const NACKED_PER_SECOND: f64 = 2000.0;
 pub const NACKED_BURST: f64 = 4000.0;
 
 /// Audio a publisher's track may have forwarded: Opus sends 50 packets a second (100 with 10 ms
-/// frames) of at most a few hundred bytes even with redundancy (RED), so 384 kbit/s and 100
-/// packets a second pass any real microphone, with the burst of a phone whose uplink held
-/// its audio for a second. Audio is forwarded ahead of video and outside the pacer: past this,
-/// one participant's "audio" would fill every subscriber's link and take the others' video
-/// from its estimate. (A bigger burst, a second's worth of bytes, was itself enough to pause
-/// a 2 Mbit/s subscriber's picture for 3 s in the scenario test.)
-pub const AUDIO_PACKETS_PER_SECOND: f64 = 100.0;
-pub const AUDIO_PACKETS_BURST: f64 = 100.0;
-pub const AUDIO_BYTES_PER_SECOND: f64 = 48_000.0;
+/// frames) of at most a few hundred bytes (up to 510 kbit/s at its highest, with redundancy
+/// on top), so 576 kbit/s and 150 packets a second pass any real microphone with room to
+/// spare, with the burst of a phone whose uplink held its audio for a second. Audio is
+/// forwarded ahead of video and outside the pacer: past this, one participant's "audio" would
+/// fill every subscriber's link and take the others' video from its estimate. (A bigger burst,
+/// a second's worth of bytes, was itself enough to pause a 2 Mbit/s subscriber's picture for
+/// 3 s in the scenario test.)
+pub const AUDIO_PACKETS_PER_SECOND: f64 = 150.0;
+pub const AUDIO_PACKETS_BURST: f64 = 150.0;
+pub const AUDIO_BYTES_PER_SECOND: f64 = 72_000.0;
 pub const AUDIO_BYTES_BURST: f64 = 16_000.0;
 
 /// SCTP packets a session's data channels may have handled: well above what its own messages
