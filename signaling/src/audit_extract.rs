@@ -11,15 +11,17 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::Duration;
 
-/// One stay of the patient in a meeting, in their extract.
+/// One stay of the patient, in their extract.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MeetingExtract {
+    /// The meeting, or the meetings in the order the patient was in them (a drop-in queue,
+    /// then the private visit a clinician took them into: `queue → visit`).
     pub meeting: String,
     /// When the patient's first connection of this stay was recorded, and their last ended.
     pub first: String,
     pub last: String,
-    /// (HSA-id, care unit) of staff who were in the meeting while the patient was, or acted
-    /// in it meanwhile.
+    /// (HSA-id, care unit) of staff who were in a meeting with the patient, or acted in one
+    /// of the patient's meetings meanwhile.
     pub staff: Vec<(String, String)>,
     pub units: Vec<String>,
 }
@@ -28,21 +30,49 @@ pub struct MeetingExtract {
 /// that lost its network and came back), not two.
 const SAME_STAY: Duration = Duration::from_secs(5 * 60);
 
-/// One connection's time in a meeting, by line index: from its `join` to the line that ended
-/// it (its `leave`; the service's next start, which had lost it; or the log's end).
+/// What a drop-in take's `admit` line says of where the patient went.
+const TAKEN_TO: &str = "drop_in_take to ";
+
+/// One connection, by line index: from its `join` to the line that ended it (its `leave`; the
+/// service's next start, which had lost it; or the log's end), and the meetings it was in
+/// meanwhile — from the line each began (a drop-in take moves a connection from the queue to
+/// a private visit).
 struct Presence {
-    meeting: String,
     subject: Option<String>,
     hsa: Option<String>,
     unit: Option<String>,
-    from: usize,
+    /// (meeting, first line in it), in order.
+    meetings: Vec<(String, usize)>,
     to: usize,
 }
 
-/// Every connection's presence, in the order of the lines. A connection is its `participant`
-/// (lines written without one pair by meeting and subject).
+impl Presence {
+    fn from(&self) -> usize {
+        self.meetings[0].1
+    }
+
+    /// (meeting, from, to) of each part of the connection.
+    fn spans(&self) -> impl Iterator<Item = (&str, usize, usize)> {
+        self.meetings.iter().enumerate().map(|(k, (m, from))| {
+            let to = self
+                .meetings
+                .get(k + 1)
+                .map_or(self.to, |(_, next)| next.saturating_sub(1).max(*from));
+            (m.as_str(), *from, to)
+        })
+    }
+
+    fn moved_to(&mut self, meeting: &str, at: usize) {
+        if self.meetings.last().is_some_and(|(m, _)| m != meeting) {
+            self.meetings.push((meeting.to_owned(), at));
+        }
+    }
+}
+
+/// Every connection's presence. A connection is its `participant`, unique to it wherever it
+/// goes (lines written without one pair by meeting and subject).
 fn presences(events: &[(String, AuditEvent)]) -> Vec<Presence> {
-    let mut open: HashMap<(String, String), Presence> = HashMap::new();
+    let mut open: HashMap<String, Presence> = HashMap::new();
     let mut done = Vec::new();
     for (i, (_, e)) in events.iter().enumerate() {
         if e.event == "audit_opened" {
@@ -54,21 +84,17 @@ fn presences(events: &[(String, AuditEvent)]) -> Vec<Presence> {
             continue;
         }
         let Some(meeting) = &e.meeting else { continue };
-        let key = (
-            meeting.clone(),
-            e.participant
-                .clone()
-                .or_else(|| e.subject.clone())
-                .unwrap_or_default(),
-        );
+        let key = match &e.participant {
+            Some(p) => p.clone(),
+            None => format!("{meeting}\u{0}{}", e.subject.as_deref().unwrap_or_default()),
+        };
         match e.event.as_str() {
             "join" => {
                 let p = Presence {
-                    meeting: meeting.clone(),
                     subject: e.subject.clone(),
                     hsa: e.hsa.clone(),
                     unit: e.unit.clone(),
-                    from: i,
+                    meetings: vec![(meeting.clone(), i)],
                     to: i,
                 };
                 if let Some(mut before) = open.insert(key, p) {
@@ -78,11 +104,19 @@ fn presences(events: &[(String, AuditEvent)]) -> Vec<Presence> {
             }
             "leave" => {
                 if let Some(mut p) = open.remove(&key) {
+                    p.moved_to(meeting, i);
                     p.to = i;
                     done.push(p);
                 }
             }
-            _ => {}
+            _ => {
+                if let Some(p) = open.get_mut(&key) {
+                    p.moved_to(meeting, i);
+                    if let Some(to) = e.code.as_deref().and_then(|c| c.strip_prefix(TAKEN_TO)) {
+                        p.moved_to(to, i + 1);
+                    }
+                }
+            }
         }
     }
     let last = events.len().saturating_sub(1);
@@ -90,7 +124,7 @@ fn presences(events: &[(String, AuditEvent)]) -> Vec<Presence> {
         p.to = last;
         p
     }));
-    done.sort_by_key(|p| (p.from, p.to));
+    done.sort_by_key(|p| (p.from(), p.to));
     done
 }
 
@@ -134,38 +168,57 @@ fn stays(
 ) -> Vec<MeetingExtract> {
     let presences = presences(events);
     let at = |i: usize| humantime::parse_rfc3339(&events[i].0).ok();
-    // The patient's stays: their connections to one meeting, joined where one follows another
-    // within `same_stay`.
-    let mut stays: Vec<(String, usize, usize)> = Vec::new();
+    // The patient's stays: their connections, joined where one follows another within
+    // `same_stay` (each keeps its own meetings and times).
+    let mut stays: Vec<Vec<&Presence>> = Vec::new();
     for p in presences
         .iter()
         .filter(|p| p.subject.as_deref() == Some(subject))
     {
-        let near = stays.iter_mut().rev().find(|(m, _, _)| *m == p.meeting);
-        match near {
+        match stays.last_mut() {
             Some(stay)
-                if p.from <= stay.2
-                    || matches!((at(stay.2), at(p.from)), (Some(a), Some(b))
-                        if b.duration_since(a).unwrap_or_default() <= same_stay) =>
+                if stay.iter().any(|q| p.from() <= q.to)
+                    || stay.iter().map(|q| q.to).max().is_some_and(|end| {
+                        matches!((at(end), at(p.from())), (Some(a), Some(b))
+                            if b.duration_since(a).unwrap_or_default() <= same_stay)
+                    }) =>
             {
-                stay.2 = stay.2.max(p.to);
+                stay.push(p);
             }
-            _ => stays.push((p.meeting.clone(), p.from, p.to)),
+            _ => stays.push(vec![p]),
         }
     }
     let mut out = Vec::new();
-    for (meeting, from, to) in stays {
+    for stay in stays {
+        let spans: Vec<(&str, usize, usize)> = stay.iter().flat_map(|p| p.spans()).collect();
+        let (from, to) = (
+            spans.iter().map(|s| s.1).min().unwrap_or_default(),
+            spans.iter().map(|s| s.2).max().unwrap_or_default(),
+        );
+        let mut meetings: Vec<&str> = Vec::new();
+        for (m, ..) in &spans {
+            if !meetings.contains(m) {
+                meetings.push(m);
+            }
+        }
         let mut ex = MeetingExtract {
-            meeting: meeting.clone(),
+            meeting: meetings.join(" → "),
             first: events[from].0.clone(),
             last: events[to].0.clone(),
             ..Default::default()
         };
         let mut add = |hsa: &Option<String>, unit: &Option<String>| {
             if let Some(hsa) = hsa {
-                let entry = (hsa.clone(), unit.clone().unwrap_or_default());
-                if !ex.staff.contains(&entry) {
-                    ex.staff.push(entry);
+                let unit = unit.clone().unwrap_or_default();
+                // A line that names the person without their unit adds nothing to one that
+                // names both.
+                let same = |(h, u): &&mut (String, String)| {
+                    h == hsa && (*u == unit || u.is_empty() || unit.is_empty())
+                };
+                match ex.staff.iter_mut().find(|e| same(e)) {
+                    Some(known) if known.1.is_empty() => known.1 = unit,
+                    Some(_) => {}
+                    None => ex.staff.push((hsa.clone(), unit)),
                 }
             }
             if let Some(unit) = unit
@@ -174,20 +227,30 @@ fn stays(
                 ex.units.push(unit.clone());
             }
         };
-        // Staff in the meeting at any time of the stay…
-        for p in presences
-            .iter()
-            .filter(|p| p.meeting == meeting && p.from <= to && from <= p.to)
-        {
-            add(&p.hsa, &p.unit);
+        // Where the patient was at line `i`.
+        let with_patient = |meeting: &str, i: usize| {
+            spans
+                .iter()
+                .any(|(m, a, b)| *m == meeting && (*a..=*b).contains(&i))
+        };
+        // Staff in a meeting while the patient was in it…
+        for p in &presences {
+            let shared = p.spans().any(|(m, a, b)| {
+                spans
+                    .iter()
+                    .any(|(pm, pa, pb)| *pm == m && a <= *pb && *pa <= b)
+            });
+            if shared {
+                add(&p.hsa, &p.unit);
+            }
         }
-        // …and staff who acted in it meanwhile (admitted, denied, shared a photo, …).
-        for (_, e) in events[from..=to]
-            .iter()
-            .filter(|(_, e)| e.meeting.as_deref() == Some(meeting.as_str()))
-        {
-            add(&e.hsa, &e.unit);
-            add(&e.actor_hsa, &e.actor_unit);
+        // …and staff who acted in one of the patient's meetings while the patient was in it
+        // (admitted them, invited a consultant, shared a photo, …).
+        for (i, (_, e)) in events.iter().enumerate().take(to + 1).skip(from) {
+            if e.meeting.as_deref().is_some_and(|m| with_patient(m, i)) {
+                add(&e.hsa, &e.unit);
+                add(&e.actor_hsa, &e.actor_unit);
+            }
         }
         out.push(ex);
     }
@@ -229,6 +292,47 @@ mod tests {
             ..Default::default()
         };
         (format!("2026-12-0{ts}Z"), e)
+    }
+
+    /// A drop-in take moves the patient and the clinician from the queue into a private visit
+    /// under an id of its own (its lines name it): the stay names the queue and the visit, the
+    /// clinician who took them and a consultant invited into the visit — and not a clinician
+    /// who came to the queue once the patient had left it.
+    #[test]
+    fn a_drop_in_take_follows_the_patient_into_the_private_visit() {
+        let in_visit = |mut l: (String, AuditEvent)| {
+            l.1.meeting = Some("queue-v1".into());
+            l
+        };
+        let mut take = line("1T09:10:00.000", "admit", "pat-1", "p1");
+        take.1.actor_hsa = Some("SE2321000016-A".into());
+        take.1.actor_unit = Some("unit-A".into());
+        take.1.code = Some(format!("{TAKEN_TO}queue-v1"));
+        let mut invite = in_visit(line("1T09:15:00.000", "consultant_invited", "", ""));
+        invite.1.subject = None;
+        invite.1.hsa = Some("SE2321000016-K".into());
+        invite.1.actor_hsa = Some("SE2321000016-A".into());
+        let events = vec![
+            line("1T09:00:00.000", "join", "staff-A", "ca"),
+            line("1T09:05:00.000", "join", "pat-1", "p1"),
+            take,
+            line("1T09:12:00.000", "join", "staff-B", "cb"),
+            invite,
+            in_visit(line("1T09:16:00.000", "join", "staff-K", "ck")),
+            in_visit(line("1T09:30:00.000", "leave", "pat-1", "p1")),
+            in_visit(line("1T09:30:01.000", "leave", "staff-K", "ck")),
+            in_visit(line("1T09:31:00.000", "leave", "staff-A", "ca")),
+            line("1T11:00:00.000", "leave", "staff-B", "cb"),
+        ];
+        let ex = stays(&events, "pat-1", SAME_STAY);
+        assert_eq!(ex.len(), 1, "{ex:?}");
+        assert_eq!(ex[0].meeting, "queue → queue-v1");
+        assert_eq!(
+            (ex[0].first.as_str(), ex[0].last.as_str()),
+            ("2026-12-01T09:05:00.000Z", "2026-12-01T09:30:00.000Z")
+        );
+        let staff: Vec<&str> = ex[0].staff.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(staff, ["SE2321000016-A", "SE2321000016-K"]);
     }
 
     /// A drop-in queue open under one id on two days: each of the patient's stays names the
