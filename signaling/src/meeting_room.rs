@@ -592,6 +592,20 @@ impl RoomState {
         {
             return Err(JoinRefusal::WrongUnit);
         }
+        // A token of another care unit than the meeting's: one unit's API key could otherwise
+        // book an id another unit's tokens name, and have their patients come to its meeting
+        // (its key reading who came, its minted clinician admitting them). A consultant comes
+        // from their own unit, by invitation.
+        if session.role != Role::Consultant
+            && !self.record.unit.is_empty()
+            && session
+                .claims
+                .unit
+                .as_deref()
+                .is_some_and(|u| u != self.record.unit)
+        {
+            return Err(JoinRefusal::WrongUnit);
+        }
         // Someone coming back to a place kept for them (in the queue, or admitted within the
         // reconnect grace) is not turned away: that place was counted while they were gone.
         let sub = session.claims.sub.as_str();
@@ -2796,6 +2810,37 @@ mod tests {
                 .all(|e| e.actor_hsa.as_deref() == Some("SE2321000016-D1"))
         );
         assert!(s.is_admitted(&p) && s.is_admitted(&rel) && !s.is_admitted(&other));
+    }
+
+    /// Only tokens of the meeting's care unit come in (an invited consultant excepted): one
+    /// unit's API key booking an id another unit's tokens name does not get its patients.
+    #[test]
+    fn a_token_of_another_care_unit_is_refused() {
+        let s = visit();
+        let policy = MeetingPolicy::default();
+        for role in [
+            Role::Patient,
+            Role::Clinician,
+            Role::Companion,
+            Role::Interpreter,
+        ] {
+            let hsa = (role == Role::Clinician).then_some("SE2321000016-D7");
+            let stranger = member_session("x", role, hsa, "unit-2");
+            assert_eq!(
+                s.check_entry(&stranger, at(10), &policy),
+                Err(JoinRefusal::WrongUnit),
+                "{role:?}"
+            );
+            assert_eq!(
+                s.check_entry(&member_session("x", role, hsa, "unit-1"), at(10), &policy),
+                Ok(()),
+                "{role:?}"
+            );
+        }
+        // A token without a unit (a region's patient links may carry none) is not refused for it.
+        let mut bare = member_session("pat-9", Role::Patient, None, "unit-1");
+        bare.claims.unit = None;
+        assert_eq!(s.check_entry(&bare, at(10), &policy), Ok(()));
     }
 
     #[test]

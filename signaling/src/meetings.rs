@@ -32,6 +32,19 @@ fn kept_after(closed: Timestamp) -> Timestamp {
     closed.checked_add(RETENTION).unwrap_or(Timestamp::MAX)
 }
 
+/// Until when a booked meeting is kept: a day after it closes — or after it was cancelled or
+/// ended, if that was later. Not sooner: a cancellation revokes the visit's links (a leaked
+/// one included) only while it is remembered, and once forgotten, a link to a visit still to
+/// come would open a new, unbooked meeting under its id (`meetings.allow_unbooked`).
+fn booked_kept_until(r: &MeetingRecord, policy: &MeetingPolicy) -> Timestamp {
+    let closes = r.closes_at(policy);
+    kept_after(
+        r.cancelled_at
+            .or(r.ended_at)
+            .map_or(closes, |t| t.max(closes)),
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MeetingsError {
     #[error(transparent)]
@@ -436,7 +449,7 @@ impl Meetings {
     fn keep_until(&self, r: &MeetingRecord, now: Timestamp) -> Timestamp {
         let closes = r.closes_at(&self.policy);
         let mut until = if r.booked {
-            kept_after(r.cancelled_at.or(r.ended_at).unwrap_or(closes))
+            booked_kept_until(r, &self.policy)
         } else {
             closes
         };
@@ -1045,11 +1058,7 @@ impl Meetings {
     fn worth_keeping(&self, s: &crate::meeting_room::RoomState, now: Timestamp) -> bool {
         let r = &s.record;
         if r.booked {
-            let closed = r
-                .cancelled_at
-                .or(r.ended_at)
-                .unwrap_or(r.closes_at(&self.policy));
-            return now < kept_after(closed);
+            return now < booked_kept_until(r, &self.policy);
         }
         let remembers = r.ended_at.is_some() || r.cancelled_at.is_some() || !r.denied.is_empty();
         now < s.last_active + self.policy.reconnect_grace
@@ -1314,4 +1323,41 @@ impl Meetings {
 /// A track's id as the SFU's SDP names it in `a=msid` (`p-x-1` for the SFU's `p-x/1`).
 fn msid_track(id: &sfu_proto::TrackId) -> String {
     id.to_string().replace('/', "-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meeting::booked_visit;
+    use jiff::SignedDuration;
+
+    /// A visit next week cancelled today (its link leaked) is remembered until a day after it
+    /// would have closed: until then the sweep keeps it, and its links are refused as
+    /// cancelled instead of opening a new, unbooked meeting under its id.
+    #[test]
+    fn a_cancelled_visit_is_remembered_until_a_day_after_it_would_have_closed() {
+        let meetings = Meetings::new(MeetingPolicy::default(), None).unwrap();
+        let now: Timestamp = "2026-12-07T09:00:00Z".parse().unwrap();
+        let start = now + SignedDuration::from_hours(24 * 7);
+        let room = meetings.create(booked_visit(start)).unwrap();
+        room.lock().record.cancelled_at = Some(now);
+        let closes = room.lock().record.closes_at(meetings.policy());
+        for later in [
+            SignedDuration::from_hours(25),
+            SignedDuration::from_hours(24 * 7),
+        ] {
+            meetings.sweep(now + later);
+            assert!(
+                meetings.get("m1").is_some(),
+                "forgotten {later} after its cancellation"
+            );
+        }
+        meetings.sweep(closes + SignedDuration::from_hours(23));
+        assert!(
+            meetings.get("m1").is_some(),
+            "forgotten before a day after it closed"
+        );
+        meetings.sweep(closes + SignedDuration::from_hours(25));
+        assert!(meetings.get("m1").is_none(), "kept for ever");
+    }
 }

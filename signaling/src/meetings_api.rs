@@ -153,7 +153,7 @@ async fn find_for(
 }
 
 fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
+    (1..=crate::generated_id::MAX_ID).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
