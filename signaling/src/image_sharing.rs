@@ -104,7 +104,7 @@ pub async fn to_owner(
     };
     // A token that does not verify is refused here, as on any replica — and a source over its
     // refusal budget is refused by the handler without its token checked here first.
-    if !state.refusals.may_check(source, Instant::now()) {
+    if state.refusals.over_budget(source, Instant::now()) {
         return next.run(request).await;
     }
     let claims = state

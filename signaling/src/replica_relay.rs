@@ -85,6 +85,9 @@ impl Replicas {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_secs(10))
+            // Well within the owner's header timeout (1 s at the least), which closes an idle
+            // kept-alive connection: a request is never sent on one being closed under it.
+            .pool_idle_timeout(std::time::Duration::from_millis(500))
             .build()
             .unwrap_or_default();
         Self {
