@@ -57,8 +57,7 @@ impl JwksSource {
                 let text = tokio::fs::read_to_string(path)
                     .await
                     .map_err(|e| format!("{self}: {e}"))?;
-                serde_json::from_str(&text)
-                    .map_err(|e| format!("{self} is not a JSON Web Key Set: {e}"))
+                parse_jwks(&text).map_err(|e| format!("{self} is not a JSON Web Key Set: {e}"))
             }
             JwksSource::Url { url, client } => {
                 let response = client
@@ -69,10 +68,8 @@ impl JwksSource {
                 if !response.status().is_success() {
                     return Err(format!("{self}: HTTP {}", response.status()));
                 }
-                response
-                    .json::<JwkSet>()
-                    .await
-                    .map_err(|e| format!("{self} is not a JSON Web Key Set: {e}"))
+                let text = response.text().await.map_err(|e| format!("{self}: {e}"))?;
+                parse_jwks(&text).map_err(|e| format!("{self} is not a JSON Web Key Set: {e}"))
             }
         }
     }
@@ -103,5 +100,58 @@ impl JwksSource {
                 }
             }
         });
+    }
+}
+
+/// A JSON Web Key Set, keeping the keys that parse: a key of a type the library does not know
+/// (an identity provider may publish any) is passed over, not a reason to refuse the set.
+fn parse_jwks(text: &str) -> Result<JwkSet, String> {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        keys: Vec<serde_json::Value>,
+    }
+    let all: Keys = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let keys = all
+        .keys
+        .into_iter()
+        .filter_map(|k| match serde_json::from_value(k) {
+            Ok(jwk) => Some(jwk),
+            Err(e) => {
+                tracing::warn!(error = %e, "a JWKS key of a kind not known passed over");
+                None
+            }
+        })
+        .collect();
+    Ok(JwkSet { keys })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A region's identity provider publishes an RSA key, an encryption key, a P-384 key and
+    /// one of a kind no library knows beside its Ed25519 signing key: the set is taken, and
+    /// only that key is used — a refresh that drops a withdrawn key is never refused for them.
+    #[test]
+    fn keys_not_used_are_passed_over_not_a_reason_to_refuse_the_set() {
+        let ed = r#"{"kty":"OKP","crv":"Ed25519","kid":"ed-1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+        let text = format!(
+            r#"{{"keys":[
+                {{"kty":"RSA","kid":"rsa-1","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB"}},
+                {{"kty":"EC","crv":"P-256","kid":"enc-1","use":"enc","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}},
+                {{"kty":"EC","crv":"P-384","kid":"p384-1","x":"iA7lWQLzVrKGEFjfGcfMHfTEZ2KnLhMwANuhbTNrCv51XxLnnnbFpabyTgP6TLZm","y":"CYTKMvPIPbwNt17Y3_SQxzVSN3Bi8JQDNXH7YnfvkXtfQNtvWhXhl1s4o0QKJZaP"}},
+                {{"kty":"PQ","kid":"future-1","pub":"AAAA"}},
+                {ed}
+            ]}}"#
+        );
+        let jwks = parse_jwks(&text).unwrap();
+        assert_eq!(jwks.keys.len(), 4, "the unknown kind passed over");
+        let verifier = TokenVerifier::from_jwks(&jwks, "iss", "aud", 0).unwrap();
+        assert_eq!(verifier.kids(), ["ed-1"]);
+        // A set with none of its keys usable is still refused, naming why.
+        let none = parse_jwks(r#"{"keys":[{"kty":"EC","crv":"P-384","kid":"p","x":"iA7lWQLzVrKGEFjfGcfMHfTEZ2KnLhMwANuhbTNrCv51XxLnnnbFpabyTgP6TLZm","y":"CYTKMvPIPbwNt17Y3_SQxzVSN3Bi8JQDNXH7YnfvkXtfQNtvWhXhl1s4o0QKJZaP"}]}"#).unwrap();
+        let refused = verifier.replace_keys(&none).unwrap_err();
+        assert!(refused.contains("P-256"), "{refused}");
+        assert_eq!(verifier.kids(), ["ed-1"], "the last good set kept");
     }
 }

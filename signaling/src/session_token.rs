@@ -200,23 +200,46 @@ impl std::fmt::Debug for TokenVerifier {
     }
 }
 
-fn key_map(jwks: &JwkSet) -> Result<KeyMap, String> {
+/// The keys of `jwks` this service verifies with: Ed25519 (EdDSA) and P-256 (ES256) signing
+/// keys with a `kid`. Others a region's identity provider publishes beside them (RSA, other
+/// curves, encryption keys, keys without a `kid`, one that does not decode) are passed over
+/// and named in the log — not a reason to refuse the whole set, which at a refresh would keep
+/// trusting a key the region has withdrawn.
+fn key_map(jwks: &JwkSet) -> KeyMap {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, PublicKeyUse};
     let mut keys = HashMap::new();
     for jwk in &jwks.keys {
-        let kid = jwk
-            .common
-            .key_id
-            .clone()
-            .ok_or_else(|| "a JWKS key has no \"kid\"".to_owned())?;
+        let kid = jwk.common.key_id.clone();
         let alg = match &jwk.algorithm {
-            jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-            _ => return Err(format!("JWKS key {kid:?} is neither Ed25519 nor P-256")),
+            _ if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) => {
+                Err("an encryption key")
+            }
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                Ok(Algorithm::EdDSA)
+            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Ok(Algorithm::ES256)
+            }
+            _ => Err("neither an Ed25519 nor a P-256 key"),
         };
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key {kid:?}: {e}"))?;
-        keys.insert(kid, (key, alg));
+        let key = match (kid, alg) {
+            (None, _) => Err(("(none)".to_owned(), "no \"kid\"".to_owned())),
+            (Some(kid), Err(why)) => Err((kid, why.to_owned())),
+            (Some(kid), Ok(alg)) => match DecodingKey::from_jwk(jwk) {
+                Ok(key) => Ok((kid, key, alg)),
+                Err(e) => Err((kid, e.to_string())),
+            },
+        };
+        match key {
+            Ok((kid, key, alg)) => {
+                keys.insert(kid, (key, alg));
+            }
+            Err((kid, why)) => {
+                tracing::warn!(kid = %kid, %why, "a JWKS key passed over (not used to verify tokens)")
+            }
+        }
     }
-    Ok(keys)
+    keys
 }
 
 impl TokenVerifier {
@@ -226,9 +249,9 @@ impl TokenVerifier {
         audience: &str,
         leeway_secs: u64,
     ) -> Result<Self, String> {
-        let keys = key_map(jwks)?;
+        let keys = key_map(jwks);
         if keys.is_empty() {
-            return Err("the JWKS holds no keys".into());
+            return Err("the JWKS holds no Ed25519 or P-256 signing key with a \"kid\"".into());
         }
         Ok(Self {
             keys: Arc::new(RwLock::new(Arc::new(keys))),
@@ -257,16 +280,20 @@ impl TokenVerifier {
     /// Also accepts tokens signed by these keys (this service's own minter), whatever the
     /// region's JWKS holds.
     pub fn pin(mut self, jwks: &JwkSet) -> Result<Self, String> {
-        self.pinned = Arc::new(key_map(jwks)?);
+        let pinned = key_map(jwks);
+        if pinned.is_empty() {
+            return Err("no key to pin".into());
+        }
+        self.pinned = Arc::new(pinned);
         Ok(self)
     }
 
-    /// Replaces the key set (a JWKS refresh). A set that does not parse or holds no key is
-    /// refused and the current one kept.
+    /// Replaces the key set (a JWKS refresh). A set that does not parse or holds no key it
+    /// can use is refused and the current one kept; keys it cannot use are passed over.
     pub fn replace_keys(&self, jwks: &JwkSet) -> Result<usize, String> {
-        let keys = key_map(jwks)?;
+        let keys = key_map(jwks);
         if keys.is_empty() {
-            return Err("the JWKS holds no keys".into());
+            return Err("the JWKS holds no Ed25519 or P-256 signing key with a \"kid\"".into());
         }
         let n = keys.len();
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
