@@ -346,7 +346,7 @@ class ChartRenders(unittest.TestCase):
                          {"secretKeyRef": {"name": f"{FULL}-redis", "key": "audit-password"}})
         self.assertEqual(env["SIGNALING_AUDIT_REDIS_STREAM"], "healthcare-sfu:audit:$(POD_NAME)")
         secret = find(docs, "Secret", f"{FULL}-redis")
-        self.assertEqual(sorted(secret["data"]), ["audit-password", "password"])
+        self.assertEqual(sorted(secret["data"]), ["admin-password", "audit-password", "password"])
         self.assertNotEqual(secret["data"]["audit-password"], secret["data"]["password"])
         find(docs, "NetworkPolicy", f"{FULL}-redis")
 
@@ -378,7 +378,7 @@ class ChartRenders(unittest.TestCase):
             port = s.getsockname()[1]
         with tempfile.TemporaryDirectory() as tmp:
             real = [a.replace("$(REDIS_PASSWORD)", "store-pw").replace("$(REDIS_AUDIT_PASSWORD)", "audit-pw")
-                    .replace("/data", tmp) for a in args]
+                    .replace("$(REDIS_ADMIN_PASSWORD)", "admin-pw").replace("/data", tmp) for a in args]
             proc = subprocess.Popen([server, *real, "--port", str(port), "--bind", "127.0.0.1"],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             try:
@@ -414,6 +414,13 @@ class ChartRenders(unittest.TestCase):
                                store("EVAL", "return redis.call('DEL', KEYS[1])", "1", stream)):
                     self.assertIn("NOPERM", denied)
                 self.assertIn("line", audit("XRANGE", stream, "-", "+"), "the copy is still there")
+                # The administrator archives: entries below a stored file's first line go.
+                admin = lambda *c: run("admin", "admin-pw", *c)
+                self.assertEqual(audit("XADD", stream, "2-0", "line", "{}"), "2-0")
+                self.assertEqual(admin("XTRIM", stream, "MINID", "2"), "1")
+                self.assertNotIn("1-0", audit("XRANGE", stream, "-", "+"))
+                # Writes past maxmemory are refused, not evicted (the server is not killed).
+                self.assertIn("noeviction", admin("CONFIG", "GET", "maxmemory-policy"))
             finally:
                 proc.terminate()
                 proc.communicate(timeout=10)
