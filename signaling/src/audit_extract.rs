@@ -294,6 +294,13 @@ mod tests {
         (format!("2026-12-0{ts}Z"), e)
     }
 
+    /// `l` as done by staff member `actor` (their HSA-id and unit).
+    fn by(actor: &str, mut l: (String, AuditEvent)) -> (String, AuditEvent) {
+        l.1.actor_hsa = Some(format!("SE2321000016-{actor}"));
+        l.1.actor_unit = Some(format!("unit-{actor}"));
+        l
+    }
+
     /// A drop-in take moves the patient and the clinician from the queue into a private visit
     /// under an id of its own (its lines name it): the stay names the queue and the visit, the
     /// clinician who took them and a consultant invited into the visit — and not a clinician
@@ -304,9 +311,7 @@ mod tests {
             l.1.meeting = Some("queue-v1".into());
             l
         };
-        let mut take = line("1T09:10:00.000", "admit", "pat-1", "p1");
-        take.1.actor_hsa = Some("SE2321000016-A".into());
-        take.1.actor_unit = Some("unit-A".into());
+        let mut take = by("A", line("1T09:10:00.000", "admit", "pat-1", "p1"));
         take.1.code = Some(format!("{TAKEN_TO}queue-v1"));
         let mut invite = in_visit(line("1T09:15:00.000", "consultant_invited", "", ""));
         invite.1.subject = None;
@@ -339,9 +344,7 @@ mod tests {
     /// staff who were there meanwhile, not those who served others before or after.
     #[test]
     fn each_stay_names_only_the_staff_in_the_meeting_meanwhile() {
-        let mut admit = line("1T09:10:00.000", "admit", "pat-1", "p1");
-        admit.1.actor_hsa = Some("SE2321000016-E".into());
-        admit.1.actor_unit = Some("unit-E".into());
+        let admit = by("E", line("1T09:10:00.000", "admit", "pat-1", "p1"));
         let events = vec![
             line("1T09:00:00.000", "join", "staff-A", "ca"),
             line("1T09:05:00.000", "join", "pat-1", "p1"),
