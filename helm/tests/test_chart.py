@@ -365,6 +365,21 @@ class ChartRenders(unittest.TestCase):
         self.assertEqual(env["REDIS_AUDIT_PASSWORD"],
                          {"secretKeyRef": {"name": "region-redis-audit", "key": "pw"}})
 
+    def test_a_regions_own_redis_secret_gets_no_admin_user_it_may_not_hold(self):
+        """A Secret of the region's may lack `admin-password` (a reference to a missing key keeps
+        Redis from starting): the admin user comes with it only once the values say it is there."""
+        def redis_of(auth):
+            c = find(render({"redis": {"auth": auth}}), "StatefulSet", f"{FULL}-redis")[
+                "spec"]["template"]["spec"]["containers"][0]
+            return env_of(c), c["args"]
+        env, args = redis_of({"existingSecret": "region-redis"})
+        self.assertNotIn("REDIS_ADMIN_PASSWORD", env)
+        self.assertNotIn("admin", args)
+        env, args = redis_of({"existingSecret": "region-redis", "existingSecretHasAdmin": True})
+        self.assertEqual(env["REDIS_ADMIN_PASSWORD"],
+                         {"secretKeyRef": {"name": "region-redis", "key": "admin-password"}})
+        self.assertIn("admin", args)
+
     def test_the_bundled_redis_keeps_the_audit_copy_from_the_store_and_the_store_from_it(self):
         """The chart's Redis arguments, run by the real redis-server: the audit user appends to
         and reads its stream and nothing else; the store's user does what the meeting store

@@ -110,10 +110,21 @@ fn presences(events: &[(String, AuditEvent)]) -> Vec<Presence> {
                 }
             }
             _ => {
+                let taken_to = e.code.as_deref().and_then(|c| c.strip_prefix(TAKEN_TO));
                 if let Some(p) = open.get_mut(&key) {
                     p.moved_to(meeting, i);
-                    if let Some(to) = e.code.as_deref().and_then(|c| c.strip_prefix(TAKEN_TO)) {
+                    if let Some(to) = taken_to {
                         p.moved_to(to, i + 1);
+                    }
+                }
+                // The clinician who took the patient goes with them (the line names them by
+                // HSA-id only): their connection in the queue is now in the visit.
+                if let (Some(to), Some(actor)) = (taken_to, &e.actor_hsa) {
+                    for q in open.values_mut().filter(|q| {
+                        q.hsa.as_ref() == Some(actor)
+                            && q.meetings.last().is_some_and(|(m, _)| m == meeting)
+                    }) {
+                        q.moved_to(to, i + 1);
                     }
                 }
             }
@@ -170,24 +181,30 @@ fn stays(
     let at = |i: usize| humantime::parse_rfc3339(&events[i].0).ok();
     // The patient's stays: their connections, joined where one follows another within
     // `same_stay` (each keeps its own meetings and times).
+    // (Only connections to a meeting in common: two visits an hour apart are two stays.)
     let mut stays: Vec<Vec<&Presence>> = Vec::new();
     for p in presences
         .iter()
         .filter(|p| p.subject.as_deref() == Some(subject))
     {
-        match stays.last_mut() {
-            Some(stay)
-                if stay.iter().any(|q| p.from() <= q.to)
+        let shares = |q: &&Presence| q.spans().any(|(m, ..)| p.spans().any(|(pm, ..)| pm == m));
+        let near = stays
+            .iter_mut()
+            .rev()
+            .find(|stay| stay.iter().any(&shares))
+            .filter(|stay| {
+                stay.iter().any(|q| p.from() <= q.to)
                     || stay.iter().map(|q| q.to).max().is_some_and(|end| {
                         matches!((at(end), at(p.from())), (Some(a), Some(b))
                             if b.duration_since(a).unwrap_or_default() <= same_stay)
-                    }) =>
-            {
-                stay.push(p);
-            }
-            _ => stays.push(vec![p]),
+                    })
+            });
+        match near {
+            Some(stay) => stay.push(p),
+            None => stays.push(vec![p]),
         }
     }
+    stays.sort_by_key(|stay| stay.iter().map(|p| p.from()).min());
     let mut out = Vec::new();
     for stay in stays {
         let spans: Vec<(&str, usize, usize)> = stay.iter().flat_map(|p| p.spans()).collect();
@@ -332,12 +349,57 @@ mod tests {
         let ex = stays(&events, "pat-1", SAME_STAY);
         assert_eq!(ex.len(), 1, "{ex:?}");
         assert_eq!(ex[0].meeting, "queue → queue-v1");
+        // Another patient who waits in the queue while the clinician is in the private visit:
+        // the clinician was with them only before the take, and that is all it says.
+        let mut later = events.clone();
+        later.insert(3, line("1T09:11:00.000", "join", "pat-2", "p2"));
+        later.push(line("1T11:30:00.000", "leave", "pat-2", "p2"));
+        let ex2 = stays(&later, "pat-2", SAME_STAY);
+        let staff2: Vec<&str> = ex2[0].staff.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(staff2, ["SE2321000016-B"], "{ex2:?}");
         assert_eq!(
             (ex[0].first.as_str(), ex[0].last.as_str()),
             ("2026-12-01T09:05:00.000Z", "2026-12-01T09:30:00.000Z")
         );
         let staff: Vec<&str> = ex[0].staff.iter().map(|(h, _)| h.as_str()).collect();
         assert_eq!(staff, ["SE2321000016-A", "SE2321000016-K"]);
+    }
+
+    /// Two visits of different meetings a minute apart are two stays, each with its own staff
+    /// and times; a reconnect to the same one within the gap is one.
+    #[test]
+    fn different_meetings_are_different_stays_however_close() {
+        let elsewhere = |mut l: (String, AuditEvent)| {
+            l.1.meeting = Some("visit-2".into());
+            l
+        };
+        let events = vec![
+            line("1T09:00:00.000", "join", "staff-A", "ca"),
+            line("1T09:01:00.000", "join", "pat-1", "p1"),
+            line("1T09:20:00.000", "leave", "pat-1", "p1"),
+            line("1T09:21:00.000", "leave", "staff-A", "ca"),
+            elsewhere(line("1T09:20:30.000", "join", "staff-C", "cc")),
+            elsewhere(line("1T09:21:00.000", "join", "pat-1", "p2")),
+            elsewhere(line("1T09:40:00.000", "leave", "pat-1", "p2")),
+            elsewhere(line("1T09:40:01.000", "leave", "staff-C", "cc")),
+        ];
+        let ex = stays(&events, "pat-1", SAME_STAY);
+        let got: Vec<(&str, Vec<&str>)> = ex
+            .iter()
+            .map(|e| {
+                (
+                    e.meeting.as_str(),
+                    e.staff.iter().map(|(h, _)| h.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("queue", vec!["SE2321000016-A"]),
+                ("visit-2", vec!["SE2321000016-C"])
+            ]
+        );
     }
 
     /// A drop-in queue open under one id on two days: each of the patient's stays names the

@@ -102,10 +102,10 @@ pub async fn to_owner(
     let Some(replicas) = state.replicas.clone() else {
         return next.run(request).await;
     };
-    // A token that does not verify is refused here, as on any replica — and a source over its
-    // refusal budget is refused by the handler without its token checked here first.
-    if state.refusals.over_budget(source, Instant::now()) {
-        return next.run(request).await;
+    // A token that does not verify is refused here, as on any replica — and a source past its
+    // refusal budget's checks is answered here, counted once.
+    if !state.refusals.may_check(source, Instant::now()) {
+        return too_many_refusals(&state.refusals);
     }
     let claims = state
         .verifier

@@ -129,8 +129,9 @@ fn parse_jwks(text: &str) -> Result<JwkSet, String> {
 mod tests {
     use super::*;
 
-    /// A region's identity provider publishes an RSA key, an encryption key, a P-384 key and
-    /// one of a kind no library knows beside its Ed25519 signing key: the set is taken, and
+    /// A region's identity provider publishes an RSA key, P-256 keys for encryption or key
+    /// agreement (by `use`, `alg` or `key_ops`), a P-384 key and one of a kind no library
+    /// knows beside its Ed25519 signing key: the set is taken, and
     /// only that key is used — a refresh that drops a withdrawn key is never refused for them.
     #[test]
     fn keys_not_used_are_passed_over_not_a_reason_to_refuse_the_set() {
@@ -139,13 +140,15 @@ mod tests {
             r#"{{"keys":[
                 {{"kty":"RSA","kid":"rsa-1","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB"}},
                 {{"kty":"EC","crv":"P-256","kid":"enc-1","use":"enc","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}},
+                {{"kty":"EC","crv":"P-256","kid":"ecdh-1","alg":"ECDH-ES","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}},
+                {{"kty":"EC","crv":"P-256","kid":"derive-1","key_ops":["deriveKey"],"x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}},
                 {{"kty":"EC","crv":"P-384","kid":"p384-1","x":"iA7lWQLzVrKGEFjfGcfMHfTEZ2KnLhMwANuhbTNrCv51XxLnnnbFpabyTgP6TLZm","y":"CYTKMvPIPbwNt17Y3_SQxzVSN3Bi8JQDNXH7YnfvkXtfQNtvWhXhl1s4o0QKJZaP"}},
                 {{"kty":"PQ","kid":"future-1","pub":"AAAA"}},
                 {ed}
             ]}}"#
         );
         let jwks = parse_jwks(&text).unwrap();
-        assert_eq!(jwks.keys.len(), 4, "the unknown kind passed over");
+        assert_eq!(jwks.keys.len(), 6, "the unknown kind passed over");
         let verifier = TokenVerifier::from_jwks(&jwks, "iss", "aud", 0).unwrap();
         assert_eq!(verifier.kids(), ["ed-1"]);
         // A set with none of its keys usable is still refused, naming why.

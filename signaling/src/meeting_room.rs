@@ -596,7 +596,9 @@ impl RoomState {
         // book an id another unit's tokens name, and have their patients come to its meeting
         // (its key reading who came, its minted clinician admitting them). A consultant comes
         // from their own unit, by invitation.
+        // (An unbooked meeting's unit is its first token's: only a booking says whose it is.)
         if session.role != Role::Consultant
+            && self.record.booked
             && !self.record.unit.is_empty()
             && session
                 .claims

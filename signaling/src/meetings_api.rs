@@ -820,6 +820,15 @@ async fn mint(
             }
             MeetingKind::Visit => closes,
         };
+        // Anyone but a consultant comes in with the meeting's own unit (check_entry refuses
+        // another): a link that would always be refused is not made.
+        if role != Role::Consultant
+            && let Some(unit) = &req.unit
+            && !s.record.unit.is_empty()
+            && *unit != s.record.unit
+        {
+            return invalid("unit: the meeting's own care unit (or none), except for a consultant");
+        }
         (req.unit.unwrap_or_else(|| s.record.unit.clone()), expires)
     };
     let claims = Claims {

@@ -272,10 +272,11 @@ impl AppState {
         let Some(replicas) = &self.replicas else {
             return Ok(Route::Here);
         };
-        // A source over its refusal budget gets few signature checks (token_refusals.rs): its
-        // token is not checked here; the admission counts and answers it.
-        if self.refusals.over_budget(source, std::time::Instant::now()) {
-            return Ok(Route::Here);
+        // A source over its refusal budget gets few signature checks (token_refusals.rs): one
+        // past them is answered here, counted once (not handed on, where a check freed
+        // meanwhile could admit it on a replica that does not run the meeting).
+        if !self.refusals.may_check(source, std::time::Instant::now()) {
+            return Err(Box::new(too_many_refusals(self.refusals.interval())));
         }
         let Ok(session) = self.verifier.verify(&q.token) else {
             return Ok(Route::Here);

@@ -206,13 +206,29 @@ impl std::fmt::Debug for TokenVerifier {
 /// and named in the log — not a reason to refuse the whole set, which at a refresh would keep
 /// trusting a key the region has withdrawn.
 fn key_map(jwks: &JwkSet) -> KeyMap {
-    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, PublicKeyUse};
+    use jsonwebtoken::jwk::{
+        AlgorithmParameters, EllipticCurve, KeyAlgorithm, KeyOperations, PublicKeyUse,
+    };
     let mut keys = HashMap::new();
     for jwk in &jwks.keys {
         let kid = jwk.common.key_id.clone();
+        let common = &jwk.common;
         let alg = match &jwk.algorithm {
-            _ if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) => {
+            _ if common.public_key_use == Some(PublicKeyUse::Encryption) => {
                 Err("an encryption key")
+            }
+            _ if common
+                .key_operations
+                .as_ref()
+                .is_some_and(|ops| !ops.contains(&KeyOperations::Verify)) =>
+            {
+                Err("its key_ops do not include verify")
+            }
+            _ if common
+                .key_algorithm
+                .is_some_and(|a| !matches!(a, KeyAlgorithm::EdDSA | KeyAlgorithm::ES256)) =>
+            {
+                Err("its alg is neither EdDSA nor ES256")
             }
             AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
                 Ok(Algorithm::EdDSA)

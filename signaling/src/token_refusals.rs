@@ -248,18 +248,6 @@ impl TokenRefusals {
         false
     }
 
-    /// Whether a token from `ip` would not be checked now ([`may_check`](Self::may_check)
-    /// false), without counting anything: for a first look (which replica runs the meeting)
-    /// before the one place that checks, counts and answers.
-    pub fn over_budget(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let key = sources.counted_key(SourceKey::of(ip));
-        sources
-            .table
-            .get_mut(&key)
-            .is_some_and(|s| s.budget.available(now) < 1.0 && s.checks.available(now) < 1.0)
-    }
-
     /// The line written at once for a source's first refusal of an interval.
     pub fn first_line(ip: IpAddr, code: &str) -> AuditEvent {
         AuditEvent {

@@ -219,7 +219,18 @@ async fn drop_in_the_clinician_takes_the_first_and_the_second_moves_up() {
         json!({"sub": "doc-1", "name": "Dr Berg", "role": "clinician", "hsa": "SE2321000016-D1"}),
     )
     .await;
-    let stranger = mint(json!({"sub": "doc-2", "name": "Dr Annan", "role": "clinician", "hsa": "SE2321000016-D2", "unit": "unit-2"})).await;
+    // The API makes no link of another unit (it would be refused at every use)…
+    let (status, body) = server
+        .api(
+            "POST",
+            "/api/v1/meetings/q-unit-1/tokens",
+            Some(API_KEY),
+            Some(json!({"sub": "doc-2", "name": "Dr Annan", "role": "clinician", "hsa": "SE2321000016-D2", "unit": "unit-2"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    // …and a region's own token of another unit is refused at the door.
+    let stranger = server.token_in_unit("q-unit-1", "doc-2", "Dr Annan", "clinician", "unit-2");
 
     let mut a = server.connect(&a_token).await;
     assert_eq!(a.next_of("lobby_position").await["position"], 1);

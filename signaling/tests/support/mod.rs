@@ -221,11 +221,23 @@ impl Server {
 
     /// A dev token for `meeting`.
     pub fn token(&self, meeting: &str, sub: &str, name: &str, role: &str) -> String {
+        self.token_in_unit(meeting, sub, name, role, "unit-1")
+    }
+
+    /// A dev token for `meeting` of care unit `unit` (as a region's issuer makes them).
+    pub fn token_in_unit(
+        &self,
+        meeting: &str,
+        sub: &str,
+        name: &str,
+        role: &str,
+        unit: &str,
+    ) -> String {
         let (hsa, unit) = if role == "clinician" {
             let extension: String = sub.chars().filter(char::is_ascii_alphanumeric).collect();
-            (Some(format!("SE2321000016-{extension}")), Some("unit-1"))
+            (Some(format!("SE2321000016-{extension}")), Some(unit))
         } else {
-            (None, Some("unit-1"))
+            (None, Some(unit))
         };
         self.issuer
             .mint(&dev_claims(
