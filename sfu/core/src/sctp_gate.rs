@@ -148,8 +148,7 @@ impl SctpGate {
             match kind {
                 // A new association: its TSNs start afresh.
                 INIT => init = true,
-                // DATA and I-DATA: the TSN, then the stream id. Those that continue what was
-                // acknowledged count as taken in for a reset later in the packet.
+                // DATA and I-DATA: the TSN, then the stream id.
                 DATA | I_DATA => check(read_u16(chunk, 8))?,
                 // FORWARD-TSN: (stream id, sequence) pairs; I-FORWARD-TSN: (stream id, flags,
                 // MID) entries.
