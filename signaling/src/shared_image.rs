@@ -28,7 +28,11 @@ pub enum ImageRefusal {
     Malformed(&'static str),
     #[error("the image carries metadata ({0}); send the picture without it")]
     HasMetadata(&'static str),
-    #[error("the picture is {0}×{1} pixels; at most 4096 on a side and 12 megapixels")]
+    #[error(
+        "the picture is {0}×{1} pixels; at most {side} on a side and {mp} megapixels",
+        side = MAX_SIDE,
+        mp = MAX_PIXELS / 1_000_000
+    )]
     TooManyPixels(u32, u32),
 }
 
@@ -287,9 +291,12 @@ mod tests {
                 "{w}×{h}"
             );
         }
-        assert_eq!(
-            png(20_000, 20_000).unwrap_err().code(),
-            "image_too_many_pixels"
+        let refused = png(20_000, 20_000).unwrap_err();
+        assert_eq!(refused.code(), "image_too_many_pixels");
+        assert!(
+            refused
+                .to_string()
+                .contains("at most 4096 on a side and 12 megapixels")
         );
     }
 
