@@ -12,7 +12,7 @@ use crate::image_store::{ImageOrigin, MAX_IMAGE_BYTES, StoreRefusal};
 use crate::replica_relay::{RelayedBody, Routed};
 use crate::session_token::Session;
 use crate::shared_image::inspect;
-use crate::token_refusals::{RefusalVerdict, TokenRefusals};
+use crate::token_refusals::{RefusalVerdict, SubjectRefusal, TokenRefusals};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -79,16 +79,47 @@ async fn session(
 }
 
 fn too_many_refusals(refusals: &TokenRefusals) -> Response {
-    let mut limited = error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_refusals",
-        "too many refused tokens from this address",
-    );
+    too_many(refusals, "too many refused tokens from this address")
+}
+
+fn too_many(refusals: &TokenRefusals, reason: &str) -> Response {
+    let mut limited = error(StatusCode::TOO_MANY_REQUESTS, "too_many_refusals", reason);
     // As a refused join says: when the budget has refilled.
     if let Ok(after) = refusals.interval().as_secs().max(1).to_string().parse() {
         limited.headers_mut().insert(header::RETRY_AFTER, after);
     }
     limited
+}
+
+/// A valid token refused a photo (its connection not in the meeting, still waiting, a photo
+/// not theirs or no longer there): an access refused, so on record — the subject's first of
+/// an interval at once (`image_refused`), the rest in their summary line, and past the budget
+/// 429, as a refused join is.
+async fn refused(
+    state: &AppState,
+    session: &Session,
+    code: &'static str,
+    refusal: Response,
+) -> Response {
+    let c = &session.claims;
+    match state.refusals.refused_subject(
+        SubjectRefusal::Image,
+        &c.sub,
+        &c.mtg,
+        code,
+        Instant::now(),
+    ) {
+        RefusalVerdict::Record => {
+            let mut event = session_event(SubjectRefusal::Image.event(), session, None);
+            event.code = Some(code.into());
+            if audit(state, event).await.is_err() {
+                return audit_unavailable();
+            }
+            refusal
+        }
+        RefusalVerdict::Counted => refusal,
+        RefusalVerdict::Limited => too_many(&state.refusals, "too many refused photo requests"),
+    }
 }
 
 /// Replicas: a photo goes to, and is fetched from, the replica running the meeting of the
@@ -175,10 +206,15 @@ async fn share(
         Err(r) => return r,
     };
     let not_in_meeting = || {
-        error(
-            StatusCode::FORBIDDEN,
+        refused(
+            &state,
+            &session,
             "not_in_meeting",
-            "X-Participant names no connection of this token's subject and meeting",
+            error(
+                StatusCode::FORBIDDEN,
+                "not_in_meeting",
+                "X-Participant names no connection of this token's subject and meeting",
+            ),
         )
     };
     let sender = ParticipantId(
@@ -190,18 +226,20 @@ async fn share(
     );
     // The connection's room: the token's meeting, or the visit its drop-in queue led to.
     let Some(room) = state.meetings.room_of(&sender) else {
-        return not_in_meeting();
+        return not_in_meeting().await;
     };
     let queue = room.lock().record.from_queue.clone();
     if room.id != session.claims.mtg && queue.as_deref() != Some(session.claims.mtg.as_str()) {
-        return not_in_meeting();
+        return not_in_meeting().await;
     }
-    if let Err(e) = room.lock().image_recipients(&sender, &session.claims.sub) {
+    let recipients = room.lock().image_recipients(&sender, &session.claims.sub);
+    if let Err(e) = recipients {
         return match e {
             crate::meeting_room::RequestError::WaitingForAdmission => {
-                error(StatusCode::FORBIDDEN, e.code(), e.to_string())
+                let refusal = error(StatusCode::FORBIDDEN, e.code(), e.to_string());
+                refused(&state, &session, e.code(), refusal).await
             }
-            _ => not_in_meeting(),
+            _ => not_in_meeting().await,
         };
     }
     let too_large = || {
@@ -254,9 +292,13 @@ async fn share(
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()),
     };
     // Who is admitted now (the read may have taken a while).
-    let recipients = match room.lock().image_recipients(&sender, &session.claims.sub) {
+    let recipients = room.lock().image_recipients(&sender, &session.claims.sub);
+    let recipients = match recipients {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::FORBIDDEN, e.code(), e.to_string()),
+        Err(e) => {
+            let refusal = error(StatusCode::FORBIDDEN, e.code(), e.to_string());
+            return refused(&state, &session, e.code(), refusal).await;
+        }
     };
     let size = body.len();
     let origin = ImageOrigin {
@@ -309,10 +351,15 @@ async fn fetch(
         Err(r) => return r,
     };
     let unknown = || {
-        error(
-            StatusCode::NOT_FOUND,
+        refused(
+            &state,
+            &session,
             "image_unknown",
-            "no such photo for you (expired, shared with others, or you are not in the meeting now)",
+            error(
+                StatusCode::NOT_FOUND,
+                "image_unknown",
+                "no such photo for you (expired, shared with others, or you are not in the meeting now)",
+            ),
         )
     };
     let Some((meeting, mime, bytes)) = state.images.get(
@@ -321,10 +368,10 @@ async fn fetch(
         &session.claims.sub,
         Instant::now(),
     ) else {
-        return unknown();
+        return unknown().await;
     };
     let Some(room) = state.meetings.get(&meeting) else {
-        return unknown();
+        return unknown().await;
     };
     let here = {
         let s = room.lock();
@@ -335,13 +382,13 @@ async fn fetch(
         open && s.admitted_subject(&session.claims.sub)
     };
     if !here {
-        return unknown();
+        return unknown().await;
     }
     // A viewing is recorded once per person and photo: fetching it again (a reload, or a
     // flood of requests, even all at once) adds no line to the audit log, and no fetch is
     // answered before the line is written.
     let Some(viewing) = state.images.viewing(&id, &session.claims.sub) else {
-        return unknown();
+        return unknown().await;
     };
     let mut recorded = viewing.lock().await;
     if !*recorded {

@@ -323,6 +323,14 @@ impl Meetings {
         carried.remove(&digest).map(|(_, c)| c)
     }
 
+    /// Whether a session is carried under `key` for a subject other than `sub`.
+    pub fn carried_for_another(&self, key: &str, sub: &str) -> bool {
+        let carried = self.carried.lock().unwrap_or_else(|e| e.into_inner());
+        carried
+            .get(&key_digest(key))
+            .is_some_and(|(_, c)| c.sub != sub)
+    }
+
     /// A carry taken for a connection that never started (`crate::pending_carry`): back for
     /// the client's next try.
     pub fn return_carried(&self, meeting: &str, c: CarriedSession) {

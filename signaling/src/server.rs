@@ -379,6 +379,7 @@ impl AppState {
                 Err(self.refuse(event, &r).await)
             }
             Err(r) => match self.refusals.refused_subject(
+                crate::token_refusals::SubjectRefusal::Join,
                 &session.claims.sub,
                 &session.claims.mtg,
                 r.code(),
@@ -393,6 +394,37 @@ impl AppState {
                 RefusalVerdict::Limited => Err(too_many_refusals(self.refusals.interval())),
             },
         }
+    }
+
+    /// A resume key that resumed nothing: if it is another person's (a session held or
+    /// carried for another subject), the attempt on their session is on record — the first
+    /// of an interval at once, the rest in the subject's summary line (`resume_refused`) —
+    /// and the connection goes on as a new participant of its own token.
+    async fn another_ones_key(&self, session: &Session, key: &str) -> Result<(), Response> {
+        let sub = &session.claims.sub;
+        if !(self.resume.held_by_another(key, sub) || self.meetings.carried_for_another(key, sub)) {
+            return Ok(());
+        }
+        const CODE: &str = "resume_key_of_another";
+        let verdict = self.refusals.refused_subject(
+            crate::token_refusals::SubjectRefusal::Resume,
+            sub,
+            &session.claims.mtg,
+            CODE,
+            std::time::Instant::now(),
+        );
+        if verdict == RefusalVerdict::Record {
+            let mut event = session_event(
+                crate::token_refusals::SubjectRefusal::Resume.event(),
+                session,
+                None,
+            );
+            event.code = Some(CODE.into());
+            if audit(self, event).await.is_err() {
+                return Err(audit_unavailable());
+            }
+        }
+        Ok(())
     }
 
     async fn refuse(&self, event: AuditEvent, r: &JoinRefusal) -> Response {
@@ -592,6 +624,12 @@ async fn ws_upgrade(
             Timestamp::now(),
         )
     });
+    if carried.is_none()
+        && let Some(key) = q.resume.as_deref()
+        && let Err(refused) = state.another_ones_key(&session, key).await
+    {
+        return refused;
+    }
     // (Put back if the connection never starts.)
     let carried = carried
         .map(|c| crate::pending_carry::PendingCarry::new(state.meetings.clone(), &room.id, c));

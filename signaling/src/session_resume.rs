@@ -163,6 +163,12 @@ impl ResumeSlots {
         })
     }
 
+    /// Whether `key` is held for a subject other than `sub` (a key presented with another
+    /// person's token: someone else's session asked for, and refused).
+    pub fn held_by_another(&self, key: &str, sub: &str) -> bool {
+        self.entries().get(key).is_some_and(|e| e.sub != sub)
+    }
+
     /// The window ran out: the participant, if nobody took it (it then leaves).
     pub fn expire(&self, key: &str) -> Option<Parked> {
         let mut entries = self.entries();
@@ -234,6 +240,9 @@ mod tests {
             .collect();
         assert_eq!(held, [("k".to_owned(), "p-1".to_owned())]);
         assert!(slots.take("k", "bertil", "m1").is_none(), "another subject");
+        assert!(slots.held_by_another("k", "bertil"));
+        assert!(!slots.held_by_another("k", "anna"));
+        assert!(!slots.held_by_another("x", "bertil"), "no such key");
         assert!(slots.take("k", "anna", "m2").is_none(), "another meeting");
         assert!(slots.take("x", "anna", "m1").is_none(), "another key");
         match slots.take("k", "anna", "m1") {

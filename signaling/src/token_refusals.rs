@@ -31,11 +31,15 @@ const RECORDS_BURST: f64 = 50.0;
 
 /// Summary lines of anonymous sources per interval: those with the most refusals get their
 /// own, the rest one line together (`source: "other"`, `sources`: how many). Subjects' lines
-/// (`join_refused`, only for holders of valid tokens) are not capped.
+/// (`join_refused`, `image_refused`, `resume_refused`: only for holders of valid tokens) are
+/// not capped.
 const MAX_SUMMARY_LINES: usize = 100;
 
 /// Summary lines held over while the audit log cannot take them.
 const MAX_CARRIED: usize = 1_000;
+
+/// The events summary lines are written under: `token_refused` and each [`SubjectRefusal`]'s.
+const KINDS: usize = 4;
 
 /// Signature checks a second (burst as much) for a source over its refusal budget.
 pub const CHECKS_WHILE_LIMITED: f64 = 20.0;
@@ -125,13 +129,39 @@ impl Sources {
 
 /// A source as counted: an IPv4 address, an IPv6 /64 (one subscriber's whole prefix; a
 /// coarser prefix would let one host's flood take the checks of its neighbours' valid
-/// tokens), the verified subject of a valid token refused entry (many patients may share one
-/// address), or "other" once the table is full.
+/// tokens), the verified subject of a valid token refused something in a meeting (many
+/// patients may share one address) — per kind of refusal, each with its own budget and
+/// summary line — or "other" once the table is full.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SourceKey {
     Addr(IpAddr),
-    Subject(String, String),
+    Subject {
+        event: SubjectRefusal,
+        sub: String,
+        meeting: String,
+    },
     Other,
+}
+
+/// What a valid token's subject was refused: each is summarised under its own audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubjectRefusal {
+    /// Entry to the meeting (`join_refused`).
+    Join,
+    /// A shared photo (`image_refused`).
+    Image,
+    /// Another participant's session, by a resume key not theirs (`resume_refused`).
+    Resume,
+}
+
+impl SubjectRefusal {
+    pub fn event(self) -> &'static str {
+        match self {
+            SubjectRefusal::Join => "join_refused",
+            SubjectRefusal::Image => "image_refused",
+            SubjectRefusal::Resume => "resume_refused",
+        }
+    }
 }
 
 impl SourceKey {
@@ -142,14 +172,14 @@ impl SourceKey {
     /// Whether this is an anonymous source (an address, or "other"): their refusals are what
     /// the caps on lines are for, and never crowd out those of valid tokens' subjects.
     fn is_anonymous(&self) -> bool {
-        !matches!(self, SourceKey::Subject(..))
+        !matches!(self, SourceKey::Subject { .. })
     }
 
     fn label(&self) -> String {
         match self {
             SourceKey::Addr(IpAddr::V6(a)) => format!("{a}/64"),
             SourceKey::Addr(a) => a.to_string(),
-            SourceKey::Subject(..) | SourceKey::Other => "other".into(),
+            SourceKey::Subject { .. } | SourceKey::Other => "other".into(),
         }
     }
 }
@@ -173,18 +203,24 @@ impl TokenRefusals {
         self.refused_as(SourceKey::of(ip), code, now)
     }
 
-    /// A valid token of `subject` was refused entry with `code` (another meeting, denied, not
-    /// open yet): the same budget, per subject — a patient's loop would otherwise write an
-    /// fsynced line per request; summarised as `join_refused` lines with the subject.
+    /// A valid token of `subject` was refused `what` with `code` (entry: another meeting,
+    /// denied, not open yet; a photo not theirs; another's session): the same budget, per
+    /// subject and kind — a patient's loop would otherwise write an fsynced line per request;
+    /// summarised as lines of `what`'s event with the subject.
     pub fn refused_subject(
         &self,
+        what: SubjectRefusal,
         subject: &str,
         meeting: &str,
         code: &'static str,
         now: Instant,
     ) -> RefusalVerdict {
         self.refused_as(
-            SourceKey::Subject(subject.to_owned(), meeting.to_owned()),
+            SourceKey::Subject {
+                event: what,
+                sub: subject.to_owned(),
+                meeting: meeting.to_owned(),
+            },
             code,
             now,
         )
@@ -273,9 +309,16 @@ impl TokenRefusals {
             let count: u64 = s.unwritten.values().sum();
             if count > 0 {
                 let (event, source, subject, meeting) = match key {
-                    SourceKey::Subject(sub, mtg) => {
-                        ("join_refused", None, Some(sub.clone()), Some(mtg.clone()))
-                    }
+                    SourceKey::Subject {
+                        event,
+                        sub,
+                        meeting,
+                    } => (
+                        event.event(),
+                        None,
+                        Some(sub.clone()),
+                        Some(meeting.clone()),
+                    ),
                     _ => ("token_refused", Some(key.label()), None, None),
                 };
                 lines.push(AuditEvent {
@@ -325,15 +368,14 @@ impl TokenRefusals {
         let mut carried = self.carried();
         carried.extend(lines);
         if carried.len() > MAX_CARRIED {
-            // Room for the two folded lines.
-            let fold = carried.len() - (MAX_CARRIED - 2);
-            let excess: Vec<AuditEvent> = carried.drain(..fold).collect();
-            let (anonymous, subjects): (Vec<_>, Vec<_>) =
-                excess.into_iter().partition(|l| l.event == "token_refused");
-            for (event, rest) in [("join_refused", subjects), ("token_refused", anonymous)] {
-                if !rest.is_empty() {
-                    carried.insert(0, together(event, &rest));
-                }
+            // Room for the folded lines, one per event.
+            let fold = carried.len() - (MAX_CARRIED - KINDS);
+            let mut kinds: BTreeMap<String, Vec<AuditEvent>> = BTreeMap::new();
+            for l in carried.drain(..fold) {
+                kinds.entry(l.event.clone()).or_default().push(l);
+            }
+            for (event, rest) in kinds.into_iter().rev() {
+                carried.insert(0, together(&event, &rest));
             }
         }
     }
@@ -379,10 +421,22 @@ mod tests {
             r.refused(ip, "token_bad_signature", t0);
         }
         assert_eq!(
-            r.refused_subject("pat-1", "visit-1", "meeting_not_open", t0),
+            r.refused_subject(
+                SubjectRefusal::Join,
+                "pat-1",
+                "visit-1",
+                "meeting_not_open",
+                t0
+            ),
             RefusalVerdict::Record
         );
-        r.refused_subject("pat-1", "visit-1", "meeting_not_open", t0);
+        r.refused_subject(
+            SubjectRefusal::Join,
+            "pat-1",
+            "visit-1",
+            "meeting_not_open",
+            t0,
+        );
         let lines = r.end_interval(t0 + Duration::from_secs(60));
         let mine: Vec<_> = lines.iter().filter(|l| l.event == "join_refused").collect();
         assert_eq!(mine.len(), 1);
@@ -419,7 +473,13 @@ mod tests {
                 }
             }
             for _ in 0..2 {
-                let v = r.refused_subject("pat-1", "visit-1", "meeting_not_open", t0);
+                let v = r.refused_subject(
+                    SubjectRefusal::Join,
+                    "pat-1",
+                    "visit-1",
+                    "meeting_not_open",
+                    t0,
+                );
                 patient_at_once += u64::from(v == RefusalVerdict::Record);
                 note(v);
             }
@@ -578,7 +638,7 @@ mod tests {
         assert_eq!(recorded, RECORDS_BURST as usize);
         // A patient's valid token refused entry is written at once all the same.
         assert_eq!(
-            r.refused_subject("pat-1", "v-1", "meeting_not_open", t),
+            r.refused_subject(SubjectRefusal::Join, "pat-1", "v-1", "meeting_not_open", t),
             RefusalVerdict::Record
         );
         let lines = r.end_interval(t);
@@ -600,5 +660,33 @@ mod tests {
             })
             .count();
         assert_eq!(again, RECORDS_PER_SECOND as usize);
+    }
+
+    /// A patient looping over photos not theirs: written once, then counted, then 429 — on a
+    /// budget of its own, so that their entry to the meeting is neither spent nor summarised
+    /// with it.
+    #[test]
+    fn a_subjects_photo_refusals_are_their_own_line_and_budget() {
+        let r = TokenRefusals::new(RefusalBudget::default());
+        let t = Instant::now();
+        let image = |code| r.refused_subject(SubjectRefusal::Image, "pat-1", "v-1", code, t);
+        let verdicts: Vec<_> = (0..12).map(|_| image("image_unknown")).collect();
+        assert_eq!(verdicts[0], RefusalVerdict::Record);
+        assert!(
+            verdicts[1..10]
+                .iter()
+                .all(|v| *v == RefusalVerdict::Counted)
+        );
+        assert!(verdicts[10..].iter().all(|v| *v == RefusalVerdict::Limited));
+        assert_eq!(
+            r.refused_subject(SubjectRefusal::Join, "pat-1", "v-1", "meeting_ended", t),
+            RefusalVerdict::Record
+        );
+        let lines = r.end_interval(t);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].event, "image_refused");
+        assert_eq!(lines[0].subject.as_deref(), Some("pat-1"));
+        assert_eq!(lines[0].count, Some(11));
+        assert_eq!(lines[0].limited, Some(2));
     }
 }

@@ -378,6 +378,72 @@ async fn a_valid_token_refused_in_a_loop_is_summarised_and_limited() {
     );
 }
 
+/// A patient's valid token asking in a loop for photos that are not theirs (guessed ids, or
+/// posting as a connection that is not theirs): each refusal is on record under the patient,
+/// the first at once and the rest counted in summary lines, and past the budget 429 — a
+/// budget of its own, so the patient's link still opens their visit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_token_asking_for_photos_not_its_own_is_recorded_and_limited() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = start_with(&["--refusal-summary-secs", "3"]);
+    let token = server.token("visit-photos", "pat-2", "Anna", "patient");
+    let client = reqwest::Client::new();
+    let mut statuses = HashMap::<u16, u64>::new();
+    for n in 0..60 {
+        let r = if n % 2 == 0 {
+            client
+                .get(format!("{}/images/img-{n:08x}", server.http_base))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+        } else {
+            client
+                .post(format!("{}/images", server.http_base))
+                .bearer_auth(&token)
+                .header("x-participant", format!("p-{n}"))
+                .header("content-type", "image/jpeg")
+                .body(vec![0u8; 16])
+                .send()
+                .await
+                .unwrap()
+        };
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        match status {
+            404 => assert_eq!(body["error"], "image_unknown", "{body}"),
+            403 => assert_eq!(body["error"], "not_in_meeting", "{body}"),
+            429 => assert_eq!(body["error"], "too_many_refusals", "{body}"),
+            _ => panic!("{status}: {body}"),
+        }
+        *statuses.entry(status).or_default() += 1;
+    }
+    eprintln!("60 refused photo requests: {statuses:?}");
+    let answered = statuses.get(&404).unwrap_or(&0) + statuses.get(&403).unwrap_or(&0);
+    assert!((10..=12).contains(&answered), "{statuses:?}");
+    assert_eq!(statuses[&429], 60 - answered, "{statuses:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let written = server.audit_events("image_refused");
+    assert!(written.len() <= 3, "{written:?}");
+    assert_eq!(written[0]["code"], "image_unknown");
+    assert!(
+        written
+            .iter()
+            .all(|l| l["subject"] == "pat-2" && l["meeting"] == "visit-photos"),
+        "{written:?}"
+    );
+    let counted: u64 = written
+        .iter()
+        .map(|l| l["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(counted, 60, "every refusal recorded: {written:?}");
+    assert!(server.audit_events("join_refused").is_empty());
+    assert_eq!(
+        join_from("127.0.0.2", server.addr(), &token).await,
+        Some(200)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_as_too_slow_and_joins_again_afresh() {
     let server = start_with(&["--ws-outbox-limit-kib", "16"]);

@@ -164,6 +164,12 @@ async fn a_connection_the_server_still_holds_is_taken_over_and_an_unclaimed_one_
     let welcome = other.next_of("welcome").await;
     assert_ne!(welcome["participant"], patient_id);
     drop(other);
+    // ... and the attempt on the patient's session is on record, under the one who made it.
+    let refused = server.audit_events("resume_refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["subject"], "pat-9e1b");
+    assert_eq!(refused[0]["code"], "resume_key_of_another");
+    assert_eq!(refused[0]["meeting"], meeting);
 
     // The old socket is still open (the server has not noticed it is dead): the new one with
     // the key takes the participant from it.
