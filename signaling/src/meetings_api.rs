@@ -148,7 +148,14 @@ async fn find_for(
 ) -> Result<Arc<MeetingRoom>, Box<Response>> {
     let room = find(state, id)?;
     let unit = room.lock().record.unit.clone();
-    within_units(state, client, &unit, Some(id)).await?;
+    if let Err(refused) = within_units(state, client, &unit, Some(id)).await {
+        // Recorded as refused; answered as if there were no such meeting, so that a unit's
+        // key cannot learn which of another unit's visits exist (a 403 would say it does).
+        if refused.status() == StatusCode::FORBIDDEN {
+            return Err(Box::new(unknown_meeting(id)));
+        }
+        return Err(refused);
+    }
     Ok(room)
 }
 
@@ -519,14 +526,18 @@ fn store_unavailable() -> Response {
     )
 }
 
+fn unknown_meeting(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "meeting_unknown",
+        format!("no meeting {id}"),
+    )
+}
+
 fn find(state: &AppState, id: &str) -> Result<Arc<MeetingRoom>, Box<Response>> {
     match state.meetings.find(id) {
         Ok(Some(room)) => Ok(room),
-        Ok(None) => Err(Box::new(error(
-            StatusCode::NOT_FOUND,
-            "meeting_unknown",
-            format!("no meeting {id}"),
-        ))),
+        Ok(None) => Err(Box::new(unknown_meeting(id))),
         Err(e) => {
             tracing::error!(error = %e, "reading a meeting failed: the store is unreachable");
             Err(Box::new(store_unavailable()))
