@@ -477,6 +477,12 @@ class ChartRenders(unittest.TestCase):
         self.assertTrue(pod["hostNetwork"])
         args = pod["containers"][0]["args"]
         self.assertIn("--use-auth-secret", args)
+        # The secret is nowhere on a command line or in the environment (the node's process
+        # list shows host-network pods' command lines): an init container writes it to a file.
+        self.assertFalse([a for a in args if "secret" in a and a != "--use-auth-secret"], args)
+        self.assertNotIn("TURN_SECRET", json.dumps(pod["containers"]))
+        init = pod["initContainers"][0]
+        self.assertEqual(init["image"], pod["containers"][0]["image"])
         self.assertIn("--tls-listening-port=443", args)
         self.assertIn("--allowed-peer-ip=10.20.0.11-10.20.0.11", args)
         self.assertIn("--no-tcp-relay", args)
@@ -490,7 +496,15 @@ class ChartRenders(unittest.TestCase):
                             "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj",
                             "/CN=turn.region.example", "-keyout", str(key), "-out", str(cert)],
                            check=True, capture_output=True)
-            real = [a.replace("$(NODE_IP)", "127.0.0.1").replace("$(TURN_SECRET)", "s3cret")
+            # The init container's own command, run on a copy of the Secret's key.
+            (Path(tmp) / "secret").write_text("s3cret\n")
+            script = init["command"][2].replace("/etc/coturn/secret/", f"{tmp}/") \
+                .replace("/run/coturn/", f"{tmp}/")
+            subprocess.run([*init["command"][:2], script], check=True)
+            conf = Path(tmp) / "turnserver.conf"
+            self.assertEqual(conf.read_text(), "static-auth-secret=s3cret\n")
+            self.assertEqual(conf.stat().st_mode & 0o777, 0o600)
+            real = [a.replace("$(NODE_IP)", "127.0.0.1").replace("/run/coturn/", f"{tmp}/")
                     .replace("/etc/coturn/tls/", f"{tmp}/").replace("=/tmp/turnserver.pid", f"={tmp}/pid")
                     for a in args]
             proc = subprocess.Popen([turnserver, *real], stdout=subprocess.PIPE,
@@ -505,9 +519,18 @@ class ChartRenders(unittest.TestCase):
                     except OSError:
                         time.sleep(0.2)
                 exited = proc.poll()
+                # Credentials made from the secret get an allocation; from another, none.
+                allocated = {}
+                for secret in ["s3cret", "not-the-secret"]:
+                    client = subprocess.run(
+                        ["turnutils_uclient", "-W", secret, "-p", "3478", "-n", "1", "-m", "1",
+                         "-e", "127.0.0.1", "127.0.0.1"],
+                        capture_output=True, text=True, timeout=20)
+                    allocated[secret] = "Cannot complete Allocation" not in client.stdout + client.stderr
             finally:
                 proc.terminate()
                 output = proc.communicate(timeout=10)[0]
+            self.assertEqual(allocated, {"s3cret": True, "not-the-secret": False}, output)
             self.assertIsNone(exited, f"coturn exited on the chart's arguments:\n{output}")
             self.assertTrue(listening, f"coturn is not listening on 443:\n{output}")
             self.assertNotIn("unrecognized option", output)
