@@ -27,6 +27,11 @@ pub async fn act(
     action: Action,
     now: Timestamp,
 ) -> Result<(), ActionError> {
+    // After the hand-over for a restart nothing taken now would be stored: refused, and done
+    // again once reconnected.
+    if state.meetings.handing_over() {
+        return Err(ActionError::Refused(RequestError::Restarting));
+    }
     // Resolved and planned under one lock: what is recorded is what is carried out.
     let (action, planned, target_sub) = {
         let s = room.lock();
@@ -50,6 +55,10 @@ pub async fn act(
     }
     // (The target may have reconnected while the line was written: the action follows it.)
     let (applied, events) = state.meetings.with_room(room, state.sfu.as_ref(), |s, fx| {
+        // Handed over while the line was written: recorded as not applied, below.
+        if state.meetings.handing_over() {
+            return Err(RequestError::Restarting);
+        }
         let action = s.followed(action.clone(), target_sub.as_deref());
         s.apply(actor, &action, now, fx)
     });
@@ -115,6 +124,9 @@ pub async fn take_next(
     actor: &ParticipantId,
     now: Timestamp,
 ) -> Result<(), ActionError> {
+    if state.meetings.handing_over() {
+        return Err(ActionError::Refused(RequestError::Restarting));
+    }
     let (patient, to, event) = state
         .meetings
         .plan_take(queue, actor)

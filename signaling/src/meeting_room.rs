@@ -308,6 +308,8 @@ pub enum RequestError {
     LayerRate,
     #[error("too many offers and answers; wait a moment")]
     SdpRate,
+    #[error("the service is restarting; do it again once reconnected")]
+    Restarting,
 }
 
 impl RequestError {
@@ -335,6 +337,7 @@ impl RequestError {
             RequestError::BadMid => "bad_mid",
             RequestError::LayerRate => "layer_rate",
             RequestError::SdpRate => "sdp_rate",
+            RequestError::Restarting => "restarting",
         }
     }
 }

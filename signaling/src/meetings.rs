@@ -776,13 +776,16 @@ impl Meetings {
         let private = self
             .create(record)
             .map_err(|_| RequestError::NoSuchParticipant)?;
+        let handing_over;
         let (moved, events) = {
             // Lock order queue → private visit; nobody else knows the new visit yet.
             let mut q = queue.lock();
             let mut fx = Effects::default();
-            // Another clinician may have taken this patient, or they left, since the plan.
+            // Another clinician may have taken this patient, or they left, since the plan;
+            // or the meetings were handed over for a restart (the take would not be stored).
             let still_waiting = q.position(patient).is_some();
-            let moved = if still_waiting && q.check_clinician(actor).is_ok() {
+            handing_over = self.handing_over();
+            let moved = if still_waiting && q.check_clinician(actor).is_ok() && !handing_over {
                 let mut p = private.lock();
                 for id in [actor, patient] {
                     if let Some(m) = q.take_out(id, to, until, &mut fx) {
@@ -802,7 +805,11 @@ impl Meetings {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(to);
             self.persist();
-            return Err(RequestError::NotWaiting);
+            return Err(if handing_over {
+                RequestError::Restarting
+            } else {
+                RequestError::NotWaiting
+            });
         }
         self.persist();
         Ok(events)
@@ -1155,6 +1162,15 @@ impl Meetings {
         carried
     }
 
+    /// Whether the service has handed its meetings over for a restart: what is stored is
+    /// what the next run starts from, so decisions taken now would be lost with this run.
+    pub fn handing_over(&self) -> bool {
+        self.handed_over
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// The service is stopping: who is admitted where goes into the store (let back in past
     /// the waiting room within the reconnect grace after the restart), and with them each open
     /// connection's media session under its resume key (`keys`): the SFU is told to leave them
@@ -1337,7 +1353,7 @@ fn msid_track(id: &sfu_proto::TrackId) -> String {
 mod tests {
     use super::*;
     use crate::meeting::booked_visit;
-    use jiff::SignedDuration;
+    use crate::session_token::Role;
 
     /// A visit next week cancelled today (its link leaked) is remembered until a day after it
     /// would have closed: until then the sweep keeps it, and its links are refused as
@@ -1367,5 +1383,71 @@ mod tests {
         );
         meetings.sweep(closes + SignedDuration::from_hours(25));
         assert!(meetings.get("m1").is_none(), "kept for ever");
+    }
+
+    struct NoSfu;
+
+    impl SfuControl for NoSfu {
+        fn send(&self, _: Command) {}
+    }
+
+    /// `sub` joins `room` as `role` at `now`: its participant id and its messages.
+    fn joined(
+        meetings: &Meetings,
+        room: &Arc<MeetingRoom>,
+        sub: &str,
+        role: Role,
+        now: Timestamp,
+    ) -> (ParticipantId, crate::outbox::OutboxReceiver) {
+        let (r, hsa) = match role {
+            Role::Clinician => ("clinician", Some("SE2321000016-D1")),
+            _ => ("patient", None),
+        };
+        let claims = crate::dev_issuer::dev_claims(
+            &room.id,
+            sub,
+            sub,
+            r,
+            hsa,
+            Some("unit-1"),
+            now.as_second(),
+            3600,
+        );
+        let session = Session { claims, role };
+        let id = ParticipantId(format!("p-{sub}"));
+        let (out, rx) = crate::outbox::outbox(1 << 20);
+        let arrival = Arrival {
+            id: &id,
+            session: &session,
+            kept: None,
+        };
+        meetings.join(room, arrival, out, now, &NoSfu).unwrap();
+        (id, rx)
+    }
+
+    /// A drop-in take asked for after the meetings were handed over for a restart (its line
+    /// written while the hand-over happened) is refused `restarting`: the private visit it
+    /// would open, and the patient's move into it, would not be in what the next run starts
+    /// from. The patient stays first in the queue, where the store has them.
+    #[test]
+    fn a_take_after_the_hand_over_is_refused_and_the_queue_kept() {
+        let meetings = Meetings::new(MeetingPolicy::default(), None).unwrap();
+        let now = Timestamp::now();
+        let mut record = booked_visit(now);
+        record.kind = MeetingKind::DropIn;
+        let queue = meetings.create(record).unwrap();
+        let (clinician, _c) = joined(&meetings, &queue, "doc", Role::Clinician, now);
+        let (patient, _p) = joined(&meetings, &queue, "pat", Role::Patient, now);
+        let (first, to, _line) = meetings.plan_take(&queue, &clinician).unwrap();
+        assert_eq!(first, patient);
+        assert!(!meetings.handing_over());
+        meetings.hand_over(&NoSfu, &[]);
+        assert!(meetings.handing_over());
+        assert_eq!(
+            meetings.take(&queue, &clinician, &patient, &to, now, &NoSfu),
+            Err(RequestError::Restarting)
+        );
+        assert!(meetings.get(&to).is_none(), "no private visit opened");
+        assert_eq!(queue.lock().first_waiting(), Some(patient));
     }
 }
