@@ -376,3 +376,50 @@ fn a_client_flooding_valid_checks_is_answered_at_an_agent_s_pace_and_keeps_its_c
         "video stopped for {gap:?}"
     );
 }
+
+/// Someone who can send from a participant's address (on the same Wi-Fi, or spoofing it) but
+/// holds none of its DTLS keys forges plaintext alerts — epoch 0, the handshake's — after the
+/// handshake: a close_notify, a fatal one, and records of other kinds. The association must not
+/// act on them (RFC 6347 4.1.2.7: a stale or forged old-epoch record is discarded): the call
+/// goes on, media and all, and nobody is disconnected.
+#[test]
+fn forged_plaintext_alerts_after_the_handshake_do_not_end_the_call() {
+    let (mut net, mut tick) = call(35);
+    let victim = net.peers[1].addr;
+    // A DTLS 1.2 record: type, version, epoch 0, a 48-bit sequence number, length, body.
+    let record = |content_type: u8, seq: u64, body: &[u8]| {
+        let mut r = vec![content_type, 0xfe, 0xfd, 0, 0];
+        r.extend_from_slice(&seq.to_be_bytes()[2..]);
+        r.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        r.extend_from_slice(body);
+        r
+    };
+    let at = net.now;
+    for seq in [1_000u64, 1_001, 50_000, (1 << 48) - 1] {
+        // close_notify (warning), then a fatal handshake_failure and a fatal decode_error.
+        net.inject_to_sfu(victim, record(21, seq, &[1, 0]));
+        net.inject_to_sfu(victim, record(21, seq + 1, &[2, 40]));
+        net.inject_to_sfu(victim, record(21, seq + 2, &[2, 50]));
+        // A ChangeCipherSpec and application data in the clear.
+        net.inject_to_sfu(victim, record(20, seq + 3, &[1]));
+        net.inject_to_sfu(victim, record(23, seq + 4, b"hello"));
+    }
+    net.run(Duration::from_secs(2), |n| {
+        send_video(n, &[0, 1], &mut tick)
+    });
+    assert!(
+        net.disconnected().is_empty(),
+        "disconnected: {:?}",
+        net.disconnected()
+    );
+    let to = net.now;
+    // Both ways: the victim still receives video, and still sends it.
+    assert!(
+        longest_gap(&arrivals(&net, 1, "pub"), at, to) < Duration::from_millis(200),
+        "the victim's picture stopped"
+    );
+    assert!(
+        longest_gap(&arrivals(&net, 0, "sub"), at, to) < Duration::from_millis(200),
+        "the victim's video stopped reaching the other"
+    );
+}
