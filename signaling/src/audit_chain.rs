@@ -97,6 +97,31 @@ pub fn read_lines(
     Ok(out)
 }
 
+/// Every line of the chain's files in order, with its sequence number, read as it is asked
+/// for (lines without one are passed over).
+pub fn chain_lines(
+    current: &Path,
+) -> std::io::Result<impl Iterator<Item = std::io::Result<(u64, String)>>> {
+    let files = chain_files(current)?;
+    let lines = files.into_iter().flat_map(|path| {
+        let opened = std::fs::File::open(&path).map(|f| BufReader::new(f).lines());
+        let (lines, failed) = match opened {
+            Ok(lines) => (Some(lines), None),
+            Err(e) => (None, Some(Err(e))),
+        };
+        failed.into_iter().chain(lines.into_iter().flatten())
+    });
+    Ok(lines.filter_map(|raw| match raw {
+        Ok(raw) => {
+            let seq = serde_json::from_str::<Value>(&raw)
+                .ok()
+                .and_then(|v| v.get("seq").and_then(Value::as_u64))?;
+            Some(Ok((seq, raw)))
+        }
+        Err(e) => Some(Err(e)),
+    }))
+}
+
 /// What a sound chain holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChainReport {

@@ -223,14 +223,32 @@ fn recover_torn_tail(path: &Path) -> std::io::Result<u64> {
 }
 
 /// Lines from the copy that continue the chain at `report`'s end, checked link by link.
+/// Where the chain stands for lines the copy holds past the file's end: each must continue it.
+struct ChainEnd {
+    /// The file's last line when the start began (named in refusals).
+    file_end: u64,
+    seq: u64,
+    prev: String,
+    awaiting_open: bool,
+}
+
+impl ChainEnd {
+    fn of(report: &ChainReport) -> Self {
+        Self {
+            file_end: report.last_seq,
+            seq: report.last_seq,
+            prev: report.last_hash.clone(),
+            awaiting_open: report.awaiting_open,
+        }
+    }
+}
+
+/// Checks that `lines` continue the chain from `end`, which then stands past them.
 fn continuing_lines(
     path: &Path,
-    report: &ChainReport,
+    end: &mut ChainEnd,
     lines: &[(u64, String)],
 ) -> Result<(), AuditError> {
-    let mut seq = report.last_seq;
-    let mut prev = report.last_hash.clone();
-    let mut awaiting_open = report.awaiting_open;
     for (q, raw) in lines {
         let disagrees = |reason: String| AuditError::CopyDisagrees {
             path: path.to_owned(),
@@ -244,26 +262,26 @@ fn continuing_lines(
         // hold more there.
         let event = fields.get("event").and_then(Value::as_str).unwrap_or("");
         let code = fields.get("code").and_then(Value::as_str).unwrap_or("");
-        awaiting_open =
-            crate::audit_chain::after_line(awaiting_open, event, code).ok_or_else(|| {
+        end.awaiting_open = crate::audit_chain::after_line(end.awaiting_open, event, code)
+            .ok_or_else(|| {
                 disagrees(format!(
                     "holds line {q} ({event:?}) after the service's closing checkpoint, where only \
                  its next start's first lines belong: it was added to the copy"
                 ))
             })?;
-        let ok = *q == seq + 1
+        let ok = *q == end.seq + 1
             && fields.get("seq").and_then(Value::as_u64) == Some(*q)
-            && fields.get("prev").and_then(Value::as_str) == Some(prev.as_str())
+            && fields.get("prev").and_then(Value::as_str) == Some(end.prev.as_str())
             && line_hash(&fields) == hash;
         if !ok {
             return Err(disagrees(format!(
                 "holds lines past the file's end (line {}) that do not continue its chain \
                  (from line {q})",
-                report.last_seq
+                end.file_end
             )));
         }
-        seq = *q;
-        prev = hash.to_owned();
+        end.seq = *q;
+        end.prev = hash.to_owned();
     }
     Ok(())
 }
@@ -313,15 +331,15 @@ fn same_as_file(path: &Path, after: u64, lines: &[(u64, String)]) -> Result<(), 
     Ok(())
 }
 
-/// Writes the copy's `lines` past the file's end (checked to continue its chain) to `file`;
-/// returns how many.
+/// Writes the copy's `lines` past the file's end (checked to continue its chain from `end`)
+/// to `file`; returns how many.
 fn restore_from_copy(
     path: &Path,
     file: &mut std::fs::File,
-    report: &ChainReport,
+    end: &mut ChainEnd,
     lines: &[(u64, String)],
 ) -> Result<u64, AuditError> {
-    continuing_lines(path, report, lines)?;
+    continuing_lines(path, end, lines)?;
     let mut bytes = Vec::new();
     for (_, l) in lines {
         bytes.extend_from_slice(l.as_bytes());
@@ -386,15 +404,35 @@ impl AuditLog {
             .unwrap_or(0)
             .max(report.last_seq.saturating_sub(COMPARED_AT_OPEN));
         let copy = match &options.sink {
-            Some(config) => AuditSink::lines_after(config, unsigned_from)?,
+            Some(config) => AuditSink::read_after(config, unsigned_from)?,
             None => None,
         };
-        if let Some(mut lines) = copy {
-            let beyond = lines.split_off(lines.partition_point(|(q, _)| *q <= report.last_seq));
-            same_as_file(path, unsigned_from, &lines)?;
-            lines = beyond;
-            if !lines.is_empty() {
-                restored = restore_from_copy(path, &mut file, &report, &lines)?;
+        if let Some(mut copy) = copy {
+            // A page at a time: with the file lost with its volume, the copy holds the whole
+            // history, which is written back without ever being held in memory at once.
+            let mut compared_through = unsigned_from;
+            let mut end = ChainEnd::of(&report);
+            loop {
+                let mut lines = match copy.next_page() {
+                    Ok(page) if page.is_empty() => break,
+                    Ok(page) => page,
+                    Err(e) => {
+                        // Gone meanwhile: what was read is checked (and written back); the
+                        // rest reaches the copy again from the file once it is back.
+                        tracing::warn!(error = %e, "audit log: reading the off-host copy at start failed");
+                        break;
+                    }
+                };
+                let beyond = lines.split_off(lines.partition_point(|(q, _)| *q <= report.last_seq));
+                same_as_file(path, compared_through, &lines)?;
+                if let Some((q, _)) = lines.last() {
+                    compared_through = *q;
+                }
+                if !beyond.is_empty() {
+                    restored += restore_from_copy(path, &mut file, &mut end, &beyond)?;
+                }
+            }
+            if restored > 0 {
                 report = verify_file(path, verifier.as_ref())?;
             }
         }
@@ -1156,7 +1194,7 @@ pub(crate) mod tests {
         // The copy's lines are refused before anything is written back.
         let copy = [(report.last_seq + 1, forged("admit"))];
         assert!(matches!(
-            continuing_lines(&path, &report, &copy),
+            continuing_lines(&path, &mut ChainEnd::of(&report), &copy),
             Err(AuditError::CopyDisagrees { reason, .. }) if reason.contains("closing checkpoint")
         ));
         // What a start writes first may follow the close (a crash right after the copy took
@@ -1164,7 +1202,7 @@ pub(crate) mod tests {
         assert!(
             continuing_lines(
                 &path,
-                &report,
+                &mut ChainEnd::of(&report),
                 &[(report.last_seq + 1, forged("audit_opened"))]
             )
             .is_ok()
@@ -1188,7 +1226,7 @@ pub(crate) mod tests {
             }),
         ];
         assert!(matches!(
-            continuing_lines(&path, &report, &copy),
+            continuing_lines(&path, &mut ChainEnd::of(&report), &copy),
             Err(AuditError::CopyDisagrees { reason, .. }) if reason.contains("closing checkpoint")
         ));
         match verify_chain(&path, Some(&verifier)) {
@@ -1246,13 +1284,16 @@ pub(crate) mod tests {
             .enumerate()
             .map(|(i, l)| ((keep + i + 1) as u64, l.clone()))
             .collect();
-        assert!(continuing_lines(&path, &report, &copy).is_ok());
+        assert!(continuing_lines(&path, &mut ChainEnd::of(&report), &copy).is_ok());
         assert!(
-            continuing_lines(&path, &report, &copy[1..]).is_err(),
+            continuing_lines(&path, &mut ChainEnd::of(&report), &copy[1..]).is_err(),
             "a gap"
         );
         let mut other = copy.clone();
         other[0].1 = other[0].1.replace("\"leave\"", "\"join\"");
-        assert!(continuing_lines(&path, &report, &other).is_err(), "an edit");
+        assert!(
+            continuing_lines(&path, &mut ChainEnd::of(&report), &other).is_err(),
+            "an edit"
+        );
     }
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Lines read from the files in one step of a catch-up.
-const CATCH_UP_BATCH: usize = 1000;
+pub(crate) const CATCH_UP_BATCH: usize = 1000;
 
 #[derive(Clone)]
 pub struct SinkConfig {
@@ -105,14 +105,19 @@ fn seq_of(id: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Entries of the stream from id `from` (inclusive) on, at most `count`.
-fn range(
+/// Lines of the copy: (sequence number, line).
+pub(crate) type CopiedLines = Vec<(u64, String)>;
+
+/// Entries of the stream from id `from` (an XRANGE bound) on, at most `count`: their lines,
+/// and the last entry's id (`None` when there were none) — the next page starts past it,
+/// whether or not that entry had a line.
+pub(crate) fn range(
     con: &mut redis::Connection,
     stream: &str,
     from: &str,
     to: &str,
     count: usize,
-) -> redis::RedisResult<Vec<(u64, String)>> {
+) -> redis::RedisResult<(CopiedLines, Option<String>)> {
     let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(stream)
         .arg(from)
@@ -120,13 +125,15 @@ fn range(
         .arg("COUNT")
         .arg(count)
         .query(con)?;
-    Ok(page
+    let last = page.last().map(|(id, _)| id.clone());
+    let lines = page
         .into_iter()
         .filter_map(|(id, fields)| {
             let line = fields.into_iter().find(|(k, _)| k == "line")?.1;
             Some((seq_of(&id), line))
         })
-        .collect())
+        .collect();
+    Ok((lines, last))
 }
 
 /// The number of the last line in the stream (0 when empty).
@@ -155,29 +162,21 @@ impl AuditSink {
         })
     }
 
-    /// The lines the copy holds past `after` (at start: lines the file lost — e.g. taken by
-    /// the copy while the file was unwritable, before a crash). None when Redis is not
-    /// reachable now.
-    pub fn lines_after(
+    /// The copy from line `after + 1` on, to be read a page at a time (at start: lines the
+    /// file lost — e.g. taken by the copy while the file was unwritable, before a crash —, or
+    /// all of it when the file was lost with its volume). None when Redis is not reachable now.
+    pub fn read_after(
         config: &SinkConfig,
         after: u64,
-    ) -> Result<Option<Vec<(u64, String)>>, SinkError> {
-        let client = Self::client(config)?;
-        let Ok(mut con) = connect(&client, config.timeout) else {
-            return Ok(None);
-        };
-        let mut out = Vec::new();
-        let mut from = format!("{}-0", after + 1);
-        loop {
-            let Ok(page) = range(&mut con, &config.stream, &from, "+", CATCH_UP_BATCH) else {
-                return Ok(None);
-            };
-            let Some((last, _)) = page.last() else {
-                return Ok(Some(out));
-            };
-            from = format!("({last}-0");
-            out.extend(page);
-        }
+    ) -> Result<Option<crate::audit_copy_reader::CopyReader>, SinkError> {
+        Self::client(config)?;
+        Ok(crate::audit_copy_reader::CopyReader::open(
+            &config.url,
+            &config.stream,
+            after,
+            config.timeout,
+        )
+        .ok())
     }
 
     /// Starts shipping; `current` is the audit log file (read again after an outage), which
@@ -308,22 +307,20 @@ impl AuditSink {
     }
 }
 
-/// The whole off-host copy, by sequence number (`audit verify --sink`).
+/// The whole off-host copy, by sequence number (tests; a real copy is read a page at a time,
+/// with [`crate::audit_copy_reader::CopyReader`]).
 pub fn read_copy(url: &str, stream: &str) -> Result<Vec<(u64, String)>, SinkError> {
-    let fail = |e: redis::RedisError| SinkError::Config {
-        url: redacted(url),
-        reason: e.to_string(),
-    };
-    let client = redis::Client::open(url).map_err(fail)?;
-    let mut con = connect(&client, Duration::from_secs(5)).map_err(fail)?;
+    let mut copy =
+        crate::audit_copy_reader::CopyReader::open(url, stream, 0, Duration::from_secs(5))?;
     let mut out = Vec::new();
-    let mut from = "-".to_owned();
     loop {
-        let page = range(&mut con, stream, &from, "+", CATCH_UP_BATCH).map_err(fail)?;
-        let Some((last, _)) = page.last() else {
+        let page = copy.next_page().map_err(|e| SinkError::Config {
+            url: redacted(url),
+            reason: e.to_string(),
+        })?;
+        if page.is_empty() {
             return Ok(out);
-        };
-        from = format!("({last}-0");
+        }
         out.extend(page);
     }
 }
@@ -431,7 +428,7 @@ impl Shipper {
             Err(e) if e.to_string().contains("equal or smaller") => {
                 let id = format!("{seq}-0");
                 match range(con, &self.config.stream, &id, &id, 1) {
-                    Ok(found) if found.first().is_some_and(|(_, l)| l == line) => Ok(()),
+                    Ok((found, _)) if found.first().is_some_and(|(_, l)| l == line) => Ok(()),
                     Ok(_) => Err(Halt::Diverged(format!(
                         "line {seq} differs from the copy's, or the copy skipped it"
                     ))),

@@ -8,6 +8,7 @@ pub mod app_state;
 pub mod audit;
 pub mod audit_chain;
 pub mod audit_checkpoint;
+pub mod audit_copy_reader;
 pub mod audit_extract;
 pub mod audit_log;
 pub mod audit_sink;

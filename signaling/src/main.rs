@@ -1606,49 +1606,92 @@ fn audit_verify_command(
         }
     );
     if let Some(url) = sink {
-        let copy = signaling::audit_sink::read_copy(url, stream)?;
-        let file_lines = signaling::audit_chain::read_lines(
-            file,
-            report.first_seq,
-            report.last_seq,
-            usize::MAX,
+        // The copy and the file side by side in order, a page of the copy at a time: a copy
+        // of years is compared without either being held in memory (this runs beside the
+        // service, within its memory limit).
+        let mut copy = signaling::audit_copy_reader::CopyReader::open(
+            url,
+            stream,
+            0,
+            std::time::Duration::from_secs(5),
         )?;
-        let by_seq: std::collections::HashMap<u64, &String> =
-            file_lines.iter().map(|(q, l)| (*q, l)).collect();
-        let mut differ = Vec::new();
-        let mut beyond = Vec::new();
-        for (seq, line) in &copy {
-            match by_seq.get(seq) {
-                Some(l) if *l == line => {}
-                Some(_) => differ.push(*seq),
-                None if *seq > report.last_seq => beyond.push(*seq),
-                None => {}
+        let mut file_lines = signaling::audit_chain::chain_lines(file)?.peekable();
+        let (mut matched, mut missing, mut before_copy) = (0u64, 0u64, 0u64);
+        let (mut differ, mut first_differ) = (0u64, None);
+        let mut beyond: Option<(u64, u64)> = None;
+        let mut seen_copy = false;
+        loop {
+            let page = copy.next_page()?;
+            if page.is_empty() {
+                break;
+            }
+            for (seq, line) in page {
+                // The file's lines before this one are not in the copy (yet).
+                while let Some(Ok((q, _))) = file_lines.peek() {
+                    if *q >= seq {
+                        break;
+                    }
+                    // (Before the copy's first line: archived from it, or never copied.)
+                    if !seen_copy {
+                        before_copy += 1;
+                    } else {
+                        missing += 1;
+                    }
+                    file_lines.next();
+                }
+                match file_lines.peek() {
+                    Some(Err(_)) => {
+                        if let Some(Err(e)) = file_lines.next() {
+                            return Err(e.into());
+                        }
+                    }
+                    Some(Ok((q, l))) if *q == seq => {
+                        if *l == line {
+                            matched += 1;
+                        } else {
+                            differ += 1;
+                            first_differ.get_or_insert(seq);
+                        }
+                        file_lines.next();
+                    }
+                    // Past the file's end: cut from it. (Below its first line: in older files
+                    // taken away from this host, nothing to compare.)
+                    _ if seq > report.last_seq => {
+                        beyond = Some((beyond.map_or(seq, |(first, _)| first), seq));
+                    }
+                    _ => {}
+                }
+                seen_copy = true;
             }
         }
-        let missing = file_lines
-            .iter()
-            .filter(|(q, _)| !copy.iter().any(|(c, _)| c == q))
-            .count();
-        if !differ.is_empty() || !beyond.is_empty() {
-            if let (Some(first), Some(last)) = (beyond.first(), beyond.last()) {
+        for rest in file_lines {
+            rest?;
+            missing += 1;
+        }
+        if differ > 0 || beyond.is_some() {
+            if let Some((first, last)) = beyond {
                 eprintln!(
                     "TRUNCATED: the off-host copy holds lines {first}–{last} past the file's end \
                      (line {}): they were removed from the file",
                     report.last_seq
                 );
             }
-            if !differ.is_empty() {
+            if let Some(first) = first_differ {
                 eprintln!(
-                    "BROKEN: {} line(s) differ from the off-host copy, first at line {}",
-                    differ.len(),
-                    differ[0]
+                    "BROKEN: {differ} line(s) differ from the off-host copy, first at line {first}"
                 );
             }
             return Ok(1);
         }
         say!(
-            "off-host copy: {} line(s) match the file{}",
-            copy.len(),
+            "off-host copy: {matched} line(s) match the file{}{}",
+            if before_copy > 0 {
+                format!(
+                    "; the file's first {before_copy} line(s) precede the copy's first (archived from it)"
+                )
+            } else {
+                String::new()
+            },
             if missing > 0 {
                 format!("; {missing} line(s) not copied yet")
             } else {

@@ -284,3 +284,116 @@ fn a_line_edited_while_the_service_was_down_is_caught_against_the_copy() {
     assert_eq!(file(), original);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The audit file lost with its volume while the copy holds its whole history — more than a
+/// page of it (1,000 lines): the next start writes every line back from the copy, page by
+/// page, continuing the chain; `verify --sink` compares file and copy page by page too, and
+/// still sees a tail cut from the file and lines archived from the copy.
+#[test]
+fn a_log_lost_with_its_volume_is_written_back_from_a_copy_of_many_pages() {
+    use signaling::audit_log::{AuditEvent, AuditLog, AuditOptions};
+    let redis = Redis::start(free_port());
+    let url = redis.url();
+    let dir = std::env::temp_dir().join(format!("hc-audit-lost-{}", rand::random::<u64>()));
+    let path = dir.join("audit.jsonl");
+    let options = || AuditOptions {
+        sink: Some(signaling::audit_sink::SinkConfig {
+            url: url.clone(),
+            stream: STREAM.into(),
+            buffer_lines: 5_000,
+            timeout: Duration::from_secs(2),
+        }),
+        ..Default::default()
+    };
+    let log = AuditLog::open_with(&path, options()).unwrap();
+    for n in 0..2_600 {
+        log.append(&AuditEvent {
+            event: "join".into(),
+            meeting: Some(format!("m{}", n % 7)),
+            subject: Some(format!("pat-{n}")),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    log.close(Duration::from_secs(15)).unwrap();
+    drop(log);
+    let written = std::fs::read_to_string(&path).unwrap();
+    let count = written.lines().count();
+    assert!(count > 2_600, "{count}");
+    assert_eq!(copy(&url).len(), count, "the copy has every line");
+
+    let verify = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_signaling"))
+            .args(["audit", "verify"])
+            .arg(&path)
+            .args(["--sink", &url, "--stream", STREAM])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("off-host copy: {count} line(s) match the file")),
+        "{out}"
+    );
+
+    // The volume is lost: the next start finds no file, and writes the copy back.
+    std::fs::remove_file(&path).unwrap();
+    let log = AuditLog::open_with(&path, options()).unwrap();
+    log.close(Duration::from_secs(15)).unwrap();
+    drop(log);
+    let restored = std::fs::read_to_string(&path).unwrap();
+    let back: Vec<&str> = restored.lines().take(count).collect();
+    assert_eq!(back.len(), count, "every line written back");
+    let differs = written.lines().zip(&back).position(|(w, b)| w != *b);
+    assert_eq!(differs, None, "written back in order, byte for byte");
+    let report = signaling::audit_chain::verify_chain(&path, None).unwrap();
+    assert!(
+        report.last_seq > count as u64,
+        "and the chain goes on: {report:?}"
+    );
+    let recovered = restored
+        .lines()
+        .skip(count)
+        .filter(|l| l.contains("\"audit_recovered\""))
+        .count();
+    assert_eq!(recovered, 1, "the write-back is on record");
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(0), "{out}");
+
+    // A tail cut from the file, in the copy's third page: truncated.
+    let lines: Vec<&str> = restored.lines().collect();
+    std::fs::write(&path, lines[..2_500].join("\n") + "\n").unwrap();
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("TRUNCATED: the off-host copy holds lines 2501–"),
+        "{out}"
+    );
+
+    // The copy's first 1,500 lines archived (XTRIM MINID, as the chart's admin user does):
+    // what is left matches, and the rest is named as archived, not as missing.
+    std::fs::write(&path, &restored).unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(STREAM)
+        .arg("MINID")
+        .arg("1501-0")
+        .query(&mut con)
+        .unwrap();
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("the file's first 1500 line(s) precede the copy's first (archived from it)"),
+        "{out}"
+    );
+    assert!(!out.contains("not copied yet"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
