@@ -5,7 +5,7 @@ use crate::audit_chain::{chain_files, verify_chain};
 use crate::audit_checkpoint::CheckpointVerifier;
 use crate::audit_log::{AuditError, AuditEvent};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -110,7 +110,7 @@ fn presences(events: &[(String, AuditEvent)]) -> Vec<Presence> {
                 }
             }
             _ => {
-                let taken_to = e.code.as_deref().and_then(|c| c.strip_prefix(TAKEN_TO));
+                let taken_to = taken_to(e);
                 if let Some(p) = open.get_mut(&key) {
                     p.moved_to(meeting, i);
                     if let Some(to) = taken_to {
@@ -150,25 +150,91 @@ pub fn extract(
     verifier: &CheckpointVerifier,
 ) -> Result<Vec<MeetingExtract>, AuditError> {
     verify_chain(path, Some(verifier))?;
+    let events = patients_lines(subject, |each| each_line(path, each))?;
+    Ok(stays(&events, subject, SAME_STAY))
+}
+
+/// The lines an extract for `subject` needs, read twice through `lines` (which hands each
+/// line's time and event to its argument, in order), keeping only what the patient's meetings
+/// need: a region's log of years does not fit in memory (and the extract runs beside the
+/// service, within its limit).
+fn patients_lines<E>(
+    subject: &str,
+    mut lines: impl FnMut(&mut dyn FnMut(String, AuditEvent)) -> Result<(), E>,
+) -> Result<Vec<(String, AuditEvent)>, E> {
+    // First the meetings the patient was in — a drop-in take's line names the visit they
+    // were taken to, and the clinician who took them (by HSA-id) went too — and the queue
+    // each private visit among them was taken from: whoever came into the visit with a take
+    // began in that queue.
+    let mut meetings: HashSet<String> = HashSet::new();
+    let mut hsa_ids: HashSet<String> = HashSet::new();
+    let mut taken_from: HashMap<String, String> = HashMap::new();
+    lines(&mut |_, e| {
+        if e.subject.as_deref() == Some(subject) {
+            meetings.extend(e.meeting.clone());
+            meetings.extend(taken_to(&e).map(str::to_owned));
+            hsa_ids.extend(e.hsa.clone());
+        }
+        if let (Some(to), Some(queue)) = (taken_to(&e), &e.meeting) {
+            if e.actor_hsa.as_ref().is_some_and(|a| hsa_ids.contains(a)) && meetings.contains(queue)
+            {
+                meetings.insert(to.to_owned());
+            }
+            taken_from.insert(to.to_owned(), queue.clone());
+        }
+    })?;
+    let queues: Vec<String> = meetings
+        .iter()
+        .filter_map(|m| taken_from.get(m).cloned())
+        .collect();
+    meetings.extend(queues);
+    drop(taken_from);
+    // …then their lines, and the service's starts (which end every connection open before)
+    // with the line before each, and the log's last line: where connections still open end.
+    let mut events: Vec<(String, AuditEvent)> = Vec::new();
+    let mut last = None;
+    lines(&mut |ts, e| {
+        let start = e.event == "audit_opened";
+        if start || e.meeting.as_ref().is_some_and(|m| meetings.contains(m)) {
+            if start {
+                events.extend(last.take());
+            }
+            events.push((ts, e));
+            last = None;
+        } else {
+            last = Some((ts, e));
+        }
+    })?;
+    events.extend(last);
+    Ok(events)
+}
+
+/// Calls `each` with every line's time and event, in order, across the log's files.
+fn each_line(path: &Path, each: &mut dyn FnMut(String, AuditEvent)) -> Result<(), AuditError> {
     let io = |source| AuditError::Io {
         path: path.to_owned(),
         source,
     };
-    let mut events: Vec<(String, AuditEvent)> = Vec::new();
     for file in chain_files(path).map_err(io)? {
-        let file = File::open(&file).map_err(io)?;
-        events.extend(
-            BufReader::new(file)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| {
-                    let v: Value = serde_json::from_str(&l).ok()?;
-                    let ts = v.get("ts")?.as_str()?.to_owned();
-                    Some((ts, serde_json::from_value(v).ok()?))
-                }),
-        );
+        for line in BufReader::new(File::open(&file).map_err(io)?).lines() {
+            let line = line.map_err(io)?;
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let Some(ts) = v.get("ts").and_then(Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            if let Ok(e) = serde_json::from_value(v) {
+                each(ts, e);
+            }
+        }
     }
-    Ok(stays(&events, subject, SAME_STAY))
+    Ok(())
+}
+
+/// The private visit a drop-in take's line says the patient was taken to.
+fn taken_to(e: &AuditEvent) -> Option<&str> {
+    e.code.as_deref().and_then(|c| c.strip_prefix(TAKEN_TO))
 }
 
 /// The extract from the log's lines (time, event), in order.
@@ -363,6 +429,80 @@ mod tests {
         );
         let staff: Vec<&str> = ex[0].staff.iter().map(|(h, _)| h.as_str()).collect();
         assert_eq!(staff, ["SE2321000016-A", "SE2321000016-K"]);
+    }
+
+    /// The extract reads only the lines of the patient's meetings (and the service's starts):
+    /// for every person in a log of a drop-in day, a restart, other visits interleaved and a
+    /// connection still open at the end, it says exactly what it says from every line.
+    #[test]
+    fn the_lines_of_the_patients_meetings_give_the_same_extract_as_every_line() {
+        let at = |meeting: &str, mut l: (String, AuditEvent)| {
+            l.1.meeting = Some(meeting.into());
+            l
+        };
+        let mut take = by("A", line("1T09:10:00.000", "admit", "pat-1", "p1"));
+        take.1.code = Some(format!("{TAKEN_TO}queue-v1"));
+        let mut take2 = by("B", line("1T09:40:00.000", "admit", "pat-2", "p2"));
+        take2.1.code = Some(format!("{TAKEN_TO}queue-v2"));
+        let restart = (
+            "2026-12-01T10:00:00.000Z".to_owned(),
+            AuditEvent {
+                event: "audit_opened".into(),
+                ..Default::default()
+            },
+        );
+        let all = vec![
+            line("1T09:00:00.000", "join", "staff-A", "ca"),
+            at("visit-9", line("1T09:01:00.000", "join", "staff-Z", "cz")),
+            line("1T09:05:00.000", "join", "pat-1", "p1"),
+            at("visit-9", line("1T09:06:00.000", "join", "pat-9", "p9")),
+            take,
+            line("1T09:11:00.000", "join", "pat-2", "p2"),
+            line("1T09:12:00.000", "join", "staff-B", "cb"),
+            at("queue-v1", line("1T09:16:00.000", "join", "staff-K", "ck")),
+            at(
+                "visit-9",
+                by("Z", line("1T09:17:00.000", "admit", "pat-9", "p9")),
+            ),
+            at("queue-v1", line("1T09:30:00.000", "leave", "pat-1", "p1")),
+            take2,
+            at("queue-v2", line("1T09:50:00.000", "leave", "pat-2", "p2")),
+            at("visit-9", line("1T09:55:00.000", "leave", "pat-9", "p9")),
+            // A restart ends the rest: the clinician who took pat-1 (in the visit with the
+            // consultant, and no line there since the take), the consultant, staff-B, staff-Z.
+            restart,
+            at("visit-2", line("1T10:20:30.000", "join", "staff-C", "cc")),
+            at("visit-2", line("1T10:21:00.000", "join", "pat-1", "p3")),
+            at("visit-9", line("1T10:22:00.000", "join", "pat-9", "p4")),
+            at("visit-2", line("1T10:40:00.000", "leave", "staff-C", "cc")),
+            at("visit-9", line("1T10:45:00.000", "join", "staff-Z", "cz2")),
+        ];
+        for who in ["pat-1", "pat-2", "pat-9", "staff-A", "staff-K", "nobody"] {
+            let kept = patients_lines(who, |each| {
+                for (ts, e) in all.clone() {
+                    each(ts, e);
+                }
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            assert_eq!(
+                stays(&kept, who, SAME_STAY),
+                stays(&all, who, SAME_STAY),
+                "{who}"
+            );
+            if who == "pat-2" {
+                assert!(
+                    kept.len() < all.len() / 2 + 3,
+                    "{} of {}",
+                    kept.len(),
+                    all.len()
+                );
+            }
+        }
+        // (And what it says is what a person would expect: pat-1's two stays.)
+        let ex = stays(&all, "pat-1", SAME_STAY);
+        let got: Vec<&str> = ex.iter().map(|e| e.meeting.as_str()).collect();
+        assert_eq!(got, ["queue → queue-v1", "visit-2"]);
     }
 
     /// Two visits of different meetings a minute apart are two stays, each with its own staff
