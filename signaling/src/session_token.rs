@@ -6,7 +6,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -168,6 +168,9 @@ type KeyMap = HashMap<String, (DecodingKey, Algorithm)>;
 #[derive(Clone)]
 pub struct TokenVerifier {
     keys: Arc<RwLock<Arc<KeyMap>>>,
+    /// The keys the last load passed over, and why: a refresh names only keys newly passed
+    /// over (the same ones every few minutes would bury the log).
+    passed_over: Arc<Mutex<Vec<(String, String)>>>,
     /// Keys of this service's own minter, kept across refreshes of the region's JWKS.
     pinned: Arc<KeyMap>,
     issuer: String,
@@ -205,11 +208,12 @@ impl std::fmt::Debug for TokenVerifier {
 /// curves, encryption keys, keys without a `kid`, one that does not decode) are passed over
 /// and named in the log — not a reason to refuse the whole set, which at a refresh would keep
 /// trusting a key the region has withdrawn.
-fn key_map(jwks: &JwkSet) -> KeyMap {
+fn key_map(jwks: &JwkSet) -> (KeyMap, Vec<(String, String)>) {
     use jsonwebtoken::jwk::{
         AlgorithmParameters, EllipticCurve, KeyAlgorithm, KeyOperations, PublicKeyUse,
     };
     let mut keys = HashMap::new();
+    let mut passed_over = Vec::new();
     for jwk in &jwks.keys {
         let kid = jwk.common.key_id.clone();
         let common = &jwk.common;
@@ -250,12 +254,20 @@ fn key_map(jwks: &JwkSet) -> KeyMap {
             Ok((kid, key, alg)) => {
                 keys.insert(kid, (key, alg));
             }
-            Err((kid, why)) => {
-                tracing::warn!(kid = %kid, %why, "a JWKS key passed over (not used to verify tokens)")
-            }
+            Err(passed) => passed_over.push(passed),
         }
     }
-    keys
+    (keys, passed_over)
+}
+
+/// Names in the log the keys passed over that `before` did not hold; returns their kids.
+fn name_passed_over<'a>(now: &'a [(String, String)], before: &[(String, String)]) -> Vec<&'a str> {
+    let mut named = Vec::new();
+    for (kid, why) in now.iter().filter(|k| !before.contains(k)) {
+        tracing::warn!(kid = %kid, %why, "a JWKS key passed over (not used to verify tokens)");
+        named.push(kid.as_str());
+    }
+    named
 }
 
 impl TokenVerifier {
@@ -265,12 +277,14 @@ impl TokenVerifier {
         audience: &str,
         leeway_secs: u64,
     ) -> Result<Self, String> {
-        let keys = key_map(jwks);
+        let (keys, passed_over) = key_map(jwks);
+        let _ = name_passed_over(&passed_over, &[]);
         if keys.is_empty() {
             return Err("the JWKS holds no Ed25519 or P-256 signing key with a \"kid\"".into());
         }
         Ok(Self {
             keys: Arc::new(RwLock::new(Arc::new(keys))),
+            passed_over: Arc::new(Mutex::new(passed_over)),
             pinned: Arc::new(HashMap::new()),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
@@ -296,7 +310,8 @@ impl TokenVerifier {
     /// Also accepts tokens signed by these keys (this service's own minter), whatever the
     /// region's JWKS holds.
     pub fn pin(mut self, jwks: &JwkSet) -> Result<Self, String> {
-        let pinned = key_map(jwks);
+        let (pinned, passed_over) = key_map(jwks);
+        let _ = name_passed_over(&passed_over, &[]);
         if pinned.is_empty() {
             return Err("no key to pin".into());
         }
@@ -307,7 +322,12 @@ impl TokenVerifier {
     /// Replaces the key set (a JWKS refresh). A set that does not parse or holds no key it
     /// can use is refused and the current one kept; keys it cannot use are passed over.
     pub fn replace_keys(&self, jwks: &JwkSet) -> Result<usize, String> {
-        let keys = key_map(jwks);
+        let (keys, passed_over) = key_map(jwks);
+        {
+            let mut before = self.passed_over.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = name_passed_over(&passed_over, &before);
+            *before = passed_over;
+        }
         if keys.is_empty() {
             return Err("the JWKS holds no Ed25519 or P-256 signing key with a \"kid\"".into());
         }
@@ -426,4 +446,29 @@ fn raw_header_alg(token: &str) -> Option<String> {
         .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     v.get("alg")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refresh names in the log only keys passed over that the load before did not pass over:
+    /// an RSA key the region always publishes is named once, not every few minutes.
+    #[test]
+    fn keys_passed_over_are_named_once_not_at_every_refresh() {
+        let over = |kids: &[&str]| -> Vec<(String, String)> {
+            kids.iter()
+                .map(|k| ((*k).to_owned(), "an encryption key".to_owned()))
+                .collect()
+        };
+        let first = over(&["rsa-1", "enc-1"]);
+        assert_eq!(name_passed_over(&first, &[]), ["rsa-1", "enc-1"]);
+        assert!(name_passed_over(&first, &first).is_empty());
+        let later = over(&["rsa-1", "enc-1", "p384-1"]);
+        assert_eq!(name_passed_over(&later, &first), ["p384-1"]);
+        // A key passed over for another reason than before is named again.
+        let mut changed = later.clone();
+        changed[0].1 = "no \"kid\"".into();
+        assert_eq!(name_passed_over(&changed, &later), ["rsa-1"]);
+    }
 }
