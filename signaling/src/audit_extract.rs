@@ -69,11 +69,23 @@ impl Presence {
     }
 }
 
+/// A drop-in take as the extract follows it: the queue, the visit's entry it made in the
+/// presences it moved, and their keys.
+struct Take {
+    queue: String,
+    entered: (String, usize),
+    moved: Vec<String>,
+}
+
 /// Every connection's presence. A connection is its `participant`, unique to it wherever it
 /// goes (lines written without one pair by meeting and subject).
 fn presences(events: &[(String, AuditEvent)]) -> Vec<Presence> {
     let mut open: HashMap<String, Presence> = HashMap::new();
     let mut done = Vec::new();
+    // Drop-in takes by the patient's connection: the queue, and the connections moved with
+    // the line that entered the visit — undone if the take was recorded but not carried out
+    // (`admit_not_applied` in the queue: another clinician took the patient first).
+    let mut takes: HashMap<String, Take> = HashMap::new();
     for (i, (_, e)) in events.iter().enumerate() {
         if e.event == "audit_opened" {
             // A start: whatever the previous run had open ended with it.
@@ -109,23 +121,50 @@ fn presences(events: &[(String, AuditEvent)]) -> Vec<Presence> {
                     done.push(p);
                 }
             }
+            "admit_not_applied" => {
+                let undone = takes.remove(&key).filter(|t| t.queue == *meeting);
+                if let Some(Take { entered, moved, .. }) = undone {
+                    for k in moved {
+                        if let Some(p) = open.get_mut(&k)
+                            && p.meetings.last() == Some(&entered)
+                        {
+                            p.meetings.pop();
+                        }
+                    }
+                }
+            }
             _ => {
                 let taken_to = taken_to(e);
+                let mut moved = Vec::new();
                 if let Some(p) = open.get_mut(&key) {
                     p.moved_to(meeting, i);
                     if let Some(to) = taken_to {
                         p.moved_to(to, i + 1);
+                        moved.push(key.clone());
                     }
                 }
                 // The clinician who took the patient goes with them (the line names them by
                 // HSA-id only): their connection in the queue is now in the visit.
                 if let (Some(to), Some(actor)) = (taken_to, &e.actor_hsa) {
-                    for q in open.values_mut().filter(|q| {
+                    for (k, q) in open.iter_mut().filter(|(_, q)| {
                         q.hsa.as_ref() == Some(actor)
                             && q.meetings.last().is_some_and(|(m, _)| m == meeting)
                     }) {
                         q.moved_to(to, i + 1);
+                        moved.push(k.clone());
                     }
+                }
+                if let Some(to) = taken_to {
+                    let entered = (to.to_owned(), i + 1);
+                    let queue = meeting.clone();
+                    takes.insert(
+                        key,
+                        Take {
+                            queue,
+                            entered,
+                            moved,
+                        },
+                    );
                 }
             }
         }
@@ -503,6 +542,45 @@ mod tests {
         let ex = stays(&all, "pat-1", SAME_STAY);
         let got: Vec<&str> = ex.iter().map(|e| e.meeting.as_str()).collect();
         assert_eq!(got, ["queue → queue-v1", "visit-2"]);
+    }
+
+    /// Two clinicians take the first in the queue at once: both takes are recorded, one is
+    /// carried out, the other is recorded as not applied. The patient's stay names the visit
+    /// they went to, not the one never opened; and the clinician whose take failed is still in
+    /// the queue, named in the next patient's stay.
+    #[test]
+    fn a_take_recorded_but_not_carried_out_moves_nobody() {
+        let at = |meeting: &str, mut l: (String, AuditEvent)| {
+            l.1.meeting = Some(meeting.into());
+            l
+        };
+        let take = |actor: &str, ts: &str, who: &str, p: &str, to: &str| {
+            let mut t = by(actor, line(ts, "admit", who, p));
+            t.1.code = Some(format!("{TAKEN_TO}{to}"));
+            t
+        };
+        let mut failed = by("B", line("1T09:10:00.100", "admit_not_applied", "", "p1"));
+        failed.1.subject = None;
+        failed.1.code = Some("not_waiting".into());
+        let events = vec![
+            line("1T09:00:00.000", "join", "staff-A", "ca"),
+            line("1T09:01:00.000", "join", "staff-B", "cb"),
+            line("1T09:05:00.000", "join", "pat-1", "p1"),
+            take("A", "1T09:10:00.000", "pat-1", "p1", "queue-v1"),
+            take("B", "1T09:10:00.050", "pat-1", "p1", "queue-v9"),
+            failed,
+            line("1T09:20:00.000", "join", "pat-2", "p2"),
+            at("queue-v1", line("1T09:30:00.000", "leave", "pat-1", "p1")),
+            at("queue-v1", line("1T09:30:01.000", "leave", "staff-A", "ca")),
+            line("1T09:40:00.000", "leave", "pat-2", "p2"),
+            line("1T09:41:00.000", "leave", "staff-B", "cb"),
+        ];
+        let ex = stays(&events, "pat-1", SAME_STAY);
+        assert_eq!(ex.len(), 1, "{ex:?}");
+        assert_eq!(ex[0].meeting, "queue → queue-v1");
+        let ex2 = stays(&events, "pat-2", SAME_STAY);
+        let staff2: Vec<&str> = ex2[0].staff.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(staff2, ["SE2321000016-B"], "{ex2:?}");
     }
 
     /// Two visits of different meetings a minute apart are two stays, each with its own staff
