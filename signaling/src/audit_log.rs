@@ -107,6 +107,10 @@ pub enum AuditError {
         "audit log {path}: the off-host copy {reason}; compare them with `signaling audit verify --sink` before starting (move the file aside to start a new chain in a new stream)"
     )]
     CopyDisagrees { path: PathBuf, reason: String },
+    #[error(
+        "audit log {path}: the off-host copy could not be read to its end at start ({reason}); nothing was written, and the start must be tried again once it can"
+    )]
+    CopyUnreadable { path: PathBuf, reason: String },
     #[error("audit log {path}: closed (the service is stopping)")]
     Closed { path: PathBuf },
     #[error(transparent)]
@@ -354,6 +358,61 @@ fn restore_from_copy(
     Ok(lines.len() as u64)
 }
 
+/// At start: holds the copy's lines past `after` against the file, and writes back those past
+/// its end (lines the file lost — taken by the copy while the file was unwritable, before a
+/// crash — or the whole history, the file lost with its volume). A page at a time, in two
+/// passes: every line is checked before any is written, and neither the copy nor the file is
+/// ever held in memory whole. Returns how many lines were written; none when Redis cannot be
+/// reached now (the shipper compares them once it is), and an error when it stops answering
+/// midway: the service must not write lines under numbers the copy may already hold.
+fn take_back_from_copy(
+    path: &Path,
+    file: &mut std::fs::File,
+    report: &ChainReport,
+    after: u64,
+    config: &SinkConfig,
+) -> Result<u64, AuditError> {
+    let unreadable = |reason: String| AuditError::CopyUnreadable {
+        path: path.to_owned(),
+        reason,
+    };
+    let Some(mut copy) = AuditSink::read_after(config, after)? else {
+        return Ok(0);
+    };
+    let mut compared_through = after;
+    let mut end = ChainEnd::of(report);
+    loop {
+        let mut lines = copy.next_page().map_err(|e| unreadable(e.to_string()))?;
+        if lines.is_empty() {
+            break;
+        }
+        let beyond = lines.split_off(lines.partition_point(|(q, _)| *q <= report.last_seq));
+        same_as_file(path, compared_through, &lines)?;
+        if let Some((q, _)) = lines.last() {
+            compared_through = *q;
+        }
+        continuing_lines(path, &mut end, &beyond)?;
+    }
+    let through = end.seq;
+    if through == report.last_seq {
+        return Ok(0);
+    }
+    // Every line checked: written back, each checked again as it is read a second time.
+    let mut copy = AuditSink::read_after(config, report.last_seq)?
+        .ok_or_else(|| unreadable("unreachable for the second reading".into()))?;
+    let mut end = ChainEnd::of(report);
+    let mut written = 0;
+    while end.seq < through {
+        let mut lines = copy.next_page().map_err(|e| unreadable(e.to_string()))?;
+        if lines.is_empty() {
+            return Err(unreadable(format!("it ended before line {through}")));
+        }
+        lines.truncate(lines.partition_point(|(q, _)| *q <= through));
+        written += restore_from_copy(path, file, &mut end, &lines)?;
+    }
+    Ok(written)
+}
+
 impl AuditLog {
     /// Opens (or creates) the log without signing or a copy (tools and tests).
     pub fn open(path: &Path) -> Result<Self, AuditError> {
@@ -403,35 +462,8 @@ impl AuditLog {
             .signed_through
             .unwrap_or(0)
             .max(report.last_seq.saturating_sub(COMPARED_AT_OPEN));
-        let copy = match &options.sink {
-            Some(config) => AuditSink::read_after(config, unsigned_from)?,
-            None => None,
-        };
-        if let Some(mut copy) = copy {
-            // A page at a time: with the file lost with its volume, the copy holds the whole
-            // history, which is written back without ever being held in memory at once.
-            let mut compared_through = unsigned_from;
-            let mut end = ChainEnd::of(&report);
-            loop {
-                let mut lines = match copy.next_page() {
-                    Ok(page) if page.is_empty() => break,
-                    Ok(page) => page,
-                    Err(e) => {
-                        // Gone meanwhile: what was read is checked (and written back); the
-                        // rest reaches the copy again from the file once it is back.
-                        tracing::warn!(error = %e, "audit log: reading the off-host copy at start failed");
-                        break;
-                    }
-                };
-                let beyond = lines.split_off(lines.partition_point(|(q, _)| *q <= report.last_seq));
-                same_as_file(path, compared_through, &lines)?;
-                if let Some((q, _)) = lines.last() {
-                    compared_through = *q;
-                }
-                if !beyond.is_empty() {
-                    restored += restore_from_copy(path, &mut file, &mut end, &beyond)?;
-                }
-            }
+        if let Some(config) = &options.sink {
+            restored = take_back_from_copy(path, &mut file, &report, unsigned_from, config)?;
             if restored > 0 {
                 report = verify_file(path, verifier.as_ref())?;
             }

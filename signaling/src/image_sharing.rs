@@ -133,6 +133,11 @@ pub async fn to_owner(
     let Some(replicas) = state.replicas.clone() else {
         return next.run(request).await;
     };
+    // Another site's page is refused before it spends a check of the address it shares with
+    // patients (as `session` does).
+    if crate::request_site::is_cross_site(request.headers(), state.public_url.as_deref()) {
+        return crate::request_site::refused();
+    }
     // A token that does not verify is refused here, as on any replica — and a source past its
     // refusal budget's checks is answered here, counted once.
     if !state.refusals.may_check(source, Instant::now()) {

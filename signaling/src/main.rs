@@ -1617,6 +1617,7 @@ fn audit_verify_command(
         )?;
         let mut file_lines = signaling::audit_chain::chain_lines(file)?.peekable();
         let (mut matched, mut missing, mut before_copy) = (0u64, 0u64, 0u64);
+        let (mut removed, mut first_removed) = (0u64, None);
         let (mut differ, mut first_differ) = (0u64, None);
         let mut beyond: Option<(u64, u64)> = None;
         let mut seen_copy = false;
@@ -1631,11 +1632,13 @@ fn audit_verify_command(
                     if *q >= seq {
                         break;
                     }
-                    // (Before the copy's first line: archived from it, or never copied.)
+                    // Before the copy's first line: archived from it. Between two of its lines:
+                    // removed from it (it is written in order).
                     if !seen_copy {
                         before_copy += 1;
                     } else {
-                        missing += 1;
+                        removed += 1;
+                        first_removed.get_or_insert(*q);
                     }
                     file_lines.next();
                 }
@@ -1668,7 +1671,13 @@ fn audit_verify_command(
             rest?;
             missing += 1;
         }
-        if differ > 0 || beyond.is_some() {
+        if differ > 0 || beyond.is_some() || removed > 0 {
+            if let Some(first) = first_removed {
+                eprintln!(
+                    "GAP: the off-host copy lacks {removed} line(s) it should hold (it holds later \
+                     ones), first line {first}: they were removed from it"
+                );
+            }
             if let Some((first, last)) = beyond {
                 eprintln!(
                     "TRUNCATED: the off-host copy holds lines {first}–{last} past the file's end \

@@ -343,8 +343,45 @@ fn a_log_lost_with_its_volume_is_written_back_from_a_copy_of_many_pages() {
         "{out}"
     );
 
-    // The volume is lost: the next start finds no file, and writes the copy back.
+    // The volume is lost: the next start finds no file, and writes the copy back — but only
+    // once every line was checked: a line added at the copy's end (three pages in, after the
+    // closing checkpoint, not continuing the chain) refuses the start with nothing written.
     std::fs::remove_file(&path).unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    // (On a copy of the copy: Redis never takes an id below a stream's last again.)
+    let forged = "healthcare-sfu:audit:forged";
+    let mut entries = signaling::audit_sink::read_copy(&url, STREAM).unwrap();
+    let next = entries.len() as u64 + 1;
+    entries.push((
+        next,
+        r#"{"event":"join","hash":"00","prev":"11","seq":0}"#.into(),
+    ));
+    for (seq, line) in &entries {
+        let _: String = redis::cmd("XADD")
+            .arg(forged)
+            .arg(format!("{seq}-0"))
+            .arg("line")
+            .arg(line)
+            .query(&mut con)
+            .unwrap();
+    }
+    let mut on_forged = options();
+    if let Some(sink) = on_forged.sink.as_mut() {
+        sink.stream = forged.into();
+    }
+    match AuditLog::open_with(&path, on_forged) {
+        Err(signaling::audit_log::AuditError::CopyDisagrees { reason, .. }) => {
+            assert!(reason.contains(&format!("line {next}")), "{reason}")
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("started over a copy with a line added"),
+    }
+    assert_eq!(
+        std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+        0,
+        "nothing written back"
+    );
     let log = AuditLog::open_with(&path, options()).unwrap();
     log.close(Duration::from_secs(15)).unwrap();
     drop(log);
@@ -380,8 +417,6 @@ fn a_log_lost_with_its_volume_is_written_back_from_a_copy_of_many_pages() {
     // The copy's first 1,500 lines archived (XTRIM MINID, as the chart's admin user does):
     // what is left matches, and the rest is named as archived, not as missing.
     std::fs::write(&path, &restored).unwrap();
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut con = client.get_connection().unwrap();
     let _: u64 = redis::cmd("XTRIM")
         .arg(STREAM)
         .arg("MINID")
@@ -395,5 +430,19 @@ fn a_log_lost_with_its_volume_is_written_back_from_a_copy_of_many_pages() {
         "{out}"
     );
     assert!(!out.contains("not copied yet"), "{out}");
+
+    // A line removed from the middle of the copy (XDEL): a gap, not a line "not copied yet".
+    let _: u64 = redis::cmd("XDEL")
+        .arg(STREAM)
+        .arg("2000-0")
+        .query(&mut con)
+        .unwrap();
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("GAP: the off-host copy lacks 1 line(s)"),
+        "{out}"
+    );
+    assert!(out.contains("first line 2000"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
