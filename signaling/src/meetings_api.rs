@@ -146,7 +146,26 @@ async fn find_for(
     client: &ApiClient,
     id: &str,
 ) -> Result<Arc<MeetingRoom>, Box<Response>> {
-    let room = find(state, id)?;
+    let room = match state.meetings.find(id) {
+        Ok(Some(room)) => room,
+        Ok(None) => {
+            // Recorded as another unit's meeting is, so that the two answers cannot be told
+            // apart by their time (an fsynced line) or by an audit outage.
+            let event = AuditEvent {
+                meeting: Some(id.to_owned()),
+                code: Some("meeting_unknown".into()),
+                ..called(client, "api_refused")
+            };
+            if audit(state, event).await.is_err() {
+                return Err(Box::new(audit_unavailable()));
+            }
+            return Err(Box::new(unknown_meeting(id)));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading a meeting failed: the store is unreachable");
+            return Err(Box::new(store_unavailable()));
+        }
+    };
     let unit = room.lock().record.unit.clone();
     if let Err(refused) = within_units(state, client, &unit, Some(id)).await {
         // Recorded as refused; answered as if there were no such meeting, so that a unit's
