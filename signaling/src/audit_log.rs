@@ -64,6 +64,10 @@ pub struct AuditEvent {
     /// The connection the event concerns (ties join and leave together).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant: Option<String>,
+    /// What a refused request asked for that was not the requester's: another participant's
+    /// id (a resume key of theirs), a photo's id, a connection named as the sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// The network source of an anonymous request (token refusals): an IPv4 address or an
     /// IPv6 /64.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,8 +8,18 @@ pub const MAX_ID: usize = 64;
 /// so no id looks like a personal identity number to whoever searches logs for one
 /// (hexadecimal ids did, now and then). A long prefix (a drop-in queue's id, for its private
 /// visits) is cut so the id fits [`MAX_ID`] bytes.
+const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// Whether `id` is one [`generated_id`] made with `prefix` (uncut): what a client sends back
+/// as such an id may be written in the audit log only if it is one — anything else could
+/// carry a personal identity number into it.
+pub fn is_generated(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|rest| rest.len() == 12 && rest.bytes().all(|b| ALPHABET.contains(&b)))
+}
+
 pub fn generated_id(prefix: &str, random: u64) -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let id: String = (0..12)
         .map(|i| ALPHABET[((random >> (5 * i)) & 31) as usize] as char)
         .collect();
@@ -25,6 +35,21 @@ pub fn generated_id(prefix: &str, random: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_made_id_is_taken_for_one() {
+        let id = generated_id("p", 0x0123_4567_89ab_cdef);
+        assert!(is_generated("p", &id));
+        for not in [
+            "p-19121212121",
+            "p-191212121212",
+            "q-aaaaaaaaaaaa",
+            "p-aaaaaaaaaaaaa",
+            "",
+        ] {
+            assert!(!is_generated("p", not), "{not}");
+        }
+    }
 
     #[test]
     fn an_id_made_from_a_long_prefix_still_fits() {

@@ -99,6 +99,7 @@ async fn refused(
     state: &AppState,
     session: &Session,
     code: &'static str,
+    target: Option<String>,
     refusal: Response,
 ) -> Response {
     let c = &session.claims;
@@ -112,6 +113,7 @@ async fn refused(
         RefusalVerdict::Record => {
             let mut event = session_event(SubjectRefusal::Image.event(), session, None);
             event.code = Some(code.into());
+            event.target = target;
             if audit(state, event).await.is_err() {
                 return audit_unavailable();
             }
@@ -210,11 +212,24 @@ async fn share(
         Ok(s) => s,
         Err(r) => return r,
     };
+    // The connection named as the sender, as recorded: only an id this service could have
+    // made (the header is the client's to fill).
+    let named = headers
+        .get("x-participant")
+        .and_then(|v| v.to_str().ok())
+        .map(|p| {
+            if crate::generated_id::is_generated("p", p) {
+                p.to_owned()
+            } else {
+                "(not a participant id)".to_owned()
+            }
+        });
     let not_in_meeting = || {
         refused(
             &state,
             &session,
             "not_in_meeting",
+            named.clone(),
             error(
                 StatusCode::FORBIDDEN,
                 "not_in_meeting",
@@ -242,7 +257,7 @@ async fn share(
         return match e {
             crate::meeting_room::RequestError::WaitingForAdmission => {
                 let refusal = error(StatusCode::FORBIDDEN, e.code(), e.to_string());
-                refused(&state, &session, e.code(), refusal).await
+                refused(&state, &session, e.code(), named.clone(), refusal).await
             }
             _ => not_in_meeting().await,
         };
@@ -302,7 +317,7 @@ async fn share(
         Ok(r) => r,
         Err(e) => {
             let refusal = error(StatusCode::FORBIDDEN, e.code(), e.to_string());
-            return refused(&state, &session, e.code(), refusal).await;
+            return refused(&state, &session, e.code(), named.clone(), refusal).await;
         }
     };
     let size = body.len();
@@ -355,11 +370,19 @@ async fn fetch(
         Ok(s) => s,
         Err(r) => return r,
     };
+    // The photo asked for, as recorded: only a photo this service holds (anything else is the
+    // client's text, and may be anything — a personal identity number too).
+    let asked = if state.images.holds(&id) {
+        id.clone()
+    } else {
+        "(no such photo)".to_owned()
+    };
     let unknown = || {
         refused(
             &state,
             &session,
             "image_unknown",
+            Some(asked.clone()),
             error(
                 StatusCode::NOT_FOUND,
                 "image_unknown",

@@ -239,6 +239,12 @@ impl ImageStore {
             .then(|| (image.meeting.clone(), image.mime, image.bytes.clone()))
     }
 
+    /// Whether photo `id` is held now, for whomever (a refused fetch records the id only then:
+    /// one the client made up is the client's text, and may be anything).
+    pub fn holds(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
     /// Forgets one photo (its sharing could not be recorded).
     pub fn remove(&self, id: &str) {
         let mut images = self.lock();

@@ -323,12 +323,14 @@ impl Meetings {
         carried.remove(&digest).map(|(_, c)| c)
     }
 
-    /// Whether a session is carried under `key` for a subject other than `sub`.
-    pub fn carried_for_another(&self, key: &str, sub: &str) -> bool {
+    /// The participant a session is carried for under `key`, if that is a subject other than
+    /// `sub` and the carry has not run out.
+    pub fn carried_for_another(&self, key: &str, sub: &str) -> Option<ParticipantId> {
         let carried = self.carried.lock().unwrap_or_else(|e| e.into_inner());
         carried
             .get(&key_digest(key))
-            .is_some_and(|(_, c)| c.sub != sub)
+            .filter(|(_, c)| c.sub != sub && c.until >= Timestamp::now())
+            .map(|(_, c)| c.participant.clone())
     }
 
     /// A carry taken for a connection that never started (`crate::pending_carry`): back for

@@ -402,9 +402,13 @@ impl AppState {
     /// and the connection goes on as a new participant of its own token.
     async fn another_ones_key(&self, session: &Session, key: &str) -> Result<(), Response> {
         let sub = &session.claims.sub;
-        if !(self.resume.held_by_another(key, sub) || self.meetings.carried_for_another(key, sub)) {
+        let Some(target) = self
+            .resume
+            .held_by_another(key, sub)
+            .or_else(|| self.meetings.carried_for_another(key, sub))
+        else {
             return Ok(());
-        }
+        };
         const CODE: &str = "resume_key_of_another";
         let verdict = self.refusals.refused_subject(
             crate::token_refusals::SubjectRefusal::Resume,
@@ -420,6 +424,7 @@ impl AppState {
                 None,
             );
             event.code = Some(CODE.into());
+            event.target = Some(target.to_string());
             if audit(self, event).await.is_err() {
                 return Err(audit_unavailable());
             }

@@ -163,10 +163,13 @@ impl ResumeSlots {
         })
     }
 
-    /// Whether `key` is held for a subject other than `sub` (a key presented with another
-    /// person's token: someone else's session asked for, and refused).
-    pub fn held_by_another(&self, key: &str, sub: &str) -> bool {
-        self.entries().get(key).is_some_and(|e| e.sub != sub)
+    /// The participant `key` is held for, if that is a subject other than `sub` (a key
+    /// presented with another person's token: someone else's session asked for, and refused).
+    pub fn held_by_another(&self, key: &str, sub: &str) -> Option<ParticipantId> {
+        self.entries()
+            .get(key)
+            .filter(|e| e.sub != sub)
+            .map(|e| e.participant.clone())
     }
 
     /// The window ran out: the participant, if nobody took it (it then leaves).
@@ -240,9 +243,12 @@ mod tests {
             .collect();
         assert_eq!(held, [("k".to_owned(), "p-1".to_owned())]);
         assert!(slots.take("k", "bertil", "m1").is_none(), "another subject");
-        assert!(slots.held_by_another("k", "bertil"));
-        assert!(!slots.held_by_another("k", "anna"));
-        assert!(!slots.held_by_another("x", "bertil"), "no such key");
+        assert_eq!(
+            slots.held_by_another("k", "bertil"),
+            Some(ParticipantId::from("p-1"))
+        );
+        assert_eq!(slots.held_by_another("k", "anna"), None);
+        assert_eq!(slots.held_by_another("x", "bertil"), None, "no such key");
         assert!(slots.take("k", "anna", "m2").is_none(), "another meeting");
         assert!(slots.take("x", "anna", "m1").is_none(), "another key");
         match slots.take("k", "anna", "m1") {

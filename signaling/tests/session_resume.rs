@@ -170,6 +170,10 @@ async fn a_connection_the_server_still_holds_is_taken_over_and_an_unclaimed_one_
     assert_eq!(refused[0]["subject"], "pat-9e1b");
     assert_eq!(refused[0]["code"], "resume_key_of_another");
     assert_eq!(refused[0]["meeting"], meeting);
+    assert_eq!(
+        refused[0]["target"], patient_id,
+        "whose session was asked for"
+    );
 
     // The old socket is still open (the server has not noticed it is dead): the new one with
     // the key takes the participant from it.
