@@ -780,7 +780,10 @@ impl Meetings {
             .map_err(|_| RequestError::NoSuchParticipant)?;
         let handing_over;
         let (moved, events) = {
-            // Lock order queue → private visit; nobody else knows the new visit yet.
+            // Under the store's lock, which the hand-over freezes the meetings under: the
+            // take is wholly in what it freezes, or refused (lock order store → queue →
+            // private visit; nobody else knows the new visit yet).
+            let _frozen = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
             let mut q = queue.lock();
             let mut fx = Effects::default();
             // Another clinician may have taken this patient, or they left, since the plan;

@@ -258,6 +258,9 @@ async fn create(
         Ok(c) => c,
         Err(r) => return *r,
     };
+    if state.meetings.handing_over() {
+        return restarting();
+    }
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => {
@@ -545,6 +548,21 @@ fn store_unavailable() -> Response {
     )
 }
 
+/// The service has handed its meetings over for a restart: a booking or cancellation now
+/// would not be in what the next run (or another replica) starts from.
+fn restarting() -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "restarting",
+        "the service is restarting; try again in a few seconds",
+    );
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    r
+}
+
 fn unknown_meeting(id: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -642,6 +660,9 @@ async fn cancel(
         Ok(c) => c,
         Err(r) => return *r,
     };
+    if state.meetings.handing_over() {
+        return restarting();
+    }
     let unit = match find_for(&state, &client, &id).await {
         Ok(room) => room.lock().record.unit.clone(),
         Err(r) => return *r,
