@@ -395,6 +395,7 @@ fn forged_plaintext_alerts_after_the_handshake_do_not_end_the_call() {
         r
     };
     let at = net.now;
+    // (From 2⁴⁸ − 1 the numbers after wrap to 0–3 in the record's 48 bits: old ones too.)
     for seq in [1_000u64, 1_001, 50_000, (1 << 48) - 1] {
         // close_notify (warning), then a fatal handshake_failure and a fatal decode_error.
         net.inject_to_sfu(victim, record(21, seq, &[1, 0]));
