@@ -13,6 +13,9 @@ pub const MEDIA_QUEUE_LIMIT: usize = 256 * 1024;
 /// Queued output past which the connection is closed (control cannot be delivered either).
 pub const HARD_QUEUE_LIMIT: usize = 1024 * 1024;
 
+/// A queue's buffer kept when it empties; a larger one (grown by a burst) is let go.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
 /// A reader's buffer at first: media frames fit; it grows to a whole largest frame only for a
 /// peer that sends one, so thousands of idle connections hold kilobytes each, not 64 KiB.
 const FIRST_BUFFER: usize = 4096;
@@ -64,7 +67,17 @@ impl FrameReader {
         };
         self.buf.copy_within(pos..self.len, 0);
         self.len -= pos;
+        // Grown for one large frame and empty again: back to the first size, so a peer that
+        // sent one does not hold 64 KiB for the life of its connection.
+        if self.len == 0 && self.buf.len() > FIRST_BUFFER {
+            self.buf = Vec::new();
+        }
         result
+    }
+
+    /// Bytes held for this connection (its buffer, whatever it holds now).
+    pub fn held(&self) -> usize {
+        self.buf.capacity()
     }
 }
 
@@ -167,11 +180,22 @@ impl FrameQueue {
             self.unsent += FRAME_HEADER + usize::from(n);
         }
         if self.sent == self.bytes.len() {
-            self.bytes.clear();
+            // Emptied: what a burst grew goes back (thousands of idle connections must not each
+            // keep the most they ever queued).
+            if self.bytes.capacity() > SHRINK_ABOVE {
+                self.bytes = Vec::new();
+            } else {
+                self.bytes.clear();
+            }
             self.sent = 0;
             self.unsent = 0;
         }
         Ok(total)
+    }
+
+    /// Bytes held for this connection (what is queued, and room a burst grew).
+    pub fn held(&self) -> usize {
+        self.bytes.capacity()
     }
 }
 
@@ -266,6 +290,20 @@ mod tests {
         }
         assert_eq!(got, vec![1200, MAX_FRAME, 1]);
         assert!(r.buf.len() <= FRAME_HEADER + MAX_FRAME);
+        // Drained, it holds no more than a new one would.
+        assert!(r.held() <= FIRST_BUFFER, "{}", r.held());
+    }
+
+    /// A burst that grew a queue to a megabyte: once written, the queue lets the room go.
+    #[test]
+    fn an_emptied_queue_lets_go_of_what_a_burst_grew() {
+        let mut q = FrameQueue::default();
+        while q.push(&[0x16; 1200]) == Queued::Yes {}
+        assert!(q.held() > HARD_QUEUE_LIMIT / 2, "{}", q.held());
+        let mut wire = Vec::new();
+        q.write_to(&mut Partial(&mut wire, usize::MAX)).unwrap();
+        assert!(q.is_empty());
+        assert!(q.held() <= SHRINK_ABOVE, "{}", q.held());
     }
 
     #[test]

@@ -19,11 +19,19 @@ use std::time::{Duration, Instant};
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Nothing received for this long (browsers check consent every few seconds): closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections per worker; further ones are refused (closed at once) and counted.
+/// Connections per worker at most; further ones are refused (closed at once) and counted.
+/// Fewer when the node's open files do not allow as many ([`TcpShare`]).
 pub const MAX_LINKS: usize = 4096;
-/// Connections per worker from one IP address (a hospital's guest Wi-Fi puts many patients
-/// behind one address, but not hundreds in one worker's rooms).
+/// Connections from one IP address (or IPv6 /64) over all of the node's workers (a hospital's
+/// guest Wi-Fi puts many patients behind one address, but not hundreds on one node).
 pub const MAX_LINKS_PER_SOURCE: usize = 64;
+/// File descriptors the node keeps for everything but ICE-TCP connections: its sockets, the
+/// operations listener the kubelet probes, the control link, certificates read at each dial.
+pub const FD_RESERVE: u64 = 256;
+/// Output queued on one worker's connections together, at most: past it the connections
+/// holding the most are closed as slow (each connection's own cap, 1 MiB, times thousands of
+/// connections would be gigabytes).
+pub const WORKER_QUEUE_BUDGET: usize = 32 * 1024 * 1024;
 /// A connection the core never answered (no valid connectivity check on it) is closed after
 /// this long: garbage or a stranger's probes do not hold a slot for the idle timeout.
 pub const UNANSWERED_TIMEOUT: Duration = Duration::from_secs(10);
@@ -160,10 +168,63 @@ pub struct IceTcp {
     /// The listener is registered for readability (not while accepting is paused).
     listener_armed: bool,
     next_expire: Instant,
-    closing: Vec<(SocketAddr, CloseReason)>,
-    per_source: HashMap<std::net::IpAddr, usize>,
+    /// Connections to close after the turn, by address and token (an address may be a new
+    /// connection's by then).
+    closing: Vec<(SocketAddr, u64, CloseReason)>,
+    share: TcpShare,
     accept_paused_until: Option<Instant>,
     pub counters: IceTcpCounters,
+}
+
+/// What the workers' ICE-TCP sides share: the connections of each source over all of them (an
+/// address's share of the node, not of each worker), and how many one worker may hold (the
+/// node's open files, less a reserve, shared out).
+#[derive(Debug, Clone)]
+pub struct TcpShare {
+    per_source: std::sync::Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+    max_links: usize,
+}
+
+impl TcpShare {
+    /// For `workers` workers in a process that may open `open_files` descriptors.
+    pub fn new(workers: usize, open_files: u64) -> Self {
+        let room = open_files.saturating_sub(FD_RESERVE) / workers.max(1) as u64;
+        Self {
+            per_source: Default::default(),
+            max_links: usize::try_from(room)
+                .unwrap_or(MAX_LINKS)
+                .clamp(16, MAX_LINKS),
+        }
+    }
+
+    pub fn max_links(&self) -> usize {
+        self.max_links
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, usize>> {
+        self.per_source.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a connection of `source` if it has fewer than [`MAX_LINKS_PER_SOURCE`].
+    fn take(&self, source: std::net::IpAddr) -> bool {
+        let mut counts = self.counts();
+        let n = counts.entry(source).or_default();
+        if *n >= MAX_LINKS_PER_SOURCE {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&self, source: std::net::IpAddr) {
+        let mut counts = self.counts();
+        if let std::collections::hash_map::Entry::Occupied(mut e) = counts.entry(source) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
 }
 
 /// Keys in the epoll set below those of connections.
@@ -189,8 +250,14 @@ enum CloseReason {
 }
 
 impl IceTcp {
-    /// Listens on `addr` (the worker's UDP port number, so one candidate address serves both).
+    /// Listens on `addr` (the worker's UDP port number, so one candidate address serves both),
+    /// the only worker of a process that may open 1,024 files.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Self::bind_shared(addr, TcpShare::new(1, 1024 + FD_RESERVE))
+    }
+
+    /// Listens on `addr`, one of the workers sharing `share`.
+    pub fn bind_shared(addr: SocketAddr, share: TcpShare) -> io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         // SAFETY: epoll_create1 takes only flags; a non-negative result is a new descriptor
@@ -212,7 +279,7 @@ impl IceTcp {
             listener_armed: true,
             next_expire: Instant::now() + EXPIRE_EVERY,
             closing: Vec::new(),
-            per_source: HashMap::new(),
+            share,
             accept_paused_until: None,
             counters: IceTcpCounters::default(),
         };
@@ -262,6 +329,7 @@ impl IceTcp {
             return false;
         };
         link.answered = true;
+        let token = link.token;
         let was_empty = link.out.is_empty();
         match link.out.push(packet) {
             Queued::Yes => {
@@ -272,14 +340,14 @@ impl IceTcp {
                 match link.out.write_to(&mut link.stream) {
                     Ok(n) if n > 0 => link.last_progress = now,
                     Ok(_) => {}
-                    Err(_) => self.closing.push((dest, CloseReason::Peer)),
+                    Err(_) => self.closing.push((dest, token, CloseReason::Peer)),
                 }
             }
             Queued::MediaDropped => self.counters.media_dropped += 1,
-            Queued::Overflow => self.closing.push((dest, CloseReason::Slow)),
+            Queued::Overflow => self.closing.push((dest, token, CloseReason::Slow)),
         }
         if link.watch_writes(epoll).is_err() {
-            self.closing.push((dest, CloseReason::Peer));
+            self.closing.push((dest, token, CloseReason::Peer));
         }
         true
     }
@@ -377,10 +445,9 @@ impl IceTcp {
                 Ok((stream, peer)) => {
                     // An IPv6 host may use any address of its /64: the /64 is one source.
                     let source = crate::counted_source::counted_source(peer.ip());
-                    let from_source = self.per_source.get(&source).copied().unwrap_or(0);
-                    if self.links.len() >= MAX_LINKS
-                        || from_source >= MAX_LINKS_PER_SOURCE
+                    if self.links.len() >= self.share.max_links
                         || stream.set_nonblocking(true).is_err()
+                        || !self.share.take(source)
                     {
                         self.counters.refused += 1;
                         continue;
@@ -395,14 +462,19 @@ impl IceTcp {
                         )
                         .is_err()
                     {
+                        self.share.give_back(source);
                         self.counters.refused += 1;
                         continue;
                     }
                     self.next_token += 1;
                     // Never a UDP client's path, whatever its address and port.
                     let addr = stream_address::of_stream(peer);
+                    // A connection still held under this address (its peer reset it and came
+                    // back from the same port within the turn) ends now, with its count.
+                    if self.links.contains_key(&addr) {
+                        self.close_link(addr, CloseReason::Peer);
+                    }
                     self.tokens.insert(token, addr);
-                    *self.per_source.entry(source).or_default() += 1;
                     let _ = stream.set_nodelay(true);
                     limit_send_buffer(&stream);
                     self.counters.accepted += 1;
@@ -445,6 +517,7 @@ impl IceTcp {
         let Some(link) = self.links.get_mut(&addr) else {
             return;
         };
+        let token = link.token;
         // A few reads per turn, then the others get theirs.
         for _ in 0..4 {
             if *budget == 0 {
@@ -454,7 +527,7 @@ impl IceTcp {
             let chunk = spare.len().min(READ_CHUNK);
             match link.stream.read(&mut spare[..chunk]) {
                 Ok(0) => {
-                    self.closing.push((addr, CloseReason::Peer));
+                    self.closing.push((addr, token, CloseReason::Peer));
                     return;
                 }
                 Ok(n) => {
@@ -465,14 +538,14 @@ impl IceTcp {
                         on_frame(addr, frame)
                     });
                     if drained.is_err() {
-                        self.closing.push((addr, CloseReason::BadFrame));
+                        self.closing.push((addr, token, CloseReason::BadFrame));
                         return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
-                    self.closing.push((addr, CloseReason::Peer));
+                    self.closing.push((addr, token, CloseReason::Peer));
                     return;
                 }
             }
@@ -484,54 +557,73 @@ impl IceTcp {
         let Some(link) = self.links.get_mut(&addr) else {
             return;
         };
+        let token = link.token;
         match link.out.write_to(&mut link.stream) {
             Ok(n) if n > 0 => link.last_progress = now,
             Ok(_) => {}
-            Err(_) => self.closing.push((addr, CloseReason::Peer)),
+            Err(_) => self.closing.push((addr, token, CloseReason::Peer)),
         }
         if link.watch_writes(epoll).is_err() {
-            self.closing.push((addr, CloseReason::Peer));
+            self.closing.push((addr, token, CloseReason::Peer));
         }
     }
 
     fn expire(&mut self, now: Instant) {
+        let mut held = 0;
         for (addr, link) in &self.links {
+            held += link.out.held() + link.reader.held();
             if !link.out.is_empty() && now.duration_since(link.last_progress) > STALL_TIMEOUT {
-                self.closing.push((*addr, CloseReason::Slow));
+                self.closing.push((*addr, link.token, CloseReason::Slow));
             } else if now.duration_since(link.last_read) > IDLE_TIMEOUT
                 || (!link.answered && now.duration_since(link.opened) > UNANSWERED_TIMEOUT)
             {
-                self.closing.push((*addr, CloseReason::Idle));
+                self.closing.push((*addr, link.token, CloseReason::Idle));
+            }
+        }
+        // Over the worker's budget (connections that each read just enough not to count as
+        // stalled): the ones holding the most go first, as slow.
+        if held > WORKER_QUEUE_BUDGET {
+            let mut by_size: Vec<(usize, SocketAddr, u64)> = self
+                .links
+                .iter()
+                .map(|(addr, l)| (l.out.held() + l.reader.held(), *addr, l.token))
+                .collect();
+            by_size.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+            for (size, addr, token) in by_size {
+                if held <= WORKER_QUEUE_BUDGET {
+                    break;
+                }
+                held -= size;
+                self.closing.push((addr, token, CloseReason::Slow));
             }
         }
     }
 
-    /// Closes what was marked during the turn (once each).
+    /// Closes what was marked during the turn (once each, and only the connection marked).
     pub fn close_pending(&mut self) {
-        for (addr, reason) in std::mem::take(&mut self.closing) {
-            let Some(link) = self.links.remove(&addr) else {
-                continue;
-            };
-            self.tokens.remove(&link.token);
-            // Closing the stream would drop it from the set as well; said explicitly.
-            let _ = self.ctl(libc::EPOLL_CTL_DEL, link.stream.as_raw_fd(), 0, link.token);
-            if let std::collections::hash_map::Entry::Occupied(mut e) =
-                self.per_source.entry(link.source)
-            {
-                *e.get_mut() -= 1;
-                if *e.get() == 0 {
-                    e.remove();
-                }
+        for (addr, token, reason) in std::mem::take(&mut self.closing) {
+            if self.links.get(&addr).is_some_and(|l| l.token == token) {
+                self.close_link(addr, reason);
             }
-            self.counters.closed += 1;
-            match reason {
-                CloseReason::Slow => self.counters.closed_slow += 1,
-                CloseReason::Idle => self.counters.closed_idle += 1,
-                CloseReason::BadFrame => self.counters.bad_frames += 1,
-                CloseReason::Peer => {}
-            }
-            tracing::debug!(%addr, ?reason, "ICE-TCP connection closed");
         }
+    }
+
+    fn close_link(&mut self, addr: SocketAddr, reason: CloseReason) {
+        let Some(link) = self.links.remove(&addr) else {
+            return;
+        };
+        self.tokens.remove(&link.token);
+        // Closing the stream would drop it from the set as well; said explicitly.
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, link.stream.as_raw_fd(), 0, link.token);
+        self.share.give_back(link.source);
+        self.counters.closed += 1;
+        match reason {
+            CloseReason::Slow => self.counters.closed_slow += 1,
+            CloseReason::Idle => self.counters.closed_idle += 1,
+            CloseReason::BadFrame => self.counters.bad_frames += 1,
+            CloseReason::Peer => {}
+        }
+        tracing::debug!(%addr, ?reason, "ICE-TCP connection closed");
     }
 }
 

@@ -97,6 +97,7 @@ pub const MAX_PENDING_REQUESTS: usize = 256;
 fn bind_worker_sockets(
     config: &NodeConfig,
     port: u16,
+    share: &crate::ice_tcp::TcpShare,
 ) -> Result<(UdpBatch, Option<IceTcp>, SocketAddr), NodeError> {
     let attempts = if port == 0 { 16 } else { 1 };
     let mut last = None;
@@ -118,7 +119,7 @@ fn bind_worker_sockets(
             return Ok((socket, None, local_addr));
         }
         let tcp_addr = SocketAddr::new(config.bind_ip, local_addr.port());
-        match IceTcp::bind(tcp_addr) {
+        match IceTcp::bind_shared(tcp_addr, share.clone()) {
             Ok(tcp) => return Ok((socket, Some(tcp), local_addr)),
             Err(source) => {
                 last = Some(NodeError::BindTcp {
@@ -162,6 +163,24 @@ impl SfuNode {
         } else {
             config.workers
         };
+        // Every ICE-TCP connection is a file descriptor: take all the process may have, and
+        // share them out so that a flood of connections cannot take the ones the node needs
+        // (its operations listener, which the kubelet probes, above all).
+        let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not raise the open-files limit");
+                rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+            }
+        };
+        let tcp_share = crate::ice_tcp::TcpShare::new(n, open_files);
+        if config.ice_tcp {
+            tracing::info!(
+                open_files,
+                per_worker = tcp_share.max_links(),
+                "ICE-TCP connections per worker"
+            );
+        }
         let placement = Arc::new(Mutex::new(RoomPlacement::<usize>::default()));
         let on_event: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(on_event);
         let sink: EventSink = {
@@ -184,7 +203,7 @@ impl SfuNode {
             } else {
                 config.udp_port_base.saturating_add(i as u16)
             };
-            let (socket, tcp, local_addr) = bind_worker_sockets(config, port)?;
+            let (socket, tcp, local_addr) = bind_worker_sockets(config, port, &tcp_share)?;
             let advertised_addr = SocketAddr::new(config.advertised_ip, local_addr.port());
             let mut transport = TransportConfig::generate(
                 advertised_addr,

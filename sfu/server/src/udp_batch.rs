@@ -131,6 +131,9 @@ impl AsRawFd for UdpBatch {
     }
 }
 
+/// Each worker socket's receive and send buffer, asked of the kernel.
+pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
 impl UdpBatch {
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let socket = socket2::Socket::new(
@@ -138,9 +141,29 @@ impl UdpBatch {
             socket2::Type::DGRAM,
             Some(socket2::Protocol::UDP),
         )?;
-        // Bursts of video keyframes from many publishers arrive together.
-        let _ = socket.set_recv_buffer_size(8 * 1024 * 1024);
-        let _ = socket.set_send_buffer_size(8 * 1024 * 1024);
+        // Bursts of video keyframes from many publishers arrive together. The kernel holds
+        // a socket to `net.core.rmem_max`/`wmem_max` (≈ 208 KiB unless raised): said once, with
+        // what to set, rather than found as loss at the first busy hour.
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        let granted = (
+            socket.recv_buffer_size().unwrap_or(0),
+            socket.send_buffer_size().unwrap_or(0),
+        );
+        // (Linux reports twice what it grants: its own bookkeeping is counted in.)
+        if granted.0 < SOCKET_BUFFER || granted.1 < SOCKET_BUFFER {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    receive = granted.0 / 2,
+                    send = granted.1 / 2,
+                    wanted = SOCKET_BUFFER,
+                    "UDP socket buffers are smaller than wanted: set the sysctls \
+                     net.core.rmem_max and net.core.wmem_max to at least {SOCKET_BUFFER} \
+                     (docs/deployment.md)"
+                );
+            });
+        }
         socket.bind(&addr.into())?;
         socket.set_nonblocking(true)?;
         let socket: UdpSocket = socket.into();
@@ -469,7 +492,17 @@ impl UdpBatch {
                     offset += 1;
                     continue;
                 }
-                // The first remaining message failed (buffer full, unreachable): skip it.
+                if matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS)) {
+                    // The socket's buffer is full: the rest of the chunk would fail the same way,
+                    // a system call each. Dropped (counted), as a full queue drops.
+                    dropped += spans[offset..messages]
+                        .iter()
+                        .map(|&(_, c)| c)
+                        .sum::<usize>();
+                    offset = messages;
+                    continue;
+                }
+                // The first remaining message failed (unreachable): skip it.
                 dropped += count;
                 offset += 1;
             } else {

@@ -79,9 +79,24 @@ pub fn spawn(
             if let Some(core) = core {
                 pin_to_core(core);
             }
-            run(index, sockets, config, commands, sink, shared)
+            // A worker that panicked would leave its rooms frozen while the node still looked
+            // alive: the process stops instead (no core dump: memory holds media), so that its
+            // supervisor starts it again and signaling moves its visits meanwhile.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(index, sockets, config, commands, sink, shared)
+            }));
+            if ran.is_err() {
+                tracing::error!(
+                    worker = index,
+                    "SFU worker panicked; the process stops so that it is started again"
+                );
+                std::process::exit(WORKER_PANICKED);
+            }
         })
 }
+
+/// The exit status of a process whose worker panicked.
+pub const WORKER_PANICKED: i32 = 70;
 
 fn pin_to_core(core: usize) {
     // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it and
@@ -90,7 +105,13 @@ fn pin_to_core(core: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_ZERO(&mut set);
         libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(
+                core,
+                error = %std::io::Error::last_os_error(),
+                "could not pin the worker to its core (outside the CPUs allowed?)"
+            );
+        }
     }
 }
 

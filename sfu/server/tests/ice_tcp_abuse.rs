@@ -1,5 +1,6 @@
 //! ICE-TCP against a hostile peer: connections that never carry a valid connectivity check are
-//! closed after 10 s, one address cannot take more than its share of a worker's connections,
+//! closed after 10 s, one address cannot take more than its share of the node's connections
+//! (over all workers), a connection replaced under its address gives its count back,
 //! malformed framing closes the connection at once, and a connection full of small frames is
 //! handed to the core a bounded number per turn, losing none.
 
@@ -127,4 +128,71 @@ fn a_connection_full_of_small_frames_is_read_a_bounded_number_per_turn_losing_no
         largest_turn <= FRAMES_PER_POLL + READ_CHUNK / 22,
         "{largest_turn} frames in one turn"
     );
+}
+
+/// One address's share is the node's, not each worker's: with two workers it still holds 64
+/// connections at most, wherever they go.
+#[test]
+fn one_address_gets_at_most_its_share_over_all_the_nodes_workers() {
+    let node = SfuNode::start(
+        &NodeConfig {
+            workers: 2,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    let ports: Vec<_> = node.workers().iter().map(|w| w.local_addr).collect();
+    let mut held = Vec::new();
+    for n in 0..MAX_LINKS_PER_SOURCE {
+        held.push(TcpStream::connect(ports[n % 2]).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for port in &ports {
+        let mut extra = TcpStream::connect(port).unwrap();
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(2)),
+            "an extra connection to {port} is refused"
+        );
+    }
+    assert!(!closed_within(&mut held[1], Duration::from_millis(200)));
+}
+
+/// A peer that resets its connection and opens another from the same address and port before
+/// the worker reads the reset (it polls in between here, as a busy worker would not): the old
+/// connection is closed with its count, the new one kept — a hundred times over, and the
+/// address is never refused for counts of connections long gone.
+#[test]
+fn a_connection_replaced_under_its_address_gives_its_count_back() {
+    let mut tcp = IceTcp::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let server = tcp.local_addr().unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let from: std::net::SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let connect = || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        // Closed with a reset: the port is free again at once.
+        s.set_linger(Some(Duration::ZERO)).unwrap();
+        s.bind(&from.into()).unwrap();
+        s.connect(&server.into()).unwrap();
+        s
+    };
+    let turn = |tcp: &mut IceTcp| tcp.poll(udp.as_raw_fd(), Duration::from_millis(20), |_, _| {});
+    let mut current = connect();
+    turn(&mut tcp);
+    assert_eq!(tcp.link_count(), 1);
+    for round in 0..100 {
+        drop(current);
+        current = connect();
+        turn(&mut tcp);
+        turn(&mut tcp);
+        assert_eq!(tcp.link_count(), 1, "round {round}");
+        assert_eq!(tcp.counters.refused, 0, "round {round}");
+    }
+    // The connection kept is the newest: it is open.
+    let mut newest: TcpStream = current.into();
+    assert!(!closed_within(&mut newest, Duration::from_millis(200)));
 }
