@@ -95,6 +95,9 @@ pub fn spawn(
         })
 }
 
+/// Datagrams handed to the core per turn at most, before timers, commands and TCP.
+const DATAGRAMS_PER_TURN: usize = 8192;
+
 /// The exit status of a process whose worker panicked.
 pub const WORKER_PANICKED: i32 = 70;
 
@@ -182,23 +185,32 @@ fn run(
                 .unwrap_or(MAX_WAIT)
                 .min(MAX_WAIT)
         };
+        // Datagrams already taken from the socket (io_uring) wait for no readiness — nor does
+        // TCP wait for them: it is looked at without waiting, every turn all the same.
+        let received = out.socket.has_received();
         let udp_readable = match out.tcp.as_deref_mut() {
-            // Datagrams already taken from the socket (io_uring) wait for no readiness.
-            Some(_) if out.socket.has_received() => true,
             // Framed packets on TCP go to the core like datagrams from their connection.
             Some(tcp) => {
+                let wait = if received { Duration::ZERO } else { wait };
                 let udp_readable = tcp.poll(out.socket.as_raw_fd(), wait, |from, frame| {
                     sfu.handle_datagram(Instant::now(), from, frame, &mut batch)
                 });
                 out.flush(&mut batch);
-                udp_readable
+                udp_readable || received
             }
+            None if received => true,
             None => out.socket.wait_readable(wait),
         };
         out.socket.calls.wakeups += 1;
         if udp_readable {
-            // Drain what is queued, a batch at a time, sending after each batch.
+            // Drain what is queued, a batch at a time, sending after each batch — up to a
+            // bound in datagrams (a batch's buffers may each hold dozens of coalesced ones), so
+            // that timers, commands and TCP are served between.
+            let mut drained = 0;
             for _ in 0..64 {
+                if drained >= DATAGRAMS_PER_TURN {
+                    break;
+                }
                 let now = Instant::now();
                 let got = out.socket.recv_batch_into(&mut CoreSink {
                     sfu: &mut sfu,
@@ -206,6 +218,7 @@ fn run(
                     batch: &mut batch,
                 });
                 out.flush(&mut batch);
+                drained += got.as_ref().map_or(0, |n| *n);
                 match got {
                     Ok(0) => break,
                     Ok(_) if !out.socket.more_waiting() => break,
