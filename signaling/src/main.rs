@@ -550,7 +550,13 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(*args))
+            let served = runtime.block_on(serve(*args));
+            // A worker of the SFU in this process panicked, and the process stopped as on
+            // SIGTERM: the supervisor is told by the exit status.
+            if sfu_server::worker::panicked() {
+                std::process::exit(sfu_server::worker::WORKER_PANICKED);
+            }
+            served
         }
     }
 }
@@ -880,7 +886,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 Some(path) if !flag_given => format!("{} [sfu]", path.display()),
                 _ => flag.to_owned(),
             };
+            // This process's own connections (both listeners at their cap, and its files) are
+            // kept back from the SFU's ICE-TCP connections, which share its open files.
+            let connections = args
+                .max_connections
+                .or(http.max_connections)
+                .unwrap_or(10_000) as u64;
             let node_config = sfu_server::NodeConfig {
+                fd_reserve: sfu_server::ice_tcp::FD_RESERVE + 2 * connections + 128,
                 workers: args.workers.or(sfu.workers).unwrap_or(0),
                 bind_ip: args.udp_bind_ip.or(sfu.bind_ip).unwrap_or(listen.ip()),
                 udp_port_base: args.udp_port_base.or(sfu.udp_port_base).unwrap_or(0),

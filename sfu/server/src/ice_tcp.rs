@@ -28,6 +28,8 @@ pub const MAX_LINKS_PER_SOURCE: usize = 64;
 /// File descriptors the node keeps for everything but ICE-TCP connections: its sockets, the
 /// operations listener the kubelet probes, the control link, certificates read at each dial.
 pub const FD_RESERVE: u64 = 256;
+/// What a connection's reader may hold before the core has answered it (its first buffer).
+pub const SMALL_FRAMES: usize = 4096;
 /// Output queued on one worker's connections together, at most: past it the connections
 /// holding the most are closed as slow (each connection's own cap, 1 MiB, times thousands of
 /// connections would be gigabytes).
@@ -186,9 +188,10 @@ pub struct TcpShare {
 }
 
 impl TcpShare {
-    /// For `workers` workers in a process that may open `open_files` descriptors.
-    pub fn new(workers: usize, open_files: u64) -> Self {
-        let room = open_files.saturating_sub(FD_RESERVE) / workers.max(1) as u64;
+    /// For `workers` workers in a process that may open `open_files` descriptors, `reserve` of
+    /// them kept for everything else.
+    pub fn new(workers: usize, open_files: u64, reserve: u64) -> Self {
+        let room = open_files.saturating_sub(reserve) / workers.max(1) as u64;
         Self {
             per_source: Default::default(),
             max_links: usize::try_from(room)
@@ -253,7 +256,7 @@ impl IceTcp {
     /// Listens on `addr` (the worker's UDP port number, so one candidate address serves both),
     /// the only worker of a process that may open 1,024 files.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        Self::bind_shared(addr, TcpShare::new(1, 1024 + FD_RESERVE))
+        Self::bind_shared(addr, TcpShare::new(1, 1024 + FD_RESERVE, FD_RESERVE))
     }
 
     /// Listens on `addr`, one of the workers sharing `share`.
@@ -445,6 +448,14 @@ impl IceTcp {
                 Ok((stream, peer)) => {
                     // An IPv6 host may use any address of its /64: the /64 is one source.
                     let source = crate::counted_source::counted_source(peer.ip());
+                    // Never a UDP client's path, whatever its address and port.
+                    let addr = stream_address::of_stream(peer);
+                    // A connection still held under this address (its peer reset it and came
+                    // back from the same port within the turn) ends now, with its count — before
+                    // the limits, which it would otherwise hold against its own successor.
+                    if self.links.contains_key(&addr) {
+                        self.close_link(addr, CloseReason::Peer);
+                    }
                     if self.links.len() >= self.share.max_links
                         || stream.set_nonblocking(true).is_err()
                         || !self.share.take(source)
@@ -467,13 +478,6 @@ impl IceTcp {
                         continue;
                     }
                     self.next_token += 1;
-                    // Never a UDP client's path, whatever its address and port.
-                    let addr = stream_address::of_stream(peer);
-                    // A connection still held under this address (its peer reset it and came
-                    // back from the same port within the turn) ends now, with its count.
-                    if self.links.contains_key(&addr) {
-                        self.close_link(addr, CloseReason::Peer);
-                    }
                     self.tokens.insert(token, addr);
                     let _ = stream.set_nodelay(true);
                     limit_send_buffer(&stream);
@@ -537,7 +541,10 @@ impl IceTcp {
                         *budget = budget.saturating_sub(1);
                         on_frame(addr, frame)
                     });
-                    if drained.is_err() {
+                    // Before its first valid check only small frames make sense (a check is a
+                    // few hundred bytes): a stranger's connection does not get to hold a large
+                    // frame's buffer.
+                    if drained.is_err() || (!link.answered && link.reader.held() > SMALL_FRAMES) {
                         self.closing.push((addr, token, CloseReason::BadFrame));
                         return;
                     }
@@ -569,31 +576,35 @@ impl IceTcp {
     }
 
     fn expire(&mut self, now: Instant) {
-        let mut held = 0;
+        let mut queued = 0;
         for (addr, link) in &self.links {
-            held += link.out.held() + link.reader.held();
             if !link.out.is_empty() && now.duration_since(link.last_progress) > STALL_TIMEOUT {
                 self.closing.push((*addr, link.token, CloseReason::Slow));
             } else if now.duration_since(link.last_read) > IDLE_TIMEOUT
                 || (!link.answered && now.duration_since(link.opened) > UNANSWERED_TIMEOUT)
             {
                 self.closing.push((*addr, link.token, CloseReason::Idle));
+            } else {
+                queued += link.out.len();
             }
         }
-        // Over the worker's budget (connections that each read just enough not to count as
-        // stalled): the ones holding the most go first, as slow.
-        if held > WORKER_QUEUE_BUDGET {
+        // Over the worker's budget of queued output (connections that each read just enough
+        // not to count as stalled): the ones with the most queued go first, as slow.
+        if queued > WORKER_QUEUE_BUDGET {
+            let closing: std::collections::HashSet<u64> =
+                self.closing.iter().map(|(_, token, _)| *token).collect();
             let mut by_size: Vec<(usize, SocketAddr, u64)> = self
                 .links
                 .iter()
-                .map(|(addr, l)| (l.out.held() + l.reader.held(), *addr, l.token))
+                .filter(|(_, l)| !l.out.is_empty() && !closing.contains(&l.token))
+                .map(|(addr, l)| (l.out.len(), *addr, l.token))
                 .collect();
             by_size.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
             for (size, addr, token) in by_size {
-                if held <= WORKER_QUEUE_BUDGET {
+                if queued <= WORKER_QUEUE_BUDGET {
                     break;
                 }
-                held -= size;
+                queued -= size;
                 self.closing.push((addr, token, CloseReason::Slow));
             }
         }

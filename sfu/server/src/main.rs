@@ -7,5 +7,10 @@ use sfu_server::node_cli::NodeArgs;
 sfu_server::huge_page_heap!();
 
 fn main() -> anyhow::Result<()> {
-    sfu_server::node_cli::run(NodeArgs::parse())
+    let ran = sfu_server::node_cli::run(NodeArgs::parse());
+    // A worker panicked and the node stopped as on SIGTERM: the supervisor is told.
+    if sfu_server::worker::panicked() {
+        std::process::exit(sfu_server::worker::WORKER_PANICKED);
+    }
+    ran
 }

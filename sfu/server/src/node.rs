@@ -40,6 +40,9 @@ pub struct NodeConfig {
     pub start_bitrate_bps: u64,
     /// Below this estimate a subscriber gets audio only, bits per second.
     pub video_floor_bps: u64,
+    /// Open files kept back from ICE-TCP connections: the node's own, and in one process
+    /// with signaling, signaling's connections too.
+    pub fd_reserve: u64,
 }
 
 impl Default for NodeConfig {
@@ -58,6 +61,7 @@ impl Default for NodeConfig {
             bandwidth_estimation: true,
             start_bitrate_bps: 1_500_000,
             video_floor_bps: 100_000,
+            fd_reserve: crate::ice_tcp::FD_RESERVE,
         }
     }
 }
@@ -173,13 +177,21 @@ impl SfuNode {
                 rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
             }
         };
-        let tcp_share = crate::ice_tcp::TcpShare::new(n, open_files);
+        let tcp_share = crate::ice_tcp::TcpShare::new(n, open_files, config.fd_reserve);
         if config.ice_tcp {
             tracing::info!(
                 open_files,
+                kept_back = config.fd_reserve,
                 per_worker = tcp_share.max_links(),
                 "ICE-TCP connections per worker"
             );
+            if (tcp_share.max_links() * n) as u64 + config.fd_reserve > open_files {
+                tracing::warn!(
+                    open_files,
+                    "too few open files for the ICE-TCP connections and what is kept back: \
+                     raise the process's hard limit (docs/deployment.md)"
+                );
+            }
         }
         let placement = Arc::new(Mutex::new(RoomPlacement::<usize>::default()));
         let on_event: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(on_event);

@@ -151,7 +151,7 @@ impl UdpBatch {
             socket.send_buffer_size().unwrap_or(0),
         );
         // (Linux reports twice what it grants: its own bookkeeping is counted in.)
-        if granted.0 < SOCKET_BUFFER || granted.1 < SOCKET_BUFFER {
+        if granted.0 / 2 < SOCKET_BUFFER || granted.1 / 2 < SOCKET_BUFFER {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
                 tracing::warn!(

@@ -80,19 +80,43 @@ pub fn spawn(
                 pin_to_core(core);
             }
             // A worker that panicked would leave its rooms frozen while the node still looked
-            // alive: the process stops instead (no core dump: memory holds media), so that its
-            // supervisor starts it again and signaling moves its visits meanwhile.
+            // alive: the process stops instead, so that its supervisor starts it again (and,
+            // with standalone nodes, signaling moves its visits meanwhile).
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run(index, sockets, config, commands, sink, shared)
             }));
             if ran.is_err() {
-                tracing::error!(
-                    worker = index,
-                    "SFU worker panicked; the process stops so that it is started again"
-                );
-                std::process::exit(WORKER_PANICKED);
+                stop_after_panic(index);
             }
         })
+}
+
+/// How long the process's own stop (SIGTERM: signaling hands its meetings over and closes its
+/// audit log) may take before it is ended outright.
+const STOP_AFTER_PANIC: Duration = Duration::from_secs(30);
+
+static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a worker of this process panicked: its `main` then ends with [`WORKER_PANICKED`].
+pub fn panicked() -> bool {
+    PANICKED.load(Ordering::SeqCst)
+}
+
+/// Stops the process the way SIGTERM does — in one process with signaling, that hands its
+/// meetings over and closes the audit log — and ends it outright if that has not happened in
+/// [`STOP_AFTER_PANIC`] (no core dump: memory holds media).
+fn stop_after_panic(index: usize) {
+    PANICKED.store(true, Ordering::SeqCst);
+    tracing::error!(
+        worker = index,
+        "SFU worker panicked; the process stops so that it is started again"
+    );
+    // SAFETY: kill with the process's own id and a standard signal; no memory is involved.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGTERM);
+    }
+    std::thread::sleep(STOP_AFTER_PANIC);
+    std::process::exit(WORKER_PANICKED);
 }
 
 /// Datagrams handed to the core per turn at most, before timers, commands and TCP.

@@ -196,3 +196,23 @@ fn a_connection_replaced_under_its_address_gives_its_count_back() {
     let mut newest: TcpStream = current.into();
     assert!(!closed_within(&mut newest, Duration::from_millis(200)));
 }
+
+/// A stranger's connection (no valid check on it yet) announcing a frame of 64 KiB: closed as
+/// soon as its reader would grow past the first 4 KiB, not held with a large buffer for the
+/// 10 s a connection gets to prove itself.
+#[test]
+fn a_strangers_large_frame_closes_its_connection_at_once() {
+    let mut tcp = IceTcp::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut peer = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+    let mut stream = vec![0xff, 0xff];
+    stream.extend_from_slice(&[0x16; 6000]);
+    peer.write_all(&stream).unwrap();
+    let started = Instant::now();
+    while tcp.counters.bad_frames == 0 && started.elapsed() < Duration::from_secs(2) {
+        tcp.poll(udp.as_raw_fd(), Duration::from_millis(20), |_, _| {});
+    }
+    assert_eq!(tcp.counters.bad_frames, 1);
+    assert_eq!(tcp.link_count(), 0);
+    assert!(closed_within(&mut peer, Duration::from_secs(1)));
+}
