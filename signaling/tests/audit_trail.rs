@@ -24,6 +24,19 @@ fn file_lines(server: &support::Server) -> Vec<String> {
     server.audit_text().lines().map(str::to_owned).collect()
 }
 
+/// A log's options with its copy in the Redis at `url`, holding up to `buffer_lines` in memory.
+fn with_copy(url: &str, buffer_lines: usize) -> signaling::audit_log::AuditOptions {
+    signaling::audit_log::AuditOptions {
+        sink: Some(signaling::audit_sink::SinkConfig {
+            url: url.to_owned(),
+            stream: STREAM.into(),
+            buffer_lines,
+            timeout: Duration::from_secs(2),
+        }),
+        ..Default::default()
+    }
+}
+
 /// Waits until the copy in Redis equals the file, line for line.
 async fn copy_matches_file(server: &support::Server, url: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -188,20 +201,12 @@ async fn every_line_reaches_redis_through_outages_and_verify_catches_a_removed_t
 #[test]
 fn a_line_edited_while_the_service_was_down_is_caught_against_the_copy() {
     use serde_json::{Map, Value};
-    use signaling::audit_log::{AuditError, AuditEvent, AuditLog, AuditOptions};
+    use signaling::audit_log::{AuditError, AuditEvent, AuditLog};
     let redis = Redis::start(free_port());
     let url = redis.url();
     let dir = std::env::temp_dir().join(format!("hc-audit-edit-{}", rand::random::<u64>()));
     let path = dir.join("audit.jsonl");
-    let options = || AuditOptions {
-        sink: Some(signaling::audit_sink::SinkConfig {
-            url: url.clone(),
-            stream: STREAM.into(),
-            buffer_lines: 100,
-            timeout: Duration::from_secs(2),
-        }),
-        ..Default::default()
-    };
+    let options = || with_copy(&url, 100);
     let log = AuditLog::open_with(&path, options()).unwrap();
     for sub in ["pat-1", "pat-2", "pat-3"] {
         log.append(&AuditEvent {
@@ -291,20 +296,12 @@ fn a_line_edited_while_the_service_was_down_is_caught_against_the_copy() {
 /// still sees a tail cut from the file and lines archived from the copy.
 #[test]
 fn a_log_lost_with_its_volume_is_written_back_from_a_copy_of_many_pages() {
-    use signaling::audit_log::{AuditEvent, AuditLog, AuditOptions};
+    use signaling::audit_log::{AuditEvent, AuditLog};
     let redis = Redis::start(free_port());
     let url = redis.url();
     let dir = std::env::temp_dir().join(format!("hc-audit-lost-{}", rand::random::<u64>()));
     let path = dir.join("audit.jsonl");
-    let options = || AuditOptions {
-        sink: Some(signaling::audit_sink::SinkConfig {
-            url: url.clone(),
-            stream: STREAM.into(),
-            buffer_lines: 5_000,
-            timeout: Duration::from_secs(2),
-        }),
-        ..Default::default()
-    };
+    let options = || with_copy(&url, 5_000);
     let log = AuditLog::open_with(&path, options()).unwrap();
     for n in 0..2_600 {
         log.append(&AuditEvent {
