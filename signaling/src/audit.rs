@@ -54,6 +54,34 @@ pub async fn audit(state: &AppState, event: AuditEvent) -> Result<(), ()> {
     }
 }
 
+/// A valid token's subject was refused `what` with `code`: under the subject's refusal budget
+/// for that kind, written now (with `target`, what was asked for), counted into the subject's
+/// summary line, or past the budget left for the caller to answer 429. `Err` when the line
+/// was due and could not be written (the caller answers with it).
+pub async fn subject_refused(
+    state: &AppState,
+    what: crate::token_refusals::SubjectRefusal,
+    session: &Session,
+    code: &'static str,
+    target: Option<String>,
+) -> Result<crate::token_refusals::RefusalVerdict, Response> {
+    use crate::token_refusals::RefusalVerdict;
+    let c = &session.claims;
+    let verdict =
+        state
+            .refusals
+            .refused_subject(what, &c.sub, &c.mtg, code, std::time::Instant::now());
+    if verdict == RefusalVerdict::Record {
+        let mut event = session_event(what.event(), session, None);
+        event.code = Some(code.into());
+        event.target = target;
+        if audit(state, event).await.is_err() {
+            return Err(audit_unavailable());
+        }
+    }
+    Ok(verdict)
+}
+
 /// An access that cannot be recorded does not happen.
 pub(crate) fn audit_unavailable() -> Response {
     (

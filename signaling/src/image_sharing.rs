@@ -102,25 +102,10 @@ async fn refused(
     target: Option<String>,
     refusal: Response,
 ) -> Response {
-    let c = &session.claims;
-    match state.refusals.refused_subject(
-        SubjectRefusal::Image,
-        &c.sub,
-        &c.mtg,
-        code,
-        Instant::now(),
-    ) {
-        RefusalVerdict::Record => {
-            let mut event = session_event(SubjectRefusal::Image.event(), session, None);
-            event.code = Some(code.into());
-            event.target = target;
-            if audit(state, event).await.is_err() {
-                return audit_unavailable();
-            }
-            refusal
-        }
-        RefusalVerdict::Counted => refusal,
-        RefusalVerdict::Limited => too_many(&state.refusals, "too many refused photo requests"),
+    match crate::audit::subject_refused(state, SubjectRefusal::Image, session, code, target).await {
+        Err(unrecorded) => unrecorded,
+        Ok(RefusalVerdict::Limited) => too_many(&state.refusals, "too many refused photo requests"),
+        Ok(_) => refusal,
     }
 }
 

@@ -378,21 +378,14 @@ impl AppState {
                 event.code = Some(r.code().into());
                 Err(self.refuse(event, &r).await)
             }
-            Err(r) => match self.refusals.refused_subject(
-                crate::token_refusals::SubjectRefusal::Join,
-                &session.claims.sub,
-                &session.claims.mtg,
-                r.code(),
-                std::time::Instant::now(),
-            ) {
-                RefusalVerdict::Record => {
-                    let mut event = session_event("join_refused", &session, None);
-                    event.code = Some(r.code().into());
-                    Err(self.refuse(event, &r).await)
+            Err(r) => {
+                let what = crate::token_refusals::SubjectRefusal::Join;
+                match crate::audit::subject_refused(self, what, &session, r.code(), None).await {
+                    Err(unrecorded) => Err(unrecorded),
+                    Ok(RefusalVerdict::Limited) => Err(too_many_refusals(self.refusals.interval())),
+                    Ok(_) => Err(refusal(&r)),
                 }
-                RefusalVerdict::Counted => Err(refusal(&r)),
-                RefusalVerdict::Limited => Err(too_many_refusals(self.refusals.interval())),
-            },
+            }
         }
     }
 
@@ -409,27 +402,16 @@ impl AppState {
         else {
             return Ok(());
         };
-        const CODE: &str = "resume_key_of_another";
-        let verdict = self.refusals.refused_subject(
+        // (Past the budget, counted all the same; the connection goes on as itself.)
+        crate::audit::subject_refused(
+            self,
             crate::token_refusals::SubjectRefusal::Resume,
-            sub,
-            &session.claims.mtg,
-            CODE,
-            std::time::Instant::now(),
-        );
-        if verdict == RefusalVerdict::Record {
-            let mut event = session_event(
-                crate::token_refusals::SubjectRefusal::Resume.event(),
-                session,
-                None,
-            );
-            event.code = Some(CODE.into());
-            event.target = Some(target.to_string());
-            if audit(self, event).await.is_err() {
-                return Err(audit_unavailable());
-            }
-        }
-        Ok(())
+            session,
+            "resume_key_of_another",
+            Some(target.to_string()),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn refuse(&self, event: AuditEvent, r: &JoinRefusal) -> Response {

@@ -28,8 +28,6 @@ pub const MAX_LINKS_PER_SOURCE: usize = 64;
 /// File descriptors the node keeps for everything but ICE-TCP connections: its sockets, the
 /// operations listener the kubelet probes, the control link, certificates read at each dial.
 pub const FD_RESERVE: u64 = 256;
-/// What a connection's reader may hold before the core has answered it (its first buffer).
-pub const SMALL_FRAMES: usize = 4096;
 /// Output queued on one worker's connections together, at most: past it the connections
 /// holding the most are closed as slow (each connection's own cap, 1 MiB, times thousands of
 /// connections would be gigabytes).
@@ -544,7 +542,7 @@ impl IceTcp {
                     // Before its first valid check only small frames make sense (a check is a
                     // few hundred bytes): a stranger's connection does not get to hold a large
                     // frame's buffer.
-                    if drained.is_err() || (!link.answered && link.reader.held() > SMALL_FRAMES) {
+                    if drained.is_err() || (!link.answered && link.reader.grown()) {
                         self.closing.push((addr, token, CloseReason::BadFrame));
                         return;
                     }
