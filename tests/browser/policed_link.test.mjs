@@ -48,6 +48,7 @@ test("behind a policer: a lower layer, few tries back up, and no long freeze for
     ns.nft(`table inet hcpolicer {\n chain in {\n  type filter hook input priority 0;\n` +
       `  iifname "${link.nsIf}" limit rate over 50 kbytes/second burst 16000 bytes drop\n }\n}\n`);
     const failedBefore = await metric(server, "sfu_failed_steps_total");
+    const unrepairedBefore = await metric(server, "sfu_keyframes_for_failed_repairs_total");
     const start = Date.now();
     const samples = [];
     while (Date.now() - start < 40000) {
@@ -55,9 +56,11 @@ test("behind a policer: a lower layer, few tries back up, and no long freeze for
       await new Promise((r) => setTimeout(r, 250));
     }
     const failed = (await metric(server, "sfu_failed_steps_total")) - failedBefore;
+    const unrepaired = (await metric(server, "sfu_keyframes_for_failed_repairs_total")) - unrepairedBefore;
     const widths = samples.map(([t, r]) => `${(t / 1000).toFixed(1)}:${r.width}/${Math.round(r.frozen * 1000)}`).join(" ");
     console.log(`# policed at 400 kbit/s, 16 KB burst, the top layer at ${topKbps} kbit/s before (time s: ` +
-      `width px/ms frozen in all): ${widths}; ${failed} failed steps taken back`);
+      `width px/ms frozen in all): ${widths}; ${failed} failed steps taken back, ` +
+      `${unrepaired} keyframes asked for losses no resend mended`);
     const down = samples.find(([, r]) => r.width < 640);
     // Until the move down the patient's picture is what tells: loss repaired, no freeze.
     const frozenBefore = Math.round(((down ? down[1] : samples[samples.length - 1][1]).frozen - samples[0][1].frozen) * 1000);

@@ -35,6 +35,9 @@ pub struct Counters {
     pub keyframe_requests_in: u64,
     pub keyframe_requests_out: u64,
     pub keyframe_requests_throttled: u64,
+    /// Subscribers' pictures broken by a loss no repair could mend (its retransmissions used
+    /// up): a keyframe asked for at once, not after the browser's own wait.
+    pub keyframes_for_failed_repairs: u64,
     pub twcc_feedback_out: u64,
     pub data_messages_in: u64,
     pub data_messages_out: u64,
@@ -118,6 +121,7 @@ impl std::ops::AddAssign for Counters {
             keyframe_requests_in,
             keyframe_requests_out,
             keyframe_requests_throttled,
+            keyframes_for_failed_repairs,
             twcc_feedback_out,
             data_messages_in,
             data_messages_out,
@@ -172,6 +176,7 @@ impl std::ops::AddAssign for Counters {
         self.keyframe_requests_in += keyframe_requests_in;
         self.keyframe_requests_out += keyframe_requests_out;
         self.keyframe_requests_throttled += keyframe_requests_throttled;
+        self.keyframes_for_failed_repairs += keyframes_for_failed_repairs;
         self.twcc_feedback_out += twcc_feedback_out;
         self.data_messages_in += data_messages_in;
         self.data_messages_out += data_messages_out;
@@ -204,7 +209,7 @@ impl std::ops::AddAssign for Counters {
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 53] {
+    pub fn named(&self) -> [(&'static str, u64); 54] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -240,6 +245,10 @@ impl Counters {
             (
                 "sfu_keyframe_requests_throttled_total",
                 self.keyframe_requests_throttled,
+            ),
+            (
+                "sfu_keyframes_for_failed_repairs_total",
+                self.keyframes_for_failed_repairs,
             ),
             ("sfu_twcc_feedback_out_total", self.twcc_feedback_out),
             ("sfu_data_messages_in_total", self.data_messages_in),
@@ -293,7 +302,7 @@ impl Counters {
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 53] = [
+    pub const HELP: [(&'static str, &'static str); 54] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -397,6 +406,10 @@ impl Counters {
         (
             "sfu_keyframe_requests_throttled_total",
             "Keyframe requests not passed on because one was sent moments before.",
+        ),
+        (
+            "sfu_keyframes_for_failed_repairs_total",
+            "Subscribers' losses whose retransmissions were used up: a keyframe asked for at once.",
         ),
         (
             "sfu_twcc_feedback_out_total",

@@ -35,6 +35,9 @@ pub struct SimulcastPublisher {
     pub keyframe_scale: usize,
     /// Keyframes sent per layer (asked for or periodic).
     pub keyframes: [u32; LAYERS],
+    /// A keyframe unasked every this many frames (every 3 s by default); `None`: only when
+    /// asked, as a browser's encoder.
+    pub keyframe_every: Option<u64>,
     /// Stops and restarts its encoders as the SFU's `LayersUnused` events say (as the web
     /// client does), a restarted one with a keyframe.
     pub follows_dynacast: bool,
@@ -71,6 +74,7 @@ impl SimulcastPublisher {
             packet_size: [300, 600, 900],
             keyframe_scale: 1,
             keyframes: [0; LAYERS],
+            keyframe_every: Some(90),
             follows_dynacast: false,
             events_seen: 0,
         }
@@ -134,7 +138,8 @@ impl SimulcastPublisher {
             if !self.sending[l] {
                 continue;
             }
-            let key = std::mem::take(&mut self.key_owed[l]) || frame.is_multiple_of(90);
+            let key = std::mem::take(&mut self.key_owed[l])
+                || self.keyframe_every.is_some_and(|n| frame.is_multiple_of(n));
             if key {
                 self.keyframes[l] += 1;
             }

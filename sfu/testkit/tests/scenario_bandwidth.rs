@@ -938,6 +938,73 @@ fn behind_a_policer_a_failed_step_up_costs_little_picture() {
     );
 }
 
+#[test]
+fn a_loss_no_repair_mends_brings_a_keyframe_at_once() {
+    // A small tile (the lowest layer) on a link that loses a third of what is sent for 8 s,
+    // from a camera that — as a browser's encoder — sends a keyframe only when asked. Each
+    // packet the subscriber misses is asked for four times and resent at most three: when
+    // all four copies are lost the picture cannot go on until a keyframe, which a browser
+    // asks for itself only after 3 s without a picture.
+    let mut call = Call::with_config(44, &[Link::default()], |c| {
+        // The layer is the tile's choice here, not the estimate's (which would pause the
+        // video at this loss, hiding what is judged).
+        c.bandwidth_estimation = false;
+    });
+    call.camera.keyframe_scale = 4;
+    call.camera.keyframe_every = None;
+    call.net.peers[1].nack_losses = true;
+    let tile = call.net.id(1).clone();
+    call.net.command(sfu_proto::Command::SetPreferredLayer {
+        participant: tile,
+        mid: None,
+        layer: sfu_proto::VideoLayer::Low,
+    });
+    call.run(Duration::from_secs(3));
+    let lossy = call.net.now;
+    call.net.set_downlink(
+        1,
+        Link {
+            loss: 0.33,
+            ..Link::default()
+        },
+    );
+    call.run(Duration::from_secs(8));
+    let clean = call.net.now;
+    call.net.set_downlink(1, Link::default());
+    call.run(Duration::from_secs(2));
+    let end = call.net.now;
+    let shown = shown_pictures(&arrivals(&call.net, 1), &call.camera);
+    let frozen = freezes(&shown, lossy, end);
+    let total: Duration = frozen.iter().map(|&(_, d)| d).sum();
+    let c = &call.net.sfu.counters;
+    println!(
+        "a third lost for 8 s: {} pictures shown of {} sent, freezes {frozen:?} ({total:?} in \
+         all), {} losses every resend of which was lost, {} keyframes sent",
+        shown.iter().filter(|&&(t, _)| t >= lossy).count(),
+        (end - lossy).as_millis() * 30 / 1000,
+        c.keyframes_for_failed_repairs,
+        call.camera.keyframes[0],
+    );
+    assert!(
+        c.keyframes_for_failed_repairs >= 1,
+        "no packet lost with every resend"
+    );
+    // Without the keyframe the first such loss froze the picture for the rest of the call
+    // (9.8 s of these 10). With it, 1.5–3.5 s in all over eight seeds, most of it repairs
+    // arriving late; no freeze over 0.95 s.
+    assert!(
+        frozen.iter().all(|&(_, d)| d < Duration::from_millis(1500)),
+        "the picture froze: {frozen:?}"
+    );
+    assert!(total < Duration::from_secs(5), "frozen {total:?} in all");
+    // Moving in the clean seconds at the end.
+    assert!(
+        shown.iter().filter(|&&(t, _)| t >= clean).count() >= 50,
+        "{} pictures in the last 2 s",
+        shown.iter().filter(|&&(t, _)| t >= clean).count()
+    );
+}
+
 /// A subscriber whose estimate binds, sent back to the waiting room while its pacer holds a
 /// keyframe burst: nothing of others' media leaves for it after the move (before, what its
 /// pacer held went out after it: here 49 packets over 180 ms).

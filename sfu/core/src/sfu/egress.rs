@@ -7,6 +7,7 @@ use super::*;
 use crate::pacer::PacketSeal;
 use crate::participant::Participant;
 use crate::payload_format::PayloadFormat;
+use crate::resend_record::Resend;
 use crate::rtcp_writer;
 use crate::rtp_header::HeaderWriter;
 use crate::srtp_context::{SRTCP_TRAILER_LEN, SRTP_TAG_LEN};
@@ -278,6 +279,10 @@ impl Sfu {
         let mut left = allowed;
         let renumber = track.format == PayloadFormat::Vp8;
         let cache = &track.layers[layer].cache;
+        // A packet asked for again after its last retransmission: the link lost every copy,
+        // and the subscriber's picture stays broken until a keyframe. A browser asks for one
+        // only after seconds without a picture (Chromium: 3 s); the SFU knows now.
+        let mut repair_failed = false;
         for seq in nack.nacks.iter().copied().flatten() {
             if left == 0 {
                 break;
@@ -306,10 +311,17 @@ impl Sfu {
                 .temporal
                 .is_some_and(|tid| !subscription.temporal.passes(tid, in_ext))
                 || !subscription.vp8.places(payload, at)
-                || !subscription.resends.allow(out_ext, max, cache_slots)
             {
                 self.counters.nacks_unrepairable += 1;
                 continue;
+            }
+            match subscription.resends.allow(out_ext, max, cache_slots) {
+                Resend::Allowed => {}
+                verdict => {
+                    self.counters.nacks_unrepairable += 1;
+                    repair_failed |= verdict == Resend::UsedUp;
+                    continue;
+                }
             }
             let out_ts = meta.timestamp.wrapping_add(subscription.ts_delta);
             let slot = out.slot();
@@ -349,6 +361,10 @@ impl Sfu {
                 self.counters.packets_out += 1;
                 self.counters.bytes_out += n as u64;
             }
+        }
+        if repair_failed {
+            self.counters.keyframes_for_failed_repairs += 1;
+            self.keyframe_for(now, idx, s, out);
         }
     }
 
