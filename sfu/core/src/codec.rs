@@ -43,7 +43,11 @@ impl CodecParams {
                 .iter()
                 .find(|c| c.is("opus") && c.clock_rate == 48_000)?,
             MediaKind::Video => VIDEO_PREFERENCE.iter().find_map(|name| {
-                let mut candidates = offered.iter().filter(|c| c.is(name));
+                // RTP's video formats all run a 90 kHz clock; another would be a client's
+                // invention (and the jitter arithmetic's to overflow).
+                let mut candidates = offered
+                    .iter()
+                    .filter(|c| c.is(name) && c.clock_rate == 90_000);
                 if *name == "H264" {
                     // Packetization mode 1 with the constrained-baseline profile decodes
                     // everywhere, phones included.
@@ -97,6 +101,16 @@ mod tests {
             fmtp: fmtp.into(),
             rtcp_feedback: vec![],
         }
+    }
+
+    #[test]
+    fn a_video_format_on_another_clock_than_90_khz_is_not_chosen() {
+        let mut odd = codec(96, "VP8", "");
+        odd.clock_rate = u32::MAX;
+        let offered = vec![odd, codec(98, "VP9", "")];
+        let c = CodecParams::choose(MediaKind::Video, &offered).unwrap();
+        assert_eq!((c.name.as_str(), c.clock_rate), ("VP9", 90_000));
+        assert!(CodecParams::choose(MediaKind::Video, &offered[..1]).is_none());
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Counters {
     pub retransmissions_out: u64,
     pub repairs_received: u64,
     pub duplicate_repairs: u64,
+    /// Repairs (RTX) of a packet past the newest its stream received: no gap to fill.
+    pub repairs_refused: u64,
     pub keyframe_requests_in: u64,
     pub keyframe_requests_out: u64,
     pub keyframe_requests_throttled: u64,
@@ -45,6 +47,9 @@ pub struct Counters {
     /// SCTP packets the data channels never read: a stream past the few channels need,
     /// chunks that do not parse, or past the session's budget.
     pub sctp_packets_refused: u64,
+    /// RTCP not read: datagrams over an IP packet's size or past the sender's budget, packets
+    /// of a compound past its 16th, transport-wide feedback past the statuses' budget.
+    pub rtcp_refused: u64,
     /// Subscriptions not made because the subscriber's session holds the most m-lines.
     pub subscriptions_refused: u64,
     /// Simulcast subscriptions that started or changed layer (always at a keyframe).
@@ -118,6 +123,7 @@ impl std::ops::AddAssign for Counters {
             retransmissions_out,
             repairs_received,
             duplicate_repairs,
+            repairs_refused,
             keyframe_requests_in,
             keyframe_requests_out,
             keyframe_requests_throttled,
@@ -127,6 +133,7 @@ impl std::ops::AddAssign for Counters {
             data_messages_out,
             data_messages_dropped,
             sctp_packets_refused,
+            rtcp_refused,
             subscriptions_refused,
             layer_switches,
             layer_loss_downgrades,
@@ -173,6 +180,7 @@ impl std::ops::AddAssign for Counters {
         self.retransmissions_out += retransmissions_out;
         self.repairs_received += repairs_received;
         self.duplicate_repairs += duplicate_repairs;
+        self.repairs_refused += repairs_refused;
         self.keyframe_requests_in += keyframe_requests_in;
         self.keyframe_requests_out += keyframe_requests_out;
         self.keyframe_requests_throttled += keyframe_requests_throttled;
@@ -182,6 +190,7 @@ impl std::ops::AddAssign for Counters {
         self.data_messages_out += data_messages_out;
         self.data_messages_dropped += data_messages_dropped;
         self.sctp_packets_refused += sctp_packets_refused;
+        self.rtcp_refused += rtcp_refused;
         self.subscriptions_refused += subscriptions_refused;
         self.layer_switches += layer_switches;
         self.layer_loss_downgrades += layer_loss_downgrades;
@@ -209,7 +218,7 @@ impl std::ops::AddAssign for Counters {
 
 impl Counters {
     /// Every counter with its Prometheus name, for export.
-    pub fn named(&self) -> [(&'static str, u64); 54] {
+    pub fn named(&self) -> [(&'static str, u64); 56] {
         [
             ("sfu_packets_in_total", self.packets_in),
             ("sfu_bytes_in_total", self.bytes_in),
@@ -237,6 +246,7 @@ impl Counters {
             ("sfu_retransmissions_out_total", self.retransmissions_out),
             ("sfu_repairs_received_total", self.repairs_received),
             ("sfu_duplicate_repairs_total", self.duplicate_repairs),
+            ("sfu_repairs_refused_total", self.repairs_refused),
             ("sfu_keyframe_requests_in_total", self.keyframe_requests_in),
             (
                 "sfu_keyframe_requests_out_total",
@@ -258,6 +268,7 @@ impl Counters {
                 self.data_messages_dropped,
             ),
             ("sfu_sctp_packets_refused_total", self.sctp_packets_refused),
+            ("sfu_rtcp_refused_total", self.rtcp_refused),
             (
                 "sfu_subscriptions_refused_total",
                 self.subscriptions_refused,
@@ -302,7 +313,7 @@ impl Counters {
     }
 
     /// The HELP text of every counter of [`Counters::named`], by name.
-    pub const HELP: [(&'static str, &'static str); 54] = [
+    pub const HELP: [(&'static str, &'static str); 56] = [
         (
             "sfu_packets_in_total",
             "Datagrams received (media, RTCP, STUN, DTLS), per worker.",
@@ -396,6 +407,10 @@ impl Counters {
             "Retransmitted packets that arrived after the original.",
         ),
         (
+            "sfu_repairs_refused_total",
+            "Repairs (RTX) naming a packet past the newest their stream received, dropped: no gap to fill.",
+        ),
+        (
             "sfu_keyframe_requests_in_total",
             "Keyframe requests (PLI/FIR) received from subscribers.",
         ),
@@ -427,6 +442,10 @@ impl Counters {
         (
             "sfu_sctp_packets_refused_total",
             "SCTP packets of data channels refused unread: a stream id past the cap, chunks that do not parse, or past a session's budget.",
+        ),
+        (
+            "sfu_rtcp_refused_total",
+            "RTCP not read: datagrams over 1,500 bytes or past the sender's 200 a second, packets of a compound past its 16th, transport-wide feedback past 5,000 statuses a second.",
         ),
         (
             "sfu_subscriptions_refused_total",

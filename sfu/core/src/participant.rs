@@ -78,6 +78,9 @@ pub struct Participant {
     pub stun_budget: TokenBucket,
     /// Sequence numbers its NACKs may still have looked up.
     pub nack_budget: TokenBucket,
+    /// RTCP datagrams it may still have read, and statuses of its transport-wide feedback.
+    pub rtcp_budget: TokenBucket,
+    pub feedback_budget: TokenBucket,
     /// Extension ids the participant's browser uses, by URI, so SFU offers reuse them.
     pub offered_extmaps: Vec<(u8, String)>,
     /// The formats the participant's offers numbered (every codec of every m-line, one per

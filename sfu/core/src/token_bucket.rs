@@ -25,6 +25,18 @@ pub const STUN_CHECKS_BURST: f64 = 200.0;
 pub const NACKED_PER_SECOND: f64 = 2000.0;
 pub const NACKED_BURST: f64 = 4000.0;
 
+/// RTCP datagrams a session's client may have read: a browser sends transport-wide feedback
+/// every 50–250 ms, receiver reports every second or so per stream, and NACKs and keyframe
+/// requests as it loses packets — some tens a second. Each can cost a walk of the send history
+/// and a new allocation of the subscriber's bandwidth, from the waiting room on.
+pub const RTCP_DATAGRAMS_PER_SECOND: f64 = 200.0;
+pub const RTCP_DATAGRAMS_BURST: f64 = 400.0;
+/// Packet statuses a session's transport-wide feedback may have matched to what was sent to
+/// it: one per packet it got (10 Mbit/s of video is some 1,000 a second), some twice. One
+/// message can claim 65,535 of them in a few bytes.
+pub const FEEDBACK_STATUSES_PER_SECOND: f64 = 5000.0;
+pub const FEEDBACK_STATUSES_BURST: f64 = 10_000.0;
+
 /// Audio a publisher's track may have forwarded: Opus sends 50 packets a second (100 with 10 ms
 /// frames) of at most a few hundred bytes (up to 510 kbit/s at its highest, with redundancy
 /// on top), so 576 kbit/s and 150 packets a second pass any real microphone with room to

@@ -833,6 +833,30 @@ impl SimPeer {
         }
     }
 
+    /// Sends `payload` on track `track`'s RTX stream as a repair of `osn`, whatever it held
+    /// (a hostile publisher's "repairs").
+    pub fn send_rtx(&mut self, track: usize, osn: u16, payload: &[u8]) {
+        let mut body = osn.to_be_bytes().to_vec();
+        body.extend_from_slice(payload);
+        let t = &mut self.tracks[track];
+        t.rtx_seq = t.rtx_seq.wrapping_add(1);
+        if t.rtx_seq == 0 {
+            t.rtx_roc += 1;
+        }
+        let (ssrc, rtx_seq, roc, ts) = (t.rtx_ssrc, t.rtx_seq, t.rtx_roc, t.timestamp);
+        self.send_rtp_raw(
+            ssrc,
+            97,
+            rtx_seq,
+            roc,
+            ts,
+            true,
+            &body,
+            None,
+            Some((track, 11)),
+        );
+    }
+
     fn retransmit(&mut self, track: usize, seq: u16) {
         let t = &self.tracks[track];
         let Some((ts, marker, payload)) = self.history.get(&(t.ssrc, seq)).cloned() else {

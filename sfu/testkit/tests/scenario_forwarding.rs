@@ -316,8 +316,136 @@ fn nacks_naming_thousands_of_numbers_are_looked_up_only_within_a_budget() {
     assert_eq!(left, Vec::<u16>::new(), "new holes left unrepaired");
 }
 
-/// A publisher's sender reports reach its subscribers at most every 250 ms: 50 in one
-/// datagram (28 bytes each) used to become 50 to every subscriber, outside the pacer.
+/// RTCP costs the worker a bounded amount whatever a client packs into it: a datagram over an
+/// IP packet's size is not read (a reassembled 64 KiB one held some 2,700 transport-wide
+/// feedback messages, each walked over 2,048 statuses), a compound is read to its 16th packet,
+/// feedback statuses and datagrams have a budget per session — and the session's RTCP is read
+/// again once the budget refills. (Before: every packet of every compound was acted on.)
+#[test]
+fn rtcp_past_an_ip_packet_a_compound_or_a_budget_is_not_read() {
+    let mut net = two_publishers_three_subscribers(15);
+    let mut tick = 0;
+    net.run(Duration::from_secs(1), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let ssrc = pub_a_video(&net, 2).expect("line");
+    let plis = |count: usize| {
+        let mut compound = Vec::new();
+        for _ in 0..count {
+            let mut buf = [0u8; 12];
+            let n = sfu_core::rtcp_writer::pli(&mut buf, ssrc);
+            compound.extend_from_slice(&buf[..n]);
+        }
+        compound
+    };
+    let counters = |net: &SimNetwork| {
+        let c = &net.sfu.counters;
+        (c.keyframe_requests_in, c.rtcp_refused, c.rtcp_in)
+    };
+    // 200 keyframe requests in 2,400 bytes: none read.
+    let (asked, refused, _) = counters(&net);
+    net.peers[2].send_rtcp(&plis(200));
+    net.run(Duration::from_millis(30), |_| {});
+    assert_eq!(
+        counters(&net).0,
+        asked,
+        "a request of an oversized datagram was read"
+    );
+    assert_eq!(counters(&net).1, refused + 1);
+    // 100 in 1,200 bytes: the first 16.
+    let (asked, refused, _) = counters(&net);
+    net.peers[2].send_rtcp(&plis(100));
+    net.run(Duration::from_millis(30), |_| {});
+    assert_eq!(counters(&net).0, asked + 16);
+    assert_eq!(counters(&net).1, refused + 1);
+    // Twelve feedback messages, each saying 2,048 packets were lost (2 bytes of chunk each):
+    // at most the statuses' burst of them walked.
+    let mut compound = Vec::new();
+    for i in 0..12u8 {
+        let mut m = vec![0x8f, 205, 0, 5];
+        m.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        m.extend_from_slice(&ssrc.to_be_bytes());
+        m.extend_from_slice(&0u16.to_be_bytes()); // base sequence number
+        m.extend_from_slice(&2048u16.to_be_bytes()); // status count
+        m.extend_from_slice(&[0, 0, 1, i]); // reference time, feedback count
+        m.extend_from_slice(&0x0800u16.to_be_bytes()); // a run of 2,048 "not received"
+        m.extend_from_slice(&[0, 0]);
+        compound.extend_from_slice(&m);
+    }
+    let (_, refused, _) = counters(&net);
+    net.peers[2].send_rtcp(&compound);
+    net.run(Duration::from_millis(30), |_| {});
+    let walked = 12 - (counters(&net).1 - refused);
+    assert!(
+        walked * 2048 <= sfu_core::token_bucket::FEEDBACK_STATUSES_BURST as u64,
+        "{walked} messages of 2,048 statuses walked at once"
+    );
+    // 2,000 datagrams at once: the burst read, the rest not.
+    let (_, refused, read) = counters(&net);
+    for _ in 0..2_000 {
+        net.peers[2].send_pli(ssrc);
+    }
+    net.run(Duration::from_millis(30), |_| {});
+    let (_, refused_now, read_now) = counters(&net);
+    assert!(
+        read_now - read <= sfu_core::token_bucket::RTCP_DATAGRAMS_BURST as u64 + 10,
+        "{} read",
+        read_now - read
+    );
+    assert!(
+        refused_now - refused >= 1_500,
+        "{} refused",
+        refused_now - refused
+    );
+    // Its own RTCP is read again once the budget refills; everyone's media went on meanwhile.
+    let received = net.peers[3].received.values().map(Vec::len).sum::<usize>();
+    net.run(Duration::from_secs(3), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    let (asked, _, _) = counters(&net);
+    net.peers[2].send_pli(ssrc);
+    net.run(Duration::from_millis(30), |_| {});
+    assert_eq!(
+        counters(&net).0,
+        asked + 1,
+        "an honest request after the flood"
+    );
+    assert!(net.peers[3].received.values().map(Vec::len).sum::<usize>() > received + 100);
+}
+
+/// A publisher may send on its RTX stream only repairs of what its media stream passed: "repairs"
+/// of packets it never sent would reach every subscriber as media, outside the layer's
+/// measured rate that their bandwidth is shared by (before: 399 of these 500 reached one).
+#[test]
+fn repairs_of_packets_never_sent_are_not_forwarded() {
+    let mut net = two_publishers_three_subscribers(16);
+    let mut tick = 0;
+    net.run(Duration::from_secs(1), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    // (What is on its way arrives first.)
+    net.run(Duration::from_millis(100), |_| {});
+    let ssrc = pub_a_video(&net, 2).expect("line");
+    let got = |net: &SimNetwork| net.peers[2].received.get(&ssrc).map_or(0, Vec::len);
+    let (before, refused) = (got(&net), net.sfu.counters.repairs_refused);
+    let next = net.peers[0].tracks[1].seq;
+    for i in 0..500u16 {
+        let mut payload = vec![0x90, 0x80, 0, 0];
+        payload.resize(1_000, 0xab);
+        net.peers[0].send_rtx(1, next.wrapping_add(1 + i), &payload);
+    }
+    net.run(Duration::from_millis(100), |_| {});
+    assert_eq!(got(&net), before, "\"repairs\" forwarded");
+    assert_eq!(net.sfu.counters.repairs_refused - refused, 500);
+    // Its media goes on.
+    net.run(Duration::from_millis(500), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    assert!(got(&net) > before + 20, "{} after", got(&net) - before);
+}
+
+/// A publisher's sender reports reach its subscribers at most every 250 ms: 50 in a few
+/// datagrams (28 bytes each) used to become 50 to every subscriber, outside the pacer.
 #[test]
 fn a_publishers_flood_of_sender_reports_is_passed_on_once() {
     let mut net = two_publishers_three_subscribers(14);
@@ -335,7 +463,10 @@ fn a_publishers_flood_of_sender_reports_is_passed_on_once() {
     let before: Vec<u32> = (2..5)
         .map(|p| net.peers[p].sender_reports_received)
         .collect();
-    net.peers[0].send_rtcp(&compound);
+    // (Ten to a compound: past its 16th packet a compound is not read.)
+    for part in compound.chunks(10 * 28) {
+        net.peers[0].send_rtcp(part);
+    }
     net.run(Duration::from_millis(100), |_| {});
     let after: Vec<u32> = (2..5)
         .map(|p| net.peers[p].sender_reports_received)

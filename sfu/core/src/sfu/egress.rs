@@ -362,7 +362,10 @@ impl Sfu {
                 self.counters.bytes_out += n as u64;
             }
         }
-        if repair_failed {
+        // (Not for a picture already waiting for a keyframe, or paused: one is asked for or
+        // not wanted.)
+        let flowing = self.participant(idx).subscriptions[s].flow == Flow::Flowing;
+        if repair_failed && flowing {
             self.counters.keyframes_for_failed_repairs += 1;
             self.keyframe_for(now, idx, s, out);
         }

@@ -15,6 +15,13 @@ use crate::transport_feedback::TransportFeedback;
 use sfu_proto::MediaKind;
 use std::time::Instant;
 
+/// The largest SRTCP datagram read: an IP packet's worth (a browser keeps its compounds within
+/// one).
+const MAX_RTCP_DATAGRAM: usize = 1500;
+/// Packets of one compound acted on: a browser's hold a report, a description and a few
+/// feedback messages.
+const MAX_RTCP_PACKETS: usize = 16;
+
 impl Sfu {
     pub(super) fn handle_rtcp(
         &mut self,
@@ -30,6 +37,12 @@ impl Sfu {
             self.counters.dropped_not_ready += 1;
             return;
         };
+        // No client sends RTCP larger than an IP packet; a reassembled 64 KiB one would be
+        // thousands of feedback messages to act on.
+        if buf.len() > MAX_RTCP_DATAGRAM {
+            self.counters.rtcp_refused += 1;
+            return;
+        }
         // The index sits in the clear trailer: a replay is refused before any crypto.
         let Some(index) = crate::srtp_context::srtcp_index(buf) else {
             self.counters.dropped_malformed += 1;
@@ -69,12 +82,24 @@ impl Sfu {
             .or_insert_with(|| (ReplayWindow::default(), now));
         window.accept(index as u64);
         *heard = now;
+        // Charged once it authenticates (another's forged datagrams spend none of it), and
+        // after its index is taken (it cannot be replayed into a later second's budget).
+        if !p.rtcp_budget.take(now, 1.0) {
+            self.counters.rtcp_refused += 1;
+            return;
+        }
         self.counters.rtcp_in += 1;
         // One packet of the compound at a time: transport-wide feedback is read in place (it
         // comes every 50–250 ms from every subscriber), the rest by rtc-rtcp; a malformed
         // packet costs only itself.
         let mut rest = &buf[..len];
+        let mut read = 0;
         while rest.len() >= 4 {
+            if read == MAX_RTCP_PACKETS {
+                self.counters.rtcp_refused += 1;
+                return;
+            }
+            read += 1;
             let n = (u16::from_be_bytes([rest[2], rest[3]]) as usize + 1) * 4;
             if n > rest.len() {
                 self.counters.dropped_malformed += 1;
@@ -187,6 +212,12 @@ impl Sfu {
         let Some(p) = self.participants[idx].as_mut() else {
             return;
         };
+        // What walking it costs: a step per status, up to what the history could match.
+        let statuses = usize::from(feedback.status_count).min(SEND_HISTORY_LEN);
+        if !p.feedback_budget.take(now, statuses as f64) {
+            self.counters.rtcp_refused += 1;
+            return;
+        }
         if std::mem::take(&mut p.downlink.receiver_estimated) {
             // Its own estimate until now: ours, from its feedback, from here on.
             p.downlink.estimator = None;

@@ -175,6 +175,12 @@ impl Sfu {
             start += 2;
             let media = layer.inbound.as_mut()?;
             let media_ext = media.extend(osn);
+            // A repair fills a gap the stream already passed. One "ahead" of it repairs
+            // nothing: it would be media sent as repairs, past the layer's rate.
+            if media.highest().is_none_or(|h| media_ext >= h) {
+                self.counters.repairs_refused += 1;
+                return None;
+            }
             if media.is_replay(media_ext) {
                 self.counters.duplicate_repairs += 1;
                 return None;
@@ -209,13 +215,12 @@ impl Sfu {
             Vp8Descriptor::default()
         };
         let layer = &mut track.layers[l];
-        if !is_rtx {
-            layer.measure(
-                now,
-                plain_len + crate::srtp_context::SRTP_TAG_LEN,
-                vp8.temporal,
-            );
-        }
+        // Repairs too: they reach the subscribers as media do.
+        layer.measure(
+            now,
+            plain_len + crate::srtp_context::SRTP_TAG_LEN,
+            vp8.temporal,
+        );
         layer.cache.insert(
             media_ext,
             header.timestamp,

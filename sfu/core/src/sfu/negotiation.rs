@@ -15,7 +15,9 @@ use crate::peer_transport::PeerTransport;
 use crate::remote_description::{RemoteDescription, SdpError};
 use crate::ssrc_routes::SsrcRoutes;
 use crate::token_bucket::{
-    NACKED_BURST, NACKED_PER_SECOND, STUN_CHECKS_BURST, STUN_CHECKS_PER_SECOND, TokenBucket,
+    FEEDBACK_STATUSES_BURST, FEEDBACK_STATUSES_PER_SECOND, NACKED_BURST, NACKED_PER_SECOND,
+    RTCP_DATAGRAMS_BURST, RTCP_DATAGRAMS_PER_SECOND, STUN_CHECKS_BURST, STUN_CHECKS_PER_SECOND,
+    TokenBucket,
 };
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
@@ -68,6 +70,11 @@ impl Sfu {
             data_budget: crate::token_bucket::RelayBudget::data(),
             stun_budget: TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST),
             nack_budget: TokenBucket::new(NACKED_PER_SECOND, NACKED_BURST),
+            rtcp_budget: TokenBucket::new(RTCP_DATAGRAMS_PER_SECOND, RTCP_DATAGRAMS_BURST),
+            feedback_budget: TokenBucket::new(
+                FEEDBACK_STATUSES_PER_SECOND,
+                FEEDBACK_STATUSES_BURST,
+            ),
             published: Vec::new(),
             ssrc_routes: SsrcRoutes::default(),
             subscriptions: Vec::new(),
