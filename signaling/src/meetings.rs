@@ -523,9 +523,16 @@ impl Meetings {
             None => return Err(JoinRefusal::MeetingUnknown),
         };
         let forward = room.lock().forwarded_to(&c.sub, now);
-        if let Some(to) = forward
-            && let Some(private) = self.get(&to)
-        {
+        // (Read from the store when this replica has no copy: it took the queue over after the
+        // visit was opened elsewhere.)
+        let private = match forward {
+            Some(to) => self.find(&to).map_err(|e| {
+                tracing::warn!(error = %e, "reading a meeting from the store failed");
+                JoinRefusal::StoreUnavailable
+            })?,
+            None => None,
+        };
+        if let Some(private) = private {
             use crate::meeting::MeetingStatus;
             let (status, others) = {
                 let p = private.lock();

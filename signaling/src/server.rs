@@ -346,7 +346,7 @@ impl AppState {
                 );
             }
         };
-        let checked = match &q.meeting {
+        let entered = || match &q.meeting {
             Some(m) if !m.is_empty() && *m != session.claims.mtg => {
                 Err(JoinRefusal::MeetingMismatch)
             }
@@ -356,6 +356,38 @@ impl AppState {
                     .map(|()| room.clone())
             }),
         };
+        let mut checked = entered();
+        if let Some(replicas) = &self.replicas
+            && let Ok(room) = &checked
+            && !self.meetings.runs(&room.id)
+        {
+            // With replicas a join is served only where the lease of the meeting it enters is
+            // held: a private visit a queue's link leads to, whose lease went when it emptied
+            // (another replica's copy of it, loaded at its start, may lack a denial or an
+            // end), or a meeting whose token verified here only after routing found it not
+            // yet valid. Taken here if nobody holds it — the meeting read again from the
+            // store — else the client tries again and is routed to its owner.
+            use crate::meeting_lease::Owner;
+            let id = room.id.clone();
+            let owner = tokio::task::block_in_place(|| {
+                self.meetings
+                    .owner_of(&replicas.leases, &id, self.sfu.as_ref())
+            });
+            checked = match owner {
+                Ok(Owner::Here { .. }) => entered(),
+                Ok(Owner::Elsewhere(_)) => return Err(crate::replica_relay::owner_unreachable()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a meeting's lease failed");
+                    Err(JoinRefusal::StoreUnavailable)
+                }
+            };
+            if checked
+                .as_ref()
+                .is_ok_and(|room| !self.meetings.runs(&room.id))
+            {
+                return Err(crate::replica_relay::owner_unreachable());
+            }
+        }
         let c = &session.claims;
         let checked = checked.and_then(|room| {
             let now = std::time::Instant::now();

@@ -448,3 +448,81 @@ async fn a_replica_that_lost_a_meetings_lease_ends_the_accesses_it_recorded() {
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A drop-in patient's queue link leads back into their private visit while it lasts — on the
+/// replica holding the visit's lease, read from the store. A replica that started while the
+/// visit was open holds a copy of it from then: when the visit's owner stops after the
+/// clinician ended it, and the patient comes back through that replica, the visit is read
+/// again, ended, and the link leads to the queue's waiting room. (Before, that replica served
+/// the visit from its own copy, without its lease: the patient was back in the ended visit's
+/// waiting room, where nobody would come.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_visit_is_served_only_where_its_lease_is_held_from_what_the_store_says() {
+    let dir = std::env::temp_dir().join(format!("hc-replicas-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = Redis::persistent(free_port(), &dir.join("redis"));
+    let key = dir.join("issuer.key");
+    let mut a = replica(&redis.url(), &key);
+    let now = jiff::Timestamp::now();
+    let (status, q) = api_at(
+        &a.internal,
+        "POST",
+        "/api/v1/meetings",
+        Some(API_KEY),
+        Some(json!({
+            "id": "q-rep", "unit": "unit-1", "kind": "drop_in",
+            "start": (now - jiff::SignedDuration::from_mins(5)).to_string(),
+            "end": (now + jiff::SignedDuration::from_mins(120)).to_string(),
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{q}");
+    let mint = |body: Value| {
+        let internal = a.internal.clone();
+        async move {
+            let (status, t) = api_at(
+                &internal,
+                "POST",
+                "/api/v1/meetings/q-rep/tokens",
+                Some(API_KEY),
+                Some(body),
+            )
+            .await;
+            assert_eq!(status, 200, "{t}");
+            t["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let patient_token = mint(json!({"sub": "pat-q", "name": "Anna", "role": "patient"})).await;
+    let doc_token = mint(
+        json!({"sub": "doc-q", "name": "Dr Berg", "role": "clinician", "hsa": "SE2321000016-D1"}),
+    )
+    .await;
+    let mut patient = a.server.connect(&patient_token).await;
+    assert_eq!(patient.next_of("lobby_position").await["position"], 1);
+    let mut doc = a.server.connect(&doc_token).await;
+    doc.next_of("lobby").await;
+    doc.send(json!({"type": "take_next"})).await;
+    let private = doc.next_of("moved").await["meeting"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(patient.next_of("moved").await["meeting"], private.as_str());
+
+    // B starts with the visit open, the patient admitted to it.
+    let b = replica(&redis.url(), &key);
+    // The clinician ends the visit; then A stops (its leases handed back).
+    doc.send(json!({"type": "end_meeting"})).await;
+    assert_eq!(patient.next_of("closing").await["reason"], "meeting_ended");
+    drop((patient, doc));
+    a.server.terminate();
+
+    let (mut patient, _) = join_retrying(&b.server, &patient_token, Duration::from_secs(20)).await;
+    let welcome = patient.next_of("welcome").await;
+    assert_eq!(
+        (welcome["meeting"].as_str(), welcome["state"].as_str()),
+        (Some("q-rep"), Some("waiting")),
+        "back in the ended visit {private}: {welcome}"
+    );
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
