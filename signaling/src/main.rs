@@ -1452,7 +1452,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     let stopping = at_exit.clone();
-    tokio::spawn(async move {
+    let stopper = tokio::spawn(async move {
         // Ctrl-C, or SIGTERM from systemd, Docker or Kubernetes: stop the same way — new
         // connections refused, who is admitted kept in the meeting store, every client told to
         // connect again, and the audit log closed with its checkpoint.
@@ -1469,9 +1469,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(2)));
         tracing::info!("stopping: clients are told to connect again");
-        stopping
+        let parked = stopping.resume.parked_participants();
+        let lines = stopping
             .meetings
-            .hand_over(&*stopping.sfu, &stopping.resume.held());
+            .hand_over(&*stopping.sfu, &stopping.resume.held(), &parked);
+        // The dropped ones' ends, which their resume windows would have written.
+        let _ = audit_all(&stopping, lines).await;
     });
     let limited = LimitedAcceptor {
         limits,
@@ -1488,6 +1491,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => server.acceptor(limited).serve(service).await?,
     }
+    // The hand-over's own lines are written before the log closes (a moment at most: the
+    // service may also have stopped for another reason, with no hand-over coming).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stopper).await;
     // The connections told to reconnect write their last audit lines (leave, media stop) as
     // they close: wait for them (a moment at most) before the log closes.
     let drained = std::time::Instant::now() + std::time::Duration::from_secs(2);

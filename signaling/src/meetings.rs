@@ -1187,8 +1187,15 @@ impl Meetings {
     /// the waiting room within the reconnect grace after the restart), and with them each open
     /// connection's media session under its resume key (`keys`): the SFU is told to leave them
     /// running, and a client back with its key keeps its session. Then every connection is
-    /// told to connect again (`closing` with reason `restarting`, close 1012).
-    pub fn hand_over(&self, sfu: &dyn SfuControl, keys: &[HeldKey]) {
+    /// told to connect again (`closing` with reason `restarting`, close 1012). Returns the
+    /// `leave` lines of the `parked` participants (dropped, waiting for a resume): no
+    /// connection of theirs is left to write them before the audit log closes.
+    pub fn hand_over(
+        &self,
+        sfu: &dyn SfuControl,
+        keys: &[HeldKey],
+        parked: &[ParticipantId],
+    ) -> Vec<AuditEvent> {
         {
             // The nodes as placed now (a room moved since its sessions connected).
             let mut held = self.resume_keys.lock().unwrap_or_else(|e| e.into_inner());
@@ -1223,11 +1230,18 @@ impl Meetings {
         if let Some(leases) = self.leases.get() {
             leases.release_all();
         }
+        let mut unwritten = Vec::new();
         for room in self.list() {
-            // (Its people's connections close with the service, each writing its `leave`:
-            // the hand-over's own lines are not written twice.)
-            let _ = self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
+            // (Its people's open connections close with the service, each writing its
+            // `leave`: the hand-over's own lines are not written twice for them.)
+            let (_, lines) = self.with_room(&room, sfu, |s, fx| s.hand_over(fx));
+            unwritten.extend(lines.into_iter().filter(|l| {
+                l.participant
+                    .as_deref()
+                    .is_some_and(|p| parked.iter().any(|id| id.0 == p))
+            }));
         }
+        unwritten
     }
 
     /// Writes booked meetings, and unbooked ones that remember a denial, an end, who was
@@ -1453,7 +1467,7 @@ mod tests {
         let (first, to, _line) = meetings.plan_take(&queue, &clinician).unwrap();
         assert_eq!(first, patient);
         assert!(!meetings.handing_over());
-        meetings.hand_over(&NoSfu, &[]);
+        let _ = meetings.hand_over(&NoSfu, &[], &[]);
         assert!(meetings.handing_over());
         assert_eq!(
             meetings.take(&queue, &clinician, &patient, &to, now, &NoSfu),

@@ -195,6 +195,15 @@ impl ResumeSlots {
         self.entries().remove(key);
     }
 
+    /// The participants parked now (no connection of theirs is open to write their end).
+    pub fn parked_participants(&self) -> Vec<ParticipantId> {
+        self.entries()
+            .values()
+            .filter(|e| matches!(e.slot, Slot::Parked(_)))
+            .map(|e| e.participant.clone())
+            .collect()
+    }
+
     /// Participants parked now.
     pub fn parked(&self) -> usize {
         self.entries()

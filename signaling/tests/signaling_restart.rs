@@ -131,6 +131,42 @@ async fn a_restart_tells_clients_to_reconnect_and_keeps_who_was_admitted() {
     std::fs::remove_dir_all(&scene.dir).unwrap();
 }
 
+/// A participant whose phone lost the network just before a restart is parked for a resume,
+/// with no connection left to write its end: the hand-over writes its `leave` before the log
+/// closes (before, its `join` stayed open in the old log, and the next run wrote another).
+#[tokio::test]
+async fn a_restart_writes_the_end_of_a_participant_whose_socket_had_dropped() {
+    let Scene {
+        mut server,
+        dir,
+        doctor,
+        patient,
+        waiting,
+        ..
+    } = scene("visit-p").await;
+    // Bo's socket goes without a close: parked.
+    drop(waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = server.terminate();
+    assert!(status.success(), "signaling exited with {status}");
+    let leaves = server.audit_events("leave");
+    let bo: Vec<&serde_json::Value> = leaves
+        .iter()
+        .filter(|l| l["subject"] == "pat-9c2e")
+        .collect();
+    assert_eq!(bo.len(), 1, "Bo's end: {leaves:?}");
+    assert_eq!(bo[0]["code"], "handed_over", "{}", bo[0]);
+    assert_eq!(leaves.len(), 3, "{leaves:?}");
+    let audit = std::fs::read_to_string(&server.audit).unwrap();
+    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["event"].as_str(), last["code"].as_str()),
+        (Some("checkpoint"), Some("close"))
+    );
+    drop((doctor, patient));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Not stopped but killed (a crash, an OOM kill, a node lost): whoever was admitted is still
 /// let back in past the waiting room — the store is written when someone is admitted.
 #[tokio::test]
