@@ -39,9 +39,10 @@ impl CodecParams {
     /// Picks the codec to receive on a publisher's m-line from its offer.
     pub fn choose(kind: MediaKind, offered: &[RemoteCodec]) -> Option<Self> {
         let chosen = match kind {
+            // (RFC 7587: Opus is always described as 48 kHz, two channels.)
             MediaKind::Audio => offered
                 .iter()
-                .find(|c| c.is("opus") && c.clock_rate == 48_000)?,
+                .find(|c| c.is("opus") && c.clock_rate == 48_000 && c.channels == "2")?,
             MediaKind::Video => VIDEO_PREFERENCE.iter().find_map(|name| {
                 // RTP's video formats all run a 90 kHz clock; another would be a client's
                 // invention (and the jitter arithmetic's to overflow).
@@ -75,7 +76,7 @@ impl CodecParams {
             name: chosen.name.clone(),
             clock_rate: chosen.clock_rate,
             channels: chosen.channels.clone(),
-            fmtp: chosen.fmtp.clone(),
+            fmtp: passed_on_fmtp(&chosen.name, &chosen.fmtp),
             rtx_payload_type,
         })
     }
@@ -88,6 +89,61 @@ impl CodecParams {
     }
 }
 
+/// The format parameters of a publisher's offer that go on, in every subscriber's offer, and
+/// back in its answer: only those of the format's own definition a decoder needs, each with a
+/// value of the form it defines, each once. What a publisher writes there reaches everyone
+/// else's browser, which may refuse a whole offer over one it does not like.
+fn passed_on_fmtp(name: &str, fmtp: &str) -> String {
+    fn flag(v: &str) -> bool {
+        v == "0" || v == "1"
+    }
+    fn number(v: &str) -> bool {
+        (1..=9).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit())
+    }
+    fn profile_level_id(v: &str) -> bool {
+        v.len() == 6 && v.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+    type Check = fn(&str) -> bool;
+    let known: &[(&str, Check)] = match name.to_ascii_uppercase().as_str() {
+        // RFC 6184 §8.1.
+        "H264" => &[
+            ("packetization-mode", flag),
+            ("profile-level-id", profile_level_id),
+            ("level-asymmetry-allowed", flag),
+        ],
+        // RTP payload format for VP9 §6; AV1's §7.
+        "VP9" => &[("profile-id", number)],
+        "AV1" => &[("profile", number), ("level-idx", number), ("tier", flag)],
+        // RFC 7587 §6.1.
+        "OPUS" => &[
+            ("minptime", number),
+            ("useinbandfec", flag),
+            ("usedtx", flag),
+            ("stereo", flag),
+            ("sprop-stereo", flag),
+            ("maxaveragebitrate", number),
+            ("maxplaybackrate", number),
+        ],
+        _ => &[],
+    };
+    let mut kept: Vec<String> = Vec::new();
+    for param in fmtp.split(';') {
+        let Some((key, value)) = param.split_once('=') else {
+            continue;
+        };
+        let (key, value) = (key.trim().to_ascii_lowercase(), value.trim());
+        let fits = known.iter().any(|(k, check)| *k == key && check(value));
+        if fits
+            && !kept
+                .iter()
+                .any(|p| p.split('=').next() == Some(key.as_str()))
+        {
+            kept.push(format!("{key}={value}"));
+        }
+    }
+    kept.join(";")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,10 +153,44 @@ mod tests {
             payload_type: pt,
             name: name.into(),
             clock_rate: if name == "opus" { 48_000 } else { 90_000 },
-            channels: String::new(),
+            channels: if name == "opus" { "2" } else { "" }.into(),
             fmtp: fmtp.into(),
             rtcp_feedback: vec![],
         }
+    }
+
+    #[test]
+    fn only_a_formats_own_parameters_in_their_own_form_are_passed_on() {
+        let h264 = codec(
+            102,
+            "H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        );
+        let c = CodecParams::choose(MediaKind::Video, &[h264]).unwrap();
+        assert_eq!(
+            c.fmtp,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+        );
+        let hostile = codec(
+            102,
+            "H264",
+            "packetization-mode=1;profile-level-id=zzzzzz;packetization-mode=0;\
+             x-google-start-bitrate=99999999;sprop-parameter-sets=Z0IAH5WoFAFuQA==,aM48gA==;\
+             profile-level-id=42e01f",
+        );
+        let c = CodecParams::choose(MediaKind::Video, &[hostile]).unwrap();
+        assert_eq!(c.fmtp, "packetization-mode=1;profile-level-id=42e01f");
+        let vp8 = codec(96, "VP8", "max-fs=12288;max-fr=60");
+        assert_eq!(
+            CodecParams::choose(MediaKind::Video, &[vp8]).unwrap().fmtp,
+            ""
+        );
+        let mut opus = codec(111, "opus", "minptime=10;useinbandfec=1;stereo=1000");
+        opus.channels = "2".into();
+        let c = CodecParams::choose(MediaKind::Audio, &[opus.clone()]).unwrap();
+        assert_eq!(c.fmtp, "minptime=10;useinbandfec=1");
+        opus.channels = "99".into();
+        assert!(CodecParams::choose(MediaKind::Audio, &[opus]).is_none());
     }
 
     #[test]
