@@ -93,7 +93,7 @@ impl CodecParams {
 /// back in its answer: only those of the format's own definition a decoder needs, each with a
 /// value of the form it defines, each once. What a publisher writes there reaches everyone
 /// else's browser, which may refuse a whole offer over one it does not like.
-fn passed_on_fmtp(name: &str, fmtp: &str) -> String {
+pub(crate) fn passed_on_fmtp(name: &str, fmtp: &str) -> String {
     fn flag(v: &str) -> bool {
         v == "0" || v == "1"
     }

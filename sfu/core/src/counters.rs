@@ -445,7 +445,7 @@ impl Counters {
         ),
         (
             "sfu_rtcp_refused_total",
-            "RTCP not read: datagrams over 1,500 bytes or past the sender's 200 a second, packets of a compound past its 16th, transport-wide feedback past 5,000 statuses a second.",
+            "RTCP not read: datagrams over 1,500 bytes, keyframe requests and receiver estimates past the sender's 200 datagrams a second, packets of a compound past its 16th, transport-wide feedback past 5,000 statuses a second.",
         ),
         (
             "sfu_subscriptions_refused_total",

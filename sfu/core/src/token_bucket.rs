@@ -25,10 +25,10 @@ pub const STUN_CHECKS_BURST: f64 = 200.0;
 pub const NACKED_PER_SECOND: f64 = 2000.0;
 pub const NACKED_BURST: f64 = 4000.0;
 
-/// RTCP datagrams a session's client may have read: a browser sends transport-wide feedback
-/// every 50–250 ms, receiver reports every second or so per stream, and NACKs and keyframe
-/// requests as it loses packets — some tens a second. Each can cost a walk of the send history
-/// and a new allocation of the subscriber's bandwidth, from the waiting room on.
+/// RTCP datagrams with keyframe requests or receiver estimates a session's client may have
+/// read: a browser sends a keyframe request when its picture breaks and an estimate every
+/// second or so — a few a second. Each can cost a keyframe of a publisher's encoder or a new
+/// allocation of the subscriber's bandwidth, from the waiting room on.
 pub const RTCP_DATAGRAMS_PER_SECOND: f64 = 200.0;
 pub const RTCP_DATAGRAMS_BURST: f64 = 400.0;
 /// Packet statuses a session's transport-wide feedback may have matched to what was sent to

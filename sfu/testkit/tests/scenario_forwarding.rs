@@ -397,6 +397,15 @@ fn rtcp_past_an_ip_packet_a_compound_or_a_budget_is_not_read() {
         "{} refused",
         refused_now - refused
     );
+    // Its NACKs are read all the same (their own budget bounds them): a lossy subscriber's
+    // feedback is never what the keyframe requests' budget takes.
+    let (_, refused, read) = counters(&net);
+    for i in 0..300u16 {
+        net.peers[2].send_nack(ssrc, &[i]);
+    }
+    net.run(Duration::from_millis(30), |_| {});
+    let (_, refused_now, read_now) = counters(&net);
+    assert_eq!((read_now - read, refused_now - refused), (300, 0));
     // Its own RTCP is read again once the budget refills; everyone's media went on meanwhile.
     let received = net.peers[3].received.values().map(Vec::len).sum::<usize>();
     net.run(Duration::from_secs(3), |n| {

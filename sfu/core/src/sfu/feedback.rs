@@ -22,6 +22,23 @@ const MAX_RTCP_DATAGRAM: usize = 1500;
 /// feedback messages.
 const MAX_RTCP_PACKETS: usize = 16;
 
+/// Whether a compound (its headers read, within the first [`MAX_RTCP_PACKETS`]) holds
+/// payload-specific feedback: keyframe requests (PLI, FIR) or a receiver estimate (REMB).
+fn asks_for_work(compound: &[u8]) -> bool {
+    let mut rest = compound;
+    for _ in 0..MAX_RTCP_PACKETS {
+        if rest.len() < 4 {
+            return false;
+        }
+        if rest[1] == 206 {
+            return true;
+        }
+        let n = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
+        rest = rest.get(n..).unwrap_or_default();
+    }
+    false
+}
+
 impl Sfu {
     pub(super) fn handle_rtcp(
         &mut self,
@@ -82,9 +99,13 @@ impl Sfu {
             .or_insert_with(|| (ReplayWindow::default(), now));
         window.accept(index as u64);
         *heard = now;
-        // Charged once it authenticates (another's forged datagrams spend none of it), and
-        // after its index is taken (it cannot be replayed into a later second's budget).
-        if !p.rtcp_budget.take(now, 1.0) {
+        // Keyframe requests and receiver estimates — what makes a publisher's encoder work
+        // or the allocation run again — are charged to the session's budget; reports,
+        // NACKs and transport-wide feedback (each with a budget of its own where it costs)
+        // are not, so that a lossy subscriber's feedback is never what goes. Charged once it
+        // authenticates (another's forged datagrams spend none of it), and after its index
+        // is taken (it cannot be replayed into a later second's budget).
+        if asks_for_work(&buf[..len]) && !p.rtcp_budget.take(now, 1.0) {
             self.counters.rtcp_refused += 1;
             return;
         }

@@ -391,7 +391,9 @@ enum PayloadUse<'a> {
         name: String,
         clock_rate: u32,
         channels: &'a str,
-        fmtp: &'a str,
+        /// As passed on ([`crate::codec::passed_on_fmtp`]): what else a browser writes there
+        /// does not make another format of it.
+        fmtp: std::borrow::Cow<'a, str>,
     },
     Rtx {
         apt: Option<u8>,
@@ -404,7 +406,7 @@ impl<'a> PayloadUse<'a> {
             name: c.name.to_ascii_lowercase(),
             clock_rate: c.clock_rate,
             channels: &c.channels,
-            fmtp: &c.fmtp,
+            fmtp: std::borrow::Cow::Borrowed(&c.fmtp),
         }
     }
 
@@ -416,7 +418,7 @@ impl<'a> PayloadUse<'a> {
             name: c.name.to_ascii_lowercase(),
             clock_rate: c.clock_rate,
             channels: &c.channels,
-            fmtp: &c.fmtp,
+            fmtp: std::borrow::Cow::Owned(crate::codec::passed_on_fmtp(&c.name, &c.fmtp)),
         }
     }
 }
