@@ -45,4 +45,32 @@ pub struct AppState {
     pub trusted_proxies: crate::client_address::TrustedProxies,
     /// Replicas sharing meetings through Redis (ADR 5); none: this process runs every meeting.
     pub replicas: Option<Arc<crate::replica_relay::Replicas>>,
+    /// WebSocket connections whose task has not ended: the last audit lines of a connection
+    /// (its `leave`) are written after it left its meeting, and the log closes only after.
+    pub connection_tasks: crate::app_state::TaskCount,
+}
+
+/// Tasks running now; each holds a [`TaskGuard`] that counts it until dropped.
+#[derive(Debug, Default)]
+pub struct TaskCount(Arc<std::sync::atomic::AtomicUsize>);
+
+/// One task counted (until dropped, however the task ends).
+#[derive(Debug)]
+pub struct TaskGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl TaskCount {
+    pub fn start(&self) -> TaskGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        TaskGuard(self.0.clone())
+    }
+
+    pub fn running(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -24,9 +24,18 @@ impl TrustedProxies {
             .iter()
             .map(|e| {
                 let e = e.trim();
-                e.parse::<IpNet>()
+                let net = e
+                    .parse::<IpNet>()
                     .or_else(|_| e.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("{e:?} is not an address or a CIDR range"))
+                    .map_err(|_| format!("{e:?} is not an address or a CIDR range"))?;
+                // Everyone a proxy: any client would choose the address it is counted and
+                // audited under.
+                if net.prefix_len() == 0 {
+                    return Err(format!(
+                        "{e:?} trusts every address as a proxy: list the proxies' own addresses"
+                    ));
+                }
+                Ok(net)
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Self)

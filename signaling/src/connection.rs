@@ -173,6 +173,8 @@ pub async fn connection(
     start: Start,
     socket: WebSocket,
 ) {
+    // (Counted until its last line is written, whichever way it ends.)
+    let _running = state.connection_tasks.start();
     let (mut sink, mut stream) = socket.split();
     let mut carried = None;
     // The node a carried session ran on: where it runs until a node's report says otherwise.

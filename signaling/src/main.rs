@@ -325,7 +325,13 @@ enum AuditCmd {
         /// out of the process list.
         #[arg(long, env = "SIGNALING_AUDIT_REDIS_URL", hide_env_values = true)]
         sink: Option<String>,
-        #[arg(long, default_value = "healthcare-sfu:audit")]
+        /// The copy's stream (as the service's own `SIGNALING_AUDIT_REDIS_STREAM`: a pod's
+        /// copy is its own stream).
+        #[arg(
+            long,
+            env = "SIGNALING_AUDIT_REDIS_STREAM",
+            default_value = "healthcare-sfu:audit"
+        )]
         stream: String,
         /// The service is writing this log now: its end without a closing checkpoint is
         /// expected (exit 0, not 2).
@@ -528,6 +534,37 @@ fn main() -> anyhow::Result<()> {
                     &section,
                     "udp_receive",
                 )?;
+            }
+            // The values `serve` refuses by their form alone (files and servers it reaches
+            // are for `serve` to find).
+            let at = |key: &str| format!("{key} in {}", config.display());
+            let meetings = file.meetings.unwrap_or_default();
+            if let Some(store) = &meetings.store {
+                signaling::meeting_store::MeetingStore::check_spec(&store.to_string_lossy())
+                    .with_context(|| at("meetings.store"))?;
+            }
+            meeting_policy(&meetings)
+                .with_context(|| format!("[meetings] in {}", config.display()))?;
+            if let Some(entries) = file.http.as_ref().and_then(|h| h.trusted_proxies.as_ref()) {
+                signaling::client_address::TrustedProxies::parse(entries)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", at("http.trusted_proxies")))?;
+            }
+            if file.tokens.as_ref().and_then(|t| t.max_lifetime_hours) == Some(0) {
+                anyhow::bail!(
+                    "{}: 0 would refuse every link; at least 1",
+                    at("tokens.max_lifetime_hours")
+                );
+            }
+            if let Some(url) = &file.public_url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                anyhow::bail!("{}: {url:?} is not an http(s):// URL", at("public_url"));
+            }
+            if let Some(ip) = sfu.advertise_ip.filter(|ip| ip.is_unspecified()) {
+                anyhow::bail!(
+                    "{}: {ip} is no address a client can reach",
+                    at("sfu.advertise_ip")
+                );
             }
             say!("{}: ok", config.display());
             Ok(())
@@ -778,9 +815,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let max_lifetime_secs = args
-        .max_token_lifetime_hours
-        .or(tokens.max_lifetime_hours)
+    let max_lifetime_hours = args.max_token_lifetime_hours.or(tokens.max_lifetime_hours);
+    if max_lifetime_hours == Some(0) {
+        anyhow::bail!(
+            "tokens.max_lifetime_hours (--max-token-lifetime-hours): 0 would refuse every link; at least 1"
+        );
+    }
+    let max_lifetime_secs = max_lifetime_hours
         .map(|h| h.saturating_mul(3600))
         .unwrap_or(signaling::session_token::DEFAULT_MAX_LIFETIME_SECS);
     verifier = verifier.with_max_lifetime(max_lifetime_secs);
@@ -810,7 +851,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         m.allow_unbooked = args.allow_unbooked.or(m.allow_unbooked);
         m.time_zone = args.time_zone.clone().or(m.time_zone.take());
     }
-    let mut policy = meeting_policy(&meetings_file).context("config [meetings]")?;
+    let mut policy = meeting_policy(&meetings_file).with_context(|| match &args.config {
+        Some(path) => format!("[meetings] in {} (or its flag)", path.display()),
+        None => "meetings settings (flags)".to_owned(),
+    })?;
     // A denial or an end is remembered while any token that could undo it may still be valid.
     policy.remember_decisions_for = jiff::SignedDuration::from_secs(
         i64::try_from(max_lifetime_secs.saturating_add(leeway)).unwrap_or(i64::MAX),
@@ -877,6 +921,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     signaling::service_gauges::describe();
     sfu_server::metric_descriptions::describe();
 
+    // The address the media server announces to clients: given, else the address it binds,
+    // else the listener's — never an unspecified one, which no phone can send to (media would
+    // never connect, and nothing would say why).
+    let announced_ip = || -> anyhow::Result<std::net::IpAddr> {
+        let ip = args
+            .advertise_ip
+            .or(sfu.advertise_ip)
+            .or(args.udp_bind_ip)
+            .or(sfu.bind_ip)
+            .unwrap_or(listen.ip());
+        if ip.is_unspecified() {
+            let key = match &args.config {
+                Some(path) if args.advertise_ip.is_none() => {
+                    format!("sfu.advertise_ip in {}", path.display())
+                }
+                _ => "--advertise-ip".to_owned(),
+            };
+            anyhow::bail!(
+                "{key}: media would be announced at {ip}, an address no client can reach; set the \
+                 address clients reach this host at (it is not set, and the listener is {listen})"
+            );
+        }
+        Ok(ip)
+    };
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (sfu, ready): (Arc<dyn SfuControl>, Arc<dyn Fn() -> bool + Send + Sync>) = match sfu_mode {
         SfuMode::Embedded => {
@@ -897,11 +965,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 workers: args.workers.or(sfu.workers).unwrap_or(0),
                 bind_ip: args.udp_bind_ip.or(sfu.bind_ip).unwrap_or(listen.ip()),
                 udp_port_base: args.udp_port_base.or(sfu.udp_port_base).unwrap_or(0),
-                advertised_ip: args
-                    .advertise_ip
-                    .or(sfu.advertise_ip)
-                    .or(args.udp_bind_ip)
-                    .unwrap_or(listen.ip()),
+                advertised_ip: announced_ip()?,
                 ice_tcp: args.ice_tcp.or(sfu.ice_tcp).unwrap_or(true),
                 udp_gso: args.udp_gso.or(sfu.udp_gso).unwrap_or(true),
                 udp_receive: sfu_server::udp_receive::UdpReceive::checked(
@@ -973,11 +1037,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 DEFAULT_COMPANION_CONTROL_PORT,
             )));
             let bind_ip = args.udp_bind_ip.or(sfu.bind_ip).unwrap_or(listen.ip());
-            let advertise_ip = args
-                .advertise_ip
-                .or(sfu.advertise_ip)
-                .or(args.udp_bind_ip)
-                .unwrap_or(listen.ip());
+            let advertise_ip = announced_ip()?;
             let grace = sfu_server::control_client::DEFAULT_GRACE;
             let mut node_args: Vec<std::ffi::OsString> = Vec::new();
             let mut arg = |flag: &str, value: String| {
@@ -1244,6 +1304,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .public_url
         .or(file.public_url)
         .unwrap_or_else(|| format!("{scheme}://{bound}"));
+    // Join links are made from it: without a scheme they would be relative, and lead nowhere.
+    if !(public_url.starts_with("https://") || public_url.starts_with("http://")) {
+        anyhow::bail!(
+            "public_url (--public-url): {public_url:?} is not an http(s):// URL; give the address patients open, e.g. https://video.region.se"
+        );
+    }
     let turn = turn_config(
         args.config.as_deref(),
         turn_file,
@@ -1288,6 +1354,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         resume: Default::default(),
         trusted_proxies,
         replicas: replicas.clone(),
+        connection_tasks: Default::default(),
     });
     // The leases of meetings in use here are renewed; the others are let go, and a meeting
     // another replica took meanwhile (this one was cut off from Redis) is left to it.
@@ -1307,7 +1374,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let state = renewing.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     let now = std::time::Instant::now();
-                    let idle = leases.idle(|m| state.meetings.in_use(m), now);
+                    let idle = leases.idle(|m| state.meetings.needed_here(m), now);
                     for m in &idle {
                         if let Err(e) = leases.release(m, now) {
                             tracing::warn!(error = %e, "letting a meeting's lease go failed");
@@ -1469,10 +1536,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(2)));
         tracing::info!("stopping: clients are told to connect again");
-        let parked = stopping.resume.parked_participants();
-        let lines = stopping
-            .meetings
-            .hand_over(&*stopping.sfu, &stopping.resume.held(), &parked);
+        // (Their keys go into the hand-over first: they may resume after the restart.)
+        let keys = stopping.resume.held();
+        let parked = stopping.resume.take_parked();
+        let lines = stopping.meetings.hand_over(&*stopping.sfu, &keys, &parked);
         // The dropped ones' ends, which their resume windows would have written.
         let _ = audit_all(&stopping, lines).await;
     });
@@ -1493,11 +1560,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // The hand-over's own lines are written before the log closes (a moment at most: the
     // service may also have stopped for another reason, with no hand-over coming).
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stopper).await;
+    // (The hand-over writes the store, which may take seconds when Redis is slow to answer.)
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stopper).await;
     // The connections told to reconnect write their last audit lines (leave, media stop) as
     // they close: wait for them (a moment at most) before the log closes.
     let drained = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while at_exit.meetings.connection_count() > 0 && std::time::Instant::now() < drained {
+    while (at_exit.meetings.connection_count() > 0 || at_exit.connection_tasks.running() > 0)
+        && std::time::Instant::now() < drained
+    {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     // Refusals counted since the last summary are written before the process ends, then the
@@ -1776,8 +1846,15 @@ fn meeting_policy(m: &signaling::config::MeetingsSection) -> anyhow::Result<Meet
             .reconnect_grace_secs
             .map(|s| SignedDuration::from_secs(i64::from(s)))
             .unwrap_or(d.reconnect_grace),
-        default_max_participants: m.max_participants.unwrap_or(d.default_max_participants),
-        queue_limit: m.queue_limit.unwrap_or(d.queue_limit),
+        // (0 would refuse every join as full, and shut every drop-in queue.)
+        default_max_participants: match m.max_participants {
+            Some(0) => anyhow::bail!("max_participants = 0: at least 1"),
+            v => v.unwrap_or(d.default_max_participants),
+        },
+        queue_limit: match m.queue_limit {
+            Some(0) => anyhow::bail!("queue_limit = 0: at least 1"),
+            v => v.unwrap_or(d.queue_limit),
+        },
         drop_in_visit_length: mins(m.drop_in_visit_minutes, d.drop_in_visit_length),
         allow_unbooked: m.allow_unbooked.unwrap_or(d.allow_unbooked),
         remember_decisions_for: d.remember_decisions_for,

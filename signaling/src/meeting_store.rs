@@ -50,17 +50,66 @@ pub struct RedisMeetings {
     link: RedisLink,
 }
 
+/// `host:port` (or `[v6]:port`), with no path: an address, not a file.
+fn looks_like_host_port(spec: &str) -> bool {
+    !spec.contains('/')
+        && spec
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// Whether a file can be written beside `path` (its directory made if missing), by writing
+/// and removing a probe there.
+fn probe_writable(path: &std::path::Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let probe = path.with_extension("probe");
+    crate::private_file::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
 impl MeetingStore {
-    /// A `redis://` or `rediss://` URL, or a file path. Redis is reached once here: a store
-    /// that cannot be reached at start is a configuration error, named.
-    pub fn open(spec: &str) -> Result<Self, StoreError> {
-        if !(spec.starts_with("redis://") || spec.starts_with("rediss://")) {
-            return Ok(Self::File(PathBuf::from(spec)));
-        }
+    /// Whether `spec` is a Redis URL or a file path, by its form alone (nothing is reached or
+    /// written: `signaling check-config` asks this too).
+    pub fn check_spec(spec: &str) -> Result<(), StoreError> {
         let fail = |reason: String| StoreError {
             store: redacted(spec),
             reason,
         };
+        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+            return Ok(());
+        }
+        if spec.contains("://") {
+            return Err(fail(
+                "not a redis:// or rediss:// URL (nor a file path)".to_owned(),
+            ));
+        }
+        if looks_like_host_port(spec) {
+            return Err(fail(format!(
+                "looks like a Redis address without its scheme: write redis://{spec}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A `redis://` or `rediss://` URL, or a file path. Redis is reached once here: a store
+    /// that cannot be reached at start is a configuration error, named.
+    /// A file must be writable where it is: a path that cannot hold it, or a Redis address
+    /// mistyped into a file name, would otherwise lose every booking at the next restart.
+    pub fn open(spec: &str) -> Result<Self, StoreError> {
+        let fail = |reason: String| StoreError {
+            store: redacted(spec),
+            reason,
+        };
+        Self::check_spec(spec)?;
+        if !(spec.starts_with("redis://") || spec.starts_with("rediss://")) {
+            let path = PathBuf::from(spec);
+            probe_writable(&path).map_err(|e| fail(format!("cannot be written here: {e}")))?;
+            return Ok(Self::File(path));
+        }
         let link = RedisLink::open(spec, TIMEOUT).map_err(|e| fail(e.to_string()))?;
         Ok(Self::Redis(Box::new(RedisMeetings {
             url: spec.to_owned(),
@@ -240,4 +289,38 @@ fn key(id: &str) -> String {
 fn ttl_ms(until: Timestamp) -> i64 {
     let left = until.duration_since(Timestamp::now()).as_millis();
     i64::try_from(left).unwrap_or(i64::MAX).max(60_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MeetingStore;
+
+    #[test]
+    fn a_store_neither_a_redis_url_nor_a_writable_file_is_refused_at_open() {
+        for spec in [
+            "redis.region.internal:6379",
+            "[::1]:6379",
+            "Redis://redis:6379",
+            "http://redis:6379",
+        ] {
+            let e = MeetingStore::open(spec)
+                .err()
+                .unwrap_or_else(|| panic!("{spec} opened as a store"));
+            assert!(e.to_string().contains("meeting store"), "{e}");
+        }
+        let dir = std::env::temp_dir().join(format!("hc-store-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Under a regular file: no directory can be made there.
+        let file = dir.join("not-a-dir");
+        std::fs::write(&file, b"").unwrap();
+        let under = file.join("meetings.json");
+        let e = MeetingStore::open(&under.to_string_lossy()).unwrap_err();
+        assert!(e.to_string().contains("cannot be written"), "{e}");
+        // A new directory is made, and nothing is left beside the store.
+        let fine = dir.join("state/meetings.json");
+        assert!(MeetingStore::open(&fine.to_string_lossy()).is_ok());
+        let left: Vec<_> = std::fs::read_dir(dir.join("state")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -240,6 +240,17 @@ impl Meetings {
         Ok(owner)
     }
 
+    /// Whether meeting `id`'s lease is needed here: someone is in it, or in a private visit
+    /// taken from it (a drop-in queue's link leads into its visits, and is routed by the
+    /// queue: the queue stays with the replica where they run).
+    pub fn needed_here(&self, id: &str) -> bool {
+        self.in_use(id)
+            || self.list().iter().any(|room| {
+                let s = room.lock();
+                s.record.from_queue.as_deref() == Some(id) && !s.is_empty()
+            })
+    }
+
     /// Whether anyone is in meeting `id` here (connected, or parked for a resume).
     pub fn in_use(&self, id: &str) -> bool {
         self.get(id).is_some_and(|room| !room.lock().is_empty())
@@ -449,7 +460,15 @@ impl Meetings {
             rooms.insert(room.id.clone(), room.clone());
             room
         };
-        self.persist();
+        // A booking the store did not take is not made: answered as made, it would be gone
+        // at the next restart.
+        if let Err(e) = self.persist_checked() {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            if rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                rooms.remove(&room.id);
+            }
+            return Err(CreateError::Store(e));
+        }
         Ok(room)
     }
 
@@ -1248,8 +1267,15 @@ impl Meetings {
     /// admitted or who waits, to the store (a file: a temporary file renamed over the old
     /// one, mode 0600; Redis: a key each, expiring when the meeting is no longer worth keeping).
     pub fn persist(&self) {
+        if let Err(e) = self.persist_checked() {
+            tracing::error!(error = %e, "writing the meeting store failed");
+        }
+    }
+
+    /// [`Self::persist`], saying whether the store took it.
+    fn persist_checked(&self) -> Result<(), StoreError> {
         let Some(store) = &self.store else {
-            return;
+            return Ok(());
         };
         let _guard = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
         // Who is admitted goes with each record: a restart — planned or not — lets them back
@@ -1261,7 +1287,7 @@ impl Meetings {
             .filter(|r| self.writes(&r.id))
             .filter_map(|r| self.stored_record(r, now, store.is_shared()))
             .collect();
-        self.save(store, &records, now);
+        self.save(store, &records, now)
     }
 
     /// Writes the store again when a meeting is in use (its admissions and carried media
@@ -1323,8 +1349,10 @@ impl Meetings {
             return;
         }
         let now = Timestamp::now();
-        if let Some(record) = self.stored_record(room, now, store.is_shared()) {
-            self.save(store, &[record], now);
+        if let Some(record) = self.stored_record(room, now, store.is_shared())
+            && let Err(e) = self.save(store, &[record], now)
+        {
+            tracing::error!(error = %e, "writing the meeting store failed");
         }
     }
 
@@ -1356,7 +1384,12 @@ impl Meetings {
         (worth_keeping || overwrite).then_some(record)
     }
 
-    fn save(&self, store: &MeetingStore, records: &[MeetingRecord], now: Timestamp) {
+    fn save(
+        &self,
+        store: &MeetingStore,
+        records: &[MeetingRecord],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let kept: Vec<Kept<'_>> = records
             .iter()
             .map(|record| Kept {
@@ -1364,9 +1397,7 @@ impl Meetings {
                 until: self.keep_until(record, now),
             })
             .collect();
-        if let Err(e) = store.save(&kept) {
-            tracing::error!(error = %e, "writing the meeting store failed");
-        }
+        store.save(&kept)
     }
 }
 
@@ -1475,5 +1506,50 @@ mod tests {
         );
         assert!(meetings.get(&to).is_none(), "no private visit opened");
         assert_eq!(queue.lock().first_waiting(), Some(patient));
+    }
+
+    /// A booking the store does not take is not made: refused (the API answers 503), and not
+    /// in the registry — answered as made, it would be gone at the next restart.
+    #[test]
+    fn a_booking_the_store_did_not_take_is_not_made() {
+        let dir = std::env::temp_dir().join(format!("hc-unwritable-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = MeetingStore::open(&dir.join("meetings.json").to_string_lossy()).unwrap();
+        let meetings = Meetings::new(MeetingPolicy::default(), Some(store)).unwrap();
+        // The directory goes, and a file takes its place: nothing can be written there.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&dir, b"").unwrap();
+        let record = booked_visit(Timestamp::now());
+        let id = record.id.clone();
+        assert!(matches!(
+            meetings.create(record),
+            Err(CreateError::Store(_))
+        ));
+        assert!(meetings.get(&id).is_none());
+        std::fs::remove_file(&dir).unwrap();
+    }
+
+    /// A drop-in queue's lease stays with the replica where a private visit taken from it
+    /// runs, emptied as the queue is: its links are routed by the queue, and lead into the
+    /// visit (let go, another replica took the queue and could not serve the visit).
+    #[test]
+    fn a_queue_is_needed_where_a_visit_taken_from_it_runs() {
+        let meetings = Meetings::new(MeetingPolicy::default(), None).unwrap();
+        let now = Timestamp::now();
+        let mut record = booked_visit(now);
+        record.kind = MeetingKind::DropIn;
+        let queue = meetings.create(record).unwrap();
+        let (clinician, _c) = joined(&meetings, &queue, "doc", Role::Clinician, now);
+        let (patient, _p) = joined(&meetings, &queue, "pat", Role::Patient, now);
+        let (_, to, _line) = meetings.plan_take(&queue, &clinician).unwrap();
+        meetings
+            .take(&queue, &clinician, &patient, &to, now, &NoSfu)
+            .unwrap();
+        let _ = meetings.leave(&clinician, false, now, &NoSfu);
+        assert!(!meetings.in_use(&queue.id), "nobody in the queue");
+        assert!(meetings.in_use(&to));
+        assert!(meetings.needed_here(&queue.id));
+        let _ = meetings.leave(&patient, false, now, &NoSfu);
+        assert!(!meetings.needed_here(&queue.id), "the visit empty too");
     }
 }

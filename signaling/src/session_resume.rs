@@ -195,12 +195,19 @@ impl ResumeSlots {
         self.entries().remove(key);
     }
 
-    /// The participants parked now (no connection of theirs is open to write their end).
-    pub fn parked_participants(&self) -> Vec<ParticipantId> {
-        self.entries()
-            .values()
-            .filter(|e| matches!(e.slot, Slot::Parked(_)))
-            .map(|e| e.participant.clone())
+    /// The service is stopping: the participants parked now (no connection of theirs is open
+    /// to write their end), no longer waiting here — their resume windows end with the
+    /// process, and write nothing more.
+    pub fn take_parked(&self) -> Vec<ParticipantId> {
+        let mut entries = self.entries();
+        let keys: Vec<String> = entries
+            .iter()
+            .filter(|(_, e)| matches!(e.slot, Slot::Parked(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter()
+            .filter_map(|k| entries.remove(k))
+            .map(|e| e.participant)
             .collect()
     }
 

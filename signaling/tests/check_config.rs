@@ -39,3 +39,61 @@ fn media_ranges_are_checked_with_the_file_and_key_named() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Values `serve` refuses by their form are refused by `check-config` too, each with its key
+/// and the file named — before, each of these passed the check and stopped the service (or,
+/// for the store, lost every booking at the next restart; for the address, left media
+/// unable to connect, silently).
+#[test]
+fn what_serve_refuses_by_its_form_the_check_refuses_naming_key_and_file() {
+    let dir = std::env::temp_dir().join(format!("hc-check-form-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (toml, key, why) in [
+        (
+            "[meetings]\nstore = \"redis.region.internal:6379\"\n",
+            "meetings.store",
+            "redis://redis.region.internal:6379",
+        ),
+        (
+            "[meetings]\nmax_participants = 0\n",
+            "[meetings]",
+            "at least 1",
+        ),
+        ("[meetings]\nqueue_limit = 0\n", "[meetings]", "at least 1"),
+        (
+            "[meetings]\ntime_zone = \"Europe/Stokholm\"\n",
+            "[meetings]",
+            "not a known time zone",
+        ),
+        (
+            "[http]\ntrusted_proxies = [\"0.0.0.0/0\"]\n",
+            "http.trusted_proxies",
+            "every address",
+        ),
+        (
+            "[tokens]\nmax_lifetime_hours = 0\n",
+            "tokens.max_lifetime_hours",
+            "at least 1",
+        ),
+        (
+            "public_url = \"video.region.se\"\n",
+            "public_url",
+            "http(s)://",
+        ),
+        (
+            "[sfu]\nadvertise_ip = \"0.0.0.0\"\n",
+            "sfu.advertise_ip",
+            "no address",
+        ),
+    ] {
+        let path = dir.join("region.toml");
+        std::fs::write(&path, toml).unwrap();
+        let (ok, text) = check(&path);
+        assert!(!ok, "{toml} was accepted: {text}");
+        assert!(
+            text.contains("region.toml") && text.contains(key) && text.contains(why),
+            "{toml}: {text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -322,3 +322,30 @@ fn settings_another_sfu_mode_uses_are_named_as_unused() {
     );
     assert!(!warning.contains("--sfu-listen"), "{warning}");
 }
+
+/// Binding every address with no address to announce: the media server would tell phones to
+/// send to 0.0.0.0 and no call would connect, with nothing said. The start stops, naming the
+/// key (and the file).
+#[test]
+fn an_address_no_client_can_reach_is_not_announced() {
+    for (config, extra, named) in [
+        (
+            "",
+            &["--dev", "--udp-bind-ip", "0.0.0.0"][..],
+            "sfu.advertise_ip in",
+        ),
+        (
+            "[sfu]\nbind_ip = \"0.0.0.0\"\n",
+            &["--dev"][..],
+            "sfu.advertise_ip in",
+        ),
+        (
+            "",
+            &["--dev", "--advertise-ip", "0.0.0.0"][..],
+            "--advertise-ip",
+        ),
+    ] {
+        let err = start_failure(config, extra);
+        assert!(err.contains(named) && err.contains("0.0.0.0"), "{err}");
+    }
+}

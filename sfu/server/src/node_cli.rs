@@ -185,6 +185,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .advertise_ip
         .or(udp.advertise_ip)
         .context("udp.advertise_ip (--advertise-ip) is required")?;
+    if advertise_ip.is_unspecified() {
+        anyhow::bail!(
+            "udp.advertise_ip (--advertise-ip): {advertise_ip} is no address a client can reach; \
+             give the one clients reach this node at"
+        );
+    }
     let metrics_listen = args.metrics_listen.or(file.metrics.and_then(|m| m.listen));
     let log_json = args.log_json || file.log.and_then(|l| l.json).unwrap_or(false);
     let node_id = args.node_id.or(file.node_id);
