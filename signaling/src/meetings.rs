@@ -1482,17 +1482,23 @@ mod tests {
         (id, rx)
     }
 
+    /// A registry with one drop-in queue open now.
+    fn drop_in_queue() -> (Meetings, Arc<MeetingRoom>, Timestamp) {
+        let meetings = Meetings::new(MeetingPolicy::default(), None).unwrap();
+        let now = Timestamp::now();
+        let mut record = booked_visit(now);
+        record.kind = MeetingKind::DropIn;
+        let queue = meetings.create(record).unwrap();
+        (meetings, queue, now)
+    }
+
     /// A drop-in take asked for after the meetings were handed over for a restart (its line
     /// written while the hand-over happened) is refused `restarting`: the private visit it
     /// would open, and the patient's move into it, would not be in what the next run starts
     /// from. The patient stays first in the queue, where the store has them.
     #[test]
     fn a_take_after_the_hand_over_is_refused_and_the_queue_kept() {
-        let meetings = Meetings::new(MeetingPolicy::default(), None).unwrap();
-        let now = Timestamp::now();
-        let mut record = booked_visit(now);
-        record.kind = MeetingKind::DropIn;
-        let queue = meetings.create(record).unwrap();
+        let (meetings, queue, now) = drop_in_queue();
         let (clinician, _c) = joined(&meetings, &queue, "doc", Role::Clinician, now);
         let (patient, _p) = joined(&meetings, &queue, "pat", Role::Patient, now);
         let (first, to, _line) = meetings.plan_take(&queue, &clinician).unwrap();
@@ -1534,11 +1540,7 @@ mod tests {
     /// visit (let go, another replica took the queue and could not serve the visit).
     #[test]
     fn a_queue_is_needed_where_a_visit_taken_from_it_runs() {
-        let meetings = Meetings::new(MeetingPolicy::default(), None).unwrap();
-        let now = Timestamp::now();
-        let mut record = booked_visit(now);
-        record.kind = MeetingKind::DropIn;
-        let queue = meetings.create(record).unwrap();
+        let (meetings, queue, now) = drop_in_queue();
         let (clinician, _c) = joined(&meetings, &queue, "doc", Role::Clinician, now);
         let (patient, _p) = joined(&meetings, &queue, "pat", Role::Patient, now);
         let (_, to, _line) = meetings.plan_take(&queue, &clinician).unwrap();

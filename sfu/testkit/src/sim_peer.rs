@@ -836,6 +836,13 @@ impl SimPeer {
     /// Sends `payload` on track `track`'s RTX stream as a repair of `osn`, whatever it held
     /// (a hostile publisher's "repairs").
     pub fn send_rtx(&mut self, track: usize, osn: u16, payload: &[u8]) {
+        let ts = self.tracks[track].timestamp;
+        self.send_on_rtx(track, osn, ts, true, payload);
+    }
+
+    /// RTX: the original sequence number, then the original payload (of a simulcast stream,
+    /// naming the stream it repairs).
+    fn send_on_rtx(&mut self, track: usize, osn: u16, ts: u32, marker: bool, payload: &[u8]) {
         let mut body = osn.to_be_bytes().to_vec();
         body.extend_from_slice(payload);
         let t = &mut self.tracks[track];
@@ -843,34 +850,7 @@ impl SimPeer {
         if t.rtx_seq == 0 {
             t.rtx_roc += 1;
         }
-        let (ssrc, rtx_seq, roc, ts) = (t.rtx_ssrc, t.rtx_seq, t.rtx_roc, t.timestamp);
-        self.send_rtp_raw(
-            ssrc,
-            97,
-            rtx_seq,
-            roc,
-            ts,
-            true,
-            &body,
-            None,
-            Some((track, 11)),
-        );
-    }
-
-    fn retransmit(&mut self, track: usize, seq: u16) {
-        let t = &self.tracks[track];
-        let Some((ts, marker, payload)) = self.history.get(&(t.ssrc, seq)).cloned() else {
-            return;
-        };
-        let mut body = seq.to_be_bytes().to_vec();
-        body.extend_from_slice(&payload);
-        let t = &mut self.tracks[track];
-        t.rtx_seq = t.rtx_seq.wrapping_add(1);
-        if t.rtx_seq == 0 {
-            t.rtx_roc += 1;
-        }
         let (ssrc, rtx_seq, roc) = (t.rtx_ssrc, t.rtx_seq, t.rtx_roc);
-        // RTX of a simulcast stream names the stream it repairs.
         self.send_rtp_raw(
             ssrc,
             97,
@@ -882,6 +862,14 @@ impl SimPeer {
             None,
             Some((track, 11)),
         );
+    }
+
+    fn retransmit(&mut self, track: usize, seq: u16) {
+        let t = &self.tracks[track];
+        let Some((ts, marker, payload)) = self.history.get(&(t.ssrc, seq)).cloned() else {
+            return;
+        };
+        self.send_on_rtx(track, seq, ts, marker, &payload);
         self.retransmissions_sent += 1;
     }
 
