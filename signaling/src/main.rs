@@ -939,8 +939,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 _ => "--advertise-ip".to_owned(),
             };
             anyhow::bail!(
-                "{key}: media would be announced at {ip}, an address no client can reach; set the \
-                 address clients reach this host at (it is not set, and the listener is {listen})"
+                "{key}: media would be announced at {ip}, an address no client can reach; give \
+                 the address clients reach this host at (the listener is {listen})"
             );
         }
         Ok(ip)
