@@ -47,7 +47,7 @@ pub struct AppState {
     pub replicas: Option<Arc<crate::replica_relay::Replicas>>,
     /// WebSocket connections whose task has not ended: the last audit lines of a connection
     /// (its `leave`) are written after it left its meeting, and the log closes only after.
-    pub connection_tasks: crate::app_state::TaskCount,
+    pub connection_tasks: TaskCount,
 }
 
 /// Tasks running now; each holds a [`TaskGuard`] that counts it until dropped.

@@ -549,22 +549,13 @@ fn main() -> anyhow::Result<()> {
                 signaling::client_address::TrustedProxies::parse(entries)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", at("http.trusted_proxies")))?;
             }
-            if file.tokens.as_ref().and_then(|t| t.max_lifetime_hours) == Some(0) {
-                anyhow::bail!(
-                    "{}: 0 would refuse every link; at least 1",
-                    at("tokens.max_lifetime_hours")
-                );
+            let lifetime = file.tokens.as_ref().and_then(|t| t.max_lifetime_hours);
+            check_token_lifetime(lifetime, &at("tokens.max_lifetime_hours"))?;
+            if let Some(url) = &file.public_url {
+                check_public_url(url, &at("public_url"))?;
             }
-            if let Some(url) = &file.public_url
-                && !(url.starts_with("https://") || url.starts_with("http://"))
-            {
-                anyhow::bail!("{}: {url:?} is not an http(s):// URL", at("public_url"));
-            }
-            if let Some(ip) = sfu.advertise_ip.filter(|ip| ip.is_unspecified()) {
-                anyhow::bail!(
-                    "{}: {ip} is no address a client can reach",
-                    at("sfu.advertise_ip")
-                );
+            if let Some(ip) = sfu.advertise_ip {
+                check_announced(ip, &at("sfu.advertise_ip"))?;
             }
             say!("{}: ok", config.display());
             Ok(())
@@ -816,11 +807,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let max_lifetime_hours = args.max_token_lifetime_hours.or(tokens.max_lifetime_hours);
-    if max_lifetime_hours == Some(0) {
-        anyhow::bail!(
-            "tokens.max_lifetime_hours (--max-token-lifetime-hours): 0 would refuse every link; at least 1"
-        );
-    }
+    check_token_lifetime(
+        max_lifetime_hours,
+        "tokens.max_lifetime_hours (--max-token-lifetime-hours)",
+    )?;
     let max_lifetime_secs = max_lifetime_hours
         .map(|h| h.saturating_mul(3600))
         .unwrap_or(signaling::session_token::DEFAULT_MAX_LIFETIME_SECS);
@@ -931,18 +921,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .or(args.udp_bind_ip)
             .or(sfu.bind_ip)
             .unwrap_or(listen.ip());
-        if ip.is_unspecified() {
-            let key = match &args.config {
-                Some(path) if args.advertise_ip.is_none() => {
-                    format!("sfu.advertise_ip in {}", path.display())
-                }
-                _ => "--advertise-ip".to_owned(),
-            };
-            anyhow::bail!(
-                "{key}: media would be announced at {ip}, an address no client can reach; give \
-                 the address clients reach this host at (the listener is {listen})"
-            );
-        }
+        let key = match &args.config {
+            Some(path) if args.advertise_ip.is_none() => {
+                format!("sfu.advertise_ip in {}", path.display())
+            }
+            _ => "--advertise-ip".to_owned(),
+        };
+        check_announced(ip, &key)?;
         Ok(ip)
     };
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -1304,12 +1289,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .public_url
         .or(file.public_url)
         .unwrap_or_else(|| format!("{scheme}://{bound}"));
-    // Join links are made from it: without a scheme they would be relative, and lead nowhere.
-    if !(public_url.starts_with("https://") || public_url.starts_with("http://")) {
-        anyhow::bail!(
-            "public_url (--public-url): {public_url:?} is not an http(s):// URL; give the address patients open, e.g. https://video.region.se"
-        );
-    }
+    check_public_url(&public_url, "public_url (--public-url)")?;
     let turn = turn_config(
         args.config.as_deref(),
         turn_file,
@@ -1374,7 +1354,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let state = renewing.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     let now = std::time::Instant::now();
-                    let idle = leases.idle(|m| state.meetings.needed_here(m), now);
+                    let needed = state.meetings.needed_here();
+                    let idle = leases.idle(|m| needed.contains(m), now);
                     for m in &idle {
                         if let Err(e) = leases.release(m, now) {
                             tracing::warn!(error = %e, "letting a meeting's lease go failed");
@@ -1832,6 +1813,36 @@ fn audit_verify_command(
 }
 
 /// The `[meetings]` section over the defaults; a wrong time zone names itself.
+/// A token lifetime of 0 hours would refuse every link (`key`: where the value came from).
+fn check_token_lifetime(hours: Option<u64>, key: &str) -> anyhow::Result<()> {
+    if hours == Some(0) {
+        anyhow::bail!("{key}: 0 would refuse every link; at least 1");
+    }
+    Ok(())
+}
+
+/// Join links are made from the public URL: without a scheme they would be relative, and
+/// lead nowhere.
+fn check_public_url(url: &str, key: &str) -> anyhow::Result<()> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        anyhow::bail!(
+            "{key}: {url:?} is not an http(s):// URL; give the address patients open, e.g. https://video.region.se"
+        );
+    }
+    Ok(())
+}
+
+/// The media server's announced address must be one a client can send to: `0.0.0.0` or `::`
+/// would leave every call unconnected, with nothing said.
+fn check_announced(ip: std::net::IpAddr, key: &str) -> anyhow::Result<()> {
+    if ip.is_unspecified() {
+        anyhow::bail!(
+            "{key}: media would be announced at {ip}, an address no client can reach; give the address clients reach this host at"
+        );
+    }
+    Ok(())
+}
+
 fn meeting_policy(m: &signaling::config::MeetingsSection) -> anyhow::Result<MeetingPolicy> {
     use jiff::SignedDuration;
     let d = MeetingPolicy::default();

@@ -240,15 +240,19 @@ impl Meetings {
         Ok(owner)
     }
 
-    /// Whether meeting `id`'s lease is needed here: someone is in it, or in a private visit
-    /// taken from it (a drop-in queue's link leads into its visits, and is routed by the
-    /// queue: the queue stays with the replica where they run).
-    pub fn needed_here(&self, id: &str) -> bool {
-        self.in_use(id)
-            || self.list().iter().any(|room| {
-                let s = room.lock();
-                s.record.from_queue.as_deref() == Some(id) && !s.is_empty()
-            })
+    /// The meetings whose leases are needed here (one pass, each meeting locked once): those
+    /// someone is in, and the drop-in queues of private visits someone is in (a queue's link
+    /// leads into its visits and is routed by the queue: the queue stays where they run).
+    pub fn needed_here(&self) -> std::collections::HashSet<String> {
+        let mut needed = std::collections::HashSet::new();
+        for room in self.list() {
+            let s = room.lock();
+            if !s.is_empty() {
+                needed.insert(room.id.clone());
+                needed.extend(s.record.from_queue.clone());
+            }
+        }
+        needed
     }
 
     /// Whether anyone is in meeting `id` here (connected, or parked for a resume).
@@ -1550,8 +1554,8 @@ mod tests {
         let _ = meetings.leave(&clinician, false, now, &NoSfu);
         assert!(!meetings.in_use(&queue.id), "nobody in the queue");
         assert!(meetings.in_use(&to));
-        assert!(meetings.needed_here(&queue.id));
+        assert!(meetings.needed_here().contains(&queue.id));
         let _ = meetings.leave(&patient, false, now, &NoSfu);
-        assert!(!meetings.needed_here(&queue.id), "the visit empty too");
+        assert!(meetings.needed_here().is_empty(), "the visit empty too");
     }
 }

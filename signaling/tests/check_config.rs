@@ -83,7 +83,7 @@ fn what_serve_refuses_by_its_form_the_check_refuses_naming_key_and_file() {
         (
             "[sfu]\nadvertise_ip = \"0.0.0.0\"\n",
             "sfu.advertise_ip",
-            "no address",
+            "no client can reach",
         ),
     ] {
         let path = dir.join("region.toml");
