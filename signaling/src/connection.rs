@@ -195,9 +195,11 @@ pub async fn connection(
         }
         Start::Resume(r) => match resumed_participant(&state, r).await {
             Some(p) => {
-                if audit(&state, session_event("resume", &session, Some(&p.id)))
-                    .await
-                    .is_err()
+                // (Named by the meeting resumed: a drop-in's private visit, not its queue.)
+                let mut resume = session_event("resume", &session, Some(&p.id));
+                let resumed_in = state.meetings.room_of(&p.id);
+                resume.meeting = Some(resumed_in.map_or_else(|| room.id.clone(), |r| r.id.clone()));
+                if audit(&state, resume).await.is_err()
                 {
                     // Not recorded, so not resumed: the participant ends as if it had left.
                     if let Some(events) =
@@ -215,7 +217,7 @@ pub async fn connection(
             // Nothing to resume: a new participant, as on a first join.
             None => {
                 let id = crate::server::new_participant_id(rand::random());
-                let Ok(join) = record_join(&state, &session, &id).await else {
+                let Ok(join) = record_join(&state, &session, &room.id, &id).await else {
                     refuse_start(&mut sink, "audit_unavailable", AUDIT_UNAVAILABLE).await;
                     return;
                 };
@@ -286,6 +288,7 @@ pub async fn connection(
                     // up, ended).
                     release_kept();
                     let mut event = session_event("join_refused", &session, Some(&id));
+                    event.meeting = Some(room.id.clone());
                     event.code = Some(r.code().into());
                     let _ = audit(&state, event).await;
                     refuse_start(&mut sink, r.code(), &r.message()).await;

@@ -311,7 +311,8 @@ struct ServeArgs {
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Check the hash chain across the daily files; exits 1 naming the first line edited,
-    /// removed or reordered (or, with --public-key, a checkpoint that does not hold), and 2
+    /// removed or reordered (or, with --public-key, a checkpoint that does not hold; or, with
+    /// --sink, a copy that differs from the file or holds none of it), and 2
     /// when the log does not end with the service's closing checkpoint (running, crashed, or
     /// its tail removed).
     Verify {
@@ -750,6 +751,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let audience = args.audience.or(tokens.audience);
     let leeway = args.leeway_secs.or(tokens.leeway_secs).unwrap_or(30);
 
+    // A production config with --dev (a SIGNALING_DEV left in a deployment's environment)
+    // would accept the dev issuer's tokens beside the region's and print a clinician's join
+    // link to the log.
+    if args.dev
+        && let Some(config) = &args.config
+        && let Some(key) = [
+            ("tokens.jwks_file", tokens.jwks_file.is_some()),
+            ("tokens.jwks_url", tokens.jwks_url.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(key, set)| set.then_some(key))
+    {
+        anyhow::bail!(
+            "{}: {key} names the region's token keys, and --dev (SIGNALING_DEV) runs the \
+             built-in development issuer, whose tokens would be accepted beside the region's \
+             and whose join links are printed: run this config without --dev",
+            config.display()
+        );
+    }
     let dev_issuer = if args.dev {
         Some(DevIssuer::load_or_create(&args.dev_key)?)
     } else {
@@ -1740,6 +1760,14 @@ fn audit_verify_command(
         for rest in file_lines {
             rest?;
             missing += 1;
+        }
+        if !seen_copy && missing > 0 {
+            // Nothing to compare is no agreement: a wrong stream (a pod's copy is its own) or
+            // a copy that never took a line would otherwise pass as "not copied yet".
+            eprintln!(
+                "EMPTY: the off-host copy (stream `{stream}`) holds none of the file's {missing}                  line(s): is it the stream this log's service writes (its                  SIGNALING_AUDIT_REDIS_STREAM)? A service running with the sink copies each line                  as it writes it"
+            );
+            return Ok(1);
         }
         if differ > 0 || beyond.is_some() || removed > 0 {
             if let Some(first) = first_removed {

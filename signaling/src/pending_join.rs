@@ -19,16 +19,22 @@ pub struct PendingJoin {
     leave: Option<AuditEvent>,
 }
 
-/// Writes the `join` of `id`; `Err` if it could not be (the join does not happen). The line and
-/// the pending join are one: a request whose handler is dropped while the line is written (its
-/// connection reset) still has its `leave` written, after the `join`.
+/// Writes the `join` of `id` into `meeting`; `Err` if it could not be (the join does not
+/// happen). The line and the pending join are one: a request whose handler is dropped while
+/// the line is written (its connection reset) still has its `leave` written, after the `join`.
+/// `meeting` is the one entered, which is not the token's for a drop-in patient or clinician
+/// following a private visit: the lines the meeting writes (its lobby, the `leave`) name the
+/// visit, and a `join` naming the queue read as a stay in the queue first.
 pub async fn record_join(
     state: &AppState,
     session: &Session,
+    meeting: &str,
     id: &ParticipantId,
 ) -> Result<PendingJoin, ()> {
-    let join = session_event("join", session, Some(id));
-    let mut leave = session_event("leave", session, Some(id));
+    let mut join = session_event("join", session, Some(id));
+    join.meeting = Some(meeting.to_owned());
+    let mut leave = join.clone();
+    leave.event = "leave".into();
     leave.code = Some("not_entered".into());
     let Some(log) = state.audit.clone() else {
         return Ok(PendingJoin {

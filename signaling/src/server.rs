@@ -656,7 +656,7 @@ async fn ws_upgrade(
         .as_ref()
         .map_or_else(|| new_participant_id(rand::random()), |c| c.participant());
     // (Its `leave` is written if the connection never enters the meeting.)
-    let Ok(join) = crate::pending_join::record_join(&state, &session, &id).await else {
+    let Ok(join) = crate::pending_join::record_join(&state, &session, &room.id, &id).await else {
         return audit_unavailable();
     };
     ws.max_message_size(MAX_MESSAGE_BYTES)

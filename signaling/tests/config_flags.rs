@@ -199,6 +199,23 @@ fn api_keys_in_the_clear_are_refused_naming_the_key_and_the_way_out() {
     assert!(err.contains("--api-key") && err.contains("--dev"), "{err}");
 }
 
+/// A production config run with --dev (a `SIGNALING_DEV` left in a deployment's environment):
+/// the dev issuer's tokens would be accepted beside the region's, and a clinician's join link
+/// printed to the log. Refused, naming the key and the file.
+#[test]
+fn a_config_with_the_regions_token_keys_is_not_run_with_dev() {
+    for (config, key) in [
+        ("[tokens]\njwks_file = \"/etc/hc/jwks.json\"\n", "tokens.jwks_file"),
+        ("[tokens]\njwks_url = \"https://idp.example/jwks.json\"\n", "tokens.jwks_url"),
+    ] {
+        let err = start_failure(config, &["--dev"]);
+        assert!(
+            err.contains(key) && err.contains("signaling.toml") && err.contains("--dev"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn api_key_prints_a_key_once_and_an_entry_holding_only_its_hash() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))

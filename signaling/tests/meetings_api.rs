@@ -322,6 +322,18 @@ async fn drop_in_the_clinician_takes_the_first_and_the_second_moves_up() {
         (w["meeting"].as_str(), w["state"].as_str()),
         (Some(private.as_str()), Some("admitted"))
     );
+    // Its `join` names the visit it entered, as the lines the visit writes do (its lobby, its
+    // `leave`s): named by the queue, a patient's extract read a stay in the queue between two
+    // in the visit.
+    let last_join = |sub: &str| {
+        server
+            .audit_events("join")
+            .into_iter()
+            .rev()
+            .find(|l| l["subject"] == sub)
+            .expect("a join")
+    };
+    assert_eq!(last_join("pat-a")["meeting"], private.as_str());
 
     // The clinician, dropped while the patient is still in the private visit, comes back into
     // it with the queue link too: the patient is not left alone there (before, the link led
@@ -335,6 +347,7 @@ async fn drop_in_the_clinician_takes_the_first_and_the_second_moves_up() {
         (Some(private.as_str()), Some("admitted")),
         "{w}"
     );
+    assert_eq!(last_join("doc-1")["meeting"], private.as_str());
     // Hung up on purpose, the clinician's queue link leads to the queue (to take the next
     // one), the patient still in the visit.
     doc.send(json!({"type": "leave"})).await;
