@@ -199,8 +199,7 @@ pub async fn connection(
                 let mut resume = session_event("resume", &session, Some(&p.id));
                 let resumed_in = state.meetings.room_of(&p.id);
                 resume.meeting = Some(resumed_in.map_or_else(|| room.id.clone(), |r| r.id.clone()));
-                if audit(&state, resume).await.is_err()
-                {
+                if audit(&state, resume).await.is_err() {
                     // Not recorded, so not resumed: the participant ends as if it had left.
                     if let Some(events) =
                         state

@@ -522,6 +522,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::CheckConfig { config } => {
             let file = FileConfig::load(&config)?;
+            check_dependent_settings(|key, _| {
+                file_sets(&file, key).then(|| format!("{key} in {}", config.display()))
+            })?;
             file_api_clients(&config.display().to_string(), &file.api.unwrap_or_default())?;
             // The media keys' ranges, as `serve` checks them.
             let sfu = file.sfu.unwrap_or_default();
@@ -679,11 +682,132 @@ fn remote_sfu(
     Ok(remote)
 }
 
+/// Settings that act only beside another, or that another takes the place of: (key, its
+/// flag, the key it needs, whether it needs that one (else: is overridden by it)).
+const DEPENDENT_SETTINGS: &[(&str, &str, &str, bool)] = &[
+    (
+        "tokens.jwks_ca_file",
+        "--jwks-ca-file",
+        "tokens.jwks_url",
+        true,
+    ),
+    ("turn.secret_file", "--turn-secret-file", "turn.urls", true),
+    ("turn.secret", "--turn-secret", "turn.urls", true),
+    ("turn.ttl_hours", "--turn-ttl-hours", "turn.urls", true),
+    (
+        "audit.sink.stream",
+        "--audit-redis-stream",
+        "audit.sink.redis_url",
+        true,
+    ),
+    (
+        "audit.sink.buffer_lines",
+        "--audit-sink-buffer-lines",
+        "audit.sink.redis_url",
+        true,
+    ),
+    ("audit.sink.timeout_ms", "", "audit.sink.redis_url", true),
+    ("tls.self_signed", "--tls-self-signed", "tls.cert", false),
+];
+
+/// The flag of a key that has one, for naming it: `turn.urls (--turn-url)`.
+fn with_flag(key: &str) -> String {
+    let flag = match key {
+        "tokens.jwks_url" => "--jwks-url",
+        "turn.urls" => "--turn-url",
+        "audit.sink.redis_url" => "--audit-redis-url",
+        "tls.cert" => "--tls-cert",
+        _ => return key.to_owned(),
+    };
+    format!("{key} ({flag})")
+}
+
+/// A setting given where it does nothing is refused, not ignored: an operator who set a TURN
+/// secret, an audit copy's stream or a CA for the key set believes it acts. `given(key)`
+/// names where a key was set (the flag, or the key and its file), `None` when it was not.
+fn check_dependent_settings(given: impl Fn(&str, &str) -> Option<String>) -> anyhow::Result<()> {
+    for &(key, flag, other, needs) in DEPENDENT_SETTINGS {
+        let Some(at) = given(key, flag) else { continue };
+        let other_given = given(other, "").is_some();
+        if needs && !other_given {
+            anyhow::bail!(
+                "{at} does nothing without {}: set that too, or remove it",
+                with_flag(other)
+            );
+        }
+        if !needs && other_given {
+            anyhow::bail!(
+                "{at} does nothing beside {}, which is used instead: give one",
+                with_flag(other)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether each key of [`DEPENDENT_SETTINGS`] (and those they need) is set in the file.
+fn file_sets(file: &FileConfig, key: &str) -> bool {
+    let tokens = file.tokens.as_ref();
+    let turn = file.turn.as_ref();
+    let sink = file.audit.as_ref().and_then(|a| a.sink.as_ref());
+    let tls = file.tls.as_ref();
+    match key {
+        "tokens.jwks_ca_file" => tokens.is_some_and(|t| t.jwks_ca_file.is_some()),
+        "tokens.jwks_url" => tokens.is_some_and(|t| t.jwks_url.is_some()),
+        "turn.secret_file" => turn.is_some_and(|t| t.secret_file.is_some()),
+        "turn.secret" => false,
+        "turn.ttl_hours" => turn.is_some_and(|t| t.ttl_hours.is_some()),
+        "turn.urls" => turn.is_some_and(|t| t.urls.as_ref().is_some_and(|u| !u.is_empty())),
+        "audit.sink.stream" => sink.is_some_and(|s| s.stream.is_some()),
+        "audit.sink.buffer_lines" => sink.is_some_and(|s| s.buffer_lines.is_some()),
+        "audit.sink.timeout_ms" => sink.is_some_and(|s| s.timeout_ms.is_some()),
+        "audit.sink.redis_url" => sink.is_some_and(|s| s.redis_url.is_some()),
+        "tls.self_signed" => tls.is_some_and(|t| t.self_signed == Some(true)),
+        "tls.cert" => tls.is_some_and(|t| t.cert.is_some()),
+        _ => false,
+    }
+}
+
+/// Whether each such key is set by its flag (or environment variable).
+fn flag_sets(args: &ServeArgs, key: &str) -> bool {
+    match key {
+        "tokens.jwks_ca_file" => args.jwks_ca_file.is_some(),
+        "tokens.jwks_url" => args.jwks_url.is_some(),
+        "turn.secret_file" => args.turn_secret_file.is_some(),
+        "turn.secret" => args.turn_secret.is_some(),
+        "turn.ttl_hours" => args.turn_ttl_hours.is_some(),
+        "turn.urls" => !args.turn_urls.is_empty(),
+        "audit.sink.stream" => args.audit_redis_stream.is_some(),
+        "audit.sink.buffer_lines" => args.audit_sink_buffer_lines.is_some(),
+        "audit.sink.redis_url" => args.audit_redis_url.is_some(),
+        "tls.self_signed" => args.tls_self_signed,
+        "tls.cert" => args.tls_cert.is_some(),
+        _ => false,
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    check_dependent_settings(|key, flag| {
+        if flag_sets(&args, key) {
+            Some(if flag.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{flag} ({key})")
+            })
+        } else if file_sets(&file, key) {
+            let path = args
+                .config
+                .as_deref()
+                .unwrap_or(std::path::Path::new("the config"));
+            Some(format!("{key} in {}", path.display()))
+        } else {
+            None
+        }
+    })?;
     let file_audit_section = file.audit.unwrap_or_default();
     let file_audit = file_audit_section.path.clone();
     // Every access to a meeting is recorded (PDL): outside --dev (which keeps its own log under

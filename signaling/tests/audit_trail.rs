@@ -186,7 +186,10 @@ async fn every_line_reaches_redis_through_outages_and_verify_catches_a_removed_t
     // agreement to report (before, "0 line(s) match" and exit 0).
     let (code, out) = verify(&["--sink", &url, "--stream", "another-pod:audit"]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("EMPTY") && out.contains("another-pod:audit"), "{out}");
+    assert!(
+        out.contains("EMPTY") && out.contains("another-pod:audit"),
+        "{out}"
+    );
 
     // The tail removed from the file: not closed (2); with the copy: truncated (1).
     let lines = file_lines(&server);

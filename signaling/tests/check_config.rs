@@ -85,6 +85,27 @@ fn what_serve_refuses_by_its_form_the_check_refuses_naming_key_and_file() {
             "sfu.advertise_ip",
             "no client can reach",
         ),
+        // Settings that do nothing where they are given: refused, not ignored.
+        (
+            "[tokens]\njwks_file = \"/etc/hc/jwks.json\"\njwks_ca_file = \"/etc/hc/ca.pem\"\n",
+            "tokens.jwks_ca_file",
+            "does nothing without tokens.jwks_url",
+        ),
+        (
+            "[turn]\nsecret_file = \"/etc/hc/turn.secret\"\n",
+            "turn.secret_file",
+            "does nothing without turn.urls",
+        ),
+        (
+            "[audit.sink]\nstream = \"pod-0:audit\"\n",
+            "audit.sink.stream",
+            "does nothing without audit.sink.redis_url",
+        ),
+        (
+            "[tls]\ncert = \"/etc/hc/tls.crt\"\nkey = \"/etc/hc/tls.key\"\nself_signed = true\n",
+            "tls.self_signed",
+            "does nothing beside tls.cert",
+        ),
     ] {
         let path = dir.join("region.toml");
         std::fs::write(&path, toml).unwrap();

@@ -205,8 +205,14 @@ fn api_keys_in_the_clear_are_refused_naming_the_key_and_the_way_out() {
 #[test]
 fn a_config_with_the_regions_token_keys_is_not_run_with_dev() {
     for (config, key) in [
-        ("[tokens]\njwks_file = \"/etc/hc/jwks.json\"\n", "tokens.jwks_file"),
-        ("[tokens]\njwks_url = \"https://idp.example/jwks.json\"\n", "tokens.jwks_url"),
+        (
+            "[tokens]\njwks_file = \"/etc/hc/jwks.json\"\n",
+            "tokens.jwks_file",
+        ),
+        (
+            "[tokens]\njwks_url = \"https://idp.example/jwks.json\"\n",
+            "tokens.jwks_url",
+        ),
     ] {
         let err = start_failure(config, &["--dev"]);
         assert!(
