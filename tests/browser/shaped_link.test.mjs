@@ -37,6 +37,14 @@ async function received(page) {
   });
 }
 
+/** The SFU's estimate, probe and layer lines from the service's log, without colour codes. */
+function bweLines(server) {
+  return server.logs().replace(/\x1b\[[0-9;]*m/g, "").split("\n")
+    .filter((l) => /estimate down|probe settled|step up failed|video layer|video paused/.test(l))
+    .map((l) => l.replace(/^\S+Z\s+DEBUG\s+\S+: /, (m) => m.slice(11, 23) + " "))
+    .join("\n");
+}
+
 test("a patient's shaped downlink: the top layer at 3 Mbit/s, a lower one within 3 s at 400 kbit/s, audio through 250 kbit/s, and back to the top", { timeout: 240000 }, async () => {
   const ns = clientNamespace(53);
   const [link] = ns.links;
@@ -47,7 +55,11 @@ test("a patient's shaped downlink: the top layer at 3 Mbit/s, a lower one within
   let server;
   let call;
   try {
-    server = await startSignaling(["--advertise-ip", link.hostIp], { listen: `${link.hostIp}:0` });
+    // The SFU's estimate and layer decisions at debug: what a failure here is read from.
+    server = await startSignaling(["--advertise-ip", link.hostIp], {
+      listen: `${link.hostIp}:0`,
+      env: { RUST_LOG: "info,sfu_core::sfu::feedback=debug,sfu_core::sfu::layers=debug" },
+    });
     shape("3mbit");
     call = await clinicianAndNamespacedPatient(server, ns);
     const { clinician, patient } = call;
@@ -153,9 +165,10 @@ test("a patient's shaped downlink: the top layer at 3 Mbit/s, a lower one within
       })).catch((err) => String(err));
       e.message += `\n${who}: ${JSON.stringify(seen)}`;
     }
-    if (server) e.message += `\nserver log:\n${server.logs().slice(-3000)}`;
+    if (server) e.message += `\nserver log:\n${server.logs().slice(-3000)}\nestimate and layers:\n${bweLines(server)}`;
     throw e;
   } finally {
+    if (server && process.env.HC_BWE_LOG) console.log(`# estimate and layers:\n${bweLines(server).replace(/^/gm, "# ")}`);
     if (call) await call.close();
     if (server) server.child.kill("SIGTERM");
     ns.remove();

@@ -30,6 +30,10 @@ const DECREASE_INTERVAL: Duration = Duration::from_millis(200);
 const SETTLE: Duration = Duration::from_secs(1);
 /// ... by at least this much (ms above the quickest one-way delay of late).
 const DRAINED_MS: f64 = 10.0;
+/// Over-use is acted on at all only while the newest packet queued at least this much: a
+/// stall of the receiver's host (its packets held, then handed over at once) bends the
+/// delay trend with nothing queued on the link.
+const QUEUED_MS: f64 = 5.0;
 /// Assumed round trip plus feedback interval, for the additive increase.
 const RESPONSE_TIME: Duration = Duration::from_millis(200);
 const LOSS_HIGH: f64 = 0.10;
@@ -308,9 +312,13 @@ impl BandwidthEstimator {
                 // below the video floor. (On a link whose buffer holds under 10 ms, a second
                 // over-use within that second is left to the loss bound: such a queue drops
                 // before it delays.)
-                let settled = self.last_decrease.is_some_and(|t| now < t + SETTLE)
-                    && self.delay.queue_delay_ms() < DRAINED_MS;
-                if due && !settled {
+                let queued = self.delay.queue_delay_ms();
+                let settled =
+                    self.last_decrease.is_some_and(|t| now < t + SETTLE) && queued < DRAINED_MS;
+                // A cut on a stall lands on what the SFU sends, not on what the link carries:
+                // at 3 Mbit/s a phone receiving 600 kbit/s was cut to 440 kbit/s and its
+                // picture went down a layer until the next probe.
+                if due && !settled && queued >= QUEUED_MS {
                     // Over-use means the bottleneck's queue is not empty: what arrived in the
                     // last moments is its rate, where the half-second window still remembers
                     // the rate before the drop.
@@ -546,6 +554,53 @@ mod tests {
             lowest_after >= 300_000,
             "cut to {lowest_after} bit/s on a 400 kbit/s link"
         );
+    }
+
+    #[test]
+    fn a_stall_of_the_receivers_host_is_not_taken_for_a_queue() {
+        // 600 kbit/s to send on a 3 Mbit/s link; for 80 ms the receiver's host holds every
+        // packet and then hands them over at once (a busy CPU), twice: the delay trend bends,
+        // but nothing queued on the link.
+        let t0 = origin();
+        for stall_at_ms in [2_000u64, 2_030, 2_075] {
+            let mut est = BandwidthEstimator::new(1_500_000);
+            let mut link = Bottleneck {
+                capacity_bps: 3e6,
+                queue_bytes: 60_000.0,
+                free_at_us: 0.0,
+            };
+            let mut pending: Vec<PacketResult> = Vec::new();
+            let mut next_send_us = 0.0f64;
+            let mut lowest = u64::MAX;
+            for ms in 0..5_000u64 {
+                let now_us = ms as f64 * 1000.0;
+                while next_send_us <= now_us {
+                    let mut p = link.send(t0, now_us, 1000.0);
+                    for stall in [stall_at_ms, stall_at_ms + 1_500] {
+                        let (from, to) = (stall as i64 * 1000, (stall + 80) as i64 * 1000);
+                        p.arrival_us = p
+                            .arrival_us
+                            .map(|a| if a >= from && a < to { to } else { a });
+                    }
+                    pending.push(p);
+                    next_send_us += 1000.0 * 8.0 / 600e3 * 1e6;
+                }
+                if ms % 50 == 0 {
+                    est.on_feedback(
+                        t0 + Duration::from_millis(ms),
+                        arrived_by(&mut pending, now_us),
+                    );
+                    if ms >= 1_000 {
+                        lowest = lowest.min(est.estimate_bps());
+                    }
+                }
+            }
+            // (0.85 of what arrived would be about 510 kbit/s: under what is sent.)
+            assert!(
+                lowest >= 900_000,
+                "stall at {stall_at_ms} ms: cut to {lowest} bit/s"
+            );
+        }
     }
 
     #[test]

@@ -131,18 +131,24 @@ impl Downlink {
 
     /// Judges the probe in flight once its feedback is in (or overdue): a rate above the
     /// estimate raises it; a probe that found nothing makes the next one wait longer.
-    pub fn settle_probe(&mut self, now: Instant) {
-        let Some(verdict) = self.probe.as_ref().and_then(|p| p.result(now)) else {
-            return;
-        };
+    pub fn settle_probe(&mut self, now: Instant) -> Option<SettledProbe> {
+        let (target_bps, verdict) = self
+            .probe
+            .as_ref()
+            .and_then(|p| Some((p.target_bps, p.result(now)?)))?;
         self.probe = None;
-        if !self.probes_believed(now) {
+        let settled = SettledProbe {
+            target_bps,
+            found_bps: verdict.map(|r| r.bps),
+            believed: self.probes_believed(now),
+        };
+        if !settled.believed {
             // Behind a policer the probe passed its bucket whole: it says nothing of the rate.
             self.fruitless_probes = self.fruitless_probes.saturating_add(1);
-            return;
+            return Some(settled);
         }
         let Some(estimator) = self.estimator.as_mut() else {
-            return;
+            return Some(settled);
         };
         let before = estimator.estimate_bps();
         if let Some(result) = verdict {
@@ -156,6 +162,7 @@ impl Downlink {
         } else {
             self.fruitless_probes = self.fruitless_probes.saturating_add(1);
         }
+        Some(settled)
     }
 
     /// When the next probe may start: soon after one that found headroom, later after each
@@ -164,6 +171,16 @@ impl Downlink {
         let wait = PROBE_INTERVAL * (1u32 << self.fruitless_probes.min(2));
         self.last_probe_at.map(|t| t + wait.min(PROBE_INTERVAL_MAX))
     }
+}
+
+/// What a probe cluster came to, for the log that explains a subscriber's layers.
+#[derive(Debug, Clone, Copy)]
+pub struct SettledProbe {
+    pub target_bps: u64,
+    /// None: too few of its packets were acknowledged to say anything.
+    pub found_bps: Option<u64>,
+    /// False behind a policer, whose bucket passes a probe whole.
+    pub believed: bool,
 }
 
 /// Whether a probe that found `found_bps` (the estimate was `before`) shows the link changed,

@@ -250,6 +250,7 @@ impl Sfu {
             ..
         } = &mut p.downlink;
         let estimator = estimator.get_or_insert_with(|| BandwidthEstimator::new(start));
+        let before = estimator.estimate_bps();
         estimator.on_feedback(
             now,
             // Two bytes of run-length chunk can describe 8,191 packets: a hostile message would
@@ -269,11 +270,38 @@ impl Sfu {
                     })
                 }),
         );
-        p.downlink.settle_probe(now);
+        if let Some(e) = p.downlink.estimator.as_ref()
+            && e.estimate_bps() < before - before / 50
+        {
+            // Why a subscriber's picture went down is read from these (no media, no identity).
+            tracing::debug!(
+                participant = %p.id,
+                before,
+                after = e.estimate_bps(),
+                usage = ?e.usage(),
+                queue_delay_ms = e.queue_delay_ms(),
+                loss = e.recent_loss(),
+                acked_bps = e.acked_bps(),
+                "estimate down"
+            );
+        }
+        let estimate_before = p.downlink.estimator.as_ref().map(|e| e.estimate_bps());
+        if let Some(probe) = p.downlink.settle_probe(now) {
+            tracing::debug!(
+                participant = %p.id,
+                target = probe.target_bps,
+                found = probe.found_bps,
+                believed = probe.believed,
+                before = estimate_before,
+                after = p.downlink.estimator.as_ref().map(|e| e.estimate_bps()),
+                "probe settled"
+            );
+        }
         // A step up that brought loss fails now: the picture goes back down before the new
         // layer's losses freeze it.
         let failed = p.downlink.judge_trial(now);
         if failed {
+            tracing::debug!(participant = %p.id, "step up failed");
             self.counters.failed_steps += 1;
         }
         // An estimate that no longer carries what was allocated is acted on now, not at the

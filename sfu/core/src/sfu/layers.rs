@@ -235,6 +235,13 @@ impl Sfu {
                 let Some(chosen) = chosen else {
                     // Paused: nothing of it goes out until it fits again.
                     if !paused {
+                        tracing::debug!(
+                            participant = %self.participant(idx).id,
+                            track = %track.id,
+                            estimate,
+                            left_bps = remaining,
+                            "video paused"
+                        );
                         let info = info(self);
                         let p = self.participant_mut(idx);
                         // A pause soon after a resume (or an upgrade): that step failed.
@@ -293,6 +300,22 @@ impl Sfu {
                     self.counters.temporal_downgrades += 1;
                 }
                 let stepped_up = current != usize::MAX && is_up(chosen, temporal);
+                if current != chosen || current_temporal != temporal || paused {
+                    // Why a subscriber's picture changed is read from these.
+                    tracing::debug!(
+                        participant = %self.participant(idx).id,
+                        track = %track.id,
+                        from = (current != usize::MAX).then_some(current),
+                        to = chosen,
+                        temporal,
+                        estimate,
+                        left_bps = remaining,
+                        rate_bps = rate(chosen),
+                        sustained_bps = sustained(chosen),
+                        overusing,
+                        "video layer"
+                    );
+                }
                 let mut failed = false;
                 let p = self.participant_mut(idx);
                 let sub = &mut p.subscriptions[s];
