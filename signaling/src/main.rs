@@ -2051,6 +2051,16 @@ fn turn_config(
     if urls.is_empty() {
         return Ok(None);
     }
+    // (A mistake names where the value came from: the flag or its variable, else the file.)
+    let secret_key = match (&secret, &secret_file) {
+        (Some(_), _) => "--turn-secret (TURN_SECRET)".to_owned(),
+        (None, Some(_)) => "--turn-secret-file (TURN_SECRET_FILE)".to_owned(),
+        (None, None) => from_file("secret_file"),
+    };
+    let ttl_key = match ttl_hours {
+        Some(_) => "--turn-ttl-hours (TURN_TTL_HOURS)".to_owned(),
+        None => from_file("ttl_hours"),
+    };
     let secret = match (secret, secret_file.or(file.secret_file)) {
         (Some(s), _) => s.into_bytes(),
         (None, Some(path)) => std::fs::read_to_string(&path)
@@ -2069,10 +2079,8 @@ fn turn_config(
     turn_credentials::TurnConfig::new(urls, secret, ttl)
         .map_err(|e| match e {
             turn_credentials::TurnConfigError::BadUrl(_) => anyhow::anyhow!("{urls_key}: {e}"),
-            turn_credentials::TurnConfigError::BadTtl => {
-                anyhow::anyhow!("{}: {e}", from_file("ttl_hours"))
-            }
-            _ => anyhow::anyhow!("{}: {e}", from_file("secret_file")),
+            turn_credentials::TurnConfigError::BadTtl => anyhow::anyhow!("{ttl_key}: {e}"),
+            _ => anyhow::anyhow!("{secret_key}: {e}"),
         })
         .map(Some)
 }

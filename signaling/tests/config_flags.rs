@@ -372,3 +372,24 @@ fn an_address_no_client_can_reach_is_not_announced() {
         assert!(err.contains(named) && err.contains("0.0.0.0"), "{err}");
     }
 }
+
+/// A TURN value given by flag (or its variable) and wrong is named by that flag, not by the
+/// file's key the operator never set.
+#[test]
+fn a_wrong_turn_value_names_the_flag_it_came_from() {
+    let config = "[turn]\nurls = [\"turn:turn.region.se:3478\"]\n";
+    let err = start_failure(config, &["--dev", "--turn-secret", "short"]);
+    assert!(
+        err.contains("--turn-secret (TURN_SECRET)") && err.contains("shorter than 16 bytes"),
+        "{err}"
+    );
+    let secret = ["--turn-secret", "0123456789abcdef0123"];
+    let err = start_failure(
+        config,
+        &["--dev", secret[0], secret[1], "--turn-ttl-hours", "0"],
+    );
+    assert!(
+        err.contains("--turn-ttl-hours (TURN_TTL_HOURS)") && !err.contains("signaling.toml"),
+        "{err}"
+    );
+}
