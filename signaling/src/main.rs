@@ -486,13 +486,21 @@ fn main() -> anyhow::Result<()> {
                     "Log extract for {subject} ({} stays in meetings)",
                     meetings.len()
                 );
+                // (Values come from tokens and bookings: a line break in one must not print as
+                // a line of the extract.)
+                let shown = |s: &str| s.escape_debug().to_string();
                 for m in meetings {
-                    println!("meeting {} from {} to {}", m.meeting, m.first, m.last);
+                    println!(
+                        "meeting {} from {} to {}",
+                        shown(&m.meeting),
+                        m.first,
+                        m.last
+                    );
                     for unit in &m.units {
-                        println!("  care unit: {unit}");
+                        println!("  care unit: {}", shown(unit));
                     }
                     for (hsa, unit) in &m.staff {
-                        println!("  staff: {hsa} ({unit})");
+                        println!("  staff: {} ({})", shown(hsa), shown(unit));
                     }
                 }
                 Ok(())

@@ -722,13 +722,15 @@ impl Meetings {
     }
 
     /// Cancels a booked meeting: nobody may join any more, and whoever is in it is told and
-    /// disconnected.
+    /// disconnected. Returns the audit records, and whether the store took the cancellation:
+    /// one it did not take is undone by the next restart (or a replica reading the store), so
+    /// it is not to be answered as done — a cancellation asked again is written again.
     pub fn cancel(
         &self,
         id: &str,
         now: Timestamp,
         sfu: &dyn SfuControl,
-    ) -> Option<Vec<AuditEvent>> {
+    ) -> Option<(Vec<AuditEvent>, Result<(), StoreError>)> {
         let room = self.get(id)?;
         let mut events = vec![AuditEvent {
             event: "meeting_cancelled".into(),
@@ -742,8 +744,11 @@ impl Meetings {
             s.close_all(CloseReason::MeetingCancelled, fx);
         });
         events.extend(closed);
-        self.persist();
-        Some(events)
+        let stored = self.persist_checked();
+        if let Err(e) = &stored {
+            tracing::error!(error = %e, "writing the meeting store failed");
+        }
+        Some((events, stored))
     }
 
     /// Drop-in, first step: checks that `actor` is a clinician of queue `queue` and someone
@@ -1537,6 +1542,43 @@ mod tests {
         ));
         assert!(meetings.get(&id).is_none());
         std::fs::remove_file(&dir).unwrap();
+    }
+
+    /// A cancellation the store does not take is said so (the API answers 503 and the booking
+    /// system asks again); in this process the meeting is cancelled all the same, and the
+    /// next write that succeeds carries it.
+    #[test]
+    fn a_cancellation_the_store_did_not_take_is_said_so() {
+        let dir = std::env::temp_dir().join(format!("hc-unwritable-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("meetings.json");
+        let store = MeetingStore::open(&path.to_string_lossy()).unwrap();
+        let meetings = Meetings::new(MeetingPolicy::default(), Some(store)).unwrap();
+        let record = booked_visit(Timestamp::now());
+        let id = record.id.clone();
+        meetings.create(record).unwrap();
+        // The file's directory goes, and a file takes its place: nothing can be written.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&dir, b"").unwrap();
+        let (_, stored) = meetings.cancel(&id, Timestamp::now(), &NoSfu).unwrap();
+        assert!(stored.is_err(), "the store did not take it");
+        assert!(
+            meetings
+                .get(&id)
+                .unwrap()
+                .lock()
+                .record
+                .cancelled_at
+                .is_some()
+        );
+        // The store back: asked again, it is written.
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_, stored) = meetings.cancel(&id, Timestamp::now(), &NoSfu).unwrap();
+        assert!(stored.is_ok());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("cancelled_at"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A drop-in queue's lease stays with the replica where a private visit taken from it

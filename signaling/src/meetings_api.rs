@@ -140,12 +140,38 @@ async fn within_units(
     )))
 }
 
+/// The most connections a booking may allow: what a room's forwarding costs grows with the
+/// square of its size, on a node other units' visits share (a drop-in queue of patients
+/// waiting, its largest use, is 50 by default).
+const MAX_BOOKED_PARTICIPANTS: u32 = 200;
+
+/// The longest meeting id a path may name (a booking's is at most 64 characters).
+const MAX_PATH_ID: usize = 256;
+
 /// The meeting `id` if it exists and `client` acts for its unit.
 async fn find_for(
     state: &AppState,
     client: &ApiClient,
     id: &str,
 ) -> Result<Arc<MeetingRoom>, Box<Response>> {
+    if id.len() > MAX_PATH_ID || crate::identity_number::looks_like_identity_number(id) {
+        // No meeting has such an id (bookings and tokens are checked), and the text is not
+        // written: a personal identity number used as a visit's key would stay in the signed,
+        // copied log for good. (Not held to a booking's characters: a meeting opened by a
+        // region's token, unbooked, has the token's id.)
+        let event = AuditEvent {
+            code: Some("invalid_meeting".into()),
+            ..called(client, "api_refused")
+        };
+        if audit(state, event).await.is_err() {
+            return Err(Box::new(audit_unavailable()));
+        }
+        return Err(Box::new(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_meeting",
+            "the meeting id in the path: at most 256 bytes, and no personal identity number",
+        )));
+    }
     let room = match state.meetings.find(id) {
         Ok(Some(room)) => room,
         Ok(None) => {
@@ -281,11 +307,14 @@ async fn create(
             "id: 1 to 64 characters of A-Z a-z 0-9 - _ .",
         );
     }
-    if req.unit.trim().is_empty() || req.unit.chars().count() > MAX_UNIT_CHARS {
+    if req.unit.trim().is_empty()
+        || req.unit.chars().count() > MAX_UNIT_CHARS
+        || req.unit.chars().any(char::is_control)
+    {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_meeting",
-            "unit: 1 to 64 characters",
+            "unit: 1 to 64 characters, no control characters",
         );
     }
     // Both reach the audit log and the meeting store.
@@ -303,11 +332,14 @@ async fn create(
     if let Err(reason) = bookable_window(req.start, req.end, Timestamp::now()) {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_meeting", reason);
     }
-    if req.max_participants == Some(0) {
+    if req
+        .max_participants
+        .is_some_and(|n| n == 0 || n > MAX_BOOKED_PARTICIPANTS)
+    {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_meeting",
-            "max_participants: at least 1",
+            format!("max_participants: 1 to {MAX_BOOKED_PARTICIPANTS}"),
         );
     }
     let record = MeetingRecord {
@@ -679,7 +711,7 @@ async fn cancel(
         .meetings
         .cancel(&id, Timestamp::now(), state.sfu.as_ref())
     {
-        Some(events) => {
+        Some((events, stored)) => {
             state.images.forget_meeting(&id);
             // (The cancellation's line names the system that made it, and the unit.)
             let events = events.into_iter().map(|e| match e.event.as_str() {
@@ -691,6 +723,16 @@ async fn cancel(
                 _ => e,
             });
             let _ = audit_all(&state, events.collect()).await;
+            if stored.is_err() {
+                // Cancelled here, but a restart would bring it back: the booking system is to
+                // ask again (the cancellation is written again then).
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the meeting is cancelled on this service, but the meeting store did not \
+                     take it and a restart would undo it; cancel again",
+                );
+            }
             match find(&state, &id) {
                 Ok(room) => Json(view(&state, &room)).into_response(),
                 Err(r) => *r,
@@ -805,6 +847,25 @@ async fn mint(
         .is_some_and(|u| u.chars().count() > MAX_UNIT_CHARS)
     {
         return invalid("unit: at most 64 characters");
+    }
+    if req.companion_of.as_deref().is_some_and(|c| c.len() > 128) {
+        return invalid("companion_of: at most 128 bytes");
+    }
+    // (Line breaks and the like would reach the audit log's readers and the pages as they are.)
+    let texts = [
+        ("sub", Some(req.sub.as_str())),
+        ("name", Some(req.name.as_str())),
+        ("hsa", req.hsa.as_deref()),
+        ("unit", req.unit.as_deref()),
+        ("companion_of", req.companion_of.as_deref()),
+    ];
+    if let Some((field, _)) = texts
+        .iter()
+        .find(|(_, v)| v.is_some_and(|v| v.chars().any(char::is_control)))
+    {
+        return invalid(&format!(
+            "{field}: no control characters (line breaks, tabs)"
+        ));
     }
     let mut fields = vec![("name", req.name.as_str())];
     fields.extend(req.hsa.as_deref().map(|h| ("hsa", h)));
@@ -980,5 +1041,17 @@ mod tests {
             assert!(paths.contains_key(p), "{p} missing from openapi.json");
         }
         assert_eq!(doc["openapi"], "3.1.0");
+        // Every route naming a meeting may refuse its id (422); minting may fail (500).
+        for (p, route) in paths.iter().filter(|(p, _)| p.contains("{id}")) {
+            let op = route
+                .as_object()
+                .unwrap()
+                .values()
+                .find(|v| v.get("responses").is_some());
+            let responses = &op.unwrap()["responses"];
+            assert!(responses.get("422").is_some(), "{p}: no 422");
+        }
+        let tokens = &paths["/api/v1/meetings/{id}/tokens"]["post"]["responses"];
+        assert!(tokens.get("500").is_some(), "minting_failed not listed");
     }
 }

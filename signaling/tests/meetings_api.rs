@@ -588,6 +588,16 @@ async fn bad_bookings_are_refused_naming_the_field_and_the_service_goes_on() {
             json!({"unit": "u".repeat(65), "start": window(10, 20).0, "end": window(10, 20).1}),
             "unit",
         ),
+        // A line break in a unit printed a line of its own in a patient's log extract.
+        (
+            json!({"unit": "unit-1\n  staff: SE2321000016-X (unit-9)", "start": window(10, 20).0, "end": window(10, 20).1}),
+            "unit",
+        ),
+        // A room's forwarding grows with the square of its size, on a node others share.
+        (
+            json!({"unit": "unit-1", "start": window(10, 20).0, "end": window(10, 20).1, "max_participants": 100000}),
+            "max_participants",
+        ),
     ] {
         let (status, refused) = server
             .api("POST", "/api/v1/meetings", key, Some(body))
@@ -636,6 +646,48 @@ async fn bad_bookings_are_refused_naming_the_field_and_the_service_goes_on() {
     assert!(
         refused["reason"].as_str().unwrap().starts_with("hsa"),
         "{refused}"
+    );
+    for (body, field) in [
+        (
+            json!({"sub": "s2", "name": "Anna\nDr X", "role": "patient"}),
+            "name",
+        ),
+        (
+            json!({"sub": "s2", "name": "Anna", "role": "companion", "companion_of": "p".repeat(129)}),
+            "companion_of",
+        ),
+    ] {
+        let (status, refused) = server
+            .api("POST", "/api/v1/meetings/bv-1/tokens", key, Some(body))
+            .await;
+        assert_eq!(status, 422, "{refused}");
+        assert!(
+            refused["reason"].as_str().unwrap().starts_with(field),
+            "{refused}"
+        );
+    }
+    // A personal identity number as the id in a path (a booking system that keys its
+    // visits by it): refused, and not written — before, its `api_refused` line named it.
+    for (method, path) in [
+        ("GET", "/api/v1/meetings/19900101-1234"),
+        ("POST", "/api/v1/meetings/5501011234/cancel"),
+        ("GET", "/api/v1/meetings/5501011234/participants"),
+    ] {
+        let (status, refused) = server.api(method, path, key, None).await;
+        assert_eq!(
+            (status, refused["error"].as_str()),
+            (422, Some("invalid_meeting")),
+            "{method} {path}"
+        );
+    }
+    let long = "x".repeat(300);
+    let (status, _) = server
+        .api("GET", &format!("/api/v1/meetings/{long}"), key, None)
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        !server.audit_text().contains(&long),
+        "a 300-byte id written"
     );
 
     // Nothing of the refused reached the audit log; the booking was saved.
