@@ -123,11 +123,13 @@ impl Replicas {
 
     /// Carries a join WebSocket to the owner at `owner` (its internal URL): the owner's
     /// handshake first, so a refusal reaches the client as the owner gave it; then every frame
-    /// both ways until either side closes.
+    /// both ways until either side closes. `credentials` is the `Sec-WebSocket-Protocol` that
+    /// carries the client's token and resume key (never the URL).
     pub async fn relay_websocket(
         &self,
         owner: &str,
         query: Option<&str>,
+        credentials: Option<&str>,
         source: IpAddr,
         ws: WebSocketUpgrade,
         idle: std::time::Duration,
@@ -148,6 +150,12 @@ impl Replicas {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 request.headers_mut().insert(name, v);
             }
+        }
+        // (Made of visible ASCII only: `socket_credentials::as_offered`.)
+        if let Some(v) = credentials.and_then(|c| HeaderValue::from_str(c).ok()) {
+            request
+                .headers_mut()
+                .insert(axum::http::header::SEC_WEBSOCKET_PROTOCOL, v);
         }
         let config = tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(MAX_DOWNSTREAM_BYTES))

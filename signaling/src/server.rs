@@ -600,12 +600,20 @@ async fn ws_upgrade(
     match state.route(&q, &headers, source, false) {
         Ok(Route::Here) => {}
         Ok(Route::Owner(replicas, owner)) => {
-            // The owner is reached inside the cluster, through no proxy: credentials offered
-            // in the header go to it in the query, which every version of it reads, and no
-            // subprotocol is asked of it (this end answers the client's).
-            let query = relayed_query(raw.as_deref(), &headers);
+            // The credentials go to the owner in its handshake's Sec-WebSocket-Protocol, as
+            // the browser sends them, whichever way they came: a request line is written
+            // by whatever logs the cluster's own traffic (a mesh's sidecar, an internal
+            // balancer), and a token or resume key there lets its reader into the visit.
+            let (query, credentials) = relayed_request(raw.as_deref(), &q);
             return replicas
-                .relay_websocket(&owner, query.as_deref(), source, ws, state.ws_idle)
+                .relay_websocket(
+                    &owner,
+                    query.as_deref(),
+                    credentials.as_deref(),
+                    source,
+                    ws,
+                    state.ws_idle,
+                )
                 .await;
         }
         Err(refused) => return *refused,
@@ -712,30 +720,45 @@ fn with_offered_credentials(
     Ok(q)
 }
 
-/// The query a join WebSocket is relayed to its meeting's owner with: the client's, and the
-/// credentials it offered in `Sec-WebSocket-Protocol` (already checked: not also in the query).
-fn relayed_query(raw: Option<&str>, headers: &HeaderMap) -> Option<String> {
-    let offered =
-        crate::socket_credentials::SocketCredentials::offered(headers).unwrap_or_default();
-    // (An empty `token=` beside the header's, which the query's reader takes as none, would
-    // make the owner's reader see two.)
-    let taken = |part: &&str| {
-        let key = part.split('=').next().unwrap_or_default();
-        (key == "token" && offered.token.is_some()) || (key == "resume" && offered.resume.is_some())
-    };
+/// What a join WebSocket is relayed to its meeting's owner with: the client's query without
+/// its credentials, and the credentials (`q`'s: from the query or the client's header) as a
+/// `Sec-WebSocket-Protocol` value. A credential that cannot be one (a comma, a space: no token
+/// or key this service makes) stays in the query, for the owner to refuse as it is.
+fn relayed_request(raw: Option<&str>, q: &JoinQuery) -> (Option<String>, Option<String>) {
+    use crate::socket_credentials::{Credential, PROTOCOL, as_offered};
+    let token = (!q.token.is_empty()).then_some(q.token.as_str());
+    let (token_offered, resume_offered) = (
+        token.and_then(|t| as_offered(Credential::Token, t)),
+        q.resume
+            .as_deref()
+            .and_then(|k| as_offered(Credential::Resume, k)),
+    );
     let mut parts: Vec<String> = raw
         .unwrap_or_default()
         .split('&')
-        .filter(|p| !p.is_empty() && !taken(p))
+        .filter(|p| {
+            let key = p.split('=').next().unwrap_or_default();
+            !p.is_empty() && key != "token" && key != "resume"
+        })
         .map(str::to_owned)
         .collect();
-    if let Some(token) = offered.token {
-        parts.push(format!("token={}", query_value(&token)));
+    if let (Some(t), None) = (token, &token_offered) {
+        parts.push(format!("token={}", query_value(t)));
     }
-    if let Some(key) = offered.resume {
-        parts.push(format!("resume={}", query_value(&key)));
+    if let (Some(k), None) = (q.resume.as_deref(), &resume_offered) {
+        parts.push(format!("resume={}", query_value(k)));
     }
-    (!parts.is_empty()).then(|| parts.join("&"))
+    let offered: Vec<String> = [token_offered, resume_offered]
+        .into_iter()
+        .flatten()
+        .collect();
+    let header = (!offered.is_empty()).then(|| {
+        std::iter::once(PROTOCOL.to_owned())
+            .chain(offered)
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    ((!parts.is_empty()).then(|| parts.join("&")), header)
 }
 
 /// `value` encoded for a query (a subprotocol may hold `&`, `#`, `%` or `+`, which would
@@ -753,25 +776,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_offered_in_the_header_reach_the_owner_as_one_query_value_each() {
+    fn credentials_reach_the_owner_in_its_handshake_header_never_in_its_url() {
+        let join = |raw: &str, headers: &HeaderMap| {
+            let uri: axum::http::Uri = format!("/ws?{raw}").parse().unwrap();
+            let Query(q) = Query::<JoinQuery>::try_from_uri(&uri).unwrap();
+            let q = with_offered_credentials(q, headers).unwrap();
+            relayed_request(Some(raw), &q)
+        };
+        // Offered in the header, as the web client does.
         let mut headers = HeaderMap::new();
         headers.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
-            "hc.v1, hc.token.a.b&meeting=other#x%2B, hc.resume.00ff"
-                .parse()
-                .unwrap(),
+            "hc.v1, hc.token.a.b-c_d, hc.resume.00ff".parse().unwrap(),
         );
-        let q = relayed_query(Some("token=&meeting=m1"), &headers).unwrap();
+        let (query, offered) = join("token=&meeting=m1", &headers);
+        assert_eq!(query.as_deref(), Some("meeting=m1"));
         assert_eq!(
-            q,
-            "meeting=m1&token=a.b%26meeting%3Dother%23x%252B&resume=00ff"
+            offered.as_deref(),
+            Some("hc.v1, hc.token.a.b-c_d, hc.resume.00ff")
         );
-        let uri: axum::http::Uri = format!("/ws?{q}").parse().unwrap();
-        let Query(parsed) = Query::<JoinQuery>::try_from_uri(&uri).unwrap();
-        assert_eq!(parsed.token, "a.b&meeting=other#x%2B");
-        assert_eq!(parsed.meeting.as_deref(), Some("m1"));
-        assert_eq!(parsed.resume.as_deref(), Some("00ff"));
-        assert_eq!(relayed_query(None, &HeaderMap::new()), None);
+        // In the query (an older client): moved to the header all the same.
+        let (query, offered) = join("token=e.f.g&resume=beef&meeting=m1", &HeaderMap::new());
+        assert_eq!(query.as_deref(), Some("meeting=m1"));
+        assert_eq!(
+            offered.as_deref(),
+            Some("hc.v1, hc.token.e.f.g, hc.resume.beef")
+        );
+        // What cannot be a subprotocol stays in the query, one value, for the owner to refuse.
+        let (query, offered) = join("token=a%2Cb%26meeting%3Dx", &HeaderMap::new());
+        assert_eq!(query.as_deref(), Some("token=a%2Cb%26meeting%3Dx"));
+        assert_eq!(offered, None);
+        let (query, offered) = join("meeting=m1", &HeaderMap::new());
+        assert_eq!((query.as_deref(), offered), (Some("meeting=m1"), None));
     }
 
     #[test]

@@ -60,6 +60,25 @@ impl SocketCredentials {
     }
 }
 
+/// Which credential a subprotocol carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    Token,
+    Resume,
+}
+
+/// `value` as the subprotocol that offers it (`hc.token.<value>`), if it can be one: visible
+/// ASCII without a comma (a header's list separator) — every token and key this service or a
+/// region's issuer makes.
+pub fn as_offered(what: Credential, value: &str) -> Option<String> {
+    let fits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+    let prefix = match what {
+        Credential::Token => TOKEN_PREFIX,
+        Credential::Resume => RESUME_PREFIX,
+    };
+    fits.then(|| format!("{prefix}{value}"))
+}
+
 fn set_once(
     slot: &mut Option<String>,
     value: &str,

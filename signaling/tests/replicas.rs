@@ -526,3 +526,118 @@ async fn a_private_visit_is_served_only_where_its_lease_is_held_from_what_the_st
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP forwarder to `to` that keeps the head of each request it carries (what a mesh's
+/// sidecar or an internal balancer would log).
+async fn recording_forwarder(to: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                else {
+                    return;
+                };
+                if upstream.write_all(&head).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    (port, heads)
+}
+
+/// A join relayed to its meeting's owner carries the token and the resume key in the owner's
+/// handshake header, never in its URL: a request line inside the cluster is written by
+/// whatever logs its traffic, and a token or key there let its reader into the visit in the
+/// patient's place (before, `/relay/ws?…&token=…&resume=…`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_join_carries_no_credential_in_its_url() {
+    let dir = std::env::temp_dir().join(format!("hc-relay-url-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = Redis::persistent(free_port(), &dir.join("redis"));
+    let key = dir.join("issuer.key");
+    let a = replica(&redis.url(), &key);
+    // B is reached by the others through a forwarder that keeps what it carries.
+    let b_port = free_port();
+    let (via, heads) = recording_forwarder(b_port).await;
+    let b = support::start_replica_advertised(
+        &redis.url(),
+        &key,
+        b_port,
+        &format!("http://127.0.0.1:{via}"),
+        &[],
+    );
+    let (status, m) = api_at(
+        &b.internal.replace(&via.to_string(), &b_port.to_string()),
+        "POST",
+        "/api/v1/meetings",
+        Some(API_KEY),
+        Some(booking("v-relay-url")),
+    )
+    .await;
+    assert_eq!(status, 201, "{m}");
+    // The clinician on B: B runs the visit. The patient comes in through A, relayed to B.
+    let doctor_token = b
+        .server
+        .token("v-relay-url", "doc-9", "Dr Berg", "clinician");
+    let patient_token = a.server.token("v-relay-url", "pat-9", "Anna", "patient");
+    let mut doctor = b.server.connect(&doctor_token).await;
+    doctor.next_of("welcome").await;
+    let mut patient = a.server.connect(&patient_token).await;
+    let resume = patient.next_of("resume_key").await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let welcome = patient.next_of("welcome").await;
+    assert_eq!(welcome["state"], "waiting", "{welcome}");
+    let id = doctor.first_waiting().await;
+    assert_eq!(id, welcome["participant"]);
+    // Dropped, and back through A with the resume key: the same participant.
+    drop(patient);
+    let mut back = a
+        .server
+        .connect_with(&patient_token, &format!("resume={resume}"))
+        .await;
+    assert_eq!(back.next_of("resumed").await["participant"], id);
+
+    let heads = heads.lock().unwrap().clone();
+    let relayed: Vec<&String> = heads.iter().filter(|h| h.contains("/relay/ws")).collect();
+    assert_eq!(
+        relayed.len(),
+        2,
+        "both joins went through the forwarder: {heads:?}"
+    );
+    for head in relayed {
+        let line = head.lines().next().unwrap_or_default();
+        assert!(
+            !line.contains("token=")
+                && !line.contains("resume=")
+                && !line.contains(&patient_token)
+                && !line.contains(&resume),
+            "a credential in the relayed URL: {line}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("sec-websocket-protocol: hc.v1, hc.token.")
+        );
+    }
+    drop(redis);
+    let _ = std::fs::remove_dir_all(dir);
+}

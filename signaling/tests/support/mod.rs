@@ -657,7 +657,19 @@ pub struct Replica {
 
 pub fn start_replica(store: &str, key: &std::path::Path, extra: &[&str]) -> Replica {
     let port = redis::free_port();
-    let internal = format!("http://127.0.0.1:{port}");
+    start_replica_advertised(store, key, port, &format!("http://127.0.0.1:{port}"), extra)
+}
+
+/// A replica whose internal listener is on `port` and which tells the others to reach it at
+/// `internal` (e.g. through a proxy in front of it).
+pub fn start_replica_advertised(
+    store: &str,
+    key: &std::path::Path,
+    port: u16,
+    internal: &str,
+    extra: &[&str],
+) -> Replica {
+    let internal = internal.to_owned();
     let listen = format!("127.0.0.1:{port}");
     let key = key.display().to_string();
     let mut flags = vec![
