@@ -35,6 +35,12 @@ pub const WORKER_QUEUE_BUDGET: usize = 32 * 1024 * 1024;
 /// A connection the core never answered (no valid connectivity check on it) is closed after
 /// this long: garbage or a stranger's probes do not hold a slot for the idle timeout.
 pub const UNANSWERED_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection the core answered once but has sent nothing for this long is closed: its
+/// session ended or its path was given up (a browser checks consent on the path it uses every
+/// few seconds, and the core answers each). Reading alone does not keep it: a connection kept
+/// open with a byte now and then after its session ended held a slot of its address's share,
+/// which patients behind the same hospital Wi-Fi or carrier NAT need.
+pub const SILENCED_TIMEOUT: Duration = Duration::from_secs(15);
 /// Out of file descriptors: stop accepting for this long instead of spinning on a listener
 /// that stays readable.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
@@ -75,7 +81,7 @@ impl IceTcpCounters {
         ),
         (
             "sfu_ice_tcp_closed_idle_total",
-            "ICE-TCP connections closed after 30 s without traffic, or 10 s without a valid check.",
+            "ICE-TCP connections closed after 30 s without traffic, 10 s without a valid check, or 15 s with nothing sent to them (their session ended).",
         ),
         (
             "sfu_ice_tcp_media_dropped_total",
@@ -115,8 +121,9 @@ struct TcpLink {
     opened: Instant,
     last_read: Instant,
     last_progress: Instant,
-    /// The core has sent something here (it answered a check with valid credentials).
-    answered: bool,
+    /// When the core last sent something here (it answered a check with valid credentials,
+    /// or sent media); never: a stranger's connection so far.
+    last_answered: Option<Instant>,
 }
 
 impl TcpLink {
@@ -329,7 +336,7 @@ impl IceTcp {
         let Some(link) = self.links.get_mut(&dest) else {
             return false;
         };
-        link.answered = true;
+        link.last_answered = Some(now);
         let token = link.token;
         let was_empty = link.out.is_empty();
         match link.out.push(packet) {
@@ -492,7 +499,7 @@ impl IceTcp {
                             opened: now,
                             last_read: now,
                             last_progress: now,
-                            answered: false,
+                            last_answered: None,
                         },
                     );
                 }
@@ -542,7 +549,7 @@ impl IceTcp {
                     // Before its first valid check only small frames make sense (a check is a
                     // few hundred bytes): a stranger's connection does not get to hold a large
                     // frame's buffer.
-                    if drained.is_err() || (!link.answered && link.reader.grown()) {
+                    if drained.is_err() || (link.last_answered.is_none() && link.reader.grown()) {
                         self.closing.push((addr, token, CloseReason::BadFrame));
                         return;
                     }
@@ -579,7 +586,10 @@ impl IceTcp {
             if !link.out.is_empty() && now.duration_since(link.last_progress) > STALL_TIMEOUT {
                 self.closing.push((*addr, link.token, CloseReason::Slow));
             } else if now.duration_since(link.last_read) > IDLE_TIMEOUT
-                || (!link.answered && now.duration_since(link.opened) > UNANSWERED_TIMEOUT)
+                || match link.last_answered {
+                    None => now.duration_since(link.opened) > UNANSWERED_TIMEOUT,
+                    Some(t) => now.saturating_duration_since(t) > SILENCED_TIMEOUT,
+                }
             {
                 self.closing.push((*addr, link.token, CloseReason::Idle));
             } else {

@@ -240,6 +240,7 @@ fn run(
                     sfu: &mut sfu,
                     now,
                     batch: &mut batch,
+                    links: out.tcp.as_deref(),
                 });
                 out.flush(&mut batch);
                 drained += got.as_ref().map_or(0, |n| *n);
@@ -363,6 +364,16 @@ struct CoreSink<'a> {
     sfu: &'a mut Sfu,
     now: Instant,
     batch: &'a mut TransmitBatch,
+    /// The worker's ICE-TCP connections, whose addresses no datagram may claim.
+    links: Option<&'a IceTcp>,
+}
+
+/// Whether a datagram that came in on UDP names a source only an ICE-TCP connection has: an
+/// IPv4 connection's stand-in (`100::/96`, reachable as a UDP source on a dual-stack bind) or
+/// an IPv6 connection's own address — spoofed, to pass as that connection's path (blind DTLS
+/// records during its handshake, checks outside its budget).
+fn posing_as_stream(from: SocketAddr, links: Option<&IceTcp>) -> bool {
+    stream_address::is_stream(from) || links.is_some_and(|t| t.is_link(&from))
 }
 
 impl DatagramSink for CoreSink<'_> {
@@ -376,6 +387,24 @@ impl DatagramSink for CoreSink<'_> {
     }
 
     fn datagram(&mut self, from: SocketAddr, buf: &mut [u8]) {
+        if posing_as_stream(from, self.links) {
+            self.sfu.counters.dropped_unknown_source += 1;
+            return;
+        }
         self.sfu.handle_datagram(self.now, from, buf, self.batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datagram_naming_a_tcp_connections_address_is_not_taken_as_its_path() {
+        let peer: SocketAddr = "198.18.0.7:50000".parse().unwrap();
+        assert!(posing_as_stream(stream_address::of_stream(peer), None));
+        assert!(!posing_as_stream(peer, None));
+        let v6: SocketAddr = "[2001:db8::7]:50000".parse().unwrap();
+        assert!(!posing_as_stream(v6, None));
     }
 }

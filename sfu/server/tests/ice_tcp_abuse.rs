@@ -2,10 +2,11 @@
 //! closed after 10 s, one address cannot take more than its share of the node's connections
 //! (over all workers), a connection replaced under its address gives its count back,
 //! malformed framing closes the connection at once, and a connection full of small frames is
-//! handed to the core a bounded number per turn, losing none.
+//! handed to the core a bounded number per turn, losing none; a connection the core stopped
+//! answering (its session ended) is closed however much its peer still writes.
 
 use sfu_server::ice_tcp::{
-    FRAMES_PER_POLL, IceTcp, MAX_LINKS_PER_SOURCE, READ_CHUNK, UNANSWERED_TIMEOUT,
+    FRAMES_PER_POLL, IceTcp, MAX_LINKS_PER_SOURCE, READ_CHUNK, SILENCED_TIMEOUT, UNANSWERED_TIMEOUT,
 };
 use sfu_server::{NodeConfig, SfuNode};
 use std::io::{Read, Write};
@@ -215,4 +216,59 @@ fn a_strangers_large_frame_closes_its_connection_at_once() {
     assert_eq!(tcp.counters.bad_frames, 1);
     assert_eq!(tcp.link_count(), 0);
     assert!(closed_within(&mut peer, Duration::from_secs(1)));
+}
+
+/// A connection the core answered, whose session then ended (the core sends it nothing more):
+/// closed 15 s after the last thing sent, however often its peer writes. Before, a byte every
+/// 29 s kept it open for good, holding a slot of its address's share — which patients behind
+/// the same guest Wi-Fi or carrier NAT need for their own ICE-TCP.
+#[test]
+fn a_connection_whose_session_ended_is_closed_however_much_its_peer_writes() {
+    let mut tcp = IceTcp::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listening = tcp.local_addr().unwrap();
+    let mut ended = TcpStream::connect(listening).unwrap();
+    let mut alive = TcpStream::connect(listening).unwrap();
+    let as_core_knows =
+        |s: &TcpStream| sfu_core::stream_address::of_stream(s.local_addr().unwrap());
+    let (ended_addr, alive_addr) = (as_core_knows(&ended), as_core_knows(&alive));
+    let started = Instant::now();
+    while tcp.link_count() < 2 && started.elapsed() < Duration::from_secs(2) {
+        tcp.poll(udp.as_raw_fd(), Duration::from_millis(20), |_, _| {});
+    }
+    assert_eq!(tcp.link_count(), 2);
+    // The core answers both once; from then on only the live one (its consent checks).
+    tcp.send(Instant::now(), ended_addr, &[0x01, 0x01, 0, 0]);
+    let answered_at = Instant::now();
+    let mut ended_closed_at = None;
+    let mut last_write = Instant::now() - Duration::from_secs(1);
+    while answered_at.elapsed() < SILENCED_TIMEOUT + Duration::from_secs(4) {
+        if last_write.elapsed() >= Duration::from_millis(500) {
+            // Both peers keep writing a well-formed frame.
+            for s in [&mut ended, &mut alive] {
+                let _ = s.write_all(&[0, 4, 0x80, 0, 0, 1]);
+            }
+            tcp.send(Instant::now(), alive_addr, &[0x01, 0x01, 0, 0]);
+            last_write = Instant::now();
+        }
+        tcp.poll(udp.as_raw_fd(), Duration::from_millis(50), |_, _| {});
+        if ended_closed_at.is_none() && !tcp.is_link(&ended_addr) {
+            ended_closed_at = Some(answered_at.elapsed());
+        }
+    }
+    let at = ended_closed_at.expect("the ended session's connection was closed");
+    assert!(
+        at >= SILENCED_TIMEOUT - Duration::from_secs(1),
+        "closed after {at:?}, before the core had been silent {SILENCED_TIMEOUT:?}"
+    );
+    assert!(
+        tcp.is_link(&alive_addr),
+        "the live session's connection is kept"
+    );
+    // (Past what the core sent it: then its end.)
+    let mut seen = 0;
+    while !closed_within(&mut ended, Duration::from_secs(1)) {
+        seen += 1;
+        assert!(seen < 4, "the ended session's connection is still open to its peer");
+    }
 }
