@@ -103,6 +103,7 @@ VALUE_SETS = {
     "cert-manager-csi": {"cluster": {"certManagerCsi": {
         "enabled": True, "issuer": {"name": "cluster-ca", "kind": "Issuer"}}}},
     "bare": {"networkPolicy": {"enabled": False}, "ingress": {"enabled": False},
+             "signaling": {"http": {"trustedProxies": []}},
              "metrics": {"grafanaDashboard": {"enabled": False}}},
 }
 
@@ -157,6 +158,18 @@ class ChartRenders(unittest.TestCase):
                 "enabled": True}}},
             "the public port open to every pod while X-Forwarded-For is believed":
                 {"networkPolicy": {"publicFrom": []}},
+            "no policies at all while X-Forwarded-For is believed":
+                {"networkPolicy": {"enabled": False}},
+            # What signaling would refuse at start (a crash loop, an outage at one replica):
+            "an API client's name with a space": {"api": {"clients": [
+                {"name": "booking system", "units": ["SE2321000016-ABCD"], "keySha256": "ab" * 32}]}},
+            "every unit and one more": {"api": {"clients": [
+                {"name": "booking", "units": ["*", "SE2321000016-ABCD"], "keySha256": "ab" * 32}]}},
+            "a blank unit": {"api": {"clients": [
+                {"name": "booking", "units": [" "], "keySha256": "ab" * 32}]}},
+            "X-Forwarded-For believed from everyone":
+                {"signaling": {"http": {"trustedProxies": ["0.0.0.0/0"]}}},
+            "the SFU's metrics on a privileged port": {"sfu": {"metricsPort": 443}},
         }
         chart = helm.Chart.load(str(CHART))
         for why, values in refused.items():
@@ -200,7 +213,9 @@ class ChartRenders(unittest.TestCase):
                 self.assertEqual(out.returncode, 0, f"{name}: {out.stderr}")
                 config = tomllib.loads(text)
                 self.assertEqual(config["http"]["internal_listen"], "0.0.0.0:9090")
-                self.assertIn("10.0.0.0/8", config["http"]["trusted_proxies"])
+                # (Without the policies, X-Forwarded-For is believed from nobody.)
+                self.assertEqual("10.0.0.0/8" in config["http"]["trusted_proxies"],
+                                 name != "bare", name)
                 self.assertEqual("turn" in config, name == "turn", name)
             # And the check can fail: a key signaling does not know is named.
             bad = Path(tmp) / "bad.toml"
