@@ -365,6 +365,11 @@ pub async fn connection(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
+    // Every message costs a parse, many a turn of the meeting's lock, some a reply: past its
+    // allowance a connection is read more slowly (the socket's own flow control holds the rest
+    // at the client), not answered in kind.
+    let mut reads = MessageBudget::socket_reads();
+    let mut reads_paused_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             // A new connection resumes this participant: hand it over, leave nothing.
@@ -425,8 +430,21 @@ pub async fn connection(
                     break;
                 }
             },
-            msg = stream.next() => {
+            () = async {
+                if let Some(until) = reads_paused_until {
+                    tokio::time::sleep_until(until).await;
+                }
+            }, if reads_paused_until.is_some() => {
+                reads_paused_until = None;
+            }
+            msg = stream.next(), if reads_paused_until.is_none() => {
                 last_heard = tokio::time::Instant::now();
+                if !reads.take(Timestamp::now()) {
+                    // (This one is handled; the next is read after a message's share of a
+                    // second.)
+                    reads_paused_until = Some(last_heard + MessageBudget::socket_read_interval());
+                    metrics::counter!("signaling_ws_reads_throttled_total").increment(1);
+                }
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Err(e)) => {

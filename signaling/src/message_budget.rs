@@ -4,6 +4,8 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+const SOCKET_READS_PER_SECOND: f64 = 50.0;
+
 /// Time is the caller's (the rules of a meeting are a function of time); a clock that steps
 /// back refills nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,18 @@ impl MessageBudget {
     /// (people joining, a screen share) fit in 20; then 2 a second.
     pub fn sdp() -> Self {
         Self::new(20.0, 2.0)
+    }
+
+    /// Every message of one connection, whatever its sort: a page's start (its trickled
+    /// candidates, a screen of tiles' layer requests) fits in the burst of 200; then 50 a
+    /// second, far above what a person's page sends.
+    pub fn socket_reads() -> Self {
+        Self::new(200.0, SOCKET_READS_PER_SECOND)
+    }
+
+    /// How long a connection past its allowance waits before its next message is read.
+    pub fn socket_read_interval() -> std::time::Duration {
+        std::time::Duration::from_secs_f64(1.0 / SOCKET_READS_PER_SECOND)
     }
 
     fn new(burst: f64, per_second: f64) -> Self {

@@ -50,6 +50,10 @@ pub fn describe() {
         "Standalone SFU nodes linked to this replica, by state: serving or draining."
     );
     describe_counter!(
+        "signaling_ws_reads_throttled_total",
+        "Join WebSocket messages after which the connection was read more slowly (past its allowance of 200, then 50 a second)."
+    );
+    describe_counter!(
         "signaling_relayed_websockets_total",
         "Join WebSockets relayed to the replica that owns their meeting (replicas sharing meetings)."
     );

@@ -835,3 +835,77 @@ async fn silent_and_unfinished_connections_are_closed_on_both_listeners() {
     let (status, body) = request_from("127.0.0.1", addr, "GET /metrics HTTP/1.1", "").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// A waiting patient floods its socket with messages the meeting's budgets do not cover
+/// (pings, each answered; candidates, each parsed; clinician actions, each a turn of the
+/// meeting's lock before `not_allowed`): past an allowance of 200 the connection is read at
+/// 50 a second — before, all 20,000 were answered as fast as they came — and the clinician's
+/// admission of someone else goes through meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unbudgeted_messages_is_read_at_a_bounded_rate() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = start_with(&[]);
+    let doctor = server.token("visit-flood", "doc-1", "Dr Berg", "clinician");
+    let mut doctor = server.connect(&doctor).await;
+    doctor.next_of("welcome").await;
+    let hostile = server.token("visit-flood", "pat-h", "Hostile", "patient");
+    let mut hostile = server.connect(&hostile).await;
+    hostile.next_of("welcome").await;
+    let other = server.token("visit-flood", "pat-o", "Other", "patient");
+    let mut other = server.connect(&other).await;
+    other.next_of("welcome").await;
+    let (mut sink, mut stream) = hostile.ws.split();
+    let flood = tokio::spawn(async move {
+        let kinds = [
+            json!({"type": "ping"}),
+            json!({"type": "candidate"}),
+            json!({"type": "admit", "participant": "p-nobody"}),
+        ];
+        for i in 0..20_000 {
+            let text = kinds[i % kinds.len()].to_string();
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    // Replies to the flood over 2 s: the burst and 50 a second (pongs and refusals).
+    let replies = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut n = 0;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, stream.next()).await {
+            n += 1;
+        }
+        n
+    });
+    // Meanwhile the clinician admits the other patient: it takes effect at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other_id = loop {
+        let lobby = doctor.next_of("lobby").await;
+        let waiting = lobby["waiting"].as_array().unwrap().clone();
+        if let Some(w) = waiting.iter().find(|w| w["name"] == "Other") {
+            break w["participant"].clone();
+        }
+    };
+    let asked = Instant::now();
+    doctor
+        .send(json!({"type": "admit", "participant": other_id}))
+        .await;
+    other.next_of("admitted").await;
+    let took = asked.elapsed();
+    let replied = replies.await.unwrap();
+    flood.abort();
+    assert!(
+        replied <= 200 + 50 * 2 + 60,
+        "{replied} replies in 2 s to a flood (the allowance is 200, then 50 a second)"
+    );
+    assert!(
+        replied >= 150,
+        "the flood's first messages were answered ({replied})"
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "the admission took {took:?}"
+    );
+}

@@ -269,6 +269,9 @@ fn a_connection_whose_session_ended_is_closed_however_much_its_peer_writes() {
     let mut seen = 0;
     while !closed_within(&mut ended, Duration::from_secs(1)) {
         seen += 1;
-        assert!(seen < 4, "the ended session's connection is still open to its peer");
+        assert!(
+            seen < 4,
+            "the ended session's connection is still open to its peer"
+        );
     }
 }
