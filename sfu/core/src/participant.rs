@@ -74,8 +74,13 @@ pub struct Participant {
     /// What it may still have relayed on data channels (messages and bytes a second).
     pub data_budget: RelayBudget,
     /// Connectivity checks of its client the SFU may still handle (each costs two HMACs, an
-    /// answer, and maybe a check of ours, to whatever source it claims).
+    /// answer, and maybe a check of ours, to whatever source it claims), under its current
+    /// ICE credentials…
     pub stun_budget: TokenBucket,
+    /// …and under the ones before its last ICE restart: a flood of unsigned checks naming the
+    /// old ufrag (which travelled in the clear on the network the phone left) must not use up
+    /// what the restart's checks from the new network need.
+    pub stun_budget_before_restart: TokenBucket,
     /// Sequence numbers its NACKs may still have looked up.
     pub nack_budget: TokenBucket,
     /// RTCP datagrams it may still have read, and statuses of its transport-wide feedback.

@@ -424,3 +424,80 @@ fn forged_plaintext_alerts_after_the_handshake_do_not_end_the_call() {
         "the victim's video stopped reaching the other"
     );
 }
+
+/// Someone on the Wi-Fi a phone is leaving read one of its checks there (STUN travels in the
+/// clear) and replays it from elsewhere, 100,000 a second, before and after the phone moves to
+/// cellular and restarts ICE. The restart's checks, under new credentials, have a budget of
+/// their own: media resumes as after any restart (before, the replayed checks used up the one
+/// budget both shared, and the restart's were refused).
+#[test]
+fn a_flood_replaying_the_old_credentials_does_not_stall_an_ice_restart() {
+    let (mut net, mut tick) = call(34);
+    let sniffed = net.peers[1].connectivity_check(false);
+    let elsewhere: SocketAddr = "10.0.9.9:7000".parse().unwrap();
+    let flood = |n: &mut SimNetwork, tick: &mut u64| {
+        for _ in 0..100 {
+            n.inject_to_sfu(elsewhere, sniffed.clone());
+        }
+        send_video(n, &[0, 1], tick);
+    };
+    net.run(Duration::from_secs(1), |n| flood(n, &mut tick));
+    let cellular: SocketAddr = "10.0.8.2:7000".parse().unwrap();
+    let changed_at = net.now;
+    net.restart_ice(1, cellular);
+    // Checks of the new credentials from the new network before that path is proven, each
+    // in a millisecond of its own right after the replay's burst: handled, not refused for
+    // a budget the replay used up (as the replay outnumbers them on a real network).
+    let username = |check: &[u8]| -> Vec<u8> {
+        let mut at = 20;
+        while at + 4 <= check.len() {
+            let kind = u16::from_be_bytes([check[at], check[at + 1]]);
+            let len = usize::from(u16::from_be_bytes([check[at + 2], check[at + 3]]));
+            if kind == 0x0006 {
+                return check[at + 4..at + 4 + len].to_vec();
+            }
+            at += 4 + len.div_ceil(4) * 4;
+        }
+        Vec::new()
+    };
+    let old_username = username(&sniffed);
+    let (mut measured, mut refused_own) = (0, 0);
+    while net.sfu.counters.path_changes == 0 && net.now < changed_at + Duration::from_secs(1) {
+        net.run(Duration::from_millis(1), |n| flood(n, &mut tick));
+        let own = net.peers[1].connectivity_check(false);
+        if own.is_empty() || username(&own) == old_username {
+            continue;
+        }
+        let before = net.sfu.counters.stun_refused;
+        net.inject_to_sfu(cellular, own);
+        net.run(Duration::from_millis(1), |_| {});
+        refused_own += net.sfu.counters.stun_refused - before;
+        measured += 1;
+    }
+    assert!(
+        measured > 0,
+        "no check of the new credentials before the move"
+    );
+    assert_eq!(
+        refused_own, 0,
+        "of {measured} checks of the restarting path, {refused_own} refused"
+    );
+    net.run(Duration::from_secs(5), |n| flood(n, &mut tick));
+    assert!(net.disconnected().is_empty(), "{:?}", net.disconnected());
+    assert_eq!(net.sfu.counters.path_changes, 1, "the move to cellular");
+    let got = arrivals(&net, 1, "pub");
+    let first = got
+        .iter()
+        .find(|&&t| t > changed_at)
+        .expect("video after the restart");
+    assert!(
+        *first - changed_at < Duration::from_millis(500),
+        "first video {:?} after the change",
+        *first - changed_at
+    );
+    let gap = longest_gap(&got, *first, net.now);
+    assert!(
+        gap < Duration::from_millis(300),
+        "video stopped for {gap:?}"
+    );
+}

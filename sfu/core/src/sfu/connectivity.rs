@@ -54,12 +54,10 @@ impl Sfu {
         // prove an address before media goes there) carry none, and are routed by their
         // transaction id, not by where they come from: another session may have had the SFU
         // check that address too.
-        let (idx, check) = match stun_username_ufrag(buf) {
-            Some(ufrag) => (self.by_ufrag.get(ufrag).copied(), true),
-            None => (
-                stun_transaction_id(buf).and_then(|txn| self.by_probe_txn.get(&txn).copied()),
-                false,
-            ),
+        let ufrag = stun_username_ufrag(buf);
+        let idx = match ufrag {
+            Some(ufrag) => self.by_ufrag.get(ufrag).copied(),
+            None => stun_transaction_id(buf).and_then(|txn| self.by_probe_txn.get(&txn).copied()),
         };
         let Some(idx) = idx else {
             self.counters.dropped_unknown_source += 1;
@@ -70,9 +68,19 @@ impl Sfu {
         // travels in the clear — a stranger's unsigned checks from elsewhere must not use up
         // the budget they need. From there, answers go only to the session's own address.)
         let p = self.participant_mut(idx);
-        if check && p.remote != Some(from) && !p.stun_budget.take(now, 1.0) {
-            self.counters.stun_refused += 1;
-            return;
+        if let Some(ufrag) = ufrag
+            && p.remote != Some(from)
+        {
+            let current = p.ufrags.last().is_none_or(|u| u == ufrag);
+            let budget = if current {
+                &mut p.stun_budget
+            } else {
+                &mut p.stun_budget_before_restart
+            };
+            if !budget.take(now, 1.0) {
+                self.counters.stun_refused += 1;
+                return;
+            }
         }
         if !self
             .participant_mut(idx)

@@ -69,6 +69,7 @@ impl Sfu {
             offered_formats: Vec::new(),
             data_budget: crate::token_bucket::RelayBudget::data(),
             stun_budget: TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST),
+            stun_budget_before_restart: TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST),
             nack_budget: TokenBucket::new(NACKED_PER_SECOND, NACKED_BURST),
             rtcp_budget: TokenBucket::new(RTCP_DATAGRAMS_PER_SECOND, RTCP_DATAGRAMS_BURST),
             feedback_budget: TokenBucket::new(
@@ -605,6 +606,12 @@ impl Sfu {
             self.by_ufrag.remove(&old);
         }
         self.by_ufrag.insert(ufrag, idx);
+        // The new credentials' checks get a budget of their own, whatever the old ones' used.
+        let p = self.participant_mut(idx);
+        p.stun_budget_before_restart = std::mem::replace(
+            &mut p.stun_budget,
+            TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST),
+        );
         self.counters.ice_restarts += 1;
         self.schedule_transport(idx);
     }
