@@ -111,13 +111,24 @@ fn called(client: &ApiClient, event: &str) -> AuditEvent {
     }
 }
 
+/// What a unit a system may not act for was found in: the meeting it asked about, or what it
+/// asked for (a booking's unit, a list's filter, a token's unit claim), in `meeting` if any.
+enum UnitIn<'a> {
+    Meeting(&'a str),
+    Request(Option<&'a str>),
+}
+
 /// A system acts only for its own care units: anything else is refused (403) and audited.
 async fn within_units(
     state: &AppState,
     client: &ApiClient,
     unit: &str,
-    meeting: Option<&str>,
+    found_in: UnitIn<'_>,
 ) -> Result<(), Box<Response>> {
+    let meeting = match found_in {
+        UnitIn::Meeting(m) => Some(m),
+        UnitIn::Request(m) => m,
+    };
     if client.may_act_for(unit) {
         return Ok(());
     }
@@ -133,9 +144,11 @@ async fn within_units(
     Err(Box::new(error(
         StatusCode::FORBIDDEN,
         "unit_not_allowed",
-        match meeting {
-            Some(_) => "the meeting belongs to a care unit this API key does not act for",
-            None => "this API key does not act for that care unit",
+        match found_in {
+            UnitIn::Meeting(_) => {
+                "the meeting belongs to a care unit this API key does not act for"
+            }
+            UnitIn::Request(_) => "this API key does not act for that care unit",
         },
     )))
 }
@@ -193,7 +206,7 @@ async fn find_for(
         }
     };
     let unit = room.lock().record.unit.clone();
-    if let Err(refused) = within_units(state, client, &unit, Some(id)).await {
+    if let Err(refused) = within_units(state, client, &unit, UnitIn::Meeting(id)).await {
         // Recorded as refused; answered as if there were no such meeting, so that a unit's
         // key cannot learn which of another unit's visits exist (a 403 would say it does).
         if refused.status() == StatusCode::FORBIDDEN {
@@ -326,7 +339,7 @@ async fn create(
             e.to_string(),
         );
     }
-    if let Err(r) = within_units(&state, &client, &req.unit, None).await {
+    if let Err(r) = within_units(&state, &client, &req.unit, UnitIn::Request(None)).await {
         return *r;
     }
     if let Err(reason) = bookable_window(req.start, req.end, Timestamp::now()) {
@@ -462,7 +475,7 @@ async fn list(
                 e.to_string(),
             );
         }
-        if let Err(r) = within_units(&state, &client, unit, None).await {
+        if let Err(r) = within_units(&state, &client, unit, UnitIn::Request(None)).await {
             return *r;
         }
     }
@@ -878,7 +891,7 @@ async fn mint(
     // names their own unit, of another provider, and comes only by a clinician's invitation).
     if let Some(unit) = &req.unit
         && role != Role::Consultant
-        && let Err(r) = within_units(&state, &client, unit, Some(&id)).await
+        && let Err(r) = within_units(&state, &client, unit, UnitIn::Request(Some(&id))).await
     {
         return *r;
     }
