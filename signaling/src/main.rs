@@ -531,7 +531,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::CheckConfig { config } => {
             let file = FileConfig::load(&config)?;
             check_dependent_settings(|key, _| {
-                file_sets(&file, key).then(|| format!("{key} in {}", config.display()))
+                if file_sets(&file, key) {
+                    Some(format!("{key} in {}", config.display()))
+                } else {
+                    variable_sets(key).then(|| key.to_owned())
+                }
             })?;
             file_api_clients(&config.display().to_string(), &file.api.unwrap_or_default())?;
             // The media keys' ranges, as `serve` checks them.
@@ -718,16 +722,32 @@ const DEPENDENT_SETTINGS: &[(&str, &str, &str, bool)] = &[
     ("tls.self_signed", "--tls-self-signed", "tls.cert", false),
 ];
 
-/// The flag of a key that has one, for naming it: `turn.urls (--turn-url)`.
+/// The flag and variable of a key another one needs: (flag, variable).
+fn flag_and_variable(key: &str) -> Option<(&'static str, &'static str)> {
+    Some(match key {
+        "tokens.jwks_url" => ("--jwks-url", "SIGNALING_JWKS_URL"),
+        "turn.urls" => ("--turn-url", "TURN_URLS"),
+        "audit.sink.redis_url" => ("--audit-redis-url", "SIGNALING_AUDIT_REDIS_URL"),
+        "tls.cert" => ("--tls-cert", "SIGNALING_TLS_CERT"),
+        _ => return None,
+    })
+}
+
+/// A key with its flag and variable, for naming it: `turn.urls (--turn-url, TURN_URLS)`.
 fn with_flag(key: &str) -> String {
-    let flag = match key {
-        "tokens.jwks_url" => "--jwks-url",
-        "turn.urls" => "--turn-url",
-        "audit.sink.redis_url" => "--audit-redis-url",
-        "tls.cert" => "--tls-cert",
-        _ => return key.to_owned(),
-    };
-    format!("{key} ({flag})")
+    match flag_and_variable(key) {
+        Some((flag, variable)) => format!("{key} ({flag}, {variable})"),
+        None => key.to_owned(),
+    }
+}
+
+/// Whether a key another one needs is given by its variable in this environment (what
+/// `check-config` can know of what `serve` will get beside the file: a Redis URL with its
+/// password, say, is given that way).
+fn variable_sets(key: &str) -> bool {
+    flag_and_variable(key)
+        .and_then(|(_, variable)| std::env::var_os(variable))
+        .is_some_and(|v| !v.is_empty())
 }
 
 /// A setting given where it does nothing is refused, not ignored: an operator who set a TURN
@@ -1897,7 +1917,10 @@ fn audit_verify_command(
             // Nothing to compare is no agreement: a wrong stream (a pod's copy is its own) or
             // a copy that never took a line would otherwise pass as "not copied yet".
             eprintln!(
-                "EMPTY: the off-host copy (stream `{stream}`) holds none of the file's {missing}                  line(s): is it the stream this log's service writes (its                  SIGNALING_AUDIT_REDIS_STREAM)? A service running with the sink copies each line                  as it writes it"
+                "EMPTY: the off-host copy (stream `{stream}`) holds none of the file's {missing} \
+                 line(s): is it the stream this log's service writes (its \
+                 SIGNALING_AUDIT_REDIS_STREAM)? A service running with the sink copies each \
+                 line as it writes it"
             );
             return Ok(1);
         }

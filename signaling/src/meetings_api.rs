@@ -169,8 +169,8 @@ async fn find_for(
 ) -> Result<Arc<MeetingRoom>, Box<Response>> {
     if id.len() > MAX_PATH_ID || crate::identity_number::looks_like_identity_number(id) {
         // No meeting has such an id (bookings and tokens are checked), and the text is not
-        // written: a personal identity number used as a visit's key would stay in the signed,
-        // copied log for good. (Not held to a booking's characters: a meeting opened by a
+        // written — to the audit log, nor (`to_owner`) as a lease's key in Redis: a personal
+        // identity number used as a visit's key would stay in the signed, copied log for good. (Not held to a booking's characters: a meeting opened by a
         // region's token, unbooked, has the token's id.)
         let event = AuditEvent {
             code: Some("invalid_meeting".into()),
@@ -548,7 +548,11 @@ pub async fn to_owner(
     let Some(replicas) = state.replicas.clone() else {
         return next.run(request).await;
     };
-    let Some(id) = segment.filter(|id| valid_id(id)) else {
+    // (An id that holds an identity number is refused here as it is without replicas, not
+    // made the name of a lease in Redis first.)
+    let Some(id) = segment
+        .filter(|id| valid_id(id) && !crate::identity_number::looks_like_identity_number(id))
+    else {
         return next.run(request).await;
     };
     // Only a known system's call takes a lease (and asks the nodes what they run): one with a

@@ -118,3 +118,32 @@ fn what_serve_refuses_by_its_form_the_check_refuses_naming_key_and_file() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A needed key given by its environment variable where the check runs (the audit copy's
+/// Redis URL carries its password, so it goes in a variable): the options beside it in the
+/// file are not refused as doing nothing.
+#[test]
+fn a_needed_key_given_by_its_variable_counts() {
+    let dir = std::env::temp_dir().join(format!("hc-check-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("region.toml");
+    std::fs::write(&path, "[audit.sink]\nstream = \"pod-0:audit\"\n").unwrap();
+    let run = |url: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_signaling"));
+        command.arg("check-config").arg(&path);
+        command.env_remove("SIGNALING_AUDIT_REDIS_URL");
+        if let Some(url) = url {
+            command.env("SIGNALING_AUDIT_REDIS_URL", url);
+        }
+        let out = command.output().expect("signaling runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(None);
+    assert!(!ok && err.contains("SIGNALING_AUDIT_REDIS_URL"), "{err}");
+    let (ok, err) = run(Some("redis://:secret@redis:6379"));
+    assert!(ok, "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

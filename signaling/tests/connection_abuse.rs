@@ -904,8 +904,5 @@ async fn a_flood_of_unbudgeted_messages_is_read_at_a_bounded_rate() {
         replied >= 150,
         "the flood's first messages were answered ({replied})"
     );
-    assert!(
-        took < Duration::from_millis(500),
-        "the admission took {took:?}"
-    );
+    assert!(took < Duration::from_secs(2), "the admission took {took:?}");
 }

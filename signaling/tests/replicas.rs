@@ -638,6 +638,31 @@ async fn a_relayed_join_carries_no_credential_in_its_url() {
                 .contains("sec-websocket-protocol: hc.v1, hc.token.")
         );
     }
+    // An identity number as a meeting id in an API path: refused, and not made the name of a
+    // meeting's lease in Redis on the way (the store runs with append-only persistence).
+    let (status, refused) = api_at(
+        &a.internal,
+        "GET",
+        "/api/v1/meetings/19121212-1212",
+        Some(API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (422, Some("invalid_meeting")),
+        "{refused}"
+    );
+    let mut con = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    assert!(keys.iter().all(|k| !k.contains("19121212")), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.contains("v-relay-url")),
+        "the leases are in Redis: {keys:?}"
+    );
     drop(redis);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -81,6 +81,8 @@ pub struct Participant {
     /// old ufrag (which travelled in the clear on the network the phone left) must not use up
     /// what the restart's checks from the new network need.
     pub stun_budget_before_restart: TokenBucket,
+    /// When its last ICE restart gave its checks a new budget.
+    pub stun_budget_renewed_at: Option<Instant>,
     /// Sequence numbers its NACKs may still have looked up.
     pub nack_budget: TokenBucket,
     /// RTCP datagrams it may still have read, and statuses of its transport-wide feedback.

@@ -17,6 +17,13 @@ pub const DATA_BYTES_BURST: f64 = 64.0 * 1024.0;
 /// relayed candidates to the SFU's UDP and TCP ones — then consent every few seconds).
 pub const STUN_CHECKS_PER_SECOND: f64 = 100.0;
 pub const STUN_CHECKS_BURST: f64 = 200.0;
+/// Checks under a session's credentials from before its last ICE restart (a browser's last
+/// few on the network it left), from addresses other than its path in use.
+pub const STUN_CHECKS_BEFORE_RESTART_PER_SECOND: f64 = 10.0;
+pub const STUN_CHECKS_BEFORE_RESTART_BURST: f64 = 20.0;
+/// A restart sooner than this after the last one continues its budget rather than starting
+/// a new one: restarting in a loop must not multiply what a session may have answered.
+pub const STUN_BUDGET_RENEWAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sequence numbers a subscriber's NACKs may have looked up, over all it receives: each is a
 /// search of the cache and of the subscription's renumbering, and one NACK packet can name

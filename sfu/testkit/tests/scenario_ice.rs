@@ -64,6 +64,26 @@ fn longest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
     gap.max(to - last)
 }
 
+/// The subscriber's video came back within half a second of a network change at
+/// `changed_at`, and has not stopped for 300 ms since.
+fn assert_video_resumed(net: &SimNetwork, changed_at: Instant) {
+    let got = arrivals(net, 1, "pub");
+    let first = got
+        .iter()
+        .find(|&&t| t > changed_at)
+        .expect("video after the restart");
+    assert!(
+        *first - changed_at < Duration::from_millis(500),
+        "first video {:?} after the change",
+        *first - changed_at
+    );
+    let gap = longest_gap(&got, *first, net.now);
+    assert!(
+        gap < Duration::from_millis(300),
+        "video stopped for {gap:?}"
+    );
+}
+
 fn offers_to(net: &SimNetwork, who: &str) -> usize {
     net.events
         .iter()
@@ -123,21 +143,7 @@ fn an_ice_restart_in_place_resumes_media_without_renegotiating_tracks() {
         send_video(n, &[0, 1], &mut tick)
     });
     assert!(net.disconnected().is_empty(), "{:?}", net.disconnected());
-    let got = arrivals(&net, 1, "pub");
-    let first = got
-        .iter()
-        .find(|&&t| t > changed_at)
-        .expect("video after the restart");
-    assert!(
-        *first - changed_at < Duration::from_millis(500),
-        "first video {:?} after the change",
-        *first - changed_at
-    );
-    let gap = longest_gap(&got, *first, net.now);
-    assert!(
-        gap < Duration::from_millis(300),
-        "video stopped for {gap:?}"
-    );
+    assert_video_resumed(&net, changed_at);
     let sent = arrivals(&net, 0, "sub");
     assert!(
         sent.iter()
@@ -485,19 +491,38 @@ fn a_flood_replaying_the_old_credentials_does_not_stall_an_ice_restart() {
     net.run(Duration::from_secs(5), |n| flood(n, &mut tick));
     assert!(net.disconnected().is_empty(), "{:?}", net.disconnected());
     assert_eq!(net.sfu.counters.path_changes, 1, "the move to cellular");
-    let got = arrivals(&net, 1, "pub");
-    let first = got
-        .iter()
-        .find(|&&t| t > changed_at)
-        .expect("video after the restart");
+    assert_video_resumed(&net, changed_at);
+}
+
+/// A client restarting ICE in a loop while it floods checks from a stranger's address (to
+/// have the SFU answer the stranger): a restart renews its budget at most every 5 s, so ten
+/// restarts in a second get it no more answered than one would (each renewing it, they got
+/// 200 more each).
+#[test]
+fn restarting_ice_in_a_loop_does_not_multiply_the_checks_answered_elsewhere() {
+    let (mut net, mut tick) = call(35);
+    let stranger: SocketAddr = "10.0.9.9:7000".parse().unwrap();
+    let own = net.peers[1].addr;
+    let refused_before = net.sfu.counters.stun_refused;
+    let mut sent = 0u64;
+    for _ in 0..10 {
+        net.restart_ice(1, own);
+        net.run(Duration::from_millis(100), |n| {
+            for _ in 0..10 {
+                let check = n.peers[1].connectivity_check(false);
+                if !check.is_empty() {
+                    n.inject_to_sfu(stranger, check);
+                    sent += 1;
+                }
+            }
+            send_video(n, &[0, 1], &mut tick);
+        });
+    }
+    let answered = sent - (net.sfu.counters.stun_refused - refused_before);
+    // One budget (200, then 100 a second) and the old credentials' small ones (20 each).
     assert!(
-        *first - changed_at < Duration::from_millis(500),
-        "first video {:?} after the change",
-        *first - changed_at
+        answered <= 200 + 100 + 10 * 20 + 20,
+        "{answered} of {sent} checks from a stranger handled in a second"
     );
-    let gap = longest_gap(&got, *first, net.now);
-    assert!(
-        gap < Duration::from_millis(300),
-        "video stopped for {gap:?}"
-    );
+    assert!(net.disconnected().is_empty(), "{:?}", net.disconnected());
 }

@@ -16,8 +16,9 @@ use crate::remote_description::{RemoteDescription, SdpError};
 use crate::ssrc_routes::SsrcRoutes;
 use crate::token_bucket::{
     FEEDBACK_STATUSES_BURST, FEEDBACK_STATUSES_PER_SECOND, NACKED_BURST, NACKED_PER_SECOND,
-    RTCP_DATAGRAMS_BURST, RTCP_DATAGRAMS_PER_SECOND, STUN_CHECKS_BURST, STUN_CHECKS_PER_SECOND,
-    TokenBucket,
+    RTCP_DATAGRAMS_BURST, RTCP_DATAGRAMS_PER_SECOND, STUN_BUDGET_RENEWAL,
+    STUN_CHECKS_BEFORE_RESTART_BURST, STUN_CHECKS_BEFORE_RESTART_PER_SECOND, STUN_CHECKS_BURST,
+    STUN_CHECKS_PER_SECOND, TokenBucket,
 };
 use crate::track::Track;
 use crate::transmit_batch::TransmitBatch;
@@ -69,7 +70,11 @@ impl Sfu {
             offered_formats: Vec::new(),
             data_budget: crate::token_bucket::RelayBudget::data(),
             stun_budget: TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST),
-            stun_budget_before_restart: TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST),
+            stun_budget_before_restart: TokenBucket::new(
+                STUN_CHECKS_BEFORE_RESTART_PER_SECOND,
+                STUN_CHECKS_BEFORE_RESTART_BURST,
+            ),
+            stun_budget_renewed_at: None,
             nack_budget: TokenBucket::new(NACKED_PER_SECOND, NACKED_BURST),
             rtcp_budget: TokenBucket::new(RTCP_DATAGRAMS_PER_SECOND, RTCP_DATAGRAMS_BURST),
             feedback_budget: TokenBucket::new(
@@ -596,7 +601,7 @@ impl Sfu {
     /// credentials, the answer gets new ones of ours. Tracks, subscriptions, layers, DTLS and
     /// SRTP all stay; media keeps going to the current path until the browser nominates one
     /// under the new credentials.
-    fn restart_ice(&mut self, _now: Instant, idx: ParticipantIdx, offer: &RemoteDescription) {
+    fn restart_ice(&mut self, now: Instant, idx: ParticipantIdx, offer: &RemoteDescription) {
         let p = self.participant_mut(idx);
         let ufrag = p.transport.restart_ice(&offer.ice_ufrag, &offer.ice_pwd);
         p.ufrags.push(ufrag.clone());
@@ -606,11 +611,19 @@ impl Sfu {
             self.by_ufrag.remove(&old);
         }
         self.by_ufrag.insert(ufrag, idx);
-        // The new credentials' checks get a budget of their own, whatever the old ones' used.
+        // The new credentials' checks get a budget of their own, whatever a replay of the old
+        // ones used (once per few seconds: restarts in a loop do not multiply it); the old
+        // ones' last few get a small one.
         let p = self.participant_mut(idx);
-        p.stun_budget_before_restart = std::mem::replace(
-            &mut p.stun_budget,
-            TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST),
+        if p.stun_budget_renewed_at
+            .is_none_or(|t| now >= t + STUN_BUDGET_RENEWAL)
+        {
+            p.stun_budget = TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST);
+            p.stun_budget_renewed_at = Some(now);
+        }
+        p.stun_budget_before_restart = TokenBucket::new(
+            STUN_CHECKS_BEFORE_RESTART_PER_SECOND,
+            STUN_CHECKS_BEFORE_RESTART_BURST,
         );
         self.counters.ice_restarts += 1;
         self.schedule_transport(idx);
