@@ -114,7 +114,10 @@ fn presences(events: &[(String, AuditEvent)]) -> Vec<Presence> {
                     done.push(before);
                 }
             }
-            "leave" => {
+            // (A connection the same person's next one took the place of ends with
+            // `replaced`, not a `leave`: left open, it ran to the log's end and took in the
+            // staff of every later meeting there.)
+            "leave" | "replaced" => {
                 if let Some(mut p) = open.remove(&key) {
                     p.moved_to(meeting, i);
                     p.to = i;
@@ -678,5 +681,26 @@ mod tests {
         assert_eq!(staff(&pat2[0]), ["SE2321000016-A", "SE2321000016-B"]);
         // Connections apart by more than the stay's gap are stays of their own.
         assert_eq!(stays(&events, "pat-1", Duration::ZERO).len(), 3);
+    }
+
+    /// A connection the same person's next one replaced ends with `replaced`: the stay ends
+    /// with the next connection's `leave`, and staff who join the meeting afterwards are not
+    /// in it (left open, the replaced connection ran to the log's end).
+    #[test]
+    fn a_replaced_connection_ends_where_it_was_replaced() {
+        let mut replaced = line("1T10:01:00.000", "replaced", "pat", "p-1");
+        replaced.1.code = Some("by p-2".into());
+        let events = vec![
+            line("1T10:00:00.000", "join", "pat", "p-1"),
+            replaced,
+            line("1T10:01:00.000", "join", "pat", "p-2"),
+            line("1T10:10:00.000", "leave", "pat", "p-2"),
+            line("1T15:00:00.000", "join", "staff-Z", "c-9"),
+            line("1T15:30:00.000", "leave", "staff-Z", "c-9"),
+        ];
+        let ex = stays(&events, "pat", SAME_STAY);
+        assert_eq!(ex.len(), 1, "{ex:?}");
+        assert!(ex[0].staff.is_empty(), "{ex:?}");
+        assert_eq!(ex[0].last, "2026-12-01T10:10:00.000Z");
     }
 }
