@@ -60,7 +60,18 @@ pub async fn act(
             return Err(RequestError::Restarting);
         }
         let action = s.followed(action.clone(), target_sub.as_deref());
-        s.apply(actor, &action, now, fx)
+        match s.apply(actor, &action, now, fx) {
+            // The person's connection closed while the line was written: the action takes
+            // their standing all the same (no reconnect past the waiting room).
+            Err(RequestError::NoSuchParticipant)
+                if target_sub
+                    .as_deref()
+                    .is_some_and(|sub| s.apply_to_absent(&action, sub)) =>
+            {
+                Ok(())
+            }
+            applied => applied,
+        }
     });
     let _ = audit_all(state, events).await;
     match applied {

@@ -922,6 +922,32 @@ impl RoomState {
         }
     }
 
+    /// `action` on a person none of whose connections is here any more: theirs closed while the
+    /// action was being recorded (and `followed` found no later one). A removal, a move to the
+    /// waiting room or a denial still takes their standing — the admission kept for their
+    /// reconnect grace, which closing the socket in time would otherwise have saved past the
+    /// waiting room. Whether it applied.
+    pub fn apply_to_absent(&mut self, action: &Action, sub: &str) -> bool {
+        if self.members.values().any(|m| m.sub == sub) {
+            return false;
+        }
+        match action {
+            Action::Remove(_) | Action::ToLobby(_) => {
+                self.admitted.remove(sub);
+                true
+            }
+            Action::Deny(_) => {
+                self.admitted.remove(sub);
+                self.lobby_places.remove(sub);
+                if !self.record.denied.iter().any(|d| d == sub) {
+                    self.record.denied.push(sub.to_owned());
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// An action as it will be planned and applied: "admit with companions" becomes the
     /// patient and the companions waiting with them now.
     pub fn resolved(&self, action: Action) -> Action {
@@ -2296,6 +2322,41 @@ mod tests {
     }
 
     /// A visit with its clinician (`p-doc`, at 0 s) and a patient (`p-pat`) admitted at 2 s.
+    /// A removal (or a move to the waiting room) recorded while the patient's socket closed:
+    /// their connection is gone, but the admission kept for their reconnect grace goes with
+    /// the action — before, reconnecting within the grace let them back in past the waiting
+    /// room, the removal `remove_not_applied`.
+    #[test]
+    fn a_removal_is_not_dodged_by_closing_the_socket_while_it_is_recorded() {
+        for action in [Action::Remove, Action::ToLobby, Action::Deny] {
+            let (mut s, doc, pat) = clinician_and_admitted_patient();
+            if matches!(action(pat.clone()), Action::Deny(_)) {
+                // (A denial is of someone waiting: this one back in the lobby first.)
+                let mut fx = Effects::default();
+                s.apply(&doc, &Action::ToLobby(pat.clone()), at(2), &mut fx)
+                    .unwrap();
+            }
+            let planned = action(pat.clone());
+            s.plan(&doc, &planned).unwrap();
+            let mut fx = Effects::default();
+            s.leave(&pat, false, at(3), &MeetingPolicy::default(), &mut fx);
+            let applied = s.apply(
+                &doc,
+                &s.followed(planned.clone(), Some("pat")),
+                at(4),
+                &mut fx,
+            );
+            assert_eq!(applied, Err(RequestError::NoSuchParticipant));
+            assert!(s.apply_to_absent(&planned, "pat"));
+            let back = ParticipantId("p-pat-2".into());
+            let (joined, _) = join_as(&mut s, &back, &session("pat", Role::Patient));
+            match planned {
+                Action::Deny(_) => assert_eq!(joined, Err(JoinRefusal::Denied)),
+                _ => assert_eq!(joined, Ok(JoinOutcome { admitted: false })),
+            }
+        }
+    }
+
     fn clinician_and_admitted_patient() -> (RoomState, ParticipantId, ParticipantId) {
         let mut s = visit();
         let (doc, pat) = (ParticipantId("p-doc".into()), ParticipantId("p-pat".into()));
