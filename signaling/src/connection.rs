@@ -271,6 +271,15 @@ pub async fn connection(
                     });
                 }
             };
+            if kept.is_none() {
+                // A new connection of this person takes the place of a media session of theirs
+                // carried through a restart and not claimed (as it would of a live one): kept,
+                // it would go on with the permissions it had until the take-over window ran
+                // out — a move to the lobby or a removal of this connection would not reach it.
+                state
+                    .meetings
+                    .end_carried_of(&session.claims.sub, &room.id, state.sfu.as_ref());
+            }
             let arrival = Arrival {
                 id: &id,
                 session: &session,

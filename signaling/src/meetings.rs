@@ -348,6 +348,30 @@ impl Meetings {
             .map(|(_, c)| c.participant.clone())
     }
 
+    /// Ends the media sessions carried for `sub` in `meeting` through a restart that no client
+    /// claimed (a new connection of the same person takes their place); returns how many.
+    pub fn end_carried_of(&self, sub: &str, meeting: &str, sfu: &dyn SfuControl) -> usize {
+        let ended: Vec<ParticipantId> = {
+            let mut carried = self.carried.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ended = Vec::new();
+            carried.retain(|_, (room, c)| {
+                let theirs = room == meeting && c.sub == sub;
+                if theirs {
+                    ended.push(c.participant.clone());
+                }
+                !theirs
+            });
+            ended
+        };
+        for participant in &ended {
+            tracing::info!(%participant, "a carried media session is replaced by a new connection");
+            sfu.send(sfu_proto::Command::RemoveParticipant {
+                participant: participant.clone(),
+            });
+        }
+        ended.len()
+    }
+
     /// A carry taken for a connection that never started (`crate::pending_carry`): back for
     /// the client's next try.
     pub fn return_carried(&self, meeting: &str, c: CarriedSession) {

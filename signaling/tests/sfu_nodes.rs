@@ -939,3 +939,39 @@ async fn kept_sessions_nobody_comes_back_for_are_ended_after_the_takeover_window
         "ended only once the take-over window (30 s) had passed, not at {took:?}"
     );
 }
+
+/// After a restart, a patient whose client comes back without its resume key (a hostile
+/// client keeping its old peer connection, or another device) is a new connection of the same
+/// person: the media session carried for them ends at once, as a second connection replaces
+/// the first — kept, it went on with the admitted permissions it had for the rest of the
+/// take-over window (30 s), out of reach of a move to the lobby or a removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_of_the_same_person_ends_their_unclaimed_carried_session() {
+    use support::media::running_visit;
+    use support::node_participants;
+    let mut cluster = Cluster::start(&["sfu-a"]);
+    let (_a, metrics_a) = cluster.linked_node("sfu-a").await;
+    let _visit = running_visit(&cluster.server, "visit-n").await;
+    assert_eq!(node_participants(&metrics_a).await, Some(2));
+    cluster.server.restart();
+    until("node a linked again", 20, async || {
+        get(&cluster.server.http_base, "/readyz").await.0 == 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(node_participants(&metrics_a).await, Some(2), "both carried");
+    let patient_token = cluster
+        .server
+        .token("visit-n", "pat-7f3a", "Anna", "patient");
+    let mut patient = cluster.server.connect(&patient_token).await;
+    patient.next_of("welcome").await;
+    let back = Instant::now();
+    until("the patient's carried session ended", 5, async || {
+        node_participants(&metrics_a).await == Some(1)
+    })
+    .await;
+    eprintln!(
+        "the carried session ended {:?} after the new connection",
+        back.elapsed()
+    );
+}
