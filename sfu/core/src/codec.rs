@@ -75,7 +75,12 @@ impl CodecParams {
             payload_type: chosen.payload_type,
             name: chosen.name.clone(),
             clock_rate: chosen.clock_rate,
-            channels: chosen.channels.clone(),
+            // (Never the offer's text for video: the parser keeps whatever follows a third
+            // `/`, and it went into every subscriber's offer — 60 KB of it, line after line.)
+            channels: match kind {
+                MediaKind::Audio => "2".to_owned(),
+                MediaKind::Video => String::new(),
+            },
             fmtp: passed_on_fmtp(&chosen.name, &chosen.fmtp),
             rtx_payload_type,
         })
@@ -191,6 +196,19 @@ mod tests {
         assert_eq!(c.fmtp, "minptime=10;useinbandfec=1");
         opus.channels = "99".into();
         assert!(CodecParams::choose(MediaKind::Audio, &[opus]).is_none());
+    }
+
+    /// Whatever a publisher wrote after a third `/` in a video `rtpmap` (the parser keeps it)
+    /// went into every subscriber's offer: 60 KB of it, on each line of that publisher's.
+    #[test]
+    fn a_video_rtpmap_passes_on_no_encoding_parameters() {
+        let mut vp8 = codec(96, "VP8", "");
+        vp8.channels = "\"".repeat(60_000);
+        let c = CodecParams::choose(MediaKind::Video, &[vp8]).unwrap();
+        assert_eq!(c.rtpmap(), "96 VP8/90000");
+        let opus = codec(111, "opus", "");
+        let c = CodecParams::choose(MediaKind::Audio, &[opus]).unwrap();
+        assert_eq!(c.rtpmap(), "111 opus/48000/2");
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct Participant {
     pub ext: ExtIds,
     /// What it may still have relayed on data channels (messages and bytes a second).
     pub data_budget: RelayBudget,
+    /// What its audio may still have forwarded — all its audio tracks together (two may be
+    /// published, a microphone and a shared screen's sound, and a line toggled off and on
+    /// publishes a new track): audio goes ahead of video and outside the pacer.
+    pub audio_budget: RelayBudget,
     /// Connectivity checks of its client the SFU may still handle (each costs two HMACs, an
     /// answer, and maybe a check of ours, to whatever source it claims), under its current
     /// ICE credentials…

@@ -5,7 +5,6 @@
 use crate::arena::ParticipantIdx;
 use crate::codec::CodecParams;
 use crate::payload_format::PayloadFormat;
-use crate::token_bucket::RelayBudget;
 use crate::track_layer::TrackLayer;
 use sfu_proto::{MediaKind, TrackId};
 use std::time::Instant;
@@ -24,9 +23,6 @@ pub struct Track {
     pub subscribers: Vec<(ParticipantIdx, usize)>,
     /// Smoothed RFC 6464 level, in -dBov (0 loudest, 127 silence).
     pub audio_level: f32,
-    /// What an audio track may still forward (audio goes ahead of video, outside the pacer);
-    /// `None` for video.
-    pub audio_budget: Option<RelayBudget>,
 }
 
 impl Track {
@@ -71,7 +67,6 @@ impl Track {
             layers,
             subscribers: Vec::new(),
             audio_level: 127.0,
-            audio_budget: (kind == MediaKind::Audio).then(RelayBudget::audio),
         }
     }
 

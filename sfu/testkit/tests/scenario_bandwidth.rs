@@ -1114,3 +1114,46 @@ fn a_flood_on_an_audio_track_is_held_to_its_rate_and_the_picture_goes_on() {
         loss * 100.0
     );
 }
+
+/// A publisher flooding two audio lines (a microphone and a screen's sound may both be
+/// published): its audio together is held to one track's rate — before, each line had its
+/// own, and two flooded twice as much ahead of everyone's video.
+#[test]
+fn a_flood_on_two_audio_tracks_is_held_to_one_participants_rate() {
+    let mut net = sfu_testkit::SimNetwork::new(32, |_| {});
+    net.add_peer("pub", &[MediaKind::Audio, MediaKind::Audio]);
+    net.add_peer("sub", &[]);
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    net.run(Duration::from_secs(1), |_| {});
+    let audio = |net: &sfu_testkit::SimNetwork| -> usize {
+        let sub = &net.peers[1];
+        sub.incoming
+            .iter()
+            .filter(|l| l.kind == MediaKind::Audio)
+            .map(|l| sub.received.get(&l.ssrc).map_or(0, Vec::len))
+            .sum()
+    };
+    assert_eq!(
+        net.peers[1]
+            .incoming
+            .iter()
+            .filter(|l| l.kind == MediaKind::Audio)
+            .count(),
+        2,
+        "both audio lines offered to the subscriber"
+    );
+    let before = audio(&net);
+    net.run(Duration::from_secs(10), |n| {
+        n.peers[0].send_media(0, &[0x55; 1200], true, 48);
+        n.peers[0].send_media(1, &[0x55; 1200], true, 48);
+    });
+    let forwarded = audio(&net) - before;
+    println!("two flooded audio tracks: {forwarded} packets forwarded in 10 s");
+    // One track's share: 72 kB a second after a 16 kB burst, some 613 of 1,200 bytes.
+    assert!(
+        (560..=660).contains(&forwarded),
+        "the publisher's audio held to one rate: {forwarded} in 10 s"
+    );
+}

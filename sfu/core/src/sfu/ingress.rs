@@ -160,9 +160,7 @@ impl Sfu {
             self.counters.dropped_blocked += 1;
             return None;
         }
-        if let Some(budget) = track.audio_budget.as_mut()
-            && !budget.take(now, plain_len)
-        {
+        if track.kind == MediaKind::Audio && !p.audio_budget.take(now, plain_len) {
             self.counters.dropped_over_rate += 1;
             return None;
         }

@@ -69,6 +69,7 @@ impl Sfu {
             offered_extmaps: Vec::new(),
             offered_formats: Vec::new(),
             data_budget: crate::token_bucket::RelayBudget::data(),
+            audio_budget: crate::token_bucket::RelayBudget::audio(),
             stun_budget: TokenBucket::new(STUN_CHECKS_PER_SECOND, STUN_CHECKS_BURST),
             stun_budget_before_restart: TokenBucket::new(
                 STUN_CHECKS_BEFORE_RESTART_PER_SECOND,
