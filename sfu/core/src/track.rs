@@ -23,6 +23,9 @@ pub struct Track {
     pub subscribers: Vec<(ParticipantIdx, usize)>,
     /// Smoothed RFC 6464 level, in -dBov (0 loudest, 127 silence).
     pub audio_level: f32,
+    /// When a packet last carried a level: a track that stopped sending is not speaking,
+    /// whatever its last level said.
+    pub audio_level_at: Option<Instant>,
 }
 
 impl Track {
@@ -67,6 +70,7 @@ impl Track {
             layers,
             subscribers: Vec::new(),
             audio_level: 127.0,
+            audio_level_at: None,
         }
     }
 

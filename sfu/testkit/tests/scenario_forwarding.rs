@@ -989,6 +989,33 @@ fn the_loudest_publisher_becomes_the_active_speaker() {
     assert_eq!(speakers(&net), vec!["anna".to_owned(), "bo".to_owned()]);
 }
 
+/// A publisher that claims the loudest level and then stops sending audio (its levels are its
+/// own claim) does not stay the speaker — whose video goes first in everyone's allocation —
+/// once another speaks: before, nobody could be louder than its last 0 dBov, for good.
+#[test]
+fn a_speaker_that_stopped_sending_does_not_keep_the_floor() {
+    let mut net = SimNetwork::new(24, |_| {});
+    net.add_peer("hostile", &[MediaKind::Audio, MediaKind::Video]);
+    net.add_peer("clinician", &[MediaKind::Audio, MediaKind::Video]);
+    net.join(0, "visit", BOTH);
+    net.join(1, "visit", BOTH);
+    net.connect_all(Duration::from_secs(5));
+    net.peers[0].audio_level = 0;
+    net.peers[1].audio_level = 110;
+    let mut tick = 0;
+    net.run(Duration::from_secs(1), |n| {
+        send_media(n, &[0, 1], &mut tick)
+    });
+    // It goes quiet by sending nothing; the clinician speaks.
+    net.peers[1].audio_level = 20;
+    net.run(Duration::from_secs(3), |n| send_media(n, &[1], &mut tick));
+    let last = net.events.iter().rev().find_map(|e| match e {
+        sfu_proto::Event::ActiveSpeaker { participant, .. } => Some(participant.to_string()),
+        _ => None,
+    });
+    assert_eq!(last.as_deref(), Some("clinician"));
+}
+
 /// The call after half a second, and the SSRC on which sub-c (peer 2) receives pub-a's video.
 fn sub_c_receiving(seed: u64) -> (SimNetwork, u32) {
     let mut net = two_publishers_three_subscribers(seed);

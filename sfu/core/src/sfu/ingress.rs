@@ -204,6 +204,7 @@ impl Sfu {
         if let Some(level) = audio_level {
             let l = (level & 0x7f) as f32;
             track.audio_level = track.audio_level * 0.8 + l * 0.2;
+            track.audio_level_at = Some(now);
         }
         let payload = &buf[start..end];
         // Read once here for every subscriber: its temporal layer and where its numbering is.

@@ -4,9 +4,13 @@ use super::*;
 use sfu_proto::{Event, MediaKind};
 
 impl Sfu {
-    /// Loudest smoothed audio level per room; an event when it changes hands.
-    pub(super) fn update_speakers(&mut self) {
+    /// Loudest smoothed audio level per room, of the tracks that sent one lately; an event
+    /// when it changes hands.
+    pub(super) fn update_speakers(&mut self, now: Instant) {
         const SPEAKING_BELOW_DBOV: f32 = 60.0;
+        // A level is the sender's own claim: one that claimed the loudest and then stopped
+        // sending stayed the speaker for good (its video first in everyone's allocation).
+        const LEVEL_FRESH_FOR: Duration = Duration::from_millis(500);
         let mut changes = Vec::new();
         for (room_id, room) in &mut self.rooms {
             let mut best: Option<(ParticipantIdx, f32)> = None;
@@ -21,6 +25,9 @@ impl Sfu {
                     if let Some(track) = self.tracks[t].as_ref()
                         && track.kind == MediaKind::Audio
                         && track.audio_level < SPEAKING_BELOW_DBOV
+                        && track
+                            .audio_level_at
+                            .is_some_and(|t| now.saturating_duration_since(t) < LEVEL_FRESH_FOR)
                         && best.is_none_or(|(_, l)| track.audio_level < l)
                     {
                         best = Some((m, track.audio_level));

@@ -139,7 +139,7 @@ impl Sfu {
         }
         if self.next_speaker.is_none_or(|t| now >= t) {
             self.next_speaker = Some(now + self.config.speaker_interval);
-            self.update_speakers();
+            self.update_speakers(now);
         }
     }
 
