@@ -1079,10 +1079,22 @@ impl RoomState {
             } => {
                 self.target(actor, action)?;
                 self.admit(patient, now, fx);
-                // Only those planned (and recorded), and only if they still wait.
+                // Only those planned (and recorded), and only if they still wait; the `admit`
+                // line written for one who no longer does says it did not happen.
                 for c in companions {
                     if self.members.get(c).is_some_and(|m| !m.is_admitted()) {
                         self.admit(c, now, fx);
+                    } else {
+                        let a = self.member(actor);
+                        fx.record(AuditEvent {
+                            event: "admit_not_applied".into(),
+                            meeting: Some(self.record.id.clone()),
+                            participant: Some(c.to_string()),
+                            actor_hsa: a.and_then(|a| a.hsa.clone()),
+                            actor_unit: a.and_then(|a| a.unit.clone()),
+                            code: Some("not_waiting".into()),
+                            ..Default::default()
+                        });
                     }
                 }
             }
@@ -2876,6 +2888,39 @@ mod tests {
                 .all(|e| e.actor_hsa.as_deref() == Some("SE2321000016-D1"))
         );
         assert!(s.is_admitted(&p) && s.is_admitted(&rel) && !s.is_admitted(&other));
+    }
+
+    /// "Admit with companions" is recorded with a line per person before it is carried out; a
+    /// companion who left meanwhile is not admitted, and the record says so (before, their
+    /// `admit` line stood alone: an admission that never happened).
+    #[test]
+    fn a_companion_who_left_while_the_admission_was_recorded_is_recorded_not_admitted() {
+        let mut s = visit();
+        let (c, p, rel) = (pid("c"), pid("p"), pid("rel"));
+        join(&mut s, &c, "doc", Role::Clinician, 10);
+        join(&mut s, &p, "pat-1", Role::Patient, 10);
+        let mut companion = member_session("rel-1", Role::Companion, None, "unit-1");
+        companion.claims.companion_of = Some("pat-1".into());
+        join_as(&mut s, &rel, &companion).0.unwrap();
+        let group = s.resolved(Action::AdmitWithCompanions(p.clone()));
+        let planned = s.plan(&c, &group).unwrap();
+        assert_eq!(
+            planned.len(),
+            2,
+            "a line each for the patient and the companion"
+        );
+        let mut fx = Effects::default();
+        s.leave(&rel, true, at(11), &MeetingPolicy::default(), &mut fx);
+        let mut fx = Effects::default();
+        s.apply(&c, &group, at(12), &mut fx).unwrap();
+        assert!(s.is_admitted(&p));
+        let not_applied: Vec<_> = fx
+            .audit
+            .iter()
+            .filter(|e| e.event == "admit_not_applied")
+            .map(|e| (e.participant.as_deref(), e.code.as_deref()))
+            .collect();
+        assert_eq!(not_applied, [(Some("rel"), Some("not_waiting"))]);
     }
 
     /// Only tokens of the meeting's care unit come in (an invited consultant excepted): one
