@@ -373,7 +373,10 @@ struct CoreSink<'a> {
 /// an IPv6 connection's own address — spoofed, to pass as that connection's path (blind DTLS
 /// records during its handshake, checks outside its budget).
 fn posing_as_stream(from: SocketAddr, links: Option<&IceTcp>) -> bool {
-    stream_address::is_stream(from) || links.is_some_and(|t| t.is_link(&from))
+    // (An IPv4 source is never a connection's address: one branch per datagram, no lookup.)
+    from.is_ipv6()
+        && (stream_address::is_stream(from)
+            || links.is_some_and(|t| t.has_links() && t.is_link(&from)))
 }
 
 impl DatagramSink for CoreSink<'_> {
