@@ -271,15 +271,7 @@ pub async fn connection(
                     });
                 }
             };
-            if kept.is_none() {
-                // A new connection of this person takes the place of a media session of theirs
-                // carried through a restart and not claimed (as it would of a live one): kept,
-                // it would go on with the permissions it had until the take-over window ran
-                // out — a move to the lobby or a removal of this connection would not reach it.
-                state
-                    .meetings
-                    .end_carried_of(&session.claims.sub, &room.id, state.sfu.as_ref());
-            }
+            let fresh = kept.is_none();
             let arrival = Arrival {
                 id: &id,
                 session: &session,
@@ -316,6 +308,16 @@ pub async fn connection(
             }
             if let Some(join) = pending_join.take() {
                 join.entered();
+            }
+            if fresh {
+                // A new connection of this person, in the meeting, takes the place of a media
+                // session of theirs carried through a restart and not claimed (as it would of a
+                // live one): kept, it would go on with the permissions it had until the
+                // take-over window ran out — a move to the lobby or a removal of this
+                // connection would not reach it.
+                state
+                    .meetings
+                    .end_carried_of(&session.claims.sub, &room.id, state.sfu.as_ref());
             }
             if !outcome.admitted {
                 // A place in the queue, recorded: stored too (replicas), to outlive a crash.

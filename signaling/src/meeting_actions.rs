@@ -37,12 +37,14 @@ pub async fn act(
         let s = room.lock();
         let action = s.resolved(action);
         let planned = s.plan(actor, &action);
-        let target_sub = action
-            .target()
-            .and_then(|t| s.member(t))
-            .map(|m| m.sub.clone());
-        (action, planned, target_sub)
+        let target = action.target().and_then(|t| s.member(t));
+        let target_sub = target.map(|m| m.sub.clone());
+        let target_consultant = target
+            .filter(|m| m.role == crate::session_token::Role::Consultant)
+            .and_then(|m| m.hsa.clone());
+        (action, planned, (target_sub, target_consultant))
     };
+    let (target_sub, target_consultant) = target_sub;
     let events = planned.map_err(ActionError::Refused)?;
     let (name, target) = audit_name(&action, actor);
     if let Err(written) = audit_all(state, events).await {
@@ -63,10 +65,13 @@ pub async fn act(
         match s.apply(actor, &action, now, fx) {
             // The person's connection closed while the line was written: the action takes
             // their standing all the same (no reconnect past the waiting room).
+            // (Only while the clinician who acted is still here: an actor gone meanwhile —
+            // removed, the meeting ended — acts no more.)
             Err(RequestError::NoSuchParticipant)
-                if target_sub
-                    .as_deref()
-                    .is_some_and(|sub| s.apply_to_absent(&action, sub)) =>
+                if s.member(actor).is_some()
+                    && target_sub.as_deref().is_some_and(|sub| {
+                        s.apply_to_absent(&action, sub, target_consultant.as_deref())
+                    }) =>
             {
                 Ok(())
             }

@@ -927,12 +927,26 @@ impl RoomState {
     /// waiting room or a denial still takes their standing — the admission kept for their
     /// reconnect grace, which closing the socket in time would otherwise have saved past the
     /// waiting room. Whether it applied.
-    pub fn apply_to_absent(&mut self, action: &Action, sub: &str) -> bool {
+    /// (`consultant_hsa`: the target was an invited consultant, whose removal withdraws the
+    /// invitation — staff come in on it, not on an admission.)
+    pub fn apply_to_absent(
+        &mut self,
+        action: &Action,
+        sub: &str,
+        consultant_hsa: Option<&str>,
+    ) -> bool {
         if self.members.values().any(|m| m.sub == sub) {
             return false;
         }
         match action {
-            Action::Remove(_) | Action::ToLobby(_) => {
+            Action::Remove(_) => {
+                self.admitted.remove(sub);
+                if let Some(hsa) = consultant_hsa {
+                    self.record.invited.retain(|h| h != hsa);
+                }
+                true
+            }
+            Action::ToLobby(_) => {
                 self.admitted.remove(sub);
                 true
             }
@@ -2333,7 +2347,6 @@ mod tests {
         assert!(fx.observations.is_empty());
     }
 
-    /// A visit with its clinician (`p-doc`, at 0 s) and a patient (`p-pat`) admitted at 2 s.
     /// A removal (or a move to the waiting room) recorded while the patient's socket closed:
     /// their connection is gone, but the admission kept for their reconnect grace goes with
     /// the action — before, reconnecting within the grace let them back in past the waiting
@@ -2359,7 +2372,7 @@ mod tests {
                 &mut fx,
             );
             assert_eq!(applied, Err(RequestError::NoSuchParticipant));
-            assert!(s.apply_to_absent(&planned, "pat"));
+            assert!(s.apply_to_absent(&planned, "pat", None));
             let back = ParticipantId("p-pat-2".into());
             let (joined, _) = join_as(&mut s, &back, &session("pat", Role::Patient));
             match planned {
@@ -2369,6 +2382,32 @@ mod tests {
         }
     }
 
+    /// The same for an invited consultant, who comes in on the invitation, not an admission:
+    /// the removal withdraws it.
+    #[test]
+    fn a_consultants_removal_is_not_dodged_by_closing_the_socket_either() {
+        let (mut s, doc, _) = clinician_and_admitted_patient();
+        let hsa = "SE2321000016-K9";
+        s.record.invited.push(hsa.into());
+        let consultant = member_session("cons-1", Role::Consultant, Some(hsa), "unit-9");
+        let k = pid("k");
+        assert_eq!(
+            join_as(&mut s, &k, &consultant).0,
+            Ok(JoinOutcome { admitted: true })
+        );
+        let planned = Action::Remove(k.clone());
+        s.plan(&doc, &planned).unwrap();
+        let mut fx = Effects::default();
+        s.leave(&k, false, at(11), &MeetingPolicy::default(), &mut fx);
+        assert!(s.apply_to_absent(&planned, "cons-1", Some(hsa)));
+        let back = pid("k2");
+        assert_eq!(
+            join_as(&mut s, &back, &consultant).0,
+            Err(JoinRefusal::NotInvited)
+        );
+    }
+
+    /// A visit with its clinician (`p-doc`, at 0 s) and a patient (`p-pat`) admitted at 2 s.
     fn clinician_and_admitted_patient() -> (RoomState, ParticipantId, ParticipantId) {
         let mut s = visit();
         let (doc, pat) = (ParticipantId("p-doc".into()), ParticipantId("p-pat".into()));
