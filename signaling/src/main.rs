@@ -530,11 +530,11 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::CheckConfig { config } => {
             let file = FileConfig::load(&config)?;
-            check_dependent_settings(|key, _| {
-                if file_sets(&file, key) {
-                    Some(format!("{key} in {}", config.display()))
+            check_dependent_settings(|setting| {
+                if (setting.in_file)(&file) {
+                    Some(format!("{} in {}", setting.key, config.display()))
                 } else {
-                    variable_sets(key).then(|| key.to_owned())
+                    setting.by_variable().then(|| setting.named())
                 }
             })?;
             file_api_clients(&config.display().to_string(), &file.api.unwrap_or_default())?;
@@ -694,124 +694,184 @@ fn remote_sfu(
     Ok(remote)
 }
 
-/// Settings that act only beside another, or that another takes the place of: (key, its
-/// flag, the key it needs, whether it needs that one (else: is overridden by it)).
-const DEPENDENT_SETTINGS: &[(&str, &str, &str, bool)] = &[
-    (
-        "tokens.jwks_ca_file",
-        "--jwks-ca-file",
-        "tokens.jwks_url",
-        true,
-    ),
-    ("turn.secret_file", "--turn-secret-file", "turn.urls", true),
-    ("turn.secret", "--turn-secret", "turn.urls", true),
-    ("turn.ttl_hours", "--turn-ttl-hours", "turn.urls", true),
-    (
-        "audit.sink.stream",
-        "--audit-redis-stream",
-        "audit.sink.redis_url",
-        true,
-    ),
-    (
-        "audit.sink.buffer_lines",
-        "--audit-sink-buffer-lines",
-        "audit.sink.redis_url",
-        true,
-    ),
-    ("audit.sink.timeout_ms", "", "audit.sink.redis_url", true),
-    ("tls.self_signed", "--tls-self-signed", "tls.cert", false),
-];
-
-/// The flag and variable of a key another one needs: (flag, variable).
-fn flag_and_variable(key: &str) -> Option<(&'static str, &'static str)> {
-    Some(match key {
-        "tokens.jwks_url" => ("--jwks-url", "SIGNALING_JWKS_URL"),
-        "turn.urls" => ("--turn-url", "TURN_URLS"),
-        "audit.sink.redis_url" => ("--audit-redis-url", "SIGNALING_AUDIT_REDIS_URL"),
-        "tls.cert" => ("--tls-cert", "SIGNALING_TLS_CERT"),
-        _ => return None,
-    })
+/// A setting as the dependency check sees it: its key, flag and variable ("" where it has
+/// none), and whether the file or a flag (or its variable) sets it.
+struct Setting {
+    key: &'static str,
+    flag: &'static str,
+    variable: &'static str,
+    in_file: fn(&FileConfig) -> bool,
+    by_flag: fn(&ServeArgs) -> bool,
 }
 
-/// A key with its flag and variable, for naming it: `turn.urls (--turn-url, TURN_URLS)`.
-fn with_flag(key: &str) -> String {
-    match flag_and_variable(key) {
-        Some((flag, variable)) => format!("{key} ({flag}, {variable})"),
-        None => key.to_owned(),
+impl Setting {
+    /// Named with its flag and variable: `turn.urls (--turn-url, TURN_URLS)`.
+    fn named(&self) -> String {
+        match (self.flag, self.variable) {
+            ("", "") => self.key.to_owned(),
+            ("", v) | (v, "") => format!("{} ({v})", self.key),
+            (f, v) => format!("{} ({f}, {v})", self.key),
+        }
+    }
+
+    /// Set by its variable in this environment (what `check-config` can know of what `serve`
+    /// will get beside the file: a Redis URL with its password, say, is given that way).
+    fn by_variable(&self) -> bool {
+        !self.variable.is_empty() && std::env::var_os(self.variable).is_some_and(|v| !v.is_empty())
     }
 }
 
-/// Whether a key another one needs is given by its variable in this environment (what
-/// `check-config` can know of what `serve` will get beside the file: a Redis URL with its
-/// password, say, is given that way).
-fn variable_sets(key: &str) -> bool {
-    flag_and_variable(key)
-        .and_then(|(_, variable)| std::env::var_os(variable))
-        .is_some_and(|v| !v.is_empty())
+fn sink(f: &FileConfig) -> Option<&signaling::config::AuditSinkSection> {
+    f.audit.as_ref().and_then(|a| a.sink.as_ref())
 }
 
+const JWKS_URL: Setting = Setting {
+    key: "tokens.jwks_url",
+    flag: "--jwks-url",
+    variable: "SIGNALING_JWKS_URL",
+    in_file: |f| f.tokens.as_ref().is_some_and(|t| t.jwks_url.is_some()),
+    by_flag: |a| a.jwks_url.is_some(),
+};
+const TURN_URLS: Setting = Setting {
+    key: "turn.urls",
+    flag: "--turn-url",
+    variable: "TURN_URLS",
+    in_file: |f| {
+        f.turn
+            .as_ref()
+            .is_some_and(|t| t.urls.as_ref().is_some_and(|u| !u.is_empty()))
+    },
+    by_flag: |a| !a.turn_urls.is_empty(),
+};
+const SINK_URL: Setting = Setting {
+    key: "audit.sink.redis_url",
+    flag: "--audit-redis-url",
+    variable: "SIGNALING_AUDIT_REDIS_URL",
+    in_file: |f| sink(f).is_some_and(|s| s.redis_url.is_some()),
+    by_flag: |a| a.audit_redis_url.is_some(),
+};
+const TLS_CERT: Setting = Setting {
+    key: "tls.cert",
+    flag: "--tls-cert",
+    variable: "SIGNALING_TLS_CERT",
+    in_file: |f| f.tls.as_ref().is_some_and(|t| t.cert.is_some()),
+    by_flag: |a| a.tls_cert.is_some(),
+};
+
+/// Settings that act only beside another, or that another takes the place of: (the setting,
+/// the other, whether it needs the other (else: is overridden by it)).
+const DEPENDENT_SETTINGS: &[(Setting, Setting, bool)] = &[
+    (
+        Setting {
+            key: "tokens.jwks_ca_file",
+            flag: "--jwks-ca-file",
+            variable: "SIGNALING_JWKS_CA_FILE",
+            in_file: |f| f.tokens.as_ref().is_some_and(|t| t.jwks_ca_file.is_some()),
+            by_flag: |a| a.jwks_ca_file.is_some(),
+        },
+        JWKS_URL,
+        true,
+    ),
+    (
+        Setting {
+            key: "turn.secret_file",
+            flag: "--turn-secret-file",
+            variable: "TURN_SECRET_FILE",
+            in_file: |f| f.turn.as_ref().is_some_and(|t| t.secret_file.is_some()),
+            by_flag: |a| a.turn_secret_file.is_some(),
+        },
+        TURN_URLS,
+        true,
+    ),
+    (
+        Setting {
+            key: "turn.secret",
+            flag: "--turn-secret",
+            variable: "TURN_SECRET",
+            in_file: |_| false,
+            by_flag: |a| a.turn_secret.is_some(),
+        },
+        TURN_URLS,
+        true,
+    ),
+    (
+        Setting {
+            key: "turn.ttl_hours",
+            flag: "--turn-ttl-hours",
+            variable: "TURN_TTL_HOURS",
+            in_file: |f| f.turn.as_ref().is_some_and(|t| t.ttl_hours.is_some()),
+            by_flag: |a| a.turn_ttl_hours.is_some(),
+        },
+        TURN_URLS,
+        true,
+    ),
+    (
+        Setting {
+            key: "audit.sink.stream",
+            flag: "--audit-redis-stream",
+            variable: "SIGNALING_AUDIT_REDIS_STREAM",
+            in_file: |f| sink(f).is_some_and(|s| s.stream.is_some()),
+            by_flag: |a| a.audit_redis_stream.is_some(),
+        },
+        SINK_URL,
+        true,
+    ),
+    (
+        Setting {
+            key: "audit.sink.buffer_lines",
+            flag: "--audit-sink-buffer-lines",
+            variable: "SIGNALING_AUDIT_SINK_BUFFER_LINES",
+            in_file: |f| sink(f).is_some_and(|s| s.buffer_lines.is_some()),
+            by_flag: |a| a.audit_sink_buffer_lines.is_some(),
+        },
+        SINK_URL,
+        true,
+    ),
+    (
+        Setting {
+            key: "audit.sink.timeout_ms",
+            flag: "",
+            variable: "",
+            in_file: |f| sink(f).is_some_and(|s| s.timeout_ms.is_some()),
+            by_flag: |_| false,
+        },
+        SINK_URL,
+        true,
+    ),
+    (
+        Setting {
+            key: "tls.self_signed",
+            flag: "--tls-self-signed",
+            variable: "SIGNALING_TLS_SELF_SIGNED",
+            in_file: |f| f.tls.as_ref().is_some_and(|t| t.self_signed == Some(true)),
+            by_flag: |a| a.tls_self_signed,
+        },
+        TLS_CERT,
+        false,
+    ),
+];
+
 /// A setting given where it does nothing is refused, not ignored: an operator who set a TURN
-/// secret, an audit copy's stream or a CA for the key set believes it acts. `given(key)`
-/// names where a key was set (the flag, or the key and its file), `None` when it was not.
-fn check_dependent_settings(given: impl Fn(&str, &str) -> Option<String>) -> anyhow::Result<()> {
-    for &(key, flag, other, needs) in DEPENDENT_SETTINGS {
-        let Some(at) = given(key, flag) else { continue };
-        let other_given = given(other, "").is_some();
-        if needs && !other_given {
+/// secret, an audit copy's stream or a CA for the key set believes it acts. `given(setting)`
+/// names where it was set (the flag, or the key and its file), `None` when it was not.
+fn check_dependent_settings(given: impl Fn(&Setting) -> Option<String>) -> anyhow::Result<()> {
+    for (setting, other, needs) in DEPENDENT_SETTINGS {
+        let Some(at) = given(setting) else { continue };
+        let other_given = given(other).is_some();
+        if *needs && !other_given {
             anyhow::bail!(
                 "{at} does nothing without {}: set that too, or remove it",
-                with_flag(other)
+                other.named()
             );
         }
         if !needs && other_given {
             anyhow::bail!(
                 "{at} does nothing beside {}, which is used instead: give one",
-                with_flag(other)
+                other.named()
             );
         }
     }
     Ok(())
-}
-
-/// Whether each key of [`DEPENDENT_SETTINGS`] (and those they need) is set in the file.
-fn file_sets(file: &FileConfig, key: &str) -> bool {
-    let tokens = file.tokens.as_ref();
-    let turn = file.turn.as_ref();
-    let sink = file.audit.as_ref().and_then(|a| a.sink.as_ref());
-    let tls = file.tls.as_ref();
-    match key {
-        "tokens.jwks_ca_file" => tokens.is_some_and(|t| t.jwks_ca_file.is_some()),
-        "tokens.jwks_url" => tokens.is_some_and(|t| t.jwks_url.is_some()),
-        "turn.secret_file" => turn.is_some_and(|t| t.secret_file.is_some()),
-        "turn.secret" => false,
-        "turn.ttl_hours" => turn.is_some_and(|t| t.ttl_hours.is_some()),
-        "turn.urls" => turn.is_some_and(|t| t.urls.as_ref().is_some_and(|u| !u.is_empty())),
-        "audit.sink.stream" => sink.is_some_and(|s| s.stream.is_some()),
-        "audit.sink.buffer_lines" => sink.is_some_and(|s| s.buffer_lines.is_some()),
-        "audit.sink.timeout_ms" => sink.is_some_and(|s| s.timeout_ms.is_some()),
-        "audit.sink.redis_url" => sink.is_some_and(|s| s.redis_url.is_some()),
-        "tls.self_signed" => tls.is_some_and(|t| t.self_signed == Some(true)),
-        "tls.cert" => tls.is_some_and(|t| t.cert.is_some()),
-        _ => false,
-    }
-}
-
-/// Whether each such key is set by its flag (or environment variable).
-fn flag_sets(args: &ServeArgs, key: &str) -> bool {
-    match key {
-        "tokens.jwks_ca_file" => args.jwks_ca_file.is_some(),
-        "tokens.jwks_url" => args.jwks_url.is_some(),
-        "turn.secret_file" => args.turn_secret_file.is_some(),
-        "turn.secret" => args.turn_secret.is_some(),
-        "turn.ttl_hours" => args.turn_ttl_hours.is_some(),
-        "turn.urls" => !args.turn_urls.is_empty(),
-        "audit.sink.stream" => args.audit_redis_stream.is_some(),
-        "audit.sink.buffer_lines" => args.audit_sink_buffer_lines.is_some(),
-        "audit.sink.redis_url" => args.audit_redis_url.is_some(),
-        "tls.self_signed" => args.tls_self_signed,
-        "tls.cert" => args.tls_cert.is_some(),
-        _ => false,
-    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -819,19 +879,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    check_dependent_settings(|key, flag| {
-        if flag_sets(&args, key) {
-            Some(if flag.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{flag} ({key})")
+    check_dependent_settings(|setting| {
+        if (setting.by_flag)(&args) {
+            Some(match setting.flag {
+                "" => setting.key.to_owned(),
+                flag => format!("{flag} ({})", setting.key),
             })
-        } else if file_sets(&file, key) {
+        } else if (setting.in_file)(&file) {
             let path = args
                 .config
                 .as_deref()
                 .unwrap_or(std::path::Path::new("the config"));
-            Some(format!("{key} in {}", path.display()))
+            Some(format!("{} in {}", setting.key, path.display()))
         } else {
             None
         }
